@@ -1,0 +1,43 @@
+/**
+ * Every error Tessera throws on purpose extends TesseraError, so callers (and the CLI)
+ * can tell a clear, expected failure (bad input, corrupt file) from a bug.
+ */
+export class TesseraError extends Error {
+  /** Stable machine-readable code, printed by `--json` output. */
+  readonly code: string;
+  constructor(code: string, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.code = code;
+    this.name = new.target.name;
+  }
+}
+
+/** A file, flag or message failed validation. Nothing was applied. */
+export class InvalidInputError extends TesseraError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('INVALID_INPUT', message, options);
+  }
+}
+
+/** A checkpoint or tokenizer file is unreadable, truncated or inconsistent. */
+export class CorruptFileError extends TesseraError {
+  readonly path: string;
+  constructor(path: string, message: string, options?: { cause?: unknown }) {
+    super('CORRUPT_FILE', `${path}: ${message}`, options);
+    this.path = path;
+  }
+}
+
+/** Two artefacts that must agree do not (e.g. tokenizer vocab vs model vocab). */
+export class MismatchError extends TesseraError {
+  constructor(message: string) {
+    super('MISMATCH', message);
+  }
+}
+
+/** The native addon is missing or failed to load. */
+export class NativeUnavailableError extends TesseraError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('NATIVE_UNAVAILABLE', message, options);
+  }
+}
