@@ -1,0 +1,72 @@
+/**
+ * Training throughput of the compute core on synthetic tokens: the numbers behind
+ * `tessera bench compute`. Measures whole optimizer steps (forward, backward, clip, AdamW)
+ * after warm-up steps, at a given thread count and kernel mode.
+ */
+import { GPT } from '../src/model/gpt.js';
+import { AdamW, DEFAULT_ADAMW } from '../src/train/adamw.js';
+import { Trainer } from '../src/train/trainer.js';
+import type { Kernels } from '../src/kernels/api.js';
+import type { ModelConfig } from '../src/model/config.js';
+import { Rng } from '../src/util/rng.js';
+
+export interface ComputeBenchOptions {
+  model: ModelConfig;
+  batch: number;
+  threads: number;
+  steps: number;
+  warmup: number;
+  deterministic: boolean;
+}
+
+export interface ComputeBenchResult {
+  tokensPerSec: number;
+  stepMs: number;
+  /** Median step time, robust to a noisy neighbour. */
+  stepMsMedian: number;
+  threads: number;
+  deterministic: boolean;
+  kernels: string;
+  params: number;
+  /** Model FLOPs per step (6 * params * tokens + attention), and the achieved rate. */
+  modelGflops: number;
+}
+
+export function benchCompute(k: Kernels, o: ComputeBenchOptions): ComputeBenchResult {
+  k.setThreads(o.threads);
+  k.setDeterministic(o.deterministic);
+  const gpt = new GPT(o.model, k);
+  gpt.init(1);
+  const opt = new AdamW(o.model, DEFAULT_ADAMW, k);
+  const B = o.batch, T = o.model.ctx;
+  const tr = new Trainer(gpt, opt, { kind: 'constant', maxLr: 3e-4, minLrFrac: 0, warmupSteps: 0, totalSteps: 1, decayFrac: 0.2 }, B, T);
+  const rng = new Rng(42);
+  const batch = () => {
+    const inputs = new Int32Array(B * T), targets = new Int32Array(B * T);
+    for (let i = 0; i < B * T; i++) { inputs[i] = rng.nextInt(o.model.vocabSize); targets[i] = rng.nextInt(o.model.vocabSize); }
+    return { inputs, targets };
+  };
+  const batches = [batch(), batch()];
+  for (let i = 0; i < o.warmup; i++) tr.step([batches[i % 2]]);
+  const times: number[] = [];
+  for (let i = 0; i < o.steps; i++) {
+    const t0 = performance.now();
+    tr.step([batches[i % 2]]);
+    times.push(performance.now() - t0);
+  }
+  const total = times.reduce((a, b) => a + b, 0);
+  const sorted = times.slice().sort((a, b) => a - b);
+  const stepMs = total / times.length;
+  const { dim: C, layers: L } = o.model;
+  const flops = 6 * gpt.numParams * B * T + 6 * L * B * T * T * C; // causal attention ~ half of 12*L*T*C per token
+  return {
+    tokensPerSec: (B * T) / (stepMs / 1000),
+    stepMs,
+    stepMsMedian: sorted[Math.floor(sorted.length / 2)],
+    threads: o.threads,
+    deterministic: o.deterministic,
+    kernels: k.name,
+    params: gpt.numParams,
+    modelGflops: flops / (stepMs / 1000) / 1e9,
+  };
+}

@@ -1,0 +1,35 @@
+/** `tessera bench compute`: training throughput of this machine on the reference GPT (or any shape). */
+import type { Command } from 'commander';
+import { int } from './args.js';
+import { say, result } from './output.js';
+import { loadKernels } from '../kernels/index.js';
+import { ModelConfigSchema } from '../model/config.js';
+import { benchCompute } from '../../bench/compute.js';
+import { sgemmGflops } from '../../bench/sgemm.js';
+
+export function register(program: Command): void {
+  const bench = program.command('bench').description('measure this machine');
+  bench.command('compute')
+    .description('training tokens/s of one GPT step (forward, backward, AdamW) on synthetic tokens')
+    .option('--vocab <n>', 'vocabulary size', int(2, 1 << 20), 4096)
+    .option('--ctx <n>', 'sequence length', int(1, 65536), 128)
+    .option('--dim <n>', 'model width', int(1, 65536), 256)
+    .option('--layers <n>', 'transformer blocks', int(1, 1024), 4)
+    .option('--heads <n>', 'attention heads', int(1, 1024), 4)
+    .option('--batch <n>', 'sequences per step', int(1, 65536), 16)
+    .option('--threads <n>', 'worker threads', int(1, 1024), 2)
+    .option('--steps <n>', 'timed steps', int(1, 100000), 10)
+    .option('--warmup <n>', 'untimed warm-up steps', int(0, 100000), 2)
+    .option('--deterministic', 'use the bitwise-reproducible kernels', false)
+    .option('--json', 'print one JSON object on stdout', false)
+    .action((o) => {
+      const model = ModelConfigSchema.parse({ vocabSize: o.vocab, ctx: o.ctx, dim: o.dim, layers: o.layers, heads: o.heads });
+      const k = loadKernels({});
+      say(o, `benchmarking ${o.steps} steps of B=${o.batch} T=${o.ctx} on ${o.threads} thread(s), ${k.name} kernels${o.deterministic ? ' (deterministic)' : ''} ...`);
+      const r = benchCompute(k, { model, batch: o.batch, threads: o.threads, steps: o.steps, warmup: o.warmup, deterministic: o.deterministic });
+      const sg = sgemmGflops(k, o.threads);
+      const out = { tokensPerSec: r.tokensPerSec, stepMs: r.stepMs, sgemmGflops: sg.gflops, stepMsMedian: r.stepMsMedian,
+        modelGflops: r.modelGflops, params: r.params, threads: o.threads, deterministic: o.deterministic, kernels: k.name };
+      result(o, out, `tokens/s ${r.tokensPerSec.toFixed(0)}  step ${r.stepMs.toFixed(1)} ms  model ${r.modelGflops.toFixed(1)} GFLOP/s  raw sgemm ${sg.gflops.toFixed(1)} GFLOP/s  (${r.params.toLocaleString('en-US')} params)`);
+    });
+}

@@ -1,0 +1,146 @@
+/** `tessera train`: train a GPT on the embedded Brown corpus or your own text, on this machine. */
+import type { Command } from 'commander';
+import { readFileSync } from 'node:fs';
+import { homedir } from 'node:os';
+import { join, resolve } from 'node:path';
+import cliProgress from 'cli-progress';
+import { int, num, oneOf } from './args.js';
+import { say, result } from './output.js';
+import { loadKernels } from '../kernels/index.js';
+import { runTraining } from '../train/run.js';
+import { DEFAULT_TRAIN, TrainConfigSchema, type TrainConfig } from '../train/config.js';
+import { InvalidInputError } from '../util/errors.js';
+
+export function defaultCacheDir(): string {
+  return process.env.TESSERA_CACHE ?? join(process.env.XDG_CACHE_HOME ?? join(homedir(), '.cache'), 'tessera');
+}
+
+/** Merge: defaults < --config file < flags given on the command line. */
+function buildConfig(o: Record<string, unknown>, given: Set<string>): TrainConfig {
+  let base: unknown = DEFAULT_TRAIN;
+  if (typeof o.config === 'string') {
+    let text: string;
+    try { text = readFileSync(o.config, 'utf8'); } catch (e) { throw new InvalidInputError(`cannot read --config ${o.config}: ${(e as Error).message}`); }
+    let parsed: unknown;
+    try { parsed = JSON.parse(text); } catch (e) { throw new InvalidInputError(`--config ${o.config} is not valid JSON: ${(e as Error).message}`); }
+    if (typeof parsed !== 'object' || parsed === null) throw new InvalidInputError(`--config ${o.config} must hold a JSON object`);
+    const p = parsed as Partial<TrainConfig>;
+    base = { ...DEFAULT_TRAIN, ...p, model: { ...DEFAULT_TRAIN.model, ...p.model }, adamw: { ...DEFAULT_TRAIN.adamw, ...p.adamw } };
+  }
+  const c = structuredClone(base) as TrainConfig;
+  const set = (flag: string, apply: (v: never) => void) => { if (given.has(flag)) apply(o[flag] as never); };
+  set('vocab', (v: number) => { c.model.vocabSize = v; });
+  set('ctx', (v: number) => { c.model.ctx = v; });
+  set('dim', (v: number) => { c.model.dim = v; });
+  set('layers', (v: number) => { c.model.layers = v; });
+  set('heads', (v: number) => { c.model.heads = v; });
+  set('data', (v: string) => { c.data = v; });
+  set('batch', (v: number) => { c.batch = v; });
+  set('steps', (v: number) => { c.steps = v; });
+  set('minutes', (v: number) => { c.minutes = v; if (!given.has('steps')) c.steps = null; });
+  set('lr', (v: number) => { c.lr = v; });
+  set('minLrFrac', (v: number) => { c.minLrFrac = v; });
+  set('warmup', (v: number) => { c.warmup = v; });
+  set('schedule', (v: TrainConfig['schedule']) => { c.schedule = v; });
+  set('weightDecay', (v: number) => { c.adamw.weightDecay = v; });
+  set('gradClip', (v: number) => { c.adamw.gradClip = v; });
+  set('seed', (v: number) => { c.seed = v; });
+  set('evalEvery', (v: number) => { c.evalEvery = v; });
+  set('evalBatches', (v: number) => { c.evalBatches = v; });
+  set('checkpointEvery', (v: number) => { c.checkpointEvery = v; });
+  set('threads', (v: number) => { c.threads = v; });
+  set('deterministic', (v: boolean) => { c.deterministic = v; });
+  const r = TrainConfigSchema.safeParse(c);
+  if (!r.success) throw new InvalidInputError(`invalid training config: ${r.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
+  return r.data;
+}
+
+export function register(program: Command): void {
+  program.command('train')
+    .description('train a GPT on this machine (default: the embedded Brown corpus for 10 minutes)')
+    .option('--config <file>', 'JSON training config (flags override it)')
+    .option('--data <path>', "'brown' (embedded) or a text file, directory or JSONL file", DEFAULT_TRAIN.data)
+    .option('--out <dir>', 'output directory (checkpoint, metrics, plot)', 'runs/train')
+    .option('--cache-dir <dir>', 'tokenizer and token cache', defaultCacheDir())
+    .option('--resume', 'continue from the checkpoint in --out', false)
+    .option('--vocab <n>', 'vocabulary size', int(257, 1 << 20), DEFAULT_TRAIN.model.vocabSize)
+    .option('--ctx <n>', 'context length', int(1, 65536), DEFAULT_TRAIN.model.ctx)
+    .option('--dim <n>', 'model width', int(1, 65536), DEFAULT_TRAIN.model.dim)
+    .option('--layers <n>', 'transformer blocks', int(1, 1024), DEFAULT_TRAIN.model.layers)
+    .option('--heads <n>', 'attention heads', int(1, 1024), DEFAULT_TRAIN.model.heads)
+    .option('--batch <n>', 'sequences per step', int(1, 65536), DEFAULT_TRAIN.batch)
+    .option('--steps <n>', 'optimizer steps (default: as many as fit in --minutes)', int(1))
+    .option('--minutes <m>', 'time budget when --steps is not given', num(0.01), DEFAULT_TRAIN.minutes)
+    .option('--lr <x>', 'peak learning rate', num(1e-8, 10), DEFAULT_TRAIN.lr)
+    .option('--min-lr-frac <x>', 'final learning rate as a fraction of the peak', num(0, 1), DEFAULT_TRAIN.minLrFrac)
+    .option('--warmup <n>', 'linear warm-up steps', int(0), DEFAULT_TRAIN.warmup)
+    .option('--schedule <kind>', 'cosine | wsd | constant', oneOf('cosine', 'wsd', 'constant'), DEFAULT_TRAIN.schedule)
+    .option('--weight-decay <x>', 'AdamW decoupled weight decay', num(0, 10), DEFAULT_TRAIN.adamw.weightDecay)
+    .option('--grad-clip <x>', 'clip the global gradient norm (0 = off)', num(0), DEFAULT_TRAIN.adamw.gradClip)
+    .option('--seed <n>', 'initialisation and sampling seed', int(0), DEFAULT_TRAIN.seed)
+    .option('--eval-every <n>', 'validate every n steps', int(1), DEFAULT_TRAIN.evalEvery)
+    .option('--eval-batches <n>', 'validation batches per periodic eval (the final eval uses the whole split)', int(1), DEFAULT_TRAIN.evalBatches)
+    .option('--checkpoint-every <n>', 'checkpoint every n steps (and at the end)', int(1), DEFAULT_TRAIN.checkpointEvery)
+    .option('--threads <n>', 'worker threads', int(1, 1024), DEFAULT_TRAIN.threads)
+    .option('--deterministic', 'bitwise-reproducible kernels (slower)', false)
+    .option('--json', 'print one JSON summary on stdout', false)
+    .action(async (o, cmd: Command) => {
+      const given = new Set(Object.keys(o).filter((k) => cmd.getOptionValueSource(k) === 'cli'));
+      const cfg = buildConfig(o, given);
+      const outDir = resolve(o.out);
+      const kernels = loadKernels({ threads: cfg.threads, deterministic: cfg.deterministic });
+      const ac = new AbortController();
+      const onSigint = () => { say(o, '\ninterrupted: finishing this step and saving a checkpoint (Ctrl-C again to abort now)'); ac.abort(); process.once('SIGINT', () => process.exit(130)); };
+      process.once('SIGINT', onSigint);
+      const tty = process.stderr.isTTY && !o.json;
+      let bar: cliProgress.SingleBar | null = null;
+      let lastVal = NaN;
+      let lastLine = 0;
+      try {
+        const summary = await runTraining(cfg, kernels, { outDir, cacheDir: o.cacheDir, resume: o.resume, signal: ac.signal }, {
+          onData: (stage, done, total) => { if (done === 0 || done === total) say(o, `data: ${stage} ${done === total ? 'done' : '...'}`); },
+          onReady: ({ dataset, params, startStep, resumed }) => {
+            const s = dataset.stats;
+            say(o, `data: ${dataset.corpusName}, ${s.train.tokens.toLocaleString('en-US')} train / ${s.val.tokens.toLocaleString('en-US')} val tokens, vocab ${dataset.tokenizer.vocabSize}${dataset.fromCache ? ' (cached)' : ''}`);
+            say(o, `model: ${params.toLocaleString('en-US')} parameters, ${kernels.name} kernels, ${cfg.threads} thread(s)${cfg.deterministic ? ', deterministic' : ''}${resumed ? `, resumed at step ${startStep}` : ''}`);
+          },
+          onTotalSteps: (n) => {
+            say(o, `sized to ${n} steps to fit ${cfg.minutes} min`);
+            if (tty) {
+              bar = new cliProgress.SingleBar({
+                format: 'train |{bar}| {value}/{total} steps | loss {loss} | val {val} | {tps} tok/s | ETA {eta_formatted}',
+                etaBuffer: 50, hideCursor: true,
+              }, cliProgress.Presets.shades_classic);
+              bar.start(n, 0, { loss: '-', val: '-', tps: '-' });
+            }
+          },
+          onStep: (r) => {
+            if (r.totalSteps > 0 && !bar && tty) {
+              bar = new cliProgress.SingleBar({ format: 'train |{bar}| {value}/{total} steps | loss {loss} | val {val} | {tps} tok/s | ETA {eta_formatted}', etaBuffer: 50, hideCursor: true }, cliProgress.Presets.shades_classic);
+              bar.start(r.totalSteps, r.step - 1, { loss: '-', val: '-', tps: '-' });
+            }
+            const payload = { loss: r.loss.toFixed(3), val: Number.isNaN(lastVal) ? '-' : lastVal.toFixed(3), tps: r.tokensPerSec.toFixed(0) };
+            if (bar) bar.update(r.step, payload);
+            else if (!o.json && (r.elapsedMs - lastLine > 10_000 || r.step === r.totalSteps)) {
+              lastLine = r.elapsedMs;
+              say(o, `step ${r.step}/${r.totalSteps || '?'} loss ${payload.loss} val ${payload.val} ${payload.tps} tok/s`);
+            }
+          },
+          onEval: (e) => { lastVal = e.valLoss; if (!bar) say(o, `step ${e.step}: validation loss ${e.valLoss.toFixed(4)}`); },
+        });
+        (bar as cliProgress.SingleBar | null)?.stop();
+        const human = [
+          `${summary.interrupted ? 'stopped early' : 'done'}: ${summary.steps} steps, ${summary.tokens.toLocaleString('en-US')} tokens in ${summary.seconds.toFixed(0)} s (${summary.tokensPerSec.toFixed(0)} tok/s)`,
+          `validation loss ${summary.finalValLoss.toFixed(4)} nats/token (unigram entropy of the split: ${summary.valUnigramEntropy.toFixed(4)})`,
+          `weights ${summary.weightsHash.slice(0, 16)}…`,
+          `checkpoint → ${summary.files.checkpoint}`,
+          `metrics    → ${summary.files.metrics}`,
+          `loss plot  → ${summary.files.plot}`,
+        ].join('\n');
+        result(o, summary, human);
+      } finally {
+        (bar as cliProgress.SingleBar | null)?.stop();
+        process.removeListener('SIGINT', onSigint);
+      }
+    });
+}
