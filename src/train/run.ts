@@ -114,8 +114,9 @@ export async function runTraining(cfg: TrainConfig, kernels: Kernels, io: RunIO,
     const r = await saveCheckpoint(files.checkpoint, {
       config: cfg.model, params: gpt.params, optimizer: { m: opt.m, v: opt.v, step: opt.step },
       meta: { step, totalSteps, sampler: sampler.rng.getState(), tokenizerHash: dataset.tokenizer.hash(), trainConfig: cfg, data: dataset.corpusName },
+      // The tokenizer travels inside the same atomic write, so a checkpoint is never paired with the wrong vocabulary.
+      extraFiles: { 'tokenizer.json': dataset.tokenizer.serialize() },
     });
-    dataset.tokenizer.save(files.tokenizer);
     hooks.onCheckpoint?.({ step, dir: files.checkpoint, weightsHash: r.weightsHash });
     return r.weightsHash;
   };
@@ -137,7 +138,6 @@ export async function runTraining(cfg: TrainConfig, kernels: Kernels, io: RunIO,
   let tokens = 0;
   let interrupted = false;
   let step = startStep;
-  let evalMs = 0, evals = 0;
   const tokensPerStep = B * T;
   for (;;) {
     if (totalSteps > 0 && step >= totalSteps) break;
@@ -159,9 +159,7 @@ export async function runTraining(cfg: TrainConfig, kernels: Kernels, io: RunIO,
     if (step % 10 === 0) { history.train.push([step * tokensPerStep, ema]); record({ step, tokens: step * tokensPerStep, trainLoss: ema, lr: r.lr, gradNorm: r.gradNorm }); }
     const last = totalSteps > 0 && step >= totalSteps;
     if (step % cfg.evalEvery === 0 && !last) {
-      const e0 = performance.now();
       const v = evaluate(cfg.evalBatches);
-      evalMs += performance.now() - e0; evals++;
       history.val.push([step * tokensPerStep, v]);
       record({ step, tokens: step * tokensPerStep, valLoss: v });
       hooks.onEval?.({ step, valLoss: v, trainLoss: ema });
@@ -178,7 +176,6 @@ export async function runTraining(cfg: TrainConfig, kernels: Kernels, io: RunIO,
   hooks.onEval?.({ step, valLoss: finalVal, trainLoss: ema });
   plot();
   const hash = await save(step);
-  void evalMs; void evals;
   return {
     steps: step, tokens, seconds, tokensPerSec: tokens / Math.max(seconds, 1e-9), finalValLoss: finalVal, valUnigramEntropy: valEntropy,
     trainLossEma: ema ?? NaN, weightsHash: hash, interrupted, outDir: io.outDir, files,
