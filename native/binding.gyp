@@ -1,0 +1,41 @@
+# Tessera native kernels (N-API, no node-addon-api). Built by `npm install` through
+#   node-gyp rebuild --directory=native --nodedir=/usr
+# (--nodedir=/usr: use the system Node headers, never download them).
+#
+# Flags: -O3, never -ffast-math, and -ffp-contract=off everywhere: the deterministic mode needs
+# every multiply and add rounded separately, in source order, on every CPU. No -march=native:
+# the binary must run on any x86-64; AVX2 code is compiled separately (kernels_avx2.cc) and
+# chosen at load time.
+{
+  "targets": [
+    {
+      "target_name": "tessera_kernels",
+      "sources": [
+        "src/addon.cc",
+        "src/pool.cc",
+        "src/kernels_base.cc",
+        "src/kernels_avx2.cc"
+      ],
+      "include_dirs": [
+        "/usr/include/x86_64-linux-gnu/openblas-pthread",
+        "/usr/include/x86_64-linux-gnu/openblas-openmp",
+        "/usr/include/openblas",
+        "/usr/include/x86_64-linux-gnu"
+      ],
+      "libraries": ["-lopenblas", "-lpthread"],
+      "defines": ["NAPI_DISABLE_CPP_EXCEPTIONS"],
+      "cflags!": ["-fno-exceptions", "-fno-omit-frame-pointer"],
+      "cflags_cc!": ["-fno-exceptions"],
+      "cflags": [
+        "-O3",
+        "-ffp-contract=off",
+        "-fno-math-errno",
+        "-fvisibility=hidden",
+        "-Wall",
+        "-Wextra",
+        "-Wno-unused-parameter"
+      ],
+      "cflags_cc": ["-std=gnu++17", "-fexceptions"]
+    }
+  ]
+}

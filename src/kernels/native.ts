@@ -1,0 +1,189 @@
+/**
+ * Native kernels: the C++/N-API addon in native/ (OpenBLAS for fast-mode matmuls, hand-written
+ * fused and deterministic kernels for everything else), wrapped as a `Kernels` object.
+ *
+ * The addon itself is stateless per call: this wrapper owns the thread count and the mode and
+ * passes them with every call (the `cfg` word), so two Kernels objects never interfere. The addon
+ * validates every argument (types, lengths, overlaps, token ranges) before touching memory and
+ * throws TypeError / RangeError.
+ */
+import { createRequire } from 'node:module';
+import { existsSync, readFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { Kernels } from './api.js';
+import { NativeUnavailableError } from '../util/errors.js';
+
+/** Where node-gyp puts the addon, relative to the package root. */
+export const NATIVE_ADDON_PATH = join('native', 'build', 'Release', 'tessera_kernels.node');
+
+/** Raw addon functions. The first argument of each kernel is the packed config word. */
+interface Addon {
+  matmulForward(cfg: number, out: Float32Array, inp: Float32Array, weight: Float32Array, bias: Float32Array | null,
+    N: number, C: number, OC: number): void;
+  matmulBackward(cfg: number, dinp: Float32Array, dweight: Float32Array, dbias: Float32Array | null,
+    dout: Float32Array, inp: Float32Array, weight: Float32Array, N: number, C: number, OC: number): void;
+  layernormForward(cfg: number, out: Float32Array, mean: Float32Array, rstd: Float32Array, inp: Float32Array,
+    weight: Float32Array, bias: Float32Array, N: number, C: number): void;
+  layernormBackward(cfg: number, dinp: Float32Array, dweight: Float32Array, dbias: Float32Array, dout: Float32Array,
+    inp: Float32Array, weight: Float32Array, mean: Float32Array, rstd: Float32Array, N: number, C: number): void;
+  geluForward(cfg: number, out: Float32Array, inp: Float32Array, n: number): void;
+  geluBackward(cfg: number, dinp: Float32Array, inp: Float32Array, dout: Float32Array, n: number): void;
+  attentionForward(cfg: number, out: Float32Array, att: Float32Array, inp: Float32Array,
+    B: number, T: number, C: number, NH: number): void;
+  attentionBackward(cfg: number, dinp: Float32Array, datt: Float32Array, dout: Float32Array, inp: Float32Array,
+    att: Float32Array, B: number, T: number, C: number, NH: number): void;
+  crossEntropyForwardBackward(cfg: number, losses: Float32Array, dlogits: Float32Array | null, logits: Float32Array,
+    targets: Int32Array, N: number, V: number, dlossScale: number): void;
+  softmax(cfg: number, probs: Float32Array, logits: Float32Array, N: number, V: number): void;
+  embeddingForward(cfg: number, out: Float32Array, tokens: Int32Array, wte: Float32Array, wpe: Float32Array,
+    B: number, T: number, C: number): void;
+  embeddingBackward(cfg: number, dwte: Float32Array, dwpe: Float32Array, dout: Float32Array, tokens: Int32Array,
+    B: number, T: number, C: number): void;
+  add(cfg: number, out: Float32Array, a: Float32Array, b: Float32Array, n: number): void;
+  sumSquares(cfg: number, x: Float32Array): number;
+  scale(cfg: number, x: Float32Array, s: number): void;
+  adamw(cfg: number, params: Float32Array, grads: Float32Array, m: Float32Array, v: Float32Array, lr: number,
+    beta1: number, beta2: number, eps: number, weightDecay: number, invBc1: number, invBc2: number): void;
+  sgemmBench(transA: boolean, transB: boolean, M: number, N: number, K: number, iters: number, threads: number): number;
+  info(): NativeInfo;
+}
+
+export interface NativeInfo {
+  /** Instruction set of the kernels chosen for this CPU: 'avx2' or 'x86-64'. */
+  isa: string;
+  /** openblas_get_config(), e.g. "OpenBLAS 0.3.21 DYNAMIC_ARCH NO_AFFINITY Zen MAX_THREADS=64". */
+  blasConfig: string;
+  blasCore: string;
+  /** 'pool': OpenBLAS single-threaded inside Tessera's pool (default); 'openblas': its own threads. */
+  blasThreading: string;
+}
+
+export interface NativeKernelOptions {
+  threads?: number;
+  deterministic?: boolean;
+  /**
+   * Force the baseline x86-64 (SSE2) code path instead of the best one for this CPU. For tests:
+   * deterministic results must be bitwise identical between the two.
+   */
+  isa?: 'auto' | 'baseline';
+}
+
+export interface NativeKernels extends Kernels {
+  readonly name: 'native';
+  readonly info: NativeInfo;
+}
+
+const MAX_THREADS = 256;
+
+/** The directory holding Tessera's package.json, found by walking up from this file. */
+export function packageRoot(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (;;) {
+    const pj = join(dir, 'package.json');
+    if (existsSync(pj)) {
+      try {
+        if ((JSON.parse(readFileSync(pj, 'utf8')) as { name?: string }).name === 'tessera') return dir;
+      } catch { /* unreadable package.json: keep walking */ }
+    }
+    const up = dirname(dir);
+    if (up === dir) throw new NativeUnavailableError('cannot find the tessera package root (package.json) above ' +
+      dirname(fileURLToPath(import.meta.url)));
+    dir = up;
+  }
+}
+
+let addon: Addon | undefined;
+
+/** Loads (once) and returns the raw addon. Throws NativeUnavailableError with the reason. */
+export function loadNativeAddon(): Addon {
+  if (addon) return addon;
+  const path = join(packageRoot(), NATIVE_ADDON_PATH);
+  if (!existsSync(path)) {
+    throw new NativeUnavailableError(`native addon not built: ${path} does not exist`);
+  }
+  try {
+    addon = createRequire(import.meta.url)(path) as Addon;
+  } catch (err) {
+    throw new NativeUnavailableError(`cannot load ${path}: ${(err as Error).message}`, { cause: err });
+  }
+  return addon;
+}
+
+/** Information about the loaded addon (ISA, OpenBLAS build). */
+export function nativeInfo(): NativeInfo {
+  return loadNativeAddon().info();
+}
+
+/**
+ * Raw cblas_sgemm throughput in GFLOP/s: C[M,N] = op(A) op(B) with OpenBLAS's own threading at
+ * `threads` (the peak the native matmuls are compared against): the fastest of `iters` timed
+ * calls after one warm-up call.
+ */
+export function sgemmBench(M: number, N: number, K: number, iters: number,
+  opts: { threads?: number; transA?: boolean; transB?: boolean } = {}): number {
+  const secs = loadNativeAddon().sgemmBench(opts.transA ?? false, opts.transB ?? false, M, N, K, iters,
+    opts.threads ?? 1);
+  return (2 * M * N * K) / secs / 1e9;
+}
+
+export function createNativeKernels(opts: NativeKernelOptions = {}): NativeKernels {
+  const k = loadNativeAddon();
+  const info = k.info();
+  let threads = Math.min(MAX_THREADS, availableParallelism());
+  let deterministic = false;
+  const isaBits = opts.isa === 'baseline' ? 1 << 17 : 0;
+  // threads in bits 0..15, deterministic in bit 16, ISA override in bits 17..18 (see addon.cc).
+  let cfg = 0;
+  const update = () => { cfg = threads | (deterministic ? 1 << 16 : 0) | isaBits; };
+
+  const kernels: NativeKernels = {
+    name: 'native',
+    info,
+    setThreads(n) { threads = Math.max(1, Math.min(MAX_THREADS, n | 0)); update(); },
+    getThreads() { return threads; },
+    setDeterministic(on) { deterministic = !!on; update(); },
+    getDeterministic() { return deterministic; },
+
+    matmulForward(out, inp, weight, bias, N, C, OC) { k.matmulForward(cfg, out, inp, weight, bias, N, C, OC); },
+    matmulBackward(dinp, dweight, dbias, dout, inp, weight, N, C, OC) {
+      k.matmulBackward(cfg, dinp, dweight, dbias, dout, inp, weight, N, C, OC);
+    },
+    layernormForward(out, mean, rstd, inp, weight, bias, N, C) {
+      k.layernormForward(cfg, out, mean, rstd, inp, weight, bias, N, C);
+    },
+    layernormBackward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, N, C) {
+      k.layernormBackward(cfg, dinp, dweight, dbias, dout, inp, weight, mean, rstd, N, C);
+    },
+    geluForward(out, inp, n) { k.geluForward(cfg, out, inp, n); },
+    geluBackward(dinp, inp, dout, n) { k.geluBackward(cfg, dinp, inp, dout, n); },
+    attentionForward(out, att, inp, B, T, C, NH) { k.attentionForward(cfg, out, att, inp, B, T, C, NH); },
+    attentionBackward(dinp, datt, dout, inp, att, B, T, C, NH) {
+      k.attentionBackward(cfg, dinp, datt, dout, inp, att, B, T, C, NH);
+    },
+    crossEntropyForwardBackward(losses, dlogits, logits, targets, N, V, dlossScale) {
+      k.crossEntropyForwardBackward(cfg, losses, dlogits, logits, targets, N, V, dlossScale);
+    },
+    softmax(probs, logits, N, V) { k.softmax(cfg, probs, logits, N, V); },
+    embeddingForward(out, tokens, wte, wpe, B, T, C) { k.embeddingForward(cfg, out, tokens, wte, wpe, B, T, C); },
+    embeddingBackward(dwte, dwpe, dout, tokens, B, T, C) {
+      k.embeddingBackward(cfg, dwte, dwpe, dout, tokens, B, T, C);
+    },
+    add(out, a, b, n) { k.add(cfg, out, a, b, n); },
+    sumSquares(x) { return k.sumSquares(cfg, x); },
+    scale(x, s) { k.scale(cfg, x, s); },
+    adamw(params, grads, m, v, lr, beta1, beta2, eps, weightDecay, step) {
+      if (!Number.isInteger(step) || step < 1) throw new RangeError(`adamw: step must be an integer >= 1, got ${step}`);
+      // Bias corrections in JS: V8's Math.pow is its own software routine (fdlibm), not the
+      // CPU-dispatched libm pow, so the result does not depend on the machine.
+      const invBc1 = 1 / (1 - Math.pow(beta1, step));
+      const invBc2 = 1 / (1 - Math.pow(beta2, step));
+      k.adamw(cfg, params, grads, m, v, lr, beta1, beta2, eps, weightDecay, invBc1, invBc2);
+    },
+  };
+  update();
+  if (opts.threads !== undefined) kernels.setThreads(opts.threads);
+  if (opts.deterministic !== undefined) kernels.setDeterministic(opts.deterministic);
+  return kernels;
+}
