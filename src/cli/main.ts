@@ -9,6 +9,7 @@ import { register as registerEval } from './eval.js';
 import { register as registerGenerate } from './generate.js';
 import { register as registerExport } from './export.js';
 import { register as registerBench } from './bench.js';
+import { register as registerSim } from './sim.js';
 import { reportError } from './output.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
@@ -25,6 +26,7 @@ export function buildProgram(): Command {
   registerGenerate(program);
   registerExport(program);
   registerBench(program);
+  registerSim(program);
   const usageHelp = (c: Command, path: string): void => {
     c.showHelpAfterError(`usage: ${path} ${c.usage()}\n(run 'tessera ${path.replace(/^tessera ?/, '')}${path === 'tessera' ? '' : ' '}--help' for every option)`);
     c.commands.forEach((sub) => usageHelp(sub, `${path} ${sub.name()}`));

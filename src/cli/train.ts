@@ -55,6 +55,16 @@ function buildConfig(o: Record<string, unknown>, given: Set<string>): TrainConfi
   return r.data;
 }
 
+/** Progress bar with loss, validation loss, rate and ETA (only when stderr is a terminal). */
+function startBar(total: number, start: number): cliProgress.SingleBar {
+  const bar = new cliProgress.SingleBar({
+    format: 'train |{bar}| {value}/{total} steps | loss {loss} | val {val} | {tps} tok/s | ETA {eta_formatted}',
+    etaBuffer: 50, hideCursor: true,
+  }, cliProgress.Presets.shades_classic);
+  bar.start(total, start, { loss: '-', val: '-', tps: '-' });
+  return bar;
+}
+
 export function register(program: Command): void {
   program.command('train')
     .description('train a GPT on this machine (default: the embedded Brown corpus for 10 minutes)')
@@ -106,19 +116,10 @@ export function register(program: Command): void {
           },
           onTotalSteps: (n) => {
             say(o, `sized to ${n} steps to fit ${cfg.minutes} min`);
-            if (tty) {
-              bar = new cliProgress.SingleBar({
-                format: 'train |{bar}| {value}/{total} steps | loss {loss} | val {val} | {tps} tok/s | ETA {eta_formatted}',
-                etaBuffer: 50, hideCursor: true,
-              }, cliProgress.Presets.shades_classic);
-              bar.start(n, 0, { loss: '-', val: '-', tps: '-' });
-            }
+            if (tty) bar = startBar(n, 0);
           },
           onStep: (r) => {
-            if (r.totalSteps > 0 && !bar && tty) {
-              bar = new cliProgress.SingleBar({ format: 'train |{bar}| {value}/{total} steps | loss {loss} | val {val} | {tps} tok/s | ETA {eta_formatted}', etaBuffer: 50, hideCursor: true }, cliProgress.Presets.shades_classic);
-              bar.start(r.totalSteps, r.step - 1, { loss: '-', val: '-', tps: '-' });
-            }
+            if (r.totalSteps > 0 && !bar && tty) bar = startBar(r.totalSteps, r.step - 1); // --steps or --resume: total known up front
             const payload = { loss: r.loss.toFixed(3), val: Number.isNaN(lastVal) ? '-' : lastVal.toFixed(3), tps: r.tokensPerSec.toFixed(0) };
             if (bar) bar.update(r.step, payload);
             else if (!o.json && (r.elapsedMs - lastLine > 10_000 || r.step === r.totalSteps)) {
