@@ -1,0 +1,187 @@
+/**
+ * The run manifest: everything peers must agree on before they can train one model together.
+ * Its canonical JSON (sorted keys, no whitespace; see canonical.ts) is hashed to the runId,
+ * so two peers with the same runId agree on every field, and any change is a different run.
+ *
+ * The manifest names no peers: who takes part is decided round by round (see round.ts).
+ */
+import { z } from 'zod';
+import { ModelConfigSchema } from '../model/config.js';
+import { AdamWSchema } from '../train/adamw.js';
+import { ScheduleSchema } from '../train/schedule.js';
+import { TesseraError } from '../util/errors.js';
+import { resolveSparseParams } from './compress/sparse.js';
+import { canonicalBytes, sha256Hex } from './canonical.js';
+import { OuterSchema } from './outer.js';
+
+export const MANIFEST_VERSION = 1;
+/** Largest manifest accepted, in bytes (input and canonical form). */
+export const MAX_MANIFEST_BYTES = 64 * 1024;
+
+/** A manifest failed to parse or validate. `issues` lists every problem found. */
+export class ManifestError extends TesseraError {
+  readonly issues: readonly string[];
+  constructor(message: string, issues: readonly string[] = []) {
+    super('BAD_MANIFEST', issues.length ? `${message}: ${issues.join('; ')}` : message);
+    this.issues = issues;
+  }
+}
+
+const Sha256Hex = z.string().regex(/^[0-9a-f]{64}$/, 'must be a sha256 as 64 lowercase hex digits');
+const MAX_MS = 7 * 24 * 3600 * 1000;
+const Ms = z.number().int().min(1).max(MAX_MS);
+
+export const DatasetSchema = z.object({
+  name: z.string().min(1).max(256),
+  /** sha256 of the training token file (little-endian uint32 tokens)... */
+  trainTokensSha256: Sha256Hex.optional(),
+  /** ...or a content identifier (IPFS CID) of it. Exactly one of the two. */
+  cid: z.string().regex(/^[A-Za-z0-9]{8,256}$/, 'must be a CID string (8-256 alphanumerics)').optional(),
+  /** The training tokens are split into this many equal shards; shards are assigned per round. */
+  numShards: z.number().int().min(1).max(1 << 20),
+}).strict().refine((d) => (d.trainTokensSha256 === undefined) !== (d.cid === undefined), {
+  message: 'dataset needs exactly one of trainTokensSha256 or cid',
+});
+
+const SparseCodecSchema = z.object({
+  id: z.literal('sparse'),
+  chunk: z.number().int(),
+  k: z.number().int(),
+}).strict().superRefine((c, ctx) => {
+  try {
+    resolveSparseParams({ chunk: c.chunk, k: c.k });
+  } catch (e) {
+    ctx.addIssue({ code: 'custom', message: (e as Error).message });
+  }
+});
+
+export const CodecSettingsSchema = z.discriminatedUnion('id', [
+  z.object({ id: z.literal('fp32') }).strict(),
+  z.object({ id: z.literal('fp16') }).strict(),
+  z.object({ id: z.literal('int8') }).strict(),
+  SparseCodecSchema,
+]);
+export type CodecSettings = z.infer<typeof CodecSettingsSchema>;
+
+export const HyperSchema = z.object({
+  /** H: inner AdamW steps per round. */
+  innerSteps: z.number().int().min(1).max(1_000_000),
+  /** Sequences per inner step (each of model.ctx tokens). */
+  batch: z.number().int().min(1).max(65536),
+  adamw: AdamWSchema,
+  /** Inner learning-rate schedule, indexed by the global inner step round·H + i. */
+  schedule: ScheduleSchema,
+  outer: OuterSchema,
+  codec: CodecSettingsSchema,
+  /** Error-feedback decay beta in [0, 1] (0 = no error feedback). */
+  errorFeedback: z.number().min(0).max(1),
+}).strict();
+
+export const TimingSchema = z.object({
+  /** Training budget per round, from the round's start. */
+  trainMs: Ms,
+  /** Update-collection deadline, from the round's start (>= trainMs). */
+  submitMs: Ms,
+  /** Length of each agreement attempt before falling back to the next leader. */
+  commitMs: Ms,
+  /** Collection closes early once this fraction of the round's roster has submitted. */
+  quorum: z.number().gt(0).max(1),
+  /** Rounds train only when the roster has at least this many peers; otherwise they only admit joiners. */
+  minPeers: z.number().int().min(1).max(1024),
+  /** A member not heard from in this many consecutive rounds leaves the roster (it may re-join). */
+  maxMissedRounds: z.number().int().min(1).max(1000),
+}).strict().refine((t) => t.submitMs >= t.trainMs, { message: 'submitMs must be >= trainMs', path: ['submitMs'] });
+
+export const ManifestSchema = z.object({
+  version: z.literal(MANIFEST_VERSION),
+  /** Free-form human label; part of the identity like everything else. */
+  name: z.string().max(256).optional(),
+  model: ModelConfigSchema,
+  tokenizerSha256: Sha256Hex,
+  dataset: DatasetSchema,
+  hyper: HyperSchema,
+  /** weightsHash (sha256 of the flat float32 LE parameters) of θ at round 0. */
+  genesisWeightsHash: Sha256Hex,
+  seed: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
+  timing: TimingSchema,
+}).strict();
+
+export type Manifest = z.infer<typeof ManifestSchema>;
+export type ManifestInput = z.input<typeof ManifestSchema>;
+
+export interface DecodedManifest {
+  manifest: Manifest;
+  /** sha256 hex of `bytes`. */
+  runId: string;
+  /** The canonical encoding. */
+  bytes: Uint8Array;
+}
+
+function issuesOf(err: z.ZodError): string[] {
+  return err.issues.map((i) => `${i.path.length ? i.path.join('.') : '(root)'}: ${i.message}`);
+}
+
+function finish(value: unknown): DecodedManifest {
+  const r = ManifestSchema.safeParse(value);
+  if (!r.success) throw new ManifestError('invalid manifest', issuesOf(r.error));
+  const bytes = canonicalBytes(r.data);
+  if (bytes.length > MAX_MANIFEST_BYTES) throw new ManifestError(`canonical manifest is ${bytes.length} bytes, over the ${MAX_MANIFEST_BYTES}-byte limit`);
+  return { manifest: r.data, runId: sha256Hex(bytes), bytes };
+}
+
+/** Validates a manifest object (defaults filled in) and computes its canonical bytes and runId. */
+export function createManifest(input: ManifestInput): DecodedManifest {
+  return finish(input);
+}
+
+/** The canonical bytes of an already-valid manifest. */
+export function encodeManifest(m: Manifest): Uint8Array {
+  return createManifest(m).bytes;
+}
+
+export interface DecodeOptions {
+  /** Reject input that is not byte-for-byte the canonical encoding (use on the wire). */
+  requireCanonical?: boolean;
+}
+
+/**
+ * Parses a manifest from UTF-8 bytes or a JSON string. Throws ManifestError on anything
+ * oversized, not UTF-8, not JSON, or not a valid manifest. The runId is always the hash of the
+ * canonical re-encoding, so whitespace and key order in the input do not change it.
+ */
+export function decodeManifest(input: Uint8Array | string, opts: DecodeOptions = {}): DecodedManifest {
+  let text: string;
+  if (typeof input === 'string') {
+    if (input.length > MAX_MANIFEST_BYTES || Buffer.byteLength(input, 'utf8') > MAX_MANIFEST_BYTES) {
+      throw new ManifestError(`manifest is over the ${MAX_MANIFEST_BYTES}-byte limit`);
+    }
+    text = input;
+  } else if (input instanceof Uint8Array) {
+    if (input.length > MAX_MANIFEST_BYTES) throw new ManifestError(`manifest is ${input.length} bytes, over the ${MAX_MANIFEST_BYTES}-byte limit`);
+    try {
+      text = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true }).decode(input);
+    } catch {
+      throw new ManifestError('manifest is not valid UTF-8');
+    }
+  } else {
+    throw new ManifestError('manifest must be bytes or a JSON string');
+  }
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (e) {
+    throw new ManifestError(`manifest is not JSON: ${(e as Error).message}`);
+  }
+  const out = finish(value);
+  if (opts.requireCanonical) {
+    const given = typeof input === 'string' ? new TextEncoder().encode(input) : input;
+    if (!bytesEqual(given, out.bytes)) throw new ManifestError('manifest is not in canonical form');
+  }
+  return out;
+}
+
+function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}

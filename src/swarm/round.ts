@@ -1,0 +1,1084 @@
+/**
+ * The swarm round protocol as ONE pure reducer: `step(state, event) → { state, effects, rejected }`.
+ * No I/O, no clock, no randomness: time arrives as `tick` events, network input as `message`
+ * events, and the driver's work (training, applying, syncing) as `trained` / `applied` /
+ * `synced` events. Everything the driver must do comes back as data in `effects`. `step` never
+ * mutates its input state. Design and rationale: docs/ROUNDS.md.
+ *
+ * Round r, seen by one peer:
+ *   waiting (roster < minPeers: no training, only admits joiners) | training → collecting
+ *   → agreement (single-decree Paxos over "which updates are applied", leaders in a fixed
+ *     per-round order, attempt a led by order[a mod n]) → fetching (missing updates)
+ *   → applying (driver runs aggregate + outer Nesterov) → announce weights hash → round r+1.
+ * A peer whose post-apply hash disagrees with the majority's, or that falls behind, resyncs.
+ *
+ * Messages are assumed authenticated (`from` is the signer) by the network layer; every check
+ * here depends on protocol state: round number, roster membership, claimed leader, base hash.
+ * Drivers: feed ticks at least by nextDeadline(state); persist acceptorRecord(state) durably
+ * before sending the effects of a step (Paxos votes must survive a restart); map messages to
+ * envelopes with toWire / fromWire.
+ */
+import { z } from 'zod';
+import { InvalidInputError, TesseraError } from '../util/errors.js';
+import { assignShards, compareIds, roundSeed } from './assign.js';
+import { canonicalHash, HEX64 } from './canonical.js';
+import { leaderAt, leaderOrder, leaderRank } from './leader.js';
+import type { DecodedManifest } from './manifest.js';
+
+export const MAX_ROSTER = 1024;
+export const MAX_JOINS_PER_ROUND = 16;
+/** Join requests a member remembers per round. */
+export const MAX_PENDING_JOINS = 64;
+
+/** A protocol-level misuse by the caller (bad init options, bad params). */
+export class RoundStateError extends TesseraError {
+  constructor(message: string) {
+    super('ROUND_STATE', message);
+  }
+}
+
+// ───────────────────────────── wire types ─────────────────────────────
+
+export const PeerIdSchema = z.string().min(1).max(128).regex(/^[\x21-\x7e]+$/, 'peer id must be printable ASCII');
+const HashSchema = z.string().regex(HEX64, 'must be 64 lowercase hex digits');
+const RoundSchema = z.number().int().min(0).max(Number.MAX_SAFE_INTEGER);
+const AttemptSchema = z.number().int().min(0).max(1_000_000_000);
+
+export const IncludedUpdateSchema = z.object({
+  peer: PeerIdSchema,
+  updateHash: HashSchema,
+  /** Aggregation weight: min(steps, H)·batch. */
+  tokens: z.number().int().min(1).max(Number.MAX_SAFE_INTEGER),
+}).strict();
+export type IncludedUpdate = z.infer<typeof IncludedUpdateSchema>;
+
+/** A leader's proposal for round `round`, attempt `attempt`: which updates to apply, who joins. */
+export const CommitSchema = z.object({
+  round: RoundSchema,
+  attempt: AttemptSchema,
+  leader: PeerIdSchema,
+  /** Sorted by peer, one per peer. */
+  included: z.array(IncludedUpdateSchema).max(MAX_ROSTER),
+  /** Sorted; non-members admitted to the roster from round+1. */
+  joins: z.array(PeerIdSchema).max(MAX_JOINS_PER_ROUND),
+  /** Sorted; members the leader heard from this round (liveness: the rest count a missed round). */
+  live: z.array(PeerIdSchema).max(MAX_ROSTER),
+}).strict();
+export type Commit = z.infer<typeof CommitSchema>;
+
+/**
+ * Message bodies as they travel (the network layer's envelope carries the kind and the signer;
+ * see toWire / fromWire). Kinds are `round.<type>`.
+ */
+export const RoundBodySchemas = {
+  /** A pseudo-gradient is available (payload travels beside it, addressed by updateHash). */
+  'round.update': z.object({ round: RoundSchema, baseHash: HashSchema, updateHash: HashSchema, steps: z.number().int().min(1).max(1_000_000_000) }).strict(),
+  /** The leader's proposal; also counts as the leader's own acceptance. */
+  'round.commit': z.object({ commit: CommitSchema }).strict(),
+  /** A member accepted this commit (Paxos phase 2b), broadcast to all. */
+  'round.accept': z.object({ commit: CommitSchema }).strict(),
+  /** A member gave up on attempt−1: it accepts nothing below `attempt` and reports its accepted commit (Paxos 1b). */
+  'round.promise': z.object({ round: RoundSchema, attempt: AttemptSchema.min(1), accepted: CommitSchema.nullable() }).strict(),
+  /** A commit that a majority of the roster accepted; `signers` are the acceptors. */
+  'round.decided': z.object({ commit: CommitSchema, signers: z.array(PeerIdSchema).max(MAX_ROSTER) }).strict(),
+  /** Post-apply weights hash of round `round` (i.e. θ of round+1). */
+  'round.announce': z.object({ round: RoundSchema, weightsHash: HashSchema, valueHash: HashSchema }).strict(),
+  /** A synced non-member asks to be admitted. */
+  'round.join': z.object({ round: RoundSchema }).strict(),
+} as const;
+
+const head = <T extends string>(t: T) => ({ type: z.literal(t), from: PeerIdSchema });
+export const MessageSchema = z.discriminatedUnion('type', [
+  RoundBodySchemas['round.update'].extend(head('update')),
+  RoundBodySchemas['round.commit'].extend(head('commit')),
+  RoundBodySchemas['round.accept'].extend(head('accept')),
+  RoundBodySchemas['round.promise'].extend(head('promise')),
+  RoundBodySchemas['round.decided'].extend(head('decided')),
+  RoundBodySchemas['round.announce'].extend(head('announce')),
+  RoundBodySchemas['round.join'].extend(head('join')),
+]);
+export type Message = z.infer<typeof MessageSchema>;
+export type UpdateMsg = Extract<Message, { type: 'update' }>;
+
+/** Envelope kind and body for a message (the signer is the envelope's `from`). */
+export function toWire(m: Message): { kind: keyof typeof RoundBodySchemas; body: Record<string, unknown> } {
+  const { type, from: _from, ...body } = m;
+  return { kind: `round.${type}`, body };
+}
+
+/** The message for an opened envelope, or null if the kind is not a round kind or the body is invalid. */
+export function fromWire(kind: string, from: string, body: unknown): Message | null {
+  if (!Object.hasOwn(RoundBodySchemas, kind)) return null;
+  const b = RoundBodySchemas[kind as keyof typeof RoundBodySchemas].safeParse(body);
+  if (!b.success) return null;
+  const r = MessageSchema.safeParse({ ...b.data, type: kind.slice('round.'.length), from });
+  return r.success ? r.data : null;
+}
+
+/** What a resyncing peer installs; served by snapshotOf(). `missed` is aligned with `roster`. */
+export const SnapshotSchema = z.object({
+  round: RoundSchema,
+  weightsHash: HashSchema,
+  roster: z.array(PeerIdSchema).min(1).max(MAX_ROSTER),
+  missed: z.array(z.number().int().min(0).max(1_000_000)),
+}).strict().refine((s) => s.missed.length === s.roster.length, { message: 'missed must align with roster' })
+  .refine((s) => s.roster.every((p, i) => i === 0 || compareIds(s.roster[i - 1], p) < 0), { message: 'roster must be sorted and unique' });
+export type RoundSnapshot = z.infer<typeof SnapshotSchema>;
+
+// ───────────────────────────── params ─────────────────────────────
+
+export const RoundParamsSchema = z.object({
+  runId: HashSchema,
+  innerSteps: z.number().int().min(1),
+  batch: z.number().int().min(1),
+  numShards: z.number().int().min(1),
+  trainMs: z.number().int().min(1),
+  submitMs: z.number().int().min(1),
+  commitMs: z.number().int().min(1),
+  quorum: z.number().gt(0).max(1),
+  minPeers: z.number().int().min(1),
+  maxMissedRounds: z.number().int().min(1),
+  genesisWeightsHash: HashSchema,
+  /** Retry period for fetches and resyncs. */
+  retryMs: z.number().int().min(1),
+}).strict();
+export type RoundParams = z.infer<typeof RoundParamsSchema>;
+
+export function roundParams(d: Pick<DecodedManifest, 'manifest' | 'runId'>, retryMs?: number): RoundParams {
+  const m = d.manifest;
+  return {
+    runId: d.runId,
+    innerSteps: m.hyper.innerSteps,
+    batch: m.hyper.batch,
+    numShards: m.dataset.numShards,
+    trainMs: m.timing.trainMs,
+    submitMs: m.timing.submitMs,
+    commitMs: m.timing.commitMs,
+    quorum: m.timing.quorum,
+    minPeers: m.timing.minPeers,
+    maxMissedRounds: m.timing.maxMissedRounds,
+    genesisWeightsHash: m.genesisWeightsHash,
+    retryMs: retryMs ?? m.timing.commitMs,
+  };
+}
+
+// ───────────────────────────── events / effects ─────────────────────────────
+
+export type RoundEvent =
+  | { type: 'tick'; now: number }
+  | { type: 'message'; msg: Message }
+  /** The driver finished (or cut short) this peer's inner steps and holds the encoded Δ. */
+  | { type: 'trained'; round: number; updateHash: string; steps: number }
+  /** The driver applied the decided set; weightsHash is θ of round+1. */
+  | { type: 'applied'; round: number; weightsHash: string }
+  /** The driver installed weights + momentum from a peer for this snapshot. */
+  | { type: 'synced'; snapshot: RoundSnapshot };
+
+export type Effect =
+  | { type: 'broadcast'; msg: Message }
+  | { type: 'send'; to: string; msg: Message }
+  /** Run `steps` inner steps from θ (hash baseHash) on these shards; stop at local time `until`; report `trained`. */
+  | { type: 'train'; round: number; baseHash: string; shards: number[]; steps: number; until: number }
+  | { type: 'stop-training'; round: number }
+  /** Obtain these update payloads (from any of `from`) and deliver their `update` messages. */
+  | { type: 'fetch'; round: number; updates: { peer: string; updateHash: string }[]; from: string[] }
+  /** Apply exactly `included` (sorted by peer) to θ (hash baseHash) with applyCommitted(); report `applied`. Never emitted for an empty set. */
+  | { type: 'apply'; round: number; baseHash: string; valueHash: string; included: IncludedUpdate[] }
+  /** Fetch weights + momentum + snapshotOf() from one of `from`; if round/weightsHash are given the snapshot must match them. Report `synced`. */
+  | { type: 'resync'; from: string[]; round: number | null; weightsHash: string | null };
+
+export type RejectReason =
+  | 'malformed' | 'self' | 'not-synced' | 'stale-round' | 'future-round' | 'not-member' | 'not-leader'
+  | 'duplicate' | 'equivocation' | 'wrong-base' | 'wrong-phase' | 'stale-attempt'
+  | 'bad-certificate' | 'conflict' | 'already-member' | 'late' | 'buffer-full' | 'unexpected'
+  | 'stale-snapshot' | 'wrong-hash';
+
+export interface Rejection {
+  reason: RejectReason;
+  detail: string;
+  /** Sender of the rejected message, if it was a message. */
+  from?: string;
+  event: RoundEvent['type'];
+}
+
+export interface StepResult {
+  state: RoundState;
+  effects: Effect[];
+  /** Every input that was ignored, with why (several when buffered messages are replayed). */
+  rejected: Rejection[];
+}
+
+// ───────────────────────────── state ─────────────────────────────
+
+export type Phase = 'unsynced' | 'syncing' | 'waiting' | 'training' | 'collecting' | 'agreement' | 'fetching' | 'applying';
+
+export interface Decision {
+  commit: Commit;
+  commitHash: string;
+  valueHash: string;
+  signers: string[];
+}
+
+interface PrevRound {
+  round: number;
+  roster: string[];
+  decision: Decision;
+  /** Our post-apply hash; null once a resync replaced it. */
+  resultHash: string | null;
+  repliedTo: string[];
+}
+
+export interface RoundState {
+  readonly self: string;
+  readonly params: RoundParams;
+  now: number;
+  phase: Phase;
+  /** -1 until synced. */
+  round: number;
+  /** Hash of θ_round, the base every update of this round must be built on. */
+  weightsHash: string;
+  /** Sorted. */
+  roster: string[];
+  /** Aligned with roster: consecutive rounds each member was not heard from (by the deciding leader). */
+  missed: number[];
+  seed: string;
+  /** Leader order; attempt a is led by order[a mod n]. */
+  order: string[];
+  member: boolean;
+  /**
+   * False in the round a peer synced into from a fresh start: it may have voted in that round
+   * before it restarted and forgotten, so it only learns (trains and submits, but neither
+   * accepts, promises nor leads) until the next round.
+   */
+  voting: boolean;
+  /** Rounds up to this one are never voted in (restart with an acceptor record; see InitOptions). */
+  noVoteThrough: number;
+  /** The acceptor record this process restarted with, restored when it syncs into that round. */
+  restored: AcceptorRecord | null;
+  /** roster.length >= minPeers. */
+  training: boolean;
+  startedAt: number;
+  closedAt: number | null;
+  trainingActive: boolean;
+  /** Held update metadata by update hash. */
+  updates: Map<string, UpdateMsg>;
+  /** The first valid update received from each member (what this peer would propose). */
+  byPeer: Map<string, string>;
+  joins: string[];
+  /** Sorted; members heard from this round (any message, or an announce of the previous round). */
+  heard: string[];
+  /** Sorted; members already sending messages of a later round (a majority of them means we fell behind). */
+  ahead: string[];
+  // Paxos acceptor / proposer state for this round
+  promised: number;
+  accepted: Commit | null;
+  attempt: number;
+  attemptDeadline: number;
+  /** attempt → (member → its accepted commit), for attempts this peer leads. */
+  promises: Map<number, Map<string, Commit | null>>;
+  proposed: number[];
+  /** commitHash → commit and its acceptors (sorted). */
+  votes: Map<string, { commit: Commit; signers: string[] }>;
+  /**
+   * A commit this peer will accept (or, if it is the leader, propose) as soon as it holds every
+   * listed update: a peer only votes for data it has, so a decided set is always available
+   * from a live majority.
+   */
+  pending: Commit | null;
+  decision: Decision | null;
+  fetchDeadline: number;
+  repliedTo: string[];
+  /** Messages for round+1, replayed when it starts. */
+  future: Message[];
+  /** round → member → announced post-apply hash. Kept for round-1 and round. */
+  announces: Map<number, Map<string, { weightsHash: string; valueHash: string }>>;
+  prev: PrevRound | null;
+  sync: { target: { round: number; weightsHash: string } | null; from: string[]; retryAt: number } | null;
+}
+
+// ───────────────────────────── pure helpers ─────────────────────────────
+
+export function majority(n: number): number {
+  return Math.floor(n / 2) + 1;
+}
+
+export function commitHash(c: Commit): string {
+  return canonicalHash({ domain: 'tessera/commit/v1', commit: c });
+}
+
+/** Identity of what is applied (attempt and leader excluded): equal for re-proposals of one value. */
+export function valueHash(c: Commit): string {
+  return canonicalHash({ domain: 'tessera/value/v1', round: c.round, included: c.included, joins: c.joins, live: c.live });
+}
+
+/** Aggregation weight of an update of `steps` inner steps: min(steps, H)·batch. */
+export function tokensFor(p: RoundParams, steps: number): number {
+  return Math.min(steps, p.innerSteps) * p.batch;
+}
+
+function has(sorted: readonly string[], x: string): boolean {
+  let lo = 0, hi = sorted.length - 1;
+  while (lo <= hi) {
+    const mid = (lo + hi) >> 1;
+    const c = compareIds(sorted[mid], x);
+    if (c === 0) return true;
+    if (c < 0) lo = mid + 1; else hi = mid - 1;
+  }
+  return false;
+}
+
+function insertSorted(xs: string[], x: string): boolean {
+  let i = 0;
+  while (i < xs.length && compareIds(xs[i], x) < 0) i++;
+  if (xs[i] === x) return false;
+  xs.splice(i, 0, x);
+  return true;
+}
+
+function msgRound(m: Message): number {
+  return m.type === 'commit' || m.type === 'accept' || m.type === 'decided' ? m.commit.round : m.round;
+}
+
+/** The roster of round+1 after `commit` (deterministic from agreed data only). */
+export function nextRoster(p: RoundParams, roster: readonly string[], missed: readonly number[], commit: Commit): { roster: string[]; missed: number[] } {
+  // Only the value (included, live, joins) may matter here, never the attempt or its leader:
+  // peers may learn the same value through different attempts.
+  const seen = new Set([...commit.included.map((u) => u.peer), ...commit.live]);
+  const rows: [string, number][] = [];
+  roster.forEach((peer, i) => {
+    const m = seen.has(peer) ? 0 : missed[i] + 1;
+    if (m < p.maxMissedRounds) rows.push([peer, m]);
+  });
+  for (const j of commit.joins) if (!has(roster, j)) rows.push([j, 0]);
+  rows.sort((a, b) => compareIds(a[0], b[0]));
+  const kept = rows.slice(0, MAX_ROSTER);
+  return { roster: kept.map((r) => r[0]), missed: kept.map((r) => r[1]) };
+}
+
+/** The snapshot a resyncing peer needs from this one, or null when this peer is not synced. */
+export function snapshotOf(s: RoundState): RoundSnapshot | null {
+  if (s.phase === 'unsynced' || s.phase === 'syncing') return null;
+  return { round: s.round, weightsHash: s.weightsHash, roster: [...s.roster], missed: [...s.missed] };
+}
+
+/** The local time at which the next tick can change anything (Infinity: only an event can). */
+export function nextDeadline(s: RoundState): number {
+  switch (s.phase) {
+    case 'unsynced': case 'syncing': return s.sync && s.sync.from.length > 0 ? s.sync.retryAt : Infinity;
+    case 'waiting': case 'training': case 'collecting': return s.startedAt + s.params.submitMs;
+    case 'agreement': return s.member && s.voting && !s.decision ? s.attemptDeadline : Infinity;
+    case 'fetching': return s.fetchDeadline;
+    case 'applying': return s.decision && s.decision.commit.included.length === 0 ? -Infinity : Infinity;
+    default: return Infinity;
+  }
+}
+
+export function leaderOf(s: RoundState, attempt: number): string {
+  return leaderAt(s.order, attempt);
+}
+
+// ───────────────────────────── init ─────────────────────────────
+
+export interface InitOptions {
+  self: string;
+  params: RoundParams;
+  now: number;
+  /** Start at round 0 (genesis weights) with this roster; otherwise start unsynced. */
+  genesis?: { roster: readonly string[] };
+  /** Unsynced start: peers to resync from right away. */
+  bootstrap?: readonly string[];
+  /**
+   * Restart after a crash: the last acceptorRecord() the driver persisted. Paxos acceptors must
+   * not forget their votes, so with it the peer restores them for that round and never votes
+   * in an earlier one; without it (unknown history) it sits out voting in the round it first
+   * syncs into, which is only safe if that round is the one it crashed in or later and which
+   * stalls a round that needs its vote for a majority.
+   */
+  acceptor?: AcceptorRecord;
+}
+
+/** What a driver must persist (durably, before sending what `step` returned) to restart safely. */
+export interface AcceptorRecord {
+  round: number;
+  promised: number;
+  accepted: Commit | null;
+  proposed: number[];
+}
+
+export const AcceptorRecordSchema = z.object({
+  round: RoundSchema,
+  promised: AttemptSchema,
+  accepted: CommitSchema.nullable(),
+  proposed: z.array(AttemptSchema).max(1_000_000),
+}).strict();
+
+/** The acceptor state to persist; compare with the last one saved and write when it changed. Null before sync. */
+export function acceptorRecord(s: RoundState): AcceptorRecord | null {
+  if (s.round < 0) return null;
+  return { round: s.round, promised: s.promised, accepted: s.accepted, proposed: [...s.proposed] };
+}
+
+export function init(opts: InitOptions): StepResult {
+  const self = PeerIdSchema.safeParse(opts.self);
+  if (!self.success) throw new RoundStateError(`bad self peer id ${JSON.stringify(opts.self)}`);
+  const params = RoundParamsSchema.safeParse(opts.params);
+  if (!params.success) throw new RoundStateError(`bad round params: ${params.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
+  if (params.data.submitMs < params.data.trainMs) throw new RoundStateError('submitMs must be >= trainMs');
+  if (!Number.isFinite(opts.now)) throw new RoundStateError('now must be finite');
+  let restored: AcceptorRecord | null = null;
+  if (opts.acceptor !== undefined) {
+    const r = AcceptorRecordSchema.safeParse(opts.acceptor);
+    if (!r.success) throw new RoundStateError(`bad acceptor record: ${r.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
+    restored = r.data;
+  }
+  const s: RoundState = {
+    self: opts.self, params: params.data, now: opts.now, phase: 'unsynced', round: -1, weightsHash: '', roster: [], missed: [],
+    seed: '', order: [], member: false, voting: false, noVoteThrough: restored ? restored.round - 1 : -1, restored, training: false, startedAt: opts.now, closedAt: null, trainingActive: false,
+    updates: new Map(), byPeer: new Map(), joins: [], heard: [], ahead: [], promised: 0, accepted: null, attempt: 0, attemptDeadline: Infinity,
+    promises: new Map(), proposed: [], votes: new Map(), pending: null, decision: null, fetchDeadline: Infinity, repliedTo: [], future: [],
+    announces: new Map(), prev: null,
+    sync: { target: null, from: [...new Set(opts.bootstrap ?? [])].filter((p) => p !== opts.self).slice(0, 8), retryAt: opts.now },
+  };
+  const c: Ctx = { s, effects: [], rejected: [], event: 'tick' };
+  if (opts.genesis) {
+    const roster = [...new Set(opts.genesis.roster)].sort(compareIds);
+    if (roster.length === 0 || roster.length > MAX_ROSTER) throw new RoundStateError(`genesis roster must have 1..${MAX_ROSTER} peers`);
+    for (const p of roster) if (!PeerIdSchema.safeParse(p).success) throw new RoundStateError(`bad peer id ${JSON.stringify(p)}`);
+    startRound(c, { round: 0, weightsHash: s.params.genesisWeightsHash, roster, missed: roster.map(() => 0) }, null);
+  }
+  advance(c);
+  return { state: s, effects: c.effects, rejected: c.rejected };
+}
+
+// ───────────────────────────── the reducer ─────────────────────────────
+
+interface Ctx {
+  s: RoundState;
+  effects: Effect[];
+  rejected: Rejection[];
+  event: RoundEvent['type'];
+}
+
+function reject(c: Ctx, reason: RejectReason, detail: string, from?: string): void {
+  c.rejected.push(from === undefined ? { reason, detail, event: c.event } : { reason, detail, from, event: c.event });
+}
+
+export function step(state: RoundState, event: RoundEvent): StepResult {
+  if (event.type === 'tick') {
+    if (!Number.isFinite(event.now)) throw new InvalidInputError('tick: now must be finite');
+    const now = Math.max(state.now, event.now);
+    if (now < nextDeadline(state)) return { state: { ...state, now }, effects: [], rejected: [] };
+  }
+  const s = structuredClone(state);
+  const c: Ctx = { s, effects: [], rejected: [], event: event.type };
+  switch (event.type) {
+    case 'tick': s.now = Math.max(s.now, event.now); break;
+    case 'message': handleMessage(c, event.msg); break;
+    case 'trained': handleTrained(c, event); break;
+    case 'applied': handleApplied(c, event); break;
+    case 'synced': handleSynced(c, event.snapshot); break;
+    default: reject(c, 'malformed', `unknown event ${(event as { type: unknown }).type}`);
+  }
+  advance(c);
+  return { state: s, effects: c.effects, rejected: c.rejected };
+}
+
+/** Time-driven transitions; runs after every event. */
+function advance(c: Ctx): void {
+  const s = c.s;
+  for (let guard = 0; guard < 8; guard++) {
+    const before = s.phase;
+    switch (s.phase) {
+      case 'unsynced': case 'syncing':
+        if (s.sync && s.sync.from.length > 0 && s.now >= s.sync.retryAt) {
+          c.effects.push({ type: 'resync', from: [...s.sync.from], round: s.sync.target?.round ?? null, weightsHash: s.sync.target?.weightsHash ?? null });
+          s.sync.retryAt = s.now + s.params.retryMs;
+        }
+        break;
+      case 'waiting': case 'training': case 'collecting':
+        if (shouldClose(s)) closeCollection(c);
+        break;
+      case 'agreement':
+        if (s.decision) break;
+        if (s.member && s.voting) {
+          if (s.now >= s.attemptDeadline && !behind(c)) timeoutAttempt(c);
+        } else {
+          behind(c);
+        }
+        break;
+      case 'applying':
+        if (s.decision && s.decision.commit.included.length === 0) finishRound(c, s.weightsHash);
+        break;
+      case 'fetching':
+        if (s.now >= s.fetchDeadline && !behind(c)) {
+          s.fetchDeadline = s.now + s.params.retryMs;
+          emitFetch(c);
+        }
+        break;
+      default: break;
+    }
+    if (s.phase === before) return;
+  }
+}
+
+/**
+ * Resyncs (and returns true) if a majority of the roster has moved past this round: it
+ * announced this round's result, or it is already sending later-round messages.
+ */
+function behind(c: Ctx): boolean {
+  const s = c.s;
+  const maj = majorityHash(s.announces.get(s.round), s.roster);
+  if (maj) { startResync(c, maj.peers, { round: s.round + 1, weightsHash: maj.hash }); return true; }
+  if (s.ahead.length >= majority(s.roster.length)) { startResync(c, [...s.ahead], null); return true; }
+  return false;
+}
+
+/**
+ * How long attempt `a` lasts: commitMs, growing by commitMs after each full pass over the
+ * leader order, so that attempts eventually outlast any (unknown) message delay.
+ */
+export function attemptMs(s: Pick<RoundState, 'params' | 'order'>, a: number): number {
+  return s.params.commitMs * (1 + Math.floor(a / Math.max(1, s.order.length)));
+}
+
+function shouldClose(s: RoundState): boolean {
+  if (s.now >= s.startedAt + s.params.submitMs) return true;
+  if (!s.training) return s.roster.length + s.joins.length >= s.params.minPeers;
+  const need = Math.max(1, Math.ceil(s.params.quorum * s.roster.length - 1e-9));
+  return s.byPeer.size >= need;
+}
+
+/** Ends update collection; the leader of attempt 0 proposes unless `byCommit` (someone else's commit closed it). */
+function closeCollection(c: Ctx, byCommit = false): void {
+  const s = c.s;
+  s.closedAt = s.now;
+  s.phase = 'agreement';
+  s.attemptDeadline = s.now + attemptMs(s, s.attempt);
+  if (!byCommit && s.member && s.voting && !s.decision && s.promised === 0 && !s.proposed.includes(0) && leaderAt(s.order, 0) === s.self) {
+    const v = ownValue(s);
+    propose(c, { round: s.round, attempt: 0, leader: s.self, ...v });
+  }
+}
+
+interface StartInfo { round: number; weightsHash: string; roster: string[]; missed: number[] }
+interface Carry {
+  promised: number;
+  accepted: Commit | null;
+  proposed: number[];
+  /** Same round and same θ: what was collected is still valid. */
+  keep: Pick<RoundState, 'startedAt' | 'updates' | 'byPeer' | 'joins' | 'heard'> | null;
+}
+
+function startRound(c: Ctx, info: StartInfo, carry: Carry | null, voting = true): void {
+  const s = c.s, p = s.params;
+  s.voting = voting && info.round > s.noVoteThrough;
+  s.round = info.round;
+  s.weightsHash = info.weightsHash;
+  s.roster = info.roster;
+  s.missed = info.missed;
+  s.seed = roundSeed(p.runId, info.round);
+  s.order = leaderOrder(s.seed, s.roster, s.missed);
+  s.member = has(s.roster, s.self);
+  s.training = s.roster.length >= p.minPeers;
+  const keep = carry?.keep ?? null;
+  s.startedAt = keep ? keep.startedAt : s.now;
+  s.closedAt = null;
+  s.trainingActive = false;
+  s.updates = keep ? keep.updates : new Map();
+  s.byPeer = keep ? keep.byPeer : new Map();
+  s.joins = keep ? keep.joins : [];
+  s.heard = keep ? keep.heard : [];
+  s.ahead = [];
+  s.promised = carry?.promised ?? 0;
+  s.accepted = carry?.accepted ?? null;
+  s.attempt = s.promised;
+  s.attemptDeadline = Infinity;
+  s.promises = new Map();
+  s.proposed = carry ? [...carry.proposed] : [];
+  s.votes = new Map();
+  s.pending = null;
+  s.decision = null;
+  s.fetchDeadline = Infinity;
+  s.repliedTo = [];
+  s.sync = null;
+  for (const r of [...s.announces.keys()]) if (r < s.round - 1) s.announces.delete(r);
+  if (s.member && s.training && s.byPeer.has(s.self)) {
+    s.phase = 'collecting'; // re-entered a round whose update we already published
+  } else if (s.member && s.training) {
+    s.phase = 'training';
+    s.trainingActive = true;
+    const shards = assignShards(s.seed, s.roster, p.numShards).get(s.self)!;
+    c.effects.push({ type: 'train', round: s.round, baseHash: s.weightsHash, shards, steps: p.innerSteps, until: s.startedAt + p.trainMs });
+  } else {
+    s.phase = s.training ? 'collecting' : 'waiting';
+  }
+  if (!s.member) c.effects.push({ type: 'broadcast', msg: { type: 'join', from: s.self, round: s.round } });
+  const fut = s.future;
+  s.future = [];
+  for (const m of fut) {
+    const r = msgRound(m);
+    if (r === s.round) {
+      if (has(s.roster, m.from)) insertSorted(s.heard, m.from);
+      dispatch(c, m);
+    } else if (r === s.round + 1) s.future.push(m);
+  }
+  checkAnnouncements(c);
+}
+
+// ───────────────────────────── messages ─────────────────────────────
+
+function handleMessage(c: Ctx, raw: Message): void {
+  const s = c.s;
+  const parsed = MessageSchema.safeParse(raw);
+  if (!parsed.success) {
+    const from = typeof (raw as { from?: unknown })?.from === 'string' ? (raw as { from: string }).from : undefined;
+    reject(c, 'malformed', parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; '), from);
+    return;
+  }
+  const m = parsed.data;
+  // Our own update can come back (fetched after a restart); any other message of ours is a replay.
+  if (m.from === s.self && m.type !== 'update') { reject(c, 'self', `${m.type} claims to be from this peer`, m.from); return; }
+  if (s.phase === 'unsynced' || s.phase === 'syncing') {
+    if (s.sync && !s.sync.from.includes(m.from) && s.sync.from.length < 8) s.sync.from.push(m.from);
+    reject(c, 'not-synced', `${m.type} while ${s.phase}`, m.from);
+    return;
+  }
+  const r = msgRound(m);
+  // Any authenticated message from a member this round (or its announce of last round) shows it is alive.
+  if ((r === s.round || (r === s.round - 1 && m.type === 'announce')) && has(s.roster, m.from)) insertSorted(s.heard, m.from);
+  if (r === s.round) { dispatch(c, m); return; }
+  if (r < s.round) { handleOld(c, m, r); return; }
+  if (has(s.roster, m.from)) insertSorted(s.ahead, m.from);
+  if (r === s.round + 1 && m.type !== 'decided' && m.type !== 'announce') {
+    if (s.future.length >= 4 * s.roster.length + 16) { reject(c, 'buffer-full', `future-round buffer full; dropped ${m.type} for round ${r}`, m.from); return; }
+    s.future.push(m);
+    return;
+  }
+  // Round r+1 decided, or later rounds under way: this peer has fallen behind.
+  if (has(s.roster, m.from)) startResync(c, [m.from], null);
+  reject(c, 'future-round', `${m.type} for round ${r} while at round ${s.round}`, m.from);
+}
+
+function dispatch(c: Ctx, m: Message): void {
+  switch (m.type) {
+    case 'update': return handleUpdate(c, m);
+    case 'commit': return handleCommit(c, m);
+    case 'accept': return handleAccept(c, m);
+    case 'promise': return handlePromise(c, m);
+    case 'decided': return handleDecided(c, m);
+    case 'announce': return handleAnnounce(c, m, c.s.roster);
+    case 'join': return handleJoin(c, m);
+  }
+}
+
+function handleOld(c: Ctx, m: Message, r: number): void {
+  const s = c.s, prev = s.prev;
+  if (m.type === 'announce' && prev && r === prev.round) { handleAnnounce(c, m, prev.roster); return; }
+  // A straggler timed out on a round we finished (it missed the decision): tell it, once.
+  if (prev && m.type === 'promise' && has(prev.roster, m.from) && has(prev.roster, s.self) && !prev.repliedTo.includes(m.from)) {
+    prev.repliedTo.push(m.from);
+    c.effects.push({ type: 'send', to: m.from, msg: { type: 'decided', from: s.self, commit: prev.decision.commit, signers: [...prev.decision.signers] } });
+  }
+  reject(c, 'stale-round', `${m.type} for round ${r} while at round ${s.round}`, m.from);
+}
+
+/** Protocol-state checks of a commit for the current round; null when acceptable. */
+function checkCommit(s: RoundState, k: Commit): { reason: RejectReason; detail: string } | null {
+  const p = s.params;
+  if (k.round !== s.round) return { reason: 'stale-round', detail: `commit for round ${k.round}` };
+  const want = leaderAt(s.order, k.attempt);
+  if (k.leader !== want) return { reason: 'not-leader', detail: `${k.leader} does not lead attempt ${k.attempt} (leader is ${want})` };
+  if (!s.training && k.included.length > 0) return { reason: 'malformed', detail: 'updates listed in a waiting round' };
+  const cap = p.innerSteps * p.batch;
+  for (let i = 0; i < k.included.length; i++) {
+    const u = k.included[i];
+    if (i > 0 && compareIds(k.included[i - 1].peer, u.peer) >= 0) return { reason: 'malformed', detail: 'included not sorted by peer / duplicate peer' };
+    if (!has(s.roster, u.peer)) return { reason: 'not-member', detail: `included update from non-member ${u.peer}` };
+    if (u.tokens > cap) return { reason: 'malformed', detail: `tokens ${u.tokens} over H·batch = ${cap}` };
+  }
+  for (let i = 0; i < k.joins.length; i++) {
+    const j = k.joins[i];
+    if (i > 0 && compareIds(k.joins[i - 1], j) >= 0) return { reason: 'malformed', detail: 'joins not sorted / duplicate' };
+    if (has(s.roster, j)) return { reason: 'already-member', detail: `join of existing member ${j}` };
+  }
+  for (let i = 0; i < k.live.length; i++) {
+    if (i > 0 && compareIds(k.live[i - 1], k.live[i]) >= 0) return { reason: 'malformed', detail: 'live not sorted / duplicate' };
+    if (!has(s.roster, k.live[i])) return { reason: 'not-member', detail: `live lists non-member ${k.live[i]}` };
+  }
+  if (s.roster.length + k.joins.length > MAX_ROSTER) return { reason: 'malformed', detail: `roster would exceed ${MAX_ROSTER}` };
+  return null;
+}
+
+function handleUpdate(c: Ctx, m: UpdateMsg): void {
+  const s = c.s;
+  if (!has(s.roster, m.from)) { reject(c, 'not-member', `update from non-member ${m.from}`, m.from); return; }
+  if (!s.training) { reject(c, 'wrong-phase', 'no training in a waiting round', m.from); return; }
+  if (m.baseHash !== s.weightsHash) { reject(c, 'wrong-base', `update built on ${m.baseHash.slice(0, 12)}, round base is ${s.weightsHash.slice(0, 12)}`, m.from); return; }
+  if (s.updates.has(m.updateHash)) { reject(c, 'duplicate', `update ${m.updateHash.slice(0, 12)} already held`, m.from); return; }
+  const listed = (k: Commit | null | undefined) => k?.included.some((u) => u.updateHash === m.updateHash && u.peer === m.from) ?? false;
+  if (listed(s.decision?.commit) || listed(s.pending)) {
+    // Asked for (fetched): store even if we hold a different update from this author.
+    s.updates.set(m.updateHash, m);
+    if (!s.byPeer.has(m.from)) s.byPeer.set(m.from, m.updateHash);
+    if (s.phase === 'fetching' && missingUpdates(s).length === 0) startApply(c);
+    else resumePending(c);
+    return;
+  }
+  if (s.decision) { reject(c, 'late', 'round already decided', m.from); return; }
+  if (s.byPeer.has(m.from)) { reject(c, 'equivocation', `second, different update from ${m.from}`, m.from); return; }
+  s.updates.set(m.updateHash, m);
+  s.byPeer.set(m.from, m.updateHash);
+}
+
+function holdsAll(s: RoundState, k: Commit): boolean {
+  return k.included.every((u) => s.updates.has(u.updateHash));
+}
+
+function fetchFor(c: Ctx, k: Commit): void {
+  const s = c.s;
+  const missing = k.included.filter((u) => !s.updates.has(u.updateHash));
+  const voters = s.votes.get(commitHash(k))?.signers ?? [];
+  const from = [...new Set([...missing.map((u) => u.peer), k.leader, ...voters])].filter((p) => p !== s.self);
+  c.effects.push({ type: 'fetch', round: s.round, updates: missing.map((u) => ({ peer: u.peer, updateHash: u.updateHash })), from });
+}
+
+/** Accepts / proposes the pending commit once every update it lists is held. */
+function resumePending(c: Ctx): void {
+  const s = c.s, k = s.pending;
+  if (!k || !holdsAll(s, k)) return;
+  s.pending = null;
+  if (s.decision || k.attempt < s.promised) return;
+  if (k.leader === s.self) {
+    if (!s.proposed.includes(k.attempt)) propose(c, k);
+  } else if (!(s.accepted && s.accepted.attempt === k.attempt)) {
+    acceptCommit(c, k, true);
+  }
+}
+
+function handleCommit(c: Ctx, m: Extract<Message, { type: 'commit' }>): void {
+  const s = c.s, k = m.commit;
+  if (m.from !== k.leader) { reject(c, 'not-leader', `commit signed by ${m.from} names leader ${k.leader}`, m.from); return; }
+  const bad = checkCommit(s, k);
+  if (bad) { reject(c, bad.reason, bad.detail, m.from); return; }
+  const fresh = addVote(c, k, m.from); // the proposal is also the leader's acceptance
+  if (!s.member || !s.voting) { if (!fresh) reject(c, 'duplicate', 'commit already seen', m.from); return; }
+  if (s.accepted && s.accepted.attempt === k.attempt) {
+    if (commitHash(s.accepted) === commitHash(k)) reject(c, 'duplicate', 'commit already accepted', m.from);
+    else reject(c, 'equivocation', `leader ${m.from} proposed two commits for attempt ${k.attempt}`, m.from);
+    return;
+  }
+  if (k.attempt < s.promised) { reject(c, 'stale-attempt', `attempt ${k.attempt} < promised ${s.promised}`, m.from); return; }
+  if (s.phase === 'training' || s.phase === 'collecting' || s.phase === 'waiting') closeCollection(c, true);
+  if (s.decision) { acceptCommit(c, k, true); return; } // decided already (same value by Paxos); just help others
+  if (!holdsAll(s, k)) {
+    if (s.pending && commitHash(s.pending) === commitHash(k)) { reject(c, 'duplicate', 'commit already pending', m.from); return; }
+    if (!s.pending || s.pending.attempt <= k.attempt) { s.pending = k; fetchFor(c, k); }
+    return;
+  }
+  acceptCommit(c, k, true);
+}
+
+function acceptCommit(c: Ctx, k: Commit, broadcast: boolean): void {
+  const s = c.s;
+  s.promised = k.attempt;
+  s.accepted = k;
+  if (k.attempt > s.attempt) {
+    s.attempt = k.attempt;
+    s.attemptDeadline = s.now + attemptMs(s, k.attempt);
+  }
+  if (s.phase === 'training' || s.phase === 'collecting' || s.phase === 'waiting') closeCollection(c, true);
+  if (broadcast) c.effects.push({ type: 'broadcast', msg: { type: 'accept', from: s.self, commit: k } });
+  addVote(c, k, s.self);
+}
+
+/** Records `signer`'s acceptance of `k`; decides on a majority. False if already recorded. */
+function addVote(c: Ctx, k: Commit, signer: string): boolean {
+  const s = c.s;
+  const h = commitHash(k);
+  let v = s.votes.get(h);
+  if (!v) {
+    if (s.votes.size >= 4 * s.roster.length + 16) {
+      // Keep the latest attempts: a value chosen earlier is re-proposed in every later attempt.
+      let low: string | null = null, lowAttempt = Infinity;
+      for (const [key, x] of s.votes) if (x.commit.attempt < lowAttempt) { low = key; lowAttempt = x.commit.attempt; }
+      if (low === null || lowAttempt > k.attempt) return false;
+      s.votes.delete(low);
+    }
+    v = { commit: k, signers: [] };
+    s.votes.set(h, v);
+  }
+  if (!insertSorted(v.signers, signer)) return false;
+  if (!s.decision && v.signers.length >= majority(s.roster.length)) decide(c, k, h, [...v.signers]);
+  return true;
+}
+
+function handleAccept(c: Ctx, m: Extract<Message, { type: 'accept' }>): void {
+  const s = c.s;
+  if (!has(s.roster, m.from)) { reject(c, 'not-member', `accept from non-member ${m.from}`, m.from); return; }
+  const bad = checkCommit(s, m.commit);
+  if (bad) { reject(c, bad.reason, bad.detail, m.from); return; }
+  if (!addVote(c, m.commit, m.from)) reject(c, 'duplicate', 'accept already counted', m.from);
+}
+
+function handlePromise(c: Ctx, m: Extract<Message, { type: 'promise' }>): void {
+  const s = c.s;
+  if (!has(s.roster, m.from)) { reject(c, 'not-member', `promise from non-member ${m.from}`, m.from); return; }
+  if (m.accepted) {
+    const bad = checkCommit(s, m.accepted);
+    if (bad) { reject(c, bad.reason, `promised commit: ${bad.detail}`, m.from); return; }
+    if (m.accepted.attempt >= m.attempt) { reject(c, 'malformed', 'promise reports an accepted commit from its own or a later attempt', m.from); return; }
+  }
+  if (s.decision && s.member) {
+    // Already decided: the sender missed it. Answer once instead of leading a new attempt.
+    if (!s.repliedTo.includes(m.from)) {
+      s.repliedTo.push(m.from);
+      c.effects.push({ type: 'send', to: m.from, msg: { type: 'decided', from: s.self, commit: s.decision.commit, signers: [...s.decision.signers] } });
+    }
+    return;
+  }
+  if (!s.member || !s.voting) return;
+  if (m.attempt > s.attempt) {
+    // Another member gave up on an attempt we are still in (our clock started later, or we
+    // were away): join its attempt so that the leader of it can gather a majority.
+    if (s.phase === 'training' || s.phase === 'collecting' || s.phase === 'waiting') closeCollection(c, true);
+    enterAttempt(c, m.attempt);
+  }
+  if (leaderAt(s.order, m.attempt) !== s.self) return; // not ours to act on
+  if (m.attempt < s.promised) { reject(c, 'stale-attempt', `promise for attempt ${m.attempt} < promised ${s.promised}`, m.from); return; }
+  let ps = s.promises.get(m.attempt);
+  if (!ps) { ps = new Map(); s.promises.set(m.attempt, ps); }
+  if (ps.has(m.from)) { reject(c, 'duplicate', 'promise already counted', m.from); return; }
+  ps.set(m.from, m.accepted);
+  tryLead(c, m.attempt);
+}
+
+function tryLead(c: Ctx, b: number): void {
+  const s = c.s;
+  if (!s.member || !s.voting || s.decision || s.proposed.includes(b) || s.promised > b || leaderAt(s.order, b) !== s.self) return;
+  const ps = s.promises.get(b);
+  if ((ps?.size ?? 0) + 1 < majority(s.roster.length)) return;
+  let best = s.accepted;
+  for (const a of ps?.values() ?? []) if (a && (!best || a.attempt > best.attempt)) best = a;
+  const value = best ? { included: best.included, joins: best.joins, live: best.live } : ownValue(s);
+  const k: Commit = { round: s.round, attempt: b, leader: s.self, ...value };
+  if (holdsAll(s, k)) { propose(c, k); return; }
+  if (!s.pending || s.pending.attempt <= b) { s.pending = k; fetchFor(c, k); }
+}
+
+function ownValue(s: RoundState): { included: IncludedUpdate[]; joins: string[]; live: string[] } {
+  const included: IncludedUpdate[] = [];
+  if (s.training) {
+    const peers = [...s.byPeer.keys()].sort(compareIds);
+    for (const peer of peers) {
+      const h = s.byPeer.get(peer)!;
+      included.push({ peer, updateHash: h, tokens: tokensFor(s.params, s.updates.get(h)!.steps) });
+    }
+  }
+  const room = Math.max(0, Math.min(MAX_JOINS_PER_ROUND, MAX_ROSTER - s.roster.length));
+  const joins = s.joins.filter((j) => !has(s.roster, j))
+    .sort((a, b) => compareIds(leaderRank(s.seed, a), leaderRank(s.seed, b)))
+    .slice(0, room).sort(compareIds);
+  const live = [...s.heard];
+  if (has(s.roster, s.self)) insertSorted(live, s.self);
+  return { included, joins, live };
+}
+
+function propose(c: Ctx, k: Commit): void {
+  const s = c.s;
+  s.proposed.push(k.attempt);
+  c.effects.push({ type: 'broadcast', msg: { type: 'commit', from: s.self, commit: k } });
+  acceptCommit(c, k, false);
+}
+
+function timeoutAttempt(c: Ctx): void {
+  const s = c.s;
+  let a = s.attempt;
+  while (s.now >= s.attemptDeadline) { a += 1; s.attemptDeadline += attemptMs(s, a); }
+  enterAttempt(c, a);
+}
+
+/** Moves to attempt `a` (> current): promise it, tell everyone, and lead it if it is ours. */
+function enterAttempt(c: Ctx, a: number): void {
+  const s = c.s;
+  if (a > s.attempt) s.attemptDeadline = Math.max(s.attemptDeadline, s.now + attemptMs(s, a));
+  s.attempt = a;
+  s.promised = Math.max(s.promised, a);
+  if (s.pending && s.pending.attempt < s.promised) s.pending = null;
+  for (const b of [...s.promises.keys()]) if (b < s.promised) s.promises.delete(b);
+  c.effects.push({ type: 'broadcast', msg: { type: 'promise', from: s.self, round: s.round, attempt: a, accepted: s.accepted } });
+  tryLead(c, a);
+}
+
+function handleDecided(c: Ctx, m: Extract<Message, { type: 'decided' }>): void {
+  const s = c.s, k = m.commit;
+  if (!has(s.roster, m.from)) { reject(c, 'not-member', `decided from non-member ${m.from}`, m.from); return; }
+  const bad = checkCommit(s, k);
+  if (bad) { reject(c, bad.reason, bad.detail, m.from); return; }
+  for (let i = 0; i < m.signers.length; i++) {
+    if (!has(s.roster, m.signers[i])) { reject(c, 'bad-certificate', `signer ${m.signers[i]} is not a member`, m.from); return; }
+    if (i > 0 && compareIds(m.signers[i - 1], m.signers[i]) >= 0) { reject(c, 'bad-certificate', 'signers not sorted / duplicate', m.from); return; }
+  }
+  if (m.signers.length < majority(s.roster.length)) { reject(c, 'bad-certificate', `${m.signers.length} signers, need ${majority(s.roster.length)}`, m.from); return; }
+  if (s.decision) {
+    if (s.decision.valueHash === valueHash(k)) reject(c, 'duplicate', 'already decided', m.from);
+    else reject(c, 'conflict', `decided value ${valueHash(k).slice(0, 12)} differs from ours ${s.decision.valueHash.slice(0, 12)}`, m.from);
+    return;
+  }
+  decide(c, k, commitHash(k), [...m.signers]);
+}
+
+function decide(c: Ctx, k: Commit, h: string, signers: string[]): void {
+  const s = c.s;
+  s.decision = { commit: k, commitHash: h, valueHash: valueHash(k), signers };
+  s.pending = null;
+  if (s.closedAt === null) s.closedAt = s.now;
+  if (k.leader === s.self) c.effects.push({ type: 'broadcast', msg: { type: 'decided', from: s.self, commit: k, signers: [...signers] } });
+  if (s.trainingActive) {
+    s.trainingActive = false;
+    c.effects.push({ type: 'stop-training', round: s.round });
+  }
+  startApply(c);
+}
+
+function missingUpdates(s: RoundState): IncludedUpdate[] {
+  return s.decision ? s.decision.commit.included.filter((u) => !s.updates.has(u.updateHash)) : [];
+}
+
+function emitFetch(c: Ctx): void {
+  const s = c.s, d = s.decision!;
+  const missing = missingUpdates(s);
+  const from = [...new Set([...d.signers, ...missing.map((u) => u.peer), d.commit.leader])].filter((p) => p !== s.self);
+  c.effects.push({ type: 'fetch', round: s.round, updates: missing.map((u) => ({ peer: u.peer, updateHash: u.updateHash })), from });
+}
+
+function startApply(c: Ctx): void {
+  const s = c.s, d = s.decision!;
+  if (missingUpdates(s).length > 0) {
+    s.phase = 'fetching';
+    s.fetchDeadline = s.now + s.params.retryMs;
+    emitFetch(c);
+    return;
+  }
+  s.phase = 'applying';
+  // An empty set changes nothing (θ and momentum stay): advance() finishes the round itself,
+  // after the current event, so no handler ever continues inside a round that has ended.
+  if (d.commit.included.length === 0) return;
+  c.effects.push({ type: 'apply', round: s.round, baseHash: s.weightsHash, valueHash: d.valueHash, included: d.commit.included.map((u) => ({ ...u })) });
+}
+
+function handleAnnounce(c: Ctx, m: Extract<Message, { type: 'announce' }>, roster: readonly string[]): void {
+  const s = c.s;
+  if (!has(roster, m.from)) { reject(c, 'not-member', `announce from non-member ${m.from}`, m.from); return; }
+  let map = s.announces.get(m.round);
+  if (!map) { map = new Map(); s.announces.set(m.round, map); }
+  const old = map.get(m.from);
+  if (old) {
+    reject(c, old.weightsHash === m.weightsHash ? 'duplicate' : 'equivocation', `second announce for round ${m.round}`, m.from);
+    return;
+  }
+  map.set(m.from, { weightsHash: m.weightsHash, valueHash: m.valueHash });
+  checkAnnouncements(c);
+}
+
+function majorityHash(map: Map<string, { weightsHash: string }> | undefined, roster: readonly string[]): { hash: string; peers: string[] } | null {
+  if (!map) return null;
+  const by = new Map<string, string[]>();
+  for (const [peer, a] of map) {
+    if (!has(roster, peer)) continue;
+    const l = by.get(a.weightsHash) ?? [];
+    l.push(peer);
+    by.set(a.weightsHash, l);
+  }
+  for (const [hash, peers] of by) if (peers.length >= majority(roster.length)) return { hash, peers: peers.sort(compareIds) };
+  return null;
+}
+
+function checkAnnouncements(c: Ctx): void {
+  const s = c.s, prev = s.prev;
+  if (!prev || prev.resultHash === null || s.phase === 'syncing' || s.phase === 'unsynced') return;
+  const maj = majorityHash(s.announces.get(prev.round), prev.roster);
+  if (maj && maj.hash !== prev.resultHash) {
+    prev.resultHash = null;
+    startResync(c, maj.peers.filter((p) => p !== s.self), { round: prev.round + 1, weightsHash: maj.hash });
+  }
+}
+
+function handleJoin(c: Ctx, m: Extract<Message, { type: 'join' }>): void {
+  const s = c.s;
+  if (!s.member) return; // only members (potential leaders) collect join requests
+  if (has(s.roster, m.from)) { reject(c, 'already-member', `${m.from} is already in the roster`, m.from); return; }
+  if (s.joins.includes(m.from)) { reject(c, 'duplicate', 'join already recorded', m.from); return; }
+  if (s.joins.length >= MAX_PENDING_JOINS) { reject(c, 'buffer-full', 'too many pending joins', m.from); return; }
+  s.joins.push(m.from);
+}
+
+// ───────────────────────────── driver events ─────────────────────────────
+
+function handleTrained(c: Ctx, e: Extract<RoundEvent, { type: 'trained' }>): void {
+  const s = c.s;
+  if (e.round !== s.round || !s.trainingActive) { reject(c, 'late', `trained for round ${e.round} is not wanted now (round ${s.round}, ${s.phase})`); return; }
+  if (typeof e.updateHash !== 'string' || !HEX64.test(e.updateHash)) { reject(c, 'malformed', 'trained: updateHash must be 64 hex digits'); return; }
+  if (!Number.isSafeInteger(e.steps) || e.steps < 0) { reject(c, 'malformed', `trained: bad step count ${e.steps}`); return; }
+  s.trainingActive = false;
+  if (s.phase === 'training') s.phase = 'collecting';
+  if (e.steps === 0) return; // nothing trained: nothing to publish
+  if (s.updates.has(e.updateHash)) { reject(c, 'duplicate', 'own update hash already held'); return; }
+  const msg: UpdateMsg = { type: 'update', from: s.self, round: s.round, baseHash: s.weightsHash, updateHash: e.updateHash, steps: e.steps };
+  s.updates.set(e.updateHash, msg);
+  s.byPeer.set(s.self, e.updateHash);
+  c.effects.push({ type: 'broadcast', msg });
+}
+
+function handleApplied(c: Ctx, e: Extract<RoundEvent, { type: 'applied' }>): void {
+  const s = c.s;
+  if (s.phase !== 'applying' || e.round !== s.round) { reject(c, 'unexpected', `applied for round ${e.round} while ${s.phase} at round ${s.round}`); return; }
+  if (typeof e.weightsHash !== 'string' || !HEX64.test(e.weightsHash)) { reject(c, 'malformed', 'applied: weightsHash must be 64 hex digits'); return; }
+  finishRound(c, e.weightsHash);
+}
+
+function finishRound(c: Ctx, resultHash: string): void {
+  const s = c.s, d = s.decision!;
+  s.prev = { round: s.round, roster: s.roster, decision: d, resultHash, repliedTo: s.repliedTo };
+  let map = s.announces.get(s.round);
+  if (!map) { map = new Map(); s.announces.set(s.round, map); }
+  if (s.member) {
+    map.set(s.self, { weightsHash: resultHash, valueHash: d.valueHash });
+    c.effects.push({ type: 'broadcast', msg: { type: 'announce', from: s.self, round: s.round, weightsHash: resultHash, valueHash: d.valueHash } });
+  }
+  const next = nextRoster(s.params, s.roster, s.missed, d.commit);
+  startRound(c, { round: s.round + 1, weightsHash: resultHash, roster: next.roster, missed: next.missed }, null);
+}
+
+function startResync(c: Ctx, from: string[], target: { round: number; weightsHash: string } | null): void {
+  const s = c.s;
+  if (s.trainingActive) {
+    s.trainingActive = false;
+    c.effects.push({ type: 'stop-training', round: s.round });
+  }
+  s.phase = 'syncing';
+  s.sync = { target, from: from.filter((p) => p !== s.self).slice(0, 8), retryAt: s.now };
+  // advance() emits the resync effect (now, then every retryMs until `synced`).
+}
+
+function handleSynced(c: Ctx, raw: RoundSnapshot): void {
+  const s = c.s;
+  if (s.phase !== 'unsynced' && s.phase !== 'syncing') { reject(c, 'late', `synced while ${s.phase} (a retried resync answered twice?)`); return; }
+  const parsed = SnapshotSchema.safeParse(raw);
+  if (!parsed.success) { reject(c, 'malformed', parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')); return; }
+  const snap = parsed.data;
+  const t = s.sync?.target ?? null;
+  if (snap.round < s.round) { reject(c, 'stale-snapshot', `snapshot of round ${snap.round} is behind our round ${s.round}`); return; }
+  if (t && snap.round < t.round) { reject(c, 'stale-snapshot', `snapshot of round ${snap.round}, need round ${t.round}`); return; }
+  if (t && snap.round === t.round && snap.weightsHash !== t.weightsHash) { reject(c, 'wrong-hash', `snapshot hash ${snap.weightsHash.slice(0, 12)} is not the majority's ${t.weightsHash.slice(0, 12)}`); return; }
+  // Paxos acceptors must not forget promises/acceptances: keep them when re-entering the same round.
+  const same = s.phase === 'syncing' && s.round === snap.round && s.roster.join('\n') === snap.roster.join('\n');
+  const keep = same && snap.weightsHash === s.weightsHash
+    ? { startedAt: s.startedAt, updates: s.updates, byPeer: s.byPeer, joins: s.joins, heard: s.heard } : null;
+  const rec = s.restored && s.restored.round === snap.round ? s.restored : null;
+  const carry: Carry | null = same ? { promised: s.promised, accepted: s.accepted, proposed: s.proposed, keep }
+    : rec ? { promised: rec.promised, accepted: rec.accepted, proposed: rec.proposed, keep: null } : null;
+  if (!same || (s.prev && s.prev.round !== snap.round - 1)) s.prev = null;
+  // From a fresh start we cannot know what we voted before a crash: sit out this round's voting.
+  const voting = same ? s.voting : s.phase !== 'unsynced' || s.restored !== null;
+  startRound(c, { round: snap.round, weightsHash: snap.weightsHash, roster: [...snap.roster], missed: [...snap.missed] }, carry, voting);
+}

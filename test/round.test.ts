@@ -1,0 +1,941 @@
+/**
+ * The round reducer (src/swarm/round.ts), shard assignment, leader order and the round's
+ * numeric apply step. Most tests drive several reducers through a small discrete-event network
+ * (below) whose "weights" are a hash chain θ' = sha256(θ ‖ valueHash), so agreement on the
+ * applied set shows up as agreement on weights hashes, exactly as with real tensors.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { isDeepStrictEqual } from 'node:util';
+import { applyCommitted } from '../src/swarm/apply.js';
+import { assignShards, roundSeed } from '../src/swarm/assign.js';
+import { sha256Hex } from '../src/swarm/canonical.js';
+import { leaderOrder } from '../src/swarm/leader.js';
+import { OuterNesterov, aggregate } from '../src/swarm/outer.js';
+import {
+  MessageSchema, acceptorRecord, commitHash, fromWire, init, leaderOf, toWire, majority, nextDeadline, snapshotOf, step, valueHash,
+  type AcceptorRecord, type Commit, type Decision, type Effect, type Message, type RejectReason, type Rejection, type RoundEvent, type RoundParams,
+  type RoundState, type StepResult, type UpdateMsg,
+} from '../src/swarm/round.js';
+import { InvalidInputError } from '../src/util/errors.js';
+import { Rng } from '../src/util/rng.js';
+
+const RUN = sha256Hex('test-run');
+const GENESIS = sha256Hex('genesis-weights');
+
+function params(over: Partial<RoundParams> = {}): RoundParams {
+  return {
+    runId: RUN, innerSteps: 10, batch: 4, numShards: 8, trainMs: 1000, submitMs: 1500, commitMs: 300,
+    quorum: 1, minPeers: 2, maxMissedRounds: 2, genesisWeightsHash: GENESIS, retryMs: 300, ...over,
+  };
+}
+
+// ───────────────────────── simulated network ─────────────────────────
+
+interface SimPeer {
+  id: string;
+  state: RoundState;
+  alive: boolean;
+  /** Time for H inner steps as a multiple of 0.6·trainMs; Infinity never finishes. */
+  speed: number;
+  trainToken: number;
+  rejected: Rejection[];
+  effects: Effect[];
+  /** round → valueHash of every decision this peer reached. */
+  decisions: Map<number, string>;
+  /** round → the decided commit, as this peer learned it. */
+  commits: Map<number, Commit>;
+  /** round → post-apply weights hash. */
+  results: Map<number, string>;
+  /** Every update payload this peer ever held (peers keep recent payloads to serve fetches). */
+  held: Set<string>;
+  faultyApply: Set<number>;
+}
+
+interface Pending { at: number; seq: number; to: string; ev: RoundEvent; token?: number }
+
+interface NetOpts { minDelay: number; maxDelay: number; drop: number; dup: number; dt: number; applyMs: number }
+
+class Sim {
+  now = 0;
+  private seq = 0;
+  readonly peers = new Map<string, SimPeer>();
+  queue: Pending[] = [];
+  /** Every published update message by hash (the payload store fetches are served from). */
+  readonly store = new Map<string, UpdateMsg>();
+  /** round → first valueHash decided by anyone; violations of agreement are collected. */
+  readonly decided = new Map<number, string>();
+  readonly violations: string[] = [];
+  readonly rng: Rng;
+  readonly net: NetOpts;
+
+  constructor(readonly p: RoundParams, seed = 1, net: Partial<NetOpts> = {}) {
+    this.rng = new Rng(seed);
+    this.net = { minDelay: 20, maxDelay: 20, drop: 0, dup: 0, dt: 10, applyMs: 5, ...net };
+  }
+
+  add(id: string, opts: { genesis?: string[]; bootstrap?: string[]; speed?: number; acceptor?: AcceptorRecord } = {}): SimPeer {
+    const res = init({
+      self: id, params: this.p, now: this.now, genesis: opts.genesis ? { roster: opts.genesis } : undefined,
+      bootstrap: opts.bootstrap, acceptor: opts.acceptor,
+    });
+    const peer: SimPeer = {
+      id, state: res.state, alive: true, speed: opts.speed ?? 1, trainToken: 0, rejected: [], effects: [],
+      decisions: new Map(), commits: new Map(), results: new Map(), held: new Set(), faultyApply: new Set(),
+    };
+    this.peers.set(id, peer);
+    this.absorb(peer, res);
+    return peer;
+  }
+
+  peer(id: string): SimPeer {
+    const p = this.peers.get(id);
+    if (!p) throw new Error(`no peer ${id}`);
+    return p;
+  }
+
+  kill(id: string): void { this.peer(id).alive = false; }
+
+  /** Feeds one event to a peer and processes what comes out. */
+  feed(id: string, ev: RoundEvent): StepResult {
+    const p = this.peer(id);
+    const res = step(p.state, ev);
+    this.absorb(p, res);
+    return res;
+  }
+
+  private record(p: SimPeer, round: number, d: Decision): void {
+    const vh = d.valueHash;
+    if (!p.commits.has(round)) p.commits.set(round, d.commit);
+    const mine = p.decisions.get(round);
+    if (mine !== undefined && mine !== vh) this.violations.push(`${p.id} decided round ${round} twice differently`);
+    p.decisions.set(round, vh);
+    const first = this.decided.get(round);
+    if (first === undefined) this.decided.set(round, vh);
+    else if (first !== vh) this.violations.push(`round ${round}: ${p.id} decided ${vh.slice(0, 8)}, another peer ${first.slice(0, 8)}`);
+  }
+
+  private absorb(p: SimPeer, res: StepResult): void {
+    p.state = res.state;
+    for (const h of res.state.updates.keys()) p.held.add(h);
+    p.rejected.push(...res.rejected);
+    p.effects.push(...res.effects);
+    const s = res.state;
+    if (s.decision) this.record(p, s.round, s.decision);
+    if (s.prev) {
+      this.record(p, s.prev.round, s.prev.decision);
+      if (s.prev.resultHash) p.results.set(s.prev.round, s.prev.resultHash);
+    }
+    for (const e of res.effects) this.effect(p, e);
+  }
+
+  private schedule(to: string, ev: RoundEvent, delay: number, token?: number): void {
+    this.queue.push({ at: this.now + delay, seq: this.seq++, to, ev, token });
+  }
+
+  private delay(): number {
+    const { minDelay, maxDelay } = this.net;
+    return minDelay + this.rng.nextInt(maxDelay - minDelay + 1);
+  }
+
+  send(to: string, msg: Message): void {
+    if (this.net.drop > 0 && this.rng.nextFloat() < this.net.drop) return;
+    this.schedule(to, { type: 'message', msg }, this.delay());
+    // Network-level replay: the same message delivered again later.
+    if (this.net.dup > 0 && this.rng.nextFloat() < this.net.dup) this.schedule(to, { type: 'message', msg }, this.delay() + 200 + this.rng.nextInt(2000));
+  }
+
+  private effect(p: SimPeer, e: Effect): void {
+    switch (e.type) {
+      case 'broadcast':
+        if (e.msg.type === 'update') this.store.set(e.msg.updateHash, e.msg);
+        for (const q of this.peers.values()) if (q.id !== p.id) this.send(q.id, e.msg);
+        break;
+      case 'send':
+        this.send(e.to, e.msg);
+        break;
+      case 'train': {
+        const tok = ++p.trainToken;
+        if (!Number.isFinite(p.speed)) break;
+        const need = Math.round(0.6 * this.p.trainMs * p.speed);
+        const avail = e.until - this.now;
+        const steps = need <= avail ? e.steps : Math.floor((e.steps * avail) / need);
+        const updateHash = sha256Hex(`update ${p.id} ${e.round} ${e.baseHash}`);
+        this.schedule(p.id, { type: 'trained', round: e.round, updateHash, steps }, Math.min(need, avail), tok);
+        break;
+      }
+      case 'stop-training':
+        p.trainToken++;
+        break;
+      case 'fetch':
+        for (const u of e.updates) {
+          const msg = this.store.get(u.updateHash);
+          const holder = [...this.peers.values()].find((q) => q.alive && q.id !== p.id && q.held.has(u.updateHash));
+          if (msg && holder) this.send(p.id, msg);
+        }
+        break;
+      case 'apply': {
+        const ok = sha256Hex(`${e.baseHash}|${e.valueHash}`);
+        const h = p.faultyApply.has(e.round) ? sha256Hex(`corrupt ${p.id} ${e.round}`) : ok;
+        this.schedule(p.id, { type: 'applied', round: e.round, weightsHash: h }, this.net.applyMs);
+        break;
+      }
+      case 'resync': {
+        const src = e.from.map((id) => this.peers.get(id)).find((q) => q && q.alive && snapshotOf(q.state));
+        if (src) this.schedule(p.id, { type: 'synced', snapshot: snapshotOf(src.state)! }, this.delay());
+        break;
+      }
+    }
+  }
+
+  /** Advances simulated time to `until`, delivering events in time order and ticking every dt. */
+  run(until: number): void {
+    while (this.now < until) {
+      this.now = Math.min(until, this.now + this.net.dt);
+      const due = this.queue.filter((x) => x.at <= this.now).sort((a, b) => a.at - b.at || a.seq - b.seq);
+      this.queue = this.queue.filter((x) => x.at > this.now);
+      for (const x of due) {
+        const p = this.peers.get(x.to);
+        if (!p || !p.alive) continue;
+        if (x.token !== undefined && x.token !== p.trainToken) continue;
+        this.feed(x.to, { type: 'tick', now: x.at });
+        this.feed(x.to, x.ev);
+      }
+      for (const p of this.peers.values()) if (p.alive) this.feed(p.id, { type: 'tick', now: this.now });
+    }
+  }
+
+  runUntil(pred: () => boolean, limit: number): void {
+    while (!pred() && this.now < limit) this.run(this.now + this.net.dt);
+  }
+
+  alive(): SimPeer[] { return [...this.peers.values()].filter((p) => p.alive); }
+
+  decisionOf(id: string, round: number): Commit {
+    const k = this.peer(id).commits.get(round);
+    assert.ok(k, `${id} has not decided round ${round}`);
+    return k;
+  }
+
+  reasons(id: string): RejectReason[] { return this.peer(id).rejected.map((r) => r.reason); }
+}
+
+const PEERS4 = ['a', 'b', 'c', 'd'];
+const UNEXPECTED: RejectReason[] = ['malformed', 'self', 'not-member', 'not-leader', 'wrong-base', 'equivocation', 'bad-certificate', 'conflict', 'wrong-hash', 'unexpected'];
+
+function assertNoBadRejections(sim: Sim): void {
+  for (const p of sim.peers.values()) {
+    const bad = p.rejected.filter((r) => UNEXPECTED.includes(r.reason));
+    assert.deepEqual(bad, [], `${p.id} rejected honest traffic`);
+  }
+}
+
+// ───────────────────────── assignment and leaders ─────────────────────────
+
+test('roundSeed: per run and per round; assignShards is pure, order-independent and balanced', () => {
+  assert.notEqual(roundSeed(RUN, 0), roundSeed(RUN, 1));
+  assert.notEqual(roundSeed(RUN, 0), roundSeed(sha256Hex('other'), 0));
+  assert.equal(roundSeed(RUN, 7), roundSeed(RUN, 7));
+  assert.throws(() => roundSeed('xyz', 0), InvalidInputError);
+  assert.throws(() => roundSeed(RUN, -1), InvalidInputError);
+  const rng = new Rng(5);
+  for (let trial = 0; trial < 60; trial++) {
+    const P = 1 + rng.nextInt(12), S = 1 + rng.nextInt(40);
+    const peers = Array.from({ length: P }, (_, i) => `peer-${(i * 7919) % 1000}-${trial}`);
+    const seed = roundSeed(RUN, trial);
+    const a = assignShards(seed, peers, S);
+    const shuffled = [...peers].reverse();
+    const b = assignShards(seed, shuffled, S);
+    assert.deepEqual([...a.entries()], [...b.entries()], 'input order must not matter');
+    assert.deepEqual([...a.keys()], [...peers].sort());
+    const loads = [...a.values()].map((l) => l.length);
+    const counts = new Array(S).fill(0);
+    for (const l of a.values()) {
+      assert.deepEqual(l, [...l].sort((x, y) => x - y));
+      for (const s of l) counts[s]++;
+    }
+    if (S >= P) {
+      assert.ok(counts.every((c) => c === 1), 'every shard exactly once');
+      assert.ok(Math.max(...loads) - Math.min(...loads) <= 1, 'balanced loads');
+    } else {
+      assert.ok(loads.every((l) => l === 1));
+      assert.ok(Math.max(...counts) - Math.min(...counts) <= 1, 'shards shared evenly');
+    }
+  }
+  const peers = ['x', 'y', 'z'];
+  const r0 = assignShards(roundSeed(RUN, 0), peers, 30), r1 = assignShards(roundSeed(RUN, 1), peers, 30);
+  assert.notDeepEqual([...r0.values()], [...r1.values()], 'reshuffled each round');
+  assert.throws(() => assignShards(roundSeed(RUN, 0), ['x', 'x'], 4), InvalidInputError);
+  assert.throws(() => assignShards(roundSeed(RUN, 0), ['x'], 0), InvalidInputError);
+  assert.equal(assignShards(roundSeed(RUN, 0), [], 4).size, 0);
+});
+
+test('leaderOrder: a permutation of the roster, order-independent, peers that missed go last, rotates', () => {
+  const roster = ['a', 'b', 'c', 'd', 'e'];
+  const seed = roundSeed(RUN, 3);
+  const o = leaderOrder(seed, roster);
+  assert.deepEqual([...o].sort(), roster);
+  assert.deepEqual(leaderOrder(seed, [...roster].reverse()), o);
+  const late = leaderOrder(seed, roster, [0, 2, 0, 1, 0]);
+  assert.deepEqual(late.slice(3).sort(), ['b', 'd']);
+  const firsts = new Set(Array.from({ length: 40 }, (_, r) => leaderOrder(roundSeed(RUN, r), roster)[0]));
+  assert.ok(firsts.size >= 4, 'leadership rotates across rounds');
+});
+
+test('applyCommitted: sorted by peer, token-weighted, bit-identical for any input order', () => {
+  const n = 257;
+  const rng = new Rng(9);
+  const mk = () => Float32Array.from({ length: n }, () => rng.nextFloat() - 0.5);
+  const base = mk();
+  const ups = [{ peer: 'c', tokens: 40, delta: mk() }, { peer: 'a', tokens: 12, delta: mk() }, { peer: 'b', tokens: 40, delta: mk() }];
+  const run = (order: typeof ups) => {
+    const params = base.slice();
+    const outer = new OuterNesterov(n);
+    const mean = applyCommitted(params, outer, order)!;
+    return { params, mean, m: outer.momentum };
+  };
+  const x = run(ups), y = run([ups[2], ups[0], ups[1]]);
+  assert.deepEqual(x.params, y.params);
+  assert.deepEqual(x.m, y.m);
+  const sorted = [ups[1], ups[2], ups[0]];
+  assert.deepEqual(x.mean, aggregate(sorted.map((u) => u.delta), sorted.map((u) => u.tokens)));
+  const ref = base.slice();
+  new OuterNesterov(n).step(ref, x.mean);
+  assert.deepEqual(x.params, ref);
+  // Empty set: no-op; duplicates and bad tokens throw without touching anything.
+  const p2 = base.slice(), o2 = new OuterNesterov(n);
+  assert.equal(applyCommitted(p2, o2, []), null);
+  assert.deepEqual(p2, base);
+  assert.throws(() => applyCommitted(p2, o2, [ups[0], { ...ups[0] }]), InvalidInputError);
+  assert.throws(() => applyCommitted(p2, o2, [{ ...ups[0], tokens: 0 }]), InvalidInputError);
+  assert.throws(() => applyCommitted(p2, o2, [{ ...ups[0], delta: new Float32Array(3) }]), InvalidInputError);
+  assert.deepEqual(p2, base);
+});
+
+// ───────────────────────── reducer basics ─────────────────────────
+
+test('init: genesis peers start training round 0; others start unsynced; step never mutates its input', () => {
+  const p = params();
+  const g = init({ self: 'a', params: p, now: 0, genesis: { roster: ['d', 'a', 'c', 'b'] } });
+  assert.equal(g.state.phase, 'training');
+  assert.equal(g.state.round, 0);
+  assert.deepEqual(g.state.roster, PEERS4);
+  const train = g.effects.find((e) => e.type === 'train');
+  assert.ok(train && train.type === 'train');
+  assert.equal(train.baseHash, GENESIS);
+  assert.equal(train.until, 1000);
+  assert.deepEqual(train.shards, assignShards(roundSeed(RUN, 0), PEERS4, 8).get('a'));
+  const u = init({ self: 'z', params: p, now: 0, bootstrap: ['a'] });
+  assert.equal(u.state.phase, 'unsynced');
+  assert.deepEqual(u.effects, [{ type: 'resync', from: ['a'], round: null, weightsHash: null }]);
+  assert.throws(() => init({ self: '', params: p, now: 0 }));
+  assert.throws(() => init({ self: 'a', params: { ...p, submitMs: 10 }, now: 0 }));
+  // Purity: the input state is untouched, and equal inputs give equal outputs.
+  const before = structuredClone(g.state);
+  const ev: RoundEvent = { type: 'trained', round: 0, updateHash: sha256Hex('u'), steps: 10 };
+  const r1 = step(g.state, ev), r2 = step(g.state, ev);
+  assert.ok(isDeepStrictEqual(g.state, before));
+  assert.ok(isDeepStrictEqual(r1, r2));
+  assert.equal(r1.state.phase, 'collecting');
+  // Ticks before the next deadline change only the clock.
+  assert.equal(nextDeadline(g.state), 1500);
+  const t = step(g.state, { type: 'tick', now: 700 });
+  assert.equal(t.state.now, 700);
+  assert.deepEqual(t.effects, []);
+  assert.equal(step(t.state, { type: 'tick', now: 100 }).state.now, 700, 'the clock never runs backwards');
+});
+
+test('happy path: 4 peers agree on every round, include every update at full weight', () => {
+  const sim = new Sim(params(), 1);
+  for (const id of PEERS4) sim.add(id, { genesis: PEERS4 });
+  sim.run(12_000);
+  assert.deepEqual(sim.violations, []);
+  const rounds = Math.min(...PEERS4.map((id) => sim.peer(id).state.round));
+  assert.ok(rounds >= 6, `only ${rounds} rounds in 12 s`);
+  for (let r = 0; r < rounds; r++) {
+    const hashes = new Set(PEERS4.map((id) => sim.peer(id).results.get(r)));
+    assert.equal(hashes.size, 1, `round ${r}: weights hashes differ`);
+    const applies = PEERS4.map((id) => sim.peer(id).effects.find((e) => e.type === 'apply' && e.round === r));
+    for (const e of applies) {
+      assert.ok(e && e.type === 'apply');
+      assert.deepEqual(e.included.map((u) => u.peer), PEERS4);
+      assert.ok(e.included.every((u) => u.tokens === 10 * 4));
+    }
+  }
+  // No fallback was ever needed, and leadership rotated.
+  const commits = PEERS4.flatMap((id) => sim.peer(id).effects.flatMap((e) => (e.type === 'broadcast' && e.msg.type === 'commit' ? [e.msg.commit] : [])));
+  assert.ok(commits.length >= rounds);
+  assert.ok(commits.every((k) => k.attempt === 0));
+  assert.ok(new Set(commits.map((k) => k.leader)).size >= 2);
+  assertNoBadRejections(sim);
+  for (const id of PEERS4) {
+    assert.ok(!sim.peer(id).effects.some((e) => e.type === 'resync'), `${id} resynced`);
+    assert.equal(sim.peer(id).state.roster.length, 4);
+  }
+});
+
+test('collection closes at quorum (excluding a slower peer) or, with quorum 1, waits until the deadline', () => {
+  // quorum 0.75: 3 of 4 submitted closes collection; the slow peer (1.4× slower, still before
+  // the deadline) is left out.
+  const q = new Sim(params({ quorum: 0.75 }), 2);
+  for (const id of PEERS4) q.add(id, { genesis: PEERS4, speed: id === 'd' ? 1.4 : 1 });
+  q.run(900);
+  const sa = q.peer('a').state;
+  assert.equal(sa.round, 1, 'round 0 already decided and applied');
+  assert.deepEqual(q.decisionOf('a', 0).included.map((u) => u.peer), ['a', 'b', 'c']);
+  assert.ok(q.peer('a').state.prev!.round === 0);
+  // Always left out, but alive (it is heard from), so it is never dropped from the roster.
+  q.run(8000);
+  assert.ok(q.peer('a').state.round >= 6);
+  assert.deepEqual(q.peer('a').state.roster, PEERS4);
+  assert.deepEqual(q.peer('d').state.missed, [0, 0, 0, 0]);
+  // quorum 1: the same slow peer is waited for and included.
+  const w = new Sim(params({ quorum: 1 }), 2);
+  for (const id of PEERS4) w.add(id, { genesis: PEERS4, speed: id === 'd' ? 1.4 : 1 });
+  w.run(700);
+  assert.equal(w.peer('a').state.round, 0);
+  assert.notEqual(w.peer('a').state.phase, 'agreement');
+  w.run(1400);
+  assert.deepEqual(w.decisionOf('a', 0).included.map((u) => u.peer), PEERS4);
+  // Too slow for the training budget: it reports fewer steps at `until` and is weighted by tokens.
+  const t = new Sim(params({ quorum: 1 }), 2);
+  for (const id of PEERS4) t.add(id, { genesis: PEERS4, speed: id === 'd' ? 2.5 : 1 });
+  t.run(1400);
+  const inc = t.decisionOf('a', 0).included;
+  assert.deepEqual(inc.map((u) => u.peer), PEERS4);
+  const d = inc.find((u) => u.peer === 'd')!;
+  assert.equal(d.tokens, Math.floor((10 * 1000) / 1500) * 4, 'tokens = steps·batch');
+  assert.ok(inc.filter((u) => u.peer !== 'd').every((u) => u.tokens === 40));
+  // Never finishing: collection closes at the submit deadline without it.
+  const x = new Sim(params({ quorum: 1 }), 2);
+  for (const id of PEERS4) x.add(id, { genesis: PEERS4, speed: id === 'd' ? Infinity : 1 });
+  x.run(1490);
+  assert.equal(x.peer('a').state.closedAt, null);
+  x.run(2500);
+  assert.equal(x.peer('a').state.prev?.round, 0);
+  assert.deepEqual(x.decisionOf('a', 0).included.map((u) => u.peer), ['a', 'b', 'c']);
+  for (const s of [q, w, t, x]) { assert.deepEqual(s.violations, []); assertNoBadRejections(s); }
+});
+
+test('a dead peer: rounds close at the deadline, fall back past it when it leads, then it is dropped', () => {
+  const sim = new Sim(params(), 3);
+  for (const id of PEERS4) sim.add(id, { genesis: PEERS4 });
+  const dead = leaderOrder(roundSeed(RUN, 0), PEERS4)[0]; // it would lead round 0
+  const live = PEERS4.filter((id) => id !== dead);
+  sim.kill(dead);
+  const watcher = sim.peer(live[0]);
+  sim.runUntil(() => watcher.state.round === 1, 5000);
+  const d0 = watcher.state.prev!.decision.commit;
+  assert.equal(d0.attempt, 1, 'round 0 fell back to the second leader');
+  assert.equal(watcher.state.prev!.decision.commit.leader, leaderOrder(roundSeed(RUN, 0), PEERS4)[1]);
+  assert.ok(sim.now >= 1500 + 300, 'waited for the submit deadline and one attempt');
+  assert.equal(watcher.state.order[watcher.state.order.length - 1], dead, 'not heard from: it leads last from now on');
+  sim.run(20_000);
+  assert.deepEqual(sim.violations, []);
+  const a = watcher.state;
+  assert.ok(a.round >= 6, `round ${a.round}`);
+  assert.deepEqual(a.roster, live, 'dropped after maxMissedRounds');
+  for (let r = 0; r < a.round; r++) assert.ok(!sim.decisionOf(live[0], r).included.some((u) => u.peer === dead));
+  for (const id of live) assert.equal(sim.peer(id).state.weightsHash, a.weightsHash);
+  assertNoBadRejections(sim);
+});
+
+test('two of five peers killed mid-round: the other three finish that round and continue', () => {
+  const P5 = ['a', 'b', 'c', 'd', 'e'];
+  const sim = new Sim(params(), 4);
+  for (const id of P5) sim.add(id, { genesis: P5 });
+  sim.runUntil(() => sim.peer('a').state.round === 2, 10_000);
+  const start = sim.now;
+  sim.run(start + 300); // mid-training of round 2
+  sim.kill('b');
+  sim.kill('e');
+  sim.runUntil(() => sim.peer('a').state.round === 3, start + 3000);
+  assert.equal(sim.peer('a').state.round, 3, 'round 2 finished');
+  assert.ok(sim.now - start <= 1500 + 300 * 3 + 200, `took ${sim.now - start} ms`);
+  assert.deepEqual(sim.decisionOf('a', 2).included.map((u) => u.peer), ['a', 'c', 'd']);
+  sim.run(sim.now + 8000);
+  const live = ['a', 'c', 'd'];
+  assert.ok(sim.peer('a').state.round >= 6);
+  assert.deepEqual(sim.peer('a').state.roster, live);
+  for (const id of live) assert.equal(sim.peer(id).state.weightsHash, sim.peer('a').state.weightsHash);
+  assert.deepEqual(sim.violations, []);
+  assertNoBadRejections(sim);
+});
+
+test('two of four killed: no majority, so no progress but no divergent decision either', () => {
+  const sim = new Sim(params(), 5);
+  for (const id of PEERS4) sim.add(id, { genesis: PEERS4 });
+  sim.runUntil(() => sim.peer('a').state.round === 1, 5000);
+  sim.run(sim.now + 200);
+  sim.kill('b');
+  sim.kill('c');
+  const r = sim.peer('a').state.round;
+  sim.run(sim.now + 6000);
+  assert.equal(sim.peer('a').state.round, r, 'waits for a majority of the roster');
+  assert.equal(sim.peer('a').state.phase, 'agreement');
+  assert.ok(sim.peer('a').state.attempt >= 5, 'keeps trying further leaders');
+  assert.deepEqual(sim.violations, []);
+  // A killed peer coming back (same state) restores the majority and the round completes.
+  sim.peer('b').alive = true;
+  sim.run(sim.now + 3000);
+  assert.ok(sim.peer('a').state.round > r);
+  assert.deepEqual(sim.violations, []);
+});
+
+test('leader crash: the next leader in the deterministic order takes over', () => {
+  const sim = new Sim(params(), 6);
+  for (const id of PEERS4) sim.add(id, { genesis: PEERS4 });
+  sim.runUntil(() => sim.peer('a').state.round === 2, 10_000);
+  const any = [...sim.peers.values()].find((p) => leaderOf(p.state, 0) !== p.id)!;
+  const leader0 = leaderOf(any.state, 0);
+  const leader1 = leaderOf(any.state, 1);
+  sim.kill(leader0); // before it can propose
+  const t0 = sim.now;
+  sim.runUntil(() => any.state.round === 3, t0 + 5000);
+  assert.equal(any.state.round, 3);
+  const d = any.state.prev!.decision.commit;
+  assert.equal(d.attempt, 1);
+  assert.equal(d.leader, leader1);
+  assert.ok(d.included.every((u) => u.peer !== leader0));
+  const live = PEERS4.filter((id) => id !== leader0);
+  for (const id of live) {
+    assert.equal(sim.peer(id).state.round, 3);
+    assert.ok(sim.peer(id).effects.some((e) => e.type === 'broadcast' && e.msg.type === 'promise' && e.msg.round === 2));
+  }
+  assert.deepEqual(sim.violations, []);
+  assertNoBadRejections(sim);
+});
+
+test('leader crashes after some accepted its commit: the fallback leader re-proposes that same set', () => {
+  const sim = new Sim(params({ quorum: 0.5 }), 7);
+  for (const id of PEERS4) sim.add(id, { genesis: PEERS4, speed: 1 });
+  sim.runUntil(() => sim.peer('a').state.round === 1, 5000);
+  const any = sim.peer(PEERS4.find((id) => leaderOf(sim.peer(id).state, 0) !== id)!);
+  const leader0 = leaderOf(any.state, 0);
+  const others = PEERS4.filter((id) => id !== leader0);
+  // Let the leader's commit reach exactly one peer, then kill the leader.
+  sim.runUntil(() => sim.peer(leader0).state.proposed.includes(0), sim.now + 3000);
+  const commitMsg = sim.peer(leader0).effects.find((e) => e.type === 'broadcast' && e.msg.type === 'commit' && e.msg.commit.round === 1);
+  assert.ok(commitMsg && commitMsg.type === 'broadcast' && commitMsg.msg.type === 'commit');
+  const original = commitMsg.msg.commit;
+  sim.kill(leader0);
+  sim.queue = sim.queue.filter((x) => !(x.ev.type === 'message' && x.ev.msg.from === leader0));
+  const lucky = others.find((id) => original.included.every((u) => sim.peer(id).state.updates.has(u.updateHash)))!;
+  assert.ok(lucky, 'some peer holds the committed updates');
+  sim.feed(lucky, { type: 'message', msg: commitMsg.msg });
+  assert.equal(sim.peer(lucky).state.accepted?.attempt, 0, 'lucky accepted attempt 0');
+  sim.run(sim.now + 4000);
+  for (const id of others) assert.ok(sim.peer(id).state.round >= 2, `${id} stuck at ${sim.peer(id).state.round}`);
+  assert.equal(sim.decided.get(1), valueHash(original), 'the fallback leader re-proposed the value a peer had accepted');
+  const fallback = sim.peer(others[0]).decisions.get(1);
+  assert.equal(fallback, valueHash(original));
+  assert.deepEqual(sim.violations, []);
+});
+
+test('a peer joining mid-run syncs, is admitted by a commit, and trains from the next round', () => {
+  const sim = new Sim(params(), 8);
+  for (const id of PEERS4) sim.add(id, { genesis: PEERS4 });
+  sim.runUntil(() => sim.peer('a').state.round === 3, 10_000);
+  sim.run(sim.now + 200);
+  const e = sim.add('e', { bootstrap: ['b'] });
+  assert.equal(e.state.phase, 'unsynced');
+  sim.runUntil(() => e.state.member, sim.now + 6000);
+  assert.ok(e.state.member, 'admitted');
+  const admittedAt = e.state.round;
+  const admitting = sim.decisionOf('a', admittedAt - 1);
+  assert.deepEqual(admitting.joins, ['e']);
+  sim.runUntil(() => sim.peer('a').state.round >= admittedAt + 2, sim.now + 6000);
+  assert.ok(sim.decisionOf('a', admittedAt).included.some((u) => u.peer === 'e'), 'e contributes in the round after admission');
+  assert.ok(sim.decisionOf('a', admittedAt - 1).included.every((u) => u.peer !== 'e'));
+  assert.equal(e.state.weightsHash, sim.peer('a').state.weightsHash);
+  assert.deepEqual(sim.peer('a').state.roster, ['a', 'b', 'c', 'd', 'e']);
+  assert.deepEqual(sim.violations, []);
+  assertNoBadRejections(sim);
+});
+
+test('waiting for peers: a lone founder admits joiners and training starts at minPeers', () => {
+  const sim = new Sim(params({ minPeers: 3 }), 9);
+  const a = sim.add('a', { genesis: ['a'] });
+  assert.equal(a.state.phase, 'waiting');
+  assert.ok(!a.effects.some((e) => e.type === 'train'));
+  sim.run(2000);
+  assert.ok(a.state.round >= 1, 'empty rounds tick over while waiting');
+  assert.ok(!a.effects.some((e) => e.type === 'apply' || e.type === 'train'));
+  sim.add('b', { bootstrap: ['a'] });
+  sim.run(sim.now + 2500);
+  assert.deepEqual(a.state.roster, ['a', 'b']);
+  assert.equal(a.state.phase === 'waiting' || a.state.phase === 'agreement', true);
+  sim.add('c', { bootstrap: ['a', 'b'] });
+  sim.runUntil(() => a.state.training && a.state.round > 0 && sim.decided.size > 0 && a.effects.some((e) => e.type === 'apply'), sim.now + 8000);
+  assert.deepEqual(a.state.roster, ['a', 'b', 'c']);
+  sim.run(sim.now + 3000);
+  for (const id of ['b', 'c']) assert.equal(sim.peer(id).state.weightsHash, a.state.weightsHash);
+  assert.deepEqual(sim.violations, []);
+  assertNoBadRejections(sim);
+});
+
+test('a peer whose post-apply hash disagrees with the majority resyncs to it', () => {
+  const sim = new Sim(params(), 10);
+  for (const id of PEERS4) sim.add(id, { genesis: PEERS4 });
+  sim.peer('c').faultyApply.add(2);
+  sim.runUntil(() => sim.peer('a').state.round === 5, 15_000);
+  const c = sim.peer('c');
+  const resync = c.effects.find((e) => e.type === 'resync');
+  assert.ok(resync && resync.type === 'resync', 'c asked to resync');
+  assert.equal(resync.round, 3);
+  assert.equal(resync.weightsHash, sim.peer('a').results.get(2));
+  assert.ok(!resync.from.includes('c'));
+  sim.run(sim.now + 1500);
+  assert.equal(c.state.weightsHash, sim.peer('a').state.weightsHash);
+  assert.ok(!['a', 'b', 'd'].some((id) => sim.peer(id).effects.some((e) => e.type === 'resync')));
+  assert.deepEqual(sim.violations, []);
+});
+
+test('a member that restarts (state lost) resyncs, sits out voting in that round, then votes again', () => {
+  const sim = new Sim(params(), 12);
+  for (const id of PEERS4) sim.add(id, { genesis: PEERS4 });
+  sim.runUntil(() => sim.peer('a').state.round === 2, 10_000);
+  sim.run(sim.now + 100);
+  sim.kill('d');
+  sim.run(sim.now + 200);
+  const d = sim.add('d', { bootstrap: ['a'] }); // a fresh process with the same identity
+  sim.runUntil(() => d.state.phase !== 'unsynced', sim.now + 2000);
+  const syncedRound = d.state.round;
+  assert.ok(d.state.member);
+  assert.equal(d.state.voting, false);
+  sim.runUntil(() => d.state.round > syncedRound, sim.now + 5000);
+  const votedInSynced = d.effects.some((e) => e.type === 'broadcast' && (e.msg.type === 'accept' || e.msg.type === 'commit' || e.msg.type === 'promise')
+    && (e.msg.type === 'promise' ? e.msg.round : e.msg.commit.round) === syncedRound);
+  assert.ok(!votedInSynced, 'no votes in the round it re-entered');
+  assert.equal(d.state.voting, true);
+  sim.run(sim.now + 4000);
+  assert.ok(d.effects.some((e) => e.type === 'broadcast' && e.msg.type === 'accept'), 'votes again later');
+});
+
+test('a restarted member with its persisted acceptor record restores its votes and keeps voting', () => {
+  const sim = new Sim(params(), 13);
+  for (const id of PEERS4) sim.add(id, { genesis: PEERS4 });
+  sim.runUntil(() => sim.peer('a').state.round === 2 && sim.peer('d').state.accepted !== null, 10_000);
+  const rec = acceptorRecord(sim.peer('d').state)!;
+  assert.equal(rec.round, 2);
+  assert.ok(rec.accepted, 'd has voted in round 2');
+  sim.kill('d');
+  sim.kill('c'); // now d's vote is needed for a majority of 4
+  const d = sim.add('d', { bootstrap: ['a'], acceptor: rec });
+  sim.runUntil(() => d.state.phase !== 'unsynced', sim.now + 2000);
+  assert.equal(d.state.round, 2, 'a and b are stuck in round 2 without d');
+  assert.equal(d.state.voting, true);
+  assert.deepEqual(d.state.accepted, rec.accepted, 'restored');
+  assert.ok(d.state.promised >= rec.promised);
+  sim.run(sim.now + 4000);
+  assert.ok(sim.peer('a').state.round >= 4, 'a, b and the restarted d make progress');
+  assert.equal(d.state.weightsHash, sim.peer('a').state.weightsHash);
+  assert.deepEqual(sim.violations, []);
+  // A record of a later round than the snapshot: no voting until that round.
+  const g = init({ self: 'a', params: params(), now: 0, bootstrap: ['b'], acceptor: { round: 3, promised: 0, accepted: null, proposed: [] } });
+  const synced = step(g.state, { type: 'synced', snapshot: { round: 1, weightsHash: GENESIS, roster: PEERS4, missed: [0, 0, 0, 0] } });
+  assert.equal(synced.state.voting, false);
+  assert.throws(() => init({ self: 'a', params: params(), now: 0, acceptor: { round: -1 } as never }));
+  assert.equal(d.state.weightsHash, sim.peer('a').state.weightsHash);
+  assert.deepEqual(sim.violations, []);
+});
+
+// ───────────────────────── hostile / stale input ─────────────────────────
+
+/** A single reducer for `self` (default 'a') in round 0 of [a,b,c,d], driven by hand. */
+function solo(over: Partial<RoundParams> = {}, self = 'a') {
+  const p = params(over);
+  let s = init({ self, params: p, now: 0, genesis: { roster: PEERS4 } }).state;
+  const out: { effects: Effect[]; rejected: Rejection[] } = { effects: [], rejected: [] };
+  const feed = (ev: RoundEvent): StepResult => {
+    const r = step(s, ev);
+    s = r.state;
+    out.effects.push(...r.effects);
+    out.rejected.push(...r.rejected);
+    return r;
+  };
+  const msg = (m: unknown): StepResult => feed({ type: 'message', msg: m as Message });
+  const upd = (from: string, tag = from, over2: Partial<UpdateMsg> = {}): UpdateMsg =>
+    ({ type: 'update', from, round: s.round, baseHash: s.weightsHash, updateHash: sha256Hex(`u-${tag}-${s.round}`), steps: 10, ...over2 });
+  const expectReject = (m: unknown, reason: RejectReason) => {
+    const before = s;
+    const r = msg(m);
+    assert.deepEqual(r.rejected.map((x) => x.reason), [reason], `expected ${reason} for ${JSON.stringify(m).slice(0, 120)}`);
+    return { before, after: s };
+  };
+  return { get s() { return s; }, out, feed, msg, upd, expectReject, p };
+}
+
+test('stale, replayed, forged and non-member messages are rejected with reasons and never applied', () => {
+  const t = solo();
+  const S = () => t.s;
+  t.feed({ type: 'trained', round: 0, updateHash: sha256Hex('u-a-0'), steps: 10 });
+  t.msg(t.upd('b'));
+  // Replays and equivocation.
+  t.expectReject(t.upd('b'), 'duplicate');
+  t.expectReject(t.upd('b', 'b2'), 'equivocation');
+  // Not a member, wrong base, malformed, from "self", wrong rounds.
+  t.expectReject(t.upd('mallory'), 'not-member');
+  t.expectReject(t.upd('c', 'c-bad', { baseHash: sha256Hex('other weights') }), 'wrong-base');
+  t.expectReject({ ...t.upd('c', 'c-x'), steps: 0 }, 'malformed');
+  t.expectReject({ ...t.upd('c', 'c-x'), extra: 1 }, 'malformed');
+  t.expectReject({ type: 'update', from: 'c' }, 'malformed');
+  t.expectReject({ type: 'accept', from: 'a', commit: { round: 0, attempt: 0, leader: leaderOf(t.s, 0), included: [], joins: [], live: [] } }, 'self');
+  t.expectReject(t.upd('a'), 'duplicate'); // our own update, echoed back
+  t.expectReject(t.upd('c', 'c-far', { round: 5 }), 'future-round');
+  assert.equal(S().phase, 'syncing', 'a member far ahead means this peer is behind');
+  assert.ok(t.out.effects.some((e) => e.type === 'resync' && e.from[0] === 'c'));
+  // While syncing, everything is refused.
+  t.expectReject(t.upd('d'), 'not-synced');
+  // Snapshots: behind us or malformed are refused; a good one is installed.
+  const snap = (round: number, roster = PEERS4, h = sha256Hex(`w${round}`)) => ({ type: 'synced', snapshot: { round, weightsHash: h, roster, missed: roster.map(() => 0) } }) as RoundEvent;
+  const trains = () => t.out.effects.filter((e) => e.type === 'train').length;
+  const before = trains();
+  assert.equal(t.feed(snap(0, PEERS4, GENESIS)).rejected.length, 0, 'same round, same θ: fine');
+  assert.equal(S().phase, 'collecting', 'keeps its published update and what it collected');
+  assert.equal(S().byPeer.get('b'), sha256Hex('u-b-0'));
+  assert.equal(trains(), before, 'no retraining');
+  assert.equal(t.feed(snap(4)).rejected[0].reason, 'late', 'not syncing any more');
+  t.msg(t.upd('c', 'c-far2', { round: 9 }));
+  assert.equal(S().phase, 'syncing');
+  assert.equal(t.feed(snap(5, ['b', 'a'])).rejected[0].reason, 'malformed');
+  assert.equal(t.feed(snap(5, [])).rejected[0].reason, 'malformed');
+  assert.equal(t.feed(snap(9)).rejected.length, 0);
+  assert.equal(S().round, 9);
+  assert.equal(S().weightsHash, sha256Hex('w9'));
+  assert.equal(S().phase, 'training');
+  assert.ok(t.out.effects.some((e) => e.type === 'train' && e.round === 9 && e.baseHash === sha256Hex('w9')));
+  t.msg({ type: 'join', from: 'c', round: 15 });
+  assert.equal(S().phase, 'syncing');
+  assert.equal(t.feed(snap(3)).rejected[0].reason, 'stale-snapshot', 'never goes back in rounds');
+});
+
+test('resync to a majority hash only accepts a snapshot with that hash', () => {
+  const t = solo();
+  t.feed({ type: 'trained', round: 0, updateHash: sha256Hex('u-a-0'), steps: 10 });
+  for (const id of ['b', 'c', 'd']) t.msg(t.upd(id));
+  // Drive round 0 to a decision by hand.
+  const l0 = leaderOf(t.s, 0);
+  if (l0 !== 'a') t.msg({ type: 'commit', from: l0, commit: { round: 0, attempt: 0, leader: l0, included: ['a', 'b', 'c', 'd'].map((peer) => ({ peer, updateHash: sha256Hex(`u-${peer}-0`), tokens: 40 })), joins: [], live: PEERS4 } });
+  const k = t.s.accepted!;
+  for (const id of PEERS4.filter((x) => x !== 'a' && x !== l0)) t.msg({ type: 'accept', from: id, commit: k });
+  assert.equal(t.s.phase, 'applying');
+  t.feed({ type: 'applied', round: 0, weightsHash: sha256Hex('mine') });
+  assert.equal(t.s.round, 1);
+  const good = sha256Hex('theirs');
+  for (const id of ['b', 'c']) t.msg({ type: 'announce', from: id, round: 0, weightsHash: good, valueHash: valueHash(k) });
+  assert.notEqual(t.s.phase, 'syncing', 'two of four is not a majority');
+  t.msg({ type: 'announce', from: 'd', round: 0, weightsHash: good, valueHash: valueHash(k) });
+  assert.equal(t.s.phase, 'syncing');
+  const rs = t.out.effects.filter((e) => e.type === 'resync');
+  assert.deepEqual(rs[rs.length - 1], { type: 'resync', from: ['b', 'c', 'd'], round: 1, weightsHash: good });
+  const snap = (h: string) => ({ type: 'synced', snapshot: { round: 1, weightsHash: h, roster: PEERS4, missed: [0, 0, 0, 0] } }) as RoundEvent;
+  assert.equal(t.feed(snap(sha256Hex('mine'))).rejected[0].reason, 'wrong-hash');
+  assert.equal(t.feed(snap(good)).rejected.length, 0);
+  assert.equal(t.s.weightsHash, good);
+  assert.equal(t.s.voting, true, 'a live peer that resyncs keeps voting');
+});
+
+test('commit/accept/decided checks: claimed leader, membership, certificate, attempt; none of it applied', () => {
+  const t = solo();
+  const s0 = t.s;
+  const l0 = leaderOf(s0, 0);
+  const notLeader = PEERS4.find((id) => id !== l0 && id !== 'a')!;
+  t.feed({ type: 'trained', round: 0, updateHash: sha256Hex('u-a-0'), steps: 10 });
+  for (const id of ['b', 'c', 'd']) t.msg(t.upd(id));
+  const good = (over: Partial<Commit> = {}): Commit => ({
+    round: 0, attempt: 0, leader: l0,
+    included: ['a', 'b', 'c', 'd'].map((peer) => ({ peer, updateHash: sha256Hex(`u-${peer}-0`), tokens: 40 })), joins: [], live: PEERS4, ...over,
+  });
+  const evil: Commit = good({ leader: notLeader, included: [{ peer: 'b', updateHash: sha256Hex('evil'), tokens: 40 }] });
+  if (l0 !== 'a') {
+    // Forged leader: sender claims the leadership of an attempt it does not lead.
+    t.expectReject({ type: 'commit', from: notLeader, commit: evil }, 'not-leader');
+    // Sender differs from the commit's leader.
+    t.expectReject({ type: 'commit', from: notLeader, commit: good() }, 'not-leader');
+    t.expectReject({ type: 'commit', from: l0, commit: good({ included: [{ peer: 'mallory', updateHash: sha256Hex('m'), tokens: 40 }] }) }, 'not-member');
+    t.expectReject({ type: 'commit', from: l0, commit: good({ included: [{ peer: 'b', updateHash: sha256Hex('m'), tokens: 41 }] }) }, 'malformed');
+    t.expectReject({ type: 'commit', from: l0, commit: good({ included: [...good().included].reverse() }) }, 'malformed');
+    t.expectReject({ type: 'commit', from: l0, commit: good({ joins: ['b'] }) }, 'already-member');
+    t.expectReject({ type: 'commit', from: l0, commit: good({ live: ['a', 'mallory'] }) }, 'not-member');
+    t.expectReject({ type: 'commit', from: l0, commit: good({ live: ['b', 'a'] }) }, 'malformed');
+  }
+  t.expectReject({ type: 'accept', from: 'mallory', commit: good() }, 'not-member');
+  t.expectReject({ type: 'accept', from: notLeader, commit: evil }, 'not-leader');
+  t.expectReject({ type: 'decided', from: notLeader, commit: good(), signers: ['b', 'c'] }, 'bad-certificate');
+  t.expectReject({ type: 'decided', from: notLeader, commit: good(), signers: ['b', 'c', 'mallory'] }, 'bad-certificate');
+  t.expectReject({ type: 'decided', from: notLeader, commit: good(), signers: ['c', 'b', 'd'] }, 'bad-certificate');
+  t.expectReject({ type: 'decided', from: 'mallory', commit: good(), signers: ['b', 'c', 'd'] }, 'not-member');
+  t.expectReject({ type: 'promise', from: 'mallory', round: 0, attempt: 1, accepted: null }, 'not-member');
+  t.expectReject({ type: 'join', from: 'b', round: 0 }, 'already-member');
+  assert.equal(t.s.decision, null, 'nothing decided by any of that');
+  // Now the honest path: the real leader's commit plus accepts decide it, and only it is applied.
+  if (l0 === 'a') {
+    t.feed({ type: 'tick', now: 0 });
+    assert.ok(t.s.proposed.includes(0), 'a leads attempt 0 and proposed at quorum close');
+    t.msg({ type: 'accept', from: 'b', commit: t.s.accepted });
+    t.expectReject({ type: 'accept', from: 'b', commit: t.s.accepted }, 'duplicate');
+    t.msg({ type: 'accept', from: 'c', commit: t.s.accepted });
+  } else {
+    t.msg({ type: 'commit', from: l0, commit: good() });
+    t.expectReject({ type: 'commit', from: l0, commit: good() }, 'duplicate');
+    t.expectReject({ type: 'commit', from: l0, commit: good({ included: good().included.slice(1) }) }, 'equivocation');
+    const third = PEERS4.find((id) => id !== l0 && id !== 'a')!;
+    t.msg({ type: 'accept', from: third, commit: good() });
+  }
+  assert.ok(t.s.decision, 'decided');
+  const apply = t.out.effects.find((e) => e.type === 'apply');
+  assert.ok(apply && apply.type === 'apply');
+  assert.deepEqual(apply.included, good().included);
+  assert.equal(apply.valueHash, valueHash(good()));
+  // A conflicting certificate after the decision is flagged, not applied.
+  t.expectReject({ type: 'decided', from: notLeader, commit: good({ included: good().included.slice(0, 3) }), signers: ['b', 'c', 'd'] }, 'conflict');
+  t.expectReject({ type: 'update', from: 'c', round: 0, baseHash: t.s.weightsHash, updateHash: sha256Hex('late'), steps: 10 }, 'late');
+  assert.equal(t.out.effects.filter((e) => e.type === 'apply').length, 1);
+  // Applied: next round; messages for round 0 are now stale; a straggler's promise gets the decision.
+  t.feed({ type: 'applied', round: 0, weightsHash: sha256Hex('w1') });
+  assert.equal(t.s.round, 1);
+  t.expectReject({ type: 'commit', from: l0 === 'a' ? notLeader : l0, commit: good() }, 'stale-round');
+  const r = t.msg({ type: 'promise', from: 'd', round: 0, attempt: 1, accepted: null });
+  assert.equal(r.rejected[0].reason, 'stale-round');
+  assert.deepEqual(r.effects.map((e) => e.type), ['send']);
+  const again = t.msg({ type: 'promise', from: 'd', round: 0, attempt: 2, accepted: null });
+  assert.deepEqual(again.effects, [], 'answered once');
+  t.expectReject({ type: 'applied', round: 0, weightsHash: sha256Hex('w1') } as unknown as Message, 'malformed');
+  const late = t.feed({ type: 'applied', round: 0, weightsHash: sha256Hex('w1') });
+  assert.equal(late.rejected[0].reason, 'unexpected');
+  const lateTrain = t.feed({ type: 'trained', round: 0, updateHash: sha256Hex('x'), steps: 10 });
+  assert.equal(lateTrain.rejected[0].reason, 'late');
+});
+
+test('update weights: tokens = min(steps, H)·batch, computed by the leader from what it holds', () => {
+  const leader = leaderOrder(roundSeed(RUN, 0), PEERS4)[0];
+  const t = solo({}, leader);
+  const steps: Record<string, number> = { a: 25, b: 3, c: 10, d: 1000 };
+  for (const id of PEERS4) {
+    if (id === leader) t.feed({ type: 'trained', round: 0, updateHash: sha256Hex(`u-${id}-0`), steps: steps[id] });
+    else t.msg(t.upd(id, id, { steps: steps[id] }));
+  }
+  const commit = t.out.effects.find((e) => e.type === 'broadcast' && e.msg.type === 'commit');
+  assert.ok(commit && commit.type === 'broadcast' && commit.msg.type === 'commit', 'the leader proposed once all 4 were held (quorum 1)');
+  assert.deepEqual(commit.msg.commit.included.map((u) => [u.peer, u.tokens]), [['a', 40], ['b', 12], ['c', 40], ['d', 40]]);
+  assert.deepEqual(commit.msg.commit.live, PEERS4);
+});
+
+test('announcements: duplicates and non-members are rejected; equivocating hashes are flagged', () => {
+  const t = solo();
+  const ann = (from: string, h: string) => ({ type: 'announce', from, round: 0, weightsHash: sha256Hex(h), valueHash: sha256Hex('v') });
+  t.msg(ann('b', 'x'));
+  t.expectReject(ann('b', 'x'), 'duplicate');
+  t.expectReject(ann('b', 'y'), 'equivocation');
+  t.expectReject(ann('mallory', 'x'), 'not-member');
+  t.expectReject({ type: 'join', from: 'e', round: 7 }, 'future-round');
+});
+
+test('round-1 messages arriving early are buffered and replayed when the round starts', () => {
+  const sim = new Sim(params(), 11, { minDelay: 5, maxDelay: 60 });
+  for (const id of PEERS4) sim.add(id, { genesis: PEERS4, speed: id === 'a' ? 0.3 : 1 });
+  sim.run(6000);
+  // Fast 'a' publishes round r+1 updates while slower peers are still finishing round r.
+  assert.deepEqual(sim.violations, []);
+  for (let r = 0; r < 3; r++) assert.deepEqual(sim.decisionOf('b', r).included.map((u) => u.peer), PEERS4);
+  assert.ok(!sim.reasons('b').includes('buffer-full'));
+});
+
+// ───────────────────────── randomized safety / liveness ─────────────────────────
+
+test('randomized: delays, drops, replays, crashes, restarts, slow peers and a joiner never split the decided set', () => {
+  const P5 = ['p1', 'p2', 'p3', 'p4', 'p5'];
+  const seeds = Number(process.env.ROUND_FUZZ_SEEDS ?? 6);
+  for (let seed = 1; seed <= seeds; seed++) {
+    const rng = new Rng(1000 + seed);
+    const harsh = process.env.ROUND_FUZZ_DROP !== undefined;
+    const sim = new Sim(params({ quorum: [0.6, 0.8, 1][seed % 3], commitMs: Number(process.env.ROUND_FUZZ_COMMITMS ?? 300) }), seed, {
+      minDelay: 1, maxDelay: Number(process.env.ROUND_FUZZ_MAXDELAY ?? 250), drop: Number(process.env.ROUND_FUZZ_DROP ?? 0.08), dup: 0.03, dt: 10,
+    });
+    for (const id of P5) sim.add(id, { genesis: P5, speed: 0.5 + rng.nextFloat() * (seed % 2 ? 2.2 : 1.2) });
+    // At most 2 of the 5 founders crash, at random times.
+    const victims = P5.filter(() => rng.nextFloat() < 0.35).slice(0, 2);
+    const crashAt = victims.map(() => 1000 + rng.nextInt(12_000));
+    // Some come back as fresh processes (state lost; the driver persisted its last round).
+    const restartAt = crashAt.map((t0) => (rng.nextFloat() < 0.5 ? t0 + 1000 + rng.nextInt(5000) : Infinity));
+    const restarted = new Set<string>();
+    const joinAt = 2000 + rng.nextInt(6000);
+    let t = 0;
+    const end = 24_000;
+    while (t < end) {
+      t += 250;
+      sim.run(t);
+      victims.forEach((v, i) => {
+        if (crashAt[i] <= t && sim.peer(v).alive && !restarted.has(v)) sim.kill(v);
+        if (restartAt[i] <= t && !restarted.has(v)) {
+          restarted.add(v);
+          const rec = acceptorRecord(sim.peer(v).state) ?? undefined; // what its driver persisted
+          sim.add(v, { bootstrap: [P5[rng.nextInt(5)]], acceptor: rec, speed: sim.peer(v).speed });
+        }
+      });
+      if (t >= joinAt && !sim.peers.has('j1')) sim.add('j1', { bootstrap: [P5[rng.nextInt(5)]] });
+    }
+    assert.deepEqual(sim.violations, [], `seed ${seed}: agreement violated`);
+    // Same round ⇒ same weights, for everyone who applied it.
+    const byRound = new Map<number, Set<string>>();
+    for (const p of sim.peers.values()) for (const [r, h] of p.results) {
+      if (!byRound.has(r)) byRound.set(r, new Set());
+      byRound.get(r)!.add(h);
+    }
+    for (const [r, hs] of byRound) assert.equal(hs.size, 1, `seed ${seed}: round ${r} weights differ`);
+    if (process.env.DBG_SEED && Number(process.env.DBG_SEED) === seed) {
+      for (const p of sim.peers.values()) console.log(p.id, p.alive, p.state.round, p.state.phase, p.state.attempt, p.state.promised, p.state.roster.join(','), 'decided r:', [...p.decisions.keys()].join(','), JSON.stringify(p.rejected.slice(-6).map((r) => r.reason + ':' + r.detail)));
+    }
+    // Liveness: a majority of the founders stayed alive, so rounds kept coming.
+    const top = Math.max(...sim.alive().map((p) => p.state.round));
+    if (!harsh) assert.ok(top >= 8, `seed ${seed}: only reached round ${top}`);
+    if (!harsh) assert.ok(sim.alive().every((p) => p.state.round >= top - 2 || p.state.phase === 'syncing'), `seed ${seed}: a live peer fell far behind`);
+    assertNoBadRejections(sim);
+    if (process.env.DBG) {
+      const all = [...sim.peers.values()];
+      const count = (f: (e: Effect) => boolean) => all.reduce((n, p) => n + p.effects.filter(f).length, 0);
+      const fallbacks = [...sim.decided.keys()].filter((r) => all.some((p) => p.state.prev?.round === r && p.state.prev.decision.commit.attempt > 0)).length;
+      const attempts = all.map((p) => p.effects.filter((e) => e.type === 'broadcast' && e.msg.type === 'commit').map((e) => (e as { msg: { commit: Commit } }).msg.commit.attempt)).flat();
+      console.log(`seed ${seed}: top ${top} victims ${victims} at ${crashAt} join ${joinAt} j1 member ${sim.peer('j1').state.member} `
+        + `resyncs ${count((e) => e.type === 'resync')} fetches ${count((e) => e.type === 'fetch')} commits ${attempts.length} fallbackCommits ${attempts.filter((a) => a > 0).length} `
+        + `rosters ${sim.alive().map((p) => p.state.roster.length)} reasons ${JSON.stringify(Object.fromEntries([...new Set(all.flatMap((p) => p.rejected.map((r) => r.reason)))].map((k) => [k, all.reduce((n, p) => n + p.rejected.filter((r) => r.reason === k).length, 0)])))} ${fallbacks}`);
+    }
+  }
+});
+
+test('wire form: every message round-trips through (kind, signer, body); bad bodies give null', () => {
+  const k: Commit = { round: 2, attempt: 1, leader: 'b', included: [{ peer: 'a', updateHash: sha256Hex('x'), tokens: 8 }], joins: ['e'], live: ['a', 'b'] };
+  const msgs: Message[] = [
+    { type: 'update', from: 'a', round: 2, baseHash: sha256Hex('w'), updateHash: sha256Hex('x'), steps: 3 },
+    { type: 'commit', from: 'b', commit: k },
+    { type: 'accept', from: 'c', commit: k },
+    { type: 'promise', from: 'c', round: 2, attempt: 3, accepted: k },
+    { type: 'promise', from: 'c', round: 2, attempt: 1, accepted: null },
+    { type: 'decided', from: 'b', commit: k, signers: ['a', 'b', 'c'] },
+    { type: 'announce', from: 'd', round: 1, weightsHash: sha256Hex('w'), valueHash: sha256Hex('v') },
+    { type: 'join', from: 'e', round: 2 },
+  ];
+  for (const m of msgs) {
+    assert.ok(MessageSchema.safeParse(m).success);
+    const w = toWire(m);
+    assert.match(w.kind, /^round\.[a-z]+$/);
+    assert.ok(!('from' in w.body) && !('type' in w.body));
+    assert.deepEqual(fromWire(w.kind, m.from, JSON.parse(JSON.stringify(w.body))), m);
+  }
+  assert.equal(fromWire('round.update', 'a', { round: 1 }), null);
+  assert.equal(fromWire('round.join', 'a', { round: 1, extra: true }), null);
+  assert.equal(fromWire('round.join', 'a', null), null);
+  assert.equal(fromWire('hello', 'a', { round: 1 }), null);
+  assert.equal(fromWire('round.join', 'a', { round: 1, type: 'update' }), null);
+  assert.equal(fromWire('round.join', 'not a peer id', { round: 1 }), null);
+});
+
+test('majority and hashes: helpers', () => {
+  assert.deepEqual([1, 2, 3, 4, 5, 6].map(majority), [1, 2, 2, 3, 3, 4]);
+  const k: Commit = { round: 1, attempt: 0, leader: 'a', included: [], joins: [], live: ['a'] };
+  assert.equal(valueHash(k), valueHash({ ...k, attempt: 3, leader: 'b' }));
+  assert.notEqual(commitHash(k), commitHash({ ...k, attempt: 3, leader: 'b' }));
+  assert.notEqual(valueHash(k), valueHash({ ...k, joins: ['z'] }));
+  assert.notEqual(valueHash(k), valueHash({ ...k, live: [] }));
+});
