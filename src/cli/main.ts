@@ -10,6 +10,9 @@ import { register as registerGenerate } from './generate.js';
 import { register as registerExport } from './export.js';
 import { register as registerBench } from './bench.js';
 import { register as registerSim } from './sim.js';
+import { register as registerRun } from './run.js';
+import { register as registerNode } from './node.js';
+import { register as registerDemo } from './demo.js';
 import { reportError } from './output.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
@@ -27,6 +30,9 @@ export function buildProgram(): Command {
   registerExport(program);
   registerBench(program);
   registerSim(program);
+  registerRun(program);
+  registerNode(program);
+  registerDemo(program);
   const usageHelp = (c: Command, path: string): void => {
     c.showHelpAfterError(`usage: ${path} ${c.usage()}\n(run 'tessera ${path.replace(/^tessera ?/, '')}${path === 'tessera' ? '' : ' '}--help' for every option)`);
     c.commands.forEach((sub) => usageHelp(sub, `${path} ${sub.name()}`));

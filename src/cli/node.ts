@@ -1,0 +1,57 @@
+/** `tessera node`: run one swarm peer for a run manifest. */
+import type { Command } from 'commander';
+import { readFileSync } from 'node:fs';
+import { say } from './output.js';
+import { defaultCacheDir } from './train.js';
+import { decodeManifest } from '../swarm/manifest.js';
+import { SwarmNode, type RoundReport } from '../swarm/node.js';
+import { int } from './args.js';
+import { InvalidInputError } from '../util/errors.js';
+
+const collect = (v: string, prev: string[] = []) => [...prev, ...v.split(',').filter(Boolean)];
+
+export function formatReport(r: RoundReport): string {
+  const kb = (n: number) => `${(n / 1024).toFixed(1)}K`;
+  return `${r.event === 'synced' ? 'synced to' : 'round'} ${r.round}  val ${r.valLoss.toFixed(4)}  peers ${r.peers} (roster ${r.roster}, applied ${r.included})  sent ${kb(r.bytesSent)} recv ${kb(r.bytesReceived)}  ${r.seconds.toFixed(1)}s  weights ${r.weightsHash.slice(0, 12)}`;
+}
+
+export function register(program: Command): void {
+  program.command('node')
+    .description('run a swarm peer: train on the assigned shard, agree on updates with the other peers, apply them')
+    .requiredOption('--run <file>', 'run manifest (from `tessera run create`)')
+    .requiredOption('--data-dir <dir>', 'identity key and acceptor record')
+    .option('--listen <ma>', 'listen multiaddr', '/ip4/127.0.0.1/tcp/0')
+    .option('--bootstrap <ma...>', 'peers to connect to (multiaddr with /p2p/<id>; repeat or comma-separate)', collect)
+    .option('--genesis-peers <ids>', 'start at round 0 with this roster (comma-separated peer ids)', (v: string) => v.split(',').filter(Boolean))
+    .option('--rounds <n>', 'exit after completing this many rounds (0 = run until stopped)', int(0), 0)
+    .option('--cache-dir <dir>', 'tokenizer and token cache', defaultCacheDir())
+    .option('--json', 'one JSON object per round on stdout', false)
+    .action(async (o: { run: string; dataDir: string; listen: string; bootstrap?: string[]; genesisPeers?: string[]; rounds: number; cacheDir: string; json: boolean }) => {
+      let text: string;
+      try { text = readFileSync(o.run, 'utf8'); } catch (e) { throw new InvalidInputError(`cannot read --run ${o.run}: ${(e as Error).message}`); }
+      const manifest = decodeManifest(text);
+      let done = 0;
+      let finish!: () => void;
+      const finished = new Promise<void>((r) => { finish = r; });
+      const node = new SwarmNode({
+        manifest, dataDir: o.dataDir, listen: [o.listen], bootstrap: o.bootstrap ?? [], cacheDir: o.cacheDir,
+        ...(o.genesisPeers ? { genesisPeers: o.genesisPeers } : {}),
+        onLog: (line) => process.stderr.write(`tessera node: ${line}\n`),
+        onRound: (r) => {
+          if (o.json) process.stdout.write(JSON.stringify({ ...r, peer: node.peerId }) + '\n');
+          else process.stderr.write(formatReport(r) + '\n');
+          if (r.event === 'round' && o.rounds > 0 && ++done >= o.rounds) finish();
+        },
+      });
+      const onSignal = () => finish();
+      process.once('SIGINT', onSignal);
+      process.once('SIGTERM', onSignal);
+      await node.start();
+      say(o, `run ${manifest.runId.slice(0, 12)}: peer ${node.peerId}`);
+      if (o.json) process.stdout.write(JSON.stringify({ event: 'started', peer: node.peerId, runId: manifest.runId, addrs: node.host.multiaddrs() }) + '\n');
+      await finished;
+      await node.stop();
+      process.removeListener('SIGINT', onSignal);
+      process.removeListener('SIGTERM', onSignal);
+    });
+}

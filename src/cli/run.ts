@@ -1,0 +1,79 @@
+/** `tessera run create`: write a run manifest (default: a small model for a 2-core demo). */
+import type { Command } from 'commander';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { int, num, oneOf } from './args.js';
+import { say, result } from './output.js';
+import { defaultCacheDir } from './train.js';
+import { loadCorpus, prepareDataset } from '../data/index.js';
+import { loadKernels } from '../kernels/index.js';
+import { GPT } from '../model/gpt.js';
+import { weightsHash } from '../model/checkpoint.js';
+import { DEFAULT_ADAMW } from '../train/adamw.js';
+import { DEFAULT_OUTER } from '../swarm/outer.js';
+import { createManifest, type ManifestInput } from '../swarm/manifest.js';
+
+export interface RunCreateOptions {
+  vocab: number; ctx: number; dim: number; layers: number; heads: number; batch: number; inner: number;
+  lr: number; codec: 'fp32' | 'fp16' | 'int8' | 'sparse'; shards: number; seed: number;
+  trainMs: number; submitMs: number; commitMs: number; quorum: number; minPeers: number; maxMissed: number;
+  cacheDir: string; name?: string;
+}
+
+export function buildManifest(o: RunCreateOptions) {
+  const ds = prepareDataset({ corpus: loadCorpus('brown'), vocabSize: o.vocab, cacheDir: o.cacheDir });
+  const model = { vocabSize: o.vocab, ctx: o.ctx, dim: o.dim, layers: o.layers, heads: o.heads };
+  const gpt = new GPT(model, loadKernels({ threads: 1 }));
+  gpt.init(o.seed);
+  const codec = o.codec === 'sparse' ? { id: 'sparse' as const, chunk: 1024, k: 64 } : { id: o.codec };
+  const input: ManifestInput = {
+    version: 1,
+    name: o.name ?? `brown-d${o.dim}-l${o.layers}`,
+    model,
+    tokenizerSha256: ds.tokenizer.hash(),
+    dataset: { name: 'brown', trainTokensSha256: ds.stats.train.sha256, numShards: o.shards },
+    hyper: {
+      innerSteps: o.inner, batch: o.batch, adamw: DEFAULT_ADAMW,
+      schedule: { kind: 'constant', maxLr: o.lr, minLrFrac: 1, warmupSteps: 0, totalSteps: 1_000_000, decayFrac: 0.2 },
+      outer: DEFAULT_OUTER, codec, errorFeedback: o.codec === 'sparse' ? 1 : 0,
+    },
+    genesisWeightsHash: weightsHash(gpt.params),
+    seed: o.seed,
+    timing: { trainMs: o.trainMs, submitMs: o.submitMs, commitMs: o.commitMs, quorum: o.quorum, minPeers: o.minPeers, maxMissedRounds: o.maxMissed },
+  };
+  return { decoded: createManifest(input), params: gpt.numParams };
+}
+
+export function register(program: Command): void {
+  const run = program.command('run').description('create and inspect swarm runs');
+  run.command('create')
+    .description('write a run manifest (default: a small GPT on the embedded Brown corpus, for a 2-core demo)')
+    .requiredOption('--out <file>', 'manifest file to write')
+    .option('--name <s>', 'human label')
+    .option('--vocab <n>', 'vocabulary size', int(257, 1 << 20), 512)
+    .option('--ctx <n>', 'context length', int(1, 65536), 64)
+    .option('--dim <n>', 'model width', int(1, 65536), 64)
+    .option('--layers <n>', 'transformer blocks', int(1, 1024), 2)
+    .option('--heads <n>', 'attention heads', int(1, 1024), 4)
+    .option('--batch <n>', 'sequences per inner step', int(1, 65536), 4)
+    .option('--inner <n>', 'H: inner steps per round', int(1), 10)
+    .option('--lr <x>', 'inner learning rate (constant)', num(1e-8, 10), 3e-3)
+    .option('--codec <id>', 'fp32 | fp16 | int8 | sparse', oneOf('fp32', 'fp16', 'int8', 'sparse'), 'sparse')
+    .option('--shards <n>', 'data shards', int(1), 16)
+    .option('--seed <n>', 'initialisation seed', int(0), 1)
+    .option('--train-ms <n>', 'training budget per round', int(1), 1500)
+    .option('--submit-ms <n>', 'update collection deadline', int(1), 2500)
+    .option('--commit-ms <n>', 'agreement attempt length', int(1), 1500)
+    .option('--quorum <x>', 'fraction of the roster whose updates close collection early', num(0.01, 1), 1)
+    .option('--min-peers <n>', 'peers needed to train', int(1), 1)
+    .option('--max-missed <n>', 'missed rounds before a member leaves the roster', int(1), 2)
+    .option('--cache-dir <dir>', 'tokenizer and token cache', defaultCacheDir())
+    .option('--json', 'print a JSON object on stdout', false)
+    .action((o: RunCreateOptions & { out: string; json: boolean }) => {
+      const { decoded, params } = buildManifest(o);
+      mkdirSync(dirname(o.out), { recursive: true });
+      writeFileSync(o.out, JSON.stringify(decoded.manifest, null, 2) + '\n');
+      say(o, `wrote ${o.out}: ${params} parameters, H=${o.inner}, codec ${o.codec}`);
+      result(o, { runId: decoded.runId, out: o.out, params, manifest: decoded.manifest }, decoded.runId);
+    });
+}

@@ -1,0 +1,107 @@
+/**
+ * Spawns `tessera node` processes on 127.0.0.1 (used by `tessera demo` and the multi-process
+ * test): pre-creates each peer's identity so that the genesis roster and bootstrap addresses
+ * are known up front, gives every peer every other peer as bootstrap, and parses the JSON lines
+ * the nodes print.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createServer } from 'node:net';
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { loadOrCreateIdentity } from '../net/identity.js';
+import type { RoundReport } from './node.js';
+
+export const TESSERA_BIN = fileURLToPath(new URL('../../../bin/tessera.js', import.meta.url));
+
+export interface PeerSpec { index: number; dataDir: string; peerId: string; port: number; addr: string }
+
+export interface PeerProc extends PeerSpec {
+  child: ChildProcess;
+  alive: boolean;
+  reports: RoundReport[];
+  stderr: string[];
+}
+
+export async function freePort(): Promise<number> {
+  return await new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const a = s.address();
+      const port = typeof a === 'object' && a ? a.port : 0;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+export async function preparePeer(index: number, dataDir: string): Promise<PeerSpec> {
+  mkdirSync(dataDir, { recursive: true });
+  const id = await loadOrCreateIdentity(dataDir);
+  const port = await freePort();
+  const peerId = id.peerId.toString();
+  return { index, dataDir, peerId, port, addr: `/ip4/127.0.0.1/tcp/${port}/p2p/${peerId}` };
+}
+
+export interface SpawnOptions {
+  run: string;
+  /** Bootstrap multiaddrs. */
+  bootstrap: string[];
+  genesisPeers?: string[];
+  cacheDir?: string;
+  env?: NodeJS.ProcessEnv;
+  onReport?: (p: PeerProc, r: RoundReport) => void;
+  onExit?: (p: PeerProc, code: number | null, signal: NodeJS.Signals | null) => void;
+}
+
+export function spawnPeer(spec: PeerSpec, o: SpawnOptions): PeerProc {
+  const args = [TESSERA_BIN, 'node', '--run', o.run, '--data-dir', spec.dataDir, '--listen', `/ip4/127.0.0.1/tcp/${spec.port}`, '--json'];
+  const boot = o.bootstrap.filter((a) => !a.endsWith(spec.peerId));
+  if (boot.length) args.push('--bootstrap', boot.join(','));
+  if (o.genesisPeers?.length) args.push('--genesis-peers', o.genesisPeers.join(','));
+  if (o.cacheDir) args.push('--cache-dir', o.cacheDir);
+  const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...o.env } });
+  const p: PeerProc = { ...spec, child, alive: true, reports: [], stderr: [] };
+  let buf = '';
+  child.stdout!.setEncoding('utf8');
+  child.stdout!.on('data', (d: string) => {
+    buf += d;
+    let i;
+    while ((i = buf.indexOf('\n')) >= 0) {
+      const line = buf.slice(0, i);
+      buf = buf.slice(i + 1);
+      try {
+        const j = JSON.parse(line) as RoundReport & { event: string };
+        if (j.event === 'round' || j.event === 'synced') {
+          p.reports.push(j);
+          o.onReport?.(p, j);
+        }
+      } catch { /* not JSON */ }
+    }
+  });
+  child.stderr!.setEncoding('utf8');
+  child.stderr!.on('data', (d: string) => {
+    p.stderr.push(d);
+    if (p.stderr.length > 200) p.stderr.shift();
+  });
+  child.on('exit', (code, signal) => {
+    p.alive = false;
+    o.onExit?.(p, code, signal);
+  });
+  return p;
+}
+
+/** SIGTERM every live child, then SIGKILL whatever is left after `graceMs`. */
+export async function stopAll(peers: PeerProc[], graceMs = 3000): Promise<void> {
+  const live = peers.filter((p) => p.alive && p.child.exitCode === null && p.child.signalCode === null);
+  for (const p of live) p.child.kill('SIGTERM');
+  const t0 = Date.now();
+  while (live.some((p) => p.child.exitCode === null && p.child.signalCode === null) && Date.now() - t0 < graceMs) {
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  for (const p of live) if (p.child.exitCode === null && p.child.signalCode === null) p.child.kill('SIGKILL');
+}
+
+export function dataDirFor(root: string, i: number): string {
+  return join(root, `peer-${i}`);
+}

@@ -1,0 +1,487 @@
+/**
+ * A running swarm peer: the thin, effectful driver around the pure round reducer (round.ts).
+ *
+ *   net message ──fromWire──▶ reducer event ──step──▶ effects ──▶ net actions / training / apply
+ *
+ * - Control messages travel signed on the run's gossip topic (kinds `round.*`, plus `node.snap`,
+ *   a peer's advertisement of the bulk hash of its current weights+momentum snapshot).
+ * - Payloads (encoded updates, snapshots) travel on the bulk protocol, addressed by sha256.
+ * - An `update` message is handed to the reducer only once its payload is held and decodes
+ *   (the reducer trusts the driver to check Δ before reporting an update held).
+ * - acceptorRecord(state) is written to DATA_DIR/acceptor.json (synchronously, before any effect
+ *   of the step is executed) whenever it changes; a restart passes it to init().
+ * - Training runs in this thread, one inner step at a time, yielding to the event loop between
+ *   steps with setImmediate so that gossip, bulk transfers and ticks keep flowing.
+ */
+import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { z } from 'zod';
+import {
+  createHost, fetchBulk, joinControlChannel, serveBulk, sha256Hex, type ControlChannel, type Host,
+} from '../net/index.js';
+import type { Logger } from 'pino';
+import { pino } from 'pino';
+import { loadKernels } from '../kernels/index.js';
+import { GPT } from '../model/gpt.js';
+import { weightsHash } from '../model/checkpoint.js';
+import { loadCorpus, prepareDataset } from '../data/index.js';
+import { BatchSampler, evalBatches, type Batch, type TokenArray } from '../data/batches.js';
+import { AdamW } from '../train/adamw.js';
+import { lrAt } from '../train/schedule.js';
+import { InvalidInputError } from '../util/errors.js';
+import { applyCommitted, type CommittedUpdate } from './apply.js';
+import { OuterNesterov } from './outer.js';
+import { ErrorFeedback, getCodec, type Codec } from './compress/index.js';
+import type { DecodedManifest } from './manifest.js';
+import {
+  AcceptorRecordSchema, RoundBodySchemas, SnapshotSchema, acceptorRecord, fromWire, init, nextDeadline, roundParams,
+  snapshotOf, step, toWire, type AcceptorRecord, type Effect, type Message, type RoundEvent, type RoundSnapshot,
+  type RoundState, type UpdateMsg,
+} from './round.js';
+
+const HEX64 = /^[0-9a-f]{64}$/;
+const DEBUG = process.env.TESSERA_NODE_DEBUG === '1';
+
+export const NodeSchemas = {
+  ...RoundBodySchemas,
+  /** "My snapshot of the start of round `round` (θ hash weightsHash) is bulk object `bundle`." */
+  'node.snap': z.object({ round: z.number().int().min(0), weightsHash: z.string().regex(HEX64), bundle: z.string().regex(HEX64) }).strict(),
+} as const;
+
+export interface RoundReport {
+  round: number;
+  valLoss: number;
+  peers: number;
+  roster: number;
+  included: number;
+  weightsHash: string;
+  bytesSent: number;
+  bytesReceived: number;
+  seconds: number;
+  event: 'round' | 'synced';
+}
+
+export interface NodeOptions {
+  manifest: DecodedManifest;
+  dataDir: string;
+  listen?: string[];
+  /** Multiaddrs (with /p2p/<id>) dialled (and re-dialled) in the background. */
+  bootstrap?: string[];
+  /** Start at round 0 with this roster (peer ids), if it lists this peer. */
+  genesisPeers?: string[];
+  cacheDir?: string;
+  threads?: number;
+  evalBatches?: number;
+  onRound?: (r: RoundReport) => void;
+  onLog?: (line: string) => void;
+  logger?: Logger;
+}
+
+/** Sequences of the eval set and the shard sampler. */
+function shardSlice(tokens: TokenArray, shard: number, numShards: number, T: number): TokenArray {
+  const per = Math.floor(tokens.length / numShards);
+  const start = shard * per;
+  const end = Math.min(tokens.length, start + Math.max(per, T + 2));
+  return tokens.subarray(start, end) as TokenArray;
+}
+
+/** Bundle = u32 header length | JSON header | weights f32 | momentum f32. */
+function encodeBundle(snap: RoundSnapshot, theta: Float32Array, momentum: Float32Array): Uint8Array {
+  const head = new TextEncoder().encode(JSON.stringify(snap));
+  const out = new Uint8Array(4 + head.length + theta.byteLength + momentum.byteLength);
+  new DataView(out.buffer).setUint32(0, head.length, true);
+  out.set(head, 4);
+  out.set(new Uint8Array(theta.buffer, theta.byteOffset, theta.byteLength), 4 + head.length);
+  out.set(new Uint8Array(momentum.buffer, momentum.byteOffset, momentum.byteLength), 4 + head.length + theta.byteLength);
+  return out;
+}
+
+function decodeBundle(bytes: Uint8Array, P: number): { snap: RoundSnapshot; theta: Float32Array; momentum: Float32Array } {
+  if (bytes.length < 4) throw new InvalidInputError('snapshot bundle too short');
+  const hl = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength).getUint32(0, true);
+  if (bytes.length !== 4 + hl + 8 * P) throw new InvalidInputError(`snapshot bundle has ${bytes.length} bytes, expected ${4 + hl + 8 * P}`);
+  const snap = SnapshotSchema.parse(JSON.parse(new TextDecoder().decode(bytes.subarray(4, 4 + hl))));
+  const body = bytes.slice(4 + hl); // aligned copy
+  return { snap, theta: new Float32Array(body.buffer, 0, P).slice(), momentum: new Float32Array(body.buffer, 4 * P, P).slice() };
+}
+
+export class SwarmNode {
+  host!: Host;
+  channel!: ControlChannel<typeof NodeSchemas>;
+  state!: RoundState;
+  private readonly m;
+  private readonly p;
+  private gpt!: GPT;
+  private opt!: AdamW;
+  private codec!: Codec;
+  private ef: ErrorFeedback | null = null;
+  private theta!: Float32Array;
+  private outer!: OuterNesterov;
+  private train!: TokenArray;
+  private evalSet: Batch[] = [];
+  /** Bulk objects by sha256: update payloads and snapshot bundles. */
+  private readonly store = new Map<string, { bytes: Uint8Array; round: number }>();
+  /** Decoded Δ by update hash. */
+  private readonly deltas = new Map<string, Float32Array>();
+  /** Update messages seen on gossip, by update hash. */
+  private readonly updateMsgs = new Map<string, UpdateMsg>();
+  private readonly fetching = new Set<string>();
+  /** peer → its latest snapshot advertisement. */
+  private readonly snaps = new Map<string, { round: number; weightsHash: string; bundle: string }>();
+  private training: { round: number; stop: boolean } | null = null;
+  private resyncing = false;
+  private lastRecord = '';
+  private lastVal = NaN;
+  private timer: NodeJS.Timeout | null = null;
+  private dialTimer: NodeJS.Timeout | null = null;
+  private stopped = false;
+  private lastBytes = { sent: 0, received: 0 };
+  private roundStart = Date.now();
+  private readonly log: (line: string) => void;
+  private readonly recordPath: string;
+
+  constructor(readonly o: NodeOptions) {
+    this.m = o.manifest.manifest;
+    this.p = roundParams(o.manifest, Math.max(200, Math.floor(o.manifest.manifest.timing.commitMs / 2)));
+    this.log = o.onLog ?? (() => undefined);
+    this.recordPath = join(o.dataDir, 'acceptor.json');
+  }
+
+  get peerId(): string { return this.host.peerId; }
+
+  async start(): Promise<void> {
+    const m = this.m;
+    mkdirSync(this.o.dataDir, { recursive: true });
+    // Data and model, checked against the manifest.
+    const ds = prepareDataset({ corpus: loadCorpus('brown'), vocabSize: m.model.vocabSize, ...(this.o.cacheDir ? { cacheDir: this.o.cacheDir } : {}) });
+    if (ds.tokenizer.hash() !== m.tokenizerSha256) throw new InvalidInputError(`tokenizer hash ${ds.tokenizer.hash().slice(0, 12)} does not match the manifest's ${m.tokenizerSha256.slice(0, 12)}`);
+    if (m.dataset.trainTokensSha256 !== undefined && ds.stats.train.sha256 !== m.dataset.trainTokensSha256) throw new InvalidInputError('training tokens do not match the manifest');
+    this.train = ds.train;
+    const kernels = loadKernels({ threads: this.o.threads ?? 1 });
+    this.gpt = new GPT(m.model, kernels);
+    this.gpt.init(m.seed);
+    this.theta = this.gpt.params.slice();
+    if (weightsHash(this.theta) !== m.genesisWeightsHash) throw new InvalidInputError('genesis weights do not match the manifest');
+    this.opt = new AdamW(m.model, m.hyper.adamw, kernels);
+    this.outer = new OuterNesterov(this.theta.length, m.hyper.outer);
+    const cs = m.hyper.codec;
+    this.codec = cs.id === 'sparse' ? getCodec('sparse', { chunk: cs.chunk, k: cs.k }) : getCodec(cs.id);
+    if (m.hyper.errorFeedback > 0) this.ef = new ErrorFeedback(this.theta.length, m.hyper.errorFeedback);
+    const B = m.hyper.batch, T = m.model.ctx;
+    this.evalSet = [...evalBatches(ds.val, B, T, this.o.evalBatches ?? 4)];
+
+    // Network.
+    this.host = await createHost({
+      dataDir: this.o.dataDir, listen: this.o.listen ?? ['/ip4/127.0.0.1/tcp/0'],
+      logger: this.o.logger ?? pino({ level: process.env.TESSERA_LOG ?? 'silent' }),
+    });
+    await serveBulk(this.host, (hash) => this.store.get(hash)?.bytes);
+    this.channel = joinControlChannel({
+      host: this.host, runId: this.o.manifest.runId, schemas: NodeSchemas,
+      onMessage: (msg) => this.onNet(msg.kind, msg.from, msg.body),
+    });
+    this.dialLoop();
+    this.log(`peer ${this.host.peerId} listening on ${this.host.multiaddrs().join(' ')}`);
+
+    // Wait (briefly) for the other genesis peers / a bootstrap peer, so early gossip is not lost.
+    const want = this.o.genesisPeers?.length ? this.o.genesisPeers.length - 1 : (this.o.bootstrap?.length ? 1 : 0);
+    const t0 = Date.now();
+    while (this.channel.subscribers().length < want && Date.now() - t0 < 15_000) await new Promise((r) => setTimeout(r, 100));
+
+    let acceptor: AcceptorRecord | undefined;
+    if (existsSync(this.recordPath)) {
+      const r = AcceptorRecordSchema.safeParse(JSON.parse(readFileSync(this.recordPath, 'utf8')));
+      if (r.success) acceptor = r.data;
+    }
+    const bootIds = (this.o.bootstrap ?? []).map((a) => /\/p2p\/([^/]+)/.exec(a)?.[1]).filter((x): x is string => !!x);
+    const now = Date.now();
+    // Genesis: listed in --genesis-peers, or a founder started with neither genesis peers nor bootstrap (roster = itself).
+    const founder = !this.o.genesisPeers?.length && !this.o.bootstrap?.length;
+    const genesis = acceptor !== undefined ? undefined
+      : this.o.genesisPeers?.includes(this.host.peerId) ? { roster: this.o.genesisPeers } : founder ? { roster: [this.host.peerId] } : undefined;
+    const first = init({
+      self: this.host.peerId, params: this.p, now,
+      ...(genesis ? { genesis } : { bootstrap: [...new Set([...bootIds, ...(this.o.genesisPeers ?? [])])] }),
+      ...(acceptor ? { acceptor } : {}),
+    });
+    this.roundStart = now;
+    this.lastBytes = { ...this.host.metrics.snapshot().wire };
+    this.commit(first.state, first.effects);
+    this.timer = setInterval(() => this.tick(), 50);
+  }
+
+  private dialLoop(): void {
+    const targets = this.o.bootstrap ?? [];
+    if (targets.length === 0) return;
+    const attempt = () => {
+      if (this.stopped) return;
+      const connected = new Set(this.host.connectedPeers());
+      for (const a of targets) {
+        const id = /\/p2p\/([^/]+)/.exec(a)?.[1];
+        if (id && connected.has(id)) continue;
+        this.host.dial(a, { signal: AbortSignal.timeout(2000) }).catch(() => undefined);
+      }
+    };
+    attempt();
+    this.dialTimer = setInterval(attempt, 1000);
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.timer) clearInterval(this.timer);
+    if (this.dialTimer) clearInterval(this.dialTimer);
+    if (this.training) this.training.stop = true;
+    try { this.channel?.close(); } catch { /* closing anyway */ }
+    await this.host?.stop().catch(() => undefined);
+  }
+
+  // ───────────── reducer plumbing ─────────────
+
+  private tick(): void {
+    if (this.stopped || !this.state) return;
+    const now = Date.now();
+    if (now >= nextDeadline(this.state)) this.dispatch({ type: 'tick', now });
+  }
+
+  private dispatch(ev: RoundEvent): void {
+    if (this.stopped) return;
+    // The reducer's clock only moves with ticks: bring it to now first, so that whatever this
+    // event starts (a round, an attempt) is timed from the present, not from the last deadline.
+    if (ev.type !== 'tick' && Date.now() > this.state.now) {
+      const t = step(this.state, { type: 'tick', now: Date.now() });
+      this.commit(t.state, t.effects);
+    }
+    const r = step(this.state, ev);
+    if (DEBUG) {
+      for (const x of r.rejected) this.log(`r${this.state.round} ${this.state.phase} rejected ${x.event}: ${x.reason} ${x.detail}${x.from ? ` from ${x.from.slice(-6)}` : ''}`);
+      for (const e of r.effects) if (e.type !== 'broadcast' || e.msg.type === 'commit') this.log(`r${r.state.round} ${r.state.phase} effect ${e.type}${e.type === 'broadcast' && e.msg.type === 'commit' ? ` commit a${e.msg.commit.attempt} with ${e.msg.commit.included.length}` : ''} t+${Date.now() - r.state.startedAt}`);
+    }
+    this.commit(r.state, r.effects);
+    // A message event may have moved the clock-free state past a deadline: tick right away.
+    if (ev.type !== 'tick' && Date.now() >= nextDeadline(this.state)) this.dispatch({ type: 'tick', now: Date.now() });
+  }
+
+  private commit(next: RoundState, effects: Effect[]): void {
+    const prevRound = this.state?.round ?? -1;
+    this.state = next;
+    const rec = acceptorRecord(next);
+    if (rec) {
+      const s = JSON.stringify(rec);
+      if (s !== this.lastRecord) {
+        const tmp = this.recordPath + '.tmp';
+        writeFileSync(tmp, s);
+        renameSync(tmp, this.recordPath);
+        this.lastRecord = s;
+      }
+    }
+    for (const e of effects) this.execute(e);
+    // A decided empty set ends the round inside the reducer (no apply effect): report it too.
+    if (prevRound >= 0 && next.round === prevRound + 1 && next.prev && next.prev.round === prevRound && next.prev.decision.commit.included.length === 0 && next.prev.resultHash !== null) {
+      this.report('round', prevRound, this.lastVal, next.prev.roster.length, 0, next.prev.resultHash);
+    }
+    if (next.round !== prevRound && next.round >= 0 && next.phase !== 'syncing' && next.phase !== 'unsynced') this.advertiseSnapshot();
+  }
+
+  private execute(e: Effect): void {
+    switch (e.type) {
+      case 'broadcast': case 'send': this.publish(e.msg); break;
+      case 'train': void this.runTraining(e); break;
+      case 'stop-training': if (this.training && this.training.round === e.round) this.training.stop = true; break;
+      case 'fetch': for (const u of e.updates) void this.fetchUpdate(u.updateHash, [u.peer, ...e.from], e.round, u.peer); break;
+      case 'apply': this.apply(e); break;
+      case 'resync': void this.resync(e); break;
+    }
+  }
+
+  private publish(msg: Message): void {
+    const w = toWire(msg);
+    this.channel.publish(w.kind, w.body as never).catch(() => undefined);
+  }
+
+  private onNet(kind: string, from: string, body: unknown): void {
+    if (this.stopped || !this.state) return;
+    if (kind === 'node.snap') {
+      const b = body as { round: number; weightsHash: string; bundle: string };
+      const old = this.snaps.get(from);
+      if (!old || old.round <= b.round) this.snaps.set(from, b);
+      return;
+    }
+    const msg = fromWire(kind, from, body);
+    if (!msg) return;
+    if (msg.type === 'update') {
+      this.updateMsgs.set(msg.updateHash, msg);
+      if (this.deltas.has(msg.updateHash)) { this.dispatch({ type: 'message', msg }); return; }
+      void this.fetchUpdate(msg.updateHash, [msg.from], msg.round, msg.from);
+      return;
+    }
+    this.dispatch({ type: 'message', msg });
+  }
+
+  // ───────────── payloads ─────────────
+
+  private async fetchUpdate(hash: string, from: string[], round: number, author: string): Promise<void> {
+    if (this.deltas.has(hash)) { this.deliverUpdate(hash, round, author); return; }
+    if (this.fetching.has(hash)) return;
+    this.fetching.add(hash);
+    try {
+      const P = this.theta.length;
+      const max = this.codec.encodedSize(P) + 1024;
+      for (let attempt = 0; attempt < 3 && !this.stopped; attempt++) {
+        for (const peer of [...new Set(from)].filter((p) => p !== this.host.peerId)) {
+          try {
+            const bytes = await fetchBulk(this.host, peer, hash, { maxBytes: max, signal: AbortSignal.timeout(5000) });
+            const delta = this.codec.decode(bytes, P);
+            if (!delta.every(Number.isFinite)) throw new InvalidInputError('non-finite Δ');
+            this.store.set(hash, { bytes, round });
+            this.deltas.set(hash, delta);
+            this.deliverUpdate(hash, round, author);
+            return;
+          } catch { /* next peer */ }
+        }
+        await new Promise((r) => setTimeout(r, 300));
+      }
+    } finally {
+      this.fetching.delete(hash);
+    }
+  }
+
+  private deliverUpdate(hash: string, round: number, author: string): void {
+    let msg = this.updateMsgs.get(hash);
+    if (!msg) {
+      // Fetched for a decided set whose update message we never saw: rebuild it from the decision.
+      const inc = this.state.decision?.commit.included.find((u) => u.updateHash === hash);
+      if (!inc || this.state.round !== round) return;
+      msg = { type: 'update', from: author, round, baseHash: this.state.weightsHash, updateHash: hash, steps: Math.max(1, Math.round(inc.tokens / this.p.batch)) };
+    }
+    if (msg.from === this.host.peerId && this.state.updates.has(hash)) return;
+    this.dispatch({ type: 'message', msg });
+  }
+
+  private prune(): void {
+    const keepFrom = this.state.round - 2;
+    for (const [h, v] of this.store) if (v.round < keepFrom) { this.store.delete(h); this.deltas.delete(h); this.updateMsgs.delete(h); }
+  }
+
+  // ───────────── training / apply / sync ─────────────
+
+  private async runTraining(e: Extract<Effect, { type: 'train' }>): Promise<void> {
+    if (this.training) this.training.stop = true;
+    const job = { round: e.round, stop: false };
+    this.training = job;
+    await new Promise((r) => setImmediate(r));
+    const m = this.m, B = m.hyper.batch, T = m.model.ctx, P = this.theta.length;
+    if (job.stop || this.stopped) return;
+    if (weightsHash(this.theta) !== e.baseHash) { this.log(`round ${e.round}: base hash mismatch, not training`); return; }
+    const base = this.theta.slice();
+    const local = this.gpt;
+    local.params.set(base);
+    const samplers = e.shards.map((sh, i) => new BatchSampler(shardSlice(this.train, sh, this.p.numShards, T), B, T, BigInt('0x' + this.state.seed.slice(0, 12)) + BigInt(i)));
+    const batch: Batch = { inputs: new Int32Array(B * T), targets: new Int32Array(B * T) };
+    let steps = 0;
+    for (let i = 0; i < e.steps; i++) {
+      if (job.stop || this.stopped || Date.now() >= e.until) break;
+      samplers[i % samplers.length].next(batch);
+      local.zeroGrad();
+      const loss = local.forwardBackward(batch.inputs, batch.targets, B, T);
+      if (!Number.isFinite(loss)) break;
+      this.opt.update(local.params, local.grads, lrAt(m.hyper.schedule, e.round * m.hyper.innerSteps + i));
+      steps++;
+      await new Promise((r) => setImmediate(r));
+    }
+    if (job.stop || this.stopped) return;
+    const delta = new Float32Array(P);
+    for (let i = 0; i < P; i++) delta[i] = base[i] - local.params[i];
+    let hash = '0'.repeat(64);
+    if (steps > 0) {
+      const enc = this.codec.encode(delta, this.ef ?? undefined);
+      hash = sha256Hex(enc.bytes);
+      this.store.set(hash, { bytes: enc.bytes, round: e.round });
+      this.deltas.set(hash, enc.decoded);
+    }
+    // Rounds are paced by the training budget: submit at `until` at the earliest. (A tiny model
+    // finishes its H steps in milliseconds; unpaced rounds outrun joiners' snapshot downloads.)
+    while (Date.now() < e.until && !job.stop && !this.stopped) await new Promise((r) => setTimeout(r, Math.min(50, e.until - Date.now())));
+    if (this.training === job) this.training = null;
+    if (job.stop || this.stopped) return;
+    this.dispatch({ type: 'trained', round: e.round, updateHash: hash, steps });
+  }
+
+  private apply(e: Extract<Effect, { type: 'apply' }>): void {
+    if (weightsHash(this.theta) !== e.baseHash) {
+      this.log(`round ${e.round}: our weights are not the round's base; waiting for resync`);
+      return;
+    }
+    const ups: CommittedUpdate[] = e.included.map((u) => ({ peer: u.peer, tokens: u.tokens, delta: this.deltas.get(u.updateHash)! }));
+    if (ups.some((u) => !u.delta)) { this.log(`round ${e.round}: missing a payload at apply`); return; }
+    applyCommitted(this.theta, this.outer, ups);
+    const h = weightsHash(this.theta);
+    const valLoss = this.evaluate();
+    this.lastVal = valLoss;
+    const roster = this.state.roster.length;
+    this.dispatch({ type: 'applied', round: e.round, weightsHash: h });
+    this.report('round', e.round, valLoss, roster, e.included.length, h);
+    this.prune();
+  }
+
+  private evaluate(): number {
+    const g = this.gpt;
+    g.params.set(this.theta);
+    let sum = 0;
+    for (const b of this.evalSet) sum += g.loss(b.inputs, b.targets, this.m.hyper.batch, this.m.model.ctx);
+    return this.evalSet.length ? sum / this.evalSet.length : NaN;
+  }
+
+  private report(event: 'round' | 'synced', round: number, valLoss: number, roster: number, included: number, h: string): void {
+    const w = this.host.metrics.snapshot().wire;
+    const now = Date.now();
+    const r: RoundReport = {
+      event, round, valLoss, peers: this.channel.subscribers().length + 1, roster, included, weightsHash: h,
+      bytesSent: w.sent - this.lastBytes.sent, bytesReceived: w.received - this.lastBytes.received, seconds: (now - this.roundStart) / 1000,
+    };
+    this.lastBytes = { ...w };
+    this.roundStart = now;
+    this.o.onRound?.(r);
+  }
+
+  private advertiseSnapshot(): void {
+    const snap = snapshotOf(this.state);
+    if (!snap) return;
+    const bytes = encodeBundle(snap, this.theta, this.outer.momentum);
+    const bundle = sha256Hex(bytes);
+    this.store.set(bundle, { bytes, round: snap.round });
+    this.channel.publish('node.snap', { round: snap.round, weightsHash: snap.weightsHash, bundle }).catch(() => undefined);
+  }
+
+  private async resync(e: Extract<Effect, { type: 'resync' }>): Promise<void> {
+    if (this.resyncing) return;
+    this.resyncing = true;
+    try {
+      if (this.training) this.training.stop = true;
+      const P = this.theta.length;
+      // Candidates: advertisements from the listed peers (then from anyone), newest first.
+      const ads = [...this.snaps.entries()]
+        .filter(([, a]) => (e.round === null || a.round >= e.round) && (e.weightsHash === null || e.round === null || a.round !== e.round || a.weightsHash === e.weightsHash))
+        .sort((x, y) => (Number(e.from.includes(y[0])) - Number(e.from.includes(x[0]))) || y[1].round - x[1].round);
+      for (const [peer, ad] of ads.slice(0, 4)) {
+        try {
+          const bytes = await fetchBulk(this.host, peer, ad.bundle, { maxBytes: 8 * P + 65536, signal: AbortSignal.timeout(10_000) });
+          const b = decodeBundle(bytes, P);
+          if (weightsHash(b.theta) !== b.snap.weightsHash) throw new InvalidInputError('snapshot weights do not match its hash');
+          if (this.stopped || (this.state.phase !== 'syncing' && this.state.phase !== 'unsynced')) return;
+          this.theta.set(b.theta);
+          this.outer.momentum.set(b.momentum);
+          this.deltas.clear();
+          this.dispatch({ type: 'synced', snapshot: b.snap });
+          if (this.state.round === b.snap.round && this.state.weightsHash === b.snap.weightsHash) {
+            this.report('synced', b.snap.round, this.evaluate(), b.snap.roster.length, 0, b.snap.weightsHash);
+          }
+          return;
+        } catch (err) {
+          this.log(`resync from ${peer.slice(-8)} failed: ${(err as Error).message}`);
+        }
+      }
+    } finally {
+      this.resyncing = false;
+    }
+  }
+}

@@ -1,0 +1,88 @@
+/**
+ * Real `tessera node` processes on 127.0.0.1: five peers train a tiny GPT together and agree
+ * on the weights hash round after round; two are killed with SIGKILL and the other three go on
+ * (a strict majority of the roster of five); then a fresh peer joins mid-run, resyncs from a
+ * snapshot (weights + outer momentum, verified by hash) and ends up with the same hashes.
+ */
+import { after, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { buildManifest } from '../src/cli/run.js';
+import { defaultCacheDir } from '../src/cli/train.js';
+import { dataDirFor, preparePeer, spawnPeer, stopAll, type PeerProc } from '../src/swarm/launch.js';
+
+const root = mkdtempSync(join(tmpdir(), 'tessera-swarm-'));
+const peers: PeerProc[] = [];
+after(async () => {
+  await stopAll(peers, 2000);
+  rmSync(root, { recursive: true, force: true });
+});
+
+async function waitFor(what: string, cond: () => boolean, ms: number): Promise<void> {
+  const t0 = Date.now();
+  while (!cond()) {
+    if (Date.now() - t0 > ms) {
+      const tails = peers.map((p) => `peer ${p.index} (${p.alive ? 'alive' : 'dead'}) rounds [${p.reports.map((r) => `${r.event[0]}${r.round}:${r.weightsHash.slice(0, 6)}`).join(' ')}]\n${p.stderr.join('').slice(-600)}`).join('\n');
+      throw new Error(`timed out after ${ms} ms waiting for ${what}\n${tails}`);
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+/** Rounds that every peer in `group` completed ('round' reports), all with the same hash. */
+function agreedRounds(group: PeerProc[], from = 0): number[] {
+  const out: number[] = [];
+  const rounds = new Set(group.flatMap((p) => p.reports.filter((r) => r.event === 'round' && r.round >= from).map((r) => r.round)));
+  for (const r of [...rounds].sort((a, b) => a - b)) {
+    const hs = group.map((p) => p.reports.find((x) => x.event === 'round' && x.round === r)?.weightsHash);
+    if (hs.every((h) => h !== undefined && h === hs[0])) out.push(r);
+  }
+  return out;
+}
+
+test('5 node processes agree on weights; survive kill -9 of 2; a fresh peer syncs and joins', { timeout: 120_000 }, async () => {
+  const t0 = Date.now();
+  const cacheDir = defaultCacheDir();
+  const { decoded } = buildManifest({
+    vocab: 512, ctx: 32, dim: 32, layers: 1, heads: 2, batch: 2, inner: 4, lr: 3e-3, codec: 'sparse', shards: 8, seed: 7,
+    trainMs: 800, submitMs: 1500, commitMs: 1000, quorum: 1, minPeers: 1, maxMissed: 2, cacheDir,
+  });
+  const run = join(root, 'run.json');
+  writeFileSync(run, JSON.stringify(decoded.manifest));
+  const specs = await Promise.all([0, 1, 2, 3, 4].map((i) => preparePeer(i, dataDirFor(root, i))));
+  const addrs = specs.map((s) => s.addr);
+  for (const s of specs) peers.push(spawnPeer(s, { run, bootstrap: addrs, genesisPeers: specs.map((x) => x.peerId), cacheDir }));
+
+  // Happy path: at least 2 rounds in which all 5 report identical weights hashes.
+  await waitFor('2 agreed rounds among 5 peers', () => agreedRounds(peers).length >= 2, 40_000);
+  const first = agreedRounds(peers);
+  for (const p of peers) assert.ok(p.reports.some((r) => r.event === 'round' && r.included >= 2), `peer ${p.index} applied rounds with several updates`);
+  const sample = peers[0].reports.find((r) => r.event === 'round')!;
+  assert.ok(sample.bytesSent > 0 && sample.bytesReceived > 0, 'bytes are counted per round');
+
+  // Kill -9 two peers; the other three (a strict majority of 5) keep deciding rounds.
+  const killedAt = Math.max(...peers.map((p) => p.reports.at(-1)?.round ?? 0));
+  peers[1].child.kill('SIGKILL');
+  peers[3].child.kill('SIGKILL');
+  const survivors = [peers[0], peers[2], peers[4]];
+  await waitFor('2 agreed rounds among the 3 survivors after the kill', () => agreedRounds(survivors, killedAt + 1).length >= 2, 45_000);
+  assert.ok(survivors.every((p) => p.alive), 'survivors are still running');
+
+  // A fresh peer (new identity, no genesis roster) joins mid-run: it resyncs, then agrees.
+  const fresh = await preparePeer(5, dataDirFor(root, 5));
+  const joinedAt = Math.max(...survivors.map((p) => p.reports.at(-1)?.round ?? 0));
+  const np = spawnPeer(fresh, { run, bootstrap: survivors.map((p) => p.addr), cacheDir });
+  peers.push(np);
+  await waitFor('the fresh peer to sync', () => np.reports.some((r) => r.event === 'synced'), 30_000);
+  const synced = np.reports.find((r) => r.event === 'synced')!;
+  assert.ok(synced.round > joinedAt - 1, `synced to a current round (${synced.round}, joined at ${joinedAt})`);
+  await waitFor('a round the fresh peer agrees on with the survivors', () => agreedRounds([...survivors, np], synced.round).length >= 1, 30_000);
+  // ...and contributes: a round whose applied set includes its update (4 updates: 3 survivors + it).
+  await waitFor('a round with the fresh peer\'s update applied', () => agreedRounds([...survivors, np], synced.round + 1)
+    .some((r) => np.reports.find((x) => x.event === 'round' && x.round === r)!.included >= 4), 30_000);
+  const summary = { first, afterKill: agreedRounds(survivors, killedAt + 1), withFresh: agreedRounds([...survivors, np], synced.round), seconds: (Date.now() - t0) / 1000 };
+  process.stderr.write(`swarm-node: ${JSON.stringify(summary)}\n`);
+  if (process.env.SWARM_TEST_VERBOSE) for (const p of peers) process.stderr.write(`peer ${p.index}: ${p.reports.map((r) => `${r.event[0]}${r.round}:${r.weightsHash.slice(0, 6)}/${r.included}/${r.roster}`).join(' ')}\n`);
+});
