@@ -1,0 +1,412 @@
+/**
+ * `tessera sim`: an in-process simulator of a DiLoCo swarm of M workers, with no sockets but
+ * exact byte accounting, that compares training arms at an EQUAL TOKEN BUDGET and an EQUAL
+ * GLOBAL BATCH (M workers x B sequences x T tokens per step) against data-parallel AdamW.
+ *
+ * Arms (names parsed by parseArm):
+ *   dp                    data-parallel AdamW. Each step every worker computes the gradient of
+ *                         its own batch, the M gradients are averaged (a dense fp32 ring
+ *                         all-reduce) and one AdamW step updates the shared weights. Simulated
+ *                         as gradient accumulation with scale 1/M over the M batches, which is
+ *                         the same average.
+ *   diloco-H[-codec]      DiLoCo (Douillard et al. 2023): each round every worker starts from
+ *                         the shared θ, runs H inner AdamW steps with its OWN optimizer state
+ *                         (moments persist across rounds, as in DiLoCo), forms the
+ *                         pseudo-gradient Δ = θ_round − θ_local, encodes it with the codec
+ *                         (default fp32; per-worker ErrorFeedback for 'sparse'), all-gathers
+ *                         the M messages, averages the DECODED deltas (equal weights, worker
+ *                         order) and applies OuterNesterov (lr 0.7, momentum 0.9) to θ.
+ *   sparseloco-H          SparseLoCo (Sarfi et al. 2025): the sparse codec with error feedback
+ *                         decayed by β (default 0.95) standing in for outer momentum, and a
+ *                         plain outer SGD step (lr 1, momentum 0).
+ *
+ * Exact bytes, per worker (P = parameter count, S = steps, M = workers):
+ *   dp:      ring all-reduce of P fp32 per step: each worker sends 2·(M−1)/M·4P bytes and
+ *            receives the same (reduce-scatter + all-gather, no framing). Total over the run:
+ *            sent = S·8·(M−1)·P/M, received = the same.
+ *   diloco:  per round each worker sends its one encoded message (its exact byte length, the
+ *            codec framing included; none when M = 1) and receives the other M−1 workers' messages (an
+ *            all-gather of compressed messages: broadcast, not re-forwarded). sent = Σ_rounds
+ *            len(own message), received = Σ_rounds Σ_{j≠w} len(message_j).
+ * The "total" column is sent + received; the ratio columns are DP bytes / arm bytes.
+ *
+ * Schedule: the inner learning rate follows warmup + cosine over the S inner steps of the
+ * whole run, identical for every arm (DP step s and DiLoCo inner step s get the same lr), with
+ * the same peak lr for DP and the inner AdamW (the DiLoCo paper's choice: the inner optimizer
+ * uses the baseline's AdamW hyperparameters). If S is not a multiple of H the last round is
+ * shorter, so every arm consumes exactly S·M·B·T tokens.
+ *
+ * Validation: on the SHARED weights at the same steps for every arm (evenly spaced, plus 0 and
+ * S). For DiLoCo the shared weights only move at round ends, so a checkpoint inside a round
+ * sees the weights of the last completed round (what a joining peer would download), and the
+ * bytes counted so far are those of completed rounds. The final evaluation uses the whole
+ * validation split (or finalEvalBatches).
+ *
+ * Memory: one GPT object is shared; each worker's state is its AdamW (m, v, step), its batch
+ * sampler and (sparse) its error-feedback residual. Workers run one after another inside a
+ * round, which is exact because they are independent until the all-gather.
+ */
+import type { Kernels } from '../kernels/api.js';
+import { GPT } from '../model/gpt.js';
+import type { ModelConfig } from '../model/config.js';
+import { weightsHash } from '../model/checkpoint.js';
+import { BatchSampler, evalBatches, type Batch, type TokenArray } from '../data/batches.js';
+import { AdamW, DEFAULT_ADAMW, type AdamWSettings } from '../train/adamw.js';
+import { lrAt, type Schedule } from '../train/schedule.js';
+import { Trainer } from '../train/trainer.js';
+import { OuterNesterov, aggregate, DEFAULT_OUTER, type OuterSettings } from './outer.js';
+import { ErrorFeedback, getCodec, DEFAULT_SPARSE, type Codec, type CodecId, type SparseParams } from './compress/index.js';
+import { InvalidInputError } from '../util/errors.js';
+
+export type ArmKind = 'dp' | 'diloco';
+
+export interface ArmSpec {
+  name: string;
+  kind: ArmKind;
+  /** Inner steps per round (DiLoCo only; 1 for dp). */
+  H: number;
+  codec: CodecId | null;
+  /** Error-feedback decay β, or null for no error feedback. */
+  efBeta: number | null;
+  outer: OuterSettings | null;
+}
+
+export const DEFAULT_ARMS: readonly string[] = Object.freeze([
+  'dp', 'diloco-10', 'diloco-30', 'diloco-100', 'diloco-30-fp16', 'diloco-30-int8', 'diloco-30-sparse', 'sparseloco-30',
+]);
+
+export interface ArmDefaults {
+  outer: OuterSettings;
+  /** Error-feedback β for 'diloco-H-sparse' (ErrorFeedback default: 1, no decay). */
+  sparseEfBeta: number;
+  /** SparseLoCo's error-feedback β and outer step. */
+  sparselocoEfBeta: number;
+  sparselocoOuter: OuterSettings;
+}
+
+export const DEFAULT_ARM_SETTINGS: ArmDefaults = {
+  outer: DEFAULT_OUTER,
+  sparseEfBeta: 1,
+  sparselocoEfBeta: 0.95,
+  sparselocoOuter: { lr: 1, momentum: 0 },
+};
+
+/** 'dp' | 'diloco-<H>' | 'diloco-<H>-<fp32|fp16|int8|sparse>' | 'sparseloco-<H>'. */
+export function parseArm(name: string, d: ArmDefaults = DEFAULT_ARM_SETTINGS): ArmSpec {
+  const s = name.trim();
+  if (s === 'dp') return { name: s, kind: 'dp', H: 1, codec: null, efBeta: null, outer: null };
+  let m = /^diloco-(\d+)(?:-(fp32|fp16|int8|sparse))?$/.exec(s);
+  if (m) {
+    const H = Number(m[1]);
+    if (!(H >= 1 && H <= 1_000_000)) throw new InvalidInputError(`arm ${s}: H must be in [1, 1000000]`);
+    const codec = (m[2] ?? 'fp32') as CodecId;
+    return { name: s, kind: 'diloco', H, codec, efBeta: codec === 'sparse' ? d.sparseEfBeta : null, outer: d.outer };
+  }
+  m = /^sparseloco-(\d+)$/.exec(s);
+  if (m) {
+    const H = Number(m[1]);
+    if (!(H >= 1 && H <= 1_000_000)) throw new InvalidInputError(`arm ${s}: H must be in [1, 1000000]`);
+    return { name: s, kind: 'diloco', H, codec: 'sparse', efBeta: d.sparselocoEfBeta, outer: d.sparselocoOuter };
+  }
+  throw new InvalidInputError(`unknown arm "${s}": expected dp, diloco-<H>, diloco-<H>-<fp32|fp16|int8|sparse> or sparseloco-<H>`);
+}
+
+export interface SimOptions {
+  model: ModelConfig;
+  workers: number;
+  /** Sequences per worker per step (the global batch is workers x batch). */
+  batch: number;
+  /** Token budget per arm (all workers together); rounded down to whole steps. */
+  tokens: number;
+  arms: ArmSpec[];
+  lr: number;
+  minLrFrac: number;
+  warmup: number;
+  adamw: AdamWSettings;
+  sparse: SparseParams;
+  /** Validation checkpoints besides step 0 (evenly spaced over the run, the last at S). */
+  evalPoints: number;
+  /** Batches per periodic validation. */
+  evalBatches: number;
+  /** Batches for the final validation (Infinity = the whole split). */
+  finalEvalBatches: number;
+  seed: number;
+}
+
+export const DEFAULT_SIM: Omit<SimOptions, 'model' | 'arms' | 'tokens'> = {
+  workers: 4,
+  batch: 8,
+  lr: 2e-3,
+  minLrFrac: 0.1,
+  warmup: 50,
+  adamw: DEFAULT_ADAMW,
+  sparse: { ...DEFAULT_SPARSE },
+  evalPoints: 10,
+  evalBatches: 16,
+  finalEvalBatches: Infinity,
+  seed: 1,
+};
+
+export interface CurvePoint {
+  step: number;
+  tokens: number;
+  valLoss: number;
+  /** Mean bytes per worker so far (completed communication only). */
+  bytesSent: number;
+  bytesReceived: number;
+  bytesTotal: number;
+}
+
+export interface ArmResult {
+  name: string;
+  kind: ArmKind;
+  H: number | null;
+  codec: CodecId | null;
+  efBeta: number | null;
+  outer: OuterSettings | null;
+  steps: number;
+  rounds: number;
+  /** Tokens consumed, all workers together. */
+  tokens: number;
+  /** Exact wire bytes of one worker's message per round (DiLoCo), or null. */
+  messageBytes: number | null;
+  /** Mean per worker over the run. */
+  bytesSent: number;
+  bytesReceived: number;
+  bytesTotal: number;
+  /** Exact totals over all workers (integers). */
+  allWorkersSent: number;
+  allWorkersReceived: number;
+  finalValLoss: number;
+  /** (arm − dp) / dp · 100, null without a dp arm. */
+  gapPct: number | null;
+  /** DP bytes / arm bytes (sent+received and sent only); null without dp or when the arm sent 0 bytes. */
+  ratioTotal: number | null;
+  ratioSent: number | null;
+  curve: CurvePoint[];
+  weightsHash: string;
+  seconds: number;
+}
+
+export interface SimResult {
+  params: number;
+  workers: number;
+  batch: number;
+  ctx: number;
+  stepsPerArm: number;
+  tokensPerStep: number;
+  tokensPerArm: number;
+  evalSteps: number[];
+  model: ModelConfig;
+  lr: number; minLrFrac: number; warmup: number;
+  sparse: SparseParams;
+  seed: number;
+  formulas: { dp: string; diloco: string; ratio: string };
+  arms: ArmResult[];
+}
+
+export interface SimData { train: TokenArray; val: TokenArray }
+
+export interface SimHooks {
+  /** Called after every global step (all workers) of every arm. */
+  onStep?(p: { arm: string; armIndex: number; step: number; steps: number; loss: number }): void;
+  onEval?(p: { arm: string; step: number; tokens: number; valLoss: number; bytesTotal: number }): void;
+  onArmDone?(r: ArmResult): void;
+  /** The arm's final shared weights (a view, valid during the call). */
+  onWeights?(arm: string, params: Float32Array): void;
+  signal?: AbortSignal;
+}
+
+/** The DP ring all-reduce bytes each worker sends (and receives) per step, on average. */
+export function dpBytesPerStep(P: number, M: number): number {
+  return (2 * (M - 1) * 4 * P) / M;
+}
+
+export const FORMULAS = {
+  dp: 'dp: ring all-reduce of P fp32 per step; per worker sent = received = 2·(M−1)/M·4P bytes per step',
+  diloco: 'diloco: per round each worker sends its own encoded message (exact length incl. framing) and receives the other M−1 (all-gather); sent = Σ len(own), received = Σ Σ_{j≠w} len(msg_j)',
+  ratio: 'ratio = dp bytes per worker / arm bytes per worker (total = sent + received)',
+};
+
+/** Evenly spaced validation steps: 0, ..., S (deduplicated, ascending). */
+export function evalSchedule(S: number, points: number): number[] {
+  const out = new Set<number>([0, S]);
+  for (let i = 1; i < points; i++) out.add(Math.round((i * S) / points));
+  return [...out].sort((a, b) => a - b);
+}
+
+/** Worker w's batch-sampler seed (the same in every arm, so arms see the same batches). */
+export function samplerSeed(seed: number, worker: number): bigint {
+  return (BigInt(seed) << 20n) + BigInt(worker) + 1n;
+}
+
+const tick = () => new Promise<void>((resolve) => setImmediate(resolve));
+
+function checkOptions(o: SimOptions, data: SimData): void {
+  if (!Number.isInteger(o.workers) || o.workers < 1) throw new InvalidInputError(`workers must be a positive integer, got ${o.workers}`);
+  if (!Number.isInteger(o.batch) || o.batch < 1) throw new InvalidInputError(`batch must be a positive integer, got ${o.batch}`);
+  if (o.arms.length === 0) throw new InvalidInputError('no arms to simulate');
+  const names = new Set<string>();
+  for (const a of o.arms) {
+    if (names.has(a.name)) throw new InvalidInputError(`arm ${a.name} is listed twice`);
+    names.add(a.name);
+  }
+  const T = o.model.ctx;
+  if (data.train.length < T + 1) throw new InvalidInputError(`training split has ${data.train.length} tokens, fewer than one window of ${T + 1}`);
+  const perStep = o.workers * o.batch * T;
+  if (Math.floor(o.tokens / perStep) < 1) throw new InvalidInputError(`token budget ${o.tokens} is less than one global step (${o.workers} workers × ${o.batch} × ${T} = ${perStep} tokens)`);
+}
+
+/**
+ * Runs every arm on the same data, initial weights, per-worker batch streams and schedule,
+ * one after another, and returns the comparison. Deterministic given deterministic kernels.
+ */
+export async function runSim(data: SimData, kernels: Kernels, o: SimOptions, hooks: SimHooks = {}): Promise<SimResult> {
+  checkOptions(o, data);
+  const M = o.workers, B = o.batch, T = o.model.ctx;
+  const tokensPerStep = M * B * T;
+  const S = Math.floor(o.tokens / tokensPerStep);
+  const schedule: Schedule = { kind: 'cosine', maxLr: o.lr, minLrFrac: o.minLrFrac, warmupSteps: Math.min(o.warmup, S), totalSteps: S, decayFrac: 0.2 };
+  const gpt = new GPT(o.model, kernels);
+  const P = gpt.numParams;
+  const evalSteps = evalSchedule(S, o.evalPoints);
+  const periodic = [...evalBatches(data.val, B, T, o.evalBatches)];
+  const finalBatches = [...evalBatches(data.val, B, T, o.finalEvalBatches)];
+  const evaluate = (params: Float32Array, final: boolean): number => {
+    gpt.params.set(params);
+    let sum = 0;
+    const bs = final ? finalBatches : periodic;
+    for (const b of bs) sum += gpt.loss(b.inputs, b.targets, B, T);
+    return sum / bs.length;
+  };
+  const init = new Float32Array(P);
+  gpt.init(o.seed);
+  init.set(gpt.params);
+
+  const results: ArmResult[] = [];
+  for (let ai = 0; ai < o.arms.length; ai++) {
+    const arm = o.arms[ai];
+    const t0 = performance.now();
+    const samplers = Array.from({ length: M }, (_, w) => new BatchSampler(data.train, B, T, samplerSeed(o.seed, w)));
+    const theta = init.slice();
+    const curve: CurvePoint[] = [];
+    let allSent = 0, allRecv = 0;
+    const record = (step: number, valLoss: number) => {
+      const p: CurvePoint = { step, tokens: step * tokensPerStep, valLoss, bytesSent: allSent / M, bytesReceived: allRecv / M, bytesTotal: (allSent + allRecv) / M };
+      curve.push(p);
+      hooks.onEval?.({ arm: arm.name, step, tokens: p.tokens, valLoss, bytesTotal: p.bytesTotal });
+    };
+    let nextEval = 0; // index into evalSteps
+    let rounds = 0;
+    let messageBytes: number | null = null;
+
+    if (arm.kind === 'dp') {
+      const opt = new AdamW(o.model, o.adamw, kernels);
+      const trainer = new Trainer(gpt, opt, schedule, B, T);
+      gpt.params.set(theta);
+      const perStepAllWorkers = 2 * (M - 1) * 4 * P; // Σ_w sent per step (= 2(M−1)/M·4P each)
+      const batches: Batch[] = Array.from({ length: M }, () => ({ inputs: new Int32Array(B * T), targets: new Int32Array(B * T) }));
+      for (let step = 0; step <= S; step++) {
+        if (nextEval < evalSteps.length && evalSteps[nextEval] === step) {
+          theta.set(gpt.params);
+          record(step, evaluate(theta, step === S));
+          gpt.params.set(theta);
+          nextEval++;
+        }
+        if (step === S) break;
+        if (hooks.signal?.aborted) throw new InvalidInputError('simulation interrupted');
+        for (let w = 0; w < M; w++) samplers[w].next(batches[w]);
+        const r = trainer.step(batches);
+        allSent += perStepAllWorkers;
+        allRecv += perStepAllWorkers;
+        hooks.onStep?.({ arm: arm.name, armIndex: ai, step: step + 1, steps: S, loss: r.loss });
+        await tick();
+      }
+      theta.set(gpt.params);
+      rounds = S;
+    } else {
+      const codec: Codec = getCodec(arm.codec ?? 'fp32', o.sparse);
+      const outer = new OuterNesterov(P, arm.outer ?? DEFAULT_OUTER);
+      const opts = Array.from({ length: M }, () => new AdamW(o.model, o.adamw, kernels));
+      const efs = arm.efBeta === null ? null : Array.from({ length: M }, () => new ErrorFeedback(P, arm.efBeta!));
+      const batch: Batch = { inputs: new Int32Array(B * T), targets: new Int32Array(B * T) };
+      const delta = new Float32Array(P);
+      const lossSums = new Float64Array(arm.H);
+      let start = 0; // global inner step at which this round starts
+      while (start < S) {
+        const end = Math.min(S, start + arm.H);
+        // Checkpoints in [start, end) see the shared weights of the last completed round.
+        let cached: number | null = null;
+        while (nextEval < evalSteps.length && evalSteps[nextEval] < end) {
+          const s = evalSteps[nextEval];
+          cached ??= evaluate(theta, s === S);
+          record(s, cached);
+          nextEval++;
+        }
+        const decoded: Float32Array[] = [];
+        const lengths: number[] = [];
+        lossSums.fill(0);
+        for (let w = 0; w < M; w++) {
+          if (hooks.signal?.aborted) throw new InvalidInputError('simulation interrupted');
+          gpt.params.set(theta);
+          const opt = opts[w];
+          for (let s = start; s < end; s++) {
+            samplers[w].next(batch);
+            gpt.zeroGrad();
+            const loss = gpt.forwardBackward(batch.inputs, batch.targets, B, T);
+            if (!Number.isFinite(loss)) throw new RangeError(`arm ${arm.name}: loss is ${loss} at worker ${w} step ${s}`);
+            opt.update(gpt.params, gpt.grads, lrAt(schedule, s));
+            lossSums[s - start] += loss / M;
+          }
+          const local = gpt.params;
+          for (let i = 0; i < P; i++) delta[i] = theta[i] - local[i];
+          const enc = codec.encode(delta, efs ? efs[w] : undefined);
+          lengths.push(enc.bytes.length);
+          decoded.push(enc.decoded);
+          await tick();
+        }
+        // All-gather: each worker sends its own message and receives the other M−1.
+        const totalLen = lengths.reduce((a, b) => a + b, 0);
+        // (A lone worker has nobody to send to: M = 1 moves no bytes.)
+        for (let w = 0; w < M; w++) {
+          if (M > 1) allSent += lengths[w];
+          allRecv += totalLen - lengths[w];
+        }
+        messageBytes = lengths[0];
+        outer.step(theta, aggregate(decoded, new Array<number>(M).fill(1)));
+        rounds++;
+        for (let s = start; s < end; s++) hooks.onStep?.({ arm: arm.name, armIndex: ai, step: s + 1, steps: S, loss: lossSums[s - start] });
+        start = end;
+        if (nextEval < evalSteps.length && evalSteps[nextEval] === end) {
+          record(end, evaluate(theta, end === S));
+          nextEval++;
+        }
+      }
+    }
+    const last = curve[curve.length - 1];
+    const res: ArmResult = {
+      name: arm.name, kind: arm.kind, H: arm.kind === 'dp' ? null : arm.H, codec: arm.codec, efBeta: arm.efBeta, outer: arm.outer,
+      steps: S, rounds, tokens: S * tokensPerStep, messageBytes,
+      bytesSent: allSent / M, bytesReceived: allRecv / M, bytesTotal: (allSent + allRecv) / M,
+      allWorkersSent: allSent, allWorkersReceived: allRecv,
+      finalValLoss: last.valLoss, gapPct: null, ratioTotal: null, ratioSent: null,
+      curve, weightsHash: weightsHash(theta), seconds: (performance.now() - t0) / 1000,
+    };
+    results.push(res);
+    hooks.onWeights?.(arm.name, theta);
+    hooks.onArmDone?.(res);
+  }
+  const dp = results.find((r) => r.kind === 'dp');
+  if (dp) {
+    for (const r of results) {
+      r.gapPct = ((r.finalValLoss - dp.finalValLoss) / dp.finalValLoss) * 100;
+      r.ratioTotal = r.bytesTotal > 0 ? dp.bytesTotal / r.bytesTotal : null;
+      r.ratioSent = r.bytesSent > 0 ? dp.bytesSent / r.bytesSent : null;
+    }
+  }
+  return {
+    params: P, workers: M, batch: B, ctx: T, stepsPerArm: S, tokensPerStep, tokensPerArm: S * tokensPerStep, evalSteps,
+    model: o.model, lr: o.lr, minLrFrac: o.minLrFrac, warmup: schedule.warmupSteps, sparse: o.sparse, seed: o.seed,
+    formulas: FORMULAS, arms: results,
+  };
+}

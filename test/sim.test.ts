@@ -1,0 +1,142 @@
+/**
+ * `tessera sim` core: exact byte accounting, equal token budgets, determinism, and the sanity
+ * identity "DiLoCo with one worker, outer lr 1 and no momentum is plain training".
+ * A tiny model on the Brown corpus (vocab 300, the BPE minimum region) keeps it to seconds.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { loadKernels } from '../src/kernels/index.js';
+import { loadCorpus, prepareDataset, BatchSampler } from '../src/data/index.js';
+import { GPT } from '../src/model/gpt.js';
+import { weightsHash } from '../src/model/checkpoint.js';
+import type { ModelConfig } from '../src/model/config.js';
+import { AdamW, DEFAULT_ADAMW } from '../src/train/adamw.js';
+import { Trainer } from '../src/train/trainer.js';
+import { encodedSize } from '../src/swarm/compress/index.js';
+import {
+  DEFAULT_SIM, dpBytesPerStep, evalSchedule, parseArm, runSim, samplerSeed, type SimOptions,
+} from '../src/swarm/sim.js';
+import { simTable, simPlot } from '../src/cli/sim.js';
+
+const model: ModelConfig = { vocabSize: 300, ctx: 16, dim: 16, layers: 1, heads: 2 };
+const kernels = loadKernels({ threads: 1, deterministic: true });
+const cacheDir = mkdtempSync(join(tmpdir(), 'tessera-sim-'));
+const ds = prepareDataset({ corpus: loadCorpus('brown'), vocabSize: model.vocabSize, cacheDir });
+const data = { train: ds.train, val: ds.val };
+
+function opts(over: Partial<SimOptions>): SimOptions {
+  return {
+    ...DEFAULT_SIM, model, workers: 3, batch: 2, tokens: 3 * 2 * 16 * 10, arms: [], lr: 1e-2, warmup: 2,
+    evalPoints: 3, evalBatches: 2, finalEvalBatches: 4, seed: 7, ...over,
+  };
+}
+
+test('arm names parse; bad ones are rejected', () => {
+  assert.deepEqual(parseArm('dp'), { name: 'dp', kind: 'dp', H: 1, codec: null, efBeta: null, outer: null });
+  const d = parseArm('diloco-30');
+  assert.equal(d.H, 30); assert.equal(d.codec, 'fp32'); assert.equal(d.efBeta, null); assert.deepEqual(d.outer, { lr: 0.7, momentum: 0.9 });
+  const s = parseArm('diloco-30-sparse');
+  assert.equal(s.codec, 'sparse'); assert.equal(s.efBeta, 1);
+  const sl = parseArm('sparseloco-30');
+  assert.equal(sl.codec, 'sparse'); assert.equal(sl.efBeta, 0.95); assert.deepEqual(sl.outer, { lr: 1, momentum: 0 });
+  for (const bad of ['diloco', 'diloco-0', 'diloco-30-zip', 'DP', 'sparseloco-x']) assert.throws(() => parseArm(bad), /arm/);
+  assert.deepEqual(evalSchedule(10, 3), [0, 3, 7, 10]);
+});
+
+let accounting: Awaited<ReturnType<typeof runSim>>;
+
+test('byte accounting is exact and every arm consumes the same tokens', async () => {
+  const M = 3, S = 10, H = 4; // S not a multiple of H: the last round is shorter
+  const armNames = ['dp', `diloco-${H}`, `diloco-${H}-fp16`, `diloco-${H}-int8`, `diloco-${H}-sparse`, `sparseloco-${H}`];
+  const sparse = { chunk: 1024, k: 16 };
+  accounting = await runSim(data, kernels, opts({ workers: M, arms: armNames.map((n) => parseArm(n)), sparse }));
+  const r = accounting;
+  const P = r.params;
+  assert.equal(r.stepsPerArm, S);
+  assert.equal(r.tokensPerArm, S * M * 2 * 16);
+  const rounds = Math.ceil(S / H);
+  for (const a of r.arms) {
+    assert.equal(a.tokens, r.tokensPerArm, `${a.name} tokens`);
+    assert.equal(a.steps, S);
+    assert.deepEqual(a.curve.map((p) => p.step), r.evalSteps, `${a.name} eval steps`);
+    assert.equal(a.curve[0].bytesTotal, 0);
+    assert.ok(Number.isFinite(a.finalValLoss) && a.finalValLoss < Math.log(300) + 0.5, `${a.name} loss ${a.finalValLoss}`);
+    if (a.kind === 'dp') {
+      assert.equal(a.rounds, S);
+      assert.equal(a.allWorkersSent, S * 2 * (M - 1) * 4 * P);
+      assert.equal(a.allWorkersReceived, a.allWorkersSent);
+      assert.ok(Math.abs(a.bytesSent - S * dpBytesPerStep(P, M)) < 1e-6 * a.bytesSent);
+      assert.ok(Math.abs(dpBytesPerStep(P, M) - 2 * (M - 1) / M * 4 * P) < 1e-9 * P);
+      assert.equal(a.ratioTotal, 1);
+      assert.equal(a.gapPct, 0);
+    } else {
+      const size = encodedSize(a.codec!, P, sparse);
+      assert.equal(a.rounds, rounds, a.name);
+      assert.equal(a.messageBytes, size, `${a.name} message`);
+      assert.equal(a.allWorkersSent, rounds * M * size, `${a.name} sent`);
+      assert.equal(a.allWorkersReceived, rounds * M * (M - 1) * size, `${a.name} received`);
+      assert.equal(a.bytesSent, rounds * size);
+      assert.equal(a.bytesReceived, rounds * (M - 1) * size);
+      assert.equal(a.bytesTotal, rounds * M * size);
+      const dp = r.arms[0];
+      assert.ok(Math.abs(a.ratioTotal! - dp.bytesTotal / a.bytesTotal) < 1e-12 * a.ratioTotal!);
+      assert.ok(Math.abs(a.ratioSent! - dp.bytesSent / a.bytesSent) < 1e-12 * a.ratioSent!);
+    }
+  }
+  assert.equal(r.arms[1].messageBytes, 12 + 4 * P);
+  // Bytes along the curve only move at completed rounds: never more than the final total.
+  for (const a of r.arms) for (let i = 1; i < a.curve.length; i++) assert.ok(a.curve[i].bytesTotal >= a.curve[i - 1].bytesTotal);
+  const table = simTable(r);
+  for (const n of armNames) assert.match(table, new RegExp(`^${n} `, 'm'));
+  assert.match(simPlot(r), /<svg[\s\S]*polyline/);
+});
+
+test('same seed, same weights; another seed, other weights', async () => {
+  const arms = ['dp', 'diloco-4', 'diloco-4-sparse'].map((n) => parseArm(n));
+  const a = await runSim(data, kernels, opts({ arms }));
+  const b = await runSim(data, kernels, opts({ arms }));
+  const c = await runSim(data, kernels, opts({ arms, seed: 8 }));
+  for (let i = 0; i < arms.length; i++) {
+    assert.equal(a.arms[i].weightsHash, b.arms[i].weightsHash, arms[i].name);
+    assert.equal(a.arms[i].finalValLoss, b.arms[i].finalValLoss);
+    assert.notEqual(a.arms[i].weightsHash, c.arms[i].weightsHash);
+  }
+  // The accounting run above used the same seed and settings for these arms.
+  assert.equal(a.arms[0].weightsHash, accounting.arms[0].weightsHash);
+  assert.equal(a.arms[1].weightsHash, accounting.arms[1].weightsHash);
+});
+
+/** Plain single-worker training with the sim's schedule and worker-0 batches. */
+function plainTraining(o: SimOptions): Float32Array {
+  const gpt = new GPT(o.model, kernels);
+  gpt.init(o.seed);
+  const S = Math.floor(o.tokens / (o.batch * o.model.ctx));
+  const trainer = new Trainer(gpt, new AdamW(o.model, DEFAULT_ADAMW, kernels),
+    { kind: 'cosine', maxLr: o.lr, minLrFrac: o.minLrFrac, warmupSteps: o.warmup, totalSteps: S, decayFrac: 0.2 }, o.batch, o.model.ctx);
+  const sampler = new BatchSampler(data.train, o.batch, o.model.ctx, samplerSeed(o.seed, 0));
+  for (let s = 0; s < S; s++) trainer.step([sampler.next()]);
+  return gpt.params.slice();
+}
+
+test('M=1: DiLoCo with outer lr 1 and momentum 0 is plain training; DP is plain training bit for bit', async () => {
+  const H = 6, S = 12;
+  const o = opts({ workers: 1, tokens: S * 2 * 16, arms: [parseArm('dp'), parseArm(`diloco-${H}`, {
+    outer: { lr: 1, momentum: 0 }, sparseEfBeta: 1, sparselocoEfBeta: 0.95, sparselocoOuter: { lr: 1, momentum: 0 } })] });
+  const finals = new Map<string, Float32Array>();
+  const r = await runSim(data, kernels, o, { onWeights: (n, p) => finals.set(n, p.slice()) });
+  const ref = plainTraining(o);
+  assert.equal(r.arms[0].weightsHash, weightsHash(ref), 'dp with one worker is exactly Trainer.step');
+  assert.equal(r.arms[0].bytesTotal, 0);
+  assert.equal(r.arms[1].rounds, 2);
+  assert.equal(r.arms[1].messageBytes, 12 + 4 * r.params);
+  assert.equal(r.arms[1].bytesTotal, 0, 'a lone worker sends to nobody');
+  // θ − (θ − θ_local) is θ_local up to one float32 rounding per round.
+  const d = finals.get(`diloco-${H}`)!;
+  let maxDiff = 0, maxAbs = 0;
+  for (let i = 0; i < d.length; i++) { maxDiff = Math.max(maxDiff, Math.abs(d[i] - ref[i])); maxAbs = Math.max(maxAbs, Math.abs(ref[i])); }
+  assert.ok(maxDiff <= 5e-5 * Math.max(1, maxAbs), `max |diloco − plain| = ${maxDiff}`);
+  assert.ok(Math.abs(r.arms[1].finalValLoss - r.arms[0].finalValLoss) < 1e-4);
+});
