@@ -14,6 +14,7 @@ import { pathToFileURL } from 'node:url';
 import { DEFAULT_MODEL } from '../src/model/config.js';
 import { paramCount, paramSpecs } from '../src/model/params.js';
 import { ErrorFeedback, fp16Codec, fp32Codec, int8Codec, sparseCodec, type Codec } from '../src/swarm/compress/index.js';
+import { uniform } from '../src/util/rng.js';
 
 export interface CompressBenchRow {
   codec: string;
@@ -36,16 +37,7 @@ export interface CompressBenchResult {
   rows: CompressBenchRow[];
 }
 
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+const rng = uniform;
 
 /** Heavy-tailed synthetic pseudo-gradient; per-tensor scale from `scales` (one per element run). */
 export function syntheticDelta(n: number, seed: number, tensorScale: Float32Array): Float32Array {

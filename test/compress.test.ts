@@ -10,18 +10,9 @@ import {
 } from '../src/swarm/compress/index.js';
 import { f32BitsToF16Bits, f16Table } from '../src/swarm/compress/f16.js';
 import { InvalidInputError } from '../src/util/errors.js';
+import { uniform } from '../src/util/rng.js';
 
-/** mulberry32: tiny seeded PRNG, enough for test data. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+const rng = uniform;
 
 function gaussian(n: number, seed: number, sigma = 1): Float32Array {
   const r = rng(seed), out = new Float32Array(n);

@@ -96,3 +96,9 @@ export class Rng {
     }
   }
 }
+
+/** A seeded uniform [0, 1) source as a plain function, for test data and benchmarks. */
+export function uniform(seed: number | bigint): () => number {
+  const r = new Rng(seed);
+  return () => r.nextFloat();
+}
