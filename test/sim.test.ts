@@ -17,7 +17,7 @@ import { AdamW, DEFAULT_ADAMW } from '../src/train/adamw.js';
 import { Trainer } from '../src/train/trainer.js';
 import { encodedSize } from '../src/swarm/compress/index.js';
 import {
-  DEFAULT_SIM, dpBytesPerStep, evalSchedule, parseArm, runSim, samplerSeed, type SimOptions,
+  DEFAULT_ARM_SETTINGS, DEFAULT_SIM, dpBytesPerStep, evalSchedule, parseArm, runSim, samplerSeed, type SimOptions,
 } from '../src/swarm/sim.js';
 import { simTable, simPlot } from '../src/cli/sim.js';
 
@@ -42,6 +42,8 @@ test('arm names parse; bad ones are rejected', () => {
   assert.equal(s.codec, 'sparse'); assert.equal(s.efBeta, 1);
   const sl = parseArm('sparseloco-30');
   assert.equal(sl.codec, 'sparse'); assert.equal(sl.efBeta, 0.95); assert.deepEqual(sl.outer, { lr: 1, momentum: 0 });
+  // --sparseloco-lr / --sparseloco-momentum reach the arm through ArmDefaults.
+  assert.deepEqual(parseArm('sparseloco-30', { ...DEFAULT_ARM_SETTINGS, sparselocoOuter: { lr: 3, momentum: 0.5 } }).outer, { lr: 3, momentum: 0.5 });
   for (const bad of ['diloco', 'diloco-0', 'diloco-30-zip', 'DP', 'sparseloco-x']) assert.throws(() => parseArm(bad), /arm/);
   assert.deepEqual(evalSchedule(10, 3), [0, 3, 7, 10]);
 });
@@ -140,3 +142,46 @@ test('M=1: DiLoCo with outer lr 1 and momentum 0 is plain training; DP is plain 
   assert.ok(maxDiff <= 5e-5 * Math.max(1, maxAbs), `max |diloco − plain| = ${maxDiff}`);
   assert.ok(Math.abs(r.arms[1].finalValLoss - r.arms[0].finalValLoss) < 1e-4);
 });
+
+test('warm start: the first N steps are dp steps with dense bytes counted exactly; inner lr applies to DiLoCo only', async () => {
+  const M = 3, S = 10, H = 4, N = 3;
+  const sparse = { chunk: 1024, k: 16 };
+  const arms = ['dp', `diloco-${H}`, `sparseloco-${H}`].map((n) => parseArm(n));
+  const r = await runSim(data, kernels, opts({ workers: M, arms, sparse, warmStartSteps: N, innerLr: 5e-3 }));
+  const P = r.params;
+  assert.equal(r.warmStartSteps, N);
+  assert.equal(r.innerLr, 5e-3);
+  const rounds = Math.ceil((S - N) / H);
+  // dp is unaffected by both options.
+  assert.equal(r.arms[0].weightsHash, accounting.arms[0].weightsHash);
+  for (const a of r.arms.slice(1)) {
+    const size = encodedSize(a.codec!, P, sparse);
+    assert.equal(a.tokens, r.tokensPerArm);
+    assert.equal(a.rounds, rounds, a.name);
+    assert.deepEqual(a.curve.map((p) => p.step), r.evalSteps);
+    assert.equal(a.allWorkersSent, N * 2 * (M - 1) * 4 * P + rounds * M * size, `${a.name} sent`);
+    assert.equal(a.allWorkersReceived, N * 2 * (M - 1) * 4 * P + rounds * M * (M - 1) * size, `${a.name} received`);
+    assert.ok(Math.abs(a.bytesSent - (N * dpBytesPerStep(P, M) + rounds * size)) < 1e-9 * a.bytesSent);
+    // The checkpoint at step 3 (= N) sees exactly the warm-start weights and bytes.
+    const p3 = a.curve.find((p) => p.step === 3)!;
+    assert.equal(p3.bytesSent, N * dpBytesPerStep(P, M));
+    assert.ok(Number.isFinite(a.finalValLoss));
+  }
+  // Every DiLoCo arm's warm start is the same dp trajectory: equal loss at step N.
+  assert.equal(r.arms[1].curve.find((p) => p.step === 3)!.valLoss, r.arms[2].curve.find((p) => p.step === 3)!.valLoss);
+  assert.equal(r.arms[1].curve.find((p) => p.step === 3)!.valLoss, r.arms[0].curve.find((p) => p.step === 3)!.valLoss);
+  // warm start = S: every DiLoCo arm is dp.
+  const all = await runSim(data, kernels, opts({ workers: M, arms: arms.slice(0, 2), warmStartSteps: 99 }));
+  assert.equal(all.arms[1].weightsHash, all.arms[0].weightsHash);
+  assert.equal(all.arms[1].bytesTotal, all.arms[0].bytesTotal);
+  assert.equal(all.arms[1].rounds, 0);
+  // A different inner lr changes DiLoCo, not dp.
+  const lo = await runSim(data, kernels, opts({ workers: M, arms: arms.slice(0, 2), sparse, innerLr: 1e-3 }));
+  assert.equal(lo.arms[0].weightsHash, accounting.arms[0].weightsHash);
+  assert.notEqual(lo.arms[1].weightsHash, accounting.arms[1].weightsHash);
+  await assert.rejects(runSimSync({ warmStartSteps: -1 }), /warmStartSteps/);
+});
+
+function runSimSync(over: Partial<SimOptions>) {
+  return runSim(data, kernels, opts({ arms: [parseArm('dp')], ...over }));
+}

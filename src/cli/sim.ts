@@ -97,6 +97,8 @@ export function register(program: Command): void {
     .option('--heads <n>', 'attention heads', int(1, 1024), SIM_DEFAULT_MODEL.heads)
     .option('--batch <n>', 'sequences per worker per step (global batch = workers × batch)', int(1, 65536), DEFAULT_SIM.batch)
     .option('--lr <x>', 'peak learning rate of DP AdamW and of the inner AdamW', num(1e-8, 10), DEFAULT_SIM.lr)
+    .option('--inner-lr <x>', 'peak learning rate of the DiLoCo inner AdamW (default: --lr)', num(1e-8, 10))
+    .option('--warm-start-steps <n>', 'data-parallel warm start: the first n steps of every DiLoCo arm are dp steps (dense all-reduce bytes counted)', int(0), 0)
     .option('--min-lr-frac <x>', 'final learning rate as a fraction of the peak', num(0, 1), DEFAULT_SIM.minLrFrac)
     .option('--warmup <n>', 'linear warm-up steps (of the cosine schedule over all inner steps)', int(0), DEFAULT_SIM.warmup)
     .option('--weight-decay <x>', 'AdamW decoupled weight decay', num(0, 10), DEFAULT_ADAMW.weightDecay)
@@ -106,7 +108,8 @@ export function register(program: Command): void {
     .option('--sparse-k <n>', 'sparse codec entries kept per chunk', int(1, 65536), DEFAULT_SIM.sparse.k)
     .option('--ef-beta <x>', 'error-feedback decay for diloco-<H>-sparse', num(0, 1), DEFAULT_ARM_SETTINGS.sparseEfBeta)
     .option('--sparseloco-beta <x>', 'error-feedback decay for sparseloco-<H>', num(0, 1), DEFAULT_ARM_SETTINGS.sparselocoEfBeta)
-    .option('--sparseloco-lr <x>', 'outer SGD learning rate for sparseloco-<H>', num(1e-6, 10), DEFAULT_ARM_SETTINGS.sparselocoOuter.lr)
+    .option('--sparseloco-lr <x>', 'outer learning rate for sparseloco-<H>', num(1e-6, 10), DEFAULT_ARM_SETTINGS.sparselocoOuter.lr)
+    .option('--sparseloco-momentum <x>', 'outer Nesterov momentum for sparseloco-<H> (0 = plain SGD)', num(0, 0.999), DEFAULT_ARM_SETTINGS.sparselocoOuter.momentum)
     .option('--eval-points <n>', 'validation checkpoints per arm (evenly spaced, plus step 0)', int(1, 10000), DEFAULT_SIM.evalPoints)
     .option('--eval-batches <n>', 'validation batches per periodic checkpoint (the final one uses the whole split)', int(1), DEFAULT_SIM.evalBatches)
     .option('--final-eval-batches <n>', 'validation batches for the final checkpoint (default: the whole split)', int(1))
@@ -122,7 +125,7 @@ export function register(program: Command): void {
         outer: { lr: o.outerLr, momentum: o.outerMomentum },
         sparseEfBeta: o.efBeta,
         sparselocoEfBeta: o.sparselocoBeta,
-        sparselocoOuter: { lr: o.sparselocoLr, momentum: 0 },
+        sparselocoOuter: { lr: o.sparselocoLr, momentum: o.sparselocoMomentum },
       };
       const arms = parseArms(o.arms, armDefaults);
       if (o.sparseK > o.sparseChunk) throw new InvalidInputError(`--sparse-k ${o.sparseK} exceeds --sparse-chunk ${o.sparseChunk}`);
@@ -135,7 +138,7 @@ export function register(program: Command): void {
       const opts = {
         ...DEFAULT_SIM,
         model: model.data, workers: o.workers, batch: o.batch, tokens: o.tokens, arms,
-        lr: o.lr, minLrFrac: o.minLrFrac, warmup: o.warmup, adamw: { ...DEFAULT_ADAMW, weightDecay: o.weightDecay },
+        lr: o.lr, innerLr: o.innerLr ?? null, warmStartSteps: o.warmStartSteps, minLrFrac: o.minLrFrac, warmup: o.warmup, adamw: { ...DEFAULT_ADAMW, weightDecay: o.weightDecay },
         sparse: { chunk: o.sparseChunk, k: o.sparseK },
         evalPoints: o.evalPoints, evalBatches: o.evalBatches, finalEvalBatches: o.finalEvalBatches ?? Infinity, seed: o.seed,
       };

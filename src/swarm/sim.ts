@@ -34,7 +34,12 @@
  * whole run, identical for every arm (DP step s and DiLoCo inner step s get the same lr), with
  * the same peak lr for DP and the inner AdamW (the DiLoCo paper's choice: the inner optimizer
  * uses the baseline's AdamW hyperparameters). If S is not a multiple of H the last round is
- * shorter, so every arm consumes exactly S·M·B·T tokens.
+ * shorter, so every arm consumes exactly S·M·B·T tokens. Options: innerLr gives the DiLoCo inner
+ * AdamW its own peak lr (same warmup + cosine shape); warmStartSteps = N makes the first N steps
+ * of every DiLoCo arm dp steps (dense all-reduce, N·dpBytesPerStep per worker each way, counted
+ * in the arm's bytes), after which the rounds start at step N with the workers' AdamW state
+ * copied from the warm start. One dense step costs about 200× one default sparse message, so
+ * with the sparse codec even N = 1 of 488 steps caps the dp/arm byte ratio below ~500×.
  *
  * Validation: on the SHARED weights at the same steps for every arm (evenly spaced, plus 0 and
  * S). For DiLoCo the shared weights only move at round ends, so a checkpoint inside a round
@@ -131,6 +136,15 @@ export interface SimOptions {
   /** Batches for the final validation (Infinity = the whole split). */
   finalEvalBatches: number;
   seed: number;
+  /** Peak lr of the DiLoCo inner AdamW (null = lr, the DiLoCo paper's choice). Same warmup + cosine shape. */
+  innerLr?: number | null;
+  /**
+   * Data-parallel warm start: the first N global steps of every DiLoCo arm are dp steps (dense
+   * fp32 ring all-reduce, bytes counted exactly as for dp: N·dpBytesPerStep per worker each way),
+   * then the rounds of H inner steps start from step N with the workers' AdamW state copied from
+   * the warm-start optimizer. 0 = none (default).
+   */
+  warmStartSteps?: number;
 }
 
 export const DEFAULT_SIM: Omit<SimOptions, 'model' | 'arms' | 'tokens'> = {
@@ -145,6 +159,8 @@ export const DEFAULT_SIM: Omit<SimOptions, 'model' | 'arms' | 'tokens'> = {
   evalBatches: 16,
   finalEvalBatches: Infinity,
   seed: 1,
+  innerLr: null,
+  warmStartSteps: 0,
 };
 
 export interface CurvePoint {
@@ -199,6 +215,7 @@ export interface SimResult {
   evalSteps: number[];
   model: ModelConfig;
   lr: number; minLrFrac: number; warmup: number;
+  innerLr: number; warmStartSteps: number;
   sparse: SparseParams;
   seed: number;
   formulas: { dp: string; diloco: string; ratio: string };
@@ -254,6 +271,9 @@ function checkOptions(o: SimOptions, data: SimData): void {
   const T = o.model.ctx;
   if (data.train.length < T + 1) throw new InvalidInputError(`training split has ${data.train.length} tokens, fewer than one window of ${T + 1}`);
   const perStep = o.workers * o.batch * T;
+  const ws = o.warmStartSteps ?? 0;
+  if (!Number.isInteger(ws) || ws < 0) throw new InvalidInputError(`warmStartSteps must be a non-negative integer, got ${ws}`);
+  if (o.innerLr != null && !(o.innerLr > 0)) throw new InvalidInputError(`innerLr must be positive, got ${o.innerLr}`);
   if (Math.floor(o.tokens / perStep) < 1) throw new InvalidInputError(`token budget ${o.tokens} is less than one global step (${o.workers} workers × ${o.batch} × ${T} = ${perStep} tokens)`);
 }
 
@@ -267,6 +287,9 @@ export async function runSim(data: SimData, kernels: Kernels, o: SimOptions, hoo
   const tokensPerStep = M * B * T;
   const S = Math.floor(o.tokens / tokensPerStep);
   const schedule: Schedule = { kind: 'cosine', maxLr: o.lr, minLrFrac: o.minLrFrac, warmupSteps: Math.min(o.warmup, S), totalSteps: S, decayFrac: 0.2 };
+  const innerLr = o.innerLr ?? o.lr;
+  const innerSchedule: Schedule = { ...schedule, maxLr: innerLr };
+  const W = Math.min(o.warmStartSteps ?? 0, S);
   const gpt = new GPT(o.model, kernels);
   const P = gpt.numParams;
   const evalSteps = evalSchedule(S, o.evalPoints);
@@ -300,20 +323,21 @@ export async function runSim(data: SimData, kernels: Kernels, o: SimOptions, hoo
     let rounds = 0;
     let messageBytes: number | null = null;
 
-    if (arm.kind === 'dp') {
+    const perStepAllWorkers = 2 * (M - 1) * 4 * P; // Σ_w sent per step (= 2(M−1)/M·4P each)
+    /** Data-parallel steps [0, n) on theta (dp arm: n = S; DiLoCo warm start: n = W). Returns the AdamW. */
+    const dpSteps = async (n: number): Promise<AdamW> => {
       const opt = new AdamW(o.model, o.adamw, kernels);
       const trainer = new Trainer(gpt, opt, schedule, B, T);
       gpt.params.set(theta);
-      const perStepAllWorkers = 2 * (M - 1) * 4 * P; // Σ_w sent per step (= 2(M−1)/M·4P each)
       const batches: Batch[] = Array.from({ length: M }, () => ({ inputs: new Int32Array(B * T), targets: new Int32Array(B * T) }));
-      for (let step = 0; step <= S; step++) {
-        if (nextEval < evalSteps.length && evalSteps[nextEval] === step) {
+      for (let step = 0; step <= n; step++) {
+        if (nextEval < evalSteps.length && evalSteps[nextEval] === step && (step < n || n === S)) {
           theta.set(gpt.params);
           record(step, evaluate(theta, step === S));
           gpt.params.set(theta);
           nextEval++;
         }
-        if (step === S) break;
+        if (step === n) break;
         if (hooks.signal?.aborted) throw new InvalidInputError('simulation interrupted');
         for (let w = 0; w < M; w++) samplers[w].next(batches[w]);
         const r = trainer.step(batches);
@@ -323,16 +347,26 @@ export async function runSim(data: SimData, kernels: Kernels, o: SimOptions, hoo
         await tick();
       }
       theta.set(gpt.params);
+      return opt;
+    };
+
+    if (arm.kind === 'dp') {
+      await dpSteps(S);
       rounds = S;
     } else {
       const codec: Codec = getCodec(arm.codec ?? 'fp32', o.sparse);
       const outer = new OuterNesterov(P, arm.outer ?? DEFAULT_OUTER);
       const opts = Array.from({ length: M }, () => new AdamW(o.model, o.adamw, kernels));
+      if (W > 0) {
+        const warm = await dpSteps(W);
+        for (const opt of opts) { opt.m.set(warm.m); opt.v.set(warm.v); opt.step = warm.step; }
+        if (W === S && nextEval < evalSteps.length && evalSteps[nextEval] === S) { record(S, evaluate(theta, true)); nextEval++; }
+      }
       const efs = arm.efBeta === null ? null : Array.from({ length: M }, () => new ErrorFeedback(P, arm.efBeta!));
       const batch: Batch = { inputs: new Int32Array(B * T), targets: new Int32Array(B * T) };
       const delta = new Float32Array(P);
       const lossSums = new Float64Array(arm.H);
-      let start = 0; // global inner step at which this round starts
+      let start = W; // global inner step at which this round starts (after the warm start)
       while (start < S) {
         const end = Math.min(S, start + arm.H);
         // Checkpoints in [start, end) see the shared weights of the last completed round.
@@ -355,7 +389,7 @@ export async function runSim(data: SimData, kernels: Kernels, o: SimOptions, hoo
             gpt.zeroGrad();
             const loss = gpt.forwardBackward(batch.inputs, batch.targets, B, T);
             if (!Number.isFinite(loss)) throw new RangeError(`arm ${arm.name}: loss is ${loss} at worker ${w} step ${s}`);
-            opt.update(gpt.params, gpt.grads, lrAt(schedule, s));
+            opt.update(gpt.params, gpt.grads, lrAt(innerSchedule, s));
             lossSums[s - start] += loss / M;
           }
           const local = gpt.params;
@@ -406,7 +440,7 @@ export async function runSim(data: SimData, kernels: Kernels, o: SimOptions, hoo
   }
   return {
     params: P, workers: M, batch: B, ctx: T, stepsPerArm: S, tokensPerStep, tokensPerArm: S * tokensPerStep, evalSteps,
-    model: o.model, lr: o.lr, minLrFrac: o.minLrFrac, warmup: schedule.warmupSteps, sparse: o.sparse, seed: o.seed,
+    model: o.model, lr: o.lr, minLrFrac: o.minLrFrac, warmup: schedule.warmupSteps, innerLr, warmStartSteps: W, sparse: o.sparse, seed: o.seed,
     formulas: FORMULAS, arms: results,
   };
 }
