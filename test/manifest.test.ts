@@ -129,7 +129,7 @@ test('roundParams: the reducer settings come from the manifest and runId', () =>
   const d = createManifest(base());
   assert.deepEqual(roundParams(d), {
     runId: d.runId, innerSteps: 50, batch: 8, numShards: 32, trainMs: 60_000, submitMs: 75_000, commitMs: 10_000,
-    quorum: 0.75, minPeers: 2, maxMissedRounds: 2, genesisWeightsHash: 'c'.repeat(64), retryMs: 10_000,
+    quorum: 0.75, minPeers: 2, maxMissedRounds: 2, genesisWeightsHash: 'c'.repeat(64), retryMs: 10_000, overlap: 'none',
   });
   assert.equal(roundParams(d, 500).retryMs, 500);
 });

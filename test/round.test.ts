@@ -842,15 +842,80 @@ test('round-1 messages arriving early are buffered and replayed when the round s
   assert.ok(!sim.reasons('b').includes('buffer-full'));
 });
 
+test('delayed mode: round r builds on θ_{r-1}, a pretrain hint follows each submission, hashes agree', () => {
+  const sim = new Sim(params({ overlap: 'delayed' }), 1);
+  for (const id of PEERS4) sim.add(id, { genesis: PEERS4 });
+  sim.run(12_000);
+  assert.deepEqual(sim.violations, []);
+  const rounds = Math.min(...PEERS4.map((id) => sim.peer(id).state.round));
+  assert.ok(rounds >= 6, `only ${rounds} rounds in 12 s`);
+  const a = sim.peer('a');
+  // θ_r = base of round r's apply; round r trains on θ_{r-1} (θ_0 for rounds 0 and 1).
+  const theta = (r: number) => (r === 0 ? GENESIS : a.results.get(r - 1)!);
+  for (let r = 0; r < rounds; r++) {
+    const train = a.effects.find((e) => e.type === 'train' && e.round === r);
+    assert.ok(train && train.type === 'train', `a trains round ${r}`);
+    assert.equal(train.baseHash, theta(Math.max(0, r - 1)), `round ${r} trains from θ_${Math.max(0, r - 1)}`);
+    const apply = a.effects.find((e) => e.type === 'apply' && e.round === r);
+    assert.ok(apply && apply.type === 'apply');
+    assert.equal(apply.baseHash, theta(r), `round ${r} applies to θ_${r}`);
+    assert.deepEqual(apply.included.map((u) => u.peer), PEERS4, `round ${r} includes everyone`);
+    const update = a.effects.find((e) => e.type === 'broadcast' && e.msg.type === 'update' && e.msg.round === r);
+    assert.ok(update && update.type === 'broadcast' && update.msg.type === 'update');
+    assert.equal(update.msg.baseHash, train.baseHash);
+    // Right after submitting round r: the hint for round r+1, from the weights held then (θ_r).
+    const i = a.effects.indexOf(update);
+    const hint = a.effects[i + 1];
+    assert.ok(hint && hint.type === 'pretrain', `pretrain hint after round ${r}'s update`);
+    assert.equal(hint.round, r + 1);
+    assert.equal(hint.baseHash, theta(r));
+    const next = a.effects.find((e) => e.type === 'train' && e.round === r + 1);
+    if (next && next.type === 'train') assert.deepEqual(next.shards, hint.shards, 'unchanged roster: the hint was right');
+    for (const id of PEERS4) assert.equal(sim.peer(id).results.get(r), a.results.get(r), `round ${r}: ${id} agrees`);
+  }
+  assertNoBadRejections(sim);
+});
+
+test('delayed mode: an update built on θ_r instead of θ_{r-1} is wrong-base; a joiner trains from its first member round', () => {
+  const sim = new Sim(params({ overlap: 'delayed' }), 8);
+  for (const id of PEERS4) sim.add(id, { genesis: PEERS4 });
+  sim.runUntil(() => sim.peer('a').state.round === 3 && sim.peer('a').state.phase === 'collecting', 10_000);
+  const a = sim.peer('a');
+  const bad: UpdateMsg = { type: 'update', from: 'b', round: 3, baseHash: a.state.weightsHash, updateHash: sha256Hex('wrong base'), steps: 10 };
+  const r = sim.feed('a', { type: 'message', msg: bad });
+  assert.deepEqual(r.rejected.map((x) => x.reason), ['wrong-base']);
+  assert.ok(!a.state.updates.has(bad.updateHash));
+  a.rejected.length = 0;
+  // A fresh peer: it syncs into some round q (θ_q, not the base θ_{q-1}), so it does not train
+  // in q; admitted to R_{q+1}, it trains round q+1 from θ_q, which it applied itself.
+  const e = sim.add('e', { bootstrap: ['b'] });
+  sim.runUntil(() => e.state.member, sim.now + 6000);
+  assert.ok(e.state.member, 'admitted');
+  const admittedAt = e.state.round;
+  sim.runUntil(() => a.state.round >= admittedAt + 2, sim.now + 6000);
+  const syncedRound = e.effects.find((x) => x.type === 'broadcast' && x.msg.type === 'join');
+  assert.ok(syncedRound);
+  const train = e.effects.find((x) => x.type === 'train');
+  assert.ok(train && train.type === 'train');
+  assert.equal(train.round, admittedAt, 'first training is in the first round as a member');
+  assert.equal(train.baseHash, a.results.get(admittedAt - 2), 'built on θ_{q}, the weights it applied');
+  assert.ok(sim.decisionOf('a', admittedAt).included.some((u) => u.peer === 'e'), 'e contributes in the round after admission');
+  assert.equal(e.state.weightsHash, a.state.weightsHash);
+  assert.deepEqual(sim.violations, []);
+  assertNoBadRejections(sim);
+});
+
 // ───────────────────────── randomized safety / liveness ─────────────────────────
 
 test('randomized: delays, drops, replays, crashes, restarts, slow peers and a joiner never split the decided set', () => {
   const P5 = ['p1', 'p2', 'p3', 'p4', 'p5'];
   const seeds = Number(process.env.ROUND_FUZZ_SEEDS ?? 6);
-  for (let seed = 1; seed <= seeds; seed++) {
+  // Plain rounds for every seed; the delayed (overlap) mode for the first half of them.
+  const runs = [...Array.from({ length: seeds }, (_, i) => ({ seed: i + 1, delayed: false })), ...Array.from({ length: Math.ceil(seeds / 2) }, (_, i) => ({ seed: i + 1, delayed: true }))];
+  for (const { seed, delayed } of runs) {
     const rng = new Rng(1000 + seed);
     const harsh = process.env.ROUND_FUZZ_DROP !== undefined;
-    const sim = new Sim(params({ quorum: [0.6, 0.8, 1][seed % 3], commitMs: Number(process.env.ROUND_FUZZ_COMMITMS ?? 300) }), seed, {
+    const sim = new Sim(params({ overlap: delayed ? 'delayed' : 'none', quorum: [0.6, 0.8, 1][seed % 3], commitMs: Number(process.env.ROUND_FUZZ_COMMITMS ?? 300) }), seed, {
       minDelay: 1, maxDelay: Number(process.env.ROUND_FUZZ_MAXDELAY ?? 250), drop: Number(process.env.ROUND_FUZZ_DROP ?? 0.08), dup: 0.03, dt: 10,
     });
     for (const id of P5) sim.add(id, { genesis: P5, speed: 0.5 + rng.nextFloat() * (seed % 2 ? 2.2 : 1.2) });

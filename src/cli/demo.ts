@@ -1,59 +1,132 @@
-/** `tessera demo`: a local swarm of `tessera node` processes on 127.0.0.1, with per-round progress. */
+/**
+ * `tessera demo`: a local swarm of `tessera node` processes on 127.0.0.1, with per-round progress.
+ *
+ * The round timing is calibrated on this machine before the manifest is written: the demo times
+ * a few inner steps of its model and sizes the training budget so that H steps just fill it
+ * when all peers share the cores. With overlap on (the default), each peer starts the next
+ * round's steps the moment it submits, so the exchange and agreement run while it computes.
+ * `--resume` restarts the peers from their own last snapshots in the same directory.
+ */
 import type { Command } from 'commander';
-import { existsSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import { join, resolve } from 'node:path';
-import { int } from './args.js';
+import { int, num, oneOf } from './args.js';
 import { say, result } from './output.js';
-import { buildManifest } from './run.js';
+import { buildManifest, type RunCreateOptions } from './run.js';
 import { defaultCacheDir } from './train.js';
-import { writeFileSync, mkdirSync } from 'node:fs';
+import { loadCorpus, prepareDataset } from '../data/index.js';
+import { BatchSampler, type Batch } from '../data/batches.js';
+import { loadKernels } from '../kernels/index.js';
+import { GPT } from '../model/gpt.js';
+import { decodeManifest } from '../swarm/manifest.js';
 import { dataDirFor, preparePeer, spawnPeer, stopAll, type PeerProc } from '../swarm/launch.js';
 import type { RoundReport } from '../swarm/node.js';
+import { InvalidInputError } from '../util/errors.js';
+
+const MODEL = { vocab: 512, ctx: 64, dim: 64, layers: 2, heads: 4, batch: 4 } as const;
+
+/** Median milliseconds of one inner step (forward, backward) of the demo model on 1 thread. */
+function stepMs(cacheDir: string): number {
+  const ds = prepareDataset({ corpus: loadCorpus('brown'), vocabSize: MODEL.vocab, cacheDir });
+  const gpt = new GPT({ vocabSize: MODEL.vocab, ctx: MODEL.ctx, dim: MODEL.dim, layers: MODEL.layers, heads: MODEL.heads }, loadKernels({ threads: 1 }));
+  gpt.init(1);
+  const s = new BatchSampler(ds.train, MODEL.batch, MODEL.ctx, 1n);
+  const b: Batch = { inputs: new Int32Array(MODEL.batch * MODEL.ctx), targets: new Int32Array(MODEL.batch * MODEL.ctx) };
+  const times: number[] = [];
+  for (let i = 0; i < 12; i++) {
+    s.next(b);
+    const t0 = performance.now();
+    gpt.zeroGrad();
+    gpt.forwardBackward(b.inputs, b.targets, MODEL.batch, MODEL.ctx);
+    times.push(performance.now() - t0);
+  }
+  return times.slice(2).sort((x, y) => x - y)[5];
+}
+
+interface DemoOptions {
+  peers: number; rounds: number; dir: string; codec: string; inner: number; overlap: 'shift' | 'delayed' | 'none';
+  outerLr?: number; outerMomentum?: number; resume: boolean; cacheDir: string; json: boolean;
+}
 
 export function register(program: Command): void {
   program.command('demo')
     .description('run a local swarm of peers (separate processes on 127.0.0.1) training a small GPT together')
     .option('--peers <n>', 'number of peers', int(1, 32), 4)
     .option('--rounds <n>', 'stop after this many rounds (0 = until Ctrl-C)', int(0), 10)
-    .option('--dir <dir>', 'working directory (manifest, peer data dirs); wiped first', 'runs/demo')
-    .option('--codec <id>', 'update codec', 'sparse')
+    .option('--dir <dir>', 'working directory (manifest, peer data dirs); wiped first unless --resume', 'runs/demo')
+    .option('--resume', 'continue the run in --dir from the peers\' last snapshots', false)
+    .option('--codec <id>', 'update codec', oneOf('fp32', 'fp16', 'int8', 'sparse'), 'sparse')
+    .option('--inner <n>', 'H: inner steps per round', int(1), 30)
+    .option('--overlap <mode>', 'shift | delayed: train the next round during the exchange (see round.ts) | none', oneOf('shift', 'delayed', 'none'), 'shift')
+    .option('--outer-lr <x>', 'outer Nesterov learning rate', num(1e-6, 100))
+    .option('--outer-momentum <x>', 'outer Nesterov momentum', num(0, 0.999))
     .option('--cache-dir <dir>', 'tokenizer and token cache', defaultCacheDir())
     .option('--json', 'one JSON object per round on stdout', false)
-    .action(async (o: { peers: number; rounds: number; dir: string; codec: string; cacheDir: string; json: boolean }) => {
+    .action(async (o: DemoOptions) => {
       const dir = resolve(o.dir);
-      if (existsSync(dir)) rmSync(dir, { recursive: true, force: true });
-      mkdirSync(dir, { recursive: true });
-      const { decoded, params } = buildManifest({
-        vocab: 512, ctx: 64, dim: 64, layers: 2, heads: 4, batch: 4, inner: 10, lr: 3e-3,
-        codec: o.codec as 'sparse', shards: 16, seed: 1, trainMs: 1500, submitMs: 2500, commitMs: 1500,
-        quorum: 1, minPeers: 1, maxMissed: 2, cacheDir: o.cacheDir,
-      });
       const run = join(dir, 'run.json');
-      writeFileSync(run, JSON.stringify(decoded.manifest, null, 2) + '\n');
-      say(o, `run ${decoded.runId.slice(0, 12)}: ${params} parameters, ${o.peers} peers, manifest ${run}`);
+      let runId: string;
+      if (o.resume) {
+        if (!existsSync(run)) throw new InvalidInputError(`nothing to resume: ${run} does not exist (run \`tessera demo\` first)`);
+        runId = decodeManifest(readFileSync(run, 'utf8')).runId;
+        say(o, `resuming run ${runId.slice(0, 12)} in ${dir}`);
+      } else {
+        if (existsSync(dir)) rmSync(dir, { recursive: true, force: true });
+        mkdirSync(dir, { recursive: true });
+        // Calibrate: with P peers on C cores each peer gets about C/P of a core. H steps should
+        // slightly overfill trainMs, so that a peer is never idle waiting for its deadline.
+        const ms = stepMs(o.cacheDir);
+        const share = Math.max(1, o.peers / availableParallelism());
+        const trainMs = Math.max(400, Math.round(0.85 * o.inner * ms * share));
+        const opts: RunCreateOptions = {
+          ...MODEL, inner: o.inner, lr: 3e-3, codec: o.codec as 'sparse', shards: 16, seed: 1,
+          trainMs, submitMs: trainMs + Math.max(1500, trainMs), commitMs: 1500, quorum: 1, minPeers: 1, maxMissed: 2,
+          cacheDir: o.cacheDir, overlap: o.overlap,
+          ...(o.outerLr !== undefined ? { outerLr: o.outerLr } : {}), ...(o.outerMomentum !== undefined ? { outerMomentum: o.outerMomentum } : {}),
+        };
+        const { decoded, params } = buildManifest(opts);
+        runId = decoded.runId;
+        writeFileSync(run, JSON.stringify(decoded.manifest, null, 2) + '\n');
+        say(o, `run ${runId.slice(0, 12)}: ${params} parameters, ${o.peers} peers, H=${o.inner}, codec ${o.codec}, overlap ${o.overlap}, `
+          + `step ${ms.toFixed(1)} ms → train budget ${trainMs} ms/round, manifest ${run}`);
+      }
       const specs = await Promise.all(Array.from({ length: o.peers }, (_, i) => preparePeer(i, dataDirFor(dir, i))));
       const addrs = specs.map((s) => s.addr);
       const ids = specs.map((s) => s.peerId);
       const byRound = new Map<number, Map<number, RoundReport>>();
       let printed = -1;
+      let rows = 0;
+      const fractions: number[] = [];
       let stopping = false;
       let finish!: () => void;
       const finished = new Promise<void>((r) => { finish = r; });
       const peers: PeerProc[] = [];
       const onReport = (p: PeerProc, r: RoundReport) => {
-        if (r.event !== 'round') { say(o, `peer ${p.index} synced to round ${r.round} (${r.weightsHash.slice(0, 12)})`); return; }
+        if (r.event !== 'round') { say(o, `peer ${p.index} ${o.resume ? 'resumed' : 'synced'} at round ${r.round} (${r.weightsHash.slice(0, 12)})`); return; }
         let m = byRound.get(r.round);
         if (!m) { m = new Map(); byRound.set(r.round, m); }
         m.set(p.index, r);
         const live = peers.filter((x) => x.alive).length;
         if (m.size >= live && r.round > printed) {
           printed = r.round;
+          rows++;
           const rs = [...m.values()];
           const hashes = new Set(rs.map((x) => x.weightsHash));
           const mean = (f: (x: RoundReport) => number) => rs.reduce((a, x) => a + f(x), 0) / rs.length;
-          const row = { round: r.round, valLoss: mean((x) => x.valLoss), peers: rs.length, applied: rs[0].included, bytesSentPerPeer: Math.round(mean((x) => x.bytesSent)), bytesReceivedPerPeer: Math.round(mean((x) => x.bytesReceived)), weightsHash: rs[0].weightsHash, agree: hashes.size === 1 };
-          result(o, row, `round ${row.round}  val ${row.valLoss.toFixed(4)}  peers ${row.peers}  updates ${row.applied}  sent/peer ${(row.bytesSentPerPeer / 1024).toFixed(1)}K  recv/peer ${(row.bytesReceivedPerPeer / 1024).toFixed(1)}K  weights ${row.weightsHash.slice(0, 12)}  ${row.agree ? 'all hashes agree' : `HASHES DIFFER (${hashes.size})`}`);
-          if (o.rounds > 0 && r.round + 1 >= o.rounds) finish();
+          // The first row of a session includes start-up (data, model, connections): not counted.
+          if (rows > 1) fractions.push(mean((x) => x.computeFraction));
+          const row = {
+            round: r.round, valLoss: mean((x) => x.valLoss), peers: rs.length, applied: rs[0].included,
+            bytesSentPerPeer: Math.round(mean((x) => x.bytesSent)), bytesReceivedPerPeer: Math.round(mean((x) => x.bytesReceived)),
+            innerStepsPerPeer: mean((x) => x.innerSteps), computeFraction: mean((x) => x.computeFraction), seconds: mean((x) => x.seconds),
+            weightsHash: rs[0].weightsHash, agree: hashes.size === 1,
+          };
+          result(o, row, `round ${row.round}  val ${row.valLoss.toFixed(4)}  peers ${row.peers}  updates ${row.applied}  `
+            + `sent/peer ${(row.bytesSentPerPeer / 1024).toFixed(1)}K  recv/peer ${(row.bytesReceivedPerPeer / 1024).toFixed(1)}K  `
+            + `compute ${(100 * row.computeFraction).toFixed(0)}%  ${row.seconds.toFixed(1)}s  weights ${row.weightsHash.slice(0, 12)}  `
+            + `${row.agree ? 'all hashes agree' : `HASHES DIFFER (${hashes.size})`}`);
+          if (o.rounds > 0 && rows >= o.rounds) finish();
         }
       };
       for (const s of specs) {
@@ -62,7 +135,7 @@ export function register(program: Command): void {
           onExit: (p, code, sig) => { if (!stopping) say(o, `peer ${p.index} exited (${sig ?? code})`); if (!stopping && peers.every((x) => !x.alive)) finish(); },
         }));
       }
-      const onSignal = () => { say(o, 'stopping all peers...'); finish(); };
+      const onSignal = () => { say(o, 'stopping all peers (resume with --resume)...'); finish(); };
       process.once('SIGINT', onSignal);
       process.once('SIGTERM', onSignal);
       try {
@@ -73,5 +146,8 @@ export function register(program: Command): void {
         process.removeListener('SIGINT', onSignal);
         process.removeListener('SIGTERM', onSignal);
       }
+      const mean = fractions.length ? fractions.reduce((a, x) => a + x, 0) / fractions.length : NaN;
+      const summary = { event: 'summary', runId, dir, rounds: rows, lastRound: printed, meanComputeFraction: mean };
+      result(o, summary, `done: ${rows} rounds (last ${printed}), mean compute fraction ${(100 * mean).toFixed(1)}% after the first round; peers' state is in ${dir} (continue with --resume)`);
     });
 }

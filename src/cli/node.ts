@@ -12,7 +12,7 @@ const collect = (v: string, prev: string[] = []) => [...prev, ...v.split(',').fi
 
 export function formatReport(r: RoundReport): string {
   const kb = (n: number) => `${(n / 1024).toFixed(1)}K`;
-  return `${r.event === 'synced' ? 'synced to' : 'round'} ${r.round}  val ${r.valLoss.toFixed(4)}  peers ${r.peers} (roster ${r.roster}, applied ${r.included})  sent ${kb(r.bytesSent)} recv ${kb(r.bytesReceived)}  ${r.seconds.toFixed(1)}s  weights ${r.weightsHash.slice(0, 12)}`;
+  return `${r.event === 'synced' ? 'synced to' : 'round'} ${r.round}  val ${r.valLoss.toFixed(4)}  peers ${r.peers} (roster ${r.roster}, applied ${r.included})  sent ${kb(r.bytesSent)} recv ${kb(r.bytesReceived)}  compute ${(100 * r.computeFraction).toFixed(0)}%  ${r.seconds.toFixed(1)}s  weights ${r.weightsHash.slice(0, 12)}`;
 }
 
 export function register(program: Command): void {
@@ -22,11 +22,12 @@ export function register(program: Command): void {
     .requiredOption('--data-dir <dir>', 'identity key and acceptor record')
     .option('--listen <ma>', 'listen multiaddr', '/ip4/127.0.0.1/tcp/0')
     .option('--bootstrap <ma...>', 'peers to connect to (multiaddr with /p2p/<id>; repeat or comma-separate)', collect)
+    .option('--mdns', 'discover peers on the LAN with mDNS (with --listen /ip4/0.0.0.0/tcp/0, so LAN addresses are announced)', false)
     .option('--genesis-peers <ids>', 'start at round 0 with this roster (comma-separated peer ids)', (v: string) => v.split(',').filter(Boolean))
     .option('--rounds <n>', 'exit after completing this many rounds (0 = run until stopped)', int(0), 0)
     .option('--cache-dir <dir>', 'tokenizer and token cache', defaultCacheDir())
     .option('--json', 'one JSON object per round on stdout', false)
-    .action(async (o: { run: string; dataDir: string; listen: string; bootstrap?: string[]; genesisPeers?: string[]; rounds: number; cacheDir: string; json: boolean }) => {
+    .action(async (o: { run: string; dataDir: string; listen: string; bootstrap?: string[]; mdns: boolean; genesisPeers?: string[]; rounds: number; cacheDir: string; json: boolean }) => {
       let text: string;
       try { text = readFileSync(o.run, 'utf8'); } catch (e) { throw new InvalidInputError(`cannot read --run ${o.run}: ${(e as Error).message}`); }
       const manifest = decodeManifest(text);
@@ -34,7 +35,7 @@ export function register(program: Command): void {
       let finish!: () => void;
       const finished = new Promise<void>((r) => { finish = r; });
       const node = new SwarmNode({
-        manifest, dataDir: o.dataDir, listen: [o.listen], bootstrap: o.bootstrap ?? [], cacheDir: o.cacheDir,
+        manifest, dataDir: o.dataDir, listen: [o.listen], bootstrap: o.bootstrap ?? [], mdns: o.mdns, cacheDir: o.cacheDir,
         ...(o.genesisPeers ? { genesisPeers: o.genesisPeers } : {}),
         onLog: (line) => process.stderr.write(`tessera node: ${line}\n`),
         onRound: (r) => {

@@ -18,6 +18,9 @@ export interface RunCreateOptions {
   lr: number; codec: 'fp32' | 'fp16' | 'int8' | 'sparse'; shards: number; seed: number;
   trainMs: number; submitMs: number; commitMs: number; quorum: number; minPeers: number; maxMissed: number;
   cacheDir: string; name?: string;
+  /** Default 'shift': overlap each round's exchange with the next round's inner steps. */
+  overlap?: 'none' | 'delayed' | 'shift';
+  outerLr?: number; outerMomentum?: number;
 }
 
 export function buildManifest(o: RunCreateOptions) {
@@ -35,7 +38,8 @@ export function buildManifest(o: RunCreateOptions) {
     hyper: {
       innerSteps: o.inner, batch: o.batch, adamw: DEFAULT_ADAMW,
       schedule: { kind: 'constant', maxLr: o.lr, minLrFrac: 1, warmupSteps: 0, totalSteps: 1_000_000, decayFrac: 0.2 },
-      outer: DEFAULT_OUTER, codec, errorFeedback: o.codec === 'sparse' ? 1 : 0,
+      outer: { ...DEFAULT_OUTER, ...(o.outerLr !== undefined ? { lr: o.outerLr } : {}), ...(o.outerMomentum !== undefined ? { momentum: o.outerMomentum } : {}) },
+      codec, errorFeedback: o.codec === 'sparse' ? 1 : 0, overlap: o.overlap ?? 'shift',
     },
     genesisWeightsHash: weightsHash(gpt.params),
     seed: o.seed,
@@ -60,6 +64,9 @@ export function register(program: Command): void {
     .option('--lr <x>', 'inner learning rate (constant)', num(1e-8, 10), 3e-3)
     .option('--codec <id>', 'fp32 | fp16 | int8 | sparse', oneOf('fp32', 'fp16', 'int8', 'sparse'), 'sparse')
     .option('--shards <n>', 'data shards', int(1), 16)
+    .option('--overlap <mode>', 'shift | delayed: train the next round during the exchange (see round.ts) | none', oneOf('shift', 'delayed', 'none'), 'shift')
+    .option('--outer-lr <x>', `outer Nesterov learning rate (default ${DEFAULT_OUTER.lr})`, num(1e-6, 100))
+    .option('--outer-momentum <x>', `outer Nesterov momentum (default ${DEFAULT_OUTER.momentum})`, num(0, 0.999))
     .option('--seed <n>', 'initialisation seed', int(0), 1)
     .option('--train-ms <n>', 'training budget per round', int(1), 1500)
     .option('--submit-ms <n>', 'update collection deadline', int(1), 2500)
@@ -73,7 +80,7 @@ export function register(program: Command): void {
       const { decoded, params } = buildManifest(o);
       mkdirSync(dirname(o.out), { recursive: true });
       writeFileSync(o.out, JSON.stringify(decoded.manifest, null, 2) + '\n');
-      say(o, `wrote ${o.out}: ${params} parameters, H=${o.inner}, codec ${o.codec}`);
+      say(o, `wrote ${o.out}: ${params} parameters, H=${o.inner}, codec ${o.codec}, overlap ${o.overlap ?? 'shift'}`);
       result(o, { runId: decoded.runId, out: o.out, params, manifest: decoded.manifest }, decoded.runId);
     });
 }

@@ -75,6 +75,12 @@ export const HyperSchema = z.object({
   codec: CodecSettingsSchema,
   /** Error-feedback decay beta in [0, 1] (0 = no error feedback). */
   errorFeedback: z.number().min(0).max(1),
+  /**
+   * How each round's exchange overlaps the next round's inner steps: 'none' (train, then
+   * exchange), 'delayed' (one-step-delayed outer update) or 'shift' (start early, move onto the
+   * new weights when they are known). See RoundParamsSchema.overlap in round.ts.
+   */
+  overlap: z.enum(['none', 'delayed', 'shift']).default('none'),
 }).strict();
 
 export const TimingSchema = z.object({

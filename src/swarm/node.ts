@@ -11,13 +11,20 @@
  * - acceptorRecord(state) is written to DATA_DIR/acceptor.json (synchronously, before any effect
  *   of the step is executed) whenever it changes; a restart passes it to init().
  * - Training runs in this thread, one inner step at a time, yielding to the event loop between
- *   steps with setImmediate so that gossip, bulk transfers and ticks keep flowing.
+ *   steps with setImmediate so that gossip, bulk transfers and ticks keep flowing. (A worker
+ *   thread would also hide the event-loop work from the step time; at the step sizes the demo
+ *   uses, the gaps between steps are well under 1% of compute, so it is not needed yet.)
+ * - Overlap (manifest hyper.overlap = 'delayed'): the reducer's `pretrain` hint starts round r+1's
+ *   inner steps the moment this peer submits round r, from the weights it holds (θ_r), while
+ *   round r is still being exchanged and agreed; round r's decided set is then applied to θ_r
+ *   underneath. The next `train` effect adopts the job if round, base and shards match.
+ * - Compute accounting: time inside inner steps vs wall-clock time, reported per round.
  */
 import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
 import {
-  createHost, fetchBulk, joinControlChannel, serveBulk, sha256Hex, type ControlChannel, type Host,
+  HashMismatchError, TooLargeError, createHost, fetchBulk, joinControlChannel, serveBulk, sha256Hex, type ControlChannel, type Host,
 } from '../net/index.js';
 import type { Logger } from 'pino';
 import { pino } from 'pino';
@@ -31,7 +38,8 @@ import { lrAt } from '../train/schedule.js';
 import { InvalidInputError } from '../util/errors.js';
 import { applyCommitted, type CommittedUpdate } from './apply.js';
 import { OuterNesterov } from './outer.js';
-import { ErrorFeedback, getCodec, type Codec } from './compress/index.js';
+import { roundSeed } from './assign.js';
+import { DecodeError, ErrorFeedback, getCodec, type Codec } from './compress/index.js';
 import type { DecodedManifest } from './manifest.js';
 import {
   AcceptorRecordSchema, RoundBodySchemas, SnapshotSchema, acceptorRecord, fromWire, init, nextDeadline, roundParams,
@@ -41,6 +49,11 @@ import {
 
 const HEX64 = /^[0-9a-f]{64}$/;
 const DEBUG = process.env.TESSERA_NODE_DEBUG === '1';
+/**
+ * Reducer rejections that only an attacker or a bug produces are logged at warn; the others
+ * (late, stale-round, duplicate, ... ) are routine under message delay and logged at debug.
+ */
+const SUSPICIOUS = new Set(['malformed', 'self', 'not-member', 'not-leader', 'equivocation', 'wrong-base', 'bad-certificate', 'conflict', 'wrong-hash']);
 
 export const NodeSchemas = {
   ...RoundBodySchemas,
@@ -50,6 +63,12 @@ export const NodeSchemas = {
 
 export interface RoundReport {
   round: number;
+  /** Fraction of wall-clock time since the last report spent inside inner training steps. */
+  computeFraction: number;
+  /** Inner steps run since the last report. */
+  innerSteps: number;
+  /** CPU time of this process (all threads) per wall-clock time since the last report. */
+  cpuFraction: number;
   valLoss: number;
   peers: number;
   roster: number;
@@ -75,6 +94,27 @@ export interface NodeOptions {
   onRound?: (r: RoundReport) => void;
   onLog?: (line: string) => void;
   logger?: Logger;
+  /** Discover peers on the LAN with mDNS. */
+  mdns?: boolean;
+}
+
+/** A training job: inner steps for one round from one base, possibly started before its round (pretrain). */
+interface TrainJob {
+  round: number;
+  baseHash: string;
+  shards: number[];
+  maxSteps: number;
+  /** The base weights θ (a private copy: the shared θ may be updated underneath). */
+  base: Float32Array;
+  /** Local deadline; null while the job is only a pretrain hint. */
+  until: number | null;
+  startedAt: number;
+  stop: boolean;
+}
+
+function cpuMs(): number {
+  const u = process.cpuUsage();
+  return (u.user + u.system) / 1000;
 }
 
 /** Sequences of the eval set and the shard sampler. */
@@ -101,7 +141,7 @@ function decodeBundle(bytes: Uint8Array, P: number): { snap: RoundSnapshot; thet
   const hl = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength).getUint32(0, true);
   if (bytes.length !== 4 + hl + 8 * P) throw new InvalidInputError(`snapshot bundle has ${bytes.length} bytes, expected ${4 + hl + 8 * P}`);
   const snap = SnapshotSchema.parse(JSON.parse(new TextDecoder().decode(bytes.subarray(4, 4 + hl))));
-  const body = bytes.slice(4 + hl); // aligned copy
+  const body = new Uint8Array(bytes.subarray(4 + hl)); // aligned copy (a Buffer's slice() would be a view)
   return { snap, theta: new Float32Array(body.buffer, 0, P).slice(), momentum: new Float32Array(body.buffer, 4 * P, P).slice() };
 }
 
@@ -111,11 +151,17 @@ export class SwarmNode {
   state!: RoundState;
   private readonly m;
   private readonly p;
+  /** Trains (owned by the current job). */
   private gpt!: GPT;
+  /** Evaluates θ; separate, because in delayed mode θ is applied while a job is training. */
+  private evalGpt!: GPT;
   private opt!: AdamW;
   private codec!: Codec;
   private ef: ErrorFeedback | null = null;
   private theta!: Float32Array;
+  private thetaHash = '';
+  /** θ before the last apply, and its hash: the base of the next round in delayed mode. */
+  private prevTheta: { hash: string; weights: Float32Array } | null = null;
   private outer!: OuterNesterov;
   private train!: TokenArray;
   private evalSet: Batch[] = [];
@@ -128,7 +174,10 @@ export class SwarmNode {
   private readonly fetching = new Set<string>();
   /** peer → its latest snapshot advertisement. */
   private readonly snaps = new Map<string, { round: number; weightsHash: string; bundle: string }>();
-  private training: { round: number; stop: boolean } | null = null;
+  private training: TrainJob | null = null;
+  private computeMs = 0;
+  private innerStepsRun = 0;
+  private lastCompute = { ms: 0, steps: 0, at: performance.now(), cpu: 0 };
   private resyncing = false;
   private lastRecord = '';
   private lastVal = NaN;
@@ -138,13 +187,19 @@ export class SwarmNode {
   private lastBytes = { sent: 0, received: 0 };
   private roundStart = Date.now();
   private readonly log: (line: string) => void;
+  /** Structured log (pino): every rejected input, with its reason. */
+  readonly logger: Logger;
   private readonly recordPath: string;
+  /** The latest round-start snapshot (weights + momentum), so a stopped node can resume. */
+  private readonly snapPath: string;
 
   constructor(readonly o: NodeOptions) {
     this.m = o.manifest.manifest;
     this.p = roundParams(o.manifest, Math.max(200, Math.floor(o.manifest.manifest.timing.commitMs / 2)));
     this.log = o.onLog ?? (() => undefined);
+    this.logger = o.logger ?? pino({ name: 'tessera', level: process.env.TESSERA_LOG ?? 'warn' }, pino.destination(2));
     this.recordPath = join(o.dataDir, 'acceptor.json');
+    this.snapPath = join(o.dataDir, `snapshot-${o.manifest.runId.slice(0, 16)}.bin`);
   }
 
   get peerId(): string { return this.host.peerId; }
@@ -160,8 +215,10 @@ export class SwarmNode {
     const kernels = loadKernels({ threads: this.o.threads ?? 1 });
     this.gpt = new GPT(m.model, kernels);
     this.gpt.init(m.seed);
+    this.evalGpt = new GPT(m.model, kernels);
     this.theta = this.gpt.params.slice();
-    if (weightsHash(this.theta) !== m.genesisWeightsHash) throw new InvalidInputError('genesis weights do not match the manifest');
+    this.thetaHash = weightsHash(this.theta);
+    if (this.thetaHash !== m.genesisWeightsHash) throw new InvalidInputError('genesis weights do not match the manifest');
     this.opt = new AdamW(m.model, m.hyper.adamw, kernels);
     this.outer = new OuterNesterov(this.theta.length, m.hyper.outer);
     const cs = m.hyper.codec;
@@ -172,8 +229,8 @@ export class SwarmNode {
 
     // Network.
     this.host = await createHost({
-      dataDir: this.o.dataDir, listen: this.o.listen ?? ['/ip4/127.0.0.1/tcp/0'],
-      logger: this.o.logger ?? pino({ level: process.env.TESSERA_LOG ?? 'silent' }),
+      dataDir: this.o.dataDir, listen: this.o.listen ?? ['/ip4/127.0.0.1/tcp/0'], mdns: this.o.mdns === true,
+      logger: this.logger,
     });
     await serveBulk(this.host, (hash) => this.store.get(hash)?.bytes);
     this.channel = joinControlChannel({
@@ -184,9 +241,14 @@ export class SwarmNode {
     this.log(`peer ${this.host.peerId} listening on ${this.host.multiaddrs().join(' ')}`);
 
     // Wait (briefly) for the other genesis peers / a bootstrap peer, so early gossip is not lost.
-    const want = this.o.genesisPeers?.length ? this.o.genesisPeers.length - 1 : (this.o.bootstrap?.length ? 1 : 0);
+    // With only mDNS, give LAN discovery a few seconds: a peer that finds the run's topic there
+    // joins it instead of founding a second, separate roster.
+    const mdnsOnly = this.o.mdns === true && !this.o.genesisPeers?.length && !this.o.bootstrap?.length;
+    const want = this.o.genesisPeers?.length ? this.o.genesisPeers.length - 1 : (this.o.bootstrap?.length || mdnsOnly ? 1 : 0);
     const t0 = Date.now();
-    while (this.channel.subscribers().length < want && Date.now() - t0 < 15_000) await new Promise((r) => setTimeout(r, 100));
+    const waitMs = mdnsOnly ? 5_000 : 15_000;
+    while (this.channel.subscribers().length < want && Date.now() - t0 < waitMs) await new Promise((r) => setTimeout(r, 100));
+    const discovered = mdnsOnly ? this.channel.subscribers() : [];
 
     let acceptor: AcceptorRecord | undefined;
     if (existsSync(this.recordPath)) {
@@ -196,17 +258,19 @@ export class SwarmNode {
     const bootIds = (this.o.bootstrap ?? []).map((a) => /\/p2p\/([^/]+)/.exec(a)?.[1]).filter((x): x is string => !!x);
     const now = Date.now();
     // Genesis: listed in --genesis-peers, or a founder started with neither genesis peers nor bootstrap (roster = itself).
-    const founder = !this.o.genesisPeers?.length && !this.o.bootstrap?.length;
+    const founder = !this.o.genesisPeers?.length && !this.o.bootstrap?.length && discovered.length === 0;
     const genesis = acceptor !== undefined ? undefined
       : this.o.genesisPeers?.includes(this.host.peerId) ? { roster: this.o.genesisPeers } : founder ? { roster: [this.host.peerId] } : undefined;
     const first = init({
       self: this.host.peerId, params: this.p, now,
-      ...(genesis ? { genesis } : { bootstrap: [...new Set([...bootIds, ...(this.o.genesisPeers ?? [])])] }),
+      ...(genesis ? { genesis } : { bootstrap: [...new Set([...bootIds, ...(this.o.genesisPeers ?? []), ...discovered])] }),
       ...(acceptor ? { acceptor } : {}),
     });
     this.roundStart = now;
+    this.lastCompute = { ms: 0, steps: 0, at: performance.now(), cpu: cpuMs() };
     this.lastBytes = { ...this.host.metrics.snapshot().wire };
     this.commit(first.state, first.effects);
+    if (first.state.phase === 'unsynced') this.restoreLocal();
     this.timer = setInterval(() => this.tick(), 50);
   }
 
@@ -252,8 +316,12 @@ export class SwarmNode {
       this.commit(t.state, t.effects);
     }
     const r = step(this.state, ev);
+    for (const x of r.rejected) {
+      const fields = { reason: x.reason, detail: x.detail, from: x.from, event: x.event, round: this.state.round, phase: this.state.phase };
+      if (SUSPICIOUS.has(x.reason)) this.logger.warn(fields, 'rejected round input');
+      else this.logger.debug(fields, 'rejected round input');
+    }
     if (DEBUG) {
-      for (const x of r.rejected) this.log(`r${this.state.round} ${this.state.phase} rejected ${x.event}: ${x.reason} ${x.detail}${x.from ? ` from ${x.from.slice(-6)}` : ''}`);
       for (const e of r.effects) if (e.type !== 'broadcast' || e.msg.type === 'commit') this.log(`r${r.state.round} ${r.state.phase} effect ${e.type}${e.type === 'broadcast' && e.msg.type === 'commit' ? ` commit a${e.msg.commit.attempt} with ${e.msg.commit.included.length}` : ''} t+${Date.now() - r.state.startedAt}`);
     }
     this.commit(r.state, r.effects);
@@ -285,7 +353,8 @@ export class SwarmNode {
   private execute(e: Effect): void {
     switch (e.type) {
       case 'broadcast': case 'send': this.publish(e.msg); break;
-      case 'train': void this.runTraining(e); break;
+      case 'train': this.startTraining(e); break;
+      case 'pretrain': this.startTraining({ ...e, until: null }); break;
       case 'stop-training': if (this.training && this.training.round === e.round) this.training.stop = true; break;
       case 'fetch': for (const u of e.updates) void this.fetchUpdate(u.updateHash, [u.peer, ...e.from], e.round, u.peer); break;
       case 'apply': this.apply(e); break;
@@ -336,7 +405,14 @@ export class SwarmNode {
             this.deltas.set(hash, delta);
             this.deliverUpdate(hash, round, author);
             return;
-          } catch { /* next peer */ }
+          } catch (err) {
+            // Not applied: a payload that does not hash to its name, is larger than the codec's
+            // size, or does not decode to P finite values is dropped and fetched elsewhere.
+            // Network failures (peer gone, stream reset) are routine and only logged at debug.
+            const bad = err instanceof HashMismatchError || err instanceof TooLargeError || err instanceof InvalidInputError || err instanceof DecodeError;
+            if (bad) this.logger.warn({ reason: 'bad-payload', detail: (err as Error).message, from: peer, update: hash, round }, 'rejected update payload');
+            else this.logger.debug({ detail: (err as Error).message, from: peer, update: hash, round }, 'update fetch failed');
+          }
         }
         await new Promise((r) => setTimeout(r, 300));
       }
@@ -364,57 +440,92 @@ export class SwarmNode {
 
   // ───────────── training / apply / sync ─────────────
 
-  private async runTraining(e: Extract<Effect, { type: 'train' }>): Promise<void> {
-    if (this.training) this.training.stop = true;
-    const job = { round: e.round, stop: false };
+  /** Starts (or, for a matching pretrained job, confirms) the inner steps of a round. */
+  private startTraining(e: { round: number; baseHash: string; shards: number[]; steps: number; until: number | null }): void {
+    const cur = this.training;
+    const same = cur !== null && !cur.stop && cur.round === e.round && cur.shards.join() === e.shards.join();
+    if (same && cur.baseHash === e.baseHash) {
+      if (e.until !== null) cur.until = e.until; // 'delayed': adopt the early steps
+      if (DEBUG) this.log(`round ${e.round}: job adopted`);
+      return;
+    }
+    if (same && e.until !== null && this.m.hyper.overlap === 'shift' && cur.baseHash === this.prevTheta?.hash && e.baseHash === this.thetaHash) {
+      // 'shift': the job began on θ_{r-1} before θ_r was known; move it onto θ_r. Its update is
+      // then θ_r − local: only this round's own steps, nothing counted twice.
+      const local = this.gpt.params, prev = this.prevTheta.weights, now = this.theta;
+      for (let i = 0; i < local.length; i++) local[i] += now[i] - prev[i];
+      cur.base = now.slice();
+      cur.baseHash = e.baseHash;
+      cur.until = e.until;
+      if (DEBUG) this.log(`round ${e.round}: job shifted onto θ_r`);
+      return;
+    }
+    if (DEBUG && e.until !== null) this.log(`round ${e.round}: new job (had ${cur ? `r${cur.round} ${cur.baseHash.slice(0, 8)} stop=${cur.stop}` : 'none'}, want ${e.baseHash.slice(0, 8)}, prev ${this.prevTheta?.hash.slice(0, 8)}, θ ${this.thetaHash.slice(0, 8)})`);
+    if (cur) cur.stop = true;
+    const base = e.baseHash === this.thetaHash ? this.theta : e.baseHash === this.prevTheta?.hash ? this.prevTheta.weights : null;
+    if (!base) { this.log(`round ${e.round}: base ${e.baseHash.slice(0, 12)} not held, not training`); return; }
+    const job: TrainJob = { round: e.round, baseHash: e.baseHash, shards: [...e.shards], maxSteps: e.steps, base: base.slice(), until: e.until, startedAt: Date.now(), stop: false };
     this.training = job;
+    void this.runJob(job);
+  }
+
+  private async runJob(job: TrainJob): Promise<void> {
     await new Promise((r) => setImmediate(r));
     const m = this.m, B = m.hyper.batch, T = m.model.ctx, P = this.theta.length;
     if (job.stop || this.stopped) return;
-    if (weightsHash(this.theta) !== e.baseHash) { this.log(`round ${e.round}: base hash mismatch, not training`); return; }
-    const base = this.theta.slice();
     const local = this.gpt;
-    local.params.set(base);
-    const samplers = e.shards.map((sh, i) => new BatchSampler(shardSlice(this.train, sh, this.p.numShards, T), B, T, BigInt('0x' + this.state.seed.slice(0, 12)) + BigInt(i)));
+    local.params.set(job.base);
+    const seed = BigInt('0x' + roundSeed(this.o.manifest.runId, job.round).slice(0, 12));
+    const samplers = job.shards.map((sh, i) => new BatchSampler(shardSlice(this.train, sh, this.p.numShards, T), B, T, seed + BigInt(i)));
     const batch: Batch = { inputs: new Int32Array(B * T), targets: new Int32Array(B * T) };
     let steps = 0;
-    for (let i = 0; i < e.steps; i++) {
-      if (job.stop || this.stopped || Date.now() >= e.until) break;
+    for (let i = 0; i < job.maxSteps; i++) {
+      if (job.stop || this.stopped || (job.until !== null && Date.now() >= job.until)) break;
       samplers[i % samplers.length].next(batch);
+      const t0 = performance.now();
       local.zeroGrad();
       const loss = local.forwardBackward(batch.inputs, batch.targets, B, T);
       if (!Number.isFinite(loss)) break;
-      this.opt.update(local.params, local.grads, lrAt(m.hyper.schedule, e.round * m.hyper.innerSteps + i));
+      this.opt.update(local.params, local.grads, lrAt(m.hyper.schedule, job.round * m.hyper.innerSteps + i));
+      this.computeMs += performance.now() - t0;
+      this.innerStepsRun++;
       steps++;
       await new Promise((r) => setImmediate(r));
     }
+    // Rounds are paced by the training budget (a tiny model finishes its H steps in
+    // milliseconds; unpaced rounds would outrun joiners' snapshot downloads). Without overlap:
+    // submit at `until` at the earliest. With overlap the job started at the last submission, so
+    // it lasts at least trainMs and at most until `until`: when H steps take longer than trainMs
+    // the peer never waits, and the next job starts the moment this one is submitted.
+    const minEnd = (): number => (this.m.hyper.overlap === 'none' ? job.until! : Math.min(job.until!, job.startedAt + this.m.timing.trainMs));
+    while (!job.stop && !this.stopped && (job.until === null || Date.now() < minEnd())) {
+      await new Promise((r) => setTimeout(r, job.until === null ? 20 : Math.max(1, Math.min(20, minEnd() - Date.now()))));
+    }
+    if (this.training === job) this.training = null;
     if (job.stop || this.stopped) return;
     const delta = new Float32Array(P);
-    for (let i = 0; i < P; i++) delta[i] = base[i] - local.params[i];
+    for (let i = 0; i < P; i++) delta[i] = job.base[i] - local.params[i];
     let hash = '0'.repeat(64);
     if (steps > 0) {
       const enc = this.codec.encode(delta, this.ef ?? undefined);
       hash = sha256Hex(enc.bytes);
-      this.store.set(hash, { bytes: enc.bytes, round: e.round });
+      this.store.set(hash, { bytes: enc.bytes, round: job.round });
       this.deltas.set(hash, enc.decoded);
     }
-    // Rounds are paced by the training budget: submit at `until` at the earliest. (A tiny model
-    // finishes its H steps in milliseconds; unpaced rounds outrun joiners' snapshot downloads.)
-    while (Date.now() < e.until && !job.stop && !this.stopped) await new Promise((r) => setTimeout(r, Math.min(50, e.until - Date.now())));
-    if (this.training === job) this.training = null;
-    if (job.stop || this.stopped) return;
-    this.dispatch({ type: 'trained', round: e.round, updateHash: hash, steps });
+    this.dispatch({ type: 'trained', round: job.round, updateHash: hash, steps });
   }
 
   private apply(e: Extract<Effect, { type: 'apply' }>): void {
-    if (weightsHash(this.theta) !== e.baseHash) {
+    if (this.thetaHash !== e.baseHash) {
       this.log(`round ${e.round}: our weights are not the round's base; waiting for resync`);
       return;
     }
     const ups: CommittedUpdate[] = e.included.map((u) => ({ peer: u.peer, tokens: u.tokens, delta: this.deltas.get(u.updateHash)! }));
     if (ups.some((u) => !u.delta)) { this.log(`round ${e.round}: missing a payload at apply`); return; }
+    if (this.m.hyper.overlap !== 'none') this.prevTheta = { hash: this.thetaHash, weights: this.theta.slice() };
     applyCommitted(this.theta, this.outer, ups);
     const h = weightsHash(this.theta);
+    this.thetaHash = h;
     const valLoss = this.evaluate();
     this.lastVal = valLoss;
     const roster = this.state.roster.length;
@@ -424,7 +535,7 @@ export class SwarmNode {
   }
 
   private evaluate(): number {
-    const g = this.gpt;
+    const g = this.evalGpt;
     g.params.set(this.theta);
     let sum = 0;
     for (const b of this.evalSet) sum += g.loss(b.inputs, b.targets, this.m.hyper.batch, this.m.model.ctx);
@@ -434,19 +545,51 @@ export class SwarmNode {
   private report(event: 'round' | 'synced', round: number, valLoss: number, roster: number, included: number, h: string): void {
     const w = this.host.metrics.snapshot().wire;
     const now = Date.now();
+    const nowPerf = performance.now();
+    const wall = nowPerf - this.lastCompute.at;
     const r: RoundReport = {
-      event, round, valLoss, peers: this.channel.subscribers().length + 1, roster, included, weightsHash: h,
+      event, round, valLoss, computeFraction: wall > 0 ? Math.min(1, (this.computeMs - this.lastCompute.ms) / wall) : 0,
+      innerSteps: this.innerStepsRun - this.lastCompute.steps,
+      cpuFraction: wall > 0 ? (cpuMs() - this.lastCompute.cpu) / wall : 0, peers: this.channel.subscribers().length + 1, roster, included, weightsHash: h,
       bytesSent: w.sent - this.lastBytes.sent, bytesReceived: w.received - this.lastBytes.received, seconds: (now - this.roundStart) / 1000,
     };
     this.lastBytes = { ...w };
+    this.lastCompute = { ms: this.computeMs, steps: this.innerStepsRun, at: nowPerf, cpu: cpuMs() };
     this.roundStart = now;
     this.o.onRound?.(r);
+  }
+
+  /**
+   * Resume from this node's own last snapshot (after Ctrl-C, or when every peer of a run was
+   * stopped): install it as if a peer had served it. If the others moved on meanwhile, their
+   * traffic shows this node is behind and it resyncs from them as usual.
+   */
+  private restoreLocal(): void {
+    if (!existsSync(this.snapPath)) return;
+    try {
+      const b = decodeBundle(readFileSync(this.snapPath), this.theta.length);
+      if (weightsHash(b.theta) !== b.snap.weightsHash) throw new InvalidInputError('weights do not match the snapshot hash');
+      this.theta.set(b.theta);
+      this.thetaHash = b.snap.weightsHash;
+      this.prevTheta = null;
+      this.outer.momentum.set(b.momentum);
+      this.dispatch({ type: 'synced', snapshot: b.snap });
+      if (this.state.round === b.snap.round) {
+        this.log(`resumed at round ${b.snap.round} from ${this.snapPath}`);
+        this.report('synced', b.snap.round, this.evaluate(), b.snap.roster.length, 0, b.snap.weightsHash);
+      }
+    } catch (err) {
+      this.logger.warn({ file: this.snapPath, err: (err as Error).message }, 'ignoring unreadable local snapshot; syncing from peers');
+    }
   }
 
   private advertiseSnapshot(): void {
     const snap = snapshotOf(this.state);
     if (!snap) return;
     const bytes = encodeBundle(snap, this.theta, this.outer.momentum);
+    const tmp = this.snapPath + '.tmp';
+    writeFileSync(tmp, bytes);
+    renameSync(tmp, this.snapPath);
     const bundle = sha256Hex(bytes);
     this.store.set(bundle, { bytes, round: snap.round });
     this.channel.publish('node.snap', { round: snap.round, weightsHash: snap.weightsHash, bundle }).catch(() => undefined);
@@ -469,6 +612,8 @@ export class SwarmNode {
           if (weightsHash(b.theta) !== b.snap.weightsHash) throw new InvalidInputError('snapshot weights do not match its hash');
           if (this.stopped || (this.state.phase !== 'syncing' && this.state.phase !== 'unsynced')) return;
           this.theta.set(b.theta);
+          this.thetaHash = b.snap.weightsHash;
+          this.prevTheta = null;
           this.outer.momentum.set(b.momentum);
           this.deltas.clear();
           this.dispatch({ type: 'synced', snapshot: b.snap });

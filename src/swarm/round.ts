@@ -121,6 +121,8 @@ export const SnapshotSchema = z.object({
   weightsHash: HashSchema,
   roster: z.array(PeerIdSchema).min(1).max(MAX_ROSTER),
   missed: z.array(z.number().int().min(0).max(1_000_000)),
+  /** Hash of the weights this round's updates are built on (≠ weightsHash only in delayed mode). */
+  trainBase: HashSchema.optional(),
 }).strict().refine((s) => s.missed.length === s.roster.length, { message: 'missed must align with roster' })
   .refine((s) => s.roster.every((p, i) => i === 0 || compareIds(s.roster[i - 1], p) < 0), { message: 'roster must be sorted and unique' });
 export type RoundSnapshot = z.infer<typeof SnapshotSchema>;
@@ -141,8 +143,20 @@ export const RoundParamsSchema = z.object({
   genesisWeightsHash: HashSchema,
   /** Retry period for fetches and resyncs. */
   retryMs: z.number().int().min(1),
+  /**
+   * Overlap of each round's exchange with the next round's inner steps. In both modes a peer
+   * that submits round r gets a `pretrain` hint to start round r+1's steps from θ_r at once.
+   * - 'delayed': one-step-delayed outer update: round r's updates are built on θ_{r-1} (round 0
+   *   and round 1 both on θ_0). Re-executable from a round's agreed weights; applies every
+   *   peer's progress twice in effect (Δ_r and Δ_{r-1} start from nearby points), so it needs
+   *   about half the outer lr.
+   * - 'shift': updates are built on θ_r as without overlap; the driver moves its running job
+   *   onto θ_r when θ_r is known (local += θ_r − θ_{r-1}), so the first steps of a round use
+   *   slightly stale gradients and nothing is counted twice.
+   */
+  overlap: z.enum(['none', 'delayed', 'shift']).default('none'),
 }).strict();
-export type RoundParams = z.infer<typeof RoundParamsSchema>;
+export type RoundParams = z.input<typeof RoundParamsSchema>;
 
 export function roundParams(d: Pick<DecodedManifest, 'manifest' | 'runId'>, retryMs?: number): RoundParams {
   const m = d.manifest;
@@ -159,6 +173,7 @@ export function roundParams(d: Pick<DecodedManifest, 'manifest' | 'runId'>, retr
     maxMissedRounds: m.timing.maxMissedRounds,
     genesisWeightsHash: m.genesisWeightsHash,
     retryMs: retryMs ?? m.timing.commitMs,
+    overlap: m.hyper.overlap,
   };
 }
 
@@ -179,6 +194,13 @@ export type Effect =
   | { type: 'send'; to: string; msg: Message }
   /** Run `steps` inner steps from θ (hash baseHash) on these shards; stop at local time `until`; report `trained`. */
   | { type: 'train'; round: number; baseHash: string; shards: number[]; steps: number; until: number }
+  /**
+   * Delayed mode only, a hint: round `round` will most likely train from θ (hash baseHash, the
+   * weights this peer holds now) on these shards, so the driver may start those inner steps now,
+   * overlapping this round's exchange. The later `train` effect is authoritative: the driver
+   * keeps the early steps only if round, baseHash and shards all match it.
+   */
+  | { type: 'pretrain'; round: number; baseHash: string; shards: number[]; steps: number }
   | { type: 'stop-training'; round: number }
   /** Obtain these update payloads (from any of `from`) and deliver their `update` messages. */
   | { type: 'fetch'; round: number; updates: { peer: string; updateHash: string }[]; from: string[] }
@@ -235,8 +257,12 @@ export interface RoundState {
   phase: Phase;
   /** -1 until synced. */
   round: number;
-  /** Hash of θ_round, the base every update of this round must be built on. */
+  /** Hash of θ_round, the weights this round's decided updates are applied to. */
   weightsHash: string;
+  /** Hash every update of this round must be built on: weightsHash, or θ_{round-1} in 'delayed' overlap. */
+  trainBase: string;
+  /** The driver holds the trainBase weights (false after syncing into a round in delayed mode). */
+  baseHeld: boolean;
   /** Sorted. */
   roster: string[];
   /** Aligned with roster: consecutive rounds each member was not heard from (by the deciding leader). */
@@ -358,7 +384,7 @@ export function nextRoster(p: RoundParams, roster: readonly string[], missed: re
 /** The snapshot a resyncing peer needs from this one, or null when this peer is not synced. */
 export function snapshotOf(s: RoundState): RoundSnapshot | null {
   if (s.phase === 'unsynced' || s.phase === 'syncing') return null;
-  return { round: s.round, weightsHash: s.weightsHash, roster: [...s.roster], missed: [...s.missed] };
+  return { round: s.round, weightsHash: s.weightsHash, roster: [...s.roster], missed: [...s.missed], ...(s.params.overlap === 'delayed' ? { trainBase: s.trainBase } : {}) };
 }
 
 /** The local time at which the next tick can change anything (Infinity: only an event can). */
@@ -432,7 +458,7 @@ export function init(opts: InitOptions): StepResult {
     restored = r.data;
   }
   const s: RoundState = {
-    self: opts.self, params: params.data, now: opts.now, phase: 'unsynced', round: -1, weightsHash: '', roster: [], missed: [],
+    self: opts.self, params: params.data, now: opts.now, phase: 'unsynced', round: -1, weightsHash: '', trainBase: '', baseHeld: false, roster: [], missed: [],
     seed: '', order: [], member: false, voting: false, noVoteThrough: restored ? restored.round - 1 : -1, restored, training: false, startedAt: opts.now, closedAt: null, trainingActive: false,
     updates: new Map(), byPeer: new Map(), joins: [], heard: [], ahead: [], promised: 0, accepted: null, attempt: 0, attemptDeadline: Infinity,
     promises: new Map(), proposed: [], votes: new Map(), pending: null, decision: null, fetchDeadline: Infinity, repliedTo: [], future: [],
@@ -560,7 +586,11 @@ function closeCollection(c: Ctx, byCommit = false): void {
   }
 }
 
-interface StartInfo { round: number; weightsHash: string; roster: string[]; missed: number[] }
+interface StartInfo {
+  round: number; weightsHash: string; roster: string[]; missed: number[];
+  /** Delayed mode: the updates' base, and whether the driver holds those weights. */
+  trainBase?: string; baseHeld?: boolean;
+}
 interface Carry {
   promised: number;
   accepted: Commit | null;
@@ -574,6 +604,8 @@ function startRound(c: Ctx, info: StartInfo, carry: Carry | null, voting = true)
   s.voting = voting && info.round > s.noVoteThrough;
   s.round = info.round;
   s.weightsHash = info.weightsHash;
+  s.trainBase = p.overlap === 'delayed' ? info.trainBase ?? info.weightsHash : info.weightsHash;
+  s.baseHeld = p.overlap === 'delayed' ? info.baseHeld ?? true : true;
   s.roster = info.roster;
   s.missed = info.missed;
   s.seed = roundSeed(p.runId, info.round);
@@ -604,11 +636,11 @@ function startRound(c: Ctx, info: StartInfo, carry: Carry | null, voting = true)
   for (const r of [...s.announces.keys()]) if (r < s.round - 1) s.announces.delete(r);
   if (s.member && s.training && s.byPeer.has(s.self)) {
     s.phase = 'collecting'; // re-entered a round whose update we already published
-  } else if (s.member && s.training) {
+  } else if (s.member && s.training && s.baseHeld) {
     s.phase = 'training';
     s.trainingActive = true;
     const shards = assignShards(s.seed, s.roster, p.numShards).get(s.self)!;
-    c.effects.push({ type: 'train', round: s.round, baseHash: s.weightsHash, shards, steps: p.innerSteps, until: s.startedAt + p.trainMs });
+    c.effects.push({ type: 'train', round: s.round, baseHash: s.trainBase, shards, steps: p.innerSteps, until: s.startedAt + p.trainMs });
   } else {
     s.phase = s.training ? 'collecting' : 'waiting';
   }
@@ -713,7 +745,7 @@ function handleUpdate(c: Ctx, m: UpdateMsg): void {
   const s = c.s;
   if (!has(s.roster, m.from)) { reject(c, 'not-member', `update from non-member ${m.from}`, m.from); return; }
   if (!s.training) { reject(c, 'wrong-phase', 'no training in a waiting round', m.from); return; }
-  if (m.baseHash !== s.weightsHash) { reject(c, 'wrong-base', `update built on ${m.baseHash.slice(0, 12)}, round base is ${s.weightsHash.slice(0, 12)}`, m.from); return; }
+  if (m.baseHash !== s.trainBase) { reject(c, 'wrong-base', `update built on ${m.baseHash.slice(0, 12)}, round base is ${s.trainBase.slice(0, 12)}`, m.from); return; }
   if (s.updates.has(m.updateHash)) { reject(c, 'duplicate', `update ${m.updateHash.slice(0, 12)} already held`, m.from); return; }
   const listed = (k: Commit | null | undefined) => k?.included.some((u) => u.updateHash === m.updateHash && u.peer === m.from) ?? false;
   if (listed(s.decision?.commit) || listed(s.pending)) {
@@ -1023,10 +1055,17 @@ function handleTrained(c: Ctx, e: Extract<RoundEvent, { type: 'trained' }>): voi
   if (s.phase === 'training') s.phase = 'collecting';
   if (e.steps === 0) return; // nothing trained: nothing to publish
   if (s.updates.has(e.updateHash)) { reject(c, 'duplicate', 'own update hash already held'); return; }
-  const msg: UpdateMsg = { type: 'update', from: s.self, round: s.round, baseHash: s.weightsHash, updateHash: e.updateHash, steps: e.steps };
+  const msg: UpdateMsg = { type: 'update', from: s.self, round: s.round, baseHash: s.trainBase, updateHash: e.updateHash, steps: e.steps };
   s.updates.set(e.updateHash, msg);
   s.byPeer.set(s.self, e.updateHash);
   c.effects.push({ type: 'broadcast', msg });
+  if (s.params.overlap !== 'none') {
+    // Next round builds on the weights held now (θ_round); its roster is not decided yet, so
+    // this guesses that it is unchanged. The next `train` effect confirms or replaces it.
+    const p = s.params;
+    const shards = assignShards(roundSeed(p.runId, s.round + 1), s.roster, p.numShards).get(s.self)!;
+    c.effects.push({ type: 'pretrain', round: s.round + 1, baseHash: s.weightsHash, shards, steps: p.innerSteps });
+  }
 }
 
 function handleApplied(c: Ctx, e: Extract<RoundEvent, { type: 'applied' }>): void {
@@ -1046,7 +1085,7 @@ function finishRound(c: Ctx, resultHash: string): void {
     c.effects.push({ type: 'broadcast', msg: { type: 'announce', from: s.self, round: s.round, weightsHash: resultHash, valueHash: d.valueHash } });
   }
   const next = nextRoster(s.params, s.roster, s.missed, d.commit);
-  startRound(c, { round: s.round + 1, weightsHash: resultHash, roster: next.roster, missed: next.missed }, null);
+  startRound(c, { round: s.round + 1, weightsHash: resultHash, roster: next.roster, missed: next.missed, trainBase: s.weightsHash, baseHeld: true }, null);
 }
 
 function startResync(c: Ctx, from: string[], target: { round: number; weightsHash: string } | null): void {
@@ -1066,6 +1105,7 @@ function handleSynced(c: Ctx, raw: RoundSnapshot): void {
   const parsed = SnapshotSchema.safeParse(raw);
   if (!parsed.success) { reject(c, 'malformed', parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')); return; }
   const snap = parsed.data;
+  if (s.params.overlap === 'delayed' && snap.trainBase === undefined) { reject(c, 'malformed', 'snapshot of a delayed-mode run lacks trainBase'); return; }
   const t = s.sync?.target ?? null;
   if (snap.round < s.round) { reject(c, 'stale-snapshot', `snapshot of round ${snap.round} is behind our round ${s.round}`); return; }
   if (t && snap.round < t.round) { reject(c, 'stale-snapshot', `snapshot of round ${snap.round}, need round ${t.round}`); return; }
@@ -1080,5 +1120,8 @@ function handleSynced(c: Ctx, raw: RoundSnapshot): void {
   if (!same || (s.prev && s.prev.round !== snap.round - 1)) s.prev = null;
   // From a fresh start we cannot know what we voted before a crash: sit out this round's voting.
   const voting = same ? s.voting : s.phase !== 'unsynced' || s.restored !== null;
-  startRound(c, { round: snap.round, weightsHash: snap.weightsHash, roster: [...snap.roster], missed: [...snap.missed] }, carry, voting);
+  // Delayed mode: the installed snapshot is θ_round, not the base θ_{round-1} this round trains
+  // from, so this peer only votes and applies in this round and trains from the next one.
+  const heldBase = keep !== null && s.baseHeld;
+  startRound(c, { round: snap.round, weightsHash: snap.weightsHash, roster: [...snap.roster], missed: [...snap.missed], trainBase: snap.trainBase ?? snap.weightsHash, baseHeld: heldBase }, carry, voting);
 }
