@@ -16,6 +16,8 @@ import type { ModelConfig } from '../src/model/config.js';
 import { AdamW, DEFAULT_ADAMW } from '../src/train/adamw.js';
 import { Trainer } from '../src/train/trainer.js';
 import { encodedSize } from '../src/swarm/compress/index.js';
+import { OuterNesterov, aggregate } from '../src/swarm/outer.js';
+import { lrAt } from '../src/train/schedule.js';
 import {
   DEFAULT_ARM_SETTINGS, DEFAULT_SIM, dpBytesPerStep, evalSchedule, parseArm, runSim, samplerSeed, type SimOptions,
 } from '../src/swarm/sim.js';
@@ -35,7 +37,7 @@ function opts(over: Partial<SimOptions>): SimOptions {
 }
 
 test('arm names parse; bad ones are rejected', () => {
-  assert.deepEqual(parseArm('dp'), { name: 'dp', kind: 'dp', H: 1, codec: null, efBeta: null, outer: null });
+  assert.deepEqual(parseArm('dp'), { name: 'dp', kind: 'dp', H: 1, codec: null, efBeta: null, outer: null, delayed: false });
   const d = parseArm('diloco-30');
   assert.equal(d.H, 30); assert.equal(d.codec, 'fp32'); assert.equal(d.efBeta, null); assert.deepEqual(d.outer, { lr: 0.7, momentum: 0.9 });
   const s = parseArm('diloco-30-sparse');
@@ -44,7 +46,15 @@ test('arm names parse; bad ones are rejected', () => {
   assert.equal(sl.codec, 'sparse'); assert.equal(sl.efBeta, 0.95); assert.deepEqual(sl.outer, { lr: 1, momentum: 0 });
   // --sparseloco-lr / --sparseloco-momentum reach the arm through ArmDefaults.
   assert.deepEqual(parseArm('sparseloco-30', { ...DEFAULT_ARM_SETTINGS, sparselocoOuter: { lr: 3, momentum: 0.5 } }).outer, { lr: 3, momentum: 0.5 });
-  for (const bad of ['diloco', 'diloco-0', 'diloco-30-zip', 'DP', 'sparseloco-x']) assert.throws(() => parseArm(bad), /arm/);
+  assert.equal(d.delayed, false); assert.equal(s.delayed, false); assert.equal(sl.delayed, false);
+  // '-delayed': the same arm with the one-step-delayed outer update.
+  assert.deepEqual(parseArm('diloco-30-delayed'), { ...d, name: 'diloco-30-delayed', delayed: true });
+  assert.deepEqual(parseArm('diloco-30-sparse-delayed'), { ...s, name: 'diloco-30-sparse-delayed', delayed: true });
+  assert.deepEqual(parseArm('diloco-30-fp16-delayed').codec, 'fp16');
+  assert.deepEqual(parseArm('sparseloco-30-delayed'), { ...sl, name: 'sparseloco-30-delayed', delayed: true });
+  for (const bad of ['diloco', 'diloco-0', 'diloco-30-zip', 'DP', 'sparseloco-x', 'dp-delayed', 'diloco-30-delayed-sparse', 'diloco-delayed', 'sparseloco-30-delayed-delayed']) {
+    assert.throws(() => parseArm(bad), /arm/, bad);
+  }
   assert.deepEqual(evalSchedule(10, 3), [0, 3, 7, 10]);
 });
 
@@ -185,3 +195,71 @@ test('warm start: the first N steps are dp steps with dense bytes counted exactl
 function runSimSync(over: Partial<SimOptions>) {
   return runSim(data, kernels, opts({ arms: [parseArm('dp')], ...over }));
 }
+
+test('-delayed: one round equals the plain arm; later rounds train from θ_{r−1} and differ, bytes unchanged', async () => {
+  const M = 3, H = 4;
+  const sparse = { chunk: 1024, k: 16 };
+  const names = [`diloco-${H}`, `diloco-${H}-sparse`, `sparseloco-${H}`];
+  const arms = names.flatMap((n) => [parseArm(n), parseArm(`${n}-delayed`)]);
+  // (a) A single round (S = H): round 0 starts from θ_0 in both variants, so they are identical.
+  const one = await runSim(data, kernels, opts({ workers: M, tokens: M * 2 * 16 * H, arms, sparse }));
+  for (let i = 0; i < arms.length; i += 2) {
+    const [a, b] = [one.arms[i], one.arms[i + 1]];
+    assert.equal(a.rounds, 1); assert.equal(b.rounds, 1);
+    assert.equal(a.delayed, false); assert.equal(b.delayed, true);
+    assert.equal(b.weightsHash, a.weightsHash, b.name);
+    assert.equal(b.finalValLoss, a.finalValLoss, b.name);
+    assert.deepEqual(b.curve, a.curve, b.name);
+  }
+  // (b) Three rounds: rounds 1 and 2 start from stale weights, so the result differs; the bytes
+  // (the same messages) do not; everything stays finite.
+  const S = 3 * H;
+  const three = await runSim(data, kernels, opts({ workers: M, tokens: M * 2 * 16 * S, arms, sparse }));
+  for (let i = 0; i < arms.length; i += 2) {
+    const [a, b] = [three.arms[i], three.arms[i + 1]];
+    assert.equal(b.rounds, 3);
+    assert.notEqual(b.weightsHash, a.weightsHash, b.name);
+    assert.notEqual(b.finalValLoss, a.finalValLoss, b.name);
+    assert.ok(Number.isFinite(b.finalValLoss) && b.finalValLoss < Math.log(300) + 0.5, `${b.name} loss ${b.finalValLoss}`);
+    for (const p of b.curve) assert.ok(Number.isFinite(p.valLoss), `${b.name} step ${p.step}`);
+    assert.equal(b.allWorkersSent, a.allWorkersSent, `${b.name} sent`);
+    assert.equal(b.allWorkersReceived, a.allWorkersReceived, `${b.name} received`);
+    assert.equal(b.messageBytes, a.messageBytes);
+  }
+});
+
+test('-delayed follows the rule exactly: base_r = θ_{max(r−1,0)}, Δ = base_r − θ_local, θ_{r+1} = Outer(θ_r, mean Δ)', async () => {
+  const M = 2, H = 3, S = 10; // 4 rounds, the last one shorter
+  const outerSettings = { lr: 0.9, momentum: 0.5 };
+  const arm = parseArm(`diloco-${H}-delayed`, { ...DEFAULT_ARM_SETTINGS, outer: outerSettings });
+  const o = opts({ workers: M, tokens: M * 2 * 16 * S, arms: [arm] });
+  const r = await runSim(data, kernels, o);
+  // Reference: the same primitives, written out.
+  const gpt = new GPT(o.model, kernels);
+  gpt.init(o.seed);
+  let theta = gpt.params.slice();
+  let prev: Float32Array | null = null;
+  const P = theta.length;
+  const sched = { kind: 'cosine' as const, maxLr: o.lr, minLrFrac: o.minLrFrac, warmupSteps: o.warmup, totalSteps: S, decayFrac: 0.2 };
+  const opts_ = Array.from({ length: M }, () => new AdamW(o.model, o.adamw, kernels));
+  const samplers = Array.from({ length: M }, (_, w) => new BatchSampler(data.train, o.batch, o.model.ctx, samplerSeed(o.seed, w)));
+  const outer = new OuterNesterov(P, outerSettings);
+  for (let start = 0; start < S; start += H) {
+    const base = prev ?? theta;
+    const deltas: Float32Array[] = [];
+    for (let w = 0; w < M; w++) {
+      gpt.params.set(base);
+      for (let s = start; s < Math.min(S, start + H); s++) {
+        const b = samplers[w].next();
+        gpt.zeroGrad();
+        gpt.forwardBackward(b.inputs, b.targets, o.batch, o.model.ctx);
+        opts_[w].update(gpt.params, gpt.grads, lrAt(sched, s));
+      }
+      deltas.push(base.map((x, i) => x - gpt.params[i]));
+    }
+    prev = theta.slice();
+    outer.step(theta, aggregate(deltas, [1, 1]));
+  }
+  assert.equal(r.arms[0].rounds, 4);
+  assert.equal(r.arms[0].weightsHash, weightsHash(theta));
+});

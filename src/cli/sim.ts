@@ -87,7 +87,7 @@ export function register(program: Command): void {
     .description('simulate an M-worker DiLoCo swarm in-process (exact bytes, no sockets) and compare it with data-parallel AdamW at equal tokens')
     .option('--workers <M>', 'simulated workers', int(1, 1024), DEFAULT_SIM.workers)
     .option('--tokens <n>', 'token budget per arm, all workers together (rounded down to whole global steps)', int(1), SIM_DEFAULT_TOKENS)
-    .option('--arms <list>', 'comma-separated: dp, diloco-<H>, diloco-<H>-<fp32|fp16|int8|sparse>, sparseloco-<H>', DEFAULT_ARMS.join(','))
+    .option('--arms <list>', 'comma-separated: dp, diloco-<H>, diloco-<H>-<fp32|fp16|int8|sparse>, sparseloco-<H>; append -delayed to a DiLoCo arm for the one-step-delayed outer update (overlap mode)', DEFAULT_ARMS.join(','))
     .option('--data <path>', "'brown' (embedded) or a text file, directory or JSONL file", 'brown')
     .option('--cache-dir <dir>', 'tokenizer and token cache', defaultCacheDir())
     .option('--vocab <n>', 'vocabulary size', int(257, 1 << 20), SIM_DEFAULT_MODEL.vocabSize)

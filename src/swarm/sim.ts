@@ -19,6 +19,18 @@
  *   sparseloco-H          SparseLoCo (Sarfi et al. 2025): the sparse codec with error feedback
  *                         decayed by β (default 0.95) standing in for outer momentum, and a
  *                         plain outer SGD step (lr 1, momentum 0).
+ *   <diloco arm>-delayed  the same arm with a ONE-STEP-DELAYED outer update (e.g. diloco-30-delayed,
+ *                         diloco-30-sparse-delayed, sparseloco-30-delayed). Why: so the exchange of
+ *                         round r−1's pseudo-gradients can overlap with round r's inner steps
+ *                         instead of stalling compute (the swarm's overlap mode). Round r's workers
+ *                         start from base_r = θ_{max(r−1,0)}, the shared weights at the START of the
+ *                         previous round (before its outer update; rounds 0 and 1 both start from
+ *                         θ_0), form Δ_w = base_r − θ_local (same codec and error feedback), and
+ *                         the aggregate is applied by the same outer optimizer to the CURRENT
+ *                         shared weights: θ_{r+1} = Outer(θ_r, mean Δ). Inner AdamW state, bytes
+ *                         (the same messages) and validation (on the shared θ) are unchanged, so a
+ *                         one-round run equals the non-delayed arm and the difference is the loss
+ *                         cost of the staleness alone.
  *
  * Exact bytes, per worker (P = parameter count, S = steps, M = workers):
  *   dp:      ring all-reduce of P fp32 per step: each worker sends 2·(M−1)/M·4P bytes and
@@ -74,6 +86,8 @@ export interface ArmSpec {
   /** Error-feedback decay β, or null for no error feedback. */
   efBeta: number | null;
   outer: OuterSettings | null;
+  /** One-step-delayed outer update (the '-delayed' suffix; DiLoCo arms only). */
+  delayed: boolean;
 }
 
 export const DEFAULT_ARMS: readonly string[] = Object.freeze([
@@ -96,24 +110,24 @@ export const DEFAULT_ARM_SETTINGS: ArmDefaults = {
   sparselocoOuter: { lr: 1, momentum: 0 },
 };
 
-/** 'dp' | 'diloco-<H>' | 'diloco-<H>-<fp32|fp16|int8|sparse>' | 'sparseloco-<H>'. */
+/** 'dp' | 'diloco-<H>' | 'diloco-<H>-<fp32|fp16|int8|sparse>' | 'sparseloco-<H>', the DiLoCo ones optionally + '-delayed'. */
 export function parseArm(name: string, d: ArmDefaults = DEFAULT_ARM_SETTINGS): ArmSpec {
   const s = name.trim();
-  if (s === 'dp') return { name: s, kind: 'dp', H: 1, codec: null, efBeta: null, outer: null };
-  let m = /^diloco-(\d+)(?:-(fp32|fp16|int8|sparse))?$/.exec(s);
+  if (s === 'dp') return { name: s, kind: 'dp', H: 1, codec: null, efBeta: null, outer: null, delayed: false };
+  let m = /^diloco-(\d+)(?:-(fp32|fp16|int8|sparse))?(-delayed)?$/.exec(s);
   if (m) {
     const H = Number(m[1]);
     if (!(H >= 1 && H <= 1_000_000)) throw new InvalidInputError(`arm ${s}: H must be in [1, 1000000]`);
     const codec = (m[2] ?? 'fp32') as CodecId;
-    return { name: s, kind: 'diloco', H, codec, efBeta: codec === 'sparse' ? d.sparseEfBeta : null, outer: d.outer };
+    return { name: s, kind: 'diloco', H, codec, efBeta: codec === 'sparse' ? d.sparseEfBeta : null, outer: d.outer, delayed: m[3] !== undefined };
   }
-  m = /^sparseloco-(\d+)$/.exec(s);
+  m = /^sparseloco-(\d+)(-delayed)?$/.exec(s);
   if (m) {
     const H = Number(m[1]);
     if (!(H >= 1 && H <= 1_000_000)) throw new InvalidInputError(`arm ${s}: H must be in [1, 1000000]`);
-    return { name: s, kind: 'diloco', H, codec: 'sparse', efBeta: d.sparselocoEfBeta, outer: d.sparselocoOuter };
+    return { name: s, kind: 'diloco', H, codec: 'sparse', efBeta: d.sparselocoEfBeta, outer: d.sparselocoOuter, delayed: m[2] !== undefined };
   }
-  throw new InvalidInputError(`unknown arm "${s}": expected dp, diloco-<H>, diloco-<H>-<fp32|fp16|int8|sparse> or sparseloco-<H>`);
+  throw new InvalidInputError(`unknown arm "${s}": expected dp, diloco-<H>, diloco-<H>-<fp32|fp16|int8|sparse> or sparseloco-<H>, the last three optionally with -delayed`);
 }
 
 export interface SimOptions {
@@ -180,6 +194,8 @@ export interface ArmResult {
   codec: CodecId | null;
   efBeta: number | null;
   outer: OuterSettings | null;
+  /** One-step-delayed outer update (false for dp). */
+  delayed: boolean;
   steps: number;
   rounds: number;
   /** Tokens consumed, all workers together. */
@@ -365,6 +381,9 @@ export async function runSim(data: SimData, kernels: Kernels, o: SimOptions, hoo
       const efs = arm.efBeta === null ? null : Array.from({ length: M }, () => new ErrorFeedback(P, arm.efBeta!));
       const batch: Batch = { inputs: new Int32Array(B * T), targets: new Int32Array(B * T) };
       const delta = new Float32Array(P);
+      // Delayed arm: prev holds θ_{r−1} (the shared weights before the last outer update) once a
+      // round has completed; round r's workers start from base = θ_{max(r−1,0)}.
+      const prev = arm.delayed ? new Float32Array(P) : null;
       const lossSums = new Float64Array(arm.H);
       let start = W; // global inner step at which this round starts (after the warm start)
       while (start < S) {
@@ -380,9 +399,10 @@ export async function runSim(data: SimData, kernels: Kernels, o: SimOptions, hoo
         const decoded: Float32Array[] = [];
         const lengths: number[] = [];
         lossSums.fill(0);
+        const base = prev !== null && rounds > 0 ? prev : theta;
         for (let w = 0; w < M; w++) {
           if (hooks.signal?.aborted) throw new InvalidInputError('simulation interrupted');
-          gpt.params.set(theta);
+          gpt.params.set(base);
           const opt = opts[w];
           for (let s = start; s < end; s++) {
             samplers[w].next(batch);
@@ -393,7 +413,7 @@ export async function runSim(data: SimData, kernels: Kernels, o: SimOptions, hoo
             lossSums[s - start] += loss / M;
           }
           const local = gpt.params;
-          for (let i = 0; i < P; i++) delta[i] = theta[i] - local[i];
+          for (let i = 0; i < P; i++) delta[i] = base[i] - local[i];
           const enc = codec.encode(delta, efs ? efs[w] : undefined);
           lengths.push(enc.bytes.length);
           decoded.push(enc.decoded);
@@ -407,6 +427,7 @@ export async function runSim(data: SimData, kernels: Kernels, o: SimOptions, hoo
           allRecv += totalLen - lengths[w];
         }
         messageBytes = lengths[0];
+        if (prev !== null) prev.set(theta); // θ_r, the base of round r+1
         outer.step(theta, aggregate(decoded, new Array<number>(M).fill(1)));
         rounds++;
         for (let s = start; s < end; s++) hooks.onStep?.({ arm: arm.name, armIndex: ai, step: s + 1, steps: S, loss: lossSums[s - start] });
@@ -419,7 +440,7 @@ export async function runSim(data: SimData, kernels: Kernels, o: SimOptions, hoo
     }
     const last = curve[curve.length - 1];
     const res: ArmResult = {
-      name: arm.name, kind: arm.kind, H: arm.kind === 'dp' ? null : arm.H, codec: arm.codec, efBeta: arm.efBeta, outer: arm.outer,
+      name: arm.name, kind: arm.kind, H: arm.kind === 'dp' ? null : arm.H, codec: arm.codec, efBeta: arm.efBeta, outer: arm.outer, delayed: arm.delayed,
       steps: S, rounds, tokens: S * tokensPerStep, messageBytes,
       bytesSent: allSent / M, bytesReceived: allRecv / M, bytesTotal: (allSent + allRecv) / M,
       allWorkersSent: allSent, allWorkersReceived: allRecv,
