@@ -4,6 +4,7 @@
  * A tiny model on the Brown corpus (vocab 300, the BPE minimum region) keeps it to seconds.
  */
 import { test } from 'node:test';
+import { InvalidInputError } from '../src/util/errors.js';
 import assert from 'node:assert/strict';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -262,4 +263,24 @@ test('-delayed follows the rule exactly: base_r = θ_{max(r−1,0)}, Δ = base_r
   }
   assert.equal(r.arms[0].rounds, 4);
   assert.equal(r.arms[0].weightsHash, weightsHash(theta));
+});
+
+test('-shift<k>: parsed; one round equals the plain arm; later rounds begin k steps on θ_{r−1}, differ, bytes unchanged', async () => {
+  assert.equal(parseArm('diloco-4-sparse-shift2').shift, 2);
+  assert.equal(parseArm('sparseloco-30-shift5').shift, 5);
+  assert.equal(parseArm('diloco-30').shift, undefined);
+  for (const bad of ['dp-shift1', 'diloco-4-shift5', 'diloco-4-shift0', 'diloco-4-delayed-shift1']) assert.throws(() => parseArm(bad), InvalidInputError, bad);
+  const M = 2, H = 4;
+  const arms = [parseArm(`diloco-${H}`), parseArm(`diloco-${H}-shift2`), parseArm(`diloco-${H}-shift${H}`)];
+  const one = await runSim(data, kernels, opts({ workers: M, tokens: M * 2 * 16 * H, arms }));
+  for (const b of one.arms.slice(1)) assert.equal(b.weightsHash, one.arms[0].weightsHash, `${b.name}: round 0 has nothing to overlap`);
+  const three = await runSim(data, kernels, opts({ workers: M, tokens: M * 2 * 16 * 3 * H, arms }));
+  const [a, b, c] = three.arms;
+  assert.notEqual(b.weightsHash, a.weightsHash);
+  assert.notEqual(c.weightsHash, b.weightsHash);
+  for (const x of [b, c]) {
+    assert.ok(Number.isFinite(x.finalValLoss), x.name);
+    assert.equal(x.allWorkersSent, a.allWorkersSent);
+    assert.equal(x.shift, x === b ? 2 : H);
+  }
 });

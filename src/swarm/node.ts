@@ -247,7 +247,9 @@ export class SwarmNode {
     const want = this.o.genesisPeers?.length ? this.o.genesisPeers.length - 1 : (this.o.bootstrap?.length || mdnsOnly ? 1 : 0);
     const t0 = Date.now();
     const waitMs = mdnsOnly ? 5_000 : 15_000;
-    while (this.channel.subscribers().length < want && Date.now() - t0 < waitMs) await new Promise((r) => setTimeout(r, 100));
+    // Count the genesis peers themselves (any other subscriber, even a hostile one, does not help).
+    const seen = () => (this.o.genesisPeers?.length ? this.channel.subscribers().filter((p) => this.o.genesisPeers!.includes(p)).length : this.channel.subscribers().length);
+    while (seen() < want && Date.now() - t0 < waitMs) await new Promise((r) => setTimeout(r, 100));
     const discovered = mdnsOnly ? this.channel.subscribers() : [];
 
     let acceptor: AcceptorRecord | undefined;
@@ -378,6 +380,14 @@ export class SwarmNode {
     const msg = fromWire(kind, from, body);
     if (!msg) return;
     if (msg.type === 'update') {
+      // Only fetch payloads the reducer could accept (a member, this round): anything else goes
+      // straight to the reducer, which rejects it with its reason, and costs no download.
+      const st = this.state;
+      const synced = st.phase !== 'unsynced' && st.phase !== 'syncing';
+      if (synced && (msg.round < st.round || msg.round > st.round + 1 || (msg.round === st.round && !st.roster.includes(msg.from)))) {
+        this.dispatch({ type: 'message', msg });
+        return;
+      }
       this.updateMsgs.set(msg.updateHash, msg);
       if (this.deltas.has(msg.updateHash)) { this.dispatch({ type: 'message', msg }); return; }
       void this.fetchUpdate(msg.updateHash, [msg.from], msg.round, msg.from);
@@ -416,6 +426,7 @@ export class SwarmNode {
         }
         await new Promise((r) => setTimeout(r, 300));
       }
+      if (!this.deltas.has(hash)) this.updateMsgs.delete(hash); // never fetched: forget the claim
     } finally {
       this.fetching.delete(hash);
     }
@@ -424,10 +435,12 @@ export class SwarmNode {
   private deliverUpdate(hash: string, round: number, author: string): void {
     let msg = this.updateMsgs.get(hash);
     if (!msg) {
-      // Fetched for a decided set whose update message we never saw: rebuild it from the decision.
-      const inc = this.state.decision?.commit.included.find((u) => u.updateHash === hash);
-      if (!inc || this.state.round !== round) return;
-      msg = { type: 'update', from: author, round, baseHash: this.state.weightsHash, updateHash: hash, steps: Math.max(1, Math.round(inc.tokens / this.p.batch)) };
+      // Fetched for a pending or decided commit whose update message we never saw (lost on
+      // gossip): rebuild it from the commit, or the round could never be accepted.
+      const st = this.state;
+      const inc = [st.decision?.commit, st.pending].flatMap((k) => k?.included ?? []).find((u) => u.updateHash === hash && u.peer === author);
+      if (!inc || st.round !== round) return;
+      msg = { type: 'update', from: author, round, baseHash: st.trainBase, updateHash: hash, steps: Math.max(1, Math.round(inc.tokens / this.p.batch)) };
     }
     if (msg.from === this.host.peerId && this.state.updates.has(hash)) return;
     this.dispatch({ type: 'message', msg });

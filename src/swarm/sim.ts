@@ -88,6 +88,12 @@ export interface ArmSpec {
   outer: OuterSettings | null;
   /** One-step-delayed outer update (the '-delayed' suffix; DiLoCo arms only). */
   delayed: boolean;
+  /**
+   * '-shift<k>' (the swarm's default overlap): from round 1 on, each worker's first k inner
+   * steps run from θ_{r-1} + its own progress, as while round r-1 is still being exchanged;
+   * then the job is moved onto θ_r (local += θ_r − θ_{r-1}) and Δ = θ_r − local. 0 = none.
+   */
+  shift?: number;
 }
 
 export const DEFAULT_ARMS: readonly string[] = Object.freeze([
@@ -114,6 +120,14 @@ export const DEFAULT_ARM_SETTINGS: ArmDefaults = {
 export function parseArm(name: string, d: ArmDefaults = DEFAULT_ARM_SETTINGS): ArmSpec {
   const s = name.trim();
   if (s === 'dp') return { name: s, kind: 'dp', H: 1, codec: null, efBeta: null, outer: null, delayed: false };
+  const sh = /-shift(\d+)$/.exec(s);
+  if (sh) {
+    const base = parseArm(s.slice(0, -sh[0].length), d);
+    if (base.kind === 'dp' || base.delayed) throw new InvalidInputError(`arm "${s}": -shift<k> applies to diloco/sparseloco arms without -delayed`);
+    const k = Number(sh[1]);
+    if (!(k >= 1 && k <= base.H)) throw new InvalidInputError(`arm "${s}": shift k must be in 1..H (${base.H})`);
+    return { ...base, name: s, shift: k };
+  }
   let m = /^diloco-(\d+)(?:-(fp32|fp16|int8|sparse))?(-delayed)?$/.exec(s);
   if (m) {
     const H = Number(m[1]);
@@ -196,6 +210,8 @@ export interface ArmResult {
   outer: OuterSettings | null;
   /** One-step-delayed outer update (false for dp). */
   delayed: boolean;
+  /** Steps per round begun before the shift onto θ_r (0 = no overlap). */
+  shift: number;
   steps: number;
   rounds: number;
   /** Tokens consumed, all workers together. */
@@ -383,7 +399,8 @@ export async function runSim(data: SimData, kernels: Kernels, o: SimOptions, hoo
       const delta = new Float32Array(P);
       // Delayed arm: prev holds θ_{r−1} (the shared weights before the last outer update) once a
       // round has completed; round r's workers start from base = θ_{max(r−1,0)}.
-      const prev = arm.delayed ? new Float32Array(P) : null;
+      const shiftK = arm.shift ?? 0;
+      const prev = arm.delayed || shiftK > 0 ? new Float32Array(P) : null;
       const lossSums = new Float64Array(arm.H);
       let start = W; // global inner step at which this round starts (after the warm start)
       while (start < S) {
@@ -399,12 +416,16 @@ export async function runSim(data: SimData, kernels: Kernels, o: SimOptions, hoo
         const decoded: Float32Array[] = [];
         const lengths: number[] = [];
         lossSums.fill(0);
-        const base = prev !== null && rounds > 0 ? prev : theta;
+        const base = arm.delayed && rounds > 0 ? prev! : theta;
+        // Shift: the first k steps of round r ≥ 1 begin on θ_{r-1}, before θ_r is known.
+        const k = shiftK > 0 && rounds > 0 ? Math.min(shiftK, end - start) : 0;
         for (let w = 0; w < M; w++) {
           if (hooks.signal?.aborted) throw new InvalidInputError('simulation interrupted');
-          gpt.params.set(base);
+          gpt.params.set(k > 0 ? prev! : base);
           const opt = opts[w];
+          const shiftOnto = () => { const g = gpt.params; for (let i = 0; i < P; i++) g[i] += theta[i] - prev![i]; };
           for (let s = start; s < end; s++) {
+            if (k > 0 && s === start + k) shiftOnto();
             samplers[w].next(batch);
             gpt.zeroGrad();
             const loss = gpt.forwardBackward(batch.inputs, batch.targets, B, T);
@@ -412,6 +433,7 @@ export async function runSim(data: SimData, kernels: Kernels, o: SimOptions, hoo
             opt.update(gpt.params, gpt.grads, lrAt(innerSchedule, s));
             lossSums[s - start] += loss / M;
           }
+          if (k > 0 && k === end - start) shiftOnto();
           const local = gpt.params;
           for (let i = 0; i < P; i++) delta[i] = base[i] - local[i];
           const enc = codec.encode(delta, efs ? efs[w] : undefined);
@@ -427,7 +449,7 @@ export async function runSim(data: SimData, kernels: Kernels, o: SimOptions, hoo
           allRecv += totalLen - lengths[w];
         }
         messageBytes = lengths[0];
-        if (prev !== null) prev.set(theta); // θ_r, the base of round r+1
+        if (prev !== null) prev.set(theta); // θ_r: the base of round r+1 (delayed), or where its early steps begin (shift)
         outer.step(theta, aggregate(decoded, new Array<number>(M).fill(1)));
         rounds++;
         for (let s = start; s < end; s++) hooks.onStep?.({ arm: arm.name, armIndex: ai, step: s + 1, steps: S, loss: lossSums[s - start] });
@@ -440,7 +462,7 @@ export async function runSim(data: SimData, kernels: Kernels, o: SimOptions, hoo
     }
     const last = curve[curve.length - 1];
     const res: ArmResult = {
-      name: arm.name, kind: arm.kind, H: arm.kind === 'dp' ? null : arm.H, codec: arm.codec, efBeta: arm.efBeta, outer: arm.outer, delayed: arm.delayed,
+      name: arm.name, kind: arm.kind, H: arm.kind === 'dp' ? null : arm.H, codec: arm.codec, efBeta: arm.efBeta, outer: arm.outer, delayed: arm.delayed, shift: arm.shift ?? 0,
       steps: S, rounds, tokens: S * tokensPerStep, messageBytes,
       bytesSent: allSent / M, bytesReceived: allRecv / M, bytesTotal: (allSent + allRecv) / M,
       allWorkersSent: allSent, allWorkersReceived: allRecv,
