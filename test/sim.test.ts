@@ -269,11 +269,16 @@ test('-shift<k>: parsed; one round equals the plain arm; later rounds begin k st
   assert.equal(parseArm('diloco-4-sparse-shift2').shift, 2);
   assert.equal(parseArm('sparseloco-30-shift5').shift, 5);
   assert.equal(parseArm('diloco-30').shift, undefined);
+  assert.deepEqual([parseArm('sparseloco-30-eager5').shift, parseArm('sparseloco-30-eager5').eager], [5, true]);
   for (const bad of ['dp-shift1', 'diloco-4-shift5', 'diloco-4-shift0', 'diloco-4-delayed-shift1']) assert.throws(() => parseArm(bad), InvalidInputError, bad);
   const M = 2, H = 4;
   const arms = [parseArm(`diloco-${H}`), parseArm(`diloco-${H}-shift2`), parseArm(`diloco-${H}-shift${H}`)];
-  const one = await runSim(data, kernels, opts({ workers: M, tokens: M * 2 * 16 * H, arms }));
+  const eager = parseArm(`diloco-${H}-eager2`);
+  const one = await runSim(data, kernels, opts({ workers: M, tokens: M * 2 * 16 * H, arms: [...arms, eager] }));
   for (const b of one.arms.slice(1)) assert.equal(b.weightsHash, one.arms[0].weightsHash, `${b.name}: round 0 has nothing to overlap`);
+  const e3 = await runSim(data, kernels, opts({ workers: M, tokens: M * 2 * 16 * 3 * H, arms: [arms[1], eager] }));
+  assert.notEqual(e3.arms[1].weightsHash, e3.arms[0].weightsHash, 'eager begins on a different point than shift');
+  assert.ok(Number.isFinite(e3.arms[1].finalValLoss) && e3.arms[1].eager);
   const three = await runSim(data, kernels, opts({ workers: M, tokens: M * 2 * 16 * 3 * H, arms }));
   const [a, b, c] = three.arms;
   assert.notEqual(b.weightsHash, a.weightsHash);

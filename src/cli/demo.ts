@@ -44,8 +44,16 @@ function stepMs(cacheDir: string): number {
   return times.slice(2).sort((x, y) => x - y)[5];
 }
 
+/** `N@R`: N peers after round R. */
+function at(v: string): { n: number; round: number } {
+  const m = /^(\d+)@(\d+)$/.exec(v.trim());
+  if (!m || Number(m[1]) < 1) throw new InvalidInputError(`expected N@ROUND (e.g. 2@3), got "${v}"`);
+  return { n: Number(m[1]), round: Number(m[2]) };
+}
+
 interface DemoOptions {
-  peers: number; rounds: number; dir: string; codec: string; inner: number; overlap: 'shift' | 'delayed' | 'none';
+  kill?: { n: number; round: number }; join?: { n: number; round: number }; linkDelay: number;
+  peers: number; rounds: number; dir: string; codec: string; inner: number; overlap: 'eager' | 'shift' | 'delayed' | 'none';
   outerLr?: number; outerMomentum?: number; resume: boolean; cacheDir: string; json: boolean;
 }
 
@@ -58,12 +66,16 @@ export function register(program: Command): void {
     .option('--resume', 'continue the run in --dir from the peers\' last snapshots', false)
     .option('--codec <id>', 'update codec', oneOf('fp32', 'fp16', 'int8', 'sparse'), 'sparse')
     .option('--inner <n>', 'H: inner steps per round', int(1), 30)
-    .option('--overlap <mode>', 'shift | delayed: train the next round during the exchange (see round.ts) | none', oneOf('shift', 'delayed', 'none'), 'shift')
+    .option('--overlap <mode>', 'eager | shift | delayed: train the next round during the exchange (docs/ROUNDS.md) | none', oneOf('eager', 'shift', 'delayed', 'none'), 'eager')
     .option('--outer-lr <x>', 'outer Nesterov learning rate', num(1e-6, 100))
     .option('--outer-momentum <x>', 'outer Nesterov momentum', num(0, 0.999))
+    .option('--kill <N@R>', 'fault drill: kill -9 N peers right after round R (keep a strict majority alive)', at)
+    .option('--join <N@R>', 'fault drill: start N fresh peers (new identities) right after round R', at)
+    .option('--link-delay <ms>', 'emulate a slow link: delay every message and download by this many ms (each way)', int(0), 0)
     .option('--cache-dir <dir>', 'tokenizer and token cache', defaultCacheDir())
     .option('--json', 'one JSON object per round on stdout', false)
     .action(async (o: DemoOptions) => {
+      if (o.kill && o.kill.n * 2 > o.peers) say(o, `warning: killing ${o.kill.n} of ${o.peers} leaves no quorum of the roster; rounds will wait until enough peers return (docs/ROUNDS.md)`);
       const dir = resolve(o.dir);
       const run = join(dir, 'run.json');
       let runId: string;
@@ -107,7 +119,8 @@ export function register(program: Command): void {
         let m = byRound.get(r.round);
         if (!m) { m = new Map(); byRound.set(r.round, m); }
         m.set(p.index, r);
-        const live = peers.filter((x) => x.alive).length;
+        // Peers that take part: the genesis ones, and fresh ones once they have synced.
+        const live = peers.filter((x) => x.alive && (x.index < o.peers || x.reports.some((y) => y.event === 'synced'))).length;
         if (m.size >= live && r.round > printed) {
           printed = r.round;
           rows++;
@@ -127,11 +140,29 @@ export function register(program: Command): void {
             + `compute ${(100 * row.computeFraction).toFixed(0)}%  ${row.seconds.toFixed(1)}s  weights ${row.weightsHash.slice(0, 12)}  `
             + `${row.agree ? 'all hashes agree' : `HASHES DIFFER (${hashes.size})`}`);
           if (o.rounds > 0 && rows >= o.rounds) finish();
+          if (o.kill && r.round === o.kill.round) {
+            // Half of an even roster is a quorum only with the tie-breaker (lowest peer id), so
+            // the drill spares it; any n below half may be killed (docs/ROUNDS.md, quorums).
+            const tie = [...ids].sort()[0];
+            const victims = peers.filter((x) => x.alive && x.peerId !== tie).slice(-o.kill.n);
+            for (const v of victims) { v.child.kill('SIGKILL'); v.alive = false; }
+            say(o, `fault drill: kill -9 peer ${victims.map((v) => v.index).join(', ')} after round ${r.round}`);
+          }
+          if (o.join && r.round === o.join.round) void addFresh(o.join.n);
+        }
+      };
+      const addFresh = async (n: number) => {
+        for (let k = 0; k < n; k++) {
+          const idx = peers.length;
+          const spec = await preparePeer(idx, dataDirFor(dir, idx));
+          const boot = peers.filter((x) => x.alive).map((x) => x.addr);
+          peers.push(spawnPeer(spec, { run, bootstrap: boot, cacheDir: o.cacheDir, onReport, env: { TESSERA_LINK_DELAY_MS: String(o.linkDelay) }, onExit: (p, code, sig) => { if (!stopping) say(o, `peer ${p.index} exited (${sig ?? code})`); } }));
+          say(o, `fault drill: fresh peer ${idx} (${spec.peerId.slice(-8)}) joins through ${boot.length} live peers`);
         }
       };
       for (const s of specs) {
         peers.push(spawnPeer(s, {
-          run, bootstrap: addrs, genesisPeers: ids, cacheDir: o.cacheDir, onReport,
+          run, bootstrap: addrs, genesisPeers: ids, cacheDir: o.cacheDir, onReport, env: { TESSERA_LINK_DELAY_MS: String(o.linkDelay) },
           onExit: (p, code, sig) => { if (!stopping) say(o, `peer ${p.index} exited (${sig ?? code})`); if (!stopping && peers.every((x) => !x.alive)) finish(); },
         }));
       }

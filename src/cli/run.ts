@@ -13,13 +13,22 @@ import { DEFAULT_ADAMW } from '../train/adamw.js';
 import { DEFAULT_OUTER } from '../swarm/outer.js';
 import { createManifest, type ManifestInput } from '../swarm/manifest.js';
 
+/**
+ * With the sparse codec the outer step defaults to SparseLoCo's recipe (plain averaging, no
+ * outer momentum, error feedback decaying by 0.95) rather than DiLoCo's Nesterov 0.7/0.9: in
+ * `tessera sim` (M=4, H=30, 1M tokens) it ends 12.6% above data-parallel against 27.1% for
+ * Nesterov 0.7/0.9 with full error feedback, and the demo's loss stops jumping.
+ */
+export const SPARSELOCO_OUTER = { lr: 1, momentum: 0 } as const;
+export const SPARSELOCO_EF_BETA = 0.95;
+
 export interface RunCreateOptions {
   vocab: number; ctx: number; dim: number; layers: number; heads: number; batch: number; inner: number;
   lr: number; codec: 'fp32' | 'fp16' | 'int8' | 'sparse'; shards: number; seed: number;
   trainMs: number; submitMs: number; commitMs: number; quorum: number; minPeers: number; maxMissed: number;
   cacheDir: string; name?: string;
-  /** Default 'shift': overlap each round's exchange with the next round's inner steps. */
-  overlap?: 'none' | 'delayed' | 'shift';
+  /** Default 'eager': overlap each round's exchange with the next round's inner steps. */
+  overlap?: 'none' | 'delayed' | 'shift' | 'eager';
   outerLr?: number; outerMomentum?: number;
 }
 
@@ -38,8 +47,8 @@ export function buildManifest(o: RunCreateOptions) {
     hyper: {
       innerSteps: o.inner, batch: o.batch, adamw: DEFAULT_ADAMW,
       schedule: { kind: 'constant', maxLr: o.lr, minLrFrac: 1, warmupSteps: 0, totalSteps: 1_000_000, decayFrac: 0.2 },
-      outer: { ...DEFAULT_OUTER, ...(o.outerLr !== undefined ? { lr: o.outerLr } : {}), ...(o.outerMomentum !== undefined ? { momentum: o.outerMomentum } : {}) },
-      codec, errorFeedback: o.codec === 'sparse' ? 1 : 0, overlap: o.overlap ?? 'shift',
+      outer: { ...(o.codec === 'sparse' ? SPARSELOCO_OUTER : DEFAULT_OUTER), ...(o.outerLr !== undefined ? { lr: o.outerLr } : {}), ...(o.outerMomentum !== undefined ? { momentum: o.outerMomentum } : {}) },
+      codec, errorFeedback: o.codec === 'sparse' ? SPARSELOCO_EF_BETA : 0, overlap: o.overlap ?? 'eager',
     },
     genesisWeightsHash: weightsHash(gpt.params),
     seed: o.seed,
@@ -64,9 +73,9 @@ export function register(program: Command): void {
     .option('--lr <x>', 'inner learning rate (constant)', num(1e-8, 10), 3e-3)
     .option('--codec <id>', 'fp32 | fp16 | int8 | sparse', oneOf('fp32', 'fp16', 'int8', 'sparse'), 'sparse')
     .option('--shards <n>', 'data shards', int(1), 16)
-    .option('--overlap <mode>', 'shift | delayed: train the next round during the exchange (see round.ts) | none', oneOf('shift', 'delayed', 'none'), 'shift')
-    .option('--outer-lr <x>', `outer Nesterov learning rate (default ${DEFAULT_OUTER.lr})`, num(1e-6, 100))
-    .option('--outer-momentum <x>', `outer Nesterov momentum (default ${DEFAULT_OUTER.momentum})`, num(0, 0.999))
+    .option('--overlap <mode>', 'eager | shift | delayed: train the next round during the exchange (docs/ROUNDS.md) | none', oneOf('eager', 'shift', 'delayed', 'none'), 'eager')
+    .option('--outer-lr <x>', `outer Nesterov learning rate (default ${DEFAULT_OUTER.lr}; ${SPARSELOCO_OUTER.lr} with the sparse codec)`, num(1e-6, 100))
+    .option('--outer-momentum <x>', `outer Nesterov momentum (default ${DEFAULT_OUTER.momentum}; ${SPARSELOCO_OUTER.momentum} with the sparse codec)`, num(0, 0.999))
     .option('--seed <n>', 'initialisation seed', int(0), 1)
     .option('--train-ms <n>', 'training budget per round', int(1), 1500)
     .option('--submit-ms <n>', 'update collection deadline', int(1), 2500)
@@ -80,7 +89,7 @@ export function register(program: Command): void {
       const { decoded, params } = buildManifest(o);
       mkdirSync(dirname(o.out), { recursive: true });
       writeFileSync(o.out, JSON.stringify(decoded.manifest, null, 2) + '\n');
-      say(o, `wrote ${o.out}: ${params} parameters, H=${o.inner}, codec ${o.codec}, overlap ${o.overlap ?? 'shift'}`);
+      say(o, `wrote ${o.out}: ${params} parameters, H=${o.inner}, codec ${o.codec}, overlap ${o.overlap ?? 'eager'}`);
       result(o, { runId: decoded.runId, out: o.out, params, manifest: decoded.manifest }, decoded.runId);
     });
 }

@@ -77,10 +77,10 @@ export const HyperSchema = z.object({
   errorFeedback: z.number().min(0).max(1),
   /**
    * How each round's exchange overlaps the next round's inner steps: 'none' (train, then
-   * exchange), 'delayed' (one-step-delayed outer update) or 'shift' (start early, move onto the
-   * new weights when they are known). See RoundParamsSchema.overlap in round.ts.
+   * exchange), 'delayed' (one-step-delayed outer update), 'shift' (start early, move onto the
+   * new weights when they are known) or 'eager' (start early from a guess of the new weights). See RoundParamsSchema.overlap in round.ts.
    */
-  overlap: z.enum(['none', 'delayed', 'shift']).default('none'),
+  overlap: z.enum(['none', 'delayed', 'shift', 'eager']).default('none'),
 }).strict();
 
 export const TimingSchema = z.object({

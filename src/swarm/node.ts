@@ -96,6 +96,12 @@ export interface NodeOptions {
   logger?: Logger;
   /** Discover peers on the LAN with mDNS. */
   mdns?: boolean;
+  /**
+   * Emulated one-way link delay in ms (default: env TESSERA_LINK_DELAY_MS, else 0): every
+   * control message is handled and every payload download finishes this much later. For
+   * measuring how overlap hides a slow link on loopback, where no real delay exists.
+   */
+  linkDelayMs?: number;
 }
 
 /** A training job: inner steps for one round from one base, possibly started before its round (pretrain). */
@@ -175,6 +181,8 @@ export class SwarmNode {
   /** peer → its latest snapshot advertisement. */
   private readonly snaps = new Map<string, { round: number; weightsHash: string; bundle: string }>();
   private training: TrainJob | null = null;
+  /** This peer's last submitted update (for the eager guess). */
+  private lastOwn: { round: number; hash: string } | null = null;
   private computeMs = 0;
   private innerStepsRun = 0;
   private lastCompute = { ms: 0, steps: 0, at: performance.now(), cpu: 0 };
@@ -190,6 +198,7 @@ export class SwarmNode {
   /** Structured log (pino): every rejected input, with its reason. */
   readonly logger: Logger;
   private readonly recordPath: string;
+  private readonly linkDelayMs: number;
   /** The latest round-start snapshot (weights + momentum), so a stopped node can resume. */
   private readonly snapPath: string;
 
@@ -197,6 +206,7 @@ export class SwarmNode {
     this.m = o.manifest.manifest;
     this.p = roundParams(o.manifest, Math.max(200, Math.floor(o.manifest.manifest.timing.commitMs / 2)));
     this.log = o.onLog ?? (() => undefined);
+    this.linkDelayMs = o.linkDelayMs ?? Math.max(0, Number(process.env.TESSERA_LINK_DELAY_MS ?? 0) || 0);
     this.logger = o.logger ?? pino({ name: 'tessera', level: process.env.TESSERA_LOG ?? 'warn' }, pino.destination(2));
     this.recordPath = join(o.dataDir, 'acceptor.json');
     this.snapPath = join(o.dataDir, `snapshot-${o.manifest.runId.slice(0, 16)}.bin`);
@@ -235,7 +245,10 @@ export class SwarmNode {
     await serveBulk(this.host, (hash) => this.store.get(hash)?.bytes);
     this.channel = joinControlChannel({
       host: this.host, runId: this.o.manifest.runId, schemas: NodeSchemas,
-      onMessage: (msg) => this.onNet(msg.kind, msg.from, msg.body),
+      onMessage: (msg) => {
+        if (this.linkDelayMs > 0) setTimeout(() => this.onNet(msg.kind, msg.from, msg.body), this.linkDelayMs);
+        else this.onNet(msg.kind, msg.from, msg.body);
+      },
     });
     this.dialLoop();
     this.log(`peer ${this.host.peerId} listening on ${this.host.multiaddrs().join(' ')}`);
@@ -409,6 +422,7 @@ export class SwarmNode {
         for (const peer of [...new Set(from)].filter((p) => p !== this.host.peerId)) {
           try {
             const bytes = await fetchBulk(this.host, peer, hash, { maxBytes: max, signal: AbortSignal.timeout(5000) });
+            if (this.linkDelayMs > 0) await new Promise((r) => setTimeout(r, 2 * this.linkDelayMs)); // request + response
             const delta = this.codec.decode(bytes, P);
             if (!delta.every(Number.isFinite)) throw new InvalidInputError('non-finite Δ');
             this.store.set(hash, { bytes, round });
@@ -457,27 +471,34 @@ export class SwarmNode {
   private startTraining(e: { round: number; baseHash: string; shards: number[]; steps: number; until: number | null }): void {
     const cur = this.training;
     const same = cur !== null && !cur.stop && cur.round === e.round && cur.shards.join() === e.shards.join();
-    if (same && cur.baseHash === e.baseHash) {
-      if (e.until !== null) cur.until = e.until; // 'delayed': adopt the early steps
-      if (DEBUG) this.log(`round ${e.round}: job adopted`);
-      return;
-    }
-    if (same && e.until !== null && this.m.hyper.overlap === 'shift' && cur.baseHash === this.prevTheta?.hash && e.baseHash === this.thetaHash) {
-      // 'shift': the job began on θ_{r-1} before θ_r was known; move it onto θ_r. Its update is
-      // then θ_r − local: only this round's own steps, nothing counted twice.
-      const local = this.gpt.params, prev = this.prevTheta.weights, now = this.theta;
-      for (let i = 0; i < local.length; i++) local[i] += now[i] - prev[i];
+    const shifting = this.m.hyper.overlap === 'shift' || this.m.hyper.overlap === 'eager';
+    if (same && shifting && e.until !== null && e.baseHash === this.thetaHash && (cur.baseHash === e.baseHash || cur.baseHash === this.prevTheta?.hash)) {
+      // 'shift'/'eager': the job began on θ_{r-1} (or this peer's guess of θ_r) before θ_r was
+      // known; move it onto θ_r. Its update is then θ_r − local: only this round's own steps.
+      // (After an empty round θ_r = θ_{r-1}: a 'shift' job moves by zero, an 'eager' one off its guess.)
+      const local = this.gpt.params, began = cur.base, now = this.theta;
+      for (let i = 0; i < local.length; i++) local[i] += now[i] - began[i];
       cur.base = now.slice();
       cur.baseHash = e.baseHash;
       cur.until = e.until;
       if (DEBUG) this.log(`round ${e.round}: job shifted onto θ_r`);
       return;
     }
+    if (same && cur.baseHash === e.baseHash) {
+      if (e.until !== null) cur.until = e.until; // 'delayed': adopt the early steps
+      if (DEBUG) this.log(`round ${e.round}: job adopted`);
+      return;
+    }
     if (DEBUG && e.until !== null) this.log(`round ${e.round}: new job (had ${cur ? `r${cur.round} ${cur.baseHash.slice(0, 8)} stop=${cur.stop}` : 'none'}, want ${e.baseHash.slice(0, 8)}, prev ${this.prevTheta?.hash.slice(0, 8)}, θ ${this.thetaHash.slice(0, 8)})`);
     if (cur) cur.stop = true;
-    const base = e.baseHash === this.thetaHash ? this.theta : e.baseHash === this.prevTheta?.hash ? this.prevTheta.weights : null;
+    let base = e.baseHash === this.thetaHash ? this.theta : e.baseHash === this.prevTheta?.hash ? this.prevTheta.weights : null;
     if (!base) { this.log(`round ${e.round}: base ${e.baseHash.slice(0, 12)} not held, not training`); return; }
-    const job: TrainJob = { round: e.round, baseHash: e.baseHash, shards: [...e.shards], maxSteps: e.steps, base: base.slice(), until: e.until, startedAt: Date.now(), stop: false };
+    const own = this.lastOwn;
+    if (e.until === null && this.m.hyper.overlap === 'eager' && e.baseHash === this.thetaHash && own?.round === e.round - 1 && this.deltas.has(own.hash)) {
+      // Guess θ_{r+1} = the outer step with our own (decoded) update standing in for the aggregate.
+      base = this.outer.preview(this.theta, this.deltas.get(own.hash)!, new Float32Array(this.theta.length));
+    }
+    const job: TrainJob = { round: e.round, baseHash: e.baseHash, shards: [...e.shards], maxSteps: e.steps, base: base === this.theta || base === this.prevTheta?.weights ? base.slice() : base, until: e.until, startedAt: Date.now(), stop: false };
     this.training = job;
     void this.runJob(job);
   }
@@ -524,6 +545,7 @@ export class SwarmNode {
       hash = sha256Hex(enc.bytes);
       this.store.set(hash, { bytes: enc.bytes, round: job.round });
       this.deltas.set(hash, enc.decoded);
+      this.lastOwn = { round: job.round, hash };
     }
     this.dispatch({ type: 'trained', round: job.round, updateHash: hash, steps });
   }

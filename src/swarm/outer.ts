@@ -36,6 +36,23 @@ export class OuterNesterov {
       params[i] = Math.fround(params[i] - Math.fround(lr * Math.fround(d + Math.fround(mu * mi))));
     }
   }
+
+  /**
+   * What step() would make of params with this delta, written to `out`, without changing the
+   * momentum: a peer's guess of the next weights from its own update (eager overlap).
+   */
+  preview(params: Float32Array, delta: Float32Array, out: Float32Array): Float32Array {
+    const n = this.momentum.length;
+    if (params.length !== n || delta.length !== n || out.length !== n) throw new InvalidInputError(`outer preview: expected ${n} values`);
+    const { lr, momentum: mu } = this.settings;
+    const m = this.momentum;
+    for (let i = 0; i < n; i++) {
+      const d = delta[i];
+      const mi = Math.fround(mu * m[i] + d);
+      out[i] = Math.fround(params[i] - Math.fround(lr * Math.fround(d + Math.fround(mu * mi))));
+    }
+    return out;
+  }
 }
 
 /**

@@ -153,8 +153,11 @@ export const RoundParamsSchema = z.object({
    * - 'shift': updates are built on θ_r as without overlap; the driver moves its running job
    *   onto θ_r when θ_r is known (local += θ_r − θ_{r-1}), so the first steps of a round use
    *   slightly stale gradients and nothing is counted twice.
+   * - 'eager': as 'shift', but the early steps begin on the peer's own guess of θ_r (the outer
+   *   step applied with its own update in place of the aggregate), so they are less stale.
+   * The reducer treats 'shift' and 'eager' alike; the difference is the driver's.
    */
-  overlap: z.enum(['none', 'delayed', 'shift']).default('none'),
+  overlap: z.enum(['none', 'delayed', 'shift', 'eager']).default('none'),
 }).strict();
 export type RoundParams = z.input<typeof RoundParamsSchema>;
 
@@ -326,6 +329,19 @@ export interface RoundState {
 
 export function majority(n: number): number {
   return Math.floor(n / 2) + 1;
+}
+
+/**
+ * The Paxos quorums of a round: a strict majority of the roster, or, for an even roster,
+ * exactly half of it if that half holds the tie-breaker (the lowest peer id). Any two quorums
+ * intersect (two halves share the tie-breaker; a half and a majority overlap by counting), so
+ * agreement stays safe, and a 4-peer roster that loses two peers other than the tie-breaker
+ * keeps deciding rounds. `members` must be distinct members of the sorted `roster`.
+ */
+export function isQuorum(roster: readonly string[], members: readonly string[]): boolean {
+  const n = roster.length;
+  if (members.length >= majority(n)) return true;
+  return n % 2 === 0 && members.length === n / 2 && members.includes(roster[0]);
 }
 
 export function commitHash(c: Commit): string {
@@ -840,7 +856,7 @@ function addVote(c: Ctx, k: Commit, signer: string): boolean {
     s.votes.set(h, v);
   }
   if (!insertSorted(v.signers, signer)) return false;
-  if (!s.decision && v.signers.length >= majority(s.roster.length)) decide(c, k, h, [...v.signers]);
+  if (!s.decision && isQuorum(s.roster, v.signers)) decide(c, k, h, [...v.signers]);
   return true;
 }
 
@@ -888,7 +904,7 @@ function tryLead(c: Ctx, b: number): void {
   const s = c.s;
   if (!s.member || !s.voting || s.decision || s.proposed.includes(b) || s.promised > b || leaderAt(s.order, b) !== s.self) return;
   const ps = s.promises.get(b);
-  if ((ps?.size ?? 0) + 1 < majority(s.roster.length)) return;
+  if (!isQuorum(s.roster, [s.self, ...(ps?.keys() ?? [])])) return;
   let best = s.accepted;
   for (const a of ps?.values() ?? []) if (a && (!best || a.attempt > best.attempt)) best = a;
   const value = best ? { included: best.included, joins: best.joins, live: best.live } : ownValue(s);
@@ -950,7 +966,7 @@ function handleDecided(c: Ctx, m: Extract<Message, { type: 'decided' }>): void {
     if (!has(s.roster, m.signers[i])) { reject(c, 'bad-certificate', `signer ${m.signers[i]} is not a member`, m.from); return; }
     if (i > 0 && compareIds(m.signers[i - 1], m.signers[i]) >= 0) { reject(c, 'bad-certificate', 'signers not sorted / duplicate', m.from); return; }
   }
-  if (m.signers.length < majority(s.roster.length)) { reject(c, 'bad-certificate', `${m.signers.length} signers, need ${majority(s.roster.length)}`, m.from); return; }
+  if (!isQuorum(s.roster, m.signers)) { reject(c, 'bad-certificate', `${m.signers.length} signers are not a quorum of ${s.roster.length}`, m.from); return; }
   if (s.decision) {
     if (s.decision.valueHash === valueHash(k)) reject(c, 'duplicate', 'already decided', m.from);
     else reject(c, 'conflict', `decided value ${valueHash(k).slice(0, 12)} differs from ours ${s.decision.valueHash.slice(0, 12)}`, m.from);

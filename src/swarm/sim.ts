@@ -94,6 +94,11 @@ export interface ArmSpec {
    * then the job is moved onto θ_r (local += θ_r − θ_{r-1}) and Δ = θ_r − local. 0 = none.
    */
   shift?: number;
+  /**
+   * '-eager<k>': as -shift<k>, but the early steps begin on each worker's own guess of θ_r:
+   * the outer step applied to θ_{r-1} with its own (decoded) update in place of the aggregate.
+   */
+  eager?: boolean;
 }
 
 export const DEFAULT_ARMS: readonly string[] = Object.freeze([
@@ -120,13 +125,13 @@ export const DEFAULT_ARM_SETTINGS: ArmDefaults = {
 export function parseArm(name: string, d: ArmDefaults = DEFAULT_ARM_SETTINGS): ArmSpec {
   const s = name.trim();
   if (s === 'dp') return { name: s, kind: 'dp', H: 1, codec: null, efBeta: null, outer: null, delayed: false };
-  const sh = /-shift(\d+)$/.exec(s);
+  const sh = /-(shift|eager)(\d+)$/.exec(s);
   if (sh) {
     const base = parseArm(s.slice(0, -sh[0].length), d);
-    if (base.kind === 'dp' || base.delayed) throw new InvalidInputError(`arm "${s}": -shift<k> applies to diloco/sparseloco arms without -delayed`);
-    const k = Number(sh[1]);
-    if (!(k >= 1 && k <= base.H)) throw new InvalidInputError(`arm "${s}": shift k must be in 1..H (${base.H})`);
-    return { ...base, name: s, shift: k };
+    if (base.kind === 'dp' || base.delayed) throw new InvalidInputError(`arm "${s}": -${sh[1]}<k> applies to diloco/sparseloco arms without -delayed`);
+    const k = Number(sh[2]);
+    if (!(k >= 1 && k <= base.H)) throw new InvalidInputError(`arm "${s}": ${sh[1]} k must be in 1..H (${base.H})`);
+    return { ...base, name: s, shift: k, ...(sh[1] === 'eager' ? { eager: true } : {}) };
   }
   let m = /^diloco-(\d+)(?:-(fp32|fp16|int8|sparse))?(-delayed)?$/.exec(s);
   if (m) {
@@ -212,6 +217,8 @@ export interface ArmResult {
   delayed: boolean;
   /** Steps per round begun before the shift onto θ_r (0 = no overlap). */
   shift: number;
+  /** The early steps begin on the worker's own guess of θ_r. */
+  eager: boolean;
   steps: number;
   rounds: number;
   /** Tokens consumed, all workers together. */
@@ -401,6 +408,7 @@ export async function runSim(data: SimData, kernels: Kernels, o: SimOptions, hoo
       // round has completed; round r's workers start from base = θ_{max(r−1,0)}.
       const shiftK = arm.shift ?? 0;
       const prev = arm.delayed || shiftK > 0 ? new Float32Array(P) : null;
+      const guesses = shiftK > 0 && arm.eager ? Array.from({ length: M }, () => new Float32Array(P)) : null;
       const lossSums = new Float64Array(arm.H);
       let start = W; // global inner step at which this round starts (after the warm start)
       while (start < S) {
@@ -419,11 +427,13 @@ export async function runSim(data: SimData, kernels: Kernels, o: SimOptions, hoo
         const base = arm.delayed && rounds > 0 ? prev! : theta;
         // Shift: the first k steps of round r ≥ 1 begin on θ_{r-1}, before θ_r is known.
         const k = shiftK > 0 && rounds > 0 ? Math.min(shiftK, end - start) : 0;
+        const thisRound: Float32Array[] = [];
         for (let w = 0; w < M; w++) {
           if (hooks.signal?.aborted) throw new InvalidInputError('simulation interrupted');
-          gpt.params.set(k > 0 ? prev! : base);
+          const early = k > 0 ? (guesses ? guesses[w] : prev!) : base;
+          gpt.params.set(early);
           const opt = opts[w];
-          const shiftOnto = () => { const g = gpt.params; for (let i = 0; i < P; i++) g[i] += theta[i] - prev![i]; };
+          const shiftOnto = () => { const g = gpt.params; for (let i = 0; i < P; i++) g[i] += theta[i] - early[i]; };
           for (let s = start; s < end; s++) {
             if (k > 0 && s === start + k) shiftOnto();
             samplers[w].next(batch);
@@ -439,6 +449,7 @@ export async function runSim(data: SimData, kernels: Kernels, o: SimOptions, hoo
           const enc = codec.encode(delta, efs ? efs[w] : undefined);
           lengths.push(enc.bytes.length);
           decoded.push(enc.decoded);
+          thisRound.push(enc.decoded);
           await tick();
         }
         // All-gather: each worker sends its own message and receives the other M−1.
@@ -450,6 +461,8 @@ export async function runSim(data: SimData, kernels: Kernels, o: SimOptions, hoo
         }
         messageBytes = lengths[0];
         if (prev !== null) prev.set(theta); // θ_r: the base of round r+1 (delayed), or where its early steps begin (shift)
+        // Eager: each worker's guess of θ_{r+1}, from θ_r and its own update (momentum as now).
+        if (guesses) for (let w = 0; w < M; w++) outer.preview(theta, thisRound[w], guesses[w]);
         outer.step(theta, aggregate(decoded, new Array<number>(M).fill(1)));
         rounds++;
         for (let s = start; s < end; s++) hooks.onStep?.({ arm: arm.name, armIndex: ai, step: s + 1, steps: S, loss: lossSums[s - start] });
@@ -462,7 +475,7 @@ export async function runSim(data: SimData, kernels: Kernels, o: SimOptions, hoo
     }
     const last = curve[curve.length - 1];
     const res: ArmResult = {
-      name: arm.name, kind: arm.kind, H: arm.kind === 'dp' ? null : arm.H, codec: arm.codec, efBeta: arm.efBeta, outer: arm.outer, delayed: arm.delayed, shift: arm.shift ?? 0,
+      name: arm.name, kind: arm.kind, H: arm.kind === 'dp' ? null : arm.H, codec: arm.codec, efBeta: arm.efBeta, outer: arm.outer, delayed: arm.delayed, shift: arm.shift ?? 0, eager: arm.eager === true,
       steps: S, rounds, tokens: S * tokensPerStep, messageBytes,
       bytesSent: allSent / M, bytesReceived: allRecv / M, bytesTotal: (allSent + allRecv) / M,
       allWorkersSent: allSent, allWorkersReceived: allRecv,
