@@ -69,7 +69,7 @@ export function register(program: Command): void {
     .option('--overlap <mode>', 'eager | shift | delayed: train the next round during the exchange (docs/ROUNDS.md) | none', oneOf('eager', 'shift', 'delayed', 'none'), 'eager')
     .option('--outer-lr <x>', 'outer Nesterov learning rate', num(1e-6, 100))
     .option('--outer-momentum <x>', 'outer Nesterov momentum', num(0, 0.999))
-    .option('--kill <N@R>', 'fault drill: kill -9 N peers right after round R (keep a strict majority alive)', at)
+    .option('--kill <N@R>', 'fault drill: kill -9 N peers right after round R (the tie-breaker is spared; see docs/ROUNDS.md)', at)
     .option('--join <N@R>', 'fault drill: start N fresh peers (new identities) right after round R', at)
     .option('--link-delay <ms>', 'emulate a slow link: delay every message and download by this many ms (each way)', int(0), 0)
     .option('--cache-dir <dir>', 'tokenizer and token cache', defaultCacheDir())

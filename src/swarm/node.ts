@@ -513,6 +513,7 @@ export class SwarmNode {
     const samplers = job.shards.map((sh, i) => new BatchSampler(shardSlice(this.train, sh, this.p.numShards, T), B, T, seed + BigInt(i)));
     const batch: Batch = { inputs: new Int32Array(B * T), targets: new Int32Array(B * T) };
     let steps = 0;
+    let lastYield = performance.now();
     for (let i = 0; i < job.maxSteps; i++) {
       if (job.stop || this.stopped || (job.until !== null && Date.now() >= job.until)) break;
       samplers[i % samplers.length].next(batch);
@@ -521,10 +522,16 @@ export class SwarmNode {
       const loss = local.forwardBackward(batch.inputs, batch.targets, B, T);
       if (!Number.isFinite(loss)) break;
       this.opt.update(local.params, local.grads, lrAt(m.hyper.schedule, job.round * m.hyper.innerSteps + i));
-      this.computeMs += performance.now() - t0;
+      const t1 = performance.now();
+      this.computeMs += t1 - t0;
       this.innerStepsRun++;
       steps++;
-      await new Promise((r) => setImmediate(r));
+      // Let gossip, bulk transfers and ticks run, at most every 10 ms: an event-loop turn per
+      // step of a small model costs a few percent of compute.
+      if (t1 - lastYield >= 10) {
+        await new Promise((r) => setImmediate(r));
+        lastYield = performance.now();
+      }
     }
     // Rounds are paced by the training budget (a tiny model finishes its H steps in
     // milliseconds; unpaced rounds would outrun joiners' snapshot downloads). Without overlap:
