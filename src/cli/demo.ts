@@ -20,7 +20,7 @@ import { BatchSampler, type Batch } from '../data/batches.js';
 import { loadKernels } from '../kernels/index.js';
 import { GPT } from '../model/gpt.js';
 import { decodeManifest } from '../swarm/manifest.js';
-import { dataDirFor, preparePeer, spawnPeer, stopAll, type PeerProc } from '../swarm/launch.js';
+import { dataDirFor, portOr, preparePeer, spawnPeer, stopAll, type PeerProc } from '../swarm/launch.js';
 import type { RoundReport } from '../swarm/node.js';
 import { InvalidInputError } from '../util/errors.js';
 
@@ -55,6 +55,7 @@ interface DemoOptions {
   kill?: { n: number; round: number }; join?: { n: number; round: number }; linkDelay: number;
   peers: number; rounds: number; dir: string; codec: string; inner: number; overlap: 'eager' | 'shift' | 'delayed' | 'none';
   outerLr?: number; outerMomentum?: number; resume: boolean; cacheDir: string; json: boolean;
+  dashboard: boolean; dashboardPort: number;
 }
 
 export function register(program: Command): void {
@@ -74,6 +75,8 @@ export function register(program: Command): void {
     .option('--link-delay <ms>', 'emulate a slow link: delay every message and download by this many ms (each way)', int(0), 0)
     .option('--cache-dir <dir>', 'tokenizer and token cache', defaultCacheDir())
     .option('--json', 'one JSON object per round on stdout', false)
+    .option('--no-dashboard', 'do not serve the live dashboard')
+    .option('--dashboard-port <n>', 'dashboard port on 127.0.0.1 (any free port if taken)', int(1, 65535), 8080)
     .action(async (o: DemoOptions) => {
       if (o.kill && o.kill.n * 2 > o.peers) say(o, `warning: killing ${o.kill.n} of ${o.peers} leaves no quorum of the roster; rounds will wait until enough peers return (docs/ROUNDS.md)`);
       const dir = resolve(o.dir);
@@ -106,6 +109,9 @@ export function register(program: Command): void {
       const specs = await Promise.all(Array.from({ length: o.peers }, (_, i) => preparePeer(i, dataDirFor(dir, i))));
       const addrs = specs.map((s) => s.addr);
       const ids = specs.map((s) => s.peerId);
+      // The dashboard runs on the tie-breaker (lowest id), the peer the --kill drill spares.
+      const host = [...ids].sort()[0];
+      const dashPort = o.dashboard ? await portOr(o.dashboardPort) : null;
       const byRound = new Map<number, Map<number, RoundReport>>();
       let printed = -1;
       let rows = 0;
@@ -163,8 +169,14 @@ export function register(program: Command): void {
       for (const s of specs) {
         peers.push(spawnPeer(s, {
           run, bootstrap: addrs, genesisPeers: ids, cacheDir: o.cacheDir, onReport, env: { TESSERA_LINK_DELAY_MS: String(o.linkDelay) },
+          ...(dashPort !== null && s.peerId === host ? { dashboard: { port: dashPort } } : {}),
           onExit: (p, code, sig) => { if (!stopping) say(o, `peer ${p.index} exited (${sig ?? code})`); if (!stopping && peers.every((x) => !x.alive)) finish(); },
         }));
+      }
+      if (dashPort !== null) {
+        const url = `http://127.0.0.1:${dashPort}/`;
+        say(o, `dashboard: ${url} (peer ${ids.indexOf(host)}; --no-dashboard to turn it off)`);
+        result(o, { event: 'dashboard', url, peer: ids.indexOf(host) });
       }
       const onSignal = () => { say(o, 'stopping all peers (resume with --resume)...'); finish(); };
       process.once('SIGINT', onSignal);

@@ -7,6 +7,7 @@ import { decodeManifest } from '../swarm/manifest.js';
 import { SwarmNode, type RoundReport } from '../swarm/node.js';
 import { int } from './args.js';
 import { InvalidInputError } from '../util/errors.js';
+import { startDashboard, type Dashboard } from '../dashboard/server.js';
 
 const collect = (v: string, prev: string[] = []) => [...prev, ...v.split(',').filter(Boolean)];
 
@@ -27,7 +28,11 @@ export function register(program: Command): void {
     .option('--rounds <n>', 'exit after completing this many rounds (0 = run until stopped)', int(0), 0)
     .option('--cache-dir <dir>', 'tokenizer and token cache', defaultCacheDir())
     .option('--json', 'one JSON object per round on stdout', false)
-    .action(async (o: { run: string; dataDir: string; listen: string; bootstrap?: string[]; mdns: boolean; genesisPeers?: string[]; rounds: number; cacheDir: string; json: boolean }) => {
+    .option('--fetch-timeout <ms>', 'give up fetching the dataset, tokenizer, genesis or a shard from peers after this long', int(1, 3_600_000), 30_000)
+    .option('--dashboard <port>', 'serve a live dashboard (web page + JSON API) on this port (0 = any free port)', int(0, 65535))
+    .option('--dashboard-host <addr>', 'address the dashboard binds to; beyond loopback it is read-only unless a token is set', '127.0.0.1')
+    .option('--dashboard-token <token>', 'token that unlocks the dashboard\'s actions (POST /api/generate); default: env TESSERA_DASHBOARD_TOKEN')
+    .action(async (o: { run: string; dataDir: string; listen: string; bootstrap?: string[]; mdns: boolean; genesisPeers?: string[]; rounds: number; cacheDir: string; json: boolean; fetchTimeout: number; dashboard?: number; dashboardHost: string; dashboardToken?: string }) => {
       let text: string;
       try { text = readFileSync(o.run, 'utf8'); } catch (e) { throw new InvalidInputError(`cannot read --run ${o.run}: ${(e as Error).message}`); }
       const manifest = decodeManifest(text);
@@ -35,7 +40,7 @@ export function register(program: Command): void {
       let finish!: () => void;
       const finished = new Promise<void>((r) => { finish = r; });
       const node = new SwarmNode({
-        manifest, dataDir: o.dataDir, listen: [o.listen], bootstrap: o.bootstrap ?? [], mdns: o.mdns, cacheDir: o.cacheDir,
+        manifest, dataDir: o.dataDir, listen: [o.listen], bootstrap: o.bootstrap ?? [], mdns: o.mdns, cacheDir: o.cacheDir, fetchTimeoutMs: o.fetchTimeout,
         ...(o.genesisPeers ? { genesisPeers: o.genesisPeers } : {}),
         onLog: (line) => process.stderr.write(`tessera node: ${line}\n`),
         onRound: (r) => {
@@ -47,10 +52,18 @@ export function register(program: Command): void {
       const onSignal = () => finish();
       process.once('SIGINT', onSignal);
       process.once('SIGTERM', onSignal);
-      await node.start();
+      // The dashboard comes up first (it shows "starting" until the node has joined).
+      let dash: Dashboard | null = null;
+      if (o.dashboard !== undefined) {
+        const token = o.dashboardToken ?? process.env.TESSERA_DASHBOARD_TOKEN;
+        dash = await startDashboard(node, { port: o.dashboard, host: o.dashboardHost, ...(token ? { token } : {}) });
+        say(o, `dashboard: ${dash.url}${dash.mode === 'off' ? ' (read-only)' : ''}`);
+      }
+      try { await node.start(); } catch (e) { await dash?.close(); throw e; }
       say(o, `run ${manifest.runId.slice(0, 12)}: peer ${node.peerId}`);
-      if (o.json) process.stdout.write(JSON.stringify({ event: 'started', peer: node.peerId, runId: manifest.runId, addrs: node.host.multiaddrs() }) + '\n');
+      if (o.json) process.stdout.write(JSON.stringify({ event: 'started', peer: node.peerId, runId: manifest.runId, addrs: node.host.multiaddrs(), dashboard: dash?.url ?? null }) + '\n');
       await finished;
+      await dash?.close();
       await node.stop();
       process.removeListener('SIGINT', onSignal);
       process.removeListener('SIGTERM', onSignal);

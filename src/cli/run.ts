@@ -12,6 +12,11 @@ import { weightsHash } from '../model/checkpoint.js';
 import { DEFAULT_ADAMW } from '../train/adamw.js';
 import { DEFAULT_OUTER } from '../swarm/outer.js';
 import { createManifest, type ManifestInput } from '../swarm/manifest.js';
+import { openStore, parseCid } from '../store/index.js';
+import { readManifest } from '../store/dataset.js';
+import { publishState } from '../store/checkpoint.js';
+import { Tokenizer } from '../data/tokenizer.js';
+import { InvalidInputError } from '../util/errors.js';
 
 /**
  * With the sparse codec the outer step defaults to SparseLoCo's recipe (plain averaging, no
@@ -30,6 +35,63 @@ export interface RunCreateOptions {
   /** Default 'eager': overlap each round's exchange with the next round's inner steps. */
   overlap?: 'none' | 'delayed' | 'shift' | 'eager';
   outerLr?: number; outerMomentum?: number;
+  /** Storage: replicas per item, checkpoint interval and retention (manifest `storage`). */
+  replicas?: number; checkpointEvery?: number; keepCheckpoints?: number;
+}
+
+function hyperOf(o: RunCreateOptions): ManifestInput['hyper'] {
+  const codec = o.codec === 'sparse' ? { id: 'sparse' as const, chunk: 1024, k: 64 } : { id: o.codec };
+  return {
+    innerSteps: o.inner, batch: o.batch, adamw: DEFAULT_ADAMW,
+    schedule: { kind: 'constant', maxLr: o.lr, minLrFrac: 1, warmupSteps: 0, totalSteps: 1_000_000, decayFrac: 0.2 },
+    outer: { ...(o.codec === 'sparse' ? SPARSELOCO_OUTER : DEFAULT_OUTER), ...(o.outerLr !== undefined ? { lr: o.outerLr } : {}), ...(o.outerMomentum !== undefined ? { momentum: o.outerMomentum } : {}) },
+    codec, errorFeedback: o.codec === 'sparse' ? SPARSELOCO_EF_BETA : 0, overlap: o.overlap ?? 'eager',
+  };
+}
+
+function storageOf(o: RunCreateOptions): ManifestInput['storage'] {
+  const s = { ...(o.replicas !== undefined ? { replicas: o.replicas } : {}), ...(o.checkpointEvery !== undefined ? { checkpointEvery: o.checkpointEvery } : {}), ...(o.keepCheckpoints !== undefined ? { keepCheckpoints: o.keepCheckpoints } : {}) };
+  return Object.keys(s).length ? s : undefined;
+}
+
+/**
+ * A run over a dataset stored by `tessera data add` in DATA_DIR's IPFS store: the manifest names
+ * the dataset, tokenizer and genesis state by CID, so peers fetch them from each other and no
+ * host has to serve them. The genesis state (θ0 and zero momentum) is added to the same store.
+ */
+export async function buildManifestFromStore(o: RunCreateOptions & { dataset: string; dataDir: string }) {
+  const store = await openStore(o.dataDir);
+  try {
+    const cid = parseCid(o.dataset);
+    const dsm = await readManifest(store, cid);
+    const tokBytes = await store.cat(dsm.tokenizer.cid, { maxBytes: 64 << 20 });
+    const tok = Tokenizer.fromJSON(JSON.parse(new TextDecoder().decode(tokBytes)));
+    if (tok.hash() !== dsm.tokenizer.sha256) throw new InvalidInputError(`tokenizer ${dsm.tokenizer.cid} does not match the dataset manifest's hash`);
+    const minTokens = Math.min(...dsm.train.shards.map((s) => s.tokens));
+    if (dsm.train.shards.length === 0 || minTokens < o.ctx + 2) throw new InvalidInputError(`dataset ${cid} needs training shards of at least ${o.ctx + 2} tokens (smallest has ${minTokens})`);
+    const model = { vocabSize: dsm.tokenizer.vocabSize, ctx: o.ctx, dim: o.dim, layers: o.layers, heads: o.heads };
+    const gpt = new GPT(model, loadKernels({ threads: 1 }));
+    gpt.init(o.seed);
+    const genesis = await publishState(store, { config: model, params: gpt.params, momentum: new Float32Array(gpt.numParams), runId: '0'.repeat(64), round: 0, snapshot: null });
+    await store.pin(genesis);
+    const input: ManifestInput = {
+      version: 1,
+      name: o.name ?? `${dsm.name}-d${o.dim}-l${o.layers}`,
+      model,
+      tokenizerSha256: tok.hash(),
+      tokenizerCid: dsm.tokenizer.cid.toString(),
+      dataset: { name: dsm.name, cid: cid.toString(), numShards: dsm.train.shards.length },
+      hyper: hyperOf(o),
+      genesisWeightsHash: weightsHash(gpt.params),
+      genesisCid: genesis.toString(),
+      ...(storageOf(o) ? { storage: storageOf(o) } : {}),
+      seed: o.seed,
+      timing: { trainMs: o.trainMs, submitMs: o.submitMs, commitMs: o.commitMs, quorum: o.quorum, minPeers: o.minPeers, maxMissedRounds: o.maxMissed },
+    };
+    return { decoded: createManifest(input), params: gpt.numParams };
+  } finally {
+    await store.stop();
+  }
 }
 
 export function buildManifest(o: RunCreateOptions) {
@@ -37,19 +99,14 @@ export function buildManifest(o: RunCreateOptions) {
   const model = { vocabSize: o.vocab, ctx: o.ctx, dim: o.dim, layers: o.layers, heads: o.heads };
   const gpt = new GPT(model, loadKernels({ threads: 1 }));
   gpt.init(o.seed);
-  const codec = o.codec === 'sparse' ? { id: 'sparse' as const, chunk: 1024, k: 64 } : { id: o.codec };
   const input: ManifestInput = {
     version: 1,
     name: o.name ?? `brown-d${o.dim}-l${o.layers}`,
     model,
     tokenizerSha256: ds.tokenizer.hash(),
     dataset: { name: 'brown', trainTokensSha256: ds.stats.train.sha256, numShards: o.shards },
-    hyper: {
-      innerSteps: o.inner, batch: o.batch, adamw: DEFAULT_ADAMW,
-      schedule: { kind: 'constant', maxLr: o.lr, minLrFrac: 1, warmupSteps: 0, totalSteps: 1_000_000, decayFrac: 0.2 },
-      outer: { ...(o.codec === 'sparse' ? SPARSELOCO_OUTER : DEFAULT_OUTER), ...(o.outerLr !== undefined ? { lr: o.outerLr } : {}), ...(o.outerMomentum !== undefined ? { momentum: o.outerMomentum } : {}) },
-      codec, errorFeedback: o.codec === 'sparse' ? SPARSELOCO_EF_BETA : 0, overlap: o.overlap ?? 'eager',
-    },
+    hyper: hyperOf(o),
+    ...(storageOf(o) ? { storage: storageOf(o) } : {}),
     genesisWeightsHash: weightsHash(gpt.params),
     seed: o.seed,
     timing: { trainMs: o.trainMs, submitMs: o.submitMs, commitMs: o.commitMs, quorum: o.quorum, minPeers: o.minPeers, maxMissedRounds: o.maxMissed },
@@ -84,9 +141,15 @@ export function register(program: Command): void {
     .option('--min-peers <n>', 'peers needed to train', int(1), 1)
     .option('--max-missed <n>', 'missed rounds before a member leaves the roster', int(1), 2)
     .option('--cache-dir <dir>', 'tokenizer and token cache', defaultCacheDir())
+    .option('--dataset <cid>', 'train on a dataset from `tessera data add` (by CID; needs --data-dir): peers fetch shards, tokenizer and genesis weights from each other')
+    .option('--data-dir <dir>', 'the node data directory whose IPFS store holds --dataset (the genesis state is added there)')
+    .option('--replicas <n>', 'peers that pin each training shard and retained checkpoint (default 3)', int(1, 64))
+    .option('--checkpoint-every <n>', 'keep a state checkpoint every N rounds (default 5)', int(1))
+    .option('--keep-checkpoints <n>', 'checkpoints retained before garbage collection (default 3)', int(1, 1000))
     .option('--json', 'print a JSON object on stdout', false)
-    .action((o: RunCreateOptions & { out: string; json: boolean }) => {
-      const { decoded, params } = buildManifest(o);
+    .action(async (o: RunCreateOptions & { out: string; json: boolean; dataset?: string; dataDir?: string }) => {
+      if (o.dataset !== undefined && o.dataDir === undefined) throw new InvalidInputError('--dataset needs --data-dir (the store that holds it)');
+      const { decoded, params } = o.dataset !== undefined ? await buildManifestFromStore({ ...o, dataset: o.dataset, dataDir: o.dataDir! }) : buildManifest(o);
       mkdirSync(dirname(o.out), { recursive: true });
       writeFileSync(o.out, JSON.stringify(decoded.manifest, null, 2) + '\n');
       say(o, `wrote ${o.out}: ${params} parameters, H=${o.inner}, codec ${o.codec}, overlap ${o.overlap ?? 'eager'}`);

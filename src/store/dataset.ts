@@ -118,6 +118,8 @@ export async function addDataset(store: Store, input: AddDatasetInput, onShard?:
   const bytes = dagJson.encode(manifest);
   const cid = CID.createV1(dagJson.code, await sha256.digest(bytes));
   await store.putBlock(cid, bytes);
+  // The adder keeps what it added: pinned, so garbage collection never drops the only copy.
+  await store.pin(cid);
   recordDataset(store, cid, manifest);
   return { cid, manifest };
 }
@@ -134,7 +136,16 @@ export async function readManifest(store: Store, cid: CID, options: { signal?: A
   }
   const r = DatasetManifestSchema.safeParse(value);
   if (!r.success) throw new DatasetError(`manifest ${cid} is invalid: ${r.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
-  return r.data;
+  // dag-json decodes links with its own copy of multiformats; re-make them as ours, which
+  // Helia's and UnixFS's CID checks recognise.
+  const own = (c: CID) => CID.decode(c.bytes);
+  const d = r.data;
+  return {
+    ...d,
+    tokenizer: { ...d.tokenizer, cid: own(d.tokenizer.cid) },
+    train: { ...d.train, shards: d.train.shards.map((s) => ({ ...s, cid: own(s.cid) })) },
+    val: { ...d.val, shards: d.val.shards.map((s) => ({ ...s, cid: own(s.cid) })) },
+  };
 }
 
 /** The tokens of one shard, verified by hash and checked against the manifest. */

@@ -49,6 +49,8 @@ export interface SpawnOptions {
   bootstrap: string[];
   genesisPeers?: string[];
   cacheDir?: string;
+  /** Serve the live dashboard from this peer (`tessera node --dashboard`). */
+  dashboard?: { port: number; host?: string; token?: string };
   env?: NodeJS.ProcessEnv;
   onReport?: (p: PeerProc, r: RoundReport) => void;
   onExit?: (p: PeerProc, code: number | null, signal: NodeJS.Signals | null) => void;
@@ -60,7 +62,13 @@ export function spawnPeer(spec: PeerSpec, o: SpawnOptions): PeerProc {
   if (boot.length) args.push('--bootstrap', boot.join(','));
   if (o.genesisPeers?.length) args.push('--genesis-peers', o.genesisPeers.join(','));
   if (o.cacheDir) args.push('--cache-dir', o.cacheDir);
-  const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...o.env } });
+  if (o.dashboard) {
+    args.push('--dashboard', String(o.dashboard.port));
+    if (o.dashboard.host) args.push('--dashboard-host', o.dashboard.host);
+  }
+  // The token travels in the environment, not on the command line (where `ps` shows it).
+  const env = { ...process.env, ...o.env, ...(o.dashboard?.token ? { TESSERA_DASHBOARD_TOKEN: o.dashboard.token } : {}) };
+  const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env });
   const p: PeerProc = { ...spec, child, alive: true, reports: [], stderr: [] };
   let buf = '';
   child.stdout!.setEncoding('utf8');
@@ -100,6 +108,16 @@ export async function stopAll(peers: PeerProc[], graceMs = 3000): Promise<void> 
     await new Promise((r) => setTimeout(r, 50));
   }
   for (const p of live) if (p.child.exitCode === null && p.child.signalCode === null) p.child.kill('SIGKILL');
+}
+
+/** `preferred` if it is free on `host`, else any free port (the demo's dashboard). */
+export async function portOr(preferred: number, host = '127.0.0.1'): Promise<number> {
+  const free = await new Promise<boolean>((resolve) => {
+    const s = createServer();
+    s.once('error', () => resolve(false));
+    s.listen(preferred, host, () => s.close(() => resolve(true)));
+  });
+  return free ? preferred : await freePort();
 }
 
 export function dataDirFor(root: string, i: number): string {

@@ -6,6 +6,7 @@
  * The manifest names no peers: who takes part is decided round by round (see round.ts).
  */
 import { z } from 'zod';
+import { CID } from 'multiformats/cid';
 import { ModelConfigSchema } from '../model/config.js';
 import { AdamWSchema } from '../train/adamw.js';
 import { ScheduleSchema } from '../train/schedule.js';
@@ -31,13 +32,39 @@ const Sha256Hex = z.string().regex(/^[0-9a-f]{64}$/, 'must be a sha256 as 64 low
 const MAX_MS = 7 * 24 * 3600 * 1000;
 const Ms = z.number().int().min(1).max(MAX_MS);
 
+/** A CIDv1 string (what `tessera data add` prints). */
+export const CidString = z.string().min(8).max(256).refine((v) => {
+  try { return CID.parse(v).version === 1; } catch { return false; }
+}, { message: 'must be a CIDv1 string' });
+
+/** Content-addressed storage settings (issue 4); all have defaults, see storageParams(). */
+export const StorageSchema = z.object({
+  /** Each training shard and retained checkpoint is pinned by this many roster members. */
+  replicas: z.number().int().min(1).max(64).optional(),
+  /** A state checkpoint is kept (pinned by `replicas` holders) every this many rounds. */
+  checkpointEvery: z.number().int().min(1).max(1_000_000).optional(),
+  /** How many of those checkpoints are kept; older ones are unpinned and garbage-collected. */
+  keepCheckpoints: z.number().int().min(1).max(1000).optional(),
+}).strict();
+
+export interface StorageParams { replicas: number; checkpointEvery: number; keepCheckpoints: number }
+export function storageParams(m: { storage?: z.infer<typeof StorageSchema> }): StorageParams {
+  return { replicas: m.storage?.replicas ?? 3, checkpointEvery: m.storage?.checkpointEvery ?? 5, keepCheckpoints: m.storage?.keepCheckpoints ?? 3 };
+}
+
 export const DatasetSchema = z.object({
   name: z.string().min(1).max(256),
   /** sha256 of the training token file (little-endian uint32 tokens)... */
   trainTokensSha256: Sha256Hex.optional(),
-  /** ...or a content identifier (IPFS CID) of it. Exactly one of the two. */
-  cid: z.string().regex(/^[A-Za-z0-9]{8,256}$/, 'must be a CID string (8-256 alphanumerics)').optional(),
-  /** The training tokens are split into this many equal shards; shards are assigned per round. */
+  /**
+   * ...or the CID of a dataset manifest (`tessera data add`), whose token shards peers fetch
+   * from each other. Exactly one of the two.
+   */
+  cid: CidString.optional(),
+  /**
+   * The training tokens are split into this many shards; shards are assigned per round. With a
+   * dataset CID it must equal the dataset's number of training shards (each is one block).
+   */
   numShards: z.number().int().min(1).max(1 << 20),
 }).strict().refine((d) => (d.trainTokensSha256 === undefined) !== (d.cid === undefined), {
   message: 'dataset needs exactly one of trainTokensSha256 or cid',
@@ -104,10 +131,15 @@ export const ManifestSchema = z.object({
   name: z.string().max(256).optional(),
   model: ModelConfigSchema,
   tokenizerSha256: Sha256Hex,
+  /** The tokenizer.json as a UnixFS file CID; peers fetch it and check tokenizerSha256. */
+  tokenizerCid: CidString.optional(),
   dataset: DatasetSchema,
   hyper: HyperSchema,
   /** weightsHash (sha256 of the flat float32 LE parameters) of θ at round 0. */
   genesisWeightsHash: Sha256Hex,
+  /** The genesis state as a checkpoint directory CID (store/checkpoint.ts); else θ0 = init(seed). */
+  genesisCid: CidString.optional(),
+  storage: StorageSchema.optional(),
   seed: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
   timing: TimingSchema,
 }).strict();

@@ -20,6 +20,7 @@
  *   underneath. The next `train` effect adopts the job if round, base and shards match.
  * - Compute accounting: time inside inner steps vs wall-clock time, reported per round.
  */
+import { EventEmitter } from 'node:events';
 import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
@@ -33,14 +34,20 @@ import { GPT } from '../model/gpt.js';
 import { weightsHash } from '../model/checkpoint.js';
 import { loadCorpus, prepareDataset } from '../data/index.js';
 import { BatchSampler, evalBatches, type Batch, type TokenArray } from '../data/batches.js';
+import { sample } from '../model/sample.js';
 import { AdamW } from '../train/adamw.js';
+import { Tokenizer } from '../data/tokenizer.js';
+import { openStore, parseCid, type Store } from '../store/index.js';
+import { readManifest, readShard, type DatasetManifest } from '../store/dataset.js';
+import { loadState, publishState } from '../store/checkpoint.js';
+import { pinPlan, type PinItem } from '../store/replicate.js';
 import { lrAt } from '../train/schedule.js';
 import { InvalidInputError } from '../util/errors.js';
 import { applyCommitted, type CommittedUpdate } from './apply.js';
 import { OuterNesterov } from './outer.js';
 import { roundSeed } from './assign.js';
 import { DecodeError, ErrorFeedback, getCodec, type Codec } from './compress/index.js';
-import type { DecodedManifest } from './manifest.js';
+import { CidString, storageParams, type DecodedManifest, type StorageParams } from './manifest.js';
 import {
   AcceptorRecordSchema, RoundBodySchemas, SnapshotSchema, acceptorRecord, fromWire, init, nextDeadline, roundParams,
   snapshotOf, step, toWire, type AcceptorRecord, type Effect, type Message, type RoundEvent, type RoundSnapshot,
@@ -58,7 +65,11 @@ const SUSPICIOUS = new Set(['malformed', 'self', 'not-member', 'not-leader', 'eq
 export const NodeSchemas = {
   ...RoundBodySchemas,
   /** "My snapshot of the start of round `round` (θ hash weightsHash) is bulk object `bundle`." */
-  'node.snap': z.object({ round: z.number().int().min(0), weightsHash: z.string().regex(HEX64), bundle: z.string().regex(HEX64) }).strict(),
+  'node.snap': z.object({
+    round: z.number().int().min(0), weightsHash: z.string().regex(HEX64), bundle: z.string().regex(HEX64),
+    /** The same state as an IPFS checkpoint directory (store/checkpoint.ts), fetchable from any holder. */
+    cid: CidString.optional(),
+  }).strict(),
 } as const;
 
 export interface RoundReport {
@@ -70,6 +81,12 @@ export interface RoundReport {
   /** CPU time of this process (all threads) per wall-clock time since the last report. */
   cpuFraction: number;
   valLoss: number;
+  /** Mean training loss of this peer's inner steps for the round (NaN if it trained none). */
+  trainLoss: number;
+  /** The updates applied this round: author and tokens trained. */
+  contributors: { peer: string; tokens: number }[];
+  /** CID of the latest published checkpoint (null until one is published). */
+  checkpointCid: string | null;
   peers: number;
   roster: number;
   included: number;
@@ -78,6 +95,25 @@ export interface RoundReport {
   bytesReceived: number;
   seconds: number;
   event: 'round' | 'synced';
+  /** How a 'synced' state arrived: 'ipfs' (checkpoint CID), 'bulk' (direct stream) or 'local' (own snapshot). */
+  via?: 'ipfs' | 'bulk' | 'local';
+  /** Replication: items this peer must hold under the current roster, and how many it holds. */
+  storage?: { held: number; needed: number; shardsFetched: number; corruptBlocks: number };
+}
+
+/** What a dashboard or script can read from a running node (see view()). */
+export interface NodeView {
+  runId: string;
+  manifest: DecodedManifest['manifest'];
+  peerId: string;
+  round: number;
+  phase: string;
+  roster: string[];
+  /** Peers subscribed to the run's control topic (connected, not necessarily members). */
+  subscribers: string[];
+  weightsHash: string;
+  checkpointCid: string | null;
+  params: number;
 }
 
 export interface NodeOptions {
@@ -102,7 +138,22 @@ export interface NodeOptions {
    * measuring how overlap hides a slow link on loopback, where no real delay exists.
    */
   linkDelayMs?: number;
+  /** Limit on one fetch of the dataset, tokenizer, genesis or a shard from peers (default 30 s). */
+  fetchTimeoutMs?: number;
 }
+
+/** Default limit on one fetch of data or state from peers. */
+const FETCH_MS = 30_000;
+/**
+ * A replicated item stays pinned this many rounds after this peer stops being one of its
+ * holders, so that the new holders can fetch it first (placement changes with the roster, and
+ * views of the roster differ for a round or two while peers join and leave).
+ */
+const UNPIN_GRACE_ROUNDS = 10;
+/** Limit on fetching one item to hold; a miss is retried at the next round. */
+const HOLD_FETCH_MS = 10_000;
+/** Decoded training shards kept in memory. */
+const SHARD_CACHE = 64;
 
 /** A training job: inner steps for one round from one base, possibly started before its round (pretrain). */
 interface TrainJob {
@@ -153,6 +204,8 @@ function decodeBundle(bytes: Uint8Array, P: number): { snap: RoundSnapshot; thet
 
 export class SwarmNode {
   host!: Host;
+  /** 'round' (RoundReport) for every report also passed to onRound. */
+  readonly events = new EventEmitter<{ round: [RoundReport] }>();
   channel!: ControlChannel<typeof NodeSchemas>;
   state!: RoundState;
   private readonly m;
@@ -172,14 +225,14 @@ export class SwarmNode {
   private train!: TokenArray;
   private evalSet: Batch[] = [];
   /** Bulk objects by sha256: update payloads and snapshot bundles. */
-  private readonly store = new Map<string, { bytes: Uint8Array; round: number }>();
+  private readonly bulk = new Map<string, { bytes: Uint8Array; round: number }>();
   /** Decoded Δ by update hash. */
   private readonly deltas = new Map<string, Float32Array>();
   /** Update messages seen on gossip, by update hash. */
   private readonly updateMsgs = new Map<string, UpdateMsg>();
   private readonly fetching = new Set<string>();
   /** peer → its latest snapshot advertisement. */
-  private readonly snaps = new Map<string, { round: number; weightsHash: string; bundle: string }>();
+  private readonly snaps = new Map<string, { round: number; weightsHash: string; bundle: string; cid?: string }>();
   private training: TrainJob | null = null;
   /** This peer's last submitted update (for the eager guess). */
   private lastOwn: { round: number; hash: string } | null = null;
@@ -189,6 +242,29 @@ export class SwarmNode {
   private resyncing = false;
   private lastRecord = '';
   private lastVal = NaN;
+  /** Sum and count of this peer's inner-step losses since the last report. */
+  private trainLossAcc = { sum: 0, n: 0 };
+  private tokenizer!: Tokenizer;
+  private checkpointCid: string | null = null;
+  /** The IPFS store (Helia on this node's libp2p host). */
+  store!: Store;
+  private readonly sp: StorageParams;
+  /** The dataset manifest, when the run names its dataset by CID. */
+  private dataset: DatasetManifest | null = null;
+  private datasetCid: string | null = null;
+  private tokenizerCid: string | null = null;
+  private readonly shardCache = new Map<number, TokenArray>();
+  private readonly shardFetch = new Map<number, Promise<TokenArray | null>>();
+  private shardsFetched = 0;
+  /** Checkpoints retained (every checkpointEvery rounds), oldest first; and the latest round state. */
+  private checkpoints: { round: number; cid: string }[] = [];
+  private latestState: { round: number; cid: string } | null = null;
+  private storageState = { held: 0, needed: 0 };
+  /** Serializes pin / unpin / publish / gc on the store. */
+  private storeChain: Promise<unknown> = Promise.resolve();
+  private replicatePending = false;
+  /** Replicated item CID → the last round this peer was one of its holders. */
+  private readonly lastHolder = new Map<string, number>();
   private timer: NodeJS.Timeout | null = null;
   private dialTimer: NodeJS.Timeout | null = null;
   private stopped = false;
@@ -199,6 +275,7 @@ export class SwarmNode {
   readonly logger: Logger;
   private readonly recordPath: string;
   private readonly linkDelayMs: number;
+  private readonly fetchMs: number;
   /** The latest round-start snapshot (weights + momentum), so a stopped node can resume. */
   private readonly snapPath: string;
 
@@ -210,39 +287,36 @@ export class SwarmNode {
     this.logger = o.logger ?? pino({ name: 'tessera', level: process.env.TESSERA_LOG ?? 'warn' }, pino.destination(2));
     this.recordPath = join(o.dataDir, 'acceptor.json');
     this.snapPath = join(o.dataDir, `snapshot-${o.manifest.runId.slice(0, 16)}.bin`);
+    this.sp = storageParams(o.manifest.manifest);
+    this.fetchMs = o.fetchTimeoutMs ?? FETCH_MS;
   }
 
   get peerId(): string { return this.host.peerId; }
 
   async start(): Promise<void> {
+    try {
+      await this.startInner();
+    } catch (err) {
+      // A start that fails (data or genesis not fetchable in time, a mismatch) releases the
+      // host and store it opened, so the process can exit with the error instead of lingering.
+      await this.stop();
+      throw err;
+    }
+  }
+
+  private async startInner(): Promise<void> {
     const m = this.m;
     mkdirSync(this.o.dataDir, { recursive: true });
-    // Data and model, checked against the manifest.
-    const ds = prepareDataset({ corpus: loadCorpus('brown'), vocabSize: m.model.vocabSize, ...(this.o.cacheDir ? { cacheDir: this.o.cacheDir } : {}) });
-    if (ds.tokenizer.hash() !== m.tokenizerSha256) throw new InvalidInputError(`tokenizer hash ${ds.tokenizer.hash().slice(0, 12)} does not match the manifest's ${m.tokenizerSha256.slice(0, 12)}`);
-    if (m.dataset.trainTokensSha256 !== undefined && ds.stats.train.sha256 !== m.dataset.trainTokensSha256) throw new InvalidInputError('training tokens do not match the manifest');
-    this.train = ds.train;
-    const kernels = loadKernels({ threads: this.o.threads ?? 1 });
-    this.gpt = new GPT(m.model, kernels);
-    this.gpt.init(m.seed);
-    this.evalGpt = new GPT(m.model, kernels);
-    this.theta = this.gpt.params.slice();
-    this.thetaHash = weightsHash(this.theta);
-    if (this.thetaHash !== m.genesisWeightsHash) throw new InvalidInputError('genesis weights do not match the manifest');
-    this.opt = new AdamW(m.model, m.hyper.adamw, kernels);
-    this.outer = new OuterNesterov(this.theta.length, m.hyper.outer);
-    const cs = m.hyper.codec;
-    this.codec = cs.id === 'sparse' ? getCodec('sparse', { chunk: cs.chunk, k: cs.k }) : getCodec(cs.id);
-    if (m.hyper.errorFeedback > 0) this.ef = new ErrorFeedback(this.theta.length, m.hyper.errorFeedback);
-    const B = m.hyper.batch, T = m.model.ctx;
-    this.evalSet = [...evalBatches(ds.val, B, T, this.o.evalBatches ?? 4)];
-
-    // Network.
+    // Network first: a dataset named by CID is fetched from peers.
     this.host = await createHost({
       dataDir: this.o.dataDir, listen: this.o.listen ?? ['/ip4/127.0.0.1/tcp/0'], mdns: this.o.mdns === true,
       logger: this.logger,
     });
-    await serveBulk(this.host, (hash) => this.store.get(hash)?.bytes);
+    this.store = await openStore(this.o.dataDir, {
+      libp2p: this.host.node,
+      onCorrupt: (cid) => this.logger.warn({ reason: 'corrupt-block', cid }, 'local block failed its hash; deleted, refetching from peers'),
+    });
+    await serveBulk(this.host, (hash) => this.bulk.get(hash)?.bytes);
     this.channel = joinControlChannel({
       host: this.host, runId: this.o.manifest.runId, schemas: NodeSchemas,
       onMessage: (msg) => {
@@ -263,6 +337,39 @@ export class SwarmNode {
     // Count the genesis peers themselves (any other subscriber, even a hostile one, does not help).
     const seen = () => (this.o.genesisPeers?.length ? this.channel.subscribers().filter((p) => this.o.genesisPeers!.includes(p)).length : this.channel.subscribers().length);
     while (seen() < want && Date.now() - t0 < waitMs) await new Promise((r) => setTimeout(r, 100));
+
+    // Data and model, checked against the manifest.
+    const B = m.hyper.batch, T = m.model.ctx;
+    let val: TokenArray;
+    if (m.dataset.cid !== undefined) {
+      val = await this.loadDataset(m.dataset.cid);
+    } else {
+      const ds = prepareDataset({ corpus: loadCorpus('brown'), vocabSize: m.model.vocabSize, ...(this.o.cacheDir ? { cacheDir: this.o.cacheDir } : {}) });
+      if (ds.tokenizer.hash() !== m.tokenizerSha256) throw new InvalidInputError(`tokenizer hash ${ds.tokenizer.hash().slice(0, 12)} does not match the manifest's ${m.tokenizerSha256.slice(0, 12)}`);
+      if (m.dataset.trainTokensSha256 !== undefined && ds.stats.train.sha256 !== m.dataset.trainTokensSha256) throw new InvalidInputError('training tokens do not match the manifest');
+      this.train = ds.train;
+      this.tokenizer = ds.tokenizer;
+      val = ds.val;
+    }
+    const kernels = loadKernels({ threads: this.o.threads ?? 1 });
+    this.gpt = new GPT(m.model, kernels);
+    this.gpt.init(m.seed);
+    this.evalGpt = new GPT(m.model, kernels);
+    this.outer = new OuterNesterov(this.gpt.params.length, m.hyper.outer);
+    if (m.genesisCid !== undefined) {
+      const g = await loadState(this.store, parseCid(m.genesisCid), m.model, { signal: AbortSignal.timeout(this.fetchMs) });
+      this.gpt.params.set(g.params);
+      this.outer.momentum.set(g.momentum);
+    }
+    this.theta = this.gpt.params.slice();
+    this.thetaHash = weightsHash(this.theta);
+    if (this.thetaHash !== m.genesisWeightsHash) throw new InvalidInputError(`genesis weights ${m.genesisCid ? `(${m.genesisCid}) ` : ''}hash to ${this.thetaHash.slice(0, 12)}, the manifest says ${m.genesisWeightsHash.slice(0, 12)}`);
+    this.opt = new AdamW(m.model, m.hyper.adamw, kernels);
+    const cs = m.hyper.codec;
+    this.codec = cs.id === 'sparse' ? getCodec('sparse', { chunk: cs.chunk, k: cs.k }) : getCodec(cs.id);
+    if (m.hyper.errorFeedback > 0) this.ef = new ErrorFeedback(this.theta.length, m.hyper.errorFeedback);
+    this.evalSet = [...evalBatches(val, B, T, this.o.evalBatches ?? 4)];
+
     const discovered = mdnsOnly ? this.channel.subscribers() : [];
 
     let acceptor: AcceptorRecord | undefined;
@@ -289,6 +396,61 @@ export class SwarmNode {
     this.timer = setInterval(() => this.tick(), 50);
   }
 
+  /** Fetches the dataset manifest, tokenizer and validation shards by CID (from any peer); returns the validation tokens. */
+  private async loadDataset(cidStr: string): Promise<TokenArray> {
+    const m = this.m;
+    const opts = () => ({ signal: AbortSignal.timeout(this.fetchMs) });
+    const cid = parseCid(cidStr);
+    const dsm = await readManifest(this.store, cid, opts());
+    if (dsm.train.shards.length !== m.dataset.numShards) throw new InvalidInputError(`dataset ${cidStr} has ${dsm.train.shards.length} training shards, the manifest says numShards ${m.dataset.numShards}`);
+    if (dsm.tokenizer.vocabSize !== m.model.vocabSize) throw new InvalidInputError(`dataset ${cidStr} has a vocabulary of ${dsm.tokenizer.vocabSize}, the model ${m.model.vocabSize}`);
+    const tokCid = m.tokenizerCid !== undefined ? parseCid(m.tokenizerCid) : dsm.tokenizer.cid;
+    const text = new TextDecoder().decode(await this.store.cat(tokCid, { maxBytes: 64 << 20, ...opts() }));
+    let tok: Tokenizer;
+    try {
+      tok = Tokenizer.fromJSON(JSON.parse(text), { expectVocabSize: m.model.vocabSize, source: tokCid.toString() });
+    } catch (err) {
+      throw new InvalidInputError(`tokenizer ${tokCid} is not a valid tokenizer.json: ${(err as Error).message}`);
+    }
+    if (tok.hash() !== m.tokenizerSha256) throw new InvalidInputError(`tokenizer ${tokCid} hashes to ${tok.hash().slice(0, 12)}, the manifest says ${m.tokenizerSha256.slice(0, 12)}`);
+    const parts: Uint32Array[] = [];
+    for (const sh of dsm.val.shards) parts.push(await readShard(this.store, dsm, sh, opts()));
+    const val = new Uint32Array(parts.reduce((n, p) => n + p.length, 0));
+    let o = 0;
+    for (const p of parts) { val.set(p, o); o += p.length; }
+    this.dataset = dsm;
+    this.datasetCid = cid.toString();
+    this.tokenizerCid = tokCid.toString();
+    this.tokenizer = tok;
+    return val as unknown as TokenArray;
+  }
+
+  /** The tokens of training shard `sh`: a slice of the local corpus, or a block fetched (once) from peers. */
+  private async shardData(sh: number): Promise<TokenArray | null> {
+    const dsm = this.dataset;
+    if (!dsm) return shardSlice(this.train, sh, this.p.numShards, this.m.model.ctx);
+    const hit = this.shardCache.get(sh);
+    if (hit) return hit;
+    let p = this.shardFetch.get(sh);
+    if (!p) {
+      p = readShard(this.store, dsm, dsm.train.shards[sh], { signal: AbortSignal.timeout(this.fetchMs) })
+        .then((t) => {
+          const tokens = t as unknown as TokenArray;
+          this.shardsFetched++;
+          this.shardCache.set(sh, tokens);
+          if (this.shardCache.size > SHARD_CACHE) this.shardCache.delete(this.shardCache.keys().next().value!);
+          return tokens;
+        })
+        .catch((err: unknown) => {
+          this.logger.warn({ shard: sh, cid: dsm.train.shards[sh].cid.toString(), err: (err as Error).message }, 'cannot fetch training shard');
+          return null;
+        })
+        .finally(() => this.shardFetch.delete(sh));
+      this.shardFetch.set(sh, p);
+    }
+    return await p;
+  }
+
   private dialLoop(): void {
     const targets = this.o.bootstrap ?? [];
     if (targets.length === 0) return;
@@ -311,7 +473,36 @@ export class SwarmNode {
     if (this.dialTimer) clearInterval(this.dialTimer);
     if (this.training) this.training.stop = true;
     try { this.channel?.close(); } catch { /* closing anyway */ }
+    await this.storeChain.catch(() => undefined);
+    await this.store?.stop().catch(() => undefined);
     await this.host?.stop().catch(() => undefined);
+  }
+
+  /** A consistent read-only summary of this node (for the dashboard and scripts). */
+  view(): NodeView {
+    const st = this.state;
+    return {
+      runId: this.o.manifest.runId, manifest: this.m, peerId: this.host.peerId, round: st?.round ?? -1, phase: st?.phase ?? 'starting',
+      roster: [...(st?.roster ?? [])], subscribers: this.channel?.subscribers() ?? [], weightsHash: this.thetaHash,
+      checkpointCid: this.checkpointCid, params: this.theta?.length ?? 0,
+    };
+  }
+
+  /**
+   * Continues `prompt` from the current weights θ (not a trainer's half-trained copy). Runs on
+   * the event loop thread, so callers should keep maxTokens small (the dashboard caps it).
+   */
+  generate(prompt: string, o: { maxTokens?: number; temperature?: number; topK?: number; seed?: number } = {}): { text: string; tokens: number } {
+    const tok = this.tokenizer;
+    const g = this.evalGpt;
+    g.params.set(this.theta);
+    const ids = [tok.eotId, ...tok.encodeOrdinary(prompt)].slice(-this.m.model.ctx);
+    const out: number[] = [];
+    for (const id of sample(g, ids, { maxNewTokens: Math.min(256, o.maxTokens ?? 48), temperature: o.temperature ?? 0.8, topK: o.topK ?? 40, seed: o.seed ?? 1, stopToken: tok.eotId })) {
+      if (id === tok.eotId) break;
+      out.push(id);
+    }
+    return { text: tok.decode(out), tokens: out.length };
   }
 
   // ───────────── reducer plumbing ─────────────
@@ -360,7 +551,7 @@ export class SwarmNode {
     for (const e of effects) this.execute(e);
     // A decided empty set ends the round inside the reducer (no apply effect): report it too.
     if (prevRound >= 0 && next.round === prevRound + 1 && next.prev && next.prev.round === prevRound && next.prev.decision.commit.included.length === 0 && next.prev.resultHash !== null) {
-      this.report('round', prevRound, this.lastVal, next.prev.roster.length, 0, next.prev.resultHash);
+      this.report('round', prevRound, this.lastVal, next.prev.roster.length, [], next.prev.resultHash);
     }
     if (next.round !== prevRound && next.round >= 0 && next.phase !== 'syncing' && next.phase !== 'unsynced') this.advertiseSnapshot();
   }
@@ -385,7 +576,7 @@ export class SwarmNode {
   private onNet(kind: string, from: string, body: unknown): void {
     if (this.stopped || !this.state) return;
     if (kind === 'node.snap') {
-      const b = body as { round: number; weightsHash: string; bundle: string };
+      const b = body as { round: number; weightsHash: string; bundle: string; cid?: string };
       const old = this.snaps.get(from);
       if (!old || old.round <= b.round) this.snaps.set(from, b);
       return;
@@ -425,7 +616,7 @@ export class SwarmNode {
             if (this.linkDelayMs > 0) await new Promise((r) => setTimeout(r, 2 * this.linkDelayMs)); // request + response
             const delta = this.codec.decode(bytes, P);
             if (!delta.every(Number.isFinite)) throw new InvalidInputError('non-finite Δ');
-            this.store.set(hash, { bytes, round });
+            this.bulk.set(hash, { bytes, round });
             this.deltas.set(hash, delta);
             this.deliverUpdate(hash, round, author);
             return;
@@ -462,7 +653,7 @@ export class SwarmNode {
 
   private prune(): void {
     const keepFrom = this.state.round - 2;
-    for (const [h, v] of this.store) if (v.round < keepFrom) { this.store.delete(h); this.deltas.delete(h); this.updateMsgs.delete(h); }
+    for (const [h, v] of this.bulk) if (v.round < keepFrom) { this.bulk.delete(h); this.deltas.delete(h); this.updateMsgs.delete(h); }
   }
 
   // ───────────── training / apply / sync ─────────────
@@ -506,21 +697,25 @@ export class SwarmNode {
   private async runJob(job: TrainJob): Promise<void> {
     await new Promise((r) => setImmediate(r));
     const m = this.m, B = m.hyper.batch, T = m.model.ctx, P = this.theta.length;
+    // Exactly the assigned shards (fetched from peers the first time when the dataset is on IPFS).
+    const data = await Promise.all(job.shards.map((sh) => this.shardData(sh)));
     if (job.stop || this.stopped) return;
     const local = this.gpt;
     local.params.set(job.base);
     const seed = BigInt('0x' + roundSeed(this.o.manifest.runId, job.round).slice(0, 12));
-    const samplers = job.shards.map((sh, i) => new BatchSampler(shardSlice(this.train, sh, this.p.numShards, T), B, T, seed + BigInt(i)));
+    const samplers = data.flatMap((d, i) => (d && d.length >= T + 2 ? [new BatchSampler(d, B, T, seed + BigInt(i))] : []));
     const batch: Batch = { inputs: new Int32Array(B * T), targets: new Int32Array(B * T) };
     let steps = 0;
     let lastYield = performance.now();
-    for (let i = 0; i < job.maxSteps; i++) {
+    for (let i = 0; i < job.maxSteps && samplers.length > 0; i++) {
       if (job.stop || this.stopped || (job.until !== null && Date.now() >= job.until)) break;
       samplers[i % samplers.length].next(batch);
       const t0 = performance.now();
       local.zeroGrad();
       const loss = local.forwardBackward(batch.inputs, batch.targets, B, T);
       if (!Number.isFinite(loss)) break;
+      this.trainLossAcc.sum += loss;
+      this.trainLossAcc.n++;
       this.opt.update(local.params, local.grads, lrAt(m.hyper.schedule, job.round * m.hyper.innerSteps + i));
       const t1 = performance.now();
       this.computeMs += t1 - t0;
@@ -550,7 +745,7 @@ export class SwarmNode {
     if (steps > 0) {
       const enc = this.codec.encode(delta, this.ef ?? undefined);
       hash = sha256Hex(enc.bytes);
-      this.store.set(hash, { bytes: enc.bytes, round: job.round });
+      this.bulk.set(hash, { bytes: enc.bytes, round: job.round });
       this.deltas.set(hash, enc.decoded);
       this.lastOwn = { round: job.round, hash };
     }
@@ -572,7 +767,7 @@ export class SwarmNode {
     this.lastVal = valLoss;
     const roster = this.state.roster.length;
     this.dispatch({ type: 'applied', round: e.round, weightsHash: h });
-    this.report('round', e.round, valLoss, roster, e.included.length, h);
+    this.report('round', e.round, valLoss, roster, e.included.map((u) => ({ peer: u.peer, tokens: u.tokens * this.m.model.ctx })) /* the reducer counts sequences */, h);
     this.prune();
   }
 
@@ -584,21 +779,27 @@ export class SwarmNode {
     return this.evalSet.length ? sum / this.evalSet.length : NaN;
   }
 
-  private report(event: 'round' | 'synced', round: number, valLoss: number, roster: number, included: number, h: string): void {
+  private report(event: 'round' | 'synced', round: number, valLoss: number, roster: number, contributors: { peer: string; tokens: number }[], h: string, via?: 'ipfs' | 'bulk' | 'local'): void {
     const w = this.host.metrics.snapshot().wire;
     const now = Date.now();
     const nowPerf = performance.now();
     const wall = nowPerf - this.lastCompute.at;
     const r: RoundReport = {
-      event, round, valLoss, computeFraction: wall > 0 ? Math.min(1, (this.computeMs - this.lastCompute.ms) / wall) : 0,
+      event, round, valLoss, trainLoss: this.trainLossAcc.n ? this.trainLossAcc.sum / this.trainLossAcc.n : NaN, contributors, checkpointCid: this.checkpointCid,
+      computeFraction: wall > 0 ? Math.min(1, (this.computeMs - this.lastCompute.ms) / wall) : 0,
       innerSteps: this.innerStepsRun - this.lastCompute.steps,
-      cpuFraction: wall > 0 ? (cpuMs() - this.lastCompute.cpu) / wall : 0, peers: this.channel.subscribers().length + 1, roster, included, weightsHash: h,
+      cpuFraction: wall > 0 ? (cpuMs() - this.lastCompute.cpu) / wall : 0, peers: this.channel.subscribers().length + 1, roster, included: contributors.length, weightsHash: h,
       bytesSent: w.sent - this.lastBytes.sent, bytesReceived: w.received - this.lastBytes.received, seconds: (now - this.roundStart) / 1000,
+      ...(via ? { via } : {}),
+      storage: { ...this.storageState, shardsFetched: this.shardsFetched, corruptBlocks: this.store.stats.corruptLocal },
     };
     this.lastBytes = { ...w };
     this.lastCompute = { ms: this.computeMs, steps: this.innerStepsRun, at: nowPerf, cpu: cpuMs() };
     this.roundStart = now;
+    this.trainLossAcc = { sum: 0, n: 0 };
     this.o.onRound?.(r);
+    this.events.emit('round', r);
+    if (event === 'round') this.scheduleReplication();
   }
 
   /**
@@ -618,7 +819,7 @@ export class SwarmNode {
       this.dispatch({ type: 'synced', snapshot: b.snap });
       if (this.state.round === b.snap.round) {
         this.log(`resumed at round ${b.snap.round} from ${this.snapPath}`);
-        this.report('synced', b.snap.round, this.evaluate(), b.snap.roster.length, 0, b.snap.weightsHash);
+        this.report('synced', b.snap.round, this.evaluate(), b.snap.roster.length, [], b.snap.weightsHash, 'local');
       }
     } catch (err) {
       this.logger.warn({ file: this.snapPath, err: (err as Error).message }, 'ignoring unreadable local snapshot; syncing from peers');
@@ -633,8 +834,99 @@ export class SwarmNode {
     writeFileSync(tmp, bytes);
     renameSync(tmp, this.snapPath);
     const bundle = sha256Hex(bytes);
-    this.store.set(bundle, { bytes, round: snap.round });
-    this.channel.publish('node.snap', { round: snap.round, weightsHash: snap.weightsHash, bundle }).catch(() => undefined);
+    this.bulk.set(bundle, { bytes, round: snap.round });
+    // The same state as an IPFS checkpoint directory. Its files are encoded now, synchronously
+    // (θ may change right after); adding them to the store and pinning happen in the background.
+    const files = { config: this.m.model, params: this.theta.slice(), momentum: this.outer.momentum.slice(), runId: this.o.manifest.runId, round: snap.round, snapshot: snap };
+    void this.serial(async () => {
+      let cid: string | undefined;
+      try {
+        const c = await publishState(this.store, files, { signal: AbortSignal.timeout(this.fetchMs) });
+        await this.store.pin(c);
+        cid = c.toString();
+        const prev = this.latestState;
+        this.latestState = { round: snap.round, cid };
+        if (snap.round % this.sp.checkpointEvery === 0 && !this.checkpoints.some((x) => x.cid === cid)) {
+          this.checkpoints.push({ round: snap.round, cid });
+          this.checkpointCid = cid;
+        }
+        // The previous latest state stays pinned only if it is a retained checkpoint we hold (replicate() decides).
+        if (prev && prev.cid !== cid && !this.checkpoints.some((x) => x.cid === prev.cid)) await this.store.unpin(parseCid(prev.cid));
+      } catch (err) {
+        this.logger.warn({ round: snap.round, err: (err as Error).message }, 'cannot publish state checkpoint; serving it by bulk only');
+      }
+      if (this.stopped) return;
+      this.channel.publish('node.snap', { round: snap.round, weightsHash: snap.weightsHash, bundle, ...(cid ? { cid } : {}) }).catch(() => undefined);
+    });
+  }
+
+  /** Runs store mutations one at a time (pins, unpins, publishes and GC must not interleave). */
+  private serial<T>(f: () => Promise<T>): Promise<T> {
+    const next = this.storeChain.then(f, f);
+    this.storeChain = next.catch(() => undefined);
+    return next;
+  }
+
+  private scheduleReplication(): void {
+    if (this.replicatePending || this.stopped) return;
+    this.replicatePending = true;
+    void this.serial(async () => {
+      this.replicatePending = false;
+      if (!this.stopped) await this.replicate();
+    });
+  }
+
+  /**
+   * Makes this peer hold what the deterministic placement (store/replicate.ts) says it must
+   * under the current roster: every member holds the dataset manifest, tokenizer and validation
+   * shards; R members hold each training shard and each retained checkpoint. Pins what it must
+   * hold (fetching from peers), announces it on the DHT, unpins what moved elsewhere, drops
+   * checkpoints beyond the retention, and garbage-collects every checkpointEvery rounds.
+   */
+  private async replicate(): Promise<void> {
+    const st = this.state;
+    if (!st || st.phase === 'unsynced' || st.phase === 'syncing') return;
+    const R = this.sp.replicas;
+    while (this.checkpoints.length > this.sp.keepCheckpoints) {
+      const old = this.checkpoints.shift()!;
+      if (old.cid !== this.latestState?.cid) await this.store.unpin(parseCid(old.cid)).catch(() => undefined);
+    }
+    const items: PinItem[] = [];
+    const dsm = this.dataset;
+    if (dsm && this.datasetCid && this.tokenizerCid) {
+      items.push({ cid: this.datasetCid, scope: 'all', label: 'dataset manifest', depth: 0 });
+      items.push({ cid: this.tokenizerCid, scope: 'all', label: 'tokenizer' });
+      dsm.val.shards.forEach((sh, i) => items.push({ cid: sh.cid.toString(), scope: 'all', label: `val shard ${i}` }));
+      dsm.train.shards.forEach((sh, i) => items.push({ cid: sh.cid.toString(), scope: 'replicated', label: `train shard ${i}` }));
+    }
+    if (this.m.genesisCid) items.push({ cid: this.m.genesisCid, scope: 'replicated', label: 'genesis' });
+    for (const c of this.checkpoints) if (c.cid !== this.latestState?.cid) items.push({ cid: c.cid, scope: 'replicated', label: `checkpoint r${c.round}` });
+    const plan = pinPlan(items, st.roster, this.host.peerId, R);
+    let held = 0;
+    for (const it of plan.hold) {
+      if (this.stopped) return;
+      try {
+        const cid = parseCid(it.cid);
+        // Raw blocks are read through getBlock first: a copy corrupted on disk is found by its hash and refetched.
+        if (it.scope === 'replicated') this.lastHolder.set(it.cid, st.round);
+        if (cid.code === 0x55) await this.store.getBlock(cid, { signal: AbortSignal.timeout(HOLD_FETCH_MS) });
+        await this.store.pin(cid, { signal: AbortSignal.timeout(HOLD_FETCH_MS), ...(it.depth !== undefined ? { depth: it.depth } : {}) });
+        held++;
+        this.store.provide(cid, { signal: AbortSignal.timeout(10_000) }).catch(() => undefined);
+      } catch (err) {
+        this.logger.warn({ item: it.label, cid: it.cid, err: (err as Error).message }, 'cannot fetch an item this peer must hold');
+      }
+    }
+    for (const it of plan.skip) {
+      const last = this.lastHolder.get(it.cid);
+      if (last === undefined || st.round - last < UNPIN_GRACE_ROUNDS) continue;
+      this.lastHolder.delete(it.cid);
+      await this.store.unpin(parseCid(it.cid)).catch(() => undefined);
+    }
+    this.storageState = { held, needed: plan.hold.length };
+    if (st.round > 0 && st.round % this.sp.checkpointEvery === 0) {
+      await this.store.gc({ signal: AbortSignal.timeout(this.fetchMs) }).catch((err: unknown) => this.logger.warn({ err: (err as Error).message }, 'store gc failed'));
+    }
   }
 
   private async resync(e: Extract<Effect, { type: 'resync' }>): Promise<void> {
@@ -649,18 +941,35 @@ export class SwarmNode {
         .sort((x, y) => (Number(e.from.includes(y[0])) - Number(e.from.includes(x[0]))) || y[1].round - x[1].round);
       for (const [peer, ad] of ads.slice(0, 4)) {
         try {
-          const bytes = await fetchBulk(this.host, peer, ad.bundle, { maxBytes: 8 * P + 65536, signal: AbortSignal.timeout(10_000) });
-          const b = decodeBundle(bytes, P);
+          let b: { snap: RoundSnapshot; theta: Float32Array; momentum: Float32Array } | null = null;
+          let via: 'ipfs' | 'bulk' = 'ipfs';
+          if (ad.cid) {
+            // By CID first: any peer holding the checkpoint can serve its blocks, not only the advertiser.
+            try {
+              const got = await loadState(this.store, parseCid(ad.cid), this.m.model, { signal: AbortSignal.timeout(15_000) });
+              if (got.meta.runId !== this.o.manifest.runId) throw new InvalidInputError(`checkpoint ${ad.cid} belongs to run ${got.meta.runId.slice(0, 12)}`);
+              b = { snap: SnapshotSchema.parse(got.meta.snapshot), theta: got.params, momentum: got.momentum };
+              if (b.snap.weightsHash !== got.weightsHash) throw new InvalidInputError('checkpoint snapshot does not match its weights');
+            } catch (err) {
+              this.log(`resync by CID ${ad.cid.slice(0, 16)}… failed (${(err as Error).message}); trying a direct download`);
+              b = null;
+            }
+          }
+          if (!b) {
+            via = 'bulk';
+            const bytes = await fetchBulk(this.host, peer, ad.bundle, { maxBytes: 8 * P + 65536, signal: AbortSignal.timeout(10_000) });
+            b = decodeBundle(bytes, P);
+          }
           if (weightsHash(b.theta) !== b.snap.weightsHash) throw new InvalidInputError('snapshot weights do not match its hash');
           if (this.stopped || (this.state.phase !== 'syncing' && this.state.phase !== 'unsynced')) return;
           this.theta.set(b.theta);
           this.thetaHash = b.snap.weightsHash;
           this.prevTheta = null;
           this.outer.momentum.set(b.momentum);
-          this.deltas.clear();
+          // Decoded payloads stay: a resync into the same round keeps the reducer's held updates, whose Δ apply needs (prune() drops old ones).
           this.dispatch({ type: 'synced', snapshot: b.snap });
           if (this.state.round === b.snap.round && this.state.weightsHash === b.snap.weightsHash) {
-            this.report('synced', b.snap.round, this.evaluate(), b.snap.roster.length, 0, b.snap.weightsHash);
+            this.report('synced', b.snap.round, this.evaluate(), b.snap.roster.length, [], b.snap.weightsHash, via);
           }
           return;
         } catch (err) {

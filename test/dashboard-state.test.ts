@@ -1,0 +1,169 @@
+/**
+ * The dashboard's pure aggregator (src/dashboard/state.ts): every rule the page relies on —
+ * crediting contributors once per round, tokens/s, peer status (active, stale, gone), the
+ * ring buffer, NaN losses, eviction, own contribution — checked on hand-made reports and views.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import {
+  initialState, observe, ownContribution, peerRows, pointsSince, record, statusOf, summarize, type DashState,
+} from '../src/dashboard/state.js';
+import type { NodeView } from '../src/swarm/node.js';
+import { A, B, MANIFEST, ME, report, view } from './dashboard-fixtures.js';
+
+const row = (s: DashState, id: string) => peerRows(s).find((p) => p.id === id)!;
+
+test('initial state: empty, starting; bad limits are rejected', () => {
+  const s = initialState(1000);
+  assert.equal(s.phase, 'starting');
+  assert.equal(s.round, -1);
+  assert.deepEqual(peerRows(s), []);
+  assert.deepEqual(ownContribution(s), { roundsContributed: 0, tokens: 0, share: null, tokensPerSec: null, lastRound: null, bytesSent: 0, bytesReceived: 0, computeFraction: null });
+  assert.throws(() => initialState(0, { maxPoints: 0 }), RangeError);
+  assert.throws(() => initialState(0, { maxPeers: 0 }), RangeError);
+});
+
+test('observe: run summary, roster, connected peers, seq grows', () => {
+  const s0 = initialState(0);
+  const s1 = observe(s0, view(), 10);
+  assert.ok(s1.seq > s0.seq);
+  assert.equal(s1.peerId, ME);
+  assert.equal(s1.phase, 'training');
+  assert.deepEqual(s1.roster, [A, ME].sort());
+  assert.equal(s1.run!.name, 'tiny');
+  assert.equal(s1.run!.params, 1234);
+  assert.equal(s1.run!.hyper.codec, 'sparse');
+  assert.equal(s1.run!.dataset.ref, `sha256:${'b'.repeat(64)}`);
+  assert.equal(s1.run!.timing.maxMissedRounds, 2);
+  // Self and connected peers are seen now; roster members not connected get a row but no sighting.
+  assert.equal(row(s1, ME).lastSeenAt, 10);
+  assert.equal(row(s1, A).lastSeenAt, 10);
+  const s2 = observe(s1, view({ roster: [ME, A, B] }), 20);
+  assert.equal(row(s2, B).lastSeenAt, null);
+  assert.equal(row(s2, B).role, 'trainer');
+  // The summary object is kept while the run is the same.
+  assert.equal(s2.run, s1.run);
+  // A dataset named by CID shows its CID.
+  const m = { ...MANIFEST, dataset: { name: 'x', cid: 'bafy123456', numShards: 2 } } as unknown as NodeView['manifest'];
+  assert.equal(summarize(view({ manifest: m })).dataset.ref, 'bafy123456');
+});
+
+test('record: a point per round, NaN loss → null, tokens/s = tokens / round seconds', () => {
+  let s = observe(initialState(0), view(), 0);
+  s = record(s, report(0, { trainLoss: NaN }), 100);
+  const [p] = s.series;
+  assert.equal(p.round, 0);
+  assert.equal(p.trainLoss, null);
+  assert.equal(p.valLoss, 6);
+  assert.equal(p.tokens, 384);
+  assert.equal(p.tokensPerSec, 192);
+  assert.equal(s.weightsHash, 'w1');
+  assert.equal(JSON.parse(JSON.stringify(p)).trainLoss, null);
+  assert.equal(row(s, A).tokensPerSec, 64);
+  assert.equal(row(s, ME).tokensPerSec, 128);
+  // Zero-length round: no division by zero.
+  s = record(s, report(1, { seconds: 0 }), 200);
+  assert.equal(s.series[1].tokensPerSec, null);
+  assert.equal(row(s, A).tokensPerSec, 64, 'keeps the last known rate');
+});
+
+test('contributors are credited once per round, even when a round is reported twice', () => {
+  let s = observe(initialState(0), view(), 0);
+  s = record(s, report(0), 1);
+  s = record(s, report(0, { event: 'synced' }), 2);
+  assert.equal(s.series.length, 1, 'the round is replaced, not appended');
+  assert.equal(s.series[0].event, 'synced');
+  assert.equal(row(s, A).roundsContributed, 1);
+  assert.equal(row(s, A).tokens, 128);
+  assert.equal(s.totals.rounds, 1);
+  assert.equal(s.totals.tokens, 384);
+  s = record(s, report(1, { contributors: [{ peer: A, tokens: 100 }] }), 3);
+  assert.equal(row(s, A).roundsContributed, 2);
+  assert.equal(row(s, A).lastRound, 1);
+  assert.equal(row(s, ME).roundsContributed, 1);
+  assert.equal(s.totals.tokens, 484);
+});
+
+test('own contribution: share of applied tokens, bytes totals, compute fraction', () => {
+  let s = observe(initialState(0), view(), 0);
+  s = record(s, report(0), 1);
+  s = record(s, report(1, { contributors: [{ peer: A, tokens: 384 }], computeFraction: 0.5 }), 2);
+  const o = ownContribution(s);
+  assert.equal(o.roundsContributed, 1);
+  assert.equal(o.tokens, 256);
+  assert.equal(o.share, 256 / 768);
+  assert.equal(o.bytesSent, 2000);
+  assert.equal(o.bytesReceived, 4000);
+  assert.equal(o.computeFraction, 0.5);
+  assert.equal(o.lastRound, 0);
+});
+
+test('peer status: active, stale when unreachable or not contributing, gone when out of roster and topic', () => {
+  let s = observe(initialState(0), view({ roster: [ME, A, B], subscribers: [A, B] }), 0);
+  s = record(s, report(0, { contributors: [{ peer: ME, tokens: 1 }, { peer: A, tokens: 1 }, { peer: B, tokens: 1 }] }), 1);
+  assert.equal(statusOf(s, s.peers[A]), 'active');
+  assert.equal(row(s, B).status, 'active');
+  // B disconnects but is still in the roster: stale.
+  s = observe(s, view({ round: 1, roster: [ME, A, B], subscribers: [A] }), 2);
+  assert.equal(row(s, B).status, 'stale');
+  assert.equal(row(s, B).connected, false);
+  assert.equal(row(s, B).lastSeenAt, 1, 'last seen when its update was applied');
+  // A stays connected but stops contributing for more than staleRounds (2) rounds: stale.
+  for (let r = 1; r <= 3; r++) s = record(s, report(r, { contributors: [{ peer: ME, tokens: 1 }] }), 10 + r);
+  assert.equal(s.round, 3);
+  assert.equal(row(s, A).status, 'stale');
+  // B leaves the roster: gone.
+  s = observe(s, view({ round: 4, roster: [ME, A], subscribers: [A] }), 20);
+  assert.equal(row(s, B).status, 'gone');
+  assert.equal(row(s, B).role, 'trainer', 'it did contribute');
+  // Self is always active.
+  assert.equal(row(s, ME).status, 'active');
+  assert.equal(row(s, ME).self, true);
+  // Order: self, then active, stale, gone.
+  assert.deepEqual(peerRows(s).map((p) => p.id), [ME, A, B]);
+});
+
+test('observers: on the topic, not in the roster, never contributed', () => {
+  const s = observe(initialState(0), view({ subscribers: [A, 'peer-x'] }), 0);
+  const x = row(s, 'peer-x');
+  assert.equal(x.role, 'observer');
+  assert.equal(x.status, 'active');
+});
+
+test('ring buffer keeps the latest maxPoints rounds, in order; pointsSince gives increments', () => {
+  let s = observe(initialState(0, { maxPoints: 3 }), view(), 0);
+  for (const r of [0, 1, 2, 3, 4]) s = record(s, report(r), r);
+  assert.deepEqual(s.series.map((p) => p.round), [2, 3, 4]);
+  assert.equal(s.totals.rounds, 5, 'totals count every round seen');
+  const cursor = s.seq;
+  assert.deepEqual(pointsSince(s, cursor), []);
+  s = record(s, report(5), 5);
+  assert.deepEqual(pointsSince(s, cursor).map((p) => p.round), [5]);
+  assert.deepEqual(pointsSince(s, -1).map((p) => p.round), [3, 4, 5]);
+  // A late, older round is inserted in order (then trimmed like any other).
+  s = record(initialState(0, { maxPoints: 10 }), report(7), 1);
+  s = record(s, report(3), 2);
+  assert.deepEqual(s.series.map((p) => p.round), [3, 7]);
+  assert.equal(s.round, 7, 'the round never moves backwards on a late report');
+});
+
+test('eviction keeps self and roster members, drops the longest-unseen others', () => {
+  let s = observe(initialState(0, { maxPeers: 3 }), view({ roster: [ME], subscribers: ['x1'] }), 1);
+  s = observe(s, view({ roster: [ME], subscribers: ['x2'] }), 2);
+  s = observe(s, view({ roster: [ME], subscribers: ['x3'] }), 3);
+  assert.deepEqual(Object.keys(s.peers).sort(), [ME, 'x2', 'x3']);
+  s = observe(s, view({ roster: [ME, 'x2'], subscribers: ['x4', 'x5'] }), 4);
+  assert.ok(s.peers[ME] && s.peers.x2, 'self and roster member kept');
+  assert.equal(Object.keys(s.peers).length, 3);
+});
+
+test('a large run stays cheap: 2000 rounds × 64 peers', () => {
+  const ids = Array.from({ length: 64 }, (_, i) => `p${i}`);
+  let s = observe(initialState(0), view({ roster: ids, subscribers: ids }), 0);
+  const t0 = performance.now();
+  for (let r = 0; r < 2000; r++) s = record(s, report(r, { contributors: ids.map((peer) => ({ peer, tokens: 64 })) }), r);
+  const ms = performance.now() - t0;
+  assert.equal(s.series.length, 2000);
+  assert.equal(row(s, 'p5').roundsContributed, 2000);
+  assert.ok(ms < 5000, `2000 rounds folded in ${ms.toFixed(0)} ms`);
+});
