@@ -262,6 +262,8 @@ export class SwarmNode {
   private storageState = { held: 0, needed: 0 };
   /** Serializes pin / unpin / publish / gc on the store. */
   private storeChain: Promise<unknown> = Promise.resolve();
+  private publishChain: Promise<unknown> = Promise.resolve();
+  private gcRun: Promise<unknown> = Promise.resolve();
   private replicatePending = false;
   /** Replicated item CID → the last round this peer was one of its holders. */
   private readonly lastHolder = new Map<string, number>();
@@ -473,7 +475,7 @@ export class SwarmNode {
     if (this.dialTimer) clearInterval(this.dialTimer);
     if (this.training) this.training.stop = true;
     try { this.channel?.close(); } catch { /* closing anyway */ }
-    await this.storeChain.catch(() => undefined);
+    await Promise.all([this.storeChain, this.publishChain, this.gcRun]).catch(() => undefined);
     await this.store?.stop().catch(() => undefined);
     await this.host?.stop().catch(() => undefined);
   }
@@ -482,7 +484,7 @@ export class SwarmNode {
   view(): NodeView {
     const st = this.state;
     return {
-      runId: this.o.manifest.runId, manifest: this.m, peerId: this.host.peerId, round: st?.round ?? -1, phase: st?.phase ?? 'starting',
+      runId: this.o.manifest.runId, manifest: this.m, peerId: this.host?.peerId ?? '', round: st?.round ?? -1, phase: st?.phase ?? 'starting',
       roster: [...(st?.roster ?? [])], subscribers: this.channel?.subscribers() ?? [], weightsHash: this.thetaHash,
       checkpointCid: this.checkpointCid, params: this.theta?.length ?? 0,
     };
@@ -838,7 +840,9 @@ export class SwarmNode {
     // The same state as an IPFS checkpoint directory. Its files are encoded now, synchronously
     // (θ may change right after); adding them to the store and pinning happen in the background.
     const files = { config: this.m.model, params: this.theta.slice(), momentum: this.outer.momentum.slice(), runId: this.o.manifest.runId, round: snap.round, snapshot: snap };
-    void this.serial(async () => {
+    // Not queued behind replicate(): its fetches can take seconds, and a late advertisement
+    // hands joiners a stale state. Only garbage collection must not run meanwhile.
+    void this.publishing(async () => {
       let cid: string | undefined;
       try {
         const c = await publishState(this.store, files, { signal: AbortSignal.timeout(this.fetchMs) });
@@ -860,11 +864,34 @@ export class SwarmNode {
     });
   }
 
-  /** Runs store mutations one at a time (pins, unpins, publishes and GC must not interleave). */
+  /** Runs replication passes one at a time. */
   private serial<T>(f: () => Promise<T>): Promise<T> {
     const next = this.storeChain.then(f, f);
     this.storeChain = next.catch(() => undefined);
     return next;
+  }
+
+  /** Runs a state publish, one at a time, never while garbage collection runs (it would take the new, not yet pinned, blocks). */
+  private publishing<T>(f: () => Promise<T>): Promise<T> {
+    const next = Promise.all([this.publishChain, this.gcRun]).then(f, f);
+    this.publishChain = next.catch(() => undefined);
+    return next;
+  }
+
+  /** Garbage collection, once no publish is in flight (new publishes wait for it). */
+  private async collectGarbage(): Promise<void> {
+    let release!: () => void;
+    const gate = new Promise<void>((r) => { release = r; });
+    const before = this.publishChain;
+    this.gcRun = gate; // publishes queued from now on wait for the gate
+    try {
+      await before;
+      await this.store.gc({ signal: AbortSignal.timeout(this.fetchMs) });
+    } catch (err) {
+      this.logger.warn({ err: (err as Error).message }, 'store gc failed');
+    } finally {
+      release();
+    }
   }
 
   private scheduleReplication(): void {
@@ -925,7 +952,7 @@ export class SwarmNode {
     }
     this.storageState = { held, needed: plan.hold.length };
     if (st.round > 0 && st.round % this.sp.checkpointEvery === 0) {
-      await this.store.gc({ signal: AbortSignal.timeout(this.fetchMs) }).catch((err: unknown) => this.logger.warn({ err: (err as Error).message }, 'store gc failed'));
+      await this.collectGarbage();
     }
   }
 
