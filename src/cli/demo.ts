@@ -13,7 +13,9 @@ import { availableParallelism } from 'node:os';
 import { join, resolve } from 'node:path';
 import { int, num, oneOf } from './args.js';
 import { say, result } from './output.js';
-import { buildManifest, type RunCreateOptions } from './run.js';
+import { buildManifest, buildManifestFromStore, type RunCreateOptions } from './run.js';
+import { openStore } from '../store/index.js';
+import { addDataset } from '../store/dataset.js';
 import { defaultCacheDir } from './train.js';
 import { loadCorpus, prepareDataset } from '../data/index.js';
 import { BatchSampler, type Batch } from '../data/batches.js';
@@ -54,7 +56,7 @@ function at(v: string): { n: number; round: number } {
 interface DemoOptions {
   kill?: { n: number; round: number }; join?: { n: number; round: number }; linkDelay: number;
   peers: number; rounds: number; dir: string; codec: string; inner: number; overlap: 'eager' | 'shift' | 'delayed' | 'none';
-  outerLr?: number; outerMomentum?: number; resume: boolean; cacheDir: string; json: boolean;
+  outerLr?: number; outerMomentum?: number; resume: boolean; cacheDir: string; json: boolean; ipfs: boolean;
   dashboard: boolean; dashboardPort: number;
 }
 
@@ -74,6 +76,7 @@ export function register(program: Command): void {
     .option('--join <N@R>', 'fault drill: start N fresh peers (new identities) right after round R', at)
     .option('--link-delay <ms>', 'emulate a slow link: delay every message and download by this many ms (each way)', int(0), 0)
     .option('--cache-dir <dir>', 'tokenizer and token cache', defaultCacheDir())
+    .option('--ipfs', 'no single host: peer 0 adds the corpus to its IPFS store and the manifest names data, tokenizer and genesis by CID; the others fetch them from the peers that hold them', false)
     .option('--json', 'one JSON object per round on stdout', false)
     .option('--no-dashboard', 'do not serve the live dashboard')
     .option('--dashboard-port <n>', 'dashboard port on 127.0.0.1 (any free port if taken)', int(1, 65535), 8080)
@@ -100,7 +103,22 @@ export function register(program: Command): void {
           cacheDir: o.cacheDir, overlap: o.overlap,
           ...(o.outerLr !== undefined ? { outerLr: o.outerLr } : {}), ...(o.outerMomentum !== undefined ? { outerMomentum: o.outerMomentum } : {}),
         };
-        const { decoded, params } = buildManifest(opts);
+        let built: ReturnType<typeof buildManifest>;
+        if (o.ipfs) {
+          const ds = prepareDataset({ corpus: loadCorpus('brown'), vocabSize: MODEL.vocab, cacheDir: o.cacheDir });
+          const store = await openStore(dataDirFor(dir, 0));
+          let cid: string;
+          try {
+            cid = (await addDataset(store, { name: 'brown', tokenizer: ds.tokenizer, train: ds.train, val: ds.val, shardTokens: 1 << 16, sources: [] })).cid.toString();
+          } finally {
+            await store.stop();
+          }
+          say(o, `peer 0 stored the dataset: ${cid}`);
+          built = await buildManifestFromStore({ ...opts, dataset: cid, dataDir: dataDirFor(dir, 0) });
+        } else {
+          built = buildManifest(opts);
+        }
+        const { decoded, params } = built;
         runId = decoded.runId;
         writeFileSync(run, JSON.stringify(decoded.manifest, null, 2) + '\n');
         say(o, `run ${runId.slice(0, 12)}: ${params} parameters, ${o.peers} peers, H=${o.inner}, codec ${o.codec}, overlap ${o.overlap}, `
