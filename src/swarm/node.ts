@@ -482,9 +482,10 @@ export class SwarmNode {
 
   /** A consistent read-only summary of this node (for the dashboard and scripts). */
   view(): NodeView {
+    if (!this.host) throw new InvalidInputError('the node has not started yet (no peer id)');
     const st = this.state;
     return {
-      runId: this.o.manifest.runId, manifest: this.m, peerId: this.host?.peerId ?? '', round: st?.round ?? -1, phase: st?.phase ?? 'starting',
+      runId: this.o.manifest.runId, manifest: this.m, peerId: this.host.peerId, round: st?.round ?? -1, phase: st?.phase ?? 'starting',
       roster: [...(st?.roster ?? [])], subscribers: this.channel?.subscribers() ?? [], weightsHash: this.thetaHash,
       checkpointCid: this.checkpointCid, params: this.theta?.length ?? 0,
     };
