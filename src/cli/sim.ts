@@ -29,6 +29,8 @@ import {
   type ArmDefaults, type ArmResult, type SimResult,
 } from '../swarm/sim.js';
 import { InvalidInputError } from '../util/errors.js';
+import { parseBehaviours } from '../verify/adversaries.js';
+import { runVerifySim, type Defence } from '../verify/sim.js';
 
 export const SIM_DEFAULT_MODEL = { vocabSize: 1024, ctx: 64, dim: 128, layers: 2, heads: 4 };
 export const SIM_DEFAULT_TOKENS = 1_000_000;
@@ -118,6 +120,9 @@ export function register(program: Command): void {
     .option('--seed <n>', 'initialisation and sampling seed', int(0, 2 ** 32), DEFAULT_SIM.seed)
     .option('--out <dir>', 'write sim.json and sim-loss-vs-bytes.svg here')
     .option('--json', 'print one JSON document on stdout', false)
+    .option('--behave <spec>', 'adversaries (issue 6): "6=scaler,7=copier" or "scaler:2" (kinds: see src/verify/adversaries.ts); runs the adversarial sim on the first DiLoCo arm (fp32) instead of the arm comparison')
+    .option('--defence <kind>', 'with --behave: none | robust (validator scoring + median-norm clipping + dropping flagged peers)', 'robust')
+    .option('--top-g <n>', 'with --behave and --defence robust: keep the G best-scored unflagged peers', int(1, 1024))
     .action(async (o) => {
       const model = ModelConfigSchema.safeParse({ vocabSize: o.vocab, ctx: o.ctx, dim: o.dim, layers: o.layers, heads: o.heads });
       if (!model.success) throw new InvalidInputError(`invalid model shape: ${model.error.issues.map((i) => i.message).join('; ')}`);
@@ -144,6 +149,26 @@ export function register(program: Command): void {
       };
       const perStep = o.workers * o.batch * model.data.ctx;
       const steps = Math.floor(o.tokens / perStep);
+      if (o.behave !== undefined) {
+        if (o.defence !== 'none' && o.defence !== 'robust') throw new InvalidInputError(`--defence must be none or robust, got ${o.defence}`);
+        const behaviours = parseBehaviours(o.behave, o.workers);
+        const arm = arms.find((a) => a.kind === 'diloco');
+        if (!arm) throw new InvalidInputError('--behave needs a diloco arm in --arms (its H is used)');
+        const rounds = Math.floor(steps / arm.H);
+        if (rounds < 1) throw new InvalidInputError(`--tokens ${o.tokens} is less than one round of ${arm.H} steps`);
+        say(o, `adversarial sim: ${behaviours.join(', ')}; defence ${o.defence}; H ${arm.H}, ${rounds} rounds`);
+        const r = await runVerifySim({ train: dataset.train, val: dataset.val }, kernels, {
+          model: model.data, behaviours, defence: o.defence as Defence, batch: o.batch, H: arm.H, rounds, lr: o.lr, warmup: o.warmup, seed: o.seed,
+          evalK: 2, valBatches: o.finalEvalBatches ?? 64, topG: o.topG ?? null,
+        });
+        const human = [
+          `final val loss ${r.diverged ? 'diverged' : r.finalValLoss.toFixed(4)}`,
+          ...behaviours.map((b, w) => `worker ${w} ${b}: score ${r.earned[w].toFixed(4)}, flagged ${r.flaggedRounds[w]}/${r.rounds} rounds, first at ${r.firstFlag[w] ?? '-'}`),
+          `validator ${r.validatorMs.toFixed(1)} ms per round vs one trainer's round ${r.trainerMs.toFixed(1)} ms`,
+        ].join('\n');
+        result(o, { behaviours, defence: o.defence, ...r, finalValLoss: r.diverged ? null : r.finalValLoss }, human);
+        return;
+      }
       say(o, `data: ${dataset.corpusName}, ${dataset.stats.train.tokens.toLocaleString('en-US')} train / ${dataset.stats.val.tokens.toLocaleString('en-US')} val tokens, vocab ${dataset.tokenizer.vocabSize}`);
       say(o, `sim: ${o.workers} workers × batch ${o.batch} × ctx ${model.data.ctx} = ${perStep.toLocaleString('en-US')} tokens per global step; ${steps} steps (${(steps * perStep).toLocaleString('en-US')} tokens) per arm; arms: ${arms.map((a) => a.name).join(', ')}`);
       say(o, `kernels: ${kernels.name}, ${o.threads} thread(s)${o.deterministic ? ', deterministic' : ''}`);
