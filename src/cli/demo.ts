@@ -25,6 +25,7 @@ import { decodeManifest } from '../swarm/manifest.js';
 import { dataDirFor, portOr, preparePeer, spawnPeer, stopAll, type PeerProc } from '../swarm/launch.js';
 import type { RoundReport } from '../swarm/node.js';
 import { InvalidInputError } from '../util/errors.js';
+import { BEHAVIOURS, parseBehaviours } from '../verify/adversaries.js';
 
 const MODEL = { vocab: 512, ctx: 64, dim: 64, layers: 2, heads: 4, batch: 4 } as const;
 
@@ -56,7 +57,7 @@ function at(v: string): { n: number; round: number } {
 interface DemoOptions {
   kill?: { n: number; round: number }; join?: { n: number; round: number }; linkDelay: number;
   peers: number; rounds: number; dir: string; codec: string; inner: number; overlap: 'eager' | 'shift' | 'delayed' | 'none';
-  outerLr?: number; outerMomentum?: number; resume: boolean; cacheDir: string; json: boolean; ipfs: boolean;
+  outerLr?: number; outerMomentum?: number; resume: boolean; cacheDir: string; json: boolean; ipfs: boolean; behave?: string; aggregate: 'clip' | 'mean';
   dashboard: boolean; dashboardPort: number;
 }
 
@@ -76,6 +77,8 @@ export function register(program: Command): void {
     .option('--join <N@R>', 'fault drill: start N fresh peers (new identities) right after round R', at)
     .option('--link-delay <ms>', 'emulate a slow link: delay every message and download by this many ms (each way)', int(0), 0)
     .option('--cache-dir <dir>', 'tokenizer and token cache', defaultCacheDir())
+    .option('--behave <spec>', 'verification drill: peers that misbehave, e.g. 3=scaler or 2=sign-flip,3=free-rider-zero (kinds: ' + BEHAVIOURS.join(', ') + ')')
+    .option('--aggregate <rule>', 'clip (robust: norms clipped to the median) | mean', oneOf('clip', 'mean'), 'clip')
     .option('--ipfs', 'no single host: peer 0 adds the corpus to its IPFS store and the manifest names data, tokenizer and genesis by CID; the others fetch them from the peers that hold them', false)
     .option('--json', 'one JSON object per round on stdout', false)
     .option('--no-dashboard', 'do not serve the live dashboard')
@@ -100,7 +103,7 @@ export function register(program: Command): void {
         const opts: RunCreateOptions = {
           ...MODEL, inner: o.inner, lr: 3e-3, codec: o.codec as 'sparse', shards: 16, seed: 1,
           trainMs, submitMs: trainMs + Math.max(1500, trainMs), commitMs: 1500, quorum: 1, minPeers: 1, maxMissed: 2,
-          cacheDir: o.cacheDir, overlap: o.overlap,
+          cacheDir: o.cacheDir, overlap: o.overlap, aggregate: o.aggregate,
           ...(o.outerLr !== undefined ? { outerLr: o.outerLr } : {}), ...(o.outerMomentum !== undefined ? { outerMomentum: o.outerMomentum } : {}),
         };
         let built: ReturnType<typeof buildManifest>;
@@ -184,9 +187,12 @@ export function register(program: Command): void {
           say(o, `fault drill: fresh peer ${idx} (${spec.peerId.slice(-8)}) joins through ${boot.length} live peers`);
         }
       };
+      const kinds = o.behave ? parseBehaviours(o.behave, o.peers) : [];
+      for (const [i, k] of kinds.entries()) if (k !== 'honest') say(o, `verification drill: peer ${i} behaves as ${k}`);
       for (const s of specs) {
         peers.push(spawnPeer(s, {
           run, bootstrap: addrs, genesisPeers: ids, cacheDir: o.cacheDir, onReport, env: { TESSERA_LINK_DELAY_MS: String(o.linkDelay) },
+          ...(kinds[s.index] && kinds[s.index] !== 'honest' ? { behave: kinds[s.index] } : {}),
           ...(dashPort !== null && s.peerId === host ? { dashboard: { port: dashPort } } : {}),
           onExit: (p, code, sig) => { if (!stopping) say(o, `peer ${p.index} exited (${sig ?? code})`); if (!stopping && peers.every((x) => !x.alive)) finish(); },
         }));

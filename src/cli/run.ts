@@ -37,6 +37,8 @@ export interface RunCreateOptions {
   outerLr?: number; outerMomentum?: number;
   /** Storage: replicas per item, checkpoint interval and retention (manifest `storage`). */
   replicas?: number; checkpointEvery?: number; keepCheckpoints?: number;
+  /** How agreed updates are combined (default 'clip': norms clipped to the median first). */
+  aggregate?: 'mean' | 'clip';
 }
 
 function hyperOf(o: RunCreateOptions): ManifestInput['hyper'] {
@@ -46,6 +48,7 @@ function hyperOf(o: RunCreateOptions): ManifestInput['hyper'] {
     schedule: { kind: 'constant', maxLr: o.lr, minLrFrac: 1, warmupSteps: 0, totalSteps: 1_000_000, decayFrac: 0.2 },
     outer: { ...(o.codec === 'sparse' ? SPARSELOCO_OUTER : DEFAULT_OUTER), ...(o.outerLr !== undefined ? { lr: o.outerLr } : {}), ...(o.outerMomentum !== undefined ? { momentum: o.outerMomentum } : {}) },
     codec, errorFeedback: o.codec === 'sparse' ? SPARSELOCO_EF_BETA : 0, overlap: o.overlap ?? 'eager',
+    aggregate: o.aggregate ?? 'clip',
   };
 }
 
@@ -143,6 +146,7 @@ export function register(program: Command): void {
     .option('--cache-dir <dir>', 'tokenizer and token cache', defaultCacheDir())
     .option('--dataset <cid>', 'train on a dataset from `tessera data add` (by CID; needs --data-dir): peers fetch shards, tokenizer and genesis weights from each other')
     .option('--data-dir <dir>', 'the node data directory whose IPFS store holds --dataset (the genesis state is added there)')
+    .option('--aggregate <rule>', 'clip (each update clipped to the median norm, robust to a poisoned update) | mean', oneOf('clip', 'mean'), 'clip')
     .option('--replicas <n>', 'peers that pin each training shard and retained checkpoint (default 3)', int(1, 64))
     .option('--checkpoint-every <n>', 'keep a state checkpoint every N rounds (default 5)', int(1))
     .option('--keep-checkpoints <n>', 'checkpoints retained before garbage collection (default 3)', int(1, 1000))

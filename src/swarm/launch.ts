@@ -52,6 +52,8 @@ export interface SpawnOptions {
   /** Serve the live dashboard from this peer (`tessera node --dashboard`). */
   dashboard?: { port: number; host?: string; token?: string };
   env?: NodeJS.ProcessEnv;
+  /** `tessera node --behave <kind>` (verification drills). */
+  behave?: string;
   onReport?: (p: PeerProc, r: RoundReport) => void;
   onExit?: (p: PeerProc, code: number | null, signal: NodeJS.Signals | null) => void;
 }
@@ -62,6 +64,7 @@ export function spawnPeer(spec: PeerSpec, o: SpawnOptions): PeerProc {
   if (boot.length) args.push('--bootstrap', boot.join(','));
   if (o.genesisPeers?.length) args.push('--genesis-peers', o.genesisPeers.join(','));
   if (o.cacheDir) args.push('--cache-dir', o.cacheDir);
+  if (o.behave && o.behave !== 'honest') args.push('--behave', o.behave);
   if (o.dashboard) {
     args.push('--dashboard', String(o.dashboard.port));
     if (o.dashboard.host) args.push('--dashboard-host', o.dashboard.host);

@@ -108,6 +108,12 @@ export const HyperSchema = z.object({
    * new weights when they are known) or 'eager' (start early from a guess of the new weights). See RoundParamsSchema.overlap in round.ts.
    */
   overlap: z.enum(['none', 'delayed', 'shift', 'eager']).default('none'),
+  /**
+   * How the agreed updates are combined: 'mean' (token-weighted mean) or 'clip' (each update's
+   * norm clipped to the median norm first, so one poisoned update cannot dominate; issue 6).
+   * Absent means 'mean', so manifests written before this field keep their run ids.
+   */
+  aggregate: z.enum(['mean', 'clip']).optional(),
 }).strict();
 
 export const TimingSchema = z.object({

@@ -41,6 +41,8 @@ import { openStore, parseCid, type Store } from '../store/index.js';
 import { readManifest, readShard, type DatasetManifest } from '../store/dataset.js';
 import { loadState, publishState } from '../store/checkpoint.js';
 import { pinPlan, type PinItem } from '../store/replicate.js';
+import { behave, type Behaviour } from '../verify/adversaries.js';
+import { Rng } from '../util/rng.js';
 import { lrAt } from '../train/schedule.js';
 import { InvalidInputError } from '../util/errors.js';
 import { applyCommitted, type CommittedUpdate } from './apply.js';
@@ -140,6 +142,11 @@ export interface NodeOptions {
   linkDelayMs?: number;
   /** Limit on one fetch of the dataset, tokenizer, genesis or a shard from peers (default 30 s). */
   fetchTimeoutMs?: number;
+  /**
+   * Misbehave (verification tests and drills, src/verify/adversaries.ts): submit a transformed
+   * update instead of the honest one. Default 'honest'.
+   */
+  behave?: Behaviour;
 }
 
 /** Default limit on one fetch of data or state from peers. */
@@ -236,6 +243,8 @@ export class SwarmNode {
   private training: TrainJob | null = null;
   /** This peer's last submitted update (for the eager guess). */
   private lastOwn: { round: number; hash: string } | null = null;
+  /** A misbehaving peer's previous submission (for 'stale'). */
+  private lastSubmitted: Float32Array | null = null;
   private computeMs = 0;
   private innerStepsRun = 0;
   private lastCompute = { ms: 0, steps: 0, at: performance.now(), cpu: 0 };
@@ -701,7 +710,12 @@ export class SwarmNode {
     await new Promise((r) => setImmediate(r));
     const m = this.m, B = m.hyper.batch, T = m.model.ctx, P = this.theta.length;
     // Exactly the assigned shards (fetched from peers the first time when the dataset is on IPFS).
-    const data = await Promise.all(job.shards.map((sh) => this.shardData(sh)));
+    let data = await Promise.all(job.shards.map((sh) => this.shardData(sh)));
+    if (this.o.behave === 'wrong-data') {
+      // The adversary trains on other data than assigned: uniform random tokens.
+      const rng = new Rng(job.round + 1);
+      data = data.map((d) => (d ? Uint32Array.from({ length: d.length }, () => rng.nextInt(m.model.vocabSize)) as unknown as TokenArray : d));
+    }
     if (job.stop || this.stopped) return;
     const local = this.gpt;
     local.params.set(job.base);
@@ -742,8 +756,16 @@ export class SwarmNode {
     }
     if (this.training === job) this.training = null;
     if (job.stop || this.stopped) return;
-    const delta = new Float32Array(P);
+    let delta: Float32Array = new Float32Array(P);
     for (let i = 0; i < P; i++) delta[i] = job.base[i] - local.params[i];
+    const kind = this.o.behave ?? 'honest';
+    if (kind !== 'honest' && steps > 0) {
+      // Earlier this round: the other peers' decoded updates already received.
+      const earlier = [...this.updateMsgs.values()].filter((u) => u.round === job.round && u.from !== this.host.peerId && this.deltas.has(u.updateHash)).map((u) => this.deltas.get(u.updateHash)!);
+      const rng = new Rng(job.round * 7919 + 17);
+      delta = behave(kind, { honest: delta, earlier, earlierKinds: earlier.map(() => 'honest' as const), previous: this.lastSubmitted, rng: () => rng.nextFloat() });
+      this.lastSubmitted = delta.slice();
+    }
     let hash = '0'.repeat(64);
     if (steps > 0) {
       const enc = this.codec.encode(delta, this.ef ?? undefined);
@@ -763,7 +785,7 @@ export class SwarmNode {
     const ups: CommittedUpdate[] = e.included.map((u) => ({ peer: u.peer, tokens: u.tokens, delta: this.deltas.get(u.updateHash)! }));
     if (ups.some((u) => !u.delta)) { this.log(`round ${e.round}: missing a payload at apply`); return; }
     if (this.m.hyper.overlap !== 'none') this.prevTheta = { hash: this.thetaHash, weights: this.theta.slice() };
-    applyCommitted(this.theta, this.outer, ups);
+    applyCommitted(this.theta, this.outer, ups, this.m.hyper.aggregate ?? 'mean');
     const h = weightsHash(this.theta);
     this.thetaHash = h;
     const valLoss = this.evaluate();
