@@ -13,6 +13,7 @@ import { join } from 'node:path';
 import { buildManifest } from '../src/cli/run.js';
 import { defaultCacheDir } from '../src/cli/train.js';
 import { dataDirFor, preparePeer, spawnPeer, stopAll, type PeerProc } from '../src/swarm/launch.js';
+import type { RoundReport } from '../src/swarm/node.js';
 
 const root = mkdtempSync(join(tmpdir(), 'tessera-behave-'));
 const all: PeerProc[] = [];
@@ -21,7 +22,8 @@ after(async () => {
   rmSync(root, { recursive: true, force: true });
 });
 
-async function runWith(aggregate: 'mean' | 'clip', rounds: number): Promise<{ val: number[]; agreed: boolean }> {
+type Scores = NonNullable<RoundReport['scores']>;
+async function runWith(aggregate: 'mean' | 'clip', rounds: number): Promise<{ val: number[]; agreed: boolean; scores: Scores[]; ids: string[] }> {
   const dir = join(root, aggregate);
   const { decoded } = buildManifest({
     vocab: 512, ctx: 32, dim: 32, layers: 1, heads: 2, batch: 2, inner: 8, lr: 3e-3, codec: 'fp32', shards: 6, seed: 5,
@@ -30,7 +32,7 @@ async function runWith(aggregate: 'mean' | 'clip', rounds: number): Promise<{ va
   const run = join(dir, 'run.json');
   const specs = await Promise.all([0, 1, 2].map((i) => preparePeer(i, dataDirFor(dir, i))));
   writeFileSync(run, JSON.stringify(decoded.manifest));
-  const peers = specs.map((s) => spawnPeer(s, { run, bootstrap: specs.map((x) => x.addr), genesisPeers: specs.map((x) => x.peerId), cacheDir: defaultCacheDir(), ...(s.index === 2 ? { behave: 'scaler' } : {}) }));
+  const peers = specs.map((s) => spawnPeer(s, { run, bootstrap: specs.map((x) => x.addr), genesisPeers: specs.map((x) => x.peerId), cacheDir: defaultCacheDir(), ...(s.index === 2 ? { behave: 'scaler' } : {}), ...(s.index === 0 ? { validator: true } : {}) }));
   all.push(...peers);
   const t0 = Date.now();
   const done = () => peers.every((p) => p.reports.filter((r) => r.event === 'round' && r.included === 3).length >= rounds);
@@ -41,7 +43,8 @@ async function runWith(aggregate: 'mean' | 'clip', rounds: number): Promise<{ va
   await stopAll(peers, 2000);
   const full = peers[0].reports.filter((r) => r.event === 'round' && r.included === 3).slice(0, rounds);
   const agreed = full.every((r) => peers.every((p) => p.reports.find((x) => x.event === 'round' && x.round === r.round)?.weightsHash === r.weightsHash));
-  return { val: full.map((r) => r.valLoss), agreed };
+  const scores = peers[0].reports.flatMap((r) => (r.scores ? [r.scores] : []));
+  return { val: full.map((r) => r.valLoss), agreed, scores, ids: specs.map((x) => x.peerId) };
 }
 
 test('a ×100 scaler among 3 real peers wrecks plain averaging; median-norm clipping keeps training', { timeout: 180_000 }, async () => {
@@ -52,4 +55,12 @@ test('a ×100 scaler among 3 real peers wrecks plain averaging; median-norm clip
   assert.ok(Math.max(...mean.val) > 10, `plain averaging is wrecked by the scaler (val ${mean.val.join(', ')})`);
   assert.ok(clip.val.every((v) => v < 6.3), `clipping keeps the loss below the initial ln(512) ≈ 6.24 (val ${clip.val.join(', ')})`);
   assert.ok(clip.val.at(-1)! < clip.val[0], 'and it keeps falling');
+  // Peer 0 also validates: every report it published flags the scaler (norm over 10× the median) and no honest peer.
+  assert.ok(clip.scores.length >= 2, `the validator scored rounds (${clip.scores.length})`);
+  for (const s of clip.scores) {
+    const bad = s.entries.find((x) => x.peer === clip.ids[2]);
+    assert.ok(bad?.flagged && bad.reason === 'norm' && bad.score === 0, `round ${s.round}: the scaler is flagged (${JSON.stringify(bad)})`);
+    for (const x of s.entries.filter((y) => y.peer !== clip.ids[2])) assert.ok(!x.flagged, `round ${s.round}: honest ${x.peer.slice(-6)} not flagged (${x.reason})`);
+  }
+  process.stderr.write(`swarm-behave: validator ${JSON.stringify(clip.scores.at(-1)!.entries.map((x) => ({ p: x.peer.slice(-4), s: +x.score.toFixed(4), ema: +x.ema.toFixed(4), f: x.flagged, r: x.reason })))}\n`);
 });

@@ -29,12 +29,13 @@ export function register(program: Command): void {
     .option('--rounds <n>', 'exit after completing this many rounds (0 = run until stopped)', int(0), 0)
     .option('--cache-dir <dir>', 'tokenizer and token cache', defaultCacheDir())
     .option('--json', 'one JSON object per round on stdout', false)
+    .option('--validator', 'also score every applied update (loss on assigned vs random batches, copies, norms) and publish signed score reports', false)
     .option('--behave <kind>', `misbehave, for verification drills: ${BEHAVIOURS.join(' | ')}`, parseBehaviour)
     .option('--fetch-timeout <ms>', 'give up fetching the dataset, tokenizer, genesis or a shard from peers after this long', int(1, 3_600_000), 30_000)
     .option('--dashboard <port>', 'serve a live dashboard (web page + JSON API) on this port (0 = any free port)', int(0, 65535))
     .option('--dashboard-host <addr>', 'address the dashboard binds to; beyond loopback it is read-only unless a token is set', '127.0.0.1')
     .option('--dashboard-token <token>', 'token that unlocks the dashboard\'s actions (POST /api/generate); default: env TESSERA_DASHBOARD_TOKEN')
-    .action(async (o: { run: string; dataDir: string; listen: string; bootstrap?: string[]; mdns: boolean; genesisPeers?: string[]; rounds: number; cacheDir: string; json: boolean; fetchTimeout: number; behave?: Behaviour; dashboard?: number; dashboardHost: string; dashboardToken?: string }) => {
+    .action(async (o: { run: string; dataDir: string; listen: string; bootstrap?: string[]; mdns: boolean; genesisPeers?: string[]; rounds: number; cacheDir: string; json: boolean; fetchTimeout: number; behave?: Behaviour; validator: boolean; dashboard?: number; dashboardHost: string; dashboardToken?: string }) => {
       let text: string;
       try { text = readFileSync(o.run, 'utf8'); } catch (e) { throw new InvalidInputError(`cannot read --run ${o.run}: ${(e as Error).message}`); }
       const manifest = decodeManifest(text);
@@ -42,7 +43,7 @@ export function register(program: Command): void {
       let finish!: () => void;
       const finished = new Promise<void>((r) => { finish = r; });
       const node = new SwarmNode({
-        manifest, dataDir: o.dataDir, listen: [o.listen], bootstrap: o.bootstrap ?? [], mdns: o.mdns, cacheDir: o.cacheDir, fetchTimeoutMs: o.fetchTimeout, ...(o.behave ? { behave: o.behave } : {}),
+        manifest, dataDir: o.dataDir, listen: [o.listen], bootstrap: o.bootstrap ?? [], mdns: o.mdns, cacheDir: o.cacheDir, fetchTimeoutMs: o.fetchTimeout, ...(o.behave ? { behave: o.behave } : {}), validator: o.validator,
         ...(o.genesisPeers ? { genesisPeers: o.genesisPeers } : {}),
         onLog: (line) => process.stderr.write(`tessera node: ${line}\n`),
         onRound: (r) => {

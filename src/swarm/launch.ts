@@ -54,6 +54,8 @@ export interface SpawnOptions {
   env?: NodeJS.ProcessEnv;
   /** `tessera node --behave <kind>` (verification drills). */
   behave?: string;
+  /** `tessera node --validator`. */
+  validator?: boolean;
   onReport?: (p: PeerProc, r: RoundReport) => void;
   onExit?: (p: PeerProc, code: number | null, signal: NodeJS.Signals | null) => void;
 }
@@ -65,6 +67,7 @@ export function spawnPeer(spec: PeerSpec, o: SpawnOptions): PeerProc {
   if (o.genesisPeers?.length) args.push('--genesis-peers', o.genesisPeers.join(','));
   if (o.cacheDir) args.push('--cache-dir', o.cacheDir);
   if (o.behave && o.behave !== 'honest') args.push('--behave', o.behave);
+  if (o.validator) args.push('--validator');
   if (o.dashboard) {
     args.push('--dashboard', String(o.dashboard.port));
     if (o.dashboard.host) args.push('--dashboard-host', o.dashboard.host);

@@ -42,6 +42,8 @@ import { readManifest, readShard, type DatasetManifest } from '../store/dataset.
 import { loadState, publishState } from '../store/checkpoint.js';
 import { pinPlan, type PinItem } from '../store/replicate.js';
 import { behave, type Behaviour } from '../verify/adversaries.js';
+import { ScoreBook, roundFlag, scoreRound, type Submission } from '../verify/score.js';
+import { assignShards } from './assign.js';
 import { Rng } from '../util/rng.js';
 import { lrAt } from '../train/schedule.js';
 import { InvalidInputError } from '../util/errors.js';
@@ -72,6 +74,14 @@ export const NodeSchemas = {
     /** The same state as an IPFS checkpoint directory (store/checkpoint.ts), fetchable from any holder. */
     cid: CidString.optional(),
   }).strict(),
+  /** A validator's scores of round `round`'s applied updates (signed by the envelope, like every control message). */
+  'node.scores': z.object({
+    round: z.number().int().min(0), baseHash: z.string().regex(HEX64), reportHash: z.string().regex(HEX64),
+    entries: z.array(z.object({
+      peer: z.string().min(1).max(128), score: z.number().min(0).max(1e6), ema: z.number().min(0).max(1e6), flagged: z.boolean(),
+      reason: z.string().max(64).nullable(),
+    }).strict()).max(1024),
+  }).strict(),
 } as const;
 
 export interface RoundReport {
@@ -101,6 +111,8 @@ export interface RoundReport {
   via?: 'ipfs' | 'bulk' | 'local';
   /** Replication: items this peer must hold under the current roster, and how many it holds. */
   storage?: { held: number; needed: number; shardsFetched: number; corruptBlocks: number };
+  /** Validator only: its latest scores (round, per peer: score, smoothed score, flagged, reason). */
+  scores?: { round: number; entries: { peer: string; score: number; ema: number; flagged: boolean; reason: string | null }[] };
 }
 
 /** What a dashboard or script can read from a running node (see view()). */
@@ -147,6 +159,8 @@ export interface NodeOptions {
    * update instead of the honest one. Default 'honest'.
    */
   behave?: Behaviour;
+  /** Validator role: score every applied update (src/verify/score.ts) and publish signed score reports. */
+  validator?: boolean;
 }
 
 /** Default limit on one fetch of data or state from peers. */
@@ -243,6 +257,12 @@ export class SwarmNode {
   private training: TrainJob | null = null;
   /** This peer's last submitted update (for the eager guess). */
   private lastOwn: { round: number; hash: string } | null = null;
+  /** Validator: smoothed scores, each peer's previous update (replay check), and the latest report. */
+  private readonly scoreBook = new ScoreBook();
+  private readonly prevDelta = new Map<string, Float32Array>();
+  private lastScores: { round: number; entries: { peer: string; score: number; ema: number; flagged: boolean; reason: string | null }[] } | null = null;
+  /** Latest score report received from each validator. */
+  readonly scoreReports = new Map<string, { round: number; entries: { peer: string; score: number; ema: number; flagged: boolean; reason: string | null }[] }>();
   /** A misbehaving peer's previous submission (for 'stale'). */
   private lastSubmitted: Float32Array | null = null;
   private computeMs = 0;
@@ -517,6 +537,52 @@ export class SwarmNode {
     return { text: tok.decode(out), tokens: out.length };
   }
 
+  /**
+   * Validator: scores round `round`'s applied updates against θ_round (before the apply) with
+   * the loss-delta test on 2 of each peer's assigned batches vs 2 random ones, copy/replay and
+   * norm checks, and the EMA history; publishes the report on the control topic. Runs after the
+   * apply, off the agreement path: scores inform (and, with the ledger, pay), they do not
+   * change the agreed weights.
+   */
+  private async validate(round: number, theta: Float32Array, baseHash: string, roster: string[], ups: CommittedUpdate[]): Promise<void> {
+    try {
+      const m = this.m, B = m.hyper.batch, T = m.model.ctx, K = 2;
+      const assign = assignShards(roundSeed(this.o.manifest.runId, round), roster, this.p.numShards);
+      const batchesOf = async (shard: number, seed: bigint): Promise<Batch[]> => {
+        const d = await this.shardData(shard);
+        if (!d || d.length < T + 2) return [];
+        const s = new BatchSampler(d, B, T, seed);
+        return Array.from({ length: K }, () => s.next());
+      };
+      const vseed = BigInt('0x' + roundSeed(this.o.manifest.runId, round).slice(12, 24));
+      const subs: Submission[] = [...ups].sort((a, b) => (a.peer < b.peer ? -1 : a.peer > b.peer ? 1 : 0)).map((u) => ({ peer: u.peer, delta: u.delta, baseHash }));
+      const assigned: Batch[][] = [];
+      for (const s of subs) assigned.push(await batchesOf((assign.get(s.peer) ?? [0])[0], vseed + 1n));
+      const random = await batchesOf(Number(vseed % BigInt(this.p.numShards)), vseed + 2n);
+      if (random.length === 0 || assigned.some((a) => a.length === 0)) return;
+      const g = this.evalGpt;
+      const loss = (params: Float32Array, b: Batch) => { g.params.set(params); return g.loss(b.inputs, b.targets, B, T); };
+      const verdicts = scoreRound({
+        theta, roundHash: baseHash, lr: m.hyper.outer.lr, subs, previous: subs.map((s) => this.prevDelta.get(s.peer) ?? null),
+        assigned, beforeAssigned: assigned.map((bs) => bs.map((b) => loss(theta, b))),
+        random, beforeRandom: random.map((b) => loss(theta, b)), loss,
+      });
+      for (const s of subs) this.prevDelta.set(s.peer, s.delta);
+      this.scoreBook.round(Object.fromEntries(verdicts.map((v) => [v.peer, v.score])));
+      const entries = verdicts.map((v) => {
+        const flagged = roundFlag(v) || this.scoreBook.lowScore(v.peer);
+        const reason = v.hard ?? (v.copyOf ? `copy of ${v.copyOf.slice(-8)}` : v.gainAssigned < 0 && v.gainRandom < 0 ? 'harmful' : flagged ? 'low score' : null);
+        return { peer: v.peer, score: v.score, ema: this.scoreBook.get(v.peer), flagged, reason };
+      });
+      this.lastScores = { round, entries };
+      for (const x of entries) if (x.flagged) this.logger.warn({ round, peer: x.peer, reason: x.reason }, 'validator flagged an update');
+      const reportHash = sha256Hex(new TextEncoder().encode(JSON.stringify({ round, baseHash, entries })));
+      if (!this.stopped) this.channel.publish('node.scores', { round, baseHash, reportHash, entries }).catch(() => undefined);
+    } catch (err) {
+      this.logger.warn({ round, err: (err as Error).message }, 'validator could not score the round');
+    }
+  }
+
   // ───────────── reducer plumbing ─────────────
 
   private tick(): void {
@@ -587,6 +653,12 @@ export class SwarmNode {
 
   private onNet(kind: string, from: string, body: unknown): void {
     if (this.stopped || !this.state) return;
+    if (kind === 'node.scores') {
+      const b = body as { round: number; entries: { peer: string; score: number; ema: number; flagged: boolean; reason: string | null }[] };
+      const old = this.scoreReports.get(from);
+      if (!old || old.round < b.round) this.scoreReports.set(from, { round: b.round, entries: b.entries });
+      return;
+    }
     if (kind === 'node.snap') {
       const b = body as { round: number; weightsHash: string; bundle: string; cid?: string };
       const old = this.snaps.get(from);
@@ -785,6 +857,7 @@ export class SwarmNode {
     const ups: CommittedUpdate[] = e.included.map((u) => ({ peer: u.peer, tokens: u.tokens, delta: this.deltas.get(u.updateHash)! }));
     if (ups.some((u) => !u.delta)) { this.log(`round ${e.round}: missing a payload at apply`); return; }
     if (this.m.hyper.overlap !== 'none') this.prevTheta = { hash: this.thetaHash, weights: this.theta.slice() };
+    if (this.o.validator) void this.validate(e.round, this.theta.slice(), e.baseHash, [...this.state.roster], ups);
     applyCommitted(this.theta, this.outer, ups, this.m.hyper.aggregate ?? 'mean');
     const h = weightsHash(this.theta);
     this.thetaHash = h;
@@ -817,6 +890,7 @@ export class SwarmNode {
       bytesSent: w.sent - this.lastBytes.sent, bytesReceived: w.received - this.lastBytes.received, seconds: (now - this.roundStart) / 1000,
       ...(via ? { via } : {}),
       storage: { ...this.storageState, shardsFetched: this.shardsFetched, corruptBlocks: this.store.stats.corruptLocal },
+      ...(this.lastScores ? { scores: this.lastScores } : {}),
     };
     this.lastBytes = { ...w };
     this.lastCompute = { ms: this.computeMs, steps: this.innerStepsRun, at: nowPerf, cpu: cpuMs() };
