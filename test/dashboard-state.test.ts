@@ -167,3 +167,14 @@ test('a large run stays cheap: 2000 rounds × 64 peers', () => {
   assert.equal(row(s, 'p5').roundsContributed, 2000);
   assert.ok(ms < 5000, `2000 rounds folded in ${ms.toFixed(0)} ms`);
 });
+
+test('validator scores fill the score column of listed peers only', () => {
+  let s = initialState(0);
+  s = observe(s, view({ roster: [ME, A], subscribers: [A] }), 1);
+  s = observe(s, view({ roster: [ME, A], subscribers: [A], scores: { [A]: 0.0123, [ME]: 0.02, 'peer-unknown': 1 } }), 2);
+  const rows = peerRows(s);
+  assert.equal(rows.find((r) => r.id === A)!.score, 0.0123);
+  assert.equal(rows.find((r) => r.id === ME)!.score, 0.02);
+  assert.ok(!rows.some((r) => r.id === 'peer-unknown'), 'a score does not invent a peer');
+  void B; void MANIFEST;
+});

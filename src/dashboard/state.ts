@@ -170,6 +170,8 @@ export function observe(s: DashState, view: NodeView, now: number): DashState {
   const subs = [...new Set(view.subscribers)].sort();
   for (const id of subs) touch(id, true);
   for (const id of view.roster) touch(id, false);
+  // Validators' smoothed scores (issue 6), for peers the table already lists.
+  for (const [id, score] of Object.entries(view.scores ?? {})) if (peers[id]) peers[id] = { ...peers[id], score };
   const roster = [...new Set(view.roster)].sort();
   const next: DashState = {
     ...s, seq: s.seq + 1, updatedAt: now, run: s.run?.runId === view.runId ? s.run : summarize(view), peerId: view.peerId,

@@ -128,6 +128,8 @@ export interface NodeView {
   weightsHash: string;
   checkpointCid: string | null;
   params: number;
+  /** Smoothed validator score per peer: the mean over the latest report of each validator heard (this node's own included). */
+  scores?: Record<string, number>;
 }
 
 export interface NodeOptions {
@@ -516,8 +518,15 @@ export class SwarmNode {
     return {
       runId: this.o.manifest.runId, manifest: this.m, peerId: this.host.peerId, round: st?.round ?? -1, phase: st?.phase ?? 'starting',
       roster: [...(st?.roster ?? [])], subscribers: this.channel?.subscribers() ?? [], weightsHash: this.thetaHash,
-      checkpointCid: this.checkpointCid, params: this.theta?.length ?? 0,
+      checkpointCid: this.checkpointCid, params: this.theta?.length ?? 0, scores: this.meanScores(),
     };
+  }
+
+  private meanScores(): Record<string, number> {
+    const sum = new Map<string, { s: number; n: number }>();
+    const reports = [...this.scoreReports.values(), ...(this.lastScores ? [this.lastScores] : [])];
+    for (const r of reports) for (const e of r.entries) { const a = sum.get(e.peer) ?? { s: 0, n: 0 }; a.s += e.ema; a.n++; sum.set(e.peer, a); }
+    return Object.fromEntries([...sum].map(([p, a]) => [p, a.s / a.n]));
   }
 
   /**
