@@ -28,6 +28,7 @@ import { equals } from 'multiformats/bytes';
 import type { Libp2p, AbortOptions } from '@libp2p/interface';
 import { peerIdFromCID } from '@libp2p/peer-id';
 import { TesseraError } from '../util/errors.js';
+import { raceAbort } from '../net/host.js';
 
 /** A block want unanswered this long is sent again (see getBlock). */
 const WANT_RETRY_MS = 1_500;
@@ -192,7 +193,7 @@ export async function openStore(dataDir: string, options: OpenStoreOptions = {})
         const slice = AbortSignal.any([signal, ac.signal]);
         try {
           // Raced against the slice ourselves: a get stuck in a routing query must not outlive it.
-          bytes = await raceSignal(concat(helia.blockstore.get(cid, { signal: slice })), slice);
+          bytes = await raceAbort(concat(helia.blockstore.get(cid, { signal: slice })), slice, `fetch ${cid}`);
         } catch (err) {
           if (signal.aborted) throw new MissingBlockError(cid.toString(), 'no peer provided it before the deadline');
           if (!slice.aborted) throw new MissingBlockError(cid.toString(), (err as Error).message);
@@ -257,20 +258,6 @@ export async function openStore(dataDir: string, options: OpenStoreOptions = {})
       await datastore.close();
     },
   };
-}
-
-/** Settles like `p`, or rejects as soon as `signal` aborts (whatever `p` does afterwards). */
-async function raceSignal<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
-  p.catch(() => undefined);
-  if (signal.aborted) throw signal.reason;
-  let onAbort!: () => void;
-  const aborted = new Promise<never>((_, reject) => { onAbort = () => reject(signal.reason); });
-  signal.addEventListener('abort', onAbort, { once: true });
-  try {
-    return await Promise.race([p, aborted]);
-  } finally {
-    signal.removeEventListener('abort', onAbort);
-  }
 }
 
 /** Blockstore.get may return bytes or a stream of chunks depending on the implementation. */

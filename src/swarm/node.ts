@@ -43,7 +43,8 @@ import { loadState, publishState } from '../store/checkpoint.js';
 import { pinPlan, type PinItem } from '../store/replicate.js';
 import { behave, type Behaviour } from '../verify/adversaries.js';
 import { ScoreBook, roundFlag, scoreRound, type Submission } from '../verify/score.js';
-import { assignShards } from './assign.js';
+import { assignShards, compareIds } from './assign.js';
+import { canonicalHash } from './canonical.js';
 import { Rng } from '../util/rng.js';
 import { lrAt } from '../train/schedule.js';
 import { InvalidInputError } from '../util/errors.js';
@@ -564,7 +565,7 @@ export class SwarmNode {
         return Array.from({ length: K }, () => s.next());
       };
       const vseed = BigInt('0x' + roundSeed(this.o.manifest.runId, round).slice(12, 24));
-      const subs: Submission[] = [...ups].sort((a, b) => (a.peer < b.peer ? -1 : a.peer > b.peer ? 1 : 0)).map((u) => ({ peer: u.peer, delta: u.delta, baseHash }));
+      const subs: Submission[] = [...ups].sort((a, b) => compareIds(a.peer, b.peer)).map((u) => ({ peer: u.peer, delta: u.delta, baseHash }));
       const assigned: Batch[][] = [];
       for (const s of subs) assigned.push(await batchesOf((assign.get(s.peer) ?? [0])[0], vseed + 1n));
       const random = await batchesOf(Number(vseed % BigInt(this.p.numShards)), vseed + 2n);
@@ -585,7 +586,7 @@ export class SwarmNode {
       });
       this.lastScores = { round, entries };
       for (const x of entries) if (x.flagged) this.logger.warn({ round, peer: x.peer, reason: x.reason }, 'validator flagged an update');
-      const reportHash = sha256Hex(new TextEncoder().encode(JSON.stringify({ round, baseHash, entries })));
+      const reportHash = canonicalHash({ round, baseHash, entries });
       if (!this.stopped) this.channel.publish('node.scores', { round, baseHash, reportHash, entries }).catch(() => undefined);
     } catch (err) {
       this.logger.warn({ round, err: (err as Error).message }, 'validator could not score the round');
