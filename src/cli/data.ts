@@ -29,6 +29,25 @@ async function withStore<T>(dataDir: string, f: (s: Store) => Promise<T>): Promi
   }
 }
 
+export interface AddCorpusOptions { dataDir: string; vocab: number; shardTokens: number; name?: string; cacheDir: string }
+
+/**
+ * Tokenizes `source` ("brown", a file or a directory), stores it as a dataset in DATA_DIR's
+ * IPFS store and returns a summary with the dataset CID (`tessera data add`, `tessera demo --ipfs`).
+ */
+export async function addCorpus(source: string, o: AddCorpusOptions, onShard?: (done: number, total: number) => void) {
+  const corpus = loadCorpus(source);
+  const ds = prepareDataset({ corpus, vocabSize: o.vocab, cacheDir: o.cacheDir });
+  const t0 = Date.now();
+  return await withStore(o.dataDir, async (store) => {
+    const { cid, manifest } = await addDataset(store, {
+      name: o.name ?? corpus.name, tokenizer: ds.tokenizer, train: ds.train, val: ds.val, shardTokens: o.shardTokens,
+      sources: [{ name: `${corpus.name} (train)`, sha256: corpus.trainHash }, { name: `${corpus.name} (val)`, sha256: corpus.valHash }],
+    }, onShard);
+    return { cid: cid.toString(), name: manifest.name, trainTokens: manifest.train.tokens, valTokens: manifest.val.tokens, shards: manifest.train.shards.length + manifest.val.shards.length, tokenizer: manifest.tokenizer.cid.toString(), store: store.dir, seconds: (Date.now() - t0) / 1000 };
+  });
+}
+
 export function register(program: Command): void {
   const data = program.command('data').description('datasets as content-addressed shards in the node\'s IPFS store');
 
@@ -42,17 +61,8 @@ export function register(program: Command): void {
     .option('--cache-dir <dir>', 'tokenizer and token cache', defaultCacheDir())
     .option('--json', 'print a JSON object on stdout', false)
     .action(async (source: string, o: { dataDir: string; vocab: number; shardTokens: number; name?: string; cacheDir: string; json: boolean }) => {
-      const corpus = loadCorpus(source);
-      const ds = prepareDataset({ corpus, vocabSize: o.vocab, cacheDir: o.cacheDir });
-      const t0 = Date.now();
-      const out = await withStore(o.dataDir, async (store) => {
-        const { cid, manifest } = await addDataset(store, {
-          name: o.name ?? corpus.name, tokenizer: ds.tokenizer, train: ds.train, val: ds.val, shardTokens: o.shardTokens,
-          sources: [{ name: `${corpus.name} (train)`, sha256: corpus.trainHash }, { name: `${corpus.name} (val)`, sha256: corpus.valHash }],
-        }, (done, total) => { if (!o.json && process.stderr.isTTY) process.stderr.write(`\rstoring shards ${done}/${total}`); });
-        if (!o.json && process.stderr.isTTY) process.stderr.write('\n');
-        return { cid: cid.toString(), name: manifest.name, trainTokens: manifest.train.tokens, valTokens: manifest.val.tokens, shards: manifest.train.shards.length + manifest.val.shards.length, tokenizer: manifest.tokenizer.cid.toString(), store: store.dir, seconds: (Date.now() - t0) / 1000 };
-      });
+      const out = await addCorpus(source, o, (done, total) => { if (!o.json && process.stderr.isTTY) process.stderr.write(`\rstoring shards ${done}/${total}`); });
+      if (!o.json && process.stderr.isTTY) process.stderr.write('\n');
       say(o, `stored ${out.shards} shards (${out.trainTokens.toLocaleString()} train + ${out.valTokens.toLocaleString()} val tokens) and the tokenizer (${out.tokenizer}) in ${out.store}`);
       result(o, out, out.cid);
     });

@@ -14,8 +14,7 @@ import { join, resolve } from 'node:path';
 import { int, num, oneOf } from './args.js';
 import { say, result } from './output.js';
 import { buildManifest, buildManifestFromStore, type RunCreateOptions } from './run.js';
-import { openStore } from '../store/index.js';
-import { addDataset } from '../store/dataset.js';
+import { addCorpus } from './data.js';
 import { defaultCacheDir } from './train.js';
 import { loadCorpus, prepareDataset } from '../data/index.js';
 import { BatchSampler, type Batch } from '../data/batches.js';
@@ -108,14 +107,7 @@ export function register(program: Command): void {
         };
         let built: ReturnType<typeof buildManifest>;
         if (o.ipfs) {
-          const ds = prepareDataset({ corpus: loadCorpus('brown'), vocabSize: MODEL.vocab, cacheDir: o.cacheDir });
-          const store = await openStore(dataDirFor(dir, 0));
-          let cid: string;
-          try {
-            cid = (await addDataset(store, { name: 'brown', tokenizer: ds.tokenizer, train: ds.train, val: ds.val, shardTokens: 1 << 16, sources: [] })).cid.toString();
-          } finally {
-            await store.stop();
-          }
+          const { cid } = await addCorpus('brown', { dataDir: dataDirFor(dir, 0), vocab: MODEL.vocab, shardTokens: 1 << 16, cacheDir: o.cacheDir });
           say(o, `peer 0 stored the dataset: ${cid}`);
           built = await buildManifestFromStore({ ...opts, dataset: cid, dataDir: dataDirFor(dir, 0) });
         } else {
