@@ -15,6 +15,7 @@ import { join } from 'node:path';
 import { defaultCacheDir } from '../src/cli/train.js';
 import { decodeManifest } from '../src/swarm/manifest.js';
 import { TESSERA_BIN, dataDirFor, preparePeer, spawnPeer, stopAll, type PeerProc } from '../src/swarm/launch.js';
+import { agreedRounds, waitFor as waitForPeers } from './swarm-fixtures.js';
 
 const root = mkdtempSync(join(tmpdir(), 'tessera-store-swarm-'));
 const peers: PeerProc[] = [];
@@ -23,17 +24,9 @@ after(async () => {
   rmSync(root, { recursive: true, force: true });
 });
 
-async function waitFor(what: string, cond: () => boolean, ms: number): Promise<void> {
-  const t0 = Date.now();
-  while (!cond()) {
-    if (Date.now() - t0 > ms) {
-      const tails = peers.map((p) => `peer ${p.index} (${p.alive ? 'alive' : 'dead'}) [${p.reports.map((r) => `${r.event[0]}${r.round}:${r.weightsHash.slice(0, 6)}/${r.roster}/${r.storage?.held}of${r.storage?.needed}`).join(' ')}]\n${p.stderr.join('').slice(-800)}`).join('\n');
-      if (process.env.STORE_TEST_DEBUG) for (const p of peers) writeFileSync(`/tmp/sst-${p.index}.log`, p.stderr.join(''));
-      throw new Error(`timed out after ${ms} ms waiting for ${what}\n${tails}`);
-    }
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
+const waitFor = (what: string, cond: () => boolean, ms: number) => waitForPeers(peers, what, cond, ms,
+  (r) => `${r.event[0]}${r.round}:${r.weightsHash.slice(0, 6)}/${r.roster}/${r.storage?.held}of${r.storage?.needed}`,
+  () => { if (process.env.STORE_TEST_DEBUG) for (const p of peers) writeFileSync(`/tmp/sst-${p.index}.log`, p.stderr.join('')); });
 
 function tessera(args: string[]): unknown {
   return JSON.parse(execFileSync(process.execPath, [TESSERA_BIN, ...args, '--json'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }));
@@ -44,14 +37,6 @@ function tessera(args: string[]): unknown {
  * is about 3/4 of the training shards plus what every member holds (so more than half).
  */
 const replicated = (p: PeerProc, n: number, numShards: number) => p.reports.some((r) => r.event === 'round' && r.roster === n && r.storage !== undefined && r.storage.needed > numShards / 2 && r.storage.held === r.storage.needed);
-
-function agreed(group: PeerProc[], from: number): number[] {
-  const rounds = new Set(group.flatMap((p) => p.reports.filter((r) => r.event === 'round' && r.round >= from).map((r) => r.round)));
-  return [...rounds].sort((a, b) => a - b).filter((r) => {
-    const hs = group.map((p) => p.reports.find((x) => x.event === 'round' && x.round === r)?.weightsHash);
-    return hs.every((h) => h !== undefined && h === hs[0]);
-  });
-}
 
 test('no single host: A adds the data and founds the run, B–D replicate, A is killed and wiped, fresh E trains from the others', { timeout: 180_000 }, async () => {
   const t0 = Date.now();
@@ -75,7 +60,7 @@ test('no single host: A adds the data and founds the run, B–D replicate, A is 
   for (const s of [b, c, d]) peers.push(spawnPeer(s, { run, bootstrap: [a.addr], cacheDir, ...(process.env.STORE_TEST_DEBUG ? { env: { TESSERA_NODE_DEBUG: '1' } } : {}) }));
   const [pb, pc, pd] = peers.slice(1);
   await waitFor('B–D to join and hold their replicas', () => [pa, pb, pc, pd].every((p) => replicated(p, 4, numShards)), 60_000);
-  const before = agreed([pa, pb, pc, pd], 0);
+  const before = agreedRounds([pa, pb, pc, pd], 0);
   assert.ok(before.length >= 1, 'the four agree on some round');
 
   // Kill -9 A and wipe its data directory: its blocks, keys and snapshots are gone.
@@ -94,12 +79,12 @@ test('no single host: A adds the data and founds the run, B–D replicate, A is 
   assert.equal(synced.via, 'ipfs', 'E loaded the state by CID from the other peers');
   assert.ok(synced.round > killedAt - 1, `E synced to a current round (${synced.round}; A killed at ${killedAt})`);
   const group = [pb, pc, pd, pe];
-  await waitFor('a round with E\'s update applied, agreed by B–E', () => agreed(group, synced.round + 1)
+  await waitFor('a round with E\'s update applied, agreed by B–E', () => agreedRounds(group, synced.round + 1)
     .some((r) => pe.reports.find((x) => x.event === 'round' && x.round === r)!.contributors.some((u) => u.peer === e.peerId)), 60_000);
   await waitFor('E to hold its replicas under the new roster', () => replicated(pe, 4, numShards), 40_000);
   const es = pe.reports.filter((r) => r.event === 'round').at(-1)!.storage!;
   assert.ok(es.shardsFetched >= 1, 'E fetched the shards it trained on');
   assert.ok(pe.reports.filter((r) => r.event === 'round').some((r) => r.roster === 4 && !Number.isNaN(r.valLoss)), 'E evaluates on the validation shards');
-  const summary = { killedAt, eSyncedAt: synced.round, eSyncedAfterMs: eSyncMs, shards: numShards, before, afterKill: agreed([pb, pc, pd], killedAt + 1), withE: agreed(group, synced.round), eStorage: es, seconds: (Date.now() - t0) / 1000 };
+  const summary = { killedAt, eSyncedAt: synced.round, eSyncedAfterMs: eSyncMs, shards: numShards, before, afterKill: agreedRounds([pb, pc, pd], killedAt + 1), withE: agreedRounds(group, synced.round), eStorage: es, seconds: (Date.now() - t0) / 1000 };
   process.stderr.write(`store-swarm: ${JSON.stringify(summary)}\n`);
 });

@@ -13,6 +13,7 @@ import { join } from 'node:path';
 import { buildManifest } from '../src/cli/run.js';
 import { defaultCacheDir } from '../src/cli/train.js';
 import { dataDirFor, preparePeer, spawnPeer, stopAll, type PeerProc } from '../src/swarm/launch.js';
+import { agreedRounds, waitFor as waitForPeers } from './swarm-fixtures.js';
 
 const root = mkdtempSync(join(tmpdir(), 'tessera-swarm-'));
 const peers: PeerProc[] = [];
@@ -20,28 +21,6 @@ after(async () => {
   await stopAll(peers, 2000);
   rmSync(root, { recursive: true, force: true });
 });
-
-async function waitFor(what: string, cond: () => boolean, ms: number): Promise<void> {
-  const t0 = Date.now();
-  while (!cond()) {
-    if (Date.now() - t0 > ms) {
-      const tails = peers.map((p) => `peer ${p.index} (${p.alive ? 'alive' : 'dead'}) rounds [${p.reports.map((r) => `${r.event[0]}${r.round}:${r.weightsHash.slice(0, 6)}`).join(' ')}]\n${p.stderr.join('').slice(-600)}`).join('\n');
-      throw new Error(`timed out after ${ms} ms waiting for ${what}\n${tails}`);
-    }
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-
-/** Rounds that every peer in `group` completed ('round' reports), all with the same hash. */
-function agreedRounds(group: PeerProc[], from = 0): number[] {
-  const out: number[] = [];
-  const rounds = new Set(group.flatMap((p) => p.reports.filter((r) => r.event === 'round' && r.round >= from).map((r) => r.round)));
-  for (const r of [...rounds].sort((a, b) => a - b)) {
-    const hs = group.map((p) => p.reports.find((x) => x.event === 'round' && x.round === r)?.weightsHash);
-    if (hs.every((h) => h !== undefined && h === hs[0])) out.push(r);
-  }
-  return out;
-}
 
 test('4 node processes agree on weights; survive kill -9 of 2; a fresh peer syncs and joins', { timeout: 120_000 }, async () => {
   const t0 = Date.now();
@@ -57,7 +36,7 @@ test('4 node processes agree on weights; survive kill -9 of 2; a fresh peer sync
   for (const s of specs) peers.push(spawnPeer(s, { run, bootstrap: addrs, genesisPeers: specs.map((x) => x.peerId), cacheDir }));
 
   // Happy path: at least 2 rounds in which all 4 report identical weights hashes.
-  await waitFor('2 agreed rounds among 4 peers', () => agreedRounds(peers).length >= 2, 40_000);
+  await waitForPeers(peers, '2 agreed rounds among 4 peers', () => agreedRounds(peers).length >= 2, 40_000);
   const first = agreedRounds(peers);
   for (const p of peers) assert.ok(p.reports.some((r) => r.event === 'round' && r.included >= 2), `peer ${p.index} applied rounds with several updates`);
   const sample = peers[0].reports.find((r) => r.event === 'round')!;
@@ -71,7 +50,7 @@ test('4 node processes agree on weights; survive kill -9 of 2; a fresh peer sync
   const victims = peers.filter((p) => p.peerId !== tie).slice(0, 2);
   for (const v of victims) v.child.kill('SIGKILL');
   const survivors = peers.filter((p) => !victims.includes(p));
-  await waitFor('2 agreed rounds among the 2 survivors after the kill', () => agreedRounds(survivors, killedAt + 1).length >= 2, 45_000);
+  await waitForPeers(peers, '2 agreed rounds among the 2 survivors after the kill', () => agreedRounds(survivors, killedAt + 1).length >= 2, 45_000);
   assert.ok(survivors.every((p) => p.alive), 'survivors are still running');
 
   // A fresh peer (new identity, no genesis roster) joins mid-run: it resyncs, then agrees.
@@ -79,12 +58,12 @@ test('4 node processes agree on weights; survive kill -9 of 2; a fresh peer sync
   const joinedAt = Math.max(...survivors.map((p) => p.reports.at(-1)?.round ?? 0));
   const np = spawnPeer(fresh, { run, bootstrap: survivors.map((p) => p.addr), cacheDir });
   peers.push(np);
-  await waitFor('the fresh peer to sync', () => np.reports.some((r) => r.event === 'synced'), 30_000);
+  await waitForPeers(peers, 'the fresh peer to sync', () => np.reports.some((r) => r.event === 'synced'), 30_000);
   const synced = np.reports.find((r) => r.event === 'synced')!;
   assert.ok(synced.round > joinedAt - 1, `synced to a current round (${synced.round}, joined at ${joinedAt})`);
-  await waitFor('a round the fresh peer agrees on with the survivors', () => agreedRounds([...survivors, np], synced.round).length >= 1, 30_000);
+  await waitForPeers(peers, 'a round the fresh peer agrees on with the survivors', () => agreedRounds([...survivors, np], synced.round).length >= 1, 30_000);
   // ...and contributes: a round whose applied set includes its update (3 updates: 2 survivors + it).
-  await waitFor('a round with the fresh peer\'s update applied', () => agreedRounds([...survivors, np], synced.round + 1)
+  await waitForPeers(peers, 'a round with the fresh peer\'s update applied', () => agreedRounds([...survivors, np], synced.round + 1)
     .some((r) => np.reports.find((x) => x.event === 'round' && x.round === r)!.included >= 3), 30_000);
   const summary = { first, afterKill: agreedRounds(survivors, killedAt + 1), withFresh: agreedRounds([...survivors, np], synced.round), seconds: (Date.now() - t0) / 1000 };
   process.stderr.write(`swarm-node: ${JSON.stringify(summary)}\n`);
