@@ -40,6 +40,7 @@ import { Tokenizer } from '../data/tokenizer.js';
 import { openStore, parseCid, type Store } from '../store/index.js';
 import { readManifest, readShard, type DatasetManifest } from '../store/dataset.js';
 import { loadState, publishState } from '../store/checkpoint.js';
+import type { LedgerView } from '../ledger/view.js';
 import { pinPlan, type PinItem } from '../store/replicate.js';
 import { behave, type Behaviour } from '../verify/adversaries.js';
 import { ScoreBook, roundFlag, scoreRound, type Submission } from '../verify/score.js';
@@ -131,6 +132,8 @@ export interface NodeView {
   params: number;
   /** Smoothed validator score per peer: the mean over the latest report of each validator heard (this node's own included). */
   scores?: Record<string, number>;
+  /** The run's ledger (shares, revenue, proposals, queued commitments), when the node is linked to a chain. */
+  ledger?: LedgerView;
 }
 
 export interface NodeOptions {
