@@ -3,12 +3,16 @@
  * GPT, one serves the dashboard, and Debian's Chromium (driven by playwright-core) opens it.
  * Checks: the loss chart reaches 3 rounds, the peers table lists both peers, "generate"
  * returns text, the layout fits 1280 px and 400 px without horizontal scrolling, no console
- * errors, and after `kill -9` of the other peer the page keeps updating and marks it stale or
- * gone. Screenshots go to test-artifacts/ (git-ignored); TESSERA_UPDATE_SCREENSHOT=1 also
- * copies the 1280 px one to docs/dashboard.png for the README.
+ * errors, the ownership panel says the node is not linked to a chain, and after `kill -9` of the
+ * other peer the page keeps updating and marks it stale or gone. A second test serves a fixture
+ * node view with a ledger (no processes) and reads the ownership panel: shares table, percentages,
+ * totals, queue, minted rounds, proposals, the offline badge, and the hint once the link is gone.
+ * Screenshots go to test-artifacts/ (git-ignored); TESSERA_UPDATE_SCREENSHOT=1 also copies the
+ * 1280 px one to docs/dashboard.png for the README.
  */
 import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { EventEmitter } from 'node:events';
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -17,6 +21,9 @@ import { chromium, type Browser, type Page } from 'playwright-core';
 import { buildManifest } from '../src/cli/run.js';
 import { defaultCacheDir } from '../src/cli/train.js';
 import { dataDirFor, freePort, preparePeer, spawnPeer, stopAll, type PeerProc } from '../src/swarm/launch.js';
+import { startDashboard, type DashboardSource } from '../src/dashboard/server.js';
+import type { NodeView, RoundReport } from '../src/swarm/node.js';
+import { ledgerView, report, view } from './dashboard-fixtures.js';
 
 // Functions passed to page.evaluate run in the page (the page's CSP forbids string evaluation);
 // tsconfig has no DOM lib, so declare the little they touch.
@@ -32,6 +39,7 @@ const artifacts = join(root, 'test-artifacts');
 const work = mkdtempSync(join(tmpdir(), 'tessera-dash-'));
 const peers: PeerProc[] = [];
 let browser: Browser | null = null;
+const launch = async (): Promise<Browser> => (browser ??= await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage'] }));
 after(async () => {
   await browser?.close().catch(() => undefined);
   await stopAll(peers, 2000);
@@ -96,8 +104,7 @@ test('dashboard in Chromium: live loss chart, peers, generate, 1280/400 px, a pe
   await until('the dashboard to answer', async () => (await fetch(url + 'api/status').catch(() => null))?.ok, 30_000);
   const up = Date.now() - t0;
 
-  browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage'] });
-  const ctx = await browser.newContext({ viewport: { width: 1280, height: 900 }, deviceScaleFactor: 1 });
+  const ctx = await (await launch()).newContext({ viewport: { width: 1280, height: 900 }, deviceScaleFactor: 1 });
   const page = await ctx.newPage();
   const problems: string[] = [];
   page.on('console', (m) => { if (m.type() === 'error' || m.type() === 'warning') problems.push(`console ${m.type()}: ${m.text()}`); });
@@ -125,7 +132,9 @@ test('dashboard in Chromium: live loss chart, peers, generate, 1280/400 px, a pe
   assert.equal(rows[0][0], host, 'this peer first');
   const api = await (await fetch(url + 'api/peers')).json() as { peers: { id: string; roundsContributed: number }[] };
   assert.ok(api.peers.every((p) => p.roundsContributed >= 1), 'the JSON API agrees: both contributed');
-  assert.notEqual(await page.locator('#ledger').count(), 0, 'the ledger panel is reserved');
+  // No --rpc/--contract: the ownership panel says the node is not linked, and how to link it.
+  assert.match((await page.locator('#ledger-none').textContent())!, /not linked to a chain.*tessera node --rpc <url> --contract <address>/);
+  assert.equal(await page.locator('#ledger').getAttribute('data-linked'), 'no');
 
   // Generate from the current weights.
   await page.locator('#gen-prompt').fill('The jury said');
@@ -180,4 +189,99 @@ test('dashboard in Chromium: live loss chart, peers, generate, 1280/400 px, a pe
     staleAfterKillMs: Math.round(staleMs), roundsCharted: rounds, seconds: (Date.now() - t0) / 1000,
   };
   process.stderr.write(`dashboard-e2e: ${JSON.stringify(summary)}\n`);
+});
+
+/** A node that is only a view (with or without a ledger) and a round now and then. */
+class FixtureNode implements DashboardSource {
+  readonly events = new EventEmitter<{ round: [RoundReport] }>();
+  constructor(public v: NodeView) {}
+  view(): NodeView { return this.v; }
+  generate(): { text: string; tokens: number } { return { text: '', tokens: 0 }; }
+}
+
+/** The text of each cell of each body row of `table`. */
+async function cells(page: Page, table: string): Promise<string[][]> {
+  return page.locator(`${table} tbody tr`).evaluateAll((trs) => trs.map((tr) => [...(tr as unknown as { cells: { textContent: string }[] }).cells].map((td) => td.textContent)));
+}
+
+test('ownership panel in Chromium: shares, percentages, totals, queue, minted rounds, proposals; offline; unlinked', {
+  skip: existsSync(CHROMIUM) ? false : `${CHROMIUM} not found (apt-get install chromium; CI installs it)`,
+  timeout: 60_000,
+}, async () => {
+  const t0 = Date.now();
+  const node = new FixtureNode(view({ ledger: ledgerView({ checkedAt: Date.now() }) }));
+  const d = await startDashboard(node, { port: 0, pollMs: 50 });
+  // A fixed zone and locale, so that a deadline's local time reads the same on every machine.
+  const ctx = await (await launch()).newContext({ viewport: { width: 1280, height: 900 }, deviceScaleFactor: 1, timezoneId: 'UTC', locale: 'en-US' });
+  const page = await ctx.newPage();
+  const problems: string[] = [];
+  page.on('console', (m) => { if (m.type() === 'error' || m.type() === 'warning') problems.push(`console ${m.type()}: ${m.text()}`); });
+  page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+  try {
+    await page.goto(d.url, { waitUntil: 'load' });
+    node.events.emit('round', report(0));
+    await page.locator('#ledger[data-linked="yes"]').waitFor({ timeout: 10_000 });
+    assert.equal(await page.locator('#ledger-none').isVisible(), false);
+    assert.equal(await page.locator('#ledger-contract').textContent(), '0x8464135c8F25Da09e49BC8782676a84730C318bC');
+    assert.equal(await page.locator('#ledger-chain').textContent(), '31337');
+    assert.equal(await page.locator('#ledger-badge').textContent(), 'online');
+
+    // Shares: 4 decimals cut from 18-decimal base units in BigInt (Number would print …123.4568),
+    // percent of supply, claimable ETH; this node's row (matched case-insensitively) marked "me".
+    assert.deepEqual(await cells(page, '#shares'), [
+      ['0xfB69…d359', 'peer-a', '1,234,567,890,123.4567', '62.50%', '3'],
+      ['0x5aAe…eAedme', 'peer-me', '617,283,945,061.7283', '31.25%', '1.5'],
+      ['0xdbF0…C6FB', '–', '123,456,789,012.3456', '6.25%', '<0.000001'],
+    ]);
+    assert.deepEqual(await page.locator('#shares tbody tr').evaluateAll((trs) => trs.map((tr) => (tr as unknown as { className: string }).className)), ['', 'me', '']);
+    assert.equal(await page.locator('#shares tbody tr').first().locator('code').first().getAttribute('title'), '0xfB6916095ca1df60bB79Ce92cE3Ea74c37c5d359');
+
+    const totals = (await page.locator('#ledger-totals').textContent())!;
+    assert.match(totals, /supply1,975,308,624,197\.5308 shares/);
+    assert.match(totals, /revenue paid9,007\.199254 ETH/);
+    assert.match(totals, /claimed1\.5 ETH/);
+    assert.match(totals, /validators3 of 4 sign a round/);
+    assert.equal(await page.locator('#ledger-queue').textContent(), 'pending3submitted17last errornone');
+
+    // Minted rounds: 999.999999999999999999 shares is cut, not rounded up to 1,000.
+    assert.deepEqual(await cells(page, '#minted'), [['12', '1,000.0000', 'bafybeigdyrzt5sf…'], ['11', '999.9999', 'bafybeihdwdcefgh…']]);
+
+    // Proposals: votes in shares, the deadline in local (here UTC) time, the status; markup stays text.
+    assert.deepEqual(await cells(page, '#proposals'), [
+      ['4', 'maxPeers', '<img src=x onerror=alert(1)>', '617,283,945,061.7283', '0.0000', 'Jan 1, 2100, 12:00 AM', 'open'],
+      ['3', 'sharesPerRound', '2000', '1,234,567,890,123.4567', '123,456,789,012.3456', 'Nov 14, 2023, 10:13 PM', 'passed'],
+      ['2', 'quorumBps', '9000', '123,456,789,012.3456', '1,234,567,890,123.4567', 'Nov 14, 2023, 10:13 PM', 'failed'],
+      ['1', 'codec', 'int8', '0.0000', '0.0000', 'Nov 14, 2023, 10:13 PM', 'closed'],
+    ]);
+    assert.equal(await page.locator('#ledger img').count(), 0, 'no element made from data');
+
+    mkdirSync(artifacts, { recursive: true });
+    await page.locator('#ledger').screenshot({ path: join(artifacts, 'dashboard-ledger.png') });
+    await page.setViewportSize({ width: 400, height: 900 });
+    await page.waitForFunction(() => (document.querySelector('#loss-chart canvas')?.getBoundingClientRect().width ?? 1e9) <= 400, null, { timeout: 5000 });
+    await fitsWidth(page, 400);
+    await page.locator('#ledger').screenshot({ path: join(artifacts, 'dashboard-ledger-400.png') });
+    await page.setViewportSize({ width: 1280, height: 900 });
+
+    // The chain goes away: the badge says so and how many commitments wait; the last error shows.
+    node.v = view({ ledger: ledgerView({ online: false, checkedAt: Date.now() - 120_000, queue: { pending: 5, submitted: 17, lastError: 'fetch failed: ECONNREFUSED' } }) });
+    await page.locator('#ledger-badge', { hasText: 'chain unreachable — commitments queued: 5' }).waitFor({ timeout: 5000 });
+    assert.equal(await page.locator('#ledger-badge').getAttribute('class'), 'pill pill-down');
+    assert.equal(await page.locator('#ledger-checked').textContent(), 'checked 2 min ago', 'the last good read is dated');
+    assert.equal(await page.locator('#ledger-queue').textContent(), 'pending5submitted17last errorfetch failed: ECONNREFUSED');
+    await page.locator('#ledger').screenshot({ path: join(artifacts, 'dashboard-ledger-offline.png') });
+
+    // No chain link at all: the hint, and no stale tables.
+    node.v = view();
+    await page.locator('#ledger[data-linked="no"]').waitFor({ timeout: 5000 });
+    assert.equal(await page.locator('#ledger-none').textContent(),
+      'This node is not linked to a chain. Start it with tessera node --rpc <url> --contract <address> to show the run\'s shares, revenue and proposals here.');
+    assert.equal(await page.locator('#ledger-none code').textContent(), 'tessera node --rpc <url> --contract <address>');
+    assert.equal(await page.locator('#ledger-body').isVisible(), false);
+    assert.deepEqual(problems, [], 'no console errors');
+  } finally {
+    await ctx.close();
+    await d.close();
+  }
+  process.stderr.write(`dashboard-e2e (ownership panel): ${((Date.now() - t0) / 1000).toFixed(2)} s\n`);
 });

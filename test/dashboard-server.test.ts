@@ -2,7 +2,8 @@
  * The dashboard server (src/dashboard/server.ts) against a fake node: static files, the JSON
  * API, the access policy for POST /api/generate (loopback, token, read-only), its bounds (body
  * size, rate, validation), Host checks, and the SSE stream over a real socket (snapshot, then an
- * update carrying the new round; the latency from report to browser-side bytes is measured).
+ * update carrying the new round; the latency from report to browser-side bytes is measured),
+ * and the ownership panel (the node's ledger view) in /api/status and the stream.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -10,7 +11,7 @@ import { EventEmitter } from 'node:events';
 import { createDashboardApp, startDashboard, type DashboardSource } from '../src/dashboard/server.js';
 import { freePort, portOr } from '../src/swarm/launch.js';
 import type { NodeView, RoundReport } from '../src/swarm/node.js';
-import { report, view } from './dashboard-fixtures.js';
+import { ME, SHARES, ledgerView, report, view } from './dashboard-fixtures.js';
 
 class FakeNode implements DashboardSource {
   readonly events = new EventEmitter<{ round: [RoundReport] }>();
@@ -77,6 +78,54 @@ test('JSON API: status, peers, metrics (with since/limit), bad queries are 400',
     }
   } finally {
     hub.stop();
+  }
+});
+
+test('JSON API: the ledger — null when the node has no chain link, the ownership panel when it has', async () => {
+  const node = new FakeNode();
+  const { app, hub } = createDashboardApp(node, { now: () => Date.UTC(2026, 0, 1) });
+  hub.start(60_000);
+  try {
+    type Status = { ledger: null | {
+      contract: string; chainId: number; online: boolean; totalSupply: string; holdersHidden: number;
+      holders: { address: string; peer: string | null; balance: string; percent: string | null; me: boolean }[];
+      proposals: { id: number; value: string; status: string }[]; queue: { pending: number; submitted: number; lastError: string | null };
+    } };
+    const get = async () => await (await app.request('/api/status')).json() as Status;
+    assert.equal((await get()).ledger, null);
+    node.v = view({ ledger: ledgerView({ online: false, queue: { pending: 5, submitted: 2, lastError: 'fetch failed' } }) });
+    hub.poll(false);
+    const l = (await get()).ledger!;
+    assert.equal(l.contract, '0x8464135c8F25Da09e49BC8782676a84730C318bC');
+    assert.equal(l.chainId, 31337);
+    assert.equal(l.online, false);
+    assert.deepEqual(l.queue, { pending: 5, submitted: 2, lastError: 'fetch failed' });
+    assert.equal(l.totalSupply, SHARES.supply, 'base units survive JSON as exact decimal strings');
+    assert.deepEqual(l.holders.map((h) => [h.balance, h.percent, h.me, h.peer]), [
+      [SHARES.a, '62.50', false, 'peer-a'], [SHARES.me, '31.25', true, ME], [SHARES.b, '6.25', false, null],
+    ]);
+    assert.deepEqual(l.proposals.map((p) => [p.id, p.status]), [[4, 'open'], [3, 'passed'], [2, 'failed'], [1, 'closed']]);
+    assert.equal(l.proposals[0].value, '<img src=x onerror=alert(1)>', 'the API carries text as text; the page escapes it');
+  } finally {
+    hub.stop();
+  }
+});
+
+test('SSE: a change in the ledger alone (no new round) is pushed to the page', async () => {
+  const node = new FakeNode();
+  const d = await startDashboard(node, { port: 0, pollMs: 50 });
+  try {
+    const res = await fetch(d.url + 'api/events');
+    type Msg = { status: { ledger: null | { online: boolean; queue: { pending: number } } } };
+    const first = await readEvents(res.body!, (e) => e.length >= 1);
+    assert.equal((first[0].data as Msg).status.ledger, null);
+    node.v = view({ ledger: ledgerView() });
+    await readEvents(res.body!, (e) => e.some((x) => x.event === 'update' && (x.data as Msg).status.ledger?.online === true));
+    node.v = view({ ledger: ledgerView({ online: false, queue: { pending: 7, submitted: 0, lastError: 'ECONNREFUSED' } }) });
+    await readEvents(res.body!, (e) => e.some((x) => x.event === 'update' && (x.data as Msg).status.ledger?.queue.pending === 7));
+    await res.body!.cancel().catch(() => undefined);
+  } finally {
+    await d.close();
   }
 });
 

@@ -1,15 +1,17 @@
 /**
  * The dashboard's pure aggregator (src/dashboard/state.ts): every rule the page relies on —
  * crediting contributors once per round, tokens/s, peer status (active, stale, gone), the
- * ring buffer, NaN losses, eviction, own contribution — checked on hand-made reports and views.
+ * ring buffer, NaN losses, eviction, own contribution, the ownership panel built from the
+ * node's ledger view — checked on hand-made reports and views.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  initialState, observe, ownContribution, peerRows, pointsSince, record, statusOf, summarize, type DashState,
+  initialState, observe, ownContribution, ownership, peerRows, percentOf, pointsSince, proposalStatus, record, statusOf, summarize,
+  type DashState,
 } from '../src/dashboard/state.js';
 import type { NodeView } from '../src/swarm/node.js';
-import { A, B, MANIFEST, ME, report, view } from './dashboard-fixtures.js';
+import { A, A_ADDR, B, B_ADDR, ME, ME_ADDR, MANIFEST, SHARES, ledgerView, report, view } from './dashboard-fixtures.js';
 
 const row = (s: DashState, id: string) => peerRows(s).find((p) => p.id === id)!;
 
@@ -177,4 +179,64 @@ test('validator scores fill the score column of listed peers only', () => {
   assert.equal(rows.find((r) => r.id === ME)!.score, 0.02);
   assert.ok(!rows.some((r) => r.id === 'peer-unknown'), 'a score does not invent a peer');
   void B; void MANIFEST;
+});
+
+test('ownership: absent ledger → null (not linked); present → holders with percent and me, proposals with status', () => {
+  let s = observe(initialState(0), view(), 1);
+  assert.equal(s.ledger, null);
+  assert.equal(ownership(s, 0), null, 'no chain link: the panel says so');
+  const now = Date.UTC(2026, 0, 1);
+  s = observe(s, view({ ledger: ledgerView() }), 2);
+  const o = ownership(s, now)!;
+  assert.equal(o.contract, '0x8464135c8F25Da09e49BC8782676a84730C318bC');
+  assert.equal(o.chainId, 31337);
+  assert.equal(o.online, true);
+  assert.equal(o.totalSupply, SHARES.supply, 'amounts pass through as decimal strings, untouched');
+  assert.deepEqual(o.holders.map((h) => [h.address, h.peer, h.percent, h.me]), [
+    [A_ADDR, A, '62.50', false],
+    // Matched case-insensitively to the view's lower-case `me`; its peer id is this node's.
+    [ME_ADDR, ME, '31.25', true],
+    [B_ADDR, null, '6.25', false],
+  ]);
+  assert.equal(o.holdersHidden, 0);
+  assert.deepEqual(o.proposals.map((p) => [p.id, p.status]), [[4, 'open'], [3, 'passed'], [2, 'failed'], [1, 'closed']]);
+  assert.deepEqual(o.queue, { pending: 3, submitted: 17, lastError: null });
+  assert.equal(o.rounds[0].round, 12);
+  // The node unlinks (or is restarted without --rpc): the panel goes back to "not linked".
+  s = observe(s, view(), 3);
+  assert.equal(ownership(s, now), null);
+});
+
+test('ownership: percentages in BigInt, statuses by deadline, holder rows capped with this node kept', () => {
+  assert.equal(percentOf('1', '3'), '33.33');
+  assert.equal(percentOf('2', '3'), '66.67', 'rounded half up');
+  assert.equal(percentOf('1', '8'), '12.50');
+  assert.equal(percentOf(SHARES.supply, SHARES.supply), '100.00');
+  assert.equal(percentOf('5', '0'), null, 'no supply yet');
+  assert.equal(percentOf('1e21', '10'), null, 'not a decimal integer string');
+  // 2^64 + 1 of 2^66: Number division would lose the +1, BigInt does not need it (25.00%).
+  assert.equal(percentOf((2n ** 64n + 1n).toString(), (2n ** 66n).toString()), '25.00');
+  const p = { deadline: 1000, executed: false, passed: false };
+  assert.equal(proposalStatus(p, 999_999), 'open');
+  assert.equal(proposalStatus(p, 1_000_000), 'closed', 'voting ends at the deadline (Unix seconds)');
+  assert.equal(proposalStatus({ ...p, executed: true, passed: true }, 0), 'passed');
+  assert.equal(proposalStatus({ ...p, executed: true }, 0), 'failed');
+
+  // 60 holders, this node the smallest: 50 rows (limits.maxHolders), the last one ours.
+  const holders = Array.from({ length: 60 }, (_, i) => ({
+    address: `0x${(i + 1).toString(16).padStart(40, '0')}`, peer: null, balance: String(1000 - i), claimable: '0',
+  }));
+  const me = holders[59].address;
+  let s = observe(initialState(0), view({ ledger: ledgerView({ holders, me, totalSupply: '100000' }) }), 1);
+  let o = ownership(s, 0)!;
+  assert.equal(o.holders.length, 50);
+  assert.equal(o.holdersHidden, 10);
+  assert.equal(o.holders[49].address, me);
+  assert.equal(o.holders[49].me, true);
+  assert.equal(o.holders[48].balance, '952');
+  s = observe(initialState(0, { maxHolders: 2 }), view({ ledger: ledgerView() }), 1);
+  o = ownership(s, 0)!;
+  assert.deepEqual(o.holders.map((h) => h.address), [A_ADDR, ME_ADDR]);
+  assert.equal(o.holdersHidden, 1);
+  assert.throws(() => initialState(0, { maxHolders: 0 }), RangeError);
 });

@@ -216,8 +216,8 @@ test('resilience: commitments queue while the chain is down and are submitted on
   // round 1 "landed but the receipt was lost": already on chain, must not be sent again
   await mintRound(c0, q.pending[0]);
   const f = await q.flush(c0);
-  assert.deepEqual(f, { submitted: [2n, 3n], alreadyOnChain: [1n], pending: 0, offline: false });
-  assert.deepEqual(await q.flush(c0), { submitted: [], alreadyOnChain: [], pending: 0, offline: false });
+  assert.deepEqual(f, { submitted: [2n, 3n], alreadyOnChain: [1n], pending: 0, offline: false, rejected: [] });
+  assert.deepEqual(await q.flush(c0), { submitted: [], alreadyOnChain: [], pending: 0, offline: false, rejected: [] });
   const sh = await getShares(c0);
   assert.deepEqual(sh.rounds.map((x) => x.round), [1n, 2n, 3n]);
   assert.equal(sh.totalSupply, 3000n * 10n ** 18n);

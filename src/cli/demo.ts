@@ -25,6 +25,9 @@ import { dataDirFor, portOr, preparePeer, spawnPeer, stopAll, type PeerProc } fr
 import type { RoundReport } from '../swarm/node.js';
 import { InvalidInputError } from '../util/errors.js';
 import { BEHAVIOURS, parseBehaviours } from '../verify/adversaries.js';
+import { EVM_KEY_FILE, getShares, ledgerClient, startLocalChain, type LocalChain } from '../ledger/index.js';
+import { privateKeyToAccount } from 'viem/accounts';
+import { formatEther } from 'viem';
 
 const MODEL = { vocab: 512, ctx: 64, dim: 64, layers: 2, heads: 4, batch: 4 } as const;
 
@@ -57,7 +60,7 @@ interface DemoOptions {
   kill?: { n: number; round: number }; join?: { n: number; round: number }; linkDelay: number;
   peers: number; rounds: number; dir: string; codec: string; inner: number; overlap: 'eager' | 'shift' | 'delayed' | 'none';
   outerLr?: number; outerMomentum?: number; resume: boolean; cacheDir: string; json: boolean; ipfs: boolean; behave?: string; aggregate: 'clip' | 'mean';
-  dashboard: boolean; dashboardPort: number;
+  dashboard: boolean; dashboardPort: number; ledger: boolean; validators?: number;
 }
 
 export function register(program: Command): void {
@@ -79,12 +82,18 @@ export function register(program: Command): void {
     .option('--behave <spec>', 'verification drill: peers that misbehave, e.g. 3=scaler or 2=sign-flip,3=free-rider-zero (kinds: ' + BEHAVIOURS.join(', ') + ')')
     .option('--aggregate <rule>', 'clip (robust: norms clipped to the median) | mean', oneOf('clip', 'mean'), 'clip')
     .option('--ipfs', 'no single host: peer 0 adds the corpus to its IPFS store and the manifest names data, tokenizer and genesis by CID; the others fetch them from the peers that hold them', false)
+    .option('--validators <n>', 'the first N peers also validate: score every update and sign score reports (default 2 with --ledger, else 0)', int(0, 32))
+    .option('--ledger', 'tokenized ownership: start a local EVM (Hardhat\'s EDR), deploy the run\'s contract; validators sign score reports, peers submit them, shares are minted per round', false)
     .option('--json', 'one JSON object per round on stdout', false)
     .option('--no-dashboard', 'do not serve the live dashboard')
     .option('--dashboard-port <n>', 'dashboard port on 127.0.0.1 (any free port if taken)', int(1, 65535), 8080)
     .action(async (o: DemoOptions) => {
       if (o.kill && o.kill.n * 2 > o.peers) say(o, `warning: killing ${o.kill.n} of ${o.peers} leaves no quorum of the roster; rounds will wait until enough peers return (docs/ROUNDS.md)`);
       const dir = resolve(o.dir);
+      if (o.ledger && o.resume) throw new InvalidInputError('--ledger starts a fresh in-memory chain; it cannot --resume (point peers at a lasting chain with `tessera node --rpc`)');
+      const nValidators = o.validators ?? (o.ledger ? Math.min(2, o.peers) : 0);
+      if (nValidators > o.peers) throw new InvalidInputError(`--validators ${nValidators} is more than --peers ${o.peers}`);
+      if (o.ledger && nValidators === 0) throw new InvalidInputError('--ledger needs at least one validator (--validators)');
       const run = join(dir, 'run.json');
       let runId: string;
       if (o.resume) {
@@ -120,6 +129,14 @@ export function register(program: Command): void {
           + `step ${ms.toFixed(1)} ms → train budget ${trainMs} ms/round, manifest ${run}`);
       }
       const specs = await Promise.all(Array.from({ length: o.peers }, (_, i) => preparePeer(i, dataDirFor(dir, i))));
+      let chain: LocalChain | null = null;
+      if (o.ledger) {
+        chain = await startLocalChain({ runId, peers: o.peers, validators: Array.from({ length: nValidators }, (_, i) => i) });
+        // Each peer's payout/signing key is a funded devnet key (so any of them can submit).
+        for (const s of specs) writeFileSync(join(s.dataDir, EVM_KEY_FILE), chain.keys[s.index] + '\n', { mode: 0o600 });
+        say(o, `ledger: EDR devnet at ${chain.url}, TesseraRun ${chain.contract} (${chain.deployGas} gas), validators ${chain.threshold}-of-${nValidators} (peers ${Array.from({ length: nValidators }, (_, i) => i).join(', ')})`);
+        result(o, { event: 'ledger', rpc: chain.url, contract: chain.contract, chainId: chain.net.chain.id, validators: chain.validators, threshold: chain.threshold });
+      }
       const addrs = specs.map((s) => s.addr);
       const ids = specs.map((s) => s.peerId);
       // The dashboard runs on the tie-breaker (lowest id), the peer the --kill drill spares.
@@ -185,6 +202,8 @@ export function register(program: Command): void {
         peers.push(spawnPeer(s, {
           run, bootstrap: addrs, genesisPeers: ids, cacheDir: o.cacheDir, onReport, env: { TESSERA_LINK_DELAY_MS: String(o.linkDelay) },
           ...(kinds[s.index] && kinds[s.index] !== 'honest' ? { behave: kinds[s.index] } : {}),
+          ...(s.index < nValidators ? { validator: true } : {}),
+          ...(chain ? { ledger: { rpc: chain.url, contract: chain.contract } } : {}),
           ...(dashPort !== null && s.peerId === host ? { dashboard: { port: dashPort } } : {}),
           onExit: (p, code, sig) => { if (!stopping) say(o, `peer ${p.index} exited (${sig ?? code})`); if (!stopping && peers.every((x) => !x.alive)) finish(); },
         }));
@@ -202,6 +221,19 @@ export function register(program: Command): void {
       } finally {
         stopping = true;
         await stopAll(peers);
+        if (chain) {
+          try {
+            const c = ledgerClient(chain.net.request, chain.net.chain, chain.keys[0], chain.contract);
+            const s = await getShares(c);
+            const label = (a: string) => { const i = chain!.keys.findIndex((k) => privateKeyToAccount(k).address.toLowerCase() === a.toLowerCase()); return i >= 0 ? `peer ${i}` : a; };
+            const lines = s.holders.map((h) => `  ${label(h.address).padEnd(8)} ${h.address}  ${Number(formatEther(h.balance)).toFixed(2).padStart(10)} shares  ${s.totalSupply ? (Number((h.balance * 10_000n) / s.totalSupply) / 100).toFixed(2) : '0.00'}%`);
+            result(o, { event: 'shares', contract: chain.contract, rounds: s.rounds.length, totalSupply: s.totalSupply.toString(), holders: s.holders.map((h) => ({ peer: label(h.address), address: h.address, balance: h.balance.toString() })) },
+              `ledger: ${s.rounds.length} rounds minted on chain, ${Number(formatEther(s.totalSupply)).toFixed(2)} shares:\n${lines.join('\n')}`);
+          } catch (e) {
+            say(o, `ledger: could not read the shares table: ${(e as Error).message}`);
+          }
+          await chain.close();
+        }
         process.removeListener('SIGINT', onSignal);
         process.removeListener('SIGTERM', onSignal);
       }

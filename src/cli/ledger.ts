@@ -12,19 +12,13 @@ import { formatEther, hexToString, keccak256, parseEther, toHex, type Address, t
 import { say, result } from './output.js';
 import { int, num } from './args.js';
 import { InvalidInputError } from '../util/errors.js';
+import { readKey } from '../ledger/keys.js';
 import {
   startDevnet, rpcChain, ledgerClient, clientsFor, deployRun, signScoreReport, mintRound, pay, claim, propose, vote,
   execute, getShares, serveRpc, type LedgerClient, type GetSharesReturnType,
 } from '../ledger/index.js';
 
 interface ChainOpts { rpc?: string; key?: string; contract?: string; json?: boolean }
-
-function readKey(file: string): Hex {
-  const k = readFileSync(file, 'utf8').trim();
-  const hex = (k.startsWith('0x') ? k : `0x${k}`) as Hex;
-  if (!/^0x[0-9a-fA-F]{64}$/.test(hex)) throw new InvalidInputError(`${file}: expected a 32-byte hex private key`);
-  return hex;
-}
 
 async function connect(o: ChainOpts): Promise<LedgerClient> {
   if (!o.rpc || !o.key || !o.contract) {

@@ -9,6 +9,8 @@ import { int } from './args.js';
 import { InvalidInputError } from '../util/errors.js';
 import { BEHAVIOURS, parseBehaviour, type Behaviour } from '../verify/adversaries.js';
 import { startDashboard, type Dashboard } from '../dashboard/server.js';
+import { readKey } from '../ledger/keys.js';
+import type { Address } from 'viem';
 
 const collect = (v: string, prev: string[] = []) => [...prev, ...v.split(',').filter(Boolean)];
 
@@ -32,18 +34,26 @@ export function register(program: Command): void {
     .option('--validator', 'also score every applied update (loss on assigned vs random batches, copies, norms) and publish signed score reports', false)
     .option('--behave <kind>', `misbehave, for verification drills: ${BEHAVIOURS.join(' | ')}`, parseBehaviour)
     .option('--fetch-timeout <ms>', 'give up fetching the dataset, tokenizer, genesis or a shard from peers after this long', int(1, 3_600_000), 30_000)
+    .option('--rpc <url>', 'link to the run\'s ledger on any EVM chain (with --contract): validators sign score reports, peers submit them, governance switches the dataset')
+    .option('--contract <address>', 'the run\'s TesseraRun contract (see `tessera ledger --serve`, or the demo\'s --ledger)')
+    .option('--key <file>', 'EVM private key file (hex) for payouts and signing; default DATA_DIR/evm.key, created on first use')
+    .option('--no-submit', 'with --rpc: do not send quorum score reports to the chain (others will)')
     .option('--dashboard <port>', 'serve a live dashboard (web page + JSON API) on this port (0 = any free port)', int(0, 65535))
     .option('--dashboard-host <addr>', 'address the dashboard binds to; beyond loopback it is read-only unless a token is set', '127.0.0.1')
     .option('--dashboard-token <token>', 'token that unlocks the dashboard\'s actions (POST /api/generate); default: env TESSERA_DASHBOARD_TOKEN')
-    .action(async (o: { run: string; dataDir: string; listen: string; bootstrap?: string[]; mdns: boolean; genesisPeers?: string[]; rounds: number; cacheDir: string; json: boolean; fetchTimeout: number; behave?: Behaviour; validator: boolean; dashboard?: number; dashboardHost: string; dashboardToken?: string }) => {
+    .action(async (o: { run: string; dataDir: string; listen: string; bootstrap?: string[]; mdns: boolean; genesisPeers?: string[]; rounds: number; cacheDir: string; json: boolean; fetchTimeout: number; behave?: Behaviour; validator: boolean; dashboard?: number; dashboardHost: string; dashboardToken?: string; rpc?: string; contract?: string; key?: string; submit: boolean }) => {
       let text: string;
       try { text = readFileSync(o.run, 'utf8'); } catch (e) { throw new InvalidInputError(`cannot read --run ${o.run}: ${(e as Error).message}`); }
       const manifest = decodeManifest(text);
+      if ((o.rpc === undefined) !== (o.contract === undefined)) throw new InvalidInputError('--rpc and --contract go together');
+      if (o.contract !== undefined && !/^0x[0-9a-fA-F]{40}$/.test(o.contract)) throw new InvalidInputError(`--contract: not an address: ${o.contract}`);
+      const ledger = o.rpc && o.contract ? { rpc: o.rpc, contract: o.contract as Address, submit: o.submit, ...(o.key ? { key: readKey(o.key) } : {}) } : undefined;
       let done = 0;
       let finish!: () => void;
       const finished = new Promise<void>((r) => { finish = r; });
       const node = new SwarmNode({
         manifest, dataDir: o.dataDir, listen: [o.listen], bootstrap: o.bootstrap ?? [], mdns: o.mdns, cacheDir: o.cacheDir, fetchTimeoutMs: o.fetchTimeout, ...(o.behave ? { behave: o.behave } : {}), validator: o.validator,
+        ...(ledger ? { ledger } : {}),
         ...(o.genesisPeers ? { genesisPeers: o.genesisPeers } : {}),
         onLog: (line) => process.stderr.write(`tessera node: ${line}\n`),
         onRound: (r) => {

@@ -31,7 +31,7 @@ import { serve } from '@hono/node-server';
 import { z } from 'zod';
 import type { NodeView, RoundReport } from '../swarm/node.js';
 import {
-  initialState, observe, ownContribution, peerRows, pointsSince, record, type DashState, type Limits, type RoundPoint,
+  initialState, observe, ownContribution, ownership, peerRows, pointsSince, record, type DashState, type Limits, type RoundPoint,
 } from './state.js';
 import {
   BadRequestError, BodyTooLargeError, BusyError, DashboardError, DashboardListenError, ForbiddenOriginError, NotFoundError,
@@ -172,7 +172,7 @@ export class Hub {
     const v = this.view();
     if (!v) return;
     this.state = observe(this.state, v, this.now());
-    const key = JSON.stringify([v.round, v.phase, v.roster, [...v.subscribers].sort(), v.weightsHash, v.checkpointCid]);
+    const key = JSON.stringify([v.round, v.phase, v.roster, [...v.subscribers].sort(), v.weightsHash, v.checkpointCid, v.ledger ?? null]);
     if (key !== this.lastKey) {
       this.lastKey = key;
       if (notify) this.wake();
@@ -210,8 +210,8 @@ export function statusBody(s: DashState, mode: GenerateMode, now: number) {
     run: s.run, peerId: s.peerId, round: s.round, phase: s.phase, weightsHash: s.weightsHash, checkpointCid: s.checkpointCid,
     roster: s.roster.length, connected: s.subscribers.length, own: ownContribution(s), totals: s.totals,
     startedAt: s.startedAt, updatedAt: s.updatedAt, now, seq: s.seq, generate: mode,
-    /** Reserved for the ledger (issue 7): shares and payouts per peer. */
-    ledger: null,
+    /** The ownership panel (issue 7): shares, revenue, proposals, queued commitments; null when not linked to a chain. */
+    ledger: ownership(s, now),
   };
 }
 

@@ -9,6 +9,7 @@
  * they were written, so the server can stream "what changed since seq N" to each client.
  */
 import type { NodeView, RoundReport } from '../swarm/node.js';
+import type { LedgerView } from '../ledger/view.js';
 
 /** One round as this peer lived it (losses, bytes, time); NaN losses become null (JSON-safe). */
 export interface RoundPoint {
@@ -91,9 +92,11 @@ export interface Limits {
   maxPeers: number;
   /** A connected member whose last update is more than this many rounds old is 'stale'. */
   staleRounds: number;
+  /** Rows of the ownership panel's shares table (the largest holders; this node's own row is always kept). */
+  maxHolders: number;
 }
 
-export const DEFAULT_LIMITS: Limits = { maxPoints: 2000, maxPeers: 512, staleRounds: 2 };
+export const DEFAULT_LIMITS: Limits = { maxPoints: 2000, maxPeers: 512, staleRounds: 2, maxHolders: 50 };
 
 export interface DashState {
   seq: number;
@@ -114,15 +117,18 @@ export interface DashState {
   totals: { rounds: number; tokens: number; bytesSent: number; bytesReceived: number };
   /** Own totals kept apart from `peers` so that eviction never loses them. */
   own: { bytesSent: number; bytesReceived: number; computeFraction: number | null };
+  /** The node's latest ledger view, as it gave it (null: not linked to a chain, or no view yet). */
+  ledger: LedgerView | null;
 }
 
 export function initialState(now: number, limits: Partial<Limits> = {}): DashState {
   const l = { ...DEFAULT_LIMITS, ...limits };
-  if (!(l.maxPoints >= 1 && l.maxPeers >= 1 && l.staleRounds >= 0)) throw new RangeError(`bad dashboard limits ${JSON.stringify(l)}`);
+  if (!(l.maxPoints >= 1 && l.maxPeers >= 1 && l.staleRounds >= 0 && l.maxHolders >= 1)) throw new RangeError(`bad dashboard limits ${JSON.stringify(l)}`);
   return {
     seq: 0, limits: l, startedAt: now, updatedAt: now, run: null, peerId: null, round: -1, phase: 'starting',
     weightsHash: null, checkpointCid: null, roster: [], subscribers: [], peers: {}, series: [],
     totals: { rounds: 0, tokens: 0, bytesSent: 0, bytesReceived: 0 }, own: { bytesSent: 0, bytesReceived: 0, computeFraction: null },
+    ledger: null,
   };
 }
 
@@ -176,6 +182,7 @@ export function observe(s: DashState, view: NodeView, now: number): DashState {
   const next: DashState = {
     ...s, seq: s.seq + 1, updatedAt: now, run: s.run?.runId === view.runId ? s.run : summarize(view), peerId: view.peerId,
     round: view.round, phase: view.phase, weightsHash: view.weightsHash || null, checkpointCid: view.checkpointCid, roster, subscribers: subs,
+    ledger: view.ledger ?? null,
   };
   return { ...next, peers: evict(next, peers) };
 }
@@ -268,3 +275,74 @@ export function pointsSince(s: DashState, seq: number): RoundPoint[] {
   return s.series.filter((p) => p.seq > seq);
 }
 
+
+// ─── ownership (the ledger panel) ───
+
+export type ProposalStatus = 'open' | 'closed' | 'passed' | 'failed';
+
+export interface HolderRow {
+  address: string;
+  /** The libp2p peer id behind the address when known (this node's own id for its own address). */
+  peer: string | null;
+  /** Shares and claimable wei: decimal strings of 18-decimal base units, as the ledger view gives them. */
+  balance: string;
+  claimable: string;
+  /** This node's payout address. */
+  me: boolean;
+  /** Share of the total supply in percent with 2 decimals ("62.50"), rounded half up; null when the supply is 0 or unreadable. */
+  percent: string | null;
+}
+
+export type ProposalRow = LedgerView['proposals'][number] & { status: ProposalStatus };
+
+/** What the ownership panel shows: the ledger view with each holder's percentage and "me", and each proposal's status. */
+export interface Ownership extends Omit<LedgerView, 'holders' | 'proposals'> {
+  holders: HolderRow[];
+  /** Holders left out of `holders` (beyond limits.maxHolders). */
+  holdersHidden: number;
+  proposals: ProposalRow[];
+}
+
+const UINT = /^\d{1,78}$/;
+
+/** balance / supply in percent, 2 decimals, rounded half up, in BigInt (amounts can exceed 2^53). */
+export function percentOf(balance: string, supply: string): string | null {
+  if (!UINT.test(balance) || !UINT.test(supply)) return null;
+  const b = BigInt(balance);
+  const t = BigInt(supply);
+  if (t === 0n) return null;
+  const bp = (b * 20_000n + t) / (2n * t); // hundredths of a percent
+  return `${bp / 100n}.${(bp % 100n).toString().padStart(2, '0')}`;
+}
+
+/**
+ * A proposal's status at `now` (Unix ms): passed or failed once executed; before its deadline
+ * (Unix seconds, the chain's block time) open; after it, until someone executes it, closed.
+ */
+export function proposalStatus(p: { deadline: number; executed: boolean; passed: boolean }, now: number): ProposalStatus {
+  if (p.executed) return p.passed ? 'passed' : 'failed';
+  return now < p.deadline * 1000 ? 'open' : 'closed';
+}
+
+/** The ownership panel at `now` (Unix ms), or null when the node is not linked to a chain. */
+export function ownership(s: DashState, now: number): Ownership | null {
+  const l = s.ledger;
+  if (!l) return null;
+  const me = l.me.toLowerCase();
+  const rows = l.holders.map((h): HolderRow => {
+    const mine = h.address.toLowerCase() === me;
+    return {
+      address: h.address, peer: h.peer ?? (mine ? s.peerId : null), balance: h.balance, claimable: h.claimable, me: mine,
+      percent: percentOf(h.balance, l.totalSupply),
+    };
+  });
+  let holders = rows.slice(0, s.limits.maxHolders);
+  const own = rows.findIndex((h) => h.me);
+  if (own >= s.limits.maxHolders) holders = [...holders.slice(0, s.limits.maxHolders - 1), rows[own]];
+  const { holders: _h, proposals, ...rest } = l;
+  void _h;
+  return {
+    ...rest, holders, holdersHidden: rows.length - holders.length,
+    proposals: proposals.map((p) => ({ ...p, status: proposalStatus(p, now) })),
+  };
+}

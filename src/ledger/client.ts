@@ -1,5 +1,5 @@
 /** A ledger client: viem public + wallet clients bound to one TesseraRun deployment. */
-import { BaseError, ContractFunctionRevertedError, HttpRequestError, TimeoutError, type Abi, type Address, type Chain, type EIP1193RequestFn, type Hex, type PublicClient, type WalletClient, type Account, type Transport } from 'viem';
+import { BaseError, ContractFunctionRevertedError, HttpRequestError, TimeoutError, WaitForTransactionReceiptTimeoutError, type Abi, type Address, type Chain, type EIP1193RequestFn, type Hex, type PublicClient, type WalletClient, type Account, type Transport } from 'viem';
 import { loadArtifacts } from './compile.js';
 import { clientsFor } from './devnet.js';
 import { ChainUnreachableError, ContractRevertError } from './errors.js';
@@ -23,7 +23,9 @@ export function toLedgerError(action: string, e: unknown): Error {
   if (e instanceof BaseError) {
     const unreachable = e.walk((x) => x instanceof ChainUnreachableError);
     if (unreachable) return unreachable as ChainUnreachableError;
-    if (e.walk((x) => x instanceof HttpRequestError || x instanceof TimeoutError)) {
+    // A receipt that never came is "unknown", not "refused": the queue keeps the round and asks
+    // the contract (isMinted) before sending it again.
+    if (e.walk((x) => x instanceof HttpRequestError || x instanceof TimeoutError || x instanceof WaitForTransactionReceiptTimeoutError)) {
       return new ChainUnreachableError(`${action}: chain unreachable (${e.shortMessage})`, { cause: e });
     }
     const rev = e.walk((x) => x instanceof ContractFunctionRevertedError);
@@ -53,7 +55,7 @@ export async function write(
       value,
     } as never);
     const hash = await c.walletClient.writeContract(request as never);
-    const receipt = await c.publicClient.waitForTransactionReceipt({ hash, pollingInterval: 10 });
+    const receipt = await c.publicClient.waitForTransactionReceipt({ hash, pollingInterval: 50, timeout: 30_000 });
     if (receipt.status !== 'success') throw new ContractRevertError(action, 'transaction reverted');
     return { hash, gasUsed: receipt.gasUsed, result };
   } catch (e) {

@@ -14,3 +14,8 @@ export * from './actions/execute.js';
 export * from './actions/getShares.js';
 export * from './rpc-server.js';
 export * from './report.js';
+export * from './actions/getProposals.js';
+export * from './keys.js';
+export * from './link.js';
+export type * from './view.js';
+export * from './local.js';

@@ -3,7 +3,9 @@
  * queued (optionally persisted to a JSON file); `flush` submits pending rounds in order. Idempotent:
  * before sending, the contract is asked whether the round is already minted (e.g. a tx that landed but
  * whose receipt was lost when the chain dropped), and the contract itself rejects a replayed round.
- * If the chain is unreachable, flush stops and keeps everything; nothing is lost or sent twice.
+ * If the chain is unreachable, flush stops and keeps everything; nothing is lost or sent twice. A round
+ * the contract refuses for good (a revert other than "already minted") is dropped and reported, so
+ * that it cannot hold back the rounds after it.
  */
 import { existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { read, type LedgerClient } from './client.js';
@@ -20,6 +22,8 @@ export interface FlushResult {
   alreadyOnChain: bigint[];
   pending: number;
   offline: boolean;
+  /** Rounds the contract refused for good (bad signatures, no quorum...): dropped, with the reason. */
+  rejected: { round: bigint; reason: string }[];
 }
 
 const replacer = (_k: string, v: unknown) => (typeof v === 'bigint' ? `${v}n` : v);
@@ -45,7 +49,7 @@ export class CommitmentQueue {
     renameSync(this.file + '.tmp', this.file);
   }
   async flush(c: LedgerClient): Promise<FlushResult> {
-    const res: FlushResult = { submitted: [], alreadyOnChain: [], pending: 0, offline: false };
+    const res: FlushResult = { submitted: [], alreadyOnChain: [], pending: 0, offline: false, rejected: [] };
     while (this.items.length > 0) {
       const q = this.items[0];
       try {
@@ -61,6 +65,8 @@ export class CommitmentQueue {
           break;
         }
         if (e instanceof ContractRevertError && e.reason === 'RoundNotIncreasing') res.alreadyOnChain.push(q.report.round);
+        // A refusal that retrying cannot fix would block every later round: drop it, say why.
+        else if (e instanceof ContractRevertError) res.rejected.push({ round: q.report.round, reason: e.reason });
         else throw e;
       }
       this.items.shift();

@@ -56,6 +56,8 @@ export interface SpawnOptions {
   behave?: string;
   /** `tessera node --validator`. */
   validator?: boolean;
+  /** `tessera node --rpc --contract [--key]`: link to the run's ledger. */
+  ledger?: { rpc: string; contract: string; keyFile?: string };
   onReport?: (p: PeerProc, r: RoundReport) => void;
   onExit?: (p: PeerProc, code: number | null, signal: NodeJS.Signals | null) => void;
 }
@@ -68,6 +70,10 @@ export function spawnPeer(spec: PeerSpec, o: SpawnOptions): PeerProc {
   if (o.cacheDir) args.push('--cache-dir', o.cacheDir);
   if (o.behave && o.behave !== 'honest') args.push('--behave', o.behave);
   if (o.validator) args.push('--validator');
+  if (o.ledger) {
+    args.push('--rpc', o.ledger.rpc, '--contract', o.ledger.contract);
+    if (o.ledger.keyFile) args.push('--key', o.ledger.keyFile);
+  }
   if (o.dashboard) {
     args.push('--dashboard', String(o.dashboard.port));
     if (o.dashboard.host) args.push('--dashboard-host', o.dashboard.host);

@@ -41,6 +41,11 @@ import { openStore, parseCid, type Store } from '../store/index.js';
 import { readManifest, readShard, type DatasetManifest } from '../store/dataset.js';
 import { loadState, publishState } from '../store/checkpoint.js';
 import type { LedgerView } from '../ledger/view.js';
+import { LedgerLink, PayoutSchema, SigBodySchema, parseDatasetSetting, type DatasetSwitch, type SigBody } from '../ledger/link.js';
+import { loadOrCreateEvmKey } from '../ledger/keys.js';
+import { buildScoreReport } from '../ledger/report.js';
+import { privateKeyToAccount } from 'viem/accounts';
+import type { Address, Hex } from 'viem';
 import { pinPlan, type PinItem } from '../store/replicate.js';
 import { behave, type Behaviour } from '../verify/adversaries.js';
 import { ScoreBook, roundFlag, scoreRound, type Submission } from '../verify/score.js';
@@ -84,7 +89,14 @@ export const NodeSchemas = {
       reason: z.string().max(64).nullable(),
     }).strict()).max(1024),
   }).strict(),
+  /** "Mint my shares to this EVM address" (the envelope binds it to the announcing peer id). */
+  'node.payout': PayoutSchema,
+  /** A validator's EIP-712 signature over a round's score report, for the chain (src/ledger/link.ts). */
+  'node.sig': SigBodySchema,
 } as const;
+
+/** One peer's verdict in a validator's round report. */
+export interface ScoreEntry { peer: string; score: number; ema: number; flagged: boolean; reason: string | null }
 
 export interface RoundReport {
   round: number;
@@ -113,8 +125,14 @@ export interface RoundReport {
   via?: 'ipfs' | 'bulk' | 'local';
   /** Replication: items this peer must hold under the current roster, and how many it holds. */
   storage?: { held: number; needed: number; shardsFetched: number; corruptBlocks: number };
+  /** The dataset CID this round trained on (changes when a governance vote switches it). */
+  datasetCid?: string;
   /** Validator only: its latest scores (round, per peer: score, smoothed score, flagged, reason). */
-  scores?: { round: number; entries: { peer: string; score: number; ema: number; flagged: boolean; reason: string | null }[] };
+  scores?: { round: number; entries: ScoreEntry[] };
+  /** Validator only: every round scored since the previous report (scoring runs beside the rounds, so a report can see 0, 1 or more). */
+  scored?: { round: number; entries: ScoreEntry[] }[];
+  /** Validator with a chain link: rounds whose score report it signed since the previous report. */
+  signed?: number[];
 }
 
 /** What a dashboard or script can read from a running node (see view()). */
@@ -167,6 +185,12 @@ export interface NodeOptions {
   behave?: Behaviour;
   /** Validator role: score every applied update (src/verify/score.ts) and publish signed score reports. */
   validator?: boolean;
+  /**
+   * Link to the run's TesseraRun contract (src/ledger/link.ts): validators sign score reports for
+   * it, every linked peer submits quorum reports, reads shares and follows governance. `key`:
+   * this peer's EVM key (default: DATA_DIR/evm.key, created on first use).
+   */
+  ledger?: { rpc: string; contract: Address; key?: Hex; submit?: boolean };
 }
 
 /** Default limit on one fetch of data or state from peers. */
@@ -266,9 +290,21 @@ export class SwarmNode {
   /** Validator: smoothed scores, each peer's previous update (replay check), and the latest report. */
   private readonly scoreBook = new ScoreBook();
   private readonly prevDelta = new Map<string, Float32Array>();
-  private lastScores: { round: number; entries: { peer: string; score: number; ema: number; flagged: boolean; reason: string | null }[] } | null = null;
+  private lastScores: { round: number; entries: ScoreEntry[] } | null = null;
+  private scoredSince: { round: number; entries: ScoreEntry[] }[] = [];
+  private signedSince: number[] = [];
   /** Latest score report received from each validator. */
-  readonly scoreReports = new Map<string, { round: number; entries: { peer: string; score: number; ema: number; flagged: boolean; reason: string | null }[] }>();
+  readonly scoreReports = new Map<string, { round: number; entries: ScoreEntry[] }>();
+  /** The chain link (null without NodeOptions.ledger), this peer's payout address, and every peer's announced one. */
+  private link: LedgerLink | null = null;
+  private payout!: Address;
+  readonly payouts = new Map<string, Address>();
+  /** Published state CIDs by snapshot round (the state after round r has snapshot round r + 1). */
+  private readonly stateCids = new Map<number, string>();
+  /** A governed dataset switch, once its manifest is loaded. */
+  private nextDataset: (DatasetSwitch & { dsm: DatasetManifest }) | null = null;
+  /** The governed setting last acted on (so each value is fetched once). */
+  private loadingSwitch: string | null = null;
   /** A misbehaving peer's previous submission (for 'stale'). */
   private lastSubmitted: Float32Array | null = null;
   private computeMs = 0;
@@ -288,8 +324,9 @@ export class SwarmNode {
   private dataset: DatasetManifest | null = null;
   private datasetCid: string | null = null;
   private tokenizerCid: string | null = null;
-  private readonly shardCache = new Map<number, TokenArray>();
-  private readonly shardFetch = new Map<number, Promise<TokenArray | null>>();
+  /** By `<dataset cid>:<shard>`. */
+  private readonly shardCache = new Map<string, TokenArray>();
+  private readonly shardFetch = new Map<string, Promise<TokenArray | null>>();
   private shardsFetched = 0;
   /** Checkpoints retained (every checkpointEvery rounds), oldest first; and the latest round state. */
   private checkpoints: { round: number; cid: string }[] = [];
@@ -362,6 +399,20 @@ export class SwarmNode {
       },
     });
     this.dialLoop();
+    const evmKey = this.o.ledger?.key ?? loadOrCreateEvmKey(this.o.dataDir);
+    this.payout = privateKeyToAccount(evmKey).address;
+    this.payouts.set(this.host.peerId, this.payout);
+    if (this.o.ledger) {
+      this.link = new LedgerLink({
+        rpc: this.o.ledger.rpc, contract: this.o.ledger.contract, key: evmKey, manifestHash: `0x${this.o.manifest.runId}`,
+        queueFile: join(this.o.dataDir, 'ledger-queue.json'), logger: this.logger,
+        publish: (body: SigBody) => { if (!this.stopped) this.channel.publish('node.sig', body).catch(() => undefined); },
+        ...(this.o.ledger.submit !== undefined ? { submit: this.o.ledger.submit } : {}),
+        onSettings: () => this.followGovernance(),
+        peerOf: (a) => [...this.payouts].find(([, x]) => x.toLowerCase() === a.toLowerCase())?.[0] ?? null,
+      });
+      void this.link.tick();
+    }
     this.log(`peer ${this.host.peerId} listening on ${this.host.multiaddrs().join(' ')}`);
 
     // Wait (briefly) for the other genesis peers / a bootstrap peer, so early gossip is not lost.
@@ -462,30 +513,70 @@ export class SwarmNode {
     return val as unknown as TokenArray;
   }
 
-  /** The tokens of training shard `sh`: a slice of the local corpus, or a block fetched (once) from peers. */
-  private async shardData(sh: number): Promise<TokenArray | null> {
-    const dsm = this.dataset;
+  /**
+   * The tokens of training shard `sh` in round `round`: a slice of the local corpus, or a block
+   * fetched (once) from peers. From a governed switch's round on, shard `sh` is shard
+   * `sh mod count` of the new dataset, so assignment (numShards) stays as the manifest says.
+   */
+  private async shardData(sh: number, round: number): Promise<TokenArray | null> {
+    const { cid, dsm } = this.datasetAt(round);
     if (!dsm) return shardSlice(this.train, sh, this.p.numShards, this.m.model.ctx);
-    const hit = this.shardCache.get(sh);
+    const idx = sh % dsm.train.shards.length;
+    const key = `${cid}:${idx}`;
+    const hit = this.shardCache.get(key);
     if (hit) return hit;
-    let p = this.shardFetch.get(sh);
+    let p = this.shardFetch.get(key);
     if (!p) {
-      p = readShard(this.store, dsm, dsm.train.shards[sh], { signal: AbortSignal.timeout(this.fetchMs) })
+      p = readShard(this.store, dsm, dsm.train.shards[idx], { signal: AbortSignal.timeout(this.fetchMs) })
         .then((t) => {
           const tokens = t as unknown as TokenArray;
           this.shardsFetched++;
-          this.shardCache.set(sh, tokens);
+          this.shardCache.set(key, tokens);
           if (this.shardCache.size > SHARD_CACHE) this.shardCache.delete(this.shardCache.keys().next().value!);
           return tokens;
         })
         .catch((err: unknown) => {
-          this.logger.warn({ shard: sh, cid: dsm.train.shards[sh].cid.toString(), err: (err as Error).message }, 'cannot fetch training shard');
+          this.logger.warn({ shard: idx, cid: dsm.train.shards[idx].cid.toString(), err: (err as Error).message }, 'cannot fetch training shard');
           return null;
         })
-        .finally(() => this.shardFetch.delete(sh));
-      this.shardFetch.set(sh, p);
+        .finally(() => this.shardFetch.delete(key));
+      this.shardFetch.set(key, p);
     }
     return await p;
+  }
+
+  /** The dataset in effect in round `round`: a governed switch from its round on, else the manifest's. */
+  private datasetAt(round: number): { cid: string | null; dsm: DatasetManifest | null } {
+    const n = this.nextDataset;
+    if (n && round >= n.fromRound) return { cid: n.cid, dsm: n.dsm };
+    return { cid: this.datasetCid, dsm: this.dataset };
+  }
+
+  /**
+   * Governance (issue 7): the chain's `dataset` setting, `<cid>@<round>`, switches the training data
+   * from that round on. Read by the link once per round; the new manifest is fetched from peers and
+   * must use the run's tokenizer. A switch seen only after its round starts applies from the next
+   * round this peer trains (training data is per-peer, so the weights still agree).
+   */
+  private followGovernance(): void {
+    const v = this.link?.setting('dataset');
+    if (!v || v === this.loadingSwitch) return;
+    this.loadingSwitch = v;
+    const sw = parseDatasetSetting(v);
+    if (!sw) { this.logger.warn({ value: v }, 'governed dataset setting is not <cid>@<round>; ignored'); return; }
+    if (!this.dataset) { this.logger.warn({ value: v }, 'a governed dataset switch needs a run whose dataset is named by CID; ignored'); return; }
+    let cid;
+    try { cid = parseCid(sw.cid); } catch (err) { this.logger.warn({ value: v, err: (err as Error).message }, 'governed dataset CID is invalid; ignored'); return; }
+    void readManifest(this.store, cid, { signal: AbortSignal.timeout(this.fetchMs) }).then((dsm) => {
+      if (dsm.tokenizer.cid.toString() !== this.tokenizerCid) throw new InvalidInputError(`its tokenizer ${dsm.tokenizer.cid} is not the run's ${this.tokenizerCid}`);
+      if (dsm.train.shards.length === 0) throw new InvalidInputError('it has no training shards');
+      this.nextDataset = { ...sw, dsm };
+      this.log(`governance: training on dataset ${sw.cid} from round ${sw.fromRound}`);
+    }).catch((err: unknown) => {
+      this.logger.warn({ value: v, err: (err as Error).message }, 'cannot switch to the governed dataset');
+      // A fetch that timed out is retried at the next round; a wrong manifest is not.
+      if (!(err instanceof InvalidInputError)) this.loadingSwitch = null;
+    });
   }
 
   private dialLoop(): void {
@@ -510,6 +601,7 @@ export class SwarmNode {
     if (this.dialTimer) clearInterval(this.dialTimer);
     if (this.training) this.training.stop = true;
     try { this.channel?.close(); } catch { /* closing anyway */ }
+    await this.link?.stop();
     await Promise.all([this.storeChain, this.publishChain, this.gcRun]).catch(() => undefined);
     await this.store?.stop().catch(() => undefined);
     await this.host?.stop().catch(() => undefined);
@@ -523,6 +615,7 @@ export class SwarmNode {
       runId: this.o.manifest.runId, manifest: this.m, peerId: this.host.peerId, round: st?.round ?? -1, phase: st?.phase ?? 'starting',
       roster: [...(st?.roster ?? [])], subscribers: this.channel?.subscribers() ?? [], weightsHash: this.thetaHash,
       checkpointCid: this.checkpointCid, params: this.theta?.length ?? 0, scores: this.meanScores(),
+      ...(this.link ? { ledger: this.link.view() } : {}),
     };
   }
 
@@ -557,12 +650,12 @@ export class SwarmNode {
    * apply, off the agreement path: scores inform (and, with the ledger, pay), they do not
    * change the agreed weights.
    */
-  private async validate(round: number, theta: Float32Array, baseHash: string, roster: string[], ups: CommittedUpdate[]): Promise<void> {
+  private async validate(round: number, theta: Float32Array, baseHash: string, roster: string[], ups: CommittedUpdate[]): Promise<ScoreEntry[] | null> {
     try {
       const m = this.m, B = m.hyper.batch, T = m.model.ctx, K = 2;
       const assign = assignShards(roundSeed(this.o.manifest.runId, round), roster, this.p.numShards);
       const batchesOf = async (shard: number, seed: bigint): Promise<Batch[]> => {
-        const d = await this.shardData(shard);
+        const d = await this.shardData(shard, round);
         if (!d || d.length < T + 2) return [];
         const s = new BatchSampler(d, B, T, seed);
         return Array.from({ length: K }, () => s.next());
@@ -572,7 +665,7 @@ export class SwarmNode {
       const assigned: Batch[][] = [];
       for (const s of subs) assigned.push(await batchesOf((assign.get(s.peer) ?? [0])[0], vseed + 1n));
       const random = await batchesOf(Number(vseed % BigInt(this.p.numShards)), vseed + 2n);
-      if (random.length === 0 || assigned.some((a) => a.length === 0)) return;
+      if (random.length === 0 || assigned.some((a) => a.length === 0)) return null;
       const g = this.evalGpt;
       const loss = (params: Float32Array, b: Batch) => { g.params.set(params); return g.loss(b.inputs, b.targets, B, T); };
       const verdicts = scoreRound({
@@ -588,12 +681,57 @@ export class SwarmNode {
         return { peer: v.peer, score: v.score, ema: this.scoreBook.get(v.peer), flagged, reason };
       });
       this.lastScores = { round, entries };
+      this.scoredSince.push({ round, entries });
       for (const x of entries) if (x.flagged) this.logger.warn({ round, peer: x.peer, reason: x.reason }, 'validator flagged an update');
       const reportHash = canonicalHash({ round, baseHash, entries });
       if (!this.stopped) this.channel.publish('node.scores', { round, baseHash, reportHash, entries }).catch(() => undefined);
+      return entries;
     } catch (err) {
       this.logger.warn({ round, err: (err as Error).message }, 'validator could not score the round');
+      return null;
     }
+  }
+
+  /**
+   * Validator with a chain link: turns round `round`'s scores into the report the contract mints
+   * from (src/ledger/report.ts) and signs it. Every input is agreed state or a deterministic
+   * function of it (result hash, the state CID published for it, the included update hashes,
+   * per-round scores from deterministic evaluation, announced payout addresses), so honest
+   * validators sign byte-identical reports. Flagged updates score 0: they earn nothing.
+   */
+  private async signRound(round: number, resultHash: string, entries: ScoreEntry[], updateHashes: string[]): Promise<void> {
+    const link = this.link;
+    if (!link) return;
+    try {
+      const cid = await this.stateCid(round + 1, 30_000);
+      const scores: { address: string; score: number }[] = [];
+      for (const e of entries) {
+        const a = this.payouts.get(e.peer);
+        const score = e.flagged ? 0 : e.score;
+        if (!a) { if (score > 0) this.logger.warn({ round, peer: e.peer }, 'no payout address announced; its score is left out of the report'); continue; }
+        scores.push({ address: a, score });
+      }
+      if (!scores.some((x) => Math.round(x.score * 1e6) > 0)) { this.logger.warn({ round }, 'no positive score this round; nothing to mint'); return; }
+      const report = buildScoreReport({
+        manifestHash: `0x${this.o.manifest.runId}`, round, weightsHash: `0x${resultHash}`, checkpointCid: cid ?? '-',
+        updateHashes: updateHashes.map((h) => `0x${h}`), scores,
+      });
+      await link.signReport(report);
+      this.signedSince.push(round);
+    } catch (err) {
+      this.logger.warn({ round, err: (err as Error).message }, 'validator could not sign the round\'s score report');
+    }
+  }
+
+  /** The CID this node published for snapshot round `snapRound`, waiting up to `ms` for it (null if none). */
+  private async stateCid(snapRound: number, ms: number): Promise<string | null> {
+    const t0 = Date.now();
+    while (!this.stopped && Date.now() - t0 < ms) {
+      const c = this.stateCids.get(snapRound);
+      if (c) return c;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    return this.stateCids.get(snapRound) ?? null;
   }
 
   // ───────────── reducer plumbing ─────────────
@@ -667,9 +805,17 @@ export class SwarmNode {
   private onNet(kind: string, from: string, body: unknown): void {
     if (this.stopped || !this.state) return;
     if (kind === 'node.scores') {
-      const b = body as { round: number; entries: { peer: string; score: number; ema: number; flagged: boolean; reason: string | null }[] };
+      const b = body as { round: number; entries: ScoreEntry[] };
       const old = this.scoreReports.get(from);
       if (!old || old.round < b.round) this.scoreReports.set(from, { round: b.round, entries: b.entries });
+      return;
+    }
+    if (kind === 'node.payout') {
+      this.payouts.set(from, (body as { address: Address }).address);
+      return;
+    }
+    if (kind === 'node.sig') {
+      void this.link?.onSignature(body);
       return;
     }
     if (kind === 'node.snap') {
@@ -795,7 +941,7 @@ export class SwarmNode {
     await new Promise((r) => setImmediate(r));
     const m = this.m, B = m.hyper.batch, T = m.model.ctx, P = this.theta.length;
     // Exactly the assigned shards (fetched from peers the first time when the dataset is on IPFS).
-    let data = await Promise.all(job.shards.map((sh) => this.shardData(sh)));
+    let data = await Promise.all(job.shards.map((sh) => this.shardData(sh, job.round)));
     if (this.o.behave === 'wrong-data') {
       // The adversary trains on other data than assigned: uniform random tokens.
       const rng = new Rng(job.round + 1);
@@ -870,13 +1016,14 @@ export class SwarmNode {
     const ups: CommittedUpdate[] = e.included.map((u) => ({ peer: u.peer, tokens: u.tokens, delta: this.deltas.get(u.updateHash)! }));
     if (ups.some((u) => !u.delta)) { this.log(`round ${e.round}: missing a payload at apply`); return; }
     if (this.m.hyper.overlap !== 'none') this.prevTheta = { hash: this.thetaHash, weights: this.theta.slice() };
-    if (this.o.validator) void this.validate(e.round, this.theta.slice(), e.baseHash, [...this.state.roster], ups);
+    const scoring = this.o.validator ? this.validate(e.round, this.theta.slice(), e.baseHash, [...this.state.roster], ups) : null;
     applyCommitted(this.theta, this.outer, ups, this.m.hyper.aggregate ?? 'mean');
     const h = weightsHash(this.theta);
     this.thetaHash = h;
     const valLoss = this.evaluate();
     this.lastVal = valLoss;
     const roster = this.state.roster.length;
+    if (scoring && this.link) void scoring.then((entries) => entries && this.signRound(e.round, h, entries, e.included.map((u) => u.updateHash)));
     this.dispatch({ type: 'applied', round: e.round, weightsHash: h });
     this.report('round', e.round, valLoss, roster, e.included.map((u) => ({ peer: u.peer, tokens: u.tokens * this.m.model.ctx })) /* the reducer counts sequences */, h);
     this.prune();
@@ -904,6 +1051,9 @@ export class SwarmNode {
       ...(via ? { via } : {}),
       storage: { ...this.storageState, shardsFetched: this.shardsFetched, corruptBlocks: this.store.stats.corruptLocal },
       ...(this.lastScores ? { scores: this.lastScores } : {}),
+      ...(this.scoredSince.length ? { scored: this.scoredSince.splice(0) } : {}),
+      ...(this.signedSince.length ? { signed: this.signedSince.splice(0) } : {}),
+      ...(this.datasetAt(round).cid ? { datasetCid: this.datasetAt(round).cid! } : {}),
     };
     this.lastBytes = { ...w };
     this.lastCompute = { ms: this.computeMs, steps: this.innerStepsRun, at: nowPerf, cpu: cpuMs() };
@@ -912,6 +1062,10 @@ export class SwarmNode {
     this.o.onRound?.(r);
     this.events.emit('round', r);
     if (event === 'round') this.scheduleReplication();
+    // Re-announce the payout address (cheap; covers peers that joined since), and let the chain
+    // link submit, re-read shares and governance; then act on what governance says.
+    if (!this.stopped) this.channel.publish('node.payout', { address: this.payout }).catch(() => undefined);
+    if (this.link) void this.link.tick();
   }
 
   /**
@@ -958,6 +1112,8 @@ export class SwarmNode {
         const c = await publishState(this.store, files, { signal: AbortSignal.timeout(this.fetchMs) });
         await this.store.pin(c);
         cid = c.toString();
+        this.stateCids.set(snap.round, cid);
+        if (this.stateCids.size > 64) this.stateCids.delete(this.stateCids.keys().next().value!);
         const prev = this.latestState;
         this.latestState = { round: snap.round, cid };
         if (snap.round % this.sp.checkpointEvery === 0 && !this.checkpoints.some((x) => x.cid === cid)) {

@@ -1,7 +1,9 @@
 // Tessera dashboard front end: plain JS, no build step. It holds the latest status and peers
 // and the per-round points (by round, capped like the server's ring buffer), fed by one
 // EventSource on /api/events ('snapshot' on connect, then 'update's), and draws two uPlot
-// charts. Server data only ever reaches the page as textContent.
+// charts and the ownership (ledger) panel. Server data only ever reaches the page as textContent.
+// Ledger amounts are decimal strings of 18-decimal base units and may exceed 2^53: they are
+// formatted with BigInt, never through Number.
 'use strict';
 
 (function main() {
@@ -27,6 +29,26 @@
     pct: (x) => (x === null || x === undefined || !Number.isFinite(x) ? '–' : `${(100 * x).toFixed(1)}%`),
     short: (s, n = 12) => (s ? (s.length > n ? `${s.slice(0, n)}…` : s) : '–'),
     peer: (id) => (id && id.length > 12 ? `…${id.slice(-10)}` : id || '–'),
+    addr: (a) => (a && a.length > 12 ? `${a.slice(0, 6)}…${a.slice(-4)}` : a || '–'),
+    // An amount of 18-decimal base units, cut (never rounded up) to `places` decimals, grouped by
+    // thousands; `trim` drops trailing zeros. A non-zero amount below the last place shows as "<0.0001".
+    units: (s, places = 4, trim = false) => {
+      if (typeof s !== 'string' || !/^\d{1,78}$/.test(s)) return '–';
+      const v = BigInt(s);
+      const step = 10n ** BigInt(places);
+      const t = v / 10n ** BigInt(18 - places);
+      if (t === 0n && v > 0n) return `<${(1 / 10 ** places).toFixed(places)}`;
+      let frac = (t % step).toString().padStart(places, '0');
+      if (trim) frac = frac.replace(/0+$/, '');
+      return (t / step).toLocaleString('en-US') + (frac ? `.${frac}` : '');
+    },
+    eth: (s) => fmt.units(s, 6, true),
+    // Unix seconds (the chain's block time) → local date and time.
+    when: (sec) => {
+      const d = new Date(sec * 1000);
+      return Number.isNaN(d.getTime()) ? '–' : d.toLocaleString(undefined, { year: 'numeric', month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit' });
+    },
+    iso: (sec) => { const d = new Date(sec * 1000); return Number.isNaN(d.getTime()) ? '' : d.toISOString(); },
     ago: (t) => {
       if (t === null || t === undefined) return 'never';
       const s = Math.max(0, (Date.now() + offset - t) / 1000);
@@ -174,6 +196,102 @@
     tbody.replaceChildren(...rows);
   }
 
+  // ─── ownership (ledger) ───
+  function noneRow(tbody, cols, text) {
+    tbody.replaceChildren(el('tr', null, { class: 'none' }));
+    tbody.firstChild.append(el('td', text, { colspan: String(cols), class: 'muted' }));
+  }
+
+  function drawLedger() {
+    if (!status) return;
+    const l = status.ledger;
+    const panel = $('ledger');
+    const none = $('ledger-none');
+    const body = $('ledger-body');
+    if (!l) {
+      panel.dataset.linked = status.peerId ? 'no' : '';
+      none.replaceChildren();
+      if (status.peerId) {
+        none.append('This node is not linked to a chain. Start it with ', el('code', 'tessera node --rpc <url> --contract <address>'),
+          ' to show the run\'s shares, revenue and proposals here.');
+      } else none.append('Waiting for the node…');
+      none.hidden = false;
+      body.hidden = true;
+      return;
+    }
+    panel.dataset.linked = 'yes';
+    none.hidden = true;
+    body.hidden = false;
+    $('ledger-contract').textContent = l.contract;
+    $('ledger-chain').textContent = String(l.chainId);
+    const badge = $('ledger-badge');
+    badge.className = `pill pill-${l.online ? 'live' : 'down'}`;
+    badge.textContent = l.online ? 'online' : `chain unreachable — commitments queued: ${l.queue.pending}`;
+    $('ledger-checked').textContent = `checked ${fmt.ago(l.checkedAt)}`;
+
+    const tbody = $('shares').querySelector('tbody');
+    if (!l.holders.length) noneRow(tbody, 5, 'no shares minted yet');
+    else {
+      tbody.replaceChildren(...l.holders.map((h) => {
+        const tr = el('tr', null, { 'data-address': h.address });
+        if (h.me) tr.className = 'me';
+        const who = el('td');
+        who.append(el('code', fmt.addr(h.address), { title: h.address }));
+        if (h.me) who.append(el('span', 'me', { class: 'badge' }));
+        const peer = el('td', null, { class: 'opt' });
+        if (h.peer) peer.append(el('code', fmt.peer(h.peer), { title: h.peer }));
+        else peer.textContent = '–';
+        tr.append(who, peer,
+          el('td', fmt.units(h.balance), { class: 'num', title: `${h.balance} base units` }),
+          el('td', h.percent === null ? '–' : `${h.percent}%`, { class: 'num' }),
+          el('td', fmt.eth(h.claimable), { class: 'num', title: `${h.claimable} wei` }));
+        return tr;
+      }));
+    }
+    $('shares-more').textContent = l.holdersHidden > 0 ? `and ${l.holdersHidden} more holders` : '';
+
+    kv($('ledger-totals'), [
+      ['supply', `${fmt.units(l.totalSupply)} shares`, `${l.totalSupply} base units`],
+      ['revenue paid', `${fmt.eth(l.totalPaid)} ETH`, `${l.totalPaid} wei`],
+      ['claimed', `${fmt.eth(l.totalClaimed)} ETH`, `${l.totalClaimed} wei`],
+      ['validators', `${l.threshold} of ${l.validators.length} sign a round`, l.validators.join('\n')],
+      ['payout address', fmt.addr(l.me), l.me],
+    ]);
+    kv($('ledger-queue'), [
+      ['pending', fmt.num(l.queue.pending)],
+      ['submitted', fmt.num(l.queue.submitted)],
+      ['last error', l.queue.lastError || 'none'],
+    ]);
+    if (l.queue.lastError) $('ledger-queue').lastChild.classList.add('error');
+
+    const props = $('proposals').querySelector('tbody');
+    if (!l.proposals.length) noneRow(props, 7, 'no proposals');
+    else {
+      props.replaceChildren(...l.proposals.map((p) => {
+        const tr = el('tr', null, { 'data-proposal': String(p.id), 'data-status': p.status });
+        const st = el('td');
+        st.append(el('span', p.status, { class: `pill pill-${p.status}`, ...(p.status === 'closed' ? { title: 'voting ended; not executed yet' } : {}) }));
+        tr.append(el('td', String(p.id), { class: 'num' }), el('td', p.key), el('td', p.value),
+          el('td', fmt.units(p.yes), { class: 'num', title: `${p.yes} base units` }),
+          el('td', fmt.units(p.no), { class: 'num', title: `${p.no} base units` }),
+          el('td', fmt.when(p.deadline), { title: fmt.iso(p.deadline) }), st);
+        return tr;
+      }));
+    }
+
+    const minted = $('minted').querySelector('tbody');
+    if (!l.rounds.length) noneRow(minted, 3, 'none minted yet');
+    else {
+      minted.replaceChildren(...l.rounds.map((r) => {
+        const tr = el('tr', null, { 'data-round': String(r.round) });
+        const cid = el('td');
+        cid.append(el('code', fmt.short(r.checkpointCid, 16), { title: r.checkpointCid }));
+        tr.append(el('td', String(r.round), { class: 'num' }), el('td', fmt.units(r.minted), { class: 'num', title: `${r.minted} base units` }), cid);
+        return tr;
+      }));
+    }
+  }
+
   function setLive(kind, text) {
     const live = $('live');
     live.className = `pill pill-${kind}`;
@@ -190,6 +308,7 @@
     while (points.size > MAX_POINTS) points.delete(Math.min(...points.keys()));
     drawStatus();
     drawPeers();
+    drawLedger();
     drawCharts();
     $('updated').textContent = new Date(status.updatedAt).toLocaleTimeString();
     setLive('live', 'live');
@@ -239,5 +358,6 @@
   setInterval(() => {
     if (lastMessage && Date.now() - lastMessage > 40_000) setLive('wait', 'quiet');
     if (peers.length) drawPeers();
+    if (status && status.ledger) $('ledger-checked').textContent = `checked ${fmt.ago(status.ledger.checkedAt)}`;
   }, 1000);
 })();

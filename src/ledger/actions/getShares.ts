@@ -3,13 +3,14 @@ import { parseAbiItem, type Address, type Hex } from 'viem';
 import { read, toLedgerError, type LedgerClient } from '../client.js';
 import type { ChainUnreachableError, ContractRevertError } from '../errors.js';
 
-export type GetSharesParameters = Record<string, never>;
+/** `rounds`: how many of the latest round commitments to read (default all). */
+export type GetSharesParameters = { rounds?: number };
 export type Holder = { address: Address; balance: bigint; claimable: bigint };
 export type RoundCommitment = { round: bigint; weightsHash: Hex; updatesRoot: Hex; scoresRoot: Hex; minted: bigint; checkpointCid: Hex };
 export type GetSharesReturnType = { totalSupply: bigint; totalPaid: bigint; totalClaimed: bigint; holders: Holder[]; rounds: RoundCommitment[] };
 export type GetSharesErrorType = ChainUnreachableError | ContractRevertError;
 
-export async function getShares(c: LedgerClient): Promise<GetSharesReturnType> {
+export async function getShares(c: LedgerClient, p: GetSharesParameters = {}): Promise<GetSharesReturnType> {
   let logs;
   try {
     logs = await c.publicClient.getLogs({
@@ -31,7 +32,8 @@ export async function getShares(c: LedgerClient): Promise<GetSharesReturnType> {
   holders.sort((x, y) => (y.balance > x.balance ? 1 : y.balance < x.balance ? -1 : 0));
   const n = await read<bigint>(c, 'roundCount');
   const rounds: RoundCommitment[] = [];
-  for (let i = 0n; i < n; i++) {
+  const first = p.rounds === undefined ? 0n : n - BigInt(Math.min(Number(n), Math.max(0, p.rounds)));
+  for (let i = first; i < n; i++) {
     const round = await read<bigint>(c, 'roundAt', [i]);
     const r = await read<Omit<RoundCommitment, 'round'>>(c, 'getRound', [round]);
     rounds.push({ round, ...r });

@@ -1,0 +1,24 @@
+/** Governance proposals, newest first (`limit` of them), with the proposed value as text. */
+import { hexToString, type Hex } from 'viem';
+import { read, type LedgerClient } from '../client.js';
+import type { ChainUnreachableError, ContractRevertError } from '../errors.js';
+
+export type GetProposalsParameters = { limit?: number };
+export type Proposal = { id: bigint; key: string; value: string; proposer: Hex; deadline: bigint; executed: boolean; passed: boolean; yes: bigint; no: bigint; supplyAtStart: bigint };
+export type GetProposalsReturnType = Proposal[];
+export type GetProposalsErrorType = ChainUnreachableError | ContractRevertError;
+
+const text = (h: Hex): string => {
+  try { return hexToString(h).replace(/\0+$/, ''); } catch { return h; }
+};
+
+export async function getProposals(c: LedgerClient, p: GetProposalsParameters = {}): Promise<GetProposalsReturnType> {
+  const n = await read<bigint>(c, 'proposalCount');
+  const limit = BigInt(Math.max(0, p.limit ?? 20));
+  const out: Proposal[] = [];
+  for (let id = n - 1n; id >= 0n && n - id <= limit; id--) {
+    const r = await read<{ key: Hex; proposer: Hex; deadline: bigint; executed: boolean; passed: boolean; yes: bigint; no: bigint; supplyAtStart: bigint; value: Hex }>(c, 'getProposal', [id]);
+    out.push({ id, key: text(r.key), value: text(r.value), proposer: r.proposer, deadline: r.deadline, executed: r.executed, passed: r.passed, yes: r.yes, no: r.no, supplyAtStart: r.supplyAtStart });
+  }
+  return out;
+}
