@@ -5,10 +5,10 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { keccak256, toHex, type Address, type Hex } from 'viem';
+import { encodeAbiParameters, keccak256, toHex, type Address, type Hex } from 'viem';
 import {
   startDevnet, ledgerClient, deployRun, signScoreReport, mintRound, pay, claim, propose, vote, execute, getSetting,
-  getShares, loadArtifacts, clientsFor, CommitmentQueue, serveRpc, rpcChain, buildScoreReport, ContractRevertError, type Devnet, type LedgerClient, type ScoreReport,
+  getShares, getProposals, proposeValidators, read, loadArtifacts, clientsFor, CommitmentQueue, serveRpc, rpcChain, buildScoreReport, ContractRevertError, type Devnet, type LedgerClient, type ScoreReport,
 } from '../src/ledger/index.js';
 
 const execFileAsync = promisify(execFile);
@@ -189,6 +189,39 @@ test('governance: a vote passes exactly at the quorum and fails just below it', 
   await assert.rejects(execute(c0, { id: p0.id }), reverts('AlreadyExecuted'));
   assert.equal(await getSetting(c0, 'dataset'), 'bafy-next-dataset');
   assert.equal(await getSetting(c0, 'lr'), '');
+});
+
+test('governance replaces the validator set: only a passed vote can, and then only the new set mints', async () => {
+  const { address } = await deploy();
+  const c0 = client(0, address);
+  const r1 = report(1n, [addrOf(5), addrOf(6)], [3n, 1n]);
+  await mintRound(c0, { report: r1, signatures: await sign(address, r1, [1, 2, 3]) });
+  const a = client(5, address);
+  // a malformed set is refused when proposed (threshold above N, duplicates, the zero address)
+  await assert.rejects(proposeValidators(a, { validators: [addrOf(9)], threshold: 2, durationSeconds: 60 }), /threshold is more than/);
+  const raw = (vs: Address[], m: bigint) => encodeAbiParameters([{ type: 'address[]' }, { type: 'uint256' }], [vs, m]);
+  const key = toHex('validators', { size: 32 });
+  for (const [vs, m] of [[[addrOf(9)], 2n], [[addrOf(9), addrOf(9)], 1n], [['0x0000000000000000000000000000000000000000' as Address], 1n]] as const) {
+    await assert.rejects(c0.publicClient.simulateContract({ address, abi: a.abi, functionName: 'propose', args: [key, raw([...vs], m), 60n], account: a.account } as never), /BadConfig/);
+  }
+  // a set that fails its vote changes nothing
+  const lost = await proposeValidators(a, { validators: [addrOf(9), addrOf(10)], threshold: 2, durationSeconds: 60 });
+  await vote(client(6, address), { id: lost.id, support: false }); // 25% against
+  await net.increaseTime(61);
+  assert.equal((await execute(c0, { id: lost.id })).passed, false);
+  assert.deepEqual((await read<Address[]>(c0, 'validators')).map((x) => x.toLowerCase()), validators().map((x) => x.toLowerCase()));
+  // a passed one replaces it: 2-of-2 {9, 10}
+  const won = await proposeValidators(a, { validators: [addrOf(9), addrOf(10)], threshold: 2, durationSeconds: 60 });
+  assert.equal((await getProposals(c0, { limit: 1 }))[0].value, `2 of ${addrOf(9)},${addrOf(10)}`);
+  await vote(a, { id: won.id, support: true }); // 75% for
+  await net.increaseTime(61);
+  assert.equal((await execute(c0, { id: won.id })).passed, true);
+  assert.equal(await read<bigint>(c0, 'threshold'), 2n);
+  const r2 = report(2n, [addrOf(5)], [1n]);
+  await assert.rejects(mintRound(c0, { report: r2, signatures: await sign(address, r2, [1, 2, 3]) }), reverts('NotValidator')); // the old set
+  await assert.rejects(mintRound(c0, { report: r2, signatures: await sign(address, r2, [9]) }), reverts('NotEnoughSignatures'));
+  await mintRound(c0, { report: r2, signatures: await sign(address, r2, [9, 10]) });
+  assert.equal((await getShares(c0)).rounds.length, 2);
 });
 
 test('resilience: commitments queue while the chain is down and are submitted once when it returns', async () => {

@@ -308,6 +308,14 @@ test('applyCommitted: sorted by peer, token-weighted, bit-identical for any inpu
   assert.deepEqual(p2, base);
   assert.throws(() => applyCommitted(p2, o2, [ups[0], { ...ups[0] }]), InvalidInputError);
   assert.throws(() => applyCommitted(p2, o2, [{ ...ups[0], tokens: 0 }]), InvalidInputError);
+  // The robust rules are order-independent too, and a ×100 outlier moves them far less than the mean.
+  const bad = [...ups, { peer: 'd', tokens: 40, delta: ups[0].delta.map((v) => v * 100) }];
+  const rule = (r: 'mean' | 'clip' | 'trimmed' | 'centered', order: typeof bad) => applyCommitted(base.slice(), new OuterNesterov(n), order, r)!;
+  const norm = (v: Float32Array) => Math.sqrt(v.reduce((t, x) => t + x * x, 0));
+  for (const r of ['clip', 'trimmed', 'centered'] as const) {
+    assert.deepEqual(rule(r, bad), rule(r, [bad[3], bad[1], bad[0], bad[2]]), `${r}: same bits for any order`);
+    assert.ok(norm(rule(r, bad)) < norm(rule('mean', bad)) / 5, `${r}: the outlier is contained`);
+  }
   assert.throws(() => applyCommitted(p2, o2, [{ ...ups[0], delta: new Float32Array(3) }]), InvalidInputError);
   assert.deepEqual(p2, base);
 });

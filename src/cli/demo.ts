@@ -59,8 +59,8 @@ function at(v: string): { n: number; round: number } {
 interface DemoOptions {
   kill?: { n: number; round: number }; join?: { n: number; round: number }; linkDelay: number;
   peers: number; rounds: number; dir: string; codec: string; inner: number; overlap: 'eager' | 'shift' | 'delayed' | 'none';
-  outerLr?: number; outerMomentum?: number; resume: boolean; cacheDir: string; json: boolean; ipfs: boolean; behave?: string; aggregate: 'clip' | 'mean';
-  dashboard: boolean; dashboardPort: number; ledger: boolean; validators?: number;
+  outerLr?: number; outerMomentum?: number; resume: boolean; cacheDir: string; json: boolean; ipfs: boolean; behave?: string; aggregate: 'clip' | 'mean' | 'trimmed' | 'centered';
+  dashboard: boolean; dashboardPort: number; ledger: boolean; validators?: number; audit?: number;
 }
 
 export function register(program: Command): void {
@@ -80,9 +80,10 @@ export function register(program: Command): void {
     .option('--link-delay <ms>', 'emulate a slow link: delay every message and download by this many ms (each way)', int(0), 0)
     .option('--cache-dir <dir>', 'tokenizer and token cache', defaultCacheDir())
     .option('--behave <spec>', 'verification drill: peers that misbehave, e.g. 3=scaler or 2=sign-flip,3=free-rider-zero (kinds: ' + BEHAVIOURS.join(', ') + ')')
-    .option('--aggregate <rule>', 'clip (robust: norms clipped to the median) | mean', oneOf('clip', 'mean'), 'clip')
+    .option('--aggregate <rule>', 'clip (robust: norms clipped to the median) | trimmed | centered | mean', oneOf('clip', 'mean', 'trimmed', 'centered'), 'clip')
     .option('--ipfs', 'no single host: peer 0 adds the corpus to its IPFS store and the manifest names data, tokenizer and genesis by CID; the others fetch them from the peers that hold them', false)
     .option('--validators <n>', 'the first N peers also validate: score every update and sign score reports (default 2 with --ledger, else 0)', int(0, 32))
+    .option('--audit <p>', 'audit by re-execution: trainers commit every inner step, validators re-run each update with probability p (needs --overlap none or delayed, and --validators)', num(0, 1))
     .option('--ledger', 'tokenized ownership: start a local EVM (Hardhat\'s EDR), deploy the run\'s contract; validators sign score reports, peers submit them, shares are minted per round', false)
     .option('--json', 'one JSON object per round on stdout', false)
     .option('--no-dashboard', 'do not serve the live dashboard')
@@ -93,6 +94,7 @@ export function register(program: Command): void {
       if (o.ledger && o.resume) throw new InvalidInputError('--ledger starts a fresh in-memory chain; it cannot --resume (point peers at a lasting chain with `tessera node --rpc`)');
       const nValidators = o.validators ?? (o.ledger ? Math.min(2, o.peers) : 0);
       if (nValidators > o.peers) throw new InvalidInputError(`--validators ${nValidators} is more than --peers ${o.peers}`);
+      if (o.audit !== undefined && o.overlap !== 'none' && o.overlap !== 'delayed') throw new InvalidInputError(`--audit needs --overlap none or delayed (an ${o.overlap} job moves its base mid-way, so its steps cannot be re-executed)`);
       if (o.ledger && nValidators === 0) throw new InvalidInputError('--ledger needs at least one validator (--validators)');
       const run = join(dir, 'run.json');
       let runId: string;
@@ -111,7 +113,7 @@ export function register(program: Command): void {
         const opts: RunCreateOptions = {
           ...MODEL, inner: o.inner, lr: 3e-3, codec: o.codec as 'sparse', shards: 16, seed: 1,
           trainMs, submitMs: trainMs + Math.max(1500, trainMs), commitMs: 1500, quorum: 1, minPeers: 1, maxMissed: 2,
-          cacheDir: o.cacheDir, overlap: o.overlap, aggregate: o.aggregate,
+          cacheDir: o.cacheDir, overlap: o.overlap, aggregate: o.aggregate, ...(o.audit !== undefined ? { audit: o.audit } : {}),
           ...(o.outerLr !== undefined ? { outerLr: o.outerLr } : {}), ...(o.outerMomentum !== undefined ? { outerMomentum: o.outerMomentum } : {}),
         };
         let built: ReturnType<typeof buildManifest>;

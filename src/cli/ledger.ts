@@ -14,7 +14,7 @@ import { int, num } from './args.js';
 import { InvalidInputError } from '../util/errors.js';
 import { readKey } from '../ledger/keys.js';
 import {
-  startDevnet, rpcChain, ledgerClient, clientsFor, deployRun, signScoreReport, mintRound, pay, claim, propose, vote,
+  startDevnet, rpcChain, ledgerClient, clientsFor, deployRun, signScoreReport, mintRound, pay, claim, propose, proposeValidators, vote,
   execute, getShares, serveRpc, type LedgerClient, type GetSharesReturnType,
 } from '../ledger/index.js';
 
@@ -120,12 +120,23 @@ export function register(program: Command): void {
       const r = await claim(await connect(o));
       result(o, jsonable(r), `claimed ${formatEther(r.amount)} ETH (tx ${r.hash})`);
     });
-  chainOptions(program.command('propose').description('propose a setting, e.g. --set dataset --value <CID>'))
-    .requiredOption('--set <key>', 'setting name (≤31 bytes)')
-    .requiredOption('--value <value>', 'new value')
+  chainOptions(program.command('propose').description('propose a setting (--set dataset --value <cid>@<round>) or a new validator set (--validators A,B,C --threshold M)'))
+    .option('--set <key>', 'setting name (≤31 bytes), e.g. dataset')
+    .option('--value <value>', 'new value; for dataset: <cid>@<round> (train on it from that round)')
+    .option('--validators <addresses>', 'comma-separated validator addresses: replaces the validator set if the vote passes')
+    .option('--threshold <m>', 'with --validators: signatures needed to mint', int(1))
     .option('--hours <n>', 'voting period in hours', num(0.001), 24)
-    .action(async (o: ChainOpts & { set: string; value: string; hours: number }) => {
-      const r = await propose(await connect(o), { key: o.set, value: o.value, durationSeconds: Math.round(o.hours * 3600) });
+    .action(async (o: ChainOpts & { set?: string; value?: string; validators?: string; threshold?: number; hours: number }) => {
+      const durationSeconds = Math.round(o.hours * 3600);
+      if (o.validators !== undefined) {
+        if (o.set !== undefined || o.value !== undefined) throw new InvalidInputError('--validators does not go with --set/--value');
+        if (o.threshold === undefined) throw new InvalidInputError('--validators needs --threshold <m>');
+        const r = await proposeValidators(await connect(o), { validators: o.validators.split(',').map((x) => x.trim()).filter(Boolean), threshold: o.threshold, durationSeconds });
+        result(o, jsonable(r), `proposal ${r.id}: validators ${o.validators} (${o.threshold} to mint) (tx ${r.hash})`);
+        return;
+      }
+      if (o.set === undefined || o.value === undefined) throw new InvalidInputError('propose needs --set <key> --value <value>, or --validators <a,b,...> --threshold <m>');
+      const r = await propose(await connect(o), { key: o.set, value: o.value, durationSeconds });
       result(o, jsonable(r), `proposal ${r.id} (tx ${r.hash})`);
     });
   chainOptions(program.command('vote').description('vote on a proposal with your shares (locks them until its deadline)'))

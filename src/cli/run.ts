@@ -38,7 +38,9 @@ export interface RunCreateOptions {
   /** Storage: replicas per item, checkpoint interval and retention (manifest `storage`). */
   replicas?: number; checkpointEvery?: number; keepCheckpoints?: number;
   /** How agreed updates are combined (default 'clip': norms clipped to the median first). */
-  aggregate?: 'mean' | 'clip';
+  aggregate?: 'mean' | 'clip' | 'trimmed' | 'centered';
+  /** Audit by re-execution: validators re-run each update with this probability (needs overlap none/delayed). */
+  audit?: number;
 }
 
 function hyperOf(o: RunCreateOptions): ManifestInput['hyper'] {
@@ -49,6 +51,7 @@ function hyperOf(o: RunCreateOptions): ManifestInput['hyper'] {
     outer: { ...(o.codec === 'sparse' ? SPARSELOCO_OUTER : DEFAULT_OUTER), ...(o.outerLr !== undefined ? { lr: o.outerLr } : {}), ...(o.outerMomentum !== undefined ? { momentum: o.outerMomentum } : {}) },
     codec, errorFeedback: o.codec === 'sparse' ? SPARSELOCO_EF_BETA : 0, overlap: o.overlap ?? 'eager',
     aggregate: o.aggregate ?? 'clip',
+    ...(o.audit !== undefined ? { audit: { p: o.audit } } : {}),
   };
 }
 
@@ -146,7 +149,8 @@ export function register(program: Command): void {
     .option('--cache-dir <dir>', 'tokenizer and token cache', defaultCacheDir())
     .option('--dataset <cid>', 'train on a dataset from `tessera data add` (by CID; needs --data-dir): peers fetch shards, tokenizer and genesis weights from each other')
     .option('--data-dir <dir>', 'the node data directory whose IPFS store holds --dataset (the genesis state is added there)')
-    .option('--aggregate <rule>', 'clip (each update clipped to the median norm, robust to a poisoned update) | mean', oneOf('clip', 'mean'), 'clip')
+    .option('--aggregate <rule>', 'clip (each update clipped to the median norm, robust to a poisoned update) | trimmed (clipped, then coordinate-wise trimmed mean) | centered (clipped, then centered clipping) | mean', oneOf('clip', 'mean', 'trimmed', 'centered'), 'clip')
+    .option('--audit <p>', 'audit by re-execution: trainers commit every inner step (Merkle root), validators re-run each update with probability p (needs --overlap none or delayed)', num(0, 1))
     .option('--replicas <n>', 'peers that pin each training shard and retained checkpoint (default 3)', int(1, 64))
     .option('--checkpoint-every <n>', 'keep a state checkpoint every N rounds (default 5)', int(1))
     .option('--keep-checkpoints <n>', 'checkpoints retained before garbage collection (default 3)', int(1, 1000))

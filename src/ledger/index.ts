@@ -19,3 +19,4 @@ export * from './keys.js';
 export * from './link.js';
 export type * from './view.js';
 export * from './local.js';
+export * from './actions/proposeValidators.js';

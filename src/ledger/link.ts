@@ -210,9 +210,10 @@ export class LedgerLink {
         this.chainId = chain.id;
       }
       const c = this.client;
-      if (this.validators.length === 0) {
-        this.validators = await read<Address[]>(c, 'validators');
-        this.threshold = Number(await read<bigint>(c, 'threshold'));
+      // Re-read every pass: a governance vote can replace the validator set.
+      this.validators = await read<Address[]>(c, 'validators');
+      this.threshold = Number(await read<bigint>(c, 'threshold'));
+      if (this.checkedAt === null) {
         const onChain = await read<Hex>(c, 'manifestHash');
         if (onChain.toLowerCase() !== this.o.manifestHash.toLowerCase()) {
           this.lastError = `contract ${this.o.contract} was deployed for manifest ${onChain.slice(0, 14)}…, this run is ${this.o.manifestHash.slice(0, 14)}…`;

@@ -7,7 +7,7 @@
 import { InvalidInputError } from '../util/errors.js';
 import { compareIds } from './assign.js';
 import { aggregate, type OuterNesterov } from './outer.js';
-import { robustAggregate } from './robust.js';
+import { robustAggregate, type RobustSettings } from './robust.js';
 
 export interface CommittedUpdate {
   peer: string;
@@ -23,7 +23,16 @@ export interface CommittedUpdate {
  * Returns the aggregated Δ̄ (null when empty). Throws InvalidInputError on duplicate peers,
  * bad token counts or length mismatches; nothing is modified then.
  */
-export function applyCommitted(params: Float32Array, outer: OuterNesterov, updates: readonly CommittedUpdate[], rule: 'mean' | 'clip' = 'mean'): Float32Array | null {
+export type AggregateRule = 'mean' | 'clip' | 'trimmed' | 'centered';
+
+/** The robust settings behind each rule (robust.ts); 'mean' is the plain token-weighted mean. */
+const RULES: Record<Exclude<AggregateRule, 'mean'>, RobustSettings> = {
+  clip: { clip: true, topG: null, rule: 'mean', trim: 0, tau: 1, iters: 0 },
+  trimmed: { clip: true, topG: null, rule: 'trimmed', trim: 1, tau: 1, iters: 0 },
+  centered: { clip: true, topG: null, rule: 'centered', trim: 0, tau: 1, iters: 3 },
+};
+
+export function applyCommitted(params: Float32Array, outer: OuterNesterov, updates: readonly CommittedUpdate[], rule: AggregateRule = 'mean'): Float32Array | null {
   if (updates.length === 0) return null;
   const sorted = [...updates].sort((a, b) => compareIds(a.peer, b.peer));
   for (let i = 0; i < sorted.length; i++) {
@@ -32,10 +41,12 @@ export function applyCommitted(params: Float32Array, outer: OuterNesterov, updat
     if (!Number.isSafeInteger(u.tokens) || u.tokens <= 0) throw new InvalidInputError(`applyCommitted: bad token count ${u.tokens} for ${u.peer}`);
     if (u.delta.length !== params.length) throw new InvalidInputError(`applyCommitted: update from ${u.peer} has ${u.delta.length} values, expected ${params.length}`);
   }
-  // 'clip': every norm clipped to the median norm of the set (robust.ts), then the same token-weighted mean.
-  const mean = rule === 'clip'
-    ? robustAggregate(sorted.map((u) => ({ peer: u.peer, delta: u.delta, weight: u.tokens, score: 0 })), { clip: true, topG: null, rule: 'mean', trim: 0, tau: 1, iters: 0 }).delta
-    : aggregate(sorted.map((u) => u.delta), sorted.map((u) => u.tokens));
+  // 'clip': every norm clipped to the median norm of the set (robust.ts), then the same token-weighted
+  // mean; 'trimmed': clipped, then a coordinate-wise mean without each coordinate's extremes;
+  // 'centered': clipped, then centered clipping around the weighted mean (τ = median norm).
+  const mean = rule === 'mean'
+    ? aggregate(sorted.map((u) => u.delta), sorted.map((u) => u.tokens))
+    : robustAggregate(sorted.map((u) => ({ peer: u.peer, delta: u.delta, weight: u.tokens, score: 0 })), RULES[rule]).delta;
   outer.step(params, mean);
   return mean;
 }

@@ -110,11 +110,22 @@ export const HyperSchema = z.object({
   overlap: z.enum(['none', 'delayed', 'shift', 'eager']).default('none'),
   /**
    * How the agreed updates are combined: 'mean' (token-weighted mean) or 'clip' (each update's
-   * norm clipped to the median norm first, so one poisoned update cannot dominate; issue 6).
+   * norm clipped to the median norm first, so one poisoned update cannot dominate; issue 6),
+   * 'trimmed' (clipped, then a coordinate-wise trimmed mean) or 'centered' (clipped, then
+   * centered clipping).
    * Absent means 'mean', so manifests written before this field keep their run ids.
    */
-  aggregate: z.enum(['mean', 'clip']).optional(),
-}).strict();
+  aggregate: z.enum(['mean', 'clip', 'trimmed', 'centered']).optional(),
+  /**
+   * Audit by re-execution (issue 6): trainers commit a Merkle root over their state after every
+   * inner step and run deterministic kernels; each validator re-executes each update with
+   * probability p. Needs a fixed training base ('none' or 'delayed' overlap) and H ≤ 4096.
+   * Absent: no commitments (and earlier manifests keep their run ids).
+   */
+  audit: z.object({ p: z.number().min(0).max(1) }).strict().optional(),
+}).strict()
+  .refine((h) => !h.audit || h.overlap === 'none' || h.overlap === 'delayed', { message: "audit needs overlap 'none' or 'delayed' (eager/shift jobs move their base mid-way)", path: ['audit'] })
+  .refine((h) => !h.audit || h.innerSteps <= 4096, { message: 'audit needs innerSteps <= 4096', path: ['audit'] });
 
 export const TimingSchema = z.object({
   /** Training budget per round, from the round's start. */

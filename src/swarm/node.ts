@@ -49,6 +49,11 @@ import type { Address, Hex } from 'viem';
 import { pinPlan, type PinItem } from '../store/replicate.js';
 import { behave, type Behaviour } from '../verify/adversaries.js';
 import { ScoreBook, roundFlag, scoreRound, type Submission } from '../verify/score.js';
+import { Stepper, audit as auditTrace, cloneState, digestState, leafOf, optHash, spotCheck, verifyFraudProof, type AuditJob, type StateDigest, type StepState, type TrainerOracle } from '../verify/audit.js';
+import { decodeFraudProof, encodeFraudProof, MAX_PROOF_BYTES } from '../verify/audit-wire.js';
+import { decodeTrace, encodeTrace, maxTraceBytes, traceRoot } from '../verify/trace.js';
+import { MerkleTree } from '../verify/merkle.js';
+import type { Kernels } from '../kernels/api.js';
 import { assignShards, compareIds } from './assign.js';
 import { canonicalHash } from './canonical.js';
 import { Rng } from '../util/rng.js';
@@ -88,6 +93,20 @@ export const NodeSchemas = {
       peer: z.string().min(1).max(128), score: z.number().min(0).max(1e6), ema: z.number().min(0).max(1e6), flagged: z.boolean(),
       reason: z.string().max(64).nullable(),
     }).strict()).max(1024),
+  }).strict(),
+  /**
+   * Audit (manifest hyper.audit): "my update `updateHash` of round `round` is the end of `steps`
+   * inner steps whose states have Merkle root `root`; the trace (pre-state + digests) is bulk
+   * object `trace`". Signed by the envelope: the trainer is bound to its root.
+   */
+  'node.commit': z.object({
+    round: z.number().int().min(0), updateHash: z.string().regex(HEX64), steps: z.number().int().min(1).max(4096),
+    root: z.string().regex(HEX64), trace: z.string().regex(HEX64),
+  }).strict(),
+  /** A validator found `trainer`'s step `k` of round `round` wrong: the fraud proof is bulk object `proof`. */
+  'node.fraud': z.object({
+    round: z.number().int().min(0), trainer: z.string().min(1).max(128), k: z.number().int().min(1).max(4096),
+    root: z.string().regex(HEX64), proof: z.string().regex(HEX64),
   }).strict(),
   /** "Mint my shares to this EVM address" (the envelope binds it to the announcing peer id). */
   'node.payout': PayoutSchema,
@@ -133,7 +152,16 @@ export interface RoundReport {
   scored?: { round: number; entries: ScoreEntry[] }[];
   /** Validator with a chain link: rounds whose score report it signed since the previous report. */
   signed?: number[];
+  /** Validator with audit on: re-executions since the previous report (steps re-run, wall time). */
+  audits?: AuditRecord[];
+  /** Fraud proofs received and checked by this peer (one re-executed step each) since the previous report. */
+  frauds?: FraudRecord[];
 }
+
+/** One audit by re-execution: ok, or why not (fraud at step k, a missing or inconsistent commitment, an update that is not the trace's end). */
+export interface AuditRecord { round: number; trainer: string; ok: boolean; reason: string | null; k?: number; steps: number; ms: number; trainerMs?: number }
+/** A fraud proof as checked by this peer. */
+export interface FraudRecord { round: number; trainer: string; k: number; by: string; verified: boolean; reason: string | null }
 
 /** What a dashboard or script can read from a running node (see view()). */
 export interface NodeView {
@@ -293,6 +321,13 @@ export class SwarmNode {
   private lastScores: { round: number; entries: ScoreEntry[] } | null = null;
   private scoredSince: { round: number; entries: ScoreEntry[] }[] = [];
   private signedSince: number[] = [];
+  /** Audit: commitments heard (by round:peer), records since the last report, kernels for re-execution. */
+  private readonly commits = new Map<string, { round: number; updateHash: string; steps: number; root: string; trace: string }>();
+  private auditsSince: AuditRecord[] = [];
+  /** Roster and base weights hash of each applied round (fraud proofs name past rounds). */
+  private readonly roundInfo = new Map<number, { roster: string[]; baseHash: string }>();
+  private fraudsSince: FraudRecord[] = [];
+  private kernels!: Kernels;
   /** Latest score report received from each validator. */
   readonly scoreReports = new Map<string, { round: number; entries: ScoreEntry[] }>();
   /** The chain link (null without NodeOptions.ledger), this peer's payout address, and every peer's announced one. */
@@ -439,7 +474,9 @@ export class SwarmNode {
       this.tokenizer = ds.tokenizer;
       val = ds.val;
     }
-    const kernels = loadKernels({ threads: this.o.threads ?? 1 });
+    // Audit needs bitwise-reproducible steps across machines: deterministic kernels for everyone.
+    const kernels = loadKernels({ threads: this.o.threads ?? 1, ...(m.hyper.audit ? { deterministic: true } : {}) });
+    this.kernels = kernels;
     this.gpt = new GPT(m.model, kernels);
     this.gpt.init(m.seed);
     this.evalGpt = new GPT(m.model, kernels);
@@ -650,7 +687,7 @@ export class SwarmNode {
    * apply, off the agreement path: scores inform (and, with the ledger, pay), they do not
    * change the agreed weights.
    */
-  private async validate(round: number, theta: Float32Array, baseHash: string, roster: string[], ups: CommittedUpdate[]): Promise<ScoreEntry[] | null> {
+  private async validate(round: number, theta: Float32Array, baseHash: string, roster: string[], ups: CommittedUpdate[], hashes: Map<string, string>): Promise<ScoreEntry[] | null> {
     try {
       const m = this.m, B = m.hyper.batch, T = m.model.ctx, K = 2;
       const assign = assignShards(roundSeed(this.o.manifest.runId, round), roster, this.p.numShards);
@@ -674,8 +711,22 @@ export class SwarmNode {
         random, beforeRandom: random.map((b) => loss(theta, b)), loss,
       });
       for (const s of subs) this.prevDelta.set(s.peer, s.delta);
-      this.scoreBook.round(Object.fromEntries(verdicts.map((v) => [v.peer, v.score])));
+      // Audit by re-execution (manifest hyper.audit): the sampled trainers' whole traces; a
+      // failed audit zeroes the round's score.
+      const failed = new Map<string, string>();
+      if (m.hyper.audit) {
+        const seedHex = roundSeed(this.o.manifest.runId, round);
+        for (const s of subs) {
+          if (s.peer === this.host.peerId || !spotCheck(seedHex, this.host.peerId, s.peer, m.hyper.audit.p)) continue;
+          const rec = await this.auditOne(round, s.peer, hashes.get(s.peer) ?? '', roster, s.delta);
+          this.auditsSince.push(rec);
+          if (!rec.ok) failed.set(s.peer, rec.reason ?? 'audit');
+          this.logger[rec.ok ? 'info' : 'warn']({ round, peer: s.peer, reason: rec.reason, steps: rec.steps, ms: Math.round(rec.ms) }, rec.ok ? 'audit passed' : 'audit failed');
+        }
+      }
+      this.scoreBook.round(Object.fromEntries(verdicts.map((v) => [v.peer, failed.has(v.peer) ? 0 : v.score])));
       const entries = verdicts.map((v) => {
+        if (failed.has(v.peer)) return { peer: v.peer, score: 0, ema: this.scoreBook.get(v.peer), flagged: true, reason: failed.get(v.peer)!.slice(0, 64) };
         const flagged = roundFlag(v) || this.scoreBook.lowScore(v.peer);
         const reason = v.hard ?? (v.copyOf ? `copy of ${v.copyOf.slice(-8)}` : v.gainAssigned < 0 && v.gainRandom < 0 ? 'harmful' : flagged ? 'low score' : null);
         return { peer: v.peer, score: v.score, ema: this.scoreBook.get(v.peer), flagged, reason };
@@ -689,6 +740,101 @@ export class SwarmNode {
     } catch (err) {
       this.logger.warn({ round, err: (err as Error).message }, 'validator could not score the round');
       return null;
+    }
+  }
+
+  /** The trainer's job as re-execution needs it: its assigned shards' tokens, H, batch, schedule. */
+  private async auditJob(round: number, trainer: string, roster: string[], steps: number): Promise<AuditJob | null> {
+    const m = this.m;
+    const shards = assignShards(roundSeed(this.o.manifest.runId, round), roster, this.p.numShards).get(trainer) ?? [];
+    const data = await Promise.all(shards.map((sh) => this.shardData(sh, round)));
+    if (shards.length === 0 || data.some((d) => !d)) return null;
+    return {
+      runId: this.o.manifest.runId, round, innerSteps: m.hyper.innerSteps, steps, shards: shards.map((shard, i) => ({ shard, tokens: data[i]! })),
+      B: m.hyper.batch, T: m.model.ctx, schedule: m.hyper.schedule, adamw: m.hyper.adamw,
+    };
+  }
+
+  /**
+   * Audits one trainer's round (src/verify/audit.ts): fetches its committed trace, checks it
+   * against the root it signed, re-executes every step with deterministic kernels and, on a
+   * mismatch, bisects the committed digests to the first wrong step and publishes a one-step
+   * fraud proof. With the fp32 codec the update itself must equal the trace's end, bitwise.
+   */
+  private async auditOne(round: number, trainer: string, updateHash: string, roster: string[], delta: Float32Array): Promise<AuditRecord> {
+    const t0 = performance.now();
+    const rec = (ok: boolean, reason: string | null, extra: Partial<AuditRecord> = {}): AuditRecord => ({ round, trainer, ok, reason, steps: 0, ms: performance.now() - t0, ...extra });
+    // The commitment is published just before the update; give gossip a moment.
+    let c = this.commits.get(`${round}:${trainer}`);
+    for (let w = 0; !c && w < 30 && !this.stopped; w++) { await new Promise((r) => setTimeout(r, 100)); c = this.commits.get(`${round}:${trainer}`); }
+    if (!c) return rec(false, 'no commitment');
+    if (c.updateHash !== updateHash) return rec(false, 'commitment names another update');
+    const P = this.theta.length;
+    let trace;
+    try {
+      trace = decodeTrace(await fetchBulk(this.host, trainer, c.trace, { maxBytes: maxTraceBytes(P), signal: AbortSignal.timeout(this.fetchMs) }), P);
+    } catch (err) {
+      return rec(false, `no valid trace: ${(err as Error).message}`.slice(0, 64));
+    }
+    if (trace.digests.length !== c.steps + 1 || traceRoot(trace.digests) !== c.root) return rec(false, 'trace does not match its root');
+    const job = await this.auditJob(round, trainer, roster, c.steps);
+    if (!job) return rec(true, 'skipped: shard data unavailable');
+    const st = new Stepper(this.m.model, this.kernels, job);
+    const tree = new MerkleTree(trace.digests.map(leafOf));
+    const start = trace.start;
+    const oracle: TrainerOracle = {
+      reveal: (i) => ({ digest: trace.digests[i], proof: tree.proof(i) }),
+      // State i > 0 is only asked for after leaf i agreed with ours: regenerate it from the pre-state.
+      state: (i) => {
+        if (i === 0) return cloneState(start);
+        st.load(start);
+        for (let j = 0; j < i; j++) st.stepAt(j);
+        return st.state();
+      },
+    };
+    const base = this.updateMsgs.get(updateHash)?.baseHash ?? digestState(start).weights;
+    let v;
+    try {
+      v = auditTrace(st, trainer, c.root, base, oracle);
+    } catch (err) {
+      return rec(false, `audit: ${(err as Error).message}`.slice(0, 64), { steps: st.executed });
+    }
+    if (v.ok) {
+      if (this.m.hyper.codec.id === 'fp32') {
+        const end = st.gpt.params;
+        for (let i = 0; i < P; i++) if (Math.fround(start.theta[i] - end[i]) !== delta[i]) return rec(false, 'update is not the end of its trace', { steps: v.steps });
+      }
+      return rec(true, null, { steps: v.steps });
+    }
+    if (v.reason === 'bad-anchor') return rec(false, 'trace not built on the round weights', { steps: v.steps });
+    const bytes = encodeFraudProof(v.proof);
+    const proof = sha256Hex(bytes);
+    this.bulk.set(proof, { bytes, round });
+    if (!this.stopped) this.channel.publish('node.fraud', { round, trainer, k: v.proof.k, root: c.root, proof }).catch(() => undefined);
+    this.logger.warn({ round, trainer, k: v.proof.k, queries: v.bisect.queries, locateSteps: v.locateSteps, proofBytes: bytes.length }, 'fraud: published a fraud proof');
+    return rec(false, `fraud at step ${v.proof.k}`, { k: v.proof.k, steps: v.steps });
+  }
+
+  /** Any peer: checks a published fraud proof with one re-executed step, and records the outcome. */
+  private async checkFraud(by: string, b: { round: number; trainer: string; k: number; root: string; proof: string }): Promise<void> {
+    const done = (verified: boolean, reason: string | null) => {
+      this.fraudsSince.push({ round: b.round, trainer: b.trainer, k: b.k, by, verified, reason });
+      this.logger.warn({ round: b.round, trainer: b.trainer, k: b.k, by, verified, reason }, verified ? 'verified a fraud proof' : 'rejected a fraud proof');
+    };
+    try {
+      const c = this.commits.get(`${b.round}:${b.trainer}`);
+      const r = this.roundInfo.get(b.round);
+      if (!c || c.root !== b.root || !r) { done(false, 'no matching commitment or round here'); return; }
+      const P = this.theta.length;
+      const cap = Math.min(MAX_PROOF_BYTES, 2 * maxTraceBytes(P));
+      const proof = decodeFraudProof(await fetchBulk(this.host, by, b.proof, { maxBytes: cap, signal: AbortSignal.timeout(this.fetchMs) }), cap);
+      const job = await this.auditJob(b.round, b.trainer, r.roster, c.steps);
+      if (!job) { done(false, 'shard data unavailable'); return; }
+      const base = this.updateMsgs.get(c.updateHash)?.baseHash ?? r.baseHash;
+      const v = verifyFraudProof(proof, { stepper: new Stepper(this.m.model, this.kernels, job), root: c.root, trainer: b.trainer, baseHash: base });
+      done(v.ok, v.ok ? null : v.reason);
+    } catch (err) {
+      done(false, (err as Error).message.slice(0, 64));
     }
   }
 
@@ -808,6 +954,16 @@ export class SwarmNode {
       const b = body as { round: number; entries: ScoreEntry[] };
       const old = this.scoreReports.get(from);
       if (!old || old.round < b.round) this.scoreReports.set(from, { round: b.round, entries: b.entries });
+      return;
+    }
+    if (kind === 'node.commit') {
+      const b = body as { round: number; updateHash: string; steps: number; root: string; trace: string };
+      this.commits.set(`${b.round}:${from}`, b);
+      if (this.commits.size > 4096) this.commits.delete(this.commits.keys().next().value!);
+      return;
+    }
+    if (kind === 'node.fraud') {
+      void this.checkFraud(from, body as { round: number; trainer: string; k: number; root: string; proof: string });
       return;
     }
     if (kind === 'node.payout') {
@@ -950,6 +1106,10 @@ export class SwarmNode {
     if (job.stop || this.stopped) return;
     const local = this.gpt;
     local.params.set(job.base);
+    // Audit (hyper.audit): the pre-state and the digest of the state after every step, whose
+    // Merkle root this trainer signs with its update.
+    const start: StepState | null = m.hyper.audit ? { theta: job.base.slice(), m: this.opt.m.slice(), v: this.opt.v.slice(), step: this.opt.step } : null;
+    const digests: StateDigest[] = start ? [digestState(start)] : [];
     const seed = BigInt('0x' + roundSeed(this.o.manifest.runId, job.round).slice(0, 12));
     const samplers = data.flatMap((d, i) => (d && d.length >= T + 2 ? [new BatchSampler(d, B, T, seed + BigInt(i))] : []));
     const batch: Batch = { inputs: new Int32Array(B * T), targets: new Int32Array(B * T) };
@@ -965,6 +1125,7 @@ export class SwarmNode {
       this.trainLossAcc.sum += loss;
       this.trainLossAcc.n++;
       this.opt.update(local.params, local.grads, lrAt(m.hyper.schedule, job.round * m.hyper.innerSteps + i));
+      if (start) digests.push({ weights: weightsHash(local.params), opt: optHash(this.opt.m, this.opt.v, this.opt.step) });
       const t1 = performance.now();
       this.computeMs += t1 - t0;
       this.innerStepsRun++;
@@ -1004,6 +1165,14 @@ export class SwarmNode {
       this.bulk.set(hash, { bytes: enc.bytes, round: job.round });
       this.deltas.set(hash, enc.decoded);
       this.lastOwn = { round: job.round, hash };
+      if (start) {
+        const bytes = encodeTrace({ digests, start });
+        const trace = sha256Hex(bytes);
+        this.bulk.set(trace, { bytes, round: job.round });
+        const commit = { round: job.round, updateHash: hash, steps, root: traceRoot(digests), trace };
+        this.commits.set(`${job.round}:${this.host.peerId}`, commit);
+        if (!this.stopped) this.channel.publish('node.commit', commit).catch(() => undefined);
+      }
     }
     this.dispatch({ type: 'trained', round: job.round, updateHash: hash, steps });
   }
@@ -1016,7 +1185,9 @@ export class SwarmNode {
     const ups: CommittedUpdate[] = e.included.map((u) => ({ peer: u.peer, tokens: u.tokens, delta: this.deltas.get(u.updateHash)! }));
     if (ups.some((u) => !u.delta)) { this.log(`round ${e.round}: missing a payload at apply`); return; }
     if (this.m.hyper.overlap !== 'none') this.prevTheta = { hash: this.thetaHash, weights: this.theta.slice() };
-    const scoring = this.o.validator ? this.validate(e.round, this.theta.slice(), e.baseHash, [...this.state.roster], ups) : null;
+    this.roundInfo.set(e.round, { roster: [...this.state.roster], baseHash: e.baseHash });
+    if (this.roundInfo.size > 64) this.roundInfo.delete(this.roundInfo.keys().next().value!);
+    const scoring = this.o.validator ? this.validate(e.round, this.theta.slice(), e.baseHash, [...this.state.roster], ups, new Map(e.included.map((u) => [u.peer, u.updateHash]))) : null;
     applyCommitted(this.theta, this.outer, ups, this.m.hyper.aggregate ?? 'mean');
     const h = weightsHash(this.theta);
     this.thetaHash = h;
@@ -1053,6 +1224,8 @@ export class SwarmNode {
       ...(this.lastScores ? { scores: this.lastScores } : {}),
       ...(this.scoredSince.length ? { scored: this.scoredSince.splice(0) } : {}),
       ...(this.signedSince.length ? { signed: this.signedSince.splice(0) } : {}),
+      ...(this.auditsSince.length ? { audits: this.auditsSince.splice(0) } : {}),
+      ...(this.fraudsSince.length ? { frauds: this.fraudsSince.splice(0) } : {}),
       ...(this.datasetAt(round).cid ? { datasetCid: this.datasetAt(round).cid! } : {}),
     };
     this.lastBytes = { ...w };

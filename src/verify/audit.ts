@@ -95,12 +95,21 @@ export interface AuditJob {
   round: number;
   /** H: steps per round (also the schedule's stride: step i of round r uses lrAt(r·H + i)). */
   innerSteps: number;
+  /** Steps the trainer actually ran and committed (a node stops at its deadline): default H. */
+  steps?: number;
   /** The trainer's assigned shards, in assignment order, with their tokens. */
   shards: { shard: number; tokens: TokenArray }[];
   B: number;
   T: number;
   schedule: Schedule;
   adamw: AdamWSettings;
+}
+
+/** Steps committed in a job: `steps` if given (1..H), else H. */
+export function stepsOf(job: AuditJob): number {
+  const n = job.steps ?? job.innerSteps;
+  if (!Number.isSafeInteger(n) || n < 1 || n > job.innerSteps) throw new AuditError(`committed steps ${n} outside 1..${job.innerSteps}`);
+  return n;
 }
 
 /** Which batch inner step i (0-based) draws: the `draw`-th batch of sampler (shard, seed). */
@@ -216,7 +225,7 @@ export interface CommitOptions {
 
 /** A trainer runs its H inner steps from `start` and commits to every intermediate state. */
 export function commitSteps(st: Stepper, start: StepState, opts: CommitOptions = {}): Commitment {
-  const H = st.job.innerSteps;
+  const H = stepsOf(st.job);
   st.load(start);
   const digests: StateDigest[] = [st.digest()];
   const states: StepState[] | null = opts.keep ? [cloneState(start)] : null;
@@ -329,7 +338,7 @@ export type AuditVerdict =
  * a mismatch bisection plus the one confirming step. `st` is the validator's own Stepper.
  */
 export function audit(st: Stepper, trainer: string, root: string, baseHash: string, o: TrainerOracle): AuditVerdict {
-  const H = st.job.innerSteps, count = H + 1;
+  const H = stepsOf(st.job), count = H + 1;
   const start = st.executed;
   const r0 = checkedReveal(o, root, count, 0);
   if (r0.digest.weights !== baseHash) return { ok: false, reason: 'bad-anchor', steps: 0 };
@@ -349,7 +358,7 @@ export function audit(st: Stepper, trainer: string, root: string, baseHash: stri
  * Returns null if the step is in fact correct.
  */
 export function makeFraudProof(st: Stepper, trainer: string, root: string, k: number, o: TrainerOracle): FraudProof | null {
-  const { job } = st, count = job.innerSteps + 1;
+  const { job } = st, count = stepsOf(job) + 1;
   const pre = checkedReveal(o, root, count, k - 1), post = checkedReveal(o, root, count, k);
   const state = checkedState(o, pre.digest, k - 1);
   const [got] = reexecute(st, state, k - 1, 1);
@@ -371,7 +380,7 @@ export type ProofVerdict = { ok: true; k: number } | { ok: false; reason: string
 
 /** Checks a fraud proof with exactly ONE re-executed step. Never throws on a bad proof. */
 export function verifyFraudProof(p: FraudProof, ctx: VerifyContext): ProofVerdict {
-  const job = ctx.stepper.job, H = job.innerSteps;
+  const job = ctx.stepper.job, H = stepsOf(job);
   const no = (reason: string): ProofVerdict => ({ ok: false, reason });
   try {
     if (p.v !== 1) return no('version');

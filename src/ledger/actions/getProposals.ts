@@ -1,5 +1,5 @@
 /** Governance proposals, newest first (`limit` of them), with the proposed value as text. */
-import { hexToString, type Hex } from 'viem';
+import { decodeAbiParameters, hexToString, type Hex } from 'viem';
 import { read, type LedgerClient } from '../client.js';
 import type { ChainUnreachableError, ContractRevertError } from '../errors.js';
 
@@ -18,7 +18,15 @@ export async function getProposals(c: LedgerClient, p: GetProposalsParameters = 
   const out: Proposal[] = [];
   for (let id = n - 1n; id >= 0n && n - id <= limit; id--) {
     const r = await read<{ key: Hex; proposer: Hex; deadline: bigint; executed: boolean; passed: boolean; yes: bigint; no: bigint; supplyAtStart: bigint; value: Hex }>(c, 'getProposal', [id]);
-    out.push({ id, key: text(r.key), value: text(r.value), proposer: r.proposer, deadline: r.deadline, executed: r.executed, passed: r.passed, yes: r.yes, no: r.no, supplyAtStart: r.supplyAtStart });
+    const key = text(r.key);
+    let value = text(r.value);
+    if (key === 'validators') {
+      try {
+        const [vs, m] = decodeAbiParameters([{ type: 'address[]' }, { type: 'uint256' }], r.value);
+        value = `${m} of ${vs.join(',')}`;
+      } catch { value = r.value; }
+    }
+    out.push({ id, key, value, proposer: r.proposer, deadline: r.deadline, executed: r.executed, passed: r.passed, yes: r.yes, no: r.no, supplyAtStart: r.supplyAtStart });
   }
   return out;
 }

@@ -13,6 +13,10 @@ import {ShareToken} from "./ShareToken.sol";
 /// Signers must be strictly ascending (no duplicates) registered validators; each round mints once
 /// and rounds are strictly increasing (no replay). Signatures must be low-s (no malleated copies).
 ///
+/// Validator set: the deployment names the first allowlist; after that only a passed proposal with
+/// key VALIDATORS_KEY (value = abi.encode(address[] validators, uint256 threshold), checked when
+/// proposed) replaces it. No single party, the deployer included, can change who signs mints.
+///
 /// Governance snapshot choice: voting *locks* the voter's shares until the proposal deadline
 /// (transfers out revert). A voter therefore cannot vote, transfer, and vote again from another
 /// address. Shares minted to a new holder during a vote can vote (they are earned by verified work);
@@ -48,7 +52,9 @@ contract TesseraRun is ShareToken {
     bytes32 public immutable manifestHash;
     uint256 public immutable sharesPerRound;
     uint256 public immutable quorumBps;
-    uint256 public immutable threshold;
+    uint256 public threshold;
+    /// Setting key whose passed proposals replace the validator set ("validators", right-padded).
+    bytes32 public constant VALIDATORS_KEY = bytes32("validators");
 
     address[] private validatorList;
     mapping(address => bool) public isValidator;
@@ -67,6 +73,7 @@ contract TesseraRun is ShareToken {
     event Proposed(uint256 indexed id, bytes32 indexed key, bytes value, uint64 deadline);
     event Voted(uint256 indexed id, address indexed voter, bool support, uint256 weight);
     event Executed(uint256 indexed id, bool passed);
+    event ValidatorsChanged(address[] validators, uint256 threshold);
 
     error BadConfig();
     error RoundNotIncreasing(uint64 round, uint64 lastRound);
@@ -84,17 +91,31 @@ contract TesseraRun is ShareToken {
     error AlreadyExecuted();
 
     constructor(bytes32 manifestHash_, address[] memory validators_, uint256 threshold_, uint256 sharesPerRound_, uint256 quorumBps_) {
-        if (threshold_ == 0 || threshold_ > validators_.length || quorumBps_ > 10_000 || sharesPerRound_ == 0) revert BadConfig();
         manifestHash = manifestHash_;
-        threshold = threshold_;
+        if (quorumBps_ > 10_000 || sharesPerRound_ == 0) revert BadConfig();
         sharesPerRound = sharesPerRound_;
         quorumBps = quorumBps_;
-        for (uint256 i = 0; i < validators_.length; i++) {
-            address v = validators_[i];
-            if (v == address(0) || isValidator[v]) revert BadConfig();
-            isValidator[v] = true;
-            validatorList.push(v);
+        _setValidators(validators_, threshold_);
+    }
+
+    function _checkValidators(address[] memory vs, uint256 m) private pure {
+        if (m == 0 || m > vs.length) revert BadConfig();
+        for (uint256 i = 0; i < vs.length; i++) {
+            if (vs[i] == address(0)) revert BadConfig();
+            for (uint256 j = 0; j < i; j++) if (vs[j] == vs[i]) revert BadConfig();
         }
+    }
+
+    function _setValidators(address[] memory vs, uint256 m) private {
+        _checkValidators(vs, m);
+        for (uint256 i = 0; i < validatorList.length; i++) isValidator[validatorList[i]] = false;
+        delete validatorList;
+        for (uint256 i = 0; i < vs.length; i++) {
+            isValidator[vs[i]] = true;
+            validatorList.push(vs[i]);
+        }
+        threshold = m;
+        emit ValidatorsChanged(vs, m);
     }
 
     // ---------------------------------------------------------------- registry + minting
@@ -166,6 +187,10 @@ contract TesseraRun is ShareToken {
 
     function propose(bytes32 key, bytes calldata value, uint64 duration) external returns (uint256 id) {
         if (balanceOf[msg.sender] == 0) revert NotShareholder();
+        if (key == VALIDATORS_KEY) {
+            (address[] memory vs, uint256 m) = abi.decode(value, (address[], uint256));
+            _checkValidators(vs, m);
+        }
         id = proposals.length;
         uint64 deadline = uint64(block.timestamp) + duration;
         proposals.push(Proposal(key, msg.sender, deadline, false, false, 0, 0, totalSupply, value));
@@ -193,7 +218,13 @@ contract TesseraRun is ShareToken {
         p.executed = true;
         passed = (p.yes + p.no) * 10_000 >= p.supplyAtStart * quorumBps && p.yes > p.no;
         p.passed = passed;
-        if (passed) config[p.key] = p.value;
+        if (passed) {
+            config[p.key] = p.value;
+            if (p.key == VALIDATORS_KEY) {
+                (address[] memory vs, uint256 m) = abi.decode(p.value, (address[], uint256));
+                _setValidators(vs, m);
+            }
+        }
         emit Executed(id, passed);
     }
 
