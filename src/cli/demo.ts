@@ -154,6 +154,10 @@ export function register(program: Command): void {
       const peers: PeerProc[] = [];
       const onReport = (p: PeerProc, r: RoundReport) => {
         if (r.event !== 'round') { say(o, `peer ${p.index} ${o.resume ? 'resumed' : 'synced'} at round ${r.round} (${r.weightsHash.slice(0, 12)})`); return; }
+        // Verification events, as they happen: failed audits, and fraud proofs checked by other peers.
+        const who = (id: string) => { const q = peers.find((x) => x.peerId === id); return q ? `peer ${q.index}` : id.slice(-8); };
+        for (const a of r.audits ?? []) if (!a.ok) result(o, { event: 'audit', round: a.round, validator: p.index, trainer: who(a.trainer), reason: a.reason, steps: a.steps, ms: Math.round(a.ms) }, `audit: peer ${p.index} re-ran ${who(a.trainer)}'s round ${a.round} (${a.steps} steps, ${Math.round(a.ms)} ms): ${a.reason}`);
+        for (const f of r.frauds ?? []) result(o, { event: 'fraud-proof', round: f.round, checker: p.index, trainer: who(f.trainer), k: f.k, by: who(f.by), verified: f.verified }, `fraud proof: peer ${p.index} ${f.verified ? 'verified' : `rejected (${f.reason})`} ${who(f.by)}'s proof that ${who(f.trainer)} computed step ${f.k} of round ${f.round} wrong`);
         let m = byRound.get(r.round);
         if (!m) { m = new Map(); byRound.set(r.round, m); }
         m.set(p.index, r);

@@ -1,0 +1,18 @@
+import { startLocalChain, LedgerLink, ledgerClient, propose, vote, execute, mintRound, signScoreReport, buildScoreReport, read } from '../dist/src/ledger/index.js';
+import { privateKeyToAccount } from 'viem/accounts';
+import { pino } from 'pino';
+const runId = 'ab'.repeat(32);
+const c = await startLocalChain({ runId, peers: 2, validators: [0] , threshold: 1});
+const addr = c.keys.map((k) => privateKeyToAccount(k).address);
+const v = ledgerClient(c.net.request, c.net.chain, c.keys[0], c.contract);
+const report = buildScoreReport({ manifestHash: `0x${runId}`, round: 0, weightsHash: '0x'+'11'.repeat(32), checkpointCid: 'x', updateHashes: [], scores: [{address: addr[0], score: 1}] });
+const sig = await signScoreReport({ account: privateKeyToAccount(c.keys[0]), chainId: c.net.chain.id, contract: c.contract, report });
+await mintRound(v, { report, signatures: [sig] });
+const p = await propose(v, { key: 'dataset', value: 'bagucid123456@16', durationSeconds: 60 });
+await vote(v, { id: p.id, support: true });
+await c.net.increaseTime(61);
+console.log(await execute(v, { id: p.id }));
+const link = new LedgerLink({ rpc: c.url, contract: c.contract, key: c.keys[1], manifestHash: `0x${runId}`, queueFile: '/tmp/q.json', logger: pino({level:'info'}), publish: () => {} });
+await link.tick();
+console.log('setting', JSON.stringify(link.setting('dataset')), link.view().online, link.view().queue);
+await link.stop(); await c.close();
