@@ -382,6 +382,33 @@ test('happy path: 4 peers agree on every round, include every update at full wei
   }
 });
 
+test('selection by score: a peer excluded by every leader is never applied but stays in the roster; agreement holds', () => {
+  const sim = new Sim(params(), 3);
+  for (const id of PEERS4) sim.add(id, { genesis: PEERS4 });
+  const bad = PEERS4[2];
+  for (const id of PEERS4) sim.feed(id, { type: 'exclude', peers: [bad] });
+  // A malformed exclusion is rejected and changes nothing.
+  const r = sim.feed(PEERS4[0], { type: 'exclude', peers: 'x' as never });
+  assert.equal(r.rejected[0]?.reason, 'malformed');
+  assert.deepEqual(r.state.excluded, [bad]);
+  sim.run(10_000);
+  assert.deepEqual(sim.violations, []);
+  const rounds = Math.min(...PEERS4.map((id) => sim.peer(id).state.round));
+  assert.ok(rounds >= 4, `only ${rounds} rounds`);
+  for (let k = 0; k < rounds; k++) {
+    const e = sim.peer(PEERS4[0]).effects.find((x) => x.type === 'apply' && x.round === k);
+    assert.ok(e && e.type === 'apply');
+    assert.deepEqual(e.included.map((u) => u.peer), PEERS4.filter((p) => p !== bad), `round ${k}: the excluded peer is left out`);
+  }
+  for (const id of PEERS4) assert.ok(sim.peer(id).state.roster.includes(bad), 'it is still heard, so still a member');
+  // Lifting the exclusion brings its updates back.
+  for (const id of PEERS4) sim.feed(id, { type: 'exclude', peers: [] });
+  const from = Math.max(...PEERS4.map((id) => sim.peer(id).state.round)) + 1;
+  sim.run(sim.now + 6_000);
+  const later = sim.peer(PEERS4[0]).effects.filter((x) => x.type === 'apply' && x.round > from);
+  assert.ok(later.length > 0 && later.every((x) => x.type === 'apply' && x.included.some((u) => u.peer === bad)));
+});
+
 test('collection closes at quorum (excluding a slower peer) or, with quorum 1, waits until the deadline', () => {
   // quorum 0.75: 3 of 4 submitted closes collection; the slow peer (1.4× slower, still before
   // the deadline) is left out.

@@ -209,6 +209,7 @@ export function register(program: Command): void {
           run, bootstrap: addrs, genesisPeers: ids, cacheDir: o.cacheDir, onReport, env: { TESSERA_LINK_DELAY_MS: String(o.linkDelay) },
           ...(kinds[s.index] && kinds[s.index] !== 'honest' ? { behave: kinds[s.index] } : {}),
           ...(s.index < nValidators ? { validator: true } : {}),
+          ...(nValidators > 0 ? { trustValidators: specs.slice(0, nValidators).map((x) => x.peerId) } : {}),
           ...(chain ? { ledger: { rpc: chain.url, contract: chain.contract } } : {}),
           ...(dashPort !== null && s.peerId === host ? { dashboard: { port: dashPort } } : {}),
           onExit: (p, code, sig) => { if (!stopping) say(o, `peer ${p.index} exited (${sig ?? code})`); if (!stopping && peers.every((x) => !x.alive)) finish(); },

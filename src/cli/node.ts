@@ -32,6 +32,7 @@ export function register(program: Command): void {
     .option('--cache-dir <dir>', 'tokenizer and token cache', defaultCacheDir())
     .option('--json', 'one JSON object per round on stdout', false)
     .option('--validator', 'also score every applied update (loss on assigned vs random batches, copies, norms) and publish signed score reports', false)
+    .option('--trust-validators <ids>', 'peer ids of validators whose flags this peer acts on: flagged members are left out of the update sets it proposes', (v: string) => v.split(',').filter(Boolean))
     .option('--behave <kind>', `misbehave, for verification drills: ${BEHAVIOURS.join(' | ')}`, parseBehaviour)
     .option('--fetch-timeout <ms>', 'give up fetching the dataset, tokenizer, genesis or a shard from peers after this long', int(1, 3_600_000), 30_000)
     .option('--rpc <url>', 'link to the run\'s ledger on any EVM chain (with --contract): validators sign score reports, peers submit them, governance switches the dataset')
@@ -41,7 +42,7 @@ export function register(program: Command): void {
     .option('--dashboard <port>', 'serve a live dashboard (web page + JSON API) on this port (0 = any free port)', int(0, 65535))
     .option('--dashboard-host <addr>', 'address the dashboard binds to; beyond loopback it is read-only unless a token is set', '127.0.0.1')
     .option('--dashboard-token <token>', 'token that unlocks the dashboard\'s actions (POST /api/generate); default: env TESSERA_DASHBOARD_TOKEN')
-    .action(async (o: { run: string; dataDir: string; listen: string; bootstrap?: string[]; mdns: boolean; genesisPeers?: string[]; rounds: number; cacheDir: string; json: boolean; fetchTimeout: number; behave?: Behaviour; validator: boolean; dashboard?: number; dashboardHost: string; dashboardToken?: string; rpc?: string; contract?: string; key?: string; submit: boolean }) => {
+    .action(async (o: { run: string; dataDir: string; listen: string; bootstrap?: string[]; mdns: boolean; genesisPeers?: string[]; rounds: number; cacheDir: string; json: boolean; fetchTimeout: number; behave?: Behaviour; validator: boolean; dashboard?: number; dashboardHost: string; dashboardToken?: string; rpc?: string; contract?: string; key?: string; submit: boolean; trustValidators?: string[] }) => {
       let text: string;
       try { text = readFileSync(o.run, 'utf8'); } catch (e) { throw new InvalidInputError(`cannot read --run ${o.run}: ${(e as Error).message}`); }
       const manifest = decodeManifest(text);
@@ -54,6 +55,7 @@ export function register(program: Command): void {
       const node = new SwarmNode({
         manifest, dataDir: o.dataDir, listen: [o.listen], bootstrap: o.bootstrap ?? [], mdns: o.mdns, cacheDir: o.cacheDir, fetchTimeoutMs: o.fetchTimeout, ...(o.behave ? { behave: o.behave } : {}), validator: o.validator,
         ...(ledger ? { ledger } : {}),
+        ...(o.trustValidators ? { trustValidators: o.trustValidators } : {}),
         ...(o.genesisPeers ? { genesisPeers: o.genesisPeers } : {}),
         onLog: (line) => process.stderr.write(`tessera node: ${line}\n`),
         onRound: (r) => {

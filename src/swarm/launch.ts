@@ -56,6 +56,8 @@ export interface SpawnOptions {
   behave?: string;
   /** `tessera node --validator`. */
   validator?: boolean;
+  /** `tessera node --trust-validators`. */
+  trustValidators?: string[];
   /** `tessera node --rpc --contract [--key]`: link to the run's ledger. */
   ledger?: { rpc: string; contract: string; keyFile?: string };
   onReport?: (p: PeerProc, r: RoundReport) => void;
@@ -70,6 +72,7 @@ export function spawnPeer(spec: PeerSpec, o: SpawnOptions): PeerProc {
   if (o.cacheDir) args.push('--cache-dir', o.cacheDir);
   if (o.behave && o.behave !== 'honest') args.push('--behave', o.behave);
   if (o.validator) args.push('--validator');
+  if (o.trustValidators?.length) args.push('--trust-validators', o.trustValidators.join(','));
   if (o.ledger) {
     args.push('--rpc', o.ledger.rpc, '--contract', o.ledger.contract);
     if (o.ledger.keyFile) args.push('--key', o.ledger.keyFile);

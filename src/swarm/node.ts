@@ -214,6 +214,12 @@ export interface NodeOptions {
   /** Validator role: score every applied update (src/verify/score.ts) and publish signed score reports. */
   validator?: boolean;
   /**
+   * Selection by score: peer ids of validators this peer trusts. A member one of them flagged in
+   * a recent report (other than for noise-prone 'harmful' alone) is left out of the update sets
+   * this peer proposes as leader. A validator always trusts its own reports.
+   */
+  trustValidators?: string[];
+  /**
    * Link to the run's TesseraRun contract (src/ledger/link.ts): validators sign score reports for
    * it, every linked peer submits quorum reports, reads shares and follows governance. `key`:
    * this peer's EVM key (default: DATA_DIR/evm.key, created on first use).
@@ -324,6 +330,8 @@ export class SwarmNode {
   /** Audit: commitments heard (by round:peer), records since the last report, kernels for re-execution. */
   private readonly commits = new Map<string, { round: number; updateHash: string; steps: number; root: string; trace: string }>();
   private auditsSince: AuditRecord[] = [];
+  /** Members this peer currently leaves out of its proposals (selection by score). */
+  private excluded: string[] = [];
   /** Roster and base weights hash of each applied round (fraud proofs name past rounds). */
   private readonly roundInfo = new Map<number, { roster: string[]; baseHash: string }>();
   private fraudsSince: FraudRecord[] = [];
@@ -733,6 +741,7 @@ export class SwarmNode {
       });
       this.lastScores = { round, entries };
       this.scoredSince.push({ round, entries });
+      this.updateExclusions();
       for (const x of entries) if (x.flagged) this.logger.warn({ round, peer: x.peer, reason: x.reason }, 'validator flagged an update');
       const reportHash = canonicalHash({ round, baseHash, entries });
       if (!this.stopped) this.channel.publish('node.scores', { round, baseHash, reportHash, entries }).catch(() => undefined);
@@ -741,6 +750,25 @@ export class SwarmNode {
       this.logger.warn({ round, err: (err as Error).message }, 'validator could not score the round');
       return null;
     }
+  }
+
+  /**
+   * Selection by score: the members trusted validators flagged in a report of the last 3 rounds
+   * (hard checks, copies, failed audits, a low smoothed score; not 'harmful' alone, which noise
+   * can trigger) are left out of this peer's proposals (the reducer's 'exclude' event).
+   */
+  private updateExclusions(): void {
+    const trusted = new Set(this.o.trustValidators ?? []);
+    const reports = [...this.scoreReports].filter(([v]) => trusted.has(v)).map(([, r]) => r);
+    if (this.lastScores) reports.push(this.lastScores);
+    const now = this.state?.round ?? 0;
+    const out = new Set<string>();
+    for (const r of reports) if (r.round >= now - 3) for (const e of r.entries) if (e.flagged && e.reason !== 'harmful') out.add(e.peer);
+    const next = [...out].sort(compareIds);
+    if (next.join() === this.excluded.join()) return;
+    if (next.length) this.logger.warn({ round: now, peers: next }, 'leaving flagged peers out of proposed update sets');
+    this.excluded = next;
+    this.dispatch({ type: 'exclude', peers: next });
   }
 
   /** The trainer's job as re-execution needs it: its assigned shards' tokens, H, batch, schedule. */
@@ -954,6 +982,7 @@ export class SwarmNode {
       const b = body as { round: number; entries: ScoreEntry[] };
       const old = this.scoreReports.get(from);
       if (!old || old.round < b.round) this.scoreReports.set(from, { round: b.round, entries: b.entries });
+      this.updateExclusions();
       return;
     }
     if (kind === 'node.commit') {
@@ -1187,7 +1216,18 @@ export class SwarmNode {
     if (this.m.hyper.overlap !== 'none') this.prevTheta = { hash: this.thetaHash, weights: this.theta.slice() };
     this.roundInfo.set(e.round, { roster: [...this.state.roster], baseHash: e.baseHash });
     if (this.roundInfo.size > 64) this.roundInfo.delete(this.roundInfo.keys().next().value!);
-    const scoring = this.o.validator ? this.validate(e.round, this.theta.slice(), e.baseHash, [...this.state.roster], ups, new Map(e.included.map((u) => [u.peer, u.updateHash]))) : null;
+    // A validator scores every update it holds for the round, applied or left out (so a member
+    // left out for a flag is re-scored each round, and comes back once it is no longer flagged).
+    const scoredHashes = new Map(e.included.map((u) => [u.peer, u.updateHash]));
+    const toScore = [...ups];
+    if (this.o.validator) {
+      for (const [h, u] of this.updateMsgs) {
+        if (u.round !== e.round || scoredHashes.has(u.from) || !this.deltas.has(h) || !this.state.roster.includes(u.from)) continue;
+        scoredHashes.set(u.from, h);
+        toScore.push({ peer: u.from, tokens: u.steps * this.m.hyper.batch, delta: this.deltas.get(h)! });
+      }
+    }
+    const scoring = this.o.validator ? this.validate(e.round, this.theta.slice(), e.baseHash, [...this.state.roster], toScore, scoredHashes) : null;
     applyCommitted(this.theta, this.outer, ups, this.m.hyper.aggregate ?? 'mean');
     const h = weightsHash(this.theta);
     this.thetaHash = h;

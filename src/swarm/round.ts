@@ -190,7 +190,13 @@ export type RoundEvent =
   /** The driver applied the decided set; weightsHash is θ of round+1. */
   | { type: 'applied'; round: number; weightsHash: string }
   /** The driver installed weights + momentum from a peer for this snapshot. */
-  | { type: 'synced'; snapshot: RoundSnapshot };
+  | { type: 'synced'; snapshot: RoundSnapshot }
+  /**
+   * Selection by score (issue 6): members whose updates this peer leaves out of the sets it
+   * proposes as leader (the run's validators flagged them). They still count as heard. Agreement
+   * is unchanged: acceptors take any well-formed set, so every peer applies the decided one.
+   */
+  | { type: 'exclude'; peers: string[] };
 
 export type Effect =
   | { type: 'broadcast'; msg: Message }
@@ -296,6 +302,8 @@ export interface RoundState {
   joins: string[];
   /** Sorted; members heard from this round (any message, or an announce of the previous round). */
   heard: string[];
+  /** Sorted; members whose updates this peer does not propose (the 'exclude' event). */
+  excluded: string[];
   /** Sorted; members already sending messages of a later round (a majority of them means we fell behind). */
   ahead: string[];
   // Paxos acceptor / proposer state for this round
@@ -476,7 +484,7 @@ export function init(opts: InitOptions): StepResult {
   const s: RoundState = {
     self: opts.self, params: params.data, now: opts.now, phase: 'unsynced', round: -1, weightsHash: '', trainBase: '', baseHeld: false, roster: [], missed: [],
     seed: '', order: [], member: false, voting: false, noVoteThrough: restored ? restored.round - 1 : -1, restored, training: false, startedAt: opts.now, closedAt: null, trainingActive: false,
-    updates: new Map(), byPeer: new Map(), joins: [], heard: [], ahead: [], promised: 0, accepted: null, attempt: 0, attemptDeadline: Infinity,
+    updates: new Map(), byPeer: new Map(), joins: [], heard: [], excluded: [], ahead: [], promised: 0, accepted: null, attempt: 0, attemptDeadline: Infinity,
     promises: new Map(), proposed: [], votes: new Map(), pending: null, decision: null, fetchDeadline: Infinity, repliedTo: [], future: [],
     announces: new Map(), prev: null,
     sync: { target: null, from: [...new Set(opts.bootstrap ?? [])].filter((p) => p !== opts.self).slice(0, 8), retryAt: opts.now },
@@ -519,6 +527,12 @@ export function step(state: RoundState, event: RoundEvent): StepResult {
     case 'trained': handleTrained(c, event); break;
     case 'applied': handleApplied(c, event); break;
     case 'synced': handleSynced(c, event.snapshot); break;
+    case 'exclude': {
+      const ps = Array.isArray(event.peers) ? event.peers.filter((p) => typeof p === 'string' && p.length > 0 && p.length <= 128) : null;
+      if (!ps || ps.length > MAX_ROSTER) { reject(c, 'malformed', 'exclude: peers must be a list of peer ids'); break; }
+      s.excluded = [...new Set(ps)].sort(compareIds);
+      break;
+    }
     default: reject(c, 'malformed', `unknown event ${(event as { type: unknown }).type}`);
   }
   advance(c);
@@ -918,6 +932,7 @@ function ownValue(s: RoundState): { included: IncludedUpdate[]; joins: string[];
   if (s.training) {
     const peers = [...s.byPeer.keys()].sort(compareIds);
     for (const peer of peers) {
+      if (has(s.excluded, peer)) continue;
       const h = s.byPeer.get(peer)!;
       included.push({ peer, updateHash: h, tokens: tokensFor(s.params, s.updates.get(h)!.steps) });
     }
