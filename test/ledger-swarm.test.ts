@@ -45,16 +45,21 @@ const fmt = (r: RoundReport) => `${r.round}/${r.included}${r.scores ? `s${r.scor
 test('4 peers, 2 validators, 1 free-rider: shares follow scores; revenue claimed to the wei; queued while the chain is away; a vote switches the dataset', { timeout: 300_000 }, async () => {
   const cacheDir = defaultCacheDir();
   const dir0 = dataDirFor(root, 0);
-  // Dataset A (the run's) and dataset B (a later vote's), same tokenizer, both in peer 0's store.
-  const a = await addCorpus('brown', { dataDir: dir0, vocab: 512, shardTokens: 1 << 15, cacheDir });
+  // Dataset A (the run's) and dataset B (a later vote's), same tokenizer. Every peer's store gets
+  // both (same bytes, same CIDs): this test is about the ledger, and fetching shards from peers
+  // on a loaded 2-core machine is test/store-swarm.test.ts's subject, not this one's.
   const ds = prepareDataset({ corpus: loadCorpus('brown'), vocabSize: 512, cacheDir });
-  const store = await openStore(dir0);
-  let cidB: string;
-  try {
-    const b = await addDataset(store, { name: 'brown-val-as-train', tokenizer: ds.tokenizer, train: ds.val, val: ds.val.subarray(0, 4096), shardTokens: 1 << 14, sources: [{ name: 'brown (val)', sha256: '0'.repeat(64) }] });
-    cidB = b.cid.toString();
-  } finally {
-    await store.stop();
+  let a!: Awaited<ReturnType<typeof addCorpus>>;
+  let cidB = '';
+  for (let i = 0; i < 4; i++) {
+    a = await addCorpus('brown', { dataDir: dataDirFor(root, i), vocab: 512, shardTokens: 1 << 15, cacheDir });
+    const store = await openStore(dataDirFor(root, i));
+    try {
+      const b = await addDataset(store, { name: 'brown-val-as-train', tokenizer: ds.tokenizer, train: ds.val, val: ds.val.subarray(0, 4096), shardTokens: 1 << 14, sources: [{ name: 'brown (val)', sha256: '0'.repeat(64) }] });
+      cidB = b.cid.toString();
+    } finally {
+      await store.stop();
+    }
   }
   const { decoded } = await buildManifestFromStore({
     vocab: 512, ctx: 32, dim: 32, layers: 1, heads: 2, batch: 2, inner: 8, lr: 3e-3, codec: 'fp32', shards: 8, seed: 3,

@@ -7,7 +7,7 @@
 import { z } from 'zod';
 import type { Kernels } from '../kernels/api.js';
 import type { ModelConfig } from '../model/config.js';
-import { paramCount, paramSpecs } from '../model/params.js';
+import { paramCount, paramSpecs, type TensorSpec } from '../model/params.js';
 
 export const AdamWSchema = z.object({
   beta1: z.number().min(0).max(1),
@@ -30,12 +30,14 @@ export class AdamW {
   step = 0;
   private readonly ranges: Range[];
 
-  constructor(readonly config: ModelConfig, readonly settings: AdamWSettings, private readonly kernels: Kernels) {
-    const n = paramCount(config);
+  /** `specs`: another tensor table (a pipeline stage's slice of the model); default the whole model. */
+  constructor(readonly config: ModelConfig, readonly settings: AdamWSettings, private readonly kernels: Kernels, specs?: readonly TensorSpec[]) {
+    const table = specs ?? paramSpecs(config);
+    const n = specs ? table.reduce((t, x) => Math.max(t, x.offset + x.size), 0) : paramCount(config);
     this.m = new Float32Array(n);
     this.v = new Float32Array(n);
     this.ranges = [];
-    for (const s of paramSpecs(config)) {
+    for (const s of table) {
       const last = this.ranges[this.ranges.length - 1];
       if (last && last.decay === s.decay && last.end === s.offset) last.end = s.offset + s.size;
       else this.ranges.push({ start: s.offset, end: s.offset + s.size, decay: s.decay });
@@ -46,9 +48,10 @@ export class AdamW {
    * Clip gradients to the global norm, then apply one AdamW update. Returns the gradient
    * norm before clipping.
    */
-  update(params: Float32Array, grads: Float32Array, lr: number): number {
+  update(params: Float32Array, grads: Float32Array, lr: number, globalNorm?: number): number {
     const k = this.kernels, s = this.settings;
-    const norm = Math.sqrt(k.sumSquares(grads));
+    // A pipeline stage holds part of the gradient: the global norm comes from all stages.
+    const norm = globalNorm ?? Math.sqrt(k.sumSquares(grads));
     if (!Number.isFinite(norm)) throw new RangeError(`gradient norm is ${norm}; refusing to apply the update`);
     if (s.gradClip > 0 && norm > s.gradClip) k.scale(grads, s.gradClip / norm);
     this.step += 1;

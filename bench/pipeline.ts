@@ -1,0 +1,79 @@
+/**
+ * Issue 8's measurement: pipeline training across S stage peers (libp2p on loopback, a driver
+ * holding the data) against single-process training of the same model on the same batches,
+ * at an equal token budget, per activation codec. Prints a markdown table and one JSON line.
+ * Usage: node dist/bench/pipeline.js [--steps N] [--stages S] [--micro M] [--codecs fp32,int8,...]
+ */
+import { pathToFileURL } from 'node:url';
+import { loadKernels } from '../src/kernels/index.js';
+import { loadCorpus, prepareDataset } from '../src/data/index.js';
+import { BatchSampler, evalBatches, type Batch } from '../src/data/batches.js';
+import { defaultCacheDir } from '../src/cli/train.js';
+import { GPT } from '../src/model/gpt.js';
+import { AdamW, DEFAULT_ADAMW } from '../src/train/adamw.js';
+import { startLocalPipeline } from '../src/pipeline/local.js';
+import { exactBytes, type ActCodecSpec } from '../src/pipeline/act-codec.js';
+
+const arg = (name: string, d: string) => { const i = process.argv.indexOf(`--${name}`); return i >= 0 ? process.argv[i + 1] : d; };
+
+async function main(): Promise<void> {
+  const steps = Number(arg('steps', '300')), S = Number(arg('stages', '4')), M = Number(arg('micro', '2'));
+  const config = { vocabSize: 512, ctx: 64, dim: 64, layers: 4, heads: 4 };
+  const B = 8, T = config.ctx, lr = 3e-3;
+  const ds = prepareDataset({ corpus: loadCorpus('brown'), vocabSize: config.vocabSize, cacheDir: defaultCacheDir() });
+  const sampler = new BatchSampler(ds.train, B, T, 7n);
+  const train: Batch[] = Array.from({ length: steps }, () => sampler.next());
+  const val = [...evalBatches(ds.val, B, T, 16)];
+  const k = loadKernels({ threads: 1 });
+  const init = new GPT(config, k);
+  init.init(1);
+  const genesis = init.params.slice();
+
+  // Single process: the same batches, the same micro-batch split, the same optimizer.
+  const t0 = performance.now();
+  const ref = new GPT(config, k);
+  ref.params.set(genesis);
+  const opt = new AdamW(config, DEFAULT_ADAMW, k);
+  const n = (B / M) * T;
+  for (const b of train) {
+    ref.zeroGrad();
+    for (let m = 0; m < M; m++) ref.forwardBackward(b.inputs.subarray(m * n, (m + 1) * n), b.targets.subarray(m * n, (m + 1) * n), B / M, T, 1 / M);
+    opt.update(ref.params, ref.grads, lr);
+  }
+  const refVal = val.reduce((t, b) => t + ref.loss(b.inputs, b.targets, B, T), 0) / val.length;
+  const refSec = (performance.now() - t0) / 1000;
+
+  const codecs: ActCodecSpec[] = arg('codecs', 'fp32,fp16,int8,lowrank:16').split(',').map((c) => {
+    const [id, kk] = c.split(':');
+    return kk ? { id: id as 'lowrank', k: Number(kk) } : { id: id as ActCodecSpec['id'] };
+  });
+  const rows: Record<string, unknown>[] = [];
+  for (const codec of codecs) {
+    const lp = await startLocalPipeline({ config, stages: S, kernels: k, adamw: DEFAULT_ADAMW, codec, genesis });
+    const t1 = performance.now();
+    let act = 0, sync = 0;
+    try {
+      for (const b of train) { const r = await lp.driver.step(b, B, T, M, lr); act += r.actBytes; sync += r.syncBytes; }
+      const v = await lp.driver.evaluate(val, B, T);
+      const tokens = steps * B * T;
+      // Bytes crossing ONE stage boundary per token, both directions (activation forward, its gradient back).
+      const perBoundary = (2 * exactBytes(codec, n, config.dim)) / n;
+      rows.push({
+        codec: codec.id + (codec.k ? ` k=${codec.k}` : ''), valLoss: v, gapPct: 100 * (v / refVal - 1),
+        boundaryBytesPerToken: perBoundary, reduction: (2 * 4 * config.dim) / perBoundary,
+        driverActBytesPerToken: act / tokens, syncBytesPerStep: sync / steps, seconds: (performance.now() - t1) / 1000,
+      });
+    } finally {
+      await lp.close();
+    }
+  }
+  const f = (x: unknown, d = 2) => (typeof x === 'number' ? x.toFixed(d) : String(x));
+  console.log(`\npipeline: ${S} stage peers + driver on loopback, ${config.layers}-layer GPT (dim ${config.dim}, ctx ${T}, vocab ${config.vocabSize}), batch ${B} in ${M} micro-batches, ${steps} steps (${steps * B * T} tokens), lr ${lr}`);
+  console.log(`single process: val loss ${refVal.toFixed(4)} in ${refSec.toFixed(1)} s\n`);
+  console.log('| activations | val loss | vs single process | bytes/token per boundary (fwd+bwd) | reduction vs fp32 | driver activation bytes/token | tied-grad sync bytes/step | seconds |');
+  console.log('|---|---:|---:|---:|---:|---:|---:|---:|');
+  for (const r of rows) console.log(`| ${r.codec} | ${f(r.valLoss, 4)} | ${(r.gapPct as number) >= 0 ? '+' : ''}${f(r.gapPct)}% | ${f(r.boundaryBytesPerToken, 1)} | ${f(r.reduction, 1)}× | ${f(r.driverActBytesPerToken, 0)} | ${f(r.syncBytesPerStep, 0)} | ${f(r.seconds, 1)} |`);
+  console.log(JSON.stringify({ bench: 'pipeline', stages: S, steps, micro: M, config, refVal, refSec, rows }));
+}
+
+if (import.meta.url === pathToFileURL(process.argv[1]).href) await main();

@@ -1,0 +1,287 @@
+/**
+ * One pipeline stage of the GPT (protocol learning, issue 8): a contiguous block of layers, with
+ * the embeddings on the first stage and the final LayerNorm and the head on the last. A stage
+ * allocates ONLY its own tensors: no process serving a stage holds the rest of the model.
+ *
+ * Written by hand for the same reason as gpt.ts (explicit forward/backward over one flat buffer
+ * per kind of state); the arithmetic is gpt.ts's, layer for layer, so S stages compute what one
+ * GPT computes. Differences a caller must handle:
+ *  - The head is tied to wte in GPT-2. With S > 1 the first stage holds wte and the last a
+ *    copy named `head`; their gradients must be summed across the two stages before each
+ *    optimizer step (the pipeline driver does it), which keeps the copies identical.
+ *  - Gradient clipping is by the global norm over all stages: `sumSquares()` per stage, and the
+ *    driver passes the global norm to each stage's optimizer.
+ *  - Several micro-batches are in flight: activations are kept per `slot` until backward.
+ */
+import type { Kernels } from '../kernels/api.js';
+import { ModelConfigSchema, type ModelConfig } from './config.js';
+import { paramSpecs, type TensorSpec } from './params.js';
+import { InvalidInputError } from '../util/errors.js';
+
+export interface StageSpec {
+  /** 0-based stage index and the number of stages. */
+  index: number;
+  count: number;
+  /** Layers [l0, l1) of the model. */
+  l0: number;
+  l1: number;
+}
+
+/** Cuts `layers` into `count` contiguous blocks, as even as possible (earlier stages get the extra layers). */
+export function splitStages(config: ModelConfig, count: number): StageSpec[] {
+  const L = config.layers;
+  if (!Number.isInteger(count) || count < 1 || count > L) throw new InvalidInputError(`cannot cut ${L} layers into ${count} stages (1..${L})`);
+  const out: StageSpec[] = [];
+  let l = 0;
+  for (let i = 0; i < count; i++) {
+    const n = Math.floor(L / count) + (i < L % count ? 1 : 0);
+    out.push({ index: i, count, l0: l, l1: l + n });
+    l += n;
+  }
+  return out;
+}
+
+/** The tensors a stage owns, with offsets in the stage's own flat buffer; `full` is the offset in the whole model (null for the head copy). */
+export function stageSpecs(config: ModelConfig, st: StageSpec): (TensorSpec & { full: number | null })[] {
+  const first = st.index === 0, last = st.index === st.count - 1;
+  const keep = (name: string): boolean => {
+    if (name === 'wte' || name === 'wpe') return first;
+    if (name === 'lnf.w' || name === 'lnf.b') return last;
+    const l = Number(/^h\.(\d+)\./.exec(name)![1]);
+    return l >= st.l0 && l < st.l1;
+  };
+  const out: (TensorSpec & { full: number | null })[] = [];
+  let offset = 0;
+  for (const s of paramSpecs(config)) {
+    if (!keep(s.name)) continue;
+    out.push({ ...s, offset, full: s.offset });
+    offset += s.size;
+  }
+  if (last && !first) {
+    const wte = paramSpecs(config)[0];
+    out.push({ name: 'head', shape: wte.shape, offset, size: wte.size, decay: true, full: null });
+  }
+  return out;
+}
+
+interface LayerActs {
+  ln1: Float32Array; ln1Mean: Float32Array; ln1Rstd: Float32Array;
+  qkv: Float32Array; atty: Float32Array; att: Float32Array; res2: Float32Array;
+  ln2: Float32Array; ln2Mean: Float32Array; ln2Rstd: Float32Array;
+  fch: Float32Array; fchGelu: Float32Array; res3: Float32Array;
+}
+interface SlotActs {
+  B: number; T: number;
+  /** The stage's input residual stream (the embeddings on the first stage). */
+  input: Float32Array;
+  tokens: Int32Array | null;
+  layers: LayerActs[];
+  lnf: Float32Array | null; lnfMean: Float32Array | null; lnfRstd: Float32Array | null;
+  logits: Float32Array | null; losses: Float32Array | null;
+}
+
+type W = Record<string, Float32Array>;
+
+export class Stage {
+  readonly config: ModelConfig;
+  readonly spec: StageSpec;
+  readonly specs: (TensorSpec & { full: number | null })[];
+  readonly numParams: number;
+  readonly params: Float32Array;
+  readonly grads: Float32Array;
+  readonly first: boolean;
+  readonly last: boolean;
+  private readonly p: W;
+  private readonly g: W;
+  private readonly slots = new Map<number, SlotActs>();
+  private scratch = new Float32Array(0);
+  /** Gradient buffers for backward (sized per N). */
+  private work: { dres: Float32Array; dC: Float32Array; d3C: Float32Array; d4Ca: Float32Array; d4Cb: Float32Array; datt: Float32Array } | null = null;
+
+  constructor(config: ModelConfig, spec: StageSpec, readonly kernels: Kernels) {
+    this.config = ModelConfigSchema.parse(config);
+    const all = splitStages(this.config, spec.count);
+    const want = all[spec.index];
+    if (!want || want.l0 !== spec.l0 || want.l1 !== spec.l1) throw new InvalidInputError(`stage ${spec.index}/${spec.count} must hold layers [${want?.l0}, ${want?.l1})`);
+    this.spec = spec;
+    this.first = spec.index === 0;
+    this.last = spec.index === spec.count - 1;
+    this.specs = stageSpecs(this.config, spec);
+    this.numParams = this.specs.reduce((t, s) => t + s.size, 0);
+    this.params = new Float32Array(this.numParams);
+    this.grads = new Float32Array(this.numParams);
+    const views = (buf: Float32Array): W => Object.fromEntries(this.specs.map((s) => [s.name, buf.subarray(s.offset, s.offset + s.size)]));
+    this.p = views(this.params);
+    this.g = views(this.grads);
+  }
+
+  /** Tensor names this stage holds (the containment check reads them). */
+  tensorNames(): string[] { return this.specs.map((s) => s.name); }
+
+  /** Copies this stage's tensors out of a whole model's flat parameters (the head from wte). */
+  loadFromFull(full: Float32Array): void {
+    for (const s of this.specs) this.params.set(full.subarray(s.full ?? 0, (s.full ?? 0) + s.size), s.offset);
+  }
+
+  /** Writes this stage's tensors into a whole model's flat buffer (not the head copy). */
+  writeToFull(full: Float32Array, from: Float32Array = this.params): void {
+    for (const s of this.specs) if (s.full !== null) full.set(from.subarray(s.offset, s.offset + s.size), s.full);
+  }
+
+  /** The tied-embedding gradient (first stage: wte; last stage with S > 1: head). */
+  tiedGrad(): Float32Array | null {
+    return this.first ? this.g.wte : this.last ? this.g.head : null;
+  }
+
+  zeroGrad(): void { this.grads.fill(0); }
+  sumSquares(): number { return this.kernels.sumSquares(this.grads); }
+
+  private layerW(l: number): W {
+    const q = (n: string) => this.p[`h.${l}.${n}`];
+    return { ln1w: q('ln1.w'), ln1b: q('ln1.b'), qkvw: q('attn.qkv.w'), qkvb: q('attn.qkv.b'), attprojw: q('attn.proj.w'), attprojb: q('attn.proj.b'), ln2w: q('ln2.w'), ln2b: q('ln2.b'), fcw: q('mlp.fc.w'), fcb: q('mlp.fc.b'), fcprojw: q('mlp.proj.w'), fcprojb: q('mlp.proj.b') };
+  }
+  private layerG(l: number): W {
+    const q = (n: string) => this.g[`h.${l}.${n}`];
+    return { ln1w: q('ln1.w'), ln1b: q('ln1.b'), qkvw: q('attn.qkv.w'), qkvb: q('attn.qkv.b'), attprojw: q('attn.proj.w'), attprojb: q('attn.proj.b'), ln2w: q('ln2.w'), ln2b: q('ln2.b'), fcw: q('mlp.fc.w'), fcb: q('mlp.fc.b'), fcprojw: q('mlp.proj.w'), fcprojb: q('mlp.proj.b') };
+  }
+
+  private alloc(B: number, T: number, tokens: Int32Array | null): SlotActs {
+    const { dim: C, heads: NH, vocabSize: V } = this.config;
+    const N = B * T, n = this.spec.l1 - this.spec.l0;
+    const f = (k: number) => new Float32Array(k);
+    if (this.scratch.length < N * C) this.scratch = f(N * C);
+    return {
+      B, T, input: f(N * C), tokens,
+      layers: Array.from({ length: n }, () => ({
+        ln1: f(N * C), ln1Mean: f(N), ln1Rstd: f(N), qkv: f(N * 3 * C), atty: f(N * C), att: f(B * NH * T * T), res2: f(N * C),
+        ln2: f(N * C), ln2Mean: f(N), ln2Rstd: f(N), fch: f(N * 4 * C), fchGelu: f(N * 4 * C), res3: f(N * C),
+      })),
+      lnf: this.last ? f(N * C) : null, lnfMean: this.last ? f(N) : null, lnfRstd: this.last ? f(N) : null,
+      logits: this.last ? f(N * V) : null, losses: this.last ? f(N) : null,
+    };
+  }
+
+  /**
+   * Forward of micro-batch `slot`. First stage: `input` is the tokens; otherwise the previous
+   * stage's output [B·T·C]. Returns this stage's output [B·T·C] (a view, valid until the slot is
+   * released), or the logits on the last stage.
+   */
+  forward(slot: number, input: Int32Array | Float32Array, B: number, T: number): Float32Array {
+    const k = this.kernels;
+    const { vocabSize: V, dim: C, heads: NH, ctx } = this.config;
+    if (!Number.isInteger(B) || !Number.isInteger(T) || B < 1 || T < 1 || T > ctx) throw new InvalidInputError(`bad batch shape B=${B} T=${T}`);
+    const N = B * T;
+    let a: SlotActs;
+    if (this.first) {
+      if (!(input instanceof Int32Array) || input.length !== N) throw new InvalidInputError(`stage 0 takes ${N} token ids`);
+      for (let i = 0; i < N; i++) if (input[i] < 0 || input[i] >= V) throw new InvalidInputError(`token id ${input[i]} outside the vocabulary`);
+      a = this.alloc(B, T, input.slice());
+      k.embeddingForward(a.input, input, this.p.wte, this.p.wpe, B, T, C);
+    } else {
+      if (!(input instanceof Float32Array) || input.length !== N * C) throw new InvalidInputError(`stage ${this.spec.index} takes ${N * C} activations`);
+      a = this.alloc(B, T, null);
+      a.input.set(input);
+    }
+    this.slots.set(slot, a);
+    let residual = a.input;
+    const sc = this.scratch.subarray(0, N * C);
+    for (let i = 0; i < a.layers.length; i++) {
+      const w = this.layerW(this.spec.l0 + i), x = a.layers[i];
+      k.layernormForward(x.ln1, x.ln1Mean, x.ln1Rstd, residual, w.ln1w, w.ln1b, N, C);
+      k.matmulForward(x.qkv, x.ln1, w.qkvw, w.qkvb, N, C, 3 * C);
+      k.attentionForward(x.atty, x.att, x.qkv, B, T, C, NH);
+      k.matmulForward(sc, x.atty, w.attprojw, w.attprojb, N, C, C);
+      k.add(x.res2, residual, sc, N * C);
+      k.layernormForward(x.ln2, x.ln2Mean, x.ln2Rstd, x.res2, w.ln2w, w.ln2b, N, C);
+      k.matmulForward(x.fch, x.ln2, w.fcw, w.fcb, N, C, 4 * C);
+      k.geluForward(x.fchGelu, x.fch, N * 4 * C);
+      k.matmulForward(sc, x.fchGelu, w.fcprojw, w.fcprojb, N, 4 * C, C);
+      k.add(x.res3, x.res2, sc, N * C);
+      residual = x.res3;
+    }
+    if (!this.last) return residual;
+    k.layernormForward(a.lnf!, a.lnfMean!, a.lnfRstd!, residual, this.p['lnf.w'], this.p['lnf.b'], N, C);
+    k.matmulForward(a.logits!, a.lnf!, this.first ? this.p.wte : this.p.head, null, N, C, V);
+    return a.logits!;
+  }
+
+  /**
+   * Last stage: cross-entropy of slot's logits against `targets` (-1 = ignore). With `grad`,
+   * leaves d(loss·gradScale)/d(logits) in place for backward(). Returns the mean loss.
+   */
+  loss(slot: number, targets: Int32Array, grad: boolean, gradScale = 1): number {
+    if (!this.last) throw new InvalidInputError('only the last stage computes the loss');
+    const a = this.slot(slot);
+    const N = a.B * a.T, V = this.config.vocabSize;
+    if (targets.length !== N) throw new InvalidInputError(`expected ${N} targets`);
+    let valid = 0;
+    for (let i = 0; i < N; i++) { const t = targets[i]; if (t >= V || t < -1) throw new InvalidInputError(`target ${t} outside the vocabulary`); if (t >= 0) valid++; }
+    const scale = valid > 0 ? gradScale / valid : 0;
+    this.kernels.crossEntropyForwardBackward(a.losses!, grad ? a.logits! : null, a.logits!, targets, N, V, scale);
+    let sum = 0;
+    for (let i = 0; i < N; i++) sum += a.losses![i];
+    return valid > 0 ? sum / valid : 0;
+  }
+
+  private slot(slot: number): SlotActs {
+    const a = this.slots.get(slot);
+    if (!a) throw new InvalidInputError(`no forward pass held for micro-batch ${slot}`);
+    return a;
+  }
+
+  /**
+   * Backward of micro-batch `slot`: accumulates this stage's gradients and returns d(input)
+   * [B·T·C] for the previous stage (null on the first stage). `dOut` is the next stage's
+   * d(input); the last stage uses the d(logits) loss() left. Releases the slot.
+   */
+  backward(slot: number, dOut: Float32Array | null): Float32Array | null {
+    const a = this.slot(slot), k = this.kernels;
+    const { B, T } = a;
+    const { vocabSize: V, dim: C, heads: NH } = this.config;
+    const N = B * T, C4 = 4 * C;
+    if (!this.work || this.work.dres.length < N * C || this.work.datt.length < B * NH * T * T) {
+      const f = (n: number) => new Float32Array(n);
+      this.work = { dres: f(N * C), dC: f(N * C), d3C: f(N * 3 * C), d4Ca: f(N * C4), d4Cb: f(N * C4), datt: f(B * NH * T * T) };
+    }
+    const w0 = this.work;
+    const dres = w0.dres.subarray(0, N * C), dC = w0.dC.subarray(0, N * C), d3C = w0.d3C.subarray(0, 3 * N * C);
+    const d4Ca = w0.d4Ca.subarray(0, N * C4), d4Cb = w0.d4Cb.subarray(0, N * C4), datt = w0.datt.subarray(0, B * NH * T * T);
+    const lastRes = a.layers.length ? a.layers[a.layers.length - 1].res3 : a.input;
+    if (this.last) {
+      dC.fill(0);
+      k.matmulBackward(dC, this.first ? this.g.wte : this.g.head, null, a.logits!, a.lnf!, this.first ? this.p.wte : this.p.head, N, C, V);
+      dres.fill(0);
+      k.layernormBackward(dres, this.g['lnf.w'], this.g['lnf.b'], dC, lastRes, this.p['lnf.w'], a.lnfMean!, a.lnfRstd!, N, C);
+    } else {
+      if (!dOut || dOut.length !== N * C) throw new InvalidInputError(`stage ${this.spec.index} backward needs ${N * C} output gradients`);
+      dres.set(dOut);
+    }
+    for (let i = a.layers.length - 1; i >= 0; i--) {
+      const l = this.spec.l0 + i, w = this.layerW(l), gw = this.layerG(l), x = a.layers[i];
+      const residual = i === 0 ? a.input : a.layers[i - 1].res3;
+      d4Ca.fill(0);
+      k.matmulBackward(d4Ca, gw.fcprojw, gw.fcprojb, dres, x.fchGelu, w.fcprojw, N, C4, C);
+      d4Cb.fill(0);
+      k.geluBackward(d4Cb, x.fch, d4Ca, N * C4);
+      dC.fill(0);
+      k.matmulBackward(dC, gw.fcw, gw.fcb, d4Cb, x.ln2, w.fcw, N, C, C4);
+      k.layernormBackward(dres, gw.ln2w, gw.ln2b, dC, x.res2, w.ln2w, x.ln2Mean, x.ln2Rstd, N, C);
+      dC.fill(0);
+      k.matmulBackward(dC, gw.attprojw, gw.attprojb, dres, x.atty, w.attprojw, N, C, C);
+      d3C.fill(0);
+      k.attentionBackward(d3C, datt, dC, x.qkv, x.att, B, T, C, NH);
+      dC.fill(0);
+      k.matmulBackward(dC, gw.qkvw, gw.qkvb, d3C, x.ln1, w.qkvw, N, C, 3 * C);
+      k.layernormBackward(dres, gw.ln1w, gw.ln1b, dC, residual, w.ln1w, x.ln1Mean, x.ln1Rstd, N, C);
+    }
+    this.slots.delete(slot);
+    if (this.first) {
+      k.embeddingBackward(this.g.wte, this.g.wpe, dres, a.tokens!, B, T, C);
+      return null;
+    }
+    return dres.slice();
+  }
+
+  /** Drops a micro-batch's activations without backward (evaluation). */
+  release(slot: number): void { this.slots.delete(slot); }
+}

@@ -1,0 +1,160 @@
+/**
+ * The pipeline driver (a trainer, as in SWARM and Petals): it holds the data and no weights,
+ * and calls one peer per stage for every micro-batch — forward through stages 0..S−1, the loss
+ * and backward on the last, backward back to stage 0 — then synchronizes the tied embedding
+ * gradient between the first and last stage, computes the global gradient norm from every
+ * stage's part, and has each stage take its optimizer step.
+ *
+ * Micro-batches run concurrently (`inflight`): while one is in stage 2, the next is in stage 1,
+ * so stages do not idle for the whole batch (GPipe-style: weights change only between steps, so
+ * no stale-weight correction is needed; a step waits for its last micro-batch).
+ *
+ * Replicas (`stages[i]` lists several peers) are kept in lockstep by active replication: every
+ * call goes to every live replica of the stage, which compute the same bits (deterministic
+ * kernels), and the first good reply is used. A replica that fails is dropped; as long as one
+ * replica of each stage lives, no step and no micro-batch is lost.
+ */
+import type { Host } from '../net/host.js';
+import type { Batch } from '../data/batches.js';
+import { InvalidInputError } from '../util/errors.js';
+import { callStage, StageCallError } from './rpc.js';
+import { int32Bytes } from './stage-server.js';
+import type { ActCodecSpec } from './act-codec.js';
+import { exactBytes } from './act-codec.js';
+
+export interface DriverOptions {
+  host: Host;
+  /** Peer ids serving each stage, in stage order; several per stage = replicas (tried in order). */
+  stages: string[][];
+  dim: number;
+  vocabSize: number;
+  codec: ActCodecSpec;
+  /** Micro-batches in flight at once (default: all of a step's). */
+  inflight?: number;
+  callTimeoutMs?: number;
+}
+
+export interface StepResult { loss: number; gradNorm: number; actBytes: number; syncBytes: number; retries: number }
+
+export class PipelineDriver {
+  private micro = 0;
+  /** Activation (and activation-gradient) payload bytes sent and received, and everything else. */
+  actBytes = 0;
+  syncBytes = 0;
+  retries = 0;
+  constructor(private readonly o: DriverOptions) {
+    if (o.stages.length === 0 || o.stages.some((r) => r.length === 0)) throw new InvalidInputError('every stage needs at least one peer');
+    this.live = o.stages.map((r) => [...r]);
+  }
+
+  private get S(): number { return this.o.stages.length; }
+
+  /** Live replicas per stage. */
+  private readonly live: string[][];
+  /** Replicas dropped after a failed call: stage → peers. */
+  readonly dropped: { stage: number; peer: string; reason: string }[] = [];
+
+  /** Peers currently serving each stage. */
+  replicas(): string[][] { return this.live.map((r) => [...r]); }
+
+  /** One call to stage `i`, sent to every live replica; the first good reply wins, failed replicas are dropped. */
+  private async call(i: number, head: unknown, body: Uint8Array, maxBody: number): Promise<{ head: unknown; body: Uint8Array; peer: string }> {
+    const peers = [...this.live[i]];
+    if (peers.length === 0) throw new StageCallError(`stage ${i} has no live replica`);
+    const attempts = peers.map((peer) => callStage(this.o.host, peer, head, body, { maxBody, signal: AbortSignal.timeout(this.o.callTimeoutMs ?? 60_000) })
+      .then((r) => ({ head: r.head, body: r.body, peer }))
+      .catch((err: unknown) => {
+        // A refusal (bad input) is the caller's bug, not a dead peer: report it, keep the replica.
+        if (err instanceof StageCallError && /refused/.test(err.message)) throw err;
+        const k = this.live[i].indexOf(peer);
+        if (k >= 0) { this.live[i].splice(k, 1); this.dropped.push({ stage: i, peer, reason: (err as Error).message }); this.retries++; }
+        throw err;
+      }));
+    try {
+      return await Promise.any(attempts);
+    } catch (err) {
+      const errs = (err as AggregateError).errors ?? [err];
+      throw errs.find((e) => e instanceof StageCallError && /refused/.test((e as Error).message)) ?? new StageCallError(`stage ${i}: no replica answered (${(errs[0] as Error)?.message})`);
+    } finally {
+      // The slower replicas' replies are awaited in the background (they keep those replicas in step).
+      void Promise.allSettled(attempts);
+    }
+  }
+
+  /** Forward + backward of one micro-batch; returns its loss (scaled by `scale` into the gradients). */
+  private async microStep(b: Batch, B: number, T: number, scale: number, train: boolean): Promise<number> {
+    const id = this.micro++, N = B * T, C = this.o.dim;
+    const act = exactBytes(this.o.codec, N, C);
+    let x: Uint8Array = int32Bytes(b.inputs);
+    // actBytes: every activation or activation-gradient payload the driver sends or receives.
+    for (let i = 0; i < this.S - 1; i++) {
+      if (i > 0) this.actBytes += x.length;
+      const r = await this.call(i, { op: 'fwd', micro: id, B, T, train }, x, act);
+      x = r.body;
+      this.actBytes += x.length;
+    }
+    const lastBody = new Uint8Array(x.length + 4 * N);
+    lastBody.set(x);
+    lastBody.set(int32Bytes(b.targets), x.length);
+    if (this.S > 1) this.actBytes += x.length;
+    const r = await this.call(this.S - 1, { op: 'last', micro: id, B, T, train, scale }, lastBody, act);
+    const loss = (r.head as { loss: number }).loss;
+    if (!train) return loss;
+    let d = r.body;
+    this.actBytes += d.length;
+    for (let i = this.S - 2; i >= 0; i--) {
+      this.actBytes += d.length;
+      const rb = await this.call(i, { op: 'bwd', micro: id }, d, act);
+      d = rb.body;
+      this.actBytes += d.length;
+    }
+    return loss;
+  }
+
+  /**
+   * One optimizer step on `batch` split into `micro` micro-batches of equal size. The gradient is
+   * the batch mean (each micro-batch scaled by 1/micro), clipped by the global norm.
+   */
+  async step(batch: Batch, B: number, T: number, micro: number, lr: number): Promise<StepResult> {
+    if (B % micro !== 0) throw new InvalidInputError(`batch ${B} does not split into ${micro} micro-batches`);
+    const mb = B / micro, n = mb * T;
+    const a0 = this.actBytes, s0 = this.syncBytes, r0 = this.retries;
+    const parts = Array.from({ length: micro }, (_, m) => ({ inputs: batch.inputs.subarray(m * n, (m + 1) * n), targets: batch.targets.subarray(m * n, (m + 1) * n) }));
+    const losses = await this.pooled(parts.map((p) => () => this.microStep(p, mb, T, 1 / micro, true)));
+    const loss = losses.reduce((t, x) => t + x, 0) / micro;
+    // Tied embedding: first and last stage hold copies; each needs the sum of both gradients.
+    let tiedSq = 0;
+    if (this.S > 1) {
+      const V = this.o.vocabSize, C = this.o.dim, bytes = 4 * V * C;
+      const [g0, gL] = await Promise.all([0, this.S - 1].map((i) => this.call(i, { op: 'tied', set: false }, new Uint8Array(0), bytes)));
+      const a = new Float32Array(g0.body.buffer.slice(g0.body.byteOffset, g0.body.byteOffset + bytes));
+      const b = new Float32Array(gL.body.buffer.slice(gL.body.byteOffset, gL.body.byteOffset + bytes));
+      for (let i = 0; i < a.length; i++) a[i] += b[i];
+      const sum = new Uint8Array(a.buffer);
+      await Promise.all([this.call(0, { op: 'tied', set: true }, sum, 0), this.call(this.S - 1, { op: 'tied', set: true }, sum, 0)]);
+      this.syncBytes += 4 * bytes;
+      for (let i = 0; i < a.length; i++) tiedSq += a[i] * a[i];
+    }
+    const norms = await Promise.all(this.o.stages.map((_, i) => this.call(i, { op: 'norm' }, new Uint8Array(0), 0)));
+    const total = norms.reduce((t, r) => t + (r.head as { sumSquares: number }).sumSquares, 0) - (this.S > 1 ? tiedSq : 0);
+    const gradNorm = Math.sqrt(Math.max(0, total));
+    await Promise.all(this.o.stages.map((_, i) => this.call(i, { op: 'step', lr, globalNorm: gradNorm }, new Uint8Array(0), 0)));
+    return { loss, gradNorm, actBytes: this.actBytes - a0, syncBytes: this.syncBytes - s0, retries: this.retries - r0 };
+  }
+
+  /** Mean loss over `batches` (forward only). */
+  async evaluate(batches: Batch[], B: number, T: number): Promise<number> {
+    const ls = await this.pooled(batches.map((b) => () => this.microStep(b, B, T, 1, false)));
+    return ls.reduce((t, x) => t + x, 0) / Math.max(1, ls.length);
+  }
+
+  private async pooled<T>(jobs: (() => Promise<T>)[]): Promise<T[]> {
+    const out: T[] = new Array(jobs.length);
+    const width = Math.max(1, Math.min(jobs.length, this.o.inflight ?? jobs.length));
+    let next = 0;
+    await Promise.all(Array.from({ length: width }, async () => {
+      while (next < jobs.length) { const i = next++; out[i] = await jobs[i](); }
+    }));
+    return out;
+  }
+}

@@ -1,0 +1,95 @@
+/**
+ * One request/response per libp2p stream, for pipeline stage calls (`/tessera/stage/1.0.0`):
+ *
+ *   request  = u32 head length | JSON head | u32 body length | body
+ *   response = u8 status (0 ok, 1 error) | u32 head length | JSON head | u32 body length | body
+ *
+ * Heads are size-capped (64 KiB) and zod-checked by the caller; bodies are capped per call
+ * before any allocation. Every call takes an AbortSignal.
+ */
+import type { AbortOptions, PeerId, Stream } from '@libp2p/interface';
+import { TesseraError } from '../util/errors.js';
+import { toDialTarget, type Host } from '../net/host.js';
+import { readExactly, sendAll } from '../net/stream-io.js';
+
+export const STAGE_PROTOCOL = '/tessera/stage/1.0.0';
+const MAX_HEAD = 64 * 1024;
+
+/** A stage call failed: the peer refused it (with its reason), or the stream broke. */
+export class StageCallError extends TesseraError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('STAGE_CALL', message, options);
+  }
+}
+
+function frame(parts: Uint8Array[]): Uint8Array {
+  const n = parts.reduce((t, p) => t + p.length, 0);
+  const out = new Uint8Array(n);
+  let o = 0;
+  for (const p of parts) { out.set(p, o); o += p.length; }
+  return out;
+}
+const u32 = (n: number): Uint8Array => { const b = new Uint8Array(4); new DataView(b.buffer).setUint32(0, n, true); return b; };
+const readU32 = async (s: Stream, o: AbortOptions): Promise<number> => new DataView((await readExactly(s, 4, o)).buffer).getUint32(0, true);
+
+async function readPart(s: Stream, max: number, what: string, o: AbortOptions): Promise<Uint8Array> {
+  const n = await readU32(s, o);
+  if (n > max) throw new StageCallError(`${what} of ${n} bytes exceeds the limit of ${max}`);
+  return await readExactly(s, n, o);
+}
+
+export interface Reply { head: unknown; body: Uint8Array; bytesIn: number; bytesOut: number }
+
+/** Calls `peer`: sends (head, body), returns its reply. `maxBody` caps the reply body. */
+export async function callStage(host: Host, peer: string | PeerId, head: unknown, body: Uint8Array, o: AbortOptions & { maxBody: number }): Promise<Reply> {
+  let stream: Stream;
+  try {
+    stream = await host.node.dialProtocol(toDialTarget(peer), STAGE_PROTOCOL, { signal: o.signal });
+  } catch (err) {
+    throw new StageCallError(`cannot reach stage peer ${String(peer)}: ${(err as Error).message}`, { cause: err });
+  }
+  try {
+    const h = new TextEncoder().encode(JSON.stringify(head));
+    const req = frame([u32(h.length), h, u32(body.length), body]);
+    await sendAll(stream, req, { signal: o.signal });
+    stream.close({ signal: o.signal }).catch(() => undefined);
+    const status = (await readExactly(stream, 1, o))[0];
+    const rh = await readPart(stream, MAX_HEAD, 'reply head', o);
+    const rb = await readPart(stream, o.maxBody, 'reply body', o);
+    const parsed = JSON.parse(new TextDecoder().decode(rh)) as unknown;
+    if (status !== 0) throw new StageCallError(`stage peer refused: ${(parsed as { error?: string }).error ?? 'unknown error'}`);
+    return { head: parsed, body: rb, bytesIn: 1 + 8 + rh.length + rb.length, bytesOut: req.length };
+  } catch (err) {
+    stream.abort(err as Error);
+    if (err instanceof StageCallError) throw err;
+    throw new StageCallError(`stage call failed: ${(err as Error).message}`, { cause: err });
+  }
+}
+
+export type StageHandler = (head: unknown, body: Uint8Array, from: string) => Promise<{ head: unknown; body?: Uint8Array }>;
+
+/** Serves stage calls; a handler error becomes an error reply carrying its message. */
+export async function serveStageRpc(host: Host, handler: StageHandler, o: { maxBody: number; timeoutMs?: number }): Promise<{ close(): Promise<void> }> {
+  await host.node.handle(STAGE_PROTOCOL, async (stream: Stream, connection: { remotePeer: PeerId }) => {
+    const signal = AbortSignal.timeout(o.timeoutMs ?? 120_000);
+    try {
+      const hb = await readPart(stream, MAX_HEAD, 'request head', { signal });
+      const body = await readPart(stream, o.maxBody, 'request body', { signal });
+      let status = 0, head: unknown, out: Uint8Array = new Uint8Array(0);
+      try {
+        const r = await handler(JSON.parse(new TextDecoder().decode(hb)) as unknown, body, connection.remotePeer.toString());
+        head = r.head;
+        out = r.body ?? out;
+      } catch (err) {
+        status = 1;
+        head = { error: (err as Error).message.slice(0, 500) };
+      }
+      const h = new TextEncoder().encode(JSON.stringify(head));
+      await sendAll(stream, frame([new Uint8Array([status]), u32(h.length), h, u32(out.length), out]), { signal });
+      await stream.close({ signal });
+    } catch (err) {
+      stream.abort(err as Error);
+    }
+  }, { maxInboundStreams: 64 });
+  return { close: () => host.node.unhandle(STAGE_PROTOCOL) };
+}

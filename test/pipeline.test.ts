@@ -1,0 +1,109 @@
+/**
+ * Pipeline training over libp2p (issue 8): 3 stage peers and a driver on loopback train the
+ * same model as one process, step for step; each peer holds only its stage; a replicated stage
+ * loses a peer mid-run and no step is lost.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { GPT } from '../src/model/gpt.js';
+import { AdamW, DEFAULT_ADAMW } from '../src/train/adamw.js';
+import { loadKernels } from '../src/kernels/index.js';
+import { paramSpecs } from '../src/model/params.js';
+import { splitStages, stageSpecs } from '../src/model/stage.js';
+import { Rng } from '../src/util/rng.js';
+import { startLocalPipeline } from '../src/pipeline/local.js';
+import { exactBytes } from '../src/pipeline/act-codec.js';
+import type { Batch } from '../src/data/batches.js';
+
+const cfg = { vocabSize: 64, ctx: 16, dim: 32, layers: 3, heads: 4 };
+const B = 4, T = 16, MICRO = 2;
+
+function batches(n: number, seed: number): Batch[] {
+  const rng = new Rng(seed);
+  // A learnable stream: each token follows the previous one by a fixed rule, with some noise.
+  return Array.from({ length: n }, () => {
+    const inputs = new Int32Array(B * T), targets = new Int32Array(B * T);
+    for (let i = 0; i < B * T; i++) {
+      inputs[i] = rng.nextInt(cfg.vocabSize);
+      targets[i] = rng.nextFloat() < 0.9 ? (inputs[i] * 7 + 3) % cfg.vocabSize : rng.nextInt(cfg.vocabSize);
+    }
+    return { inputs, targets };
+  });
+}
+
+test('3 stage peers over libp2p train exactly like one process (fp32), and each holds only its stage', { timeout: 60_000 }, async () => {
+  const k = loadKernels({ threads: 1 });
+  const ref = new GPT(cfg, k);
+  ref.init(5);
+  const genesis = ref.params.slice();
+  const opt = new AdamW(cfg, DEFAULT_ADAMW, k);
+  const data = batches(12, 1);
+  const lp = await startLocalPipeline({ config: cfg, stages: 3, kernels: k, adamw: DEFAULT_ADAMW, codec: { id: 'fp32' }, genesis, inflight: 1 });
+  try {
+    for (const [i, b] of data.entries()) {
+      const got = await lp.driver.step(b, B, T, MICRO, 1e-2);
+      // The single-process reference: the same micro-batches, summed in the same order.
+      ref.zeroGrad();
+      let want = 0;
+      for (let m = 0; m < MICRO; m++) {
+        const n = (B / MICRO) * T;
+        want += ref.forwardBackward(b.inputs.subarray(m * n, (m + 1) * n), b.targets.subarray(m * n, (m + 1) * n), B / MICRO, T, 1 / MICRO) / MICRO;
+      }
+      const norm = opt.update(ref.params, ref.grads, 1e-2);
+      assert.ok(Math.abs(got.loss - want) < 1e-4 * Math.max(1, want), `step ${i}: loss ${got.loss} vs ${want}`);
+      assert.ok(Math.abs(got.gradNorm - norm) < 1e-3 * Math.max(1, norm), `step ${i}: grad norm ${got.gradNorm} vs ${norm}`);
+      // Exact activation traffic: per micro-batch, S−1 boundaries × (out + in) each way through the driver.
+      assert.equal(got.actBytes, MICRO * 2 * 2 * 2 * exactBytes({ id: 'fp32' }, (B / MICRO) * T, cfg.dim));
+    }
+    // The weights, reassembled from the stages (a test-only view), match the reference.
+    const full = new Float32Array(ref.params.length);
+    for (const row of lp.servers) row[0].stage.writeToFull(full);
+    // Only summation order differs (the tied embedding's two gradient halves are summed after, not
+    // during, accumulation), and Adam turns ~1e-7 gradient differences on near-zero gradients
+    // into up to ~lr: the weights agree to well under one step's size, and on average to ~1e-6.
+    let maxDiff = 0, sumDiff = 0;
+    for (let i = 0; i < full.length; i++) { const d = Math.abs(full[i] - ref.params[i]); maxDiff = Math.max(maxDiff, d); sumDiff += d; }
+    assert.ok(maxDiff < 2e-3 && sumDiff / full.length < 1e-5, `weights after 12 steps differ by ${maxDiff} (max), ${sumDiff / full.length} (mean)`);
+    const loss0 = await lp.driver.evaluate(data.slice(0, 2), B, T);
+    assert.ok(Number.isFinite(loss0));
+    // Containment: each stage peer allocated exactly its own tensors, nothing else.
+    const specs = splitStages(cfg, 3);
+    for (const [i, row] of lp.servers.entries()) {
+      const st = row[0].stage;
+      assert.deepEqual(st.tensorNames(), stageSpecs(cfg, specs[i]).map((t) => t.name));
+      assert.equal(st.params.length, stageSpecs(cfg, specs[i]).reduce((t, x) => t + x.size, 0));
+      assert.ok(st.params.length < ref.params.length * 0.75, `stage ${i} holds ${st.params.length} of ${ref.params.length} floats`);
+    }
+    const owned = lp.servers.flatMap((row) => row[0].stage.tensorNames()).filter((n) => n !== 'head');
+    assert.deepEqual(owned.sort(), paramSpecs(cfg).map((t) => t.name).sort(), 'together the stages hold the model once (plus the tied head copy)');
+  } finally {
+    await lp.close();
+  }
+});
+
+test('a replicated stage loses a peer mid-run: no step is lost, the loss keeps falling; int8 activations still learn', { timeout: 60_000 }, async () => {
+  const k = loadKernels({ threads: 1 });
+  const ref = new GPT(cfg, k);
+  ref.init(6);
+  const data = batches(30, 2);
+  const lp = await startLocalPipeline({ config: cfg, stages: 3, replicas: 2, kernels: k, adamw: DEFAULT_ADAMW, codec: { id: 'int8' }, genesis: ref.params.slice() });
+  try {
+    const losses: number[] = [];
+    for (const [i, b] of data.entries()) {
+      if (i === 10) await lp.kill(1, 0); // stage 1's first replica dies between steps...
+      const p = lp.driver.step(b, B, T, MICRO, 1e-2);
+      if (i === 20) await lp.kill(2, 1); // ...and stage 2's second one in the middle of a step
+      losses.push((await p).loss);
+    }
+    assert.equal(losses.length, 30, 'every step completed');
+    assert.deepEqual(lp.driver.replicas().map((r) => r.length), [2, 1, 1]);
+    assert.equal(lp.driver.dropped.length, 2);
+    const first = losses.slice(0, 5).reduce((t, x) => t + x, 0) / 5, last = losses.slice(-5).reduce((t, x) => t + x, 0) / 5;
+    assert.ok(last < first - 0.3, `loss falls through both failures (${first.toFixed(3)} → ${last.toFixed(3)})`);
+    // The surviving replicas of stage 0 are still bit-identical (active replication).
+    const [a, b] = lp.servers[0].map((s) => s.stage.params);
+    assert.deepEqual(a, b);
+  } finally {
+    await lp.close();
+  }
+});

@@ -1,0 +1,80 @@
+/**
+ * Pipeline stages (issue 8): S stages compute exactly what one GPT computes, and hold only their
+ * own tensors.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { GPT } from '../src/model/gpt.js';
+import { Stage, splitStages, stageSpecs } from '../src/model/stage.js';
+import { paramCount, paramSpecs } from '../src/model/params.js';
+import { loadKernels } from '../src/kernels/index.js';
+import { Rng } from '../src/util/rng.js';
+
+const cfg = { vocabSize: 97, ctx: 16, dim: 32, layers: 3, heads: 4 };
+
+function relErr(a: Float32Array, b: Float32Array): number {
+  let num = 0, den = 0;
+  for (let i = 0; i < a.length; i++) { num += (a[i] - b[i]) ** 2; den += b[i] ** 2; }
+  return Math.sqrt(num / Math.max(den, 1e-30));
+}
+
+test('splitStages: contiguous, balanced, every layer once; bad counts refused', () => {
+  assert.deepEqual(splitStages({ ...cfg, layers: 5 }, 3).map((s) => [s.l0, s.l1]), [[0, 2], [2, 4], [4, 5]]);
+  assert.throws(() => splitStages(cfg, 4), /cannot cut 3 layers into 4/);
+  assert.throws(() => splitStages(cfg, 0));
+  // Every tensor of the model is owned by exactly one stage (the head is the one extra copy).
+  for (const S of [1, 2, 3]) {
+    const owned = splitStages(cfg, S).flatMap((st) => stageSpecs(cfg, st).filter((t) => t.full !== null).map((t) => t.name));
+    assert.deepEqual(owned.sort(), paramSpecs(cfg).map((t) => t.name).sort());
+    const total = splitStages(cfg, S).reduce((t, st) => t + stageSpecs(cfg, st).reduce((u, x) => u + x.size, 0), 0);
+    assert.equal(total, paramCount(cfg) + (S > 1 ? cfg.vocabSize * cfg.dim : 0));
+  }
+});
+
+test('S stages = one GPT: same loss, same gradients (tied head summed), micro-batches included', () => {
+  const k = loadKernels({ threads: 1 });
+  const gpt = new GPT(cfg, k);
+  gpt.init(7);
+  const B = 4, T = 12, rng = new Rng(3);
+  const tokens = Int32Array.from({ length: B * T }, () => rng.nextInt(cfg.vocabSize));
+  const targets = Int32Array.from({ length: B * T }, () => rng.nextInt(cfg.vocabSize));
+  gpt.zeroGrad();
+  const want = gpt.forwardBackward(tokens, targets, B, T);
+  for (const S of [1, 2, 3]) {
+    const stages = splitStages(cfg, S).map((sp) => { const s = new Stage(cfg, sp, k); s.loadFromFull(gpt.params); s.zeroGrad(); return s; });
+    // Two micro-batches of 2 sequences, each scaled by 1/2 (equal token counts).
+    let loss = 0;
+    for (const mb of [0, 1]) {
+      const tk = tokens.subarray(mb * 2 * T, (mb + 1) * 2 * T), tg = targets.subarray(mb * 2 * T, (mb + 1) * 2 * T);
+      let x: Int32Array | Float32Array = tk;
+      for (const s of stages) x = s.forward(mb, x, 2, T);
+      loss += stages[S - 1].loss(mb, tg, true, 0.5) / 2;
+      let d: Float32Array | null = null;
+      for (let i = S - 1; i >= 0; i--) d = stages[i].backward(mb, d);
+    }
+    assert.ok(Math.abs(loss - want) < 1e-5, `S=${S}: loss ${loss} vs ${want}`);
+    if (S > 1) {
+      const t0 = stages[0].tiedGrad()!, t1 = stages[S - 1].tiedGrad()!;
+      for (let i = 0; i < t0.length; i++) { const s = t0[i] + t1[i]; t0[i] = s; t1[i] = s; }
+    }
+    const full = new Float32Array(paramCount(cfg));
+    for (const s of stages) s.writeToFull(full, s.grads);
+    assert.ok(relErr(full, gpt.grads) < 1e-5, `S=${S}: gradients differ (rel ${relErr(full, gpt.grads)})`);
+    // Global norm from the parts = the whole's (the head copy's gradient counted once).
+    const parts = stages.reduce((t, s) => t + s.sumSquares(), 0) - (S > 1 ? k.sumSquares(stages[S - 1].tiedGrad()!) : 0);
+    assert.ok(Math.abs(Math.sqrt(parts) - Math.sqrt(k.sumSquares(gpt.grads))) < 1e-4);
+  }
+});
+
+test('a stage holds only its own tensors and checks its inputs', () => {
+  const k = loadKernels({ threads: 1 });
+  const [s0, s1, s2] = splitStages(cfg, 3).map((sp) => new Stage(cfg, sp, k));
+  assert.deepEqual(s0.tensorNames().filter((n) => !n.startsWith('h.0.')), ['wte', 'wpe']);
+  assert.ok(s1.tensorNames().every((n) => n.startsWith('h.1.')));
+  assert.deepEqual(s2.tensorNames().filter((n) => !n.startsWith('h.2.')), ['lnf.w', 'lnf.b', 'head']);
+  assert.throws(() => s0.forward(0, new Int32Array([1, 2, 999]), 1, 3), /outside the vocabulary/);
+  assert.throws(() => s1.forward(0, new Float32Array(5), 1, 3), /takes 96 activations/);
+  assert.throws(() => s1.backward(42, new Float32Array(96)), /no forward pass held/);
+  assert.throws(() => s1.loss(0, new Int32Array(3), true), /only the last stage/);
+  assert.throws(() => new Stage(cfg, { index: 1, count: 3, l0: 0, l1: 2 }, k), /must hold layers/);
+});
