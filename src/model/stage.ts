@@ -284,4 +284,7 @@ export class Stage {
 
   /** Drops a micro-batch's activations without backward (evaluation). */
   release(slot: number): void { this.slots.delete(slot); }
+
+  /** Drops every held micro-batch (a step is being redone). */
+  resetSlots(): void { this.slots.clear(); }
 }

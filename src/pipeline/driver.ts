@@ -32,7 +32,14 @@ export interface DriverOptions {
   /** Micro-batches in flight at once (default: all of a step's). */
   inflight?: number;
   callTimeoutMs?: number;
+  /**
+   * When the last replica of stage `stage` is gone: bring up a fresh peer for it (started with
+   * no weights) and return its peer id; the driver restores it from the latest checkpoint shares.
+   */
+  recover?: (stage: number) => Promise<string>;
 }
+
+export interface Recovery { stage: number; peer: string; fromStep: number; ms: number }
 
 export interface StepResult { loss: number; gradNorm: number; actBytes: number; syncBytes: number; retries: number }
 
@@ -42,6 +49,9 @@ export class PipelineDriver {
   actBytes = 0;
   syncBytes = 0;
   retries = 0;
+  /** Latest checkpoint per stage: the two share CIDs and the optimizer step it holds. */
+  readonly checkpoints = new Map<number, { shares: string[]; step: number; bytes: number }>();
+  readonly recoveries: Recovery[] = [];
   constructor(private readonly o: DriverOptions) {
     if (o.stages.length === 0 || o.stages.some((r) => r.length === 0)) throw new InvalidInputError('every stage needs at least one peer');
     this.live = o.stages.map((r) => [...r]);
@@ -116,6 +126,49 @@ export class PipelineDriver {
    * the batch mean (each micro-batch scaled by 1/micro), clipped by the global norm.
    */
   async step(batch: Batch, B: number, T: number, micro: number, lr: number): Promise<StepResult> {
+    try {
+      return await this.stepOnce(batch, B, T, micro, lr);
+    } catch (err) {
+      const lost = this.live.findIndex((r) => r.length === 0);
+      if (lost < 0 || !this.o.recover) throw err;
+      await this.recoverStage(lost);
+      // The other stages hold half-done micro-batches and partial gradients of this step: drop them, redo the step.
+      await Promise.all(this.o.stages.map((_, i) => this.call(i, { op: 'reset' }, new Uint8Array(0), 0)));
+      return await this.stepOnce(batch, B, T, micro, lr);
+    }
+  }
+
+  /**
+   * Checkpoints every stage as two XOR shares (stage-server.ts) and has the peers of the next two
+   * stages pin one share each, so a stage whose last peer dies can be restored by a fresh peer,
+   * while no peer holds weights beyond its own stage. Needs at least 3 stages.
+   */
+  async checkpoint(): Promise<void> {
+    const S = this.S;
+    if (S < 3) throw new InvalidInputError('checkpoint shares need at least 3 stages (two holders other than the stage itself)');
+    for (let i = 0; i < S; i++) {
+      const peer = this.live[i][0];
+      const r = await callStage(this.o.host, peer, { op: 'save' }, new Uint8Array(0), { maxBody: 0, signal: AbortSignal.timeout(this.o.callTimeoutMs ?? 60_000) });
+      const h = r.head as { shares: string[]; step: number; bytes: number };
+      await Promise.all([
+        this.call((i + 1) % S, { op: 'hold', stage: i, shares: [h.shares[0]] }, new Uint8Array(0), 0),
+        this.call((i + 2) % S, { op: 'hold', stage: i, shares: [h.shares[1]] }, new Uint8Array(0), 0),
+      ]);
+      this.checkpoints.set(i, h);
+    }
+  }
+
+  private async recoverStage(i: number): Promise<void> {
+    const cp = this.checkpoints.get(i);
+    if (!cp) throw new StageCallError(`stage ${i} lost its last peer and has no checkpoint to restore from`);
+    const t0 = performance.now();
+    const peer = await this.o.recover!(i);
+    await callStage(this.o.host, peer, { op: 'restore', shares: cp.shares }, new Uint8Array(0), { maxBody: 0, signal: AbortSignal.timeout(this.o.callTimeoutMs ?? 60_000) });
+    this.live[i] = [peer];
+    this.recoveries.push({ stage: i, peer, fromStep: cp.step, ms: performance.now() - t0 });
+  }
+
+  private async stepOnce(batch: Batch, B: number, T: number, micro: number, lr: number): Promise<StepResult> {
     if (B % micro !== 0) throw new InvalidInputError(`batch ${B} does not split into ${micro} micro-batches`);
     const mb = B / micro, n = mb * T;
     const a0 = this.actBytes, s0 = this.syncBytes, r0 = this.retries;

@@ -15,6 +15,7 @@ import type { AdamWSettings } from '../train/adamw.js';
 import type { ActCodecSpec } from './act-codec.js';
 import { PipelineDriver } from './driver.js';
 import { serveStage, type StageServer } from './stage-server.js';
+import { openStore, type Store } from '../store/index.js';
 
 export interface LocalPipeline {
   driver: PipelineDriver;
@@ -28,23 +29,36 @@ export interface LocalPipeline {
 export async function startLocalPipeline(o: {
   config: ModelConfig; stages: number; replicas?: number; kernels: Kernels; adamw: AdamWSettings; codec: ActCodecSpec;
   genesis: Float32Array; inflight?: number;
+  /** Give every stage peer an IPFS store (checkpoint shares) and recover a lost stage with a fresh peer. */
+  checkpoints?: boolean;
 }): Promise<LocalPipeline> {
   const root = mkdtempSync(join(tmpdir(), 'tessera-pipeline-'));
   const logger = pino({ level: 'silent' });
   const hosts: Host[] = [];
   const servers: StageServer[][] = [];
   const R = o.replicas ?? 1;
-  for (const spec of splitStages(o.config, o.stages)) {
+  const stores: Store[] = [];
+  let fresh = 0;
+  const specs = splitStages(o.config, o.stages);
+  const startPeer = async (dir: string, spec: (typeof specs)[number], init: boolean): Promise<StageServer & { host: Host }> => {
+    const host = await createHost({ dataDir: join(root, dir), logger });
+    hosts.push(host);
+    let store: Store | undefined;
+    if (o.checkpoints) { store = await openStore(join(root, dir), { libp2p: host.node }); stores.push(store); }
+    const srv = await serveStage(host, { config: o.config, spec, kernels: o.kernels, adamw: o.adamw, codec: o.codec, init: init ? (s) => s.loadFromFull(o.genesis) : null, ...(store ? { store } : {}) });
+    return Object.assign(srv, { host });
+  };
+  for (const spec of specs) {
     const row: StageServer[] = [];
-    for (let r = 0; r < R; r++) {
-      const host = await createHost({ dataDir: join(root, `stage-${spec.index}-${r}`), logger });
-      hosts.push(host);
-      row.push(Object.assign(await serveStage(host, { config: o.config, spec, kernels: o.kernels, adamw: o.adamw, codec: o.codec, init: (s) => s.loadFromFull(o.genesis) }), { host }));
-    }
+    for (let r = 0; r < R; r++) row.push(await startPeer(`stage-${spec.index}-${r}`, spec, true));
     servers.push(row);
   }
   const driverHost = await createHost({ dataDir: join(root, 'driver'), logger });
   hosts.push(driverHost);
+  const connectAll = async (h: Host) => {
+    // Stage peers know each other (they fetch checkpoint shares from one another) and the driver.
+    for (const other of hosts) if (other !== h && !stopped.has(other)) await h.dial(other.multiaddrs()[0], { signal: AbortSignal.timeout(5000) }).catch(() => undefined);
+  };
   const peerIds: string[][] = [];
   for (const row of servers) {
     const ids: string[] = [];
@@ -55,8 +69,19 @@ export async function startLocalPipeline(o: {
     }
     peerIds.push(ids);
   }
-  const driver = new PipelineDriver({ host: driverHost, stages: peerIds, dim: o.config.dim, vocabSize: o.config.vocabSize, codec: o.codec, ...(o.inflight ? { inflight: o.inflight } : {}) });
   const stopped = new Set<Host>();
+  if (o.checkpoints) for (const h of hosts) await connectAll(h);
+  const driver = new PipelineDriver({
+    host: driverHost, stages: peerIds, dim: o.config.dim, vocabSize: o.config.vocabSize, codec: o.codec, ...(o.inflight ? { inflight: o.inflight } : {}),
+    ...(o.checkpoints ? {
+      recover: async (stage: number) => {
+        const srv = await startPeer(`fresh-${fresh++}`, specs[stage], false);
+        servers[stage].push(srv);
+        await connectAll(srv.host);
+        return srv.host.peerId;
+      },
+    } : {}),
+  });
   return {
     driver, servers, hosts,
     kill: async (stage, replica) => {
@@ -65,6 +90,7 @@ export async function startLocalPipeline(o: {
       await h.stop();
     },
     close: async () => {
+      await Promise.allSettled(stores.map((s) => s.stop()));
       await Promise.allSettled(hosts.filter((h) => !stopped.has(h)).map((h) => h.stop()));
       rmSync(root, { recursive: true, force: true });
     },

@@ -13,6 +13,17 @@
  *   tied  {set}                         get (no body) or set (f32 body) the tied-embedding gradient
  *   step  {lr, globalNorm}              one AdamW step on the accumulated gradients, then zero them
  *   info  {}                            → stage index, count, tensor names, parameter count
+ *   reset {}                            drop held micro-batches and accumulated gradients (a step is redone)
+ *   save  {}                            checkpoint: stage state X as two XOR shares R, X⊕R in this
+ *                                       peer's IPFS store → {shares: [cid, cid], step, bytes}
+ *   hold  {stage, shares: [cid]}        pin another stage's share (random-looking bytes: one share
+ *                                       says nothing about the weights), replacing the previous one
+ *   restore {shares: [cid, cid]}        a fresh peer: fetch both shares from the holders, XOR,
+ *                                       load the stage state; refuses compute calls until then
+ *
+ * Why shares: recovery needs the checkpoint of a stage whose last peer died to live elsewhere, but
+ * no peer may hold weights beyond its own stage. Each of two other stages' peers pins one share;
+ * either alone is a one-time pad, and only the restoring peer ever holds both.
  */
 import { z } from 'zod';
 import type { Host } from '../net/host.js';
@@ -24,6 +35,8 @@ import type { StageSpec } from '../model/stage.js';
 import { InvalidInputError } from '../util/errors.js';
 import { getActCodec, type ActCodec, type ActCodecSpec } from './act-codec.js';
 import { serveStageRpc } from './rpc.js';
+import { randomBytes } from 'node:crypto';
+import { parseCid, type Store } from '../store/index.js';
 
 const Shape = { micro: z.number().int().min(0).max(1 << 30), B: z.number().int().min(1).max(4096), T: z.number().int().min(1).max(1 << 16) };
 const Head = z.discriminatedUnion('op', [
@@ -34,6 +47,10 @@ const Head = z.discriminatedUnion('op', [
   z.object({ op: z.literal('tied'), set: z.boolean() }).strict(),
   z.object({ op: z.literal('step'), lr: z.number().min(0).max(10), globalNorm: z.number().min(0) }).strict(),
   z.object({ op: z.literal('info') }).strict(),
+  z.object({ op: z.literal('reset') }).strict(),
+  z.object({ op: z.literal('save') }).strict(),
+  z.object({ op: z.literal('hold'), stage: z.number().int().min(0).max(1023), shares: z.array(z.string().min(8).max(128)).min(1).max(2) }).strict(),
+  z.object({ op: z.literal('restore'), shares: z.array(z.string().min(8).max(128)).length(2) }).strict(),
 ]);
 
 export interface StageServerStats { calls: number; actBytesIn: number; actBytesOut: number; steps: number }
@@ -45,11 +62,20 @@ export interface StageServer {
 }
 
 export async function serveStage(host: Host, o: {
-  config: ModelConfig; spec: StageSpec; kernels: Kernels; adamw: AdamWSettings; codec: ActCodecSpec; init: (stage: Stage) => void;
+  config: ModelConfig; spec: StageSpec; kernels: Kernels; adamw: AdamWSettings; codec: ActCodecSpec;
+  /** Genesis weights for this stage; null: a fresh peer that waits for `restore`. */
+  init: ((stage: Stage) => void) | null;
+  /** This peer's IPFS store (checkpoint shares); needed for save / hold / restore. */
+  store?: Store;
+  fetchTimeoutMs?: number;
 }): Promise<StageServer> {
   const stage = new Stage(o.config, o.spec, o.kernels);
-  o.init(stage);
+  o.init?.(stage);
+  let ready = o.init !== null;
   const opt = new AdamW(o.config, o.adamw, o.kernels, stage.specs);
+  const held = new Map<number, string[]>();
+  const needStore = (): Store => { if (!o.store) throw new InvalidInputError('this stage peer has no store for checkpoints'); return o.store; };
+  const fetchSignal = () => AbortSignal.timeout(o.fetchTimeoutMs ?? 30_000);
   const C = o.config.dim, V = o.config.vocabSize;
   const codec: ActCodec = getActCodec(o.codec, C);
   const stats: StageServerStats = { calls: 0, actBytesIn: 0, actBytesOut: 0, steps: 0 };
@@ -62,6 +88,7 @@ export async function serveStage(host: Host, o: {
     const p = Head.safeParse(raw);
     if (!p.success) throw new InvalidInputError(`bad stage call: ${p.error.issues[0]?.message}`);
     const h = p.data;
+    if (!ready && h.op !== 'restore' && h.op !== 'info' && h.op !== 'hold') throw new InvalidInputError('this stage peer has not restored its stage yet');
     switch (h.op) {
       case 'fwd': {
         if (stage.last) throw new InvalidInputError('the last stage takes "last" calls');
@@ -112,7 +139,48 @@ export async function serveStage(host: Host, o: {
         return { head: { step: opt.step } };
       }
       case 'info':
-        return { head: { index: o.spec.index, count: o.spec.count, tensors: stage.tensorNames(), params: stage.numParams } };
+        return { head: { index: o.spec.index, count: o.spec.count, tensors: stage.tensorNames(), params: stage.numParams, ready, holds: [...held.keys()] } };
+      case 'reset':
+        stage.resetSlots();
+        stage.zeroGrad();
+        rows.clear();
+        return { head: {} };
+      case 'save': {
+        const store = needStore();
+        const x = encodeStageState(stage, opt);
+        const r = new Uint8Array(randomBytes(x.length));
+        const y = new Uint8Array(x.length);
+        for (let i = 0; i < x.length; i++) y[i] = x[i] ^ r[i];
+        const shares: string[] = [];
+        for (const part of [r, y]) {
+          const cid = await store.fs.addBytes(part, { rawLeaves: true });
+          await store.pin(cid, { signal: fetchSignal() });
+          shares.push(cid.toString());
+        }
+        // Our previous shares are no longer needed once the holders pin these (the driver's job).
+        return { head: { shares, step: opt.step, bytes: x.length } };
+      }
+      case 'hold': {
+        if (h.stage === o.spec.index) throw new InvalidInputError('a peer does not hold shares of its own stage');
+        const store = needStore();
+        for (const c of h.shares) await store.pin(parseCid(c), { signal: fetchSignal() });
+        for (const c of held.get(h.stage) ?? []) if (!h.shares.includes(c)) await store.unpin(parseCid(c)).catch(() => undefined);
+        held.set(h.stage, h.shares);
+        return { head: { stage: h.stage, holds: h.shares.length } };
+      }
+      case 'restore': {
+        const store = needStore();
+        const [a, b] = await Promise.all(h.shares.map((c) => store.cat(parseCid(c), { maxBytes: 64 + 4096 + 12 * stage.numParams, signal: fetchSignal() })));
+        if (a.length !== b.length) throw new InvalidInputError('the two checkpoint shares differ in length');
+        const x = new Uint8Array(a.length);
+        for (let i = 0; i < x.length; i++) x[i] = a[i] ^ b[i];
+        decodeStageState(x, stage, opt);
+        stage.resetSlots();
+        stage.zeroGrad();
+        rows.clear();
+        ready = true;
+        return { head: { step: opt.step } };
+      }
     }
   }, { maxBody: Math.max(8 * maxN, 4 * V * C) + 64 });
   return { stage, stats, close: () => srv.close() };
@@ -131,4 +199,37 @@ export function int32Bytes(x: Int32Array): Uint8Array {
   const dv = new DataView(b.buffer);
   for (let i = 0; i < x.length; i++) dv.setInt32(4 * i, x[i], true);
   return b;
+}
+
+/** A stage's state: u32 head length | JSON {v, index, count, l0, l1, step, tensors} | params | m | v (f32 LE). */
+export function encodeStageState(stage: Stage, opt: AdamW): Uint8Array {
+  const P = stage.numParams;
+  const head = new TextEncoder().encode(JSON.stringify({ v: 1, ...stage.spec, step: opt.step, tensors: stage.tensorNames() }));
+  const out = new Uint8Array(4 + head.length + 12 * P);
+  const dv = new DataView(out.buffer);
+  dv.setUint32(0, head.length, true);
+  out.set(head, 4);
+  let o = 4 + head.length;
+  for (const a of [stage.params, opt.m, opt.v]) { for (let i = 0; i < P; i++) dv.setFloat32(o + 4 * i, a[i], true); o += 4 * P; }
+  return out;
+}
+
+const StateHead = z.object({ v: z.literal(1), index: z.number().int(), count: z.number().int(), l0: z.number().int(), l1: z.number().int(), step: z.number().int().min(0), tensors: z.array(z.string()).max(100_000) }).strict();
+
+/** Loads a state made by encodeStageState into `stage` and `opt`; it must be this very stage. */
+export function decodeStageState(bytes: Uint8Array, stage: Stage, opt: AdamW): void {
+  const P = stage.numParams;
+  if (bytes.length < 4) throw new InvalidInputError('stage state too short');
+  const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const hl = dv.getUint32(0, true);
+  if (bytes.length !== 4 + hl + 12 * P) throw new InvalidInputError(`stage state has ${bytes.length} bytes, expected ${4 + hl + 12 * P}`);
+  let head: z.infer<typeof StateHead>;
+  try { head = StateHead.parse(JSON.parse(new TextDecoder().decode(bytes.subarray(4, 4 + hl)))); } catch (err) { throw new InvalidInputError(`stage state header: ${(err as Error).message.slice(0, 120)}`); }
+  const sp = stage.spec;
+  if (head.index !== sp.index || head.count !== sp.count || head.l0 !== sp.l0 || head.l1 !== sp.l1 || head.tensors.join() !== stage.tensorNames().join()) {
+    throw new InvalidInputError(`the checkpoint is of stage ${head.index}/${head.count}, not ${sp.index}/${sp.count}`);
+  }
+  let o = 4 + hl;
+  for (const a of [stage.params, opt.m, opt.v]) { for (let i = 0; i < P; i++) a[i] = dv.getFloat32(o + 4 * i, true); o += 4 * P; }
+  opt.step = head.step;
 }
