@@ -78,3 +78,15 @@ test('a stage holds only its own tensors and checks its inputs', () => {
   assert.throws(() => s1.loss(0, new Int32Array(3), true), /only the last stage/);
   assert.throws(() => new Stage(cfg, { index: 1, count: 3, l0: 0, l1: 2 }, k), /must hold layers/);
 });
+
+test('stage credits: by parameters held, split among replicas by tokens processed', async () => {
+  const { stageCredits } = await import('../src/pipeline/credit.js');
+  const c = stageCredits([
+    { peer: 'a', stage: 0, params: 300, tokens: 100 },
+    { peer: 'b', stage: 1, params: 100, tokens: 60 },
+    { peer: 'c', stage: 1, params: 100, tokens: 20 },
+  ]);
+  assert.deepEqual(c.map((x) => [x.peer, +x.score.toFixed(4)]), [['a', 0.75], ['b', 0.1875], ['c', 0.0625]]);
+  assert.ok(Math.abs(c.reduce((t, x) => t + x.score, 0) - 1) < 1e-12);
+  assert.throws(() => stageCredits([{ peer: 'a', stage: 0, params: 1, tokens: 1 }, { peer: 'b', stage: 0, params: 2, tokens: 1 }]), /disagree/);
+});

@@ -195,6 +195,36 @@ export class PipelineDriver {
     return { loss, gradNorm, actBytes: this.actBytes - a0, syncBytes: this.syncBytes - s0, retries: this.retries - r0 };
   }
 
+  /**
+   * Inference through the stage holders: continues `prompt` by `n` tokens (temperature
+   * sampling, top-k), one forward through every stage per token. Returns the tokens and, per
+   * stage, the tokens it processed (usage to pay that stage's owners).
+   */
+  async generate(prompt: number[], n: number, o: { ctx: number; temperature?: number; topK?: number; seed?: number }): Promise<{ tokens: number[]; usage: number[] }> {
+    if (prompt.length === 0) throw new InvalidInputError('generate needs a prompt of at least one token');
+    const out = [...prompt], usage = new Array<number>(this.S).fill(0);
+    let state = (o.seed ?? 1) >>> 0 || 1;
+    const rand = () => { state ^= state << 13; state >>>= 0; state ^= state >>> 17; state ^= state << 5; state >>>= 0; return state / 2 ** 32; };
+    const V = this.o.vocabSize, C = this.o.dim;
+    for (let t = 0; t < n; t++) {
+      const ids = Int32Array.from(out.slice(-o.ctx));
+      const T = ids.length, id = this.micro++;
+      let x: Uint8Array = int32Bytes(ids);
+      for (let i = 0; i < this.S - 1; i++) { x = (await this.call(i, { op: 'fwd', micro: id, B: 1, T, train: false }, x, exactBytes(this.o.codec, T, C))).body; usage[i] += T; }
+      const r = await this.call(this.S - 1, { op: 'logits', micro: id, B: 1, T }, x, 4 * V);
+      usage[this.S - 1] += T;
+      const logits = new Float32Array(r.body.buffer.slice(r.body.byteOffset, r.body.byteOffset + 4 * V));
+      const temp = Math.max(1e-3, o.temperature ?? 0.8), k = Math.min(V, o.topK ?? 40);
+      const top = [...logits.keys()].sort((a, b) => logits[b] - logits[a]).slice(0, k);
+      const mx = logits[top[0]];
+      const w = top.map((i) => Math.exp((logits[i] - mx) / temp));
+      let u = rand() * w.reduce((a, b) => a + b, 0), pick = top[top.length - 1];
+      for (let j = 0; j < top.length; j++) { u -= w[j]; if (u <= 0) { pick = top[j]; break; } }
+      out.push(pick);
+    }
+    return { tokens: out.slice(prompt.length), usage };
+  }
+
   /** Mean loss over `batches` (forward only). */
   async evaluate(batches: Batch[], B: number, T: number): Promise<number> {
     const ls = await this.pooled(batches.map((b) => () => this.microStep(b, B, T, 1, false)));

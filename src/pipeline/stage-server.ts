@@ -13,6 +13,8 @@
  *   tied  {set}                         get (no body) or set (f32 body) the tied-embedding gradient
  *   step  {lr, globalNorm}              one AdamW step on the accumulated gradients, then zero them
  *   info  {}                            → stage index, count, tensor names, parameter count
+ *   logits {micro, B, T}                last stage, inference: body = encoded activations (or tokens
+ *                                       when S = 1) → the last position's logits (f32), per sequence
  *   reset {}                            drop held micro-batches and accumulated gradients (a step is redone)
  *   save  {}                            checkpoint: stage state X as two XOR shares R, X⊕R in this
  *                                       peer's IPFS store → {shares: [cid, cid], step, bytes}
@@ -48,12 +50,14 @@ const Head = z.discriminatedUnion('op', [
   z.object({ op: z.literal('step'), lr: z.number().min(0).max(10), globalNorm: z.number().min(0) }).strict(),
   z.object({ op: z.literal('info') }).strict(),
   z.object({ op: z.literal('reset') }).strict(),
+  z.object({ op: z.literal('logits'), ...Shape }).strict(),
   z.object({ op: z.literal('save') }).strict(),
   z.object({ op: z.literal('hold'), stage: z.number().int().min(0).max(1023), shares: z.array(z.string().min(8).max(128)).min(1).max(2) }).strict(),
   z.object({ op: z.literal('restore'), shares: z.array(z.string().min(8).max(128)).length(2) }).strict(),
 ]);
 
-export interface StageServerStats { calls: number; actBytesIn: number; actBytesOut: number; steps: number }
+/** What this peer did for the run: the basis of per-stage credit (and usage metering for inference). */
+export interface StageServerStats { calls: number; actBytesIn: number; actBytesOut: number; steps: number; tokens: number }
 
 export interface StageServer {
   stage: Stage;
@@ -78,7 +82,7 @@ export async function serveStage(host: Host, o: {
   const fetchSignal = () => AbortSignal.timeout(o.fetchTimeoutMs ?? 30_000);
   const C = o.config.dim, V = o.config.vocabSize;
   const codec: ActCodec = getActCodec(o.codec, C);
-  const stats: StageServerStats = { calls: 0, actBytesIn: 0, actBytesOut: 0, steps: 0 };
+  const stats: StageServerStats = { calls: 0, actBytesIn: 0, actBytesOut: 0, steps: 0, tokens: 0 };
   const maxN = 4096 * o.config.ctx;
   const enc = (x: Float32Array, rows: number): Uint8Array => { const b = codec.encode(x, rows, C); stats.actBytesOut += b.length; return b; };
   const dec = (b: Uint8Array, rows: number): Float32Array => { stats.actBytesIn += b.length; return codec.decode(b, rows, C); };
@@ -95,6 +99,7 @@ export async function serveStage(host: Host, o: {
         const N = h.B * h.T;
         const input = stage.first ? int32(body, N, 'tokens') : dec(body, N);
         const out = stage.forward(h.micro, input, h.B, h.T);
+        stats.tokens += N;
         const b = enc(out, N);
         if (!h.train) stage.release(h.micro); else rows.set(h.micro, N);
         return { head: {}, body: b };
@@ -108,6 +113,7 @@ export async function serveStage(host: Host, o: {
         const targets = int32(body.subarray(actBytes), N, 'targets');
         for (let i = 0; i < N; i++) if (targets[i] < -1 || targets[i] >= V) throw new InvalidInputError(`target ${targets[i]} outside the vocabulary`);
         stage.forward(h.micro, input, h.B, h.T);
+        stats.tokens += N;
         const loss = stage.loss(h.micro, targets, h.train, h.scale);
         if (!h.train) { stage.release(h.micro); return { head: { loss } }; }
         const d = stage.backward(h.micro, null);
@@ -139,7 +145,18 @@ export async function serveStage(host: Host, o: {
         return { head: { step: opt.step } };
       }
       case 'info':
-        return { head: { index: o.spec.index, count: o.spec.count, tensors: stage.tensorNames(), params: stage.numParams, ready, holds: [...held.keys()] } };
+        return { head: { index: o.spec.index, count: o.spec.count, tensors: stage.tensorNames(), params: stage.numParams, ready, holds: [...held.keys()], stats } };
+      case 'logits': {
+        if (!stage.last) throw new InvalidInputError('not the last stage');
+        const N = h.B * h.T;
+        const input = stage.first ? int32(body, N, 'tokens') : dec(body, N);
+        const logits = stage.forward(h.micro, input, h.B, h.T);
+        stage.release(h.micro);
+        const out = new Float32Array(h.B * V);
+        for (let b = 0; b < h.B; b++) out.set(logits.subarray(((b + 1) * h.T - 1) * V, (b + 1) * h.T * V), b * V);
+        stats.tokens += N;
+        return { head: {}, body: new Uint8Array(out.buffer) };
+      }
       case 'reset':
         stage.resetSlots();
         stage.zeroGrad();

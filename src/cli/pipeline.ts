@@ -1,0 +1,103 @@
+/**
+ * `tessera pipeline`: protocol-learning mode on this machine. S stage peers (each its own libp2p
+ * host, holding only its stage) and a driver holding the data train a GPT on Brown over loopback
+ * streams, with compressed activations; optional replicas, checkpoint shares and a kill drill;
+ * then a sample generated through the stage holders, with per-stage usage and credit.
+ */
+import type { Command } from 'commander';
+import cliProgress from 'cli-progress';
+import { int, num, oneOf } from './args.js';
+import { say, result } from './output.js';
+import { defaultCacheDir } from './train.js';
+import { loadCorpus, prepareDataset } from '../data/index.js';
+import { BatchSampler, evalBatches } from '../data/batches.js';
+import { loadKernels } from '../kernels/index.js';
+import { GPT } from '../model/gpt.js';
+import { DEFAULT_ADAMW } from '../train/adamw.js';
+import { startLocalPipeline } from '../pipeline/local.js';
+import { stageCredits } from '../pipeline/credit.js';
+import { exactBytes, type ActCodecSpec } from '../pipeline/act-codec.js';
+import { InvalidInputError } from '../util/errors.js';
+
+interface PipelineOptions {
+  stages: number; layers: number; replicas: number; steps: number; codec: string; rank: number; micro: number; lr: number;
+  kill?: string; checkpointEvery: number; prompt: string; cacheDir: string; json: boolean;
+}
+
+export function register(program: Command): void {
+  program.command('pipeline')
+    .description('protocol learning on this machine: stage peers (each holding only its slice of the model) and a driver train over libp2p')
+    .option('--stages <n>', 'pipeline stages (one peer each, times --replicas)', int(1, 64), 4)
+    .option('--layers <n>', 'transformer layers (cut into the stages)', int(1, 64), 4)
+    .option('--replicas <n>', 'peers per stage, kept in lockstep (a dead replica costs no step)', int(1, 8), 1)
+    .option('--steps <n>', 'optimizer steps', int(1), 200)
+    .option('--codec <id>', 'activation codec at stage boundaries', oneOf('fp32', 'fp16', 'int8', 'lowrank'), 'int8')
+    .option('--rank <k>', 'lowrank: subspace dimension', int(1, 4096), 8)
+    .option('--micro <n>', 'micro-batches per step (batch 8)', int(1, 8), 2)
+    .option('--lr <x>', 'learning rate', num(1e-6, 1), 3e-3)
+    .option('--kill <S@STEP>', 'failure drill: kill stage S\'s first peer before step STEP (without replicas it is restored from checkpoint shares)')
+    .option('--checkpoint-every <n>', 'checkpoint every stage as XOR shares held by two other stages every N steps (0 = off; needs 3+ stages)', int(0), 25)
+    .option('--prompt <text>', 'sample through the stage holders after training', 'The jury said')
+    .option('--cache-dir <dir>', 'tokenizer and token cache', defaultCacheDir())
+    .option('--json', 'machine-readable output on stdout', false)
+    .action(async (o: PipelineOptions) => {
+      if (o.stages > o.layers) throw new InvalidInputError(`--stages ${o.stages} is more than --layers ${o.layers}`);
+      if (o.checkpointEvery > 0 && o.stages < 3) throw new InvalidInputError('checkpoint shares need 3+ stages; use --checkpoint-every 0');
+      let kill: { stage: number; step: number } | null = null;
+      if (o.kill) {
+        const m = /^(\d+)@(\d+)$/.exec(o.kill);
+        if (!m || Number(m[1]) >= o.stages) throw new InvalidInputError(`--kill expects S@STEP with S < ${o.stages}, got "${o.kill}"`);
+        kill = { stage: Number(m[1]), step: Number(m[2]) };
+        if (o.replicas === 1 && o.checkpointEvery === 0) throw new InvalidInputError('--kill of an unreplicated stage needs --checkpoint-every > 0 to restore it');
+      }
+      const config = { vocabSize: 512, ctx: 64, dim: 64, layers: o.layers, heads: 4 };
+      const B = 8, T = config.ctx;
+      if (B % o.micro !== 0) throw new InvalidInputError(`--micro must divide the batch of ${B}`);
+      const codec: ActCodecSpec = o.codec === 'lowrank' ? { id: 'lowrank', k: Math.min(o.rank, config.dim) } : { id: o.codec as ActCodecSpec['id'] };
+      const ds = prepareDataset({ corpus: loadCorpus('brown'), vocabSize: config.vocabSize, cacheDir: o.cacheDir });
+      const k = loadKernels({ threads: 1 });
+      const init = new GPT(config, k);
+      init.init(1);
+      const lp = await startLocalPipeline({ config, stages: o.stages, replicas: o.replicas, kernels: k, adamw: DEFAULT_ADAMW, codec, genesis: init.params, checkpoints: o.checkpointEvery > 0 });
+      try {
+        for (const [i, row] of lp.servers.entries()) say(o, `stage ${i}: ${row.length} peer(s) ${row.map((s) => (s as { host?: { peerId: string } }).host?.peerId.slice(-8)).join(', ')} holding ${row[0].stage.numParams} of ${init.numParams} parameters (${row[0].stage.tensorNames().length} tensors)`);
+        const perBoundary = (2 * exactBytes(codec, (B / o.micro) * T, config.dim)) / ((B / o.micro) * T);
+        say(o, `activations: ${codec.id}${codec.k ? ` k=${codec.k}` : ''}, ${perBoundary.toFixed(1)} bytes/token per boundary (fp32: ${(8 * config.dim).toFixed(0)})`);
+        const sampler = new BatchSampler(ds.train, B, T, 7n);
+        const bar = process.stderr.isTTY && !o.json ? new cliProgress.SingleBar({ format: 'pipeline |{bar}| {value}/{total} steps | loss {loss} | {tps} tok/s | ETA {eta_formatted}', hideCursor: true }, cliProgress.Presets.shades_classic) : null;
+        bar?.start(o.steps, 0, { loss: '-', tps: '-' });
+        const t0 = performance.now();
+        let lastLoss = NaN;
+        for (let s = 0; s < o.steps; s++) {
+          if (o.checkpointEvery > 0 && s > 0 && s % o.checkpointEvery === 0) await lp.driver.checkpoint();
+          if (kill && s === kill.step) { await lp.kill(kill.stage, 0); say(o, `\nfailure drill: killed stage ${kill.stage}'s peer before step ${s}`); }
+          const r = await lp.driver.step(sampler.next(), B, T, o.micro, o.lr);
+          lastLoss = r.loss;
+          bar?.update(s + 1, { loss: r.loss.toFixed(3), tps: Math.round(((s + 1) * B * T) / ((performance.now() - t0) / 1000)) });
+          if (!bar && !o.json && (s + 1) % 50 === 0) say(o, `step ${s + 1}/${o.steps}  loss ${r.loss.toFixed(3)}`);
+        }
+        bar?.stop();
+        const seconds = (performance.now() - t0) / 1000;
+        const val = await lp.driver.evaluate([...evalBatches(ds.val, B, T, 8)], B, T);
+        for (const rec of lp.driver.recoveries) say(o, `recovery: stage ${rec.stage} restored on fresh peer ${rec.peer.slice(-8)} from the checkpoint of step ${rec.fromStep} in ${rec.ms.toFixed(0)} ms`);
+        for (const d of lp.driver.dropped) say(o, `peer dropped: stage ${d.stage} ${d.peer.slice(-8)}${o.replicas > 1 ? '; its replicas carried on' : ''}`);
+        const prompt = ds.tokenizer.encodeOrdinary(o.prompt);
+        const g = await lp.driver.generate(prompt, 32, { ctx: T, seed: 1 });
+        const work = lp.servers.flatMap((row, stage) => row.map((s) => ({ peer: (s as { host?: { peerId: string } }).host?.peerId ?? `stage-${stage}`, stage, params: s.stage.numParams, tokens: s.stats.tokens })));
+        const credits = stageCredits(work);
+        const summary = {
+          stages: o.stages, replicas: o.replicas, steps: o.steps, codec, valLoss: val, trainLoss: lastLoss, seconds,
+          tokensPerSec: (o.steps * B * T) / seconds, boundaryBytesPerToken: perBoundary, actBytes: lp.driver.actBytes,
+          recoveries: lp.driver.recoveries, dropped: lp.driver.dropped, sample: ds.tokenizer.decode(g.tokens), usagePerStage: g.usage, credits,
+        };
+        result(o, summary, [
+          `done: ${o.steps} steps in ${seconds.toFixed(1)} s (${summary.tokensPerSec.toFixed(0)} tok/s), val loss ${val.toFixed(4)}, ${(lp.driver.actBytes / 1e6).toFixed(1)} MB of activations through the driver`,
+          `sample (through ${o.stages} stage holders): ${o.prompt}${summary.sample}`,
+          `usage per stage for that sample (tokens): ${g.usage.join(', ')}`,
+          'credit (share of a round\'s minting): ' + credits.map((c) => `stage ${c.stage} ${c.peer.slice(-8)} ${(100 * c.score).toFixed(1)}%`).join(', '),
+        ].join('\n'));
+      } finally {
+        await lp.close();
+      }
+    });
+}
