@@ -139,3 +139,22 @@ test('the only peer of a stage dies: a fresh peer restores it from XOR checkpoin
     await lp.close();
   }
 });
+
+test('tessera pipeline --json: trains through the stage peers, survives the kill drill, samples through the stage holders', { timeout: 120_000 }, async () => {
+  const { spawnSync } = await import('node:child_process');
+  const { fileURLToPath } = await import('node:url');
+  const { join, dirname } = await import('node:path');
+  const bin = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'bin', 'tessera.js');
+  const run = (...args: string[]) => spawnSync(process.execPath, [bin, 'pipeline', ...args], { encoding: 'utf8', timeout: 110_000 });
+  const r = run('--stages', '3', '--layers', '3', '--steps', '12', '--checkpoint-every', '4', '--kill', '2@9', '--json');
+  assert.equal(r.status, 0, r.stderr);
+  const j = JSON.parse(r.stdout) as { steps: number; valLoss: number; recoveries: { stage: number; fromStep: number }[]; sample: string; usagePerStage: number[]; credits: { score: number }[] };
+  assert.equal(j.steps, 12);
+  assert.ok(Number.isFinite(j.valLoss) && j.valLoss < 6.3);
+  assert.deepEqual(j.recoveries.map((x) => [x.stage, x.fromStep]), [[2, 8]]);
+  assert.ok(j.sample.length > 0 && j.usagePerStage.length === 3 && j.usagePerStage.every((u) => u > 0));
+  assert.ok(Math.abs(j.credits.reduce((t, c) => t + c.score, 0) - 1) < 1e-9);
+  const bad = run('--stages', '5', '--layers', '3');
+  assert.notEqual(bad.status, 0);
+  assert.match(bad.stderr, /--stages 5 is more than --layers 3/);
+});
