@@ -16,6 +16,7 @@ import { register as registerDemo } from './demo.js';
 import { register as registerData } from './data.js';
 import { register as registerLedger } from './ledger.js';
 import { register as registerPipeline } from './pipeline.js';
+import { register as registerStage } from './stage.js';
 import { reportError } from './output.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
@@ -39,6 +40,7 @@ export function buildProgram(): Command {
   registerData(program);
   registerLedger(program);
   registerPipeline(program);
+  registerStage(program);
   const usageHelp = (c: Command, path: string): void => {
     c.showHelpAfterError(`usage: ${path} ${c.usage()}\n(run 'tessera ${path.replace(/^tessera ?/, '')}${path === 'tessera' ? '' : ' '}--help' for every option)`);
     c.commands.forEach((sub) => usageHelp(sub, `${path} ${sub.name()}`));

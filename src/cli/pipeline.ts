@@ -18,10 +18,66 @@ import { startLocalPipeline } from '../pipeline/local.js';
 import { stageCredits } from '../pipeline/credit.js';
 import { exactBytes, type ActCodecSpec } from '../pipeline/act-codec.js';
 import { InvalidInputError } from '../util/errors.js';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { pino } from 'pino';
+import { createHost } from '../net/host.js';
+import { joinControlChannel } from '../net/pubsub.js';
+import { PipelineDriver } from '../pipeline/driver.js';
+import { PipeSchemas, StageDirectory, awaitFreshPeer, defaultPipeManifest, discoverStages, pipeManifest } from '../pipeline/run.js';
 
 interface PipelineOptions {
   stages: number; layers: number; replicas: number; steps: number; codec: string; rank: number; micro: number; lr: number;
   kill?: string; checkpointEvery: number; prompt: string; cacheDir: string; json: boolean;
+  writeRun?: string; run?: string; dataDir?: string; listen: string; bootstrap?: string[]; waitMs: number;
+}
+
+const collect = (v: string, prev: string[] = []) => [...prev, ...v.split(',').filter(Boolean)];
+
+function codecOf(o: PipelineOptions, dim: number): ActCodecSpec {
+  return o.codec === 'lowrank' ? { id: 'lowrank', k: Math.min(o.rank, dim) } : { id: o.codec as ActCodecSpec['id'] };
+}
+
+/** `--run`: drive a pipeline whose stage peers (`tessera stage`) run anywhere. */
+async function driveRun(o: PipelineOptions): Promise<void> {
+  let raw: unknown;
+  try { raw = JSON.parse(readFileSync(o.run!, 'utf8')); } catch (e) { throw new InvalidInputError(`cannot read --run ${o.run}: ${(e as Error).message}`); }
+  const { manifest: m, runId } = pipeManifest(raw);
+  if (!o.dataDir) throw new InvalidInputError('--run needs --data-dir (the driver\'s identity)');
+  const host = await createHost({ dataDir: o.dataDir, listen: [o.listen], ...(o.bootstrap?.length ? { bootstrap: o.bootstrap } : {}), logger: pino({ level: process.env.TESSERA_LOG ?? 'warn' }, pino.destination(2)) });
+  const dir = new StageDirectory(m.stages);
+  const channel = joinControlChannel({ host, runId, schemas: PipeSchemas, onMessage: (msg) => dir.record(msg.from, msg.body) });
+  try {
+    say(o, `pipeline ${runId.slice(0, 12)}: driver ${host.peerId}; waiting for a ready peer on each of ${m.stages} stages…`);
+    const stages = await discoverStages(host, dir, { timeoutMs: o.waitMs });
+    for (const [i, ps] of stages.entries()) say(o, `stage ${i}: ${ps.map((p) => p.slice(-8)).join(', ')}`);
+    const tried = new Set<string>(stages.flat());
+    const driver = new PipelineDriver({
+      host, stages, dim: m.model.dim, vocabSize: m.model.vocabSize, codec: m.codec,
+      addrsOf: (p) => dir.byPeer.get(p)?.addrs ?? [],
+      recover: async (stage) => { const p = await awaitFreshPeer(host, dir, stage, tried, o.waitMs); tried.add(p); say(o, `stage ${stage}: restoring on fresh peer ${p.slice(-8)}`); return p; },
+    });
+    const ds = prepareDataset({ corpus: loadCorpus(m.data), vocabSize: m.model.vocabSize, cacheDir: o.cacheDir });
+    const B = m.batch, T = m.model.ctx;
+    const sampler = new BatchSampler(ds.train, B, T, BigInt(m.seed) + 7n);
+    const t0 = performance.now();
+    let last = NaN;
+    for (let s = 0; s < o.steps; s++) {
+      if (m.checkpointEvery > 0 && m.stages >= 3 && s > 0 && s % m.checkpointEvery === 0) await driver.checkpoint();
+      last = (await driver.step(sampler.next(), B, T, m.micro, m.lr)).loss;
+      if ((s + 1) % 10 === 0 || s + 1 === o.steps) {
+        say(o, `step ${s + 1}/${o.steps}  loss ${last.toFixed(3)}  ${(((s + 1) * B * T) / ((performance.now() - t0) / 1000)).toFixed(0)} tok/s`);
+        result({ json: o.json }, { event: 'step', step: s + 1, loss: last });
+      }
+    }
+    const val = await driver.evaluate([...evalBatches(ds.val, B, T, 4)], B, T);
+    for (const rec of driver.recoveries) say(o, `recovery: stage ${rec.stage} restored on ${rec.peer.slice(-8)} from the checkpoint of step ${rec.fromStep} in ${rec.ms.toFixed(0)} ms`);
+    const g = await driver.generate(ds.tokenizer.encodeOrdinary(o.prompt), 24, { ctx: T, seed: 1 });
+    result(o, { event: 'done', runId, steps: o.steps, trainLoss: last, valLoss: val, stages: driver.replicas(), recoveries: driver.recoveries, sample: ds.tokenizer.decode(g.tokens), usagePerStage: g.usage },
+      `done: ${o.steps} steps, val loss ${val.toFixed(4)}; sample through the stage holders: ${o.prompt}${ds.tokenizer.decode(g.tokens)}`);
+  } finally {
+    try { channel.close(); } catch { /* closing anyway */ }
+    await host.stop();
+  }
 }
 
 export function register(program: Command): void {
@@ -39,8 +95,22 @@ export function register(program: Command): void {
     .option('--checkpoint-every <n>', 'checkpoint every stage as XOR shares held by two other stages every N steps (0 = off; needs 3+ stages)', int(0), 25)
     .option('--prompt <text>', 'sample through the stage holders after training', 'The jury said')
     .option('--cache-dir <dir>', 'tokenizer and token cache', defaultCacheDir())
+    .option('--write-run <file>', 'write a pipeline manifest for a multi-machine run (from --stages --layers --codec --rank --micro --lr --checkpoint-every) and exit')
+    .option('--run <file>', 'drive a multi-machine run: discover its stage peers (`tessera stage --run`), train --steps through them')
+    .option('--data-dir <dir>', 'with --run: the driver\'s identity directory')
+    .option('--listen <ma>', 'with --run: listen multiaddr', '/ip4/127.0.0.1/tcp/0')
+    .option('--bootstrap <ma...>', 'with --run: peers to connect to', collect)
+    .option('--wait-ms <n>', 'with --run: how long to wait for stage peers (and for a fresh one after a loss)', int(1), 60_000)
     .option('--json', 'machine-readable output on stdout', false)
     .action(async (o: PipelineOptions) => {
+      if (o.writeRun) {
+        const m = defaultPipeManifest({ stages: o.stages, layers: o.layers, codec: codecOf(o, 64), lr: o.lr, micro: o.micro, checkpointEvery: o.checkpointEvery });
+        const { manifest, runId } = pipeManifest(m);
+        writeFileSync(o.writeRun, JSON.stringify(manifest, null, 2) + '\n');
+        result(o, { runId, out: o.writeRun, manifest }, `wrote ${o.writeRun}: pipeline ${runId.slice(0, 12)}, ${o.stages} stages of a ${o.layers}-layer GPT, ${manifest.codec.id} activations; start stage peers with \`tessera stage --run ${o.writeRun} --data-dir DIR\`, then \`tessera pipeline --run ${o.writeRun} --data-dir DIR --bootstrap <a stage peer>\``);
+        return;
+      }
+      if (o.run) return driveRun(o);
       if (o.stages > o.layers) throw new InvalidInputError(`--stages ${o.stages} is more than --layers ${o.layers}`);
       if (o.checkpointEvery > 0 && o.stages < 3) throw new InvalidInputError('checkpoint shares need 3+ stages; use --checkpoint-every 0');
       let kill: { stage: number; step: number } | null = null;
@@ -53,7 +123,7 @@ export function register(program: Command): void {
       const config = { vocabSize: 512, ctx: 64, dim: 64, layers: o.layers, heads: 4 };
       const B = 8, T = config.ctx;
       if (B % o.micro !== 0) throw new InvalidInputError(`--micro must divide the batch of ${B}`);
-      const codec: ActCodecSpec = o.codec === 'lowrank' ? { id: 'lowrank', k: Math.min(o.rank, config.dim) } : { id: o.codec as ActCodecSpec['id'] };
+      const codec = codecOf(o, config.dim);
       const ds = prepareDataset({ corpus: loadCorpus('brown'), vocabSize: config.vocabSize, cacheDir: o.cacheDir });
       const k = loadKernels({ threads: 1 });
       const init = new GPT(config, k);

@@ -37,6 +37,8 @@ export interface DriverOptions {
    * no weights) and return its peer id; the driver restores it from the latest checkpoint shares.
    */
   recover?: (stage: number) => Promise<string>;
+  /** Addresses of a peer (the share holders a restoring peer should dial); default none (already connected). */
+  addrsOf?: (peer: string) => string[];
 }
 
 export interface Recovery { stage: number; peer: string; fromStep: number; ms: number }
@@ -52,6 +54,8 @@ export class PipelineDriver {
   /** Latest checkpoint per stage: the two share CIDs and the optimizer step it holds. */
   readonly checkpoints = new Map<number, { shares: string[]; step: number; bytes: number }>();
   readonly recoveries: Recovery[] = [];
+  /** Bumped when a step fails: its remaining micro-batches stop. */
+  private epoch = 0;
   constructor(private readonly o: DriverOptions) {
     if (o.stages.length === 0 || o.stages.some((r) => r.length === 0)) throw new InvalidInputError('every stage needs at least one peer');
     this.live = o.stages.map((r) => [...r]);
@@ -75,7 +79,7 @@ export class PipelineDriver {
       .then((r) => ({ head: r.head, body: r.body, peer }))
       .catch((err: unknown) => {
         // A refusal (bad input) is the caller's bug, not a dead peer: report it, keep the replica.
-        if (err instanceof StageCallError && /refused/.test(err.message)) throw err;
+        if (err instanceof StageCallError && err.refused) throw err;
         const k = this.live[i].indexOf(peer);
         if (k >= 0) { this.live[i].splice(k, 1); this.dropped.push({ stage: i, peer, reason: (err as Error).message }); this.retries++; }
         throw err;
@@ -84,7 +88,7 @@ export class PipelineDriver {
       return await Promise.any(attempts);
     } catch (err) {
       const errs = (err as AggregateError).errors ?? [err];
-      throw errs.find((e) => e instanceof StageCallError && /refused/.test((e as Error).message)) ?? new StageCallError(`stage ${i}: no replica answered (${(errs[0] as Error)?.message})`);
+      throw errs.find((e) => e instanceof StageCallError && e.refused) ?? new StageCallError(`stage ${i}: no replica answered (${(errs[0] as Error)?.message})`);
     } finally {
       // The slower replicas' replies are awaited in the background (they keep those replicas in step).
       void Promise.allSettled(attempts);
@@ -94,12 +98,19 @@ export class PipelineDriver {
   /** Forward + backward of one micro-batch; returns its loss (scaled by `scale` into the gradients). */
   private async microStep(b: Batch, B: number, T: number, scale: number, train: boolean): Promise<number> {
     const id = this.micro++, N = B * T, C = this.o.dim;
+    // After a failed step, its other micro-batches stop at their next hop (they must not touch
+    // the stages once these are reset for the redo).
+    const epoch = this.epoch;
+    const call = (i: number, head: unknown, body: Uint8Array, max: number) => {
+      if (this.epoch !== epoch) throw new StageCallError('micro-batch of an abandoned step');
+      return this.call(i, head, body, max);
+    };
     const act = exactBytes(this.o.codec, N, C);
     let x: Uint8Array = int32Bytes(b.inputs);
     // actBytes: every activation or activation-gradient payload the driver sends or receives.
     for (let i = 0; i < this.S - 1; i++) {
       if (i > 0) this.actBytes += x.length;
-      const r = await this.call(i, { op: 'fwd', micro: id, B, T, train }, x, act);
+      const r = await call(i, { op: 'fwd', micro: id, B, T, train }, x, act);
       x = r.body;
       this.actBytes += x.length;
     }
@@ -107,14 +118,14 @@ export class PipelineDriver {
     lastBody.set(x);
     lastBody.set(int32Bytes(b.targets), x.length);
     if (this.S > 1) this.actBytes += x.length;
-    const r = await this.call(this.S - 1, { op: 'last', micro: id, B, T, train, scale }, lastBody, act);
+    const r = await call(this.S - 1, { op: 'last', micro: id, B, T, train, scale }, lastBody, act);
     const loss = (r.head as { loss: number }).loss;
     if (!train) return loss;
     let d = r.body;
     this.actBytes += d.length;
     for (let i = this.S - 2; i >= 0; i--) {
       this.actBytes += d.length;
-      const rb = await this.call(i, { op: 'bwd', micro: id }, d, act);
+      const rb = await call(i, { op: 'bwd', micro: id }, d, act);
       d = rb.body;
       this.actBytes += d.length;
     }
@@ -129,6 +140,7 @@ export class PipelineDriver {
     try {
       return await this.stepOnce(batch, B, T, micro, lr);
     } catch (err) {
+      this.epoch++;
       const lost = this.live.findIndex((r) => r.length === 0);
       if (lost < 0 || !this.o.recover) throw err;
       await this.recoverStage(lost);
@@ -147,14 +159,26 @@ export class PipelineDriver {
     const S = this.S;
     if (S < 3) throw new InvalidInputError('checkpoint shares need at least 3 stages (two holders other than the stage itself)');
     for (let i = 0; i < S; i++) {
+      // A peer that fails here is dropped like in a step; the stage keeps its previous checkpoint
+      // (and the next step recovers it if that was its last peer).
       const peer = this.live[i][0];
-      const r = await callStage(this.o.host, peer, { op: 'save' }, new Uint8Array(0), { maxBody: 0, signal: AbortSignal.timeout(this.o.callTimeoutMs ?? 60_000) });
-      const h = r.head as { shares: string[]; step: number; bytes: number };
-      await Promise.all([
-        this.call((i + 1) % S, { op: 'hold', stage: i, shares: [h.shares[0]] }, new Uint8Array(0), 0),
-        this.call((i + 2) % S, { op: 'hold', stage: i, shares: [h.shares[1]] }, new Uint8Array(0), 0),
-      ]);
-      this.checkpoints.set(i, h);
+      if (!peer) continue;
+      try {
+        const r = await callStage(this.o.host, peer, { op: 'save' }, new Uint8Array(0), { maxBody: 0, signal: AbortSignal.timeout(this.o.callTimeoutMs ?? 60_000) });
+        const h = r.head as { shares: string[]; step: number; bytes: number };
+        await Promise.all([
+          this.call((i + 1) % S, { op: 'hold', stage: i, shares: [h.shares[0]] }, new Uint8Array(0), 0),
+          this.call((i + 2) % S, { op: 'hold', stage: i, shares: [h.shares[1]] }, new Uint8Array(0), 0),
+        ]);
+        this.checkpoints.set(i, h);
+      } catch (err) {
+        if (err instanceof StageCallError && err.refused) throw err;
+        const k = this.live[i].indexOf(peer);
+        if (k >= 0 && !(err instanceof StageCallError && /stage \d+ has no live replica|no replica answered/.test(err.message))) {
+          this.live[i].splice(k, 1);
+          this.dropped.push({ stage: i, peer, reason: (err as Error).message });
+        }
+      }
     }
   }
 
@@ -163,7 +187,9 @@ export class PipelineDriver {
     if (!cp) throw new StageCallError(`stage ${i} lost its last peer and has no checkpoint to restore from`);
     const t0 = performance.now();
     const peer = await this.o.recover!(i);
-    await callStage(this.o.host, peer, { op: 'restore', shares: cp.shares }, new Uint8Array(0), { maxBody: 0, signal: AbortSignal.timeout(this.o.callTimeoutMs ?? 60_000) });
+    const holders = [...this.live[(i + 1) % this.S], ...this.live[(i + 2) % this.S]];
+    const dial = this.o.addrsOf ? holders.flatMap((p) => this.o.addrsOf!(p).slice(0, 2)).slice(0, 16) : [];
+    await callStage(this.o.host, peer, { op: 'restore', shares: cp.shares, ...(dial.length ? { dial } : {}) }, new Uint8Array(0), { maxBody: 0, signal: AbortSignal.timeout(this.o.callTimeoutMs ?? 60_000) });
     this.live[i] = [peer];
     this.recoveries.push({ stage: i, peer, fromStep: cp.step, ms: performance.now() - t0 });
   }

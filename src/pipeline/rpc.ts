@@ -17,8 +17,11 @@ const MAX_HEAD = 64 * 1024;
 
 /** A stage call failed: the peer refused it (with its reason), or the stream broke. */
 export class StageCallError extends TesseraError {
-  constructor(message: string, options?: { cause?: unknown }) {
+  /** True when the peer answered with a refusal (bad input): the peer is alive, the call was wrong. */
+  readonly refused: boolean;
+  constructor(message: string, options?: { cause?: unknown; refused?: boolean }) {
     super('STAGE_CALL', message, options);
+    this.refused = options?.refused ?? false;
   }
 }
 
@@ -57,7 +60,7 @@ export async function callStage(host: Host, peer: string | PeerId, head: unknown
     const rh = await readPart(stream, MAX_HEAD, 'reply head', o);
     const rb = await readPart(stream, o.maxBody, 'reply body', o);
     const parsed = JSON.parse(new TextDecoder().decode(rh)) as unknown;
-    if (status !== 0) throw new StageCallError(`stage peer refused: ${(parsed as { error?: string }).error ?? 'unknown error'}`);
+    if (status !== 0) throw new StageCallError(`stage peer refused: ${(parsed as { error?: string }).error ?? 'unknown error'}`, { refused: true });
     return { head: parsed, body: rb, bytesIn: 1 + 8 + rh.length + rb.length, bytesOut: req.length };
   } catch (err) {
     stream.abort(err as Error);

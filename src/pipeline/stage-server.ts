@@ -53,7 +53,7 @@ const Head = z.discriminatedUnion('op', [
   z.object({ op: z.literal('logits'), ...Shape }).strict(),
   z.object({ op: z.literal('save') }).strict(),
   z.object({ op: z.literal('hold'), stage: z.number().int().min(0).max(1023), shares: z.array(z.string().min(8).max(128)).min(1).max(2) }).strict(),
-  z.object({ op: z.literal('restore'), shares: z.array(z.string().min(8).max(128)).length(2) }).strict(),
+  z.object({ op: z.literal('restore'), shares: z.array(z.string().min(8).max(128)).length(2), dial: z.array(z.string().min(1).max(256)).max(16).optional() }).strict(),
 ]);
 
 /** What this peer did for the run: the basis of per-stage credit (and usage metering for inference). */
@@ -62,6 +62,8 @@ export interface StageServerStats { calls: number; actBytesIn: number; actBytesO
 export interface StageServer {
   stage: Stage;
   stats: StageServerStats;
+  /** False for a fresh peer until it has restored its stage. */
+  ready(): boolean;
   close(): Promise<void>;
 }
 
@@ -187,6 +189,8 @@ export async function serveStage(host: Host, o: {
       }
       case 'restore': {
         const store = needStore();
+        // The share holders, so that bitswap can ask them directly.
+        for (const ma of h.dial ?? []) await host.dial(ma, { signal: AbortSignal.timeout(5000) }).catch(() => undefined);
         const [a, b] = await Promise.all(h.shares.map((c) => store.cat(parseCid(c), { maxBytes: 64 + 4096 + 12 * stage.numParams, signal: fetchSignal() })));
         if (a.length !== b.length) throw new InvalidInputError('the two checkpoint shares differ in length');
         const x = new Uint8Array(a.length);
@@ -200,7 +204,7 @@ export async function serveStage(host: Host, o: {
       }
     }
   }, { maxBody: Math.max(8 * maxN, 4 * V * C) + 64 });
-  return { stage, stats, close: () => srv.close() };
+  return { stage, stats, ready: () => ready, close: () => srv.close() };
 }
 
 function int32(b: Uint8Array, n: number, what: string): Int32Array {

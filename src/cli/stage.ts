@@ -1,0 +1,36 @@
+/** `tessera stage`: serve one stage of a pipeline run (protocol learning) until stopped. */
+import type { Command } from 'commander';
+import { readFileSync } from 'node:fs';
+import { int } from './args.js';
+import { say, result } from './output.js';
+import { loadKernels } from '../kernels/index.js';
+import { pipeManifest, runStagePeer } from '../pipeline/run.js';
+import { splitStages } from '../model/stage.js';
+import { InvalidInputError } from '../util/errors.js';
+
+const collect = (v: string, prev: string[] = []) => [...prev, ...v.split(',').filter(Boolean)];
+
+export function register(program: Command): void {
+  program.command('stage')
+    .description('serve one stage of a pipeline run: hold only that slice of the model, answer the driver\'s forward/backward calls')
+    .requiredOption('--run <file>', 'pipeline manifest (`tessera pipeline --write-run`)')
+    .requiredOption('--data-dir <dir>', 'identity key and IPFS store (checkpoint shares)')
+    .option('--listen <ma>', 'listen multiaddr', '/ip4/127.0.0.1/tcp/0')
+    .option('--bootstrap <ma...>', 'peers to connect to (multiaddr with /p2p/<id>)', collect)
+    .option('--stage <i>', 'serve this stage (default: the one with the lowest total throughput)', int(0, 63))
+    .option('--fresh', 'start without weights and wait for the driver to restore this stage from checkpoint shares', false)
+    .option('--json', 'JSON lines on stdout', false)
+    .action(async (o: { run: string; dataDir: string; listen: string; bootstrap?: string[]; stage?: number; fresh: boolean; json: boolean }) => {
+      let text: string;
+      try { text = readFileSync(o.run, 'utf8'); } catch (e) { throw new InvalidInputError(`cannot read --run ${o.run}: ${(e as Error).message}`); }
+      let raw: unknown;
+      try { raw = JSON.parse(text); } catch (e) { throw new InvalidInputError(`${o.run} is not JSON: ${(e as Error).message}`); }
+      const { manifest, runId } = pipeManifest(raw);
+      const peer = await runStagePeer({ manifest, runId, dataDir: o.dataDir, kernels: loadKernels({ threads: 1 }), listen: [o.listen], bootstrap: o.bootstrap ?? [], ...(o.stage !== undefined ? { stage: o.stage } : {}), fresh: o.fresh });
+      const spec = splitStages(manifest.model, manifest.stages)[peer.stage];
+      say(o, `pipeline ${runId.slice(0, 12)}: serving stage ${peer.stage} of ${manifest.stages} (layers ${spec.l0}..${spec.l1 - 1}, ${peer.server.stage.numParams} parameters${o.fresh ? ', waiting for a restore' : ''}) as ${peer.host.peerId}`);
+      result(o, { event: 'serving', runId, stage: peer.stage, peer: peer.host.peerId, addrs: peer.host.multiaddrs(), params: peer.server.stage.numParams, tensors: peer.server.stage.tensorNames(), ready: peer.server.ready() });
+      await new Promise<void>((resolve) => { process.once('SIGINT', () => resolve()); process.once('SIGTERM', () => resolve()); });
+      await peer.stop();
+    });
+}

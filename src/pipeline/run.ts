@@ -1,0 +1,160 @@
+/**
+ * A pipeline run across machines (issue 8): its manifest, the stage peer (`tessera stage`) and
+ * the driver's discovery of stage peers (`tessera pipeline --run`).
+ *
+ * Peers meet on the run's signed control topic. Every stage peer announces, every 2 s, the
+ * stage it serves, whether it holds its weights yet (a fresh peer waits for a restore), its
+ * measured throughput and its addresses. A joining peer listens for a few seconds and takes the
+ * stage with the lowest total throughput (placement.ts); it initializes its stage alone from the
+ * run's seed (Stage.init), never the whole model. The driver waits until every stage has a ready
+ * peer, then trains through them; when a stage's last peer dies it waits for a fresh peer
+ * announcing that stage and restores it from the checkpoint shares.
+ */
+import { z } from 'zod';
+import type { Logger } from 'pino';
+import { createHost, type Host } from '../net/host.js';
+import { joinControlChannel, type ControlChannel } from '../net/pubsub.js';
+import { openStore, type Store } from '../store/index.js';
+import { ModelConfigSchema, type ModelConfig } from '../model/config.js';
+import { Stage, splitStages } from '../model/stage.js';
+import { AdamWSchema, DEFAULT_ADAMW } from '../train/adamw.js';
+import type { Kernels } from '../kernels/api.js';
+import { canonicalJson } from '../swarm/canonical.js';
+import { sha256Hex } from '../net/bulk.js';
+import { InvalidInputError, TesseraError } from '../util/errors.js';
+import { chooseStage } from './placement.js';
+import { serveStage, type StageServer } from './stage-server.js';
+
+export const PipeManifestSchema = z.object({
+  version: z.literal(1),
+  kind: z.literal('pipeline'),
+  name: z.string().min(1).max(128),
+  model: ModelConfigSchema,
+  stages: z.number().int().min(1).max(64),
+  seed: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
+  /** Training data (the driver's only): the embedded corpus, tokenized to model.vocabSize. */
+  data: z.literal('brown'),
+  codec: z.object({ id: z.enum(['fp32', 'fp16', 'int8', 'lowrank']), k: z.number().int().min(1).optional(), seed: z.number().int().optional() }).strict(),
+  adamw: AdamWSchema,
+  lr: z.number().positive().max(1),
+  batch: z.number().int().min(1).max(4096),
+  micro: z.number().int().min(1).max(4096),
+  checkpointEvery: z.number().int().min(0),
+}).strict().refine((m) => m.stages <= m.model.layers, { message: 'more stages than layers' }).refine((m) => m.batch % m.micro === 0, { message: 'micro must divide batch' });
+export type PipeManifest = z.infer<typeof PipeManifestSchema>;
+
+export function pipeManifest(input: unknown): { manifest: PipeManifest; runId: string } {
+  const r = PipeManifestSchema.safeParse(input);
+  if (!r.success) throw new InvalidInputError(`invalid pipeline manifest: ${r.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
+  return { manifest: r.data, runId: sha256Hex(new TextEncoder().encode(canonicalJson(r.data))) };
+}
+
+export function defaultPipeManifest(o: { stages: number; layers: number; codec: PipeManifest['codec']; lr?: number; micro?: number; checkpointEvery?: number }): PipeManifest {
+  return {
+    version: 1, kind: 'pipeline', name: `brown-pipe-l${o.layers}-s${o.stages}`, model: { vocabSize: 512, ctx: 64, dim: 64, layers: o.layers, heads: 4 },
+    stages: o.stages, seed: 1, data: 'brown', codec: o.codec, adamw: DEFAULT_ADAMW, lr: o.lr ?? 3e-3, batch: 8, micro: o.micro ?? 2, checkpointEvery: o.checkpointEvery ?? 25,
+  };
+}
+
+const Announce = z.object({
+  stage: z.number().int().min(0).max(63), ready: z.boolean(), throughput: z.number().min(0).max(1e12),
+  addrs: z.array(z.string().min(1).max(256)).max(8),
+}).strict();
+export const PipeSchemas = { 'stage.announce': Announce } as const;
+export type Announcement = z.infer<typeof Announce> & { from: string; at: number };
+
+/** Announcements heard on a run's topic, latest per peer. */
+export class StageDirectory {
+  readonly byPeer = new Map<string, Announcement>();
+  constructor(readonly stages: number, private readonly staleMs = 8000) {}
+  record(from: string, a: z.infer<typeof Announce>, now = Date.now()): void {
+    if (a.stage >= this.stages) return;
+    this.byPeer.set(from, { ...a, from, at: now });
+  }
+  live(now = Date.now()): Announcement[] { return [...this.byPeer.values()].filter((a) => now - a.at < this.staleMs); }
+  loads(now = Date.now()): { peers: number; throughput: number }[] {
+    const out = Array.from({ length: this.stages }, () => ({ peers: 0, throughput: 0 }));
+    for (const a of this.live(now)) { out[a.stage].peers++; out[a.stage].throughput += a.throughput; }
+    return out;
+  }
+}
+
+export class PipelineRunError extends TesseraError {
+  constructor(message: string) { super('PIPELINE_RUN', message); }
+}
+
+export interface StagePeer { host: Host; store: Store; server: StageServer; stage: number; channel: ControlChannel<typeof PipeSchemas>; stop(): Promise<void> }
+
+/** Joins a pipeline run as a stage peer: picks (or is given) a stage, initializes or awaits a restore, serves, announces. */
+export async function runStagePeer(o: {
+  manifest: PipeManifest; runId: string; dataDir: string; kernels: Kernels; listen?: string[]; bootstrap?: string[];
+  stage?: number; fresh?: boolean; settleMs?: number; logger?: Logger;
+}): Promise<StagePeer> {
+  const m = o.manifest;
+  if (o.stage !== undefined && (o.stage < 0 || o.stage >= m.stages)) throw new InvalidInputError(`--stage must be in 0..${m.stages - 1}`);
+  const host = await createHost({ dataDir: o.dataDir, ...(o.listen ? { listen: o.listen } : {}), ...(o.bootstrap?.length ? { bootstrap: o.bootstrap } : {}), ...(o.logger ? { logger: o.logger } : {}) });
+  const store = await openStore(o.dataDir, { libp2p: host.node });
+  const dir = new StageDirectory(m.stages);
+  const channel = joinControlChannel({ host, runId: o.runId, schemas: PipeSchemas, onMessage: (msg) => dir.record(msg.from, msg.body) });
+  await new Promise((r) => setTimeout(r, o.settleMs ?? 3000));
+  const stage = o.stage ?? chooseStage(dir.loads());
+  const spec = splitStages(m.model, m.stages)[stage];
+  const server = await serveStage(host, {
+    config: m.model, spec, kernels: o.kernels, adamw: m.adamw, codec: m.codec, store,
+    init: o.fresh ? null : (s) => s.init(m.seed),
+  });
+  const throughput = measureThroughput(m.model, spec, o.kernels, m.batch / m.micro);
+  const announce = () => channel.publish('stage.announce', { stage, ready: server.ready(), throughput, addrs: host.multiaddrs().slice(0, 8) }).catch(() => undefined);
+  void announce();
+  const timer = setInterval(announce, 2000);
+  return {
+    host, store, server, stage, channel,
+    stop: async () => {
+      clearInterval(timer);
+      try { channel.close(); } catch { /* closing anyway */ }
+      await server.close().catch(() => undefined);
+      await store.stop().catch(() => undefined);
+      await host.stop().catch(() => undefined);
+    },
+  };
+}
+
+/** Tokens per second this machine runs one forward + backward of the stage at (its capacity). */
+function measureThroughput(config: ModelConfig, spec: ReturnType<typeof splitStages>[number], kernels: Kernels, B: number): number {
+  const st = new Stage(config, spec, kernels);
+  const T = config.ctx, N = B * T;
+  const input = st.first ? new Int32Array(N) : new Float32Array(N * config.dim);
+  const t0 = performance.now();
+  for (let i = 0; i < 3; i++) {
+    st.forward(i, input, B, T);
+    if (st.last) st.loss(i, new Int32Array(N), true);
+    st.backward(i, st.last ? null : new Float32Array(N * config.dim));
+  }
+  return (3 * N) / Math.max(1e-3, (performance.now() - t0) / 1000);
+}
+
+/** The driver's view of a run: waits until every stage has a ready peer, dials them, returns peer ids per stage. */
+export async function discoverStages(host: Host, dir: StageDirectory, o: { timeoutMs: number }): Promise<string[][]> {
+  const t0 = Date.now();
+  for (;;) {
+    const ready = dir.live().filter((a) => a.ready);
+    const per = Array.from({ length: dir.stages }, (_, i) => ready.filter((a) => a.stage === i));
+    if (per.every((p) => p.length > 0)) {
+      for (const a of ready) if (!host.connectedPeers().includes(a.from)) await host.dial(a.addrs[0], { signal: AbortSignal.timeout(5000) }).catch(() => undefined);
+      return per.map((p) => p.map((a) => a.from));
+    }
+    if (Date.now() - t0 > o.timeoutMs) throw new PipelineRunError(`no ready peer for stage(s) ${per.flatMap((p, i) => (p.length ? [] : [i])).join(', ')} after ${o.timeoutMs} ms (start them with \`tessera stage --run\`)`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+/** The driver's recovery hook: the next fresh peer (not ready) announcing stage `i`, dialed. */
+export async function awaitFreshPeer(host: Host, dir: StageDirectory, stage: number, exclude: Set<string>, timeoutMs: number): Promise<string> {
+  const t0 = Date.now();
+  for (;;) {
+    const a = dir.live().find((x) => x.stage === stage && !x.ready && !exclude.has(x.from));
+    if (a) { await host.dial(a.addrs[0], { signal: AbortSignal.timeout(5000) }); return a.from; }
+    if (Date.now() - t0 > timeoutMs) throw new PipelineRunError(`stage ${stage} lost its last peer and no fresh peer announced it within ${timeoutMs} ms (start one with \`tessera stage --run … --stage ${stage} --fresh\`)`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
