@@ -1,9 +1,7 @@
 /**
- * Which stage a peer serves (issue 8), as Petals does it but without its oscillation: a joining
- * peer takes the stage with the lowest total throughput; a serving peer moves only if the
- * pipeline's bottleneck (the slowest stage's total throughput) would rise by more than a
- * hysteresis factor, and never out of a stage it would leave empty. Moving back can then never
- * pass the same test, so peers do not flip-flop. Pure.
+ * Which stage a joining peer serves (issue 8), as Petals does it: the stage with the lowest total
+ * announced throughput. Peers do not move once serving (Petals' runtime rebalancing is where its
+ * oscillation comes from; moving with hysteresis is not built yet). Pure.
  */
 import { InvalidInputError } from '../util/errors.js';
 
@@ -23,25 +21,4 @@ export function chooseStage(stages: readonly StageLoad[]): number {
     if (a.throughput < b.throughput || (a.throughput === b.throughput && a.peers < b.peers)) best = i;
   }
   return best;
-}
-
-/**
- * Where a peer serving `from` with throughput `mine` should move, or null to stay: only out of
- * a stage that keeps another peer, and only if min-stage throughput grows by more than
- * `hysteresis` (relative; an empty stage always counts as an improvement).
- */
-export function rebalance(stages: readonly StageLoad[], from: number, mine: number, hysteresis = 0.2): number | null {
-  check(stages);
-  if (!(from >= 0 && from < stages.length) || !(mine > 0)) throw new InvalidInputError('rebalance: bad stage or throughput');
-  if (stages[from].peers < 2) return null;
-  const before = Math.min(...stages.map((s) => (s.peers === 0 ? 0 : s.throughput)));
-  let best: number | null = null, bestMin = before;
-  for (let to = 0; to < stages.length; to++) {
-    if (to === from) continue;
-    const after = stages.map((s, i) => (i === from ? s.throughput - mine : i === to ? s.throughput + mine : s.throughput));
-    const min = Math.min(...after);
-    if (min > bestMin) { bestMin = min; best = to; }
-  }
-  if (best === null) return null;
-  return before === 0 || bestMin > (1 + hysteresis) * before ? best : null;
 }
