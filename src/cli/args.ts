@@ -27,3 +27,8 @@ export function oneOf<T extends string>(...choices: T[]) {
     return value as T;
   };
 }
+
+/** A repeatable, comma-separable list flag (`--bootstrap a,b --bootstrap c`). */
+export function collect(value: string, prev: string[] = []): string[] {
+  return [...prev, ...value.split(',').filter(Boolean)];
+}

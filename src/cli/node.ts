@@ -5,14 +5,12 @@ import { say } from './output.js';
 import { defaultCacheDir } from './train.js';
 import { decodeManifest } from '../swarm/manifest.js';
 import { SwarmNode, type RoundReport } from '../swarm/node.js';
-import { int } from './args.js';
+import { int, collect } from './args.js';
 import { InvalidInputError } from '../util/errors.js';
 import { BEHAVIOURS, parseBehaviour, type Behaviour } from '../verify/adversaries.js';
 import { startDashboard, type Dashboard } from '../dashboard/server.js';
 import { readKey } from '../ledger/keys.js';
 import type { Address } from 'viem';
-
-const collect = (v: string, prev: string[] = []) => [...prev, ...v.split(',').filter(Boolean)];
 
 export function formatReport(r: RoundReport): string {
   const kb = (n: number) => `${(n / 1024).toFixed(1)}K`;

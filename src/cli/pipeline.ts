@@ -6,7 +6,7 @@
  */
 import type { Command } from 'commander';
 import cliProgress from 'cli-progress';
-import { int, num, oneOf } from './args.js';
+import { int, num, oneOf, collect } from './args.js';
 import { say, result } from './output.js';
 import { defaultCacheDir } from './train.js';
 import { loadCorpus, prepareDataset } from '../data/index.js';
@@ -30,8 +30,6 @@ interface PipelineOptions {
   kill?: string; checkpointEvery: number; prompt: string; cacheDir: string; json: boolean;
   writeRun?: string; run?: string; dataDir?: string; listen: string; bootstrap?: string[]; waitMs: number;
 }
-
-const collect = (v: string, prev: string[] = []) => [...prev, ...v.split(',').filter(Boolean)];
 
 function codecOf(o: PipelineOptions, dim: number): ActCodecSpec {
   return o.codec === 'lowrank' ? { id: 'lowrank', k: Math.min(o.rank, dim) } : { id: o.codec as ActCodecSpec['id'] };

@@ -1,14 +1,12 @@
 /** `tessera stage`: serve one stage of a pipeline run (protocol learning) until stopped. */
 import type { Command } from 'commander';
 import { readFileSync } from 'node:fs';
-import { int } from './args.js';
+import { int, collect } from './args.js';
 import { say, result } from './output.js';
 import { loadKernels } from '../kernels/index.js';
 import { pipeManifest, runStagePeer } from '../pipeline/run.js';
 import { splitStages } from '../model/stage.js';
 import { InvalidInputError } from '../util/errors.js';
-
-const collect = (v: string, prev: string[] = []) => [...prev, ...v.split(',').filter(Boolean)];
 
 export function register(program: Command): void {
   program.command('stage')

@@ -16,6 +16,30 @@ import { paramCount, paramSpecs, paramViews, type ParamViews } from './params.js
 import { Rng } from '../util/rng.js';
 import { InvalidInputError } from '../util/errors.js';
 
+/**
+ * Walks GPT-2's initial values tensor by tensor in layout order (paramSpecs), calling
+ * `put(tensorIndex, i, value)` for each: N(0, 0.02) for matrices and embeddings, residual
+ * projections scaled by 1/sqrt(2L), zero biases, unit LayerNorm gains. One random stream for the
+ * whole model, so a pipeline stage can take its own tensors' values without storing the rest.
+ */
+export function initValues(config: ModelConfig, seed: number, put: (tensor: number, i: number, x: number) => void): void {
+  const rng = new Rng(seed);
+  const gauss = () => {
+    // Box-Muller; u1 in (0, 1] so log is finite.
+    const u1 = 1 - rng.nextFloat(), u2 = rng.nextFloat();
+    return Math.sqrt(-2 * Math.log(u1)) * Math.cos(2 * Math.PI * u2);
+  };
+  const residStd = 0.02 / Math.sqrt(2 * config.layers);
+  paramSpecs(config).forEach((s, t) => {
+    if (s.name.endsWith('ln1.w') || s.name.endsWith('ln2.w') || s.name === 'lnf.w') for (let i = 0; i < s.size; i++) put(t, i, 1);
+    else if (s.shape.length === 1) for (let i = 0; i < s.size; i++) put(t, i, 0);
+    else {
+      const std = s.name.endsWith('attn.proj.w') || s.name.endsWith('mlp.proj.w') ? residStd : 0.02;
+      for (let i = 0; i < s.size; i++) put(t, i, Math.fround(gauss() * std));
+    }
+  });
+}
+
 /** Activation views for one (B, T): everything backward needs, plus shared scratch. */
 interface Acts {
   B: number; T: number;
@@ -64,22 +88,8 @@ export class GPT {
    * scaled by 1/sqrt(2L), zero biases, unit LayerNorm gains. Deterministic in `seed`.
    */
   init(seed: number): void {
-    const rng = new Rng(seed);
-    const gauss = () => {
-      // Box-Muller; u1 in (0, 1] so log is finite.
-      const u1 = 1 - rng.nextFloat(), u2 = rng.nextFloat();
-      return Math.sqrt(-2 * Math.log(u1)) * Math.cos(2 * Math.PI * u2);
-    };
-    const residStd = 0.02 / Math.sqrt(2 * this.config.layers);
-    for (const s of paramSpecs(this.config)) {
-      const v = this.params.subarray(s.offset, s.offset + s.size);
-      if (s.name.endsWith('ln1.w') || s.name.endsWith('ln2.w') || s.name === 'lnf.w') v.fill(1);
-      else if (s.shape.length === 1) v.fill(0);
-      else {
-        const std = s.name.endsWith('attn.proj.w') || s.name.endsWith('mlp.proj.w') ? residStd : 0.02;
-        for (let i = 0; i < v.length; i++) v[i] = gauss() * std;
-      }
-    }
+    const specs = paramSpecs(this.config);
+    initValues(this.config, seed, (t, i, x) => { this.params[specs[t].offset + i] = x; });
   }
 
   zeroGrad(): void { this.grads.fill(0); }

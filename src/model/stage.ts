@@ -16,8 +16,8 @@
 import type { Kernels } from '../kernels/api.js';
 import { ModelConfigSchema, type ModelConfig } from './config.js';
 import { paramSpecs, type TensorSpec } from './params.js';
+import { initValues } from './gpt.js';
 import { InvalidInputError } from '../util/errors.js';
-import { Rng } from '../util/rng.js';
 
 export interface StageSpec {
   /** 0-based stage index and the number of stages. */
@@ -123,27 +123,14 @@ export class Stage {
    * holding the rest of the model. The last stage's head takes wte's values (tied).
    */
   init(seed: number): void {
-    const rng = new Rng(seed);
-    const gauss = () => {
-      const u1 = 1 - rng.nextFloat(), u2 = rng.nextFloat();
-      return Math.sqrt(-2 * Math.log(u1)) * Math.cos(2 * Math.PI * u2);
-    };
-    const residStd = 0.02 / Math.sqrt(2 * this.config.layers);
+    const all = paramSpecs(this.config);
     const mine = new Map(this.specs.map((t) => [t.name, t]));
-    const headOf = !this.first && this.last ? mine.get('head') : undefined;
-    for (const t of paramSpecs(this.config)) {
-      const own = mine.get(t.name), alsoHead = t.name === 'wte' ? headOf : undefined;
-      const put = (i: number, x: number) => {
-        if (own) this.params[own.offset + i] = x;
-        if (alsoHead) this.params[alsoHead.offset + i] = x;
-      };
-      if (t.name.endsWith('ln1.w') || t.name.endsWith('ln2.w') || t.name === 'lnf.w') { for (let i = 0; i < t.size; i++) put(i, 1); }
-      else if (t.shape.length === 1) { for (let i = 0; i < t.size; i++) put(i, 0); }
-      else {
-        const std = t.name.endsWith('attn.proj.w') || t.name.endsWith('mlp.proj.w') ? residStd : 0.02;
-        for (let i = 0; i < t.size; i++) put(i, Math.fround(gauss() * std));
-      }
-    }
+    const head = !this.first && this.last ? mine.get('head') : undefined;
+    const at = all.map((t) => mine.get(t.name)?.offset ?? -1);
+    initValues(this.config, seed, (t, i, x) => {
+      if (at[t] >= 0) this.params[at[t] + i] = x;
+      if (t === 0 && head) this.params[head.offset + i] = x; // wte's values become the head copy
+    });
   }
 
   /** Tensor names this stage holds (the containment check reads them). */
