@@ -77,6 +77,12 @@ test('stage peers choose their stages, a driver trains through them, and a kille
   assert.equal(done.recoveries[0].stage, 1);
   assert.equal(done.recoveries[0].fromStep % 5, 0, 'restored to a checkpoint');
   assert.ok(done.sample.length > 0 && done.usagePerStage.every((u) => u > 0));
+  // Inference through the stage holders from another process: `tessera generate --swarm`.
+  const gen = spawnSync(process.execPath, [bin, 'generate', '--swarm', run, '--bootstrap', (peers[0].lines[0].addrs as string[])[0], '--prompt', 'The jury', '--max-tokens', '8', '--json'], { encoding: 'utf8', timeout: 60_000 });
+  assert.equal(gen.status, 0, gen.stderr);
+  const gj = JSON.parse(gen.stdout) as { completion: string; tokens: number; usagePerStage: number[] };
+  assert.equal(gj.tokens, 8);
+  assert.ok(gj.usagePerStage.length === 3 && gj.usagePerStage.every((u) => u > 0), 'every stage metered');
   process.stderr.write(`pipeline-run: stages ${peers.map(stageOf).join(',')}; stage 1 restored from step ${done.recoveries[0].fromStep} in ${done.recoveries[0].ms.toFixed(0)} ms; val ${done.valLoss.toFixed(3)}\n`);
   for (const p of [...peers, fresh]) if (p.child.exitCode === null) p.child.kill('SIGTERM');
 });

@@ -39,8 +39,8 @@ export async function startLocalChain(o: { runId: string; peers: number; validat
   let up = true;
   return {
     net, url: srv.url, port, contract: d.address, keys, validators, threshold, deployGas: d.gasUsed,
-    unserve: async () => { if (up) { up = false; srv.server.closeAllConnections(); await srv.close(); } },
+    unserve: async () => { if (up) { up = false; await srv.close(); } },
     serve: async () => { if (!up) { srv = await serveRpc(net.request, port); up = true; } },
-    close: async () => { if (up) { up = false; srv.server.closeAllConnections(); await srv.close(); } net.stop(); },
+    close: async () => { if (up) { up = false; await srv.close(); } net.stop(); },
   };
 }

@@ -8,6 +8,10 @@ import type { AddressInfo } from 'node:net';
 import type { EIP1193RequestFn } from 'viem';
 
 export async function serveRpc(request: EIP1193RequestFn, port = 0, host = '127.0.0.1'): Promise<{ url: string; close(): Promise<void>; server: Server }> {
+  // Closing drains: requests already handed to the chain finish (their effects happen before
+  // close() resolves); requests arriving after close() began are refused without reaching it.
+  let closing = false;
+  const inflight = new Set<Promise<unknown>>();
   const server = createServer((req, res) => {
     let body = '';
     req.on('data', (d: Buffer) => (body += d.toString('utf8')));
@@ -20,7 +24,10 @@ export async function serveRpc(request: EIP1193RequestFn, port = 0, host = '127.
           return { jsonrpc: '2.0', id: m.id ?? null, error: { code: typeof err.code === 'number' ? err.code : -32603, message: err.message ?? String(e), data: err.data } };
         }
       };
-      void (async () => {
+      // Closing: drop the connection unanswered, as a server that went away does (clients see the
+      // chain as unreachable, never as a refusal).
+      if (closing) { req.socket.destroy(); return; }
+      const done = (async () => {
         let out: unknown;
         try {
           const msg = JSON.parse(body) as unknown;
@@ -28,9 +35,12 @@ export async function serveRpc(request: EIP1193RequestFn, port = 0, host = '127.
         } catch {
           out = { jsonrpc: '2.0', id: null, error: { code: -32700, message: 'parse error' } };
         }
+        if (res.destroyed) return;
         res.writeHead(200, { 'content-type': 'application/json' });
         res.end(JSON.stringify(out));
       })();
+      inflight.add(done);
+      void done.finally(() => inflight.delete(done));
     });
   });
   await new Promise<void>((resolve) => server.listen(port, host, resolve));
@@ -38,6 +48,12 @@ export async function serveRpc(request: EIP1193RequestFn, port = 0, host = '127.
   return {
     url: `http://${host}:${a.port}`,
     server,
-    close: () => new Promise<void>((resolve) => server.close(() => resolve())),
+    close: async () => {
+      closing = true;
+      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      server.closeAllConnections();
+      await Promise.allSettled([...inflight]);
+      await closed;
+    },
   };
 }

@@ -96,7 +96,11 @@ export async function runStagePeer(o: {
   const store = await openStore(o.dataDir, { libp2p: host.node });
   const dir = new StageDirectory(m.stages);
   const channel = joinControlChannel({ host, runId: o.runId, schemas: PipeSchemas, onMessage: (msg) => dir.record(msg.from, msg.body) });
-  await new Promise((r) => setTimeout(r, o.settleMs ?? 3000));
+  // Listen before choosing: at least settleMs; with bootstrap peers, until someone is heard (at
+  // most 12 s), then one more announcement period, so that every serving peer has been counted.
+  const t0 = Date.now(), settle = o.settleMs ?? 3000, boot = (o.bootstrap?.length ?? 0) > 0;
+  while (Date.now() - t0 < settle || (boot && dir.live().length === 0 && Date.now() - t0 < 12_000)) await new Promise((r) => setTimeout(r, 100));
+  if (boot && dir.live().length > 0 && o.stage === undefined) await new Promise((r) => setTimeout(r, 2100));
   const stage = o.stage ?? chooseStage(dir.loads());
   const spec = splitStages(m.model, m.stages)[stage];
   const server = await serveStage(host, {
