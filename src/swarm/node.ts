@@ -330,8 +330,9 @@ export class SwarmNode {
   /** Audit: commitments heard (by round:peer), records since the last report, kernels for re-execution. */
   private readonly commits = new Map<string, { round: number; updateHash: string; steps: number; root: string; trace: string }>();
   private auditsSince: AuditRecord[] = [];
-  /** Members this peer currently leaves out of its proposals (selection by score). */
+  /** Members this peer currently leaves out of its proposals (selection by score), and the last round each was flagged. */
   private excluded: string[] = [];
+  private readonly flaggedAt = new Map<string, number>();
   /** Roster and base weights hash of each applied round (fraud proofs name past rounds). */
   private readonly roundInfo = new Map<number, { roster: string[]; baseHash: string }>();
   private fraudsSince: FraudRecord[] = [];
@@ -741,7 +742,7 @@ export class SwarmNode {
       });
       this.lastScores = { round, entries };
       this.scoredSince.push({ round, entries });
-      this.updateExclusions();
+      this.updateExclusions({ round, entries });
       for (const x of entries) if (x.flagged) this.logger.warn({ round, peer: x.peer, reason: x.reason }, 'validator flagged an update');
       const reportHash = canonicalHash({ round, baseHash, entries });
       if (!this.stopped) this.channel.publish('node.scores', { round, baseHash, reportHash, entries }).catch(() => undefined);
@@ -757,14 +758,18 @@ export class SwarmNode {
    * (hard checks, copies, failed audits, a low smoothed score; not 'harmful' alone, which noise
    * can trigger) are left out of this peer's proposals (the reducer's 'exclude' event).
    */
-  private updateExclusions(): void {
-    const trusted = new Set(this.o.trustValidators ?? []);
-    const reports = [...this.scoreReports].filter(([v]) => trusted.has(v)).map(([, r]) => r);
-    if (this.lastScores) reports.push(this.lastScores);
+  private updateExclusions(report?: { round: number; entries: ScoreEntry[] }): void {
+    // Per member, the last round a trusted validator flagged it; an unflagged score clears it. A
+    // report that does not mention a member (its update arrived too late to be scored) changes
+    // nothing, so a left-out member is not let back in by a gap.
+    if (report) {
+      for (const e of report.entries) {
+        if (e.flagged && e.reason !== 'harmful') this.flaggedAt.set(e.peer, Math.max(report.round, this.flaggedAt.get(e.peer) ?? -1));
+        else if (!e.flagged && (this.flaggedAt.get(e.peer) ?? -1) < report.round) this.flaggedAt.delete(e.peer);
+      }
+    }
     const now = this.state?.round ?? 0;
-    const out = new Set<string>();
-    for (const r of reports) if (r.round >= now - 3) for (const e of r.entries) if (e.flagged && e.reason !== 'harmful') out.add(e.peer);
-    const next = [...out].sort(compareIds);
+    const next = [...this.flaggedAt].filter(([, r]) => r >= now - 3).map(([p]) => p).sort(compareIds);
     if (next.join() === this.excluded.join()) return;
     if (next.length) this.logger.warn({ round: now, peers: next }, 'leaving flagged peers out of proposed update sets');
     this.excluded = next;
@@ -982,7 +987,7 @@ export class SwarmNode {
       const b = body as { round: number; entries: ScoreEntry[] };
       const old = this.scoreReports.get(from);
       if (!old || old.round < b.round) this.scoreReports.set(from, { round: b.round, entries: b.entries });
-      this.updateExclusions();
+      if (this.o.trustValidators?.includes(from)) this.updateExclusions(b);
       return;
     }
     if (kind === 'node.commit') {
