@@ -237,6 +237,8 @@ const FETCH_MS = 30_000;
 const UNPIN_GRACE_ROUNDS = 10;
 /** Limit on fetching one item to hold; a miss is retried at the next round. */
 const HOLD_FETCH_MS = 10_000;
+/** Latest round states kept (pinned on IPFS and as bulk bundles) for joiners that fetch slowly. */
+const RECENT_STATES = 4;
 /** Decoded training shards kept in memory. */
 const SHARD_CACHE = 64;
 
@@ -310,7 +312,7 @@ export class SwarmNode {
   private train!: TokenArray;
   private evalSet: Batch[] = [];
   /** Bulk objects by sha256: update payloads and snapshot bundles. */
-  private readonly bulk = new Map<string, { bytes: Uint8Array; round: number }>();
+  private readonly bulk = new Map<string, { bytes: Uint8Array; round: number; keepRounds?: number }>();
   /** Decoded Δ by update hash. */
   private readonly deltas = new Map<string, Float32Array>();
   /** Update messages seen on gossip, by update hash. */
@@ -375,6 +377,8 @@ export class SwarmNode {
   /** Checkpoints retained (every checkpointEvery rounds), oldest first; and the latest round state. */
   private checkpoints: { round: number; cid: string }[] = [];
   private latestState: { round: number; cid: string } | null = null;
+  /** The last RECENT_STATES published states, oldest first (kept pinned). */
+  private readonly recentStates: { round: number; cid: string }[] = [];
   private storageState = { held: 0, needed: 0 };
   /** Serializes pin / unpin / publish / gc on the store. */
   private storeChain: Promise<unknown> = Promise.resolve();
@@ -1085,8 +1089,7 @@ export class SwarmNode {
   }
 
   private prune(): void {
-    const keepFrom = this.state.round - 2;
-    for (const [h, v] of this.bulk) if (v.round < keepFrom) { this.bulk.delete(h); this.deltas.delete(h); this.updateMsgs.delete(h); }
+    for (const [h, v] of this.bulk) if (v.round < this.state.round - (v.keepRounds ?? 2)) { this.bulk.delete(h); this.deltas.delete(h); this.updateMsgs.delete(h); }
   }
 
   // ───────────── training / apply / sync ─────────────
@@ -1318,7 +1321,9 @@ export class SwarmNode {
     writeFileSync(tmp, bytes);
     renameSync(tmp, this.snapPath);
     const bundle = sha256Hex(bytes);
-    this.bulk.set(bundle, { bytes, round: snap.round });
+    // Snapshots outlive updates: a joiner slowed down by its own start-up (or a loaded machine)
+    // may ask for one a few rounds after it was advertised.
+    this.bulk.set(bundle, { bytes, round: snap.round, keepRounds: RECENT_STATES });
     // The same state as an IPFS checkpoint directory. Its files are encoded now, synchronously
     // (θ may change right after); adding them to the store and pinning happen in the background.
     const files = { config: this.m.model, params: this.theta.slice(), momentum: this.outer.momentum.slice(), runId: this.o.manifest.runId, round: snap.round, snapshot: snap };
@@ -1332,14 +1337,18 @@ export class SwarmNode {
         cid = c.toString();
         this.stateCids.set(snap.round, cid);
         if (this.stateCids.size > 64) this.stateCids.delete(this.stateCids.keys().next().value!);
-        const prev = this.latestState;
         this.latestState = { round: snap.round, cid };
+        if (!this.recentStates.some((x) => x.cid === cid)) this.recentStates.push({ round: snap.round, cid });
         if (snap.round % this.sp.checkpointEvery === 0 && !this.checkpoints.some((x) => x.cid === cid)) {
           this.checkpoints.push({ round: snap.round, cid });
           this.checkpointCid = cid;
         }
-        // The previous latest state stays pinned only if it is a retained checkpoint we hold (replicate() decides).
-        if (prev && prev.cid !== cid && !this.checkpoints.some((x) => x.cid === prev.cid)) await this.store.unpin(parseCid(prev.cid));
+        // The last RECENT_STATES states stay pinned (joiners fetch them by CID); an older one only
+        // if it is a retained checkpoint we hold (replicate() decides).
+        while (this.recentStates.length > RECENT_STATES) {
+          const old = this.recentStates.shift()!;
+          if (old.cid !== cid && !this.checkpoints.some((x) => x.cid === old.cid)) await this.store.unpin(parseCid(old.cid));
+        }
       } catch (err) {
         this.logger.warn({ round: snap.round, err: (err as Error).message }, 'cannot publish state checkpoint; serving it by bulk only');
       }
@@ -1400,7 +1409,7 @@ export class SwarmNode {
     const R = this.sp.replicas;
     while (this.checkpoints.length > this.sp.keepCheckpoints) {
       const old = this.checkpoints.shift()!;
-      if (old.cid !== this.latestState?.cid) await this.store.unpin(parseCid(old.cid)).catch(() => undefined);
+      if (!this.recentStates.some((x) => x.cid === old.cid)) await this.store.unpin(parseCid(old.cid)).catch(() => undefined);
     }
     const items: PinItem[] = [];
     const dsm = this.dataset;
