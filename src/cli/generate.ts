@@ -9,14 +9,13 @@ import { say, result } from './output.js';
 import { loadKernels } from '../kernels/index.js';
 import { loadModel } from './load.js';
 import { sample } from '../model/sample.js';
-import { readFileSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
 import { createHost } from '../net/host.js';
-import { joinControlChannel } from '../net/pubsub.js';
 import { PipelineDriver } from '../pipeline/driver.js';
-import { PipeSchemas, StageDirectory, discoverStages, pipeManifest } from '../pipeline/run.js';
+import { discoverStages, listenToRun, readPipeManifest } from '../pipeline/run.js';
 import { loadCorpus, prepareDataset } from '../data/index.js';
 import { defaultCacheDir } from './train.js';
 import { InvalidInputError } from '../util/errors.js';
@@ -25,14 +24,11 @@ interface SwarmGen { swarm: string; bootstrap?: string[]; prompt: string; maxTok
 
 /** Through a pipeline's stage holders (the driver's forward-only path). */
 async function generateSwarm(o: SwarmGen): Promise<void> {
-  let raw: unknown;
-  try { raw = JSON.parse(readFileSync(o.swarm, 'utf8')); } catch (e) { throw new InvalidInputError(`cannot read --swarm ${o.swarm}: ${(e as Error).message}`); }
-  const { manifest: m, runId } = pipeManifest(raw);
+  const { manifest: m, runId } = readPipeManifest(o.swarm, '--swarm');
   if (!o.bootstrap?.length) throw new InvalidInputError('--swarm needs --bootstrap <a stage peer\'s multiaddr>');
   const dir = mkdtempSync(join(tmpdir(), 'tessera-generate-'));
   const host = await createHost({ dataDir: dir, bootstrap: o.bootstrap, logger: pino({ level: process.env.TESSERA_LOG ?? 'warn' }, pino.destination(2)) });
-  const sd = new StageDirectory(m.stages);
-  const channel = joinControlChannel({ host, runId, schemas: PipeSchemas, onMessage: (msg) => sd.record(msg.from, msg.body) });
+  const { dir: sd, close } = listenToRun(host, runId, m.stages);
   try {
     const stages = await discoverStages(host, sd, { timeoutMs: o.waitMs });
     const tok = prepareDataset({ corpus: loadCorpus(m.data), vocabSize: m.model.vocabSize, cacheDir: defaultCacheDir() }).tokenizer;
@@ -43,7 +39,7 @@ async function generateSwarm(o: SwarmGen): Promise<void> {
     result(o, { prompt: o.prompt, completion, tokens: g.tokens.length, stages: stages.map((p) => p.length), usagePerStage: g.usage },
       `${o.prompt}${completion}\n(through ${m.stages} stages, ${stages.map((p, i) => `stage ${i}: ${p.map((x) => x.slice(-8)).join('/')}`).join(', ')}; tokens processed per stage: ${g.usage.join(', ')})`);
   } finally {
-    try { channel.close(); } catch { /* closing anyway */ }
+    close();
     await host.stop();
     rmSync(dir, { recursive: true, force: true });
   }

@@ -18,12 +18,11 @@ import { startLocalPipeline } from '../pipeline/local.js';
 import { stageCredits } from '../pipeline/credit.js';
 import { exactBytes, type ActCodecSpec } from '../pipeline/act-codec.js';
 import { InvalidInputError } from '../util/errors.js';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { pino } from 'pino';
 import { createHost } from '../net/host.js';
-import { joinControlChannel } from '../net/pubsub.js';
 import { PipelineDriver } from '../pipeline/driver.js';
-import { PipeSchemas, StageDirectory, awaitFreshPeer, defaultPipeManifest, discoverStages, pipeManifest } from '../pipeline/run.js';
+import { awaitFreshPeer, defaultPipeManifest, discoverStages, listenToRun, pipeManifest, readPipeManifest } from '../pipeline/run.js';
 
 interface PipelineOptions {
   stages: number; layers: number; replicas: number; steps: number; codec: string; rank: number; micro: number; lr: number;
@@ -37,13 +36,10 @@ function codecOf(o: PipelineOptions, dim: number): ActCodecSpec {
 
 /** `--run`: drive a pipeline whose stage peers (`tessera stage`) run anywhere. */
 async function driveRun(o: PipelineOptions): Promise<void> {
-  let raw: unknown;
-  try { raw = JSON.parse(readFileSync(o.run!, 'utf8')); } catch (e) { throw new InvalidInputError(`cannot read --run ${o.run}: ${(e as Error).message}`); }
-  const { manifest: m, runId } = pipeManifest(raw);
+  const { manifest: m, runId } = readPipeManifest(o.run!, '--run');
   if (!o.dataDir) throw new InvalidInputError('--run needs --data-dir (the driver\'s identity)');
   const host = await createHost({ dataDir: o.dataDir, listen: [o.listen], ...(o.bootstrap?.length ? { bootstrap: o.bootstrap } : {}), logger: pino({ level: process.env.TESSERA_LOG ?? 'warn' }, pino.destination(2)) });
-  const dir = new StageDirectory(m.stages);
-  const channel = joinControlChannel({ host, runId, schemas: PipeSchemas, onMessage: (msg) => dir.record(msg.from, msg.body) });
+  const { dir, close } = listenToRun(host, runId, m.stages);
   try {
     say(o, `pipeline ${runId.slice(0, 12)}: driver ${host.peerId}; waiting for a ready peer on each of ${m.stages} stages…`);
     const stages = await discoverStages(host, dir, { timeoutMs: o.waitMs });
@@ -73,7 +69,7 @@ async function driveRun(o: PipelineOptions): Promise<void> {
     result(o, { event: 'done', runId, steps: o.steps, trainLoss: last, valLoss: val, stages: driver.replicas(), recoveries: driver.recoveries, sample: ds.tokenizer.decode(g.tokens), usagePerStage: g.usage },
       `done: ${o.steps} steps, val loss ${val.toFixed(4)}; sample through the stage holders: ${o.prompt}${ds.tokenizer.decode(g.tokens)}`);
   } finally {
-    try { channel.close(); } catch { /* closing anyway */ }
+    close();
     await host.stop();
   }
 }

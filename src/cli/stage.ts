@@ -1,12 +1,10 @@
 /** `tessera stage`: serve one stage of a pipeline run (protocol learning) until stopped. */
 import type { Command } from 'commander';
-import { readFileSync } from 'node:fs';
 import { int, collect } from './args.js';
 import { say, result } from './output.js';
 import { loadKernels } from '../kernels/index.js';
-import { pipeManifest, runStagePeer } from '../pipeline/run.js';
+import { readPipeManifest, runStagePeer } from '../pipeline/run.js';
 import { splitStages } from '../model/stage.js';
-import { InvalidInputError } from '../util/errors.js';
 
 export function register(program: Command): void {
   program.command('stage')
@@ -19,11 +17,7 @@ export function register(program: Command): void {
     .option('--fresh', 'start without weights and wait for the driver to restore this stage from checkpoint shares', false)
     .option('--json', 'JSON lines on stdout', false)
     .action(async (o: { run: string; dataDir: string; listen: string; bootstrap?: string[]; stage?: number; fresh: boolean; json: boolean }) => {
-      let text: string;
-      try { text = readFileSync(o.run, 'utf8'); } catch (e) { throw new InvalidInputError(`cannot read --run ${o.run}: ${(e as Error).message}`); }
-      let raw: unknown;
-      try { raw = JSON.parse(text); } catch (e) { throw new InvalidInputError(`${o.run} is not JSON: ${(e as Error).message}`); }
-      const { manifest, runId } = pipeManifest(raw);
+      const { manifest, runId } = readPipeManifest(o.run, '--run');
       const peer = await runStagePeer({ manifest, runId, dataDir: o.dataDir, kernels: loadKernels({ threads: 1 }), listen: [o.listen], bootstrap: o.bootstrap ?? [], ...(o.stage !== undefined ? { stage: o.stage } : {}), fresh: o.fresh });
       const spec = splitStages(manifest.model, manifest.stages)[peer.stage];
       say(o, `pipeline ${runId.slice(0, 12)}: serving stage ${peer.stage} of ${manifest.stages} (layers ${spec.l0}..${spec.l1 - 1}, ${peer.server.stage.numParams} parameters${o.fresh ? ', waiting for a restore' : ''}) as ${peer.host.peerId}`);

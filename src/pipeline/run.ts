@@ -10,6 +10,7 @@
  * peer, then trains through them; when a stage's last peer dies it waits for a fresh peer
  * announcing that stage and restores it from the checkpoint shares.
  */
+import { readFileSync } from 'node:fs';
 import { z } from 'zod';
 import type { Logger } from 'pino';
 import { createHost, type Host } from '../net/host.js';
@@ -49,6 +50,15 @@ export function pipeManifest(input: unknown): { manifest: PipeManifest; runId: s
   return { manifest: r.data, runId: sha256Hex(new TextEncoder().encode(canonicalJson(r.data))) };
 }
 
+/** A pipeline manifest from a file named by a CLI flag, with a clear error for a missing or non-JSON file. */
+export function readPipeManifest(file: string, flag: string): { manifest: PipeManifest; runId: string } {
+  let text: string;
+  try { text = readFileSync(file, 'utf8'); } catch (e) { throw new InvalidInputError(`cannot read ${flag} ${file}: ${(e as Error).message}`); }
+  let raw: unknown;
+  try { raw = JSON.parse(text); } catch (e) { throw new InvalidInputError(`${file} is not JSON: ${(e as Error).message}`); }
+  return pipeManifest(raw);
+}
+
 export function defaultPipeManifest(o: { stages: number; layers: number; codec: PipeManifest['codec']; lr?: number; micro?: number; checkpointEvery?: number }): PipeManifest {
   return {
     version: 1, kind: 'pipeline', name: `brown-pipe-l${o.layers}-s${o.stages}`, model: { vocabSize: 512, ctx: 64, dim: 64, layers: o.layers, heads: 4 },
@@ -79,6 +89,13 @@ export class StageDirectory {
   }
 }
 
+/** Joins a run's signed topic and records every stage announcement heard on it. */
+export function listenToRun(host: Host, runId: string, stages: number): { dir: StageDirectory; channel: ControlChannel<typeof PipeSchemas>; close(): void } {
+  const dir = new StageDirectory(stages);
+  const channel = joinControlChannel({ host, runId, schemas: PipeSchemas, onMessage: (msg) => dir.record(msg.from, msg.body) });
+  return { dir, channel, close: () => { try { channel.close(); } catch { /* closing anyway */ } } };
+}
+
 export class PipelineRunError extends TesseraError {
   constructor(message: string) { super('PIPELINE_RUN', message); }
 }
@@ -94,8 +111,7 @@ export async function runStagePeer(o: {
   if (o.stage !== undefined && (o.stage < 0 || o.stage >= m.stages)) throw new InvalidInputError(`--stage must be in 0..${m.stages - 1}`);
   const host = await createHost({ dataDir: o.dataDir, ...(o.listen ? { listen: o.listen } : {}), ...(o.bootstrap?.length ? { bootstrap: o.bootstrap } : {}), ...(o.logger ? { logger: o.logger } : {}) });
   const store = await openStore(o.dataDir, { libp2p: host.node });
-  const dir = new StageDirectory(m.stages);
-  const channel = joinControlChannel({ host, runId: o.runId, schemas: PipeSchemas, onMessage: (msg) => dir.record(msg.from, msg.body) });
+  const { dir, channel, close } = listenToRun(host, o.runId, m.stages);
   // Listen before choosing: at least settleMs; with bootstrap peers, until someone is heard (at
   // most 12 s), then one more announcement period, so that every serving peer has been counted.
   const t0 = Date.now(), settle = o.settleMs ?? 3000, boot = (o.bootstrap?.length ?? 0) > 0;
@@ -115,7 +131,7 @@ export async function runStagePeer(o: {
     host, store, server, stage, channel,
     stop: async () => {
       clearInterval(timer);
-      try { channel.close(); } catch { /* closing anyway */ }
+      close();
       await server.close().catch(() => undefined);
       await store.stop().catch(() => undefined);
       await host.stop().catch(() => undefined);

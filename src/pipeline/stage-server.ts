@@ -37,6 +37,7 @@ import type { StageSpec } from '../model/stage.js';
 import { InvalidInputError } from '../util/errors.js';
 import { getActCodec, type ActCodec, type ActCodecSpec } from './act-codec.js';
 import { serveStageRpc } from './rpc.js';
+import { packF32, unpackF32 } from '../util/packed.js';
 import { randomBytes } from 'node:crypto';
 import { parseCid, type Store } from '../store/index.js';
 
@@ -222,35 +223,24 @@ export function int32Bytes(x: Int32Array): Uint8Array {
   return b;
 }
 
-/** A stage's state: u32 head length | JSON {v, index, count, l0, l1, step, tensors} | params | m | v (f32 LE). */
+/** A stage's state: packF32({v, index, count, l0, l1, step, tensors}, [params, m, v]) (src/util/packed.ts). */
 export function encodeStageState(stage: Stage, opt: AdamW): Uint8Array {
-  const P = stage.numParams;
-  const head = new TextEncoder().encode(JSON.stringify({ v: 1, ...stage.spec, step: opt.step, tensors: stage.tensorNames() }));
-  const out = new Uint8Array(4 + head.length + 12 * P);
-  const dv = new DataView(out.buffer);
-  dv.setUint32(0, head.length, true);
-  out.set(head, 4);
-  let o = 4 + head.length;
-  for (const a of [stage.params, opt.m, opt.v]) { for (let i = 0; i < P; i++) dv.setFloat32(o + 4 * i, a[i], true); o += 4 * P; }
-  return out;
+  return packF32({ v: 1, ...stage.spec, step: opt.step, tensors: stage.tensorNames() }, [stage.params, opt.m, opt.v]);
 }
 
 const StateHead = z.object({ v: z.literal(1), index: z.number().int(), count: z.number().int(), l0: z.number().int(), l1: z.number().int(), step: z.number().int().min(0), tensors: z.array(z.string()).max(100_000) }).strict();
 
 /** Loads a state made by encodeStageState into `stage` and `opt`; it must be this very stage. */
 export function decodeStageState(bytes: Uint8Array, stage: Stage, opt: AdamW): void {
-  const P = stage.numParams;
-  if (bytes.length < 4) throw new InvalidInputError('stage state too short');
-  const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  const hl = dv.getUint32(0, true);
-  if (bytes.length !== 4 + hl + 12 * P) throw new InvalidInputError(`stage state has ${bytes.length} bytes, expected ${4 + hl + 12 * P}`);
-  let head: z.infer<typeof StateHead>;
-  try { head = StateHead.parse(JSON.parse(new TextDecoder().decode(bytes.subarray(4, 4 + hl)))); } catch (err) { throw new InvalidInputError(`stage state header: ${(err as Error).message.slice(0, 120)}`); }
-  const sp = stage.spec;
+  const { head: raw, arrays } = unpackF32(bytes, 3, stage.numParams, 'stage state');
+  const h = StateHead.safeParse(raw);
+  if (!h.success) throw new InvalidInputError(`stage state header: ${h.error.message.slice(0, 120)}`);
+  const head = h.data, sp = stage.spec;
   if (head.index !== sp.index || head.count !== sp.count || head.l0 !== sp.l0 || head.l1 !== sp.l1 || head.tensors.join() !== stage.tensorNames().join()) {
     throw new InvalidInputError(`the checkpoint is of stage ${head.index}/${head.count}, not ${sp.index}/${sp.count}`);
   }
-  let o = 4 + hl;
-  for (const a of [stage.params, opt.m, opt.v]) { for (let i = 0; i < P; i++) a[i] = dv.getFloat32(o + 4 * i, true); o += 4 * P; }
+  stage.params.set(arrays[0]);
+  opt.m.set(arrays[1]);
+  opt.v.set(arrays[2]);
   opt.step = head.step;
 }

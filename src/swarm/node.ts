@@ -1261,6 +1261,7 @@ export class SwarmNode {
     const now = Date.now();
     const nowPerf = performance.now();
     const wall = nowPerf - this.lastCompute.at;
+    const datasetCid = this.datasetAt(round).cid;
     const r: RoundReport = {
       event, round, valLoss, trainLoss: this.trainLossAcc.n ? this.trainLossAcc.sum / this.trainLossAcc.n : NaN, contributors, checkpointCid: this.checkpointCid,
       computeFraction: wall > 0 ? Math.min(1, (this.computeMs - this.lastCompute.ms) / wall) : 0,
@@ -1274,7 +1275,7 @@ export class SwarmNode {
       ...(this.signedSince.length ? { signed: this.signedSince.splice(0) } : {}),
       ...(this.auditsSince.length ? { audits: this.auditsSince.splice(0) } : {}),
       ...(this.fraudsSince.length ? { frauds: this.fraudsSince.splice(0) } : {}),
-      ...(this.datasetAt(round).cid ? { datasetCid: this.datasetAt(round).cid! } : {}),
+      ...(datasetCid ? { datasetCid } : {}),
     };
     this.lastBytes = { ...w };
     this.lastCompute = { ms: this.computeMs, steps: this.innerStepsRun, at: nowPerf, cpu: cpuMs() };
