@@ -8,7 +8,9 @@
  * node view with a ledger (no processes) and reads the ownership panel: shares table, percentages,
  * totals, queue, minted rounds, proposals, the offline badge, and the hint once the link is gone.
  * Screenshots go to test-artifacts/ (git-ignored); TESSERA_UPDATE_SCREENSHOT=1 also copies the
- * 1280 px one to docs/dashboard.png for the README.
+ * 1280 px one to docs/dashboard.png for the README. A third serves a real local pipeline (3 stages ×
+ * 2 replicas over loopback) and reads the stage map: who holds which stage, a killed replica gone
+ * from it, and Generate through the stage holders.
  */
 import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -24,6 +26,13 @@ import { dataDirFor, freePort, preparePeer, spawnPeer, stopAll, type PeerProc } 
 import { startDashboard, type DashboardSource } from '../src/dashboard/server.js';
 import type { NodeView, RoundReport } from '../src/swarm/node.js';
 import { ledgerView, report, view } from './dashboard-fixtures.js';
+import { GPT } from '../src/model/gpt.js';
+import { loadKernels } from '../src/kernels/index.js';
+import { loadCorpus, prepareDataset } from '../src/data/index.js';
+import { BatchSampler } from '../src/data/batches.js';
+import { startLocalPipeline } from '../src/pipeline/local.js';
+import { defaultPipeManifest, pipeManifest } from '../src/pipeline/run.js';
+import { localDashSource, sampleThrough } from '../src/pipeline/dashboard.js';
 
 // Functions passed to page.evaluate run in the page (the page's CSP forbids string evaluation);
 // tsconfig has no DOM lib, so declare the little they touch.
@@ -284,4 +293,65 @@ test('ownership panel in Chromium: shares, percentages, totals, queue, minted ro
     await d.close();
   }
   process.stderr.write(`dashboard-e2e (ownership panel): ${((Date.now() - t0) / 1000).toFixed(2)} s\n`);
+});
+
+test('stage map in Chromium: a local pipeline, who holds which stage, a replica killed, generate through the stages', {
+  skip: existsSync(CHROMIUM) ? false : `${CHROMIUM} not found (apt-get install chromium; CI installs it)`,
+  timeout: 90_000,
+}, async () => {
+  const { manifest: m, runId } = pipeManifest(defaultPipeManifest({ stages: 3, layers: 3, codec: { id: 'int8' }, checkpointEvery: 0 }));
+  const k = loadKernels({ threads: 1 });
+  const g = new GPT(m.model, k);
+  g.init(1);
+  const lp = await startLocalPipeline({ config: m.model, stages: 3, replicas: 2, kernels: k, adamw: m.adamw, codec: m.codec, genesis: g.params });
+  const ds = prepareDataset({ corpus: loadCorpus('brown'), vocabSize: m.model.vocabSize, cacheDir: defaultCacheDir() });
+  const source = localDashSource(lp, runId, m, sampleThrough(() => lp.driver, ds.tokenizer, m.model.ctx));
+  source.phase = 'training';
+  const d = await startDashboard(source, { port: 0, pollMs: 100 });
+  const ctx = await (await launch()).newContext({ viewport: { width: 1280, height: 900 }, deviceScaleFactor: 1 });
+  const page = await ctx.newPage();
+  const problems: string[] = [];
+  page.on('console', (msg) => { if (msg.type() === 'error' || msg.type() === 'warning') problems.push(`console ${msg.type()}: ${msg.text()}`); });
+  page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+  const batches = new BatchSampler(ds.train, m.batch, m.model.ctx, 7n);
+  const step = async (s: number) => {
+    const r = await lp.driver.step(batches.next(), m.batch, m.model.ctx, m.micro, m.lr);
+    source.report({ step: s, trainLoss: r.loss, bytesSent: r.actBytes / 2, bytesReceived: r.actBytes / 2, seconds: 0.1, tokens: m.batch * m.model.ctx });
+  };
+  /** Per stage row: the holders' peer ids and their pills. */
+  const map = () => page.locator('#stages tbody tr').evaluateAll((trs) => trs.map((tr) => [...(tr as unknown as { querySelectorAll(s: string): { getAttribute(a: string): string; querySelector(s: string): { textContent: string } }[] }).querySelectorAll('.holder')]
+    .map((h) => `${h.getAttribute('data-peer')} ${h.querySelector('.pill').textContent}`).sort()));
+  try {
+    await page.goto(d.url, { waitUntil: 'load' });
+    for (let s = 0; s < 3; s++) await step(s);
+    await page.locator('#stages-panel:not([hidden]) #stages tbody tr').nth(2).waitFor({ timeout: 10_000 });
+    await page.waitForFunction(() => document.getElementById('loss-chart')?.dataset.rounds === '3', null, { timeout: 10_000 });
+    assert.deepEqual(await map(), lp.servers.map((row) => row.map((srv) => `${lp.peerOf(srv)} serving`).sort()), 'every stage lists exactly its two replicas');
+    const rows = await cells(page, '#stages');
+    assert.deepEqual(rows.map((r) => r.slice(0, 2)), [['0', '0 + embeddings'], ['1', '1'], ['2', '2 + head']]);
+    assert.match((await page.locator('#run').textContent())!, /pipeline · 3 stages/);
+    await fitsWidth(page, 1280);
+    mkdirSync(artifacts, { recursive: true });
+    await page.locator('#stages-panel').screenshot({ path: join(artifacts, 'dashboard-stages.png') });
+
+    // One replica of stage 1 dies mid-run: no step is lost, and the map drops it.
+    const victim = lp.peerOf(lp.servers[1][0]);
+    await lp.kill(1, 0);
+    await step(3);
+    await page.waitForFunction((id) => !document.querySelector(`#stages [data-peer="${id}"]`), victim, { timeout: 10_000 });
+    assert.deepEqual((await map())[1], [`${lp.peerOf(lp.servers[1][1])} serving`]);
+
+    // Generate through the stage holders.
+    await page.locator('#gen-prompt').fill('The jury said');
+    await page.locator('#gen-go').click();
+    await page.waitForFunction(() => Number(document.getElementById('gen-out')?.dataset.tokens ?? 0) > 0, null, { timeout: 20_000 });
+    await page.setViewportSize({ width: 400, height: 900 });
+    await page.waitForFunction(() => (document.querySelector('#loss-chart canvas')?.getBoundingClientRect().width ?? 1e9) <= 400, null, { timeout: 5000 });
+    await fitsWidth(page, 400);
+    assert.deepEqual(problems, [], 'no console errors');
+  } finally {
+    await ctx.close();
+    await d.close();
+    await lp.close();
+  }
 });

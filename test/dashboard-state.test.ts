@@ -11,6 +11,7 @@ import {
   type DashState,
 } from '../src/dashboard/state.js';
 import type { NodeView } from '../src/swarm/node.js';
+import type { RunSummary } from '../src/dashboard/state.js';
 import { A, A_ADDR, B, B_ADDR, ME, ME_ADDR, MANIFEST, SHARES, ledgerView, report, view } from './dashboard-fixtures.js';
 
 const row = (s: DashState, id: string) => peerRows(s).find((p) => p.id === id)!;
@@ -34,9 +35,12 @@ test('observe: run summary, roster, connected peers, seq grows', () => {
   assert.deepEqual(s1.roster, [A, ME].sort());
   assert.equal(s1.run!.name, 'tiny');
   assert.equal(s1.run!.params, 1234);
-  assert.equal(s1.run!.hyper.codec, 'sparse');
-  assert.equal(s1.run!.dataset.ref, `sha256:${'b'.repeat(64)}`);
-  assert.equal(s1.run!.timing.maxMissedRounds, 2);
+  assert.equal(s1.run!.kind, 'swarm');
+  const run = s1.run as RunSummary;
+  assert.equal(run.hyper.codec, 'sparse');
+  assert.equal(run.dataset.ref, `sha256:${'b'.repeat(64)}`);
+  assert.equal(run.timing.maxMissedRounds, 2);
+  assert.equal(s1.stages, null, 'a swarm run has no stage map');
   // Self and connected peers are seen now; roster members not connected get a row but no sighting.
   assert.equal(row(s1, ME).lastSeenAt, 10);
   assert.equal(row(s1, A).lastSeenAt, 10);

@@ -23,11 +23,24 @@ import { pino } from 'pino';
 import { createHost } from '../net/host.js';
 import { PipelineDriver } from '../pipeline/driver.js';
 import { awaitFreshPeer, defaultPipeManifest, discoverStages, listenToRun, pipeManifest, readPipeManifest } from '../pipeline/run.js';
+import { PipeDashSource, localDashSource, sampleThrough } from '../pipeline/dashboard.js';
+import { startDashboard, type Dashboard } from '../dashboard/server.js';
 
 interface PipelineOptions {
   stages: number; layers: number; replicas: number; steps: number; codec: string; rank: number; micro: number; lr: number;
   kill?: string; checkpointEvery: number; prompt: string; cacheDir: string; json: boolean;
   writeRun?: string; run?: string; dataDir?: string; listen: string; bootstrap?: string[]; waitMs: number;
+  dashboard?: number; dashboardHost: string; dashboardToken?: string;
+}
+
+/** `--dashboard`: the run's live dashboard with its stage map, served by this process while it trains. */
+async function serveDashboard(o: PipelineOptions, source: PipeDashSource): Promise<Dashboard | null> {
+  if (o.dashboard === undefined) return null;
+  const token = o.dashboardToken ?? process.env.TESSERA_DASHBOARD_TOKEN;
+  const dash = await startDashboard(source, { port: o.dashboard, host: o.dashboardHost, ...(token ? { token } : {}) });
+  say(o, `dashboard: ${dash.url}${dash.mode === 'off' ? ' (read-only)' : ''}`);
+  result({ json: o.json }, { event: 'dashboard', url: dash.url });
+  return dash;
 }
 
 function codecOf(o: PipelineOptions, dim: number): ActCodecSpec {
@@ -40,24 +53,35 @@ async function driveRun(o: PipelineOptions): Promise<void> {
   if (!o.dataDir) throw new InvalidInputError('--run needs --data-dir (the driver\'s identity)');
   const host = await createHost({ dataDir: o.dataDir, listen: [o.listen], ...(o.bootstrap?.length ? { bootstrap: o.bootstrap } : {}), logger: pino({ level: process.env.TESSERA_LOG ?? 'warn' }, pino.destination(2)) });
   const { dir, close } = listenToRun(host, runId, m.stages);
+  const ds = prepareDataset({ corpus: loadCorpus(m.data), vocabSize: m.model.vocabSize, cacheDir: o.cacheDir });
+  let driver: PipelineDriver | null = null;
+  const source = new PipeDashSource({
+    runId, manifest: m, peerId: host.peerId, connected: () => host.connectedPeers(),
+    peers: () => dir.live().map((a) => ({ peer: a.from, stage: a.stage, ready: a.ready, throughput: a.throughput })),
+    live: () => driver?.replicas() ?? [], generate: sampleThrough(() => driver, ds.tokenizer, m.model.ctx),
+  });
+  let dash: Dashboard | null = null;
   try {
+    dash = await serveDashboard(o, source);
     say(o, `pipeline ${runId.slice(0, 12)}: driver ${host.peerId}; waiting for a ready peer on each of ${m.stages} stages…`);
     const stages = await discoverStages(host, dir, { timeoutMs: o.waitMs });
     for (const [i, ps] of stages.entries()) say(o, `stage ${i}: ${ps.map((p) => p.slice(-8)).join(', ')}`);
     const tried = new Set<string>(stages.flat());
-    const driver = new PipelineDriver({
+    driver = new PipelineDriver({
       host, stages, dim: m.model.dim, vocabSize: m.model.vocabSize, codec: m.codec,
       addrsOf: (p) => dir.byPeer.get(p)?.addrs ?? [],
       recover: async (stage) => { const p = await awaitFreshPeer(host, dir, stage, tried, o.waitMs); tried.add(p); say(o, `stage ${stage}: restoring on fresh peer ${p.slice(-8)}`); return p; },
     });
-    const ds = prepareDataset({ corpus: loadCorpus(m.data), vocabSize: m.model.vocabSize, cacheDir: o.cacheDir });
     const B = m.batch, T = m.model.ctx;
-    const sampler = new BatchSampler(ds.train, B, T, BigInt(m.seed) + 7n);
+    const batches = new BatchSampler(ds.train, B, T, BigInt(m.seed) + 7n);
     const t0 = performance.now();
     let last = NaN;
+    source.phase = 'training';
     for (let s = 0; s < o.steps; s++) {
       if (m.checkpointEvery > 0 && m.stages >= 3 && s > 0 && s % m.checkpointEvery === 0) await driver.checkpoint();
-      last = (await driver.step(sampler.next(), B, T, m.micro, m.lr)).loss;
+      const ts = performance.now(), a0 = driver.actSent, r0 = driver.actReceived;
+      last = (await driver.step(batches.next(), B, T, m.micro, m.lr)).loss;
+      source.report({ step: s, trainLoss: last, bytesSent: driver.actSent - a0, bytesReceived: driver.actReceived - r0, seconds: (performance.now() - ts) / 1000, tokens: B * T });
       if ((s + 1) % 10 === 0 || s + 1 === o.steps) {
         say(o, `step ${s + 1}/${o.steps}  loss ${last.toFixed(3)}  ${(((s + 1) * B * T) / ((performance.now() - t0) / 1000)).toFixed(0)} tok/s`);
         result({ json: o.json }, { event: 'step', step: s + 1, loss: last });
@@ -69,6 +93,7 @@ async function driveRun(o: PipelineOptions): Promise<void> {
     result(o, { event: 'done', runId, steps: o.steps, trainLoss: last, valLoss: val, stages: driver.replicas(), recoveries: driver.recoveries, sample: ds.tokenizer.decode(g.tokens), usagePerStage: g.usage },
       `done: ${o.steps} steps, val loss ${val.toFixed(4)}; sample through the stage holders: ${o.prompt}${ds.tokenizer.decode(g.tokens)}`);
   } finally {
+    await dash?.close();
     close();
     await host.stop();
   }
@@ -95,6 +120,9 @@ export function register(program: Command): void {
     .option('--listen <ma>', 'with --run: listen multiaddr', '/ip4/127.0.0.1/tcp/0')
     .option('--bootstrap <ma...>', 'with --run: peers to connect to', collect)
     .option('--wait-ms <n>', 'with --run: how long to wait for stage peers (and for a fresh one after a loss)', int(1), 60_000)
+    .option('--dashboard <port>', 'serve the live dashboard with the stage map (who holds which stage) while training (0 = any free port)', int(0, 65535))
+    .option('--dashboard-host <addr>', 'address the dashboard binds to; beyond loopback it is read-only unless a token is set', '127.0.0.1')
+    .option('--dashboard-token <token>', 'token that unlocks the dashboard\'s Generate box; default: env TESSERA_DASHBOARD_TOKEN')
     .option('--json', 'machine-readable output on stdout', false)
     .action(async (o: PipelineOptions) => {
       if (o.writeRun) {
@@ -114,20 +142,23 @@ export function register(program: Command): void {
         kill = { stage: Number(m[1]), step: Number(m[2]) };
         if (o.replicas === 1 && o.checkpointEvery === 0) throw new InvalidInputError('--kill of an unreplicated stage needs --checkpoint-every > 0 to restore it');
       }
-      const config = { vocabSize: 512, ctx: 64, dim: 64, layers: o.layers, heads: 4 };
-      const B = 8, T = config.ctx;
-      if (B % o.micro !== 0) throw new InvalidInputError(`--micro must divide the batch of ${B}`);
-      const codec = codecOf(o, config.dim);
+      if (8 % o.micro !== 0) throw new InvalidInputError('--micro must divide the batch of 8');
+      const { manifest: m, runId } = pipeManifest(defaultPipeManifest({ stages: o.stages, layers: o.layers, codec: codecOf(o, 64), lr: o.lr, micro: o.micro, checkpointEvery: o.checkpointEvery }));
+      const config = m.model, codec = m.codec;
+      const B = m.batch, T = config.ctx;
       const ds = prepareDataset({ corpus: loadCorpus('brown'), vocabSize: config.vocabSize, cacheDir: o.cacheDir });
       const k = loadKernels({ threads: 1 });
       const init = new GPT(config, k);
       init.init(1);
       const lp = await startLocalPipeline({ config, stages: o.stages, replicas: o.replicas, kernels: k, adamw: DEFAULT_ADAMW, codec, genesis: init.params, checkpoints: o.checkpointEvery > 0 });
+      const source = localDashSource(lp, runId, m, sampleThrough(() => lp.driver, ds.tokenizer, T));
+      const dash = await serveDashboard(o, source).catch(async (e: unknown) => { await lp.close(); throw e; });
       try {
-        for (const [i, row] of lp.servers.entries()) say(o, `stage ${i}: ${row.length} peer(s) ${row.map((s) => (s as { host?: { peerId: string } }).host?.peerId.slice(-8)).join(', ')} holding ${row[0].stage.numParams} of ${init.numParams} parameters (${row[0].stage.tensorNames().length} tensors)`);
+        source.phase = 'training';
+        for (const [i, row] of lp.servers.entries()) say(o, `stage ${i}: ${row.length} peer(s) ${row.map((s) => lp.peerOf(s).slice(-8)).join(', ')} holding ${row[0].stage.numParams} of ${init.numParams} parameters (${row[0].stage.tensorNames().length} tensors)`);
         const perBoundary = (2 * exactBytes(codec, (B / o.micro) * T, config.dim)) / ((B / o.micro) * T);
         say(o, `activations: ${codec.id}${codec.k ? ` k=${codec.k}` : ''}, ${perBoundary.toFixed(1)} bytes/token per boundary (fp32: ${(8 * config.dim).toFixed(0)})`);
-        const sampler = new BatchSampler(ds.train, B, T, 7n);
+        const batches = new BatchSampler(ds.train, B, T, 7n);
         const bar = process.stderr.isTTY && !o.json ? new cliProgress.SingleBar({ format: 'pipeline |{bar}| {value}/{total} steps | loss {loss} | {tps} tok/s | ETA {eta_formatted}', hideCursor: true }, cliProgress.Presets.shades_classic) : null;
         bar?.start(o.steps, 0, { loss: '-', tps: '-' });
         const t0 = performance.now();
@@ -135,7 +166,9 @@ export function register(program: Command): void {
         for (let s = 0; s < o.steps; s++) {
           if (o.checkpointEvery > 0 && s > 0 && s % o.checkpointEvery === 0) await lp.driver.checkpoint();
           if (kill && s === kill.step) { await lp.kill(kill.stage, 0); say(o, `\nfailure drill: killed stage ${kill.stage}'s peer before step ${s}`); }
-          const r = await lp.driver.step(sampler.next(), B, T, o.micro, o.lr);
+          const ts = performance.now(), a0 = lp.driver.actSent, r0 = lp.driver.actReceived;
+          const r = await lp.driver.step(batches.next(), B, T, o.micro, o.lr);
+          source.report({ step: s, trainLoss: r.loss, bytesSent: lp.driver.actSent - a0, bytesReceived: lp.driver.actReceived - r0, seconds: (performance.now() - ts) / 1000, tokens: B * T });
           lastLoss = r.loss;
           bar?.update(s + 1, { loss: r.loss.toFixed(3), tps: Math.round(((s + 1) * B * T) / ((performance.now() - t0) / 1000)) });
           if (!bar && !o.json && (s + 1) % 50 === 0) say(o, `step ${s + 1}/${o.steps}  loss ${r.loss.toFixed(3)}`);
@@ -147,7 +180,7 @@ export function register(program: Command): void {
         for (const d of lp.driver.dropped) say(o, `peer dropped: stage ${d.stage} ${d.peer.slice(-8)}${o.replicas > 1 ? '; its replicas carried on' : ''}`);
         const prompt = ds.tokenizer.encodeOrdinary(o.prompt);
         const g = await lp.driver.generate(prompt, 32, { ctx: T, seed: 1 });
-        const work = lp.servers.flatMap((row, stage) => row.map((s) => ({ peer: (s as { host?: { peerId: string } }).host?.peerId ?? `stage-${stage}`, stage, params: s.stage.numParams, tokens: s.stats.tokens })));
+        const work = lp.servers.flatMap((row, stage) => row.map((s) => ({ peer: lp.peerOf(s), stage, params: s.stage.numParams, tokens: s.stats.tokens })));
         const credits = stageCredits(work);
         const summary = {
           stages: o.stages, replicas: o.replicas, steps: o.steps, codec, valLoss: val, trainLoss: lastLoss, seconds,
@@ -161,6 +194,7 @@ export function register(program: Command): void {
           'credit (share of a round\'s minting): ' + credits.map((c) => `stage ${c.stage} ${c.peer.slice(-8)} ${(100 * c.score).toFixed(1)}%`).join(', '),
         ].join('\n'));
       } finally {
+        await dash?.close();
         await lp.close();
       }
     });

@@ -29,23 +29,23 @@ import { timeout } from 'hono/timeout';
 import { streamSSE, type SSEStreamingApi } from 'hono/streaming';
 import { serve } from '@hono/node-server';
 import { z } from 'zod';
-import type { NodeView, RoundReport } from '../swarm/node.js';
+import type { RoundReport } from '../swarm/node.js';
 import {
-  initialState, observe, ownContribution, ownership, peerRows, pointsSince, record, type DashState, type Limits, type RoundPoint,
+  initialState, observe, ownContribution, ownership, peerRows, pointsSince, record, type DashState, type DashView, type Limits, type RoundPoint,
 } from './state.js';
 import {
   BadRequestError, BodyTooLargeError, BusyError, DashboardError, DashboardListenError, ForbiddenOriginError, NotFoundError,
   NotReadyError, ReadOnlyError, UnauthorizedError, UnsupportedMediaError,
 } from './errors.js';
 
-/** What the dashboard needs from a node (SwarmNode satisfies it). */
+/** What the dashboard needs from a node (SwarmNode satisfies it; so does a pipeline's PipeDashSource). */
 export interface DashboardSource {
-  view(): NodeView;
+  view(): DashView;
   events: {
     on(event: 'round', fn: (r: RoundReport) => void): unknown;
     off(event: 'round', fn: (r: RoundReport) => void): unknown;
   };
-  generate(prompt: string, o: { maxTokens?: number; temperature?: number; topK?: number; seed?: number }): { text: string; tokens: number };
+  generate(prompt: string, o: { maxTokens?: number; temperature?: number; topK?: number; seed?: number }): { text: string; tokens: number } | Promise<{ text: string; tokens: number }>;
 }
 
 export interface DashboardOptions {
@@ -163,7 +163,7 @@ export class Hub {
   }
 
   /** The node's view, or null while it is starting (no host yet). */
-  view(): NodeView | null {
+  view(): DashView | null {
     try { return this.source.view(); } catch { return null; }
   }
 
@@ -172,7 +172,7 @@ export class Hub {
     const v = this.view();
     if (!v) return;
     this.state = observe(this.state, v, this.now());
-    const key = JSON.stringify([v.round, v.phase, v.roster, [...v.subscribers].sort(), v.weightsHash, v.checkpointCid, v.ledger ?? null]);
+    const key = JSON.stringify([v.round, v.phase, v.roster, [...v.subscribers].sort(), v.weightsHash, v.checkpointCid, v.ledger ?? null, v.stages ?? null]);
     if (key !== this.lastKey) {
       this.lastKey = key;
       if (notify) this.wake();
@@ -212,6 +212,8 @@ export function statusBody(s: DashState, mode: GenerateMode, now: number) {
     startedAt: s.startedAt, updatedAt: s.updatedAt, now, seq: s.seq, generate: mode,
     /** The ownership panel (issue 7): shares, revenue, proposals, queued commitments; null when not linked to a chain. */
     ledger: ownership(s, now),
+    /** Pipeline runs (issue 8): per stage, its layers, size and the peers holding it; null for a swarm run. */
+    stages: s.stages,
   };
 }
 
@@ -344,11 +346,13 @@ export function createDashboardApp(source: DashboardSource, o: Omit<DashboardOpt
     const b = GenerateSchema.safeParse(raw);
     if (!b.success) throw new BadRequestError(b.error.issues.map((i) => `${i.path.join('.') || 'body'}: ${i.message}`).join('; '));
     const v = hub.view();
-    if (!v || !v.weightsHash) throw new NotReadyError();
+    // A swarm node can sample once it has weights; a pipeline once every stage has a serving holder.
+    if (!v || !(v.weightsHash || (v.stages?.length && v.stages.every((st) => st.holders.some((h) => h.ready && h.serving))))) throw new NotReadyError();
     const t = now();
     if (t < nextGenerateAt) throw new BusyError('generate is busy; try again in a moment');
     const t0 = performance.now();
-    const out = source.generate(b.data.prompt, {
+    nextGenerateAt = t + gapMs;
+    const out = await source.generate(b.data.prompt, {
       maxTokens: b.data.maxTokens, temperature: b.data.temperature, topK: b.data.topK, ...(b.data.seed !== undefined ? { seed: b.data.seed } : {}),
     });
     const ms = performance.now() - t0;

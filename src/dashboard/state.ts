@@ -60,7 +60,9 @@ export interface PeerRow extends PeerAcc {
   status: PeerStatus;
 }
 
+/** A data-parallel swarm run (issue 3). */
 export interface RunSummary {
+  kind: 'swarm';
   runId: string;
   name: string | null;
   params: number;
@@ -69,6 +71,56 @@ export interface RunSummary {
   hyper: { innerSteps: number; batch: number; codec: string; overlap: string; outerLr: number; outerMomentum: number };
   timing: { trainMs: number; submitMs: number; commitMs: number; quorum: number; minPeers: number; maxMissedRounds: number };
   seed: number;
+}
+
+/** A protocol-learning run (issue 8): the model cut into stages, each held by its own peers. */
+export interface PipeSummary {
+  kind: 'pipeline';
+  runId: string;
+  name: string | null;
+  params: number;
+  model: RunSummary['model'];
+  stages: number;
+  codec: string;
+  batch: number;
+  micro: number;
+  lr: number;
+  checkpointEvery: number;
+  seed: number;
+}
+
+/** A peer serving (or restoring) a pipeline stage, as the stage map shows it. */
+export interface StageHolder {
+  peer: string;
+  /** Holds its stage's weights (false: a fresh peer waiting for a restore or a sync). */
+  ready: boolean;
+  /** Its announced capacity, tokens/s (null: not announced). */
+  throughput: number | null;
+  /** In the driver's set of live replicas for the stage (calls go to it). */
+  serving: boolean;
+  self: boolean;
+}
+
+/** One stage of a pipeline: its layers, its size and who holds it. */
+export interface StageRow {
+  index: number;
+  /** Transformer layers [l0, l1); the first stage also holds the embeddings, the last the head. */
+  layers: [number, number];
+  params: number;
+  holders: StageHolder[];
+  /** Sum of the holders' announced throughput (the Petals placement rule reads it). */
+  throughput: number;
+}
+
+/**
+ * What the dashboard needs from the peer it runs on: a swarm node's view (with its manifest), or
+ * a pipeline participant's (with a ready-made summary and the stage map).
+ */
+export interface DashView extends Omit<NodeView, 'manifest' | 'params'> {
+  manifest?: NodeView['manifest'];
+  params?: number;
+  summary?: PipeSummary;
+  stages?: StageRow[];
 }
 
 export interface OwnContribution {
@@ -103,7 +155,7 @@ export interface DashState {
   limits: Limits;
   startedAt: number;
   updatedAt: number;
-  run: RunSummary | null;
+  run: RunSummary | PipeSummary | null;
   peerId: string | null;
   round: number;
   phase: string;
@@ -119,6 +171,8 @@ export interface DashState {
   own: { bytesSent: number; bytesReceived: number; computeFraction: number | null };
   /** The node's latest ledger view, as it gave it (null: not linked to a chain, or no view yet). */
   ledger: LedgerView | null;
+  /** Pipeline runs: which peers hold which stage (null for a swarm run). */
+  stages: StageRow[] | null;
 }
 
 export function initialState(now: number, limits: Partial<Limits> = {}): DashState {
@@ -128,7 +182,7 @@ export function initialState(now: number, limits: Partial<Limits> = {}): DashSta
     seq: 0, limits: l, startedAt: now, updatedAt: now, run: null, peerId: null, round: -1, phase: 'starting',
     weightsHash: null, checkpointCid: null, roster: [], subscribers: [], peers: {}, series: [],
     totals: { rounds: 0, tokens: 0, bytesSent: 0, bytesReceived: 0 }, own: { bytesSent: 0, bytesReceived: 0, computeFraction: null },
-    ledger: null,
+    ledger: null, stages: null,
   };
 }
 
@@ -138,7 +192,7 @@ export function summarize(view: NodeView): RunSummary {
   const m = view.manifest;
   const ds = m.dataset as { name: string; numShards: number; cid?: string; trainTokensSha256?: string };
   return {
-    runId: view.runId, name: m.name ?? null, params: view.params,
+    kind: 'swarm', runId: view.runId, name: m.name ?? null, params: view.params,
     model: { vocabSize: m.model.vocabSize, ctx: m.model.ctx, dim: m.model.dim, layers: m.model.layers, heads: m.model.heads },
     dataset: { name: ds.name, numShards: ds.numShards, ref: ds.cid ?? (ds.trainTokensSha256 ? `sha256:${ds.trainTokensSha256}` : '') },
     hyper: {
@@ -165,8 +219,15 @@ function evict(s: DashState, peers: Record<string, PeerAcc>): Record<string, Pee
   return out;
 }
 
+/** The run's summary: kept while the run is the same (a pipeline's comes ready-made). */
+function runOf(s: DashState, view: DashView): DashState['run'] {
+  if (view.summary) return view.summary;
+  if (s.run?.runId === view.runId) return s.run;
+  return view.manifest && view.params !== undefined ? summarize({ ...view, manifest: view.manifest, params: view.params }) : null;
+}
+
 /** Folds in a fresh view of the node: run summary, round, phase, roster, connected peers. */
-export function observe(s: DashState, view: NodeView, now: number): DashState {
+export function observe(s: DashState, view: DashView, now: number): DashState {
   const peers = { ...s.peers };
   const touch = (id: string, seen: boolean) => {
     const p = peers[id] ?? blank(id);
@@ -180,9 +241,9 @@ export function observe(s: DashState, view: NodeView, now: number): DashState {
   for (const [id, score] of Object.entries(view.scores ?? {})) if (peers[id]) peers[id] = { ...peers[id], score };
   const roster = [...new Set(view.roster)].sort();
   const next: DashState = {
-    ...s, seq: s.seq + 1, updatedAt: now, run: s.run?.runId === view.runId ? s.run : summarize(view), peerId: view.peerId,
+    ...s, seq: s.seq + 1, updatedAt: now, run: runOf(s, view), peerId: view.peerId,
     round: view.round, phase: view.phase, weightsHash: view.weightsHash || null, checkpointCid: view.checkpointCid, roster, subscribers: subs,
-    ledger: view.ledger ?? null,
+    ledger: view.ledger ?? null, stages: view.stages ?? null,
   };
   return { ...next, peers: evict(next, peers) };
 }

@@ -48,7 +48,9 @@ export interface StepResult { loss: number; gradNorm: number; actBytes: number; 
 export class PipelineDriver {
   private micro = 0;
   /** Activation (and activation-gradient) payload bytes sent and received, and everything else. */
-  actBytes = 0;
+  actSent = 0;
+  actReceived = 0;
+  get actBytes(): number { return this.actSent + this.actReceived; }
   syncBytes = 0;
   retries = 0;
   /** Latest checkpoint per stage: the two share CIDs and the optimizer step it holds. */
@@ -109,25 +111,25 @@ export class PipelineDriver {
     let x: Uint8Array = int32Bytes(b.inputs);
     // actBytes: every activation or activation-gradient payload the driver sends or receives.
     for (let i = 0; i < this.S - 1; i++) {
-      if (i > 0) this.actBytes += x.length;
+      if (i > 0) this.actSent += x.length;
       const r = await call(i, { op: 'fwd', micro: id, B, T, train }, x, act);
       x = r.body;
-      this.actBytes += x.length;
+      this.actReceived += x.length;
     }
     const lastBody = new Uint8Array(x.length + 4 * N);
     lastBody.set(x);
     lastBody.set(int32Bytes(b.targets), x.length);
-    if (this.S > 1) this.actBytes += x.length;
+    if (this.S > 1) this.actSent += x.length;
     const r = await call(this.S - 1, { op: 'last', micro: id, B, T, train, scale }, lastBody, act);
     const loss = (r.head as { loss: number }).loss;
     if (!train) return loss;
     let d = r.body;
-    this.actBytes += d.length;
+    this.actReceived += d.length;
     for (let i = this.S - 2; i >= 0; i--) {
-      this.actBytes += d.length;
+      this.actSent += d.length;
       const rb = await call(i, { op: 'bwd', micro: id }, d, act);
       d = rb.body;
-      this.actBytes += d.length;
+      this.actReceived += d.length;
     }
     return loss;
   }

@@ -21,6 +21,12 @@ export interface LocalPipeline {
   driver: PipelineDriver;
   servers: StageServer[][];
   hosts: Host[];
+  /** The driver's own host. */
+  driverHost: Host;
+  /** Whether a stage peer's host is still up (not killed). */
+  alive(server: StageServer): boolean;
+  /** The peer id of a stage peer. */
+  peerOf(server: StageServer): string;
   /** Stop one stage peer (its host goes away mid-run: a failure drill). */
   kill(stage: number, replica: number): Promise<void>;
   close(): Promise<void>;
@@ -83,7 +89,9 @@ export async function startLocalPipeline(o: {
     } : {}),
   });
   return {
-    driver, servers, hosts,
+    driver, servers, hosts, driverHost,
+    alive: (srv) => !stopped.has((srv as StageServer & { host: Host }).host),
+    peerOf: (srv) => (srv as StageServer & { host: Host }).host.peerId,
     kill: async (stage, replica) => {
       const h = (servers[stage][replica] as StageServer & { host: Host }).host;
       stopped.add(h);

@@ -137,7 +137,19 @@
     $('phase').textContent = s.phase;
     $('peer-count').textContent = `${s.connected + 1} connected · roster ${s.roster}`;
     $('peer-id').textContent = s.peerId || '–';
-    if (r) {
+    if (r && r.kind === 'pipeline') {
+      $('run-name').textContent = `${r.name || 'pipeline'} · ${r.runId.slice(0, 12)}`;
+      kv($('run'), [
+        ['run id', fmt.short(r.runId, 16), r.runId],
+        ['mode', `pipeline · ${r.stages} stages`],
+        ['model', `${fmt.num(r.params)} params · ${r.model.layers} layers · d ${r.model.dim} · ${r.model.heads} heads`],
+        ['context · vocab', `${r.model.ctx} · ${r.model.vocabSize}`],
+        ['activations', r.codec],
+        ['batch · micro-batches', `${r.batch} · ${r.micro}`],
+        ['learning rate', String(r.lr)],
+        ['checkpoint shares', r.checkpointEvery > 0 ? `every ${r.checkpointEvery} steps` : 'off'],
+      ]);
+    } else if (r) {
       $('run-name').textContent = `${r.name || 'run'} · ${r.runId.slice(0, 12)}`;
       kv($('run'), [
         ['run id', fmt.short(r.runId, 16), r.runId],
@@ -194,6 +206,32 @@
       return tr;
     });
     tbody.replaceChildren(...rows);
+  }
+
+  // ─── stages (pipeline runs) ───
+  function drawStages() {
+    const panel = $('stages-panel');
+    const rows = status && status.stages;
+    panel.hidden = !rows;
+    if (!rows) return;
+    const tbody = $('stages').querySelector('tbody');
+    tbody.replaceChildren(...rows.map((st) => {
+      const tr = el('tr', null, { 'data-stage': String(st.index), 'data-holders': String(st.holders.length) });
+      const who = el('td');
+      if (!st.holders.length) who.append(el('span', 'no holder', { class: 'pill pill-gone' }));
+      for (const h of st.holders) {
+        const span = el('span', null, { class: 'holder', 'data-peer': h.peer });
+        span.append(el('code', fmt.peer(h.peer), { title: h.peer }));
+        const state = !h.ready ? ['wait', 'restoring'] : h.serving ? ['active', 'serving'] : ['stale', 'idle'];
+        span.append(' ', el('span', state[1], { class: `pill pill-${state[0]}` }));
+        if (h.throughput !== null) span.append(el('span', ` ${fmt.num(h.throughput)} tok/s`, { class: 'muted small' }));
+        if (h.self) span.append(el('span', 'you', { class: 'badge' }));
+        who.append(span);
+      }
+      tr.append(el('td', String(st.index), { class: 'num' }), el('td', `${st.layers[1] - st.layers[0] === 1 ? st.layers[0] : `${st.layers[0]}–${st.layers[1] - 1}`}${st.index === 0 ? ' + embeddings' : ''}${st.index === rows.length - 1 ? ' + head' : ''}`),
+        el('td', fmt.num(st.params), { class: 'num' }), who, el('td', fmt.num(st.throughput), { class: 'num' }));
+      return tr;
+    }));
   }
 
   // ─── ownership (ledger) ───
@@ -308,6 +346,7 @@
     while (points.size > MAX_POINTS) points.delete(Math.min(...points.keys()));
     drawStatus();
     drawPeers();
+    drawStages();
     drawLedger();
     drawCharts();
     $('updated').textContent = new Date(status.updatedAt).toLocaleTimeString();
