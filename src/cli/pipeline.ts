@@ -22,7 +22,7 @@ import { writeFileSync } from 'node:fs';
 import { pino } from 'pino';
 import { createHost } from '../net/host.js';
 import { PipelineDriver } from '../pipeline/driver.js';
-import { awaitFreshPeer, defaultPipeManifest, discoverStages, listenToRun, pipeManifest, readPipeManifest } from '../pipeline/run.js';
+import { awaitFreshPeer, defaultPipeManifest, discoverStages, listenToRun, pipeManifest, readPipeManifest, reconcile } from '../pipeline/run.js';
 import { PipeDashSource, localDashSource, sampleThrough } from '../pipeline/dashboard.js';
 import { startDashboard, type Dashboard } from '../dashboard/server.js';
 
@@ -79,6 +79,11 @@ async function driveRun(o: PipelineOptions): Promise<void> {
     source.phase = 'training';
     for (let s = 0; s < o.steps; s++) {
       if (m.checkpointEvery > 0 && m.stages >= 3 && s > 0 && s % m.checkpointEvery === 0) await driver.checkpoint();
+      // Between steps: sync joiners and movers into their stages, stop routing to peers that moved away.
+      const rc = await reconcile(driver, host, dir);
+      for (const r of rc.released) say(o, `stage ${r.stage}: ${r.peer.slice(-8)} moved away`);
+      for (const a of rc.admitted) say(o, `stage ${a.stage}: ${a.peer.slice(-8)} joined as a replica (synced at step ${a.step} in ${a.ms.toFixed(0)} ms)`);
+      if (rc.released.length || rc.admitted.length) result({ json: o.json }, { event: 'replicas', step: s, stages: driver.replicas(), admitted: rc.admitted, released: rc.released });
       const ts = performance.now(), a0 = driver.actSent, r0 = driver.actReceived;
       last = (await driver.step(batches.next(), B, T, m.micro, m.lr)).loss;
       source.report({ step: s, trainLoss: last, bytesSent: driver.actSent - a0, bytesReceived: driver.actReceived - r0, seconds: (performance.now() - ts) / 1000, tokens: B * T });

@@ -184,6 +184,33 @@ export class PipelineDriver {
     }
   }
 
+  /**
+   * Adds `peer` (a fresh peer announcing stage i) as a replica of a live stage, between steps: a
+   * serving replica saves its state as two shares, the new peer restores them (dialing `dial`,
+   * the saver's addresses) and from the next call on computes the same bits as the others.
+   */
+  async admit(i: number, peer: string, dial: string[] = []): Promise<{ step: number; ms: number }> {
+    if (!this.live[i]?.length) throw new StageCallError(`stage ${i} has no live replica to sync from`);
+    if (this.live[i].includes(peer)) throw new InvalidInputError(`${peer} already serves stage ${i}`);
+    const t0 = performance.now();
+    const signal = () => AbortSignal.timeout(this.o.callTimeoutMs ?? 60_000);
+    const src = this.live[i][0];
+    const saved = (await callStage(this.o.host, src, { op: 'save' }, new Uint8Array(0), { maxBody: 0, signal: signal() })).head as { shares: string[]; step: number };
+    const addrs = dial.length ? dial : (this.o.addrsOf?.(src) ?? []);
+    const r = (await callStage(this.o.host, peer, { op: 'restore', shares: saved.shares, ...(addrs.length ? { dial: addrs.slice(0, 16) } : {}) }, new Uint8Array(0), { maxBody: 0, signal: signal() })).head as { step: number };
+    if (r.step !== saved.step) throw new StageCallError(`stage ${i}: ${peer} restored step ${r.step}, not ${saved.step}`);
+    this.live[i].push(peer);
+    return { step: r.step, ms: performance.now() - t0 };
+  }
+
+  /** Stops routing to `peer` for stage i (it moved away or left cleanly); never the last replica. */
+  release(i: number, peer: string): boolean {
+    const k = this.live[i]?.indexOf(peer) ?? -1;
+    if (k < 0 || this.live[i].length < 2) return false;
+    this.live[i].splice(k, 1);
+    return true;
+  }
+
   private async recoverStage(i: number): Promise<void> {
     const cp = this.checkpoints.get(i);
     if (!cp) throw new StageCallError(`stage ${i} lost its last peer and has no checkpoint to restore from`);

@@ -2,7 +2,11 @@
  * One request/response per libp2p stream, for pipeline stage calls (`/tessera/stage/1.0.0`):
  *
  *   request  = u32 head length | JSON head | u32 body length | body
- *   response = u8 status (0 ok, 1 error) | u32 head length | JSON head | u32 body length | body
+ *   response = u8 status (0 ok, 1 refused, 2 unavailable) | u32 head length | JSON head | u32 body length | body
+ *
+ * "Refused" means the call was wrong (the caller's bug); "unavailable" means the peer is alive
+ * but does not serve that stage now (it is syncing, or it moved to another stage): the caller
+ * treats it like a dead replica and routes elsewhere.
  *
  * Heads are size-capped (64 KiB) and zod-checked by the caller; bodies are capped per call
  * before any allocation. Every call takes an AbortSignal.
@@ -23,6 +27,11 @@ export class StageCallError extends TesseraError {
     super('STAGE_CALL', message, options);
     this.refused = options?.refused ?? false;
   }
+}
+
+/** Thrown by a stage handler that cannot serve the call now; the caller sees a non-refusal. */
+export class StageUnavailableError extends TesseraError {
+  constructor(message: string) { super('STAGE_UNAVAILABLE', message); }
 }
 
 function frame(parts: Uint8Array[]): Uint8Array {
@@ -60,6 +69,7 @@ export async function callStage(host: Host, peer: string | PeerId, head: unknown
     const rh = await readPart(stream, MAX_HEAD, 'reply head', o);
     const rb = await readPart(stream, o.maxBody, 'reply body', o);
     const parsed = JSON.parse(new TextDecoder().decode(rh)) as unknown;
+    if (status === 2) throw new StageCallError(`stage peer unavailable: ${(parsed as { error?: string }).error ?? 'unknown'}`);
     if (status !== 0) throw new StageCallError(`stage peer refused: ${(parsed as { error?: string }).error ?? 'unknown error'}`, { refused: true });
     return { head: parsed, body: rb, bytesIn: 1 + 8 + rh.length + rb.length, bytesOut: req.length };
   } catch (err) {
@@ -84,7 +94,7 @@ export async function serveStageRpc(host: Host, handler: StageHandler, o: { maxB
         head = r.head;
         out = r.body ?? out;
       } catch (err) {
-        status = 1;
+        status = err instanceof StageUnavailableError ? 2 : 1;
         head = { error: (err as Error).message.slice(0, 500) };
       }
       const h = new TextEncoder().encode(JSON.stringify(head));

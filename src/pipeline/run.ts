@@ -23,7 +23,8 @@ import type { Kernels } from '../kernels/api.js';
 import { canonicalJson } from '../swarm/canonical.js';
 import { sha256Hex } from '../net/bulk.js';
 import { InvalidInputError, TesseraError } from '../util/errors.js';
-import { chooseStage } from './placement.js';
+import { chooseStage, planMove, type Move } from './placement.js';
+import type { PipelineDriver } from './driver.js';
 import { serveStage, type StageServer } from './stage-server.js';
 
 export const PipeManifestSchema = z.object({
@@ -68,6 +69,8 @@ export function defaultPipeManifest(o: { stages: number; layers: number; codec: 
 
 const Announce = z.object({
   stage: z.number().int().min(0).max(63), ready: z.boolean(), throughput: z.number().min(0).max(1e12),
+  /** Optimizer steps its stage has taken (0: genesis): a joiner seeing any step > 0 knows the run is under way. */
+  step: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
   addrs: z.array(z.string().min(1).max(256)).max(8),
 }).strict();
 export const PipeSchemas = { 'stage.announce': Announce } as const;
@@ -100,12 +103,26 @@ export class PipelineRunError extends TesseraError {
   constructor(message: string) { super('PIPELINE_RUN', message); }
 }
 
-export interface StagePeer { host: Host; store: Store; server: StageServer; stage: number; channel: ControlChannel<typeof PipeSchemas>; stop(): Promise<void> }
+export interface StagePeer {
+  host: Host; store: Store; server: StageServer; channel: ControlChannel<typeof PipeSchemas>; dir: StageDirectory;
+  /** The stage served now (it changes when the peer moves). */
+  readonly stage: number;
+  /** Moves made, in order. */
+  readonly moves: Move[];
+  stop(): Promise<void>;
+}
 
 /** Joins a pipeline run as a stage peer: picks (or is given) a stage, initializes or awaits a restore, serves, announces. */
 export async function runStagePeer(o: {
   manifest: PipeManifest; runId: string; dataDir: string; kernels: Kernels; listen?: string[]; bootstrap?: string[];
   stage?: number; fresh?: boolean; settleMs?: number; logger?: Logger;
+  /** Announce this capacity (tokens/s) instead of measuring it. */
+  throughput?: number;
+  /** Move between stages when the pipeline gains by more than `hysteresis` (placement.ts); null: never move. Default 0.2. */
+  hysteresis?: number | null;
+  /** Least time between joining (or a move) and the next move. Default 10 s. */
+  moveCooldownMs?: number;
+  onMove?: (m: Move) => void;
 }): Promise<StagePeer> {
   const m = o.manifest;
   if (o.stage !== undefined && (o.stage < 0 || o.stage >= m.stages)) throw new InvalidInputError(`--stage must be in 0..${m.stages - 1}`);
@@ -117,18 +134,45 @@ export async function runStagePeer(o: {
   const t0 = Date.now(), settle = o.settleMs ?? 3000, boot = (o.bootstrap?.length ?? 0) > 0;
   while (Date.now() - t0 < settle || (boot && dir.live().length === 0 && Date.now() - t0 < 12_000)) await new Promise((r) => setTimeout(r, 100));
   if (boot && dir.live().length > 0 && o.stage === undefined) await new Promise((r) => setTimeout(r, 2100));
-  const stage = o.stage ?? chooseStage(dir.loads());
-  const spec = splitStages(m.model, m.stages)[stage];
+  let stage = o.stage ?? chooseStage(dir.loads());
+  const specs = splitStages(m.model, m.stages);
+  // Genesis weights only before training starts; a peer joining a run under way waits for a sync.
+  const underway = dir.live().some((a) => a.step > 0);
   const server = await serveStage(host, {
-    config: m.model, spec, kernels: o.kernels, adamw: m.adamw, codec: m.codec, store,
-    init: o.fresh ? null : (s) => s.init(m.seed),
+    config: m.model, spec: specs[stage], kernels: o.kernels, adamw: m.adamw, codec: m.codec, store,
+    init: o.fresh || underway ? null : (s) => s.init(m.seed),
   });
-  const throughput = measureThroughput(m.model, spec, o.kernels, m.batch / m.micro);
-  const announce = () => channel.publish('stage.announce', { stage, ready: server.ready(), throughput, addrs: host.multiaddrs().slice(0, 8) }).catch(() => undefined);
+  const throughput = o.throughput ?? measureThroughput(m.model, specs[stage], o.kernels, m.batch / m.micro);
+  const announce = () => channel.publish('stage.announce', { stage, ready: server.ready(), throughput, step: server.step(), addrs: host.multiaddrs().slice(0, 8) }).catch(() => undefined);
+  const moves: Move[] = [];
+  const hysteresis = o.hysteresis === undefined ? 0.2 : o.hysteresis;
+  let quietUntil = Date.now() + (o.moveCooldownMs ?? 10_000);
+  const me = host.peerId;
+  const rebalance = () => {
+    if (hysteresis === null || Date.now() < quietUntil || !server.ready()) return;
+    // Only peers we are connected to count: a killed peer's announcements outlive it by seconds,
+    // and counting it could move the last live holder away from a stage.
+    const connected = new Set(host.connectedPeers());
+    const others = dir.live().filter((a) => a.from !== me && connected.has(a.from)).map((a) => ({ peer: a.from, stage: a.stage, ready: a.ready, throughput: a.throughput }));
+    const mv = planMove([...others, { peer: me, stage, ready: true, throughput }], m.stages, hysteresis);
+    if (mv?.peer !== me) return;
+    server.moveTo(specs[mv.to]);
+    stage = mv.to;
+    moves.push(mv);
+    quietUntil = Date.now() + (o.moveCooldownMs ?? 10_000);
+    o.onMove?.(mv);
+  };
+  // Stage peers keep a full mesh among themselves (S × replicas peers): placement counts only
+  // connected holders, and checkpoint shares are fetched from them directly.
+  const mesh = () => {
+    const connected = new Set(host.connectedPeers());
+    for (const a of dir.live().slice(0, 64)) if (a.from !== me && !connected.has(a.from) && a.addrs[0]) void host.dial(a.addrs[0], { signal: AbortSignal.timeout(5000) }).catch(() => undefined);
+  };
   void announce();
-  const timer = setInterval(announce, 2000);
+  const timer = setInterval(() => { mesh(); rebalance(); void announce(); }, 2000);
   return {
-    host, store, server, stage, channel,
+    host, store, server, channel, dir, moves,
+    get stage() { return stage; },
     stop: async () => {
       clearInterval(timer);
       close();
@@ -177,4 +221,35 @@ export async function awaitFreshPeer(host: Host, dir: StageDirectory, stage: num
     if (Date.now() - t0 > timeoutMs) throw new PipelineRunError(`stage ${stage} lost its last peer and no fresh peer announced it within ${timeoutMs} ms (start one with \`tessera stage --run … --stage ${stage} --fresh\`)`);
     await new Promise((r) => setTimeout(r, 200));
   }
+}
+
+/** What `reconcile` changed: replicas added (synced from a serving replica) and released (moved away). */
+export interface Reconciled { admitted: { stage: number; peer: string; step: number; ms: number }[]; released: { stage: number; peer: string }[] }
+
+/**
+ * The driver between steps: stops routing to peers that now announce another stage (they moved),
+ * and syncs every other peer announcing a stage it does not route to (a joiner, a mover, a peer
+ * with stale weights) from a serving replica of that stage. A stage with no serving replica is
+ * left to the recovery path (checkpoint shares). A failed sync is skipped and retried next time.
+ */
+export async function reconcile(driver: PipelineDriver, host: Host, dir: StageDirectory): Promise<Reconciled> {
+  const out: Reconciled = { admitted: [], released: [] };
+  const live = driver.replicas();
+  for (const [i, row] of live.entries()) {
+    for (const p of row) {
+      const a = dir.byPeer.get(p);
+      if (a && a.stage !== i && driver.release(i, p)) out.released.push({ stage: i, peer: p });
+    }
+  }
+  const routed = new Set(driver.replicas().flat());
+  for (const a of dir.live()) {
+    if (routed.has(a.from) || driver.replicas()[a.stage].length === 0) continue;
+    try {
+      if (!host.connectedPeers().includes(a.from)) await host.dial(a.addrs[0], { signal: AbortSignal.timeout(5000) });
+      const src = driver.replicas()[a.stage][0];
+      const r = await driver.admit(a.stage, a.from, dir.byPeer.get(src)?.addrs ?? []);
+      out.admitted.push({ stage: a.stage, peer: a.from, ...r });
+    } catch { /* unreachable or not ready to sync: next time */ }
+  }
+  return out;
 }

@@ -21,7 +21,13 @@
  *   hold  {stage, shares: [cid]}        pin another stage's share (random-looking bytes: one share
  *                                       says nothing about the weights), replacing the previous one
  *   restore {shares: [cid, cid]}        a fresh peer: fetch both shares from the holders, XOR,
- *                                       load the stage state; refuses compute calls until then
+ *                                       load the stage state; until then compute calls are
+ *                                       answered "unavailable" (the driver routes elsewhere)
+ *
+ * A replica joins a live stage the same way: the driver has a serving replica `save`, and the
+ * new peer `restore` those shares (bit-identical to the replicas it joins). A peer that moves to
+ * another stage (`moveTo`, placement.ts) drops its stage, weights and moments first, and waits for
+ * such a sync; calls meant for its old stage are answered "unavailable".
  *
  * Why shares: recovery needs the checkpoint of a stage whose last peer died to live elsewhere, but
  * no peer may hold weights beyond its own stage. Each of two other stages' peers pins one share;
@@ -36,7 +42,8 @@ import type { ModelConfig } from '../model/config.js';
 import type { StageSpec } from '../model/stage.js';
 import { InvalidInputError } from '../util/errors.js';
 import { getActCodec, type ActCodec, type ActCodecSpec } from './act-codec.js';
-import { serveStageRpc } from './rpc.js';
+import { serveStageRpc, StageUnavailableError } from './rpc.js';
+import { createHash } from 'node:crypto';
 import { packF32, unpackF32 } from '../util/packed.js';
 import { randomBytes } from 'node:crypto';
 import { parseCid, type Store } from '../store/index.js';
@@ -61,10 +68,15 @@ const Head = z.discriminatedUnion('op', [
 export interface StageServerStats { calls: number; actBytesIn: number; actBytesOut: number; steps: number; tokens: number }
 
 export interface StageServer {
-  stage: Stage;
+  /** The stage held now (a new object after a move). */
+  readonly stage: Stage;
   stats: StageServerStats;
   /** False for a fresh peer until it has restored its stage. */
   ready(): boolean;
+  /** Optimizer steps taken by the stage held (0: genesis weights). */
+  step(): number;
+  /** Drops the stage held (weights, moments, held micro-batches) and becomes a fresh peer of `spec`. */
+  moveTo(spec: StageSpec): void;
   close(): Promise<void>;
 }
 
@@ -76,11 +88,12 @@ export async function serveStage(host: Host, o: {
   store?: Store;
   fetchTimeoutMs?: number;
 }): Promise<StageServer> {
-  const stage = new Stage(o.config, o.spec, o.kernels);
+  let stage = new Stage(o.config, o.spec, o.kernels);
   o.init?.(stage);
   let ready = o.init !== null;
-  const opt = new AdamW(o.config, o.adamw, o.kernels, stage.specs);
+  let opt = new AdamW(o.config, o.adamw, o.kernels, stage.specs);
   const held = new Map<number, string[]>();
+  let lastSaved: string[] = [];
   const needStore = (): Store => { if (!o.store) throw new InvalidInputError('this stage peer has no store for checkpoints'); return o.store; };
   const fetchSignal = () => AbortSignal.timeout(o.fetchTimeoutMs ?? 30_000);
   const C = o.config.dim, V = o.config.vocabSize;
@@ -95,7 +108,7 @@ export async function serveStage(host: Host, o: {
     const p = Head.safeParse(raw);
     if (!p.success) throw new InvalidInputError(`bad stage call: ${p.error.issues[0]?.message}`);
     const h = p.data;
-    if (!ready && h.op !== 'restore' && h.op !== 'info' && h.op !== 'hold') throw new InvalidInputError('this stage peer has not restored its stage yet');
+    if (!ready && h.op !== 'restore' && h.op !== 'info' && h.op !== 'hold') throw new StageUnavailableError(`not serving stage ${stage.spec.index} yet (waiting for a restore)`);
     switch (h.op) {
       case 'fwd': {
         if (stage.last) throw new InvalidInputError('the last stage takes "last" calls');
@@ -147,8 +160,11 @@ export async function serveStage(host: Host, o: {
         stats.steps++;
         return { head: { step: opt.step } };
       }
-      case 'info':
-        return { head: { index: o.spec.index, count: o.spec.count, tensors: stage.tensorNames(), params: stage.numParams, ready, holds: [...held.keys()], stats } };
+      case 'info': {
+        // The digest lets the driver (and tests) check that replicas hold the same bits.
+        const digest = createHash('sha256').update(new Uint8Array(stage.params.buffer, stage.params.byteOffset, stage.params.byteLength)).digest('hex');
+        return { head: { index: stage.spec.index, count: stage.spec.count, tensors: stage.tensorNames(), params: stage.numParams, ready, step: opt.step, digest, holds: [...held.keys()], stats } };
+      }
       case 'logits': {
         if (!stage.last) throw new InvalidInputError('not the last stage');
         const N = h.B * h.T;
@@ -177,11 +193,15 @@ export async function serveStage(host: Host, o: {
           await store.pin(cid, { signal: fetchSignal() });
           shares.push(cid.toString());
         }
-        // Our previous shares are no longer needed once the holders pin these (the driver's job).
+        // The previous save's shares have been fetched by now (holders pinned them, or a new
+        // replica restored from them, before the driver asks for another save): unpin ours.
+        const holding = new Set([...held.values()].flat());
+        for (const c of lastSaved) if (!holding.has(c) && !shares.includes(c)) await store.unpin(parseCid(c)).catch(() => undefined);
+        lastSaved = shares;
         return { head: { shares, step: opt.step, bytes: x.length } };
       }
       case 'hold': {
-        if (h.stage === o.spec.index) throw new InvalidInputError('a peer does not hold shares of its own stage');
+        if (h.stage === stage.spec.index) throw new InvalidInputError('a peer does not hold shares of its own stage');
         const store = needStore();
         for (const c of h.shares) await store.pin(parseCid(c), { signal: fetchSignal() });
         for (const c of held.get(h.stage) ?? []) if (!h.shares.includes(c)) await store.unpin(parseCid(c)).catch(() => undefined);
@@ -205,7 +225,17 @@ export async function serveStage(host: Host, o: {
       }
     }
   }, { maxBody: Math.max(8 * maxN, 4 * V * C) + 64 });
-  return { stage, stats, ready: () => ready, close: () => srv.close() };
+  return {
+    get stage() { return stage; },
+    stats, ready: () => ready, step: () => opt.step,
+    moveTo: (spec) => {
+      stage = new Stage(o.config, spec, o.kernels);
+      opt = new AdamW(o.config, o.adamw, o.kernels, stage.specs);
+      ready = false;
+      rows.clear();
+    },
+    close: () => srv.close(),
+  };
 }
 
 function int32(b: Uint8Array, n: number, what: string): Int32Array {
