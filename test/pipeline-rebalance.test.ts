@@ -4,7 +4,9 @@
  * driver trains, exactly one peer moves (placement.ts: only with hysteresis, never emptying a
  * stage), drops its old stage, and the driver syncs it into its new stage between steps
  * (`reconcile`): it then holds the same bits as the replica it joined and only that stage's
- * tensors. Then the original replica of that stage is killed mid-run: no step is lost.
+ * tensors. Every peer's stage is found in the DHT (provider records under the stage's key), the
+ * mover's under its new stage too. Then the original replica of that stage is killed mid-run: no
+ * step is lost.
  */
 import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -17,7 +19,7 @@ import { createHost } from '../src/net/host.js';
 import { splitStages, stageSpecs } from '../src/model/stage.js';
 import { PipelineDriver } from '../src/pipeline/driver.js';
 import { callStage } from '../src/pipeline/rpc.js';
-import { defaultPipeManifest, discoverStages, listenToRun, pipeManifest, reconcile, runStagePeer, type StagePeer } from '../src/pipeline/run.js';
+import { defaultPipeManifest, discoverStages, findStagePeers, listenToRun, pipeManifest, reconcile, runStagePeer, type StagePeer } from '../src/pipeline/run.js';
 import { Rng } from '../src/util/rng.js';
 import type { Batch } from '../src/data/batches.js';
 
@@ -85,6 +87,17 @@ test('a crowded stage gives one peer to a weaker one, the driver syncs it, and a
     // Stable: more rebalancing periods pass without another move.
     await train(() => false, 5000);
     assert.equal(peers.reduce((t, p) => t + p.moves.length, 0), 1, 'no further move (no oscillation)');
+
+    // The DHT knows who serves each stage (the mover under its new stage; its old record may linger).
+    for (let i = 0; i < 3; i++) {
+      const want = driver.replicas()[i];
+      let found: string[] = [];
+      for (let t = 0; t < 10 && !want.every((p) => found.includes(p)); t++) {
+        found = (await findStagePeers(host, runId, i, { signal: AbortSignal.timeout(3000) })).map((f) => f.peer);
+        if (!want.every((p) => found.includes(p))) await new Promise((r) => setTimeout(r, 500));
+      }
+      assert.ok(want.every((p) => found.includes(p)), `DHT providers of stage ${i}: ${JSON.stringify(found)} ⊇ ${JSON.stringify(want)}`);
+    }
 
     // Kill stage 1's original peer: its replica (the mover) carries on, no step lost.
     const original = peers.find((p) => p.host.peerId === stage1().find((id) => id !== mover.host.peerId))!;

@@ -30,7 +30,7 @@ async function generateSwarm(o: SwarmGen): Promise<void> {
   const host = await createHost({ dataDir: dir, bootstrap: o.bootstrap, logger: pino({ level: process.env.TESSERA_LOG ?? 'warn' }, pino.destination(2)) });
   const { dir: sd, close } = listenToRun(host, runId, m.stages);
   try {
-    const stages = await discoverStages(host, sd, { timeoutMs: o.waitMs });
+    const stages = await discoverStages(host, sd, { timeoutMs: o.waitMs, runId });
     const tok = prepareDataset({ corpus: loadCorpus(m.data), vocabSize: m.model.vocabSize, cacheDir: defaultCacheDir() }).tokenizer;
     const driver = new PipelineDriver({ host, stages, dim: m.model.dim, vocabSize: m.model.vocabSize, codec: m.codec });
     const g = await driver.generate([tok.eotId, ...tok.encodeOrdinary(o.prompt)], Math.min(o.maxTokens, 256), { ctx: m.model.ctx, temperature: Math.max(1e-3, o.temperature), topK: o.topK || m.model.vocabSize, seed: o.seed });

@@ -64,7 +64,7 @@ async function driveRun(o: PipelineOptions): Promise<void> {
   try {
     dash = await serveDashboard(o, source);
     say(o, `pipeline ${runId.slice(0, 12)}: driver ${host.peerId}; waiting for a ready peer on each of ${m.stages} stages…`);
-    const stages = await discoverStages(host, dir, { timeoutMs: o.waitMs });
+    const stages = await discoverStages(host, dir, { timeoutMs: o.waitMs, runId });
     for (const [i, ps] of stages.entries()) say(o, `stage ${i}: ${ps.map((p) => p.slice(-8)).join(', ')}`);
     const tried = new Set<string>(stages.flat());
     driver = new PipelineDriver({

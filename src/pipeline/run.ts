@@ -2,6 +2,10 @@
  * A pipeline run across machines (issue 8): its manifest, the stage peer (`tessera stage`) and
  * the driver's discovery of stage peers (`tessera pipeline --run`).
  *
+ * Stage peers put a provider record for their stage's key (`stageKey`) in the DHT, so that anyone
+ * who knows the run can find who serves stage i (`findStagePeers`) without having heard them;
+ * records outlive moves (they expire in hours), so the announcements decide what a peer serves now.
+ *
  * Peers meet on the run's signed control topic. Every stage peer announces, every 2 s, the
  * stage it serves, whether it holds its weights yet (a fresh peer waits for a restore), its
  * measured throughput and its addresses. A joining peer listens for a few seconds and takes the
@@ -26,6 +30,9 @@ import { InvalidInputError, TesseraError } from '../util/errors.js';
 import { chooseStage, planMove, type Move } from './placement.js';
 import type { PipelineDriver } from './driver.js';
 import { serveStage, type StageServer } from './stage-server.js';
+import { CID } from 'multiformats/cid';
+import * as raw from 'multiformats/codecs/raw';
+import { sha256 } from 'multiformats/hashes/sha2';
 
 export const PipeManifestSchema = z.object({
   version: z.literal(1),
@@ -65,6 +72,25 @@ export function defaultPipeManifest(o: { stages: number; layers: number; codec: 
     version: 1, kind: 'pipeline', name: `brown-pipe-l${o.layers}-s${o.stages}`, model: { vocabSize: 512, ctx: 64, dim: 64, layers: o.layers, heads: 4 },
     stages: o.stages, seed: 1, data: 'brown', codec: o.codec, adamw: DEFAULT_ADAMW, lr: o.lr ?? 3e-3, batch: 8, micro: o.micro ?? 2, checkpointEvery: o.checkpointEvery ?? 25,
   };
+}
+
+/** The DHT key under which stage `stage` of run `runId` is provided: a raw CID of sha256("tessera/pipeline/<runId>/stage/<i>"). */
+export async function stageKey(runId: string, stage: number): Promise<CID> {
+  return CID.createV1(raw.code, await sha256.digest(new TextEncoder().encode(`tessera/pipeline/${runId}/stage/${stage}`)));
+}
+
+/** Peers with a provider record for a stage in the DHT (possibly stale: check their announcements). */
+export async function findStagePeers(host: Host, runId: string, stage: number, o: { signal: AbortSignal; max?: number }): Promise<{ peer: string; addrs: string[] }[]> {
+  const out: { peer: string; addrs: string[] }[] = [];
+  try {
+    for await (const p of host.node.contentRouting.findProviders(await stageKey(runId, stage), { signal: o.signal })) {
+      if (!out.some((x) => x.peer === p.id.toString())) out.push({ peer: p.id.toString(), addrs: p.multiaddrs.map((a) => a.toString()) });
+      if (out.length >= (o.max ?? 32)) break;
+    }
+  } catch (err) {
+    if (!o.signal.aborted) throw err;
+  }
+  return out;
 }
 
 const Announce = z.object({
@@ -168,8 +194,21 @@ export async function runStagePeer(o: {
     const connected = new Set(host.connectedPeers());
     for (const a of dir.live().slice(0, 64)) if (a.from !== me && !connected.has(a.from) && a.addrs[0]) void host.dial(a.addrs[0], { signal: AbortSignal.timeout(5000) }).catch(() => undefined);
   };
+  // The DHT record of the stage served (re-provided by kad-dht; a move cancels the old one).
+  const provide = async (i: number) => { await host.node.contentRouting.provide(await stageKey(o.runId, i), { signal: AbortSignal.timeout(20_000) }); };
+  const dht = { provided: -1 };
+  const reprovide = () => {
+    if (dht.provided === stage) return;
+    const old = dht.provided;
+    dht.provided = stage;
+    void (async () => {
+      if (old >= 0) await host.node.contentRouting.cancelReprovide(await stageKey(o.runId, old)).catch(() => undefined);
+      await provide(stage).catch((e: unknown) => { o.logger?.warn({ err: (e as Error).message, stage }, 'stage provide failed'); dht.provided = -1; });
+    })();
+  };
   void announce();
-  const timer = setInterval(() => { mesh(); rebalance(); void announce(); }, 2000);
+  reprovide();
+  const timer = setInterval(() => { mesh(); rebalance(); reprovide(); void announce(); }, 2000);
   return {
     host, store, server, channel, dir, moves,
     get stage() { return stage; },
@@ -198,14 +237,26 @@ function measureThroughput(config: ModelConfig, spec: ReturnType<typeof splitSta
 }
 
 /** The driver's view of a run: waits until every stage has a ready peer, dials them, returns peer ids per stage. */
-export async function discoverStages(host: Host, dir: StageDirectory, o: { timeoutMs: number }): Promise<string[][]> {
+export async function discoverStages(host: Host, dir: StageDirectory, o: { timeoutMs: number; runId?: string }): Promise<string[][]> {
   const t0 = Date.now();
+  let lastLookup = 0;
   for (;;) {
     const ready = dir.live().filter((a) => a.ready);
     const per = Array.from({ length: dir.stages }, (_, i) => ready.filter((a) => a.stage === i));
     if (per.every((p) => p.length > 0)) {
       for (const a of ready) if (!host.connectedPeers().includes(a.from)) await host.dial(a.addrs[0], { signal: AbortSignal.timeout(5000) }).catch(() => undefined);
       return per.map((p) => p.map((a) => a.from));
+    }
+    // Stages nobody announced to us yet: ask the DHT who serves them and dial those (they join
+    // our gossip mesh, and their announcements follow). At most one lookup round per 3 s.
+    if (o.runId && Date.now() - lastLookup > 3000) {
+      lastLookup = Date.now();
+      await Promise.all(per.flatMap((p, i) => (p.length ? [] : [i])).map(async (i) => {
+        for (const f of await findStagePeers(host, o.runId!, i, { signal: AbortSignal.timeout(2500), max: 8 }).catch(() => [])) {
+          // By peer id: the lookup put the provider's addresses in the peer store.
+          if (f.peer !== host.peerId && !host.connectedPeers().includes(f.peer)) await host.dial(f.peer, { signal: AbortSignal.timeout(3000) }).catch(() => undefined);
+        }
+      }));
     }
     if (Date.now() - t0 > o.timeoutMs) throw new PipelineRunError(`no ready peer for stage(s) ${per.flatMap((p, i) => (p.length ? [] : [i])).join(', ')} after ${o.timeoutMs} ms (start them with \`tessera stage --run\`)`);
     await new Promise((r) => setTimeout(r, 200));
