@@ -2,7 +2,10 @@
  * Issue 8's measurement: pipeline training across S stage peers (libp2p on loopback, a driver
  * holding the data) against single-process training of the same model on the same batches,
  * at an equal token budget, per activation codec. Prints a markdown table and one JSON line.
+ * A last row trains 2 replica pipelines that sync with DiLoCo every H steps (diloco.ts), each on
+ * half of the same batches: the same token budget, split across replicas.
  * Usage: node dist/bench/pipeline.js [--steps N] [--stages S] [--micro M] [--codecs fp32,int8,...]
+ *        [--diloco H (0: skip)] [--outer LR,MOMENTUM] [--diloco-codec int8|sparse|fp32]
  */
 import { pathToFileURL } from 'node:url';
 import { loadKernels } from '../src/kernels/index.js';
@@ -13,6 +16,8 @@ import { GPT } from '../src/model/gpt.js';
 import { AdamW, DEFAULT_ADAMW } from '../src/train/adamw.js';
 import { startLocalPipeline } from '../src/pipeline/local.js';
 import { exactBytes, type ActCodecSpec } from '../src/pipeline/act-codec.js';
+import { DilocoPipelines } from '../src/pipeline/diloco.js';
+import type { CodecId } from '../src/swarm/compress/index.js';
 
 const arg = (name: string, d: string) => { const i = process.argv.indexOf(`--${name}`); return i >= 0 ? process.argv[i + 1] : d; };
 
@@ -43,7 +48,7 @@ async function main(): Promise<void> {
   const refVal = val.reduce((t, b) => t + ref.loss(b.inputs, b.targets, B, T), 0) / val.length;
   const refSec = (performance.now() - t0) / 1000;
 
-  const codecs: ActCodecSpec[] = arg('codecs', 'fp32,fp16,int8,lowrank:16').split(',').map((c) => {
+  const codecs: ActCodecSpec[] = arg('codecs', 'fp32,fp16,int8,lowrank:16').split(',').filter((c) => c && c !== 'none').map((c) => {
     const [id, kk] = c.split(':');
     return kk ? { id: id as 'lowrank', k: Number(kk) } : { id: id as ActCodecSpec['id'] };
   });
@@ -67,10 +72,35 @@ async function main(): Promise<void> {
       await lp.close();
     }
   }
+  const H = Number(arg('diloco', '10'));
+  if (H > 0) {
+    // 2 replicas per stage = 2 pipelines, each on every other batch; int8 activations.
+    const [olr, omom] = arg('outer', '0.7,0.9').split(',').map(Number);
+    const dcodec = arg('diloco-codec', 'int8') as CodecId;
+    const codec: ActCodecSpec = { id: 'int8' };
+    const lp = await startLocalPipeline({ config, stages: S, replicas: 2, kernels: k, adamw: DEFAULT_ADAMW, codec, genesis });
+    const t1 = performance.now();
+    try {
+      const dl = new DilocoPipelines({ host: lp.driverHost, stages: lp.servers.map((row) => row.map((x) => lp.peerOf(x))), dim: config.dim, vocabSize: config.vocabSize, codec, diloco: { every: H, codec: dcodec, outer: { lr: olr, momentum: omom } } });
+      let j = 0;
+      for (let s = 0; s < steps / 2; s++, j += 2) await dl.step((r) => train[j + r], B, T, M, lr);
+      if ((steps / 2) % H !== 0) await dl.sync();
+      const v = await dl.evaluate(val, B, T);
+      const perBoundary = (2 * exactBytes(codec, n, config.dim)) / n;
+      rows.push({
+        codec: `int8, 2 replicas × DiLoCo H=${H} (${dcodec}, outer ${olr}/${omom})`, valLoss: v, gapPct: 100 * (v / refVal - 1),
+        boundaryBytesPerToken: perBoundary, reduction: (2 * 4 * config.dim) / perBoundary,
+        driverActBytesPerToken: dl.drivers.reduce((t, d) => t + d.actBytes, 0) / (steps * B * T),
+        syncBytesPerStep: (dl.syncBytes + dl.drivers.reduce((t, d) => t + d.syncBytes, 0)) / steps, seconds: (performance.now() - t1) / 1000,
+      });
+    } finally {
+      await lp.close();
+    }
+  }
   const f = (x: unknown, d = 2) => (typeof x === 'number' ? x.toFixed(d) : String(x));
   console.log(`\npipeline: ${S} stage peers + driver on loopback, ${config.layers}-layer GPT (dim ${config.dim}, ctx ${T}, vocab ${config.vocabSize}), batch ${B} in ${M} micro-batches, ${steps} steps (${steps * B * T} tokens), lr ${lr}`);
   console.log(`single process: val loss ${refVal.toFixed(4)} in ${refSec.toFixed(1)} s\n`);
-  console.log('| activations | val loss | vs single process | bytes/token per boundary (fwd+bwd) | reduction vs fp32 | driver activation bytes/token | tied-grad sync bytes/step | seconds |');
+  console.log('| activations | val loss | vs single process | bytes/token per boundary (fwd+bwd) | reduction vs fp32 | driver activation bytes/token | sync bytes/step (tied grad; + DiLoCo) | seconds |');
   console.log('|---|---:|---:|---:|---:|---:|---:|---:|');
   for (const r of rows) console.log(`| ${r.codec} | ${f(r.valLoss, 4)} | ${(r.gapPct as number) >= 0 ? '+' : ''}${f(r.gapPct)}% | ${f(r.boundaryBytesPerToken, 1)} | ${f(r.reduction, 1)}× | ${f(r.driverActBytesPerToken, 0)} | ${f(r.syncBytesPerStep, 0)} | ${f(r.seconds, 1)} |`);
   console.log(JSON.stringify({ bench: 'pipeline', stages: S, steps, micro: M, config, refVal, refSec, rows }));

@@ -24,13 +24,14 @@ import { createHost } from '../net/host.js';
 import { PipelineDriver } from '../pipeline/driver.js';
 import { awaitFreshPeer, defaultPipeManifest, discoverStages, listenToRun, pipeManifest, readPipeManifest, reconcile } from '../pipeline/run.js';
 import { PipeDashSource, localDashSource, sampleThrough } from '../pipeline/dashboard.js';
+import { DilocoPipelines } from '../pipeline/diloco.js';
 import { startDashboard, type Dashboard } from '../dashboard/server.js';
 
 interface PipelineOptions {
   stages: number; layers: number; replicas: number; steps: number; codec: string; rank: number; micro: number; lr: number;
   kill?: string; checkpointEvery: number; prompt: string; cacheDir: string; json: boolean;
   writeRun?: string; run?: string; dataDir?: string; listen: string; bootstrap?: string[]; waitMs: number;
-  dashboard?: number; dashboardHost: string; dashboardToken?: string;
+  dashboard?: number; dashboardHost: string; dashboardToken?: string; diloco?: number;
 }
 
 /** `--dashboard`: the run's live dashboard with its stage map, served by this process while it trains. */
@@ -115,6 +116,7 @@ export function register(program: Command): void {
     .option('--rank <k>', 'lowrank: subspace dimension', int(1, 4096), 8)
     .option('--micro <n>', 'micro-batches per step (batch 8)', int(1, 8), 2)
     .option('--lr <x>', 'learning rate', num(1e-6, 1), 3e-3)
+    .option('--diloco <H>', 'with --replicas 2+: each replica set forms its own pipeline on its own batches; replicas sync with DiLoCo every H steps (default: replicas compute the same micro-batches in lockstep)', int(1))
     .option('--kill <S@STEP>', 'failure drill: kill stage S\'s first peer before step STEP (without replicas it is restored from checkpoint shares)')
     .option('--checkpoint-every <n>', 'checkpoint every stage as XOR shares held by two other stages every N steps (0 = off; needs 3+ stages)', int(0), 25)
     .option('--prompt <text>', 'sample through the stage holders after training', 'The jury said')
@@ -147,6 +149,9 @@ export function register(program: Command): void {
         kill = { stage: Number(m[1]), step: Number(m[2]) };
         if (o.replicas === 1 && o.checkpointEvery === 0) throw new InvalidInputError('--kill of an unreplicated stage needs --checkpoint-every > 0 to restore it');
       }
+      if (o.diloco !== undefined && o.replicas < 2) throw new InvalidInputError('--diloco needs --replicas 2 or more (one pipeline per replica)');
+      // Checkpoint shares and restores serve active replication; DiLoCo pipelines survive a loss by dropping a pipeline.
+      const checkpoints = o.checkpointEvery > 0 && o.diloco === undefined;
       if (8 % o.micro !== 0) throw new InvalidInputError('--micro must divide the batch of 8');
       const { manifest: m, runId } = pipeManifest(defaultPipeManifest({ stages: o.stages, layers: o.layers, codec: codecOf(o, 64), lr: o.lr, micro: o.micro, checkpointEvery: o.checkpointEvery }));
       const config = m.model, codec = m.codec;
@@ -155,45 +160,58 @@ export function register(program: Command): void {
       const k = loadKernels({ threads: 1 });
       const init = new GPT(config, k);
       init.init(1);
-      const lp = await startLocalPipeline({ config, stages: o.stages, replicas: o.replicas, kernels: k, adamw: DEFAULT_ADAMW, codec, genesis: init.params, checkpoints: o.checkpointEvery > 0 });
-      const source = localDashSource(lp, runId, m, sampleThrough(() => lp.driver, ds.tokenizer, T));
+      const lp = await startLocalPipeline({ config, stages: o.stages, replicas: o.replicas, kernels: k, adamw: DEFAULT_ADAMW, codec, genesis: init.params, checkpoints });
+      const dl = o.diloco === undefined ? null : new DilocoPipelines({
+        host: lp.driverHost, stages: lp.servers.map((row) => row.map((x) => lp.peerOf(x))), dim: config.dim, vocabSize: config.vocabSize, codec,
+        diloco: { every: o.diloco, codec: 'int8', outer: { lr: 1, momentum: 0 } },
+      });
+      // The driver that evaluates and samples: the only one, or the first live DiLoCo pipeline's.
+      const front = () => (dl ? dl.drivers[dl.alive[0]] : lp.driver);
+      const all = () => (dl ? dl.drivers : [lp.driver]);
+      const source = localDashSource(lp, runId, m, sampleThrough(front, ds.tokenizer, T), () => (dl ? dl.replicas() : lp.driver.replicas()));
       const dash = await serveDashboard(o, source).catch(async (e: unknown) => { await lp.close(); throw e; });
       try {
         source.phase = 'training';
         for (const [i, row] of lp.servers.entries()) say(o, `stage ${i}: ${row.length} peer(s) ${row.map((s) => lp.peerOf(s).slice(-8)).join(', ')} holding ${row[0].stage.numParams} of ${init.numParams} parameters (${row[0].stage.tensorNames().length} tensors)`);
         const perBoundary = (2 * exactBytes(codec, (B / o.micro) * T, config.dim)) / ((B / o.micro) * T);
         say(o, `activations: ${codec.id}${codec.k ? ` k=${codec.k}` : ''}, ${perBoundary.toFixed(1)} bytes/token per boundary (fp32: ${(8 * config.dim).toFixed(0)})`);
-        const batches = new BatchSampler(ds.train, B, T, 7n);
+        const batches = Array.from({ length: dl ? o.replicas : 1 }, (_, r) => new BatchSampler(ds.train, B, T, 7n + BigInt(r)));
+        if (dl) say(o, `replicas train apart: ${o.replicas} pipelines on their own batches, synced with DiLoCo every ${o.diloco} steps (int8 pseudo-gradients, outer step = the mean)`);
         const bar = process.stderr.isTTY && !o.json ? new cliProgress.SingleBar({ format: 'pipeline |{bar}| {value}/{total} steps | loss {loss} | {tps} tok/s | ETA {eta_formatted}', hideCursor: true }, cliProgress.Presets.shades_classic) : null;
         bar?.start(o.steps, 0, { loss: '-', tps: '-' });
         const t0 = performance.now();
         let lastLoss = NaN;
         for (let s = 0; s < o.steps; s++) {
-          if (o.checkpointEvery > 0 && s > 0 && s % o.checkpointEvery === 0) await lp.driver.checkpoint();
+          if (checkpoints && s > 0 && s % o.checkpointEvery === 0) await lp.driver.checkpoint();
           if (kill && s === kill.step) { await lp.kill(kill.stage, 0); say(o, `\nfailure drill: killed stage ${kill.stage}'s peer before step ${s}`); }
-          const ts = performance.now(), a0 = lp.driver.actSent, r0 = lp.driver.actReceived;
-          const r = await lp.driver.step(batches.next(), B, T, o.micro, o.lr);
-          source.report({ step: s, trainLoss: r.loss, bytesSent: lp.driver.actSent - a0, bytesReceived: lp.driver.actReceived - r0, seconds: (performance.now() - ts) / 1000, tokens: B * T });
+          const ts = performance.now();
+          const sent = () => all().reduce((t, d) => t + d.actSent, 0), recv = () => all().reduce((t, d) => t + d.actReceived, 0);
+          const a0 = sent(), r0 = recv();
+          const r = dl ? await dl.step((p) => batches[p].next(), B, T, o.micro, o.lr) : await lp.driver.step(batches[0].next(), B, T, o.micro, o.lr);
+          source.report({ step: s, trainLoss: r.loss, bytesSent: sent() - a0, bytesReceived: recv() - r0, seconds: (performance.now() - ts) / 1000, tokens: B * T });
           lastLoss = r.loss;
           bar?.update(s + 1, { loss: r.loss.toFixed(3), tps: Math.round(((s + 1) * B * T) / ((performance.now() - t0) / 1000)) });
           if (!bar && !o.json && (s + 1) % 50 === 0) say(o, `step ${s + 1}/${o.steps}  loss ${r.loss.toFixed(3)}`);
         }
         bar?.stop();
         const seconds = (performance.now() - t0) / 1000;
-        const val = await lp.driver.evaluate([...evalBatches(ds.val, B, T, 8)], B, T);
+        if (dl && o.steps % o.diloco! !== 0) await dl.sync();
+        const val = await front().evaluate([...evalBatches(ds.val, B, T, 8)], B, T);
+        for (const d of dl?.dropped ?? []) say(o, `pipeline ${d.pipeline} dropped at step ${d.step} (${d.reason.slice(0, 80)}); the others trained on`);
         for (const rec of lp.driver.recoveries) say(o, `recovery: stage ${rec.stage} restored on fresh peer ${rec.peer.slice(-8)} from the checkpoint of step ${rec.fromStep} in ${rec.ms.toFixed(0)} ms`);
         for (const d of lp.driver.dropped) say(o, `peer dropped: stage ${d.stage} ${d.peer.slice(-8)}${o.replicas > 1 ? '; its replicas carried on' : ''}`);
         const prompt = ds.tokenizer.encodeOrdinary(o.prompt);
-        const g = await lp.driver.generate(prompt, 32, { ctx: T, seed: 1 });
+        const g = await front().generate(prompt, 32, { ctx: T, seed: 1 });
         const work = lp.servers.flatMap((row, stage) => row.map((s) => ({ peer: lp.peerOf(s), stage, params: s.stage.numParams, tokens: s.stats.tokens })));
         const credits = stageCredits(work);
         const summary = {
           stages: o.stages, replicas: o.replicas, steps: o.steps, codec, valLoss: val, trainLoss: lastLoss, seconds,
-          tokensPerSec: (o.steps * B * T) / seconds, boundaryBytesPerToken: perBoundary, actBytes: lp.driver.actBytes,
+          tokensPerSec: (o.steps * B * T * (dl ? o.replicas : 1)) / seconds, boundaryBytesPerToken: perBoundary, actBytes: all().reduce((t, d) => t + d.actBytes, 0),
+          ...(dl ? { diloco: { every: o.diloco, syncs: dl.syncs, syncBytes: dl.syncBytes, pipelines: dl.alive.length, droppedPipelines: dl.dropped } } : {}),
           recoveries: lp.driver.recoveries, dropped: lp.driver.dropped, sample: ds.tokenizer.decode(g.tokens), usagePerStage: g.usage, credits,
         };
         result(o, summary, [
-          `done: ${o.steps} steps in ${seconds.toFixed(1)} s (${summary.tokensPerSec.toFixed(0)} tok/s), val loss ${val.toFixed(4)}, ${(lp.driver.actBytes / 1e6).toFixed(1)} MB of activations through the driver`,
+          `done: ${o.steps} steps${dl ? ` × ${o.replicas} pipelines` : ''} in ${seconds.toFixed(1)} s (${summary.tokensPerSec.toFixed(0)} tok/s), val loss ${val.toFixed(4)}, ${(summary.actBytes / 1e6).toFixed(1)} MB of activations through the driver${dl ? `, ${dl.syncs} DiLoCo syncs (${(dl.syncBytes / 1e6).toFixed(2)} MB)` : ''}`,
           `sample (through ${o.stages} stage holders): ${o.prompt}${summary.sample}`,
           `usage per stage for that sample (tokens): ${g.usage.join(', ')}`,
           'credit (share of a round\'s minting): ' + credits.map((c) => `stage ${c.stage} ${c.peer.slice(-8)} ${(100 * c.score).toFixed(1)}%`).join(', '),

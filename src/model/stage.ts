@@ -151,6 +151,11 @@ export class Stage {
     return this.first ? this.g.wte : this.last ? this.g.head : null;
   }
 
+  /** The tied embedding's values on this stage (first: wte; last with S > 1: its head copy). */
+  tiedParam(): Float32Array | null {
+    return this.first ? this.p.wte : this.last ? this.p.head : null;
+  }
+
   zeroGrad(): void { this.grads.fill(0); }
   sumSquares(): number { return this.kernels.sumSquares(this.grads); }
 

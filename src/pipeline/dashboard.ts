@@ -118,10 +118,10 @@ export function sampleThrough(driver: () => PipelineDriver | null, tok: { encode
  * The dashboard source of a pipeline on this machine: its stage peers announce nothing, so their
  * throughput is what each processed per second so far; killed peers are gone from the map.
  */
-export function localDashSource(lp: LocalPipeline, runId: string, m: PipeManifest, generate: Sampler): PipeDashSource {
+export function localDashSource(lp: LocalPipeline, runId: string, m: PipeManifest, generate: Sampler, live: () => string[][] = () => lp.driver.replicas()): PipeDashSource {
   const t0 = performance.now();
   return new PipeDashSource({
-    runId, manifest: m, peerId: lp.driverHost.peerId, connected: () => lp.driverHost.connectedPeers(), live: () => lp.driver.replicas(),
+    runId, manifest: m, peerId: lp.driverHost.peerId, connected: () => lp.driverHost.connectedPeers(), live,
     peers: () => lp.servers.flatMap((row, stage) => row.filter((srv) => lp.alive(srv)).map((srv) => ({
       peer: lp.peerOf(srv), stage, ready: srv.ready(), throughput: srv.stats.tokens / Math.max(1e-3, (performance.now() - t0) / 1000),
     }))),

@@ -20,6 +20,13 @@
  *                                       peer's IPFS store → {shares: [cid, cid], step, bytes}
  *   hold  {stage, shares: [cid]}        pin another stage's share (random-looking bytes: one share
  *                                       says nothing about the weights), replacing the previous one
+ *   delta {codec, chunk?, k?}           replicas that train apart (diloco.ts): this replica's pseudo-
+ *                                       gradient Δ = θ_snapshot − θ, encoded with a swarm codec
+ *                                       (error feedback kept here) → body
+ *   outer {lr, momentum}                body: the replicas' mean Δ̄ (any swarm codec): θ ← θ_snapshot,
+ *                                       one outer Nesterov step (src/swarm/outer.ts), snapshot ← θ
+ *   embed {set}                         get the tied embedding's values (wte, or the head copy); the
+ *                                       last stage sets its head copy (re-ties it after an outer step)
  *   restore {shares: [cid, cid]}        a fresh peer: fetch both shares from the holders, XOR,
  *                                       load the stage state; until then compute calls are
  *                                       answered "unavailable" (the driver routes elsewhere)
@@ -35,7 +42,7 @@
  */
 import { z } from 'zod';
 import type { Host } from '../net/host.js';
-import { Stage } from '../model/stage.js';
+import { Stage, splitStages, stageSpecs } from '../model/stage.js';
 import { AdamW, type AdamWSettings } from '../train/adamw.js';
 import type { Kernels } from '../kernels/api.js';
 import type { ModelConfig } from '../model/config.js';
@@ -44,6 +51,9 @@ import { InvalidInputError } from '../util/errors.js';
 import { getActCodec, type ActCodec, type ActCodecSpec } from './act-codec.js';
 import { serveStageRpc, StageUnavailableError } from './rpc.js';
 import { createHash } from 'node:crypto';
+import { decodeAny, ErrorFeedback, getCodec } from '../swarm/compress/index.js';
+import { fp32Size } from '../swarm/compress/dense.js';
+import { OuterNesterov } from '../swarm/outer.js';
 import { packF32, unpackF32 } from '../util/packed.js';
 import { randomBytes } from 'node:crypto';
 import { parseCid, type Store } from '../store/index.js';
@@ -61,6 +71,9 @@ const Head = z.discriminatedUnion('op', [
   z.object({ op: z.literal('logits'), ...Shape }).strict(),
   z.object({ op: z.literal('save') }).strict(),
   z.object({ op: z.literal('hold'), stage: z.number().int().min(0).max(1023), shares: z.array(z.string().min(8).max(128)).min(1).max(2) }).strict(),
+  z.object({ op: z.literal('delta'), codec: z.enum(['fp32', 'fp16', 'int8', 'sparse']), chunk: z.number().int().min(1).max(1 << 20).optional(), k: z.number().int().min(1).max(1 << 20).optional() }).strict(),
+  z.object({ op: z.literal('outer'), lr: z.number().positive().max(10), momentum: z.number().min(0).max(0.999) }).strict(),
+  z.object({ op: z.literal('embed'), set: z.boolean() }).strict(),
   z.object({ op: z.literal('restore'), shares: z.array(z.string().min(8).max(128)).length(2), dial: z.array(z.string().min(1).max(256)).max(16).optional() }).strict(),
 ]);
 
@@ -92,6 +105,12 @@ export async function serveStage(host: Host, o: {
   o.init?.(stage);
   let ready = o.init !== null;
   let opt = new AdamW(o.config, o.adamw, o.kernels, stage.specs);
+  // Replicas that train apart (diloco.ts): the weights of the last outer step, the outer momentum
+  // and the pseudo-gradient's error feedback. Set whenever the weights are (re)loaded.
+  let snap = stage.params.slice();
+  let outer: OuterNesterov | null = null;
+  let ef: ErrorFeedback | null = null;
+  const reloaded = () => { snap = stage.params.slice(); outer = null; ef = null; };
   const held = new Map<number, string[]>();
   let lastSaved: string[] = [];
   const needStore = (): Store => { if (!o.store) throw new InvalidInputError('this stage peer has no store for checkpoints'); return o.store; };
@@ -208,6 +227,33 @@ export async function serveStage(host: Host, o: {
         held.set(h.stage, h.shares);
         return { head: { stage: h.stage, holds: h.shares.length } };
       }
+      case 'delta': {
+        const d = new Float32Array(stage.numParams);
+        for (let i = 0; i < d.length; i++) d[i] = snap[i] - stage.params[i];
+        ef ??= new ErrorFeedback(stage.numParams);
+        const codec = getCodec(h.codec, h.codec === 'sparse' ? { ...(h.chunk ? { chunk: h.chunk } : {}), ...(h.k ? { k: h.k } : {}) } : undefined);
+        const { bytes } = codec.encode(d, ef);
+        return { head: { n: stage.numParams }, body: bytes };
+      }
+      case 'outer': {
+        const mean = decodeAny(body, stage.numParams).values;
+        if (!outer || outer.settings.lr !== h.lr || outer.settings.momentum !== h.momentum) outer = new OuterNesterov(stage.numParams, { lr: h.lr, momentum: h.momentum });
+        stage.params.set(snap);
+        outer.step(stage.params, mean);
+        snap.set(stage.params);
+        return { head: { step: opt.step } };
+      }
+      case 'embed': {
+        const t = stage.tiedParam();
+        if (!t) throw new InvalidInputError('this stage holds no tied embedding');
+        if (h.set && (!stage.last || stage.first)) throw new InvalidInputError('only the last stage sets its head copy');
+        if (!h.set) return { head: {}, body: new Uint8Array(t.buffer.slice(t.byteOffset, t.byteOffset + t.byteLength)) };
+        if (body.length !== t.byteLength) throw new InvalidInputError(`embedding must be ${t.byteLength} bytes`);
+        t.set(new Float32Array(body.buffer.slice(body.byteOffset, body.byteOffset + body.byteLength)));
+        // The snapshot follows: the re-tie is part of the outer step, not of the next Δ.
+        snap.set(t, stage.specs.find((x) => x.name === 'head')!.offset);
+        return { head: {} };
+      }
       case 'restore': {
         const store = needStore();
         // The share holders, so that bitswap can ask them directly.
@@ -217,6 +263,7 @@ export async function serveStage(host: Host, o: {
         const x = new Uint8Array(a.length);
         for (let i = 0; i < x.length; i++) x[i] = a[i] ^ b[i];
         decodeStageState(x, stage, opt);
+        reloaded();
         stage.resetSlots();
         stage.zeroGrad();
         rows.clear();
@@ -224,18 +271,24 @@ export async function serveStage(host: Host, o: {
         return { head: { step: opt.step } };
       }
     }
-  }, { maxBody: Math.max(8 * maxN, 4 * V * C) + 64 });
+  }, { maxBody: Math.max(8 * maxN, 4 * V * C, fp32Size(largestStage(o.config, o.spec.count))) + 64 });
   return {
     get stage() { return stage; },
     stats, ready: () => ready, step: () => opt.step,
     moveTo: (spec) => {
       stage = new Stage(o.config, spec, o.kernels);
       opt = new AdamW(o.config, o.adamw, o.kernels, stage.specs);
+      reloaded();
       ready = false;
       rows.clear();
     },
     close: () => srv.close(),
   };
+}
+
+/** Parameters of the largest stage of the cut (a peer may move to any stage). */
+function largestStage(config: ModelConfig, count: number): number {
+  return Math.max(...splitStages(config, count).map((sp) => stageSpecs(config, sp).reduce((t, x) => t + x.size, 0)));
 }
 
 function int32(b: Uint8Array, n: number, what: string): Int32Array {
