@@ -5,7 +5,7 @@
  * A last row trains 2 replica pipelines that sync with DiLoCo every H steps (diloco.ts), each on
  * half of the same batches: the same token budget, split across replicas.
  * Usage: node dist/bench/pipeline.js [--steps N] [--stages S] [--micro M] [--codecs fp32,int8,...]
- *        [--diloco H (0: skip)] [--outer LR,MOMENTUM] [--diloco-codec int8|sparse|fp32]
+ *        [--async 0,1 (look-aheads; none: skip)] [--diloco H (0: skip)] [--outer LR,MOMENTUM] [--diloco-codec int8|sparse|fp32]
  */
 import { pathToFileURL } from 'node:url';
 import { loadKernels } from '../src/kernels/index.js';
@@ -72,10 +72,27 @@ async function main(): Promise<void> {
       await lp.close();
     }
   }
-  const H = Number(arg('diloco', '10'));
+  // Asynchronous pipelining (driver.trainAsync): no barrier between steps; fp32 activations, so
+  // the gap to the synchronous fp32 row is the staleness alone; τ = the look-ahead.
+  for (const tau of arg('async', '0,1').split(',').filter((x) => x !== '' && x !== 'none').map(Number)) {
+    const lp = await startLocalPipeline({ config, stages: S, kernels: k, adamw: DEFAULT_ADAMW, codec: { id: 'fp32' }, genesis });
+    const t1 = performance.now();
+    try {
+      await lp.driver.trainAsync((b) => train[b], steps, B, T, M, lr, { lookahead: tau });
+      const v = await lp.driver.evaluate(val, B, T);
+      const perBoundary = (2 * exactBytes({ id: 'fp32' }, n, config.dim)) / n;
+      rows.push({
+        codec: `fp32, asynchronous${tau > 0 ? `, look-ahead τ=${tau}` : ''}`, valLoss: v, gapPct: 100 * (v / refVal - 1), boundaryBytesPerToken: perBoundary, reduction: (2 * 4 * config.dim) / perBoundary,
+        driverActBytesPerToken: lp.driver.actBytes / (steps * B * T), syncBytesPerStep: lp.driver.syncBytes / steps, seconds: (performance.now() - t1) / 1000,
+      });
+    } finally {
+      await lp.close();
+    }
+  }
+  const H = Number(arg('diloco', '25'));
   if (H > 0) {
     // 2 replicas per stage = 2 pipelines, each on every other batch; int8 activations.
-    const [olr, omom] = arg('outer', '0.7,0.9').split(',').map(Number);
+    const [olr, omom] = arg('outer', '1,0').split(',').map(Number);
     const dcodec = arg('diloco-codec', 'int8') as CodecId;
     const codec: ActCodecSpec = { id: 'int8' };
     const lp = await startLocalPipeline({ config, stages: S, replicas: 2, kernels: k, adamw: DEFAULT_ADAMW, codec, genesis });

@@ -98,7 +98,8 @@ export class PipelineDriver {
   }
 
   /** Forward + backward of one micro-batch; returns its loss (scaled by `scale` into the gradients). */
-  private async microStep(b: Batch, B: number, T: number, scale: number, train: boolean): Promise<number> {
+  private async microStep(b: Batch, B: number, T: number, scale: number, train: boolean, tag?: number): Promise<number> {
+    const tagged = tag === undefined ? {} : { tag };
     const id = this.micro++, N = B * T, C = this.o.dim;
     // After a failed step, its other micro-batches stop at their next hop (they must not touch
     // the stages once these are reset for the redo).
@@ -120,14 +121,14 @@ export class PipelineDriver {
     lastBody.set(x);
     lastBody.set(int32Bytes(b.targets), x.length);
     if (this.S > 1) this.actSent += x.length;
-    const r = await call(this.S - 1, { op: 'last', micro: id, B, T, train, scale }, lastBody, act);
+    const r = await call(this.S - 1, { op: 'last', micro: id, B, T, train, scale, ...tagged }, lastBody, act);
     const loss = (r.head as { loss: number }).loss;
     if (!train) return loss;
     let d = r.body;
     this.actReceived += d.length;
     for (let i = this.S - 2; i >= 0; i--) {
       this.actSent += d.length;
-      const rb = await call(i, { op: 'bwd', micro: id }, d, act);
+      const rb = await call(i, { op: 'bwd', micro: id, ...tagged }, d, act);
       d = rb.body;
       this.actReceived += d.length;
     }
@@ -230,24 +231,86 @@ export class PipelineDriver {
     const parts = Array.from({ length: micro }, (_, m) => ({ inputs: batch.inputs.subarray(m * n, (m + 1) * n), targets: batch.targets.subarray(m * n, (m + 1) * n) }));
     const losses = await this.pooled(parts.map((p) => () => this.microStep(p, mb, T, 1 / micro, true)));
     const loss = losses.reduce((t, x) => t + x, 0) / micro;
+    const gradNorm = await this.update(lr);
+    return { loss, gradNorm, actBytes: this.actBytes - a0, syncBytes: this.syncBytes - s0, retries: this.retries - r0 };
+  }
+
+  /**
+   * The optimizer step of every stage, on the gradients accumulated (or banked under `tag`): the
+   * tied-embedding gradient summed between the first and last stage, the global norm from every
+   * stage's part, then each stage's AdamW (with look-ahead weights when `lookahead` > 0).
+   */
+  private async update(lr: number, tag?: number, lookahead?: number): Promise<number> {
+    const tagged = tag === undefined ? {} : { tag };
     // Tied embedding: first and last stage hold copies; each needs the sum of both gradients.
     let tiedSq = 0;
     if (this.S > 1) {
       const V = this.o.vocabSize, C = this.o.dim, bytes = 4 * V * C;
-      const [g0, gL] = await Promise.all([0, this.S - 1].map((i) => this.call(i, { op: 'tied', set: false }, new Uint8Array(0), bytes)));
+      const [g0, gL] = await Promise.all([0, this.S - 1].map((i) => this.call(i, { op: 'tied', set: false, ...tagged }, new Uint8Array(0), bytes)));
       const a = new Float32Array(g0.body.buffer.slice(g0.body.byteOffset, g0.body.byteOffset + bytes));
       const b = new Float32Array(gL.body.buffer.slice(gL.body.byteOffset, gL.body.byteOffset + bytes));
       for (let i = 0; i < a.length; i++) a[i] += b[i];
       const sum = new Uint8Array(a.buffer);
-      await Promise.all([this.call(0, { op: 'tied', set: true }, sum, 0), this.call(this.S - 1, { op: 'tied', set: true }, sum, 0)]);
+      await Promise.all([this.call(0, { op: 'tied', set: true, ...tagged }, sum, 0), this.call(this.S - 1, { op: 'tied', set: true, ...tagged }, sum, 0)]);
       this.syncBytes += 4 * bytes;
       for (let i = 0; i < a.length; i++) tiedSq += a[i] * a[i];
     }
-    const norms = await Promise.all(this.o.stages.map((_, i) => this.call(i, { op: 'norm' }, new Uint8Array(0), 0)));
+    const norms = await Promise.all(this.o.stages.map((_, i) => this.call(i, { op: 'norm', ...tagged }, new Uint8Array(0), 0)));
     const total = norms.reduce((t, r) => t + (r.head as { sumSquares: number }).sumSquares, 0) - (this.S > 1 ? tiedSq : 0);
     const gradNorm = Math.sqrt(Math.max(0, total));
-    await Promise.all(this.o.stages.map((_, i) => this.call(i, { op: 'step', lr, globalNorm: gradNorm }, new Uint8Array(0), 0)));
-    return { loss, gradNorm, actBytes: this.actBytes - a0, syncBytes: this.syncBytes - s0, retries: this.retries - r0 };
+    await Promise.all(this.o.stages.map((_, i) => this.call(i, { op: 'step', lr, globalNorm: gradNorm, ...tagged, ...(lookahead ? { lookahead } : {}) }, new Uint8Array(0), 0)));
+    return gradNorm;
+  }
+
+  /**
+   * Asynchronous pipelining: `batches` optimizer steps with no barrier between them. Micro-batches
+   * stream through the stages continuously (at most `window` in flight, default 2·S), so a stage
+   * never waits for a step to drain: batch b+1's micro-batches run while batch b's last ones are
+   * still coming back. Each stage banks gradients per batch; batch b's update (tied sum, global
+   * norm, AdamW, in batch order) is applied as soon as its last micro-batch is back, while later
+   * micro-batches are in flight — so their gradients are computed on weights one update old.
+   * `lookahead` τ corrects that staleness: stages compute with θ + τ·(θ − θ_prev) (stage-server).
+   * A failed call fails the run (use the synchronous `step` for failover and recovery).
+   */
+  async trainAsync(next: (b: number) => Batch, batches: number, B: number, T: number, micro: number, lr: number, o: { window?: number; lookahead?: number; onStep?: (b: number, loss: number) => void } = {}): Promise<number[]> {
+    if (B % micro !== 0) throw new InvalidInputError(`batch ${B} does not split into ${micro} micro-batches`);
+    const window = Math.max(1, o.window ?? 2 * this.S);
+    const mb = B / micro, n = mb * T;
+    const losses = new Array<number>(batches).fill(NaN);
+    let inflight = 0;
+    const waiters: (() => void)[] = [];
+    const acquire = async () => { while (inflight >= window) await new Promise<void>((r) => waiters.push(r)); inflight++; };
+    const release = () => { inflight--; waiters.shift()?.(); };
+    let updates: Promise<unknown> = Promise.resolve();
+    const applied: Promise<unknown>[] = [];
+    let failure: unknown = null;
+    for (let b = 0; b < batches && failure === null; b++) {
+      // Staleness stays bounded: batch b starts only once batch b−2's update is applied, so a
+      // gradient is at most one update old when it is applied (and banks stay few).
+      if (b >= 2) await applied[b - 2].catch(() => undefined);
+      const batch = next(b);
+      const parts: Promise<number>[] = [];
+      for (let m = 0; m < micro; m++) {
+        await acquire();
+        if (failure !== null) { release(); break; }
+        const p = { inputs: batch.inputs.subarray(m * n, (m + 1) * n), targets: batch.targets.subarray(m * n, (m + 1) * n) };
+        parts.push(this.microStep(p, mb, T, 1 / micro, true, b).finally(release));
+      }
+      const done = Promise.all(parts);
+      done.catch((e: unknown) => { failure ??= e; });
+      // Updates apply in batch order, each once its batch is back; micro-batches keep flowing meanwhile.
+      updates = updates.then(async () => {
+        const ls = await done;
+        losses[b] = ls.reduce((t, x) => t + x, 0) / micro;
+        await this.update(lr, b, o.lookahead);
+        o.onStep?.(b, losses[b]);
+      });
+      updates.catch((e: unknown) => { failure ??= e; });
+      applied.push(updates);
+    }
+    await updates;
+    if (failure !== null) throw failure;
+    return losses;
   }
 
   /**

@@ -59,13 +59,16 @@ import { randomBytes } from 'node:crypto';
 import { parseCid, type Store } from '../store/index.js';
 
 const Shape = { micro: z.number().int().min(0).max(1 << 30), B: z.number().int().min(1).max(4096), T: z.number().int().min(1).max(1 << 16) };
+/** Asynchronous pipelining (driver.trainAsync): the batch a gradient belongs to; absent = the synchronous path. */
+const Tag = z.number().int().min(0).max(Number.MAX_SAFE_INTEGER).optional();
+const MAX_TAGS = 16;
 const Head = z.discriminatedUnion('op', [
   z.object({ op: z.literal('fwd'), ...Shape, train: z.boolean() }).strict(),
-  z.object({ op: z.literal('last'), ...Shape, train: z.boolean(), scale: z.number().positive().max(1) }).strict(),
-  z.object({ op: z.literal('bwd'), micro: Shape.micro }).strict(),
-  z.object({ op: z.literal('norm') }).strict(),
-  z.object({ op: z.literal('tied'), set: z.boolean() }).strict(),
-  z.object({ op: z.literal('step'), lr: z.number().min(0).max(10), globalNorm: z.number().min(0) }).strict(),
+  z.object({ op: z.literal('last'), ...Shape, train: z.boolean(), scale: z.number().positive().max(1), tag: Tag }).strict(),
+  z.object({ op: z.literal('bwd'), micro: Shape.micro, tag: Tag }).strict(),
+  z.object({ op: z.literal('norm'), tag: Tag }).strict(),
+  z.object({ op: z.literal('tied'), set: z.boolean(), tag: Tag }).strict(),
+  z.object({ op: z.literal('step'), lr: z.number().min(0).max(10), globalNorm: z.number().min(0), tag: Tag, lookahead: z.number().min(0).max(8).optional() }).strict(),
   z.object({ op: z.literal('info') }).strict(),
   z.object({ op: z.literal('reset') }).strict(),
   z.object({ op: z.literal('logits'), ...Shape }).strict(),
@@ -110,7 +113,36 @@ export async function serveStage(host: Host, o: {
   let snap = stage.params.slice();
   let outer: OuterNesterov | null = null;
   let ef: ErrorFeedback | null = null;
-  const reloaded = () => { snap = stage.params.slice(); outer = null; ef = null; };
+  const reloaded = () => { snap = stage.params.slice(); outer = null; ef = null; master = null; prev = null; accs.clear(); };
+  // Asynchronous pipelining: gradients banked per batch (tag), the true weights when the stage
+  // computes with look-ahead weights, and the weights before the last step.
+  const accs = new Map<number, Float32Array>();
+  let master: Float32Array | null = null;
+  let prev: Float32Array | null = null;
+  /** After a tagged backward: move what it added to the gradients into its batch's bank. */
+  const bank = (tag: number | undefined) => {
+    if (tag === undefined) return;
+    let acc = accs.get(tag);
+    if (!acc) {
+      if (accs.size >= MAX_TAGS) throw new InvalidInputError(`more than ${MAX_TAGS} batches in flight`);
+      acc = new Float32Array(stage.numParams);
+      accs.set(tag, acc);
+    }
+    const g = stage.grads;
+    for (let i = 0; i < g.length; i++) acc[i] += g[i];
+    stage.zeroGrad();
+  };
+  const gradsOf = (tag: number | undefined): Float32Array => {
+    if (tag === undefined) return stage.grads;
+    const acc = accs.get(tag);
+    if (!acc) throw new InvalidInputError(`no gradients banked for batch ${tag}`);
+    return acc;
+  };
+  const tiedAt = () => stage.specs.find((x) => x.name === (stage.first ? 'wte' : 'head'));
+  const tiedOf = (g: Float32Array): Float32Array | null => {
+    const t = stage.first || stage.last ? tiedAt() : undefined;
+    return t ? g.subarray(t.offset, t.offset + t.size) : null;
+  };
   const held = new Map<number, string[]>();
   let lastSaved: string[] = [];
   const needStore = (): Store => { if (!o.store) throw new InvalidInputError('this stage peer has no store for checkpoints'); return o.store; };
@@ -152,6 +184,7 @@ export async function serveStage(host: Host, o: {
         const loss = stage.loss(h.micro, targets, h.train, h.scale);
         if (!h.train) { stage.release(h.micro); return { head: { loss } }; }
         const d = stage.backward(h.micro, null);
+        bank(h.tag);
         return { head: { loss }, body: d ? enc(d, N) : new Uint8Array(0) };
       }
       case 'bwd': {
@@ -159,14 +192,15 @@ export async function serveStage(host: Host, o: {
         if (N === undefined) throw new InvalidInputError(`no forward pass held for micro-batch ${h.micro}`);
         rows.delete(h.micro);
         const d = stage.backward(h.micro, dec(body, N));
+        bank(h.tag);
         return { head: {}, body: d ? enc(d, N) : new Uint8Array(0) };
       }
       case 'norm': {
-        const t = stage.tiedGrad();
-        return { head: { sumSquares: stage.sumSquares(), tiedSquares: t ? o.kernels.sumSquares(t) : 0 } };
+        const g = gradsOf(h.tag), t = tiedOf(g);
+        return { head: { sumSquares: o.kernels.sumSquares(g), tiedSquares: t ? o.kernels.sumSquares(t) : 0 } };
       }
       case 'tied': {
-        const t = stage.tiedGrad();
+        const t = tiedOf(gradsOf(h.tag));
         if (!t) throw new InvalidInputError('this stage holds no tied embedding');
         if (!h.set) return { head: {}, body: new Uint8Array(t.buffer.slice(t.byteOffset, t.byteOffset + t.byteLength)) };
         if (body.length !== t.byteLength) throw new InvalidInputError(`tied gradient must be ${t.byteLength} bytes`);
@@ -174,8 +208,22 @@ export async function serveStage(host: Host, o: {
         return { head: {} };
       }
       case 'step': {
-        opt.update(stage.params, stage.grads, h.lr, h.globalNorm);
-        stage.zeroGrad();
+        const g = gradsOf(h.tag);
+        const look = h.lookahead ?? 0;
+        if (look > 0 || master) {
+          // Stale-weight correction: the optimizer steps the true weights θ (master); the stage
+          // computes with θ̂ = θ + τ·(θ − θ_prev), where the weights will be when a gradient
+          // started now is applied (weight prediction, in the spirit of Nesterov's look-ahead).
+          master ??= stage.params.slice();
+          prev ??= new Float32Array(stage.numParams);
+          prev.set(master);
+          opt.update(master, g, h.lr, h.globalNorm);
+          const p = stage.params;
+          for (let i = 0; i < p.length; i++) p[i] = master[i] + look * (master[i] - prev[i]);
+        } else {
+          opt.update(stage.params, g, h.lr, h.globalNorm);
+        }
+        if (h.tag === undefined) stage.zeroGrad(); else accs.delete(h.tag);
         stats.steps++;
         return { head: { step: opt.step } };
       }
@@ -199,8 +247,10 @@ export async function serveStage(host: Host, o: {
         stage.resetSlots();
         stage.zeroGrad();
         rows.clear();
+        accs.clear();
         return { head: {} };
       case 'save': {
+        if (master) throw new InvalidInputError('checkpoints of a run with look-ahead weights are not supported (the stage computes with predicted weights)');
         const store = needStore();
         const x = encodeStageState(stage, opt);
         const r = new Uint8Array(randomBytes(x.length));
