@@ -17,6 +17,8 @@ import { AdamW, DEFAULT_ADAMW } from '../src/train/adamw.js';
 import { startLocalPipeline } from '../src/pipeline/local.js';
 import { exactBytes, type ActCodecSpec } from '../src/pipeline/act-codec.js';
 import { DilocoPipelines } from '../src/pipeline/diloco.js';
+import { simulateSchedule, type OpTimes } from '../src/pipeline/schedule.js';
+import { callStage } from '../src/pipeline/rpc.js';
 import type { CodecId } from '../src/swarm/compress/index.js';
 
 const arg = (name: string, d: string) => { const i = process.argv.indexOf(`--${name}`); return i >= 0 ? process.argv[i + 1] : d; };
@@ -53,12 +55,26 @@ async function main(): Promise<void> {
     return kk ? { id: id as 'lowrank', k: Number(kk) } : { id: id as ActCodecSpec['id'] };
   });
   const rows: Record<string, unknown>[] = [];
+  let times: OpTimes | null = null;
   for (const codec of codecs) {
     const lp = await startLocalPipeline({ config, stages: S, kernels: k, adamw: DEFAULT_ADAMW, codec, genesis });
     const t1 = performance.now();
     let act = 0, sync = 0;
     try {
       for (const b of train) { const r = await lp.driver.step(b, B, T, M, lr); act += r.actBytes; sync += r.syncBytes; }
+      // Measured operation times on these stage peers, for the schedule model below.
+      if (!times) {
+        const st = lp.servers.map((row) => row[0].stats);
+        // A hop's cost: the mean round trip of a call that computes next to nothing.
+        const t2 = performance.now();
+        for (let i = 0; i < 20; i++) await callStage(lp.driverHost, lp.peerOf(lp.servers[1][0]), { op: 'info' }, new Uint8Array(0), { maxBody: 0, signal: AbortSignal.timeout(5000) });
+        const rtt = (performance.now() - t2) / 20;
+        times = {
+          fwd: st.map((x, i) => (i === S - 1 ? x.ms.last / x.count.last : x.ms.fwd / x.count.fwd)),
+          bwd: st.map((x, i) => (i === S - 1 ? 0 : x.ms.bwd / x.count.bwd)),
+          link: rtt, update: lp.driver.updateMs / lp.driver.updates,
+        };
+      }
       const v = await lp.driver.evaluate(val, B, T);
       const tokens = steps * B * T;
       // Bytes crossing ONE stage boundary per token, both directions (activation forward, its gradient back).
@@ -79,11 +95,12 @@ async function main(): Promise<void> {
     const t1 = performance.now();
     try {
       await lp.driver.trainAsync((b) => train[b], steps, B, T, M, lr, { lookahead: tau });
+      const act = lp.driver.actBytes;
       const v = await lp.driver.evaluate(val, B, T);
       const perBoundary = (2 * exactBytes({ id: 'fp32' }, n, config.dim)) / n;
       rows.push({
         codec: `fp32, asynchronous${tau > 0 ? `, look-ahead τ=${tau}` : ''}`, valLoss: v, gapPct: 100 * (v / refVal - 1), boundaryBytesPerToken: perBoundary, reduction: (2 * 4 * config.dim) / perBoundary,
-        driverActBytesPerToken: lp.driver.actBytes / (steps * B * T), syncBytesPerStep: lp.driver.syncBytes / steps, seconds: (performance.now() - t1) / 1000,
+        driverActBytesPerToken: act / (steps * B * T), syncBytesPerStep: lp.driver.syncBytes / steps, seconds: (performance.now() - t1) / 1000,
       });
     } finally {
       await lp.close();
@@ -120,7 +137,19 @@ async function main(): Promise<void> {
   console.log('| activations | val loss | vs single process | bytes/token per boundary (fwd+bwd) | reduction vs fp32 | driver activation bytes/token | sync bytes/step (tied grad; + DiLoCo) | seconds |');
   console.log('|---|---:|---:|---:|---:|---:|---:|---:|');
   for (const r of rows) console.log(`| ${r.codec} | ${f(r.valLoss, 4)} | ${(r.gapPct as number) >= 0 ? '+' : ''}${f(r.gapPct)}% | ${f(r.boundaryBytesPerToken, 1)} | ${f(r.reduction, 1)}× | ${f(r.driverActBytesPerToken, 0)} | ${f(r.syncBytesPerStep, 0)} | ${f(r.seconds, 1)} |`);
-  console.log(JSON.stringify({ bench: 'pipeline', stages: S, steps, micro: M, config, refVal, refSec, rows }));
+  // Idle time per stage (the bubble), modelled with the measured times: on one machine all stage
+  // peers share 2 cores, so stages on separate machines are simulated, not observed.
+  let schedule: Record<string, unknown> | null = null;
+  if (times) {
+    const sy = simulateSchedule(steps, M, times, 'sync'), as = simulateSchedule(steps, M, times, 'async');
+    schedule = { times, sync: sy, async: as };
+    const u = (r: typeof sy) => r.utilization.map((x) => `${(100 * x).toFixed(0)}%`).join(' / ');
+    console.log(`\nschedule model (stages on separate machines; measured per micro-batch: fwd ${times.fwd.map((x) => x.toFixed(2)).join('/')} ms, bwd ${times.bwd.map((x) => x.toFixed(2)).join('/')} ms, round trip ${times.link.toFixed(2)} ms, update ${times.update.toFixed(2)} ms):`);
+    console.log('| schedule | ms/step | stage utilization (busy / wall) |\n|---|---:|---|');
+    console.log(`| synchronous (step barrier) | ${sy.msPerStep.toFixed(2)} | ${u(sy)} |`);
+    console.log(`| asynchronous (trainAsync) | ${as.msPerStep.toFixed(2)} | ${u(as)} |`);
+  }
+  console.log(JSON.stringify({ bench: 'pipeline', stages: S, steps, micro: M, config, refVal, refSec, rows, schedule }));
 }
 
 if (import.meta.url === pathToFileURL(process.argv[1]).href) await main();

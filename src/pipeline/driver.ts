@@ -53,6 +53,9 @@ export class PipelineDriver {
   get actBytes(): number { return this.actSent + this.actReceived; }
   syncBytes = 0;
   retries = 0;
+  /** Time spent in updates (tied sum, norms, steps) and how many. */
+  updateMs = 0;
+  updates = 0;
   /** Latest checkpoint per stage: the two share CIDs and the optimizer step it holds. */
   readonly checkpoints = new Map<number, { shares: string[]; step: number; bytes: number }>();
   readonly recoveries: Recovery[] = [];
@@ -241,6 +244,16 @@ export class PipelineDriver {
    * stage's part, then each stage's AdamW (with look-ahead weights when `lookahead` > 0).
    */
   private async update(lr: number, tag?: number, lookahead?: number): Promise<number> {
+    const t0 = performance.now();
+    try {
+      return await this.updateOnce(lr, tag, lookahead);
+    } finally {
+      this.updateMs += performance.now() - t0;
+      this.updates++;
+    }
+  }
+
+  private async updateOnce(lr: number, tag?: number, lookahead?: number): Promise<number> {
     const tagged = tag === undefined ? {} : { tag };
     // Tied embedding: first and last stage hold copies; each needs the sum of both gradients.
     let tiedSq = 0;

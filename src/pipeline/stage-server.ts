@@ -81,7 +81,12 @@ const Head = z.discriminatedUnion('op', [
 ]);
 
 /** What this peer did for the run: the basis of per-stage credit (and usage metering for inference). */
-export interface StageServerStats { calls: number; actBytesIn: number; actBytesOut: number; steps: number; tokens: number }
+export interface StageServerStats {
+  calls: number; actBytesIn: number; actBytesOut: number; steps: number; tokens: number;
+  /** Milliseconds spent computing, per kind of call, and how many (the schedule model reads them). */
+  ms: { fwd: number; bwd: number; last: number; step: number };
+  count: { fwd: number; bwd: number; last: number; step: number };
+}
 
 export interface StageServer {
   /** The stage held now (a new object after a move). */
@@ -149,7 +154,7 @@ export async function serveStage(host: Host, o: {
   const fetchSignal = () => AbortSignal.timeout(o.fetchTimeoutMs ?? 30_000);
   const C = o.config.dim, V = o.config.vocabSize;
   const codec: ActCodec = getActCodec(o.codec, C);
-  const stats: StageServerStats = { calls: 0, actBytesIn: 0, actBytesOut: 0, steps: 0, tokens: 0 };
+  const stats: StageServerStats = { calls: 0, actBytesIn: 0, actBytesOut: 0, steps: 0, tokens: 0, ms: { fwd: 0, bwd: 0, last: 0, step: 0 }, count: { fwd: 0, bwd: 0, last: 0, step: 0 } };
   const maxN = 4096 * o.config.ctx;
   const enc = (x: Float32Array, rows: number): Uint8Array => { const b = codec.encode(x, rows, C); stats.actBytesOut += b.length; return b; };
   const dec = (b: Uint8Array, rows: number): Float32Array => { stats.actBytesIn += b.length; return codec.decode(b, rows, C); };
@@ -159,6 +164,15 @@ export async function serveStage(host: Host, o: {
     const p = Head.safeParse(raw);
     if (!p.success) throw new InvalidInputError(`bad stage call: ${p.error.issues[0]?.message}`);
     const h = p.data;
+    const timed = h.op === 'fwd' || h.op === 'bwd' || h.op === 'last' || h.op === 'step' ? h.op : null;
+    const t0 = timed ? performance.now() : 0;
+    try {
+      return await handle(h, body);
+    } finally {
+      if (timed && !('train' in h && !h.train)) { stats.ms[timed] += performance.now() - t0; stats.count[timed]++; }
+    }
+  }, { maxBody: Math.max(8 * maxN, 4 * V * C, fp32Size(largestStage(o.config, o.spec.count))) + 64 });
+  async function handle(h: z.infer<typeof Head>, body: Uint8Array): Promise<{ head: unknown; body?: Uint8Array }> {
     if (!ready && h.op !== 'restore' && h.op !== 'info' && h.op !== 'hold') throw new StageUnavailableError(`not serving stage ${stage.spec.index} yet (waiting for a restore)`);
     switch (h.op) {
       case 'fwd': {
@@ -321,7 +335,7 @@ export async function serveStage(host: Host, o: {
         return { head: { step: opt.step } };
       }
     }
-  }, { maxBody: Math.max(8 * maxN, 4 * V * C, fp32Size(largestStage(o.config, o.spec.count))) + 64 });
+  }
   return {
     get stage() { return stage; },
     stats, ready: () => ready, step: () => opt.step,
