@@ -186,3 +186,55 @@ test('asynchronous pipelining: no barrier between steps, gradients banked per ba
   }
   process.stderr.write(`pipeline async: last-5 train loss sync ${mean(sync.slice(-5)).toFixed(3)}, async ${mean(asyn.slice(-5)).toFixed(3)}, look-ahead ${mean(look.slice(-5)).toFixed(3)}\n`);
 });
+
+test('balanced routing (SWARM): each micro-batch takes one replica per stage by throughput; replicas sum their gradients and stay identical; a replica dying mid-step costs a retry, not a step', { timeout: 90_000 }, async () => {
+  const k = loadKernels({ threads: 1 });
+  const ref = new GPT(cfg, k);
+  ref.init(9);
+  const genesis = ref.params.slice();
+  const opt = new AdamW(cfg, DEFAULT_ADAMW, k);
+  const data = batches(16, 5);
+  // Replica 0 of each stage announces 3× the throughput of replica 1.
+  let fast = new Set<string>();
+  const lp = await startLocalPipeline({ config: cfg, stages: 3, replicas: 2, kernels: k, adamw: DEFAULT_ADAMW, codec: { id: 'fp32' }, genesis, routing: 'balance', throughputOf: (p) => (fast.has(p) ? 3 : 1) });
+  fast = new Set(lp.servers.map((row) => lp.peerOf(row[0])));
+  const MB = 4; // micro-batches per step, all in flight at once
+  try {
+    for (const [i, b] of data.entries()) {
+      if (i === 8) {
+        // Stage 1's fast replica dies in the middle of a step.
+        const p = lp.driver.step(b, B, T, MB, 1e-2);
+        await new Promise((r) => setTimeout(r, 5));
+        await lp.kill(1, 0);
+        await p;
+      } else {
+        await lp.driver.step(b, B, T, MB, 1e-2);
+      }
+      // The same step in one process: replicas together must compute the whole batch's gradient once.
+      ref.zeroGrad();
+      const n = (B / MB) * T;
+      for (let m = 0; m < MB; m++) ref.forwardBackward(b.inputs.subarray(m * n, (m + 1) * n), b.targets.subarray(m * n, (m + 1) * n), B / MB, T, 1 / MB);
+      opt.update(ref.params, ref.grads, 1e-2);
+    }
+    // Replicas of a stage hold identical bits; and the weights match one process (summation order aside).
+    for (const [i, row] of lp.servers.entries()) {
+      const alive = row.filter((s) => lp.alive(s));
+      for (const s of alive.slice(1)) assert.deepEqual(s.stage.params, alive[0].stage.params, `stage ${i}: replicas identical`);
+    }
+    const full = new Float32Array(ref.params.length);
+    for (const row of lp.servers) row.filter((s) => lp.alive(s))[0].stage.writeToFull(full);
+    let maxDiff = 0;
+    for (let i = 0; i < full.length; i++) maxDiff = Math.max(maxDiff, Math.abs(full[i] - ref.params[i]));
+    assert.ok(maxDiff < 5e-3, `weights match one process to ${maxDiff}`);
+    // Load went by throughput (the fast replicas took more micro-batches), and no micro-batch ran twice in full.
+    for (const [i, row] of lp.servers.entries()) {
+      if (i === 1) continue;
+      assert.ok(row[0].stats.tokens > row[1].stats.tokens && row[1].stats.tokens > 0, `stage ${i}: ${row[0].stats.tokens} vs ${row[1].stats.tokens} tokens`);
+    }
+    assert.deepEqual(lp.driver.replicas().map((r) => r.length), [2, 1, 2]);
+    assert.ok(lp.driver.dropped.some((d) => d.stage === 1));
+    process.stderr.write(`pipeline balanced: max weight diff ${maxDiff.toExponential(2)}; reroutes ${lp.driver.reroutes}; tokens per replica ${lp.servers.map((row) => row.map((s) => s.stats.tokens).join('/')).join(', ')}\n`);
+  } finally {
+    await lp.close();
+  }
+});

@@ -31,7 +31,7 @@ interface PipelineOptions {
   stages: number; layers: number; replicas: number; steps: number; codec: string; rank: number; micro: number; lr: number;
   kill?: string; checkpointEvery: number; prompt: string; cacheDir: string; json: boolean;
   writeRun?: string; run?: string; dataDir?: string; listen: string; bootstrap?: string[]; waitMs: number;
-  dashboard?: number; dashboardHost: string; dashboardToken?: string; diloco?: number;
+  dashboard?: number; dashboardHost: string; dashboardToken?: string; diloco?: number; routing: 'replicate' | 'balance';
 }
 
 /** `--dashboard`: the run's live dashboard with its stage map, served by this process while it trains. */
@@ -71,6 +71,7 @@ async function driveRun(o: PipelineOptions): Promise<void> {
     driver = new PipelineDriver({
       host, stages, dim: m.model.dim, vocabSize: m.model.vocabSize, codec: m.codec,
       addrsOf: (p) => dir.byPeer.get(p)?.addrs ?? [],
+      routing: o.routing, throughputOf: (p) => dir.byPeer.get(p)?.throughput ?? 1,
       recover: async (stage) => { const p = await awaitFreshPeer(host, dir, stage, tried, o.waitMs); tried.add(p); say(o, `stage ${stage}: restoring on fresh peer ${p.slice(-8)}`); return p; },
     });
     const B = m.batch, T = m.model.ctx;
@@ -116,6 +117,7 @@ export function register(program: Command): void {
     .option('--rank <k>', 'lowrank: subspace dimension', int(1, 4096), 8)
     .option('--micro <n>', 'micro-batches per step (batch 8)', int(1, 8), 2)
     .option('--lr <x>', 'learning rate', num(1e-6, 1), 3e-3)
+    .option('--routing <mode>', 'with replicas: replicate (every replica computes every micro-batch, in lockstep) or balance (each micro-batch takes one replica per stage by throughput; a failed hop is retried on another; replicas sum gradients)', oneOf('replicate', 'balance'), 'replicate')
     .option('--diloco <H>', 'with --replicas 2+: each replica set forms its own pipeline on its own batches; replicas sync with DiLoCo every H steps (default: replicas compute the same micro-batches in lockstep)', int(1))
     .option('--kill <S@STEP>', 'failure drill: kill stage S\'s first peer before step STEP (without replicas it is restored from checkpoint shares)')
     .option('--checkpoint-every <n>', 'checkpoint every stage as XOR shares held by two other stages every N steps (0 = off; needs 3+ stages)', int(0), 25)
@@ -160,7 +162,7 @@ export function register(program: Command): void {
       const k = loadKernels({ threads: 1 });
       const init = new GPT(config, k);
       init.init(1);
-      const lp = await startLocalPipeline({ config, stages: o.stages, replicas: o.replicas, kernels: k, adamw: DEFAULT_ADAMW, codec, genesis: init.params, checkpoints });
+      const lp = await startLocalPipeline({ config, stages: o.stages, replicas: o.replicas, kernels: k, adamw: DEFAULT_ADAMW, codec, genesis: init.params, checkpoints, routing: o.routing });
       const dl = o.diloco === undefined ? null : new DilocoPipelines({
         host: lp.driverHost, stages: lp.servers.map((row) => row.map((x) => lp.peerOf(x))), dim: config.dim, vocabSize: config.vocabSize, codec,
         diloco: { every: o.diloco, codec: 'int8', outer: { lr: 1, momentum: 0 } },

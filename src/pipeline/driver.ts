@@ -39,6 +39,16 @@ export interface DriverOptions {
   recover?: (stage: number) => Promise<string>;
   /** Addresses of a peer (the share holders a restoring peer should dial); default none (already connected). */
   addrsOf?: (peer: string) => string[];
+  /**
+   * 'replicate' (default): every call goes to every live replica, which compute in lockstep (a
+   * dead replica costs nothing, replicas add no throughput). 'balance' (as in SWARM): each
+   * micro-batch goes through one replica per stage, chosen by announced throughput over calls
+   * in flight; a failed hop retries the whole micro-batch on other replicas; before each step the
+   * replicas of a stage sum their gradients (exactly, through the driver), so they stay identical.
+   */
+  routing?: 'replicate' | 'balance';
+  /** A peer's announced capacity in tokens/s (balanced routing); default: all equal. */
+  throughputOf?: (peer: string) => number;
 }
 
 export interface Recovery { stage: number; peer: string; fromStep: number; ms: number }
@@ -61,6 +71,9 @@ export class PipelineDriver {
   readonly recoveries: Recovery[] = [];
   /** Bumped when a step fails: its remaining micro-batches stop. */
   private epoch = 0;
+  /** Balanced routing: calls in flight per peer, and micro-batches retried after a failed hop. */
+  private readonly outstanding = new Map<string, number>();
+  reroutes = 0;
   constructor(private readonly o: DriverOptions) {
     if (o.stages.length === 0 || o.stages.some((r) => r.length === 0)) throw new InvalidInputError('every stage needs at least one peer');
     this.live = o.stages.map((r) => [...r]);
@@ -148,8 +161,10 @@ export class PipelineDriver {
     } catch (err) {
       this.epoch++;
       const lost = this.live.findIndex((r) => r.length === 0);
-      if (lost < 0 || !this.o.recover) throw err;
-      await this.recoverStage(lost);
+      if (lost >= 0 && this.o.recover) await this.recoverStage(lost);
+      // Balanced routing: a replica lost while the step's gradients were being gathered took
+      // its micro-batches' share with it; the others still serve every stage, so redo the step.
+      else if (!(lost < 0 && this.o.routing === 'balance' && !(err instanceof StageCallError && err.refused))) throw err;
       // The other stages hold half-done micro-batches and partial gradients of this step: drop them, redo the step.
       await Promise.all(this.o.stages.map((_, i) => this.call(i, { op: 'reset' }, new Uint8Array(0), 0)));
       return await this.stepOnce(batch, B, T, micro, lr);
@@ -232,10 +247,106 @@ export class PipelineDriver {
     const mb = B / micro, n = mb * T;
     const a0 = this.actBytes, s0 = this.syncBytes, r0 = this.retries;
     const parts = Array.from({ length: micro }, (_, m) => ({ inputs: batch.inputs.subarray(m * n, (m + 1) * n), targets: batch.targets.subarray(m * n, (m + 1) * n) }));
-    const losses = await this.pooled(parts.map((p) => () => this.microStep(p, mb, T, 1 / micro, true)));
+    let losses: number[];
+    if (this.o.routing === 'balance') {
+      const done = await this.pooled(parts.map((p) => () => this.balancedMicro(p, mb, T, 1 / micro)));
+      losses = done.map((d) => d.loss);
+      await this.reduceReplicas(done.map((d) => d.tag));
+    } else {
+      losses = await this.pooled(parts.map((p) => () => this.microStep(p, mb, T, 1 / micro, true)));
+    }
     const loss = losses.reduce((t, x) => t + x, 0) / micro;
     const gradNorm = await this.update(lr);
     return { loss, gradNorm, actBytes: this.actBytes - a0, syncBytes: this.syncBytes - s0, retries: this.retries - r0 };
+  }
+
+  /** Balanced routing: the live replica of stage i with the most throughput per call in flight (ties: the first). */
+  private pick(i: number): string {
+    let best = '', score = -1;
+    for (const p of this.live[i]) {
+      const sc = (this.o.throughputOf?.(p) ?? 1) / (1 + (this.outstanding.get(p) ?? 0));
+      if (sc > score) { best = p; score = sc; }
+    }
+    if (!best) throw new StageCallError(`stage ${i} has no live replica`);
+    return best;
+  }
+
+  /** One call to one replica; a replica that fails (not a refusal) is dropped. */
+  private async callOne(i: number, peer: string, head: unknown, body: Uint8Array, maxBody: number): Promise<{ head: unknown; body: Uint8Array }> {
+    this.outstanding.set(peer, (this.outstanding.get(peer) ?? 0) + 1);
+    try {
+      return await callStage(this.o.host, peer, head, body, { maxBody, signal: AbortSignal.timeout(this.o.callTimeoutMs ?? 60_000) });
+    } catch (err) {
+      if (!(err instanceof StageCallError && err.refused)) {
+        const k = this.live[i].indexOf(peer);
+        if (k >= 0) { this.live[i].splice(k, 1); this.dropped.push({ stage: i, peer, reason: (err as Error).message }); this.retries++; }
+      }
+      throw err;
+    } finally {
+      this.outstanding.set(peer, (this.outstanding.get(peer) ?? 1) - 1);
+    }
+  }
+
+  /**
+   * Balanced routing: one micro-batch through one replica per stage (chosen hop by hop; its
+   * backward returns through the same ones). Each stage banks the gradient under the attempt's
+   * tag; if a hop fails, the micro-batch is run again from stage 0 on the remaining replicas
+   * (up to 3 attempts) and the failed attempt's banks are discarded at the step's fold.
+   */
+  private async balancedMicro(b: Batch, B: number, T: number, scale: number): Promise<{ loss: number; tag: number }> {
+    const N = B * T, act = exactBytes(this.o.codec, N, this.o.dim);
+    for (let attempt = 0; ; attempt++) {
+      const id = this.micro++;
+      const route: string[] = [];
+      try {
+        let x: Uint8Array = int32Bytes(b.inputs);
+        for (let i = 0; i < this.S - 1; i++) {
+          route[i] = this.pick(i);
+          if (i > 0) this.actSent += x.length;
+          x = (await this.callOne(i, route[i], { op: 'fwd', micro: id, B, T, train: true }, x, act)).body;
+          this.actReceived += x.length;
+        }
+        const lastBody = new Uint8Array(x.length + 4 * N);
+        lastBody.set(x);
+        lastBody.set(int32Bytes(b.targets), x.length);
+        if (this.S > 1) this.actSent += x.length;
+        route[this.S - 1] = this.pick(this.S - 1);
+        const r = await this.callOne(this.S - 1, route[this.S - 1], { op: 'last', micro: id, B, T, train: true, scale, tag: id }, lastBody, act);
+        let d = r.body;
+        this.actReceived += d.length;
+        for (let i = this.S - 2; i >= 0; i--) {
+          this.actSent += d.length;
+          d = (await this.callOne(i, route[i], { op: 'bwd', micro: id, tag: id }, d, act)).body;
+          this.actReceived += d.length;
+        }
+        return { loss: (r.head as { loss: number }).loss, tag: id };
+      } catch (err) {
+        if ((err instanceof StageCallError && err.refused) || attempt >= 2 || this.live.some((row) => row.length === 0)) throw err;
+        this.reroutes++;
+      }
+    }
+  }
+
+  /**
+   * Balanced routing, before the update: every replica folds the banks of the micro-batches that
+   * completed (and drops the rest); then each stage's replicas' gradients are summed in replica
+   * order and set on all of them, so the update leaves them identical.
+   */
+  private async reduceReplicas(keep: number[]): Promise<void> {
+    const all = (i: number, head: unknown, body: Uint8Array, max: number) => Promise.all([...this.live[i]].map((p) => this.callOne(i, p, head, body, max)));
+    await Promise.all(this.live.map((_, i) => all(i, { op: 'fold', keep }, new Uint8Array(0), 0)));
+    await Promise.all(this.live.map(async (row, i) => {
+      if (row.length < 2) return;
+      const got = await all(i, { op: 'grads', set: false }, new Uint8Array(0), 1 << 30);
+      const sum = new Float32Array(got[0].body.length / 4);
+      for (const g of got) {
+        const v = new Float32Array(g.body.buffer.slice(g.body.byteOffset, g.body.byteOffset + g.body.byteLength));
+        for (let k = 0; k < sum.length; k++) sum[k] += v[k];
+      }
+      const bytes = new Uint8Array(sum.buffer);
+      await all(i, { op: 'grads', set: true }, bytes, 0);
+      this.syncBytes += 2 * got.length * bytes.length;
+    }));
   }
 
   /**

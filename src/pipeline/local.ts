@@ -35,6 +35,8 @@ export interface LocalPipeline {
 export async function startLocalPipeline(o: {
   config: ModelConfig; stages: number; replicas?: number; kernels: Kernels; adamw: AdamWSettings; codec: ActCodecSpec;
   genesis: Float32Array; inflight?: number;
+  /** The driver's routing over replicas (driver.ts); throughput per peer for 'balance'. */
+  routing?: 'replicate' | 'balance'; throughputOf?: (peer: string) => number;
   /** Give every stage peer an IPFS store (checkpoint shares) and recover a lost stage with a fresh peer. */
   checkpoints?: boolean;
 }): Promise<LocalPipeline> {
@@ -79,6 +81,7 @@ export async function startLocalPipeline(o: {
   if (o.checkpoints) for (const h of hosts) await connectAll(h);
   const driver = new PipelineDriver({
     host: driverHost, stages: peerIds, dim: o.config.dim, vocabSize: o.config.vocabSize, codec: o.codec, ...(o.inflight ? { inflight: o.inflight } : {}),
+    ...(o.routing ? { routing: o.routing } : {}), ...(o.throughputOf ? { throughputOf: o.throughputOf } : {}),
     ...(o.checkpoints ? {
       recover: async (stage: number) => {
         const srv = await startPeer(`fresh-${fresh++}`, specs[stage], false);

@@ -27,6 +27,11 @@
  *                                       one outer Nesterov step (src/swarm/outer.ts), snapshot ← θ
  *   embed {set}                         get the tied embedding's values (wte, or the head copy); the
  *                                       last stage sets its head copy (re-ties it after an outer step)
+ *   fold  {keep: [tag]}                 balanced routing (driver.ts): add the gradients banked under
+ *                                       these micro-batch tags to the step's gradients, discard the
+ *                                       rest (attempts that failed further along), free held slots
+ *   grads {set}                         get or set the step's accumulated gradients (f32): the
+ *                                       driver sums them across the replicas of a stage
  *   restore {shares: [cid, cid]}        a fresh peer: fetch both shares from the holders, XOR,
  *                                       load the stage state; until then compute calls are
  *                                       answered "unavailable" (the driver routes elsewhere)
@@ -61,7 +66,8 @@ import { parseCid, type Store } from '../store/index.js';
 const Shape = { micro: z.number().int().min(0).max(1 << 30), B: z.number().int().min(1).max(4096), T: z.number().int().min(1).max(1 << 16) };
 /** Asynchronous pipelining (driver.trainAsync): the batch a gradient belongs to; absent = the synchronous path. */
 const Tag = z.number().int().min(0).max(Number.MAX_SAFE_INTEGER).optional();
-const MAX_TAGS = 16;
+/** Banks held at once: a step's micro-batch attempts (balanced routing) or batches in flight (async). */
+const MAX_TAGS = 64;
 const Head = z.discriminatedUnion('op', [
   z.object({ op: z.literal('fwd'), ...Shape, train: z.boolean() }).strict(),
   z.object({ op: z.literal('last'), ...Shape, train: z.boolean(), scale: z.number().positive().max(1), tag: Tag }).strict(),
@@ -77,6 +83,8 @@ const Head = z.discriminatedUnion('op', [
   z.object({ op: z.literal('delta'), codec: z.enum(['fp32', 'fp16', 'int8', 'sparse']), chunk: z.number().int().min(1).max(1 << 20).optional(), k: z.number().int().min(1).max(1 << 20).optional() }).strict(),
   z.object({ op: z.literal('outer'), lr: z.number().positive().max(10), momentum: z.number().min(0).max(0.999) }).strict(),
   z.object({ op: z.literal('embed'), set: z.boolean() }).strict(),
+  z.object({ op: z.literal('fold'), keep: z.array(z.number().int().min(0).max(Number.MAX_SAFE_INTEGER)).max(4096) }).strict(),
+  z.object({ op: z.literal('grads'), set: z.boolean() }).strict(),
   z.object({ op: z.literal('restore'), shares: z.array(z.string().min(8).max(128)).length(2), dial: z.array(z.string().min(1).max(256)).max(16).optional() }).strict(),
 ]);
 
@@ -316,6 +324,27 @@ export async function serveStage(host: Host, o: {
         t.set(new Float32Array(body.buffer.slice(body.byteOffset, body.byteOffset + body.byteLength)));
         // The snapshot follows: the re-tie is part of the outer step, not of the next Δ.
         snap.set(t, stage.specs.find((x) => x.name === 'head')!.offset);
+        return { head: {} };
+      }
+      case 'fold': {
+        let folded = 0;
+        for (const tag of h.keep) {
+          const acc = accs.get(tag);
+          if (!acc) continue;
+          const g = stage.grads;
+          for (let i = 0; i < g.length; i++) g[i] += acc[i];
+          folded++;
+        }
+        accs.clear();
+        stage.resetSlots();
+        rows.clear();
+        return { head: { folded } };
+      }
+      case 'grads': {
+        const g = stage.grads;
+        if (!h.set) return { head: {}, body: new Uint8Array(g.buffer.slice(g.byteOffset, g.byteOffset + g.byteLength)) };
+        if (body.length !== g.byteLength) throw new InvalidInputError(`gradients must be ${g.byteLength} bytes`);
+        g.set(new Float32Array(body.buffer.slice(body.byteOffset, body.byteOffset + body.byteLength)));
         return { head: {} };
       }
       case 'restore': {
