@@ -50,14 +50,16 @@ async function main(): Promise<void> {
   const refVal = val.reduce((t, b) => t + ref.loss(b.inputs, b.targets, B, T), 0) / val.length;
   const refSec = (performance.now() - t0) / 1000;
 
-  const codecs: ActCodecSpec[] = arg('codecs', 'fp32,fp16,int8,lowrank:16').split(',').filter((c) => c && c !== 'none').map((c) => {
+  // `bottleneck:K` = a learned bottleneck of width K at every boundary, its K values sent as int8.
+  const codecs: (ActCodecSpec & { bottleneck?: number })[] = arg('codecs', 'fp32,fp16,int8,lowrank:16').split(',').filter((c) => c && c !== 'none').map((c) => {
     const [id, kk] = c.split(':');
+    if (id === 'bottleneck') return { id: 'int8', bottleneck: Number(kk) };
     return kk ? { id: id as 'lowrank', k: Number(kk) } : { id: id as ActCodecSpec['id'] };
   });
   const rows: Record<string, unknown>[] = [];
   let times: OpTimes | null = null;
-  for (const codec of codecs) {
-    const lp = await startLocalPipeline({ config, stages: S, kernels: k, adamw: DEFAULT_ADAMW, codec, genesis });
+  for (const { bottleneck, ...codec } of codecs) {
+    const lp = await startLocalPipeline({ config, stages: S, kernels: k, adamw: DEFAULT_ADAMW, codec, genesis, ...(bottleneck ? { bottleneck } : {}) });
     const t1 = performance.now();
     let act = 0, sync = 0;
     try {
@@ -78,9 +80,9 @@ async function main(): Promise<void> {
       const v = await lp.driver.evaluate(val, B, T);
       const tokens = steps * B * T;
       // Bytes crossing ONE stage boundary per token, both directions (activation forward, its gradient back).
-      const perBoundary = (2 * exactBytes(codec, n, config.dim)) / n;
+      const perBoundary = (2 * exactBytes(codec, n, bottleneck ?? config.dim)) / n;
       rows.push({
-        codec: codec.id + (codec.k ? ` k=${codec.k}` : ''), valLoss: v, gapPct: 100 * (v / refVal - 1),
+        codec: bottleneck ? `learned bottleneck k=${bottleneck}, int8` : codec.id + (codec.k ? ` k=${codec.k}` : ''), valLoss: v, gapPct: 100 * (v / refVal - 1),
         boundaryBytesPerToken: perBoundary, reduction: (2 * 4 * config.dim) / perBoundary,
         driverActBytesPerToken: act / tokens, syncBytesPerStep: sync / steps, seconds: (performance.now() - t1) / 1000,
       });

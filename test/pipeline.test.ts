@@ -238,3 +238,29 @@ test('balanced routing (SWARM): each micro-batch takes one replica per stage by 
     await lp.close();
   }
 });
+
+test('learned bottleneck over libp2p: only k values per token cross each boundary (exact bytes), the bottleneck trains, and the model learns', { timeout: 60_000 }, async () => {
+  const k = loadKernels({ threads: 1 });
+  const ref = new GPT(cfg, k);
+  ref.init(10);
+  const data = batches(30, 6);
+  const K = 4;
+  const lp = await startLocalPipeline({ config: cfg, stages: 3, kernels: k, adamw: DEFAULT_ADAMW, codec: { id: 'int8' }, genesis: ref.params.slice(), bottleneck: K });
+  try {
+    const down0 = lp.servers[0][0].stage.params.slice(); // includes bneck.down
+    const losses: number[] = [];
+    for (const b of data) {
+      const r = await lp.driver.step(b, B, T, MICRO, 1e-2);
+      assert.equal(r.actBytes, MICRO * 2 * 2 * 2 * exactBytes({ id: 'int8' }, (B / MICRO) * T, K));
+      losses.push(r.loss);
+    }
+    assert.ok(losses.slice(-5).reduce((a, b) => a + b) / 5 < losses.slice(0, 5).reduce((a, b) => a + b) / 5 - 0.3, `learns: ${losses[0].toFixed(3)} → ${losses.at(-1)!.toFixed(3)}`);
+    const st0 = lp.servers[0][0].stage, spec = st0.specs.find((t) => t.name === 'bneck.down')!;
+    let moved = 0;
+    for (let i = spec.offset; i < spec.offset + spec.size; i++) moved = Math.max(moved, Math.abs(st0.params[i] - down0[i]));
+    assert.ok(moved > 1e-3, `the bottleneck itself trained (max change ${moved})`);
+    assert.ok(lp.servers[1][0].stage.tensorNames().includes('bneck.up') && lp.servers[1][0].stage.tensorNames().includes('bneck.down'));
+  } finally {
+    await lp.close();
+  }
+});

@@ -9,6 +9,7 @@ import { Stage, splitStages, stageSpecs } from '../src/model/stage.js';
 import { paramCount, paramSpecs } from '../src/model/params.js';
 import { loadKernels } from '../src/kernels/index.js';
 import { Rng } from '../src/util/rng.js';
+import { subspaceBasis } from '../src/pipeline/act-codec.js';
 
 const cfg = { vocabSize: 97, ctx: 16, dim: 32, layers: 3, heads: 4 };
 
@@ -118,4 +119,49 @@ test('placement: a joiner takes the weakest stage; ties go to fewer peers, then 
   const mean = loads.reduce((a, l) => a + l.throughput, 0) / 4;
   assert.ok(loads.every((l) => l.peers > 0 && Math.abs(l.throughput - mean) < 0.25 * mean), JSON.stringify(loads));
   assert.throws(() => chooseStage([]), /no stages/);
+});
+
+test('learned bottleneck: k = C with a complete basis computes the GPT exactly; k < C has correct gradients (finite differences) and only k values cross', () => {
+  const k = loadKernels({ threads: 1 });
+  const gpt = new GPT(cfg, k);
+  gpt.init(4);
+  const B = 2, T = 8, rng = new Rng(6);
+  const tokens = Int32Array.from({ length: B * T }, () => rng.nextInt(cfg.vocabSize));
+  const targets = Int32Array.from({ length: B * T }, () => rng.nextInt(cfg.vocabSize));
+  const make = (K: number) => splitStages(cfg, 2).map((sp) => {
+    const s = new Stage(cfg, { ...sp, bottleneck: K }, k);
+    s.loadFromFull(gpt.params);
+    s.initBottleneck(subspaceBasis(cfg.dim, K));
+    s.zeroGrad();
+    return s;
+  });
+  const run = (st: Stage[], grad: boolean) => {
+    const x = st[0].forward(0, tokens, B, T);
+    const sent = x.slice();
+    st[1].forward(0, sent, B, T);
+    const loss = st[1].loss(0, targets, grad);
+    if (grad) st[0].backward(0, st[1].backward(0, null)); else { st[0].release(0); st[1].release(0); }
+    return { loss, width: sent.length / (B * T) };
+  };
+  // Complete basis: up·down = U·Uᵀ = I, so the bottleneck changes nothing (up to rounding).
+  const full = make(cfg.dim);
+  assert.ok(Math.abs(run(full, false).loss - gpt.loss(tokens, targets, B, T)) < 1e-4);
+  // Narrow: 4 values per token cross; tensors named; gradients match finite differences.
+  const st = make(4);
+  assert.deepEqual(st[0].tensorNames().filter((n) => n.startsWith('bneck')), ['bneck.down']);
+  assert.deepEqual(st[1].tensorNames().filter((n) => n.startsWith('bneck')), ['bneck.up']);
+  const r = run(st, true);
+  assert.equal(r.width, 4);
+  for (const [s, name] of [[st[0], 'bneck.down'], [st[1], 'bneck.up']] as const) {
+    const spec = s.specs.find((t) => t.name === name)!;
+    for (const j of [0, 5, spec.size - 1]) {
+      const i = spec.offset + j, h = 1e-2, keep = s.params[i];
+      s.params[i] = keep + h; const up = run(st, false).loss;
+      s.params[i] = keep - h; const dn = run(st, false).loss;
+      s.params[i] = keep;
+      const num = (up - dn) / (2 * h), ana = s.grads[i];
+      assert.ok(Math.abs(num - ana) < 2e-3 + 0.05 * Math.abs(ana), `${name}[${j}]: numeric ${num} vs analytic ${ana}`);
+    }
+  }
+  assert.throws(() => stageSpecs(cfg, { ...splitStages(cfg, 2)[0], bottleneck: cfg.dim + 1 }), /bottleneck must be/);
 });

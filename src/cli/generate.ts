@@ -32,7 +32,7 @@ async function generateSwarm(o: SwarmGen): Promise<void> {
   try {
     const stages = await discoverStages(host, sd, { timeoutMs: o.waitMs, runId });
     const tok = prepareDataset({ corpus: loadCorpus(m.data), vocabSize: m.model.vocabSize, cacheDir: defaultCacheDir() }).tokenizer;
-    const driver = new PipelineDriver({ host, stages, dim: m.model.dim, vocabSize: m.model.vocabSize, codec: m.codec });
+    const driver = new PipelineDriver({ host, stages, dim: m.model.dim, vocabSize: m.model.vocabSize, codec: m.codec, ...(m.bottleneck !== undefined ? { width: m.bottleneck } : {}) });
     const g = await driver.generate([tok.eotId, ...tok.encodeOrdinary(o.prompt)], Math.min(o.maxTokens, 256), { ctx: m.model.ctx, temperature: Math.max(1e-3, o.temperature), topK: o.topK || m.model.vocabSize, seed: o.seed });
     const cut = g.tokens.indexOf(tok.eotId);
     const completion = tok.decode(cut >= 0 ? g.tokens.slice(0, cut) : g.tokens);

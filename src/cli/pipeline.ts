@@ -31,7 +31,7 @@ interface PipelineOptions {
   stages: number; layers: number; replicas: number; steps: number; codec: string; rank: number; micro: number; lr: number;
   kill?: string; checkpointEvery: number; prompt: string; cacheDir: string; json: boolean;
   writeRun?: string; run?: string; dataDir?: string; listen: string; bootstrap?: string[]; waitMs: number;
-  dashboard?: number; dashboardHost: string; dashboardToken?: string; diloco?: number; routing: 'replicate' | 'balance';
+  dashboard?: number; dashboardHost: string; dashboardToken?: string; diloco?: number; routing: 'replicate' | 'balance'; bottleneck?: number;
 }
 
 /** `--dashboard`: the run's live dashboard with its stage map, served by this process while it trains. */
@@ -69,7 +69,7 @@ async function driveRun(o: PipelineOptions): Promise<void> {
     for (const [i, ps] of stages.entries()) say(o, `stage ${i}: ${ps.map((p) => p.slice(-8)).join(', ')}`);
     const tried = new Set<string>(stages.flat());
     driver = new PipelineDriver({
-      host, stages, dim: m.model.dim, vocabSize: m.model.vocabSize, codec: m.codec,
+      host, stages, dim: m.model.dim, vocabSize: m.model.vocabSize, codec: m.codec, ...(m.bottleneck !== undefined ? { width: m.bottleneck } : {}),
       addrsOf: (p) => dir.byPeer.get(p)?.addrs ?? [],
       routing: o.routing, throughputOf: (p) => dir.byPeer.get(p)?.throughput ?? 1,
       recover: async (stage) => { const p = await awaitFreshPeer(host, dir, stage, tried, o.waitMs); tried.add(p); say(o, `stage ${stage}: restoring on fresh peer ${p.slice(-8)}`); return p; },
@@ -117,6 +117,7 @@ export function register(program: Command): void {
     .option('--rank <k>', 'lowrank: subspace dimension', int(1, 4096), 8)
     .option('--micro <n>', 'micro-batches per step (batch 8)', int(1, 8), 2)
     .option('--lr <x>', 'learning rate', num(1e-6, 1), 3e-3)
+    .option('--bottleneck <k>', 'a learned bottleneck of width k at every stage boundary (k values per token cross, through --codec; start: the lowrank subspace)', int(1, 4096))
     .option('--routing <mode>', 'with replicas: replicate (every replica computes every micro-batch, in lockstep) or balance (each micro-batch takes one replica per stage by throughput; a failed hop is retried on another; replicas sum gradients)', oneOf('replicate', 'balance'), 'replicate')
     .option('--diloco <H>', 'with --replicas 2+: each replica set forms its own pipeline on its own batches; replicas sync with DiLoCo every H steps (default: replicas compute the same micro-batches in lockstep)', int(1))
     .option('--kill <S@STEP>', 'failure drill: kill stage S\'s first peer before step STEP (without replicas it is restored from checkpoint shares)')
@@ -135,7 +136,7 @@ export function register(program: Command): void {
     .option('--json', 'machine-readable output on stdout', false)
     .action(async (o: PipelineOptions) => {
       if (o.writeRun) {
-        const m = defaultPipeManifest({ stages: o.stages, layers: o.layers, codec: codecOf(o, 64), lr: o.lr, micro: o.micro, checkpointEvery: o.checkpointEvery });
+        const m = defaultPipeManifest({ stages: o.stages, layers: o.layers, codec: codecOf(o, o.bottleneck ?? 64), lr: o.lr, micro: o.micro, checkpointEvery: o.checkpointEvery, ...(o.bottleneck !== undefined ? { bottleneck: o.bottleneck } : {}) });
         const { manifest, runId } = pipeManifest(m);
         writeFileSync(o.writeRun, JSON.stringify(manifest, null, 2) + '\n');
         result(o, { runId, out: o.writeRun, manifest }, `wrote ${o.writeRun}: pipeline ${runId.slice(0, 12)}, ${o.stages} stages of a ${o.layers}-layer GPT, ${manifest.codec.id} activations; start stage peers with \`tessera stage --run ${o.writeRun} --data-dir DIR\`, then \`tessera pipeline --run ${o.writeRun} --data-dir DIR --bootstrap <a stage peer>\``);
@@ -155,16 +156,16 @@ export function register(program: Command): void {
       // Checkpoint shares and restores serve active replication; DiLoCo pipelines survive a loss by dropping a pipeline.
       const checkpoints = o.checkpointEvery > 0 && o.diloco === undefined;
       if (8 % o.micro !== 0) throw new InvalidInputError('--micro must divide the batch of 8');
-      const { manifest: m, runId } = pipeManifest(defaultPipeManifest({ stages: o.stages, layers: o.layers, codec: codecOf(o, 64), lr: o.lr, micro: o.micro, checkpointEvery: o.checkpointEvery }));
+      const { manifest: m, runId } = pipeManifest(defaultPipeManifest({ stages: o.stages, layers: o.layers, codec: codecOf(o, o.bottleneck ?? 64), lr: o.lr, micro: o.micro, checkpointEvery: o.checkpointEvery, ...(o.bottleneck !== undefined ? { bottleneck: o.bottleneck } : {}) }));
       const config = m.model, codec = m.codec;
       const B = m.batch, T = config.ctx;
       const ds = prepareDataset({ corpus: loadCorpus('brown'), vocabSize: config.vocabSize, cacheDir: o.cacheDir });
       const k = loadKernels({ threads: 1 });
       const init = new GPT(config, k);
       init.init(1);
-      const lp = await startLocalPipeline({ config, stages: o.stages, replicas: o.replicas, kernels: k, adamw: DEFAULT_ADAMW, codec, genesis: init.params, checkpoints, routing: o.routing });
+      const lp = await startLocalPipeline({ config, stages: o.stages, replicas: o.replicas, kernels: k, adamw: DEFAULT_ADAMW, codec, genesis: init.params, checkpoints, routing: o.routing, ...(m.bottleneck !== undefined ? { bottleneck: m.bottleneck } : {}) });
       const dl = o.diloco === undefined ? null : new DilocoPipelines({
-        host: lp.driverHost, stages: lp.servers.map((row) => row.map((x) => lp.peerOf(x))), dim: config.dim, vocabSize: config.vocabSize, codec,
+        host: lp.driverHost, stages: lp.servers.map((row) => row.map((x) => lp.peerOf(x))), dim: config.dim, vocabSize: config.vocabSize, codec, ...(m.bottleneck !== undefined ? { width: m.bottleneck } : {}),
         diloco: { every: o.diloco, codec: 'int8', outer: { lr: 1, momentum: 0 } },
       });
       // The driver that evaluates and samples: the only one, or the first live DiLoCo pipeline's.
@@ -175,8 +176,8 @@ export function register(program: Command): void {
       try {
         source.phase = 'training';
         for (const [i, row] of lp.servers.entries()) say(o, `stage ${i}: ${row.length} peer(s) ${row.map((s) => lp.peerOf(s).slice(-8)).join(', ')} holding ${row[0].stage.numParams} of ${init.numParams} parameters (${row[0].stage.tensorNames().length} tensors)`);
-        const perBoundary = (2 * exactBytes(codec, (B / o.micro) * T, config.dim)) / ((B / o.micro) * T);
-        say(o, `activations: ${codec.id}${codec.k ? ` k=${codec.k}` : ''}, ${perBoundary.toFixed(1)} bytes/token per boundary (fp32: ${(8 * config.dim).toFixed(0)})`);
+        const perBoundary = (2 * exactBytes(codec, (B / o.micro) * T, m.bottleneck ?? config.dim)) / ((B / o.micro) * T);
+        say(o, `activations: ${m.bottleneck !== undefined ? `learned bottleneck k=${m.bottleneck}, ` : ''}${codec.id}${codec.k ? ` k=${codec.k}` : ''}, ${perBoundary.toFixed(1)} bytes/token per boundary (fp32: ${(8 * config.dim).toFixed(0)})`);
         const batches = Array.from({ length: dl ? o.replicas : 1 }, (_, r) => new BatchSampler(ds.train, B, T, 7n + BigInt(r)));
         if (dl) say(o, `replicas train apart: ${o.replicas} pipelines on their own batches, synced with DiLoCo every ${o.diloco} steps (int8 pseudo-gradients, outer step = the mean)`);
         const bar = process.stderr.isTTY && !o.json ? new cliProgress.SingleBar({ format: 'pipeline |{bar}| {value}/{total} steps | loss {loss} | {tps} tok/s | ETA {eta_formatted}', hideCursor: true }, cliProgress.Presets.shades_classic) : null;

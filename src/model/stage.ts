@@ -12,6 +12,11 @@
  *  - Gradient clipping is by the global norm over all stages: `sumSquares()` per stage, and the
  *    driver passes the global norm to each stage's optimizer.
  *  - Several micro-batches are in flight: activations are kept per `slot` until backward.
+ *  - Optionally (spec.bottleneck = k) a learned bottleneck at each boundary: the sender projects
+ *    its output to k values per token (`bneck.down`), the receiver lifts them back (`bneck.up`);
+ *    the pair starts as the orthogonal projection onto a fixed random subspace and is trained
+ *    end to end. This is the "learned bottleneck" form of compression; it changes the model (a
+ *    pipeline with one no longer equals the plain GPT unless k = C).
  */
 import type { Kernels } from '../kernels/api.js';
 import { ModelConfigSchema, type ModelConfig } from './config.js';
@@ -26,6 +31,13 @@ export interface StageSpec {
   /** Layers [l0, l1) of the model. */
   l0: number;
   l1: number;
+  /**
+   * A learned bottleneck of this width at every stage boundary (protocol learning's compression,
+   * issue 8): a stage that sends projects its output with `bneck.down` [k, C], a stage that
+   * receives lifts its input with `bneck.up` [C, k]; only k values per token cross. Absent: the
+   * full residual stream (C values) crosses.
+   */
+  bottleneck?: number;
 }
 
 /** Cuts `layers` into `count` contiguous blocks, as even as possible (earlier stages get the extra layers). */
@@ -61,6 +73,14 @@ export function stageSpecs(config: ModelConfig, st: StageSpec): (TensorSpec & { 
   if (last && !first) {
     const wte = paramSpecs(config)[0];
     out.push({ name: 'head', shape: wte.shape, offset, size: wte.size, decay: true, full: null });
+    offset += wte.size;
+  }
+  const k = st.bottleneck, C = config.dim;
+  if (k !== undefined) {
+    if (!Number.isInteger(k) || k < 1 || k > C) throw new InvalidInputError(`bottleneck must be an integer in 1..${C}, got ${k}`);
+    // Not part of the GPT (full: null): they exist only between stages.
+    if (!first) { out.push({ name: 'bneck.up', shape: [C, k], offset, size: C * k, decay: false, full: null }); offset += C * k; }
+    if (!last) { out.push({ name: 'bneck.down', shape: [k, C], offset, size: k * C, decay: false, full: null }); offset += k * C; }
   }
   return out;
 }
@@ -76,6 +96,9 @@ interface SlotActs {
   /** The stage's input residual stream (the embeddings on the first stage). */
   input: Float32Array;
   tokens: Int32Array | null;
+  /** With a bottleneck: the k values received [N, k], and the k values sent [N, k]. */
+  coef: Float32Array | null;
+  out: Float32Array | null;
   layers: LayerActs[];
   lnf: Float32Array | null; lnfMean: Float32Array | null; lnfRstd: Float32Array | null;
   logits: Float32Array | null; losses: Float32Array | null;
@@ -136,9 +159,26 @@ export class Stage {
   /** Tensor names this stage holds (the containment check reads them). */
   tensorNames(): string[] { return this.specs.map((s) => s.name); }
 
-  /** Copies this stage's tensors out of a whole model's flat parameters (the head from wte). */
+  /** Copies this stage's tensors out of a whole model's flat parameters (the head from wte; not the bottleneck). */
   loadFromFull(full: Float32Array): void {
-    for (const s of this.specs) this.params.set(full.subarray(s.full ?? 0, (s.full ?? 0) + s.size), s.offset);
+    for (const s of this.specs) if (!s.name.startsWith('bneck.')) this.params.set(full.subarray(s.full ?? 0, (s.full ?? 0) + s.size), s.offset);
+  }
+
+  /** Boundary width: what this stage receives and sends per token (C, or the bottleneck's k). */
+  get width(): number { return this.spec.bottleneck ?? this.config.dim; }
+
+  /**
+   * Initializes the bottleneck from an orthonormal basis U [C, k] (row-major) shared by all
+   * stages: down = Uᵀ, up = U, so training starts from the orthogonal projection onto span(U)
+   * (what the fixed `lowrank` codec does) and then learns the subspace.
+   */
+  initBottleneck(U: Float32Array): void {
+    const k = this.spec.bottleneck, C = this.config.dim;
+    if (k === undefined) return;
+    if (U.length !== C * k) throw new InvalidInputError(`bottleneck basis must be ${C}×${k}`);
+    const up = this.p['bneck.up'], down = this.p['bneck.down'];
+    if (up) up.set(U);
+    if (down) for (let i = 0; i < C; i++) for (let j = 0; j < k; j++) down[j * C + i] = U[i * k + j];
   }
 
   /** Writes this stage's tensors into a whole model's flat buffer (not the head copy). */
@@ -175,6 +215,8 @@ export class Stage {
     if (this.scratch.length < N * C) this.scratch = f(N * C);
     return {
       B, T, input: f(N * C), tokens,
+      coef: this.spec.bottleneck !== undefined && !this.first ? f(N * this.spec.bottleneck) : null,
+      out: this.spec.bottleneck !== undefined && !this.last ? f(N * this.spec.bottleneck) : null,
       layers: Array.from({ length: n }, () => ({
         ln1: f(N * C), ln1Mean: f(N), ln1Rstd: f(N), qkv: f(N * 3 * C), atty: f(N * C), att: f(B * NH * T * T), res2: f(N * C),
         ln2: f(N * C), ln2Mean: f(N), ln2Rstd: f(N), fch: f(N * 4 * C), fchGelu: f(N * 4 * C), res3: f(N * C),
@@ -201,9 +243,15 @@ export class Stage {
       a = this.alloc(B, T, input.slice());
       k.embeddingForward(a.input, input, this.p.wte, this.p.wpe, B, T, C);
     } else {
-      if (!(input instanceof Float32Array) || input.length !== N * C) throw new InvalidInputError(`stage ${this.spec.index} takes ${N * C} activations`);
+      const W = this.width;
+      if (!(input instanceof Float32Array) || input.length !== N * W) throw new InvalidInputError(`stage ${this.spec.index} takes ${N * W} activations`);
       a = this.alloc(B, T, null);
-      a.input.set(input);
+      if (a.coef) {
+        a.coef.set(input);
+        k.matmulForward(a.input, a.coef, this.p['bneck.up'], null, N, W, C);
+      } else {
+        a.input.set(input);
+      }
     }
     this.slots.set(slot, a);
     let residual = a.input;
@@ -222,7 +270,11 @@ export class Stage {
       k.add(x.res3, x.res2, sc, N * C);
       residual = x.res3;
     }
-    if (!this.last) return residual;
+    if (!this.last) {
+      if (!a.out) return residual;
+      k.matmulForward(a.out, residual, this.p['bneck.down'], null, N, C, this.width);
+      return a.out;
+    }
     k.layernormForward(a.lnf!, a.lnfMean!, a.lnfRstd!, residual, this.p['lnf.w'], this.p['lnf.b'], N, C);
     k.matmulForward(a.logits!, a.lnf!, this.first ? this.p.wte : this.p.head, null, N, C, V);
     return a.logits!;
@@ -276,8 +328,14 @@ export class Stage {
       dres.fill(0);
       k.layernormBackward(dres, this.g['lnf.w'], this.g['lnf.b'], dC, lastRes, this.p['lnf.w'], a.lnfMean!, a.lnfRstd!, N, C);
     } else {
-      if (!dOut || dOut.length !== N * C) throw new InvalidInputError(`stage ${this.spec.index} backward needs ${N * C} output gradients`);
-      dres.set(dOut);
+      const W = this.width;
+      if (!dOut || dOut.length !== N * W) throw new InvalidInputError(`stage ${this.spec.index} backward needs ${N * W} output gradients`);
+      if (a.out) {
+        dres.fill(0);
+        k.matmulBackward(dres, this.g['bneck.down'], null, dOut, lastRes, this.p['bneck.down'], N, C, W);
+      } else {
+        dres.set(dOut);
+      }
     }
     for (let i = a.layers.length - 1; i >= 0; i--) {
       const l = this.spec.l0 + i, w = this.layerW(l), gw = this.layerG(l), x = a.layers[i];
@@ -301,6 +359,11 @@ export class Stage {
     if (this.first) {
       k.embeddingBackward(this.g.wte, this.g.wpe, dres, a.tokens!, B, T, C);
       return null;
+    }
+    if (a.coef) {
+      const dcoef = new Float32Array(N * this.width);
+      k.matmulBackward(dcoef, this.g['bneck.up'], null, dres, a.coef, this.p['bneck.up'], N, this.width, C);
+      return dcoef;
     }
     return dres.slice();
   }

@@ -28,6 +28,8 @@ export interface DriverOptions {
   stages: string[][];
   dim: number;
   vocabSize: number;
+  /** Values per token crossing a stage boundary: dim, or the run's bottleneck width. */
+  width?: number;
   codec: ActCodecSpec;
   /** Micro-batches in flight at once (default: all of a step's). */
   inflight?: number;
@@ -116,7 +118,7 @@ export class PipelineDriver {
   /** Forward + backward of one micro-batch; returns its loss (scaled by `scale` into the gradients). */
   private async microStep(b: Batch, B: number, T: number, scale: number, train: boolean, tag?: number): Promise<number> {
     const tagged = tag === undefined ? {} : { tag };
-    const id = this.micro++, N = B * T, C = this.o.dim;
+    const id = this.micro++, N = B * T, C = this.o.width ?? this.o.dim;
     // After a failed step, its other micro-batches stop at their next hop (they must not touch
     // the stages once these are reset for the redo).
     const epoch = this.epoch;
@@ -294,7 +296,7 @@ export class PipelineDriver {
    * (up to 3 attempts) and the failed attempt's banks are discarded at the step's fold.
    */
   private async balancedMicro(b: Batch, B: number, T: number, scale: number): Promise<{ loss: number; tag: number }> {
-    const N = B * T, act = exactBytes(this.o.codec, N, this.o.dim);
+    const N = B * T, act = exactBytes(this.o.codec, N, this.o.width ?? this.o.dim);
     for (let attempt = 0; ; attempt++) {
       const id = this.micro++;
       const route: string[] = [];
@@ -452,7 +454,7 @@ export class PipelineDriver {
       const ids = Int32Array.from(out.slice(-o.ctx));
       const T = ids.length, id = this.micro++;
       let x: Uint8Array = int32Bytes(ids);
-      for (let i = 0; i < this.S - 1; i++) { x = (await this.call(i, { op: 'fwd', micro: id, B: 1, T, train: false }, x, exactBytes(this.o.codec, T, C))).body; usage[i] += T; }
+      for (let i = 0; i < this.S - 1; i++) { x = (await this.call(i, { op: 'fwd', micro: id, B: 1, T, train: false }, x, exactBytes(this.o.codec, T, this.o.width ?? C))).body; usage[i] += T; }
       const r = await this.call(this.S - 1, { op: 'logits', micro: id, B: 1, T }, x, 4 * V);
       usage[this.S - 1] += T;
       const logits = new Float32Array(r.body.buffer.slice(r.body.byteOffset, r.body.byteOffset + 4 * V));

@@ -37,6 +37,8 @@ export async function startLocalPipeline(o: {
   genesis: Float32Array; inflight?: number;
   /** The driver's routing over replicas (driver.ts); throughput per peer for 'balance'. */
   routing?: 'replicate' | 'balance'; throughputOf?: (peer: string) => number;
+  /** A learned bottleneck of this width at every stage boundary (Stage). */
+  bottleneck?: number;
   /** Give every stage peer an IPFS store (checkpoint shares) and recover a lost stage with a fresh peer. */
   checkpoints?: boolean;
 }): Promise<LocalPipeline> {
@@ -53,7 +55,7 @@ export async function startLocalPipeline(o: {
     hosts.push(host);
     let store: Store | undefined;
     if (o.checkpoints) { store = await openStore(join(root, dir), { libp2p: host.node }); stores.push(store); }
-    const srv = await serveStage(host, { config: o.config, spec, kernels: o.kernels, adamw: o.adamw, codec: o.codec, init: init ? (s) => s.loadFromFull(o.genesis) : null, ...(store ? { store } : {}) });
+    const srv = await serveStage(host, { config: o.config, spec, kernels: o.kernels, adamw: o.adamw, codec: o.codec, init: init ? (s) => s.loadFromFull(o.genesis) : null, ...(store ? { store } : {}), ...(o.bottleneck !== undefined ? { bottleneck: o.bottleneck } : {}) });
     return Object.assign(srv, { host });
   };
   for (const spec of specs) {
@@ -80,7 +82,7 @@ export async function startLocalPipeline(o: {
   const stopped = new Set<Host>();
   if (o.checkpoints) for (const h of hosts) await connectAll(h);
   const driver = new PipelineDriver({
-    host: driverHost, stages: peerIds, dim: o.config.dim, vocabSize: o.config.vocabSize, codec: o.codec, ...(o.inflight ? { inflight: o.inflight } : {}),
+    host: driverHost, stages: peerIds, dim: o.config.dim, vocabSize: o.config.vocabSize, codec: o.codec, ...(o.inflight ? { inflight: o.inflight } : {}), ...(o.bottleneck !== undefined ? { width: o.bottleneck } : {}),
     ...(o.routing ? { routing: o.routing } : {}), ...(o.throughputOf ? { throughputOf: o.throughputOf } : {}),
     ...(o.checkpoints ? {
       recover: async (stage: number) => {

@@ -44,12 +44,14 @@ export const PipeManifestSchema = z.object({
   /** Training data (the driver's only): the embedded corpus, tokenized to model.vocabSize. */
   data: z.literal('brown'),
   codec: z.object({ id: z.enum(['fp32', 'fp16', 'int8', 'lowrank']), k: z.number().int().min(1).optional(), seed: z.number().int().optional() }).strict(),
+  /** A learned bottleneck of this width at every stage boundary (the codec then carries k values per token). */
+  bottleneck: z.number().int().min(1).max(65536).optional(),
   adamw: AdamWSchema,
   lr: z.number().positive().max(1),
   batch: z.number().int().min(1).max(4096),
   micro: z.number().int().min(1).max(4096),
   checkpointEvery: z.number().int().min(0),
-}).strict().refine((m) => m.stages <= m.model.layers, { message: 'more stages than layers' }).refine((m) => m.batch % m.micro === 0, { message: 'micro must divide batch' });
+}).strict().refine((m) => m.stages <= m.model.layers, { message: 'more stages than layers' }).refine((m) => m.bottleneck === undefined || m.bottleneck <= m.model.dim, { message: 'bottleneck wider than the model' }).refine((m) => m.batch % m.micro === 0, { message: 'micro must divide batch' });
 export type PipeManifest = z.infer<typeof PipeManifestSchema>;
 
 export function pipeManifest(input: unknown): { manifest: PipeManifest; runId: string } {
@@ -67,8 +69,9 @@ export function readPipeManifest(file: string, flag: string): { manifest: PipeMa
   return pipeManifest(raw);
 }
 
-export function defaultPipeManifest(o: { stages: number; layers: number; codec: PipeManifest['codec']; lr?: number; micro?: number; checkpointEvery?: number }): PipeManifest {
+export function defaultPipeManifest(o: { stages: number; layers: number; codec: PipeManifest['codec']; lr?: number; micro?: number; checkpointEvery?: number; bottleneck?: number }): PipeManifest {
   return {
+    ...(o.bottleneck !== undefined ? { bottleneck: o.bottleneck } : {}),
     version: 1, kind: 'pipeline', name: `brown-pipe-l${o.layers}-s${o.stages}`, model: { vocabSize: 512, ctx: 64, dim: 64, layers: o.layers, heads: 4 },
     stages: o.stages, seed: 1, data: 'brown', codec: o.codec, adamw: DEFAULT_ADAMW, lr: o.lr ?? 3e-3, batch: 8, micro: o.micro ?? 2, checkpointEvery: o.checkpointEvery ?? 25,
   };
@@ -165,7 +168,7 @@ export async function runStagePeer(o: {
   // Genesis weights only before training starts; a peer joining a run under way waits for a sync.
   const underway = dir.live().some((a) => a.step > 0);
   const server = await serveStage(host, {
-    config: m.model, spec: specs[stage], kernels: o.kernels, adamw: m.adamw, codec: m.codec, store,
+    config: m.model, spec: specs[stage], kernels: o.kernels, adamw: m.adamw, codec: m.codec, store, ...(m.bottleneck !== undefined ? { bottleneck: m.bottleneck } : {}),
     init: o.fresh || underway ? null : (s) => s.init(m.seed),
   });
   const throughput = o.throughput ?? measureThroughput(m.model, specs[stage], o.kernels, m.batch / m.micro);

@@ -53,7 +53,7 @@ import type { Kernels } from '../kernels/api.js';
 import type { ModelConfig } from '../model/config.js';
 import type { StageSpec } from '../model/stage.js';
 import { InvalidInputError } from '../util/errors.js';
-import { getActCodec, type ActCodec, type ActCodecSpec } from './act-codec.js';
+import { getActCodec, subspaceBasis, type ActCodec, type ActCodecSpec } from './act-codec.js';
 import { serveStageRpc, StageUnavailableError } from './rpc.js';
 import { createHash } from 'node:crypto';
 import { decodeAny, ErrorFeedback, getCodec } from '../swarm/compress/index.js';
@@ -115,10 +115,17 @@ export async function serveStage(host: Host, o: {
   init: ((stage: Stage) => void) | null;
   /** This peer's IPFS store (checkpoint shares); needed for save / hold / restore. */
   store?: Store;
+  /** Learned bottleneck width at stage boundaries (Stage); absent: full activations cross. */
+  bottleneck?: number;
   fetchTimeoutMs?: number;
 }): Promise<StageServer> {
-  let stage = new Stage(o.config, o.spec, o.kernels);
-  o.init?.(stage);
+  // A learned bottleneck at the boundaries (the run's `bottleneck`): part of every stage's spec.
+  const withB = (sp: StageSpec): StageSpec => (o.bottleneck !== undefined ? { ...sp, bottleneck: o.bottleneck } : sp);
+  let stage = new Stage(o.config, withB(o.spec), o.kernels);
+  if (o.init) {
+    o.init(stage);
+    if (o.bottleneck !== undefined) stage.initBottleneck(subspaceBasis(o.config.dim, o.bottleneck));
+  }
   let ready = o.init !== null;
   let opt = new AdamW(o.config, o.adamw, o.kernels, stage.specs);
   // Replicas that train apart (diloco.ts): the weights of the last outer step, the outer momentum
@@ -161,11 +168,12 @@ export async function serveStage(host: Host, o: {
   const needStore = (): Store => { if (!o.store) throw new InvalidInputError('this stage peer has no store for checkpoints'); return o.store; };
   const fetchSignal = () => AbortSignal.timeout(o.fetchTimeoutMs ?? 30_000);
   const C = o.config.dim, V = o.config.vocabSize;
-  const codec: ActCodec = getActCodec(o.codec, C);
+  const W = o.bottleneck ?? C; // values per token at a boundary
+  const codec: ActCodec = getActCodec(o.codec, W);
   const stats: StageServerStats = { calls: 0, actBytesIn: 0, actBytesOut: 0, steps: 0, tokens: 0, ms: { fwd: 0, bwd: 0, last: 0, step: 0 }, count: { fwd: 0, bwd: 0, last: 0, step: 0 } };
   const maxN = 4096 * o.config.ctx;
-  const enc = (x: Float32Array, rows: number): Uint8Array => { const b = codec.encode(x, rows, C); stats.actBytesOut += b.length; return b; };
-  const dec = (b: Uint8Array, rows: number): Float32Array => { stats.actBytesIn += b.length; return codec.decode(b, rows, C); };
+  const enc = (x: Float32Array, rows: number): Uint8Array => { const b = codec.encode(x, rows, W); stats.actBytesOut += b.length; return b; };
+  const dec = (b: Uint8Array, rows: number): Float32Array => { stats.actBytesIn += b.length; return codec.decode(b, rows, W); };
   const rows = new Map<number, number>();
   const srv = await serveStageRpc(host, async (raw, body) => {
     stats.calls++;
@@ -179,7 +187,7 @@ export async function serveStage(host: Host, o: {
     } finally {
       if (timed && !('train' in h && !h.train)) { stats.ms[timed] += performance.now() - t0; stats.count[timed]++; }
     }
-  }, { maxBody: Math.max(8 * maxN, 4 * V * C, fp32Size(largestStage(o.config, o.spec.count))) + 64 });
+  }, { maxBody: Math.max(8 * maxN, 4 * V * C, fp32Size(largestStage(o.config, o.spec.count, o.bottleneck))) + 64 });
   async function handle(h: z.infer<typeof Head>, body: Uint8Array): Promise<{ head: unknown; body?: Uint8Array }> {
     if (!ready && h.op !== 'restore' && h.op !== 'info' && h.op !== 'hold') throw new StageUnavailableError(`not serving stage ${stage.spec.index} yet (waiting for a restore)`);
     switch (h.op) {
@@ -369,7 +377,7 @@ export async function serveStage(host: Host, o: {
     get stage() { return stage; },
     stats, ready: () => ready, step: () => opt.step,
     moveTo: (spec) => {
-      stage = new Stage(o.config, spec, o.kernels);
+      stage = new Stage(o.config, withB(spec), o.kernels);
       opt = new AdamW(o.config, o.adamw, o.kernels, stage.specs);
       reloaded();
       ready = false;
@@ -380,8 +388,8 @@ export async function serveStage(host: Host, o: {
 }
 
 /** Parameters of the largest stage of the cut (a peer may move to any stage). */
-function largestStage(config: ModelConfig, count: number): number {
-  return Math.max(...splitStages(config, count).map((sp) => stageSpecs(config, sp).reduce((t, x) => t + x.size, 0)));
+function largestStage(config: ModelConfig, count: number, bottleneck?: number): number {
+  return Math.max(...splitStages(config, count).map((sp) => stageSpecs(config, { ...sp, ...(bottleneck !== undefined ? { bottleneck } : {}) }).reduce((t, x) => t + x.size, 0)));
 }
 
 function int32(b: Uint8Array, n: number, what: string): Int32Array {
@@ -404,7 +412,7 @@ export function encodeStageState(stage: Stage, opt: AdamW): Uint8Array {
   return packF32({ v: 1, ...stage.spec, step: opt.step, tensors: stage.tensorNames() }, [stage.params, opt.m, opt.v]);
 }
 
-const StateHead = z.object({ v: z.literal(1), index: z.number().int(), count: z.number().int(), l0: z.number().int(), l1: z.number().int(), step: z.number().int().min(0), tensors: z.array(z.string()).max(100_000) }).strict();
+const StateHead = z.object({ v: z.literal(1), index: z.number().int(), count: z.number().int(), l0: z.number().int(), l1: z.number().int(), bottleneck: z.number().int().min(1).optional(), step: z.number().int().min(0), tensors: z.array(z.string()).max(100_000) }).strict();
 
 /** Loads a state made by encodeStageState into `stage` and `opt`; it must be this very stage. */
 export function decodeStageState(bytes: Uint8Array, stage: Stage, opt: AdamW): void {
@@ -412,7 +420,7 @@ export function decodeStageState(bytes: Uint8Array, stage: Stage, opt: AdamW): v
   const h = StateHead.safeParse(raw);
   if (!h.success) throw new InvalidInputError(`stage state header: ${h.error.message.slice(0, 120)}`);
   const head = h.data, sp = stage.spec;
-  if (head.index !== sp.index || head.count !== sp.count || head.l0 !== sp.l0 || head.l1 !== sp.l1 || head.tensors.join() !== stage.tensorNames().join()) {
+  if (head.index !== sp.index || head.count !== sp.count || head.l0 !== sp.l0 || head.l1 !== sp.l1 || head.bottleneck !== sp.bottleneck || head.tensors.join() !== stage.tensorNames().join()) {
     throw new InvalidInputError(`the checkpoint is of stage ${head.index}/${head.count}, not ${sp.index}/${sp.count}`);
   }
   stage.params.set(arrays[0]);
