@@ -11,7 +11,7 @@ import { loadKernels } from '../src/kernels/index.js';
 import { paramSpecs } from '../src/model/params.js';
 import { splitStages, stageSpecs } from '../src/model/stage.js';
 import { Rng } from '../src/util/rng.js';
-import { startLocalPipeline } from '../src/pipeline/local.js';
+import { startLocalPipeline, type LocalPipeline } from '../src/pipeline/local.js';
 import { exactBytes } from '../src/pipeline/act-codec.js';
 import type { Batch } from '../src/data/batches.js';
 
@@ -29,6 +29,15 @@ function batches(n: number, seed: number): Batch[] {
     }
     return { inputs, targets };
   });
+}
+
+/** The pipeline's weights (reassembled from a live peer of each stage: a test-only view) against one process's. */
+function weightDiff(lp: LocalPipeline, ref: GPT): { max: number; mean: number } {
+  const full = new Float32Array(ref.params.length);
+  for (const row of lp.servers) row.find((s) => lp.alive(s))!.stage.writeToFull(full);
+  let max = 0, sum = 0;
+  for (let i = 0; i < full.length; i++) { const d = Math.abs(full[i] - ref.params[i]); max = Math.max(max, d); sum += d; }
+  return { max, mean: sum / full.length };
 }
 
 test('3 stage peers over libp2p train exactly like one process (fp32), and each holds only its stage', { timeout: 60_000 }, async () => {
@@ -56,14 +65,11 @@ test('3 stage peers over libp2p train exactly like one process (fp32), and each 
       assert.equal(got.actBytes, MICRO * 2 * 2 * 2 * exactBytes({ id: 'fp32' }, (B / MICRO) * T, cfg.dim));
     }
     // The weights, reassembled from the stages (a test-only view), match the reference.
-    const full = new Float32Array(ref.params.length);
-    for (const row of lp.servers) row[0].stage.writeToFull(full);
     // Only summation order differs (the tied embedding's two gradient halves are summed after, not
     // during, accumulation), and Adam turns ~1e-7 gradient differences on near-zero gradients
     // into up to ~lr: the weights agree to well under one step's size, and on average to ~1e-6.
-    let maxDiff = 0, sumDiff = 0;
-    for (let i = 0; i < full.length; i++) { const d = Math.abs(full[i] - ref.params[i]); maxDiff = Math.max(maxDiff, d); sumDiff += d; }
-    assert.ok(maxDiff < 2e-3 && sumDiff / full.length < 1e-5, `weights after 12 steps differ by ${maxDiff} (max), ${sumDiff / full.length} (mean)`);
+    const diff = weightDiff(lp, ref);
+    assert.ok(diff.max < 2e-3 && diff.mean < 1e-5, `weights after 12 steps differ by ${diff.max} (max), ${diff.mean} (mean)`);
     const loss0 = await lp.driver.evaluate(data.slice(0, 2), B, T);
     assert.ok(Number.isFinite(loss0));
     // Containment: each stage peer allocated exactly its own tensors, nothing else.
@@ -221,10 +227,7 @@ test('balanced routing (SWARM): each micro-batch takes one replica per stage by 
       const alive = row.filter((s) => lp.alive(s));
       for (const s of alive.slice(1)) assert.deepEqual(s.stage.params, alive[0].stage.params, `stage ${i}: replicas identical`);
     }
-    const full = new Float32Array(ref.params.length);
-    for (const row of lp.servers) row.filter((s) => lp.alive(s))[0].stage.writeToFull(full);
-    let maxDiff = 0;
-    for (let i = 0; i < full.length; i++) maxDiff = Math.max(maxDiff, Math.abs(full[i] - ref.params[i]));
+    const maxDiff = weightDiff(lp, ref).max;
     assert.ok(maxDiff < 5e-3, `weights match one process to ${maxDiff}`);
     // Load went by throughput (the fast replicas took more micro-batches), and no micro-batch ran twice in full.
     for (const [i, row] of lp.servers.entries()) {

@@ -48,6 +48,11 @@ function codecOf(o: PipelineOptions, dim: number): ActCodecSpec {
   return o.codec === 'lowrank' ? { id: 'lowrank', k: Math.min(o.rank, dim) } : { id: o.codec as ActCodecSpec['id'] };
 }
 
+/** The pipeline manifest the flags describe (the local run's, or the one --write-run writes). */
+function manifestOf(o: PipelineOptions) {
+  return defaultPipeManifest({ stages: o.stages, layers: o.layers, codec: codecOf(o, o.bottleneck ?? 64), lr: o.lr, micro: o.micro, checkpointEvery: o.checkpointEvery, ...(o.bottleneck !== undefined ? { bottleneck: o.bottleneck } : {}) });
+}
+
 /** `--run`: drive a pipeline whose stage peers (`tessera stage`) run anywhere. */
 async function driveRun(o: PipelineOptions): Promise<void> {
   const { manifest: m, runId } = readPipeManifest(o.run!, '--run');
@@ -136,7 +141,7 @@ export function register(program: Command): void {
     .option('--json', 'machine-readable output on stdout', false)
     .action(async (o: PipelineOptions) => {
       if (o.writeRun) {
-        const m = defaultPipeManifest({ stages: o.stages, layers: o.layers, codec: codecOf(o, o.bottleneck ?? 64), lr: o.lr, micro: o.micro, checkpointEvery: o.checkpointEvery, ...(o.bottleneck !== undefined ? { bottleneck: o.bottleneck } : {}) });
+        const m = manifestOf(o);
         const { manifest, runId } = pipeManifest(m);
         writeFileSync(o.writeRun, JSON.stringify(manifest, null, 2) + '\n');
         result(o, { runId, out: o.writeRun, manifest }, `wrote ${o.writeRun}: pipeline ${runId.slice(0, 12)}, ${o.stages} stages of a ${o.layers}-layer GPT, ${manifest.codec.id} activations; start stage peers with \`tessera stage --run ${o.writeRun} --data-dir DIR\`, then \`tessera pipeline --run ${o.writeRun} --data-dir DIR --bootstrap <a stage peer>\``);
@@ -156,7 +161,7 @@ export function register(program: Command): void {
       // Checkpoint shares and restores serve active replication; DiLoCo pipelines survive a loss by dropping a pipeline.
       const checkpoints = o.checkpointEvery > 0 && o.diloco === undefined;
       if (8 % o.micro !== 0) throw new InvalidInputError('--micro must divide the batch of 8');
-      const { manifest: m, runId } = pipeManifest(defaultPipeManifest({ stages: o.stages, layers: o.layers, codec: codecOf(o, o.bottleneck ?? 64), lr: o.lr, micro: o.micro, checkpointEvery: o.checkpointEvery, ...(o.bottleneck !== undefined ? { bottleneck: o.bottleneck } : {}) }));
+      const { manifest: m, runId } = pipeManifest(manifestOf(o));
       const config = m.model, codec = m.codec;
       const B = m.batch, T = config.ctx;
       const ds = prepareDataset({ corpus: loadCorpus('brown'), vocabSize: config.vocabSize, cacheDir: o.cacheDir });

@@ -81,6 +81,16 @@ export class DilocoPipelines {
     if (k >= 0) { this.alive.splice(k, 1); this.dropped.push({ pipeline: r, step: this.steps, reason }); }
   }
 
+  /** Runs one pipeline's part of a sync; if its peer fails (not a refusal: a bug), the pipeline is dropped. */
+  private async orDrop(r: number, what: string, f: () => Promise<void>): Promise<void> {
+    try {
+      await f();
+    } catch (err) {
+      if (err instanceof StageCallError && err.refused) throw err;
+      this.drop(r, `${what}: ${(err as Error).message}`);
+    }
+  }
+
   /** The outer step: per stage, average the live replicas' pseudo-gradients and apply the mean on each. */
   async sync(): Promise<SyncResult> {
     const t0 = performance.now(), b0 = this.syncBytes;
@@ -92,44 +102,28 @@ export class DilocoPipelines {
       // Ask every live replica for its Δ; one that cannot answer drops its pipeline.
       const got: { r: number; delta: Float32Array }[] = [];
       let n = 0;
-      await Promise.all(this.alive.map(async (r) => {
-        try {
-          const rep = await call(this.o.stages[i][r], { op: 'delta', codec: d.codec, ...(d.sparse ?? {}) }, new Uint8Array(0), 1 << 30);
-          n = (rep.head as { n: number }).n;
-          this.syncBytes += rep.body.length;
-          got.push({ r, delta: decodeAny(rep.body, n, [d.codec]).values });
-        } catch (err) {
-          if (err instanceof StageCallError && err.refused) throw err;
-          this.drop(r, `sync of stage ${i}: ${(err as Error).message}`);
-        }
-      }));
+      await Promise.all(this.alive.map((r) => this.orDrop(r, `sync of stage ${i}`, async () => {
+        const rep = await call(this.o.stages[i][r], { op: 'delta', codec: d.codec, ...(d.sparse ?? {}) }, new Uint8Array(0), 1 << 30);
+        n = (rep.head as { n: number }).n;
+        this.syncBytes += rep.body.length;
+        got.push({ r, delta: decodeAny(rep.body, n, [d.codec]).values });
+      })));
       if (got.length === 0) throw new StageCallError(`stage ${i}: no replica left to sync`);
       got.sort((a, b) => a.r - b.r);
       const mean = aggregate(got.map((g) => g.delta), got.map(() => 1));
       const bytes = codec.encode(mean).bytes;
-      await Promise.all(got.map(async ({ r }) => {
-        if (!this.alive.includes(r)) return;
-        try {
-          await call(this.o.stages[i][r], { op: 'outer', lr: d.outer.lr, momentum: d.outer.momentum }, bytes, 0);
-          this.syncBytes += bytes.length;
-        } catch (err) {
-          if (err instanceof StageCallError && err.refused) throw err;
-          this.drop(r, `outer step of stage ${i}: ${(err as Error).message}`);
-        }
-      }));
+      await Promise.all(got.filter(({ r }) => this.alive.includes(r)).map(({ r }) => this.orDrop(r, `outer step of stage ${i}`, async () => {
+        await call(this.o.stages[i][r], { op: 'outer', lr: d.outer.lr, momentum: d.outer.momentum }, bytes, 0);
+        this.syncBytes += bytes.length;
+      })));
     }
     // Re-tie: the last stage's head copy takes the first stage's wte (per pipeline: identical after the sync).
     if (S > 1) {
-      await Promise.all(this.alive.map(async (r) => {
-        try {
-          const w = await call(this.o.stages[0][r], { op: 'embed', set: false }, new Uint8Array(0), 1 << 30);
-          await call(this.o.stages[S - 1][r], { op: 'embed', set: true }, w.body, 0);
-          this.syncBytes += 2 * w.body.length;
-        } catch (err) {
-          if (err instanceof StageCallError && err.refused) throw err;
-          this.drop(r, `re-tie: ${(err as Error).message}`);
-        }
-      }));
+      await Promise.all(this.alive.map((r) => this.orDrop(r, 're-tie', async () => {
+        const w = await call(this.o.stages[0][r], { op: 'embed', set: false }, new Uint8Array(0), 1 << 30);
+        await call(this.o.stages[S - 1][r], { op: 'embed', set: true }, w.body, 0);
+        this.syncBytes += 2 * w.body.length;
+      })));
     }
     this.syncs++;
     return { pipelines: this.alive.length, bytes: this.syncBytes - b0, ms: performance.now() - t0 };

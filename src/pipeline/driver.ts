@@ -21,6 +21,7 @@ import { callStage, StageCallError } from './rpc.js';
 import { int32Bytes } from './stage-server.js';
 import type { ActCodecSpec } from './act-codec.js';
 import { exactBytes } from './act-codec.js';
+import { bytesToF32, f32ToBytes } from '../util/packed.js';
 
 export interface DriverOptions {
   host: Host;
@@ -52,6 +53,14 @@ export interface DriverOptions {
   /** A peer's announced capacity in tokens/s (balanced routing); default: all equal. */
   throughputOf?: (peer: string) => number;
 }
+
+/** A batch cut into `micro` micro-batches of `n` tokens each (views, no copy). */
+function splitBatch(batch: Batch, micro: number, n: number): Batch[] {
+  return Array.from({ length: micro }, (_, m) => ({ inputs: batch.inputs.subarray(m * n, (m + 1) * n), targets: batch.targets.subarray(m * n, (m + 1) * n) }));
+}
+
+/** How a micro-batch's call to stage i is made. */
+type Hop = (i: number, head: unknown, body: Uint8Array, maxBody: number) => Promise<{ head: unknown; body: Uint8Array }>;
 
 export interface Recovery { stage: number; peer: string; fromStep: number; ms: number }
 
@@ -117,37 +126,43 @@ export class PipelineDriver {
 
   /** Forward + backward of one micro-batch; returns its loss (scaled by `scale` into the gradients). */
   private async microStep(b: Batch, B: number, T: number, scale: number, train: boolean, tag?: number): Promise<number> {
-    const tagged = tag === undefined ? {} : { tag };
-    const id = this.micro++, N = B * T, C = this.o.width ?? this.o.dim;
     // After a failed step, its other micro-batches stop at their next hop (they must not touch
     // the stages once these are reset for the redo).
     const epoch = this.epoch;
-    const call = (i: number, head: unknown, body: Uint8Array, max: number) => {
+    const hop: Hop = (i, head, body, max) => {
       if (this.epoch !== epoch) throw new StageCallError('micro-batch of an abandoned step');
       return this.call(i, head, body, max);
     };
-    const act = exactBytes(this.o.codec, N, C);
+    return await this.pass(b, B, T, scale, train, this.micro++, tag, hop);
+  }
+
+  /**
+   * One micro-batch's trip: forward through stages 0..S−2, forward + loss + backward on the
+   * last, backward to stage 0, each call made by `hop` (to every replica, or to one). The last
+   * and backward calls carry `tag` when given (the stage banks that gradient apart). Counts
+   * every activation or activation-gradient payload the driver sends or receives.
+   */
+  private async pass(b: Batch, B: number, T: number, scale: number, train: boolean, id: number, tag: number | undefined, hop: Hop): Promise<number> {
+    const tagged = tag === undefined ? {} : { tag };
+    const N = B * T, act = exactBytes(this.o.codec, N, this.o.width ?? this.o.dim);
     let x: Uint8Array = int32Bytes(b.inputs);
-    // actBytes: every activation or activation-gradient payload the driver sends or receives.
     for (let i = 0; i < this.S - 1; i++) {
       if (i > 0) this.actSent += x.length;
-      const r = await call(i, { op: 'fwd', micro: id, B, T, train }, x, act);
-      x = r.body;
+      x = (await hop(i, { op: 'fwd', micro: id, B, T, train }, x, act)).body;
       this.actReceived += x.length;
     }
     const lastBody = new Uint8Array(x.length + 4 * N);
     lastBody.set(x);
     lastBody.set(int32Bytes(b.targets), x.length);
     if (this.S > 1) this.actSent += x.length;
-    const r = await call(this.S - 1, { op: 'last', micro: id, B, T, train, scale, ...tagged }, lastBody, act);
+    const r = await hop(this.S - 1, { op: 'last', micro: id, B, T, train, scale, ...tagged }, lastBody, act);
     const loss = (r.head as { loss: number }).loss;
     if (!train) return loss;
     let d = r.body;
     this.actReceived += d.length;
     for (let i = this.S - 2; i >= 0; i--) {
       this.actSent += d.length;
-      const rb = await call(i, { op: 'bwd', micro: id, ...tagged }, d, act);
-      d = rb.body;
+      d = (await hop(i, { op: 'bwd', micro: id, ...tagged }, d, act)).body;
       this.actReceived += d.length;
     }
     return loss;
@@ -207,17 +222,17 @@ export class PipelineDriver {
 
   /**
    * Adds `peer` (a fresh peer announcing stage i) as a replica of a live stage, between steps: a
-   * serving replica saves its state as two shares, the new peer restores them (dialing `dial`,
-   * the saver's addresses) and from the next call on computes the same bits as the others.
+   * serving replica saves its state as two shares, the new peer restores them (dialing the
+   * saver's addresses, `addrsOf`) and from the next call on computes the same bits as the others.
    */
-  async admit(i: number, peer: string, dial: string[] = []): Promise<{ step: number; ms: number }> {
+  async admit(i: number, peer: string): Promise<{ step: number; ms: number }> {
     if (!this.live[i]?.length) throw new StageCallError(`stage ${i} has no live replica to sync from`);
     if (this.live[i].includes(peer)) throw new InvalidInputError(`${peer} already serves stage ${i}`);
     const t0 = performance.now();
     const signal = () => AbortSignal.timeout(this.o.callTimeoutMs ?? 60_000);
     const src = this.live[i][0];
     const saved = (await callStage(this.o.host, src, { op: 'save' }, new Uint8Array(0), { maxBody: 0, signal: signal() })).head as { shares: string[]; step: number };
-    const addrs = dial.length ? dial : (this.o.addrsOf?.(src) ?? []);
+    const addrs = this.o.addrsOf?.(src) ?? [];
     const r = (await callStage(this.o.host, peer, { op: 'restore', shares: saved.shares, ...(addrs.length ? { dial: addrs.slice(0, 16) } : {}) }, new Uint8Array(0), { maxBody: 0, signal: signal() })).head as { step: number };
     if (r.step !== saved.step) throw new StageCallError(`stage ${i}: ${peer} restored step ${r.step}, not ${saved.step}`);
     this.live[i].push(peer);
@@ -248,7 +263,7 @@ export class PipelineDriver {
     if (B % micro !== 0) throw new InvalidInputError(`batch ${B} does not split into ${micro} micro-batches`);
     const mb = B / micro, n = mb * T;
     const a0 = this.actBytes, s0 = this.syncBytes, r0 = this.retries;
-    const parts = Array.from({ length: micro }, (_, m) => ({ inputs: batch.inputs.subarray(m * n, (m + 1) * n), targets: batch.targets.subarray(m * n, (m + 1) * n) }));
+    const parts = splitBatch(batch, micro, n);
     let losses: number[];
     if (this.o.routing === 'balance') {
       const done = await this.pooled(parts.map((p) => () => this.balancedMicro(p, mb, T, 1 / micro)));
@@ -296,32 +311,13 @@ export class PipelineDriver {
    * (up to 3 attempts) and the failed attempt's banks are discarded at the step's fold.
    */
   private async balancedMicro(b: Batch, B: number, T: number, scale: number): Promise<{ loss: number; tag: number }> {
-    const N = B * T, act = exactBytes(this.o.codec, N, this.o.width ?? this.o.dim);
     for (let attempt = 0; ; attempt++) {
       const id = this.micro++;
+      // The replica of each stage is picked at its forward; the backward returns through it.
       const route: string[] = [];
+      const hop: Hop = (i, head, body, max) => this.callOne(i, (route[i] ??= this.pick(i)), head, body, max);
       try {
-        let x: Uint8Array = int32Bytes(b.inputs);
-        for (let i = 0; i < this.S - 1; i++) {
-          route[i] = this.pick(i);
-          if (i > 0) this.actSent += x.length;
-          x = (await this.callOne(i, route[i], { op: 'fwd', micro: id, B, T, train: true }, x, act)).body;
-          this.actReceived += x.length;
-        }
-        const lastBody = new Uint8Array(x.length + 4 * N);
-        lastBody.set(x);
-        lastBody.set(int32Bytes(b.targets), x.length);
-        if (this.S > 1) this.actSent += x.length;
-        route[this.S - 1] = this.pick(this.S - 1);
-        const r = await this.callOne(this.S - 1, route[this.S - 1], { op: 'last', micro: id, B, T, train: true, scale, tag: id }, lastBody, act);
-        let d = r.body;
-        this.actReceived += d.length;
-        for (let i = this.S - 2; i >= 0; i--) {
-          this.actSent += d.length;
-          d = (await this.callOne(i, route[i], { op: 'bwd', micro: id, tag: id }, d, act)).body;
-          this.actReceived += d.length;
-        }
-        return { loss: (r.head as { loss: number }).loss, tag: id };
+        return { loss: await this.pass(b, B, T, scale, true, id, id, hop), tag: id };
       } catch (err) {
         if ((err instanceof StageCallError && err.refused) || attempt >= 2 || this.live.some((row) => row.length === 0)) throw err;
         this.reroutes++;
@@ -340,12 +336,12 @@ export class PipelineDriver {
     await Promise.all(this.live.map(async (row, i) => {
       if (row.length < 2) return;
       const got = await all(i, { op: 'grads', set: false }, new Uint8Array(0), 1 << 30);
-      const sum = new Float32Array(got[0].body.length / 4);
+      const n = got[0].body.length / 4, sum = new Float32Array(n);
       for (const g of got) {
-        const v = new Float32Array(g.body.buffer.slice(g.body.byteOffset, g.body.byteOffset + g.body.byteLength));
-        for (let k = 0; k < sum.length; k++) sum[k] += v[k];
+        const v = bytesToF32(g.body, n, `stage ${i} gradients`);
+        for (let k = 0; k < n; k++) sum[k] += v[k];
       }
-      const bytes = new Uint8Array(sum.buffer);
+      const bytes = f32ToBytes(sum);
       await all(i, { op: 'grads', set: true }, bytes, 0);
       this.syncBytes += 2 * got.length * bytes.length;
     }));
@@ -373,10 +369,9 @@ export class PipelineDriver {
     if (this.S > 1) {
       const V = this.o.vocabSize, C = this.o.dim, bytes = 4 * V * C;
       const [g0, gL] = await Promise.all([0, this.S - 1].map((i) => this.call(i, { op: 'tied', set: false, ...tagged }, new Uint8Array(0), bytes)));
-      const a = new Float32Array(g0.body.buffer.slice(g0.body.byteOffset, g0.body.byteOffset + bytes));
-      const b = new Float32Array(gL.body.buffer.slice(gL.body.byteOffset, gL.body.byteOffset + bytes));
+      const a = bytesToF32(g0.body, V * C, 'tied gradient'), b = bytesToF32(gL.body, V * C, 'tied gradient');
       for (let i = 0; i < a.length; i++) a[i] += b[i];
-      const sum = new Uint8Array(a.buffer);
+      const sum = f32ToBytes(a);
       await Promise.all([this.call(0, { op: 'tied', set: true, ...tagged }, sum, 0), this.call(this.S - 1, { op: 'tied', set: true, ...tagged }, sum, 0)]);
       this.syncBytes += 4 * bytes;
       for (let i = 0; i < a.length; i++) tiedSq += a[i] * a[i];
@@ -414,12 +409,10 @@ export class PipelineDriver {
       // Staleness stays bounded: batch b starts only once batch b−2's update is applied, so a
       // gradient is at most one update old when it is applied (and banks stay few).
       if (b >= 2) await applied[b - 2].catch(() => undefined);
-      const batch = next(b);
       const parts: Promise<number>[] = [];
-      for (let m = 0; m < micro; m++) {
+      for (const p of splitBatch(next(b), micro, n)) {
         await acquire();
         if (failure !== null) { release(); break; }
-        const p = { inputs: batch.inputs.subarray(m * n, (m + 1) * n), targets: batch.targets.subarray(m * n, (m + 1) * n) };
         parts.push(this.microStep(p, mb, T, 1 / micro, true, b).finally(release));
       }
       const done = Promise.all(parts);
@@ -457,7 +450,7 @@ export class PipelineDriver {
       for (let i = 0; i < this.S - 1; i++) { x = (await this.call(i, { op: 'fwd', micro: id, B: 1, T, train: false }, x, exactBytes(this.o.codec, T, this.o.width ?? C))).body; usage[i] += T; }
       const r = await this.call(this.S - 1, { op: 'logits', micro: id, B: 1, T }, x, 4 * V);
       usage[this.S - 1] += T;
-      const logits = new Float32Array(r.body.buffer.slice(r.body.byteOffset, r.body.byteOffset + 4 * V));
+      const logits = bytesToF32(r.body, V, 'logits');
       const temp = Math.max(1e-3, o.temperature ?? 0.8), k = Math.min(V, o.topK ?? 40);
       const top = [...logits.keys()].sort((a, b) => logits[b] - logits[a]).slice(0, k);
       const mx = logits[top[0]];

@@ -198,15 +198,15 @@ export async function runStagePeer(o: {
     for (const a of dir.live().slice(0, 64)) if (a.from !== me && !connected.has(a.from) && a.addrs[0]) void host.dial(a.addrs[0], { signal: AbortSignal.timeout(5000) }).catch(() => undefined);
   };
   // The DHT record of the stage served (re-provided by kad-dht; a move cancels the old one).
-  const provide = async (i: number) => { await host.node.contentRouting.provide(await stageKey(o.runId, i), { signal: AbortSignal.timeout(20_000) }); };
-  const dht = { provided: -1 };
+  let provided = -1;
   const reprovide = () => {
-    if (dht.provided === stage) return;
-    const old = dht.provided;
-    dht.provided = stage;
+    if (provided === stage) return;
+    const old = provided, now = stage;
+    provided = now;
     void (async () => {
       if (old >= 0) await host.node.contentRouting.cancelReprovide(await stageKey(o.runId, old)).catch(() => undefined);
-      await provide(stage).catch((e: unknown) => { o.logger?.warn({ err: (e as Error).message, stage }, 'stage provide failed'); dht.provided = -1; });
+      await host.node.contentRouting.provide(await stageKey(o.runId, now), { signal: AbortSignal.timeout(20_000) })
+        .catch((e: unknown) => { o.logger?.warn({ err: (e as Error).message, stage: now }, 'stage provide failed'); if (provided === now) provided = -1; });
     })();
   };
   void announce();
@@ -300,8 +300,7 @@ export async function reconcile(driver: PipelineDriver, host: Host, dir: StageDi
     if (routed.has(a.from) || driver.replicas()[a.stage].length === 0) continue;
     try {
       if (!host.connectedPeers().includes(a.from)) await host.dial(a.addrs[0], { signal: AbortSignal.timeout(5000) });
-      const src = driver.replicas()[a.stage][0];
-      const r = await driver.admit(a.stage, a.from, dir.byPeer.get(src)?.addrs ?? []);
+      const r = await driver.admit(a.stage, a.from);
       out.admitted.push({ stage: a.stage, peer: a.from, ...r });
     } catch { /* unreachable or not ready to sync: next time */ }
   }

@@ -59,7 +59,7 @@ import { createHash } from 'node:crypto';
 import { decodeAny, ErrorFeedback, getCodec } from '../swarm/compress/index.js';
 import { fp32Size } from '../swarm/compress/dense.js';
 import { OuterNesterov } from '../swarm/outer.js';
-import { packF32, unpackF32 } from '../util/packed.js';
+import { bytesToF32, f32ToBytes, packF32, unpackF32 } from '../util/packed.js';
 import { randomBytes } from 'node:crypto';
 import { parseCid, type Store } from '../store/index.js';
 
@@ -232,10 +232,7 @@ export async function serveStage(host: Host, o: {
       case 'tied': {
         const t = tiedOf(gradsOf(h.tag));
         if (!t) throw new InvalidInputError('this stage holds no tied embedding');
-        if (!h.set) return { head: {}, body: new Uint8Array(t.buffer.slice(t.byteOffset, t.byteOffset + t.byteLength)) };
-        if (body.length !== t.byteLength) throw new InvalidInputError(`tied gradient must be ${t.byteLength} bytes`);
-        t.set(new Float32Array(body.buffer.slice(body.byteOffset, body.byteOffset + body.byteLength)));
-        return { head: {} };
+        return tensorIO(t, h.set, body, 'tied gradient');
       }
       case 'step': {
         const g = gradsOf(h.tag);
@@ -327,12 +324,10 @@ export async function serveStage(host: Host, o: {
         const t = stage.tiedParam();
         if (!t) throw new InvalidInputError('this stage holds no tied embedding');
         if (h.set && (!stage.last || stage.first)) throw new InvalidInputError('only the last stage sets its head copy');
-        if (!h.set) return { head: {}, body: new Uint8Array(t.buffer.slice(t.byteOffset, t.byteOffset + t.byteLength)) };
-        if (body.length !== t.byteLength) throw new InvalidInputError(`embedding must be ${t.byteLength} bytes`);
-        t.set(new Float32Array(body.buffer.slice(body.byteOffset, body.byteOffset + body.byteLength)));
+        const r = tensorIO(t, h.set, body, 'embedding');
         // The snapshot follows: the re-tie is part of the outer step, not of the next Δ.
-        snap.set(t, stage.specs.find((x) => x.name === 'head')!.offset);
-        return { head: {} };
+        if (h.set) snap.set(t, tiedAt()!.offset);
+        return r;
       }
       case 'fold': {
         let folded = 0;
@@ -348,13 +343,8 @@ export async function serveStage(host: Host, o: {
         rows.clear();
         return { head: { folded } };
       }
-      case 'grads': {
-        const g = stage.grads;
-        if (!h.set) return { head: {}, body: new Uint8Array(g.buffer.slice(g.byteOffset, g.byteOffset + g.byteLength)) };
-        if (body.length !== g.byteLength) throw new InvalidInputError(`gradients must be ${g.byteLength} bytes`);
-        g.set(new Float32Array(body.buffer.slice(body.byteOffset, body.byteOffset + body.byteLength)));
-        return { head: {} };
-      }
+      case 'grads':
+        return tensorIO(stage.grads, h.set, body, 'gradients');
       case 'restore': {
         const store = needStore();
         // The share holders, so that bitswap can ask them directly.
@@ -390,6 +380,13 @@ export async function serveStage(host: Host, o: {
 /** Parameters of the largest stage of the cut (a peer may move to any stage). */
 function largestStage(config: ModelConfig, count: number, bottleneck?: number): number {
   return Math.max(...splitStages(config, count).map((sp) => stageSpecs(config, { ...sp, ...(bottleneck !== undefined ? { bottleneck } : {}) }).reduce((t, x) => t + x.size, 0)));
+}
+
+/** A get (the tensor's bytes) or a set (exactly its size in bytes) of one whole f32 tensor. */
+function tensorIO(t: Float32Array, set: boolean, body: Uint8Array, what: string): { head: object; body?: Uint8Array } {
+  if (!set) return { head: {}, body: f32ToBytes(t) };
+  t.set(bytesToF32(body, t.length, what));
+  return { head: {} };
 }
 
 function int32(b: Uint8Array, n: number, what: string): Int32Array {

@@ -38,3 +38,22 @@ export function unpackF32(bytes: Uint8Array, count: number, length: number, what
   });
   return { head, arrays };
 }
+
+const LITTLE = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+
+/** One float32 array as little-endian bytes (a copy): a tensor sent whole over a stage call. */
+export function f32ToBytes(a: Float32Array): Uint8Array {
+  if (LITTLE) return new Uint8Array(a.buffer.slice(a.byteOffset, a.byteOffset + a.byteLength));
+  const out = new Uint8Array(4 * a.length), dv = new DataView(out.buffer);
+  for (let i = 0; i < a.length; i++) dv.setFloat32(4 * i, a[i], true);
+  return out;
+}
+
+/** Little-endian float32 bytes back to an array (a copy) of exactly `n` values. */
+export function bytesToF32(b: Uint8Array, n: number, what: string): Float32Array {
+  if (b.length !== 4 * n) throw new InvalidInputError(`${what} must be ${4 * n} bytes, got ${b.length}`);
+  if (LITTLE) return new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength));
+  const out = new Float32Array(n), dv = new DataView(b.buffer, b.byteOffset, b.byteLength);
+  for (let i = 0; i < n; i++) out[i] = dv.getFloat32(4 * i, true);
+  return out;
+}
