@@ -97,8 +97,17 @@ test('4 peers, 2 validators, 1 free-rider: shares follow scores; revenue claimed
   }
   // What each validator scored, per round (the reports carry the validator's latest round).
   const scored = (p: PeerProc) => new Map(p.reports.flatMap((r) => (r.scored ?? []).map((x) => [x.round, x.entries] as const)));
-  const v0 = scored(peers[0]), v1 = scored(peers[1]);
   const s = await getShares(user);
+  // A round is minted once both validators have signed its scores, but each validator prints the
+  // report that carries those scores on its own schedule: wait (bounded) for both reports to be read
+  // before comparing, so a report still in a pipe is not mistaken for a missing score.
+  const tScored = Date.now();
+  const haveAll = () => s.rounds.every((r) => scored(peers[0]).has(Number(r.round)) && scored(peers[1]).has(Number(r.round)));
+  while (!haveAll()) {
+    if (Date.now() - tScored > 30_000) break; // the assertion below then names the round
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  const v0 = scored(peers[0]), v1 = scored(peers[1]);
   const expected = new Map<string, bigint>();
   const perRound = 1000n * 10n ** 18n;
   for (const r of s.rounds) {
