@@ -6,6 +6,10 @@
  * half of the same batches: the same token budget, split across replicas.
  * Usage: node dist/bench/pipeline.js [--steps N] [--stages S] [--micro M] [--codecs fp32,int8,...]
  *        [--async 0,1 (look-aheads; none: skip)] [--diloco H (0: skip)] [--outer LR,MOMENTUM] [--diloco-codec int8|sparse|fp32]
+ *        [--recovery K (0: skip)] [--layers L (default 4)]
+ * `--recovery K`: stage 1's only peer dies before step K, and a fresh peer brings it back from a
+ * checkpoint (every 25 steps), from its neighbours (CheckFree, rebuild.ts), or from genesis (a
+ * checkpoint of step 0 only); fp32 activations; final validation loss against no failure.
  */
 import { pathToFileURL } from 'node:url';
 import { loadKernels } from '../src/kernels/index.js';
@@ -25,7 +29,7 @@ const arg = (name: string, d: string) => { const i = process.argv.indexOf(`--${n
 
 async function main(): Promise<void> {
   const steps = Number(arg('steps', '300')), S = Number(arg('stages', '4')), M = Number(arg('micro', '2'));
-  const config = { vocabSize: 512, ctx: 64, dim: 64, layers: 4, heads: 4 };
+  const config = { vocabSize: 512, ctx: 64, dim: 64, layers: Number(arg('layers', '4')), heads: 4 };
   const B = 8, T = config.ctx, lr = 3e-3;
   const ds = prepareDataset({ corpus: loadCorpus('brown'), vocabSize: config.vocabSize, cacheDir: defaultCacheDir() });
   const sampler = new BatchSampler(ds.train, B, T, 7n);
@@ -133,6 +137,35 @@ async function main(): Promise<void> {
       await lp.close();
     }
   }
+  // Recovery quality: how much a lost stage costs by the end of training, per way of bringing it back.
+  const K = Number(arg('recovery', String(Math.floor(steps / 2) + 13)));
+  const recovery: Record<string, unknown>[] = [];
+  if (K > 0 && K < steps && S >= 3) {
+    const variants: { name: string; every: number; rebuild?: 'prefer'; kill: boolean }[] = [
+      { name: 'no failure', every: 0, kill: false },
+      { name: 'checkpoint every 25 steps', every: 25, kill: true },
+      { name: 'rebuilt from neighbours (no checkpoint)', every: 0, rebuild: 'prefer', kill: true },
+      { name: 'restarted from genesis (checkpoint of step 0 only)', every: -1, kill: true },
+    ];
+    for (const v of variants) {
+      const lp = await startLocalPipeline({ config, stages: S, kernels: k, adamw: DEFAULT_ADAMW, codec: { id: 'fp32' }, genesis, checkpoints: v.every !== 0, ...(v.rebuild ? { rebuild: v.rebuild } : {}) });
+      try {
+        const losses: number[] = [];
+        for (const [s, b] of train.entries()) {
+          if ((v.every === -1 && s === 0) || (v.every > 0 && s % v.every === 0)) await lp.driver.checkpoint();
+          if (v.kill && s === K) await lp.kill(1, 0);
+          losses.push((await lp.driver.step(b, B, T, M, lr)).loss);
+        }
+        const rec = lp.driver.recoveries[0];
+        const v1 = await lp.driver.evaluate(val, B, T);
+        recovery.push({ variant: v.name, valLoss: v1, lossAtKill: losses[K], lossAfter10: losses.slice(K, K + 10).reduce((t, x) => t + x, 0) / 10, recoveryMs: rec?.ms ?? 0, fromStep: rec?.fromStep ?? null, mix: rec?.mix ?? null });
+      } finally {
+        await lp.close();
+      }
+    }
+    const base = recovery[0].valLoss as number;
+    for (const r of recovery) r.gapPct = 100 * ((r.valLoss as number) / base - 1);
+  }
   const f = (x: unknown, d = 2) => (typeof x === 'number' ? x.toFixed(d) : String(x));
   console.log(`\npipeline: ${S} stage peers + driver on loopback, ${config.layers}-layer GPT (dim ${config.dim}, ctx ${T}, vocab ${config.vocabSize}), batch ${B} in ${M} micro-batches, ${steps} steps (${steps * B * T} tokens), lr ${lr}`);
   console.log(`single process: val loss ${refVal.toFixed(4)} in ${refSec.toFixed(1)} s\n`);
@@ -151,7 +184,12 @@ async function main(): Promise<void> {
     console.log(`| synchronous (step barrier) | ${sy.msPerStep.toFixed(2)} | ${u(sy)} |`);
     console.log(`| asynchronous (trainAsync) | ${as.msPerStep.toFixed(2)} | ${u(as)} |`);
   }
-  console.log(JSON.stringify({ bench: 'pipeline', stages: S, steps, micro: M, config, refVal, refSec, rows, schedule }));
+  if (recovery.length) {
+    console.log(`\nrecovery: stage 1's only peer dies before step ${K} of ${steps}; a fresh peer brings it back (fp32 activations):`);
+    console.log('| brought back | train loss at the step of the kill | mean train loss, next 10 steps | final val loss | vs no failure | recovery ms |\n|---|---:|---:|---:|---:|---:|');
+    for (const r of recovery) console.log(`| ${r.variant}${r.mix ? ` (weights ${(r.mix as number[]).map((x) => x.toFixed(2)).join(' : ')})` : ''}${r.fromStep !== null && !r.mix ? ` (step ${r.fromStep})` : ''} | ${f(r.lossAtKill, 4)} | ${f(r.lossAfter10, 4)} | ${f(r.valLoss, 4)} | ${(r.gapPct as number) >= 0 ? '+' : ''}${f(r.gapPct)}% | ${f(r.recoveryMs, 0)} |`);
+  }
+  console.log(JSON.stringify({ bench: 'pipeline', stages: S, steps, micro: M, config, refVal, refSec, rows, schedule, recovery: { kill: K, rows: recovery } }));
 }
 
 if (import.meta.url === pathToFileURL(process.argv[1]).href) await main();

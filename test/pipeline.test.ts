@@ -13,6 +13,9 @@ import { splitStages, stageSpecs } from '../src/model/stage.js';
 import { Rng } from '../src/util/rng.js';
 import { startLocalPipeline, type LocalPipeline } from '../src/pipeline/local.js';
 import { exactBytes } from '../src/pipeline/act-codec.js';
+import { gatherLayers } from '../src/pipeline/rebuild.js';
+import { callStage } from '../src/pipeline/rpc.js';
+import type { StageServer } from '../src/pipeline/stage-server.js';
 import type { Batch } from '../src/data/batches.js';
 
 const cfg = { vocabSize: 64, ctx: 16, dim: 32, layers: 3, heads: 4 };
@@ -146,6 +149,67 @@ test('the only peer of a stage dies: a fresh peer restores it from XOR checkpoin
   }
 });
 
+test('no checkpoint: a lost middle stage is rebuilt on a fresh peer from its neighbours (CheckFree), as their gradient-weighted mean sent in masked parts; training resumes', { timeout: 90_000 }, async () => {
+  const k = loadKernels({ threads: 1 });
+  const ref = new GPT(cfg, k);
+  ref.init(8);
+  const data = batches(24, 4);
+  const lp = await startLocalPipeline({ config: cfg, stages: 3, kernels: k, adamw: DEFAULT_ADAMW, codec: { id: 'fp32' }, genesis: ref.params.slice(), rebuild: 'fallback' });
+  try {
+    // Refusals first: a serving peer is not rebuilt, and only named lenders may send parts.
+    const call = (srv: StageServer, head: unknown) => callStage(lp.driverHost, lp.peerOf(srv), head, new Uint8Array(0), { maxBody: 0, signal: AbortSignal.timeout(5000) });
+    await assert.rejects(call(lp.servers[1][0], { op: 'expect', id: '0'.repeat(16), from: [lp.peerOf(lp.servers[0][0]), lp.peerOf(lp.servers[2][0])] }), /already serving stage 1/);
+    await assert.rejects(call(lp.servers[1][0], { op: 'absorb', id: '0'.repeat(16), layout: '0'.repeat(64), step: 0 }), /no rebuild 0+ expected/);
+    await assert.rejects(call(lp.servers[0][0], { op: 'lend', id: '0'.repeat(16), to: lp.peerOf(lp.servers[0][0]), seed: '0'.repeat(64), sign: 1, weight: 0.5 }), /does not lend to itself/);
+    const losses: number[] = [];
+    let worst = -1;
+    for (const [i, b] of data.entries()) {
+      if (i !== 9) { losses.push((await lp.driver.step(b, B, T, MICRO, 1e-2)).loss); continue; }
+      // The neighbours' layers as they stand (a test-only view); then the only peer of stage 1 dies.
+      const L = gatherLayers(lp.servers[0][0].stage), R = gatherLayers(lp.servers[2][0].stage);
+      await lp.kill(1, 0);
+      // lr 0 (no step, no decay): after it the rebuilt weights are exactly as rebuilt.
+      losses.push((await lp.driver.step(b, B, T, MICRO, 0)).loss);
+      const [a, c] = lp.driver.recoveries[0].mix!;
+      const got = gatherLayers(lp.servers[1].at(-1)!.stage);
+      worst = 0;
+      for (let j = 0; j < got.length; j++) worst = Math.max(worst, Math.abs(got[j] - (a * L[j] + c * R[j])));
+    }
+    assert.ok(worst >= 0 && worst <= 2 ** -23, `the rebuilt layers are a·θ₀ + b·θ₂ to the fixed-point step (off by ${worst})`);
+    assert.equal(losses.length, 24, 'every step completed');
+    assert.equal(lp.driver.recoveries.length, 1);
+    const rec = lp.driver.recoveries[0];
+    assert.equal(rec.how, 'neighbours');
+    assert.equal(rec.stage, 1);
+    assert.equal(rec.fromStep, 9, 'rebuilt from neighbours that had taken 9 steps');
+    assert.ok(Math.abs(rec.mix![0] + rec.mix![1] - 1) < 1e-12 && rec.mix!.every((x) => x > 0 && x < 1), `weights ${rec.mix}`);
+    const rebuilt = lp.servers[1].at(-1)!;
+    assert.deepEqual(rebuilt.stage.tensorNames(), lp.servers[1][0].stage.tensorNames(), 'the fresh peer holds stage 1\'s tensors only');
+    assert.ok(lp.alive(rebuilt) && rebuilt.ready());
+    const first = losses.slice(0, 4).reduce((t, x) => t + x, 0) / 4, last = losses.slice(-4).reduce((t, x) => t + x, 0) / 4;
+    assert.ok(last < first - 0.3, `the loss keeps falling after the rebuild (${first.toFixed(3)} → ${last.toFixed(3)})`);
+    process.stderr.write(`pipeline: stage 1 rebuilt from its neighbours (weights ${rec.mix!.map((x) => x.toFixed(3)).join(' : ')}) in ${rec.ms.toFixed(0)} ms; loss ${losses[8].toFixed(3)} before, ${losses[9].toFixed(3)} on the rebuilt stage, ${last.toFixed(3)} at the end\n`);
+  } finally {
+    await lp.close();
+  }
+});
+
+test('a rebuild needs a middle stage: losing the first stage without a checkpoint fails the step with a clear error', { timeout: 60_000 }, async () => {
+  const k = loadKernels({ threads: 1 });
+  const ref = new GPT(cfg, k);
+  ref.init(8);
+  const lp = await startLocalPipeline({ config: cfg, stages: 3, kernels: k, adamw: DEFAULT_ADAMW, codec: { id: 'fp32' }, genesis: ref.params.slice(), rebuild: 'fallback' });
+  try {
+    const [b] = batches(1, 5);
+    await lp.driver.step(b, B, T, MICRO, 1e-2);
+    await lp.kill(0, 0);
+    await assert.rejects(lp.driver.step(b, B, T, MICRO, 1e-2), /only a middle stage can be rebuilt/);
+    assert.equal(lp.driver.recoveries.length, 0);
+  } finally {
+    await lp.close();
+  }
+});
+
 test('tessera pipeline --json: trains through the stage peers, survives the kill drill, samples through the stage holders', { timeout: 120_000 }, async () => {
   const { spawnSync } = await import('node:child_process');
   const { fileURLToPath } = await import('node:url');
@@ -160,6 +224,14 @@ test('tessera pipeline --json: trains through the stage peers, survives the kill
   assert.deepEqual(j.recoveries.map((x) => [x.stage, x.fromStep]), [[2, 8]]);
   assert.ok(j.sample.length > 0 && j.usagePerStage.length === 3 && j.usagePerStage.every((u) => u > 0));
   assert.ok(Math.abs(j.credits.reduce((t, c) => t + c.score, 0) - 1) < 1e-9);
+  // No checkpoints: the middle stage is rebuilt from its neighbours instead; the ends cannot be.
+  const rb = run('--stages', '3', '--layers', '3', '--steps', '12', '--checkpoint-every', '0', '--rebuild', 'fallback', '--kill', '1@9', '--json');
+  assert.equal(rb.status, 0, rb.stderr);
+  const jr = JSON.parse(rb.stdout) as { steps: number; recoveries: { stage: number; how: string; fromStep: number }[] };
+  assert.deepEqual(jr.recoveries.map((x) => [x.stage, x.how, x.fromStep]), [[1, 'neighbours', 9]]);
+  const end = run('--stages', '3', '--layers', '3', '--checkpoint-every', '0', '--rebuild', 'fallback', '--kill', '2@9');
+  assert.notEqual(end.status, 0);
+  assert.match(end.stderr, /middle stage only; stage 2 needs --checkpoint-every > 0/);
   const bad = run('--stages', '5', '--layers', '3');
   assert.notEqual(bad.status, 0);
   assert.match(bad.stderr, /--stages 5 is more than --layers 3/);

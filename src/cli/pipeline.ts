@@ -21,7 +21,7 @@ import { InvalidInputError } from '../util/errors.js';
 import { writeFileSync } from 'node:fs';
 import { pino } from 'pino';
 import { createHost } from '../net/host.js';
-import { PipelineDriver } from '../pipeline/driver.js';
+import { PipelineDriver, type Recovery } from '../pipeline/driver.js';
 import { awaitFreshPeer, defaultPipeManifest, discoverStages, listenToRun, pipeManifest, readPipeManifest, reconcile } from '../pipeline/run.js';
 import { PipeDashSource, localDashSource, sampleThrough } from '../pipeline/dashboard.js';
 import { DilocoPipelines } from '../pipeline/diloco.js';
@@ -32,6 +32,15 @@ interface PipelineOptions {
   kill?: string; checkpointEvery: number; prompt: string; cacheDir: string; json: boolean;
   writeRun?: string; run?: string; dataDir?: string; listen: string; bootstrap?: string[]; waitMs: number;
   dashboard?: number; dashboardHost: string; dashboardToken?: string; diloco?: number; routing: 'replicate' | 'balance'; bottleneck?: number;
+  rebuild?: 'fallback' | 'prefer';
+}
+
+/** One line per recovery: what came back where, and how. */
+function describeRecovery(rec: Recovery): string {
+  const how = rec.how === 'neighbours'
+    ? `rebuilt from stages ${rec.stage - 1} and ${rec.stage + 1} (weights ${rec.mix!.map((x) => x.toFixed(2)).join(' : ')}) at step ${rec.fromStep}`
+    : `restored from the checkpoint of step ${rec.fromStep}`;
+  return `recovery: stage ${rec.stage} ${how} on fresh peer ${rec.peer.slice(-8)} in ${rec.ms.toFixed(0)} ms`;
 }
 
 /** `--dashboard`: the run's live dashboard with its stage map, served by this process while it trains. */
@@ -77,7 +86,8 @@ async function driveRun(o: PipelineOptions): Promise<void> {
       host, stages, dim: m.model.dim, vocabSize: m.model.vocabSize, codec: m.codec, ...(m.bottleneck !== undefined ? { width: m.bottleneck } : {}),
       addrsOf: (p) => dir.byPeer.get(p)?.addrs ?? [],
       routing: o.routing, throughputOf: (p) => dir.byPeer.get(p)?.throughput ?? 1,
-      recover: async (stage) => { const p = await awaitFreshPeer(host, dir, stage, tried, o.waitMs); tried.add(p); say(o, `stage ${stage}: restoring on fresh peer ${p.slice(-8)}`); return p; },
+      ...(o.rebuild ? { rebuild: o.rebuild } : {}),
+      recover: async (stage) => { const p = await awaitFreshPeer(host, dir, stage, tried, o.waitMs); tried.add(p); say(o, `stage ${stage}: bringing it back on fresh peer ${p.slice(-8)}`); return p; },
     });
     const B = m.batch, T = m.model.ctx;
     const batches = new BatchSampler(ds.train, B, T, BigInt(m.seed) + 7n);
@@ -100,7 +110,7 @@ async function driveRun(o: PipelineOptions): Promise<void> {
       }
     }
     const val = await driver.evaluate([...evalBatches(ds.val, B, T, 4)], B, T);
-    for (const rec of driver.recoveries) say(o, `recovery: stage ${rec.stage} restored on ${rec.peer.slice(-8)} from the checkpoint of step ${rec.fromStep} in ${rec.ms.toFixed(0)} ms`);
+    for (const rec of driver.recoveries) say(o, describeRecovery(rec));
     const g = await driver.generate(ds.tokenizer.encodeOrdinary(o.prompt), 24, { ctx: T, seed: 1 });
     result(o, { event: 'done', runId, steps: o.steps, trainLoss: last, valLoss: val, stages: driver.replicas(), recoveries: driver.recoveries, sample: ds.tokenizer.decode(g.tokens), usagePerStage: g.usage },
       `done: ${o.steps} steps, val loss ${val.toFixed(4)}; sample through the stage holders: ${o.prompt}${ds.tokenizer.decode(g.tokens)}`);
@@ -126,6 +136,7 @@ export function register(program: Command): void {
     .option('--routing <mode>', 'with replicas: replicate (every replica computes every micro-batch, in lockstep) or balance (each micro-batch takes one replica per stage by throughput; a failed hop is retried on another; replicas sum gradients)', oneOf('replicate', 'balance'), 'replicate')
     .option('--diloco <H>', 'with --replicas 2+: each replica set forms its own pipeline on its own batches; replicas sync with DiLoCo every H steps (default: replicas compute the same micro-batches in lockstep)', int(1))
     .option('--kill <S@STEP>', 'failure drill: kill stage S\'s first peer before step STEP (without replicas it is restored from checkpoint shares)')
+    .option('--rebuild <when>', 'rebuild a lost middle stage from its neighbours (CheckFree: their gradient-weighted mean, sent as masked parts): fallback (when it has no checkpoint) or prefer', oneOf('fallback', 'prefer'))
     .option('--checkpoint-every <n>', 'checkpoint every stage as XOR shares held by two other stages every N steps (0 = off; needs 3+ stages)', int(0), 25)
     .option('--prompt <text>', 'sample through the stage holders after training', 'The jury said')
     .option('--cache-dir <dir>', 'tokenizer and token cache', defaultCacheDir())
@@ -155,7 +166,8 @@ export function register(program: Command): void {
         const m = /^(\d+)@(\d+)$/.exec(o.kill);
         if (!m || Number(m[1]) >= o.stages) throw new InvalidInputError(`--kill expects S@STEP with S < ${o.stages}, got "${o.kill}"`);
         kill = { stage: Number(m[1]), step: Number(m[2]) };
-        if (o.replicas === 1 && o.checkpointEvery === 0) throw new InvalidInputError('--kill of an unreplicated stage needs --checkpoint-every > 0 to restore it');
+        if (o.replicas === 1 && o.checkpointEvery === 0 && !o.rebuild) throw new InvalidInputError('--kill of an unreplicated stage needs --checkpoint-every > 0 or --rebuild to bring it back');
+        if (o.replicas === 1 && o.checkpointEvery === 0 && (kill.stage === 0 || kill.stage === o.stages - 1)) throw new InvalidInputError(`--rebuild brings back a middle stage only; stage ${kill.stage} needs --checkpoint-every > 0`);
       }
       if (o.diloco !== undefined && o.replicas < 2) throw new InvalidInputError('--diloco needs --replicas 2 or more (one pipeline per replica)');
       // Checkpoint shares and restores serve active replication; DiLoCo pipelines survive a loss by dropping a pipeline.
@@ -168,7 +180,7 @@ export function register(program: Command): void {
       const k = loadKernels({ threads: 1 });
       const init = new GPT(config, k);
       init.init(1);
-      const lp = await startLocalPipeline({ config, stages: o.stages, replicas: o.replicas, kernels: k, adamw: DEFAULT_ADAMW, codec, genesis: init.params, checkpoints, routing: o.routing, ...(m.bottleneck !== undefined ? { bottleneck: m.bottleneck } : {}) });
+      const lp = await startLocalPipeline({ config, stages: o.stages, replicas: o.replicas, kernels: k, adamw: DEFAULT_ADAMW, codec, genesis: init.params, checkpoints, routing: o.routing, ...(o.rebuild && o.diloco === undefined ? { rebuild: o.rebuild } : {}), ...(m.bottleneck !== undefined ? { bottleneck: m.bottleneck } : {}) });
       const dl = o.diloco === undefined ? null : new DilocoPipelines({
         host: lp.driverHost, stages: lp.servers.map((row) => row.map((x) => lp.peerOf(x))), dim: config.dim, vocabSize: config.vocabSize, codec, ...(m.bottleneck !== undefined ? { width: m.bottleneck } : {}),
         diloco: { every: o.diloco, codec: 'int8', outer: { lr: 1, momentum: 0 } },
@@ -206,7 +218,7 @@ export function register(program: Command): void {
         if (dl && o.steps % o.diloco! !== 0) await dl.sync();
         const val = await front().evaluate([...evalBatches(ds.val, B, T, 8)], B, T);
         for (const d of dl?.dropped ?? []) say(o, `pipeline ${d.pipeline} dropped at step ${d.step} (${d.reason.slice(0, 80)}); the others trained on`);
-        for (const rec of lp.driver.recoveries) say(o, `recovery: stage ${rec.stage} restored on fresh peer ${rec.peer.slice(-8)} from the checkpoint of step ${rec.fromStep} in ${rec.ms.toFixed(0)} ms`);
+        for (const rec of lp.driver.recoveries) say(o, describeRecovery(rec));
         for (const d of lp.driver.dropped) say(o, `peer dropped: stage ${d.stage} ${d.peer.slice(-8)}${o.replicas > 1 ? '; its replicas carried on' : ''}`);
         const prompt = ds.tokenizer.encodeOrdinary(o.prompt);
         const g = await front().generate(prompt, 32, { ctx: T, seed: 1 });

@@ -22,6 +22,8 @@ import { int32Bytes } from './stage-server.js';
 import type { ActCodecSpec } from './act-codec.js';
 import { exactBytes } from './act-codec.js';
 import { bytesToF32, f32ToBytes } from '../util/packed.js';
+import { mixWeights } from './rebuild.js';
+import { randomBytes } from 'node:crypto';
 
 export interface DriverOptions {
   host: Host;
@@ -40,6 +42,12 @@ export interface DriverOptions {
    * no weights) and return its peer id; the driver restores it from the latest checkpoint shares.
    */
   recover?: (stage: number) => Promise<string>;
+  /**
+   * Rebuild a lost middle stage from its neighbours instead (rebuild.ts, CheckFree): 'fallback'
+   * when it has no checkpoint, 'prefer' even when it has one. The fresh peer gets the mean of the
+   * neighbours' layers, weighted by their gradient norms, as two masked parts sent to it directly.
+   */
+  rebuild?: 'fallback' | 'prefer';
   /** Addresses of a peer (the share holders a restoring peer should dial); default none (already connected). */
   addrsOf?: (peer: string) => string[];
   /**
@@ -62,7 +70,11 @@ function splitBatch(batch: Batch, micro: number, n: number): Batch[] {
 /** How a micro-batch's call to stage i is made. */
 type Hop = (i: number, head: unknown, body: Uint8Array, maxBody: number) => Promise<{ head: unknown; body: Uint8Array }>;
 
-export interface Recovery { stage: number; peer: string; fromStep: number; ms: number }
+/**
+ * A stage brought back on a fresh peer: restored from the checkpoint of step `fromStep`, or
+ * rebuilt from its neighbours at step `fromStep` with weights `mix` (previous, next stage).
+ */
+export interface Recovery { stage: number; peer: string; how: 'checkpoint' | 'neighbours'; fromStep: number; ms: number; mix?: [number, number] }
 
 export interface StepResult { loss: number; gradNorm: number; actBytes: number; syncBytes: number; retries: number }
 
@@ -80,6 +92,8 @@ export class PipelineDriver {
   /** Latest checkpoint per stage: the two share CIDs and the optimizer step it holds. */
   readonly checkpoints = new Map<number, { shares: string[]; step: number; bytes: number }>();
   readonly recoveries: Recovery[] = [];
+  /** Each stage's layer-gradient sum of squares at the last update (a rebuild's weights). */
+  private layerSq: number[] = [];
   /** Bumped when a step fails: its remaining micro-batches stop. */
   private epoch = 0;
   /** Balanced routing: calls in flight per peer, and micro-batches retried after a failed hop. */
@@ -249,6 +263,8 @@ export class PipelineDriver {
 
   private async recoverStage(i: number): Promise<void> {
     const cp = this.checkpoints.get(i);
+    const rebuild = this.o.rebuild === 'prefer' || (this.o.rebuild === 'fallback' && !cp);
+    if (rebuild) return await this.rebuildStage(i);
     if (!cp) throw new StageCallError(`stage ${i} lost its last peer and has no checkpoint to restore from`);
     const t0 = performance.now();
     const peer = await this.o.recover!(i);
@@ -256,7 +272,32 @@ export class PipelineDriver {
     const dial = this.o.addrsOf ? holders.flatMap((p) => this.o.addrsOf!(p).slice(0, 2)).slice(0, 16) : [];
     await callStage(this.o.host, peer, { op: 'restore', shares: cp.shares, ...(dial.length ? { dial } : {}) }, new Uint8Array(0), { maxBody: 0, signal: AbortSignal.timeout(this.o.callTimeoutMs ?? 60_000) });
     this.live[i] = [peer];
-    this.recoveries.push({ stage: i, peer, fromStep: cp.step, ms: performance.now() - t0 });
+    this.recoveries.push({ stage: i, peer, how: 'checkpoint', fromStep: cp.step, ms: performance.now() - t0 });
+  }
+
+  /**
+   * CheckFree (rebuild.ts): a fresh peer for middle stage i gets a·θ_{i−1} + b·θ_{i+1}, layer for
+   * layer, with a : b the neighbours' latest layer-gradient norms. The driver hands the two
+   * neighbours one pad seed; each sends its masked part straight to the new peer, so the driver
+   * sees no weights and the new peer sees only the mean.
+   */
+  private async rebuildStage(i: number): Promise<void> {
+    if (i === 0 || i === this.S - 1) throw new StageCallError(`stage ${i} lost its last peer: only a middle stage can be rebuilt from its neighbours, and it has no checkpoint`);
+    const L = this.live[i - 1][0], R = this.live[i + 1][0];
+    if (!L || !R) throw new StageCallError(`stage ${i} cannot be rebuilt: a neighbouring stage has no live peer`);
+    const t0 = performance.now();
+    const peer = await this.o.recover!(i);
+    const mix = mixWeights(Math.sqrt(this.layerSq[i - 1] ?? 0), Math.sqrt(this.layerSq[i + 1] ?? 0));
+    const id = randomBytes(8).toString('hex'), seed = randomBytes(32).toString('hex');
+    const opts = () => ({ maxBody: 0, signal: AbortSignal.timeout(this.o.callTimeoutMs ?? 60_000) });
+    await callStage(this.o.host, peer, { op: 'expect', id, from: [L, R] }, new Uint8Array(0), opts());
+    const dial = this.o.addrsOf?.(peer).slice(0, 16) ?? [];
+    const lent = await Promise.all(([[L, 1, mix[0]], [R, -1, mix[1]]] as const).map(([p, sign, weight]) =>
+      callStage(this.o.host, p, { op: 'lend', id, to: peer, seed, sign, weight, ...(dial.length ? { dial } : {}) }, new Uint8Array(0), opts())));
+    const info = (await callStage(this.o.host, peer, { op: 'info' }, new Uint8Array(0), opts())).head as { ready: boolean; index: number };
+    if (!info.ready || info.index !== i) throw new StageCallError(`stage ${i}: the rebuilt peer ${peer} is not serving it`);
+    this.live[i] = [peer];
+    this.recoveries.push({ stage: i, peer, how: 'neighbours', fromStep: Math.max(...lent.map((r) => (r.head as { step: number }).step)), ms: performance.now() - t0, mix });
   }
 
   private async stepOnce(batch: Batch, B: number, T: number, micro: number, lr: number): Promise<StepResult> {
@@ -377,6 +418,7 @@ export class PipelineDriver {
       for (let i = 0; i < a.length; i++) tiedSq += a[i] * a[i];
     }
     const norms = await Promise.all(this.o.stages.map((_, i) => this.call(i, { op: 'norm', ...tagged }, new Uint8Array(0), 0)));
+    if (tag === undefined) this.layerSq = norms.map((r) => (r.head as { layerSquares?: number }).layerSquares ?? 0);
     const total = norms.reduce((t, r) => t + (r.head as { sumSquares: number }).sumSquares, 0) - (this.S > 1 ? tiedSq : 0);
     const gradNorm = Math.sqrt(Math.max(0, total));
     await Promise.all(this.o.stages.map((_, i) => this.call(i, { op: 'step', lr, globalNorm: gradNorm, ...tagged, ...(lookahead ? { lookahead } : {}) }, new Uint8Array(0), 0)));

@@ -41,6 +41,8 @@ export async function startLocalPipeline(o: {
   bottleneck?: number;
   /** Give every stage peer an IPFS store (checkpoint shares) and recover a lost stage with a fresh peer. */
   checkpoints?: boolean;
+  /** Rebuild a lost middle stage from its neighbours on a fresh peer (driver.ts `rebuild`). */
+  rebuild?: 'fallback' | 'prefer';
 }): Promise<LocalPipeline> {
   const root = mkdtempSync(join(tmpdir(), 'tessera-pipeline-'));
   const logger = pino({ level: 'silent' });
@@ -80,11 +82,12 @@ export async function startLocalPipeline(o: {
     peerIds.push(ids);
   }
   const stopped = new Set<Host>();
-  if (o.checkpoints) for (const h of hosts) await connectAll(h);
+  if (o.checkpoints || o.rebuild) for (const h of hosts) await connectAll(h);
   const driver = new PipelineDriver({
     host: driverHost, stages: peerIds, dim: o.config.dim, vocabSize: o.config.vocabSize, codec: o.codec, ...(o.inflight ? { inflight: o.inflight } : {}), ...(o.bottleneck !== undefined ? { width: o.bottleneck } : {}),
     ...(o.routing ? { routing: o.routing } : {}), ...(o.throughputOf ? { throughputOf: o.throughputOf } : {}),
-    ...(o.checkpoints ? {
+    ...(o.rebuild ? { rebuild: o.rebuild } : {}),
+    ...(o.checkpoints || o.rebuild ? {
       recover: async (stage: number) => {
         const srv = await startPeer(`fresh-${fresh++}`, specs[stage], false);
         servers[stage].push(srv);

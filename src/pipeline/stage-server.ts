@@ -35,6 +35,12 @@
  *   restore {shares: [cid, cid]}        a fresh peer: fetch both shares from the holders, XOR,
  *                                       load the stage state; until then compute calls are
  *                                       answered "unavailable" (the driver routes elsewhere)
+ *   expect {id, from: [peer, peer]}     a fresh peer of a middle stage, rebuilt without a checkpoint
+ *                                       (rebuild.ts): accept one masked part from each of these two
+ *   lend  {to, id, seed, sign, weight}  a neighbour: send `to` this stage's layers as a masked part
+ *                                       (`absorb`); the driver that asks never sees the part
+ *   absorb {id, layout}                 (from a lender) one part; with both in, the pads cancel, the
+ *                                       mean becomes this stage's layers (fresh moments), it serves
  *
  * A replica joins a live stage the same way: the driver has a serving replica `save`, and the
  * new peer `restore` those shares (bit-identical to the replicas it joins). A peer that moves to
@@ -54,7 +60,8 @@ import type { ModelConfig } from '../model/config.js';
 import type { StageSpec } from '../model/stage.js';
 import { InvalidInputError } from '../util/errors.js';
 import { getActCodec, subspaceBasis, type ActCodec, type ActCodecSpec } from './act-codec.js';
-import { serveStageRpc, StageUnavailableError } from './rpc.js';
+import { callStage, serveStageRpc, StageUnavailableError } from './rpc.js';
+import { gatherLayers, layerViews, maskedPart, scatterLayers, unmaskSum } from './rebuild.js';
 import { createHash } from 'node:crypto';
 import { decodeAny, ErrorFeedback, getCodec } from '../swarm/compress/index.js';
 import { fp32Size } from '../swarm/compress/dense.js';
@@ -63,6 +70,8 @@ import { bytesToF32, f32ToBytes, packF32, unpackF32 } from '../util/packed.js';
 import { randomBytes } from 'node:crypto';
 import { parseCid, type Store } from '../store/index.js';
 
+const Hex = (n: number) => z.string().regex(new RegExp(`^[0-9a-f]{${n}}$`), `${n} hex digits`);
+const PeerIdStr = z.string().min(8).max(128);
 const Shape = { micro: z.number().int().min(0).max(1 << 30), B: z.number().int().min(1).max(4096), T: z.number().int().min(1).max(1 << 16) };
 /** Asynchronous pipelining (driver.trainAsync): the batch a gradient belongs to; absent = the synchronous path. */
 const Tag = z.number().int().min(0).max(Number.MAX_SAFE_INTEGER).optional();
@@ -86,6 +95,9 @@ const Head = z.discriminatedUnion('op', [
   z.object({ op: z.literal('fold'), keep: z.array(z.number().int().min(0).max(Number.MAX_SAFE_INTEGER)).max(4096) }).strict(),
   z.object({ op: z.literal('grads'), set: z.boolean() }).strict(),
   z.object({ op: z.literal('restore'), shares: z.array(z.string().min(8).max(128)).length(2), dial: z.array(z.string().min(1).max(256)).max(16).optional() }).strict(),
+  z.object({ op: z.literal('expect'), id: Hex(16), from: z.array(PeerIdStr).length(2) }).strict(),
+  z.object({ op: z.literal('lend'), id: Hex(16), to: PeerIdStr, seed: Hex(64), sign: z.union([z.literal(1), z.literal(-1)]), weight: z.number().min(0).max(1), dial: z.array(z.string().min(1).max(256)).max(16).optional() }).strict(),
+  z.object({ op: z.literal('absorb'), id: Hex(16), layout: Hex(64), step: z.number().int().min(0) }).strict(),
 ]);
 
 /** What this peer did for the run: the basis of per-stage credit (and usage metering for inference). */
@@ -175,7 +187,10 @@ export async function serveStage(host: Host, o: {
   const enc = (x: Float32Array, rows: number): Uint8Array => { const b = codec.encode(x, rows, W); stats.actBytesOut += b.length; return b; };
   const dec = (b: Uint8Array, rows: number): Float32Array => { stats.actBytesIn += b.length; return codec.decode(b, rows, W); };
   const rows = new Map<number, number>();
-  const srv = await serveStageRpc(host, async (raw, body) => {
+  // A rebuild in progress (rebuild.ts): who may send parts, and the parts in so far.
+  let pending: { id: string; from: string[]; parts: Map<string, Uint8Array>; step: number } | null = null;
+  const layout = () => createHash('sha256').update(layerViews(stage).keys.join(',')).digest('hex');
+  const srv = await serveStageRpc(host, async (raw, body, from) => {
     stats.calls++;
     const p = Head.safeParse(raw);
     if (!p.success) throw new InvalidInputError(`bad stage call: ${p.error.issues[0]?.message}`);
@@ -183,13 +198,13 @@ export async function serveStage(host: Host, o: {
     const timed = h.op === 'fwd' || h.op === 'bwd' || h.op === 'last' || h.op === 'step' ? h.op : null;
     const t0 = timed ? performance.now() : 0;
     try {
-      return await handle(h, body);
+      return await handle(h, body, from);
     } finally {
       if (timed && !('train' in h && !h.train)) { stats.ms[timed] += performance.now() - t0; stats.count[timed]++; }
     }
   }, { maxBody: Math.max(8 * maxN, 4 * V * C, fp32Size(largestStage(o.config, o.spec.count, o.bottleneck))) + 64 });
-  async function handle(h: z.infer<typeof Head>, body: Uint8Array): Promise<{ head: unknown; body?: Uint8Array }> {
-    if (!ready && h.op !== 'restore' && h.op !== 'info' && h.op !== 'hold') throw new StageUnavailableError(`not serving stage ${stage.spec.index} yet (waiting for a restore)`);
+  async function handle(h: z.infer<typeof Head>, body: Uint8Array, from: string): Promise<{ head: unknown; body?: Uint8Array }> {
+    if (!ready && !['restore', 'info', 'hold', 'expect', 'absorb'].includes(h.op)) throw new StageUnavailableError(`not serving stage ${stage.spec.index} yet (waiting for a restore)`);
     switch (h.op) {
       case 'fwd': {
         if (stage.last) throw new InvalidInputError('the last stage takes "last" calls');
@@ -227,7 +242,9 @@ export async function serveStage(host: Host, o: {
       }
       case 'norm': {
         const g = gradsOf(h.tag), t = tiedOf(g);
-        return { head: { sumSquares: o.kernels.sumSquares(g), tiedSquares: t ? o.kernels.sumSquares(t) : 0 } };
+        // The layers' part alone too: the weight of this stage in a neighbour's rebuild (rebuild.ts).
+        const ls = h.tag === undefined ? layerViews(stage, 'grads').views.reduce((a, v) => a + o.kernels.sumSquares(v), 0) : 0;
+        return { head: { sumSquares: o.kernels.sumSquares(g), tiedSquares: t ? o.kernels.sumSquares(t) : 0, layerSquares: ls } };
       }
       case 'tied': {
         const t = tiedOf(gradsOf(h.tag));
@@ -361,6 +378,45 @@ export async function serveStage(host: Host, o: {
         ready = true;
         return { head: { step: opt.step } };
       }
+      case 'expect': {
+        if (ready) throw new InvalidInputError(`already serving stage ${stage.spec.index}; only a fresh peer is rebuilt`);
+        if (stage.first || stage.last) throw new InvalidInputError('only a middle stage can be rebuilt from its neighbours (the first and last hold the embeddings and head)');
+        if (stage.spec.bottleneck !== undefined) throw new InvalidInputError('a stage with bottleneck projections cannot be rebuilt from its neighbours (they are not layers); restore it from a checkpoint');
+        if (h.from[0] === h.from[1]) throw new InvalidInputError('a rebuild takes parts from two different peers');
+        pending = { id: h.id, from: h.from, parts: new Map(), step: 0 };
+        return { head: { layers: layerViews(stage).size } };
+      }
+      case 'lend': {
+        if (master) throw new InvalidInputError('cannot lend layers while computing with look-ahead weights');
+        if (h.to === host.peerId) throw new InvalidInputError('a stage does not lend to itself');
+        const part = maskedPart(gatherLayers(stage), h.weight, Buffer.from(h.seed, 'hex'), h.sign);
+        for (const ma of h.dial ?? []) await host.dial(ma, { signal: AbortSignal.timeout(5000) }).catch(() => undefined);
+        await callStage(host, h.to, { op: 'absorb', id: h.id, layout: layout(), step: opt.step }, part, { maxBody: 0, signal: fetchSignal() });
+        return { head: { bytes: part.length, step: opt.step } };
+      }
+      case 'absorb': {
+        const p = pending;
+        if (!p || p.id !== h.id) throw new InvalidInputError(`no rebuild ${h.id} expected here`);
+        if (!p.from.includes(from)) throw new InvalidInputError(`${from} is not one of this rebuild's lenders`);
+        if (p.parts.has(from)) throw new InvalidInputError(`${from} already sent its part`);
+        if (h.layout !== layout()) throw new InvalidInputError('the lender\'s layers are laid out unlike this stage\'s (a different number of layers)');
+        const n = layerViews(stage).size;
+        if (body.length !== 4 * n) throw new InvalidInputError(`a part must be ${4 * n} bytes, got ${body.length}`);
+        p.parts.set(from, body.slice());
+        p.step = Math.max(p.step, h.step);
+        if (p.parts.size < 2) return { head: { complete: false } };
+        scatterLayers(stage, unmaskSum([...p.parts.values()], n));
+        // Fresh moments: the neighbours' would not fit these weights. The step count restarts so
+        // AdamW's bias correction treats them as new.
+        opt = new AdamW(o.config, o.adamw, o.kernels, stage.specs);
+        reloaded();
+        stage.resetSlots();
+        stage.zeroGrad();
+        rows.clear();
+        pending = null;
+        ready = true;
+        return { head: { complete: true, step: p.step } };
+      }
     }
   }
   return {
@@ -371,6 +427,7 @@ export async function serveStage(host: Host, o: {
       opt = new AdamW(o.config, o.adamw, o.kernels, stage.specs);
       reloaded();
       ready = false;
+      pending = null;
       rows.clear();
     },
     close: () => srv.close(),
