@@ -123,7 +123,9 @@ export async function createHost(options: HostOptions): Promise<Host> {
       metrics: metrics.libp2pMetrics(),
       services: {
         identify: identify(),
-        ping: ping(),
+        // Room for our own ping next to the connection monitor's (libp2p allows 1 by default, so
+        // a ping that overlaps the monitor's failed with TooManyOutboundProtocolStreams).
+        ping: ping({ maxOutboundStreams: 4 }),
         dht: kadDHT({
           protocol: options.dhtProtocol ?? TESSERA_DHT_PROTOCOL,
           clientMode: false,
