@@ -4,6 +4,8 @@
  * loses a peer mid-run and no step is lost.
  */
 import { test } from 'node:test';
+import { readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import assert from 'node:assert/strict';
 import { GPT } from '../src/model/gpt.js';
 import { AdamW, DEFAULT_ADAMW } from '../src/train/adamw.js';
@@ -32,6 +34,22 @@ function batches(n: number, seed: number): Batch[] {
     }
     return { inputs, targets };
   });
+}
+
+/** Every file under a directory. */
+function filesUnder(dir: string): string[] {
+  return readdirSync(dir, { withFileTypes: true }).flatMap((e) => (e.isDirectory() ? filesUnder(join(dir, e.name)) : e.isFile() ? [join(dir, e.name)] : []));
+}
+
+/** 32-byte windows of a stage's weights, spread over its buffer, each of 8 distinct floats (not an init constant). */
+function fingerprint(params: Float32Array, n = 64): Buffer[] {
+  const out: Buffer[] = [];
+  const bytes = Buffer.from(params.buffer, params.byteOffset, params.byteLength);
+  for (let k = 0; k < params.length - 8 && out.length < n; k += Math.max(8, Math.floor(params.length / (2 * n)))) {
+    if (new Set(params.subarray(k, k + 8)).size < 8) continue;
+    out.push(Buffer.from(bytes.subarray(4 * k, 4 * k + 32)));
+  }
+  return out;
 }
 
 /** The pipeline's weights (reassembled from a live peer of each stage: a test-only view) against one process's. */
@@ -117,7 +135,7 @@ test('a replicated stage loses a peer mid-run: no step is lost, the loss keeps f
   }
 });
 
-test('the only peer of a stage dies: a fresh peer restores it from XOR checkpoint shares held by two other stages, and training resumes', { timeout: 90_000 }, async () => {
+test('the only peer of a stage dies: a fresh peer restores it from XOR checkpoint shares held by two other stages, and training resumes; no peer\'s disk holds another stage\'s weights', { timeout: 90_000 }, async () => {
   const k = loadKernels({ threads: 1 });
   const ref = new GPT(cfg, k);
   ref.init(8);
@@ -125,8 +143,9 @@ test('the only peer of a stage dies: a fresh peer restores it from XOR checkpoin
   const lp = await startLocalPipeline({ config: cfg, stages: 3, kernels: k, adamw: DEFAULT_ADAMW, codec: { id: 'fp32' }, genesis: ref.params.slice(), checkpoints: true });
   try {
     const losses: number[] = [];
+    const atCheckpoint: Float32Array[] = [];
     for (const [i, b] of data.entries()) {
-      if (i === 6) await lp.driver.checkpoint();
+      if (i === 6) { await lp.driver.checkpoint(); for (const row of lp.servers) atCheckpoint.push(row[0].stage.params.slice()); }
       if (i === 9) await lp.kill(1, 0);
       losses.push((await lp.driver.step(b, B, T, MICRO, 1e-2)).loss);
     }
@@ -144,6 +163,37 @@ test('the only peer of a stage dies: a fresh peer restores it from XOR checkpoin
     assert.ok(lp.servers[2][0].stage.tensorNames().every((n) => n.startsWith('h.2.') || ['lnf.w', 'lnf.b', 'head'].includes(n)));
     assert.ok(lp.servers[0][0].stage.tensorNames().every((n) => n.startsWith('h.0.') || ['wte', 'wpe'].includes(n)));
     process.stderr.write(`pipeline: stage ${rec.stage} restored by a fresh peer in ${rec.ms.toFixed(0)} ms (checkpoint of step ${rec.fromStep}, ${lp.driver.checkpoints.get(1)!.bytes} bytes as two shares)\n`);
+
+    // Containment on disk: no peer's data directory (libp2p key, IPFS blocks and datastore) holds
+    // another stage's weights, as of the checkpoint or now, in any byte alignment. Dead peers' too.
+    const all = lp.servers.flatMap((row, stage) => row.map((srv) => ({ srv, stage })));
+    const found = (dir: string, ws: Buffer[]) => { let n = 0; for (const f of filesUnder(dir)) { const buf = readFileSync(f); for (const w of ws) if (buf.indexOf(w) >= 0) n++; } return n; };
+    const windows = [0, 1, 2].map((j) => [...fingerprint(atCheckpoint[j]), ...fingerprint(lp.servers[j].at(-1)!.stage.params)]);
+    let scanned = 0;
+    for (const { srv, stage } of all) {
+      for (const j of [0, 1, 2]) {
+        if (j === stage) continue;
+        assert.equal(found(lp.dataDirOf(srv), windows[j]), 0, `peer of stage ${stage} (${lp.alive(srv) ? 'live' : 'dead'}) has stage ${j}'s weights on disk`);
+        scanned++;
+      }
+    }
+    // The scan does find weights where they are: the plaintext in a file, and the two shares XORed.
+    const probe = join(lp.dataDirOf(lp.servers[2][0]), 'probe.bin');
+    writeFileSync(probe, new Uint8Array(atCheckpoint[0].buffer));
+    assert.equal(found(lp.dataDirOf(lp.servers[2][0]), windows[0].slice(0, 8)), 8, 'the scan finds plaintext weights');
+    rmSync(probe);
+    const size = lp.driver.checkpoints.get(1)!.bytes;
+    const sized = all.flatMap(({ srv }) => filesUnder(lp.dataDirOf(srv))).filter((f) => statSync(f).size === size).map((f) => readFileSync(f));
+    let joint = 0;
+    for (let a = 0; a < sized.length; a++) {
+      for (let b = a + 1; b < sized.length; b++) {
+        const x = Buffer.alloc(size);
+        for (let i = 0; i < size; i++) x[i] = sized[a][i] ^ sized[b][i];
+        if (fingerprint(atCheckpoint[1]).every((w) => x.indexOf(w) >= 0)) joint++;
+      }
+    }
+    assert.ok(joint >= 1, `two shares on two holders' disks XOR to stage 1's checkpoint (${sized.length} files of ${size} bytes)`);
+    process.stderr.write(`pipeline: containment on disk: ${scanned} (peer, foreign stage) pairs scanned, none found; the two shares of stage 1 XOR to it\n`);
   } finally {
     await lp.close();
   }

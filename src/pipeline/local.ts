@@ -27,6 +27,8 @@ export interface LocalPipeline {
   alive(server: StageServer): boolean;
   /** The peer id of a stage peer. */
   peerOf(server: StageServer): string;
+  /** A stage peer's data directory (its libp2p key and IPFS store: what it keeps on disk). */
+  dataDirOf(server: StageServer): string;
   /** Stop one stage peer (its host goes away mid-run: a failure drill). */
   kill(stage: number, replica: number): Promise<void>;
   close(): Promise<void>;
@@ -52,13 +54,14 @@ export async function startLocalPipeline(o: {
   const stores: Store[] = [];
   let fresh = 0;
   const specs = splitStages(o.config, o.stages);
-  const startPeer = async (dir: string, spec: (typeof specs)[number], init: boolean): Promise<StageServer & { host: Host }> => {
+  type Peer = StageServer & { host: Host; dataDir: string };
+  const startPeer = async (dir: string, spec: (typeof specs)[number], init: boolean): Promise<Peer> => {
     const host = await createHost({ dataDir: join(root, dir), logger });
     hosts.push(host);
     let store: Store | undefined;
     if (o.checkpoints) { store = await openStore(join(root, dir), { libp2p: host.node }); stores.push(store); }
     const srv = await serveStage(host, { config: o.config, spec, kernels: o.kernels, adamw: o.adamw, codec: o.codec, init: init ? (s) => s.loadFromFull(o.genesis) : null, ...(store ? { store } : {}), ...(o.bottleneck !== undefined ? { bottleneck: o.bottleneck } : {}) });
-    return Object.assign(srv, { host });
+    return Object.assign(srv, { host, dataDir: join(root, dir) });
   };
   for (const spec of specs) {
     const row: StageServer[] = [];
@@ -99,7 +102,8 @@ export async function startLocalPipeline(o: {
   return {
     driver, servers, hosts, driverHost,
     alive: (srv) => !stopped.has((srv as StageServer & { host: Host }).host),
-    peerOf: (srv) => (srv as StageServer & { host: Host }).host.peerId,
+    peerOf: (srv) => (srv as Peer).host.peerId,
+    dataDirOf: (srv) => (srv as Peer).dataDir,
     kill: async (stage, replica) => {
       const h = (servers[stage][replica] as StageServer & { host: Host }).host;
       stopped.add(h);
