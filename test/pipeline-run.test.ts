@@ -3,7 +3,8 @@
  * stage peers with `tessera stage` (each picks the least-served stage itself and initializes only
  * that stage), a driver with `tessera pipeline --run`. Midway the only peer of one stage is
  * killed; a fresh `tessera stage --fresh` for that stage is restored from the checkpoint shares
- * and the run finishes.
+ * and the run finishes. A second driver then runs with `--rebuild prefer`: the stage's peer is
+ * killed again and another fresh peer is rebuilt from its neighbours (rebuild.ts).
  */
 import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -44,7 +45,7 @@ async function until(what: string, cond: () => boolean, ms: number, ps: Proc[]):
   }
 }
 
-test('stage peers choose their stages, a driver trains through them, and a killed stage is restored on a fresh peer', { timeout: 180_000 }, async () => {
+test('stage peers choose their stages, a driver trains through them, a killed stage is restored on a fresh peer; another driver rebuilds it from its neighbours', { timeout: 300_000 }, async () => {
   const run = join(root, 'pipe.json');
   const w = spawnSync(process.execPath, [bin, 'pipeline', '--write-run', run, '--stages', '3', '--layers', '3', '--codec', 'int8', '--checkpoint-every', '5', '--json'], { encoding: 'utf8' });
   assert.equal(w.status, 0, w.stderr);
@@ -84,5 +85,20 @@ test('stage peers choose their stages, a driver trains through them, and a kille
   assert.equal(gj.tokens, 8);
   assert.ok(gj.usagePerStage.length === 3 && gj.usagePerStage.every((u) => u > 0), 'every stage metered');
   process.stderr.write(`pipeline-run: stages ${peers.map(stageOf).join(',')}; stage 1 restored from step ${done.recoveries[0].fromStep} in ${done.recoveries[0].ms.toFixed(0)} ms; val ${done.valLoss.toFixed(3)}\n`);
-  for (const p of [...peers, fresh]) if (p.child.exitCode === null) p.child.kill('SIGTERM');
+
+  // A second driver on the same stage peers, told to rebuild rather than restore: stage 1's peer
+  // dies again, and another fresh process gets stage 1 as the weighted mean of stages 0 and 2,
+  // sent to it in masked parts by those two processes (they dial it themselves).
+  const bootAddr = (peers.find((p) => p !== victim)!.lines[0].addrs as string[])[0];
+  const driver2 = start(['pipeline', '--run', run, '--data-dir', join(root, 'driver2'), '--bootstrap', bootAddr, '--steps', '20', '--rebuild', 'prefer', '--json']);
+  await until('second driver: step 10', () => driver2.lines.some((l) => l.event === 'step' && (l.step as number) >= 10), 60_000, [driver2, fresh, ...peers]);
+  fresh.child.kill('SIGKILL');
+  const fresh2 = start(['stage', '--run', run, '--data-dir', join(root, 'fresh2'), '--bootstrap', bootAddr, '--stage', '1', '--fresh', '--json']);
+  await until('the second run to finish', () => driver2.lines.some((l) => l.event === 'done'), 120_000, [driver2, fresh2, ...peers]);
+  const done2 = driver2.lines.find((l) => l.event === 'done') as { steps: number; valLoss: number; recoveries: { stage: number; how: string; ms: number; mix: number[] }[] };
+  assert.equal(done2.steps, 20);
+  assert.deepEqual(done2.recoveries.map((r) => [r.stage, r.how]), [[1, 'neighbours']]);
+  assert.ok(Number.isFinite(done2.valLoss) && done2.valLoss < 6.0, `it still learns (val ${done2.valLoss})`);
+  process.stderr.write(`pipeline-run: stage 1 rebuilt from stages 0 and 2 (weights ${done2.recoveries[0].mix.map((x) => x.toFixed(2)).join(' : ')}) on a fresh process in ${done2.recoveries[0].ms.toFixed(0)} ms; val ${done2.valLoss.toFixed(3)}\n`);
+  for (const p of [...peers, fresh2]) if (p.child.exitCode === null) p.child.kill('SIGTERM');
 });
