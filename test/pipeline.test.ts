@@ -244,7 +244,7 @@ test('no checkpoint: a lost middle stage is rebuilt on a fresh peer from its nei
   }
 });
 
-test('a rebuild needs a middle stage: losing the first stage without a checkpoint fails the step with a clear error', { timeout: 60_000 }, async () => {
+test('a rebuild needs a middle stage: losing the first stage without a checkpoint fails the step with a clear error; with one, an end stage is restored even under prefer', { timeout: 60_000 }, async () => {
   const k = loadKernels({ threads: 1 });
   const ref = new GPT(cfg, k);
   ref.init(8);
@@ -257,6 +257,18 @@ test('a rebuild needs a middle stage: losing the first stage without a checkpoin
     assert.equal(lp.driver.recoveries.length, 0);
   } finally {
     await lp.close();
+  }
+  // 'prefer' rebuilds middle stages only: a lost last stage still comes back from its checkpoint.
+  const lp2 = await startLocalPipeline({ config: cfg, stages: 3, kernels: k, adamw: DEFAULT_ADAMW, codec: { id: 'fp32' }, genesis: ref.params.slice(), checkpoints: true, rebuild: 'prefer' });
+  try {
+    const [b] = batches(1, 6);
+    await lp2.driver.step(b, B, T, MICRO, 1e-2);
+    await lp2.driver.checkpoint();
+    await lp2.kill(2, 0);
+    await lp2.driver.step(b, B, T, MICRO, 1e-2);
+    assert.deepEqual(lp2.driver.recoveries.map((r) => [r.stage, r.how, r.fromStep]), [[2, 'checkpoint', 1]]);
+  } finally {
+    await lp2.close();
   }
 });
 

@@ -263,9 +263,14 @@ export class PipelineDriver {
 
   private async recoverStage(i: number): Promise<void> {
     const cp = this.checkpoints.get(i);
-    const rebuild = this.o.rebuild === 'prefer' || (this.o.rebuild === 'fallback' && !cp);
-    if (rebuild) return await this.rebuildStage(i);
-    if (!cp) throw new StageCallError(`stage ${i} lost its last peer and has no checkpoint to restore from`);
+    // Only a middle stage has two neighbours to rebuild from; the ends always need a checkpoint.
+    const middle = i > 0 && i < this.S - 1;
+    if (this.o.rebuild && middle && (this.o.rebuild === 'prefer' || !cp)) return await this.rebuildStage(i);
+    if (!cp) {
+      throw new StageCallError(this.o.rebuild
+        ? `stage ${i} lost its last peer and has no checkpoint; only a middle stage can be rebuilt from its neighbours`
+        : `stage ${i} lost its last peer and has no checkpoint to restore from`);
+    }
     const t0 = performance.now();
     const peer = await this.o.recover!(i);
     const holders = [...this.live[(i + 1) % this.S], ...this.live[(i + 2) % this.S]];
@@ -282,7 +287,6 @@ export class PipelineDriver {
    * sees no weights and the new peer sees only the mean.
    */
   private async rebuildStage(i: number): Promise<void> {
-    if (i === 0 || i === this.S - 1) throw new StageCallError(`stage ${i} lost its last peer: only a middle stage can be rebuilt from its neighbours, and it has no checkpoint`);
     const L = this.live[i - 1][0], R = this.live[i + 1][0];
     if (!L || !R) throw new StageCallError(`stage ${i} cannot be rebuilt: a neighbouring stage has no live peer`);
     const t0 = performance.now();
