@@ -8,7 +8,7 @@ import { promisify } from 'node:util';
 import { encodeAbiParameters, keccak256, toHex, type Address, type Hex } from 'viem';
 import {
   startDevnet, ledgerClient, deployRun, signScoreReport, mintRound, pay, claim, propose, vote, execute, getSetting,
-  getShares, getProposals, proposeValidators, read, loadArtifacts, clientsFor, CommitmentQueue, serveRpc, rpcChain, buildScoreReport, ContractRevertError, type Devnet, type LedgerClient, type ScoreReport,
+  getShares, HolderIndex, getProposals, proposeValidators, read, loadArtifacts, clientsFor, CommitmentQueue, serveRpc, rpcChain, buildScoreReport, ContractRevertError, type Devnet, type LedgerClient, type ScoreReport,
 } from '../src/ledger/index.js';
 
 const execFileAsync = promisify(execFile);
@@ -92,6 +92,40 @@ test('minting needs the M-of-N quorum; forged, duplicated, malleated or replayed
     const mm = await mintRound(c, { report: rr, signatures: await sign(address, rr, [2, 3, 4]) });
     t.diagnostic(`mintRound gas, ${n} recipients, 3 sigs: ${mm.gasUsed}`);
   }
+});
+
+test('the holders scan starts at the deployment block, in bounded ranges, and a kept index reads only new blocks', async () => {
+  const before = await clientsFor(net.request, net.chain, net.keys[0]).publicClient.getBlockNumber({ cacheTime: 0 });
+  const { address } = await deploy();
+  const c = client(0, address);
+  const deployed = await read<bigint>(c, 'deployBlock');
+  assert.ok(deployed > before, `deployBlock ${deployed} is the deployment's block, after ${before}`);
+  // Count the log queries and their ranges.
+  const ranges: [bigint, bigint][] = [];
+  const counting: LedgerClient = { ...c, publicClient: { ...c.publicClient, getLogs: (async (a: { fromBlock: bigint; toBlock: bigint }) => { ranges.push([a.fromBlock, a.toBlock]); return c.publicClient.getLogs(a as never); }) as never } } as LedgerClient;
+  for (const [round, who] of [[1n, [5, 6]], [2n, [7]], [3n, [8, 9]]] as const) {
+    const r = report(round, who.map(addrOf), who.map(() => 1n));
+    await mintRound(c, { report: r, signatures: await sign(address, r, [1, 2, 3]) });
+  }
+  const whole = await getShares(c);
+  const narrow = await getShares(counting, { maxRange: 2n });
+  assert.deepEqual(narrow.holders, whole.holders, 'ranges of 2 blocks find the same holders');
+  assert.equal(whole.holders.length, 5);
+  assert.ok(ranges.length >= 2 && ranges.every(([a, b]) => b - a + 1n <= 2n), `bounded ranges: ${ranges.map(([a, b]) => `${a}-${b}`).join(' ')}`);
+  assert.equal(ranges[0][0], deployed, 'the first range starts at the deployment block');
+  // A kept index: the second call reads only the blocks after the first.
+  const index = new HolderIndex();
+  ranges.length = 0;
+  await getShares(counting, { holders: index });
+  const seenTo = index.next!;
+  assert.equal(index.seen.size, 5);
+  const r4 = report(4n, [addrOf(10)], [1n]);
+  await mintRound(c, { report: r4, signatures: await sign(address, r4, [1, 2, 3]) });
+  ranges.length = 0;
+  const after4 = await getShares(counting, { holders: index });
+  assert.ok(ranges.length >= 1 && ranges.every(([a]) => a >= seenTo), `only new blocks read (from ${seenTo}: ${ranges.map(([a, b]) => `${a}-${b}`).join(' ')})`);
+  assert.equal(after4.holders.length, 6, 'the new holder is found');
+  await assert.rejects(getShares(c, { maxRange: 0n }), /maxRange must be at least 1/);
 });
 
 test('revenue rounding is exact over many small payments; a claim cannot be made twice', async (t) => {

@@ -20,7 +20,7 @@ import { rpcChain } from './devnet.js';
 import { CommitmentQueue } from './queue.js';
 import { ChainUnreachableError } from './errors.js';
 import { scoreReportTypes, signScoreReport, type ScoreReport, type SignScoreReportReturnType } from './actions/signScoreReport.js';
-import { getShares } from './actions/getShares.js';
+import { getShares, HolderIndex } from './actions/getShares.js';
 import { getProposals } from './actions/getProposals.js';
 import { getSetting } from './actions/execute.js';
 import type { LedgerView } from './view.js';
@@ -85,6 +85,8 @@ interface Collected { report: ScoreReport; sigs: Map<string, SignScoreReportRetu
 export class LedgerLink {
   readonly me: Address;
   private client: LedgerClient | null = null;
+  /** Share holders seen so far: each refresh reads only the blocks since the last. */
+  private readonly holders = new HolderIndex();
   private chainId: number | null = null;
   private validators: Address[] = [];
   private threshold = 0;
@@ -257,7 +259,7 @@ export class LedgerLink {
     // Governance first: it steers training; the shares table is only shown.
     this.settings.dataset = await getSetting(c, 'dataset');
     this.o.onSettings?.();
-    const s = await getShares(c, { rounds: 20 });
+    const s = await getShares(c, { rounds: 20, holders: this.holders });
     const props = await getProposals(c, { limit: 20 });
     const peerOf = this.o.peerOf ?? (() => null);
     this.snapshot = {

@@ -1,28 +1,50 @@
 /** Shares table: holders (from Transfer logs), balances, claimable revenue, and round commitments. */
 import { parseAbiItem, type Address, type Hex } from 'viem';
 import { read, toLedgerError, type LedgerClient } from '../client.js';
+import { InvalidInputError } from '../../util/errors.js';
 import type { ChainUnreachableError, ContractRevertError } from '../errors.js';
 
-/** `rounds`: how many of the latest round commitments to read (default all). */
-export type GetSharesParameters = { rounds?: number };
+/**
+ * The addresses that ever received shares, and the next block to scan for more. Keep one per
+ * client and pass it to every call: each call then reads only the blocks since the last one
+ * (a new index starts at the contract's deployment block, never at block 0).
+ */
+export class HolderIndex {
+  readonly seen = new Set<Address>();
+  next: bigint | null = null;
+}
+
+/**
+ * `rounds`: how many of the latest round commitments to read (default all). `holders`: an index
+ * kept between calls (default: a fresh one). `maxRange`: blocks per log query (public RPCs cap
+ * eth_getLogs ranges; default 10,000).
+ */
+export type GetSharesParameters = { rounds?: number; holders?: HolderIndex; maxRange?: bigint };
 export type Holder = { address: Address; balance: bigint; claimable: bigint };
 export type RoundCommitment = { round: bigint; weightsHash: Hex; updatesRoot: Hex; scoresRoot: Hex; minted: bigint; checkpointCid: Hex };
 export type GetSharesReturnType = { totalSupply: bigint; totalPaid: bigint; totalClaimed: bigint; holders: Holder[]; rounds: RoundCommitment[] };
 export type GetSharesErrorType = ChainUnreachableError | ContractRevertError;
 
+const TRANSFER = parseAbiItem('event Transfer(address indexed from, address indexed to, uint256 value)');
+
 export async function getShares(c: LedgerClient, p: GetSharesParameters = {}): Promise<GetSharesReturnType> {
-  let logs;
+  const index = p.holders ?? new HolderIndex();
+  const range = p.maxRange ?? 10_000n;
+  if (range < 1n) throw new InvalidInputError('getShares: maxRange must be at least 1 block');
   try {
-    logs = await c.publicClient.getLogs({
-      address: c.address,
-      event: parseAbiItem('event Transfer(address indexed from, address indexed to, uint256 value)'),
-      fromBlock: 0n,
-    });
+    const head = await c.publicClient.getBlockNumber({ cacheTime: 0 });
+    let from = index.next ?? (await read<bigint>(c, 'deployBlock'));
+    while (from <= head) {
+      const to = from + range - 1n < head ? from + range - 1n : head;
+      const logs = await c.publicClient.getLogs({ address: c.address, event: TRANSFER, fromBlock: from, toBlock: to });
+      for (const l of logs) if (l.args.to) index.seen.add(l.args.to);
+      from = to + 1n;
+      index.next = from;
+    }
   } catch (e) {
     throw toLedgerError('getShares', e);
   }
-  const seen = new Set<Address>();
-  for (const l of logs) if (l.args.to) seen.add(l.args.to);
+  const seen = index.seen;
   const holders: Holder[] = [];
   for (const a of seen) {
     const balance = await read<bigint>(c, 'balanceOf', [a]);

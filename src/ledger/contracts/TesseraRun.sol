@@ -52,6 +52,8 @@ contract TesseraRun is ShareToken {
     bytes32 public immutable manifestHash;
     uint256 public immutable sharesPerRound;
     uint256 public immutable quorumBps;
+    /// The block this run was deployed in: where a reader starts scanning its logs.
+    uint256 public immutable deployBlock;
     uint256 public threshold;
     /// Setting key whose passed proposals replace the validator set ("validators", right-padded).
     bytes32 public constant VALIDATORS_KEY = bytes32("validators");
@@ -95,6 +97,7 @@ contract TesseraRun is ShareToken {
         if (quorumBps_ > 10_000 || sharesPerRound_ == 0) revert BadConfig();
         sharesPerRound = sharesPerRound_;
         quorumBps = quorumBps_;
+        deployBlock = block.number;
         _setValidators(validators_, threshold_);
     }
 
