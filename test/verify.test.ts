@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { BEHAVIOURS, behave, parseBehaviour, parseBehaviours, l2, SCALER_FACTOR, type Behaviour } from '../src/verify/adversaries.js';
 import { COPY_COS, EMA_ALPHA, MISS_DECAY, ScoreBook, copyChecks, cosine, hardChecks, lossDelta, scoreRound, type Submission } from '../src/verify/score.js';
-import { centeredClip, clipToMedian, median, norm2, robustAggregate, selectTopG, trimmedMean, weightedMean } from '../src/swarm/robust.js';
+import { centeredClip, clipToMedian, lowerMedian, median, norm2, robustAggregate, selectTopG, trimmedMean, weightedMean } from '../src/swarm/robust.js';
 import { InvalidInputError } from '../src/util/errors.js';
 import { uniform } from '../src/util/rng.js';
 import { loadKernels } from '../src/kernels/index.js';
@@ -112,7 +112,11 @@ test('robust aggregation: median, clipping bound, top-G ties, trimmed mean, perm
   assert.equal(median([4, 1, 2, 3]), 2.5);
   const ds = [vec([3, 4]), vec([0, 1]), vec([60, 80]), vec([1, 0])];
   const { clipped, bound } = clipToMedian(ds);
-  assert.equal(bound, 3);
+  assert.equal(bound, 1, 'the lower median of the norms 5, 1, 100, 1');
+  assert.equal(lowerMedian([4, 1, 2, 3]), 2);
+  assert.equal(lowerMedian([7]), 7);
+  // Two updates, one ×100: the bound is the honest norm, so the big one cannot outweigh it.
+  assert.equal(clipToMedian([vec([3, 4]), vec([300, 400])]).bound, 5);
   clipped.forEach((c, j) => assert.ok(norm2(c) <= bound * (1 + 1e-6) && norm2(c) <= norm2(ds[j]) + 1e-6));
   assert.ok(Math.abs(cosine(clipped[2], ds[2]) - 1) < 1e-6);
   assert.deepEqual(selectTopG([{ peer: 'c', score: 1 }, { peer: 'a', score: 2 }, { peer: 'b', score: 1 }], 2), ['a', 'b']);

@@ -149,7 +149,7 @@ export function register(program: Command): void {
     .option('--cache-dir <dir>', 'tokenizer and token cache', defaultCacheDir())
     .option('--dataset <cid>', 'train on a dataset from `tessera data add` (by CID; needs --data-dir): peers fetch shards, tokenizer and genesis weights from each other')
     .option('--data-dir <dir>', 'the node data directory whose IPFS store holds --dataset (the genesis state is added there)')
-    .option('--aggregate <rule>', 'clip (each update clipped to the median norm, robust to a poisoned update) | trimmed (clipped, then coordinate-wise trimmed mean) | centered (clipped, then centered clipping) | mean', oneOf('clip', 'mean', 'trimmed', 'centered'), 'clip')
+    .option('--aggregate <rule>', 'clip (each update clipped to the lower median norm, robust to a poisoned update) | trimmed (clipped, then coordinate-wise trimmed mean) | centered (clipped, then centered clipping) | mean', oneOf('clip', 'mean', 'trimmed', 'centered'), 'clip')
     .option('--audit <p>', 'audit by re-execution: trainers commit every inner step (Merkle root), validators re-run each update with probability p (needs --overlap none or delayed)', num(0, 1))
     .option('--replicas <n>', 'peers that pin each training shard and retained checkpoint (default 3)', int(1, 64))
     .option('--checkpoint-every <n>', 'keep a state checkpoint every N rounds (default 5)', int(1))

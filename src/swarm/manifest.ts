@@ -110,7 +110,7 @@ export const HyperSchema = z.object({
   overlap: z.enum(['none', 'delayed', 'shift', 'eager']).default('none'),
   /**
    * How the agreed updates are combined: 'mean' (token-weighted mean) or 'clip' (each update's
-   * norm clipped to the median norm first, so one poisoned update cannot dominate; issue 6),
+   * norm clipped to the lower median norm first, so one poisoned update cannot dominate; issue 6),
    * 'trimmed' (clipped, then a coordinate-wise trimmed mean) or 'centered' (clipped, then
    * centered clipping).
    * Absent means 'mean', so manifests written before this field keep their run ids.

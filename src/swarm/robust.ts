@@ -19,7 +19,7 @@ export interface RobustInput {
 }
 
 export interface RobustSettings {
-  /** Clip every norm to the median norm of all inputs. */
+  /** Clip every norm to the (lower) median norm of all inputs. */
   clip: boolean;
   /** Keep the G best-scored peers (null = all). */
   topG: number | null;
@@ -47,10 +47,21 @@ export function median(xs: readonly number[]): number {
   return s.length % 2 ? s[h] : (s[h - 1] + s[h]) / 2;
 }
 
-/** Copies of `deltas`, each scaled by min(1, bound / ‖Δ‖) (bound = median norm unless given). */
+/**
+ * The lower median (the smaller middle value for an even count). As a clip bound it cannot be
+ * raised by half of the inputs: with two updates, one of them ×100, the median would let the
+ * big one through at half its size, the lower median clips it to the other's norm.
+ */
+export function lowerMedian(xs: readonly number[]): number {
+  if (xs.length === 0) throw new InvalidInputError('median of nothing');
+  const s = [...xs].sort((a, b) => a - b);
+  return s[(s.length - 1) >> 1];
+}
+
+/** Copies of `deltas`, each scaled by min(1, bound / ‖Δ‖) (bound = the lower median norm unless given). */
 export function clipToMedian(deltas: readonly Float32Array[], bound?: number): { clipped: Float32Array[]; bound: number; scales: number[] } {
   const norms = deltas.map(norm2);
-  const b = bound ?? median(norms);
+  const b = bound ?? lowerMedian(norms);
   const scales = norms.map((n) => (n > b && n > 0 ? b / n : 1));
   const clipped = deltas.map((d, j) => {
     const s = Math.fround(scales[j]);
@@ -127,7 +138,7 @@ export interface RobustResult {
 
 /**
  * The robust aggregate of `inputs` (any order: they are sorted by peer id first). The clip bound
- * is the median norm over ALL inputs (robust while fewer than half are attackers); selection then
+ * is the lower median norm over ALL inputs (robust while at most half are attackers); selection then
  * keeps the top-G by score; the rule combines the survivors.
  */
 export function robustAggregate(inputs: readonly RobustInput[], s: RobustSettings = DEFAULT_ROBUST): RobustResult {
