@@ -10,6 +10,7 @@ import assert from 'node:assert/strict';
 import { GPT } from '../src/model/gpt.js';
 import { AdamW, DEFAULT_ADAMW } from '../src/train/adamw.js';
 import { loadKernels } from '../src/kernels/index.js';
+import type { Kernels } from '../src/kernels/api.js';
 import { paramSpecs } from '../src/model/params.js';
 import { splitStages, stageSpecs } from '../src/model/stage.js';
 import { Rng } from '../src/util/rng.js';
@@ -34,6 +35,19 @@ function batches(n: number, seed: number): Batch[] {
     }
     return { inputs, targets };
   });
+}
+
+/** A GPT initialized from `seed` (the single-process reference) and the kernels it runs on. */
+function reference(seed: number): { k: Kernels; ref: GPT } {
+  const k = loadKernels({ threads: 1 });
+  const ref = new GPT(cfg, k);
+  ref.init(seed);
+  return { k, ref };
+}
+
+/** 3 stage peers and a driver on loopback, started from `genesis` (fp32 activations unless `o` says otherwise). */
+function pipe(k: Kernels, genesis: Float32Array, o: Partial<Parameters<typeof startLocalPipeline>[0]> = {}): Promise<LocalPipeline> {
+  return startLocalPipeline({ config: cfg, stages: 3, kernels: k, adamw: DEFAULT_ADAMW, codec: { id: 'fp32' }, genesis: genesis.slice(), ...o });
 }
 
 /** Every file under a directory. */
@@ -62,13 +76,11 @@ function weightDiff(lp: LocalPipeline, ref: GPT): { max: number; mean: number } 
 }
 
 test('3 stage peers over libp2p train exactly like one process (fp32), and each holds only its stage', { timeout: 60_000 }, async () => {
-  const k = loadKernels({ threads: 1 });
-  const ref = new GPT(cfg, k);
-  ref.init(5);
+  const { k, ref } = reference(5);
   const genesis = ref.params.slice();
   const opt = new AdamW(cfg, DEFAULT_ADAMW, k);
   const data = batches(12, 1);
-  const lp = await startLocalPipeline({ config: cfg, stages: 3, kernels: k, adamw: DEFAULT_ADAMW, codec: { id: 'fp32' }, genesis, inflight: 1 });
+  const lp = await pipe(k, genesis, { inflight: 1 });
   try {
     for (const [i, b] of data.entries()) {
       const got = await lp.driver.step(b, B, T, MICRO, 1e-2);
@@ -109,11 +121,9 @@ test('3 stage peers over libp2p train exactly like one process (fp32), and each 
 });
 
 test('a replicated stage loses a peer mid-run: no step is lost, the loss keeps falling; int8 activations still learn', { timeout: 60_000 }, async () => {
-  const k = loadKernels({ threads: 1 });
-  const ref = new GPT(cfg, k);
-  ref.init(6);
+  const { k, ref } = reference(6);
   const data = batches(30, 2);
-  const lp = await startLocalPipeline({ config: cfg, stages: 3, replicas: 2, kernels: k, adamw: DEFAULT_ADAMW, codec: { id: 'int8' }, genesis: ref.params.slice() });
+  const lp = await pipe(k, ref.params, { replicas: 2, codec: { id: 'int8' } });
   try {
     const losses: number[] = [];
     for (const [i, b] of data.entries()) {
@@ -136,11 +146,9 @@ test('a replicated stage loses a peer mid-run: no step is lost, the loss keeps f
 });
 
 test('the only peer of a stage dies: a fresh peer restores it from XOR checkpoint shares held by two other stages, and training resumes; no peer\'s disk holds another stage\'s weights', { timeout: 90_000 }, async () => {
-  const k = loadKernels({ threads: 1 });
-  const ref = new GPT(cfg, k);
-  ref.init(8);
+  const { k, ref } = reference(8);
   const data = batches(24, 3);
-  const lp = await startLocalPipeline({ config: cfg, stages: 3, kernels: k, adamw: DEFAULT_ADAMW, codec: { id: 'fp32' }, genesis: ref.params.slice(), checkpoints: true });
+  const lp = await pipe(k, ref.params, { checkpoints: true });
   try {
     const losses: number[] = [];
     const atCheckpoint: Float32Array[] = [];
@@ -200,11 +208,9 @@ test('the only peer of a stage dies: a fresh peer restores it from XOR checkpoin
 });
 
 test('no checkpoint: a lost middle stage is rebuilt on a fresh peer from its neighbours (CheckFree), as their gradient-weighted mean sent in masked parts; training resumes', { timeout: 90_000 }, async () => {
-  const k = loadKernels({ threads: 1 });
-  const ref = new GPT(cfg, k);
-  ref.init(8);
+  const { k, ref } = reference(8);
   const data = batches(24, 4);
-  const lp = await startLocalPipeline({ config: cfg, stages: 3, kernels: k, adamw: DEFAULT_ADAMW, codec: { id: 'fp32' }, genesis: ref.params.slice(), rebuild: 'fallback' });
+  const lp = await pipe(k, ref.params, { rebuild: 'fallback' });
   try {
     // Refusals first: a serving peer is not rebuilt, and only named lenders may send parts.
     const call = (srv: StageServer, head: unknown) => callStage(lp.driverHost, lp.peerOf(srv), head, new Uint8Array(0), { maxBody: 0, signal: AbortSignal.timeout(5000) });
@@ -245,10 +251,8 @@ test('no checkpoint: a lost middle stage is rebuilt on a fresh peer from its nei
 });
 
 test('a rebuild needs a middle stage: losing the first stage without a checkpoint fails the step with a clear error; with one, an end stage is restored even under prefer', { timeout: 60_000 }, async () => {
-  const k = loadKernels({ threads: 1 });
-  const ref = new GPT(cfg, k);
-  ref.init(8);
-  const lp = await startLocalPipeline({ config: cfg, stages: 3, kernels: k, adamw: DEFAULT_ADAMW, codec: { id: 'fp32' }, genesis: ref.params.slice(), rebuild: 'fallback' });
+  const { k, ref } = reference(8);
+  const lp = await pipe(k, ref.params, { rebuild: 'fallback' });
   try {
     const [b] = batches(1, 5);
     await lp.driver.step(b, B, T, MICRO, 1e-2);
@@ -259,7 +263,7 @@ test('a rebuild needs a middle stage: losing the first stage without a checkpoin
     await lp.close();
   }
   // 'prefer' rebuilds middle stages only: a lost last stage still comes back from its checkpoint.
-  const lp2 = await startLocalPipeline({ config: cfg, stages: 3, kernels: k, adamw: DEFAULT_ADAMW, codec: { id: 'fp32' }, genesis: ref.params.slice(), checkpoints: true, rebuild: 'prefer' });
+  const lp2 = await pipe(k, ref.params, { checkpoints: true, rebuild: 'prefer' });
   try {
     const [b] = batches(1, 6);
     await lp2.driver.step(b, B, T, MICRO, 1e-2);
@@ -300,12 +304,10 @@ test('tessera pipeline --json: trains through the stage peers, survives the kill
 });
 
 test('asynchronous pipelining: no barrier between steps, gradients banked per batch, updates in order; it learns like the synchronous schedule, with and without look-ahead weights', { timeout: 90_000 }, async () => {
-  const k = loadKernels({ threads: 1 });
-  const ref = new GPT(cfg, k);
-  ref.init(8);
+  const { k, ref } = reference(8);
   const data = batches(40, 4);
   const run = async (mode: 'sync' | 'async' | 'lookahead'): Promise<number[]> => {
-    const lp = await startLocalPipeline({ config: cfg, stages: 3, kernels: k, adamw: DEFAULT_ADAMW, codec: { id: 'fp32' }, genesis: ref.params.slice() });
+    const lp = await pipe(k, ref.params);
     try {
       if (mode === 'sync') { const out: number[] = []; for (const b of data) out.push((await lp.driver.step(b, B, T, MICRO, 1e-2)).loss); return out; }
       const order: number[] = [];
@@ -328,15 +330,13 @@ test('asynchronous pipelining: no barrier between steps, gradients banked per ba
 });
 
 test('balanced routing (SWARM): each micro-batch takes one replica per stage by throughput; replicas sum their gradients and stay identical; a replica dying mid-step costs a retry, not a step', { timeout: 90_000 }, async () => {
-  const k = loadKernels({ threads: 1 });
-  const ref = new GPT(cfg, k);
-  ref.init(9);
+  const { k, ref } = reference(9);
   const genesis = ref.params.slice();
   const opt = new AdamW(cfg, DEFAULT_ADAMW, k);
   const data = batches(16, 5);
   // Replica 0 of each stage announces 3× the throughput of replica 1.
   let fast = new Set<string>();
-  const lp = await startLocalPipeline({ config: cfg, stages: 3, replicas: 2, kernels: k, adamw: DEFAULT_ADAMW, codec: { id: 'fp32' }, genesis, routing: 'balance', throughputOf: (p) => (fast.has(p) ? 3 : 1) });
+  const lp = await pipe(k, genesis, { replicas: 2, routing: 'balance', throughputOf: (p) => (fast.has(p) ? 3 : 1) });
   fast = new Set(lp.servers.map((row) => lp.peerOf(row[0])));
   const MB = 4; // micro-batches per step, all in flight at once
   try {
@@ -377,12 +377,10 @@ test('balanced routing (SWARM): each micro-batch takes one replica per stage by 
 });
 
 test('learned bottleneck over libp2p: only k values per token cross each boundary (exact bytes), the bottleneck trains, and the model learns', { timeout: 60_000 }, async () => {
-  const k = loadKernels({ threads: 1 });
-  const ref = new GPT(cfg, k);
-  ref.init(10);
+  const { k, ref } = reference(10);
   const data = batches(30, 6);
   const K = 4;
-  const lp = await startLocalPipeline({ config: cfg, stages: 3, kernels: k, adamw: DEFAULT_ADAMW, codec: { id: 'int8' }, genesis: ref.params.slice(), bottleneck: K });
+  const lp = await pipe(k, ref.params, { codec: { id: 'int8' }, bottleneck: K });
   try {
     const down0 = lp.servers[0][0].stage.params.slice(); // includes bneck.down
     const losses: number[] = [];

@@ -166,8 +166,10 @@ export function register(program: Command): void {
         const m = /^(\d+)@(\d+)$/.exec(o.kill);
         if (!m || Number(m[1]) >= o.stages) throw new InvalidInputError(`--kill expects S@STEP with S < ${o.stages}, got "${o.kill}"`);
         kill = { stage: Number(m[1]), step: Number(m[2]) };
-        if (o.replicas === 1 && o.checkpointEvery === 0 && !o.rebuild) throw new InvalidInputError('--kill of an unreplicated stage needs --checkpoint-every > 0 or --rebuild to bring it back');
-        if (o.replicas === 1 && o.checkpointEvery === 0 && (kill.stage === 0 || kill.stage === o.stages - 1)) throw new InvalidInputError(`--rebuild brings back a middle stage only; stage ${kill.stage} needs --checkpoint-every > 0`);
+        if (o.replicas === 1 && o.checkpointEvery === 0) {
+          if (!o.rebuild) throw new InvalidInputError('--kill of an unreplicated stage needs --checkpoint-every > 0 or --rebuild to bring it back');
+          if (kill.stage === 0 || kill.stage === o.stages - 1) throw new InvalidInputError(`--rebuild brings back a middle stage only; stage ${kill.stage} needs --checkpoint-every > 0`);
+        }
       }
       if (o.diloco !== undefined && o.replicas < 2) throw new InvalidInputError('--diloco needs --replicas 2 or more (one pipeline per replica)');
       // Checkpoint shares and restores serve active replication; DiLoCo pipelines survive a loss by dropping a pipeline.

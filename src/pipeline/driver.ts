@@ -111,6 +111,14 @@ export class PipelineDriver {
   /** Replicas dropped after a failed call: stage → peers. */
   readonly dropped: { stage: number; peer: string; reason: string }[] = [];
 
+  /** The deadline of one stage call. */
+  private deadline(): AbortSignal { return AbortSignal.timeout(this.o.callTimeoutMs ?? 60_000); }
+
+  /** A control call to one peer, no body either way (save, restore, expect, lend, info): its reply head. */
+  private async control(peer: string, head: unknown): Promise<unknown> {
+    return (await callStage(this.o.host, peer, head, new Uint8Array(0), { maxBody: 0, signal: this.deadline() })).head;
+  }
+
   /** Peers currently serving each stage. */
   replicas(): string[][] { return this.live.map((r) => [...r]); }
 
@@ -118,7 +126,7 @@ export class PipelineDriver {
   private async call(i: number, head: unknown, body: Uint8Array, maxBody: number): Promise<{ head: unknown; body: Uint8Array; peer: string }> {
     const peers = [...this.live[i]];
     if (peers.length === 0) throw new StageCallError(`stage ${i} has no live replica`);
-    const attempts = peers.map((peer) => callStage(this.o.host, peer, head, body, { maxBody, signal: AbortSignal.timeout(this.o.callTimeoutMs ?? 60_000) })
+    const attempts = peers.map((peer) => callStage(this.o.host, peer, head, body, { maxBody, signal: this.deadline() })
       .then((r) => ({ head: r.head, body: r.body, peer }))
       .catch((err: unknown) => {
         // A refusal (bad input) is the caller's bug, not a dead peer: report it, keep the replica.
@@ -216,8 +224,7 @@ export class PipelineDriver {
       const peer = this.live[i][0];
       if (!peer) continue;
       try {
-        const r = await callStage(this.o.host, peer, { op: 'save' }, new Uint8Array(0), { maxBody: 0, signal: AbortSignal.timeout(this.o.callTimeoutMs ?? 60_000) });
-        const h = r.head as { shares: string[]; step: number; bytes: number };
+        const h = await this.control(peer, { op: 'save' }) as { shares: string[]; step: number; bytes: number };
         await Promise.all([
           this.call((i + 1) % S, { op: 'hold', stage: i, shares: [h.shares[0]] }, new Uint8Array(0), 0),
           this.call((i + 2) % S, { op: 'hold', stage: i, shares: [h.shares[1]] }, new Uint8Array(0), 0),
@@ -243,11 +250,10 @@ export class PipelineDriver {
     if (!this.live[i]?.length) throw new StageCallError(`stage ${i} has no live replica to sync from`);
     if (this.live[i].includes(peer)) throw new InvalidInputError(`${peer} already serves stage ${i}`);
     const t0 = performance.now();
-    const signal = () => AbortSignal.timeout(this.o.callTimeoutMs ?? 60_000);
     const src = this.live[i][0];
-    const saved = (await callStage(this.o.host, src, { op: 'save' }, new Uint8Array(0), { maxBody: 0, signal: signal() })).head as { shares: string[]; step: number };
+    const saved = await this.control(src, { op: 'save' }) as { shares: string[]; step: number };
     const addrs = this.o.addrsOf?.(src) ?? [];
-    const r = (await callStage(this.o.host, peer, { op: 'restore', shares: saved.shares, ...(addrs.length ? { dial: addrs.slice(0, 16) } : {}) }, new Uint8Array(0), { maxBody: 0, signal: signal() })).head as { step: number };
+    const r = await this.control(peer, { op: 'restore', shares: saved.shares, ...(addrs.length ? { dial: addrs.slice(0, 16) } : {}) }) as { step: number };
     if (r.step !== saved.step) throw new StageCallError(`stage ${i}: ${peer} restored step ${r.step}, not ${saved.step}`);
     this.live[i].push(peer);
     return { step: r.step, ms: performance.now() - t0 };
@@ -275,7 +281,7 @@ export class PipelineDriver {
     const peer = await this.o.recover!(i);
     const holders = [...this.live[(i + 1) % this.S], ...this.live[(i + 2) % this.S]];
     const dial = this.o.addrsOf ? holders.flatMap((p) => this.o.addrsOf!(p).slice(0, 2)).slice(0, 16) : [];
-    await callStage(this.o.host, peer, { op: 'restore', shares: cp.shares, ...(dial.length ? { dial } : {}) }, new Uint8Array(0), { maxBody: 0, signal: AbortSignal.timeout(this.o.callTimeoutMs ?? 60_000) });
+    await this.control(peer, { op: 'restore', shares: cp.shares, ...(dial.length ? { dial } : {}) });
     this.live[i] = [peer];
     this.recoveries.push({ stage: i, peer, how: 'checkpoint', fromStep: cp.step, ms: performance.now() - t0 });
   }
@@ -293,15 +299,14 @@ export class PipelineDriver {
     const peer = await this.o.recover!(i);
     const mix = mixWeights(Math.sqrt(this.layerSq[i - 1] ?? 0), Math.sqrt(this.layerSq[i + 1] ?? 0));
     const id = randomBytes(8).toString('hex'), seed = randomBytes(32).toString('hex');
-    const opts = () => ({ maxBody: 0, signal: AbortSignal.timeout(this.o.callTimeoutMs ?? 60_000) });
-    await callStage(this.o.host, peer, { op: 'expect', id, from: [L, R] }, new Uint8Array(0), opts());
+    await this.control(peer, { op: 'expect', id, from: [L, R] });
     const dial = this.o.addrsOf?.(peer).slice(0, 16) ?? [];
     const lent = await Promise.all(([[L, 1, mix[0]], [R, -1, mix[1]]] as const).map(([p, sign, weight]) =>
-      callStage(this.o.host, p, { op: 'lend', id, to: peer, seed, sign, weight, ...(dial.length ? { dial } : {}) }, new Uint8Array(0), opts())));
-    const info = (await callStage(this.o.host, peer, { op: 'info' }, new Uint8Array(0), opts())).head as { ready: boolean; index: number };
+      this.control(p, { op: 'lend', id, to: peer, seed, sign, weight, ...(dial.length ? { dial } : {}) }) as Promise<{ step: number }>));
+    const info = await this.control(peer, { op: 'info' }) as { ready: boolean; index: number };
     if (!info.ready || info.index !== i) throw new StageCallError(`stage ${i}: the rebuilt peer ${peer} is not serving it`);
     this.live[i] = [peer];
-    this.recoveries.push({ stage: i, peer, how: 'neighbours', fromStep: Math.max(...lent.map((r) => (r.head as { step: number }).step)), ms: performance.now() - t0, mix });
+    this.recoveries.push({ stage: i, peer, how: 'neighbours', fromStep: Math.max(...lent.map((r) => r.step)), ms: performance.now() - t0, mix });
   }
 
   private async stepOnce(batch: Batch, B: number, T: number, micro: number, lr: number): Promise<StepResult> {
@@ -337,7 +342,7 @@ export class PipelineDriver {
   private async callOne(i: number, peer: string, head: unknown, body: Uint8Array, maxBody: number): Promise<{ head: unknown; body: Uint8Array }> {
     this.outstanding.set(peer, (this.outstanding.get(peer) ?? 0) + 1);
     try {
-      return await callStage(this.o.host, peer, head, body, { maxBody, signal: AbortSignal.timeout(this.o.callTimeoutMs ?? 60_000) });
+      return await callStage(this.o.host, peer, head, body, { maxBody, signal: this.deadline() });
     } catch (err) {
       if (!(err instanceof StageCallError && err.refused)) {
         const k = this.live[i].indexOf(peer);

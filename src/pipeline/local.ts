@@ -78,7 +78,7 @@ export async function startLocalPipeline(o: {
   for (const row of servers) {
     const ids: string[] = [];
     for (const s of row) {
-      const h = (s as StageServer & { host: Host }).host;
+      const h = (s as Peer).host;
       await driverHost.dial(h.multiaddrs()[0], { signal: AbortSignal.timeout(5000) });
       ids.push(h.peerId);
     }
@@ -101,11 +101,11 @@ export async function startLocalPipeline(o: {
   });
   return {
     driver, servers, hosts, driverHost,
-    alive: (srv) => !stopped.has((srv as StageServer & { host: Host }).host),
+    alive: (srv) => !stopped.has((srv as Peer).host),
     peerOf: (srv) => (srv as Peer).host.peerId,
     dataDirOf: (srv) => (srv as Peer).dataDir,
     kill: async (stage, replica) => {
-      const h = (servers[stage][replica] as StageServer & { host: Host }).host;
+      const h = (servers[stage][replica] as Peer).host;
       stopped.add(h);
       await h.stop();
     },

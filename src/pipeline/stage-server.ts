@@ -189,7 +189,7 @@ export async function serveStage(host: Host, o: {
   const rows = new Map<number, number>();
   // A rebuild in progress (rebuild.ts): who may send parts, and the parts in so far.
   let pending: { id: string; from: string[]; parts: Map<string, Uint8Array>; step: number } | null = null;
-  const layout = () => createHash('sha256').update(layerViews(stage).keys.join(',')).digest('hex');
+  const layoutOf = (keys: string[]) => createHash('sha256').update(keys.join(',')).digest('hex');
   const srv = await serveStageRpc(host, async (raw, body, from) => {
     stats.calls++;
     const p = Head.safeParse(raw);
@@ -391,7 +391,7 @@ export async function serveStage(host: Host, o: {
         if (h.to === host.peerId) throw new InvalidInputError('a stage does not lend to itself');
         const part = maskedPart(gatherLayers(stage), h.weight, Buffer.from(h.seed, 'hex'), h.sign);
         for (const ma of h.dial ?? []) await host.dial(ma, { signal: AbortSignal.timeout(5000) }).catch(() => undefined);
-        await callStage(host, h.to, { op: 'absorb', id: h.id, layout: layout(), step: opt.step }, part, { maxBody: 0, signal: fetchSignal() });
+        await callStage(host, h.to, { op: 'absorb', id: h.id, layout: layoutOf(layerViews(stage).keys), step: opt.step }, part, { maxBody: 0, signal: fetchSignal() });
         return { head: { bytes: part.length, step: opt.step } };
       }
       case 'absorb': {
@@ -399,8 +399,8 @@ export async function serveStage(host: Host, o: {
         if (!p || p.id !== h.id) throw new InvalidInputError(`no rebuild ${h.id} expected here`);
         if (!p.from.includes(from)) throw new InvalidInputError(`${from} is not one of this rebuild's lenders`);
         if (p.parts.has(from)) throw new InvalidInputError(`${from} already sent its part`);
-        if (h.layout !== layout()) throw new InvalidInputError('the lender\'s layers are laid out unlike this stage\'s (a different number of layers)');
-        const n = layerViews(stage).size;
+        const { keys, size: n } = layerViews(stage);
+        if (h.layout !== layoutOf(keys)) throw new InvalidInputError('the lender\'s layers are laid out unlike this stage\'s (a different number of layers)');
         if (body.length !== 4 * n) throw new InvalidInputError(`a part must be ${4 * n} bytes, got ${body.length}`);
         p.parts.set(from, body.slice());
         p.step = Math.max(p.step, h.step);

@@ -44,9 +44,8 @@ export async function getShares(c: LedgerClient, p: GetSharesParameters = {}): P
   } catch (e) {
     throw toLedgerError('getShares', e);
   }
-  const seen = index.seen;
   const holders: Holder[] = [];
-  for (const a of seen) {
+  for (const a of index.seen) {
     const balance = await read<bigint>(c, 'balanceOf', [a]);
     if (balance === 0n) continue;
     holders.push({ address: a, balance, claimable: await read<bigint>(c, 'claimable', [a]) });
