@@ -6,10 +6,11 @@
  *
  * Measured (2 cores, ~40 s for all 16 rows; vocab 512, ctx 32, dim 32, 1 layer, M=8, H=16,
  * 30 rounds, batch 4, ~0.5M tokens, k=2): clean val loss 4.9569; every robust row within
- * −0.9%..+0.9% of clean (6 honest workers alone: +0.41%); undefended scaler ×100 → 260 (+5152%),
- * undefended sign-flip +3.1%; adversaries' score share ≤ 1.72% (stale: its honest first round);
- * detection in round 1 (zero, copier, scaler) or 2 (the rest); honest false positives 0% in
- * every defended row; validator (all 8 peers) ≈ 1.6–1.9× one trainer's round (k=1: ≈ 1.1×).
+ * −0.75%..+1.75% of clean (lower-median clipping; sign-flip +1.75%, stale +1.40%); undefended
+ * scaler ×100 → 260 (+5152%), undefended sign-flip +3.1%; adversaries' score share ≤ 1.74%
+ * (stale: its honest first round); detection in round 1 (zero, copier, scaler) or 2 (the rest);
+ * honest false positives 0% in every defended row (unchanged by the HARM_NATS margin); validator
+ * (all 8 peers) ≈ 1.5–2.5× one trainer's round (k=1: ≈ 1.1×).
  */
 import { writeFileSync } from 'node:fs';
 import { pathToFileURL } from 'node:url';

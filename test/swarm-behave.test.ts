@@ -23,7 +23,7 @@ after(async () => {
 });
 
 type Scores = NonNullable<RoundReport['scores']>;
-async function runWith(aggregate: 'mean' | 'clip', rounds: number): Promise<{ val: number[]; agreed: boolean; scores: Scores[]; ids: string[] }> {
+async function runWith(aggregate: 'mean' | 'clip', rounds: number): Promise<{ val: number[]; agreed: boolean; scores: Scores[]; ids: string[]; flags: string[] }> {
   const dir = join(root, aggregate);
   const { decoded } = buildManifest({
     vocab: 512, ctx: 32, dim: 32, layers: 1, heads: 2, batch: 2, inner: 8, lr: 3e-3, codec: 'fp32', shards: 6, seed: 5,
@@ -32,7 +32,7 @@ async function runWith(aggregate: 'mean' | 'clip', rounds: number): Promise<{ va
   const run = join(dir, 'run.json');
   const specs = await Promise.all([0, 1, 2].map((i) => preparePeer(i, dataDirFor(dir, i))));
   writeFileSync(run, JSON.stringify(decoded.manifest));
-  const peers = specs.map((s) => spawnPeer(s, { run, bootstrap: specs.map((x) => x.addr), genesisPeers: specs.map((x) => x.peerId), cacheDir: defaultCacheDir(), ...(s.index === 2 ? { behave: 'scaler' } : {}), ...(s.index === 0 ? { validator: true } : {}) }));
+  const peers = specs.map((s) => spawnPeer(s, { run, bootstrap: specs.map((x) => x.addr), genesisPeers: specs.map((x) => x.peerId), cacheDir: defaultCacheDir(), ...(s.index === 2 ? { behave: 'scaler' } : {}), env: { TESSERA_LOG: 'debug' }, ...(s.index === 0 ? { validator: true } : {}) }));
   all.push(...peers);
   const t0 = Date.now();
   const done = () => peers.every((p) => p.reports.filter((r) => r.event === 'round' && r.included === 3).length >= rounds);
@@ -44,7 +44,11 @@ async function runWith(aggregate: 'mean' | 'clip', rounds: number): Promise<{ va
   const full = peers[0].reports.filter((r) => r.event === 'round' && r.included === 3).slice(0, rounds);
   const agreed = full.every((r) => peers.every((p) => p.reports.find((x) => x.event === 'round' && x.round === r.round)?.weightsHash === r.weightsHash));
   const scores = peers[0].reports.flatMap((r) => (r.scores ? [r.scores] : []));
-  return { val: full.map((r) => r.valLoss), agreed, scores, ids: specs.map((x) => x.peerId) };
+  // The validator's log lines per scored update (with the measured gains; debug level, so the
+  // peers run with TESSERA_LOG=debug), for the failure message.
+
+  const flags = peers[0].stderr.join('').split('\n').filter((l) => l.includes('validator flagged') || l.includes('validator scored'));
+  return { val: full.map((r) => r.valLoss), agreed, scores, ids: specs.map((x) => x.peerId), flags };
 }
 
 test('a ×100 scaler among 3 real peers wrecks plain averaging; median-norm clipping keeps training', { timeout: 180_000 }, async () => {
@@ -57,10 +61,11 @@ test('a ×100 scaler among 3 real peers wrecks plain averaging; median-norm clip
   assert.ok(clip.val.at(-1)! < clip.val[0], 'and it keeps falling');
   // Peer 0 also validates: every report it published flags the scaler (norm over 10× the median) and no honest peer.
   assert.ok(clip.scores.length >= 2, `the validator scored rounds (${clip.scores.length})`);
+  const gains = `validator's measured gains:\n${clip.flags.join('\n')}`;
   for (const s of clip.scores) {
     const bad = s.entries.find((x) => x.peer === clip.ids[2]);
     assert.ok(bad?.flagged && bad.reason === 'norm' && bad.score === 0, `round ${s.round}: the scaler is flagged (${JSON.stringify(bad)})`);
-    for (const x of s.entries.filter((y) => y.peer !== clip.ids[2])) assert.ok(!x.flagged, `round ${s.round}: honest ${x.peer.slice(-6)} not flagged (${x.reason})`);
+    for (const x of s.entries.filter((y) => y.peer !== clip.ids[2])) assert.ok(!x.flagged, `round ${s.round}: honest ${x.peer.slice(-6)} not flagged (${x.reason}); ${gains}`);
   }
   process.stderr.write(`swarm-behave: validator ${JSON.stringify(clip.scores.at(-1)!.entries.map((x) => ({ p: x.peer.slice(-4), s: +x.score.toFixed(4), ema: +x.ema.toFixed(4), f: x.flagged, r: x.reason })))}\n`);
 });

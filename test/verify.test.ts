@@ -9,7 +9,7 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { BEHAVIOURS, behave, parseBehaviour, parseBehaviours, l2, SCALER_FACTOR, type Behaviour } from '../src/verify/adversaries.js';
-import { COPY_COS, EMA_ALPHA, MISS_DECAY, ScoreBook, copyChecks, cosine, hardChecks, lossDelta, scoreRound, type Submission } from '../src/verify/score.js';
+import { COPY_COS, EMA_ALPHA, HARM_NATS, MISS_DECAY, ScoreBook, copyChecks, cosine, hardChecks, lossDelta, roundFlag, scoreRound, type RoundVerdict, type Submission } from '../src/verify/score.js';
 import { centeredClip, clipToMedian, lowerMedian, median, norm2, robustAggregate, selectTopG, trimmedMean, weightedMean } from '../src/swarm/robust.js';
 import { InvalidInputError } from '../src/util/errors.js';
 import { uniform } from '../src/util/rng.js';
@@ -92,6 +92,19 @@ test('loss-delta: an update fitted to the assigned batches scores above free-rid
   const subs: Submission[] = [{ peer: 'a', delta: honest, baseHash: 'h' }, { peer: 'b', delta: honest.slice(), baseHash: 'h' }];
   const v = scoreRound({ theta, roundHash: 'h', lr: 1, subs, previous: [null, null], assigned: [assigned, assigned], beforeAssigned: [before(assigned), before(assigned)], random, beforeRandom: before(random), loss });
   assert.ok(v[0].score > 0); assert.equal(v[1].score, 0); assert.equal(v[1].copyOf, 'a');
+});
+
+test('harmful means clearly worse on both the assigned and the random batches, beyond evaluation noise', () => {
+  const v = (gainAssigned: number, gainRandom: number): RoundVerdict => ({ peer: 'p', hard: null, copyOf: null, gainAssigned, gainRandom, score: 0 });
+  // An honest update on a plateau (the swarm-behave drill measured −0.001 on the random batches): not flagged.
+  assert.equal(roundFlag(v(-0.001, -0.001)), false);
+  assert.equal(roundFlag(v(-HARM_NATS, -HARM_NATS)), false);
+  assert.equal(roundFlag(v(-0.3, 0.01)), false, 'worse on one side only');
+  assert.equal(roundFlag(v(0.01, -0.3)), false);
+  assert.equal(roundFlag(v(-HARM_NATS - 1e-6, -0.28)), true);
+  assert.equal(roundFlag(v(-0.34, -0.29)), true, 'a sign flip early in training');
+  assert.equal(roundFlag({ ...v(0.5, 0.5), hard: 'norm' }), true);
+  assert.equal(roundFlag({ ...v(0.5, 0.5), copyOf: 'q' }), true);
 });
 
 test('ScoreBook: EMA, decay on missed rounds, low-score flag', () => {

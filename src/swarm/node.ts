@@ -48,7 +48,7 @@ import { privateKeyToAccount } from 'viem/accounts';
 import type { Address, Hex } from 'viem';
 import { pinPlan, type PinItem } from '../store/replicate.js';
 import { behave, type Behaviour } from '../verify/adversaries.js';
-import { ScoreBook, roundFlag, scoreRound, type Submission } from '../verify/score.js';
+import { ScoreBook, harmful, roundFlag, scoreRound, type Submission } from '../verify/score.js';
 import { Stepper, audit as auditTrace, cloneState, digestState, leafOf, optHash, spotCheck, verifyFraudProof, type AuditJob, type StateDigest, type StepState, type TrainerOracle } from '../verify/audit.js';
 import { decodeFraudProof, encodeFraudProof, MAX_PROOF_BYTES } from '../verify/audit-wire.js';
 import { decodeTrace, encodeTrace, maxTraceBytes, traceRoot } from '../verify/trace.js';
@@ -741,13 +741,13 @@ export class SwarmNode {
       const entries = verdicts.map((v) => {
         if (failed.has(v.peer)) return { peer: v.peer, score: 0, ema: this.scoreBook.get(v.peer), flagged: true, reason: failed.get(v.peer)!.slice(0, 64) };
         const flagged = roundFlag(v) || this.scoreBook.lowScore(v.peer);
-        const reason = v.hard ?? (v.copyOf ? `copy of ${v.copyOf.slice(-8)}` : v.gainAssigned < 0 && v.gainRandom < 0 ? 'harmful' : flagged ? 'low score' : null);
+        const reason = v.hard ?? (v.copyOf ? `copy of ${v.copyOf.slice(-8)}` : harmful(v) ? 'harmful' : flagged ? 'low score' : null);
+        this.logger[flagged ? 'warn' : 'debug']({ round, peer: v.peer, reason, gainAssigned: v.gainAssigned, gainRandom: v.gainRandom }, flagged ? 'validator flagged an update' : 'validator scored an update');
         return { peer: v.peer, score: v.score, ema: this.scoreBook.get(v.peer), flagged, reason };
       });
       this.lastScores = { round, entries };
       this.scoredSince.push({ round, entries });
       this.updateExclusions({ round, entries });
-      for (const x of entries) if (x.flagged) this.logger.warn({ round, peer: x.peer, reason: x.reason }, 'validator flagged an update');
       const reportHash = canonicalHash({ round, baseHash, entries });
       if (!this.stopped) this.channel.publish('node.scores', { round, baseHash, reportHash, entries }).catch(() => undefined);
       return entries;
