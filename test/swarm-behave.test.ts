@@ -59,7 +59,7 @@ test('a ×100 scaler among 3 real peers wrecks plain averaging; median-norm clip
   assert.ok(Math.max(...mean.val) > 10, `plain averaging is wrecked by the scaler (val ${mean.val.join(', ')})`);
   assert.ok(clip.val.every((v) => v < 6.3), `clipping keeps the loss below the initial ln(512) ≈ 6.24 (val ${clip.val.join(', ')})`);
   assert.ok(clip.val.at(-1)! < clip.val[0], 'and it keeps falling');
-  // Peer 0 also validates: every report it published flags the scaler (norm over 10× the median) and no honest peer.
+  // Peer 0 also validates: every report it published flags the scaler (norm over 10× the lower median) and no honest peer.
   assert.ok(clip.scores.length >= 2, `the validator scored rounds (${clip.scores.length})`);
   const gains = `validator's measured gains:\n${clip.flags.join('\n')}`;
   for (const s of clip.scores) {

@@ -60,6 +60,8 @@ test('hard checks: shape, finite, zero, norm, base hash', () => {
   const nan = a.slice(); nan[3] = NaN;
   const res = hardChecks([ok('a', a), ok('b', b), ok('c', c), ok('d', big), ok('e', new Float32Array(8)), ok('f', nan), ok('g', rand(7, 4)), ok('h', b, 'old')], 8, 'h');
   assert.deepEqual(res, [null, null, null, 'norm', 'zero', 'nonfinite', 'shape', 'base']);
+  // A round of two, one of them ×100 (a decided set of two under load): the bound is the smaller norm.
+  assert.deepEqual(hardChecks([ok('d', big), ok('a', a)], 8, 'h'), ['norm', null]);
 });
 
 test('copy detection: the earlier announcer wins; replays are caught', () => {

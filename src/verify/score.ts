@@ -3,8 +3,8 @@
  * nothing. Pure: the loss of the model is passed in as a function, no clocks, no I/O.
  *
  * Checks, per round, in announcement order:
- *   hard    shape (length P), every value finite, norm > 0, norm ≤ NORM_CAP × the median norm of
- *           the round's submissions, and the update's base hash equals the round's weights hash.
+ *   hard    shape (length P), every value finite, norm > 0, norm ≤ NORM_CAP × the lower median
+ *           norm of the round's submissions, and the update's base hash equals the round's weights hash.
  *   copy    cosine ≥ COPY_COS with an update announced EARLIER this round (the earlier
  *           announcer wins: only the later one is flagged), or with the peer's own previous
  *           submission (replay).
@@ -31,7 +31,7 @@
  */
 import { InvalidInputError, TesseraError } from '../util/errors.js';
 import { compareIds } from '../swarm/assign.js';
-import { median, norm2 } from '../swarm/robust.js';
+import { lowerMedian, median, norm2 } from '../swarm/robust.js';
 
 export const NORM_CAP = 10;
 export const COPY_COS = 0.99;
@@ -65,7 +65,9 @@ export function cosine(a: Float32Array, b: Float32Array): number {
 export function hardChecks(subs: readonly Submission[], P: number, roundHash: string): (HardFail | null)[] {
   const norms = subs.map((s) => (s.delta.length === P ? norm2(s.delta) : NaN));
   const ok = norms.filter((n) => Number.isFinite(n));
-  const med = ok.length > 0 ? median(ok) : 0;
+  // The lower median, as for clipping: of two updates, a ×100 one must not lift the bound to
+  // half its own norm (it would pass, 100 < 10 × 50.5).
+  const med = ok.length > 0 ? lowerMedian(ok) : 0;
   return subs.map((s, j) => {
     if (s.delta.length !== P) return 'shape';
     if (!Number.isFinite(norms[j])) return 'nonfinite';
