@@ -23,7 +23,7 @@ after(async () => {
 });
 
 type Scores = NonNullable<RoundReport['scores']>;
-async function runWith(aggregate: 'mean' | 'clip', rounds: number): Promise<{ val: number[]; agreed: boolean; scores: Scores[]; ids: string[]; flags: string[] }> {
+async function runWith(aggregate: 'mean' | 'clip', rounds: number): Promise<{ val: number[]; agreed: boolean; scores: Scores[]; ids: string[]; gainLog: string[] }> {
   const dir = join(root, aggregate);
   const { decoded } = buildManifest({
     vocab: 512, ctx: 32, dim: 32, layers: 1, heads: 2, batch: 2, inner: 8, lr: 3e-3, codec: 'fp32', shards: 6, seed: 5,
@@ -46,9 +46,8 @@ async function runWith(aggregate: 'mean' | 'clip', rounds: number): Promise<{ va
   const scores = peers[0].reports.flatMap((r) => (r.scores ? [r.scores] : []));
   // The validator's log lines per scored update (with the measured gains; debug level, so the
   // peers run with TESSERA_LOG=debug), for the failure message.
-
-  const flags = peers[0].stderr.join('').split('\n').filter((l) => l.includes('validator flagged') || l.includes('validator scored'));
-  return { val: full.map((r) => r.valLoss), agreed, scores, ids: specs.map((x) => x.peerId), flags };
+  const gainLog = peers[0].stderr.join('').split('\n').filter((l) => l.includes('validator flagged') || l.includes('validator scored'));
+  return { val: full.map((r) => r.valLoss), agreed, scores, ids: specs.map((x) => x.peerId), gainLog };
 }
 
 test('a ×100 scaler among 3 real peers wrecks plain averaging; median-norm clipping keeps training', { timeout: 180_000 }, async () => {
@@ -61,7 +60,7 @@ test('a ×100 scaler among 3 real peers wrecks plain averaging; median-norm clip
   assert.ok(clip.val.at(-1)! < clip.val[0], 'and it keeps falling');
   // Peer 0 also validates: every report it published flags the scaler (norm over 10× the lower median) and no honest peer.
   assert.ok(clip.scores.length >= 2, `the validator scored rounds (${clip.scores.length})`);
-  const gains = `validator's measured gains:\n${clip.flags.join('\n')}`;
+  const gains = `validator's measured gains:\n${clip.gainLog.join('\n')}`;
   for (const s of clip.scores) {
     const bad = s.entries.find((x) => x.peer === clip.ids[2]);
     assert.ok(bad?.flagged && bad.reason === 'norm' && bad.score === 0, `round ${s.round}: the scaler is flagged (${JSON.stringify(bad)})`);
