@@ -8,11 +8,13 @@
  *
  * Architecture (exactly GPT-2): learned position embeddings, pre-LayerNorm with bias,
  * tanh-GELU MLP of width 4C, causal multi-head attention with packed qkv, final LayerNorm,
- * lm_head tied to wte, no dropout.
+ * lm_head tied to wte, no dropout. The transformer block itself is block.ts (shared with the
+ * pipeline stages of stage.ts); this file holds the embeddings, final LayerNorm, head and loss.
  */
 import type { Kernels } from '../kernels/api.js';
 import { ModelConfigSchema, type ModelConfig } from './config.js';
 import { paramCount, paramSpecs, paramViews, type ParamViews } from './params.js';
+import { blockActs, blockBackward, blockForward, blockGrads, type BlockActs, type BlockGrads } from './block.js';
 import { Rng } from '../util/rng.js';
 import { InvalidInputError } from '../util/errors.js';
 
@@ -40,24 +42,18 @@ export function initValues(config: ModelConfig, seed: number, put: (tensor: numb
   });
 }
 
-/** Activation views for one (B, T): everything backward needs, plus shared scratch. */
-interface Acts {
+/**
+ * Activation views for one (B, T): everything backward needs, plus shared scratch. The activation
+ * gradients (BlockGrads) are reused across layers, zeroed before each accumulate.
+ */
+interface Acts extends BlockGrads {
   B: number; T: number;
   encoded: Float32Array;
-  layers: {
-    ln1: Float32Array; ln1Mean: Float32Array; ln1Rstd: Float32Array;
-    qkv: Float32Array; atty: Float32Array; att: Float32Array;
-    res2: Float32Array;
-    ln2: Float32Array; ln2Mean: Float32Array; ln2Rstd: Float32Array;
-    fch: Float32Array; fchGelu: Float32Array;
-    res3: Float32Array;
-  }[];
+  layers: BlockActs[];
   lnf: Float32Array; lnfMean: Float32Array; lnfRstd: Float32Array;
   logits: Float32Array; // overwritten in place by dlogits during training
   losses: Float32Array;
   scratch: Float32Array; // [BT, C] projection output before the residual add
-  // activation gradients (reused across layers, zeroed before each accumulate)
-  dres: Float32Array; dC: Float32Array; d3C: Float32Array; d4Ca: Float32Array; d4Cb: Float32Array; datt: Float32Array;
 }
 
 export class GPT {
@@ -103,15 +99,10 @@ export class GPT {
     // Lay out one flat activation buffer, then cut views.
     const plan = {
       encoded: take(N * C),
-      layers: Array.from({ length: L }, () => ({
-        ln1: take(N * C), ln1Mean: take(N), ln1Rstd: take(N), qkv: take(N * 3 * C), atty: take(N * C),
-        att: take(B * NH * T * T), res2: take(N * C), ln2: take(N * C), ln2Mean: take(N), ln2Rstd: take(N),
-        fch: take(N * 4 * C), fchGelu: take(N * 4 * C), res3: take(N * C),
-      })),
+      layers: Array.from({ length: L }, () => blockActs(B, T, C, NH, take)),
       lnf: take(N * C), lnfMean: take(N), lnfRstd: take(N), logits: take(N * V), losses: take(N),
       scratch: take(N * C),
-      dres: take(N * C), dC: take(N * C), d3C: take(N * 3 * C), d4Ca: take(N * 4 * C), d4Cb: take(N * 4 * C),
-      datt: take(B * NH * T * T),
+      ...blockGrads(B, T, C, NH, take),
     };
     const total = sizes.reduce((a, b) => a + b, 0);
     const buf = new Float32Array(total);
@@ -149,18 +140,7 @@ export class GPT {
     k.embeddingForward(a.encoded, tokens, p.wte, p.wpe, B, T, C);
     let residual = a.encoded;
     for (let l = 0; l < this.config.layers; l++) {
-      const w = p.layers[l], x = a.layers[l];
-      k.layernormForward(x.ln1, x.ln1Mean, x.ln1Rstd, residual, w.ln1w, w.ln1b, N, C);
-      k.matmulForward(x.qkv, x.ln1, w.qkvw, w.qkvb, N, C, 3 * C);
-      k.attentionForward(x.atty, x.att, x.qkv, B, T, C, NH);
-      k.matmulForward(a.scratch, x.atty, w.attprojw, w.attprojb, N, C, C);
-      k.add(x.res2, residual, a.scratch, N * C);
-      k.layernormForward(x.ln2, x.ln2Mean, x.ln2Rstd, x.res2, w.ln2w, w.ln2b, N, C);
-      k.matmulForward(x.fch, x.ln2, w.fcw, w.fcb, N, C, 4 * C);
-      k.geluForward(x.fchGelu, x.fch, N * 4 * C);
-      k.matmulForward(a.scratch, x.fchGelu, w.fcprojw, w.fcprojb, N, 4 * C, C);
-      k.add(x.res3, x.res2, a.scratch, N * C);
-      residual = x.res3;
+      residual = blockForward(k, p.layers[l], a.layers[l], residual, a.scratch, B, T, C, NH);
     }
     k.layernormForward(a.lnf, a.lnfMean, a.lnfRstd, residual, p.lnfw, p.lnfb, N, C);
     k.matmulForward(a.logits, a.lnf, p.wte, null, N, C, V);
@@ -213,9 +193,7 @@ export class GPT {
     const { B, T } = a;
     const { vocabSize: V, dim: C, heads: NH, layers: L } = this.config;
     const N = B * T;
-    const C4 = 4 * C;
-    const dC = a.dC.subarray(0, N * C);
-    const dres = a.dres;
+    const { dC, dres } = a;
 
     dC.fill(0);
     k.matmulBackward(dC, g.wte, null, a.logits, a.lnf, p.wte, N, C, V);
@@ -224,24 +202,8 @@ export class GPT {
     k.layernormBackward(dres, g.lnfw, g.lnfb, dC, lastRes, p.lnfw, a.lnfMean, a.lnfRstd, N, C);
 
     for (let l = L - 1; l >= 0; l--) {
-      const w = p.layers[l], gw = g.layers[l], x = a.layers[l];
-      const residual = l === 0 ? a.encoded : a.layers[l - 1].res3;
-      // res3 = res2 + proj(gelu(fc(ln2(res2)))): dres flows to res2 unchanged, plus the MLP branch.
-      a.d4Ca.fill(0);
-      k.matmulBackward(a.d4Ca, gw.fcprojw, gw.fcprojb, dres, x.fchGelu, w.fcprojw, N, C4, C);
-      a.d4Cb.fill(0);
-      k.geluBackward(a.d4Cb, x.fch, a.d4Ca, N * C4);
-      dC.fill(0);
-      k.matmulBackward(dC, gw.fcw, gw.fcb, a.d4Cb, x.ln2, w.fcw, N, C, C4);
-      k.layernormBackward(dres, gw.ln2w, gw.ln2b, dC, x.res2, w.ln2w, x.ln2Mean, x.ln2Rstd, N, C);
-      // res2 = residual + proj(attn(qkv(ln1(residual)))).
-      dC.fill(0);
-      k.matmulBackward(dC, gw.attprojw, gw.attprojb, dres, x.atty, w.attprojw, N, C, C);
-      a.d3C.fill(0);
-      k.attentionBackward(a.d3C, a.datt, dC, x.qkv, x.att, B, T, C, NH);
-      dC.fill(0);
-      k.matmulBackward(dC, gw.qkvw, gw.qkvb, a.d3C, x.ln1, w.qkvw, N, C, 3 * C);
-      k.layernormBackward(dres, gw.ln1w, gw.ln1b, dC, residual, w.ln1w, x.ln1Mean, x.ln1Rstd, N, C);
+      const input = l === 0 ? a.encoded : a.layers[l - 1].res3;
+      blockBackward(k, p.layers[l], g.layers[l], a.layers[l], input, a, B, T, C, NH);
     }
     k.embeddingBackward(g.wte, g.wpe, dres, tokens, B, T, C);
   }

@@ -84,17 +84,19 @@ export function paramViews(cfg: ModelConfig, buf: Float32Array): ParamViews {
   if (buf.length !== paramCount(cfg)) throw new RangeError(`buffer has ${buf.length} floats, config needs ${paramCount(cfg)}`);
   const byName = new Map(specs.map((s) => [s.name, buf.subarray(s.offset, s.offset + s.size)]));
   const get = (n: string) => byName.get(n)!;
-  const layers: LayerViews[] = [];
-  for (let l = 0; l < cfg.layers; l++) {
-    const p = `h.${l}.`;
-    layers.push({
-      ln1w: get(p + 'ln1.w'), ln1b: get(p + 'ln1.b'),
-      qkvw: get(p + 'attn.qkv.w'), qkvb: get(p + 'attn.qkv.b'),
-      attprojw: get(p + 'attn.proj.w'), attprojb: get(p + 'attn.proj.b'),
-      ln2w: get(p + 'ln2.w'), ln2b: get(p + 'ln2.b'),
-      fcw: get(p + 'mlp.fc.w'), fcb: get(p + 'mlp.fc.b'),
-      fcprojw: get(p + 'mlp.proj.w'), fcprojb: get(p + 'mlp.proj.b'),
-    });
-  }
+  const layers = Array.from({ length: cfg.layers }, (_, l) => layerViews(l, get));
   return { wte: get('wte'), wpe: get('wpe'), layers, lnfw: get('lnf.w'), lnfb: get('lnf.b') };
+}
+
+/** Layer `l`'s views, each looked up by its tensor name (`get('h.3.ln1.w')`); a pipeline stage uses it too. */
+export function layerViews(l: number, get: (name: string) => Float32Array): LayerViews {
+  const p = `h.${l}.`;
+  return {
+    ln1w: get(p + 'ln1.w'), ln1b: get(p + 'ln1.b'),
+    qkvw: get(p + 'attn.qkv.w'), qkvb: get(p + 'attn.qkv.b'),
+    attprojw: get(p + 'attn.proj.w'), attprojb: get(p + 'attn.proj.b'),
+    ln2w: get(p + 'ln2.w'), ln2b: get(p + 'ln2.b'),
+    fcw: get(p + 'mlp.fc.w'), fcb: get(p + 'mlp.fc.b'),
+    fcprojw: get(p + 'mlp.proj.w'), fcprojb: get(p + 'mlp.proj.b'),
+  };
 }

@@ -4,8 +4,8 @@
  * allocates ONLY its own tensors: no process serving a stage holds the rest of the model.
  *
  * Written by hand for the same reason as gpt.ts (explicit forward/backward over one flat buffer
- * per kind of state); the arithmetic is gpt.ts's, layer for layer, so S stages compute what one
- * GPT computes. Differences a caller must handle:
+ * per kind of state); each layer runs block.ts's blockForward/blockBackward, as GPT does, so S
+ * stages compute what one GPT computes. Differences a caller must handle:
  *  - The head is tied to wte in GPT-2. With S > 1 the first stage holds wte and the last a
  *    copy named `head`; their gradients must be summed across the two stages before each
  *    optimizer step (the pipeline driver does it), which keeps the copies identical.
@@ -20,7 +20,8 @@
  */
 import type { Kernels } from '../kernels/api.js';
 import { ModelConfigSchema, type ModelConfig } from './config.js';
-import { paramSpecs, type TensorSpec } from './params.js';
+import { layerViews, paramSpecs, type LayerViews, type TensorSpec } from './params.js';
+import { blockActs, blockBackward, blockForward, blockGrads, type BlockActs, type BlockGrads } from './block.js';
 import { initValues } from './gpt.js';
 import { InvalidInputError } from '../util/errors.js';
 
@@ -85,12 +86,6 @@ export function stageSpecs(config: ModelConfig, st: StageSpec): (TensorSpec & { 
   return out;
 }
 
-interface LayerActs {
-  ln1: Float32Array; ln1Mean: Float32Array; ln1Rstd: Float32Array;
-  qkv: Float32Array; atty: Float32Array; att: Float32Array; res2: Float32Array;
-  ln2: Float32Array; ln2Mean: Float32Array; ln2Rstd: Float32Array;
-  fch: Float32Array; fchGelu: Float32Array; res3: Float32Array;
-}
 interface SlotActs {
   B: number; T: number;
   /** The stage's input residual stream (the embeddings on the first stage). */
@@ -99,7 +94,7 @@ interface SlotActs {
   /** With a bottleneck: the k values received [N, k], and the k values sent [N, k]. */
   coef: Float32Array | null;
   out: Float32Array | null;
-  layers: LayerActs[];
+  layers: BlockActs[];
   lnf: Float32Array | null; lnfMean: Float32Array | null; lnfRstd: Float32Array | null;
   logits: Float32Array | null; losses: Float32Array | null;
 }
@@ -117,10 +112,13 @@ export class Stage {
   readonly last: boolean;
   private readonly p: W;
   private readonly g: W;
+  /** This stage's blocks' weights and gradients, [0] = layer l0. */
+  private readonly pl: LayerViews[];
+  private readonly gl: LayerViews[];
   private readonly slots = new Map<number, SlotActs>();
   private scratch = new Float32Array(0);
   /** Gradient buffers for backward (sized per N). */
-  private work: { dres: Float32Array; dC: Float32Array; d3C: Float32Array; d4Ca: Float32Array; d4Cb: Float32Array; datt: Float32Array } | null = null;
+  private work: BlockGrads | null = null;
 
   constructor(config: ModelConfig, spec: StageSpec, readonly kernels: Kernels) {
     this.config = ModelConfigSchema.parse(config);
@@ -137,6 +135,9 @@ export class Stage {
     const views = (buf: Float32Array): W => Object.fromEntries(this.specs.map((s) => [s.name, buf.subarray(s.offset, s.offset + s.size)]));
     this.p = views(this.params);
     this.g = views(this.grads);
+    const layers = Array.from({ length: spec.l1 - spec.l0 }, (_, i) => spec.l0 + i);
+    this.pl = layers.map((l) => layerViews(l, (n) => this.p[n]));
+    this.gl = layers.map((l) => layerViews(l, (n) => this.g[n]));
   }
 
   /**
@@ -199,15 +200,6 @@ export class Stage {
   zeroGrad(): void { this.grads.fill(0); }
   sumSquares(): number { return this.kernels.sumSquares(this.grads); }
 
-  private layerW(l: number): W {
-    const q = (n: string) => this.p[`h.${l}.${n}`];
-    return { ln1w: q('ln1.w'), ln1b: q('ln1.b'), qkvw: q('attn.qkv.w'), qkvb: q('attn.qkv.b'), attprojw: q('attn.proj.w'), attprojb: q('attn.proj.b'), ln2w: q('ln2.w'), ln2b: q('ln2.b'), fcw: q('mlp.fc.w'), fcb: q('mlp.fc.b'), fcprojw: q('mlp.proj.w'), fcprojb: q('mlp.proj.b') };
-  }
-  private layerG(l: number): W {
-    const q = (n: string) => this.g[`h.${l}.${n}`];
-    return { ln1w: q('ln1.w'), ln1b: q('ln1.b'), qkvw: q('attn.qkv.w'), qkvb: q('attn.qkv.b'), attprojw: q('attn.proj.w'), attprojb: q('attn.proj.b'), ln2w: q('ln2.w'), ln2b: q('ln2.b'), fcw: q('mlp.fc.w'), fcb: q('mlp.fc.b'), fcprojw: q('mlp.proj.w'), fcprojb: q('mlp.proj.b') };
-  }
-
   private alloc(B: number, T: number, tokens: Int32Array | null): SlotActs {
     const { dim: C, heads: NH, vocabSize: V } = this.config;
     const N = B * T, n = this.spec.l1 - this.spec.l0;
@@ -217,10 +209,7 @@ export class Stage {
       B, T, input: f(N * C), tokens,
       coef: this.spec.bottleneck !== undefined && !this.first ? f(N * this.spec.bottleneck) : null,
       out: this.spec.bottleneck !== undefined && !this.last ? f(N * this.spec.bottleneck) : null,
-      layers: Array.from({ length: n }, () => ({
-        ln1: f(N * C), ln1Mean: f(N), ln1Rstd: f(N), qkv: f(N * 3 * C), atty: f(N * C), att: f(B * NH * T * T), res2: f(N * C),
-        ln2: f(N * C), ln2Mean: f(N), ln2Rstd: f(N), fch: f(N * 4 * C), fchGelu: f(N * 4 * C), res3: f(N * C),
-      })),
+      layers: Array.from({ length: n }, () => blockActs(B, T, C, NH, f)),
       lnf: this.last ? f(N * C) : null, lnfMean: this.last ? f(N) : null, lnfRstd: this.last ? f(N) : null,
       logits: this.last ? f(N * V) : null, losses: this.last ? f(N) : null,
     };
@@ -257,18 +246,7 @@ export class Stage {
     let residual = a.input;
     const sc = this.scratch.subarray(0, N * C);
     for (let i = 0; i < a.layers.length; i++) {
-      const w = this.layerW(this.spec.l0 + i), x = a.layers[i];
-      k.layernormForward(x.ln1, x.ln1Mean, x.ln1Rstd, residual, w.ln1w, w.ln1b, N, C);
-      k.matmulForward(x.qkv, x.ln1, w.qkvw, w.qkvb, N, C, 3 * C);
-      k.attentionForward(x.atty, x.att, x.qkv, B, T, C, NH);
-      k.matmulForward(sc, x.atty, w.attprojw, w.attprojb, N, C, C);
-      k.add(x.res2, residual, sc, N * C);
-      k.layernormForward(x.ln2, x.ln2Mean, x.ln2Rstd, x.res2, w.ln2w, w.ln2b, N, C);
-      k.matmulForward(x.fch, x.ln2, w.fcw, w.fcb, N, C, 4 * C);
-      k.geluForward(x.fchGelu, x.fch, N * 4 * C);
-      k.matmulForward(sc, x.fchGelu, w.fcprojw, w.fcprojb, N, 4 * C, C);
-      k.add(x.res3, x.res2, sc, N * C);
-      residual = x.res3;
+      residual = blockForward(k, this.pl[i], a.layers[i], residual, sc, B, T, C, NH);
     }
     if (!this.last) {
       if (!a.out) return residual;
@@ -313,14 +291,17 @@ export class Stage {
     const a = this.slot(slot), k = this.kernels;
     const { B, T } = a;
     const { vocabSize: V, dim: C, heads: NH } = this.config;
-    const N = B * T, C4 = 4 * C;
-    if (!this.work || this.work.dres.length < N * C || this.work.datt.length < B * NH * T * T) {
-      const f = (n: number) => new Float32Array(n);
-      this.work = { dres: f(N * C), dC: f(N * C), d3C: f(N * 3 * C), d4Ca: f(N * C4), d4Cb: f(N * C4), datt: f(B * NH * T * T) };
+    const N = B * T;
+    const need = blockGrads(B, T, C, NH, (n) => n);
+    if (!this.work || this.work.dres.length < need.dres || this.work.datt.length < need.datt) {
+      this.work = blockGrads(B, T, C, NH, (n) => new Float32Array(n));
     }
     const w0 = this.work;
-    const dres = w0.dres.subarray(0, N * C), dC = w0.dC.subarray(0, N * C), d3C = w0.d3C.subarray(0, 3 * N * C);
-    const d4Ca = w0.d4Ca.subarray(0, N * C4), d4Cb = w0.d4Cb.subarray(0, N * C4), datt = w0.datt.subarray(0, B * NH * T * T);
+    const d: BlockGrads = {
+      dres: w0.dres.subarray(0, need.dres), dC: w0.dC.subarray(0, need.dC), d3C: w0.d3C.subarray(0, need.d3C),
+      d4Ca: w0.d4Ca.subarray(0, need.d4Ca), d4Cb: w0.d4Cb.subarray(0, need.d4Cb), datt: w0.datt.subarray(0, need.datt),
+    };
+    const { dres, dC } = d;
     const lastRes = a.layers.length ? a.layers[a.layers.length - 1].res3 : a.input;
     if (this.last) {
       dC.fill(0);
@@ -338,22 +319,8 @@ export class Stage {
       }
     }
     for (let i = a.layers.length - 1; i >= 0; i--) {
-      const l = this.spec.l0 + i, w = this.layerW(l), gw = this.layerG(l), x = a.layers[i];
-      const residual = i === 0 ? a.input : a.layers[i - 1].res3;
-      d4Ca.fill(0);
-      k.matmulBackward(d4Ca, gw.fcprojw, gw.fcprojb, dres, x.fchGelu, w.fcprojw, N, C4, C);
-      d4Cb.fill(0);
-      k.geluBackward(d4Cb, x.fch, d4Ca, N * C4);
-      dC.fill(0);
-      k.matmulBackward(dC, gw.fcw, gw.fcb, d4Cb, x.ln2, w.fcw, N, C, C4);
-      k.layernormBackward(dres, gw.ln2w, gw.ln2b, dC, x.res2, w.ln2w, x.ln2Mean, x.ln2Rstd, N, C);
-      dC.fill(0);
-      k.matmulBackward(dC, gw.attprojw, gw.attprojb, dres, x.atty, w.attprojw, N, C, C);
-      d3C.fill(0);
-      k.attentionBackward(d3C, datt, dC, x.qkv, x.att, B, T, C, NH);
-      dC.fill(0);
-      k.matmulBackward(dC, gw.qkvw, gw.qkvb, d3C, x.ln1, w.qkvw, N, C, 3 * C);
-      k.layernormBackward(dres, gw.ln1w, gw.ln1b, dC, residual, w.ln1w, x.ln1Mean, x.ln1Rstd, N, C);
+      const input = i === 0 ? a.input : a.layers[i - 1].res3;
+      blockBackward(k, this.pl[i], this.gl[i], a.layers[i], input, d, B, T, C, NH);
     }
     this.slots.delete(slot);
     if (this.first) {
