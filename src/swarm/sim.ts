@@ -62,6 +62,10 @@
  * Memory: one GPT object is shared; each worker's state is its AdamW (m, v, step), its batch
  * sampler and (sparse) its error-feedback residual. Workers run one after another inside a
  * round, which is exact because they are independent until the all-gather.
+ *
+ * Steps: every optimizer step (dp's through Trainer, a DiLoCo worker's inner steps directly) is
+ * the one inner step of src/train/inner-step.ts; a non-finite loss stops the simulation with
+ * NonFiniteLossError.
  */
 import type { Kernels } from '../kernels/api.js';
 import { GPT } from '../model/gpt.js';
@@ -69,11 +73,12 @@ import type { ModelConfig } from '../model/config.js';
 import { weightsHash } from '../model/checkpoint.js';
 import { BatchSampler, evalBatches, type Batch, type TokenArray } from '../data/batches.js';
 import { AdamW, DEFAULT_ADAMW, type AdamWSettings } from '../train/adamw.js';
-import { lrAt, type Schedule } from '../train/schedule.js';
+import type { Schedule } from '../train/schedule.js';
 import { Trainer } from '../train/trainer.js';
+import { innerStep } from '../train/inner-step.js';
 import { OuterNesterov, aggregate, DEFAULT_OUTER, type OuterSettings } from './outer.js';
 import { ErrorFeedback, getCodec, DEFAULT_SPARSE, type Codec, type CodecId, type SparseParams } from './compress/index.js';
-import { InvalidInputError } from '../util/errors.js';
+import { InvalidInputError, NonFiniteLossError } from '../util/errors.js';
 
 export type ArmKind = 'dp' | 'diloco';
 
@@ -437,10 +442,14 @@ export async function runSim(data: SimData, kernels: Kernels, o: SimOptions, hoo
           for (let s = start; s < end; s++) {
             if (k > 0 && s === start + k) shiftOnto();
             samplers[w].next(batch);
-            gpt.zeroGrad();
-            const loss = gpt.forwardBackward(batch.inputs, batch.targets, B, T);
-            if (!Number.isFinite(loss)) throw new RangeError(`arm ${arm.name}: loss is ${loss} at worker ${w} step ${s}`);
-            opt.update(gpt.params, gpt.grads, lrAt(innerSchedule, s));
+            let loss: number;
+            try {
+              ({ loss } = innerStep(gpt, opt, { batches: [batch], B, T, schedule: innerSchedule, step: s }));
+            } catch (err) {
+              if (!(err instanceof NonFiniteLossError)) throw err;
+              const msg = `arm ${arm.name}: loss is ${err.loss} at worker ${w} step ${s}`;
+              throw new NonFiniteLossError(err.loss, s, msg, { cause: err });
+            }
             lossSums[s - start] += loss / M;
           }
           if (k > 0 && k === end - start) shiftOnto();

@@ -1,11 +1,14 @@
 /**
- * One training step (forward, backward, clip, AdamW) and evaluation, over a GPT. No I/O:
- * the caller supplies batches and decides when to log, evaluate or checkpoint, so the same
- * code drives `tessera train`, the swarm's inner steps and a validator's re-execution.
+ * `tessera train`'s stepping and evaluation over a GPT: a step count over the one inner step
+ * (src/train/inner-step.ts: forward, backward, clip, AdamW, with micro-batch accumulation),
+ * and the mean loss over evaluation batches. No I/O: the caller supplies batches and decides
+ * when to log, evaluate or checkpoint. The swarm's inner steps and a validator's re-execution
+ * run the same inner step.
  */
 import { GPT } from '../model/gpt.js';
 import { AdamW } from './adamw.js';
-import { lrAt, type Schedule } from './schedule.js';
+import type { Schedule } from './schedule.js';
+import { innerStep } from './inner-step.js';
 
 export interface Batch { inputs: Int32Array; targets: Int32Array }
 
@@ -23,16 +26,15 @@ export class Trainer {
   constructor(readonly gpt: GPT, readonly opt: AdamW, readonly schedule: Schedule,
     readonly B: number, readonly T: number) {}
 
-  /** One optimizer step on `microBatches` (gradient accumulation when more than one). */
+  /**
+   * One optimizer step on `microBatches` (gradient accumulation when more than one), at
+   * schedule index stepCount. A non-finite loss throws NonFiniteLossError with the weights
+   * and stepCount untouched.
+   */
   step(microBatches: Batch[]): StepResult {
-    const { gpt, B, T } = this;
-    gpt.zeroGrad();
-    let loss = 0;
-    const scale = 1 / microBatches.length;
-    for (const mb of microBatches) loss += gpt.forwardBackward(mb.inputs, mb.targets, B, T, scale) * scale;
-    if (!Number.isFinite(loss)) throw new RangeError(`loss is ${loss} at step ${this.stepCount}; stopping before the weights are damaged`);
-    const lr = lrAt(this.schedule, this.stepCount);
-    const gradNorm = this.opt.update(gpt.params, gpt.grads, lr);
+    const { B, T } = this;
+    const { loss, lr, gradNorm } = innerStep(this.gpt, this.opt,
+      { batches: microBatches, B, T, schedule: this.schedule, step: this.stepCount });
     this.stepCount += 1;
     return { step: this.stepCount, loss, gradNorm, lr, tokens: B * T * microBatches.length };
   }

@@ -41,3 +41,21 @@ export class NativeUnavailableError extends TesseraError {
     super('NATIVE_UNAVAILABLE', message, options);
   }
 }
+
+/**
+ * A training step's loss is NaN or ±Infinity. Raised by the inner step (src/train/inner-step.ts)
+ * BEFORE the optimizer touches the weights or its moments, so the caller still holds the state
+ * after the last good step and decides what to do (stop the job, fail the audit, stop the run).
+ */
+export class NonFiniteLossError extends TesseraError {
+  /** The loss as computed (NaN, Infinity or -Infinity). */
+  readonly loss: number;
+  /** The step's index in the learning-rate schedule. */
+  readonly step: number;
+  constructor(loss: number, step: number, message?: string, options?: { cause?: unknown }) {
+    const text = message ?? `loss is ${loss} at step ${step}; stopping before the weights are damaged`;
+    super('NON_FINITE_LOSS', text, options);
+    this.loss = loss;
+    this.step = step;
+  }
+}

@@ -25,7 +25,11 @@
  * better than Ω(H) steps against a one-off fault (every transition of a faulty trace except
  * step k is locally consistent).
  *
- * Bitwise reproducibility needs the deterministic kernels (`loadKernels({ deterministic: true })`).
+ * Re-execution draws step i's batch with src/swarm/round-batches.ts and runs the one inner step
+ * of src/train/inner-step.ts, the two functions a trainer's job is built on (node.ts runJob
+ * derives the same seeds and float operations). A step with a non-finite loss fails the audit
+ * (AuditError). Bitwise reproducibility needs the deterministic kernels
+ * (`loadKernels({ deterministic: true })`).
  */
 import { createHash } from 'node:crypto';
 import type { Kernels } from '../kernels/api.js';
@@ -33,16 +37,17 @@ import type { ModelConfig } from '../model/config.js';
 import { GPT } from '../model/gpt.js';
 import { weightsHash } from '../model/checkpoint.js';
 import { AdamW, type AdamWSettings } from '../train/adamw.js';
-import { lrAt, type Schedule } from '../train/schedule.js';
-import { BatchSampler, type Batch, type TokenArray } from '../data/batches.js';
-import { roundSeed } from '../swarm/assign.js';
-import { TesseraError } from '../util/errors.js';
+import type { Schedule } from '../train/schedule.js';
+import { innerStep } from '../train/inner-step.js';
+import type { Batch, TokenArray } from '../data/batches.js';
+import { roundBatches, type BatchSpec, type RoundBatches } from '../swarm/round-batches.js';
+import { NonFiniteLossError, TesseraError } from '../util/errors.js';
 import { MerkleTree, verifyInclusion, type MerkleProof } from './merkle.js';
 
 /** Audit input is inconsistent (wrong sizes, a trainer answer that fails its proof, ...). */
 export class AuditError extends TesseraError {
-  constructor(message: string) {
-    super('AUDIT_INVALID', message);
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('AUDIT_INVALID', message, options);
   }
 }
 
@@ -112,39 +117,32 @@ export function stepsOf(job: AuditJob): number {
   return n;
 }
 
-/** Which batch inner step i (0-based) draws: the `draw`-th batch of sampler (shard, seed). */
-export interface BatchSpec {
-  shard: number;
-  /** Sampler seed, decimal (a bigint). */
-  seed: string;
-  draw: number;
+export type { BatchSpec } from '../swarm/round-batches.js';
+
+/** The job's batches, exactly as node.ts runJob draws them (src/swarm/round-batches.ts). */
+function batchesOf(job: AuditJob): RoundBatches {
+  return roundBatches(job.runId, job.round, job.shards, job.B, job.T);
 }
 
-/** The base sampler seed of a round, exactly as node.ts derives it. */
-export function samplerSeed(runId: string, round: number): bigint {
-  return BigInt('0x' + roundSeed(runId, round).slice(0, 12));
+function specIn(rb: RoundBatches, i: number): BatchSpec {
+  const spec = rb.spec(i);
+  if (!spec) throw new AuditError('no usable shard in the job');
+  return spec;
 }
 
-/** Samplers node.ts builds: one per usable shard, seed + position in the assignment. */
-function usable(job: AuditJob): { shard: number; tokens: TokenArray; seed: bigint }[] {
-  const base = samplerSeed(job.runId, job.round);
-  return job.shards.flatMap((s, i) => (s.tokens.length >= job.T + 2 ? [{ ...s, seed: base + BigInt(i) }] : []));
+function batchIn(rb: RoundBatches, spec: BatchSpec): Batch {
+  const b = rb.batch(spec);
+  if (!b) throw new AuditError(`batch spec names shard ${spec.shard} / seed ${spec.seed}, not in the job`);
+  return b;
 }
 
+/** Which batch inner step i (0-based) of the job draws. */
 export function batchSpec(job: AuditJob, i: number): BatchSpec {
-  const us = usable(job);
-  if (us.length === 0) throw new AuditError('no usable shard in the job');
-  const u = us[i % us.length];
-  return { shard: u.shard, seed: u.seed.toString(), draw: Math.floor(i / us.length) };
+  return specIn(batchesOf(job), i);
 }
 
 export function batchFor(job: AuditJob, spec: BatchSpec): Batch {
-  const u = usable(job).find((x) => x.shard === spec.shard && x.seed.toString() === spec.seed);
-  if (!u) throw new AuditError(`batch spec names shard ${spec.shard} / seed ${spec.seed}, not in the job`);
-  const s = new BatchSampler(u.tokens, job.B, job.T, u.seed);
-  const b: Batch = { inputs: new Int32Array(job.B * job.T), targets: new Int32Array(job.B * job.T) };
-  for (let d = 0; d <= spec.draw; d++) s.next(b);
-  return b;
+  return batchIn(batchesOf(job), spec);
 }
 
 /**
@@ -156,9 +154,11 @@ export class Stepper {
   readonly opt: AdamW;
   /** Inner steps executed by this stepper so far (the audit cost counter). */
   executed = 0;
+  private readonly batches: RoundBatches;
   constructor(readonly config: ModelConfig, kernels: Kernels, readonly job: AuditJob) {
     this.gpt = new GPT(config, kernels);
     this.opt = new AdamW(this.gpt.config, job.adamw, kernels);
+    this.batches = batchesOf(job);
   }
 
   load(s: StepState): void {
@@ -179,14 +179,21 @@ export class Stepper {
     return { weights: weightsHash(this.gpt.params), opt: optHash(this.opt.m, this.opt.v, this.opt.step) };
   }
 
-  /** Executes inner step i (0-based) on the loaded state, exactly as runJob does. */
+  /**
+   * Executes inner step i (0-based) on the loaded state: the trainer's batch for step i and
+   * the one inner step (src/train/inner-step.ts) that node.ts runJob runs. A non-finite loss
+   * is an audit failure (AuditError), the state left as it was before the step.
+   */
   stepAt(i: number): void {
     const { job } = this;
-    const b = batchFor(job, batchSpec(job, i));
-    this.gpt.zeroGrad();
-    const loss = this.gpt.forwardBackward(b.inputs, b.targets, job.B, job.T);
-    if (!Number.isFinite(loss)) throw new AuditError(`inner step ${i + 1}: loss is ${loss}`);
-    this.opt.update(this.gpt.params, this.gpt.grads, lrAt(job.schedule, job.round * job.innerSteps + i));
+    const b = batchIn(this.batches, specIn(this.batches, i));
+    const step = job.round * job.innerSteps + i;
+    try {
+      innerStep(this.gpt, this.opt, { batches: [b], B: job.B, T: job.T, schedule: job.schedule, step });
+    } catch (err) {
+      if (!(err instanceof NonFiniteLossError)) throw err;
+      throw new AuditError(`inner step ${i + 1}: loss is ${err.loss}`, { cause: err });
+    }
     this.executed++;
   }
 }

@@ -5,7 +5,8 @@
  * 'none': equal-weight mean of everything) or 'robust' (drop hard/copy failures and low-EMA
  * peers, clip to the median norm, keep the top-G by EMA: src/swarm/robust.ts). Reports the
  * numbers issue 6 asks for. Deterministic given deterministic kernels; validator time is the
- * only clock and is reported, never used.
+ * only clock and is reported, never used. Workers train with the one inner step
+ * (src/train/inner-step.ts); a non-finite loss (NonFiniteLossError) ends the run as diverged.
  */
 import type { Kernels } from '../kernels/api.js';
 import { GPT } from '../model/gpt.js';
@@ -13,10 +14,12 @@ import type { ModelConfig } from '../model/config.js';
 import { weightsHash } from '../model/checkpoint.js';
 import { BatchSampler, evalBatches, type Batch, type TokenArray } from '../data/batches.js';
 import { AdamW, DEFAULT_ADAMW } from '../train/adamw.js';
-import { lrAt, type Schedule } from '../train/schedule.js';
+import type { Schedule } from '../train/schedule.js';
+import { innerStep } from '../train/inner-step.js';
 import { OuterNesterov, aggregate, DEFAULT_OUTER } from '../swarm/outer.js';
 import { robustAggregate } from '../swarm/robust.js';
 import { Rng } from '../util/rng.js';
+import { NonFiniteLossError } from '../util/errors.js';
 import { behave, type Behaviour } from './adversaries.js';
 import { ScoreBook, roundFlag, scoreRound, type RoundVerdict, type Submission } from './score.js';
 import { samplerSeed } from '../swarm/sim.js';
@@ -102,10 +105,13 @@ export async function runVerifySim(data: { train: TokenArray; val: TokenArray },
           train = { inputs: new Int32Array(B * T), targets: new Int32Array(B * T) };
           for (let i = 0; i < B * T; i++) { train.inputs[i] = advRng.nextInt(vocab); train.targets[i] = advRng.nextInt(vocab); }
         }
-        gpt.zeroGrad();
-        const l = gpt.forwardBackward(train.inputs, train.targets, B, T);
-        if (!Number.isFinite(l)) { diverged = true; break; }
-        opts[w].update(gpt.params, gpt.grads, lrAt(schedule, s));
+        try {
+          innerStep(gpt, opts[w], { batches: [train], B, T, schedule, step: s });
+        } catch (err) {
+          if (!(err instanceof NonFiniteLossError)) throw err;
+          diverged = true;
+          break;
+        }
       }
       const honest = new Float32Array(P);
       for (let i = 0; i < P; i++) honest[i] = theta[i] - gpt.params[i];

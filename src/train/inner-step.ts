@@ -1,0 +1,57 @@
+/**
+ * The one inner training step every trainer runs: zero the gradients, forward + backward over
+ * the step's batch (or its micro-batches, accumulated with scale 1/n), refuse a non-finite loss,
+ * take the learning rate from the schedule and apply one AdamW update. The swarm node's jobs,
+ * the validator's audit re-execution, both simulators and `tessera train` all call it, so a
+ * re-executed step repeats the trainer's float operations in the same order: bitwise equal
+ * results rest on this one function, not on copies kept in step.
+ *
+ * A non-finite loss raises NonFiniteLossError before the optimizer touches the weights, its
+ * moments or its step count; what to do about it (stop a job, fail an audit, stop a run) is the
+ * caller's decision.
+ */
+import type { GPT } from '../model/gpt.js';
+import type { Batch } from '../data/batches.js';
+import { InvalidInputError, NonFiniteLossError } from '../util/errors.js';
+import type { AdamW } from './adamw.js';
+import { lrAt, type Schedule } from './schedule.js';
+
+export interface InnerStep {
+  /**
+   * The step's batches, each B×T: one batch, or the micro-batches of one optimizer step
+   * (gradients accumulated with scale 1/n; the loss is Σ loss_j·(1/n) in this order).
+   */
+  batches: readonly Batch[];
+  B: number;
+  T: number;
+  schedule: Schedule;
+  /** The step's index in `schedule`: the learning rate is lrAt(schedule, step). */
+  step: number;
+}
+
+export interface InnerStepResult {
+  /** The step's loss (the mean over micro-batches), before the update. */
+  loss: number;
+  /** The learning rate applied. */
+  lr: number;
+  /** The global gradient norm before clipping (AdamW.update's return). */
+  gradNorm: number;
+}
+
+/**
+ * One inner step on `gpt`'s parameters with `opt`. Throws NonFiniteLossError (weights, moments
+ * and step count untouched; gradients overwritten) when the loss is NaN or infinite.
+ */
+export function innerStep(gpt: GPT, opt: AdamW, s: InnerStep): InnerStepResult {
+  const { batches, B, T } = s;
+  if (batches.length === 0) throw new InvalidInputError('an inner step needs at least one batch');
+  gpt.zeroGrad();
+  let loss = 0;
+  // One batch: scale 1, and 0 + l·1 is l exactly (a loss is never −0), so this is the plain step.
+  const scale = 1 / batches.length;
+  for (const b of batches) loss += gpt.forwardBackward(b.inputs, b.targets, B, T, scale) * scale;
+  if (!Number.isFinite(loss)) throw new NonFiniteLossError(loss, s.step);
+  const lr = lrAt(s.schedule, s.step);
+  const gradNorm = opt.update(gpt.params, gpt.grads, lr);
+  return { loss, lr, gradNorm };
+}
