@@ -24,7 +24,7 @@ import { buildManifest } from '../src/cli/run.js';
 import { defaultCacheDir } from '../src/cli/train.js';
 import { dataDirFor, freePort, preparePeer, spawnPeer, stopAll, type PeerProc } from '../src/swarm/launch.js';
 import { startDashboard, type DashboardSource } from '../src/dashboard/server.js';
-import type { NodeView, RoundReport } from '../src/swarm/node.js';
+import type { NodeView, RoundReport } from '../src/peer/node.js';
 import { ledgerView, report, view } from './dashboard-fixtures.js';
 import { GPT } from '../src/model/gpt.js';
 import { loadKernels } from '../src/kernels/index.js';

@@ -1,5 +1,5 @@
 /** Hand-made node views and round reports for the dashboard tests (no network, no node). */
-import type { NodeView, RoundReport } from '../src/swarm/node.js';
+import type { NodeView, RoundReport } from '../src/peer/node.js';
 
 export const ME = 'peer-me';
 export const A = 'peer-a';

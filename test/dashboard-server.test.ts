@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import { EventEmitter } from 'node:events';
 import { createDashboardApp, startDashboard, type DashboardSource } from '../src/dashboard/server.js';
 import { freePort, portOr } from '../src/swarm/launch.js';
-import type { NodeView, RoundReport } from '../src/swarm/node.js';
+import type { NodeView, RoundReport } from '../src/peer/node.js';
 import { ME, SHARES, ledgerView, report, view } from './dashboard-fixtures.js';
 
 class FakeNode implements DashboardSource {

@@ -10,7 +10,7 @@ import {
   initialState, observe, ownContribution, ownership, peerRows, percentOf, pointsSince, proposalStatus, record, statusOf, summarize,
   type DashState,
 } from '../src/dashboard/state.js';
-import type { NodeView } from '../src/swarm/node.js';
+import type { NodeView } from '../src/peer/node.js';
 import type { RunSummary } from '../src/dashboard/state.js';
 import { A, A_ADDR, B, B_ADDR, ME, ME_ADDR, MANIFEST, SHARES, ledgerView, report, view } from './dashboard-fixtures.js';
 

@@ -25,7 +25,7 @@ import { loadCorpus, prepareDataset } from '../src/data/index.js';
 import { openStore } from '../src/store/index.js';
 import { addDataset } from '../src/store/dataset.js';
 import { dataDirFor, preparePeer, spawnPeer, stopAll, type PeerProc } from '../src/swarm/launch.js';
-import type { RoundReport, ScoreEntry } from '../src/swarm/node.js';
+import type { RoundReport, ScoreEntry } from '../src/peer/node.js';
 import {
   EVM_KEY_FILE, SCORE_SCALE, claim, execute, getShares, ledgerClient, loadArtifacts, pay, propose, read, startLocalChain, vote, type LocalChain,
 } from '../src/ledger/index.js';

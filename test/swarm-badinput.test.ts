@@ -27,7 +27,7 @@ import {
 } from '../src/net/index.js';
 import { getCodec } from '../src/swarm/compress/index.js';
 import { dataDirFor, preparePeer, type PeerSpec } from '../src/swarm/launch.js';
-import { SwarmNode, type RoundReport } from '../src/swarm/node.js';
+import { SwarmNode, type RoundReport } from '../src/peer/node.js';
 
 type Rec = Record<string, unknown> & { msg?: string; reason?: string };
 

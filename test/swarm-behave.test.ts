@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { buildManifest } from '../src/cli/run.js';
 import { defaultCacheDir } from '../src/cli/train.js';
 import { dataDirFor, preparePeer, spawnPeer, stopAll, type PeerProc } from '../src/swarm/launch.js';
-import type { RoundReport } from '../src/swarm/node.js';
+import type { RoundReport } from '../src/peer/node.js';
 
 const root = mkdtempSync(join(tmpdir(), 'tessera-behave-'));
 const all: PeerProc[] = [];

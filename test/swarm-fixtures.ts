@@ -1,6 +1,6 @@
 /** Shared by the multi-process swarm tests: wait for a condition on real peers, and the rounds a group agrees on. */
 import type { PeerProc } from '../src/swarm/launch.js';
-import type { RoundReport } from '../src/swarm/node.js';
+import type { RoundReport } from '../src/peer/node.js';
 
 const shortReport = (r: RoundReport): string => `${r.event[0]}${r.round}:${r.weightsHash.slice(0, 6)}`;
 

@@ -22,7 +22,7 @@ import { loadKernels } from '../kernels/index.js';
 import { GPT } from '../model/gpt.js';
 import { decodeManifest } from '../swarm/manifest.js';
 import { dataDirFor, portOr, preparePeer, spawnPeer, stopAll, type PeerProc } from '../swarm/launch.js';
-import type { RoundReport } from '../swarm/node.js';
+import type { RoundReport } from '../peer/report.js';
 import { InvalidInputError } from '../util/errors.js';
 import { BEHAVIOURS, parseBehaviours } from '../verify/adversaries.js';
 import { EVM_KEY_FILE, getShares, ledgerClient, startLocalChain, type LocalChain } from '../ledger/index.js';

@@ -4,7 +4,7 @@ import { readFileSync } from 'node:fs';
 import { say } from './output.js';
 import { defaultCacheDir } from './train.js';
 import { decodeManifest } from '../swarm/manifest.js';
-import { SwarmNode, type RoundReport } from '../swarm/node.js';
+import { SwarmNode, type RoundReport } from '../peer/node.js';
 import { int, collect } from './args.js';
 import { InvalidInputError } from '../util/errors.js';
 import { BEHAVIOURS, parseBehaviour, type Behaviour } from '../verify/adversaries.js';

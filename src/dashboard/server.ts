@@ -29,7 +29,7 @@ import { timeout } from 'hono/timeout';
 import { streamSSE, type SSEStreamingApi } from 'hono/streaming';
 import { serve } from '@hono/node-server';
 import { z } from 'zod';
-import type { RoundReport } from '../swarm/node.js';
+import type { RoundReport } from '../peer/report.js';
 import {
   initialState, observe, ownContribution, ownership, peerRows, pointsSince, record, type DashState, type DashView, type Limits, type RoundPoint,
 } from './state.js';

@@ -8,7 +8,7 @@
  * Every change returns a new state with a larger `seq`; series points carry the `seq` at which
  * they were written, so the server can stream "what changed since seq N" to each client.
  */
-import type { NodeView, RoundReport } from '../swarm/node.js';
+import type { NodeView, RoundReport } from '../peer/report.js';
 import type { LedgerView } from '../ledger/view.js';
 
 /** One round as this peer lived it (losses, bytes, time); NaN losses become null (JSON-safe). */

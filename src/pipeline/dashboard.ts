@@ -13,7 +13,7 @@ import type { ModelConfig } from '../model/config.js';
 import { splitStages, stageSpecs } from '../model/stage.js';
 import type { DashboardSource } from '../dashboard/server.js';
 import type { DashView, PipeSummary, StageRow } from '../dashboard/state.js';
-import type { RoundReport } from '../swarm/node.js';
+import type { RoundReport } from '../peer/report.js';
 import type { PipeManifest } from './run.js';
 import type { PipelineDriver } from './driver.js';
 import type { LocalPipeline } from './local.js';

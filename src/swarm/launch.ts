@@ -10,7 +10,7 @@ import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { loadOrCreateIdentity } from '../net/identity.js';
-import type { RoundReport } from './node.js';
+import type { RoundReport } from '../peer/report.js';
 
 export const TESSERA_BIN = fileURLToPath(new URL('../../../bin/tessera.js', import.meta.url));
 

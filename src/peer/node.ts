@@ -1,0 +1,621 @@
+/**
+ * A running swarm peer: the small, effectful shell around the pure round reducer
+ * (src/swarm/round.ts) and the peer's roles.
+ *
+ *   net message ──onNet──▶ reducer event ──step──▶ effects ──execute──▶ net / training / apply / resync
+ *
+ * The node owns the lifecycle (host, store, topic, timers), the reducer's state and its
+ * persistence, the dispatch of control messages to the roles, the fetching of update payloads,
+ * the apply of a decided round and the round report. The roles each get the narrow dependencies
+ * they use:
+ * - payloads.ts: every bulk object by sha256, each update held once;
+ * - training.ts: a round's inner steps, the codec, overlap;
+ * - data.ts: dataset, tokenizer, shards, the governed dataset switch;
+ * - storage.ts / sync.ts: publishing, replication and GC / snapshots, resync, resume;
+ * - validator.ts: scoring and selection by score; audit.ts: re-execution and fraud proofs;
+ * - ledger.ts: payout addresses and signed score reports.
+ *
+ * - Control messages travel signed on the run's gossip topic (wire.ts); payloads on the bulk
+ *   protocol, addressed by sha256. An `update` message is handed to the reducer only once its
+ *   payload is held and decodes (the reducer trusts the driver to check Δ before reporting an
+ *   update held).
+ * - acceptorRecord(state) is written to DATA_DIR/acceptor.json (synchronously, before any effect
+ *   of the step is executed) whenever it changes; a restart passes it to init().
+ */
+import { EventEmitter } from 'node:events';
+import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { Logger } from 'pino';
+import { pino } from 'pino';
+import type { Address } from 'viem';
+import type { z } from 'zod';
+import { evalBatches, type Batch, type TokenArray } from '../data/batches.js';
+import { loadKernels } from '../kernels/index.js';
+import { weightsHash } from '../model/checkpoint.js';
+import { GPT } from '../model/gpt.js';
+import { sample } from '../model/sample.js';
+import {
+  HashMismatchError, TooLargeError, createHost, fetchBulk, joinControlChannel, serveBulk, type ControlChannel, type Host,
+} from '../net/index.js';
+import { openStore, parseCid, type Store } from '../store/index.js';
+import { loadState } from '../store/checkpoint.js';
+import { applyCommitted, type CommittedUpdate } from '../swarm/apply.js';
+import { DecodeError, ErrorFeedback, getCodec, type Codec } from '../swarm/compress/index.js';
+import { storageParams, type DecodedManifest } from '../swarm/manifest.js';
+import { OuterNesterov } from '../swarm/outer.js';
+import {
+  AcceptorRecordSchema, acceptorRecord, fromWire, init, nextDeadline, roundParams, snapshotOf, step, toWire,
+  type AcceptorRecord, type Effect, type Message, type RoundEvent, type RoundParams, type RoundSnapshot, type RoundState,
+} from '../swarm/round.js';
+import { AdamW } from '../train/adamw.js';
+import { InvalidInputError } from '../util/errors.js';
+import type { Behaviour } from '../verify/adversaries.js';
+import { Audits } from './audit.js';
+import { RunData } from './data.js';
+import { LedgerRole, type LedgerOptions } from './ledger.js';
+import { PayloadStore } from './payloads.js';
+import { RoundMeter, type NodeView, type RoundReport } from './report.js';
+import { Storage } from './storage.js';
+import { Sync } from './sync.js';
+import { Training } from './training.js';
+import { Exclusions, Validator, type ScoreReport } from './validator.js';
+import { Weights } from './weights.js';
+import { NodeSchemas, type Commitment, type FraudNotice, type SnapAd } from './wire.js';
+
+export { NodeSchemas } from './wire.js';
+export type { AuditRecord, FraudRecord, NodeView, RoundReport, ScoreEntry } from './report.js';
+
+const DEBUG = process.env.TESSERA_NODE_DEBUG === '1';
+/**
+ * Reducer rejections that only an attacker or a bug produces are logged at warn; the others
+ * (late, stale-round, duplicate, ... ) are routine under message delay and logged at debug.
+ */
+const SUSPICIOUS = new Set(['malformed', 'self', 'not-member', 'not-leader', 'equivocation', 'wrong-base', 'bad-certificate', 'conflict', 'wrong-hash']);
+/** Default limit on one fetch of data or state from peers. */
+const FETCH_MS = 30_000;
+
+export interface NodeOptions {
+  manifest: DecodedManifest;
+  dataDir: string;
+  listen?: string[];
+  /** Multiaddrs (with /p2p/<id>) dialled (and re-dialled) in the background. */
+  bootstrap?: string[];
+  /** Start at round 0 with this roster (peer ids), if it lists this peer. */
+  genesisPeers?: string[];
+  cacheDir?: string;
+  threads?: number;
+  evalBatches?: number;
+  onRound?: (r: RoundReport) => void;
+  onLog?: (line: string) => void;
+  logger?: Logger;
+  /** Discover peers on the LAN with mDNS. */
+  mdns?: boolean;
+  /**
+   * Emulated one-way link delay in ms (default: env TESSERA_LINK_DELAY_MS, else 0): every
+   * control message is handled and every payload download finishes this much later. For
+   * measuring how overlap hides a slow link on loopback, where no real delay exists.
+   */
+  linkDelayMs?: number;
+  /** Limit on one fetch of the dataset, tokenizer, genesis or a shard from peers (default 30 s). */
+  fetchTimeoutMs?: number;
+  /**
+   * Misbehave (verification tests and drills, src/verify/adversaries.ts): submit a transformed
+   * update instead of the honest one. Default 'honest'.
+   */
+  behave?: Behaviour;
+  /** Validator role: score every applied update (src/verify/score.ts) and publish signed score reports. */
+  validator?: boolean;
+  /**
+   * Selection by score: peer ids of validators this peer trusts. A member one of them flagged in
+   * a recent report (other than for noise-prone 'harmful' alone) is left out of the update sets
+   * this peer proposes as leader. A validator always trusts its own reports.
+   */
+  trustValidators?: string[];
+  /**
+   * Link to the run's TesseraRun contract (src/ledger/link.ts): validators sign score reports for
+   * it, every linked peer submits quorum reports, reads shares and follows governance. `key`:
+   * this peer's EVM key (default: DATA_DIR/evm.key, created on first use).
+   */
+  ledger?: LedgerOptions;
+}
+
+export class SwarmNode {
+  host!: Host;
+  /** 'round' (RoundReport) for every report also passed to onRound. */
+  readonly events = new EventEmitter<{ round: [RoundReport] }>();
+  channel!: ControlChannel<typeof NodeSchemas>;
+  state!: RoundState;
+  /** The IPFS store (Helia on this node's libp2p host). */
+  store!: Store;
+  /** Structured log (pino): every rejected input, with its reason. */
+  readonly logger: Logger;
+  private readonly m: DecodedManifest['manifest'];
+  private readonly p: RoundParams;
+  private readonly payloads = new PayloadStore();
+  private readonly fetching = new Set<string>();
+  private readonly meter = new RoundMeter();
+  private weights!: Weights;
+  private codec!: Codec;
+  /** Evaluates θ; separate from the trainer's model, because θ may be applied while a job is training. */
+  private evalGpt!: GPT;
+  private evalSet: Batch[] = [];
+  private data!: RunData;
+  private training!: Training;
+  private storage!: Storage;
+  private sync!: Sync;
+  private audits!: Audits;
+  private ledger!: LedgerRole;
+  private validator: Validator | null = null;
+  private exclusions!: Exclusions;
+  private lastVal = NaN;
+  private lastRecord = '';
+  private timer: NodeJS.Timeout | null = null;
+  private dialTimer: NodeJS.Timeout | null = null;
+  private stopped = false;
+  private readonly log: (line: string) => void;
+  private readonly recordPath: string;
+  private readonly linkDelayMs: number;
+  private readonly fetchMs: number;
+
+  constructor(readonly o: NodeOptions) {
+    this.m = o.manifest.manifest;
+    this.p = roundParams(o.manifest, Math.max(200, Math.floor(o.manifest.manifest.timing.commitMs / 2)));
+    this.log = o.onLog ?? (() => undefined);
+    this.linkDelayMs = o.linkDelayMs ?? Math.max(0, Number(process.env.TESSERA_LINK_DELAY_MS ?? 0) || 0);
+    this.logger = o.logger ?? pino({ name: 'tessera', level: process.env.TESSERA_LOG ?? 'warn' }, pino.destination(2));
+    this.recordPath = join(o.dataDir, 'acceptor.json');
+    this.fetchMs = o.fetchTimeoutMs ?? FETCH_MS;
+  }
+
+  get peerId(): string { return this.host.peerId; }
+
+  /** Latest score report received from each validator. */
+  get scoreReports(): ReadonlyMap<string, ScoreReport> { return this.exclusions.reports; }
+
+  /** Every peer's announced payout address. */
+  get payouts(): ReadonlyMap<string, Address> { return this.ledger.payouts; }
+
+  async start(): Promise<void> {
+    try {
+      await this.startInner();
+    } catch (err) {
+      // A start that fails (data or genesis not fetchable in time, a mismatch) releases the
+      // host and store it opened, so the process can exit with the error instead of lingering.
+      await this.stop();
+      throw err;
+    }
+  }
+
+  /** Publishes a control message unless the node has stopped; a failed publish is dropped (gossip retries nothing). */
+  private send<K extends keyof typeof NodeSchemas & string>(kind: K, body: z.input<(typeof NodeSchemas)[K]>): void {
+    if (!this.stopped) this.channel.publish(kind, body).catch(() => undefined);
+  }
+
+  private async startInner(): Promise<void> {
+    const m = this.m, o = this.o, runId = o.manifest.runId;
+    mkdirSync(o.dataDir, { recursive: true });
+    // Network first: a dataset named by CID is fetched from peers.
+    this.host = await createHost({ dataDir: o.dataDir, listen: o.listen ?? ['/ip4/127.0.0.1/tcp/0'], mdns: o.mdns === true, logger: this.logger });
+    this.store = await openStore(o.dataDir, {
+      libp2p: this.host.node,
+      onCorrupt: (cid) => this.logger.warn({ reason: 'corrupt-block', cid }, 'local block failed its hash; deleted, refetching from peers'),
+    });
+    await serveBulk(this.host, (hash) => this.payloads.bytes(hash));
+    this.channel = joinControlChannel({
+      host: this.host, runId, schemas: NodeSchemas,
+      onMessage: (msg) => {
+        if (this.linkDelayMs > 0) setTimeout(() => this.onNet(msg.kind, msg.from, msg.body), this.linkDelayMs);
+        else this.onNet(msg.kind, msg.from, msg.body);
+      },
+    });
+    this.dialLoop();
+    const self = this.host.peerId;
+    const stopped = () => this.stopped;
+    this.data = new RunData({
+      manifest: m, numShards: this.p.numShards, store: this.store, fetchMs: this.fetchMs, logger: this.logger, log: this.log,
+      ...(o.cacheDir ? { cacheDir: o.cacheDir } : {}),
+    });
+    this.ledger = new LedgerRole({
+      runId, self, dataDir: o.dataDir, options: o.ledger, logger: this.logger,
+      publishSig: (body) => this.send('node.sig', body),
+      publishPayout: (address) => this.send('node.payout', { address }),
+      onSettings: (dataset) => this.data.followGovernance(dataset),
+      stateCid: (r, ms) => this.storage.stateCid(r, ms),
+    });
+    this.exclusions = new Exclusions({ logger: this.logger, exclude: (peers) => this.dispatch({ type: 'exclude', peers }) });
+    this.log(`peer ${self} listening on ${this.host.multiaddrs().join(' ')}`);
+
+    // Wait (briefly) for the other genesis peers / a bootstrap peer, so early gossip is not lost.
+    // With only mDNS, give LAN discovery a few seconds: a peer that finds the run's topic there
+    // joins it instead of founding a second, separate roster.
+    const mdnsOnly = o.mdns === true && !o.genesisPeers?.length && !o.bootstrap?.length;
+    const want = o.genesisPeers?.length ? o.genesisPeers.length - 1 : (o.bootstrap?.length || mdnsOnly ? 1 : 0);
+    const t0 = Date.now();
+    const waitMs = mdnsOnly ? 5_000 : 15_000;
+    // Count the genesis peers themselves (any other subscriber, even a hostile one, does not help).
+    const seen = () => (o.genesisPeers?.length ? this.channel.subscribers().filter((p) => o.genesisPeers!.includes(p)).length : this.channel.subscribers().length);
+    while (seen() < want && Date.now() - t0 < waitMs) await new Promise((r) => setTimeout(r, 100));
+
+    // Data and model, checked against the manifest.
+    const val: TokenArray = await this.data.load();
+    // Audit needs bitwise-reproducible steps across machines: deterministic kernels for everyone.
+    const kernels = loadKernels({ threads: o.threads ?? 1, ...(m.hyper.audit ? { deterministic: true } : {}) });
+    const gpt = new GPT(m.model, kernels);
+    gpt.init(m.seed);
+    this.evalGpt = new GPT(m.model, kernels);
+    const outer = new OuterNesterov(gpt.params.length, m.hyper.outer);
+    if (m.genesisCid !== undefined) {
+      const g = await loadState(this.store, parseCid(m.genesisCid), m.model, { signal: AbortSignal.timeout(this.fetchMs) });
+      gpt.params.set(g.params);
+      outer.momentum.set(g.momentum);
+    }
+    const w = this.weights = new Weights(gpt.params.slice(), outer);
+    if (w.hash !== m.genesisWeightsHash) {
+      throw new InvalidInputError(`genesis weights ${m.genesisCid ? `(${m.genesisCid}) ` : ''}hash to ${w.hash.slice(0, 12)}, the manifest says ${m.genesisWeightsHash.slice(0, 12)}`);
+    }
+    const cs = m.hyper.codec;
+    this.codec = cs.id === 'sparse' ? getCodec('sparse', { chunk: cs.chunk, k: cs.k }) : getCodec(cs.id);
+    const shardData = (sh: number, round: number) => this.data.shardData(sh, round);
+    this.audits = new Audits({
+      manifest: o.manifest, numShards: this.p.numShards, self, params: w.length, kernels, host: this.host, payloads: this.payloads,
+      shardData, fetchMs: this.fetchMs, stopped, logger: this.logger,
+      publishCommit: (c) => this.send('node.commit', c), publishFraud: (f) => this.send('node.fraud', f),
+    });
+    this.training = new Training({
+      manifest: o.manifest, self, gpt, opt: new AdamW(m.model, m.hyper.adamw, kernels), codec: this.codec,
+      ef: m.hyper.errorFeedback > 0 ? new ErrorFeedback(w.length, m.hyper.errorFeedback) : null,
+      weights: w, payloads: this.payloads, shardData, behave: o.behave ?? 'honest', stopped, log: this.log, debug: DEBUG ? this.log : null,
+      trained: (round, updateHash, steps) => this.dispatch({ type: 'trained', round, updateHash, steps }),
+      commit: (c) => this.audits.commitOwn(c),
+    });
+    if (o.validator) {
+      this.validator = new Validator({
+        manifest: o.manifest, numShards: this.p.numShards, self, evalGpt: this.evalGpt, shardData, logger: this.logger,
+        audit: (...a) => this.audits.auditOne(...a),
+        scored: (r) => this.exclusions.update(this.state?.round ?? 0, r),
+        publish: (body) => this.send('node.scores', body),
+      });
+    }
+    this.storage = new Storage({
+      store: this.store, runId, model: m.model, genesisCid: m.genesisCid, sp: storageParams(m), self, data: this.data,
+      fetchMs: this.fetchMs, stopped, logger: this.logger,
+      current: () => (!this.state || this.state.phase === 'unsynced' || this.state.phase === 'syncing' ? null : { round: this.state.round, roster: this.state.roster }),
+    });
+    this.sync = new Sync({
+      runId, model: m.model, host: this.host, store: this.store, storage: this.storage, weights: w, payloads: this.payloads,
+      snapPath: join(o.dataDir, `snapshot-${runId.slice(0, 16)}.bin`), stopped, log: this.log, logger: this.logger,
+      publishAd: (ad) => this.send('node.snap', ad),
+      stopTraining: () => this.training.stop(),
+      wantsState: () => this.state.phase === 'syncing' || this.state.phase === 'unsynced',
+      installed: (snap) => {
+        this.dispatch({ type: 'synced', snapshot: snap });
+        return this.state.round === snap.round && this.state.weightsHash === snap.weightsHash;
+      },
+      reportSynced: (snap, via) => this.report('synced', snap.round, this.evaluate(), snap.roster.length, [], snap.weightsHash, via),
+    });
+    this.evalSet = [...evalBatches(val, m.hyper.batch, m.model.ctx, o.evalBatches ?? 4)];
+
+    const discovered = mdnsOnly ? this.channel.subscribers() : [];
+    let acceptor: AcceptorRecord | undefined;
+    if (existsSync(this.recordPath)) {
+      const r = AcceptorRecordSchema.safeParse(JSON.parse(readFileSync(this.recordPath, 'utf8')));
+      if (r.success) acceptor = r.data;
+    }
+    const bootIds = (o.bootstrap ?? []).map((a) => /\/p2p\/([^/]+)/.exec(a)?.[1]).filter((x): x is string => !!x);
+    const now = Date.now();
+    // Genesis: listed in --genesis-peers, or a founder started with neither genesis peers nor bootstrap (roster = itself).
+    const founder = !o.genesisPeers?.length && !o.bootstrap?.length && discovered.length === 0;
+    const genesis = acceptor !== undefined ? undefined
+      : o.genesisPeers?.includes(self) ? { roster: o.genesisPeers } : founder ? { roster: [self] } : undefined;
+    const first = init({
+      self, params: this.p, now,
+      ...(genesis ? { genesis } : { bootstrap: [...new Set([...bootIds, ...(o.genesisPeers ?? []), ...discovered])] }),
+      ...(acceptor ? { acceptor } : {}),
+    });
+    this.meter.reset(this.meterReading());
+    this.commit(first.state, first.effects);
+    if (first.state.phase === 'unsynced') this.sync.restoreLocal();
+    this.timer = setInterval(() => this.tick(), 50);
+  }
+
+  private dialLoop(): void {
+    const targets = this.o.bootstrap ?? [];
+    if (targets.length === 0) return;
+    const attempt = () => {
+      if (this.stopped) return;
+      const connected = new Set(this.host.connectedPeers());
+      for (const a of targets) {
+        const id = /\/p2p\/([^/]+)/.exec(a)?.[1];
+        if (id && connected.has(id)) continue;
+        this.host.dial(a, { signal: AbortSignal.timeout(2000) }).catch(() => undefined);
+      }
+    };
+    attempt();
+    this.dialTimer = setInterval(attempt, 1000);
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.timer) clearInterval(this.timer);
+    if (this.dialTimer) clearInterval(this.dialTimer);
+    this.training?.stop();
+    try { this.channel?.close(); } catch { /* closing anyway */ }
+    await this.ledger?.stop();
+    await this.storage?.drain();
+    await this.store?.stop().catch(() => undefined);
+    await this.host?.stop().catch(() => undefined);
+  }
+
+  /** A consistent read-only summary of this node (for the dashboard and scripts). */
+  view(): NodeView {
+    if (!this.host) throw new InvalidInputError('the node has not started yet (no peer id)');
+    const st = this.state;
+    const ledger = this.ledger?.view();
+    return {
+      runId: this.o.manifest.runId, manifest: this.m, peerId: this.host.peerId, round: st?.round ?? -1, phase: st?.phase ?? 'starting',
+      roster: [...(st?.roster ?? [])], subscribers: this.channel?.subscribers() ?? [], weightsHash: this.weights?.hash ?? '',
+      checkpointCid: this.storage?.checkpointCid ?? null, params: this.weights?.length ?? 0,
+      scores: this.exclusions?.meanScores(this.validator?.latest ?? null) ?? {},
+      ...(ledger ? { ledger } : {}),
+    };
+  }
+
+  /**
+   * Continues `prompt` from the current weights θ (not a trainer's half-trained copy). Runs on
+   * the event loop thread, so callers should keep maxTokens small (the dashboard caps it).
+   */
+  generate(prompt: string, o: { maxTokens?: number; temperature?: number; topK?: number; seed?: number } = {}): { text: string; tokens: number } {
+    const tok = this.data.tokenizer;
+    const g = this.evalGpt;
+    g.params.set(this.weights.theta);
+    const ids = [tok.eotId, ...tok.encodeOrdinary(prompt)].slice(-this.m.model.ctx);
+    const out: number[] = [];
+    const opts = { maxNewTokens: Math.min(256, o.maxTokens ?? 48), temperature: o.temperature ?? 0.8, topK: o.topK ?? 40, seed: o.seed ?? 1, stopToken: tok.eotId };
+    for (const id of sample(g, ids, opts)) {
+      if (id === tok.eotId) break;
+      out.push(id);
+    }
+    return { text: tok.decode(out), tokens: out.length };
+  }
+
+  // ───────────── reducer plumbing ─────────────
+
+  private tick(): void {
+    if (this.stopped || !this.state) return;
+    const now = Date.now();
+    if (now >= nextDeadline(this.state)) this.dispatch({ type: 'tick', now });
+  }
+
+  private dispatch(ev: RoundEvent): void {
+    if (this.stopped) return;
+    // The reducer's clock only moves with ticks: bring it to now first, so that whatever this
+    // event starts (a round, an attempt) is timed from the present, not from the last deadline.
+    if (ev.type !== 'tick' && Date.now() > this.state.now) {
+      const t = step(this.state, { type: 'tick', now: Date.now() });
+      this.commit(t.state, t.effects);
+    }
+    const r = step(this.state, ev);
+    for (const x of r.rejected) {
+      const fields = { reason: x.reason, detail: x.detail, from: x.from, event: x.event, round: this.state.round, phase: this.state.phase };
+      if (SUSPICIOUS.has(x.reason)) this.logger.warn(fields, 'rejected round input');
+      else this.logger.debug(fields, 'rejected round input');
+    }
+    if (DEBUG) {
+      for (const e of r.effects) {
+        if (e.type !== 'broadcast' || e.msg.type === 'commit') {
+          const commit = e.type === 'broadcast' && e.msg.type === 'commit' ? ` commit a${e.msg.commit.attempt} with ${e.msg.commit.included.length}` : '';
+          this.log(`r${r.state.round} ${r.state.phase} effect ${e.type}${commit} t+${Date.now() - r.state.startedAt}`);
+        }
+      }
+    }
+    this.commit(r.state, r.effects);
+    // A message event may have moved the clock-free state past a deadline: tick right away.
+    if (ev.type !== 'tick' && Date.now() >= nextDeadline(this.state)) this.dispatch({ type: 'tick', now: Date.now() });
+  }
+
+  private commit(next: RoundState, effects: Effect[]): void {
+    const prevRound = this.state?.round ?? -1;
+    this.state = next;
+    const rec = acceptorRecord(next);
+    if (rec) {
+      const s = JSON.stringify(rec);
+      if (s !== this.lastRecord) {
+        const tmp = this.recordPath + '.tmp';
+        writeFileSync(tmp, s);
+        renameSync(tmp, this.recordPath);
+        this.lastRecord = s;
+      }
+    }
+    for (const e of effects) this.execute(e);
+    // A decided empty set ends the round inside the reducer (no apply effect): report it too.
+    const prev = next.prev;
+    if (prevRound >= 0 && next.round === prevRound + 1 && prev && prev.round === prevRound && prev.decision.commit.included.length === 0 && prev.resultHash !== null) {
+      this.report('round', prevRound, this.lastVal, prev.roster.length, [], prev.resultHash);
+    }
+    if (next.round !== prevRound && next.round >= 0 && next.phase !== 'syncing' && next.phase !== 'unsynced') {
+      const snap = snapshotOf(next);
+      if (snap) this.sync.advertise(snap);
+    }
+  }
+
+  private execute(e: Effect): void {
+    switch (e.type) {
+      case 'broadcast': case 'send': this.publish(e.msg); break;
+      case 'train': this.training.start(e); break;
+      case 'pretrain': this.training.start({ ...e, until: null }); break;
+      case 'stop-training': this.training.stop(e.round); break;
+      case 'fetch': for (const u of e.updates) void this.fetchUpdate(u.updateHash, [u.peer, ...e.from], e.round, u.peer); break;
+      case 'apply': this.apply(e); break;
+      case 'resync': void this.sync.resync(e); break;
+    }
+  }
+
+  private publish(msg: Message): void {
+    const w = toWire(msg);
+    this.channel.publish(w.kind, w.body as never).catch(() => undefined);
+  }
+
+  /** A control message from `from` (its envelope signature and schema already checked). */
+  private onNet(kind: string, from: string, body: unknown): void {
+    if (this.stopped || !this.state) return;
+    switch (kind) {
+      case 'node.scores':
+        this.exclusions.onReport(from, body as ScoreReport, this.o.trustValidators?.includes(from) === true, this.state.round);
+        return;
+      case 'node.commit': this.audits.onCommit(from, body as Commitment); return;
+      case 'node.fraud': void this.audits.checkFraud(from, body as FraudNotice); return;
+      case 'node.payout': this.ledger.onPayout(from, (body as { address: Address }).address); return;
+      case 'node.sig': this.ledger.onSignature(body); return;
+      case 'node.snap': this.sync.onAd(from, body as SnapAd); return;
+    }
+    const msg = fromWire(kind, from, body);
+    if (!msg) return;
+    if (msg.type === 'update') {
+      // Only fetch payloads the reducer could accept (a member, this round): anything else goes
+      // straight to the reducer, which rejects it with its reason, and costs no download.
+      const st = this.state;
+      const synced = st.phase !== 'unsynced' && st.phase !== 'syncing';
+      if (synced && (msg.round < st.round || msg.round > st.round + 1 || (msg.round === st.round && !st.roster.includes(msg.from)))) {
+        this.dispatch({ type: 'message', msg });
+        return;
+      }
+      this.payloads.noteMsg(msg);
+      if (this.payloads.delta(msg.updateHash)) { this.dispatch({ type: 'message', msg }); return; }
+      void this.fetchUpdate(msg.updateHash, [msg.from], msg.round, msg.from);
+      return;
+    }
+    this.dispatch({ type: 'message', msg });
+  }
+
+  // ───────────── update payloads ─────────────
+
+  private async fetchUpdate(hash: string, from: string[], round: number, author: string): Promise<void> {
+    if (this.payloads.delta(hash)) { this.deliverUpdate(hash, round, author); return; }
+    if (this.fetching.has(hash)) return;
+    this.fetching.add(hash);
+    try {
+      const P = this.weights.length;
+      const max = this.codec.encodedSize(P) + 1024;
+      for (let attempt = 0; attempt < 3 && !this.stopped; attempt++) {
+        for (const peer of [...new Set(from)].filter((p) => p !== this.host.peerId)) {
+          try {
+            const bytes = await fetchBulk(this.host, peer, hash, { maxBytes: max, signal: AbortSignal.timeout(5000) });
+            if (this.linkDelayMs > 0) await new Promise((r) => setTimeout(r, 2 * this.linkDelayMs)); // request + response
+            const delta = this.codec.decode(bytes, P);
+            if (!delta.every(Number.isFinite)) throw new InvalidInputError('non-finite Δ');
+            this.payloads.putUpdate(hash, bytes, round, delta);
+            this.deliverUpdate(hash, round, author);
+            return;
+          } catch (err) {
+            // Not applied: a payload that does not hash to its name, is larger than the codec's
+            // size, or does not decode to P finite values is dropped and fetched elsewhere.
+            // Network failures (peer gone, stream reset) are routine and only logged at debug.
+            const bad = err instanceof HashMismatchError || err instanceof TooLargeError || err instanceof InvalidInputError || err instanceof DecodeError;
+            if (bad) this.logger.warn({ reason: 'bad-payload', detail: (err as Error).message, from: peer, update: hash, round }, 'rejected update payload');
+            else this.logger.debug({ detail: (err as Error).message, from: peer, update: hash, round }, 'update fetch failed');
+          }
+        }
+        await new Promise((r) => setTimeout(r, 300));
+      }
+      if (!this.payloads.delta(hash)) this.payloads.forgetMsg(hash); // never fetched: forget the claim
+    } finally {
+      this.fetching.delete(hash);
+    }
+  }
+
+  private deliverUpdate(hash: string, round: number, author: string): void {
+    let msg = this.payloads.msg(hash);
+    if (!msg) {
+      // Fetched for a pending or decided commit whose update message we never saw (lost on
+      // gossip): rebuild it from the commit, or the round could never be accepted.
+      const st = this.state;
+      const inc = [st.decision?.commit, st.pending].flatMap((k) => k?.included ?? []).find((u) => u.updateHash === hash && u.peer === author);
+      if (!inc || st.round !== round) return;
+      msg = { type: 'update', from: author, round, baseHash: st.trainBase, updateHash: hash, steps: Math.max(1, Math.round(inc.tokens / this.p.batch)) };
+    }
+    if (msg.from === this.host.peerId && this.state.updates.has(hash)) return;
+    this.dispatch({ type: 'message', msg });
+  }
+
+  // ───────────── apply and report ─────────────
+
+  private apply(e: Extract<Effect, { type: 'apply' }>): void {
+    const w = this.weights;
+    if (w.hash !== e.baseHash) {
+      this.log(`round ${e.round}: our weights are not the round's base; waiting for resync`);
+      return;
+    }
+    const ups: CommittedUpdate[] = e.included.map((u) => ({ peer: u.peer, tokens: u.tokens, delta: this.payloads.delta(u.updateHash)! }));
+    if (ups.some((u) => !u.delta)) { this.log(`round ${e.round}: missing a payload at apply`); return; }
+    if (this.m.hyper.overlap !== 'none') w.prev = { hash: w.hash, weights: w.theta.slice() };
+    this.audits.onApply(e.round, [...this.state.roster], e.baseHash);
+    const scoring = this.validator ? this.score(e, ups) : null;
+    applyCommitted(w.theta, w.outer, ups, this.m.hyper.aggregate ?? 'mean');
+    const h = weightsHash(w.theta);
+    w.hash = h;
+    const valLoss = this.evaluate();
+    this.lastVal = valLoss;
+    const roster = this.state.roster.length;
+    if (scoring && this.ledger.link) void scoring.then((entries) => entries && this.ledger.signRound(e.round, h, entries, e.included.map((u) => u.updateHash)));
+    this.dispatch({ type: 'applied', round: e.round, weightsHash: h });
+    // The reducer counts sequences; the report counts tokens.
+    this.report('round', e.round, valLoss, roster, e.included.map((u) => ({ peer: u.peer, tokens: u.tokens * this.m.model.ctx })), h);
+    this.payloads.prune(this.state.round);
+  }
+
+  /**
+   * Validator: scores every update it holds for the round, applied or left out (so a member left
+   * out for a flag is re-scored each round, and comes back once it is no longer flagged), against
+   * θ before the apply (copied now).
+   */
+  private score(e: Extract<Effect, { type: 'apply' }>, ups: CommittedUpdate[]) {
+    const hashes = new Map(e.included.map((u) => [u.peer, u.updateHash]));
+    const toScore = [...ups];
+    for (const { hash, msg: u, delta } of this.payloads.heldUpdates(e.round)) {
+      if (hashes.has(u.from) || !this.state.roster.includes(u.from)) continue;
+      hashes.set(u.from, hash);
+      toScore.push({ peer: u.from, tokens: u.steps * this.m.hyper.batch, delta });
+    }
+    return this.validator!.validate(e.round, this.weights.theta.slice(), e.baseHash, [...this.state.roster], toScore, hashes);
+  }
+
+  private evaluate(): number {
+    const g = this.evalGpt;
+    g.params.set(this.weights.theta);
+    let sum = 0;
+    for (const b of this.evalSet) sum += g.loss(b.inputs, b.targets, this.m.hyper.batch, this.m.model.ctx);
+    return this.evalSet.length ? sum / this.evalSet.length : NaN;
+  }
+
+  private meterReading() {
+    return { computeMs: this.training?.computeMs ?? 0, innerSteps: this.training?.innerSteps ?? 0, wire: this.host.metrics.snapshot().wire };
+  }
+
+  private report(event: 'round' | 'synced', round: number, valLoss: number, roster: number, contributors: { peer: string; tokens: number }[], h: string, via?: 'ipfs' | 'bulk' | 'local'): void {
+    const datasetCid = this.data.datasetAt(round).cid;
+    const v = this.validator;
+    const scored = v?.takeScored() ?? [];
+    const signed = this.ledger.takeSigned();
+    const audits = v?.takeAudits() ?? [];
+    const frauds = this.audits.takeFrauds();
+    const r: RoundReport = {
+      event, round, valLoss, trainLoss: this.training.takeTrainLoss(), contributors, checkpointCid: this.storage.checkpointCid,
+      ...this.meter.take(this.meterReading()),
+      peers: this.channel.subscribers().length + 1, roster, included: contributors.length, weightsHash: h,
+      ...(via ? { via } : {}),
+      storage: { ...this.storage.held, shardsFetched: this.data.shardsFetched, corruptBlocks: this.store.stats.corruptLocal },
+      ...(v?.latest ? { scores: v.latest } : {}),
+      ...(scored.length ? { scored } : {}),
+      ...(signed.length ? { signed } : {}),
+      ...(audits.length ? { audits } : {}),
+      ...(frauds.length ? { frauds } : {}),
+      ...(datasetCid ? { datasetCid } : {}),
+    };
+    this.o.onRound?.(r);
+    this.events.emit('round', r);
+    if (event === 'round') this.storage.schedule();
+    // Re-announce the payout address (cheap; covers peers that joined since), and let the chain
+    // link submit, re-read shares and governance.
+    if (!this.stopped) this.ledger.tick();
+  }
+}

@@ -1,0 +1,151 @@
+/**
+ * Getting and giving the round state: after every round this peer writes its round-start
+ * snapshot (θ, momentum, the reducer's snapshot header) to DATA_DIR, serves it as a bulk bundle,
+ * publishes it on IPFS (storage.ts) and advertises both on the topic (`node.snap`). A peer that
+ * is behind resyncs from those advertisements (by CID first, then by a direct download), and a
+ * restarted peer resumes from its own file. Every installed state is checked against its hash.
+ */
+import { existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import type { Logger } from 'pino';
+import type { ModelConfig } from '../model/config.js';
+import { weightsHash } from '../model/checkpoint.js';
+import { fetchBulk, type Host } from '../net/index.js';
+import { parseCid, type Store } from '../store/index.js';
+import { loadState } from '../store/checkpoint.js';
+import { SnapshotSchema, type Effect, type RoundSnapshot } from '../swarm/round.js';
+import { InvalidInputError } from '../util/errors.js';
+import { sha256Hex } from '../util/hash.js';
+import { decodeBundle, encodeBundle, maxBundleBytes, type Bundle } from './bundle.js';
+import type { PayloadStore } from './payloads.js';
+import { RECENT_STATES, type Storage } from './storage.js';
+import type { Weights } from './weights.js';
+import type { SnapAd } from './wire.js';
+
+/** Advertisements tried per resync. */
+const RESYNC_CANDIDATES = 4;
+
+export interface SyncDeps {
+  runId: string;
+  model: ModelConfig;
+  host: Host;
+  store: Store;
+  storage: Storage;
+  weights: Weights;
+  payloads: PayloadStore;
+  /** The local snapshot file. */
+  snapPath: string;
+  publishAd: (ad: SnapAd) => void;
+  /** A verified state was installed: hand its snapshot to the reducer; true if the reducer is now at it. */
+  installed: (snap: RoundSnapshot) => boolean;
+  /** Report the installed state (the 'synced' round line). */
+  reportSynced: (snap: RoundSnapshot, via: 'ipfs' | 'bulk' | 'local') => void;
+  /** Whether the reducer still wants a state (phase syncing or unsynced). */
+  wantsState: () => boolean;
+  stopTraining: () => void;
+  stopped: () => boolean;
+  log: (line: string) => void;
+  logger: Logger;
+}
+
+export class Sync {
+  /** peer → its latest snapshot advertisement. */
+  private readonly ads = new Map<string, SnapAd>();
+  private resyncing = false;
+
+  constructor(private readonly d: SyncDeps) {}
+
+  /** A snapshot advertisement from `from`. */
+  onAd(from: string, ad: SnapAd): void {
+    const old = this.ads.get(from);
+    if (!old || old.round <= ad.round) this.ads.set(from, ad);
+  }
+
+  /**
+   * The state at the start of round snap.round: written to the local file, held as a bulk
+   * bundle, published on IPFS and advertised. Its files are encoded now, synchronously (θ may
+   * change right after); adding them to the store and pinning happen in the background.
+   */
+  advertise(snap: RoundSnapshot): void {
+    const { weights: w } = this.d;
+    const bytes = encodeBundle(snap, w.theta, w.outer.momentum);
+    const tmp = this.d.snapPath + '.tmp';
+    writeFileSync(tmp, bytes);
+    renameSync(tmp, this.d.snapPath);
+    const bundle = sha256Hex(bytes);
+    // Snapshots outlive updates: a joiner slowed down by its own start-up (or a loaded machine)
+    // may ask for one a few rounds after it was advertised.
+    this.d.payloads.putBlob(bundle, bytes, snap.round, RECENT_STATES);
+    const files = { params: w.theta.slice(), momentum: w.outer.momentum.slice(), round: snap.round, snapshot: snap };
+    void this.d.storage.publish(files).then((cid) => {
+      if (this.d.stopped()) return;
+      this.d.publishAd({ round: snap.round, weightsHash: snap.weightsHash, bundle, ...(cid ? { cid } : {}) });
+    });
+  }
+
+  /**
+   * Resume from this node's own last snapshot (after Ctrl-C, or when every peer of a run was
+   * stopped): install it as if a peer had served it. If the others moved on meanwhile, their
+   * traffic shows this node is behind and it resyncs from them as usual.
+   */
+  restoreLocal(): void {
+    const path = this.d.snapPath;
+    if (!existsSync(path)) return;
+    try {
+      const b = decodeBundle(readFileSync(path), this.d.weights.length);
+      if (weightsHash(b.theta) !== b.snap.weightsHash) throw new InvalidInputError('weights do not match the snapshot hash');
+      this.d.weights.install(b.theta, b.momentum, b.snap.weightsHash);
+      if (this.d.installed(b.snap)) {
+        this.d.log(`resumed at round ${b.snap.round} from ${path}`);
+        this.d.reportSynced(b.snap, 'local');
+      }
+    } catch (err) {
+      this.d.logger.warn({ file: path, err: (err as Error).message }, 'ignoring unreadable local snapshot; syncing from peers');
+    }
+  }
+
+  /** Loads one advertised state: by CID first (any holder can serve its blocks), else the advertiser's bundle. */
+  private async load(peer: string, ad: SnapAd): Promise<{ b: Bundle; via: 'ipfs' | 'bulk' }> {
+    const P = this.d.weights.length;
+    if (ad.cid) {
+      try {
+        const got = await loadState(this.d.store, parseCid(ad.cid), this.d.model, { signal: AbortSignal.timeout(15_000) });
+        if (got.meta.runId !== this.d.runId) throw new InvalidInputError(`checkpoint ${ad.cid} belongs to run ${got.meta.runId.slice(0, 12)}`);
+        const b = { snap: SnapshotSchema.parse(got.meta.snapshot), theta: got.params, momentum: got.momentum };
+        if (b.snap.weightsHash !== got.weightsHash) throw new InvalidInputError('checkpoint snapshot does not match its weights');
+        return { b, via: 'ipfs' };
+      } catch (err) {
+        this.d.log(`resync by CID ${ad.cid.slice(0, 16)}… failed (${(err as Error).message}); trying a direct download`);
+      }
+    }
+    const bytes = await fetchBulk(this.d.host, peer, ad.bundle, { maxBytes: maxBundleBytes(P), signal: AbortSignal.timeout(10_000) });
+    return { b: decodeBundle(bytes, P), via: 'bulk' };
+  }
+
+  /** The reducer's `resync` effect: install the newest acceptable advertised state. */
+  async resync(e: Extract<Effect, { type: 'resync' }>): Promise<void> {
+    if (this.resyncing) return;
+    this.resyncing = true;
+    try {
+      this.d.stopTraining();
+      // Candidates: advertisements from the listed peers (then from anyone), newest first.
+      const ads = [...this.ads.entries()]
+        .filter(([, a]) => (e.round === null || a.round >= e.round) && (e.weightsHash === null || e.round === null || a.round !== e.round || a.weightsHash === e.weightsHash))
+        .sort((x, y) => (Number(e.from.includes(y[0])) - Number(e.from.includes(x[0]))) || y[1].round - x[1].round);
+      for (const [peer, ad] of ads.slice(0, RESYNC_CANDIDATES)) {
+        try {
+          const { b, via } = await this.load(peer, ad);
+          if (weightsHash(b.theta) !== b.snap.weightsHash) throw new InvalidInputError('snapshot weights do not match its hash');
+          if (this.d.stopped() || !this.d.wantsState()) return;
+          // Decoded payloads stay: a resync into the same round keeps the reducer's held updates, whose Δ apply needs.
+          this.d.weights.install(b.theta, b.momentum, b.snap.weightsHash);
+          if (this.d.installed(b.snap)) this.d.reportSynced(b.snap, via);
+          return;
+        } catch (err) {
+          this.d.log(`resync from ${peer.slice(-8)} failed: ${(err as Error).message}`);
+        }
+      }
+    } finally {
+      this.resyncing = false;
+    }
+  }
+}

@@ -1,0 +1,222 @@
+/**
+ * The peer's training jobs: a round's H inner steps on its assigned shards, from the round's
+ * base weights, then Δ = base − local, encoded by the run's codec (with error feedback) and
+ * handed to the reducer as `trained`. Also the overlap policy (manifest hyper.overlap): a
+ * `pretrain` hint starts round r+1's job before round r is applied — from θ_r ('shift',
+ * 'delayed') or from this peer's guess of θ_{r+1} ('eager') — and the round's `train` effect
+ * adopts or shifts it onto the real base. With audit on, each job also records the digest of
+ * every step's state, whose Merkle root the trainer signs with its update.
+ *
+ * Training runs in this thread, one inner step at a time, yielding to the event loop between
+ * steps with setImmediate so that gossip, bulk transfers and ticks keep flowing.
+ */
+import type { Batch, TokenArray } from '../data/batches.js';
+import { weightsHash } from '../model/checkpoint.js';
+import type { GPT } from '../model/gpt.js';
+import type { DecodedManifest } from '../swarm/manifest.js';
+import type { Codec, ErrorFeedback } from '../swarm/compress/index.js';
+import type { AdamW } from '../train/adamw.js';
+import { innerStep } from '../train/inner-step.js';
+import { roundBatches } from '../swarm/round-batches.js';
+import { NonFiniteLossError } from '../util/errors.js';
+import { Rng } from '../util/rng.js';
+import { sha256Hex } from '../util/hash.js';
+import { behave, type Behaviour } from '../verify/adversaries.js';
+import { digestState, optHash, type StateDigest, type StepState } from '../verify/audit.js';
+import { encodeTrace, traceRoot } from '../verify/trace.js';
+import type { PayloadStore } from './payloads.js';
+import type { Weights } from './weights.js';
+import type { Commitment } from './wire.js';
+
+/** A training job: inner steps for one round from one base, possibly started before its round (pretrain). */
+interface TrainJob {
+  round: number;
+  baseHash: string;
+  shards: number[];
+  maxSteps: number;
+  /** The base weights θ (a private copy: the shared θ may be updated underneath). */
+  base: Float32Array;
+  /** Local deadline; null while the job is only a pretrain hint. */
+  until: number | null;
+  startedAt: number;
+  stop: boolean;
+}
+
+/** What the reducer's `train` / `pretrain` effects ask for. */
+export interface TrainRequest { round: number; baseHash: string; shards: number[]; steps: number; until: number | null }
+
+export interface TrainingDeps {
+  manifest: DecodedManifest;
+  self: string;
+  gpt: GPT;
+  opt: AdamW;
+  codec: Codec;
+  ef: ErrorFeedback | null;
+  weights: Weights;
+  payloads: PayloadStore;
+  shardData: (shard: number, round: number) => Promise<TokenArray | null>;
+  behave: Behaviour;
+  /** The job is done: hand its update to the reducer. */
+  trained: (round: number, updateHash: string, steps: number) => void;
+  /** Audit on: record and publish this trainer's commitment. */
+  commit: (c: Commitment) => void;
+  stopped: () => boolean;
+  debug: ((line: string) => void) | null;
+  log: (line: string) => void;
+}
+
+export class Training {
+  private job: TrainJob | null = null;
+  /** This peer's last submitted update (for the eager guess). */
+  private lastOwn: { round: number; hash: string } | null = null;
+  /** A misbehaving peer's previous submission (for 'stale'). */
+  private lastSubmitted: Float32Array | null = null;
+  /** Milliseconds inside inner steps and inner steps run, ever. */
+  computeMs = 0;
+  innerSteps = 0;
+  /** Sum and count of this peer's inner-step losses since the last report. */
+  private lossAcc = { sum: 0, n: 0 };
+
+  constructor(private readonly d: TrainingDeps) {}
+
+  /** Mean inner-step loss since the last call (NaN if none), and starts a new mean. */
+  takeTrainLoss(): number {
+    const l = this.lossAcc.n ? this.lossAcc.sum / this.lossAcc.n : NaN;
+    this.lossAcc = { sum: 0, n: 0 };
+    return l;
+  }
+
+  /** Stops the current job (all of them, or only round `round`'s). */
+  stop(round?: number): void {
+    if (this.job && (round === undefined || this.job.round === round)) this.job.stop = true;
+  }
+
+  /** Starts (or, for a matching pretrained job, confirms) the inner steps of a round. */
+  start(e: TrainRequest): void {
+    const { weights: w, manifest } = this.d;
+    const hyper = manifest.manifest.hyper;
+    const debug = this.d.debug;
+    const cur = this.job;
+    const same = cur !== null && !cur.stop && cur.round === e.round && cur.shards.join() === e.shards.join();
+    const shifting = hyper.overlap === 'shift' || hyper.overlap === 'eager';
+    if (same && shifting && e.until !== null && e.baseHash === w.hash && (cur.baseHash === e.baseHash || cur.baseHash === w.prev?.hash)) {
+      // 'shift'/'eager': the job began on θ_{r-1} (or this peer's guess of θ_r) before θ_r was
+      // known; move it onto θ_r. Its update is then θ_r − local: only this round's own steps.
+      // (After an empty round θ_r = θ_{r-1}: a 'shift' job moves by zero, an 'eager' one off its guess.)
+      const local = this.d.gpt.params, began = cur.base, now = w.theta;
+      for (let i = 0; i < local.length; i++) local[i] += now[i] - began[i];
+      cur.base = now.slice();
+      cur.baseHash = e.baseHash;
+      cur.until = e.until;
+      debug?.(`round ${e.round}: job shifted onto θ_r`);
+      return;
+    }
+    if (same && cur.baseHash === e.baseHash) {
+      if (e.until !== null) cur.until = e.until; // 'delayed': adopt the early steps
+      debug?.(`round ${e.round}: job adopted`);
+      return;
+    }
+    if (e.until !== null) {
+      debug?.(`round ${e.round}: new job (had ${cur ? `r${cur.round} ${cur.baseHash.slice(0, 8)} stop=${cur.stop}` : 'none'}, `
+        + `want ${e.baseHash.slice(0, 8)}, prev ${w.prev?.hash.slice(0, 8)}, θ ${w.hash.slice(0, 8)})`);
+    }
+    if (cur) cur.stop = true;
+    const held = w.base(e.baseHash);
+    if (!held) { this.d.log(`round ${e.round}: base ${e.baseHash.slice(0, 12)} not held, not training`); return; }
+    let base: Float32Array = held.slice();
+    const own = this.lastOwn;
+    const ownDelta = own ? this.d.payloads.delta(own.hash) : undefined;
+    if (e.until === null && hyper.overlap === 'eager' && e.baseHash === w.hash && own?.round === e.round - 1 && ownDelta) {
+      // Guess θ_{r+1} = the outer step with our own (decoded) update standing in for the aggregate.
+      base = w.outer.preview(w.theta, ownDelta, new Float32Array(w.length));
+    }
+    const job: TrainJob = { round: e.round, baseHash: e.baseHash, shards: [...e.shards], maxSteps: e.steps, base, until: e.until, startedAt: Date.now(), stop: false };
+    this.job = job;
+    void this.run(job);
+  }
+
+  private async run(job: TrainJob): Promise<void> {
+    await new Promise((r) => setImmediate(r));
+    const { manifest: dm, gpt: local, opt } = this.d;
+    const m = dm.manifest, B = m.hyper.batch, T = m.model.ctx, P = this.d.weights.length;
+    const halted = () => job.stop || this.d.stopped();
+    // Exactly the assigned shards (fetched from peers the first time when the dataset is on IPFS).
+    let data = await Promise.all(job.shards.map((sh) => this.d.shardData(sh, job.round)));
+    if (this.d.behave === 'wrong-data') {
+      // The adversary trains on other data than assigned: uniform random tokens.
+      const rng = new Rng(job.round + 1);
+      data = data.map((d) => (d ? Uint32Array.from({ length: d.length }, () => rng.nextInt(m.model.vocabSize)) as unknown as TokenArray : d));
+    }
+    if (halted()) return;
+    local.params.set(job.base);
+    // Audit (hyper.audit): the pre-state and the digest of the state after every step, whose
+    // Merkle root this trainer signs with its update.
+    const start: StepState | null = m.hyper.audit ? { theta: job.base.slice(), m: opt.m.slice(), v: opt.v.slice(), step: opt.step } : null;
+    const digests: StateDigest[] = start ? [digestState(start)] : [];
+    const rb = roundBatches(dm.runId, job.round, job.shards.map((shard, j) => ({ shard, tokens: data[j] })), B, T);
+    const batch: Batch = { inputs: new Int32Array(B * T), targets: new Int32Array(B * T) };
+    let steps = 0;
+    let lastYield = performance.now();
+    for (let i = 0; i < job.maxSteps && rb.sources.length > 0; i++) {
+      if (halted() || (job.until !== null && Date.now() >= job.until)) break;
+      rb.next(batch);
+      const t0 = performance.now();
+      let loss: number;
+      try {
+        ({ loss } = innerStep(local, opt, { batches: [batch], B, T, schedule: m.hyper.schedule, step: job.round * m.hyper.innerSteps + i }));
+      } catch (err) {
+        // The one rule (train/inner-step.ts): a non-finite loss ends the job; its earlier steps stand.
+        if (err instanceof NonFiniteLossError) break;
+        throw err;
+      }
+      this.lossAcc.sum += loss;
+      this.lossAcc.n++;
+      if (start) digests.push({ weights: weightsHash(local.params), opt: optHash(opt.m, opt.v, opt.step) });
+      const t1 = performance.now();
+      this.computeMs += t1 - t0;
+      this.innerSteps++;
+      steps++;
+      // Let gossip, bulk transfers and ticks run, at most every 10 ms: an event-loop turn per
+      // step of a small model costs a few percent of compute.
+      if (t1 - lastYield >= 10) {
+        await new Promise((r) => setImmediate(r));
+        lastYield = performance.now();
+      }
+    }
+    // Rounds are paced by the training budget (a tiny model finishes its H steps in
+    // milliseconds; unpaced rounds would outrun joiners' snapshot downloads). Without overlap:
+    // submit at `until` at the earliest. With overlap the job started at the last submission, so
+    // it lasts at least trainMs and at most until `until`: when H steps take longer than trainMs
+    // the peer never waits, and the next job starts the moment this one is submitted.
+    const minEnd = (): number => (m.hyper.overlap === 'none' ? job.until! : Math.min(job.until!, job.startedAt + m.timing.trainMs));
+    while (!halted() && (job.until === null || Date.now() < minEnd())) {
+      await new Promise((r) => setTimeout(r, job.until === null ? 20 : Math.max(1, Math.min(20, minEnd() - Date.now()))));
+    }
+    if (this.job === job) this.job = null;
+    if (halted()) return;
+    let delta: Float32Array = new Float32Array(P);
+    for (let i = 0; i < P; i++) delta[i] = job.base[i] - local.params[i];
+    const kind = this.d.behave;
+    if (kind !== 'honest' && steps > 0) {
+      // Earlier this round: the other peers' decoded updates already received.
+      const earlier = [...this.d.payloads.heldUpdates(job.round)].filter((u) => u.msg.from !== this.d.self).map((u) => u.delta);
+      const rng = new Rng(job.round * 7919 + 17);
+      delta = behave(kind, { honest: delta, earlier, earlierKinds: earlier.map(() => 'honest' as const), previous: this.lastSubmitted, rng: () => rng.nextFloat() });
+      this.lastSubmitted = delta.slice();
+    }
+    let hash = '0'.repeat(64);
+    if (steps > 0) {
+      const enc = this.d.codec.encode(delta, this.d.ef ?? undefined);
+      hash = sha256Hex(enc.bytes);
+      this.d.payloads.putUpdate(hash, enc.bytes, job.round, enc.decoded);
+      this.lastOwn = { round: job.round, hash };
+      if (start) {
+        const bytes = encodeTrace({ digests, start });
+        const trace = sha256Hex(bytes);
+        this.d.payloads.putBlob(trace, bytes, job.round);
+        this.d.commit({ round: job.round, updateHash: hash, steps, root: traceRoot(digests), trace });
+      }
+    }
+    this.d.trained(job.round, hash, steps);
+  }
+}

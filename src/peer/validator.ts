@@ -1,0 +1,168 @@
+/**
+ * The validator role: scores every update it holds for a round against θ_round (before the
+ * apply) with the loss-delta test on 2 of each peer's assigned batches vs 2 random ones,
+ * copy/replay and norm checks and the EMA history (src/verify/score.ts); folds in the audit's
+ * verdicts; publishes the signed report on the control topic. Scoring runs after the apply, off
+ * the agreement path: scores inform (and, with the ledger, pay), they do not change the agreed
+ * weights.
+ *
+ * Also selection by score, which every peer runs: the members a trusted validator flagged in a
+ * recent report are left out of the update sets this peer proposes as leader.
+ */
+import type { Logger } from 'pino';
+import type { Batch, TokenArray } from '../data/batches.js';
+import type { GPT } from '../model/gpt.js';
+import { assignShards, compareIds, roundSeed } from '../swarm/assign.js';
+import type { CommittedUpdate } from '../swarm/apply.js';
+import type { DecodedManifest } from '../swarm/manifest.js';
+import { canonicalHash } from '../swarm/canonical.js';
+import { firstBatches, validatorSeeds } from '../swarm/round-batches.js';
+import { ScoreBook, harmful, roundFlag, scoreRound, type Submission } from '../verify/score.js';
+import { spotCheck } from '../verify/audit.js';
+import type { AuditRecord } from './report.js';
+import type { ScoreEntry } from './wire.js';
+
+/** Batches per peer (assigned) and of the random shard that a validator evaluates on. */
+const K = 2;
+/** A flag excludes a member from proposals for this many rounds after the report that flagged it. */
+const EXCLUDE_ROUNDS = 3;
+
+export interface ScoreReport { round: number; entries: ScoreEntry[] }
+
+export interface ValidatorDeps {
+  manifest: DecodedManifest;
+  numShards: number;
+  self: string;
+  evalGpt: GPT;
+  shardData: (shard: number, round: number) => Promise<TokenArray | null>;
+  /** Audits one trainer's round by re-execution (audit.ts). */
+  audit: (round: number, trainer: string, updateHash: string, roster: string[], delta: Float32Array) => Promise<AuditRecord>;
+  /** This validator's own report, before it is published (selection by score folds it in). */
+  scored: (report: ScoreReport) => void;
+  publish: (body: { round: number; baseHash: string; reportHash: string; entries: ScoreEntry[] }) => void;
+  logger: Logger;
+}
+
+export class Validator {
+  private readonly scoreBook = new ScoreBook();
+  /** Each peer's previous update (the replay check). */
+  private readonly prevDelta = new Map<string, Float32Array>();
+  /** This validator's latest report, and every report since the last round report. */
+  latest: ScoreReport | null = null;
+  private scoredSince: ScoreReport[] = [];
+  readonly auditsSince: AuditRecord[] = [];
+
+  constructor(private readonly d: ValidatorDeps) {}
+
+  /** Reports scored since the last call. */
+  takeScored(): ScoreReport[] { return this.scoredSince.splice(0); }
+
+  /** Audit records since the last call. */
+  takeAudits(): AuditRecord[] { return this.auditsSince.splice(0); }
+
+  /**
+   * Scores round `round`'s updates (`ups`, with their hashes by peer) against θ_round; returns
+   * the entries, or null if the round could not be scored (shard data missing, an error).
+   */
+  async validate(round: number, theta: Float32Array, baseHash: string, roster: string[], ups: CommittedUpdate[], hashes: Map<string, string>): Promise<ScoreEntry[] | null> {
+    const { manifest: dm, logger } = this.d;
+    try {
+      const m = dm.manifest, B = m.hyper.batch, T = m.model.ctx;
+      const assign = assignShards(roundSeed(dm.runId, round), roster, this.d.numShards);
+      const batchesOf = async (shard: number, seed: bigint): Promise<Batch[]> => firstBatches(await this.d.shardData(shard, round), seed, B, T, K);
+      const seeds = validatorSeeds(dm.runId, round, this.d.numShards);
+      const subs: Submission[] = [...ups].sort((a, b) => compareIds(a.peer, b.peer)).map((u) => ({ peer: u.peer, delta: u.delta, baseHash }));
+      const assigned: Batch[][] = [];
+      for (const s of subs) assigned.push(await batchesOf((assign.get(s.peer) ?? [0])[0], seeds.assigned));
+      const random = await batchesOf(seeds.randomShard, seeds.random);
+      if (random.length === 0 || assigned.some((a) => a.length === 0)) return null;
+      const g = this.d.evalGpt;
+      const loss = (params: Float32Array, b: Batch) => { g.params.set(params); return g.loss(b.inputs, b.targets, B, T); };
+      const verdicts = scoreRound({
+        theta, roundHash: baseHash, lr: m.hyper.outer.lr, subs, previous: subs.map((s) => this.prevDelta.get(s.peer) ?? null),
+        assigned, beforeAssigned: assigned.map((bs) => bs.map((b) => loss(theta, b))),
+        random, beforeRandom: random.map((b) => loss(theta, b)), loss,
+      });
+      for (const s of subs) this.prevDelta.set(s.peer, s.delta);
+      // Audit by re-execution (manifest hyper.audit): the sampled trainers' whole traces; a
+      // failed audit zeroes the round's score.
+      const failed = new Map<string, string>();
+      if (m.hyper.audit) {
+        const seedHex = roundSeed(dm.runId, round);
+        for (const s of subs) {
+          if (s.peer === this.d.self || !spotCheck(seedHex, this.d.self, s.peer, m.hyper.audit.p)) continue;
+          const rec = await this.d.audit(round, s.peer, hashes.get(s.peer) ?? '', roster, s.delta);
+          this.auditsSince.push(rec);
+          if (!rec.ok) failed.set(s.peer, rec.reason ?? 'audit');
+          logger[rec.ok ? 'info' : 'warn']({ round, peer: s.peer, reason: rec.reason, steps: rec.steps, ms: Math.round(rec.ms) }, rec.ok ? 'audit passed' : 'audit failed');
+        }
+      }
+      this.scoreBook.round(Object.fromEntries(verdicts.map((v) => [v.peer, failed.has(v.peer) ? 0 : v.score])));
+      const entries = verdicts.map((v) => {
+        if (failed.has(v.peer)) return { peer: v.peer, score: 0, ema: this.scoreBook.get(v.peer), flagged: true, reason: failed.get(v.peer)!.slice(0, 64) };
+        const flagged = roundFlag(v) || this.scoreBook.lowScore(v.peer);
+        const reason = v.hard ?? (v.copyOf ? `copy of ${v.copyOf.slice(-8)}` : harmful(v) ? 'harmful' : flagged ? 'low score' : null);
+        logger[flagged ? 'warn' : 'debug']({ round, peer: v.peer, reason, gainAssigned: v.gainAssigned, gainRandom: v.gainRandom }, flagged ? 'validator flagged an update' : 'validator scored an update');
+        return { peer: v.peer, score: v.score, ema: this.scoreBook.get(v.peer), flagged, reason };
+      });
+      this.latest = { round, entries };
+      this.scoredSince.push({ round, entries });
+      this.d.scored({ round, entries });
+      const reportHash = canonicalHash({ round, baseHash, entries });
+      this.d.publish({ round, baseHash, reportHash, entries });
+      return entries;
+    } catch (err) {
+      logger.warn({ round, err: (err as Error).message }, 'validator could not score the round');
+      return null;
+    }
+  }
+}
+
+/**
+ * Selection by score, on every peer: the members trusted validators flagged in a report of the
+ * last 3 rounds (hard checks, copies, failed audits, a low smoothed score; not 'harmful' alone,
+ * which noise can trigger) are left out of this peer's proposals (the reducer's 'exclude' event).
+ */
+export class Exclusions {
+  private excluded: string[] = [];
+  /** Per member, the last round a trusted validator flagged it. */
+  private readonly flaggedAt = new Map<string, number>();
+  /** Latest score report received from each validator. */
+  readonly reports = new Map<string, ScoreReport>();
+
+  constructor(private readonly d: { logger: Logger; exclude: (peers: string[]) => void }) {}
+
+  /** A validator's report arrived (`trusted`: the peer trusts that validator, or it is its own). */
+  onReport(from: string | null, report: ScoreReport, trusted: boolean, round: number): void {
+    if (from !== null) {
+      const old = this.reports.get(from);
+      if (!old || old.round < report.round) this.reports.set(from, { round: report.round, entries: report.entries });
+    }
+    if (trusted) this.update(round, report);
+  }
+
+  /** Recomputes the excluded set at round `now`, after folding in `report`; tells the reducer if it changed. */
+  update(now: number, report?: ScoreReport): void {
+    // An unflagged score clears a flag. A report that does not mention a member (its update
+    // arrived too late to be scored) changes nothing, so a left-out member is not let back in by a gap.
+    if (report) {
+      for (const e of report.entries) {
+        if (e.flagged && e.reason !== 'harmful') this.flaggedAt.set(e.peer, Math.max(report.round, this.flaggedAt.get(e.peer) ?? -1));
+        else if (!e.flagged && (this.flaggedAt.get(e.peer) ?? -1) < report.round) this.flaggedAt.delete(e.peer);
+      }
+    }
+    const next = [...this.flaggedAt].filter(([, r]) => r >= now - EXCLUDE_ROUNDS).map(([p]) => p).sort(compareIds);
+    if (next.join() === this.excluded.join()) return;
+    if (next.length) this.d.logger.warn({ round: now, peers: next }, 'leaving flagged peers out of proposed update sets');
+    this.excluded = next;
+    this.d.exclude(next);
+  }
+
+  /** Mean smoothed score per peer over the latest report of each validator heard (and `own`). */
+  meanScores(own: ScoreReport | null): Record<string, number> {
+    const sum = new Map<string, { s: number; n: number }>();
+    const reports = [...this.reports.values(), ...(own ? [own] : [])];
+    for (const r of reports) for (const e of r.entries) { const a = sum.get(e.peer) ?? { s: 0, n: 0 }; a.s += e.ema; a.n++; sum.set(e.peer, a); }
+    return Object.fromEntries([...sum].map(([p, a]) => [p, a.s / a.n]));
+  }
+}

@@ -1,0 +1,2 @@
+// TEMPORARY shim
+export { sha256Hex } from '../net/bulk.js';
