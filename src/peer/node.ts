@@ -25,8 +25,7 @@
 import { EventEmitter } from 'node:events';
 import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import type { Logger } from 'pino';
-import { pino } from 'pino';
+import { pino, type Logger } from 'pino';
 import type { Address } from 'viem';
 import type { z } from 'zod';
 import { evalBatches, type Batch, type TokenArray } from '../data/batches.js';
@@ -34,13 +33,11 @@ import { loadKernels } from '../kernels/index.js';
 import { weightsHash } from '../model/checkpoint.js';
 import { GPT } from '../model/gpt.js';
 import { sample } from '../model/sample.js';
-import {
-  HashMismatchError, TooLargeError, createHost, fetchBulk, joinControlChannel, serveBulk, type ControlChannel, type Host,
-} from '../net/index.js';
+import { createHost, joinControlChannel, serveBulk, type ControlChannel, type Host } from '../net/index.js';
 import { openStore, parseCid, type Store } from '../store/index.js';
 import { loadState } from '../store/checkpoint.js';
 import { applyCommitted, type CommittedUpdate } from '../swarm/apply.js';
-import { DecodeError, ErrorFeedback, getCodec, type Codec } from '../swarm/compress/index.js';
+import { ErrorFeedback, getCodec } from '../swarm/compress/index.js';
 import { storageParams, type DecodedManifest } from '../swarm/manifest.js';
 import { OuterNesterov } from '../swarm/outer.js';
 import {
@@ -49,21 +46,23 @@ import {
 } from '../swarm/round.js';
 import { AdamW } from '../train/adamw.js';
 import { InvalidInputError } from '../util/errors.js';
-import type { Behaviour } from '../verify/adversaries.js';
 import { Audits } from './audit.js';
 import { RunData } from './data.js';
-import { LedgerRole, type LedgerOptions } from './ledger.js';
+import { LedgerRole } from './ledger.js';
+import type { NodeOptions } from './options.js';
 import { PayloadStore } from './payloads.js';
 import { RoundMeter, type NodeView, type RoundReport } from './report.js';
 import { Storage } from './storage.js';
 import { Sync } from './sync.js';
 import { Training } from './training.js';
+import { UpdateFetcher } from './updates.js';
 import { Exclusions, Validator, type ScoreReport } from './validator.js';
 import { Weights } from './weights.js';
 import { NodeSchemas, type Commitment, type FraudNotice, type SnapAd } from './wire.js';
 
 export { NodeSchemas } from './wire.js';
 export type { AuditRecord, FraudRecord, NodeView, RoundReport, ScoreEntry } from './report.js';
+export type { NodeOptions } from './options.js';
 
 const DEBUG = process.env.TESSERA_NODE_DEBUG === '1';
 /**
@@ -73,51 +72,6 @@ const DEBUG = process.env.TESSERA_NODE_DEBUG === '1';
 const SUSPICIOUS = new Set(['malformed', 'self', 'not-member', 'not-leader', 'equivocation', 'wrong-base', 'bad-certificate', 'conflict', 'wrong-hash']);
 /** Default limit on one fetch of data or state from peers. */
 const FETCH_MS = 30_000;
-
-export interface NodeOptions {
-  manifest: DecodedManifest;
-  dataDir: string;
-  listen?: string[];
-  /** Multiaddrs (with /p2p/<id>) dialled (and re-dialled) in the background. */
-  bootstrap?: string[];
-  /** Start at round 0 with this roster (peer ids), if it lists this peer. */
-  genesisPeers?: string[];
-  cacheDir?: string;
-  threads?: number;
-  evalBatches?: number;
-  onRound?: (r: RoundReport) => void;
-  onLog?: (line: string) => void;
-  logger?: Logger;
-  /** Discover peers on the LAN with mDNS. */
-  mdns?: boolean;
-  /**
-   * Emulated one-way link delay in ms (default: env TESSERA_LINK_DELAY_MS, else 0): every
-   * control message is handled and every payload download finishes this much later. For
-   * measuring how overlap hides a slow link on loopback, where no real delay exists.
-   */
-  linkDelayMs?: number;
-  /** Limit on one fetch of the dataset, tokenizer, genesis or a shard from peers (default 30 s). */
-  fetchTimeoutMs?: number;
-  /**
-   * Misbehave (verification tests and drills, src/verify/adversaries.ts): submit a transformed
-   * update instead of the honest one. Default 'honest'.
-   */
-  behave?: Behaviour;
-  /** Validator role: score every applied update (src/verify/score.ts) and publish signed score reports. */
-  validator?: boolean;
-  /**
-   * Selection by score: peer ids of validators this peer trusts. A member one of them flagged in
-   * a recent report (other than for noise-prone 'harmful' alone) is left out of the update sets
-   * this peer proposes as leader. A validator always trusts its own reports.
-   */
-  trustValidators?: string[];
-  /**
-   * Link to the run's TesseraRun contract (src/ledger/link.ts): validators sign score reports for
-   * it, every linked peer submits quorum reports, reads shares and follows governance. `key`:
-   * this peer's EVM key (default: DATA_DIR/evm.key, created on first use).
-   */
-  ledger?: LedgerOptions;
-}
 
 export class SwarmNode {
   host!: Host;
@@ -132,10 +86,9 @@ export class SwarmNode {
   private readonly m: DecodedManifest['manifest'];
   private readonly p: RoundParams;
   private readonly payloads = new PayloadStore();
-  private readonly fetching = new Set<string>();
   private readonly meter = new RoundMeter();
   private weights!: Weights;
-  private codec!: Codec;
+  private updates!: UpdateFetcher;
   /** Evaluates θ; separate from the trainer's model, because θ may be applied while a job is training. */
   private evalGpt!: GPT;
   private evalSet: Batch[] = [];
@@ -254,7 +207,11 @@ export class SwarmNode {
       throw new InvalidInputError(`genesis weights ${m.genesisCid ? `(${m.genesisCid}) ` : ''}hash to ${w.hash.slice(0, 12)}, the manifest says ${m.genesisWeightsHash.slice(0, 12)}`);
     }
     const cs = m.hyper.codec;
-    this.codec = cs.id === 'sparse' ? getCodec('sparse', { chunk: cs.chunk, k: cs.k }) : getCodec(cs.id);
+    const codec = cs.id === 'sparse' ? getCodec('sparse', { chunk: cs.chunk, k: cs.k }) : getCodec(cs.id);
+    this.updates = new UpdateFetcher({
+      host: this.host, codec, params: w.length, payloads: this.payloads, linkDelayMs: this.linkDelayMs, stopped, logger: this.logger,
+      deliver: (hash, round, author) => this.deliverUpdate(hash, round, author),
+    });
     const shardData = (sh: number, round: number) => this.data.shardData(sh, round);
     this.audits = new Audits({
       manifest: o.manifest, numShards: this.p.numShards, self, params: w.length, kernels, host: this.host, payloads: this.payloads,
@@ -262,7 +219,7 @@ export class SwarmNode {
       publishCommit: (c) => this.send('node.commit', c), publishFraud: (f) => this.send('node.fraud', f),
     });
     this.training = new Training({
-      manifest: o.manifest, self, gpt, opt: new AdamW(m.model, m.hyper.adamw, kernels), codec: this.codec,
+      manifest: o.manifest, self, gpt, opt: new AdamW(m.model, m.hyper.adamw, kernels), codec,
       ef: m.hyper.errorFeedback > 0 ? new ErrorFeedback(w.length, m.hyper.errorFeedback) : null,
       weights: w, payloads: this.payloads, shardData, behave: o.behave ?? 'honest', stopped, log: this.log, debug: DEBUG ? this.log : null,
       trained: (round, updateHash, steps) => this.dispatch({ type: 'trained', round, updateHash, steps }),
@@ -444,7 +401,7 @@ export class SwarmNode {
       case 'train': this.training.start(e); break;
       case 'pretrain': this.training.start({ ...e, until: null }); break;
       case 'stop-training': this.training.stop(e.round); break;
-      case 'fetch': for (const u of e.updates) void this.fetchUpdate(u.updateHash, [u.peer, ...e.from], e.round, u.peer); break;
+      case 'fetch': for (const u of e.updates) void this.updates.fetch(u.updateHash, [u.peer, ...e.from], e.round, u.peer); break;
       case 'apply': this.apply(e); break;
       case 'resync': void this.sync.resync(e); break;
     }
@@ -481,7 +438,7 @@ export class SwarmNode {
       }
       this.payloads.noteMsg(msg);
       if (this.payloads.delta(msg.updateHash)) { this.dispatch({ type: 'message', msg }); return; }
-      void this.fetchUpdate(msg.updateHash, [msg.from], msg.round, msg.from);
+      void this.updates.fetch(msg.updateHash, [msg.from], msg.round, msg.from);
       return;
     }
     this.dispatch({ type: 'message', msg });
@@ -489,40 +446,7 @@ export class SwarmNode {
 
   // ───────────── update payloads ─────────────
 
-  private async fetchUpdate(hash: string, from: string[], round: number, author: string): Promise<void> {
-    if (this.payloads.delta(hash)) { this.deliverUpdate(hash, round, author); return; }
-    if (this.fetching.has(hash)) return;
-    this.fetching.add(hash);
-    try {
-      const P = this.weights.length;
-      const max = this.codec.encodedSize(P) + 1024;
-      for (let attempt = 0; attempt < 3 && !this.stopped; attempt++) {
-        for (const peer of [...new Set(from)].filter((p) => p !== this.host.peerId)) {
-          try {
-            const bytes = await fetchBulk(this.host, peer, hash, { maxBytes: max, signal: AbortSignal.timeout(5000) });
-            if (this.linkDelayMs > 0) await new Promise((r) => setTimeout(r, 2 * this.linkDelayMs)); // request + response
-            const delta = this.codec.decode(bytes, P);
-            if (!delta.every(Number.isFinite)) throw new InvalidInputError('non-finite Δ');
-            this.payloads.putUpdate(hash, bytes, round, delta);
-            this.deliverUpdate(hash, round, author);
-            return;
-          } catch (err) {
-            // Not applied: a payload that does not hash to its name, is larger than the codec's
-            // size, or does not decode to P finite values is dropped and fetched elsewhere.
-            // Network failures (peer gone, stream reset) are routine and only logged at debug.
-            const bad = err instanceof HashMismatchError || err instanceof TooLargeError || err instanceof InvalidInputError || err instanceof DecodeError;
-            if (bad) this.logger.warn({ reason: 'bad-payload', detail: (err as Error).message, from: peer, update: hash, round }, 'rejected update payload');
-            else this.logger.debug({ detail: (err as Error).message, from: peer, update: hash, round }, 'update fetch failed');
-          }
-        }
-        await new Promise((r) => setTimeout(r, 300));
-      }
-      if (!this.payloads.delta(hash)) this.payloads.forgetMsg(hash); // never fetched: forget the claim
-    } finally {
-      this.fetching.delete(hash);
-    }
-  }
-
+  /** A payload was fetched and decoded: hand its update message to the reducer. */
   private deliverUpdate(hash: string, round: number, author: string): void {
     let msg = this.payloads.msg(hash);
     if (!msg) {

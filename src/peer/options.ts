@@ -1,0 +1,54 @@
+/**
+ * How a swarm peer is started: the run, its data directory and network, its roles (validator,
+ * trusted validators, ledger link) and the test and drill knobs (link delay, misbehaviour).
+ */
+import type { Logger } from 'pino';
+import type { DecodedManifest } from '../swarm/manifest.js';
+import type { Behaviour } from '../verify/adversaries.js';
+import type { LedgerOptions } from './ledger.js';
+import type { RoundReport } from './report.js';
+
+export interface NodeOptions {
+  manifest: DecodedManifest;
+  dataDir: string;
+  listen?: string[];
+  /** Multiaddrs (with /p2p/<id>) dialled (and re-dialled) in the background. */
+  bootstrap?: string[];
+  /** Start at round 0 with this roster (peer ids), if it lists this peer. */
+  genesisPeers?: string[];
+  cacheDir?: string;
+  threads?: number;
+  evalBatches?: number;
+  onRound?: (r: RoundReport) => void;
+  onLog?: (line: string) => void;
+  logger?: Logger;
+  /** Discover peers on the LAN with mDNS. */
+  mdns?: boolean;
+  /**
+   * Emulated one-way link delay in ms (default: env TESSERA_LINK_DELAY_MS, else 0): every
+   * control message is handled and every payload download finishes this much later. For
+   * measuring how overlap hides a slow link on loopback, where no real delay exists.
+   */
+  linkDelayMs?: number;
+  /** Limit on one fetch of the dataset, tokenizer, genesis or a shard from peers (default 30 s). */
+  fetchTimeoutMs?: number;
+  /**
+   * Misbehave (verification tests and drills, src/verify/adversaries.ts): submit a transformed
+   * update instead of the honest one. Default 'honest'.
+   */
+  behave?: Behaviour;
+  /** Validator role: score every applied update (src/verify/score.ts) and publish signed score reports. */
+  validator?: boolean;
+  /**
+   * Selection by score: peer ids of validators this peer trusts. A member one of them flagged in
+   * a recent report (other than for noise-prone 'harmful' alone) is left out of the update sets
+   * this peer proposes as leader. A validator always trusts its own reports.
+   */
+  trustValidators?: string[];
+  /**
+   * Link to the run's TesseraRun contract (src/ledger/link.ts): validators sign score reports for
+   * it, every linked peer submits quorum reports, reads shares and follows governance. `key`:
+   * this peer's EVM key (default: DATA_DIR/evm.key, created on first use).
+   */
+  ledger?: LedgerOptions;
+}
