@@ -18,9 +18,10 @@ import { CorruptFileError, InvalidInputError } from '../src/util/errors.js';
 import {
   AbortedError, BULK_PROTOCOL, EnvelopeError, HashMismatchError, IDENTITY_FILE, NetMetrics, NotFoundError, ProtocolError,
   ReplayGuard, TooLargeError, WIRE, canonicalJson, controlTopic, createHost, fetchBulk, fetchBulkWithStats,
-  joinControlChannel, loadOrCreateIdentity, openMessage, sealMessage, serveBulk, sha256Hex,
+  joinControlChannel, loadOrCreateIdentity, openMessage, sealMessage, serveBulk,
   type ControlChannel, type EnvelopeRejectReason, type Host, type OpenedMessage,
 } from '../src/net/index.js';
+import { sha256HexNode as sha256Hex } from '../src/util/hash-node.js';
 
 const tmpDirs: string[] = [];
 async function tempDir(): Promise<string> {
