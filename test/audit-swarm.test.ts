@@ -60,10 +60,15 @@ test('real peers: an honest trace passes, a wrong-data trainer is caught at step
   assert.ok(checked.every((f) => f.trainer === id[2] && f.by === id[0] && f.k === 1), JSON.stringify(checked));
   assert.ok(checked.every((f) => f.verified), `peer 1 verified every fraud proof (${JSON.stringify(checked.filter((f) => !f.verified))})`);
   // Scores: a failed audit earns 0 and is flagged with its reason.
-  const scored = peers[0].reports.flatMap((r) => r.scored ?? []).filter((x) => fullRounds().includes(x.round));
+  const scoredFull = () => peers[0].reports.flatMap((r) => r.scored ?? []).filter((x) => fullRounds().includes(x.round));
+  // A round's scores may be reported after its audits: wait for some, so the loop below checks something.
+  await waitFor(peers, 'the validator to score a fully audited round', () => scoredFull().length > 0, 30_000, fmt);
+  const scored = scoredFull();
+  assert.ok(scored.length > 0, 'the validator scored at least one fully audited round');
   for (const s of scored) {
     for (const i of [2, 3]) {
-      const e = s.entries.find((x) => x.peer === id[i])!;
+      const e = s.entries.find((x) => x.peer === id[i]);
+      assert.ok(e, `round ${s.round}: peer ${i} has a score entry`);
       assert.ok(e.flagged && e.score === 0, `round ${s.round}: peer ${i} flagged with score 0 (${JSON.stringify(e)})`);
     }
   }
