@@ -11,9 +11,9 @@ import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { loadKernels } from '../src/kernels/index.js';
-import { benchCompute, type ComputeBenchResult } from './compute.js';
+import { benchCompute, type ComputeBenchResult } from '../src/train/bench-compute.js';
 import { DEFAULT_MODEL } from '../src/model/config.js';
-import { sgemmGflops } from './sgemm.js';
+import { sgemmGflops } from '../src/kernels/sgemm-bench.js';
 
 const args = process.argv.slice(2);
 const json = args.includes('--json');

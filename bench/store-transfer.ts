@@ -16,7 +16,8 @@ import { join } from 'node:path';
 import { CID } from 'multiformats/cid';
 import * as raw from 'multiformats/codecs/raw';
 import { sha256 } from 'multiformats/hashes/sha2';
-import { createHost, fetchBulk, serveBulk, sha256Hex } from '../src/net/index.js';
+import { createHost, fetchBulk, serveBulk } from '../src/net/index.js';
+import { sha256HexNode as sha256Hex } from '../src/util/hash-node.js';
 import { openStore } from '../src/store/index.js';
 
 const arg = (name: string, def: number) => { const i = process.argv.indexOf(`--${name}`); return i > 0 ? Number(process.argv[i + 1]) : def; };

@@ -12,11 +12,10 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { buildManifest } from '../src/cli/run.js';
+import { buildManifest } from '../src/swarm/manifest-builder.js';
 import { defaultCacheDir } from '../src/cli/train.js';
-import { dataDirFor, preparePeer, spawnPeer, stopAll, type PeerProc } from '../src/swarm/launch.js';
+import { dataDirFor, preparePeer, spawnPeer, stopAll, type PeerProc, waitFor } from './support/swarm.js';
 import type { AuditRecord, FraudRecord, RoundReport } from '../src/peer/node.js';
-import { waitFor } from './swarm-fixtures.js';
 
 const root = mkdtempSync(join(tmpdir(), 'tessera-audit-swarm-'));
 const peers: PeerProc[] = [];
@@ -61,10 +60,15 @@ test('real peers: an honest trace passes, a wrong-data trainer is caught at step
   assert.ok(checked.every((f) => f.trainer === id[2] && f.by === id[0] && f.k === 1), JSON.stringify(checked));
   assert.ok(checked.every((f) => f.verified), `peer 1 verified every fraud proof (${JSON.stringify(checked.filter((f) => !f.verified))})`);
   // Scores: a failed audit earns 0 and is flagged with its reason.
-  const scored = peers[0].reports.flatMap((r) => r.scored ?? []).filter((x) => fullRounds().includes(x.round));
+  const scoredFull = () => peers[0].reports.flatMap((r) => r.scored ?? []).filter((x) => fullRounds().includes(x.round));
+  // A round's scores may be reported after its audits: wait for some, so the loop below checks something.
+  await waitFor(peers, 'the validator to score a fully audited round', () => scoredFull().length > 0, 30_000, fmt);
+  const scored = scoredFull();
+  assert.ok(scored.length > 0, 'the validator scored at least one fully audited round');
   for (const s of scored) {
     for (const i of [2, 3]) {
-      const e = s.entries.find((x) => x.peer === id[i])!;
+      const e = s.entries.find((x) => x.peer === id[i]);
+      assert.ok(e, `round ${s.round}: peer ${i} has a score entry`);
       assert.ok(e.flagged && e.score === 0, `round ${s.round}: peer ${i} flagged with score 0 (${JSON.stringify(e)})`);
     }
   }

@@ -9,7 +9,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { EventEmitter } from 'node:events';
 import { createDashboardApp, startDashboard, type DashboardSource } from '../src/dashboard/server.js';
-import { freePort, portOr } from '../src/swarm/launch.js';
+import { freePort, portOr } from './support/swarm.js';
 import type { NodeView, RoundReport } from '../src/peer/node.js';
 import { ME, SHARES, ledgerView, report, view } from './dashboard-fixtures.js';
 

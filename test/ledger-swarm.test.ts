@@ -18,18 +18,17 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { decodeFunctionData, getAbiItem, type Address, type Hex } from 'viem';
 import { privateKeyToAccount } from 'viem/accounts';
-import { buildManifestFromStore } from '../src/cli/run.js';
+import { buildManifestFromStore } from '../src/swarm/manifest-builder.js';
 import { addCorpus } from '../src/cli/data.js';
 import { defaultCacheDir } from '../src/cli/train.js';
 import { loadCorpus, prepareDataset } from '../src/data/index.js';
 import { openStore } from '../src/store/index.js';
 import { addDataset } from '../src/store/dataset.js';
-import { dataDirFor, preparePeer, spawnPeer, stopAll, type PeerProc } from '../src/swarm/launch.js';
+import { dataDirFor, preparePeer, spawnPeer, stopAll, type PeerProc, waitFor } from './support/swarm.js';
 import type { RoundReport, ScoreEntry } from '../src/peer/node.js';
 import {
   EVM_KEY_FILE, SCORE_SCALE, claim, execute, getShares, ledgerClient, loadArtifacts, pay, propose, read, startLocalChain, vote, type LocalChain,
 } from '../src/ledger/index.js';
-import { waitFor } from './swarm-fixtures.js';
 
 const root = mkdtempSync(join(tmpdir(), 'tessera-ledger-swarm-'));
 const peers: PeerProc[] = [];

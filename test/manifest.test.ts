@@ -3,7 +3,8 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { canonicalJson, sha256Hex } from '../src/swarm/canonical.js';
+import { canonicalJson } from '../src/swarm/canonical.js';
+import { sha256Hex } from '../src/util/hash.js';
 import {
   MAX_MANIFEST_BYTES, ManifestError, createManifest, decodeManifest, encodeManifest, type ManifestInput,
 } from '../src/swarm/manifest.js';

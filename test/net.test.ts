@@ -18,9 +18,10 @@ import { CorruptFileError, InvalidInputError } from '../src/util/errors.js';
 import {
   AbortedError, BULK_PROTOCOL, EnvelopeError, HashMismatchError, IDENTITY_FILE, NetMetrics, NotFoundError, ProtocolError,
   ReplayGuard, TooLargeError, WIRE, canonicalJson, controlTopic, createHost, fetchBulk, fetchBulkWithStats,
-  joinControlChannel, loadOrCreateIdentity, openMessage, sealMessage, serveBulk, sha256Hex,
+  joinControlChannel, loadOrCreateIdentity, openMessage, sealMessage, serveBulk,
   type ControlChannel, type EnvelopeRejectReason, type Host, type OpenedMessage,
 } from '../src/net/index.js';
+import { sha256HexNode as sha256Hex } from '../src/util/hash-node.js';
 
 const tmpDirs: string[] = [];
 async function tempDir(): Promise<string> {
@@ -249,6 +250,20 @@ describe('two hosts on 127.0.0.1', () => {
     assert.equal(ping().received % 32, 0);
   });
 
+  test('ping fails against a stopped host', async () => {
+    // Its own pair of hosts: later tests need A and B to talk only to each other.
+    const x = await createHost({ dataDir: await tempDir(), logger: memoryLogger().logger });
+    const y = await createHost({ dataDir: await tempDir(), logger: memoryLogger().logger });
+    try {
+      const addr = y.multiaddrs()[0];
+      assert.ok((await x.ping(addr, { signal: AbortSignal.timeout(5000) })) < 2000, 'it answers while running');
+      await y.stop();
+      await assert.rejects(x.ping(addr, { signal: AbortSignal.timeout(5000) }));
+    } finally {
+      await Promise.allSettled([x.stop(), y.stop()]);
+    }
+  });
+
   test('the identity survives a host restart', async () => {
     const dir = await tempDir();
     const h1 = await createHost({ dataDir: dir, logger: memoryLogger().logger });
@@ -466,7 +481,10 @@ describe('two hosts on 127.0.0.1', () => {
       const info = await c.node.peerRouting.findPeer(b.node.peerId, { signal: AbortSignal.timeout(8000) });
       assert.equal(info.id.toString(), b.peerId);
       assert.ok(info.multiaddrs.some((ma) => ma.toString().startsWith('/ip4/127.0.0.1/tcp/')));
-      assert.ok((await c.ping(b.peerId, { signal: AbortSignal.timeout(5000) })) >= 0);
+      // C reached B only through the address the DHT returned: the ping dials it.
+      const rtt = await c.ping(b.peerId, { signal: AbortSignal.timeout(5000) });
+      assert.ok(Number.isFinite(rtt) && rtt >= 0 && rtt < 5000, `rtt ${rtt}`);
+      assert.ok(c.connectedPeers().includes(b.peerId), 'the ping connected C to B');
     } finally {
       await c.stop();
     }

@@ -1,10 +1,23 @@
 /** Deterministic replica placement (store/replicate.ts): agreement, counts, minimal movement, balance. */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
 import { holders, pinPlan, type PinItem } from '../src/store/replicate.js';
 
 const peers = Array.from({ length: 12 }, (_, i) => `12D3KooPeer${String.fromCharCode(65 + i)}`);
 const keys = Array.from({ length: 400 }, (_, i) => `bafkreikey${i}`);
+
+/** Rendezvous placement computed independently, with node:crypto: the top r of sha256(key NUL peer), highest first. */
+function expectedHolders(key: string, roster: readonly string[], r: number): string[] {
+  const w = (p: string) => createHash('sha256').update(key).update('\0').update(p).digest('hex');
+  return [...new Set(roster)].sort((a, b) => (w(a) < w(b) ? 1 : w(a) > w(b) ? -1 : 0)).slice(0, r);
+}
+
+test('holders: the top R peers by sha256(key NUL peer), as computed independently', () => {
+  for (const r of [1, 3, 5]) for (const k of keys.slice(0, 100)) assert.deepEqual(holders(k, peers, r), expectedHolders(k, peers, r), k);
+  // Pinned (computed before the move to util/hash.ts): a different hash would move replicas.
+  assert.deepEqual(holders('bafkreikey0', peers, 3), ['12D3KooPeerF', '12D3KooPeerE', '12D3KooPeerL']);
+});
 
 test('holders: min(R, n) distinct members, independent of roster order', () => {
   for (let n = 1; n <= peers.length; n++) {
@@ -56,8 +69,10 @@ test('pinPlan: every member holds "all" items; replicated ones go to their holde
   const held = new Map<string, number>();
   for (const self of roster) {
     const plan = pinPlan(items, roster, self, 3);
-    assert.ok(plan.hold.some((x) => x.cid === 'meta'));
-    assert.equal(plan.hold.length + plan.skip.length, items.length);
+    const mine = (it: PinItem) => it.scope === 'all' || expectedHolders(it.cid, roster, 3).includes(self);
+    assert.deepEqual(plan.hold.map((x) => x.cid), items.filter(mine).map((x) => x.cid), `${self} holds exactly its items`);
+    assert.deepEqual(plan.skip.map((x) => x.cid), items.filter((x) => !mine(x)).map((x) => x.cid), `${self} skips the rest`);
+    assert.ok(plan.hold.length > 1 && plan.skip.length > 0, `${self}: ${plan.hold.length} held, ${plan.skip.length} skipped`);
     for (const it of plan.hold) held.set(it.cid, (held.get(it.cid) ?? 0) + 1);
   }
   for (const it of items) assert.equal(held.get(it.cid), it.scope === 'all' ? 5 : 3, it.label);

@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { isDeepStrictEqual } from 'node:util';
 import { applyCommitted } from '../src/swarm/apply.js';
 import { assignShards, roundSeed } from '../src/swarm/assign.js';
-import { sha256Hex } from '../src/swarm/canonical.js';
+import { sha256Hex } from '../src/util/hash.js';
 import { leaderOrder } from '../src/swarm/leader.js';
 import { OuterNesterov, aggregate } from '../src/swarm/outer.js';
 import {

@@ -238,7 +238,7 @@ test('-delayed follows the rule exactly: base_r = θ_{max(r−1,0)}, Δ = base_r
   // Reference: the same primitives, written out.
   const gpt = new GPT(o.model, kernels);
   gpt.init(o.seed);
-  let theta = gpt.params.slice();
+  const theta = gpt.params.slice();
   let prev: Float32Array | null = null;
   const P = theta.length;
   const sched = { kind: 'cosine' as const, maxLr: o.lr, minLrFrac: o.minLrFrac, warmupSteps: o.warmup, totalSteps: S, decayFrac: 0.2 };

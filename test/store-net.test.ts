@@ -21,9 +21,9 @@ import { FsBlockstore } from 'blockstore-fs';
 import { createHost, type Host } from '../src/net/index.js';
 import { MissingBlockError, openStore, type Store } from '../src/store/index.js';
 import { readManifest } from '../src/store/dataset.js';
-import { buildManifest } from '../src/cli/run.js';
+import { buildManifest } from '../src/swarm/manifest-builder.js';
 import { defaultCacheDir } from '../src/cli/train.js';
-import { TESSERA_BIN } from '../src/swarm/launch.js';
+import { TESSERA_BIN } from './support/swarm.js';
 import { createManifest } from '../src/swarm/manifest.js';
 
 const tmp = mkdtempSync(join(tmpdir(), 'tessera-store-net-'));

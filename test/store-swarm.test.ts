@@ -14,8 +14,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { defaultCacheDir } from '../src/cli/train.js';
 import { decodeManifest } from '../src/swarm/manifest.js';
-import { TESSERA_BIN, dataDirFor, preparePeer, spawnPeer, stopAll, type PeerProc } from '../src/swarm/launch.js';
-import { agreedRounds, waitFor as waitForPeers } from './swarm-fixtures.js';
+import { TESSERA_BIN, dataDirFor, preparePeer, spawnPeer, stopAll, type PeerProc, agreedRounds, waitFor as waitForPeers } from './support/swarm.js';
 
 const root = mkdtempSync(join(tmpdir(), 'tessera-store-swarm-'));
 const peers: PeerProc[] = [];

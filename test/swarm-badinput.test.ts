@@ -20,13 +20,14 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino, type Logger } from 'pino';
 import { TopicValidatorResult, type TopicValidatorFn } from '@libp2p/gossipsub';
-import { buildManifest } from '../src/cli/run.js';
+import { buildManifest } from '../src/swarm/manifest-builder.js';
 import { defaultCacheDir } from '../src/cli/train.js';
 import {
-  controlTopic, createHost, nextSeq, sealMessage, serveBulk, sha256Hex, type Host,
+  controlTopic, createHost, nextSeq, sealMessage, serveBulk, type Host,
 } from '../src/net/index.js';
+import { sha256HexNode as sha256Hex } from '../src/util/hash-node.js';
 import { getCodec } from '../src/swarm/compress/index.js';
-import { dataDirFor, preparePeer, type PeerSpec } from '../src/swarm/launch.js';
+import { dataDirFor, preparePeer, type PeerSpec } from './support/swarm.js';
 import { SwarmNode, type RoundReport } from '../src/peer/node.js';
 
 type Rec = Record<string, unknown> & { msg?: string; reason?: string };

@@ -10,10 +10,9 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { buildManifest } from '../src/cli/run.js';
+import { buildManifest } from '../src/swarm/manifest-builder.js';
 import { defaultCacheDir } from '../src/cli/train.js';
-import { dataDirFor, preparePeer, spawnPeer, stopAll, type PeerProc } from '../src/swarm/launch.js';
-import { agreedRounds, waitFor as waitForPeers } from './swarm-fixtures.js';
+import { dataDirFor, preparePeer, spawnPeer, stopAll, type PeerProc, agreedRounds, waitFor as waitForPeers } from './support/swarm.js';
 
 const root = mkdtempSync(join(tmpdir(), 'tessera-swarm-'));
 const peers: PeerProc[] = [];

@@ -9,11 +9,10 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { buildManifest } from '../src/cli/run.js';
+import { buildManifest } from '../src/swarm/manifest-builder.js';
 import { defaultCacheDir } from '../src/cli/train.js';
-import { dataDirFor, preparePeer, spawnPeer, stopAll, type PeerProc } from '../src/swarm/launch.js';
+import { dataDirFor, preparePeer, spawnPeer, stopAll, type PeerProc, agreedRounds, waitFor } from './support/swarm.js';
 import type { RoundReport } from '../src/peer/node.js';
-import { agreedRounds, waitFor } from './swarm-fixtures.js';
 
 const root = mkdtempSync(join(tmpdir(), 'tessera-select-'));
 const peers: PeerProc[] = [];

@@ -4,8 +4,8 @@ import { int } from './args.js';
 import { say, result } from './output.js';
 import { loadKernels } from '../kernels/index.js';
 import { ModelConfigSchema } from '../model/config.js';
-import { benchCompute } from '../../bench/compute.js';
-import { sgemmGflops } from '../../bench/sgemm.js';
+import { benchCompute } from '../train/bench-compute.js';
+import { sgemmGflops } from '../kernels/sgemm-bench.js';
 
 export function register(program: Command): void {
   const bench = program.command('bench').description('measure this machine');

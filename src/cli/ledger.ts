@@ -5,10 +5,10 @@
  * With `--rpc <url> --key <file> --contract <address>` the same code talks to any EVM chain.
  */
 import type { Command } from 'commander';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { formatEther, hexToString, keccak256, parseEther, toHex, type Address, type Hex } from 'viem';
+import { formatEther, hexToString, keccak256, parseEther, toHex, type Address } from 'viem';
 import { say, result } from './output.js';
 import { int, num } from './args.js';
 import { InvalidInputError } from '../util/errors.js';

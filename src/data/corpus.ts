@@ -10,7 +10,7 @@
 import { CorruptFileError, InvalidInputError } from '../util/errors.js';
 import { brownDir, brownDocuments } from './brown.js';
 import { EOT_TOKEN } from './bytelevel.js';
-import { sha256Hex } from './files.js';
+import { sha256HexNode } from '../util/hash-node.js';
 
 export const VAL_EVERY = 10;
 
@@ -30,7 +30,7 @@ export const BROWN_VAL_SHA256 = '055c5796811deee2e050d8cb38de59d4b8f7a10fefc3d44
 
 /** Fingerprint of a document list: sha256 of the documents joined by "<|endoftext|>". */
 export function docsHash(docs: readonly string[]): string {
-  return sha256Hex(docs.join(EOT_TOKEN));
+  return sha256HexNode(docs.join(EOT_TOKEN));
 }
 
 /** Cut text into `k` pieces near equal length, at newlines when possible, else whitespace. */

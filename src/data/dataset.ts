@@ -19,7 +19,8 @@ import { CorruptFileError, MismatchError, TesseraError } from '../util/errors.js
 import type { TokenArray } from './batches.js';
 import { trainBpe } from './bpe-train.js';
 import type { Corpus } from './corpus.js';
-import { atomicWriteFile, readBytesCapped, readFileCapped, sha256Hex, tmpSibling } from './files.js';
+import { atomicWriteFile, readBytesCapped, readFileCapped, tmpSibling } from './files.js';
+import { sha256HexNode } from '../util/hash-node.js';
 import { TokenBuffer } from './token-buffer.js';
 import { bytesPerToken, bytesToTokens, dtypeFor, toTokenArray, tokensToBytes } from './token-io.js';
 import { TOKENIZER_VERSION, Tokenizer } from './tokenizer.js';
@@ -94,7 +95,7 @@ export function encodeDocuments(tok: Tokenizer, docs: readonly string[],
 }
 
 export function datasetCacheKey(corpus: Corpus, vocabSize: number, tokenizer?: Tokenizer): string {
-  return sha256Hex(JSON.stringify({
+  return sha256HexNode(JSON.stringify({
     format: CACHE_FORMAT_VERSION, tokenizerVersion: TOKENIZER_VERSION, vocabSize,
     trainHash: corpus.trainHash, valHash: corpus.valHash, tokenizer: tokenizer?.hash() ?? null,
   }));
@@ -121,8 +122,8 @@ export function prepareDataset(opts: PrepareOptions): Dataset {
   const train = encodeDocuments(tokenizer, corpus.train, (d, t) => onProgress?.('encode-train', d, t));
   const val = encodeDocuments(tokenizer, corpus.val, (d, t) => onProgress?.('encode-val', d, t));
   const stats = {
-    train: { docs: corpus.train.length, chars: chars(corpus.train), tokens: train.length, sha256: sha256Hex(tokensToBytes(train)) },
-    val: { docs: corpus.val.length, chars: chars(corpus.val), tokens: val.length, sha256: sha256Hex(tokensToBytes(val)) },
+    train: { docs: corpus.train.length, chars: chars(corpus.train), tokens: train.length, sha256: sha256HexNode(tokensToBytes(train)) },
+    val: { docs: corpus.val.length, chars: chars(corpus.val), tokens: val.length, sha256: sha256HexNode(tokensToBytes(val)) },
   };
   if (entry !== null) {
     writeEntry(entry, {
@@ -181,7 +182,7 @@ function loadEntry(entry: string, key: string, given?: Tokenizer): Pick<Dataset,
       const size = fs.statSync(path.join(entry, file)).size;
       if (size !== want) bad(file, `is ${size} bytes, expected ${want} (${meta[name].tokens} ${meta.dtype} tokens)`);
       const bytes = readBytesCapped(path.join(entry, file), want, 'dataset cache tokens');
-      if (sha256Hex(bytes) !== meta[name].sha256) bad(file, 'sha256 does not match meta.json');
+      if (sha256HexNode(bytes) !== meta[name].sha256) bad(file, 'sha256 does not match meta.json');
       const tokens = bytesToTokens(bytes, meta.dtype);
       for (let i = 0; i < tokens.length; i++) {
         if (tokens[i] < 0 || tokens[i] >= meta.vocabSize) bad(file, `token ${i} has id ${tokens[i]} outside the vocabulary`);

@@ -3,14 +3,10 @@
  * size without a cap), atomic writes (a crash never leaves a half-written file under the
  * final name) and sha256.
  */
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CorruptFileError, InvalidInputError } from '../util/errors.js';
-
-export function sha256Hex(data: string | Uint8Array): string {
-  return createHash('sha256').update(data).digest('hex');
-}
 
 /** stat() that turns "missing" into a clear InvalidInputError. */
 export function statOrThrow(p: string, what: string): fs.Stats {

@@ -171,7 +171,7 @@ export function partsFromHfJson(json: unknown, opts: { expectVocabSize?: number;
   const seenPairs = new Set<number>();
   const produced = new Uint8Array(vocabSize);
   model.merges.forEach((m, r) => {
-    let pair: string[] = typeof m === 'string' ? m.split(' ') : m;
+    const pair: string[] = typeof m === 'string' ? m.split(' ') : m;
     if (pair.length !== 2 || pair[0] === '' || pair[1] === '') fail(`merge #${r} ${JSON.stringify(m)} is not two tokens`);
     const a = idOf.get(pair[0]), b = idOf.get(pair[1]), c = idOf.get(pair[0] + pair[1]);
     if (a === undefined || b === undefined || a === eotId || b === eotId) fail(`merge #${r} ${JSON.stringify(m)} uses a token missing from the vocab`);

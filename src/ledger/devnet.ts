@@ -26,8 +26,11 @@ export interface Devnet {
   stop(): void;
 }
 
+// EDR's N-API module is loaded with createRequire and has no usable types here.
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
 let ctxPromise: Promise<{ edr: any; ctx: any }> | undefined;
 
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
 function edrContext(): Promise<{ edr: any; ctx: any }> {
   ctxPromise ??= (async () => {
     const require = createRequire(import.meta.url);

@@ -327,7 +327,7 @@ export function openMessage<S extends Schemas>(bytes: Uint8Array, options: OpenO
     throw new EnvelopeError('bad-sender', `expected a message from ${options.expectFrom}, got one from ${f.from}`);
   }
   const key = verifyingKey(f.from);
-  let ok = false;
+  let ok: boolean;
   try {
     ok = edVerify(null, signedBytes(f.unsigned, options.context ?? ''), key, f.sig);
   } catch (err) {

@@ -11,7 +11,7 @@ import type { Kernels } from '../kernels/api.js';
 import { fetchBulk, type Host } from '../net/index.js';
 import { assignShards, roundSeed } from '../swarm/assign.js';
 import type { DecodedManifest } from '../swarm/manifest.js';
-import { sha256Hex } from '../util/hash.js';
+import { sha256HexNode } from '../util/hash-node.js';
 import {
   Stepper, audit as auditTrace, cloneState, digestState, leafOf, verifyFraudProof, type AuditJob, type TrainerOracle,
 } from '../verify/audit.js';
@@ -145,7 +145,7 @@ export class Audits {
     }
     if (v.reason === 'bad-anchor') return rec(false, 'trace not built on the round weights', { steps: v.steps });
     const bytes = encodeFraudProof(v.proof);
-    const proof = sha256Hex(bytes);
+    const proof = sha256HexNode(bytes);
     this.d.payloads.putBlob(proof, bytes, round);
     if (!this.d.stopped()) this.d.publishFraud({ round, trainer, k: v.proof.k, root: c.root, proof });
     this.d.logger.warn({ round, trainer, k: v.proof.k, queries: v.bisect.queries, locateSteps: v.locateSteps, proofBytes: bytes.length }, 'fraud: published a fraud proof');

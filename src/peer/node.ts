@@ -42,7 +42,7 @@ import { storageParams, type DecodedManifest } from '../swarm/manifest.js';
 import { OuterNesterov } from '../swarm/outer.js';
 import {
   AcceptorRecordSchema, acceptorRecord, fromWire, init, nextDeadline, roundParams, snapshotOf, step, toWire,
-  type AcceptorRecord, type Effect, type Message, type RoundEvent, type RoundParams, type RoundSnapshot, type RoundState,
+  type AcceptorRecord, type Effect, type Message, type RoundEvent, type RoundParams, type RoundState,
 } from '../swarm/round.js';
 import { AdamW } from '../train/adamw.js';
 import { InvalidInputError } from '../util/errors.js';

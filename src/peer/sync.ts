@@ -14,7 +14,7 @@ import { parseCid, type Store } from '../store/index.js';
 import { loadState } from '../store/checkpoint.js';
 import { SnapshotSchema, type Effect, type RoundSnapshot } from '../swarm/round.js';
 import { InvalidInputError } from '../util/errors.js';
-import { sha256Hex } from '../util/hash.js';
+import { sha256HexNode } from '../util/hash-node.js';
 import { decodeBundle, encodeBundle, maxBundleBytes, type Bundle } from './bundle.js';
 import type { PayloadStore } from './payloads.js';
 import { RECENT_STATES, type Storage } from './storage.js';
@@ -71,7 +71,7 @@ export class Sync {
     const tmp = this.d.snapPath + '.tmp';
     writeFileSync(tmp, bytes);
     renameSync(tmp, this.d.snapPath);
-    const bundle = sha256Hex(bytes);
+    const bundle = sha256HexNode(bytes);
     // Snapshots outlive updates: a joiner slowed down by its own start-up (or a loaded machine)
     // may ask for one a few rounds after it was advertised.
     this.d.payloads.putBlob(bundle, bytes, snap.round, RECENT_STATES);

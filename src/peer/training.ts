@@ -20,7 +20,7 @@ import { innerStep } from '../train/inner-step.js';
 import { roundBatches } from '../swarm/round-batches.js';
 import { NonFiniteLossError } from '../util/errors.js';
 import { Rng } from '../util/rng.js';
-import { sha256Hex } from '../util/hash.js';
+import { sha256HexNode } from '../util/hash-node.js';
 import { behave, type Behaviour } from '../verify/adversaries.js';
 import { digestState, optHash, type StateDigest, type StepState } from '../verify/audit.js';
 import { encodeTrace, traceRoot } from '../verify/trace.js';
@@ -207,12 +207,12 @@ export class Training {
     let hash = '0'.repeat(64);
     if (steps > 0) {
       const enc = this.d.codec.encode(delta, this.d.ef ?? undefined);
-      hash = sha256Hex(enc.bytes);
+      hash = sha256HexNode(enc.bytes);
       this.d.payloads.putUpdate(hash, enc.bytes, job.round, enc.decoded);
       this.lastOwn = { round: job.round, hash };
       if (start) {
         const bytes = encodeTrace({ digests, start });
-        const trace = sha256Hex(bytes);
+        const trace = sha256HexNode(bytes);
         this.d.payloads.putBlob(trace, bytes, job.round);
         this.d.commit({ round: job.round, updateHash: hash, steps, root: traceRoot(digests), trace });
       }

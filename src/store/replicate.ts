@@ -6,13 +6,13 @@
  *
  * Pure: no I/O. The node (swarm/node.ts) turns a plan into pins, unpins and DHT provides.
  */
-import { createHash } from 'node:crypto';
+import { sha256Hex } from '../util/hash.js';
 
 /** Default replicas per item. */
 export const DEFAULT_REPLICAS = 3;
 
 function weight(key: string, peer: string): string {
-  return createHash('sha256').update(key).update('\0').update(peer).digest('hex');
+  return sha256Hex(`${key}\0${peer}`);
 }
 
 /** The min(r, n) peers of `peers` that must hold `key`, best-ranked first. */

@@ -5,7 +5,8 @@
  */
 import { InvalidInputError } from '../util/errors.js';
 import { Rng } from '../util/rng.js';
-import { HEX64, sha256Hex } from './canonical.js';
+import { sha256Hex } from '../util/hash.js';
+import { HEX64 } from './canonical.js';
 
 /** The seed of round `round` of run `runId`: sha256 hex of a domain-separated string. */
 export function roundSeed(runId: string, round: number): string {

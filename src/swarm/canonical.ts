@@ -6,8 +6,8 @@
  * arrays, strings, finite numbers, booleans and null are allowed; object members whose value
  * is undefined are omitted (as JSON.stringify does).
  */
-import { createHash } from 'node:crypto';
 import { InvalidInputError } from '../util/errors.js';
+import { sha256Hex } from '../util/hash.js';
 
 const MAX_DEPTH = 64;
 
@@ -45,10 +45,6 @@ function enc(v: unknown, depth: number): string {
 /** UTF-8 bytes of the canonical JSON. */
 export function canonicalBytes(value: unknown): Uint8Array {
   return new TextEncoder().encode(canonicalJson(value));
-}
-
-export function sha256Hex(data: string | Uint8Array): string {
-  return createHash('sha256').update(data).digest('hex');
 }
 
 /** sha256 hex of the canonical JSON of `value`. */

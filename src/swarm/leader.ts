@@ -7,7 +7,7 @@
  */
 import { InvalidInputError } from '../util/errors.js';
 import { compareIds } from './assign.js';
-import { sha256Hex } from './canonical.js';
+import { sha256Hex } from '../util/hash.js';
 
 export function leaderRank(seed: string, peerId: string): string {
   return sha256Hex(`tessera/leader/v1\n${seed}\n${peerId}`);

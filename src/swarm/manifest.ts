@@ -12,7 +12,8 @@ import { AdamWSchema } from '../train/adamw.js';
 import { ScheduleSchema } from '../train/schedule.js';
 import { TesseraError } from '../util/errors.js';
 import { resolveSparseParams } from './compress/sparse.js';
-import { canonicalBytes, sha256Hex } from './canonical.js';
+import { sha256Hex } from '../util/hash.js';
+import { canonicalBytes } from './canonical.js';
 import { OuterSchema } from './outer.js';
 
 export const MANIFEST_VERSION = 1;

@@ -1,6 +1,7 @@
 /**
- * Spawns `tessera node` processes on 127.0.0.1 (used by `tessera demo` and the multi-process
- * test): pre-creates each peer's identity so that the genesis roster and bootstrap addresses
+ * Spawns `tessera node` processes on 127.0.0.1: the process launcher behind `tessera demo`
+ * (which needs all of it: drills, validators, the ledger link and the dashboard are demo flags),
+ * also used by the multi-process tests through test/support/swarm.ts. Pre-creates each peer's identity so that the genesis roster and bootstrap addresses
  * are known up front, gives every peer every other peer as bootstrap, and parses the JSON lines
  * the nodes print.
  */

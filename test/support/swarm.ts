@@ -1,6 +1,14 @@
-/** Shared by the multi-process swarm tests: wait for a condition on real peers, and the rounds a group agrees on. */
-import type { PeerProc } from '../src/swarm/launch.js';
-import type { RoundReport } from '../src/peer/node.js';
+/**
+ * Shared by the multi-process swarm tests: the peer launcher (src/cli/launch.ts, which
+ * `tessera demo` uses too), waiting for a condition on real peers, and the rounds a group
+ * agrees on.
+ */
+import type { PeerProc } from '../../src/cli/launch.js';
+import type { RoundReport } from '../../src/peer/node.js';
+
+export {
+  TESSERA_BIN, dataDirFor, freePort, portOr, preparePeer, spawnPeer, stopAll, type PeerProc, type PeerSpec, type SpawnOptions,
+} from '../../src/cli/launch.js';
 
 const shortReport = (r: RoundReport): string => `${r.event[0]}${r.round}:${r.weightsHash.slice(0, 6)}`;
 

@@ -3,12 +3,12 @@
  * `tessera bench compute`. Measures whole optimizer steps (forward, backward, clip, AdamW)
  * after warm-up steps, at a given thread count and kernel mode.
  */
-import { GPT } from '../src/model/gpt.js';
-import { AdamW, DEFAULT_ADAMW } from '../src/train/adamw.js';
-import { Trainer } from '../src/train/trainer.js';
-import type { Kernels } from '../src/kernels/api.js';
-import type { ModelConfig } from '../src/model/config.js';
-import { Rng } from '../src/util/rng.js';
+import { GPT } from '../model/gpt.js';
+import { AdamW, DEFAULT_ADAMW } from './adamw.js';
+import { Trainer } from './trainer.js';
+import type { Kernels } from '../kernels/api.js';
+import type { ModelConfig } from '../model/config.js';
+import { Rng } from '../util/rng.js';
 
 export interface ComputeBenchOptions {
   model: ModelConfig;
