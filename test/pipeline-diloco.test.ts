@@ -37,7 +37,8 @@ test('2 pipelines × 3 stages train apart and sync every 4 steps: identical repl
   const client = new StageClient(libp2pTransport(lp.driverHost));
   const o = () => ({ maxBody: 1 << 24, signal: AbortSignal.timeout(5000) });
   const embed = (peer: string) => client.call(peer, 'embed', { set: false }, new Uint8Array(0), o());
-  const digests = async (i: number) => Promise.all(stages[i].map(async (p) => (await client.control(p, 'info', {}, o())).digest));
+  const digest = async (p: string) => (await client.control(p, 'info', {}, o())).digest;
+  const digests = async (i: number) => Promise.all(stages[i].map(digest));
   try {
     const losses: number[] = [];
     for (let s = 1; s <= 12; s++) {

@@ -218,8 +218,10 @@ test('no checkpoint: a lost middle stage is rebuilt on a fresh peer from its nei
     const peer = (srv: StageServer) => lp.peerOf(srv);
     const id = '0'.repeat(16);
     const [s0, s1, s2] = lp.servers.map((row) => row[0]);
-    await assert.rejects(client.control(peer(s1), 'expect', { id, from: [peer(s0), peer(s2)] }, o()), /already serving stage 1/);
-    await assert.rejects(client.control(peer(s1), 'absorb', { id, layout: '0'.repeat(64), step: 0 }, o()), /no rebuild 0+ expected/);
+    const expect = { id, from: [peer(s0), peer(s2)] };
+    await assert.rejects(client.control(peer(s1), 'expect', expect, o()), /already serving stage 1/);
+    const absorb = { id, layout: '0'.repeat(64), step: 0 };
+    await assert.rejects(client.control(peer(s1), 'absorb', absorb, o()), /no rebuild 0+ expected/);
     const lend = { id, to: peer(s0), seed: '0'.repeat(64), sign: 1 as const, weight: 0.5 };
     await assert.rejects(client.control(peer(s0), 'lend', lend, o()), /does not lend to itself/);
     const losses: number[] = [];
