@@ -84,17 +84,6 @@ export default defineConfig(
     rules: { '@typescript-eslint/no-explicit-any': 'off' },
   },
   {
-    // Pending in files other branches of issue 14 own (remove once fixed there):
-    // src/dashboard/server.ts imports SSEStreamingApi unused; src/pipeline/diloco.ts imports Host
-    // unused; src/model/stage.ts's last `offset += k * C` (line 83) is never read.
-    files: ['src/dashboard/server.ts', 'src/pipeline/diloco.ts'],
-    rules: { '@typescript-eslint/no-unused-vars': 'off' },
-  },
-  {
-    files: ['src/model/stage.ts'],
-    rules: { 'no-useless-assignment': 'off' },
-  },
-  {
     name: 'tessera/pure-core',
     files: PURE_CORE,
     rules: {

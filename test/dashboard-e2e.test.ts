@@ -32,7 +32,7 @@ import { loadCorpus, prepareDataset } from '../src/data/index.js';
 import { BatchSampler } from '../src/data/batches.js';
 import { startLocalPipeline } from '../src/pipeline/local.js';
 import { defaultPipeManifest, pipeManifest } from '../src/pipeline/run.js';
-import { localDashSource, sampleThrough } from '../src/pipeline/dashboard.js';
+import { localDashSource, sampleThrough } from '../src/dashboard/pipeline.js';
 
 // Functions passed to page.evaluate run in the page (the page's CSP forbids string evaluation);
 // tsconfig has no DOM lib, so declare the little they touch.

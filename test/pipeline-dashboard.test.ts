@@ -11,7 +11,7 @@ import { GPT } from '../src/model/gpt.js';
 import { loadKernels } from '../src/kernels/index.js';
 import { startLocalPipeline } from '../src/pipeline/local.js';
 import { defaultPipeManifest, pipeManifest } from '../src/pipeline/run.js';
-import { localDashSource, pipeSummary, stageRows, stageSizes } from '../src/pipeline/dashboard.js';
+import { localDashSource, pipeSummary, stageRows, stageSizes } from '../src/dashboard/pipeline.js';
 import { createDashboardApp } from '../src/dashboard/server.js';
 import type { StageRow } from '../src/dashboard/state.js';
 import type { Batch } from '../src/data/batches.js';
@@ -48,7 +48,7 @@ test('dashboard of a local pipeline: the stage map follows the replicas, one poi
   const lp = await startLocalPipeline({ config: m.model, stages: 3, replicas: 2, kernels: k, adamw: m.adamw, codec: m.codec, genesis: g.params });
   // A toy tokenizer: one character per token.
   const tok = { encodeOrdinary: (s: string) => [...s].map((c) => c.charCodeAt(0) % cfg.vocabSize), decode: (t: number[]) => t.map((x) => String.fromCharCode(97 + (x % 26))).join('') };
-  const { sampleThrough } = await import('../src/pipeline/dashboard.js');
+  const { sampleThrough } = await import('../src/dashboard/pipeline.js');
   const source = localDashSource(lp, runId, m, sampleThrough(() => lp.driver, tok, cfg.ctx));
   const { app, hub } = createDashboardApp(source, { generateGapMs: 0 });
   hub.start(60_000);

@@ -13,7 +13,7 @@ import { DEFAULT_ADAMW } from '../src/train/adamw.js';
 import { loadKernels } from '../src/kernels/index.js';
 import { startLocalPipeline } from '../src/pipeline/local.js';
 import { DilocoPipelines } from '../src/pipeline/diloco.js';
-import { callStage } from '../src/pipeline/rpc.js';
+import { StageClient, libp2pTransport } from '../src/pipeline/stage-client.js';
 import { encodedSize } from '../src/swarm/compress/index.js';
 import { Rng } from '../src/util/rng.js';
 import type { Batch } from '../src/data/batches.js';
@@ -34,8 +34,11 @@ test('2 pipelines × 3 stages train apart and sync every 4 steps: identical repl
     for (let i = 0; i < inputs.length; i++) { inputs[i] = rngs[r].nextInt(cfg.vocabSize); targets[i] = (inputs[i] * 7 + 3) % cfg.vocabSize; }
     return { inputs, targets };
   };
-  const call = async (peer: string, head: unknown) => callStage(lp.driverHost, peer, head, new Uint8Array(0), { maxBody: 1 << 24, signal: AbortSignal.timeout(5000) });
-  const digests = async (i: number) => Promise.all(stages[i].map(async (p) => ((await call(p, { op: 'info' })).head as { digest: string }).digest));
+  const client = new StageClient(libp2pTransport(lp.driverHost));
+  const o = () => ({ maxBody: 1 << 24, signal: AbortSignal.timeout(5000) });
+  const embed = (peer: string) => client.call(peer, 'embed', { set: false }, new Uint8Array(0), o());
+  const digest = async (p: string) => (await client.control(p, 'info', {}, o())).digest;
+  const digests = async (i: number) => Promise.all(stages[i].map(digest));
   try {
     const losses: number[] = [];
     for (let s = 1; s <= 12; s++) {
@@ -46,7 +49,7 @@ test('2 pipelines × 3 stages train apart and sync every 4 steps: identical repl
       if (s % 4 === 0) {
         for (let i = 0; i < 3; i++) { const [a, b] = await digests(i); assert.equal(a, b, `stage ${i}: replicas identical after the sync of step ${s}`); }
         for (let r = 0; r < 2; r++) {
-          const [wte, head] = await Promise.all([call(stages[0][r], { op: 'embed', set: false }), call(stages[2][r], { op: 'embed', set: false })]);
+          const [wte, head] = await Promise.all([embed(stages[0][r]), embed(stages[2][r])]);
           assert.deepEqual(head.body, wte.body, 'the head copy is re-tied to wte');
         }
       }

@@ -18,7 +18,7 @@ import { loadKernels } from '../src/kernels/index.js';
 import { createHost } from '../src/net/host.js';
 import { splitStages, stageSpecs } from '../src/model/stage.js';
 import { PipelineDriver } from '../src/pipeline/driver.js';
-import { callStage } from '../src/pipeline/rpc.js';
+import { StageClient, libp2pTransport } from '../src/pipeline/stage-client.js';
 import { defaultPipeManifest, discoverStages, findStagePeers, listenToRun, pipeManifest, reconcile, runStagePeer, type StagePeer } from '../src/pipeline/run.js';
 import { Rng } from '../src/util/rng.js';
 import type { Batch } from '../src/data/batches.js';
@@ -78,7 +78,8 @@ test('a crowded stage gives one peer to a weaker one, the driver syncs it, and a
     assert.deepEqual(admitted.map((a) => [a.stage, a.peer]), [[1, mover.host.peerId]]);
     // The mover holds stage 1 only, with the same bits as the replica it joined.
     assert.deepEqual(mover.server.stage.tensorNames(), stageSpecs(cfg, splitStages(cfg, 3)[1]).map((t) => t.name));
-    const info = async (p: string) => (await callStage(host, p, { op: 'info' }, new Uint8Array(0), { maxBody: 0, signal: AbortSignal.timeout(5000) })).head as { digest: string; step: number; index: number };
+    const client = new StageClient(libp2pTransport(host));
+    const info = (p: string) => client.control(p, 'info', {}, { signal: AbortSignal.timeout(5000) });
     await train(() => false, 1500);
     const [a, b] = await Promise.all(stage1().map(info));
     assert.equal(a.digest, b.digest, 'replicas of stage 1 hold identical weights');

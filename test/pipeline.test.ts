@@ -17,7 +17,7 @@ import { Rng } from '../src/util/rng.js';
 import { startLocalPipeline, type LocalPipeline } from '../src/pipeline/local.js';
 import { exactBytes } from '../src/pipeline/act-codec.js';
 import { gatherLayers } from '../src/pipeline/rebuild.js';
-import { callStage } from '../src/pipeline/rpc.js';
+import { StageClient, libp2pTransport } from '../src/pipeline/stage-client.js';
 import type { StageServer } from '../src/pipeline/stage-server.js';
 import type { Batch } from '../src/data/batches.js';
 
@@ -213,10 +213,17 @@ test('no checkpoint: a lost middle stage is rebuilt on a fresh peer from its nei
   const lp = await pipe(k, ref.params, { rebuild: 'fallback' });
   try {
     // Refusals first: a serving peer is not rebuilt, and only named lenders may send parts.
-    const call = (srv: StageServer, head: unknown) => callStage(lp.driverHost, lp.peerOf(srv), head, new Uint8Array(0), { maxBody: 0, signal: AbortSignal.timeout(5000) });
-    await assert.rejects(call(lp.servers[1][0], { op: 'expect', id: '0'.repeat(16), from: [lp.peerOf(lp.servers[0][0]), lp.peerOf(lp.servers[2][0])] }), /already serving stage 1/);
-    await assert.rejects(call(lp.servers[1][0], { op: 'absorb', id: '0'.repeat(16), layout: '0'.repeat(64), step: 0 }), /no rebuild 0+ expected/);
-    await assert.rejects(call(lp.servers[0][0], { op: 'lend', id: '0'.repeat(16), to: lp.peerOf(lp.servers[0][0]), seed: '0'.repeat(64), sign: 1, weight: 0.5 }), /does not lend to itself/);
+    const client = new StageClient(libp2pTransport(lp.driverHost));
+    const o = () => ({ signal: AbortSignal.timeout(5000) });
+    const peer = (srv: StageServer) => lp.peerOf(srv);
+    const id = '0'.repeat(16);
+    const [s0, s1, s2] = lp.servers.map((row) => row[0]);
+    const expect = { id, from: [peer(s0), peer(s2)] };
+    await assert.rejects(client.control(peer(s1), 'expect', expect, o()), /already serving stage 1/);
+    const absorb = { id, layout: '0'.repeat(64), step: 0 };
+    await assert.rejects(client.control(peer(s1), 'absorb', absorb, o()), /no rebuild 0+ expected/);
+    const lend = { id, to: peer(s0), seed: '0'.repeat(64), sign: 1 as const, weight: 0.5 };
+    await assert.rejects(client.control(peer(s0), 'lend', lend, o()), /does not lend to itself/);
     const losses: number[] = [];
     let worst = -1;
     for (const [i, b] of data.entries()) {

@@ -23,7 +23,7 @@ import { pino } from 'pino';
 import { createHost } from '../net/host.js';
 import { PipelineDriver, type Recovery } from '../pipeline/driver.js';
 import { awaitFreshPeer, defaultPipeManifest, discoverStages, listenToRun, pipeManifest, readPipeManifest, reconcile } from '../pipeline/run.js';
-import { PipeDashSource, localDashSource, sampleThrough } from '../pipeline/dashboard.js';
+import { PipeDashSource, localDashSource, sampleThrough } from '../dashboard/pipeline.js';
 import { DilocoPipelines } from '../pipeline/diloco.js';
 import { startDashboard, type Dashboard } from '../dashboard/server.js';
 

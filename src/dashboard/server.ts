@@ -26,7 +26,7 @@ import { Hono } from 'hono';
 import { HTTPException } from 'hono/http-exception';
 import { bodyLimit } from 'hono/body-limit';
 import { timeout } from 'hono/timeout';
-import { streamSSE, type SSEStreamingApi } from 'hono/streaming';
+import { streamSSE } from 'hono/streaming';
 import { serve } from '@hono/node-server';
 import { z } from 'zod';
 import type { RoundReport } from '../peer/report.js';

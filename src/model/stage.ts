@@ -81,7 +81,7 @@ export function stageSpecs(config: ModelConfig, st: StageSpec): (TensorSpec & { 
     if (!Number.isInteger(k) || k < 1 || k > C) throw new InvalidInputError(`bottleneck must be an integer in 1..${C}, got ${k}`);
     // Not part of the GPT (full: null): they exist only between stages.
     if (!first) { out.push({ name: 'bneck.up', shape: [C, k], offset, size: C * k, decay: false, full: null }); offset += C * k; }
-    if (!last) { out.push({ name: 'bneck.down', shape: [k, C], offset, size: k * C, decay: false, full: null }); offset += k * C; }
+    if (!last) { out.push({ name: 'bneck.down', shape: [k, C], offset, size: k * C, decay: false, full: null }); }
   }
   return out;
 }

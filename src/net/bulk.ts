@@ -45,7 +45,6 @@ export enum BulkStatus {
  * Lower-case hex sha256 of `bytes`: the content address of bulk objects. Defined in
  * util/hash-node.ts; re-exported under this name for existing importers.
  */
-export { sha256HexNode as sha256Hex } from '../util/hash-node.js';
 
 /** Looks an object up by hash; `signal` aborts when the requester goes away or time runs out. */
 export type BulkGetter = (

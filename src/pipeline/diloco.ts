@@ -16,13 +16,13 @@
  * A pipeline whose peer dies is dropped at once: the others go on, and its surviving peers take
  * no further part (their weights missed the sync). The sum of bytes is exact (codec sizes).
  */
-import type { Host } from '../net/host.js';
 import type { Batch } from '../data/batches.js';
 import { InvalidInputError } from '../util/errors.js';
 import { decodeAny, getCodec, type CodecId } from '../swarm/compress/index.js';
 import { aggregate } from '../swarm/outer.js';
-import { PipelineDriver, type DriverOptions } from './driver.js';
-import { callStage, StageCallError } from './rpc.js';
+import { clientOf, PipelineDriver, type DriverOptions } from './driver.js';
+import { StageCallError } from './rpc.js';
+import type { StageClient } from './stage-client.js';
 
 export interface DilocoSettings {
   /** Inner steps per pipeline between syncs. */
@@ -44,6 +44,7 @@ export class DilocoPipelines {
   syncBytes = 0;
   syncs = 0;
   private steps = 0;
+  private readonly client: StageClient;
 
   constructor(private readonly o: Omit<DriverOptions, 'stages' | 'recover'> & { stages: string[][]; diloco: DilocoSettings }) {
     const R = o.stages[0]?.length ?? 0;
@@ -51,6 +52,7 @@ export class DilocoPipelines {
     if (!Number.isInteger(o.diloco.every) || o.diloco.every < 1) throw new InvalidInputError('diloco.every must be a positive integer');
     this.drivers = Array.from({ length: R }, (_, r) => new PipelineDriver({ ...o, stages: o.stages.map((row) => [row[r]]) }));
     this.alive = this.drivers.map((_, r) => r);
+    this.client = clientOf(o);
   }
 
   /** Peers of each stage in the pipelines still training, in pipeline order. */
@@ -96,15 +98,17 @@ export class DilocoPipelines {
     const t0 = performance.now(), b0 = this.syncBytes;
     const d = this.o.diloco, S = this.o.stages.length;
     const signal = () => AbortSignal.timeout(this.o.callTimeoutMs ?? 60_000);
-    const call = (peer: string, head: unknown, body: Uint8Array, maxBody: number) => callStage(this.o.host, peer, head, body, { maxBody, signal: signal() });
+    const none = new Uint8Array(0);
     const codec = getCodec(d.codec, d.sparse);
     for (let i = 0; i < S; i++) {
       // Ask every live replica for its Δ; one that cannot answer drops its pipeline.
       const got: { r: number; delta: Float32Array }[] = [];
       let n = 0;
       await Promise.all(this.alive.map((r) => this.orDrop(r, `sync of stage ${i}`, async () => {
-        const rep = await call(this.o.stages[i][r], { op: 'delta', codec: d.codec, ...(d.sparse ?? {}) }, new Uint8Array(0), 1 << 30);
-        n = (rep.head as { n: number }).n;
+        const args = { codec: d.codec, ...(d.sparse ?? {}) };
+        const o = { maxBody: 1 << 30, signal: signal() };
+        const rep = await this.client.call(this.o.stages[i][r], 'delta', args, none, o);
+        n = rep.head.n;
         this.syncBytes += rep.body.length;
         got.push({ r, delta: decodeAny(rep.body, n, [d.codec]).values });
       })));
@@ -113,15 +117,17 @@ export class DilocoPipelines {
       const mean = aggregate(got.map((g) => g.delta), got.map(() => 1));
       const bytes = codec.encode(mean).bytes;
       await Promise.all(got.filter(({ r }) => this.alive.includes(r)).map(({ r }) => this.orDrop(r, `outer step of stage ${i}`, async () => {
-        await call(this.o.stages[i][r], { op: 'outer', lr: d.outer.lr, momentum: d.outer.momentum }, bytes, 0);
+        const args = { lr: d.outer.lr, momentum: d.outer.momentum };
+        await this.client.call(this.o.stages[i][r], 'outer', args, bytes, { signal: signal() });
         this.syncBytes += bytes.length;
       })));
     }
     // Re-tie: the last stage's head copy takes the first stage's wte (per pipeline: identical after the sync).
     if (S > 1) {
       await Promise.all(this.alive.map((r) => this.orDrop(r, 're-tie', async () => {
-        const w = await call(this.o.stages[0][r], { op: 'embed', set: false }, new Uint8Array(0), 1 << 30);
-        await call(this.o.stages[S - 1][r], { op: 'embed', set: true }, w.body, 0);
+        const o = { maxBody: 1 << 30, signal: signal() };
+        const w = await this.client.call(this.o.stages[0][r], 'embed', { set: false }, none, o);
+        await this.client.call(this.o.stages[S - 1][r], 'embed', { set: true }, w.body, { signal: signal() });
         this.syncBytes += 2 * w.body.length;
       })));
     }

@@ -17,8 +17,9 @@
 import type { Host } from '../net/host.js';
 import type { Batch } from '../data/batches.js';
 import { InvalidInputError } from '../util/errors.js';
-import { callStage, StageCallError } from './rpc.js';
-import { int32Bytes } from './stage-server.js';
+import { StageCallError } from './rpc.js';
+import { int32Bytes, type ArgsOf, type StageOp } from './stage-protocol.js';
+import { StageClient, libp2pTransport, type StageReply, type StageTransport } from './stage-client.js';
 import type { ActCodecSpec } from './act-codec.js';
 import { exactBytes } from './act-codec.js';
 import { bytesToF32, f32ToBytes } from '../util/packed.js';
@@ -26,7 +27,10 @@ import { mixWeights } from './rebuild.js';
 import { randomBytes } from 'node:crypto';
 
 export interface DriverOptions {
-  host: Host;
+  /** The driver's libp2p host (stage calls go over it), unless `transport` is given. */
+  host?: Host;
+  /** How stage calls travel (default: libp2p from `host`; memory-transport.ts in tests). */
+  transport?: StageTransport;
   /** Peer ids serving each stage, in stage order; several per stage = replicas (tried in order). */
   stages: string[][];
   dim: number;
@@ -68,7 +72,18 @@ function splitBatch(batch: Batch, micro: number, n: number): Batch[] {
 }
 
 /** How a micro-batch's call to stage i is made. */
-type Hop = (i: number, head: unknown, body: Uint8Array, maxBody: number) => Promise<{ head: unknown; body: Uint8Array }>;
+type Hop = <Op extends StageOp>(
+  i: number, op: Op, args: ArgsOf<Op>, body: Uint8Array, maxBody: number,
+) => Promise<StageReply<Op>>;
+
+/** The stage client of a driver's options: its transport, or libp2p over its host. */
+export function clientOf(o: { host?: Host; transport?: StageTransport }): StageClient {
+  if (o.transport) return new StageClient(o.transport);
+  if (!o.host) throw new InvalidInputError('a pipeline driver needs a host or a transport');
+  return new StageClient(libp2pTransport(o.host));
+}
+
+const EMPTY = new Uint8Array(0);
 
 /**
  * A stage brought back on a fresh peer: restored from the checkpoint of step `fromStep`, or
@@ -99,9 +114,13 @@ export class PipelineDriver {
   /** Balanced routing: calls in flight per peer, and micro-batches retried after a failed hop. */
   private readonly outstanding = new Map<string, number>();
   reroutes = 0;
+  private readonly client: StageClient;
   constructor(private readonly o: DriverOptions) {
-    if (o.stages.length === 0 || o.stages.some((r) => r.length === 0)) throw new InvalidInputError('every stage needs at least one peer');
+    if (o.stages.length === 0 || o.stages.some((r) => r.length === 0)) {
+      throw new InvalidInputError('every stage needs at least one peer');
+    }
     this.live = o.stages.map((r) => [...r]);
+    this.client = clientOf(o);
   }
 
   private get S(): number { return this.o.stages.length; }
@@ -115,18 +134,20 @@ export class PipelineDriver {
   private deadline(): AbortSignal { return AbortSignal.timeout(this.o.callTimeoutMs ?? 60_000); }
 
   /** A control call to one peer, no body either way (save, restore, expect, lend, info): its reply head. */
-  private async control(peer: string, head: unknown): Promise<unknown> {
-    return (await callStage(this.o.host, peer, head, new Uint8Array(0), { maxBody: 0, signal: this.deadline() })).head;
+  private async control<Op extends StageOp>(peer: string, op: Op, args: ArgsOf<Op>) {
+    return await this.client.control(peer, op, args, { signal: this.deadline() });
   }
 
   /** Peers currently serving each stage. */
   replicas(): string[][] { return this.live.map((r) => [...r]); }
 
   /** One call to stage `i`, sent to every live replica; the first good reply wins, failed replicas are dropped. */
-  private async call(i: number, head: unknown, body: Uint8Array, maxBody: number): Promise<{ head: unknown; body: Uint8Array; peer: string }> {
+  private async call<Op extends StageOp>(
+    i: number, op: Op, args: ArgsOf<Op>, body: Uint8Array, maxBody: number,
+  ): Promise<StageReply<Op> & { peer: string }> {
     const peers = [...this.live[i]];
     if (peers.length === 0) throw new StageCallError(`stage ${i} has no live replica`);
-    const attempts = peers.map((peer) => callStage(this.o.host, peer, head, body, { maxBody, signal: this.deadline() })
+    const attempts = peers.map((peer) => this.client.call(peer, op, args, body, { maxBody, signal: this.deadline() })
       .then((r) => ({ head: r.head, body: r.body, peer }))
       .catch((err: unknown) => {
         // A refusal (bad input) is the caller's bug, not a dead peer: report it, keep the replica.
@@ -151,9 +172,9 @@ export class PipelineDriver {
     // After a failed step, its other micro-batches stop at their next hop (they must not touch
     // the stages once these are reset for the redo).
     const epoch = this.epoch;
-    const hop: Hop = (i, head, body, max) => {
+    const hop: Hop = (i, op, args, body, max) => {
       if (this.epoch !== epoch) throw new StageCallError('micro-batch of an abandoned step');
-      return this.call(i, head, body, max);
+      return this.call(i, op, args, body, max);
     };
     return await this.pass(b, B, T, scale, train, this.micro++, tag, hop);
   }
@@ -170,21 +191,21 @@ export class PipelineDriver {
     let x: Uint8Array = int32Bytes(b.inputs);
     for (let i = 0; i < this.S - 1; i++) {
       if (i > 0) this.actSent += x.length;
-      x = (await hop(i, { op: 'fwd', micro: id, B, T, train }, x, act)).body;
+      x = (await hop(i, 'fwd', { micro: id, B, T, train }, x, act)).body;
       this.actReceived += x.length;
     }
     const lastBody = new Uint8Array(x.length + 4 * N);
     lastBody.set(x);
     lastBody.set(int32Bytes(b.targets), x.length);
     if (this.S > 1) this.actSent += x.length;
-    const r = await hop(this.S - 1, { op: 'last', micro: id, B, T, train, scale, ...tagged }, lastBody, act);
-    const loss = (r.head as { loss: number }).loss;
+    const r = await hop(this.S - 1, 'last', { micro: id, B, T, train, scale, ...tagged }, lastBody, act);
+    const loss = r.head.loss;
     if (!train) return loss;
     let d = r.body;
     this.actReceived += d.length;
     for (let i = this.S - 2; i >= 0; i--) {
       this.actSent += d.length;
-      d = (await hop(i, { op: 'bwd', micro: id, ...tagged }, d, act)).body;
+      d = (await hop(i, 'bwd', { micro: id, ...tagged }, d, act)).body;
       this.actReceived += d.length;
     }
     return loss;
@@ -205,7 +226,7 @@ export class PipelineDriver {
       // its micro-batches' share with it; the others still serve every stage, so redo the step.
       else if (!(lost < 0 && this.o.routing === 'balance' && !(err instanceof StageCallError && err.refused))) throw err;
       // The other stages hold half-done micro-batches and partial gradients of this step: drop them, redo the step.
-      await Promise.all(this.o.stages.map((_, i) => this.call(i, { op: 'reset' }, new Uint8Array(0), 0)));
+      await Promise.all(this.o.stages.map((_, i) => this.call(i, 'reset', {}, EMPTY, 0)));
       return await this.stepOnce(batch, B, T, micro, lr);
     }
   }
@@ -224,10 +245,10 @@ export class PipelineDriver {
       const peer = this.live[i][0];
       if (!peer) continue;
       try {
-        const h = await this.control(peer, { op: 'save' }) as { shares: string[]; step: number; bytes: number };
+        const h = await this.control(peer, 'save', {});
         await Promise.all([
-          this.call((i + 1) % S, { op: 'hold', stage: i, shares: [h.shares[0]] }, new Uint8Array(0), 0),
-          this.call((i + 2) % S, { op: 'hold', stage: i, shares: [h.shares[1]] }, new Uint8Array(0), 0),
+          this.call((i + 1) % S, 'hold', { stage: i, shares: [h.shares[0]] }, EMPTY, 0),
+          this.call((i + 2) % S, 'hold', { stage: i, shares: [h.shares[1]] }, EMPTY, 0),
         ]);
         this.checkpoints.set(i, h);
       } catch (err) {
@@ -251,9 +272,10 @@ export class PipelineDriver {
     if (this.live[i].includes(peer)) throw new InvalidInputError(`${peer} already serves stage ${i}`);
     const t0 = performance.now();
     const src = this.live[i][0];
-    const saved = await this.control(src, { op: 'save' }) as { shares: string[]; step: number };
+    const saved = await this.control(src, 'save', {});
     const addrs = this.o.addrsOf?.(src) ?? [];
-    const r = await this.control(peer, { op: 'restore', shares: saved.shares, ...(addrs.length ? { dial: addrs.slice(0, 16) } : {}) }) as { step: number };
+    const dial = addrs.length ? { dial: addrs.slice(0, 16) } : {};
+    const r = await this.control(peer, 'restore', { shares: saved.shares, ...dial });
     if (r.step !== saved.step) throw new StageCallError(`stage ${i}: ${peer} restored step ${r.step}, not ${saved.step}`);
     this.live[i].push(peer);
     return { step: r.step, ms: performance.now() - t0 };
@@ -281,7 +303,7 @@ export class PipelineDriver {
     const peer = await this.o.recover!(i);
     const holders = [...this.live[(i + 1) % this.S], ...this.live[(i + 2) % this.S]];
     const dial = this.o.addrsOf ? holders.flatMap((p) => this.o.addrsOf!(p).slice(0, 2)).slice(0, 16) : [];
-    await this.control(peer, { op: 'restore', shares: cp.shares, ...(dial.length ? { dial } : {}) });
+    await this.control(peer, 'restore', { shares: cp.shares, ...(dial.length ? { dial } : {}) });
     this.live[i] = [peer];
     this.recoveries.push({ stage: i, peer, how: 'checkpoint', fromStep: cp.step, ms: performance.now() - t0 });
   }
@@ -299,11 +321,11 @@ export class PipelineDriver {
     const peer = await this.o.recover!(i);
     const mix = mixWeights(Math.sqrt(this.layerSq[i - 1] ?? 0), Math.sqrt(this.layerSq[i + 1] ?? 0));
     const id = randomBytes(8).toString('hex'), seed = randomBytes(32).toString('hex');
-    await this.control(peer, { op: 'expect', id, from: [L, R] });
+    await this.control(peer, 'expect', { id, from: [L, R] });
     const dial = this.o.addrsOf?.(peer).slice(0, 16) ?? [];
     const lent = await Promise.all(([[L, 1, mix[0]], [R, -1, mix[1]]] as const).map(([p, sign, weight]) =>
-      this.control(p, { op: 'lend', id, to: peer, seed, sign, weight, ...(dial.length ? { dial } : {}) }) as Promise<{ step: number }>));
-    const info = await this.control(peer, { op: 'info' }) as { ready: boolean; index: number };
+      this.control(p, 'lend', { id, to: peer, seed, sign, weight, ...(dial.length ? { dial } : {}) })));
+    const info = await this.control(peer, 'info', {});
     if (!info.ready || info.index !== i) throw new StageCallError(`stage ${i}: the rebuilt peer ${peer} is not serving it`);
     this.live[i] = [peer];
     this.recoveries.push({ stage: i, peer, how: 'neighbours', fromStep: Math.max(...lent.map((r) => r.step)), ms: performance.now() - t0, mix });
@@ -339,10 +361,12 @@ export class PipelineDriver {
   }
 
   /** One call to one replica; a replica that fails (not a refusal) is dropped. */
-  private async callOne(i: number, peer: string, head: unknown, body: Uint8Array, maxBody: number): Promise<{ head: unknown; body: Uint8Array }> {
+  private async callOne<Op extends StageOp>(
+    i: number, peer: string, op: Op, args: ArgsOf<Op>, body: Uint8Array, maxBody: number,
+  ): Promise<StageReply<Op>> {
     this.outstanding.set(peer, (this.outstanding.get(peer) ?? 0) + 1);
     try {
-      return await callStage(this.o.host, peer, head, body, { maxBody, signal: this.deadline() });
+      return await this.client.call(peer, op, args, body, { maxBody, signal: this.deadline() });
     } catch (err) {
       if (!(err instanceof StageCallError && err.refused)) {
         const k = this.live[i].indexOf(peer);
@@ -365,7 +389,7 @@ export class PipelineDriver {
       const id = this.micro++;
       // The replica of each stage is picked at its forward; the backward returns through it.
       const route: string[] = [];
-      const hop: Hop = (i, head, body, max) => this.callOne(i, (route[i] ??= this.pick(i)), head, body, max);
+      const hop: Hop = (i, op, args, body, max) => this.callOne(i, (route[i] ??= this.pick(i)), op, args, body, max);
       try {
         return { loss: await this.pass(b, B, T, scale, true, id, id, hop), tag: id };
       } catch (err) {
@@ -381,18 +405,19 @@ export class PipelineDriver {
    * order and set on all of them, so the update leaves them identical.
    */
   private async reduceReplicas(keep: number[]): Promise<void> {
-    const all = (i: number, head: unknown, body: Uint8Array, max: number) => Promise.all([...this.live[i]].map((p) => this.callOne(i, p, head, body, max)));
-    await Promise.all(this.live.map((_, i) => all(i, { op: 'fold', keep }, new Uint8Array(0), 0)));
+    const all = <Op extends StageOp>(i: number, op: Op, args: ArgsOf<Op>, body: Uint8Array, max: number) =>
+      Promise.all([...this.live[i]].map((p) => this.callOne(i, p, op, args, body, max)));
+    await Promise.all(this.live.map((_, i) => all(i, 'fold', { keep }, EMPTY, 0)));
     await Promise.all(this.live.map(async (row, i) => {
       if (row.length < 2) return;
-      const got = await all(i, { op: 'grads', set: false }, new Uint8Array(0), 1 << 30);
+      const got = await all(i, 'grads', { set: false }, EMPTY, 1 << 30);
       const n = got[0].body.length / 4, sum = new Float32Array(n);
       for (const g of got) {
         const v = bytesToF32(g.body, n, `stage ${i} gradients`);
         for (let k = 0; k < n; k++) sum[k] += v[k];
       }
       const bytes = f32ToBytes(sum);
-      await all(i, { op: 'grads', set: true }, bytes, 0);
+      await all(i, 'grads', { set: true }, bytes, 0);
       this.syncBytes += 2 * got.length * bytes.length;
     }));
   }
@@ -418,19 +443,22 @@ export class PipelineDriver {
     let tiedSq = 0;
     if (this.S > 1) {
       const V = this.o.vocabSize, C = this.o.dim, bytes = 4 * V * C;
-      const [g0, gL] = await Promise.all([0, this.S - 1].map((i) => this.call(i, { op: 'tied', set: false, ...tagged }, new Uint8Array(0), bytes)));
+      const get = { set: false, ...tagged };
+      const [g0, gL] = await Promise.all([0, this.S - 1].map((i) => this.call(i, 'tied', get, EMPTY, bytes)));
       const a = bytesToF32(g0.body, V * C, 'tied gradient'), b = bytesToF32(gL.body, V * C, 'tied gradient');
       for (let i = 0; i < a.length; i++) a[i] += b[i];
       const sum = f32ToBytes(a);
-      await Promise.all([this.call(0, { op: 'tied', set: true, ...tagged }, sum, 0), this.call(this.S - 1, { op: 'tied', set: true, ...tagged }, sum, 0)]);
+      const set = { set: true, ...tagged };
+      await Promise.all([this.call(0, 'tied', set, sum, 0), this.call(this.S - 1, 'tied', set, sum, 0)]);
       this.syncBytes += 4 * bytes;
       for (let i = 0; i < a.length; i++) tiedSq += a[i] * a[i];
     }
-    const norms = await Promise.all(this.o.stages.map((_, i) => this.call(i, { op: 'norm', ...tagged }, new Uint8Array(0), 0)));
-    if (tag === undefined) this.layerSq = norms.map((r) => (r.head as { layerSquares?: number }).layerSquares ?? 0);
-    const total = norms.reduce((t, r) => t + (r.head as { sumSquares: number }).sumSquares, 0) - (this.S > 1 ? tiedSq : 0);
+    const norms = await Promise.all(this.o.stages.map((_, i) => this.call(i, 'norm', { ...tagged }, EMPTY, 0)));
+    if (tag === undefined) this.layerSq = norms.map((r) => r.head.layerSquares);
+    const total = norms.reduce((t, r) => t + r.head.sumSquares, 0) - (this.S > 1 ? tiedSq : 0);
     const gradNorm = Math.sqrt(Math.max(0, total));
-    await Promise.all(this.o.stages.map((_, i) => this.call(i, { op: 'step', lr, globalNorm: gradNorm, ...tagged, ...(lookahead ? { lookahead } : {}) }, new Uint8Array(0), 0)));
+    const step = { lr, globalNorm: gradNorm, ...tagged, ...(lookahead ? { lookahead } : {}) };
+    await Promise.all(this.o.stages.map((_, i) => this.call(i, 'step', step, EMPTY, 0)));
     return gradNorm;
   }
 
@@ -498,8 +526,12 @@ export class PipelineDriver {
       const ids = Int32Array.from(out.slice(-o.ctx));
       const T = ids.length, id = this.micro++;
       let x: Uint8Array = int32Bytes(ids);
-      for (let i = 0; i < this.S - 1; i++) { x = (await this.call(i, { op: 'fwd', micro: id, B: 1, T, train: false }, x, exactBytes(this.o.codec, T, this.o.width ?? C))).body; usage[i] += T; }
-      const r = await this.call(this.S - 1, { op: 'logits', micro: id, B: 1, T }, x, 4 * V);
+      const act = exactBytes(this.o.codec, T, this.o.width ?? C);
+      for (let i = 0; i < this.S - 1; i++) {
+        x = (await this.call(i, 'fwd', { micro: id, B: 1, T, train: false }, x, act)).body;
+        usage[i] += T;
+      }
+      const r = await this.call(this.S - 1, 'logits', { micro: id, B: 1, T }, x, 4 * V);
       usage[this.S - 1] += T;
       const logits = bytesToF32(r.body, V, 'logits');
       const temp = Math.max(1e-3, o.temperature ?? 0.8), k = Math.min(V, o.topK ?? 40);

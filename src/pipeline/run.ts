@@ -25,7 +25,7 @@ import { Stage, splitStages } from '../model/stage.js';
 import { AdamWSchema, DEFAULT_ADAMW } from '../train/adamw.js';
 import type { Kernels } from '../kernels/api.js';
 import { canonicalJson } from '../swarm/canonical.js';
-import { sha256Hex } from '../net/bulk.js';
+import { sha256Hex } from '../util/hash.js';
 import { InvalidInputError, TesseraError } from '../util/errors.js';
 import { chooseStage, planMove, type Move } from './placement.js';
 import type { PipelineDriver } from './driver.js';

@@ -11,12 +11,12 @@
 import { EventEmitter } from 'node:events';
 import type { ModelConfig } from '../model/config.js';
 import { splitStages, stageSpecs } from '../model/stage.js';
-import type { DashboardSource } from '../dashboard/server.js';
-import type { DashView, PipeSummary, StageRow } from '../dashboard/state.js';
+import type { DashboardSource } from './server.js';
+import type { DashView, PipeSummary, StageRow } from './state.js';
 import type { RoundReport } from '../peer/report.js';
-import type { PipeManifest } from './run.js';
-import type { PipelineDriver } from './driver.js';
-import type { LocalPipeline } from './local.js';
+import type { PipeManifest } from '../pipeline/run.js';
+import type { PipelineDriver } from '../pipeline/driver.js';
+import type { LocalPipeline } from '../pipeline/local.js';
 
 /** One peer as the driver knows it: from its announcements (or, locally, from the server itself). */
 export interface StagePeerInfo { peer: string; stage: number; ready: boolean; throughput: number | null }

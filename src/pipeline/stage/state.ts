@@ -1,0 +1,183 @@
+/**
+ * Everything a stage peer holds, in one object: its Stage and AdamW moments, the micro-batches
+ * held between forward and backward, gradient banks, look-ahead weights, DiLoCo's snapshot and
+ * outer momentum, checkpoint shares, a rebuild in progress and the call statistics. The handler
+ * modules (compute, shares, rebuild, diloco, control) read and change it; nothing else does.
+ */
+import { Stage } from '../../model/stage.js';
+import type { StageSpec } from '../../model/stage.js';
+import type { ModelConfig } from '../../model/config.js';
+import type { Kernels } from '../../kernels/api.js';
+import { AdamW, type AdamWSettings } from '../../train/adamw.js';
+import { InvalidInputError } from '../../util/errors.js';
+import type { ErrorFeedback } from '../../swarm/compress/index.js';
+import type { OuterNesterov } from '../../swarm/outer.js';
+import type { Store } from '../../store/index.js';
+import { getActCodec, subspaceBasis, type ActCodec, type ActCodecSpec } from '../act-codec.js';
+import { MAX_TAGS, type ReplyHeadOf, type RequestOf, type StageOp, type StageStats } from '../stage-protocol.js';
+import type { StageClient } from '../stage-client.js';
+
+export interface StageServiceOptions {
+  config: ModelConfig; spec: StageSpec; kernels: Kernels; adamw: AdamWSettings; codec: ActCodecSpec;
+  /** Genesis weights for this stage; null: a fresh peer that waits for `restore`. */
+  init: ((stage: Stage) => void) | null;
+  /** This peer's IPFS store (checkpoint shares); needed for save / hold / restore. */
+  store?: Store;
+  /** Learned bottleneck width at stage boundaries (Stage); absent: full activations cross. */
+  bottleneck?: number;
+  fetchTimeoutMs?: number;
+}
+
+/** What the service reaches beyond itself: its own id, dialing, and other stage peers (a lend). */
+export interface StagePeerLinks {
+  peerId: string;
+  /** Dials an address (a share holder, a rebuild's new peer); failures are ignored by the caller. */
+  dial(addr: string, o: { signal: AbortSignal }): Promise<unknown>;
+  client: StageClient;
+}
+
+/** A rebuild in progress (rebuild.ts): who may send parts, and the parts in so far. */
+export interface PendingRebuild { id: string; from: string[]; parts: Map<string, Uint8Array>; step: number }
+
+/** What a handler returns: the reply head (checked against the op's reply schema by the types) and a body. */
+export interface HandlerReply<Op extends StageOp> { head: ReplyHeadOf<Op>; body?: Uint8Array }
+/** One operation's handler; `from` is the caller's peer id. */
+export type Handler<Op extends StageOp> = (
+  s: StageServiceState, req: RequestOf<Op>, body: Uint8Array, from: string,
+) => HandlerReply<Op> | Promise<HandlerReply<Op>>;
+/** The handlers of a group of operations (one module per concern). */
+export type Handlers<Ops extends StageOp> = { [K in Ops]: Handler<K> };
+
+export class StageServiceState {
+  stage: Stage;
+  /** False for a fresh peer until it has restored (or been rebuilt into) its stage. */
+  ready: boolean;
+  opt: AdamW;
+  /**
+   * Replicas that train apart (diloco.ts): the weights of the last outer step, the outer momentum
+   * and Δ's error feedback. Set whenever the weights are (re)loaded.
+   */
+  snap: Float32Array;
+  outer: OuterNesterov | null = null;
+  ef: ErrorFeedback | null = null;
+  /** Asynchronous pipelining: gradients banked per batch (tag). */
+  readonly accs = new Map<number, Float32Array>();
+  /** The true weights when the stage computes with look-ahead weights, and the weights before the last step. */
+  master: Float32Array | null = null;
+  prev: Float32Array | null = null;
+  /** Checkpoint shares of other stages pinned here (stage → CIDs), and this stage's last save. */
+  readonly held = new Map<number, string[]>();
+  lastSaved: string[] = [];
+  /** Micro-batches held between forward and backward: micro → rows (tokens). */
+  readonly rows = new Map<number, number>();
+  pending: PendingRebuild | null = null;
+  readonly stats: StageStats = {
+    calls: 0, actBytesIn: 0, actBytesOut: 0, steps: 0, tokens: 0,
+    ms: { fwd: 0, bwd: 0, last: 0, step: 0 }, count: { fwd: 0, bwd: 0, last: 0, step: 0 },
+  };
+  /** Values per token at a boundary (dim, or the bottleneck width), and their codec. */
+  readonly W: number;
+  readonly codec: ActCodec;
+
+  constructor(readonly o: StageServiceOptions, readonly links: StagePeerLinks) {
+    this.stage = new Stage(o.config, this.withB(o.spec), o.kernels);
+    if (o.init) {
+      o.init(this.stage);
+      if (o.bottleneck !== undefined) this.stage.initBottleneck(subspaceBasis(o.config.dim, o.bottleneck));
+    }
+    this.ready = o.init !== null;
+    this.opt = new AdamW(o.config, o.adamw, o.kernels, this.stage.specs);
+    this.snap = this.stage.params.slice();
+    this.W = o.bottleneck ?? o.config.dim;
+    this.codec = getActCodec(o.codec, this.W);
+  }
+
+  /** A learned bottleneck at the boundaries (the run's `bottleneck`): part of every stage's spec. */
+  withB(sp: StageSpec): StageSpec {
+    return this.o.bottleneck !== undefined ? { ...sp, bottleneck: this.o.bottleneck } : sp;
+  }
+
+  /** The weights were (re)loaded: DiLoCo and look-ahead state start over from them. */
+  reloaded(): void {
+    this.snap = this.stage.params.slice();
+    this.outer = null;
+    this.ef = null;
+    this.master = null;
+    this.prev = null;
+    this.accs.clear();
+  }
+
+  /** Fresh moments for the stage held (a move, a rebuild). */
+  freshOptimizer(): void { this.opt = new AdamW(this.o.config, this.o.adamw, this.o.kernels, this.stage.specs); }
+
+  /** Drops the stage held (weights, moments, held micro-batches) and becomes a fresh peer of `spec`. */
+  moveTo(spec: StageSpec): void {
+    this.stage = new Stage(this.o.config, this.withB(spec), this.o.kernels);
+    this.freshOptimizer();
+    this.reloaded();
+    this.ready = false;
+    this.pending = null;
+    this.rows.clear();
+  }
+
+  /** After a tagged backward: move what it added to the gradients into its batch's bank. */
+  bank(tag: number | undefined): void {
+    if (tag === undefined) return;
+    let acc = this.accs.get(tag);
+    if (!acc) {
+      if (this.accs.size >= MAX_TAGS) throw new InvalidInputError(`more than ${MAX_TAGS} batches in flight`);
+      acc = new Float32Array(this.stage.numParams);
+      this.accs.set(tag, acc);
+    }
+    const g = this.stage.grads;
+    for (let i = 0; i < g.length; i++) acc[i] += g[i];
+    this.stage.zeroGrad();
+  }
+
+  /** The step's gradients, or those banked under `tag`. */
+  gradsOf(tag: number | undefined): Float32Array {
+    if (tag === undefined) return this.stage.grads;
+    const acc = this.accs.get(tag);
+    if (!acc) throw new InvalidInputError(`no gradients banked for batch ${tag}`);
+    return acc;
+  }
+
+  /** Where the tied embedding sits in the stage's parameters (wte on the first stage, head on the last). */
+  tiedAt(): { offset: number; size: number } | undefined {
+    return this.stage.specs.find((x) => x.name === (this.stage.first ? 'wte' : 'head'));
+  }
+
+  /** The tied embedding's part of a parameter-sized vector, or null on a middle stage. */
+  tiedOf(g: Float32Array): Float32Array | null {
+    const t = this.stage.first || this.stage.last ? this.tiedAt() : undefined;
+    return t ? g.subarray(t.offset, t.offset + t.size) : null;
+  }
+
+  needStore(): Store {
+    if (!this.o.store) throw new InvalidInputError('this stage peer has no store for checkpoints');
+    return this.o.store;
+  }
+
+  /** The deadline of one fetch or pin of a share. */
+  fetchSignal(): AbortSignal { return AbortSignal.timeout(this.o.fetchTimeoutMs ?? 30_000); }
+
+  /** Encodes activations (counted as sent). */
+  enc(x: Float32Array, rows: number): Uint8Array {
+    const b = this.codec.encode(x, rows, this.W);
+    this.stats.actBytesOut += b.length;
+    return b;
+  }
+
+  /** Decodes activations (counted as received). */
+  dec(b: Uint8Array, rows: number): Float32Array {
+    this.stats.actBytesIn += b.length;
+    return this.codec.decode(b, rows, this.W);
+  }
+
+  /** Weights loaded from elsewhere: no half-done micro-batch or gradient of before survives. */
+  clearWork(): void {
+    this.stage.resetSlots();
+    this.stage.zeroGrad();
+    this.rows.clear();
+  }
+}
