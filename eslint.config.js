@@ -33,30 +33,75 @@ const CORE = 'pure core (ARCHITECTURE.md, eslint.config.js)';
 
 /** Packages that do I/O: networking, storage, the chain, logging, HTTP. */
 const IO_PACKAGES = [
-  'libp2p', '@libp2p/*', '@chainsafe/*', 'helia', '@helia/*', 'blockstore-fs', 'datastore-fs', 'ipfs-car',
-  'viem', 'viem/*', '@nomicfoundation/*', 'solc', 'pino', 'hono', 'hono/*', '@hono/*', 'commander', 'cli-progress',
+  'libp2p',
+  '@libp2p/*',
+  '@chainsafe/*',
+  'helia',
+  '@helia/*',
+  'blockstore-fs',
+  'datastore-fs',
+  'ipfs-car',
+  'viem',
+  'viem/*',
+  '@nomicfoundation/*',
+  'solc',
+  'pino',
+  'hono',
+  'hono/*',
+  '@hono/*',
+  'commander',
+  'cli-progress',
 ];
 
-const restrictedImports = (extra = []) => ['error', {
-  // Bare builtins (`fs`, `crypto`, ...); `node:*` is caught by the pattern below.
-  paths: builtinModules.filter((m) => !m.startsWith('_')).map((name) => ({ name, message: `${CORE}: no Node builtins.` })),
-  patterns: [
-    { group: ['node:*'], message: `${CORE}: no Node builtins (node:*).` },
-    { group: ['**/net', '**/net/**'], message: `${CORE}: no networking (src/net).` },
-    // A regex, not a glob: gitignore globs cannot re-include a file whose folder they exclude.
-    { regex: '^(.*/)?store(/(?!replicate\\.js$).*)?$', message: `${CORE}: no storage (src/store); store/replicate.ts is pure and allowed.` },
-    { group: ['**/ledger', '**/ledger/**'], message: `${CORE}: no ledger (src/ledger).` },
-    { group: ['**/util/hash-node.js'], message: `${CORE}: hash-node.ts uses node:crypto; use util/hash.ts.` },
-    { group: IO_PACKAGES, message: `${CORE}: this package does I/O.` },
-    ...extra,
-  ],
-}];
+const restrictedImports = (extra = []) => [
+  'error',
+  {
+    // Bare builtins (`fs`, `crypto`, ...); `node:*` is caught by the pattern below.
+    paths: builtinModules
+      .filter((m) => !m.startsWith('_'))
+      .map((name) => ({ name, message: `${CORE}: no Node builtins.` })),
+    patterns: [
+      { group: ['node:*'], message: `${CORE}: no Node builtins (node:*).` },
+      { group: ['**/net', '**/net/**'], message: `${CORE}: no networking (src/net).` },
+      // A regex, not a glob: gitignore globs cannot re-include a file whose folder they exclude.
+      {
+        regex: '^(.*/)?store(/(?!replicate\\.js$).*)?$',
+        message: `${CORE}: no storage (src/store); store/replicate.ts is pure and allowed.`,
+      },
+      { group: ['**/ledger', '**/ledger/**'], message: `${CORE}: no ledger (src/ledger).` },
+      { group: ['**/util/hash-node.js'], message: `${CORE}: hash-node.ts uses node:crypto; use util/hash.ts.` },
+      { group: IO_PACKAGES, message: `${CORE}: this package does I/O.` },
+      ...extra,
+    ],
+  },
+];
 
 const CLOCK = `${CORE}: no clocks, timers or randomness (pass time and seeds in).`;
-const viaGlobal = ['Date', 'performance', 'process', 'crypto', 'setTimeout', 'setInterval', 'setImmediate', 'Buffer', 'require'];
+const viaGlobal = [
+  'Date',
+  'performance',
+  'process',
+  'crypto',
+  'setTimeout',
+  'setInterval',
+  'setImmediate',
+  'Buffer',
+  'require',
+];
 
 export default defineConfig(
-  { ignores: ['dist/**', 'node_modules/**', 'native/**', 'runs/**', 'out/**', 'scratch/**', 'test-artifacts/**', 'src/dashboard/public/**'] },
+  {
+    ignores: [
+      'dist/**',
+      'node_modules/**',
+      'native/**',
+      'runs/**',
+      'out/**',
+      'scratch/**',
+      'test-artifacts/**',
+      'src/dashboard/public/**',
+    ],
+  },
   js.configs.recommended,
   tseslint.configs.recommended,
   {
@@ -65,15 +110,34 @@ export default defineConfig(
       sourceType: 'module',
       globals: {
         // Node and the web platform globals the code uses (no `globals` package needed).
-        process: 'readonly', Buffer: 'readonly', console: 'readonly', URL: 'readonly', TextEncoder: 'readonly', TextDecoder: 'readonly',
-        setTimeout: 'readonly', clearTimeout: 'readonly', setInterval: 'readonly', clearInterval: 'readonly', setImmediate: 'readonly',
-        queueMicrotask: 'readonly', AbortController: 'readonly', AbortSignal: 'readonly', performance: 'readonly', structuredClone: 'readonly',
-        fetch: 'readonly', crypto: 'readonly', globalThis: 'readonly', NodeJS: 'readonly',
+        process: 'readonly',
+        Buffer: 'readonly',
+        console: 'readonly',
+        URL: 'readonly',
+        TextEncoder: 'readonly',
+        TextDecoder: 'readonly',
+        setTimeout: 'readonly',
+        clearTimeout: 'readonly',
+        setInterval: 'readonly',
+        clearInterval: 'readonly',
+        setImmediate: 'readonly',
+        queueMicrotask: 'readonly',
+        AbortController: 'readonly',
+        AbortSignal: 'readonly',
+        performance: 'readonly',
+        structuredClone: 'readonly',
+        fetch: 'readonly',
+        crypto: 'readonly',
+        globalThis: 'readonly',
+        NodeJS: 'readonly',
       },
     },
     linterOptions: { reportUnusedDisableDirectives: 'error' },
     rules: {
-      '@typescript-eslint/no-unused-vars': ['error', { argsIgnorePattern: '^_', varsIgnorePattern: '^_', ignoreRestSiblings: true }],
+      '@typescript-eslint/no-unused-vars': [
+        'error',
+        { argsIgnorePattern: '^_', varsIgnorePattern: '^_', ignoreRestSiblings: true },
+      ],
       // `map.get(k) ?? map.set(k, [])` is an idiom here.
       '@typescript-eslint/no-unused-expressions': ['error', { allowShortCircuit: true, allowTernary: true }],
     },
@@ -88,7 +152,8 @@ export default defineConfig(
     files: PURE_CORE,
     rules: {
       'no-restricted-imports': restrictedImports(),
-      'no-restricted-globals': ['error',
+      'no-restricted-globals': [
+        'error',
         { name: 'Date', message: CLOCK }, // Date.now(), new Date(), Date()
         { name: 'performance', message: CLOCK },
         { name: 'setTimeout', message: CLOCK },
@@ -99,18 +164,23 @@ export default defineConfig(
         { name: 'Buffer', message: `${CORE}: no Node Buffer; use Uint8Array.` },
         { name: 'require', message: `${CORE}: no require.` },
       ],
-      'no-restricted-properties': ['error',
+      'no-restricted-properties': [
+        'error',
         { object: 'Math', property: 'random', message: CLOCK },
-        ...viaGlobal.flatMap((property) => ['globalThis', 'window', 'self', 'global'].map((object) => ({ object, property, message: CLOCK }))),
+        ...viaGlobal.flatMap((property) =>
+          ['globalThis', 'window', 'self', 'global'].map((object) => ({ object, property, message: CLOCK })),
+        ),
       ],
-      'no-restricted-syntax': ['error',
-        { selector: 'ImportExpression', message: `${CORE}: no dynamic import().` },
-      ],
+      'no-restricted-syntax': ['error', { selector: 'ImportExpression', message: `${CORE}: no dynamic import().` }],
     },
   },
   {
     // store/replicate.ts lives among the store's I/O modules: its siblings are off limits too.
     files: ['src/store/replicate.ts'],
-    rules: { 'no-restricted-imports': restrictedImports([{ group: ['./*', '!./replicate.js'], message: `${CORE}: the rest of src/store does I/O.` }]) },
+    rules: {
+      'no-restricted-imports': restrictedImports([
+        { group: ['./*', '!./replicate.js'], message: `${CORE}: the rest of src/store does I/O.` },
+      ]),
+    },
   },
 );

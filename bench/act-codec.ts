@@ -16,7 +16,13 @@
  * 3 runs on the gauss input after one warm-up: indicative only, pure TypeScript.
  */
 import { pathToFileURL } from 'node:url';
-import { DEFAULT_SUBSPACE_SEED, exactBytes, getActCodec, subspaceBasis, type ActCodecSpec } from '../src/pipeline/act-codec.js';
+import {
+  DEFAULT_SUBSPACE_SEED,
+  exactBytes,
+  getActCodec,
+  subspaceBasis,
+  type ActCodecSpec,
+} from '../src/pipeline/act-codec.js';
 import { uniform } from '../src/util/rng.js';
 
 export interface ActCodecBenchRow {
@@ -39,20 +45,25 @@ export interface ActCodecBenchResult {
 }
 
 function gaussian(n: number, seed: number, sigma = 1): Float32Array {
-  const r = uniform(seed), out = new Float32Array(n);
+  const r = uniform(seed),
+    out = new Float32Array(n);
   for (let i = 0; i < n; i++) out[i] = sigma * Math.sqrt(-2 * Math.log(r() || 1e-12)) * Math.cos(2 * Math.PI * r());
   return out;
 }
 
 /** [rows, cols] = A [rows, inner] . B [inner, cols] / sqrt(inner) + noise. */
 function lowRank(rows: number, cols: number, inner: number, seed: number, noise: number): Float32Array {
-  const A = gaussian(rows * inner, seed), B = gaussian(inner * cols, seed + 1), E = gaussian(rows * cols, seed + 2, noise);
-  const out = new Float32Array(rows * cols), norm = 1 / Math.sqrt(inner);
-  for (let r = 0; r < rows; r++) for (let i = 0; i < cols; i++) {
-    let s = 0;
-    for (let j = 0; j < inner; j++) s += A[r * inner + j] * B[j * cols + i];
-    out[r * cols + i] = s * norm + E[r * cols + i];
-  }
+  const A = gaussian(rows * inner, seed),
+    B = gaussian(inner * cols, seed + 1),
+    E = gaussian(rows * cols, seed + 2, noise);
+  const out = new Float32Array(rows * cols),
+    norm = 1 / Math.sqrt(inner);
+  for (let r = 0; r < rows; r++)
+    for (let i = 0; i < cols; i++) {
+      let s = 0;
+      for (let j = 0; j < inner; j++) s += A[r * inner + j] * B[j * cols + i];
+      out[r * cols + i] = s * norm + E[r * cols + i];
+    }
   return out;
 }
 
@@ -60,11 +71,12 @@ function lowRank(rows: number, cols: number, inner: number, seed: number, noise:
 function inSpan(rows: number, cols: number, U: Float32Array, k: number, seed: number): Float32Array {
   const c = gaussian(rows * k, seed, Math.sqrt(cols / k));
   const out = new Float32Array(rows * cols);
-  for (let r = 0; r < rows; r++) for (let i = 0; i < cols; i++) {
-    let s = 0;
-    for (let j = 0; j < k; j++) s += c[r * k + j] * U[i * k + j];
-    out[r * cols + i] = s;
-  }
+  for (let r = 0; r < rows; r++)
+    for (let i = 0; i < cols; i++) {
+      let s = 0;
+      for (let j = 0; j < k; j++) s += c[r * k + j] * U[i * k + j];
+      out[r * cols + i] = s;
+    }
   return out;
 }
 
@@ -73,8 +85,12 @@ function median(xs: number[]): number {
 }
 
 function relErr(x: Float32Array, y: Float32Array): number {
-  let e = 0, s = 0;
-  for (let i = 0; i < x.length; i++) { e += (x[i] - y[i]) ** 2; s += x[i] ** 2; }
+  let e = 0,
+    s = 0;
+  for (let i = 0; i < x.length; i++) {
+    e += (x[i] - y[i]) ** 2;
+    s += x[i] ** 2;
+  }
   return Math.sqrt(e / s);
 }
 
@@ -82,22 +98,31 @@ function label(spec: ActCodecSpec): string {
   return spec.id === 'lowrank' ? `lowrank k=${spec.k}` : spec.id;
 }
 
-export function benchActCodecs(rows = 4 * 64, colsList: readonly number[] = [64, 256], noise = 0.05): ActCodecBenchResult {
+export function benchActCodecs(
+  rows = 4 * 64,
+  colsList: readonly number[] = [64, 256],
+  noise = 0.05,
+): ActCodecBenchResult {
   const results: ActCodecBenchRow[] = [];
   for (const cols of colsList) {
     const gauss = gaussian(rows * cols, 1);
     const rank8 = lowRank(rows, cols, 8, 10, noise);
     const specs: ActCodecSpec[] = [
-      { id: 'fp32' }, { id: 'fp16' }, { id: 'int8' },
-      { id: 'lowrank', k: cols / 8 }, { id: 'lowrank', k: cols / 4 },
+      { id: 'fp32' },
+      { id: 'fp16' },
+      { id: 'int8' },
+      { id: 'lowrank', k: cols / 8 },
+      { id: 'lowrank', k: cols / 4 },
     ];
     const fp32Bytes = exactBytes({ id: 'fp32' }, rows, cols);
     for (const spec of specs) {
       const codec = getActCodec(spec, cols);
       const round = (x: Float32Array) => codec.decode(codec.encode(x, rows, cols), rows, cols);
       round(gauss); // warm-up
-      const encT: number[] = [], decT: number[] = [];
-      let enc: Uint8Array = new Uint8Array(0), dec: Float32Array = new Float32Array(0);
+      const encT: number[] = [],
+        decT: number[] = [];
+      let enc: Uint8Array = new Uint8Array(0),
+        dec: Float32Array = new Float32Array(0);
       for (let rep = 0; rep < 3; rep++) {
         const t0 = performance.now();
         enc = codec.encode(gauss, rows, cols);
@@ -115,9 +140,16 @@ export function benchActCodecs(rows = 4 * 64, colsList: readonly number[] = [64,
         relErrInSpan = relErr(x, round(x));
       }
       results.push({
-        cols, codec: label(spec), bytes, bytesPerToken: bytes / rows, ratioVsFp32: fp32Bytes / bytes,
-        relErrGauss: relErr(gauss, dec), relErrRank8: relErr(rank8, round(rank8)), relErrInSpan,
-        encodeMs: median(encT), decodeMs: median(decT),
+        cols,
+        codec: label(spec),
+        bytes,
+        bytesPerToken: bytes / rows,
+        ratioVsFp32: fp32Bytes / bytes,
+        relErrGauss: relErr(gauss, dec),
+        relErrRank8: relErr(rank8, round(rank8)),
+        relErrInSpan,
+        encodeMs: median(encT),
+        decodeMs: median(decT),
       });
     }
   }
@@ -125,11 +157,29 @@ export function benchActCodecs(rows = 4 * 64, colsList: readonly number[] = [64,
 }
 
 export function formatActCodecBench(r: ActCodecBenchResult): string {
-  const head = ['C', 'codec', 'bytes', 'B/token', 'x vs fp32', 'err gauss', 'err rank8', 'err inspan', 'enc ms', 'dec ms'];
+  const head = [
+    'C',
+    'codec',
+    'bytes',
+    'B/token',
+    'x vs fp32',
+    'err gauss',
+    'err rank8',
+    'err inspan',
+    'enc ms',
+    'dec ms',
+  ];
   const body = r.results.map((x) => [
-    String(x.cols), x.codec, String(x.bytes), x.bytesPerToken.toFixed(1), x.ratioVsFp32.toFixed(2),
-    x.relErrGauss.toExponential(2), x.relErrRank8.toExponential(2), x.relErrInSpan === null ? '-' : x.relErrInSpan.toExponential(2),
-    x.encodeMs.toFixed(2), x.decodeMs.toFixed(2),
+    String(x.cols),
+    x.codec,
+    String(x.bytes),
+    x.bytesPerToken.toFixed(1),
+    x.ratioVsFp32.toFixed(2),
+    x.relErrGauss.toExponential(2),
+    x.relErrRank8.toExponential(2),
+    x.relErrInSpan === null ? '-' : x.relErrInSpan.toExponential(2),
+    x.encodeMs.toFixed(2),
+    x.decodeMs.toFixed(2),
   ]);
   const w = head.map((h, i) => Math.max(h.length, ...body.map((b) => b[i].length)));
   const line = (cells: string[]) => cells.map((c, i) => (i < 2 ? c.padEnd(w[i]) : c.padStart(w[i]))).join('  ');

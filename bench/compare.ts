@@ -25,27 +25,68 @@ const out = outIdx >= 0 ? args[outIdx + 1] : join(root, 'out', 'bench-compare.js
 const model = DEFAULT_MODEL;
 const batch = 16;
 const k = loadKernels({});
-const log = (s: string) => { if (!json) process.stderr.write(s + '\n'); };
+const log = (s: string) => {
+  if (!json) process.stderr.write(s + '\n');
+};
 
-interface TorchResult { tokensPerSec: number; stepMs: number; threads: number; torch: string }
+interface TorchResult {
+  tokensPerSec: number;
+  stepMs: number;
+  threads: number;
+  torch: string;
+}
 function torchRun(threads: number): TorchResult | { error: string } {
   const py = '/usr/bin/python3';
   const script = join(root, 'bench', 'torch_gpt.py');
   if (!existsSync(py)) return { error: 'no /usr/bin/python3' };
-  const r = spawnSync(py, [script, '--vocab', String(model.vocabSize), '--ctx', String(model.ctx), '--dim', String(model.dim),
-    '--layers', String(model.layers), '--heads', String(model.heads), '--batch', String(batch), '--threads', String(threads),
-    '--steps', String(steps), '--warmup', '3'], { encoding: 'utf8', timeout: 600_000 });
+  const r = spawnSync(
+    py,
+    [
+      script,
+      '--vocab',
+      String(model.vocabSize),
+      '--ctx',
+      String(model.ctx),
+      '--dim',
+      String(model.dim),
+      '--layers',
+      String(model.layers),
+      '--heads',
+      String(model.heads),
+      '--batch',
+      String(batch),
+      '--threads',
+      String(threads),
+      '--steps',
+      String(steps),
+      '--warmup',
+      '3',
+    ],
+    { encoding: 'utf8', timeout: 600_000 },
+  );
   if (r.status !== 0) return { error: (r.stderr || r.error?.message || 'failed').trim().split('\n').slice(-1)[0] };
   const line = r.stdout.trim().split('\n').pop()!;
   return JSON.parse(line) as TorchResult;
 }
 
-const rows: { threads: number; ours: ComputeBenchResult; det: ComputeBenchResult; torch: TorchResult | { error: string } }[] = [];
+const rows: {
+  threads: number;
+  ours: ComputeBenchResult;
+  det: ComputeBenchResult;
+  torch: TorchResult | { error: string };
+}[] = [];
 for (const threads of [1, 2]) {
   log(`threads=${threads}: tessera fast ...`);
   const ours = benchCompute(k, { model, batch, threads, steps, warmup: 3, deterministic: false });
   log(`threads=${threads}: tessera deterministic ...`);
-  const det = benchCompute(k, { model, batch, threads, steps: Math.max(5, steps >> 1), warmup: 2, deterministic: true });
+  const det = benchCompute(k, {
+    model,
+    batch,
+    threads,
+    steps: Math.max(5, steps >> 1),
+    warmup: 2,
+    deterministic: true,
+  });
   log(`threads=${threads}: pytorch ...`);
   const torch = torchRun(threads);
   rows.push({ threads, ours, det, torch });
@@ -68,5 +109,7 @@ writeFileSync(out, JSON.stringify(report, null, 2));
 if (json) process.stdout.write(JSON.stringify(report) + '\n');
 else {
   process.stdout.write(table.join('\n') + '\n');
-  process.stdout.write(`\nmodel GFLOP/s counts 6·params·tokens + causal attention; raw sgemm is OpenBLAS on the lm_head shape (2048×4096×256).\nwrote ${out}\n`);
+  process.stdout.write(
+    `\nmodel GFLOP/s counts 6·params·tokens + causal attention; raw sgemm is OpenBLAS on the lm_head shape (2048×4096×256).\nwrote ${out}\n`,
+  );
 }

@@ -10,7 +10,9 @@ if (!existsSync(fileURLToPath(main))) {
 }
 const [major] = process.versions.node.split('.').map(Number);
 if (major < 22) {
-  console.error(`tessera: Node ${process.versions.node} is too old (need >= 22). Run through npm (npx tessera ...), which uses the bundled Node 24.`);
+  console.error(
+    `tessera: Node ${process.versions.node} is too old (need >= 22). Run through npm (npx tessera ...), which uses the bundled Node 24.`,
+  );
   process.exit(2);
 }
 await import(main.href);

@@ -6,14 +6,21 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  ACT_CODEC_IDS, ACT_HEADER_BYTES, ActDecodeError, exactBytes, getActCodec, subspaceBasis,
-  type ActCodec, type ActCodecSpec,
+  ACT_CODEC_IDS,
+  ACT_HEADER_BYTES,
+  ActDecodeError,
+  exactBytes,
+  getActCodec,
+  subspaceBasis,
+  type ActCodec,
+  type ActCodecSpec,
 } from '../src/pipeline/act-codec.js';
 import { InvalidInputError, TesseraError } from '../src/util/errors.js';
 import { uniform } from '../src/util/rng.js';
 
 function gaussian(n: number, seed: number, sigma = 1): Float32Array {
-  const r = uniform(seed), out = new Float32Array(n);
+  const r = uniform(seed),
+    out = new Float32Array(n);
   for (let i = 0; i < n; i++) out[i] = sigma * Math.sqrt(-2 * Math.log(r() || 1e-12)) * Math.cos(2 * Math.PI * r());
   return out;
 }
@@ -24,7 +31,8 @@ function scaleOf(bytes: Uint8Array, r: number): number {
 
 /** Coefficients x_row . U and the projection (x_row . U) . U^T, in float64. */
 function project(x: Float32Array, rows: number, cols: number, U: Float32Array, k: number): Float64Array {
-  const out = new Float64Array(rows * cols), c = new Float64Array(k);
+  const out = new Float64Array(rows * cols),
+    c = new Float64Array(k);
   for (let r = 0; r < rows; r++) {
     c.fill(0);
     for (let i = 0; i < cols; i++) for (let j = 0; j < k; j++) c[j] += x[r * cols + i] * U[i * k + j];
@@ -44,22 +52,33 @@ function rowNorm(x: ArrayLike<number>, r: number, cols: number): number {
 }
 
 const SPECS: ActCodecSpec[] = [
-  { id: 'fp32' }, { id: 'fp16' }, { id: 'int8' }, { id: 'lowrank', k: 8 }, { id: 'lowrank', k: 1, seed: -3 },
+  { id: 'fp32' },
+  { id: 'fp16' },
+  { id: 'int8' },
+  { id: 'lowrank', k: 8 },
+  { id: 'lowrank', k: 1, seed: -3 },
   { id: 'lowrank', k: 48, seed: 7 },
 ];
 
 test('fp32 round trip is bit-exact, signed zeros and extremes included', () => {
-  const rows = 5, cols = 48;
+  const rows = 5,
+    cols = 48;
   const x = gaussian(rows * cols, 1, 3);
-  x[0] = -0; x[1] = 3.4028234663852886e38; x[2] = -1.401298464324817e-45; x[3] = 1e-40;
+  x[0] = -0;
+  x[1] = 3.4028234663852886e38;
+  x[2] = -1.401298464324817e-45;
+  x[3] = 1e-40;
   const c = getActCodec({ id: 'fp32' }, cols);
   const y = c.decode(c.encode(x, rows, cols), rows, cols);
   assert.deepEqual(new Uint32Array(y.buffer), new Uint32Array(x.buffer));
 });
 
 test('fp16: max relative error <= 1e-3 over the normal range, overflow clamps to +-65504', () => {
-  const rows = 16, cols = 64, n = rows * cols;
-  const r = uniform(2), x = new Float32Array(n);
+  const rows = 16,
+    cols = 64,
+    n = rows * cols;
+  const r = uniform(2),
+    x = new Float32Array(n);
   // log-uniform magnitudes over the whole normal binary16 range [2^-14, 65504], random signs
   for (let i = 0; i < n; i++) x[i] = (r() < 0.5 ? -1 : 1) * Math.min(65504, 2 ** (-14 + 30 * r()));
   const c = getActCodec({ id: 'fp16' }, cols);
@@ -70,13 +89,19 @@ test('fp16: max relative error <= 1e-3 over the normal range, overflow clamps to
   assert.ok(worst <= 2 ** -11 + 1e-9, `round to nearest: worst ${worst} > half an ulp`);
 
   const big = new Float32Array(cols);
-  big[0] = 1e6; big[1] = -1e6; big[2] = 65520; big[3] = 65504; big[4] = 65519; big[5] = 1.0009765625 + 2 ** -11; // tie -> even
+  big[0] = 1e6;
+  big[1] = -1e6;
+  big[2] = 65520;
+  big[3] = 65504;
+  big[4] = 65519;
+  big[5] = 1.0009765625 + 2 ** -11; // tie -> even
   const b = c.decode(c.encode(big, 1, cols), 1, cols);
   assert.deepEqual([...b.subarray(0, 6)], [65504, -65504, 65504, 65504, 65504, 1.001953125]);
 });
 
 test('int8: per-row max abs error <= scale/2, scale = absmax/127, zero rows stay zero', () => {
-  const rows = 12, cols = 96;
+  const rows = 12,
+    cols = 96;
   const x = gaussian(rows * cols, 3);
   for (let r = 0; r < rows; r++) for (let i = 0; i < cols; i++) x[r * cols + i] *= 10 ** (r - 6); // rows span 12 decades
   x.fill(0, 4 * cols, 5 * cols); // an all-zero row
@@ -85,7 +110,8 @@ test('int8: per-row max abs error <= scale/2, scale = absmax/127, zero rows stay
   const y = c.decode(bytes, rows, cols);
   for (let r = 0; r < rows; r++) {
     const s = scaleOf(bytes, r);
-    let m = 0, err = 0;
+    let m = 0,
+      err = 0;
     for (let i = 0; i < cols; i++) {
       m = Math.max(m, Math.abs(x[r * cols + i]));
       err = Math.max(err, Math.abs(y[r * cols + i] - x[r * cols + i]));
@@ -102,15 +128,19 @@ test('int8: per-row max abs error <= scale/2, scale = absmax/127, zero rows stay
 });
 
 test('lowrank: inputs inside span(U) come back up to int8 error on the coefficients', () => {
-  const rows = 10, cols = 64, k = 8, seed = 11;
+  const rows = 10,
+    cols = 64,
+    k = 8,
+    seed = 11;
   const U = subspaceBasis(cols, k, seed);
   const coef = gaussian(rows * k, 4);
   const x = new Float32Array(rows * cols);
-  for (let r = 0; r < rows; r++) for (let i = 0; i < cols; i++) {
-    let s = 0;
-    for (let j = 0; j < k; j++) s += coef[r * k + j] * U[i * k + j];
-    x[r * cols + i] = s;
-  }
+  for (let r = 0; r < rows; r++)
+    for (let i = 0; i < cols; i++) {
+      let s = 0;
+      for (let j = 0; j < k; j++) s += coef[r * k + j] * U[i * k + j];
+      x[r * cols + i] = s;
+    }
   const c = getActCodec({ id: 'lowrank', k, seed }, cols);
   const bytes = c.encode(x, rows, cols);
   const y = c.decode(bytes, rows, cols);
@@ -118,26 +148,37 @@ test('lowrank: inputs inside span(U) come back up to int8 error on the coefficie
     const s = scaleOf(bytes, r);
     const d = new Float64Array(cols);
     for (let i = 0; i < cols; i++) d[i] = y[r * cols + i] - x[r * cols + i];
-    const err = rowNorm(d, 0, cols), nx = rowNorm(x, r, cols);
-    assert.ok(err <= (Math.sqrt(k) * s) / 2 + 1e-5 * nx, `row ${r}: ||err|| ${err} > sqrt(k)*s/2 = ${(Math.sqrt(k) * s) / 2}`);
+    const err = rowNorm(d, 0, cols),
+      nx = rowNorm(x, r, cols);
+    assert.ok(
+      err <= (Math.sqrt(k) * s) / 2 + 1e-5 * nx,
+      `row ${r}: ||err|| ${err} > sqrt(k)*s/2 = ${(Math.sqrt(k) * s) / 2}`,
+    );
     assert.ok(err / nx < 0.02, `row ${r}: relative error ${err / nx}`);
   }
 });
 
 test('lowrank: for random inputs the decode is the orthogonal projection onto span(U)', () => {
-  const rows = 8, cols = 80, k = 12, seed = 5;
+  const rows = 8,
+    cols = 80,
+    k = 12,
+    seed = 5;
   const U = subspaceBasis(cols, k, seed);
   const x = gaussian(rows * cols, 6, 2);
   const c = getActCodec({ id: 'lowrank', k, seed }, cols);
   const bytes = c.encode(x, rows, cols);
   const y = c.decode(bytes, rows, cols);
   const p = project(x, rows, cols, U, k);
-  let kept = 0, total = 0;
+  let kept = 0,
+    total = 0;
   for (let r = 0; r < rows; r++) {
     const s = scaleOf(bytes, r);
     const d = new Float64Array(cols);
     for (let i = 0; i < cols; i++) d[i] = y[r * cols + i] - p[r * cols + i];
-    assert.ok(rowNorm(d, 0, cols) <= (Math.sqrt(k) * s) / 2 + 1e-5 * rowNorm(x, r, cols), `row ${r} is not the projection`);
+    assert.ok(
+      rowNorm(d, 0, cols) <= (Math.sqrt(k) * s) / 2 + 1e-5 * rowNorm(x, r, cols),
+      `row ${r} is not the projection`,
+    );
     kept += rowNorm(p, r, cols) ** 2;
     total += rowNorm(x, r, cols) ** 2;
   }
@@ -153,7 +194,8 @@ test('lowrank: for random inputs the decode is the orthogonal projection onto sp
 });
 
 test('lowrank with k = cols reconstructs any input up to int8 error', () => {
-  const rows = 3, cols = 32;
+  const rows = 3,
+    cols = 32;
   const x = gaussian(rows * cols, 9);
   const c = getActCodec({ id: 'lowrank', k: cols, seed: 1 }, cols);
   const y = c.decode(c.encode(x, rows, cols), rows, cols);
@@ -171,7 +213,11 @@ test('exactBytes equals encode().length and codec.encodedSize for every codec an
       const c = getActCodec(spec, cols);
       for (const rows of [1, 2, 17]) {
         const n = exactBytes(spec, rows, cols);
-        assert.equal(c.encode(gaussian(rows * cols, rows + cols), rows, cols).length, n, `${spec.id} k=${spec.k} ${rows}x${cols}`);
+        assert.equal(
+          c.encode(gaussian(rows * cols, rows + cols), rows, cols).length,
+          n,
+          `${spec.id} k=${spec.k} ${rows}x${cols}`,
+        );
         assert.equal(c.encodedSize(rows), n);
       }
     }
@@ -179,7 +225,9 @@ test('exactBytes equals encode().length and codec.encodedSize for every codec an
 });
 
 test('bytes per value: fp32 4, fp16 2, int8 1 + 4/cols, lowrank (k + 4)/cols', () => {
-  const rows = 256, cols = 256, n = rows * cols;
+  const rows = 256,
+    cols = 256,
+    n = rows * cols;
   const per = (spec: ActCodecSpec) => (exactBytes(spec, rows, cols) - ACT_HEADER_BYTES) / n;
   assert.equal(per({ id: 'fp32' }), 4);
   assert.equal(per({ id: 'fp16' }), 2);
@@ -191,15 +239,22 @@ test('bytes per value: fp32 4, fp16 2, int8 1 + 4/cols, lowrank (k + 4)/cols', (
 });
 
 test('subspaceBasis is deterministic (same seed, same bits) and orthonormal to 1e-5', () => {
-  for (const [cols, k, seed] of [[64, 8, 0], [256, 32, 42], [33, 33, -1], [5, 1, 2 ** 52]] as const) {
-    const a = subspaceBasis(cols, k, seed), b = subspaceBasis(cols, k, seed);
+  for (const [cols, k, seed] of [
+    [64, 8, 0],
+    [256, 32, 42],
+    [33, 33, -1],
+    [5, 1, 2 ** 52],
+  ] as const) {
+    const a = subspaceBasis(cols, k, seed),
+      b = subspaceBasis(cols, k, seed);
     assert.equal(a.length, cols * k);
     assert.deepEqual(new Uint32Array(a.buffer), new Uint32Array(b.buffer));
-    for (let p = 0; p < k; p++) for (let q = p; q < k; q++) {
-      let d = 0;
-      for (let i = 0; i < cols; i++) d += a[i * k + p] * a[i * k + q];
-      assert.ok(Math.abs(d - (p === q ? 1 : 0)) <= 1e-5, `U^T U [${p},${q}] = ${d}`);
-    }
+    for (let p = 0; p < k; p++)
+      for (let q = p; q < k; q++) {
+        let d = 0;
+        for (let i = 0; i < cols; i++) d += a[i * k + p] * a[i * k + q];
+        assert.ok(Math.abs(d - (p === q ? 1 : 0)) <= 1e-5, `U^T U [${p},${q}] = ${d}`);
+      }
   }
   const c = subspaceBasis(64, 8, 1);
   assert.notDeepEqual(new Uint32Array(c.buffer), new Uint32Array(subspaceBasis(64, 8, 0).buffer));
@@ -215,9 +270,19 @@ const BASIS_16_4_123_HASH = 3185867874;
 
 test('getActCodec / exactBytes validate the spec with InvalidInputError', () => {
   const bad: [unknown, number][] = [
-    [{ id: 'lowrank' }, 64], [{ id: 'lowrank', k: 0 }, 64], [{ id: 'lowrank', k: 65 }, 64], [{ id: 'lowrank', k: 2.5 }, 64],
-    [{ id: 'lowrank', k: 4, seed: 0.5 }, 64], [{ id: 'int8', k: 4 }, 64], [{ id: 'fp16', seed: 1 }, 64], [{ id: 'bf16' }, 64],
-    [{ id: 'fp32', extra: 1 }, 64], [null, 64], [{ id: 'fp32' }, 0], [{ id: 'fp32' }, 1.5], [{ id: 'fp32' }, 1 << 17],
+    [{ id: 'lowrank' }, 64],
+    [{ id: 'lowrank', k: 0 }, 64],
+    [{ id: 'lowrank', k: 65 }, 64],
+    [{ id: 'lowrank', k: 2.5 }, 64],
+    [{ id: 'lowrank', k: 4, seed: 0.5 }, 64],
+    [{ id: 'int8', k: 4 }, 64],
+    [{ id: 'fp16', seed: 1 }, 64],
+    [{ id: 'bf16' }, 64],
+    [{ id: 'fp32', extra: 1 }, 64],
+    [null, 64],
+    [{ id: 'fp32' }, 0],
+    [{ id: 'fp32' }, 1.5],
+    [{ id: 'fp32' }, 1 << 17],
   ];
   for (const [spec, cols] of bad) {
     assert.throws(() => getActCodec(spec as ActCodecSpec, cols), InvalidInputError, JSON.stringify(spec));
@@ -237,7 +302,8 @@ test('encode refuses bad input with InvalidInputError', () => {
     assert.throws(() => c.encode(x, 2, 47), InvalidInputError); // wrong width for this codec
     assert.throws(() => c.encode(Array.from(x) as unknown as Float32Array, 2, 48), InvalidInputError);
     for (const v of [NaN, Infinity, -Infinity]) {
-      const y = x.slice(); y[50] = v;
+      const y = x.slice();
+      y[50] = v;
       assert.throws(() => c.encode(y, 2, 48), InvalidInputError, `${spec.id} ${v}`);
     }
     assert.throws(() => c.decode(c.encode(x, 2, 48), 2, 47), InvalidInputError);
@@ -245,16 +311,21 @@ test('encode refuses bad input with InvalidInputError', () => {
 });
 
 function decodeRejects(c: ActCodec, bytes: Uint8Array, rows: number, cols: number, what: string): void {
-  assert.throws(() => c.decode(bytes, rows, cols), (e: unknown) => {
-    assert.ok(e instanceof ActDecodeError, `${c.id} ${what}: threw ${String(e)} instead of ActDecodeError`);
-    assert.ok(e instanceof TesseraError);
-    assert.equal(e.code, 'ACT_DECODE');
-    return true;
-  }, `${c.id} ${what}`);
+  assert.throws(
+    () => c.decode(bytes, rows, cols),
+    (e: unknown) => {
+      assert.ok(e instanceof ActDecodeError, `${c.id} ${what}: threw ${String(e)} instead of ActDecodeError`);
+      assert.ok(e instanceof TesseraError);
+      assert.equal(e.code, 'ACT_DECODE');
+      return true;
+    },
+    `${c.id} ${what}`,
+  );
 }
 
 test('decode rejects truncated, extended, garbled and mismatched messages with ActDecodeError', () => {
-  const rows = 3, cols = 24;
+  const rows = 3,
+    cols = 24;
   const x = gaussian(rows * cols, 12);
   for (const spec of SPECS) {
     if ((spec.k ?? 0) > cols) continue;
@@ -266,7 +337,8 @@ test('decode rejects truncated, extended, garbled and mismatched messages with A
     decodeRejects(c, new Float32Array(8) as unknown as Uint8Array, rows, cols, 'not a Uint8Array');
     const mutate = (off: number, v: number, what: string, u32 = false) => {
       const b = good.slice();
-      if (u32) new DataView(b.buffer).setUint32(off, v, true); else b[off] = v;
+      if (u32) new DataView(b.buffer).setUint32(off, v, true);
+      else b[off] = v;
       decodeRejects(c, b, rows, cols, what);
     };
     mutate(0, 0x00, 'bad magic');
@@ -283,19 +355,28 @@ test('decode rejects truncated, extended, garbled and mismatched messages with A
     decodeRejects(c, good, rows + 1, cols, 'more rows expected');
   }
   // a message of one codec handed to another
-  const fp16 = getActCodec({ id: 'fp16' }, cols), int8 = getActCodec({ id: 'int8' }, cols);
+  const fp16 = getActCodec({ id: 'fp16' }, cols),
+    int8 = getActCodec({ id: 'int8' }, cols);
   decodeRejects(int8, fp16.encode(x, rows, cols), rows, cols, 'fp16 message');
   // same codec, different basis (seed or k)
   const lr = getActCodec({ id: 'lowrank', k: 8, seed: 1 }, cols);
-  decodeRejects(getActCodec({ id: 'lowrank', k: 8, seed: 2 }, cols), lr.encode(x, rows, cols), rows, cols, 'other seed');
+  decodeRejects(
+    getActCodec({ id: 'lowrank', k: 8, seed: 2 }, cols),
+    lr.encode(x, rows, cols),
+    rows,
+    cols,
+    'other seed',
+  );
   decodeRejects(getActCodec({ id: 'lowrank', k: 9, seed: 1 }, cols), lr.encode(x, rows, cols), rows, cols, 'other k');
 });
 
 test('decode rejects non-finite payloads: scales, fp32 values, fp16 Inf/NaN, int8 -128', () => {
-  const rows = 2, cols = 16;
+  const rows = 2,
+    cols = 16;
   const x = gaussian(rows * cols, 13);
   for (const spec of [{ id: 'int8' }, { id: 'lowrank', k: 4 }] as ActCodecSpec[]) {
-    const c = getActCodec(spec, cols), good = c.encode(x, rows, cols);
+    const c = getActCodec(spec, cols),
+      good = c.encode(x, rows, cols);
     for (const s of [NaN, Infinity, -Infinity, -1, 3e38]) {
       const b = good.slice();
       new DataView(b.buffer).setFloat32(ACT_HEADER_BYTES + 4, s, true);
@@ -305,33 +386,39 @@ test('decode rejects non-finite payloads: scales, fp32 values, fp16 Inf/NaN, int
     b[ACT_HEADER_BYTES + 4 * rows + 3] = 0x80;
     decodeRejects(c, b, rows, cols, 'int8 -128');
   }
-  const f32 = getActCodec({ id: 'fp32' }, cols), g32 = f32.encode(x, rows, cols);
+  const f32 = getActCodec({ id: 'fp32' }, cols),
+    g32 = f32.encode(x, rows, cols);
   for (const v of [NaN, Infinity, -Infinity]) {
     const b = g32.slice();
     new DataView(b.buffer).setFloat32(ACT_HEADER_BYTES + 4 * 5, v, true);
     decodeRejects(f32, b, rows, cols, `fp32 ${v}`);
   }
-  const f16 = getActCodec({ id: 'fp16' }, cols), g16 = f16.encode(x, rows, cols);
+  const f16 = getActCodec({ id: 'fp16' }, cols),
+    g16 = f16.encode(x, rows, cols);
   for (const h of [0x7c00, 0xfc00, 0x7e00, 0x7fff]) {
     const b = g16.slice();
-    b[ACT_HEADER_BYTES + 6] = h & 0xff; b[ACT_HEADER_BYTES + 7] = h >>> 8;
+    b[ACT_HEADER_BYTES + 6] = h & 0xff;
+    b[ACT_HEADER_BYTES + 7] = h >>> 8;
     decodeRejects(f16, b, rows, cols, `fp16 0x${h.toString(16)}`);
   }
 });
 
 test('fuzz: random byte corruption yields ActDecodeError or rows*cols finite values, nothing else', () => {
-  const rows = 4, cols = 20;
+  const rows = 4,
+    cols = 20;
   const x = gaussian(rows * cols, 14);
   const r = uniform(15);
   for (const spec of SPECS) {
     if ((spec.k ?? 0) > cols) continue;
-    const c = getActCodec(spec, cols), good = c.encode(x, rows, cols);
+    const c = getActCodec(spec, cols),
+      good = c.encode(x, rows, cols);
     for (let t = 0; t < 300; t++) {
       const b = good.slice();
       const flips = 1 + Math.floor(r() * 4);
       for (let f = 0; f < flips; f++) {
         // half the time hit the header/scales, where the checks are
-        const pos = r() < 0.5 ? Math.floor(r() * Math.min(b.length, ACT_HEADER_BYTES + 4 * rows)) : Math.floor(r() * b.length);
+        const pos =
+          r() < 0.5 ? Math.floor(r() * Math.min(b.length, ACT_HEADER_BYTES + 4 * rows)) : Math.floor(r() * b.length);
         b[pos] = Math.floor(r() * 256);
       }
       try {
@@ -350,7 +437,8 @@ test('decode is deterministic and ACT_CODEC_IDS lists every codec', () => {
   const x = gaussian(6 * 40, 16);
   for (const spec of SPECS) {
     if ((spec.k ?? 0) > 40) continue;
-    const a = getActCodec(spec, 40), b = getActCodec(spec, 40);
+    const a = getActCodec(spec, 40),
+      b = getActCodec(spec, 40);
     const ea = a.encode(x, 6, 40);
     assert.deepEqual(ea, b.encode(x, 6, 40));
     assert.deepEqual(a.decode(ea, 6, 40), b.decode(ea, 6, 40));

@@ -12,8 +12,20 @@ import { weightsHash } from '../src/model/checkpoint.js';
 import { DEFAULT_ADAMW } from '../src/train/adamw.js';
 import { MerkleTree, merkleRoot, verifyInclusion, MerkleError } from '../src/verify/merkle.js';
 import {
-  Stepper, audit, bisect, commitSteps, oracleFor, reexecute, verifyFraudProof, spotCheck, leafOf,
-  cloneState, type AuditJob, type FraudProof, type StepState, type TrainerOracle,
+  Stepper,
+  audit,
+  bisect,
+  commitSteps,
+  oracleFor,
+  reexecute,
+  verifyFraudProof,
+  spotCheck,
+  leafOf,
+  cloneState,
+  type AuditJob,
+  type FraudProof,
+  type StepState,
+  type TrainerOracle,
 } from '../src/verify/audit.js';
 import { decodeFraudProof, encodeFraudProof } from '../src/verify/audit-wire.js';
 import type { ModelConfig } from '../src/model/config.js';
@@ -29,15 +41,21 @@ test('merkle: every proof of trees of 1..9 leaves verifies; any tampering fails'
       const p = t.proof(i);
       assert.ok(verifyInclusion(t.root, leaves[i], p), `n=${n} i=${i}`);
       assert.equal(verifyInclusion(t.root, h('other'), p), false);
-      for (let j = 0; j < n; j++) if (j !== i) assert.equal(verifyInclusion(t.root, leaves[i], { ...p, index: j }), false, `n=${n} i=${i} as ${j}`);
+      for (let j = 0; j < n; j++)
+        if (j !== i)
+          assert.equal(verifyInclusion(t.root, leaves[i], { ...p, index: j }), false, `n=${n} i=${i} as ${j}`);
       for (let s = 0; s < p.siblings.length; s++) {
         const sib = [...p.siblings];
         sib[s] = h('x');
         assert.equal(verifyInclusion(t.root, leaves[i], { ...p, siblings: sib }), false);
-        assert.equal(verifyInclusion(t.root, leaves[i], { ...p, siblings: p.siblings.filter((_, q) => q !== s) }), false);
+        assert.equal(
+          verifyInclusion(t.root, leaves[i], { ...p, siblings: p.siblings.filter((_, q) => q !== s) }),
+          false,
+        );
       }
       assert.equal(verifyInclusion(t.root, leaves[i], { ...p, siblings: [...p.siblings, h('extra')] }), false);
-      for (let m = 1; m <= 9; m++) if (m !== n && i < m) assert.equal(verifyInclusion(t.root, leaves[i], { ...p, count: m }), false);
+      for (let m = 1; m <= 9; m++)
+        if (m !== n && i < m) assert.equal(verifyInclusion(t.root, leaves[i], { ...p, count: m }), false);
       assert.equal(verifyInclusion(h('root'), leaves[i], p), false);
     }
   }
@@ -69,14 +87,23 @@ const round = 3;
 function tokens(seed: number, n: number): Uint16Array {
   const t = new Uint16Array(n);
   let x = seed;
-  for (let i = 0; i < n; i++) { x = (x * 1103515245 + 12345) >>> 0; t[i] = (x >>> 16) % config.vocabSize; }
+  for (let i = 0; i < n; i++) {
+    x = (x * 1103515245 + 12345) >>> 0;
+    t[i] = (x >>> 16) % config.vocabSize;
+  }
   return t;
 }
 
 const job: AuditJob = {
-  runId, round, innerSteps: H,
-  shards: [{ shard: 5, tokens: tokens(1, 2000) }, { shard: 9, tokens: tokens(2, 1500) }],
-  B: 2, T: 16,
+  runId,
+  round,
+  innerSteps: H,
+  shards: [
+    { shard: 5, tokens: tokens(1, 2000) },
+    { shard: 9, tokens: tokens(2, 1500) },
+  ],
+  B: 2,
+  T: 16,
   schedule: { kind: 'cosine', maxLr: 3e-3, minLrFrac: 0.1, warmupSteps: 10, totalSteps: 1000, decayFrac: 0.2 },
   adamw: DEFAULT_ADAMW,
 };
@@ -101,7 +128,12 @@ const trainerPeer = peer(1);
 const honest = commitSteps(trainerPeer, start, { keep: true });
 
 function faulty(k: number): ReturnType<typeof commitSteps> {
-  return commitSteps(peer(1), start, { keep: true, tamper: (step, s) => { if (step === k) s.gpt.params[3] += 1e-3; } });
+  return commitSteps(peer(1), start, {
+    keep: true,
+    tamper: (step, s) => {
+      if (step === k) s.gpt.params[3] += 1e-3;
+    },
+  });
 }
 
 test('determinism: independent re-executions (other kernels object, other thread count) give the same root', () => {
@@ -162,23 +194,31 @@ test('forged proofs are rejected', () => {
   };
   // Honest trainer falsely accused: a proof built from its real trace.
   const hp: FraudProof = {
-    ...proof, root: honest.root, k: 17,
+    ...proof,
+    root: honest.root,
+    k: 17,
     pre: { digest: honest.digests[16], proof: honest.tree.proof(16) },
     post: { digest: honest.digests[17], proof: honest.tree.proof(17) },
     state: cloneState(honest.states![16]),
   };
   assert.match(reject(hp, { ...ctx(), root: honest.root }), /no fraud/);
   // Wrong leaf: a made-up post digest.
-  assert.match(reject({ ...proof, post: { ...proof.post, digest: { ...proof.post.digest, opt: h('x') } } }), /post leaf/);
+  assert.match(
+    reject({ ...proof, post: { ...proof.post, digest: { ...proof.post.digest, opt: h('x') } } }),
+    /post leaf/,
+  );
   // Wrong inclusion path.
-  const sib = [...proof.pre.proof.siblings]; sib[0] = h('y');
+  const sib = [...proof.pre.proof.siblings];
+  sib[0] = h('y');
   assert.match(reject({ ...proof, pre: { ...proof.pre, proof: { ...proof.pre.proof, siblings: sib } } }), /pre leaf/);
   // Leaves not adjacent / wrong index.
   assert.match(reject({ ...proof, k: 18 }), /adjacent/);
   // Tampered pre-state.
-  const st = cloneState(proof.state); st.theta[0] += 1e-6;
+  const st = cloneState(proof.state);
+  st.theta[0] += 1e-6;
   assert.match(reject({ ...proof, state: st }), /pre-state/);
-  const st2 = cloneState(proof.state); st2.step += 1;
+  const st2 = cloneState(proof.state);
+  st2.step += 1;
   assert.match(reject({ ...proof, state: st2 }), /pre-state/);
   // Wrong batch, wrong trainer, wrong root.
   assert.match(reject({ ...proof, batch: { ...proof.batch, draw: proof.batch.draw + 1 } }), /batch/);
@@ -191,11 +231,24 @@ test('forged proofs are rejected', () => {
 });
 
 test('a trainer whose leaf 0 is not the round weights fails at the anchor; lying answers are caught', () => {
-  const other = cloneState(start); other.theta[0] += 1;
+  const other = cloneState(start);
+  other.theta[0] += 1;
   const c = commitSteps(peer(1), other, { keep: true });
-  assert.deepEqual(audit(peer(2), 'trainer', c.root, baseHash, oracleFor(c)), { ok: false, reason: 'bad-anchor', steps: 0 });
+  assert.deepEqual(audit(peer(2), 'trainer', c.root, baseHash, oracleFor(c)), {
+    ok: false,
+    reason: 'bad-anchor',
+    steps: 0,
+  });
   // A trainer answering bisection queries from a trace other than the one it committed.
   const f = faulty(33);
   const liar: TrainerOracle = { ...oracleFor(f), reveal: (i) => oracleFor(honest).reveal(i) };
-  assert.throws(() => bisect(liar, f.root, honest.leaves.map((l, i) => (i >= 40 ? h('z') : l))), /does not verify/);
+  assert.throws(
+    () =>
+      bisect(
+        liar,
+        f.root,
+        honest.leaves.map((l, i) => (i >= 40 ? h('z') : l)),
+      ),
+    /does not verify/,
+  );
 });

@@ -6,7 +6,11 @@ import { join } from 'node:path';
 import { createHash } from 'node:crypto';
 import { spawnSync } from 'node:child_process';
 import {
-  checkTokenizerMatches, loadCheckpoint, saveCheckpoint, weightsHash, writeDirAtomic,
+  checkTokenizerMatches,
+  loadCheckpoint,
+  saveCheckpoint,
+  weightsHash,
+  writeDirAtomic,
   type LoadedCheckpoint,
 } from '../src/model/checkpoint.js';
 import type { ModelConfig } from '../src/model/config.js';
@@ -21,10 +25,16 @@ function randomArray(n: number, seed: number): Float32Array {
   let s = seed >>> 0 || 1;
   const a = new Float32Array(n);
   for (let i = 0; i < n; i++) {
-    s ^= s << 13; s >>>= 0; s ^= s >>> 17; s ^= s << 5; s >>>= 0;
+    s ^= s << 13;
+    s >>>= 0;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    s >>>= 0;
     a[i] = (s / 0x100000000) * 2 - 1;
   }
-  a[0] = -0; a[1] = 1e-45; a[2] = 3.4028234663852886e38;
+  a[0] = -0;
+  a[1] = 1e-45;
+  a[2] = 3.4028234663852886e38;
   return a;
 }
 
@@ -35,21 +45,36 @@ async function tempDir(t: { after: (fn: () => Promise<void>) => void }): Promise
 }
 
 function bitsEqual(a: Float32Array, b: Float32Array): boolean {
-  return Buffer.compare(Buffer.from(a.buffer, a.byteOffset, a.byteLength), Buffer.from(b.buffer, b.byteOffset, b.byteLength)) === 0;
+  return (
+    Buffer.compare(
+      Buffer.from(a.buffer, a.byteOffset, a.byteLength),
+      Buffer.from(b.buffer, b.byteOffset, b.byteLength),
+    ) === 0
+  );
 }
 
 async function snapshot(dir: string): Promise<Record<string, string>> {
   const out: Record<string, string> = {};
-  for (const f of (await readdir(dir)).sort()) out[f] = createHash('sha256').update(await readFile(join(dir, f))).digest('hex');
+  for (const f of (await readdir(dir)).sort())
+    out[f] = createHash('sha256')
+      .update(await readFile(join(dir, f)))
+      .digest('hex');
   return out;
 }
 
 /** Save a checkpoint with optimizer state; returns its dir and contents. */
 async function makeCheckpoint(root: string, name = 'ckpt') {
   const P = paramCount(CFG);
-  const params = randomArray(P, 1), m = randomArray(P, 2), v = randomArray(P, 3).map(Math.abs);
+  const params = randomArray(P, 1),
+    m = randomArray(P, 2),
+    v = randomArray(P, 3).map(Math.abs);
   const dir = join(root, name);
-  const res = await saveCheckpoint(dir, { config: CFG, params, optimizer: { m, v, step: 1234 }, meta: { run: 'x', tokens: 42 } });
+  const res = await saveCheckpoint(dir, {
+    config: CFG,
+    params,
+    optimizer: { m, v, step: 1234 },
+    meta: { run: 'x', tokens: 42 },
+  });
   return { dir, params, m, v, res };
 }
 
@@ -68,12 +93,19 @@ async function rewriteHeader(path: string, mutate: (h: Record<string, any>) => v
 }
 
 /** Asserts `p` rejects with `cls`, whose message matches every regex; returns the error. */
-async function rejectsWith<E extends Error>(p: Promise<unknown>, cls: new (...a: any[]) => E, ...res: RegExp[]): Promise<E> {
+async function rejectsWith<E extends Error>(
+  p: Promise<unknown>,
+  cls: new (...a: any[]) => E,
+  ...res: RegExp[]
+): Promise<E> {
   let result: unknown;
   try {
     result = await p;
   } catch (e) {
-    assert.ok(e instanceof cls, `expected ${cls.name}, got ${(e as Error)?.constructor?.name}: ${(e as Error)?.message}`);
+    assert.ok(
+      e instanceof cls,
+      `expected ${cls.name}, got ${(e as Error)?.constructor?.name}: ${(e as Error)?.message}`,
+    );
     for (const re of res) assert.match((e as Error).message, re);
     return e as E;
   }
@@ -86,7 +118,11 @@ test('roundtrip is bitwise exact, with optimizer state and meta', async (t) => {
   assert.equal(res.weightsHash, weightsHash(params));
   assert.match(res.weightsHash, /^[0-9a-f]{64}$/);
   assert.deepEqual((await readdir(dir)).sort(), ['config.json', 'model.safetensors', 'optimizer.safetensors']);
-  assert.deepEqual(res.files.map((f) => f.slice(f.lastIndexOf('/') + 1)).sort(), ['config.json', 'model.safetensors', 'optimizer.safetensors']);
+  assert.deepEqual(res.files.map((f) => f.slice(f.lastIndexOf('/') + 1)).sort(), [
+    'config.json',
+    'model.safetensors',
+    'optimizer.safetensors',
+  ]);
   // No temp/backup dirs left behind.
   assert.deepEqual(await readdir(root), ['ckpt']);
 
@@ -119,10 +155,14 @@ test('extraFiles are written in the same atomic step; tokenizer.json may be repl
   const root = await tempDir(t);
   const dir = join(root, 'ckpt');
   const params = randomArray(paramCount(CFG), 7);
-  const { files } = await saveCheckpoint(dir, { config: CFG, params, extraFiles: { 'tokenizer.json': '{"v":1}', 'notes.bin': new Uint8Array([1, 2]) } });
+  const { files } = await saveCheckpoint(dir, {
+    config: CFG,
+    params,
+    extraFiles: { 'tokenizer.json': '{"v":1}', 'notes.bin': new Uint8Array([1, 2]) },
+  });
   assert.equal(files.length, 4);
   assert.equal(await readFile(join(dir, 'tokenizer.json'), 'utf8'), '{"v":1}');
-  assert.deepEqual([...await readFile(join(dir, 'notes.bin'))], [1, 2]);
+  assert.deepEqual([...(await readFile(join(dir, 'notes.bin')))], [1, 2]);
   await loadCheckpoint(dir);
   // A plain save replaces a checkpoint holding the extra files it recorded, or tokenizer.json...
   await saveCheckpoint(dir, { config: CFG, params });
@@ -136,7 +176,11 @@ test('extraFiles are written in the same atomic step; tokenizer.json may be repl
   await rm(join(dir, 'notes.bin'));
   // ...and file names are checked.
   for (const bad of ['../x', 'a/b', '.hidden', 'model.safetensors', '']) {
-    await rejectsWith(saveCheckpoint(dir, { config: CFG, params, extraFiles: { [bad]: 'x' } }), InvalidInputError, /extraFiles/);
+    await rejectsWith(
+      saveCheckpoint(dir, { config: CFG, params, extraFiles: { [bad]: 'x' } }),
+      InvalidInputError,
+      /extraFiles/,
+    );
   }
 });
 
@@ -158,19 +202,42 @@ test('a failed save leaves the target directory unchanged', async (t) => {
   const { dir } = await makeCheckpoint(root);
   const before = await snapshot(dir);
 
-  await rejectsWith(saveCheckpoint(dir, { config: CFG, params: new Float32Array(10) }), InvalidInputError, /params has 10 floats/);
-  await rejectsWith(saveCheckpoint(dir, { config: { ...CFG, heads: 5 }, params: new Float32Array(10) }), InvalidInputError, /divisible/);
+  await rejectsWith(
+    saveCheckpoint(dir, { config: CFG, params: new Float32Array(10) }),
+    InvalidInputError,
+    /params has 10 floats/,
+  );
+  await rejectsWith(
+    saveCheckpoint(dir, { config: { ...CFG, heads: 5 }, params: new Float32Array(10) }),
+    InvalidInputError,
+    /divisible/,
+  );
   const P = paramCount(CFG);
-  await rejectsWith(saveCheckpoint(dir, { config: CFG, params: new Float32Array(P), optimizer: { m: new Float32Array(P), v: new Float32Array(P), step: -1 } }),
-    InvalidInputError, /step/);
-  const cyclic: Record<string, unknown> = {}; cyclic.self = cyclic;
-  await rejectsWith(saveCheckpoint(dir, { config: CFG, params: new Float32Array(P), meta: cyclic }), InvalidInputError, /meta/);
+  await rejectsWith(
+    saveCheckpoint(dir, {
+      config: CFG,
+      params: new Float32Array(P),
+      optimizer: { m: new Float32Array(P), v: new Float32Array(P), step: -1 },
+    }),
+    InvalidInputError,
+    /step/,
+  );
+  const cyclic: Record<string, unknown> = {};
+  cyclic.self = cyclic;
+  await rejectsWith(
+    saveCheckpoint(dir, { config: CFG, params: new Float32Array(P), meta: cyclic }),
+    InvalidInputError,
+    /meta/,
+  );
 
   // A failure in the middle of writing files: the temp dir is removed, the target untouched.
-  await assert.rejects(writeDirAtomic(dir, new Set(['config.json', 'model.safetensors', 'optimizer.safetensors']), async (tmp) => {
-    await writeFile(join(tmp, 'model.safetensors'), 'partial');
-    throw new Error('disk full (simulated)');
-  }), /disk full/);
+  await assert.rejects(
+    writeDirAtomic(dir, new Set(['config.json', 'model.safetensors', 'optimizer.safetensors']), async (tmp) => {
+      await writeFile(join(tmp, 'model.safetensors'), 'partial');
+      throw new Error('disk full (simulated)');
+    }),
+    /disk full/,
+  );
 
   assert.deepEqual(await snapshot(dir), before);
   assert.deepEqual(await readdir(root), ['ckpt'], 'no temp directories left behind');
@@ -202,10 +269,19 @@ test('refuses to replace a directory that is not a checkpoint', async (t) => {
   const dir = join(root, 'precious');
   await mkdir(dir);
   await writeFile(join(dir, 'notes.txt'), 'keep me');
-  await rejectsWith(saveCheckpoint(dir, { config: CFG, params: new Float32Array(paramCount(CFG)) }), InvalidInputError, /refusing/, /notes\.txt/);
+  await rejectsWith(
+    saveCheckpoint(dir, { config: CFG, params: new Float32Array(paramCount(CFG)) }),
+    InvalidInputError,
+    /refusing/,
+    /notes\.txt/,
+  );
   assert.equal(await readFile(join(dir, 'notes.txt'), 'utf8'), 'keep me');
   await writeFile(join(root, 'afile'), 'x');
-  await rejectsWith(saveCheckpoint(join(root, 'afile'), { config: CFG, params: new Float32Array(paramCount(CFG)) }), InvalidInputError, /not a directory/);
+  await rejectsWith(
+    saveCheckpoint(join(root, 'afile'), { config: CFG, params: new Float32Array(paramCount(CFG)) }),
+    InvalidInputError,
+    /not a directory/,
+  );
 });
 
 /** Corrupt one file of a fresh checkpoint, then expect loadCheckpoint to throw `cls` naming `file`. */
@@ -214,174 +290,368 @@ async function expectCorrupt(t: any, file: string, corrupt: (path: string) => Pr
 }
 
 /** Like expectCorrupt, but the corruption of `file` is detected (and reported) in `errFile`. */
-async function expectCorruptIn(t: any, file: string, errFile: string, corrupt: (path: string) => Promise<void>, ...res: RegExp[]) {
+async function expectCorruptIn(
+  t: any,
+  file: string,
+  errFile: string,
+  corrupt: (path: string) => Promise<void>,
+  ...res: RegExp[]
+) {
   const root = await tempDir(t);
   const { dir } = await makeCheckpoint(root);
   await corrupt(join(dir, file));
   const path = join(dir, errFile);
   let loaded: LoadedCheckpoint | undefined;
-  const err = await rejectsWith((async () => { loaded = await loadCheckpoint(dir); return loaded; })(), CorruptFileError, ...res);
+  const err = await rejectsWith(
+    (async () => {
+      loaded = await loadCheckpoint(dir);
+      return loaded;
+    })(),
+    CorruptFileError,
+    ...res,
+  );
   assert.equal(loaded, undefined, 'a failed load returns nothing');
   assert.equal(err.path, path, 'error names the file');
   assert.ok(err.message.startsWith(path), err.message);
   assert.equal(err.code, 'CORRUPT_FILE');
 }
 
-test('truncated model.safetensors', (t) => expectCorrupt(t, 'model.safetensors', async (p) => {
-  const raw = await readFile(p);
-  await writeFile(p, raw.subarray(0, raw.length - 100));
-}, /truncated/));
+test('truncated model.safetensors', (t) =>
+  expectCorrupt(
+    t,
+    'model.safetensors',
+    async (p) => {
+      const raw = await readFile(p);
+      await writeFile(p, raw.subarray(0, raw.length - 100));
+    },
+    /truncated/,
+  ));
 
-test('model.safetensors truncated inside the header', (t) => expectCorrupt(t, 'model.safetensors', async (p) => {
-  const raw = await readFile(p);
-  await writeFile(p, raw.subarray(0, 40));
-}, /header length \d+ exceeds/));
+test('model.safetensors truncated inside the header', (t) =>
+  expectCorrupt(
+    t,
+    'model.safetensors',
+    async (p) => {
+      const raw = await readFile(p);
+      await writeFile(p, raw.subarray(0, 40));
+    },
+    /header length \d+ exceeds/,
+  ));
 
-test('model.safetensors shorter than the length prefix', (t) => expectCorrupt(t, 'model.safetensors', async (p) => {
-  await writeFile(p, Buffer.from([1, 2, 3]));
-}, /too short/));
+test('model.safetensors shorter than the length prefix', (t) =>
+  expectCorrupt(
+    t,
+    'model.safetensors',
+    async (p) => {
+      await writeFile(p, Buffer.from([1, 2, 3]));
+    },
+    /too short/,
+  ));
 
-test('flipped data byte is caught by the weights hash', (t) => expectCorrupt(t, 'model.safetensors', async (p) => {
-  const raw = await readFile(p);
-  raw[raw.length - 7] ^= 0x10;
-  await writeFile(p, raw);
-}, /weights hash mismatch/, /corrupted/));
+test('flipped data byte is caught by the weights hash', (t) =>
+  expectCorrupt(
+    t,
+    'model.safetensors',
+    async (p) => {
+      const raw = await readFile(p);
+      raw[raw.length - 7] ^= 0x10;
+      await writeFile(p, raw);
+    },
+    /weights hash mismatch/,
+    /corrupted/,
+  ));
 
-test('header length lying (larger than the file)', (t) => expectCorrupt(t, 'model.safetensors', async (p) => {
-  const raw = await readFile(p);
-  raw.writeBigUInt64LE(BigInt(raw.length), 0);
-  await writeFile(p, raw);
-}, /header length \d+ exceeds/));
+test('header length lying (larger than the file)', (t) =>
+  expectCorrupt(
+    t,
+    'model.safetensors',
+    async (p) => {
+      const raw = await readFile(p);
+      raw.writeBigUInt64LE(BigInt(raw.length), 0);
+      await writeFile(p, raw);
+    },
+    /header length \d+ exceeds/,
+  ));
 
-test('header length lying (huge u64)', (t) => expectCorrupt(t, 'model.safetensors', async (p) => {
-  const raw = await readFile(p);
-  raw.writeBigUInt64LE(0xffffffffffffff00n, 0);
-  await writeFile(p, raw);
-}, /header length 18446744073709551360 exceeds/));
+test('header length lying (huge u64)', (t) =>
+  expectCorrupt(
+    t,
+    'model.safetensors',
+    async (p) => {
+      const raw = await readFile(p);
+      raw.writeBigUInt64LE(0xffffffffffffff00n, 0);
+      await writeFile(p, raw);
+    },
+    /header length 18446744073709551360 exceeds/,
+  ));
 
-test('header length lying (too short, cuts the JSON)', (t) => expectCorrupt(t, 'model.safetensors', async (p) => {
-  const raw = await readFile(p);
-  raw.writeBigUInt64LE(raw.readBigUInt64LE(0) - 16n, 0);
-  await writeFile(p, raw);
-}, /not valid JSON/));
+test('header length lying (too short, cuts the JSON)', (t) =>
+  expectCorrupt(
+    t,
+    'model.safetensors',
+    async (p) => {
+      const raw = await readFile(p);
+      raw.writeBigUInt64LE(raw.readBigUInt64LE(0) - 16n, 0);
+      await writeFile(p, raw);
+    },
+    /not valid JSON/,
+  ));
 
-test('bad JSON header', (t) => expectCorrupt(t, 'model.safetensors', async (p) => {
-  const raw = await readFile(p);
-  raw.write('"', 8 + 20, 'latin1'); // same length, broken JSON
-  await writeFile(p, raw);
-}, /not valid JSON/));
+test('bad JSON header', (t) =>
+  expectCorrupt(
+    t,
+    'model.safetensors',
+    async (p) => {
+      const raw = await readFile(p);
+      raw.write('"', 8 + 20, 'latin1'); // same length, broken JSON
+      await writeFile(p, raw);
+    },
+    /not valid JSON/,
+  ));
 
 test('header that is not an object / not UTF-8', async (t) => {
-  await expectCorrupt(t, 'model.safetensors', async (p) => {
-    const raw = await readFile(p);
-    raw[8] = '['.charCodeAt(0);
-    await writeFile(p, raw);
-  }, /does not start with/);
-  await expectCorrupt(t, 'model.safetensors', async (p) => {
-    const raw = await readFile(p);
-    raw[10] = 0xff;
-    await writeFile(p, raw);
-  }, /UTF-8/);
+  await expectCorrupt(
+    t,
+    'model.safetensors',
+    async (p) => {
+      const raw = await readFile(p);
+      raw[8] = '['.charCodeAt(0);
+      await writeFile(p, raw);
+    },
+    /does not start with/,
+  );
+  await expectCorrupt(
+    t,
+    'model.safetensors',
+    async (p) => {
+      const raw = await readFile(p);
+      raw[10] = 0xff;
+      await writeFile(p, raw);
+    },
+    /UTF-8/,
+  );
 });
 
-test('wrong shape', (t) => expectCorrupt(t, 'model.safetensors', (p) => rewriteHeader(p, (h) => {
-  h['h.0.attn.qkv.w'].shape = [32, 96]; // same byte size, transposed shape
-}), /tensor "h\.0\.attn\.qkv\.w" has shape \[32,96\], expected \[96,32\]/));
+test('wrong shape', (t) =>
+  expectCorrupt(
+    t,
+    'model.safetensors',
+    (p) =>
+      rewriteHeader(p, (h) => {
+        h['h.0.attn.qkv.w'].shape = [32, 96]; // same byte size, transposed shape
+      }),
+    /tensor "h\.0\.attn\.qkv\.w" has shape \[32,96\], expected \[96,32\]/,
+  ));
 
-test('shape inconsistent with data_offsets', (t) => expectCorrupt(t, 'model.safetensors', (p) => rewriteHeader(p, (h) => {
-  h['wte'].shape = [97, 31];
-}), /tensor "wte": data_offsets .* needs/));
+test('shape inconsistent with data_offsets', (t) =>
+  expectCorrupt(
+    t,
+    'model.safetensors',
+    (p) =>
+      rewriteHeader(p, (h) => {
+        h['wte'].shape = [97, 31];
+      }),
+    /tensor "wte": data_offsets .* needs/,
+  ));
 
-test('missing tensor', (t) => expectCorrupt(t, 'model.safetensors', async (p) => {
-  const { tensors, header } = decodeSafetensors(await readFile(p), p);
-  const kept = [...tensors].filter(([n]) => n !== 'h.1.mlp.fc.b').map(([name, x]) => ({ name, shape: x.shape, data: x.data }));
-  await writeFile(p, encodeSafetensors(kept, header.metadata));
-}, /missing tensor\(s\): h\.1\.mlp\.fc\.b/));
+test('missing tensor', (t) =>
+  expectCorrupt(
+    t,
+    'model.safetensors',
+    async (p) => {
+      const { tensors, header } = decodeSafetensors(await readFile(p), p);
+      const kept = [...tensors]
+        .filter(([n]) => n !== 'h.1.mlp.fc.b')
+        .map(([name, x]) => ({ name, shape: x.shape, data: x.data }));
+      await writeFile(p, encodeSafetensors(kept, header.metadata));
+    },
+    /missing tensor\(s\): h\.1\.mlp\.fc\.b/,
+  ));
 
-test('extra tensor', (t) => expectCorrupt(t, 'model.safetensors', async (p) => {
-  const { tensors, header } = decodeSafetensors(await readFile(p), p);
-  const all = [...tensors].map(([name, x]) => ({ name, shape: x.shape, data: x.data }));
-  all.push({ name: 'lm_head.w', shape: [2], data: new Float32Array(2) });
-  await writeFile(p, encodeSafetensors(all, header.metadata));
-}, /unexpected tensor\(s\): lm_head\.w/));
+test('extra tensor', (t) =>
+  expectCorrupt(
+    t,
+    'model.safetensors',
+    async (p) => {
+      const { tensors, header } = decodeSafetensors(await readFile(p), p);
+      const all = [...tensors].map(([name, x]) => ({ name, shape: x.shape, data: x.data }));
+      all.push({ name: 'lm_head.w', shape: [2], data: new Float32Array(2) });
+      await writeFile(p, encodeSafetensors(all, header.metadata));
+    },
+    /unexpected tensor\(s\): lm_head\.w/,
+  ));
 
-test('trailing garbage after the data', (t) => expectCorrupt(t, 'model.safetensors', async (p) => {
-  await writeFile(p, Buffer.concat([await readFile(p), Buffer.from('garbage!')]));
-}, /8 trailing bytes/));
+test('trailing garbage after the data', (t) =>
+  expectCorrupt(
+    t,
+    'model.safetensors',
+    async (p) => {
+      await writeFile(p, Buffer.concat([await readFile(p), Buffer.from('garbage!')]));
+    },
+    /8 trailing bytes/,
+  ));
 
 test('overlapping tensors / gaps', async (t) => {
-  await expectCorrupt(t, 'model.safetensors', (p) => rewriteHeader(p, (h) => {
-    const [b, e] = h['lnf.b'].data_offsets; h['lnf.b'].data_offsets = [b - 4, e - 4];
-  }), /overlap/);
-  await expectCorrupt(t, 'model.safetensors', (p) => rewriteHeader(p, (h) => { delete h['wpe']; }), /gap of 2048 bytes/);
+  await expectCorrupt(
+    t,
+    'model.safetensors',
+    (p) =>
+      rewriteHeader(p, (h) => {
+        const [b, e] = h['lnf.b'].data_offsets;
+        h['lnf.b'].data_offsets = [b - 4, e - 4];
+      }),
+    /overlap/,
+  );
+  await expectCorrupt(
+    t,
+    'model.safetensors',
+    (p) =>
+      rewriteHeader(p, (h) => {
+        delete h['wpe'];
+      }),
+    /gap of 2048 bytes/,
+  );
 });
 
 test('unknown dtype and wrong dtype', async (t) => {
-  await expectCorrupt(t, 'model.safetensors', (p) => rewriteHeader(p, (h) => { h['wte'].dtype = 'F33'; }), /unknown dtype "F33"/);
-  await expectCorrupt(t, 'model.safetensors', (p) => rewriteHeader(p, (h) => { h['lnf.w'].dtype = 'I32'; }), /tensor "lnf\.w" has dtype I32, expected F32/);
+  await expectCorrupt(
+    t,
+    'model.safetensors',
+    (p) =>
+      rewriteHeader(p, (h) => {
+        h['wte'].dtype = 'F33';
+      }),
+    /unknown dtype "F33"/,
+  );
+  await expectCorrupt(
+    t,
+    'model.safetensors',
+    (p) =>
+      rewriteHeader(p, (h) => {
+        h['lnf.w'].dtype = 'I32';
+      }),
+    /tensor "lnf\.w" has dtype I32, expected F32/,
+  );
 });
 
-test('metadata hash tampered (consistent data, wrong record)', (t) => expectCorrupt(t, 'model.safetensors', (p) => rewriteHeader(p, (h) => {
-  h.__metadata__.weightsHash = '0'.repeat(64);
-}), /differs from config\.json/));
+test('metadata hash tampered (consistent data, wrong record)', (t) =>
+  expectCorrupt(
+    t,
+    'model.safetensors',
+    (p) =>
+      rewriteHeader(p, (h) => {
+        h.__metadata__.weightsHash = '0'.repeat(64);
+      }),
+    /differs from config\.json/,
+  ));
 
 test('missing model.safetensors', (t) => expectCorrupt(t, 'model.safetensors', (p) => rm(p), /file is missing/));
 
 test('config.json garbage', async (t) => {
   await expectCorrupt(t, 'config.json', (p) => writeFile(p, '{"format": "tessera-gpt2", '), /not valid JSON/);
   await expectCorrupt(t, 'config.json', (p) => writeFile(p, Buffer.from([0xc3, 0x28])), /UTF-8/);
-  await expectCorrupt(t, 'config.json', async (p) => {
-    const c = JSON.parse(await readFile(p, 'utf8')); c.model.heads = 5; await writeFile(p, JSON.stringify(c));
-  }, /divisible/);
-  await expectCorrupt(t, 'config.json', async (p) => {
-    const c = JSON.parse(await readFile(p, 'utf8')); c.format = 'other'; await writeFile(p, JSON.stringify(c));
-  }, /format/);
+  await expectCorrupt(
+    t,
+    'config.json',
+    async (p) => {
+      const c = JSON.parse(await readFile(p, 'utf8'));
+      c.model.heads = 5;
+      await writeFile(p, JSON.stringify(c));
+    },
+    /divisible/,
+  );
+  await expectCorrupt(
+    t,
+    'config.json',
+    async (p) => {
+      const c = JSON.parse(await readFile(p, 'utf8'));
+      c.format = 'other';
+      await writeFile(p, JSON.stringify(c));
+    },
+    /format/,
+  );
   // A valid config that no longer matches the tensors: reported against the weights file.
-  await expectCorruptIn(t, 'config.json', 'model.safetensors', async (p) => {
-    const c = JSON.parse(await readFile(p, 'utf8')); c.model.dim = 64; await writeFile(p, JSON.stringify(c));
-  }, /tensor "wte" has shape \[97,32\], expected \[97,64\] for the config\.json model/);
+  await expectCorruptIn(
+    t,
+    'config.json',
+    'model.safetensors',
+    async (p) => {
+      const c = JSON.parse(await readFile(p, 'utf8'));
+      c.model.dim = 64;
+      await writeFile(p, JSON.stringify(c));
+    },
+    /tensor "wte" has shape \[97,32\], expected \[97,64\] for the config\.json model/,
+  );
   await expectCorrupt(t, 'config.json', (p) => rm(p), /file is missing/);
 });
 
 test('optimizer state corrupt or inconsistent', async (t) => {
-  await expectCorrupt(t, 'optimizer.safetensors', async (p) => {
-    const raw = await readFile(p); raw[raw.length - 3] ^= 1; await writeFile(p, raw);
-  }, /moments hash mismatch/);
-  await expectCorrupt(t, 'optimizer.safetensors', (p) => rewriteHeader(p, (h) => { h.__metadata__.step = '-3'; }), /step/);
+  await expectCorrupt(
+    t,
+    'optimizer.safetensors',
+    async (p) => {
+      const raw = await readFile(p);
+      raw[raw.length - 3] ^= 1;
+      await writeFile(p, raw);
+    },
+    /moments hash mismatch/,
+  );
+  await expectCorrupt(
+    t,
+    'optimizer.safetensors',
+    (p) =>
+      rewriteHeader(p, (h) => {
+        h.__metadata__.step = '-3';
+      }),
+    /step/,
+  );
   await expectCorrupt(t, 'optimizer.safetensors', (p) => rm(p), /file is missing/);
 });
 
 test('expectConfig mismatch', async (t) => {
   const root = await tempDir(t);
   const { dir } = await makeCheckpoint(root);
-  await rejectsWith(loadCheckpoint(dir, { expectConfig: { ...CFG, layers: 3 } }), MismatchError, /layers 2 \(checkpoint\) vs 3 \(expected\)/);
+  await rejectsWith(
+    loadCheckpoint(dir, { expectConfig: { ...CFG, layers: 3 } }),
+    MismatchError,
+    /layers 2 \(checkpoint\) vs 3 \(expected\)/,
+  );
 });
 
 test('tokenizer vocab mismatch', () => {
   checkTokenizerMatches(CFG, 97, 'tok.json');
-  assert.throws(() => checkTokenizerMatches(CFG, 50257, 'data/tokenizer.json'), (e: unknown) => {
-    assert.ok(e instanceof MismatchError && e instanceof TesseraError);
-    assert.match(e.message, /50257/);
-    assert.match(e.message, /97/);
-    assert.match(e.message, /data\/tokenizer\.json/);
-    return true;
-  });
+  assert.throws(
+    () => checkTokenizerMatches(CFG, 50257, 'data/tokenizer.json'),
+    (e: unknown) => {
+      assert.ok(e instanceof MismatchError && e instanceof TesseraError);
+      assert.match(e.message, /50257/);
+      assert.match(e.message, /97/);
+      assert.match(e.message, /data\/tokenizer\.json/);
+      return true;
+    },
+  );
 });
 
 test('safetensors reads F16 and BF16 as float32 and caps the header', async () => {
   // Hand-built file: a F16 [3] tensor and a BF16 [2] tensor.
-  const hdr = JSON.stringify({ a: { dtype: 'F16', shape: [3], data_offsets: [0, 6] }, b: { dtype: 'BF16', shape: [2], data_offsets: [6, 10] } });
+  const hdr = JSON.stringify({
+    a: { dtype: 'F16', shape: [3], data_offsets: [0, 6] },
+    b: { dtype: 'BF16', shape: [2], data_offsets: [6, 10] },
+  });
   const data = Buffer.alloc(10);
   data.writeUInt16LE(0x3c00, 0); // 1.0
   data.writeUInt16LE(0xc000, 2); // -2.0
   data.writeUInt16LE(0x0001, 4); // smallest subnormal 2^-24
   data.writeUInt16LE(0x3fc0, 6); // bf16 1.5
   data.writeUInt16LE(0xc2f7, 8); // bf16 -123.5
-  const len = Buffer.alloc(8); len.writeBigUInt64LE(BigInt(hdr.length));
+  const len = Buffer.alloc(8);
+  len.writeBigUInt64LE(BigInt(hdr.length));
   const file = Buffer.concat([len, Buffer.from(hdr), data]);
   const { tensors } = decodeSafetensors(file);
   assert.deepEqual([...tensors.get('a')!.data], [1, -2, 2 ** -24]);
   assert.deepEqual([...tensors.get('b')!.data], [1.5, -123.5]);
-  assert.throws(() => decodeSafetensors(file, 'x.safetensors', { maxHeaderBytes: 16 }), (e: unknown) =>
-    e instanceof CorruptFileError && /exceeds the 16-byte cap/.test(e.message));
+  assert.throws(
+    () => decodeSafetensors(file, 'x.safetensors', { maxHeaderBytes: 16 }),
+    (e: unknown) => e instanceof CorruptFileError && /exceeds the 16-byte cap/.test(e.message),
+  );
 });

@@ -17,26 +17,69 @@ const cache = join(tmp, 'cache');
 const tinyModel = ['--vocab', '300', '--ctx', '16', '--dim', '16', '--layers', '1', '--heads', '2', '--batch', '4'];
 
 function run(...args: string[]) {
-  const r = spawnSync(process.execPath, [bin, ...args], { encoding: 'utf8', timeout: 120_000, env: { ...process.env, TESSERA_CACHE: cache } });
+  const r = spawnSync(process.execPath, [bin, ...args], {
+    encoding: 'utf8',
+    timeout: 120_000,
+    env: { ...process.env, TESSERA_CACHE: cache },
+  });
   return { code: r.status, out: r.stdout, err: r.stderr };
 }
 
 const runDir = join(tmp, 'run');
-let trained: { steps: number; finalValLoss: number; weightsHash: string; files: { checkpoint: string; plot: string; metrics: string } };
+let trained: {
+  steps: number;
+  finalValLoss: number;
+  weightsHash: string;
+  files: { checkpoint: string; plot: string; metrics: string };
+};
 
 test('train --json on the embedded corpus writes a checkpoint, metrics and a plot', () => {
-  const r = run('train', ...tinyModel, '--steps', '12', '--eval-every', '5', '--eval-batches', '2', '--warmup', '2', '--lr', '0.01', '--out', runDir, '--json');
+  const r = run(
+    'train',
+    ...tinyModel,
+    '--steps',
+    '12',
+    '--eval-every',
+    '5',
+    '--eval-batches',
+    '2',
+    '--warmup',
+    '2',
+    '--lr',
+    '0.01',
+    '--out',
+    runDir,
+    '--json',
+  );
   assert.equal(r.code, 0, r.err);
   trained = JSON.parse(r.out);
   assert.equal(trained.steps, 12);
   assert.ok(trained.finalValLoss < Math.log(300), `val loss ${trained.finalValLoss}`);
-  for (const f of ['model.safetensors', 'config.json', 'optimizer.safetensors', 'tokenizer.json']) assert.ok(existsSync(join(trained.files.checkpoint, f)), f);
+  for (const f of ['model.safetensors', 'config.json', 'optimizer.safetensors', 'tokenizer.json'])
+    assert.ok(existsSync(join(trained.files.checkpoint, f)), f);
   assert.match(readFileSync(trained.files.plot, 'utf8'), /<svg[\s\S]*polyline/);
   assert.ok(readFileSync(trained.files.metrics, 'utf8').split('\n').filter(Boolean).length >= 3);
 });
 
 test('--resume continues from the checkpoint to a larger step count', () => {
-  const r = run('train', ...tinyModel, '--steps', '15', '--eval-every', '5', '--eval-batches', '2', '--warmup', '2', '--lr', '0.01', '--out', runDir, '--resume', '--json');
+  const r = run(
+    'train',
+    ...tinyModel,
+    '--steps',
+    '15',
+    '--eval-every',
+    '5',
+    '--eval-batches',
+    '2',
+    '--warmup',
+    '2',
+    '--lr',
+    '0.01',
+    '--out',
+    runDir,
+    '--resume',
+    '--json',
+  );
   assert.equal(r.code, 0, r.err);
   const s = JSON.parse(r.out);
   assert.equal(s.steps, 15);
@@ -57,11 +100,23 @@ test('eval --json prints {"loss","tokens"}; generate and export --hf work', () =
   const hf = join(tmp, 'hf');
   const x = run('export', '--checkpoint', runDir, '--hf', hf, '--json');
   assert.equal(x.code, 0, x.err);
-  assert.deepEqual(readdirSync(hf).sort(), ['config.json', 'generation_config.json', 'model.safetensors', 'tokenizer.json', 'tokenizer_config.json']);
+  assert.deepEqual(readdirSync(hf).sort(), [
+    'config.json',
+    'generation_config.json',
+    'model.safetensors',
+    'tokenizer.json',
+    'tokenizer_config.json',
+  ]);
 });
 
 test('bad flags print usage help and exit 2', () => {
-  for (const args of [['train', '--batch', 'abc'], ['train', '--lr', '-1'], ['bench', 'compute', '--heads', '0'], ['train', '--no-such-flag'], ['eval']]) {
+  for (const args of [
+    ['train', '--batch', 'abc'],
+    ['train', '--lr', '-1'],
+    ['bench', 'compute', '--heads', '0'],
+    ['train', '--no-such-flag'],
+    ['eval'],
+  ]) {
     const r = run(...args);
     assert.equal(r.code, 2, `${args.join(' ')}: ${r.err}`);
     assert.match(r.err, /usage: tessera/, args.join(' '));
@@ -91,7 +146,8 @@ test('a tokenizer with the wrong vocabulary is refused', () => {
   delete tok.model.vocab[lastTok];
   // keep ids dense: <|endoftext|> moves down one
   const eot = tok.added_tokens[0];
-  eot.id -= 1; tok.model.vocab['<|endoftext|>'] = eot.id;
+  eot.id -= 1;
+  tok.model.vocab['<|endoftext|>'] = eot.id;
   const p = join(tmp, 'small-tokenizer.json');
   writeFileSync(p, JSON.stringify(tok));
   const r = run('eval', '--checkpoint', runDir, '--text', join(tmp, 'sample.txt'), '--tokenizer', p);

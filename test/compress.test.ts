@@ -5,8 +5,21 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  CODEC_IDS, DEFAULT_SPARSE, DecodeError, ErrorFeedback, decodeAny, encodedSize, f16Round, fp16Codec,
-  fp32Codec, getCodec, int8Codec, peekHeader, sparseCodec, type Codec, type SparseParams,
+  CODEC_IDS,
+  DEFAULT_SPARSE,
+  DecodeError,
+  ErrorFeedback,
+  decodeAny,
+  encodedSize,
+  f16Round,
+  fp16Codec,
+  fp32Codec,
+  getCodec,
+  int8Codec,
+  peekHeader,
+  sparseCodec,
+  type Codec,
+  type SparseParams,
 } from '../src/swarm/compress/index.js';
 import { f32BitsToF16Bits, f16Table } from '../src/swarm/compress/f16.js';
 import { InvalidInputError } from '../src/util/errors.js';
@@ -15,9 +28,11 @@ import { uniform } from '../src/util/rng.js';
 const rng = uniform;
 
 function gaussian(n: number, seed: number, sigma = 1): Float32Array {
-  const r = rng(seed), out = new Float32Array(n);
+  const r = rng(seed),
+    out = new Float32Array(n);
   for (let i = 0; i < n; i++) {
-    const u = r() || 1e-12, v = r();
+    const u = r() || 1e-12,
+      v = r();
     out[i] = sigma * Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * v);
   }
   return out;
@@ -25,14 +40,19 @@ function gaussian(n: number, seed: number, sigma = 1): Float32Array {
 
 /** Gaussian scale mixture: heavy tails like real pseudo-gradients. */
 function heavy(n: number, seed: number): Float32Array {
-  const g = gaussian(n, seed), s = gaussian(n, seed + 1);
+  const g = gaussian(n, seed),
+    s = gaussian(n, seed + 1);
   for (let i = 0; i < n; i++) g[i] *= 1e-3 * Math.exp(0.75 * s[i]);
   return g;
 }
 
 function relL2(x: Float32Array, y: Float32Array): number {
-  let e = 0, s = 0;
-  for (let i = 0; i < x.length; i++) { e += (x[i] - y[i]) ** 2; s += x[i] ** 2; }
+  let e = 0,
+    s = 0;
+  for (let i = 0; i < x.length; i++) {
+    e += (x[i] - y[i]) ** 2;
+    s += x[i] ** 2;
+  }
   return s === 0 ? Math.sqrt(e) : Math.sqrt(e / s);
 }
 
@@ -43,8 +63,13 @@ function norm(x: ArrayLike<number>): number {
 }
 
 const SPARSE_VARIANTS: SparseParams[] = [
-  { chunk: 4096, k: 64 }, { chunk: 2, k: 1 }, { chunk: 2, k: 2 }, { chunk: 8, k: 3 },
-  { chunk: 1024, k: 1024 }, { chunk: 65536, k: 100 }, { chunk: 256, k: 7 },
+  { chunk: 4096, k: 64 },
+  { chunk: 2, k: 1 },
+  { chunk: 2, k: 2 },
+  { chunk: 8, k: 3 },
+  { chunk: 1024, k: 1024 },
+  { chunk: 65536, k: 100 },
+  { chunk: 256, k: 7 },
 ];
 
 function allCodecs(): Codec[] {
@@ -59,7 +84,11 @@ function assertValid(out: unknown, n: number): void {
 
 test('fp32 round trip is bit-exact, including -0, subnormals and extremes', () => {
   const x = gaussian(1001, 1);
-  x[0] = -0; x[1] = 1.4e-45; x[2] = -3.4028234663852886e38; x[3] = 3.4028234663852886e38; x[4] = 1.1754942e-38;
+  x[0] = -0;
+  x[1] = 1.4e-45;
+  x[2] = -3.4028234663852886e38;
+  x[3] = 3.4028234663852886e38;
+  x[4] = 1.1754942e-38;
   const { bytes, decoded } = fp32Codec.encode(x);
   const back = fp32Codec.decode(bytes, x.length);
   assert.deepEqual(new Uint8Array(back.buffer), new Uint8Array(x.buffer));
@@ -79,11 +108,13 @@ test('fp16 conversion: every half round-trips, matches Math.f16round, saturates 
 
   const ref = (Math as unknown as { f16round?: (v: number) => number }).f16round;
   const r = rng(2);
-  const f = new Float32Array(1), u = new Uint32Array(f.buffer);
+  const f = new Float32Array(1),
+    u = new Uint32Array(f.buffer);
   const check = (v: number) => {
     f[0] = v;
     const got = t[f32BitsToF16Bits(u[0])];
-    if (Math.abs(f[0]) < 65520 && ref) assert.ok(Object.is(got, ref(f[0])), `f16(${f[0]}) = ${got}, expected ${ref(f[0])}`);
+    if (Math.abs(f[0]) < 65520 && ref)
+      assert.ok(Object.is(got, ref(f[0])), `f16(${f[0]}) = ${got}, expected ${ref(f[0])}`);
     if (Math.abs(f[0]) >= 65520) assert.equal(got, Math.sign(f[0]) * 65504);
   };
   for (let i = 0; i < 300_000; i++) {
@@ -93,7 +124,23 @@ test('fp16 conversion: every half round-trips, matches Math.f16round, saturates 
   }
   // Ties (exactly halfway between halves), around 1, at the subnormal boundary, near max.
   for (let h = 0; h < 0x7bff; h += 7) check((t[h] + t[h + 1]) / 2);
-  for (const v of [1, 1 + 2 ** -11, 1 + 3 * 2 ** -11, 2 ** -24, 2 ** -25, 2 ** -25 * 1.0001, 3 * 2 ** -26, 6.1e-5, 65504, 65519.99, 65520, 1e30, -1e30, -0]) check(v);
+  for (const v of [
+    1,
+    1 + 2 ** -11,
+    1 + 3 * 2 ** -11,
+    2 ** -24,
+    2 ** -25,
+    2 ** -25 * 1.0001,
+    3 * 2 ** -26,
+    6.1e-5,
+    65504,
+    65519.99,
+    65520,
+    1e30,
+    -1e30,
+    -0,
+  ])
+    check(v);
   assert.ok(Object.is(f16Round(-0), -0));
   assert.equal(f16Round(70000), 65504);
   assert.equal(f16Round(-Infinity), -65504); // the converter saturates; encode() rejects Inf earlier
@@ -101,7 +148,8 @@ test('fp16 conversion: every half round-trips, matches Math.f16round, saturates 
 
 test('fp16 codec: relative error bound and saturation', () => {
   const x = heavy(50_000, 3);
-  x[0] = 1e6; x[1] = -1e9;
+  x[0] = 1e6;
+  x[1] = -1e9;
   const { bytes, decoded } = fp16Codec.encode(x);
   assert.deepEqual(fp16Codec.decode(bytes, x.length), decoded);
   assert.equal(decoded[0], 65504);
@@ -124,7 +172,8 @@ test('int8 codec: INTELLECT-1 binning, per-bin means, error bound', () => {
   for (let i = 0; i < n; i++) {
     const q = bytes[12 + 1024 + i];
     const s = sums.get(q) ?? [0, 0];
-    s[0] += x[i]; s[1]++;
+    s[0] += x[i];
+    s[1]++;
     sums.set(q, s);
     if (q > 0 && q < 255) assert.ok(Math.abs(x[i] - decoded[i]) <= scale * (1 + 1e-6), `element ${i}`);
     else assert.ok(q === 0 ? x[i] <= -127.5 * scale : x[i] >= 126.5 * scale);
@@ -150,7 +199,8 @@ test('sparse codec: chunked top-k with index tie-break, 2-level magnitudes, sign
   assert.deepEqual(c.decode(bytes, n), decoded);
   for (let s = 0; s < n; s += p.chunk) {
     const len = Math.min(p.chunk, n - s);
-    const kept: number[] = [], dropped: number[] = [];
+    const kept: number[] = [],
+      dropped: number[] = [];
     for (let i = s; i < s + len; i++) (decoded[i] !== 0 ? kept : dropped).push(i);
     assert.equal(kept.length, Math.min(p.k, len));
     const minKept = Math.min(...kept.map((i) => Math.abs(x[i])));
@@ -162,7 +212,10 @@ test('sparse codec: chunked top-k with index tie-break, 2-level magnitudes, sign
   // Ties: a constant vector keeps the first k of every chunk, at one level.
   const flat = new Float32Array(20).fill(-0.5);
   const d = sparseCodec({ chunk: 8, k: 3 }).encode(flat).decoded;
-  assert.deepEqual(Array.from(d), [-0.5, -0.5, -0.5, 0, 0, 0, 0, 0, -0.5, -0.5, -0.5, 0, 0, 0, 0, 0, -0.5, -0.5, -0.5, 0]);
+  assert.deepEqual(
+    Array.from(d),
+    [-0.5, -0.5, -0.5, 0, 0, 0, 0, 0, -0.5, -0.5, -0.5, 0, 0, 0, 0, 0, -0.5, -0.5, -0.5, 0],
+  );
   // Two clear magnitude groups are reproduced exactly.
   const two = new Float32Array([1, -1, 0.001, 5, -5, 0, 0.002, 0]);
   assert.deepEqual(Array.from(sparseCodec({ chunk: 8, k: 4 }).encode(two).decoded), [1, -1, 0, 5, -5, 0, 0, 0]);
@@ -171,20 +224,30 @@ test('sparse codec: chunked top-k with index tie-break, 2-level magnitudes, sign
 test('sparse top-k selection matches a brute-force sort, ties included', () => {
   const r = rng(15);
   for (let trial = 0; trial < 300; trial++) {
-    const chunk = 2 ** (1 + Math.floor(r() * 7)), k = 1 + Math.floor(r() * chunk);
+    const chunk = 2 ** (1 + Math.floor(r() * 7)),
+      k = 1 + Math.floor(r() * chunk);
     const n = 1 + Math.floor(r() * 3 * chunk);
     const levels = [0, 0.5, -0.5, 1, -1, 2, 1e-3, -1e-3];
     const x = new Float32Array(n);
     for (let i = 0; i < n; i++) x[i] = r() < 0.5 ? levels[Math.floor(r() * levels.length)] : (r() - 0.5) * 4;
     const { bytes } = sparseCodec({ chunk, k }).encode(x);
     // Read the kept indices back from the wire: b-bit LSB-first stream after the scales.
-    const b = Math.log2(chunk), chunks = Math.ceil(n / chunk);
+    const b = Math.log2(chunk),
+      chunks = Math.ceil(n / chunk);
     let bit = (20 + 8 * chunks) * 8;
-    const readIdx = () => { let v = 0; for (let j = 0; j < b; j++, bit++) v |= ((bytes[bit >> 3] >> (bit & 7)) & 1) << j; return v; };
+    const readIdx = () => {
+      let v = 0;
+      for (let j = 0; j < b; j++, bit++) v |= ((bytes[bit >> 3] >> (bit & 7)) & 1) << j;
+      return v;
+    };
     for (let c = 0; c < chunks; c++) {
-      const s = c * chunk, len = Math.min(chunk, n - s), kc = Math.min(k, len);
+      const s = c * chunk,
+        len = Math.min(chunk, n - s),
+        kc = Math.min(k, len);
       const want = Array.from({ length: len }, (_, i) => i)
-        .sort((i, j) => Math.abs(x[s + j]) - Math.abs(x[s + i]) || i - j).slice(0, kc).sort((i, j) => i - j);
+        .sort((i, j) => Math.abs(x[s + j]) - Math.abs(x[s + i]) || i - j)
+        .slice(0, kc)
+        .sort((i, j) => i - j);
       const got = Array.from({ length: kc }, readIdx);
       assert.deepEqual(got, want, `chunk=${chunk} k=${k} n=${n} c=${c}`);
     }
@@ -192,18 +255,23 @@ test('sparse top-k selection matches a brute-force sort, ties included', () => {
 });
 
 test('sparse error feedback: residual stays bounded, cumulative sent sum tracks the true sum', () => {
-  const n = 8192, rounds = 300;
+  const n = 8192,
+    rounds = 300;
   const c = sparseCodec({ chunk: 1024, k: 16 });
   const st = new ErrorFeedback(n, 1);
   const drift = gaussian(n, 7, 1e-3);
-  const sumTrue = new Float64Array(n), sumSent = new Float64Array(n);
+  const sumTrue = new Float64Array(n),
+    sumSent = new Float64Array(n);
   const resid: number[] = [];
   for (let t = 0; t < rounds; t++) {
     const noise = gaussian(n, 1000 + t, 1e-3);
     const delta = new Float32Array(n);
     for (let i = 0; i < n; i++) delta[i] = drift[i] + noise[i];
     const { decoded } = c.encode(delta, st);
-    for (let i = 0; i < n; i++) { sumTrue[i] += delta[i]; sumSent[i] += decoded[i]; }
+    for (let i = 0; i < n; i++) {
+      sumTrue[i] += delta[i];
+      sumSent[i] += decoded[i];
+    }
     resid.push(norm(st.residual));
   }
   // With beta = 1 the residual is exactly what has not been sent yet (up to fp32 rounding).
@@ -214,12 +282,16 @@ test('sparse error feedback: residual stays bounded, cumulative sent sum tracks 
   for (let i = 0; i < n; i++) diff[i] = sumTrue[i] - sumSent[i];
   const rel = norm(diff) / norm(sumTrue);
   assert.ok(rel < 0.1, `cumulative relative error ${rel}`);
-  const late = Math.max(...resid.slice(200)), mid = Math.max(...resid.slice(100, 200));
+  const late = Math.max(...resid.slice(200)),
+    mid = Math.max(...resid.slice(100, 200));
   assert.ok(late < 1.25 * mid, `residual still growing: ${mid} -> ${late}`);
   // Decay beta < 1 also keeps the residual bounded.
   const st2 = new ErrorFeedback(n, 0.9);
   const r2: number[] = [];
-  for (let t = 0; t < 150; t++) { c.encode(gaussian(n, 5000 + t, 1e-3), st2); r2.push(norm(st2.residual)); }
+  for (let t = 0; t < 150; t++) {
+    c.encode(gaussian(n, 5000 + t, 1e-3), st2);
+    r2.push(norm(st2.residual));
+  }
   assert.ok(Math.max(...r2.slice(100)) < 1.25 * Math.max(...r2.slice(50, 100)));
 });
 
@@ -227,11 +299,15 @@ test('error feedback works with every codec and is exactly unbiased for fp32', (
   const n = 3000;
   for (const c of [fp32Codec, fp16Codec, int8Codec]) {
     const st = new ErrorFeedback(n);
-    const sumT = new Float64Array(n), sumS = new Float64Array(n);
+    const sumT = new Float64Array(n),
+      sumS = new Float64Array(n);
     for (let t = 0; t < 30; t++) {
       const d = heavy(n, 200 + t);
       const { decoded } = c.encode(d, st);
-      for (let i = 0; i < n; i++) { sumT[i] += d[i]; sumS[i] += decoded[i]; }
+      for (let i = 0; i < n; i++) {
+        sumT[i] += d[i];
+        sumS[i] += decoded[i];
+      }
     }
     const diff = sumT.map((v, i) => v - sumS[i]);
     assert.ok(norm(diff) <= norm(st.residual) * 1.001 + 1e-9, c.id);
@@ -240,7 +316,9 @@ test('error feedback works with every codec and is exactly unbiased for fp32', (
 });
 
 test('encodedSize is exact for every codec over many n and parameters', () => {
-  const ns = [0, 1, 2, 3, 7, 8, 9, 255, 256, 257, 1000, 4095, 4096, 4097, 8191, 12_289, 65_535, 65_536, 65_537, 100_003];
+  const ns = [
+    0, 1, 2, 3, 7, 8, 9, 255, 256, 257, 1000, 4095, 4096, 4097, 8191, 12_289, 65_535, 65_536, 65_537, 100_003,
+  ];
   for (const c of allCodecs()) {
     for (const n of ns) {
       const { bytes } = c.encode(heavy(n, n));
@@ -253,7 +331,8 @@ test('encodedSize is exact for every codec over many n and parameters', () => {
     assert.equal(encodedSize('fp16', n), 12 + 2 * n);
     assert.equal(encodedSize('int8', n), 1036 + n);
     for (const p of SPARSE_VARIANTS) {
-      const chunks = Math.ceil(n / p.chunk), last = n - (chunks - 1) * p.chunk;
+      const chunks = Math.ceil(n / p.chunk),
+        last = n - (chunks - 1) * p.chunk;
       const K = n === 0 ? 0 : (chunks - 1) * p.k + Math.min(p.k, last);
       const b = Math.log2(p.chunk);
       assert.equal(encodedSize('sparse', n, p), 20 + 8 * chunks + Math.ceil((K * b) / 8) + Math.ceil(K / 4));
@@ -273,7 +352,8 @@ test('deterministic: same input and state give identical bytes; inputs are not m
     const s1 = new ErrorFeedback(n, 0.95);
     c.encode(heavy(n, 10), s1);
     const s2 = s1.clone();
-    const a = c.encode(x, s1), b = c.encode(x, s2);
+    const a = c.encode(x, s1),
+      b = c.encode(x, s2);
     assert.deepEqual(a.bytes, b.bytes, c.id);
     assert.deepEqual(s1.residual, s2.residual);
     assert.deepEqual(c.encode(x).bytes, c.encode(x).bytes);
@@ -328,46 +408,101 @@ test('decoders: hand-made lies are DecodeErrors', () => {
   const x = heavy(n, 13);
   const u32 = (b: Uint8Array, off: number, v: number) => new DataView(b.buffer, b.byteOffset).setUint32(off, v, true);
   const f32 = (b: Uint8Array, off: number, v: number) => new DataView(b.buffer, b.byteOffset).setFloat32(off, v, true);
-  const bad = (c: Codec, b: Uint8Array, why: RegExp, nn = n) => assert.throws(() => c.decode(b, nn), (e: unknown) => e instanceof DecodeError && why.test(e.message));
+  const bad = (c: Codec, b: Uint8Array, why: RegExp, nn = n) =>
+    assert.throws(
+      () => c.decode(b, nn),
+      (e: unknown) => e instanceof DecodeError && why.test(e.message),
+    );
   for (const c of allCodecs()) {
     const m = c.encode(x).bytes;
     bad(c, new Uint8Array(0), /shorter/);
     bad(c, m.slice(0, m.length - 1), /exactly|shorter/);
     bad(c, Uint8Array.from([...m, 0]), /exactly/);
-    let b = m.slice(); b[0] ^= 1; bad(c, b, /magic/);
-    b = m.slice(); b[4] = 2; bad(c, b, /version/);
-    b = m.slice(); b[5] = 9; bad(c, b, /tag/);
-    b = m.slice(); b[7] = 1; bad(c, b, /reserved/);
-    b = m.slice(); u32(b, 8, 0xffffffff); bad(c, b, /count/);
+    let b = m.slice();
+    b[0] ^= 1;
+    bad(c, b, /magic/);
+    b = m.slice();
+    b[4] = 2;
+    bad(c, b, /version/);
+    b = m.slice();
+    b[5] = 9;
+    bad(c, b, /tag/);
+    b = m.slice();
+    b[7] = 1;
+    bad(c, b, /reserved/);
+    b = m.slice();
+    u32(b, 8, 0xffffffff);
+    bad(c, b, /count/);
     bad(c, m, /count/, n + 1);
     // A header that claims (and is expected to have) a huge n with a tiny body: no allocation.
-    b = m.slice(); u32(b, 8, 2 ** 30); bad(c, b, /exactly/, 2 ** 30);
+    b = m.slice();
+    u32(b, 8, 2 ** 30);
+    bad(c, b, /exactly/, 2 ** 30);
   }
-  let b = fp32Codec.encode(x).bytes; f32(b, 12 + 4 * 7, NaN); bad(fp32Codec, b, /finite/);
-  b = fp32Codec.encode(x).bytes; f32(b, 12, -Infinity); bad(fp32Codec, b, /finite/);
-  b = fp16Codec.encode(x).bytes; b[12 + 2 * 5 + 1] = 0x7c; bad(fp16Codec, b, /Inf or NaN/);
-  b = int8Codec.encode(x).bytes; f32(b, 12 + 4 * b[1036], Infinity); bad(int8Codec, b, /not finite/);
-  b = int8Codec.encode(new Float32Array(n)).bytes; f32(b, 12 + 4 * 3, 1); bad(int8Codec, b, /unused/);
+  let b = fp32Codec.encode(x).bytes;
+  f32(b, 12 + 4 * 7, NaN);
+  bad(fp32Codec, b, /finite/);
+  b = fp32Codec.encode(x).bytes;
+  f32(b, 12, -Infinity);
+  bad(fp32Codec, b, /finite/);
+  b = fp16Codec.encode(x).bytes;
+  b[12 + 2 * 5 + 1] = 0x7c;
+  bad(fp16Codec, b, /Inf or NaN/);
+  b = int8Codec.encode(x).bytes;
+  f32(b, 12 + 4 * b[1036], Infinity);
+  bad(int8Codec, b, /not finite/);
+  b = int8Codec.encode(new Float32Array(n)).bytes;
+  f32(b, 12 + 4 * 3, 1);
+  bad(int8Codec, b, /unused/);
   const sc = sparseCodec({ chunk: 64, k: 4 });
   const sm = sc.encode(x).bytes;
-  for (const [chunk, k] of [[0, 4], [1, 1], [3, 1], [2 ** 17, 4], [2 ** 31, 4], [64, 0], [64, 65], [64, 0xffffffff]]) {
-    b = sm.slice(); u32(b, 12, chunk); u32(b, 16, k); bad(sc, b, /chunk|k must/);
+  for (const [chunk, k] of [
+    [0, 4],
+    [1, 1],
+    [3, 1],
+    [2 ** 17, 4],
+    [2 ** 31, 4],
+    [64, 0],
+    [64, 65],
+    [64, 0xffffffff],
+  ]) {
+    b = sm.slice();
+    u32(b, 12, chunk);
+    u32(b, 16, k);
+    bad(sc, b, /chunk|k must/);
   }
-  b = sm.slice(); u32(b, 16, 5); bad(sc, b, /exactly/);
-  b = sm.slice(); f32(b, 20, -1); bad(sc, b, /scales/);
-  b = sm.slice(); f32(b, 20, NaN); bad(sc, b, /scales/);
-  b = sm.slice(); f32(b, 20, 2); f32(b, 24, 1); bad(sc, b, /scales/);
+  b = sm.slice();
+  u32(b, 16, 5);
+  bad(sc, b, /exactly/);
+  b = sm.slice();
+  f32(b, 20, -1);
+  bad(sc, b, /scales/);
+  b = sm.slice();
+  f32(b, 20, NaN);
+  bad(sc, b, /scales/);
+  b = sm.slice();
+  f32(b, 20, 2);
+  f32(b, 24, 1);
+  bad(sc, b, /scales/);
   // Indices: chunk 64 -> 6-bit indices starting after 2 chunks of scales at byte 36.
-  b = sm.slice(); b[36] = 0xff; b[37] = 0x0f; bad(sc, b, /index/); // first two indices 63, 63
+  b = sm.slice();
+  b[36] = 0xff;
+  b[37] = 0x0f;
+  bad(sc, b, /index/); // first two indices 63, 63
   const tail = sparseCodec({ chunk: 64, k: 4 }).encode(heavy(65, 1)).bytes; // last chunk has 1 element
   // K = 5 indices x 6 bits = 30 bits: 4 bytes, 2 padding bits; codes 10 bits: 2 bytes, 6 padding bits.
-  b = tail.slice(); b[36 + 3] |= 0x80; bad(sc, b, /padding|index/, 65);
-  b = tail.slice(); b[b.length - 1] |= 0x80; bad(sc, b, /padding/, 65);
+  b = tail.slice();
+  b[36 + 3] |= 0x80;
+  bad(sc, b, /padding|index/, 65);
+  b = tail.slice();
+  b[b.length - 1] |= 0x80;
+  bad(sc, b, /padding/, 65);
 });
 
 test('decoder fuzz: random bytes, truncations, bit flips and lying headers never escape as other errors', () => {
   const r = rng(14);
-  let ok = 0, rejected = 0;
+  let ok = 0,
+    rejected = 0;
   const attempt = (c: Codec, bytes: Uint8Array, n: number) => {
     for (const dec of [(b: Uint8Array) => c.decode(b, n), (b: Uint8Array) => decodeAny(b, n).values]) {
       let out: Float32Array;

@@ -28,7 +28,11 @@ class FakeNode implements DashboardSource {
 }
 
 const json = { 'content-type': 'application/json' };
-const post = (body: unknown, headers: Record<string, string> = json) => ({ method: 'POST', headers, body: typeof body === 'string' ? body : JSON.stringify(body) });
+const post = (body: unknown, headers: Record<string, string> = json) => ({
+  method: 'POST',
+  headers,
+  body: typeof body === 'string' ? body : JSON.stringify(body),
+});
 
 test('static page, uPlot from node_modules, security headers', async () => {
   const { app } = createDashboardApp(new FakeNode());
@@ -56,21 +60,45 @@ test('JSON API: status, peers, metrics (with since/limit), bad queries are 400',
   try {
     node.events.emit('round', report(0));
     node.events.emit('round', report(1, { trainLoss: NaN }));
-    const st = await (await app.request('/api/status')).json() as { run: { name: string }; round: number; generate: string; ledger: null; own: { tokens: number }; seq: number };
+    const st = (await (await app.request('/api/status')).json()) as {
+      run: { name: string };
+      round: number;
+      generate: string;
+      ledger: null;
+      own: { tokens: number };
+      seq: number;
+    };
     assert.equal(st.run.name, 'tiny');
     assert.equal(st.round, 1);
     assert.equal(st.generate, 'open');
     assert.equal(st.ledger, null);
     assert.equal(st.own.tokens, 512);
-    const peers = await (await app.request('/api/peers')).json() as { peers: { id: string; status: string; roundsContributed: number }[] };
-    assert.deepEqual(peers.peers.map((p) => [p.id, p.status, p.roundsContributed]), [['peer-me', 'active', 2], ['peer-a', 'active', 2]]);
-    const m = await (await app.request('/api/metrics')).json() as { seq: number; points: { round: number; trainLoss: number | null }[] };
-    assert.deepEqual(m.points.map((p) => p.round), [0, 1]);
+    const peers = (await (await app.request('/api/peers')).json()) as {
+      peers: { id: string; status: string; roundsContributed: number }[];
+    };
+    assert.deepEqual(
+      peers.peers.map((p) => [p.id, p.status, p.roundsContributed]),
+      [
+        ['peer-me', 'active', 2],
+        ['peer-a', 'active', 2],
+      ],
+    );
+    const m = (await (await app.request('/api/metrics')).json()) as {
+      seq: number;
+      points: { round: number; trainLoss: number | null }[];
+    };
+    assert.deepEqual(
+      m.points.map((p) => p.round),
+      [0, 1],
+    );
     assert.equal(m.points[1].trainLoss, null);
-    const since = await (await app.request(`/api/metrics?since=${m.seq}`)).json() as { points: unknown[] };
+    const since = (await (await app.request(`/api/metrics?since=${m.seq}`)).json()) as { points: unknown[] };
     assert.equal(since.points.length, 0);
-    const last = await (await app.request('/api/metrics?limit=1')).json() as { points: { round: number }[] };
-    assert.deepEqual(last.points.map((p) => p.round), [1]);
+    const last = (await (await app.request('/api/metrics?limit=1')).json()) as { points: { round: number }[] };
+    assert.deepEqual(
+      last.points.map((p) => p.round),
+      [1],
+    );
     for (const q of ['since=abc', 'limit=0', 'bogus=1']) {
       const r = await app.request(`/api/metrics?${q}`);
       assert.equal(r.status, 400, q);
@@ -86,14 +114,23 @@ test('JSON API: the ledger — null when the node has no chain link, the ownersh
   const { app, hub } = createDashboardApp(node, { now: () => Date.UTC(2026, 0, 1) });
   hub.start(60_000);
   try {
-    type Status = { ledger: null | {
-      contract: string; chainId: number; online: boolean; totalSupply: string; holdersHidden: number;
-      holders: { address: string; peer: string | null; balance: string; percent: string | null; me: boolean }[];
-      proposals: { id: number; value: string; status: string }[]; queue: { pending: number; submitted: number; lastError: string | null };
-    } };
-    const get = async () => await (await app.request('/api/status')).json() as Status;
+    type Status = {
+      ledger: null | {
+        contract: string;
+        chainId: number;
+        online: boolean;
+        totalSupply: string;
+        holdersHidden: number;
+        holders: { address: string; peer: string | null; balance: string; percent: string | null; me: boolean }[];
+        proposals: { id: number; value: string; status: string }[];
+        queue: { pending: number; submitted: number; lastError: string | null };
+      };
+    };
+    const get = async () => (await (await app.request('/api/status')).json()) as Status;
     assert.equal((await get()).ledger, null);
-    node.v = view({ ledger: ledgerView({ online: false, queue: { pending: 5, submitted: 2, lastError: 'fetch failed' } }) });
+    node.v = view({
+      ledger: ledgerView({ online: false, queue: { pending: 5, submitted: 2, lastError: 'fetch failed' } }),
+    });
     hub.poll(false);
     const l = (await get()).ledger!;
     assert.equal(l.contract, '0x8464135c8F25Da09e49BC8782676a84730C318bC');
@@ -101,11 +138,28 @@ test('JSON API: the ledger — null when the node has no chain link, the ownersh
     assert.equal(l.online, false);
     assert.deepEqual(l.queue, { pending: 5, submitted: 2, lastError: 'fetch failed' });
     assert.equal(l.totalSupply, SHARES.supply, 'base units survive JSON as exact decimal strings');
-    assert.deepEqual(l.holders.map((h) => [h.balance, h.percent, h.me, h.peer]), [
-      [SHARES.a, '62.50', false, 'peer-a'], [SHARES.me, '31.25', true, ME], [SHARES.b, '6.25', false, null],
-    ]);
-    assert.deepEqual(l.proposals.map((p) => [p.id, p.status]), [[4, 'open'], [3, 'passed'], [2, 'failed'], [1, 'closed']]);
-    assert.equal(l.proposals[0].value, '<img src=x onerror=alert(1)>', 'the API carries text as text; the page escapes it');
+    assert.deepEqual(
+      l.holders.map((h) => [h.balance, h.percent, h.me, h.peer]),
+      [
+        [SHARES.a, '62.50', false, 'peer-a'],
+        [SHARES.me, '31.25', true, ME],
+        [SHARES.b, '6.25', false, null],
+      ],
+    );
+    assert.deepEqual(
+      l.proposals.map((p) => [p.id, p.status]),
+      [
+        [4, 'open'],
+        [3, 'passed'],
+        [2, 'failed'],
+        [1, 'closed'],
+      ],
+    );
+    assert.equal(
+      l.proposals[0].value,
+      '<img src=x onerror=alert(1)>',
+      'the API carries text as text; the page escapes it',
+    );
   } finally {
     hub.stop();
   }
@@ -120,9 +174,15 @@ test('SSE: a change in the ledger alone (no new round) is pushed to the page', a
     const first = await readEvents(res.body!, (e) => e.length >= 1);
     assert.equal((first[0].data as Msg).status.ledger, null);
     node.v = view({ ledger: ledgerView() });
-    await readEvents(res.body!, (e) => e.some((x) => x.event === 'update' && (x.data as Msg).status.ledger?.online === true));
-    node.v = view({ ledger: ledgerView({ online: false, queue: { pending: 7, submitted: 0, lastError: 'ECONNREFUSED' } }) });
-    await readEvents(res.body!, (e) => e.some((x) => x.event === 'update' && (x.data as Msg).status.ledger?.queue.pending === 7));
+    await readEvents(res.body!, (e) =>
+      e.some((x) => x.event === 'update' && (x.data as Msg).status.ledger?.online === true),
+    );
+    node.v = view({
+      ledger: ledgerView({ online: false, queue: { pending: 7, submitted: 0, lastError: 'ECONNREFUSED' } }),
+    });
+    await readEvents(res.body!, (e) =>
+      e.some((x) => x.event === 'update' && (x.data as Msg).status.ledger?.queue.pending === 7),
+    );
     await res.body!.cancel().catch(() => undefined);
   } finally {
     await d.close();
@@ -147,7 +207,7 @@ test('generate on loopback without a token: allowed, validated, bounded', async 
   const { app } = createDashboardApp(node, { generateGapMs: 0 });
   const ok = await app.request('/api/generate', post({ prompt: 'The jury', maxTokens: 8 }));
   assert.equal(ok.status, 200);
-  const b = await ok.json() as { text: string; tokens: number; ms: number; weightsHash: string };
+  const b = (await ok.json()) as { text: string; tokens: number; ms: number; weightsHash: string };
   assert.equal(b.text, ' and 8 more (8)');
   assert.equal(b.tokens, 3);
   assert.equal(b.weightsHash, 'w0');
@@ -165,7 +225,12 @@ test('generate on loopback without a token: allowed, validated, bounded', async 
     assert.equal(r.status, status, what);
     assert.equal(((await r.json()) as { error: { code: string } }).error.code, code, what);
   }
-  assert.equal((await app.request('http://localhost/api/generate', post({ prompt: 'x' }, { ...json, origin: 'http://localhost' }))).status, 200, 'same origin');
+  assert.equal(
+    (await app.request('http://localhost/api/generate', post({ prompt: 'x' }, { ...json, origin: 'http://localhost' })))
+      .status,
+    200,
+    'same origin',
+  );
   assert.equal(node.calls, 2, 'rejected requests never reach the model');
   // Rate limit: one generate per gap.
   const slow = createDashboardApp(new FakeNode(), { generateGapMs: 60_000 });
@@ -185,8 +250,14 @@ test('generate with a token needs it; beyond loopback without one, the dashboard
   const no = await tok.app.request('/api/generate', post({ prompt: 'a' }));
   assert.equal(no.status, 401);
   assert.equal(((await no.json()) as { error: { code: string } }).error.code, 'UNAUTHORIZED');
-  assert.equal((await tok.app.request('/api/generate', post({ prompt: 'a' }, { ...json, authorization: 'Bearer wrong' }))).status, 401);
-  assert.equal((await tok.app.request('/api/generate', post({ prompt: 'a' }, { ...json, authorization: 'Bearer s3cret' }))).status, 200);
+  assert.equal(
+    (await tok.app.request('/api/generate', post({ prompt: 'a' }, { ...json, authorization: 'Bearer wrong' }))).status,
+    401,
+  );
+  assert.equal(
+    (await tok.app.request('/api/generate', post({ prompt: 'a' }, { ...json, authorization: 'Bearer s3cret' }))).status,
+    200,
+  );
   assert.equal((await tok.app.request('/api/status')).status, 200, 'reads stay open');
 
   const lan = createDashboardApp(new FakeNode(), { host: '0.0.0.0' });
@@ -195,11 +266,23 @@ test('generate with a token needs it; beyond loopback without one, the dashboard
   assert.equal(r.status, 403);
   assert.equal(((await r.json()) as { error: { code: string } }).error.code, 'READ_ONLY');
   const lanTok = createDashboardApp(new FakeNode(), { host: '0.0.0.0', token: 't' });
-  assert.equal((await lanTok.app.request('http://box.lan/api/generate', post({ prompt: 'a' }, { ...json, authorization: 'Bearer t' }))).status, 200);
+  assert.equal(
+    (
+      await lanTok.app.request(
+        'http://box.lan/api/generate',
+        post({ prompt: 'a' }, { ...json, authorization: 'Bearer t' }),
+      )
+    ).status,
+    200,
+  );
 });
 
 /** Reads SSE events from a fetch body until `want` returns true. */
-async function readEvents(body: ReadableStream<Uint8Array>, want: (evs: { event: string; data: unknown; at: number }[]) => boolean, ms = 5000) {
+async function readEvents(
+  body: ReadableStream<Uint8Array>,
+  want: (evs: { event: string; data: unknown; at: number }[]) => boolean,
+  ms = 5000,
+) {
   const reader = body.getReader();
   const dec = new TextDecoder();
   const evs: { event: string; data: unknown; at: number }[] = [];
@@ -215,7 +298,11 @@ async function readEvents(body: ReadableStream<Uint8Array>, want: (evs: { event:
       const block = buf.slice(0, i);
       buf = buf.slice(i + 2);
       const event = /^event: (.*)$/m.exec(block)?.[1] ?? 'message';
-      const data = block.split('\n').filter((l) => l.startsWith('data: ')).map((l) => l.slice(6)).join('\n');
+      const data = block
+        .split('\n')
+        .filter((l) => l.startsWith('data: '))
+        .map((l) => l.slice(6))
+        .join('\n');
       if (data) evs.push({ event, data: JSON.parse(data), at: performance.now() });
     }
   }
@@ -238,15 +325,28 @@ test('SSE over a socket: snapshot, then an update per round; client cap; close e
     for (let r = 0; r < 5; r++) {
       const t0 = performance.now();
       node.events.emit('round', report(r));
-      const evs = await readEvents(res.body!, (e) => e.some((x) => x.event === 'update' && (x.data as { points: { round: number }[] }).points.some((p) => p.round === r)));
+      const evs = await readEvents(res.body!, (e) =>
+        e.some(
+          (x) => x.event === 'update' && (x.data as { points: { round: number }[] }).points.some((p) => p.round === r),
+        ),
+      );
       lat.push(evs.at(-1)!.at - t0);
     }
     // A peer leaving the topic is pushed by the poll, without a round.
     node.v = view({ subscribers: [] });
-    const gone = await readEvents(res.body!, (e) => e.some((x) => x.event === 'update' && (x.data as { peers: { id: string; status: string }[] }).peers.find((p) => p.id === 'peer-a')?.status === 'stale'));
+    const gone = await readEvents(res.body!, (e) =>
+      e.some(
+        (x) =>
+          x.event === 'update' &&
+          (x.data as { peers: { id: string; status: string }[] }).peers.find((p) => p.id === 'peer-a')?.status ===
+            'stale',
+      ),
+    );
     assert.ok(gone.length >= 1);
     lat.sort((a, b) => a - b);
-    process.stderr.write(`dashboard-server: SSE latency report→client median ${lat[2].toFixed(2)} ms, max ${lat[4].toFixed(2)} ms\n`);
+    process.stderr.write(
+      `dashboard-server: SSE latency report→client median ${lat[2].toFixed(2)} ms, max ${lat[4].toFixed(2)} ms\n`,
+    );
     assert.ok(lat[2] < 200, 'updates are pushed, not polled');
     // Cap: a second stream is fine, a third is refused.
     const second = await fetch(d.url + 'api/events');
@@ -266,13 +366,16 @@ test('SSE over a socket: snapshot, then an update per round; client cap; close e
 test('a port in use is a DashboardListenError', async () => {
   const a = await startDashboard(new FakeNode(), { port: 0 });
   try {
-    await assert.rejects(startDashboard(new FakeNode(), { port: a.port }), (e: Error & { code?: string }) => e.code === 'DASHBOARD_LISTEN');
+    await assert.rejects(
+      startDashboard(new FakeNode(), { port: a.port }),
+      (e: Error & { code?: string }) => e.code === 'DASHBOARD_LISTEN',
+    );
   } finally {
     await a.close();
   }
 });
 
-test('the demo\'s dashboard port: the preferred one if free, else any free port', async () => {
+test("the demo's dashboard port: the preferred one if free, else any free port", async () => {
   const a = await startDashboard(new FakeNode(), { port: 0 });
   try {
     assert.notEqual(await portOr(a.port), a.port, 'taken → another port');

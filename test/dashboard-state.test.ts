@@ -7,7 +7,17 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  initialState, observe, ownContribution, ownership, peerRows, percentOf, pointsSince, proposalStatus, record, statusOf, summarize,
+  initialState,
+  observe,
+  ownContribution,
+  ownership,
+  peerRows,
+  percentOf,
+  pointsSince,
+  proposalStatus,
+  record,
+  statusOf,
+  summarize,
   type DashState,
 } from '../src/dashboard/state.js';
 import type { NodeView } from '../src/peer/node.js';
@@ -21,7 +31,16 @@ test('initial state: empty, starting; bad limits are rejected', () => {
   assert.equal(s.phase, 'starting');
   assert.equal(s.round, -1);
   assert.deepEqual(peerRows(s), []);
-  assert.deepEqual(ownContribution(s), { roundsContributed: 0, tokens: 0, share: null, tokensPerSec: null, lastRound: null, bytesSent: 0, bytesReceived: 0, computeFraction: null });
+  assert.deepEqual(ownContribution(s), {
+    roundsContributed: 0,
+    tokens: 0,
+    share: null,
+    tokensPerSec: null,
+    lastRound: null,
+    bytesSent: 0,
+    bytesReceived: 0,
+    computeFraction: null,
+  });
   assert.throws(() => initialState(0, { maxPoints: 0 }), RangeError);
   assert.throws(() => initialState(0, { maxPeers: 0 }), RangeError);
 });
@@ -106,7 +125,17 @@ test('own contribution: share of applied tokens, bytes totals, compute fraction'
 
 test('peer status: active, stale when unreachable or not contributing, gone when out of roster and topic', () => {
   let s = observe(initialState(0), view({ roster: [ME, A, B], subscribers: [A, B] }), 0);
-  s = record(s, report(0, { contributors: [{ peer: ME, tokens: 1 }, { peer: A, tokens: 1 }, { peer: B, tokens: 1 }] }), 1);
+  s = record(
+    s,
+    report(0, {
+      contributors: [
+        { peer: ME, tokens: 1 },
+        { peer: A, tokens: 1 },
+        { peer: B, tokens: 1 },
+      ],
+    }),
+    1,
+  );
   assert.equal(statusOf(s, s.peers[A]), 'active');
   assert.equal(row(s, B).status, 'active');
   // B disconnects but is still in the roster: stale.
@@ -126,7 +155,10 @@ test('peer status: active, stale when unreachable or not contributing, gone when
   assert.equal(row(s, ME).status, 'active');
   assert.equal(row(s, ME).self, true);
   // Order: self, then active, stale, gone.
-  assert.deepEqual(peerRows(s).map((p) => p.id), [ME, A, B]);
+  assert.deepEqual(
+    peerRows(s).map((p) => p.id),
+    [ME, A, B],
+  );
 });
 
 test('observers: on the topic, not in the roster, never contributed', () => {
@@ -139,17 +171,29 @@ test('observers: on the topic, not in the roster, never contributed', () => {
 test('ring buffer keeps the latest maxPoints rounds, in order; pointsSince gives increments', () => {
   let s = observe(initialState(0, { maxPoints: 3 }), view(), 0);
   for (const r of [0, 1, 2, 3, 4]) s = record(s, report(r), r);
-  assert.deepEqual(s.series.map((p) => p.round), [2, 3, 4]);
+  assert.deepEqual(
+    s.series.map((p) => p.round),
+    [2, 3, 4],
+  );
   assert.equal(s.totals.rounds, 5, 'totals count every round seen');
   const cursor = s.seq;
   assert.deepEqual(pointsSince(s, cursor), []);
   s = record(s, report(5), 5);
-  assert.deepEqual(pointsSince(s, cursor).map((p) => p.round), [5]);
-  assert.deepEqual(pointsSince(s, -1).map((p) => p.round), [3, 4, 5]);
+  assert.deepEqual(
+    pointsSince(s, cursor).map((p) => p.round),
+    [5],
+  );
+  assert.deepEqual(
+    pointsSince(s, -1).map((p) => p.round),
+    [3, 4, 5],
+  );
   // A late, older round is inserted in order (then trimmed like any other).
   s = record(initialState(0, { maxPoints: 10 }), report(7), 1);
   s = record(s, report(3), 2);
-  assert.deepEqual(s.series.map((p) => p.round), [3, 7]);
+  assert.deepEqual(
+    s.series.map((p) => p.round),
+    [3, 7],
+  );
   assert.equal(s.round, 7, 'the round never moves backwards on a late report');
 });
 
@@ -167,7 +211,8 @@ test('a large run stays cheap: 2000 rounds × 64 peers', () => {
   const ids = Array.from({ length: 64 }, (_, i) => `p${i}`);
   let s = observe(initialState(0), view({ roster: ids, subscribers: ids }), 0);
   const t0 = performance.now();
-  for (let r = 0; r < 2000; r++) s = record(s, report(r, { contributors: ids.map((peer) => ({ peer, tokens: 64 })) }), r);
+  for (let r = 0; r < 2000; r++)
+    s = record(s, report(r, { contributors: ids.map((peer) => ({ peer, tokens: 64 })) }), r);
   const ms = performance.now() - t0;
   assert.equal(s.series.length, 2000);
   assert.equal(row(s, 'p5').roundsContributed, 2000);
@@ -177,12 +222,17 @@ test('a large run stays cheap: 2000 rounds × 64 peers', () => {
 test('validator scores fill the score column of listed peers only', () => {
   let s = initialState(0);
   s = observe(s, view({ roster: [ME, A], subscribers: [A] }), 1);
-  s = observe(s, view({ roster: [ME, A], subscribers: [A], scores: { [A]: 0.0123, [ME]: 0.02, 'peer-unknown': 1 } }), 2);
+  s = observe(
+    s,
+    view({ roster: [ME, A], subscribers: [A], scores: { [A]: 0.0123, [ME]: 0.02, 'peer-unknown': 1 } }),
+    2,
+  );
   const rows = peerRows(s);
   assert.equal(rows.find((r) => r.id === A)!.score, 0.0123);
   assert.equal(rows.find((r) => r.id === ME)!.score, 0.02);
   assert.ok(!rows.some((r) => r.id === 'peer-unknown'), 'a score does not invent a peer');
-  void B; void MANIFEST;
+  void B;
+  void MANIFEST;
 });
 
 test('ownership: absent ledger → null (not linked); present → holders with percent and me, proposals with status', () => {
@@ -196,14 +246,25 @@ test('ownership: absent ledger → null (not linked); present → holders with p
   assert.equal(o.chainId, 31337);
   assert.equal(o.online, true);
   assert.equal(o.totalSupply, SHARES.supply, 'amounts pass through as decimal strings, untouched');
-  assert.deepEqual(o.holders.map((h) => [h.address, h.peer, h.percent, h.me]), [
-    [A_ADDR, A, '62.50', false],
-    // Matched case-insensitively to the view's lower-case `me`; its peer id is this node's.
-    [ME_ADDR, ME, '31.25', true],
-    [B_ADDR, null, '6.25', false],
-  ]);
+  assert.deepEqual(
+    o.holders.map((h) => [h.address, h.peer, h.percent, h.me]),
+    [
+      [A_ADDR, A, '62.50', false],
+      // Matched case-insensitively to the view's lower-case `me`; its peer id is this node's.
+      [ME_ADDR, ME, '31.25', true],
+      [B_ADDR, null, '6.25', false],
+    ],
+  );
   assert.equal(o.holdersHidden, 0);
-  assert.deepEqual(o.proposals.map((p) => [p.id, p.status]), [[4, 'open'], [3, 'passed'], [2, 'failed'], [1, 'closed']]);
+  assert.deepEqual(
+    o.proposals.map((p) => [p.id, p.status]),
+    [
+      [4, 'open'],
+      [3, 'passed'],
+      [2, 'failed'],
+      [1, 'closed'],
+    ],
+  );
   assert.deepEqual(o.queue, { pending: 3, submitted: 17, lastError: null });
   assert.equal(o.rounds[0].round, 12);
   // The node unlinks (or is restarted without --rpc): the panel goes back to "not linked".
@@ -228,7 +289,10 @@ test('ownership: percentages in BigInt, statuses by deadline, holder rows capped
 
   // 60 holders, this node the smallest: 50 rows (limits.maxHolders), the last one ours.
   const holders = Array.from({ length: 60 }, (_, i) => ({
-    address: `0x${(i + 1).toString(16).padStart(40, '0')}`, peer: null, balance: String(1000 - i), claimable: '0',
+    address: `0x${(i + 1).toString(16).padStart(40, '0')}`,
+    peer: null,
+    balance: String(1000 - i),
+    claimable: '0',
   }));
   const me = holders[59].address;
   let s = observe(initialState(0), view({ ledger: ledgerView({ holders, me, totalSupply: '100000' }) }), 1);
@@ -240,7 +304,10 @@ test('ownership: percentages in BigInt, statuses by deadline, holder rows capped
   assert.equal(o.holders[48].balance, '952');
   s = observe(initialState(0, { maxHolders: 2 }), view({ ledger: ledgerView() }), 1);
   o = ownership(s, 0)!;
-  assert.deepEqual(o.holders.map((h) => h.address), [A_ADDR, ME_ADDR]);
+  assert.deepEqual(
+    o.holders.map((h) => h.address),
+    [A_ADDR, ME_ADDR],
+  );
   assert.equal(o.holdersHidden, 1);
   assert.throws(() => initialState(0, { maxHolders: 0 }), RangeError);
 });

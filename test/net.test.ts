@@ -16,10 +16,31 @@ import { generateKeyPair } from '@libp2p/crypto/keys';
 import type { Ed25519PrivateKey } from '@libp2p/interface';
 import { CorruptFileError, InvalidInputError } from '../src/util/errors.js';
 import {
-  AbortedError, BULK_PROTOCOL, EnvelopeError, HashMismatchError, IDENTITY_FILE, NetMetrics, NotFoundError, ProtocolError,
-  ReplayGuard, TooLargeError, WIRE, canonicalJson, controlTopic, createHost, fetchBulk, fetchBulkWithStats,
-  joinControlChannel, loadOrCreateIdentity, openMessage, sealMessage, serveBulk,
-  type ControlChannel, type EnvelopeRejectReason, type Host, type OpenedMessage,
+  AbortedError,
+  BULK_PROTOCOL,
+  EnvelopeError,
+  HashMismatchError,
+  IDENTITY_FILE,
+  NetMetrics,
+  NotFoundError,
+  ProtocolError,
+  ReplayGuard,
+  TooLargeError,
+  WIRE,
+  canonicalJson,
+  controlTopic,
+  createHost,
+  fetchBulk,
+  fetchBulkWithStats,
+  joinControlChannel,
+  loadOrCreateIdentity,
+  openMessage,
+  sealMessage,
+  serveBulk,
+  type ControlChannel,
+  type EnvelopeRejectReason,
+  type Host,
+  type OpenedMessage,
 } from '../src/net/index.js';
 import { sha256HexNode as sha256Hex } from '../src/util/hash-node.js';
 
@@ -110,12 +131,19 @@ describe('envelope', () => {
   });
   const from = (): string => key.publicKey.toString();
 
-  function rejects(bytes: Uint8Array, reason: EnvelopeRejectReason, opts: Partial<Parameters<typeof openMessage>[1]> = {}): void {
-    assert.throws(() => openMessage(bytes, { schemas, ...opts }), (err: unknown) => {
-      assert.ok(err instanceof EnvelopeError, `expected EnvelopeError, got ${String(err)}`);
-      assert.equal(err.reason, reason, err.message);
-      return true;
-    });
+  function rejects(
+    bytes: Uint8Array,
+    reason: EnvelopeRejectReason,
+    opts: Partial<Parameters<typeof openMessage>[1]> = {},
+  ): void {
+    assert.throws(
+      () => openMessage(bytes, { schemas, ...opts }),
+      (err: unknown) => {
+        assert.ok(err instanceof EnvelopeError, `expected EnvelopeError, got ${String(err)}`);
+        assert.equal(err.reason, reason, err.message);
+        return true;
+      },
+    );
   }
 
   test('seal → open round trip, typed by kind', () => {
@@ -165,7 +193,10 @@ describe('envelope', () => {
     const guard = new ReplayGuard({ window: 100, maxPerSender: 8 });
     const a = sealMessage(key, 'vote', { round: 1, accept: true }, { seq: 1000 });
     openMessage(a, { schemas, replay: guard });
-    assert.throws(() => openMessage(a, { schemas, replay: guard }), (e: unknown) => e instanceof EnvelopeError && e.reason === 'replay');
+    assert.throws(
+      () => openMessage(a, { schemas, replay: guard }),
+      (e: unknown) => e instanceof EnvelopeError && e.reason === 'replay',
+    );
     assert.equal(guard.check(from(), 999), 'fresh'); // within the window, unseen
     guard.accept(from(), 1200);
     assert.equal(guard.check(from(), 1050), 'stale'); // below high - window
@@ -182,8 +213,16 @@ describe('envelope', () => {
       return seed % n;
     };
     const bodies: unknown[] = [
-      { n: 1, note: 'x' }, { n: 1.5, note: 'x' }, { round: 3, accept: false }, [], null, 'str', 7,
-      { n: 1, note: 'y'.repeat(200) }, { nested: { deep: [1, 2, { x: null }] } }, JSON.parse('{"__proto__":{"n":1},"n":2,"note":"p"}'),
+      { n: 1, note: 'x' },
+      { n: 1.5, note: 'x' },
+      { round: 3, accept: false },
+      [],
+      null,
+      'str',
+      7,
+      { n: 1, note: 'y'.repeat(200) },
+      { nested: { deep: [1, 2, { x: null }] } },
+      JSON.parse('{"__proto__":{"n":1},"n":2,"note":"p"}'),
     ];
     const kinds = ['hello', 'vote', 'other'];
     const seeds = kinds.flatMap((k) => bodies.map((b) => sealMessage(key, k, b)));
@@ -194,24 +233,53 @@ describe('envelope', () => {
       let f: Uint8Array;
       const base = seeds[rnd(seeds.length)];
       switch (rnd(7)) {
-        case 0: f = randomBytes(rnd(300)); break;
-        case 1: { f = base.slice(); const flips = 1 + rnd(4); for (let j = 0; j < flips; j++) f[rnd(f.length)] ^= 1 << rnd(8); break; }
-        case 2: f = base.subarray(0, rnd(base.length)); break;
-        case 3: { f = base.slice(); f[rnd(f.length)] = rnd(256); break; }
-        case 4: { const at = rnd(base.length); f = new Uint8Array([...base.subarray(0, at), ...randomBytes(1 + rnd(8)), ...base.subarray(at)]); break; }
-        case 5: { f = base.slice(); f.set(randomBytes(Math.min(8, f.length - 4)), 4 + rnd(Math.max(1, f.length - 12))); break; } // length fields
-        default: f = new Uint8Array([0x54, 0x53, 0x52, 1, ...randomBytes(rnd(200))]); break;
+        case 0:
+          f = randomBytes(rnd(300));
+          break;
+        case 1: {
+          f = base.slice();
+          const flips = 1 + rnd(4);
+          for (let j = 0; j < flips; j++) f[rnd(f.length)] ^= 1 << rnd(8);
+          break;
+        }
+        case 2:
+          f = base.subarray(0, rnd(base.length));
+          break;
+        case 3: {
+          f = base.slice();
+          f[rnd(f.length)] = rnd(256);
+          break;
+        }
+        case 4: {
+          const at = rnd(base.length);
+          f = new Uint8Array([...base.subarray(0, at), ...randomBytes(1 + rnd(8)), ...base.subarray(at)]);
+          break;
+        }
+        case 5: {
+          f = base.slice();
+          f.set(randomBytes(Math.min(8, f.length - 4)), 4 + rnd(Math.max(1, f.length - 12)));
+          break;
+        } // length fields
+        default:
+          f = new Uint8Array([0x54, 0x53, 0x52, 1, ...randomBytes(rnd(200))]);
+          break;
       }
       try {
         openMessage(f, { schemas, maxBytes: 4096 });
         accepted++;
-        assert.ok(seeds.some((s) => Buffer.from(s).equals(Buffer.from(f))), 'only an unmodified frame may open');
+        assert.ok(
+          seeds.some((s) => Buffer.from(s).equals(Buffer.from(f))),
+          'only an unmodified frame may open',
+        );
       } catch (err) {
         assert.ok(err instanceof EnvelopeError, `non-typed error ${String(err)}`);
         reasons.set(err.reason, (reasons.get(err.reason) ?? 0) + 1);
       }
     }
-    assert.ok((reasons.get('malformed') ?? 0) > 100 && (reasons.get('bad-signature') ?? 0) > 100, JSON.stringify([...reasons]));
+    assert.ok(
+      (reasons.get('malformed') ?? 0) > 100 && (reasons.get('bad-signature') ?? 0) > 100,
+      JSON.stringify([...reasons]),
+    );
     assert.ok(accepted < N / 10);
   });
 });
@@ -316,16 +384,25 @@ describe('two hosts on 127.0.0.1', () => {
         ['oversized', sealMessage(a.privateKey, 'hello', { n: 3, note: 'x'.repeat(80_000) }, { context: topic })],
         ['unsigned', new Uint8Array([...valid.subarray(0, valid.length - 65), 0])],
         ['bad-signature', badSig],
-        ['bad-signature', sealMessage(a.privateKey, 'hello', { n: 4, note: 'x' }, { context: 'tessera/other-run/control' })],
+        [
+          'bad-signature',
+          sealMessage(a.privateKey, 'hello', { n: 4, note: 'x' }, { context: 'tessera/other-run/control' }),
+        ],
         ['bad-sender', sealMessage(someoneElse, 'hello', { n: 5, note: 'x' }, { context: topic })],
         ['schema', sealMessage(a.privateKey, 'hello', { n: 'six', note: 'x' }, { context: topic })],
         ['unknown-kind', sealMessage(a.privateKey, 'launch-missiles', { now: true }, { context: topic })],
       ];
       const before = gotB.length;
       for (const [, bytes] of cases) await pubsub.publish(topic, bytes);
-      const rejected = (): Array<Record<string, unknown>> => logB.records.filter((r) => r.msg === 'rejected control message');
+      const rejected = (): Array<Record<string, unknown>> =>
+        logB.records.filter((r) => r.msg === 'rejected control message');
       await waitFor('all rejections logged', () => rejected().length >= cases.length);
-      assert.deepEqual(rejected().map((r) => r.reason).sort(), cases.map(([reason]) => reason).sort());
+      assert.deepEqual(
+        rejected()
+          .map((r) => r.reason)
+          .sort(),
+        cases.map(([reason]) => reason).sort(),
+      );
       for (const r of rejected()) {
         assert.equal(r.level, 40); // warn
         assert.equal(typeof r.err, 'string');
@@ -363,14 +440,20 @@ describe('two hosts on 127.0.0.1', () => {
       const beforeA = a.metrics.snapshot();
       const beforeB = b.metrics.snapshot();
       const { data, stats } = await fetchBulkWithStats(b, a.peerId, bigHash, {
-        maxBytes: 32 * 1024 * 1024, signal: AbortSignal.timeout(20_000),
+        maxBytes: 32 * 1024 * 1024,
+        signal: AbortSignal.timeout(20_000),
       });
       assert.equal(data.byteLength, big.byteLength);
       assert.ok(Buffer.from(data.buffer, data.byteOffset, data.byteLength).equals(big));
-      t.diagnostic(`bulk: ${(stats.bytes / 1048576).toFixed(1)} MiB in ${stats.ms.toFixed(0)} ms = ${stats.mbPerSec.toFixed(1)} MB/s`);
+      t.diagnostic(
+        `bulk: ${(stats.bytes / 1048576).toFixed(1)} MiB in ${stats.ms.toFixed(0)} ms = ${stats.mbPerSec.toFixed(1)} MB/s`,
+      );
       // Exact accounting: request 42 bytes up, 9-byte header + payload down, on the bulk
       // protocol, identical on both ends.
-      await waitFor('server side counted', () => NetMetrics.diff(a.metrics.snapshot(), beforeA).protocols[BULK_PROTOCOL]?.sent === big.byteLength + 9);
+      await waitFor(
+        'server side counted',
+        () => NetMetrics.diff(a.metrics.snapshot(), beforeA).protocols[BULK_PROTOCOL]?.sent === big.byteLength + 9,
+      );
       const dA = NetMetrics.diff(a.metrics.snapshot(), beforeA);
       const dB = NetMetrics.diff(b.metrics.snapshot(), beforeB);
       assert.deepEqual(dA.protocols[BULK_PROTOCOL], { sent: big.byteLength + 9, received: 42 });
@@ -379,7 +462,9 @@ describe('two hosts on 127.0.0.1', () => {
       assert.ok(dB.wire.received < big.byteLength * 1.01, `wire overhead ${dB.wire.received / big.byteLength}`);
       assert.equal(dA.counters['bulk.served'], 1);
       assert.equal(dB.counters['bulk.fetchedBytes'], big.byteLength);
-      t.diagnostic(`wire bytes received by the requester: ${dB.wire.received} (${((dB.wire.received / big.byteLength - 1) * 100).toFixed(2)}% overhead)`);
+      t.diagnostic(
+        `wire bytes received by the requester: ${dB.wire.received} (${((dB.wire.received / big.byteLength - 1) * 100).toFixed(2)}% overhead)`,
+      );
     });
 
     test('byte counts agree exactly on both ends of the connection', async () => {
@@ -400,7 +485,10 @@ describe('two hosts on 127.0.0.1', () => {
       };
       await waitFor('both ends to agree', agree, 5000);
       const sa = a.metrics.snapshot();
-      assert.ok(Object.keys(sa.protocols).some((p) => p.startsWith('/meshsub/')), JSON.stringify(Object.keys(sa.protocols)));
+      assert.ok(
+        Object.keys(sa.protocols).some((p) => p.startsWith('/meshsub/')),
+        JSON.stringify(Object.keys(sa.protocols)),
+      );
       assert.ok(sa.protocols['/ipfs/id/1.0.0'].received > 0);
     });
 
@@ -463,10 +551,22 @@ describe('two hosts on 127.0.0.1', () => {
       const opts = { maxBytes: 4096, signal: AbortSignal.timeout(5000) };
       const target = evil.multiaddrs()[0];
       await assert.rejects(fetchBulk(b, target, hash, opts), TooLargeError);
-      await assert.rejects(fetchBulk(b, target, hash, opts), (e: unknown) => e instanceof ProtocolError && /ended after 10 of 1000/.test(e.message));
-      await assert.rejects(fetchBulk(b, target, hash, opts), (e: unknown) => e instanceof ProtocolError && /more than the announced/.test(e.message));
-      await assert.rejects(fetchBulk(b, target, hash, opts), (e: unknown) => e instanceof ProtocolError && /unknown bulk status 9/.test(e.message));
-      await assert.rejects(fetchBulk(b, target, hash, opts), (e: unknown) => e instanceof ProtocolError && /inside the response header/.test(e.message));
+      await assert.rejects(
+        fetchBulk(b, target, hash, opts),
+        (e: unknown) => e instanceof ProtocolError && /ended after 10 of 1000/.test(e.message),
+      );
+      await assert.rejects(
+        fetchBulk(b, target, hash, opts),
+        (e: unknown) => e instanceof ProtocolError && /more than the announced/.test(e.message),
+      );
+      await assert.rejects(
+        fetchBulk(b, target, hash, opts),
+        (e: unknown) => e instanceof ProtocolError && /unknown bulk status 9/.test(e.message),
+      );
+      await assert.rejects(
+        fetchBulk(b, target, hash, opts),
+        (e: unknown) => e instanceof ProtocolError && /inside the response header/.test(e.message),
+      );
     } finally {
       await evil.stop();
     }
@@ -474,7 +574,11 @@ describe('two hosts on 127.0.0.1', () => {
 
   test('a bootstrap list connects a new host, and the DHT finds a third peer', async () => {
     if (!a.connectedPeers().includes(b.peerId)) await b.dial(a.multiaddrs()[0]);
-    const c = await createHost({ dataDir: await tempDir(), bootstrap: [a.multiaddrs()[0]], logger: memoryLogger().logger });
+    const c = await createHost({
+      dataDir: await tempDir(),
+      bootstrap: [a.multiaddrs()[0]],
+      logger: memoryLogger().logger,
+    });
     try {
       await waitFor('C to reach A through its bootstrap list', () => c.connectedPeers().includes(a.peerId), 8000);
       assert.ok(!c.connectedPeers().includes(b.peerId));

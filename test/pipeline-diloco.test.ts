@@ -19,58 +19,92 @@ import { Rng } from '../src/util/rng.js';
 import type { Batch } from '../src/data/batches.js';
 
 const cfg = { vocabSize: 64, ctx: 16, dim: 32, layers: 3, heads: 4 };
-const B = 4, T = 16;
+const B = 4,
+  T = 16;
 
-test('2 pipelines × 3 stages train apart and sync every 4 steps: identical replicas after each sync, exact bytes, a dead pipeline dropped', { timeout: 90_000 }, async () => {
-  const k = loadKernels({ threads: 1 });
-  const g = new GPT(cfg, k);
-  g.init(11);
-  const lp = await startLocalPipeline({ config: cfg, stages: 3, replicas: 2, kernels: k, adamw: DEFAULT_ADAMW, codec: { id: 'int8' }, genesis: g.params });
-  const stages = lp.servers.map((row) => row.map((s) => lp.peerOf(s)));
-  const dl = new DilocoPipelines({ host: lp.driverHost, stages, dim: cfg.dim, vocabSize: cfg.vocabSize, codec: { id: 'int8' }, diloco: { every: 4, codec: 'int8', outer: { lr: 0.7, momentum: 0.9 } } });
-  const rngs = [new Rng(1), new Rng(2)];
-  const batch = (r: number): Batch => {
-    const inputs = new Int32Array(B * T), targets = new Int32Array(B * T);
-    for (let i = 0; i < inputs.length; i++) { inputs[i] = rngs[r].nextInt(cfg.vocabSize); targets[i] = (inputs[i] * 7 + 3) % cfg.vocabSize; }
-    return { inputs, targets };
-  };
-  const client = new StageClient(libp2pTransport(lp.driverHost));
-  const o = () => ({ maxBody: 1 << 24, signal: AbortSignal.timeout(5000) });
-  const embed = (peer: string) => client.call(peer, 'embed', { set: false }, new Uint8Array(0), o());
-  const digest = async (p: string) => (await client.control(p, 'info', {}, o())).digest;
-  const digests = async (i: number) => Promise.all(stages[i].map(digest));
-  try {
-    const losses: number[] = [];
-    for (let s = 1; s <= 12; s++) {
-      const r = await dl.step(batch, B, T, 2, 3e-3);
-      losses.push(r.loss);
-      assert.equal(r.synced !== null, s % 4 === 0, `a sync after step ${s}: ${s % 4 === 0}`);
-      if (s === 2) for (let i = 0; i < 3; i++) { const [a, b] = await digests(i); assert.notEqual(a, b, `stage ${i}: replicas on different data differ between syncs`); }
-      if (s % 4 === 0) {
-        for (let i = 0; i < 3; i++) { const [a, b] = await digests(i); assert.equal(a, b, `stage ${i}: replicas identical after the sync of step ${s}`); }
-        for (let r = 0; r < 2; r++) {
-          const [wte, head] = await Promise.all([embed(stages[0][r]), embed(stages[2][r])]);
-          assert.deepEqual(head.body, wte.body, 'the head copy is re-tied to wte');
+test(
+  '2 pipelines × 3 stages train apart and sync every 4 steps: identical replicas after each sync, exact bytes, a dead pipeline dropped',
+  { timeout: 90_000 },
+  async () => {
+    const k = loadKernels({ threads: 1 });
+    const g = new GPT(cfg, k);
+    g.init(11);
+    const lp = await startLocalPipeline({
+      config: cfg,
+      stages: 3,
+      replicas: 2,
+      kernels: k,
+      adamw: DEFAULT_ADAMW,
+      codec: { id: 'int8' },
+      genesis: g.params,
+    });
+    const stages = lp.servers.map((row) => row.map((s) => lp.peerOf(s)));
+    const dl = new DilocoPipelines({
+      host: lp.driverHost,
+      stages,
+      dim: cfg.dim,
+      vocabSize: cfg.vocabSize,
+      codec: { id: 'int8' },
+      diloco: { every: 4, codec: 'int8', outer: { lr: 0.7, momentum: 0.9 } },
+    });
+    const rngs = [new Rng(1), new Rng(2)];
+    const batch = (r: number): Batch => {
+      const inputs = new Int32Array(B * T),
+        targets = new Int32Array(B * T);
+      for (let i = 0; i < inputs.length; i++) {
+        inputs[i] = rngs[r].nextInt(cfg.vocabSize);
+        targets[i] = (inputs[i] * 7 + 3) % cfg.vocabSize;
+      }
+      return { inputs, targets };
+    };
+    const client = new StageClient(libp2pTransport(lp.driverHost));
+    const o = () => ({ maxBody: 1 << 24, signal: AbortSignal.timeout(5000) });
+    const embed = (peer: string) => client.call(peer, 'embed', { set: false }, new Uint8Array(0), o());
+    const digest = async (p: string) => (await client.control(p, 'info', {}, o())).digest;
+    const digests = async (i: number) => Promise.all(stages[i].map(digest));
+    try {
+      const losses: number[] = [];
+      for (let s = 1; s <= 12; s++) {
+        const r = await dl.step(batch, B, T, 2, 3e-3);
+        losses.push(r.loss);
+        assert.equal(r.synced !== null, s % 4 === 0, `a sync after step ${s}: ${s % 4 === 0}`);
+        if (s === 2)
+          for (let i = 0; i < 3; i++) {
+            const [a, b] = await digests(i);
+            assert.notEqual(a, b, `stage ${i}: replicas on different data differ between syncs`);
+          }
+        if (s % 4 === 0) {
+          for (let i = 0; i < 3; i++) {
+            const [a, b] = await digests(i);
+            assert.equal(a, b, `stage ${i}: replicas identical after the sync of step ${s}`);
+          }
+          for (let r = 0; r < 2; r++) {
+            const [wte, head] = await Promise.all([embed(stages[0][r]), embed(stages[2][r])]);
+            assert.deepEqual(head.body, wte.body, 'the head copy is re-tied to wte');
+          }
         }
       }
-    }
-    // Bytes per sync: per stage, 2 replicas send Δ and receive the mean (int8, exact sizes), plus the re-tie (wte out and in, fp32, per pipeline).
-    const sizes = lp.servers.map((row) => row[0].stage.numParams);
-    const perSync = sizes.reduce((t, n) => t + 4 * encodedSize('int8', n), 0) + 2 * 2 * 4 * cfg.vocabSize * cfg.dim;
-    assert.equal(dl.syncs, 3);
-    assert.equal(dl.syncBytes, 3 * perSync);
-    const early = (losses[0] + losses[1]) / 2, late = (losses[10] + losses[11]) / 2;
-    assert.ok(late < early - 0.1, `it learned (${early.toFixed(3)} → ${late.toFixed(3)})`);
+      // Bytes per sync: per stage, 2 replicas send Δ and receive the mean (int8, exact sizes), plus the re-tie (wte out and in, fp32, per pipeline).
+      const sizes = lp.servers.map((row) => row[0].stage.numParams);
+      const perSync = sizes.reduce((t, n) => t + 4 * encodedSize('int8', n), 0) + 2 * 2 * 4 * cfg.vocabSize * cfg.dim;
+      assert.equal(dl.syncs, 3);
+      assert.equal(dl.syncBytes, 3 * perSync);
+      const early = (losses[0] + losses[1]) / 2,
+        late = (losses[10] + losses[11]) / 2;
+      assert.ok(late < early - 0.1, `it learned (${early.toFixed(3)} → ${late.toFixed(3)})`);
 
-    // Pipeline 1 loses its stage-1 peer: it is dropped, pipeline 0 trains and syncs on alone.
-    await lp.kill(1, 1);
-    for (let s = 13; s <= 16; s++) await dl.step(batch, B, T, 2, 3e-3);
-    assert.deepEqual(dl.alive, [0]);
-    assert.equal(dl.dropped.length, 1);
-    assert.equal(dl.dropped[0].pipeline, 1);
-    assert.equal(dl.syncs, 4);
-    process.stderr.write(`pipeline-diloco: loss ${early.toFixed(3)} → ${late.toFixed(3)}; ${perSync} sync bytes per sync (${(perSync / sizes.reduce((a, b) => a + b)).toFixed(2)} per parameter)\n`);
-  } finally {
-    await lp.close();
-  }
-});
+      // Pipeline 1 loses its stage-1 peer: it is dropped, pipeline 0 trains and syncs on alone.
+      await lp.kill(1, 1);
+      for (let s = 13; s <= 16; s++) await dl.step(batch, B, T, 2, 3e-3);
+      assert.deepEqual(dl.alive, [0]);
+      assert.equal(dl.dropped.length, 1);
+      assert.equal(dl.dropped[0].pipeline, 1);
+      assert.equal(dl.syncs, 4);
+      process.stderr.write(
+        `pipeline-diloco: loss ${early.toFixed(3)} → ${late.toFixed(3)}; ${perSync} sync bytes per sync (${(perSync / sizes.reduce((a, b) => a + b)).toFixed(2)} per parameter)\n`,
+      );
+    } finally {
+      await lp.close();
+    }
+  },
+);

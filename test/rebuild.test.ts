@@ -6,19 +6,33 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { FIX_BITS, gatherLayers, layerViews, maskedPart, mixWeights, scatterLayers, unmaskSum } from '../src/pipeline/rebuild.js';
+import {
+  FIX_BITS,
+  gatherLayers,
+  layerViews,
+  maskedPart,
+  mixWeights,
+  scatterLayers,
+  unmaskSum,
+} from '../src/pipeline/rebuild.js';
 import { Stage, splitStages } from '../src/model/stage.js';
 import { loadKernels } from '../src/kernels/index.js';
 import { Rng } from '../src/util/rng.js';
 
-const gauss = (n: number, scale: number, seed: number) => { const r = new Rng(seed); return Float32Array.from({ length: n }, () => scale * (r.nextFloat() * 2 - 1)); };
+const gauss = (n: number, scale: number, seed: number) => {
+  const r = new Rng(seed);
+  return Float32Array.from({ length: n }, () => scale * (r.nextFloat() * 2 - 1));
+};
 
 test('two masked parts sum to a·x + b·y within the fixed-point step; the pads cancel only together', () => {
-  const n = 10_000, x = gauss(n, 2, 1), y = gauss(n, 0.05, 2);
+  const n = 10_000,
+    x = gauss(n, 2, 1),
+    y = gauss(n, 0.05, 2);
   const seed = randomBytes(32);
   const [a, b] = mixWeights(3, 1);
   assert.deepEqual([a, b], [0.75, 0.25]);
-  const pL = maskedPart(x, a, seed, 1), pR = maskedPart(y, b, seed, -1);
+  const pL = maskedPart(x, a, seed, 1),
+    pR = maskedPart(y, b, seed, -1);
   const sum = unmaskSum([pL, pR], n);
   let worst = 0;
   for (let i = 0; i < n; i++) worst = Math.max(worst, Math.abs(sum[i] - (a * x[i] + b * y[i])));
@@ -34,9 +48,18 @@ test('two masked parts sum to a·x + b·y within the fixed-point step; the pads 
 });
 
 test('one part is uniform whatever the weights: zeros and real weights give the same bit statistics', () => {
-  const n = 50_000, seed = randomBytes(32);
-  const ones = (p: Uint8Array) => { let c = 0; for (const byte of p) for (let k = 0; k < 8; k++) c += (byte >> k) & 1; return c / (8 * p.length); };
-  const top = (p: Uint8Array) => { let c = 0; for (let i = 3; i < p.length; i += 4) c += p[i] >> 7; return c / (p.length / 4); };
+  const n = 50_000,
+    seed = randomBytes(32);
+  const ones = (p: Uint8Array) => {
+    let c = 0;
+    for (const byte of p) for (let k = 0; k < 8; k++) c += (byte >> k) & 1;
+    return c / (8 * p.length);
+  };
+  const top = (p: Uint8Array) => {
+    let c = 0;
+    for (let i = 3; i < p.length; i += 4) c += p[i] >> 7;
+    return c / (p.length / 4);
+  };
   for (const x of [new Float32Array(n), gauss(n, 0.02, 3), new Float32Array(n).fill(1)]) {
     const p = maskedPart(x, 0.5, seed, 1);
     assert.ok(Math.abs(ones(p) - 0.5) < 0.005, `bit balance ${ones(p)}`);
@@ -50,7 +73,10 @@ test('bad input: seed length, weight range, values outside the fixed-point range
   assert.throws(() => maskedPart(x, 1.5, randomBytes(32), 1), /weight is in \[0, 1\]/);
   assert.throws(() => maskedPart(x, Number.NaN, randomBytes(32), 1), /weight/);
   assert.throws(() => maskedPart(Float32Array.of(0, 200), 0.5, randomBytes(32), 1), /outside the fixed-point range/);
-  assert.throws(() => maskedPart(Float32Array.of(Number.NaN), 0.5, randomBytes(32), 1), /outside the fixed-point range/);
+  assert.throws(
+    () => maskedPart(Float32Array.of(Number.NaN), 0.5, randomBytes(32), 1),
+    /outside the fixed-point range/,
+  );
   assert.throws(() => unmaskSum([new Uint8Array(12)], 4), /must be 16 bytes/);
   assert.throws(() => mixWeights(-1, 1), /finite and ≥ 0/);
   assert.throws(() => mixWeights(Infinity, 1), /finite/);

@@ -13,9 +13,31 @@ import { sha256Hex } from '../src/util/hash.js';
 import { leaderOrder } from '../src/swarm/leader.js';
 import { OuterNesterov, aggregate } from '../src/swarm/outer.js';
 import {
-  MessageSchema, acceptorRecord, commitHash, fromWire, init, isQuorum, leaderOf, toWire, majority, nextDeadline, snapshotOf, step, valueHash,
-  type AcceptorRecord, type Commit, type Decision, type Effect, type Message, type RejectReason, type Rejection, type RoundEvent, type RoundParams,
-  type RoundState, type StepResult, type UpdateMsg,
+  MessageSchema,
+  acceptorRecord,
+  commitHash,
+  fromWire,
+  init,
+  isQuorum,
+  leaderOf,
+  toWire,
+  majority,
+  nextDeadline,
+  snapshotOf,
+  step,
+  valueHash,
+  type AcceptorRecord,
+  type Commit,
+  type Decision,
+  type Effect,
+  type Message,
+  type RejectReason,
+  type Rejection,
+  type RoundEvent,
+  type RoundParams,
+  type RoundState,
+  type StepResult,
+  type UpdateMsg,
 } from '../src/swarm/round.js';
 import { InvalidInputError } from '../src/util/errors.js';
 import { Rng } from '../src/util/rng.js';
@@ -25,8 +47,19 @@ const GENESIS = sha256Hex('genesis-weights');
 
 function params(over: Partial<RoundParams> = {}): RoundParams {
   return {
-    runId: RUN, innerSteps: 10, batch: 4, numShards: 8, trainMs: 1000, submitMs: 1500, commitMs: 300,
-    quorum: 1, minPeers: 2, maxMissedRounds: 2, genesisWeightsHash: GENESIS, retryMs: 300, ...over,
+    runId: RUN,
+    innerSteps: 10,
+    batch: 4,
+    numShards: 8,
+    trainMs: 1000,
+    submitMs: 1500,
+    commitMs: 300,
+    quorum: 1,
+    minPeers: 2,
+    maxMissedRounds: 2,
+    genesisWeightsHash: GENESIS,
+    retryMs: 300,
+    ...over,
   };
 }
 
@@ -52,9 +85,22 @@ interface SimPeer {
   faultyApply: Set<number>;
 }
 
-interface Pending { at: number; seq: number; to: string; ev: RoundEvent; token?: number }
+interface Pending {
+  at: number;
+  seq: number;
+  to: string;
+  ev: RoundEvent;
+  token?: number;
+}
 
-interface NetOpts { minDelay: number; maxDelay: number; drop: number; dup: number; dt: number; applyMs: number }
+interface NetOpts {
+  minDelay: number;
+  maxDelay: number;
+  drop: number;
+  dup: number;
+  dt: number;
+  applyMs: number;
+}
 
 class Sim {
   now = 0;
@@ -69,19 +115,40 @@ class Sim {
   readonly rng: Rng;
   readonly net: NetOpts;
 
-  constructor(readonly p: RoundParams, seed = 1, net: Partial<NetOpts> = {}) {
+  constructor(
+    readonly p: RoundParams,
+    seed = 1,
+    net: Partial<NetOpts> = {},
+  ) {
     this.rng = new Rng(seed);
     this.net = { minDelay: 20, maxDelay: 20, drop: 0, dup: 0, dt: 10, applyMs: 5, ...net };
   }
 
-  add(id: string, opts: { genesis?: string[]; bootstrap?: string[]; speed?: number; acceptor?: AcceptorRecord } = {}): SimPeer {
+  add(
+    id: string,
+    opts: { genesis?: string[]; bootstrap?: string[]; speed?: number; acceptor?: AcceptorRecord } = {},
+  ): SimPeer {
     const res = init({
-      self: id, params: this.p, now: this.now, genesis: opts.genesis ? { roster: opts.genesis } : undefined,
-      bootstrap: opts.bootstrap, acceptor: opts.acceptor,
+      self: id,
+      params: this.p,
+      now: this.now,
+      genesis: opts.genesis ? { roster: opts.genesis } : undefined,
+      bootstrap: opts.bootstrap,
+      acceptor: opts.acceptor,
     });
     const peer: SimPeer = {
-      id, state: res.state, alive: true, speed: opts.speed ?? 1, trainToken: 0, rejected: [], effects: [],
-      decisions: new Map(), commits: new Map(), results: new Map(), held: new Set(), faultyApply: new Set(),
+      id,
+      state: res.state,
+      alive: true,
+      speed: opts.speed ?? 1,
+      trainToken: 0,
+      rejected: [],
+      effects: [],
+      decisions: new Map(),
+      commits: new Map(),
+      results: new Map(),
+      held: new Set(),
+      faultyApply: new Set(),
     };
     this.peers.set(id, peer);
     this.absorb(peer, res);
@@ -94,7 +161,9 @@ class Sim {
     return p;
   }
 
-  kill(id: string): void { this.peer(id).alive = false; }
+  kill(id: string): void {
+    this.peer(id).alive = false;
+  }
 
   /** Feeds one event to a peer and processes what comes out. */
   feed(id: string, ev: RoundEvent): StepResult {
@@ -112,7 +181,8 @@ class Sim {
     p.decisions.set(round, vh);
     const first = this.decided.get(round);
     if (first === undefined) this.decided.set(round, vh);
-    else if (first !== vh) this.violations.push(`round ${round}: ${p.id} decided ${vh.slice(0, 8)}, another peer ${first.slice(0, 8)}`);
+    else if (first !== vh)
+      this.violations.push(`round ${round}: ${p.id} decided ${vh.slice(0, 8)}, another peer ${first.slice(0, 8)}`);
   }
 
   private absorb(p: SimPeer, res: StepResult): void {
@@ -142,7 +212,8 @@ class Sim {
     if (this.net.drop > 0 && this.rng.nextFloat() < this.net.drop) return;
     this.schedule(to, { type: 'message', msg }, this.delay());
     // Network-level replay: the same message delivered again later.
-    if (this.net.dup > 0 && this.rng.nextFloat() < this.net.dup) this.schedule(to, { type: 'message', msg }, this.delay() + 200 + this.rng.nextInt(2000));
+    if (this.net.dup > 0 && this.rng.nextFloat() < this.net.dup)
+      this.schedule(to, { type: 'message', msg }, this.delay() + 200 + this.rng.nextInt(2000));
   }
 
   private effect(p: SimPeer, e: Effect): void {
@@ -209,7 +280,9 @@ class Sim {
     while (!pred() && this.now < limit) this.run(this.now + this.net.dt);
   }
 
-  alive(): SimPeer[] { return [...this.peers.values()].filter((p) => p.alive); }
+  alive(): SimPeer[] {
+    return [...this.peers.values()].filter((p) => p.alive);
+  }
 
   decisionOf(id: string, round: number): Commit {
     const k = this.peer(id).commits.get(round);
@@ -217,11 +290,24 @@ class Sim {
     return k;
   }
 
-  reasons(id: string): RejectReason[] { return this.peer(id).rejected.map((r) => r.reason); }
+  reasons(id: string): RejectReason[] {
+    return this.peer(id).rejected.map((r) => r.reason);
+  }
 }
 
 const PEERS4 = ['a', 'b', 'c', 'd'];
-const UNEXPECTED: RejectReason[] = ['malformed', 'self', 'not-member', 'not-leader', 'wrong-base', 'equivocation', 'bad-certificate', 'conflict', 'wrong-hash', 'unexpected'];
+const UNEXPECTED: RejectReason[] = [
+  'malformed',
+  'self',
+  'not-member',
+  'not-leader',
+  'wrong-base',
+  'equivocation',
+  'bad-certificate',
+  'conflict',
+  'wrong-hash',
+  'unexpected',
+];
 
 function assertNoBadRejections(sim: Sim): void {
   for (const p of sim.peers.values()) {
@@ -240,7 +326,8 @@ test('roundSeed: per run and per round; assignShards is pure, order-independent 
   assert.throws(() => roundSeed(RUN, -1), InvalidInputError);
   const rng = new Rng(5);
   for (let trial = 0; trial < 60; trial++) {
-    const P = 1 + rng.nextInt(12), S = 1 + rng.nextInt(40);
+    const P = 1 + rng.nextInt(12),
+      S = 1 + rng.nextInt(40);
     const peers = Array.from({ length: P }, (_, i) => `peer-${(i * 7919) % 1000}-${trial}`);
     const seed = roundSeed(RUN, trial);
     const a = assignShards(seed, peers, S);
@@ -251,11 +338,17 @@ test('roundSeed: per run and per round; assignShards is pure, order-independent 
     const loads = [...a.values()].map((l) => l.length);
     const counts = new Array(S).fill(0);
     for (const l of a.values()) {
-      assert.deepEqual(l, [...l].sort((x, y) => x - y));
+      assert.deepEqual(
+        l,
+        [...l].sort((x, y) => x - y),
+      );
       for (const s of l) counts[s]++;
     }
     if (S >= P) {
-      assert.ok(counts.every((c) => c === 1), 'every shard exactly once');
+      assert.ok(
+        counts.every((c) => c === 1),
+        'every shard exactly once',
+      );
       assert.ok(Math.max(...loads) - Math.min(...loads) <= 1, 'balanced loads');
     } else {
       assert.ok(loads.every((l) => l === 1));
@@ -263,7 +356,8 @@ test('roundSeed: per run and per round; assignShards is pure, order-independent 
     }
   }
   const peers = ['x', 'y', 'z'];
-  const r0 = assignShards(roundSeed(RUN, 0), peers, 30), r1 = assignShards(roundSeed(RUN, 1), peers, 30);
+  const r0 = assignShards(roundSeed(RUN, 0), peers, 30),
+    r1 = assignShards(roundSeed(RUN, 1), peers, 30);
   assert.notDeepEqual([...r0.values()], [...r1.values()], 'reshuffled each round');
   assert.throws(() => assignShards(roundSeed(RUN, 0), ['x', 'x'], 4), InvalidInputError);
   assert.throws(() => assignShards(roundSeed(RUN, 0), ['x'], 0), InvalidInputError);
@@ -287,30 +381,43 @@ test('applyCommitted: sorted by peer, token-weighted, bit-identical for any inpu
   const rng = new Rng(9);
   const mk = () => Float32Array.from({ length: n }, () => rng.nextFloat() - 0.5);
   const base = mk();
-  const ups = [{ peer: 'c', tokens: 40, delta: mk() }, { peer: 'a', tokens: 12, delta: mk() }, { peer: 'b', tokens: 40, delta: mk() }];
+  const ups = [
+    { peer: 'c', tokens: 40, delta: mk() },
+    { peer: 'a', tokens: 12, delta: mk() },
+    { peer: 'b', tokens: 40, delta: mk() },
+  ];
   const run = (order: typeof ups) => {
     const params = base.slice();
     const outer = new OuterNesterov(n);
     const mean = applyCommitted(params, outer, order)!;
     return { params, mean, m: outer.momentum };
   };
-  const x = run(ups), y = run([ups[2], ups[0], ups[1]]);
+  const x = run(ups),
+    y = run([ups[2], ups[0], ups[1]]);
   assert.deepEqual(x.params, y.params);
   assert.deepEqual(x.m, y.m);
   const sorted = [ups[1], ups[2], ups[0]];
-  assert.deepEqual(x.mean, aggregate(sorted.map((u) => u.delta), sorted.map((u) => u.tokens)));
+  assert.deepEqual(
+    x.mean,
+    aggregate(
+      sorted.map((u) => u.delta),
+      sorted.map((u) => u.tokens),
+    ),
+  );
   const ref = base.slice();
   new OuterNesterov(n).step(ref, x.mean);
   assert.deepEqual(x.params, ref);
   // Empty set: no-op; duplicates and bad tokens throw without touching anything.
-  const p2 = base.slice(), o2 = new OuterNesterov(n);
+  const p2 = base.slice(),
+    o2 = new OuterNesterov(n);
   assert.equal(applyCommitted(p2, o2, []), null);
   assert.deepEqual(p2, base);
   assert.throws(() => applyCommitted(p2, o2, [ups[0], { ...ups[0] }]), InvalidInputError);
   assert.throws(() => applyCommitted(p2, o2, [{ ...ups[0], tokens: 0 }]), InvalidInputError);
   // The robust rules are order-independent too, and a ×100 outlier moves them far less than the mean.
   const bad = [...ups, { peer: 'd', tokens: 40, delta: ups[0].delta.map((v) => v * 100) }];
-  const rule = (r: 'mean' | 'clip' | 'trimmed' | 'centered', order: typeof bad) => applyCommitted(base.slice(), new OuterNesterov(n), order, r)!;
+  const rule = (r: 'mean' | 'clip' | 'trimmed' | 'centered', order: typeof bad) =>
+    applyCommitted(base.slice(), new OuterNesterov(n), order, r)!;
   const norm = (v: Float32Array) => Math.sqrt(v.reduce((t, x) => t + x * x, 0));
   for (const r of ['clip', 'trimmed', 'centered'] as const) {
     assert.deepEqual(rule(r, bad), rule(r, [bad[3], bad[1], bad[0], bad[2]]), `${r}: same bits for any order`);
@@ -341,7 +448,8 @@ test('init: genesis peers start training round 0; others start unsynced; step ne
   // Purity: the input state is untouched, and equal inputs give equal outputs.
   const before = structuredClone(g.state);
   const ev: RoundEvent = { type: 'trained', round: 0, updateHash: sha256Hex('u'), steps: 10 };
-  const r1 = step(g.state, ev), r2 = step(g.state, ev);
+  const r1 = step(g.state, ev),
+    r2 = step(g.state, ev);
   assert.ok(isDeepStrictEqual(g.state, before));
   assert.ok(isDeepStrictEqual(r1, r2));
   assert.equal(r1.state.phase, 'collecting');
@@ -366,12 +474,17 @@ test('happy path: 4 peers agree on every round, include every update at full wei
     const applies = PEERS4.map((id) => sim.peer(id).effects.find((e) => e.type === 'apply' && e.round === r));
     for (const e of applies) {
       assert.ok(e && e.type === 'apply');
-      assert.deepEqual(e.included.map((u) => u.peer), PEERS4);
+      assert.deepEqual(
+        e.included.map((u) => u.peer),
+        PEERS4,
+      );
       assert.ok(e.included.every((u) => u.tokens === 10 * 4));
     }
   }
   // No fallback was ever needed, and leadership rotated.
-  const commits = PEERS4.flatMap((id) => sim.peer(id).effects.flatMap((e) => (e.type === 'broadcast' && e.msg.type === 'commit' ? [e.msg.commit] : [])));
+  const commits = PEERS4.flatMap((id) =>
+    sim.peer(id).effects.flatMap((e) => (e.type === 'broadcast' && e.msg.type === 'commit' ? [e.msg.commit] : [])),
+  );
   assert.ok(commits.length >= rounds);
   assert.ok(commits.every((k) => k.attempt === 0));
   assert.ok(new Set(commits.map((k) => k.leader)).size >= 2);
@@ -398,7 +511,11 @@ test('selection by score: a peer excluded by every leader is never applied but s
   for (let k = 0; k < rounds; k++) {
     const e = sim.peer(PEERS4[0]).effects.find((x) => x.type === 'apply' && x.round === k);
     assert.ok(e && e.type === 'apply');
-    assert.deepEqual(e.included.map((u) => u.peer), PEERS4.filter((p) => p !== bad), `round ${k}: the excluded peer is left out`);
+    assert.deepEqual(
+      e.included.map((u) => u.peer),
+      PEERS4.filter((p) => p !== bad),
+      `round ${k}: the excluded peer is left out`,
+    );
   }
   for (const id of PEERS4) assert.ok(sim.peer(id).state.roster.includes(bad), 'it is still heard, so still a member');
   // Lifting the exclusion brings its updates back.
@@ -417,7 +534,10 @@ test('collection closes at quorum (excluding a slower peer) or, with quorum 1, w
   q.run(900);
   const sa = q.peer('a').state;
   assert.equal(sa.round, 1, 'round 0 already decided and applied');
-  assert.deepEqual(q.decisionOf('a', 0).included.map((u) => u.peer), ['a', 'b', 'c']);
+  assert.deepEqual(
+    q.decisionOf('a', 0).included.map((u) => u.peer),
+    ['a', 'b', 'c'],
+  );
   assert.ok(q.peer('a').state.prev!.round === 0);
   // Always left out, but alive (it is heard from), so it is never dropped from the roster.
   q.run(8000);
@@ -431,13 +551,19 @@ test('collection closes at quorum (excluding a slower peer) or, with quorum 1, w
   assert.equal(w.peer('a').state.round, 0);
   assert.notEqual(w.peer('a').state.phase, 'agreement');
   w.run(1400);
-  assert.deepEqual(w.decisionOf('a', 0).included.map((u) => u.peer), PEERS4);
+  assert.deepEqual(
+    w.decisionOf('a', 0).included.map((u) => u.peer),
+    PEERS4,
+  );
   // Too slow for the training budget: it reports fewer steps at `until` and is weighted by tokens.
   const t = new Sim(params({ quorum: 1 }), 2);
   for (const id of PEERS4) t.add(id, { genesis: PEERS4, speed: id === 'd' ? 2.5 : 1 });
   t.run(1400);
   const inc = t.decisionOf('a', 0).included;
-  assert.deepEqual(inc.map((u) => u.peer), PEERS4);
+  assert.deepEqual(
+    inc.map((u) => u.peer),
+    PEERS4,
+  );
   const d = inc.find((u) => u.peer === 'd')!;
   assert.equal(d.tokens, Math.floor((10 * 1000) / 1500) * 4, 'tokens = steps·batch');
   assert.ok(inc.filter((u) => u.peer !== 'd').every((u) => u.tokens === 40));
@@ -448,8 +574,14 @@ test('collection closes at quorum (excluding a slower peer) or, with quorum 1, w
   assert.equal(x.peer('a').state.closedAt, null);
   x.run(2500);
   assert.equal(x.peer('a').state.prev?.round, 0);
-  assert.deepEqual(x.decisionOf('a', 0).included.map((u) => u.peer), ['a', 'b', 'c']);
-  for (const s of [q, w, t, x]) { assert.deepEqual(s.violations, []); assertNoBadRejections(s); }
+  assert.deepEqual(
+    x.decisionOf('a', 0).included.map((u) => u.peer),
+    ['a', 'b', 'c'],
+  );
+  for (const s of [q, w, t, x]) {
+    assert.deepEqual(s.violations, []);
+    assertNoBadRejections(s);
+  }
 });
 
 test('a dead peer: rounds close at the deadline, fall back past it when it leads, then it is dropped', () => {
@@ -487,7 +619,10 @@ test('two of five peers killed mid-round: the other three finish that round and 
   sim.runUntil(() => sim.peer('a').state.round === 3, start + 3000);
   assert.equal(sim.peer('a').state.round, 3, 'round 2 finished');
   assert.ok(sim.now - start <= 1500 + 300 * 3 + 200, `took ${sim.now - start} ms`);
-  assert.deepEqual(sim.decisionOf('a', 2).included.map((u) => u.peer), ['a', 'c', 'd']);
+  assert.deepEqual(
+    sim.decisionOf('a', 2).included.map((u) => u.peer),
+    ['a', 'c', 'd'],
+  );
   sim.run(sim.now + 8000);
   const live = ['a', 'c', 'd'];
   assert.ok(sim.peer('a').state.round >= 6);
@@ -506,7 +641,11 @@ test('two of four killed, the tie-breaker among the survivors: the other two fin
   sim.kill('d');
   const r = sim.peer('a').state.round;
   sim.run(sim.now + 8000);
-  for (const id of ['a', 'b']) assert.ok(sim.peer(id).state.round >= r + 3, `${id} keeps deciding rounds (at ${sim.peer(id).state.round}, killed at ${r})`);
+  for (const id of ['a', 'b'])
+    assert.ok(
+      sim.peer(id).state.round >= r + 3,
+      `${id} keeps deciding rounds (at ${sim.peer(id).state.round}, killed at ${r})`,
+    );
   assert.equal(sim.peer('a').results.get(r), sim.peer('b').results.get(r));
   assert.deepEqual(sim.peer('a').state.roster, ['a', 'b'], 'the dead leave the roster after maxMissedRounds');
   assert.deepEqual(sim.violations, []);
@@ -522,8 +661,15 @@ test('quorums: a majority, or half of an even roster with the tie-breaker; any t
   // Exhaustively for rosters up to 8: every pair of quorums intersects.
   for (let n = 1; n <= 8; n++) {
     const roster = Array.from({ length: n }, (_, i) => String.fromCharCode(97 + i));
-    const subsets = Array.from({ length: 1 << n }, (_, m) => roster.filter((_, i) => m & (1 << i))).filter((x) => isQuorum(roster, x));
-    for (const x of subsets) for (const y of subsets) assert.ok(x.some((p) => y.includes(p)), `n=${n}: ${x} and ${y} are disjoint quorums`);
+    const subsets = Array.from({ length: 1 << n }, (_, m) => roster.filter((_, i) => m & (1 << i))).filter((x) =>
+      isQuorum(roster, x),
+    );
+    for (const x of subsets)
+      for (const y of subsets)
+        assert.ok(
+          x.some((p) => y.includes(p)),
+          `n=${n}: ${x} and ${y} are disjoint quorums`,
+        );
   }
 });
 
@@ -565,7 +711,9 @@ test('leader crash: the next leader in the deterministic order takes over', () =
   const live = PEERS4.filter((id) => id !== leader0);
   for (const id of live) {
     assert.equal(sim.peer(id).state.round, 3);
-    assert.ok(sim.peer(id).effects.some((e) => e.type === 'broadcast' && e.msg.type === 'promise' && e.msg.round === 2));
+    assert.ok(
+      sim.peer(id).effects.some((e) => e.type === 'broadcast' && e.msg.type === 'promise' && e.msg.round === 2),
+    );
   }
   assert.deepEqual(sim.violations, []);
   assertNoBadRejections(sim);
@@ -580,7 +728,9 @@ test('leader crashes after some accepted its commit: the fallback leader re-prop
   const others = PEERS4.filter((id) => id !== leader0);
   // Let the leader's commit reach exactly one peer, then kill the leader.
   sim.runUntil(() => sim.peer(leader0).state.proposed.includes(0), sim.now + 3000);
-  const commitMsg = sim.peer(leader0).effects.find((e) => e.type === 'broadcast' && e.msg.type === 'commit' && e.msg.commit.round === 1);
+  const commitMsg = sim
+    .peer(leader0)
+    .effects.find((e) => e.type === 'broadcast' && e.msg.type === 'commit' && e.msg.commit.round === 1);
   assert.ok(commitMsg && commitMsg.type === 'broadcast' && commitMsg.msg.type === 'commit');
   const original = commitMsg.msg.commit;
   sim.kill(leader0);
@@ -591,7 +741,11 @@ test('leader crashes after some accepted its commit: the fallback leader re-prop
   assert.equal(sim.peer(lucky).state.accepted?.attempt, 0, 'lucky accepted attempt 0');
   sim.run(sim.now + 4000);
   for (const id of others) assert.ok(sim.peer(id).state.round >= 2, `${id} stuck at ${sim.peer(id).state.round}`);
-  assert.equal(sim.decided.get(1), valueHash(original), 'the fallback leader re-proposed the value a peer had accepted');
+  assert.equal(
+    sim.decided.get(1),
+    valueHash(original),
+    'the fallback leader re-proposed the value a peer had accepted',
+  );
   const fallback = sim.peer(others[0]).decisions.get(1);
   assert.equal(fallback, valueHash(original));
   assert.deepEqual(sim.violations, []);
@@ -610,7 +764,10 @@ test('a peer joining mid-run syncs, is admitted by a commit, and trains from the
   const admitting = sim.decisionOf('a', admittedAt - 1);
   assert.deepEqual(admitting.joins, ['e']);
   sim.runUntil(() => sim.peer('a').state.round >= admittedAt + 2, sim.now + 6000);
-  assert.ok(sim.decisionOf('a', admittedAt).included.some((u) => u.peer === 'e'), 'e contributes in the round after admission');
+  assert.ok(
+    sim.decisionOf('a', admittedAt).included.some((u) => u.peer === 'e'),
+    'e contributes in the round after admission',
+  );
   assert.ok(sim.decisionOf('a', admittedAt - 1).included.every((u) => u.peer !== 'e'));
   assert.equal(e.state.weightsHash, sim.peer('a').state.weightsHash);
   assert.deepEqual(sim.peer('a').state.roster, ['a', 'b', 'c', 'd', 'e']);
@@ -631,7 +788,10 @@ test('waiting for peers: a lone founder admits joiners and training starts at mi
   assert.deepEqual(a.state.roster, ['a', 'b']);
   assert.equal(a.state.phase === 'waiting' || a.state.phase === 'agreement', true);
   sim.add('c', { bootstrap: ['a', 'b'] });
-  sim.runUntil(() => a.state.training && a.state.round > 0 && sim.decided.size > 0 && a.effects.some((e) => e.type === 'apply'), sim.now + 8000);
+  sim.runUntil(
+    () => a.state.training && a.state.round > 0 && sim.decided.size > 0 && a.effects.some((e) => e.type === 'apply'),
+    sim.now + 8000,
+  );
   assert.deepEqual(a.state.roster, ['a', 'b', 'c']);
   sim.run(sim.now + 3000);
   for (const id of ['b', 'c']) assert.equal(sim.peer(id).state.weightsHash, a.state.weightsHash);
@@ -669,12 +829,19 @@ test('a member that restarts (state lost) resyncs, sits out voting in that round
   assert.ok(d.state.member);
   assert.equal(d.state.voting, false);
   sim.runUntil(() => d.state.round > syncedRound, sim.now + 5000);
-  const votedInSynced = d.effects.some((e) => e.type === 'broadcast' && (e.msg.type === 'accept' || e.msg.type === 'commit' || e.msg.type === 'promise')
-    && (e.msg.type === 'promise' ? e.msg.round : e.msg.commit.round) === syncedRound);
+  const votedInSynced = d.effects.some(
+    (e) =>
+      e.type === 'broadcast' &&
+      (e.msg.type === 'accept' || e.msg.type === 'commit' || e.msg.type === 'promise') &&
+      (e.msg.type === 'promise' ? e.msg.round : e.msg.commit.round) === syncedRound,
+  );
   assert.ok(!votedInSynced, 'no votes in the round it re-entered');
   assert.equal(d.state.voting, true);
   sim.run(sim.now + 4000);
-  assert.ok(d.effects.some((e) => e.type === 'broadcast' && e.msg.type === 'accept'), 'votes again later');
+  assert.ok(
+    d.effects.some((e) => e.type === 'broadcast' && e.msg.type === 'accept'),
+    'votes again later',
+  );
 });
 
 test('a restarted member with its persisted acceptor record restores its votes and keeps voting', () => {
@@ -697,8 +864,17 @@ test('a restarted member with its persisted acceptor record restores its votes a
   assert.equal(d.state.weightsHash, sim.peer('b').state.weightsHash);
   assert.deepEqual(sim.violations, []);
   // A record of a later round than the snapshot: no voting until that round.
-  const g = init({ self: 'a', params: params(), now: 0, bootstrap: ['b'], acceptor: { round: 3, promised: 0, accepted: null, proposed: [] } });
-  const synced = step(g.state, { type: 'synced', snapshot: { round: 1, weightsHash: GENESIS, roster: PEERS4, missed: [0, 0, 0, 0] } });
+  const g = init({
+    self: 'a',
+    params: params(),
+    now: 0,
+    bootstrap: ['b'],
+    acceptor: { round: 3, promised: 0, accepted: null, proposed: [] },
+  });
+  const synced = step(g.state, {
+    type: 'synced',
+    snapshot: { round: 1, weightsHash: GENESIS, roster: PEERS4, missed: [0, 0, 0, 0] },
+  });
   assert.equal(synced.state.voting, false);
   assert.throws(() => init({ self: 'a', params: params(), now: 0, acceptor: { round: -1 } as never }));
   assert.equal(d.state.weightsHash, sim.peer('b').state.weightsHash);
@@ -720,15 +896,36 @@ function solo(over: Partial<RoundParams> = {}, self = 'a') {
     return r;
   };
   const msg = (m: unknown): StepResult => feed({ type: 'message', msg: m as Message });
-  const upd = (from: string, tag = from, over2: Partial<UpdateMsg> = {}): UpdateMsg =>
-    ({ type: 'update', from, round: s.round, baseHash: s.weightsHash, updateHash: sha256Hex(`u-${tag}-${s.round}`), steps: 10, ...over2 });
+  const upd = (from: string, tag = from, over2: Partial<UpdateMsg> = {}): UpdateMsg => ({
+    type: 'update',
+    from,
+    round: s.round,
+    baseHash: s.weightsHash,
+    updateHash: sha256Hex(`u-${tag}-${s.round}`),
+    steps: 10,
+    ...over2,
+  });
   const expectReject = (m: unknown, reason: RejectReason) => {
     const before = s;
     const r = msg(m);
-    assert.deepEqual(r.rejected.map((x) => x.reason), [reason], `expected ${reason} for ${JSON.stringify(m).slice(0, 120)}`);
+    assert.deepEqual(
+      r.rejected.map((x) => x.reason),
+      [reason],
+      `expected ${reason} for ${JSON.stringify(m).slice(0, 120)}`,
+    );
     return { before, after: s };
   };
-  return { get s() { return s; }, out, feed, msg, upd, expectReject, p };
+  return {
+    get s() {
+      return s;
+    },
+    out,
+    feed,
+    msg,
+    upd,
+    expectReject,
+    p,
+  };
 }
 
 test('stale, replayed, forged and non-member messages are rejected with reasons and never applied', () => {
@@ -745,7 +942,14 @@ test('stale, replayed, forged and non-member messages are rejected with reasons 
   t.expectReject({ ...t.upd('c', 'c-x'), steps: 0 }, 'malformed');
   t.expectReject({ ...t.upd('c', 'c-x'), extra: 1 }, 'malformed');
   t.expectReject({ type: 'update', from: 'c' }, 'malformed');
-  t.expectReject({ type: 'accept', from: 'a', commit: { round: 0, attempt: 0, leader: leaderOf(t.s, 0), included: [], joins: [], live: [] } }, 'self');
+  t.expectReject(
+    {
+      type: 'accept',
+      from: 'a',
+      commit: { round: 0, attempt: 0, leader: leaderOf(t.s, 0), included: [], joins: [], live: [] },
+    },
+    'self',
+  );
   t.expectReject(t.upd('a'), 'duplicate'); // our own update, echoed back
   t.expectReject(t.upd('c', 'c-far', { round: 5 }), 'future-round');
   assert.equal(S().phase, 'syncing', 'a member far ahead means this peer is behind');
@@ -753,7 +957,8 @@ test('stale, replayed, forged and non-member messages are rejected with reasons 
   // While syncing, everything is refused.
   t.expectReject(t.upd('d'), 'not-synced');
   // Snapshots: behind us or malformed are refused; a good one is installed.
-  const snap = (round: number, roster = PEERS4, h = sha256Hex(`w${round}`)) => ({ type: 'synced', snapshot: { round, weightsHash: h, roster, missed: roster.map(() => 0) } }) as RoundEvent;
+  const snap = (round: number, roster = PEERS4, h = sha256Hex(`w${round}`)) =>
+    ({ type: 'synced', snapshot: { round, weightsHash: h, roster, missed: roster.map(() => 0) } }) as RoundEvent;
   const trains = () => t.out.effects.filter((e) => e.type === 'train').length;
   const before = trains();
   assert.equal(t.feed(snap(0, PEERS4, GENESIS)).rejected.length, 0, 'same round, same θ: fine');
@@ -781,20 +986,34 @@ test('resync to a majority hash only accepts a snapshot with that hash', () => {
   for (const id of ['b', 'c', 'd']) t.msg(t.upd(id));
   // Drive round 0 to a decision by hand.
   const l0 = leaderOf(t.s, 0);
-  if (l0 !== 'a') t.msg({ type: 'commit', from: l0, commit: { round: 0, attempt: 0, leader: l0, included: ['a', 'b', 'c', 'd'].map((peer) => ({ peer, updateHash: sha256Hex(`u-${peer}-0`), tokens: 40 })), joins: [], live: PEERS4 } });
+  if (l0 !== 'a')
+    t.msg({
+      type: 'commit',
+      from: l0,
+      commit: {
+        round: 0,
+        attempt: 0,
+        leader: l0,
+        included: ['a', 'b', 'c', 'd'].map((peer) => ({ peer, updateHash: sha256Hex(`u-${peer}-0`), tokens: 40 })),
+        joins: [],
+        live: PEERS4,
+      },
+    });
   const k = t.s.accepted!;
   for (const id of PEERS4.filter((x) => x !== 'a' && x !== l0)) t.msg({ type: 'accept', from: id, commit: k });
   assert.equal(t.s.phase, 'applying');
   t.feed({ type: 'applied', round: 0, weightsHash: sha256Hex('mine') });
   assert.equal(t.s.round, 1);
   const good = sha256Hex('theirs');
-  for (const id of ['b', 'c']) t.msg({ type: 'announce', from: id, round: 0, weightsHash: good, valueHash: valueHash(k) });
+  for (const id of ['b', 'c'])
+    t.msg({ type: 'announce', from: id, round: 0, weightsHash: good, valueHash: valueHash(k) });
   assert.notEqual(t.s.phase, 'syncing', 'two of four is not a majority');
   t.msg({ type: 'announce', from: 'd', round: 0, weightsHash: good, valueHash: valueHash(k) });
   assert.equal(t.s.phase, 'syncing');
   const rs = t.out.effects.filter((e) => e.type === 'resync');
   assert.deepEqual(rs[rs.length - 1], { type: 'resync', from: ['b', 'c', 'd'], round: 1, weightsHash: good });
-  const snap = (h: string) => ({ type: 'synced', snapshot: { round: 1, weightsHash: h, roster: PEERS4, missed: [0, 0, 0, 0] } }) as RoundEvent;
+  const snap = (h: string) =>
+    ({ type: 'synced', snapshot: { round: 1, weightsHash: h, roster: PEERS4, missed: [0, 0, 0, 0] } }) as RoundEvent;
   assert.equal(t.feed(snap(sha256Hex('mine'))).rejected[0].reason, 'wrong-hash');
   assert.equal(t.feed(snap(good)).rejected.length, 0);
   assert.equal(t.s.weightsHash, good);
@@ -809,18 +1028,39 @@ test('commit/accept/decided checks: claimed leader, membership, certificate, att
   t.feed({ type: 'trained', round: 0, updateHash: sha256Hex('u-a-0'), steps: 10 });
   for (const id of ['b', 'c', 'd']) t.msg(t.upd(id));
   const good = (over: Partial<Commit> = {}): Commit => ({
-    round: 0, attempt: 0, leader: l0,
-    included: ['a', 'b', 'c', 'd'].map((peer) => ({ peer, updateHash: sha256Hex(`u-${peer}-0`), tokens: 40 })), joins: [], live: PEERS4, ...over,
+    round: 0,
+    attempt: 0,
+    leader: l0,
+    included: ['a', 'b', 'c', 'd'].map((peer) => ({ peer, updateHash: sha256Hex(`u-${peer}-0`), tokens: 40 })),
+    joins: [],
+    live: PEERS4,
+    ...over,
   });
-  const evil: Commit = good({ leader: notLeader, included: [{ peer: 'b', updateHash: sha256Hex('evil'), tokens: 40 }] });
+  const evil: Commit = good({
+    leader: notLeader,
+    included: [{ peer: 'b', updateHash: sha256Hex('evil'), tokens: 40 }],
+  });
   if (l0 !== 'a') {
     // Forged leader: sender claims the leadership of an attempt it does not lead.
     t.expectReject({ type: 'commit', from: notLeader, commit: evil }, 'not-leader');
     // Sender differs from the commit's leader.
     t.expectReject({ type: 'commit', from: notLeader, commit: good() }, 'not-leader');
-    t.expectReject({ type: 'commit', from: l0, commit: good({ included: [{ peer: 'mallory', updateHash: sha256Hex('m'), tokens: 40 }] }) }, 'not-member');
-    t.expectReject({ type: 'commit', from: l0, commit: good({ included: [{ peer: 'b', updateHash: sha256Hex('m'), tokens: 41 }] }) }, 'malformed');
-    t.expectReject({ type: 'commit', from: l0, commit: good({ included: [...good().included].reverse() }) }, 'malformed');
+    t.expectReject(
+      {
+        type: 'commit',
+        from: l0,
+        commit: good({ included: [{ peer: 'mallory', updateHash: sha256Hex('m'), tokens: 40 }] }),
+      },
+      'not-member',
+    );
+    t.expectReject(
+      { type: 'commit', from: l0, commit: good({ included: [{ peer: 'b', updateHash: sha256Hex('m'), tokens: 41 }] }) },
+      'malformed',
+    );
+    t.expectReject(
+      { type: 'commit', from: l0, commit: good({ included: [...good().included].reverse() }) },
+      'malformed',
+    );
     t.expectReject({ type: 'commit', from: l0, commit: good({ joins: ['b'] }) }, 'already-member');
     t.expectReject({ type: 'commit', from: l0, commit: good({ live: ['a', 'mallory'] }) }, 'not-member');
     t.expectReject({ type: 'commit', from: l0, commit: good({ live: ['b', 'a'] }) }, 'malformed');
@@ -828,7 +1068,10 @@ test('commit/accept/decided checks: claimed leader, membership, certificate, att
   t.expectReject({ type: 'accept', from: 'mallory', commit: good() }, 'not-member');
   t.expectReject({ type: 'accept', from: notLeader, commit: evil }, 'not-leader');
   t.expectReject({ type: 'decided', from: notLeader, commit: good(), signers: ['b', 'c'] }, 'bad-certificate');
-  t.expectReject({ type: 'decided', from: notLeader, commit: good(), signers: ['b', 'c', 'mallory'] }, 'bad-certificate');
+  t.expectReject(
+    { type: 'decided', from: notLeader, commit: good(), signers: ['b', 'c', 'mallory'] },
+    'bad-certificate',
+  );
   t.expectReject({ type: 'decided', from: notLeader, commit: good(), signers: ['c', 'b', 'd'] }, 'bad-certificate');
   t.expectReject({ type: 'decided', from: 'mallory', commit: good(), signers: ['b', 'c', 'd'] }, 'not-member');
   t.expectReject({ type: 'promise', from: 'mallory', round: 0, attempt: 1, accepted: null }, 'not-member');
@@ -854,8 +1097,19 @@ test('commit/accept/decided checks: claimed leader, membership, certificate, att
   assert.deepEqual(apply.included, good().included);
   assert.equal(apply.valueHash, valueHash(good()));
   // A conflicting certificate after the decision is flagged, not applied.
-  t.expectReject({ type: 'decided', from: notLeader, commit: good({ included: good().included.slice(0, 3) }), signers: ['b', 'c', 'd'] }, 'conflict');
-  t.expectReject({ type: 'update', from: 'c', round: 0, baseHash: t.s.weightsHash, updateHash: sha256Hex('late'), steps: 10 }, 'late');
+  t.expectReject(
+    {
+      type: 'decided',
+      from: notLeader,
+      commit: good({ included: good().included.slice(0, 3) }),
+      signers: ['b', 'c', 'd'],
+    },
+    'conflict',
+  );
+  t.expectReject(
+    { type: 'update', from: 'c', round: 0, baseHash: t.s.weightsHash, updateHash: sha256Hex('late'), steps: 10 },
+    'late',
+  );
   assert.equal(t.out.effects.filter((e) => e.type === 'apply').length, 1);
   // Applied: next round; messages for round 0 are now stale; a straggler's promise gets the decision.
   t.feed({ type: 'applied', round: 0, weightsHash: sha256Hex('w1') });
@@ -863,7 +1117,10 @@ test('commit/accept/decided checks: claimed leader, membership, certificate, att
   t.expectReject({ type: 'commit', from: l0 === 'a' ? notLeader : l0, commit: good() }, 'stale-round');
   const r = t.msg({ type: 'promise', from: 'd', round: 0, attempt: 1, accepted: null });
   assert.equal(r.rejected[0].reason, 'stale-round');
-  assert.deepEqual(r.effects.map((e) => e.type), ['send']);
+  assert.deepEqual(
+    r.effects.map((e) => e.type),
+    ['send'],
+  );
   const again = t.msg({ type: 'promise', from: 'd', round: 0, attempt: 2, accepted: null });
   assert.deepEqual(again.effects, [], 'answered once');
   t.expectReject({ type: 'applied', round: 0, weightsHash: sha256Hex('w1') } as unknown as Message, 'malformed');
@@ -882,14 +1139,31 @@ test('update weights: tokens = min(steps, H)·batch, computed by the leader from
     else t.msg(t.upd(id, id, { steps: steps[id] }));
   }
   const commit = t.out.effects.find((e) => e.type === 'broadcast' && e.msg.type === 'commit');
-  assert.ok(commit && commit.type === 'broadcast' && commit.msg.type === 'commit', 'the leader proposed once all 4 were held (quorum 1)');
-  assert.deepEqual(commit.msg.commit.included.map((u) => [u.peer, u.tokens]), [['a', 40], ['b', 12], ['c', 40], ['d', 40]]);
+  assert.ok(
+    commit && commit.type === 'broadcast' && commit.msg.type === 'commit',
+    'the leader proposed once all 4 were held (quorum 1)',
+  );
+  assert.deepEqual(
+    commit.msg.commit.included.map((u) => [u.peer, u.tokens]),
+    [
+      ['a', 40],
+      ['b', 12],
+      ['c', 40],
+      ['d', 40],
+    ],
+  );
   assert.deepEqual(commit.msg.commit.live, PEERS4);
 });
 
 test('announcements: duplicates and non-members are rejected; equivocating hashes are flagged', () => {
   const t = solo();
-  const ann = (from: string, h: string) => ({ type: 'announce', from, round: 0, weightsHash: sha256Hex(h), valueHash: sha256Hex('v') });
+  const ann = (from: string, h: string) => ({
+    type: 'announce',
+    from,
+    round: 0,
+    weightsHash: sha256Hex(h),
+    valueHash: sha256Hex('v'),
+  });
   t.msg(ann('b', 'x'));
   t.expectReject(ann('b', 'x'), 'duplicate');
   t.expectReject(ann('b', 'y'), 'equivocation');
@@ -903,7 +1177,11 @@ test('round-1 messages arriving early are buffered and replayed when the round s
   sim.run(6000);
   // Fast 'a' publishes round r+1 updates while slower peers are still finishing round r.
   assert.deepEqual(sim.violations, []);
-  for (let r = 0; r < 3; r++) assert.deepEqual(sim.decisionOf('b', r).included.map((u) => u.peer), PEERS4);
+  for (let r = 0; r < 3; r++)
+    assert.deepEqual(
+      sim.decisionOf('b', r).included.map((u) => u.peer),
+      PEERS4,
+    );
   assert.ok(!sim.reasons('b').includes('buffer-full'));
 });
 
@@ -924,7 +1202,11 @@ test('delayed mode: round r builds on θ_{r-1}, a pretrain hint follows each sub
     const apply = a.effects.find((e) => e.type === 'apply' && e.round === r);
     assert.ok(apply && apply.type === 'apply');
     assert.equal(apply.baseHash, theta(r), `round ${r} applies to θ_${r}`);
-    assert.deepEqual(apply.included.map((u) => u.peer), PEERS4, `round ${r} includes everyone`);
+    assert.deepEqual(
+      apply.included.map((u) => u.peer),
+      PEERS4,
+      `round ${r} includes everyone`,
+    );
     const update = a.effects.find((e) => e.type === 'broadcast' && e.msg.type === 'update' && e.msg.round === r);
     assert.ok(update && update.type === 'broadcast' && update.msg.type === 'update');
     assert.equal(update.msg.baseHash, train.baseHash);
@@ -935,7 +1217,8 @@ test('delayed mode: round r builds on θ_{r-1}, a pretrain hint follows each sub
     assert.equal(hint.round, r + 1);
     assert.equal(hint.baseHash, theta(r));
     const next = a.effects.find((e) => e.type === 'train' && e.round === r + 1);
-    if (next && next.type === 'train') assert.deepEqual(next.shards, hint.shards, 'unchanged roster: the hint was right');
+    if (next && next.type === 'train')
+      assert.deepEqual(next.shards, hint.shards, 'unchanged roster: the hint was right');
     for (const id of PEERS4) assert.equal(sim.peer(id).results.get(r), a.results.get(r), `round ${r}: ${id} agrees`);
   }
   assertNoBadRejections(sim);
@@ -944,11 +1227,24 @@ test('delayed mode: round r builds on θ_{r-1}, a pretrain hint follows each sub
 test('delayed mode: an update built on θ_r instead of θ_{r-1} is wrong-base; a joiner trains from its first member round', () => {
   const sim = new Sim(params({ overlap: 'delayed' }), 8);
   for (const id of PEERS4) sim.add(id, { genesis: PEERS4 });
-  sim.runUntil(() => sim.peer('a').state.round === 3 && ['training', 'collecting'].includes(sim.peer('a').state.phase), 10_000);
+  sim.runUntil(
+    () => sim.peer('a').state.round === 3 && ['training', 'collecting'].includes(sim.peer('a').state.phase),
+    10_000,
+  );
   const a = sim.peer('a');
-  const bad: UpdateMsg = { type: 'update', from: 'b', round: 3, baseHash: a.state.weightsHash, updateHash: sha256Hex('wrong base'), steps: 10 };
+  const bad: UpdateMsg = {
+    type: 'update',
+    from: 'b',
+    round: 3,
+    baseHash: a.state.weightsHash,
+    updateHash: sha256Hex('wrong base'),
+    steps: 10,
+  };
   const r = sim.feed('a', { type: 'message', msg: bad });
-  assert.deepEqual(r.rejected.map((x) => x.reason), ['wrong-base']);
+  assert.deepEqual(
+    r.rejected.map((x) => x.reason),
+    ['wrong-base'],
+  );
   assert.ok(!a.state.updates.has(bad.updateHash));
   a.rejected.length = 0;
   // A fresh peer: it syncs into some round q (θ_q, not the base θ_{q-1}), so it does not train
@@ -964,7 +1260,10 @@ test('delayed mode: an update built on θ_r instead of θ_{r-1} is wrong-base; a
   assert.ok(train && train.type === 'train');
   assert.equal(train.round, admittedAt, 'first training is in the first round as a member');
   assert.equal(train.baseHash, a.results.get(admittedAt - 2), 'built on θ_{q}, the weights it applied');
-  assert.ok(sim.decisionOf('a', admittedAt).included.some((u) => u.peer === 'e'), 'e contributes in the round after admission');
+  assert.ok(
+    sim.decisionOf('a', admittedAt).included.some((u) => u.peer === 'e'),
+    'e contributes in the round after admission',
+  );
   assert.equal(e.state.weightsHash, a.state.weightsHash);
   assert.deepEqual(sim.violations, []);
   assertNoBadRejections(sim);
@@ -986,9 +1285,21 @@ test('randomized: delays, drops, replays, crashes, restarts, slow peers and a jo
     const P5 = even ? ['p1', 'p2', 'p3', 'p4'] : ['p1', 'p2', 'p3', 'p4', 'p5'];
     const rng = new Rng(1000 + seed);
     let harsh = process.env.ROUND_FUZZ_DROP !== undefined;
-    const sim = new Sim(params({ overlap: delayed ? 'delayed' : 'none', quorum: [0.6, 0.8, 1][seed % 3], commitMs: Number(process.env.ROUND_FUZZ_COMMITMS ?? 300) }), seed, {
-      minDelay: 1, maxDelay: Number(process.env.ROUND_FUZZ_MAXDELAY ?? 250), drop: Number(process.env.ROUND_FUZZ_DROP ?? 0.08), dup: 0.03, dt: 10,
-    });
+    const sim = new Sim(
+      params({
+        overlap: delayed ? 'delayed' : 'none',
+        quorum: [0.6, 0.8, 1][seed % 3],
+        commitMs: Number(process.env.ROUND_FUZZ_COMMITMS ?? 300),
+      }),
+      seed,
+      {
+        minDelay: 1,
+        maxDelay: Number(process.env.ROUND_FUZZ_MAXDELAY ?? 250),
+        drop: Number(process.env.ROUND_FUZZ_DROP ?? 0.08),
+        dup: 0.03,
+        dt: 10,
+      },
+    );
     for (const id of P5) sim.add(id, { genesis: P5, speed: 0.5 + rng.nextFloat() * (seed % 2 ? 2.2 : 1.2) });
     // At most 2 of the 5 founders crash, at random times.
     const victims = P5.filter(() => rng.nextFloat() < 0.35).slice(0, 2);
@@ -1017,33 +1328,67 @@ test('randomized: delays, drops, replays, crashes, restarts, slow peers and a jo
     assert.deepEqual(sim.violations, [], `seed ${seed}: agreement violated`);
     // Same round ⇒ same weights, for everyone who applied it.
     const byRound = new Map<number, Set<string>>();
-    for (const p of sim.peers.values()) for (const [r, h] of p.results) {
-      if (!byRound.has(r)) byRound.set(r, new Set());
-      byRound.get(r)!.add(h);
-    }
+    for (const p of sim.peers.values())
+      for (const [r, h] of p.results) {
+        if (!byRound.has(r)) byRound.set(r, new Set());
+        byRound.get(r)!.add(h);
+      }
     for (const [r, hs] of byRound) assert.equal(hs.size, 1, `seed ${seed}: round ${r} weights differ`);
     if (process.env.DBG_SEED && Number(process.env.DBG_SEED) === seed) {
-      for (const p of sim.peers.values()) console.log(p.id, p.alive, p.state.round, p.state.phase, p.state.attempt, p.state.promised, p.state.roster.join(','), 'decided r:', [...p.decisions.keys()].join(','), JSON.stringify(p.rejected.slice(-6).map((r) => r.reason + ':' + r.detail)));
+      for (const p of sim.peers.values())
+        console.log(
+          p.id,
+          p.alive,
+          p.state.round,
+          p.state.phase,
+          p.state.attempt,
+          p.state.promised,
+          p.state.roster.join(','),
+          'decided r:',
+          [...p.decisions.keys()].join(','),
+          JSON.stringify(p.rejected.slice(-6).map((r) => r.reason + ':' + r.detail)),
+        );
     }
     // Liveness: a majority of the founders stayed alive, so rounds kept coming.
     const top = Math.max(...sim.alive().map((p) => p.state.round));
     if (!harsh) assert.ok(top >= 8, `seed ${seed}: only reached round ${top}`);
-    if (!harsh) assert.ok(sim.alive().every((p) => p.state.round >= top - 2 || p.state.phase === 'syncing'), `seed ${seed}: a live peer fell far behind`);
+    if (!harsh)
+      assert.ok(
+        sim.alive().every((p) => p.state.round >= top - 2 || p.state.phase === 'syncing'),
+        `seed ${seed}: a live peer fell far behind`,
+      );
     assertNoBadRejections(sim);
     if (process.env.DBG) {
       const all = [...sim.peers.values()];
       const count = (f: (e: Effect) => boolean) => all.reduce((n, p) => n + p.effects.filter(f).length, 0);
-      const fallbacks = [...sim.decided.keys()].filter((r) => all.some((p) => p.state.prev?.round === r && p.state.prev.decision.commit.attempt > 0)).length;
-      const attempts = all.map((p) => p.effects.filter((e) => e.type === 'broadcast' && e.msg.type === 'commit').map((e) => (e as { msg: { commit: Commit } }).msg.commit.attempt)).flat();
-      console.log(`seed ${seed}: top ${top} victims ${victims} at ${crashAt} join ${joinAt} j1 member ${sim.peer('j1').state.member} `
-        + `resyncs ${count((e) => e.type === 'resync')} fetches ${count((e) => e.type === 'fetch')} commits ${attempts.length} fallbackCommits ${attempts.filter((a) => a > 0).length} `
-        + `rosters ${sim.alive().map((p) => p.state.roster.length)} reasons ${JSON.stringify(Object.fromEntries([...new Set(all.flatMap((p) => p.rejected.map((r) => r.reason)))].map((k) => [k, all.reduce((n, p) => n + p.rejected.filter((r) => r.reason === k).length, 0)])))} ${fallbacks}`);
+      const fallbacks = [...sim.decided.keys()].filter((r) =>
+        all.some((p) => p.state.prev?.round === r && p.state.prev.decision.commit.attempt > 0),
+      ).length;
+      const attempts = all
+        .map((p) =>
+          p.effects
+            .filter((e) => e.type === 'broadcast' && e.msg.type === 'commit')
+            .map((e) => (e as { msg: { commit: Commit } }).msg.commit.attempt),
+        )
+        .flat();
+      console.log(
+        `seed ${seed}: top ${top} victims ${victims} at ${crashAt} join ${joinAt} j1 member ${sim.peer('j1').state.member} ` +
+          `resyncs ${count((e) => e.type === 'resync')} fetches ${count((e) => e.type === 'fetch')} commits ${attempts.length} fallbackCommits ${attempts.filter((a) => a > 0).length} ` +
+          `rosters ${sim.alive().map((p) => p.state.roster.length)} reasons ${JSON.stringify(Object.fromEntries([...new Set(all.flatMap((p) => p.rejected.map((r) => r.reason)))].map((k) => [k, all.reduce((n, p) => n + p.rejected.filter((r) => r.reason === k).length, 0)])))} ${fallbacks}`,
+      );
     }
   }
 });
 
 test('wire form: every message round-trips through (kind, signer, body); bad bodies give null', () => {
-  const k: Commit = { round: 2, attempt: 1, leader: 'b', included: [{ peer: 'a', updateHash: sha256Hex('x'), tokens: 8 }], joins: ['e'], live: ['a', 'b'] };
+  const k: Commit = {
+    round: 2,
+    attempt: 1,
+    leader: 'b',
+    included: [{ peer: 'a', updateHash: sha256Hex('x'), tokens: 8 }],
+    joins: ['e'],
+    live: ['a', 'b'],
+  };
   const msgs: Message[] = [
     { type: 'update', from: 'a', round: 2, baseHash: sha256Hex('w'), updateHash: sha256Hex('x'), steps: 3 },
     { type: 'commit', from: 'b', commit: k },

@@ -27,13 +27,17 @@ import { serveStage } from '../src/pipeline/stage-server.js';
 import { int32Bytes, requestBodyCap } from '../src/pipeline/stage-protocol.js';
 
 const cfg = { vocabSize: 64, ctx: 16, dim: 32, layers: 3, heads: 4 };
-const B = 4, T = 16, MICRO = 2, S = 3;
+const B = 4,
+  T = 16,
+  MICRO = 2,
+  S = 3;
 const DRIVER = 'driver-in-memory';
 
 function batches(n: number, seed: number): Batch[] {
   const rng = new Rng(seed);
   return Array.from({ length: n }, () => {
-    const inputs = new Int32Array(B * T), targets = new Int32Array(B * T);
+    const inputs = new Int32Array(B * T),
+      targets = new Int32Array(B * T);
     for (let i = 0; i < B * T; i++) {
       inputs[i] = rng.nextInt(cfg.vocabSize);
       targets[i] = rng.nextFloat() < 0.9 ? (inputs[i] * 7 + 3) % cfg.vocabSize : rng.nextInt(cfg.vocabSize);
@@ -43,7 +47,11 @@ function batches(n: number, seed: number): Batch[] {
 }
 
 /** S stage services in memory, started from `genesis` (or fresh: waiting for a restore). */
-interface InMemory { peers: string[]; svc: Map<string, StageService>; lookup: (p: string) => MemoryPeer | undefined }
+interface InMemory {
+  peers: string[];
+  svc: Map<string, StageService>;
+  lookup: (p: string) => MemoryPeer | undefined;
+}
 function services(k: Kernels, genesis: Float32Array | null): InMemory {
   const svc = new Map<string, StageService>();
   const lookup = (p: string): MemoryPeer | undefined => {
@@ -68,8 +76,12 @@ test('in memory, a forward/backward/step round trip through 3 stage services mat
   const opt = new AdamW(cfg, DEFAULT_ADAMW, k);
   const { peers, svc, lookup } = services(k, ref.params.slice());
   const driver = new PipelineDriver({
-    transport: memoryTransport(DRIVER, lookup), stages: peers.map((p) => [p]),
-    dim: cfg.dim, vocabSize: cfg.vocabSize, codec: { id: 'fp32' }, inflight: 1,
+    transport: memoryTransport(DRIVER, lookup),
+    stages: peers.map((p) => [p]),
+    dim: cfg.dim,
+    vocabSize: cfg.vocabSize,
+    codec: { id: 'fp32' },
+    inflight: 1,
   });
   for (const [i, b] of batches(4, 1).entries()) {
     const got = await driver.step(b, B, T, MICRO, 1e-2);
@@ -77,7 +89,8 @@ test('in memory, a forward/backward/step round trip through 3 stage services mat
     let want = 0;
     const n = (B / MICRO) * T;
     for (let m = 0; m < MICRO; m++) {
-      const x = b.inputs.subarray(m * n, (m + 1) * n), y = b.targets.subarray(m * n, (m + 1) * n);
+      const x = b.inputs.subarray(m * n, (m + 1) * n),
+        y = b.targets.subarray(m * n, (m + 1) * n);
       want += ref.forwardBackward(x, y, B / MICRO, T, 1 / MICRO) / MICRO;
     }
     const norm = opt.update(ref.params, ref.grads, 1e-2);
@@ -103,7 +116,11 @@ test('in memory, a forward/backward/step round trip through 3 stage services mat
 
 /** How a call failed: its class, whether it was refused, and its message. */
 async function failure(
-  t: StageTransport, peer: string, head: unknown, body: Uint8Array = new Uint8Array(0), maxBody = 0,
+  t: StageTransport,
+  peer: string,
+  head: unknown,
+  body: Uint8Array = new Uint8Array(0),
+  maxBody = 0,
 ): Promise<{ refused: boolean; message: string }> {
   let reply: Reply | undefined;
   try {
@@ -167,8 +184,10 @@ test('bad requests and unknown ops are refused in memory exactly as over libp2p'
   const lying: MemoryPeer = { handle: async () => ({ head: { loss: 'low' } }), maxBody: 64 };
   const liar = new StageClient(memoryTransport(DRIVER, () => lying));
   const last = { micro: 0, B: 1, T, train: false, scale: 1 };
-  await assert.rejects(liar.call('liar-peer', 'last', last, new Uint8Array(0), { signal: AbortSignal.timeout(5000) }),
-    (err: unknown) => err instanceof StageCallError && !err.refused && /sent a bad "last" reply/.test(err.message));
+  await assert.rejects(
+    liar.call('liar-peer', 'last', last, new Uint8Array(0), { signal: AbortSignal.timeout(5000) }),
+    (err: unknown) => err instanceof StageCallError && !err.refused && /sent a bad "last" reply/.test(err.message),
+  );
   // An aborted signal stops the call.
   const aborted = { maxBody: 0, signal: AbortSignal.abort() };
   await assert.rejects(mem.call(peers[2], { op: 'info' }, new Uint8Array(0), aborted));

@@ -24,23 +24,50 @@ const tmp = mkdtempSync(join(tmpdir(), 'tessera-store-'));
 test.after(() => rmSync(tmp, { recursive: true, force: true }));
 
 function run(cmd: string, ...args: string[]) {
-  const r = spawnSync(process.execPath, [cmd, ...args], { encoding: 'utf8', timeout: 120_000, env: { ...process.env, TESSERA_CACHE: join(tmp, 'cache') } });
+  const r = spawnSync(process.execPath, [cmd, ...args], {
+    encoding: 'utf8',
+    timeout: 120_000,
+    env: { ...process.env, TESSERA_CACHE: join(tmp, 'cache') },
+  });
   return { code: r.status, out: r.stdout, err: r.stderr };
 }
 
 test('data add / ls / get: shards are raw blocks whose tokens reassemble the corpus; bad and missing CIDs fail clearly', async () => {
   const corpus = join(tmp, 'corpus.txt');
   const rng = new Rng(5);
-  const word = () => Array.from({ length: 2 + rng.nextInt(6) }, () => 'abcdefghijklmnopqrstuvwxyz'[rng.nextInt(26)]).join('');
+  const word = () =>
+    Array.from({ length: 2 + rng.nextInt(6) }, () => 'abcdefghijklmnopqrstuvwxyz'[rng.nextInt(26)]).join('');
   const words = Array.from({ length: 400 }, word);
-  writeFileSync(corpus, Array.from({ length: 30 }, () => Array.from({ length: 400 }, () => words[rng.nextInt(words.length)]).join(' ')).join('\n<|endoftext|>\n'));
+  writeFileSync(
+    corpus,
+    Array.from({ length: 30 }, () =>
+      Array.from({ length: 400 }, () => words[rng.nextInt(words.length)]).join(' '),
+    ).join('\n<|endoftext|>\n'),
+  );
   const dataDir = join(tmp, 'node-a');
-  const add = run(bin, 'data', 'add', corpus, '--data-dir', dataDir, '--vocab', '300', '--shard-tokens', '2000', '--cache-dir', join(tmp, 'cache'), '--json');
+  const add = run(
+    bin,
+    'data',
+    'add',
+    corpus,
+    '--data-dir',
+    dataDir,
+    '--vocab',
+    '300',
+    '--shard-tokens',
+    '2000',
+    '--cache-dir',
+    join(tmp, 'cache'),
+    '--json',
+  );
   assert.equal(add.code, 0, add.err);
   const added = JSON.parse(add.out) as { cid: string; shards: number; trainTokens: number; valTokens: number };
   assert.ok(added.shards >= 3, `several shards (${added.shards})`);
   const ls = run(bin, 'data', 'ls', '--data-dir', dataDir, '--json');
-  assert.deepEqual((JSON.parse(ls.out) as { cid: string }[]).map((x) => x.cid), [added.cid]);
+  assert.deepEqual(
+    (JSON.parse(ls.out) as { cid: string }[]).map((x) => x.cid),
+    [added.cid],
+  );
   const get = run(bin, 'data', 'get', added.cid, '--data-dir', dataDir, '--json');
   assert.equal(get.code, 0, get.err);
   assert.equal((JSON.parse(get.out) as { train: { tokens: number } }).train.tokens, added.trainTokens);
@@ -78,7 +105,16 @@ test('data add / ls / get: shards are raw blocks whose tokens reassemble the cor
   const bad = run(bin, 'data', 'get', 'not-a-cid', '--data-dir', dataDir);
   assert.notEqual(bad.code, 0);
   assert.match(bad.err, /not a CID/);
-  const gone = run(bin, 'data', 'export', '--car', 'bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy', join(tmp, 'gone.car'), '--data-dir', dataDir);
+  const gone = run(
+    bin,
+    'data',
+    'export',
+    '--car',
+    'bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy',
+    join(tmp, 'gone.car'),
+    '--data-dir',
+    dataDir,
+  );
   assert.notEqual(gone.code, 0);
   assert.match(gone.err, /not available/);
 });
@@ -112,7 +148,19 @@ test('interop with ipfs-car: same CIDs for the same bytes; our CAR unpacks byte 
     await store.stop();
   }
   // A whole dataset (dag-json manifest + raw shards + tokenizer file) as one CAR.
-  const add = run(bin, 'data', 'add', 'brown', '--data-dir', dataDir, '--vocab', '512', '--cache-dir', join(tmp, 'cache'), '--json');
+  const add = run(
+    bin,
+    'data',
+    'add',
+    'brown',
+    '--data-dir',
+    dataDir,
+    '--vocab',
+    '512',
+    '--cache-dir',
+    join(tmp, 'cache'),
+    '--json',
+  );
   assert.equal(add.code, 0, add.err);
   const ds = JSON.parse(add.out) as { cid: string; shards: number };
   const car = join(tmp, 'dataset.car');

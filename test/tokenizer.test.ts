@@ -23,24 +23,66 @@ function fullTokenizer(): Tokenizer {
 }
 
 const TRICKY = [
-  '', ' ', '  ', '\n', '\n\n\n', '\t\t x', ' \n \n', 'a  b   c    d', 'trailing   ', '   leading',
-  'Hello, world!', "It's, I'm, we'll, they've, you'd, don't, SHE'S, 'quoted'", "rock 'n' roll'''",
-  '12345 678.90 1,000,000 3.14159 2^32 -7 +8 0x1F 1e-9', '２０２４年 ٣٤٥ ⅧⅫ ½ ²³',
-  'naïve café résumé Ångström Øre straße ŁÓDŹ', 'Привет мир, как дела?', 'Γειά σου Κόσμε', 'שלום עולם', 'مرحبا بالعالم',
-  '日本語のテキスト、中文文本。한국어 텍스트', 'emoji 😀😃😄 👍🏽 👨‍👩‍👧‍👦 🇫🇷 ❤️ ✨', 'e\u0301 a\u0308 combining marks',
-  'zero\u200bwidth\u200djoiner \ufeffbom', 'nbsp\u00a0here\u2003em\u3000ideographic', 'crlf\r\nline\rcr',
-  `doc one${EOT_TOKEN}doc two`, `${EOT_TOKEN}`, `a ${EOT_TOKEN} b`, `x${EOT_TOKEN}${EOT_TOKEN}y`, `<|endoftext|`, `<|endoftext|>>`,
-  'code: if (x != y) { return a[i] + b->c; } // comment', 'url https://example.com/a?b=c&d=e#f', 'email me@x.org',
-  '$$$ ### @@@ !!! ??? ... --- ___ *** ~~~', 'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa',
-  'the the the the the of of of and and', ' '.repeat(300) + 'x' + '\n'.repeat(50),
+  '',
+  ' ',
+  '  ',
+  '\n',
+  '\n\n\n',
+  '\t\t x',
+  ' \n \n',
+  'a  b   c    d',
+  'trailing   ',
+  '   leading',
+  'Hello, world!',
+  "It's, I'm, we'll, they've, you'd, don't, SHE'S, 'quoted'",
+  "rock 'n' roll'''",
+  '12345 678.90 1,000,000 3.14159 2^32 -7 +8 0x1F 1e-9',
+  '２０２４年 ٣٤٥ ⅧⅫ ½ ²³',
+  'naïve café résumé Ångström Øre straße ŁÓDŹ',
+  'Привет мир, как дела?',
+  'Γειά σου Κόσμε',
+  'שלום עולם',
+  'مرحبا بالعالم',
+  '日本語のテキスト、中文文本。한국어 텍스트',
+  'emoji 😀😃😄 👍🏽 👨‍👩‍👧‍👦 🇫🇷 ❤️ ✨',
+  'e\u0301 a\u0308 combining marks',
+  'zero\u200bwidth\u200djoiner \ufeffbom',
+  'nbsp\u00a0here\u2003em\u3000ideographic',
+  'crlf\r\nline\rcr',
+  `doc one${EOT_TOKEN}doc two`,
+  `${EOT_TOKEN}`,
+  `a ${EOT_TOKEN} b`,
+  `x${EOT_TOKEN}${EOT_TOKEN}y`,
+  `<|endoftext|`,
+  `<|endoftext|>>`,
+  'code: if (x != y) { return a[i] + b->c; } // comment',
+  'url https://example.com/a?b=c&d=e#f',
+  'email me@x.org',
+  '$$$ ### @@@ !!! ??? ... --- ___ *** ~~~',
+  'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa',
+  'the the the the the of of of and and',
+  ' '.repeat(300) + 'x' + '\n'.repeat(50),
   'Mr. Smith went to Washington. "Really?" she asked -- (yes)!',
 ];
 
 function randomUnicode(rng: Rng, len: number): string {
   const ranges: [number, number][] = [
-    [0x20, 0x7e], [0x20, 0x7e], [0x09, 0x0d], [0xa0, 0x24f], [0x370, 0x3ff], [0x400, 0x4ff], [0x590, 0x6ff],
-    [0x900, 0x97f], [0x3040, 0x30ff], [0x4e00, 0x9fff], [0xac00, 0xd7a3], [0x1f300, 0x1faff], [0x10000, 0x10ffff],
-    [0x300, 0x36f], [0x2000, 0x206f], [0xe000, 0xf8ff],
+    [0x20, 0x7e],
+    [0x20, 0x7e],
+    [0x09, 0x0d],
+    [0xa0, 0x24f],
+    [0x370, 0x3ff],
+    [0x400, 0x4ff],
+    [0x590, 0x6ff],
+    [0x900, 0x97f],
+    [0x3040, 0x30ff],
+    [0x4e00, 0x9fff],
+    [0xac00, 0xd7a3],
+    [0x1f300, 0x1faff],
+    [0x10000, 0x10ffff],
+    [0x300, 0x36f],
+    [0x2000, 0x206f],
+    [0xe000, 0xf8ff],
   ];
   let s = '';
   for (let i = 0; i < len; i++) {
@@ -60,25 +102,37 @@ function naiveMerges(docs: string[], vocabSize: number): string[] {
   const merges: string[] = [];
   while (bytesOf.length < vocabSize - 1) {
     const pc = new Map<string, number>();
-    for (const { s, c } of words) for (let i = 0; i + 1 < s.length; i++) {
-      const k = `${s[i]},${s[i + 1]}`;
-      pc.set(k, (pc.get(k) ?? 0) + c);
-    }
-    let best: [number, number] | null = null, bestC = 0;
+    for (const { s, c } of words)
+      for (let i = 0; i + 1 < s.length; i++) {
+        const k = `${s[i]},${s[i + 1]}`;
+        pc.set(k, (pc.get(k) ?? 0) + c);
+      }
+    let best: [number, number] | null = null,
+      bestC = 0;
     for (const [k, c] of pc) {
       const [a, b] = k.split(',').map(Number) as [number, number];
-      if (c > bestC || (c === bestC && best !== null && (a < best[0] || (a === best[0] && b < best[1])))) { best = [a, b]; bestC = c; }
+      if (c > bestC || (c === bestC && best !== null && (a < best[0] || (a === best[0] && b < best[1])))) {
+        best = [a, b];
+        bestC = c;
+      }
     }
     assert.ok(best !== null);
     const [a, b] = best;
     const bytes = [...bytesOf[a], ...bytesOf[b]];
     let z = idOf.get(bytes.join(','));
-    if (z === undefined) { z = bytesOf.length; bytesOf.push(bytes); idOf.set(bytes.join(','), z); }
+    if (z === undefined) {
+      z = bytesOf.length;
+      bytesOf.push(bytes);
+      idOf.set(bytes.join(','), z);
+    }
     merges.push(`${a} ${b} ${z}`);
     for (const w of words) {
       const out: number[] = [];
       for (let i = 0; i < w.s.length;) {
-        if (i + 1 < w.s.length && w.s[i] === a && w.s[i + 1] === b) { out.push(z); i += 2; } else out.push(w.s[i++]);
+        if (i + 1 < w.s.length && w.s[i] === a && w.s[i + 1] === b) {
+          out.push(z);
+          i += 2;
+        } else out.push(w.s[i++]);
       }
       w.s = out;
     }
@@ -92,7 +146,9 @@ function tmpDir(): string {
   tmpDirs.push(d);
   return d;
 }
-after(() => { for (const d of tmpDirs) fs.rmSync(d, { recursive: true, force: true }); });
+after(() => {
+  for (const d of tmpDirs) fs.rmSync(d, { recursive: true, force: true });
+});
 
 test('training matches a recount-every-merge reference trainer', () => {
   const docs = small.slice(0, 3);
@@ -113,7 +169,10 @@ test('training is deterministic and the vocabulary size is exact', () => {
     const json = t.toJSON();
     assert.equal(Object.keys(json.model.vocab).length, v);
     assert.equal(json.model.vocab[EOT_TOKEN], v - 1);
-    assert.deepEqual(json.added_tokens.map((x) => [x.id, x.content, x.special]), [[v - 1, EOT_TOKEN, true]]);
+    assert.deepEqual(
+      json.added_tokens.map((x) => [x.id, x.content, x.special]),
+      [[v - 1, EOT_TOKEN, true]],
+    );
     const ids = t.encode(small[0] + EOT_TOKEN);
     assert.ok(Math.max(...ids) === v - 1 && Math.min(...ids) >= 0);
   }
@@ -121,13 +180,21 @@ test('training is deterministic and the vocabulary size is exact', () => {
 
 test('progress callback and input validation', () => {
   const seen: number[] = [];
-  trainBpe(small.slice(0, 5), { vocabSize: 400, onProgress: (done, total) => { assert.equal(total, 143); seen.push(done); } });
+  trainBpe(small.slice(0, 5), {
+    vocabSize: 400,
+    onProgress: (done, total) => {
+      assert.equal(total, 143);
+      seen.push(done);
+    },
+  });
   assert.equal(seen.at(-1), 143);
   assert.ok(seen.every((d, i) => i === 0 || d >= seen[i - 1]));
   assert.throws(() => trainBpe('abc', { vocabSize: 256 }), InvalidInputError);
   assert.throws(() => trainBpe('abc', { vocabSize: 1.5 }), InvalidInputError);
-  assert.throws(() => trainBpe('abcabc', { vocabSize: 1000 }), (e: unknown) =>
-    e instanceof InvalidInputError && /too small for vocabSize 1000/.test(e.message));
+  assert.throws(
+    () => trainBpe('abcabc', { vocabSize: 1000 }),
+    (e: unknown) => e instanceof InvalidInputError && /too small for vocabSize 1000/.test(e.message),
+  );
 });
 
 test('encode/decode round-trips arbitrary unicode', () => {
@@ -153,7 +220,8 @@ test('full default tokenizer: fast, compresses Brown, same ids as @huggingface/t
   const trainMs = performance.now() - t0;
   assert.ok(trainMs < 30_000, `training took ${trainMs} ms`);
   const hf = new HfTokenizer(tok.toJSON(), tok.hfConfig());
-  let chars = 0, tokens = 0;
+  let chars = 0,
+    tokens = 0;
   for (const doc of brown.val) {
     const ours = tok.encode(doc);
     assert.deepEqual(hf.encode(doc).ids, ours);
@@ -162,7 +230,11 @@ test('full default tokenizer: fast, compresses Brown, same ids as @huggingface/t
   }
   assert.ok(chars / tokens > 3, `compression ${chars / tokens} chars/token`);
   const rng = new Rng(99);
-  const inputs = [...TRICKY, TRICKY.join(' '), ...Array.from({ length: 200 }, () => randomUnicode(rng, 1 + rng.nextInt(60)))];
+  const inputs = [
+    ...TRICKY,
+    TRICKY.join(' '),
+    ...Array.from({ length: 200 }, () => randomUnicode(rng, 1 + rng.nextInt(60))),
+  ];
   for (const s of inputs) {
     assert.deepEqual(hf.encode(s).ids, tok.encode(s), `mismatch on ${JSON.stringify(s)}`);
     if (s.length > 0) assert.equal(hf.decode(tok.encode(s)), s);
@@ -173,17 +245,24 @@ test('Python tokenizers reads our tokenizer.json (skipped when not installed)', 
   // TESSERA_PYTHON may name an interpreter that has `tokenizers` (e.g. a venv).
   const candidates = [process.env.TESSERA_PYTHON, '/usr/bin/python3', 'python3'].filter((p): p is string => !!p);
   const py = candidates.find((p) => spawnSync(p, ['-c', 'import tokenizers'], { stdio: 'ignore' }).status === 0);
-  if (py === undefined) { t.skip('python tokenizers not installed'); return; }
+  if (py === undefined) {
+    t.skip('python tokenizers not installed');
+    return;
+  }
   const tok = fullTokenizer();
   const dir = tmpDir();
   const file = path.join(dir, 'tokenizer.json');
   tok.save(file);
   const texts = [...TRICKY, brown.val[0]];
-  const script = 'import json,sys\nfrom tokenizers import Tokenizer\nt=Tokenizer.from_file(sys.argv[1])\n' +
+  const script =
+    'import json,sys\nfrom tokenizers import Tokenizer\nt=Tokenizer.from_file(sys.argv[1])\n' +
     'print(json.dumps([t.encode(s).ids for s in json.load(sys.stdin)]))';
   const r = spawnSync(py, ['-c', script, file], { input: JSON.stringify(texts), encoding: 'utf8', maxBuffer: 1 << 26 });
   assert.equal(r.status, 0, r.stderr);
-  assert.deepEqual(JSON.parse(r.stdout), texts.map((s) => tok.encode(s)));
+  assert.deepEqual(
+    JSON.parse(r.stdout),
+    texts.map((s) => tok.encode(s)),
+  );
 });
 
 test('save/load round-trip: atomic, hash is sha256 of the file', () => {
@@ -208,12 +287,18 @@ test('fromJSON / load reject wrong, malformed and truncated files with typed err
   const file = path.join(dir, 'tokenizer.json');
   tok.save(file);
 
-  assert.throws(() => Tokenizer.load(file, { expectVocabSize: 4096 }), (e: unknown) =>
-    e instanceof MismatchError && e.message.includes(file) && e.message.includes('500') && e.message.includes('4096'));
+  assert.throws(
+    () => Tokenizer.load(file, { expectVocabSize: 4096 }),
+    (e: unknown) =>
+      e instanceof MismatchError && e.message.includes(file) && e.message.includes('500') && e.message.includes('4096'),
+  );
 
   const text = fs.readFileSync(file, 'utf8');
   fs.writeFileSync(file, text.slice(0, Math.floor(text.length / 2)));
-  assert.throws(() => Tokenizer.load(file), (e: unknown) => e instanceof CorruptFileError && e.path === file);
+  assert.throws(
+    () => Tokenizer.load(file),
+    (e: unknown) => e instanceof CorruptFileError && e.path === file,
+  );
   fs.writeFileSync(file, 'not json at all {');
   assert.throws(() => Tokenizer.load(file), CorruptFileError);
   fs.writeFileSync(file, Buffer.from([0xff, 0xfe, 0x00, 0x7b]));
@@ -222,25 +307,109 @@ test('fromJSON / load reject wrong, malformed and truncated files with typed err
 
   const good = () => JSON.parse(JSON.stringify(tok.toJSON()));
   const cases: [string, (j: any) => void, RegExp][] = [
-    ['not an object', (j) => { j.model = 7; }, /model/],
-    ['wrong model type', (j) => { j.model.type = 'WordPiece'; }, /BPE/],
-    ['prefix space', (j) => { j.pre_tokenizer.add_prefix_space = true; }, /add_prefix_space/],
-    ['dropped merge', (j) => { j.model.merges.pop(); }, /inconsistent vocabulary: it has 500 tokens.*499/],
-    ['extra merge', (j) => { j.model.merges.push(j.model.merges[0]); }, /appears twice/],
-    ['unknown merge token', (j) => { j.model.merges[3] = 'zzz yyy'; }, /missing from the vocab/],
-    ['sparse ids', (j) => { j.model.vocab.a = 10_000; }, /dense/],
-    ['duplicate id', (j) => { j.model.vocab.a = j.model.vocab.b; }, /twice/],
-    ['missing byte', (j) => { j.model.vocab['ĀĀĀĀĀĀĀ'] = j.model.vocab['Ā']; delete j.model.vocab['Ā']; }, /all 256 byte tokens, found 255/],
-    ['non byte-level token', (j) => { const id = j.model.vocab.a; delete j.model.vocab.a; j.model.vocab['a\u4e00'] = id; }, /byte-level|merge/],
-    ['no special token', (j) => { j.added_tokens = []; }, /exactly one special/],
-    ['eot id mismatch', (j) => { j.added_tokens[0].id = 3; }, /<\|endoftext\|>|used twice/],
-    ['huge merges list', (j) => { j.model.merges = new Array((1 << 20) + 1).fill('a b'); }, /merges/],
+    [
+      'not an object',
+      (j) => {
+        j.model = 7;
+      },
+      /model/,
+    ],
+    [
+      'wrong model type',
+      (j) => {
+        j.model.type = 'WordPiece';
+      },
+      /BPE/,
+    ],
+    [
+      'prefix space',
+      (j) => {
+        j.pre_tokenizer.add_prefix_space = true;
+      },
+      /add_prefix_space/,
+    ],
+    [
+      'dropped merge',
+      (j) => {
+        j.model.merges.pop();
+      },
+      /inconsistent vocabulary: it has 500 tokens.*499/,
+    ],
+    [
+      'extra merge',
+      (j) => {
+        j.model.merges.push(j.model.merges[0]);
+      },
+      /appears twice/,
+    ],
+    [
+      'unknown merge token',
+      (j) => {
+        j.model.merges[3] = 'zzz yyy';
+      },
+      /missing from the vocab/,
+    ],
+    [
+      'sparse ids',
+      (j) => {
+        j.model.vocab.a = 10_000;
+      },
+      /dense/,
+    ],
+    [
+      'duplicate id',
+      (j) => {
+        j.model.vocab.a = j.model.vocab.b;
+      },
+      /twice/,
+    ],
+    [
+      'missing byte',
+      (j) => {
+        j.model.vocab['ĀĀĀĀĀĀĀ'] = j.model.vocab['Ā'];
+        delete j.model.vocab['Ā'];
+      },
+      /all 256 byte tokens, found 255/,
+    ],
+    [
+      'non byte-level token',
+      (j) => {
+        const id = j.model.vocab.a;
+        delete j.model.vocab.a;
+        j.model.vocab['a\u4e00'] = id;
+      },
+      /byte-level|merge/,
+    ],
+    [
+      'no special token',
+      (j) => {
+        j.added_tokens = [];
+      },
+      /exactly one special/,
+    ],
+    [
+      'eot id mismatch',
+      (j) => {
+        j.added_tokens[0].id = 3;
+      },
+      /<\|endoftext\|>|used twice/,
+    ],
+    [
+      'huge merges list',
+      (j) => {
+        j.model.merges = new Array((1 << 20) + 1).fill('a b');
+      },
+      /merges/,
+    ],
   ];
   for (const [name, mutate, re] of cases) {
     const j = good();
     mutate(j);
-    assert.throws(() => Tokenizer.fromJSON(j, { source: 'x/tokenizer.json' }), (e: unknown) =>
-      e instanceof CorruptFileError && e.path === 'x/tokenizer.json' && re.test(e.message), name);
+    assert.throws(
+      () => Tokenizer.fromJSON(j, { source: 'x/tokenizer.json' }),
+      (e: unknown) => e instanceof CorruptFileError && e.path === 'x/tokenizer.json' && re.test(e.message),
+      name,
+    );
   }
   assert.throws(() => Tokenizer.fromJSON(null), CorruptFileError);
   assert.throws(() => Tokenizer.fromJSON('{}'), CorruptFileError);

@@ -23,7 +23,8 @@ export function num(min: number, max = Number.POSITIVE_INFINITY) {
 
 export function oneOf<T extends string>(...choices: T[]) {
   return (value: string): T => {
-    if (!(choices as string[]).includes(value)) throw new InvalidArgumentError(`expected one of ${choices.join(', ')}, got "${value}"`);
+    if (!(choices as string[]).includes(value))
+      throw new InvalidArgumentError(`expected one of ${choices.join(', ')}, got "${value}"`);
     return value as T;
   };
 }

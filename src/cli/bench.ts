@@ -9,7 +9,8 @@ import { sgemmGflops } from '../kernels/sgemm-bench.js';
 
 export function register(program: Command): void {
   const bench = program.command('bench').description('measure this machine');
-  bench.command('compute')
+  bench
+    .command('compute')
     .description('training tokens/s of one GPT step (forward, backward, AdamW) on synthetic tokens')
     .option('--vocab <n>', 'vocabulary size', int(2, 1 << 20), 4096)
     .option('--ctx <n>', 'sequence length', int(1, 65536), 128)
@@ -23,13 +24,42 @@ export function register(program: Command): void {
     .option('--deterministic', 'use the bitwise-reproducible kernels', false)
     .option('--json', 'print one JSON object on stdout', false)
     .action((o) => {
-      const model = ModelConfigSchema.parse({ vocabSize: o.vocab, ctx: o.ctx, dim: o.dim, layers: o.layers, heads: o.heads });
+      const model = ModelConfigSchema.parse({
+        vocabSize: o.vocab,
+        ctx: o.ctx,
+        dim: o.dim,
+        layers: o.layers,
+        heads: o.heads,
+      });
       const k = loadKernels({});
-      say(o, `benchmarking ${o.steps} steps of B=${o.batch} T=${o.ctx} on ${o.threads} thread(s), ${k.name} kernels${o.deterministic ? ' (deterministic)' : ''} ...`);
-      const r = benchCompute(k, { model, batch: o.batch, threads: o.threads, steps: o.steps, warmup: o.warmup, deterministic: o.deterministic });
+      say(
+        o,
+        `benchmarking ${o.steps} steps of B=${o.batch} T=${o.ctx} on ${o.threads} thread(s), ${k.name} kernels${o.deterministic ? ' (deterministic)' : ''} ...`,
+      );
+      const r = benchCompute(k, {
+        model,
+        batch: o.batch,
+        threads: o.threads,
+        steps: o.steps,
+        warmup: o.warmup,
+        deterministic: o.deterministic,
+      });
       const sg = sgemmGflops(k, o.threads);
-      const out = { tokensPerSec: r.tokensPerSec, stepMs: r.stepMs, sgemmGflops: sg.gflops, stepMsMedian: r.stepMsMedian,
-        modelGflops: r.modelGflops, params: r.params, threads: o.threads, deterministic: o.deterministic, kernels: k.name };
-      result(o, out, `tokens/s ${r.tokensPerSec.toFixed(0)}  step ${r.stepMs.toFixed(1)} ms  model ${r.modelGflops.toFixed(1)} GFLOP/s  raw sgemm ${sg.gflops.toFixed(1)} GFLOP/s  (${r.params.toLocaleString('en-US')} params)`);
+      const out = {
+        tokensPerSec: r.tokensPerSec,
+        stepMs: r.stepMs,
+        sgemmGflops: sg.gflops,
+        stepMsMedian: r.stepMsMedian,
+        modelGflops: r.modelGflops,
+        params: r.params,
+        threads: o.threads,
+        deterministic: o.deterministic,
+        kernels: k.name,
+      };
+      result(
+        o,
+        out,
+        `tokens/s ${r.tokensPerSec.toFixed(0)}  step ${r.stepMs.toFixed(1)} ms  model ${r.modelGflops.toFixed(1)} GFLOP/s  raw sgemm ${sg.gflops.toFixed(1)} GFLOP/s  (${r.params.toLocaleString('en-US')} params)`,
+      );
     });
 }

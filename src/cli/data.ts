@@ -29,7 +29,13 @@ async function withStore<T>(dataDir: string, f: (s: Store) => Promise<T>): Promi
   }
 }
 
-export interface AddCorpusOptions { dataDir: string; vocab: number; shardTokens: number; name?: string; cacheDir: string }
+export interface AddCorpusOptions {
+  dataDir: string;
+  vocab: number;
+  shardTokens: number;
+  name?: string;
+  cacheDir: string;
+}
 
 /**
  * Tokenizes `source` ("brown", a file or a directory), stores it as a dataset in DATA_DIR's
@@ -40,18 +46,39 @@ export async function addCorpus(source: string, o: AddCorpusOptions, onShard?: (
   const ds = prepareDataset({ corpus, vocabSize: o.vocab, cacheDir: o.cacheDir });
   const t0 = Date.now();
   return await withStore(o.dataDir, async (store) => {
-    const { cid, manifest } = await addDataset(store, {
-      name: o.name ?? corpus.name, tokenizer: ds.tokenizer, train: ds.train, val: ds.val, shardTokens: o.shardTokens,
-      sources: [{ name: `${corpus.name} (train)`, sha256: corpus.trainHash }, { name: `${corpus.name} (val)`, sha256: corpus.valHash }],
-    }, onShard);
-    return { cid: cid.toString(), name: manifest.name, trainTokens: manifest.train.tokens, valTokens: manifest.val.tokens, shards: manifest.train.shards.length + manifest.val.shards.length, tokenizer: manifest.tokenizer.cid.toString(), store: store.dir, seconds: (Date.now() - t0) / 1000 };
+    const { cid, manifest } = await addDataset(
+      store,
+      {
+        name: o.name ?? corpus.name,
+        tokenizer: ds.tokenizer,
+        train: ds.train,
+        val: ds.val,
+        shardTokens: o.shardTokens,
+        sources: [
+          { name: `${corpus.name} (train)`, sha256: corpus.trainHash },
+          { name: `${corpus.name} (val)`, sha256: corpus.valHash },
+        ],
+      },
+      onShard,
+    );
+    return {
+      cid: cid.toString(),
+      name: manifest.name,
+      trainTokens: manifest.train.tokens,
+      valTokens: manifest.val.tokens,
+      shards: manifest.train.shards.length + manifest.val.shards.length,
+      tokenizer: manifest.tokenizer.cid.toString(),
+      store: store.dir,
+      seconds: (Date.now() - t0) / 1000,
+    };
   });
 }
 
 export function register(program: Command): void {
-  const data = program.command('data').description('datasets as content-addressed shards in the node\'s IPFS store');
+  const data = program.command('data').description("datasets as content-addressed shards in the node's IPFS store");
 
-  data.command('add')
+  data
+    .command('add')
     .description('tokenize a corpus, pack it into token shards (one block each), store it; prints the dataset CID')
     .argument('<source>', '"brown", a .txt/.md/.jsonl file, or a directory of them')
     .option('--data-dir <dir>', 'node data directory (the store is DIR/ipfs)', DEFAULT_DATA_DIR)
@@ -60,14 +87,25 @@ export function register(program: Command): void {
     .option('--name <s>', 'dataset name (default: the source)')
     .option('--cache-dir <dir>', 'tokenizer and token cache', defaultCacheDir())
     .option('--json', 'print a JSON object on stdout', false)
-    .action(async (source: string, o: { dataDir: string; vocab: number; shardTokens: number; name?: string; cacheDir: string; json: boolean }) => {
-      const out = await addCorpus(source, o, (done, total) => { if (!o.json && process.stderr.isTTY) process.stderr.write(`\rstoring shards ${done}/${total}`); });
-      if (!o.json && process.stderr.isTTY) process.stderr.write('\n');
-      say(o, `stored ${out.shards} shards (${out.trainTokens.toLocaleString()} train + ${out.valTokens.toLocaleString()} val tokens) and the tokenizer (${out.tokenizer}) in ${out.store}`);
-      result(o, out, out.cid);
-    });
+    .action(
+      async (
+        source: string,
+        o: { dataDir: string; vocab: number; shardTokens: number; name?: string; cacheDir: string; json: boolean },
+      ) => {
+        const out = await addCorpus(source, o, (done, total) => {
+          if (!o.json && process.stderr.isTTY) process.stderr.write(`\rstoring shards ${done}/${total}`);
+        });
+        if (!o.json && process.stderr.isTTY) process.stderr.write('\n');
+        say(
+          o,
+          `stored ${out.shards} shards (${out.trainTokens.toLocaleString()} train + ${out.valTokens.toLocaleString()} val tokens) and the tokenizer (${out.tokenizer}) in ${out.store}`,
+        );
+        result(o, out, out.cid);
+      },
+    );
 
-  data.command('ls')
+  data
+    .command('ls')
     .description('datasets added to this store')
     .option('--data-dir <dir>', 'node data directory', DEFAULT_DATA_DIR)
     .option('--json', 'print a JSON array on stdout', false)
@@ -75,10 +113,15 @@ export function register(program: Command): void {
       const list = await withStore(o.dataDir, async (s) => listDatasets(s));
       if (o.json) result(o, list);
       else if (list.length === 0) say(o, 'no datasets in this store (add one with `tessera data add`)');
-      else for (const d of list) process.stdout.write(`${d.cid}  ${d.name}  ${d.trainTokens.toLocaleString()} + ${d.valTokens.toLocaleString()} tokens, ${d.shards} shards, added ${d.added}\n`);
+      else
+        for (const d of list)
+          process.stdout.write(
+            `${d.cid}  ${d.name}  ${d.trainTokens.toLocaleString()} + ${d.valTokens.toLocaleString()} tokens, ${d.shards} shards, added ${d.added}\n`,
+          );
     });
 
-  data.command('get')
+  data
+    .command('get')
     .description('a dataset manifest (dag-json CID), or the bytes of a file or block (--out)')
     .argument('<cid>')
     .option('--data-dir <dir>', 'node data directory', DEFAULT_DATA_DIR)
@@ -91,7 +134,17 @@ export function register(program: Command): void {
         const signal = AbortSignal.timeout(o.timeout);
         if (cid.code === dagJson.code) {
           const m = await readManifest(store, cid, { signal });
-          const summary = { cid: cid.toString(), name: m.name, tokenizer: m.tokenizer.cid.toString(), vocabSize: m.tokenizer.vocabSize, tokenBytes: m.tokenBytes, shardTokens: m.shardTokens, train: { tokens: m.train.tokens, shards: m.train.shards.map((s) => s.cid.toString()) }, val: { tokens: m.val.tokens, shards: m.val.shards.map((s) => s.cid.toString()) }, sources: m.sources };
+          const summary = {
+            cid: cid.toString(),
+            name: m.name,
+            tokenizer: m.tokenizer.cid.toString(),
+            vocabSize: m.tokenizer.vocabSize,
+            tokenBytes: m.tokenBytes,
+            shardTokens: m.shardTokens,
+            train: { tokens: m.train.tokens, shards: m.train.shards.map((s) => s.cid.toString()) },
+            val: { tokens: m.val.tokens, shards: m.val.shards.map((s) => s.cid.toString()) },
+            sources: m.sources,
+          };
           result(o, summary, JSON.stringify(summary, null, 2));
           return;
         }
@@ -100,11 +153,17 @@ export function register(program: Command): void {
         const ws = createWriteStream(o.out);
         let n = 0;
         try {
-          for await (const chunk of store.fs.cat(cid, { signal, offline: true })) { n += chunk.length; if (!ws.write(chunk)) await once(ws, 'drain'); }
+          for await (const chunk of store.fs.cat(cid, { signal, offline: true })) {
+            n += chunk.length;
+            if (!ws.write(chunk)) await once(ws, 'drain');
+          }
         } catch (err) {
           ws.destroy();
           rmSync(o.out, { force: true }); // nothing half-written is left behind
-          throw new MissingBlockError(cid.toString(), `a block under it is missing or unreadable: ${(err as Error).message}`);
+          throw new MissingBlockError(
+            cid.toString(),
+            `a block under it is missing or unreadable: ${(err as Error).message}`,
+          );
         }
         ws.end();
         await once(ws, 'finish');
@@ -113,7 +172,8 @@ export function register(program: Command): void {
       });
     });
 
-  data.command('export')
+  data
+    .command('export')
     .description('write the DAG under a CID as a CAR file (Filecoin deals, ipfs-car unpack)')
     .requiredOption('--car <cid>', 'root CID')
     .argument('<file>')
@@ -122,7 +182,9 @@ export function register(program: Command): void {
     .option('--json', 'print a JSON object on stdout', false)
     .action(async (file: string, o: { car: string; dataDir: string; timeout: number; json: boolean }) => {
       const cid = parseCid(o.car);
-      const r = await withStore(o.dataDir, async (store) => exportCar(store, cid, file, { signal: AbortSignal.timeout(o.timeout) }));
+      const r = await withStore(o.dataDir, async (store) =>
+        exportCar(store, cid, file, { signal: AbortSignal.timeout(o.timeout) }),
+      );
       say(o, `wrote ${r.blocks} blocks (${r.bytes} bytes of block data) under ${cid} to ${file}`);
       result(o, { cid: cid.toString(), file, ...r });
     });

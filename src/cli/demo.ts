@@ -34,10 +34,16 @@ const MODEL = { vocab: 512, ctx: 64, dim: 64, layers: 2, heads: 4, batch: 4 } as
 /** Median milliseconds of one inner step (forward, backward) of the demo model on 1 thread. */
 function stepMs(cacheDir: string): number {
   const ds = prepareDataset({ corpus: loadCorpus('brown'), vocabSize: MODEL.vocab, cacheDir });
-  const gpt = new GPT({ vocabSize: MODEL.vocab, ctx: MODEL.ctx, dim: MODEL.dim, layers: MODEL.layers, heads: MODEL.heads }, loadKernels({ threads: 1 }));
+  const gpt = new GPT(
+    { vocabSize: MODEL.vocab, ctx: MODEL.ctx, dim: MODEL.dim, layers: MODEL.layers, heads: MODEL.heads },
+    loadKernels({ threads: 1 }),
+  );
   gpt.init(1);
   const s = new BatchSampler(ds.train, MODEL.batch, MODEL.ctx, 1n);
-  const b: Batch = { inputs: new Int32Array(MODEL.batch * MODEL.ctx), targets: new Int32Array(MODEL.batch * MODEL.ctx) };
+  const b: Batch = {
+    inputs: new Int32Array(MODEL.batch * MODEL.ctx),
+    targets: new Int32Array(MODEL.batch * MODEL.ctx),
+  };
   const times: number[] = [];
   for (let i = 0; i < 12; i++) {
     s.next(b);
@@ -57,49 +63,121 @@ function at(v: string): { n: number; round: number } {
 }
 
 interface DemoOptions {
-  kill?: { n: number; round: number }; join?: { n: number; round: number }; linkDelay: number;
-  peers: number; rounds: number; dir: string; codec: string; inner: number; overlap: 'eager' | 'shift' | 'delayed' | 'none';
-  outerLr?: number; outerMomentum?: number; resume: boolean; cacheDir: string; json: boolean; ipfs: boolean; behave?: string; aggregate: 'clip' | 'mean' | 'trimmed' | 'centered';
-  dashboard: boolean; dashboardPort: number; ledger: boolean; validators?: number; audit?: number;
+  kill?: { n: number; round: number };
+  join?: { n: number; round: number };
+  linkDelay: number;
+  peers: number;
+  rounds: number;
+  dir: string;
+  codec: string;
+  inner: number;
+  overlap: 'eager' | 'shift' | 'delayed' | 'none';
+  outerLr?: number;
+  outerMomentum?: number;
+  resume: boolean;
+  cacheDir: string;
+  json: boolean;
+  ipfs: boolean;
+  behave?: string;
+  aggregate: 'clip' | 'mean' | 'trimmed' | 'centered';
+  dashboard: boolean;
+  dashboardPort: number;
+  ledger: boolean;
+  validators?: number;
+  audit?: number;
 }
 
 export function register(program: Command): void {
-  program.command('demo')
+  program
+    .command('demo')
     .description('run a local swarm of peers (separate processes on 127.0.0.1) training a small GPT together')
     .option('--peers <n>', 'number of peers', int(1, 32), 4)
     .option('--rounds <n>', 'stop after this many rounds (0 = until Ctrl-C)', int(0), 10)
     .option('--dir <dir>', 'working directory (manifest, peer data dirs); wiped first unless --resume', 'runs/demo')
-    .option('--resume', 'continue the run in --dir from the peers\' last snapshots', false)
+    .option('--resume', "continue the run in --dir from the peers' last snapshots", false)
     .option('--codec <id>', 'update codec', oneOf('fp32', 'fp16', 'int8', 'sparse'), 'sparse')
     .option('--inner <n>', 'H: inner steps per round', int(1), 30)
-    .option('--overlap <mode>', 'eager | shift | delayed: train the next round during the exchange (docs/ROUNDS.md) | none', oneOf('eager', 'shift', 'delayed', 'none'), 'eager')
+    .option(
+      '--overlap <mode>',
+      'eager | shift | delayed: train the next round during the exchange (docs/ROUNDS.md) | none',
+      oneOf('eager', 'shift', 'delayed', 'none'),
+      'eager',
+    )
     .option('--outer-lr <x>', 'outer Nesterov learning rate', num(1e-6, 100))
     .option('--outer-momentum <x>', 'outer Nesterov momentum', num(0, 0.999))
-    .option('--kill <N@R>', 'fault drill: kill -9 N peers right after round R (the tie-breaker is spared; see docs/ROUNDS.md)', at)
+    .option(
+      '--kill <N@R>',
+      'fault drill: kill -9 N peers right after round R (the tie-breaker is spared; see docs/ROUNDS.md)',
+      at,
+    )
     .option('--join <N@R>', 'fault drill: start N fresh peers (new identities) right after round R', at)
-    .option('--link-delay <ms>', 'emulate a slow link: delay every message and download by this many ms (each way)', int(0), 0)
+    .option(
+      '--link-delay <ms>',
+      'emulate a slow link: delay every message and download by this many ms (each way)',
+      int(0),
+      0,
+    )
     .option('--cache-dir <dir>', 'tokenizer and token cache', defaultCacheDir())
-    .option('--behave <spec>', 'verification drill: peers that misbehave, e.g. 3=scaler or 2=sign-flip,3=free-rider-zero (kinds: ' + BEHAVIOURS.join(', ') + ')')
-    .option('--aggregate <rule>', 'clip (robust: norms clipped to the median) | trimmed | centered | mean', oneOf('clip', 'mean', 'trimmed', 'centered'), 'clip')
-    .option('--ipfs', 'no single host: peer 0 adds the corpus to its IPFS store and the manifest names data, tokenizer and genesis by CID; the others fetch them from the peers that hold them', false)
-    .option('--validators <n>', 'the first N peers also validate: score every update and sign score reports (default 2 with --ledger, else 0)', int(0, 32))
-    .option('--audit <p>', 'audit by re-execution: trainers commit every inner step, validators re-run each update with probability p (needs --overlap none or delayed, and --validators)', num(0, 1))
-    .option('--ledger', 'tokenized ownership: start a local EVM (Hardhat\'s EDR), deploy the run\'s contract; validators sign score reports, peers submit them, shares are minted per round', false)
+    .option(
+      '--behave <spec>',
+      'verification drill: peers that misbehave, e.g. 3=scaler or 2=sign-flip,3=free-rider-zero (kinds: ' +
+        BEHAVIOURS.join(', ') +
+        ')',
+    )
+    .option(
+      '--aggregate <rule>',
+      'clip (robust: norms clipped to the median) | trimmed | centered | mean',
+      oneOf('clip', 'mean', 'trimmed', 'centered'),
+      'clip',
+    )
+    .option(
+      '--ipfs',
+      'no single host: peer 0 adds the corpus to its IPFS store and the manifest names data, tokenizer and genesis by CID; the others fetch them from the peers that hold them',
+      false,
+    )
+    .option(
+      '--validators <n>',
+      'the first N peers also validate: score every update and sign score reports (default 2 with --ledger, else 0)',
+      int(0, 32),
+    )
+    .option(
+      '--audit <p>',
+      'audit by re-execution: trainers commit every inner step, validators re-run each update with probability p (needs --overlap none or delayed, and --validators)',
+      num(0, 1),
+    )
+    .option(
+      '--ledger',
+      "tokenized ownership: start a local EVM (Hardhat's EDR), deploy the run's contract; validators sign score reports, peers submit them, shares are minted per round",
+      false,
+    )
     .option('--json', 'one JSON object per round on stdout', false)
     .option('--no-dashboard', 'do not serve the live dashboard')
     .option('--dashboard-port <n>', 'dashboard port on 127.0.0.1 (any free port if taken)', int(1, 65535), 8080)
     .action(async (o: DemoOptions) => {
-      if (o.kill && o.kill.n * 2 > o.peers) say(o, `warning: killing ${o.kill.n} of ${o.peers} leaves no quorum of the roster; rounds will wait until enough peers return (docs/ROUNDS.md)`);
+      if (o.kill && o.kill.n * 2 > o.peers)
+        say(
+          o,
+          `warning: killing ${o.kill.n} of ${o.peers} leaves no quorum of the roster; rounds will wait until enough peers return (docs/ROUNDS.md)`,
+        );
       const dir = resolve(o.dir);
-      if (o.ledger && o.resume) throw new InvalidInputError('--ledger starts a fresh in-memory chain; it cannot --resume (point peers at a lasting chain with `tessera node --rpc`)');
+      if (o.ledger && o.resume)
+        throw new InvalidInputError(
+          '--ledger starts a fresh in-memory chain; it cannot --resume (point peers at a lasting chain with `tessera node --rpc`)',
+        );
       const nValidators = o.validators ?? (o.ledger ? Math.min(2, o.peers) : 0);
-      if (nValidators > o.peers) throw new InvalidInputError(`--validators ${nValidators} is more than --peers ${o.peers}`);
-      if (o.audit !== undefined && o.overlap !== 'none' && o.overlap !== 'delayed') throw new InvalidInputError(`--audit needs --overlap none or delayed (an ${o.overlap} job moves its base mid-way, so its steps cannot be re-executed)`);
-      if (o.ledger && nValidators === 0) throw new InvalidInputError('--ledger needs at least one validator (--validators)');
+      if (nValidators > o.peers)
+        throw new InvalidInputError(`--validators ${nValidators} is more than --peers ${o.peers}`);
+      if (o.audit !== undefined && o.overlap !== 'none' && o.overlap !== 'delayed')
+        throw new InvalidInputError(
+          `--audit needs --overlap none or delayed (an ${o.overlap} job moves its base mid-way, so its steps cannot be re-executed)`,
+        );
+      if (o.ledger && nValidators === 0)
+        throw new InvalidInputError('--ledger needs at least one validator (--validators)');
       const run = join(dir, 'run.json');
       let runId: string;
       if (o.resume) {
-        if (!existsSync(run)) throw new InvalidInputError(`nothing to resume: ${run} does not exist (run \`tessera demo\` first)`);
+        if (!existsSync(run))
+          throw new InvalidInputError(`nothing to resume: ${run} does not exist (run \`tessera demo\` first)`);
         runId = decodeManifest(readFileSync(run, 'utf8')).runId;
         say(o, `resuming run ${runId.slice(0, 12)} in ${dir}`);
       } else {
@@ -111,14 +189,33 @@ export function register(program: Command): void {
         const share = Math.max(1, o.peers / availableParallelism());
         const trainMs = Math.max(400, Math.round(0.85 * o.inner * ms * share));
         const opts: RunCreateOptions = {
-          ...MODEL, inner: o.inner, lr: 3e-3, codec: o.codec as 'sparse', shards: 16, seed: 1,
-          trainMs, submitMs: trainMs + Math.max(1500, trainMs), commitMs: 1500, quorum: 1, minPeers: 1, maxMissed: 2,
-          cacheDir: o.cacheDir, overlap: o.overlap, aggregate: o.aggregate, ...(o.audit !== undefined ? { audit: o.audit } : {}),
-          ...(o.outerLr !== undefined ? { outerLr: o.outerLr } : {}), ...(o.outerMomentum !== undefined ? { outerMomentum: o.outerMomentum } : {}),
+          ...MODEL,
+          inner: o.inner,
+          lr: 3e-3,
+          codec: o.codec as 'sparse',
+          shards: 16,
+          seed: 1,
+          trainMs,
+          submitMs: trainMs + Math.max(1500, trainMs),
+          commitMs: 1500,
+          quorum: 1,
+          minPeers: 1,
+          maxMissed: 2,
+          cacheDir: o.cacheDir,
+          overlap: o.overlap,
+          aggregate: o.aggregate,
+          ...(o.audit !== undefined ? { audit: o.audit } : {}),
+          ...(o.outerLr !== undefined ? { outerLr: o.outerLr } : {}),
+          ...(o.outerMomentum !== undefined ? { outerMomentum: o.outerMomentum } : {}),
         };
         let built: ReturnType<typeof buildManifest>;
         if (o.ipfs) {
-          const { cid } = await addCorpus('brown', { dataDir: dataDirFor(dir, 0), vocab: MODEL.vocab, shardTokens: 1 << 16, cacheDir: o.cacheDir });
+          const { cid } = await addCorpus('brown', {
+            dataDir: dataDirFor(dir, 0),
+            vocab: MODEL.vocab,
+            shardTokens: 1 << 16,
+            cacheDir: o.cacheDir,
+          });
           say(o, `peer 0 stored the dataset: ${cid}`);
           built = await buildManifestFromStore({ ...opts, dataset: cid, dataDir: dataDirFor(dir, 0) });
         } else {
@@ -127,17 +224,35 @@ export function register(program: Command): void {
         const { decoded, params } = built;
         runId = decoded.runId;
         writeFileSync(run, JSON.stringify(decoded.manifest, null, 2) + '\n');
-        say(o, `run ${runId.slice(0, 12)}: ${params} parameters, ${o.peers} peers, H=${o.inner}, codec ${o.codec}, overlap ${o.overlap}, `
-          + `step ${ms.toFixed(1)} ms → train budget ${trainMs} ms/round, manifest ${run}`);
+        say(
+          o,
+          `run ${runId.slice(0, 12)}: ${params} parameters, ${o.peers} peers, H=${o.inner}, codec ${o.codec}, overlap ${o.overlap}, ` +
+            `step ${ms.toFixed(1)} ms → train budget ${trainMs} ms/round, manifest ${run}`,
+        );
       }
       const specs = await Promise.all(Array.from({ length: o.peers }, (_, i) => preparePeer(i, dataDirFor(dir, i))));
       let chain: LocalChain | null = null;
       if (o.ledger) {
-        chain = await startLocalChain({ runId, peers: o.peers, validators: Array.from({ length: nValidators }, (_, i) => i) });
+        chain = await startLocalChain({
+          runId,
+          peers: o.peers,
+          validators: Array.from({ length: nValidators }, (_, i) => i),
+        });
         // Each peer's payout/signing key is a funded devnet key (so any of them can submit).
-        for (const s of specs) writeFileSync(join(s.dataDir, EVM_KEY_FILE), chain.keys[s.index] + '\n', { mode: 0o600 });
-        say(o, `ledger: EDR devnet at ${chain.url}, TesseraRun ${chain.contract} (${chain.deployGas} gas), validators ${chain.threshold}-of-${nValidators} (peers ${Array.from({ length: nValidators }, (_, i) => i).join(', ')})`);
-        result(o, { event: 'ledger', rpc: chain.url, contract: chain.contract, chainId: chain.net.chain.id, validators: chain.validators, threshold: chain.threshold });
+        for (const s of specs)
+          writeFileSync(join(s.dataDir, EVM_KEY_FILE), chain.keys[s.index] + '\n', { mode: 0o600 });
+        say(
+          o,
+          `ledger: EDR devnet at ${chain.url}, TesseraRun ${chain.contract} (${chain.deployGas} gas), validators ${chain.threshold}-of-${nValidators} (peers ${Array.from({ length: nValidators }, (_, i) => i).join(', ')})`,
+        );
+        result(o, {
+          event: 'ledger',
+          rpc: chain.url,
+          contract: chain.contract,
+          chainId: chain.net.chain.id,
+          validators: chain.validators,
+          threshold: chain.threshold,
+        });
       }
       const addrs = specs.map((s) => s.addr);
       const ids = specs.map((s) => s.peerId);
@@ -150,19 +265,62 @@ export function register(program: Command): void {
       const fractions: number[] = [];
       let stopping = false;
       let finish!: () => void;
-      const finished = new Promise<void>((r) => { finish = r; });
+      const finished = new Promise<void>((r) => {
+        finish = r;
+      });
       const peers: PeerProc[] = [];
       const onReport = (p: PeerProc, r: RoundReport) => {
-        if (r.event !== 'round') { say(o, `peer ${p.index} ${o.resume ? 'resumed' : 'synced'} at round ${r.round} (${r.weightsHash.slice(0, 12)})`); return; }
+        if (r.event !== 'round') {
+          say(
+            o,
+            `peer ${p.index} ${o.resume ? 'resumed' : 'synced'} at round ${r.round} (${r.weightsHash.slice(0, 12)})`,
+          );
+          return;
+        }
         // Verification events, as they happen: failed audits, and fraud proofs checked by other peers.
-        const who = (id: string) => { const q = peers.find((x) => x.peerId === id); return q ? `peer ${q.index}` : id.slice(-8); };
-        for (const a of r.audits ?? []) if (!a.ok) result(o, { event: 'audit', round: a.round, validator: p.index, trainer: who(a.trainer), reason: a.reason, steps: a.steps, ms: Math.round(a.ms) }, `audit: peer ${p.index} re-ran ${who(a.trainer)}'s round ${a.round} (${a.steps} steps, ${Math.round(a.ms)} ms): ${a.reason}`);
-        for (const f of r.frauds ?? []) result(o, { event: 'fraud-proof', round: f.round, checker: p.index, trainer: who(f.trainer), k: f.k, by: who(f.by), verified: f.verified }, `fraud proof: peer ${p.index} ${f.verified ? 'verified' : `rejected (${f.reason})`} ${who(f.by)}'s proof that ${who(f.trainer)} computed step ${f.k} of round ${f.round} wrong`);
+        const who = (id: string) => {
+          const q = peers.find((x) => x.peerId === id);
+          return q ? `peer ${q.index}` : id.slice(-8);
+        };
+        for (const a of r.audits ?? [])
+          if (!a.ok)
+            result(
+              o,
+              {
+                event: 'audit',
+                round: a.round,
+                validator: p.index,
+                trainer: who(a.trainer),
+                reason: a.reason,
+                steps: a.steps,
+                ms: Math.round(a.ms),
+              },
+              `audit: peer ${p.index} re-ran ${who(a.trainer)}'s round ${a.round} (${a.steps} steps, ${Math.round(a.ms)} ms): ${a.reason}`,
+            );
+        for (const f of r.frauds ?? [])
+          result(
+            o,
+            {
+              event: 'fraud-proof',
+              round: f.round,
+              checker: p.index,
+              trainer: who(f.trainer),
+              k: f.k,
+              by: who(f.by),
+              verified: f.verified,
+            },
+            `fraud proof: peer ${p.index} ${f.verified ? 'verified' : `rejected (${f.reason})`} ${who(f.by)}'s proof that ${who(f.trainer)} computed step ${f.k} of round ${f.round} wrong`,
+          );
         let m = byRound.get(r.round);
-        if (!m) { m = new Map(); byRound.set(r.round, m); }
+        if (!m) {
+          m = new Map();
+          byRound.set(r.round, m);
+        }
         m.set(p.index, r);
         // Peers that take part: the genesis ones, and fresh ones once they have synced.
-        const live = peers.filter((x) => x.alive && (x.index < o.peers || x.reports.some((y) => y.event === 'synced'))).length;
+        const live = peers.filter(
+          (x) => x.alive && (x.index < o.peers || x.reports.some((y) => y.event === 'synced')),
+        ).length;
         if (m.size >= live && r.round > printed) {
           printed = r.round;
           rows++;
@@ -172,22 +330,36 @@ export function register(program: Command): void {
           // The first row of a session includes start-up (data, model, connections): not counted.
           if (rows > 1) fractions.push(mean((x) => x.computeFraction));
           const row = {
-            round: r.round, valLoss: mean((x) => x.valLoss), peers: rs.length, applied: rs[0].included,
-            bytesSentPerPeer: Math.round(mean((x) => x.bytesSent)), bytesReceivedPerPeer: Math.round(mean((x) => x.bytesReceived)),
-            innerStepsPerPeer: mean((x) => x.innerSteps), computeFraction: mean((x) => x.computeFraction), seconds: mean((x) => x.seconds),
-            weightsHash: rs[0].weightsHash, agree: hashes.size === 1,
+            round: r.round,
+            valLoss: mean((x) => x.valLoss),
+            peers: rs.length,
+            applied: rs[0].included,
+            bytesSentPerPeer: Math.round(mean((x) => x.bytesSent)),
+            bytesReceivedPerPeer: Math.round(mean((x) => x.bytesReceived)),
+            innerStepsPerPeer: mean((x) => x.innerSteps),
+            computeFraction: mean((x) => x.computeFraction),
+            seconds: mean((x) => x.seconds),
+            weightsHash: rs[0].weightsHash,
+            agree: hashes.size === 1,
           };
-          result(o, row, `round ${row.round}  val ${row.valLoss.toFixed(4)}  peers ${row.peers}  updates ${row.applied}  `
-            + `sent/peer ${(row.bytesSentPerPeer / 1024).toFixed(1)}K  recv/peer ${(row.bytesReceivedPerPeer / 1024).toFixed(1)}K  `
-            + `compute ${(100 * row.computeFraction).toFixed(0)}%  ${row.seconds.toFixed(1)}s  weights ${row.weightsHash.slice(0, 12)}  `
-            + `${row.agree ? 'all hashes agree' : `HASHES DIFFER (${hashes.size})`}`);
+          result(
+            o,
+            row,
+            `round ${row.round}  val ${row.valLoss.toFixed(4)}  peers ${row.peers}  updates ${row.applied}  ` +
+              `sent/peer ${(row.bytesSentPerPeer / 1024).toFixed(1)}K  recv/peer ${(row.bytesReceivedPerPeer / 1024).toFixed(1)}K  ` +
+              `compute ${(100 * row.computeFraction).toFixed(0)}%  ${row.seconds.toFixed(1)}s  weights ${row.weightsHash.slice(0, 12)}  ` +
+              `${row.agree ? 'all hashes agree' : `HASHES DIFFER (${hashes.size})`}`,
+          );
           if (o.rounds > 0 && rows >= o.rounds) finish();
           if (o.kill && r.round === o.kill.round) {
             // Half of an even roster is a quorum only with the tie-breaker (lowest peer id), so
             // the drill spares it; any n below half may be killed (docs/ROUNDS.md, quorums).
             const tie = [...ids].sort()[0];
             const victims = peers.filter((x) => x.alive && x.peerId !== tie).slice(-o.kill.n);
-            for (const v of victims) { v.child.kill('SIGKILL'); v.alive = false; }
+            for (const v of victims) {
+              v.child.kill('SIGKILL');
+              v.alive = false;
+            }
             say(o, `fault drill: kill -9 peer ${victims.map((v) => v.index).join(', ')} after round ${r.round}`);
           }
           if (o.join && r.round === o.join.round) void addFresh(o.join.n);
@@ -198,29 +370,53 @@ export function register(program: Command): void {
           const idx = peers.length;
           const spec = await preparePeer(idx, dataDirFor(dir, idx));
           const boot = peers.filter((x) => x.alive).map((x) => x.addr);
-          peers.push(spawnPeer(spec, { run, bootstrap: boot, cacheDir: o.cacheDir, onReport, env: { TESSERA_LINK_DELAY_MS: String(o.linkDelay) }, onExit: (p, code, sig) => { if (!stopping) say(o, `peer ${p.index} exited (${sig ?? code})`); } }));
+          peers.push(
+            spawnPeer(spec, {
+              run,
+              bootstrap: boot,
+              cacheDir: o.cacheDir,
+              onReport,
+              env: { TESSERA_LINK_DELAY_MS: String(o.linkDelay) },
+              onExit: (p, code, sig) => {
+                if (!stopping) say(o, `peer ${p.index} exited (${sig ?? code})`);
+              },
+            }),
+          );
           say(o, `fault drill: fresh peer ${idx} (${spec.peerId.slice(-8)}) joins through ${boot.length} live peers`);
         }
       };
       const kinds = o.behave ? parseBehaviours(o.behave, o.peers) : [];
       for (const [i, k] of kinds.entries()) if (k !== 'honest') say(o, `verification drill: peer ${i} behaves as ${k}`);
       for (const s of specs) {
-        peers.push(spawnPeer(s, {
-          run, bootstrap: addrs, genesisPeers: ids, cacheDir: o.cacheDir, onReport, env: { TESSERA_LINK_DELAY_MS: String(o.linkDelay) },
-          ...(kinds[s.index] && kinds[s.index] !== 'honest' ? { behave: kinds[s.index] } : {}),
-          ...(s.index < nValidators ? { validator: true } : {}),
-          ...(nValidators > 0 ? { trustValidators: specs.slice(0, nValidators).map((x) => x.peerId) } : {}),
-          ...(chain ? { ledger: { rpc: chain.url, contract: chain.contract } } : {}),
-          ...(dashPort !== null && s.peerId === host ? { dashboard: { port: dashPort } } : {}),
-          onExit: (p, code, sig) => { if (!stopping) say(o, `peer ${p.index} exited (${sig ?? code})`); if (!stopping && peers.every((x) => !x.alive)) finish(); },
-        }));
+        peers.push(
+          spawnPeer(s, {
+            run,
+            bootstrap: addrs,
+            genesisPeers: ids,
+            cacheDir: o.cacheDir,
+            onReport,
+            env: { TESSERA_LINK_DELAY_MS: String(o.linkDelay) },
+            ...(kinds[s.index] && kinds[s.index] !== 'honest' ? { behave: kinds[s.index] } : {}),
+            ...(s.index < nValidators ? { validator: true } : {}),
+            ...(nValidators > 0 ? { trustValidators: specs.slice(0, nValidators).map((x) => x.peerId) } : {}),
+            ...(chain ? { ledger: { rpc: chain.url, contract: chain.contract } } : {}),
+            ...(dashPort !== null && s.peerId === host ? { dashboard: { port: dashPort } } : {}),
+            onExit: (p, code, sig) => {
+              if (!stopping) say(o, `peer ${p.index} exited (${sig ?? code})`);
+              if (!stopping && peers.every((x) => !x.alive)) finish();
+            },
+          }),
+        );
       }
       if (dashPort !== null) {
         const url = `http://127.0.0.1:${dashPort}/`;
         say(o, `dashboard: ${url} (peer ${ids.indexOf(host)}; --no-dashboard to turn it off)`);
         result(o, { event: 'dashboard', url, peer: ids.indexOf(host) });
       }
-      const onSignal = () => { say(o, 'stopping all peers (resume with --resume)...'); finish(); };
+      const onSignal = () => {
+        say(o, 'stopping all peers (resume with --resume)...');
+        finish();
+      };
       process.once('SIGINT', onSignal);
       process.once('SIGTERM', onSignal);
       try {
@@ -232,10 +428,29 @@ export function register(program: Command): void {
           try {
             const c = ledgerClient(chain.net.request, chain.net.chain, chain.keys[0], chain.contract);
             const s = await getShares(c);
-            const label = (a: string) => { const i = chain!.keys.findIndex((k) => privateKeyToAccount(k).address.toLowerCase() === a.toLowerCase()); return i >= 0 ? `peer ${i}` : a; };
-            const lines = s.holders.map((h) => `  ${label(h.address).padEnd(8)} ${h.address}  ${Number(formatEther(h.balance)).toFixed(2).padStart(10)} shares  ${s.totalSupply ? (Number((h.balance * 10_000n) / s.totalSupply) / 100).toFixed(2) : '0.00'}%`);
-            result(o, { event: 'shares', contract: chain.contract, rounds: s.rounds.length, totalSupply: s.totalSupply.toString(), holders: s.holders.map((h) => ({ peer: label(h.address), address: h.address, balance: h.balance.toString() })) },
-              `ledger: ${s.rounds.length} rounds minted on chain, ${Number(formatEther(s.totalSupply)).toFixed(2)} shares:\n${lines.join('\n')}`);
+            const label = (a: string) => {
+              const i = chain!.keys.findIndex((k) => privateKeyToAccount(k).address.toLowerCase() === a.toLowerCase());
+              return i >= 0 ? `peer ${i}` : a;
+            };
+            const lines = s.holders.map(
+              (h) =>
+                `  ${label(h.address).padEnd(8)} ${h.address}  ${Number(formatEther(h.balance)).toFixed(2).padStart(10)} shares  ${s.totalSupply ? (Number((h.balance * 10_000n) / s.totalSupply) / 100).toFixed(2) : '0.00'}%`,
+            );
+            result(
+              o,
+              {
+                event: 'shares',
+                contract: chain.contract,
+                rounds: s.rounds.length,
+                totalSupply: s.totalSupply.toString(),
+                holders: s.holders.map((h) => ({
+                  peer: label(h.address),
+                  address: h.address,
+                  balance: h.balance.toString(),
+                })),
+              },
+              `ledger: ${s.rounds.length} rounds minted on chain, ${Number(formatEther(s.totalSupply)).toFixed(2)} shares:\n${lines.join('\n')}`,
+            );
           } catch (e) {
             say(o, `ledger: could not read the shares table: ${(e as Error).message}`);
           }
@@ -246,6 +461,10 @@ export function register(program: Command): void {
       }
       const mean = fractions.length ? fractions.reduce((a, x) => a + x, 0) / fractions.length : NaN;
       const summary = { event: 'summary', runId, dir, rounds: rows, lastRound: printed, meanComputeFraction: mean };
-      result(o, summary, `done: ${rows} rounds (last ${printed}), mean compute fraction ${(100 * mean).toFixed(1)}% after the first round; peers' state is in ${dir} (continue with --resume)`);
+      result(
+        o,
+        summary,
+        `done: ${rows} rounds (last ${printed}), mean compute fraction ${(100 * mean).toFixed(1)}% after the first round; peers' state is in ${dir} (continue with --resume)`,
+      );
     });
 }

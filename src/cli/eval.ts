@@ -7,11 +7,12 @@ import { loadModel, streamLoss } from './load.js';
 import { readDocuments } from '../data/index.js';
 
 export function register(program: Command): void {
-  program.command('eval')
+  program
+    .command('eval')
     .description('mean next-token loss (nats/token) of a checkpoint on a text, directory or JSONL file')
     .requiredOption('--checkpoint <dir>', 'checkpoint directory (or a run directory)')
     .requiredOption('--text <file>', 'text to score')
-    .option('--tokenizer <file>', 'tokenizer.json (default: the checkpoint\'s)')
+    .option('--tokenizer <file>', "tokenizer.json (default: the checkpoint's)")
     .option('--threads <n>', 'worker threads', int(1, 1024), 2)
     .option('--json', 'print {"loss", "tokens"} on stdout', false)
     .action(async (o) => {
@@ -20,9 +21,16 @@ export function register(program: Command): void {
       const docs = readDocuments(o.text);
       // Documents are joined the way training saw them: each one preceded by <|endoftext|>.
       const ids: number[] = [];
-      for (const d of docs) { ids.push(m.tokenizer.eotId); for (const t of m.tokenizer.encodeOrdinary(d)) ids.push(t); }
+      for (const d of docs) {
+        ids.push(m.tokenizer.eotId);
+        for (const t of m.tokenizer.encodeOrdinary(d)) ids.push(t);
+      }
       say(o, `scoring ${ids.length.toLocaleString('en-US')} tokens from ${o.text} with ${m.weightsHash.slice(0, 12)}…`);
       const r = streamLoss(m.gpt, ids);
-      result(o, { loss: r.loss, tokens: r.tokens }, `loss ${r.loss.toFixed(4)} nats/token over ${r.tokens} tokens (perplexity ${Math.exp(r.loss).toFixed(1)})`);
+      result(
+        o,
+        { loss: r.loss, tokens: r.tokens },
+        `loss ${r.loss.toFixed(4)} nats/token over ${r.tokens} tokens (perplexity ${Math.exp(r.loss).toFixed(1)})`,
+      );
     });
 }

@@ -15,7 +15,13 @@ import type { RoundReport } from '../peer/report.js';
 
 export const TESSERA_BIN = fileURLToPath(new URL('../../../bin/tessera.js', import.meta.url));
 
-export interface PeerSpec { index: number; dataDir: string; peerId: string; port: number; addr: string }
+export interface PeerSpec {
+  index: number;
+  dataDir: string;
+  peerId: string;
+  port: number;
+  addr: string;
+}
 
 export interface PeerProc extends PeerSpec {
   child: ChildProcess;
@@ -66,7 +72,17 @@ export interface SpawnOptions {
 }
 
 export function spawnPeer(spec: PeerSpec, o: SpawnOptions): PeerProc {
-  const args = [TESSERA_BIN, 'node', '--run', o.run, '--data-dir', spec.dataDir, '--listen', `/ip4/127.0.0.1/tcp/${spec.port}`, '--json'];
+  const args = [
+    TESSERA_BIN,
+    'node',
+    '--run',
+    o.run,
+    '--data-dir',
+    spec.dataDir,
+    '--listen',
+    `/ip4/127.0.0.1/tcp/${spec.port}`,
+    '--json',
+  ];
   const boot = o.bootstrap.filter((a) => !a.endsWith(spec.peerId));
   if (boot.length) args.push('--bootstrap', boot.join(','));
   if (o.genesisPeers?.length) args.push('--genesis-peers', o.genesisPeers.join(','));
@@ -83,7 +99,11 @@ export function spawnPeer(spec: PeerSpec, o: SpawnOptions): PeerProc {
     if (o.dashboard.host) args.push('--dashboard-host', o.dashboard.host);
   }
   // The token travels in the environment, not on the command line (where `ps` shows it).
-  const env = { ...process.env, ...o.env, ...(o.dashboard?.token ? { TESSERA_DASHBOARD_TOKEN: o.dashboard.token } : {}) };
+  const env = {
+    ...process.env,
+    ...o.env,
+    ...(o.dashboard?.token ? { TESSERA_DASHBOARD_TOKEN: o.dashboard.token } : {}),
+  };
   const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env });
   const p: PeerProc = { ...spec, child, alive: true, reports: [], stderr: [] };
   let buf = '';
@@ -100,7 +120,9 @@ export function spawnPeer(spec: PeerSpec, o: SpawnOptions): PeerProc {
           p.reports.push(j);
           o.onReport?.(p, j);
         }
-      } catch { /* not JSON */ }
+      } catch {
+        /* not JSON */
+      }
     }
   });
   child.stderr!.setEncoding('utf8');

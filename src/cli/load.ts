@@ -7,7 +7,13 @@ import { Tokenizer } from '../data/index.js';
 import type { Kernels } from '../kernels/api.js';
 import { InvalidInputError } from '../util/errors.js';
 
-export interface LoadedModel { gpt: GPT; tokenizer: Tokenizer; tokenizerPath: string; weightsHash: string; meta: Record<string, unknown> }
+export interface LoadedModel {
+  gpt: GPT;
+  tokenizer: Tokenizer;
+  tokenizerPath: string;
+  weightsHash: string;
+  meta: Record<string, unknown>;
+}
 
 /**
  * `path` is a checkpoint directory (or a run directory holding `checkpoint/`). The tokenizer is
@@ -15,7 +21,8 @@ export interface LoadedModel { gpt: GPT; tokenizer: Tokenizer; tokenizerPath: st
  */
 export async function loadModel(path: string, kernels: Kernels, tokenizerPath?: string): Promise<LoadedModel> {
   let dir = path;
-  if (!existsSync(join(dir, 'config.json')) && existsSync(join(dir, 'checkpoint', 'config.json'))) dir = join(dir, 'checkpoint');
+  if (!existsSync(join(dir, 'config.json')) && existsSync(join(dir, 'checkpoint', 'config.json')))
+    dir = join(dir, 'checkpoint');
   if (!existsSync(dir)) throw new InvalidInputError(`checkpoint ${path} does not exist`);
   const ck = await loadCheckpoint(dir, { loadOptimizer: false });
   const tokPath = tokenizerPath ?? [join(dir, 'tokenizer.json'), join(dirname(dir), 'tokenizer.json')].find(existsSync);
@@ -35,7 +42,8 @@ export function streamLoss(gpt: GPT, ids: ArrayLike<number>, maxBatch = 16): { l
   const T = gpt.config.ctx;
   const n = ids.length;
   if (n < 2) throw new InvalidInputError(`need at least 2 tokens to evaluate, got ${n}`);
-  let sum = 0, count = 0;
+  let sum = 0,
+    count = 0;
   const starts: number[] = [];
   for (let s = 0; s + 1 < n; s += T) starts.push(s);
   const full = starts.filter((s) => s + T + 1 <= n);
@@ -43,15 +51,25 @@ export function streamLoss(gpt: GPT, ids: ArrayLike<number>, maxBatch = 16): { l
   for (let i = 0; i < full.length; i += maxBatch) {
     const group = full.slice(i, i + maxBatch);
     const B = group.length;
-    const x = new Int32Array(B * T), y = new Int32Array(B * T);
-    group.forEach((s, b) => { for (let t = 0; t < T; t++) { x[b * T + t] = ids[s + t]; y[b * T + t] = ids[s + t + 1]; } });
+    const x = new Int32Array(B * T),
+      y = new Int32Array(B * T);
+    group.forEach((s, b) => {
+      for (let t = 0; t < T; t++) {
+        x[b * T + t] = ids[s + t];
+        y[b * T + t] = ids[s + t + 1];
+      }
+    });
     sum += gpt.loss(x, y, B, T) * B * T;
     count += B * T;
   }
   for (const s of tail) {
     const Tt = n - 1 - s;
-    const x = new Int32Array(Tt), y = new Int32Array(Tt);
-    for (let t = 0; t < Tt; t++) { x[t] = ids[s + t]; y[t] = ids[s + t + 1]; }
+    const x = new Int32Array(Tt),
+      y = new Int32Array(Tt);
+    for (let t = 0; t < Tt; t++) {
+      x[t] = ids[s + t];
+      y[t] = ids[s + t + 1];
+    }
     sum += gpt.loss(x, y, 1, Tt) * Tt;
     count += Tt;
   }

@@ -42,7 +42,9 @@ export function buildProgram(): Command {
   registerPipeline(program);
   registerStage(program);
   const usageHelp = (c: Command, path: string): void => {
-    c.showHelpAfterError(`usage: ${path} ${c.usage()}\n(run 'tessera ${path.replace(/^tessera ?/, '')}${path === 'tessera' ? '' : ' '}--help' for every option)`);
+    c.showHelpAfterError(
+      `usage: ${path} ${c.usage()}\n(run 'tessera ${path.replace(/^tessera ?/, '')}${path === 'tessera' ? '' : ' '}--help' for every option)`,
+    );
     c.commands.forEach((sub) => usageHelp(sub, `${path} ${sub.name()}`));
   };
   program.commands.forEach((c) => usageHelp(c, `tessera ${c.name()}`));

@@ -18,67 +18,168 @@ export function formatReport(r: RoundReport): string {
 }
 
 export function register(program: Command): void {
-  program.command('node')
+  program
+    .command('node')
     .description('run a swarm peer: train on the assigned shard, agree on updates with the other peers, apply them')
     .requiredOption('--run <file>', 'run manifest (from `tessera run create`)')
     .requiredOption('--data-dir <dir>', 'identity key and acceptor record')
     .option('--listen <ma>', 'listen multiaddr', '/ip4/127.0.0.1/tcp/0')
     .option('--bootstrap <ma...>', 'peers to connect to (multiaddr with /p2p/<id>; repeat or comma-separate)', collect)
-    .option('--mdns', 'discover peers on the LAN with mDNS (with --listen /ip4/0.0.0.0/tcp/0, so LAN addresses are announced)', false)
-    .option('--genesis-peers <ids>', 'start at round 0 with this roster (comma-separated peer ids)', (v: string) => v.split(',').filter(Boolean))
+    .option(
+      '--mdns',
+      'discover peers on the LAN with mDNS (with --listen /ip4/0.0.0.0/tcp/0, so LAN addresses are announced)',
+      false,
+    )
+    .option('--genesis-peers <ids>', 'start at round 0 with this roster (comma-separated peer ids)', (v: string) =>
+      v.split(',').filter(Boolean),
+    )
     .option('--rounds <n>', 'exit after completing this many rounds (0 = run until stopped)', int(0), 0)
     .option('--cache-dir <dir>', 'tokenizer and token cache', defaultCacheDir())
     .option('--json', 'one JSON object per round on stdout', false)
-    .option('--validator', 'also score every applied update (loss on assigned vs random batches, copies, norms) and publish signed score reports', false)
-    .option('--trust-validators <ids>', 'peer ids of validators whose flags this peer acts on: flagged members are left out of the update sets it proposes', (v: string) => v.split(',').filter(Boolean))
+    .option(
+      '--validator',
+      'also score every applied update (loss on assigned vs random batches, copies, norms) and publish signed score reports',
+      false,
+    )
+    .option(
+      '--trust-validators <ids>',
+      'peer ids of validators whose flags this peer acts on: flagged members are left out of the update sets it proposes',
+      (v: string) => v.split(',').filter(Boolean),
+    )
     .option('--behave <kind>', `misbehave, for verification drills: ${BEHAVIOURS.join(' | ')}`, parseBehaviour)
-    .option('--fetch-timeout <ms>', 'give up fetching the dataset, tokenizer, genesis or a shard from peers after this long', int(1, 3_600_000), 30_000)
-    .option('--rpc <url>', 'link to the run\'s ledger on any EVM chain (with --contract): validators sign score reports, peers submit them, governance switches the dataset')
-    .option('--contract <address>', 'the run\'s TesseraRun contract (see `tessera ledger --serve`, or the demo\'s --ledger)')
-    .option('--key <file>', 'EVM private key file (hex) for payouts and signing; default DATA_DIR/evm.key, created on first use')
+    .option(
+      '--fetch-timeout <ms>',
+      'give up fetching the dataset, tokenizer, genesis or a shard from peers after this long',
+      int(1, 3_600_000),
+      30_000,
+    )
+    .option(
+      '--rpc <url>',
+      "link to the run's ledger on any EVM chain (with --contract): validators sign score reports, peers submit them, governance switches the dataset",
+    )
+    .option(
+      '--contract <address>',
+      "the run's TesseraRun contract (see `tessera ledger --serve`, or the demo's --ledger)",
+    )
+    .option(
+      '--key <file>',
+      'EVM private key file (hex) for payouts and signing; default DATA_DIR/evm.key, created on first use',
+    )
     .option('--no-submit', 'with --rpc: do not send quorum score reports to the chain (others will)')
-    .option('--dashboard <port>', 'serve a live dashboard (web page + JSON API) on this port (0 = any free port)', int(0, 65535))
-    .option('--dashboard-host <addr>', 'address the dashboard binds to; beyond loopback it is read-only unless a token is set', '127.0.0.1')
-    .option('--dashboard-token <token>', 'token that unlocks the dashboard\'s actions (POST /api/generate); default: env TESSERA_DASHBOARD_TOKEN')
-    .action(async (o: { run: string; dataDir: string; listen: string; bootstrap?: string[]; mdns: boolean; genesisPeers?: string[]; rounds: number; cacheDir: string; json: boolean; fetchTimeout: number; behave?: Behaviour; validator: boolean; dashboard?: number; dashboardHost: string; dashboardToken?: string; rpc?: string; contract?: string; key?: string; submit: boolean; trustValidators?: string[] }) => {
-      let text: string;
-      try { text = readFileSync(o.run, 'utf8'); } catch (e) { throw new InvalidInputError(`cannot read --run ${o.run}: ${(e as Error).message}`); }
-      const manifest = decodeManifest(text);
-      if ((o.rpc === undefined) !== (o.contract === undefined)) throw new InvalidInputError('--rpc and --contract go together');
-      if (o.contract !== undefined && !/^0x[0-9a-fA-F]{40}$/.test(o.contract)) throw new InvalidInputError(`--contract: not an address: ${o.contract}`);
-      const ledger = o.rpc && o.contract ? { rpc: o.rpc, contract: o.contract as Address, submit: o.submit, ...(o.key ? { key: readKey(o.key) } : {}) } : undefined;
-      let done = 0;
-      let finish!: () => void;
-      const finished = new Promise<void>((r) => { finish = r; });
-      const node = new SwarmNode({
-        manifest, dataDir: o.dataDir, listen: [o.listen], bootstrap: o.bootstrap ?? [], mdns: o.mdns, cacheDir: o.cacheDir, fetchTimeoutMs: o.fetchTimeout, ...(o.behave ? { behave: o.behave } : {}), validator: o.validator,
-        ...(ledger ? { ledger } : {}),
-        ...(o.trustValidators ? { trustValidators: o.trustValidators } : {}),
-        ...(o.genesisPeers ? { genesisPeers: o.genesisPeers } : {}),
-        onLog: (line) => process.stderr.write(`tessera node: ${line}\n`),
-        onRound: (r) => {
-          if (o.json) process.stdout.write(JSON.stringify({ ...r, peer: node.peerId }) + '\n');
-          else process.stderr.write(formatReport(r) + '\n');
-          if (r.event === 'round' && o.rounds > 0 && ++done >= o.rounds) finish();
-        },
-      });
-      const onSignal = () => finish();
-      process.once('SIGINT', onSignal);
-      process.once('SIGTERM', onSignal);
-      // The dashboard comes up first (it shows "starting" until the node has joined).
-      let dash: Dashboard | null = null;
-      if (o.dashboard !== undefined) {
-        const token = o.dashboardToken ?? process.env.TESSERA_DASHBOARD_TOKEN;
-        dash = await startDashboard(node, { port: o.dashboard, host: o.dashboardHost, ...(token ? { token } : {}) });
-        say(o, `dashboard: ${dash.url}${dash.mode === 'off' ? ' (read-only)' : ''}`);
-      }
-      try { await node.start(); } catch (e) { await dash?.close(); throw e; }
-      say(o, `run ${manifest.runId.slice(0, 12)}: peer ${node.peerId}`);
-      if (o.json) process.stdout.write(JSON.stringify({ event: 'started', peer: node.peerId, runId: manifest.runId, addrs: node.host.multiaddrs(), dashboard: dash?.url ?? null }) + '\n');
-      await finished;
-      await dash?.close();
-      await node.stop();
-      process.removeListener('SIGINT', onSignal);
-      process.removeListener('SIGTERM', onSignal);
-    });
+    .option(
+      '--dashboard <port>',
+      'serve a live dashboard (web page + JSON API) on this port (0 = any free port)',
+      int(0, 65535),
+    )
+    .option(
+      '--dashboard-host <addr>',
+      'address the dashboard binds to; beyond loopback it is read-only unless a token is set',
+      '127.0.0.1',
+    )
+    .option(
+      '--dashboard-token <token>',
+      "token that unlocks the dashboard's actions (POST /api/generate); default: env TESSERA_DASHBOARD_TOKEN",
+    )
+    .action(
+      async (o: {
+        run: string;
+        dataDir: string;
+        listen: string;
+        bootstrap?: string[];
+        mdns: boolean;
+        genesisPeers?: string[];
+        rounds: number;
+        cacheDir: string;
+        json: boolean;
+        fetchTimeout: number;
+        behave?: Behaviour;
+        validator: boolean;
+        dashboard?: number;
+        dashboardHost: string;
+        dashboardToken?: string;
+        rpc?: string;
+        contract?: string;
+        key?: string;
+        submit: boolean;
+        trustValidators?: string[];
+      }) => {
+        let text: string;
+        try {
+          text = readFileSync(o.run, 'utf8');
+        } catch (e) {
+          throw new InvalidInputError(`cannot read --run ${o.run}: ${(e as Error).message}`);
+        }
+        const manifest = decodeManifest(text);
+        if ((o.rpc === undefined) !== (o.contract === undefined))
+          throw new InvalidInputError('--rpc and --contract go together');
+        if (o.contract !== undefined && !/^0x[0-9a-fA-F]{40}$/.test(o.contract))
+          throw new InvalidInputError(`--contract: not an address: ${o.contract}`);
+        const ledger =
+          o.rpc && o.contract
+            ? {
+                rpc: o.rpc,
+                contract: o.contract as Address,
+                submit: o.submit,
+                ...(o.key ? { key: readKey(o.key) } : {}),
+              }
+            : undefined;
+        let done = 0;
+        let finish!: () => void;
+        const finished = new Promise<void>((r) => {
+          finish = r;
+        });
+        const node = new SwarmNode({
+          manifest,
+          dataDir: o.dataDir,
+          listen: [o.listen],
+          bootstrap: o.bootstrap ?? [],
+          mdns: o.mdns,
+          cacheDir: o.cacheDir,
+          fetchTimeoutMs: o.fetchTimeout,
+          ...(o.behave ? { behave: o.behave } : {}),
+          validator: o.validator,
+          ...(ledger ? { ledger } : {}),
+          ...(o.trustValidators ? { trustValidators: o.trustValidators } : {}),
+          ...(o.genesisPeers ? { genesisPeers: o.genesisPeers } : {}),
+          onLog: (line) => process.stderr.write(`tessera node: ${line}\n`),
+          onRound: (r) => {
+            if (o.json) process.stdout.write(JSON.stringify({ ...r, peer: node.peerId }) + '\n');
+            else process.stderr.write(formatReport(r) + '\n');
+            if (r.event === 'round' && o.rounds > 0 && ++done >= o.rounds) finish();
+          },
+        });
+        const onSignal = () => finish();
+        process.once('SIGINT', onSignal);
+        process.once('SIGTERM', onSignal);
+        // The dashboard comes up first (it shows "starting" until the node has joined).
+        let dash: Dashboard | null = null;
+        if (o.dashboard !== undefined) {
+          const token = o.dashboardToken ?? process.env.TESSERA_DASHBOARD_TOKEN;
+          dash = await startDashboard(node, { port: o.dashboard, host: o.dashboardHost, ...(token ? { token } : {}) });
+          say(o, `dashboard: ${dash.url}${dash.mode === 'off' ? ' (read-only)' : ''}`);
+        }
+        try {
+          await node.start();
+        } catch (e) {
+          await dash?.close();
+          throw e;
+        }
+        say(o, `run ${manifest.runId.slice(0, 12)}: peer ${node.peerId}`);
+        if (o.json)
+          process.stdout.write(
+            JSON.stringify({
+              event: 'started',
+              peer: node.peerId,
+              runId: manifest.runId,
+              addrs: node.host.multiaddrs(),
+              dashboard: dash?.url ?? null,
+            }) + '\n',
+          );
+        await finished;
+        await dash?.close();
+        await node.stop();
+        process.removeListener('SIGINT', onSignal);
+        process.removeListener('SIGTERM', onSignal);
+      },
+    );
 }

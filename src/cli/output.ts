@@ -4,7 +4,9 @@
  */
 import { TesseraError } from '../util/errors.js';
 
-export interface OutputOptions { json?: boolean }
+export interface OutputOptions {
+  json?: boolean;
+}
 
 export function say(o: OutputOptions, line: string): void {
   if (!o.json) process.stderr.write(line + '\n');
@@ -22,6 +24,8 @@ export function reportError(err: unknown, o: OutputOptions): number {
     process.stderr.write(`tessera: error: ${err.message}\n`);
     return 1;
   }
-  process.stderr.write(`tessera: unexpected error: ${err instanceof Error ? err.stack ?? err.message : String(err)}\n`);
+  process.stderr.write(
+    `tessera: unexpected error: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`,
+  );
   return 70;
 }

@@ -22,24 +22,54 @@ import { writeFileSync } from 'node:fs';
 import { pino } from 'pino';
 import { createHost } from '../net/host.js';
 import { PipelineDriver, type Recovery } from '../pipeline/driver.js';
-import { awaitFreshPeer, defaultPipeManifest, discoverStages, listenToRun, pipeManifest, readPipeManifest, reconcile } from '../pipeline/run.js';
+import {
+  awaitFreshPeer,
+  defaultPipeManifest,
+  discoverStages,
+  listenToRun,
+  pipeManifest,
+  readPipeManifest,
+  reconcile,
+} from '../pipeline/run.js';
 import { PipeDashSource, localDashSource, sampleThrough } from '../dashboard/pipeline.js';
 import { DilocoPipelines } from '../pipeline/diloco.js';
 import { startDashboard, type Dashboard } from '../dashboard/server.js';
 
 interface PipelineOptions {
-  stages: number; layers: number; replicas: number; steps: number; codec: string; rank: number; micro: number; lr: number;
-  kill?: string; checkpointEvery: number; prompt: string; cacheDir: string; json: boolean;
-  writeRun?: string; run?: string; dataDir?: string; listen: string; bootstrap?: string[]; waitMs: number;
-  dashboard?: number; dashboardHost: string; dashboardToken?: string; diloco?: number; routing: 'replicate' | 'balance'; bottleneck?: number;
+  stages: number;
+  layers: number;
+  replicas: number;
+  steps: number;
+  codec: string;
+  rank: number;
+  micro: number;
+  lr: number;
+  kill?: string;
+  checkpointEvery: number;
+  prompt: string;
+  cacheDir: string;
+  json: boolean;
+  writeRun?: string;
+  run?: string;
+  dataDir?: string;
+  listen: string;
+  bootstrap?: string[];
+  waitMs: number;
+  dashboard?: number;
+  dashboardHost: string;
+  dashboardToken?: string;
+  diloco?: number;
+  routing: 'replicate' | 'balance';
+  bottleneck?: number;
   rebuild?: 'fallback' | 'prefer';
 }
 
 /** One line per recovery: what came back where, and how. */
 function describeRecovery(rec: Recovery): string {
-  const how = rec.how === 'neighbours'
-    ? `rebuilt from stages ${rec.stage - 1} and ${rec.stage + 1} (weights ${rec.mix!.map((x) => x.toFixed(2)).join(' : ')}) at step ${rec.fromStep}`
-    : `restored from the checkpoint of step ${rec.fromStep}`;
+  const how =
+    rec.how === 'neighbours'
+      ? `rebuilt from stages ${rec.stage - 1} and ${rec.stage + 1} (weights ${rec.mix!.map((x) => x.toFixed(2)).join(' : ')}) at step ${rec.fromStep}`
+      : `restored from the checkpoint of step ${rec.fromStep}`;
   return `recovery: stage ${rec.stage} ${how} on fresh peer ${rec.peer.slice(-8)} in ${rec.ms.toFixed(0)} ms`;
 }
 
@@ -59,37 +89,69 @@ function codecOf(o: PipelineOptions, dim: number): ActCodecSpec {
 
 /** The pipeline manifest the flags describe (the local run's, or the one --write-run writes). */
 function manifestOf(o: PipelineOptions) {
-  return defaultPipeManifest({ stages: o.stages, layers: o.layers, codec: codecOf(o, o.bottleneck ?? 64), lr: o.lr, micro: o.micro, checkpointEvery: o.checkpointEvery, ...(o.bottleneck !== undefined ? { bottleneck: o.bottleneck } : {}) });
+  return defaultPipeManifest({
+    stages: o.stages,
+    layers: o.layers,
+    codec: codecOf(o, o.bottleneck ?? 64),
+    lr: o.lr,
+    micro: o.micro,
+    checkpointEvery: o.checkpointEvery,
+    ...(o.bottleneck !== undefined ? { bottleneck: o.bottleneck } : {}),
+  });
 }
 
 /** `--run`: drive a pipeline whose stage peers (`tessera stage`) run anywhere. */
 async function driveRun(o: PipelineOptions): Promise<void> {
   const { manifest: m, runId } = readPipeManifest(o.run!, '--run');
-  if (!o.dataDir) throw new InvalidInputError('--run needs --data-dir (the driver\'s identity)');
-  const host = await createHost({ dataDir: o.dataDir, listen: [o.listen], ...(o.bootstrap?.length ? { bootstrap: o.bootstrap } : {}), logger: pino({ level: process.env.TESSERA_LOG ?? 'warn' }, pino.destination(2)) });
+  if (!o.dataDir) throw new InvalidInputError("--run needs --data-dir (the driver's identity)");
+  const host = await createHost({
+    dataDir: o.dataDir,
+    listen: [o.listen],
+    ...(o.bootstrap?.length ? { bootstrap: o.bootstrap } : {}),
+    logger: pino({ level: process.env.TESSERA_LOG ?? 'warn' }, pino.destination(2)),
+  });
   const { dir, close } = listenToRun(host, runId, m.stages);
   const ds = prepareDataset({ corpus: loadCorpus(m.data), vocabSize: m.model.vocabSize, cacheDir: o.cacheDir });
   let driver: PipelineDriver | null = null;
   const source = new PipeDashSource({
-    runId, manifest: m, peerId: host.peerId, connected: () => host.connectedPeers(),
+    runId,
+    manifest: m,
+    peerId: host.peerId,
+    connected: () => host.connectedPeers(),
     peers: () => dir.live().map((a) => ({ peer: a.from, stage: a.stage, ready: a.ready, throughput: a.throughput })),
-    live: () => driver?.replicas() ?? [], generate: sampleThrough(() => driver, ds.tokenizer, m.model.ctx),
+    live: () => driver?.replicas() ?? [],
+    generate: sampleThrough(() => driver, ds.tokenizer, m.model.ctx),
   });
   let dash: Dashboard | null = null;
   try {
     dash = await serveDashboard(o, source);
-    say(o, `pipeline ${runId.slice(0, 12)}: driver ${host.peerId}; waiting for a ready peer on each of ${m.stages} stages…`);
+    say(
+      o,
+      `pipeline ${runId.slice(0, 12)}: driver ${host.peerId}; waiting for a ready peer on each of ${m.stages} stages…`,
+    );
     const stages = await discoverStages(host, dir, { timeoutMs: o.waitMs, runId });
     for (const [i, ps] of stages.entries()) say(o, `stage ${i}: ${ps.map((p) => p.slice(-8)).join(', ')}`);
     const tried = new Set<string>(stages.flat());
     driver = new PipelineDriver({
-      host, stages, dim: m.model.dim, vocabSize: m.model.vocabSize, codec: m.codec, ...(m.bottleneck !== undefined ? { width: m.bottleneck } : {}),
+      host,
+      stages,
+      dim: m.model.dim,
+      vocabSize: m.model.vocabSize,
+      codec: m.codec,
+      ...(m.bottleneck !== undefined ? { width: m.bottleneck } : {}),
       addrsOf: (p) => dir.byPeer.get(p)?.addrs ?? [],
-      routing: o.routing, throughputOf: (p) => dir.byPeer.get(p)?.throughput ?? 1,
+      routing: o.routing,
+      throughputOf: (p) => dir.byPeer.get(p)?.throughput ?? 1,
       ...(o.rebuild ? { rebuild: o.rebuild } : {}),
-      recover: async (stage) => { const p = await awaitFreshPeer(host, dir, stage, tried, o.waitMs); tried.add(p); say(o, `stage ${stage}: bringing it back on fresh peer ${p.slice(-8)}`); return p; },
+      recover: async (stage) => {
+        const p = await awaitFreshPeer(host, dir, stage, tried, o.waitMs);
+        tried.add(p);
+        say(o, `stage ${stage}: bringing it back on fresh peer ${p.slice(-8)}`);
+        return p;
+      },
     });
-    const B = m.batch, T = m.model.ctx;
+    const B = m.batch,
+      T = m.model.ctx;
     const batches = new BatchSampler(ds.train, B, T, BigInt(m.seed) + 7n);
     const t0 = performance.now();
     let last = NaN;
@@ -99,21 +161,54 @@ async function driveRun(o: PipelineOptions): Promise<void> {
       // Between steps: sync joiners and movers into their stages, stop routing to peers that moved away.
       const rc = await reconcile(driver, host, dir);
       for (const r of rc.released) say(o, `stage ${r.stage}: ${r.peer.slice(-8)} moved away`);
-      for (const a of rc.admitted) say(o, `stage ${a.stage}: ${a.peer.slice(-8)} joined as a replica (synced at step ${a.step} in ${a.ms.toFixed(0)} ms)`);
-      if (rc.released.length || rc.admitted.length) result({ json: o.json }, { event: 'replicas', step: s, stages: driver.replicas(), admitted: rc.admitted, released: rc.released });
-      const ts = performance.now(), a0 = driver.actSent, r0 = driver.actReceived;
+      for (const a of rc.admitted)
+        say(
+          o,
+          `stage ${a.stage}: ${a.peer.slice(-8)} joined as a replica (synced at step ${a.step} in ${a.ms.toFixed(0)} ms)`,
+        );
+      if (rc.released.length || rc.admitted.length)
+        result(
+          { json: o.json },
+          { event: 'replicas', step: s, stages: driver.replicas(), admitted: rc.admitted, released: rc.released },
+        );
+      const ts = performance.now(),
+        a0 = driver.actSent,
+        r0 = driver.actReceived;
       last = (await driver.step(batches.next(), B, T, m.micro, m.lr)).loss;
-      source.report({ step: s, trainLoss: last, bytesSent: driver.actSent - a0, bytesReceived: driver.actReceived - r0, seconds: (performance.now() - ts) / 1000, tokens: B * T });
+      source.report({
+        step: s,
+        trainLoss: last,
+        bytesSent: driver.actSent - a0,
+        bytesReceived: driver.actReceived - r0,
+        seconds: (performance.now() - ts) / 1000,
+        tokens: B * T,
+      });
       if ((s + 1) % 10 === 0 || s + 1 === o.steps) {
-        say(o, `step ${s + 1}/${o.steps}  loss ${last.toFixed(3)}  ${(((s + 1) * B * T) / ((performance.now() - t0) / 1000)).toFixed(0)} tok/s`);
+        say(
+          o,
+          `step ${s + 1}/${o.steps}  loss ${last.toFixed(3)}  ${(((s + 1) * B * T) / ((performance.now() - t0) / 1000)).toFixed(0)} tok/s`,
+        );
         result({ json: o.json }, { event: 'step', step: s + 1, loss: last });
       }
     }
     const val = await driver.evaluate([...evalBatches(ds.val, B, T, 4)], B, T);
     for (const rec of driver.recoveries) say(o, describeRecovery(rec));
     const g = await driver.generate(ds.tokenizer.encodeOrdinary(o.prompt), 24, { ctx: T, seed: 1 });
-    result(o, { event: 'done', runId, steps: o.steps, trainLoss: last, valLoss: val, stages: driver.replicas(), recoveries: driver.recoveries, sample: ds.tokenizer.decode(g.tokens), usagePerStage: g.usage },
-      `done: ${o.steps} steps, val loss ${val.toFixed(4)}; sample through the stage holders: ${o.prompt}${ds.tokenizer.decode(g.tokens)}`);
+    result(
+      o,
+      {
+        event: 'done',
+        runId,
+        steps: o.steps,
+        trainLoss: last,
+        valLoss: val,
+        stages: driver.replicas(),
+        recoveries: driver.recoveries,
+        sample: ds.tokenizer.decode(g.tokens),
+        usagePerStage: g.usage,
+      },
+      `done: ${o.steps} steps, val loss ${val.toFixed(4)}; sample through the stage holders: ${o.prompt}${ds.tokenizer.decode(g.tokens)}`,
+    );
   } finally {
     await dash?.close();
     close();
@@ -122,8 +217,11 @@ async function driveRun(o: PipelineOptions): Promise<void> {
 }
 
 export function register(program: Command): void {
-  program.command('pipeline')
-    .description('protocol learning on this machine: stage peers (each holding only its slice of the model) and a driver train over libp2p')
+  program
+    .command('pipeline')
+    .description(
+      'protocol learning on this machine: stage peers (each holding only its slice of the model) and a driver train over libp2p',
+    )
     .option('--stages <n>', 'pipeline stages (one peer each, times --replicas)', int(1, 64), 4)
     .option('--layers <n>', 'transformer layers (cut into the stages)', int(1, 64), 4)
     .option('--replicas <n>', 'peers per stage, kept in lockstep (a dead replica costs no step)', int(1, 8), 1)
@@ -132,112 +230,274 @@ export function register(program: Command): void {
     .option('--rank <k>', 'lowrank: subspace dimension', int(1, 4096), 8)
     .option('--micro <n>', 'micro-batches per step (batch 8)', int(1, 8), 2)
     .option('--lr <x>', 'learning rate', num(1e-6, 1), 3e-3)
-    .option('--bottleneck <k>', 'a learned bottleneck of width k at every stage boundary (k values per token cross, through --codec; start: the lowrank subspace)', int(1, 4096))
-    .option('--routing <mode>', 'with replicas: replicate (every replica computes every micro-batch, in lockstep) or balance (each micro-batch takes one replica per stage by throughput; a failed hop is retried on another; replicas sum gradients)', oneOf('replicate', 'balance'), 'replicate')
-    .option('--diloco <H>', 'with --replicas 2+: each replica set forms its own pipeline on its own batches; replicas sync with DiLoCo every H steps (default: replicas compute the same micro-batches in lockstep)', int(1))
-    .option('--kill <S@STEP>', 'failure drill: kill stage S\'s first peer before step STEP (without replicas it is restored from checkpoint shares)')
-    .option('--rebuild <when>', 'rebuild a lost middle stage from its neighbours (CheckFree: their gradient-weighted mean, sent as masked parts): fallback (when it has no checkpoint) or prefer', oneOf('fallback', 'prefer'))
-    .option('--checkpoint-every <n>', 'checkpoint every stage as XOR shares held by two other stages every N steps (0 = off; needs 3+ stages)', int(0), 25)
+    .option(
+      '--bottleneck <k>',
+      'a learned bottleneck of width k at every stage boundary (k values per token cross, through --codec; start: the lowrank subspace)',
+      int(1, 4096),
+    )
+    .option(
+      '--routing <mode>',
+      'with replicas: replicate (every replica computes every micro-batch, in lockstep) or balance (each micro-batch takes one replica per stage by throughput; a failed hop is retried on another; replicas sum gradients)',
+      oneOf('replicate', 'balance'),
+      'replicate',
+    )
+    .option(
+      '--diloco <H>',
+      'with --replicas 2+: each replica set forms its own pipeline on its own batches; replicas sync with DiLoCo every H steps (default: replicas compute the same micro-batches in lockstep)',
+      int(1),
+    )
+    .option(
+      '--kill <S@STEP>',
+      "failure drill: kill stage S's first peer before step STEP (without replicas it is restored from checkpoint shares)",
+    )
+    .option(
+      '--rebuild <when>',
+      'rebuild a lost middle stage from its neighbours (CheckFree: their gradient-weighted mean, sent as masked parts): fallback (when it has no checkpoint) or prefer',
+      oneOf('fallback', 'prefer'),
+    )
+    .option(
+      '--checkpoint-every <n>',
+      'checkpoint every stage as XOR shares held by two other stages every N steps (0 = off; needs 3+ stages)',
+      int(0),
+      25,
+    )
     .option('--prompt <text>', 'sample through the stage holders after training', 'The jury said')
     .option('--cache-dir <dir>', 'tokenizer and token cache', defaultCacheDir())
-    .option('--write-run <file>', 'write a pipeline manifest for a multi-machine run (from --stages --layers --codec --rank --micro --lr --checkpoint-every) and exit')
-    .option('--run <file>', 'drive a multi-machine run: discover its stage peers (`tessera stage --run`), train --steps through them')
-    .option('--data-dir <dir>', 'with --run: the driver\'s identity directory')
+    .option(
+      '--write-run <file>',
+      'write a pipeline manifest for a multi-machine run (from --stages --layers --codec --rank --micro --lr --checkpoint-every) and exit',
+    )
+    .option(
+      '--run <file>',
+      'drive a multi-machine run: discover its stage peers (`tessera stage --run`), train --steps through them',
+    )
+    .option('--data-dir <dir>', "with --run: the driver's identity directory")
     .option('--listen <ma>', 'with --run: listen multiaddr', '/ip4/127.0.0.1/tcp/0')
     .option('--bootstrap <ma...>', 'with --run: peers to connect to', collect)
-    .option('--wait-ms <n>', 'with --run: how long to wait for stage peers (and for a fresh one after a loss)', int(1), 60_000)
-    .option('--dashboard <port>', 'serve the live dashboard with the stage map (who holds which stage) while training (0 = any free port)', int(0, 65535))
-    .option('--dashboard-host <addr>', 'address the dashboard binds to; beyond loopback it is read-only unless a token is set', '127.0.0.1')
-    .option('--dashboard-token <token>', 'token that unlocks the dashboard\'s Generate box; default: env TESSERA_DASHBOARD_TOKEN')
+    .option(
+      '--wait-ms <n>',
+      'with --run: how long to wait for stage peers (and for a fresh one after a loss)',
+      int(1),
+      60_000,
+    )
+    .option(
+      '--dashboard <port>',
+      'serve the live dashboard with the stage map (who holds which stage) while training (0 = any free port)',
+      int(0, 65535),
+    )
+    .option(
+      '--dashboard-host <addr>',
+      'address the dashboard binds to; beyond loopback it is read-only unless a token is set',
+      '127.0.0.1',
+    )
+    .option(
+      '--dashboard-token <token>',
+      "token that unlocks the dashboard's Generate box; default: env TESSERA_DASHBOARD_TOKEN",
+    )
     .option('--json', 'machine-readable output on stdout', false)
     .action(async (o: PipelineOptions) => {
       if (o.writeRun) {
         const m = manifestOf(o);
         const { manifest, runId } = pipeManifest(m);
         writeFileSync(o.writeRun, JSON.stringify(manifest, null, 2) + '\n');
-        result(o, { runId, out: o.writeRun, manifest }, `wrote ${o.writeRun}: pipeline ${runId.slice(0, 12)}, ${o.stages} stages of a ${o.layers}-layer GPT, ${manifest.codec.id} activations; start stage peers with \`tessera stage --run ${o.writeRun} --data-dir DIR\`, then \`tessera pipeline --run ${o.writeRun} --data-dir DIR --bootstrap <a stage peer>\``);
+        result(
+          o,
+          { runId, out: o.writeRun, manifest },
+          `wrote ${o.writeRun}: pipeline ${runId.slice(0, 12)}, ${o.stages} stages of a ${o.layers}-layer GPT, ${manifest.codec.id} activations; start stage peers with \`tessera stage --run ${o.writeRun} --data-dir DIR\`, then \`tessera pipeline --run ${o.writeRun} --data-dir DIR --bootstrap <a stage peer>\``,
+        );
         return;
       }
       if (o.run) return driveRun(o);
       if (o.stages > o.layers) throw new InvalidInputError(`--stages ${o.stages} is more than --layers ${o.layers}`);
-      if (o.checkpointEvery > 0 && o.stages < 3) throw new InvalidInputError('checkpoint shares need 3+ stages; use --checkpoint-every 0');
+      if (o.checkpointEvery > 0 && o.stages < 3)
+        throw new InvalidInputError('checkpoint shares need 3+ stages; use --checkpoint-every 0');
       let kill: { stage: number; step: number } | null = null;
       if (o.kill) {
         const m = /^(\d+)@(\d+)$/.exec(o.kill);
-        if (!m || Number(m[1]) >= o.stages) throw new InvalidInputError(`--kill expects S@STEP with S < ${o.stages}, got "${o.kill}"`);
+        if (!m || Number(m[1]) >= o.stages)
+          throw new InvalidInputError(`--kill expects S@STEP with S < ${o.stages}, got "${o.kill}"`);
         kill = { stage: Number(m[1]), step: Number(m[2]) };
         if (o.replicas === 1 && o.checkpointEvery === 0) {
-          if (!o.rebuild) throw new InvalidInputError('--kill of an unreplicated stage needs --checkpoint-every > 0 or --rebuild to bring it back');
-          if (kill.stage === 0 || kill.stage === o.stages - 1) throw new InvalidInputError(`--rebuild brings back a middle stage only; stage ${kill.stage} needs --checkpoint-every > 0`);
+          if (!o.rebuild)
+            throw new InvalidInputError(
+              '--kill of an unreplicated stage needs --checkpoint-every > 0 or --rebuild to bring it back',
+            );
+          if (kill.stage === 0 || kill.stage === o.stages - 1)
+            throw new InvalidInputError(
+              `--rebuild brings back a middle stage only; stage ${kill.stage} needs --checkpoint-every > 0`,
+            );
         }
       }
-      if (o.diloco !== undefined && o.replicas < 2) throw new InvalidInputError('--diloco needs --replicas 2 or more (one pipeline per replica)');
+      if (o.diloco !== undefined && o.replicas < 2)
+        throw new InvalidInputError('--diloco needs --replicas 2 or more (one pipeline per replica)');
       // Checkpoint shares and restores serve active replication; DiLoCo pipelines survive a loss by dropping a pipeline.
       const checkpoints = o.checkpointEvery > 0 && o.diloco === undefined;
       if (8 % o.micro !== 0) throw new InvalidInputError('--micro must divide the batch of 8');
       const { manifest: m, runId } = pipeManifest(manifestOf(o));
-      const config = m.model, codec = m.codec;
-      const B = m.batch, T = config.ctx;
+      const config = m.model,
+        codec = m.codec;
+      const B = m.batch,
+        T = config.ctx;
       const ds = prepareDataset({ corpus: loadCorpus('brown'), vocabSize: config.vocabSize, cacheDir: o.cacheDir });
       const k = loadKernels({ threads: 1 });
       const init = new GPT(config, k);
       init.init(1);
-      const lp = await startLocalPipeline({ config, stages: o.stages, replicas: o.replicas, kernels: k, adamw: DEFAULT_ADAMW, codec, genesis: init.params, checkpoints, routing: o.routing, ...(o.rebuild && o.diloco === undefined ? { rebuild: o.rebuild } : {}), ...(m.bottleneck !== undefined ? { bottleneck: m.bottleneck } : {}) });
-      const dl = o.diloco === undefined ? null : new DilocoPipelines({
-        host: lp.driverHost, stages: lp.servers.map((row) => row.map((x) => lp.peerOf(x))), dim: config.dim, vocabSize: config.vocabSize, codec, ...(m.bottleneck !== undefined ? { width: m.bottleneck } : {}),
-        diloco: { every: o.diloco, codec: 'int8', outer: { lr: 1, momentum: 0 } },
+      const lp = await startLocalPipeline({
+        config,
+        stages: o.stages,
+        replicas: o.replicas,
+        kernels: k,
+        adamw: DEFAULT_ADAMW,
+        codec,
+        genesis: init.params,
+        checkpoints,
+        routing: o.routing,
+        ...(o.rebuild && o.diloco === undefined ? { rebuild: o.rebuild } : {}),
+        ...(m.bottleneck !== undefined ? { bottleneck: m.bottleneck } : {}),
       });
+      const dl =
+        o.diloco === undefined
+          ? null
+          : new DilocoPipelines({
+              host: lp.driverHost,
+              stages: lp.servers.map((row) => row.map((x) => lp.peerOf(x))),
+              dim: config.dim,
+              vocabSize: config.vocabSize,
+              codec,
+              ...(m.bottleneck !== undefined ? { width: m.bottleneck } : {}),
+              diloco: { every: o.diloco, codec: 'int8', outer: { lr: 1, momentum: 0 } },
+            });
       // The driver that evaluates and samples: the only one, or the first live DiLoCo pipeline's.
       const front = () => (dl ? dl.drivers[dl.alive[0]] : lp.driver);
       const all = () => (dl ? dl.drivers : [lp.driver]);
-      const source = localDashSource(lp, runId, m, sampleThrough(front, ds.tokenizer, T), () => (dl ? dl.replicas() : lp.driver.replicas()));
-      const dash = await serveDashboard(o, source).catch(async (e: unknown) => { await lp.close(); throw e; });
+      const source = localDashSource(lp, runId, m, sampleThrough(front, ds.tokenizer, T), () =>
+        dl ? dl.replicas() : lp.driver.replicas(),
+      );
+      const dash = await serveDashboard(o, source).catch(async (e: unknown) => {
+        await lp.close();
+        throw e;
+      });
       try {
         source.phase = 'training';
-        for (const [i, row] of lp.servers.entries()) say(o, `stage ${i}: ${row.length} peer(s) ${row.map((s) => lp.peerOf(s).slice(-8)).join(', ')} holding ${row[0].stage.numParams} of ${init.numParams} parameters (${row[0].stage.tensorNames().length} tensors)`);
-        const perBoundary = (2 * exactBytes(codec, (B / o.micro) * T, m.bottleneck ?? config.dim)) / ((B / o.micro) * T);
-        say(o, `activations: ${m.bottleneck !== undefined ? `learned bottleneck k=${m.bottleneck}, ` : ''}${codec.id}${codec.k ? ` k=${codec.k}` : ''}, ${perBoundary.toFixed(1)} bytes/token per boundary (fp32: ${(8 * config.dim).toFixed(0)})`);
-        const batches = Array.from({ length: dl ? o.replicas : 1 }, (_, r) => new BatchSampler(ds.train, B, T, 7n + BigInt(r)));
-        if (dl) say(o, `replicas train apart: ${o.replicas} pipelines on their own batches, synced with DiLoCo every ${o.diloco} steps (int8 pseudo-gradients, outer step = the mean)`);
-        const bar = process.stderr.isTTY && !o.json ? new cliProgress.SingleBar({ format: 'pipeline |{bar}| {value}/{total} steps | loss {loss} | {tps} tok/s | ETA {eta_formatted}', hideCursor: true }, cliProgress.Presets.shades_classic) : null;
+        for (const [i, row] of lp.servers.entries())
+          say(
+            o,
+            `stage ${i}: ${row.length} peer(s) ${row.map((s) => lp.peerOf(s).slice(-8)).join(', ')} holding ${row[0].stage.numParams} of ${init.numParams} parameters (${row[0].stage.tensorNames().length} tensors)`,
+          );
+        const perBoundary =
+          (2 * exactBytes(codec, (B / o.micro) * T, m.bottleneck ?? config.dim)) / ((B / o.micro) * T);
+        say(
+          o,
+          `activations: ${m.bottleneck !== undefined ? `learned bottleneck k=${m.bottleneck}, ` : ''}${codec.id}${codec.k ? ` k=${codec.k}` : ''}, ${perBoundary.toFixed(1)} bytes/token per boundary (fp32: ${(8 * config.dim).toFixed(0)})`,
+        );
+        const batches = Array.from(
+          { length: dl ? o.replicas : 1 },
+          (_, r) => new BatchSampler(ds.train, B, T, 7n + BigInt(r)),
+        );
+        if (dl)
+          say(
+            o,
+            `replicas train apart: ${o.replicas} pipelines on their own batches, synced with DiLoCo every ${o.diloco} steps (int8 pseudo-gradients, outer step = the mean)`,
+          );
+        const bar =
+          process.stderr.isTTY && !o.json
+            ? new cliProgress.SingleBar(
+                {
+                  format: 'pipeline |{bar}| {value}/{total} steps | loss {loss} | {tps} tok/s | ETA {eta_formatted}',
+                  hideCursor: true,
+                },
+                cliProgress.Presets.shades_classic,
+              )
+            : null;
         bar?.start(o.steps, 0, { loss: '-', tps: '-' });
         const t0 = performance.now();
         let lastLoss = NaN;
         for (let s = 0; s < o.steps; s++) {
           if (checkpoints && s > 0 && s % o.checkpointEvery === 0) await lp.driver.checkpoint();
-          if (kill && s === kill.step) { await lp.kill(kill.stage, 0); say(o, `\nfailure drill: killed stage ${kill.stage}'s peer before step ${s}`); }
+          if (kill && s === kill.step) {
+            await lp.kill(kill.stage, 0);
+            say(o, `\nfailure drill: killed stage ${kill.stage}'s peer before step ${s}`);
+          }
           const ts = performance.now();
-          const sent = () => all().reduce((t, d) => t + d.actSent, 0), recv = () => all().reduce((t, d) => t + d.actReceived, 0);
-          const a0 = sent(), r0 = recv();
-          const r = dl ? await dl.step((p) => batches[p].next(), B, T, o.micro, o.lr) : await lp.driver.step(batches[0].next(), B, T, o.micro, o.lr);
-          source.report({ step: s, trainLoss: r.loss, bytesSent: sent() - a0, bytesReceived: recv() - r0, seconds: (performance.now() - ts) / 1000, tokens: B * T });
+          const sent = () => all().reduce((t, d) => t + d.actSent, 0),
+            recv = () => all().reduce((t, d) => t + d.actReceived, 0);
+          const a0 = sent(),
+            r0 = recv();
+          const r = dl
+            ? await dl.step((p) => batches[p].next(), B, T, o.micro, o.lr)
+            : await lp.driver.step(batches[0].next(), B, T, o.micro, o.lr);
+          source.report({
+            step: s,
+            trainLoss: r.loss,
+            bytesSent: sent() - a0,
+            bytesReceived: recv() - r0,
+            seconds: (performance.now() - ts) / 1000,
+            tokens: B * T,
+          });
           lastLoss = r.loss;
-          bar?.update(s + 1, { loss: r.loss.toFixed(3), tps: Math.round(((s + 1) * B * T) / ((performance.now() - t0) / 1000)) });
+          bar?.update(s + 1, {
+            loss: r.loss.toFixed(3),
+            tps: Math.round(((s + 1) * B * T) / ((performance.now() - t0) / 1000)),
+          });
           if (!bar && !o.json && (s + 1) % 50 === 0) say(o, `step ${s + 1}/${o.steps}  loss ${r.loss.toFixed(3)}`);
         }
         bar?.stop();
         const seconds = (performance.now() - t0) / 1000;
         if (dl && o.steps % o.diloco! !== 0) await dl.sync();
         const val = await front().evaluate([...evalBatches(ds.val, B, T, 8)], B, T);
-        for (const d of dl?.dropped ?? []) say(o, `pipeline ${d.pipeline} dropped at step ${d.step} (${d.reason.slice(0, 80)}); the others trained on`);
+        for (const d of dl?.dropped ?? [])
+          say(o, `pipeline ${d.pipeline} dropped at step ${d.step} (${d.reason.slice(0, 80)}); the others trained on`);
         for (const rec of lp.driver.recoveries) say(o, describeRecovery(rec));
-        for (const d of lp.driver.dropped) say(o, `peer dropped: stage ${d.stage} ${d.peer.slice(-8)}${o.replicas > 1 ? '; its replicas carried on' : ''}`);
+        for (const d of lp.driver.dropped)
+          say(
+            o,
+            `peer dropped: stage ${d.stage} ${d.peer.slice(-8)}${o.replicas > 1 ? '; its replicas carried on' : ''}`,
+          );
         const prompt = ds.tokenizer.encodeOrdinary(o.prompt);
         const g = await front().generate(prompt, 32, { ctx: T, seed: 1 });
-        const work = lp.servers.flatMap((row, stage) => row.map((s) => ({ peer: lp.peerOf(s), stage, params: s.stage.numParams, tokens: s.stats.tokens })));
+        const work = lp.servers.flatMap((row, stage) =>
+          row.map((s) => ({ peer: lp.peerOf(s), stage, params: s.stage.numParams, tokens: s.stats.tokens })),
+        );
         const credits = stageCredits(work);
         const summary = {
-          stages: o.stages, replicas: o.replicas, steps: o.steps, codec, valLoss: val, trainLoss: lastLoss, seconds,
-          tokensPerSec: (o.steps * B * T * (dl ? o.replicas : 1)) / seconds, boundaryBytesPerToken: perBoundary, actBytes: all().reduce((t, d) => t + d.actBytes, 0),
-          ...(dl ? { diloco: { every: o.diloco, syncs: dl.syncs, syncBytes: dl.syncBytes, pipelines: dl.alive.length, droppedPipelines: dl.dropped } } : {}),
-          recoveries: lp.driver.recoveries, dropped: lp.driver.dropped, sample: ds.tokenizer.decode(g.tokens), usagePerStage: g.usage, credits,
+          stages: o.stages,
+          replicas: o.replicas,
+          steps: o.steps,
+          codec,
+          valLoss: val,
+          trainLoss: lastLoss,
+          seconds,
+          tokensPerSec: (o.steps * B * T * (dl ? o.replicas : 1)) / seconds,
+          boundaryBytesPerToken: perBoundary,
+          actBytes: all().reduce((t, d) => t + d.actBytes, 0),
+          ...(dl
+            ? {
+                diloco: {
+                  every: o.diloco,
+                  syncs: dl.syncs,
+                  syncBytes: dl.syncBytes,
+                  pipelines: dl.alive.length,
+                  droppedPipelines: dl.dropped,
+                },
+              }
+            : {}),
+          recoveries: lp.driver.recoveries,
+          dropped: lp.driver.dropped,
+          sample: ds.tokenizer.decode(g.tokens),
+          usagePerStage: g.usage,
+          credits,
         };
-        result(o, summary, [
-          `done: ${o.steps} steps${dl ? ` × ${o.replicas} pipelines` : ''} in ${seconds.toFixed(1)} s (${summary.tokensPerSec.toFixed(0)} tok/s), val loss ${val.toFixed(4)}, ${(summary.actBytes / 1e6).toFixed(1)} MB of activations through the driver${dl ? `, ${dl.syncs} DiLoCo syncs (${(dl.syncBytes / 1e6).toFixed(2)} MB)` : ''}`,
-          `sample (through ${o.stages} stage holders): ${o.prompt}${summary.sample}`,
-          `usage per stage for that sample (tokens): ${g.usage.join(', ')}`,
-          'credit (share of a round\'s minting): ' + credits.map((c) => `stage ${c.stage} ${c.peer.slice(-8)} ${(100 * c.score).toFixed(1)}%`).join(', '),
-        ].join('\n'));
+        result(
+          o,
+          summary,
+          [
+            `done: ${o.steps} steps${dl ? ` × ${o.replicas} pipelines` : ''} in ${seconds.toFixed(1)} s (${summary.tokensPerSec.toFixed(0)} tok/s), val loss ${val.toFixed(4)}, ${(summary.actBytes / 1e6).toFixed(1)} MB of activations through the driver${dl ? `, ${dl.syncs} DiLoCo syncs (${(dl.syncBytes / 1e6).toFixed(2)} MB)` : ''}`,
+            `sample (through ${o.stages} stage holders): ${o.prompt}${summary.sample}`,
+            `usage per stage for that sample (tokens): ${g.usage.join(', ')}`,
+            "credit (share of a round's minting): " +
+              credits.map((c) => `stage ${c.stage} ${c.peer.slice(-8)} ${(100 * c.score).toFixed(1)}%`).join(', '),
+          ].join('\n'),
+        );
       } finally {
         await dash?.close();
         await lp.close();

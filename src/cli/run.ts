@@ -6,12 +6,18 @@ import { int, num, oneOf } from './args.js';
 import { say, result } from './output.js';
 import { defaultCacheDir } from './train.js';
 import { DEFAULT_OUTER } from '../swarm/outer.js';
-import { SPARSELOCO_OUTER, buildManifest, buildManifestFromStore, type RunCreateOptions } from '../swarm/manifest-builder.js';
+import {
+  SPARSELOCO_OUTER,
+  buildManifest,
+  buildManifestFromStore,
+  type RunCreateOptions,
+} from '../swarm/manifest-builder.js';
 import { InvalidInputError } from '../util/errors.js';
 
 export function register(program: Command): void {
   const run = program.command('run').description('create and inspect swarm runs');
-  run.command('create')
+  run
+    .command('create')
     .description('write a run manifest (default: a small GPT on the embedded Brown corpus, for a 2-core demo)')
     .requiredOption('--out <file>', 'manifest file to write')
     .option('--name <s>', 'human label')
@@ -25,9 +31,22 @@ export function register(program: Command): void {
     .option('--lr <x>', 'inner learning rate (constant)', num(1e-8, 10), 3e-3)
     .option('--codec <id>', 'fp32 | fp16 | int8 | sparse', oneOf('fp32', 'fp16', 'int8', 'sparse'), 'sparse')
     .option('--shards <n>', 'data shards', int(1), 16)
-    .option('--overlap <mode>', 'eager | shift | delayed: train the next round during the exchange (docs/ROUNDS.md) | none', oneOf('eager', 'shift', 'delayed', 'none'), 'eager')
-    .option('--outer-lr <x>', `outer Nesterov learning rate (default ${DEFAULT_OUTER.lr}; ${SPARSELOCO_OUTER.lr} with the sparse codec)`, num(1e-6, 100))
-    .option('--outer-momentum <x>', `outer Nesterov momentum (default ${DEFAULT_OUTER.momentum}; ${SPARSELOCO_OUTER.momentum} with the sparse codec)`, num(0, 0.999))
+    .option(
+      '--overlap <mode>',
+      'eager | shift | delayed: train the next round during the exchange (docs/ROUNDS.md) | none',
+      oneOf('eager', 'shift', 'delayed', 'none'),
+      'eager',
+    )
+    .option(
+      '--outer-lr <x>',
+      `outer Nesterov learning rate (default ${DEFAULT_OUTER.lr}; ${SPARSELOCO_OUTER.lr} with the sparse codec)`,
+      num(1e-6, 100),
+    )
+    .option(
+      '--outer-momentum <x>',
+      `outer Nesterov momentum (default ${DEFAULT_OUTER.momentum}; ${SPARSELOCO_OUTER.momentum} with the sparse codec)`,
+      num(0, 0.999),
+    )
     .option('--seed <n>', 'initialisation seed', int(0), 1)
     .option('--train-ms <n>', 'training budget per round', int(1), 1500)
     .option('--submit-ms <n>', 'update collection deadline', int(1), 2500)
@@ -36,17 +55,36 @@ export function register(program: Command): void {
     .option('--min-peers <n>', 'peers needed to train', int(1), 1)
     .option('--max-missed <n>', 'missed rounds before a member leaves the roster', int(1), 2)
     .option('--cache-dir <dir>', 'tokenizer and token cache', defaultCacheDir())
-    .option('--dataset <cid>', 'train on a dataset from `tessera data add` (by CID; needs --data-dir): peers fetch shards, tokenizer and genesis weights from each other')
-    .option('--data-dir <dir>', 'the node data directory whose IPFS store holds --dataset (the genesis state is added there)')
-    .option('--aggregate <rule>', 'clip (each update clipped to the lower median norm, robust to a poisoned update) | trimmed (clipped, then coordinate-wise trimmed mean) | centered (clipped, then centered clipping) | mean', oneOf('clip', 'mean', 'trimmed', 'centered'), 'clip')
-    .option('--audit <p>', 'audit by re-execution: trainers commit every inner step (Merkle root), validators re-run each update with probability p (needs --overlap none or delayed)', num(0, 1))
+    .option(
+      '--dataset <cid>',
+      'train on a dataset from `tessera data add` (by CID; needs --data-dir): peers fetch shards, tokenizer and genesis weights from each other',
+    )
+    .option(
+      '--data-dir <dir>',
+      'the node data directory whose IPFS store holds --dataset (the genesis state is added there)',
+    )
+    .option(
+      '--aggregate <rule>',
+      'clip (each update clipped to the lower median norm, robust to a poisoned update) | trimmed (clipped, then coordinate-wise trimmed mean) | centered (clipped, then centered clipping) | mean',
+      oneOf('clip', 'mean', 'trimmed', 'centered'),
+      'clip',
+    )
+    .option(
+      '--audit <p>',
+      'audit by re-execution: trainers commit every inner step (Merkle root), validators re-run each update with probability p (needs --overlap none or delayed)',
+      num(0, 1),
+    )
     .option('--replicas <n>', 'peers that pin each training shard and retained checkpoint (default 3)', int(1, 64))
     .option('--checkpoint-every <n>', 'keep a state checkpoint every N rounds (default 5)', int(1))
     .option('--keep-checkpoints <n>', 'checkpoints retained before garbage collection (default 3)', int(1, 1000))
     .option('--json', 'print a JSON object on stdout', false)
     .action(async (o: RunCreateOptions & { out: string; json: boolean; dataset?: string; dataDir?: string }) => {
-      if (o.dataset !== undefined && o.dataDir === undefined) throw new InvalidInputError('--dataset needs --data-dir (the store that holds it)');
-      const { decoded, params } = o.dataset !== undefined ? await buildManifestFromStore({ ...o, dataset: o.dataset, dataDir: o.dataDir! }) : buildManifest(o);
+      if (o.dataset !== undefined && o.dataDir === undefined)
+        throw new InvalidInputError('--dataset needs --data-dir (the store that holds it)');
+      const { decoded, params } =
+        o.dataset !== undefined
+          ? await buildManifestFromStore({ ...o, dataset: o.dataset, dataDir: o.dataDir! })
+          : buildManifest(o);
       mkdirSync(dirname(o.out), { recursive: true });
       writeFileSync(o.out, JSON.stringify(decoded.manifest, null, 2) + '\n');
       say(o, `wrote ${o.out}: ${params} parameters, H=${o.inner}, codec ${o.codec}, overlap ${o.overlap ?? 'eager'}`);

@@ -20,53 +20,120 @@ function buildConfig(o: Record<string, unknown>, given: Set<string>): TrainConfi
   let base: unknown = DEFAULT_TRAIN;
   if (typeof o.config === 'string') {
     let text: string;
-    try { text = readFileSync(o.config, 'utf8'); } catch (e) { throw new InvalidInputError(`cannot read --config ${o.config}: ${(e as Error).message}`); }
+    try {
+      text = readFileSync(o.config, 'utf8');
+    } catch (e) {
+      throw new InvalidInputError(`cannot read --config ${o.config}: ${(e as Error).message}`);
+    }
     let parsed: unknown;
-    try { parsed = JSON.parse(text); } catch (e) { throw new InvalidInputError(`--config ${o.config} is not valid JSON: ${(e as Error).message}`); }
-    if (typeof parsed !== 'object' || parsed === null) throw new InvalidInputError(`--config ${o.config} must hold a JSON object`);
+    try {
+      parsed = JSON.parse(text);
+    } catch (e) {
+      throw new InvalidInputError(`--config ${o.config} is not valid JSON: ${(e as Error).message}`);
+    }
+    if (typeof parsed !== 'object' || parsed === null)
+      throw new InvalidInputError(`--config ${o.config} must hold a JSON object`);
     const p = parsed as Partial<TrainConfig>;
-    base = { ...DEFAULT_TRAIN, ...p, model: { ...DEFAULT_TRAIN.model, ...p.model }, adamw: { ...DEFAULT_TRAIN.adamw, ...p.adamw } };
+    base = {
+      ...DEFAULT_TRAIN,
+      ...p,
+      model: { ...DEFAULT_TRAIN.model, ...p.model },
+      adamw: { ...DEFAULT_TRAIN.adamw, ...p.adamw },
+    };
   }
   const c = structuredClone(base) as TrainConfig;
-  const set = (flag: string, apply: (v: never) => void) => { if (given.has(flag)) apply(o[flag] as never); };
-  set('vocab', (v: number) => { c.model.vocabSize = v; });
-  set('ctx', (v: number) => { c.model.ctx = v; });
-  set('dim', (v: number) => { c.model.dim = v; });
-  set('layers', (v: number) => { c.model.layers = v; });
-  set('heads', (v: number) => { c.model.heads = v; });
-  set('data', (v: string) => { c.data = v; });
-  set('batch', (v: number) => { c.batch = v; });
-  set('steps', (v: number) => { c.steps = v; });
-  set('minutes', (v: number) => { c.minutes = v; if (!given.has('steps')) c.steps = null; });
-  set('lr', (v: number) => { c.lr = v; });
-  set('minLrFrac', (v: number) => { c.minLrFrac = v; });
-  set('warmup', (v: number) => { c.warmup = v; });
-  set('schedule', (v: TrainConfig['schedule']) => { c.schedule = v; });
-  set('weightDecay', (v: number) => { c.adamw.weightDecay = v; });
-  set('gradClip', (v: number) => { c.adamw.gradClip = v; });
-  set('seed', (v: number) => { c.seed = v; });
-  set('evalEvery', (v: number) => { c.evalEvery = v; });
-  set('evalBatches', (v: number) => { c.evalBatches = v; });
-  set('checkpointEvery', (v: number) => { c.checkpointEvery = v; });
-  set('threads', (v: number) => { c.threads = v; });
-  set('deterministic', (v: boolean) => { c.deterministic = v; });
+  const set = (flag: string, apply: (v: never) => void) => {
+    if (given.has(flag)) apply(o[flag] as never);
+  };
+  set('vocab', (v: number) => {
+    c.model.vocabSize = v;
+  });
+  set('ctx', (v: number) => {
+    c.model.ctx = v;
+  });
+  set('dim', (v: number) => {
+    c.model.dim = v;
+  });
+  set('layers', (v: number) => {
+    c.model.layers = v;
+  });
+  set('heads', (v: number) => {
+    c.model.heads = v;
+  });
+  set('data', (v: string) => {
+    c.data = v;
+  });
+  set('batch', (v: number) => {
+    c.batch = v;
+  });
+  set('steps', (v: number) => {
+    c.steps = v;
+  });
+  set('minutes', (v: number) => {
+    c.minutes = v;
+    if (!given.has('steps')) c.steps = null;
+  });
+  set('lr', (v: number) => {
+    c.lr = v;
+  });
+  set('minLrFrac', (v: number) => {
+    c.minLrFrac = v;
+  });
+  set('warmup', (v: number) => {
+    c.warmup = v;
+  });
+  set('schedule', (v: TrainConfig['schedule']) => {
+    c.schedule = v;
+  });
+  set('weightDecay', (v: number) => {
+    c.adamw.weightDecay = v;
+  });
+  set('gradClip', (v: number) => {
+    c.adamw.gradClip = v;
+  });
+  set('seed', (v: number) => {
+    c.seed = v;
+  });
+  set('evalEvery', (v: number) => {
+    c.evalEvery = v;
+  });
+  set('evalBatches', (v: number) => {
+    c.evalBatches = v;
+  });
+  set('checkpointEvery', (v: number) => {
+    c.checkpointEvery = v;
+  });
+  set('threads', (v: number) => {
+    c.threads = v;
+  });
+  set('deterministic', (v: boolean) => {
+    c.deterministic = v;
+  });
   const r = TrainConfigSchema.safeParse(c);
-  if (!r.success) throw new InvalidInputError(`invalid training config: ${r.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
+  if (!r.success)
+    throw new InvalidInputError(
+      `invalid training config: ${r.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`,
+    );
   return r.data;
 }
 
 /** Progress bar with loss, validation loss, rate and ETA (only when stderr is a terminal). */
 function startBar(total: number, start: number): cliProgress.SingleBar {
-  const bar = new cliProgress.SingleBar({
-    format: 'train |{bar}| {value}/{total} steps | loss {loss} | val {val} | {tps} tok/s | ETA {eta_formatted}',
-    etaBuffer: 50, hideCursor: true,
-  }, cliProgress.Presets.shades_classic);
+  const bar = new cliProgress.SingleBar(
+    {
+      format: 'train |{bar}| {value}/{total} steps | loss {loss} | val {val} | {tps} tok/s | ETA {eta_formatted}',
+      etaBuffer: 50,
+      hideCursor: true,
+    },
+    cliProgress.Presets.shades_classic,
+  );
   bar.start(total, start, { loss: '-', val: '-', tps: '-' });
   return bar;
 }
 
 export function register(program: Command): void {
-  program.command('train')
+  program
+    .command('train')
     .description('train a GPT on this machine (default: the embedded Brown corpus for 10 minutes)')
     .option('--config <file>', 'JSON training config (flags override it)')
     .option('--data <path>', "'brown' (embedded) or a text file, directory or JSONL file", DEFAULT_TRAIN.data)
@@ -89,8 +156,18 @@ export function register(program: Command): void {
     .option('--grad-clip <x>', 'clip the global gradient norm (0 = off)', num(0), DEFAULT_TRAIN.adamw.gradClip)
     .option('--seed <n>', 'initialisation and sampling seed', int(0), DEFAULT_TRAIN.seed)
     .option('--eval-every <n>', 'validate every n steps', int(1), DEFAULT_TRAIN.evalEvery)
-    .option('--eval-batches <n>', 'validation batches per periodic eval (the final eval uses the whole split)', int(1), DEFAULT_TRAIN.evalBatches)
-    .option('--checkpoint-every <n>', 'checkpoint every n steps (and at the end)', int(1), DEFAULT_TRAIN.checkpointEvery)
+    .option(
+      '--eval-batches <n>',
+      'validation batches per periodic eval (the final eval uses the whole split)',
+      int(1),
+      DEFAULT_TRAIN.evalBatches,
+    )
+    .option(
+      '--checkpoint-every <n>',
+      'checkpoint every n steps (and at the end)',
+      int(1),
+      DEFAULT_TRAIN.checkpointEvery,
+    )
     .option('--threads <n>', 'worker threads', int(1, 1024), DEFAULT_TRAIN.threads)
     .option('--deterministic', 'bitwise-reproducible kernels (slower)', false)
     .option('--json', 'print one JSON summary on stdout', false)
@@ -100,35 +177,62 @@ export function register(program: Command): void {
       const outDir = resolve(o.out);
       const kernels = loadKernels({ threads: cfg.threads, deterministic: cfg.deterministic });
       const ac = new AbortController();
-      const onSigint = () => { say(o, '\ninterrupted: finishing this step and saving a checkpoint (Ctrl-C again to abort now)'); ac.abort(); process.once('SIGINT', () => process.exit(130)); };
+      const onSigint = () => {
+        say(o, '\ninterrupted: finishing this step and saving a checkpoint (Ctrl-C again to abort now)');
+        ac.abort();
+        process.once('SIGINT', () => process.exit(130));
+      };
       process.once('SIGINT', onSigint);
       const tty = process.stderr.isTTY && !o.json;
       let bar: cliProgress.SingleBar | null = null;
       let lastVal = NaN;
       let lastLine = 0;
       try {
-        const summary = await runTraining(cfg, kernels, { outDir, cacheDir: o.cacheDir, resume: o.resume, signal: ac.signal }, {
-          onData: (stage, done, total) => { if (done === 0 || done === total) say(o, `data: ${stage} ${done === total ? 'done' : '...'}`); },
-          onReady: ({ dataset, params, startStep, resumed }) => {
-            const s = dataset.stats;
-            say(o, `data: ${dataset.corpusName}, ${s.train.tokens.toLocaleString('en-US')} train / ${s.val.tokens.toLocaleString('en-US')} val tokens, vocab ${dataset.tokenizer.vocabSize}${dataset.fromCache ? ' (cached)' : ''}`);
-            say(o, `model: ${params.toLocaleString('en-US')} parameters, ${kernels.name} kernels, ${cfg.threads} thread(s)${cfg.deterministic ? ', deterministic' : ''}${resumed ? `, resumed at step ${startStep}` : ''}`);
+        const summary = await runTraining(
+          cfg,
+          kernels,
+          { outDir, cacheDir: o.cacheDir, resume: o.resume, signal: ac.signal },
+          {
+            onData: (stage, done, total) => {
+              if (done === 0 || done === total) say(o, `data: ${stage} ${done === total ? 'done' : '...'}`);
+            },
+            onReady: ({ dataset, params, startStep, resumed }) => {
+              const s = dataset.stats;
+              say(
+                o,
+                `data: ${dataset.corpusName}, ${s.train.tokens.toLocaleString('en-US')} train / ${s.val.tokens.toLocaleString('en-US')} val tokens, vocab ${dataset.tokenizer.vocabSize}${dataset.fromCache ? ' (cached)' : ''}`,
+              );
+              say(
+                o,
+                `model: ${params.toLocaleString('en-US')} parameters, ${kernels.name} kernels, ${cfg.threads} thread(s)${cfg.deterministic ? ', deterministic' : ''}${resumed ? `, resumed at step ${startStep}` : ''}`,
+              );
+            },
+            onTotalSteps: (n) => {
+              say(o, `sized to ${n} steps to fit ${cfg.minutes} min`);
+              if (tty) bar = startBar(n, 0);
+            },
+            onStep: (r) => {
+              if (r.totalSteps > 0 && !bar && tty) bar = startBar(r.totalSteps, r.step - 1); // --steps or --resume: total known up front
+              const payload = {
+                loss: r.loss.toFixed(3),
+                val: Number.isNaN(lastVal) ? '-' : lastVal.toFixed(3),
+                tps: r.tokensPerSec.toFixed(0),
+              };
+              if (bar) bar.update(r.step, payload);
+              else if (!o.json && (r.elapsedMs - lastLine > 10_000 || r.step === r.totalSteps)) {
+                lastLine = r.elapsedMs;
+                say(
+                  o,
+                  `step ${r.step}/${r.totalSteps || '?'} loss ${payload.loss} val ${payload.val} ${payload.tps} tok/s`,
+                );
+              }
+            },
+            onEval: (e) => {
+              lastVal = e.valLoss;
+              if (!bar) say(o, `step ${e.step}: validation loss ${e.valLoss.toFixed(4)}`);
+            },
           },
-          onTotalSteps: (n) => {
-            say(o, `sized to ${n} steps to fit ${cfg.minutes} min`);
-            if (tty) bar = startBar(n, 0);
-          },
-          onStep: (r) => {
-            if (r.totalSteps > 0 && !bar && tty) bar = startBar(r.totalSteps, r.step - 1); // --steps or --resume: total known up front
-            const payload = { loss: r.loss.toFixed(3), val: Number.isNaN(lastVal) ? '-' : lastVal.toFixed(3), tps: r.tokensPerSec.toFixed(0) };
-            if (bar) bar.update(r.step, payload);
-            else if (!o.json && (r.elapsedMs - lastLine > 10_000 || r.step === r.totalSteps)) {
-              lastLine = r.elapsedMs;
-              say(o, `step ${r.step}/${r.totalSteps || '?'} loss ${payload.loss} val ${payload.val} ${payload.tps} tok/s`);
-            }
-          },
-          onEval: (e) => { lastVal = e.valLoss; if (!bar) say(o, `step ${e.step}: validation loss ${e.valLoss.toFixed(4)}`); },
-        });
+        );
         (bar as cliProgress.SingleBar | null)?.stop();
         const human = [
           `${summary.interrupted ? 'stopped early' : 'done'}: ${summary.steps} steps, ${summary.tokens.toLocaleString('en-US')} tokens in ${summary.seconds.toFixed(0)} s (${summary.tokensPerSec.toFixed(0)} tok/s)`,

@@ -31,11 +31,30 @@ import { serve } from '@hono/node-server';
 import { z } from 'zod';
 import type { RoundReport } from '../peer/report.js';
 import {
-  initialState, observe, ownContribution, ownership, peerRows, pointsSince, record, type DashState, type DashView, type Limits, type RoundPoint,
+  initialState,
+  observe,
+  ownContribution,
+  ownership,
+  peerRows,
+  pointsSince,
+  record,
+  type DashState,
+  type DashView,
+  type Limits,
+  type RoundPoint,
 } from './state.js';
 import {
-  BadRequestError, BodyTooLargeError, BusyError, DashboardError, DashboardListenError, ForbiddenOriginError, NotFoundError,
-  NotReadyError, ReadOnlyError, UnauthorizedError, UnsupportedMediaError,
+  BadRequestError,
+  BodyTooLargeError,
+  BusyError,
+  DashboardError,
+  DashboardListenError,
+  ForbiddenOriginError,
+  NotFoundError,
+  NotReadyError,
+  ReadOnlyError,
+  UnauthorizedError,
+  UnsupportedMediaError,
 } from './errors.js';
 
 /** What the dashboard needs from a node (SwarmNode satisfies it; so does a pipeline's PipeDashSource). */
@@ -45,7 +64,10 @@ export interface DashboardSource {
     on(event: 'round', fn: (r: RoundReport) => void): unknown;
     off(event: 'round', fn: (r: RoundReport) => void): unknown;
   };
-  generate(prompt: string, o: { maxTokens?: number; temperature?: number; topK?: number; seed?: number }): { text: string; tokens: number } | Promise<{ text: string; tokens: number }>;
+  generate(
+    prompt: string,
+    o: { maxTokens?: number; temperature?: number; topK?: number; seed?: number },
+  ): { text: string; tokens: number } | Promise<{ text: string; tokens: number }>;
 }
 
 export interface DashboardOptions {
@@ -69,23 +91,42 @@ export interface DashboardOptions {
 export type GenerateMode = 'open' | 'token' | 'off';
 
 export const LIMITS = {
-  bodyBytes: 4096, promptChars: 1000, maxTokens: 64, requestMs: 10_000, writeMs: 10_000, heartbeatMs: 15_000,
+  bodyBytes: 4096,
+  promptChars: 1000,
+  maxTokens: 64,
+  requestMs: 10_000,
+  writeMs: 10_000,
+  heartbeatMs: 15_000,
 } as const;
 
-export const GenerateSchema = z.object({
-  prompt: z.string().max(LIMITS.promptChars),
-  maxTokens: z.number().int().min(1).max(LIMITS.maxTokens).default(32),
-  temperature: z.number().min(0.05).max(2).default(0.8),
-  topK: z.number().int().min(1).max(1 << 20).default(40),
-  seed: z.number().int().min(0).max(2 ** 32 - 1).optional(),
-}).strict();
+export const GenerateSchema = z
+  .object({
+    prompt: z.string().max(LIMITS.promptChars),
+    maxTokens: z.number().int().min(1).max(LIMITS.maxTokens).default(32),
+    temperature: z.number().min(0.05).max(2).default(0.8),
+    topK: z
+      .number()
+      .int()
+      .min(1)
+      .max(1 << 20)
+      .default(40),
+    seed: z
+      .number()
+      .int()
+      .min(0)
+      .max(2 ** 32 - 1)
+      .optional(),
+  })
+  .strict();
 
-export const MetricsQuerySchema = z.object({
-  /** Only points written after this sequence number (from a previous answer's `seq`). */
-  since: z.coerce.number().int().min(-1).default(-1),
-  /** At most this many of the latest points. */
-  limit: z.coerce.number().int().min(1).max(100_000).optional(),
-}).strict();
+export const MetricsQuerySchema = z
+  .object({
+    /** Only points written after this sequence number (from a previous answer's `seq`). */
+    since: z.coerce.number().int().min(-1).default(-1),
+    /** At most this many of the latest points. */
+    limit: z.coerce.number().int().min(1).max(100_000).optional(),
+  })
+  .strict();
 
 export function isLoopback(host: string): boolean {
   const h = host.replace(/^\[|\]$/g, '').toLowerCase();
@@ -101,7 +142,10 @@ function hostName(header: string): string {
 const digest = (s: string) => createHash('sha256').update(s).digest();
 
 /** The static files, read once at start-up: the front end from the source tree, uPlot from node_modules. */
-interface Asset { body: string; type: string }
+interface Asset {
+  body: string;
+  type: string;
+}
 
 function publicDir(): string {
   // Compiled: dist/src/dashboard/server.js → <root>/src/dashboard/public; from source: ./public.
@@ -126,8 +170,9 @@ function loadAssets(): Map<string, Asset> {
   return new Map(files.map(([route, path, type]) => [route, { body: readFileSync(path, 'utf8'), type }]));
 }
 
-const CSP = "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; "
-  + "frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
+const CSP =
+  "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; " +
+  "frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
 
 /**
  * Keeps the dashboard state for one node: folds in every round report and a view per poll,
@@ -144,7 +189,11 @@ export class Hub {
     this.wake();
   };
 
-  constructor(readonly source: DashboardSource, private readonly now: () => number, limits: Partial<Limits> = {}) {
+  constructor(
+    readonly source: DashboardSource,
+    private readonly now: () => number,
+    limits: Partial<Limits> = {},
+  ) {
     this.state = initialState(now(), limits);
   }
 
@@ -164,7 +213,11 @@ export class Hub {
 
   /** The node's view, or null while it is starting (no host yet). */
   view(): DashView | null {
-    try { return this.source.view(); } catch { return null; }
+    try {
+      return this.source.view();
+    } catch {
+      return null;
+    }
   }
 
   /** Folds in a fresh view; wakes the streams only if something shown changed. */
@@ -172,7 +225,16 @@ export class Hub {
     const v = this.view();
     if (!v) return;
     this.state = observe(this.state, v, this.now());
-    const key = JSON.stringify([v.round, v.phase, v.roster, [...v.subscribers].sort(), v.weightsHash, v.checkpointCid, v.ledger ?? null, v.stages ?? null]);
+    const key = JSON.stringify([
+      v.round,
+      v.phase,
+      v.roster,
+      [...v.subscribers].sort(),
+      v.weightsHash,
+      v.checkpointCid,
+      v.ledger ?? null,
+      v.stages ?? null,
+    ]);
     if (key !== this.lastKey) {
       this.lastKey = key;
       if (notify) this.wake();
@@ -188,7 +250,10 @@ export class Hub {
   /** Resolves true on the next change, false after `ms` or when `signal` aborts. */
   changed(ms: number, signal: AbortSignal): Promise<boolean> {
     return new Promise((resolve) => {
-      if (signal.aborted) { resolve(false); return; }
+      if (signal.aborted) {
+        resolve(false);
+        return;
+      }
       const done = (v: boolean) => {
         clearTimeout(t);
         this.waiters.delete(onChange);
@@ -207,9 +272,21 @@ export class Hub {
 /** GET /api/status. */
 export function statusBody(s: DashState, mode: GenerateMode, now: number) {
   return {
-    run: s.run, peerId: s.peerId, round: s.round, phase: s.phase, weightsHash: s.weightsHash, checkpointCid: s.checkpointCid,
-    roster: s.roster.length, connected: s.subscribers.length, own: ownContribution(s), totals: s.totals,
-    startedAt: s.startedAt, updatedAt: s.updatedAt, now, seq: s.seq, generate: mode,
+    run: s.run,
+    peerId: s.peerId,
+    round: s.round,
+    phase: s.phase,
+    weightsHash: s.weightsHash,
+    checkpointCid: s.checkpointCid,
+    roster: s.roster.length,
+    connected: s.subscribers.length,
+    own: ownContribution(s),
+    totals: s.totals,
+    startedAt: s.startedAt,
+    updatedAt: s.updatedAt,
+    now,
+    seq: s.seq,
+    generate: mode,
     /** The ownership panel (issue 7): shares, revenue, proposals, queued commitments; null when not linked to a chain. */
     ledger: ownership(s, now),
     /** Pipeline runs (issue 8): per stage, its layers, size and the peers holding it; null for a swarm run. */
@@ -257,17 +334,20 @@ export function createDashboardApp(source: DashboardSource, o: Omit<DashboardOpt
       const code = err.status === 504 ? 'TIMEOUT' : err.status === 413 ? 'BODY_TOO_LARGE' : 'HTTP';
       return c.json({ error: { code, message: err.message || code } }, err.status);
     }
-    process.stderr.write(`tessera dashboard: ${err instanceof Error ? err.stack ?? err.message : String(err)}\n`);
+    process.stderr.write(`tessera dashboard: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
     return c.json({ error: { code: 'INTERNAL', message: 'internal error' } }, 500);
   });
-  app.notFound((c) => { throw new NotFoundError(c.req.path); });
+  app.notFound((c) => {
+    throw new NotFoundError(c.req.path);
+  });
 
   // Headers on every answer; Host check against DNS rebinding when on loopback.
   app.use('*', async (c, next) => {
     // node-server builds the URL from the Host header (or an absolute request target): check both.
     const hdr = c.req.header('host');
     const names = [new URL(c.req.url).hostname, ...(hdr !== undefined ? [hostName(hdr)] : [])];
-    if (loopback && !names.every(isLoopback)) throw new ForbiddenOriginError('Host must be a loopback name (127.0.0.1, localhost, [::1])');
+    if (loopback && !names.every(isLoopback))
+      throw new ForbiddenOriginError('Host must be a loopback name (127.0.0.1, localhost, [::1])');
     await next();
     c.header('Content-Security-Policy', CSP);
     c.header('X-Content-Type-Options', 'nosniff');
@@ -293,7 +373,8 @@ export function createDashboardApp(source: DashboardSource, o: Omit<DashboardOpt
   app.get('/api/peers', (c) => c.json(peersBody(hub.state, now())));
   app.get('/api/metrics', (c) => {
     const q = MetricsQuerySchema.safeParse(c.req.query());
-    if (!q.success) throw new BadRequestError(q.error.issues.map((i) => `${i.path.join('.') || 'query'}: ${i.message}`).join('; '));
+    if (!q.success)
+      throw new BadRequestError(q.error.issues.map((i) => `${i.path.join('.') || 'query'}: ${i.message}`).join('; '));
     return c.json(metricsBody(hub.state, q.data.since, q.data.limit));
   });
 
@@ -309,8 +390,13 @@ export function createDashboardApp(source: DashboardSource, o: Omit<DashboardOpt
         let first = true;
         const send = async (event: string, data: unknown) => {
           let t: NodeJS.Timeout | undefined;
-          const slow = new Promise<'slow'>((r) => { t = setTimeout(() => r('slow'), LIMITS.writeMs); });
-          const r = await Promise.race([stream.writeSSE({ event, data: JSON.stringify(data), ...(first ? { retry: 2000 } : {}) }), slow]);
+          const slow = new Promise<'slow'>((r) => {
+            t = setTimeout(() => r('slow'), LIMITS.writeMs);
+          });
+          const r = await Promise.race([
+            stream.writeSSE({ event, data: JSON.stringify(data), ...(first ? { retry: 2000 } : {}) }),
+            slow,
+          ]);
           clearTimeout(t);
           first = false;
           if (r === 'slow') ac.abort();
@@ -318,7 +404,11 @@ export function createDashboardApp(source: DashboardSource, o: Omit<DashboardOpt
         while (!ac.signal.aborted) {
           const s = hub.state;
           const points = metricsBody(s, cursor).points;
-          await send(cursor < 0 ? 'snapshot' : 'update', { status: statusBody(s, mode, now()), peers: peersBody(s, now()).peers, points });
+          await send(cursor < 0 ? 'snapshot' : 'update', {
+            status: statusBody(s, mode, now()),
+            peers: peersBody(s, now()).peers,
+            points,
+          });
           cursor = s.seq;
           // Wait for a change; on a quiet stream send a 'ping' now and then (the page can tell quiet from dead).
           while (!ac.signal.aborted && !(await hub.changed(LIMITS.heartbeatMs, ac.signal))) {
@@ -332,35 +422,70 @@ export function createDashboardApp(source: DashboardSource, o: Omit<DashboardOpt
     });
   });
 
-  app.post('/api/generate', bodyLimit({ maxSize: LIMITS.bodyBytes, onError: () => { throw new BodyTooLargeError(LIMITS.bodyBytes); } }), async (c) => {
-    if (mode === 'off') throw new ReadOnlyError();
-    if (token) {
-      const m = /^Bearer (.+)$/.exec(c.req.header('authorization') ?? '');
-      if (!m || !timingSafeEqual(digest(m[1]), token)) throw new UnauthorizedError();
-    }
-    const origin = c.req.header('origin');
-    if (origin !== undefined && origin !== new URL(c.req.url).origin) throw new ForbiddenOriginError(`cross-origin request from ${origin.slice(0, 100)}`);
-    if (!/^application\/json\b/i.test(c.req.header('content-type') ?? '')) throw new UnsupportedMediaError();
-    let raw: unknown;
-    try { raw = await c.req.json(); } catch { throw new BadRequestError('body is not JSON'); }
-    const b = GenerateSchema.safeParse(raw);
-    if (!b.success) throw new BadRequestError(b.error.issues.map((i) => `${i.path.join('.') || 'body'}: ${i.message}`).join('; '));
-    const v = hub.view();
-    // A swarm node can sample once it has weights; a pipeline once every stage has a serving holder.
-    if (!v || !(v.weightsHash || (v.stages?.length && v.stages.every((st) => st.holders.some((h) => h.ready && h.serving))))) throw new NotReadyError();
-    const t = now();
-    if (t < nextGenerateAt) throw new BusyError('generate is busy; try again in a moment');
-    const t0 = performance.now();
-    nextGenerateAt = t + gapMs;
-    const out = await source.generate(b.data.prompt, {
-      maxTokens: b.data.maxTokens, temperature: b.data.temperature, topK: b.data.topK, ...(b.data.seed !== undefined ? { seed: b.data.seed } : {}),
-    });
-    const ms = performance.now() - t0;
-    nextGenerateAt = now() + gapMs;
-    return c.json({ text: out.text, tokens: out.tokens, ms: Math.round(ms * 10) / 10, round: v.round, weightsHash: v.weightsHash });
-  });
+  app.post(
+    '/api/generate',
+    bodyLimit({
+      maxSize: LIMITS.bodyBytes,
+      onError: () => {
+        throw new BodyTooLargeError(LIMITS.bodyBytes);
+      },
+    }),
+    async (c) => {
+      if (mode === 'off') throw new ReadOnlyError();
+      if (token) {
+        const m = /^Bearer (.+)$/.exec(c.req.header('authorization') ?? '');
+        if (!m || !timingSafeEqual(digest(m[1]), token)) throw new UnauthorizedError();
+      }
+      const origin = c.req.header('origin');
+      if (origin !== undefined && origin !== new URL(c.req.url).origin)
+        throw new ForbiddenOriginError(`cross-origin request from ${origin.slice(0, 100)}`);
+      if (!/^application\/json\b/i.test(c.req.header('content-type') ?? '')) throw new UnsupportedMediaError();
+      let raw: unknown;
+      try {
+        raw = await c.req.json();
+      } catch {
+        throw new BadRequestError('body is not JSON');
+      }
+      const b = GenerateSchema.safeParse(raw);
+      if (!b.success)
+        throw new BadRequestError(b.error.issues.map((i) => `${i.path.join('.') || 'body'}: ${i.message}`).join('; '));
+      const v = hub.view();
+      // A swarm node can sample once it has weights; a pipeline once every stage has a serving holder.
+      if (
+        !v ||
+        !(v.weightsHash || (v.stages?.length && v.stages.every((st) => st.holders.some((h) => h.ready && h.serving))))
+      )
+        throw new NotReadyError();
+      const t = now();
+      if (t < nextGenerateAt) throw new BusyError('generate is busy; try again in a moment');
+      const t0 = performance.now();
+      nextGenerateAt = t + gapMs;
+      const out = await source.generate(b.data.prompt, {
+        maxTokens: b.data.maxTokens,
+        temperature: b.data.temperature,
+        topK: b.data.topK,
+        ...(b.data.seed !== undefined ? { seed: b.data.seed } : {}),
+      });
+      const ms = performance.now() - t0;
+      nextGenerateAt = now() + gapMs;
+      return c.json({
+        text: out.text,
+        tokens: out.tokens,
+        ms: Math.round(ms * 10) / 10,
+        round: v.round,
+        weightsHash: v.weightsHash,
+      });
+    },
+  );
 
-  return { app, hub, mode, closeStreams: () => { for (const s of streams) s.abort(); } };
+  return {
+    app,
+    hub,
+    mode,
+    closeStreams: () => {
+      for (const s of streams) s.abort();
+    },
+  };
 }
 
 export interface Dashboard {
@@ -378,11 +503,19 @@ export async function startDashboard(source: DashboardSource, o: DashboardOption
   const d = createDashboardApp(source, { ...o, host });
   const server = await new Promise<Server>((resolve, reject) => {
     let s: Server;
-    const onError = (e: NodeJS.ErrnoException) => reject(new DashboardListenError(`dashboard cannot listen on ${host}:${o.port}: ${e.code ?? e.message}`, { cause: e }));
+    const onError = (e: NodeJS.ErrnoException) =>
+      reject(
+        new DashboardListenError(`dashboard cannot listen on ${host}:${o.port}: ${e.code ?? e.message}`, { cause: e }),
+      );
     try {
-      s = serve({ fetch: d.app.fetch, port: o.port, hostname: host }, () => { s.off('error', onError); resolve(s); }) as Server;
+      s = serve({ fetch: d.app.fetch, port: o.port, hostname: host }, () => {
+        s.off('error', onError);
+        resolve(s);
+      }) as Server;
       s.once('error', onError);
-    } catch (e) { onError(e as NodeJS.ErrnoException); }
+    } catch (e) {
+      onError(e as NodeJS.ErrnoException);
+    }
   });
   server.headersTimeout = 10_000;
   server.requestTimeout = 15_000;
@@ -393,7 +526,11 @@ export async function startDashboard(source: DashboardSource, o: DashboardOption
   const port = (server.address() as AddressInfo).port;
   const shown = host.includes(':') ? `[${host}]` : host === '0.0.0.0' ? '127.0.0.1' : host;
   return {
-    url: `http://${shown}:${port}/`, host, port, mode: d.mode, hub: d.hub,
+    url: `http://${shown}:${port}/`,
+    host,
+    port,
+    mode: d.mode,
+    hub: d.hub,
     close: async () => {
       d.hub.stop();
       d.closeStreams();
@@ -404,4 +541,3 @@ export async function startDashboard(source: DashboardSource, o: DashboardOption
     },
   };
 }
-

@@ -69,7 +69,14 @@ export interface RunSummary {
   model: { vocabSize: number; ctx: number; dim: number; layers: number; heads: number };
   dataset: { name: string; numShards: number; ref: string };
   hyper: { innerSteps: number; batch: number; codec: string; overlap: string; outerLr: number; outerMomentum: number };
-  timing: { trainMs: number; submitMs: number; commitMs: number; quorum: number; minPeers: number; maxMissedRounds: number };
+  timing: {
+    trainMs: number;
+    submitMs: number;
+    commitMs: number;
+    quorum: number;
+    minPeers: number;
+    maxMissedRounds: number;
+  };
   seed: number;
 }
 
@@ -177,12 +184,27 @@ export interface DashState {
 
 export function initialState(now: number, limits: Partial<Limits> = {}): DashState {
   const l = { ...DEFAULT_LIMITS, ...limits };
-  if (!(l.maxPoints >= 1 && l.maxPeers >= 1 && l.staleRounds >= 0 && l.maxHolders >= 1)) throw new RangeError(`bad dashboard limits ${JSON.stringify(l)}`);
+  if (!(l.maxPoints >= 1 && l.maxPeers >= 1 && l.staleRounds >= 0 && l.maxHolders >= 1))
+    throw new RangeError(`bad dashboard limits ${JSON.stringify(l)}`);
   return {
-    seq: 0, limits: l, startedAt: now, updatedAt: now, run: null, peerId: null, round: -1, phase: 'starting',
-    weightsHash: null, checkpointCid: null, roster: [], subscribers: [], peers: {}, series: [],
-    totals: { rounds: 0, tokens: 0, bytesSent: 0, bytesReceived: 0 }, own: { bytesSent: 0, bytesReceived: 0, computeFraction: null },
-    ledger: null, stages: null,
+    seq: 0,
+    limits: l,
+    startedAt: now,
+    updatedAt: now,
+    run: null,
+    peerId: null,
+    round: -1,
+    phase: 'starting',
+    weightsHash: null,
+    checkpointCid: null,
+    roster: [],
+    subscribers: [],
+    peers: {},
+    series: [],
+    totals: { rounds: 0, tokens: 0, bytesSent: 0, bytesReceived: 0 },
+    own: { bytesSent: 0, bytesReceived: 0, computeFraction: null },
+    ledger: null,
+    stages: null,
   };
 }
 
@@ -192,12 +214,29 @@ export function summarize(view: NodeView): RunSummary {
   const m = view.manifest;
   const ds = m.dataset as { name: string; numShards: number; cid?: string; trainTokensSha256?: string };
   return {
-    kind: 'swarm', runId: view.runId, name: m.name ?? null, params: view.params,
-    model: { vocabSize: m.model.vocabSize, ctx: m.model.ctx, dim: m.model.dim, layers: m.model.layers, heads: m.model.heads },
-    dataset: { name: ds.name, numShards: ds.numShards, ref: ds.cid ?? (ds.trainTokensSha256 ? `sha256:${ds.trainTokensSha256}` : '') },
+    kind: 'swarm',
+    runId: view.runId,
+    name: m.name ?? null,
+    params: view.params,
+    model: {
+      vocabSize: m.model.vocabSize,
+      ctx: m.model.ctx,
+      dim: m.model.dim,
+      layers: m.model.layers,
+      heads: m.model.heads,
+    },
+    dataset: {
+      name: ds.name,
+      numShards: ds.numShards,
+      ref: ds.cid ?? (ds.trainTokensSha256 ? `sha256:${ds.trainTokensSha256}` : ''),
+    },
     hyper: {
-      innerSteps: m.hyper.innerSteps, batch: m.hyper.batch, codec: m.hyper.codec.id, overlap: m.hyper.overlap,
-      outerLr: m.hyper.outer.lr, outerMomentum: m.hyper.outer.momentum,
+      innerSteps: m.hyper.innerSteps,
+      batch: m.hyper.batch,
+      codec: m.hyper.codec.id,
+      overlap: m.hyper.overlap,
+      outerLr: m.hyper.outer.lr,
+      outerMomentum: m.hyper.outer.momentum,
     },
     timing: { ...m.timing },
     seed: m.seed,
@@ -213,7 +252,9 @@ function evict(s: DashState, peers: Record<string, PeerAcc>): Record<string, Pee
   const ids = Object.keys(peers);
   if (ids.length <= s.limits.maxPeers) return peers;
   const keep = new Set([...(s.peerId ? [s.peerId] : []), ...s.roster]);
-  const victims = ids.filter((id) => !keep.has(id)).sort((a, b) => (peers[a].lastSeenAt ?? -1) - (peers[b].lastSeenAt ?? -1) || (a < b ? -1 : 1));
+  const victims = ids
+    .filter((id) => !keep.has(id))
+    .sort((a, b) => (peers[a].lastSeenAt ?? -1) - (peers[b].lastSeenAt ?? -1) || (a < b ? -1 : 1));
   const out = { ...peers };
   for (const id of victims.slice(0, ids.length - s.limits.maxPeers)) delete out[id];
   return out;
@@ -223,7 +264,9 @@ function evict(s: DashState, peers: Record<string, PeerAcc>): Record<string, Pee
 function runOf(s: DashState, view: DashView): DashState['run'] {
   if (view.summary) return view.summary;
   if (s.run?.runId === view.runId) return s.run;
-  return view.manifest && view.params !== undefined ? summarize({ ...view, manifest: view.manifest, params: view.params }) : null;
+  return view.manifest && view.params !== undefined
+    ? summarize({ ...view, manifest: view.manifest, params: view.params })
+    : null;
 }
 
 /** Folds in a fresh view of the node: run summary, round, phase, roster, connected peers. */
@@ -241,9 +284,19 @@ export function observe(s: DashState, view: DashView, now: number): DashState {
   for (const [id, score] of Object.entries(view.scores ?? {})) if (peers[id]) peers[id] = { ...peers[id], score };
   const roster = [...new Set(view.roster)].sort();
   const next: DashState = {
-    ...s, seq: s.seq + 1, updatedAt: now, run: runOf(s, view), peerId: view.peerId,
-    round: view.round, phase: view.phase, weightsHash: view.weightsHash || null, checkpointCid: view.checkpointCid, roster, subscribers: subs,
-    ledger: view.ledger ?? null, stages: view.stages ?? null,
+    ...s,
+    seq: s.seq + 1,
+    updatedAt: now,
+    run: runOf(s, view),
+    peerId: view.peerId,
+    round: view.round,
+    phase: view.phase,
+    weightsHash: view.weightsHash || null,
+    checkpointCid: view.checkpointCid,
+    roster,
+    subscribers: subs,
+    ledger: view.ledger ?? null,
+    stages: view.stages ?? null,
   };
   return { ...next, peers: evict(next, peers) };
 }
@@ -256,9 +309,21 @@ export function record(s: DashState, r: RoundReport, now: number): DashState {
   const seq = s.seq + 1;
   const tokens = r.contributors.reduce((a, c) => a + c.tokens, 0);
   const point: RoundPoint = {
-    seq, round: r.round, event: r.event, at: now, trainLoss: finite(r.trainLoss), valLoss: finite(r.valLoss),
-    bytesSent: r.bytesSent, bytesReceived: r.bytesReceived, seconds: r.seconds, included: r.included, tokens,
-    tokensPerSec: r.seconds > 0 ? tokens / r.seconds : null, peers: r.peers, roster: r.roster, computeFraction: r.computeFraction,
+    seq,
+    round: r.round,
+    event: r.event,
+    at: now,
+    trainLoss: finite(r.trainLoss),
+    valLoss: finite(r.valLoss),
+    bytesSent: r.bytesSent,
+    bytesReceived: r.bytesReceived,
+    seconds: r.seconds,
+    included: r.included,
+    tokens,
+    tokensPerSec: r.seconds > 0 ? tokens / r.seconds : null,
+    peers: r.peers,
+    roster: r.roster,
+    computeFraction: r.computeFraction,
     weightsHash: r.weightsHash,
   };
   const old = s.series.findIndex((p) => p.round === r.round);
@@ -278,19 +343,34 @@ export function record(s: DashState, r: RoundReport, now: number): DashState {
     if (p.lastRound !== null && p.lastRound >= r.round) continue;
     credited += c.tokens;
     peers[c.peer] = {
-      ...p, roundsContributed: p.roundsContributed + 1, tokens: p.tokens + c.tokens, lastRound: r.round,
-      tokensPerSec: r.seconds > 0 ? c.tokens / r.seconds : p.tokensPerSec, lastSeenAt: now,
+      ...p,
+      roundsContributed: p.roundsContributed + 1,
+      tokens: p.tokens + c.tokens,
+      lastRound: r.round,
+      tokensPerSec: r.seconds > 0 ? c.tokens / r.seconds : p.tokensPerSec,
+      lastSeenAt: now,
     };
   }
   const fresh = old < 0;
   const next: DashState = {
-    ...s, seq, updatedAt: now, series,
-    round: Math.max(s.round, r.round), weightsHash: r.weightsHash, checkpointCid: r.checkpointCid ?? s.checkpointCid,
+    ...s,
+    seq,
+    updatedAt: now,
+    series,
+    round: Math.max(s.round, r.round),
+    weightsHash: r.weightsHash,
+    checkpointCid: r.checkpointCid ?? s.checkpointCid,
     totals: {
-      rounds: s.totals.rounds + (fresh ? 1 : 0), tokens: s.totals.tokens + credited,
-      bytesSent: s.totals.bytesSent + r.bytesSent, bytesReceived: s.totals.bytesReceived + r.bytesReceived,
+      rounds: s.totals.rounds + (fresh ? 1 : 0),
+      tokens: s.totals.tokens + credited,
+      bytesSent: s.totals.bytesSent + r.bytesSent,
+      bytesReceived: s.totals.bytesReceived + r.bytesReceived,
     },
-    own: { bytesSent: s.own.bytesSent + r.bytesSent, bytesReceived: s.own.bytesReceived + r.bytesReceived, computeFraction: finite(r.computeFraction) },
+    own: {
+      bytesSent: s.own.bytesSent + r.bytesSent,
+      bytesReceived: s.own.bytesReceived + r.bytesReceived,
+      computeFraction: finite(r.computeFraction),
+    },
   };
   return { ...next, peers: evict(next, peers) };
 }
@@ -313,21 +393,34 @@ export function peerRows(s: DashState): PeerRow[] {
     const inRoster = s.roster.includes(p.id);
     const self = p.id === s.peerId;
     return {
-      ...p, self, inRoster, connected: self || s.subscribers.includes(p.id),
-      role: inRoster || p.roundsContributed > 0 ? 'trainer' : 'observer', status: statusOf(s, p),
+      ...p,
+      self,
+      inRoster,
+      connected: self || s.subscribers.includes(p.id),
+      role: inRoster || p.roundsContributed > 0 ? 'trainer' : 'observer',
+      status: statusOf(s, p),
     };
   });
-  return rows.sort((a, b) => Number(b.self) - Number(a.self) || ORDER[a.status] - ORDER[b.status]
-    || b.roundsContributed - a.roundsContributed || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+  return rows.sort(
+    (a, b) =>
+      Number(b.self) - Number(a.self) ||
+      ORDER[a.status] - ORDER[b.status] ||
+      b.roundsContributed - a.roundsContributed ||
+      (a.id < b.id ? -1 : a.id > b.id ? 1 : 0),
+  );
 }
 
 export function ownContribution(s: DashState): OwnContribution {
   const me = s.peerId ? s.peers[s.peerId] : undefined;
   return {
-    roundsContributed: me?.roundsContributed ?? 0, tokens: me?.tokens ?? 0,
+    roundsContributed: me?.roundsContributed ?? 0,
+    tokens: me?.tokens ?? 0,
     share: s.totals.tokens > 0 ? (me?.tokens ?? 0) / s.totals.tokens : null,
-    tokensPerSec: me?.tokensPerSec ?? null, lastRound: me?.lastRound ?? null,
-    bytesSent: s.own.bytesSent, bytesReceived: s.own.bytesReceived, computeFraction: s.own.computeFraction,
+    tokensPerSec: me?.tokensPerSec ?? null,
+    lastRound: me?.lastRound ?? null,
+    bytesSent: s.own.bytesSent,
+    bytesReceived: s.own.bytesReceived,
+    computeFraction: s.own.computeFraction,
   };
 }
 
@@ -335,7 +428,6 @@ export function ownContribution(s: DashState): OwnContribution {
 export function pointsSince(s: DashState, seq: number): RoundPoint[] {
   return s.series.filter((p) => p.seq > seq);
 }
-
 
 // ─── ownership (the ledger panel) ───
 
@@ -380,7 +472,10 @@ export function percentOf(balance: string, supply: string): string | null {
  * A proposal's status at `now` (Unix ms): passed or failed once executed; before its deadline
  * (Unix seconds, the chain's block time) open; after it, until someone executes it, closed.
  */
-export function proposalStatus(p: { deadline: number; executed: boolean; passed: boolean }, now: number): ProposalStatus {
+export function proposalStatus(
+  p: { deadline: number; executed: boolean; passed: boolean },
+  now: number,
+): ProposalStatus {
   if (p.executed) return p.passed ? 'passed' : 'failed';
   return now < p.deadline * 1000 ? 'open' : 'closed';
 }
@@ -393,7 +488,11 @@ export function ownership(s: DashState, now: number): Ownership | null {
   const rows = l.holders.map((h): HolderRow => {
     const mine = h.address.toLowerCase() === me;
     return {
-      address: h.address, peer: h.peer ?? (mine ? s.peerId : null), balance: h.balance, claimable: h.claimable, me: mine,
+      address: h.address,
+      peer: h.peer ?? (mine ? s.peerId : null),
+      balance: h.balance,
+      claimable: h.claimable,
+      me: mine,
       percent: percentOf(h.balance, l.totalSupply),
     };
   });
@@ -403,7 +502,9 @@ export function ownership(s: DashState, now: number): Ownership | null {
   const { holders: _h, proposals, ...rest } = l;
   void _h;
   return {
-    ...rest, holders, holdersHidden: rows.length - holders.length,
+    ...rest,
+    holders,
+    holdersHidden: rows.length - holders.length,
     proposals: proposals.map((p) => ({ ...p, status: proposalStatus(p, now) })),
   };
 }

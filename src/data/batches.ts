@@ -37,7 +37,12 @@ function fillWindow(tokens: TokenArray, start: number, T: number, out: Batch, ro
 export class BatchSampler {
   readonly rng: Rng;
 
-  constructor(readonly tokens: TokenArray, readonly B: number, readonly T: number, seed: number | bigint) {
+  constructor(
+    readonly tokens: TokenArray,
+    readonly B: number,
+    readonly T: number,
+    seed: number | bigint,
+  ) {
     checkShape(tokens, B, T);
     this.rng = new Rng(seed);
   }
@@ -71,7 +76,9 @@ export function evalBatches(tokens: TokenArray, B: number, T: number, maxBatches
   if (!(maxBatches >= 1)) throw new InvalidInputError(`maxBatches must be >= 1, got ${maxBatches}`);
   const batches = evalBatchCount(tokens, B, T, Math.floor(maxBatches));
   if (batches === 0) {
-    throw new InvalidInputError(`validation stream has ${tokens.length} tokens, too few for one batch of ${B} windows of ${T + 1}`);
+    throw new InvalidInputError(
+      `validation stream has ${tokens.length} tokens, too few for one batch of ${B} windows of ${T + 1}`,
+    );
   }
   return evalWindows(tokens, B, T, batches);
 }

@@ -43,16 +43,23 @@ class PairHeap {
   private counts: number[] = [];
   private keys: number[] = [];
 
-  get size(): number { return this.counts.length; }
+  get size(): number {
+    return this.counts.length;
+  }
 
   private before(i: number, j: number): boolean {
-    const ci = this.counts[i], cj = this.counts[j];
+    const ci = this.counts[i],
+      cj = this.counts[j];
     return ci > cj || (ci === cj && this.keys[i] < this.keys[j]);
   }
 
   private swap(i: number, j: number): void {
-    const c = this.counts[i]; this.counts[i] = this.counts[j]; this.counts[j] = c;
-    const k = this.keys[i]; this.keys[i] = this.keys[j]; this.keys[j] = k;
+    const c = this.counts[i];
+    this.counts[i] = this.counts[j];
+    this.counts[j] = c;
+    const k = this.keys[i];
+    this.keys[i] = this.keys[j];
+    this.keys[j] = k;
   }
 
   push(count: number, key: number): void {
@@ -70,14 +77,16 @@ class PairHeap {
   /** Removes the top; returns [count, key]. Caller checks size first. */
   pop(): [number, number] {
     const top: [number, number] = [this.counts[0], this.keys[0]];
-    const lastC = this.counts.pop()!, lastK = this.keys.pop()!;
+    const lastC = this.counts.pop()!,
+      lastK = this.keys.pop()!;
     const n = this.counts.length;
     if (n > 0) {
       this.counts[0] = lastC;
       this.keys[0] = lastK;
       let i = 0;
       for (;;) {
-        const l = 2 * i + 1, r = l + 1;
+        const l = 2 * i + 1,
+          r = l + 1;
         let m = i;
         if (l < n && this.before(l, m)) m = l;
         if (r < n && this.before(r, m)) m = r;
@@ -93,7 +102,9 @@ class PairHeap {
 export function trainBpe(text: string | Iterable<string>, opts: TrainBpeOptions): Tokenizer {
   const { vocabSize, onProgress } = opts;
   if (!Number.isInteger(vocabSize) || vocabSize < 257 || vocabSize > MAX_VOCAB) {
-    throw new InvalidInputError(`vocabSize must be an integer in [257, ${MAX_VOCAB}] (256 bytes + merges + <|endoftext|>), got ${vocabSize}`);
+    throw new InvalidInputError(
+      `vocabSize must be an integer in [257, ${MAX_VOCAB}] (256 bytes + merges + <|endoftext|>), got ${vocabSize}`,
+    );
   }
   const numMerges = vocabSize - 257;
   const base = vocabSize; // pair key = left * base + right (small ints stay fast Map keys)
@@ -114,7 +125,8 @@ export function trainBpe(text: string | Iterable<string>, opts: TrainBpeOptions)
   const pairCount = new Map<number, number>();
   const where = new Map<number, number[]>();
   for (let w = 0; w < words.length; w++) {
-    const s = words[w], f = freq[w];
+    const s = words[w],
+      f = freq[w];
     for (let i = 0; i + 1 < s.length; i++) {
       const key = s[i] * base + s[i + 1];
       pairCount.set(key, (pairCount.get(key) ?? 0) + f);
@@ -153,15 +165,20 @@ export function trainBpe(text: string | Iterable<string>, opts: TrainBpeOptions)
     while (heap.size > 0) {
       const [c, key] = heap.pop();
       const cur = pairCount.get(key) ?? 0;
-      if (cur === c) { bestKey = key; break; }
+      if (cur === c) {
+        bestKey = key;
+        break;
+      }
       if (cur > 0) heap.push(cur, key);
     }
     if (bestKey < 0) {
       throw new InvalidInputError(
         `training text is too small for vocabSize ${vocabSize}: only ${tokenBytes.length - 256} tokens could be ` +
-        `learned (max vocabSize ${tokenBytes.length + 1}); use a smaller vocabulary or more text`);
+          `learned (max vocabSize ${tokenBytes.length + 1}); use a smaller vocabulary or more text`,
+      );
     }
-    const a = Math.floor(bestKey / base), b = bestKey % base;
+    const a = Math.floor(bestKey / base),
+      b = bestKey % base;
     const ab = new Uint8Array(tokenBytes[a]!.length + tokenBytes[b]!.length);
     ab.set(tokenBytes[a]!);
     ab.set(tokenBytes[b]!, tokenBytes[a]!.length);
@@ -184,9 +201,14 @@ export function trainBpe(text: string | Iterable<string>, opts: TrainBpeOptions)
     for (const w of where.get(bestKey)!) {
       if (stamp[w] === m) continue;
       stamp[w] = m;
-      const s = words[w], f = freq[w];
+      const s = words[w],
+        f = freq[w];
       let hit = false;
-      for (let i = 0; i + 1 < s.length; i++) if (s[i] === a && s[i + 1] === b) { hit = true; break; }
+      for (let i = 0; i + 1 < s.length; i++)
+        if (s[i] === a && s[i + 1] === b) {
+          hit = true;
+          break;
+        }
       if (!hit) continue; // stale index entry
       const out = new Int32Array(s.length);
       let n = 0;

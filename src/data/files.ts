@@ -27,7 +27,8 @@ export function readBytesCapped(p: string, maxBytes: number, what: string): Buff
     throw new InvalidInputError(`${what} ${p} is ${st.size} bytes, more than the limit of ${maxBytes}`);
   }
   const buf = fs.readFileSync(p);
-  if (buf.length > maxBytes) throw new InvalidInputError(`${what} ${p} grew past the limit of ${maxBytes} bytes while reading`);
+  if (buf.length > maxBytes)
+    throw new InvalidInputError(`${what} ${p} grew past the limit of ${maxBytes} bytes while reading`);
   return buf;
 }
 

@@ -10,7 +10,9 @@ export class TokenBuffer {
     this.buf = new Int32Array(Math.max(16, initialCapacity));
   }
 
-  get length(): number { return this.n; }
+  get length(): number {
+    return this.n;
+  }
 
   private reserve(extra: number): void {
     if (this.n + extra <= this.buf.length) return;
@@ -33,5 +35,7 @@ export class TokenBuffer {
   }
 
   /** A view of the ids appended so far (invalidated by further pushes). */
-  view(): Int32Array { return this.buf.subarray(0, this.n); }
+  view(): Int32Array {
+    return this.buf.subarray(0, this.n);
+  }
 }

@@ -39,7 +39,8 @@ export function tokensToBytes(tokens: TokenArray): Uint8Array {
 /** Parse little-endian bytes (length must be a multiple of the token size). */
 export function bytesToTokens(bytes: Uint8Array, dtype: TokenDtype): TokenArray {
   const size = bytesPerToken(dtype);
-  if (bytes.length % size !== 0) throw new InvalidInputError(`token file length ${bytes.length} is not a multiple of ${size}`);
+  if (bytes.length % size !== 0)
+    throw new InvalidInputError(`token file length ${bytes.length} is not a multiple of ${size}`);
   const n = bytes.length / size;
   const out = dtype === 'uint16' ? new Uint16Array(n) : new Int32Array(n);
   if (LITTLE) {

@@ -23,7 +23,11 @@ const ByteLevelSchema = z.object({
 });
 
 const AddedTokenSchema = z.object({
-  id: z.number().int().min(0).max(MAX_VOCAB - 1),
+  id: z
+    .number()
+    .int()
+    .min(0)
+    .max(MAX_VOCAB - 1),
   content: z.string().max(1024),
   special: z.boolean().optional(),
   single_word: z.boolean().optional(),
@@ -57,8 +61,11 @@ const HfJsonSchema = z.object({
     ignore_merges: z.literal(false).optional(),
     // Checked entry by entry below (zod records drop a "__proto__" key, a legal token).
     vocab: z.custom<Record<string, unknown>>(
-      (v) => typeof v === 'object' && v !== null && !Array.isArray(v), 'expected an object'),
-    merges: z.array(z.union([z.string().max(2 * MAX_TOKEN_CHARS + 1), z.tuple([TokenString, TokenString])]))
+      (v) => typeof v === 'object' && v !== null && !Array.isArray(v),
+      'expected an object',
+    ),
+    merges: z
+      .array(z.union([z.string().max(2 * MAX_TOKEN_CHARS + 1), z.tuple([TokenString, TokenString])]))
       .max(MAX_VOCAB),
   }),
 });
@@ -68,15 +75,30 @@ export interface HfTokenizerJson {
   version: string;
   truncation: null;
   padding: null;
-  added_tokens: Array<{ id: number; content: string; single_word: boolean; lstrip: boolean; rstrip: boolean; normalized: boolean; special: boolean }>;
+  added_tokens: Array<{
+    id: number;
+    content: string;
+    single_word: boolean;
+    lstrip: boolean;
+    rstrip: boolean;
+    normalized: boolean;
+    special: boolean;
+  }>;
   normalizer: null;
   pre_tokenizer: { type: 'ByteLevel'; add_prefix_space: boolean; trim_offsets: boolean; use_regex: boolean };
   post_processor: { type: 'ByteLevel'; add_prefix_space: boolean; trim_offsets: boolean; use_regex: boolean };
   decoder: { type: 'ByteLevel'; add_prefix_space: boolean; trim_offsets: boolean; use_regex: boolean };
   model: {
-    type: 'BPE'; dropout: null; unk_token: null; continuing_subword_prefix: null; end_of_word_suffix: null;
-    fuse_unk: boolean; byte_fallback: boolean; ignore_merges: boolean;
-    vocab: Record<string, number>; merges: string[];
+    type: 'BPE';
+    dropout: null;
+    unk_token: null;
+    continuing_subword_prefix: null;
+    end_of_word_suffix: null;
+    fuse_unk: boolean;
+    byte_fallback: boolean;
+    ignore_merges: boolean;
+    vocab: Record<string, number>;
+    merges: string[];
   };
 }
 
@@ -89,20 +111,42 @@ export function toHfJson(tok: Tokenizer): HfTokenizerJson {
     const [a, b] = tok.merge(r);
     merges.push(`${tok.tokenString(a)} ${tok.tokenString(b)}`);
   }
-  const byteLevel = (trimOffsets: boolean) =>
-    ({ type: 'ByteLevel' as const, add_prefix_space: false, trim_offsets: trimOffsets, use_regex: true });
+  const byteLevel = (trimOffsets: boolean) => ({
+    type: 'ByteLevel' as const,
+    add_prefix_space: false,
+    trim_offsets: trimOffsets,
+    use_regex: true,
+  });
   return {
     version: '1.0',
     truncation: null,
     padding: null,
-    added_tokens: [{ id: tok.eotId, content: EOT_TOKEN, single_word: false, lstrip: false, rstrip: false, normalized: false, special: true }],
+    added_tokens: [
+      {
+        id: tok.eotId,
+        content: EOT_TOKEN,
+        single_word: false,
+        lstrip: false,
+        rstrip: false,
+        normalized: false,
+        special: true,
+      },
+    ],
     normalizer: null,
     pre_tokenizer: byteLevel(true),
     post_processor: byteLevel(false),
     decoder: byteLevel(true),
     model: {
-      type: 'BPE', dropout: null, unk_token: null, continuing_subword_prefix: null, end_of_word_suffix: null,
-      fuse_unk: false, byte_fallback: false, ignore_merges: false, vocab, merges,
+      type: 'BPE',
+      dropout: null,
+      unk_token: null,
+      continuing_subword_prefix: null,
+      end_of_word_suffix: null,
+      fuse_unk: false,
+      byte_fallback: false,
+      ignore_merges: false,
+      vocab,
+      merges,
     },
   };
 }
@@ -117,20 +161,31 @@ export function hfConfigJson(tok: Tokenizer): Record<string, unknown> {
     unk_token: EOT_TOKEN,
     clean_up_tokenization_spaces: false,
     added_tokens_decoder: {
-      [String(tok.eotId)]: { content: EOT_TOKEN, lstrip: false, normalized: false, rstrip: false, single_word: false, special: true },
+      [String(tok.eotId)]: {
+        content: EOT_TOKEN,
+        lstrip: false,
+        normalized: false,
+        rstrip: false,
+        single_word: false,
+        special: true,
+      },
     },
   };
 }
 
 export function partsFromHfJson(json: unknown, opts: { expectVocabSize?: number; source?: string }): TokenizerParts {
   const source = opts.source ?? '<tokenizer.json>';
-  const fail = (msg: string): never => { throw new CorruptFileError(source, msg); };
+  const fail = (msg: string): never => {
+    throw new CorruptFileError(source, msg);
+  };
   const parsed = HfJsonSchema.safeParse(json);
   if (!parsed.success) fail(`not a supported byte-level BPE tokenizer.json:\n${z.prettifyError(parsed.error)}`);
   const { added_tokens: added, model } = parsed.data!;
 
   if (added.length !== 1 || added[0].content !== EOT_TOKEN || added[0].special !== true) {
-    fail(`added_tokens must be exactly one special ${EOT_TOKEN} token, found [${added.map((t) => JSON.stringify(t.content)).join(', ')}]`);
+    fail(
+      `added_tokens must be exactly one special ${EOT_TOKEN} token, found [${added.map((t) => JSON.stringify(t.content)).join(', ')}]`,
+    );
   }
   const eotId = added[0].id;
 
@@ -146,7 +201,9 @@ export function partsFromHfJson(json: unknown, opts: { expectVocabSize?: number;
   tokenBytes[eotId] = null;
   for (const [token, id] of entries) {
     if (typeof id !== 'number' || !Number.isInteger(id) || id < 0 || id >= vocabSize) {
-      fail(`vocab entry ${JSON.stringify(token)} has id ${JSON.stringify(id)}, expected an integer in [0, ${vocabSize}) (ids must be dense)`);
+      fail(
+        `vocab entry ${JSON.stringify(token)} has id ${JSON.stringify(id)}, expected an integer in [0, ${vocabSize}) (ids must be dense)`,
+      );
     }
     const i = id as number;
     if (token === EOT_TOKEN) {
@@ -154,7 +211,8 @@ export function partsFromHfJson(json: unknown, opts: { expectVocabSize?: number;
       continue;
     }
     if (filled[i]) fail(`id ${i} is used twice in the vocab (ids must be dense and unique)`);
-    if (token.length === 0 || token.length > MAX_TOKEN_CHARS) fail(`vocab token with id ${i} has bad length ${token.length}`);
+    if (token.length === 0 || token.length > MAX_TOKEN_CHARS)
+      fail(`vocab token with id ${i} has bad length ${token.length}`);
     const bytes = byteLevelToBytes(token);
     if (bytes === null) fail(`vocab token ${JSON.stringify(token)} (id ${i}) is not in GPT-2 byte-level form`);
     filled[i] = 1;
@@ -172,10 +230,15 @@ export function partsFromHfJson(json: unknown, opts: { expectVocabSize?: number;
   const produced = new Uint8Array(vocabSize);
   model.merges.forEach((m, r) => {
     const pair: string[] = typeof m === 'string' ? m.split(' ') : m;
-    if (pair.length !== 2 || pair[0] === '' || pair[1] === '') fail(`merge #${r} ${JSON.stringify(m)} is not two tokens`);
-    const a = idOf.get(pair[0]), b = idOf.get(pair[1]), c = idOf.get(pair[0] + pair[1]);
-    if (a === undefined || b === undefined || a === eotId || b === eotId) fail(`merge #${r} ${JSON.stringify(m)} uses a token missing from the vocab`);
-    if (c === undefined) fail(`merge #${r} ${JSON.stringify(m)} produces ${JSON.stringify(pair[0] + pair[1])}, missing from the vocab`);
+    if (pair.length !== 2 || pair[0] === '' || pair[1] === '')
+      fail(`merge #${r} ${JSON.stringify(m)} is not two tokens`);
+    const a = idOf.get(pair[0]),
+      b = idOf.get(pair[1]),
+      c = idOf.get(pair[0] + pair[1]);
+    if (a === undefined || b === undefined || a === eotId || b === eotId)
+      fail(`merge #${r} ${JSON.stringify(m)} uses a token missing from the vocab`);
+    if (c === undefined)
+      fail(`merge #${r} ${JSON.stringify(m)} produces ${JSON.stringify(pair[0] + pair[1])}, missing from the vocab`);
     const key = a! * vocabSize + b!;
     if (seenPairs.has(key)) fail(`merge #${r} ${JSON.stringify(m)} appears twice`);
     seenPairs.add(key);
@@ -187,10 +250,14 @@ export function partsFromHfJson(json: unknown, opts: { expectVocabSize?: number;
   let producedCount = 0;
   for (let i = 0; i < vocabSize; i++) producedCount += produced[i];
   if (vocabSize !== 256 + producedCount + 1) {
-    fail(`inconsistent vocabulary: it has ${vocabSize} tokens, but 256 bytes + ${producedCount} merged tokens + 1 special = ${257 + producedCount}`);
+    fail(
+      `inconsistent vocabulary: it has ${vocabSize} tokens, but 256 bytes + ${producedCount} merged tokens + 1 special = ${257 + producedCount}`,
+    );
   }
   if (opts.expectVocabSize !== undefined && opts.expectVocabSize !== vocabSize) {
-    throw new MismatchError(`${source}: tokenizer has vocab size ${vocabSize}, but ${opts.expectVocabSize} was expected`);
+    throw new MismatchError(
+      `${source}: tokenizer has vocab size ${vocabSize}, but ${opts.expectVocabSize} was expected`,
+    );
   }
   return { tokenBytes, merges, mergeResult, eotId };
 }

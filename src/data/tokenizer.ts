@@ -59,7 +59,9 @@ export class Tokenizer {
     this.merges = parts.merges;
     this.mergeResult = parts.mergeResult;
     this.byteToId = new Int32Array(256).fill(-1);
-    this.tokenBytes.forEach((b, id) => { if (b !== null && b.length === 1) this.byteToId[b[0]] = id; });
+    this.tokenBytes.forEach((b, id) => {
+      if (b !== null && b.length === 1) this.byteToId[b[0]] = id;
+    });
     this.rank = new Map();
     for (let r = 0; r < this.mergeResult.length; r++) {
       this.rank.set(this.merges[2 * r] * this.vocabSize + this.merges[2 * r + 1], r);
@@ -95,7 +97,9 @@ export class Tokenizer {
   }
 
   /** Number of merges (rank order). */
-  get mergeCount(): number { return this.mergeResult.length; }
+  get mergeCount(): number {
+    return this.mergeResult.length;
+  }
 
   /** Merge r as [left id, right id, result id]. */
   merge(r: number): [number, number, number] {
@@ -149,8 +153,12 @@ export class Tokenizer {
     const tok = new Int32Array(n);
     for (let i = 0; i < n; i++) tok[i] = this.byteToId[bytes[i]];
     if (n < 2) return tok;
-    const next = new Int32Array(n), prev = new Int32Array(n);
-    for (let i = 0; i < n; i++) { next[i] = i + 1 < n ? i + 1 : -1; prev[i] = i - 1; }
+    const next = new Int32Array(n),
+      prev = new Int32Array(n);
+    for (let i = 0; i < n; i++) {
+      next[i] = i + 1 < n ? i + 1 : -1;
+      prev[i] = i - 1;
+    }
     const heap: number[] = [];
     const push = (v: number): void => {
       heap.push(v);

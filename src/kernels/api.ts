@@ -27,21 +27,55 @@ export interface Kernels {
   getDeterministic(): boolean;
 
   /** out[N,OC] = inp[N,C] @ weight[OC,C]^T + bias[OC] (bias may be null). */
-  matmulForward(out: Float32Array, inp: Float32Array, weight: Float32Array, bias: Float32Array | null,
-    N: number, C: number, OC: number): void;
+  matmulForward(
+    out: Float32Array,
+    inp: Float32Array,
+    weight: Float32Array,
+    bias: Float32Array | null,
+    N: number,
+    C: number,
+    OC: number,
+  ): void;
   /**
    * dinp[N,C] += dout[N,OC] @ weight[OC,C]; dweight[OC,C] += dout^T @ inp; dbias[OC] += sum_n dout.
    * dbias may be null.
    */
-  matmulBackward(dinp: Float32Array, dweight: Float32Array, dbias: Float32Array | null,
-    dout: Float32Array, inp: Float32Array, weight: Float32Array, N: number, C: number, OC: number): void;
+  matmulBackward(
+    dinp: Float32Array,
+    dweight: Float32Array,
+    dbias: Float32Array | null,
+    dout: Float32Array,
+    inp: Float32Array,
+    weight: Float32Array,
+    N: number,
+    C: number,
+    OC: number,
+  ): void;
 
   /** out = LN(inp) * weight + bias, per row of C; stores mean[N] and rstd[N] for backward. eps = 1e-5. */
-  layernormForward(out: Float32Array, mean: Float32Array, rstd: Float32Array, inp: Float32Array,
-    weight: Float32Array, bias: Float32Array, N: number, C: number): void;
+  layernormForward(
+    out: Float32Array,
+    mean: Float32Array,
+    rstd: Float32Array,
+    inp: Float32Array,
+    weight: Float32Array,
+    bias: Float32Array,
+    N: number,
+    C: number,
+  ): void;
   /** dinp += ..., dweight += ..., dbias += ... */
-  layernormBackward(dinp: Float32Array, dweight: Float32Array, dbias: Float32Array, dout: Float32Array,
-    inp: Float32Array, weight: Float32Array, mean: Float32Array, rstd: Float32Array, N: number, C: number): void;
+  layernormBackward(
+    dinp: Float32Array,
+    dweight: Float32Array,
+    dbias: Float32Array,
+    dout: Float32Array,
+    inp: Float32Array,
+    weight: Float32Array,
+    mean: Float32Array,
+    rstd: Float32Array,
+    N: number,
+    C: number,
+  ): void;
 
   /** GELU, tanh approximation (GPT-2's "gelu_new"). */
   geluForward(out: Float32Array, inp: Float32Array, n: number): void;
@@ -53,28 +87,65 @@ export interface Kernels {
    * out [B,T,C]; att [B,NH,T,T] keeps the softmax probabilities for backward (upper triangle zero).
    * Scale is 1/sqrt(hs).
    */
-  attentionForward(out: Float32Array, att: Float32Array, inp: Float32Array,
-    B: number, T: number, C: number, NH: number): void;
+  attentionForward(
+    out: Float32Array,
+    att: Float32Array,
+    inp: Float32Array,
+    B: number,
+    T: number,
+    C: number,
+    NH: number,
+  ): void;
   /** dinp [B,T,3C] += ...; datt is scratch [B,NH,T,T] (overwritten). */
-  attentionBackward(dinp: Float32Array, datt: Float32Array, dout: Float32Array, inp: Float32Array,
-    att: Float32Array, B: number, T: number, C: number, NH: number): void;
+  attentionBackward(
+    dinp: Float32Array,
+    datt: Float32Array,
+    dout: Float32Array,
+    inp: Float32Array,
+    att: Float32Array,
+    B: number,
+    T: number,
+    C: number,
+    NH: number,
+  ): void;
 
   /**
    * Fused softmax + cross-entropy over logits [N, V].
    * Writes losses[N] (nats). If `dlogits` is non-null, writes (overwrites) dlogits = (softmax - onehot) * dlossScale;
    * dlogits may alias logits. Targets < 0 are ignored (loss 0, grad 0).
    */
-  crossEntropyForwardBackward(losses: Float32Array, dlogits: Float32Array | null, logits: Float32Array,
-    targets: Int32Array, N: number, V: number, dlossScale: number): void;
+  crossEntropyForwardBackward(
+    losses: Float32Array,
+    dlogits: Float32Array | null,
+    logits: Float32Array,
+    targets: Int32Array,
+    N: number,
+    V: number,
+    dlossScale: number,
+  ): void;
   /** probs[N,V] = softmax(logits[N,V]) row by row (for sampling and evaluation). */
   softmax(probs: Float32Array, logits: Float32Array, N: number, V: number): void;
 
   /** out[b,t,:] = wte[tokens[b,t],:] + wpe[t,:] */
-  embeddingForward(out: Float32Array, tokens: Int32Array, wte: Float32Array, wpe: Float32Array,
-    B: number, T: number, C: number): void;
+  embeddingForward(
+    out: Float32Array,
+    tokens: Int32Array,
+    wte: Float32Array,
+    wpe: Float32Array,
+    B: number,
+    T: number,
+    C: number,
+  ): void;
   /** dwte[tok] += dout; dwpe[t] += dout (in token order, so the result is deterministic). */
-  embeddingBackward(dwte: Float32Array, dwpe: Float32Array, dout: Float32Array, tokens: Int32Array,
-    B: number, T: number, C: number): void;
+  embeddingBackward(
+    dwte: Float32Array,
+    dwpe: Float32Array,
+    dout: Float32Array,
+    tokens: Int32Array,
+    B: number,
+    T: number,
+    C: number,
+  ): void;
 
   /** out = a + b, elementwise (out may alias a or b). */
   add(out: Float32Array, a: Float32Array, b: Float32Array, n: number): void;
@@ -89,6 +160,16 @@ export interface Kernels {
    * m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2; p -= lr * (mhat / (sqrt(vhat) + eps) + wd * p).
    * `step` is 1-based.
    */
-  adamw(params: Float32Array, grads: Float32Array, m: Float32Array, v: Float32Array,
-    lr: number, beta1: number, beta2: number, eps: number, weightDecay: number, step: number): void;
+  adamw(
+    params: Float32Array,
+    grads: Float32Array,
+    m: Float32Array,
+    v: Float32Array,
+    lr: number,
+    beta1: number,
+    beta2: number,
+    eps: number,
+    weightDecay: number,
+    step: number,
+  ): void;
 }

@@ -30,10 +30,13 @@ function warnFallback(err: unknown): void {
   const reason = err instanceof Error ? err.message : String(err);
   process.stderr.write(
     '\n' +
-    '*** tessera: WARNING: native kernels unavailable, using the TypeScript reference kernels ***\n' +
-    '*** (10-100x slower). Reason: ' + reason + '\n' +
-    '*** Fix: apt-get install libopenblas-dev g++ make python3 && npm rebuild\n' +
-    '*** (set TESSERA_KERNELS=ref to choose the reference kernels on purpose and silence this)\n\n');
+      '*** tessera: WARNING: native kernels unavailable, using the TypeScript reference kernels ***\n' +
+      '*** (10-100x slower). Reason: ' +
+      reason +
+      '\n' +
+      '*** Fix: apt-get install libopenblas-dev g++ make python3 && npm rebuild\n' +
+      '*** (set TESSERA_KERNELS=ref to choose the reference kernels on purpose and silence this)\n\n',
+  );
 }
 
 export function loadKernels(opts: LoadKernelsOptions = {}): Kernels {

@@ -20,32 +20,124 @@ export const NATIVE_ADDON_PATH = join('native', 'build', 'Release', 'tessera_ker
 
 /** Raw addon functions. The first argument of each kernel is the packed config word. */
 interface Addon {
-  matmulForward(cfg: number, out: Float32Array, inp: Float32Array, weight: Float32Array, bias: Float32Array | null,
-    N: number, C: number, OC: number): void;
-  matmulBackward(cfg: number, dinp: Float32Array, dweight: Float32Array, dbias: Float32Array | null,
-    dout: Float32Array, inp: Float32Array, weight: Float32Array, N: number, C: number, OC: number): void;
-  layernormForward(cfg: number, out: Float32Array, mean: Float32Array, rstd: Float32Array, inp: Float32Array,
-    weight: Float32Array, bias: Float32Array, N: number, C: number): void;
-  layernormBackward(cfg: number, dinp: Float32Array, dweight: Float32Array, dbias: Float32Array, dout: Float32Array,
-    inp: Float32Array, weight: Float32Array, mean: Float32Array, rstd: Float32Array, N: number, C: number): void;
+  matmulForward(
+    cfg: number,
+    out: Float32Array,
+    inp: Float32Array,
+    weight: Float32Array,
+    bias: Float32Array | null,
+    N: number,
+    C: number,
+    OC: number,
+  ): void;
+  matmulBackward(
+    cfg: number,
+    dinp: Float32Array,
+    dweight: Float32Array,
+    dbias: Float32Array | null,
+    dout: Float32Array,
+    inp: Float32Array,
+    weight: Float32Array,
+    N: number,
+    C: number,
+    OC: number,
+  ): void;
+  layernormForward(
+    cfg: number,
+    out: Float32Array,
+    mean: Float32Array,
+    rstd: Float32Array,
+    inp: Float32Array,
+    weight: Float32Array,
+    bias: Float32Array,
+    N: number,
+    C: number,
+  ): void;
+  layernormBackward(
+    cfg: number,
+    dinp: Float32Array,
+    dweight: Float32Array,
+    dbias: Float32Array,
+    dout: Float32Array,
+    inp: Float32Array,
+    weight: Float32Array,
+    mean: Float32Array,
+    rstd: Float32Array,
+    N: number,
+    C: number,
+  ): void;
   geluForward(cfg: number, out: Float32Array, inp: Float32Array, n: number): void;
   geluBackward(cfg: number, dinp: Float32Array, inp: Float32Array, dout: Float32Array, n: number): void;
-  attentionForward(cfg: number, out: Float32Array, att: Float32Array, inp: Float32Array,
-    B: number, T: number, C: number, NH: number): void;
-  attentionBackward(cfg: number, dinp: Float32Array, datt: Float32Array, dout: Float32Array, inp: Float32Array,
-    att: Float32Array, B: number, T: number, C: number, NH: number): void;
-  crossEntropyForwardBackward(cfg: number, losses: Float32Array, dlogits: Float32Array | null, logits: Float32Array,
-    targets: Int32Array, N: number, V: number, dlossScale: number): void;
+  attentionForward(
+    cfg: number,
+    out: Float32Array,
+    att: Float32Array,
+    inp: Float32Array,
+    B: number,
+    T: number,
+    C: number,
+    NH: number,
+  ): void;
+  attentionBackward(
+    cfg: number,
+    dinp: Float32Array,
+    datt: Float32Array,
+    dout: Float32Array,
+    inp: Float32Array,
+    att: Float32Array,
+    B: number,
+    T: number,
+    C: number,
+    NH: number,
+  ): void;
+  crossEntropyForwardBackward(
+    cfg: number,
+    losses: Float32Array,
+    dlogits: Float32Array | null,
+    logits: Float32Array,
+    targets: Int32Array,
+    N: number,
+    V: number,
+    dlossScale: number,
+  ): void;
   softmax(cfg: number, probs: Float32Array, logits: Float32Array, N: number, V: number): void;
-  embeddingForward(cfg: number, out: Float32Array, tokens: Int32Array, wte: Float32Array, wpe: Float32Array,
-    B: number, T: number, C: number): void;
-  embeddingBackward(cfg: number, dwte: Float32Array, dwpe: Float32Array, dout: Float32Array, tokens: Int32Array,
-    B: number, T: number, C: number): void;
+  embeddingForward(
+    cfg: number,
+    out: Float32Array,
+    tokens: Int32Array,
+    wte: Float32Array,
+    wpe: Float32Array,
+    B: number,
+    T: number,
+    C: number,
+  ): void;
+  embeddingBackward(
+    cfg: number,
+    dwte: Float32Array,
+    dwpe: Float32Array,
+    dout: Float32Array,
+    tokens: Int32Array,
+    B: number,
+    T: number,
+    C: number,
+  ): void;
   add(cfg: number, out: Float32Array, a: Float32Array, b: Float32Array, n: number): void;
   sumSquares(cfg: number, x: Float32Array): number;
   scale(cfg: number, x: Float32Array, s: number): void;
-  adamw(cfg: number, params: Float32Array, grads: Float32Array, m: Float32Array, v: Float32Array, lr: number,
-    beta1: number, beta2: number, eps: number, weightDecay: number, invBc1: number, invBc2: number): void;
+  adamw(
+    cfg: number,
+    params: Float32Array,
+    grads: Float32Array,
+    m: Float32Array,
+    v: Float32Array,
+    lr: number,
+    beta1: number,
+    beta2: number,
+    eps: number,
+    weightDecay: number,
+    invBc1: number,
+    invBc2: number,
+  ): void;
   sgemmBench(transA: boolean, transB: boolean, M: number, N: number, K: number, iters: number, threads: number): number;
   info(): NativeInfo;
 }
@@ -85,11 +177,15 @@ export function packageRoot(): string {
     if (existsSync(pj)) {
       try {
         if ((JSON.parse(readFileSync(pj, 'utf8')) as { name?: string }).name === 'tessera') return dir;
-      } catch { /* unreadable package.json: keep walking */ }
+      } catch {
+        /* unreadable package.json: keep walking */
+      }
     }
     const up = dirname(dir);
-    if (up === dir) throw new NativeUnavailableError('cannot find the tessera package root (package.json) above ' +
-      dirname(fileURLToPath(import.meta.url)));
+    if (up === dir)
+      throw new NativeUnavailableError(
+        'cannot find the tessera package root (package.json) above ' + dirname(fileURLToPath(import.meta.url)),
+      );
     dir = up;
   }
 }
@@ -121,10 +217,22 @@ export function nativeInfo(): NativeInfo {
  * `threads` (the peak the native matmuls are compared against): the fastest of `iters` timed
  * calls after one warm-up call.
  */
-export function sgemmBench(M: number, N: number, K: number, iters: number,
-  opts: { threads?: number; transA?: boolean; transB?: boolean } = {}): number {
-  const secs = loadNativeAddon().sgemmBench(opts.transA ?? false, opts.transB ?? false, M, N, K, iters,
-    opts.threads ?? 1);
+export function sgemmBench(
+  M: number,
+  N: number,
+  K: number,
+  iters: number,
+  opts: { threads?: number; transA?: boolean; transB?: boolean } = {},
+): number {
+  const secs = loadNativeAddon().sgemmBench(
+    opts.transA ?? false,
+    opts.transB ?? false,
+    M,
+    N,
+    K,
+    iters,
+    opts.threads ?? 1,
+  );
   return (2 * M * N * K) / secs / 1e9;
 }
 
@@ -136,17 +244,31 @@ export function createNativeKernels(opts: NativeKernelOptions = {}): NativeKerne
   const isaBits = opts.isa === 'baseline' ? 1 << 17 : 0;
   // threads in bits 0..15, deterministic in bit 16, ISA override in bits 17..18 (see addon.cc).
   let cfg = 0;
-  const update = () => { cfg = threads | (deterministic ? 1 << 16 : 0) | isaBits; };
+  const update = () => {
+    cfg = threads | (deterministic ? 1 << 16 : 0) | isaBits;
+  };
 
   const kernels: NativeKernels = {
     name: 'native',
     info,
-    setThreads(n) { threads = Math.max(1, Math.min(MAX_THREADS, n | 0)); update(); },
-    getThreads() { return threads; },
-    setDeterministic(on) { deterministic = !!on; update(); },
-    getDeterministic() { return deterministic; },
+    setThreads(n) {
+      threads = Math.max(1, Math.min(MAX_THREADS, n | 0));
+      update();
+    },
+    getThreads() {
+      return threads;
+    },
+    setDeterministic(on) {
+      deterministic = !!on;
+      update();
+    },
+    getDeterministic() {
+      return deterministic;
+    },
 
-    matmulForward(out, inp, weight, bias, N, C, OC) { k.matmulForward(cfg, out, inp, weight, bias, N, C, OC); },
+    matmulForward(out, inp, weight, bias, N, C, OC) {
+      k.matmulForward(cfg, out, inp, weight, bias, N, C, OC);
+    },
     matmulBackward(dinp, dweight, dbias, dout, inp, weight, N, C, OC) {
       k.matmulBackward(cfg, dinp, dweight, dbias, dout, inp, weight, N, C, OC);
     },
@@ -156,23 +278,39 @@ export function createNativeKernels(opts: NativeKernelOptions = {}): NativeKerne
     layernormBackward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, N, C) {
       k.layernormBackward(cfg, dinp, dweight, dbias, dout, inp, weight, mean, rstd, N, C);
     },
-    geluForward(out, inp, n) { k.geluForward(cfg, out, inp, n); },
-    geluBackward(dinp, inp, dout, n) { k.geluBackward(cfg, dinp, inp, dout, n); },
-    attentionForward(out, att, inp, B, T, C, NH) { k.attentionForward(cfg, out, att, inp, B, T, C, NH); },
+    geluForward(out, inp, n) {
+      k.geluForward(cfg, out, inp, n);
+    },
+    geluBackward(dinp, inp, dout, n) {
+      k.geluBackward(cfg, dinp, inp, dout, n);
+    },
+    attentionForward(out, att, inp, B, T, C, NH) {
+      k.attentionForward(cfg, out, att, inp, B, T, C, NH);
+    },
     attentionBackward(dinp, datt, dout, inp, att, B, T, C, NH) {
       k.attentionBackward(cfg, dinp, datt, dout, inp, att, B, T, C, NH);
     },
     crossEntropyForwardBackward(losses, dlogits, logits, targets, N, V, dlossScale) {
       k.crossEntropyForwardBackward(cfg, losses, dlogits, logits, targets, N, V, dlossScale);
     },
-    softmax(probs, logits, N, V) { k.softmax(cfg, probs, logits, N, V); },
-    embeddingForward(out, tokens, wte, wpe, B, T, C) { k.embeddingForward(cfg, out, tokens, wte, wpe, B, T, C); },
+    softmax(probs, logits, N, V) {
+      k.softmax(cfg, probs, logits, N, V);
+    },
+    embeddingForward(out, tokens, wte, wpe, B, T, C) {
+      k.embeddingForward(cfg, out, tokens, wte, wpe, B, T, C);
+    },
     embeddingBackward(dwte, dwpe, dout, tokens, B, T, C) {
       k.embeddingBackward(cfg, dwte, dwpe, dout, tokens, B, T, C);
     },
-    add(out, a, b, n) { k.add(cfg, out, a, b, n); },
-    sumSquares(x) { return k.sumSquares(cfg, x); },
-    scale(x, s) { k.scale(cfg, x, s); },
+    add(out, a, b, n) {
+      k.add(cfg, out, a, b, n);
+    },
+    sumSquares(x) {
+      return k.sumSquares(cfg, x);
+    },
+    scale(x, s) {
+      k.scale(cfg, x, s);
+    },
     adamw(params, grads, m, v, lr, beta1, beta2, eps, weightDecay, step) {
       if (!Number.isInteger(step) || step < 1) throw new RangeError(`adamw: step must be an integer >= 1, got ${step}`);
       // Bias corrections in JS: V8's Math.pow is its own software routine (fdlibm), not the

@@ -6,7 +6,11 @@
 import type { Kernels } from './api.js';
 import { sgemmBench } from './native.js';
 
-export function sgemmGflops(k: Kernels, threads: number, shape = { M: 2048, N: 4096, K: 256 }): { gflops: number; shape: typeof shape } {
+export function sgemmGflops(
+  k: Kernels,
+  threads: number,
+  shape = { M: 2048, N: 4096, K: 256 },
+): { gflops: number; shape: typeof shape } {
   if (k.name !== 'native') return { gflops: NaN, shape };
   return { gflops: sgemmBench(shape.M, shape.N, shape.K, 10, { threads, transB: true }), shape };
 }

@@ -1,5 +1,20 @@
 /** A ledger client: viem public + wallet clients bound to one TesseraRun deployment. */
-import { BaseError, ContractFunctionRevertedError, HttpRequestError, TimeoutError, WaitForTransactionReceiptTimeoutError, type Abi, type Address, type Chain, type EIP1193RequestFn, type Hex, type PublicClient, type WalletClient, type Account, type Transport } from 'viem';
+import {
+  BaseError,
+  ContractFunctionRevertedError,
+  HttpRequestError,
+  TimeoutError,
+  WaitForTransactionReceiptTimeoutError,
+  type Abi,
+  type Address,
+  type Chain,
+  type EIP1193RequestFn,
+  type Hex,
+  type PublicClient,
+  type WalletClient,
+  type Account,
+  type Transport,
+} from 'viem';
 import { loadArtifacts } from './compile.js';
 import { clientsFor } from './devnet.js';
 import { ChainUnreachableError, ContractRevertError } from './errors.js';
@@ -25,7 +40,14 @@ export function toLedgerError(action: string, e: unknown): Error {
     if (unreachable) return unreachable as ChainUnreachableError;
     // A receipt that never came is "unknown", not "refused": the queue keeps the round and asks
     // the contract (isMinted) before sending it again.
-    if (e.walk((x) => x instanceof HttpRequestError || x instanceof TimeoutError || x instanceof WaitForTransactionReceiptTimeoutError)) {
+    if (
+      e.walk(
+        (x) =>
+          x instanceof HttpRequestError ||
+          x instanceof TimeoutError ||
+          x instanceof WaitForTransactionReceiptTimeoutError,
+      )
+    ) {
       return new ChainUnreachableError(`${action}: chain unreachable (${e.shortMessage})`, { cause: e });
     }
     const rev = e.walk((x) => x instanceof ContractFunctionRevertedError);

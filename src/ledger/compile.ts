@@ -38,7 +38,9 @@ export function loadArtifacts(): Artifacts {
   const dir = contractsDir();
   const sources: Record<string, { content: string }> = {};
   const h = createHash('sha256').update(solc.version());
-  for (const f of readdirSync(dir).filter((f) => f.endsWith('.sol')).sort()) {
+  for (const f of readdirSync(dir)
+    .filter((f) => f.endsWith('.sol'))
+    .sort()) {
     const content = readFileSync(join(dir, f), 'utf8');
     sources[f] = { content };
     h.update(f).update('\0').update(content);
@@ -49,7 +51,11 @@ export function loadArtifacts(): Artifacts {
   const input = {
     language: 'Solidity',
     sources,
-    settings: { optimizer: { enabled: true, runs: 200 }, viaIR: true, outputSelection: { '*': { '*': ['abi', 'evm.bytecode.object'] } } },
+    settings: {
+      optimizer: { enabled: true, runs: 200 },
+      viaIR: true,
+      outputSelection: { '*': { '*': ['abi', 'evm.bytecode.object'] } },
+    },
   };
   const out = JSON.parse(solc.compile(JSON.stringify(input))) as {
     errors?: { severity: string; formattedMessage: string }[];

@@ -12,7 +12,10 @@ const schema = z.object({
   manifestHash: hex32,
   validators: z.array(addr).min(1),
   threshold: z.number().int().min(1),
-  sharesPerRound: z.bigint().positive().default(1000n * 10n ** 18n),
+  sharesPerRound: z
+    .bigint()
+    .positive()
+    .default(1000n * 10n ** 18n),
   quorumBps: z.number().int().min(0).max(10_000).default(2000),
 });
 
@@ -20,7 +23,10 @@ export type DeployRunParameters = z.input<typeof schema>;
 export type DeployRunReturnType = { address: Address; gasUsed: bigint; hash: Hex };
 export type DeployRunErrorType = InvalidInputError | Error;
 
-export async function deployRun(c: Omit<LedgerClient, 'address' | 'abi'>, params: DeployRunParameters): Promise<DeployRunReturnType> {
+export async function deployRun(
+  c: Omit<LedgerClient, 'address' | 'abi'>,
+  params: DeployRunParameters,
+): Promise<DeployRunReturnType> {
   const p = schema.safeParse(params);
   if (!p.success) throw new InvalidInputError(`deployRun: ${p.error.message}`);
   const { abi, bytecode } = loadArtifacts().TesseraRun;
@@ -28,7 +34,13 @@ export async function deployRun(c: Omit<LedgerClient, 'address' | 'abi'>, params
     const hash = await c.walletClient.deployContract({
       abi,
       bytecode,
-      args: [p.data.manifestHash, p.data.validators, BigInt(p.data.threshold), p.data.sharesPerRound, BigInt(p.data.quorumBps)],
+      args: [
+        p.data.manifestHash,
+        p.data.validators,
+        BigInt(p.data.threshold),
+        p.data.sharesPerRound,
+        BigInt(p.data.quorumBps),
+      ],
     } as never);
     const r = await c.publicClient.waitForTransactionReceipt({ hash, pollingInterval: 10 });
     if (!r.contractAddress) throw new Error('deploy: no contract address');

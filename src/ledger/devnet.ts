@@ -6,7 +6,15 @@
  * The provider is exposed as an EIP-1193 `request` function and wrapped in a viem `custom()` transport.
  */
 import { createRequire } from 'node:module';
-import { createPublicClient, createWalletClient, custom, http, type Chain, type EIP1193RequestFn, type Hex } from 'viem';
+import {
+  createPublicClient,
+  createWalletClient,
+  custom,
+  http,
+  type Chain,
+  type EIP1193RequestFn,
+  type Hex,
+} from 'viem';
 import { privateKeyToAccount } from 'viem/accounts';
 import { keccak256, toHex } from 'viem';
 import { ChainUnreachableError } from './errors.js';
@@ -83,7 +91,9 @@ export async function startDevnet(opts: { accounts?: number; chainId?: number } 
   let id = 0;
   const request = (async ({ method, params }: { method: string; params?: unknown }) => {
     if (!online) throw new ChainUnreachableError(`devnet offline (${method})`);
-    const res = await provider.handleRequest(JSON.stringify({ jsonrpc: '2.0', id: ++id, method, params: params ?? [] }));
+    const res = await provider.handleRequest(
+      JSON.stringify({ jsonrpc: '2.0', id: ++id, method, params: params ?? [] }),
+    );
     const body = (typeof res.data === 'string' ? JSON.parse(res.data) : res.data) as {
       result?: unknown;
       error?: { code: number; message: string; data?: unknown };

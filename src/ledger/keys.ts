@@ -13,7 +13,11 @@ export const EVM_KEY_FILE = 'evm.key';
 /** Reads a hex private key file (with or without 0x); a clear error for anything else. */
 export function readKey(file: string): Hex {
   let k: string;
-  try { k = readFileSync(file, 'utf8').trim(); } catch (e) { throw new InvalidInputError(`cannot read key file ${file}: ${(e as Error).message}`); }
+  try {
+    k = readFileSync(file, 'utf8').trim();
+  } catch (e) {
+    throw new InvalidInputError(`cannot read key file ${file}: ${(e as Error).message}`);
+  }
   const hex = (k.startsWith('0x') ? k : `0x${k}`) as Hex;
   if (!/^0x[0-9a-fA-F]{64}$/.test(hex)) throw new InvalidInputError(`${file}: expected a 32-byte hex private key`);
   return hex;

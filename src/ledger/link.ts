@@ -19,7 +19,12 @@ import { ledgerClient, read, type LedgerClient } from './client.js';
 import { rpcChain } from './devnet.js';
 import { CommitmentQueue } from './queue.js';
 import { ChainUnreachableError } from './errors.js';
-import { scoreReportTypes, signScoreReport, type ScoreReport, type SignScoreReportReturnType } from './actions/signScoreReport.js';
+import {
+  scoreReportTypes,
+  signScoreReport,
+  type ScoreReport,
+  type SignScoreReportReturnType,
+} from './actions/signScoreReport.js';
 import { getShares, HolderIndex } from './actions/getShares.js';
 import { getProposals } from './actions/getProposals.js';
 import { getSetting } from './actions/execute.js';
@@ -30,15 +35,24 @@ const addr = z.string().regex(/^0x[0-9a-fA-F]{40}$/);
 const MAX_RECIPIENTS = 1024;
 
 /** A validator's signature over a round's score report, as gossiped (amounts as decimal strings). */
-export const SigBodySchema = z.object({
-  report: z.object({
-    manifestHash: hex32, round: z.string().regex(/^\d{1,19}$/), weightsHash: hex32,
-    checkpointCid: z.string().regex(/^0x([0-9a-fA-F]{2}){0,128}$/), updatesRoot: hex32, scoresRoot: hex32,
-    recipients: z.array(addr).max(MAX_RECIPIENTS), scores: z.array(z.string().regex(/^\d{1,40}$/)).max(MAX_RECIPIENTS),
-  }).strict(),
-  signer: addr,
-  signature: z.string().regex(/^0x[0-9a-fA-F]{130}$/),
-}).strict();
+export const SigBodySchema = z
+  .object({
+    report: z
+      .object({
+        manifestHash: hex32,
+        round: z.string().regex(/^\d{1,19}$/),
+        weightsHash: hex32,
+        checkpointCid: z.string().regex(/^0x([0-9a-fA-F]{2}){0,128}$/),
+        updatesRoot: hex32,
+        scoresRoot: hex32,
+        recipients: z.array(addr).max(MAX_RECIPIENTS),
+        scores: z.array(z.string().regex(/^\d{1,40}$/)).max(MAX_RECIPIENTS),
+      })
+      .strict(),
+    signer: addr,
+    signature: z.string().regex(/^0x[0-9a-fA-F]{130}$/),
+  })
+  .strict();
 export type SigBody = z.infer<typeof SigBodySchema>;
 
 /** A peer's payout address (where its shares are minted), announced on the control topic. */
@@ -52,7 +66,10 @@ export function reportFromWire(w: SigBody['report']): ScoreReport {
 }
 
 /** A governed dataset switch: train on `cid` from round `fromRound` on. Setting text: `<cid>@<round>`. */
-export interface DatasetSwitch { cid: string; fromRound: number }
+export interface DatasetSwitch {
+  cid: string;
+  fromRound: number;
+}
 export function parseDatasetSetting(v: string): DatasetSwitch | null {
   const m = /^([a-z0-9]{8,128})@(\d{1,9})$/i.exec(v.trim());
   return m ? { cid: m[1], fromRound: Number(m[2]) } : null;
@@ -80,7 +97,10 @@ export interface LedgerLinkOptions {
   peerOf?: (address: string) => string | null;
 }
 
-interface Collected { report: ScoreReport; sigs: Map<string, SignScoreReportReturnType> }
+interface Collected {
+  report: ScoreReport;
+  sigs: Map<string, SignScoreReportReturnType>;
+}
 
 export class LedgerLink {
   readonly me: Address;
@@ -103,8 +123,16 @@ export class LedgerLink {
   private checkedAt: number | null = null;
   /** When the current stretch of reachability began. */
   private onlineSince = 0;
-  private snapshot: Pick<LedgerView, 'totalSupply' | 'totalPaid' | 'totalClaimed' | 'holders' | 'rounds' | 'proposals'> = {
-    totalSupply: '0', totalPaid: '0', totalClaimed: '0', holders: [], rounds: [], proposals: [],
+  private snapshot: Pick<
+    LedgerView,
+    'totalSupply' | 'totalPaid' | 'totalClaimed' | 'holders' | 'rounds' | 'proposals'
+  > = {
+    totalSupply: '0',
+    totalPaid: '0',
+    totalClaimed: '0',
+    holders: [],
+    rounds: [],
+    proposals: [],
   };
   private settings: Record<string, string> = {};
   private running: Promise<void> | null = null;
@@ -128,10 +156,28 @@ export class LedgerLink {
 
   /** Validator: sign a round's report (now if the chain id is known, else at the next tick) and gossip it. */
   async signReport(report: ScoreReport): Promise<void> {
-    if (this.chainId === null) { this.unsigned.push(report); return; }
-    const s = await signScoreReport({ account: privateKeyToAccount(this.o.key), chainId: this.chainId, contract: this.o.contract, report });
+    if (this.chainId === null) {
+      this.unsigned.push(report);
+      return;
+    }
+    const s = await signScoreReport({
+      account: privateKeyToAccount(this.o.key),
+      chainId: this.chainId,
+      contract: this.o.contract,
+      report,
+    });
     const body: SigBody = { report: reportToWire(report), signer: s.signer, signature: s.signature };
-    this.o.logger.info({ round: Number(report.round), weightsHash: report.weightsHash, checkpointCid: report.checkpointCid, updatesRoot: report.updatesRoot, scoresRoot: report.scoresRoot, recipients: report.recipients.length }, 'signed score report');
+    this.o.logger.info(
+      {
+        round: Number(report.round),
+        weightsHash: report.weightsHash,
+        checkpointCid: report.checkpointCid,
+        updatesRoot: report.updatesRoot,
+        scoresRoot: report.scoresRoot,
+        recipients: report.recipients.length,
+      },
+      'signed score report',
+    );
     this.o.publish(body);
     await this.onSignature(body); // our own counts toward the quorum
   }
@@ -139,27 +185,42 @@ export class LedgerLink {
   /** A gossiped signature: kept if it recovers to a registered validator; a quorum queues the report. */
   async onSignature(raw: unknown): Promise<void> {
     const p = SigBodySchema.safeParse(raw);
-    if (!p.success) { this.o.logger.warn({ err: p.error.message }, 'malformed score-report signature'); return; }
+    if (!p.success) {
+      this.o.logger.warn({ err: p.error.message }, 'malformed score-report signature');
+      return;
+    }
     const b = p.data;
     if (this.chainId === null || this.validators.length === 0) {
       if (this.unchecked.length < 4096) this.unchecked.push(b);
       return;
     }
-    if (b.report.manifestHash.toLowerCase() !== this.o.manifestHash.toLowerCase()) { this.o.logger.warn({ signer: b.signer }, 'signature for another run'); return; }
+    if (b.report.manifestHash.toLowerCase() !== this.o.manifestHash.toLowerCase()) {
+      this.o.logger.warn({ signer: b.signer }, 'signature for another run');
+      return;
+    }
     if (b.report.recipients.length !== b.report.scores.length) return;
     const report = reportFromWire(b.report);
     let signer: Address;
     try {
       signer = await recoverTypedDataAddress({
         domain: { name: 'Tessera', version: '1', chainId: this.chainId, verifyingContract: this.o.contract },
-        types: scoreReportTypes, primaryType: 'ScoreReport', message: report, signature: b.signature as Hex,
+        types: scoreReportTypes,
+        primaryType: 'ScoreReport',
+        message: report,
+        signature: b.signature as Hex,
       });
     } catch {
       this.o.logger.warn({ signer: b.signer }, 'unrecoverable score-report signature');
       return;
     }
-    if (signer.toLowerCase() !== b.signer.toLowerCase() || !this.validators.some((v) => v.toLowerCase() === signer.toLowerCase())) {
-      this.o.logger.warn({ claimed: b.signer, recovered: signer }, 'score-report signature not from a registered validator');
+    if (
+      signer.toLowerCase() !== b.signer.toLowerCase() ||
+      !this.validators.some((v) => v.toLowerCase() === signer.toLowerCase())
+    ) {
+      this.o.logger.warn(
+        { claimed: b.signer, recovered: signer },
+        'score-report signature not from a registered validator',
+      );
       return;
     }
     const key = JSON.stringify(b.report);
@@ -174,12 +235,15 @@ export class LedgerLink {
     if (c.sigs.size >= this.threshold && !this.scheduled.has(key) && this.o.submit !== false) {
       this.scheduled.add(key);
       const rank = this.rank();
-      const t = setTimeout(() => {
-        this.timers.delete(t);
-        if (this.stopped) return;
-        this.queue.enqueue({ report: c.report, signatures: [...c.sigs.values()] });
-        this.tick();
-      }, rank * (this.o.staggerMs ?? 3000));
+      const t = setTimeout(
+        () => {
+          this.timers.delete(t);
+          if (this.stopped) return;
+          this.queue.enqueue({ report: c.report, signatures: [...c.sigs.values()] });
+          this.tick();
+        },
+        rank * (this.o.staggerMs ?? 3000),
+      );
       this.timers.add(t);
     }
   }
@@ -194,13 +258,18 @@ export class LedgerLink {
   /** One pass (coalesced: a call while one runs schedules one more): connect, sign, flush, re-read. */
   tick(): Promise<void> {
     if (this.stopped) return Promise.resolve();
-    if (this.running) { this.again = true; return this.running; }
+    if (this.running) {
+      this.again = true;
+      return this.running;
+    }
     this.running = (async () => {
       do {
         this.again = false;
         await this.pass();
       } while (this.again && !this.stopped);
-    })().finally(() => { this.running = null; });
+    })().finally(() => {
+      this.running = null;
+    });
     return this.running;
   }
 
@@ -234,7 +303,10 @@ export class LedgerLink {
       // too, so the first one sends them and the others find them on chain.
       const wait = this.onlineSince + this.rank() * (this.o.staggerMs ?? 3000) - Date.now();
       if (wait > 0 && this.queue.pending.length > 0) {
-        const t = setTimeout(() => { this.timers.delete(t); void this.tick(); }, wait);
+        const t = setTimeout(() => {
+          this.timers.delete(t);
+          void this.tick();
+        }, wait);
         this.timers.add(t);
         return;
       }
@@ -263,21 +335,47 @@ export class LedgerLink {
     const props = await getProposals(c, { limit: 20 });
     const peerOf = this.o.peerOf ?? (() => null);
     this.snapshot = {
-      totalSupply: s.totalSupply.toString(), totalPaid: s.totalPaid.toString(), totalClaimed: s.totalClaimed.toString(),
-      holders: s.holders.map((h) => ({ address: h.address, peer: peerOf(h.address), balance: h.balance.toString(), claimable: h.claimable.toString() })),
+      totalSupply: s.totalSupply.toString(),
+      totalPaid: s.totalPaid.toString(),
+      totalClaimed: s.totalClaimed.toString(),
+      holders: s.holders.map((h) => ({
+        address: h.address,
+        peer: peerOf(h.address),
+        balance: h.balance.toString(),
+        claimable: h.claimable.toString(),
+      })),
       rounds: s.rounds.reverse().map((r) => {
         let cid: string = r.checkpointCid;
-        try { cid = hexToString(r.checkpointCid); } catch { /* keep hex */ }
+        try {
+          cid = hexToString(r.checkpointCid);
+        } catch {
+          /* keep hex */
+        }
         return { round: Number(r.round), weightsHash: r.weightsHash, checkpointCid: cid, minted: r.minted.toString() };
       }),
-      proposals: props.map((p) => ({ id: Number(p.id), key: p.key, value: p.value, deadline: Number(p.deadline), yes: p.yes.toString(), no: p.no.toString(), executed: p.executed, passed: p.passed })),
+      proposals: props.map((p) => ({
+        id: Number(p.id),
+        key: p.key,
+        value: p.value,
+        deadline: Number(p.deadline),
+        yes: p.yes.toString(),
+        no: p.no.toString(),
+        executed: p.executed,
+        passed: p.passed,
+      })),
     };
   }
 
   view(): LedgerView {
     return {
-      contract: this.o.contract, chainId: this.chainId ?? 0, online: this.online, checkedAt: this.checkedAt, me: this.me,
-      threshold: this.threshold, validators: [...this.validators], ...this.snapshot,
+      contract: this.o.contract,
+      chainId: this.chainId ?? 0,
+      online: this.online,
+      checkedAt: this.checkedAt,
+      me: this.me,
+      threshold: this.threshold,
+      validators: [...this.validators],
+      ...this.snapshot,
       queue: { pending: this.queue.pending.length, submitted: this.submitted, lastError: this.lastError },
     };
   }

@@ -28,19 +28,52 @@ export interface LocalChain {
 /** M of N: more than two thirds of the validators (all of them when N ≤ 3). */
 export const defaultThreshold = (n: number): number => Math.min(n, Math.floor((2 * n) / 3) + 1);
 
-export async function startLocalChain(o: { runId: string; peers: number; validators: number[]; threshold?: number; port?: number }): Promise<LocalChain> {
+export async function startLocalChain(o: {
+  runId: string;
+  peers: number;
+  validators: number[];
+  threshold?: number;
+  port?: number;
+}): Promise<LocalChain> {
   const net = await startDevnet({ accounts: o.peers + 1 });
   const keys = net.keys.slice(1, o.peers + 1);
   const validators = o.validators.map((i) => privateKeyToAccount(keys[i]).address);
   const threshold = o.threshold ?? defaultThreshold(validators.length);
-  const d = await deployRun(clientsFor(net.request, net.chain, net.keys[0]) as never, { manifestHash: `0x${o.runId}`, validators, threshold });
+  const d = await deployRun(clientsFor(net.request, net.chain, net.keys[0]) as never, {
+    manifestHash: `0x${o.runId}`,
+    validators,
+    threshold,
+  });
   let srv = await serveRpc(net.request, o.port ?? 0);
   const port = Number(new URL(srv.url).port);
   let up = true;
   return {
-    net, url: srv.url, port, contract: d.address, keys, validators, threshold, deployGas: d.gasUsed,
-    unserve: async () => { if (up) { up = false; await srv.close(); } },
-    serve: async () => { if (!up) { srv = await serveRpc(net.request, port); up = true; } },
-    close: async () => { if (up) { up = false; await srv.close(); } net.stop(); },
+    net,
+    url: srv.url,
+    port,
+    contract: d.address,
+    keys,
+    validators,
+    threshold,
+    deployGas: d.gasUsed,
+    unserve: async () => {
+      if (up) {
+        up = false;
+        await srv.close();
+      }
+    },
+    serve: async () => {
+      if (!up) {
+        srv = await serveRpc(net.request, port);
+        up = true;
+      }
+    },
+    close: async () => {
+      if (up) {
+        up = false;
+        await srv.close();
+      }
+      net.stop();
+    },
   };
 }

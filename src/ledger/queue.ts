@@ -64,7 +64,8 @@ export class CommitmentQueue {
           res.offline = true;
           break;
         }
-        if (e instanceof ContractRevertError && e.reason === 'RoundNotIncreasing') res.alreadyOnChain.push(q.report.round);
+        if (e instanceof ContractRevertError && e.reason === 'RoundNotIncreasing')
+          res.alreadyOnChain.push(q.report.round);
         // A refusal that retrying cannot fix would block every later round: drop it, say why.
         else if (e instanceof ContractRevertError) res.rejected.push({ round: q.report.round, reason: e.reason });
         else throw e;

@@ -34,7 +34,9 @@ const schema = z.object({
   weightsHash: hex32,
   checkpointCid: z.string().min(1),
   updateHashes: z.array(hex32),
-  scores: z.array(z.object({ address: z.string().regex(/^0x[0-9a-fA-F]{40}$/), score: z.number().finite().nonnegative() })).min(1),
+  scores: z
+    .array(z.object({ address: z.string().regex(/^0x[0-9a-fA-F]{40}$/), score: z.number().finite().nonnegative() }))
+    .min(1),
 });
 export type BuildScoreReportParameters = z.input<typeof schema>;
 
@@ -44,12 +46,15 @@ export function buildScoreReport(params: BuildScoreReportParameters): ScoreRepor
   const p = schema.safeParse(params);
   if (!p.success) throw new InvalidInputError(`buildScoreReport: ${p.error.message}`);
   const merged = new Map<string, number>();
-  for (const s of p.data.scores) merged.set(s.address.toLowerCase(), (merged.get(s.address.toLowerCase()) ?? 0) + s.score);
+  for (const s of p.data.scores)
+    merged.set(s.address.toLowerCase(), (merged.get(s.address.toLowerCase()) ?? 0) + s.score);
   const rows = [...merged.entries()].sort(([a], [b]) => (a < b ? -1 : 1));
   const recipients = rows.map(([a]) => a as Address);
   const scores = rows.map(([, s]) => BigInt(Math.round(s * SCORE_SCALE)));
   if (scores.every((s) => s === 0n)) throw new InvalidInputError('buildScoreReport: all scores are zero');
-  const scoreLeaves = recipients.map((a, i) => keccak256(encodeAbiParameters([{ type: 'address' }, { type: 'uint256' }], [a, scores[i]])));
+  const scoreLeaves = recipients.map((a, i) =>
+    keccak256(encodeAbiParameters([{ type: 'address' }, { type: 'uint256' }], [a, scores[i]])),
+  );
   return {
     manifestHash: p.data.manifestHash as Hex,
     round: BigInt(p.data.round),

@@ -7,7 +7,11 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { EIP1193RequestFn } from 'viem';
 
-export async function serveRpc(request: EIP1193RequestFn, port = 0, host = '127.0.0.1'): Promise<{ url: string; close(): Promise<void>; server: Server }> {
+export async function serveRpc(
+  request: EIP1193RequestFn,
+  port = 0,
+  host = '127.0.0.1',
+): Promise<{ url: string; close(): Promise<void>; server: Server }> {
   // Closing drains: requests already handed to the chain finish (their effects happen before
   // close() resolves); requests arriving after close() began are refused without reaching it.
   let closing = false;
@@ -18,15 +22,30 @@ export async function serveRpc(request: EIP1193RequestFn, port = 0, host = '127.
     req.on('end', () => {
       const one = async (m: { id?: unknown; method: string; params?: unknown }) => {
         try {
-          return { jsonrpc: '2.0', id: m.id ?? null, result: await request({ method: m.method, params: m.params } as never) };
+          return {
+            jsonrpc: '2.0',
+            id: m.id ?? null,
+            result: await request({ method: m.method, params: m.params } as never),
+          };
         } catch (e) {
           const err = e as { code?: number; message?: string; data?: unknown };
-          return { jsonrpc: '2.0', id: m.id ?? null, error: { code: typeof err.code === 'number' ? err.code : -32603, message: err.message ?? String(e), data: err.data } };
+          return {
+            jsonrpc: '2.0',
+            id: m.id ?? null,
+            error: {
+              code: typeof err.code === 'number' ? err.code : -32603,
+              message: err.message ?? String(e),
+              data: err.data,
+            },
+          };
         }
       };
       // Closing: drop the connection unanswered, as a server that went away does (clients see the
       // chain as unreachable, never as a refusal).
-      if (closing) { req.socket.destroy(); return; }
+      if (closing) {
+        req.socket.destroy();
+        return;
+      }
       const done = (async () => {
         let out: unknown;
         try {

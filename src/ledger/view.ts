@@ -23,7 +23,16 @@ export interface LedgerView {
   /** The latest minted rounds (newest first, at most 20). */
   rounds: { round: number; weightsHash: string; checkpointCid: string; minted: string }[];
   /** Governance proposals (newest first, at most 20); value is the proposed setting as text. */
-  proposals: { id: number; key: string; value: string; deadline: number; yes: string; no: string; executed: boolean; passed: boolean }[];
+  proposals: {
+    id: number;
+    key: string;
+    value: string;
+    deadline: number;
+    yes: string;
+    no: string;
+    executed: boolean;
+    passed: boolean;
+  }[];
   /** Score reports waiting for the chain, and what this node has submitted. */
   queue: { pending: number; submitted: number; lastError: string | null };
 }

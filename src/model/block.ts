@@ -18,10 +18,19 @@ import type { LayerViews } from './params.js';
 
 /** What one block keeps from forward for backward. Every field is a whole view, sized by blockActs. */
 export interface BlockActs {
-  ln1: Float32Array; ln1Mean: Float32Array; ln1Rstd: Float32Array;
-  qkv: Float32Array; atty: Float32Array; att: Float32Array; res2: Float32Array;
-  ln2: Float32Array; ln2Mean: Float32Array; ln2Rstd: Float32Array;
-  fch: Float32Array; fchGelu: Float32Array; res3: Float32Array;
+  ln1: Float32Array;
+  ln1Mean: Float32Array;
+  ln1Rstd: Float32Array;
+  qkv: Float32Array;
+  atty: Float32Array;
+  att: Float32Array;
+  res2: Float32Array;
+  ln2: Float32Array;
+  ln2Mean: Float32Array;
+  ln2Rstd: Float32Array;
+  fch: Float32Array;
+  fchGelu: Float32Array;
+  res3: Float32Array;
 }
 
 /**
@@ -29,30 +38,58 @@ export interface BlockActs {
  * d(res3) on entry to blockBackward, d(input) on return.
  */
 export interface BlockGrads {
-  dres: Float32Array; dC: Float32Array; d3C: Float32Array;
-  d4Ca: Float32Array; d4Cb: Float32Array; datt: Float32Array;
+  dres: Float32Array;
+  dC: Float32Array;
+  d3C: Float32Array;
+  d4Ca: Float32Array;
+  d4Cb: Float32Array;
+  datt: Float32Array;
 }
 
 /**
  * One block's activations for B sequences of T tokens: `make(n)` is called once per field with
  * its float count, in this (the layout) order, and its results are returned under the fields' names.
  */
-export function blockActs<X>(B: number, T: number, C: number, NH: number, make: (n: number) => X):
-  { [K in keyof BlockActs]: X } {
+export function blockActs<X>(
+  B: number,
+  T: number,
+  C: number,
+  NH: number,
+  make: (n: number) => X,
+): { [K in keyof BlockActs]: X } {
   const N = B * T;
   return {
-    ln1: make(N * C), ln1Mean: make(N), ln1Rstd: make(N), qkv: make(N * 3 * C), atty: make(N * C),
-    att: make(B * NH * T * T), res2: make(N * C), ln2: make(N * C), ln2Mean: make(N), ln2Rstd: make(N),
-    fch: make(N * 4 * C), fchGelu: make(N * 4 * C), res3: make(N * C),
+    ln1: make(N * C),
+    ln1Mean: make(N),
+    ln1Rstd: make(N),
+    qkv: make(N * 3 * C),
+    atty: make(N * C),
+    att: make(B * NH * T * T),
+    res2: make(N * C),
+    ln2: make(N * C),
+    ln2Mean: make(N),
+    ln2Rstd: make(N),
+    fch: make(N * 4 * C),
+    fchGelu: make(N * 4 * C),
+    res3: make(N * C),
   };
 }
 
 /** The backward scratch for B sequences of T tokens, built as blockActs builds activations. */
-export function blockGrads<X>(B: number, T: number, C: number, NH: number, make: (n: number) => X):
-  { [K in keyof BlockGrads]: X } {
+export function blockGrads<X>(
+  B: number,
+  T: number,
+  C: number,
+  NH: number,
+  make: (n: number) => X,
+): { [K in keyof BlockGrads]: X } {
   const N = B * T;
   return {
-    dres: make(N * C), dC: make(N * C), d3C: make(N * 3 * C), d4Ca: make(N * 4 * C), d4Cb: make(N * 4 * C),
+    dres: make(N * C),
+    dC: make(N * C),
+    d3C: make(N * 3 * C),
+    d4Ca: make(N * 4 * C),
+    d4Cb: make(N * 4 * C),
     datt: make(B * NH * T * T),
   };
 }
@@ -61,8 +98,17 @@ export function blockGrads<X>(B: number, T: number, C: number, NH: number, make:
  * Forward of one block: reads `input` [N, C], fills `x`, returns x.res3 (the next block's input).
  * `scratch` [N, C] holds each projection's output before its residual add.
  */
-export function blockForward(k: Kernels, w: LayerViews, x: BlockActs, input: Float32Array, scratch: Float32Array,
-  B: number, T: number, C: number, NH: number): Float32Array {
+export function blockForward(
+  k: Kernels,
+  w: LayerViews,
+  x: BlockActs,
+  input: Float32Array,
+  scratch: Float32Array,
+  B: number,
+  T: number,
+  C: number,
+  NH: number,
+): Float32Array {
   const N = B * T;
   k.layernormForward(x.ln1, x.ln1Mean, x.ln1Rstd, input, w.ln1w, w.ln1b, N, C);
   k.matmulForward(x.qkv, x.ln1, w.qkvw, w.qkvb, N, C, 3 * C);
@@ -81,9 +127,20 @@ export function blockForward(k: Kernels, w: LayerViews, x: BlockActs, input: Flo
  * Backward of one block: turns d.dres from d(res3) into d(input) (in place) and ACCUMULATES the
  * block's weight gradients into `gw`. `x` and `input` are what blockForward saw.
  */
-export function blockBackward(k: Kernels, w: LayerViews, gw: LayerViews, x: BlockActs, input: Float32Array,
-  d: BlockGrads, B: number, T: number, C: number, NH: number): void {
-  const N = B * T, C4 = 4 * C;
+export function blockBackward(
+  k: Kernels,
+  w: LayerViews,
+  gw: LayerViews,
+  x: BlockActs,
+  input: Float32Array,
+  d: BlockGrads,
+  B: number,
+  T: number,
+  C: number,
+  NH: number,
+): void {
+  const N = B * T,
+    C4 = 4 * C;
   const { dres, dC, d3C, d4Ca, d4Cb, datt } = d;
   // res3 = res2 + proj(gelu(fc(ln2(res2)))): dres flows to res2 unchanged, plus the MLP branch.
   d4Ca.fill(0);

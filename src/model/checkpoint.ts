@@ -78,16 +78,21 @@ export interface LoadOptions {
 
 const HEX64 = /^[0-9a-f]{64}$/;
 
-const CheckpointConfigSchema = z.object({
-  format: z.literal(CHECKPOINT_FORMAT),
-  version: z.literal(CHECKPOINT_VERSION),
-  model: ModelConfigSchema,
-  meta: z.record(z.string(), z.unknown()),
-  weightsHash: z.string().regex(HEX64, 'must be 64 lowercase hex digits'),
-  optimizer: z.boolean(),
-  /** Names of the companion files saved with it (extraFiles). */
-  extraFiles: z.array(z.string().regex(/^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$/)).max(1000).optional(),
-}).strict();
+const CheckpointConfigSchema = z
+  .object({
+    format: z.literal(CHECKPOINT_FORMAT),
+    version: z.literal(CHECKPOINT_VERSION),
+    model: ModelConfigSchema,
+    meta: z.record(z.string(), z.unknown()),
+    weightsHash: z.string().regex(HEX64, 'must be 64 lowercase hex digits'),
+    optimizer: z.boolean(),
+    /** Names of the companion files saved with it (extraFiles). */
+    extraFiles: z
+      .array(z.string().regex(/^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$/))
+      .max(1000)
+      .optional(),
+  })
+  .strict();
 
 export type CheckpointConfigFile = z.infer<typeof CheckpointConfigSchema>;
 
@@ -114,7 +119,8 @@ function momentsHash(m: Float32Array, v: Float32Array): string {
 export function checkTokenizerMatches(config: ModelConfig, tokenizerVocabSize: number, path: string): void {
   if (config.vocabSize !== tokenizerVocabSize) {
     throw new MismatchError(
-      `tokenizer ${path} has a vocabulary of ${tokenizerVocabSize} tokens but the model expects vocabSize ${config.vocabSize}`);
+      `tokenizer ${path} has a vocabulary of ${tokenizerVocabSize} tokens but the model expects vocabSize ${config.vocabSize}`,
+    );
   }
 }
 
@@ -133,19 +139,33 @@ function configDiff(a: ModelConfig, b: ModelConfig): string[] {
 async function fsyncPath(p: string): Promise<void> {
   try {
     const fh = await open(p, 'r');
-    try { await fh.sync(); } finally { await fh.close(); }
+    try {
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
   } catch {
     // Directory fsync is not supported everywhere (e.g. Windows); best effort.
   }
 }
 
 async function exists(p: string): Promise<boolean> {
-  try { await stat(p); return true; } catch { return false; }
+  try {
+    await stat(p);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 function pidAlive(pid: number): boolean {
   if (pid === process.pid) return true;
-  try { process.kill(pid, 0); return true; } catch (e) { return (e as NodeJS.ErrnoException).code === 'EPERM'; }
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
 }
 
 const SIBLING_RE = /^\.(.+)\.(tmp|old)-(\d+)-[0-9a-f]{8}$/;
@@ -156,7 +176,11 @@ const SIBLING_RE = /^\.(.+)\.(tmp|old)-(\d+)-[0-9a-f]{8}$/;
  */
 async function removeStaleSiblings(parent: string, base: string, targetExists: boolean): Promise<void> {
   let names: string[];
-  try { names = await readdir(parent); } catch { return; }
+  try {
+    names = await readdir(parent);
+  } catch {
+    return;
+  }
   for (const n of names) {
     const m = SIBLING_RE.exec(n);
     if (!m || m[1] !== base || pidAlive(Number(m[3]))) continue;
@@ -169,7 +193,10 @@ async function orphanedPrevious(dir: string): Promise<string[]> {
   const target = resolve(dir);
   try {
     return (await readdir(dirname(target)))
-      .filter((n) => { const m = SIBLING_RE.exec(n); return m !== null && m[1] === basename(target) && m[2] === 'old'; })
+      .filter((n) => {
+        const m = SIBLING_RE.exec(n);
+        return m !== null && m[1] === basename(target) && m[2] === 'old';
+      })
       .map((n) => join(dirname(target), n));
   } catch {
     return [];
@@ -183,8 +210,11 @@ async function orphanedPrevious(dir: string): Promise<string[]> {
  * `replaceable` (so that a typo can never wipe an unrelated directory). On any error the
  * temporary directory is removed and `dir` is left exactly as it was.
  */
-export async function writeDirAtomic(dir: string, replaceable: ReadonlySet<string>,
-  fill: (tmp: string) => Promise<string[]>): Promise<string[]> {
+export async function writeDirAtomic(
+  dir: string,
+  replaceable: ReadonlySet<string>,
+  fill: (tmp: string) => Promise<string[]>,
+): Promise<string[]> {
   const target = resolve(dir);
   const parent = dirname(target);
   const base = basename(target);
@@ -193,11 +223,13 @@ export async function writeDirAtomic(dir: string, replaceable: ReadonlySet<strin
   // Refuse to replace something that is not ours before writing anything.
   if (await exists(target)) {
     const st = await stat(target);
-    if (!st.isDirectory()) throw new InvalidInputError(`${target} exists and is not a directory; refusing to replace it`);
+    if (!st.isDirectory())
+      throw new InvalidInputError(`${target} exists and is not a directory; refusing to replace it`);
     const foreign = (await readdir(target)).filter((n) => !replaceable.has(n));
     if (foreign.length > 0) {
       throw new InvalidInputError(
-        `${target} already exists and holds files that this writer did not put there (${foreign.slice(0, 5).join(', ')}); refusing to replace it`);
+        `${target} already exists and holds files that this writer did not put there (${foreign.slice(0, 5).join(', ')}); refusing to replace it`,
+      );
     }
   }
 
@@ -237,7 +269,11 @@ export async function writeDirAtomic(dir: string, replaceable: ReadonlySet<strin
 
 // ---------------------------------------------------------------------------------------------
 
-function validateForSave(data: CheckpointData): { config: ModelConfig; meta: Record<string, unknown>; extra: Record<string, string | Uint8Array> } {
+function validateForSave(data: CheckpointData): {
+  config: ModelConfig;
+  meta: Record<string, unknown>;
+  extra: Record<string, string | Uint8Array>;
+} {
   const c = ModelConfigSchema.safeParse(data.config);
   if (!c.success) throw new InvalidInputError(`invalid model config: ${describeZod(c.error)}`);
   const config = c.data;
@@ -247,13 +283,17 @@ function validateForSave(data: CheckpointData): { config: ModelConfig; meta: Rec
   }
   if (data.optimizer) {
     const { m, v, step } = data.optimizer;
-    if (!(m instanceof Float32Array) || m.length !== P) throw new InvalidInputError(`optimizer.m has ${m?.length} floats, expected ${P}`);
-    if (!(v instanceof Float32Array) || v.length !== P) throw new InvalidInputError(`optimizer.v has ${v?.length} floats, expected ${P}`);
-    if (!Number.isSafeInteger(step) || step < 0) throw new InvalidInputError(`optimizer.step must be a non-negative integer, got ${step}`);
+    if (!(m instanceof Float32Array) || m.length !== P)
+      throw new InvalidInputError(`optimizer.m has ${m?.length} floats, expected ${P}`);
+    if (!(v instanceof Float32Array) || v.length !== P)
+      throw new InvalidInputError(`optimizer.v has ${v?.length} floats, expected ${P}`);
+    if (!Number.isSafeInteger(step) || step < 0)
+      throw new InvalidInputError(`optimizer.step must be a non-negative integer, got ${step}`);
   }
   let meta: Record<string, unknown> = {};
   if (data.meta !== undefined) {
-    if (data.meta === null || typeof data.meta !== 'object' || Array.isArray(data.meta)) throw new InvalidInputError('meta must be a plain object');
+    if (data.meta === null || typeof data.meta !== 'object' || Array.isArray(data.meta))
+      throw new InvalidInputError('meta must be a plain object');
     try {
       meta = JSON.parse(JSON.stringify(data.meta)) as Record<string, unknown>;
     } catch (e) {
@@ -262,10 +302,14 @@ function validateForSave(data: CheckpointData): { config: ModelConfig; meta: Rec
   }
   const extra = data.extraFiles ?? {};
   for (const [name, body] of Object.entries(extra)) {
-    if (!/^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$/.test(name) || [MODEL_FILE, CONFIG_FILE, OPTIMIZER_FILE].includes(name)) {
+    if (
+      !/^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$/.test(name) ||
+      [MODEL_FILE, CONFIG_FILE, OPTIMIZER_FILE].includes(name)
+    ) {
       throw new InvalidInputError(`extraFiles: invalid or reserved file name "${name}"`);
     }
-    if (typeof body !== 'string' && !(body instanceof Uint8Array)) throw new InvalidInputError(`extraFiles["${name}"] must be a string or Uint8Array`);
+    if (typeof body !== 'string' && !(body instanceof Uint8Array))
+      throw new InvalidInputError(`extraFiles["${name}"] must be a string or Uint8Array`);
   }
   return { config, meta, extra };
 }
@@ -276,32 +320,52 @@ function validateForSave(data: CheckpointData): { config: ModelConfig; meta: Rec
  * not copied: do not modify params or moments until the promise settles (a checkpoint saved
  * while training goes on would fail its hash check on load).
  */
-export async function saveCheckpoint(dir: string, data: CheckpointData): Promise<{ files: string[]; weightsHash: string }> {
+export async function saveCheckpoint(
+  dir: string,
+  data: CheckpointData,
+): Promise<{ files: string[]; weightsHash: string }> {
   const { config, meta, extra } = validateForSave(data);
   const hash = weightsHash(data.params);
   const specs = paramSpecs(config);
-  const replaceable = new Set([MODEL_FILE, CONFIG_FILE, OPTIMIZER_FILE, ...CHECKPOINT_COMPANION_FILES, ...Object.keys(extra),
-    ...await previousExtraFiles(dir)]);
+  const replaceable = new Set([
+    MODEL_FILE,
+    CONFIG_FILE,
+    OPTIMIZER_FILE,
+    ...CHECKPOINT_COMPANION_FILES,
+    ...Object.keys(extra),
+    ...(await previousExtraFiles(dir)),
+  ]);
   const files = await writeDirAtomic(dir, replaceable, async (tmp) => {
     const names: string[] = [];
     for (const [name, body] of Object.entries(extra)) {
       await writeTextFile(join(tmp, name), body);
       names.push(name);
     }
-    await writeSafetensors(join(tmp, MODEL_FILE),
+    await writeSafetensors(
+      join(tmp, MODEL_FILE),
       specs.map((s) => ({ name: s.name, shape: s.shape, data: data.params.subarray(s.offset, s.offset + s.size) })),
-      { format: CHECKPOINT_FORMAT, weightsHash: hash });
+      { format: CHECKPOINT_FORMAT, weightsHash: hash },
+    );
     names.push(MODEL_FILE);
     if (data.optimizer) {
       const { m, v, step } = data.optimizer;
       const P = data.params.length;
-      await writeSafetensors(join(tmp, OPTIMIZER_FILE),
-        [{ name: 'm', shape: [P], data: m }, { name: 'v', shape: [P], data: v }],
-        { format: OPTIMIZER_FORMAT, step: String(step), weightsHash: hash, momentsHash: momentsHash(m, v) });
+      await writeSafetensors(
+        join(tmp, OPTIMIZER_FILE),
+        [
+          { name: 'm', shape: [P], data: m },
+          { name: 'v', shape: [P], data: v },
+        ],
+        { format: OPTIMIZER_FORMAT, step: String(step), weightsHash: hash, momentsHash: momentsHash(m, v) },
+      );
       names.push(OPTIMIZER_FILE);
     }
     const cfgFile: CheckpointConfigFile = {
-      format: CHECKPOINT_FORMAT, version: CHECKPOINT_VERSION, model: config, meta, weightsHash: hash,
+      format: CHECKPOINT_FORMAT,
+      version: CHECKPOINT_VERSION,
+      model: config,
+      meta,
+      weightsHash: hash,
       optimizer: data.optimizer !== undefined,
       ...(Object.keys(extra).length ? { extraFiles: Object.keys(extra) } : {}),
     };
@@ -343,7 +407,8 @@ async function readConfigFile(path: string): Promise<CheckpointConfigFile> {
     const code = (e as NodeJS.ErrnoException).code;
     throw new CorruptFileError(path, code === 'ENOENT' ? 'file is missing' : `cannot read (${code})`, { cause: e });
   }
-  if (size > MAX_CONFIG_BYTES) throw new CorruptFileError(path, `file is ${size} bytes, over the ${MAX_CONFIG_BYTES}-byte cap`);
+  if (size > MAX_CONFIG_BYTES)
+    throw new CorruptFileError(path, `file is ${size} bytes, over the ${MAX_CONFIG_BYTES}-byte cap`);
   let text: string;
   try {
     text = new TextDecoder('utf-8', { fatal: true }).decode(await readFile(path));
@@ -361,34 +426,57 @@ async function readConfigFile(path: string): Promise<CheckpointConfigFile> {
   return r.data;
 }
 
-function shapeStr(s: readonly number[]): string { return `[${s.join(',')}]`; }
+function shapeStr(s: readonly number[]): string {
+  return `[${s.join(',')}]`;
+}
 
 async function loadModelFile(path: string, config: ModelConfig, expectedHash: string): Promise<Float32Array> {
   const r = await SafetensorsReader.open(path);
   try {
     const md = r.header.metadata;
-    if (md.format !== CHECKPOINT_FORMAT) throw new CorruptFileError(path, `metadata format is ${JSON.stringify(md.format)}, expected "${CHECKPOINT_FORMAT}"`);
+    if (md.format !== CHECKPOINT_FORMAT)
+      throw new CorruptFileError(
+        path,
+        `metadata format is ${JSON.stringify(md.format)}, expected "${CHECKPOINT_FORMAT}"`,
+      );
     if (md.weightsHash !== expectedHash) {
-      throw new CorruptFileError(path, `metadata weightsHash ${md.weightsHash} differs from config.json's ${expectedHash} (files from different checkpoints?)`);
+      throw new CorruptFileError(
+        path,
+        `metadata weightsHash ${md.weightsHash} differs from config.json's ${expectedHash} (files from different checkpoints?)`,
+      );
     }
     const specs = paramSpecs(config);
     const want = new Set(specs.map((s) => s.name));
     const missing = specs.filter((s) => !r.header.byName.has(s.name)).map((s) => s.name);
-    if (missing.length) throw new CorruptFileError(path, `missing tensor(s): ${missing.slice(0, 10).join(', ')}${missing.length > 10 ? ` and ${missing.length - 10} more` : ''}`);
+    if (missing.length)
+      throw new CorruptFileError(
+        path,
+        `missing tensor(s): ${missing.slice(0, 10).join(', ')}${missing.length > 10 ? ` and ${missing.length - 10} more` : ''}`,
+      );
     const extra = r.header.tensors.filter((t) => !want.has(t.name)).map((t) => t.name);
-    if (extra.length) throw new CorruptFileError(path, `unexpected tensor(s): ${extra.slice(0, 10).join(', ')}${extra.length > 10 ? ` and ${extra.length - 10} more` : ''}`);
+    if (extra.length)
+      throw new CorruptFileError(
+        path,
+        `unexpected tensor(s): ${extra.slice(0, 10).join(', ')}${extra.length > 10 ? ` and ${extra.length - 10} more` : ''}`,
+      );
     for (const s of specs) {
       const t = r.header.byName.get(s.name)!;
       if (t.dtype !== 'F32') throw new CorruptFileError(path, `tensor "${s.name}" has dtype ${t.dtype}, expected F32`);
       if (shapeStr(t.shape) !== shapeStr(s.shape)) {
-        throw new CorruptFileError(path, `tensor "${s.name}" has shape ${shapeStr(t.shape)}, expected ${shapeStr(s.shape)} for the config.json model`);
+        throw new CorruptFileError(
+          path,
+          `tensor "${s.name}" has shape ${shapeStr(t.shape)}, expected ${shapeStr(s.shape)} for the config.json model`,
+        );
       }
     }
     const params = new Float32Array(paramCount(config));
     for (const s of specs) await r.readInto(s.name, params.subarray(s.offset, s.offset + s.size));
     const got = weightsHash(params);
     if (got !== expectedHash) {
-      throw new CorruptFileError(path, `weights hash mismatch: recorded ${expectedHash}, data hashes to ${got} (the tensor data is corrupted)`);
+      throw new CorruptFileError(
+        path,
+        `weights hash mismatch: recorded ${expectedHash}, data hashes to ${got} (the tensor data is corrupted)`,
+      );
     }
     return params;
   } finally {
@@ -400,13 +488,23 @@ async function loadOptimizerFile(path: string, P: number, hash: string): Promise
   const r = await SafetensorsReader.open(path);
   try {
     const md = r.header.metadata;
-    if (md.format !== OPTIMIZER_FORMAT) throw new CorruptFileError(path, `metadata format is ${JSON.stringify(md.format)}, expected "${OPTIMIZER_FORMAT}"`);
-    if (md.weightsHash !== hash) throw new CorruptFileError(path, `optimizer state belongs to weights ${md.weightsHash}, not ${hash}`);
-    if (typeof md.step !== 'string' || !/^(0|[1-9][0-9]{0,15})$/.test(md.step) || !Number.isSafeInteger(Number(md.step))) {
+    if (md.format !== OPTIMIZER_FORMAT)
+      throw new CorruptFileError(
+        path,
+        `metadata format is ${JSON.stringify(md.format)}, expected "${OPTIMIZER_FORMAT}"`,
+      );
+    if (md.weightsHash !== hash)
+      throw new CorruptFileError(path, `optimizer state belongs to weights ${md.weightsHash}, not ${hash}`);
+    if (
+      typeof md.step !== 'string' ||
+      !/^(0|[1-9][0-9]{0,15})$/.test(md.step) ||
+      !Number.isSafeInteger(Number(md.step))
+    ) {
       throw new CorruptFileError(path, `metadata step ${JSON.stringify(md.step)} is not a non-negative integer`);
     }
     const names = r.header.tensors.map((t) => t.name).sort();
-    if (names.join(',') !== 'm,v') throw new CorruptFileError(path, `expected exactly tensors m and v, found ${names.join(', ') || 'none'}`);
+    if (names.join(',') !== 'm,v')
+      throw new CorruptFileError(path, `expected exactly tensors m and v, found ${names.join(', ') || 'none'}`);
     for (const t of r.header.tensors) {
       if (t.dtype !== 'F32' || shapeStr(t.shape) !== shapeStr([P])) {
         throw new CorruptFileError(path, `tensor "${t.name}" is ${t.dtype}${shapeStr(t.shape)}, expected F32[${P}]`);
@@ -415,7 +513,11 @@ async function loadOptimizerFile(path: string, P: number, hash: string): Promise
     const m = await r.readF32('m');
     const v = await r.readF32('v');
     const got = momentsHash(m, v);
-    if (got !== md.momentsHash) throw new CorruptFileError(path, `moments hash mismatch: recorded ${md.momentsHash}, data hashes to ${got} (the tensor data is corrupted)`);
+    if (got !== md.momentsHash)
+      throw new CorruptFileError(
+        path,
+        `moments hash mismatch: recorded ${md.momentsHash}, data hashes to ${got} (the tensor data is corrupted)`,
+      );
     return { m, v, step: Number(md.step) };
   } finally {
     await r.close();
@@ -431,7 +533,10 @@ export async function loadCheckpoint(dir: string, opts: LoadOptions = {}): Promi
   if (!(await exists(dir))) {
     const orphans = await orphanedPrevious(dir);
     if (orphans.length) {
-      throw new CorruptFileError(dir, `checkpoint directory is missing: a save was interrupted while replacing it; the previous checkpoint is in ${orphans.join(', ')} (rename it back to use it)`);
+      throw new CorruptFileError(
+        dir,
+        `checkpoint directory is missing: a save was interrupted while replacing it; the previous checkpoint is in ${orphans.join(', ')} (rename it back to use it)`,
+      );
     }
   }
   const cfg = await readConfigFile(cfgPath);
@@ -444,7 +549,8 @@ export async function loadCheckpoint(dir: string, opts: LoadOptions = {}): Promi
   const optPath = join(dir, OPTIMIZER_FILE);
   if (cfg.optimizer) {
     if (opts.loadOptimizer !== false) optimizer = await loadOptimizerFile(optPath, params.length, cfg.weightsHash);
-    else if (!(await exists(optPath))) throw new CorruptFileError(optPath, 'file is missing (config.json says the checkpoint has optimizer state)');
+    else if (!(await exists(optPath)))
+      throw new CorruptFileError(optPath, 'file is missing (config.json says the checkpoint has optimizer state)');
   } else if (await exists(optPath)) {
     throw new CorruptFileError(optPath, 'unexpected file: config.json says the checkpoint has no optimizer state');
   }

@@ -4,13 +4,28 @@
  */
 import { z } from 'zod';
 
-export const ModelConfigSchema = z.object({
-  vocabSize: z.number().int().min(2).max(1 << 20),
-  ctx: z.number().int().min(1).max(1 << 16),
-  dim: z.number().int().min(1).max(1 << 16),
-  layers: z.number().int().min(1).max(1024),
-  heads: z.number().int().min(1).max(1024),
-}).strict().refine((c) => c.dim % c.heads === 0, { message: 'dim must be divisible by heads' });
+export const ModelConfigSchema = z
+  .object({
+    vocabSize: z
+      .number()
+      .int()
+      .min(2)
+      .max(1 << 20),
+    ctx: z
+      .number()
+      .int()
+      .min(1)
+      .max(1 << 16),
+    dim: z
+      .number()
+      .int()
+      .min(1)
+      .max(1 << 16),
+    layers: z.number().int().min(1).max(1024),
+    heads: z.number().int().min(1).max(1024),
+  })
+  .strict()
+  .refine((c) => c.dim % c.heads === 0, { message: 'dim must be divisible by heads' });
 
 export type ModelConfig = z.infer<typeof ModelConfigSchema>;
 

@@ -24,16 +24,22 @@ import { InvalidInputError } from '../util/errors.js';
  * projections scaled by 1/sqrt(2L), zero biases, unit LayerNorm gains. One random stream for the
  * whole model, so a pipeline stage can take its own tensors' values without storing the rest.
  */
-export function initValues(config: ModelConfig, seed: number, put: (tensor: number, i: number, x: number) => void): void {
+export function initValues(
+  config: ModelConfig,
+  seed: number,
+  put: (tensor: number, i: number, x: number) => void,
+): void {
   const rng = new Rng(seed);
   const gauss = () => {
     // Box-Muller; u1 in (0, 1] so log is finite.
-    const u1 = 1 - rng.nextFloat(), u2 = rng.nextFloat();
+    const u1 = 1 - rng.nextFloat(),
+      u2 = rng.nextFloat();
     return Math.sqrt(-2 * Math.log(u1)) * Math.cos(2 * Math.PI * u2);
   };
   const residStd = 0.02 / Math.sqrt(2 * config.layers);
   paramSpecs(config).forEach((s, t) => {
-    if (s.name.endsWith('ln1.w') || s.name.endsWith('ln2.w') || s.name === 'lnf.w') for (let i = 0; i < s.size; i++) put(t, i, 1);
+    if (s.name.endsWith('ln1.w') || s.name.endsWith('ln2.w') || s.name === 'lnf.w')
+      for (let i = 0; i < s.size; i++) put(t, i, 1);
     else if (s.shape.length === 1) for (let i = 0; i < s.size; i++) put(t, i, 0);
     else {
       const std = s.name.endsWith('attn.proj.w') || s.name.endsWith('mlp.proj.w') ? residStd : 0.02;
@@ -47,10 +53,13 @@ export function initValues(config: ModelConfig, seed: number, put: (tensor: numb
  * gradients (BlockGrads) are reused across layers, zeroed before each accumulate.
  */
 interface Acts extends BlockGrads {
-  B: number; T: number;
+  B: number;
+  T: number;
   encoded: Float32Array;
   layers: BlockActs[];
-  lnf: Float32Array; lnfMean: Float32Array; lnfRstd: Float32Array;
+  lnf: Float32Array;
+  lnfMean: Float32Array;
+  lnfRstd: Float32Array;
   logits: Float32Array; // overwritten in place by dlogits during training
   losses: Float32Array;
   scratch: Float32Array; // [BT, C] projection output before the residual add
@@ -85,22 +94,33 @@ export class GPT {
    */
   init(seed: number): void {
     const specs = paramSpecs(this.config);
-    initValues(this.config, seed, (t, i, x) => { this.params[specs[t].offset + i] = x; });
+    initValues(this.config, seed, (t, i, x) => {
+      this.params[specs[t].offset + i] = x;
+    });
   }
 
-  zeroGrad(): void { this.grads.fill(0); }
+  zeroGrad(): void {
+    this.grads.fill(0);
+  }
 
   private ensureActs(B: number, T: number): Acts {
     if (this.acts && this.acts.B === B && this.acts.T === T) return this.acts;
     const { vocabSize: V, dim: C, layers: L, heads: NH } = this.config;
     const N = B * T;
     const sizes: number[] = [];
-    const take = (n: number) => { sizes.push(n); return sizes.length - 1; };
+    const take = (n: number) => {
+      sizes.push(n);
+      return sizes.length - 1;
+    };
     // Lay out one flat activation buffer, then cut views.
     const plan = {
       encoded: take(N * C),
       layers: Array.from({ length: L }, () => blockActs(B, T, C, NH, take)),
-      lnf: take(N * C), lnfMean: take(N), lnfRstd: take(N), logits: take(N * V), losses: take(N),
+      lnf: take(N * C),
+      lnfMean: take(N),
+      lnfRstd: take(N),
+      logits: take(N * V),
+      losses: take(N),
       scratch: take(N * C),
       ...blockGrads(B, T, C, NH, take),
     };
@@ -108,7 +128,10 @@ export class GPT {
     const buf = new Float32Array(total);
     const offsets: number[] = [];
     let o = 0;
-    for (const s of sizes) { offsets.push(o); o += s; }
+    for (const s of sizes) {
+      offsets.push(o);
+      o += s;
+    }
     const v = (i: number) => buf.subarray(offsets[i], offsets[i] + sizes[i]);
     const mapObj = <K extends string>(obj: Record<K, number>) =>
       Object.fromEntries(Object.entries(obj).map(([k, i]) => [k, v(i as number)])) as Record<K, Float32Array>;
@@ -119,12 +142,14 @@ export class GPT {
 
   private checkTokens(tokens: Int32Array, B: number, T: number): void {
     const { vocabSize: V, ctx } = this.config;
-    if (!Number.isInteger(B) || !Number.isInteger(T) || B < 1 || T < 1) throw new InvalidInputError(`bad batch shape B=${B} T=${T}`);
+    if (!Number.isInteger(B) || !Number.isInteger(T) || B < 1 || T < 1)
+      throw new InvalidInputError(`bad batch shape B=${B} T=${T}`);
     if (T > ctx) throw new InvalidInputError(`sequence length ${T} exceeds the model context ${ctx}`);
     if (tokens.length !== B * T) throw new InvalidInputError(`expected ${B * T} tokens, got ${tokens.length}`);
     for (let i = 0; i < tokens.length; i++) {
       const t = tokens[i];
-      if (t < 0 || t >= V) throw new InvalidInputError(`token id ${t} at position ${i} is outside the vocabulary [0, ${V})`);
+      if (t < 0 || t >= V)
+        throw new InvalidInputError(`token id ${t} at position ${i} is outside the vocabulary [0, ${V})`);
     }
   }
 
@@ -168,7 +193,14 @@ export class GPT {
     return loss;
   }
 
-  private lossImpl(tokens: Int32Array, targets: Int32Array, B: number, T: number, withGrad: boolean, gradScale = 1): number {
+  private lossImpl(
+    tokens: Int32Array,
+    targets: Int32Array,
+    B: number,
+    T: number,
+    withGrad: boolean,
+    gradScale = 1,
+  ): number {
     if (targets.length !== B * T) throw new InvalidInputError(`expected ${B * T} targets, got ${targets.length}`);
     const V = this.config.vocabSize;
     let valid = 0;
@@ -188,7 +220,10 @@ export class GPT {
 
   /** Backward from dlogits (left in the logits buffer by lossImpl). */
   private backward(): void {
-    const a = this.acts!, k = this.kernels, p = this.p, g = this.g;
+    const a = this.acts!,
+      k = this.kernels,
+      p = this.p,
+      g = this.g;
     const tokens = this.inputs!;
     const { B, T } = a;
     const { vocabSize: V, dim: C, heads: NH, layers: L } = this.config;

@@ -20,7 +20,13 @@ import { ModelConfigSchema, type ModelConfig } from './config.js';
 import { paramCount, paramViews } from './params.js';
 import { writeSafetensors, type TensorToWrite } from './safetensors.js';
 
-export const HF_FILES = ['model.safetensors', 'config.json', 'tokenizer.json', 'tokenizer_config.json', 'generation_config.json'] as const;
+export const HF_FILES = [
+  'model.safetensors',
+  'config.json',
+  'tokenizer.json',
+  'tokenizer_config.json',
+  'generation_config.json',
+] as const;
 
 export interface HFExportInput {
   config: ModelConfig;
@@ -109,15 +115,20 @@ export function hfConfig(config: ModelConfig, eotId: number): Record<string, unk
   };
 }
 
-const TokenizerJsonSchema = z.object({
-  model: z.object({ vocab: z.union([z.record(z.string(), z.number().int()), z.array(z.unknown())]).optional() }).passthrough(),
-  added_tokens: z.array(z.object({ id: z.number().int(), content: z.string() }).passthrough()).optional(),
-}).passthrough();
+const TokenizerJsonSchema = z
+  .object({
+    model: z
+      .object({ vocab: z.union([z.record(z.string(), z.number().int()), z.array(z.unknown())]).optional() })
+      .passthrough(),
+    added_tokens: z.array(z.object({ id: z.number().int(), content: z.string() }).passthrough()).optional(),
+  })
+  .passthrough();
 
 /** Token count implied by a tokenizer.json (max id + 1), and the string for `id` if found. */
 function tokenizerInfo(tok: object, id: number): { size: number; tokenString?: string } {
   const r = TokenizerJsonSchema.safeParse(tok);
-  if (!r.success) throw new InvalidInputError('tokenizerJson is not a Hugging Face tokenizer.json (needs a "model" object)');
+  if (!r.success)
+    throw new InvalidInputError('tokenizerJson is not a Hugging Face tokenizer.json (needs a "model" object)');
   let maxId = -1;
   let tokenString: string | undefined;
   const vocab = r.data.model.vocab;
@@ -144,7 +155,8 @@ function tokenizerInfo(tok: object, id: number): { size: number; tokenString?: s
  */
 export async function exportHF(dir: string, input: HFExportInput): Promise<{ files: string[] }> {
   const c = ModelConfigSchema.safeParse(input.config);
-  if (!c.success) throw new InvalidInputError(`invalid model config: ${c.error.issues.map((i) => i.message).join('; ')}`);
+  if (!c.success)
+    throw new InvalidInputError(`invalid model config: ${c.error.issues.map((i) => i.message).join('; ')}`);
   const config = c.data;
   const P = paramCount(config);
   if (!(input.params instanceof Float32Array) || input.params.length !== P) {
@@ -154,19 +166,22 @@ export async function exportHF(dir: string, input: HFExportInput): Promise<{ fil
   if (!Number.isInteger(eotId) || eotId < 0 || eotId >= config.vocabSize) {
     throw new InvalidInputError(`eotId ${eotId} is outside the vocabulary [0, ${config.vocabSize})`);
   }
-  if (input.tokenizerJson === null || typeof input.tokenizerJson !== 'object') throw new InvalidInputError('tokenizerJson must be an object');
+  if (input.tokenizerJson === null || typeof input.tokenizerJson !== 'object')
+    throw new InvalidInputError('tokenizerJson must be an object');
   const tok = tokenizerInfo(input.tokenizerJson, eotId);
   if (tok.size > config.vocabSize) {
     throw new MismatchError(`tokenizer has ${tok.size} tokens but the model vocabSize is ${config.vocabSize}`);
   }
   const tokenizerText = JSON.stringify(input.tokenizerJson);
 
-  const tokenizerConfig: Record<string, unknown> = input.tokenizerConfig ? { ...input.tokenizerConfig, model_max_length: config.ctx } : {
-    tokenizer_class: 'PreTrainedTokenizerFast',
-    model_max_length: config.ctx,
-    add_prefix_space: false,
-    clean_up_tokenization_spaces: false,
-  };
+  const tokenizerConfig: Record<string, unknown> = input.tokenizerConfig
+    ? { ...input.tokenizerConfig, model_max_length: config.ctx }
+    : {
+        tokenizer_class: 'PreTrainedTokenizerFast',
+        model_max_length: config.ctx,
+        add_prefix_space: false,
+        clean_up_tokenization_spaces: false,
+      };
   if (!input.tokenizerConfig && tok.tokenString !== undefined) {
     tokenizerConfig.bos_token = tok.tokenString;
     tokenizerConfig.eos_token = tok.tokenString;

@@ -24,12 +24,18 @@ export interface TensorSpec {
 }
 
 export interface LayerViews {
-  ln1w: Float32Array; ln1b: Float32Array;
-  qkvw: Float32Array; qkvb: Float32Array;
-  attprojw: Float32Array; attprojb: Float32Array;
-  ln2w: Float32Array; ln2b: Float32Array;
-  fcw: Float32Array; fcb: Float32Array;
-  fcprojw: Float32Array; fcprojb: Float32Array;
+  ln1w: Float32Array;
+  ln1b: Float32Array;
+  qkvw: Float32Array;
+  qkvb: Float32Array;
+  attprojw: Float32Array;
+  attprojb: Float32Array;
+  ln2w: Float32Array;
+  ln2b: Float32Array;
+  fcw: Float32Array;
+  fcb: Float32Array;
+  fcprojw: Float32Array;
+  fcprojb: Float32Array;
 }
 
 export interface ParamViews {
@@ -81,7 +87,8 @@ export function paramCount(cfg: ModelConfig): number {
 /** Named views into `buf` (params, grads or optimizer moments share this layout). */
 export function paramViews(cfg: ModelConfig, buf: Float32Array): ParamViews {
   const specs = paramSpecs(cfg);
-  if (buf.length !== paramCount(cfg)) throw new RangeError(`buffer has ${buf.length} floats, config needs ${paramCount(cfg)}`);
+  if (buf.length !== paramCount(cfg))
+    throw new RangeError(`buffer has ${buf.length} floats, config needs ${paramCount(cfg)}`);
   const byName = new Map(specs.map((s) => [s.name, buf.subarray(s.offset, s.offset + s.size)]));
   const get = (n: string) => byName.get(n)!;
   const layers = Array.from({ length: cfg.layers }, (_, l) => layerViews(l, get));
@@ -92,11 +99,17 @@ export function paramViews(cfg: ModelConfig, buf: Float32Array): ParamViews {
 export function layerViews(l: number, get: (name: string) => Float32Array): LayerViews {
   const p = `h.${l}.`;
   return {
-    ln1w: get(p + 'ln1.w'), ln1b: get(p + 'ln1.b'),
-    qkvw: get(p + 'attn.qkv.w'), qkvb: get(p + 'attn.qkv.b'),
-    attprojw: get(p + 'attn.proj.w'), attprojb: get(p + 'attn.proj.b'),
-    ln2w: get(p + 'ln2.w'), ln2b: get(p + 'ln2.b'),
-    fcw: get(p + 'mlp.fc.w'), fcb: get(p + 'mlp.fc.b'),
-    fcprojw: get(p + 'mlp.proj.w'), fcprojb: get(p + 'mlp.proj.b'),
+    ln1w: get(p + 'ln1.w'),
+    ln1b: get(p + 'ln1.b'),
+    qkvw: get(p + 'attn.qkv.w'),
+    qkvb: get(p + 'attn.qkv.b'),
+    attprojw: get(p + 'attn.proj.w'),
+    attprojb: get(p + 'attn.proj.b'),
+    ln2w: get(p + 'ln2.w'),
+    ln2b: get(p + 'ln2.b'),
+    fcw: get(p + 'mlp.fc.w'),
+    fcb: get(p + 'mlp.fc.b'),
+    fcprojw: get(p + 'mlp.proj.w'),
+    fcprojb: get(p + 'mlp.proj.b'),
   };
 }

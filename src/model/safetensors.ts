@@ -24,10 +24,21 @@ import { CorruptFileError, InvalidInputError } from '../util/errors.js';
 export const MAX_HEADER_BYTES = 100 * 1024 * 1024;
 
 const DTYPE_SIZE = {
-  BOOL: 1, U8: 1, I8: 1, F8_E5M2: 1, F8_E4M3: 1,
-  I16: 2, U16: 2, F16: 2, BF16: 2,
-  I32: 4, U32: 4, F32: 4,
-  I64: 8, U64: 8, F64: 8,
+  BOOL: 1,
+  U8: 1,
+  I8: 1,
+  F8_E5M2: 1,
+  F8_E4M3: 1,
+  I16: 2,
+  U16: 2,
+  F16: 2,
+  BF16: 2,
+  I32: 4,
+  U32: 4,
+  F32: 4,
+  I64: 8,
+  U64: 8,
+  F64: 8,
 } as const;
 
 export type DType = keyof typeof DTYPE_SIZE;
@@ -67,7 +78,9 @@ export interface TensorToWrite {
 function resolveData(t: TensorToWrite, numel: number): Float32Array {
   const d = typeof t.data === 'function' ? t.data() : t.data;
   if (!(d instanceof Float32Array) || d.length !== numel) {
-    throw new InvalidInputError(`tensor "${t.name}": shape [${t.shape.join(',')}] has ${numel} elements but data has ${d?.length}`);
+    throw new InvalidInputError(
+      `tensor "${t.name}": shape [${t.shape.join(',')}] has ${numel} elements but data has ${d?.length}`,
+    );
   }
   return d;
 }
@@ -79,14 +92,16 @@ export interface ReadOptions {
 
 const LITTLE_ENDIAN_HOST = endianness() === 'LE';
 
-const TensorEntrySchema = z.object({
-  dtype: z.string(),
-  shape: z.array(z.number().int().min(0).max(Number.MAX_SAFE_INTEGER)),
-  data_offsets: z.tuple([
-    z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
-    z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
-  ]),
-}).strict();
+const TensorEntrySchema = z
+  .object({
+    dtype: z.string(),
+    shape: z.array(z.number().int().min(0).max(Number.MAX_SAFE_INTEGER)),
+    data_offsets: z.tuple([
+      z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
+      z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
+    ]),
+  })
+  .strict();
 
 const MetadataSchema = z.record(z.string(), z.string());
 
@@ -107,8 +122,15 @@ function describeZod(err: z.ZodError): string {
  * Parse and validate the header, given the first 8 bytes' value, the header bytes and the
  * file size. Pure; used by both the file and the in-memory readers.
  */
-export function parseHeader(path: string, headerLen: bigint, headerBytes: Uint8Array, fileSize: number): SafetensorsHeader {
-  const fail = (msg: string, cause?: unknown): never => { throw new CorruptFileError(path, msg, cause === undefined ? undefined : { cause }); };
+export function parseHeader(
+  path: string,
+  headerLen: bigint,
+  headerBytes: Uint8Array,
+  fileSize: number,
+): SafetensorsHeader {
+  const fail = (msg: string, cause?: unknown): never => {
+    throw new CorruptFileError(path, msg, cause === undefined ? undefined : { cause });
+  };
   const N = Number(headerLen);
   if (headerBytes.length !== N) fail(`internal: header buffer has ${headerBytes.length} bytes, expected ${N}`);
 
@@ -139,14 +161,20 @@ export function parseHeader(path: string, headerLen: bigint, headerBytes: Uint8A
     if (name.length === 0) fail('safetensors header has a tensor with an empty name');
     const e = TensorEntrySchema.safeParse(raw);
     if (!e.success) return fail(`tensor "${name}": bad header entry (${describeZod(e.error)})`);
-    const { dtype, shape, data_offsets: [begin, end] } = e.data;
+    const {
+      dtype,
+      shape,
+      data_offsets: [begin, end],
+    } = e.data;
     if (!Object.hasOwn(DTYPE_SIZE, dtype)) fail(`tensor "${name}": unknown dtype "${dtype}"`);
     const numel = numelOf(shape);
     if (!Number.isSafeInteger(numel)) fail(`tensor "${name}": shape [${shape.join(',')}] is too large`);
     if (end < begin) fail(`tensor "${name}": data_offsets [${begin}, ${end}] end before begin`);
     const want = numel * DTYPE_SIZE[dtype as DType];
     if (end - begin !== want) {
-      fail(`tensor "${name}": data_offsets [${begin}, ${end}] span ${end - begin} bytes but ${dtype}[${shape.join(',')}] needs ${want}`);
+      fail(
+        `tensor "${name}": data_offsets [${begin}, ${end}] span ${end - begin} bytes but ${dtype}[${shape.join(',')}] needs ${want}`,
+      );
     }
     tensors.push({ name, dtype: dtype as DType, shape, numel, begin, end });
   }
@@ -158,12 +186,18 @@ export function parseHeader(path: string, headerLen: bigint, headerBytes: Uint8A
   tensors.sort((a, b) => a.begin - b.begin || a.end - b.end);
   let cursor = 0;
   for (const t of tensors) {
-    if (t.begin < cursor) fail(`tensor "${t.name}": data_offsets [${t.begin}, ${t.end}] overlap the previous tensor (which ends at ${cursor})`);
-    if (t.begin > cursor) fail(`tensor "${t.name}": gap of ${t.begin - cursor} bytes before it in the data section (at ${cursor})`);
+    if (t.begin < cursor)
+      fail(
+        `tensor "${t.name}": data_offsets [${t.begin}, ${t.end}] overlap the previous tensor (which ends at ${cursor})`,
+      );
+    if (t.begin > cursor)
+      fail(`tensor "${t.name}": gap of ${t.begin - cursor} bytes before it in the data section (at ${cursor})`);
     cursor = t.end;
   }
   if (cursor > dataLen) {
-    fail(`file is truncated: tensors need ${cursor} data bytes but only ${dataLen} follow the header (file ${fileSize} bytes)`);
+    fail(
+      `file is truncated: tensors need ${cursor} data bytes but only ${dataLen} follow the header (file ${fileSize} bytes)`,
+    );
   }
   if (cursor < dataLen) fail(`${dataLen - cursor} trailing bytes after the last tensor`);
 
@@ -180,7 +214,10 @@ export function parseHeader(path: string, headerLen: bigint, headerBytes: Uint8A
 /** Validate the 8-byte length prefix against the file size and cap; returns N. */
 function checkHeaderLength(path: string, headerLen: bigint, fileSize: number, maxHeaderBytes: number): number {
   if (headerLen > BigInt(fileSize - 8)) {
-    throw new CorruptFileError(path, `safetensors header length ${headerLen} exceeds the ${fileSize - 8} bytes after the length prefix (file truncated or not a safetensors file)`);
+    throw new CorruptFileError(
+      path,
+      `safetensors header length ${headerLen} exceeds the ${fileSize - 8} bytes after the length prefix (file truncated or not a safetensors file)`,
+    );
   }
   if (headerLen > BigInt(maxHeaderBytes)) {
     throw new CorruptFileError(path, `safetensors header length ${headerLen} exceeds the ${maxHeaderBytes}-byte cap`);
@@ -196,22 +233,32 @@ function convertToF32(src: Uint8Array, dtype: DType, dst: Float32Array, path: st
   switch (dtype) {
     case 'F32':
       // Copy first: src may not be 4-byte aligned.
-      if (LITTLE_ENDIAN_HOST) { dst.set(new Float32Array(new Uint8Array(src).buffer)); return; }
+      if (LITTLE_ENDIAN_HOST) {
+        dst.set(new Float32Array(new Uint8Array(src).buffer));
+        return;
+      }
       for (let i = 0; i < n; i++) dst[i] = dv.getFloat32(4 * i, true);
       return;
     case 'F64':
       for (let i = 0; i < n; i++) dst[i] = dv.getFloat64(8 * i, true);
       return;
     case 'BF16': {
-      const u = new Uint32Array(1), f = new Float32Array(u.buffer);
-      for (let i = 0; i < n; i++) { u[0] = dv.getUint16(2 * i, true) << 16; dst[i] = f[0]; }
+      const u = new Uint32Array(1),
+        f = new Float32Array(u.buffer);
+      for (let i = 0; i < n; i++) {
+        u[0] = dv.getUint16(2 * i, true) << 16;
+        dst[i] = f[0];
+      }
       return;
     }
     case 'F16':
       for (let i = 0; i < n; i++) dst[i] = halfToFloat(dv.getUint16(2 * i, true));
       return;
     default:
-      throw new CorruptFileError(path, `tensor "${name}" has dtype ${dtype}; only ${FLOAT_DTYPES.join('/')} can be read as float32`);
+      throw new CorruptFileError(
+        path,
+        `tensor "${name}" has dtype ${dtype}; only ${FLOAT_DTYPES.join('/')} can be read as float32`,
+      );
   }
 }
 
@@ -229,7 +276,11 @@ function halfToFloat(h: number): number {
  * readInto; close() when done (or use readSafetensors for the whole file at once).
  */
 export class SafetensorsReader {
-  private constructor(readonly path: string, private readonly fh: FileHandle, readonly header: SafetensorsHeader) {}
+  private constructor(
+    readonly path: string,
+    private readonly fh: FileHandle,
+    readonly header: SafetensorsHeader,
+  ) {}
 
   static async open(path: string, opts: ReadOptions = {}): Promise<SafetensorsReader> {
     const maxHeaderBytes = opts.maxHeaderBytes ?? MAX_HEADER_BYTES;
@@ -245,7 +296,8 @@ export class SafetensorsReader {
       const st = await fh.stat();
       if (!st.isFile()) throw new CorruptFileError(path, 'not a regular file');
       const fileSize = st.size;
-      if (fileSize < 8) throw new CorruptFileError(path, `file is ${fileSize} bytes, too short for a safetensors header`);
+      if (fileSize < 8)
+        throw new CorruptFileError(path, `file is ${fileSize} bytes, too short for a safetensors header`);
       const lenBuf = Buffer.alloc(8);
       await readExactly(fh, lenBuf, 0, path);
       const headerLen = lenBuf.readBigUInt64LE(0);
@@ -271,14 +323,18 @@ export class SafetensorsReader {
   /** Read tensor `name` into `dst` (length must equal numel). */
   async readInto(name: string, dst: Float32Array): Promise<void> {
     const t = this.info(name);
-    if (dst.length !== t.numel) throw new InvalidInputError(`readInto("${name}"): destination has ${dst.length} floats, tensor has ${t.numel}`);
+    if (dst.length !== t.numel)
+      throw new InvalidInputError(`readInto("${name}"): destination has ${dst.length} floats, tensor has ${t.numel}`);
     const pos = this.header.dataStart + t.begin;
     if (t.dtype === 'F32' && LITTLE_ENDIAN_HOST) {
       await readExactly(this.fh, new Uint8Array(dst.buffer, dst.byteOffset, dst.byteLength), pos, this.path);
       return;
     }
     if (!FLOAT_DTYPES.includes(t.dtype)) {
-      throw new CorruptFileError(this.path, `tensor "${name}" has dtype ${t.dtype}; only ${FLOAT_DTYPES.join('/')} can be read as float32`);
+      throw new CorruptFileError(
+        this.path,
+        `tensor "${name}" has dtype ${t.dtype}; only ${FLOAT_DTYPES.join('/')} can be read as float32`,
+      );
     }
     const raw = new Uint8Array(t.end - t.begin);
     await readExactly(this.fh, raw, pos, this.path);
@@ -303,7 +359,11 @@ async function readExactly(fh: FileHandle, dst: Uint8Array, position: number, pa
   while (done < dst.length) {
     const len = Math.min(CHUNK, dst.length - done);
     const { bytesRead } = await fh.read(dst, done, len, position + done);
-    if (bytesRead === 0) throw new CorruptFileError(path, `unexpected end of file at byte ${position + done} (file changed while reading?)`);
+    if (bytesRead === 0)
+      throw new CorruptFileError(
+        path,
+        `unexpected end of file at byte ${position + done} (file changed while reading?)`,
+      );
     done += bytesRead;
   }
 }
@@ -315,14 +375,18 @@ export interface LoadedTensor {
 }
 
 /** Read and validate a whole safetensors file; every tensor converted to float32. */
-export async function readSafetensors(path: string, opts: ReadOptions = {}): Promise<{
+export async function readSafetensors(
+  path: string,
+  opts: ReadOptions = {},
+): Promise<{
   metadata: Record<string, string>;
   tensors: Map<string, LoadedTensor>;
 }> {
   const r = await SafetensorsReader.open(path, opts);
   try {
     const tensors = new Map<string, LoadedTensor>();
-    for (const t of r.header.tensors) tensors.set(t.name, { dtype: t.dtype, shape: t.shape, data: await r.readF32(t.name) });
+    for (const t of r.header.tensors)
+      tensors.set(t.name, { dtype: t.dtype, shape: t.shape, data: await r.readF32(t.name) });
     return { metadata: { ...r.header.metadata }, tensors };
   } finally {
     await r.close();
@@ -330,12 +394,17 @@ export async function readSafetensors(path: string, opts: ReadOptions = {}): Pro
 }
 
 /** Decode an in-memory safetensors file (same validation as the file reader). */
-export function decodeSafetensors(bytes: Uint8Array, path = '<memory>', opts: ReadOptions = {}): {
+export function decodeSafetensors(
+  bytes: Uint8Array,
+  path = '<memory>',
+  opts: ReadOptions = {},
+): {
   header: SafetensorsHeader;
   tensors: Map<string, LoadedTensor>;
 } {
   const maxHeaderBytes = opts.maxHeaderBytes ?? MAX_HEADER_BYTES;
-  if (bytes.length < 8) throw new CorruptFileError(path, `file is ${bytes.length} bytes, too short for a safetensors header`);
+  if (bytes.length < 8)
+    throw new CorruptFileError(path, `file is ${bytes.length} bytes, too short for a safetensors header`);
   const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const headerLen = dv.getBigUint64(0, true);
   const N = checkHeaderLength(path, headerLen, bytes.length, maxHeaderBytes);
@@ -354,16 +423,20 @@ export function encodeHeader(tensors: readonly TensorToWrite[], metadata?: Recor
   const obj: Record<string, unknown> = {};
   if (metadata) {
     const m = MetadataSchema.safeParse(metadata);
-    if (!m.success) throw new InvalidInputError(`safetensors metadata must map strings to strings (${describeZod(m.error)})`);
+    if (!m.success)
+      throw new InvalidInputError(`safetensors metadata must map strings to strings (${describeZod(m.error)})`);
     obj.__metadata__ = m.data;
   }
   let offset = 0;
   for (const t of tensors) {
-    if (t.name === '__metadata__' || t.name.length === 0) throw new InvalidInputError(`invalid tensor name "${t.name}"`);
+    if (t.name === '__metadata__' || t.name.length === 0)
+      throw new InvalidInputError(`invalid tensor name "${t.name}"`);
     if (Object.hasOwn(obj, t.name)) throw new InvalidInputError(`duplicate tensor name "${t.name}"`);
-    if (!t.shape.every((d) => Number.isSafeInteger(d) && d >= 0)) throw new InvalidInputError(`tensor "${t.name}": bad shape [${t.shape.join(',')}]`);
+    if (!t.shape.every((d) => Number.isSafeInteger(d) && d >= 0))
+      throw new InvalidInputError(`tensor "${t.name}": bad shape [${t.shape.join(',')}]`);
     const numel = numelOf(t.shape);
-    if (!Number.isSafeInteger(numel)) throw new InvalidInputError(`tensor "${t.name}": shape [${t.shape.join(',')}] is too large`);
+    if (!Number.isSafeInteger(numel))
+      throw new InvalidInputError(`tensor "${t.name}": shape [${t.shape.join(',')}] is too large`);
     if (typeof t.data !== 'function') resolveData(t, numel);
     const bytes = numel * 4;
     obj[t.name] = { dtype: 'F32', shape: [...t.shape], data_offsets: [offset, offset + bytes] };
@@ -371,7 +444,8 @@ export function encodeHeader(tensors: readonly TensorToWrite[], metadata?: Recor
   }
   const json = Buffer.from(JSON.stringify(obj), 'utf8');
   const padded = Math.ceil(json.length / 8) * 8;
-  if (padded > MAX_HEADER_BYTES) throw new InvalidInputError(`safetensors header would be ${padded} bytes, over the ${MAX_HEADER_BYTES}-byte cap`);
+  if (padded > MAX_HEADER_BYTES)
+    throw new InvalidInputError(`safetensors header would be ${padded} bytes, over the ${MAX_HEADER_BYTES}-byte cap`);
   const out = Buffer.alloc(8 + padded, 0x20);
   out.writeBigUInt64LE(BigInt(padded), 0);
   json.copy(out, 8);
@@ -397,8 +471,11 @@ export function encodeSafetensors(tensors: readonly TensorToWrite[], metadata?: 
  * copying the whole file into memory, then fsync. Not atomic by itself: callers write into
  * a temporary directory and rename (see checkpoint.ts).
  */
-export async function writeSafetensors(path: string, tensors: readonly TensorToWrite[],
-  metadata?: Record<string, string>): Promise<void> {
+export async function writeSafetensors(
+  path: string,
+  tensors: readonly TensorToWrite[],
+  metadata?: Record<string, string>,
+): Promise<void> {
   const header = encodeHeader(tensors, metadata);
   const fh = await open(path, 'w');
   try {

@@ -32,7 +32,10 @@ export function pickToken(logits: Float32Array, temperature: number, topK: numbe
   const w = ids.map((i) => Math.exp((logits[i] - max) / temperature));
   const total = w.reduce((a, b) => a + b, 0);
   let r = rng.nextFloat() * total;
-  for (let j = 0; j < ids.length; j++) { r -= w[j]; if (r <= 0) return ids[j]; }
+  for (let j = 0; j < ids.length; j++) {
+    r -= w[j];
+    if (r <= 0) return ids[j];
+  }
   return ids[ids.length - 1];
 }
 

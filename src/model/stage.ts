@@ -44,7 +44,8 @@ export interface StageSpec {
 /** Cuts `layers` into `count` contiguous blocks, as even as possible (earlier stages get the extra layers). */
 export function splitStages(config: ModelConfig, count: number): StageSpec[] {
   const L = config.layers;
-  if (!Number.isInteger(count) || count < 1 || count > L) throw new InvalidInputError(`cannot cut ${L} layers into ${count} stages (1..${L})`);
+  if (!Number.isInteger(count) || count < 1 || count > L)
+    throw new InvalidInputError(`cannot cut ${L} layers into ${count} stages (1..${L})`);
   const out: StageSpec[] = [];
   let l = 0;
   for (let i = 0; i < count; i++) {
@@ -57,7 +58,8 @@ export function splitStages(config: ModelConfig, count: number): StageSpec[] {
 
 /** The tensors a stage owns, with offsets in the stage's own flat buffer; `full` is the offset in the whole model (null for the head copy). */
 export function stageSpecs(config: ModelConfig, st: StageSpec): (TensorSpec & { full: number | null })[] {
-  const first = st.index === 0, last = st.index === st.count - 1;
+  const first = st.index === 0,
+    last = st.index === st.count - 1;
   const keep = (name: string): boolean => {
     if (name === 'wte' || name === 'wpe') return first;
     if (name === 'lnf.w' || name === 'lnf.b') return last;
@@ -76,18 +78,26 @@ export function stageSpecs(config: ModelConfig, st: StageSpec): (TensorSpec & { 
     out.push({ name: 'head', shape: wte.shape, offset, size: wte.size, decay: true, full: null });
     offset += wte.size;
   }
-  const k = st.bottleneck, C = config.dim;
+  const k = st.bottleneck,
+    C = config.dim;
   if (k !== undefined) {
-    if (!Number.isInteger(k) || k < 1 || k > C) throw new InvalidInputError(`bottleneck must be an integer in 1..${C}, got ${k}`);
+    if (!Number.isInteger(k) || k < 1 || k > C)
+      throw new InvalidInputError(`bottleneck must be an integer in 1..${C}, got ${k}`);
     // Not part of the GPT (full: null): they exist only between stages.
-    if (!first) { out.push({ name: 'bneck.up', shape: [C, k], offset, size: C * k, decay: false, full: null }); offset += C * k; }
-    if (!last) { out.push({ name: 'bneck.down', shape: [k, C], offset, size: k * C, decay: false, full: null }); }
+    if (!first) {
+      out.push({ name: 'bneck.up', shape: [C, k], offset, size: C * k, decay: false, full: null });
+      offset += C * k;
+    }
+    if (!last) {
+      out.push({ name: 'bneck.down', shape: [k, C], offset, size: k * C, decay: false, full: null });
+    }
   }
   return out;
 }
 
 interface SlotActs {
-  B: number; T: number;
+  B: number;
+  T: number;
   /** The stage's input residual stream (the embeddings on the first stage). */
   input: Float32Array;
   tokens: Int32Array | null;
@@ -95,8 +105,11 @@ interface SlotActs {
   coef: Float32Array | null;
   out: Float32Array | null;
   layers: BlockActs[];
-  lnf: Float32Array | null; lnfMean: Float32Array | null; lnfRstd: Float32Array | null;
-  logits: Float32Array | null; losses: Float32Array | null;
+  lnf: Float32Array | null;
+  lnfMean: Float32Array | null;
+  lnfRstd: Float32Array | null;
+  logits: Float32Array | null;
+  losses: Float32Array | null;
 }
 
 type W = Record<string, Float32Array>;
@@ -120,11 +133,16 @@ export class Stage {
   /** Gradient buffers for backward (sized per N). */
   private work: BlockGrads | null = null;
 
-  constructor(config: ModelConfig, spec: StageSpec, readonly kernels: Kernels) {
+  constructor(
+    config: ModelConfig,
+    spec: StageSpec,
+    readonly kernels: Kernels,
+  ) {
     this.config = ModelConfigSchema.parse(config);
     const all = splitStages(this.config, spec.count);
     const want = all[spec.index];
-    if (!want || want.l0 !== spec.l0 || want.l1 !== spec.l1) throw new InvalidInputError(`stage ${spec.index}/${spec.count} must hold layers [${want?.l0}, ${want?.l1})`);
+    if (!want || want.l0 !== spec.l0 || want.l1 !== spec.l1)
+      throw new InvalidInputError(`stage ${spec.index}/${spec.count} must hold layers [${want?.l0}, ${want?.l1})`);
     this.spec = spec;
     this.first = spec.index === 0;
     this.last = spec.index === spec.count - 1;
@@ -132,7 +150,8 @@ export class Stage {
     this.numParams = this.specs.reduce((t, s) => t + s.size, 0);
     this.params = new Float32Array(this.numParams);
     this.grads = new Float32Array(this.numParams);
-    const views = (buf: Float32Array): W => Object.fromEntries(this.specs.map((s) => [s.name, buf.subarray(s.offset, s.offset + s.size)]));
+    const views = (buf: Float32Array): W =>
+      Object.fromEntries(this.specs.map((s) => [s.name, buf.subarray(s.offset, s.offset + s.size)]));
     this.p = views(this.params);
     this.g = views(this.grads);
     const layers = Array.from({ length: spec.l1 - spec.l0 }, (_, i) => spec.l0 + i);
@@ -158,15 +177,20 @@ export class Stage {
   }
 
   /** Tensor names this stage holds (the containment check reads them). */
-  tensorNames(): string[] { return this.specs.map((s) => s.name); }
+  tensorNames(): string[] {
+    return this.specs.map((s) => s.name);
+  }
 
   /** Copies this stage's tensors out of a whole model's flat parameters (the head from wte; not the bottleneck). */
   loadFromFull(full: Float32Array): void {
-    for (const s of this.specs) if (!s.name.startsWith('bneck.')) this.params.set(full.subarray(s.full ?? 0, (s.full ?? 0) + s.size), s.offset);
+    for (const s of this.specs)
+      if (!s.name.startsWith('bneck.')) this.params.set(full.subarray(s.full ?? 0, (s.full ?? 0) + s.size), s.offset);
   }
 
   /** Boundary width: what this stage receives and sends per token (C, or the bottleneck's k). */
-  get width(): number { return this.spec.bottleneck ?? this.config.dim; }
+  get width(): number {
+    return this.spec.bottleneck ?? this.config.dim;
+  }
 
   /**
    * Initializes the bottleneck from an orthonormal basis U [C, k] (row-major) shared by all
@@ -174,10 +198,12 @@ export class Stage {
    * (what the fixed `lowrank` codec does) and then learns the subspace.
    */
   initBottleneck(U: Float32Array): void {
-    const k = this.spec.bottleneck, C = this.config.dim;
+    const k = this.spec.bottleneck,
+      C = this.config.dim;
     if (k === undefined) return;
     if (U.length !== C * k) throw new InvalidInputError(`bottleneck basis must be ${C}×${k}`);
-    const up = this.p['bneck.up'], down = this.p['bneck.down'];
+    const up = this.p['bneck.up'],
+      down = this.p['bneck.down'];
     if (up) up.set(U);
     if (down) for (let i = 0; i < C; i++) for (let j = 0; j < k; j++) down[j * C + i] = U[i * k + j];
   }
@@ -197,21 +223,32 @@ export class Stage {
     return this.first ? this.p.wte : this.last ? this.p.head : null;
   }
 
-  zeroGrad(): void { this.grads.fill(0); }
-  sumSquares(): number { return this.kernels.sumSquares(this.grads); }
+  zeroGrad(): void {
+    this.grads.fill(0);
+  }
+  sumSquares(): number {
+    return this.kernels.sumSquares(this.grads);
+  }
 
   private alloc(B: number, T: number, tokens: Int32Array | null): SlotActs {
     const { dim: C, heads: NH, vocabSize: V } = this.config;
-    const N = B * T, n = this.spec.l1 - this.spec.l0;
+    const N = B * T,
+      n = this.spec.l1 - this.spec.l0;
     const f = (k: number) => new Float32Array(k);
     if (this.scratch.length < N * C) this.scratch = f(N * C);
     return {
-      B, T, input: f(N * C), tokens,
+      B,
+      T,
+      input: f(N * C),
+      tokens,
       coef: this.spec.bottleneck !== undefined && !this.first ? f(N * this.spec.bottleneck) : null,
       out: this.spec.bottleneck !== undefined && !this.last ? f(N * this.spec.bottleneck) : null,
       layers: Array.from({ length: n }, () => blockActs(B, T, C, NH, f)),
-      lnf: this.last ? f(N * C) : null, lnfMean: this.last ? f(N) : null, lnfRstd: this.last ? f(N) : null,
-      logits: this.last ? f(N * V) : null, losses: this.last ? f(N) : null,
+      lnf: this.last ? f(N * C) : null,
+      lnfMean: this.last ? f(N) : null,
+      lnfRstd: this.last ? f(N) : null,
+      logits: this.last ? f(N * V) : null,
+      losses: this.last ? f(N) : null,
     };
   }
 
@@ -223,17 +260,21 @@ export class Stage {
   forward(slot: number, input: Int32Array | Float32Array, B: number, T: number): Float32Array {
     const k = this.kernels;
     const { vocabSize: V, dim: C, heads: NH, ctx } = this.config;
-    if (!Number.isInteger(B) || !Number.isInteger(T) || B < 1 || T < 1 || T > ctx) throw new InvalidInputError(`bad batch shape B=${B} T=${T}`);
+    if (!Number.isInteger(B) || !Number.isInteger(T) || B < 1 || T < 1 || T > ctx)
+      throw new InvalidInputError(`bad batch shape B=${B} T=${T}`);
     const N = B * T;
     let a: SlotActs;
     if (this.first) {
-      if (!(input instanceof Int32Array) || input.length !== N) throw new InvalidInputError(`stage 0 takes ${N} token ids`);
-      for (let i = 0; i < N; i++) if (input[i] < 0 || input[i] >= V) throw new InvalidInputError(`token id ${input[i]} outside the vocabulary`);
+      if (!(input instanceof Int32Array) || input.length !== N)
+        throw new InvalidInputError(`stage 0 takes ${N} token ids`);
+      for (let i = 0; i < N; i++)
+        if (input[i] < 0 || input[i] >= V) throw new InvalidInputError(`token id ${input[i]} outside the vocabulary`);
       a = this.alloc(B, T, input.slice());
       k.embeddingForward(a.input, input, this.p.wte, this.p.wpe, B, T, C);
     } else {
       const W = this.width;
-      if (!(input instanceof Float32Array) || input.length !== N * W) throw new InvalidInputError(`stage ${this.spec.index} takes ${N * W} activations`);
+      if (!(input instanceof Float32Array) || input.length !== N * W)
+        throw new InvalidInputError(`stage ${this.spec.index} takes ${N * W} activations`);
       a = this.alloc(B, T, null);
       if (a.coef) {
         a.coef.set(input);
@@ -265,10 +306,15 @@ export class Stage {
   loss(slot: number, targets: Int32Array, grad: boolean, gradScale = 1): number {
     if (!this.last) throw new InvalidInputError('only the last stage computes the loss');
     const a = this.slot(slot);
-    const N = a.B * a.T, V = this.config.vocabSize;
+    const N = a.B * a.T,
+      V = this.config.vocabSize;
     if (targets.length !== N) throw new InvalidInputError(`expected ${N} targets`);
     let valid = 0;
-    for (let i = 0; i < N; i++) { const t = targets[i]; if (t >= V || t < -1) throw new InvalidInputError(`target ${t} outside the vocabulary`); if (t >= 0) valid++; }
+    for (let i = 0; i < N; i++) {
+      const t = targets[i];
+      if (t >= V || t < -1) throw new InvalidInputError(`target ${t} outside the vocabulary`);
+      if (t >= 0) valid++;
+    }
     const scale = valid > 0 ? gradScale / valid : 0;
     this.kernels.crossEntropyForwardBackward(a.losses!, grad ? a.logits! : null, a.logits!, targets, N, V, scale);
     let sum = 0;
@@ -288,7 +334,8 @@ export class Stage {
    * d(input); the last stage uses the d(logits) loss() left. Releases the slot.
    */
   backward(slot: number, dOut: Float32Array | null): Float32Array | null {
-    const a = this.slot(slot), k = this.kernels;
+    const a = this.slot(slot),
+      k = this.kernels;
     const { B, T } = a;
     const { vocabSize: V, dim: C, heads: NH } = this.config;
     const N = B * T;
@@ -298,19 +345,45 @@ export class Stage {
     }
     const w0 = this.work;
     const d: BlockGrads = {
-      dres: w0.dres.subarray(0, need.dres), dC: w0.dC.subarray(0, need.dC), d3C: w0.d3C.subarray(0, need.d3C),
-      d4Ca: w0.d4Ca.subarray(0, need.d4Ca), d4Cb: w0.d4Cb.subarray(0, need.d4Cb), datt: w0.datt.subarray(0, need.datt),
+      dres: w0.dres.subarray(0, need.dres),
+      dC: w0.dC.subarray(0, need.dC),
+      d3C: w0.d3C.subarray(0, need.d3C),
+      d4Ca: w0.d4Ca.subarray(0, need.d4Ca),
+      d4Cb: w0.d4Cb.subarray(0, need.d4Cb),
+      datt: w0.datt.subarray(0, need.datt),
     };
     const { dres, dC } = d;
     const lastRes = a.layers.length ? a.layers[a.layers.length - 1].res3 : a.input;
     if (this.last) {
       dC.fill(0);
-      k.matmulBackward(dC, this.first ? this.g.wte : this.g.head, null, a.logits!, a.lnf!, this.first ? this.p.wte : this.p.head, N, C, V);
+      k.matmulBackward(
+        dC,
+        this.first ? this.g.wte : this.g.head,
+        null,
+        a.logits!,
+        a.lnf!,
+        this.first ? this.p.wte : this.p.head,
+        N,
+        C,
+        V,
+      );
       dres.fill(0);
-      k.layernormBackward(dres, this.g['lnf.w'], this.g['lnf.b'], dC, lastRes, this.p['lnf.w'], a.lnfMean!, a.lnfRstd!, N, C);
+      k.layernormBackward(
+        dres,
+        this.g['lnf.w'],
+        this.g['lnf.b'],
+        dC,
+        lastRes,
+        this.p['lnf.w'],
+        a.lnfMean!,
+        a.lnfRstd!,
+        N,
+        C,
+      );
     } else {
       const W = this.width;
-      if (!dOut || dOut.length !== N * W) throw new InvalidInputError(`stage ${this.spec.index} backward needs ${N * W} output gradients`);
+      if (!dOut || dOut.length !== N * W)
+        throw new InvalidInputError(`stage ${this.spec.index} backward needs ${N * W} output gradients`);
       if (a.out) {
         dres.fill(0);
         k.matmulBackward(dres, this.g['bneck.down'], null, dOut, lastRes, this.p['bneck.down'], N, C, W);
@@ -336,8 +409,12 @@ export class Stage {
   }
 
   /** Drops a micro-batch's activations without backward (evaluation). */
-  release(slot: number): void { this.slots.delete(slot); }
+  release(slot: number): void {
+    this.slots.delete(slot);
+  }
 
   /** Drops every held micro-batch (a step is being redone). */
-  resetSlots(): void { this.slots.clear(); }
+  resetSlots(): void {
+    this.slots.clear();
+  }
 }

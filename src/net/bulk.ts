@@ -21,7 +21,13 @@ import type { AbortOptions, PeerId, Stream } from '@libp2p/interface';
 import type { Multiaddr } from '@multiformats/multiaddr';
 import { InvalidInputError } from '../util/errors.js';
 import {
-  AbortedError, HashMismatchError, HostError, NotFoundError, ProtocolError, TooLargeError, abortedError,
+  AbortedError,
+  HashMismatchError,
+  HostError,
+  NotFoundError,
+  ProtocolError,
+  TooLargeError,
+  abortedError,
 } from './errors.js';
 import { raceAbort, toDialTarget, type Host } from './host.js';
 import { consume, readExactly, sendAll } from './stream-io.js';
@@ -48,7 +54,8 @@ export enum BulkStatus {
 
 /** Looks an object up by hash; `signal` aborts when the requester goes away or time runs out. */
 export type BulkGetter = (
-  hash: string, ctx: { peer: string; signal: AbortSignal },
+  hash: string,
+  ctx: { peer: string; signal: AbortSignal },
 ) => Uint8Array | undefined | Promise<Uint8Array | undefined>;
 
 export interface BulkServerOptions {
@@ -163,17 +170,24 @@ export async function serveBulk(host: Host, getter: BulkGetter, options: BulkSer
  * TooLargeError, HashMismatchError, ProtocolError, HostError (dial) or AbortedError.
  */
 export async function fetchBulk(
-  host: Host, peer: string | Multiaddr | PeerId, hash: string, options: FetchOptions,
+  host: Host,
+  peer: string | Multiaddr | PeerId,
+  hash: string,
+  options: FetchOptions,
 ): Promise<Uint8Array> {
   return (await fetchBulkWithStats(host, peer, hash, options)).data;
 }
 
 /** fetchBulk, plus how long it took. */
 export async function fetchBulkWithStats(
-  host: Host, peer: string | Multiaddr | PeerId, hash: string, options: FetchOptions,
+  host: Host,
+  peer: string | Multiaddr | PeerId,
+  hash: string,
+  options: FetchOptions,
 ): Promise<{ data: Uint8Array; stats: FetchStats }> {
   const { signal, maxBytes } = options;
-  if (typeof hash !== 'string' || !HASH_RE.test(hash)) throw new InvalidInputError(`not a lower-case sha256 hex: ${hash}`);
+  if (typeof hash !== 'string' || !HASH_RE.test(hash))
+    throw new InvalidInputError(`not a lower-case sha256 hex: ${hash}`);
   if (!Number.isSafeInteger(maxBytes) || maxBytes < 0) throw new InvalidInputError(`invalid maxBytes ${maxBytes}`);
   signal?.throwIfAborted();
   const t0 = performance.now();
@@ -183,7 +197,9 @@ export async function fetchBulkWithStats(
     stream = await host.node.dialProtocol(toDialTarget(peer), BULK_PROTOCOL, { signal });
   } catch (err) {
     if (signal?.aborted === true) throw abortedError(`fetch ${hash}`, signal);
-    throw new HostError(`cannot open ${BULK_PROTOCOL} stream to ${String(peer)}: ${(err as Error).message}`, { cause: err });
+    throw new HostError(`cannot open ${BULK_PROTOCOL} stream to ${String(peer)}: ${(err as Error).message}`, {
+      cause: err,
+    });
   }
 
   try {
@@ -210,7 +226,12 @@ export async function fetchBulkWithStats(
 }
 
 /** Reads the response header and body off `stream`, verifying size and hash. */
-function receiveObject(stream: Stream, hash: string, maxBytes: number, signal: AbortSignal | undefined): Promise<Uint8Array> {
+function receiveObject(
+  stream: Stream,
+  hash: string,
+  maxBytes: number,
+  signal: AbortSignal | undefined,
+): Promise<Uint8Array> {
   return new Promise((resolve, reject) => {
     const header = new Uint8Array(HEADER_LENGTH);
     let headerHave = 0;
@@ -245,38 +266,42 @@ function receiveObject(stream: Stream, hash: string, maxBytes: number, signal: A
       return false;
     };
 
-    consume(stream, {
-      onData(p) {
-        let off = 0;
-        if (body == null) {
-          const take = Math.min(HEADER_LENGTH - headerHave, p.byteLength);
-          header.set(p.subarray(0, take), headerHave);
-          headerHave += take;
-          off = take;
-          if (headerHave < HEADER_LENGTH) return undefined;
-          if (onHeader()) {
-            if (off < p.byteLength) throw new ProtocolError('bytes after an empty object');
-            return off;
+    consume(
+      stream,
+      {
+        onData(p) {
+          let off = 0;
+          if (body == null) {
+            const take = Math.min(HEADER_LENGTH - headerHave, p.byteLength);
+            header.set(p.subarray(0, take), headerHave);
+            headerHave += take;
+            off = take;
+            if (headerHave < HEADER_LENGTH) return undefined;
+            if (onHeader()) {
+              if (off < p.byteLength) throw new ProtocolError('bytes after an empty object');
+              return off;
+            }
           }
-        }
-        const n = p.byteLength - off;
-        if (n === 0) return undefined;
-        if (have + n > size) throw new ProtocolError(`peer sent more than the announced ${size} bytes`);
-        const piece = off === 0 ? p : p.subarray(off);
-        body!.set(piece, have);
-        hasher.update(piece);
-        have += n;
-        if (have === size) {
-          complete();
-          return p.byteLength;
-        }
-        return undefined;
+          const n = p.byteLength - off;
+          if (n === 0) return undefined;
+          if (have + n > size) throw new ProtocolError(`peer sent more than the announced ${size} bytes`);
+          const piece = off === 0 ? p : p.subarray(off);
+          body!.set(piece, have);
+          hasher.update(piece);
+          have += n;
+          if (have === size) {
+            complete();
+            return p.byteLength;
+          }
+          return undefined;
+        },
+        onEnd() {
+          if (body == null) reject(new ProtocolError(`stream ended inside the response header (${headerHave} bytes)`));
+          else reject(new ProtocolError(`stream ended after ${have} of ${size} bytes`));
+        },
+        onError: reject,
       },
-      onEnd() {
-        if (body == null) reject(new ProtocolError(`stream ended inside the response header (${headerHave} bytes)`));
-        else reject(new ProtocolError(`stream ended after ${have} of ${size} bytes`));
-      },
-      onError: reject,
-    }, { signal });
+      { signal },
+    );
   });
 }

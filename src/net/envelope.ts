@@ -212,7 +212,12 @@ const fromCache = new WeakMap<Ed25519PrivateKey, string>();
  * Seals a message: frames {v, kind, from, seq, body} and signs it with `privateKey`.
  * Throws InvalidInputError for a local mistake (bad kind, non-JSON body).
  */
-export function sealMessage(privateKey: Ed25519PrivateKey, kind: string, body: unknown, options: SealOptions = {}): Uint8Array {
+export function sealMessage(
+  privateKey: Ed25519PrivateKey,
+  kind: string,
+  body: unknown,
+  options: SealOptions = {},
+): Uint8Array {
   if (typeof kind !== 'string' || kind.length === 0 || kind.length > MAX_KIND_LENGTH || !KIND_RE.test(kind)) {
     throw new InvalidInputError(`invalid message kind ${JSON.stringify(kind)}`);
   }
@@ -230,12 +235,17 @@ export function sealMessage(privateKey: Ed25519PrivateKey, kind: string, body: u
   for (const m of MAGIC) out[o++] = m;
   out[o++] = ENVELOPE_VERSION;
   out[o++] = kindBytes.length;
-  out.set(kindBytes, o); o += kindBytes.length;
+  out.set(kindBytes, o);
+  o += kindBytes.length;
   out[o++] = from.length;
-  out.set(from, o); o += from.length;
-  out.writeBigUInt64BE(BigInt(seq), o); o += 8;
-  out.writeUInt32BE(bodyBytes.length, o); o += 4;
-  out.set(bodyBytes, o); o += bodyBytes.length;
+  out.set(from, o);
+  o += from.length;
+  out.writeBigUInt64BE(BigInt(seq), o);
+  o += 8;
+  out.writeUInt32BE(bodyBytes.length, o);
+  o += 4;
+  out.set(bodyBytes, o);
+  o += bodyBytes.length;
   const sig = edSign(null, signedBytes(out.subarray(0, unsignedLen), options.context ?? ''), key);
   out[o++] = SIGNATURE_LENGTH;
   out.set(sig, o);

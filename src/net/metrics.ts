@@ -16,9 +16,7 @@
  * NetMetrics plugs into js-libp2p through its `metrics` hook (see `libp2pMetrics`), which
  * libp2p calls with every raw connection and every negotiated protocol stream.
  */
-import type {
-  MessageStream, Metrics, MultiaddrConnection, Stream, StreamMessageEvent,
-} from '@libp2p/interface';
+import type { MessageStream, Metrics, MultiaddrConnection, Stream, StreamMessageEvent } from '@libp2p/interface';
 
 export interface ByteCounts {
   sent: number;

@@ -17,7 +17,13 @@ import type { Logger } from 'pino';
 import type { z } from 'zod';
 import { InvalidInputError } from '../util/errors.js';
 import {
-  DEFAULT_MAX_ENVELOPE_BYTES, ReplayGuard, nextSeq, openMessage, sealMessage, type OpenedMessage, type Schemas,
+  DEFAULT_MAX_ENVELOPE_BYTES,
+  ReplayGuard,
+  nextSeq,
+  openMessage,
+  sealMessage,
+  type OpenedMessage,
+  type Schemas,
 } from './envelope.js';
 import { EnvelopeError, abortedError } from './errors.js';
 import type { Host } from './host.js';
@@ -104,13 +110,16 @@ export function joinControlChannel<S extends Schemas>(options: ControlChannelOpt
     } catch (err) {
       const reason = err instanceof EnvelopeError ? err.reason : 'internal';
       metrics.increment(`control.rejected.${reason}`);
-      log.warn({
-        reason,
-        err: (err as Error)?.message,
-        propagationSource: source,
-        author: msg.type === 'signed' ? msg.from.toString() : undefined,
-        bytes: msg.data?.byteLength,
-      }, 'rejected control message');
+      log.warn(
+        {
+          reason,
+          err: (err as Error)?.message,
+          propagationSource: source,
+          author: msg.type === 'signed' ? msg.from.toString() : undefined,
+          bytes: msg.data?.byteLength,
+        },
+        'rejected control message',
+      );
       // A replay is ignored rather than rejected: honest relays can deliver an old message late.
       return reason === 'replay' ? TopicValidatorResult.Ignore : TopicValidatorResult.Reject;
     }
@@ -153,7 +162,8 @@ export function joinControlChannel<S extends Schemas>(options: ControlChannelOpt
       if (!check.success) throw new InvalidInputError(`${kind} body fails its schema: ${check.error.message}`);
       const seq = nextSeq();
       const bytes = sealMessage(host.privateKey, kind, body, { context: topic, seq });
-      if (bytes.byteLength > maxBytes) throw new InvalidInputError(`${kind} envelope of ${bytes.byteLength} bytes exceeds ${maxBytes}`);
+      if (bytes.byteLength > maxBytes)
+        throw new InvalidInputError(`${kind} envelope of ${bytes.byteLength} bytes exceeds ${maxBytes}`);
       const res = await pubsub.publish(topic, bytes);
       metrics.increment('control.published');
       metrics.addSent(`control:${topic}`, bytes.byteLength);

@@ -84,7 +84,8 @@ export function consume(stream: MessageStream, consumer: Consumer, options: Abor
     // 'end' follows it.
     if (evt.error == null && stream.readBufferLength > 0) return;
     finish();
-    if (evt.error != null) consumer.onError(new ProtocolError(`stream closed: ${evt.error.message}`, { cause: evt.error }));
+    if (evt.error != null)
+      consumer.onError(new ProtocolError(`stream closed: ${evt.error.message}`, { cause: evt.error }));
     else consumer.onEnd();
   };
   const onAbort = (): void => {
@@ -116,20 +117,24 @@ export function readExactly(stream: MessageStream, n: number, options: AbortOpti
       resolve(out);
       return;
     }
-    consume(stream, {
-      onData(p) {
-        const take = Math.min(n - have, p.byteLength);
-        out.set(p.subarray(0, take), have);
-        have += take;
-        if (have < n) return undefined;
-        resolve(out);
-        return take;
+    consume(
+      stream,
+      {
+        onData(p) {
+          const take = Math.min(n - have, p.byteLength);
+          out.set(p.subarray(0, take), have);
+          have += take;
+          if (have < n) return undefined;
+          resolve(out);
+          return take;
+        },
+        onEnd() {
+          reject(new ProtocolError(`stream ended after ${have} of ${n} expected bytes`));
+        },
+        onError: reject,
       },
-      onEnd() {
-        reject(new ProtocolError(`stream ended after ${have} of ${n} expected bytes`));
-      },
-      onError: reject,
-    }, options);
+      options,
+    );
   });
 }
 

@@ -13,7 +13,14 @@ import { assignShards, roundSeed } from '../swarm/assign.js';
 import type { DecodedManifest } from '../swarm/manifest.js';
 import { sha256HexNode } from '../util/hash-node.js';
 import {
-  Stepper, audit as auditTrace, cloneState, digestState, leafOf, verifyFraudProof, type AuditJob, type TrainerOracle,
+  Stepper,
+  audit as auditTrace,
+  cloneState,
+  digestState,
+  leafOf,
+  verifyFraudProof,
+  type AuditJob,
+  type TrainerOracle,
 } from '../verify/audit.js';
 import { decodeFraudProof, encodeFraudProof, MAX_PROOF_BYTES } from '../verify/audit-wire.js';
 import { MerkleTree } from '../verify/merkle.js';
@@ -53,7 +60,9 @@ export class Audits {
   constructor(private readonly d: AuditDeps) {}
 
   /** Fraud proofs checked since the last call. */
-  takeFrauds(): FraudRecord[] { return this.fraudsSince.splice(0); }
+  takeFrauds(): FraudRecord[] {
+    return this.fraudsSince.splice(0);
+  }
 
   /** This trainer's own commitment: recorded, then published. */
   commitOwn(c: Commitment): void {
@@ -75,13 +84,21 @@ export class Audits {
 
   /** The trainer's job as re-execution needs it: its assigned shards' tokens, H, batch, schedule. */
   private async job(round: number, trainer: string, roster: string[], steps: number): Promise<AuditJob | null> {
-    const { manifest: dm } = this.d, m = dm.manifest;
+    const { manifest: dm } = this.d,
+      m = dm.manifest;
     const shards = assignShards(roundSeed(dm.runId, round), roster, this.d.numShards).get(trainer) ?? [];
     const data = await Promise.all(shards.map((sh) => this.d.shardData(sh, round)));
     if (shards.length === 0 || data.some((d) => !d)) return null;
     return {
-      runId: dm.runId, round, innerSteps: m.hyper.innerSteps, steps, shards: shards.map((shard, i) => ({ shard, tokens: data[i]! })),
-      B: m.hyper.batch, T: m.model.ctx, schedule: m.hyper.schedule, adamw: m.hyper.adamw,
+      runId: dm.runId,
+      round,
+      innerSteps: m.hyper.innerSteps,
+      steps,
+      shards: shards.map((shard, i) => ({ shard, tokens: data[i]! })),
+      B: m.hyper.batch,
+      T: m.model.ctx,
+      schedule: m.hyper.schedule,
+      adamw: m.hyper.adamw,
     };
   }
 
@@ -91,10 +108,23 @@ export class Audits {
    * committed digests to the first wrong step and publishes a one-step fraud proof. With the
    * fp32 codec the update itself must equal the trace's end, bitwise.
    */
-  async auditOne(round: number, trainer: string, updateHash: string, roster: string[], delta: Float32Array): Promise<AuditRecord> {
+  async auditOne(
+    round: number,
+    trainer: string,
+    updateHash: string,
+    roster: string[],
+    delta: Float32Array,
+  ): Promise<AuditRecord> {
     const t0 = performance.now();
-    const rec = (ok: boolean, reason: string | null, extra: Partial<AuditRecord> = {}): AuditRecord =>
-      ({ round, trainer, ok, reason, steps: 0, ms: performance.now() - t0, ...extra });
+    const rec = (ok: boolean, reason: string | null, extra: Partial<AuditRecord> = {}): AuditRecord => ({
+      round,
+      trainer,
+      ok,
+      reason,
+      steps: 0,
+      ms: performance.now() - t0,
+      ...extra,
+    });
     // The commitment is published just before the update; give gossip a moment.
     let c = this.commits.get(`${round}:${trainer}`);
     for (let w = 0; !c && w < 30 && !this.d.stopped(); w++) {
@@ -106,12 +136,16 @@ export class Audits {
     const P = this.d.params;
     let trace;
     try {
-      const bytes = await fetchBulk(this.d.host, trainer, c.trace, { maxBytes: maxTraceBytes(P), signal: AbortSignal.timeout(this.d.fetchMs) });
+      const bytes = await fetchBulk(this.d.host, trainer, c.trace, {
+        maxBytes: maxTraceBytes(P),
+        signal: AbortSignal.timeout(this.d.fetchMs),
+      });
       trace = decodeTrace(bytes, P);
     } catch (err) {
       return rec(false, `no valid trace: ${(err as Error).message}`.slice(0, 64));
     }
-    if (trace.digests.length !== c.steps + 1 || traceRoot(trace.digests) !== c.root) return rec(false, 'trace does not match its root');
+    if (trace.digests.length !== c.steps + 1 || traceRoot(trace.digests) !== c.root)
+      return rec(false, 'trace does not match its root');
     const job = await this.job(round, trainer, roster, c.steps);
     if (!job) return rec(true, 'skipped: shard data unavailable');
     const st = new Stepper(this.d.manifest.manifest.model, this.d.kernels, job);
@@ -138,7 +172,8 @@ export class Audits {
       if (this.d.manifest.manifest.hyper.codec.id === 'fp32') {
         const end = st.gpt.params;
         for (let i = 0; i < P; i++) {
-          if (Math.fround(start.theta[i] - end[i]) !== delta[i]) return rec(false, 'update is not the end of its trace', { steps: v.steps });
+          if (Math.fround(start.theta[i] - end[i]) !== delta[i])
+            return rec(false, 'update is not the end of its trace', { steps: v.steps });
         }
       }
       return rec(true, null, { steps: v.steps });
@@ -148,7 +183,10 @@ export class Audits {
     const proof = sha256HexNode(bytes);
     this.d.payloads.putBlob(proof, bytes, round);
     if (!this.d.stopped()) this.d.publishFraud({ round, trainer, k: v.proof.k, root: c.root, proof });
-    this.d.logger.warn({ round, trainer, k: v.proof.k, queries: v.bisect.queries, locateSteps: v.locateSteps, proofBytes: bytes.length }, 'fraud: published a fraud proof');
+    this.d.logger.warn(
+      { round, trainer, k: v.proof.k, queries: v.bisect.queries, locateSteps: v.locateSteps, proofBytes: bytes.length },
+      'fraud: published a fraud proof',
+    );
     return rec(false, `fraud at step ${v.proof.k}`, { k: v.proof.k, steps: v.steps });
   }
 
@@ -156,19 +194,36 @@ export class Audits {
   async checkFraud(by: string, b: FraudNotice): Promise<void> {
     const done = (verified: boolean, reason: string | null) => {
       this.fraudsSince.push({ round: b.round, trainer: b.trainer, k: b.k, by, verified, reason });
-      this.d.logger.warn({ round: b.round, trainer: b.trainer, k: b.k, by, verified, reason }, verified ? 'verified a fraud proof' : 'rejected a fraud proof');
+      this.d.logger.warn(
+        { round: b.round, trainer: b.trainer, k: b.k, by, verified, reason },
+        verified ? 'verified a fraud proof' : 'rejected a fraud proof',
+      );
     };
     try {
       const c = this.commits.get(`${b.round}:${b.trainer}`);
       const r = this.roundInfo.get(b.round);
-      if (!c || c.root !== b.root || !r) { done(false, 'no matching commitment or round here'); return; }
+      if (!c || c.root !== b.root || !r) {
+        done(false, 'no matching commitment or round here');
+        return;
+      }
       const P = this.d.params;
       const cap = Math.min(MAX_PROOF_BYTES, 2 * maxTraceBytes(P));
-      const proof = decodeFraudProof(await fetchBulk(this.d.host, by, b.proof, { maxBytes: cap, signal: AbortSignal.timeout(this.d.fetchMs) }), cap);
+      const proof = decodeFraudProof(
+        await fetchBulk(this.d.host, by, b.proof, { maxBytes: cap, signal: AbortSignal.timeout(this.d.fetchMs) }),
+        cap,
+      );
       const job = await this.job(b.round, b.trainer, r.roster, c.steps);
-      if (!job) { done(false, 'shard data unavailable'); return; }
+      if (!job) {
+        done(false, 'shard data unavailable');
+        return;
+      }
       const base = this.d.payloads.msg(c.updateHash)?.baseHash ?? r.baseHash;
-      const v = verifyFraudProof(proof, { stepper: new Stepper(this.d.manifest.manifest.model, this.d.kernels, job), root: c.root, trainer: b.trainer, baseHash: base });
+      const v = verifyFraudProof(proof, {
+        stepper: new Stepper(this.d.manifest.manifest.model, this.d.kernels, job),
+        root: c.root,
+        trainer: b.trainer,
+        baseHash: base,
+      });
       done(v.ok, v.ok ? null : v.reason);
     } catch (err) {
       done(false, (err as Error).message.slice(0, 64));

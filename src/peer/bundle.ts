@@ -6,7 +6,11 @@
 import { InvalidInputError } from '../util/errors.js';
 import { SnapshotSchema, type RoundSnapshot } from '../swarm/round.js';
 
-export interface Bundle { snap: RoundSnapshot; theta: Float32Array; momentum: Float32Array }
+export interface Bundle {
+  snap: RoundSnapshot;
+  theta: Float32Array;
+  momentum: Float32Array;
+}
 
 export function encodeBundle(snap: RoundSnapshot, theta: Float32Array, momentum: Float32Array): Uint8Array {
   const head = new TextEncoder().encode(JSON.stringify(snap));
@@ -14,7 +18,10 @@ export function encodeBundle(snap: RoundSnapshot, theta: Float32Array, momentum:
   new DataView(out.buffer).setUint32(0, head.length, true);
   out.set(head, 4);
   out.set(new Uint8Array(theta.buffer, theta.byteOffset, theta.byteLength), 4 + head.length);
-  out.set(new Uint8Array(momentum.buffer, momentum.byteOffset, momentum.byteLength), 4 + head.length + theta.byteLength);
+  out.set(
+    new Uint8Array(momentum.buffer, momentum.byteOffset, momentum.byteLength),
+    4 + head.length + theta.byteLength,
+  );
   return out;
 }
 
@@ -26,7 +33,11 @@ export function decodeBundle(bytes: Uint8Array, P: number): Bundle {
   }
   const snap = SnapshotSchema.parse(JSON.parse(new TextDecoder().decode(bytes.subarray(4, 4 + hl))));
   const body = new Uint8Array(bytes.subarray(4 + hl)); // aligned copy (a Buffer's slice() would be a view)
-  return { snap, theta: new Float32Array(body.buffer, 0, P).slice(), momentum: new Float32Array(body.buffer, 4 * P, P).slice() };
+  return {
+    snap,
+    theta: new Float32Array(body.buffer, 0, P).slice(),
+    momentum: new Float32Array(body.buffer, 4 * P, P).slice(),
+  };
 }
 
 /** The largest bundle a peer will download for P parameters. */

@@ -59,9 +59,15 @@ export class RunData {
   async load(): Promise<TokenArray> {
     const m = this.d.manifest;
     if (m.dataset.cid !== undefined) return await this.loadDataset(m.dataset.cid);
-    const ds = prepareDataset({ corpus: loadCorpus('brown'), vocabSize: m.model.vocabSize, ...(this.d.cacheDir ? { cacheDir: this.d.cacheDir } : {}) });
+    const ds = prepareDataset({
+      corpus: loadCorpus('brown'),
+      vocabSize: m.model.vocabSize,
+      ...(this.d.cacheDir ? { cacheDir: this.d.cacheDir } : {}),
+    });
     if (ds.tokenizer.hash() !== m.tokenizerSha256) {
-      throw new InvalidInputError(`tokenizer hash ${ds.tokenizer.hash().slice(0, 12)} does not match the manifest's ${m.tokenizerSha256.slice(0, 12)}`);
+      throw new InvalidInputError(
+        `tokenizer hash ${ds.tokenizer.hash().slice(0, 12)} does not match the manifest's ${m.tokenizerSha256.slice(0, 12)}`,
+      );
     }
     if (m.dataset.trainTokensSha256 !== undefined && ds.stats.train.sha256 !== m.dataset.trainTokensSha256) {
       throw new InvalidInputError('training tokens do not match the manifest');
@@ -78,10 +84,14 @@ export class RunData {
     const cid = parseCid(cidStr);
     const dsm = await readManifest(this.d.store, cid, opts());
     if (dsm.train.shards.length !== m.dataset.numShards) {
-      throw new InvalidInputError(`dataset ${cidStr} has ${dsm.train.shards.length} training shards, the manifest says numShards ${m.dataset.numShards}`);
+      throw new InvalidInputError(
+        `dataset ${cidStr} has ${dsm.train.shards.length} training shards, the manifest says numShards ${m.dataset.numShards}`,
+      );
     }
     if (dsm.tokenizer.vocabSize !== m.model.vocabSize) {
-      throw new InvalidInputError(`dataset ${cidStr} has a vocabulary of ${dsm.tokenizer.vocabSize}, the model ${m.model.vocabSize}`);
+      throw new InvalidInputError(
+        `dataset ${cidStr} has a vocabulary of ${dsm.tokenizer.vocabSize}, the model ${m.model.vocabSize}`,
+      );
     }
     const tokCid = m.tokenizerCid !== undefined ? parseCid(m.tokenizerCid) : dsm.tokenizer.cid;
     const text = new TextDecoder().decode(await this.d.store.cat(tokCid, { maxBytes: 64 << 20, ...opts() }));
@@ -92,13 +102,18 @@ export class RunData {
       throw new InvalidInputError(`tokenizer ${tokCid} is not a valid tokenizer.json: ${(err as Error).message}`);
     }
     if (tok.hash() !== m.tokenizerSha256) {
-      throw new InvalidInputError(`tokenizer ${tokCid} hashes to ${tok.hash().slice(0, 12)}, the manifest says ${m.tokenizerSha256.slice(0, 12)}`);
+      throw new InvalidInputError(
+        `tokenizer ${tokCid} hashes to ${tok.hash().slice(0, 12)}, the manifest says ${m.tokenizerSha256.slice(0, 12)}`,
+      );
     }
     const parts: Uint32Array[] = [];
     for (const sh of dsm.val.shards) parts.push(await readShard(this.d.store, dsm, sh, opts()));
     const val = new Uint32Array(parts.reduce((n, p) => n + p.length, 0));
     let o = 0;
-    for (const p of parts) { val.set(p, o); o += p.length; }
+    for (const p of parts) {
+      val.set(p, o);
+      o += p.length;
+    }
     this.dataset = dsm;
     this.datasetCid = cid.toString();
     this.tokenizerCid = tokCid.toString();
@@ -129,7 +144,10 @@ export class RunData {
           return tokens;
         })
         .catch((err: unknown) => {
-          this.d.logger.warn({ shard: idx, cid: dsm.train.shards[idx].cid.toString(), err: (err as Error).message }, 'cannot fetch training shard');
+          this.d.logger.warn(
+            { shard: idx, cid: dsm.train.shards[idx].cid.toString(), err: (err as Error).message },
+            'cannot fetch training shard',
+          );
           return null;
         })
         .finally(() => this.shardFetch.delete(key));
@@ -156,19 +174,33 @@ export class RunData {
     this.loadingSwitch = v;
     const { logger } = this.d;
     const sw = parseDatasetSetting(v);
-    if (!sw) { logger.warn({ value: v }, 'governed dataset setting is not <cid>@<round>; ignored'); return; }
-    if (!this.dataset) { logger.warn({ value: v }, 'a governed dataset switch needs a run whose dataset is named by CID; ignored'); return; }
+    if (!sw) {
+      logger.warn({ value: v }, 'governed dataset setting is not <cid>@<round>; ignored');
+      return;
+    }
+    if (!this.dataset) {
+      logger.warn({ value: v }, 'a governed dataset switch needs a run whose dataset is named by CID; ignored');
+      return;
+    }
     let cid;
-    try { cid = parseCid(sw.cid); } catch (err) { logger.warn({ value: v, err: (err as Error).message }, 'governed dataset CID is invalid; ignored'); return; }
-    void readManifest(this.d.store, cid, { signal: AbortSignal.timeout(this.d.fetchMs) }).then((dsm) => {
-      if (dsm.tokenizer.cid.toString() !== this.tokenizerCid) throw new InvalidInputError(`its tokenizer ${dsm.tokenizer.cid} is not the run's ${this.tokenizerCid}`);
-      if (dsm.train.shards.length === 0) throw new InvalidInputError('it has no training shards');
-      this.nextDataset = { ...sw, dsm };
-      this.d.log(`governance: training on dataset ${sw.cid} from round ${sw.fromRound}`);
-    }).catch((err: unknown) => {
-      logger.warn({ value: v, err: (err as Error).message }, 'cannot switch to the governed dataset');
-      // A fetch that timed out is retried at the next round; a wrong manifest is not.
-      if (!(err instanceof InvalidInputError)) this.loadingSwitch = null;
-    });
+    try {
+      cid = parseCid(sw.cid);
+    } catch (err) {
+      logger.warn({ value: v, err: (err as Error).message }, 'governed dataset CID is invalid; ignored');
+      return;
+    }
+    void readManifest(this.d.store, cid, { signal: AbortSignal.timeout(this.d.fetchMs) })
+      .then((dsm) => {
+        if (dsm.tokenizer.cid.toString() !== this.tokenizerCid)
+          throw new InvalidInputError(`its tokenizer ${dsm.tokenizer.cid} is not the run's ${this.tokenizerCid}`);
+        if (dsm.train.shards.length === 0) throw new InvalidInputError('it has no training shards');
+        this.nextDataset = { ...sw, dsm };
+        this.d.log(`governance: training on dataset ${sw.cid} from round ${sw.fromRound}`);
+      })
+      .catch((err: unknown) => {
+        logger.warn({ value: v, err: (err as Error).message }, 'cannot switch to the governed dataset');
+        // A fetch that timed out is retried at the next round; a wrong manifest is not.
+        if (!(err instanceof InvalidInputError)) this.loadingSwitch = null;
+      });
   }
 }

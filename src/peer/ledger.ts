@@ -16,7 +16,12 @@ import type { LedgerView } from '../ledger/view.js';
 import { join } from 'node:path';
 import type { ScoreEntry } from './wire.js';
 
-export interface LedgerOptions { rpc: string; contract: Address; key?: Hex; submit?: boolean }
+export interface LedgerOptions {
+  rpc: string;
+  contract: Address;
+  key?: Hex;
+  submit?: boolean;
+}
 
 export interface LedgerDeps {
   runId: string;
@@ -44,27 +49,41 @@ export class LedgerRole {
     const key = d.options?.key ?? loadOrCreateEvmKey(d.dataDir);
     this.payout = privateKeyToAccount(key).address;
     this.payouts.set(d.self, this.payout);
-    this.link = d.options ? new LedgerLink({
-      rpc: d.options.rpc, contract: d.options.contract, key, manifestHash: `0x${d.runId}`,
-      queueFile: join(d.dataDir, 'ledger-queue.json'), logger: d.logger,
-      publish: (body: SigBody) => d.publishSig(body),
-      ...(d.options.submit !== undefined ? { submit: d.options.submit } : {}),
-      onSettings: () => d.onSettings(this.link?.setting('dataset')),
-      peerOf: (a) => [...this.payouts].find(([, x]) => x.toLowerCase() === a.toLowerCase())?.[0] ?? null,
-    }) : null;
+    this.link = d.options
+      ? new LedgerLink({
+          rpc: d.options.rpc,
+          contract: d.options.contract,
+          key,
+          manifestHash: `0x${d.runId}`,
+          queueFile: join(d.dataDir, 'ledger-queue.json'),
+          logger: d.logger,
+          publish: (body: SigBody) => d.publishSig(body),
+          ...(d.options.submit !== undefined ? { submit: d.options.submit } : {}),
+          onSettings: () => d.onSettings(this.link?.setting('dataset')),
+          peerOf: (a) => [...this.payouts].find(([, x]) => x.toLowerCase() === a.toLowerCase())?.[0] ?? null,
+        })
+      : null;
     if (this.link) void this.link.tick();
   }
 
   /** Rounds signed since the last call. */
-  takeSigned(): number[] { return this.signedSince.splice(0); }
+  takeSigned(): number[] {
+    return this.signedSince.splice(0);
+  }
 
-  view(): LedgerView | undefined { return this.link?.view(); }
+  view(): LedgerView | undefined {
+    return this.link?.view();
+  }
 
   /** A peer announced its payout address (bound to it by the envelope's signature). */
-  onPayout(from: string, address: Address): void { this.payouts.set(from, address); }
+  onPayout(from: string, address: Address): void {
+    this.payouts.set(from, address);
+  }
 
   /** A validator's signature over a score report arrived (the link checks it against the contract). */
-  onSignature(body: unknown): void { void this.link?.onSignature(body); }
+  onSignature(body: unknown): void {
+    void this.link?.onSignature(body);
+  }
 
   /** After each round report: re-announce the payout address; let the link submit and re-read the chain. */
   tick(): void {
@@ -84,22 +103,32 @@ export class LedgerRole {
         const a = this.payouts.get(e.peer);
         const score = e.flagged ? 0 : e.score;
         if (!a) {
-          if (score > 0) logger.warn({ round, peer: e.peer }, 'no payout address announced; its score is left out of the report');
+          if (score > 0)
+            logger.warn({ round, peer: e.peer }, 'no payout address announced; its score is left out of the report');
           continue;
         }
         scores.push({ address: a, score });
       }
-      if (!scores.some((x) => Math.round(x.score * 1e6) > 0)) { logger.warn({ round }, 'no positive score this round; nothing to mint'); return; }
+      if (!scores.some((x) => Math.round(x.score * 1e6) > 0)) {
+        logger.warn({ round }, 'no positive score this round; nothing to mint');
+        return;
+      }
       const report = buildScoreReport({
-        manifestHash: `0x${this.d.runId}`, round, weightsHash: `0x${resultHash}`, checkpointCid: cid ?? '-',
-        updateHashes: updateHashes.map((h) => `0x${h}`), scores,
+        manifestHash: `0x${this.d.runId}`,
+        round,
+        weightsHash: `0x${resultHash}`,
+        checkpointCid: cid ?? '-',
+        updateHashes: updateHashes.map((h) => `0x${h}`),
+        scores,
       });
       await link.signReport(report);
       this.signedSince.push(round);
     } catch (err) {
-      logger.warn({ round, err: (err as Error).message }, 'validator could not sign the round\'s score report');
+      logger.warn({ round, err: (err as Error).message }, "validator could not sign the round's score report");
     }
   }
 
-  async stop(): Promise<void> { await this.link?.stop(); }
+  async stop(): Promise<void> {
+    await this.link?.stop();
+  }
 }

@@ -41,8 +41,21 @@ import { ErrorFeedback, getCodec } from '../swarm/compress/index.js';
 import { storageParams, type DecodedManifest } from '../swarm/manifest.js';
 import { OuterNesterov } from '../swarm/outer.js';
 import {
-  AcceptorRecordSchema, acceptorRecord, fromWire, init, nextDeadline, roundParams, snapshotOf, step, toWire,
-  type AcceptorRecord, type Effect, type Message, type RoundEvent, type RoundParams, type RoundState,
+  AcceptorRecordSchema,
+  acceptorRecord,
+  fromWire,
+  init,
+  nextDeadline,
+  roundParams,
+  snapshotOf,
+  step,
+  toWire,
+  type AcceptorRecord,
+  type Effect,
+  type Message,
+  type RoundEvent,
+  type RoundParams,
+  type RoundState,
 } from '../swarm/round.js';
 import { AdamW } from '../train/adamw.js';
 import { InvalidInputError } from '../util/errors.js';
@@ -69,7 +82,17 @@ const DEBUG = process.env.TESSERA_NODE_DEBUG === '1';
  * Reducer rejections that only an attacker or a bug produces are logged at warn; the others
  * (late, stale-round, duplicate, ... ) are routine under message delay and logged at debug.
  */
-const SUSPICIOUS = new Set(['malformed', 'self', 'not-member', 'not-leader', 'equivocation', 'wrong-base', 'bad-certificate', 'conflict', 'wrong-hash']);
+const SUSPICIOUS = new Set([
+  'malformed',
+  'self',
+  'not-member',
+  'not-leader',
+  'equivocation',
+  'wrong-base',
+  'bad-certificate',
+  'conflict',
+  'wrong-hash',
+]);
 /** Default limit on one fetch of data or state from peers. */
 const FETCH_MS = 30_000;
 
@@ -120,13 +143,19 @@ export class SwarmNode {
     this.fetchMs = o.fetchTimeoutMs ?? FETCH_MS;
   }
 
-  get peerId(): string { return this.host.peerId; }
+  get peerId(): string {
+    return this.host.peerId;
+  }
 
   /** Latest score report received from each validator. */
-  get scoreReports(): ReadonlyMap<string, ScoreReport> { return this.exclusions.reports; }
+  get scoreReports(): ReadonlyMap<string, ScoreReport> {
+    return this.exclusions.reports;
+  }
 
   /** Every peer's announced payout address. */
-  get payouts(): ReadonlyMap<string, Address> { return this.ledger.payouts; }
+  get payouts(): ReadonlyMap<string, Address> {
+    return this.ledger.payouts;
+  }
 
   async start(): Promise<void> {
     try {
@@ -145,17 +174,30 @@ export class SwarmNode {
   }
 
   private async startInner(): Promise<void> {
-    const m = this.m, o = this.o, runId = o.manifest.runId;
+    const m = this.m,
+      o = this.o,
+      runId = o.manifest.runId;
     mkdirSync(o.dataDir, { recursive: true });
     // Network first: a dataset named by CID is fetched from peers.
-    this.host = await createHost({ dataDir: o.dataDir, listen: o.listen ?? ['/ip4/127.0.0.1/tcp/0'], mdns: o.mdns === true, logger: this.logger });
+    this.host = await createHost({
+      dataDir: o.dataDir,
+      listen: o.listen ?? ['/ip4/127.0.0.1/tcp/0'],
+      mdns: o.mdns === true,
+      logger: this.logger,
+    });
     this.store = await openStore(o.dataDir, {
       libp2p: this.host.node,
-      onCorrupt: (cid) => this.logger.warn({ reason: 'corrupt-block', cid }, 'local block failed its hash; deleted, refetching from peers'),
+      onCorrupt: (cid) =>
+        this.logger.warn(
+          { reason: 'corrupt-block', cid },
+          'local block failed its hash; deleted, refetching from peers',
+        ),
     });
     await serveBulk(this.host, (hash) => this.payloads.bytes(hash));
     this.channel = joinControlChannel({
-      host: this.host, runId, schemas: NodeSchemas,
+      host: this.host,
+      runId,
+      schemas: NodeSchemas,
       onMessage: (msg) => {
         if (this.linkDelayMs > 0) setTimeout(() => this.onNet(msg.kind, msg.from, msg.body), this.linkDelayMs);
         else this.onNet(msg.kind, msg.from, msg.body);
@@ -165,28 +207,43 @@ export class SwarmNode {
     const self = this.host.peerId;
     const stopped = () => this.stopped;
     this.data = new RunData({
-      manifest: m, numShards: this.p.numShards, store: this.store, fetchMs: this.fetchMs, logger: this.logger, log: this.log,
+      manifest: m,
+      numShards: this.p.numShards,
+      store: this.store,
+      fetchMs: this.fetchMs,
+      logger: this.logger,
+      log: this.log,
       ...(o.cacheDir ? { cacheDir: o.cacheDir } : {}),
     });
     this.ledger = new LedgerRole({
-      runId, self, dataDir: o.dataDir, options: o.ledger, logger: this.logger,
+      runId,
+      self,
+      dataDir: o.dataDir,
+      options: o.ledger,
+      logger: this.logger,
       publishSig: (body) => this.send('node.sig', body),
       publishPayout: (address) => this.send('node.payout', { address }),
       onSettings: (dataset) => this.data.followGovernance(dataset),
       stateCid: (r, ms) => this.storage.stateCid(r, ms),
     });
-    this.exclusions = new Exclusions({ logger: this.logger, exclude: (peers) => this.dispatch({ type: 'exclude', peers }) });
+    this.exclusions = new Exclusions({
+      logger: this.logger,
+      exclude: (peers) => this.dispatch({ type: 'exclude', peers }),
+    });
     this.log(`peer ${self} listening on ${this.host.multiaddrs().join(' ')}`);
 
     // Wait (briefly) for the other genesis peers / a bootstrap peer, so early gossip is not lost.
     // With only mDNS, give LAN discovery a few seconds: a peer that finds the run's topic there
     // joins it instead of founding a second, separate roster.
     const mdnsOnly = o.mdns === true && !o.genesisPeers?.length && !o.bootstrap?.length;
-    const want = o.genesisPeers?.length ? o.genesisPeers.length - 1 : (o.bootstrap?.length || mdnsOnly ? 1 : 0);
+    const want = o.genesisPeers?.length ? o.genesisPeers.length - 1 : o.bootstrap?.length || mdnsOnly ? 1 : 0;
     const t0 = Date.now();
     const waitMs = mdnsOnly ? 5_000 : 15_000;
     // Count the genesis peers themselves (any other subscriber, even a hostile one, does not help).
-    const seen = () => (o.genesisPeers?.length ? this.channel.subscribers().filter((p) => o.genesisPeers!.includes(p)).length : this.channel.subscribers().length);
+    const seen = () =>
+      o.genesisPeers?.length
+        ? this.channel.subscribers().filter((p) => o.genesisPeers!.includes(p)).length
+        : this.channel.subscribers().length;
     while (seen() < want && Date.now() - t0 < waitMs) await new Promise((r) => setTimeout(r, 100));
 
     // Data and model, checked against the manifest.
@@ -198,49 +255,104 @@ export class SwarmNode {
     this.evalGpt = new GPT(m.model, kernels);
     const outer = new OuterNesterov(gpt.params.length, m.hyper.outer);
     if (m.genesisCid !== undefined) {
-      const g = await loadState(this.store, parseCid(m.genesisCid), m.model, { signal: AbortSignal.timeout(this.fetchMs) });
+      const g = await loadState(this.store, parseCid(m.genesisCid), m.model, {
+        signal: AbortSignal.timeout(this.fetchMs),
+      });
       gpt.params.set(g.params);
       outer.momentum.set(g.momentum);
     }
-    const w = this.weights = new Weights(gpt.params.slice(), outer);
+    const w = (this.weights = new Weights(gpt.params.slice(), outer));
     if (w.hash !== m.genesisWeightsHash) {
-      throw new InvalidInputError(`genesis weights ${m.genesisCid ? `(${m.genesisCid}) ` : ''}hash to ${w.hash.slice(0, 12)}, the manifest says ${m.genesisWeightsHash.slice(0, 12)}`);
+      throw new InvalidInputError(
+        `genesis weights ${m.genesisCid ? `(${m.genesisCid}) ` : ''}hash to ${w.hash.slice(0, 12)}, the manifest says ${m.genesisWeightsHash.slice(0, 12)}`,
+      );
     }
     const cs = m.hyper.codec;
     const codec = cs.id === 'sparse' ? getCodec('sparse', { chunk: cs.chunk, k: cs.k }) : getCodec(cs.id);
     this.updates = new UpdateFetcher({
-      host: this.host, codec, params: w.length, payloads: this.payloads, linkDelayMs: this.linkDelayMs, stopped, logger: this.logger,
+      host: this.host,
+      codec,
+      params: w.length,
+      payloads: this.payloads,
+      linkDelayMs: this.linkDelayMs,
+      stopped,
+      logger: this.logger,
       deliver: (hash, round, author) => this.deliverUpdate(hash, round, author),
     });
     const shardData = (sh: number, round: number) => this.data.shardData(sh, round);
     this.audits = new Audits({
-      manifest: o.manifest, numShards: this.p.numShards, self, params: w.length, kernels, host: this.host, payloads: this.payloads,
-      shardData, fetchMs: this.fetchMs, stopped, logger: this.logger,
-      publishCommit: (c) => this.send('node.commit', c), publishFraud: (f) => this.send('node.fraud', f),
+      manifest: o.manifest,
+      numShards: this.p.numShards,
+      self,
+      params: w.length,
+      kernels,
+      host: this.host,
+      payloads: this.payloads,
+      shardData,
+      fetchMs: this.fetchMs,
+      stopped,
+      logger: this.logger,
+      publishCommit: (c) => this.send('node.commit', c),
+      publishFraud: (f) => this.send('node.fraud', f),
     });
     this.training = new Training({
-      manifest: o.manifest, self, gpt, opt: new AdamW(m.model, m.hyper.adamw, kernels), codec,
+      manifest: o.manifest,
+      self,
+      gpt,
+      opt: new AdamW(m.model, m.hyper.adamw, kernels),
+      codec,
       ef: m.hyper.errorFeedback > 0 ? new ErrorFeedback(w.length, m.hyper.errorFeedback) : null,
-      weights: w, payloads: this.payloads, shardData, behave: o.behave ?? 'honest', stopped, log: this.log, debug: DEBUG ? this.log : null,
+      weights: w,
+      payloads: this.payloads,
+      shardData,
+      behave: o.behave ?? 'honest',
+      stopped,
+      log: this.log,
+      debug: DEBUG ? this.log : null,
       trained: (round, updateHash, steps) => this.dispatch({ type: 'trained', round, updateHash, steps }),
       commit: (c) => this.audits.commitOwn(c),
     });
     if (o.validator) {
       this.validator = new Validator({
-        manifest: o.manifest, numShards: this.p.numShards, self, evalGpt: this.evalGpt, shardData, logger: this.logger,
+        manifest: o.manifest,
+        numShards: this.p.numShards,
+        self,
+        evalGpt: this.evalGpt,
+        shardData,
+        logger: this.logger,
         audit: (...a) => this.audits.auditOne(...a),
         scored: (r) => this.exclusions.update(this.state?.round ?? 0, r),
         publish: (body) => this.send('node.scores', body),
       });
     }
     this.storage = new Storage({
-      store: this.store, runId, model: m.model, genesisCid: m.genesisCid, sp: storageParams(m), self, data: this.data,
-      fetchMs: this.fetchMs, stopped, logger: this.logger,
-      current: () => (!this.state || this.state.phase === 'unsynced' || this.state.phase === 'syncing' ? null : { round: this.state.round, roster: this.state.roster }),
+      store: this.store,
+      runId,
+      model: m.model,
+      genesisCid: m.genesisCid,
+      sp: storageParams(m),
+      self,
+      data: this.data,
+      fetchMs: this.fetchMs,
+      stopped,
+      logger: this.logger,
+      current: () =>
+        !this.state || this.state.phase === 'unsynced' || this.state.phase === 'syncing'
+          ? null
+          : { round: this.state.round, roster: this.state.roster },
     });
     this.sync = new Sync({
-      runId, model: m.model, host: this.host, store: this.store, storage: this.storage, weights: w, payloads: this.payloads,
-      snapPath: join(o.dataDir, `snapshot-${runId.slice(0, 16)}.bin`), stopped, log: this.log, logger: this.logger,
+      runId,
+      model: m.model,
+      host: this.host,
+      store: this.store,
+      storage: this.storage,
+      weights: w,
+      payloads: this.payloads,
+      snapPath: join(o.dataDir, `snapshot-${runId.slice(0, 16)}.bin`),
+      stopped,
+      log: this.log,
+      logger: this.logger,
       publishAd: (ad) => this.send('node.snap', ad),
       stopTraining: () => this.training.stop(),
       wantsState: () => this.state.phase === 'syncing' || this.state.phase === 'unsynced',
@@ -248,7 +360,8 @@ export class SwarmNode {
         this.dispatch({ type: 'synced', snapshot: snap });
         return this.state.round === snap.round && this.state.weightsHash === snap.weightsHash;
       },
-      reportSynced: (snap, via) => this.report('synced', snap.round, this.evaluate(), snap.roster.length, [], snap.weightsHash, via),
+      reportSynced: (snap, via) =>
+        this.report('synced', snap.round, this.evaluate(), snap.roster.length, [], snap.weightsHash, via),
     });
     this.evalSet = [...evalBatches(val, m.hyper.batch, m.model.ctx, o.evalBatches ?? 4)];
 
@@ -262,10 +375,18 @@ export class SwarmNode {
     const now = Date.now();
     // Genesis: listed in --genesis-peers, or a founder started with neither genesis peers nor bootstrap (roster = itself).
     const founder = !o.genesisPeers?.length && !o.bootstrap?.length && discovered.length === 0;
-    const genesis = acceptor !== undefined ? undefined
-      : o.genesisPeers?.includes(self) ? { roster: o.genesisPeers } : founder ? { roster: [self] } : undefined;
+    const genesis =
+      acceptor !== undefined
+        ? undefined
+        : o.genesisPeers?.includes(self)
+          ? { roster: o.genesisPeers }
+          : founder
+            ? { roster: [self] }
+            : undefined;
     const first = init({
-      self, params: this.p, now,
+      self,
+      params: this.p,
+      now,
       ...(genesis ? { genesis } : { bootstrap: [...new Set([...bootIds, ...(o.genesisPeers ?? []), ...discovered])] }),
       ...(acceptor ? { acceptor } : {}),
     });
@@ -296,7 +417,11 @@ export class SwarmNode {
     if (this.timer) clearInterval(this.timer);
     if (this.dialTimer) clearInterval(this.dialTimer);
     this.training?.stop();
-    try { this.channel?.close(); } catch { /* closing anyway */ }
+    try {
+      this.channel?.close();
+    } catch {
+      /* closing anyway */
+    }
     await this.ledger?.stop();
     await this.storage?.drain();
     await this.store?.stop().catch(() => undefined);
@@ -309,9 +434,16 @@ export class SwarmNode {
     const st = this.state;
     const ledger = this.ledger?.view();
     return {
-      runId: this.o.manifest.runId, manifest: this.m, peerId: this.host.peerId, round: st?.round ?? -1, phase: st?.phase ?? 'starting',
-      roster: [...(st?.roster ?? [])], subscribers: this.channel?.subscribers() ?? [], weightsHash: this.weights?.hash ?? '',
-      checkpointCid: this.storage?.checkpointCid ?? null, params: this.weights?.length ?? 0,
+      runId: this.o.manifest.runId,
+      manifest: this.m,
+      peerId: this.host.peerId,
+      round: st?.round ?? -1,
+      phase: st?.phase ?? 'starting',
+      roster: [...(st?.roster ?? [])],
+      subscribers: this.channel?.subscribers() ?? [],
+      weightsHash: this.weights?.hash ?? '',
+      checkpointCid: this.storage?.checkpointCid ?? null,
+      params: this.weights?.length ?? 0,
       scores: this.exclusions?.meanScores(this.validator?.latest ?? null) ?? {},
       ...(ledger ? { ledger } : {}),
     };
@@ -321,13 +453,22 @@ export class SwarmNode {
    * Continues `prompt` from the current weights θ (not a trainer's half-trained copy). Runs on
    * the event loop thread, so callers should keep maxTokens small (the dashboard caps it).
    */
-  generate(prompt: string, o: { maxTokens?: number; temperature?: number; topK?: number; seed?: number } = {}): { text: string; tokens: number } {
+  generate(
+    prompt: string,
+    o: { maxTokens?: number; temperature?: number; topK?: number; seed?: number } = {},
+  ): { text: string; tokens: number } {
     const tok = this.data.tokenizer;
     const g = this.evalGpt;
     g.params.set(this.weights.theta);
     const ids = [tok.eotId, ...tok.encodeOrdinary(prompt)].slice(-this.m.model.ctx);
     const out: number[] = [];
-    const opts = { maxNewTokens: Math.min(256, o.maxTokens ?? 48), temperature: o.temperature ?? 0.8, topK: o.topK ?? 40, seed: o.seed ?? 1, stopToken: tok.eotId };
+    const opts = {
+      maxNewTokens: Math.min(256, o.maxTokens ?? 48),
+      temperature: o.temperature ?? 0.8,
+      topK: o.topK ?? 40,
+      seed: o.seed ?? 1,
+      stopToken: tok.eotId,
+    };
     for (const id of sample(g, ids, opts)) {
       if (id === tok.eotId) break;
       out.push(id);
@@ -353,14 +494,24 @@ export class SwarmNode {
     }
     const r = step(this.state, ev);
     for (const x of r.rejected) {
-      const fields = { reason: x.reason, detail: x.detail, from: x.from, event: x.event, round: this.state.round, phase: this.state.phase };
+      const fields = {
+        reason: x.reason,
+        detail: x.detail,
+        from: x.from,
+        event: x.event,
+        round: this.state.round,
+        phase: this.state.phase,
+      };
       if (SUSPICIOUS.has(x.reason)) this.logger.warn(fields, 'rejected round input');
       else this.logger.debug(fields, 'rejected round input');
     }
     if (DEBUG) {
       for (const e of r.effects) {
         if (e.type !== 'broadcast' || e.msg.type === 'commit') {
-          const commit = e.type === 'broadcast' && e.msg.type === 'commit' ? ` commit a${e.msg.commit.attempt} with ${e.msg.commit.included.length}` : '';
+          const commit =
+            e.type === 'broadcast' && e.msg.type === 'commit'
+              ? ` commit a${e.msg.commit.attempt} with ${e.msg.commit.included.length}`
+              : '';
           this.log(`r${r.state.round} ${r.state.phase} effect ${e.type}${commit} t+${Date.now() - r.state.startedAt}`);
         }
       }
@@ -386,7 +537,14 @@ export class SwarmNode {
     for (const e of effects) this.execute(e);
     // A decided empty set ends the round inside the reducer (no apply effect): report it too.
     const prev = next.prev;
-    if (prevRound >= 0 && next.round === prevRound + 1 && prev && prev.round === prevRound && prev.decision.commit.included.length === 0 && prev.resultHash !== null) {
+    if (
+      prevRound >= 0 &&
+      next.round === prevRound + 1 &&
+      prev &&
+      prev.round === prevRound &&
+      prev.decision.commit.included.length === 0 &&
+      prev.resultHash !== null
+    ) {
       this.report('round', prevRound, this.lastVal, prev.roster.length, [], prev.resultHash);
     }
     if (next.round !== prevRound && next.round >= 0 && next.phase !== 'syncing' && next.phase !== 'unsynced') {
@@ -397,13 +555,28 @@ export class SwarmNode {
 
   private execute(e: Effect): void {
     switch (e.type) {
-      case 'broadcast': case 'send': this.publish(e.msg); break;
-      case 'train': this.training.start(e); break;
-      case 'pretrain': this.training.start({ ...e, until: null }); break;
-      case 'stop-training': this.training.stop(e.round); break;
-      case 'fetch': for (const u of e.updates) void this.updates.fetch(u.updateHash, [u.peer, ...e.from], e.round, u.peer); break;
-      case 'apply': this.apply(e); break;
-      case 'resync': void this.sync.resync(e); break;
+      case 'broadcast':
+      case 'send':
+        this.publish(e.msg);
+        break;
+      case 'train':
+        this.training.start(e);
+        break;
+      case 'pretrain':
+        this.training.start({ ...e, until: null });
+        break;
+      case 'stop-training':
+        this.training.stop(e.round);
+        break;
+      case 'fetch':
+        for (const u of e.updates) void this.updates.fetch(u.updateHash, [u.peer, ...e.from], e.round, u.peer);
+        break;
+      case 'apply':
+        this.apply(e);
+        break;
+      case 'resync':
+        void this.sync.resync(e);
+        break;
     }
   }
 
@@ -417,13 +590,28 @@ export class SwarmNode {
     if (this.stopped || !this.state) return;
     switch (kind) {
       case 'node.scores':
-        this.exclusions.onReport(from, body as ScoreReport, this.o.trustValidators?.includes(from) === true, this.state.round);
+        this.exclusions.onReport(
+          from,
+          body as ScoreReport,
+          this.o.trustValidators?.includes(from) === true,
+          this.state.round,
+        );
         return;
-      case 'node.commit': this.audits.onCommit(from, body as Commitment); return;
-      case 'node.fraud': void this.audits.checkFraud(from, body as FraudNotice); return;
-      case 'node.payout': this.ledger.onPayout(from, (body as { address: Address }).address); return;
-      case 'node.sig': this.ledger.onSignature(body); return;
-      case 'node.snap': this.sync.onAd(from, body as SnapAd); return;
+      case 'node.commit':
+        this.audits.onCommit(from, body as Commitment);
+        return;
+      case 'node.fraud':
+        void this.audits.checkFraud(from, body as FraudNotice);
+        return;
+      case 'node.payout':
+        this.ledger.onPayout(from, (body as { address: Address }).address);
+        return;
+      case 'node.sig':
+        this.ledger.onSignature(body);
+        return;
+      case 'node.snap':
+        this.sync.onAd(from, body as SnapAd);
+        return;
     }
     const msg = fromWire(kind, from, body);
     if (!msg) return;
@@ -432,12 +620,18 @@ export class SwarmNode {
       // straight to the reducer, which rejects it with its reason, and costs no download.
       const st = this.state;
       const synced = st.phase !== 'unsynced' && st.phase !== 'syncing';
-      if (synced && (msg.round < st.round || msg.round > st.round + 1 || (msg.round === st.round && !st.roster.includes(msg.from)))) {
+      if (
+        synced &&
+        (msg.round < st.round || msg.round > st.round + 1 || (msg.round === st.round && !st.roster.includes(msg.from)))
+      ) {
         this.dispatch({ type: 'message', msg });
         return;
       }
       this.payloads.noteMsg(msg);
-      if (this.payloads.delta(msg.updateHash)) { this.dispatch({ type: 'message', msg }); return; }
+      if (this.payloads.delta(msg.updateHash)) {
+        this.dispatch({ type: 'message', msg });
+        return;
+      }
       void this.updates.fetch(msg.updateHash, [msg.from], msg.round, msg.from);
       return;
     }
@@ -453,9 +647,18 @@ export class SwarmNode {
       // Fetched for a pending or decided commit whose update message we never saw (lost on
       // gossip): rebuild it from the commit, or the round could never be accepted.
       const st = this.state;
-      const inc = [st.decision?.commit, st.pending].flatMap((k) => k?.included ?? []).find((u) => u.updateHash === hash && u.peer === author);
+      const inc = [st.decision?.commit, st.pending]
+        .flatMap((k) => k?.included ?? [])
+        .find((u) => u.updateHash === hash && u.peer === author);
       if (!inc || st.round !== round) return;
-      msg = { type: 'update', from: author, round, baseHash: st.trainBase, updateHash: hash, steps: Math.max(1, Math.round(inc.tokens / this.p.batch)) };
+      msg = {
+        type: 'update',
+        from: author,
+        round,
+        baseHash: st.trainBase,
+        updateHash: hash,
+        steps: Math.max(1, Math.round(inc.tokens / this.p.batch)),
+      };
     }
     if (msg.from === this.host.peerId && this.state.updates.has(hash)) return;
     this.dispatch({ type: 'message', msg });
@@ -469,8 +672,15 @@ export class SwarmNode {
       this.log(`round ${e.round}: our weights are not the round's base; waiting for resync`);
       return;
     }
-    const ups: CommittedUpdate[] = e.included.map((u) => ({ peer: u.peer, tokens: u.tokens, delta: this.payloads.delta(u.updateHash)! }));
-    if (ups.some((u) => !u.delta)) { this.log(`round ${e.round}: missing a payload at apply`); return; }
+    const ups: CommittedUpdate[] = e.included.map((u) => ({
+      peer: u.peer,
+      tokens: u.tokens,
+      delta: this.payloads.delta(u.updateHash)!,
+    }));
+    if (ups.some((u) => !u.delta)) {
+      this.log(`round ${e.round}: missing a payload at apply`);
+      return;
+    }
     if (this.m.hyper.overlap !== 'none') w.prev = { hash: w.hash, weights: w.theta.slice() };
     this.audits.onApply(e.round, [...this.state.roster], e.baseHash);
     const scoring = this.validator ? this.score(e, ups) : null;
@@ -480,10 +690,27 @@ export class SwarmNode {
     const valLoss = this.evaluate();
     this.lastVal = valLoss;
     const roster = this.state.roster.length;
-    if (scoring && this.ledger.link) void scoring.then((entries) => entries && this.ledger.signRound(e.round, h, entries, e.included.map((u) => u.updateHash)));
+    if (scoring && this.ledger.link)
+      void scoring.then(
+        (entries) =>
+          entries &&
+          this.ledger.signRound(
+            e.round,
+            h,
+            entries,
+            e.included.map((u) => u.updateHash),
+          ),
+      );
     this.dispatch({ type: 'applied', round: e.round, weightsHash: h });
     // The reducer counts sequences; the report counts tokens.
-    this.report('round', e.round, valLoss, roster, e.included.map((u) => ({ peer: u.peer, tokens: u.tokens * this.m.model.ctx })), h);
+    this.report(
+      'round',
+      e.round,
+      valLoss,
+      roster,
+      e.included.map((u) => ({ peer: u.peer, tokens: u.tokens * this.m.model.ctx })),
+      h,
+    );
     this.payloads.prune(this.state.round);
   }
 
@@ -500,7 +727,14 @@ export class SwarmNode {
       hashes.set(u.from, hash);
       toScore.push({ peer: u.from, tokens: u.steps * this.m.hyper.batch, delta });
     }
-    return this.validator!.validate(e.round, this.weights.theta.slice(), e.baseHash, [...this.state.roster], toScore, hashes);
+    return this.validator!.validate(
+      e.round,
+      this.weights.theta.slice(),
+      e.baseHash,
+      [...this.state.roster],
+      toScore,
+      hashes,
+    );
   }
 
   private evaluate(): number {
@@ -512,10 +746,22 @@ export class SwarmNode {
   }
 
   private meterReading() {
-    return { computeMs: this.training?.computeMs ?? 0, innerSteps: this.training?.innerSteps ?? 0, wire: this.host.metrics.snapshot().wire };
+    return {
+      computeMs: this.training?.computeMs ?? 0,
+      innerSteps: this.training?.innerSteps ?? 0,
+      wire: this.host.metrics.snapshot().wire,
+    };
   }
 
-  private report(event: 'round' | 'synced', round: number, valLoss: number, roster: number, contributors: { peer: string; tokens: number }[], h: string, via?: 'ipfs' | 'bulk' | 'local'): void {
+  private report(
+    event: 'round' | 'synced',
+    round: number,
+    valLoss: number,
+    roster: number,
+    contributors: { peer: string; tokens: number }[],
+    h: string,
+    via?: 'ipfs' | 'bulk' | 'local',
+  ): void {
     const datasetCid = this.data.datasetAt(round).cid;
     const v = this.validator;
     const scored = v?.takeScored() ?? [];
@@ -523,11 +769,23 @@ export class SwarmNode {
     const audits = v?.takeAudits() ?? [];
     const frauds = this.audits.takeFrauds();
     const r: RoundReport = {
-      event, round, valLoss, trainLoss: this.training.takeTrainLoss(), contributors, checkpointCid: this.storage.checkpointCid,
+      event,
+      round,
+      valLoss,
+      trainLoss: this.training.takeTrainLoss(),
+      contributors,
+      checkpointCid: this.storage.checkpointCid,
       ...this.meter.take(this.meterReading()),
-      peers: this.channel.subscribers().length + 1, roster, included: contributors.length, weightsHash: h,
+      peers: this.channel.subscribers().length + 1,
+      roster,
+      included: contributors.length,
+      weightsHash: h,
       ...(via ? { via } : {}),
-      storage: { ...this.storage.held, shardsFetched: this.data.shardsFetched, corruptBlocks: this.store.stats.corruptLocal },
+      storage: {
+        ...this.storage.held,
+        shardsFetched: this.data.shardsFetched,
+        corruptBlocks: this.store.stats.corruptLocal,
+      },
       ...(v?.latest ? { scores: v.latest } : {}),
       ...(scored.length ? { scored } : {}),
       ...(signed.length ? { signed } : {}),

@@ -26,12 +26,17 @@ export class PayloadStore {
 
   private entry(hash: string, round: number): Entry {
     let e = this.entries.get(hash);
-    if (!e) { e = { bytes: null, round, keepRounds: KEEP_ROUNDS }; this.entries.set(hash, e); }
+    if (!e) {
+      e = { bytes: null, round, keepRounds: KEEP_ROUNDS };
+      this.entries.set(hash, e);
+    }
     return e;
   }
 
   /** The bytes of bulk object `hash`, if held (what the bulk server serves). */
-  bytes(hash: string): Uint8Array | undefined { return this.entries.get(hash)?.bytes ?? undefined; }
+  bytes(hash: string): Uint8Array | undefined {
+    return this.entries.get(hash)?.bytes ?? undefined;
+  }
 
   /** Holds an opaque bulk object (snapshot bundle, trace, fraud proof). */
   putBlob(hash: string, bytes: Uint8Array, round: number, keepRounds = KEEP_ROUNDS): void {
@@ -50,13 +55,19 @@ export class PayloadStore {
   }
 
   /** The decoded Δ of update `hash`, if held. */
-  delta(hash: string): Float32Array | undefined { return this.entries.get(hash)?.delta; }
+  delta(hash: string): Float32Array | undefined {
+    return this.entries.get(hash)?.delta;
+  }
 
   /** Remembers the update message announcing `msg.updateHash` (its payload may not be held yet). */
-  noteMsg(msg: UpdateMsg): void { this.entry(msg.updateHash, msg.round).msg = msg; }
+  noteMsg(msg: UpdateMsg): void {
+    this.entry(msg.updateHash, msg.round).msg = msg;
+  }
 
   /** The update message seen for `hash`, if any. */
-  msg(hash: string): UpdateMsg | undefined { return this.entries.get(hash)?.msg; }
+  msg(hash: string): UpdateMsg | undefined {
+    return this.entries.get(hash)?.msg;
+  }
 
   /** Forgets the claim of an update whose payload could not be fetched. */
   forgetMsg(hash: string): void {

@@ -59,10 +59,24 @@ export interface RoundReport {
  * commitment, an update that is not the trace's end).
  */
 export interface AuditRecord {
-  round: number; trainer: string; ok: boolean; reason: string | null; k?: number; steps: number; ms: number; trainerMs?: number;
+  round: number;
+  trainer: string;
+  ok: boolean;
+  reason: string | null;
+  k?: number;
+  steps: number;
+  ms: number;
+  trainerMs?: number;
 }
 /** A fraud proof as checked by this peer. */
-export interface FraudRecord { round: number; trainer: string; k: number; by: string; verified: boolean; reason: string | null }
+export interface FraudRecord {
+  round: number;
+  trainer: string;
+  k: number;
+  by: string;
+  verified: boolean;
+  reason: string | null;
+}
 
 /** What a dashboard or script can read from a running node (see SwarmNode.view()). */
 export interface NodeView {
@@ -115,7 +129,9 @@ export class RoundMeter {
   }
 
   /** The deltas since the previous take (or reset), and starts the next interval. */
-  take(r: MeterReading): Pick<RoundReport, 'computeFraction' | 'innerSteps' | 'cpuFraction' | 'bytesSent' | 'bytesReceived' | 'seconds'> {
+  take(
+    r: MeterReading,
+  ): Pick<RoundReport, 'computeFraction' | 'innerSteps' | 'cpuFraction' | 'bytesSent' | 'bytesReceived' | 'seconds'> {
     const now = Date.now();
     const nowPerf = performance.now();
     const wall = nowPerf - this.last.at;
@@ -123,7 +139,8 @@ export class RoundMeter {
       computeFraction: wall > 0 ? Math.min(1, (r.computeMs - this.last.ms) / wall) : 0,
       innerSteps: r.innerSteps - this.last.steps,
       cpuFraction: wall > 0 ? (cpuMs() - this.last.cpu) / wall : 0,
-      bytesSent: r.wire.sent - this.lastBytes.sent, bytesReceived: r.wire.received - this.lastBytes.received,
+      bytesSent: r.wire.sent - this.lastBytes.sent,
+      bytesReceived: r.wire.received - this.lastBytes.received,
       seconds: (now - this.roundStart) / 1000,
     };
     this.lastBytes = { ...r.wire };

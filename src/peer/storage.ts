@@ -45,7 +45,12 @@ export interface StorageDeps {
 }
 
 /** What one round's state is published from (copied when the snapshot is taken). */
-export interface StateFiles { params: Float32Array; momentum: Float32Array; round: number; snapshot: RoundSnapshot }
+export interface StateFiles {
+  params: Float32Array;
+  momentum: Float32Array;
+  round: number;
+  snapshot: RoundSnapshot;
+}
 
 export class Storage {
   /** CID of the latest retained checkpoint (null until one is published). */
@@ -78,7 +83,11 @@ export class Storage {
     const { store, logger } = this.d;
     return this.publishing(async () => {
       try {
-        const c = await publishState(store, { config: this.d.model, runId: this.d.runId, ...files }, { signal: AbortSignal.timeout(this.d.fetchMs) });
+        const c = await publishState(
+          store,
+          { config: this.d.model, runId: this.d.runId, ...files },
+          { signal: AbortSignal.timeout(this.d.fetchMs) },
+        );
         await store.pin(c);
         const cid = c.toString();
         this.stateCids.set(files.round, cid);
@@ -97,7 +106,10 @@ export class Storage {
         }
         return cid;
       } catch (err) {
-        logger.warn({ round: files.round, err: (err as Error).message }, 'cannot publish state checkpoint; serving it by bulk only');
+        logger.warn(
+          { round: files.round, err: (err as Error).message },
+          'cannot publish state checkpoint; serving it by bulk only',
+        );
         return undefined;
       }
     });
@@ -131,7 +143,9 @@ export class Storage {
   /** Garbage collection, once no publish is in flight (new publishes wait for it). */
   private async collectGarbage(): Promise<void> {
     let release!: () => void;
-    const gate = new Promise<void>((r) => { release = r; });
+    const gate = new Promise<void>((r) => {
+      release = r;
+    });
     const before = this.publishChain;
     this.gcRun = gate; // publishes queued from now on wait for the gate
     try {
@@ -166,7 +180,8 @@ export class Storage {
     const { store, sp, data, logger } = this.d;
     while (this.checkpoints.length > sp.keepCheckpoints) {
       const old = this.checkpoints.shift()!;
-      if (!this.recentStates.some((x) => x.cid === old.cid)) await store.unpin(parseCid(old.cid)).catch(() => undefined);
+      if (!this.recentStates.some((x) => x.cid === old.cid))
+        await store.unpin(parseCid(old.cid)).catch(() => undefined);
     }
     const items: PinItem[] = [];
     const dsm = data.dataset;
@@ -174,10 +189,14 @@ export class Storage {
       items.push({ cid: data.datasetCid, scope: 'all', label: 'dataset manifest', depth: 0 });
       items.push({ cid: data.tokenizerCid, scope: 'all', label: 'tokenizer' });
       dsm.val.shards.forEach((sh, i) => items.push({ cid: sh.cid.toString(), scope: 'all', label: `val shard ${i}` }));
-      dsm.train.shards.forEach((sh, i) => items.push({ cid: sh.cid.toString(), scope: 'replicated', label: `train shard ${i}` }));
+      dsm.train.shards.forEach((sh, i) =>
+        items.push({ cid: sh.cid.toString(), scope: 'replicated', label: `train shard ${i}` }),
+      );
     }
     if (this.d.genesisCid) items.push({ cid: this.d.genesisCid, scope: 'replicated', label: 'genesis' });
-    for (const c of this.checkpoints) if (c.cid !== this.latestState?.cid) items.push({ cid: c.cid, scope: 'replicated', label: `checkpoint r${c.round}` });
+    for (const c of this.checkpoints)
+      if (c.cid !== this.latestState?.cid)
+        items.push({ cid: c.cid, scope: 'replicated', label: `checkpoint r${c.round}` });
     const plan = pinPlan(items, roster, this.d.self, sp.replicas);
     let held = 0;
     for (const it of plan.hold) {
@@ -187,11 +206,17 @@ export class Storage {
         // Raw blocks are read through getBlock first: a copy corrupted on disk is found by its hash and refetched.
         if (it.scope === 'replicated') this.lastHolder.set(it.cid, round);
         if (cid.code === 0x55) await store.getBlock(cid, { signal: AbortSignal.timeout(HOLD_FETCH_MS) });
-        await store.pin(cid, { signal: AbortSignal.timeout(HOLD_FETCH_MS), ...(it.depth !== undefined ? { depth: it.depth } : {}) });
+        await store.pin(cid, {
+          signal: AbortSignal.timeout(HOLD_FETCH_MS),
+          ...(it.depth !== undefined ? { depth: it.depth } : {}),
+        });
         held++;
         store.provide(cid, { signal: AbortSignal.timeout(10_000) }).catch(() => undefined);
       } catch (err) {
-        logger.warn({ item: it.label, cid: it.cid, err: (err as Error).message }, 'cannot fetch an item this peer must hold');
+        logger.warn(
+          { item: it.label, cid: it.cid, err: (err as Error).message },
+          'cannot fetch an item this peer must hold',
+        );
       }
     }
     for (const it of plan.skip) {

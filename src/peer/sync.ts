@@ -92,14 +92,18 @@ export class Sync {
     if (!existsSync(path)) return;
     try {
       const b = decodeBundle(readFileSync(path), this.d.weights.length);
-      if (weightsHash(b.theta) !== b.snap.weightsHash) throw new InvalidInputError('weights do not match the snapshot hash');
+      if (weightsHash(b.theta) !== b.snap.weightsHash)
+        throw new InvalidInputError('weights do not match the snapshot hash');
       this.d.weights.install(b.theta, b.momentum, b.snap.weightsHash);
       if (this.d.installed(b.snap)) {
         this.d.log(`resumed at round ${b.snap.round} from ${path}`);
         this.d.reportSynced(b.snap, 'local');
       }
     } catch (err) {
-      this.d.logger.warn({ file: path, err: (err as Error).message }, 'ignoring unreadable local snapshot; syncing from peers');
+      this.d.logger.warn(
+        { file: path, err: (err as Error).message },
+        'ignoring unreadable local snapshot; syncing from peers',
+      );
     }
   }
 
@@ -108,16 +112,25 @@ export class Sync {
     const P = this.d.weights.length;
     if (ad.cid) {
       try {
-        const got = await loadState(this.d.store, parseCid(ad.cid), this.d.model, { signal: AbortSignal.timeout(15_000) });
-        if (got.meta.runId !== this.d.runId) throw new InvalidInputError(`checkpoint ${ad.cid} belongs to run ${got.meta.runId.slice(0, 12)}`);
+        const got = await loadState(this.d.store, parseCid(ad.cid), this.d.model, {
+          signal: AbortSignal.timeout(15_000),
+        });
+        if (got.meta.runId !== this.d.runId)
+          throw new InvalidInputError(`checkpoint ${ad.cid} belongs to run ${got.meta.runId.slice(0, 12)}`);
         const b = { snap: SnapshotSchema.parse(got.meta.snapshot), theta: got.params, momentum: got.momentum };
-        if (b.snap.weightsHash !== got.weightsHash) throw new InvalidInputError('checkpoint snapshot does not match its weights');
+        if (b.snap.weightsHash !== got.weightsHash)
+          throw new InvalidInputError('checkpoint snapshot does not match its weights');
         return { b, via: 'ipfs' };
       } catch (err) {
-        this.d.log(`resync by CID ${ad.cid.slice(0, 16)}… failed (${(err as Error).message}); trying a direct download`);
+        this.d.log(
+          `resync by CID ${ad.cid.slice(0, 16)}… failed (${(err as Error).message}); trying a direct download`,
+        );
       }
     }
-    const bytes = await fetchBulk(this.d.host, peer, ad.bundle, { maxBytes: maxBundleBytes(P), signal: AbortSignal.timeout(10_000) });
+    const bytes = await fetchBulk(this.d.host, peer, ad.bundle, {
+      maxBytes: maxBundleBytes(P),
+      signal: AbortSignal.timeout(10_000),
+    });
     return { b: decodeBundle(bytes, P), via: 'bulk' };
   }
 
@@ -129,12 +142,17 @@ export class Sync {
       this.d.stopTraining();
       // Candidates: advertisements from the listed peers (then from anyone), newest first.
       const ads = [...this.ads.entries()]
-        .filter(([, a]) => (e.round === null || a.round >= e.round) && (e.weightsHash === null || e.round === null || a.round !== e.round || a.weightsHash === e.weightsHash))
-        .sort((x, y) => (Number(e.from.includes(y[0])) - Number(e.from.includes(x[0]))) || y[1].round - x[1].round);
+        .filter(
+          ([, a]) =>
+            (e.round === null || a.round >= e.round) &&
+            (e.weightsHash === null || e.round === null || a.round !== e.round || a.weightsHash === e.weightsHash),
+        )
+        .sort((x, y) => Number(e.from.includes(y[0])) - Number(e.from.includes(x[0])) || y[1].round - x[1].round);
       for (const [peer, ad] of ads.slice(0, RESYNC_CANDIDATES)) {
         try {
           const { b, via } = await this.load(peer, ad);
-          if (weightsHash(b.theta) !== b.snap.weightsHash) throw new InvalidInputError('snapshot weights do not match its hash');
+          if (weightsHash(b.theta) !== b.snap.weightsHash)
+            throw new InvalidInputError('snapshot weights do not match its hash');
           if (this.d.stopped() || !this.d.wantsState()) return;
           // Decoded payloads stay: a resync into the same round keeps the reducer's held updates, whose Δ apply needs.
           this.d.weights.install(b.theta, b.momentum, b.snap.weightsHash);

@@ -43,7 +43,13 @@ interface TrainJob {
 }
 
 /** What the reducer's `train` / `pretrain` effects ask for. */
-export interface TrainRequest { round: number; baseHash: string; shards: number[]; steps: number; until: number | null }
+export interface TrainRequest {
+  round: number;
+  baseHash: string;
+  shards: number[];
+  steps: number;
+  until: number | null;
+}
 
 export interface TrainingDeps {
   manifest: DecodedManifest;
@@ -99,11 +105,19 @@ export class Training {
     const cur = this.job;
     const same = cur !== null && !cur.stop && cur.round === e.round && cur.shards.join() === e.shards.join();
     const shifting = hyper.overlap === 'shift' || hyper.overlap === 'eager';
-    if (same && shifting && e.until !== null && e.baseHash === w.hash && (cur.baseHash === e.baseHash || cur.baseHash === w.prev?.hash)) {
+    if (
+      same &&
+      shifting &&
+      e.until !== null &&
+      e.baseHash === w.hash &&
+      (cur.baseHash === e.baseHash || cur.baseHash === w.prev?.hash)
+    ) {
       // 'shift'/'eager': the job began on θ_{r-1} (or this peer's guess of θ_r) before θ_r was
       // known; move it onto θ_r. Its update is then θ_r − local: only this round's own steps.
       // (After an empty round θ_r = θ_{r-1}: a 'shift' job moves by zero, an 'eager' one off its guess.)
-      const local = this.d.gpt.params, began = cur.base, now = w.theta;
+      const local = this.d.gpt.params,
+        began = cur.base,
+        now = w.theta;
       for (let i = 0; i < local.length; i++) local[i] += now[i] - began[i];
       cur.base = now.slice();
       cur.baseHash = e.baseHash;
@@ -117,20 +131,40 @@ export class Training {
       return;
     }
     if (e.until !== null) {
-      debug?.(`round ${e.round}: new job (had ${cur ? `r${cur.round} ${cur.baseHash.slice(0, 8)} stop=${cur.stop}` : 'none'}, `
-        + `want ${e.baseHash.slice(0, 8)}, prev ${w.prev?.hash.slice(0, 8)}, θ ${w.hash.slice(0, 8)})`);
+      debug?.(
+        `round ${e.round}: new job (had ${cur ? `r${cur.round} ${cur.baseHash.slice(0, 8)} stop=${cur.stop}` : 'none'}, ` +
+          `want ${e.baseHash.slice(0, 8)}, prev ${w.prev?.hash.slice(0, 8)}, θ ${w.hash.slice(0, 8)})`,
+      );
     }
     if (cur) cur.stop = true;
     const held = w.base(e.baseHash);
-    if (!held) { this.d.log(`round ${e.round}: base ${e.baseHash.slice(0, 12)} not held, not training`); return; }
+    if (!held) {
+      this.d.log(`round ${e.round}: base ${e.baseHash.slice(0, 12)} not held, not training`);
+      return;
+    }
     let base: Float32Array = held.slice();
     const own = this.lastOwn;
     const ownDelta = own ? this.d.payloads.delta(own.hash) : undefined;
-    if (e.until === null && hyper.overlap === 'eager' && e.baseHash === w.hash && own?.round === e.round - 1 && ownDelta) {
+    if (
+      e.until === null &&
+      hyper.overlap === 'eager' &&
+      e.baseHash === w.hash &&
+      own?.round === e.round - 1 &&
+      ownDelta
+    ) {
       // Guess θ_{r+1} = the outer step with our own (decoded) update standing in for the aggregate.
       base = w.outer.preview(w.theta, ownDelta, new Float32Array(w.length));
     }
-    const job: TrainJob = { round: e.round, baseHash: e.baseHash, shards: [...e.shards], maxSteps: e.steps, base, until: e.until, startedAt: Date.now(), stop: false };
+    const job: TrainJob = {
+      round: e.round,
+      baseHash: e.baseHash,
+      shards: [...e.shards],
+      maxSteps: e.steps,
+      base,
+      until: e.until,
+      startedAt: Date.now(),
+      stop: false,
+    };
     this.job = job;
     void this.run(job);
   }
@@ -138,22 +172,35 @@ export class Training {
   private async run(job: TrainJob): Promise<void> {
     await new Promise((r) => setImmediate(r));
     const { manifest: dm, gpt: local, opt } = this.d;
-    const m = dm.manifest, B = m.hyper.batch, T = m.model.ctx, P = this.d.weights.length;
+    const m = dm.manifest,
+      B = m.hyper.batch,
+      T = m.model.ctx,
+      P = this.d.weights.length;
     const halted = () => job.stop || this.d.stopped();
     // Exactly the assigned shards (fetched from peers the first time when the dataset is on IPFS).
     let data = await Promise.all(job.shards.map((sh) => this.d.shardData(sh, job.round)));
     if (this.d.behave === 'wrong-data') {
       // The adversary trains on other data than assigned: uniform random tokens.
       const rng = new Rng(job.round + 1);
-      data = data.map((d) => (d ? Uint32Array.from({ length: d.length }, () => rng.nextInt(m.model.vocabSize)) as unknown as TokenArray : d));
+      data = data.map((d) =>
+        d ? (Uint32Array.from({ length: d.length }, () => rng.nextInt(m.model.vocabSize)) as unknown as TokenArray) : d,
+      );
     }
     if (halted()) return;
     local.params.set(job.base);
     // Audit (hyper.audit): the pre-state and the digest of the state after every step, whose
     // Merkle root this trainer signs with its update.
-    const start: StepState | null = m.hyper.audit ? { theta: job.base.slice(), m: opt.m.slice(), v: opt.v.slice(), step: opt.step } : null;
+    const start: StepState | null = m.hyper.audit
+      ? { theta: job.base.slice(), m: opt.m.slice(), v: opt.v.slice(), step: opt.step }
+      : null;
     const digests: StateDigest[] = start ? [digestState(start)] : [];
-    const rb = roundBatches(dm.runId, job.round, job.shards.map((shard, j) => ({ shard, tokens: data[j] })), B, T);
+    const rb = roundBatches(
+      dm.runId,
+      job.round,
+      job.shards.map((shard, j) => ({ shard, tokens: data[j] })),
+      B,
+      T,
+    );
     const batch: Batch = { inputs: new Int32Array(B * T), targets: new Int32Array(B * T) };
     let steps = 0;
     let lastYield = performance.now();
@@ -163,7 +210,13 @@ export class Training {
       const t0 = performance.now();
       let loss: number;
       try {
-        ({ loss } = innerStep(local, opt, { batches: [batch], B, T, schedule: m.hyper.schedule, step: job.round * m.hyper.innerSteps + i }));
+        ({ loss } = innerStep(local, opt, {
+          batches: [batch],
+          B,
+          T,
+          schedule: m.hyper.schedule,
+          step: job.round * m.hyper.innerSteps + i,
+        }));
       } catch (err) {
         // The one rule (train/inner-step.ts): a non-finite loss ends the job; its earlier steps stand.
         if (err instanceof NonFiniteLossError) break;
@@ -188,9 +241,12 @@ export class Training {
     // submit at `until` at the earliest. With overlap the job started at the last submission, so
     // it lasts at least trainMs and at most until `until`: when H steps take longer than trainMs
     // the peer never waits, and the next job starts the moment this one is submitted.
-    const minEnd = (): number => (m.hyper.overlap === 'none' ? job.until! : Math.min(job.until!, job.startedAt + m.timing.trainMs));
+    const minEnd = (): number =>
+      m.hyper.overlap === 'none' ? job.until! : Math.min(job.until!, job.startedAt + m.timing.trainMs);
     while (!halted() && (job.until === null || Date.now() < minEnd())) {
-      await new Promise((r) => setTimeout(r, job.until === null ? 20 : Math.max(1, Math.min(20, minEnd() - Date.now()))));
+      await new Promise((r) =>
+        setTimeout(r, job.until === null ? 20 : Math.max(1, Math.min(20, minEnd() - Date.now()))),
+      );
     }
     if (this.job === job) this.job = null;
     if (halted()) return;
@@ -199,9 +255,17 @@ export class Training {
     const kind = this.d.behave;
     if (kind !== 'honest' && steps > 0) {
       // Earlier this round: the other peers' decoded updates already received.
-      const earlier = [...this.d.payloads.heldUpdates(job.round)].filter((u) => u.msg.from !== this.d.self).map((u) => u.delta);
+      const earlier = [...this.d.payloads.heldUpdates(job.round)]
+        .filter((u) => u.msg.from !== this.d.self)
+        .map((u) => u.delta);
       const rng = new Rng(job.round * 7919 + 17);
-      delta = behave(kind, { honest: delta, earlier, earlierKinds: earlier.map(() => 'honest' as const), previous: this.lastSubmitted, rng: () => rng.nextFloat() });
+      delta = behave(kind, {
+        honest: delta,
+        earlier,
+        earlierKinds: earlier.map(() => 'honest' as const),
+        previous: this.lastSubmitted,
+        rng: () => rng.nextFloat(),
+      });
       this.lastSubmitted = delta.slice();
     }
     let hash = '0'.repeat(64);

@@ -36,7 +36,10 @@ export class UpdateFetcher {
 
   async fetch(hash: string, from: string[], round: number, author: string): Promise<void> {
     const { payloads, logger } = this.d;
-    if (payloads.delta(hash)) { this.d.deliver(hash, round, author); return; }
+    if (payloads.delta(hash)) {
+      this.d.deliver(hash, round, author);
+      return;
+    }
     if (this.fetching.has(hash)) return;
     this.fetching.add(hash);
     try {
@@ -45,7 +48,10 @@ export class UpdateFetcher {
       for (let attempt = 0; attempt < PASSES && !this.d.stopped(); attempt++) {
         for (const peer of [...new Set(from)].filter((p) => p !== this.d.host.peerId)) {
           try {
-            const bytes = await fetchBulk(this.d.host, peer, hash, { maxBytes: max, signal: AbortSignal.timeout(FETCH_MS) });
+            const bytes = await fetchBulk(this.d.host, peer, hash, {
+              maxBytes: max,
+              signal: AbortSignal.timeout(FETCH_MS),
+            });
             if (this.d.linkDelayMs > 0) await new Promise((r) => setTimeout(r, 2 * this.d.linkDelayMs)); // request + response
             const delta = this.d.codec.decode(bytes, P);
             if (!delta.every(Number.isFinite)) throw new InvalidInputError('non-finite Δ');
@@ -54,9 +60,18 @@ export class UpdateFetcher {
             return;
           } catch (err) {
             // Network failures (peer gone, stream reset) are routine and only logged at debug.
-            const bad = err instanceof HashMismatchError || err instanceof TooLargeError || err instanceof InvalidInputError || err instanceof DecodeError;
-            if (bad) logger.warn({ reason: 'bad-payload', detail: (err as Error).message, from: peer, update: hash, round }, 'rejected update payload');
-            else logger.debug({ detail: (err as Error).message, from: peer, update: hash, round }, 'update fetch failed');
+            const bad =
+              err instanceof HashMismatchError ||
+              err instanceof TooLargeError ||
+              err instanceof InvalidInputError ||
+              err instanceof DecodeError;
+            if (bad)
+              logger.warn(
+                { reason: 'bad-payload', detail: (err as Error).message, from: peer, update: hash, round },
+                'rejected update payload',
+              );
+            else
+              logger.debug({ detail: (err as Error).message, from: peer, update: hash, round }, 'update fetch failed');
           }
         }
         await new Promise((r) => setTimeout(r, PASS_PAUSE_MS));

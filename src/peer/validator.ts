@@ -27,7 +27,10 @@ const K = 2;
 /** A flag excludes a member from proposals for this many rounds after the report that flagged it. */
 const EXCLUDE_ROUNDS = 3;
 
-export interface ScoreReport { round: number; entries: ScoreEntry[] }
+export interface ScoreReport {
+  round: number;
+  entries: ScoreEntry[];
+}
 
 export interface ValidatorDeps {
   manifest: DecodedManifest;
@@ -36,7 +39,13 @@ export interface ValidatorDeps {
   evalGpt: GPT;
   shardData: (shard: number, round: number) => Promise<TokenArray | null>;
   /** Audits one trainer's round by re-execution (audit.ts). */
-  audit: (round: number, trainer: string, updateHash: string, roster: string[], delta: Float32Array) => Promise<AuditRecord>;
+  audit: (
+    round: number,
+    trainer: string,
+    updateHash: string,
+    roster: string[],
+    delta: Float32Array,
+  ) => Promise<AuditRecord>;
   /** This validator's own report, before it is published (selection by score folds it in). */
   scored: (report: ScoreReport) => void;
   publish: (body: { round: number; baseHash: string; reportHash: string; entries: ScoreEntry[] }) => void;
@@ -55,33 +64,59 @@ export class Validator {
   constructor(private readonly d: ValidatorDeps) {}
 
   /** Reports scored since the last call. */
-  takeScored(): ScoreReport[] { return this.scoredSince.splice(0); }
+  takeScored(): ScoreReport[] {
+    return this.scoredSince.splice(0);
+  }
 
   /** Audit records since the last call. */
-  takeAudits(): AuditRecord[] { return this.auditsSince.splice(0); }
+  takeAudits(): AuditRecord[] {
+    return this.auditsSince.splice(0);
+  }
 
   /**
    * Scores round `round`'s updates (`ups`, with their hashes by peer) against θ_round; returns
    * the entries, or null if the round could not be scored (shard data missing, an error).
    */
-  async validate(round: number, theta: Float32Array, baseHash: string, roster: string[], ups: CommittedUpdate[], hashes: Map<string, string>): Promise<ScoreEntry[] | null> {
+  async validate(
+    round: number,
+    theta: Float32Array,
+    baseHash: string,
+    roster: string[],
+    ups: CommittedUpdate[],
+    hashes: Map<string, string>,
+  ): Promise<ScoreEntry[] | null> {
     const { manifest: dm, logger } = this.d;
     try {
-      const m = dm.manifest, B = m.hyper.batch, T = m.model.ctx;
+      const m = dm.manifest,
+        B = m.hyper.batch,
+        T = m.model.ctx;
       const assign = assignShards(roundSeed(dm.runId, round), roster, this.d.numShards);
-      const batchesOf = async (shard: number, seed: bigint): Promise<Batch[]> => firstBatches(await this.d.shardData(shard, round), seed, B, T, K);
+      const batchesOf = async (shard: number, seed: bigint): Promise<Batch[]> =>
+        firstBatches(await this.d.shardData(shard, round), seed, B, T, K);
       const seeds = validatorSeeds(dm.runId, round, this.d.numShards);
-      const subs: Submission[] = [...ups].sort((a, b) => compareIds(a.peer, b.peer)).map((u) => ({ peer: u.peer, delta: u.delta, baseHash }));
+      const subs: Submission[] = [...ups]
+        .sort((a, b) => compareIds(a.peer, b.peer))
+        .map((u) => ({ peer: u.peer, delta: u.delta, baseHash }));
       const assigned: Batch[][] = [];
       for (const s of subs) assigned.push(await batchesOf((assign.get(s.peer) ?? [0])[0], seeds.assigned));
       const random = await batchesOf(seeds.randomShard, seeds.random);
       if (random.length === 0 || assigned.some((a) => a.length === 0)) return null;
       const g = this.d.evalGpt;
-      const loss = (params: Float32Array, b: Batch) => { g.params.set(params); return g.loss(b.inputs, b.targets, B, T); };
+      const loss = (params: Float32Array, b: Batch) => {
+        g.params.set(params);
+        return g.loss(b.inputs, b.targets, B, T);
+      };
       const verdicts = scoreRound({
-        theta, roundHash: baseHash, lr: m.hyper.outer.lr, subs, previous: subs.map((s) => this.prevDelta.get(s.peer) ?? null),
-        assigned, beforeAssigned: assigned.map((bs) => bs.map((b) => loss(theta, b))),
-        random, beforeRandom: random.map((b) => loss(theta, b)), loss,
+        theta,
+        roundHash: baseHash,
+        lr: m.hyper.outer.lr,
+        subs,
+        previous: subs.map((s) => this.prevDelta.get(s.peer) ?? null),
+        assigned,
+        beforeAssigned: assigned.map((bs) => bs.map((b) => loss(theta, b))),
+        random,
+        beforeRandom: random.map((b) => loss(theta, b)),
+        loss,
       });
       for (const s of subs) this.prevDelta.set(s.peer, s.delta);
       // Audit by re-execution (manifest hyper.audit): the sampled trainers' whole traces; a
@@ -94,15 +129,30 @@ export class Validator {
           const rec = await this.d.audit(round, s.peer, hashes.get(s.peer) ?? '', roster, s.delta);
           this.auditsSince.push(rec);
           if (!rec.ok) failed.set(s.peer, rec.reason ?? 'audit');
-          logger[rec.ok ? 'info' : 'warn']({ round, peer: s.peer, reason: rec.reason, steps: rec.steps, ms: Math.round(rec.ms) }, rec.ok ? 'audit passed' : 'audit failed');
+          logger[rec.ok ? 'info' : 'warn'](
+            { round, peer: s.peer, reason: rec.reason, steps: rec.steps, ms: Math.round(rec.ms) },
+            rec.ok ? 'audit passed' : 'audit failed',
+          );
         }
       }
       this.scoreBook.round(Object.fromEntries(verdicts.map((v) => [v.peer, failed.has(v.peer) ? 0 : v.score])));
       const entries = verdicts.map((v) => {
-        if (failed.has(v.peer)) return { peer: v.peer, score: 0, ema: this.scoreBook.get(v.peer), flagged: true, reason: failed.get(v.peer)!.slice(0, 64) };
+        if (failed.has(v.peer))
+          return {
+            peer: v.peer,
+            score: 0,
+            ema: this.scoreBook.get(v.peer),
+            flagged: true,
+            reason: failed.get(v.peer)!.slice(0, 64),
+          };
         const flagged = roundFlag(v) || this.scoreBook.lowScore(v.peer);
-        const reason = v.hard ?? (v.copyOf ? `copy of ${v.copyOf.slice(-8)}` : harmful(v) ? 'harmful' : flagged ? 'low score' : null);
-        logger[flagged ? 'warn' : 'debug']({ round, peer: v.peer, reason, gainAssigned: v.gainAssigned, gainRandom: v.gainRandom }, flagged ? 'validator flagged an update' : 'validator scored an update');
+        const reason =
+          v.hard ??
+          (v.copyOf ? `copy of ${v.copyOf.slice(-8)}` : harmful(v) ? 'harmful' : flagged ? 'low score' : null);
+        logger[flagged ? 'warn' : 'debug'](
+          { round, peer: v.peer, reason, gainAssigned: v.gainAssigned, gainRandom: v.gainRandom },
+          flagged ? 'validator flagged an update' : 'validator scored an update',
+        );
         return { peer: v.peer, score: v.score, ema: this.scoreBook.get(v.peer), flagged, reason };
       });
       this.latest = { round, entries };
@@ -147,13 +197,18 @@ export class Exclusions {
     // arrived too late to be scored) changes nothing, so a left-out member is not let back in by a gap.
     if (report) {
       for (const e of report.entries) {
-        if (e.flagged && e.reason !== 'harmful') this.flaggedAt.set(e.peer, Math.max(report.round, this.flaggedAt.get(e.peer) ?? -1));
+        if (e.flagged && e.reason !== 'harmful')
+          this.flaggedAt.set(e.peer, Math.max(report.round, this.flaggedAt.get(e.peer) ?? -1));
         else if (!e.flagged && (this.flaggedAt.get(e.peer) ?? -1) < report.round) this.flaggedAt.delete(e.peer);
       }
     }
-    const next = [...this.flaggedAt].filter(([, r]) => r >= now - EXCLUDE_ROUNDS).map(([p]) => p).sort(compareIds);
+    const next = [...this.flaggedAt]
+      .filter(([, r]) => r >= now - EXCLUDE_ROUNDS)
+      .map(([p]) => p)
+      .sort(compareIds);
     if (next.join() === this.excluded.join()) return;
-    if (next.length) this.d.logger.warn({ round: now, peers: next }, 'leaving flagged peers out of proposed update sets');
+    if (next.length)
+      this.d.logger.warn({ round: now, peers: next }, 'leaving flagged peers out of proposed update sets');
     this.excluded = next;
     this.d.exclude(next);
   }
@@ -162,7 +217,13 @@ export class Exclusions {
   meanScores(own: ScoreReport | null): Record<string, number> {
     const sum = new Map<string, { s: number; n: number }>();
     const reports = [...this.reports.values(), ...(own ? [own] : [])];
-    for (const r of reports) for (const e of r.entries) { const a = sum.get(e.peer) ?? { s: 0, n: 0 }; a.s += e.ema; a.n++; sum.set(e.peer, a); }
+    for (const r of reports)
+      for (const e of r.entries) {
+        const a = sum.get(e.peer) ?? { s: 0, n: 0 };
+        a.s += e.ema;
+        a.n++;
+        sum.set(e.peer, a);
+      }
     return Object.fromEntries([...sum].map(([p, a]) => [p, a.s / a.n]));
   }
 }

@@ -13,12 +13,17 @@ export class Weights {
   /** θ before the last apply, and its hash (kept only with overlap). */
   prev: { hash: string; weights: Float32Array } | null = null;
 
-  constructor(theta: Float32Array, readonly outer: OuterNesterov) {
+  constructor(
+    theta: Float32Array,
+    readonly outer: OuterNesterov,
+  ) {
     this.theta = theta;
     this.hash = weightsHash(theta);
   }
 
-  get length(): number { return this.theta.length; }
+  get length(): number {
+    return this.theta.length;
+  }
 
   /** Installs a state verified against its hash (a sync or the peer's own snapshot). */
   install(theta: Float32Array, momentum: Float32Array, hash: string): void {

@@ -11,36 +11,59 @@ import { RoundBodySchemas } from '../swarm/round.js';
 
 const HEX64 = /^[0-9a-f]{64}$/;
 
-const ScoreEntrySchema = z.object({
-  peer: z.string().min(1).max(128), score: z.number().min(0).max(1e6), ema: z.number().min(0).max(1e6), flagged: z.boolean(),
-  reason: z.string().max(64).nullable(),
-}).strict();
+const ScoreEntrySchema = z
+  .object({
+    peer: z.string().min(1).max(128),
+    score: z.number().min(0).max(1e6),
+    ema: z.number().min(0).max(1e6),
+    flagged: z.boolean(),
+    reason: z.string().max(64).nullable(),
+  })
+  .strict();
 
-const SnapBodySchema = z.object({
-  round: z.number().int().min(0), weightsHash: z.string().regex(HEX64), bundle: z.string().regex(HEX64),
-  /** The same state as an IPFS checkpoint directory (store/checkpoint.ts), fetchable from any holder. */
-  cid: CidString.optional(),
-}).strict();
+const SnapBodySchema = z
+  .object({
+    round: z.number().int().min(0),
+    weightsHash: z.string().regex(HEX64),
+    bundle: z.string().regex(HEX64),
+    /** The same state as an IPFS checkpoint directory (store/checkpoint.ts), fetchable from any holder. */
+    cid: CidString.optional(),
+  })
+  .strict();
 
-const CommitBodySchema = z.object({
-  round: z.number().int().min(0), updateHash: z.string().regex(HEX64), steps: z.number().int().min(1).max(4096),
-  root: z.string().regex(HEX64), trace: z.string().regex(HEX64),
-}).strict();
+const CommitBodySchema = z
+  .object({
+    round: z.number().int().min(0),
+    updateHash: z.string().regex(HEX64),
+    steps: z.number().int().min(1).max(4096),
+    root: z.string().regex(HEX64),
+    trace: z.string().regex(HEX64),
+  })
+  .strict();
 
-const FraudBodySchema = z.object({
-  round: z.number().int().min(0), trainer: z.string().min(1).max(128), k: z.number().int().min(1).max(4096),
-  root: z.string().regex(HEX64), proof: z.string().regex(HEX64),
-}).strict();
+const FraudBodySchema = z
+  .object({
+    round: z.number().int().min(0),
+    trainer: z.string().min(1).max(128),
+    k: z.number().int().min(1).max(4096),
+    root: z.string().regex(HEX64),
+    proof: z.string().regex(HEX64),
+  })
+  .strict();
 
 export const NodeSchemas = {
   ...RoundBodySchemas,
   /** "My snapshot of the start of round `round` (θ hash weightsHash) is bulk object `bundle`." */
   'node.snap': SnapBodySchema,
   /** A validator's scores of round `round`'s applied updates (signed by the envelope, like every control message). */
-  'node.scores': z.object({
-    round: z.number().int().min(0), baseHash: z.string().regex(HEX64), reportHash: z.string().regex(HEX64),
-    entries: z.array(ScoreEntrySchema).max(1024),
-  }).strict(),
+  'node.scores': z
+    .object({
+      round: z.number().int().min(0),
+      baseHash: z.string().regex(HEX64),
+      reportHash: z.string().regex(HEX64),
+      entries: z.array(ScoreEntrySchema).max(1024),
+    })
+    .strict(),
   /**
    * Audit (manifest hyper.audit): "my update `updateHash` of round `round` is the end of `steps`
    * inner steps whose states have Merkle root `root`; the trace (pre-state + digests) is bulk

@@ -97,16 +97,20 @@ const FLT_MAX = 3.4028234663852886e38;
 const IS_LE = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
 
 const SafeInt = z.number().int().min(Number.MIN_SAFE_INTEGER).max(Number.MAX_SAFE_INTEGER);
-const ActCodecSpecSchema = z.object({
-  id: z.enum(['fp32', 'fp16', 'int8', 'lowrank']),
-  k: z.number().int().min(1).max(MAX_ACT_COLS).optional(),
-  seed: SafeInt.optional(),
-}).strict().superRefine((s, ctx) => {
-  if (s.id === 'lowrank' && s.k === undefined) ctx.addIssue({ code: 'custom', path: ['k'], message: 'lowrank needs k' });
-  if (s.id !== 'lowrank' && (s.k !== undefined || s.seed !== undefined)) {
-    ctx.addIssue({ code: 'custom', path: [], message: `k and seed only apply to lowrank, not ${s.id}` });
-  }
-});
+const ActCodecSpecSchema = z
+  .object({
+    id: z.enum(['fp32', 'fp16', 'int8', 'lowrank']),
+    k: z.number().int().min(1).max(MAX_ACT_COLS).optional(),
+    seed: SafeInt.optional(),
+  })
+  .strict()
+  .superRefine((s, ctx) => {
+    if (s.id === 'lowrank' && s.k === undefined)
+      ctx.addIssue({ code: 'custom', path: ['k'], message: 'lowrank needs k' });
+    if (s.id !== 'lowrank' && (s.k !== undefined || s.seed !== undefined)) {
+      ctx.addIssue({ code: 'custom', path: [], message: `k and seed only apply to lowrank, not ${s.id}` });
+    }
+  });
 
 function checkCols(cols: number): void {
   if (!Number.isSafeInteger(cols) || cols < 1 || cols > MAX_ACT_COLS) {
@@ -116,7 +120,9 @@ function checkCols(cols: number): void {
 
 function checkRows(rows: number, cols: number): void {
   if (!Number.isSafeInteger(rows) || rows < 1 || rows * cols > MAX_ACT_VALUES) {
-    throw new InvalidInputError(`activation rows must be an integer >= 1 with rows*cols <= ${MAX_ACT_VALUES}, got rows=${rows}, cols=${cols}`);
+    throw new InvalidInputError(
+      `activation rows must be an integer >= 1 with rows*cols <= ${MAX_ACT_VALUES}, got rows=${rows}, cols=${cols}`,
+    );
   }
 }
 
@@ -125,7 +131,9 @@ export function parseActCodecSpec(spec: ActCodecSpec, cols: number): Required<Ac
   checkCols(cols);
   const r = ActCodecSpecSchema.safeParse(spec);
   if (!r.success) {
-    throw new InvalidInputError(`invalid activation codec spec: ${r.error.issues.map((i) => `${i.path.length ? i.path.join('.') : '(root)'}: ${i.message}`).join('; ')}`);
+    throw new InvalidInputError(
+      `invalid activation codec spec: ${r.error.issues.map((i) => `${i.path.length ? i.path.join('.') : '(root)'}: ${i.message}`).join('; ')}`,
+    );
   }
   const s = r.data;
   if (s.id !== 'lowrank') return { id: s.id, k: 0, seed: 0 };
@@ -137,10 +145,14 @@ export function parseActCodecSpec(spec: ActCodecSpec, cols: number): Required<Ac
 function sizeFor(id: ActCodecId, k: number, rows: number, cols: number): number {
   const n = rows * cols;
   switch (id) {
-    case 'fp32': return ACT_HEADER_BYTES + 4 * n;
-    case 'fp16': return ACT_HEADER_BYTES + 2 * n;
-    case 'int8': return ACT_HEADER_BYTES + 4 * rows + n;
-    case 'lowrank': return ACT_HEADER_BYTES + 4 * rows + rows * k;
+    case 'fp32':
+      return ACT_HEADER_BYTES + 4 * n;
+    case 'fp16':
+      return ACT_HEADER_BYTES + 2 * n;
+    case 'int8':
+      return ACT_HEADER_BYTES + 4 * rows + n;
+    case 'lowrank':
+      return ACT_HEADER_BYTES + 4 * rows + rows * k;
   }
 }
 
@@ -162,16 +174,21 @@ export function exactBytes(spec: ActCodecSpec, rows: number, cols: number): numb
  */
 export function subspaceBasis(cols: number, k: number, seed: number = DEFAULT_SUBSPACE_SEED): Float32Array {
   checkCols(cols);
-  if (!Number.isSafeInteger(k) || k < 1 || k > cols) throw new InvalidInputError(`subspace k must be an integer in [1, ${cols}], got ${k}`);
+  if (!Number.isSafeInteger(k) || k < 1 || k > cols)
+    throw new InvalidInputError(`subspace k must be an integer in [1, ${cols}], got ${k}`);
   if (!Number.isSafeInteger(seed)) throw new InvalidInputError(`subspace seed must be a safe integer, got ${seed}`);
   const rng = new Rng(seed);
   const Q = new Float64Array(cols * k); // column-major work copy: column j at [j*cols, (j+1)*cols)
   const v = new Float64Array(cols);
   for (let j = 0; j < k; j++) {
     for (let attempt = 0; ; attempt++) {
-      if (attempt > 64) throw new InvalidInputError(`subspace basis: could not draw column ${j} (cols=${cols}, k=${k})`);
+      if (attempt > 64)
+        throw new InvalidInputError(`subspace basis: could not draw column ${j} (cols=${cols}, k=${k})`);
       let n0 = 0;
-      for (let i = 0; i < cols; i++) { v[i] = 2 * rng.nextFloat() - 1; n0 += v[i] * v[i]; }
+      for (let i = 0; i < cols; i++) {
+        v[i] = 2 * rng.nextFloat() - 1;
+        n0 += v[i] * v[i];
+      }
       for (let pass = 0; pass < 2; pass++) {
         for (let p = 0; p < j; p++) {
           const o = p * cols;
@@ -208,15 +225,22 @@ function fingerprint(U: Float32Array): number {
 // ---------------------------------------------------------------------------------------------
 // Framing
 
-interface Frame { id: ActCodecId; cols: number; k: number; tag: number }
+interface Frame {
+  id: ActCodecId;
+  cols: number;
+  k: number;
+  tag: number;
+}
 
 function checkEncodeArgs(f: Frame, x: Float32Array, rows: number, cols: number): void {
   if (cols !== f.cols) throw new InvalidInputError(`${f.id}: codec built for ${f.cols} columns, called with ${cols}`);
   checkRows(rows, cols);
   if (!(x instanceof Float32Array)) throw new InvalidInputError(`${f.id}: activations must be a Float32Array`);
-  if (x.length !== rows * cols) throw new InvalidInputError(`${f.id}: expected ${rows}x${cols} = ${rows * cols} values, got ${x.length}`);
+  if (x.length !== rows * cols)
+    throw new InvalidInputError(`${f.id}: expected ${rows}x${cols} = ${rows * cols} values, got ${x.length}`);
   for (let i = 0; i < x.length; i++) {
-    if (!Number.isFinite(x[i])) throw new InvalidInputError(`${f.id}: activation [${Math.floor(i / cols)}, ${i % cols}] is not finite (${x[i]})`);
+    if (!Number.isFinite(x[i]))
+      throw new InvalidInputError(`${f.id}: activation [${Math.floor(i / cols)}, ${i % cols}] is not finite (${x[i]})`);
   }
 }
 
@@ -238,8 +262,12 @@ function readHeader(f: Frame, bytes: Uint8Array, rows: number, cols: number): Da
   if (cols !== f.cols) throw new InvalidInputError(`${f.id}: codec built for ${f.cols} columns, called with ${cols}`);
   checkRows(rows, cols);
   if (!(bytes instanceof Uint8Array)) throw new ActDecodeError(`${f.id}: message is not a Uint8Array`);
-  if (bytes.length < ACT_HEADER_BYTES) throw new ActDecodeError(`${f.id}: message of ${bytes.length} bytes is shorter than the ${ACT_HEADER_BYTES}-byte header`);
-  for (let i = 0; i < 4; i++) if (bytes[i] !== MAGIC[i]) throw new ActDecodeError(`${f.id}: bad magic (not a Tessera activation message)`);
+  if (bytes.length < ACT_HEADER_BYTES)
+    throw new ActDecodeError(
+      `${f.id}: message of ${bytes.length} bytes is shorter than the ${ACT_HEADER_BYTES}-byte header`,
+    );
+  for (let i = 0; i < 4; i++)
+    if (bytes[i] !== MAGIC[i]) throw new ActDecodeError(`${f.id}: bad magic (not a Tessera activation message)`);
   if (bytes[4] !== ACT_VERSION) throw new ActDecodeError(`${f.id}: unsupported version ${bytes[4]}`);
   if (bytes[5] !== TAGS[f.id]) {
     const got = ACT_CODEC_IDS.find((id) => TAGS[id] === bytes[5]);
@@ -247,10 +275,17 @@ function readHeader(f: Frame, bytes: Uint8Array, rows: number, cols: number): Da
   }
   if (bytes[6] !== 0 || bytes[7] !== 0) throw new ActDecodeError(`${f.id}: reserved header bytes are not zero`);
   const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  const r = dv.getUint32(8, true), c = dv.getUint32(12, true), k = dv.getUint32(16, true), tag = dv.getUint32(20, true);
-  if (r !== rows || c !== cols) throw new ActDecodeError(`${f.id}: shape mismatch, expected ${rows}x${cols}, header says ${r}x${c}`);
+  const r = dv.getUint32(8, true),
+    c = dv.getUint32(12, true),
+    k = dv.getUint32(16, true),
+    tag = dv.getUint32(20, true);
+  if (r !== rows || c !== cols)
+    throw new ActDecodeError(`${f.id}: shape mismatch, expected ${rows}x${cols}, header says ${r}x${c}`);
   if (k !== f.k) throw new ActDecodeError(`${f.id}: k mismatch, expected ${f.k}, header says ${k}`);
-  if (tag !== f.tag) throw new ActDecodeError(`${f.id}: basis mismatch (fingerprint ${tag.toString(16)}, ours ${f.tag.toString(16)}; different seed?)`);
+  if (tag !== f.tag)
+    throw new ActDecodeError(
+      `${f.id}: basis mismatch (fingerprint ${tag.toString(16)}, ours ${f.tag.toString(16)}; different seed?)`,
+    );
   const want = sizeFor(f.id, f.k, rows, cols);
   if (bytes.length !== want) throw new ActDecodeError(`${f.id}: expected exactly ${want} bytes, got ${bytes.length}`);
   return dv;
@@ -270,14 +305,21 @@ function scaleOk(s: number): boolean {
 /** Quantises v[0..n) into out[o..o+n) as int8; returns the float32 scale. */
 function quantRow(id: ActCodecId, v: ArrayLike<number>, n: number, out: Uint8Array, o: number): number {
   let m = 0;
-  for (let i = 0; i < n; i++) { const a = Math.abs(v[i]); if (a > m) m = a; }
-  if (m === 0) { out.fill(0, o, o + n); return 0; }
+  for (let i = 0; i < n; i++) {
+    const a = Math.abs(v[i]);
+    if (a > m) m = a;
+  }
+  if (m === 0) {
+    out.fill(0, o, o + n);
+    return 0;
+  }
   const s = Math.max(Math.fround(m / 127), MIN_SCALE);
   if (!scaleOk(s)) throw new InvalidInputError(`${id}: row magnitude ${m} is too large to quantise`);
   for (let i = 0; i < n; i++) {
     const t = v[i] / s;
     let q = t < 0 ? -Math.round(-t) : Math.round(t);
-    if (q > 127) q = 127; else if (q < -127) q = -127;
+    if (q > 127) q = 127;
+    else if (q < -127) q = -127;
     out[o + i] = q & 0xff;
   }
   return s;
@@ -301,8 +343,12 @@ function readQ(id: ActCodecId, bytes: Uint8Array, p: number): number {
 function fp32Codec(cols: number): ActCodec {
   const f: Frame = { id: 'fp32', cols, k: 0, tag: 0 };
   return Object.freeze({
-    id: 'fp32' as const, cols,
-    encodedSize: (rows: number) => { checkRows(rows, cols); return sizeFor('fp32', 0, rows, cols); },
+    id: 'fp32' as const,
+    cols,
+    encodedSize: (rows: number) => {
+      checkRows(rows, cols);
+      return sizeFor('fp32', 0, rows, cols);
+    },
     encode(x: Float32Array, rows: number, c: number): Uint8Array {
       checkEncodeArgs(f, x, rows, c);
       const out = new Uint8Array(sizeFor('fp32', 0, rows, cols));
@@ -313,7 +359,8 @@ function fp32Codec(cols: number): ActCodec {
     },
     decode(bytes: Uint8Array, rows: number, c: number): Float32Array {
       const dv = readHeader(f, bytes, rows, c);
-      const n = rows * cols, out = new Float32Array(n);
+      const n = rows * cols,
+        out = new Float32Array(n);
       if (IS_LE) new Uint8Array(out.buffer).set(bytes.subarray(ACT_HEADER_BYTES));
       else for (let i = 0; i < n; i++) out[i] = dv.getFloat32(ACT_HEADER_BYTES + 4 * i, true);
       for (let i = 0; i < n; i++) {
@@ -327,8 +374,12 @@ function fp32Codec(cols: number): ActCodec {
 function fp16Codec(cols: number): ActCodec {
   const f: Frame = { id: 'fp16', cols, k: 0, tag: 0 };
   return Object.freeze({
-    id: 'fp16' as const, cols,
-    encodedSize: (rows: number) => { checkRows(rows, cols); return sizeFor('fp16', 0, rows, cols); },
+    id: 'fp16' as const,
+    cols,
+    encodedSize: (rows: number) => {
+      checkRows(rows, cols);
+      return sizeFor('fp16', 0, rows, cols);
+    },
     encode(x: Float32Array, rows: number, c: number): Uint8Array {
       checkEncodeArgs(f, x, rows, c);
       const out = new Uint8Array(sizeFor('fp16', 0, rows, cols));
@@ -344,7 +395,8 @@ function fp16Codec(cols: number): ActCodec {
     decode(bytes: Uint8Array, rows: number, c: number): Float32Array {
       readHeader(f, bytes, rows, c);
       const t = f16Table();
-      const n = rows * cols, out = new Float32Array(n);
+      const n = rows * cols,
+        out = new Float32Array(n);
       for (let i = 0, o = ACT_HEADER_BYTES; i < n; i++, o += 2) {
         const h = bytes[o] | (bytes[o + 1] << 8);
         if ((h & 0x7c00) === 0x7c00) throw new ActDecodeError(`fp16: value ${i} is Inf or NaN`);
@@ -358,8 +410,12 @@ function fp16Codec(cols: number): ActCodec {
 function int8Codec(cols: number): ActCodec {
   const f: Frame = { id: 'int8', cols, k: 0, tag: 0 };
   return Object.freeze({
-    id: 'int8' as const, cols,
-    encodedSize: (rows: number) => { checkRows(rows, cols); return sizeFor('int8', 0, rows, cols); },
+    id: 'int8' as const,
+    cols,
+    encodedSize: (rows: number) => {
+      checkRows(rows, cols);
+      return sizeFor('int8', 0, rows, cols);
+    },
     encode(x: Float32Array, rows: number, c: number): Uint8Array {
       checkEncodeArgs(f, x, rows, c);
       const out = new Uint8Array(sizeFor('int8', 0, rows, cols));
@@ -388,8 +444,12 @@ function lowrankCodec(cols: number, k: number, seed: number): ActCodec {
   const U = subspaceBasis(cols, k, seed);
   const f: Frame = { id: 'lowrank', cols, k, tag: fingerprint(U) };
   return Object.freeze({
-    id: 'lowrank' as const, cols,
-    encodedSize: (rows: number) => { checkRows(rows, cols); return sizeFor('lowrank', k, rows, cols); },
+    id: 'lowrank' as const,
+    cols,
+    encodedSize: (rows: number) => {
+      checkRows(rows, cols);
+      return sizeFor('lowrank', k, rows, cols);
+    },
     encode(x: Float32Array, rows: number, c: number): Uint8Array {
       checkEncodeArgs(f, x, rows, c);
       const out = new Uint8Array(sizeFor('lowrank', k, rows, cols));
@@ -436,9 +496,13 @@ function lowrankCodec(cols: number, k: number, seed: number): ActCodec {
 export function getActCodec(spec: ActCodecSpec, cols: number): ActCodec {
   const s = parseActCodecSpec(spec, cols);
   switch (s.id) {
-    case 'fp32': return fp32Codec(cols);
-    case 'fp16': return fp16Codec(cols);
-    case 'int8': return int8Codec(cols);
-    case 'lowrank': return lowrankCodec(cols, s.k, s.seed);
+    case 'fp32':
+      return fp32Codec(cols);
+    case 'fp16':
+      return fp16Codec(cols);
+    case 'int8':
+      return int8Codec(cols);
+    case 'lowrank':
+      return lowrankCodec(cols, s.k, s.seed);
   }
 }

@@ -7,13 +7,23 @@
  */
 import { InvalidInputError } from '../util/errors.js';
 
-export interface StageWork { peer: string; stage: number; params: number; tokens: number }
-export interface StageCredit { peer: string; stage: number; score: number }
+export interface StageWork {
+  peer: string;
+  stage: number;
+  params: number;
+  tokens: number;
+}
+export interface StageCredit {
+  peer: string;
+  stage: number;
+  score: number;
+}
 
 export function stageCredits(work: readonly StageWork[]): StageCredit[] {
   const stages = new Map<number, { params: number; tokens: number }>();
   for (const w of work) {
-    if (!Number.isInteger(w.stage) || w.stage < 0 || !(w.params > 0) || !(w.tokens >= 0)) throw new InvalidInputError(`bad stage work ${JSON.stringify(w)}`);
+    if (!Number.isInteger(w.stage) || w.stage < 0 || !(w.params > 0) || !(w.tokens >= 0))
+      throw new InvalidInputError(`bad stage work ${JSON.stringify(w)}`);
     const s = stages.get(w.stage);
     if (s && s.params !== w.params) throw new InvalidInputError(`stage ${w.stage}: replicas disagree on its size`);
     stages.set(w.stage, { params: w.params, tokens: (s?.tokens ?? 0) + w.tokens });

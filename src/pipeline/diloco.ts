@@ -33,7 +33,11 @@ export interface DilocoSettings {
   outer: { lr: number; momentum: number };
 }
 
-export interface SyncResult { pipelines: number; bytes: number; ms: number }
+export interface SyncResult {
+  pipelines: number;
+  bytes: number;
+  ms: number;
+}
 
 export class DilocoPipelines {
   readonly drivers: PipelineDriver[];
@@ -46,31 +50,48 @@ export class DilocoPipelines {
   private steps = 0;
   private readonly client: StageClient;
 
-  constructor(private readonly o: Omit<DriverOptions, 'stages' | 'recover'> & { stages: string[][]; diloco: DilocoSettings }) {
+  constructor(
+    private readonly o: Omit<DriverOptions, 'stages' | 'recover'> & { stages: string[][]; diloco: DilocoSettings },
+  ) {
     const R = o.stages[0]?.length ?? 0;
-    if (R < 1 || o.stages.some((r) => r.length !== R)) throw new InvalidInputError('every stage needs the same number of replicas (one per pipeline)');
-    if (!Number.isInteger(o.diloco.every) || o.diloco.every < 1) throw new InvalidInputError('diloco.every must be a positive integer');
-    this.drivers = Array.from({ length: R }, (_, r) => new PipelineDriver({ ...o, stages: o.stages.map((row) => [row[r]]) }));
+    if (R < 1 || o.stages.some((r) => r.length !== R))
+      throw new InvalidInputError('every stage needs the same number of replicas (one per pipeline)');
+    if (!Number.isInteger(o.diloco.every) || o.diloco.every < 1)
+      throw new InvalidInputError('diloco.every must be a positive integer');
+    this.drivers = Array.from(
+      { length: R },
+      (_, r) => new PipelineDriver({ ...o, stages: o.stages.map((row) => [row[r]]) }),
+    );
     this.alive = this.drivers.map((_, r) => r);
     this.client = clientOf(o);
   }
 
   /** Peers of each stage in the pipelines still training, in pipeline order. */
-  replicas(): string[][] { return this.o.stages.map((row) => this.alive.map((r) => row[r])); }
+  replicas(): string[][] {
+    return this.o.stages.map((row) => this.alive.map((r) => row[r]));
+  }
 
   /**
    * One step of every live pipeline, each on its own batch (`batch(r)`), concurrently; a sync
    * after every `every` steps. Returns the mean loss over the pipelines that completed the step.
    */
-  async step(batch: (pipeline: number) => Batch, B: number, T: number, micro: number, lr: number): Promise<{ loss: number; losses: (number | null)[]; synced: SyncResult | null }> {
+  async step(
+    batch: (pipeline: number) => Batch,
+    B: number,
+    T: number,
+    micro: number,
+    lr: number,
+  ): Promise<{ loss: number; losses: (number | null)[]; synced: SyncResult | null }> {
     const losses: (number | null)[] = this.drivers.map(() => null);
-    await Promise.all(this.alive.map(async (r) => {
-      try {
-        losses[r] = (await this.drivers[r].step(batch(r), B, T, micro, lr)).loss;
-      } catch (err) {
-        this.drop(r, (err as Error).message);
-      }
-    }));
+    await Promise.all(
+      this.alive.map(async (r) => {
+        try {
+          losses[r] = (await this.drivers[r].step(batch(r), B, T, micro, lr)).loss;
+        } catch (err) {
+          this.drop(r, (err as Error).message);
+        }
+      }),
+    );
     if (this.alive.length === 0) throw new StageCallError('every pipeline lost a peer');
     this.steps++;
     const synced = this.steps % this.o.diloco.every === 0 ? await this.sync() : null;
@@ -80,7 +101,10 @@ export class DilocoPipelines {
 
   private drop(r: number, reason: string): void {
     const k = this.alive.indexOf(r);
-    if (k >= 0) { this.alive.splice(k, 1); this.dropped.push({ pipeline: r, step: this.steps, reason }); }
+    if (k >= 0) {
+      this.alive.splice(k, 1);
+      this.dropped.push({ pipeline: r, step: this.steps, reason });
+    }
   }
 
   /** Runs one pipeline's part of a sync; if its peer fails (not a refusal: a bug), the pipeline is dropped. */
@@ -95,8 +119,10 @@ export class DilocoPipelines {
 
   /** The outer step: per stage, average the live replicas' pseudo-gradients and apply the mean on each. */
   async sync(): Promise<SyncResult> {
-    const t0 = performance.now(), b0 = this.syncBytes;
-    const d = this.o.diloco, S = this.o.stages.length;
+    const t0 = performance.now(),
+      b0 = this.syncBytes;
+    const d = this.o.diloco,
+      S = this.o.stages.length;
     const signal = () => AbortSignal.timeout(this.o.callTimeoutMs ?? 60_000);
     const none = new Uint8Array(0);
     const codec = getCodec(d.codec, d.sparse);
@@ -104,32 +130,49 @@ export class DilocoPipelines {
       // Ask every live replica for its Δ; one that cannot answer drops its pipeline.
       const got: { r: number; delta: Float32Array }[] = [];
       let n = 0;
-      await Promise.all(this.alive.map((r) => this.orDrop(r, `sync of stage ${i}`, async () => {
-        const args = { codec: d.codec, ...(d.sparse ?? {}) };
-        const o = { maxBody: 1 << 30, signal: signal() };
-        const rep = await this.client.call(this.o.stages[i][r], 'delta', args, none, o);
-        n = rep.head.n;
-        this.syncBytes += rep.body.length;
-        got.push({ r, delta: decodeAny(rep.body, n, [d.codec]).values });
-      })));
+      await Promise.all(
+        this.alive.map((r) =>
+          this.orDrop(r, `sync of stage ${i}`, async () => {
+            const args = { codec: d.codec, ...(d.sparse ?? {}) };
+            const o = { maxBody: 1 << 30, signal: signal() };
+            const rep = await this.client.call(this.o.stages[i][r], 'delta', args, none, o);
+            n = rep.head.n;
+            this.syncBytes += rep.body.length;
+            got.push({ r, delta: decodeAny(rep.body, n, [d.codec]).values });
+          }),
+        ),
+      );
       if (got.length === 0) throw new StageCallError(`stage ${i}: no replica left to sync`);
       got.sort((a, b) => a.r - b.r);
-      const mean = aggregate(got.map((g) => g.delta), got.map(() => 1));
+      const mean = aggregate(
+        got.map((g) => g.delta),
+        got.map(() => 1),
+      );
       const bytes = codec.encode(mean).bytes;
-      await Promise.all(got.filter(({ r }) => this.alive.includes(r)).map(({ r }) => this.orDrop(r, `outer step of stage ${i}`, async () => {
-        const args = { lr: d.outer.lr, momentum: d.outer.momentum };
-        await this.client.call(this.o.stages[i][r], 'outer', args, bytes, { signal: signal() });
-        this.syncBytes += bytes.length;
-      })));
+      await Promise.all(
+        got
+          .filter(({ r }) => this.alive.includes(r))
+          .map(({ r }) =>
+            this.orDrop(r, `outer step of stage ${i}`, async () => {
+              const args = { lr: d.outer.lr, momentum: d.outer.momentum };
+              await this.client.call(this.o.stages[i][r], 'outer', args, bytes, { signal: signal() });
+              this.syncBytes += bytes.length;
+            }),
+          ),
+      );
     }
     // Re-tie: the last stage's head copy takes the first stage's wte (per pipeline: identical after the sync).
     if (S > 1) {
-      await Promise.all(this.alive.map((r) => this.orDrop(r, 're-tie', async () => {
-        const o = { maxBody: 1 << 30, signal: signal() };
-        const w = await this.client.call(this.o.stages[0][r], 'embed', { set: false }, none, o);
-        await this.client.call(this.o.stages[S - 1][r], 'embed', { set: true }, w.body, { signal: signal() });
-        this.syncBytes += 2 * w.body.length;
-      })));
+      await Promise.all(
+        this.alive.map((r) =>
+          this.orDrop(r, 're-tie', async () => {
+            const o = { maxBody: 1 << 30, signal: signal() };
+            const w = await this.client.call(this.o.stages[0][r], 'embed', { set: false }, none, o);
+            await this.client.call(this.o.stages[S - 1][r], 'embed', { set: true }, w.body, { signal: signal() });
+            this.syncBytes += 2 * w.body.length;
+          }),
+        ),
+      );
     }
     this.syncs++;
     return { pipelines: this.alive.length, bytes: this.syncBytes - b0, ms: performance.now() - t0 };

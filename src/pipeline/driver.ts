@@ -68,12 +68,19 @@ export interface DriverOptions {
 
 /** A batch cut into `micro` micro-batches of `n` tokens each (views, no copy). */
 function splitBatch(batch: Batch, micro: number, n: number): Batch[] {
-  return Array.from({ length: micro }, (_, m) => ({ inputs: batch.inputs.subarray(m * n, (m + 1) * n), targets: batch.targets.subarray(m * n, (m + 1) * n) }));
+  return Array.from({ length: micro }, (_, m) => ({
+    inputs: batch.inputs.subarray(m * n, (m + 1) * n),
+    targets: batch.targets.subarray(m * n, (m + 1) * n),
+  }));
 }
 
 /** How a micro-batch's call to stage i is made. */
 type Hop = <Op extends StageOp>(
-  i: number, op: Op, args: ArgsOf<Op>, body: Uint8Array, maxBody: number,
+  i: number,
+  op: Op,
+  args: ArgsOf<Op>,
+  body: Uint8Array,
+  maxBody: number,
 ) => Promise<StageReply<Op>>;
 
 /** The stage client of a driver's options: its transport, or libp2p over its host. */
@@ -89,16 +96,31 @@ const EMPTY = new Uint8Array(0);
  * A stage brought back on a fresh peer: restored from the checkpoint of step `fromStep`, or
  * rebuilt from its neighbours at step `fromStep` with weights `mix` (previous, next stage).
  */
-export interface Recovery { stage: number; peer: string; how: 'checkpoint' | 'neighbours'; fromStep: number; ms: number; mix?: [number, number] }
+export interface Recovery {
+  stage: number;
+  peer: string;
+  how: 'checkpoint' | 'neighbours';
+  fromStep: number;
+  ms: number;
+  mix?: [number, number];
+}
 
-export interface StepResult { loss: number; gradNorm: number; actBytes: number; syncBytes: number; retries: number }
+export interface StepResult {
+  loss: number;
+  gradNorm: number;
+  actBytes: number;
+  syncBytes: number;
+  retries: number;
+}
 
 export class PipelineDriver {
   private micro = 0;
   /** Activation (and activation-gradient) payload bytes sent and received, and everything else. */
   actSent = 0;
   actReceived = 0;
-  get actBytes(): number { return this.actSent + this.actReceived; }
+  get actBytes(): number {
+    return this.actSent + this.actReceived;
+  }
   syncBytes = 0;
   retries = 0;
   /** Time spent in updates (tied sum, norms, steps) and how many. */
@@ -123,7 +145,9 @@ export class PipelineDriver {
     this.client = clientOf(o);
   }
 
-  private get S(): number { return this.o.stages.length; }
+  private get S(): number {
+    return this.o.stages.length;
+  }
 
   /** Live replicas per stage. */
   private readonly live: string[][];
@@ -131,7 +155,9 @@ export class PipelineDriver {
   readonly dropped: { stage: number; peer: string; reason: string }[] = [];
 
   /** The deadline of one stage call. */
-  private deadline(): AbortSignal { return AbortSignal.timeout(this.o.callTimeoutMs ?? 60_000); }
+  private deadline(): AbortSignal {
+    return AbortSignal.timeout(this.o.callTimeoutMs ?? 60_000);
+  }
 
   /** A control call to one peer, no body either way (save, restore, expect, lend, info): its reply head. */
   private async control<Op extends StageOp>(peer: string, op: Op, args: ArgsOf<Op>) {
@@ -139,28 +165,44 @@ export class PipelineDriver {
   }
 
   /** Peers currently serving each stage. */
-  replicas(): string[][] { return this.live.map((r) => [...r]); }
+  replicas(): string[][] {
+    return this.live.map((r) => [...r]);
+  }
 
   /** One call to stage `i`, sent to every live replica; the first good reply wins, failed replicas are dropped. */
   private async call<Op extends StageOp>(
-    i: number, op: Op, args: ArgsOf<Op>, body: Uint8Array, maxBody: number,
+    i: number,
+    op: Op,
+    args: ArgsOf<Op>,
+    body: Uint8Array,
+    maxBody: number,
   ): Promise<StageReply<Op> & { peer: string }> {
     const peers = [...this.live[i]];
     if (peers.length === 0) throw new StageCallError(`stage ${i} has no live replica`);
-    const attempts = peers.map((peer) => this.client.call(peer, op, args, body, { maxBody, signal: this.deadline() })
-      .then((r) => ({ head: r.head, body: r.body, peer }))
-      .catch((err: unknown) => {
-        // A refusal (bad input) is the caller's bug, not a dead peer: report it, keep the replica.
-        if (err instanceof StageCallError && err.refused) throw err;
-        const k = this.live[i].indexOf(peer);
-        if (k >= 0) { this.live[i].splice(k, 1); this.dropped.push({ stage: i, peer, reason: (err as Error).message }); this.retries++; }
-        throw err;
-      }));
+    const attempts = peers.map((peer) =>
+      this.client
+        .call(peer, op, args, body, { maxBody, signal: this.deadline() })
+        .then((r) => ({ head: r.head, body: r.body, peer }))
+        .catch((err: unknown) => {
+          // A refusal (bad input) is the caller's bug, not a dead peer: report it, keep the replica.
+          if (err instanceof StageCallError && err.refused) throw err;
+          const k = this.live[i].indexOf(peer);
+          if (k >= 0) {
+            this.live[i].splice(k, 1);
+            this.dropped.push({ stage: i, peer, reason: (err as Error).message });
+            this.retries++;
+          }
+          throw err;
+        }),
+    );
     try {
       return await Promise.any(attempts);
     } catch (err) {
       const errs = (err as AggregateError).errors ?? [err];
-      throw errs.find((e) => e instanceof StageCallError && e.refused) ?? new StageCallError(`stage ${i}: no replica answered (${(errs[0] as Error)?.message})`);
+      throw (
+        errs.find((e) => e instanceof StageCallError && e.refused) ??
+        new StageCallError(`stage ${i}: no replica answered (${(errs[0] as Error)?.message})`)
+      );
     } finally {
       // The slower replicas' replies are awaited in the background (they keep those replicas in step).
       void Promise.allSettled(attempts);
@@ -168,7 +210,14 @@ export class PipelineDriver {
   }
 
   /** Forward + backward of one micro-batch; returns its loss (scaled by `scale` into the gradients). */
-  private async microStep(b: Batch, B: number, T: number, scale: number, train: boolean, tag?: number): Promise<number> {
+  private async microStep(
+    b: Batch,
+    B: number,
+    T: number,
+    scale: number,
+    train: boolean,
+    tag?: number,
+  ): Promise<number> {
     // After a failed step, its other micro-batches stop at their next hop (they must not touch
     // the stages once these are reset for the redo).
     const epoch = this.epoch;
@@ -185,9 +234,19 @@ export class PipelineDriver {
    * and backward calls carry `tag` when given (the stage banks that gradient apart). Counts
    * every activation or activation-gradient payload the driver sends or receives.
    */
-  private async pass(b: Batch, B: number, T: number, scale: number, train: boolean, id: number, tag: number | undefined, hop: Hop): Promise<number> {
+  private async pass(
+    b: Batch,
+    B: number,
+    T: number,
+    scale: number,
+    train: boolean,
+    id: number,
+    tag: number | undefined,
+    hop: Hop,
+  ): Promise<number> {
     const tagged = tag === undefined ? {} : { tag };
-    const N = B * T, act = exactBytes(this.o.codec, N, this.o.width ?? this.o.dim);
+    const N = B * T,
+      act = exactBytes(this.o.codec, N, this.o.width ?? this.o.dim);
     let x: Uint8Array = int32Bytes(b.inputs);
     for (let i = 0; i < this.S - 1; i++) {
       if (i > 0) this.actSent += x.length;
@@ -224,7 +283,8 @@ export class PipelineDriver {
       if (lost >= 0 && this.o.recover) await this.recoverStage(lost);
       // Balanced routing: a replica lost while the step's gradients were being gathered took
       // its micro-batches' share with it; the others still serve every stage, so redo the step.
-      else if (!(lost < 0 && this.o.routing === 'balance' && !(err instanceof StageCallError && err.refused))) throw err;
+      else if (!(lost < 0 && this.o.routing === 'balance' && !(err instanceof StageCallError && err.refused)))
+        throw err;
       // The other stages hold half-done micro-batches and partial gradients of this step: drop them, redo the step.
       await Promise.all(this.o.stages.map((_, i) => this.call(i, 'reset', {}, EMPTY, 0)));
       return await this.stepOnce(batch, B, T, micro, lr);
@@ -238,7 +298,8 @@ export class PipelineDriver {
    */
   async checkpoint(): Promise<void> {
     const S = this.S;
-    if (S < 3) throw new InvalidInputError('checkpoint shares need at least 3 stages (two holders other than the stage itself)');
+    if (S < 3)
+      throw new InvalidInputError('checkpoint shares need at least 3 stages (two holders other than the stage itself)');
     for (let i = 0; i < S; i++) {
       // A peer that fails here is dropped like in a step; the stage keeps its previous checkpoint
       // (and the next step recovers it if that was its last peer).
@@ -254,7 +315,10 @@ export class PipelineDriver {
       } catch (err) {
         if (err instanceof StageCallError && err.refused) throw err;
         const k = this.live[i].indexOf(peer);
-        if (k >= 0 && !(err instanceof StageCallError && /stage \d+ has no live replica|no replica answered/.test(err.message))) {
+        if (
+          k >= 0 &&
+          !(err instanceof StageCallError && /stage \d+ has no live replica|no replica answered/.test(err.message))
+        ) {
           this.live[i].splice(k, 1);
           this.dropped.push({ stage: i, peer, reason: (err as Error).message });
         }
@@ -276,7 +340,8 @@ export class PipelineDriver {
     const addrs = this.o.addrsOf?.(src) ?? [];
     const dial = addrs.length ? { dial: addrs.slice(0, 16) } : {};
     const r = await this.control(peer, 'restore', { shares: saved.shares, ...dial });
-    if (r.step !== saved.step) throw new StageCallError(`stage ${i}: ${peer} restored step ${r.step}, not ${saved.step}`);
+    if (r.step !== saved.step)
+      throw new StageCallError(`stage ${i}: ${peer} restored step ${r.step}, not ${saved.step}`);
     this.live[i].push(peer);
     return { step: r.step, ms: performance.now() - t0 };
   }
@@ -295,9 +360,11 @@ export class PipelineDriver {
     const middle = i > 0 && i < this.S - 1;
     if (this.o.rebuild && middle && (this.o.rebuild === 'prefer' || !cp)) return await this.rebuildStage(i);
     if (!cp) {
-      throw new StageCallError(this.o.rebuild
-        ? `stage ${i} lost its last peer and has no checkpoint; only a middle stage can be rebuilt from its neighbours`
-        : `stage ${i} lost its last peer and has no checkpoint to restore from`);
+      throw new StageCallError(
+        this.o.rebuild
+          ? `stage ${i} lost its last peer and has no checkpoint; only a middle stage can be rebuilt from its neighbours`
+          : `stage ${i} lost its last peer and has no checkpoint to restore from`,
+      );
     }
     const t0 = performance.now();
     const peer = await this.o.recover!(i);
@@ -315,26 +382,47 @@ export class PipelineDriver {
    * sees no weights and the new peer sees only the mean.
    */
   private async rebuildStage(i: number): Promise<void> {
-    const L = this.live[i - 1][0], R = this.live[i + 1][0];
+    const L = this.live[i - 1][0],
+      R = this.live[i + 1][0];
     if (!L || !R) throw new StageCallError(`stage ${i} cannot be rebuilt: a neighbouring stage has no live peer`);
     const t0 = performance.now();
     const peer = await this.o.recover!(i);
     const mix = mixWeights(Math.sqrt(this.layerSq[i - 1] ?? 0), Math.sqrt(this.layerSq[i + 1] ?? 0));
-    const id = randomBytes(8).toString('hex'), seed = randomBytes(32).toString('hex');
+    const id = randomBytes(8).toString('hex'),
+      seed = randomBytes(32).toString('hex');
     await this.control(peer, 'expect', { id, from: [L, R] });
     const dial = this.o.addrsOf?.(peer).slice(0, 16) ?? [];
-    const lent = await Promise.all(([[L, 1, mix[0]], [R, -1, mix[1]]] as const).map(([p, sign, weight]) =>
-      this.control(p, 'lend', { id, to: peer, seed, sign, weight, ...(dial.length ? { dial } : {}) })));
+    const lent = await Promise.all(
+      (
+        [
+          [L, 1, mix[0]],
+          [R, -1, mix[1]],
+        ] as const
+      ).map(([p, sign, weight]) =>
+        this.control(p, 'lend', { id, to: peer, seed, sign, weight, ...(dial.length ? { dial } : {}) }),
+      ),
+    );
     const info = await this.control(peer, 'info', {});
-    if (!info.ready || info.index !== i) throw new StageCallError(`stage ${i}: the rebuilt peer ${peer} is not serving it`);
+    if (!info.ready || info.index !== i)
+      throw new StageCallError(`stage ${i}: the rebuilt peer ${peer} is not serving it`);
     this.live[i] = [peer];
-    this.recoveries.push({ stage: i, peer, how: 'neighbours', fromStep: Math.max(...lent.map((r) => r.step)), ms: performance.now() - t0, mix });
+    this.recoveries.push({
+      stage: i,
+      peer,
+      how: 'neighbours',
+      fromStep: Math.max(...lent.map((r) => r.step)),
+      ms: performance.now() - t0,
+      mix,
+    });
   }
 
   private async stepOnce(batch: Batch, B: number, T: number, micro: number, lr: number): Promise<StepResult> {
     if (B % micro !== 0) throw new InvalidInputError(`batch ${B} does not split into ${micro} micro-batches`);
-    const mb = B / micro, n = mb * T;
-    const a0 = this.actBytes, s0 = this.syncBytes, r0 = this.retries;
+    const mb = B / micro,
+      n = mb * T;
+    const a0 = this.actBytes,
+      s0 = this.syncBytes,
+      r0 = this.retries;
     const parts = splitBatch(batch, micro, n);
     let losses: number[];
     if (this.o.routing === 'balance') {
@@ -351,10 +439,14 @@ export class PipelineDriver {
 
   /** Balanced routing: the live replica of stage i with the most throughput per call in flight (ties: the first). */
   private pick(i: number): string {
-    let best = '', score = -1;
+    let best = '',
+      score = -1;
     for (const p of this.live[i]) {
       const sc = (this.o.throughputOf?.(p) ?? 1) / (1 + (this.outstanding.get(p) ?? 0));
-      if (sc > score) { best = p; score = sc; }
+      if (sc > score) {
+        best = p;
+        score = sc;
+      }
     }
     if (!best) throw new StageCallError(`stage ${i} has no live replica`);
     return best;
@@ -362,7 +454,12 @@ export class PipelineDriver {
 
   /** One call to one replica; a replica that fails (not a refusal) is dropped. */
   private async callOne<Op extends StageOp>(
-    i: number, peer: string, op: Op, args: ArgsOf<Op>, body: Uint8Array, maxBody: number,
+    i: number,
+    peer: string,
+    op: Op,
+    args: ArgsOf<Op>,
+    body: Uint8Array,
+    maxBody: number,
   ): Promise<StageReply<Op>> {
     this.outstanding.set(peer, (this.outstanding.get(peer) ?? 0) + 1);
     try {
@@ -370,7 +467,11 @@ export class PipelineDriver {
     } catch (err) {
       if (!(err instanceof StageCallError && err.refused)) {
         const k = this.live[i].indexOf(peer);
-        if (k >= 0) { this.live[i].splice(k, 1); this.dropped.push({ stage: i, peer, reason: (err as Error).message }); this.retries++; }
+        if (k >= 0) {
+          this.live[i].splice(k, 1);
+          this.dropped.push({ stage: i, peer, reason: (err as Error).message });
+          this.retries++;
+        }
       }
       throw err;
     } finally {
@@ -393,7 +494,8 @@ export class PipelineDriver {
       try {
         return { loss: await this.pass(b, B, T, scale, true, id, id, hop), tag: id };
       } catch (err) {
-        if ((err instanceof StageCallError && err.refused) || attempt >= 2 || this.live.some((row) => row.length === 0)) throw err;
+        if ((err instanceof StageCallError && err.refused) || attempt >= 2 || this.live.some((row) => row.length === 0))
+          throw err;
         this.reroutes++;
       }
     }
@@ -408,18 +510,21 @@ export class PipelineDriver {
     const all = <Op extends StageOp>(i: number, op: Op, args: ArgsOf<Op>, body: Uint8Array, max: number) =>
       Promise.all([...this.live[i]].map((p) => this.callOne(i, p, op, args, body, max)));
     await Promise.all(this.live.map((_, i) => all(i, 'fold', { keep }, EMPTY, 0)));
-    await Promise.all(this.live.map(async (row, i) => {
-      if (row.length < 2) return;
-      const got = await all(i, 'grads', { set: false }, EMPTY, 1 << 30);
-      const n = got[0].body.length / 4, sum = new Float32Array(n);
-      for (const g of got) {
-        const v = bytesToF32(g.body, n, `stage ${i} gradients`);
-        for (let k = 0; k < n; k++) sum[k] += v[k];
-      }
-      const bytes = f32ToBytes(sum);
-      await all(i, 'grads', { set: true }, bytes, 0);
-      this.syncBytes += 2 * got.length * bytes.length;
-    }));
+    await Promise.all(
+      this.live.map(async (row, i) => {
+        if (row.length < 2) return;
+        const got = await all(i, 'grads', { set: false }, EMPTY, 1 << 30);
+        const n = got[0].body.length / 4,
+          sum = new Float32Array(n);
+        for (const g of got) {
+          const v = bytesToF32(g.body, n, `stage ${i} gradients`);
+          for (let k = 0; k < n; k++) sum[k] += v[k];
+        }
+        const bytes = f32ToBytes(sum);
+        await all(i, 'grads', { set: true }, bytes, 0);
+        this.syncBytes += 2 * got.length * bytes.length;
+      }),
+    );
   }
 
   /**
@@ -442,10 +547,13 @@ export class PipelineDriver {
     // Tied embedding: first and last stage hold copies; each needs the sum of both gradients.
     let tiedSq = 0;
     if (this.S > 1) {
-      const V = this.o.vocabSize, C = this.o.dim, bytes = 4 * V * C;
+      const V = this.o.vocabSize,
+        C = this.o.dim,
+        bytes = 4 * V * C;
       const get = { set: false, ...tagged };
       const [g0, gL] = await Promise.all([0, this.S - 1].map((i) => this.call(i, 'tied', get, EMPTY, bytes)));
-      const a = bytesToF32(g0.body, V * C, 'tied gradient'), b = bytesToF32(gL.body, V * C, 'tied gradient');
+      const a = bytesToF32(g0.body, V * C, 'tied gradient'),
+        b = bytesToF32(gL.body, V * C, 'tied gradient');
       for (let i = 0; i < a.length; i++) a[i] += b[i];
       const sum = f32ToBytes(a);
       const set = { set: true, ...tagged };
@@ -472,15 +580,30 @@ export class PipelineDriver {
    * `lookahead` τ corrects that staleness: stages compute with θ + τ·(θ − θ_prev) (stage-server).
    * A failed call fails the run (use the synchronous `step` for failover and recovery).
    */
-  async trainAsync(next: (b: number) => Batch, batches: number, B: number, T: number, micro: number, lr: number, o: { window?: number; lookahead?: number; onStep?: (b: number, loss: number) => void } = {}): Promise<number[]> {
+  async trainAsync(
+    next: (b: number) => Batch,
+    batches: number,
+    B: number,
+    T: number,
+    micro: number,
+    lr: number,
+    o: { window?: number; lookahead?: number; onStep?: (b: number, loss: number) => void } = {},
+  ): Promise<number[]> {
     if (B % micro !== 0) throw new InvalidInputError(`batch ${B} does not split into ${micro} micro-batches`);
     const window = Math.max(1, o.window ?? 2 * this.S);
-    const mb = B / micro, n = mb * T;
+    const mb = B / micro,
+      n = mb * T;
     const losses = new Array<number>(batches).fill(NaN);
     let inflight = 0;
     const waiters: (() => void)[] = [];
-    const acquire = async () => { while (inflight >= window) await new Promise<void>((r) => waiters.push(r)); inflight++; };
-    const release = () => { inflight--; waiters.shift()?.(); };
+    const acquire = async () => {
+      while (inflight >= window) await new Promise<void>((r) => waiters.push(r));
+      inflight++;
+    };
+    const release = () => {
+      inflight--;
+      waiters.shift()?.();
+    };
     let updates: Promise<unknown> = Promise.resolve();
     const applied: Promise<unknown>[] = [];
     let failure: unknown = null;
@@ -491,11 +614,16 @@ export class PipelineDriver {
       const parts: Promise<number>[] = [];
       for (const p of splitBatch(next(b), micro, n)) {
         await acquire();
-        if (failure !== null) { release(); break; }
+        if (failure !== null) {
+          release();
+          break;
+        }
         parts.push(this.microStep(p, mb, T, 1 / micro, true, b).finally(release));
       }
       const done = Promise.all(parts);
-      done.catch((e: unknown) => { failure ??= e; });
+      done.catch((e: unknown) => {
+        failure ??= e;
+      });
       // Updates apply in batch order, each once its batch is back; micro-batches keep flowing meanwhile.
       updates = updates.then(async () => {
         const ls = await done;
@@ -503,7 +631,9 @@ export class PipelineDriver {
         await this.update(lr, b, o.lookahead);
         o.onStep?.(b, losses[b]);
       });
-      updates.catch((e: unknown) => { failure ??= e; });
+      updates.catch((e: unknown) => {
+        failure ??= e;
+      });
       applied.push(updates);
     }
     await updates;
@@ -516,15 +646,29 @@ export class PipelineDriver {
    * sampling, top-k), one forward through every stage per token. Returns the tokens and, per
    * stage, the tokens it processed (usage to pay that stage's owners).
    */
-  async generate(prompt: number[], n: number, o: { ctx: number; temperature?: number; topK?: number; seed?: number }): Promise<{ tokens: number[]; usage: number[] }> {
+  async generate(
+    prompt: number[],
+    n: number,
+    o: { ctx: number; temperature?: number; topK?: number; seed?: number },
+  ): Promise<{ tokens: number[]; usage: number[] }> {
     if (prompt.length === 0) throw new InvalidInputError('generate needs a prompt of at least one token');
-    const out = [...prompt], usage = new Array<number>(this.S).fill(0);
+    const out = [...prompt],
+      usage = new Array<number>(this.S).fill(0);
     let state = (o.seed ?? 1) >>> 0 || 1;
-    const rand = () => { state ^= state << 13; state >>>= 0; state ^= state >>> 17; state ^= state << 5; state >>>= 0; return state / 2 ** 32; };
-    const V = this.o.vocabSize, C = this.o.dim;
+    const rand = () => {
+      state ^= state << 13;
+      state >>>= 0;
+      state ^= state >>> 17;
+      state ^= state << 5;
+      state >>>= 0;
+      return state / 2 ** 32;
+    };
+    const V = this.o.vocabSize,
+      C = this.o.dim;
     for (let t = 0; t < n; t++) {
       const ids = Int32Array.from(out.slice(-o.ctx));
-      const T = ids.length, id = this.micro++;
+      const T = ids.length,
+        id = this.micro++;
       let x: Uint8Array = int32Bytes(ids);
       const act = exactBytes(this.o.codec, T, this.o.width ?? C);
       for (let i = 0; i < this.S - 1; i++) {
@@ -534,12 +678,20 @@ export class PipelineDriver {
       const r = await this.call(this.S - 1, 'logits', { micro: id, B: 1, T }, x, 4 * V);
       usage[this.S - 1] += T;
       const logits = bytesToF32(r.body, V, 'logits');
-      const temp = Math.max(1e-3, o.temperature ?? 0.8), k = Math.min(V, o.topK ?? 40);
+      const temp = Math.max(1e-3, o.temperature ?? 0.8),
+        k = Math.min(V, o.topK ?? 40);
       const top = [...logits.keys()].sort((a, b) => logits[b] - logits[a]).slice(0, k);
       const mx = logits[top[0]];
       const w = top.map((i) => Math.exp((logits[i] - mx) / temp));
-      let u = rand() * w.reduce((a, b) => a + b, 0), pick = top[top.length - 1];
-      for (let j = 0; j < top.length; j++) { u -= w[j]; if (u <= 0) { pick = top[j]; break; } }
+      let u = rand() * w.reduce((a, b) => a + b, 0),
+        pick = top[top.length - 1];
+      for (let j = 0; j < top.length; j++) {
+        u -= w[j];
+        if (u <= 0) {
+          pick = top[j];
+          break;
+        }
+      }
       out.push(pick);
     }
     return { tokens: out.slice(prompt.length), usage };
@@ -555,9 +707,14 @@ export class PipelineDriver {
     const out: T[] = new Array(jobs.length);
     const width = Math.max(1, Math.min(jobs.length, this.o.inflight ?? jobs.length));
     let next = 0;
-    await Promise.all(Array.from({ length: width }, async () => {
-      while (next < jobs.length) { const i = next++; out[i] = await jobs[i](); }
-    }));
+    await Promise.all(
+      Array.from({ length: width }, async () => {
+        while (next < jobs.length) {
+          const i = next++;
+          out[i] = await jobs[i]();
+        }
+      }),
+    );
     return out;
   }
 }

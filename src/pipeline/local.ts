@@ -35,10 +35,17 @@ export interface LocalPipeline {
 }
 
 export async function startLocalPipeline(o: {
-  config: ModelConfig; stages: number; replicas?: number; kernels: Kernels; adamw: AdamWSettings; codec: ActCodecSpec;
-  genesis: Float32Array; inflight?: number;
+  config: ModelConfig;
+  stages: number;
+  replicas?: number;
+  kernels: Kernels;
+  adamw: AdamWSettings;
+  codec: ActCodecSpec;
+  genesis: Float32Array;
+  inflight?: number;
   /** The driver's routing over replicas (driver.ts); throughput per peer for 'balance'. */
-  routing?: 'replicate' | 'balance'; throughputOf?: (peer: string) => number;
+  routing?: 'replicate' | 'balance';
+  throughputOf?: (peer: string) => number;
   /** A learned bottleneck of this width at every stage boundary (Stage). */
   bottleneck?: number;
   /** Give every stage peer an IPFS store (checkpoint shares) and recover a lost stage with a fresh peer. */
@@ -59,8 +66,20 @@ export async function startLocalPipeline(o: {
     const host = await createHost({ dataDir: join(root, dir), logger });
     hosts.push(host);
     let store: Store | undefined;
-    if (o.checkpoints) { store = await openStore(join(root, dir), { libp2p: host.node }); stores.push(store); }
-    const srv = await serveStage(host, { config: o.config, spec, kernels: o.kernels, adamw: o.adamw, codec: o.codec, init: init ? (s) => s.loadFromFull(o.genesis) : null, ...(store ? { store } : {}), ...(o.bottleneck !== undefined ? { bottleneck: o.bottleneck } : {}) });
+    if (o.checkpoints) {
+      store = await openStore(join(root, dir), { libp2p: host.node });
+      stores.push(store);
+    }
+    const srv = await serveStage(host, {
+      config: o.config,
+      spec,
+      kernels: o.kernels,
+      adamw: o.adamw,
+      codec: o.codec,
+      init: init ? (s) => s.loadFromFull(o.genesis) : null,
+      ...(store ? { store } : {}),
+      ...(o.bottleneck !== undefined ? { bottleneck: o.bottleneck } : {}),
+    });
     return Object.assign(srv, { host, dataDir: join(root, dir) });
   };
   for (const spec of specs) {
@@ -72,7 +91,9 @@ export async function startLocalPipeline(o: {
   hosts.push(driverHost);
   const connectAll = async (h: Host) => {
     // Stage peers know each other (they fetch checkpoint shares from one another) and the driver.
-    for (const other of hosts) if (other !== h && !stopped.has(other)) await h.dial(other.multiaddrs()[0], { signal: AbortSignal.timeout(5000) }).catch(() => undefined);
+    for (const other of hosts)
+      if (other !== h && !stopped.has(other))
+        await h.dial(other.multiaddrs()[0], { signal: AbortSignal.timeout(5000) }).catch(() => undefined);
   };
   const peerIds: string[][] = [];
   for (const row of servers) {
@@ -87,20 +108,32 @@ export async function startLocalPipeline(o: {
   const stopped = new Set<Host>();
   if (o.checkpoints || o.rebuild) for (const h of hosts) await connectAll(h);
   const driver = new PipelineDriver({
-    host: driverHost, stages: peerIds, dim: o.config.dim, vocabSize: o.config.vocabSize, codec: o.codec, ...(o.inflight ? { inflight: o.inflight } : {}), ...(o.bottleneck !== undefined ? { width: o.bottleneck } : {}),
-    ...(o.routing ? { routing: o.routing } : {}), ...(o.throughputOf ? { throughputOf: o.throughputOf } : {}),
+    host: driverHost,
+    stages: peerIds,
+    dim: o.config.dim,
+    vocabSize: o.config.vocabSize,
+    codec: o.codec,
+    ...(o.inflight ? { inflight: o.inflight } : {}),
+    ...(o.bottleneck !== undefined ? { width: o.bottleneck } : {}),
+    ...(o.routing ? { routing: o.routing } : {}),
+    ...(o.throughputOf ? { throughputOf: o.throughputOf } : {}),
     ...(o.rebuild ? { rebuild: o.rebuild } : {}),
-    ...(o.checkpoints || o.rebuild ? {
-      recover: async (stage: number) => {
-        const srv = await startPeer(`fresh-${fresh++}`, specs[stage], false);
-        servers[stage].push(srv);
-        await connectAll(srv.host);
-        return srv.host.peerId;
-      },
-    } : {}),
+    ...(o.checkpoints || o.rebuild
+      ? {
+          recover: async (stage: number) => {
+            const srv = await startPeer(`fresh-${fresh++}`, specs[stage], false);
+            servers[stage].push(srv);
+            await connectAll(srv.host);
+            return srv.host.peerId;
+          },
+        }
+      : {}),
   });
   return {
-    driver, servers, hosts, driverHost,
+    driver,
+    servers,
+    hosts,
+    driverHost,
     alive: (srv) => !stopped.has((srv as Peer).host),
     peerOf: (srv) => (srv as Peer).host.peerId,
     dataDirOf: (srv) => (srv as Peer).dataDir,

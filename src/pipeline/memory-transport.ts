@@ -8,7 +8,10 @@ import { answer, encodeRequest, readReply, StageCallError, type ReadBytes, type 
 import type { StageTransport } from './stage-client.js';
 
 /** A stage service as the transport reaches it: its handler and its request body cap. */
-export interface MemoryPeer { handle: StageHandler; maxBody: number }
+export interface MemoryPeer {
+  handle: StageHandler;
+  maxBody: number;
+}
 
 /** Reads a buffer front to back; a read past its end fails like a stream that ended. */
 function bufferReader(buf: Uint8Array): ReadBytes {
@@ -36,7 +39,8 @@ function abortable<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
  * alter the bytes either way (a request or reply as a faulty or hostile peer would send it).
  */
 export function memoryTransport(
-  from: string, peers: (peer: string) => MemoryPeer | undefined,
+  from: string,
+  peers: (peer: string) => MemoryPeer | undefined,
   wrap: { request?: (b: Uint8Array) => Uint8Array; reply?: (b: Uint8Array) => Uint8Array } = {},
 ): StageTransport {
   return {

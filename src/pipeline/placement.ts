@@ -19,11 +19,16 @@
  */
 import { InvalidInputError } from '../util/errors.js';
 
-export interface StageLoad { peers: number; throughput: number }
+export interface StageLoad {
+  peers: number;
+  throughput: number;
+}
 
 function check(stages: readonly StageLoad[]): void {
   if (stages.length === 0) throw new InvalidInputError('no stages');
-  for (const s of stages) if (!(s.peers >= 0) || !Number.isInteger(s.peers) || !(s.throughput >= 0)) throw new InvalidInputError(`bad stage load ${JSON.stringify(s)}`);
+  for (const s of stages)
+    if (!(s.peers >= 0) || !Number.isInteger(s.peers) || !(s.throughput >= 0))
+      throw new InvalidInputError(`bad stage load ${JSON.stringify(s)}`);
 }
 
 /** The stage a joining peer takes: lowest total throughput, then fewest peers, then lowest index. */
@@ -31,16 +36,26 @@ export function chooseStage(stages: readonly StageLoad[]): number {
   check(stages);
   let best = 0;
   for (let i = 1; i < stages.length; i++) {
-    const a = stages[i], b = stages[best];
+    const a = stages[i],
+      b = stages[best];
     if (a.throughput < b.throughput || (a.throughput === b.throughput && a.peers < b.peers)) best = i;
   }
   return best;
 }
 
 /** A peer as placement sees it: the stage it announces, whether it holds that stage's weights, its capacity. */
-export interface Holder { peer: string; stage: number; ready: boolean; throughput: number }
+export interface Holder {
+  peer: string;
+  stage: number;
+  ready: boolean;
+  throughput: number;
+}
 
-export interface Move { peer: string; from: number; to: number }
+export interface Move {
+  peer: string;
+  from: number;
+  to: number;
+}
 
 /** Total announced throughput per stage (every holder counts: a syncing peer will serve soon). */
 export function stageThroughputs(holders: readonly Holder[], stages: number): number[] {
@@ -67,7 +82,9 @@ const profile = (t: readonly number[]): number[] => [...t].sort((x, y) => x - y)
 /** The one move the swarm makes now, or null (see the header for the rules). */
 export function planMove(holders: readonly Holder[], stages: number, hysteresis: number): Move | null {
   if (!(hysteresis >= 0)) throw new InvalidInputError(`hysteresis must be ≥ 0, got ${hysteresis}`);
-  for (const h of holders) if (!Number.isInteger(h.stage) || h.stage < 0 || h.stage >= stages || !(h.throughput >= 0)) throw new InvalidInputError(`bad holder ${JSON.stringify(h)}`);
+  for (const h of holders)
+    if (!Number.isInteger(h.stage) || h.stage < 0 || h.stage >= stages || !(h.throughput >= 0))
+      throw new InvalidInputError(`bad holder ${JSON.stringify(h)}`);
   if (holders.some((h) => !h.ready)) return null;
   const t = stageThroughputs(holders, stages);
   const now = profile(t);

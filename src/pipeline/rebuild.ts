@@ -47,7 +47,8 @@ export function maskedPart(x: Float32Array, weight: number, seed: Uint8Array, si
   const dv = new DataView(out.buffer);
   for (let i = 0; i < x.length; i++) {
     // |x| ≤ 127 and weights summing to ≤ 1 keep the sum of the parts within int32.
-    if (!(Math.abs(x[i]) <= LIMIT)) throw new InvalidInputError(`value ${x[i]} at ${i} is outside the fixed-point range (±${LIMIT})`);
+    if (!(Math.abs(x[i]) <= LIMIT))
+      throw new InvalidInputError(`value ${x[i]} at ${i} is outside the fixed-point range (±${LIMIT})`);
     dv.setUint32(4 * i, (Math.round(weight * x[i] * FIX) + sign * r[i]) >>> 0, true);
   }
   return out;
@@ -55,7 +56,8 @@ export function maskedPart(x: Float32Array, weight: number, seed: Uint8Array, si
 
 /** The sum of the parts (the pads cancel), back in floats. */
 export function unmaskSum(parts: Uint8Array[], n: number): Float32Array {
-  for (const p of parts) if (p.length !== 4 * n) throw new InvalidInputError(`a rebuild part must be ${4 * n} bytes, got ${p.length}`);
+  for (const p of parts)
+    if (p.length !== 4 * n) throw new InvalidInputError(`a rebuild part must be ${4 * n} bytes, got ${p.length}`);
   const out = new Float32Array(n);
   const dvs = parts.map((p) => new DataView(p.buffer, p.byteOffset, p.byteLength));
   for (let i = 0; i < n; i++) {
@@ -68,7 +70,8 @@ export function unmaskSum(parts: Uint8Array[], n: number): Float32Array {
 
 /** CheckFree's weights: each neighbour in proportion to its gradient norm (equal when both are 0). */
 export function mixWeights(normL: number, normR: number): [number, number] {
-  if (!(normL >= 0 && normR >= 0 && Number.isFinite(normL + normR))) throw new InvalidInputError(`gradient norms must be finite and ≥ 0, got ${normL}, ${normR}`);
+  if (!(normL >= 0 && normR >= 0 && Number.isFinite(normL + normR)))
+    throw new InvalidInputError(`gradient norms must be finite and ≥ 0, got ${normL}, ${normR}`);
   const t = normL + normR;
   return t === 0 ? [0.5, 0.5] : [normL / t, normR / t];
 }
@@ -79,9 +82,13 @@ export function mixWeights(normL: number, normR: number): [number, number] {
  * number of layers have the same keys in the same order; embeddings, head, final norm and
  * bottleneck projections are not layers and are not listed.
  */
-export function layerViews(stage: Stage, of: 'params' | 'grads' = 'params'): { keys: string[]; views: Float32Array[]; size: number } {
+export function layerViews(
+  stage: Stage,
+  of: 'params' | 'grads' = 'params',
+): { keys: string[]; views: Float32Array[]; size: number } {
   const buf = of === 'params' ? stage.params : stage.grads;
-  const keys: string[] = [], views: Float32Array[] = [];
+  const keys: string[] = [],
+    views: Float32Array[] = [];
   let size = 0;
   for (const s of stage.specs) {
     const m = /^h\.(\d+)\.(.+)$/.exec(s.name);
@@ -98,7 +105,10 @@ export function gatherLayers(stage: Stage): Float32Array {
   const { views, size } = layerViews(stage);
   const out = new Float32Array(size);
   let o = 0;
-  for (const v of views) { out.set(v, o); o += v.length; }
+  for (const v of views) {
+    out.set(v, o);
+    o += v.length;
+  }
   return out;
 }
 
@@ -107,5 +117,8 @@ export function scatterLayers(stage: Stage, values: Float32Array): void {
   const { views, size } = layerViews(stage);
   if (values.length !== size) throw new InvalidInputError(`layer values: expected ${size}, got ${values.length}`);
   let o = 0;
-  for (const v of views) { v.set(values.subarray(o, o + v.length)); o += v.length; }
+  for (const v of views) {
+    v.set(values.subarray(o, o + v.length));
+    o += v.length;
+  }
 }

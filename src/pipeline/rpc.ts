@@ -33,7 +33,9 @@ export class StageCallError extends TesseraError {
 
 /** Thrown by a stage handler that cannot serve the call now; the caller sees a non-refusal. */
 export class StageUnavailableError extends TesseraError {
-  constructor(message: string) { super('STAGE_UNAVAILABLE', message); }
+  constructor(message: string) {
+    super('STAGE_UNAVAILABLE', message);
+  }
 }
 
 /** Reads exactly n bytes (from a stream, or from a buffer in memory). */
@@ -43,7 +45,10 @@ function frame(parts: Uint8Array[]): Uint8Array {
   const n = parts.reduce((t, p) => t + p.length, 0);
   const out = new Uint8Array(n);
   let o = 0;
-  for (const p of parts) { out.set(p, o); o += p.length; }
+  for (const p of parts) {
+    out.set(p, o);
+    o += p.length;
+  }
   return out;
 }
 const u32 = (n: number): Uint8Array => {
@@ -59,7 +64,12 @@ async function readPart(read: ReadBytes, max: number, what: string): Promise<Uin
   return await read(n);
 }
 
-export interface Reply { head: unknown; body: Uint8Array; bytesIn: number; bytesOut: number }
+export interface Reply {
+  head: unknown;
+  body: Uint8Array;
+  bytesIn: number;
+  bytesOut: number;
+}
 
 /** A request's bytes on the wire. */
 export function encodeRequest(head: unknown, body: Uint8Array): Uint8Array {
@@ -83,11 +93,18 @@ export async function readReply(read: ReadBytes, maxBody: number, sent: number):
 }
 
 /** Reads a stream's bytes, each read bounded by the signal. */
-export const streamReader = (s: Stream, o: AbortOptions): ReadBytes => (n) => readExactly(s, n, o);
+export const streamReader =
+  (s: Stream, o: AbortOptions): ReadBytes =>
+  (n) =>
+    readExactly(s, n, o);
 
 /** Calls `peer`: sends (head, body), returns its reply. `maxBody` caps the reply body. */
 export async function callStage(
-  host: Host, peer: string | PeerId, head: unknown, body: Uint8Array, o: AbortOptions & { maxBody: number },
+  host: Host,
+  peer: string | PeerId,
+  head: unknown,
+  body: Uint8Array,
+  o: AbortOptions & { maxBody: number },
 ): Promise<Reply> {
   let stream: Stream;
   try {
@@ -108,7 +125,9 @@ export async function callStage(
 }
 
 export type StageHandler = (
-  head: unknown, body: Uint8Array, from: string,
+  head: unknown,
+  body: Uint8Array,
+  from: string,
 ) => Promise<{ head: unknown; body?: Uint8Array }>;
 
 /**
@@ -117,11 +136,16 @@ export type StageHandler = (
  * read) throws, and the binding drops the stream.
  */
 export async function answer(
-  read: ReadBytes, handler: StageHandler, from: string, maxBody: number,
+  read: ReadBytes,
+  handler: StageHandler,
+  from: string,
+  maxBody: number,
 ): Promise<Uint8Array> {
   const hb = await readPart(read, MAX_HEAD, 'request head');
   const body = await readPart(read, maxBody, 'request body');
-  let status = 0, head: unknown, out: Uint8Array = new Uint8Array(0);
+  let status = 0,
+    head: unknown,
+    out: Uint8Array = new Uint8Array(0);
   try {
     const r = await handler(JSON.parse(new TextDecoder().decode(hb)) as unknown, body, from);
     head = r.head;
@@ -136,17 +160,28 @@ export async function answer(
 
 /** Serves stage calls on `host` (the libp2p binding of a stage service). */
 export async function serveStageRpc(
-  host: Host, handler: StageHandler, o: { maxBody: number; timeoutMs?: number },
+  host: Host,
+  handler: StageHandler,
+  o: { maxBody: number; timeoutMs?: number },
 ): Promise<{ close(): Promise<void> }> {
-  await host.node.handle(STAGE_PROTOCOL, async (stream: Stream, connection: { remotePeer: PeerId }) => {
-    const signal = AbortSignal.timeout(o.timeoutMs ?? 120_000);
-    try {
-      const res = await answer(streamReader(stream, { signal }), handler, connection.remotePeer.toString(), o.maxBody);
-      await sendAll(stream, res, { signal });
-      await stream.close({ signal });
-    } catch (err) {
-      stream.abort(err as Error);
-    }
-  }, { maxInboundStreams: 64 });
+  await host.node.handle(
+    STAGE_PROTOCOL,
+    async (stream: Stream, connection: { remotePeer: PeerId }) => {
+      const signal = AbortSignal.timeout(o.timeoutMs ?? 120_000);
+      try {
+        const res = await answer(
+          streamReader(stream, { signal }),
+          handler,
+          connection.remotePeer.toString(),
+          o.maxBody,
+        );
+        await sendAll(stream, res, { signal });
+        await stream.close({ signal });
+      } catch (err) {
+        stream.abort(err as Error);
+      }
+    },
+    { maxInboundStreams: 64 },
+  );
   return { close: () => host.node.unhandle(STAGE_PROTOCOL) };
 }

@@ -34,60 +34,112 @@ import { CID } from 'multiformats/cid';
 import * as raw from 'multiformats/codecs/raw';
 import { sha256 } from 'multiformats/hashes/sha2';
 
-export const PipeManifestSchema = z.object({
-  version: z.literal(1),
-  kind: z.literal('pipeline'),
-  name: z.string().min(1).max(128),
-  model: ModelConfigSchema,
-  stages: z.number().int().min(1).max(64),
-  seed: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
-  /** Training data (the driver's only): the embedded corpus, tokenized to model.vocabSize. */
-  data: z.literal('brown'),
-  codec: z.object({ id: z.enum(['fp32', 'fp16', 'int8', 'lowrank']), k: z.number().int().min(1).optional(), seed: z.number().int().optional() }).strict(),
-  /** A learned bottleneck of this width at every stage boundary (the codec then carries k values per token). */
-  bottleneck: z.number().int().min(1).max(65536).optional(),
-  adamw: AdamWSchema,
-  lr: z.number().positive().max(1),
-  batch: z.number().int().min(1).max(4096),
-  micro: z.number().int().min(1).max(4096),
-  checkpointEvery: z.number().int().min(0),
-}).strict().refine((m) => m.stages <= m.model.layers, { message: 'more stages than layers' }).refine((m) => m.bottleneck === undefined || m.bottleneck <= m.model.dim, { message: 'bottleneck wider than the model' }).refine((m) => m.batch % m.micro === 0, { message: 'micro must divide batch' });
+export const PipeManifestSchema = z
+  .object({
+    version: z.literal(1),
+    kind: z.literal('pipeline'),
+    name: z.string().min(1).max(128),
+    model: ModelConfigSchema,
+    stages: z.number().int().min(1).max(64),
+    seed: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
+    /** Training data (the driver's only): the embedded corpus, tokenized to model.vocabSize. */
+    data: z.literal('brown'),
+    codec: z
+      .object({
+        id: z.enum(['fp32', 'fp16', 'int8', 'lowrank']),
+        k: z.number().int().min(1).optional(),
+        seed: z.number().int().optional(),
+      })
+      .strict(),
+    /** A learned bottleneck of this width at every stage boundary (the codec then carries k values per token). */
+    bottleneck: z.number().int().min(1).max(65536).optional(),
+    adamw: AdamWSchema,
+    lr: z.number().positive().max(1),
+    batch: z.number().int().min(1).max(4096),
+    micro: z.number().int().min(1).max(4096),
+    checkpointEvery: z.number().int().min(0),
+  })
+  .strict()
+  .refine((m) => m.stages <= m.model.layers, { message: 'more stages than layers' })
+  .refine((m) => m.bottleneck === undefined || m.bottleneck <= m.model.dim, {
+    message: 'bottleneck wider than the model',
+  })
+  .refine((m) => m.batch % m.micro === 0, { message: 'micro must divide batch' });
 export type PipeManifest = z.infer<typeof PipeManifestSchema>;
 
 export function pipeManifest(input: unknown): { manifest: PipeManifest; runId: string } {
   const r = PipeManifestSchema.safeParse(input);
-  if (!r.success) throw new InvalidInputError(`invalid pipeline manifest: ${r.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
+  if (!r.success)
+    throw new InvalidInputError(
+      `invalid pipeline manifest: ${r.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`,
+    );
   return { manifest: r.data, runId: sha256Hex(new TextEncoder().encode(canonicalJson(r.data))) };
 }
 
 /** A pipeline manifest from a file named by a CLI flag, with a clear error for a missing or non-JSON file. */
 export function readPipeManifest(file: string, flag: string): { manifest: PipeManifest; runId: string } {
   let text: string;
-  try { text = readFileSync(file, 'utf8'); } catch (e) { throw new InvalidInputError(`cannot read ${flag} ${file}: ${(e as Error).message}`); }
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (e) {
+    throw new InvalidInputError(`cannot read ${flag} ${file}: ${(e as Error).message}`);
+  }
   let raw: unknown;
-  try { raw = JSON.parse(text); } catch (e) { throw new InvalidInputError(`${file} is not JSON: ${(e as Error).message}`); }
+  try {
+    raw = JSON.parse(text);
+  } catch (e) {
+    throw new InvalidInputError(`${file} is not JSON: ${(e as Error).message}`);
+  }
   return pipeManifest(raw);
 }
 
-export function defaultPipeManifest(o: { stages: number; layers: number; codec: PipeManifest['codec']; lr?: number; micro?: number; checkpointEvery?: number; bottleneck?: number }): PipeManifest {
+export function defaultPipeManifest(o: {
+  stages: number;
+  layers: number;
+  codec: PipeManifest['codec'];
+  lr?: number;
+  micro?: number;
+  checkpointEvery?: number;
+  bottleneck?: number;
+}): PipeManifest {
   return {
     ...(o.bottleneck !== undefined ? { bottleneck: o.bottleneck } : {}),
-    version: 1, kind: 'pipeline', name: `brown-pipe-l${o.layers}-s${o.stages}`, model: { vocabSize: 512, ctx: 64, dim: 64, layers: o.layers, heads: 4 },
-    stages: o.stages, seed: 1, data: 'brown', codec: o.codec, adamw: DEFAULT_ADAMW, lr: o.lr ?? 3e-3, batch: 8, micro: o.micro ?? 2, checkpointEvery: o.checkpointEvery ?? 25,
+    version: 1,
+    kind: 'pipeline',
+    name: `brown-pipe-l${o.layers}-s${o.stages}`,
+    model: { vocabSize: 512, ctx: 64, dim: 64, layers: o.layers, heads: 4 },
+    stages: o.stages,
+    seed: 1,
+    data: 'brown',
+    codec: o.codec,
+    adamw: DEFAULT_ADAMW,
+    lr: o.lr ?? 3e-3,
+    batch: 8,
+    micro: o.micro ?? 2,
+    checkpointEvery: o.checkpointEvery ?? 25,
   };
 }
 
 /** The DHT key under which stage `stage` of run `runId` is provided: a raw CID of sha256("tessera/pipeline/<runId>/stage/<i>"). */
 export async function stageKey(runId: string, stage: number): Promise<CID> {
-  return CID.createV1(raw.code, await sha256.digest(new TextEncoder().encode(`tessera/pipeline/${runId}/stage/${stage}`)));
+  return CID.createV1(
+    raw.code,
+    await sha256.digest(new TextEncoder().encode(`tessera/pipeline/${runId}/stage/${stage}`)),
+  );
 }
 
 /** Peers with a provider record for a stage in the DHT (possibly stale: check their announcements). */
-export async function findStagePeers(host: Host, runId: string, stage: number, o: { signal: AbortSignal; max?: number }): Promise<{ peer: string; addrs: string[] }[]> {
+export async function findStagePeers(
+  host: Host,
+  runId: string,
+  stage: number,
+  o: { signal: AbortSignal; max?: number },
+): Promise<{ peer: string; addrs: string[] }[]> {
   const out: { peer: string; addrs: string[] }[] = [];
   try {
     for await (const p of host.node.contentRouting.findProviders(await stageKey(runId, stage), { signal: o.signal })) {
-      if (!out.some((x) => x.peer === p.id.toString())) out.push({ peer: p.id.toString(), addrs: p.multiaddrs.map((a) => a.toString()) });
+      if (!out.some((x) => x.peer === p.id.toString()))
+        out.push({ peer: p.id.toString(), addrs: p.multiaddrs.map((a) => a.toString()) });
       if (out.length >= (o.max ?? 32)) break;
     }
   } catch (err) {
@@ -96,44 +148,81 @@ export async function findStagePeers(host: Host, runId: string, stage: number, o
   return out;
 }
 
-const Announce = z.object({
-  stage: z.number().int().min(0).max(63), ready: z.boolean(), throughput: z.number().min(0).max(1e12),
-  /** Optimizer steps its stage has taken (0: genesis): a joiner seeing any step > 0 knows the run is under way. */
-  step: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
-  addrs: z.array(z.string().min(1).max(256)).max(8),
-}).strict();
+const Announce = z
+  .object({
+    stage: z.number().int().min(0).max(63),
+    ready: z.boolean(),
+    throughput: z.number().min(0).max(1e12),
+    /** Optimizer steps its stage has taken (0: genesis): a joiner seeing any step > 0 knows the run is under way. */
+    step: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
+    addrs: z.array(z.string().min(1).max(256)).max(8),
+  })
+  .strict();
 export const PipeSchemas = { 'stage.announce': Announce } as const;
 export type Announcement = z.infer<typeof Announce> & { from: string; at: number };
 
 /** Announcements heard on a run's topic, latest per peer. */
 export class StageDirectory {
   readonly byPeer = new Map<string, Announcement>();
-  constructor(readonly stages: number, private readonly staleMs = 8000) {}
+  constructor(
+    readonly stages: number,
+    private readonly staleMs = 8000,
+  ) {}
   record(from: string, a: z.infer<typeof Announce>, now = Date.now()): void {
     if (a.stage >= this.stages) return;
     this.byPeer.set(from, { ...a, from, at: now });
   }
-  live(now = Date.now()): Announcement[] { return [...this.byPeer.values()].filter((a) => now - a.at < this.staleMs); }
+  live(now = Date.now()): Announcement[] {
+    return [...this.byPeer.values()].filter((a) => now - a.at < this.staleMs);
+  }
   loads(now = Date.now()): { peers: number; throughput: number }[] {
     const out = Array.from({ length: this.stages }, () => ({ peers: 0, throughput: 0 }));
-    for (const a of this.live(now)) { out[a.stage].peers++; out[a.stage].throughput += a.throughput; }
+    for (const a of this.live(now)) {
+      out[a.stage].peers++;
+      out[a.stage].throughput += a.throughput;
+    }
     return out;
   }
 }
 
 /** Joins a run's signed topic and records every stage announcement heard on it. */
-export function listenToRun(host: Host, runId: string, stages: number): { dir: StageDirectory; channel: ControlChannel<typeof PipeSchemas>; close(): void } {
+export function listenToRun(
+  host: Host,
+  runId: string,
+  stages: number,
+): { dir: StageDirectory; channel: ControlChannel<typeof PipeSchemas>; close(): void } {
   const dir = new StageDirectory(stages);
-  const channel = joinControlChannel({ host, runId, schemas: PipeSchemas, onMessage: (msg) => dir.record(msg.from, msg.body) });
-  return { dir, channel, close: () => { try { channel.close(); } catch { /* closing anyway */ } } };
+  const channel = joinControlChannel({
+    host,
+    runId,
+    schemas: PipeSchemas,
+    onMessage: (msg) => dir.record(msg.from, msg.body),
+  });
+  return {
+    dir,
+    channel,
+    close: () => {
+      try {
+        channel.close();
+      } catch {
+        /* closing anyway */
+      }
+    },
+  };
 }
 
 export class PipelineRunError extends TesseraError {
-  constructor(message: string) { super('PIPELINE_RUN', message); }
+  constructor(message: string) {
+    super('PIPELINE_RUN', message);
+  }
 }
 
 export interface StagePeer {
-  host: Host; store: Store; server: StageServer; channel: ControlChannel<typeof PipeSchemas>; dir: StageDirectory;
+  host: Host;
+  store: Store;
+  server: StageServer;
+  channel: ControlChannel<typeof PipeSchemas>;
+  dir: StageDirectory;
   /** The stage served now (it changes when the peer moves). */
   readonly stage: number;
   /** Moves made, in order. */
@@ -143,8 +232,16 @@ export interface StagePeer {
 
 /** Joins a pipeline run as a stage peer: picks (or is given) a stage, initializes or awaits a restore, serves, announces. */
 export async function runStagePeer(o: {
-  manifest: PipeManifest; runId: string; dataDir: string; kernels: Kernels; listen?: string[]; bootstrap?: string[];
-  stage?: number; fresh?: boolean; settleMs?: number; logger?: Logger;
+  manifest: PipeManifest;
+  runId: string;
+  dataDir: string;
+  kernels: Kernels;
+  listen?: string[];
+  bootstrap?: string[];
+  stage?: number;
+  fresh?: boolean;
+  settleMs?: number;
+  logger?: Logger;
   /** Announce this capacity (tokens/s) instead of measuring it. */
   throughput?: number;
   /** Move between stages when the pipeline gains by more than `hysteresis` (placement.ts); null: never move. Default 0.2. */
@@ -154,25 +251,49 @@ export async function runStagePeer(o: {
   onMove?: (m: Move) => void;
 }): Promise<StagePeer> {
   const m = o.manifest;
-  if (o.stage !== undefined && (o.stage < 0 || o.stage >= m.stages)) throw new InvalidInputError(`--stage must be in 0..${m.stages - 1}`);
-  const host = await createHost({ dataDir: o.dataDir, ...(o.listen ? { listen: o.listen } : {}), ...(o.bootstrap?.length ? { bootstrap: o.bootstrap } : {}), ...(o.logger ? { logger: o.logger } : {}) });
+  if (o.stage !== undefined && (o.stage < 0 || o.stage >= m.stages))
+    throw new InvalidInputError(`--stage must be in 0..${m.stages - 1}`);
+  const host = await createHost({
+    dataDir: o.dataDir,
+    ...(o.listen ? { listen: o.listen } : {}),
+    ...(o.bootstrap?.length ? { bootstrap: o.bootstrap } : {}),
+    ...(o.logger ? { logger: o.logger } : {}),
+  });
   const store = await openStore(o.dataDir, { libp2p: host.node });
   const { dir, channel, close } = listenToRun(host, o.runId, m.stages);
   // Listen before choosing: at least settleMs; with bootstrap peers, until someone is heard (at
   // most 12 s), then one more announcement period, so that every serving peer has been counted.
-  const t0 = Date.now(), settle = o.settleMs ?? 3000, boot = (o.bootstrap?.length ?? 0) > 0;
-  while (Date.now() - t0 < settle || (boot && dir.live().length === 0 && Date.now() - t0 < 12_000)) await new Promise((r) => setTimeout(r, 100));
+  const t0 = Date.now(),
+    settle = o.settleMs ?? 3000,
+    boot = (o.bootstrap?.length ?? 0) > 0;
+  while (Date.now() - t0 < settle || (boot && dir.live().length === 0 && Date.now() - t0 < 12_000))
+    await new Promise((r) => setTimeout(r, 100));
   if (boot && dir.live().length > 0 && o.stage === undefined) await new Promise((r) => setTimeout(r, 2100));
   let stage = o.stage ?? chooseStage(dir.loads());
   const specs = splitStages(m.model, m.stages);
   // Genesis weights only before training starts; a peer joining a run under way waits for a sync.
   const underway = dir.live().some((a) => a.step > 0);
   const server = await serveStage(host, {
-    config: m.model, spec: specs[stage], kernels: o.kernels, adamw: m.adamw, codec: m.codec, store, ...(m.bottleneck !== undefined ? { bottleneck: m.bottleneck } : {}),
+    config: m.model,
+    spec: specs[stage],
+    kernels: o.kernels,
+    adamw: m.adamw,
+    codec: m.codec,
+    store,
+    ...(m.bottleneck !== undefined ? { bottleneck: m.bottleneck } : {}),
     init: o.fresh || underway ? null : (s) => s.init(m.seed),
   });
   const throughput = o.throughput ?? measureThroughput(m.model, specs[stage], o.kernels, m.batch / m.micro);
-  const announce = () => channel.publish('stage.announce', { stage, ready: server.ready(), throughput, step: server.step(), addrs: host.multiaddrs().slice(0, 8) }).catch(() => undefined);
+  const announce = () =>
+    channel
+      .publish('stage.announce', {
+        stage,
+        ready: server.ready(),
+        throughput,
+        step: server.step(),
+        addrs: host.multiaddrs().slice(0, 8),
+      })
+      .catch(() => undefined);
   const moves: Move[] = [];
   const hysteresis = o.hysteresis === undefined ? 0.2 : o.hysteresis;
   let quietUntil = Date.now() + (o.moveCooldownMs ?? 10_000);
@@ -182,7 +303,10 @@ export async function runStagePeer(o: {
     // Only peers we are connected to count: a killed peer's announcements outlive it by seconds,
     // and counting it could move the last live holder away from a stage.
     const connected = new Set(host.connectedPeers());
-    const others = dir.live().filter((a) => a.from !== me && connected.has(a.from)).map((a) => ({ peer: a.from, stage: a.stage, ready: a.ready, throughput: a.throughput }));
+    const others = dir
+      .live()
+      .filter((a) => a.from !== me && connected.has(a.from))
+      .map((a) => ({ peer: a.from, stage: a.stage, ready: a.ready, throughput: a.throughput }));
     const mv = planMove([...others, { peer: me, stage, ready: true, throughput }], m.stages, hysteresis);
     if (mv?.peer !== me) return;
     server.moveTo(specs[mv.to]);
@@ -195,26 +319,45 @@ export async function runStagePeer(o: {
   // connected holders, and checkpoint shares are fetched from them directly.
   const mesh = () => {
     const connected = new Set(host.connectedPeers());
-    for (const a of dir.live().slice(0, 64)) if (a.from !== me && !connected.has(a.from) && a.addrs[0]) void host.dial(a.addrs[0], { signal: AbortSignal.timeout(5000) }).catch(() => undefined);
+    for (const a of dir.live().slice(0, 64))
+      if (a.from !== me && !connected.has(a.from) && a.addrs[0])
+        void host.dial(a.addrs[0], { signal: AbortSignal.timeout(5000) }).catch(() => undefined);
   };
   // The DHT record of the stage served (re-provided by kad-dht; a move cancels the old one).
   let provided = -1;
   const reprovide = () => {
     if (provided === stage) return;
-    const old = provided, now = stage;
+    const old = provided,
+      now = stage;
     provided = now;
     void (async () => {
       if (old >= 0) await host.node.contentRouting.cancelReprovide(await stageKey(o.runId, old)).catch(() => undefined);
-      await host.node.contentRouting.provide(await stageKey(o.runId, now), { signal: AbortSignal.timeout(20_000) })
-        .catch((e: unknown) => { o.logger?.warn({ err: (e as Error).message, stage: now }, 'stage provide failed'); if (provided === now) provided = -1; });
+      await host.node.contentRouting
+        .provide(await stageKey(o.runId, now), { signal: AbortSignal.timeout(20_000) })
+        .catch((e: unknown) => {
+          o.logger?.warn({ err: (e as Error).message, stage: now }, 'stage provide failed');
+          if (provided === now) provided = -1;
+        });
     })();
   };
   void announce();
   reprovide();
-  const timer = setInterval(() => { mesh(); rebalance(); reprovide(); void announce(); }, 2000);
+  const timer = setInterval(() => {
+    mesh();
+    rebalance();
+    reprovide();
+    void announce();
+  }, 2000);
   return {
-    host, store, server, channel, dir, moves,
-    get stage() { return stage; },
+    host,
+    store,
+    server,
+    channel,
+    dir,
+    moves,
+    get stage() {
+      return stage;
+    },
     stop: async () => {
       clearInterval(timer);
       close();
@@ -226,9 +369,15 @@ export async function runStagePeer(o: {
 }
 
 /** Tokens per second this machine runs one forward + backward of the stage at (its capacity). */
-function measureThroughput(config: ModelConfig, spec: ReturnType<typeof splitStages>[number], kernels: Kernels, B: number): number {
+function measureThroughput(
+  config: ModelConfig,
+  spec: ReturnType<typeof splitStages>[number],
+  kernels: Kernels,
+  B: number,
+): number {
   const st = new Stage(config, spec, kernels);
-  const T = config.ctx, N = B * T;
+  const T = config.ctx,
+    N = B * T;
   const input = st.first ? new Int32Array(N) : new Float32Array(N * config.dim);
   const t0 = performance.now();
   for (let i = 0; i < 3; i++) {
@@ -240,45 +389,77 @@ function measureThroughput(config: ModelConfig, spec: ReturnType<typeof splitSta
 }
 
 /** The driver's view of a run: waits until every stage has a ready peer, dials them, returns peer ids per stage. */
-export async function discoverStages(host: Host, dir: StageDirectory, o: { timeoutMs: number; runId?: string }): Promise<string[][]> {
+export async function discoverStages(
+  host: Host,
+  dir: StageDirectory,
+  o: { timeoutMs: number; runId?: string },
+): Promise<string[][]> {
   const t0 = Date.now();
   let lastLookup = 0;
   for (;;) {
     const ready = dir.live().filter((a) => a.ready);
     const per = Array.from({ length: dir.stages }, (_, i) => ready.filter((a) => a.stage === i));
     if (per.every((p) => p.length > 0)) {
-      for (const a of ready) if (!host.connectedPeers().includes(a.from)) await host.dial(a.addrs[0], { signal: AbortSignal.timeout(5000) }).catch(() => undefined);
+      for (const a of ready)
+        if (!host.connectedPeers().includes(a.from))
+          await host.dial(a.addrs[0], { signal: AbortSignal.timeout(5000) }).catch(() => undefined);
       return per.map((p) => p.map((a) => a.from));
     }
     // Stages nobody announced to us yet: ask the DHT who serves them and dial those (they join
     // our gossip mesh, and their announcements follow). At most one lookup round per 3 s.
     if (o.runId && Date.now() - lastLookup > 3000) {
       lastLookup = Date.now();
-      await Promise.all(per.flatMap((p, i) => (p.length ? [] : [i])).map(async (i) => {
-        for (const f of await findStagePeers(host, o.runId!, i, { signal: AbortSignal.timeout(2500), max: 8 }).catch(() => [])) {
-          // By peer id: the lookup put the provider's addresses in the peer store.
-          if (f.peer !== host.peerId && !host.connectedPeers().includes(f.peer)) await host.dial(f.peer, { signal: AbortSignal.timeout(3000) }).catch(() => undefined);
-        }
-      }));
+      await Promise.all(
+        per
+          .flatMap((p, i) => (p.length ? [] : [i]))
+          .map(async (i) => {
+            for (const f of await findStagePeers(host, o.runId!, i, {
+              signal: AbortSignal.timeout(2500),
+              max: 8,
+            }).catch(() => [])) {
+              // By peer id: the lookup put the provider's addresses in the peer store.
+              if (f.peer !== host.peerId && !host.connectedPeers().includes(f.peer))
+                await host.dial(f.peer, { signal: AbortSignal.timeout(3000) }).catch(() => undefined);
+            }
+          }),
+      );
     }
-    if (Date.now() - t0 > o.timeoutMs) throw new PipelineRunError(`no ready peer for stage(s) ${per.flatMap((p, i) => (p.length ? [] : [i])).join(', ')} after ${o.timeoutMs} ms (start them with \`tessera stage --run\`)`);
+    if (Date.now() - t0 > o.timeoutMs)
+      throw new PipelineRunError(
+        `no ready peer for stage(s) ${per.flatMap((p, i) => (p.length ? [] : [i])).join(', ')} after ${o.timeoutMs} ms (start them with \`tessera stage --run\`)`,
+      );
     await new Promise((r) => setTimeout(r, 200));
   }
 }
 
 /** The driver's recovery hook: the next fresh peer (not ready) announcing stage `i`, dialed. */
-export async function awaitFreshPeer(host: Host, dir: StageDirectory, stage: number, exclude: Set<string>, timeoutMs: number): Promise<string> {
+export async function awaitFreshPeer(
+  host: Host,
+  dir: StageDirectory,
+  stage: number,
+  exclude: Set<string>,
+  timeoutMs: number,
+): Promise<string> {
   const t0 = Date.now();
   for (;;) {
     const a = dir.live().find((x) => x.stage === stage && !x.ready && !exclude.has(x.from));
-    if (a) { await host.dial(a.addrs[0], { signal: AbortSignal.timeout(5000) }); return a.from; }
-    if (Date.now() - t0 > timeoutMs) throw new PipelineRunError(`stage ${stage} lost its last peer and no fresh peer announced it within ${timeoutMs} ms (start one with \`tessera stage --run … --stage ${stage} --fresh\`)`);
+    if (a) {
+      await host.dial(a.addrs[0], { signal: AbortSignal.timeout(5000) });
+      return a.from;
+    }
+    if (Date.now() - t0 > timeoutMs)
+      throw new PipelineRunError(
+        `stage ${stage} lost its last peer and no fresh peer announced it within ${timeoutMs} ms (start one with \`tessera stage --run … --stage ${stage} --fresh\`)`,
+      );
     await new Promise((r) => setTimeout(r, 200));
   }
 }
 
 /** What `reconcile` changed: replicas added (synced from a serving replica) and released (moved away). */
-export interface Reconciled { admitted: { stage: number; peer: string; step: number; ms: number }[]; released: { stage: number; peer: string }[] }
+export interface Reconciled {
+  admitted: { stage: number; peer: string; step: number; ms: number }[];
+  released: { stage: number; peer: string }[];
+}
 
 /**
  * The driver between steps: stops routing to peers that now announce another stage (they moved),
@@ -302,7 +483,9 @@ export async function reconcile(driver: PipelineDriver, host: Host, dir: StageDi
       if (!host.connectedPeers().includes(a.from)) await host.dial(a.addrs[0], { signal: AbortSignal.timeout(5000) });
       const r = await driver.admit(a.stage, a.from);
       out.admitted.push({ stage: a.stage, peer: a.from, ...r });
-    } catch { /* unreachable or not ready to sync: next time */ }
+    } catch {
+      /* unreachable or not ready to sync: next time */
+    }
   }
   return out;
 }

@@ -22,24 +22,44 @@ export interface OpTimes {
   update: number;
 }
 
-export interface ScheduleResult { makespan: number; busy: number[]; utilization: number[]; msPerStep: number }
+export interface ScheduleResult {
+  makespan: number;
+  busy: number[];
+  utilization: number[];
+  msPerStep: number;
+}
 
-interface Op { b: number; stage: number; kind: 'F' | 'B'; dur: number }
+interface Op {
+  b: number;
+  stage: number;
+  kind: 'F' | 'B';
+  dur: number;
+}
 
-export function simulateSchedule(steps: number, micro: number, t: OpTimes, mode: 'sync' | 'async', window = 2 * t.fwd.length): ScheduleResult {
+export function simulateSchedule(
+  steps: number,
+  micro: number,
+  t: OpTimes,
+  mode: 'sync' | 'async',
+  window = 2 * t.fwd.length,
+): ScheduleResult {
   const S = t.fwd.length;
-  if (S < 1 || t.bwd.length !== S || !(steps >= 1) || !(micro >= 1) || !(window >= 1)) throw new InvalidInputError('bad schedule parameters');
-  const free = new Array<number>(S).fill(0), busy = new Array<number>(S).fill(0);
+  if (S < 1 || t.bwd.length !== S || !(steps >= 1) || !(micro >= 1) || !(window >= 1))
+    throw new InvalidInputError('bad schedule parameters');
+  const free = new Array<number>(S).fill(0),
+    busy = new Array<number>(S).fill(0);
   const updated: number[] = []; // when batch b's update is applied (known once computed)
   const finished: number[] = []; // completion time of each micro-batch, in launch order
-  const batchDone = new Array<number>(steps).fill(0), left = new Array<number>(steps).fill(micro);
+  const batchDone = new Array<number>(steps).fill(0),
+    left = new Array<number>(steps).fill(micro);
   // A micro-batch's operations: forward 0..S−1 (the last stage's includes its backward), backward S−2..0.
   const chain = (b: number): Op[] => [
     ...t.fwd.map((f, i): Op => ({ b, stage: i, kind: 'F', dur: i === S - 1 ? f + t.bwd[i] : f })),
     ...Array.from({ length: S - 1 }, (_, k): Op => ({ b, stage: S - 2 - k, kind: 'B', dur: t.bwd[S - 2 - k] })),
   ];
   const live: { ops: Op[]; next: number; ready: number; launch: number }[] = [];
-  let launched = 0, nextUpdate = 0;
+  let launched = 0,
+    nextUpdate = 0;
   for (;;) {
     // Launch micro-batches, in order, as soon as their gate is known: sync, the previous step's
     // update (a step's micro-batches all at once); async, batch b−2's update and a free window slot.
@@ -57,13 +77,20 @@ export function simulateSchedule(steps: number, micro: number, t: OpTimes, mode:
       live.push({ ops: chain(b), next: 0, ready: gate + t.link, launch: launched++ });
     }
     // The next operation: earliest start; then backward before forward; then the older micro-batch.
-    let best: (typeof live)[number] | null = null, bestStart = Infinity;
+    let best: (typeof live)[number] | null = null,
+      bestStart = Infinity;
     for (const c of live) {
       if (c.next >= c.ops.length) continue;
       const op = c.ops[c.next];
       const start = Math.max(c.ready, free[op.stage]);
       const rank = (x: (typeof live)[number]) => (x.ops[x.next].kind === 'B' ? 0 : 1);
-      if (start < bestStart || (start === bestStart && best && (rank(c) < rank(best) || (rank(c) === rank(best) && c.launch < best.launch)))) { best = c; bestStart = start; }
+      if (
+        start < bestStart ||
+        (start === bestStart && best && (rank(c) < rank(best) || (rank(c) === rank(best) && c.launch < best.launch)))
+      ) {
+        best = c;
+        bestStart = start;
+      }
     }
     if (!best) break;
     const op = best.ops[best.next++];

@@ -19,7 +19,10 @@ export function libp2pTransport(host: Host): StageTransport {
 }
 
 /** A decoded reply: its typed head and its body. */
-export interface StageReply<Op extends StageOp> { head: ReplyOf<Op>; body: Uint8Array }
+export interface StageReply<Op extends StageOp> {
+  head: ReplyOf<Op>;
+  body: Uint8Array;
+}
 
 export interface CallOptions {
   signal: AbortSignal;
@@ -34,7 +37,11 @@ export class StageClient {
 
   /** One call of `op` to `peer`; a reply head that does not fit the op's reply schema throws StageCallError. */
   async call<Op extends StageOp>(
-    peer: string, op: Op, args: ArgsOf<Op>, body: Uint8Array, o: CallOptions,
+    peer: string,
+    op: Op,
+    args: ArgsOf<Op>,
+    body: Uint8Array,
+    o: CallOptions,
   ): Promise<StageReply<Op>> {
     const head = { op, ...args } as RequestOf<Op>;
     const r = await this.transport.call(peer, head, body, { maxBody: o.maxBody ?? 0, signal: o.signal });
@@ -47,7 +54,10 @@ export class StageClient {
 
   /** A call with no body either way (control calls: save, restore, expect, lend, info…): its reply head. */
   async control<Op extends StageOp>(
-    peer: string, op: Op, args: ArgsOf<Op>, o: { signal: AbortSignal },
+    peer: string,
+    op: Op,
+    args: ArgsOf<Op>,
+    o: { signal: AbortSignal },
   ): Promise<ReplyOf<Op>> {
     return (await this.call(peer, op, args, EMPTY, { signal: o.signal })).head;
   }

@@ -22,8 +22,20 @@ const Hex = (n: number) => z.string().regex(new RegExp(`^[0-9a-f]{${n}}$`), `${n
 const PeerIdStr = z.string().min(8).max(128);
 const Cid = z.string().min(8).max(128);
 const Addrs = z.array(z.string().min(1).max(256)).max(16);
-const Micro = z.number().int().min(0).max(1 << 30);
-const Shape = { micro: Micro, B: z.number().int().min(1).max(4096), T: z.number().int().min(1).max(1 << 16) };
+const Micro = z
+  .number()
+  .int()
+  .min(0)
+  .max(1 << 30);
+const Shape = {
+  micro: Micro,
+  B: z.number().int().min(1).max(4096),
+  T: z
+    .number()
+    .int()
+    .min(1)
+    .max(1 << 16),
+};
 const Count = z.number().int().min(0);
 /** Asynchronous pipelining (driver.trainAsync): the batch a gradient belongs to; absent = the synchronous path. */
 const Tag = z.number().int().min(0).max(Number.MAX_SAFE_INTEGER).optional();
@@ -31,38 +43,75 @@ const Tag = z.number().int().min(0).max(Number.MAX_SAFE_INTEGER).optional();
 /** Every request head, by operation (strict: an unknown field is refused). */
 export const RequestSchemas = {
   fwd: z.object({ op: z.literal('fwd'), ...Shape, train: z.boolean() }).strict(),
-  last: z.object({
-    op: z.literal('last'), ...Shape, train: z.boolean(), scale: z.number().positive().max(1), tag: Tag,
-  }).strict(),
+  last: z
+    .object({
+      op: z.literal('last'),
+      ...Shape,
+      train: z.boolean(),
+      scale: z.number().positive().max(1),
+      tag: Tag,
+    })
+    .strict(),
   bwd: z.object({ op: z.literal('bwd'), micro: Micro, tag: Tag }).strict(),
   norm: z.object({ op: z.literal('norm'), tag: Tag }).strict(),
   tied: z.object({ op: z.literal('tied'), set: z.boolean(), tag: Tag }).strict(),
-  step: z.object({
-    op: z.literal('step'), lr: z.number().min(0).max(10), globalNorm: z.number().min(0), tag: Tag,
-    lookahead: z.number().min(0).max(8).optional(),
-  }).strict(),
+  step: z
+    .object({
+      op: z.literal('step'),
+      lr: z.number().min(0).max(10),
+      globalNorm: z.number().min(0),
+      tag: Tag,
+      lookahead: z.number().min(0).max(8).optional(),
+    })
+    .strict(),
   info: z.object({ op: z.literal('info') }).strict(),
   reset: z.object({ op: z.literal('reset') }).strict(),
   logits: z.object({ op: z.literal('logits'), ...Shape }).strict(),
   save: z.object({ op: z.literal('save') }).strict(),
-  hold: z.object({
-    op: z.literal('hold'), stage: z.number().int().min(0).max(1023), shares: z.array(Cid).min(1).max(2),
-  }).strict(),
-  delta: z.object({
-    op: z.literal('delta'), codec: z.enum(['fp32', 'fp16', 'int8', 'sparse']),
-    chunk: z.number().int().min(1).max(1 << 20).optional(), k: z.number().int().min(1).max(1 << 20).optional(),
-  }).strict(),
-  outer: z.object({ op: z.literal('outer'), lr: z.number().positive().max(10), momentum: z.number().min(0).max(0.999) })
+  hold: z
+    .object({
+      op: z.literal('hold'),
+      stage: z.number().int().min(0).max(1023),
+      shares: z.array(Cid).min(1).max(2),
+    })
+    .strict(),
+  delta: z
+    .object({
+      op: z.literal('delta'),
+      codec: z.enum(['fp32', 'fp16', 'int8', 'sparse']),
+      chunk: z
+        .number()
+        .int()
+        .min(1)
+        .max(1 << 20)
+        .optional(),
+      k: z
+        .number()
+        .int()
+        .min(1)
+        .max(1 << 20)
+        .optional(),
+    })
+    .strict(),
+  outer: z
+    .object({ op: z.literal('outer'), lr: z.number().positive().max(10), momentum: z.number().min(0).max(0.999) })
     .strict(),
   embed: z.object({ op: z.literal('embed'), set: z.boolean() }).strict(),
   fold: z.object({ op: z.literal('fold'), keep: z.array(Count.max(Number.MAX_SAFE_INTEGER)).max(4096) }).strict(),
   grads: z.object({ op: z.literal('grads'), set: z.boolean() }).strict(),
   restore: z.object({ op: z.literal('restore'), shares: z.array(Cid).length(2), dial: Addrs.optional() }).strict(),
   expect: z.object({ op: z.literal('expect'), id: Hex(16), from: z.array(PeerIdStr).length(2) }).strict(),
-  lend: z.object({
-    op: z.literal('lend'), id: Hex(16), to: PeerIdStr, seed: Hex(64), sign: z.union([z.literal(1), z.literal(-1)]),
-    weight: z.number().min(0).max(1), dial: Addrs.optional(),
-  }).strict(),
+  lend: z
+    .object({
+      op: z.literal('lend'),
+      id: Hex(16),
+      to: PeerIdStr,
+      seed: Hex(64),
+      sign: z.union([z.literal(1), z.literal(-1)]),
+      weight: z.number().min(0).max(1),
+      dial: Addrs.optional(),
+    })
+    .strict(),
   absorb: z.object({ op: z.literal('absorb'), id: Hex(16), layout: Hex(64), step: Count }).strict(),
 } as const;
 
@@ -71,10 +120,26 @@ export const STAGE_OPS = Object.keys(RequestSchemas) as StageOp[];
 
 /** Any request head (what the service parses). */
 export const StageRequestSchema = z.discriminatedUnion('op', [
-  RequestSchemas.fwd, RequestSchemas.last, RequestSchemas.bwd, RequestSchemas.norm, RequestSchemas.tied,
-  RequestSchemas.step, RequestSchemas.info, RequestSchemas.reset, RequestSchemas.logits, RequestSchemas.save,
-  RequestSchemas.hold, RequestSchemas.delta, RequestSchemas.outer, RequestSchemas.embed, RequestSchemas.fold,
-  RequestSchemas.grads, RequestSchemas.restore, RequestSchemas.expect, RequestSchemas.lend, RequestSchemas.absorb,
+  RequestSchemas.fwd,
+  RequestSchemas.last,
+  RequestSchemas.bwd,
+  RequestSchemas.norm,
+  RequestSchemas.tied,
+  RequestSchemas.step,
+  RequestSchemas.info,
+  RequestSchemas.reset,
+  RequestSchemas.logits,
+  RequestSchemas.save,
+  RequestSchemas.hold,
+  RequestSchemas.delta,
+  RequestSchemas.outer,
+  RequestSchemas.embed,
+  RequestSchemas.fold,
+  RequestSchemas.grads,
+  RequestSchemas.restore,
+  RequestSchemas.expect,
+  RequestSchemas.lend,
+  RequestSchemas.absorb,
 ]);
 export type StageRequest = z.infer<typeof StageRequestSchema>;
 /** The request head of one operation. */
@@ -83,13 +148,20 @@ export type RequestOf<Op extends StageOp> = z.infer<(typeof RequestSchemas)[Op]>
 export type ArgsOf<Op extends StageOp> = Omit<RequestOf<Op>, 'op'>;
 
 /** A float computed by the peer: JSON writes NaN and ±Infinity as null, read back as NaN. */
-const Float = z.number().nullable().transform((x) => x ?? NaN);
+const Float = z
+  .number()
+  .nullable()
+  .transform((x) => x ?? NaN);
 const Empty = z.object({});
 const Timings = z.object({ fwd: z.number(), bwd: z.number(), last: z.number(), step: z.number() });
 
 /** What a peer did for the run: the basis of per-stage credit (and usage metering for inference). */
 export const StageStatsSchema = z.object({
-  calls: Count, actBytesIn: Count, actBytesOut: Count, steps: Count, tokens: Count,
+  calls: Count,
+  actBytesIn: Count,
+  actBytesOut: Count,
+  steps: Count,
+  tokens: Count,
   /** Milliseconds spent computing, per kind of call, and how many (the schedule model reads them). */
   ms: Timings,
   count: Timings,
@@ -104,8 +176,15 @@ export const ReplySchemas = {
   tied: Empty,
   step: z.object({ step: Count }),
   info: z.object({
-    index: Count, count: Count, tensors: z.array(z.string()).max(100_000), params: Count, ready: z.boolean(),
-    step: Count, digest: Hex(64), holds: z.array(Count).max(1024), stats: StageStatsSchema,
+    index: Count,
+    count: Count,
+    tensors: z.array(z.string()).max(100_000),
+    params: Count,
+    ready: z.boolean(),
+    step: Count,
+    digest: Hex(64),
+    holds: z.array(Count).max(1024),
+    stats: StageStatsSchema,
   }),
   reset: Empty,
   logits: Empty,

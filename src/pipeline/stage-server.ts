@@ -89,8 +89,12 @@ export async function serveStage(host: Host, o: StageServiceOptions): Promise<St
   const handler = (head: unknown, body: Uint8Array, from: string) => service.handle(head, body, from);
   const srv = await serveStageRpc(host, handler, { maxBody: service.maxBody });
   return {
-    get stage() { return s.stage; },
-    stats: s.stats, ready: () => s.ready, step: () => s.opt.step,
+    get stage() {
+      return s.stage;
+    },
+    stats: s.stats,
+    ready: () => s.ready,
+    step: () => s.opt.step,
     moveTo: (spec) => s.moveTo(spec),
     close: () => srv.close(),
   };

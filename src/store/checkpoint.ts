@@ -28,32 +28,41 @@ const MAX_JSON_BYTES = 1 << 20;
 const MAX_TOKENIZER_BYTES = 64 << 20;
 
 export class CheckpointCidError extends TesseraError {
-  constructor(readonly cid: string, message: string) {
+  constructor(
+    readonly cid: string,
+    message: string,
+  ) {
     super('BAD_CHECKPOINT', `checkpoint ${cid}: ${message}`);
   }
 }
 
-export const StateMetaSchema = z.object({
-  runId: z.string().regex(/^[0-9a-f]{64}$/),
-  round: z.number().int().min(0),
-  /** The round snapshot (round.ts SnapshotSchema), checked by the caller. */
-  snapshot: z.unknown(),
-  momentumHash: z.string().regex(/^[0-9a-f]{64}$/),
-}).strict();
+export const StateMetaSchema = z
+  .object({
+    runId: z.string().regex(/^[0-9a-f]{64}$/),
+    round: z.number().int().min(0),
+    /** The round snapshot (round.ts SnapshotSchema), checked by the caller. */
+    snapshot: z.unknown(),
+    momentumHash: z.string().regex(/^[0-9a-f]{64}$/),
+  })
+  .strict();
 export type StateMeta = z.infer<typeof StateMetaSchema>;
 
-const ConfigSchema = z.object({
-  format: z.literal(CHECKPOINT_FORMAT),
-  version: z.literal(CHECKPOINT_VERSION),
-  model: ModelConfigSchema,
-  meta: StateMetaSchema,
-  weightsHash: z.string().regex(/^[0-9a-f]{64}$/),
-  optimizer: z.literal(false),
-  extraFiles: z.array(z.string()).max(8).optional(),
-}).strict();
+const ConfigSchema = z
+  .object({
+    format: z.literal(CHECKPOINT_FORMAT),
+    version: z.literal(CHECKPOINT_VERSION),
+    model: ModelConfigSchema,
+    meta: StateMetaSchema,
+    weightsHash: z.string().regex(/^[0-9a-f]{64}$/),
+    optimizer: z.literal(false),
+    extraFiles: z.array(z.string()).max(8).optional(),
+  })
+  .strict();
 
 function f32Hash(a: Float32Array): string {
-  return createHash('sha256').update(new Uint8Array(a.buffer, a.byteOffset, a.byteLength)).digest('hex');
+  return createHash('sha256')
+    .update(new Uint8Array(a.buffer, a.byteOffset, a.byteLength))
+    .digest('hex');
 }
 
 export interface StateToPublish {
@@ -69,13 +78,26 @@ export interface StateToPublish {
 /** Encodes the files of a state checkpoint (deterministic bytes). */
 export function stateFiles(s: StateToPublish): { path: string; content: Uint8Array<ArrayBuffer> }[] {
   const hash = weightsHash(s.params);
-  const model = encodeSafetensors(paramSpecs(s.config).map((p) => ({ name: p.name, shape: p.shape, data: s.params.subarray(p.offset, p.offset + p.size) })),
-    { format: CHECKPOINT_FORMAT, weightsHash: hash });
-  const outer = encodeSafetensors([{ name: 'momentum', shape: [s.momentum.length], data: s.momentum }], { format: 'tessera-outer', weightsHash: hash });
+  const model = encodeSafetensors(
+    paramSpecs(s.config).map((p) => ({
+      name: p.name,
+      shape: p.shape,
+      data: s.params.subarray(p.offset, p.offset + p.size),
+    })),
+    { format: CHECKPOINT_FORMAT, weightsHash: hash },
+  );
+  const outer = encodeSafetensors([{ name: 'momentum', shape: [s.momentum.length], data: s.momentum }], {
+    format: 'tessera-outer',
+    weightsHash: hash,
+  });
   const config = {
-    format: CHECKPOINT_FORMAT, version: CHECKPOINT_VERSION, model: s.config,
+    format: CHECKPOINT_FORMAT,
+    version: CHECKPOINT_VERSION,
+    model: s.config,
     meta: { runId: s.runId, round: s.round, snapshot: s.snapshot, momentumHash: f32Hash(s.momentum) },
-    weightsHash: hash, optimizer: false as const, extraFiles: [OUTER_FILE, ...(s.tokenizerJson ? ['tokenizer.json'] : [])],
+    weightsHash: hash,
+    optimizer: false as const,
+    extraFiles: [OUTER_FILE, ...(s.tokenizerJson ? ['tokenizer.json'] : [])],
   };
   const files = [
     { path: 'config.json', content: new TextEncoder().encode(JSON.stringify(config, null, 2) + '\n') },
@@ -89,7 +111,8 @@ export function stateFiles(s: StateToPublish): { path: string; content: Uint8Arr
 /** Adds a state checkpoint to the store; returns the directory CID. */
 export async function publishState(store: Store, s: StateToPublish, options: AbortOptions = {}): Promise<CID> {
   let root: CID | undefined;
-  for await (const r of store.fs.addAll(stateFiles(s), { wrapWithDirectory: true, signal: options.signal })) root = r.cid;
+  for await (const r of store.fs.addAll(stateFiles(s), { wrapWithDirectory: true, signal: options.signal }))
+    root = r.cid;
   if (!root) throw new CheckpointCidError('?', 'import produced no root');
   return root;
 }
@@ -98,19 +121,22 @@ async function readFile(store: Store, cid: CID, path: string, max: number, optio
   let size: bigint;
   try {
     const st = await store.fs.stat(cid, { path, signal: options.signal });
-    if (st.type !== 'file' && st.type !== 'raw') throw new CheckpointCidError(cid.toString(), `${path} is a ${st.type}, not a file`);
+    if (st.type !== 'file' && st.type !== 'raw')
+      throw new CheckpointCidError(cid.toString(), `${path} is a ${st.type}, not a file`);
     size = BigInt(st.size);
   } catch (err) {
     if (err instanceof CheckpointCidError) throw err;
     if (options.signal?.aborted) throw new MissingBlockError(`${cid}/${path}`, 'not fetched before the deadline');
     throw new CheckpointCidError(cid.toString(), `cannot read ${path}: ${(err as Error).message}`);
   }
-  if (size > BigInt(max)) throw new CheckpointCidError(cid.toString(), `${path} is ${size} bytes, over the ${max}-byte limit`);
+  if (size > BigInt(max))
+    throw new CheckpointCidError(cid.toString(), `${path} is ${size} bytes, over the ${max}-byte limit`);
   const out = new Uint8Array(Number(size));
   let o = 0;
   try {
     for await (const chunk of store.fs.cat(cid, { path, signal: options.signal })) {
-      if (o + chunk.length > out.length) throw new CheckpointCidError(cid.toString(), `${path} is longer than its recorded size`);
+      if (o + chunk.length > out.length)
+        throw new CheckpointCidError(cid.toString(), `${path} is longer than its recorded size`);
       out.set(chunk, o);
       o += chunk.length;
     }
@@ -132,37 +158,65 @@ export interface LoadedState {
 }
 
 /** Fetches (from peers if needed) and verifies a state checkpoint; `expect` pins the model shape. */
-export async function loadState(store: Store, cid: CID, expect: ModelConfig, options: AbortOptions = {}): Promise<LoadedState> {
+export async function loadState(
+  store: Store,
+  cid: CID,
+  expect: ModelConfig,
+  options: AbortOptions = {},
+): Promise<LoadedState> {
   const c = cid.toString();
   let cfgValue: unknown;
   try {
-    cfgValue = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(await readFile(store, cid, 'config.json', MAX_JSON_BYTES, options)));
+    cfgValue = JSON.parse(
+      new TextDecoder('utf-8', { fatal: true }).decode(
+        await readFile(store, cid, 'config.json', MAX_JSON_BYTES, options),
+      ),
+    );
   } catch (err) {
     if (err instanceof TesseraError) throw err;
     throw new CheckpointCidError(c, `config.json is not JSON: ${(err as Error).message}`);
   }
   const parsed = ConfigSchema.safeParse(cfgValue);
-  if (!parsed.success) throw new CheckpointCidError(c, `config.json: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
+  if (!parsed.success)
+    throw new CheckpointCidError(
+      c,
+      `config.json: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`,
+    );
   const cfg = parsed.data;
   for (const k of ['vocabSize', 'ctx', 'dim', 'layers', 'heads'] as const) {
-    if (cfg.model[k] !== expect[k]) throw new CheckpointCidError(c, `model ${k} is ${cfg.model[k]}, the run has ${expect[k]}`);
+    if (cfg.model[k] !== expect[k])
+      throw new CheckpointCidError(c, `model ${k} is ${cfg.model[k]}, the run has ${expect[k]}`);
   }
   const P = paramCount(expect);
-  const model = decodeSafetensors(await readFile(store, cid, 'model.safetensors', 4 * P + MAX_JSON_BYTES, options), `${c}/model.safetensors`);
+  const model = decodeSafetensors(
+    await readFile(store, cid, 'model.safetensors', 4 * P + MAX_JSON_BYTES, options),
+    `${c}/model.safetensors`,
+  );
   const params = new Float32Array(P);
   for (const s of paramSpecs(expect)) {
     const t = model.tensors.get(s.name);
-    if (!t || t.data.length !== s.size) throw new CheckpointCidError(c, `model.safetensors lacks tensor ${s.name} of ${s.size} floats`);
+    if (!t || t.data.length !== s.size)
+      throw new CheckpointCidError(c, `model.safetensors lacks tensor ${s.name} of ${s.size} floats`);
     params.set(t.data, s.offset);
   }
-  if (model.tensors.size !== paramSpecs(expect).length) throw new CheckpointCidError(c, 'model.safetensors has unexpected tensors');
+  if (model.tensors.size !== paramSpecs(expect).length)
+    throw new CheckpointCidError(c, 'model.safetensors has unexpected tensors');
   const wh = weightsHash(params);
-  if (wh !== cfg.weightsHash) throw new CheckpointCidError(c, `weights hash to ${wh.slice(0, 12)}, config.json says ${cfg.weightsHash.slice(0, 12)}`);
-  const outer = decodeSafetensors(await readFile(store, cid, OUTER_FILE, 4 * P + MAX_JSON_BYTES, options), `${c}/${OUTER_FILE}`);
+  if (wh !== cfg.weightsHash)
+    throw new CheckpointCidError(
+      c,
+      `weights hash to ${wh.slice(0, 12)}, config.json says ${cfg.weightsHash.slice(0, 12)}`,
+    );
+  const outer = decodeSafetensors(
+    await readFile(store, cid, OUTER_FILE, 4 * P + MAX_JSON_BYTES, options),
+    `${c}/${OUTER_FILE}`,
+  );
   const mt = outer.tensors.get('momentum');
-  if (!mt || mt.data.length !== P) throw new CheckpointCidError(c, `${OUTER_FILE} lacks a momentum tensor of ${P} floats`);
+  if (!mt || mt.data.length !== P)
+    throw new CheckpointCidError(c, `${OUTER_FILE} lacks a momentum tensor of ${P} floats`);
   const momentum = Float32Array.from(mt.data);
-  if (f32Hash(momentum) !== cfg.meta.momentumHash) throw new CheckpointCidError(c, 'momentum does not match its recorded hash');
+  if (f32Hash(momentum) !== cfg.meta.momentumHash)
+    throw new CheckpointCidError(c, 'momentum does not match its recorded hash');
   return { config: cfg.model, params, momentum, meta: cfg.meta, weightsHash: wh };
 }
 

@@ -39,18 +39,48 @@ export class DatasetError extends TesseraError {
 const CidSchema = z.custom<CID>((v) => CID.asCID(v) !== null, { message: 'must be a CID link' });
 const ShardSchema = z.object({ cid: CidSchema, tokens: z.number().int().min(1).max(MAX_SHARD_BYTES) }).strict();
 
-export const DatasetManifestSchema = z.object({
-  version: z.literal(DATASET_VERSION),
-  name: z.string().min(1).max(256),
-  tokenizer: z.object({ cid: CidSchema, sha256: z.string().regex(/^[0-9a-f]{64}$/), vocabSize: z.number().int().min(2).max(1 << 24) }).strict(),
-  /** Bytes per token in the shards (2: uint16 LE, 4: uint32 LE). */
-  tokenBytes: z.union([z.literal(2), z.literal(4)]),
-  shardTokens: z.number().int().min(1).max(MAX_SHARD_BYTES / 2),
-  train: z.object({ tokens: z.number().int().min(0), sha256: z.string().regex(/^[0-9a-f]{64}$/), shards: z.array(ShardSchema).max(1 << 20) }).strict(),
-  val: z.object({ tokens: z.number().int().min(0), sha256: z.string().regex(/^[0-9a-f]{64}$/), shards: z.array(ShardSchema).max(1 << 20) }).strict(),
-  /** What the tokens were made from: a name and the sha256 of every source document set. */
-  sources: z.array(z.object({ name: z.string().max(4096), sha256: z.string().regex(/^[0-9a-f]{64}$/) }).strict()).max(100_000),
-}).strict();
+export const DatasetManifestSchema = z
+  .object({
+    version: z.literal(DATASET_VERSION),
+    name: z.string().min(1).max(256),
+    tokenizer: z
+      .object({
+        cid: CidSchema,
+        sha256: z.string().regex(/^[0-9a-f]{64}$/),
+        vocabSize: z
+          .number()
+          .int()
+          .min(2)
+          .max(1 << 24),
+      })
+      .strict(),
+    /** Bytes per token in the shards (2: uint16 LE, 4: uint32 LE). */
+    tokenBytes: z.union([z.literal(2), z.literal(4)]),
+    shardTokens: z
+      .number()
+      .int()
+      .min(1)
+      .max(MAX_SHARD_BYTES / 2),
+    train: z
+      .object({
+        tokens: z.number().int().min(0),
+        sha256: z.string().regex(/^[0-9a-f]{64}$/),
+        shards: z.array(ShardSchema).max(1 << 20),
+      })
+      .strict(),
+    val: z
+      .object({
+        tokens: z.number().int().min(0),
+        sha256: z.string().regex(/^[0-9a-f]{64}$/),
+        shards: z.array(ShardSchema).max(1 << 20),
+      })
+      .strict(),
+    /** What the tokens were made from: a name and the sha256 of every source document set. */
+    sources: z
+      .array(z.object({ name: z.string().max(4096), sha256: z.string().regex(/^[0-9a-f]{64}$/) }).strict())
+      .max(100_000),
+  })
+  .strict();
 export type DatasetManifest = z.infer<typeof DatasetManifestSchema>;
 
 export interface AddDatasetInput {
@@ -86,7 +116,11 @@ function shardBytes(tokens: TokenArray, tokenBytes: 2 | 4): Uint8Array {
 }
 
 /** Stores the shards, tokenizer and manifest; returns the dataset CID and its manifest. */
-export async function addDataset(store: Store, input: AddDatasetInput, onShard?: (done: number, total: number) => void): Promise<{ cid: CID; manifest: DatasetManifest }> {
+export async function addDataset(
+  store: Store,
+  input: AddDatasetInput,
+  onShard?: (done: number, total: number) => void,
+): Promise<{ cid: CID; manifest: DatasetManifest }> {
   const shardTokens = input.shardTokens ?? DEFAULT_SHARD_TOKENS;
   const vocab = input.tokenizer.vocabSize;
   const tokenBytes: 2 | 4 = vocab <= 65536 ? 2 : 4;
@@ -107,9 +141,11 @@ export async function addDataset(store: Store, input: AddDatasetInput, onShard?:
   const tokJson = new TextEncoder().encode(input.tokenizer.serialize());
   const tokCid = await store.fs.addBytes(tokJson);
   const manifest: DatasetManifest = {
-    version: DATASET_VERSION, name: input.name,
+    version: DATASET_VERSION,
+    name: input.name,
     tokenizer: { cid: tokCid, sha256: input.tokenizer.hash(), vocabSize: vocab },
-    tokenBytes, shardTokens,
+    tokenBytes,
+    shardTokens,
     train: await split(input.train),
     val: await split(input.val),
     sources: input.sources,
@@ -124,10 +160,16 @@ export async function addDataset(store: Store, input: AddDatasetInput, onShard?:
   return { cid, manifest };
 }
 
-export async function readManifest(store: Store, cid: CID, options: { signal?: AbortSignal } = {}): Promise<DatasetManifest> {
-  if (cid.code !== dagJson.code) throw new DatasetError(`${cid} is not a dataset manifest (codec 0x${cid.code.toString(16)}, expected dag-json)`);
+export async function readManifest(
+  store: Store,
+  cid: CID,
+  options: { signal?: AbortSignal } = {},
+): Promise<DatasetManifest> {
+  if (cid.code !== dagJson.code)
+    throw new DatasetError(`${cid} is not a dataset manifest (codec 0x${cid.code.toString(16)}, expected dag-json)`);
   const bytes = await store.getBlock(cid, options);
-  if (bytes.length > MAX_MANIFEST_BYTES) throw new DatasetError(`manifest ${cid} is ${bytes.length} bytes, over ${MAX_MANIFEST_BYTES}`);
+  if (bytes.length > MAX_MANIFEST_BYTES)
+    throw new DatasetError(`manifest ${cid} is ${bytes.length} bytes, over ${MAX_MANIFEST_BYTES}`);
   let value: unknown;
   try {
     value = dagJson.decode(bytes);
@@ -135,7 +177,10 @@ export async function readManifest(store: Store, cid: CID, options: { signal?: A
     throw new DatasetError(`manifest ${cid} is not valid dag-json: ${(err as Error).message}`);
   }
   const r = DatasetManifestSchema.safeParse(value);
-  if (!r.success) throw new DatasetError(`manifest ${cid} is invalid: ${r.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
+  if (!r.success)
+    throw new DatasetError(
+      `manifest ${cid} is invalid: ${r.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`,
+    );
   // dag-json decodes links with its own copy of multiformats; re-make them as ours, which
   // Helia's and UnixFS's CID checks recognise.
   const own = (c: CID) => CID.decode(c.bytes);
@@ -149,14 +194,25 @@ export async function readManifest(store: Store, cid: CID, options: { signal?: A
 }
 
 /** The tokens of one shard, verified by hash and checked against the manifest. */
-export async function readShard(store: Store, m: DatasetManifest, shard: { cid: CID; tokens: number }, options: { signal?: AbortSignal } = {}): Promise<Uint32Array> {
+export async function readShard(
+  store: Store,
+  m: DatasetManifest,
+  shard: { cid: CID; tokens: number },
+  options: { signal?: AbortSignal } = {},
+): Promise<Uint32Array> {
   const bytes = await store.getBlock(shard.cid, options);
-  if (bytes.length !== shard.tokens * m.tokenBytes) throw new DatasetError(`shard ${shard.cid} has ${bytes.length} bytes, manifest says ${shard.tokens} tokens × ${m.tokenBytes}`);
+  if (bytes.length !== shard.tokens * m.tokenBytes)
+    throw new DatasetError(
+      `shard ${shard.cid} has ${bytes.length} bytes, manifest says ${shard.tokens} tokens × ${m.tokenBytes}`,
+    );
   const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const out = new Uint32Array(shard.tokens);
   for (let i = 0; i < shard.tokens; i++) {
     const t = m.tokenBytes === 2 ? dv.getUint16(2 * i, true) : dv.getUint32(4 * i, true);
-    if (t >= m.tokenizer.vocabSize) throw new DatasetError(`shard ${shard.cid}: token ${t} at ${i} is outside the vocabulary (${m.tokenizer.vocabSize})`);
+    if (t >= m.tokenizer.vocabSize)
+      throw new DatasetError(
+        `shard ${shard.cid}: token ${t} at ${i} is outside the vocabulary (${m.tokenizer.vocabSize})`,
+      );
     out[i] = t;
   }
   return out;
@@ -164,7 +220,20 @@ export async function readShard(store: Store, m: DatasetManifest, shard: { cid: 
 
 // ───────────── local index of added datasets (for `tessera data ls`) ─────────────
 
-const IndexSchema = z.array(z.object({ cid: z.string(), name: z.string(), trainTokens: z.number(), valTokens: z.number(), shards: z.number(), added: z.string() }).strict()).max(100_000);
+const IndexSchema = z
+  .array(
+    z
+      .object({
+        cid: z.string(),
+        name: z.string(),
+        trainTokens: z.number(),
+        valTokens: z.number(),
+        shards: z.number(),
+        added: z.string(),
+      })
+      .strict(),
+  )
+  .max(100_000);
 export type DatasetIndex = z.infer<typeof IndexSchema>;
 
 export function listDatasets(store: Store): DatasetIndex {
@@ -176,7 +245,14 @@ export function listDatasets(store: Store): DatasetIndex {
 
 function recordDataset(store: Store, cid: CID, m: DatasetManifest): void {
   const list = listDatasets(store).filter((x) => x.cid !== cid.toString());
-  list.push({ cid: cid.toString(), name: m.name, trainTokens: m.train.tokens, valTokens: m.val.tokens, shards: m.train.shards.length + m.val.shards.length, added: new Date().toISOString() });
+  list.push({
+    cid: cid.toString(),
+    name: m.name,
+    trainTokens: m.train.tokens,
+    valTokens: m.val.tokens,
+    shards: m.train.shards.length + m.val.shards.length,
+    added: new Date().toISOString(),
+  });
   const p = join(store.dir, 'datasets.json');
   writeFileSync(p + '.tmp', JSON.stringify(list, null, 2) + '\n');
   renameSync(p + '.tmp', p);
@@ -192,7 +268,10 @@ function linksOf(cid: CID, bytes: Uint8Array): CID[] {
     const out: CID[] = [];
     const walk = (v: unknown): void => {
       const c = CID.asCID(v);
-      if (c) { out.push(c); return; }
+      if (c) {
+        out.push(c);
+        return;
+      }
       if (Array.isArray(v)) v.forEach(walk);
       else if (v && typeof v === 'object') Object.values(v).forEach(walk);
     };
@@ -206,11 +285,21 @@ function linksOf(cid: CID, bytes: Uint8Array): CID[] {
  * Writes the whole DAG under `root` (depth-first, each block once) as a CARv1 file, the format
  * Filecoin deals and `ipfs-car` take. Fails with MissingBlockError if any block is absent.
  */
-export async function exportCar(store: Store, root: CID, file: string, options: { signal?: AbortSignal } = {}): Promise<{ blocks: number; bytes: number }> {
+export async function exportCar(
+  store: Store,
+  root: CID,
+  file: string,
+  options: { signal?: AbortSignal } = {},
+): Promise<{ blocks: number; bytes: number }> {
   const { writer, out } = CarWriter.create([root]);
   const stream = createWriteStream(file);
-  const pump = (async () => { for await (const chunk of out) if (!stream.write(chunk)) await once(stream, 'drain'); stream.end(); await once(stream, 'finish'); })();
-  let blocks = 0, bytes = 0;
+  const pump = (async () => {
+    for await (const chunk of out) if (!stream.write(chunk)) await once(stream, 'drain');
+    stream.end();
+    await once(stream, 'finish');
+  })();
+  let blocks = 0,
+    bytes = 0;
   const seen = new Set<string>();
   const stack: CID[] = [root];
   try {
@@ -221,14 +310,17 @@ export async function exportCar(store: Store, root: CID, file: string, options: 
       seen.add(key);
       const b = await store.getBlock(cid, options);
       await writer.put({ cid, bytes: b });
-      blocks++; bytes += b.length;
+      blocks++;
+      bytes += b.length;
       const links = linksOf(cid, b);
       for (let i = links.length - 1; i >= 0; i--) stack.push(links[i]);
     }
   } catch (err) {
     await writer.close();
     await pump.catch(() => undefined);
-    throw err instanceof MissingBlockError || err instanceof TesseraError ? err : new DatasetError((err as Error).message);
+    throw err instanceof MissingBlockError || err instanceof TesseraError
+      ? err
+      : new DatasetError((err as Error).message);
   }
   await writer.close();
   await pump;

@@ -44,14 +44,20 @@ export class CorruptBlockError extends TesseraError {
 
 /** A block is not in the store (and, for now, cannot be fetched from peers). */
 export class MissingBlockError extends TesseraError {
-  constructor(readonly cid: string, detail = '') {
+  constructor(
+    readonly cid: string,
+    detail = '',
+  ) {
     super('MISSING_BLOCK', `block ${cid} is not available${detail ? `: ${detail}` : ''}`);
   }
 }
 
 /** A file is larger than the caller allows. */
 export class TooBigError extends TesseraError {
-  constructor(readonly cid: string, max: number) {
+  constructor(
+    readonly cid: string,
+    max: number,
+  ) {
     super('TOO_BIG', `${cid} is larger than the ${max}-byte limit`);
   }
 }
@@ -104,7 +110,8 @@ export function parseCid(s: string): CID {
 
 /** Recompute the multihash of `bytes` and compare it with the CID's (sha2-256 only). */
 export async function verifyBlock(cid: CID, bytes: Uint8Array): Promise<void> {
-  if (cid.multihash.code !== sha256.code) throw new BadCidError(`${cid} uses hash 0x${cid.multihash.code.toString(16)}; only sha2-256 is accepted`);
+  if (cid.multihash.code !== sha256.code)
+    throw new BadCidError(`${cid} uses hash 0x${cid.multihash.code.toString(16)}; only sha2-256 is accepted`);
   const mh = await sha256.digest(bytes);
   if (!equals(mh.digest, cid.multihash.digest)) throw new CorruptBlockError(cid.toString());
 }
@@ -120,8 +127,12 @@ export interface OpenStoreOptions {
 function hostRouter(libp2p: Libp2p): Router {
   return {
     name: 'tessera-host-router',
-    async provide(cid: CID, options?: AbortOptions) { await libp2p.contentRouting.provide(cid, options); },
-    async cancelReprovide(cid: CID, options?: AbortOptions) { await libp2p.contentRouting.cancelReprovide(cid, options); },
+    async provide(cid: CID, options?: AbortOptions) {
+      await libp2p.contentRouting.provide(cid, options);
+    },
+    async cancelReprovide(cid: CID, options?: AbortOptions) {
+      await libp2p.contentRouting.cancelReprovide(cid, options);
+    },
     async *findProviders(cid: CID, options?: AbortOptions): AsyncGenerator<Provider> {
       for await (const p of libp2p.contentRouting.findProviders(cid, options)) {
         yield { id: p.id.toCID(), multiaddrs: p.multiaddrs, router: 'tessera-host-router' } as Provider;
@@ -155,7 +166,11 @@ export async function openStore(dataDir: string, options: OpenStoreOptions = {})
   const signalOf = (o?: AbortOptions) => o?.signal ?? AbortSignal.timeout(DEFAULT_FETCH_TIMEOUT_MS);
   const stats = { corruptLocal: 0, fetched: 0 };
   const fs = unixfs(helia);
-  const isRoot = async (cid: CID): Promise<boolean> => await helia.pins.get(cid).then(() => true, () => false);
+  const isRoot = async (cid: CID): Promise<boolean> =>
+    await helia.pins.get(cid).then(
+      () => true,
+      () => false,
+    );
   const readLocal = async (cid: CID, signal: AbortSignal): Promise<Uint8Array | null> => {
     if (!(await blockstore.has(cid))) return null;
     const bytes = await concat(blockstore.get(cid, { signal }));
@@ -220,15 +235,20 @@ export async function openStore(dataDir: string, options: OpenStoreOptions = {})
       const signal = signalOf(o);
       if (await isRoot(cid)) return;
       try {
-        for await (const _ of helia.pins.add(cid, { signal, ...(o?.depth !== undefined ? { depth: o.depth } : {}) })) { /* walks and fetches the DAG */ }
+        for await (const _ of helia.pins.add(cid, { signal, ...(o?.depth !== undefined ? { depth: o.depth } : {}) })) {
+          /* walks and fetches the DAG */
+        }
       } catch (err) {
-        if (signal.aborted) throw new MissingBlockError(cid.toString(), 'could not fetch every block to pin before the deadline');
+        if (signal.aborted)
+          throw new MissingBlockError(cid.toString(), 'could not fetch every block to pin before the deadline');
         throw err;
       }
     },
     async unpin(cid, o) {
       if (!(await isRoot(cid))) return;
-      for await (const _ of helia.pins.rm(cid, { signal: signalOf(o) })) { /* drain */ }
+      for await (const _ of helia.pins.rm(cid, { signal: signalOf(o) })) {
+        /* drain */
+      }
     },
     async cat(cid, o) {
       const signal = signalOf(o);
@@ -242,7 +262,10 @@ export async function openStore(dataDir: string, options: OpenStoreOptions = {})
         }
       } catch (err) {
         if (err instanceof TooBigError) throw err;
-        throw new MissingBlockError(cid.toString(), signal.aborted ? 'not fetched before the deadline' : (err as Error).message);
+        throw new MissingBlockError(
+          cid.toString(),
+          signal.aborted ? 'not fetched before the deadline' : (err as Error).message,
+        );
       }
       return concat(parts);
     },
@@ -261,14 +284,22 @@ export async function openStore(dataDir: string, options: OpenStoreOptions = {})
 }
 
 /** Blockstore.get may return bytes or a stream of chunks depending on the implementation. */
-async function concat(x: Uint8Array | AsyncIterable<Uint8Array> | Iterable<Uint8Array> | Promise<Uint8Array>): Promise<Uint8Array> {
+async function concat(
+  x: Uint8Array | AsyncIterable<Uint8Array> | Iterable<Uint8Array> | Promise<Uint8Array>,
+): Promise<Uint8Array> {
   const v = await x;
   if (v instanceof Uint8Array) return v;
   const parts: Uint8Array[] = [];
   let n = 0;
-  for await (const p of v as AsyncIterable<Uint8Array>) { parts.push(p); n += p.length; }
+  for await (const p of v as AsyncIterable<Uint8Array>) {
+    parts.push(p);
+    n += p.length;
+  }
   const out = new Uint8Array(n);
   let o = 0;
-  for (const p of parts) { out.set(p, o); o += p.length; }
+  for (const p of parts) {
+    out.set(p, o);
+    o += p.length;
+  }
   return out;
 }

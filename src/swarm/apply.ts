@@ -32,21 +32,38 @@ const RULES: Record<Exclude<AggregateRule, 'mean'>, RobustSettings> = {
   centered: { clip: true, topG: null, rule: 'centered', trim: 0, tau: 1, iters: 3 },
 };
 
-export function applyCommitted(params: Float32Array, outer: OuterNesterov, updates: readonly CommittedUpdate[], rule: AggregateRule = 'mean'): Float32Array | null {
+export function applyCommitted(
+  params: Float32Array,
+  outer: OuterNesterov,
+  updates: readonly CommittedUpdate[],
+  rule: AggregateRule = 'mean',
+): Float32Array | null {
   if (updates.length === 0) return null;
   const sorted = [...updates].sort((a, b) => compareIds(a.peer, b.peer));
   for (let i = 0; i < sorted.length; i++) {
     const u = sorted[i];
-    if (i > 0 && sorted[i - 1].peer === u.peer) throw new InvalidInputError(`applyCommitted: two updates from ${u.peer}`);
-    if (!Number.isSafeInteger(u.tokens) || u.tokens <= 0) throw new InvalidInputError(`applyCommitted: bad token count ${u.tokens} for ${u.peer}`);
-    if (u.delta.length !== params.length) throw new InvalidInputError(`applyCommitted: update from ${u.peer} has ${u.delta.length} values, expected ${params.length}`);
+    if (i > 0 && sorted[i - 1].peer === u.peer)
+      throw new InvalidInputError(`applyCommitted: two updates from ${u.peer}`);
+    if (!Number.isSafeInteger(u.tokens) || u.tokens <= 0)
+      throw new InvalidInputError(`applyCommitted: bad token count ${u.tokens} for ${u.peer}`);
+    if (u.delta.length !== params.length)
+      throw new InvalidInputError(
+        `applyCommitted: update from ${u.peer} has ${u.delta.length} values, expected ${params.length}`,
+      );
   }
   // 'clip': every norm clipped to the median norm of the set (robust.ts), then the same token-weighted
   // mean; 'trimmed': clipped, then a coordinate-wise mean without each coordinate's extremes;
   // 'centered': clipped, then centered clipping around the weighted mean (τ = median norm).
-  const mean = rule === 'mean'
-    ? aggregate(sorted.map((u) => u.delta), sorted.map((u) => u.tokens))
-    : robustAggregate(sorted.map((u) => ({ peer: u.peer, delta: u.delta, weight: u.tokens, score: 0 })), RULES[rule]).delta;
+  const mean =
+    rule === 'mean'
+      ? aggregate(
+          sorted.map((u) => u.delta),
+          sorted.map((u) => u.tokens),
+        )
+      : robustAggregate(
+          sorted.map((u) => ({ peer: u.peer, delta: u.delta, weight: u.tokens, score: 0 })),
+          RULES[rule],
+        ).delta;
   outer.step(params, mean);
   return mean;
 }

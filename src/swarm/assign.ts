@@ -10,8 +10,10 @@ import { HEX64 } from './canonical.js';
 
 /** The seed of round `round` of run `runId`: sha256 hex of a domain-separated string. */
 export function roundSeed(runId: string, round: number): string {
-  if (!HEX64.test(runId)) throw new InvalidInputError(`runId must be 64 lowercase hex digits, got ${JSON.stringify(runId)}`);
-  if (!Number.isSafeInteger(round) || round < 0) throw new InvalidInputError(`round must be a non-negative integer, got ${round}`);
+  if (!HEX64.test(runId))
+    throw new InvalidInputError(`runId must be 64 lowercase hex digits, got ${JSON.stringify(runId)}`);
+  if (!Number.isSafeInteger(round) || round < 0)
+    throw new InvalidInputError(`round must be a non-negative integer, got ${round}`);
   return sha256Hex(`tessera/round-seed/v1\n${runId}\n${round}`);
 }
 
@@ -28,7 +30,9 @@ export function compareIds(a: string, b: string): number {
 function shuffle<T>(xs: T[], rng: Rng): T[] {
   for (let i = xs.length - 1; i > 0; i--) {
     const j = rng.nextInt(i + 1);
-    const t = xs[i]; xs[i] = xs[j]; xs[j] = t;
+    const t = xs[i];
+    xs[i] = xs[j];
+    xs[j] = t;
   }
   return xs;
 }
@@ -41,20 +45,29 @@ function shuffle<T>(xs: T[], rng: Rng): T[] {
  * peer order, each list ascending. Throws InvalidInputError on duplicate ids or a bad count.
  */
 export function assignShards(seed: string, peerIds: readonly string[], numShards: number): Map<string, number[]> {
-  if (!Number.isSafeInteger(numShards) || numShards < 1) throw new InvalidInputError(`numShards must be a positive integer, got ${numShards}`);
+  if (!Number.isSafeInteger(numShards) || numShards < 1)
+    throw new InvalidInputError(`numShards must be a positive integer, got ${numShards}`);
   const peers = [...peerIds].sort(compareIds);
-  for (let i = 1; i < peers.length; i++) if (peers[i] === peers[i - 1]) throw new InvalidInputError(`duplicate peer id ${peers[i]}`);
+  for (let i = 1; i < peers.length; i++)
+    if (peers[i] === peers[i - 1]) throw new InvalidInputError(`duplicate peer id ${peers[i]}`);
   const out = new Map<string, number[]>();
   const P = peers.length;
   if (P === 0) return out;
   const order = shuffle([...peers], seededRng(seed, 'shard-peers'));
-  const shards = shuffle(Array.from({ length: numShards }, (_, i) => i), seededRng(seed, 'shards'));
+  const shards = shuffle(
+    Array.from({ length: numShards }, (_, i) => i),
+    seededRng(seed, 'shards'),
+  );
   const lists = new Map<string, number[]>(order.map((p) => [p, []]));
   if (numShards >= P) {
     shards.forEach((s, k) => lists.get(order[k % P])!.push(s));
   } else {
     order.forEach((p, j) => lists.get(p)!.push(shards[j % numShards]));
   }
-  for (const p of peers) out.set(p, lists.get(p)!.sort((a, b) => a - b));
+  for (const p of peers)
+    out.set(
+      p,
+      lists.get(p)!.sort((a, b) => a - b),
+    );
   return out;
 }

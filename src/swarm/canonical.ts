@@ -19,22 +19,33 @@ function enc(v: unknown, depth: number): string {
   if (depth > MAX_DEPTH) throw new InvalidInputError(`canonical JSON: nesting deeper than ${MAX_DEPTH}`);
   if (v === null) return 'null';
   switch (typeof v) {
-    case 'boolean': return v ? 'true' : 'false';
-    case 'string': return JSON.stringify(v);
+    case 'boolean':
+      return v ? 'true' : 'false';
+    case 'string':
+      return JSON.stringify(v);
     case 'number':
       if (!Number.isFinite(v)) throw new InvalidInputError(`canonical JSON: non-finite number ${v}`);
       return JSON.stringify(v); // -0 prints as 0
     case 'object': {
       if (Array.isArray(v)) {
-        return '[' + v.map((x, i) => {
-          if (x === undefined) throw new InvalidInputError(`canonical JSON: array element ${i} is undefined`);
-          return enc(x, depth + 1);
-        }).join(',') + ']';
+        return (
+          '[' +
+          v
+            .map((x, i) => {
+              if (x === undefined) throw new InvalidInputError(`canonical JSON: array element ${i} is undefined`);
+              return enc(x, depth + 1);
+            })
+            .join(',') +
+          ']'
+        );
       }
       const proto = Object.getPrototypeOf(v);
-      if (proto !== Object.prototype && proto !== null) throw new InvalidInputError('canonical JSON: only plain objects are allowed');
+      if (proto !== Object.prototype && proto !== null)
+        throw new InvalidInputError('canonical JSON: only plain objects are allowed');
       const obj = v as Record<string, unknown>;
-      const keys = Object.keys(obj).filter((k) => obj[k] !== undefined).sort();
+      const keys = Object.keys(obj)
+        .filter((k) => obj[k] !== undefined)
+        .sort();
       return '{' + keys.map((k) => JSON.stringify(k) + ':' + enc(obj[k], depth + 1)).join(',') + '}';
     }
     default:

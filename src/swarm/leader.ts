@@ -18,7 +18,8 @@ export function leaderRank(seed: string, peerId: string): string {
  * not heard from; peers with 0 are preferred.
  */
 export function leaderOrder(seed: string, roster: readonly string[], missed?: readonly number[]): string[] {
-  if (missed && missed.length !== roster.length) throw new InvalidInputError(`leaderOrder: ${roster.length} peers but ${missed.length} miss counts`);
+  if (missed && missed.length !== roster.length)
+    throw new InvalidInputError(`leaderOrder: ${roster.length} peers but ${missed.length} miss counts`);
   const rows = roster.map((p, i) => ({ p, late: missed && missed[i] > 0 ? 1 : 0, rank: leaderRank(seed, p) }));
   rows.sort((a, b) => a.late - b.late || compareIds(a.rank, b.rank) || compareIds(a.p, b.p));
   return rows.map((r) => r.p);

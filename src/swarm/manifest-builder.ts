@@ -28,15 +28,33 @@ export const SPARSELOCO_OUTER = { lr: 1, momentum: 0 } as const;
 export const SPARSELOCO_EF_BETA = 0.95;
 
 export interface RunCreateOptions {
-  vocab: number; ctx: number; dim: number; layers: number; heads: number; batch: number; inner: number;
-  lr: number; codec: 'fp32' | 'fp16' | 'int8' | 'sparse'; shards: number; seed: number;
-  trainMs: number; submitMs: number; commitMs: number; quorum: number; minPeers: number; maxMissed: number;
-  cacheDir: string; name?: string;
+  vocab: number;
+  ctx: number;
+  dim: number;
+  layers: number;
+  heads: number;
+  batch: number;
+  inner: number;
+  lr: number;
+  codec: 'fp32' | 'fp16' | 'int8' | 'sparse';
+  shards: number;
+  seed: number;
+  trainMs: number;
+  submitMs: number;
+  commitMs: number;
+  quorum: number;
+  minPeers: number;
+  maxMissed: number;
+  cacheDir: string;
+  name?: string;
   /** Default 'eager': overlap each round's exchange with the next round's inner steps. */
   overlap?: 'none' | 'delayed' | 'shift' | 'eager';
-  outerLr?: number; outerMomentum?: number;
+  outerLr?: number;
+  outerMomentum?: number;
   /** Storage: replicas per item, checkpoint interval and retention (manifest `storage`). */
-  replicas?: number; checkpointEvery?: number; keepCheckpoints?: number;
+  replicas?: number;
+  checkpointEvery?: number;
+  keepCheckpoints?: number;
   /** How agreed updates are combined (default 'clip': norms clipped to the median first). */
   aggregate?: 'mean' | 'clip' | 'trimmed' | 'centered';
   /** Audit by re-execution: validators re-run each update with this probability (needs overlap none/delayed). */
@@ -46,17 +64,29 @@ export interface RunCreateOptions {
 function hyperOf(o: RunCreateOptions): ManifestInput['hyper'] {
   const codec = o.codec === 'sparse' ? { id: 'sparse' as const, chunk: 1024, k: 64 } : { id: o.codec };
   return {
-    innerSteps: o.inner, batch: o.batch, adamw: DEFAULT_ADAMW,
+    innerSteps: o.inner,
+    batch: o.batch,
+    adamw: DEFAULT_ADAMW,
     schedule: { kind: 'constant', maxLr: o.lr, minLrFrac: 1, warmupSteps: 0, totalSteps: 1_000_000, decayFrac: 0.2 },
-    outer: { ...(o.codec === 'sparse' ? SPARSELOCO_OUTER : DEFAULT_OUTER), ...(o.outerLr !== undefined ? { lr: o.outerLr } : {}), ...(o.outerMomentum !== undefined ? { momentum: o.outerMomentum } : {}) },
-    codec, errorFeedback: o.codec === 'sparse' ? SPARSELOCO_EF_BETA : 0, overlap: o.overlap ?? 'eager',
+    outer: {
+      ...(o.codec === 'sparse' ? SPARSELOCO_OUTER : DEFAULT_OUTER),
+      ...(o.outerLr !== undefined ? { lr: o.outerLr } : {}),
+      ...(o.outerMomentum !== undefined ? { momentum: o.outerMomentum } : {}),
+    },
+    codec,
+    errorFeedback: o.codec === 'sparse' ? SPARSELOCO_EF_BETA : 0,
+    overlap: o.overlap ?? 'eager',
     aggregate: o.aggregate ?? 'clip',
     ...(o.audit !== undefined ? { audit: { p: o.audit } } : {}),
   };
 }
 
 function storageOf(o: RunCreateOptions): ManifestInput['storage'] {
-  const s = { ...(o.replicas !== undefined ? { replicas: o.replicas } : {}), ...(o.checkpointEvery !== undefined ? { checkpointEvery: o.checkpointEvery } : {}), ...(o.keepCheckpoints !== undefined ? { keepCheckpoints: o.keepCheckpoints } : {}) };
+  const s = {
+    ...(o.replicas !== undefined ? { replicas: o.replicas } : {}),
+    ...(o.checkpointEvery !== undefined ? { checkpointEvery: o.checkpointEvery } : {}),
+    ...(o.keepCheckpoints !== undefined ? { keepCheckpoints: o.keepCheckpoints } : {}),
+  };
   return Object.keys(s).length ? s : undefined;
 }
 
@@ -72,13 +102,24 @@ export async function buildManifestFromStore(o: RunCreateOptions & { dataset: st
     const dsm = await readManifest(store, cid);
     const tokBytes = await store.cat(dsm.tokenizer.cid, { maxBytes: 64 << 20 });
     const tok = Tokenizer.fromJSON(JSON.parse(new TextDecoder().decode(tokBytes)));
-    if (tok.hash() !== dsm.tokenizer.sha256) throw new InvalidInputError(`tokenizer ${dsm.tokenizer.cid} does not match the dataset manifest's hash`);
+    if (tok.hash() !== dsm.tokenizer.sha256)
+      throw new InvalidInputError(`tokenizer ${dsm.tokenizer.cid} does not match the dataset manifest's hash`);
     const minTokens = Math.min(...dsm.train.shards.map((s) => s.tokens));
-    if (dsm.train.shards.length === 0 || minTokens < o.ctx + 2) throw new InvalidInputError(`dataset ${cid} needs training shards of at least ${o.ctx + 2} tokens (smallest has ${minTokens})`);
+    if (dsm.train.shards.length === 0 || minTokens < o.ctx + 2)
+      throw new InvalidInputError(
+        `dataset ${cid} needs training shards of at least ${o.ctx + 2} tokens (smallest has ${minTokens})`,
+      );
     const model = { vocabSize: dsm.tokenizer.vocabSize, ctx: o.ctx, dim: o.dim, layers: o.layers, heads: o.heads };
     const gpt = new GPT(model, loadKernels({ threads: 1 }));
     gpt.init(o.seed);
-    const genesis = await publishState(store, { config: model, params: gpt.params, momentum: new Float32Array(gpt.numParams), runId: '0'.repeat(64), round: 0, snapshot: null });
+    const genesis = await publishState(store, {
+      config: model,
+      params: gpt.params,
+      momentum: new Float32Array(gpt.numParams),
+      runId: '0'.repeat(64),
+      round: 0,
+      snapshot: null,
+    });
     await store.pin(genesis);
     const input: ManifestInput = {
       version: 1,
@@ -92,7 +133,14 @@ export async function buildManifestFromStore(o: RunCreateOptions & { dataset: st
       genesisCid: genesis.toString(),
       ...(storageOf(o) ? { storage: storageOf(o) } : {}),
       seed: o.seed,
-      timing: { trainMs: o.trainMs, submitMs: o.submitMs, commitMs: o.commitMs, quorum: o.quorum, minPeers: o.minPeers, maxMissedRounds: o.maxMissed },
+      timing: {
+        trainMs: o.trainMs,
+        submitMs: o.submitMs,
+        commitMs: o.commitMs,
+        quorum: o.quorum,
+        minPeers: o.minPeers,
+        maxMissedRounds: o.maxMissed,
+      },
     };
     return { decoded: createManifest(input), params: gpt.numParams };
   } finally {
@@ -115,7 +163,14 @@ export function buildManifest(o: RunCreateOptions) {
     ...(storageOf(o) ? { storage: storageOf(o) } : {}),
     genesisWeightsHash: weightsHash(gpt.params),
     seed: o.seed,
-    timing: { trainMs: o.trainMs, submitMs: o.submitMs, commitMs: o.commitMs, quorum: o.quorum, minPeers: o.minPeers, maxMissedRounds: o.maxMissed },
+    timing: {
+      trainMs: o.trainMs,
+      submitMs: o.submitMs,
+      commitMs: o.commitMs,
+      quorum: o.quorum,
+      minPeers: o.minPeers,
+      maxMissedRounds: o.maxMissed,
+    },
   };
   return { decoded: createManifest(input), params: gpt.numParams };
 }

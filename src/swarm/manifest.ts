@@ -34,54 +34,85 @@ const MAX_MS = 7 * 24 * 3600 * 1000;
 const Ms = z.number().int().min(1).max(MAX_MS);
 
 /** A CIDv1 string (what `tessera data add` prints). */
-export const CidString = z.string().min(8).max(256).refine((v) => {
-  try { return CID.parse(v).version === 1; } catch { return false; }
-}, { message: 'must be a CIDv1 string' });
+export const CidString = z
+  .string()
+  .min(8)
+  .max(256)
+  .refine(
+    (v) => {
+      try {
+        return CID.parse(v).version === 1;
+      } catch {
+        return false;
+      }
+    },
+    { message: 'must be a CIDv1 string' },
+  );
 
 /** Content-addressed storage settings (issue 4); all have defaults, see storageParams(). */
-export const StorageSchema = z.object({
-  /** Each training shard and retained checkpoint is pinned by this many roster members. */
-  replicas: z.number().int().min(1).max(64).optional(),
-  /** A state checkpoint is kept (pinned by `replicas` holders) every this many rounds. */
-  checkpointEvery: z.number().int().min(1).max(1_000_000).optional(),
-  /** How many of those checkpoints are kept; older ones are unpinned and garbage-collected. */
-  keepCheckpoints: z.number().int().min(1).max(1000).optional(),
-}).strict();
+export const StorageSchema = z
+  .object({
+    /** Each training shard and retained checkpoint is pinned by this many roster members. */
+    replicas: z.number().int().min(1).max(64).optional(),
+    /** A state checkpoint is kept (pinned by `replicas` holders) every this many rounds. */
+    checkpointEvery: z.number().int().min(1).max(1_000_000).optional(),
+    /** How many of those checkpoints are kept; older ones are unpinned and garbage-collected. */
+    keepCheckpoints: z.number().int().min(1).max(1000).optional(),
+  })
+  .strict();
 
-export interface StorageParams { replicas: number; checkpointEvery: number; keepCheckpoints: number }
+export interface StorageParams {
+  replicas: number;
+  checkpointEvery: number;
+  keepCheckpoints: number;
+}
 export function storageParams(m: { storage?: z.infer<typeof StorageSchema> }): StorageParams {
-  return { replicas: m.storage?.replicas ?? 3, checkpointEvery: m.storage?.checkpointEvery ?? 5, keepCheckpoints: m.storage?.keepCheckpoints ?? 3 };
+  return {
+    replicas: m.storage?.replicas ?? 3,
+    checkpointEvery: m.storage?.checkpointEvery ?? 5,
+    keepCheckpoints: m.storage?.keepCheckpoints ?? 3,
+  };
 }
 
-export const DatasetSchema = z.object({
-  name: z.string().min(1).max(256),
-  /** sha256 of the training token file (little-endian uint32 tokens)... */
-  trainTokensSha256: Sha256Hex.optional(),
-  /**
-   * ...or the CID of a dataset manifest (`tessera data add`), whose token shards peers fetch
-   * from each other. Exactly one of the two.
-   */
-  cid: CidString.optional(),
-  /**
-   * The training tokens are split into this many shards; shards are assigned per round. With a
-   * dataset CID it must equal the dataset's number of training shards (each is one block).
-   */
-  numShards: z.number().int().min(1).max(1 << 20),
-}).strict().refine((d) => (d.trainTokensSha256 === undefined) !== (d.cid === undefined), {
-  message: 'dataset needs exactly one of trainTokensSha256 or cid',
-});
+export const DatasetSchema = z
+  .object({
+    name: z.string().min(1).max(256),
+    /** sha256 of the training token file (little-endian uint32 tokens)... */
+    trainTokensSha256: Sha256Hex.optional(),
+    /**
+     * ...or the CID of a dataset manifest (`tessera data add`), whose token shards peers fetch
+     * from each other. Exactly one of the two.
+     */
+    cid: CidString.optional(),
+    /**
+     * The training tokens are split into this many shards; shards are assigned per round. With a
+     * dataset CID it must equal the dataset's number of training shards (each is one block).
+     */
+    numShards: z
+      .number()
+      .int()
+      .min(1)
+      .max(1 << 20),
+  })
+  .strict()
+  .refine((d) => (d.trainTokensSha256 === undefined) !== (d.cid === undefined), {
+    message: 'dataset needs exactly one of trainTokensSha256 or cid',
+  });
 
-const SparseCodecSchema = z.object({
-  id: z.literal('sparse'),
-  chunk: z.number().int(),
-  k: z.number().int(),
-}).strict().superRefine((c, ctx) => {
-  try {
-    resolveSparseParams({ chunk: c.chunk, k: c.k });
-  } catch (e) {
-    ctx.addIssue({ code: 'custom', message: (e as Error).message });
-  }
-});
+const SparseCodecSchema = z
+  .object({
+    id: z.literal('sparse'),
+    chunk: z.number().int(),
+    k: z.number().int(),
+  })
+  .strict()
+  .superRefine((c, ctx) => {
+    try {
+      resolveSparseParams({ chunk: c.chunk, k: c.k });
+    } catch (e) {
+      ctx.addIssue({ code: 'custom', message: (e as Error).message });
+    }
+  });
 
 export const CodecSettingsSchema = z.discriminatedUnion('id', [
   z.object({ id: z.literal('fp32') }).strict(),
@@ -91,76 +122,89 @@ export const CodecSettingsSchema = z.discriminatedUnion('id', [
 ]);
 export type CodecSettings = z.infer<typeof CodecSettingsSchema>;
 
-export const HyperSchema = z.object({
-  /** H: inner AdamW steps per round. */
-  innerSteps: z.number().int().min(1).max(1_000_000),
-  /** Sequences per inner step (each of model.ctx tokens). */
-  batch: z.number().int().min(1).max(65536),
-  adamw: AdamWSchema,
-  /** Inner learning-rate schedule, indexed by the global inner step round·H + i. */
-  schedule: ScheduleSchema,
-  outer: OuterSchema,
-  codec: CodecSettingsSchema,
-  /** Error-feedback decay beta in [0, 1] (0 = no error feedback). */
-  errorFeedback: z.number().min(0).max(1),
-  /**
-   * How each round's exchange overlaps the next round's inner steps: 'none' (train, then
-   * exchange), 'delayed' (one-step-delayed outer update), 'shift' (start early, move onto the
-   * new weights when they are known) or 'eager' (start early from a guess of the new weights). See RoundParamsSchema.overlap in round.ts.
-   */
-  overlap: z.enum(['none', 'delayed', 'shift', 'eager']).default('none'),
-  /**
-   * How the agreed updates are combined: 'mean' (token-weighted mean) or 'clip' (each update's
-   * norm clipped to the lower median norm first, so one poisoned update cannot dominate; issue 6),
-   * 'trimmed' (clipped, then a coordinate-wise trimmed mean) or 'centered' (clipped, then
-   * centered clipping).
-   * Absent means 'mean', so manifests written before this field keep their run ids.
-   */
-  aggregate: z.enum(['mean', 'clip', 'trimmed', 'centered']).optional(),
-  /**
-   * Audit by re-execution (issue 6): trainers commit a Merkle root over their state after every
-   * inner step and run deterministic kernels; each validator re-executes each update with
-   * probability p. Needs a fixed training base ('none' or 'delayed' overlap) and H ≤ 4096.
-   * Absent: no commitments (and earlier manifests keep their run ids).
-   */
-  audit: z.object({ p: z.number().min(0).max(1) }).strict().optional(),
-}).strict()
-  .refine((h) => !h.audit || h.overlap === 'none' || h.overlap === 'delayed', { message: "audit needs overlap 'none' or 'delayed' (eager/shift jobs move their base mid-way)", path: ['audit'] })
+export const HyperSchema = z
+  .object({
+    /** H: inner AdamW steps per round. */
+    innerSteps: z.number().int().min(1).max(1_000_000),
+    /** Sequences per inner step (each of model.ctx tokens). */
+    batch: z.number().int().min(1).max(65536),
+    adamw: AdamWSchema,
+    /** Inner learning-rate schedule, indexed by the global inner step round·H + i. */
+    schedule: ScheduleSchema,
+    outer: OuterSchema,
+    codec: CodecSettingsSchema,
+    /** Error-feedback decay beta in [0, 1] (0 = no error feedback). */
+    errorFeedback: z.number().min(0).max(1),
+    /**
+     * How each round's exchange overlaps the next round's inner steps: 'none' (train, then
+     * exchange), 'delayed' (one-step-delayed outer update), 'shift' (start early, move onto the
+     * new weights when they are known) or 'eager' (start early from a guess of the new weights). See RoundParamsSchema.overlap in round.ts.
+     */
+    overlap: z.enum(['none', 'delayed', 'shift', 'eager']).default('none'),
+    /**
+     * How the agreed updates are combined: 'mean' (token-weighted mean) or 'clip' (each update's
+     * norm clipped to the lower median norm first, so one poisoned update cannot dominate; issue 6),
+     * 'trimmed' (clipped, then a coordinate-wise trimmed mean) or 'centered' (clipped, then
+     * centered clipping).
+     * Absent means 'mean', so manifests written before this field keep their run ids.
+     */
+    aggregate: z.enum(['mean', 'clip', 'trimmed', 'centered']).optional(),
+    /**
+     * Audit by re-execution (issue 6): trainers commit a Merkle root over their state after every
+     * inner step and run deterministic kernels; each validator re-executes each update with
+     * probability p. Needs a fixed training base ('none' or 'delayed' overlap) and H ≤ 4096.
+     * Absent: no commitments (and earlier manifests keep their run ids).
+     */
+    audit: z
+      .object({ p: z.number().min(0).max(1) })
+      .strict()
+      .optional(),
+  })
+  .strict()
+  .refine((h) => !h.audit || h.overlap === 'none' || h.overlap === 'delayed', {
+    message: "audit needs overlap 'none' or 'delayed' (eager/shift jobs move their base mid-way)",
+    path: ['audit'],
+  })
   .refine((h) => !h.audit || h.innerSteps <= 4096, { message: 'audit needs innerSteps <= 4096', path: ['audit'] });
 
-export const TimingSchema = z.object({
-  /** Training budget per round, from the round's start. */
-  trainMs: Ms,
-  /** Update-collection deadline, from the round's start (>= trainMs). */
-  submitMs: Ms,
-  /** Length of each agreement attempt before falling back to the next leader. */
-  commitMs: Ms,
-  /** Collection closes early once this fraction of the round's roster has submitted. */
-  quorum: z.number().gt(0).max(1),
-  /** Rounds train only when the roster has at least this many peers; otherwise they only admit joiners. */
-  minPeers: z.number().int().min(1).max(1024),
-  /** A member not heard from in this many consecutive rounds leaves the roster (it may re-join). */
-  maxMissedRounds: z.number().int().min(1).max(1000),
-}).strict().refine((t) => t.submitMs >= t.trainMs, { message: 'submitMs must be >= trainMs', path: ['submitMs'] });
+export const TimingSchema = z
+  .object({
+    /** Training budget per round, from the round's start. */
+    trainMs: Ms,
+    /** Update-collection deadline, from the round's start (>= trainMs). */
+    submitMs: Ms,
+    /** Length of each agreement attempt before falling back to the next leader. */
+    commitMs: Ms,
+    /** Collection closes early once this fraction of the round's roster has submitted. */
+    quorum: z.number().gt(0).max(1),
+    /** Rounds train only when the roster has at least this many peers; otherwise they only admit joiners. */
+    minPeers: z.number().int().min(1).max(1024),
+    /** A member not heard from in this many consecutive rounds leaves the roster (it may re-join). */
+    maxMissedRounds: z.number().int().min(1).max(1000),
+  })
+  .strict()
+  .refine((t) => t.submitMs >= t.trainMs, { message: 'submitMs must be >= trainMs', path: ['submitMs'] });
 
-export const ManifestSchema = z.object({
-  version: z.literal(MANIFEST_VERSION),
-  /** Free-form human label; part of the identity like everything else. */
-  name: z.string().max(256).optional(),
-  model: ModelConfigSchema,
-  tokenizerSha256: Sha256Hex,
-  /** The tokenizer.json as a UnixFS file CID; peers fetch it and check tokenizerSha256. */
-  tokenizerCid: CidString.optional(),
-  dataset: DatasetSchema,
-  hyper: HyperSchema,
-  /** weightsHash (sha256 of the flat float32 LE parameters) of θ at round 0. */
-  genesisWeightsHash: Sha256Hex,
-  /** The genesis state as a checkpoint directory CID (store/checkpoint.ts); else θ0 = init(seed). */
-  genesisCid: CidString.optional(),
-  storage: StorageSchema.optional(),
-  seed: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
-  timing: TimingSchema,
-}).strict();
+export const ManifestSchema = z
+  .object({
+    version: z.literal(MANIFEST_VERSION),
+    /** Free-form human label; part of the identity like everything else. */
+    name: z.string().max(256).optional(),
+    model: ModelConfigSchema,
+    tokenizerSha256: Sha256Hex,
+    /** The tokenizer.json as a UnixFS file CID; peers fetch it and check tokenizerSha256. */
+    tokenizerCid: CidString.optional(),
+    dataset: DatasetSchema,
+    hyper: HyperSchema,
+    /** weightsHash (sha256 of the flat float32 LE parameters) of θ at round 0. */
+    genesisWeightsHash: Sha256Hex,
+    /** The genesis state as a checkpoint directory CID (store/checkpoint.ts); else θ0 = init(seed). */
+    genesisCid: CidString.optional(),
+    storage: StorageSchema.optional(),
+    seed: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
+    timing: TimingSchema,
+  })
+  .strict();
 
 export type Manifest = z.infer<typeof ManifestSchema>;
 export type ManifestInput = z.input<typeof ManifestSchema>;
@@ -181,7 +225,8 @@ function finish(value: unknown): DecodedManifest {
   const r = ManifestSchema.safeParse(value);
   if (!r.success) throw new ManifestError('invalid manifest', issuesOf(r.error));
   const bytes = canonicalBytes(r.data);
-  if (bytes.length > MAX_MANIFEST_BYTES) throw new ManifestError(`canonical manifest is ${bytes.length} bytes, over the ${MAX_MANIFEST_BYTES}-byte limit`);
+  if (bytes.length > MAX_MANIFEST_BYTES)
+    throw new ManifestError(`canonical manifest is ${bytes.length} bytes, over the ${MAX_MANIFEST_BYTES}-byte limit`);
   return { manifest: r.data, runId: sha256Hex(bytes), bytes };
 }
 
@@ -213,7 +258,8 @@ export function decodeManifest(input: Uint8Array | string, opts: DecodeOptions =
     }
     text = input;
   } else if (input instanceof Uint8Array) {
-    if (input.length > MAX_MANIFEST_BYTES) throw new ManifestError(`manifest is ${input.length} bytes, over the ${MAX_MANIFEST_BYTES}-byte limit`);
+    if (input.length > MAX_MANIFEST_BYTES)
+      throw new ManifestError(`manifest is ${input.length} bytes, over the ${MAX_MANIFEST_BYTES}-byte limit`);
     try {
       text = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true }).decode(input);
     } catch {

@@ -10,23 +10,31 @@
 import { z } from 'zod';
 import { InvalidInputError } from '../util/errors.js';
 
-export const OuterSchema = z.object({
-  lr: z.number().positive().max(10),
-  momentum: z.number().min(0).max(0.999),
-}).strict();
+export const OuterSchema = z
+  .object({
+    lr: z.number().positive().max(10),
+    momentum: z.number().min(0).max(0.999),
+  })
+  .strict();
 export type OuterSettings = z.infer<typeof OuterSchema>;
 export const DEFAULT_OUTER: OuterSettings = { lr: 0.7, momentum: 0.9 };
 
 export class OuterNesterov {
   readonly momentum: Float32Array;
-  constructor(n: number, readonly settings: OuterSettings = DEFAULT_OUTER) {
+  constructor(
+    n: number,
+    readonly settings: OuterSettings = DEFAULT_OUTER,
+  ) {
     this.momentum = new Float32Array(n);
   }
 
   /** Apply one outer step in place. `delta` is the aggregated pseudo-gradient. */
   step(params: Float32Array, delta: Float32Array): void {
     const n = this.momentum.length;
-    if (params.length !== n || delta.length !== n) throw new InvalidInputError(`outer step: expected ${n} values, got params ${params.length}, delta ${delta.length}`);
+    if (params.length !== n || delta.length !== n)
+      throw new InvalidInputError(
+        `outer step: expected ${n} values, got params ${params.length}, delta ${delta.length}`,
+      );
     const { lr, momentum: mu } = this.settings;
     const m = this.momentum;
     for (let i = 0; i < n; i++) {
@@ -43,7 +51,8 @@ export class OuterNesterov {
    */
   preview(params: Float32Array, delta: Float32Array, out: Float32Array): Float32Array {
     const n = this.momentum.length;
-    if (params.length !== n || delta.length !== n || out.length !== n) throw new InvalidInputError(`outer preview: expected ${n} values`);
+    if (params.length !== n || delta.length !== n || out.length !== n)
+      throw new InvalidInputError(`outer preview: expected ${n} values`);
     const { lr, momentum: mu } = this.settings;
     const m = this.momentum;
     for (let i = 0; i < n; i++) {
@@ -61,7 +70,8 @@ export class OuterNesterov {
  */
 export function aggregate(deltas: readonly Float32Array[], weights: readonly number[]): Float32Array {
   if (deltas.length === 0) throw new InvalidInputError('aggregate: no updates');
-  if (weights.length !== deltas.length) throw new InvalidInputError(`aggregate: ${deltas.length} updates but ${weights.length} weights`);
+  if (weights.length !== deltas.length)
+    throw new InvalidInputError(`aggregate: ${deltas.length} updates but ${weights.length} weights`);
   const n = deltas[0].length;
   let total = 0;
   for (const w of weights) {

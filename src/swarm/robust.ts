@@ -59,7 +59,10 @@ export function lowerMedian(xs: readonly number[]): number {
 }
 
 /** Copies of `deltas`, each scaled by min(1, bound / ‖Δ‖) (bound = the lower median norm unless given). */
-export function clipToMedian(deltas: readonly Float32Array[], bound?: number): { clipped: Float32Array[]; bound: number; scales: number[] } {
+export function clipToMedian(
+  deltas: readonly Float32Array[],
+  bound?: number,
+): { clipped: Float32Array[]; bound: number; scales: number[] } {
   const norms = deltas.map(norm2);
   const b = bound ?? lowerMedian(norms);
   const scales = norms.map((n) => (n > b && n > 0 ? b / n : 1));
@@ -76,14 +79,18 @@ export function clipToMedian(deltas: readonly Float32Array[], bound?: number): {
 export function selectTopG(items: readonly { peer: string; score: number }[], G: number): string[] {
   if (!Number.isInteger(G) || G < 1) throw new InvalidInputError(`top-G: G must be a positive integer, got ${G}`);
   const ranked = [...items].sort((a, b) => (b.score !== a.score ? b.score - a.score : compareIds(a.peer, b.peer)));
-  return ranked.slice(0, G).map((x) => x.peer).sort(compareIds);
+  return ranked
+    .slice(0, G)
+    .map((x) => x.peer)
+    .sort(compareIds);
 }
 
 /** Coordinate-wise mean after dropping the `trim` smallest and largest values of each coordinate. */
 export function trimmedMean(deltas: readonly Float32Array[], trim: number): Float32Array {
   const k = deltas.length;
   if (k === 0) throw new InvalidInputError('trimmed mean of nothing');
-  if (!Number.isInteger(trim) || trim < 0 || 2 * trim >= k) throw new InvalidInputError(`trimmed mean: trim ${trim} leaves nothing of ${k} updates`);
+  if (!Number.isInteger(trim) || trim < 0 || 2 * trim >= k)
+    throw new InvalidInputError(`trimmed mean: trim ${trim} leaves nothing of ${k} updates`);
   const n = deltas[0].length;
   const out = new Float32Array(n);
   const col = new Float64Array(k);
@@ -103,7 +110,10 @@ export function weightedMean(deltas: readonly Float32Array[], weights: readonly 
   if (!(total > 0)) throw new InvalidInputError('weighted mean: weights sum to zero');
   const n = deltas[0].length;
   const acc = new Float64Array(n);
-  deltas.forEach((d, j) => { const w = weights[j] / total; for (let i = 0; i < n; i++) acc[i] += w * d[i]; });
+  deltas.forEach((d, j) => {
+    const w = weights[j] / total;
+    for (let i = 0; i < n; i++) acc[i] += w * d[i];
+  });
   return Float32Array.from(acc);
 }
 
@@ -111,7 +121,12 @@ export function weightedMean(deltas: readonly Float32Array[], weights: readonly 
  * Centered clipping (Karimireddy et al. 2021): v ← v + Σ w_j·clip_τ(Δ_j − v), starting at the
  * weighted mean, where clip_τ scales a vector to norm ≤ τ.
  */
-export function centeredClip(deltas: readonly Float32Array[], weights: readonly number[], tau: number, iters: number): Float32Array {
+export function centeredClip(
+  deltas: readonly Float32Array[],
+  weights: readonly number[],
+  tau: number,
+  iters: number,
+): Float32Array {
   const total = weights.reduce((a, b) => a + b, 0);
   const v = Float64Array.from(weightedMean(deltas, weights));
   const n = v.length;
@@ -119,7 +134,10 @@ export function centeredClip(deltas: readonly Float32Array[], weights: readonly 
     const step = new Float64Array(n);
     deltas.forEach((d, j) => {
       let s = 0;
-      for (let i = 0; i < n; i++) { const e = d[i] - v[i]; s += e * e; }
+      for (let i = 0; i < n; i++) {
+        const e = d[i] - v[i];
+        s += e * e;
+      }
       const c = Math.sqrt(s) > tau ? tau / Math.sqrt(s) : 1;
       const w = (weights[j] / total) * c;
       for (let i = 0; i < n; i++) step[i] += w * (d[i] - v[i]);
@@ -147,11 +165,16 @@ export function robustAggregate(inputs: readonly RobustInput[], s: RobustSetting
   const n = sorted[0].delta.length;
   for (let i = 0; i < sorted.length; i++) {
     const u = sorted[i];
-    if (i > 0 && sorted[i - 1].peer === u.peer) throw new InvalidInputError(`robust aggregate: two updates from ${u.peer}`);
-    if (u.delta.length !== n) throw new InvalidInputError(`robust aggregate: ${u.peer} has ${u.delta.length} values, expected ${n}`);
-    if (!Number.isFinite(u.weight) || u.weight < 0) throw new InvalidInputError(`robust aggregate: bad weight ${u.weight} for ${u.peer}`);
+    if (i > 0 && sorted[i - 1].peer === u.peer)
+      throw new InvalidInputError(`robust aggregate: two updates from ${u.peer}`);
+    if (u.delta.length !== n)
+      throw new InvalidInputError(`robust aggregate: ${u.peer} has ${u.delta.length} values, expected ${n}`);
+    if (!Number.isFinite(u.weight) || u.weight < 0)
+      throw new InvalidInputError(`robust aggregate: bad weight ${u.weight} for ${u.peer}`);
   }
-  const { clipped, bound } = s.clip ? clipToMedian(sorted.map((u) => u.delta)) : { clipped: sorted.map((u) => u.delta), bound: Infinity };
+  const { clipped, bound } = s.clip
+    ? clipToMedian(sorted.map((u) => u.delta))
+    : { clipped: sorted.map((u) => u.delta), bound: Infinity };
   const keep = s.topG === null ? sorted.map((u) => u.peer) : selectTopG(sorted, Math.min(s.topG, sorted.length));
   const idx: number[] = [];
   for (let j = 0; j < sorted.length; j++) if (keep.includes(sorted[j].peer)) idx.push(j);
@@ -159,7 +182,8 @@ export function robustAggregate(inputs: readonly RobustInput[], s: RobustSetting
   const ws = idx.map((j) => sorted[j].weight);
   let delta: Float32Array;
   if (s.rule === 'trimmed') delta = trimmedMean(ds, Math.min(s.trim, Math.max(0, Math.ceil(ds.length / 2) - 1)));
-  else if (s.rule === 'centered') delta = centeredClip(ds, ws, s.tau * (Number.isFinite(bound) ? bound : median(ds.map(norm2))), s.iters);
+  else if (s.rule === 'centered')
+    delta = centeredClip(ds, ws, s.tau * (Number.isFinite(bound) ? bound : median(ds.map(norm2))), s.iters);
   else delta = weightedMean(ds, ws);
   return { delta, used: idx.map((j) => sorted[j].peer), clipBound: bound };
 }

@@ -44,7 +44,11 @@ export class RoundBatches {
   private drawn = 0;
 
   /** Use roundBatches(). */
-  constructor(sources: readonly RoundSource[], readonly B: number, readonly T: number) {
+  constructor(
+    sources: readonly RoundSource[],
+    readonly B: number,
+    readonly T: number,
+  ) {
     this.sources = sources;
   }
 
@@ -87,11 +91,17 @@ export class RoundBatches {
  * A trainer's batches of round `round`: `shards` are its assigned shards in assignment order,
  * with their tokens (null or undefined when unavailable: skipped, as a too-short shard is).
  */
-export function roundBatches(runId: string, round: number,
-  shards: readonly { shard: number; tokens: TokenArray | null | undefined }[], B: number, T: number): RoundBatches {
+export function roundBatches(
+  runId: string,
+  round: number,
+  shards: readonly { shard: number; tokens: TokenArray | null | undefined }[],
+  B: number,
+  T: number,
+): RoundBatches {
   const base = trainerSeed(runId, round);
   const sources = shards.flatMap((s, j) =>
-    (s.tokens && s.tokens.length >= T + 2 ? [{ shard: s.shard, tokens: s.tokens, seed: base + BigInt(j) }] : []));
+    s.tokens && s.tokens.length >= T + 2 ? [{ shard: s.shard, tokens: s.tokens, seed: base + BigInt(j) }] : [],
+  );
   return new RoundBatches(sources, B, T);
 }
 
@@ -113,8 +123,13 @@ export function validatorSeeds(runId: string, round: number, numShards: number):
 }
 
 /** The first k batches of a sampler with `seed` on `tokens`; [] when the shard is missing or too short. */
-export function firstBatches(tokens: TokenArray | null | undefined, seed: bigint, B: number, T: number,
-  k: number): Batch[] {
+export function firstBatches(
+  tokens: TokenArray | null | undefined,
+  seed: bigint,
+  B: number,
+  T: number,
+  k: number,
+): Batch[] {
   if (!tokens || tokens.length < T + 2) return [];
   const s = new BatchSampler(tokens, B, T, seed);
   return Array.from({ length: k }, () => s.next());

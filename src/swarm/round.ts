@@ -39,31 +39,39 @@ export class RoundStateError extends TesseraError {
 
 // ───────────────────────────── wire types ─────────────────────────────
 
-export const PeerIdSchema = z.string().min(1).max(128).regex(/^[\x21-\x7e]+$/, 'peer id must be printable ASCII');
+export const PeerIdSchema = z
+  .string()
+  .min(1)
+  .max(128)
+  .regex(/^[\x21-\x7e]+$/, 'peer id must be printable ASCII');
 const HashSchema = z.string().regex(HEX64, 'must be 64 lowercase hex digits');
 const RoundSchema = z.number().int().min(0).max(Number.MAX_SAFE_INTEGER);
 const AttemptSchema = z.number().int().min(0).max(1_000_000_000);
 
-export const IncludedUpdateSchema = z.object({
-  peer: PeerIdSchema,
-  updateHash: HashSchema,
-  /** Aggregation weight: min(steps, H)·batch. */
-  tokens: z.number().int().min(1).max(Number.MAX_SAFE_INTEGER),
-}).strict();
+export const IncludedUpdateSchema = z
+  .object({
+    peer: PeerIdSchema,
+    updateHash: HashSchema,
+    /** Aggregation weight: min(steps, H)·batch. */
+    tokens: z.number().int().min(1).max(Number.MAX_SAFE_INTEGER),
+  })
+  .strict();
 export type IncludedUpdate = z.infer<typeof IncludedUpdateSchema>;
 
 /** A leader's proposal for round `round`, attempt `attempt`: which updates to apply, who joins. */
-export const CommitSchema = z.object({
-  round: RoundSchema,
-  attempt: AttemptSchema,
-  leader: PeerIdSchema,
-  /** Sorted by peer, one per peer. */
-  included: z.array(IncludedUpdateSchema).max(MAX_ROSTER),
-  /** Sorted; non-members admitted to the roster from round+1. */
-  joins: z.array(PeerIdSchema).max(MAX_JOINS_PER_ROUND),
-  /** Sorted; members the leader heard from this round (liveness: the rest count a missed round). */
-  live: z.array(PeerIdSchema).max(MAX_ROSTER),
-}).strict();
+export const CommitSchema = z
+  .object({
+    round: RoundSchema,
+    attempt: AttemptSchema,
+    leader: PeerIdSchema,
+    /** Sorted by peer, one per peer. */
+    included: z.array(IncludedUpdateSchema).max(MAX_ROSTER),
+    /** Sorted; non-members admitted to the roster from round+1. */
+    joins: z.array(PeerIdSchema).max(MAX_JOINS_PER_ROUND),
+    /** Sorted; members the leader heard from this round (liveness: the rest count a missed round). */
+    live: z.array(PeerIdSchema).max(MAX_ROSTER),
+  })
+  .strict();
 export type Commit = z.infer<typeof CommitSchema>;
 
 /**
@@ -72,13 +80,22 @@ export type Commit = z.infer<typeof CommitSchema>;
  */
 export const RoundBodySchemas = {
   /** A pseudo-gradient is available (payload travels beside it, addressed by updateHash). */
-  'round.update': z.object({ round: RoundSchema, baseHash: HashSchema, updateHash: HashSchema, steps: z.number().int().min(1).max(1_000_000_000) }).strict(),
+  'round.update': z
+    .object({
+      round: RoundSchema,
+      baseHash: HashSchema,
+      updateHash: HashSchema,
+      steps: z.number().int().min(1).max(1_000_000_000),
+    })
+    .strict(),
   /** The leader's proposal; also counts as the leader's own acceptance. */
   'round.commit': z.object({ commit: CommitSchema }).strict(),
   /** A member accepted this commit (Paxos phase 2b), broadcast to all. */
   'round.accept': z.object({ commit: CommitSchema }).strict(),
   /** A member gave up on attempt−1: it accepts nothing below `attempt` and reports its accepted commit (Paxos 1b). */
-  'round.promise': z.object({ round: RoundSchema, attempt: AttemptSchema.min(1), accepted: CommitSchema.nullable() }).strict(),
+  'round.promise': z
+    .object({ round: RoundSchema, attempt: AttemptSchema.min(1), accepted: CommitSchema.nullable() })
+    .strict(),
   /** A commit that a majority of the roster accepted; `signers` are the acceptors. */
   'round.decided': z.object({ commit: CommitSchema, signers: z.array(PeerIdSchema).max(MAX_ROSTER) }).strict(),
   /** Post-apply weights hash of round `round` (i.e. θ of round+1). */
@@ -116,49 +133,56 @@ export function fromWire(kind: string, from: string, body: unknown): Message | n
 }
 
 /** What a resyncing peer installs; served by snapshotOf(). `missed` is aligned with `roster`. */
-export const SnapshotSchema = z.object({
-  round: RoundSchema,
-  weightsHash: HashSchema,
-  roster: z.array(PeerIdSchema).min(1).max(MAX_ROSTER),
-  missed: z.array(z.number().int().min(0).max(1_000_000)),
-  /** Hash of the weights this round's updates are built on (≠ weightsHash only in delayed mode). */
-  trainBase: HashSchema.optional(),
-}).strict().refine((s) => s.missed.length === s.roster.length, { message: 'missed must align with roster' })
-  .refine((s) => s.roster.every((p, i) => i === 0 || compareIds(s.roster[i - 1], p) < 0), { message: 'roster must be sorted and unique' });
+export const SnapshotSchema = z
+  .object({
+    round: RoundSchema,
+    weightsHash: HashSchema,
+    roster: z.array(PeerIdSchema).min(1).max(MAX_ROSTER),
+    missed: z.array(z.number().int().min(0).max(1_000_000)),
+    /** Hash of the weights this round's updates are built on (≠ weightsHash only in delayed mode). */
+    trainBase: HashSchema.optional(),
+  })
+  .strict()
+  .refine((s) => s.missed.length === s.roster.length, { message: 'missed must align with roster' })
+  .refine((s) => s.roster.every((p, i) => i === 0 || compareIds(s.roster[i - 1], p) < 0), {
+    message: 'roster must be sorted and unique',
+  });
 export type RoundSnapshot = z.infer<typeof SnapshotSchema>;
 
 // ───────────────────────────── params ─────────────────────────────
 
-export const RoundParamsSchema = z.object({
-  runId: HashSchema,
-  innerSteps: z.number().int().min(1),
-  batch: z.number().int().min(1),
-  numShards: z.number().int().min(1),
-  trainMs: z.number().int().min(1),
-  submitMs: z.number().int().min(1),
-  commitMs: z.number().int().min(1),
-  quorum: z.number().gt(0).max(1),
-  minPeers: z.number().int().min(1),
-  maxMissedRounds: z.number().int().min(1),
-  genesisWeightsHash: HashSchema,
-  /** Retry period for fetches and resyncs. */
-  retryMs: z.number().int().min(1),
-  /**
-   * Overlap of each round's exchange with the next round's inner steps. In both modes a peer
-   * that submits round r gets a `pretrain` hint to start round r+1's steps from θ_r at once.
-   * - 'delayed': one-step-delayed outer update: round r's updates are built on θ_{r-1} (round 0
-   *   and round 1 both on θ_0). Re-executable from a round's agreed weights; applies every
-   *   peer's progress twice in effect (Δ_r and Δ_{r-1} start from nearby points), so it needs
-   *   about half the outer lr.
-   * - 'shift': updates are built on θ_r as without overlap; the driver moves its running job
-   *   onto θ_r when θ_r is known (local += θ_r − θ_{r-1}), so the first steps of a round use
-   *   slightly stale gradients and nothing is counted twice.
-   * - 'eager': as 'shift', but the early steps begin on the peer's own guess of θ_r (the outer
-   *   step applied with its own update in place of the aggregate), so they are less stale.
-   * The reducer treats 'shift' and 'eager' alike; the difference is the driver's.
-   */
-  overlap: z.enum(['none', 'delayed', 'shift', 'eager']).default('none'),
-}).strict();
+export const RoundParamsSchema = z
+  .object({
+    runId: HashSchema,
+    innerSteps: z.number().int().min(1),
+    batch: z.number().int().min(1),
+    numShards: z.number().int().min(1),
+    trainMs: z.number().int().min(1),
+    submitMs: z.number().int().min(1),
+    commitMs: z.number().int().min(1),
+    quorum: z.number().gt(0).max(1),
+    minPeers: z.number().int().min(1),
+    maxMissedRounds: z.number().int().min(1),
+    genesisWeightsHash: HashSchema,
+    /** Retry period for fetches and resyncs. */
+    retryMs: z.number().int().min(1),
+    /**
+     * Overlap of each round's exchange with the next round's inner steps. In both modes a peer
+     * that submits round r gets a `pretrain` hint to start round r+1's steps from θ_r at once.
+     * - 'delayed': one-step-delayed outer update: round r's updates are built on θ_{r-1} (round 0
+     *   and round 1 both on θ_0). Re-executable from a round's agreed weights; applies every
+     *   peer's progress twice in effect (Δ_r and Δ_{r-1} start from nearby points), so it needs
+     *   about half the outer lr.
+     * - 'shift': updates are built on θ_r as without overlap; the driver moves its running job
+     *   onto θ_r when θ_r is known (local += θ_r − θ_{r-1}), so the first steps of a round use
+     *   slightly stale gradients and nothing is counted twice.
+     * - 'eager': as 'shift', but the early steps begin on the peer's own guess of θ_r (the outer
+     *   step applied with its own update in place of the aggregate), so they are less stale.
+     * The reducer treats 'shift' and 'eager' alike; the difference is the driver's.
+     */
+    overlap: z.enum(['none', 'delayed', 'shift', 'eager']).default('none'),
+  })
+  .strict();
 export type RoundParams = z.input<typeof RoundParamsSchema>;
 
 export function roundParams(d: Pick<DecodedManifest, 'manifest' | 'runId'>, retryMs?: number): RoundParams {
@@ -219,10 +243,26 @@ export type Effect =
   | { type: 'resync'; from: string[]; round: number | null; weightsHash: string | null };
 
 export type RejectReason =
-  | 'malformed' | 'self' | 'not-synced' | 'stale-round' | 'future-round' | 'not-member' | 'not-leader'
-  | 'duplicate' | 'equivocation' | 'wrong-base' | 'wrong-phase' | 'stale-attempt'
-  | 'bad-certificate' | 'conflict' | 'already-member' | 'late' | 'buffer-full' | 'unexpected'
-  | 'stale-snapshot' | 'wrong-hash';
+  | 'malformed'
+  | 'self'
+  | 'not-synced'
+  | 'stale-round'
+  | 'future-round'
+  | 'not-member'
+  | 'not-leader'
+  | 'duplicate'
+  | 'equivocation'
+  | 'wrong-base'
+  | 'wrong-phase'
+  | 'stale-attempt'
+  | 'bad-certificate'
+  | 'conflict'
+  | 'already-member'
+  | 'late'
+  | 'buffer-full'
+  | 'unexpected'
+  | 'stale-snapshot'
+  | 'wrong-hash';
 
 export interface Rejection {
   reason: RejectReason;
@@ -241,7 +281,8 @@ export interface StepResult {
 
 // ───────────────────────────── state ─────────────────────────────
 
-export type Phase = 'unsynced' | 'syncing' | 'waiting' | 'training' | 'collecting' | 'agreement' | 'fetching' | 'applying';
+export type Phase =
+  'unsynced' | 'syncing' | 'waiting' | 'training' | 'collecting' | 'agreement' | 'fetching' | 'applying';
 
 export interface Decision {
   commit: Commit;
@@ -358,7 +399,13 @@ export function commitHash(c: Commit): string {
 
 /** Identity of what is applied (attempt and leader excluded): equal for re-proposals of one value. */
 export function valueHash(c: Commit): string {
-  return canonicalHash({ domain: 'tessera/value/v1', round: c.round, included: c.included, joins: c.joins, live: c.live });
+  return canonicalHash({
+    domain: 'tessera/value/v1',
+    round: c.round,
+    included: c.included,
+    joins: c.joins,
+    live: c.live,
+  });
 }
 
 /** Aggregation weight of an update of `steps` inner steps: min(steps, H)·batch. */
@@ -367,12 +414,14 @@ export function tokensFor(p: RoundParams, steps: number): number {
 }
 
 function has(sorted: readonly string[], x: string): boolean {
-  let lo = 0, hi = sorted.length - 1;
+  let lo = 0,
+    hi = sorted.length - 1;
   while (lo <= hi) {
     const mid = (lo + hi) >> 1;
     const c = compareIds(sorted[mid], x);
     if (c === 0) return true;
-    if (c < 0) lo = mid + 1; else hi = mid - 1;
+    if (c < 0) lo = mid + 1;
+    else hi = mid - 1;
   }
   return false;
 }
@@ -390,7 +439,12 @@ function msgRound(m: Message): number {
 }
 
 /** The roster of round+1 after `commit` (deterministic from agreed data only). */
-export function nextRoster(p: RoundParams, roster: readonly string[], missed: readonly number[], commit: Commit): { roster: string[]; missed: number[] } {
+export function nextRoster(
+  p: RoundParams,
+  roster: readonly string[],
+  missed: readonly number[],
+  commit: Commit,
+): { roster: string[]; missed: number[] } {
   // Only the value (included, live, joins) may matter here, never the attempt or its leader:
   // peers may learn the same value through different attempts.
   const seen = new Set([...commit.included.map((u) => u.peer), ...commit.live]);
@@ -408,18 +462,33 @@ export function nextRoster(p: RoundParams, roster: readonly string[], missed: re
 /** The snapshot a resyncing peer needs from this one, or null when this peer is not synced. */
 export function snapshotOf(s: RoundState): RoundSnapshot | null {
   if (s.phase === 'unsynced' || s.phase === 'syncing') return null;
-  return { round: s.round, weightsHash: s.weightsHash, roster: [...s.roster], missed: [...s.missed], ...(s.params.overlap === 'delayed' ? { trainBase: s.trainBase } : {}) };
+  return {
+    round: s.round,
+    weightsHash: s.weightsHash,
+    roster: [...s.roster],
+    missed: [...s.missed],
+    ...(s.params.overlap === 'delayed' ? { trainBase: s.trainBase } : {}),
+  };
 }
 
 /** The local time at which the next tick can change anything (Infinity: only an event can). */
 export function nextDeadline(s: RoundState): number {
   switch (s.phase) {
-    case 'unsynced': case 'syncing': return s.sync && s.sync.from.length > 0 ? s.sync.retryAt : Infinity;
-    case 'waiting': case 'training': case 'collecting': return s.startedAt + s.params.submitMs;
-    case 'agreement': return s.member && s.voting && !s.decision ? s.attemptDeadline : Infinity;
-    case 'fetching': return s.fetchDeadline;
-    case 'applying': return s.decision && s.decision.commit.included.length === 0 ? -Infinity : Infinity;
-    default: return Infinity;
+    case 'unsynced':
+    case 'syncing':
+      return s.sync && s.sync.from.length > 0 ? s.sync.retryAt : Infinity;
+    case 'waiting':
+    case 'training':
+    case 'collecting':
+      return s.startedAt + s.params.submitMs;
+    case 'agreement':
+      return s.member && s.voting && !s.decision ? s.attemptDeadline : Infinity;
+    case 'fetching':
+      return s.fetchDeadline;
+    case 'applying':
+      return s.decision && s.decision.commit.included.length === 0 ? -Infinity : Infinity;
+    default:
+      return Infinity;
   }
 }
 
@@ -455,12 +524,14 @@ export interface AcceptorRecord {
   proposed: number[];
 }
 
-export const AcceptorRecordSchema = z.object({
-  round: RoundSchema,
-  promised: AttemptSchema,
-  accepted: CommitSchema.nullable(),
-  proposed: z.array(AttemptSchema).max(1_000_000),
-}).strict();
+export const AcceptorRecordSchema = z
+  .object({
+    round: RoundSchema,
+    promised: AttemptSchema,
+    accepted: CommitSchema.nullable(),
+    proposed: z.array(AttemptSchema).max(1_000_000),
+  })
+  .strict();
 
 /** The acceptor state to persist; compare with the last one saved and write when it changed. Null before sync. */
 export function acceptorRecord(s: RoundState): AcceptorRecord | null {
@@ -472,28 +543,75 @@ export function init(opts: InitOptions): StepResult {
   const self = PeerIdSchema.safeParse(opts.self);
   if (!self.success) throw new RoundStateError(`bad self peer id ${JSON.stringify(opts.self)}`);
   const params = RoundParamsSchema.safeParse(opts.params);
-  if (!params.success) throw new RoundStateError(`bad round params: ${params.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
+  if (!params.success)
+    throw new RoundStateError(
+      `bad round params: ${params.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`,
+    );
   if (params.data.submitMs < params.data.trainMs) throw new RoundStateError('submitMs must be >= trainMs');
   if (!Number.isFinite(opts.now)) throw new RoundStateError('now must be finite');
   let restored: AcceptorRecord | null = null;
   if (opts.acceptor !== undefined) {
     const r = AcceptorRecordSchema.safeParse(opts.acceptor);
-    if (!r.success) throw new RoundStateError(`bad acceptor record: ${r.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
+    if (!r.success)
+      throw new RoundStateError(
+        `bad acceptor record: ${r.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`,
+      );
     restored = r.data;
   }
   const s: RoundState = {
-    self: opts.self, params: params.data, now: opts.now, phase: 'unsynced', round: -1, weightsHash: '', trainBase: '', baseHeld: false, roster: [], missed: [],
-    seed: '', order: [], member: false, voting: false, noVoteThrough: restored ? restored.round - 1 : -1, restored, training: false, startedAt: opts.now, closedAt: null, trainingActive: false,
-    updates: new Map(), byPeer: new Map(), joins: [], heard: [], excluded: [], ahead: [], promised: 0, accepted: null, attempt: 0, attemptDeadline: Infinity,
-    promises: new Map(), proposed: [], votes: new Map(), pending: null, decision: null, fetchDeadline: Infinity, repliedTo: [], future: [],
-    announces: new Map(), prev: null,
-    sync: { target: null, from: [...new Set(opts.bootstrap ?? [])].filter((p) => p !== opts.self).slice(0, 8), retryAt: opts.now },
+    self: opts.self,
+    params: params.data,
+    now: opts.now,
+    phase: 'unsynced',
+    round: -1,
+    weightsHash: '',
+    trainBase: '',
+    baseHeld: false,
+    roster: [],
+    missed: [],
+    seed: '',
+    order: [],
+    member: false,
+    voting: false,
+    noVoteThrough: restored ? restored.round - 1 : -1,
+    restored,
+    training: false,
+    startedAt: opts.now,
+    closedAt: null,
+    trainingActive: false,
+    updates: new Map(),
+    byPeer: new Map(),
+    joins: [],
+    heard: [],
+    excluded: [],
+    ahead: [],
+    promised: 0,
+    accepted: null,
+    attempt: 0,
+    attemptDeadline: Infinity,
+    promises: new Map(),
+    proposed: [],
+    votes: new Map(),
+    pending: null,
+    decision: null,
+    fetchDeadline: Infinity,
+    repliedTo: [],
+    future: [],
+    announces: new Map(),
+    prev: null,
+    sync: {
+      target: null,
+      from: [...new Set(opts.bootstrap ?? [])].filter((p) => p !== opts.self).slice(0, 8),
+      retryAt: opts.now,
+    },
   };
   const c: Ctx = { s, effects: [], rejected: [], event: 'tick' };
   if (opts.genesis) {
     const roster = [...new Set(opts.genesis.roster)].sort(compareIds);
-    if (roster.length === 0 || roster.length > MAX_ROSTER) throw new RoundStateError(`genesis roster must have 1..${MAX_ROSTER} peers`);
-    for (const p of roster) if (!PeerIdSchema.safeParse(p).success) throw new RoundStateError(`bad peer id ${JSON.stringify(p)}`);
+    if (roster.length === 0 || roster.length > MAX_ROSTER)
+      throw new RoundStateError(`genesis roster must have 1..${MAX_ROSTER} peers`);
+    for (const p of roster)
+      if (!PeerIdSchema.safeParse(p).success) throw new RoundStateError(`bad peer id ${JSON.stringify(p)}`);
     startRound(c, { round: 0, weightsHash: s.params.genesisWeightsHash, roster, missed: roster.map(() => 0) }, null);
   }
   advance(c);
@@ -522,18 +640,34 @@ export function step(state: RoundState, event: RoundEvent): StepResult {
   const s = structuredClone(state);
   const c: Ctx = { s, effects: [], rejected: [], event: event.type };
   switch (event.type) {
-    case 'tick': s.now = Math.max(s.now, event.now); break;
-    case 'message': handleMessage(c, event.msg); break;
-    case 'trained': handleTrained(c, event); break;
-    case 'applied': handleApplied(c, event); break;
-    case 'synced': handleSynced(c, event.snapshot); break;
+    case 'tick':
+      s.now = Math.max(s.now, event.now);
+      break;
+    case 'message':
+      handleMessage(c, event.msg);
+      break;
+    case 'trained':
+      handleTrained(c, event);
+      break;
+    case 'applied':
+      handleApplied(c, event);
+      break;
+    case 'synced':
+      handleSynced(c, event.snapshot);
+      break;
     case 'exclude': {
-      const ps = Array.isArray(event.peers) ? event.peers.filter((p) => typeof p === 'string' && p.length > 0 && p.length <= 128) : null;
-      if (!ps || ps.length > MAX_ROSTER) { reject(c, 'malformed', 'exclude: peers must be a list of peer ids'); break; }
+      const ps = Array.isArray(event.peers)
+        ? event.peers.filter((p) => typeof p === 'string' && p.length > 0 && p.length <= 128)
+        : null;
+      if (!ps || ps.length > MAX_ROSTER) {
+        reject(c, 'malformed', 'exclude: peers must be a list of peer ids');
+        break;
+      }
       s.excluded = [...new Set(ps)].sort(compareIds);
       break;
     }
-    default: reject(c, 'malformed', `unknown event ${(event as { type: unknown }).type}`);
+    default:
+      reject(c, 'malformed', `unknown event ${(event as { type: unknown }).type}`);
   }
   advance(c);
   return { state: s, effects: c.effects, rejected: c.rejected };
@@ -545,13 +679,21 @@ function advance(c: Ctx): void {
   for (let guard = 0; guard < 8; guard++) {
     const before = s.phase;
     switch (s.phase) {
-      case 'unsynced': case 'syncing':
+      case 'unsynced':
+      case 'syncing':
         if (s.sync && s.sync.from.length > 0 && s.now >= s.sync.retryAt) {
-          c.effects.push({ type: 'resync', from: [...s.sync.from], round: s.sync.target?.round ?? null, weightsHash: s.sync.target?.weightsHash ?? null });
+          c.effects.push({
+            type: 'resync',
+            from: [...s.sync.from],
+            round: s.sync.target?.round ?? null,
+            weightsHash: s.sync.target?.weightsHash ?? null,
+          });
           s.sync.retryAt = s.now + s.params.retryMs;
         }
         break;
-      case 'waiting': case 'training': case 'collecting':
+      case 'waiting':
+      case 'training':
+      case 'collecting':
         if (shouldClose(s)) closeCollection(c);
         break;
       case 'agreement':
@@ -571,7 +713,8 @@ function advance(c: Ctx): void {
           emitFetch(c);
         }
         break;
-      default: break;
+      default:
+        break;
     }
     if (s.phase === before) return;
   }
@@ -584,8 +727,14 @@ function advance(c: Ctx): void {
 function behind(c: Ctx): boolean {
   const s = c.s;
   const maj = majorityHash(s.announces.get(s.round), s.roster);
-  if (maj) { startResync(c, maj.peers, { round: s.round + 1, weightsHash: maj.hash }); return true; }
-  if (s.ahead.length >= majority(s.roster.length)) { startResync(c, [...s.ahead], null); return true; }
+  if (maj) {
+    startResync(c, maj.peers, { round: s.round + 1, weightsHash: maj.hash });
+    return true;
+  }
+  if (s.ahead.length >= majority(s.roster.length)) {
+    startResync(c, [...s.ahead], null);
+    return true;
+  }
   return false;
 }
 
@@ -610,16 +759,28 @@ function closeCollection(c: Ctx, byCommit = false): void {
   s.closedAt = s.now;
   s.phase = 'agreement';
   s.attemptDeadline = s.now + attemptMs(s, s.attempt);
-  if (!byCommit && s.member && s.voting && !s.decision && s.promised === 0 && !s.proposed.includes(0) && leaderAt(s.order, 0) === s.self) {
+  if (
+    !byCommit &&
+    s.member &&
+    s.voting &&
+    !s.decision &&
+    s.promised === 0 &&
+    !s.proposed.includes(0) &&
+    leaderAt(s.order, 0) === s.self
+  ) {
     const v = ownValue(s);
     propose(c, { round: s.round, attempt: 0, leader: s.self, ...v });
   }
 }
 
 interface StartInfo {
-  round: number; weightsHash: string; roster: string[]; missed: number[];
+  round: number;
+  weightsHash: string;
+  roster: string[];
+  missed: number[];
   /** Delayed mode: the updates' base, and whether the driver holds those weights. */
-  trainBase?: string; baseHeld?: boolean;
+  trainBase?: string;
+  baseHeld?: boolean;
 }
 interface Carry {
   promised: number;
@@ -630,12 +791,13 @@ interface Carry {
 }
 
 function startRound(c: Ctx, info: StartInfo, carry: Carry | null, voting = true): void {
-  const s = c.s, p = s.params;
+  const s = c.s,
+    p = s.params;
   s.voting = voting && info.round > s.noVoteThrough;
   s.round = info.round;
   s.weightsHash = info.weightsHash;
-  s.trainBase = p.overlap === 'delayed' ? info.trainBase ?? info.weightsHash : info.weightsHash;
-  s.baseHeld = p.overlap === 'delayed' ? info.baseHeld ?? true : true;
+  s.trainBase = p.overlap === 'delayed' ? (info.trainBase ?? info.weightsHash) : info.weightsHash;
+  s.baseHeld = p.overlap === 'delayed' ? (info.baseHeld ?? true) : true;
   s.roster = info.roster;
   s.missed = info.missed;
   s.seed = roundSeed(p.runId, info.round);
@@ -670,7 +832,14 @@ function startRound(c: Ctx, info: StartInfo, carry: Carry | null, voting = true)
     s.phase = 'training';
     s.trainingActive = true;
     const shards = assignShards(s.seed, s.roster, p.numShards).get(s.self)!;
-    c.effects.push({ type: 'train', round: s.round, baseHash: s.trainBase, shards, steps: p.innerSteps, until: s.startedAt + p.trainMs });
+    c.effects.push({
+      type: 'train',
+      round: s.round,
+      baseHash: s.trainBase,
+      shards,
+      steps: p.innerSteps,
+      until: s.startedAt + p.trainMs,
+    });
   } else {
     s.phase = s.training ? 'collecting' : 'waiting';
   }
@@ -699,7 +868,10 @@ function handleMessage(c: Ctx, raw: Message): void {
   }
   const m = parsed.data;
   // Our own update can come back (fetched after a restart); any other message of ours is a replay.
-  if (m.from === s.self && m.type !== 'update') { reject(c, 'self', `${m.type} claims to be from this peer`, m.from); return; }
+  if (m.from === s.self && m.type !== 'update') {
+    reject(c, 'self', `${m.type} claims to be from this peer`, m.from);
+    return;
+  }
   if (s.phase === 'unsynced' || s.phase === 'syncing') {
     if (s.sync && !s.sync.from.includes(m.from) && s.sync.from.length < 8) s.sync.from.push(m.from);
     reject(c, 'not-synced', `${m.type} while ${s.phase}`, m.from);
@@ -707,12 +879,22 @@ function handleMessage(c: Ctx, raw: Message): void {
   }
   const r = msgRound(m);
   // Any authenticated message from a member this round (or its announce of last round) shows it is alive.
-  if ((r === s.round || (r === s.round - 1 && m.type === 'announce')) && has(s.roster, m.from)) insertSorted(s.heard, m.from);
-  if (r === s.round) { dispatch(c, m); return; }
-  if (r < s.round) { handleOld(c, m, r); return; }
+  if ((r === s.round || (r === s.round - 1 && m.type === 'announce')) && has(s.roster, m.from))
+    insertSorted(s.heard, m.from);
+  if (r === s.round) {
+    dispatch(c, m);
+    return;
+  }
+  if (r < s.round) {
+    handleOld(c, m, r);
+    return;
+  }
   if (has(s.roster, m.from)) insertSorted(s.ahead, m.from);
   if (r === s.round + 1 && m.type !== 'decided' && m.type !== 'announce') {
-    if (s.future.length >= 4 * s.roster.length + 16) { reject(c, 'buffer-full', `future-round buffer full; dropped ${m.type} for round ${r}`, m.from); return; }
+    if (s.future.length >= 4 * s.roster.length + 16) {
+      reject(c, 'buffer-full', `future-round buffer full; dropped ${m.type} for round ${r}`, m.from);
+      return;
+    }
     s.future.push(m);
     return;
   }
@@ -723,23 +905,44 @@ function handleMessage(c: Ctx, raw: Message): void {
 
 function dispatch(c: Ctx, m: Message): void {
   switch (m.type) {
-    case 'update': return handleUpdate(c, m);
-    case 'commit': return handleCommit(c, m);
-    case 'accept': return handleAccept(c, m);
-    case 'promise': return handlePromise(c, m);
-    case 'decided': return handleDecided(c, m);
-    case 'announce': return handleAnnounce(c, m, c.s.roster);
-    case 'join': return handleJoin(c, m);
+    case 'update':
+      return handleUpdate(c, m);
+    case 'commit':
+      return handleCommit(c, m);
+    case 'accept':
+      return handleAccept(c, m);
+    case 'promise':
+      return handlePromise(c, m);
+    case 'decided':
+      return handleDecided(c, m);
+    case 'announce':
+      return handleAnnounce(c, m, c.s.roster);
+    case 'join':
+      return handleJoin(c, m);
   }
 }
 
 function handleOld(c: Ctx, m: Message, r: number): void {
-  const s = c.s, prev = s.prev;
-  if (m.type === 'announce' && prev && r === prev.round) { handleAnnounce(c, m, prev.roster); return; }
+  const s = c.s,
+    prev = s.prev;
+  if (m.type === 'announce' && prev && r === prev.round) {
+    handleAnnounce(c, m, prev.roster);
+    return;
+  }
   // A straggler timed out on a round we finished (it missed the decision): tell it, once.
-  if (prev && m.type === 'promise' && has(prev.roster, m.from) && has(prev.roster, s.self) && !prev.repliedTo.includes(m.from)) {
+  if (
+    prev &&
+    m.type === 'promise' &&
+    has(prev.roster, m.from) &&
+    has(prev.roster, s.self) &&
+    !prev.repliedTo.includes(m.from)
+  ) {
     prev.repliedTo.push(m.from);
-    c.effects.push({ type: 'send', to: m.from, msg: { type: 'decided', from: s.self, commit: prev.decision.commit, signers: [...prev.decision.signers] } });
+    c.effects.push({
+      type: 'send',
+      to: m.from,
+      msg: { type: 'decided', from: s.self, commit: prev.decision.commit, signers: [...prev.decision.signers] },
+    });
   }
   reject(c, 'stale-round', `${m.type} for round ${r} while at round ${s.round}`, m.from);
 }
@@ -749,35 +952,58 @@ function checkCommit(s: RoundState, k: Commit): { reason: RejectReason; detail: 
   const p = s.params;
   if (k.round !== s.round) return { reason: 'stale-round', detail: `commit for round ${k.round}` };
   const want = leaderAt(s.order, k.attempt);
-  if (k.leader !== want) return { reason: 'not-leader', detail: `${k.leader} does not lead attempt ${k.attempt} (leader is ${want})` };
+  if (k.leader !== want)
+    return { reason: 'not-leader', detail: `${k.leader} does not lead attempt ${k.attempt} (leader is ${want})` };
   if (!s.training && k.included.length > 0) return { reason: 'malformed', detail: 'updates listed in a waiting round' };
   const cap = p.innerSteps * p.batch;
   for (let i = 0; i < k.included.length; i++) {
     const u = k.included[i];
-    if (i > 0 && compareIds(k.included[i - 1].peer, u.peer) >= 0) return { reason: 'malformed', detail: 'included not sorted by peer / duplicate peer' };
+    if (i > 0 && compareIds(k.included[i - 1].peer, u.peer) >= 0)
+      return { reason: 'malformed', detail: 'included not sorted by peer / duplicate peer' };
     if (!has(s.roster, u.peer)) return { reason: 'not-member', detail: `included update from non-member ${u.peer}` };
     if (u.tokens > cap) return { reason: 'malformed', detail: `tokens ${u.tokens} over H·batch = ${cap}` };
   }
   for (let i = 0; i < k.joins.length; i++) {
     const j = k.joins[i];
-    if (i > 0 && compareIds(k.joins[i - 1], j) >= 0) return { reason: 'malformed', detail: 'joins not sorted / duplicate' };
+    if (i > 0 && compareIds(k.joins[i - 1], j) >= 0)
+      return { reason: 'malformed', detail: 'joins not sorted / duplicate' };
     if (has(s.roster, j)) return { reason: 'already-member', detail: `join of existing member ${j}` };
   }
   for (let i = 0; i < k.live.length; i++) {
-    if (i > 0 && compareIds(k.live[i - 1], k.live[i]) >= 0) return { reason: 'malformed', detail: 'live not sorted / duplicate' };
+    if (i > 0 && compareIds(k.live[i - 1], k.live[i]) >= 0)
+      return { reason: 'malformed', detail: 'live not sorted / duplicate' };
     if (!has(s.roster, k.live[i])) return { reason: 'not-member', detail: `live lists non-member ${k.live[i]}` };
   }
-  if (s.roster.length + k.joins.length > MAX_ROSTER) return { reason: 'malformed', detail: `roster would exceed ${MAX_ROSTER}` };
+  if (s.roster.length + k.joins.length > MAX_ROSTER)
+    return { reason: 'malformed', detail: `roster would exceed ${MAX_ROSTER}` };
   return null;
 }
 
 function handleUpdate(c: Ctx, m: UpdateMsg): void {
   const s = c.s;
-  if (!has(s.roster, m.from)) { reject(c, 'not-member', `update from non-member ${m.from}`, m.from); return; }
-  if (!s.training) { reject(c, 'wrong-phase', 'no training in a waiting round', m.from); return; }
-  if (m.baseHash !== s.trainBase) { reject(c, 'wrong-base', `update built on ${m.baseHash.slice(0, 12)}, round base is ${s.trainBase.slice(0, 12)}`, m.from); return; }
-  if (s.updates.has(m.updateHash)) { reject(c, 'duplicate', `update ${m.updateHash.slice(0, 12)} already held`, m.from); return; }
-  const listed = (k: Commit | null | undefined) => k?.included.some((u) => u.updateHash === m.updateHash && u.peer === m.from) ?? false;
+  if (!has(s.roster, m.from)) {
+    reject(c, 'not-member', `update from non-member ${m.from}`, m.from);
+    return;
+  }
+  if (!s.training) {
+    reject(c, 'wrong-phase', 'no training in a waiting round', m.from);
+    return;
+  }
+  if (m.baseHash !== s.trainBase) {
+    reject(
+      c,
+      'wrong-base',
+      `update built on ${m.baseHash.slice(0, 12)}, round base is ${s.trainBase.slice(0, 12)}`,
+      m.from,
+    );
+    return;
+  }
+  if (s.updates.has(m.updateHash)) {
+    reject(c, 'duplicate', `update ${m.updateHash.slice(0, 12)} already held`, m.from);
+    return;
+  }
+  const listed = (k: Commit | null | undefined) =>
+    k?.included.some((u) => u.updateHash === m.updateHash && u.peer === m.from) ?? false;
   if (listed(s.decision?.commit) || listed(s.pending)) {
     // Asked for (fetched): store even if we hold a different update from this author.
     s.updates.set(m.updateHash, m);
@@ -786,8 +1012,14 @@ function handleUpdate(c: Ctx, m: UpdateMsg): void {
     else resumePending(c);
     return;
   }
-  if (s.decision) { reject(c, 'late', 'round already decided', m.from); return; }
-  if (s.byPeer.has(m.from)) { reject(c, 'equivocation', `second, different update from ${m.from}`, m.from); return; }
+  if (s.decision) {
+    reject(c, 'late', 'round already decided', m.from);
+    return;
+  }
+  if (s.byPeer.has(m.from)) {
+    reject(c, 'equivocation', `second, different update from ${m.from}`, m.from);
+    return;
+  }
   s.updates.set(m.updateHash, m);
   s.byPeer.set(m.from, m.updateHash);
 }
@@ -801,12 +1033,18 @@ function fetchFor(c: Ctx, k: Commit): void {
   const missing = k.included.filter((u) => !s.updates.has(u.updateHash));
   const voters = s.votes.get(commitHash(k))?.signers ?? [];
   const from = [...new Set([...missing.map((u) => u.peer), k.leader, ...voters])].filter((p) => p !== s.self);
-  c.effects.push({ type: 'fetch', round: s.round, updates: missing.map((u) => ({ peer: u.peer, updateHash: u.updateHash })), from });
+  c.effects.push({
+    type: 'fetch',
+    round: s.round,
+    updates: missing.map((u) => ({ peer: u.peer, updateHash: u.updateHash })),
+    from,
+  });
 }
 
 /** Accepts / proposes the pending commit once every update it lists is held. */
 function resumePending(c: Ctx): void {
-  const s = c.s, k = s.pending;
+  const s = c.s,
+    k = s.pending;
   if (!k || !holdsAll(s, k)) return;
   s.pending = null;
   if (s.decision || k.attempt < s.promised) return;
@@ -818,23 +1056,45 @@ function resumePending(c: Ctx): void {
 }
 
 function handleCommit(c: Ctx, m: Extract<Message, { type: 'commit' }>): void {
-  const s = c.s, k = m.commit;
-  if (m.from !== k.leader) { reject(c, 'not-leader', `commit signed by ${m.from} names leader ${k.leader}`, m.from); return; }
+  const s = c.s,
+    k = m.commit;
+  if (m.from !== k.leader) {
+    reject(c, 'not-leader', `commit signed by ${m.from} names leader ${k.leader}`, m.from);
+    return;
+  }
   const bad = checkCommit(s, k);
-  if (bad) { reject(c, bad.reason, bad.detail, m.from); return; }
+  if (bad) {
+    reject(c, bad.reason, bad.detail, m.from);
+    return;
+  }
   const fresh = addVote(c, k, m.from); // the proposal is also the leader's acceptance
-  if (!s.member || !s.voting) { if (!fresh) reject(c, 'duplicate', 'commit already seen', m.from); return; }
+  if (!s.member || !s.voting) {
+    if (!fresh) reject(c, 'duplicate', 'commit already seen', m.from);
+    return;
+  }
   if (s.accepted && s.accepted.attempt === k.attempt) {
     if (commitHash(s.accepted) === commitHash(k)) reject(c, 'duplicate', 'commit already accepted', m.from);
     else reject(c, 'equivocation', `leader ${m.from} proposed two commits for attempt ${k.attempt}`, m.from);
     return;
   }
-  if (k.attempt < s.promised) { reject(c, 'stale-attempt', `attempt ${k.attempt} < promised ${s.promised}`, m.from); return; }
+  if (k.attempt < s.promised) {
+    reject(c, 'stale-attempt', `attempt ${k.attempt} < promised ${s.promised}`, m.from);
+    return;
+  }
   if (s.phase === 'training' || s.phase === 'collecting' || s.phase === 'waiting') closeCollection(c, true);
-  if (s.decision) { acceptCommit(c, k, true); return; } // decided already (same value by Paxos); just help others
+  if (s.decision) {
+    acceptCommit(c, k, true);
+    return;
+  } // decided already (same value by Paxos); just help others
   if (!holdsAll(s, k)) {
-    if (s.pending && commitHash(s.pending) === commitHash(k)) { reject(c, 'duplicate', 'commit already pending', m.from); return; }
-    if (!s.pending || s.pending.attempt <= k.attempt) { s.pending = k; fetchFor(c, k); }
+    if (s.pending && commitHash(s.pending) === commitHash(k)) {
+      reject(c, 'duplicate', 'commit already pending', m.from);
+      return;
+    }
+    if (!s.pending || s.pending.attempt <= k.attempt) {
+      s.pending = k;
+      fetchFor(c, k);
+    }
     return;
   }
   acceptCommit(c, k, true);
@@ -861,8 +1121,13 @@ function addVote(c: Ctx, k: Commit, signer: string): boolean {
   if (!v) {
     if (s.votes.size >= 4 * s.roster.length + 16) {
       // Keep the latest attempts: a value chosen earlier is re-proposed in every later attempt.
-      let low: string | null = null, lowAttempt = Infinity;
-      for (const [key, x] of s.votes) if (x.commit.attempt < lowAttempt) { low = key; lowAttempt = x.commit.attempt; }
+      let low: string | null = null,
+        lowAttempt = Infinity;
+      for (const [key, x] of s.votes)
+        if (x.commit.attempt < lowAttempt) {
+          low = key;
+          lowAttempt = x.commit.attempt;
+        }
       if (low === null || lowAttempt > k.attempt) return false;
       s.votes.delete(low);
     }
@@ -876,25 +1141,44 @@ function addVote(c: Ctx, k: Commit, signer: string): boolean {
 
 function handleAccept(c: Ctx, m: Extract<Message, { type: 'accept' }>): void {
   const s = c.s;
-  if (!has(s.roster, m.from)) { reject(c, 'not-member', `accept from non-member ${m.from}`, m.from); return; }
+  if (!has(s.roster, m.from)) {
+    reject(c, 'not-member', `accept from non-member ${m.from}`, m.from);
+    return;
+  }
   const bad = checkCommit(s, m.commit);
-  if (bad) { reject(c, bad.reason, bad.detail, m.from); return; }
+  if (bad) {
+    reject(c, bad.reason, bad.detail, m.from);
+    return;
+  }
   if (!addVote(c, m.commit, m.from)) reject(c, 'duplicate', 'accept already counted', m.from);
 }
 
 function handlePromise(c: Ctx, m: Extract<Message, { type: 'promise' }>): void {
   const s = c.s;
-  if (!has(s.roster, m.from)) { reject(c, 'not-member', `promise from non-member ${m.from}`, m.from); return; }
+  if (!has(s.roster, m.from)) {
+    reject(c, 'not-member', `promise from non-member ${m.from}`, m.from);
+    return;
+  }
   if (m.accepted) {
     const bad = checkCommit(s, m.accepted);
-    if (bad) { reject(c, bad.reason, `promised commit: ${bad.detail}`, m.from); return; }
-    if (m.accepted.attempt >= m.attempt) { reject(c, 'malformed', 'promise reports an accepted commit from its own or a later attempt', m.from); return; }
+    if (bad) {
+      reject(c, bad.reason, `promised commit: ${bad.detail}`, m.from);
+      return;
+    }
+    if (m.accepted.attempt >= m.attempt) {
+      reject(c, 'malformed', 'promise reports an accepted commit from its own or a later attempt', m.from);
+      return;
+    }
   }
   if (s.decision && s.member) {
     // Already decided: the sender missed it. Answer once instead of leading a new attempt.
     if (!s.repliedTo.includes(m.from)) {
       s.repliedTo.push(m.from);
-      c.effects.push({ type: 'send', to: m.from, msg: { type: 'decided', from: s.self, commit: s.decision.commit, signers: [...s.decision.signers] } });
+      c.effects.push({
+        type: 'send',
+        to: m.from,
+        msg: { type: 'decided', from: s.self, commit: s.decision.commit, signers: [...s.decision.signers] },
+      });
     }
     return;
   }
@@ -906,25 +1190,48 @@ function handlePromise(c: Ctx, m: Extract<Message, { type: 'promise' }>): void {
     enterAttempt(c, m.attempt);
   }
   if (leaderAt(s.order, m.attempt) !== s.self) return; // not ours to act on
-  if (m.attempt < s.promised) { reject(c, 'stale-attempt', `promise for attempt ${m.attempt} < promised ${s.promised}`, m.from); return; }
+  if (m.attempt < s.promised) {
+    reject(c, 'stale-attempt', `promise for attempt ${m.attempt} < promised ${s.promised}`, m.from);
+    return;
+  }
   let ps = s.promises.get(m.attempt);
-  if (!ps) { ps = new Map(); s.promises.set(m.attempt, ps); }
-  if (ps.has(m.from)) { reject(c, 'duplicate', 'promise already counted', m.from); return; }
+  if (!ps) {
+    ps = new Map();
+    s.promises.set(m.attempt, ps);
+  }
+  if (ps.has(m.from)) {
+    reject(c, 'duplicate', 'promise already counted', m.from);
+    return;
+  }
   ps.set(m.from, m.accepted);
   tryLead(c, m.attempt);
 }
 
 function tryLead(c: Ctx, b: number): void {
   const s = c.s;
-  if (!s.member || !s.voting || s.decision || s.proposed.includes(b) || s.promised > b || leaderAt(s.order, b) !== s.self) return;
+  if (
+    !s.member ||
+    !s.voting ||
+    s.decision ||
+    s.proposed.includes(b) ||
+    s.promised > b ||
+    leaderAt(s.order, b) !== s.self
+  )
+    return;
   const ps = s.promises.get(b);
   if (!isQuorum(s.roster, [s.self, ...(ps?.keys() ?? [])])) return;
   let best = s.accepted;
   for (const a of ps?.values() ?? []) if (a && (!best || a.attempt > best.attempt)) best = a;
   const value = best ? { included: best.included, joins: best.joins, live: best.live } : ownValue(s);
   const k: Commit = { round: s.round, attempt: b, leader: s.self, ...value };
-  if (holdsAll(s, k)) { propose(c, k); return; }
-  if (!s.pending || s.pending.attempt <= b) { s.pending = k; fetchFor(c, k); }
+  if (holdsAll(s, k)) {
+    propose(c, k);
+    return;
+  }
+  if (!s.pending || s.pending.attempt <= b) {
+    s.pending = k;
+    fetchFor(c, k);
+  }
 }
 
 function ownValue(s: RoundState): { included: IncludedUpdate[]; joins: string[]; live: string[] } {
@@ -938,9 +1245,11 @@ function ownValue(s: RoundState): { included: IncludedUpdate[]; joins: string[];
     }
   }
   const room = Math.max(0, Math.min(MAX_JOINS_PER_ROUND, MAX_ROSTER - s.roster.length));
-  const joins = s.joins.filter((j) => !has(s.roster, j))
+  const joins = s.joins
+    .filter((j) => !has(s.roster, j))
     .sort((a, b) => compareIds(leaderRank(s.seed, a), leaderRank(s.seed, b)))
-    .slice(0, room).sort(compareIds);
+    .slice(0, room)
+    .sort(compareIds);
   const live = [...s.heard];
   if (has(s.roster, s.self)) insertSorted(live, s.self);
   return { included, joins, live };
@@ -956,7 +1265,10 @@ function propose(c: Ctx, k: Commit): void {
 function timeoutAttempt(c: Ctx): void {
   const s = c.s;
   let a = s.attempt;
-  while (s.now >= s.attemptDeadline) { a += 1; s.attemptDeadline += attemptMs(s, a); }
+  while (s.now >= s.attemptDeadline) {
+    a += 1;
+    s.attemptDeadline += attemptMs(s, a);
+  }
   enterAttempt(c, a);
 }
 
@@ -968,23 +1280,48 @@ function enterAttempt(c: Ctx, a: number): void {
   s.promised = Math.max(s.promised, a);
   if (s.pending && s.pending.attempt < s.promised) s.pending = null;
   for (const b of [...s.promises.keys()]) if (b < s.promised) s.promises.delete(b);
-  c.effects.push({ type: 'broadcast', msg: { type: 'promise', from: s.self, round: s.round, attempt: a, accepted: s.accepted } });
+  c.effects.push({
+    type: 'broadcast',
+    msg: { type: 'promise', from: s.self, round: s.round, attempt: a, accepted: s.accepted },
+  });
   tryLead(c, a);
 }
 
 function handleDecided(c: Ctx, m: Extract<Message, { type: 'decided' }>): void {
-  const s = c.s, k = m.commit;
-  if (!has(s.roster, m.from)) { reject(c, 'not-member', `decided from non-member ${m.from}`, m.from); return; }
-  const bad = checkCommit(s, k);
-  if (bad) { reject(c, bad.reason, bad.detail, m.from); return; }
-  for (let i = 0; i < m.signers.length; i++) {
-    if (!has(s.roster, m.signers[i])) { reject(c, 'bad-certificate', `signer ${m.signers[i]} is not a member`, m.from); return; }
-    if (i > 0 && compareIds(m.signers[i - 1], m.signers[i]) >= 0) { reject(c, 'bad-certificate', 'signers not sorted / duplicate', m.from); return; }
+  const s = c.s,
+    k = m.commit;
+  if (!has(s.roster, m.from)) {
+    reject(c, 'not-member', `decided from non-member ${m.from}`, m.from);
+    return;
   }
-  if (!isQuorum(s.roster, m.signers)) { reject(c, 'bad-certificate', `${m.signers.length} signers are not a quorum of ${s.roster.length}`, m.from); return; }
+  const bad = checkCommit(s, k);
+  if (bad) {
+    reject(c, bad.reason, bad.detail, m.from);
+    return;
+  }
+  for (let i = 0; i < m.signers.length; i++) {
+    if (!has(s.roster, m.signers[i])) {
+      reject(c, 'bad-certificate', `signer ${m.signers[i]} is not a member`, m.from);
+      return;
+    }
+    if (i > 0 && compareIds(m.signers[i - 1], m.signers[i]) >= 0) {
+      reject(c, 'bad-certificate', 'signers not sorted / duplicate', m.from);
+      return;
+    }
+  }
+  if (!isQuorum(s.roster, m.signers)) {
+    reject(c, 'bad-certificate', `${m.signers.length} signers are not a quorum of ${s.roster.length}`, m.from);
+    return;
+  }
   if (s.decision) {
     if (s.decision.valueHash === valueHash(k)) reject(c, 'duplicate', 'already decided', m.from);
-    else reject(c, 'conflict', `decided value ${valueHash(k).slice(0, 12)} differs from ours ${s.decision.valueHash.slice(0, 12)}`, m.from);
+    else
+      reject(
+        c,
+        'conflict',
+        `decided value ${valueHash(k).slice(0, 12)} differs from ours ${s.decision.valueHash.slice(0, 12)}`,
+        m.from,
+      );
     return;
   }
   decide(c, k, commitHash(k), [...m.signers]);
@@ -995,7 +1332,8 @@ function decide(c: Ctx, k: Commit, h: string, signers: string[]): void {
   s.decision = { commit: k, commitHash: h, valueHash: valueHash(k), signers };
   s.pending = null;
   if (s.closedAt === null) s.closedAt = s.now;
-  if (k.leader === s.self) c.effects.push({ type: 'broadcast', msg: { type: 'decided', from: s.self, commit: k, signers: [...signers] } });
+  if (k.leader === s.self)
+    c.effects.push({ type: 'broadcast', msg: { type: 'decided', from: s.self, commit: k, signers: [...signers] } });
   if (s.trainingActive) {
     s.trainingActive = false;
     c.effects.push({ type: 'stop-training', round: s.round });
@@ -1008,14 +1346,21 @@ function missingUpdates(s: RoundState): IncludedUpdate[] {
 }
 
 function emitFetch(c: Ctx): void {
-  const s = c.s, d = s.decision!;
+  const s = c.s,
+    d = s.decision!;
   const missing = missingUpdates(s);
   const from = [...new Set([...d.signers, ...missing.map((u) => u.peer), d.commit.leader])].filter((p) => p !== s.self);
-  c.effects.push({ type: 'fetch', round: s.round, updates: missing.map((u) => ({ peer: u.peer, updateHash: u.updateHash })), from });
+  c.effects.push({
+    type: 'fetch',
+    round: s.round,
+    updates: missing.map((u) => ({ peer: u.peer, updateHash: u.updateHash })),
+    from,
+  });
 }
 
 function startApply(c: Ctx): void {
-  const s = c.s, d = s.decision!;
+  const s = c.s,
+    d = s.decision!;
   if (missingUpdates(s).length > 0) {
     s.phase = 'fetching';
     s.fetchDeadline = s.now + s.params.retryMs;
@@ -1026,24 +1371,44 @@ function startApply(c: Ctx): void {
   // An empty set changes nothing (θ and momentum stay): advance() finishes the round itself,
   // after the current event, so no handler ever continues inside a round that has ended.
   if (d.commit.included.length === 0) return;
-  c.effects.push({ type: 'apply', round: s.round, baseHash: s.weightsHash, valueHash: d.valueHash, included: d.commit.included.map((u) => ({ ...u })) });
+  c.effects.push({
+    type: 'apply',
+    round: s.round,
+    baseHash: s.weightsHash,
+    valueHash: d.valueHash,
+    included: d.commit.included.map((u) => ({ ...u })),
+  });
 }
 
 function handleAnnounce(c: Ctx, m: Extract<Message, { type: 'announce' }>, roster: readonly string[]): void {
   const s = c.s;
-  if (!has(roster, m.from)) { reject(c, 'not-member', `announce from non-member ${m.from}`, m.from); return; }
+  if (!has(roster, m.from)) {
+    reject(c, 'not-member', `announce from non-member ${m.from}`, m.from);
+    return;
+  }
   let map = s.announces.get(m.round);
-  if (!map) { map = new Map(); s.announces.set(m.round, map); }
+  if (!map) {
+    map = new Map();
+    s.announces.set(m.round, map);
+  }
   const old = map.get(m.from);
   if (old) {
-    reject(c, old.weightsHash === m.weightsHash ? 'duplicate' : 'equivocation', `second announce for round ${m.round}`, m.from);
+    reject(
+      c,
+      old.weightsHash === m.weightsHash ? 'duplicate' : 'equivocation',
+      `second announce for round ${m.round}`,
+      m.from,
+    );
     return;
   }
   map.set(m.from, { weightsHash: m.weightsHash, valueHash: m.valueHash });
   checkAnnouncements(c);
 }
 
-function majorityHash(map: Map<string, { weightsHash: string }> | undefined, roster: readonly string[]): { hash: string; peers: string[] } | null {
+function majorityHash(
+  map: Map<string, { weightsHash: string }> | undefined,
+  roster: readonly string[],
+): { hash: string; peers: string[] } | null {
   if (!map) return null;
   const by = new Map<string, string[]>();
   for (const [peer, a] of map) {
@@ -1052,26 +1417,41 @@ function majorityHash(map: Map<string, { weightsHash: string }> | undefined, ros
     l.push(peer);
     by.set(a.weightsHash, l);
   }
-  for (const [hash, peers] of by) if (peers.length >= majority(roster.length)) return { hash, peers: peers.sort(compareIds) };
+  for (const [hash, peers] of by)
+    if (peers.length >= majority(roster.length)) return { hash, peers: peers.sort(compareIds) };
   return null;
 }
 
 function checkAnnouncements(c: Ctx): void {
-  const s = c.s, prev = s.prev;
+  const s = c.s,
+    prev = s.prev;
   if (!prev || prev.resultHash === null || s.phase === 'syncing' || s.phase === 'unsynced') return;
   const maj = majorityHash(s.announces.get(prev.round), prev.roster);
   if (maj && maj.hash !== prev.resultHash) {
     prev.resultHash = null;
-    startResync(c, maj.peers.filter((p) => p !== s.self), { round: prev.round + 1, weightsHash: maj.hash });
+    startResync(
+      c,
+      maj.peers.filter((p) => p !== s.self),
+      { round: prev.round + 1, weightsHash: maj.hash },
+    );
   }
 }
 
 function handleJoin(c: Ctx, m: Extract<Message, { type: 'join' }>): void {
   const s = c.s;
   if (!s.member) return; // only members (potential leaders) collect join requests
-  if (has(s.roster, m.from)) { reject(c, 'already-member', `${m.from} is already in the roster`, m.from); return; }
-  if (s.joins.includes(m.from)) { reject(c, 'duplicate', 'join already recorded', m.from); return; }
-  if (s.joins.length >= MAX_PENDING_JOINS) { reject(c, 'buffer-full', 'too many pending joins', m.from); return; }
+  if (has(s.roster, m.from)) {
+    reject(c, 'already-member', `${m.from} is already in the roster`, m.from);
+    return;
+  }
+  if (s.joins.includes(m.from)) {
+    reject(c, 'duplicate', 'join already recorded', m.from);
+    return;
+  }
+  if (s.joins.length >= MAX_PENDING_JOINS) {
+    reject(c, 'buffer-full', 'too many pending joins', m.from);
+    return;
+  }
   s.joins.push(m.from);
 }
 
@@ -1079,14 +1459,33 @@ function handleJoin(c: Ctx, m: Extract<Message, { type: 'join' }>): void {
 
 function handleTrained(c: Ctx, e: Extract<RoundEvent, { type: 'trained' }>): void {
   const s = c.s;
-  if (e.round !== s.round || !s.trainingActive) { reject(c, 'late', `trained for round ${e.round} is not wanted now (round ${s.round}, ${s.phase})`); return; }
-  if (typeof e.updateHash !== 'string' || !HEX64.test(e.updateHash)) { reject(c, 'malformed', 'trained: updateHash must be 64 hex digits'); return; }
-  if (!Number.isSafeInteger(e.steps) || e.steps < 0) { reject(c, 'malformed', `trained: bad step count ${e.steps}`); return; }
+  if (e.round !== s.round || !s.trainingActive) {
+    reject(c, 'late', `trained for round ${e.round} is not wanted now (round ${s.round}, ${s.phase})`);
+    return;
+  }
+  if (typeof e.updateHash !== 'string' || !HEX64.test(e.updateHash)) {
+    reject(c, 'malformed', 'trained: updateHash must be 64 hex digits');
+    return;
+  }
+  if (!Number.isSafeInteger(e.steps) || e.steps < 0) {
+    reject(c, 'malformed', `trained: bad step count ${e.steps}`);
+    return;
+  }
   s.trainingActive = false;
   if (s.phase === 'training') s.phase = 'collecting';
   if (e.steps === 0) return; // nothing trained: nothing to publish
-  if (s.updates.has(e.updateHash)) { reject(c, 'duplicate', 'own update hash already held'); return; }
-  const msg: UpdateMsg = { type: 'update', from: s.self, round: s.round, baseHash: s.trainBase, updateHash: e.updateHash, steps: e.steps };
+  if (s.updates.has(e.updateHash)) {
+    reject(c, 'duplicate', 'own update hash already held');
+    return;
+  }
+  const msg: UpdateMsg = {
+    type: 'update',
+    from: s.self,
+    round: s.round,
+    baseHash: s.trainBase,
+    updateHash: e.updateHash,
+    steps: e.steps,
+  };
   s.updates.set(e.updateHash, msg);
   s.byPeer.set(s.self, e.updateHash);
   c.effects.push({ type: 'broadcast', msg });
@@ -1101,22 +1500,46 @@ function handleTrained(c: Ctx, e: Extract<RoundEvent, { type: 'trained' }>): voi
 
 function handleApplied(c: Ctx, e: Extract<RoundEvent, { type: 'applied' }>): void {
   const s = c.s;
-  if (s.phase !== 'applying' || e.round !== s.round) { reject(c, 'unexpected', `applied for round ${e.round} while ${s.phase} at round ${s.round}`); return; }
-  if (typeof e.weightsHash !== 'string' || !HEX64.test(e.weightsHash)) { reject(c, 'malformed', 'applied: weightsHash must be 64 hex digits'); return; }
+  if (s.phase !== 'applying' || e.round !== s.round) {
+    reject(c, 'unexpected', `applied for round ${e.round} while ${s.phase} at round ${s.round}`);
+    return;
+  }
+  if (typeof e.weightsHash !== 'string' || !HEX64.test(e.weightsHash)) {
+    reject(c, 'malformed', 'applied: weightsHash must be 64 hex digits');
+    return;
+  }
   finishRound(c, e.weightsHash);
 }
 
 function finishRound(c: Ctx, resultHash: string): void {
-  const s = c.s, d = s.decision!;
+  const s = c.s,
+    d = s.decision!;
   s.prev = { round: s.round, roster: s.roster, decision: d, resultHash, repliedTo: s.repliedTo };
   let map = s.announces.get(s.round);
-  if (!map) { map = new Map(); s.announces.set(s.round, map); }
+  if (!map) {
+    map = new Map();
+    s.announces.set(s.round, map);
+  }
   if (s.member) {
     map.set(s.self, { weightsHash: resultHash, valueHash: d.valueHash });
-    c.effects.push({ type: 'broadcast', msg: { type: 'announce', from: s.self, round: s.round, weightsHash: resultHash, valueHash: d.valueHash } });
+    c.effects.push({
+      type: 'broadcast',
+      msg: { type: 'announce', from: s.self, round: s.round, weightsHash: resultHash, valueHash: d.valueHash },
+    });
   }
   const next = nextRoster(s.params, s.roster, s.missed, d.commit);
-  startRound(c, { round: s.round + 1, weightsHash: resultHash, roster: next.roster, missed: next.missed, trainBase: s.weightsHash, baseHeld: true }, null);
+  startRound(
+    c,
+    {
+      round: s.round + 1,
+      weightsHash: resultHash,
+      roster: next.roster,
+      missed: next.missed,
+      trainBase: s.weightsHash,
+      baseHeld: true,
+    },
+    null,
+  );
 }
 
 function startResync(c: Ctx, from: string[], target: { round: number; weightsHash: string } | null): void {
@@ -1132,27 +1555,66 @@ function startResync(c: Ctx, from: string[], target: { round: number; weightsHas
 
 function handleSynced(c: Ctx, raw: RoundSnapshot): void {
   const s = c.s;
-  if (s.phase !== 'unsynced' && s.phase !== 'syncing') { reject(c, 'late', `synced while ${s.phase} (a retried resync answered twice?)`); return; }
+  if (s.phase !== 'unsynced' && s.phase !== 'syncing') {
+    reject(c, 'late', `synced while ${s.phase} (a retried resync answered twice?)`);
+    return;
+  }
   const parsed = SnapshotSchema.safeParse(raw);
-  if (!parsed.success) { reject(c, 'malformed', parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')); return; }
+  if (!parsed.success) {
+    reject(c, 'malformed', parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; '));
+    return;
+  }
   const snap = parsed.data;
-  if (s.params.overlap === 'delayed' && snap.trainBase === undefined) { reject(c, 'malformed', 'snapshot of a delayed-mode run lacks trainBase'); return; }
+  if (s.params.overlap === 'delayed' && snap.trainBase === undefined) {
+    reject(c, 'malformed', 'snapshot of a delayed-mode run lacks trainBase');
+    return;
+  }
   const t = s.sync?.target ?? null;
-  if (snap.round < s.round) { reject(c, 'stale-snapshot', `snapshot of round ${snap.round} is behind our round ${s.round}`); return; }
-  if (t && snap.round < t.round) { reject(c, 'stale-snapshot', `snapshot of round ${snap.round}, need round ${t.round}`); return; }
-  if (t && snap.round === t.round && snap.weightsHash !== t.weightsHash) { reject(c, 'wrong-hash', `snapshot hash ${snap.weightsHash.slice(0, 12)} is not the majority's ${t.weightsHash.slice(0, 12)}`); return; }
+  if (snap.round < s.round) {
+    reject(c, 'stale-snapshot', `snapshot of round ${snap.round} is behind our round ${s.round}`);
+    return;
+  }
+  if (t && snap.round < t.round) {
+    reject(c, 'stale-snapshot', `snapshot of round ${snap.round}, need round ${t.round}`);
+    return;
+  }
+  if (t && snap.round === t.round && snap.weightsHash !== t.weightsHash) {
+    reject(
+      c,
+      'wrong-hash',
+      `snapshot hash ${snap.weightsHash.slice(0, 12)} is not the majority's ${t.weightsHash.slice(0, 12)}`,
+    );
+    return;
+  }
   // Paxos acceptors must not forget promises/acceptances: keep them when re-entering the same round.
   const same = s.phase === 'syncing' && s.round === snap.round && s.roster.join('\n') === snap.roster.join('\n');
-  const keep = same && snap.weightsHash === s.weightsHash
-    ? { startedAt: s.startedAt, updates: s.updates, byPeer: s.byPeer, joins: s.joins, heard: s.heard } : null;
+  const keep =
+    same && snap.weightsHash === s.weightsHash
+      ? { startedAt: s.startedAt, updates: s.updates, byPeer: s.byPeer, joins: s.joins, heard: s.heard }
+      : null;
   const rec = s.restored && s.restored.round === snap.round ? s.restored : null;
-  const carry: Carry | null = same ? { promised: s.promised, accepted: s.accepted, proposed: s.proposed, keep }
-    : rec ? { promised: rec.promised, accepted: rec.accepted, proposed: rec.proposed, keep: null } : null;
+  const carry: Carry | null = same
+    ? { promised: s.promised, accepted: s.accepted, proposed: s.proposed, keep }
+    : rec
+      ? { promised: rec.promised, accepted: rec.accepted, proposed: rec.proposed, keep: null }
+      : null;
   if (!same || (s.prev && s.prev.round !== snap.round - 1)) s.prev = null;
   // From a fresh start we cannot know what we voted before a crash: sit out this round's voting.
   const voting = same ? s.voting : s.phase !== 'unsynced' || s.restored !== null;
   // Delayed mode: the installed snapshot is θ_round, not the base θ_{round-1} this round trains
   // from, so this peer only votes and applies in this round and trains from the next one.
   const heldBase = keep !== null && s.baseHeld;
-  startRound(c, { round: snap.round, weightsHash: snap.weightsHash, roster: [...snap.roster], missed: [...snap.missed], trainBase: snap.trainBase ?? snap.weightsHash, baseHeld: heldBase }, carry, voting);
+  startRound(
+    c,
+    {
+      round: snap.round,
+      weightsHash: snap.weightsHash,
+      roster: [...snap.roster],
+      missed: [...snap.missed],
+      trainBase: snap.trainBase ?? snap.weightsHash,
+      baseHeld: heldBase,
+    },
+    carry,
+    voting,
+  );
 }

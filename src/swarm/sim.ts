@@ -77,7 +77,14 @@ import type { Schedule } from '../train/schedule.js';
 import { Trainer } from '../train/trainer.js';
 import { innerStep } from '../train/inner-step.js';
 import { OuterNesterov, aggregate, DEFAULT_OUTER, type OuterSettings } from './outer.js';
-import { ErrorFeedback, getCodec, DEFAULT_SPARSE, type Codec, type CodecId, type SparseParams } from './compress/index.js';
+import {
+  ErrorFeedback,
+  getCodec,
+  DEFAULT_SPARSE,
+  type Codec,
+  type CodecId,
+  type SparseParams,
+} from './compress/index.js';
 import { InvalidInputError, NonFiniteLossError } from '../util/errors.js';
 
 export type ArmKind = 'dp' | 'diloco';
@@ -107,7 +114,14 @@ export interface ArmSpec {
 }
 
 export const DEFAULT_ARMS: readonly string[] = Object.freeze([
-  'dp', 'diloco-10', 'diloco-30', 'diloco-100', 'diloco-30-fp16', 'diloco-30-int8', 'diloco-30-sparse', 'sparseloco-30',
+  'dp',
+  'diloco-10',
+  'diloco-30',
+  'diloco-100',
+  'diloco-30-fp16',
+  'diloco-30-int8',
+  'diloco-30-sparse',
+  'sparseloco-30',
 ]);
 
 export interface ArmDefaults {
@@ -133,7 +147,8 @@ export function parseArm(name: string, d: ArmDefaults = DEFAULT_ARM_SETTINGS): A
   const sh = /-(shift|eager)(\d+)$/.exec(s);
   if (sh) {
     const base = parseArm(s.slice(0, -sh[0].length), d);
-    if (base.kind === 'dp' || base.delayed) throw new InvalidInputError(`arm "${s}": -${sh[1]}<k> applies to diloco/sparseloco arms without -delayed`);
+    if (base.kind === 'dp' || base.delayed)
+      throw new InvalidInputError(`arm "${s}": -${sh[1]}<k> applies to diloco/sparseloco arms without -delayed`);
     const k = Number(sh[2]);
     if (!(k >= 1 && k <= base.H)) throw new InvalidInputError(`arm "${s}": ${sh[1]} k must be in 1..H (${base.H})`);
     return { ...base, name: s, shift: k, ...(sh[1] === 'eager' ? { eager: true } : {}) };
@@ -143,15 +158,33 @@ export function parseArm(name: string, d: ArmDefaults = DEFAULT_ARM_SETTINGS): A
     const H = Number(m[1]);
     if (!(H >= 1 && H <= 1_000_000)) throw new InvalidInputError(`arm ${s}: H must be in [1, 1000000]`);
     const codec = (m[2] ?? 'fp32') as CodecId;
-    return { name: s, kind: 'diloco', H, codec, efBeta: codec === 'sparse' ? d.sparseEfBeta : null, outer: d.outer, delayed: m[3] !== undefined };
+    return {
+      name: s,
+      kind: 'diloco',
+      H,
+      codec,
+      efBeta: codec === 'sparse' ? d.sparseEfBeta : null,
+      outer: d.outer,
+      delayed: m[3] !== undefined,
+    };
   }
   m = /^sparseloco-(\d+)(-delayed)?$/.exec(s);
   if (m) {
     const H = Number(m[1]);
     if (!(H >= 1 && H <= 1_000_000)) throw new InvalidInputError(`arm ${s}: H must be in [1, 1000000]`);
-    return { name: s, kind: 'diloco', H, codec: 'sparse', efBeta: d.sparselocoEfBeta, outer: d.sparselocoOuter, delayed: m[2] !== undefined };
+    return {
+      name: s,
+      kind: 'diloco',
+      H,
+      codec: 'sparse',
+      efBeta: d.sparselocoEfBeta,
+      outer: d.sparselocoOuter,
+      delayed: m[2] !== undefined,
+    };
   }
-  throw new InvalidInputError(`unknown arm "${s}": expected dp, diloco-<H>, diloco-<H>-<fp32|fp16|int8|sparse> or sparseloco-<H>, the last three optionally with -delayed`);
+  throw new InvalidInputError(
+    `unknown arm "${s}": expected dp, diloco-<H>, diloco-<H>-<fp32|fp16|int8|sparse> or sparseloco-<H>, the last three optionally with -delayed`,
+  );
 }
 
 export interface SimOptions {
@@ -258,15 +291,21 @@ export interface SimResult {
   tokensPerArm: number;
   evalSteps: number[];
   model: ModelConfig;
-  lr: number; minLrFrac: number; warmup: number;
-  innerLr: number; warmStartSteps: number;
+  lr: number;
+  minLrFrac: number;
+  warmup: number;
+  innerLr: number;
+  warmStartSteps: number;
   sparse: SparseParams;
   seed: number;
   formulas: { dp: string; diloco: string; ratio: string };
   arms: ArmResult[];
 }
 
-export interface SimData { train: TokenArray; val: TokenArray }
+export interface SimData {
+  train: TokenArray;
+  val: TokenArray;
+}
 
 export interface SimHooks {
   /** Called after every global step (all workers) of every arm. */
@@ -285,7 +324,8 @@ export function dpBytesPerStep(P: number, M: number): number {
 
 export const FORMULAS = {
   dp: 'dp: ring all-reduce of P fp32 per step; per worker sent = received = 2·(M−1)/M·4P bytes per step',
-  diloco: 'diloco: per round each worker sends its own encoded message (exact length incl. framing) and receives the other M−1 (all-gather); sent = Σ len(own), received = Σ Σ_{j≠w} len(msg_j)',
+  diloco:
+    'diloco: per round each worker sends its own encoded message (exact length incl. framing) and receives the other M−1 (all-gather); sent = Σ len(own), received = Σ Σ_{j≠w} len(msg_j)',
   ratio: 'ratio = dp bytes per worker / arm bytes per worker (total = sent + received)',
 };
 
@@ -304,8 +344,10 @@ export function samplerSeed(seed: number, worker: number): bigint {
 const tick = () => new Promise<void>((resolve) => setImmediate(resolve));
 
 function checkOptions(o: SimOptions, data: SimData): void {
-  if (!Number.isInteger(o.workers) || o.workers < 1) throw new InvalidInputError(`workers must be a positive integer, got ${o.workers}`);
-  if (!Number.isInteger(o.batch) || o.batch < 1) throw new InvalidInputError(`batch must be a positive integer, got ${o.batch}`);
+  if (!Number.isInteger(o.workers) || o.workers < 1)
+    throw new InvalidInputError(`workers must be a positive integer, got ${o.workers}`);
+  if (!Number.isInteger(o.batch) || o.batch < 1)
+    throw new InvalidInputError(`batch must be a positive integer, got ${o.batch}`);
   if (o.arms.length === 0) throw new InvalidInputError('no arms to simulate');
   const names = new Set<string>();
   for (const a of o.arms) {
@@ -313,12 +355,17 @@ function checkOptions(o: SimOptions, data: SimData): void {
     names.add(a.name);
   }
   const T = o.model.ctx;
-  if (data.train.length < T + 1) throw new InvalidInputError(`training split has ${data.train.length} tokens, fewer than one window of ${T + 1}`);
+  if (data.train.length < T + 1)
+    throw new InvalidInputError(`training split has ${data.train.length} tokens, fewer than one window of ${T + 1}`);
   const perStep = o.workers * o.batch * T;
   const ws = o.warmStartSteps ?? 0;
-  if (!Number.isInteger(ws) || ws < 0) throw new InvalidInputError(`warmStartSteps must be a non-negative integer, got ${ws}`);
+  if (!Number.isInteger(ws) || ws < 0)
+    throw new InvalidInputError(`warmStartSteps must be a non-negative integer, got ${ws}`);
   if (o.innerLr != null && !(o.innerLr > 0)) throw new InvalidInputError(`innerLr must be positive, got ${o.innerLr}`);
-  if (Math.floor(o.tokens / perStep) < 1) throw new InvalidInputError(`token budget ${o.tokens} is less than one global step (${o.workers} workers × ${o.batch} × ${T} = ${perStep} tokens)`);
+  if (Math.floor(o.tokens / perStep) < 1)
+    throw new InvalidInputError(
+      `token budget ${o.tokens} is less than one global step (${o.workers} workers × ${o.batch} × ${T} = ${perStep} tokens)`,
+    );
 }
 
 /**
@@ -327,10 +374,19 @@ function checkOptions(o: SimOptions, data: SimData): void {
  */
 export async function runSim(data: SimData, kernels: Kernels, o: SimOptions, hooks: SimHooks = {}): Promise<SimResult> {
   checkOptions(o, data);
-  const M = o.workers, B = o.batch, T = o.model.ctx;
+  const M = o.workers,
+    B = o.batch,
+    T = o.model.ctx;
   const tokensPerStep = M * B * T;
   const S = Math.floor(o.tokens / tokensPerStep);
-  const schedule: Schedule = { kind: 'cosine', maxLr: o.lr, minLrFrac: o.minLrFrac, warmupSteps: Math.min(o.warmup, S), totalSteps: S, decayFrac: 0.2 };
+  const schedule: Schedule = {
+    kind: 'cosine',
+    maxLr: o.lr,
+    minLrFrac: o.minLrFrac,
+    warmupSteps: Math.min(o.warmup, S),
+    totalSteps: S,
+    decayFrac: 0.2,
+  };
   const innerLr = o.innerLr ?? o.lr;
   const innerSchedule: Schedule = { ...schedule, maxLr: innerLr };
   const W = Math.min(o.warmStartSteps ?? 0, S);
@@ -357,9 +413,17 @@ export async function runSim(data: SimData, kernels: Kernels, o: SimOptions, hoo
     const samplers = Array.from({ length: M }, (_, w) => new BatchSampler(data.train, B, T, samplerSeed(o.seed, w)));
     const theta = init.slice();
     const curve: CurvePoint[] = [];
-    let allSent = 0, allRecv = 0;
+    let allSent = 0,
+      allRecv = 0;
     const record = (step: number, valLoss: number) => {
-      const p: CurvePoint = { step, tokens: step * tokensPerStep, valLoss, bytesSent: allSent / M, bytesReceived: allRecv / M, bytesTotal: (allSent + allRecv) / M };
+      const p: CurvePoint = {
+        step,
+        tokens: step * tokensPerStep,
+        valLoss,
+        bytesSent: allSent / M,
+        bytesReceived: allRecv / M,
+        bytesTotal: (allSent + allRecv) / M,
+      };
       curve.push(p);
       hooks.onEval?.({ arm: arm.name, step, tokens: p.tokens, valLoss, bytesTotal: p.bytesTotal });
     };
@@ -373,7 +437,10 @@ export async function runSim(data: SimData, kernels: Kernels, o: SimOptions, hoo
       const opt = new AdamW(o.model, o.adamw, kernels);
       const trainer = new Trainer(gpt, opt, schedule, B, T);
       gpt.params.set(theta);
-      const batches: Batch[] = Array.from({ length: M }, () => ({ inputs: new Int32Array(B * T), targets: new Int32Array(B * T) }));
+      const batches: Batch[] = Array.from({ length: M }, () => ({
+        inputs: new Int32Array(B * T),
+        targets: new Int32Array(B * T),
+      }));
       for (let step = 0; step <= n; step++) {
         if (nextEval < evalSteps.length && evalSteps[nextEval] === step && (step < n || n === S)) {
           theta.set(gpt.params);
@@ -403,8 +470,15 @@ export async function runSim(data: SimData, kernels: Kernels, o: SimOptions, hoo
       const opts = Array.from({ length: M }, () => new AdamW(o.model, o.adamw, kernels));
       if (W > 0) {
         const warm = await dpSteps(W);
-        for (const opt of opts) { opt.m.set(warm.m); opt.v.set(warm.v); opt.step = warm.step; }
-        if (W === S && nextEval < evalSteps.length && evalSteps[nextEval] === S) { record(S, evaluate(theta, true)); nextEval++; }
+        for (const opt of opts) {
+          opt.m.set(warm.m);
+          opt.v.set(warm.v);
+          opt.step = warm.step;
+        }
+        if (W === S && nextEval < evalSteps.length && evalSteps[nextEval] === S) {
+          record(S, evaluate(theta, true));
+          nextEval++;
+        }
       }
       const efs = arm.efBeta === null ? null : Array.from({ length: M }, () => new ErrorFeedback(P, arm.efBeta!));
       const batch: Batch = { inputs: new Int32Array(B * T), targets: new Int32Array(B * T) };
@@ -438,7 +512,10 @@ export async function runSim(data: SimData, kernels: Kernels, o: SimOptions, hoo
           const early = k > 0 ? (guesses ? guesses[w] : prev!) : base;
           gpt.params.set(early);
           const opt = opts[w];
-          const shiftOnto = () => { const g = gpt.params; for (let i = 0; i < P; i++) g[i] += theta[i] - early[i]; };
+          const shiftOnto = () => {
+            const g = gpt.params;
+            for (let i = 0; i < P; i++) g[i] += theta[i] - early[i];
+          };
           for (let s = start; s < end; s++) {
             if (k > 0 && s === start + k) shiftOnto();
             samplers[w].next(batch);
@@ -474,7 +551,8 @@ export async function runSim(data: SimData, kernels: Kernels, o: SimOptions, hoo
         if (guesses) for (let w = 0; w < M; w++) outer.preview(theta, thisRound[w], guesses[w]);
         outer.step(theta, aggregate(decoded, new Array<number>(M).fill(1)));
         rounds++;
-        for (let s = start; s < end; s++) hooks.onStep?.({ arm: arm.name, armIndex: ai, step: s + 1, steps: S, loss: lossSums[s - start] });
+        for (let s = start; s < end; s++)
+          hooks.onStep?.({ arm: arm.name, armIndex: ai, step: s + 1, steps: S, loss: lossSums[s - start] });
         start = end;
         if (nextEval < evalSteps.length && evalSteps[nextEval] === end) {
           record(end, evaluate(theta, end === S));
@@ -484,12 +562,31 @@ export async function runSim(data: SimData, kernels: Kernels, o: SimOptions, hoo
     }
     const last = curve[curve.length - 1];
     const res: ArmResult = {
-      name: arm.name, kind: arm.kind, H: arm.kind === 'dp' ? null : arm.H, codec: arm.codec, efBeta: arm.efBeta, outer: arm.outer, delayed: arm.delayed, shift: arm.shift ?? 0, eager: arm.eager === true,
-      steps: S, rounds, tokens: S * tokensPerStep, messageBytes,
-      bytesSent: allSent / M, bytesReceived: allRecv / M, bytesTotal: (allSent + allRecv) / M,
-      allWorkersSent: allSent, allWorkersReceived: allRecv,
-      finalValLoss: last.valLoss, gapPct: null, ratioTotal: null, ratioSent: null,
-      curve, weightsHash: weightsHash(theta), seconds: (performance.now() - t0) / 1000,
+      name: arm.name,
+      kind: arm.kind,
+      H: arm.kind === 'dp' ? null : arm.H,
+      codec: arm.codec,
+      efBeta: arm.efBeta,
+      outer: arm.outer,
+      delayed: arm.delayed,
+      shift: arm.shift ?? 0,
+      eager: arm.eager === true,
+      steps: S,
+      rounds,
+      tokens: S * tokensPerStep,
+      messageBytes,
+      bytesSent: allSent / M,
+      bytesReceived: allRecv / M,
+      bytesTotal: (allSent + allRecv) / M,
+      allWorkersSent: allSent,
+      allWorkersReceived: allRecv,
+      finalValLoss: last.valLoss,
+      gapPct: null,
+      ratioTotal: null,
+      ratioSent: null,
+      curve,
+      weightsHash: weightsHash(theta),
+      seconds: (performance.now() - t0) / 1000,
     };
     results.push(res);
     hooks.onWeights?.(arm.name, theta);
@@ -504,8 +601,23 @@ export async function runSim(data: SimData, kernels: Kernels, o: SimOptions, hoo
     }
   }
   return {
-    params: P, workers: M, batch: B, ctx: T, stepsPerArm: S, tokensPerStep, tokensPerArm: S * tokensPerStep, evalSteps,
-    model: o.model, lr: o.lr, minLrFrac: o.minLrFrac, warmup: schedule.warmupSteps, innerLr, warmStartSteps: W, sparse: o.sparse, seed: o.seed,
-    formulas: FORMULAS, arms: results,
+    params: P,
+    workers: M,
+    batch: B,
+    ctx: T,
+    stepsPerArm: S,
+    tokensPerStep,
+    tokensPerArm: S * tokensPerStep,
+    evalSteps,
+    model: o.model,
+    lr: o.lr,
+    minLrFrac: o.minLrFrac,
+    warmup: schedule.warmupSteps,
+    innerLr,
+    warmStartSteps: W,
+    sparse: o.sparse,
+    seed: o.seed,
+    formulas: FORMULAS,
+    arms: results,
   };
 }

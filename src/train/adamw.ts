@@ -9,19 +9,25 @@ import type { Kernels } from '../kernels/api.js';
 import type { ModelConfig } from '../model/config.js';
 import { paramCount, paramSpecs, type TensorSpec } from '../model/params.js';
 
-export const AdamWSchema = z.object({
-  beta1: z.number().min(0).max(1),
-  beta2: z.number().min(0).max(1),
-  eps: z.number().positive(),
-  weightDecay: z.number().min(0),
-  /** Clip the global gradient L2 norm to this (0 = off). */
-  gradClip: z.number().min(0),
-}).strict();
+export const AdamWSchema = z
+  .object({
+    beta1: z.number().min(0).max(1),
+    beta2: z.number().min(0).max(1),
+    eps: z.number().positive(),
+    weightDecay: z.number().min(0),
+    /** Clip the global gradient L2 norm to this (0 = off). */
+    gradClip: z.number().min(0),
+  })
+  .strict();
 export type AdamWSettings = z.infer<typeof AdamWSchema>;
 
 export const DEFAULT_ADAMW: AdamWSettings = { beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1, gradClip: 1.0 };
 
-interface Range { start: number; end: number; decay: boolean }
+interface Range {
+  start: number;
+  end: number;
+  decay: boolean;
+}
 
 export class AdamW {
   readonly m: Float32Array;
@@ -31,7 +37,12 @@ export class AdamW {
   private readonly ranges: Range[];
 
   /** `specs`: another tensor table (a pipeline stage's slice of the model); default the whole model. */
-  constructor(readonly config: ModelConfig, readonly settings: AdamWSettings, private readonly kernels: Kernels, specs?: readonly TensorSpec[]) {
+  constructor(
+    readonly config: ModelConfig,
+    readonly settings: AdamWSettings,
+    private readonly kernels: Kernels,
+    specs?: readonly TensorSpec[],
+  ) {
     const table = specs ?? paramSpecs(config);
     const n = specs ? table.reduce((t, x) => Math.max(t, x.offset + x.size), 0) : paramCount(config);
     this.m = new Float32Array(n);
@@ -49,15 +60,26 @@ export class AdamW {
    * norm before clipping.
    */
   update(params: Float32Array, grads: Float32Array, lr: number, globalNorm?: number): number {
-    const k = this.kernels, s = this.settings;
+    const k = this.kernels,
+      s = this.settings;
     // A pipeline stage holds part of the gradient: the global norm comes from all stages.
     const norm = globalNorm ?? Math.sqrt(k.sumSquares(grads));
     if (!Number.isFinite(norm)) throw new RangeError(`gradient norm is ${norm}; refusing to apply the update`);
     if (s.gradClip > 0 && norm > s.gradClip) k.scale(grads, s.gradClip / norm);
     this.step += 1;
     for (const r of this.ranges) {
-      k.adamw(params.subarray(r.start, r.end), grads.subarray(r.start, r.end), this.m.subarray(r.start, r.end),
-        this.v.subarray(r.start, r.end), lr, s.beta1, s.beta2, s.eps, r.decay ? s.weightDecay : 0, this.step);
+      k.adamw(
+        params.subarray(r.start, r.end),
+        grads.subarray(r.start, r.end),
+        this.m.subarray(r.start, r.end),
+        this.v.subarray(r.start, r.end),
+        lr,
+        s.beta1,
+        s.beta2,
+        s.eps,
+        r.decay ? s.weightDecay : 0,
+        this.step,
+      );
     }
     return norm;
   }

@@ -38,12 +38,23 @@ export function benchCompute(k: Kernels, o: ComputeBenchOptions): ComputeBenchRe
   const gpt = new GPT(o.model, k);
   gpt.init(1);
   const opt = new AdamW(o.model, DEFAULT_ADAMW, k);
-  const B = o.batch, T = o.model.ctx;
-  const tr = new Trainer(gpt, opt, { kind: 'constant', maxLr: 3e-4, minLrFrac: 0, warmupSteps: 0, totalSteps: 1, decayFrac: 0.2 }, B, T);
+  const B = o.batch,
+    T = o.model.ctx;
+  const tr = new Trainer(
+    gpt,
+    opt,
+    { kind: 'constant', maxLr: 3e-4, minLrFrac: 0, warmupSteps: 0, totalSteps: 1, decayFrac: 0.2 },
+    B,
+    T,
+  );
   const rng = new Rng(42);
   const batch = () => {
-    const inputs = new Int32Array(B * T), targets = new Int32Array(B * T);
-    for (let i = 0; i < B * T; i++) { inputs[i] = rng.nextInt(o.model.vocabSize); targets[i] = rng.nextInt(o.model.vocabSize); }
+    const inputs = new Int32Array(B * T),
+      targets = new Int32Array(B * T);
+    for (let i = 0; i < B * T; i++) {
+      inputs[i] = rng.nextInt(o.model.vocabSize);
+      targets[i] = rng.nextInt(o.model.vocabSize);
+    }
     return { inputs, targets };
   };
   const batches = [batch(), batch()];

@@ -8,7 +8,15 @@ import { join } from 'node:path';
 import type { Kernels } from '../kernels/api.js';
 import { GPT } from '../model/gpt.js';
 import { saveCheckpoint, loadCheckpoint, checkTokenizerMatches } from '../model/checkpoint.js';
-import { loadCorpus, prepareDataset, BatchSampler, evalBatches, unigramEntropy, type Dataset, type DatasetStage } from '../data/index.js';
+import {
+  loadCorpus,
+  prepareDataset,
+  BatchSampler,
+  evalBatches,
+  unigramEntropy,
+  type Dataset,
+  type DatasetStage,
+} from '../data/index.js';
 import { AdamW } from './adamw.js';
 import { Trainer, type StepResult } from './trainer.js';
 import type { TrainConfig } from './config.js';
@@ -47,17 +55,24 @@ export interface TrainSummary {
 }
 
 /** What a checkpoint's `meta` must hold for `--resume`. */
-const ResumeMeta = z.object({
-  step: z.number().int().min(0),
-  totalSteps: z.number().int().min(1),
-  sampler: z.tuple([z.number(), z.number(), z.number(), z.number()]),
-  tokenizerHash: z.string(),
-  trainConfig: z.unknown(),
-}).passthrough();
+const ResumeMeta = z
+  .object({
+    step: z.number().int().min(0),
+    totalSteps: z.number().int().min(1),
+    sampler: z.tuple([z.number(), z.number(), z.number(), z.number()]),
+    tokenizerHash: z.string(),
+    trainConfig: z.unknown(),
+  })
+  .passthrough();
 
 const CALIBRATION_STEPS = 3;
 
-export async function runTraining(cfg: TrainConfig, kernels: Kernels, io: RunIO, hooks: RunHooks = {}): Promise<TrainSummary> {
+export async function runTraining(
+  cfg: TrainConfig,
+  kernels: Kernels,
+  io: RunIO,
+  hooks: RunHooks = {},
+): Promise<TrainSummary> {
   kernels.setThreads(cfg.threads);
   kernels.setDeterministic(cfg.deterministic);
   mkdirSync(io.outDir, { recursive: true });
@@ -70,10 +85,17 @@ export async function runTraining(cfg: TrainConfig, kernels: Kernels, io: RunIO,
   };
 
   const corpus = loadCorpus(cfg.data);
-  const dataset = prepareDataset({ corpus, vocabSize: cfg.model.vocabSize, cacheDir: io.cacheDir, onProgress: hooks.onData });
+  const dataset = prepareDataset({
+    corpus,
+    vocabSize: cfg.model.vocabSize,
+    cacheDir: io.cacheDir,
+    onProgress: hooks.onData,
+  });
   checkTokenizerMatches(cfg.model, dataset.tokenizer.vocabSize, 'the trained tokenizer');
-  const B = cfg.batch, T = cfg.model.ctx;
-  if (dataset.train.length < B * T + 1) throw new MismatchError(`training split has ${dataset.train.length} tokens, fewer than one batch (${B}×${T + 1})`);
+  const B = cfg.batch,
+    T = cfg.model.ctx;
+  if (dataset.train.length < B * T + 1)
+    throw new MismatchError(`training split has ${dataset.train.length} tokens, fewer than one batch (${B}×${T + 1})`);
 
   const gpt = new GPT(cfg.model, kernels);
   const opt = new AdamW(cfg.model, cfg.adamw, kernels);
@@ -84,8 +106,15 @@ export async function runTraining(cfg: TrainConfig, kernels: Kernels, io: RunIO,
   if (resumed) {
     const ck = await loadCheckpoint(files.checkpoint, { expectConfig: cfg.model });
     const meta = ResumeMeta.safeParse(ck.meta);
-    if (!meta.success) throw new CorruptFileError(files.checkpoint, `checkpoint has no resumable training state: ${meta.error.issues[0]?.message}`);
-    if (meta.data.tokenizerHash !== dataset.tokenizer.hash()) throw new MismatchError(`checkpoint in ${files.checkpoint} was trained with a different tokenizer/data; use a new --out or drop --resume`);
+    if (!meta.success)
+      throw new CorruptFileError(
+        files.checkpoint,
+        `checkpoint has no resumable training state: ${meta.error.issues[0]?.message}`,
+      );
+    if (meta.data.tokenizerHash !== dataset.tokenizer.hash())
+      throw new MismatchError(
+        `checkpoint in ${files.checkpoint} was trained with a different tokenizer/data; use a new --out or drop --resume`,
+      );
     if (!ck.optimizer) throw new CorruptFileError(files.checkpoint, 'checkpoint has no optimizer state to resume from');
     gpt.params.set(ck.params);
     opt.m.set(ck.optimizer.m);
@@ -100,7 +129,14 @@ export async function runTraining(cfg: TrainConfig, kernels: Kernels, io: RunIO,
   }
   writeFileSync(files.config, JSON.stringify(cfg, null, 2) + '\n');
 
-  const schedule = { kind: cfg.schedule, maxLr: cfg.lr, minLrFrac: cfg.minLrFrac, warmupSteps: cfg.warmup, totalSteps: Math.max(1, totalSteps), decayFrac: 0.2 };
+  const schedule = {
+    kind: cfg.schedule,
+    maxLr: cfg.lr,
+    minLrFrac: cfg.minLrFrac,
+    warmupSteps: cfg.warmup,
+    totalSteps: Math.max(1, totalSteps),
+    decayFrac: 0.2,
+  };
   const trainer = new Trainer(gpt, opt, schedule, B, T);
   trainer.stepCount = startStep;
   hooks.onReady?.({ dataset, params: gpt.numParams, startStep, resumed });
@@ -112,19 +148,39 @@ export async function runTraining(cfg: TrainConfig, kernels: Kernels, io: RunIO,
 
   const save = async (step: number) => {
     const r = await saveCheckpoint(files.checkpoint, {
-      config: cfg.model, params: gpt.params, optimizer: { m: opt.m, v: opt.v, step: opt.step },
-      meta: { step, totalSteps, sampler: sampler.rng.getState(), tokenizerHash: dataset.tokenizer.hash(), trainConfig: cfg, data: dataset.corpusName },
+      config: cfg.model,
+      params: gpt.params,
+      optimizer: { m: opt.m, v: opt.v, step: opt.step },
+      meta: {
+        step,
+        totalSteps,
+        sampler: sampler.rng.getState(),
+        tokenizerHash: dataset.tokenizer.hash(),
+        trainConfig: cfg,
+        data: dataset.corpusName,
+      },
       // The tokenizer travels inside the same atomic write, so a checkpoint is never paired with the wrong vocabulary.
       extraFiles: { 'tokenizer.json': dataset.tokenizer.serialize() },
     });
     hooks.onCheckpoint?.({ step, dir: files.checkpoint, weightsHash: r.weightsHash });
     return r.weightsHash;
   };
-  const plot = () => writeFileSync(files.plot, lossPlotSvg([
-    { name: 'train loss (EMA)', color: '#1f77b4', points: history.train },
-    { name: 'validation loss', color: '#d62728', points: history.val },
-  ], { title: `Tessera GPT on ${dataset.corpusName}`, xLabel: 'tokens seen', yLabel: 'loss (nats/token)',
-    hlines: [{ y: valEntropy, label: `val unigram entropy ${valEntropy.toFixed(2)}`, color: '#2ca02c' }] }));
+  const plot = () =>
+    writeFileSync(
+      files.plot,
+      lossPlotSvg(
+        [
+          { name: 'train loss (EMA)', color: '#1f77b4', points: history.train },
+          { name: 'validation loss', color: '#d62728', points: history.val },
+        ],
+        {
+          title: `Tessera GPT on ${dataset.corpusName}`,
+          xLabel: 'tokens seen',
+          yLabel: 'loss (nats/token)',
+          hlines: [{ y: valEntropy, label: `val unigram entropy ${valEntropy.toFixed(2)}`, color: '#2ca02c' }],
+        },
+      ),
+    );
 
   if (!resumed) {
     const v0 = evaluate(cfg.evalBatches);
@@ -141,7 +197,10 @@ export async function runTraining(cfg: TrainConfig, kernels: Kernels, io: RunIO,
   const tokensPerStep = B * T;
   for (;;) {
     if (totalSteps > 0 && step >= totalSteps) break;
-    if (io.signal?.aborted) { interrupted = true; break; }
+    if (io.signal?.aborted) {
+      interrupted = true;
+      break;
+    }
     const r = trainer.step([sampler.next()]);
     step = r.step;
     tokens += r.tokens;
@@ -150,13 +209,16 @@ export async function runTraining(cfg: TrainConfig, kernels: Kernels, io: RunIO,
     if (totalSteps === 0 && step - startStep >= CALIBRATION_STEPS) {
       // Size the run to the time budget: steps so far tell the step time; evaluation adds its share.
       const stepMs = elapsedMs / (step - startStep);
-      const evalShare = (stepMs * cfg.evalBatches / 3) / cfg.evalEvery;
+      const evalShare = (stepMs * cfg.evalBatches) / 3 / cfg.evalEvery;
       totalSteps = Math.max(step + 1, Math.floor((cfg.minutes * 60_000 - elapsedMs) / (stepMs + evalShare)) + step);
       trainer.schedule.totalSteps = totalSteps;
       hooks.onTotalSteps?.(totalSteps);
     }
     hooks.onStep?.({ ...r, totalSteps, tokensPerSec: tokens / (elapsedMs / 1000), elapsedMs });
-    if (step % 10 === 0) { history.train.push([step * tokensPerStep, ema]); record({ step, tokens: step * tokensPerStep, trainLoss: ema, lr: r.lr, gradNorm: r.gradNorm }); }
+    if (step % 10 === 0) {
+      history.train.push([step * tokensPerStep, ema]);
+      record({ step, tokens: step * tokensPerStep, trainLoss: ema, lr: r.lr, gradNorm: r.gradNorm });
+    }
     const last = totalSteps > 0 && step >= totalSteps;
     if (step % cfg.evalEvery === 0 && !last) {
       const v = evaluate(cfg.evalBatches);
@@ -177,8 +239,17 @@ export async function runTraining(cfg: TrainConfig, kernels: Kernels, io: RunIO,
   plot();
   const hash = await save(step);
   return {
-    steps: step, tokens, seconds, tokensPerSec: tokens / Math.max(seconds, 1e-9), finalValLoss: finalVal, valUnigramEntropy: valEntropy,
-    trainLossEma: ema ?? NaN, weightsHash: hash, interrupted, outDir: io.outDir, files,
+    steps: step,
+    tokens,
+    seconds,
+    tokensPerSec: tokens / Math.max(seconds, 1e-9),
+    finalValLoss: finalVal,
+    valUnigramEntropy: valEntropy,
+    trainLossEma: ema ?? NaN,
+    weightsHash: hash,
+    interrupted,
+    outDir: io.outDir,
+    files,
   };
 }
 
@@ -192,7 +263,9 @@ function loadHistory(path: string): { train: [number, number][]; val: [number, n
       if (typeof r.tokens !== 'number') continue;
       if (typeof r.trainLoss === 'number') h.train.push([r.tokens, r.trainLoss]);
       if (typeof r.valLoss === 'number') h.val.push([r.tokens, r.valLoss]);
-    } catch { /* a torn last line from a crash: skip it */ }
+    } catch {
+      /* a torn last line from a crash: skip it */
+    }
   }
   return h;
 }

@@ -10,7 +10,10 @@ import { AdamW } from './adamw.js';
 import type { Schedule } from './schedule.js';
 import { innerStep } from './inner-step.js';
 
-export interface Batch { inputs: Int32Array; targets: Int32Array }
+export interface Batch {
+  inputs: Int32Array;
+  targets: Int32Array;
+}
 
 export interface StepResult {
   step: number;
@@ -23,8 +26,13 @@ export interface StepResult {
 export class Trainer {
   /** Number of completed optimizer steps. */
   stepCount = 0;
-  constructor(readonly gpt: GPT, readonly opt: AdamW, readonly schedule: Schedule,
-    readonly B: number, readonly T: number) {}
+  constructor(
+    readonly gpt: GPT,
+    readonly opt: AdamW,
+    readonly schedule: Schedule,
+    readonly B: number,
+    readonly T: number,
+  ) {}
 
   /**
    * One optimizer step on `microBatches` (gradient accumulation when more than one), at
@@ -33,15 +41,21 @@ export class Trainer {
    */
   step(microBatches: Batch[]): StepResult {
     const { B, T } = this;
-    const { loss, lr, gradNorm } = innerStep(this.gpt, this.opt,
-      { batches: microBatches, B, T, schedule: this.schedule, step: this.stepCount });
+    const { loss, lr, gradNorm } = innerStep(this.gpt, this.opt, {
+      batches: microBatches,
+      B,
+      T,
+      schedule: this.schedule,
+      step: this.stepCount,
+    });
     this.stepCount += 1;
     return { step: this.stepCount, loss, gradNorm, lr, tokens: B * T * microBatches.length };
   }
 
   /** Mean loss over `batches` (each B*T tokens). */
   evaluate(batches: Iterable<Batch>): { loss: number; tokens: number } {
-    let sum = 0, n = 0;
+    let sum = 0,
+      n = 0;
     for (const b of batches) {
       sum += this.gpt.loss(b.inputs, b.targets, this.B, this.T);
       n += 1;

@@ -18,21 +18,35 @@ export function packF32(head: unknown, arrays: readonly Float32Array[]): Uint8Ar
   dv.setUint32(0, h.length, true);
   out.set(h, 4);
   let o = 4 + h.length;
-  for (const a of arrays) { for (let i = 0; i < n; i++) dv.setFloat32(o + 4 * i, a[i], true); o += 4 * n; }
+  for (const a of arrays) {
+    for (let i = 0; i < n; i++) dv.setFloat32(o + 4 * i, a[i], true);
+    o += 4 * n;
+  }
   return out;
 }
 
 /** Splits bytes made by packF32 into the parsed JSON header and `count` arrays of `length` floats. */
-export function unpackF32(bytes: Uint8Array, count: number, length: number, what: string): { head: unknown; arrays: Float32Array[] } {
+export function unpackF32(
+  bytes: Uint8Array,
+  count: number,
+  length: number,
+  what: string,
+): { head: unknown; arrays: Float32Array[] } {
   if (bytes.length < 4) throw new InvalidInputError(`${what}: ${bytes.length} bytes is too short`);
   const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const hl = dv.getUint32(0, true);
   const want = 4 + hl + 4 * count * length;
-  if (bytes.length !== want) throw new InvalidInputError(`${what} has ${bytes.length} bytes, expected ${want} for ${length} parameters`);
+  if (bytes.length !== want)
+    throw new InvalidInputError(`${what} has ${bytes.length} bytes, expected ${want} for ${length} parameters`);
   let head: unknown;
-  try { head = JSON.parse(new TextDecoder().decode(bytes.subarray(4, 4 + hl))); } catch (err) { throw new InvalidInputError(`${what} header: ${(err as Error).message.slice(0, 200)}`); }
+  try {
+    head = JSON.parse(new TextDecoder().decode(bytes.subarray(4, 4 + hl)));
+  } catch (err) {
+    throw new InvalidInputError(`${what} header: ${(err as Error).message.slice(0, 200)}`);
+  }
   const arrays = Array.from({ length: count }, (_, k) => {
-    const a = new Float32Array(length), o = 4 + hl + 4 * length * k;
+    const a = new Float32Array(length),
+      o = 4 + hl + 4 * length * k;
     for (let i = 0; i < length; i++) a[i] = dv.getFloat32(o + 4 * i, true);
     return a;
   });
@@ -44,7 +58,8 @@ const LITTLE = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
 /** One float32 array as little-endian bytes (a copy): a tensor sent whole over a stage call. */
 export function f32ToBytes(a: Float32Array): Uint8Array {
   if (LITTLE) return new Uint8Array(a.buffer.slice(a.byteOffset, a.byteOffset + a.byteLength));
-  const out = new Uint8Array(4 * a.length), dv = new DataView(out.buffer);
+  const out = new Uint8Array(4 * a.length),
+    dv = new DataView(out.buffer);
   for (let i = 0; i < a.length; i++) dv.setFloat32(4 * i, a[i], true);
   return out;
 }
@@ -53,7 +68,8 @@ export function f32ToBytes(a: Float32Array): Uint8Array {
 export function bytesToF32(b: Uint8Array, n: number, what: string): Float32Array {
   if (b.length !== 4 * n) throw new InvalidInputError(`${what} must be ${4 * n} bytes, got ${b.length}`);
   if (LITTLE) return new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength));
-  const out = new Float32Array(n), dv = new DataView(b.buffer, b.byteOffset, b.byteLength);
+  const out = new Float32Array(n),
+    dv = new DataView(b.buffer, b.byteOffset, b.byteLength);
   for (let i = 0; i < n; i++) out[i] = dv.getFloat32(4 * i, true);
   return out;
 }

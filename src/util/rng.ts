@@ -80,7 +80,8 @@ export class Rng {
 
   /** Uniform integer in [0, n), unbiased (rejection sampling). 1 <= n <= 2^53. */
   nextInt(n: number): number {
-    if (!Number.isSafeInteger(n) || n < 1) throw new InvalidInputError(`nextInt bound must be a positive safe integer, got ${n}`);
+    if (!Number.isSafeInteger(n) || n < 1)
+      throw new InvalidInputError(`nextInt bound must be a positive safe integer, got ${n}`);
     if (n <= TWO32) {
       const limit = TWO32 - (TWO32 % n); // accept u < limit
       for (;;) {

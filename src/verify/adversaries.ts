@@ -20,7 +20,17 @@
 import { z } from 'zod';
 import { InvalidInputError } from '../util/errors.js';
 
-export const BEHAVIOURS = ['honest', 'free-rider-zero', 'free-rider-noise', 'copier', 'scaler', 'sign-flip', 'wrong-data', 'stale', 'sybil'] as const;
+export const BEHAVIOURS = [
+  'honest',
+  'free-rider-zero',
+  'free-rider-noise',
+  'copier',
+  'scaler',
+  'sign-flip',
+  'wrong-data',
+  'stale',
+  'sybil',
+] as const;
 export const BehaviourSchema = z.enum(BEHAVIOURS);
 export type Behaviour = z.infer<typeof BehaviourSchema>;
 
@@ -38,7 +48,10 @@ export function parseBehaviour(s: string): Behaviour {
  */
 export function parseBehaviours(spec: string, workers: number): Behaviour[] {
   const out: Behaviour[] = new Array<Behaviour>(workers).fill('honest');
-  const parts = spec.split(',').map((s) => s.trim()).filter(Boolean);
+  const parts = spec
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
   let next = workers - 1;
   const counted: [Behaviour, number][] = [];
   for (const p of parts) {
@@ -50,7 +63,10 @@ export function parseBehaviours(spec: string, workers: number): Behaviour[] {
       continue;
     }
     m = /^([a-z-]+):(\d+)$/.exec(p);
-    if (m) { counted.push([parseBehaviour(m[1]), Number(m[2])]); continue; }
+    if (m) {
+      counted.push([parseBehaviour(m[1]), Number(m[2])]);
+      continue;
+    }
     throw new InvalidInputError(`--behave "${p}": expected <worker>=<kind> or <kind>:<count>`);
   }
   // Counted kinds fill from the end; listed first = announces last.

@@ -70,7 +70,8 @@ export interface StateDigest {
 const LITTLE = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
 function le(a: Float32Array): Uint8Array {
   if (LITTLE) return new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
-  const out = new Uint8Array(a.byteLength), dv = new DataView(out.buffer);
+  const out = new Uint8Array(a.byteLength),
+    dv = new DataView(out.buffer);
   for (let i = 0; i < a.length; i++) dv.setFloat32(4 * i, a[i], true);
   return out;
 }
@@ -86,8 +87,11 @@ export function digestState(s: StepState): StateDigest {
 }
 
 export function leafOf(d: StateDigest): string {
-  return createHash('sha256').update('tessera/audit/leaf/v1\n')
-    .update(Buffer.from(d.weights, 'hex')).update(Buffer.from(d.opt, 'hex')).digest('hex');
+  return createHash('sha256')
+    .update('tessera/audit/leaf/v1\n')
+    .update(Buffer.from(d.weights, 'hex'))
+    .update(Buffer.from(d.opt, 'hex'))
+    .digest('hex');
 }
 
 export function cloneState(s: StepState): StepState {
@@ -113,7 +117,8 @@ export interface AuditJob {
 /** Steps committed in a job: `steps` if given (1..H), else H. */
 export function stepsOf(job: AuditJob): number {
   const n = job.steps ?? job.innerSteps;
-  if (!Number.isSafeInteger(n) || n < 1 || n > job.innerSteps) throw new AuditError(`committed steps ${n} outside 1..${job.innerSteps}`);
+  if (!Number.isSafeInteger(n) || n < 1 || n > job.innerSteps)
+    throw new AuditError(`committed steps ${n} outside 1..${job.innerSteps}`);
   return n;
 }
 
@@ -155,7 +160,11 @@ export class Stepper {
   /** Inner steps executed by this stepper so far (the audit cost counter). */
   executed = 0;
   private readonly batches: RoundBatches;
-  constructor(readonly config: ModelConfig, kernels: Kernels, readonly job: AuditJob) {
+  constructor(
+    readonly config: ModelConfig,
+    kernels: Kernels,
+    readonly job: AuditJob,
+  ) {
     this.gpt = new GPT(config, kernels);
     this.opt = new AdamW(this.gpt.config, job.adamw, kernels);
     this.batches = batchesOf(job);
@@ -163,7 +172,8 @@ export class Stepper {
 
   load(s: StepState): void {
     const n = this.gpt.numParams;
-    if (s.theta.length !== n || s.m.length !== n || s.v.length !== n) throw new AuditError(`state size does not match the model (${n} parameters)`);
+    if (s.theta.length !== n || s.m.length !== n || s.v.length !== n)
+      throw new AuditError(`state size does not match the model (${n} parameters)`);
     if (!Number.isSafeInteger(s.step) || s.step < 0) throw new AuditError(`bad optimizer step ${s.step}`);
     this.gpt.params.set(s.theta);
     this.opt.m.set(s.m);
@@ -281,7 +291,8 @@ function checkedReveal(o: TrainerOracle, root: string, count: number, i: number)
 function checkedState(o: TrainerOracle, d: StateDigest, i: number): StepState {
   const s = o.state(i);
   const got = digestState(s);
-  if (got.weights !== d.weights || got.opt !== d.opt) throw new AuditError(`trainer's state ${i} does not match its leaf`);
+  if (got.weights !== d.weights || got.opt !== d.opt)
+    throw new AuditError(`trainer's state ${i} does not match its leaf`);
   return s;
 }
 
@@ -298,13 +309,15 @@ export interface BisectResult {
  * reference[0] to agree and the roots to differ. O(log H) queries, no steps.
  */
 export function bisect(o: TrainerOracle, root: string, reference: string[]): BisectResult {
-  const count = reference.length, H = count - 1;
+  const count = reference.length,
+    H = count - 1;
   let queries = 0;
   const agrees = (i: number): boolean => {
     queries++;
     return leafOf(checkedReveal(o, root, count, i).digest) === reference[i];
   };
-  let lo = 0, hi = H;
+  let lo = 0,
+    hi = H;
   if (agrees(H)) {
     // The trace left the reference and came back (adversarial): find any differing leaf.
     hi = -1;
@@ -313,7 +326,8 @@ export function bisect(o: TrainerOracle, root: string, reference: string[]): Bis
   }
   while (hi - lo > 1) {
     const mid = (lo + hi) >>> 1;
-    if (agrees(mid)) lo = mid; else hi = mid;
+    if (agrees(mid)) lo = mid;
+    else hi = mid;
   }
   return { k: hi, queries };
 }
@@ -345,7 +359,8 @@ export type AuditVerdict =
  * a mismatch bisection plus the one confirming step. `st` is the validator's own Stepper.
  */
 export function audit(st: Stepper, trainer: string, root: string, baseHash: string, o: TrainerOracle): AuditVerdict {
-  const H = stepsOf(st.job), count = H + 1;
+  const H = stepsOf(st.job),
+    count = H + 1;
   const start = st.executed;
   const r0 = checkedReveal(o, root, count, 0);
   if (r0.digest.weights !== baseHash) return { ok: false, reason: 'bad-anchor', steps: 0 };
@@ -356,21 +371,49 @@ export function audit(st: Stepper, trainer: string, root: string, baseHash: stri
   const b = bisect(o, root, reference);
   const before = st.executed;
   const proof = makeFraudProof(st, trainer, root, b.k, o);
-  if (!proof) throw new AuditError(`step ${b.k} re-executes to the committed leaf; the reference trace is inconsistent`);
-  return { ok: false, reason: 'fraud', proof, bisect: b, steps: st.executed - start, locateSteps: st.executed - before };
+  if (!proof)
+    throw new AuditError(`step ${b.k} re-executes to the committed leaf; the reference trace is inconsistent`);
+  return {
+    ok: false,
+    reason: 'fraud',
+    proof,
+    bisect: b,
+    steps: st.executed - start,
+    locateSteps: st.executed - before,
+  };
 }
 
 /**
  * Builds the fraud proof for step k from the trainer's answers, re-executing that one step.
  * Returns null if the step is in fact correct.
  */
-export function makeFraudProof(st: Stepper, trainer: string, root: string, k: number, o: TrainerOracle): FraudProof | null {
-  const { job } = st, count = stepsOf(job) + 1;
-  const pre = checkedReveal(o, root, count, k - 1), post = checkedReveal(o, root, count, k);
+export function makeFraudProof(
+  st: Stepper,
+  trainer: string,
+  root: string,
+  k: number,
+  o: TrainerOracle,
+): FraudProof | null {
+  const { job } = st,
+    count = stepsOf(job) + 1;
+  const pre = checkedReveal(o, root, count, k - 1),
+    post = checkedReveal(o, root, count, k);
   const state = checkedState(o, pre.digest, k - 1);
   const [got] = reexecute(st, state, k - 1, 1);
   if (got === leafOf(post.digest)) return null;
-  return { v: 1, runId: job.runId, round: job.round, trainer, root, count, k, pre, post, batch: batchSpec(job, k - 1), state };
+  return {
+    v: 1,
+    runId: job.runId,
+    round: job.round,
+    trainer,
+    root,
+    count,
+    k,
+    pre,
+    post,
+    batch: batchSpec(job, k - 1),
+    state,
+  };
 }
 
 export interface VerifyContext {
@@ -387,22 +430,25 @@ export type ProofVerdict = { ok: true; k: number } | { ok: false; reason: string
 
 /** Checks a fraud proof with exactly ONE re-executed step. Never throws on a bad proof. */
 export function verifyFraudProof(p: FraudProof, ctx: VerifyContext): ProofVerdict {
-  const job = ctx.stepper.job, H = stepsOf(job);
+  const job = ctx.stepper.job,
+    H = stepsOf(job);
   const no = (reason: string): ProofVerdict => ({ ok: false, reason });
   try {
     if (p.v !== 1) return no('version');
     if (p.runId !== job.runId || p.round !== job.round) return no('other round');
-    if (p.trainer !== ctx.trainer || p.root !== ctx.root) return no('not the trainer\'s commitment');
+    if (p.trainer !== ctx.trainer || p.root !== ctx.root) return no("not the trainer's commitment");
     if (p.count !== H + 1 || !Number.isSafeInteger(p.k) || p.k < 1 || p.k > H) return no('step out of range');
     if (p.pre.proof.index !== p.k - 1 || p.post.proof.index !== p.k) return no('leaves not adjacent');
     if (p.pre.proof.count !== p.count || p.post.proof.count !== p.count) return no('leaf count');
     if (!verifyInclusion(p.root, leafOf(p.pre.digest), p.pre.proof)) return no('pre leaf not in the commitment');
     if (!verifyInclusion(p.root, leafOf(p.post.digest), p.post.proof)) return no('post leaf not in the commitment');
-    if (p.k === 1 && p.pre.digest.weights !== ctx.baseHash) return no('leaf 0 is not the round\'s weights');
+    if (p.k === 1 && p.pre.digest.weights !== ctx.baseHash) return no("leaf 0 is not the round's weights");
     const d = digestState(p.state);
-    if (d.weights !== p.pre.digest.weights || d.opt !== p.pre.digest.opt) return no('pre-state does not match leaf k-1');
+    if (d.weights !== p.pre.digest.weights || d.opt !== p.pre.digest.opt)
+      return no('pre-state does not match leaf k-1');
     const spec = batchSpec(job, p.k - 1);
-    if (spec.shard !== p.batch.shard || spec.seed !== p.batch.seed || spec.draw !== p.batch.draw) return no('batch spec');
+    if (spec.shard !== p.batch.shard || spec.seed !== p.batch.seed || spec.draw !== p.batch.draw)
+      return no('batch spec');
     const [got] = reexecute(ctx.stepper, p.state, p.k - 1, 1);
     if (got === leafOf(p.post.digest)) return no('step re-executes to the committed leaf: no fraud');
     return { ok: true, k: p.k };

@@ -41,7 +41,9 @@ function sha(...parts: Uint8Array[]): Buffer {
   return h.digest();
 }
 
-const LEAF = Uint8Array.of(0), NODE = Uint8Array.of(1), ROOT = Uint8Array.of(2);
+const LEAF = Uint8Array.of(0),
+  NODE = Uint8Array.of(1),
+  ROOT = Uint8Array.of(2);
 
 function bytes32(hex: string, what: string): Buffer {
   if (typeof hex !== 'string' || !HEX32.test(hex)) throw new MerkleError(`${what} must be 64 lowercase hex digits`);
@@ -65,7 +67,8 @@ function levels(leaves: string[]): Buffer[][] {
   checkCount(leaves.length);
   const out: Buffer[][] = [leaves.map((l, i) => sha(LEAF, bytes32(l, `leaf ${i}`)))];
   while (out[out.length - 1].length > 1) {
-    const cur = out[out.length - 1], next: Buffer[] = [];
+    const cur = out[out.length - 1],
+      next: Buffer[] = [];
     for (let i = 0; i < cur.length; i += 2) next.push(i + 1 < cur.length ? sha(NODE, cur[i], cur[i + 1]) : cur[i]);
     out.push(next);
   }
@@ -89,11 +92,13 @@ export class MerkleTree {
 
   proof(index: number): MerkleProof {
     const count = this.leaves.length;
-    if (!Number.isSafeInteger(index) || index < 0 || index >= count) throw new MerkleError(`leaf index ${index} out of range [0, ${count})`);
+    if (!Number.isSafeInteger(index) || index < 0 || index >= count)
+      throw new MerkleError(`leaf index ${index} out of range [0, ${count})`);
     const siblings: string[] = [];
     let i = index;
     for (let d = 0; d < this.ls.length - 1; d++) {
-      const lvl = this.ls[d], sib = i ^ 1;
+      const lvl = this.ls[d],
+        sib = i ^ 1;
       if (sib < lvl.length) siblings.push(lvl[sib].toString('hex'));
       i >>= 1;
     }
@@ -108,11 +113,14 @@ export class MerkleTree {
 export function verifyInclusion(root: string, leaf: string, proof: MerkleProof): boolean {
   checkCount(proof.count);
   const { index, count, siblings } = proof;
-  if (!Number.isSafeInteger(index) || index < 0 || index >= count) throw new MerkleError(`leaf index ${index} out of range [0, ${count})`);
+  if (!Number.isSafeInteger(index) || index < 0 || index >= count)
+    throw new MerkleError(`leaf index ${index} out of range [0, ${count})`);
   if (!Array.isArray(siblings) || siblings.length > 32) throw new MerkleError('too many siblings');
   bytes32(root, 'root');
   let h: Buffer = sha(LEAF, bytes32(leaf, 'leaf'));
-  let i = index, width = count, used = 0;
+  let i = index,
+    width = count,
+    used = 0;
   while (width > 1) {
     const sib = i ^ 1;
     if (sib < width) {

@@ -44,7 +44,9 @@ export const HARM_NATS = 0.02;
 
 /** A validator check refused an update. */
 export class VerifyError extends TesseraError {
-  constructor(message: string) { super('VERIFY', message); }
+  constructor(message: string) {
+    super('VERIFY', message);
+  }
 }
 
 export interface Submission {
@@ -56,8 +58,14 @@ export interface Submission {
 export type HardFail = 'shape' | 'nonfinite' | 'zero' | 'norm' | 'base';
 
 export function cosine(a: Float32Array, b: Float32Array): number {
-  let ab = 0, aa = 0, bb = 0;
-  for (let i = 0; i < a.length; i++) { ab += a[i] * b[i]; aa += a[i] * a[i]; bb += b[i] * b[i]; }
+  let ab = 0,
+    aa = 0,
+    bb = 0;
+  for (let i = 0; i < a.length; i++) {
+    ab += a[i] * b[i];
+    aa += a[i] * a[i];
+    bb += b[i] * b[i];
+  }
   return aa > 0 && bb > 0 ? ab / Math.sqrt(aa * bb) : 0;
 }
 
@@ -99,24 +107,40 @@ export function applyAlone(theta: Float32Array, delta: Float32Array, lr: number,
   return out;
 }
 
-export interface LossDelta { gainAssigned: number; gainRandom: number; score: number }
+export interface LossDelta {
+  gainAssigned: number;
+  gainRandom: number;
+  score: number;
+}
 
 /**
  * gain_A − gain_R for one update. `loss(params, batch)` evaluates the model; `before*` are the
  * losses of θ on the same batches (computed once per round by the caller).
  */
 export function lossDelta<B>(
-  theta: Float32Array, delta: Float32Array, lr: number,
-  assigned: readonly B[], beforeAssigned: readonly number[],
-  random: readonly B[], beforeRandom: readonly number[],
-  loss: (params: Float32Array, batch: B) => number, scratch: Float32Array,
+  theta: Float32Array,
+  delta: Float32Array,
+  lr: number,
+  assigned: readonly B[],
+  beforeAssigned: readonly number[],
+  random: readonly B[],
+  beforeRandom: readonly number[],
+  loss: (params: Float32Array, batch: B) => number,
+  scratch: Float32Array,
 ): LossDelta {
-  if (assigned.length === 0 || random.length === 0) throw new InvalidInputError('loss-delta needs assigned and random batches');
+  if (assigned.length === 0 || random.length === 0)
+    throw new InvalidInputError('loss-delta needs assigned and random batches');
   const p = applyAlone(theta, delta, lr, scratch);
-  let gA = 0, gR = 0;
-  assigned.forEach((b, i) => { gA += beforeAssigned[i] - loss(p, b); });
-  random.forEach((b, i) => { gR += beforeRandom[i] - loss(p, b); });
-  gA /= assigned.length; gR /= random.length;
+  let gA = 0,
+    gR = 0;
+  assigned.forEach((b, i) => {
+    gA += beforeAssigned[i] - loss(p, b);
+  });
+  random.forEach((b, i) => {
+    gR += beforeRandom[i] - loss(p, b);
+  });
+  gA /= assigned.length;
+  gR /= random.length;
   const d = Math.min(gA - gR, gA);
   return { gainAssigned: gA, gainRandom: gR, score: Number.isFinite(d) ? Math.max(0, d) : 0 };
 }
@@ -125,8 +149,12 @@ export function lossDelta<B>(
 export class ScoreBook {
   private readonly ema = new Map<string, number>();
   private readonly seen = new Map<string, number>();
-  constructor(readonly alpha = EMA_ALPHA, readonly missDecay = MISS_DECAY) {
-    if (!(alpha > 0 && alpha <= 1) || !(missDecay >= 0 && missDecay <= 1)) throw new InvalidInputError('ScoreBook: alpha in (0,1], missDecay in [0,1]');
+  constructor(
+    readonly alpha = EMA_ALPHA,
+    readonly missDecay = MISS_DECAY,
+  ) {
+    if (!(alpha > 0 && alpha <= 1) || !(missDecay >= 0 && missDecay <= 1))
+      throw new InvalidInputError('ScoreBook: alpha in (0,1], missDecay in [0,1]');
   }
   /** One round: `scores` for peers that submitted; every other known peer decays. */
   round(scores: Readonly<Record<string, number>>): void {
@@ -139,9 +167,15 @@ export class ScoreBook {
       this.seen.set(peer, (this.seen.get(peer) ?? 0) + 1);
     }
   }
-  get(peer: string): number { return this.ema.get(peer) ?? 0; }
-  rounds(peer: string): number { return this.seen.get(peer) ?? 0; }
-  peers(): string[] { return [...this.ema.keys()].sort(compareIds); }
+  get(peer: string): number {
+    return this.ema.get(peer) ?? 0;
+  }
+  rounds(peer: string): number {
+    return this.seen.get(peer) ?? 0;
+  }
+  peers(): string[] {
+    return [...this.ema.keys()].sort(compareIds);
+  }
   /** The detection rule on the EMA (hard/copy failures are flagged by the caller per round). */
   lowScore(peer: string): boolean {
     if (this.rounds(peer) < FLAG_AFTER) return false;
@@ -175,9 +209,15 @@ export function roundFlag(v: RoundVerdict): boolean {
  * submission j's assigned eval batches and θ's losses on them.
  */
 export function scoreRound<B>(a: {
-  theta: Float32Array; roundHash: string; lr: number; subs: readonly Submission[]; previous: readonly (Float32Array | null)[];
-  assigned: readonly (readonly B[])[]; beforeAssigned: readonly (readonly number[])[];
-  random: readonly B[]; beforeRandom: readonly number[];
+  theta: Float32Array;
+  roundHash: string;
+  lr: number;
+  subs: readonly Submission[];
+  previous: readonly (Float32Array | null)[];
+  assigned: readonly (readonly B[])[];
+  beforeAssigned: readonly (readonly number[])[];
+  random: readonly B[];
+  beforeRandom: readonly number[];
   loss: (params: Float32Array, batch: B) => number;
 }): RoundVerdict[] {
   const P = a.theta.length;
@@ -186,8 +226,19 @@ export function scoreRound<B>(a: {
   const scratch = new Float32Array(P);
   return a.subs.map((s, j) => {
     const copyOf = copy[j] === null ? null : copy[j] === -1 ? 'self' : a.subs[copy[j]!].peer;
-    if (hard[j] !== null || copyOf !== null) return { peer: s.peer, hard: hard[j], copyOf, gainAssigned: 0, gainRandom: 0, score: 0 };
-    const r = lossDelta(a.theta, s.delta, a.lr, a.assigned[j], a.beforeAssigned[j], a.random, a.beforeRandom, a.loss, scratch);
+    if (hard[j] !== null || copyOf !== null)
+      return { peer: s.peer, hard: hard[j], copyOf, gainAssigned: 0, gainRandom: 0, score: 0 };
+    const r = lossDelta(
+      a.theta,
+      s.delta,
+      a.lr,
+      a.assigned[j],
+      a.beforeAssigned[j],
+      a.random,
+      a.beforeRandom,
+      a.loss,
+      scratch,
+    );
     return { peer: s.peer, hard: null, copyOf: null, ...r };
   });
 }

@@ -61,10 +61,24 @@ export interface VerifySimResult {
   trainerMs: number;
 }
 
-export async function runVerifySim(data: { train: TokenArray; val: TokenArray }, kernels: Kernels, o: VerifySimOptions): Promise<VerifySimResult> {
-  const M = o.behaviours.length, B = o.batch, T = o.model.ctx, H = o.H;
+export async function runVerifySim(
+  data: { train: TokenArray; val: TokenArray },
+  kernels: Kernels,
+  o: VerifySimOptions,
+): Promise<VerifySimResult> {
+  const M = o.behaviours.length,
+    B = o.batch,
+    T = o.model.ctx,
+    H = o.H;
   const S = o.rounds * H;
-  const schedule: Schedule = { kind: 'cosine', maxLr: o.lr, minLrFrac: 0.1, warmupSteps: Math.min(o.warmup, S), totalSteps: S, decayFrac: 0.2 };
+  const schedule: Schedule = {
+    kind: 'cosine',
+    maxLr: o.lr,
+    minLrFrac: 0.1,
+    warmupSteps: Math.min(o.warmup, S),
+    totalSteps: S,
+    decayFrac: 0.2,
+  };
   const gpt = new GPT(o.model, kernels);
   const P = gpt.numParams;
   gpt.init(o.seed);
@@ -84,8 +98,13 @@ export async function runVerifySim(data: { train: TokenArray; val: TokenArray },
   const firstFlag: (number | null)[] = new Array(M).fill(null);
   const flaggedRounds = new Array<number>(M).fill(0);
   const paid = new Array<number>(M).fill(0);
-  const loss = (params: Float32Array, b: Batch) => { gpt.params.set(params); return gpt.loss(b.inputs, b.targets, B, T); };
-  let validatorMs = 0, trainerMs = 0, diverged = false;
+  const loss = (params: Float32Array, b: Batch) => {
+    gpt.params.set(params);
+    return gpt.loss(b.inputs, b.targets, B, T);
+  };
+  let validatorMs = 0,
+    trainerMs = 0,
+    diverged = false;
   const G = o.topG ?? null;
 
   for (let r = 0; r < o.rounds && !diverged; r++) {
@@ -103,7 +122,10 @@ export async function runVerifySim(data: { train: TokenArray; val: TokenArray },
         let train = b;
         if (kind === 'wrong-data') {
           train = { inputs: new Int32Array(B * T), targets: new Int32Array(B * T) };
-          for (let i = 0; i < B * T; i++) { train.inputs[i] = advRng.nextInt(vocab); train.targets[i] = advRng.nextInt(vocab); }
+          for (let i = 0; i < B * T; i++) {
+            train.inputs[i] = advRng.nextInt(vocab);
+            train.targets[i] = advRng.nextInt(vocab);
+          }
         }
         try {
           innerStep(gpt, opts[w], { batches: [train], B, T, schedule, step: s });
@@ -116,7 +138,13 @@ export async function runVerifySim(data: { train: TokenArray; val: TokenArray },
       const honest = new Float32Array(P);
       for (let i = 0; i < P; i++) honest[i] = theta[i] - gpt.params[i];
       if (w === 0) trainerMs += performance.now() - t0;
-      const delta = behave(kind, { honest, earlier: subs.map((s) => s.delta), earlierKinds: o.behaviours.slice(0, w), previous: previous[w], rng: uni });
+      const delta = behave(kind, {
+        honest,
+        earlier: subs.map((s) => s.delta),
+        earlierKinds: o.behaviours.slice(0, w),
+        previous: previous[w],
+        rng: uni,
+      });
       subs.push({ peer: peers[w], delta, baseHash: hash });
       // The validator checks k of the H assigned batches, chosen after submission.
       const chosen: Batch[] = [];
@@ -129,35 +157,82 @@ export async function runVerifySim(data: { train: TokenArray; val: TokenArray },
     const random = Array.from({ length: o.evalK }, () => randomSampler.next());
     const beforeRandom = random.map((b) => loss(theta, b));
     const beforeAssigned = assigned.map((bs) => bs.map((b) => loss(theta, b)));
-    const verdicts = scoreRound({ theta, roundHash: hash, lr: DEFAULT_OUTER.lr, subs, previous, assigned, beforeAssigned, random, beforeRandom, loss });
+    const verdicts = scoreRound({
+      theta,
+      roundHash: hash,
+      lr: DEFAULT_OUTER.lr,
+      subs,
+      previous,
+      assigned,
+      beforeAssigned,
+      random,
+      beforeRandom,
+      loss,
+    });
     const scores: Record<string, number> = {};
-    verdicts.forEach((v, w) => { scores[v.peer] = v.score; earned[w] += v.score; });
+    verdicts.forEach((v, w) => {
+      scores[v.peer] = v.score;
+      earned[w] += v.score;
+    });
     book.round(scores);
     const flagged = verdicts.map((v) => roundFlag(v) || book.lowScore(v.peer));
     validatorMs += performance.now() - tv;
     o.onRound?.(r, verdicts, flagged);
-    flagged.forEach((f, w) => { if (f) { flaggedRounds[w]++; firstFlag[w] ??= r + 1; } else paid[w] += verdicts[w].score; });
+    flagged.forEach((f, w) => {
+      if (f) {
+        flaggedRounds[w]++;
+        firstFlag[w] ??= r + 1;
+      } else paid[w] += verdicts[w].score;
+    });
     for (let w = 0; w < M; w++) previous[w] = subs[w].delta;
     // Aggregate and apply.
     let mean: Float32Array;
-    if (o.defence === 'none') mean = aggregate(subs.map((s) => s.delta), new Array<number>(M).fill(1));
+    if (o.defence === 'none')
+      mean = aggregate(
+        subs.map((s) => s.delta),
+        new Array<number>(M).fill(1),
+      );
     else {
       const ok = subs.filter((_, w) => !flagged[w] && subs[w].delta.length === P);
       if (ok.length === 0) continue;
-      const bound = robustAggregate(ok.map((s) => ({ peer: s.peer, delta: s.delta, weight: 1, score: book.get(s.peer) })), { clip: true, topG: G === null ? null : Math.min(G, ok.length), rule: 'mean', trim: 1, tau: 1, iters: 3 });
+      const bound = robustAggregate(
+        ok.map((s) => ({ peer: s.peer, delta: s.delta, weight: 1, score: book.get(s.peer) })),
+        { clip: true, topG: G === null ? null : Math.min(G, ok.length), rule: 'mean', trim: 1, tau: 1, iters: 3 },
+      );
       mean = bound.delta;
     }
     outer.step(theta, mean);
     let finite = true;
-    for (let i = 0; i < P; i++) if (!Number.isFinite(theta[i])) { finite = false; break; }
+    for (let i = 0; i < P; i++)
+      if (!Number.isFinite(theta[i])) {
+        finite = false;
+        break;
+      }
     if (!finite) diverged = true;
   }
   let finalValLoss = Infinity;
   if (!diverged) {
-    let sum = 0, n = 0;
-    for (const b of evalBatches(data.val, B, T, o.valBatches)) { sum += loss(theta, b); n++; }
+    let sum = 0,
+      n = 0;
+    for (const b of evalBatches(data.val, B, T, o.valBatches)) {
+      sum += loss(theta, b);
+      n++;
+    }
     finalValLoss = sum / n;
-    if (!Number.isFinite(finalValLoss)) { diverged = true; finalValLoss = Infinity; }
+    if (!Number.isFinite(finalValLoss)) {
+      diverged = true;
+      finalValLoss = Infinity;
+    }
   }
-  return { finalValLoss, diverged, earned, paid, firstFlag, flaggedRounds, rounds: o.rounds, validatorMs: validatorMs / o.rounds, trainerMs: trainerMs / o.rounds };
+  return {
+    finalValLoss,
+    diverged,
+    earned,
+    paid,
+    firstFlag,
+    flaggedRounds,
+    rounds: o.rounds,
+    validatorMs: validatorMs / o.rounds,
+    trainerMs: trainerMs / o.rounds,
+  };
 }

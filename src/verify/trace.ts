@@ -15,14 +15,22 @@ import { packF32, unpackF32 } from '../util/packed.js';
 import { digestState, leafOf, type StateDigest, type StepState } from './audit.js';
 import { MerkleTree } from './merkle.js';
 
-export interface Trace { digests: StateDigest[]; start: StepState }
+export interface Trace {
+  digests: StateDigest[];
+  start: StepState;
+}
 
 const Hex = z.string().regex(/^[0-9a-f]{64}$/);
-const Header = z.object({
-  v: z.literal(1),
-  step: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
-  digests: z.array(z.object({ weights: Hex, opt: Hex }).strict()).min(2).max(4097),
-}).strict();
+const Header = z
+  .object({
+    v: z.literal(1),
+    step: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
+    digests: z
+      .array(z.object({ weights: Hex, opt: Hex }).strict())
+      .min(2)
+      .max(4097),
+  })
+  .strict();
 
 export const maxTraceBytes = (params: number): number => 4 + 160 * 4097 + 64 + 12 * params;
 
@@ -31,13 +39,18 @@ export function encodeTrace(t: Trace): Uint8Array {
 }
 
 export function decodeTrace(bytes: Uint8Array, params: number): Trace {
-  if (bytes.length < 4 || bytes.length > maxTraceBytes(params)) throw new InvalidInputError(`trace of ${bytes.length} bytes is outside 4..${maxTraceBytes(params)}`);
-  const { head: raw, arrays: [theta, m, v] } = unpackF32(bytes, 3, params, 'trace');
+  if (bytes.length < 4 || bytes.length > maxTraceBytes(params))
+    throw new InvalidInputError(`trace of ${bytes.length} bytes is outside 4..${maxTraceBytes(params)}`);
+  const {
+    head: raw,
+    arrays: [theta, m, v],
+  } = unpackF32(bytes, 3, params, 'trace');
   const h = Header.safeParse(raw);
   if (!h.success) throw new InvalidInputError(`trace header: ${h.error.message.slice(0, 200)}`);
   const start: StepState = { theta, m, v, step: h.data.step };
   const d0 = digestState(start);
-  if (d0.weights !== h.data.digests[0].weights || d0.opt !== h.data.digests[0].opt) throw new InvalidInputError('trace: the pre-state does not hash to digest 0');
+  if (d0.weights !== h.data.digests[0].weights || d0.opt !== h.data.digests[0].opt)
+    throw new InvalidInputError('trace: the pre-state does not hash to digest 0');
   return { digests: h.data.digests, start };
 }
 

@@ -4,12 +4,27 @@ import { read, type LedgerClient } from '../client.js';
 import type { ChainUnreachableError, ContractRevertError } from '../errors.js';
 
 export type GetProposalsParameters = { limit?: number };
-export type Proposal = { id: bigint; key: string; value: string; proposer: Hex; deadline: bigint; executed: boolean; passed: boolean; yes: bigint; no: bigint; supplyAtStart: bigint };
+export type Proposal = {
+  id: bigint;
+  key: string;
+  value: string;
+  proposer: Hex;
+  deadline: bigint;
+  executed: boolean;
+  passed: boolean;
+  yes: bigint;
+  no: bigint;
+  supplyAtStart: bigint;
+};
 export type GetProposalsReturnType = Proposal[];
 export type GetProposalsErrorType = ChainUnreachableError | ContractRevertError;
 
 const text = (h: Hex): string => {
-  try { return hexToString(h).replace(/\0+$/, ''); } catch { return h; }
+  try {
+    return hexToString(h).replace(/\0+$/, '');
+  } catch {
+    return h;
+  }
 };
 
 export async function getProposals(c: LedgerClient, p: GetProposalsParameters = {}): Promise<GetProposalsReturnType> {
@@ -17,16 +32,39 @@ export async function getProposals(c: LedgerClient, p: GetProposalsParameters = 
   const limit = BigInt(Math.max(0, p.limit ?? 20));
   const out: Proposal[] = [];
   for (let id = n - 1n; id >= 0n && n - id <= limit; id--) {
-    const r = await read<{ key: Hex; proposer: Hex; deadline: bigint; executed: boolean; passed: boolean; yes: bigint; no: bigint; supplyAtStart: bigint; value: Hex }>(c, 'getProposal', [id]);
+    const r = await read<{
+      key: Hex;
+      proposer: Hex;
+      deadline: bigint;
+      executed: boolean;
+      passed: boolean;
+      yes: bigint;
+      no: bigint;
+      supplyAtStart: bigint;
+      value: Hex;
+    }>(c, 'getProposal', [id]);
     const key = text(r.key);
     let value = text(r.value);
     if (key === 'validators') {
       try {
         const [vs, m] = decodeAbiParameters([{ type: 'address[]' }, { type: 'uint256' }], r.value);
         value = `${m} of ${vs.join(',')}`;
-      } catch { value = r.value; }
+      } catch {
+        value = r.value;
+      }
     }
-    out.push({ id, key, value, proposer: r.proposer, deadline: r.deadline, executed: r.executed, passed: r.passed, yes: r.yes, no: r.no, supplyAtStart: r.supplyAtStart });
+    out.push({
+      id,
+      key,
+      value,
+      proposer: r.proposer,
+      deadline: r.deadline,
+      executed: r.executed,
+      passed: r.passed,
+      yes: r.yes,
+      no: r.no,
+      supplyAtStart: r.supplyAtStart,
+    });
   }
   return out;
 }

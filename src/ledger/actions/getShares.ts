@@ -21,8 +21,21 @@ export class HolderIndex {
  */
 export type GetSharesParameters = { rounds?: number; holders?: HolderIndex; maxRange?: bigint };
 export type Holder = { address: Address; balance: bigint; claimable: bigint };
-export type RoundCommitment = { round: bigint; weightsHash: Hex; updatesRoot: Hex; scoresRoot: Hex; minted: bigint; checkpointCid: Hex };
-export type GetSharesReturnType = { totalSupply: bigint; totalPaid: bigint; totalClaimed: bigint; holders: Holder[]; rounds: RoundCommitment[] };
+export type RoundCommitment = {
+  round: bigint;
+  weightsHash: Hex;
+  updatesRoot: Hex;
+  scoresRoot: Hex;
+  minted: bigint;
+  checkpointCid: Hex;
+};
+export type GetSharesReturnType = {
+  totalSupply: bigint;
+  totalPaid: bigint;
+  totalClaimed: bigint;
+  holders: Holder[];
+  rounds: RoundCommitment[];
+};
 export type GetSharesErrorType = ChainUnreachableError | ContractRevertError;
 
 const TRANSFER = parseAbiItem('event Transfer(address indexed from, address indexed to, uint256 value)');

@@ -19,10 +19,19 @@ export async function mintRound(c: LedgerClient, p: MintRoundParameters): Promis
   if (!r.success) throw new InvalidInputError(`mintRound: ${r.error.message}`);
   const sigs = p.keepOrder
     ? p.signatures
-    : [...p.signatures].sort((a, b) => (BigInt(a.signer) < BigInt(b.signer) ? -1 : BigInt(a.signer) > BigInt(b.signer) ? 1 : 0));
+    : [...p.signatures].sort((a, b) =>
+        BigInt(a.signer) < BigInt(b.signer) ? -1 : BigInt(a.signer) > BigInt(b.signer) ? 1 : 0,
+      );
   const d = r.data;
   const out = await write(c, 'mintRound', 'mintRound', [
-    d.round, d.weightsHash, d.checkpointCid, d.updatesRoot, d.scoresRoot, d.recipients, d.scores, sigs.map((s) => s.signature),
+    d.round,
+    d.weightsHash,
+    d.checkpointCid,
+    d.updatesRoot,
+    d.scoresRoot,
+    d.recipients,
+    d.scores,
+    sigs.map((s) => s.signature),
   ]);
   return { hash: out.hash, gasUsed: out.gasUsed, minted: out.result as bigint };
 }

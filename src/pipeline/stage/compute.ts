@@ -13,7 +13,10 @@ export type ComputeOp = 'fwd' | 'last' | 'bwd' | 'norm' | 'tied' | 'step' | 'log
 
 /** A get (the tensor's bytes) or a set (exactly its size in bytes) of one whole f32 tensor. */
 export function tensorIO(
-  t: Float32Array, set: boolean, body: Uint8Array, what: string,
+  t: Float32Array,
+  set: boolean,
+  body: Uint8Array,
+  what: string,
 ): { head: Record<string, never>; body?: Uint8Array } {
   if (!set) return { head: {}, body: f32ToBytes(t) };
   t.set(bytesToF32(body, t.length, what));
@@ -35,12 +38,14 @@ export const compute: Handlers<ComputeOp> = {
     const out = stage.forward(h.micro, input(s, body, N), h.B, h.T);
     s.stats.tokens += N;
     const b = s.enc(out, N);
-    if (!h.train) stage.release(h.micro); else s.rows.set(h.micro, N);
+    if (!h.train) stage.release(h.micro);
+    else s.rows.set(h.micro, N);
     return { head: {}, body: b };
   },
 
   last(s, h, body) {
-    const stage = s.stage, V = s.o.config.vocabSize;
+    const stage = s.stage,
+      V = s.o.config.vocabSize;
     if (!stage.last) throw new InvalidInputError('not the last stage');
     const N = h.B * h.T;
     const actBytes = stage.first ? 4 * N : s.codec.encodedSize(N);
@@ -55,7 +60,10 @@ export const compute: Handlers<ComputeOp> = {
     stage.forward(h.micro, x, h.B, h.T);
     s.stats.tokens += N;
     const loss = stage.loss(h.micro, targets, h.train, h.scale);
-    if (!h.train) { stage.release(h.micro); return { head: { loss } }; }
+    if (!h.train) {
+      stage.release(h.micro);
+      return { head: { loss } };
+    }
     const d = stage.backward(h.micro, null);
     s.bank(h.tag);
     return { head: { loss }, body: d ? s.enc(d, N) : EMPTY };
@@ -72,7 +80,8 @@ export const compute: Handlers<ComputeOp> = {
 
   norm(s, h) {
     const k = s.o.kernels;
-    const g = s.gradsOf(h.tag), t = s.tiedOf(g);
+    const g = s.gradsOf(h.tag),
+      t = s.tiedOf(g);
     // The layers' part alone too: the weight of this stage in a neighbour's rebuild (rebuild.ts).
     const ls = h.tag === undefined ? layerViews(s.stage, 'grads').views.reduce((a, v) => a + k.sumSquares(v), 0) : 0;
     return { head: { sumSquares: k.sumSquares(g), tiedSquares: t ? k.sumSquares(t) : 0, layerSquares: ls } };
@@ -101,13 +110,15 @@ export const compute: Handlers<ComputeOp> = {
     } else {
       s.opt.update(stage.params, g, h.lr, h.globalNorm);
     }
-    if (h.tag === undefined) stage.zeroGrad(); else s.accs.delete(h.tag);
+    if (h.tag === undefined) stage.zeroGrad();
+    else s.accs.delete(h.tag);
     s.stats.steps++;
     return { head: { step: s.opt.step } };
   },
 
   logits(s, h, body) {
-    const stage = s.stage, V = s.o.config.vocabSize;
+    const stage = s.stage,
+      V = s.o.config.vocabSize;
     if (!stage.last) throw new InvalidInputError('not the last stage');
     const N = h.B * h.T;
     const logits = stage.forward(h.micro, input(s, body, N), h.B, h.T);

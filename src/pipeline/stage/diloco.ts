@@ -17,9 +17,8 @@ export const diloco: Handlers<DilocoOp> = {
     const d = new Float32Array(stage.numParams);
     for (let i = 0; i < d.length; i++) d[i] = s.snap[i] - stage.params[i];
     const ef = (s.ef ??= new ErrorFeedback(stage.numParams));
-    const sparse = h.codec === 'sparse'
-      ? { ...(h.chunk ? { chunk: h.chunk } : {}), ...(h.k ? { k: h.k } : {}) }
-      : undefined;
+    const sparse =
+      h.codec === 'sparse' ? { ...(h.chunk ? { chunk: h.chunk } : {}), ...(h.k ? { k: h.k } : {}) } : undefined;
     const { bytes } = getCodec(h.codec, sparse).encode(d, ef);
     return { head: { n: stage.numParams }, body: bytes };
   },

@@ -19,12 +19,15 @@ export const rebuild: Handlers<RebuildOp> = {
     const stage = s.stage;
     if (s.ready) throw new InvalidInputError(`already serving stage ${stage.spec.index}; only a fresh peer is rebuilt`);
     if (stage.first || stage.last) {
-      throw new InvalidInputError('only a middle stage can be rebuilt from its neighbours'
-        + ' (the first and last hold the embeddings and head)');
+      throw new InvalidInputError(
+        'only a middle stage can be rebuilt from its neighbours' + ' (the first and last hold the embeddings and head)',
+      );
     }
     if (stage.spec.bottleneck !== undefined) {
-      throw new InvalidInputError('a stage with bottleneck projections cannot be rebuilt from its neighbours'
-        + ' (they are not layers); restore it from a checkpoint');
+      throw new InvalidInputError(
+        'a stage with bottleneck projections cannot be rebuilt from its neighbours' +
+          ' (they are not layers); restore it from a checkpoint',
+      );
     }
     if (h.from[0] === h.from[1]) throw new InvalidInputError('a rebuild takes parts from two different peers');
     s.pending = { id: h.id, from: h.from, parts: new Map(), step: 0 };
@@ -44,14 +47,16 @@ export const rebuild: Handlers<RebuildOp> = {
   },
 
   absorb(s, h, body, from) {
-    const p = s.pending, stage = s.stage;
+    const p = s.pending,
+      stage = s.stage;
     if (!p || p.id !== h.id) throw new InvalidInputError(`no rebuild ${h.id} expected here`);
     if (!p.from.includes(from)) throw new InvalidInputError(`${from} is not one of this rebuild's lenders`);
     if (p.parts.has(from)) throw new InvalidInputError(`${from} already sent its part`);
     const { keys, size: n } = layerViews(stage);
     if (h.layout !== layoutOf(keys)) {
-      throw new InvalidInputError('the lender\'s layers are laid out unlike this stage\'s'
-        + ' (a different number of layers)');
+      throw new InvalidInputError(
+        "the lender's layers are laid out unlike this stage's" + ' (a different number of layers)',
+      );
     }
     if (body.length !== 4 * n) throw new InvalidInputError(`a part must be ${4 * n} bytes, got ${body.length}`);
     p.parts.set(from, body.slice());

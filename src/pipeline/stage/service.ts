@@ -42,12 +42,17 @@ export class StageService {
     try {
       return await this.dispatch(h, body, from);
     } finally {
-      if (timed && !('train' in h && !h.train)) { s.stats.ms[timed] += performance.now() - t0; s.stats.count[timed]++; }
+      if (timed && !('train' in h && !h.train)) {
+        s.stats.ms[timed] += performance.now() - t0;
+        s.stats.count[timed]++;
+      }
     }
   }
 
   private async dispatch(
-    h: StageRequest, body: Uint8Array, from: string,
+    h: StageRequest,
+    body: Uint8Array,
+    from: string,
   ): Promise<{ head: unknown; body?: Uint8Array }> {
     const s = this.state;
     if (!s.ready && !BEFORE_READY.has(h.op)) {

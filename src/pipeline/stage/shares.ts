@@ -24,19 +24,33 @@ export function encodeStageState(stage: Stage, opt: AdamW): Uint8Array {
 }
 
 const Int = z.number().int();
-const StateHead = z.object({
-  v: z.literal(1), index: Int, count: Int, l0: Int, l1: Int, bottleneck: Int.min(1).optional(),
-  step: Int.min(0), tensors: z.array(z.string()).max(100_000),
-}).strict();
+const StateHead = z
+  .object({
+    v: z.literal(1),
+    index: Int,
+    count: Int,
+    l0: Int,
+    l1: Int,
+    bottleneck: Int.min(1).optional(),
+    step: Int.min(0),
+    tensors: z.array(z.string()).max(100_000),
+  })
+  .strict();
 
 /** Loads a state made by encodeStageState into `stage` and `opt`; it must be this very stage. */
 export function decodeStageState(bytes: Uint8Array, stage: Stage, opt: AdamW): void {
   const { head: raw, arrays } = unpackF32(bytes, 3, stage.numParams, 'stage state');
   const h = StateHead.safeParse(raw);
   if (!h.success) throw new InvalidInputError(`stage state header: ${h.error.message.slice(0, 120)}`);
-  const head = h.data, sp = stage.spec;
-  const same = head.index === sp.index && head.count === sp.count && head.l0 === sp.l0 && head.l1 === sp.l1
-    && head.bottleneck === sp.bottleneck && head.tensors.join() === stage.tensorNames().join();
+  const head = h.data,
+    sp = stage.spec;
+  const same =
+    head.index === sp.index &&
+    head.count === sp.count &&
+    head.l0 === sp.l0 &&
+    head.l1 === sp.l1 &&
+    head.bottleneck === sp.bottleneck &&
+    head.tensors.join() === stage.tensorNames().join();
   if (!same) {
     throw new InvalidInputError(`the checkpoint is of stage ${head.index}/${head.count}, not ${sp.index}/${sp.count}`);
   }
@@ -49,8 +63,10 @@ export function decodeStageState(bytes: Uint8Array, stage: Stage, opt: AdamW): v
 export const shares: Handlers<SharesOp> = {
   async save(s) {
     if (s.master) {
-      throw new InvalidInputError('checkpoints of a run with look-ahead weights are not supported'
-        + ' (the stage computes with predicted weights)');
+      throw new InvalidInputError(
+        'checkpoints of a run with look-ahead weights are not supported' +
+          ' (the stage computes with predicted weights)',
+      );
     }
     const store = s.needStore();
     const x = encodeStageState(s.stage, s.opt);

@@ -18,7 +18,11 @@ import { MAX_TAGS, type ReplyHeadOf, type RequestOf, type StageOp, type StageSta
 import type { StageClient } from '../stage-client.js';
 
 export interface StageServiceOptions {
-  config: ModelConfig; spec: StageSpec; kernels: Kernels; adamw: AdamWSettings; codec: ActCodecSpec;
+  config: ModelConfig;
+  spec: StageSpec;
+  kernels: Kernels;
+  adamw: AdamWSettings;
+  codec: ActCodecSpec;
   /** Genesis weights for this stage; null: a fresh peer that waits for `restore`. */
   init: ((stage: Stage) => void) | null;
   /** This peer's IPFS store (checkpoint shares); needed for save / hold / restore. */
@@ -37,13 +41,24 @@ export interface StagePeerLinks {
 }
 
 /** A rebuild in progress (rebuild.ts): who may send parts, and the parts in so far. */
-export interface PendingRebuild { id: string; from: string[]; parts: Map<string, Uint8Array>; step: number }
+export interface PendingRebuild {
+  id: string;
+  from: string[];
+  parts: Map<string, Uint8Array>;
+  step: number;
+}
 
 /** What a handler returns: the reply head (checked against the op's reply schema by the types) and a body. */
-export interface HandlerReply<Op extends StageOp> { head: ReplyHeadOf<Op>; body?: Uint8Array }
+export interface HandlerReply<Op extends StageOp> {
+  head: ReplyHeadOf<Op>;
+  body?: Uint8Array;
+}
 /** One operation's handler; `from` is the caller's peer id. */
 export type Handler<Op extends StageOp> = (
-  s: StageServiceState, req: RequestOf<Op>, body: Uint8Array, from: string,
+  s: StageServiceState,
+  req: RequestOf<Op>,
+  body: Uint8Array,
+  from: string,
 ) => HandlerReply<Op> | Promise<HandlerReply<Op>>;
 /** The handlers of a group of operations (one module per concern). */
 export type Handlers<Ops extends StageOp> = { [K in Ops]: Handler<K> };
@@ -72,14 +87,22 @@ export class StageServiceState {
   readonly rows = new Map<number, number>();
   pending: PendingRebuild | null = null;
   readonly stats: StageStats = {
-    calls: 0, actBytesIn: 0, actBytesOut: 0, steps: 0, tokens: 0,
-    ms: { fwd: 0, bwd: 0, last: 0, step: 0 }, count: { fwd: 0, bwd: 0, last: 0, step: 0 },
+    calls: 0,
+    actBytesIn: 0,
+    actBytesOut: 0,
+    steps: 0,
+    tokens: 0,
+    ms: { fwd: 0, bwd: 0, last: 0, step: 0 },
+    count: { fwd: 0, bwd: 0, last: 0, step: 0 },
   };
   /** Values per token at a boundary (dim, or the bottleneck width), and their codec. */
   readonly W: number;
   readonly codec: ActCodec;
 
-  constructor(readonly o: StageServiceOptions, readonly links: StagePeerLinks) {
+  constructor(
+    readonly o: StageServiceOptions,
+    readonly links: StagePeerLinks,
+  ) {
     this.stage = new Stage(o.config, this.withB(o.spec), o.kernels);
     if (o.init) {
       o.init(this.stage);
@@ -108,7 +131,9 @@ export class StageServiceState {
   }
 
   /** Fresh moments for the stage held (a move, a rebuild). */
-  freshOptimizer(): void { this.opt = new AdamW(this.o.config, this.o.adamw, this.o.kernels, this.stage.specs); }
+  freshOptimizer(): void {
+    this.opt = new AdamW(this.o.config, this.o.adamw, this.o.kernels, this.stage.specs);
+  }
 
   /** Drops the stage held (weights, moments, held micro-batches) and becomes a fresh peer of `spec`. */
   moveTo(spec: StageSpec): void {
@@ -159,7 +184,9 @@ export class StageServiceState {
   }
 
   /** The deadline of one fetch or pin of a share. */
-  fetchSignal(): AbortSignal { return AbortSignal.timeout(this.o.fetchTimeoutMs ?? 30_000); }
+  fetchSignal(): AbortSignal {
+    return AbortSignal.timeout(this.o.fetchTimeoutMs ?? 30_000);
+  }
 
   /** Encodes activations (counted as sent). */
   enc(x: Float32Array, rows: number): Uint8Array {

@@ -35,7 +35,8 @@ export class ErrorFeedback {
   readonly beta: number;
   constructor(n: number, beta = 1) {
     checkN(n);
-    if (!(beta >= 0 && beta <= 1)) throw new InvalidInputError(`error-feedback decay beta must be in [0, 1], got ${beta}`);
+    if (!(beta >= 0 && beta <= 1))
+      throw new InvalidInputError(`error-feedback decay beta must be in [0, 1], got ${beta}`);
     this.residual = new Float32Array(n);
     this.beta = beta;
   }
@@ -62,8 +63,10 @@ export function encodeWith(
   checkN(n);
   let x = delta;
   if (state) {
-    const r = state.residual, beta = state.beta;
-    if (r.length !== n) throw new InvalidInputError(`${id}: error-feedback state has ${r.length} elements, delta has ${n}`);
+    const r = state.residual,
+      beta = state.beta;
+    if (r.length !== n)
+      throw new InvalidInputError(`${id}: error-feedback state has ${r.length} elements, delta has ${n}`);
     x = new Float32Array(n);
     for (let i = 0; i < n; i++) x[i] = beta * r[i] + delta[i];
   }

@@ -30,11 +30,16 @@ export const CODEC_IDS: readonly CodecId[] = Object.freeze(['fp32', 'fp16', 'int
 /** A codec by id; `params` only matters for 'sparse' (defaults: chunk 4096, k 64). */
 export function getCodec(id: CodecId, params?: Partial<SparseParams>): Codec {
   switch (id) {
-    case 'fp32': return fp32Codec;
-    case 'fp16': return fp16Codec;
-    case 'int8': return int8Codec;
-    case 'sparse': return sparseCodec(params);
-    default: throw new InvalidInputError(`unknown codec ${String(id)}`);
+    case 'fp32':
+      return fp32Codec;
+    case 'fp16':
+      return fp16Codec;
+    case 'int8':
+      return int8Codec;
+    case 'sparse':
+      return sparseCodec(params);
+    default:
+      throw new InvalidInputError(`unknown codec ${String(id)}`);
   }
 }
 
@@ -62,10 +67,13 @@ export function peekHeader(bytes: Uint8Array): MessageInfo {
  * Decodes a message of any codec in `allowed` (default: all). Pure function of the bytes and
  * the expected n; throws DecodeError on anything malformed or disallowed.
  */
-export function decodeAny(bytes: Uint8Array, n: number, allowed: readonly CodecId[] = CODEC_IDS): { codec: CodecId; values: Float32Array } {
+export function decodeAny(
+  bytes: Uint8Array,
+  n: number,
+  allowed: readonly CodecId[] = CODEC_IDS,
+): { codec: CodecId; values: Float32Array } {
   const codec = readTag(bytes);
   if (!allowed.includes(codec)) throw new DecodeError(`codec ${codec} is not allowed here`);
   // Every codec's decode is independent of its construction params (they come from the bytes).
   return { codec, values: getCodec(codec).decode(bytes, n) };
 }
-

@@ -84,17 +84,21 @@ function topK(x: Float32Array, start: number, len: number, kc: number, sel: Int3
     return;
   }
   const worse = (i: number, j: number): boolean => {
-    const ai = Math.abs(x[start + i]), aj = Math.abs(x[start + j]);
+    const ai = Math.abs(x[start + i]),
+      aj = Math.abs(x[start + j]);
     return ai < aj || (ai === aj && i > j);
   };
   const sift = (pos: number): void => {
     for (;;) {
-      const l = 2 * pos + 1, r = l + 1;
+      const l = 2 * pos + 1,
+        r = l + 1;
       let m = pos;
       if (l < kc && worse(sel[l], sel[m])) m = l;
       if (r < kc && worse(sel[r], sel[m])) m = r;
       if (m === pos) return;
-      const t = sel[pos]; sel[pos] = sel[m]; sel[m] = t;
+      const t = sel[pos];
+      sel[pos] = sel[m];
+      sel[m] = t;
       pos = m;
     }
   };
@@ -116,13 +120,20 @@ function topK(x: Float32Array, start: number, len: number, kc: number, sel: Int3
 function twoLevels(m: Float64Array, kc: number): [number, number, number] {
   let total = 0;
   for (let j = 0; j < kc; j++) total += m[j];
-  let best = -1, bestS = kc, prefix = 0, bestPrefix = total;
+  let best = -1,
+    bestS = kc,
+    prefix = 0,
+    bestPrefix = total;
   for (let s = 1; s <= kc; s++) {
     prefix += m[s - 1];
     if (s < kc && m[s - 1] === m[s]) continue; // never split equal magnitudes
     const hi = total - prefix;
     const score = (prefix * prefix) / s + (s < kc ? (hi * hi) / (kc - s) : 0);
-    if (score > best) { best = score; bestS = s; bestPrefix = prefix; }
+    if (score > best) {
+      best = score;
+      bestS = s;
+      bestPrefix = prefix;
+    }
   }
   const a = Math.fround(bestPrefix / bestS);
   const h = bestS < kc ? Math.fround((total - bestPrefix) / (kc - bestS)) : a;
@@ -130,7 +141,9 @@ function twoLevels(m: Float64Array, kc: number): [number, number, number] {
 }
 
 function packSparse(x: Float32Array, p: SparseParams): Uint8Array {
-  const n = x.length, C = p.chunk, bits = log2Chunk(C);
+  const n = x.length,
+    C = p.chunk,
+    bits = log2Chunk(C);
   const chunks = Math.ceil(n / C);
   const K = sparseKept(n, p);
   const out = new Uint8Array(sparseSize(n, p));
@@ -139,11 +152,14 @@ function packSparse(x: Float32Array, p: SparseParams): Uint8Array {
   dv.setUint32(HEADER_BYTES + 4, p.k, true);
   const idxOff = SPARSE_HEADER_BYTES + 8 * chunks;
   const codeOff = idxOff + Math.ceil((K * bits) / 8);
-  const iw = new BitWriter(out, idxOff), cw = new BitWriter(out, codeOff);
+  const iw = new BitWriter(out, idxOff),
+    cw = new BitWriter(out, codeOff);
   const sel = new Int32Array(Math.min(p.k, C));
   const mags = new Float64Array(sel.length);
   for (let c = 0; c < chunks; c++) {
-    const start = c * C, len = Math.min(C, n - start), kc = Math.min(p.k, len);
+    const start = c * C,
+      len = Math.min(C, n - start),
+      kc = Math.min(p.k, len);
     topK(x, start, len, kc, sel);
     for (let j = 0; j < kc; j++) mags[j] = Math.abs(x[start + sel[j]]);
     mags.subarray(0, kc).sort();
@@ -165,7 +181,8 @@ function decodeSparse(bytes: Uint8Array, n: number): Float32Array {
   const dv = readHeader(bytes, 'sparse', n);
   const p = readSparseParams(bytes);
   checkLength(bytes, sparseSize(n, p), 'sparse');
-  const C = p.chunk, bits = log2Chunk(C);
+  const C = p.chunk,
+    bits = log2Chunk(C);
   const chunks = Math.ceil(n / C);
   const K = sparseKept(n, p);
   const idxOff = SPARSE_HEADER_BYTES + 8 * chunks;
@@ -179,7 +196,9 @@ function decodeSparse(bytes: Uint8Array, n: number): Float32Array {
     if (!(Number.isFinite(a) && Number.isFinite(h) && a >= 0 && a <= h)) {
       throw new DecodeError(`sparse: chunk ${c} scales (${a}, ${h}) are not finite with 0 <= a <= h`);
     }
-    const start = c * C, len = Math.min(C, n - start), kc = Math.min(p.k, len);
+    const start = c * C,
+      len = Math.min(C, n - start),
+      kc = Math.min(p.k, len);
     let prev = -1;
     for (let j = 0; j < kc; j++) {
       const i = ir.read(bits);

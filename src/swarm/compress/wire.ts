@@ -46,8 +46,10 @@ export function writeHeader(out: Uint8Array, id: CodecId, n: number): DataView {
 /** The codec a message claims to be, after checking magic, version, tag and reserved bytes. */
 export function readTag(bytes: Uint8Array): CodecId {
   if (!(bytes instanceof Uint8Array)) throw new DecodeError('message is not a Uint8Array');
-  if (bytes.length < HEADER_BYTES) throw new DecodeError(`message of ${bytes.length} bytes is shorter than the ${HEADER_BYTES}-byte header`);
-  for (let i = 0; i < 4; i++) if (bytes[i] !== MAGIC[i]) throw new DecodeError('bad magic (not a Tessera pseudo-gradient)');
+  if (bytes.length < HEADER_BYTES)
+    throw new DecodeError(`message of ${bytes.length} bytes is shorter than the ${HEADER_BYTES}-byte header`);
+  for (let i = 0; i < 4; i++)
+    if (bytes[i] !== MAGIC[i]) throw new DecodeError('bad magic (not a Tessera pseudo-gradient)');
   if (bytes[4] !== VERSION) throw new DecodeError(`unsupported version ${bytes[4]}`);
   if (bytes[6] !== 0 || bytes[7] !== 0) throw new DecodeError('reserved header bytes are not zero');
   const tag = bytes[5];
@@ -86,7 +88,10 @@ export function assertFinite(x: Float32Array, what: string): void {
 export class BitWriter {
   private acc = 0;
   private nbits = 0;
-  constructor(private readonly out: Uint8Array, private pos: number) {}
+  constructor(
+    private readonly out: Uint8Array,
+    private pos: number,
+  ) {}
   write(value: number, width: number): void {
     this.acc |= value << this.nbits; // acc < 2^8 before, value < 2^16: fits in 24 bits
     this.nbits += width;
@@ -109,7 +114,11 @@ export class BitWriter {
 export class BitReader {
   private bit = 0;
   private readonly end: number;
-  constructor(private readonly bytes: Uint8Array, private readonly start: number, length: number) {
+  constructor(
+    private readonly bytes: Uint8Array,
+    private readonly start: number,
+    length: number,
+  ) {
     this.end = start + length;
   }
   read(width: number): number {
@@ -126,7 +135,7 @@ export class BitReader {
     const used = Math.ceil(this.bit / 8);
     if (this.start + used !== this.end) throw new DecodeError(`${what}: stream length mismatch`);
     const spare = this.bit & 7;
-    if (spare !== 0 && (this.bytes[this.end - 1] >>> spare) !== 0) {
+    if (spare !== 0 && this.bytes[this.end - 1] >>> spare !== 0) {
       throw new DecodeError(`${what}: padding bits are not zero`);
     }
   }
