@@ -23,7 +23,7 @@
  *   of the step is executed) whenever it changes; a restart passes it to init().
  */
 import { EventEmitter } from 'node:events';
-import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { mkdirSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { pino, type Logger } from 'pino';
 import type { Address } from 'viem';
@@ -32,7 +32,6 @@ import { evalBatches, type Batch, type TokenArray } from '../data/batches.js';
 import { loadKernels } from '../kernels/index.js';
 import { weightsHash } from '../model/checkpoint.js';
 import { GPT } from '../model/gpt.js';
-import { sample } from '../model/sample.js';
 import { createHost, joinControlChannel, serveBulk, type ControlChannel, type Host } from '../net/index.js';
 import { openStore, parseCid, type Store } from '../store/index.js';
 import { loadState } from '../store/checkpoint.js';
@@ -41,7 +40,6 @@ import { ErrorFeedback, getCodec } from '../swarm/compress/index.js';
 import { storageParams, type DecodedManifest } from '../swarm/manifest.js';
 import { OuterNesterov } from '../swarm/outer.js';
 import {
-  AcceptorRecordSchema,
   acceptorRecord,
   fromWire,
   init,
@@ -50,7 +48,6 @@ import {
   snapshotOf,
   step,
   toWire,
-  type AcceptorRecord,
   type Effect,
   type Message,
   type RoundEvent,
@@ -60,6 +57,8 @@ import {
 import { AdamW } from '../train/adamw.js';
 import { InvalidInputError } from '../util/errors.js';
 import { Audits } from './audit.js';
+import { bootChoice, keepDialing, mdnsOnly, readAcceptorRecord, waitForPeers } from './boot.js';
+import { generate, type GenerateOptions } from './inference.js';
 import { RunData } from './data.js';
 import { LedgerRole } from './ledger.js';
 import type { NodeOptions } from './options.js';
@@ -203,7 +202,7 @@ export class SwarmNode {
         else this.onNet(msg.kind, msg.from, msg.body);
       },
     });
-    this.dialLoop();
+    this.dialTimer = keepDialing(this.host, o.bootstrap ?? [], () => this.stopped);
     const self = this.host.peerId;
     const stopped = () => this.stopped;
     this.data = new RunData({
@@ -232,19 +231,7 @@ export class SwarmNode {
     });
     this.log(`peer ${self} listening on ${this.host.multiaddrs().join(' ')}`);
 
-    // Wait (briefly) for the other genesis peers / a bootstrap peer, so early gossip is not lost.
-    // With only mDNS, give LAN discovery a few seconds: a peer that finds the run's topic there
-    // joins it instead of founding a second, separate roster.
-    const mdnsOnly = o.mdns === true && !o.genesisPeers?.length && !o.bootstrap?.length;
-    const want = o.genesisPeers?.length ? o.genesisPeers.length - 1 : o.bootstrap?.length || mdnsOnly ? 1 : 0;
-    const t0 = Date.now();
-    const waitMs = mdnsOnly ? 5_000 : 15_000;
-    // Count the genesis peers themselves (any other subscriber, even a hostile one, does not help).
-    const seen = () =>
-      o.genesisPeers?.length
-        ? this.channel.subscribers().filter((p) => o.genesisPeers!.includes(p)).length
-        : this.channel.subscribers().length;
-    while (seen() < want && Date.now() - t0 < waitMs) await new Promise((r) => setTimeout(r, 100));
+    await waitForPeers(o, () => this.channel.subscribers());
 
     // Data and model, checked against the manifest.
     const val: TokenArray = await this.data.load();
@@ -365,51 +352,17 @@ export class SwarmNode {
     });
     this.evalSet = [...evalBatches(val, m.hyper.batch, m.model.ctx, o.evalBatches ?? 4)];
 
-    const discovered = mdnsOnly ? this.channel.subscribers() : [];
-    let acceptor: AcceptorRecord | undefined;
-    if (existsSync(this.recordPath)) {
-      const r = AcceptorRecordSchema.safeParse(JSON.parse(readFileSync(this.recordPath, 'utf8')));
-      if (r.success) acceptor = r.data;
-    }
-    const bootIds = (o.bootstrap ?? []).map((a) => /\/p2p\/([^/]+)/.exec(a)?.[1]).filter((x): x is string => !!x);
-    const now = Date.now();
-    // Genesis: listed in --genesis-peers, or a founder started with neither genesis peers nor bootstrap (roster = itself).
-    const founder = !o.genesisPeers?.length && !o.bootstrap?.length && discovered.length === 0;
-    const genesis =
-      acceptor !== undefined
-        ? undefined
-        : o.genesisPeers?.includes(self)
-          ? { roster: o.genesisPeers }
-          : founder
-            ? { roster: [self] }
-            : undefined;
+    const discovered = mdnsOnly(o) ? this.channel.subscribers() : [];
     const first = init({
       self,
       params: this.p,
-      now,
-      ...(genesis ? { genesis } : { bootstrap: [...new Set([...bootIds, ...(o.genesisPeers ?? []), ...discovered])] }),
-      ...(acceptor ? { acceptor } : {}),
+      now: Date.now(),
+      ...bootChoice(o, self, discovered, readAcceptorRecord(this.recordPath)),
     });
     this.meter.reset(this.meterReading());
     this.commit(first.state, first.effects);
     if (first.state.phase === 'unsynced') this.sync.restoreLocal();
     this.timer = setInterval(() => this.tick(), 50);
-  }
-
-  private dialLoop(): void {
-    const targets = this.o.bootstrap ?? [];
-    if (targets.length === 0) return;
-    const attempt = () => {
-      if (this.stopped) return;
-      const connected = new Set(this.host.connectedPeers());
-      for (const a of targets) {
-        const id = /\/p2p\/([^/]+)/.exec(a)?.[1];
-        if (id && connected.has(id)) continue;
-        this.host.dial(a, { signal: AbortSignal.timeout(2000) }).catch(() => undefined);
-      }
-    };
-    attempt();
-    this.dialTimer = setInterval(attempt, 1000);
   }
 
   async stop(): Promise<void> {
@@ -453,27 +406,9 @@ export class SwarmNode {
    * Continues `prompt` from the current weights θ (not a trainer's half-trained copy). Runs on
    * the event loop thread, so callers should keep maxTokens small (the dashboard caps it).
    */
-  generate(
-    prompt: string,
-    o: { maxTokens?: number; temperature?: number; topK?: number; seed?: number } = {},
-  ): { text: string; tokens: number } {
-    const tok = this.data.tokenizer;
-    const g = this.evalGpt;
-    g.params.set(this.weights.theta);
-    const ids = [tok.eotId, ...tok.encodeOrdinary(prompt)].slice(-this.m.model.ctx);
-    const out: number[] = [];
-    const opts = {
-      maxNewTokens: Math.min(256, o.maxTokens ?? 48),
-      temperature: o.temperature ?? 0.8,
-      topK: o.topK ?? 40,
-      seed: o.seed ?? 1,
-      stopToken: tok.eotId,
-    };
-    for (const id of sample(g, ids, opts)) {
-      if (id === tok.eotId) break;
-      out.push(id);
-    }
-    return { text: tok.decode(out), tokens: out.length };
+  /** Continues `prompt` from the agreed weights θ (inference.ts). */
+  generate(prompt: string, o: GenerateOptions = {}): { text: string; tokens: number } {
+    return generate(this.evalGpt, this.weights.theta, this.data.tokenizer, this.m.model.ctx, prompt, o);
   }
 
   // ───────────── reducer plumbing ─────────────

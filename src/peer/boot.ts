@@ -1,0 +1,81 @@
+/**
+ * How a peer enters its run: it keeps dialling its bootstrap addresses, waits briefly for the
+ * peers it expects (so early gossip is not lost), and decides how the reducer starts — from its
+ * own acceptor record after a restart, as a genesis member (listed in --genesis-peers, or a
+ * founder with neither genesis peers nor bootstrap), or unsynced with a list of peers to sync from.
+ */
+import { existsSync, readFileSync } from 'node:fs';
+import type { Host } from '../net/index.js';
+import { AcceptorRecordSchema, type AcceptorRecord, type InitOptions } from '../swarm/round.js';
+import type { NodeOptions } from './options.js';
+
+/** Limits on the initial wait for expected peers: with only mDNS, and otherwise. */
+const MDNS_WAIT_MS = 5_000;
+const PEER_WAIT_MS = 15_000;
+
+const peerIdOf = (addr: string): string | undefined => /\/p2p\/([^/]+)/.exec(addr)?.[1];
+
+/** Dials every bootstrap address not connected, now and every second, until stopped; returns the timer. */
+export function keepDialing(host: Host, targets: readonly string[], stopped: () => boolean): NodeJS.Timeout | null {
+  if (targets.length === 0) return null;
+  const attempt = () => {
+    if (stopped()) return;
+    const connected = new Set(host.connectedPeers());
+    for (const a of targets) {
+      const id = peerIdOf(a);
+      if (id && connected.has(id)) continue;
+      host.dial(a, { signal: AbortSignal.timeout(2000) }).catch(() => undefined);
+    }
+  };
+  attempt();
+  return setInterval(attempt, 1000);
+}
+
+/** Whether the peer has only mDNS to find its run (no genesis peers, no bootstrap). */
+export const mdnsOnly = (o: NodeOptions): boolean => o.mdns === true && !o.genesisPeers?.length && !o.bootstrap?.length;
+
+/**
+ * Waits (briefly) for the other genesis peers, or one bootstrap or LAN peer, to subscribe to the
+ * run's topic. With only mDNS a peer that finds the run's topic joins it instead of founding a
+ * second, separate roster. Only the genesis peers themselves count when they are listed (any
+ * other subscriber, even a hostile one, does not help).
+ */
+export async function waitForPeers(o: NodeOptions, subscribers: () => string[]): Promise<void> {
+  const lan = mdnsOnly(o);
+  const want = o.genesisPeers?.length ? o.genesisPeers.length - 1 : o.bootstrap?.length || lan ? 1 : 0;
+  const t0 = Date.now();
+  const waitMs = lan ? MDNS_WAIT_MS : PEER_WAIT_MS;
+  const seen = () =>
+    o.genesisPeers?.length ? subscribers().filter((p) => o.genesisPeers!.includes(p)).length : subscribers().length;
+  while (seen() < want && Date.now() - t0 < waitMs) await new Promise((r) => setTimeout(r, 100));
+}
+
+/** The acceptor record a previous run of this peer left (null if none or unreadable). */
+export function readAcceptorRecord(path: string): AcceptorRecord | undefined {
+  if (!existsSync(path)) return undefined;
+  const r = AcceptorRecordSchema.safeParse(JSON.parse(readFileSync(path, 'utf8')));
+  return r.success ? r.data : undefined;
+}
+
+/** How the reducer starts: genesis roster, or the peers to sync from; plus the acceptor record if any. */
+export function bootChoice(
+  o: NodeOptions,
+  self: string,
+  discovered: readonly string[],
+  acceptor: AcceptorRecord | undefined,
+): Pick<InitOptions, 'genesis' | 'bootstrap' | 'acceptor'> {
+  const bootIds = (o.bootstrap ?? []).map(peerIdOf).filter((x): x is string => !!x);
+  const founder = !o.genesisPeers?.length && !o.bootstrap?.length && discovered.length === 0;
+  const genesis =
+    acceptor !== undefined
+      ? undefined
+      : o.genesisPeers?.includes(self)
+        ? { roster: o.genesisPeers }
+        : founder
+          ? { roster: [self] }
+          : undefined;
+  return {
+    ...(genesis ? { genesis } : { bootstrap: [...new Set([...bootIds, ...(o.genesisPeers ?? []), ...discovered])] }),
+    ...(acceptor ? { acceptor } : {}),
+  };
+}
