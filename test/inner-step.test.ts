@@ -15,6 +15,7 @@ import { lrAt, type Schedule } from '../src/train/schedule.js';
 import { innerStep } from '../src/train/inner-step.js';
 import { BatchSampler, type Batch } from '../src/data/batches.js';
 import { roundSeed } from '../src/swarm/assign.js';
+import { sha256HexNode } from '../src/util/hash-node.js';
 import { firstBatches, roundBatches, trainerSeed, validatorSeeds } from '../src/swarm/round-batches.js';
 import { NonFiniteLossError, TesseraError } from '../src/util/errors.js';
 import type { ModelConfig } from '../src/model/config.js';
@@ -128,12 +129,36 @@ test('roundBatches: sequential draws are the batches the specs name; seeds follo
 });
 
 test("validatorSeeds and firstBatches: the validator's assigned and random batches", () => {
-  const v = BigInt('0x' + roundSeed(runId, 9).slice(12, 24));
-  assert.deepEqual(validatorSeeds(runId, 9, 7), { assigned: v + 1n, random: v + 2n, randomShard: Number(v % 7n) });
-  assert.throws(() => validatorSeeds(runId, 9, 0), TesseraError);
+  const beacon = sha256HexNode('decided set of round 9');
+  const seed = sha256HexNode(`tessera/eval-seed/v1\n${runId}\n9\n${beacon}`);
+  const v = BigInt('0x' + seed.slice(0, 12));
+  assert.deepEqual(validatorSeeds(runId, 9, 7, beacon), {
+    assigned: v + 1n,
+    random: v + 2n,
+    randomShard: Number(v % 7n),
+    audit: seed,
+  });
+  assert.throws(() => validatorSeeds(runId, 9, 0, beacon), TesseraError);
+  assert.throws(() => validatorSeeds(runId, 9, 7, 'not a digest'), TesseraError);
   const d = tokens(7, 400),
     s = new BatchSampler(d, B, T, v + 1n);
   assert.deepEqual(firstBatches(d, v + 1n, B, T, 2), [s.next(), s.next()]);
   assert.deepEqual(firstBatches(d.subarray(0, T + 1), v + 1n, B, T, 2), []);
   assert.deepEqual(firstBatches(null, v + 1n, B, T, 2), []);
+});
+
+test('evaluation seeds: unknown before the set closes, equal for every validator after', () => {
+  // What a trainer could compute before submitting (run id and round) does not fix the seeds:
+  // another decided set of the same round gives other seeds, other batches and another audit draw.
+  const a = validatorSeeds(runId, 9, 64, sha256HexNode('set A'));
+  const b = validatorSeeds(runId, 9, 64, sha256HexNode('set B'));
+  assert.notEqual(a.assigned, b.assigned);
+  assert.notEqual(a.audit, b.audit);
+  // The old seed (run id and round alone) is none of them.
+  const old = BigInt('0x' + roundSeed(runId, 9).slice(12, 24));
+  assert.ok(![a.assigned, b.assigned].includes(old + 1n));
+  // Two validators that saw the same decided set draw the same batches.
+  assert.deepEqual(validatorSeeds(runId, 9, 64, sha256HexNode('set A')), a);
+  const d = tokens(7, 4000);
+  assert.notDeepEqual(firstBatches(d, a.assigned, B, T, 2), firstBatches(d, b.assigned, B, T, 2));
 });

@@ -664,6 +664,7 @@ export class SwarmNode {
     }
     return this.validator!.validate(
       e.round,
+      e.valueHash,
       this.weights.theta.slice(),
       e.baseHash,
       [...this.state.roster],

@@ -76,9 +76,13 @@ export class Validator {
   /**
    * Scores round `round`'s updates (`ups`, with their hashes by peer) against θ_round; returns
    * the entries, or null if the round could not be scored (shard data missing, an error).
+   * `beacon` is the decided set's value hash: the batches evaluated on, and which trainers are
+   * audited, are drawn from it (round-batches.ts validatorSeeds), so no trainer knows them when
+   * it submits.
    */
   async validate(
     round: number,
+    beacon: string,
     theta: Float32Array,
     baseHash: string,
     roster: string[],
@@ -93,7 +97,7 @@ export class Validator {
       const assign = assignShards(roundSeed(dm.runId, round), roster, this.d.numShards);
       const batchesOf = async (shard: number, seed: bigint): Promise<Batch[]> =>
         firstBatches(await this.d.shardData(shard, round), seed, B, T, K);
-      const seeds = validatorSeeds(dm.runId, round, this.d.numShards);
+      const seeds = validatorSeeds(dm.runId, round, this.d.numShards, beacon);
       const subs: Submission[] = [...ups]
         .sort((a, b) => compareIds(a.peer, b.peer))
         .map((u) => ({ peer: u.peer, delta: u.delta, baseHash }));
@@ -123,9 +127,8 @@ export class Validator {
       // failed audit zeroes the round's score.
       const failed = new Map<string, string>();
       if (m.hyper.audit) {
-        const seedHex = roundSeed(dm.runId, round);
         for (const s of subs) {
-          if (s.peer === this.d.self || !spotCheck(seedHex, this.d.self, s.peer, m.hyper.audit.p)) continue;
+          if (s.peer === this.d.self || !spotCheck(seeds.audit, this.d.self, s.peer, m.hyper.audit.p)) continue;
           const rec = await this.d.audit(round, s.peer, hashes.get(s.peer) ?? '', roster, s.delta);
           this.auditsSince.push(rec);
           if (!rec.ok) failed.set(s.peer, rec.reason ?? 'audit');

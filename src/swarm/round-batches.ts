@@ -13,6 +13,7 @@
  * from seed base+2 on shard base mod numShards.
  */
 import { BatchSampler, type Batch, type TokenArray } from '../data/batches.js';
+import { sha256Hex } from '../util/hash.js';
 import { InvalidInputError } from '../util/errors.js';
 import { roundSeed } from './assign.js';
 
@@ -105,21 +106,41 @@ export function roundBatches(
   return new RoundBatches(sources, B, T);
 }
 
-/** The validator's sampler seeds of a round and the shard its random batches come from. */
+/**
+ * The validator's sampler seeds of a round and the shard its random batches come from.
+ *
+ * They are drawn from the round's beacon: the value hash of the decided update set, which exists
+ * only once the set has closed. A trainer therefore cannot know, when it trains and submits,
+ * which of its shard's sequences (nor which random shard) it will be evaluated on, and cannot
+ * overfit them; every validator still draws the same batches, since the decided set is agreed.
+ * (Before: the seeds came from the run id and round alone, public from the start.)
+ */
 export interface ValidatorSeeds {
   /** Seed of the sampler on a trainer's first assigned shard (its "assigned" batches). */
   assigned: bigint;
   /** Seed of the sampler on `randomShard` (the "random" batches). */
   random: bigint;
   randomShard: number;
+  /** Hex seed of the round's audit spot checks (verify/audit.ts spotCheck), from the same beacon. */
+  audit: string;
 }
 
-export function validatorSeeds(runId: string, round: number, numShards: number): ValidatorSeeds {
+const HEX64 = /^[0-9a-f]{64}$/;
+
+/** The hex seed a round's evaluation draws from: (run, round, decided value hash). */
+export function evaluationSeed(runId: string, round: number, beacon: string): string {
+  if (!HEX64.test(beacon))
+    throw new InvalidInputError(`the evaluation beacon must be a sha256 hex digest, got ${beacon.slice(0, 80)}`);
+  return sha256Hex(`tessera/eval-seed/v1\n${runId}\n${round}\n${beacon}`);
+}
+
+export function validatorSeeds(runId: string, round: number, numShards: number, beacon: string): ValidatorSeeds {
   if (!Number.isSafeInteger(numShards) || numShards < 1) {
     throw new InvalidInputError(`numShards must be a positive integer, got ${numShards}`);
   }
-  const v = BigInt('0x' + roundSeed(runId, round).slice(12, 24));
-  return { assigned: v + 1n, random: v + 2n, randomShard: Number(v % BigInt(numShards)) };
+  const seed = evaluationSeed(runId, round, beacon);
+  const v = BigInt('0x' + seed.slice(0, 12));
+  return { assigned: v + 1n, random: v + 2n, randomShard: Number(v % BigInt(numShards)), audit: seed };
 }
 
 /** The first k batches of a sampler with `seed` on `tokens`; [] when the shard is missing or too short. */
