@@ -17,6 +17,7 @@ import { register as registerData } from './data.js';
 import { register as registerLedger } from './ledger.js';
 import { register as registerPipeline } from './pipeline.js';
 import { register as registerStage } from './stage.js';
+import { register as registerAttack } from './attack.js';
 import { reportError } from './output.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
@@ -40,6 +41,7 @@ export function buildProgram(): Command {
   registerData(program);
   registerLedger(program);
   registerPipeline(program);
+  registerAttack(program);
   registerStage(program);
   const usageHelp = (c: Command, path: string): void => {
     c.showHelpAfterError(
