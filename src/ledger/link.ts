@@ -145,6 +145,16 @@ export class LedgerLink {
     this.queue = new CommitmentQueue(o.queueFile);
   }
 
+  /** Whether `a` is in the contract's validator set as last read (false while it is unknown). */
+  isValidatorAddress(a: string): boolean {
+    return this.validators.some((v) => v.toLowerCase() === a.toLowerCase());
+  }
+
+  /** Whether the validator set has been read from the chain. */
+  get validatorsKnown(): boolean {
+    return this.chainId !== null && this.validators.length > 0;
+  }
+
   get isValidator(): boolean {
     return this.validators.some((v) => v.toLowerCase() === this.me.toLowerCase());
   }

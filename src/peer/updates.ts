@@ -1,7 +1,7 @@
 /**
  * Fetching update payloads: an announced update's bytes are downloaded by sha256 from its author
- * (or from the peers a commit names), capped at the codec's size for P parameters, decoded with
- * the run's codec and checked finite before they enter the payload store. A payload that does
+ * (or from the peers a commit names), capped at the codec's exact size for P parameters, decoded
+ * with the run's codec (chunk and k from the manifest, never from the payload) and checked finite before they enter the payload store. A payload that does
  * not hash to its name, is too large, or does not decode is dropped and fetched elsewhere, up to
  * 3 passes; one fetch per hash at a time.
  */
@@ -44,7 +44,8 @@ export class UpdateFetcher {
     this.fetching.add(hash);
     try {
       const P = this.d.params;
-      const max = this.d.codec.encodedSize(P) + 1024;
+      // Every codec's size is exact for P parameters (the run's codec parameters, not the sender's).
+      const max = this.d.codec.encodedSize(P);
       for (let attempt = 0; attempt < PASSES && !this.d.stopped(); attempt++) {
         for (const peer of [...new Set(from)].filter((p) => p !== this.d.host.peerId)) {
           try {
@@ -53,6 +54,8 @@ export class UpdateFetcher {
               signal: AbortSignal.timeout(FETCH_MS),
             });
             if (this.d.linkDelayMs > 0) await new Promise((r) => setTimeout(r, 2 * this.d.linkDelayMs)); // request + response
+            if (bytes.length !== max)
+              throw new DecodeError(`payload of ${bytes.length} bytes, the run's codec makes ${max}`);
             const delta = this.d.codec.decode(bytes, P);
             if (!delta.every(Number.isFinite)) throw new InvalidInputError('non-finite Δ');
             payloads.putUpdate(hash, bytes, round, delta);
