@@ -32,7 +32,15 @@ import { evalBatches, type Batch, type TokenArray } from '../data/batches.js';
 import { loadKernels } from '../kernels/index.js';
 import { weightsHash } from '../model/checkpoint.js';
 import { GPT } from '../model/gpt.js';
-import { createHost, joinControlChannel, serveBulk, type ControlChannel, type Host } from '../net/index.js';
+import {
+  controlScoring,
+  controlTopic,
+  createHost,
+  joinControlChannel,
+  serveBulk,
+  type ControlChannel,
+  type Host,
+} from '../net/index.js';
 import { openStore, parseCid, type Store } from '../store/index.js';
 import { loadState } from '../store/checkpoint.js';
 import { applyCommitted, type CommittedUpdate } from '../swarm/apply.js';
@@ -199,6 +207,9 @@ export class SwarmNode {
       listen: o.listen ?? ['/ip4/127.0.0.1/tcp/0'],
       mdns: o.mdns === true,
       logger: this.logger,
+      // Peer scoring on the control topic: peers that send invalid messages lose score, and are
+      // ignored once they flood them (host.ts controlScoring; loopback is not penalised for colocation).
+      gossipsub: controlScoring(controlTopic(runId)),
     });
     this.store = await openStore(o.dataDir, {
       libp2p: this.host.node,

@@ -46,8 +46,12 @@ export class UpdateFetcher {
       const P = this.d.params;
       // Every codec's size is exact for P parameters (the run's codec parameters, not the sender's).
       const max = this.d.codec.encodedSize(P);
+      // A peer that served bad bytes (wrong hash, size or encoding) is not asked again for this hash.
+      const liars = new Set<string>();
       for (let attempt = 0; attempt < PASSES && !this.d.stopped(); attempt++) {
-        for (const peer of [...new Set(from)].filter((p) => p !== this.d.host.peerId)) {
+        const peers = [...new Set(from)].filter((p) => p !== this.d.host.peerId && !liars.has(p));
+        if (peers.length === 0) break;
+        for (const peer of peers) {
           try {
             const bytes = await fetchBulk(this.d.host, peer, hash, {
               maxBytes: max,
@@ -68,6 +72,7 @@ export class UpdateFetcher {
               err instanceof TooLargeError ||
               err instanceof InvalidInputError ||
               err instanceof DecodeError;
+            if (bad) liars.add(peer);
             if (bad)
               logger.warn(
                 { reason: 'bad-payload', detail: (err as Error).message, from: peer, update: hash, round },
