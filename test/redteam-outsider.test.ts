@@ -23,7 +23,8 @@ import { pino, type Logger } from 'pino';
 import { privateKeyToAccount, generatePrivateKey } from 'viem/accounts';
 import { buildManifest } from '../src/swarm/manifest-builder.js';
 import { defaultCacheDir } from '../src/cli/train.js';
-import { GRAYLIST_THRESHOLD, controlTopic, createHost, sealMessage, serveBulk, type Host } from '../src/net/index.js';
+import * as net from '../src/net/index.js';
+import { controlTopic, createHost, sealMessage, serveBulk, type Host } from '../src/net/index.js';
 import { sha256HexNode as sha256Hex } from '../src/util/hash-node.js';
 import { getCodec, sparseCodec } from '../src/swarm/compress/index.js';
 import { dataDirFor, preparePeer } from './support/swarm.js';
@@ -73,7 +74,11 @@ function check(cond: boolean, msg: string): void {
   } else assert.ok(cond, msg);
 }
 
-/** Runs `attack` (which sends `msgs` messages), measuring RSS and CPU (minus the swarm's own baseline rate). */
+/**
+ * Runs `attack` (which sends `msgs` messages), measuring RSS and CPU minus the swarm's own
+ * baseline rate (pass 0 for attacks that run synchronously on the event loop, when the swarm
+ * cannot run; over gossip the figure is dominated by the swarm's own variation).
+ */
 async function measure(
   attack: string,
   baselineUsPerMs: number,
@@ -324,8 +329,25 @@ test('outsiders cannot make honest peers fetch, decode, verify or store for them
     link.chainId = 31337;
     link.validators = [privateKeyToAccount(vKey).address];
     link.threshold = 1;
+    // The attacker's messages are built before measuring: only the honest side's cost counts.
+    const n4 = 200;
+    const vAddr = privateKeyToAccount(vKey).address;
+    const bodies = Array.from({ length: n4 }, (_, i) => ({
+      report: {
+        manifestHash: `0x${decoded.runId}`,
+        round: String(i % 3),
+        weightsHash: `0x${'ab'.repeat(32)}`,
+        checkpointCid: '0x',
+        updatesRoot: `0x${'cd'.repeat(32)}`,
+        scoresRoot: `0x${'ef'.repeat(32)}`,
+        recipients: [],
+        scores: [],
+      },
+      signer: vAddr,
+      signature: `0x${randomBytes(65).toString('hex')}`,
+    }));
     const row = await measure('A4 ledger signatures from an outsider', 0, async () => {
-      const n = 200;
+      const n = n4;
       let recoveries = 0;
       const orig = link.onSignature.bind(link);
       link.onSignature = async (b: unknown) => {
@@ -333,25 +355,11 @@ test('outsiders cannot make honest peers fetch, decode, verify or store for them
         return orig(b);
       };
       const outsider = fakeId();
-      for (let i = 0; i < n; i++) {
-        const body = {
-          report: {
-            manifestHash: `0x${decoded.runId}`,
-            round: String(i % 3),
-            weightsHash: `0x${'ab'.repeat(32)}`,
-            checkpointCid: '0x',
-            updatesRoot: `0x${'cd'.repeat(32)}`,
-            scoresRoot: `0x${'ef'.repeat(32)}`,
-            recipients: [],
-            scores: [],
-          },
-          signer: privateKeyToAccount(vKey).address,
-          signature: `0x${randomBytes(65).toString('hex')}`,
-        };
+      for (const body of bodies) {
         if ((role.onSignature as Any).length === 1) (role.onSignature as Any)(body);
         else role.onSignature(outsider, body, 1);
       }
-      await sleep(300);
+      await sleep(50);
       return { msgs: n, work: `signature recoveries ${recoveries}` };
     });
     await role.stop();
@@ -362,17 +370,22 @@ test('outsiders cannot make honest peers fetch, decode, verify or store for them
   {
     const h0 = nodes[0] as Any;
     const auditsBefore = reports[0].flatMap((r) => r.audits ?? []).length;
+    const pool = Array.from({ length: 5000 }, () => ({
+      from: fakeId(),
+      c: {
+        updateHash: sha256Hex(randomBytes(8)),
+        steps: 4,
+        root: sha256Hex(randomBytes(8)),
+        trace: sha256Hex(randomBytes(8)),
+      },
+    }));
     const row = await measure('A5 audit commitments from 5000 fake outsiders', baseline, async () => {
       let msgs = 0;
       onH1Commit = (round) => {
-        for (let i = 0; i < 5000; i++, msgs++)
-          onNet(nodes[0], 'node.commit', fakeId(), {
-            round,
-            updateHash: sha256Hex(randomBytes(8)),
-            steps: 4,
-            root: sha256Hex(randomBytes(8)),
-            trace: sha256Hex(randomBytes(8)),
-          });
+        for (const { from, c } of pool) {
+          onNet(nodes[0], 'node.commit', `${from}${round}`, { round, ...c });
+          msgs++;
+        }
       };
       const r0 = nodes[0].state.round;
       await waitFor('A5: 4 rounds under attack', () => nodes[0].state.round >= r0 + 4, 60_000);
@@ -395,29 +408,26 @@ test('outsiders cannot make honest peers fetch, decode, verify or store for them
     const h0 = nodes[0] as Any;
     const size = () => ({ scores: h0.exclusions.reports.size, payouts: h0.ledger.payouts.size, ads: h0.sync.ads.size });
     const s0 = size();
-    const row = await measure('A6 scores/payouts/snapshot ads from 5000 fake outsiders', baseline, async () => {
-      const n = 5000;
-      const entries = Array.from({ length: 64 }, () => ({
-        peer: fakeId(),
-        score: 1,
-        ema: 1,
-        flagged: true,
-        reason: 'x'.repeat(60),
-      }));
-      for (let i = 0; i < n; i++) {
-        const from = fakeId();
-        onNet(nodes[0], 'node.scores', from, {
-          round: nodes[0].state.round,
-          baseHash: sha256Hex(randomBytes(4)),
-          reportHash: sha256Hex(randomBytes(4)),
-          entries,
-        });
-        onNet(nodes[0], 'node.payout', from, { address: privateKeyToAccount(generatePrivateKey()).address });
-        onNet(nodes[0], 'node.snap', from, {
-          round: nodes[0].state.round + 5,
-          weightsHash: sha256Hex(randomBytes(4)),
-          bundle: sha256Hex(randomBytes(4)),
-        });
+    const n6 = 5000;
+    const entries = Array.from({ length: 64 }, () => ({
+      peer: fakeId(),
+      score: 1,
+      ema: 1,
+      flagged: true,
+      reason: 'x'.repeat(60),
+    }));
+    const senders = Array.from({ length: n6 }, () => ({
+      from: fakeId(),
+      address: `0x${randomBytes(20).toString('hex')}`,
+      h: sha256Hex(randomBytes(4)),
+    }));
+    const row = await measure('A6 scores/payouts/snapshot ads from 5000 fake outsiders', 0, async () => {
+      const n = n6;
+      const round = nodes[0].state.round;
+      for (const { from, address, h } of senders) {
+        onNet(nodes[0], 'node.scores', from, { round, baseHash: h, reportHash: h, entries });
+        onNet(nodes[0], 'node.payout', from, { address });
+        onNet(nodes[0], 'node.snap', from, { round: round + 5, weightsHash: h, bundle: h });
       }
       const s1 = size();
       return {
@@ -469,7 +479,8 @@ test('outsiders cannot make honest peers fetch, decode, verify or store for them
 
   // ── A8 invalid-message flood: 150 tampered envelopes from X; gossipsub scoring must graylist X ──
   {
-    const graylist = (GRAYLIST_THRESHOLD as number | undefined) ?? -2000;
+    // Read through the namespace: the code before the fix has no such export (REDTEAM_MEASURE runs).
+    const graylist = ((net as Any).GRAYLIST_THRESHOLD as number | undefined) ?? -2000;
     const score = (n: SwarmNode, p: string) => (n.host.node.services.pubsub as Any).getScore(p) as number;
     const row = await measure('A8 invalid control messages from an outsider (X)', baseline, async () => {
       const n = 150;
