@@ -40,7 +40,13 @@ import type { ScoreEntry } from './wire.js';
 export const MAX_PAYOUTS = 2048;
 const MAX_CANDIDATES = 4;
 const SEEN_SIGS = 4096;
-const SIGS_PER_SENDER = 4;
+/**
+ * Signatures per sender and report round (an honest validator signs one report per round; a
+ * re-signed one is the same signature, deduplicated), and per sender in all per round of ours (a
+ * validator that trails, or comes back after the chain was away, signs several rounds at once).
+ */
+const SIGS_PER_REPORT = 2;
+const SIGS_PER_SENDER = 64;
 
 interface PayoutRecord {
   /** Sorted by lower-cased address. */
@@ -86,6 +92,7 @@ export class LedgerRole {
   private readonly bookPath: string;
   private readonly seenSigs = new SeenSet(SEEN_SIGS);
   private readonly sigCap = new RateCap(SIGS_PER_SENDER);
+  private readonly reportCap = new RateCap(SIGS_PER_REPORT);
   private signedSince: number[] = [];
 
   constructor(private readonly d: LedgerDeps) {
@@ -183,8 +190,8 @@ export class LedgerRole {
   /**
    * A signature over a score report from `from`. Only validators' are checked: the signer it
    * claims must be `from`'s payout address and (once the chain is read) in the contract's
-   * validator set. Each signature is processed once, and at most SIGS_PER_SENDER per sender
-   * per round reach the signature recovery (the link).
+   * validator set. Each signature is processed once, and at most SIGS_PER_REPORT per sender and
+   * report round (SIGS_PER_SENDER per sender and round of ours) reach the signature recovery.
    */
   onSignature(from: string, body: unknown, round: number): void {
     const link = this.link;
@@ -198,7 +205,7 @@ export class LedgerRole {
       return;
     }
     if (!this.seenSigs.first(p.data.signature.toLowerCase())) return;
-    if (!this.sigCap.take(round, from)) {
+    if (!this.reportCap.take(round, `${from}:${p.data.report.round}`) || !this.sigCap.take(round, from)) {
       this.d.logger.warn({ from, round }, 'dropped a score-report signature: too many from this sender');
       return;
     }

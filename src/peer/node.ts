@@ -129,6 +129,7 @@ export class SwarmNode {
   private readonly payloads = new PayloadStore();
   /** Early update messages from authors not (yet) allowed to submit to round r+1: messages only. */
   private readonly early = new EarlyUpdates();
+  private revisitScheduled = false;
   private readonly fetchCap = new RateCap(FETCHES_PER_AUTHOR);
   private readonly fraudCap = new RateCap(FRAUDS_PER_SENDER);
   private readonly scoresCap = new RateCap(SCORES_PER_SENDER);
@@ -485,7 +486,9 @@ export class SwarmNode {
 
   private commit(next: RoundState, effects: Effect[]): void {
     const prevRound = this.state?.round ?? -1;
-    const wasSynced = this.state ? this.synced() : false;
+    const was = this.state
+      ? { synced: this.synced(), decision: this.state.decision?.commitHash, pending: this.state.pending }
+      : null;
     this.state = next;
     const rec = acceptorRecord(next);
     if (rec) {
@@ -498,8 +501,21 @@ export class SwarmNode {
       }
     }
     for (const e of effects) this.execute(e);
-    if (next.round !== prevRound || this.synced() !== wasSynced || next.decision || next.pending)
-      if (this.early.size > 0) queueMicrotask(() => this.revisitEarly());
+    if (
+      this.early.size > 0 &&
+      !this.revisitScheduled &&
+      (next.round !== prevRound ||
+        this.synced() !== was?.synced ||
+        next.decision?.commitHash !== was?.decision ||
+        next.pending !== was?.pending)
+    ) {
+      // Later, not now (this is inside a reducer step), and once however many steps ask for it.
+      this.revisitScheduled = true;
+      setImmediate(() => {
+        this.revisitScheduled = false;
+        this.revisitEarly();
+      });
+    }
     // A decided empty set ends the round inside the reducer (no apply effect): report it too.
     const prev = next.prev;
     if (
@@ -647,11 +663,12 @@ export class SwarmNode {
    * at again when the round or the sync state moves; everything else goes straight to the
    * reducer, which rejects it with its reason, and costs no download.
    */
-  private onUpdate(msg: UpdateMsg): void {
+  private onUpdate(msg: UpdateMsg, revisit = false): void {
     const st = this.state;
     if (!this.synced()) {
       this.early.hold(msg);
-      this.dispatch({ type: 'message', msg }); // rejected 'not-synced' (and names a sync source)
+      // The reducer rejects it 'not-synced' (and learns a sync source); a revisit only re-holds it.
+      if (!revisit) this.dispatch({ type: 'message', msg });
       return;
     }
     if (
@@ -689,7 +706,7 @@ export class SwarmNode {
     if (this.stopped || this.early.size === 0) return;
     for (const m of this.early.drain()) {
       if (this.synced() && m.round < this.state.round) continue;
-      this.onUpdate(m);
+      this.onUpdate(m, true);
     }
   }
 
