@@ -362,8 +362,17 @@ test('outsiders cannot make honest peers fetch, decode, verify or store for them
       await sleep(50);
       return { msgs: n, work: `signature recoveries ${recoveries}` };
     });
-    await role.stop();
     check(/recoveries 0$/.test(row.work), `A4: ${row.work}`);
+    if (typeof (role as Any).validatorPeers === 'function') {
+      // An outsider that announces the validator's address as its own payout address is not a
+      // validator for this peer: it never proves the key (its signatures do not recover to it).
+      const impostor = fakeId();
+      role.onPayout(impostor, vAddr, 1, false);
+      role.onSignature(impostor, bodies[0], 1);
+      await sleep(50);
+      check(!role.validatorPeers().includes(impostor), 'A4: an impostor claiming a validator address is no validator');
+    }
+    await role.stop();
   }
 
   // ── A5 commitment eviction: as soon as X sees h1's commitment, 5000 fake outsiders' commitments ──

@@ -47,6 +47,8 @@ const SEEN_SIGS = 4096;
  */
 const SIGS_PER_REPORT = 2;
 const SIGS_PER_SENDER = 64;
+/** Non-member peers that may claim one validator address as their payout address (until one proves it). */
+const CLAIMANTS_PER_VALIDATOR = 3;
 
 interface PayoutRecord {
   /** Sorted by lower-cased address. */
@@ -93,6 +95,8 @@ export class LedgerRole {
   private readonly seenSigs = new SeenSet(SEEN_SIGS);
   private readonly sigCap = new RateCap(SIGS_PER_SENDER);
   private readonly reportCap = new RateCap(SIGS_PER_REPORT);
+  /** Peers that proved a validator key: a signature of theirs recovered to a registered validator. */
+  private readonly proven = new Set<string>();
   private signedSince: number[] = [];
 
   constructor(private readonly d: LedgerDeps) {
@@ -139,11 +143,15 @@ export class LedgerRole {
     return r && round >= r.first + 2 ? r.candidates[0] : null;
   }
 
-  /** Peers whose payout address is in the contract's validator set (empty without a link or before it is read). */
+  /**
+   * Validators as peers: peers whose payout address is in the contract's validator set and that
+   * proved it (one of their signatures recovered to it). Announcing a validator's address proves
+   * nothing; empty without a link or before the set is read.
+   */
   validatorPeers(): string[] {
     const link = this.link;
     if (!link?.validatorsKnown) return [];
-    return [...this.book].filter(([, r]) => r.candidates.some((a) => link.isValidatorAddress(a))).map(([p]) => p);
+    return [...this.proven].filter((p) => this.book.get(p)?.candidates.some((a) => link.isValidatorAddress(a)));
   }
 
   private loadBook(): void {
@@ -168,9 +176,15 @@ export class LedgerRole {
    * peer's round `round`. `allowed`: the sender is a member or a validator.
    */
   onPayout(from: string, address: Address, round: number, allowed: boolean): void {
-    if (!allowed && !(this.link?.isValidatorAddress(address) ?? false)) return;
-    const r = this.book.get(from);
     const lower = address.toLowerCase();
+    if (!allowed) {
+      // A non-member is kept only if it claims a validator's address, and only the first few
+      // claimants of each (a validator proves its claim by signing; see validatorPeers).
+      if (!(this.link?.isValidatorAddress(address) ?? false)) return;
+      const claimants = [...this.book.values()].filter((x) => x.candidates.some((a) => a.toLowerCase() === lower));
+      if (!this.book.has(from) && claimants.length >= CLAIMANTS_PER_VALIDATOR) return;
+    }
+    const r = this.book.get(from);
     if (!r) {
       if (this.book.size >= MAX_PAYOUTS) return;
       this.book.set(from, { candidates: [address], first: round });
@@ -209,7 +223,9 @@ export class LedgerRole {
       this.d.logger.warn({ from, round }, 'dropped a score-report signature: too many from this sender');
       return;
     }
-    void link.onSignature(p.data);
+    void link.onSignature(p.data).then((kept) => {
+      if (kept) this.proven.add(from);
+    });
   }
 
   /** After each round report: re-announce the payout address; let the link submit and re-read the chain. */
