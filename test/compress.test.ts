@@ -473,7 +473,8 @@ test('decoders: hand-made lies are DecodeErrors', () => {
   }
   b = sm.slice();
   u32(b, 16, 5);
-  bad(sc, b, /exactly/);
+  bad(sc, b, /this run's codec/); // valid parameters, but not this codec's
+  assert.throws(() => decodeAny(b, n), /exactly/); // decodeAny takes them from the header
   b = sm.slice();
   f32(b, 20, -1);
   bad(sc, b, /scales/);
@@ -565,4 +566,18 @@ test('decoder fuzz: random bytes, truncations, bit flips and lying headers never
 
 test('codec registry covers every id', () => {
   for (const id of CODEC_IDS) assert.equal(getCodec(id).id, id);
+});
+
+test("a codec's decode refuses another chunk/k before allocating (the run's parameters, not the sender's)", () => {
+  const n = 1 << 20;
+  const run = sparseCodec({ chunk: 1024, k: 64 });
+  // The cheapest valid message for n: one index per 65536-element chunk, 176 bytes for 4 MB of Δ.
+  const tiny = sparseCodec({ chunk: 65536, k: 1 }).encode(new Float32Array(n).fill(1e-3)).bytes;
+  assert.ok(tiny.length < 256, `${tiny.length} bytes`);
+  assert.throws(
+    () => run.decode(tiny, n),
+    (e: unknown) => e instanceof DecodeError && /this run's codec/.test(String(e)),
+  );
+  // And the run's own message is exactly encodedSize(n).
+  assert.equal(run.encode(new Float32Array(n).fill(1e-3)).bytes.length, run.encodedSize(n));
 });

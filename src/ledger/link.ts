@@ -145,6 +145,16 @@ export class LedgerLink {
     this.queue = new CommitmentQueue(o.queueFile);
   }
 
+  /** Whether `a` is in the contract's validator set as last read (false while it is unknown). */
+  isValidatorAddress(a: string): boolean {
+    return this.validators.some((v) => v.toLowerCase() === a.toLowerCase());
+  }
+
+  /** Whether the validator set has been read from the chain. */
+  get validatorsKnown(): boolean {
+    return this.chainId !== null && this.validators.length > 0;
+  }
+
   get isValidator(): boolean {
     return this.validators.some((v) => v.toLowerCase() === this.me.toLowerCase());
   }
@@ -182,23 +192,26 @@ export class LedgerLink {
     await this.onSignature(body); // our own counts toward the quorum
   }
 
-  /** A gossiped signature: kept if it recovers to a registered validator; a quorum queues the report. */
-  async onSignature(raw: unknown): Promise<void> {
+  /**
+   * A gossiped signature: kept if it recovers to a registered validator; a quorum queues the
+   * report. True if it was kept (its signer proved to hold a validator key).
+   */
+  async onSignature(raw: unknown): Promise<boolean> {
     const p = SigBodySchema.safeParse(raw);
     if (!p.success) {
       this.o.logger.warn({ err: p.error.message }, 'malformed score-report signature');
-      return;
+      return false;
     }
     const b = p.data;
     if (this.chainId === null || this.validators.length === 0) {
       if (this.unchecked.length < 4096) this.unchecked.push(b);
-      return;
+      return false;
     }
     if (b.report.manifestHash.toLowerCase() !== this.o.manifestHash.toLowerCase()) {
       this.o.logger.warn({ signer: b.signer }, 'signature for another run');
-      return;
+      return false;
     }
-    if (b.report.recipients.length !== b.report.scores.length) return;
+    if (b.report.recipients.length !== b.report.scores.length) return false;
     const report = reportFromWire(b.report);
     let signer: Address;
     try {
@@ -211,7 +224,7 @@ export class LedgerLink {
       });
     } catch {
       this.o.logger.warn({ signer: b.signer }, 'unrecoverable score-report signature');
-      return;
+      return false;
     }
     if (
       signer.toLowerCase() !== b.signer.toLowerCase() ||
@@ -221,7 +234,7 @@ export class LedgerLink {
         { claimed: b.signer, recovered: signer },
         'score-report signature not from a registered validator',
       );
-      return;
+      return false;
     }
     const key = JSON.stringify(b.report);
     let c = this.collected.get(key);
@@ -246,6 +259,7 @@ export class LedgerLink {
       );
       this.timers.add(t);
     }
+    return true;
   }
 
   /** Submitter rank: validators in address order first, everyone else after them. */

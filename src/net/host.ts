@@ -16,6 +16,7 @@ import { identify, type Identify } from '@libp2p/identify';
 import { ping, type Ping } from '@libp2p/ping';
 import { kadDHT, passthroughMapper, type KadDHT } from '@libp2p/kad-dht';
 import { gossipsub, type GossipSub, type GossipsubOpts } from '@libp2p/gossipsub';
+import { createPeerScoreParams, createTopicScoreParams } from '@libp2p/gossipsub/score';
 import { mdns } from '@libp2p/mdns';
 import { bootstrap } from '@libp2p/bootstrap';
 import { peerIdFromString } from '@libp2p/peer-id';
@@ -88,6 +89,69 @@ export function toDialTarget(target: string | Multiaddr | PeerId): Multiaddr | P
   } catch (err) {
     throw new HostError(`not a multiaddr or peer id: ${target}`, { cause: err });
   }
+}
+
+export interface ScoringOptions {
+  /**
+   * Peers from one IP beyond which each extra peer costs score (quadratically). Default: env
+   * TESSERA_IP_COLOCATION, else 8.
+   */
+  ipColocationThreshold?: number;
+  /** IPs never penalised for colocation. Default: loopback (127.0.0.1, ::1), where tests run whole swarms. */
+  ipWhitelist?: string[];
+}
+
+/** Score below which a peer's RPCs are ignored altogether (gossipsub's graylist). */
+export const GRAYLIST_THRESHOLD = -2000;
+
+/**
+ * Gossipsub peer scoring for a run's control topic (issue 15 item 5): a message the topic
+ * validator rejects (pubsub.ts returns Reject for every envelope failure except replays) counts
+ * as an invalid delivery against the peer it came from, squared and weighted -1, decaying by half
+ * each second; first deliveries earn a little. An honest peer never sends a rejected message, so
+ * its score stays >= 0; a peer that floods invalid messages (about 45 within a second or two) falls
+ * below GRAYLIST_THRESHOLD and everything it sends is dropped before validation. Slow bursts of a
+ * few bad messages (swarm-badinput's attacker) stay above it. Mesh delivery penalties are off:
+ * small swarms with quiet rounds would penalise honest peers.
+ */
+export function controlScoring(topic: string, o: ScoringOptions = {}): Partial<GossipsubOpts> {
+  const env = Number(process.env.TESSERA_IP_COLOCATION);
+  const threshold = o.ipColocationThreshold ?? (Number.isFinite(env) && env > 0 ? env : 8);
+  return {
+    scoreParams: createPeerScoreParams({
+      topics: {
+        [topic]: createTopicScoreParams({
+          topicWeight: 1,
+          timeInMeshWeight: 0.01,
+          timeInMeshQuantum: 1000,
+          timeInMeshCap: 100,
+          firstMessageDeliveriesWeight: 0.5,
+          firstMessageDeliveriesDecay: 0.9,
+          firstMessageDeliveriesCap: 20,
+          meshMessageDeliveriesWeight: 0,
+          meshFailurePenaltyWeight: 0,
+          invalidMessageDeliveriesWeight: -1,
+          invalidMessageDeliveriesDecay: 0.5,
+        }),
+      },
+      topicScoreCap: 20,
+      appSpecificScore: () => 0,
+      IPColocationFactorWeight: -10,
+      IPColocationFactorThreshold: threshold,
+      IPColocationFactorWhitelist: new Set(o.ipWhitelist ?? ['127.0.0.1', '::1']),
+      behaviourPenaltyWeight: -1,
+      behaviourPenaltyDecay: 0.9,
+      decayInterval: 1000,
+      decayToZero: 0.01,
+    }),
+    scoreThresholds: {
+      gossipThreshold: -100,
+      publishThreshold: -500,
+      graylistThreshold: GRAYLIST_THRESHOLD,
+      acceptPXThreshold: 10,
+      opportunisticGraftThreshold: 2,
+    },
+  };
 }
 
 /** Creates and starts a host. Stop it with `host.stop()`. */

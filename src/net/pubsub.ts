@@ -3,8 +3,9 @@
  *
  * Every incoming message goes through openMessage (size cap, frame, ed25519 signature,
  * sender, kind, zod schema, replay window) inside a gossipsub topic validator: a rejected
- * message is neither delivered nor forwarded. (Gossipsub only turns rejections into a peer
- * score penalty for topics given score parameters, which we do not set yet.) Rejections are
+ * message is neither delivered nor forwarded, and (for topics with score parameters: a
+ * SwarmNode's host sets them, host.ts controlScoring) counts as an invalid delivery against the
+ * peer that sent it, so a flooder's score drops until gossipsub ignores it. Rejections are
  * logged (pino, with the reason) and counted; the node keeps running. Only messages that
  * pass reach `onMessage`.
  *

@@ -25,12 +25,20 @@ import {
 import { decodeFraudProof, encodeFraudProof, MAX_PROOF_BYTES } from '../verify/audit-wire.js';
 import { MerkleTree } from '../verify/merkle.js';
 import { decodeTrace, maxTraceBytes, traceRoot } from '../verify/trace.js';
+import { SeenSet } from './admission.js';
 import type { PayloadStore } from './payloads.js';
 import type { AuditRecord, FraudRecord } from './report.js';
 import type { Commitment, FraudNotice } from './wire.js';
 
-/** Commitments kept (the oldest is evicted first). */
-const MAX_COMMITS = 4096;
+/**
+ * Rounds of commitments kept, behind the current round (fraud proofs and audits name recent
+ * rounds). Commitments are keyed by (round, member) and only members of that round may write
+ * one (the node checks), first write wins: nobody can evict or replace another's commitment,
+ * and the map holds at most roster × (COMMIT_ROUNDS + 2) entries.
+ */
+export const COMMIT_ROUNDS = 16;
+/** Fraud proofs remembered, so the same proof is downloaded and re-executed once. */
+const SEEN_PROOFS = 1024;
 /** Applied rounds whose roster and base are kept (fraud proofs name past rounds). */
 const ROUND_INFO = 64;
 
@@ -56,6 +64,10 @@ export class Audits {
   /** Roster and base weights hash of each applied round. */
   private readonly roundInfo = new Map<number, { roster: string[]; baseHash: string }>();
   private fraudsSince: FraudRecord[] = [];
+  /** Fraud notices already checked (by round, trainer, root and proof). */
+  private readonly seenProofs = new SeenSet(SEEN_PROOFS);
+  /** Trainers whose fraud in a round is already verified here (`round:trainer`): further proofs are not checked. */
+  private readonly convicted = new SeenSet(SEEN_PROOFS);
 
   constructor(private readonly d: AuditDeps) {}
 
@@ -67,13 +79,25 @@ export class Audits {
   /** This trainer's own commitment: recorded, then published. */
   commitOwn(c: Commitment): void {
     this.commits.set(`${c.round}:${this.d.self}`, c);
+    this.prune(c.round);
     if (!this.d.stopped()) this.d.publishCommit(c);
   }
 
-  /** A commitment heard on the topic (signed by `from`). */
-  onCommit(from: string, c: Commitment): void {
-    this.commits.set(`${c.round}:${from}`, c);
-    if (this.commits.size > MAX_COMMITS) this.commits.delete(this.commits.keys().next().value!);
+  /** A commitment heard on the topic (signed by `from`, a member of round c.round; the node checks). */
+  onCommit(from: string, c: Commitment, now: number): void {
+    const key = `${c.round}:${from}`;
+    if (this.commits.has(key) || c.round < now - COMMIT_ROUNDS) return;
+    this.commits.set(key, c);
+    this.prune(now);
+  }
+
+  /** Commitments held (for tests and reports). */
+  get commitCount(): number {
+    return this.commits.size;
+  }
+
+  private prune(now: number): void {
+    for (const [k, c] of this.commits) if (c.round < now - COMMIT_ROUNDS) this.commits.delete(k);
   }
 
   /** Round `round` is being applied with this roster on this base. */
@@ -199,6 +223,10 @@ export class Audits {
         verified ? 'verified a fraud proof' : 'rejected a fraud proof',
       );
     };
+    // The same proof is checked once; a trainer already convicted for a round needs no second proof.
+    if (!this.seenProofs.first(`${b.round}:${b.trainer}:${b.root}:${b.proof}`)) return;
+    if (!this.convicted.first(`${b.round}:${b.trainer}`)) return;
+    let verified = false;
     try {
       const c = this.commits.get(`${b.round}:${b.trainer}`);
       const r = this.roundInfo.get(b.round);
@@ -224,9 +252,13 @@ export class Audits {
         trainer: b.trainer,
         baseHash: base,
       });
+      verified = v.ok;
       done(v.ok, v.ok ? null : v.reason);
     } catch (err) {
       done(false, (err as Error).message.slice(0, 64));
+    } finally {
+      // Only a verified proof settles the trainer's round; a bad one leaves room for a good one.
+      if (!verified) this.convicted.forget(`${b.round}:${b.trainer}`);
     }
   }
 }

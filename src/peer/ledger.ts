@@ -5,6 +5,22 @@
  * is agreed state or a deterministic function of it (result hash, the state CID published for
  * it, the included update hashes, per-round scores from deterministic evaluation, announced
  * payout addresses), so honest validators sign byte-identical reports. Flagged updates score 0.
+ *
+ * Payout addresses (issue 15 item 6: flipping one must not make validators sign different
+ * reports). The rule, per peer, for the whole run:
+ * - an announcement is taken from roster members and validators only (and from a peer whose
+ *   address is in the contract's validator set), at most MAX_PAYOUTS peers;
+ * - the first round this peer heard the peer's address is `first`; distinct addresses heard in
+ *   rounds first and first + 1 are its candidates (at most 4), anything announced later is
+ *   ignored (first write wins, for the run: the book is kept in DATA_DIR/payouts.json);
+ * - the report of round r pays the peer at the lowest of its candidates, and only if
+ *   r >= first + 2 (settled); before that the peer is left out of the report.
+ * So a late flip changes nothing; two addresses sent at once are resolved the same way by
+ * every validator that heard both (the lowest), and a peer is paid from the same round on by
+ * validators whose `first` agrees. What remains: validators whose `first` for a peer differ by
+ * one round (its first announcement landed on a round boundary) may disagree on that one
+ * round, once per peer id; the report of that round then misses quorum (as any round's did
+ * before, when an address was heard by some validators and not others).
  */
 import type { Logger } from 'pino';
 import { privateKeyToAccount } from 'viem/accounts';
@@ -13,8 +29,40 @@ import { LedgerLink, type SigBody } from '../ledger/link.js';
 import { loadOrCreateEvmKey } from '../ledger/keys.js';
 import { buildScoreReport } from '../ledger/report.js';
 import type { LedgerView } from '../ledger/view.js';
+import { existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { z } from 'zod';
+import { SigBodySchema } from '../ledger/link.js';
+import { RateCap, SeenSet } from './admission.js';
 import type { ScoreEntry } from './wire.js';
+
+/** Peers whose payout address is kept, candidates per peer, signatures remembered, signatures per sender per round. */
+export const MAX_PAYOUTS = 2048;
+const MAX_CANDIDATES = 4;
+const SEEN_SIGS = 4096;
+/**
+ * Signatures per sender and report round (an honest validator signs one report per round; a
+ * re-signed one is the same signature, deduplicated), and per sender in all per round of ours (a
+ * validator that trails, or comes back after the chain was away, signs several rounds at once).
+ */
+const SIGS_PER_REPORT = 2;
+const SIGS_PER_SENDER = 64;
+/** Non-member peers that may claim one validator address as their payout address (until one proves it). */
+const CLAIMANTS_PER_VALIDATOR = 3;
+
+interface PayoutRecord {
+  /** Sorted by lower-cased address. */
+  candidates: Address[];
+  first: number;
+}
+
+const BookSchema = z.record(
+  z.string().max(128),
+  z.object({
+    candidates: z.array(z.string().regex(/^0x[0-9a-fA-F]{40}$/)).max(MAX_CANDIDATES),
+    first: z.number().int(),
+  }),
+);
 
 export interface LedgerOptions {
   rpc: string;
@@ -41,14 +89,21 @@ export class LedgerRole {
   /** The chain link (null without ledger options). */
   readonly link: LedgerLink | null;
   private readonly payout: Address;
-  /** Every peer's announced payout address (this peer's own included). */
-  readonly payouts = new Map<string, Address>();
+  /** Per peer, its payout candidates and the round they were first heard (see the rule above). */
+  private readonly book = new Map<string, PayoutRecord>();
+  private readonly bookPath: string;
+  private readonly seenSigs = new SeenSet(SEEN_SIGS);
+  private readonly sigCap = new RateCap(SIGS_PER_SENDER);
+  private readonly reportCap = new RateCap(SIGS_PER_REPORT);
+  /** Peers that proved a validator key: a signature of theirs recovered to a registered validator. */
+  private readonly proven = new Set<string>();
   private signedSince: number[] = [];
 
   constructor(private readonly d: LedgerDeps) {
     const key = d.options?.key ?? loadOrCreateEvmKey(d.dataDir);
     this.payout = privateKeyToAccount(key).address;
-    this.payouts.set(d.self, this.payout);
+    this.bookPath = join(d.dataDir, 'payouts.json');
+    this.loadBook();
     this.link = d.options
       ? new LedgerLink({
           rpc: d.options.rpc,
@@ -75,18 +130,107 @@ export class LedgerRole {
     return this.link?.view();
   }
 
-  /** A peer announced its payout address (bound to it by the envelope's signature). */
-  onPayout(from: string, address: Address): void {
-    this.payouts.set(from, address);
+  /** Every peer's payout address as this peer would pay it (the lowest candidate; this peer's own included). */
+  get payouts(): ReadonlyMap<string, Address> {
+    const m = new Map<string, Address>([[this.d.self, this.payout]]);
+    for (const [p, r] of this.book) if (p !== this.d.self) m.set(p, r.candidates[0]);
+    return m;
   }
 
-  /** A validator's signature over a score report arrived (the link checks it against the contract). */
-  onSignature(body: unknown): void {
-    void this.link?.onSignature(body);
+  /** The address round `round`'s report pays `peer` at, or null if it has none settled (the rule above). */
+  addressFor(peer: string, round: number): Address | null {
+    const r = this.book.get(peer);
+    return r && round >= r.first + 2 ? r.candidates[0] : null;
+  }
+
+  /**
+   * Validators as peers: peers whose payout address is in the contract's validator set and that
+   * proved it (one of their signatures recovered to it). Announcing a validator's address proves
+   * nothing; empty without a link or before the set is read.
+   */
+  validatorPeers(): string[] {
+    const link = this.link;
+    if (!link?.validatorsKnown) return [];
+    return [...this.proven].filter((p) => this.book.get(p)?.candidates.some((a) => link.isValidatorAddress(a)));
+  }
+
+  private loadBook(): void {
+    if (!existsSync(this.bookPath)) return;
+    try {
+      const b = BookSchema.parse(JSON.parse(readFileSync(this.bookPath, 'utf8')));
+      for (const [p, r] of Object.entries(b).slice(0, MAX_PAYOUTS))
+        this.book.set(p, { candidates: r.candidates as Address[], first: r.first });
+    } catch (err) {
+      this.d.logger.warn({ file: this.bookPath, err: (err as Error).message }, 'ignoring unreadable payout book');
+    }
+  }
+
+  private saveBook(): void {
+    const tmp = this.bookPath + '.tmp';
+    writeFileSync(tmp, JSON.stringify(Object.fromEntries(this.book)));
+    renameSync(tmp, this.bookPath);
+  }
+
+  /**
+   * A peer announced its payout address (bound to it by the envelope's signature), at this
+   * peer's round `round`. `allowed`: the sender is a member or a validator.
+   */
+  onPayout(from: string, address: Address, round: number, allowed: boolean): void {
+    const lower = address.toLowerCase();
+    if (!allowed) {
+      // A non-member is kept only if it claims a validator's address, and only the first few
+      // claimants of each (a validator proves its claim by signing; see validatorPeers).
+      if (!(this.link?.isValidatorAddress(address) ?? false)) return;
+      const claimants = [...this.book.values()].filter((x) => x.candidates.some((a) => a.toLowerCase() === lower));
+      if (!this.book.has(from) && claimants.length >= CLAIMANTS_PER_VALIDATOR) return;
+    }
+    const r = this.book.get(from);
+    if (!r) {
+      if (this.book.size >= MAX_PAYOUTS) return;
+      this.book.set(from, { candidates: [address], first: round });
+      this.saveBook();
+      return;
+    }
+    if (r.candidates.some((a) => a.toLowerCase() === lower)) return;
+    if (round > r.first + 1 || r.candidates.length >= MAX_CANDIDATES) {
+      this.d.logger.debug({ peer: from, address, first: r.first, round }, 'ignored a changed payout address');
+      return;
+    }
+    r.candidates.push(address);
+    r.candidates.sort((a, b) => (a.toLowerCase() < b.toLowerCase() ? -1 : 1));
+    this.saveBook();
+  }
+
+  /**
+   * A signature over a score report from `from`. Only validators' are checked: the signer it
+   * claims must be `from`'s payout address and (once the chain is read) in the contract's
+   * validator set. Each signature is processed once, and at most SIGS_PER_REPORT per sender and
+   * report round (SIGS_PER_SENDER per sender and round of ours) reach the signature recovery.
+   */
+  onSignature(from: string, body: unknown, round: number): void {
+    const link = this.link;
+    if (!link) return;
+    const p = SigBodySchema.safeParse(body);
+    if (!p.success) return;
+    const signer = p.data.signer.toLowerCase();
+    const mine = this.book.get(from)?.candidates.some((a) => a.toLowerCase() === signer) ?? false;
+    if (!mine || (link.validatorsKnown && !link.isValidatorAddress(signer))) {
+      this.d.logger.debug({ from, signer }, 'dropped a score-report signature: not from a validator');
+      return;
+    }
+    if (!this.seenSigs.first(p.data.signature.toLowerCase())) return;
+    if (!this.reportCap.take(round, `${from}:${p.data.report.round}`) || !this.sigCap.take(round, from)) {
+      this.d.logger.warn({ from, round }, 'dropped a score-report signature: too many from this sender');
+      return;
+    }
+    void link.onSignature(p.data).then((kept) => {
+      if (kept) this.proven.add(from);
+    });
   }
 
   /** After each round report: re-announce the payout address; let the link submit and re-read the chain. */
-  tick(): void {
+  tick(round: number): void {
+    this.onPayout(this.d.self, this.payout, round, true);
     this.d.publishPayout(this.payout);
     if (this.link) void this.link.tick();
   }
@@ -100,11 +244,14 @@ export class LedgerRole {
       const cid = await this.d.stateCid(round + 1, 30_000);
       const scores: { address: string; score: number }[] = [];
       for (const e of entries) {
-        const a = this.payouts.get(e.peer);
+        const a = this.addressFor(e.peer, round);
         const score = e.flagged ? 0 : e.score;
         if (!a) {
           if (score > 0)
-            logger.warn({ round, peer: e.peer }, 'no payout address announced; its score is left out of the report');
+            logger.warn(
+              { round, peer: e.peer },
+              'no settled payout address (announced two rounds before); its score is left out of the report',
+            );
           continue;
         }
         scores.push({ address: a, score });

@@ -21,6 +21,8 @@ import { RECENT_STATES, type Storage } from './storage.js';
 import type { Weights } from './weights.js';
 import type { SnapAd } from './wire.js';
 
+/** Advertisers whose latest snapshot advertisement is kept. */
+export const MAX_ADS = 64;
 /** Advertisements tried per resync. */
 const RESYNC_CANDIDATES = 4;
 
@@ -54,10 +56,25 @@ export class Sync {
 
   constructor(private readonly d: SyncDeps) {}
 
-  /** A snapshot advertisement from `from`. */
-  onAd(from: string, ad: SnapAd): void {
+  /**
+   * A snapshot advertisement from `from`. `allowed`: from a member or validator, or heard while
+   * this peer is not synced (then it knows no roster, and anyone's state may help; the state is
+   * checked against its hash before it is installed). At most MAX_ADS advertisers are kept, the
+   * least recently updated dropped first.
+   */
+  onAd(from: string, ad: SnapAd, allowed = true): void {
+    if (!allowed) return;
     const old = this.ads.get(from);
-    if (!old || old.round <= ad.round) this.ads.set(from, ad);
+    if (!old || old.round <= ad.round) {
+      this.ads.delete(from);
+      this.ads.set(from, ad);
+      if (this.ads.size > MAX_ADS) this.ads.delete(this.ads.keys().next().value!);
+    }
+  }
+
+  /** Advertisers held (for tests). */
+  get adCount(): number {
+    return this.ads.size;
   }
 
   /**

@@ -1,7 +1,7 @@
 /**
  * Fetching update payloads: an announced update's bytes are downloaded by sha256 from its author
- * (or from the peers a commit names), capped at the codec's size for P parameters, decoded with
- * the run's codec and checked finite before they enter the payload store. A payload that does
+ * (or from the peers a commit names), capped at the codec's exact size for P parameters, decoded
+ * with the run's codec (chunk and k from the manifest, never from the payload) and checked finite before they enter the payload store. A payload that does
  * not hash to its name, is too large, or does not decode is dropped and fetched elsewhere, up to
  * 3 passes; one fetch per hash at a time.
  */
@@ -44,15 +44,22 @@ export class UpdateFetcher {
     this.fetching.add(hash);
     try {
       const P = this.d.params;
-      const max = this.d.codec.encodedSize(P) + 1024;
+      // Every codec's size is exact for P parameters (the run's codec parameters, not the sender's).
+      const max = this.d.codec.encodedSize(P);
+      // A peer that served bad bytes (wrong hash, size or encoding) is not asked again for this hash.
+      const liars = new Set<string>();
       for (let attempt = 0; attempt < PASSES && !this.d.stopped(); attempt++) {
-        for (const peer of [...new Set(from)].filter((p) => p !== this.d.host.peerId)) {
+        const peers = [...new Set(from)].filter((p) => p !== this.d.host.peerId && !liars.has(p));
+        if (peers.length === 0) break;
+        for (const peer of peers) {
           try {
             const bytes = await fetchBulk(this.d.host, peer, hash, {
               maxBytes: max,
               signal: AbortSignal.timeout(FETCH_MS),
             });
             if (this.d.linkDelayMs > 0) await new Promise((r) => setTimeout(r, 2 * this.d.linkDelayMs)); // request + response
+            if (bytes.length !== max)
+              throw new DecodeError(`payload of ${bytes.length} bytes, the run's codec makes ${max}`);
             const delta = this.d.codec.decode(bytes, P);
             if (!delta.every(Number.isFinite)) throw new InvalidInputError('non-finite Δ');
             payloads.putUpdate(hash, bytes, round, delta);
@@ -65,6 +72,7 @@ export class UpdateFetcher {
               err instanceof TooLargeError ||
               err instanceof InvalidInputError ||
               err instanceof DecodeError;
+            if (bad) liars.add(peer);
             if (bad)
               logger.warn(
                 { reason: 'bad-payload', detail: (err as Error).message, from: peer, update: hash, round },

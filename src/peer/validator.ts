@@ -24,6 +24,8 @@ import type { ScoreEntry } from './wire.js';
 
 /** Batches per peer (assigned) and of the random shard that a validator evaluates on. */
 const K = 2;
+/** Senders whose latest score report is kept (the least recently updated is dropped first). */
+export const MAX_REPORTS = 256;
 /** A flag excludes a member from proposals for this many rounds after the report that flagged it. */
 const EXCLUDE_ROUNDS = 3;
 
@@ -188,8 +190,13 @@ export class Exclusions {
   /** A validator's report arrived (`trusted`: the peer trusts that validator, or it is its own). */
   onReport(from: string | null, report: ScoreReport, trusted: boolean, round: number): void {
     if (from !== null) {
+      // Senders are validators or members (the node checks); the map is capped anyway.
       const old = this.reports.get(from);
-      if (!old || old.round < report.round) this.reports.set(from, { round: report.round, entries: report.entries });
+      if (!old || old.round < report.round) {
+        this.reports.delete(from);
+        this.reports.set(from, { round: report.round, entries: report.entries });
+        if (this.reports.size > MAX_REPORTS) this.reports.delete(this.reports.keys().next().value!);
+      }
     }
     if (trusted) this.update(round, report);
   }

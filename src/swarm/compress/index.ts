@@ -74,6 +74,7 @@ export function decodeAny(
 ): { codec: CodecId; values: Float32Array } {
   const codec = readTag(bytes);
   if (!allowed.includes(codec)) throw new DecodeError(`codec ${codec} is not allowed here`);
-  // Every codec's decode is independent of its construction params (they come from the bytes).
-  return { codec, values: getCodec(codec).decode(bytes, n) };
+  // The sparse chunk and k come from the header here (a codec's own decode() refuses any but its
+  // own): decodeAny is for callers that accept whatever parameters the sender chose.
+  return { codec, values: getCodec(codec, codec === 'sparse' ? readSparseParams(bytes) : undefined).decode(bytes, n) };
 }

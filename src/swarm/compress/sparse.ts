@@ -21,7 +21,9 @@
  * Defaults C = 4096 (b = 12), k = 64 (density 1/64): per full chunk 8 + 96 + 16 = 120 bytes,
  * 0.0293 bytes/element, 136.5x smaller than fp32.
  * The decoder checks C is a power of two in [2, 65536], 1 <= k <= C, exact length, finite
- * 0 <= a <= h, every index < L and strictly increasing within its chunk, zero padding.
+ * 0 <= a <= h, every index < L and strictly increasing within its chunk, zero padding. A codec's
+ * decode() also requires C and k to be its own (the run's manifest), before allocating; only
+ * decodeAny (index.ts) takes them from the header.
  */
 import { InvalidInputError } from '../../util/errors.js';
 import { encodeWith, type Codec, type ErrorFeedback } from './codec.js';
@@ -226,7 +228,17 @@ export function sparseCodec(params: Partial<SparseParams> = {}): SparseCodec {
     id: 'sparse' as const,
     params: p,
     encode: (delta: Float32Array, state?: ErrorFeedback) => encodeWith('sparse', pack, decodeSparse, delta, state),
-    decode: decodeSparse,
+    // The chunk and k are the run's (this codec's), never the sender's: a payload that claims
+    // others is refused before anything is allocated, so its decoded size is exactly n floats.
+    decode: (bytes: Uint8Array, n: number) => {
+      readHeader(bytes, 'sparse', n);
+      const q = readSparseParams(bytes);
+      if (q.chunk !== p.chunk || q.k !== p.k)
+        throw new DecodeError(
+          `sparse: payload says chunk ${q.chunk} k ${q.k}, this run's codec is chunk ${p.chunk} k ${p.k}`,
+        );
+      return decodeSparse(bytes, n);
+    },
     encodedSize: (n: number) => sparseSize(n, p),
   });
 }
