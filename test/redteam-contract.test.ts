@@ -355,6 +355,53 @@ test('attack 8: validators in office cannot vote on the validator set, and their
   await mintRound(client(0, address), { report: r, signatures: await sign(address, r, [8, 9]) });
 });
 
+test('snapshots: a proposal and a transfer in one block, after an older proposal, leave both snapshots right', async () => {
+  const { address } = await deploy();
+  await mint(address, 1n, [5, 6], [1n, 1n]); // 500 each
+  const c0 = client(0, address);
+  const p1 = await propose(client(5, address), { key: 'lr', value: '1', durationSeconds: MIN });
+  // one block: a second proposal, then 6's first move since p1 (its history must still keep p1's 500)
+  const key = toHex('lr', { size: 32 });
+  assert.deepEqual(
+    await oneBlock(address, [
+      [5, 'propose', [key, toHex('2'), BigInt(MIN)]],
+      [6, 'transfer', [addrOf(7), 200n * E18]],
+    ]),
+    ['success', 'success'],
+  );
+  await mint(address, 2n, [6], [1n]); // after both snapshots
+  const power = (id: bigint, i: number) => read<bigint>(c0, 'votingPower', [id, addrOf(i)]);
+  assert.equal(await power(p1.id, 6), 500n * E18);
+  assert.equal(await power(p1.id, 7), 0n);
+  assert.equal(await power(p1.id + 1n, 6), 300n * E18, 'end of the second proposal block');
+  assert.equal(await power(p1.id + 1n, 7), 200n * E18);
+  assert.equal((await proposal(address, p1.id)).supplyAtStart, 1000n * E18);
+  assert.equal((await proposal(address, p1.id + 1n)).supplyAtStart, 1000n * E18);
+  assert.equal(await read<bigint>(c0, 'totalSupply'), 2000n * E18);
+});
+
+test('deployment bounds: the contract refuses a zero minimum, a minimum above the maximum, periods over a year', async () => {
+  const c = clientsFor(net.request, net.chain, net.keys[0]);
+  const { abi, bytecode } = loadArtifacts().TesseraRun;
+  const year = 365n * 86_400n;
+  for (const [min, max, win] of [
+    [0n, 60n, 60n],
+    [120n, 60n, 60n],
+    [60n, year + 1n, 60n],
+    [60n, 120n, 0n],
+    [60n, 120n, year + 1n],
+  ]) {
+    const hash = await c.walletClient.deployContract({
+      abi,
+      bytecode,
+      args: [MANIFEST, validators(), 3n, 10n ** 21n, 2000n, min, max, win],
+      gas: 6_000_000n,
+    } as never);
+    const r = await c.publicClient.waitForTransactionReceipt({ hash });
+    assert.equal(r.status, 'reverted', `min ${min} max ${max} window ${win}`);
+  }
+});
+
 test('gas: deploy, mintRound, propose, vote, execute', async (t) => {
   const { address, gasUsed } = await deploy();
   const m = await mint(address, 1n, [5, 6], [3n, 1n]);
