@@ -8,6 +8,8 @@
  *  - no account votes twice (each accepted vote is a first vote, a second one is refused);
  *  - proposals settle in id order, and a passed one is applied only inside its execution window;
  *  - each round is minted at most once (refused after), and no round beyond the window is minted.
+ * Seed 5 is in the set because a validator-set change passes in it (seeds 4 and 6-9 pass too:
+ * TESSERA_FUZZ_SEEDS=4,6 TESSERA_FUZZ_STEPS=1000 runs others).
  * Steps whose outcome would depend on a timestamp within 3 s of a boundary are skipped (the EDR
  * clock follows the wall clock between explicit jumps).
  */
@@ -51,7 +53,7 @@ const SETS: { vs: number[]; m: number }[] = [
   { vs: [3, 4], m: 2 },
 ];
 const STEPS = Number(process.env.TESSERA_FUZZ_STEPS ?? 300);
-const SEEDS = [1, 2, 3];
+const SEEDS = (process.env.TESSERA_FUZZ_SEEDS ?? '1,2,3,5').split(',').map(Number);
 
 const addrOf = (i: number): Address => clientsFor(net.request, net.chain, net.keys[i]).account.address;
 const reasonOf = (e: unknown): string => {
@@ -250,7 +252,7 @@ async function fuzz(seed: number, steps: number): Promise<Record<string, number>
         continue;
       }
       const who = p.voters.size > 0 && rng.nextFloat() < 0.2 ? pick([...p.voters]) : pick(ACTORS);
-      const support = rng.nextFloat() < 0.75;
+      const support = rng.nextFloat() < (p.key === 'validators' ? 0.9 : 0.75);
       const w = p.snap.get(who)!;
       const expect =
         now >= p.deadline
@@ -307,7 +309,8 @@ async function fuzz(seed: number, steps: number): Promise<Record<string, number>
           const q = props[n];
           let eligible = q.snapSupply;
           if (q.key === 'validators') for (const v of q.validatorsAtCreation) eligible -= q.snap.get(v)!;
-          const won = q.yes * 10_000n >= eligible * QUORUM && q.yes > q.no;
+          const quorum = q.key === 'validators' && QUORUM < 5000n ? 5000n : QUORUM;
+          const won = q.yes * 10_000n >= eligible * quorum && q.yes > q.no;
           q.executed = true;
           q.expired = won && ts > q.deadline + BigInt(WINDOW);
           q.passed = won && !q.expired;

@@ -18,7 +18,8 @@ import {ShareToken} from "./ShareToken.sol";
 /// Validator set: the deployment names the first allowlist; after that only a passed proposal with
 /// key VALIDATORS_KEY (value = abi.encode(address[] validators, uint256 threshold), checked when
 /// proposed) replaces it. The validators in office when such a proposal is made cannot vote on it,
-/// and their shares are left out of its quorum: the holders decide who signs mints, not the signers.
+/// and their shares are left out of its quorum base: the holders decide who signs mints, not the
+/// signers. It passes with yes from at least half of that base (VALIDATOR_QUORUM_BPS) and yes > no.
 ///
 /// Governance:
 ///  - voting power is the balance at the end of the proposal's creation block (ShareToken snapshots);
@@ -45,6 +46,10 @@ contract TesseraRun is ShareToken {
     /// Deployment bounds on the governance periods (any deployment: 1 s .. 365 days).
     uint256 private constant MAX_PERIOD = 365 days;
     uint256 public constant MAX_VALIDATORS = 128;
+    /// A validator-set change needs yes from at least half the eligible supply (or quorumBps if
+    /// higher): with the validators' shares out of the count, a lower bar would let a buyer of a
+    /// fifth of the other holders' shares seat its own signers while those holders sleep.
+    uint256 public constant VALIDATOR_QUORUM_BPS = 5000;
 
     struct Round {
         bytes32 weightsHash;
@@ -313,7 +318,8 @@ contract TesseraRun is ShareToken {
     function _settle(uint256 n) private returns (bool passed) {
         Proposal storage p = proposals[n];
         p.executed = true;
-        passed = p.yes * 10_000 >= _eligibleSupply(p) * quorumBps && p.yes > p.no;
+        uint256 q = p.key == VALIDATORS_KEY && quorumBps < VALIDATOR_QUORUM_BPS ? VALIDATOR_QUORUM_BPS : quorumBps;
+        passed = p.yes * 10_000 >= _eligibleSupply(p) * q && p.yes > p.no;
         if (passed && block.timestamp > uint256(p.deadline) + executionWindow) {
             p.expired = true;
             emit Expired(n);
