@@ -59,13 +59,18 @@ export function toLedgerError(action: string, e: unknown): Error {
   return e instanceof Error ? e : new Error(String(e));
 }
 
-/** Simulate (decodes custom errors), send, wait for the receipt. */
+/**
+ * Simulate (decodes custom errors), send, wait for the receipt. `pending`: simulate on the pending
+ * block (the one the transaction will land in at the earliest), for calls whose validity depends on
+ * the block number, such as a vote sent right after the proposal's block.
+ */
 export async function write(
   c: LedgerClient,
   action: string,
   functionName: string,
   args: readonly unknown[],
   value?: bigint,
+  opts: { pending?: boolean } = {},
 ): Promise<{ hash: Hex; gasUsed: bigint; result: unknown }> {
   try {
     const { request, result } = await c.publicClient.simulateContract({
@@ -75,6 +80,7 @@ export async function write(
       args,
       account: c.account,
       value,
+      ...(opts.pending ? { blockTag: 'pending' } : {}),
     } as never);
     const hash = await c.walletClient.writeContract(request as never);
     const receipt = await c.publicClient.waitForTransactionReceipt({ hash, pollingInterval: 50, timeout: 30_000 });

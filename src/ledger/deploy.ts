@@ -17,6 +17,20 @@ const schema = z.object({
     .positive()
     .default(1000n * 10n ** 18n),
   quorumBps: z.number().int().min(0).max(10_000).default(2000),
+  /** Voting periods a proposer may choose (the contract refuses others): default 1 to 14 days. */
+  minVotingPeriodSeconds: z.number().int().min(1).default(86_400),
+  maxVotingPeriodSeconds: z
+    .number()
+    .int()
+    .max(365 * 86_400)
+    .default(14 * 86_400),
+  /** How long after its deadline a passed proposal can still be executed (default 7 days). */
+  executionWindowSeconds: z
+    .number()
+    .int()
+    .min(1)
+    .max(365 * 86_400)
+    .default(7 * 86_400),
 });
 
 export type DeployRunParameters = z.input<typeof schema>;
@@ -29,6 +43,8 @@ export async function deployRun(
 ): Promise<DeployRunReturnType> {
   const p = schema.safeParse(params);
   if (!p.success) throw new InvalidInputError(`deployRun: ${p.error.message}`);
+  if (p.data.minVotingPeriodSeconds > p.data.maxVotingPeriodSeconds)
+    throw new InvalidInputError('deployRun: minVotingPeriodSeconds is above maxVotingPeriodSeconds');
   const { abi, bytecode } = loadArtifacts().TesseraRun;
   try {
     const hash = await c.walletClient.deployContract({
@@ -40,6 +56,9 @@ export async function deployRun(
         BigInt(p.data.threshold),
         p.data.sharesPerRound,
         BigInt(p.data.quorumBps),
+        BigInt(p.data.minVotingPeriodSeconds),
+        BigInt(p.data.maxVotingPeriodSeconds),
+        BigInt(p.data.executionWindowSeconds),
       ],
     } as never);
     const r = await c.publicClient.waitForTransactionReceipt({ hash, pollingInterval: 10 });

@@ -43,6 +43,10 @@ export async function startLocalChain(o: {
     manifestHash: `0x${o.runId}`,
     validators,
     threshold,
+    // A local chain's votes are minutes long (the chain's clock is moved by tests and demos).
+    minVotingPeriodSeconds: 60,
+    maxVotingPeriodSeconds: 86_400,
+    executionWindowSeconds: 86_400,
   });
   let srv = await serveRpc(net.request, o.port ?? 0);
   const port = Number(new URL(srv.url).port);

@@ -2,7 +2,10 @@
  * Commitment queue: training never waits for the chain. Each finished round's signed score report is
  * queued (optionally persisted to a JSON file); `flush` submits pending rounds in order. Idempotent:
  * before sending, the contract is asked whether the round is already minted (e.g. a tx that landed but
- * whose receipt was lost when the chain dropped), and the contract itself rejects a replayed round.
+ * whose receipt was lost when the chain dropped), and the contract itself rejects a replayed round
+ * (`RoundAlreadyMinted`: reported as already on chain, which it then is). Rounds mint in any order,
+ * so a round whose later neighbour landed first is still sent; a round beyond the contract's window
+ * (`RoundOutOfWindow`) is refused for good.
  * If the chain is unreachable, flush stops and keeps everything; nothing is lost or sent twice. A round
  * the contract refuses for good (a revert other than "already minted") is dropped and reported, so
  * that it cannot hold back the rounds after it.
@@ -64,7 +67,7 @@ export class CommitmentQueue {
           res.offline = true;
           break;
         }
-        if (e instanceof ContractRevertError && e.reason === 'RoundNotIncreasing')
+        if (e instanceof ContractRevertError && e.reason === 'RoundAlreadyMinted')
           res.alreadyOnChain.push(q.report.round);
         // A refusal that retrying cannot fix would block every later round: drop it, say why.
         else if (e instanceof ContractRevertError) res.rejected.push({ round: q.report.round, reason: e.reason });

@@ -1,4 +1,8 @@
-/** After the deadline, anyone executes a proposal: passes iff quorum reached and yes > no. */
+/**
+ * After the deadline, anyone executes a proposal: it passes iff yes votes alone reach the quorum and
+ * yes > no. Proposals settle in id order: this settles every earlier unsettled one first. A passed
+ * proposal executed later than the run's execution window after its deadline is expired instead.
+ */
 import { z } from 'zod';
 import { hexToString, type Hex } from 'viem';
 import { read, write, type LedgerClient } from '../client.js';

@@ -9,11 +9,17 @@ export type Proposal = {
   key: string;
   value: string;
   proposer: Hex;
+  /** Block whose closing balances are the voting power. */
+  snapshot: bigint;
   deadline: bigint;
+  /** Settled: applied (passed), failed, or expired. */
   executed: boolean;
   passed: boolean;
+  /** Won its vote but was settled after the execution window, so never applied. */
+  expired: boolean;
   yes: bigint;
   no: bigint;
+  /** The quorum's base: supply at the snapshot (less the validators' shares on a validator-set vote). */
   supplyAtStart: bigint;
 };
 export type GetProposalsReturnType = Proposal[];
@@ -35,9 +41,11 @@ export async function getProposals(c: LedgerClient, p: GetProposalsParameters = 
     const r = await read<{
       key: Hex;
       proposer: Hex;
+      snapshot: bigint;
       deadline: bigint;
       executed: boolean;
       passed: boolean;
+      expired: boolean;
       yes: bigint;
       no: bigint;
       supplyAtStart: bigint;
@@ -58,9 +66,11 @@ export async function getProposals(c: LedgerClient, p: GetProposalsParameters = 
       key,
       value,
       proposer: r.proposer,
+      snapshot: r.snapshot,
       deadline: r.deadline,
       executed: r.executed,
       passed: r.passed,
+      expired: r.expired,
       yes: r.yes,
       no: r.no,
       supplyAtStart: r.supplyAtStart,

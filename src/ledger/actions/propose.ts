@@ -1,4 +1,8 @@
-/** A shareholder proposes a setting (e.g. key "dataset", value = next dataset CID). */
+/**
+ * A shareholder proposes a setting (e.g. key "dataset", value = next dataset CID). The voting period
+ * must lie within the run's bounds (`minVotingPeriod`, `maxVotingPeriod`; else `VotingPeriodOutOfBounds`);
+ * the deadline is never earlier than the previous proposal's. Voting opens in the next block.
+ */
 import { z } from 'zod';
 import { stringToHex, type Hex } from 'viem';
 import { write, type LedgerClient } from '../client.js';
@@ -8,7 +12,11 @@ import { InvalidInputError } from '../../util/errors.js';
 const schema = z.object({
   key: z.string().min(1).max(31),
   value: z.string(),
-  durationSeconds: z.number().int().positive(),
+  durationSeconds: z
+    .number()
+    .int()
+    .positive()
+    .max(2 ** 53 - 1),
 });
 export type ProposeParameters = z.input<typeof schema>;
 export type ProposeReturnType = { hash: Hex; id: bigint };

@@ -15,6 +15,14 @@ pragma solidity ^0.8.24;
 ///     because the only rounding is one floor per account (<1 wei each) plus the carried remainder,
 ///     which is < totalSupply / MAG < 1 wei and is re-injected into the next payment.
 /// Claims use checks-effects-interactions and a reentrancy guard; a failed ETH send reverts the claim.
+///
+/// Voting power snapshots (for the run's governance): `_snapshot()` marks the current block; the
+/// balance "at" a snapshot block S is the balance at the END of block S (so a loan taken and repaid
+/// within block S counts for nothing). History is written lazily, as in ERC20Snapshot: on the first
+/// balance change of an account after a snapshot block, its previous balance is pushed with the
+/// block number. An account that does not move between proposals writes no history, so a mint
+/// costs the same as without snapshots unless a proposal was made since the holder's last change.
+/// Shares are never locked: a transfer after the snapshot moves no voting power.
 abstract contract ShareToken {
     string public constant name = "Tessera Run Shares";
     string public constant symbol = "TSHARE";
@@ -22,7 +30,23 @@ abstract contract ShareToken {
     uint256 internal constant MAG = 2 ** 128;
 
     uint256 public totalSupply;
-    mapping(address => uint256) public balanceOf;
+    /// balance (uint208: mints beyond 4e62 revert) and the block of the account's last history entry
+    struct Holding {
+        uint208 balance;
+        uint48 histBlock;
+    }
+    /// (block B, balance at the start of block B) = balance at the end of every snapshot before B
+    struct Hist {
+        uint48 blk;
+        uint208 value;
+    }
+    mapping(address => Holding) private holding;
+    mapping(address => Hist[]) private hist;
+    Hist[] private supplyHist;
+    /// the latest snapshot block, the one before it (0 = none), the block of the last supply entry
+    uint48 private snapBlock;
+    uint48 private prevSnapBlock;
+    uint48 private supplyHistBlock;
     mapping(address => mapping(address => uint256)) public allowance;
 
     uint256 public magnifiedPerShare;
@@ -44,7 +68,7 @@ abstract contract ShareToken {
     error InsufficientAllowance();
     error Reentrancy();
     error SendFailed();
-    error SharesLocked(uint256 until);
+    error SupplyOverflow();
 
     modifier nonReentrant() {
         if (entered != 1) revert Reentrancy();
@@ -86,8 +110,12 @@ abstract contract ShareToken {
         emit Paid(msg.sender, msg.value, memo);
     }
 
+    function balanceOf(address a) public view returns (uint256) {
+        return holding[a].balance;
+    }
+
     function claimable(address a) public view returns (uint256) {
-        int256 acc = int256(magnifiedPerShare * balanceOf[a]) + correction[a];
+        int256 acc = int256(magnifiedPerShare * uint256(holding[a].balance)) + correction[a];
         return uint256(acc) / MAG - withdrawn[a];
     }
 
@@ -101,25 +129,95 @@ abstract contract ShareToken {
         if (!ok) revert SendFailed();
     }
 
-    function _lockedUntil(address a) internal view virtual returns (uint256);
+    /// The latest snapshot strictly before the current block: the one whose end-of-block balances
+    /// a change in this block must preserve (a snapshot in this block still includes the change).
+    function _openSnapshot() private view returns (uint48) {
+        uint48 sb = snapBlock;
+        return sb < block.number ? sb : prevSnapBlock;
+    }
+
+    /// Take a snapshot at this block (voting power = balances at the end of it). Returns the block.
+    function _snapshot() internal returns (uint48 blk) {
+        blk = uint48(block.number);
+        if (snapBlock != blk) {
+            prevSnapBlock = snapBlock;
+            snapBlock = blk;
+        }
+    }
+
+    /// Record `a`'s balance before its first change after the open snapshot; `h` is its holding.
+    function _keep(address a, Holding memory h) private {
+        uint48 open = _openSnapshot();
+        if (open != 0 && h.histBlock <= open) {
+            hist[a].push(Hist(uint48(block.number), h.balance));
+            h.histBlock = uint48(block.number);
+        }
+    }
+
+    function _keepSupply() internal {
+        uint48 open = _openSnapshot();
+        if (open != 0 && supplyHistBlock <= open) {
+            supplyHist.push(Hist(uint48(block.number), uint208(totalSupply)));
+            supplyHistBlock = uint48(block.number);
+        }
+    }
+
+    /// First entry recorded after block `blk` (binary search), or the current value if none.
+    function _at(Hist[] storage hs, uint256 blk, uint256 current) private view returns (uint256) {
+        uint256 lo = 0;
+        uint256 hi = hs.length;
+        while (lo < hi) {
+            uint256 mid = (lo + hi) / 2;
+            if (hs[mid].blk > blk) hi = mid;
+            else lo = mid + 1;
+        }
+        return lo == hs.length ? current : hs[lo].value;
+    }
+
+    /// Balance at the end of snapshot block `blk` (only meaningful for a block `_snapshot` marked,
+    /// once that block is over).
+    function _balanceAt(address a, uint256 blk) internal view returns (uint256) {
+        return _at(hist[a], blk, holding[a].balance);
+    }
+
+    function _supplyAt(uint256 blk) internal view returns (uint256) {
+        return _at(supplyHist, blk, totalSupply);
+    }
 
     function _transfer(address from, address to, uint256 value) internal {
-        uint256 lock = _lockedUntil(from);
-        if (lock > block.timestamp) revert SharesLocked(lock);
-        uint256 b = balanceOf[from];
-        if (b < value) revert InsufficientBalance();
-        unchecked { balanceOf[from] = b - value; }
-        balanceOf[to] += value;
+        Holding memory f = holding[from];
+        if (f.balance < value) revert InsufficientBalance();
+        _keep(from, f);
+        unchecked { f.balance -= uint208(value); }
+        holding[from] = f;
+        if (to != from) {
+            Holding memory t = holding[to];
+            _keep(to, t);
+            t.balance += uint208(value); // <= supply < 2^208
+            holding[to] = t;
+        } else {
+            holding[from].balance += uint208(value);
+        }
         int256 c = int256(magnifiedPerShare * value);
         correction[from] += c;
         correction[to] -= c;
         emit Transfer(from, to, value);
     }
 
-    function _mint(address to, uint256 value) internal {
-        totalSupply += value;
-        balanceOf[to] += value;
+    /// Mint without touching totalSupply: the caller adds the total once (and keeps its history).
+    function _mintTo(address to, uint256 value) internal {
+        Holding memory t = holding[to];
+        _keep(to, t);
+        t.balance += uint208(value); // the caller checked the supply bound
+        holding[to] = t;
         correction[to] -= int256(magnifiedPerShare * value);
         emit Transfer(address(0), to, value);
+    }
+
+    function _addSupply(uint256 value) internal {
+        _keepSupply();
+        uint256 s = totalSupply + value;
+        if (s > type(uint208).max) revert SupplyOverflow();
+        totalSupply = s;
     }
 }
