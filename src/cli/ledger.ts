@@ -203,7 +203,12 @@ export function register(program: Command): void {
       'comma-separated validator addresses: replaces the validator set if the vote passes',
     )
     .option('--threshold <m>', 'with --validators: signatures needed to mint', int(1))
-    .option('--hours <n>', 'voting period in hours', num(0.001), 24)
+    .option(
+      '--hours <n>',
+      'voting period in hours (within the bounds the contract was deployed with; by default 1 to 14 days)',
+      num(0.001),
+      24,
+    )
     .action(
       async (
         o: ChainOpts & { set?: string; value?: string; validators?: string; threshold?: number; hours: number },
@@ -237,7 +242,9 @@ export function register(program: Command): void {
       },
     );
   chainOptions(
-    program.command('vote').description('vote on a proposal with your shares (locks them until its deadline)'),
+    program
+      .command('vote')
+      .description('vote on a proposal with your shares as of the proposal block (nothing is locked)'),
   )
     .requiredOption('--id <n>', 'proposal id', int(0))
     .option('--against', 'vote against (default: for)', false)
