@@ -29,6 +29,13 @@ export const MAX_ROSTER = 1024;
 export const MAX_JOINS_PER_ROUND = 16;
 /** Join requests a member remembers per round. */
 export const MAX_PENDING_JOINS = 64;
+/** Byte budget of the future-round buffer (estimated from JSON), in total and per member. */
+export const FUTURE_BYTES = 4 * 1024 * 1024;
+export const FUTURE_MEMBER_BYTES = 512 * 1024;
+/** Future-round messages buffered per member. */
+export const FUTURE_MEMBER_MSGS = 8;
+/** Later-round announces remembered per peer (certificate candidates). */
+export const CLAIMS_PER_PEER = 3;
 
 /** A protocol-level misuse by the caller (bad init options, bad params). */
 export class RoundStateError extends TesseraError {
@@ -98,10 +105,19 @@ export const RoundBodySchemas = {
     .strict(),
   /** A commit that a majority of the roster accepted; `signers` are the acceptors. */
   'round.decided': z.object({ commit: CommitSchema, signers: z.array(PeerIdSchema).max(MAX_ROSTER) }).strict(),
-  /** Post-apply weights hash of round `round` (i.e. θ of round+1). */
-  'round.announce': z.object({ round: RoundSchema, weightsHash: HashSchema, valueHash: HashSchema }).strict(),
+  /**
+   * Post-apply weights hash of round `round` (i.e. θ of round+1), and `snapHash`, the
+   * snapshotHash() of the whole state round+1 starts from (θ hash, roster, missed, base): an
+   * announce is its signer's attestation of that state, and a quorum of them is the certificate
+   * a lagging or joining peer needs before it installs anything (docs/ROUNDS.md).
+   */
+  'round.announce': z
+    .object({ round: RoundSchema, weightsHash: HashSchema, valueHash: HashSchema, snapHash: HashSchema })
+    .strict(),
   /** A synced non-member asks to be admitted. */
   'round.join': z.object({ round: RoundSchema }).strict(),
+  /** A peer that needs a certificate (unsynced, or behind) asks members to resend their latest announce. */
+  'round.ask': z.object({ round: RoundSchema }).strict(),
 } as const;
 
 const head = <T extends string>(t: T) => ({ type: z.literal(t), from: PeerIdSchema });
@@ -113,6 +129,7 @@ export const MessageSchema = z.discriminatedUnion('type', [
   RoundBodySchemas['round.decided'].extend(head('decided')),
   RoundBodySchemas['round.announce'].extend(head('announce')),
   RoundBodySchemas['round.join'].extend(head('join')),
+  RoundBodySchemas['round.ask'].extend(head('ask')),
 ]);
 export type Message = z.infer<typeof MessageSchema>;
 export type UpdateMsg = Extract<Message, { type: 'update' }>;
@@ -148,6 +165,18 @@ export const SnapshotSchema = z
     message: 'roster must be sorted and unique',
   });
 export type RoundSnapshot = z.infer<typeof SnapshotSchema>;
+
+/** Identity of a round-start state: what an announce attests and what a resync must install exactly. */
+export function snapshotHash(s: RoundSnapshot): string {
+  return canonicalHash({
+    domain: 'tessera/snapshot/v1',
+    round: s.round,
+    weightsHash: s.weightsHash,
+    roster: s.roster,
+    missed: s.missed,
+    trainBase: s.trainBase ?? null,
+  });
+}
 
 // ───────────────────────────── params ─────────────────────────────
 
@@ -213,8 +242,12 @@ export type RoundEvent =
   | { type: 'trained'; round: number; updateHash: string; steps: number }
   /** The driver applied the decided set; weightsHash is θ of round+1. */
   | { type: 'applied'; round: number; weightsHash: string }
-  /** The driver installed weights + momentum from a peer for this snapshot. */
-  | { type: 'synced'; snapshot: RoundSnapshot }
+  /**
+   * The driver installed weights + momentum from a peer for this snapshot. `local`: it is this
+   * peer's own snapshot file, restored at start-up (trusted: needs no certificate; only while
+   * unsynced).
+   */
+  | { type: 'synced'; snapshot: RoundSnapshot; local?: boolean }
   /**
    * Selection by score (issue 6): members whose updates this peer leaves out of the sets it
    * proposes as leader (the run's validators flagged them). They still count as heard. Agreement
@@ -239,7 +272,12 @@ export type Effect =
   | { type: 'fetch'; round: number; updates: { peer: string; updateHash: string }[]; from: string[] }
   /** Apply exactly `included` (sorted by peer) to θ (hash baseHash) with applyCommitted(); report `applied`. Never emitted for an empty set. */
   | { type: 'apply'; round: number; baseHash: string; valueHash: string; included: IncludedUpdate[] }
-  /** Fetch weights + momentum + snapshotOf() from one of `from`; if round/weightsHash are given the snapshot must match them. Report `synced`. */
+  /**
+   * Fetch weights + momentum + snapshotOf() of exactly this round and weights hash (a certified
+   * state; the reducer also checks its snapshotHash) from one of `from`, or from any holder:
+   * the hashes, not the source, make it right. Report `synced`. round and weightsHash are never
+   * null now (kept nullable for drivers).
+   */
   | { type: 'resync'; from: string[]; round: number | null; weightsHash: string | null };
 
 export type RejectReason =
@@ -262,7 +300,9 @@ export type RejectReason =
   | 'buffer-full'
   | 'unexpected'
   | 'stale-snapshot'
-  | 'wrong-hash';
+  | 'wrong-hash'
+  /** A snapshot no certificate (quorum of announces) stands behind, or one without a target. */
+  | 'uncertified';
 
 export interface Rejection {
   reason: RejectReason;
@@ -297,7 +337,23 @@ interface PrevRound {
   decision: Decision;
   /** Our post-apply hash; null once a resync replaced it. */
   resultHash: string | null;
+  /** snapshotHash() of the state round+1 started from (what our announce attested). */
+  snapHash: string;
   repliedTo: string[];
+}
+
+/** A member's attestation (its announce of round−1) that round `round` starts from this state. */
+export interface Claim {
+  round: number;
+  weightsHash: string;
+  snapHash: string;
+}
+
+/** A state to resync to, with the certificate that stands behind it. */
+export interface SyncTarget {
+  round: number;
+  weightsHash: string;
+  snapHash: string;
 }
 
 export interface RoundState {
@@ -366,12 +422,30 @@ export interface RoundState {
   decision: Decision | null;
   fetchDeadline: number;
   repliedTo: string[];
-  /** Messages for round+1, replayed when it starts. */
+  /** Messages for round+1 from members, replayed when it starts (byte budget: FUTURE_BYTES). */
   future: Message[];
+  /** Estimated bytes of `future`, total and per sender (count, bytes). */
+  futureBytes: number;
+  futureBy: Map<string, { n: number; bytes: number }>;
   /** round → member → announced post-apply hash. Kept for round-1 and round. */
-  announces: Map<number, Map<string, { weightsHash: string; valueHash: string }>>;
+  announces: Map<number, Map<string, { weightsHash: string; valueHash: string; snapHash: string }>>;
   prev: PrevRound | null;
-  sync: { target: { round: number; weightsHash: string } | null; from: string[]; retryAt: number } | null;
+  sync: { target: SyncTarget | null; from: string[]; retryAt: number } | null;
+  /**
+   * Sorted: the peers this process was told to trust when it started unsynced (its bootstrap
+   * list). Only their announces can certify a state to a peer that holds no roster yet.
+   */
+  trusted: string[];
+  /**
+   * Announces of later rounds (a member's claim that the run reached a state), newest last,
+   * at most CLAIMS_PER_PEER per peer: from members of our roster, or, with no roster yet, from
+   * trusted peers. A quorum of the roster (or a trusted peer) behind one claim is a certificate.
+   */
+  claims: Map<string, Claim[]>;
+  /** Local time after which this peer may broadcast `ask` again. */
+  askAt: number;
+  /** Peers this member re-sent its announce to (`ask`) this round. */
+  answered: string[];
 }
 
 // ───────────────────────────── pure helpers ─────────────────────────────
@@ -476,7 +550,8 @@ export function nextDeadline(s: RoundState): number {
   switch (s.phase) {
     case 'unsynced':
     case 'syncing':
-      return s.sync && s.sync.from.length > 0 ? s.sync.retryAt : Infinity;
+      // With a target: retry the resync; without one: ask for announces (if anyone could certify).
+      return s.sync && (s.sync.target || s.trusted.length > 0 || s.roster.length > 0) ? s.sync.retryAt : Infinity;
     case 'waiting':
     case 'training':
     case 'collecting':
@@ -504,7 +579,10 @@ export interface InitOptions {
   now: number;
   /** Start at round 0 (genesis weights) with this roster; otherwise start unsynced. */
   genesis?: { roster: readonly string[] };
-  /** Unsynced start: peers to resync from right away. */
+  /**
+   * Unsynced start: the peers this one trusts (its bootstrap list, given by the user). It asks
+   * for their announces and installs only a state one of them attests (docs/ROUNDS.md).
+   */
   bootstrap?: readonly string[];
   /**
    * Restart after a crash: the last acceptorRecord() the driver persisted. Paxos acceptors must
@@ -597,13 +675,18 @@ export function init(opts: InitOptions): StepResult {
     fetchDeadline: Infinity,
     repliedTo: [],
     future: [],
+    futureBytes: 0,
+    futureBy: new Map(),
     announces: new Map(),
     prev: null,
-    sync: {
-      target: null,
-      from: [...new Set(opts.bootstrap ?? [])].filter((p) => p !== opts.self).slice(0, 8),
-      retryAt: opts.now,
-    },
+    sync: { target: null, from: [], retryAt: opts.now },
+    trusted: [...new Set(opts.bootstrap ?? [])]
+      .filter((p) => p !== opts.self && PeerIdSchema.safeParse(p).success)
+      .sort(compareIds)
+      .slice(0, MAX_ROSTER),
+    claims: new Map(),
+    askAt: opts.now,
+    answered: [],
   };
   const c: Ctx = { s, effects: [], rejected: [], event: 'tick' };
   if (opts.genesis) {
@@ -653,7 +736,7 @@ export function step(state: RoundState, event: RoundEvent): StepResult {
       handleApplied(c, event);
       break;
     case 'synced':
-      handleSynced(c, event.snapshot);
+      handleSynced(c, event.snapshot, event.local === true);
       break;
     case 'exclude': {
       const ps = Array.isArray(event.peers)
@@ -681,13 +764,10 @@ function advance(c: Ctx): void {
     switch (s.phase) {
       case 'unsynced':
       case 'syncing':
-        if (s.sync && s.sync.from.length > 0 && s.now >= s.sync.retryAt) {
-          c.effects.push({
-            type: 'resync',
-            from: [...s.sync.from],
-            round: s.sync.target?.round ?? null,
-            weightsHash: s.sync.target?.weightsHash ?? null,
-          });
+        if (s.sync && s.now >= s.sync.retryAt && nextDeadline(s) !== Infinity) {
+          const t = s.sync.target;
+          if (t) c.effects.push({ type: 'resync', from: [...s.sync.from], round: t.round, weightsHash: t.weightsHash });
+          else ask(c);
           s.sync.retryAt = s.now + s.params.retryMs;
         }
         break;
@@ -728,14 +808,20 @@ function behind(c: Ctx): boolean {
   const s = c.s;
   const maj = majorityHash(s.announces.get(s.round), s.roster);
   if (maj) {
-    startResync(c, maj.peers, { round: s.round + 1, weightsHash: maj.hash });
+    startResync(c, maj.peers, { round: s.round + 1, weightsHash: maj.hash, snapHash: maj.snapHash });
     return true;
   }
-  if (s.ahead.length >= majority(s.roster.length)) {
-    startResync(c, [...s.ahead], null);
-    return true;
-  }
+  // A majority sends later-round traffic, but no certificate of a later state has reached us
+  // (announces lost): ask for them. Traffic alone never moves us (anyone can claim a round).
+  if (s.ahead.length >= majority(s.roster.length) && s.now >= s.askAt) ask(c);
   return false;
+}
+
+/** Broadcasts `ask` (members answer with their latest announce), at most once per retryMs. */
+function ask(c: Ctx): void {
+  const s = c.s;
+  s.askAt = s.now + s.params.retryMs;
+  c.effects.push({ type: 'broadcast', msg: { type: 'ask', from: s.self, round: Math.max(0, s.round) } });
 }
 
 /**
@@ -824,8 +910,15 @@ function startRound(c: Ctx, info: StartInfo, carry: Carry | null, voting = true)
   s.decision = null;
   s.fetchDeadline = Infinity;
   s.repliedTo = [];
+  s.answered = [];
   s.sync = null;
   for (const r of [...s.announces.keys()]) if (r < s.round - 1) s.announces.delete(r);
+  // Claims of states we reached are spent; those of non-members no longer count.
+  for (const [peer, cl] of [...s.claims]) {
+    const keep = has(s.roster, peer) ? cl.filter((x) => x.round > s.round + 1) : [];
+    if (keep.length === 0) s.claims.delete(peer);
+    else if (keep.length !== cl.length) s.claims.set(peer, keep);
+  }
   if (s.member && s.training && s.byPeer.has(s.self)) {
     s.phase = 'collecting'; // re-entered a round whose update we already published
   } else if (s.member && s.training && s.baseHeld) {
@@ -846,12 +939,14 @@ function startRound(c: Ctx, info: StartInfo, carry: Carry | null, voting = true)
   if (!s.member) c.effects.push({ type: 'broadcast', msg: { type: 'join', from: s.self, round: s.round } });
   const fut = s.future;
   s.future = [];
+  s.futureBytes = 0;
+  s.futureBy = new Map();
   for (const m of fut) {
     const r = msgRound(m);
     if (r === s.round) {
       if (has(s.roster, m.from)) insertSorted(s.heard, m.from);
       dispatch(c, m);
-    } else if (r === s.round + 1) s.future.push(m);
+    } else if (r === s.round + 1) bufferFuture(c, m);
   }
   checkAnnouncements(c);
 }
@@ -873,8 +968,13 @@ function handleMessage(c: Ctx, raw: Message): void {
     return;
   }
   if (s.phase === 'unsynced' || s.phase === 'syncing') {
-    if (s.sync && !s.sync.from.includes(m.from) && s.sync.from.length < 8) s.sync.from.push(m.from);
-    reject(c, 'not-synced', `${m.type} while ${s.phase}`, m.from);
+    // A sender becomes neither a source nor a target: only a certified claim does.
+    if (m.type === 'announce' && claimant(s, m.from)) addClaim(c, m);
+    else reject(c, 'not-synced', `${m.type} while ${s.phase}`, m.from);
+    return;
+  }
+  if (m.type === 'ask') {
+    handleAsk(c, m);
     return;
   }
   const r = msgRound(m);
@@ -889,18 +989,143 @@ function handleMessage(c: Ctx, raw: Message): void {
     handleOld(c, m, r);
     return;
   }
-  if (has(s.roster, m.from)) insertSorted(s.ahead, m.from);
-  if (r === s.round + 1 && m.type !== 'decided' && m.type !== 'announce') {
-    if (s.future.length >= 4 * s.roster.length + 16) {
-      reject(c, 'buffer-full', `future-round buffer full; dropped ${m.type} for round ${r}`, m.from);
-      return;
-    }
-    s.future.push(m);
+  const member = has(s.roster, m.from);
+  if (member) insertSorted(s.ahead, m.from);
+  // A member's announce of a later round is its claim that the run reached that state: a
+  // quorum of our roster behind one claim certifies it, and only then do we resync (to it).
+  if (m.type === 'announce' && member) {
+    addClaim(c, m);
     return;
   }
-  // Round r+1 decided, or later rounds under way: this peer has fallen behind.
-  if (has(s.roster, m.from)) startResync(c, [m.from], null);
+  if (r === s.round + 1 && m.type !== 'decided' && m.type !== 'announce') {
+    bufferFuture(c, m);
+    return;
+  }
+  // Anything else from a later round changes nothing here: a claim of a round is not proof of it.
   reject(c, 'future-round', `${m.type} for round ${r} while at round ${s.round}`, m.from);
+}
+
+/** Estimated wire size of a message (its JSON). */
+function msgBytes(m: Message): number {
+  return JSON.stringify(m).length;
+}
+
+/**
+ * Buffers a message for round+1: only from a member of this round's roster or a joiner our
+ * decision admits, within FUTURE_BYTES in total and FUTURE_MEMBER_MSGS / FUTURE_MEMBER_BYTES per
+ * sender. Anything dropped here is recovered later (updates are fetched when listed, commits
+ * re-proposed, promises answered).
+ */
+function bufferFuture(c: Ctx, m: Message): void {
+  const s = c.s;
+  const r = msgRound(m);
+  if (!has(s.roster, m.from) && !(s.decision?.commit.joins.includes(m.from) ?? false)) {
+    reject(c, 'not-member', `${m.type} for round ${r} from non-member ${m.from}: not buffered`, m.from);
+    return;
+  }
+  const size = msgBytes(m);
+  const mine = s.futureBy.get(m.from) ?? { n: 0, bytes: 0 };
+  if (mine.n >= FUTURE_MEMBER_MSGS || mine.bytes + size > FUTURE_MEMBER_BYTES || s.futureBytes + size > FUTURE_BYTES) {
+    reject(
+      c,
+      'buffer-full',
+      `future-round budget spent (${m.from}: ${mine.n} messages, ${mine.bytes} B; all: ${s.futureBytes} B); dropped ${m.type} for round ${r}`,
+      m.from,
+    );
+    return;
+  }
+  s.future.push(m);
+  s.futureBytes += size;
+  s.futureBy.set(m.from, { n: mine.n + 1, bytes: mine.bytes + size });
+}
+
+/** Whose announces count as claims: members of our roster, or, with none yet, trusted peers. */
+function claimant(s: RoundState, peer: string): boolean {
+  return s.roster.length > 0 ? has(s.roster, peer) : has(s.trusted, peer);
+}
+
+/** Records a later-round announce as a claim and resyncs if it completes a certificate. */
+function addClaim(c: Ctx, m: Extract<Message, { type: 'announce' }>): void {
+  const s = c.s;
+  const cl: Claim = { round: m.round + 1, weightsHash: m.weightsHash, snapHash: m.snapHash };
+  if (cl.round <= s.round + 1 && s.roster.length > 0) {
+    reject(c, 'stale-round', `announce of round ${m.round} while at round ${s.round}`, m.from);
+    return;
+  }
+  const list = s.claims.get(m.from) ?? [];
+  const same = list.find((x) => x.round === cl.round);
+  if (same) {
+    const eq = same.weightsHash === cl.weightsHash && same.snapHash === cl.snapHash;
+    reject(c, eq ? 'duplicate' : 'equivocation', `second announce for round ${m.round}`, m.from);
+    return;
+  }
+  const next = [...list, cl].sort((a, b) => a.round - b.round).slice(-CLAIMS_PER_PEER);
+  s.claims.set(m.from, next);
+  checkClaims(c);
+}
+
+/**
+ * The newest certified claim, if any:
+ * - holding a roster (synced, or resyncing): one that a quorum of our roster made;
+ * - holding none (a joiner): one that a trusted peer made and no trusted peer contradicts for
+ *   that round (a hostile entry in the bootstrap list can then stall a joiner, not mislead it).
+ */
+function certified(s: RoundState, only?: SyncTarget): { target: SyncTarget; by: string[] } | null {
+  const groups = new Map<string, { target: SyncTarget; by: string[] }>();
+  const want = only ? `${only.round}:${only.weightsHash}:${only.snapHash}` : null;
+  const perRound = new Map<number, number>(); // round → distinct claimed states (by claimants)
+  for (const [peer, list] of s.claims) {
+    if (!claimant(s, peer)) continue;
+    for (const x of list) {
+      const key = `${x.round}:${x.weightsHash}:${x.snapHash}`;
+      let g = groups.get(key);
+      if (!g) {
+        g = { target: { round: x.round, weightsHash: x.weightsHash, snapHash: x.snapHash }, by: [] };
+        groups.set(key, g);
+        perRound.set(x.round, (perRound.get(x.round) ?? 0) + 1);
+      }
+      g.by.push(peer);
+    }
+  }
+  let best: { target: SyncTarget; by: string[] } | null = null;
+  for (const [key, g] of groups) {
+    if ((want !== null && key !== want) || (best && best.target.round >= g.target.round)) continue;
+    g.by.sort(compareIds);
+    const ok = s.roster.length > 0 ? isQuorum(s.roster, g.by) : perRound.get(g.target.round) === 1;
+    if (ok) best = g;
+  }
+  return best;
+}
+
+/** Resyncs to the newest certified state once one is newer than what we hold or aim at. */
+function checkClaims(c: Ctx): void {
+  const s = c.s;
+  const cur = s.sync?.target;
+  // A joiner's target stands only while no trusted peer contradicts it.
+  if (cur && s.sync && s.roster.length === 0 && !certified(s, cur)) s.sync = { ...s.sync, target: null, from: [] };
+  const cert = certified(s);
+  if (!cert || cert.target.round <= (s.roster.length > 0 ? s.round + 1 : -1)) return;
+  if (cur && cur.round >= cert.target.round) return;
+  const from = cert.by.filter((p) => p !== s.self).slice(0, 8);
+  if (s.phase === 'syncing' || s.phase === 'unsynced') s.sync = { target: cert.target, from, retryAt: s.now };
+  else startResync(c, from, cert.target);
+}
+
+/** A peer asks for certificates: a member re-sends its latest announce, once per asker and round. */
+function handleAsk(c: Ctx, m: Extract<Message, { type: 'ask' }>): void {
+  const s = c.s;
+  const p = s.prev;
+  if (!p || p.resultHash === null || !has(p.roster, s.self)) return; // nothing of ours to attest
+  if (s.answered.includes(m.from)) {
+    reject(c, 'duplicate', 'already answered this round', m.from);
+    return;
+  }
+  if (s.answered.length >= MAX_PENDING_JOINS) {
+    reject(c, 'buffer-full', 'too many asks this round', m.from);
+    return;
+  }
+  s.answered.push(m.from);
+  c.effects.push({ type: 'send', to: m.from, msg: announceOf(s) });
 }
 
 function dispatch(c: Ctx, m: Message): void {
@@ -1395,30 +1620,35 @@ function handleAnnounce(c: Ctx, m: Extract<Message, { type: 'announce' }>, roste
   if (old) {
     reject(
       c,
-      old.weightsHash === m.weightsHash ? 'duplicate' : 'equivocation',
+      old.weightsHash === m.weightsHash && old.snapHash === m.snapHash ? 'duplicate' : 'equivocation',
       `second announce for round ${m.round}`,
       m.from,
     );
     return;
   }
-  map.set(m.from, { weightsHash: m.weightsHash, valueHash: m.valueHash });
+  map.set(m.from, { weightsHash: m.weightsHash, valueHash: m.valueHash, snapHash: m.snapHash });
   checkAnnouncements(c);
 }
 
+/** The (weights hash, snapshot hash) a strict majority of `roster` announced, with who did. */
 function majorityHash(
-  map: Map<string, { weightsHash: string }> | undefined,
+  map: Map<string, { weightsHash: string; snapHash: string }> | undefined,
   roster: readonly string[],
-): { hash: string; peers: string[] } | null {
+): { hash: string; snapHash: string; peers: string[] } | null {
   if (!map) return null;
   const by = new Map<string, string[]>();
   for (const [peer, a] of map) {
     if (!has(roster, peer)) continue;
-    const l = by.get(a.weightsHash) ?? [];
+    const key = `${a.weightsHash}:${a.snapHash}`;
+    const l = by.get(key) ?? [];
     l.push(peer);
-    by.set(a.weightsHash, l);
+    by.set(key, l);
   }
-  for (const [hash, peers] of by)
-    if (peers.length >= majority(roster.length)) return { hash, peers: peers.sort(compareIds) };
+  for (const [key, peers] of by)
+    if (peers.length >= majority(roster.length)) {
+      const [hash, snapHash] = key.split(':');
+      return { hash, snapHash, peers: peers.sort(compareIds) };
+    }
   return null;
 }
 
@@ -1427,12 +1657,12 @@ function checkAnnouncements(c: Ctx): void {
     prev = s.prev;
   if (!prev || prev.resultHash === null || s.phase === 'syncing' || s.phase === 'unsynced') return;
   const maj = majorityHash(s.announces.get(prev.round), prev.roster);
-  if (maj && maj.hash !== prev.resultHash) {
+  if (maj && (maj.hash !== prev.resultHash || maj.snapHash !== prev.snapHash)) {
     prev.resultHash = null;
     startResync(
       c,
       maj.peers.filter((p) => p !== s.self),
-      { round: prev.round + 1, weightsHash: maj.hash },
+      { round: prev.round + 1, weightsHash: maj.hash, snapHash: maj.snapHash },
     );
   }
 }
@@ -1514,20 +1744,25 @@ function handleApplied(c: Ctx, e: Extract<RoundEvent, { type: 'applied' }>): voi
 function finishRound(c: Ctx, resultHash: string): void {
   const s = c.s,
     d = s.decision!;
-  s.prev = { round: s.round, roster: s.roster, decision: d, resultHash, repliedTo: s.repliedTo };
+  const next = nextRoster(s.params, s.roster, s.missed, d.commit);
+  // The state round+1 starts from, exactly as snapshotOf() will give it: what we attest.
+  const snapHash = snapshotHash({
+    round: s.round + 1,
+    weightsHash: resultHash,
+    roster: next.roster,
+    missed: next.missed,
+    ...(s.params.overlap === 'delayed' ? { trainBase: s.weightsHash } : {}),
+  });
+  s.prev = { round: s.round, roster: s.roster, decision: d, resultHash, snapHash, repliedTo: s.repliedTo };
   let map = s.announces.get(s.round);
   if (!map) {
     map = new Map();
     s.announces.set(s.round, map);
   }
   if (s.member) {
-    map.set(s.self, { weightsHash: resultHash, valueHash: d.valueHash });
-    c.effects.push({
-      type: 'broadcast',
-      msg: { type: 'announce', from: s.self, round: s.round, weightsHash: resultHash, valueHash: d.valueHash },
-    });
+    map.set(s.self, { weightsHash: resultHash, valueHash: d.valueHash, snapHash });
+    c.effects.push({ type: 'broadcast', msg: announceOf(s) });
   }
-  const next = nextRoster(s.params, s.roster, s.missed, d.commit);
   startRound(
     c,
     {
@@ -1542,7 +1777,20 @@ function finishRound(c: Ctx, resultHash: string): void {
   );
 }
 
-function startResync(c: Ctx, from: string[], target: { round: number; weightsHash: string } | null): void {
+/** This member's announce of the round it finished last (also what it re-sends on `ask`). */
+function announceOf(s: RoundState): Message {
+  const p = s.prev!;
+  return {
+    type: 'announce',
+    from: s.self,
+    round: p.round,
+    weightsHash: p.resultHash!,
+    valueHash: p.decision.valueHash,
+    snapHash: p.snapHash,
+  };
+}
+
+function startResync(c: Ctx, from: string[], target: SyncTarget): void {
   const s = c.s;
   if (s.trainingActive) {
     s.trainingActive = false;
@@ -1553,10 +1801,14 @@ function startResync(c: Ctx, from: string[], target: { round: number; weightsHas
   // advance() emits the resync effect (now, then every retryMs until `synced`).
 }
 
-function handleSynced(c: Ctx, raw: RoundSnapshot): void {
+function handleSynced(c: Ctx, raw: RoundSnapshot, local: boolean): void {
   const s = c.s;
   if (s.phase !== 'unsynced' && s.phase !== 'syncing') {
     reject(c, 'late', `synced while ${s.phase} (a retried resync answered twice?)`);
+    return;
+  }
+  if (local && (s.phase !== 'unsynced' || s.round >= 0)) {
+    reject(c, 'unexpected', 'a local snapshot is only restored at start-up');
     return;
   }
   const parsed = SnapshotSchema.safeParse(raw);
@@ -1574,16 +1826,43 @@ function handleSynced(c: Ctx, raw: RoundSnapshot): void {
     reject(c, 'stale-snapshot', `snapshot of round ${snap.round} is behind our round ${s.round}`);
     return;
   }
-  if (t && snap.round < t.round) {
-    reject(c, 'stale-snapshot', `snapshot of round ${snap.round}, need round ${t.round}`);
-    return;
-  }
-  if (t && snap.round === t.round && snap.weightsHash !== t.weightsHash) {
-    reject(
-      c,
-      'wrong-hash',
-      `snapshot hash ${snap.weightsHash.slice(0, 12)} is not the majority's ${t.weightsHash.slice(0, 12)}`,
-    );
+  // State only from agreement: exactly the certified (round, θ hash, snapshot hash), or this
+  // peer's own file at start-up.
+  const sh = snapshotHash(snap);
+  const exact = (x: SyncTarget | null) =>
+    x !== null && x.round === snap.round && x.weightsHash === snap.weightsHash && x.snapHash === sh;
+  // The target, or (the target moved on during a slow download) any other state certified now;
+  // a joiner's, whatever its target, only while its trusted peers still stand behind it.
+  const ok =
+    local ||
+    (s.roster.length > 0 && exact(t)) ||
+    certified(s, { round: snap.round, weightsHash: snap.weightsHash, snapHash: sh }) !== null;
+  if (!ok) {
+    if (!t) {
+      reject(c, 'uncertified', `snapshot of round ${snap.round} while no certified state is wanted`);
+      return;
+    }
+    if (snap.round < t.round) {
+      reject(c, 'stale-snapshot', `snapshot of round ${snap.round}, need round ${t.round}`);
+      return;
+    }
+    if (snap.round !== t.round) {
+      reject(c, 'uncertified', `snapshot of round ${snap.round}; the certified state is of round ${t.round}`);
+      return;
+    }
+    if (snap.weightsHash !== t.weightsHash) {
+      reject(
+        c,
+        'wrong-hash',
+        `snapshot hash ${snap.weightsHash.slice(0, 12)} is not the certified ${t.weightsHash.slice(0, 12)}`,
+      );
+      return;
+    }
+    if (sh !== t.snapHash) {
+      reject(c, 'wrong-hash', `snapshot roster/missed/base differ from the certified state of round ${t.round}`);
+      return;
+    }
+    reject(c, 'uncertified', `the state of round ${snap.round} is no longer certified`);
     return;
   }
   // Paxos acceptors must not forget promises/acceptances: keep them when re-entering the same round.
