@@ -1439,6 +1439,10 @@ test('future-round buffer: members only, within a byte budget and per-member cap
   assert.ok(t.s.futureBytes <= FUTURE_BYTES && t.s.futureBy.get('c')!.bytes <= FUTURE_MEMBER_BYTES);
   // Another member still has its own share.
   assert.deepEqual(t.msg({ type: 'promise', from: 'd', round: 1, attempt: 1, accepted: null }).rejected, []);
+  // A join is not buffered but counted now, even a round ahead (a joiner that synced late or early).
+  assert.deepEqual(t.msg({ type: 'join', from: 'e', round: 1 }).rejected, []);
+  assert.deepEqual(t.s.joins, ['e']);
+  t.expectReject({ type: 'join', from: 'f', round: 2 }, 'future-round');
 });
 
 test('round-1 messages arriving early are buffered and replayed when the round starts', () => {

@@ -48,6 +48,7 @@ import {
   snapshotOf,
   step,
   toWire,
+  wantsState,
   type Effect,
   type Message,
   type RoundEvent,
@@ -348,6 +349,7 @@ export class SwarmNode {
         return this.state.round === snap.round && this.state.weightsHash === snap.weightsHash;
       },
       accepts: (snap) => step(this.state, { type: 'synced', snapshot: snap }).rejected.length === 0,
+      wanted: (round, hash) => wantsState(this.state, round, hash),
       reportSynced: (snap, via) =>
         this.report('synced', snap.round, this.evaluate(), snap.roster.length, [], snap.weightsHash, via),
     });

@@ -42,6 +42,8 @@ export interface SyncDeps {
   installed: (snap: RoundSnapshot, local: boolean) => boolean;
   /** Whether the reducer would take this (peer-served) snapshot now: checked before its weights are installed. */
   accepts: (snap: RoundSnapshot) => boolean;
+  /** Whether the reducer takes a state of this round and θ hash (certified now): what is worth downloading. */
+  wanted: (round: number, weightsHash: string) => boolean;
   /** Report the installed state (the 'synced' round line). */
   reportSynced: (snap: RoundSnapshot, via: 'ipfs' | 'bulk' | 'local') => void;
   /** Whether the reducer still wants a state (phase syncing or unsynced). */
@@ -145,19 +147,15 @@ export class Sync {
     this.resyncing = true;
     try {
       this.d.stopTraining();
-      // Candidates: advertisements of exactly the certified state, from anyone (the hashes make
-      // a copy right), listed peers first; then newer states from the listed (certifying) peers
-      // only, in case the target moved on while we were downloading. The reducer installs only
-      // a certified state (accepts() asks it before anything is installed).
-      const exact = (a: SnapAd) => a.round === e.round && a.weightsHash === e.weightsHash;
+      // Candidates: advertisements of a state the reducer takes (the target, or a newer one
+      // certified since: a slow download must not leave us behind again), from anyone (the
+      // hashes make a copy right), newest first, listed peers first. accepts() asks the reducer
+      // again, with the snapshot hash, before anything is installed.
       const ads = [...this.ads.entries()]
-        .filter(([p, a]) => exact(a) || (e.round !== null && a.round > e.round && e.from.includes(p)))
-        .sort(
-          ([p, x], [q, y]) =>
-            Number(exact(y)) - Number(exact(x)) ||
-            Number(e.from.includes(q)) - Number(e.from.includes(p)) ||
-            y.round - x.round,
-        );
+        .filter(
+          ([, a]) => (a.round === e.round && a.weightsHash === e.weightsHash) || this.d.wanted(a.round, a.weightsHash),
+        )
+        .sort(([p, x], [q, y]) => y.round - x.round || Number(e.from.includes(q)) - Number(e.from.includes(p)));
       for (const [peer, ad] of ads.slice(0, RESYNC_CANDIDATES)) {
         try {
           const { b, via } = await this.load(peer, ad);

@@ -35,7 +35,7 @@ export const FUTURE_MEMBER_BYTES = 512 * 1024;
 /** Future-round messages buffered per member. */
 export const FUTURE_MEMBER_MSGS = 8;
 /** Later-round announces remembered per peer (certificate candidates). */
-export const CLAIMS_PER_PEER = 3;
+export const CLAIMS_PER_PEER = 6;
 
 /** A protocol-level misuse by the caller (bad init options, bad params). */
 export class RoundStateError extends TesseraError {
@@ -688,7 +688,7 @@ export function init(opts: InitOptions): StepResult {
     askAt: opts.now,
     answered: [],
   };
-  const c: Ctx = { s, effects: [], rejected: [], event: 'tick' };
+  const c: Ctx = { s, effects: [], rejected: [], event: 'tick', fresh: new WeakSet() };
   if (opts.genesis) {
     const roster = [...new Set(opts.genesis.roster)].sort(compareIds);
     if (roster.length === 0 || roster.length > MAX_ROSTER)
@@ -708,6 +708,50 @@ interface Ctx {
   effects: Effect[];
   rejected: Rejection[];
   event: RoundEvent['type'];
+  /** Containers copied in this step (ours to mutate); everything else may be shared with the input state. */
+  fresh: WeakSet<object>;
+}
+
+/** The state's containers that handlers mutate in place (copy-on-write via own()). */
+type Shared =
+  | 'updates'
+  | 'byPeer'
+  | 'joins'
+  | 'heard'
+  | 'ahead'
+  | 'future'
+  | 'futureBy'
+  | 'announces'
+  | 'claims'
+  | 'answered'
+  | 'repliedTo'
+  | 'proposed'
+  | 'votes'
+  | 'promises';
+
+/**
+ * Copy-on-write: step() copies the state shallowly, so its containers are the input's until a
+ * handler writes one. own() gives the writable container: the first write in a step copies it
+ * (one level: a Map's entries or an array's items are shared, and are never mutated in place,
+ * or are copied by mine() before they are). Only what an event touches is copied.
+ */
+function own<K extends Shared>(c: Ctx, k: K): RoundState[K] {
+  const s = c.s;
+  const v = s[k] as object;
+  if (!c.fresh.has(v)) {
+    const copy = (v instanceof Map ? new Map(v as Map<unknown, unknown>) : [...(v as unknown[])]) as RoundState[K];
+    s[k] = copy;
+    c.fresh.add(copy as object);
+  }
+  return s[k];
+}
+
+/** A writable copy of `x`, an entry of an owned container (copied once per step). */
+function mine<T extends object>(c: Ctx, x: T, copy: (x: T) => T): T {
+  if (c.fresh.has(x)) return x;
+  const y = copy(x);
+  c.fresh.add(y);
+  return y;
 }
 
 function reject(c: Ctx, reason: RejectReason, detail: string, from?: string): void {
@@ -720,8 +764,10 @@ export function step(state: RoundState, event: RoundEvent): StepResult {
     const now = Math.max(state.now, event.now);
     if (now < nextDeadline(state)) return { state: { ...state, now }, effects: [], rejected: [] };
   }
-  const s = structuredClone(state);
-  const c: Ctx = { s, effects: [], rejected: [], event: event.type };
+  // Copy-on-write (see own()): the input state is never mutated, and an event costs what it
+  // touches, not the size of the state (structuredClone here cost ~5 ms an event with a full buffer).
+  const s: RoundState = { ...state };
+  const c: Ctx = { s, effects: [], rejected: [], event: event.type, fresh: new WeakSet() };
   switch (event.type) {
     case 'tick':
       s.now = Math.max(s.now, event.now);
@@ -768,7 +814,7 @@ function advance(c: Ctx): void {
           const t = s.sync.target;
           if (t) c.effects.push({ type: 'resync', from: [...s.sync.from], round: t.round, weightsHash: t.weightsHash });
           else ask(c);
-          s.sync.retryAt = s.now + s.params.retryMs;
+          s.sync = { ...s.sync, retryAt: s.now + s.params.retryMs };
         }
         break;
       case 'waiting':
@@ -912,12 +958,12 @@ function startRound(c: Ctx, info: StartInfo, carry: Carry | null, voting = true)
   s.repliedTo = [];
   s.answered = [];
   s.sync = null;
-  for (const r of [...s.announces.keys()]) if (r < s.round - 1) s.announces.delete(r);
+  for (const r of [...s.announces.keys()]) if (r < s.round - 1) own(c, 'announces').delete(r);
   // Claims of states we reached are spent; those of non-members no longer count.
   for (const [peer, cl] of [...s.claims]) {
     const keep = has(s.roster, peer) ? cl.filter((x) => x.round > s.round + 1) : [];
-    if (keep.length === 0) s.claims.delete(peer);
-    else if (keep.length !== cl.length) s.claims.set(peer, keep);
+    if (keep.length === 0) own(c, 'claims').delete(peer);
+    else if (keep.length !== cl.length) own(c, 'claims').set(peer, keep);
   }
   if (s.member && s.training && s.byPeer.has(s.self)) {
     s.phase = 'collecting'; // re-entered a round whose update we already published
@@ -944,7 +990,7 @@ function startRound(c: Ctx, info: StartInfo, carry: Carry | null, voting = true)
   for (const m of fut) {
     const r = msgRound(m);
     if (r === s.round) {
-      if (has(s.roster, m.from)) insertSorted(s.heard, m.from);
+      if (has(s.roster, m.from)) hear(c, m.from);
       dispatch(c, m);
     } else if (r === s.round + 1) bufferFuture(c, m);
   }
@@ -978,9 +1024,15 @@ function handleMessage(c: Ctx, raw: Message): void {
     return;
   }
   const r = msgRound(m);
+  // A join asks to be admitted; its round only shows when the joiner synced. One that lags a
+  // round or two (its state download outlasted a round) or runs one ahead still counts now:
+  // else a joiner slower than the round never gets in.
+  if (m.type === 'join' && r !== s.round && r >= s.round - 2 && r <= s.round + 1) {
+    handleJoin(c, m);
+    return;
+  }
   // Any authenticated message from a member this round (or its announce of last round) shows it is alive.
-  if ((r === s.round || (r === s.round - 1 && m.type === 'announce')) && has(s.roster, m.from))
-    insertSorted(s.heard, m.from);
+  if ((r === s.round || (r === s.round - 1 && m.type === 'announce')) && has(s.roster, m.from)) hear(c, m.from);
   if (r === s.round) {
     dispatch(c, m);
     return;
@@ -990,7 +1042,7 @@ function handleMessage(c: Ctx, raw: Message): void {
     return;
   }
   const member = has(s.roster, m.from);
-  if (member) insertSorted(s.ahead, m.from);
+  if (member && !has(s.ahead, m.from)) insertSorted(own(c, 'ahead'), m.from);
   // A member's announce of a later round is its claim that the run reached that state: a
   // quorum of our roster behind one claim certifies it, and only then do we resync (to it).
   if (m.type === 'announce' && member) {
@@ -1034,9 +1086,9 @@ function bufferFuture(c: Ctx, m: Message): void {
     );
     return;
   }
-  s.future.push(m);
+  own(c, 'future').push(m);
   s.futureBytes += size;
-  s.futureBy.set(m.from, { n: mine.n + 1, bytes: mine.bytes + size });
+  own(c, 'futureBy').set(m.from, { n: mine.n + 1, bytes: mine.bytes + size });
 }
 
 /** Whose announces count as claims: members of our roster, or, with none yet, trusted peers. */
@@ -1060,7 +1112,7 @@ function addClaim(c: Ctx, m: Extract<Message, { type: 'announce' }>): void {
     return;
   }
   const next = [...list, cl].sort((a, b) => a.round - b.round).slice(-CLAIMS_PER_PEER);
-  s.claims.set(m.from, next);
+  own(c, 'claims').set(m.from, next);
   checkClaims(c);
 }
 
@@ -1097,6 +1149,21 @@ function certified(s: RoundState, only?: SyncTarget): { target: SyncTarget; by: 
   return best;
 }
 
+/**
+ * For drivers choosing what to download: whether a state of this round and θ hash is the
+ * target or certified now (the snapshot hash is checked on `synced`). Pure.
+ */
+export function wantsState(s: RoundState, round: number, weightsHash: string): boolean {
+  if (s.phase !== 'unsynced' && s.phase !== 'syncing') return false;
+  const t = s.sync?.target;
+  if (t && t.round === round && t.weightsHash === weightsHash && s.roster.length > 0) return true;
+  if (round < s.round) return false;
+  for (const list of s.claims.values())
+    for (const x of list)
+      if (x.round === round && x.weightsHash === weightsHash && certified(s, x) !== null) return true;
+  return false;
+}
+
 /** Resyncs to the newest certified state once one is newer than what we hold or aim at. */
 function checkClaims(c: Ctx): void {
   const s = c.s;
@@ -1124,7 +1191,7 @@ function handleAsk(c: Ctx, m: Extract<Message, { type: 'ask' }>): void {
     reject(c, 'buffer-full', 'too many asks this round', m.from);
     return;
   }
-  s.answered.push(m.from);
+  own(c, 'answered').push(m.from);
   c.effects.push({ type: 'send', to: m.from, msg: announceOf(s) });
 }
 
@@ -1162,7 +1229,7 @@ function handleOld(c: Ctx, m: Message, r: number): void {
     has(prev.roster, s.self) &&
     !prev.repliedTo.includes(m.from)
   ) {
-    prev.repliedTo.push(m.from);
+    s.prev = { ...prev, repliedTo: [...prev.repliedTo, m.from] };
     c.effects.push({
       type: 'send',
       to: m.from,
@@ -1231,8 +1298,8 @@ function handleUpdate(c: Ctx, m: UpdateMsg): void {
     k?.included.some((u) => u.updateHash === m.updateHash && u.peer === m.from) ?? false;
   if (listed(s.decision?.commit) || listed(s.pending)) {
     // Asked for (fetched): store even if we hold a different update from this author.
-    s.updates.set(m.updateHash, m);
-    if (!s.byPeer.has(m.from)) s.byPeer.set(m.from, m.updateHash);
+    own(c, 'updates').set(m.updateHash, m);
+    if (!s.byPeer.has(m.from)) own(c, 'byPeer').set(m.from, m.updateHash);
     if (s.phase === 'fetching' && missingUpdates(s).length === 0) startApply(c);
     else resumePending(c);
     return;
@@ -1245,8 +1312,8 @@ function handleUpdate(c: Ctx, m: UpdateMsg): void {
     reject(c, 'equivocation', `second, different update from ${m.from}`, m.from);
     return;
   }
-  s.updates.set(m.updateHash, m);
-  s.byPeer.set(m.from, m.updateHash);
+  own(c, 'updates').set(m.updateHash, m);
+  own(c, 'byPeer').set(m.from, m.updateHash);
 }
 
 function holdsAll(s: RoundState, k: Commit): boolean {
@@ -1354,12 +1421,14 @@ function addVote(c: Ctx, k: Commit, signer: string): boolean {
           lowAttempt = x.commit.attempt;
         }
       if (low === null || lowAttempt > k.attempt) return false;
-      s.votes.delete(low);
+      own(c, 'votes').delete(low);
     }
     v = { commit: k, signers: [] };
-    s.votes.set(h, v);
   }
-  if (!insertSorted(v.signers, signer)) return false;
+  if (has(v.signers, signer)) return false;
+  v = mine(c, v, (x) => ({ commit: x.commit, signers: [...x.signers] }));
+  insertSorted(v.signers, signer);
+  own(c, 'votes').set(h, v);
   if (!s.decision && isQuorum(s.roster, v.signers)) decide(c, k, h, [...v.signers]);
   return true;
 }
@@ -1398,7 +1467,7 @@ function handlePromise(c: Ctx, m: Extract<Message, { type: 'promise' }>): void {
   if (s.decision && s.member) {
     // Already decided: the sender missed it. Answer once instead of leading a new attempt.
     if (!s.repliedTo.includes(m.from)) {
-      s.repliedTo.push(m.from);
+      own(c, 'repliedTo').push(m.from);
       c.effects.push({
         type: 'send',
         to: m.from,
@@ -1419,16 +1488,14 @@ function handlePromise(c: Ctx, m: Extract<Message, { type: 'promise' }>): void {
     reject(c, 'stale-attempt', `promise for attempt ${m.attempt} < promised ${s.promised}`, m.from);
     return;
   }
-  let ps = s.promises.get(m.attempt);
-  if (!ps) {
-    ps = new Map();
-    s.promises.set(m.attempt, ps);
-  }
-  if (ps.has(m.from)) {
+  const old = s.promises.get(m.attempt);
+  if (old?.has(m.from)) {
     reject(c, 'duplicate', 'promise already counted', m.from);
     return;
   }
+  const ps = mine(c, old ?? new Map<string, Commit | null>(), (x) => new Map(x));
   ps.set(m.from, m.accepted);
+  own(c, 'promises').set(m.attempt, ps);
   tryLead(c, m.attempt);
 }
 
@@ -1482,7 +1549,7 @@ function ownValue(s: RoundState): { included: IncludedUpdate[]; joins: string[];
 
 function propose(c: Ctx, k: Commit): void {
   const s = c.s;
-  s.proposed.push(k.attempt);
+  own(c, 'proposed').push(k.attempt);
   c.effects.push({ type: 'broadcast', msg: { type: 'commit', from: s.self, commit: k } });
   acceptCommit(c, k, false);
 }
@@ -1504,7 +1571,7 @@ function enterAttempt(c: Ctx, a: number): void {
   s.attempt = a;
   s.promised = Math.max(s.promised, a);
   if (s.pending && s.pending.attempt < s.promised) s.pending = null;
-  for (const b of [...s.promises.keys()]) if (b < s.promised) s.promises.delete(b);
+  for (const b of [...s.promises.keys()]) if (b < s.promised) own(c, 'promises').delete(b);
   c.effects.push({
     type: 'broadcast',
     msg: { type: 'promise', from: s.self, round: s.round, attempt: a, accepted: s.accepted },
@@ -1611,12 +1678,8 @@ function handleAnnounce(c: Ctx, m: Extract<Message, { type: 'announce' }>, roste
     reject(c, 'not-member', `announce from non-member ${m.from}`, m.from);
     return;
   }
-  let map = s.announces.get(m.round);
-  if (!map) {
-    map = new Map();
-    s.announces.set(m.round, map);
-  }
-  const old = map.get(m.from);
+  const map = s.announces.get(m.round);
+  const old = map?.get(m.from);
   if (old) {
     reject(
       c,
@@ -1626,8 +1689,20 @@ function handleAnnounce(c: Ctx, m: Extract<Message, { type: 'announce' }>, roste
     );
     return;
   }
-  map.set(m.from, { weightsHash: m.weightsHash, valueHash: m.valueHash, snapHash: m.snapHash });
+  announced(c, m.round).set(m.from, { weightsHash: m.weightsHash, valueHash: m.valueHash, snapHash: m.snapHash });
   checkAnnouncements(c);
+}
+
+/** The writable announce map of round `r`. */
+function announced(c: Ctx, r: number): Map<string, { weightsHash: string; valueHash: string; snapHash: string }> {
+  const m = mine(c, c.s.announces.get(r) ?? new Map(), (x) => new Map(x));
+  own(c, 'announces').set(r, m);
+  return m;
+}
+
+/** Notes that a member was heard from this round. */
+function hear(c: Ctx, peer: string): void {
+  if (!has(c.s.heard, peer)) insertSorted(own(c, 'heard'), peer);
 }
 
 /** The (weights hash, snapshot hash) a strict majority of `roster` announced, with who did. */
@@ -1658,7 +1733,7 @@ function checkAnnouncements(c: Ctx): void {
   if (!prev || prev.resultHash === null || s.phase === 'syncing' || s.phase === 'unsynced') return;
   const maj = majorityHash(s.announces.get(prev.round), prev.roster);
   if (maj && (maj.hash !== prev.resultHash || maj.snapHash !== prev.snapHash)) {
-    prev.resultHash = null;
+    s.prev = { ...prev, resultHash: null };
     startResync(
       c,
       maj.peers.filter((p) => p !== s.self),
@@ -1682,7 +1757,7 @@ function handleJoin(c: Ctx, m: Extract<Message, { type: 'join' }>): void {
     reject(c, 'buffer-full', 'too many pending joins', m.from);
     return;
   }
-  s.joins.push(m.from);
+  own(c, 'joins').push(m.from);
 }
 
 // ───────────────────────────── driver events ─────────────────────────────
@@ -1716,8 +1791,8 @@ function handleTrained(c: Ctx, e: Extract<RoundEvent, { type: 'trained' }>): voi
     updateHash: e.updateHash,
     steps: e.steps,
   };
-  s.updates.set(e.updateHash, msg);
-  s.byPeer.set(s.self, e.updateHash);
+  own(c, 'updates').set(e.updateHash, msg);
+  own(c, 'byPeer').set(s.self, e.updateHash);
   c.effects.push({ type: 'broadcast', msg });
   if (s.params.overlap !== 'none') {
     // Next round builds on the weights held now (θ_round); its roster is not decided yet, so
@@ -1754,13 +1829,8 @@ function finishRound(c: Ctx, resultHash: string): void {
     ...(s.params.overlap === 'delayed' ? { trainBase: s.weightsHash } : {}),
   });
   s.prev = { round: s.round, roster: s.roster, decision: d, resultHash, snapHash, repliedTo: s.repliedTo };
-  let map = s.announces.get(s.round);
-  if (!map) {
-    map = new Map();
-    s.announces.set(s.round, map);
-  }
   if (s.member) {
-    map.set(s.self, { weightsHash: resultHash, valueHash: d.valueHash, snapHash });
+    announced(c, s.round).set(s.self, { weightsHash: resultHash, valueHash: d.valueHash, snapHash });
     c.effects.push({ type: 'broadcast', msg: announceOf(s) });
   }
   startRound(
