@@ -23,9 +23,13 @@ import {
   toWire,
   majority,
   nextDeadline,
+  snapshotHash,
   snapshotOf,
   step,
   valueHash,
+  FUTURE_BYTES,
+  FUTURE_MEMBER_BYTES,
+  FUTURE_MEMBER_MSGS,
   type AcceptorRecord,
   type Commit,
   type Decision,
@@ -35,6 +39,7 @@ import {
   type Rejection,
   type RoundEvent,
   type RoundParams,
+  type RoundSnapshot,
   type RoundState,
   type StepResult,
   type UpdateMsg,
@@ -83,6 +88,8 @@ interface SimPeer {
   /** Every update payload this peer ever held (peers keep recent payloads to serve fetches). */
   held: Set<string>;
   faultyApply: Set<number>;
+  /** round → the snapshot this peer started that round from (what it can serve, like the driver's recent states). */
+  snaps: Map<number, RoundSnapshot>;
 }
 
 interface Pending {
@@ -149,6 +156,7 @@ class Sim {
       results: new Map(),
       held: new Set(),
       faultyApply: new Set(),
+      snaps: new Map(),
     };
     this.peers.set(id, peer);
     this.absorb(peer, res);
@@ -165,10 +173,15 @@ class Sim {
     this.peer(id).alive = false;
   }
 
-  /** Feeds one event to a peer and processes what comes out. */
+  private fed = 0;
+  /** Feeds one event to a peer and processes what comes out; every 37th step checks that step() left its input alone. */
   feed(id: string, ev: RoundEvent): StepResult {
     const p = this.peer(id);
+    const check = ++this.fed % 37 === 0 && ev.type !== 'tick';
+    const before = check ? structuredClone(p.state) : null;
     const res = step(p.state, ev);
+    if (before && !isDeepStrictEqual(before, p.state))
+      this.violations.push(`step(${ev.type}) mutated ${p.id}'s input state`);
     this.absorb(p, res);
     return res;
   }
@@ -191,6 +204,8 @@ class Sim {
     p.rejected.push(...res.rejected);
     p.effects.push(...res.effects);
     const s = res.state;
+    const snap = snapshotOf(s);
+    if (snap && !p.snaps.has(snap.round)) p.snaps.set(snap.round, snap);
     if (s.decision) this.record(p, s.round, s.decision);
     if (s.prev) {
       this.record(p, s.prev.round, s.prev.decision);
@@ -252,8 +267,10 @@ class Sim {
         break;
       }
       case 'resync': {
-        const src = e.from.map((id) => this.peers.get(id)).find((q) => q && q.alive && snapshotOf(q.state));
-        if (src) this.schedule(p.id, { type: 'synced', snapshot: snapshotOf(src.state)! }, this.delay());
+        // Like the driver: a state of exactly the asked round and θ hash, from a live holder.
+        const held = (q: SimPeer | undefined) => (q && q.alive && e.round !== null ? q.snaps.get(e.round) : undefined);
+        const src = e.from.map((id) => this.peers.get(id)).find((q) => held(q)?.weightsHash === e.weightsHash);
+        if (src) this.schedule(p.id, { type: 'synced', snapshot: held(src)! }, this.delay());
         break;
       }
     }
@@ -442,7 +459,9 @@ test('init: genesis peers start training round 0; others start unsynced; step ne
   assert.deepEqual(train.shards, assignShards(roundSeed(RUN, 0), PEERS4, 8).get('a'));
   const u = init({ self: 'z', params: p, now: 0, bootstrap: ['a'] });
   assert.equal(u.state.phase, 'unsynced');
-  assert.deepEqual(u.effects, [{ type: 'resync', from: ['a'], round: null, weightsHash: null }]);
+  // It asks for certificates; it does not resync from its bootstrap peer blindly (was: resync from ['a'], no target).
+  assert.deepEqual(u.effects, [{ type: 'broadcast', msg: { type: 'ask', from: 'z', round: 0 } }]);
+  assert.deepEqual(u.state.trusted, ['a']);
   assert.throws(() => init({ self: '', params: p, now: 0 }));
   assert.throws(() => init({ self: 'a', params: { ...p, submitMs: 10 }, now: 0 }));
   // Purity: the input state is untouched, and equal inputs give equal outputs.
@@ -847,23 +866,34 @@ test('a member that restarts (state lost) resyncs, sits out voting in that round
 test('a restarted member with its persisted acceptor record restores its votes and keeps voting', () => {
   const sim = new Sim(params(), 13);
   for (const id of PEERS4) sim.add(id, { genesis: PEERS4 });
-  sim.runUntil(() => sim.peer('d').state.round === 2 && sim.peer('d').state.accepted !== null, 10_000);
+  // The first round in which d has voted while b and c have not decided yet (round 14 here).
+  sim.runUntil(
+    () =>
+      sim.peer('d').state.round >= 2 &&
+      sim.peer('d').state.accepted !== null &&
+      !sim.peer('b').state.decision &&
+      !sim.peer('c').state.decision,
+    10_000,
+  );
   const rec = acceptorRecord(sim.peer('d').state)!;
-  assert.equal(rec.round, 2);
-  assert.ok(rec.accepted, 'd has voted in round 2');
+  const r0 = rec.round;
+  assert.ok(r0 >= 2 && sim.peer('b').state.round === r0);
+  assert.ok(rec.accepted, `d has voted in round ${r0}`);
   sim.kill('d');
   sim.kill('a'); // the tie-breaker: now d's vote is needed for a quorum of 4
+  // Their last messages die with them (else d's accept in flight decides the round without it).
+  sim.queue = sim.queue.filter((x) => !(x.ev.type === 'message' && ['a', 'd'].includes(x.ev.msg.from)));
   const d = sim.add('d', { bootstrap: ['b'], acceptor: rec });
   sim.runUntil(() => d.state.phase !== 'unsynced', sim.now + 2000);
-  assert.equal(d.state.round, 2, 'b and c are stuck in round 2 without d');
+  assert.equal(d.state.round, r0, `b and c are stuck in round ${r0} without d`);
   assert.equal(d.state.voting, true);
   assert.deepEqual(d.state.accepted, rec.accepted, 'restored');
   assert.ok(d.state.promised >= rec.promised);
   sim.run(sim.now + 4000);
-  assert.ok(sim.peer('b').state.round >= 4, 'b, c and the restarted d make progress');
+  assert.ok(sim.peer('b').state.round >= r0 + 2, 'b, c and the restarted d make progress');
   assert.equal(d.state.weightsHash, sim.peer('b').state.weightsHash);
   assert.deepEqual(sim.violations, []);
-  // A record of a later round than the snapshot: no voting until that round.
+  // A record of a later round than the (own, local) snapshot: no voting until that round.
   const g = init({
     self: 'a',
     params: params(),
@@ -874,7 +904,9 @@ test('a restarted member with its persisted acceptor record restores its votes a
   const synced = step(g.state, {
     type: 'synced',
     snapshot: { round: 1, weightsHash: GENESIS, roster: PEERS4, missed: [0, 0, 0, 0] },
+    local: true,
   });
+  assert.equal(synced.state.round, 1);
   assert.equal(synced.state.voting, false);
   assert.throws(() => init({ self: 'a', params: params(), now: 0, acceptor: { round: -1 } as never }));
   assert.equal(d.state.weightsHash, sim.peer('b').state.weightsHash);
@@ -951,34 +983,66 @@ test('stale, replayed, forged and non-member messages are rejected with reasons 
     'self',
   );
   t.expectReject(t.upd('a'), 'duplicate'); // our own update, echoed back
+  // A member claiming a later round (was: 'syncing', resync from c alone, with no target).
   t.expectReject(t.upd('c', 'c-far', { round: 5 }), 'future-round');
-  assert.equal(S().phase, 'syncing', 'a member far ahead means this peer is behind');
-  assert.ok(t.out.effects.some((e) => e.type === 'resync' && e.from[0] === 'c'));
+  t.expectReject({ type: 'join', from: 'c', round: 15 }, 'future-round');
+  assert.notEqual(S().phase, 'syncing', 'one member claiming a later round moves nothing');
+  assert.ok(!t.out.effects.some((e) => e.type === 'resync'));
+  // A certificate does: b, c and d (a quorum of the roster) announce round 8's result.
+  const snapOf = (round: number, roster = PEERS4, h = sha256Hex(`w${round}`)): RoundSnapshot => ({
+    round,
+    weightsHash: h,
+    roster,
+    missed: roster.map(() => 0),
+  });
+  const snap = (round: number, roster = PEERS4, h = sha256Hex(`w${round}`)) =>
+    ({ type: 'synced', snapshot: snapOf(round, roster, h) }) as RoundEvent;
+  const s9 = snapOf(9);
+  for (const id of ['b', 'c', 'd']) {
+    assert.notEqual(S().phase, 'syncing', `no quorum before ${id}`);
+    t.msg(announceOf(id, s9));
+  }
+  assert.equal(S().phase, 'syncing');
+  assert.deepEqual(t.out.effects[t.out.effects.length - 1], {
+    type: 'resync',
+    from: ['b', 'c', 'd'],
+    round: 9,
+    weightsHash: s9.weightsHash,
+  });
   // While syncing, everything is refused.
   t.expectReject(t.upd('d'), 'not-synced');
-  // Snapshots: behind us or malformed are refused; a good one is installed.
-  const snap = (round: number, roster = PEERS4, h = sha256Hex(`w${round}`)) =>
-    ({ type: 'synced', snapshot: { round, weightsHash: h, roster, missed: roster.map(() => 0) } }) as RoundEvent;
-  const trains = () => t.out.effects.filter((e) => e.type === 'train').length;
-  const before = trains();
-  assert.equal(t.feed(snap(0, PEERS4, GENESIS)).rejected.length, 0, 'same round, same θ: fine');
-  assert.equal(S().phase, 'collecting', 'keeps its published update and what it collected');
-  assert.equal(S().byPeer.get('b'), sha256Hex('u-b-0'));
-  assert.equal(trains(), before, 'no retraining');
-  assert.equal(t.feed(snap(4)).rejected[0].reason, 'late', 'not syncing any more');
-  t.msg(t.upd('c', 'c-far2', { round: 9 }));
-  assert.equal(S().phase, 'syncing');
-  assert.equal(t.feed(snap(5, ['b', 'a'])).rejected[0].reason, 'malformed');
-  assert.equal(t.feed(snap(5, [])).rejected[0].reason, 'malformed');
+  // Snapshots: malformed, behind, not the certified one, or local while running are refused.
+  assert.equal(t.feed(snap(9, ['b', 'a'])).rejected[0].reason, 'malformed');
+  assert.equal(t.feed(snap(9, [])).rejected[0].reason, 'malformed');
+  assert.equal(t.feed(snap(5)).rejected[0].reason, 'stale-snapshot');
+  assert.equal(t.feed(snap(1000)).rejected[0].reason, 'uncertified', 'a higher round is no better');
+  assert.equal(t.feed(snap(9, PEERS4, sha256Hex('forged'))).rejected[0].reason, 'wrong-hash');
+  assert.equal(t.feed(snap(9, ['a', 'm1', 'm2'])).rejected[0].reason, 'wrong-hash', 'right θ, forged roster');
+  assert.equal(t.feed({ ...snap(9), local: true } as RoundEvent).rejected[0].reason, 'unexpected');
+  assert.equal(S().round, 0);
   assert.equal(t.feed(snap(9)).rejected.length, 0);
   assert.equal(S().round, 9);
   assert.equal(S().weightsHash, sha256Hex('w9'));
   assert.equal(S().phase, 'training');
   assert.ok(t.out.effects.some((e) => e.type === 'train' && e.round === 9 && e.baseHash === sha256Hex('w9')));
-  t.msg({ type: 'join', from: 'c', round: 15 });
-  assert.equal(S().phase, 'syncing');
-  assert.equal(t.feed(snap(3)).rejected[0].reason, 'stale-snapshot', 'never goes back in rounds');
+  assert.equal(t.feed(snap(9)).rejected[0].reason, 'late', 'not syncing any more');
+  // Never back in rounds, even when certified.
+  const s3 = snapOf(3);
+  for (const id of ['b', 'c', 'd']) t.msg(announceOf(id, s3));
+  assert.equal(S().phase, 'training', 'a certificate of an earlier state moves nothing');
 });
+
+/** The announce by which `from` attests that round snap.round starts from `snap`. */
+function announceOf(from: string, snap: RoundSnapshot, valueHash = sha256Hex('v')): Message {
+  return {
+    type: 'announce',
+    from,
+    round: snap.round - 1,
+    weightsHash: snap.weightsHash,
+    valueHash,
+    snapHash: snapshotHash(snap),
+  };
+}
 
 test('resync to a majority hash only accepts a snapshot with that hash', () => {
   const t = solo();
@@ -1005,16 +1069,17 @@ test('resync to a majority hash only accepts a snapshot with that hash', () => {
   t.feed({ type: 'applied', round: 0, weightsHash: sha256Hex('mine') });
   assert.equal(t.s.round, 1);
   const good = sha256Hex('theirs');
-  for (const id of ['b', 'c'])
-    t.msg({ type: 'announce', from: id, round: 0, weightsHash: good, valueHash: valueHash(k) });
+  const theirs: RoundSnapshot = { round: 1, weightsHash: good, roster: PEERS4, missed: [0, 0, 0, 0] };
+  for (const id of ['b', 'c']) t.msg(announceOf(id, theirs, valueHash(k)));
   assert.notEqual(t.s.phase, 'syncing', 'two of four is not a majority');
-  t.msg({ type: 'announce', from: 'd', round: 0, weightsHash: good, valueHash: valueHash(k) });
+  t.msg(announceOf('d', theirs, valueHash(k)));
   assert.equal(t.s.phase, 'syncing');
   const rs = t.out.effects.filter((e) => e.type === 'resync');
   assert.deepEqual(rs[rs.length - 1], { type: 'resync', from: ['b', 'c', 'd'], round: 1, weightsHash: good });
-  const snap = (h: string) =>
-    ({ type: 'synced', snapshot: { round: 1, weightsHash: h, roster: PEERS4, missed: [0, 0, 0, 0] } }) as RoundEvent;
+  const snap = (h: string, roster = PEERS4) =>
+    ({ type: 'synced', snapshot: { round: 1, weightsHash: h, roster, missed: roster.map(() => 0) } }) as RoundEvent;
   assert.equal(t.feed(snap(sha256Hex('mine'))).rejected[0].reason, 'wrong-hash');
+  assert.equal(t.feed(snap(good, ['a', 'b', 'c'])).rejected[0].reason, 'wrong-hash', 'the right θ, another roster');
   assert.equal(t.feed(snap(good)).rejected.length, 0);
   assert.equal(t.s.weightsHash, good);
   assert.equal(t.s.voting, true, 'a live peer that resyncs keeps voting');
@@ -1163,12 +1228,221 @@ test('announcements: duplicates and non-members are rejected; equivocating hashe
     round: 0,
     weightsHash: sha256Hex(h),
     valueHash: sha256Hex('v'),
+    snapHash: sha256Hex(`s${h}`),
   });
   t.msg(ann('b', 'x'));
   t.expectReject(ann('b', 'x'), 'duplicate');
   t.expectReject(ann('b', 'y'), 'equivocation');
   t.expectReject(ann('mallory', 'x'), 'not-member');
   t.expectReject({ type: 'join', from: 'e', round: 7 }, 'future-round');
+});
+
+// ───────────────────────── state only from agreement (issue 15) ─────────────────────────
+
+test('takeover: a member and an outsider claiming round r+1000 (and forged snapshots) move no honest peer', () => {
+  const sim = new Sim(params(), 21);
+  for (const id of PEERS4) sim.add(id, { genesis: PEERS4 });
+  sim.runUntil(() => sim.peer('a').state.round === 2, 10_000);
+  const r = sim.peer('a').state.round;
+  // d turns hostile and, with an outsider, claims a far-future round in every message kind,
+  // attesting a forged state (its weights, a roster of its own).
+  const forged: RoundSnapshot = {
+    round: r + 1000,
+    weightsHash: sha256Hex('attacker weights'),
+    roster: ['d', 'm1'],
+    missed: [0, 0],
+  };
+  const lies = (from: string): Message[] => [
+    announceOf(from, forged),
+    announceOf(from, { ...forged, round: r + 2 }),
+    {
+      type: 'update',
+      from,
+      round: r + 1000,
+      baseHash: forged.weightsHash,
+      updateHash: sha256Hex(`lie ${from}`),
+      steps: 10,
+    },
+    { type: 'join', from, round: r + 999 },
+    { type: 'promise', from, round: r + 1000, attempt: 1, accepted: null },
+  ];
+  for (let k = 0; k < 3; k++) {
+    for (const to of ['a', 'b', 'c']) {
+      for (const m of [...lies('d'), ...lies('mallory')]) sim.send(to, m);
+      // A forged state handed to the reducer as if the driver had fetched it.
+      sim.feed(to, { type: 'synced', snapshot: forged });
+    }
+    sim.run(sim.now + 1500);
+  }
+  sim.run(sim.now + 3000);
+  for (const id of ['a', 'b', 'c']) {
+    const p = sim.peer(id);
+    assert.ok(!p.effects.some((e) => e.type === 'resync'), `${id} resynced`);
+    assert.ok(p.state.round >= r + 3 && p.state.round < r + 100, `${id} at round ${p.state.round}`);
+    assert.ok(!p.state.roster.includes('m1'));
+    const mine = p.rejected.filter((x) => x.from === 'mallory' || x.from === 'd').map((x) => x.reason);
+    assert.ok(mine.includes('future-round'));
+    assert.ok(p.rejected.some((x) => x.event === 'synced' && x.reason === 'late'));
+  }
+  for (let q = 0; q < sim.peer('a').state.round; q++)
+    assert.equal(new Set(['a', 'b', 'c'].map((id) => sim.peer(id).results.get(q))).size, 1, `round ${q} differs`);
+  assert.deepEqual(sim.violations, []);
+});
+
+test('a slow peer whose roster moved on without it catches up on their certificate (a quorum of its roster)', () => {
+  const sim = new Sim(params(), 22);
+  for (const id of PEERS4) sim.add(id, { genesis: PEERS4 });
+  sim.runUntil(() => sim.peer('d').state.round === 2, 10_000);
+  const d = sim.peer('d');
+  d.alive = false; // cut off: it hears nothing and says nothing, and keeps its state
+  sim.run(sim.now + 5000);
+  const away = d.state.round;
+  assert.ok(sim.peer('a').state.round >= away + 2, 'the others went on');
+  d.alive = true;
+  sim.runUntil(() => d.state.round > sim.peer('a').state.round - 1 && d.state.phase !== 'syncing', sim.now + 6000);
+  const rs = d.effects.filter((e) => e.type === 'resync');
+  assert.ok(rs.length > 0, 'd resynced');
+  for (const e of rs) {
+    assert.ok(e.type === 'resync' && e.round !== null && e.weightsHash !== null, 'always to a certified target');
+    assert.equal(e.weightsHash, sim.peer('a').snaps.get(e.round!)?.weightsHash, 'the state the others hold');
+  }
+  sim.run(sim.now + 3000);
+  assert.equal(d.state.weightsHash, sim.peer('a').state.weightsHash);
+  assert.deepEqual(sim.violations, []);
+});
+
+test('a joiner trusts only its bootstrap list: fresh identities give it nothing; a trusted peer certifies', () => {
+  const p = params();
+  const start = (bootstrap: string[]) => {
+    let s = init({ self: 'j', params: p, now: 0, bootstrap }).state;
+    const effects: Effect[] = [];
+    const feed = (ev: RoundEvent): StepResult => {
+      const r = step(s, ev);
+      s = r.state;
+      effects.push(...r.effects);
+      return r;
+    };
+    return {
+      feed,
+      effects,
+      get s() {
+        return s;
+      },
+    };
+  };
+  const j = start(['b']);
+  const sybils = ['m1', 'm2', 'm3', 'm4', 'm5'];
+  const forged: RoundSnapshot = { round: 50, weightsHash: sha256Hex('evil'), roster: sybils, missed: [0, 0, 0, 0, 0] };
+  for (const m of sybils) {
+    const r = j.feed({ type: 'message', msg: announceOf(m, forged) });
+    assert.deepEqual(
+      r.rejected.map((x) => x.reason),
+      ['not-synced'],
+    );
+  }
+  // Any other message from anyone makes no source either (was: every sender joined sync.from).
+  j.feed({ type: 'message', msg: { type: 'join', from: 'm1', round: 50 } });
+  assert.deepEqual(j.s.sync?.from, []);
+  assert.equal(j.s.sync?.target, null);
+  assert.ok(!j.effects.some((e) => e.type === 'resync'));
+  // A snapshot with no target (the attacker served it unasked) is refused.
+  assert.equal(j.feed({ type: 'synced', snapshot: forged }).rejected[0].reason, 'uncertified');
+  // Its trusted peer attests the real state: that, exactly, becomes the target.
+  const real: RoundSnapshot = { round: 7, weightsHash: sha256Hex('w7'), roster: PEERS4, missed: [0, 0, 0, 0] };
+  const r = j.feed({ type: 'message', msg: announceOf('b', real) });
+  assert.deepEqual(r.effects, [{ type: 'resync', from: ['b'], round: 7, weightsHash: real.weightsHash }]);
+  const synced = (sn: RoundSnapshot) => j.feed({ type: 'synced', snapshot: sn }).rejected.map((x) => x.reason);
+  assert.deepEqual(synced({ ...real, weightsHash: sha256Hex('evil') }), ['wrong-hash'], 'right round, wrong hash');
+  assert.deepEqual(synced({ ...real, roster: ['b', 'm1'], missed: [0, 0] }), ['wrong-hash'], 'forged roster');
+  assert.deepEqual(synced(forged), ['uncertified']);
+  assert.deepEqual(synced(real), []);
+  assert.equal(j.s.round, 7);
+  assert.ok(
+    j.effects.some((e) => e.type === 'broadcast' && e.msg.type === 'join'),
+    'then asks to join',
+  );
+  // Two trusted peers that contradict each other certify nothing (a hostile entry stalls, never misleads).
+  const k = start(['b', 'h']);
+  k.feed({ type: 'message', msg: announceOf('h', { ...real, weightsHash: sha256Hex('evil') }) });
+  assert.equal(k.s.sync?.target?.weightsHash, sha256Hex('evil'), 'a lone trusted claim is followed');
+  const l = start(['b', 'h']);
+  l.feed({ type: 'message', msg: announceOf('h', { ...real, weightsHash: sha256Hex('evil') }) });
+  l.feed({ type: 'message', msg: announceOf('b', real) });
+  assert.equal(l.s.sync?.target, null, 'contradicted: no target');
+  assert.equal(l.feed({ type: 'synced', snapshot: real }).rejected[0].reason, 'uncertified');
+  // Its own snapshot file at start-up needs no certificate (sync.ts restoreLocal).
+  const own = start([]);
+  assert.deepEqual(own.effects, [], 'no one to ask');
+  assert.deepEqual(own.feed({ type: 'synced', snapshot: real, local: true }).rejected, []);
+  assert.equal(own.s.round, 7);
+});
+
+test('members answer ask with their latest announce, once per asker and round', () => {
+  const sim = new Sim(params(), 23);
+  for (const id of PEERS4) sim.add(id, { genesis: PEERS4 });
+  sim.runUntil(() => sim.peer('a').state.round === 2 && sim.peer('a').state.phase === 'training', 10_000);
+  const ask: Message = { type: 'ask', from: 'j', round: 0 };
+  const r1 = sim.feed('a', { type: 'message', msg: ask });
+  const prev = sim.peer('a').state.prev!;
+  assert.deepEqual(r1.effects, [
+    {
+      type: 'send',
+      to: 'j',
+      msg: {
+        type: 'announce',
+        from: 'a',
+        round: prev.round,
+        weightsHash: prev.resultHash!,
+        valueHash: prev.decision.valueHash,
+        snapHash: snapshotHash(snapshotOf(sim.peer('a').state)!),
+      },
+    },
+  ]);
+  assert.deepEqual(sim.feed('a', { type: 'message', msg: ask }).effects, [], 'answered once');
+});
+
+test('future-round buffer: members only, within a byte budget and per-member caps', () => {
+  const t = solo();
+  const before = t.s.future.length;
+  t.expectReject(
+    { type: 'update', from: 'mallory', round: 1, baseHash: GENESIS, updateHash: sha256Hex('m'), steps: 10 },
+    'not-member',
+  );
+  t.expectReject({ type: 'promise', from: 'mallory', round: 1, attempt: 1, accepted: null }, 'not-member');
+  assert.equal(t.s.future.length, before, 'an outsider buffers nothing');
+  for (let i = 0; i < FUTURE_MEMBER_MSGS; i++)
+    assert.deepEqual(t.msg({ type: 'promise', from: 'b', round: 1, attempt: i + 1, accepted: null }).rejected, []);
+  t.expectReject({ type: 'promise', from: 'b', round: 1, attempt: 99, accepted: null }, 'buffer-full');
+  assert.equal(t.s.future.length, FUTURE_MEMBER_MSGS);
+  // Bytes: big commits (1024 listed updates, ~130 KB of JSON each) from one member.
+  const big = (attempt: number): Message => ({
+    type: 'commit',
+    from: 'c',
+    commit: {
+      round: 1,
+      attempt,
+      leader: 'c',
+      included: Array.from({ length: 1024 }, (_, i) => ({
+        peer: `p${String(i).padStart(4, '0')}`,
+        updateHash: sha256Hex(`u${i}`),
+        tokens: 40,
+      })),
+      joins: [],
+      live: [],
+    },
+  });
+  const size = JSON.stringify(big(0)).length;
+  const fits = Math.floor(FUTURE_MEMBER_BYTES / size);
+  assert.ok(fits >= 1 && fits < FUTURE_MEMBER_MSGS, `${size} B each`);
+  for (let i = 0; i < fits; i++) assert.deepEqual(t.msg(big(i)).rejected, []);
+  t.expectReject(big(fits), 'buffer-full');
+  assert.ok(t.s.futureBytes <= FUTURE_BYTES && t.s.futureBy.get('c')!.bytes <= FUTURE_MEMBER_BYTES);
+  // Another member still has its own share.
+  assert.deepEqual(t.msg({ type: 'promise', from: 'd', round: 1, attempt: 1, accepted: null }).rejected, []);
+  // A join is not buffered but counted now, even a round ahead (a joiner that synced late or early).
+  assert.deepEqual(t.msg({ type: 'join', from: 'e', round: 1 }).rejected, []);
+  assert.deepEqual(t.s.joins, ['e']);
+  t.expectReject({ type: 'join', from: 'f', round: 2 }, 'future-round');
 });
 
 test('round-1 messages arriving early are buffered and replayed when the round starts', () => {
@@ -1320,10 +1594,15 @@ test('randomized: delays, drops, replays, crashes, restarts, slow peers and a jo
         if (restartAt[i] <= t && !restarted.has(v)) {
           restarted.add(v);
           const rec = acceptorRecord(sim.peer(v).state) ?? undefined; // what its driver persisted
-          sim.add(v, { bootstrap: [P5[rng.nextInt(P5.length)]], acceptor: rec, speed: sim.peer(v).speed });
+          // Its bootstrap list is the founders (what bootChoice passes a restarted genesis peer).
+          sim.add(v, { bootstrap: P5, acceptor: rec, speed: sim.peer(v).speed });
         }
       });
-      if (t >= joinAt && !sim.peers.has('j1')) sim.add('j1', { bootstrap: [P5[rng.nextInt(P5.length)]] });
+      if (t >= joinAt && !sim.peers.has('j1')) {
+        // Pointed at a running founder (a joiner trusts only its bootstrap list: a dead one never certifies).
+        const up = P5.filter((id) => sim.peer(id).alive);
+        sim.add('j1', { bootstrap: [up[rng.nextInt(up.length)]] });
+      }
     }
     assert.deepEqual(sim.violations, [], `seed ${seed}: agreement violated`);
     // Same round ⇒ same weights, for everyone who applied it.
@@ -1396,8 +1675,16 @@ test('wire form: every message round-trips through (kind, signer, body); bad bod
     { type: 'promise', from: 'c', round: 2, attempt: 3, accepted: k },
     { type: 'promise', from: 'c', round: 2, attempt: 1, accepted: null },
     { type: 'decided', from: 'b', commit: k, signers: ['a', 'b', 'c'] },
-    { type: 'announce', from: 'd', round: 1, weightsHash: sha256Hex('w'), valueHash: sha256Hex('v') },
+    {
+      type: 'announce',
+      from: 'd',
+      round: 1,
+      weightsHash: sha256Hex('w'),
+      valueHash: sha256Hex('v'),
+      snapHash: sha256Hex('s'),
+    },
     { type: 'join', from: 'e', round: 2 },
+    { type: 'ask', from: 'e', round: 0 },
   ];
   for (const m of msgs) {
     assert.ok(MessageSchema.safeParse(m).success);

@@ -56,6 +56,7 @@ import {
   snapshotOf,
   step,
   toWire,
+  wantsState,
   type Effect,
   type Message,
   type RoundEvent,
@@ -371,10 +372,12 @@ export class SwarmNode {
       publishAd: (ad) => this.send('node.snap', ad),
       stopTraining: () => this.training.stop(),
       wantsState: () => this.state.phase === 'syncing' || this.state.phase === 'unsynced',
-      installed: (snap) => {
-        this.dispatch({ type: 'synced', snapshot: snap });
+      installed: (snap, local) => {
+        this.dispatch({ type: 'synced', snapshot: snap, ...(local ? { local: true } : {}) });
         return this.state.round === snap.round && this.state.weightsHash === snap.weightsHash;
       },
+      accepts: (snap) => step(this.state, { type: 'synced', snapshot: snap }).rejected.length === 0,
+      wanted: (round, hash) => wantsState(this.state, round, hash),
       reportSynced: (snap, via) =>
         this.report('synced', snap.round, this.evaluate(), snap.roster.length, [], snap.weightsHash, via),
     });

@@ -37,8 +37,15 @@ export interface SyncDeps {
   /** The local snapshot file. */
   snapPath: string;
   publishAd: (ad: SnapAd) => void;
-  /** A verified state was installed: hand its snapshot to the reducer; true if the reducer is now at it. */
-  installed: (snap: RoundSnapshot) => boolean;
+  /**
+   * A verified state was installed: hand its snapshot to the reducer (`local`: this peer's own
+   * file at start-up, which needs no certificate); true if the reducer is now at it.
+   */
+  installed: (snap: RoundSnapshot, local: boolean) => boolean;
+  /** Whether the reducer would take this (peer-served) snapshot now: checked before its weights are installed. */
+  accepts: (snap: RoundSnapshot) => boolean;
+  /** Whether the reducer takes a state of this round and θ hash (certified now): what is worth downloading. */
+  wanted: (round: number, weightsHash: string) => boolean;
   /** Report the installed state (the 'synced' round line). */
   reportSynced: (snap: RoundSnapshot, via: 'ipfs' | 'bulk' | 'local') => void;
   /** Whether the reducer still wants a state (phase syncing or unsynced). */
@@ -112,7 +119,7 @@ export class Sync {
       if (weightsHash(b.theta) !== b.snap.weightsHash)
         throw new InvalidInputError('weights do not match the snapshot hash');
       this.d.weights.install(b.theta, b.momentum, b.snap.weightsHash);
-      if (this.d.installed(b.snap)) {
+      if (this.d.installed(b.snap, true)) {
         this.d.log(`resumed at round ${b.snap.round} from ${path}`);
         this.d.reportSynced(b.snap, 'local');
       }
@@ -157,23 +164,28 @@ export class Sync {
     this.resyncing = true;
     try {
       this.d.stopTraining();
-      // Candidates: advertisements from the listed peers (then from anyone), newest first.
+      // Candidates: advertisements of a state the reducer takes (the target, or a newer one
+      // certified since: a slow download must not leave us behind again), from anyone (the
+      // hashes make a copy right), newest first, listed peers first. accepts() asks the reducer
+      // again, with the snapshot hash, before anything is installed.
       const ads = [...this.ads.entries()]
         .filter(
-          ([, a]) =>
-            (e.round === null || a.round >= e.round) &&
-            (e.weightsHash === null || e.round === null || a.round !== e.round || a.weightsHash === e.weightsHash),
+          ([, a]) => (a.round === e.round && a.weightsHash === e.weightsHash) || this.d.wanted(a.round, a.weightsHash),
         )
-        .sort((x, y) => Number(e.from.includes(y[0])) - Number(e.from.includes(x[0])) || y[1].round - x[1].round);
+        .sort(([p, x], [q, y]) => y.round - x.round || Number(e.from.includes(q)) - Number(e.from.includes(p)));
       for (const [peer, ad] of ads.slice(0, RESYNC_CANDIDATES)) {
         try {
           const { b, via } = await this.load(peer, ad);
           if (weightsHash(b.theta) !== b.snap.weightsHash)
             throw new InvalidInputError('snapshot weights do not match its hash');
+          if (b.snap.round !== ad.round || b.snap.weightsHash !== ad.weightsHash)
+            throw new InvalidInputError(`served round ${b.snap.round}, not the advertised state`);
+          if (!this.d.accepts(b.snap))
+            throw new InvalidInputError(`round ${b.snap.round} is not a certified state; not installed`);
           if (this.d.stopped() || !this.d.wantsState()) return;
           // Decoded payloads stay: a resync into the same round keeps the reducer's held updates, whose Δ apply needs.
           this.d.weights.install(b.theta, b.momentum, b.snap.weightsHash);
-          if (this.d.installed(b.snap)) this.d.reportSynced(b.snap, via);
+          if (this.d.installed(b.snap, false)) this.d.reportSynced(b.snap, via);
           return;
         } catch (err) {
           this.d.log(`resync from ${peer.slice(-8)} failed: ${(err as Error).message}`);

@@ -29,6 +29,13 @@ export const MAX_ROSTER = 1024;
 export const MAX_JOINS_PER_ROUND = 16;
 /** Join requests a member remembers per round. */
 export const MAX_PENDING_JOINS = 64;
+/** Byte budget of the future-round buffer (estimated from JSON), in total and per member. */
+export const FUTURE_BYTES = 4 * 1024 * 1024;
+export const FUTURE_MEMBER_BYTES = 512 * 1024;
+/** Future-round messages buffered per member. */
+export const FUTURE_MEMBER_MSGS = 8;
+/** Later-round announces remembered per peer (certificate candidates). */
+export const CLAIMS_PER_PEER = 6;
 
 /** A protocol-level misuse by the caller (bad init options, bad params). */
 export class RoundStateError extends TesseraError {
@@ -98,10 +105,19 @@ export const RoundBodySchemas = {
     .strict(),
   /** A commit that a majority of the roster accepted; `signers` are the acceptors. */
   'round.decided': z.object({ commit: CommitSchema, signers: z.array(PeerIdSchema).max(MAX_ROSTER) }).strict(),
-  /** Post-apply weights hash of round `round` (i.e. θ of round+1). */
-  'round.announce': z.object({ round: RoundSchema, weightsHash: HashSchema, valueHash: HashSchema }).strict(),
+  /**
+   * Post-apply weights hash of round `round` (i.e. θ of round+1), and `snapHash`, the
+   * snapshotHash() of the whole state round+1 starts from (θ hash, roster, missed, base): an
+   * announce is its signer's attestation of that state, and a quorum of them is the certificate
+   * a lagging or joining peer needs before it installs anything (docs/ROUNDS.md).
+   */
+  'round.announce': z
+    .object({ round: RoundSchema, weightsHash: HashSchema, valueHash: HashSchema, snapHash: HashSchema })
+    .strict(),
   /** A synced non-member asks to be admitted. */
   'round.join': z.object({ round: RoundSchema }).strict(),
+  /** A peer that needs a certificate (unsynced, or behind) asks members to resend their latest announce. */
+  'round.ask': z.object({ round: RoundSchema }).strict(),
 } as const;
 
 const head = <T extends string>(t: T) => ({ type: z.literal(t), from: PeerIdSchema });
@@ -113,6 +129,7 @@ export const MessageSchema = z.discriminatedUnion('type', [
   RoundBodySchemas['round.decided'].extend(head('decided')),
   RoundBodySchemas['round.announce'].extend(head('announce')),
   RoundBodySchemas['round.join'].extend(head('join')),
+  RoundBodySchemas['round.ask'].extend(head('ask')),
 ]);
 export type Message = z.infer<typeof MessageSchema>;
 export type UpdateMsg = Extract<Message, { type: 'update' }>;
@@ -148,6 +165,18 @@ export const SnapshotSchema = z
     message: 'roster must be sorted and unique',
   });
 export type RoundSnapshot = z.infer<typeof SnapshotSchema>;
+
+/** Identity of a round-start state: what an announce attests and what a resync must install exactly. */
+export function snapshotHash(s: RoundSnapshot): string {
+  return canonicalHash({
+    domain: 'tessera/snapshot/v1',
+    round: s.round,
+    weightsHash: s.weightsHash,
+    roster: s.roster,
+    missed: s.missed,
+    trainBase: s.trainBase ?? null,
+  });
+}
 
 // ───────────────────────────── params ─────────────────────────────
 
@@ -213,8 +242,12 @@ export type RoundEvent =
   | { type: 'trained'; round: number; updateHash: string; steps: number }
   /** The driver applied the decided set; weightsHash is θ of round+1. */
   | { type: 'applied'; round: number; weightsHash: string }
-  /** The driver installed weights + momentum from a peer for this snapshot. */
-  | { type: 'synced'; snapshot: RoundSnapshot }
+  /**
+   * The driver installed weights + momentum from a peer for this snapshot. `local`: it is this
+   * peer's own snapshot file, restored at start-up (trusted: needs no certificate; only while
+   * unsynced).
+   */
+  | { type: 'synced'; snapshot: RoundSnapshot; local?: boolean }
   /**
    * Selection by score (issue 6): members whose updates this peer leaves out of the sets it
    * proposes as leader (the run's validators flagged them). They still count as heard. Agreement
@@ -239,7 +272,12 @@ export type Effect =
   | { type: 'fetch'; round: number; updates: { peer: string; updateHash: string }[]; from: string[] }
   /** Apply exactly `included` (sorted by peer) to θ (hash baseHash) with applyCommitted(); report `applied`. Never emitted for an empty set. */
   | { type: 'apply'; round: number; baseHash: string; valueHash: string; included: IncludedUpdate[] }
-  /** Fetch weights + momentum + snapshotOf() from one of `from`; if round/weightsHash are given the snapshot must match them. Report `synced`. */
+  /**
+   * Fetch weights + momentum + snapshotOf() of exactly this round and weights hash (a certified
+   * state; the reducer also checks its snapshotHash) from one of `from`, or from any holder:
+   * the hashes, not the source, make it right. Report `synced`. round and weightsHash are never
+   * null now (kept nullable for drivers).
+   */
   | { type: 'resync'; from: string[]; round: number | null; weightsHash: string | null };
 
 export type RejectReason =
@@ -262,7 +300,9 @@ export type RejectReason =
   | 'buffer-full'
   | 'unexpected'
   | 'stale-snapshot'
-  | 'wrong-hash';
+  | 'wrong-hash'
+  /** A snapshot no certificate (quorum of announces) stands behind, or one without a target. */
+  | 'uncertified';
 
 export interface Rejection {
   reason: RejectReason;
@@ -297,7 +337,23 @@ interface PrevRound {
   decision: Decision;
   /** Our post-apply hash; null once a resync replaced it. */
   resultHash: string | null;
+  /** snapshotHash() of the state round+1 started from (what our announce attested). */
+  snapHash: string;
   repliedTo: string[];
+}
+
+/** A member's attestation (its announce of round−1) that round `round` starts from this state. */
+export interface Claim {
+  round: number;
+  weightsHash: string;
+  snapHash: string;
+}
+
+/** A state to resync to, with the certificate that stands behind it. */
+export interface SyncTarget {
+  round: number;
+  weightsHash: string;
+  snapHash: string;
 }
 
 export interface RoundState {
@@ -366,12 +422,30 @@ export interface RoundState {
   decision: Decision | null;
   fetchDeadline: number;
   repliedTo: string[];
-  /** Messages for round+1, replayed when it starts. */
+  /** Messages for round+1 from members, replayed when it starts (byte budget: FUTURE_BYTES). */
   future: Message[];
+  /** Estimated bytes of `future`, total and per sender (count, bytes). */
+  futureBytes: number;
+  futureBy: Map<string, { n: number; bytes: number }>;
   /** round → member → announced post-apply hash. Kept for round-1 and round. */
-  announces: Map<number, Map<string, { weightsHash: string; valueHash: string }>>;
+  announces: Map<number, Map<string, { weightsHash: string; valueHash: string; snapHash: string }>>;
   prev: PrevRound | null;
-  sync: { target: { round: number; weightsHash: string } | null; from: string[]; retryAt: number } | null;
+  sync: { target: SyncTarget | null; from: string[]; retryAt: number } | null;
+  /**
+   * Sorted: the peers this process was told to trust when it started unsynced (its bootstrap
+   * list). Only their announces can certify a state to a peer that holds no roster yet.
+   */
+  trusted: string[];
+  /**
+   * Announces of later rounds (a member's claim that the run reached a state), newest last,
+   * at most CLAIMS_PER_PEER per peer: from members of our roster, or, with no roster yet, from
+   * trusted peers. A quorum of the roster (or a trusted peer) behind one claim is a certificate.
+   */
+  claims: Map<string, Claim[]>;
+  /** Local time after which this peer may broadcast `ask` again. */
+  askAt: number;
+  /** Peers this member re-sent its announce to (`ask`) this round. */
+  answered: string[];
 }
 
 // ───────────────────────────── pure helpers ─────────────────────────────
@@ -476,7 +550,8 @@ export function nextDeadline(s: RoundState): number {
   switch (s.phase) {
     case 'unsynced':
     case 'syncing':
-      return s.sync && s.sync.from.length > 0 ? s.sync.retryAt : Infinity;
+      // With a target: retry the resync; without one: ask for announces (if anyone could certify).
+      return s.sync && (s.sync.target || s.trusted.length > 0 || s.roster.length > 0) ? s.sync.retryAt : Infinity;
     case 'waiting':
     case 'training':
     case 'collecting':
@@ -504,7 +579,10 @@ export interface InitOptions {
   now: number;
   /** Start at round 0 (genesis weights) with this roster; otherwise start unsynced. */
   genesis?: { roster: readonly string[] };
-  /** Unsynced start: peers to resync from right away. */
+  /**
+   * Unsynced start: the peers this one trusts (its bootstrap list, given by the user). It asks
+   * for their announces and installs only a state one of them attests (docs/ROUNDS.md).
+   */
   bootstrap?: readonly string[];
   /**
    * Restart after a crash: the last acceptorRecord() the driver persisted. Paxos acceptors must
@@ -597,15 +675,20 @@ export function init(opts: InitOptions): StepResult {
     fetchDeadline: Infinity,
     repliedTo: [],
     future: [],
+    futureBytes: 0,
+    futureBy: new Map(),
     announces: new Map(),
     prev: null,
-    sync: {
-      target: null,
-      from: [...new Set(opts.bootstrap ?? [])].filter((p) => p !== opts.self).slice(0, 8),
-      retryAt: opts.now,
-    },
+    sync: { target: null, from: [], retryAt: opts.now },
+    trusted: [...new Set(opts.bootstrap ?? [])]
+      .filter((p) => p !== opts.self && PeerIdSchema.safeParse(p).success)
+      .sort(compareIds)
+      .slice(0, MAX_ROSTER),
+    claims: new Map(),
+    askAt: opts.now,
+    answered: [],
   };
-  const c: Ctx = { s, effects: [], rejected: [], event: 'tick' };
+  const c: Ctx = { s, effects: [], rejected: [], event: 'tick', fresh: new WeakSet() };
   if (opts.genesis) {
     const roster = [...new Set(opts.genesis.roster)].sort(compareIds);
     if (roster.length === 0 || roster.length > MAX_ROSTER)
@@ -625,6 +708,50 @@ interface Ctx {
   effects: Effect[];
   rejected: Rejection[];
   event: RoundEvent['type'];
+  /** Containers copied in this step (ours to mutate); everything else may be shared with the input state. */
+  fresh: WeakSet<object>;
+}
+
+/** The state's containers that handlers mutate in place (copy-on-write via own()). */
+type Shared =
+  | 'updates'
+  | 'byPeer'
+  | 'joins'
+  | 'heard'
+  | 'ahead'
+  | 'future'
+  | 'futureBy'
+  | 'announces'
+  | 'claims'
+  | 'answered'
+  | 'repliedTo'
+  | 'proposed'
+  | 'votes'
+  | 'promises';
+
+/**
+ * Copy-on-write: step() copies the state shallowly, so its containers are the input's until a
+ * handler writes one. own() gives the writable container: the first write in a step copies it
+ * (one level: a Map's entries or an array's items are shared, and are never mutated in place,
+ * or are copied by mine() before they are). Only what an event touches is copied.
+ */
+function own<K extends Shared>(c: Ctx, k: K): RoundState[K] {
+  const s = c.s;
+  const v = s[k] as object;
+  if (!c.fresh.has(v)) {
+    const copy = (v instanceof Map ? new Map(v as Map<unknown, unknown>) : [...(v as unknown[])]) as RoundState[K];
+    s[k] = copy;
+    c.fresh.add(copy as object);
+  }
+  return s[k];
+}
+
+/** A writable copy of `x`, an entry of an owned container (copied once per step). */
+function mine<T extends object>(c: Ctx, x: T, copy: (x: T) => T): T {
+  if (c.fresh.has(x)) return x;
+  const y = copy(x);
+  c.fresh.add(y);
+  return y;
 }
 
 function reject(c: Ctx, reason: RejectReason, detail: string, from?: string): void {
@@ -637,8 +764,10 @@ export function step(state: RoundState, event: RoundEvent): StepResult {
     const now = Math.max(state.now, event.now);
     if (now < nextDeadline(state)) return { state: { ...state, now }, effects: [], rejected: [] };
   }
-  const s = structuredClone(state);
-  const c: Ctx = { s, effects: [], rejected: [], event: event.type };
+  // Copy-on-write (see own()): the input state is never mutated, and an event costs what it
+  // touches, not the size of the state (structuredClone here cost ~5 ms an event with a full buffer).
+  const s: RoundState = { ...state };
+  const c: Ctx = { s, effects: [], rejected: [], event: event.type, fresh: new WeakSet() };
   switch (event.type) {
     case 'tick':
       s.now = Math.max(s.now, event.now);
@@ -653,7 +782,7 @@ export function step(state: RoundState, event: RoundEvent): StepResult {
       handleApplied(c, event);
       break;
     case 'synced':
-      handleSynced(c, event.snapshot);
+      handleSynced(c, event.snapshot, event.local === true);
       break;
     case 'exclude': {
       const ps = Array.isArray(event.peers)
@@ -681,14 +810,11 @@ function advance(c: Ctx): void {
     switch (s.phase) {
       case 'unsynced':
       case 'syncing':
-        if (s.sync && s.sync.from.length > 0 && s.now >= s.sync.retryAt) {
-          c.effects.push({
-            type: 'resync',
-            from: [...s.sync.from],
-            round: s.sync.target?.round ?? null,
-            weightsHash: s.sync.target?.weightsHash ?? null,
-          });
-          s.sync.retryAt = s.now + s.params.retryMs;
+        if (s.sync && s.now >= s.sync.retryAt && nextDeadline(s) !== Infinity) {
+          const t = s.sync.target;
+          if (t) c.effects.push({ type: 'resync', from: [...s.sync.from], round: t.round, weightsHash: t.weightsHash });
+          else ask(c);
+          s.sync = { ...s.sync, retryAt: s.now + s.params.retryMs };
         }
         break;
       case 'waiting':
@@ -728,14 +854,20 @@ function behind(c: Ctx): boolean {
   const s = c.s;
   const maj = majorityHash(s.announces.get(s.round), s.roster);
   if (maj) {
-    startResync(c, maj.peers, { round: s.round + 1, weightsHash: maj.hash });
+    startResync(c, maj.peers, { round: s.round + 1, weightsHash: maj.hash, snapHash: maj.snapHash });
     return true;
   }
-  if (s.ahead.length >= majority(s.roster.length)) {
-    startResync(c, [...s.ahead], null);
-    return true;
-  }
+  // A majority sends later-round traffic, but no certificate of a later state has reached us
+  // (announces lost): ask for them. Traffic alone never moves us (anyone can claim a round).
+  if (s.ahead.length >= majority(s.roster.length) && s.now >= s.askAt) ask(c);
   return false;
+}
+
+/** Broadcasts `ask` (members answer with their latest announce), at most once per retryMs. */
+function ask(c: Ctx): void {
+  const s = c.s;
+  s.askAt = s.now + s.params.retryMs;
+  c.effects.push({ type: 'broadcast', msg: { type: 'ask', from: s.self, round: Math.max(0, s.round) } });
 }
 
 /**
@@ -824,8 +956,15 @@ function startRound(c: Ctx, info: StartInfo, carry: Carry | null, voting = true)
   s.decision = null;
   s.fetchDeadline = Infinity;
   s.repliedTo = [];
+  s.answered = [];
   s.sync = null;
-  for (const r of [...s.announces.keys()]) if (r < s.round - 1) s.announces.delete(r);
+  for (const r of [...s.announces.keys()]) if (r < s.round - 1) own(c, 'announces').delete(r);
+  // Claims of states we reached are spent; those of non-members no longer count.
+  for (const [peer, cl] of [...s.claims]) {
+    const keep = has(s.roster, peer) ? cl.filter((x) => x.round > s.round + 1) : [];
+    if (keep.length === 0) own(c, 'claims').delete(peer);
+    else if (keep.length !== cl.length) own(c, 'claims').set(peer, keep);
+  }
   if (s.member && s.training && s.byPeer.has(s.self)) {
     s.phase = 'collecting'; // re-entered a round whose update we already published
   } else if (s.member && s.training && s.baseHeld) {
@@ -846,12 +985,14 @@ function startRound(c: Ctx, info: StartInfo, carry: Carry | null, voting = true)
   if (!s.member) c.effects.push({ type: 'broadcast', msg: { type: 'join', from: s.self, round: s.round } });
   const fut = s.future;
   s.future = [];
+  s.futureBytes = 0;
+  s.futureBy = new Map();
   for (const m of fut) {
     const r = msgRound(m);
     if (r === s.round) {
-      if (has(s.roster, m.from)) insertSorted(s.heard, m.from);
+      if (has(s.roster, m.from)) hear(c, m.from);
       dispatch(c, m);
-    } else if (r === s.round + 1) s.future.push(m);
+    } else if (r === s.round + 1) bufferFuture(c, m);
   }
   checkAnnouncements(c);
 }
@@ -873,14 +1014,25 @@ function handleMessage(c: Ctx, raw: Message): void {
     return;
   }
   if (s.phase === 'unsynced' || s.phase === 'syncing') {
-    if (s.sync && !s.sync.from.includes(m.from) && s.sync.from.length < 8) s.sync.from.push(m.from);
-    reject(c, 'not-synced', `${m.type} while ${s.phase}`, m.from);
+    // A sender becomes neither a source nor a target: only a certified claim does.
+    if (m.type === 'announce' && claimant(s, m.from)) addClaim(c, m);
+    else reject(c, 'not-synced', `${m.type} while ${s.phase}`, m.from);
+    return;
+  }
+  if (m.type === 'ask') {
+    handleAsk(c, m);
     return;
   }
   const r = msgRound(m);
+  // A join asks to be admitted; its round only shows when the joiner synced. One that lags a
+  // round or two (its state download outlasted a round) or runs one ahead still counts now:
+  // else a joiner slower than the round never gets in.
+  if (m.type === 'join' && r !== s.round && r >= s.round - 2 && r <= s.round + 1) {
+    handleJoin(c, m);
+    return;
+  }
   // Any authenticated message from a member this round (or its announce of last round) shows it is alive.
-  if ((r === s.round || (r === s.round - 1 && m.type === 'announce')) && has(s.roster, m.from))
-    insertSorted(s.heard, m.from);
+  if ((r === s.round || (r === s.round - 1 && m.type === 'announce')) && has(s.roster, m.from)) hear(c, m.from);
   if (r === s.round) {
     dispatch(c, m);
     return;
@@ -889,18 +1041,158 @@ function handleMessage(c: Ctx, raw: Message): void {
     handleOld(c, m, r);
     return;
   }
-  if (has(s.roster, m.from)) insertSorted(s.ahead, m.from);
-  if (r === s.round + 1 && m.type !== 'decided' && m.type !== 'announce') {
-    if (s.future.length >= 4 * s.roster.length + 16) {
-      reject(c, 'buffer-full', `future-round buffer full; dropped ${m.type} for round ${r}`, m.from);
-      return;
-    }
-    s.future.push(m);
+  const member = has(s.roster, m.from);
+  if (member && !has(s.ahead, m.from)) insertSorted(own(c, 'ahead'), m.from);
+  // A member's announce of a later round is its claim that the run reached that state: a
+  // quorum of our roster behind one claim certifies it, and only then do we resync (to it).
+  if (m.type === 'announce' && member) {
+    addClaim(c, m);
     return;
   }
-  // Round r+1 decided, or later rounds under way: this peer has fallen behind.
-  if (has(s.roster, m.from)) startResync(c, [m.from], null);
+  if (r === s.round + 1 && m.type !== 'decided' && m.type !== 'announce') {
+    bufferFuture(c, m);
+    return;
+  }
+  // Anything else from a later round changes nothing here: a claim of a round is not proof of it.
   reject(c, 'future-round', `${m.type} for round ${r} while at round ${s.round}`, m.from);
+}
+
+/** Estimated wire size of a message (its JSON). */
+function msgBytes(m: Message): number {
+  return JSON.stringify(m).length;
+}
+
+/**
+ * Buffers a message for round+1: only from a member of this round's roster or a joiner our
+ * decision admits, within FUTURE_BYTES in total and FUTURE_MEMBER_MSGS / FUTURE_MEMBER_BYTES per
+ * sender. Anything dropped here is recovered later (updates are fetched when listed, commits
+ * re-proposed, promises answered).
+ */
+function bufferFuture(c: Ctx, m: Message): void {
+  const s = c.s;
+  const r = msgRound(m);
+  if (!has(s.roster, m.from) && !(s.decision?.commit.joins.includes(m.from) ?? false)) {
+    reject(c, 'not-member', `${m.type} for round ${r} from non-member ${m.from}: not buffered`, m.from);
+    return;
+  }
+  const size = msgBytes(m);
+  const mine = s.futureBy.get(m.from) ?? { n: 0, bytes: 0 };
+  if (mine.n >= FUTURE_MEMBER_MSGS || mine.bytes + size > FUTURE_MEMBER_BYTES || s.futureBytes + size > FUTURE_BYTES) {
+    reject(
+      c,
+      'buffer-full',
+      `future-round budget spent (${m.from}: ${mine.n} messages, ${mine.bytes} B; all: ${s.futureBytes} B); dropped ${m.type} for round ${r}`,
+      m.from,
+    );
+    return;
+  }
+  own(c, 'future').push(m);
+  s.futureBytes += size;
+  own(c, 'futureBy').set(m.from, { n: mine.n + 1, bytes: mine.bytes + size });
+}
+
+/** Whose announces count as claims: members of our roster, or, with none yet, trusted peers. */
+function claimant(s: RoundState, peer: string): boolean {
+  return s.roster.length > 0 ? has(s.roster, peer) : has(s.trusted, peer);
+}
+
+/** Records a later-round announce as a claim and resyncs if it completes a certificate. */
+function addClaim(c: Ctx, m: Extract<Message, { type: 'announce' }>): void {
+  const s = c.s;
+  const cl: Claim = { round: m.round + 1, weightsHash: m.weightsHash, snapHash: m.snapHash };
+  if (cl.round <= s.round + 1 && s.roster.length > 0) {
+    reject(c, 'stale-round', `announce of round ${m.round} while at round ${s.round}`, m.from);
+    return;
+  }
+  const list = s.claims.get(m.from) ?? [];
+  const same = list.find((x) => x.round === cl.round);
+  if (same) {
+    const eq = same.weightsHash === cl.weightsHash && same.snapHash === cl.snapHash;
+    reject(c, eq ? 'duplicate' : 'equivocation', `second announce for round ${m.round}`, m.from);
+    return;
+  }
+  const next = [...list, cl].sort((a, b) => a.round - b.round).slice(-CLAIMS_PER_PEER);
+  own(c, 'claims').set(m.from, next);
+  checkClaims(c);
+}
+
+/**
+ * The newest certified claim, if any:
+ * - holding a roster (synced, or resyncing): one that a quorum of our roster made;
+ * - holding none (a joiner): one that a trusted peer made and no trusted peer contradicts for
+ *   that round (a hostile entry in the bootstrap list can then stall a joiner, not mislead it).
+ */
+function certified(s: RoundState, only?: SyncTarget): { target: SyncTarget; by: string[] } | null {
+  const groups = new Map<string, { target: SyncTarget; by: string[] }>();
+  const want = only ? `${only.round}:${only.weightsHash}:${only.snapHash}` : null;
+  const perRound = new Map<number, number>(); // round → distinct claimed states (by claimants)
+  for (const [peer, list] of s.claims) {
+    if (!claimant(s, peer)) continue;
+    for (const x of list) {
+      const key = `${x.round}:${x.weightsHash}:${x.snapHash}`;
+      let g = groups.get(key);
+      if (!g) {
+        g = { target: { round: x.round, weightsHash: x.weightsHash, snapHash: x.snapHash }, by: [] };
+        groups.set(key, g);
+        perRound.set(x.round, (perRound.get(x.round) ?? 0) + 1);
+      }
+      g.by.push(peer);
+    }
+  }
+  let best: { target: SyncTarget; by: string[] } | null = null;
+  for (const [key, g] of groups) {
+    if ((want !== null && key !== want) || (best && best.target.round >= g.target.round)) continue;
+    g.by.sort(compareIds);
+    const ok = s.roster.length > 0 ? isQuorum(s.roster, g.by) : perRound.get(g.target.round) === 1;
+    if (ok) best = g;
+  }
+  return best;
+}
+
+/**
+ * For drivers choosing what to download: whether a state of this round and θ hash is the
+ * target or certified now (the snapshot hash is checked on `synced`). Pure.
+ */
+export function wantsState(s: RoundState, round: number, weightsHash: string): boolean {
+  if (s.phase !== 'unsynced' && s.phase !== 'syncing') return false;
+  const t = s.sync?.target;
+  if (t && t.round === round && t.weightsHash === weightsHash && s.roster.length > 0) return true;
+  if (round < s.round) return false;
+  for (const list of s.claims.values())
+    for (const x of list)
+      if (x.round === round && x.weightsHash === weightsHash && certified(s, x) !== null) return true;
+  return false;
+}
+
+/** Resyncs to the newest certified state once one is newer than what we hold or aim at. */
+function checkClaims(c: Ctx): void {
+  const s = c.s;
+  const cur = s.sync?.target;
+  // A joiner's target stands only while no trusted peer contradicts it.
+  if (cur && s.sync && s.roster.length === 0 && !certified(s, cur)) s.sync = { ...s.sync, target: null, from: [] };
+  const cert = certified(s);
+  if (!cert || cert.target.round <= (s.roster.length > 0 ? s.round + 1 : -1)) return;
+  if (cur && cur.round >= cert.target.round) return;
+  const from = cert.by.filter((p) => p !== s.self).slice(0, 8);
+  if (s.phase === 'syncing' || s.phase === 'unsynced') s.sync = { target: cert.target, from, retryAt: s.now };
+  else startResync(c, from, cert.target);
+}
+
+/** A peer asks for certificates: a member re-sends its latest announce, once per asker and round. */
+function handleAsk(c: Ctx, m: Extract<Message, { type: 'ask' }>): void {
+  const s = c.s;
+  const p = s.prev;
+  if (!p || p.resultHash === null || !has(p.roster, s.self)) return; // nothing of ours to attest
+  if (s.answered.includes(m.from)) {
+    reject(c, 'duplicate', 'already answered this round', m.from);
+    return;
+  }
+  if (s.answered.length >= MAX_PENDING_JOINS) {
+    reject(c, 'buffer-full', 'too many asks this round', m.from);
+    return;
+  }
+  own(c, 'answered').push(m.from);
+  c.effects.push({ type: 'send', to: m.from, msg: announceOf(s) });
 }
 
 function dispatch(c: Ctx, m: Message): void {
@@ -937,7 +1229,7 @@ function handleOld(c: Ctx, m: Message, r: number): void {
     has(prev.roster, s.self) &&
     !prev.repliedTo.includes(m.from)
   ) {
-    prev.repliedTo.push(m.from);
+    s.prev = { ...prev, repliedTo: [...prev.repliedTo, m.from] };
     c.effects.push({
       type: 'send',
       to: m.from,
@@ -1006,8 +1298,8 @@ function handleUpdate(c: Ctx, m: UpdateMsg): void {
     k?.included.some((u) => u.updateHash === m.updateHash && u.peer === m.from) ?? false;
   if (listed(s.decision?.commit) || listed(s.pending)) {
     // Asked for (fetched): store even if we hold a different update from this author.
-    s.updates.set(m.updateHash, m);
-    if (!s.byPeer.has(m.from)) s.byPeer.set(m.from, m.updateHash);
+    own(c, 'updates').set(m.updateHash, m);
+    if (!s.byPeer.has(m.from)) own(c, 'byPeer').set(m.from, m.updateHash);
     if (s.phase === 'fetching' && missingUpdates(s).length === 0) startApply(c);
     else resumePending(c);
     return;
@@ -1020,8 +1312,8 @@ function handleUpdate(c: Ctx, m: UpdateMsg): void {
     reject(c, 'equivocation', `second, different update from ${m.from}`, m.from);
     return;
   }
-  s.updates.set(m.updateHash, m);
-  s.byPeer.set(m.from, m.updateHash);
+  own(c, 'updates').set(m.updateHash, m);
+  own(c, 'byPeer').set(m.from, m.updateHash);
 }
 
 function holdsAll(s: RoundState, k: Commit): boolean {
@@ -1129,12 +1421,14 @@ function addVote(c: Ctx, k: Commit, signer: string): boolean {
           lowAttempt = x.commit.attempt;
         }
       if (low === null || lowAttempt > k.attempt) return false;
-      s.votes.delete(low);
+      own(c, 'votes').delete(low);
     }
     v = { commit: k, signers: [] };
-    s.votes.set(h, v);
   }
-  if (!insertSorted(v.signers, signer)) return false;
+  if (has(v.signers, signer)) return false;
+  v = mine(c, v, (x) => ({ commit: x.commit, signers: [...x.signers] }));
+  insertSorted(v.signers, signer);
+  own(c, 'votes').set(h, v);
   if (!s.decision && isQuorum(s.roster, v.signers)) decide(c, k, h, [...v.signers]);
   return true;
 }
@@ -1173,7 +1467,7 @@ function handlePromise(c: Ctx, m: Extract<Message, { type: 'promise' }>): void {
   if (s.decision && s.member) {
     // Already decided: the sender missed it. Answer once instead of leading a new attempt.
     if (!s.repliedTo.includes(m.from)) {
-      s.repliedTo.push(m.from);
+      own(c, 'repliedTo').push(m.from);
       c.effects.push({
         type: 'send',
         to: m.from,
@@ -1194,16 +1488,14 @@ function handlePromise(c: Ctx, m: Extract<Message, { type: 'promise' }>): void {
     reject(c, 'stale-attempt', `promise for attempt ${m.attempt} < promised ${s.promised}`, m.from);
     return;
   }
-  let ps = s.promises.get(m.attempt);
-  if (!ps) {
-    ps = new Map();
-    s.promises.set(m.attempt, ps);
-  }
-  if (ps.has(m.from)) {
+  const old = s.promises.get(m.attempt);
+  if (old?.has(m.from)) {
     reject(c, 'duplicate', 'promise already counted', m.from);
     return;
   }
+  const ps = mine(c, old ?? new Map<string, Commit | null>(), (x) => new Map(x));
   ps.set(m.from, m.accepted);
+  own(c, 'promises').set(m.attempt, ps);
   tryLead(c, m.attempt);
 }
 
@@ -1257,7 +1549,7 @@ function ownValue(s: RoundState): { included: IncludedUpdate[]; joins: string[];
 
 function propose(c: Ctx, k: Commit): void {
   const s = c.s;
-  s.proposed.push(k.attempt);
+  own(c, 'proposed').push(k.attempt);
   c.effects.push({ type: 'broadcast', msg: { type: 'commit', from: s.self, commit: k } });
   acceptCommit(c, k, false);
 }
@@ -1279,7 +1571,7 @@ function enterAttempt(c: Ctx, a: number): void {
   s.attempt = a;
   s.promised = Math.max(s.promised, a);
   if (s.pending && s.pending.attempt < s.promised) s.pending = null;
-  for (const b of [...s.promises.keys()]) if (b < s.promised) s.promises.delete(b);
+  for (const b of [...s.promises.keys()]) if (b < s.promised) own(c, 'promises').delete(b);
   c.effects.push({
     type: 'broadcast',
     msg: { type: 'promise', from: s.self, round: s.round, attempt: a, accepted: s.accepted },
@@ -1386,39 +1678,52 @@ function handleAnnounce(c: Ctx, m: Extract<Message, { type: 'announce' }>, roste
     reject(c, 'not-member', `announce from non-member ${m.from}`, m.from);
     return;
   }
-  let map = s.announces.get(m.round);
-  if (!map) {
-    map = new Map();
-    s.announces.set(m.round, map);
-  }
-  const old = map.get(m.from);
+  const map = s.announces.get(m.round);
+  const old = map?.get(m.from);
   if (old) {
     reject(
       c,
-      old.weightsHash === m.weightsHash ? 'duplicate' : 'equivocation',
+      old.weightsHash === m.weightsHash && old.snapHash === m.snapHash ? 'duplicate' : 'equivocation',
       `second announce for round ${m.round}`,
       m.from,
     );
     return;
   }
-  map.set(m.from, { weightsHash: m.weightsHash, valueHash: m.valueHash });
+  announced(c, m.round).set(m.from, { weightsHash: m.weightsHash, valueHash: m.valueHash, snapHash: m.snapHash });
   checkAnnouncements(c);
 }
 
+/** The writable announce map of round `r`. */
+function announced(c: Ctx, r: number): Map<string, { weightsHash: string; valueHash: string; snapHash: string }> {
+  const m = mine(c, c.s.announces.get(r) ?? new Map(), (x) => new Map(x));
+  own(c, 'announces').set(r, m);
+  return m;
+}
+
+/** Notes that a member was heard from this round. */
+function hear(c: Ctx, peer: string): void {
+  if (!has(c.s.heard, peer)) insertSorted(own(c, 'heard'), peer);
+}
+
+/** The (weights hash, snapshot hash) a strict majority of `roster` announced, with who did. */
 function majorityHash(
-  map: Map<string, { weightsHash: string }> | undefined,
+  map: Map<string, { weightsHash: string; snapHash: string }> | undefined,
   roster: readonly string[],
-): { hash: string; peers: string[] } | null {
+): { hash: string; snapHash: string; peers: string[] } | null {
   if (!map) return null;
   const by = new Map<string, string[]>();
   for (const [peer, a] of map) {
     if (!has(roster, peer)) continue;
-    const l = by.get(a.weightsHash) ?? [];
+    const key = `${a.weightsHash}:${a.snapHash}`;
+    const l = by.get(key) ?? [];
     l.push(peer);
-    by.set(a.weightsHash, l);
+    by.set(key, l);
   }
-  for (const [hash, peers] of by)
-    if (peers.length >= majority(roster.length)) return { hash, peers: peers.sort(compareIds) };
+  for (const [key, peers] of by)
+    if (peers.length >= majority(roster.length)) {
+      const [hash, snapHash] = key.split(':');
+      return { hash, snapHash, peers: peers.sort(compareIds) };
+    }
   return null;
 }
 
@@ -1427,12 +1732,12 @@ function checkAnnouncements(c: Ctx): void {
     prev = s.prev;
   if (!prev || prev.resultHash === null || s.phase === 'syncing' || s.phase === 'unsynced') return;
   const maj = majorityHash(s.announces.get(prev.round), prev.roster);
-  if (maj && maj.hash !== prev.resultHash) {
-    prev.resultHash = null;
+  if (maj && (maj.hash !== prev.resultHash || maj.snapHash !== prev.snapHash)) {
+    s.prev = { ...prev, resultHash: null };
     startResync(
       c,
       maj.peers.filter((p) => p !== s.self),
-      { round: prev.round + 1, weightsHash: maj.hash },
+      { round: prev.round + 1, weightsHash: maj.hash, snapHash: maj.snapHash },
     );
   }
 }
@@ -1452,7 +1757,7 @@ function handleJoin(c: Ctx, m: Extract<Message, { type: 'join' }>): void {
     reject(c, 'buffer-full', 'too many pending joins', m.from);
     return;
   }
-  s.joins.push(m.from);
+  own(c, 'joins').push(m.from);
 }
 
 // ───────────────────────────── driver events ─────────────────────────────
@@ -1486,8 +1791,8 @@ function handleTrained(c: Ctx, e: Extract<RoundEvent, { type: 'trained' }>): voi
     updateHash: e.updateHash,
     steps: e.steps,
   };
-  s.updates.set(e.updateHash, msg);
-  s.byPeer.set(s.self, e.updateHash);
+  own(c, 'updates').set(e.updateHash, msg);
+  own(c, 'byPeer').set(s.self, e.updateHash);
   c.effects.push({ type: 'broadcast', msg });
   if (s.params.overlap !== 'none') {
     // Next round builds on the weights held now (θ_round); its roster is not decided yet, so
@@ -1514,20 +1819,20 @@ function handleApplied(c: Ctx, e: Extract<RoundEvent, { type: 'applied' }>): voi
 function finishRound(c: Ctx, resultHash: string): void {
   const s = c.s,
     d = s.decision!;
-  s.prev = { round: s.round, roster: s.roster, decision: d, resultHash, repliedTo: s.repliedTo };
-  let map = s.announces.get(s.round);
-  if (!map) {
-    map = new Map();
-    s.announces.set(s.round, map);
-  }
-  if (s.member) {
-    map.set(s.self, { weightsHash: resultHash, valueHash: d.valueHash });
-    c.effects.push({
-      type: 'broadcast',
-      msg: { type: 'announce', from: s.self, round: s.round, weightsHash: resultHash, valueHash: d.valueHash },
-    });
-  }
   const next = nextRoster(s.params, s.roster, s.missed, d.commit);
+  // The state round+1 starts from, exactly as snapshotOf() will give it: what we attest.
+  const snapHash = snapshotHash({
+    round: s.round + 1,
+    weightsHash: resultHash,
+    roster: next.roster,
+    missed: next.missed,
+    ...(s.params.overlap === 'delayed' ? { trainBase: s.weightsHash } : {}),
+  });
+  s.prev = { round: s.round, roster: s.roster, decision: d, resultHash, snapHash, repliedTo: s.repliedTo };
+  if (s.member) {
+    announced(c, s.round).set(s.self, { weightsHash: resultHash, valueHash: d.valueHash, snapHash });
+    c.effects.push({ type: 'broadcast', msg: announceOf(s) });
+  }
   startRound(
     c,
     {
@@ -1542,7 +1847,20 @@ function finishRound(c: Ctx, resultHash: string): void {
   );
 }
 
-function startResync(c: Ctx, from: string[], target: { round: number; weightsHash: string } | null): void {
+/** This member's announce of the round it finished last (also what it re-sends on `ask`). */
+function announceOf(s: RoundState): Message {
+  const p = s.prev!;
+  return {
+    type: 'announce',
+    from: s.self,
+    round: p.round,
+    weightsHash: p.resultHash!,
+    valueHash: p.decision.valueHash,
+    snapHash: p.snapHash,
+  };
+}
+
+function startResync(c: Ctx, from: string[], target: SyncTarget): void {
   const s = c.s;
   if (s.trainingActive) {
     s.trainingActive = false;
@@ -1553,10 +1871,14 @@ function startResync(c: Ctx, from: string[], target: { round: number; weightsHas
   // advance() emits the resync effect (now, then every retryMs until `synced`).
 }
 
-function handleSynced(c: Ctx, raw: RoundSnapshot): void {
+function handleSynced(c: Ctx, raw: RoundSnapshot, local: boolean): void {
   const s = c.s;
   if (s.phase !== 'unsynced' && s.phase !== 'syncing') {
     reject(c, 'late', `synced while ${s.phase} (a retried resync answered twice?)`);
+    return;
+  }
+  if (local && (s.phase !== 'unsynced' || s.round >= 0)) {
+    reject(c, 'unexpected', 'a local snapshot is only restored at start-up');
     return;
   }
   const parsed = SnapshotSchema.safeParse(raw);
@@ -1574,16 +1896,43 @@ function handleSynced(c: Ctx, raw: RoundSnapshot): void {
     reject(c, 'stale-snapshot', `snapshot of round ${snap.round} is behind our round ${s.round}`);
     return;
   }
-  if (t && snap.round < t.round) {
-    reject(c, 'stale-snapshot', `snapshot of round ${snap.round}, need round ${t.round}`);
-    return;
-  }
-  if (t && snap.round === t.round && snap.weightsHash !== t.weightsHash) {
-    reject(
-      c,
-      'wrong-hash',
-      `snapshot hash ${snap.weightsHash.slice(0, 12)} is not the majority's ${t.weightsHash.slice(0, 12)}`,
-    );
+  // State only from agreement: exactly the certified (round, θ hash, snapshot hash), or this
+  // peer's own file at start-up.
+  const sh = snapshotHash(snap);
+  const exact = (x: SyncTarget | null) =>
+    x !== null && x.round === snap.round && x.weightsHash === snap.weightsHash && x.snapHash === sh;
+  // The target, or (the target moved on during a slow download) any other state certified now;
+  // a joiner's, whatever its target, only while its trusted peers still stand behind it.
+  const ok =
+    local ||
+    (s.roster.length > 0 && exact(t)) ||
+    certified(s, { round: snap.round, weightsHash: snap.weightsHash, snapHash: sh }) !== null;
+  if (!ok) {
+    if (!t) {
+      reject(c, 'uncertified', `snapshot of round ${snap.round} while no certified state is wanted`);
+      return;
+    }
+    if (snap.round < t.round) {
+      reject(c, 'stale-snapshot', `snapshot of round ${snap.round}, need round ${t.round}`);
+      return;
+    }
+    if (snap.round !== t.round) {
+      reject(c, 'uncertified', `snapshot of round ${snap.round}; the certified state is of round ${t.round}`);
+      return;
+    }
+    if (snap.weightsHash !== t.weightsHash) {
+      reject(
+        c,
+        'wrong-hash',
+        `snapshot hash ${snap.weightsHash.slice(0, 12)} is not the certified ${t.weightsHash.slice(0, 12)}`,
+      );
+      return;
+    }
+    if (sh !== t.snapHash) {
+      reject(c, 'wrong-hash', `snapshot roster/missed/base differ from the certified state of round ${t.round}`);
+      return;
+    }
+    reject(c, 'uncertified', `the state of round ${snap.round} is no longer certified`);
     return;
   }
   // Paxos acceptors must not forget promises/acceptances: keep them when re-entering the same round.
