@@ -12,7 +12,7 @@
  *
  * Every structure here is only fed by senders that passed those checks, and is capped anyway.
  */
-import type { UpdateMsg } from '../swarm/round.js';
+import type { RoundState, UpdateMsg } from '../swarm/round.js';
 
 /** At most `limit` messages per sender per round (the counters reset when the round moves). */
 export class RateCap {
@@ -89,5 +89,57 @@ export class EarlyUpdates {
   /** Takes every held message out (the caller re-examines each one). */
   drain(): UpdateMsg[] {
     return this.held.splice(0);
+  }
+}
+
+export interface SendersDeps {
+  state: () => RoundState;
+  self: string;
+  trustValidators: readonly string[];
+  /** This peer is a validator. */
+  validator: boolean;
+  /** The contract's validators known as peer ids (ledger.ts: once a signature proved the key). */
+  ledgerValidators: () => Iterable<string>;
+}
+
+/** Who a sender is, as far as agreed state and this peer's configuration show. */
+export class Senders {
+  constructor(private readonly d: SendersDeps) {}
+
+  synced(): boolean {
+    const st = this.d.state();
+    return st.phase !== 'unsynced' && st.phase !== 'syncing';
+  }
+
+  /**
+   * Validators, for what only validators may send (fraud proofs, ledger signatures, and the score
+   * reports that select): this peer if it is one, NodeOptions.trustValidators, and with a ledger
+   * link the contract's validator set mapped to peer ids through their payout addresses.
+   */
+  validators(): Set<string> {
+    const v = new Set(this.d.trustValidators);
+    if (this.d.validator) v.add(this.d.self);
+    for (const p of this.d.ledgerValidators()) v.add(p);
+    return v;
+  }
+
+  /** A member of this round's or the previous round's roster (agreed state). */
+  isMember(peer: string): boolean {
+    const st = this.d.state();
+    return st.roster.includes(peer) || (st.prev?.roster.includes(peer) ?? false);
+  }
+
+  /** Whether `peer` may submit an update to round `r` as far as agreed state shows (roster, or r+1's joins). */
+  mayTrain(peer: string, r: number): boolean {
+    const st = this.d.state();
+    if (r === st.round) return st.roster.includes(peer);
+    if (r === st.round + 1)
+      return (
+        st.roster.includes(peer) ||
+        (st.decision?.commit.joins.includes(peer) ?? false) ||
+        (st.pending?.joins.includes(peer) ?? false)
+      );
+    if (r === st.round - 1) return st.prev?.roster.includes(peer) ?? false;
+    return false;
   }
 }

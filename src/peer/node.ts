@@ -62,11 +62,10 @@ import {
   type RoundEvent,
   type RoundParams,
   type RoundState,
-  type UpdateMsg,
 } from '../swarm/round.js';
 import { AdamW } from '../train/adamw.js';
 import { InvalidInputError } from '../util/errors.js';
-import { EarlyUpdates, RateCap } from './admission.js';
+import { RateCap, Senders } from './admission.js';
 import { Audits } from './audit.js';
 import { bootChoice, keepDialing, mdnsOnly, readAcceptorRecord, waitForPeers } from './boot.js';
 import { generate, type GenerateOptions } from './inference.js';
@@ -78,7 +77,7 @@ import { RoundMeter, type NodeView, type RoundReport } from './report.js';
 import { Storage } from './storage.js';
 import { Sync } from './sync.js';
 import { Training } from './training.js';
-import { UpdateFetcher } from './updates.js';
+import { UpdateFetcher, UpdateIntake } from './updates.js';
 import { Exclusions, Validator, type ScoreReport } from './validator.js';
 import { Weights } from './weights.js';
 import { NodeSchemas, type Commitment, type FraudNotice, type SnapAd } from './wire.js';
@@ -105,12 +104,6 @@ const SUSPICIOUS = new Set([
 ]);
 /** Default limit on one fetch of data or state from peers. */
 const FETCH_MS = 30_000;
-/**
- * Update payloads fetched per author per round from gossip: at most this many attempts, and none
- * once one of the author's updates for the round is held (the reducer keeps one per member; a
- * second one is only needed if a commit names it, and the commit's fetch effect gets it).
- */
-const FETCHES_PER_AUTHOR = 8;
 /** Fraud proofs checked per sender per round, and score reports taken per sender per round. */
 const FRAUDS_PER_SENDER = 2;
 const SCORES_PER_SENDER = 4;
@@ -128,15 +121,13 @@ export class SwarmNode {
   private readonly m: DecodedManifest['manifest'];
   private readonly p: RoundParams;
   private readonly payloads = new PayloadStore();
-  /** Early update messages from authors not (yet) allowed to submit to round r+1: messages only. */
-  private readonly early = new EarlyUpdates();
-  private revisitScheduled = false;
-  private readonly fetchCap = new RateCap(FETCHES_PER_AUTHOR);
   private readonly fraudCap = new RateCap(FRAUDS_PER_SENDER);
   private readonly scoresCap = new RateCap(SCORES_PER_SENDER);
   private readonly meter = new RoundMeter();
   private weights!: Weights;
   private updates!: UpdateFetcher;
+  private senders!: Senders;
+  private intake!: UpdateIntake;
   /** Evaluates θ; separate from the trainer's model, because θ may be applied while a job is training. */
   private evalGpt!: GPT;
   private evalSet: Batch[] = [];
@@ -294,6 +285,22 @@ export class SwarmNode {
       stopped,
       logger: this.logger,
       deliver: (hash, round, author) => this.deliverUpdate(hash, round, author),
+    });
+    this.senders = new Senders({
+      state: () => this.state,
+      self,
+      trustValidators: o.trustValidators ?? [],
+      validator: o.validator === true,
+      ledgerValidators: () => this.ledger.validatorPeers(),
+    });
+    this.intake = new UpdateIntake({
+      senders: this.senders,
+      state: () => this.state,
+      payloads: this.payloads,
+      fetcher: this.updates,
+      toReducer: (msg) => this.dispatch({ type: 'message', msg }),
+      stopped,
+      logger: this.logger,
     });
     const shardData = (sh: number, round: number) => this.data.shardData(sh, round);
     this.audits = new Audits({
@@ -489,9 +496,7 @@ export class SwarmNode {
 
   private commit(next: RoundState, effects: Effect[]): void {
     const prevRound = this.state?.round ?? -1;
-    const was = this.state
-      ? { synced: this.synced(), decision: this.state.decision?.commitHash, pending: this.state.pending }
-      : null;
+    const was = this.state ?? null;
     this.state = next;
     const rec = acceptorRecord(next);
     if (rec) {
@@ -504,21 +509,7 @@ export class SwarmNode {
       }
     }
     for (const e of effects) this.execute(e);
-    if (
-      this.early.size > 0 &&
-      !this.revisitScheduled &&
-      (next.round !== prevRound ||
-        this.synced() !== was?.synced ||
-        next.decision?.commitHash !== was?.decision ||
-        next.pending !== was?.pending)
-    ) {
-      // Later, not now (this is inside a reducer step), and once however many steps ask for it.
-      this.revisitScheduled = true;
-      setImmediate(() => {
-        this.revisitScheduled = false;
-        this.revisitEarly();
-      });
-    }
+    if (was) this.intake.stateMoved(was, next);
     // A decided empty set ends the round inside the reducer (no apply effect): report it too.
     const prev = next.prev;
     if (
@@ -569,24 +560,6 @@ export class SwarmNode {
     this.channel.publish(w.kind, w.body as never).catch(() => undefined);
   }
 
-  /**
-   * Validators, for what only validators may send (fraud proofs, ledger signatures, and the score
-   * reports that select): this peer if it is one, NodeOptions.trustValidators, and with a ledger
-   * link the contract's validator set mapped to peer ids through their payout addresses.
-   */
-  validators(): Set<string> {
-    const v = new Set(this.o.trustValidators ?? []);
-    if (this.o.validator) v.add(this.host.peerId);
-    for (const p of this.ledger.validatorPeers()) v.add(p);
-    return v;
-  }
-
-  /** A member of this round's or the previous round's roster (agreed state). */
-  private isMember(peer: string): boolean {
-    const st = this.state;
-    return st.roster.includes(peer) || (st.prev?.roster.includes(peer) ?? false);
-  }
-
   private dropped(kind: string, from: string, reason: string): void {
     this.logger.debug({ reason, kind, from }, 'dropped control message');
   }
@@ -599,7 +572,7 @@ export class SwarmNode {
       case 'node.scores': {
         // Kept per sender only for validators and members (Exclusions caps them too).
         const trusted = this.o.trustValidators?.includes(from) === true;
-        if (!trusted && !this.validators().has(from) && !this.isMember(from))
+        if (!trusted && !this.senders.validators().has(from) && !this.senders.isMember(from))
           return this.dropped(kind, from, 'not-validator');
         if (!this.scoresCap.take(round, from)) return this.dropped(kind, from, 'rate');
         this.exclusions.onReport(from, body as ScoreReport, trusted, round);
@@ -608,109 +581,40 @@ export class SwarmNode {
       case 'node.commit': {
         // Commitments are keyed by (round, member): only members of that round may write one.
         const c = body as Commitment;
-        if (!this.mayTrain(from, c.round)) return this.dropped(kind, from, 'not-member');
+        if (!this.senders.mayTrain(from, c.round)) return this.dropped(kind, from, 'not-member');
         this.audits.onCommit(from, c, round);
         return;
       }
       case 'node.fraud':
         // Validators, or members where this peer knows no validators (see admission.ts).
-        if (!this.validators().has(from) && !this.isMember(from)) return this.dropped(kind, from, 'not-validator');
+        if (!this.senders.validators().has(from) && !this.senders.isMember(from))
+          return this.dropped(kind, from, 'not-validator');
         if (!this.fraudCap.take(round, from)) return this.dropped(kind, from, 'rate');
         void this.audits.checkFraud(from, body as FraudNotice);
         return;
       case 'node.payout': {
         const address = (body as { address: Address }).address;
-        this.ledger.onPayout(from, address, round, this.isMember(from) || this.validators().has(from));
+        this.ledger.onPayout(from, address, round, this.senders.isMember(from) || this.senders.validators().has(from));
         return;
       }
       case 'node.sig':
         this.ledger.onSignature(from, body, round);
         return;
       case 'node.snap':
-        this.sync.onAd(from, body as SnapAd, !this.synced() || this.isMember(from) || this.validators().has(from));
+        this.sync.onAd(
+          from,
+          body as SnapAd,
+          !this.senders.synced() || this.senders.isMember(from) || this.senders.validators().has(from),
+        );
         return;
     }
     const msg = fromWire(kind, from, body);
     if (!msg) return;
     if (msg.type === 'update') {
-      this.onUpdate(msg);
+      this.intake.onUpdate(msg);
       return;
     }
     this.dispatch({ type: 'message', msg });
-  }
-
-  private synced(): boolean {
-    const st = this.state;
-    return st.phase !== 'unsynced' && st.phase !== 'syncing';
-  }
-
-  /** Whether `peer` may submit an update to round `r` as far as agreed state shows (roster, or r+1's joins). */
-  private mayTrain(peer: string, r: number): boolean {
-    const st = this.state;
-    if (r === st.round) return st.roster.includes(peer);
-    if (r === st.round + 1)
-      return (
-        st.roster.includes(peer) ||
-        (st.decision?.commit.joins.includes(peer) ?? false) ||
-        (st.pending?.joins.includes(peer) ?? false)
-      );
-    if (r === st.round - 1) return st.prev?.roster.includes(peer) ?? false;
-    return false;
-  }
-
-  /**
-   * An update message. Its payload is fetched and decoded only if the reducer could accept it: a
-   * member of this round, or for round r+1 a member or a join of the decided/pending commit (at
-   * most FETCHES_PER_AUTHOR payloads per author and round). Other round-r+1 updates, and every
-   * update heard while not synced, are held as messages only (EarlyUpdates, bounded) and looked
-   * at again when the round or the sync state moves; everything else goes straight to the
-   * reducer, which rejects it with its reason, and costs no download.
-   */
-  private onUpdate(msg: UpdateMsg, revisit = false): void {
-    const st = this.state;
-    if (!this.synced()) {
-      this.early.hold(msg);
-      // The reducer rejects it 'not-synced' (and learns a sync source); a revisit only re-holds it.
-      if (!revisit) this.dispatch({ type: 'message', msg });
-      return;
-    }
-    if (
-      msg.round < st.round ||
-      msg.round > st.round + 1 ||
-      (msg.round === st.round && !this.mayTrain(msg.from, st.round))
-    ) {
-      this.dispatch({ type: 'message', msg });
-      return;
-    }
-    if (msg.round === st.round + 1 && !this.mayTrain(msg.from, msg.round)) {
-      if (!this.early.hold(msg))
-        this.logger.debug({ reason: 'early-full', from: msg.from, round: msg.round }, 'dropped early update');
-      return;
-    }
-    if (this.payloads.delta(msg.updateHash)) {
-      this.payloads.noteMsg(msg);
-      this.dispatch({ type: 'message', msg });
-      return;
-    }
-    const holdsOne = [...this.payloads.heldUpdates(msg.round)].some((u) => u.msg.from === msg.from);
-    if (holdsOne || !this.fetchCap.take(st.round, `${msg.round}:${msg.from}`)) {
-      this.logger.warn(
-        { reason: 'fetch-cap', from: msg.from, round: msg.round },
-        'dropped update: too many from this author',
-      );
-      return;
-    }
-    this.payloads.noteMsg(msg);
-    void this.updates.fetch(msg.updateHash, [msg.from], msg.round, msg.from);
-  }
-
-  /** The round or the sync state moved: early updates that became fetchable are fetched, stale ones dropped. */
-  private revisitEarly(): void {
-    if (this.stopped || this.early.size === 0) return;
-    for (const m of this.early.drain()) {
-      if (this.synced() && m.round < this.state.round) continue;
-      this.onUpdate(m, true);
-    }
   }
 
   // ───────────── update payloads ─────────────

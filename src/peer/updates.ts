@@ -9,6 +9,8 @@ import type { Logger } from 'pino';
 import { HashMismatchError, TooLargeError, fetchBulk, type Host } from '../net/index.js';
 import { DecodeError, type Codec } from '../swarm/compress/index.js';
 import { InvalidInputError } from '../util/errors.js';
+import type { RoundState, UpdateMsg } from '../swarm/round.js';
+import { EarlyUpdates, RateCap, type Senders } from './admission.js';
 import type { PayloadStore } from './payloads.js';
 
 /** Passes over the candidate peers, the pause between passes, and the limit on one download. */
@@ -87,6 +89,110 @@ export class UpdateFetcher {
       if (!payloads.delta(hash)) payloads.forgetMsg(hash); // never fetched: forget the claim
     } finally {
       this.fetching.delete(hash);
+    }
+  }
+}
+
+/**
+ * Update payloads fetched per author per round from gossip: at most this many attempts, and none
+ * once one of the author's updates for the round is held (the reducer keeps one per member; a
+ * second one is only needed if a commit names it, and the commit's fetch effect gets it).
+ */
+const FETCHES_PER_AUTHOR = 8;
+
+export interface UpdateIntakeDeps {
+  senders: Senders;
+  state: () => RoundState;
+  payloads: PayloadStore;
+  fetcher: UpdateFetcher;
+  /** Hands an update message to the reducer. */
+  toReducer: (msg: UpdateMsg) => void;
+  stopped: () => boolean;
+  logger: Logger;
+}
+
+/**
+ * Which announced updates are worth a download. A payload is fetched and decoded only if the
+ * reducer could accept it: a member of this round, or for round r+1 a member or a join of the
+ * decided/pending commit (at most FETCHES_PER_AUTHOR payloads per author and round). Other
+ * round-r+1 updates, and every update heard while not synced, are held as messages only
+ * (EarlyUpdates, bounded) and looked at again when the round or the sync state moves;
+ * everything else goes straight to the reducer, which rejects it with its reason, and costs no
+ * download.
+ */
+export class UpdateIntake {
+  private readonly early = new EarlyUpdates();
+  private readonly fetchCap = new RateCap(FETCHES_PER_AUTHOR);
+  private revisitScheduled = false;
+
+  constructor(private readonly d: UpdateIntakeDeps) {}
+
+  onUpdate(msg: UpdateMsg, revisit = false): void {
+    const { senders, payloads, logger } = this.d;
+    const st = this.d.state();
+    if (!senders.synced()) {
+      this.early.hold(msg);
+      // The reducer rejects it 'not-synced' (and learns a sync source); a revisit only re-holds it.
+      if (!revisit) this.d.toReducer(msg);
+      return;
+    }
+    if (
+      msg.round < st.round ||
+      msg.round > st.round + 1 ||
+      (msg.round === st.round && !senders.mayTrain(msg.from, st.round))
+    ) {
+      this.d.toReducer(msg);
+      return;
+    }
+    if (msg.round === st.round + 1 && !senders.mayTrain(msg.from, msg.round)) {
+      if (!this.early.hold(msg))
+        logger.debug({ reason: 'early-full', from: msg.from, round: msg.round }, 'dropped early update');
+      return;
+    }
+    if (payloads.delta(msg.updateHash)) {
+      payloads.noteMsg(msg);
+      this.d.toReducer(msg);
+      return;
+    }
+    const holdsOne = [...payloads.heldUpdates(msg.round)].some((u) => u.msg.from === msg.from);
+    if (holdsOne || !this.fetchCap.take(st.round, `${msg.round}:${msg.from}`)) {
+      logger.warn(
+        { reason: 'fetch-cap', from: msg.from, round: msg.round },
+        'dropped update: too many from this author',
+      );
+      return;
+    }
+    payloads.noteMsg(msg);
+    void this.d.fetcher.fetch(msg.updateHash, [msg.from], msg.round, msg.from);
+  }
+
+  /**
+   * The reducer's state went from `was` to `next`: if the round, the sync state, the decision or
+   * the pending commit moved, held early updates are looked at again — later, not now (this runs
+   * inside a reducer step), and once however many steps ask for it.
+   */
+  stateMoved(was: RoundState, next: RoundState): void {
+    if (this.early.size === 0 || this.revisitScheduled) return;
+    const synced = (s: RoundState) => s.phase !== 'unsynced' && s.phase !== 'syncing';
+    const moved =
+      next.round !== was.round ||
+      synced(next) !== synced(was) ||
+      next.decision?.commitHash !== was.decision?.commitHash ||
+      next.pending !== was.pending;
+    if (!moved) return;
+    this.revisitScheduled = true;
+    setImmediate(() => {
+      this.revisitScheduled = false;
+      this.revisit();
+    });
+  }
+
+  /** Early updates that became fetchable are fetched, stale ones dropped. */
+  private revisit(): void {
+    if (this.d.stopped() || this.early.size === 0) return;
+    for (const m of this.early.drain()) {
+      if (this.d.senders.synced() && m.round < this.d.state().round) continue;
+      this.onUpdate(m, true);
     }
   }
 }
