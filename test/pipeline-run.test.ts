@@ -82,6 +82,11 @@ test(
         'int8',
         '--checkpoint-every',
         '5',
+        // The two drivers below: the only peers the stage peers will serve.
+        '--driver-dir',
+        join(root, 'driver'),
+        '--driver-dir',
+        join(root, 'driver2'),
         '--json',
       ],
       { encoding: 'utf8' },

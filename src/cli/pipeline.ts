@@ -21,6 +21,7 @@ import { InvalidInputError } from '../util/errors.js';
 import { writeFileSync } from 'node:fs';
 import { pino } from 'pino';
 import { createHost } from '../net/host.js';
+import { loadOrCreateIdentity } from '../net/identity.js';
 import { PipelineDriver, type Recovery } from '../pipeline/driver.js';
 import {
   awaitFreshPeer,
@@ -50,6 +51,8 @@ interface PipelineOptions {
   cacheDir: string;
   json: boolean;
   writeRun?: string;
+  driverDir?: string[];
+  driver?: string[];
   run?: string;
   dataDir?: string;
   listen: string;
@@ -268,6 +271,12 @@ export function register(program: Command): void {
       'write a pipeline manifest for a multi-machine run (from --stages --layers --codec --rank --micro --lr --checkpoint-every) and exit',
     )
     .option(
+      '--driver-dir <dir...>',
+      "with --write-run: the driver's identity directory (created if new); its peer id is the run's admitted driver (repeat for more)",
+      collect,
+    )
+    .option('--driver <peerId...>', 'with --write-run: admit this driver peer id (repeat for more)', collect)
+    .option(
       '--run <file>',
       'drive a multi-machine run: discover its stage peers (`tessera stage --run`), train --steps through them',
     )
@@ -297,7 +306,17 @@ export function register(program: Command): void {
     .option('--json', 'machine-readable output on stdout', false)
     .action(async (o: PipelineOptions) => {
       if (o.writeRun) {
-        const m = manifestOf(o);
+        const drivers = [
+          ...(o.driver ?? []),
+          ...(await Promise.all(
+            (o.driverDir ?? []).map(async (d) => (await loadOrCreateIdentity(d)).peerId.toString()),
+          )),
+        ];
+        if (drivers.length === 0)
+          throw new InvalidInputError(
+            '--write-run needs --driver-dir DIR (or --driver PEERID): stage peers serve only the drivers the manifest names',
+          );
+        const m = { ...manifestOf(o), drivers: [...new Set(drivers)] };
         const { manifest, runId } = pipeManifest(m);
         writeFileSync(o.writeRun, JSON.stringify(manifest, null, 2) + '\n');
         result(

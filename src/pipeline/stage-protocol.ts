@@ -113,6 +113,7 @@ export const RequestSchemas = {
     })
     .strict(),
   absorb: z.object({ op: z.literal('absorb'), id: Hex(16), layout: Hex(64), step: Count }).strict(),
+  forget: z.object({ op: z.literal('forget'), shares: z.array(Cid).min(1).max(2) }).strict(),
 } as const;
 
 export type StageOp = keyof typeof RequestSchemas;
@@ -140,6 +141,7 @@ export const StageRequestSchema = z.discriminatedUnion('op', [
   RequestSchemas.expect,
   RequestSchemas.lend,
   RequestSchemas.absorb,
+  RequestSchemas.forget,
 ]);
 export type StageRequest = z.infer<typeof StageRequestSchema>;
 /** The request head of one operation. */
@@ -199,6 +201,7 @@ export const ReplySchemas = {
   expect: z.object({ layers: Count }),
   lend: z.object({ bytes: Count, step: Count }),
   absorb: z.union([z.object({ complete: z.literal(false) }), z.object({ complete: z.literal(true), step: Count })]),
+  forget: z.object({ forgot: Count }),
 } as const satisfies Record<StageOp, z.ZodType>;
 
 /** The reply head of one operation, as the client reads it. */

@@ -42,6 +42,12 @@
  *                                       (`absorb`); the driver that asks never sees the part
  *   absorb {id, layout}                 (from a lender) one part; with both in, the pads cancel, the
  *                                       mean becomes this stage's layers (fresh moments), it serves
+ *   forget {shares: [cid]}              the saver, once the holders have pinned them: drop its own
+ *                                       copies of its last save's shares (unpin, garbage-collect)
+ *
+ * Who may call (stage/service.ts, `drivers`): `info` anyone; `absorb` only a lender that the
+ * driver named in `expect`; everything else only the run's admitted driver(s), the peer ids
+ * the manifest names (hashed into the run id). Anyone else is refused, before its body is read.
  *
  * A replica joins a live stage the same way: the driver has a serving replica `save`, and the
  * new peer `restore` those shares (bit-identical to the replicas it joins). A peer that moves to
@@ -87,7 +93,10 @@ export async function serveStage(host: Host, o: StageServiceOptions): Promise<St
   const service = new StageService(o, links);
   const s = service.state;
   const handler = (head: unknown, body: Uint8Array, from: string) => service.handle(head, body, from);
-  const srv = await serveStageRpc(host, handler, { maxBody: service.maxBody });
+  const srv = await serveStageRpc(host, handler, {
+    maxBody: service.maxBody,
+    bodyCap: (head, from) => service.bodyCap(head, from),
+  });
   return {
     get stage() {
       return s.stage;

@@ -6,6 +6,7 @@
  */
 import { parseRequest, requestBodyCap, type StageOp, type StageRequest } from '../stage-protocol.js';
 import { StageUnavailableError } from '../rpc.js';
+import { InvalidInputError } from '../../util/errors.js';
 import { compute } from './compute.js';
 import { shares } from './shares.js';
 import { rebuild } from './rebuild.js';
@@ -17,7 +18,20 @@ import type { StagePeerLinks, StageServiceOptions } from './state.js';
 const handlers: Handlers<StageOp> = { ...compute, ...shares, ...rebuild, ...diloco, ...control };
 
 /** Calls a peer that does not hold its stage yet still answers (the sync and rebuild of a fresh peer). */
-const BEFORE_READY: ReadonlySet<StageOp> = new Set(['restore', 'info', 'hold', 'expect', 'absorb']);
+const BEFORE_READY: ReadonlySet<StageOp> = new Set(['restore', 'info', 'hold', 'expect', 'absorb', 'forget']);
+
+/**
+ * Who may call what. `info` reveals no weights (a digest, tensor names, statistics): anyone.
+ * `absorb` (a rebuild's masked part) comes from a neighbour, not the driver: only from a lender
+ * the driver named beforehand in `expect` (rebuild.ts checks the id and the sender). Every other
+ * call reads or changes weights, gradients or optimizer state, or makes this peer hold memory
+ * or disk: only the run's admitted driver(s).
+ */
+const OPEN: ReadonlySet<StageOp> = new Set(['info']);
+const FROM_LENDER: ReadonlySet<StageOp> = new Set(['absorb']);
+
+/** A call from a peer that is not admitted for it: refused (the caller sees a typed refusal). */
+export class StageForbiddenError extends InvalidInputError {}
 
 type Timed = 'fwd' | 'bwd' | 'last' | 'step';
 const isTimed = (op: StageOp): op is Timed => op === 'fwd' || op === 'bwd' || op === 'last' || op === 'step';
@@ -32,11 +46,35 @@ export class StageService {
     this.maxBody = requestBodyCap(o.config, o.spec.count, o.bottleneck);
   }
 
+  /** Whether `from` may make call `op` (before its body is read: see bodyCap). */
+  allowed(op: StageOp, from: string): boolean {
+    const s = this.state,
+      drivers = s.o.drivers;
+    if (drivers === null || OPEN.has(op) || drivers.includes(from)) return true;
+    if (FROM_LENDER.has(op)) return s.pending !== null && s.pending.from.includes(from);
+    return false;
+  }
+
+  /** The largest body `from` may send with this head: none for a call it may not make. */
+  bodyCap(head: unknown, from: string): number {
+    const op = (head as { op?: unknown } | null)?.op;
+    if (typeof op !== 'string' || !Object.hasOwn(handlers, op)) return 0;
+    return this.allowed(op as StageOp, from) ? this.maxBody : 0;
+  }
+
   /** Serves one call (an untrusted head); throws InvalidInputError (refused) or StageUnavailableError. */
   async handle(raw: unknown, body: Uint8Array, from: string): Promise<{ head: unknown; body?: Uint8Array }> {
     const s = this.state;
-    s.stats.calls++;
     const h = parseRequest(raw);
+    // Refused before anything is counted or done (a stranger's calls are not the run's work).
+    if (!this.allowed(h.op, from)) {
+      throw new StageForbiddenError(
+        FROM_LENDER.has(h.op)
+          ? `"${h.op}" is taken only from a lender the driver announced (expect); ${from} is not one`
+          : `"${h.op}" is only for this run's driver; ${from} is not admitted`,
+      );
+    }
+    s.stats.calls++;
     const timed = isTimed(h.op) ? h.op : null;
     const t0 = timed ? performance.now() : 0;
     try {

@@ -5,7 +5,10 @@
  *
  * Why shares: recovery needs the checkpoint of a stage whose last peer died to live elsewhere, but
  * no peer may hold weights beyond its own stage. Each of two other stages' peers pins one share;
- * either alone is a one-time pad, and only the restoring peer ever holds both.
+ * either alone is a one-time pad, and only the restoring peer ever holds both. The saver keeps its
+ * copies only until the holders have pinned them: the driver then has it `forget` them (unpinned
+ * and garbage-collected), and a restoring peer collects both from its blockstore once loaded.
+ * Only the run's driver may call any of these (service.ts): `save` tells it both CIDs.
  */
 import { randomBytes } from 'node:crypto';
 import { z } from 'zod';
@@ -16,7 +19,7 @@ import { packF32, unpackF32 } from '../../util/packed.js';
 import { parseCid } from '../../store/index.js';
 import type { Handlers } from './state.js';
 
-export type SharesOp = 'save' | 'hold' | 'restore';
+export type SharesOp = 'save' | 'hold' | 'restore' | 'forget';
 
 /** A stage's state: packF32({v, index, count, l0, l1, step, tensors}, [params, m, v]) (src/util/packed.ts). */
 export function encodeStageState(stage: Stage, opt: AdamW): Uint8Array {
@@ -91,13 +94,31 @@ export const shares: Handlers<SharesOp> = {
 
   async hold(s, h) {
     if (h.stage === s.stage.spec.index) throw new InvalidInputError('a peer does not hold shares of its own stage');
+    // One share set per stage of the run: at most count − 1 held (disk stays bounded).
+    if (h.stage >= s.stage.spec.count) throw new InvalidInputError(`the run has no stage ${h.stage}`);
     const store = s.needStore();
     for (const c of h.shares) await store.pin(parseCid(c), { signal: s.fetchSignal() });
     for (const c of s.held.get(h.stage) ?? []) {
       if (!h.shares.includes(c)) await store.unpin(parseCid(c)).catch(() => undefined);
     }
     s.held.set(h.stage, h.shares);
+    await store.gc({ signal: s.fetchSignal() }).catch(() => undefined);
     return { head: { stage: h.stage, holds: h.shares.length } };
+  },
+
+  async forget(s, h) {
+    const store = s.needStore();
+    const holding = new Set([...s.held.values()].flat());
+    let forgot = 0;
+    for (const c of h.shares) {
+      if (!s.lastSaved.includes(c)) throw new InvalidInputError(`${c} is not a share of this peer's last save`);
+      if (holding.has(c)) continue;
+      await store.unpin(parseCid(c)).catch(() => undefined);
+      forgot++;
+    }
+    s.lastSaved = s.lastSaved.filter((c) => !h.shares.includes(c));
+    await store.gc({ signal: s.fetchSignal() });
+    return { head: { forgot } };
   },
 
   async restore(s, h) {
@@ -112,6 +133,8 @@ export const shares: Handlers<SharesOp> = {
     const x = new Uint8Array(a.length);
     for (let i = 0; i < x.length; i++) x[i] = a[i] ^ b[i];
     decodeStageState(x, stage, s.opt);
+    // Both shares sat in this blockstore (unpinned) while fetched: collect them.
+    await store.gc({ signal: s.fetchSignal() }).catch(() => undefined);
     s.reloaded();
     s.clearWork();
     s.ready = true;
