@@ -87,6 +87,8 @@ test(
         join(root, 'driver'),
         '--driver-dir',
         join(root, 'driver2'),
+        // `tessera generate --swarm` below runs from a throwaway identity.
+        '--open-inference',
         '--json',
       ],
       { encoding: 'utf8' },

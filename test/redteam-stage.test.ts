@@ -29,6 +29,9 @@ import { int32Bytes, type StageOp } from '../src/pipeline/stage-protocol.js';
 import { f32ToBytes } from '../src/util/packed.js';
 import { ErrorFeedback, getCodec } from '../src/swarm/compress/index.js';
 import type { Batch } from '../src/data/batches.js';
+import { PipelineDriver } from '../src/pipeline/driver.js';
+import { StageService } from '../src/pipeline/stage/service.js';
+import { memoryTransport, type MemoryPeer } from '../src/pipeline/memory-transport.js';
 
 const cfg = { vocabSize: 64, ctx: 16, dim: 32, layers: 3, heads: 4 };
 const B = 4,
@@ -36,12 +39,12 @@ const B = 4,
   MICRO = 2,
   LR = 1e-2;
 
-function batches(n: number, seed: number): Batch[] {
+function batches(n: number, seed: number, rows = B): Batch[] {
   const rng = new Rng(seed);
   return Array.from({ length: n }, () => {
-    const inputs = new Int32Array(B * T),
-      targets = new Int32Array(B * T);
-    for (let i = 0; i < B * T; i++) {
+    const inputs = new Int32Array(rows * T),
+      targets = new Int32Array(rows * T);
+    for (let i = 0; i < rows * T; i++) {
       inputs[i] = rng.nextInt(cfg.vocabSize);
       targets[i] = (inputs[i] * 7 + 3) % cfg.vocabSize;
     }
@@ -340,3 +343,57 @@ test(
     }
   },
 );
+
+test('an inflated throughput announcement gains nothing: balanced routing follows measured service times', async () => {
+  const k = loadKernels({ threads: 1 });
+  const ref = new GPT(cfg, k);
+  ref.init(5);
+  const genesis = ref.params.slice();
+  const specs = splitStages(cfg, 3);
+  const svc = new Map<string, StageService>();
+  const slow = new Set(['liar']);
+  const lookup = (p: string): MemoryPeer | undefined => {
+    const s = svc.get(p);
+    if (!s) return undefined;
+    return {
+      // The liar serves each call 40 ms late (a slow machine) while announcing 10¹² tokens/s.
+      handle: async (h, b, from) => {
+        if (slow.has(p)) await new Promise((r) => setTimeout(r, 40));
+        return s.handle(h, b, from);
+      },
+      maxBody: s.maxBody,
+    };
+  };
+  const ids = [['s0'], ['honest', 'liar'], ['s2']];
+  for (const [i, row] of ids.entries())
+    for (const id of row) {
+      const links = { peerId: id, dial: async () => id, client: new StageClient(memoryTransport(id, lookup)) };
+      const o = {
+        config: cfg,
+        spec: specs[i],
+        kernels: k,
+        adamw: DEFAULT_ADAMW,
+        codec: { id: 'fp32' as const },
+        init: (st: Stage) => st.loadFromFull(genesis),
+        drivers: ['driver'],
+      };
+      svc.set(id, new StageService(o as never, links));
+    }
+  const driver = new PipelineDriver({
+    transport: memoryTransport('driver', lookup),
+    stages: ids,
+    dim: cfg.dim,
+    vocabSize: cfg.vocabSize,
+    codec: { id: 'fp32' },
+    routing: 'balance',
+    inflight: 2,
+    throughputOf: (p) => (p === 'liar' ? 1e12 : 1000),
+  });
+  for (const b of batches(6, 2, 8)) await driver.step(b, 8, T, 8, LR);
+  const got = (p: string) => svc.get(p)!.state.stats.count.fwd;
+  const share = got('liar') / (got('liar') + got('honest'));
+  console.log(
+    `micro-batches through stage 1: liar (announces 1e12 tok/s, 40 ms slower per call) ${got('liar')}, honest (announces 1000) ${got('honest')}: liar's share ${(100 * share).toFixed(0)}%`,
+  );
+  assert.ok(share < 0.5, `the liar took ${(100 * share).toFixed(0)}% of the micro-batches`);
+});

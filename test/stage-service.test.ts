@@ -290,3 +290,31 @@ test('only the admitted driver may call a stage: a stranger is refused every op 
   assert.equal(st.rows.size, 1, 'expired forwards were dropped');
   assert.equal(st.heldTokens, T);
 });
+
+test('open inference (the manifest says so): any peer may run a forward that keeps nothing, in small calls; nothing else', async () => {
+  const k = loadKernels({ threads: 1 });
+  const ref = new GPT(cfg, k);
+  ref.init(3);
+  const { peers, lookup } = services(k, ref.params.slice(), { openInference: true });
+  const guest = new StageClient(memoryTransport('a-guest', lookup));
+  const o = { signal: AbortSignal.timeout(5000), maxBody: 1 << 20 };
+  const r = await guest.call(peers[0], 'fwd', { micro: 0, B: 1, T, train: false }, int32Bytes(new Int32Array(T)), o);
+  assert.ok(r.body.length > 0);
+  const refusedWith = async (head: unknown, body: Uint8Array, re: RegExp) => {
+    const f = await failure(memoryTransport('a-guest', lookup), peers[0], head, body);
+    assert.equal(f.refused, true, f.message);
+    assert.match(f.message, re);
+  };
+  await refusedWith(
+    { op: 'fwd', micro: 1, B: 1, T, train: true },
+    int32Bytes(new Int32Array(T)),
+    /only for this run's driver/,
+  );
+  await refusedWith({ op: 'grads', set: false }, new Uint8Array(0), /only for this run's driver/);
+  // More than 16 sequences: its body is over a guest's cap (drained), and the call is refused.
+  await refusedWith(
+    { op: 'fwd', micro: 2, B: 17, T, train: false },
+    int32Bytes(new Int32Array(17 * T)),
+    /at most 16 sequences/,
+  );
+});

@@ -53,6 +53,7 @@ interface PipelineOptions {
   writeRun?: string;
   driverDir?: string[];
   driver?: string[];
+  openInference?: boolean;
   run?: string;
   dataDir?: string;
   listen: string;
@@ -107,6 +108,12 @@ function manifestOf(o: PipelineOptions) {
 async function driveRun(o: PipelineOptions): Promise<void> {
   const { manifest: m, runId } = readPipeManifest(o.run!, '--run');
   if (!o.dataDir) throw new InvalidInputError("--run needs --data-dir (the driver's identity)");
+  // Stage peers serve only the drivers the manifest names: fail here, not with refusals later.
+  const me = (await loadOrCreateIdentity(o.dataDir)).peerId.toString();
+  if (!m.drivers?.includes(me))
+    throw new InvalidInputError(
+      `${o.run} does not admit this driver (${me}): its stage peers would refuse every call; write the run with --driver-dir ${o.dataDir}`,
+    );
   const host = await createHost({
     dataDir: o.dataDir,
     listen: [o.listen],
@@ -277,6 +284,11 @@ export function register(program: Command): void {
     )
     .option('--driver <peerId...>', 'with --write-run: admit this driver peer id (repeat for more)', collect)
     .option(
+      '--open-inference',
+      'with --write-run: stage peers serve inference (`tessera generate --swarm`) to any peer, not only the drivers',
+      false,
+    )
+    .option(
       '--run <file>',
       'drive a multi-machine run: discover its stage peers (`tessera stage --run`), train --steps through them',
     )
@@ -316,13 +328,17 @@ export function register(program: Command): void {
           throw new InvalidInputError(
             '--write-run needs --driver-dir DIR (or --driver PEERID): stage peers serve only the drivers the manifest names',
           );
-        const m = { ...manifestOf(o), drivers: [...new Set(drivers)] };
+        const m = {
+          ...manifestOf(o),
+          drivers: [...new Set(drivers)],
+          ...(o.openInference ? { inference: 'open' as const } : {}),
+        };
         const { manifest, runId } = pipeManifest(m);
         writeFileSync(o.writeRun, JSON.stringify(manifest, null, 2) + '\n');
         result(
           o,
           { runId, out: o.writeRun, manifest },
-          `wrote ${o.writeRun}: pipeline ${runId.slice(0, 12)}, ${o.stages} stages of a ${o.layers}-layer GPT, ${manifest.codec.id} activations; start stage peers with \`tessera stage --run ${o.writeRun} --data-dir DIR\`, then \`tessera pipeline --run ${o.writeRun} --data-dir DIR --bootstrap <a stage peer>\``,
+          `wrote ${o.writeRun}: pipeline ${runId.slice(0, 12)}, ${o.stages} stages of a ${o.layers}-layer GPT, ${manifest.codec.id} activations, driven only by ${manifest.drivers!.join(', ')}; start stage peers with \`tessera stage --run ${o.writeRun} --data-dir DIR\`, then \`tessera pipeline --run ${o.writeRun} --data-dir DIR --bootstrap <a stage peer>\``,
         );
         return;
       }

@@ -64,6 +64,8 @@ export const PipeManifestSchema = z
      * cannot be admitted later without a new run; absent: stage peers refuse to serve the run.
      */
     drivers: z.array(z.string().min(8).max(128)).min(1).max(8).optional(),
+    /** 'open': stage peers also serve inference (no weights change, nothing held) to any peer, bounded per caller. */
+    inference: z.enum(['drivers', 'open']).optional(),
   })
   .strict()
   .refine((m) => m.stages <= m.model.layers, { message: 'more stages than layers' })
@@ -294,6 +296,7 @@ export async function runStagePeer(o: {
     codec: m.codec,
     store,
     drivers,
+    openInference: m.inference === 'open',
     ...(m.bottleneck !== undefined ? { bottleneck: m.bottleneck } : {}),
     init: o.fresh || underway ? null : (s) => s.init(m.seed),
   });

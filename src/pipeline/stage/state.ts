@@ -37,6 +37,8 @@ export interface StageServiceOptions {
    * (in-memory tests of the service alone).
    */
   drivers: readonly string[] | null;
+  /** Serve inference (fwd {train: false}, logits) to peers other than the drivers too, bounded per caller. */
+  openInference?: boolean;
   /** Bounds on micro-batches held between forward and backward (defaults: HELD_LIMITS). */
   held?: Partial<HeldLimits>;
 }
