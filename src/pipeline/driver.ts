@@ -126,8 +126,8 @@ export class PipelineDriver {
   /** Time spent in updates (tied sum, norms, steps) and how many. */
   updateMs = 0;
   updates = 0;
-  /** Latest checkpoint per stage: the two share CIDs and the optimizer step it holds. */
-  readonly checkpoints = new Map<number, { shares: string[]; step: number; bytes: number }>();
+  /** Latest checkpoint per stage: the two share CIDs, the step it holds and the seal its shares are stored under. */
+  readonly checkpoints = new Map<number, { shares: string[]; step: number; bytes: number; seal: string }>();
   readonly recoveries: Recovery[] = [];
   /** Each stage's layer-gradient sum of squares at the last update (a rebuild's weights). */
   private layerSq: number[] = [];
@@ -306,7 +306,8 @@ export class PipelineDriver {
       const peer = this.live[i][0];
       if (!peer) continue;
       try {
-        const h = await this.control(peer, 'save', {});
+        const seal = randomBytes(32).toString('hex');
+        const h = { ...(await this.control(peer, 'save', { seal })), seal };
         await Promise.all([
           this.call((i + 1) % S, 'hold', { stage: i, shares: [h.shares[0]] }, EMPTY, 0),
           this.call((i + 2) % S, 'hold', { stage: i, shares: [h.shares[1]] }, EMPTY, 0),
@@ -338,10 +339,11 @@ export class PipelineDriver {
     if (this.live[i].includes(peer)) throw new InvalidInputError(`${peer} already serves stage ${i}`);
     const t0 = performance.now();
     const src = this.live[i][0];
-    const saved = await this.control(src, 'save', {});
+    const seal = randomBytes(32).toString('hex');
+    const saved = await this.control(src, 'save', { seal });
     const addrs = this.o.addrsOf?.(src) ?? [];
     const dial = addrs.length ? { dial: addrs.slice(0, 16) } : {};
-    const r = await this.control(peer, 'restore', { shares: saved.shares, ...dial }).finally(() =>
+    const r = await this.control(peer, 'restore', { shares: saved.shares, seal, ...dial }).finally(() =>
       // Nobody holds these shares but the saver: it drops them once the new peer has them (or failed).
       this.control(src, 'forget', { shares: saved.shares }).catch(() => undefined),
     );
@@ -375,7 +377,7 @@ export class PipelineDriver {
     const peer = await this.o.recover!(i);
     const holders = [...this.live[(i + 1) % this.S], ...this.live[(i + 2) % this.S]];
     const dial = this.o.addrsOf ? holders.flatMap((p) => this.o.addrsOf!(p).slice(0, 2)).slice(0, 16) : [];
-    await this.control(peer, 'restore', { shares: cp.shares, ...(dial.length ? { dial } : {}) });
+    await this.control(peer, 'restore', { shares: cp.shares, seal: cp.seal, ...(dial.length ? { dial } : {}) });
     this.live[i] = [peer];
     this.recoveries.push({ stage: i, peer, how: 'checkpoint', fromStep: cp.step, ms: performance.now() - t0 });
   }

@@ -17,8 +17,9 @@
  *   logits {micro, B, T}                last stage, inference: body = encoded activations (or tokens
  *                                       when S = 1) → the last position's logits (f32), per sequence
  *   reset {}                            drop held micro-batches and accumulated gradients (a step is redone)
- *   save  {}                            checkpoint: stage state X as two XOR shares R, X⊕R in this
- *                                       peer's IPFS store → {shares: [cid, cid], step, bytes}
+ *   save  {seal}                        checkpoint: stage state X as two XOR shares R, X⊕R in this
+ *                                       peer's IPFS store, each sealed under a key derived from the
+ *                                       driver's fresh `seal` → {shares: [cid, cid], step, bytes}
  *   hold  {stage, shares: [cid]}        pin another stage's share (random-looking bytes: one share
  *                                       says nothing about the weights), replacing the previous one
  *   delta {codec, chunk?, k?}           replicas that train apart (diloco.ts): this replica's pseudo-
@@ -33,7 +34,7 @@
  *                                       rest (attempts that failed further along), free held slots
  *   grads {set}                         get or set the step's accumulated gradients (f32): the
  *                                       driver sums them across the replicas of a stage
- *   restore {shares: [cid, cid]}        a fresh peer: fetch both shares from the holders, XOR,
+ *   restore {shares: [cid, cid], seal}  a fresh peer: fetch both shares from the holders, unseal, XOR,
  *                                       load the stage state; until then compute calls are
  *                                       answered "unavailable" (the driver routes elsewhere)
  *   expect {id, from: [peer, peer]}     a fresh peer of a middle stage, rebuilt without a checkpoint

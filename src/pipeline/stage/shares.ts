@@ -10,7 +10,7 @@
  * and garbage-collected), and a restoring peer collects both from its blockstore once loaded.
  * Only the run's driver may call any of these (service.ts): `save` tells it both CIDs.
  */
-import { randomBytes } from 'node:crypto';
+import { createCipheriv, createHash, randomBytes } from 'node:crypto';
 import { z } from 'zod';
 import type { Stage } from '../../model/stage.js';
 import type { AdamW } from '../../train/adamw.js';
@@ -63,8 +63,24 @@ export function decodeStageState(bytes: Uint8Array, stage: Stage, opt: AdamW): v
   opt.step = head.step;
 }
 
+/**
+ * Share k sealed (or unsealed: the same XOR) under the driver's `seal`: AES-256-CTR with the key
+ * sha256(seal ‖ k), used once (a fresh seal per save). Share CIDs are not secret — bitswap sends
+ * a peer's wants to every connected peer, so anyone near a holder or a restoring peer hears them
+ * (test/redteam-stage-wantlist) and can fetch both shares — but without the seal, which only the
+ * driver and the restoring peer see, two sealed shares say nothing.
+ */
+export function sealed(part: Uint8Array, seal: string | undefined, k: number): Uint8Array {
+  if (seal === undefined) return part;
+  const key = createHash('sha256')
+    .update(Buffer.from(seal, 'hex'))
+    .update(new Uint8Array([k]))
+    .digest();
+  return new Uint8Array(createCipheriv('aes-256-ctr', key, new Uint8Array(16)).update(part));
+}
+
 export const shares: Handlers<SharesOp> = {
-  async save(s) {
+  async save(s, s0) {
     if (s.master) {
       throw new InvalidInputError(
         'checkpoints of a run with look-ahead weights are not supported' +
@@ -77,8 +93,8 @@ export const shares: Handlers<SharesOp> = {
     const y = new Uint8Array(x.length);
     for (let i = 0; i < x.length; i++) y[i] = x[i] ^ r[i];
     const cids: string[] = [];
-    for (const part of [r, y]) {
-      const cid = await store.fs.addBytes(part, { rawLeaves: true });
+    for (const [k, part] of [r, y].entries()) {
+      const cid = await store.fs.addBytes(sealed(part, s0.seal, k), { rawLeaves: true });
       await store.pin(cid, { signal: s.fetchSignal() });
       cids.push(cid.toString());
     }
@@ -128,7 +144,7 @@ export const shares: Handlers<SharesOp> = {
     for (const ma of h.dial ?? []) await s.links.dial(ma, { signal: AbortSignal.timeout(5000) }).catch(() => undefined);
     const maxBytes = 64 + 4096 + 12 * stage.numParams;
     const fetch = (c: string) => store.cat(parseCid(c), { maxBytes, signal: s.fetchSignal() });
-    const [a, b] = await Promise.all(h.shares.map(fetch));
+    const [a, b] = (await Promise.all(h.shares.map(fetch))).map((x, k) => sealed(x, h.seal, k));
     if (a.length !== b.length) throw new InvalidInputError('the two checkpoint shares differ in length');
     const x = new Uint8Array(a.length);
     for (let i = 0; i < x.length; i++) x[i] = a[i] ^ b[i];
