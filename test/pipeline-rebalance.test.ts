@@ -48,6 +48,8 @@ test(
     const k = loadKernels({ threads: 1 });
     const logger = pino({ level: 'silent' });
     const peers: StagePeer[] = [];
+    // The driver's identity first: the stage peers admit it (and only it) as the run's driver.
+    const host = await createHost({ dataDir: join(root, 'driver'), logger });
     const start = async (name: string, stage: number) => {
       const boot = peers.length ? [peers[0].host.multiaddrs()[0]] : [];
       const p = await runStagePeer({
@@ -63,11 +65,11 @@ test(
         throughput: 100,
         hysteresis: 0.2,
         moveCooldownMs: 4000,
+        drivers: [host.peerId],
       });
       peers.push(p);
       return p;
     };
-    const host = await createHost({ dataDir: join(root, 'driver'), logger });
     const run = listenToRun(host, runId, m.stages);
     try {
       for (const [name, stage] of [

@@ -82,6 +82,13 @@ test(
         'int8',
         '--checkpoint-every',
         '5',
+        // The two drivers below: the only peers the stage peers will serve.
+        '--driver-dir',
+        join(root, 'driver'),
+        '--driver-dir',
+        join(root, 'driver2'),
+        // `tessera generate --swarm` below runs from a throwaway identity.
+        '--open-inference',
         '--json',
       ],
       { encoding: 'utf8' },

@@ -17,6 +17,7 @@ import { Rng } from '../src/util/rng.js';
 import { startLocalPipeline, type LocalPipeline } from '../src/pipeline/local.js';
 import { exactBytes } from '../src/pipeline/act-codec.js';
 import { gatherLayers } from '../src/pipeline/rebuild.js';
+import { sealed } from '../src/pipeline/stage/shares.js';
 import { StageClient, libp2pTransport } from '../src/pipeline/stage-client.js';
 import type { StageServer } from '../src/pipeline/stage-server.js';
 import type { Batch } from '../src/data/batches.js';
@@ -291,20 +292,29 @@ test(
         .flatMap(({ srv }) => filesUnder(lp.dataDirOf(srv)))
         .filter((f) => statSync(f).size === size)
         .map((f) => readFileSync(f));
-      let joint = 0;
+      // The shares are sealed (stage/shares.ts): only with the driver's seal do two of them XOR to it.
+      const seal = lp.driver.checkpoints.get(1)!.seal;
+      let joint = 0,
+        raw = 0;
+      const xor = (a: Uint8Array, b: Uint8Array) => {
+        const x = Buffer.alloc(size);
+        for (let i = 0; i < size; i++) x[i] = a[i] ^ b[i];
+        return fingerprint(atCheckpoint[1]).every((w) => x.indexOf(w) >= 0);
+      };
       for (let a = 0; a < sized.length; a++) {
         for (let b = a + 1; b < sized.length; b++) {
-          const x = Buffer.alloc(size);
-          for (let i = 0; i < size; i++) x[i] = sized[a][i] ^ sized[b][i];
-          if (fingerprint(atCheckpoint[1]).every((w) => x.indexOf(w) >= 0)) joint++;
+          if (xor(sized[a], sized[b])) raw++;
+          const [p, q] = [sized[a], sized[b]];
+          if (xor(sealed(p, seal, 0), sealed(q, seal, 1)) || xor(sealed(q, seal, 0), sealed(p, seal, 1))) joint++;
         }
       }
       assert.ok(
         joint >= 1,
-        `two shares on two holders' disks XOR to stage 1's checkpoint (${sized.length} files of ${size} bytes)`,
+        `two shares on two holders' disks, unsealed, XOR to stage 1's checkpoint (${sized.length} files of ${size} bytes)`,
       );
+      assert.equal(raw, 0, 'two sealed shares XOR to nothing without the seal');
       process.stderr.write(
-        `pipeline: containment on disk: ${scanned} (peer, foreign stage) pairs scanned, none found; the two shares of stage 1 XOR to it\n`,
+        `pipeline: containment on disk: ${scanned} (peer, foreign stage) pairs scanned, none found; the two shares of stage 1, unsealed, XOR to it (not without the seal)\n`,
       );
     } finally {
       await lp.close();

@@ -23,7 +23,7 @@ import { StageCallError, type Reply } from '../src/pipeline/rpc.js';
 import { memoryTransport, type MemoryPeer } from '../src/pipeline/memory-transport.js';
 import { StageClient, libp2pTransport, type StageTransport } from '../src/pipeline/stage-client.js';
 import { StageService } from '../src/pipeline/stage/service.js';
-import { serveStage } from '../src/pipeline/stage-server.js';
+import { serveStage, type StageServiceOptions } from '../src/pipeline/stage-server.js';
 import { int32Bytes, requestBodyCap } from '../src/pipeline/stage-protocol.js';
 
 const cfg = { vocabSize: 64, ctx: 16, dim: 32, layers: 3, heads: 4 };
@@ -52,17 +52,28 @@ interface InMemory {
   svc: Map<string, StageService>;
   lookup: (p: string) => MemoryPeer | undefined;
 }
-function services(k: Kernels, genesis: Float32Array | null): InMemory {
+function services(k: Kernels, genesis: Float32Array | null, extra: Partial<StageServiceOptions> = {}): InMemory {
   const svc = new Map<string, StageService>();
   const lookup = (p: string): MemoryPeer | undefined => {
     const s = svc.get(p);
-    return s ? { handle: (h, b, from) => s.handle(h, b, from), maxBody: s.maxBody } : undefined;
+    return s
+      ? { handle: (h, b, from) => s.handle(h, b, from), maxBody: s.maxBody, bodyCap: (h, f) => s.bodyCap(h, f) }
+      : undefined;
   };
   const peers = splitStages(cfg, S).map((spec) => {
     const id = `stage-peer-${spec.index}`;
     const links = { peerId: id, dial: async () => id, client: new StageClient(memoryTransport(id, lookup)) };
     const init = genesis ? (st: { loadFromFull(p: Float32Array): void }) => st.loadFromFull(genesis) : null;
-    const o = { config: cfg, spec, kernels: k, adamw: DEFAULT_ADAMW, codec: { id: 'fp32' as const }, init };
+    const o = {
+      config: cfg,
+      spec,
+      kernels: k,
+      adamw: DEFAULT_ADAMW,
+      codec: { id: 'fp32' as const },
+      init,
+      drivers: [DRIVER],
+      ...extra,
+    };
     svc.set(id, new StageService(o, links));
     return id;
   });
@@ -199,7 +210,8 @@ test('bad requests and unknown ops are refused in memory exactly as over libp2p'
   const b = await createHost({ dataDir: join(root, 'b'), logger });
   try {
     const init = (st: { loadFromFull(p: Float32Array): void }) => st.loadFromFull(ref.params);
-    await serveStage(b, { config: cfg, spec, kernels: k, adamw: DEFAULT_ADAMW, codec: { id: 'fp32' }, init });
+    const drivers = [a.peerId];
+    await serveStage(b, { config: cfg, spec, kernels: k, adamw: DEFAULT_ADAMW, codec: { id: 'fp32' }, init, drivers });
     await a.dial(b.multiaddrs()[0], { signal: AbortSignal.timeout(5000) });
     const net = libp2pTransport(a);
     for (const [i, [what, head, body]] of refusals.entries()) {
@@ -213,4 +225,96 @@ test('bad requests and unknown ops are refused in memory exactly as over libp2p'
     await Promise.allSettled([a.stop(), b.stop()]);
     rmSync(root, { recursive: true, force: true });
   }
+});
+
+test('only the admitted driver may call a stage: a stranger is refused every op but info, before its body is read; held forwards are bounded and expire', async () => {
+  const k = loadKernels({ threads: 1 });
+  const ref = new GPT(cfg, k);
+  ref.init(3);
+  const { peers, svc, lookup } = services(k, ref.params.slice(), { held: { count: 3, ttlMs: 60_000 } });
+  const stranger = memoryTransport('a-stranger', lookup);
+  const tokens = int32Bytes(new Int32Array(T));
+  const heads: Record<string, unknown> = {
+    fwd: { op: 'fwd', micro: 0, B: 1, T, train: true },
+    bwd: { op: 'bwd', micro: 0 },
+    norm: { op: 'norm' },
+    tied: { op: 'tied', set: false },
+    step: { op: 'step', lr: 1, globalNorm: 0 },
+    reset: { op: 'reset' },
+    save: { op: 'save' },
+    hold: { op: 'hold', stage: 1, shares: ['b'.repeat(59)] },
+    delta: { op: 'delta', codec: 'fp32' },
+    outer: { op: 'outer', lr: 1, momentum: 0 },
+    embed: { op: 'embed', set: false },
+    fold: { op: 'fold', keep: [] },
+    grads: { op: 'grads', set: false },
+    restore: { op: 'restore', shares: ['b'.repeat(59), 'c'.repeat(59)] },
+    expect: { op: 'expect', id: '0'.repeat(16), from: ['x'.repeat(8), 'y'.repeat(8)] },
+    lend: { op: 'lend', id: '0'.repeat(16), to: 'a-stranger', seed: '0'.repeat(64), sign: 1, weight: 1 },
+    forget: { op: 'forget', shares: ['b'.repeat(59)] },
+  };
+  for (const [op, head] of Object.entries(heads)) {
+    const f = await failure(stranger, peers[0], head, op === 'fwd' ? tokens : undefined);
+    assert.equal(f.refused, true, `${op}: ${f.message}`);
+    assert.match(f.message, new RegExp(`"${op}" is only for this run's driver; a-stranger is not admitted`));
+  }
+  const absorb = await failure(stranger, peers[1], {
+    op: 'absorb',
+    id: '0'.repeat(16),
+    layout: '0'.repeat(64),
+    step: 0,
+  });
+  assert.match(absorb.message, /"absorb" is taken only from a lender the driver announced/);
+  // A large body from a stranger is drained, not held, and still refused (typed).
+  const big = await failure(stranger, peers[1], { op: 'grads', set: true }, new Uint8Array(requestBodyCap(cfg, S)));
+  assert.equal(big.refused, true);
+  assert.match(big.message, /only for this run's driver/);
+  const info = await new StageClient(stranger).control(peers[0], 'info', {}, { signal: AbortSignal.timeout(5000) });
+  assert.equal(info.stats.calls, 1, "a stranger's refused calls are not counted as the run's work (only this info)");
+  // The driver: at most 3 forwards held for a backward; the 4th is refused, and held ones expire.
+  const driver = new StageClient(memoryTransport(DRIVER, lookup));
+  const fwd = (micro: number) =>
+    driver.call(peers[0], 'fwd', { micro, B: 1, T, train: true }, tokens, {
+      signal: AbortSignal.timeout(5000),
+      maxBody: 1 << 20,
+    });
+  for (let m = 0; m < 3; m++) await fwd(m);
+  await assert.rejects(
+    fwd(3),
+    (e: unknown) => e instanceof StageCallError && e.refused && /too much held for backward/.test(e.message),
+  );
+  const st = svc.get(peers[0])!.state;
+  assert.equal(st.rows.size, 3);
+  for (const m of st.heldAt.keys()) st.heldAt.set(m, Date.now() - 120_000); // as if 2 minutes old
+  await fwd(3);
+  assert.equal(st.rows.size, 1, 'expired forwards were dropped');
+  assert.equal(st.heldTokens, T);
+});
+
+test('open inference (the manifest says so): any peer may run a forward that keeps nothing, in small calls; nothing else', async () => {
+  const k = loadKernels({ threads: 1 });
+  const ref = new GPT(cfg, k);
+  ref.init(3);
+  const { peers, lookup } = services(k, ref.params.slice(), { openInference: true });
+  const guest = new StageClient(memoryTransport('a-guest', lookup));
+  const o = { signal: AbortSignal.timeout(5000), maxBody: 1 << 20 };
+  const r = await guest.call(peers[0], 'fwd', { micro: 0, B: 1, T, train: false }, int32Bytes(new Int32Array(T)), o);
+  assert.ok(r.body.length > 0);
+  const refusedWith = async (head: unknown, body: Uint8Array, re: RegExp) => {
+    const f = await failure(memoryTransport('a-guest', lookup), peers[0], head, body);
+    assert.equal(f.refused, true, f.message);
+    assert.match(f.message, re);
+  };
+  await refusedWith(
+    { op: 'fwd', micro: 1, B: 1, T, train: true },
+    int32Bytes(new Int32Array(T)),
+    /only for this run's driver/,
+  );
+  await refusedWith({ op: 'grads', set: false }, new Uint8Array(0), /only for this run's driver/);
+  // More than 16 sequences: its body is over a guest's cap (drained), and the call is refused.
+  await refusedWith(
+    { op: 'fwd', micro: 2, B: 17, T, train: false },
+    int32Bytes(new Int32Array(17 * T)),
+    /at most 16 sequences/,
+  );
 });

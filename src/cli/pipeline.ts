@@ -21,6 +21,7 @@ import { InvalidInputError } from '../util/errors.js';
 import { writeFileSync } from 'node:fs';
 import { pino } from 'pino';
 import { createHost } from '../net/host.js';
+import { loadOrCreateIdentity } from '../net/identity.js';
 import { PipelineDriver, type Recovery } from '../pipeline/driver.js';
 import {
   awaitFreshPeer,
@@ -50,6 +51,9 @@ interface PipelineOptions {
   cacheDir: string;
   json: boolean;
   writeRun?: string;
+  driverDir?: string[];
+  driver?: string[];
+  openInference?: boolean;
   run?: string;
   dataDir?: string;
   listen: string;
@@ -104,6 +108,12 @@ function manifestOf(o: PipelineOptions) {
 async function driveRun(o: PipelineOptions): Promise<void> {
   const { manifest: m, runId } = readPipeManifest(o.run!, '--run');
   if (!o.dataDir) throw new InvalidInputError("--run needs --data-dir (the driver's identity)");
+  // Stage peers serve only the drivers the manifest names: fail here, not with refusals later.
+  const me = (await loadOrCreateIdentity(o.dataDir)).peerId.toString();
+  if (!m.drivers?.includes(me))
+    throw new InvalidInputError(
+      `${o.run} does not admit this driver (${me}): its stage peers would refuse every call; write the run with --driver-dir ${o.dataDir}`,
+    );
   const host = await createHost({
     dataDir: o.dataDir,
     listen: [o.listen],
@@ -268,6 +278,17 @@ export function register(program: Command): void {
       'write a pipeline manifest for a multi-machine run (from --stages --layers --codec --rank --micro --lr --checkpoint-every) and exit',
     )
     .option(
+      '--driver-dir <dir...>',
+      "with --write-run: the driver's identity directory (created if new); its peer id is the run's admitted driver (repeat for more)",
+      collect,
+    )
+    .option('--driver <peerId...>', 'with --write-run: admit this driver peer id (repeat for more)', collect)
+    .option(
+      '--open-inference',
+      'with --write-run: stage peers serve inference (`tessera generate --swarm`) to any peer, not only the drivers',
+      false,
+    )
+    .option(
       '--run <file>',
       'drive a multi-machine run: discover its stage peers (`tessera stage --run`), train --steps through them',
     )
@@ -297,13 +318,27 @@ export function register(program: Command): void {
     .option('--json', 'machine-readable output on stdout', false)
     .action(async (o: PipelineOptions) => {
       if (o.writeRun) {
-        const m = manifestOf(o);
+        const drivers = [
+          ...(o.driver ?? []),
+          ...(await Promise.all(
+            (o.driverDir ?? []).map(async (d) => (await loadOrCreateIdentity(d)).peerId.toString()),
+          )),
+        ];
+        if (drivers.length === 0)
+          throw new InvalidInputError(
+            '--write-run needs --driver-dir DIR (or --driver PEERID): stage peers serve only the drivers the manifest names',
+          );
+        const m = {
+          ...manifestOf(o),
+          drivers: [...new Set(drivers)],
+          ...(o.openInference ? { inference: 'open' as const } : {}),
+        };
         const { manifest, runId } = pipeManifest(m);
         writeFileSync(o.writeRun, JSON.stringify(manifest, null, 2) + '\n');
         result(
           o,
           { runId, out: o.writeRun, manifest },
-          `wrote ${o.writeRun}: pipeline ${runId.slice(0, 12)}, ${o.stages} stages of a ${o.layers}-layer GPT, ${manifest.codec.id} activations; start stage peers with \`tessera stage --run ${o.writeRun} --data-dir DIR\`, then \`tessera pipeline --run ${o.writeRun} --data-dir DIR --bootstrap <a stage peer>\``,
+          `wrote ${o.writeRun}: pipeline ${runId.slice(0, 12)}, ${o.stages} stages of a ${o.layers}-layer GPT, ${manifest.codec.id} activations, driven only by ${manifest.drivers!.join(', ')}; start stage peers with \`tessera stage --run ${o.writeRun} --data-dir DIR\`, then \`tessera pipeline --run ${o.writeRun} --data-dir DIR --bootstrap <a stage peer>\``,
         );
         return;
       }

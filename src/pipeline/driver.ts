@@ -62,7 +62,7 @@ export interface DriverOptions {
    * replicas of a stage sum their gradients (exactly, through the driver), so they stay identical.
    */
   routing?: 'replicate' | 'balance';
-  /** A peer's announced capacity in tokens/s (balanced routing); default: all equal. */
+  /** A peer's announced capacity in tokens/s (balanced routing): a cap on its measured one; default: none. */
   throughputOf?: (peer: string) => number;
 }
 
@@ -126,8 +126,8 @@ export class PipelineDriver {
   /** Time spent in updates (tied sum, norms, steps) and how many. */
   updateMs = 0;
   updates = 0;
-  /** Latest checkpoint per stage: the two share CIDs and the optimizer step it holds. */
-  readonly checkpoints = new Map<number, { shares: string[]; step: number; bytes: number }>();
+  /** Latest checkpoint per stage: the two share CIDs, the step it holds and the seal its shares are stored under. */
+  readonly checkpoints = new Map<number, { shares: string[]; step: number; bytes: number; seal: string }>();
   readonly recoveries: Recovery[] = [];
   /** Each stage's layer-gradient sum of squares at the last update (a rebuild's weights). */
   private layerSq: number[] = [];
@@ -306,11 +306,14 @@ export class PipelineDriver {
       const peer = this.live[i][0];
       if (!peer) continue;
       try {
-        const h = await this.control(peer, 'save', {});
+        const seal = randomBytes(32).toString('hex');
+        const h = { ...(await this.control(peer, 'save', { seal })), seal };
         await Promise.all([
           this.call((i + 1) % S, 'hold', { stage: i, shares: [h.shares[0]] }, EMPTY, 0),
           this.call((i + 2) % S, 'hold', { stage: i, shares: [h.shares[1]] }, EMPTY, 0),
         ]);
+        // The holders have both shares now: the saver must not keep them side by side.
+        await this.control(peer, 'forget', { shares: h.shares });
         this.checkpoints.set(i, h);
       } catch (err) {
         if (err instanceof StageCallError && err.refused) throw err;
@@ -336,10 +339,14 @@ export class PipelineDriver {
     if (this.live[i].includes(peer)) throw new InvalidInputError(`${peer} already serves stage ${i}`);
     const t0 = performance.now();
     const src = this.live[i][0];
-    const saved = await this.control(src, 'save', {});
+    const seal = randomBytes(32).toString('hex');
+    const saved = await this.control(src, 'save', { seal });
     const addrs = this.o.addrsOf?.(src) ?? [];
     const dial = addrs.length ? { dial: addrs.slice(0, 16) } : {};
-    const r = await this.control(peer, 'restore', { shares: saved.shares, ...dial });
+    const r = await this.control(peer, 'restore', { shares: saved.shares, seal, ...dial }).finally(() =>
+      // Nobody holds these shares but the saver: it drops them once the new peer has them (or failed).
+      this.control(src, 'forget', { shares: saved.shares }).catch(() => undefined),
+    );
     if (r.step !== saved.step)
       throw new StageCallError(`stage ${i}: ${peer} restored step ${r.step}, not ${saved.step}`);
     this.live[i].push(peer);
@@ -370,7 +377,7 @@ export class PipelineDriver {
     const peer = await this.o.recover!(i);
     const holders = [...this.live[(i + 1) % this.S], ...this.live[(i + 2) % this.S]];
     const dial = this.o.addrsOf ? holders.flatMap((p) => this.o.addrsOf!(p).slice(0, 2)).slice(0, 16) : [];
-    await this.control(peer, 'restore', { shares: cp.shares, ...(dial.length ? { dial } : {}) });
+    await this.control(peer, 'restore', { shares: cp.shares, seal: cp.seal, ...(dial.length ? { dial } : {}) });
     this.live[i] = [peer];
     this.recoveries.push({ stage: i, peer, how: 'checkpoint', fromStep: cp.step, ms: performance.now() - t0 });
   }
@@ -437,12 +444,42 @@ export class PipelineDriver {
     return { loss, gradNorm, actBytes: this.actBytes - a0, syncBytes: this.syncBytes - s0, retries: this.retries - r0 };
   }
 
-  /** Balanced routing: the live replica of stage i with the most throughput per call in flight (ties: the first). */
+  /**
+   * Balanced routing: a replica's capacity in tokens/s is what the driver measured it serving
+   * (fwd/last/bwd calls, timed here), capped by what it announces; before it was measured, its
+   * announcement capped by the best measured replica of the stage. So an inflated announcement
+   * gains nothing: at most one call's worth of routing before it is measured.
+   */
+  capacityOf(i: number, peer: string): number {
+    const announced = this.o.throughputOf?.(peer) ?? Infinity;
+    const m = this.measured.get(peer);
+    if (m) return Math.min(announced, m.tokens / Math.max(1e-6, m.ms / 1000));
+    let best = 0;
+    for (const p of this.live[i]) {
+      const q = this.measured.get(p);
+      if (q) best = Math.max(best, q.tokens / Math.max(1e-6, q.ms / 1000));
+    }
+    const cap = best > 0 ? Math.min(announced, best) : announced;
+    return Number.isFinite(cap) ? cap : 1;
+  }
+
+  /** Tokens served and milliseconds taken per peer (fwd/last/bwd), decayed so that they follow the peer. */
+  private readonly measured = new Map<string, { tokens: number; ms: number }>();
+
+  private timed(peer: string, tokens: number, ms: number): void {
+    const m = this.measured.get(peer) ?? { tokens: 0, ms: 0 };
+    // An exponential window of about 32 calls.
+    m.tokens = 0.97 * m.tokens + tokens;
+    m.ms = 0.97 * m.ms + ms;
+    this.measured.set(peer, m);
+  }
+
+  /** Balanced routing: the live replica of stage i with the most capacity per call in flight (ties: the first). */
   private pick(i: number): string {
     let best = '',
       score = -1;
     for (const p of this.live[i]) {
-      const sc = (this.o.throughputOf?.(p) ?? 1) / (1 + (this.outstanding.get(p) ?? 0));
+      const sc = this.capacityOf(i, p) / (1 + (this.outstanding.get(p) ?? 0));
       if (sc > score) {
         best = p;
         score = sc;
@@ -462,8 +499,12 @@ export class PipelineDriver {
     maxBody: number,
   ): Promise<StageReply<Op>> {
     this.outstanding.set(peer, (this.outstanding.get(peer) ?? 0) + 1);
+    const t0 = performance.now();
     try {
-      return await this.client.call(peer, op, args, body, { maxBody, signal: this.deadline() });
+      const r = await this.client.call(peer, op, args, body, { maxBody, signal: this.deadline() });
+      const a = args as { B?: number; T?: number };
+      if ((op === 'fwd' || op === 'last') && a.B && a.T) this.timed(peer, a.B * a.T, performance.now() - t0);
+      return r;
     } catch (err) {
       if (!(err instanceof StageCallError && err.refused)) {
         const k = this.live[i].indexOf(peer);

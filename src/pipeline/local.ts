@@ -29,6 +29,8 @@ export interface LocalPipeline {
   peerOf(server: StageServer): string;
   /** A stage peer's data directory (its libp2p key and IPFS store: what it keeps on disk). */
   dataDirOf(server: StageServer): string;
+  /** A stage peer's IPFS store (with `checkpoints`). */
+  storeOf(server: StageServer): Store | undefined;
   /** Stop one stage peer (its host goes away mid-run: a failure drill). */
   kill(stage: number, replica: number): Promise<void>;
   close(): Promise<void>;
@@ -61,7 +63,9 @@ export async function startLocalPipeline(o: {
   const stores: Store[] = [];
   let fresh = 0;
   const specs = splitStages(o.config, o.stages);
-  type Peer = StageServer & { host: Host; dataDir: string };
+  type Peer = StageServer & { host: Host; dataDir: string; store?: Store };
+  // The driver's host first: every stage peer admits its peer id, and only it, as the run's driver.
+  const driverHost = await createHost({ dataDir: join(root, 'driver'), logger });
   const startPeer = async (dir: string, spec: (typeof specs)[number], init: boolean): Promise<Peer> => {
     const host = await createHost({ dataDir: join(root, dir), logger });
     hosts.push(host);
@@ -76,18 +80,18 @@ export async function startLocalPipeline(o: {
       kernels: o.kernels,
       adamw: o.adamw,
       codec: o.codec,
+      drivers: [driverHost.peerId],
       init: init ? (s) => s.loadFromFull(o.genesis) : null,
       ...(store ? { store } : {}),
       ...(o.bottleneck !== undefined ? { bottleneck: o.bottleneck } : {}),
     });
-    return Object.assign(srv, { host, dataDir: join(root, dir) });
+    return Object.assign(srv, { host, dataDir: join(root, dir), ...(store ? { store } : {}) });
   };
   for (const spec of specs) {
     const row: StageServer[] = [];
     for (let r = 0; r < R; r++) row.push(await startPeer(`stage-${spec.index}-${r}`, spec, true));
     servers.push(row);
   }
-  const driverHost = await createHost({ dataDir: join(root, 'driver'), logger });
   hosts.push(driverHost);
   const connectAll = async (h: Host) => {
     // Stage peers know each other (they fetch checkpoint shares from one another) and the driver.
@@ -137,6 +141,7 @@ export async function startLocalPipeline(o: {
     alive: (srv) => !stopped.has((srv as Peer).host),
     peerOf: (srv) => (srv as Peer).host.peerId,
     dataDirOf: (srv) => (srv as Peer).dataDir,
+    storeOf: (srv) => (srv as Peer).store,
     kill: async (stage, replica) => {
       const h = (servers[stage][replica] as Peer).host;
       stopped.add(h);

@@ -4,13 +4,23 @@
  * and reads the framed reply back, so a stage service is tested (and refuses bad calls) as it
  * would be over libp2p; a framing failure on the peer's side reads like a dropped stream.
  */
-import { answer, encodeRequest, readReply, StageCallError, type ReadBytes, type StageHandler } from './rpc.js';
+import {
+  answer,
+  encodeRequest,
+  readReply,
+  StageCallError,
+  type BodyCap,
+  type ReadBytes,
+  type StageHandler,
+} from './rpc.js';
 import type { StageTransport } from './stage-client.js';
 
 /** A stage service as the transport reaches it: its handler and its request body cap. */
 export interface MemoryPeer {
   handle: StageHandler;
   maxBody: number;
+  /** Per caller and head (StageService.bodyCap); default: maxBody for everyone. */
+  bodyCap?: BodyCap;
 }
 
 /** Reads a buffer front to back; a read past its end fails like a stream that ended. */
@@ -51,7 +61,7 @@ export function memoryTransport(
       let res: Uint8Array;
       try {
         const sent = bufferReader(wrap.request ? wrap.request(req) : req);
-        res = await abortable(answer(sent, target.handle, from, target.maxBody), o.signal);
+        res = await abortable(answer(sent, target.handle, from, target.maxBody, target.bodyCap), o.signal);
       } catch (err) {
         // Over libp2p the peer drops the stream (a cap exceeded, a short request): the call fails, unrefused.
         throw new StageCallError(`stage call failed: ${(err as Error).message}`, { cause: err });

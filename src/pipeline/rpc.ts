@@ -124,6 +124,9 @@ export async function callStage(
   }
 }
 
+/** The largest request body `from` may send with this (unchecked) head. */
+export type BodyCap = (head: unknown, from: string) => number;
+
 export type StageHandler = (
   head: unknown,
   body: Uint8Array,
@@ -140,14 +143,33 @@ export async function answer(
   handler: StageHandler,
   from: string,
   maxBody: number,
+  bodyCap?: BodyCap,
 ): Promise<Uint8Array> {
   const hb = await readPart(read, MAX_HEAD, 'request head');
-  const body = await readPart(read, maxBody, 'request body');
+  let parsed: unknown = undefined;
+  try {
+    parsed = JSON.parse(new TextDecoder().decode(hb)) as unknown;
+  } catch {
+    /* the handler refuses it */
+  }
+  // A caller's body cap is decided from its head and identity before the body is read (an
+  // unadmitted caller gets 0: it cannot make the peer buffer a large body).
+  const cap = bodyCap ? Math.min(maxBody, bodyCap(parsed, from)) : maxBody;
+  const n = await readU32(read);
+  if (n > maxBody) throw new StageCallError(`request body of ${n} bytes exceeds the limit of ${maxBody}`);
+  let body: Uint8Array;
+  if (n <= cap) body = await read(n);
+  else {
+    // Over this caller's cap: drained in small reads (never held), so the refusal still reaches it.
+    for (let left = n; left > 0; left -= Math.min(left, 65536)) await read(Math.min(left, 65536));
+    body = new Uint8Array(0);
+  }
   let status = 0,
     head: unknown,
     out: Uint8Array = new Uint8Array(0);
   try {
-    const r = await handler(JSON.parse(new TextDecoder().decode(hb)) as unknown, body, from);
+    if (parsed === undefined) throw new Error('request head is not JSON');
+    const r = await handler(parsed, body, from);
     head = r.head;
     out = r.body ?? out;
   } catch (err) {
@@ -162,7 +184,7 @@ export async function answer(
 export async function serveStageRpc(
   host: Host,
   handler: StageHandler,
-  o: { maxBody: number; timeoutMs?: number },
+  o: { maxBody: number; timeoutMs?: number; bodyCap?: BodyCap },
 ): Promise<{ close(): Promise<void> }> {
   await host.node.handle(
     STAGE_PROTOCOL,
@@ -174,6 +196,7 @@ export async function serveStageRpc(
           handler,
           connection.remotePeer.toString(),
           o.maxBody,
+          o.bodyCap,
         );
         await sendAll(stream, res, { signal });
         await stream.close({ signal });

@@ -58,6 +58,14 @@ export const PipeManifestSchema = z
     batch: z.number().int().min(1).max(4096),
     micro: z.number().int().min(1).max(4096),
     checkpointEvery: z.number().int().min(0),
+    /**
+     * The run's driver(s), by libp2p peer id: the only peers a stage peer lets read or change its
+     * weights, gradients and optimizer state (stage/service.ts). Part of the run id, so a peer
+     * cannot be admitted later without a new run; absent: stage peers refuse to serve the run.
+     */
+    drivers: z.array(z.string().min(8).max(128)).min(1).max(8).optional(),
+    /** 'open': stage peers also serve inference (no weights change, nothing held) to any peer, bounded per caller. */
+    inference: z.enum(['drivers', 'open']).optional(),
   })
   .strict()
   .refine((m) => m.stages <= m.model.layers, { message: 'more stages than layers' })
@@ -249,8 +257,15 @@ export async function runStagePeer(o: {
   /** Least time between joining (or a move) and the next move. Default 10 s. */
   moveCooldownMs?: number;
   onMove?: (m: Move) => void;
+  /** The run's admitted driver(s) instead of the manifest's `drivers` (tests). */
+  drivers?: string[];
 }): Promise<StagePeer> {
   const m = o.manifest;
+  const drivers = o.drivers ?? m.drivers;
+  if (!drivers?.length)
+    throw new InvalidInputError(
+      'the pipeline manifest names no driver (`drivers`; write it with `tessera pipeline --write-run … --driver-dir DIR`): a stage peer would let anyone read and change its weights',
+    );
   if (o.stage !== undefined && (o.stage < 0 || o.stage >= m.stages))
     throw new InvalidInputError(`--stage must be in 0..${m.stages - 1}`);
   const host = await createHost({
@@ -280,6 +295,8 @@ export async function runStagePeer(o: {
     adamw: m.adamw,
     codec: m.codec,
     store,
+    drivers,
+    openInference: m.inference === 'open',
     ...(m.bottleneck !== undefined ? { bottleneck: m.bottleneck } : {}),
     init: o.fresh || underway ? null : (s) => s.init(m.seed),
   });

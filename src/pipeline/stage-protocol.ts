@@ -67,7 +67,8 @@ export const RequestSchemas = {
   info: z.object({ op: z.literal('info') }).strict(),
   reset: z.object({ op: z.literal('reset') }).strict(),
   logits: z.object({ op: z.literal('logits'), ...Shape }).strict(),
-  save: z.object({ op: z.literal('save') }).strict(),
+  /** `seal`: a fresh key from the driver; each share is stored encrypted under a key derived from it. */
+  save: z.object({ op: z.literal('save'), seal: Hex(64).optional() }).strict(),
   hold: z
     .object({
       op: z.literal('hold'),
@@ -99,7 +100,14 @@ export const RequestSchemas = {
   embed: z.object({ op: z.literal('embed'), set: z.boolean() }).strict(),
   fold: z.object({ op: z.literal('fold'), keep: z.array(Count.max(Number.MAX_SAFE_INTEGER)).max(4096) }).strict(),
   grads: z.object({ op: z.literal('grads'), set: z.boolean() }).strict(),
-  restore: z.object({ op: z.literal('restore'), shares: z.array(Cid).length(2), dial: Addrs.optional() }).strict(),
+  restore: z
+    .object({
+      op: z.literal('restore'),
+      shares: z.array(Cid).length(2),
+      seal: Hex(64).optional(),
+      dial: Addrs.optional(),
+    })
+    .strict(),
   expect: z.object({ op: z.literal('expect'), id: Hex(16), from: z.array(PeerIdStr).length(2) }).strict(),
   lend: z
     .object({
@@ -113,6 +121,7 @@ export const RequestSchemas = {
     })
     .strict(),
   absorb: z.object({ op: z.literal('absorb'), id: Hex(16), layout: Hex(64), step: Count }).strict(),
+  forget: z.object({ op: z.literal('forget'), shares: z.array(Cid).min(1).max(2) }).strict(),
 } as const;
 
 export type StageOp = keyof typeof RequestSchemas;
@@ -140,6 +149,7 @@ export const StageRequestSchema = z.discriminatedUnion('op', [
   RequestSchemas.expect,
   RequestSchemas.lend,
   RequestSchemas.absorb,
+  RequestSchemas.forget,
 ]);
 export type StageRequest = z.infer<typeof StageRequestSchema>;
 /** The request head of one operation. */
@@ -199,6 +209,7 @@ export const ReplySchemas = {
   expect: z.object({ layers: Count }),
   lend: z.object({ bytes: Count, step: Count }),
   absorb: z.union([z.object({ complete: z.literal(false) }), z.object({ complete: z.literal(true), step: Count })]),
+  forget: z.object({ forgot: Count }),
 } as const satisfies Record<StageOp, z.ZodType>;
 
 /** The reply head of one operation, as the client reads it. */

@@ -17,8 +17,9 @@
  *   logits {micro, B, T}                last stage, inference: body = encoded activations (or tokens
  *                                       when S = 1) → the last position's logits (f32), per sequence
  *   reset {}                            drop held micro-batches and accumulated gradients (a step is redone)
- *   save  {}                            checkpoint: stage state X as two XOR shares R, X⊕R in this
- *                                       peer's IPFS store → {shares: [cid, cid], step, bytes}
+ *   save  {seal}                        checkpoint: stage state X as two XOR shares R, X⊕R in this
+ *                                       peer's IPFS store, each sealed under a key derived from the
+ *                                       driver's fresh `seal` → {shares: [cid, cid], step, bytes}
  *   hold  {stage, shares: [cid]}        pin another stage's share (random-looking bytes: one share
  *                                       says nothing about the weights), replacing the previous one
  *   delta {codec, chunk?, k?}           replicas that train apart (diloco.ts): this replica's pseudo-
@@ -33,7 +34,7 @@
  *                                       rest (attempts that failed further along), free held slots
  *   grads {set}                         get or set the step's accumulated gradients (f32): the
  *                                       driver sums them across the replicas of a stage
- *   restore {shares: [cid, cid]}        a fresh peer: fetch both shares from the holders, XOR,
+ *   restore {shares: [cid, cid], seal}  a fresh peer: fetch both shares from the holders, unseal, XOR,
  *                                       load the stage state; until then compute calls are
  *                                       answered "unavailable" (the driver routes elsewhere)
  *   expect {id, from: [peer, peer]}     a fresh peer of a middle stage, rebuilt without a checkpoint
@@ -42,6 +43,12 @@
  *                                       (`absorb`); the driver that asks never sees the part
  *   absorb {id, layout}                 (from a lender) one part; with both in, the pads cancel, the
  *                                       mean becomes this stage's layers (fresh moments), it serves
+ *   forget {shares: [cid]}              the saver, once the holders have pinned them: drop its own
+ *                                       copies of its last save's shares (unpin, garbage-collect)
+ *
+ * Who may call (stage/service.ts, `drivers`): `info` anyone; `absorb` only a lender that the
+ * driver named in `expect`; everything else only the run's admitted driver(s), the peer ids
+ * the manifest names (hashed into the run id). Anyone else is refused, before its body is read.
  *
  * A replica joins a live stage the same way: the driver has a serving replica `save`, and the
  * new peer `restore` those shares (bit-identical to the replicas it joins). A peer that moves to
@@ -87,7 +94,10 @@ export async function serveStage(host: Host, o: StageServiceOptions): Promise<St
   const service = new StageService(o, links);
   const s = service.state;
   const handler = (head: unknown, body: Uint8Array, from: string) => service.handle(head, body, from);
-  const srv = await serveStageRpc(host, handler, { maxBody: service.maxBody });
+  const srv = await serveStageRpc(host, handler, {
+    maxBody: service.maxBody,
+    bodyCap: (head, from) => service.bodyCap(head, from),
+  });
   return {
     get stage() {
       return s.stage;

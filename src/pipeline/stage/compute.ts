@@ -35,11 +35,12 @@ export const compute: Handlers<ComputeOp> = {
     const stage = s.stage;
     if (stage.last) throw new InvalidInputError('the last stage takes "last" calls');
     const N = h.B * h.T;
+    if (h.train) s.admitHeld(h.micro, N);
     const out = stage.forward(h.micro, input(s, body, N), h.B, h.T);
     s.stats.tokens += N;
     const b = s.enc(out, N);
     if (!h.train) stage.release(h.micro);
-    else s.rows.set(h.micro, N);
+    else s.hold(h.micro, N);
     return { head: {}, body: b };
   },
 
@@ -70,9 +71,8 @@ export const compute: Handlers<ComputeOp> = {
   },
 
   bwd(s, h, body) {
-    const N = s.rows.get(h.micro);
+    const N = s.takeHeld(h.micro);
     if (N === undefined) throw new InvalidInputError(`no forward pass held for micro-batch ${h.micro}`);
-    s.rows.delete(h.micro);
     const d = s.stage.backward(h.micro, s.dec(body, N));
     s.bank(h.tag);
     return { head: {}, body: d ? s.enc(d, N) : EMPTY };
@@ -146,7 +146,7 @@ export const compute: Handlers<ComputeOp> = {
     }
     s.accs.clear();
     s.stage.resetSlots();
-    s.rows.clear();
+    s.clearHeld();
     return { head: { folded } };
   },
 

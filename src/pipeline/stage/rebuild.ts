@@ -38,6 +38,8 @@ export const rebuild: Handlers<RebuildOp> = {
     const stage = s.stage;
     if (s.master) throw new InvalidInputError('cannot lend layers while computing with look-ahead weights');
     if (h.to === s.links.peerId) throw new InvalidInputError('a stage does not lend to itself');
+    // The driver picks the pad seed, so the part must go to the fresh peer, never back to a driver.
+    if (s.o.drivers?.includes(h.to)) throw new InvalidInputError("a stage does not lend to the run's driver");
     const part = maskedPart(gatherLayers(stage), h.weight, Buffer.from(h.seed, 'hex'), h.sign);
     for (const ma of h.dial ?? []) await s.links.dial(ma, { signal: AbortSignal.timeout(5000) }).catch(() => undefined);
     const layout = layoutOf(layerViews(stage).keys);

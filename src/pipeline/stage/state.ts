@@ -30,7 +30,36 @@ export interface StageServiceOptions {
   /** Learned bottleneck width at stage boundaries (Stage); absent: full activations cross. */
   bottleneck?: number;
   fetchTimeoutMs?: number;
+  /**
+   * The run's admitted driver(s): the only peers whose calls may read or change weights,
+   * gradients or optimizer state, or make this peer hold memory or disk (service.ts). A run's
+   * stage peer takes them from the manifest (hashed into the run id). null: anyone may call
+   * (in-memory tests of the service alone).
+   */
+  drivers: readonly string[] | null;
+  /** Serve inference (fwd {train: false}, logits) to peers other than the drivers too, bounded per caller. */
+  openInference?: boolean;
+  /** Bounds on micro-batches held between forward and backward (defaults: HELD_LIMITS). */
+  held?: Partial<HeldLimits>;
 }
+
+/** What forwards kept for a backward may hold at once, and for how long. */
+export interface HeldLimits {
+  /** Micro-batches held. */
+  count: number;
+  /** Their tokens (rows) together. */
+  tokens: number;
+  /** A held micro-batch whose backward has not come by then is dropped. */
+  ttlMs: number;
+}
+
+/** The defaults: a whole largest batch (4096 sequences of the run's context) held for 10 minutes. */
+export const heldLimits = (ctx: number, o: Partial<HeldLimits> = {}): HeldLimits => ({
+  count: 4096,
+  tokens: 4096 * ctx,
+  ttlMs: 10 * 60_000,
+  ...o,
+});
 
 /** What the service reaches beyond itself: its own id, dialing, and other stage peers (a lend). */
 export interface StagePeerLinks {
@@ -83,8 +112,11 @@ export class StageServiceState {
   /** Checkpoint shares of other stages pinned here (stage → CIDs), and this stage's last save. */
   readonly held = new Map<number, string[]>();
   lastSaved: string[] = [];
-  /** Micro-batches held between forward and backward: micro → rows (tokens). */
+  /** Micro-batches held between forward and backward: micro → rows (tokens), and since when. */
   readonly rows = new Map<number, number>();
+  readonly heldAt = new Map<number, number>();
+  heldTokens = 0;
+  readonly limits: HeldLimits;
   pending: PendingRebuild | null = null;
   readonly stats: StageStats = {
     calls: 0,
@@ -111,6 +143,7 @@ export class StageServiceState {
     this.ready = o.init !== null;
     this.opt = new AdamW(o.config, o.adamw, o.kernels, this.stage.specs);
     this.snap = this.stage.params.slice();
+    this.limits = heldLimits(o.config.ctx, o.held);
     this.W = o.bottleneck ?? o.config.dim;
     this.codec = getActCodec(o.codec, this.W);
   }
@@ -142,7 +175,7 @@ export class StageServiceState {
     this.reloaded();
     this.ready = false;
     this.pending = null;
-    this.rows.clear();
+    this.clearHeld();
   }
 
   /** After a tagged backward: move what it added to the gradients into its batch's bank. */
@@ -205,6 +238,49 @@ export class StageServiceState {
   clearWork(): void {
     this.stage.resetSlots();
     this.stage.zeroGrad();
+    this.clearHeld();
+  }
+
+  /** Forgets every micro-batch held for a backward (their slots are freed by the caller). */
+  clearHeld(): void {
     this.rows.clear();
+    this.heldAt.clear();
+    this.heldTokens = 0;
+  }
+
+  /**
+   * Before a forward kept for a backward: drops held micro-batches older than the limit, then
+   * refuses if holding `n` more tokens would pass the count or token bound.
+   */
+  admitHeld(micro: number, n: number, now = Date.now()): void {
+    for (const [m, at] of this.heldAt) {
+      if (now - at <= this.limits.ttlMs) break; // insertion order: oldest first
+      this.takeHeld(m);
+      this.stage.release(m);
+    }
+    this.takeHeld(micro); // a forward of the same micro-batch again replaces it
+    if (this.rows.size + 1 > this.limits.count || this.heldTokens + n > this.limits.tokens) {
+      throw new InvalidInputError(
+        `too much held for backward: ${this.rows.size} micro-batches, ${this.heldTokens} tokens` +
+          ` (limits ${this.limits.count}, ${this.limits.tokens})`,
+      );
+    }
+  }
+
+  /** Records a forward kept for a backward. */
+  hold(micro: number, n: number, now = Date.now()): void {
+    this.rows.set(micro, n);
+    this.heldAt.set(micro, now);
+    this.heldTokens += n;
+  }
+
+  /** Takes a held micro-batch's rows (undefined: none held). */
+  takeHeld(micro: number): number | undefined {
+    const n = this.rows.get(micro);
+    if (n === undefined) return undefined;
+    this.rows.delete(micro);
+    this.heldAt.delete(micro);
+    this.heldTokens -= n;
+    return n;
   }
 }
