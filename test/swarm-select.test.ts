@@ -78,10 +78,18 @@ test(
     const rs = peers[1].reports.filter((r) => r.event === 'round' && r.included > 0);
     const firstOut = rs.findIndex((r) => !r.contributors.some((c) => c.peer === id[2]));
     assert.ok(firstOut >= 0 && firstOut <= 4, `left out within a few rounds (${rs.map(fmt).join(' ')})`);
-    assert.ok(
-      rs.slice(firstOut).every((r) => !r.contributors.some((c) => c.peer === id[2])),
-      `and stays out (${rs.map(fmt).join(' ')})`,
-    );
+    const back = rs.slice(firstOut).some((r) => r.contributors.some((c) => c.peer === id[2]));
+    if (back)
+      for (const p of peers)
+        process.stderr.write(
+          `--- peer ${p.index}\n${p.stderr
+            .join('')
+            .split('\n')
+            .filter((l) => /flag|exclu|score|propos|lead/i.test(l))
+            .slice(-60)
+            .join('\n')}\n`,
+        );
+    assert.ok(!back, `and stays out (${rs.map(fmt).join(' ')})`);
     assert.ok(
       rs.slice(firstOut).every((r) => r.roster === 3),
       'the scaler is still a member',

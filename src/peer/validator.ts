@@ -26,7 +26,12 @@ import type { ScoreEntry } from './wire.js';
 const K = 2;
 /** Senders whose latest score report is kept (the least recently updated is dropped first). */
 export const MAX_REPORTS = 256;
-/** A flag excludes a member from proposals for this many rounds after the report that flagged it. */
+/**
+ * A flag excludes a member from proposals until a trusted validator scores it unflagged. A report
+ * that does not mention the member (its update arrived after the scoring, or was not fetched)
+ * keeps the flag. Flags lapse only when no trusted report at all has arrived for this many
+ * rounds, so a validator that went away cannot keep members out for ever.
+ */
 const EXCLUDE_ROUNDS = 3;
 
 export interface ScoreReport {
@@ -182,6 +187,8 @@ export class Exclusions {
   private excluded: string[] = [];
   /** Per member, the last round a trusted validator flagged it. */
   private readonly flaggedAt = new Map<string, number>();
+  /** The newest round of any trusted report folded in (-1: none yet). */
+  private lastTrusted = -1;
   /** Latest score report received from each validator. */
   readonly reports = new Map<string, ScoreReport>();
 
@@ -206,16 +213,14 @@ export class Exclusions {
     // An unflagged score clears a flag. A report that does not mention a member (its update
     // arrived too late to be scored) changes nothing, so a left-out member is not let back in by a gap.
     if (report) {
+      this.lastTrusted = Math.max(this.lastTrusted, report.round);
       for (const e of report.entries) {
         if (e.flagged && e.reason !== 'harmful')
           this.flaggedAt.set(e.peer, Math.max(report.round, this.flaggedAt.get(e.peer) ?? -1));
         else if (!e.flagged && (this.flaggedAt.get(e.peer) ?? -1) < report.round) this.flaggedAt.delete(e.peer);
       }
     }
-    const next = [...this.flaggedAt]
-      .filter(([, r]) => r >= now - EXCLUDE_ROUNDS)
-      .map(([p]) => p)
-      .sort(compareIds);
+    const next = this.lastTrusted >= now - EXCLUDE_ROUNDS ? [...this.flaggedAt.keys()].sort(compareIds) : [];
     if (next.join() === this.excluded.join()) return;
     if (next.length)
       this.d.logger.warn({ round: now, peers: next }, 'leaving flagged peers out of proposed update sets');
