@@ -59,3 +59,25 @@ test('"harmful" alone does not exclude; untrusted reports change nothing; silenc
   ex.onReport('v', { round: 5, entries: [entry('b', false)] }, true, 6);
   assert.deepEqual(last(), ['s'], 'the validator is back: its standing flag applies again');
 });
+
+test('the probation gate: a probationer is proposed only after a trusted validator scored it unflagged', () => {
+  const told: string[][] = [];
+  const ex = new Exclusions({ logger: pino({ level: 'silent' }), exclude: (p) => told.push(p), gate: true });
+  const last = () => told.at(-1) ?? [];
+  ex.onReport('v', { round: 0, entries: [entry('a', false)] }, true, 1);
+  ex.setProbation(1, ['n', 's']);
+  assert.deepEqual(last(), ['n', 's'], 'both unscored: both held back');
+  // n's first update is scored (not applied) and passes; s's garbage is flagged.
+  ex.onReport('v', { round: 1, entries: [entry('n', false), entry('s', true)] }, true, 2);
+  assert.deepEqual(last(), ['s']);
+  ex.setProbation(2, ['n', 's']);
+  assert.deepEqual(last(), ['s']);
+  // Silent validators: the gate lapses with the flags, so newcomers are not stuck behind them.
+  ex.setProbation(6, ['n', 's', 'z']);
+  assert.deepEqual(last(), []);
+  // Without a trusted validator there is no gate (nobody could clear anyone).
+  const told2: string[][] = [];
+  const open = new Exclusions({ logger: pino({ level: 'silent' }), exclude: (p) => told2.push(p) });
+  open.setProbation(1, ['n']);
+  assert.deepEqual(told2, []);
+});

@@ -248,6 +248,7 @@ export class SwarmNode {
     this.exclusions = new Exclusions({
       logger: this.logger,
       exclude: (peers) => this.dispatch({ type: 'exclude', peers }),
+      gate: (o.trustValidators?.length ?? 0) > 0 || o.validator === true,
     });
     this.log(`peer ${self} listening on ${this.host.multiaddrs().join(' ')}`);
 
@@ -510,6 +511,11 @@ export class SwarmNode {
     }
     for (const e of effects) this.execute(e);
     if (was) this.intake.stateMoved(was, next);
+    if (next.round !== prevRound && next.round >= 0) {
+      // Members on probation, for the validator gate (after this step: it dispatches).
+      const probation = next.roster.filter((_, i) => next.credit[i] < next.params.probation);
+      queueMicrotask(() => this.exclusions.setProbation(next.round, probation));
+    }
     // A decided empty set ends the round inside the reducer (no apply effect): report it too.
     const prev = next.prev;
     if (

@@ -26,6 +26,8 @@ import type { ScoreEntry } from './wire.js';
 const K = 2;
 /** Senders whose latest score report is kept (the least recently updated is dropped first). */
 export const MAX_REPORTS = 256;
+/** Peers remembered as scored unflagged (the probation gate); the least recently scored go first. */
+const MAX_CLEARED = 4096;
 /**
  * A flag excludes a member from proposals until a trusted validator scores it unflagged. A report
  * that does not mention the member (its update arrived after the scoring, or was not fetched)
@@ -189,10 +191,26 @@ export class Exclusions {
   private readonly flaggedAt = new Map<string, number>();
   /** The newest round of any trusted report folded in (-1: none yet). */
   private lastTrusted = -1;
+  /** Members a trusted validator has scored unflagged at least once (newest last; capped). */
+  private readonly cleared = new Set<string>();
+  /** Sorted: this round's members on probation (the reducer's credit below the probation). */
+  private probationers: string[] = [];
   /** Latest score report received from each validator. */
   readonly reports = new Map<string, ScoreReport>();
 
-  constructor(private readonly d: { logger: Logger; exclude: (peers: string[]) => void }) {}
+  /**
+   * `gate`: this peer has a trusted validator (its own role, or --trust-validators). Then a
+   * member on probation is proposed only once a trusted validator has scored one of its updates
+   * unflagged (validators score held updates whether applied or not), so an identity with no
+   * verified work never lands an update, and never earns the credit that would give it a vote.
+   */
+  constructor(private readonly d: { logger: Logger; exclude: (peers: string[]) => void; gate?: boolean }) {}
+
+  /** A round started: its members on probation (sorted or not). */
+  setProbation(now: number, probationers: readonly string[]): void {
+    this.probationers = [...probationers].sort(compareIds);
+    this.update(now);
+  }
 
   /** A validator's report arrived (`trusted`: the peer trusts that validator, or it is its own). */
   onReport(from: string | null, report: ScoreReport, trusted: boolean, round: number): void {
@@ -218,12 +236,24 @@ export class Exclusions {
         if (e.flagged && e.reason !== 'harmful')
           this.flaggedAt.set(e.peer, Math.max(report.round, this.flaggedAt.get(e.peer) ?? -1));
         else if (!e.flagged && (this.flaggedAt.get(e.peer) ?? -1) < report.round) this.flaggedAt.delete(e.peer);
+        if (!e.flagged) {
+          this.cleared.delete(e.peer);
+          this.cleared.add(e.peer);
+          if (this.cleared.size > MAX_CLEARED) this.cleared.delete(this.cleared.values().next().value!);
+        }
       }
     }
-    const next = this.lastTrusted >= now - EXCLUDE_ROUNDS ? [...this.flaggedAt.keys()].sort(compareIds) : [];
+    const live = this.lastTrusted >= now - EXCLUDE_ROUNDS;
+    const out = new Set(live ? this.flaggedAt.keys() : []);
+    // The probation gate lapses with the validators too: newcomers must not wait on a silent one.
+    if (this.d.gate && live) for (const p of this.probationers) if (!this.cleared.has(p)) out.add(p);
+    const next = [...out].sort(compareIds);
     if (next.join() === this.excluded.join()) return;
     if (next.length)
-      this.d.logger.warn({ round: now, peers: next }, 'leaving flagged peers out of proposed update sets');
+      this.d.logger.warn(
+        { round: now, peers: next },
+        'leaving flagged or unscored probationers out of proposed update sets',
+      );
     this.excluded = next;
     this.d.exclude(next);
   }

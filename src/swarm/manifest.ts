@@ -181,6 +181,14 @@ export const TimingSchema = z
     minPeers: z.number().int().min(1).max(1024),
     /** A member not heard from in this many consecutive rounds leaves the roster (it may re-join). */
     maxMissedRounds: z.number().int().min(1).max(1000),
+    /**
+     * Sybil resistance: decided sets that must include a newcomer's update before it votes and
+     * leads (default 2; 0 = no probation). Absent means the default, and keeps the runId of
+     * manifests written before this field.
+     */
+    probation: z.number().int().min(0).max(1000).optional(),
+    /** Joins per round, as a fraction of the voters (at least 1; default 0.25). */
+    joinFraction: z.number().gt(0).max(1).optional(),
   })
   .strict()
   .refine((t) => t.submitMs >= t.trainMs, { message: 'submitMs must be >= trainMs', path: ['submitMs'] });

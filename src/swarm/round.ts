@@ -36,6 +36,8 @@ export const FUTURE_MEMBER_BYTES = 512 * 1024;
 export const FUTURE_MEMBER_MSGS = 8;
 /** Later-round announces remembered per peer (certificate candidates). */
 export const CLAIMS_PER_PEER = 6;
+/** Probation seats open however few voters there are (a founder alone can still admit peers). */
+export const MIN_PROBATION_SEATS = 4;
 
 /** A protocol-level misuse by the caller (bad init options, bad params). */
 export class RoundStateError extends TesseraError {
@@ -156,11 +158,20 @@ export const SnapshotSchema = z
     weightsHash: HashSchema,
     roster: z.array(PeerIdSchema).min(1).max(MAX_ROSTER),
     missed: z.array(z.number().int().min(0).max(1_000_000)),
+    /**
+     * Aligned with roster: decided sets that included the member's update, up to the run's
+     * probation (a member at probation votes and leads). Absent: every member is established.
+     */
+    credit: z.array(z.number().int().min(0).max(1_000_000)).optional(),
+    /** Aligned with roster: training rounds a member has spent on probation. Absent: all 0. */
+    age: z.array(z.number().int().min(0).max(1_000_000)).optional(),
     /** Hash of the weights this round's updates are built on (≠ weightsHash only in delayed mode). */
     trainBase: HashSchema.optional(),
   })
   .strict()
   .refine((s) => s.missed.length === s.roster.length, { message: 'missed must align with roster' })
+  .refine((s) => (s.credit ?? s.roster).length === s.roster.length, { message: 'credit must align with roster' })
+  .refine((s) => (s.age ?? s.roster).length === s.roster.length, { message: 'age must align with roster' })
   .refine((s) => s.roster.every((p, i) => i === 0 || compareIds(s.roster[i - 1], p) < 0), {
     message: 'roster must be sorted and unique',
   });
@@ -169,11 +180,15 @@ export type RoundSnapshot = z.infer<typeof SnapshotSchema>;
 /** Identity of a round-start state: what an announce attests and what a resync must install exactly. */
 export function snapshotHash(s: RoundSnapshot): string {
   return canonicalHash({
-    domain: 'tessera/snapshot/v1',
+    domain: 'tessera/snapshot/v2',
     round: s.round,
     weightsHash: s.weightsHash,
     roster: s.roster,
     missed: s.missed,
+    // Absent credit means "all established"; it hashes as null, so the two spellings of one
+    // state never both exist (snapshotOf always writes the arrays).
+    credit: s.credit ?? null,
+    age: s.age ?? null,
     trainBase: s.trainBase ?? null,
   });
 }
@@ -210,9 +225,18 @@ export const RoundParamsSchema = z
      * The reducer treats 'shift' and 'eager' alike; the difference is the driver's.
      */
     overlap: z.enum(['none', 'delayed', 'shift', 'eager']).default('none'),
+    /**
+     * Sybil resistance (docs/ROUNDS.md "Membership"): a newcomer votes and leads only after
+     * this many decided sets included its update (verified work; validators' flags keep
+     * unverified updates out). 0: every member votes at once (no probation).
+     */
+    probation: z.number().int().min(0).max(1000).default(2),
+    /** Joins a round admits: at most this fraction of the voters (at least 1). */
+    joinFraction: z.number().gt(0).max(1).default(0.25),
   })
   .strict();
 export type RoundParams = z.input<typeof RoundParamsSchema>;
+type Params = z.output<typeof RoundParamsSchema>;
 
 export function roundParams(d: Pick<DecodedManifest, 'manifest' | 'runId'>, retryMs?: number): RoundParams {
   const m = d.manifest;
@@ -230,6 +254,8 @@ export function roundParams(d: Pick<DecodedManifest, 'manifest' | 'runId'>, retr
     genesisWeightsHash: m.genesisWeightsHash,
     retryMs: retryMs ?? m.timing.commitMs,
     overlap: m.hyper.overlap,
+    ...(m.timing.probation !== undefined ? { probation: m.timing.probation } : {}),
+    ...(m.timing.joinFraction !== undefined ? { joinFraction: m.timing.joinFraction } : {}),
   };
 }
 
@@ -301,6 +327,10 @@ export type RejectReason =
   | 'unexpected'
   | 'stale-snapshot'
   | 'wrong-hash'
+  /** A vote (accept, promise) from a member still on probation: it trains, but does not vote. */
+  | 'not-voter'
+  /** A commit admitting more joiners than the round's cap (joinRoom). */
+  | 'too-many-joins'
   /** A snapshot no certificate (quorum of announces) stands behind, or one without a target. */
   | 'uncertified';
 
@@ -334,6 +364,8 @@ export interface Decision {
 interface PrevRound {
   round: number;
   roster: string[];
+  /** The round's voters (its quorums were of them). */
+  voters: string[];
   decision: Decision;
   /** Our post-apply hash; null once a resync replaced it. */
   resultHash: string | null;
@@ -358,7 +390,7 @@ export interface SyncTarget {
 
 export interface RoundState {
   readonly self: string;
-  readonly params: RoundParams;
+  readonly params: Params;
   now: number;
   phase: Phase;
   /** -1 until synced. */
@@ -373,6 +405,17 @@ export interface RoundState {
   roster: string[];
   /** Aligned with roster: consecutive rounds each member was not heard from (by the deciding leader). */
   missed: number[];
+  /** Aligned with roster: decided sets that included the member's update, capped at params.probation. */
+  credit: number[];
+  /** Aligned with roster: training rounds spent on probation (a probationer that stays too long leaves). */
+  age: number[];
+  /**
+   * Sorted: the members that vote, lead and certify this round: those whose credit reached the
+   * probation (all members if none has; docs/ROUNDS.md "Membership"). Headcount alone buys nothing.
+   */
+  voters: string[];
+  /** This peer is one of `voters`. */
+  voter: boolean;
   seed: string;
   /** Leader order; attempt a is led by order[a mod n]. */
   order: string[];
@@ -512,25 +555,77 @@ function msgRound(m: Message): number {
   return m.type === 'commit' || m.type === 'accept' || m.type === 'decided' ? m.commit.round : m.round;
 }
 
-/** The roster of round+1 after `commit` (deterministic from agreed data only). */
-export function nextRoster(
-  p: RoundParams,
-  roster: readonly string[],
-  missed: readonly number[],
-  commit: Commit,
-): { roster: string[]; missed: number[] } {
+/** The membership a round starts from: sorted roster and, aligned with it, missed / credit / age. */
+export interface Standing {
+  roster: string[];
+  missed: number[];
+  credit: number[];
+  age: number[];
+}
+
+/**
+ * Training rounds a probationer may spend without its update in the decided set (age − credit)
+ * before it leaves the roster (it may ask to join again): a seat held by an identity that does
+ * no verified work is freed after probation + 2 such rounds.
+ */
+export function probationSlack(p: Pick<Params, 'probation'>): number {
+  return p.probation + 1;
+}
+
+/**
+ * The roster of round+1 after `commit` (deterministic from agreed data only): members heard
+ * stay (missed rounds count up otherwise), each included update adds one credit (up to the
+ * probation), a probationer past probationLimit() training rounds leaves, and joiners enter
+ * with no credit.
+ */
+export function nextRoster(p: Pick<Params, 'maxMissedRounds' | 'probation'>, cur: Standing, commit: Commit): Standing {
   // Only the value (included, live, joins) may matter here, never the attempt or its leader:
   // peers may learn the same value through different attempts.
-  const seen = new Set([...commit.included.map((u) => u.peer), ...commit.live]);
-  const rows: [string, number][] = [];
-  roster.forEach((peer, i) => {
-    const m = seen.has(peer) ? 0 : missed[i] + 1;
-    if (m < p.maxMissedRounds) rows.push([peer, m]);
+  const included = new Set(commit.included.map((u) => u.peer));
+  const seen = new Set([...included, ...commit.live]);
+  const trained = commit.included.length > 0;
+  const rows: { peer: string; missed: number; credit: number; age: number }[] = [];
+  cur.roster.forEach((peer, i) => {
+    const missed = seen.has(peer) ? 0 : cur.missed[i] + 1;
+    const credit = Math.min(p.probation, cur.credit[i] + (included.has(peer) ? 1 : 0));
+    const onProbation = credit < p.probation;
+    const age = onProbation && trained ? cur.age[i] + 1 : onProbation ? cur.age[i] : 0;
+    if (missed >= p.maxMissedRounds) return;
+    if (onProbation && age - credit > probationSlack(p)) return;
+    rows.push({ peer, missed, credit, age });
   });
-  for (const j of commit.joins) if (!has(roster, j)) rows.push([j, 0]);
-  rows.sort((a, b) => compareIds(a[0], b[0]));
+  for (const j of commit.joins) if (!has(cur.roster, j)) rows.push({ peer: j, missed: 0, credit: 0, age: 0 });
+  rows.sort((a, b) => compareIds(a.peer, b.peer));
   const kept = rows.slice(0, MAX_ROSTER);
-  return { roster: kept.map((r) => r[0]), missed: kept.map((r) => r[1]) };
+  return {
+    roster: kept.map((r) => r.peer),
+    missed: kept.map((r) => r.missed),
+    credit: kept.map((r) => r.credit),
+    age: kept.map((r) => r.age),
+  };
+}
+
+/**
+ * The voters of a standing: members whose credit reached the probation. With none (every
+ * established member left), every member votes, so the run can go on; documented as the one
+ * case where newcomers vote without work.
+ */
+export function votersOf(p: Pick<Params, 'probation'>, st: Pick<Standing, 'roster' | 'credit'>): string[] {
+  const v = st.roster.filter((_, i) => st.credit[i] >= p.probation);
+  return v.length > 0 ? v : [...st.roster];
+}
+
+/**
+ * How many joins a commit of this round may admit: at most joinFraction of the voters (at
+ * least 1), while probation seats (max(MIN_PROBATION_SEATS, voters)) are free, within
+ * MAX_JOINS_PER_ROUND and MAX_ROSTER. Acceptors check it (checkCommit).
+ */
+export function joinRoom(s: Pick<RoundState, 'params' | 'roster' | 'voters'>): number {
+  const p = s.params;
+  const v = s.voters.length;
+  const perRound = Math.max(1, Math.floor(p.joinFraction * v + 1e-9));
+  const seats = p.probation === 0 ? Infinity : Math.max(MIN_PROBATION_SEATS, v) - (s.roster.length - v);
+  return Math.max(0, Math.min(MAX_JOINS_PER_ROUND, MAX_ROSTER - s.roster.length, perRound, seats));
 }
 
 /** The snapshot a resyncing peer needs from this one, or null when this peer is not synced. */
@@ -541,6 +636,8 @@ export function snapshotOf(s: RoundState): RoundSnapshot | null {
     weightsHash: s.weightsHash,
     roster: [...s.roster],
     missed: [...s.missed],
+    credit: [...s.credit],
+    age: [...s.age],
     ...(s.params.overlap === 'delayed' ? { trainBase: s.trainBase } : {}),
   };
 }
@@ -557,7 +654,7 @@ export function nextDeadline(s: RoundState): number {
     case 'collecting':
       return s.startedAt + s.params.submitMs;
     case 'agreement':
-      return s.member && s.voting && !s.decision ? s.attemptDeadline : Infinity;
+      return s.voter && s.voting && !s.decision ? s.attemptDeadline : Infinity;
     case 'fetching':
       return s.fetchDeadline;
     case 'applying':
@@ -647,6 +744,10 @@ export function init(opts: InitOptions): StepResult {
     baseHeld: false,
     roster: [],
     missed: [],
+    credit: [],
+    age: [],
+    voters: [],
+    voter: false,
     seed: '',
     order: [],
     member: false,
@@ -695,7 +796,19 @@ export function init(opts: InitOptions): StepResult {
       throw new RoundStateError(`genesis roster must have 1..${MAX_ROSTER} peers`);
     for (const p of roster)
       if (!PeerIdSchema.safeParse(p).success) throw new RoundStateError(`bad peer id ${JSON.stringify(p)}`);
-    startRound(c, { round: 0, weightsHash: s.params.genesisWeightsHash, roster, missed: roster.map(() => 0) }, null);
+    // Genesis members are established: they vote from round 0.
+    startRound(
+      c,
+      {
+        round: 0,
+        weightsHash: s.params.genesisWeightsHash,
+        roster,
+        missed: roster.map(() => 0),
+        credit: roster.map(() => s.params.probation),
+        age: roster.map(() => 0),
+      },
+      null,
+    );
   }
   advance(c);
   return { state: s, effects: c.effects, rejected: c.rejected };
@@ -824,7 +937,7 @@ function advance(c: Ctx): void {
         break;
       case 'agreement':
         if (s.decision) break;
-        if (s.member && s.voting) {
+        if (s.voter && s.voting) {
           if (s.now >= s.attemptDeadline && !behind(c)) timeoutAttempt(c);
         } else {
           behind(c);
@@ -852,14 +965,14 @@ function advance(c: Ctx): void {
  */
 function behind(c: Ctx): boolean {
   const s = c.s;
-  const maj = majorityHash(s.announces.get(s.round), s.roster);
+  const maj = majorityHash(s.announces.get(s.round), s.voters);
   if (maj) {
     startResync(c, maj.peers, { round: s.round + 1, weightsHash: maj.hash, snapHash: maj.snapHash });
     return true;
   }
   // A majority sends later-round traffic, but no certificate of a later state has reached us
   // (announces lost): ask for them. Traffic alone never moves us (anyone can claim a round).
-  if (s.ahead.length >= majority(s.roster.length) && s.now >= s.askAt) ask(c);
+  if (s.ahead.filter((p) => has(s.voters, p)).length >= majority(s.voters.length) && s.now >= s.askAt) ask(c);
   return false;
 }
 
@@ -893,7 +1006,7 @@ function closeCollection(c: Ctx, byCommit = false): void {
   s.attemptDeadline = s.now + attemptMs(s, s.attempt);
   if (
     !byCommit &&
-    s.member &&
+    s.voter &&
     s.voting &&
     !s.decision &&
     s.promised === 0 &&
@@ -905,11 +1018,9 @@ function closeCollection(c: Ctx, byCommit = false): void {
   }
 }
 
-interface StartInfo {
+interface StartInfo extends Standing {
   round: number;
   weightsHash: string;
-  roster: string[];
-  missed: number[];
   /** Delayed mode: the updates' base, and whether the driver holds those weights. */
   trainBase?: string;
   baseHeld?: boolean;
@@ -932,8 +1043,17 @@ function startRound(c: Ctx, info: StartInfo, carry: Carry | null, voting = true)
   s.baseHeld = p.overlap === 'delayed' ? (info.baseHeld ?? true) : true;
   s.roster = info.roster;
   s.missed = info.missed;
+  s.credit = info.credit;
+  s.age = info.age;
+  s.voters = votersOf(p, info);
+  s.voter = has(s.voters, s.self);
   s.seed = roundSeed(p.runId, info.round);
-  s.order = leaderOrder(s.seed, s.roster, s.missed);
+  // Only voters lead: a thousand fresh identities hold no leader slot.
+  s.order = leaderOrder(
+    s.seed,
+    s.voters,
+    s.voters.map((v) => s.missed[s.roster.indexOf(v)]),
+  );
   s.member = has(s.roster, s.self);
   s.training = s.roster.length >= p.minPeers;
   const keep = carry?.keep ?? null;
@@ -1045,7 +1165,7 @@ function handleMessage(c: Ctx, raw: Message): void {
   if (member && !has(s.ahead, m.from)) insertSorted(own(c, 'ahead'), m.from);
   // A member's announce of a later round is its claim that the run reached that state: a
   // quorum of our roster behind one claim certifies it, and only then do we resync (to it).
-  if (m.type === 'announce' && member) {
+  if (m.type === 'announce' && has(s.voters, m.from)) {
     addClaim(c, m);
     return;
   }
@@ -1091,9 +1211,9 @@ function bufferFuture(c: Ctx, m: Message): void {
   own(c, 'futureBy').set(m.from, { n: mine.n + 1, bytes: mine.bytes + size });
 }
 
-/** Whose announces count as claims: members of our roster, or, with none yet, trusted peers. */
+/** Whose announces count as claims: voters of our round, or, with no roster yet, trusted peers. */
 function claimant(s: RoundState, peer: string): boolean {
-  return s.roster.length > 0 ? has(s.roster, peer) : has(s.trusted, peer);
+  return s.roster.length > 0 ? has(s.voters, peer) : has(s.trusted, peer);
 }
 
 /** Records a later-round announce as a claim and resyncs if it completes a certificate. */
@@ -1143,7 +1263,7 @@ function certified(s: RoundState, only?: SyncTarget): { target: SyncTarget; by: 
   for (const [key, g] of groups) {
     if ((want !== null && key !== want) || (best && best.target.round >= g.target.round)) continue;
     g.by.sort(compareIds);
-    const ok = s.roster.length > 0 ? isQuorum(s.roster, g.by) : perRound.get(g.target.round) === 1;
+    const ok = s.roster.length > 0 ? isQuorum(s.voters, g.by) : perRound.get(g.target.round) === 1;
     if (ok) best = g;
   }
   return best;
@@ -1268,6 +1388,9 @@ function checkCommit(s: RoundState, k: Commit): { reason: RejectReason; detail: 
   }
   if (s.roster.length + k.joins.length > MAX_ROSTER)
     return { reason: 'malformed', detail: `roster would exceed ${MAX_ROSTER}` };
+  const room = joinRoom(s);
+  if (k.joins.length > room)
+    return { reason: 'too-many-joins', detail: `${k.joins.length} joins; this round admits at most ${room}` };
   return null;
 }
 
@@ -1360,7 +1483,7 @@ function handleCommit(c: Ctx, m: Extract<Message, { type: 'commit' }>): void {
     return;
   }
   const fresh = addVote(c, k, m.from); // the proposal is also the leader's acceptance
-  if (!s.member || !s.voting) {
+  if (!s.voter || !s.voting) {
     if (!fresh) reject(c, 'duplicate', 'commit already seen', m.from);
     return;
   }
@@ -1429,14 +1552,19 @@ function addVote(c: Ctx, k: Commit, signer: string): boolean {
   v = mine(c, v, (x) => ({ commit: x.commit, signers: [...x.signers] }));
   insertSorted(v.signers, signer);
   own(c, 'votes').set(h, v);
-  if (!s.decision && isQuorum(s.roster, v.signers)) decide(c, k, h, [...v.signers]);
+  if (!s.decision && isQuorum(s.voters, v.signers)) decide(c, k, h, [...v.signers]);
   return true;
 }
 
 function handleAccept(c: Ctx, m: Extract<Message, { type: 'accept' }>): void {
   const s = c.s;
-  if (!has(s.roster, m.from)) {
-    reject(c, 'not-member', `accept from non-member ${m.from}`, m.from);
+  if (!has(s.voters, m.from)) {
+    reject(
+      c,
+      has(s.roster, m.from) ? 'not-voter' : 'not-member',
+      `accept from ${has(s.roster, m.from) ? 'a member on probation' : 'non-member'} ${m.from}`,
+      m.from,
+    );
     return;
   }
   const bad = checkCommit(s, m.commit);
@@ -1449,8 +1577,13 @@ function handleAccept(c: Ctx, m: Extract<Message, { type: 'accept' }>): void {
 
 function handlePromise(c: Ctx, m: Extract<Message, { type: 'promise' }>): void {
   const s = c.s;
-  if (!has(s.roster, m.from)) {
-    reject(c, 'not-member', `promise from non-member ${m.from}`, m.from);
+  if (!has(s.voters, m.from)) {
+    reject(
+      c,
+      has(s.roster, m.from) ? 'not-voter' : 'not-member',
+      `promise from ${has(s.roster, m.from) ? 'a member on probation' : 'non-member'} ${m.from}`,
+      m.from,
+    );
     return;
   }
   if (m.accepted) {
@@ -1476,7 +1609,7 @@ function handlePromise(c: Ctx, m: Extract<Message, { type: 'promise' }>): void {
     }
     return;
   }
-  if (!s.member || !s.voting) return;
+  if (!s.voter || !s.voting) return;
   if (m.attempt > s.attempt) {
     // Another member gave up on an attempt we are still in (our clock started later, or we
     // were away): join its attempt so that the leader of it can gather a majority.
@@ -1502,7 +1635,7 @@ function handlePromise(c: Ctx, m: Extract<Message, { type: 'promise' }>): void {
 function tryLead(c: Ctx, b: number): void {
   const s = c.s;
   if (
-    !s.member ||
+    !s.voter ||
     !s.voting ||
     s.decision ||
     s.proposed.includes(b) ||
@@ -1511,7 +1644,7 @@ function tryLead(c: Ctx, b: number): void {
   )
     return;
   const ps = s.promises.get(b);
-  if (!isQuorum(s.roster, [s.self, ...(ps?.keys() ?? [])])) return;
+  if (!isQuorum(s.voters, [s.self, ...(ps?.keys() ?? [])])) return;
   let best = s.accepted;
   for (const a of ps?.values() ?? []) if (a && (!best || a.attempt > best.attempt)) best = a;
   const value = best ? { included: best.included, joins: best.joins, live: best.live } : ownValue(s);
@@ -1536,7 +1669,7 @@ function ownValue(s: RoundState): { included: IncludedUpdate[]; joins: string[];
       included.push({ peer, updateHash: h, tokens: tokensFor(s.params, s.updates.get(h)!.steps) });
     }
   }
-  const room = Math.max(0, Math.min(MAX_JOINS_PER_ROUND, MAX_ROSTER - s.roster.length));
+  const room = joinRoom(s);
   const joins = s.joins
     .filter((j) => !has(s.roster, j))
     .sort((a, b) => compareIds(leaderRank(s.seed, a), leaderRank(s.seed, b)))
@@ -1592,8 +1725,8 @@ function handleDecided(c: Ctx, m: Extract<Message, { type: 'decided' }>): void {
     return;
   }
   for (let i = 0; i < m.signers.length; i++) {
-    if (!has(s.roster, m.signers[i])) {
-      reject(c, 'bad-certificate', `signer ${m.signers[i]} is not a member`, m.from);
+    if (!has(s.voters, m.signers[i])) {
+      reject(c, 'bad-certificate', `signer ${m.signers[i]} is not a voter`, m.from);
       return;
     }
     if (i > 0 && compareIds(m.signers[i - 1], m.signers[i]) >= 0) {
@@ -1601,8 +1734,8 @@ function handleDecided(c: Ctx, m: Extract<Message, { type: 'decided' }>): void {
       return;
     }
   }
-  if (!isQuorum(s.roster, m.signers)) {
-    reject(c, 'bad-certificate', `${m.signers.length} signers are not a quorum of ${s.roster.length}`, m.from);
+  if (!isQuorum(s.voters, m.signers)) {
+    reject(c, 'bad-certificate', `${m.signers.length} signers are not a quorum of ${s.voters.length} voters`, m.from);
     return;
   }
   if (s.decision) {
@@ -1731,7 +1864,7 @@ function checkAnnouncements(c: Ctx): void {
   const s = c.s,
     prev = s.prev;
   if (!prev || prev.resultHash === null || s.phase === 'syncing' || s.phase === 'unsynced') return;
-  const maj = majorityHash(s.announces.get(prev.round), prev.roster);
+  const maj = majorityHash(s.announces.get(prev.round), prev.voters);
   if (maj && (maj.hash !== prev.resultHash || maj.snapHash !== prev.snapHash)) {
     s.prev = { ...prev, resultHash: null };
     startResync(
@@ -1754,7 +1887,24 @@ function handleJoin(c: Ctx, m: Extract<Message, { type: 'join' }>): void {
     return;
   }
   if (s.joins.length >= MAX_PENDING_JOINS) {
-    reject(c, 'buffer-full', 'too many pending joins', m.from);
+    // Full: keep the best-ranked requests of this round (the order leaders admit in), so a flood
+    // of fresh identities sent first cannot lock a later honest joiner out; it only dilutes its
+    // odds. Costs MAX_PENDING_JOINS + 1 hashes, only while the list is full.
+    const rank = leaderRank(s.seed, m.from);
+    let worst = -1,
+      worstRank = '';
+    s.joins.forEach((j, i) => {
+      const r = leaderRank(s.seed, j);
+      if (compareIds(r, worstRank) > 0) {
+        worst = i;
+        worstRank = r;
+      }
+    });
+    if (worst < 0 || compareIds(rank, worstRank) >= 0) {
+      reject(c, 'buffer-full', 'too many pending joins, all ranked ahead of this one', m.from);
+      return;
+    }
+    own(c, 'joins')[worst] = m.from;
     return;
   }
   own(c, 'joins').push(m.from);
@@ -1819,16 +1969,23 @@ function handleApplied(c: Ctx, e: Extract<RoundEvent, { type: 'applied' }>): voi
 function finishRound(c: Ctx, resultHash: string): void {
   const s = c.s,
     d = s.decision!;
-  const next = nextRoster(s.params, s.roster, s.missed, d.commit);
+  const next = nextRoster(s.params, s, d.commit);
   // The state round+1 starts from, exactly as snapshotOf() will give it: what we attest.
   const snapHash = snapshotHash({
     round: s.round + 1,
     weightsHash: resultHash,
-    roster: next.roster,
-    missed: next.missed,
+    ...next,
     ...(s.params.overlap === 'delayed' ? { trainBase: s.weightsHash } : {}),
   });
-  s.prev = { round: s.round, roster: s.roster, decision: d, resultHash, snapHash, repliedTo: s.repliedTo };
+  s.prev = {
+    round: s.round,
+    roster: s.roster,
+    voters: s.voters,
+    decision: d,
+    resultHash,
+    snapHash,
+    repliedTo: s.repliedTo,
+  };
   if (s.member) {
     announced(c, s.round).set(s.self, { weightsHash: resultHash, valueHash: d.valueHash, snapHash });
     c.effects.push({ type: 'broadcast', msg: announceOf(s) });
@@ -1838,8 +1995,7 @@ function finishRound(c: Ctx, resultHash: string): void {
     {
       round: s.round + 1,
       weightsHash: resultHash,
-      roster: next.roster,
-      missed: next.missed,
+      ...next,
       trainBase: s.weightsHash,
       baseHeld: true,
     },
@@ -1960,6 +2116,8 @@ function handleSynced(c: Ctx, raw: RoundSnapshot, local: boolean): void {
       weightsHash: snap.weightsHash,
       roster: [...snap.roster],
       missed: [...snap.missed],
+      credit: snap.credit ? [...snap.credit] : snap.roster.map(() => s.params.probation),
+      age: snap.age ? [...snap.age] : snap.roster.map(() => 0),
       trainBase: snap.trainBase ?? snap.weightsHash,
       baseHeld: heldBase,
     },
