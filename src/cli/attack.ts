@@ -10,6 +10,7 @@ import { pino } from 'pino';
 import { controlTopic, createHost, serveBulk } from '../net/index.js';
 import { decodeManifest } from '../swarm/manifest.js';
 import { ATTACK_NAMES, attackByName, sender, watchRun, type AttackContext } from '../redteam/attacks.js';
+import { sybilFlood } from '../redteam/sybil.js';
 import { collect, int } from './args.js';
 import { result, say } from './output.js';
 import { InvalidInputError } from '../util/errors.js';
@@ -17,7 +18,7 @@ import { InvalidInputError } from '../util/errors.js';
 export function register(program: Command): void {
   program
     .command('attack')
-    .description(`attack your own live run, to watch its defences: ${ATTACK_NAMES.join(' | ')}`)
+    .description(`attack your own live run, to watch its defences: ${[...ATTACK_NAMES, 'sybil'].join(' | ')}`)
     .argument('<kind>', 'the attack (docs/THREATS.md says what each tries and what stops it)')
     .requiredOption('--run <file>', 'the run manifest')
     .requiredOption('--bootstrap <ma...>', 'peers of the run to connect to (multiaddr with /p2p/<id>)', collect)
@@ -29,6 +30,8 @@ export function register(program: Command): void {
     .option('--messages <n>', 'messages to send', int(1, 100_000), 200)
     .option('--rate <n>', 'messages per second', int(1, 10_000), 50)
     .option('--wait <ms>', 'how long to watch the run before attacking (to learn its round)', int(0, 600_000), 5000)
+    .option('--identities <n>', 'sybil: fresh identities, one libp2p host each', int(1, 256), 20)
+    .option('--seconds <s>', 'stop after this long, whatever is left of --messages', int(1, 86_400), 600)
     .option('--json', 'print the result as JSON', false)
     .action(
       async (
@@ -40,12 +43,33 @@ export function register(program: Command): void {
           messages: number;
           rate: number;
           wait: number;
+          identities: number;
+          seconds: number;
           json: boolean;
         },
       ) => {
-        const attack = attackByName(kind);
         const manifest = decodeManifest(readFileSync(o.run, 'utf8'));
         if (o.bootstrap.length === 0) throw new InvalidInputError('--bootstrap needs at least one peer of the run');
+        if (kind === 'sybil') {
+          say(o, `attack sybil: ${o.identities} fresh identities join, vote and claim updates; watching ${o.wait} ms`);
+          const r = await sybilFlood({
+            manifest,
+            bootstrap: o.bootstrap,
+            dataDir: o.dataDir,
+            identities: o.identities,
+            messages: o.messages,
+            rate: o.rate,
+            waitMs: o.wait,
+            maxMs: o.seconds * 1000,
+          });
+          result(
+            o,
+            { attack: kind, ...r },
+            `attack sybil: ${r.identities.length} identities sent ${r.sent} messages (${r.failed} not published) in ${r.seconds.toFixed(1)} s to ${r.recipients} recipients, over rounds ${r.rounds.join(',')}. The honest peers' round lines show roster (with probationers) and voters.`,
+          );
+          return;
+        }
+        const attack = attackByName(kind);
         const host = await createHost({
           dataDir: o.dataDir,
           bootstrap: o.bootstrap,

@@ -14,7 +14,7 @@ import type { Address } from 'viem';
 
 export function formatReport(r: RoundReport): string {
   const kb = (n: number) => `${(n / 1024).toFixed(1)}K`;
-  return `${r.event === 'synced' ? 'synced to' : 'round'} ${r.round}  val ${r.valLoss.toFixed(4)}  peers ${r.peers} (roster ${r.roster}, applied ${r.included})  sent ${kb(r.bytesSent)} recv ${kb(r.bytesReceived)}  compute ${(100 * r.computeFraction).toFixed(0)}%  ${r.seconds.toFixed(1)}s  weights ${r.weightsHash.slice(0, 12)}`;
+  return `${r.event === 'synced' ? 'synced to' : 'round'} ${r.round}  val ${r.valLoss.toFixed(4)}  peers ${r.peers} (roster ${r.roster}${r.voters !== undefined && r.voters !== r.roster ? `, voters ${r.voters}` : ''}, applied ${r.included})  sent ${kb(r.bytesSent)} recv ${kb(r.bytesReceived)}  compute ${(100 * r.computeFraction).toFixed(0)}%  ${r.seconds.toFixed(1)}s  weights ${r.weightsHash.slice(0, 12)}`;
 }
 
 export function register(program: Command): void {

@@ -754,9 +754,15 @@ export class SwarmNode {
     const signed = this.ledger.takeSigned();
     const audits = v?.takeAudits() ?? [];
     const frauds = this.audits.takeFrauds();
+    const prev = this.state.prev;
+    const decided =
+      event === 'round' && prev && prev.round === round
+        ? { voters: prev.voters.length, leader: prev.decision.commit.leader }
+        : {};
     const r: RoundReport = {
       event,
       round,
+      ...decided,
       valLoss,
       trainLoss: this.training.takeTrainLoss(),
       contributors,

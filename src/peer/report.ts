@@ -27,6 +27,10 @@ export interface RoundReport {
   checkpointCid: string | null;
   peers: number;
   roster: number;
+  /** 'round' only: the round's voters (members past probation; docs/ROUNDS.md "Membership"). */
+  voters?: number;
+  /** 'round' only: the leader of the decided commit. */
+  leader?: string;
   included: number;
   weightsHash: string;
   bytesSent: number;
