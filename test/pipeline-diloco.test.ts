@@ -14,7 +14,7 @@ import { loadKernels } from '../src/kernels/index.js';
 import { startLocalPipeline } from '../src/pipeline/local.js';
 import { DilocoPipelines } from '../src/pipeline/diloco.js';
 import { StageClient, libp2pTransport } from '../src/pipeline/stage-client.js';
-import { encodedSize } from '../src/swarm/compress/index.js';
+import { encodedSize, getCodec } from '../src/swarm/compress/index.js';
 import { Rng } from '../src/util/rng.js';
 import type { Batch } from '../src/data/batches.js';
 
@@ -108,3 +108,66 @@ test(
     }
   },
 );
+
+test("a hostile replica's Δ (other codec parameters, a huge count) drops its pipeline; nothing is decoded from it", async () => {
+  const k = loadKernels({ threads: 1 });
+  const g = new GPT(cfg, k);
+  g.init(12);
+  const lp = await startLocalPipeline({
+    config: cfg,
+    stages: 2,
+    replicas: 3,
+    kernels: k,
+    adamw: DEFAULT_ADAMW,
+    codec: { id: 'int8' },
+    genesis: g.params,
+  });
+  const stages = lp.servers.map((row) => row.map((s) => lp.peerOf(s)));
+  const honest = libp2pTransport(lp.driverHost);
+  const sparse = { chunk: 256, k: 8 };
+  // Replica 1 of stage 0 answers `delta` with its own codec parameters (k = chunk: a dense
+  // payload under a sparse tag); replica 2 claims 2^30 values.
+  const transport = {
+    async call(peer: string, head: unknown, body: Uint8Array, o: { maxBody: number; signal: AbortSignal }) {
+      const rep = await honest.call(peer, head, body, o);
+      if ((head as { op?: string }).op !== 'delta') return rep;
+      const n = (rep.head as { n: number }).n;
+      if (peer === stages[0][1]) {
+        const bytes = getCodec('sparse', { chunk: 64, k: 64 }).encode(new Float32Array(n).fill(1)).bytes;
+        return { ...rep, body: bytes };
+      }
+      if (peer === stages[0][2]) return { ...rep, head: { n: 1 << 30 } };
+      return rep;
+    },
+  };
+  const dl = new DilocoPipelines({
+    transport,
+    stages,
+    dim: cfg.dim,
+    vocabSize: cfg.vocabSize,
+    codec: { id: 'int8' },
+    diloco: { every: 1, codec: 'sparse', sparse, outer: { lr: 0.7, momentum: 0.9 } },
+  });
+  const rng = new Rng(3);
+  const batch = (): Batch => {
+    const inputs = new Int32Array(B * T),
+      targets = new Int32Array(B * T);
+    for (let i = 0; i < inputs.length; i++) {
+      inputs[i] = rng.nextInt(cfg.vocabSize);
+      targets[i] = (inputs[i] * 7 + 3) % cfg.vocabSize;
+    }
+    return { inputs, targets };
+  };
+  try {
+    const r = await dl.step(batch, B, T, 2, 3e-3);
+    assert.ok(r.synced, 'the sync ran');
+    assert.deepEqual(dl.alive, [0], 'both hostile replicas dropped their pipelines');
+    const reasons = dl.dropped.map((d) => `${d.pipeline}: ${d.reason}`).sort();
+    assert.match(reasons[0], /^1: .*(sparse|chunk|bytes)/, reasons[0]);
+    assert.match(reasons[1], /^2: .*over the cap/, reasons[1]);
+    await dl.step(batch, B, T, 2, 3e-3);
+    assert.equal(dl.syncs, 2, 'the honest pipeline syncs on alone');
+  } finally {
+    await lp.close();
+  }
+});

@@ -18,7 +18,10 @@
  */
 import type { Batch } from '../data/batches.js';
 import { InvalidInputError } from '../util/errors.js';
-import { decodeAny, getCodec, type CodecId } from '../swarm/compress/index.js';
+import { getCodec, type CodecId } from '../swarm/compress/index.js';
+
+/** Values one stage's pseudo-gradient may hold (2^28 float32 = 1 GiB, the reply body cap). */
+const MAX_STAGE_VALUES = 1 << 28;
 import { aggregate } from '../swarm/outer.js';
 import { clientOf, PipelineDriver, type DriverOptions } from './driver.js';
 import { StageCallError } from './rpc.js';
@@ -129,16 +132,27 @@ export class DilocoPipelines {
     for (let i = 0; i < S; i++) {
       // Ask every live replica for its Δ; one that cannot answer drops its pipeline.
       const got: { r: number; delta: Float32Array }[] = [];
-      let n = 0;
+      let n = -1;
       await Promise.all(
         this.alive.map((r) =>
           this.orDrop(r, `sync of stage ${i}`, async () => {
             const args = { codec: d.codec, ...(d.sparse ?? {}) };
             const o = { maxBody: 1 << 30, signal: signal() };
             const rep = await this.client.call(this.o.stages[i][r], 'delta', args, none, o);
-            n = rep.head.n;
+            // A stage peer's reply is input from another peer: replicas of one stage hold the same
+            // tensors, the count is capped before anything is allocated, the body must be exactly
+            // the codec's size for it, and the codec's parameters are ours, not the header's.
+            const m = rep.head.n;
+            if (n >= 0 && m !== n) throw new InvalidInputError(`stage ${i} replica ${r}: ${m} values, others ${n}`);
+            if (m > MAX_STAGE_VALUES)
+              throw new InvalidInputError(`stage ${i} replica ${r}: ${m} values is over the cap`);
+            if (rep.body.length !== codec.encodedSize(m))
+              throw new InvalidInputError(
+                `stage ${i} replica ${r}: Δ of ${rep.body.length} bytes, want ${codec.encodedSize(m)}`,
+              );
+            n = m;
             this.syncBytes += rep.body.length;
-            got.push({ r, delta: decodeAny(rep.body, n, [d.codec]).values });
+            got.push({ r, delta: codec.decode(rep.body, m) });
           }),
         ),
       );
