@@ -19,13 +19,13 @@
 import type { Batch } from '../data/batches.js';
 import { InvalidInputError } from '../util/errors.js';
 import { getCodec, type CodecId } from '../swarm/compress/index.js';
-
-/** Values one stage's pseudo-gradient may hold (2^28 float32 = 1 GiB, the reply body cap). */
-const MAX_STAGE_VALUES = 1 << 28;
 import { aggregate } from '../swarm/outer.js';
 import { clientOf, PipelineDriver, type DriverOptions } from './driver.js';
 import { StageCallError } from './rpc.js';
 import type { StageClient } from './stage-client.js';
+
+/** Values one stage's pseudo-gradient may hold (2^28 float32 = 1 GiB, the reply body cap). */
+const MAX_STAGE_VALUES = 1 << 28;
 
 export interface DilocoSettings {
   /** Inner steps per pipeline between syncs. */
@@ -143,9 +143,9 @@ export class DilocoPipelines {
             // tensors, the count is capped before anything is allocated, the body must be exactly
             // the codec's size for it, and the codec's parameters are ours, not the header's.
             const m = rep.head.n;
-            if (n >= 0 && m !== n) throw new InvalidInputError(`stage ${i} replica ${r}: ${m} values, others ${n}`);
             if (m > MAX_STAGE_VALUES)
               throw new InvalidInputError(`stage ${i} replica ${r}: ${m} values is over the cap`);
+            if (n >= 0 && m !== n) throw new InvalidInputError(`stage ${i} replica ${r}: ${m} values, others ${n}`);
             if (rep.body.length !== codec.encodedSize(m))
               throw new InvalidInputError(
                 `stage ${i} replica ${r}: Δ of ${rep.body.length} bytes, want ${codec.encodedSize(m)}`,
