@@ -247,6 +247,8 @@ test('export → import is bit-identical for Llama (single file and sharded), an
   assert.deepEqual(ck.config, LCFG);
   assert.ok(Buffer.from(ck.params.buffer).equals(Buffer.from(m.params.buffer)), 'params bit-identical');
   assert.ok((await readdir(join(root, 'ck'))).includes('tokenizer.json'));
+  // A GPT-2 reader refuses a Llama checkpoint by its format, with a clear message.
+  await assert.rejects(loadCheckpoint(join(root, 'ck')), /is a Llama checkpoint \(format "tessera-llama"\)/);
   await shard(join(root, 'hf'), 3);
   const r2 = await importHF(join(root, 'hf'), join(root, 'ck2'));
   assert.equal(r2.sharded, true);

@@ -8,6 +8,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createRefKernels } from '../src/kernels/ref.js';
+import { loadKernels } from '../src/kernels/index.js';
 import { Llama, llamaParamCount, llamaSpecs } from '../src/model/llama.js';
 import { ropeInvFreq, ropeTables, TINY_LLAMA, type LlamaConfig } from '../src/model/llama-config.js';
 import {
@@ -359,4 +360,29 @@ test('a few AdamW-free SGD steps reduce the loss (training runs end to end)', ()
   const last = m.loss(tokens, targets, B, T);
   assert.ok(Math.abs(first - Math.log(16)) < 0.1, `initial loss ${first} ≈ ln 16`);
   assert.ok(last < first * 0.7, `${first} -> ${last}`);
+});
+
+test('the native kernels (matmul, loss) give the reference logits and gradients within float32 round-off', () => {
+  const cfg: LlamaConfig = { ...TINY_LLAMA, ropeScaling: { type: 'linear', factor: 2 } };
+  const ref = randomLlama(cfg, 31);
+  const nat = new Llama(cfg, loadKernels({ threads: 1 }));
+  nat.params.set(ref.params);
+  const B = 2,
+    T = 7;
+  const tokens = Int32Array.from({ length: B * T }, (_, i) => (i * 11 + 5) % cfg.vocabSize);
+  const targets = Int32Array.from({ length: B * T }, (_, i) => (i * 3 + 2) % cfg.vocabSize);
+  const a = ref.logits(tokens, B, T),
+    b = nat.logits(tokens, B, T);
+  let d = 0;
+  for (let i = 0; i < a.length; i++) d = Math.max(d, Math.abs(a[i] - b[i]));
+  ref.zeroGrad();
+  nat.zeroGrad();
+  ref.forwardBackward(tokens, targets, B, T);
+  nat.forwardBackward(tokens, targets, B, T);
+  let dg = 0;
+  for (let i = 0; i < ref.grads.length; i++) dg = Math.max(dg, Math.abs(ref.grads[i] - nat.grads[i]));
+  console.log(
+    `${nat.kernels.name} vs ref: max |logit diff| ${d.toExponential(2)}, max |grad diff| ${dg.toExponential(2)}`,
+  );
+  assert.ok(d < 1e-4 && dg < 1e-4, `${d} ${dg}`);
 });

@@ -8,10 +8,10 @@
  *                                    and every architectural switch Tessera does not implement
  *                                    (another activation, biases on a Llama, yarn RoPE, ...) is
  *                                    refused by name rather than silently computed differently
- *   model.safetensors, or            headers validated by SafetensorsReader (header cap, byte
- *   model.safetensors.index.json     sizes consistent with shapes and file size); an index may
- *     + the shards it names          name only plain files in DIR, each must exist, and the
- *                                    index and the shards must agree tensor by tensor
+ *   model.safetensors, or, when it   headers validated by SafetensorsReader (header cap, byte
+ *   is absent (HF's order),          sizes consistent with shapes and file size); an index may
+ *   model.safetensors.index.json     name only plain files in DIR, each must exist, and the
+ *     + the shards it names          index and the shards must agree tensor by tensor
  *   every tensor                     present, with exactly the shape config.json implies, and
  *                                    a float dtype (F32, F16 or BF16; F16/BF16 are converted to
  *                                    F32); a tensor the config does not account for is a
@@ -299,7 +299,8 @@ class WeightSource {
     const readers: SafetensorsReader[] = [];
     const where = new Map<string, { reader: SafetensorsReader; info: TensorInfo }>();
     try {
-      if (await pathExists(indexPath)) {
+      // Hugging Face's loader takes model.safetensors before an index; so do we.
+      if (!(await pathExists(single)) && (await pathExists(indexPath))) {
         const r = IndexSchema.safeParse(await readJsonFile(indexPath, MAX_INDEX_BYTES));
         if (!r.success) throw new CorruptFileError(indexPath, `not a valid safetensors index: ${zodText(r.error)}`);
         const map = r.data.weight_map;
