@@ -89,7 +89,16 @@ export async function saveLlamaCheckpoint(
   const P = llamaParamCount(config);
   if (!(data.params instanceof Float32Array) || data.params.length !== P)
     throw new InvalidInputError(`params has ${data.params?.length} floats but the config needs ${P}`);
-  const meta = data.meta === undefined ? {} : (JSON.parse(JSON.stringify(data.meta)) as Record<string, unknown>);
+  let meta: Record<string, unknown> = {};
+  if (data.meta !== undefined) {
+    if (data.meta === null || typeof data.meta !== 'object' || Array.isArray(data.meta))
+      throw new InvalidInputError('meta must be a plain object');
+    try {
+      meta = JSON.parse(JSON.stringify(data.meta)) as Record<string, unknown>;
+    } catch (e) {
+      throw new InvalidInputError(`meta is not JSON-serialisable: ${(e as Error).message}`, { cause: e });
+    }
+  }
   const extra = data.extraFiles ?? {};
   for (const name of Object.keys(extra))
     if (!FILE_NAME.test(name) || [MODEL_FILE, CONFIG_FILE, OPTIMIZER_FILE].includes(name))
