@@ -18,6 +18,7 @@ import { register as registerLedger } from './ledger.js';
 import { register as registerPipeline } from './pipeline.js';
 import { register as registerStage } from './stage.js';
 import { register as registerAttack } from './attack.js';
+import { register as registerImport } from './import.js';
 import { reportError } from './output.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
@@ -33,6 +34,7 @@ export function buildProgram(): Command {
   registerEval(program);
   registerGenerate(program);
   registerExport(program);
+  registerImport(program);
   registerBench(program);
   registerSim(program);
   registerRun(program);

@@ -421,6 +421,10 @@ async function readConfigFile(path: string): Promise<CheckpointConfigFile> {
   } catch (e) {
     throw new CorruptFileError(path, `not valid JSON (${(e as Error).message})`, { cause: e });
   }
+  if ((json as { format?: unknown } | null)?.format === 'tessera-llama')
+    throw new InvalidInputError(
+      `${path} is a Llama checkpoint (format "tessera-llama"); this reader takes GPT-2 checkpoints (see llama-checkpoint.ts)`,
+    );
   const r = CheckpointConfigSchema.safeParse(json);
   if (!r.success) throw new CorruptFileError(path, `not a valid Tessera checkpoint config: ${describeZod(r.error)}`);
   return r.data;

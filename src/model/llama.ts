@@ -1,0 +1,406 @@
+/**
+ * A Llama-family decoder (LlamaForCausalLM: Llama 2/3, TinyLlama, SmolLM), forward and backward
+ * written out by hand like gpt.ts, over one flat Float32Array of parameters and one of gradients.
+ *
+ * Architecture (as published and as Hugging Face's modeling_llama implements it): token
+ * embedding without position embeddings; per layer
+ *   h   = x + o_proj(attention(rope(q_proj(rms1(x))), rope(k_proj(rms1(x))), v_proj(rms1(x))))
+ *   out = h + down_proj(silu(gate_proj(rms2(h))) ⊙ up_proj(rms2(h)))
+ * with RMSNorm (eps from the config), rotary position embedding (rope_theta, optional linear or
+ * llama3 scaling), causal grouped-query attention (kvHeads ≤ heads), no biases anywhere; then a
+ * final RMSNorm and lm_head (tied to the embedding or its own matrix). No dropout. Loss is the
+ * mean cross-entropy over targets ≥ 0.
+ *
+ * Parameter layout (llamaSpecs), per-layer contiguous so that a layer range is one slice:
+ *   embed [V,C],
+ *   for each layer l: attn_norm [C], wq [NH·hd,C], wk [KV·hd,C], wv [KV·hd,C], wo [C,NH·hd],
+ *                     mlp_norm [C], w_gate [H,C], w_up [H,C], w_down [C,H]
+ *   norm [C], lm_head [V,C] (only when the embeddings are untied)
+ * Linear weights are [out, in], as nn.Linear and Hugging Face's safetensors store them.
+ *
+ * Matmuls and the loss go through the Kernels interface; the Llama-specific ops are the
+ * reference kernels of llama-kernels.ts. No I/O here.
+ */
+import type { Kernels } from '../kernels/api.js';
+import { InvalidInputError } from '../util/errors.js';
+import { Rng } from '../util/rng.js';
+import { LlamaConfigSchema, ropeTables, type LlamaConfig } from './llama-config.js';
+import {
+  embedBackward,
+  embedForward,
+  gqaBackward,
+  gqaForward,
+  rmsnormBackward,
+  rmsnormForward,
+  ropeBackward,
+  ropeForward,
+  swigluBackward,
+  swigluForward,
+} from './llama-kernels.js';
+import type { TensorSpec } from './params.js';
+
+export interface LlamaLayerViews {
+  attnNorm: Float32Array;
+  wq: Float32Array;
+  wk: Float32Array;
+  wv: Float32Array;
+  wo: Float32Array;
+  mlpNorm: Float32Array;
+  wGate: Float32Array;
+  wUp: Float32Array;
+  wDown: Float32Array;
+}
+
+export interface LlamaViews {
+  embed: Float32Array;
+  layers: LlamaLayerViews[];
+  norm: Float32Array;
+  /** The output projection: lm_head, or the embedding itself when tied. */
+  head: Float32Array;
+}
+
+const LAYER_TENSORS = ['attn_norm', 'wq', 'wk', 'wv', 'wo', 'mlp_norm', 'w_gate', 'w_up', 'w_down'] as const;
+
+/** The ordered tensor table for a Llama config. Pure: same config, same layout. */
+export function llamaSpecs(cfg: LlamaConfig): TensorSpec[] {
+  const { vocabSize: V, dim: C, layers: L, heads: NH, kvHeads: KV, headDim: hd, hidden: H } = cfg;
+  const specs: TensorSpec[] = [];
+  let offset = 0;
+  const add = (name: string, shape: number[], decay: boolean) => {
+    const size = shape.reduce((a, b) => a * b, 1);
+    specs.push({ name, shape, offset, size, decay });
+    offset += size;
+  };
+  add('embed', [V, C], true);
+  for (let l = 0; l < L; l++) {
+    const p = `layers.${l}.`;
+    add(p + 'attn_norm', [C], false);
+    add(p + 'wq', [NH * hd, C], true);
+    add(p + 'wk', [KV * hd, C], true);
+    add(p + 'wv', [KV * hd, C], true);
+    add(p + 'wo', [C, NH * hd], true);
+    add(p + 'mlp_norm', [C], false);
+    add(p + 'w_gate', [H, C], true);
+    add(p + 'w_up', [H, C], true);
+    add(p + 'w_down', [C, H], true);
+  }
+  add('norm', [C], false);
+  if (!cfg.tiedEmbeddings) add('lm_head', [V, C], true);
+  return specs;
+}
+
+export function llamaParamCount(cfg: LlamaConfig): number {
+  const s = llamaSpecs(cfg);
+  const last = s[s.length - 1];
+  return last.offset + last.size;
+}
+
+/** Named views into `buf` (params or grads). */
+export function llamaViews(cfg: LlamaConfig, buf: Float32Array): LlamaViews {
+  const specs = llamaSpecs(cfg);
+  const P = llamaParamCount(cfg);
+  if (buf.length !== P) throw new RangeError(`buffer has ${buf.length} floats, config needs ${P}`);
+  const byName = new Map(specs.map((s) => [s.name, buf.subarray(s.offset, s.offset + s.size)]));
+  const get = (n: string) => byName.get(n)!;
+  const layers = Array.from({ length: cfg.layers }, (_, l) => {
+    const p = `layers.${l}.`;
+    const [attnNorm, wq, wk, wv, wo, mlpNorm, wGate, wUp, wDown] = LAYER_TENSORS.map((n) => get(p + n));
+    return { attnNorm, wq, wk, wv, wo, mlpNorm, wGate, wUp, wDown };
+  });
+  const embed = get('embed');
+  return { embed, layers, norm: get('norm'), head: cfg.tiedEmbeddings ? embed : get('lm_head') };
+}
+
+/** What one layer keeps from forward for backward. */
+interface LayerActs {
+  xn1: Float32Array; // rms1(x) [N, C]
+  rstd1: Float32Array; // [N]
+  q: Float32Array; // rotated [N, NH·hd]
+  k: Float32Array; // rotated [N, KV·hd]
+  v: Float32Array; // [N, KV·hd]
+  att: Float32Array; // [B, NH, T, T]
+  atty: Float32Array; // [N, NH·hd]
+  res2: Float32Array; // [N, C]
+  xn2: Float32Array;
+  rstd2: Float32Array;
+  gate: Float32Array; // [N, H]
+  up: Float32Array; // [N, H]
+  hmid: Float32Array; // silu(gate) ⊙ up [N, H]
+  res3: Float32Array; // [N, C], the next layer's input
+}
+
+interface Acts {
+  B: number;
+  T: number;
+  encoded: Float32Array;
+  layers: LayerActs[];
+  xnf: Float32Array;
+  rstdf: Float32Array;
+  logits: Float32Array; // overwritten by dlogits during training
+  losses: Float32Array;
+  scratch: Float32Array;
+  cos: Float64Array;
+  sin: Float64Array;
+  // backward scratch, shared by the layers
+  dres: Float32Array;
+  dC: Float32Array;
+  dq: Float32Array;
+  dk: Float32Array;
+  dv: Float32Array;
+  datt: Float32Array;
+  datty: Float32Array;
+  dH: Float32Array;
+  dgate: Float32Array;
+  dup: Float32Array;
+}
+
+export class Llama {
+  readonly config: LlamaConfig;
+  readonly kernels: Kernels;
+  readonly numParams: number;
+  /** Flat parameters; layout in llamaSpecs. */
+  readonly params: Float32Array;
+  /** Flat gradients, same layout; backward ACCUMULATES into it. */
+  readonly grads: Float32Array;
+  readonly p: LlamaViews;
+  readonly g: LlamaViews;
+  private acts: Acts | null = null;
+  private inputs: Int32Array | null = null;
+
+  constructor(config: LlamaConfig, kernels: Kernels) {
+    const r = LlamaConfigSchema.safeParse(config);
+    if (!r.success)
+      throw new InvalidInputError(`invalid Llama config: ${r.error.issues.map((i) => i.message).join('; ')}`);
+    this.config = r.data;
+    this.kernels = kernels;
+    this.numParams = llamaParamCount(this.config);
+    this.params = new Float32Array(this.numParams);
+    this.grads = new Float32Array(this.numParams);
+    this.p = llamaViews(this.config, this.params);
+    this.g = llamaViews(this.config, this.grads);
+  }
+
+  /**
+   * N(0, 0.02) for matrices and embeddings, residual projections (wo, w_down) scaled by
+   * 1/sqrt(2L), unit RMSNorm gains. Deterministic in `seed`.
+   */
+  init(seed: number): void {
+    const rng = new Rng(seed);
+    const gauss = () => {
+      const u1 = 1 - rng.nextFloat(),
+        u2 = rng.nextFloat();
+      return Math.sqrt(-2 * Math.log(u1)) * Math.cos(2 * Math.PI * u2);
+    };
+    const residStd = 0.02 / Math.sqrt(2 * this.config.layers);
+    for (const s of llamaSpecs(this.config)) {
+      const v = this.params.subarray(s.offset, s.offset + s.size);
+      if (s.shape.length === 1) v.fill(1);
+      else {
+        const std = s.name.endsWith('.wo') || s.name.endsWith('.w_down') ? residStd : 0.02;
+        for (let i = 0; i < v.length; i++) v[i] = Math.fround(gauss() * std);
+      }
+    }
+  }
+
+  zeroGrad(): void {
+    this.grads.fill(0);
+  }
+
+  private ensureActs(B: number, T: number): Acts {
+    if (this.acts && this.acts.B === B && this.acts.T === T) return this.acts;
+    const { vocabSize: V, dim: C, layers: L, heads: NH, kvHeads: KV, headDim: hd, hidden: H } = this.config;
+    const N = B * T,
+      Q = NH * hd,
+      K = KV * hd,
+      A = B * NH * T * T;
+    const f = (n: number) => new Float32Array(n);
+    const { cos, sin } = ropeTables(this.config, T);
+    this.acts = {
+      B,
+      T,
+      encoded: f(N * C),
+      layers: Array.from({ length: L }, () => ({
+        xn1: f(N * C),
+        rstd1: f(N),
+        q: f(N * Q),
+        k: f(N * K),
+        v: f(N * K),
+        att: f(A),
+        atty: f(N * Q),
+        res2: f(N * C),
+        xn2: f(N * C),
+        rstd2: f(N),
+        gate: f(N * H),
+        up: f(N * H),
+        hmid: f(N * H),
+        res3: f(N * C),
+      })),
+      xnf: f(N * C),
+      rstdf: f(N),
+      logits: f(N * V),
+      losses: f(N),
+      scratch: f(N * C),
+      cos,
+      sin,
+      dres: f(N * C),
+      dC: f(N * C),
+      dq: f(N * Q),
+      dk: f(N * K),
+      dv: f(N * K),
+      datt: f(A),
+      datty: f(N * Q),
+      dH: f(N * H),
+      dgate: f(N * H),
+      dup: f(N * H),
+    };
+    return this.acts;
+  }
+
+  private checkTokens(tokens: Int32Array, B: number, T: number): void {
+    const { vocabSize: V, ctx } = this.config;
+    if (!Number.isInteger(B) || !Number.isInteger(T) || B < 1 || T < 1)
+      throw new InvalidInputError(`bad batch shape B=${B} T=${T}`);
+    if (T > ctx) throw new InvalidInputError(`sequence length ${T} exceeds the model context ${ctx}`);
+    if (tokens.length !== B * T) throw new InvalidInputError(`expected ${B * T} tokens, got ${tokens.length}`);
+    for (let i = 0; i < tokens.length; i++) {
+      const t = tokens[i];
+      if (t < 0 || t >= V)
+        throw new InvalidInputError(`token id ${t} at position ${i} is outside the vocabulary [0, ${V})`);
+    }
+  }
+
+  private forwardToLogits(tokens: Int32Array, B: number, T: number): Acts {
+    this.checkTokens(tokens, B, T);
+    const k = this.kernels;
+    const { vocabSize: V, dim: C, heads: NH, kvHeads: KV, headDim: hd, hidden: H, normEps: eps } = this.config;
+    const N = B * T,
+      Q = NH * hd,
+      K = KV * hd;
+    const a = this.ensureActs(B, T);
+    const p = this.p;
+    this.inputs = tokens;
+    embedForward(a.encoded, tokens, p.embed, N, C);
+    let x = a.encoded;
+    for (let l = 0; l < this.config.layers; l++) {
+      const w = p.layers[l],
+        s = a.layers[l];
+      rmsnormForward(s.xn1, s.rstd1, x, w.attnNorm, N, C, eps);
+      k.matmulForward(s.q, s.xn1, w.wq, null, N, C, Q);
+      k.matmulForward(s.k, s.xn1, w.wk, null, N, C, K);
+      k.matmulForward(s.v, s.xn1, w.wv, null, N, C, K);
+      ropeForward(s.q, a.cos, a.sin, B, T, NH, hd);
+      ropeForward(s.k, a.cos, a.sin, B, T, KV, hd);
+      gqaForward(s.atty, s.att, s.q, s.k, s.v, B, T, NH, KV, hd);
+      k.matmulForward(a.scratch, s.atty, w.wo, null, N, Q, C);
+      k.add(s.res2, x, a.scratch, N * C);
+      rmsnormForward(s.xn2, s.rstd2, s.res2, w.mlpNorm, N, C, eps);
+      k.matmulForward(s.gate, s.xn2, w.wGate, null, N, C, H);
+      k.matmulForward(s.up, s.xn2, w.wUp, null, N, C, H);
+      swigluForward(s.hmid, s.gate, s.up, N * H);
+      k.matmulForward(a.scratch, s.hmid, w.wDown, null, N, H, C);
+      k.add(s.res3, s.res2, a.scratch, N * C);
+      x = s.res3;
+    }
+    rmsnormForward(a.xnf, a.rstdf, x, p.norm, N, C, eps);
+    k.matmulForward(a.logits, a.xnf, p.head, null, N, C, V);
+    return a;
+  }
+
+  /** Logits [B*T*V] for `tokens` (a copy, safe to keep). */
+  logits(tokens: Int32Array, B: number, T: number): Float32Array {
+    return this.forwardToLogits(tokens, B, T).logits.slice();
+  }
+
+  /** Mean cross-entropy (nats/token) of predicting `targets` (-1 = ignore), no gradients. */
+  loss(tokens: Int32Array, targets: Int32Array, B: number, T: number): number {
+    return this.lossImpl(tokens, targets, B, T, false, 1);
+  }
+
+  /**
+   * Forward + backward: returns the mean loss and ACCUMULATES d(loss)/d(params) into `grads`
+   * (zeroGrad() first unless accumulating; `gradScale` scales the contribution).
+   */
+  forwardBackward(tokens: Int32Array, targets: Int32Array, B: number, T: number, gradScale = 1): number {
+    const loss = this.lossImpl(tokens, targets, B, T, true, gradScale);
+    this.backward();
+    return loss;
+  }
+
+  private lossImpl(
+    tokens: Int32Array,
+    targets: Int32Array,
+    B: number,
+    T: number,
+    withGrad: boolean,
+    gradScale: number,
+  ): number {
+    if (targets.length !== B * T) throw new InvalidInputError(`expected ${B * T} targets, got ${targets.length}`);
+    const V = this.config.vocabSize;
+    let valid = 0;
+    for (let i = 0; i < targets.length; i++) {
+      const t = targets[i];
+      if (t >= V || t < -1) throw new InvalidInputError(`target id ${t} at position ${i} is outside the vocabulary`);
+      if (t >= 0) valid++;
+    }
+    const a = this.forwardToLogits(tokens, B, T);
+    const N = B * T;
+    const scale = valid > 0 ? gradScale / valid : 0;
+    this.kernels.crossEntropyForwardBackward(a.losses, withGrad ? a.logits : null, a.logits, targets, N, V, scale);
+    let sum = 0;
+    for (let i = 0; i < N; i++) sum += a.losses[i];
+    return valid > 0 ? sum / valid : 0;
+  }
+
+  /** Backward from dlogits (left in the logits buffer by lossImpl). */
+  private backward(): void {
+    const a = this.acts!,
+      k = this.kernels,
+      p = this.p,
+      g = this.g;
+    const tokens = this.inputs!;
+    const { B, T } = a;
+    const { vocabSize: V, dim: C, heads: NH, kvHeads: KV, headDim: hd, hidden: H, layers: L } = this.config;
+    const N = B * T,
+      Q = NH * hd,
+      K = KV * hd;
+    const { dres, dC, dq, dk, dv, datt, datty, dH, dgate, dup } = a;
+
+    dC.fill(0);
+    k.matmulBackward(dC, g.head, null, a.logits, a.xnf, p.head, N, C, V);
+    dres.fill(0);
+    const last = L > 0 ? a.layers[L - 1].res3 : a.encoded;
+    rmsnormBackward(dres, g.norm, dC, last, p.norm, a.rstdf, N, C);
+
+    for (let l = L - 1; l >= 0; l--) {
+      const w = p.layers[l],
+        gw = g.layers[l],
+        s = a.layers[l];
+      const input = l === 0 ? a.encoded : a.layers[l - 1].res3;
+      // res3 = res2 + down(swiglu(gate(xn2), up(xn2))): dres reaches res2 unchanged, plus the MLP.
+      dH.fill(0);
+      k.matmulBackward(dH, gw.wDown, null, dres, s.hmid, w.wDown, N, H, C);
+      dgate.fill(0);
+      dup.fill(0);
+      swigluBackward(dgate, dup, dH, s.gate, s.up, N * H);
+      dC.fill(0);
+      k.matmulBackward(dC, gw.wGate, null, dgate, s.xn2, w.wGate, N, C, H);
+      k.matmulBackward(dC, gw.wUp, null, dup, s.xn2, w.wUp, N, C, H);
+      rmsnormBackward(dres, gw.mlpNorm, dC, s.res2, w.mlpNorm, s.rstd2, N, C);
+      // res2 = input + wo(attention(rope(wq xn1), rope(wk xn1), wv xn1)).
+      datty.fill(0);
+      k.matmulBackward(datty, gw.wo, null, dres, s.atty, w.wo, N, Q, C);
+      dq.fill(0);
+      dk.fill(0);
+      dv.fill(0);
+      gqaBackward(dq, dk, dv, datt, datty, s.q, s.k, s.v, s.att, B, T, NH, KV, hd);
+      ropeBackward(dq, a.cos, a.sin, B, T, NH, hd);
+      ropeBackward(dk, a.cos, a.sin, B, T, KV, hd);
+      dC.fill(0);
+      k.matmulBackward(dC, gw.wq, null, dq, s.xn1, w.wq, N, C, Q);
+      k.matmulBackward(dC, gw.wk, null, dk, s.xn1, w.wk, N, C, K);
+      k.matmulBackward(dC, gw.wv, null, dv, s.xn1, w.wv, N, C, K);
+      rmsnormBackward(dres, gw.attnNorm, dC, input, w.attnNorm, s.rstd1, N, C);
+    }
+    embedBackward(g.embed, dres, tokens, N, C);
+  }
+}
