@@ -1502,8 +1502,14 @@ test('membership by verified work: probationers train but neither vote, lead nor
 });
 
 test('nextRoster: credit from included updates, probationers without work leave, all vote if none is established', () => {
-  const p = { maxMissedRounds: 3, probation: 2 };
-  const cur = { roster: ['a', 'n', 's'], missed: [0, 0, 0], credit: [2, 0, 0], age: [0, 0, 0] };
+  const p = { maxMissedRounds: 3, probation: 2, innerSteps: 1, batch: 1, maxStretch: 1 };
+  const cur = {
+    roster: ['a', 'n', 's'],
+    missed: [0, 0, 0],
+    credit: [2, 0, 0],
+    age: [0, 0, 0],
+    stretch: [1000, 1000] as [number, number],
+  };
   const k = (included: string[], joins: string[] = []): Commit => ({
     round: 1,
     attempt: 0,
@@ -1513,14 +1519,24 @@ test('nextRoster: credit from included updates, probationers without work leave,
     live: ['a', 'n', 's'],
   });
   let st = nextRoster(p, cur, k(['a', 'n'], ['j']));
-  assert.deepEqual(st, { roster: ['a', 'j', 'n', 's'], missed: [0, 0, 0, 0], credit: [2, 0, 1, 0], age: [0, 0, 1, 1] });
+  assert.deepEqual(st, {
+    roster: ['a', 'j', 'n', 's'],
+    missed: [0, 0, 0, 0],
+    credit: [2, 0, 1, 0],
+    age: [0, 0, 1, 1],
+    stretch: [1000, 1000],
+  });
   st = nextRoster(p, st, k(['a', 'n']));
   assert.deepEqual(votersOf(p, st), ['a', 'n'], 'n reached the probation');
   // s never lands an update: after probation + 2 training rounds without one, it leaves.
   for (let i = 0; i < 2; i++) st = nextRoster(p, st, k(['a']));
   assert.ok(!st.roster.includes('s'), `s left (${JSON.stringify(st)})`);
   // Rounds without training (an empty set) do not age probationers.
-  const idle = nextRoster(p, { roster: ['x'], missed: [0], credit: [0], age: [2] }, { ...k([]), live: ['x'] });
+  const idle = nextRoster(
+    p,
+    { roster: ['x'], missed: [0], credit: [0], age: [2], stretch: [1000, 1000] },
+    { ...k([]), live: ['x'] },
+  );
   assert.deepEqual(idle.age, [2]);
   assert.deepEqual(votersOf(p, { roster: ['x', 'y'], credit: [0, 1] }), ['x', 'y'], 'nobody established: all vote');
 });

@@ -384,7 +384,10 @@ export class SwarmNode {
         this.dispatch({ type: 'synced', snapshot: snap, ...(local ? { local: true } : {}) });
         return this.state.round === snap.round && this.state.weightsHash === snap.weightsHash;
       },
-      accepts: (snap) => step(this.state, { type: 'synced', snapshot: snap }).rejected.length === 0,
+      refusal: (snap) => {
+        const r = step(this.state, { type: 'synced', snapshot: snap }).rejected[0];
+        return r ? `${r.reason}: ${r.detail}` : null;
+      },
       wanted: (round, hash) => wantsState(this.state, round, hash),
       reportSynced: (snap, via) =>
         this.report('synced', snap.round, this.evaluate(), snap.roster.length, [], snap.weightsHash, via),

@@ -42,8 +42,8 @@ export interface SyncDeps {
    * file at start-up, which needs no certificate); true if the reducer is now at it.
    */
   installed: (snap: RoundSnapshot, local: boolean) => boolean;
-  /** Whether the reducer would take this (peer-served) snapshot now: checked before its weights are installed. */
-  accepts: (snap: RoundSnapshot) => boolean;
+  /** Why the reducer would refuse this (peer-served) snapshot now, or null: checked before its weights are installed. */
+  refusal: (snap: RoundSnapshot) => string | null;
   /** Whether the reducer takes a state of this round and θ hash (certified now): what is worth downloading. */
   wanted: (round: number, weightsHash: string) => boolean;
   /** Report the installed state (the 'synced' round line). */
@@ -166,7 +166,7 @@ export class Sync {
       this.d.stopTraining();
       // Candidates: advertisements of a state the reducer takes (the target, or a newer one
       // certified since: a slow download must not leave us behind again), from anyone (the
-      // hashes make a copy right), newest first, listed peers first. accepts() asks the reducer
+      // hashes make a copy right), newest first, listed peers first. refusal() asks the reducer
       // again, with the snapshot hash, before anything is installed.
       const ads = [...this.ads.entries()]
         .filter(
@@ -180,8 +180,8 @@ export class Sync {
             throw new InvalidInputError('snapshot weights do not match its hash');
           if (b.snap.round !== ad.round || b.snap.weightsHash !== ad.weightsHash)
             throw new InvalidInputError(`served round ${b.snap.round}, not the advertised state`);
-          if (!this.d.accepts(b.snap))
-            throw new InvalidInputError(`round ${b.snap.round} is not a certified state; not installed`);
+          const refused = this.d.refusal(b.snap);
+          if (refused) throw new InvalidInputError(`round ${b.snap.round} not installed (${refused})`);
           if (this.d.stopped() || !this.d.wantsState()) return;
           // Decoded payloads stay: a resync into the same round keeps the reducer's held updates, whose Δ apply needs.
           this.d.weights.install(b.theta, b.momentum, b.snap.weightsHash);

@@ -189,6 +189,11 @@ export const TimingSchema = z
     probation: z.number().int().min(0).max(1000).optional(),
     /** Joins per round, as a fraction of the voters (at least 1; default 0.25). */
     joinFraction: z.number().gt(0).max(1).optional(),
+    /**
+     * Adaptive deadlines: trainMs and the collection window may stretch up to this factor when
+     * decided sets show short or late updates (default 4; 1 = fixed deadlines as written).
+     */
+    maxStretch: z.number().min(1).max(16).optional(),
   })
   .strict()
   .refine((t) => t.submitMs >= t.trainMs, { message: 'submitMs must be >= trainMs', path: ['submitMs'] });

@@ -165,6 +165,8 @@ export const SnapshotSchema = z
     credit: z.array(z.number().int().min(0).max(1_000_000)).optional(),
     /** Aligned with roster: training rounds a member has spent on probation. Absent: all 0. */
     age: z.array(z.number().int().min(0).max(1_000_000)).optional(),
+    /** Deadline stretch [training, collection] in permille of the manifest's (adaptive deadlines). Absent: [1000, 1000]. */
+    stretch: z.tuple([z.number().int().min(1000).max(16_000), z.number().int().min(1000).max(16_000)]).optional(),
     /** Hash of the weights this round's updates are built on (≠ weightsHash only in delayed mode). */
     trainBase: HashSchema.optional(),
   })
@@ -189,6 +191,7 @@ export function snapshotHash(s: RoundSnapshot): string {
     // state never both exist (snapshotOf always writes the arrays).
     credit: s.credit ?? null,
     age: s.age ?? null,
+    stretch: s.stretch ?? null,
     trainBase: s.trainBase ?? null,
   });
 }
@@ -233,6 +236,12 @@ export const RoundParamsSchema = z
     probation: z.number().int().min(0).max(1000).default(2),
     /** Joins a round admits: at most this fraction of the voters (at least 1). */
     joinFraction: z.number().gt(0).max(1).default(0.25),
+    /**
+     * Adaptive deadlines (docs/ROUNDS.md "Deadlines that follow the swarm"): trainMs and the
+     * collection window stretch up to this factor when the decided sets show the swarm is slower
+     * than the manifest assumed, and shrink back when it is not. 1: fixed deadlines.
+     */
+    maxStretch: z.number().min(1).max(16).default(4),
   })
   .strict();
 export type RoundParams = z.input<typeof RoundParamsSchema>;
@@ -256,6 +265,7 @@ export function roundParams(d: Pick<DecodedManifest, 'manifest' | 'runId'>, retr
     overlap: m.hyper.overlap,
     ...(m.timing.probation !== undefined ? { probation: m.timing.probation } : {}),
     ...(m.timing.joinFraction !== undefined ? { joinFraction: m.timing.joinFraction } : {}),
+    ...(m.timing.maxStretch !== undefined ? { maxStretch: m.timing.maxStretch } : {}),
   };
 }
 
@@ -409,6 +419,8 @@ export interface RoundState {
   credit: number[];
   /** Aligned with roster: training rounds spent on probation (a probationer that stays too long leaves). */
   age: number[];
+  /** Deadline stretch [training, collection], permille (nextStretch; trainMsOf / submitMsOf). */
+  stretch: [number, number];
   /**
    * Sorted: the members that vote, lead and certify this round: those whose credit reached the
    * probation (all members if none has; docs/ROUNDS.md "Membership"). Headcount alone buys nothing.
@@ -561,6 +573,8 @@ export interface Standing {
   missed: number[];
   credit: number[];
   age: number[];
+  /** Deadline stretch [training, collection], permille of the manifest's (1000 = as written). */
+  stretch: [number, number];
 }
 
 /**
@@ -578,12 +592,16 @@ export function probationSlack(p: Pick<Params, 'probation'>): number {
  * probation), a probationer past probationLimit() training rounds leaves, and joiners enter
  * with no credit.
  */
-export function nextRoster(p: Pick<Params, 'maxMissedRounds' | 'probation'>, cur: Standing, commit: Commit): Standing {
+export function nextRoster(
+  p: Pick<Params, 'maxMissedRounds' | 'probation' | 'innerSteps' | 'batch' | 'maxStretch'>,
+  cur: Standing,
+  commit: Commit,
+  trained = commit.included.length > 0,
+): Standing {
   // Only the value (included, live, joins) may matter here, never the attempt or its leader:
   // peers may learn the same value through different attempts.
   const included = new Set(commit.included.map((u) => u.peer));
   const seen = new Set([...included, ...commit.live]);
-  const trained = commit.included.length > 0;
   const rows: { peer: string; missed: number; credit: number; age: number }[] = [];
   cur.roster.forEach((peer, i) => {
     const missed = seen.has(peer) ? 0 : cur.missed[i] + 1;
@@ -602,7 +620,45 @@ export function nextRoster(p: Pick<Params, 'maxMissedRounds' | 'probation'>, cur
     missed: kept.map((r) => r.missed),
     credit: kept.map((r) => r.credit),
     age: kept.map((r) => r.age),
+    stretch: trained ? nextStretch(p, cur, commit) : cur.stretch,
   };
+}
+
+/**
+ * Deadlines that follow the swarm, from agreed data only (so every peer times round r+1 alike):
+ * counting the round's voters only (probationers and fresh identities cannot slow a run),
+ * - training: if at least half of the voters' included updates are short (fewer than H inner
+ *   steps: the budget ran out), trainMs stretches by 5/4, else it shrinks by 1/50;
+ * - collection: if fewer than 3/4 of the live voters landed an update (it arrived after the
+ *   deadline), the window after training stretches by 5/4, else it shrinks by 1/50;
+ * both within [1, maxStretch] × the manifest's, in integer permille.
+ */
+export function nextStretch(
+  p: Pick<Params, 'probation' | 'innerSteps' | 'batch' | 'maxStretch'>,
+  cur: Pick<Standing, 'roster' | 'credit' | 'stretch'>,
+  commit: Commit,
+): [number, number] {
+  const max = Math.round(p.maxStretch * 1000);
+  const grow = (x: number) => Math.min(max, Math.ceil((x * 5) / 4));
+  const shrink = (x: number) => Math.max(1000, Math.floor((x * 49) / 50));
+  const voters = votersOf(p, cur);
+  const cap = p.innerSteps * p.batch;
+  const inc = commit.included.filter((u) => has(voters, u.peer));
+  const short = inc.filter((u) => u.tokens < cap).length;
+  const live = new Set([...commit.live, ...inc.map((u) => u.peer)].filter((x) => has(voters, x)));
+  const train = inc.length > 0 && 2 * short >= inc.length ? grow(cur.stretch[0]) : shrink(cur.stretch[0]);
+  const submit = inc.length < Math.ceil(0.75 * live.size) ? grow(cur.stretch[1]) : shrink(cur.stretch[1]);
+  return [train, submit];
+}
+
+/** This round's training budget (ms from its start): the manifest's, stretched. */
+export function trainMsOf(s: Pick<RoundState, 'params' | 'stretch'>): number {
+  return Math.round((s.params.trainMs * s.stretch[0]) / 1000);
+}
+
+/** This round's collection deadline (ms from its start): the stretched budget, then the stretched window. */
+export function submitMsOf(s: Pick<RoundState, 'params' | 'stretch'>): number {
+  return trainMsOf(s) + Math.round(((s.params.submitMs - s.params.trainMs) * s.stretch[1]) / 1000);
 }
 
 /**
@@ -638,6 +694,7 @@ export function snapshotOf(s: RoundState): RoundSnapshot | null {
     missed: [...s.missed],
     credit: [...s.credit],
     age: [...s.age],
+    stretch: [s.stretch[0], s.stretch[1]],
     ...(s.params.overlap === 'delayed' ? { trainBase: s.trainBase } : {}),
   };
 }
@@ -652,7 +709,7 @@ export function nextDeadline(s: RoundState): number {
     case 'waiting':
     case 'training':
     case 'collecting':
-      return s.startedAt + s.params.submitMs;
+      return s.startedAt + submitMsOf(s);
     case 'agreement':
       return s.voter && s.voting && !s.decision ? s.attemptDeadline : Infinity;
     case 'fetching':
@@ -746,6 +803,7 @@ export function init(opts: InitOptions): StepResult {
     missed: [],
     credit: [],
     age: [],
+    stretch: [1000, 1000],
     voters: [],
     voter: false,
     seed: '',
@@ -806,6 +864,7 @@ export function init(opts: InitOptions): StepResult {
         missed: roster.map(() => 0),
         credit: roster.map(() => s.params.probation),
         age: roster.map(() => 0),
+        stretch: [1000, 1000],
       },
       null,
     );
@@ -992,7 +1051,7 @@ export function attemptMs(s: Pick<RoundState, 'params' | 'order'>, a: number): n
 }
 
 function shouldClose(s: RoundState): boolean {
-  if (s.now >= s.startedAt + s.params.submitMs) return true;
+  if (s.now >= s.startedAt + submitMsOf(s)) return true;
   if (!s.training) return s.roster.length + s.joins.length >= s.params.minPeers;
   const need = Math.max(1, Math.ceil(s.params.quorum * s.roster.length - 1e-9));
   return s.byPeer.size >= need;
@@ -1045,6 +1104,7 @@ function startRound(c: Ctx, info: StartInfo, carry: Carry | null, voting = true)
   s.missed = info.missed;
   s.credit = info.credit;
   s.age = info.age;
+  s.stretch = info.stretch;
   s.voters = votersOf(p, info);
   s.voter = has(s.voters, s.self);
   s.seed = roundSeed(p.runId, info.round);
@@ -1097,7 +1157,7 @@ function startRound(c: Ctx, info: StartInfo, carry: Carry | null, voting = true)
       baseHash: s.trainBase,
       shards,
       steps: p.innerSteps,
-      until: s.startedAt + p.trainMs,
+      until: s.startedAt + trainMsOf(s),
     });
   } else {
     s.phase = s.training ? 'collecting' : 'waiting';
@@ -1969,7 +2029,7 @@ function handleApplied(c: Ctx, e: Extract<RoundEvent, { type: 'applied' }>): voi
 function finishRound(c: Ctx, resultHash: string): void {
   const s = c.s,
     d = s.decision!;
-  const next = nextRoster(s.params, s, d.commit);
+  const next = nextRoster(s.params, s, d.commit, s.training);
   // The state round+1 starts from, exactly as snapshotOf() will give it: what we attest.
   const snapHash = snapshotHash({
     round: s.round + 1,
@@ -2118,6 +2178,7 @@ function handleSynced(c: Ctx, raw: RoundSnapshot, local: boolean): void {
       missed: [...snap.missed],
       credit: snap.credit ? [...snap.credit] : snap.roster.map(() => s.params.probation),
       age: snap.age ? [...snap.age] : snap.roster.map(() => 0),
+      stretch: snap.stretch ? [snap.stretch[0], snap.stretch[1]] : [1000, 1000],
       trainBase: snap.trainBase ?? snap.weightsHash,
       baseHeld: heldBase,
     },
