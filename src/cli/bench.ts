@@ -6,6 +6,7 @@ import { loadKernels } from '../kernels/index.js';
 import { ModelConfigSchema } from '../model/config.js';
 import { benchCompute } from '../train/bench-compute.js';
 import { sgemmGflops } from '../kernels/sgemm-bench.js';
+import type { NativeKernels } from '../kernels/native.js';
 
 export function register(program: Command): void {
   const bench = program.command('bench').description('measure this machine');
@@ -45,6 +46,8 @@ export function register(program: Command): void {
         deterministic: o.deterministic,
       });
       const sg = sgemmGflops(k, o.threads);
+      // Which GEMM the native matmuls ran on: OpenBLAS, or Tessera's own (an addon built without BLAS).
+      const blas = k.name === 'native' ? (k as NativeKernels).info.blas : 'none';
       const out = {
         tokensPerSec: r.tokensPerSec,
         stepMs: r.stepMs,
@@ -55,11 +58,12 @@ export function register(program: Command): void {
         threads: o.threads,
         deterministic: o.deterministic,
         kernels: k.name,
+        blas,
       };
       result(
         o,
         out,
-        `tokens/s ${r.tokensPerSec.toFixed(0)}  step ${r.stepMs.toFixed(1)} ms  model ${r.modelGflops.toFixed(1)} GFLOP/s  raw sgemm ${sg.gflops.toFixed(1)} GFLOP/s  (${r.params.toLocaleString('en-US')} params)`,
+        `tokens/s ${r.tokensPerSec.toFixed(0)}  step ${r.stepMs.toFixed(1)} ms  model ${r.modelGflops.toFixed(1)} GFLOP/s  raw sgemm ${sg.gflops.toFixed(1)} GFLOP/s  blas ${blas}  (${r.params.toLocaleString('en-US')} params)`,
       );
     });
 }
