@@ -191,6 +191,11 @@ export class WebGpuDevice {
       this.device.queue.writeBuffer(t.buffer, t.offset * 4, data.buffer, data.byteOffset, data.byteLength);
   }
 
+  /** t = 0, in order with the kernels (a buffer clear on the GPU, no host data). */
+  zero(t: GpuTensor): void {
+    if (t.length) this.begin().encoder.clearBuffer(t.buffer, t.offset * 4, t.length * 4);
+  }
+
   /** Waits for all work so far and returns t's contents. */
   async read(t: GpuTensor): Promise<Float32Array> {
     const bytes = await this.readBytes(t);
@@ -573,7 +578,7 @@ export class WebGpuDevice {
   }
 
   /**
-   * Sum of squares of x, on the GPU in a fixed tree (float32, unlike the CPU kernels' double),
+   * Sum of squares of x, on the GPU in a fixed order (float32, unlike the CPU kernels' double),
    * left in a one-element tensor; `sumSquares` reads it back.
    */
   sumSquaresInto(out: GpuTensor, x: GpuTensor): void {

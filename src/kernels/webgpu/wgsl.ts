@@ -9,8 +9,8 @@
  *
  * DETERMINISM BY CONSTRUCTION: no atomics anywhere. Every output element is written by exactly
  * one invocation, and every sum runs in a fixed order that depends only on the problem shape:
- * sequential loops, or a strided per-thread sum followed by a fixed-shape tree in workgroup
- * memory (the workgroup size is a constant of the shader, never the adapter's choice). Two runs
+ * sequential loops, or a strided per-thread sum whose RW partials are then added in index order
+ * (the workgroup size is a constant of the shader, never the adapter's choice). Two runs
  * on the same adapter and driver give the same bits. Across adapters results may differ in the
  * last bits: WGSL lets the compiler fuse a*b+c into an FMA and leaves exp/log/sqrt accuracy to
  * the implementation.
@@ -36,41 +36,47 @@ export interface KernelDef {
   body: string;
 }
 
-/** Threads per workgroup of the 1-D kernels, and the tree-reduction width of the row kernels. */
+/** Threads per workgroup of the elementwise and per-column kernels. */
 export const WG = 256;
+/**
+ * Threads per workgroup of the row kernels (one workgroup per row: LayerNorm, attention,
+ * softmax, cross-entropy, sum of squares) and the width of their reductions. 64: wide enough
+ * for the rows of the model, and SwiftShader runs 256-thread workgroups with barriers several
+ * times slower than 64-thread ones (measured: LayerNorm forward 7x).
+ */
+export const RW = 64;
 /** GEMM output tile (TILE x TILE per workgroup of 16 x 16 threads, 4 x 4 outputs each) and k step. */
 export const TILE = 64;
 export const TK = 16;
 /** Elements summed by one workgroup in the first pass of sumSquares. */
-export const SUMSQ_CHUNK = WG * 16;
+export const SUMSQ_CHUNK = RW * 64;
 
 /** The flat workgroup index of a dispatch that may use a 2-D grid (more than 65535 groups). */
 const FLAT = 'let flat = wg.y * nwg.x + wg.x;';
 const ENTRY = (size: string) =>
   `@compute @workgroup_size(${size})\nfn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_id) lid3: vec3u) {\n  let lid = lid3.x;\n  ${FLAT}`;
 
-/** Fixed-shape tree reduction over WG threads in workgroup memory (sum or max). */
+/**
+ * Workgroup reduction over RW threads (sum or max): each thread posts its partial, then every
+ * thread reads all RW partials in index order, so all of them hold the same value, summed in a
+ * fixed order. Two barriers per reduction instead of a tree's log2(RW) + 1: barriers are what
+ * costs most on SwiftShader, and on GPUs the RW reads are broadcasts from workgroup memory.
+ */
 const REDUCE = `
-var<workgroup> red: array<f32, ${WG}>;
+var<workgroup> red: array<f32, ${RW}>;
 fn reduce_sum(v: f32, lid: u32) -> f32 {
   red[lid] = v;
   workgroupBarrier();
-  for (var s = ${WG / 2}u; s > 0u; s = s >> 1u) {
-    if (lid < s) { red[lid] = red[lid] + red[lid + s]; }
-    workgroupBarrier();
-  }
-  let r = red[0];
+  var r = 0.0;
+  for (var i = 0u; i < ${RW}u; i++) { r += red[i]; }
   workgroupBarrier();
   return r;
 }
 fn reduce_max(v: f32, lid: u32) -> f32 {
   red[lid] = v;
   workgroupBarrier();
-  for (var s = ${WG / 2}u; s > 0u; s = s >> 1u) {
-    if (lid < s) { red[lid] = max(red[lid], red[lid + s]); }
-    workgroupBarrier();
-  }
-  let r = red[0];
+  var r = red[0];
+  for (var i = 1u; i < ${RW}u; i++) { r = max(r, red[i]); }
   workgroupBarrier();
   return r;
 }`;
@@ -109,8 +115,10 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_id) lid: vec
   let i0 = wg.y * ${TILE}u;
   let j0 = wg.x * ${TILE}u;
   let tid = lid.y * 16u + lid.x;
-  var acc: array<f32, 16>;
-  for (var q = 0u; q < 16u; q++) { acc[q] = 0.0; }
+  var acc0 = vec4f(0.0);
+  var acc1 = vec4f(0.0);
+  var acc2 = vec4f(0.0);
+  var acc3 = vec4f(0.0);
   for (var k0 = 0u; k0 < P.K; k0 += ${TK}u) {
     for (var r = 0u; r < ${(TILE * TK) / 256}u; r++) {
       let e = tid + r * 256u;
@@ -127,30 +135,29 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_id) lid: vec
     for (var kk = 0u; kk < ${TK}u; kk++) {
       let ab = kk * ${TILE}u + lid.y * 4u;
       let bb = kk * ${TILE}u + lid.x * 4u;
-      let av = vec4f(As[ab], As[ab + 1u], As[ab + 2u], As[ab + 3u]);
       let bv = vec4f(Bs[bb], Bs[bb + 1u], Bs[bb + 2u], Bs[bb + 3u]);
-      for (var r = 0u; r < 4u; r++) {
-        acc[r * 4u + 0u] += av[r] * bv[0];
-        acc[r * 4u + 1u] += av[r] * bv[1];
-        acc[r * 4u + 2u] += av[r] * bv[2];
-        acc[r * 4u + 3u] += av[r] * bv[3];
-      }
+      acc0 += As[ab] * bv;
+      acc1 += As[ab + 1u] * bv;
+      acc2 += As[ab + 2u] * bv;
+      acc3 += As[ab + 3u] * bv;
     }
     workgroupBarrier();
   }
+  let accs = array<vec4f, 4>(acc0, acc1, acc2, acc3);
   for (var r = 0u; r < 4u; r++) {
     let i = i0 + lid.y * 4u + r;
     if (i >= P.M) { continue; }
+    let ar = accs[r];
     for (var c = 0u; c < 4u; c++) {
       let j = j0 + lid.x * 4u + c;
       if (j >= P.N) { continue; }
       let idx = P.o_Cm + i * P.ldc + j;
       if (P.acc != 0u) {
-        Cm[idx] = Cm[idx] + acc[r * 4u + c];
+        Cm[idx] = Cm[idx] + ar[c];
       } else if (P.has_bias != 0u) {
-        Cm[idx] = acc[r * 4u + c] + bias[P.o_bias + j];
+        Cm[idx] = ar[c] + bias[P.o_bias + j];
       } else {
-        Cm[idx] = acc[r * 4u + c];
+        Cm[idx] = ar[c];
       }
     }
   }
@@ -194,17 +201,17 @@ export const LAYERNORM_FWD: KernelDef = {
     ['C', 'u32'],
   ],
   body: `${REDUCE}
-${ENTRY(String(WG))}
+${ENTRY(String(RW))}
   let n = flat;
   if (n >= P.N) { return; }
   let x = P.o_inp + n * P.C;
   var s = 0.0;
-  for (var c = lid; c < P.C; c += ${WG}u) { s += inp[x + c]; }
+  for (var c = lid; c < P.C; c += ${RW}u) { s += inp[x + c]; }
   let m = reduce_sum(s, lid) / f32(P.C);
   var v = 0.0;
-  for (var c = lid; c < P.C; c += ${WG}u) { let d = inp[x + c] - m; v += d * d; }
+  for (var c = lid; c < P.C; c += ${RW}u) { let d = inp[x + c] - m; v += d * d; }
   let r = 1.0 / sqrt(reduce_sum(v, lid) / f32(P.C) + 1e-5);
-  for (var c = lid; c < P.C; c += ${WG}u) {
+  for (var c = lid; c < P.C; c += ${RW}u) {
     out[P.o_out + n * P.C + c] = (inp[x + c] - m) * r * w[P.o_w + c] + b[P.o_b + c];
   }
   if (lid == 0u) { mean[P.o_mean + n] = m; rstd[P.o_rstd + n] = r; }
@@ -227,7 +234,7 @@ export const LAYERNORM_BWD_DINP: KernelDef = {
     ['C', 'u32'],
   ],
   body: `${REDUCE}
-${ENTRY(String(WG))}
+${ENTRY(String(RW))}
   let n = flat;
   if (n >= P.N) { return; }
   let x = n * P.C;
@@ -235,7 +242,7 @@ ${ENTRY(String(WG))}
   let r = rstd[P.o_rstd + n];
   var a = 0.0;
   var b = 0.0;
-  for (var c = lid; c < P.C; c += ${WG}u) {
+  for (var c = lid; c < P.C; c += ${RW}u) {
     let norm = (inp[P.o_inp + x + c] - m) * r;
     let dn = w[P.o_w + c] * dout[P.o_dout + x + c];
     a += dn;
@@ -243,7 +250,7 @@ ${ENTRY(String(WG))}
   }
   let dnm = reduce_sum(a, lid) / f32(P.C);
   let dnnm = reduce_sum(b, lid) / f32(P.C);
-  for (var c = lid; c < P.C; c += ${WG}u) {
+  for (var c = lid; c < P.C; c += ${RW}u) {
     let norm = (inp[P.o_inp + x + c] - m) * r;
     let dn = w[P.o_w + c] * dout[P.o_dout + x + c];
     let i = P.o_dinp + x + c;
@@ -357,13 +364,13 @@ export const ATTENTION_FWD: KernelDef = {
     ['scale', 'f32'],
   ],
   body: `${REDUCE}
-${ENTRY(String(WG))}
+${ENTRY(String(RW))}
   if (flat >= P.B * P.NH * P.T) { return; }
   ${ATT_IDX}
   let q = base + t * C3;
   let a = P.o_att + flat * P.T;
   var mx = -3.0e38;
-  for (var u = lid; u <= t; u += ${WG}u) {
+  for (var u = lid; u <= t; u += ${RW}u) {
     let k = base + u * C3 + P.C;
     var s = 0.0;
     for (var i = 0u; i < hs; i++) { s += inp[q + i] * inp[k + i]; }
@@ -373,19 +380,19 @@ ${ENTRY(String(WG))}
   }
   mx = reduce_max(mx, lid);
   var sum = 0.0;
-  for (var u = lid; u <= t; u += ${WG}u) {
+  for (var u = lid; u <= t; u += ${RW}u) {
     let e = exp(att[a + u] - mx);
     att[a + u] = e;
     sum += e;
   }
   let inv = 1.0 / reduce_sum(sum, lid);
-  for (var u = lid; u < P.T; u += ${WG}u) {
+  for (var u = lid; u < P.T; u += ${RW}u) {
     if (u <= t) { att[a + u] = att[a + u] * inv; } else { att[a + u] = 0.0; }
   }
   storageBarrier();
   workgroupBarrier();
   let o = P.o_out + (b * P.T + t) * P.C + h * hs;
-  for (var i = lid; i < hs; i += ${WG}u) {
+  for (var i = lid; i < hs; i += ${RW}u) {
     var s = 0.0;
     for (var u = 0u; u <= t; u++) { s += att[a + u] * inp[base + u * C3 + 2u * P.C + i]; }
     out[o + i] = s;
@@ -415,14 +422,14 @@ export const ATTENTION_BWD_Q: KernelDef = {
     ['scale', 'f32'],
   ],
   body: `${REDUCE}
-${ENTRY(String(WG))}
+${ENTRY(String(RW))}
   if (flat >= P.B * P.NH * P.T) { return; }
   ${ATT_IDX}
   let a = P.o_att + flat * P.T;
   let da = P.o_datt + flat * P.T;
   let o = P.o_dout + (b * P.T + t) * P.C + h * hs;
   var dot = 0.0;
-  for (var u = lid; u <= t; u += ${WG}u) {
+  for (var u = lid; u <= t; u += ${RW}u) {
     let v = base + u * C3 + 2u * P.C;
     var s = 0.0;
     for (var i = 0u; i < hs; i++) { s += inp[v + i] * dout[o + i]; }
@@ -430,13 +437,13 @@ ${ENTRY(String(WG))}
     dot += att[a + u] * s;
   }
   dot = reduce_sum(dot, lid);
-  for (var u = lid; u <= t; u += ${WG}u) {
+  for (var u = lid; u <= t; u += ${RW}u) {
     datt[da + u] = att[a + u] * (datt[da + u] - dot) * P.scale;
   }
   storageBarrier();
   workgroupBarrier();
   let dq = P.o_dinp + (base - P.o_inp) + t * C3;
-  for (var i = lid; i < hs; i += ${WG}u) {
+  for (var i = lid; i < hs; i += ${RW}u) {
     var s = 0.0;
     for (var u = 0u; u <= t; u++) { s += datt[da + u] * inp[base + u * C3 + P.C + i]; }
     dinp[dq + i] = dinp[dq + i] + s;
@@ -466,14 +473,14 @@ export const ATTENTION_BWD_KV: KernelDef = {
     ['scale', 'f32'],
   ],
   body: `
-${ENTRY(String(WG))}
+${ENTRY(String(RW))}
   if (flat >= P.B * P.NH * P.T) { return; }
   ${ATT_IDX}
   let u = t;
   let dk = P.o_dinp + (base - P.o_inp) + u * C3 + P.C;
   let dv = dk + P.C;
   let rows = bh * P.T;
-  for (var i = lid; i < hs; i += ${WG}u) {
+  for (var i = lid; i < hs; i += ${RW}u) {
     var sk = 0.0;
     var sv = 0.0;
     for (var tt = u; tt < P.T; tt++) {
@@ -508,15 +515,15 @@ export const CROSSENTROPY: KernelDef = {
     ['has_d', 'u32'],
   ],
   body: `${REDUCE}
-${ENTRY(String(WG))}
+${ENTRY(String(RW))}
   let n = flat;
   if (n >= P.N) { return; }
   let x = P.o_logits + n * P.V;
   var mx = -3.0e38;
-  for (var v = lid; v < P.V; v += ${WG}u) { mx = max(mx, logits[x + v]); }
+  for (var v = lid; v < P.V; v += ${RW}u) { mx = max(mx, logits[x + v]); }
   mx = reduce_max(mx, lid);
   var s = 0.0;
-  for (var v = lid; v < P.V; v += ${WG}u) { s += exp(logits[x + v] - mx); }
+  for (var v = lid; v < P.V; v += ${RW}u) { s += exp(logits[x + v] - mx); }
   let lse = mx + log(reduce_sum(s, lid));
   let y = targets[P.o_targets + n];
   if (lid == 0u) {
@@ -526,7 +533,7 @@ ${ENTRY(String(WG))}
   workgroupBarrier();
   if (P.has_d != 0u) {
     let d = P.o_dlogits + n * P.V;
-    for (var v = lid; v < P.V; v += ${WG}u) {
+    for (var v = lid; v < P.V; v += ${RW}u) {
       if (y < 0) {
         dlogits[d + v] = 0.0;
       } else {
@@ -552,17 +559,17 @@ export const SOFTMAX: KernelDef = {
     ['V', 'u32'],
   ],
   body: `${REDUCE}
-${ENTRY(String(WG))}
+${ENTRY(String(RW))}
   let n = flat;
   if (n >= P.N) { return; }
   let x = P.o_logits + n * P.V;
   var mx = -3.0e38;
-  for (var v = lid; v < P.V; v += ${WG}u) { mx = max(mx, logits[x + v]); }
+  for (var v = lid; v < P.V; v += ${RW}u) { mx = max(mx, logits[x + v]); }
   mx = reduce_max(mx, lid);
   var s = 0.0;
-  for (var v = lid; v < P.V; v += ${WG}u) { s += exp(logits[x + v] - mx); }
+  for (var v = lid; v < P.V; v += ${RW}u) { s += exp(logits[x + v] - mx); }
   let inv = 1.0 / reduce_sum(s, lid);
-  for (var v = lid; v < P.V; v += ${WG}u) { probs[P.o_probs + n * P.V + v] = exp(logits[x + v] - mx) * inv; }
+  for (var v = lid; v < P.V; v += ${RW}u) { probs[P.o_probs + n * P.V + v] = exp(logits[x + v] - mx) * inv; }
 }`,
 };
 
@@ -682,8 +689,8 @@ ${ENTRY(String(WG))}
 
 /**
  * Sum of squares, pass 1: workgroup g sums elements [g*SUMSQ_CHUNK, (g+1)*SUMSQ_CHUNK) (each
- * thread a fixed stride, then the tree) into part[g]. Pass 2 is the same kernel over `part`
- * with square = 0, until one value is left: a fixed-shape tree for a given length.
+ * thread a fixed stride, then the partials in order) into part[g]. Pass 2 is the same kernel over
+ * `part` with square = 0, until one value is left: a fixed order for a given length.
  */
 export const SUMSQ: KernelDef = {
   name: 'sumsq',
@@ -697,12 +704,12 @@ export const SUMSQ: KernelDef = {
     ['ng', 'u32'],
   ],
   body: `${REDUCE}
-${ENTRY(String(WG))}
+${ENTRY(String(RW))}
   if (flat >= P.ng) { return; }
   let g0 = flat * ${SUMSQ_CHUNK}u;
   var s = 0.0;
-  for (var k = 0u; k < ${SUMSQ_CHUNK / WG}u; k++) {
-    let i = g0 + k * ${WG}u + lid;
+  for (var k = 0u; k < ${SUMSQ_CHUNK / RW}u; k++) {
+    let i = g0 + k * ${RW}u + lid;
     if (i < P.n) {
       let v = x[P.o_x + i];
       if (P.square != 0u) { s += v * v; } else { s += v; }
