@@ -2,7 +2,7 @@
  * GPT-2 on the WebGPU backend (src/model/gpt-webgpu.ts) against the CPU model (src/model/gpt.ts
  * on the reference kernels): the same initial weights give the same loss and gradients (to 1e-4
  * of the largest gradient), and three training steps (clip + AdamW) keep the weights within a
- * stated tolerance of the CPU's. Runs on SwiftShader like test/webgpu-kernels.test.ts, with the
+ * stated tolerance of the CPU's, with flash-style and with stored-probability attention. Runs on SwiftShader like test/webgpu-kernels.test.ts, with the
  * same rule: under CI=true a missing adapter fails; locally only a missing chromium skips.
  */
 import { test } from 'node:test';
@@ -42,45 +42,50 @@ function maxDiff(a: Float32Array, b: Float32Array): { diff: number; scale: numbe
   return { diff, scale };
 }
 
-test('GPT forward+backward and three AdamW steps on WebGPU track the CPU model', { skip }, async (t) => {
-  if (!icd) throw new Error('CI=true but no SwiftShader Vulkan ICD: install chromium (.ci/run does)');
-  const dev = await WebGpuDevice.create();
-  try {
-    const cpu = new GPT(cfg, createRefKernels());
-    cpu.init(7);
-    const opt = new AdamW(cfg, DEFAULT_ADAMW, createRefKernels());
-    const gpu = new WebGpuGPT(dev, cfg);
-    gpu.setParams(cpu.params);
+for (const attention of ['flash', 'stored'] as const)
+  test(
+    `GPT forward+backward and three AdamW steps on WebGPU track the CPU model (${attention} attention)`,
+    { skip },
+    async (t) => {
+      if (!icd) throw new Error('CI=true but no SwiftShader Vulkan ICD: install chromium (.ci/run does)');
+      const dev = await WebGpuDevice.create();
+      try {
+        const cpu = new GPT(cfg, createRefKernels());
+        cpu.init(7);
+        const opt = new AdamW(cfg, DEFAULT_ADAMW, createRefKernels());
+        const gpu = new WebGpuGPT(dev, cfg, DEFAULT_ADAMW, attention);
+        gpu.setParams(cpu.params);
 
-    const b0 = batch(1);
-    cpu.zeroGrad();
-    const lc = cpu.forwardBackward(b0.inputs, b0.targets, B, T);
-    gpu.zeroGrad();
-    const lg = await gpu.forwardBackward(b0.inputs, b0.targets, B, T);
-    t.diagnostic(`loss cpu ${lc} webgpu ${lg}`);
-    assert.ok(Math.abs(lc - lg) < 1e-4 * Math.abs(lc), `loss ${lg} vs ${lc}`);
-    const g = maxDiff(await dev.read(gpu.grads), cpu.grads);
-    t.diagnostic(`gradients: max |diff| ${g.diff.toExponential(2)}, max |grad| ${g.scale.toExponential(2)}`);
-    assert.ok(g.diff < 1e-4 * g.scale, 'gradients');
+        const b0 = batch(1);
+        cpu.zeroGrad();
+        const lc = cpu.forwardBackward(b0.inputs, b0.targets, B, T);
+        gpu.zeroGrad();
+        const lg = await gpu.forwardBackward(b0.inputs, b0.targets, B, T);
+        t.diagnostic(`loss cpu ${lc} webgpu ${lg}`);
+        assert.ok(Math.abs(lc - lg) < 1e-4 * Math.abs(lc), `loss ${lg} vs ${lc}`);
+        const g = maxDiff(await dev.read(gpu.grads), cpu.grads);
+        t.diagnostic(`gradients: max |diff| ${g.diff.toExponential(2)}, max |grad| ${g.scale.toExponential(2)}`);
+        assert.ok(g.diff < 1e-4 * g.scale, 'gradients');
 
-    // Three optimizer steps from the same state (the CPU's step 1 uses the gradients above).
-    const lr = 1e-3;
-    opt.update(cpu.params, cpu.grads, lr);
-    await gpu.update(lr);
-    for (let s = 2; s <= 3; s++) {
-      const b = batch(s);
-      cpu.zeroGrad();
-      const l1 = cpu.forwardBackward(b.inputs, b.targets, B, T);
-      opt.update(cpu.params, cpu.grads, lr);
-      const l2 = await gpu.trainStep(b.inputs, b.targets, B, T, lr);
-      assert.ok(Math.abs(l1 - l2) < 1e-4 * Math.abs(l1), `step ${s} loss ${l2} vs ${l1}`);
-    }
-    // AdamW divides by sqrt(v): a gradient near zero may move its weight by up to ~lr per step on
-    // one side and not the other, so the stated tolerance is 1% of lr (measured: ~7e-7 at lr 1e-3), not a fraction of the weights.
-    const p = maxDiff(await dev.read(gpu.params), cpu.params);
-    t.diagnostic(`after 3 steps: max |param diff| ${p.diff.toExponential(2)} (lr ${lr})`);
-    assert.ok(p.diff < 0.01 * lr, `params drifted ${p.diff}`);
-  } finally {
-    dev.destroy();
-  }
-});
+        // Three optimizer steps from the same state (the CPU's step 1 uses the gradients above).
+        const lr = 1e-3;
+        opt.update(cpu.params, cpu.grads, lr);
+        await gpu.update(lr);
+        for (let s = 2; s <= 3; s++) {
+          const b = batch(s);
+          cpu.zeroGrad();
+          const l1 = cpu.forwardBackward(b.inputs, b.targets, B, T);
+          opt.update(cpu.params, cpu.grads, lr);
+          const l2 = await gpu.trainStep(b.inputs, b.targets, B, T, lr);
+          assert.ok(Math.abs(l1 - l2) < 1e-4 * Math.abs(l1), `step ${s} loss ${l2} vs ${l1}`);
+        }
+        // AdamW divides by sqrt(v): a gradient near zero may move its weight by up to ~lr per step on
+        // one side and not the other, so the stated tolerance is 1% of lr (measured: ~7e-7 at lr 1e-3), not a fraction of the weights.
+        const p = maxDiff(await dev.read(gpu.params), cpu.params);
+        t.diagnostic(`after 3 steps: max |param diff| ${p.diff.toExponential(2)} (lr ${lr})`);
+        assert.ok(p.diff < 0.01 * lr, `params drifted ${p.diff}`);
+      } finally {
+        dev.destroy();
+      }
+    },
+  );

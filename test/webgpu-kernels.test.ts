@@ -271,6 +271,39 @@ test('causal attention forward and backward', { skip }, async (t) => {
   E.report(t);
 });
 
+test(
+  'flash-style attention (lse instead of probabilities) matches the reference forward and backward',
+  { skip },
+  async (t) => {
+    const d = await gpu();
+    const E = new Errors();
+    for (const [B, T, C, NH] of [
+      [1, 1, 4, 1],
+      [2, 13, 24, 3],
+      [1, 70, 32, 2],
+      [1, 5, 160, 1],
+    ] as const) {
+      const what = `B=${B} T=${T} C=${C} NH=${NH}`;
+      const qkv = rand(B * T * 3 * C, 43);
+      const out = new Float32Array(B * T * C),
+        att = new Float32Array(B * NH * T * T);
+      ref.attentionForward(out, att, qkv, B, T, C, NH);
+      const gq = d.upload(qkv),
+        go = d.alloc(B * T * C),
+        glse = d.alloc(B * NH * T);
+      d.attentionForwardFlash(go, glse, gq, B, T, C, NH);
+      E.check(`attentionForwardFlash.out ${what}`, await d.read(go), out);
+      const dout = rand(B * T * C, 44),
+        di = rand(B * T * 3 * C, 45);
+      const gdi = d.upload(di);
+      d.attentionBackwardFlash(gdi, d.alloc(B * NH * T), d.upload(dout), gq, go, glse, B, T, C, NH);
+      ref.attentionBackward(di, new Float32Array(B * NH * T * T), dout, qkv, att, B, T, C, NH);
+      E.check(`attentionBackwardFlash.dinp ${what}`, await d.read(gdi), di);
+    }
+    E.report(t);
+  },
+);
+
 test('fused softmax + cross-entropy (ignored targets, dlogits aliasing logits) and softmax', { skip }, async (t) => {
   const d = await gpu();
   const E = new Errors();
@@ -400,10 +433,14 @@ test('the same work twice gives the same bits (no atomics, fixed reduction order
     d.attentionForward(y, att, qkv, B, T, C, NH);
     const dq = d.alloc(N * 3 * C);
     d.attentionBackward(dq, d.alloc(B * NH * T * T), y, qkv, att, B, T, C, NH);
+    const lse = d.alloc(B * NH * T),
+      yf = d.alloc(N * C);
+    d.attentionForwardFlash(yf, lse, qkv, B, T, C, NH);
+    d.attentionBackwardFlash(dq, d.alloc(B * NH * T), yf, qkv, yf, lse, B, T, C, NH);
     const dx = d.alloc(N * C),
       dw = d.alloc(3 * C * C);
     d.matmulBackward(dx, dw, null, dq, x, w, N, C, 3 * C);
-    return [await d.read(dx), await d.read(dw), new Float32Array([await d.sumSquares(dw)])];
+    return [await d.read(dx), await d.read(dw), await d.read(yf), new Float32Array([await d.sumSquares(dw)])];
   };
   const a = await run(),
     b = await run();

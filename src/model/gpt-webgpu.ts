@@ -10,7 +10,10 @@
  *
  * Memory: parameters, gradients and AdamW m and v are each ONE flat GPU buffer with params.ts's
  * layout (offset views per tensor); activations are one GPU buffer per tensor (a flat activation
- * buffer would pass the binding-size limit of some adapters at GPT-2 small). What crosses to the
+ * buffer would pass the binding-size limit of some adapters at GPT-2 small). Attention is the
+ * flash-style pair by default (`att` holds the per-row log-sum-exp [B,NH,T] and `datt` the
+ * backward's row dots, so memory is O(T) per row, not O(T^2)); `attention: 'stored'` keeps the
+ * probabilities as the CPU kernels do. What crosses to the
  * host per step: the tokens and targets in, the per-token losses and one gradient-norm scalar out.
  */
 import type { ModelConfig } from './config.js';
@@ -109,6 +112,7 @@ export class WebGpuGPT {
     readonly dev: WebGpuDevice,
     config: ModelConfig,
     readonly settings: AdamWSettings = DEFAULT_ADAMW,
+    readonly attention: 'flash' | 'stored' = 'flash',
   ) {
     this.config = ModelConfigSchema.parse(config);
     this.numParams = paramCount(this.config);
@@ -140,11 +144,18 @@ export class WebGpuGPT {
     const N = B * T,
       d = this.dev;
     const f = (n: number) => d.alloc(n);
+    // Flash attention keeps one float per (b, h, t) row where the stored kind keeps T of them.
+    const rowsOnly = this.attention === 'flash';
+    const alloc = <K extends string>(sizes: Record<K, number>, small: string): Record<K, GpuTensor> =>
+      Object.fromEntries(
+        Object.entries<number>(sizes).map(([k, n]) => [k, f(rowsOnly && k === small ? B * NH * T : n)]),
+      ) as Record<K, GpuTensor>;
+    const size = (n: number) => n;
     this.acts = {
       B,
       T,
       encoded: f(N * C),
-      layers: Array.from({ length: L }, () => blockActs(B, T, C, NH, f)),
+      layers: Array.from({ length: L }, () => alloc(blockActs(B, T, C, NH, size), 'att')),
       lnf: f(N * C),
       lnfMean: f(N),
       lnfRstd: f(N),
@@ -153,7 +164,7 @@ export class WebGpuGPT {
       scratch: f(N * C),
       tokens: d.alloc(N, 'i32'),
       targets: d.alloc(N, 'i32'),
-      g: blockGrads(B, T, C, NH, f),
+      g: alloc(blockGrads(B, T, C, NH, size), 'datt'),
     };
     return this.acts;
   }
@@ -189,7 +200,8 @@ export class WebGpuGPT {
         x = a.layers[l];
       d.layernormForward(x.ln1, x.ln1Mean, x.ln1Rstd, res, w.ln1w, w.ln1b, N, C);
       d.matmulForward(x.qkv, x.ln1, w.qkvw, w.qkvb, N, C, 3 * C);
-      d.attentionForward(x.atty, x.att, x.qkv, B, T, C, NH);
+      if (this.attention === 'flash') d.attentionForwardFlash(x.atty, x.att, x.qkv, B, T, C, NH);
+      else d.attentionForward(x.atty, x.att, x.qkv, B, T, C, NH);
       d.matmulForward(a.scratch, x.atty, w.attprojw, w.attprojb, N, C, C);
       d.add(x.res2, res, a.scratch, N * C);
       d.layernormForward(x.ln2, x.ln2Mean, x.ln2Rstd, x.res2, w.ln2w, w.ln2b, N, C);
@@ -223,7 +235,8 @@ export class WebGpuGPT {
       d.zero(dC);
       d.matmulBackward(dC, gw.attprojw, gw.attprojb, dres, x.atty, w.attprojw, N, C, C);
       d.zero(d3C);
-      d.attentionBackward(d3C, datt, dC, x.qkv, x.att, B, T, C, NH);
+      if (this.attention === 'flash') d.attentionBackwardFlash(d3C, datt, dC, x.qkv, x.atty, x.att, B, T, C, NH);
+      else d.attentionBackward(d3C, datt, dC, x.qkv, x.att, B, T, C, NH);
       d.zero(dC);
       d.matmulBackward(dC, gw.qkvw, gw.qkvb, d3C, x.ln1, w.qkvw, N, C, 3 * C);
       d.layernormBackward(dres, gw.ln1w, gw.ln1b, dC, input, w.ln1w, x.ln1Mean, x.ln1Rstd, N, C);

@@ -453,7 +453,7 @@ export class WebGpuDevice {
     this.dispatch(W.GELU_BWD, [dinp, inp, dout], { n }, Math.ceil(n / W.WG));
   }
 
-  /** Causal attention; att [B,NH,T,T] keeps the probabilities (not flash-style: see wgsl.ts). */
+  /** Causal attention; att [B,NH,T,T] keeps the probabilities, as `Kernels` does (see attentionForwardFlash). */
   attentionForward(out: GpuTensor, att: GpuTensor, inp: GpuTensor, B: number, T: number, C: number, NH: number): void {
     attnShape(C, NH);
     need('attentionForward', [out, B * T * C], [att, B * NH * T * T], [inp, B * T * 3 * C]);
@@ -484,6 +484,57 @@ export class WebGpuDevice {
     const p = { B, T, C, NH, scale: 1 / Math.sqrt(C / NH) };
     this.dispatch(W.ATTENTION_BWD_Q, [dinp, datt, dout, inp, att], p, B * NH * T);
     this.dispatch(W.ATTENTION_BWD_KV, [dinp, datt, dout, inp, att], p, B * NH * T);
+  }
+
+  /**
+   * Flash-style causal attention: out [B,T,C] and lse [B,NH,T] (the log-sum-exp per query row)
+   * instead of the probabilities, so memory is O(T), not O(T^2). Head size at most FLASH_MAX_HS.
+   */
+  attentionForwardFlash(
+    out: GpuTensor,
+    lse: GpuTensor,
+    inp: GpuTensor,
+    B: number,
+    T: number,
+    C: number,
+    NH: number,
+  ): void {
+    attnShape(C, NH);
+    if (C / NH > W.FLASH_MAX_HS) throw new InvalidInputError(`attention: head size ${C / NH} > ${W.FLASH_MAX_HS}`);
+    need('attentionForwardFlash', [out, B * T * C], [lse, B * NH * T], [inp, B * T * 3 * C]);
+    this.dispatch(W.ATTENTION_FLASH_FWD, [out, lse, inp], { B, T, C, NH, scale: 1 / Math.sqrt(C / NH) }, B * NH * T);
+  }
+
+  /**
+   * Backward of attentionForwardFlash: dinp [B,T,3C] += ..., recomputing the probabilities from
+   * lse; `dd` [B,NH,T] is scratch (overwritten with dout . out per row).
+   */
+  attentionBackwardFlash(
+    dinp: GpuTensor,
+    dd: GpuTensor,
+    dout: GpuTensor,
+    inp: GpuTensor,
+    out: GpuTensor,
+    lse: GpuTensor,
+    B: number,
+    T: number,
+    C: number,
+    NH: number,
+  ): void {
+    attnShape(C, NH);
+    if (C / NH > W.FLASH_MAX_HS) throw new InvalidInputError(`attention: head size ${C / NH} > ${W.FLASH_MAX_HS}`);
+    need(
+      'attentionBackwardFlash',
+      [dinp, B * T * 3 * C],
+      [dd, B * NH * T],
+      [dout, B * T * C],
+      [inp, B * T * 3 * C],
+      [out, B * T * C],
+      [lse, B * NH * T],
+    );
+    const p = { B, T, C, NH, scale: 1 / Math.sqrt(C / NH) };
+    this.dispatch(W.ATTENTION_FLASH_BWD_Q, [dinp, dd, dout, inp, out, lse], p, B * NH * T);
+    this.dispatch(W.ATTENTION_FLASH_BWD_KV, [dinp, dd, dout, inp, lse], p, B * NH * T);
   }
 
   /** losses[N]; dlogits (may be null, may alias logits) = (softmax - onehot) * dlossScale. */
