@@ -4,10 +4,14 @@
  * of the largest gradient), and three training steps (clip + AdamW) keep the weights within a
  * stated tolerance of the CPU's, with flash-style and with stored-probability attention. Runs on SwiftShader like test/webgpu-kernels.test.ts, with the
  * same rule: under CI=true a missing adapter fails; locally only a missing chromium skips.
+ * Last, `tessera bench compute --device webgpu --adapter swiftshader` end to end on a tiny model.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { createRefKernels } from '../src/kernels/ref.js';
 import { WebGpuDevice, SWIFTSHADER_ICD_PATHS } from '../src/kernels/webgpu/device.js';
 import { WebGpuGPT } from '../src/model/gpt-webgpu.js';
@@ -89,3 +93,38 @@ for (const attention of ['flash', 'stored'] as const)
       }
     },
   );
+
+test('tessera bench compute --device webgpu trains on the adapter and reports it', { skip }, () => {
+  const bin = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'bin', 'tessera.js');
+  const tiny = ['--vocab', '64', '--ctx', '8', '--dim', '16', '--layers', '1', '--heads', '2', '--batch', '2'];
+  const r = spawnSync(
+    process.execPath,
+    [
+      bin,
+      'bench',
+      'compute',
+      '--device',
+      'webgpu',
+      '--adapter',
+      'swiftshader',
+      ...tiny,
+      '--steps',
+      '1',
+      '--warmup',
+      '0',
+      '--json',
+    ],
+    { encoding: 'utf8', timeout: 120_000 },
+  );
+  assert.equal(r.status, 0, r.stderr);
+  const j = JSON.parse(r.stdout) as {
+    device: string;
+    kernels: string;
+    tokensPerSec: number;
+    adapter: { architecture: string };
+  };
+  assert.equal(j.device, 'webgpu');
+  assert.equal(j.kernels, 'webgpu');
+  assert.equal(j.adapter.architecture, 'swiftshader');
+  assert.ok(j.tokensPerSec > 0);
+});
