@@ -15,7 +15,8 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { createRefKernels } from '../src/kernels/ref.js';
-import { WebGpuDevice, SWIFTSHADER_ICD_PATHS, type GpuTensor } from '../src/kernels/webgpu/device.js';
+import { WebGpuDevice, type GpuTensor } from '../src/kernels/webgpu/device.js';
+import { SWIFTSHADER_ICD_PATHS } from '../src/kernels/webgpu/node-icd.js';
 import { InvalidInputError } from '../src/util/errors.js';
 import { uniform } from '../src/util/rng.js';
 

@@ -21,8 +21,9 @@
  *   resolves to a number, and embeddingBackward takes the tokens as a host Int32Array (they come
  *   from the host anyway) so it can group positions by token for an atomics-free sum.
  * - Deterministic by construction: see wgsl.ts. Same adapter, same bits.
+ * - Loads in a browser too (no static Node imports): `WebGpuDevice.fromGpu(navigator.gpu)`;
+ *   `create()` is the Node path (Dawn, and optionally SwiftShader via node-icd.ts).
  */
-import { existsSync } from 'node:fs';
 import { InvalidInputError, WebGpuError, WebGpuUnavailableError } from '../../util/errors.js';
 import * as W from './wgsl.js';
 import type { KernelDef } from './wgsl.js';
@@ -46,14 +47,6 @@ export interface GpuTensor {
   readonly offset: number;
   readonly length: number;
   readonly dtype: DType;
-}
-
-/** Where Debian's chromium puts SwiftShader's Vulkan ICD (package chromium-common). */
-export const SWIFTSHADER_ICD_PATHS = ['/usr/lib/chromium/vk_swiftshader_icd.json'];
-
-/** The SwiftShader Vulkan ICD file on this machine, or null. */
-export function findSwiftShaderIcd(): string | null {
-  return SWIFTSHADER_ICD_PATHS.find((p) => existsSync(p)) ?? null;
 }
 
 export interface WebGpuDeviceOptions {
@@ -102,6 +95,7 @@ export class WebGpuDevice {
   /** Opens the first adapter Dawn offers. Throws WebGpuUnavailableError when there is none. */
   static async create(opts: WebGpuDeviceOptions = {}): Promise<WebGpuDevice> {
     if (opts.adapter === 'swiftshader') {
+      const { findSwiftShaderIcd, SWIFTSHADER_ICD_PATHS } = await import('./node-icd.js');
       const icd = findSwiftShaderIcd();
       if (!icd)
         throw new WebGpuUnavailableError(
@@ -117,15 +111,17 @@ export class WebGpuDevice {
         cause: err,
       });
     }
-    const gpu = mod.create(opts.dawnOptions ?? []);
+    return WebGpuDevice.fromGpu(
+      mod.create(opts.dawnOptions ?? []),
+      'no Vulkan driver offered one (needs libvulkan1 and a GPU driver, or SwiftShader: apt-get ' +
+        'install chromium libvulkan1, then VK_ICD_FILENAMES=/usr/lib/chromium/vk_swiftshader_icd.json)',
+    );
+  }
+
+  /** Opens the first adapter of a WebGPU implementation: Dawn's in Node, `navigator.gpu` in a page. */
+  static async fromGpu(gpu: GPU, hint = 'none offered'): Promise<WebGpuDevice> {
     const adapter = await gpu.requestAdapter({ powerPreference: 'high-performance' });
-    if (!adapter)
-      throw new WebGpuUnavailableError(
-        'no WebGPU adapter: no Vulkan driver offered one (needs libvulkan1 and a GPU driver, or ' +
-          'SwiftShader: apt-get install chromium libvulkan1, then VK_ICD_FILENAMES=' +
-          SWIFTSHADER_ICD_PATHS[0] +
-          ')',
-      );
+    if (!adapter) throw new WebGpuUnavailableError(`no WebGPU adapter: ${hint}`);
     const L = adapter.limits;
     let device: GPUDevice;
     try {
