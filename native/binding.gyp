@@ -6,7 +6,14 @@
 # every multiply and add rounded separately, in source order, on every CPU. No -march=native:
 # the binary must run on any x86-64; AVX2 code is compiled separately (kernels_avx2.cc) and
 # chosen at load time.
+#
+# OpenBLAS is optional: detect-blas.sh (a compile-and-link test, run at configure time) decides.
+# Without it (or with TESSERA_NO_BLAS=1 in the environment of the build) the addon is built with
+# TESSERA_NO_BLAS and every matmul runs Tessera's own blocked GEMM; info().blas says 'none'.
 {
+  "variables": {
+    "tessera_blas%": "<!(sh detect-blas.sh)"
+  },
   "targets": [
     {
       "target_name": "tessera_kernels",
@@ -16,13 +23,24 @@
         "src/kernels_base.cc",
         "src/kernels_avx2.cc"
       ],
-      "include_dirs": [
-        "/usr/include/x86_64-linux-gnu/openblas-pthread",
-        "/usr/include/x86_64-linux-gnu/openblas-openmp",
-        "/usr/include/openblas",
-        "/usr/include/x86_64-linux-gnu"
+      "conditions": [
+        [
+          "tessera_blas==1",
+          {
+            "include_dirs": [
+              "/usr/include/x86_64-linux-gnu/openblas-pthread",
+              "/usr/include/x86_64-linux-gnu/openblas-openmp",
+              "/usr/include/openblas",
+              "/usr/include/x86_64-linux-gnu"
+            ],
+            "libraries": ["-lopenblas", "-lpthread"]
+          },
+          {
+            "libraries": ["-lpthread"],
+            "defines": ["TESSERA_NO_BLAS"]
+          }
+        ]
       ],
-      "libraries": ["-lopenblas", "-lpthread"],
       "defines": ["NAPI_DISABLE_CPP_EXCEPTIONS"],
       "cflags!": ["-fno-exceptions", "-fno-omit-frame-pointer"],
       "cflags_cc!": ["-fno-exceptions"],

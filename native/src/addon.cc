@@ -29,10 +29,18 @@
 // plus OpenBLAS's own threads (the two runtimes' idle spinning fight for the 2 cores) and
 // 1.7-1.9x with this pool plus OpenBLAS's own threads. TESSERA_BLAS_THREADING=openblas (read
 // once at load) selects that last variant, for re-measuring on other machines.
+//
+// Without OpenBLAS (TESSERA_NO_BLAS, set by binding.gyp when cblas.h or libopenblas is missing, or
+// forced with TESSERA_NO_BLAS=1 at build time): fast mode runs Tessera's own blocked GEMM (the
+// deterministic one: AVX2 where the CPU has it, see kernels_avx2.cc) on the same task split, so a
+// no-BLAS build computes fast mode and deterministic mode bit for bit alike. info().blas says
+// which build this is ('openblas' | 'none') and the JS side reports it once.
 #define NAPI_VERSION 8
 #include <node_api.h>
 
+#ifndef TESSERA_NO_BLAS
 #include <cblas.h>
+#endif
 
 #include <cmath>
 #include <cstdint>
@@ -314,6 +322,7 @@ GemmArgs sub(const GemmArgs& g, int64_t i0, int64_t i1, int64_t j0, int64_t j1) 
   return s;
 }
 
+#ifndef TESSERA_NO_BLAS
 // CBLAS layout of a rows x cols matrix X(i,j) = X[i*rs + j*cs]: row-major (trans = false) or
 // its transpose, with a leading dimension CBLAS accepts (>= the row length, even when a dimension
 // is 1 and the stride says nothing). Every GEMM this file builds has one unit stride.
@@ -351,6 +360,7 @@ void blas_gemm(const GemmArgs& g) {
   cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, (int)g.M, (int)g.N,
               (int)g.K, 1.0f, g.A, (int)lda, g.B, (int)ldb, beta, g.C, (int)g.ldc);
 }
+#endif
 
 // Adds the tasks for one GEMM to a task list: split the larger output dimension so that each
 // thread gets about one block (few blocks amortize packing); kind is used to route them.
@@ -362,17 +372,34 @@ void split_gemm(TaskList& tl, int kind_rows, int kind_cols, const GemmArgs& g, i
 
 void run_gemm_task(const Cfg& cfg, Instance& inst, const GemmArgs& g, bool rows, int64_t a0, int64_t a1, int tid) {
   const GemmArgs s = rows ? sub(g, a0, a1, 0, g.N) : sub(g, 0, g.M, a0, a1);
+#ifdef TESSERA_NO_BLAS
+  (void)cfg.det;  // no BLAS: both modes run the fixed-order GEMM
+  cfg.kt->gemm(s, inst.ws[tid]);
+#else
   if (cfg.det) cfg.kt->gemm(s, inst.ws[tid]);
   else blas_gemm(s);
+#endif
 }
 
+#ifndef TESSERA_NO_BLAS
 void set_blas_threads(int n) {
   if (openblas_get_num_threads() != n) openblas_set_num_threads(n);
+}
+#endif
+
+// True when this build uses a fixed-order GEMM for every matmul (always, without BLAS).
+inline bool own_gemm(const Cfg& cfg) {
+#ifdef TESSERA_NO_BLAS
+  return true;
+#else
+  return cfg.det;
+#endif
 }
 
 // Runs a set of GEMMs (plus extra column-sum tasks for dbias) as one pool job.
 void run_gemms(const Cfg& cfg, Instance& inst, const std::vector<GemmArgs>& gs, float* dbias,
                const float* dout, int64_t N, int64_t OC) {
+#ifndef TESSERA_NO_BLAS
   if (!cfg.det && inst.blas_internal) {
     // Benchmark-only alternative: one cblas call per GEMM, threaded by OpenBLAS itself.
     set_blas_threads(cfg.threads);
@@ -384,11 +411,12 @@ void run_gemms(const Cfg& cfg, Instance& inst, const std::vector<GemmArgs>& gs, 
       });
     return;
   }
+#endif
   TaskList tl;
   for (size_t i = 0; i < gs.size(); i++) split_gemm(tl, (int)(2 * i), (int)(2 * i + 1), gs[i], cfg.threads);
   const int kColsum = 1000;
   if (dbias) tl.split(kColsum, OC, cdiv(OC, 256) < cfg.threads ? cfg.threads : cdiv(OC, 256), 32);
-  if (cfg.det) inst.ensure_workspaces(cfg.threads);
+  if (own_gemm(cfg)) inst.ensure_workspaces(cfg.threads);
   inst.pool.run(cfg.threads, (int64_t)tl.items.size(), [&](int64_t t, int tid) {
     const TaskList::Item& it = tl.items[t];
     if (it.kind == kColsum) {
@@ -738,7 +766,8 @@ napi_value AdamW(napi_env env, Args& a) {
 }
 
 // sgemmBench(transA, transB, M, N, K, iters, threads): seconds of the fastest of `iters` calls of raw cblas_sgemm
-// (C = A B, row-major) with OpenBLAS's own threading at `threads`. For benchmarks.
+// (C = A B, row-major) with OpenBLAS's own threading at `threads`. For benchmarks. In a no-BLAS build: the same
+// product through Tessera's own GEMM on the pool at `threads` (the speed fast-mode matmuls then get).
 napi_value SgemmBench(napi_env env, Args& a) {
   bool ta = false, tb = false;
   if (napi_get_value_bool(env, a.at(0), &ta) != napi_ok || napi_get_value_bool(env, a.at(1), &tb) != napi_ok)
@@ -753,12 +782,21 @@ napi_value SgemmBench(napi_env env, Args& a) {
   auto rnd = [&s] { s = s * 1664525u + 1013904223u; return (float)(s >> 8) / 16777216.0f - 0.5f; };
   for (float& x : A) x = rnd();
   for (float& x : B) x = rnd();
+#ifdef TESSERA_NO_BLAS
+  Instance& inst = a.inst();
+  const Cfg cfg{(int)threads, true, inst.auto_kt};
+  // A(i,k) and B(k,j) as stored by a row-major CBLAS call with these transposes.
+  const std::vector<GemmArgs> gs{make_gemm(M, N, K, A.data(), ta ? 1 : K, ta ? M : 1, B.data(), tb ? 1 : N,
+                                           tb ? K : 1, C.data(), N, nullptr, false)};
+  auto call = [&] { run_gemms(cfg, inst, gs, nullptr, nullptr, 0, 0); };
+#else
   const int prev = openblas_get_num_threads();
   openblas_set_num_threads((int)threads);
   auto call = [&] {
     cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, (int)M, (int)N, (int)K,
                 1.0f, A.data(), (int)(ta ? M : K), B.data(), (int)(tb ? K : N), 0.0f, C.data(), (int)N);
   };
+#endif
   call();
   double best = 1e30;  // the fastest call: on a shared machine, noise only ever adds time
   for (int64_t i = 0; i < iters; i++) {
@@ -769,7 +807,9 @@ napi_value SgemmBench(napi_env env, Args& a) {
     const double secs = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
     if (secs < best) best = secs;
   }
+#ifndef TESSERA_NO_BLAS
   openblas_set_num_threads(prev);
+#endif
   napi_value r;
   check(env, napi_create_double(env, best, &r), "napi_create_double");
   return r;
@@ -784,9 +824,17 @@ napi_value Info(napi_env env, Args& a) {
     check(env, napi_set_named_property(env, obj, k, v), "napi_set_named_property");
   };
   set_str("isa", inst.auto_kt->isa);
+#ifdef TESSERA_NO_BLAS
+  set_str("blas", "none");
+  set_str("blasConfig", "none: Tessera's own blocked GEMM (OpenBLAS was not found at build time)");
+  set_str("blasCore", "");
+  set_str("blasThreading", "pool");
+#else
+  set_str("blas", "openblas");
   set_str("blasConfig", openblas_get_config());
   set_str("blasCore", openblas_get_corename());
   set_str("blasThreading", inst.blas_internal ? "openblas" : "pool");
+#endif
   return obj;
 }
 
@@ -828,8 +876,10 @@ napi_value Init(napi_env env, napi_value exports) {
 #endif
   const char* bt = std::getenv("TESSERA_BLAS_THREADING");
   inst->blas_internal = bt && std::strcmp(bt, "openblas") == 0;
+#ifndef TESSERA_NO_BLAS
   // All BLAS parallelism comes from our pool (see pool.h); OpenBLAS runs on the calling thread.
   openblas_set_num_threads(1);
+#endif
   for (const KernelTable* kt : {&kernels_base, &kernels_avx2}) {
     if (kt->pack_a_floats > inst->ws_floats_a) inst->ws_floats_a = kt->pack_a_floats;
     if (kt->pack_b_floats > inst->ws_floats_b) inst->ws_floats_b = kt->pack_b_floats;

@@ -34,7 +34,7 @@ function warnFallback(err: unknown): void {
       '*** (10-100x slower). Reason: ' +
       reason +
       '\n' +
-      '*** Fix: apt-get install libopenblas-dev g++ make python3 && npm rebuild\n' +
+      '*** Fix: apt-get install g++ make python3 (and libopenblas-dev, optional: faster matmuls) && npm rebuild\n' +
       '*** (set TESSERA_KERNELS=ref to choose the reference kernels on purpose and silence this)\n\n',
   );
 }

@@ -6,6 +6,13 @@
  * passes them with every call (the `cfg` word), so two Kernels objects never interfere. The addon
  * validates every argument (types, lengths, overlaps, token ranges) before touching memory and
  * throws TypeError / RangeError.
+ *
+ * An addon built without OpenBLAS (native/binding.gyp finds no cblas.h or libopenblas, or the build
+ * ran with TESSERA_NO_BLAS=1) runs every matmul on Tessera's own blocked GEMM; `info.blas` is then
+ * 'none' and loading it says so once on stderr. `addonPath` loads another build (the no-BLAS copy
+ * the tests and bench/native-noblas.ts build), so both can run in one process; the environment
+ * variable TESSERA_NATIVE_ADDON (an absolute path) does the same for a whole process, e.g. to run
+ * test/kernels.test.js on the no-BLAS build.
  */
 import { createRequire } from 'node:module';
 import { existsSync, readFileSync } from 'node:fs';
@@ -143,6 +150,8 @@ interface Addon {
 }
 
 export interface NativeInfo {
+  /** Which GEMM fast mode uses: 'openblas', or 'none' (Tessera's own blocked GEMM, no BLAS at build time). */
+  blas: 'openblas' | 'none';
   /** Instruction set of the kernels chosen for this CPU: 'avx2' or 'x86-64'. */
   isa: string;
   /** openblas_get_config(), e.g. "OpenBLAS 0.3.21 DYNAMIC_ARCH NO_AFFINITY Zen MAX_THREADS=64". */
@@ -160,6 +169,8 @@ export interface NativeKernelOptions {
    * deterministic results must be bitwise identical between the two.
    */
   isa?: 'auto' | 'baseline';
+  /** Absolute path of another build of the addon (default: the package's native/build/Release one). */
+  addonPath?: string;
 }
 
 export interface NativeKernels extends Kernels {
@@ -190,41 +201,55 @@ export function packageRoot(): string {
   }
 }
 
-let addon: Addon | undefined;
+const addons = new Map<string, Addon>();
+let saidNoBlas = false;
 
-/** Loads (once) and returns the raw addon. Throws NativeUnavailableError with the reason. */
-export function loadNativeAddon(): Addon {
-  if (addon) return addon;
-  const path = join(packageRoot(), NATIVE_ADDON_PATH);
-  if (!existsSync(path)) {
-    throw new NativeUnavailableError(`native addon not built: ${path} does not exist`);
+/**
+ * Loads (once per path) and returns the raw addon: the package's own build, or the one at `path`.
+ * Throws NativeUnavailableError with the reason. The first no-BLAS build loaded says so on stderr.
+ */
+export function loadNativeAddon(path?: string): Addon {
+  const p = path ?? process.env.TESSERA_NATIVE_ADDON ?? join(packageRoot(), NATIVE_ADDON_PATH);
+  const cached = addons.get(p);
+  if (cached) return cached;
+  if (!existsSync(p)) {
+    throw new NativeUnavailableError(`native addon not built: ${p} does not exist`);
   }
+  let a: Addon;
   try {
-    addon = createRequire(import.meta.url)(path) as Addon;
+    a = createRequire(import.meta.url)(p) as Addon;
   } catch (err) {
-    throw new NativeUnavailableError(`cannot load ${path}: ${(err as Error).message}`, { cause: err });
+    throw new NativeUnavailableError(`cannot load ${p}: ${(err as Error).message}`, { cause: err });
   }
-  return addon;
+  addons.set(p, a);
+  if (a.info().blas === 'none' && !saidNoBlas && process.env.TESSERA_QUIET_NO_BLAS !== '1') {
+    saidNoBlas = true;
+    process.stderr.write(
+      "tessera: native kernels built without OpenBLAS: matmuls use Tessera's own blocked GEMM " +
+        '(for OpenBLAS speed: apt-get install libopenblas-dev && npm rebuild)\n',
+    );
+  }
+  return a;
 }
 
-/** Information about the loaded addon (ISA, OpenBLAS build). */
-export function nativeInfo(): NativeInfo {
-  return loadNativeAddon().info();
+/** Information about the loaded addon (ISA, OpenBLAS build or none). */
+export function nativeInfo(path?: string): NativeInfo {
+  return loadNativeAddon(path).info();
 }
 
 /**
  * Raw cblas_sgemm throughput in GFLOP/s: C[M,N] = op(A) op(B) with OpenBLAS's own threading at
  * `threads` (the peak the native matmuls are compared against): the fastest of `iters` timed
- * calls after one warm-up call.
+ * calls after one warm-up call. A no-BLAS build times its own GEMM on `threads` pool threads.
  */
 export function sgemmBench(
   M: number,
   N: number,
   K: number,
   iters: number,
-  opts: { threads?: number; transA?: boolean; transB?: boolean } = {},
+  opts: { threads?: number; transA?: boolean; transB?: boolean; addonPath?: string } = {},
 ): number {
-  const secs = loadNativeAddon().sgemmBench(
+  const secs = loadNativeAddon(opts.addonPath).sgemmBench(
     opts.transA ?? false,
     opts.transB ?? false,
     M,
@@ -237,7 +262,7 @@ export function sgemmBench(
 }
 
 export function createNativeKernels(opts: NativeKernelOptions = {}): NativeKernels {
-  const k = loadNativeAddon();
+  const k = loadNativeAddon(opts.addonPath);
   const info = k.info();
   let threads = Math.min(MAX_THREADS, availableParallelism());
   let deterministic = false;

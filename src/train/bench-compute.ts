@@ -1,7 +1,7 @@
 /**
  * Training throughput of the compute core on synthetic tokens: the numbers behind
  * `tessera bench compute`. Measures whole optimizer steps (forward, backward, clip, AdamW)
- * after warm-up steps, at a given thread count and kernel mode.
+ * after warm-up steps, at a given thread count and kernel mode, or on a WebGPU device.
  */
 import { GPT } from '../model/gpt.js';
 import { AdamW, DEFAULT_ADAMW } from './adamw.js';
@@ -9,6 +9,9 @@ import { Trainer } from './trainer.js';
 import type { Kernels } from '../kernels/api.js';
 import type { ModelConfig } from '../model/config.js';
 import { Rng } from '../util/rng.js';
+import { createRefKernels } from '../kernels/ref.js';
+import type { WebGpuDevice } from '../kernels/webgpu/device.js';
+import { WebGpuGPT } from '../model/gpt-webgpu.js';
 
 export interface ComputeBenchOptions {
   model: ModelConfig;
@@ -77,6 +80,56 @@ export function benchCompute(k: Kernels, o: ComputeBenchOptions): ComputeBenchRe
     threads: o.threads,
     deterministic: o.deterministic,
     kernels: k.name,
+    params: gpt.numParams,
+    modelGflops: flops / (stepMs / 1000) / 1e9,
+  };
+}
+
+/**
+ * The same measurement on a WebGPU device (src/model/gpt-webgpu.ts): whole optimizer steps
+ * (zero grads, forward, backward, clip, AdamW) with the weights and optimizer state on the GPU.
+ * Each step ends on its two host reads (the losses and the gradient norm), so the time is the
+ * GPU's, not the encoding's. Initial weights are the CPU GPT's (`init(1)`).
+ */
+export async function benchComputeWebGpu(
+  dev: WebGpuDevice,
+  o: Omit<ComputeBenchOptions, 'threads' | 'deterministic'>,
+): Promise<ComputeBenchResult> {
+  const cpu = new GPT(o.model, createRefKernels());
+  cpu.init(1);
+  const gpt = new WebGpuGPT(dev, o.model);
+  gpt.setParams(cpu.params);
+  const B = o.batch,
+    T = o.model.ctx;
+  const rng = new Rng(42);
+  const batch = () => {
+    const inputs = new Int32Array(B * T),
+      targets = new Int32Array(B * T);
+    for (let i = 0; i < B * T; i++) {
+      inputs[i] = rng.nextInt(o.model.vocabSize);
+      targets[i] = rng.nextInt(o.model.vocabSize);
+    }
+    return { inputs, targets };
+  };
+  const batches = [batch(), batch()];
+  for (let i = 0; i < o.warmup; i++) await gpt.trainStep(batches[i % 2].inputs, batches[i % 2].targets, B, T, 3e-4);
+  const times: number[] = [];
+  for (let i = 0; i < o.steps; i++) {
+    const t0 = performance.now();
+    await gpt.trainStep(batches[i % 2].inputs, batches[i % 2].targets, B, T, 3e-4);
+    times.push(performance.now() - t0);
+  }
+  const stepMs = times.reduce((a, b) => a + b, 0) / times.length;
+  const sorted = times.slice().sort((a, b) => a - b);
+  const { dim: C, layers: L } = o.model;
+  const flops = 6 * gpt.numParams * B * T + 6 * L * B * T * T * C;
+  return {
+    tokensPerSec: (B * T) / (stepMs / 1000),
+    stepMs,
+    stepMsMedian: sorted[Math.floor(sorted.length / 2)],
+    threads: 0,
+    deterministic: true,
+    kernels: 'webgpu',
     params: gpt.numParams,
     modelGflops: flops / (stepMs / 1000) / 1e9,
   };

@@ -43,6 +43,24 @@ export class NativeUnavailableError extends TesseraError {
 }
 
 /**
+ * No WebGPU adapter could be had: the `webgpu` package (Dawn) did not load, or no Vulkan/Metal/D3D
+ * driver offered an adapter (on a machine without a GPU: no SwiftShader ICD, see
+ * src/kernels/webgpu/device.ts).
+ */
+export class WebGpuUnavailableError extends TesseraError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('WEBGPU_UNAVAILABLE', message, options);
+  }
+}
+
+/** The WebGPU device refused work (a validation or out-of-memory error) or was lost. */
+export class WebGpuError extends TesseraError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('WEBGPU_ERROR', message, options);
+  }
+}
+
+/**
  * A training step's loss is NaN or ±Infinity. Raised by the inner step (src/train/inner-step.ts)
  * BEFORE the optimizer touches the weights or its moments, so the caller still holds the state
  * after the last good step and decides what to do (stop the job, fail the audit, stop the run).

@@ -1,0 +1,284 @@
+/**
+ * GPT-2 forward, backward and the AdamW step on a WebGpuDevice (src/kernels/webgpu/): the same
+ * arithmetic as gpt.ts + block.ts + train/adamw.ts, call for call, with the tensors on the GPU.
+ *
+ * Why a second copy of the model code and not gpt.ts over a GPU `Kernels`: `Kernels` takes host
+ * Float32Arrays and is synchronous, while GPU work is encoded and read back asynchronously; a
+ * GPU kernel object that read back after every call would spend its time on transfers. This file
+ * keeps the call sequence of gpt.ts/block.ts so the two can be compared step by step
+ * (test/webgpu-gpt.test.ts).
+ *
+ * Memory: parameters, gradients and AdamW m and v are each ONE flat GPU buffer with params.ts's
+ * layout (offset views per tensor); activations are one GPU buffer per tensor (a flat activation
+ * buffer would pass the binding-size limit of some adapters at GPT-2 small). Attention is the
+ * flash-style pair by default (`att` holds the per-row log-sum-exp [B,NH,T] and `datt` the
+ * backward's row dots, so memory is O(T) per row, not O(T^2)); `attention: 'stored'` keeps the
+ * probabilities as the CPU kernels do. What crosses to the
+ * host per step: the tokens and targets in, the per-token losses and one gradient-norm scalar out.
+ */
+import type { ModelConfig } from './config.js';
+import { ModelConfigSchema } from './config.js';
+import { paramCount, paramSpecs, type TensorSpec } from './params.js';
+import { blockActs, blockGrads } from './block.js';
+import type { GpuTensor, WebGpuDevice } from '../kernels/webgpu/device.js';
+import { DEFAULT_ADAMW, type AdamWSettings } from '../train/adamw.js';
+import { InvalidInputError } from '../util/errors.js';
+
+interface Layer {
+  ln1w: GpuTensor;
+  ln1b: GpuTensor;
+  qkvw: GpuTensor;
+  qkvb: GpuTensor;
+  attprojw: GpuTensor;
+  attprojb: GpuTensor;
+  ln2w: GpuTensor;
+  ln2b: GpuTensor;
+  fcw: GpuTensor;
+  fcb: GpuTensor;
+  fcprojw: GpuTensor;
+  fcprojb: GpuTensor;
+}
+interface Views {
+  wte: GpuTensor;
+  wpe: GpuTensor;
+  layers: Layer[];
+  lnfw: GpuTensor;
+  lnfb: GpuTensor;
+}
+
+function views(dev: WebGpuDevice, cfg: ModelConfig, buf: GpuTensor): Views {
+  const byName = new Map(paramSpecs(cfg).map((s) => [s.name, dev.view(buf, s.offset, s.size)]));
+  const g = (n: string) => byName.get(n)!;
+  return {
+    wte: g('wte'),
+    wpe: g('wpe'),
+    lnfw: g('lnf.w'),
+    lnfb: g('lnf.b'),
+    layers: Array.from({ length: cfg.layers }, (_, l) => {
+      const p = `h.${l}.`;
+      return {
+        ln1w: g(p + 'ln1.w'),
+        ln1b: g(p + 'ln1.b'),
+        qkvw: g(p + 'attn.qkv.w'),
+        qkvb: g(p + 'attn.qkv.b'),
+        attprojw: g(p + 'attn.proj.w'),
+        attprojb: g(p + 'attn.proj.b'),
+        ln2w: g(p + 'ln2.w'),
+        ln2b: g(p + 'ln2.b'),
+        fcw: g(p + 'mlp.fc.w'),
+        fcb: g(p + 'mlp.fc.b'),
+        fcprojw: g(p + 'mlp.proj.w'),
+        fcprojb: g(p + 'mlp.proj.b'),
+      };
+    }),
+  };
+}
+
+type BlockActsG = ReturnType<typeof blockActs<GpuTensor>>;
+type BlockGradsG = ReturnType<typeof blockGrads<GpuTensor>>;
+
+interface Acts {
+  B: number;
+  T: number;
+  encoded: GpuTensor;
+  layers: BlockActsG[];
+  lnf: GpuTensor;
+  lnfMean: GpuTensor;
+  lnfRstd: GpuTensor;
+  logits: GpuTensor;
+  losses: GpuTensor;
+  scratch: GpuTensor;
+  tokens: GpuTensor;
+  targets: GpuTensor;
+  g: BlockGradsG;
+}
+
+export class WebGpuGPT {
+  readonly config: ModelConfig;
+  readonly numParams: number;
+  readonly params: GpuTensor;
+  readonly grads: GpuTensor;
+  readonly m: GpuTensor;
+  readonly v: GpuTensor;
+  /** AdamW updates applied so far. */
+  step = 0;
+  private readonly p: Views;
+  private readonly gv: Views;
+  private readonly ranges: { start: number; end: number; decay: boolean }[] = [];
+  private acts: Acts | null = null;
+  private tokens: Int32Array | null = null;
+
+  constructor(
+    readonly dev: WebGpuDevice,
+    config: ModelConfig,
+    readonly settings: AdamWSettings = DEFAULT_ADAMW,
+    readonly attention: 'flash' | 'stored' = 'flash',
+  ) {
+    this.config = ModelConfigSchema.parse(config);
+    this.numParams = paramCount(this.config);
+    this.params = dev.alloc(this.numParams);
+    this.grads = dev.alloc(this.numParams);
+    this.m = dev.alloc(this.numParams);
+    this.v = dev.alloc(this.numParams);
+    this.p = views(dev, this.config, this.params);
+    this.gv = views(dev, this.config, this.grads);
+    for (const s of paramSpecs(this.config) as TensorSpec[]) {
+      const last = this.ranges[this.ranges.length - 1];
+      if (last && last.decay === s.decay && last.end === s.offset) last.end = s.offset + s.size;
+      else this.ranges.push({ start: s.offset, end: s.offset + s.size, decay: s.decay });
+    }
+  }
+
+  /** Copies host parameters (e.g. a CPU GPT's, after init) onto the GPU. */
+  setParams(params: Float32Array): void {
+    this.dev.write(this.params, params);
+  }
+
+  zeroGrad(): void {
+    this.dev.zero(this.grads);
+  }
+
+  private ensureActs(B: number, T: number): Acts {
+    if (this.acts && this.acts.B === B && this.acts.T === T) return this.acts;
+    const { vocabSize: V, dim: C, layers: L, heads: NH } = this.config;
+    const N = B * T,
+      d = this.dev;
+    const f = (n: number) => d.alloc(n);
+    // Flash attention keeps one float per (b, h, t) row where the stored kind keeps T of them.
+    const rowsOnly = this.attention === 'flash';
+    const alloc = <K extends string>(sizes: Record<K, number>, small: string): Record<K, GpuTensor> =>
+      Object.fromEntries(
+        Object.entries<number>(sizes).map(([k, n]) => [k, f(rowsOnly && k === small ? B * NH * T : n)]),
+      ) as Record<K, GpuTensor>;
+    const size = (n: number) => n;
+    this.acts = {
+      B,
+      T,
+      encoded: f(N * C),
+      layers: Array.from({ length: L }, () => alloc(blockActs(B, T, C, NH, size), 'att')),
+      lnf: f(N * C),
+      lnfMean: f(N),
+      lnfRstd: f(N),
+      logits: f(N * V),
+      losses: f(N),
+      scratch: f(N * C),
+      tokens: d.alloc(N, 'i32'),
+      targets: d.alloc(N, 'i32'),
+      g: alloc(blockGrads(B, T, C, NH, size), 'datt'),
+    };
+    return this.acts;
+  }
+
+  /**
+   * Forward + backward of one batch: returns the mean loss and ACCUMULATES the gradients into
+   * `grads` (zeroGrad() first), as GPT.forwardBackward does.
+   */
+  async forwardBackward(tokens: Int32Array, targets: Int32Array, B: number, T: number): Promise<number> {
+    const { vocabSize: V, dim: C, heads: NH, layers: L, ctx } = this.config;
+    const N = B * T;
+    if (T > ctx || tokens.length !== N || targets.length !== N)
+      throw new InvalidInputError(`bad batch: B=${B} T=${T}, ${tokens.length} tokens, ${targets.length} targets`);
+    let valid = 0;
+    for (let i = 0; i < N; i++) {
+      if (tokens[i] < 0 || tokens[i] >= V)
+        throw new InvalidInputError(`token id ${tokens[i]} at ${i} outside [0, ${V})`);
+      if (targets[i] < -1 || targets[i] >= V) throw new InvalidInputError(`target id ${targets[i]} at ${i}`);
+      if (targets[i] >= 0) valid++;
+    }
+    const d = this.dev,
+      a = this.ensureActs(B, T),
+      p = this.p,
+      g = this.gv;
+    this.tokens = tokens;
+    d.write(a.tokens, tokens);
+    d.write(a.targets, targets);
+    // forward (gpt.ts forwardToLogits + block.ts blockForward)
+    d.embeddingForward(a.encoded, a.tokens, p.wte, p.wpe, B, T, C);
+    let res = a.encoded;
+    for (let l = 0; l < L; l++) {
+      const w = p.layers[l],
+        x = a.layers[l];
+      d.layernormForward(x.ln1, x.ln1Mean, x.ln1Rstd, res, w.ln1w, w.ln1b, N, C);
+      d.matmulForward(x.qkv, x.ln1, w.qkvw, w.qkvb, N, C, 3 * C);
+      if (this.attention === 'flash') d.attentionForwardFlash(x.atty, x.att, x.qkv, B, T, C, NH);
+      else d.attentionForward(x.atty, x.att, x.qkv, B, T, C, NH);
+      d.matmulForward(a.scratch, x.atty, w.attprojw, w.attprojb, N, C, C);
+      d.add(x.res2, res, a.scratch, N * C);
+      d.layernormForward(x.ln2, x.ln2Mean, x.ln2Rstd, x.res2, w.ln2w, w.ln2b, N, C);
+      d.matmulForward(x.fch, x.ln2, w.fcw, w.fcb, N, C, 4 * C);
+      d.geluForward(x.fchGelu, x.fch, N * 4 * C);
+      d.matmulForward(a.scratch, x.fchGelu, w.fcprojw, w.fcprojb, N, 4 * C, C);
+      d.add(x.res3, x.res2, a.scratch, N * C);
+      res = x.res3;
+    }
+    d.layernormForward(a.lnf, a.lnfMean, a.lnfRstd, res, p.lnfw, p.lnfb, N, C);
+    d.matmulForward(a.logits, a.lnf, p.wte, null, N, C, V);
+    d.crossEntropyForwardBackward(a.losses, a.logits, a.logits, a.targets, N, V, valid > 0 ? 1 / valid : 0);
+    // backward (gpt.ts backward + block.ts blockBackward)
+    const { dres, dC, d3C, d4Ca, d4Cb, datt } = a.g;
+    d.zero(dC);
+    d.matmulBackward(dC, g.wte, null, a.logits, a.lnf, p.wte, N, C, V);
+    d.zero(dres);
+    d.layernormBackward(dres, g.lnfw, g.lnfb, dC, res, p.lnfw, a.lnfMean, a.lnfRstd, N, C);
+    for (let l = L - 1; l >= 0; l--) {
+      const input = l === 0 ? a.encoded : a.layers[l - 1].res3;
+      const w = p.layers[l],
+        gw = g.layers[l],
+        x = a.layers[l];
+      d.zero(d4Ca);
+      d.matmulBackward(d4Ca, gw.fcprojw, gw.fcprojb, dres, x.fchGelu, w.fcprojw, N, 4 * C, C);
+      d.zero(d4Cb);
+      d.geluBackward(d4Cb, x.fch, d4Ca, N * 4 * C);
+      d.zero(dC);
+      d.matmulBackward(dC, gw.fcw, gw.fcb, d4Cb, x.ln2, w.fcw, N, C, 4 * C);
+      d.layernormBackward(dres, gw.ln2w, gw.ln2b, dC, x.res2, w.ln2w, x.ln2Mean, x.ln2Rstd, N, C);
+      d.zero(dC);
+      d.matmulBackward(dC, gw.attprojw, gw.attprojb, dres, x.atty, w.attprojw, N, C, C);
+      d.zero(d3C);
+      if (this.attention === 'flash') d.attentionBackwardFlash(d3C, datt, dC, x.qkv, x.atty, x.att, B, T, C, NH);
+      else d.attentionBackward(d3C, datt, dC, x.qkv, x.att, B, T, C, NH);
+      d.zero(dC);
+      d.matmulBackward(dC, gw.qkvw, gw.qkvb, d3C, x.ln1, w.qkvw, N, C, 3 * C);
+      d.layernormBackward(dres, gw.ln1w, gw.ln1b, dC, input, w.ln1w, x.ln1Mean, x.ln1Rstd, N, C);
+    }
+    d.embeddingBackward(g.wte, g.wpe, dres, this.tokens, B, T, C);
+    const losses = await d.read(a.losses);
+    let sum = 0;
+    for (let i = 0; i < N; i++) sum += losses[i];
+    return valid > 0 ? sum / valid : 0;
+  }
+
+  /** Clip to the global gradient norm, then one AdamW update (train/adamw.ts). Returns the norm. */
+  async update(lr: number): Promise<number> {
+    const d = this.dev,
+      s = this.settings;
+    const norm = Math.sqrt(await d.sumSquares(this.grads));
+    if (!Number.isFinite(norm)) throw new RangeError(`gradient norm is ${norm}; refusing to apply the update`);
+    if (s.gradClip > 0 && norm > s.gradClip) d.scale(this.grads, s.gradClip / norm);
+    this.step += 1;
+    for (const r of this.ranges) {
+      const n = r.end - r.start;
+      d.adamw(
+        d.view(this.params, r.start, n),
+        d.view(this.grads, r.start, n),
+        d.view(this.m, r.start, n),
+        d.view(this.v, r.start, n),
+        lr,
+        s.beta1,
+        s.beta2,
+        s.eps,
+        r.decay ? s.weightDecay : 0,
+        this.step,
+      );
+    }
+    return norm;
+  }
+
+  /** One optimizer step on one batch (zero grads, forward, backward, clip, AdamW). */
+  async trainStep(tokens: Int32Array, targets: Int32Array, B: number, T: number, lr: number): Promise<number> {
+    this.zeroGrad();
+    const loss = await this.forwardBackward(tokens, targets, B, T);
+    await this.update(lr);
+    return loss;
+  }
+}
