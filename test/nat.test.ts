@@ -12,7 +12,22 @@
  *    bytes the relays carried.
  *
  * Needs root and a kernel with network namespaces, veth, bridges and nftables (CI runs as
- * root). Without them the test fails: it never skips.
+ * root). Without them the test fails: it never skips. NAT_TEST_LOGS=DIR keeps every peer's
+ * stderr (with TESSERA_LOG=debug, each failed fetch and rejected input).
+ *
+ * What was seen (js-libp2p 3, libp2p circuit-relay-v2 4.2.13), and what does not work yet:
+ * - No pair of home peers is ever hole-punched: DCUtR finds no public address to offer (see
+ *   docs/ROUNDS.md, "Fetching across NATs"); home-to-home connections stay relayed.
+ * - A relayed dial between two home peers often fails ("Remote closed connection during
+ *   opening", "All multiaddr dials failed", or a DHT lookup that finds no /p2p-circuit address
+ *   within the 5 s fetch limit); before updates were asked of directly connected holders first
+ *   (peer/updates.ts fetchOrder), home peers' updates landed in 60-73% of rounds.
+ * - A reservation request sometimes fails at once (the HOP stream closes about 20-50 ms after it
+ *   opens: "Cannot write to a stream that is closed" / "Unexpected EOF" on the client, "failed
+ *   to send confirmation response" on the relay), and libp2p does not retry that relay; with
+ *   two relays a home peer got a slot on the other.
+ * - Resync by CID timed out at 15 s (bitswap did not use relayed connections; now it may), and
+ *   a home peer that resyncs loses those rounds.
  */
 import { after, test } from 'node:test';
 import assert from 'node:assert/strict';

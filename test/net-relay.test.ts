@@ -22,6 +22,7 @@ import {
   type Reachability,
 } from '../src/net/index.js';
 import { sha256HexNode as sha256Hex } from '../src/util/hash-node.js';
+import { fetchOrder } from '../src/peer/updates.js';
 
 const dirs: string[] = [];
 const hosts: Host[] = [];
@@ -47,6 +48,21 @@ test('listenScope: loopback is neither public nor behind a NAT; private LAN addr
     public: true,
     natted: false,
   });
+});
+
+test('fetchOrder: named peers with a direct connection, other direct peers, then relayed named peers', () => {
+  const conns = [
+    { peer: 'pubA', relayed: false },
+    { peer: 'pubB', relayed: false },
+    { peer: 'homeX', relayed: true },
+    { peer: 'author', relayed: false },
+  ];
+  // The author is directly connected: asked first, then the other direct peers.
+  assert.deepEqual(fetchOrder(['author'], conns, 'me'), ['author', 'pubA', 'pubB']);
+  // A home author reachable only through a relay (or not connected): asked last.
+  assert.deepEqual(fetchOrder(['homeX', 'homeY'], conns, 'me'), ['pubA', 'pubB', 'author', 'homeX', 'homeY']);
+  // Self and peers that served bad bytes are never asked; `extra` caps the unnamed ones.
+  assert.deepEqual(fetchOrder(['me', 'homeX'], conns, 'me', new Set(['pubA']), 1), ['pubB', 'homeX']);
 });
 
 test('bulk over a relayed (limited) connection, within the relay limit', { timeout: 60_000 }, async () => {

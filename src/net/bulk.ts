@@ -38,7 +38,7 @@ import {
   TooLargeError,
   abortedError,
 } from './errors.js';
-import { raceAbort, toDialTarget, type Host } from './host.js';
+import { raceAbort, type Host } from './host.js';
 import { consume, readExactly, sendAll } from './stream-io.js';
 
 export const BULK_PROTOCOL = '/tessera/bulk/1.0.0';
@@ -213,9 +213,9 @@ export async function fetchBulkWithStats(
   let stream: Stream;
   let conn: Connection;
   try {
-    // An existing connection is reused (a direct one first); else libp2p dials, relayed if
-    // that is the only way to reach the peer.
-    conn = await host.node.dial(toDialTarget(peer), { signal });
+    // An existing connection is reused (a direct one first); else a new one, through a relay
+    // if that is the only way to reach the peer (Host.connect).
+    conn = await host.connect(peer, { signal });
     stream = await conn.newStream(BULK_PROTOCOL, { signal, runOnLimitedConnection: true });
   } catch (err) {
     if (signal?.aborted === true) throw abortedError(`fetch ${hash}`, signal);

@@ -47,7 +47,7 @@ import { isPrivateIp } from '@libp2p/utils';
 import { networkInterfaces } from 'node:os';
 import { peerIdFromString } from '@libp2p/peer-id';
 import { pino, type Logger } from 'pino';
-import type { AbortOptions, Ed25519PrivateKey, PeerId } from '@libp2p/interface';
+import type { AbortOptions, Connection, Ed25519PrivateKey, PeerId } from '@libp2p/interface';
 import { loadOrCreateIdentity } from './identity.js';
 import { NetMetrics } from './metrics.js';
 import { AbortedError, HostError, abortedError } from './errors.js';
@@ -172,6 +172,14 @@ export interface Host {
   multiaddrs(): string[];
   /** Connects to a peer by multiaddr (with /p2p/<id>) or peer id; resolves to its peer id. */
   dial(target: string | Multiaddr | PeerId, options?: AbortOptions): Promise<string>;
+  /**
+   * A connection to `target` for a protocol stream: an open one (direct first), else a new dial.
+   * A peer id whose known addresses are all private (a peer behind a NAT, or one we know nothing
+   * about) is tried first through the relays we are connected to
+   * (`/p2p/<relay>/p2p-circuit/p2p/<peer>`: a relay answers at once if the peer holds no slot
+   * there), then dialled as usual; the DHT may not have its /p2p-circuit addresses yet.
+   */
+  connect(target: string | Multiaddr | PeerId, options?: AbortOptions): Promise<Connection>;
   /** Round-trip time in ms to a peer (pings over an existing or new connection). */
   ping(target: string | Multiaddr | PeerId, options?: AbortOptions): Promise<number>;
   /** Peer ids we have an open connection to. */
@@ -417,6 +425,7 @@ export async function createHost(options: HostOptions): Promise<Host> {
         throw new HostError(`dial ${String(target)} failed: ${(err as Error).message}`, { cause: err });
       }
     },
+    connect: (target, opts = {}) => connectTo(node, toDialTarget(target), opts.signal),
     async ping(target, opts = {}) {
       try {
         return await node.services.ping.ping(toDialTarget(target), opts);
@@ -518,4 +527,41 @@ function reachabilityOf(node: Libp2pNode, relayServer: boolean, where: { public:
   // announced), so a public address there means someone reached it.
   const status: ReachabilityStatus = publicAddrs.length > 0 ? 'public' : where.public ? 'unknown' : 'private';
   return { status, relayed: relayAddrs.length > 0, relayAddrs, publicAddrs, relayServer };
+}
+
+/** Host.connect: see there. */
+async function connectTo(node: Libp2pNode, t: Multiaddr | PeerId, signal?: AbortSignal): Promise<Connection> {
+  if (!isPeerIdTarget(t) || node.getConnections(t).length > 0) return await node.dial(t, { signal });
+  let known: string[] = [];
+  try {
+    known = (await node.peerStore.get(t, { signal })).addresses.map((a) => a.multiaddr.toString());
+  } catch {
+    // not in the peer store
+  }
+  const reachable = known.some((a) => {
+    if (isCircuit(a)) return true;
+    const ip = ipOf(a);
+    return ip == null || (!isLoopback(ip) && isPrivateIp(ip) === false);
+  });
+  const onLoopback = known.some((a) => isLoopback(ipOf(a) ?? ''));
+  if (!reachable && !onLoopback) {
+    const relays: string[] = [];
+    for (const c of node.getConnections()) {
+      if (c.limits != null || c.remotePeer.equals(t) || relays.includes(c.remotePeer.toString())) continue;
+      const info = await node.peerStore.get(c.remotePeer, { signal }).catch(() => undefined);
+      if (info?.protocols.includes(RELAY_V2_HOP_CODEC)) relays.push(c.remotePeer.toString());
+    }
+    for (const r of relays) {
+      try {
+        return await node.dial(multiaddr(`/p2p/${r}/p2p-circuit/p2p/${t.toString()}`), { signal });
+      } catch {
+        signal?.throwIfAborted(); // no slot there (NO_RESERVATION, answered at once): the next relay
+      }
+    }
+  }
+  return await node.dial(t, { signal });
+}
+
+function isPeerIdTarget(t: Multiaddr | PeerId): t is PeerId {
+  return !('getComponents' in t);
 }
