@@ -9,7 +9,10 @@
  *    symmetric) train together: identical weights hashes on every peer, each home peer's update
  *    lands in at least 90% of the rounds after it first trained, and for each pair of peers the
  *    test prints whether they are connected directly, hole-punched or through a relay, and the
- *    bytes the relays carried.
+ *    bytes the relays carried. Then the public peer holding most relay reservations (a founder
+ *    and a relay) is killed with SIGKILL: the survivors go on deciding rounds and every home
+ *    peer re-reserves a slot on the other relay; the rounds until every home peer's update is
+ *    in again are measured and printed, not yet asserted (see below).
  *
  * Needs root and a kernel with network namespaces, veth, bridges and nftables (CI runs as
  * root). Without them the test fails: it never skips. NAT_TEST_LOGS=DIR keeps every peer's
@@ -27,7 +30,14 @@
  *   to send confirmation response" on the relay), and libp2p does not retry that relay; with
  *   two relays a home peer got a slot on the other.
  * - Resync by CID timed out at 15 s (bitswap did not use relayed connections; now it may), and
- *   a home peer that resyncs loses those rounds.
+ *   a home peer that resyncs loses those rounds; behind a NAT the direct bundle now comes first
+ *   (peer/sync.ts load).
+ * - After the relay is killed, a home peer can fall into a resync loop: it downloads a snapshot,
+ *   and the reducer refuses it ("round N is not a certified state; not installed") because the
+ *   certified target moved on meanwhile; it syncs again, and so on (the issue's "synced,
+ *   resynced and synced again" symptom). Seen too on a machine loaded by another test suite
+ *   (load 7-11 on 2 cores), without any kill. The cause lies in the resync path (sync.ts /
+ *   round.ts certification), not in the network: the snapshot bytes arrive.
  */
 import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -85,7 +95,7 @@ test('the lab: masquerade, port-restricted cone vs symmetric mapping, unsolicite
 
 test(
   '2 public peers + 3 NATed peers (cone, cone, symmetric) train together through relays',
-  { timeout: 170_000 },
+  { timeout: 200_000 },
   async (t) => {
     assert.ok(lab, 'the lab test ran first');
     const t0 = Date.now();
@@ -102,9 +112,10 @@ test(
       codec: 'sparse',
       shards: 8,
       seed: 7,
-      trainMs: 800,
-      submitMs: 1500,
-      commitMs: 1000,
+      // A little more slack than swarm-node's 800/1500/1000: five processes share the machine.
+      trainMs: 1000,
+      submitMs: 2000,
+      commitMs: 1500,
       quorum: 1,
       minPeers: 1,
       maxMissed: 2,
@@ -156,7 +167,7 @@ test(
     for (const p of home) assert.equal(reach(p)!.status, 'private');
 
     const ROUNDS_WANTED = 30;
-    const budgetMs = 90_000;
+    const budgetMs = 75_000;
     const tStart = Date.now();
     await waitFor(
       peers,
@@ -167,7 +178,9 @@ test(
       budgetMs + 30_000,
     );
     const agreed = agreedRounds(peers);
-    const lastRound = Math.max(...agreed);
+    // Inclusion is measured over every round pub1 applied, not only those all five completed: a
+    // peer stuck resyncing reports no rounds, and those count as missed.
+    const lastRound = Math.max(...peers[0].reports.filter((r) => r.event === 'round').map((r) => r.round));
     // Every round any two peers both completed has one hash (no divergence at all).
     const allRounds = new Set(peers.flatMap((p) => p.reports.filter((r) => r.event === 'round').map((r) => r.round)));
     for (const r of allRounds) {
@@ -214,6 +227,15 @@ test(
       }
     const relayBytes = nets.slice(0, 2).map((n) => n?.relayCarriedBytes ?? 0);
     const perRound = (relayBytes[0] + relayBytes[1]) / Math.max(1, lastRound + 1);
+    // Bytes both relays carried in each round: deltas of their cumulative counters.
+    const carried = (p: PeerProc, r: number) =>
+      (p.reports.find((x) => x.event === 'round' && x.round === r) as unknown as { net?: NetLine } | undefined)?.net
+        ?.relayCarriedBytes;
+    const relayPerRound: number[] = [];
+    for (let r = 1; r <= lastRound; r++) {
+      const d = peers.slice(0, 2).map((p) => (carried(p, r) ?? NaN) - (carried(p, r - 1) ?? NaN));
+      relayPerRound.push(d.every(Number.isFinite) ? d[0] + d[1] : NaN);
+    }
     const summary = {
       agreedRounds: agreed.length,
       includedPerRound: applied.map((r) => r.included).join(' '),
@@ -221,16 +243,77 @@ test(
       inclusion,
       pairs,
       relayCarriedBytes: { pub1: relayBytes[0], pub2: relayBytes[1], perRound: Math.round(perRound) },
+      relayBytesEachRound: relayPerRound.map((b) => (Number.isFinite(b) ? b : '?')).join(' '),
       bulkRelayed: Object.fromEntries(nets.map((n, i) => [names[i], n?.bulkRelayedBytes])),
       reachability: Object.fromEntries(nets.map((n, i) => [names[i], n?.reachability])),
       seconds: (Date.now() - t0) / 1000,
     };
     t.diagnostic(JSON.stringify(summary));
     process.stderr.write(`nat: ${JSON.stringify(summary, null, 1)}\n`);
-    assert.ok(agreed.length >= 5, `agreed rounds: ${agreed.length}`);
+    // Checked at the end, so that the relay-loss phase below runs (and reports) either way.
+    const failures: string[] = [];
+    if (agreed.length < 5) failures.push(`agreed rounds: ${agreed.length}`);
     for (const p of home) {
       const n = name.get(p.peerId)!;
-      assert.ok(rates.get(p)! >= 0.9, `${n} included in ${inclusion[n]}`);
+      if (rates.get(p)! < 0.9) failures.push(`${n} included in ${inclusion[n]}`);
     }
+
+    // Losing a relay: kill -9 the public peer that holds the most reservations (both are
+    // founders in the genesis roster). The home peers go on through the other one.
+    const relayOf = (h: PeerProc): string | undefined => {
+      const r = h.events.filter((e) => e.event === 'reachability').at(-1) as { relayAddrs?: string[] } | undefined;
+      const a = r?.relayAddrs?.[0];
+      return a ? names[specs.findIndex((x) => a.includes(`/p2p/${x.peerId}/p2p-circuit`))] : undefined;
+    };
+    const before = home.map(relayOf);
+    const vi = before.filter((r) => r === 'pub2').length > before.filter((r) => r === 'pub1').length ? 1 : 0;
+    const victim = peers[vi];
+    const other = names[1 - vi];
+    const killedAt = Math.max(...peers.map((p) => p.reports.filter((r) => r.event === 'round').at(-1)?.round ?? 0));
+    const tKill = Date.now();
+    victim.child.kill('SIGKILL');
+    const survivors = peers.filter((p) => p !== victim);
+    const allHomeIn = (r: number) => {
+      const rep = survivors[0].reports.find((x) => x.event === 'round' && x.round === r);
+      return rep !== undefined && home.every((h) => rep.contributors.some((c) => c.peer === h.peerId));
+    };
+    // Asserted: the survivors go on deciding rounds, and every home peer re-reserves a slot on
+    // the surviving relay. Measured (not yet asserted, see the header): how many rounds until a
+    // round agreed by all 4 survivors includes every home peer's update.
+    const survivor = peers[1 - vi];
+    await waitFor(
+      peers,
+      `3 rounds decided after the kill, and every home peer on ${other}'s relay`,
+      () =>
+        survivor.reports.filter((r) => r.event === 'round' && r.round > killedAt).length >= 3 &&
+        home.every((h) => relayOf(h) === other),
+      45_000,
+    );
+    const tReserved = (Date.now() - tKill) / 1000;
+    // The round under way when the kill came may finish without it; count from the next one.
+    const full = () => agreedRounds(survivors, killedAt + 2).filter(allHomeIn);
+    await waitFor(peers, 'a full round after the kill', () => full().length > 0, 30_000).catch(() => undefined);
+    const recovered = full()[0];
+    const lost = {
+      killed: names[vi],
+      homeRelaysBefore: Object.fromEntries(home.map((h, i) => [name.get(h.peerId), before[i]])),
+      killedAtRound: killedAt,
+      secondsUntilAllReReserved: tReserved,
+      firstRoundAllHomeIncluded: recovered ?? 'not within 30 s',
+      roundsToRecover: recovered === undefined ? null : recovered - killedAt - 1,
+      homeRoundsAfterKill: Object.fromEntries(
+        home.map((h) => [
+          name.get(h.peerId),
+          survivor.reports
+            .filter((r) => r.event === 'round' && r.round > killedAt)
+            .filter((r) => r.contributors.some((c) => c.peer === h.peerId)).length +
+            '/' +
+            survivor.reports.filter((r) => r.event === 'round' && r.round > killedAt).length,
+        ]),
+      ),
+    };
+    t.diagnostic(`after kill -9 ${names[vi]}: ${JSON.stringify(lost)}`);
+    process.stderr.write(`nat, relay killed: ${JSON.stringify(lost)}\n`);
+    assert.deepEqual(failures, []);
   },
 );
