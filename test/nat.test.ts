@@ -32,12 +32,20 @@
  * - Resync by CID timed out at 15 s (bitswap did not use relayed connections; now it may), and
  *   a home peer that resyncs loses those rounds; behind a NAT the direct bundle now comes first
  *   (peer/sync.ts load).
- * - After the relay is killed, a home peer can fall into a resync loop: it downloads a snapshot,
+ * - After the relay is killed, the home peers that held their slot on it resync (they missed a
+ *   round meanwhile), their CID fetch of the checkpoint times out at 15 s ("outer.safetensors is
+ *   not available: not fetched before the deadline"), and by then the advertisers no longer hold
+ *   the bundle they advertised ("peer has no object"): in the lab h1 was in 1 of 28 rounds after
+ *   the kill, h3 in 13, the peer on the other relay in 28 of 28.
+ * - Under heavy load from other processes (load 7-12 on 2 cores) two home peers once dropped out
+ *   for good at the same round (43% inclusion) while the same five peers on loopback
+ *   (NAT_TEST_LOOPBACK=1, run just before) had 100%: the NATs make falling behind costlier.
+ * - A home peer can also fall into a resync loop where it downloads a snapshot,
  *   and the reducer refuses it ("round N is not a certified state; not installed") because the
  *   certified target moved on meanwhile; it syncs again, and so on (the issue's "synced,
  *   resynced and synced again" symptom). Seen too on a machine loaded by another test suite
- *   (load 7-11 on 2 cores), without any kill. The cause lies in the resync path (sync.ts /
- *   round.ts certification), not in the network: the snapshot bytes arrive.
+ *   (load 7-11 on 2 cores), without any kill. The snapshot bytes arrive; the refusal is in the
+ *   resync path's certification (sync.ts / round.ts), which this change does not touch.
  */
 import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -127,8 +135,13 @@ test(
     const names = ['pub1', 'pub2', 'h1', 'h2', 'h3'];
     const hosts = names.map((n) => lab!.host(n));
     const specs = await Promise.all(hosts.map((_, i) => preparePeer(i, dataDirFor(root, i))));
+    // NAT_TEST_LOOPBACK=1: the same five peers on 127.0.0.1, no namespaces (a control run, to
+    // tell what the NATs cost from what the machine's load costs). The relay phases are skipped.
+    const loopback = process.env.NAT_TEST_LOOPBACK === '1';
     const PORT = 4001; // every namespace has its own ports
-    const addr = (i: number) => `/ip4/${hosts[i].ip}/tcp/${PORT}/p2p/${specs[i].peerId}`;
+    const ipOf = (i: number) => (loopback ? '127.0.0.1' : hosts[i].ip);
+    const portOf = (i: number) => (loopback ? specs[i].port : PORT);
+    const addr = (i: number) => `/ip4/${ipOf(i)}/tcp/${portOf(i)}/p2p/${specs[i].peerId}`;
     const boot = [addr(0), addr(1)]; // only the public peers can be dialled
     for (const [i, s] of specs.entries())
       peers.push(
@@ -139,8 +152,8 @@ test(
             bootstrap: boot,
             genesisPeers: specs.map((x) => x.peerId),
             cacheDir,
-            prefix: lab!.execPrefix(hosts[i].ns),
-            listen: `/ip4/${hosts[i].ip}/tcp/${PORT}`,
+            ...(loopback ? {} : { prefix: lab!.execPrefix(hosts[i].ns) }),
+            listen: `/ip4/${ipOf(i)}/tcp/${portOf(i)}`,
           },
         ),
       );
@@ -158,13 +171,15 @@ test(
       p.events.filter((e) => e.event === 'reachability').at(-1) as { status: string; relayed: boolean } | undefined;
 
     // Every home peer sees itself as private and reserves a slot on a public relay.
-    await waitFor(
-      peers,
-      'every home peer to hold a relay reservation',
-      () => home.every((p) => reach(p)?.relayed),
-      60_000,
-    );
-    for (const p of home) assert.equal(reach(p)!.status, 'private');
+    if (!loopback) {
+      await waitFor(
+        peers,
+        'every home peer to hold a relay reservation',
+        () => home.every((p) => reach(p)?.relayed),
+        60_000,
+      );
+      for (const p of home) assert.equal(reach(p)!.status, 'private');
+    }
 
     const ROUNDS_WANTED = 30;
     const budgetMs = 75_000;
@@ -258,6 +273,10 @@ test(
       if (rates.get(p)! < 0.9) failures.push(`${n} included in ${inclusion[n]}`);
     }
 
+    if (loopback) {
+      assert.deepEqual(failures, []);
+      return;
+    }
     // Losing a relay: kill -9 the public peer that holds the most reservations (both are
     // founders in the genesis roster). The home peers go on through the other one.
     const relayOf = (h: PeerProc): string | undefined => {
