@@ -98,6 +98,11 @@ export interface Reachability {
   publicAddrs: string[];
   /** This host serves as a circuit relay. */
   relayServer: boolean;
+  /**
+   * Behind a NAT, as far as the host can tell: it holds a relay reservation, or it listens only
+   * on private addresses other than loopback. Stays true while a lost reservation is replaced.
+   */
+  behindNat: boolean;
 }
 
 /** One open connection, as the tests and the round line show it. */
@@ -515,7 +520,11 @@ export function listenScope(listen: string[], announce: string[] = []): { public
   return { public: pub, natted: !pub && ips.some((ip) => !isLoopback(ip)) };
 }
 
-function reachabilityOf(node: Libp2pNode, relayServer: boolean, where: { public: boolean }): Reachability {
+function reachabilityOf(
+  node: Libp2pNode,
+  relayServer: boolean,
+  where: { public: boolean; natted: boolean },
+): Reachability {
   const addrs = node.getMultiaddrs().map(String);
   const relayAddrs = addrs.filter(isCircuit);
   const publicAddrs = addrs.filter((a) => {
@@ -526,7 +535,15 @@ function reachabilityOf(node: Libp2pNode, relayServer: boolean, where: { public:
   // getMultiaddrs() lists a public transport address only once AutoNAT verified it (or it was
   // announced), so a public address there means someone reached it.
   const status: ReachabilityStatus = publicAddrs.length > 0 ? 'public' : where.public ? 'unknown' : 'private';
-  return { status, relayed: relayAddrs.length > 0, relayAddrs, publicAddrs, relayServer };
+  const relayed = relayAddrs.length > 0;
+  return {
+    status,
+    relayed,
+    relayAddrs,
+    publicAddrs,
+    relayServer,
+    behindNat: relayed || (where.natted && status !== 'public'),
+  };
 }
 
 /** Host.connect: see there. */

@@ -133,7 +133,7 @@ export class Sync {
 
   /**
    * Loads one advertised state: by CID first (any holder can serve its blocks), else the
-   * advertiser's bundle. Behind a NAT (this peer holds a relay reservation) and directly
+   * advertiser's bundle. Behind a NAT (a relay reservation, or only private addresses) and directly
    * connected to the advertiser, the bundle comes first: in the NAT lab (test/nat.test.ts) the
    * CID fetch of a home peer timed out at its 15 s deadline (the blocks' holders reachable only
    * through relays, if at all), so each resync cost about 8 rounds and the peer resynced forever.
@@ -147,7 +147,7 @@ export class Sync {
       });
       return { b: decodeBundle(bytes, P), via: 'bulk' };
     };
-    const natted = this.d.host.reachability().relayed;
+    const natted = this.d.host.reachability().behindNat;
     if (ad.cid && natted && this.d.host.connections().some((c) => c.peer === peer && !c.relayed)) {
       try {
         return await bulk();
