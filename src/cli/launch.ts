@@ -27,6 +27,8 @@ export interface PeerProc extends PeerSpec {
   child: ChildProcess;
   alive: boolean;
   reports: RoundReport[];
+  /** Other JSON lines the node printed ('started', 'reachability', ...). */
+  events: Array<Record<string, unknown> & { event: string }>;
   stderr: string[];
 }
 
@@ -67,6 +69,15 @@ export interface SpawnOptions {
   trustValidators?: string[];
   /** `tessera node --rpc --contract [--key]`: link to the run's ledger. */
   ledger?: { rpc: string; contract: string; keyFile?: string };
+  /**
+   * Run the node under this command (e.g. ['ip', 'netns', 'exec', NS] for a network namespace,
+   * test/support/netlab.ts). Default: none.
+   */
+  prefix?: string[];
+  /** Listen multiaddr. Default /ip4/127.0.0.1/tcp/<spec.port>. */
+  listen?: string;
+  /** More `tessera node` flags (e.g. --no-relay, --announce ...). */
+  args?: string[];
   onReport?: (p: PeerProc, r: RoundReport) => void;
   onExit?: (p: PeerProc, code: number | null, signal: NodeJS.Signals | null) => void;
 }
@@ -80,8 +91,9 @@ export function spawnPeer(spec: PeerSpec, o: SpawnOptions): PeerProc {
     '--data-dir',
     spec.dataDir,
     '--listen',
-    `/ip4/127.0.0.1/tcp/${spec.port}`,
+    o.listen ?? `/ip4/127.0.0.1/tcp/${spec.port}`,
     '--json',
+    ...(o.args ?? []),
   ];
   const boot = o.bootstrap.filter((a) => !a.endsWith(spec.peerId));
   if (boot.length) args.push('--bootstrap', boot.join(','));
@@ -104,8 +116,9 @@ export function spawnPeer(spec: PeerSpec, o: SpawnOptions): PeerProc {
     ...o.env,
     ...(o.dashboard?.token ? { TESSERA_DASHBOARD_TOKEN: o.dashboard.token } : {}),
   };
-  const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env });
-  const p: PeerProc = { ...spec, child, alive: true, reports: [], stderr: [] };
+  const [cmd, ...pre] = o.prefix?.length ? [...o.prefix, process.execPath] : [process.execPath];
+  const child = spawn(cmd, [...pre, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env });
+  const p: PeerProc = { ...spec, child, alive: true, reports: [], events: [], stderr: [] };
   let buf = '';
   child.stdout!.setEncoding('utf8');
   child.stdout!.on('data', (d: string) => {
@@ -119,7 +132,8 @@ export function spawnPeer(spec: PeerSpec, o: SpawnOptions): PeerProc {
         if (j.event === 'round' || j.event === 'synced') {
           p.reports.push(j);
           o.onReport?.(p, j);
-        }
+        } else if (typeof j.event === 'string' && p.events.length < 1000)
+          p.events.push(j as unknown as PeerProc['events'][number]);
       } catch {
         /* not JSON */
       }

@@ -3,7 +3,8 @@ import type { Command } from 'commander';
 import { readFileSync } from 'node:fs';
 import { say } from './output.js';
 import { defaultCacheDir } from './train.js';
-import { decodeManifest } from '../swarm/manifest.js';
+import { decodeManifest, networkParams } from '../swarm/manifest.js';
+import type { Host, Reachability } from '../net/host.js';
 import { SwarmNode, type RoundReport } from '../peer/node.js';
 import { int, collect } from './args.js';
 import { InvalidInputError } from '../util/errors.js';
@@ -12,9 +13,45 @@ import { startDashboard, type Dashboard } from '../dashboard/server.js';
 import { readKey } from '../ledger/keys.js';
 import type { Address } from 'viem';
 
-export function formatReport(r: RoundReport): string {
+export function formatReport(r: RoundReport, net?: NetLine): string {
   const kb = (n: number) => `${(n / 1024).toFixed(1)}K`;
-  return `${r.event === 'synced' ? 'synced to' : 'round'} ${r.round}  val ${r.valLoss.toFixed(4)}  peers ${r.peers} (roster ${r.roster}${r.voters !== undefined && r.voters !== r.roster ? `, voters ${r.voters}` : ''}, applied ${r.included})  sent ${kb(r.bytesSent)} recv ${kb(r.bytesReceived)}  compute ${(100 * r.computeFraction).toFixed(0)}%  ${r.seconds.toFixed(1)}s  weights ${r.weightsHash.slice(0, 12)}`;
+  const reach = net ? `  reach ${reachWord(net.reachability)}` : '';
+  return `${r.event === 'synced' ? 'synced to' : 'round'} ${r.round}  val ${r.valLoss.toFixed(4)}  peers ${r.peers} (roster ${r.roster}${r.voters !== undefined && r.voters !== r.roster ? `, voters ${r.voters}` : ''}, applied ${r.included})  sent ${kb(r.bytesSent)} recv ${kb(r.bytesReceived)}  compute ${(100 * r.computeFraction).toFixed(0)}%  ${r.seconds.toFixed(1)}s  weights ${r.weightsHash.slice(0, 12)}${reach}`;
+}
+
+/** public | private | unknown, "+relay" while a relay reservation is held. */
+export function reachWord(r: Pick<Reachability, 'status' | 'relayed'>): string {
+  return `${r.status}${r.relayed ? '+relay' : ''}`;
+}
+
+/** The network part of a round line (the JSON line's `net`): reachability, connections, relay bytes. */
+export interface NetLine {
+  reachability: Pick<Reachability, 'status' | 'relayed' | 'relayServer'>;
+  /** Open connections: peer id → 'direct' or 'relayed' (direct wins when both exist). */
+  connections: Record<string, 'direct' | 'relayed'>;
+  /** Bytes this peer's relay server carried so far (0 when it is not a relay). */
+  relayCarriedBytes: number;
+  relayReservations: number;
+  /** Bulk bytes this peer fetched and served over relayed connections so far. */
+  bulkRelayedBytes: { fetched: number; served: number };
+}
+
+export function netLine(host: Host): NetLine {
+  const r = host.reachability();
+  const connections: Record<string, 'direct' | 'relayed'> = {};
+  for (const c of host.connections())
+    if (connections[c.peer] !== 'direct') connections[c.peer] = c.relayed ? 'relayed' : 'direct';
+  const relay = host.relayStats();
+  return {
+    reachability: { status: r.status, relayed: r.relayed, relayServer: r.relayServer },
+    connections,
+    relayCarriedBytes: relay.carriedBytes,
+    relayReservations: relay.reservations,
+    bulkRelayedBytes: {
+      fetched: host.metrics.counter('bulk.fetchedRelayedBytes'),
+      served: host.metrics.counter('bulk.servedRelayedBytes'),
+    },
+  };
 }
 
 export function register(program: Command): void {
@@ -23,7 +60,27 @@ export function register(program: Command): void {
     .description('run a swarm peer: train on the assigned shard, agree on updates with the other peers, apply them')
     .requiredOption('--run <file>', 'run manifest (from `tessera run create`)')
     .requiredOption('--data-dir <dir>', 'identity key and acceptor record')
-    .option('--listen <ma>', 'listen multiaddr', '/ip4/127.0.0.1/tcp/0')
+    .option(
+      '--listen <ma...>',
+      'listen multiaddrs (repeat or comma-separate; add /ip4/0.0.0.0/tcp/4002/ws for WebSockets)',
+      collect,
+    )
+    .option(
+      '--announce <ma...>',
+      'advertise these multiaddrs instead of the listen addresses (a public IP, a port forwarded by hand, a DNS name)',
+      collect,
+    )
+    .option(
+      '--relay',
+      'serve as a circuit relay for peers behind NATs, within the manifest limits (default: when listening on a public address)',
+    )
+    .option('--no-relay', 'never serve as a relay')
+    .option(
+      '--reserve',
+      'reserve a slot on a relay and advertise /p2p-circuit addresses (default: when every listen address is private)',
+    )
+    .option('--no-reserve', 'never reserve a relay slot')
+    .option('--upnp', 'ask the home router for a port mapping by UPnP', false)
     .option('--bootstrap <ma...>', 'peers to connect to (multiaddr with /p2p/<id>; repeat or comma-separate)', collect)
     .option(
       '--mdns',
@@ -84,7 +141,11 @@ export function register(program: Command): void {
       async (o: {
         run: string;
         dataDir: string;
-        listen: string;
+        listen?: string[];
+        announce?: string[];
+        relay?: boolean;
+        reserve?: boolean;
+        upnp: boolean;
         bootstrap?: string[];
         mdns: boolean;
         genesisPeers?: string[];
@@ -110,6 +171,7 @@ export function register(program: Command): void {
           throw new InvalidInputError(`cannot read --run ${o.run}: ${(e as Error).message}`);
         }
         const manifest = decodeManifest(text);
+        const relayLimits = networkParams(manifest.manifest).relay;
         if ((o.rpc === undefined) !== (o.contract === undefined))
           throw new InvalidInputError('--rpc and --contract go together');
         if (o.contract !== undefined && !/^0x[0-9a-fA-F]{40}$/.test(o.contract))
@@ -131,7 +193,27 @@ export function register(program: Command): void {
         const node = new SwarmNode({
           manifest,
           dataDir: o.dataDir,
-          listen: [o.listen],
+          listen: o.listen ?? ['/ip4/127.0.0.1/tcp/0'],
+          net: {
+            relay: o.relay ?? 'auto',
+            reserve: o.reserve ?? 'auto',
+            relayLimits: {
+              maxBytes: relayLimits.maxBytes,
+              maxDurationMs: relayLimits.maxSeconds * 1000,
+              maxReservations: relayLimits.maxReservations,
+            },
+            ...(o.announce ? { announce: o.announce } : {}),
+            upnp: o.upnp,
+            // Printed once per change: a peer behind a NAT sees "private" at once and
+            // "private+relay" when it holds a relay slot; a public peer "unknown" until another
+            // peer dialled its address back (AutoNAT), then "public".
+            onReachability: (r) => {
+              const relays = r.relayAddrs.map((a) => a.split('/p2p-circuit')[0]).join(' ');
+              const line = `reachability ${reachWord(r)}${r.relayServer ? ' (serving as relay)' : ''}${relays ? ` via ${relays}` : ''}`;
+              if (o.json) process.stdout.write(JSON.stringify({ event: 'reachability', ...r }) + '\n');
+              else process.stderr.write(`tessera node: ${line}\n`);
+            },
+          },
           bootstrap: o.bootstrap ?? [],
           mdns: o.mdns,
           cacheDir: o.cacheDir,
@@ -143,8 +225,9 @@ export function register(program: Command): void {
           ...(o.genesisPeers ? { genesisPeers: o.genesisPeers } : {}),
           onLog: (line) => process.stderr.write(`tessera node: ${line}\n`),
           onRound: (r) => {
-            if (o.json) process.stdout.write(JSON.stringify({ ...r, peer: node.peerId }) + '\n');
-            else process.stderr.write(formatReport(r) + '\n');
+            const net = netLine(node.host);
+            if (o.json) process.stdout.write(JSON.stringify({ ...r, peer: node.peerId, net }) + '\n');
+            else process.stderr.write(formatReport(r, net) + '\n');
             if (r.event === 'round' && o.rounds > 0 && ++done >= o.rounds) finish();
           },
         });

@@ -15,9 +15,17 @@
  * into one preallocated buffer while hashing it incrementally (no second copy of the
  * object), and resolves only when exactly `size` bytes arrived and their sha256 equals the
  * requested hash. Everything takes an AbortSignal; a timeout aborts the stream.
+ *
+ * Relayed connections (issue 16): a peer behind a NAT is reached through a circuit relay, and
+ * libp2p marks such connections `limited`. Both the handler and the requester opt in with
+ * `runOnLimitedConnection`, so bulk objects travel over relays; a requester refuses, before
+ * the body, an object larger than what is left of the relayed connection's data limit (libp2p
+ * tracks it in `connection.limits.bytes`; RelayLimitError: the
+ * relay would cut it mid-way), so the caller asks another peer instead. A direct connection
+ * (hole-punched or not) is used whenever one exists: dialling by peer id reuses it.
  */
 import { createHash } from 'node:crypto';
-import type { AbortOptions, PeerId, Stream } from '@libp2p/interface';
+import type { AbortOptions, Connection, PeerId, Stream } from '@libp2p/interface';
 import type { Multiaddr } from '@multiformats/multiaddr';
 import { InvalidInputError } from '../util/errors.js';
 import {
@@ -26,10 +34,11 @@ import {
   HostError,
   NotFoundError,
   ProtocolError,
+  RelayLimitError,
   TooLargeError,
   abortedError,
 } from './errors.js';
-import { raceAbort, toDialTarget, type Host } from './host.js';
+import { raceAbort, type Host } from './host.js';
 import { consume, readExactly, sendAll } from './stream-io.js';
 
 export const BULK_PROTOCOL = '/tessera/bulk/1.0.0';
@@ -97,7 +106,7 @@ export async function serveBulk(host: Host, getter: BulkGetter, options: BulkSer
   const log = host.log.child({ protocol: BULK_PROTOCOL });
   const metrics = host.metrics;
 
-  const handler = async (stream: Stream, connection: { remotePeer: PeerId }): Promise<void> => {
+  const handler = async (stream: Stream, connection: Pick<Connection, 'remotePeer' | 'limits'>): Promise<void> => {
     const peer = connection.remotePeer.toString();
     const respond = async (status: BulkStatus, size: number, signal: AbortSignal): Promise<void> => {
       const header = new Uint8Array(HEADER_LENGTH);
@@ -146,6 +155,7 @@ export async function serveBulk(host: Host, getter: BulkGetter, options: BulkSer
         await sendAll(stream, data, { signal, chunkSize, highWaterMark });
         metrics.increment('bulk.served');
         metrics.increment('bulk.servedBytes', data.byteLength);
+        if (connection.limits != null) metrics.increment('bulk.servedRelayedBytes', data.byteLength);
       }
       await stream.close({ signal });
     } catch (err) {
@@ -156,7 +166,15 @@ export async function serveBulk(host: Host, getter: BulkGetter, options: BulkSer
     }
   };
 
-  await host.node.handle(BULK_PROTOCOL, handler, { maxInboundStreams: options.maxInboundStreams ?? 16 });
+  // Who may call it: any connected peer, directly or through a relay (runOnLimitedConnection).
+  // Cost: a lookup by hash and the object's bytes. Cap: maxInboundStreams streams per
+  // connection, a 42-byte request within requestTimeoutMs, each transfer within
+  // transferTimeoutMs, and only objects the getter chooses to serve; a relayed connection is
+  // further cut by the relay's own limits.
+  await host.node.handle(BULK_PROTOCOL, handler, {
+    maxInboundStreams: options.maxInboundStreams ?? 16,
+    runOnLimitedConnection: true,
+  });
   return {
     async close(opts = {}) {
       await host.node.unhandle(BULK_PROTOCOL, opts);
@@ -193,8 +211,12 @@ export async function fetchBulkWithStats(
   const t0 = performance.now();
 
   let stream: Stream;
+  let conn: Connection;
   try {
-    stream = await host.node.dialProtocol(toDialTarget(peer), BULK_PROTOCOL, { signal });
+    // An existing connection is reused (a direct one first); else a new one, through a relay
+    // if that is the only way to reach the peer (Host.connect).
+    conn = await host.connect(peer, { signal });
+    stream = await conn.newStream(BULK_PROTOCOL, { signal, runOnLimitedConnection: true });
   } catch (err) {
     if (signal?.aborted === true) throw abortedError(`fetch ${hash}`, signal);
     throw new HostError(`cannot open ${BULK_PROTOCOL} stream to ${String(peer)}: ${(err as Error).message}`, {
@@ -203,7 +225,8 @@ export async function fetchBulkWithStats(
   }
 
   try {
-    const received = receiveObject(stream, hash, maxBytes, signal);
+    const limit = conn.limits?.bytes;
+    const received = receiveObject(stream, hash, maxBytes, signal, limit == null ? undefined : Number(limit));
     received.catch(() => undefined); // awaited below; may settle before we get there
     const req = new Uint8Array(REQUEST_LENGTH);
     req[0] = VERSION;
@@ -217,6 +240,7 @@ export async function fetchBulkWithStats(
     const ms = performance.now() - t0;
     host.metrics.increment('bulk.fetched');
     host.metrics.increment('bulk.fetchedBytes', data.byteLength);
+    if (conn.limits != null) host.metrics.increment('bulk.fetchedRelayedBytes', data.byteLength);
     return { data, stats: { bytes: data.byteLength, ms, mbPerSec: data.byteLength / 1e6 / (ms / 1e3) } };
   } catch (err) {
     stream.abort(err as Error);
@@ -231,6 +255,7 @@ function receiveObject(
   hash: string,
   maxBytes: number,
   signal: AbortSignal | undefined,
+  relayLimit?: number,
 ): Promise<Uint8Array> {
   return new Promise((resolve, reject) => {
     const header = new Uint8Array(HEADER_LENGTH);
@@ -255,6 +280,8 @@ function receiveObject(
       if (status === BulkStatus.ServerError) throw new ProtocolError('peer failed to read the object');
       if (status !== BulkStatus.Ok) throw new ProtocolError(`unknown bulk status ${status}`);
       if (big > BigInt(maxBytes)) throw new TooLargeError(Number(big), maxBytes, 'announced object');
+      if (relayLimit != null && big + BigInt(HEADER_LENGTH) > BigInt(relayLimit))
+        throw new RelayLimitError(Number(big), relayLimit);
       size = Number(big);
       // allocUnsafe: every byte is overwritten before the buffer is returned.
       const buf = Buffer.allocUnsafeSlow(size);

@@ -77,6 +77,23 @@ export class HostError extends TesseraError {
   }
 }
 
+/**
+ * An object does not fit the limits of the relayed connection it would travel on (a circuit
+ * relay cuts a connection after its data limit). Fetch it from another peer, or directly.
+ */
+export class RelayLimitError extends TesseraError {
+  readonly size: number;
+  readonly limit: number;
+  constructor(size: number, limit: number) {
+    super(
+      'RELAY_LIMIT',
+      `object of ${size} bytes exceeds the ${limit} bytes left on the relayed connection's data limit`,
+    );
+    this.size = size;
+    this.limit = limit;
+  }
+}
+
 /** Wraps `signal.reason` into an AbortedError, keeping the original as the cause. */
 export function abortedError(what: string, signal: AbortSignal): AbortedError {
   const reason: unknown = signal.reason;

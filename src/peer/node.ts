@@ -199,6 +199,7 @@ export class SwarmNode {
       dataDir: o.dataDir,
       listen: o.listen ?? ['/ip4/127.0.0.1/tcp/0'],
       mdns: o.mdns === true,
+      ...o.net,
       logger: this.logger,
       // Peer scoring on the control topic: peers that send invalid messages lose score, and are
       // ignored once they flood them (host.ts controlScoring; loopback is not penalised for colocation).

@@ -3,6 +3,7 @@
  * trusted validators, ledger link) and the test and drill knobs (link delay, misbehaviour).
  */
 import type { Logger } from 'pino';
+import type { HostOptions } from '../net/host.js';
 import type { DecodedManifest } from '../swarm/manifest.js';
 import type { Behaviour } from '../verify/adversaries.js';
 import type { LedgerOptions } from './ledger.js';
@@ -24,6 +25,11 @@ export interface NodeOptions {
   logger?: Logger;
   /** Discover peers on the LAN with mDNS. */
   mdns?: boolean;
+  /**
+   * Reachability (issue 16, net/host.ts): serve as a circuit relay (with the manifest's limits),
+   * reserve a relay slot behind a NAT, announced addresses, UPnP, and a callback on each change.
+   */
+  net?: Pick<HostOptions, 'relay' | 'relayLimits' | 'reserve' | 'announce' | 'upnp' | 'holePunch' | 'onReachability'>;
   /**
    * Emulated one-way link delay in ms (default: env TESSERA_LINK_DELAY_MS, else 0): every
    * control message is handled and every payload download finishes this much later. For

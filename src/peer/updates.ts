@@ -4,6 +4,15 @@
  * with the run's codec (chunk and k from the manifest, never from the payload) and checked finite before they enter the payload store. A payload that does
  * not hash to its name, is too large, or does not decode is dropped and fetched elsewhere, up to
  * 3 passes; one fetch per hash at a time.
+ *
+ * Where to ask (issue 16, peers behind NATs): a payload is content-addressed, so any peer that
+ * holds it can serve it, and the bytes are checked against the hash whoever sends them. Each pass
+ * asks, in order: the named candidates (the author, a commit's leader and acceptors) we hold a
+ * direct connection to; then up to EXTRA_HOLDERS other directly connected peers (a public peer
+ * fetched the update from its NATed author first, and serves it on); then the named candidates
+ * reachable only through a relay. Two home peers behind NATs, which only reach each other
+ * through a relay (or not at all), thus get each other's updates from the public peers both are
+ * connected to; the relay is the last resort, not the first.
  */
 import type { Logger } from 'pino';
 import { HashMismatchError, TooLargeError, fetchBulk, type Host } from '../net/index.js';
@@ -17,6 +26,27 @@ import type { PayloadStore } from './payloads.js';
 const PASSES = 3;
 const PASS_PAUSE_MS = 300;
 const FETCH_MS = 5000;
+/** Directly connected peers asked for a payload besides the named candidates (a NotFound is cheap). */
+const EXTRA_HOLDERS = 8;
+
+/**
+ * The order in which to ask for a payload: named candidates with a direct connection, other
+ * directly connected peers (at most `extra`), then named candidates without one (relayed or not
+ * connected). `self` and `skip` are left out.
+ */
+export function fetchOrder(
+  named: readonly string[],
+  conns: readonly { peer: string; relayed: boolean }[],
+  self: string,
+  skip: ReadonlySet<string> = new Set(),
+  extra = EXTRA_HOLDERS,
+): string[] {
+  const direct = new Set(conns.filter((c) => !c.relayed).map((c) => c.peer));
+  const ok = (p: string) => p !== self && !skip.has(p);
+  const names = [...new Set(named)].filter(ok);
+  const others = [...direct].filter((p) => ok(p) && !names.includes(p)).slice(0, extra);
+  return [...names.filter((p) => direct.has(p)), ...others, ...names.filter((p) => !direct.has(p))];
+}
 
 export interface UpdateFetcherDeps {
   host: Host;
@@ -51,7 +81,7 @@ export class UpdateFetcher {
       // A peer that served bad bytes (wrong hash, size or encoding) is not asked again for this hash.
       const liars = new Set<string>();
       for (let attempt = 0; attempt < PASSES && !this.d.stopped(); attempt++) {
-        const peers = [...new Set(from)].filter((p) => p !== this.d.host.peerId && !liars.has(p));
+        const peers = fetchOrder(from, this.d.host.connections(), this.d.host.peerId, liars);
         if (peers.length === 0) break;
         for (const peer of peers) {
           try {

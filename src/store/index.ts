@@ -160,7 +160,9 @@ export async function openStore(dataDir: string, options: OpenStoreOptions = {})
     Object.defineProperty(helia, 'libp2p', { value: libp2p, enumerable: true, configurable: true });
     helia.addRouter(hostRouter(libp2p));
     // A peer re-asking for a block (say, after finding its copy corrupt) gets it again soon.
-    withBitswap(helia as Helia & { libp2p: Libp2p }, { doNotResendBlockWindow: 200 });
+    // Blocks also travel over relayed (limited) connections, to and from peers behind NATs
+    // (issue 16), within the relay's limits; bitswap refuses those connections by default.
+    withBitswap(helia as Helia & { libp2p: Libp2p }, { doNotResendBlockWindow: 200, runOnLimitedConnections: true });
   }
   await helia.start();
   const signalOf = (o?: AbortOptions) => o?.signal ?? AbortSignal.timeout(DEFAULT_FETCH_TIMEOUT_MS);

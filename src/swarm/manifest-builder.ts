@@ -55,6 +55,8 @@ export interface RunCreateOptions {
   replicas?: number;
   checkpointEvery?: number;
   keepCheckpoints?: number;
+  /** Relay limits every public peer applies per reservation (manifest `network.relay`); defaults in networkParams(). */
+  relay?: { maxBytes?: number; maxSeconds?: number; maxReservations?: number };
   /** How agreed updates are combined (default 'clip': norms clipped to the median first). */
   aggregate?: 'mean' | 'clip' | 'trimmed' | 'centered';
   /** Audit by re-execution: validators re-run each update with this probability (needs overlap none/delayed). */
@@ -132,6 +134,7 @@ export async function buildManifestFromStore(o: RunCreateOptions & { dataset: st
       genesisWeightsHash: weightsHash(gpt.params),
       genesisCid: genesis.toString(),
       ...(storageOf(o) ? { storage: storageOf(o) } : {}),
+      ...(o.relay ? { network: { relay: o.relay } } : {}),
       seed: o.seed,
       timing: {
         trainMs: o.trainMs,
@@ -161,6 +164,7 @@ export function buildManifest(o: RunCreateOptions) {
     dataset: { name: 'brown', trainTokensSha256: ds.stats.train.sha256, numShards: o.shards },
     hyper: hyperOf(o),
     ...(storageOf(o) ? { storage: storageOf(o) } : {}),
+    ...(o.relay ? { network: { relay: o.relay } } : {}),
     genesisWeightsHash: weightsHash(gpt.params),
     seed: o.seed,
     timing: {

@@ -49,6 +49,43 @@ export const CidString = z
     { message: 'must be a CIDv1 string' },
   );
 
+/**
+ * Network settings (issue 16); all optional with defaults, see networkParams(). `relay`: the
+ * limits every public peer's circuit relay puts on each reservation: bytes and seconds per
+ * relayed connection, and how many peers may hold a reservation at once.
+ */
+export const NetworkSchema = z
+  .object({
+    relay: z
+      .object({
+        maxBytes: z
+          .number()
+          .int()
+          .min(64 * 1024)
+          .max(2 ** 40)
+          .optional(),
+        maxSeconds: z.number().int().min(1).max(86_400).optional(),
+        maxReservations: z.number().int().min(1).max(10_000).optional(),
+      })
+      .strict()
+      .optional(),
+  })
+  .strict();
+
+export interface NetworkParams {
+  relay: { maxBytes: number; maxSeconds: number; maxReservations: number };
+}
+export function networkParams(m: { network?: z.infer<typeof NetworkSchema> }): NetworkParams {
+  const r = m.network?.relay;
+  return {
+    relay: {
+      maxBytes: r?.maxBytes ?? 64 * 1024 * 1024,
+      maxSeconds: r?.maxSeconds ?? 600,
+      maxReservations: r?.maxReservations ?? 64,
+    },
+  };
+}
+
 /** Content-addressed storage settings (issue 4); all have defaults, see storageParams(). */
 export const StorageSchema = z
   .object({
@@ -214,6 +251,7 @@ export const ManifestSchema = z
     /** The genesis state as a checkpoint directory CID (store/checkpoint.ts); else θ0 = init(seed). */
     genesisCid: CidString.optional(),
     storage: StorageSchema.optional(),
+    network: NetworkSchema.optional(),
     seed: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
     timing: TimingSchema,
   })
