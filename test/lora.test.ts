@@ -16,6 +16,7 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createRefKernels } from '../src/kernels/ref.js';
+import { loadKernels } from '../src/kernels/index.js';
 import type { ModelConfig } from '../src/model/config.js';
 import { GPT } from '../src/model/gpt.js';
 import { readHF } from '../src/model/hf-import.js';
@@ -256,6 +257,20 @@ for (const arch of ['gpt2', 'llama'] as const) {
     assert.ok(diff < 1e-5, `max diff ${diff}`);
   });
 }
+
+test('native kernels: a fresh adapter leaves the logits bit-identical on both architectures', () => {
+  const k = loadKernels();
+  for (const m of [new GPT(GCFG, k), new Llama(LCFG, k)]) {
+    m.init(2);
+    const any: AnyModelConfig = m instanceof GPT ? { arch: 'gpt2', config: GCFG } : { arch: 'llama', config: LCFG };
+    const { tokens } = batch(11, 2, 6, 5);
+    const before = m.logits(tokens, 2, 6);
+    const a = new LoraAdapter(any, { r: 8, alpha: 16, targets: ['all'] });
+    a.init(7);
+    m.lora = a;
+    assert.ok(bits(m.logits(tokens, 2, 6)).equals(bits(before)), `${k.name} kernels: logits changed`);
+  }
+});
 
 test('targets: names resolve per architecture, unknown ones are refused', () => {
   assert.deepEqual(resolveTargets('gpt2', ['c_proj']), ['attn.c_proj', 'mlp.c_proj']);
