@@ -1,7 +1,8 @@
 /**
  * `tessera train --init DIR`: fine-tuning a checkpoint alone from the command line, on tiny
  * models. LoRA on a GPT-2 checkpoint (validation loss falls, the base weights' hash is unchanged,
- * a PEFT adapter and a merged Hugging Face model are written), full fine-tuning of a Llama
+ * a PEFT adapter and a merged Hugging Face model are written, and `eval --adapter` applies the
+ * adapter), full fine-tuning of a Llama
  * checkpoint (a loadable checkpoint of the same format with new weights), and bad input refused
  * with a clear message (a LoRA flag without --init, a malformed JSONL line named by number).
  */
@@ -96,6 +97,18 @@ test('train --init: LoRA on a GPT-2 checkpoint, then full fine-tuning of a Llama
   assert.equal(a.numParams, s.trainableParams);
   const merged = await readHF(s.files.merged);
   assert.equal(merged.arch, 'gpt2');
+  // eval with and without the adapter: it loads, applies, and changes the loss.
+  const text = join(root, 'eval.txt');
+  await writeFile(text, WORDS.map((w) => `say ${w}: ${w} ${w}`).join('\n'));
+  const ev = (extra: string[]) => {
+    const e = cli(['eval', '--checkpoint', join(root, 'gpt'), '--text', text, '--json', ...extra]);
+    assert.equal(e.status, 0, e.stderr);
+    return (JSON.parse(e.stdout) as { loss: number }).loss;
+  };
+  const plain = ev([]),
+    adapted = ev(['--adapter', s.files.adapter]);
+  console.log(`CLI eval: base ${plain.toFixed(4)}, with adapter ${adapted.toFixed(4)}`);
+  assert.ok(adapted < plain, `${plain} → ${adapted}`);
 
   const l = new Llama(
     {
