@@ -276,11 +276,9 @@ export class LoraAdapter {
   private ensure(N: number): void {
     if (N === this.N) return;
     const r = this.config.r;
-    let maxOut = 0,
-      maxIn = 0;
+    let maxOut = 0;
     for (const s of this.sites) {
       maxOut = Math.max(maxOut, s.out);
-      maxIn = Math.max(maxIn, s.in);
     }
     this.tmp = new Float32Array(N * maxOut);
     this.du = new Float32Array(N * r);
