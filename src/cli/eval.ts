@@ -1,4 +1,4 @@
-/** `tessera eval`: mean next-token loss of a checkpoint on a text file. */
+/** `tessera eval`: mean next-token loss of a checkpoint (optionally plus a LoRA adapter) on a text file. */
 import type { Command } from 'commander';
 import { int } from './args.js';
 import { say, result } from './output.js';
@@ -13,11 +13,12 @@ export function register(program: Command): void {
     .requiredOption('--checkpoint <dir>', 'checkpoint directory (or a run directory)')
     .requiredOption('--text <file>', 'text to score')
     .option('--tokenizer <file>', "tokenizer.json (default: the checkpoint's)")
+    .option('--adapter <dir>', 'a PEFT LoRA adapter directory to apply (train --init --lora writes one)')
     .option('--threads <n>', 'worker threads', int(1, 1024), 2)
     .option('--json', 'print {"loss", "tokens"} on stdout', false)
     .action(async (o) => {
       const k = loadKernels({ threads: o.threads });
-      const m = await loadModel(o.checkpoint, k, o.tokenizer);
+      const m = await loadModel(o.checkpoint, k, o.tokenizer, o.adapter);
       const docs = readDocuments(o.text);
       // Documents are joined the way training saw them: each one preceded by <|endoftext|>.
       const ids: number[] = [];

@@ -101,6 +101,7 @@ export function register(program: Command): void {
     .option('--top-k <n>', 'sample from the k most likely tokens (0 = all)', int(0), 40)
     .option('--seed <n>', 'sampling seed', int(0), 1)
     .option('--tokenizer <file>', "tokenizer.json (default: the checkpoint's)")
+    .option('--adapter <dir>', 'a PEFT LoRA adapter directory to apply (train --init --lora writes one)')
     .option('--threads <n>', 'worker threads', int(1, 1024), 2)
     .option('--json', 'print {"prompt", "completion", "tokens"} on stdout', false)
     .action(async (o) => {
@@ -108,7 +109,7 @@ export function register(program: Command): void {
         throw new InvalidInputError('give either --checkpoint <dir> or --swarm <pipe.json>');
       if (o.swarm) return generateSwarm(o as SwarmGen);
       const k = loadKernels({ threads: o.threads });
-      const m = await loadModel(o.checkpoint, k, o.tokenizer);
+      const m = await loadModel(o.checkpoint, k, o.tokenizer, o.adapter);
       const prompt = [m.tokenizer.eotId, ...m.tokenizer.encodeOrdinary(o.prompt)];
       const out: number[] = [];
       if (!o.json) process.stdout.write(o.prompt);

@@ -1,4 +1,7 @@
-/** Loading a checkpoint directory and its tokenizer for the commands that use a trained model. */
+/**
+ * Loading a checkpoint directory and its tokenizer for the commands that use a trained model,
+ * optionally with a PEFT LoRA adapter (`train --init ... --lora` writes one) attached.
+ */
 import { existsSync } from 'node:fs';
 import { join, dirname } from 'node:path';
 import { loadCheckpoint, checkTokenizerMatches } from '../model/checkpoint.js';
@@ -6,6 +9,7 @@ import { GPT } from '../model/gpt.js';
 import { Tokenizer } from '../data/index.js';
 import type { Kernels } from '../kernels/api.js';
 import { InvalidInputError } from '../util/errors.js';
+import { loadPeft } from '../model/peft.js';
 
 export interface LoadedModel {
   gpt: GPT;
@@ -19,7 +23,12 @@ export interface LoadedModel {
  * `path` is a checkpoint directory (or a run directory holding `checkpoint/`). The tokenizer is
  * the checkpoint's own tokenizer.json unless `tokenizerPath` is given; its vocabulary must match.
  */
-export async function loadModel(path: string, kernels: Kernels, tokenizerPath?: string): Promise<LoadedModel> {
+export async function loadModel(
+  path: string,
+  kernels: Kernels,
+  tokenizerPath?: string,
+  adapterDir?: string,
+): Promise<LoadedModel> {
   let dir = path;
   if (!existsSync(join(dir, 'config.json')) && existsSync(join(dir, 'checkpoint', 'config.json')))
     dir = join(dir, 'checkpoint');
@@ -31,6 +40,7 @@ export async function loadModel(path: string, kernels: Kernels, tokenizerPath?: 
   checkTokenizerMatches(ck.config, tokenizer.vocabSize, tokPath);
   const gpt = new GPT(ck.config, kernels);
   gpt.params.set(ck.params);
+  if (adapterDir !== undefined) gpt.lora = await loadPeft(adapterDir, { arch: 'gpt2', config: ck.config });
   return { gpt, tokenizer, tokenizerPath: tokPath, weightsHash: ck.weightsHash, meta: ck.meta };
 }
 

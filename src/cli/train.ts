@@ -1,4 +1,8 @@
-/** `tessera train`: train a GPT on the embedded Brown corpus or your own text, on this machine. */
+/**
+ * `tessera train`: train a GPT on the embedded Brown corpus or your own text, on this machine;
+ * or, with `--init DIR`, fine-tune an existing GPT-2 or Llama checkpoint (e.g. from `tessera
+ * import --hf`) on a JSONL file, fully or with a LoRA adapter (`--lora r,alpha,targets`).
+ */
 import type { Command } from 'commander';
 import { readFileSync } from 'node:fs';
 import { homedir } from 'node:os';
@@ -10,6 +14,8 @@ import { loadKernels } from '../kernels/index.js';
 import { runTraining } from '../train/run.js';
 import { DEFAULT_TRAIN, TrainConfigSchema, type TrainConfig } from '../train/config.js';
 import { InvalidInputError } from '../util/errors.js';
+import { parseLoraFlag, runFinetune, type FinetuneConfig } from '../train/finetune.js';
+import type { Kernels } from '../kernels/api.js';
 
 export function defaultCacheDir(): string {
   return process.env.TESSERA_CACHE ?? join(process.env.XDG_CACHE_HOME ?? join(homedir(), '.cache'), 'tessera');
@@ -131,6 +137,94 @@ function startBar(total: number, start: number): cliProgress.SingleBar {
   return bar;
 }
 
+/** `train --init`: fine-tuning of an existing checkpoint (src/train/finetune.ts). */
+async function finetune(o: Record<string, unknown>, given: Set<string>, kernels: Kernels): Promise<void> {
+  if (typeof o.jsonl !== 'string')
+    throw new InvalidInputError('--init needs --jsonl <file> (text or prompt/completion lines)');
+  const lora = typeof o.lora === 'string' ? parseLoraFlag(o.lora) : null;
+  const steps = given.has('steps') ? (o.steps as number) : 100;
+  const pick = <T>(flag: string, dflt: T): T => (given.has(flag) ? (o[flag] as T) : dflt);
+  const cfg: FinetuneConfig = {
+    init: resolve(o.init as string),
+    data: resolve(o.jsonl),
+    lora,
+    merged: o.merged === true,
+    steps,
+    batch: pick('batch', 8),
+    ctx: pick<number | null>('ctx', null),
+    lr: pick('lr', lora ? 1e-3 : 1e-4),
+    minLrFrac: pick('minLrFrac', 0.1),
+    warmup: pick('warmup', Math.min(20, Math.floor(steps / 10))),
+    schedule: pick('schedule', 'cosine'),
+    adamw: { ...DEFAULT_TRAIN.adamw, weightDecay: pick('weightDecay', 0), gradClip: o.gradClip as number },
+    seed: o.seed as number,
+    evalEvery: pick('evalEvery', Math.max(1, Math.floor(steps / 5))),
+    evalBatches: o.evalBatches as number,
+    eos: pick<number | null>('eos', null),
+  };
+  kernels.setThreads(o.threads as number);
+  kernels.setDeterministic(o.deterministic === true);
+  const outDir = resolve(o.out as string);
+  const ac = new AbortController();
+  const onSigint = () => {
+    say(o, '\ninterrupted: finishing this step and writing the result (Ctrl-C again to abort now)');
+    ac.abort();
+    process.once('SIGINT', () => process.exit(130));
+  };
+  process.once('SIGINT', onSigint);
+  const tty = process.stderr.isTTY && !o.json;
+  let bar: cliProgress.SingleBar | null = null;
+  let lastVal = NaN,
+    lastLine = -Infinity;
+  try {
+    const s = await runFinetune(
+      cfg,
+      kernels,
+      outDir,
+      {
+        onReady: (r) => {
+          say(
+            o,
+            `model: ${r.arch === 'gpt2' ? 'GPT-2' : 'Llama'} from ${cfg.init}, ${r.params.toLocaleString('en-US')} parameters; training ${r.trainable.toLocaleString('en-US')} (${lora ? `LoRA r=${lora.r} alpha=${lora.alpha}` : 'full fine-tuning'}), ${kernels.name} kernels`,
+          );
+          say(
+            o,
+            `data: ${r.examples} examples from ${cfg.data}, ${r.trainTokens.toLocaleString('en-US')} train / ${r.valTokens.toLocaleString('en-US')} val tokens, windows of ${r.T}`,
+          );
+          if (tty) bar = startBar(cfg.steps, 0);
+        },
+        onStep: (r) => {
+          const payload = {
+            loss: r.loss.toFixed(3),
+            val: Number.isNaN(lastVal) ? '-' : lastVal.toFixed(3),
+            tps: r.tokensPerSec.toFixed(0),
+          };
+          if (bar) bar.update(r.step, payload);
+          else if (!o.json && (r.elapsedMs - lastLine > 10_000 || r.step === r.totalSteps || r.step === 1)) {
+            lastLine = r.elapsedMs;
+            say(o, `step ${r.step}/${r.totalSteps} loss ${payload.loss} val ${payload.val} ${payload.tps} tok/s`);
+          }
+        },
+        onEval: (e) => {
+          lastVal = e.valLoss;
+          if (!bar) say(o, `step ${e.step}: validation loss ${e.valLoss.toFixed(4)}`);
+        },
+      },
+      ac.signal,
+    );
+    (bar as cliProgress.SingleBar | null)?.stop();
+    const human = [
+      `done: ${s.steps} steps, ${s.tokens.toLocaleString('en-US')} tokens in ${s.seconds.toFixed(1)} s`,
+      `validation loss ${s.initialValLoss.toFixed(4)} → ${s.finalValLoss.toFixed(4)} nats/token (masked to completions)`,
+      ...Object.entries(s.files).map(([k, v]) => `${k.padEnd(10)} → ${v}`),
+    ].join('\n');
+    result(o, s, human);
+  } finally {
+    (bar as cliProgress.SingleBar | null)?.stop();
+    process.removeListener('SIGINT', onSigint);
+  }
+}
+
 export function register(program: Command): void {
   program
     .command('train')
@@ -170,9 +264,18 @@ export function register(program: Command): void {
     )
     .option('--threads <n>', 'worker threads', int(1, 1024), DEFAULT_TRAIN.threads)
     .option('--deterministic', 'bitwise-reproducible kernels (slower)', false)
+    .option('--init <dir>', 'fine-tune this checkpoint (tessera-gpt2 or tessera-llama, e.g. from import --hf)')
+    .option('--lora <r,alpha,targets>', "with --init: train a LoRA adapter, e.g. 8,16,q_proj+v_proj ('all' by default)")
+    .option('--jsonl <file>', 'with --init: {"text"} or {"prompt","completion"} lines (loss masked to completions)')
+    .option('--merged', 'with --init: also write a merged Hugging Face model', false)
+    .option('--eos <id>', 'with --init: end-of-text token id (default: from the tokenizer)', int(0))
     .option('--json', 'print one JSON summary on stdout', false)
     .action(async (o, cmd: Command) => {
       const given = new Set(Object.keys(o).filter((k) => cmd.getOptionValueSource(k) === 'cli'));
+      if (o.init !== undefined)
+        return finetune(o, given, loadKernels({ threads: o.threads, deterministic: o.deterministic }));
+      for (const f of ['lora', 'jsonl', 'merged', 'eos'])
+        if (given.has(f)) throw new InvalidInputError(`--${f} needs --init <checkpoint dir>`);
       const cfg = buildConfig(o, given);
       const outDir = resolve(o.out);
       const kernels = loadKernels({ threads: cfg.threads, deterministic: cfg.deterministic });

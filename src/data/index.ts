@@ -39,3 +39,14 @@ export {
   type TokenArray,
 } from './batches.js';
 export { TokenBuffer } from './token-buffer.js';
+export {
+  MAX_FINETUNE_BYTES,
+  MAX_FINETUNE_TOKENS,
+  MaskedBatchSampler,
+  maskedEvalBatches,
+  packExamples,
+  parseFinetuneJsonl,
+  readFinetuneJsonl,
+  type FinetuneExample,
+  type MaskedStream,
+} from './finetune.js';

@@ -12,9 +12,15 @@
  * a Stage keeps activations per in-flight micro-batch and holds only its own tensors), and
  * what they share is exactly the block. Weights are the LayerViews of params.ts; the callers
  * keep the embeddings, the final LayerNorm, the head and the loss.
+ *
+ * An optional ProjectionHook (a LoRA adapter's layer, lora.ts) is told about each projection
+ * (c_attn, attn.c_proj, c_fc, mlp.c_proj, Hugging Face's module names): forward lets it add to the
+ * projection's output, backward to the projection's input gradient. Without one the block runs
+ * exactly as before.
  */
 import type { Kernels } from '../kernels/api.js';
 import type { LayerViews } from './params.js';
+import type { ProjectionHook } from './lora.js';
 
 /** What one block keeps from forward for backward. Every field is a whole view, sized by blockActs. */
 export interface BlockActs {
@@ -108,17 +114,22 @@ export function blockForward(
   T: number,
   C: number,
   NH: number,
+  hook?: ProjectionHook,
 ): Float32Array {
   const N = B * T;
   k.layernormForward(x.ln1, x.ln1Mean, x.ln1Rstd, input, w.ln1w, w.ln1b, N, C);
   k.matmulForward(x.qkv, x.ln1, w.qkvw, w.qkvb, N, C, 3 * C);
+  hook?.forward('c_attn', x.qkv, x.ln1, N);
   k.attentionForward(x.atty, x.att, x.qkv, B, T, C, NH);
   k.matmulForward(scratch, x.atty, w.attprojw, w.attprojb, N, C, C);
+  hook?.forward('attn.c_proj', scratch, x.atty, N);
   k.add(x.res2, input, scratch, N * C);
   k.layernormForward(x.ln2, x.ln2Mean, x.ln2Rstd, x.res2, w.ln2w, w.ln2b, N, C);
   k.matmulForward(x.fch, x.ln2, w.fcw, w.fcb, N, C, 4 * C);
+  hook?.forward('c_fc', x.fch, x.ln2, N);
   k.geluForward(x.fchGelu, x.fch, N * 4 * C);
   k.matmulForward(scratch, x.fchGelu, w.fcprojw, w.fcprojb, N, 4 * C, C);
+  hook?.forward('mlp.c_proj', scratch, x.fchGelu, N);
   k.add(x.res3, x.res2, scratch, N * C);
   return x.res3;
 }
@@ -138,6 +149,7 @@ export function blockBackward(
   T: number,
   C: number,
   NH: number,
+  hook?: ProjectionHook,
 ): void {
   const N = B * T,
     C4 = 4 * C;
@@ -145,17 +157,21 @@ export function blockBackward(
   // res3 = res2 + proj(gelu(fc(ln2(res2)))): dres flows to res2 unchanged, plus the MLP branch.
   d4Ca.fill(0);
   k.matmulBackward(d4Ca, gw.fcprojw, gw.fcprojb, dres, x.fchGelu, w.fcprojw, N, C4, C);
+  hook?.backward('mlp.c_proj', d4Ca, dres, x.fchGelu, N);
   d4Cb.fill(0);
   k.geluBackward(d4Cb, x.fch, d4Ca, N * C4);
   dC.fill(0);
   k.matmulBackward(dC, gw.fcw, gw.fcb, d4Cb, x.ln2, w.fcw, N, C, C4);
+  hook?.backward('c_fc', dC, d4Cb, x.ln2, N);
   k.layernormBackward(dres, gw.ln2w, gw.ln2b, dC, x.res2, w.ln2w, x.ln2Mean, x.ln2Rstd, N, C);
   // res2 = input + proj(attn(qkv(ln1(input)))).
   dC.fill(0);
   k.matmulBackward(dC, gw.attprojw, gw.attprojb, dres, x.atty, w.attprojw, N, C, C);
+  hook?.backward('attn.c_proj', dC, dres, x.atty, N);
   d3C.fill(0);
   k.attentionBackward(d3C, datt, dC, x.qkv, x.att, B, T, C, NH);
   dC.fill(0);
   k.matmulBackward(dC, gw.qkvw, gw.qkvb, d3C, x.ln1, w.qkvw, N, C, 3 * C);
+  hook?.backward('c_attn', dC, d3C, x.ln1, N);
   k.layernormBackward(dres, gw.ln1w, gw.ln1b, dC, input, w.ln1w, x.ln1Mean, x.ln1Rstd, N, C);
 }

@@ -10,6 +10,9 @@
  * tanh-GELU MLP of width 4C, causal multi-head attention with packed qkv, final LayerNorm,
  * lm_head tied to wte, no dropout. The transformer block itself is block.ts (shared with the
  * pipeline stages of stage.ts); this file holds the embeddings, final LayerNorm, head and loss.
+ *
+ * An optional LoRA adapter (`lora`, lora.ts) is consulted at the block's projections; with
+ * none attached (the default) every path is exactly the adapter-free one.
  */
 import type { Kernels } from '../kernels/api.js';
 import { ModelConfigSchema, type ModelConfig } from './config.js';
@@ -17,6 +20,7 @@ import { paramCount, paramSpecs, paramViews, type ParamViews } from './params.js
 import { blockActs, blockBackward, blockForward, blockGrads, type BlockActs, type BlockGrads } from './block.js';
 import { Rng } from '../util/rng.js';
 import { InvalidInputError } from '../util/errors.js';
+import type { LoraAdapter } from './lora.js';
 
 /**
  * Walks GPT-2's initial values tensor by tensor in layout order (paramSpecs), calling
@@ -77,6 +81,7 @@ export class GPT {
   readonly g: ParamViews;
   private acts: Acts | null = null;
   private inputs: Int32Array | null = null;
+  private adapter: LoraAdapter | null = null;
 
   constructor(config: ModelConfig, kernels: Kernels) {
     this.config = ModelConfigSchema.parse(config);
@@ -101,6 +106,15 @@ export class GPT {
 
   zeroGrad(): void {
     this.grads.fill(0);
+  }
+
+  /** The attached LoRA adapter (null: none). Setting one checks it was built for this model. */
+  get lora(): LoraAdapter | null {
+    return this.adapter;
+  }
+  set lora(a: LoraAdapter | null) {
+    a?.checkFits('gpt2', this.config);
+    this.adapter = a;
   }
 
   private ensureActs(B: number, T: number): Acts {
@@ -165,7 +179,8 @@ export class GPT {
     k.embeddingForward(a.encoded, tokens, p.wte, p.wpe, B, T, C);
     let residual = a.encoded;
     for (let l = 0; l < this.config.layers; l++) {
-      residual = blockForward(k, p.layers[l], a.layers[l], residual, a.scratch, B, T, C, NH);
+      const hook = this.adapter?.layerHook(l, k);
+      residual = blockForward(k, p.layers[l], a.layers[l], residual, a.scratch, B, T, C, NH, hook);
     }
     k.layernormForward(a.lnf, a.lnfMean, a.lnfRstd, residual, p.lnfw, p.lnfb, N, C);
     k.matmulForward(a.logits, a.lnf, p.wte, null, N, C, V);
@@ -238,7 +253,8 @@ export class GPT {
 
     for (let l = L - 1; l >= 0; l--) {
       const input = l === 0 ? a.encoded : a.layers[l - 1].res3;
-      blockBackward(k, p.layers[l], g.layers[l], a.layers[l], input, a, B, T, C, NH);
+      const hook = this.adapter?.layerHook(l, k);
+      blockBackward(k, p.layers[l], g.layers[l], a.layers[l], input, a, B, T, C, NH, hook);
     }
     k.embeddingBackward(g.wte, g.wpe, dres, tokens, B, T, C);
   }

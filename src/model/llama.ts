@@ -20,6 +20,10 @@
  *
  * Matmuls and the loss go through the Kernels interface; the Llama-specific ops are the
  * reference kernels of llama-kernels.ts. No I/O here.
+ *
+ * An optional LoRA adapter (`lora`, lora.ts) is consulted at every projection (q_proj, k_proj,
+ * v_proj before RoPE, o_proj, gate_proj, up_proj, down_proj); with none attached (the default)
+ * every path is exactly the adapter-free one.
  */
 import type { Kernels } from '../kernels/api.js';
 import { InvalidInputError } from '../util/errors.js';
@@ -38,6 +42,7 @@ import {
   swigluForward,
 } from './llama-kernels.js';
 import type { TensorSpec } from './params.js';
+import type { LoraAdapter } from './lora.js';
 
 export interface LlamaLayerViews {
   attnNorm: Float32Array;
@@ -166,6 +171,7 @@ export class Llama {
   readonly g: LlamaViews;
   private acts: Acts | null = null;
   private inputs: Int32Array | null = null;
+  private adapter: LoraAdapter | null = null;
 
   constructor(config: LlamaConfig, kernels: Kernels) {
     const r = LlamaConfigSchema.safeParse(config);
@@ -204,6 +210,15 @@ export class Llama {
 
   zeroGrad(): void {
     this.grads.fill(0);
+  }
+
+  /** The attached LoRA adapter (null: none). Setting one checks it was built for this model. */
+  get lora(): LoraAdapter | null {
+    return this.adapter;
+  }
+  set lora(a: LoraAdapter | null) {
+    a?.checkFits('llama', this.config);
+    this.adapter = a;
   }
 
   private ensureActs(B: number, T: number): Acts {
@@ -284,20 +299,32 @@ export class Llama {
     for (let l = 0; l < this.config.layers; l++) {
       const w = p.layers[l],
         s = a.layers[l];
+      const hook = this.adapter?.layerHook(l, k);
       rmsnormForward(s.xn1, s.rstd1, x, w.attnNorm, N, C, eps);
       k.matmulForward(s.q, s.xn1, w.wq, null, N, C, Q);
       k.matmulForward(s.k, s.xn1, w.wk, null, N, C, K);
       k.matmulForward(s.v, s.xn1, w.wv, null, N, C, K);
+      if (hook) {
+        hook.forward('q_proj', s.q, s.xn1, N);
+        hook.forward('k_proj', s.k, s.xn1, N);
+        hook.forward('v_proj', s.v, s.xn1, N);
+      }
       ropeForward(s.q, a.cos, a.sin, B, T, NH, hd);
       ropeForward(s.k, a.cos, a.sin, B, T, KV, hd);
       gqaForward(s.atty, s.att, s.q, s.k, s.v, B, T, NH, KV, hd);
       k.matmulForward(a.scratch, s.atty, w.wo, null, N, Q, C);
+      hook?.forward('o_proj', a.scratch, s.atty, N);
       k.add(s.res2, x, a.scratch, N * C);
       rmsnormForward(s.xn2, s.rstd2, s.res2, w.mlpNorm, N, C, eps);
       k.matmulForward(s.gate, s.xn2, w.wGate, null, N, C, H);
       k.matmulForward(s.up, s.xn2, w.wUp, null, N, C, H);
+      if (hook) {
+        hook.forward('gate_proj', s.gate, s.xn2, N);
+        hook.forward('up_proj', s.up, s.xn2, N);
+      }
       swigluForward(s.hmid, s.gate, s.up, N * H);
       k.matmulForward(a.scratch, s.hmid, w.wDown, null, N, H, C);
+      hook?.forward('down_proj', a.scratch, s.hmid, N);
       k.add(s.res3, s.res2, a.scratch, N * C);
       x = s.res3;
     }
@@ -376,19 +403,26 @@ export class Llama {
         gw = g.layers[l],
         s = a.layers[l];
       const input = l === 0 ? a.encoded : a.layers[l - 1].res3;
+      const hook = this.adapter?.layerHook(l, k);
       // res3 = res2 + down(swiglu(gate(xn2), up(xn2))): dres reaches res2 unchanged, plus the MLP.
       dH.fill(0);
       k.matmulBackward(dH, gw.wDown, null, dres, s.hmid, w.wDown, N, H, C);
+      hook?.backward('down_proj', dH, dres, s.hmid, N);
       dgate.fill(0);
       dup.fill(0);
       swigluBackward(dgate, dup, dH, s.gate, s.up, N * H);
       dC.fill(0);
       k.matmulBackward(dC, gw.wGate, null, dgate, s.xn2, w.wGate, N, C, H);
       k.matmulBackward(dC, gw.wUp, null, dup, s.xn2, w.wUp, N, C, H);
+      if (hook) {
+        hook.backward('gate_proj', dC, dgate, s.xn2, N);
+        hook.backward('up_proj', dC, dup, s.xn2, N);
+      }
       rmsnormBackward(dres, gw.mlpNorm, dC, s.res2, w.mlpNorm, s.rstd2, N, C);
       // res2 = input + wo(attention(rope(wq xn1), rope(wk xn1), wv xn1)).
       datty.fill(0);
       k.matmulBackward(datty, gw.wo, null, dres, s.atty, w.wo, N, Q, C);
+      hook?.backward('o_proj', datty, dres, s.atty, N);
       dq.fill(0);
       dk.fill(0);
       dv.fill(0);
@@ -399,6 +433,11 @@ export class Llama {
       k.matmulBackward(dC, gw.wq, null, dq, s.xn1, w.wq, N, C, Q);
       k.matmulBackward(dC, gw.wk, null, dk, s.xn1, w.wk, N, C, K);
       k.matmulBackward(dC, gw.wv, null, dv, s.xn1, w.wv, N, C, K);
+      if (hook) {
+        hook.backward('q_proj', dC, dq, s.xn1, N);
+        hook.backward('k_proj', dC, dk, s.xn1, N);
+        hook.backward('v_proj', dC, dv, s.xn1, N);
+      }
       rmsnormBackward(dres, gw.attnNorm, dC, input, w.attnNorm, s.rstd1, N, C);
     }
     embedBackward(g.embed, dres, tokens, N, C);

@@ -36,15 +36,19 @@ export class AdamW {
   step = 0;
   private readonly ranges: Range[];
 
-  /** `specs`: another tensor table (a pipeline stage's slice of the model); default the whole model. */
+  /**
+   * `specs`: another tensor table (a pipeline stage's slice of the model, a Llama's llamaSpecs,
+   * a LoRA adapter's loraSpecs); default the whole GPT-2 model of `config` (null: specs required).
+   */
   constructor(
-    readonly config: ModelConfig,
+    readonly config: ModelConfig | null,
     readonly settings: AdamWSettings,
     private readonly kernels: Kernels,
     specs?: readonly TensorSpec[],
   ) {
-    const table = specs ?? paramSpecs(config);
-    const n = specs ? table.reduce((t, x) => Math.max(t, x.offset + x.size), 0) : paramCount(config);
+    if (!specs && !config) throw new RangeError('AdamW needs a model config or a tensor table');
+    const table = specs ?? paramSpecs(config!);
+    const n = specs ? table.reduce((t, x) => Math.max(t, x.offset + x.size), 0) : paramCount(config!);
     this.m = new Float32Array(n);
     this.v = new Float32Array(n);
     this.ranges = [];

@@ -9,12 +9,23 @@
  * A non-finite loss raises NonFiniteLossError before the optimizer touches the weights, its
  * moments or its step count; what to do about it (stop a job, fail an audit, stop a run) is the
  * caller's decision.
+ *
+ * What it trains is any Trainable: a GPT or a Llama (all their parameters), or a LoRA adapter
+ * (model/lora.ts loraTrainable: the adapter's buffer alone, the base frozen).
  */
-import type { GPT } from '../model/gpt.js';
 import type { Batch } from '../data/batches.js';
 import { InvalidInputError, NonFiniteLossError } from '../util/errors.js';
 import type { AdamW } from './adamw.js';
 import { lrAt, type Schedule } from './schedule.js';
+
+/** A flat parameter buffer, its gradient, and the forward + backward that fills the gradient. */
+export interface Trainable {
+  readonly params: Float32Array;
+  readonly grads: Float32Array;
+  zeroGrad(): void;
+  /** Mean loss of the batch; ACCUMULATES d(loss)/d(params)·gradScale into grads. */
+  forwardBackward(tokens: Int32Array, targets: Int32Array, B: number, T: number, gradScale?: number): number;
+}
 
 export interface InnerStep {
   /**
@@ -42,7 +53,7 @@ export interface InnerStepResult {
  * One inner step on `gpt`'s parameters with `opt`. Throws NonFiniteLossError (weights, moments
  * and step count untouched; gradients overwritten) when the loss is NaN or infinite.
  */
-export function innerStep(gpt: GPT, opt: AdamW, s: InnerStep): InnerStepResult {
+export function innerStep(gpt: Trainable, opt: AdamW, s: InnerStep): InnerStepResult {
   const { batches, B, T } = s;
   if (batches.length === 0) throw new InvalidInputError('an inner step needs at least one batch');
   gpt.zeroGrad();

@@ -1,14 +1,18 @@
 /**
- * `tessera train`'s stepping and evaluation over a GPT: a step count over the one inner step
+ * `tessera train`'s stepping and evaluation over a model (GPT, Llama, or a LoRA adapter on one): a step count over the one inner step
  * (src/train/inner-step.ts: forward, backward, clip, AdamW, with micro-batch accumulation),
  * and the mean loss over evaluation batches. No I/O: the caller supplies batches and decides
  * when to log, evaluate or checkpoint. The swarm's inner steps and a validator's re-execution
  * run the same inner step.
  */
-import { GPT } from '../model/gpt.js';
 import { AdamW } from './adamw.js';
 import type { Schedule } from './schedule.js';
-import { innerStep } from './inner-step.js';
+import { innerStep, type Trainable } from './inner-step.js';
+
+/** What the trainer steps and evaluates: a GPT, a Llama, or a LoRA adapter on either (lora.ts). */
+export interface TrainableModel extends Trainable {
+  loss(tokens: Int32Array, targets: Int32Array, B: number, T: number): number;
+}
 
 export interface Batch {
   inputs: Int32Array;
@@ -27,7 +31,7 @@ export class Trainer {
   /** Number of completed optimizer steps. */
   stepCount = 0;
   constructor(
-    readonly gpt: GPT,
+    readonly gpt: TrainableModel,
     readonly opt: AdamW,
     readonly schedule: Schedule,
     readonly B: number,
