@@ -22,6 +22,7 @@ import {
   joinRoom,
   nextRoster,
   votersOf,
+  wantsState,
   leaderOf,
   toWire,
   majority,
@@ -1562,4 +1563,32 @@ test('a full join list keeps the best-ranked requests: a flood sent first does n
   assert.deepEqual(join(behind), ['buffer-full']);
   assert.deepEqual(join(ahead), []);
   assert.ok(s.joins.includes(ahead) && !s.joins.includes(worst));
+});
+
+test('a lagging peer installs the state its round voters announced even after its target moved on', () => {
+  const t = solo();
+  // 'a' sits in round 0's agreement (it never saw the decision); the others finished it.
+  t.feed({ type: 'tick', now: t.p.submitMs + 1 });
+  assert.equal(t.s.phase, 'agreement');
+  const s1: RoundSnapshot = { round: 1, weightsHash: sha256Hex('w1'), roster: PEERS4, missed: [0, 0, 0, 0] };
+  const s2: RoundSnapshot = { round: 2, weightsHash: sha256Hex('w2'), roster: PEERS4, missed: [0, 0, 0, 0] };
+  for (const id of ['b', 'c', 'd']) t.msg(announceOf(id, s1));
+  t.feed({ type: 'tick', now: t.p.submitMs + t.p.commitMs + 10 }); // its attempt times out: behind()
+  assert.equal(t.s.phase, 'syncing');
+  assert.equal(t.s.sync?.target?.round, 1);
+  // While it downloads round 1, the run finishes round 1 too: the target moves to round 2.
+  for (const id of ['b', 'c', 'd']) t.msg(announceOf(id, s2));
+  assert.equal(t.s.sync?.target?.round, 2);
+  // The slow download of round 1 still lands: a quorum of round 0's voters announced it.
+  assert.equal(wantsState(t.s, 1, s1.weightsHash), true);
+  assert.deepEqual(t.feed({ type: 'synced', snapshot: s1 }).rejected, []);
+  assert.equal(t.s.round, 1);
+  // A state nobody announced is still refused.
+  const u = solo();
+  u.feed({ type: 'tick', now: u.p.submitMs + 1 });
+  for (const id of ['b', 'c', 'd']) u.msg(announceOf(id, s1));
+  u.feed({ type: 'tick', now: u.p.submitMs + u.p.commitMs + 10 });
+  const forged = { ...s1, weightsHash: sha256Hex('forged') };
+  assert.equal(wantsState(u.s, 1, forged.weightsHash), false);
+  assert.equal(u.feed({ type: 'synced', snapshot: forged }).rejected[0].reason, 'wrong-hash');
 });

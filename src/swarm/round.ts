@@ -1330,6 +1330,18 @@ function certified(s: RoundState, only?: SyncTarget): { target: SyncTarget; by: 
 }
 
 /**
+ * Whether a quorum of this round's voters announced (round+1, θ hash, snapshot hash) as the
+ * result of our round: the certificate behind() resyncs on. It still certifies that state when
+ * the target has moved further on during a slow download, so a lagging peer installs it and
+ * moves forward instead of refusing it as stale and downloading again.
+ */
+function announcedNext(s: RoundState, round: number, weightsHash: string, snapHash?: string): boolean {
+  if (s.roster.length === 0 || round !== s.round + 1) return false;
+  const maj = majorityHash(s.announces.get(s.round), s.voters);
+  return maj !== null && maj.hash === weightsHash && (snapHash === undefined || maj.snapHash === snapHash);
+}
+
+/**
  * For drivers choosing what to download: whether a state of this round and θ hash is the
  * target or certified now (the snapshot hash is checked on `synced`). Pure.
  */
@@ -1338,6 +1350,7 @@ export function wantsState(s: RoundState, round: number, weightsHash: string): b
   const t = s.sync?.target;
   if (t && t.round === round && t.weightsHash === weightsHash && s.roster.length > 0) return true;
   if (round < s.round) return false;
+  if (announcedNext(s, round, weightsHash)) return true;
   for (const list of s.claims.values())
     for (const x of list)
       if (x.round === round && x.weightsHash === weightsHash && certified(s, x) !== null) return true;
@@ -2122,6 +2135,7 @@ function handleSynced(c: Ctx, raw: RoundSnapshot, local: boolean): void {
   const ok =
     local ||
     (s.roster.length > 0 && exact(t)) ||
+    announcedNext(s, snap.round, snap.weightsHash, sh) ||
     certified(s, { round: snap.round, weightsHash: snap.weightsHash, snapHash: sh }) !== null;
   if (!ok) {
     if (!t) {
