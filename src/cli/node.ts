@@ -5,7 +5,7 @@ import { say } from './output.js';
 import { defaultCacheDir } from './train.js';
 import { decodeManifest } from '../swarm/manifest.js';
 import { SwarmNode, type RoundReport } from '../peer/node.js';
-import { int, collect } from './args.js';
+import { int, collect, oneOf } from './args.js';
 import { InvalidInputError } from '../util/errors.js';
 import { BEHAVIOURS, parseBehaviour, type Behaviour } from '../verify/adversaries.js';
 import { startDashboard, type Dashboard } from '../dashboard/server.js';
@@ -36,6 +36,12 @@ export function register(program: Command): void {
     .option('--rounds <n>', 'exit after completing this many rounds (0 = run until stopped)', int(0), 0)
     .option('--cache-dir <dir>', 'tokenizer and token cache', defaultCacheDir())
     .option('--json', 'one JSON object per round on stdout', false)
+    .option(
+      '--device <kind>',
+      'where the inner steps run: cpu | webgpu | auto (webgpu when an adapter is found, else cpu)',
+      oneOf('cpu', 'webgpu', 'auto'),
+      'cpu',
+    )
     .option(
       '--validator',
       'also score every applied update (loss on assigned vs random batches, copies, norms) and publish signed score reports',
@@ -91,6 +97,7 @@ export function register(program: Command): void {
         rounds: number;
         cacheDir: string;
         json: boolean;
+        device: 'cpu' | 'webgpu' | 'auto';
         fetchTimeout: number;
         behave?: Behaviour;
         validator: boolean;
@@ -136,6 +143,7 @@ export function register(program: Command): void {
           mdns: o.mdns,
           cacheDir: o.cacheDir,
           fetchTimeoutMs: o.fetchTimeout,
+          device: o.device,
           ...(o.behave ? { behave: o.behave } : {}),
           validator: o.validator,
           ...(ledger ? { ledger } : {}),
@@ -164,13 +172,14 @@ export function register(program: Command): void {
           await dash?.close();
           throw e;
         }
-        say(o, `run ${manifest.runId.slice(0, 12)}: peer ${node.peerId}`);
+        say(o, `run ${manifest.runId.slice(0, 12)}: peer ${node.peerId}, device ${node.device}`);
         if (o.json)
           process.stdout.write(
             JSON.stringify({
               event: 'started',
               peer: node.peerId,
               runId: manifest.runId,
+              device: node.device,
               addrs: node.host.multiaddrs(),
               dashboard: dash?.url ?? null,
             }) + '\n',
