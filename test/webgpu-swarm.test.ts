@@ -104,3 +104,37 @@ test('an audited run refuses --device webgpu and says why', () => {
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('tessera train --device webgpu trains on the adapter and tracks the CPU', { skip, timeout: 120_000 }, () => {
+  assert.ok(icd, 'CI=true: no SwiftShader Vulkan ICD for the WebGPU adapter');
+  const dir = mkdtempSync(join(tmpdir(), 'tessera-gpu-train-'));
+  try {
+    const run = (device: string) => {
+      const r = spawnSync(
+        process.execPath,
+        [
+          bin,
+          'train',
+          '--json',
+          '--device',
+          device,
+          ...['--vocab', '300', '--ctx', '16', '--dim', '16', '--layers', '1', '--heads', '2', '--batch', '2'],
+          ...['--steps', '10', '--eval-every', '5', '--eval-batches', '2', '--out', join(dir, device)],
+        ],
+        { encoding: 'utf8', timeout: 100_000, env: { ...process.env, VK_ICD_FILENAMES: icd! } },
+      );
+      assert.equal(r.status, 0, `train --device ${device} failed:\n${r.stderr}`);
+      return JSON.parse(r.stdout) as { steps: number; finalValLoss: number; tokensPerSec: number };
+    };
+    const gpu = run('webgpu'),
+      cpu = run('cpu');
+    assert.equal(gpu.steps, 10);
+    // Same init, data and schedule: the floats differ (~1e-7 relative per op), the loss barely.
+    assert.ok(Math.abs(gpu.finalValLoss - cpu.finalValLoss) < 1e-3, `${gpu.finalValLoss} vs ${cpu.finalValLoss}`);
+    console.log(
+      `# train: val ${gpu.finalValLoss} (webgpu, ${gpu.tokensPerSec.toFixed(0)} tok/s) vs ${cpu.finalValLoss} (cpu)`,
+    );
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

@@ -6,7 +6,7 @@ import { defaultCacheDir } from './train.js';
 import { decodeManifest } from '../swarm/manifest.js';
 import { SwarmNode, type RoundReport } from '../peer/node.js';
 import { int, collect, oneOf } from './args.js';
-import { InvalidInputError } from '../util/errors.js';
+import { DeviceRefusedError, InvalidInputError } from '../util/errors.js';
 import { BEHAVIOURS, parseBehaviour, type Behaviour } from '../verify/adversaries.js';
 import { startDashboard, type Dashboard } from '../dashboard/server.js';
 import { readKey } from '../ledger/keys.js';
@@ -117,6 +117,10 @@ export function register(program: Command): void {
           throw new InvalidInputError(`cannot read --run ${o.run}: ${(e as Error).message}`);
         }
         const manifest = decodeManifest(text);
+        if (o.device === 'webgpu' && manifest.manifest.hyper.audit)
+          throw new DeviceRefusedError(
+            "--device webgpu refused: this run audits trainers (hyper.audit), and validators re-execute steps bit for bit on the CPU deterministic kernels, which a GPU's floats do not reproduce (docs/WEBGPU.md)",
+          );
         if ((o.rpc === undefined) !== (o.contract === undefined))
           throw new InvalidInputError('--rpc and --contract go together');
         if (o.contract !== undefined && !/^0x[0-9a-fA-F]{40}$/.test(o.contract))
