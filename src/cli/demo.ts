@@ -20,10 +20,12 @@ import { loadCorpus, prepareDataset } from '../data/index.js';
 import { BatchSampler, type Batch } from '../data/batches.js';
 import { loadKernels } from '../kernels/index.js';
 import { GPT } from '../model/gpt.js';
+import { openTrainModel } from '../train/device-model.js';
+import { DEFAULT_ADAMW } from '../train/adamw.js';
 import { decodeManifest } from '../swarm/manifest.js';
 import { dataDirFor, portOr, preparePeer, spawnPeer, stopAll, type PeerProc } from './launch.js';
 import type { RoundReport } from '../peer/report.js';
-import { InvalidInputError } from '../util/errors.js';
+import { DeviceRefusedError, InvalidInputError } from '../util/errors.js';
 import { BEHAVIOURS, parseBehaviours } from '../verify/adversaries.js';
 import { EVM_KEY_FILE, getShares, ledgerClient, startLocalChain, type LocalChain } from '../ledger/index.js';
 import { privateKeyToAccount } from 'viem/accounts';
@@ -55,6 +57,34 @@ function stepMs(cacheDir: string): number {
   return times.slice(2).sort((x, y) => x - y)[5];
 }
 
+/**
+ * Median milliseconds of one inner step of the demo model on `device`: the round budget must fit
+ * the peers' real steps (SwiftShader's emulated GPU takes about a second for what the CPU does in
+ * milliseconds). 'auto' that finds no adapter measures the CPU.
+ */
+async function deviceStepMs(device: 'cpu' | 'webgpu' | 'auto', cacheDir: string): Promise<number> {
+  if (device === 'cpu') return stepMs(cacheDir);
+  const config = { vocabSize: MODEL.vocab, ctx: MODEL.ctx, dim: MODEL.dim, layers: MODEL.layers, heads: MODEL.heads };
+  const model = await openTrainModel(device, { config, adamw: DEFAULT_ADAMW, kernels: loadKernels({ threads: 1 }) });
+  try {
+    if (model.device === 'cpu') return stepMs(cacheDir);
+    const N = MODEL.batch * MODEL.ctx,
+      x = new Int32Array(N).map((_, i) => i % MODEL.vocab);
+    await model.warmUp(MODEL.batch, MODEL.ctx);
+    const times: number[] = [];
+    for (let i = 0; i < 3; i++) {
+      const t0 = performance.now();
+      model.zeroGrad();
+      await model.forwardBackward(x, x, MODEL.batch, MODEL.ctx, 1);
+      await model.update(0);
+      times.push(performance.now() - t0);
+    }
+    return times.sort((p, q) => p - q)[1];
+  } finally {
+    model.close();
+  }
+}
+
 /** `N@R`: N peers after round R. */
 function at(v: string): { n: number; round: number } {
   const m = /^(\d+)@(\d+)$/.exec(v.trim());
@@ -66,6 +96,7 @@ interface DemoOptions {
   kill?: { n: number; round: number };
   join?: { n: number; round: number };
   linkDelay: number;
+  device: 'cpu' | 'webgpu' | 'auto';
   peers: number;
   rounds: number;
   dir: string;
@@ -150,6 +181,12 @@ export function register(program: Command): void {
       "tokenized ownership: start a local EVM (Hardhat's EDR), deploy the run's contract; validators sign score reports, peers submit them, shares are minted per round",
       false,
     )
+    .option(
+      '--device <kind>',
+      'where every peer runs its inner steps: cpu | webgpu | auto (webgpu when an adapter is found)',
+      oneOf('cpu', 'webgpu', 'auto'),
+      'cpu',
+    )
     .option('--json', 'one JSON object per round on stdout', false)
     .option('--no-dashboard', 'do not serve the live dashboard')
     .option('--dashboard-port <n>', 'dashboard port on 127.0.0.1 (any free port if taken)', int(1, 65535), 8080)
@@ -171,6 +208,10 @@ export function register(program: Command): void {
         throw new InvalidInputError(
           `--audit needs --overlap none or delayed (an ${o.overlap} job moves its base mid-way, so its steps cannot be re-executed)`,
         );
+      if (o.audit !== undefined && o.device === 'webgpu')
+        throw new DeviceRefusedError(
+          "--audit with --device webgpu: validators re-execute trainers' steps bit for bit on the CPU deterministic kernels, which a GPU does not reproduce (docs/WEBGPU.md)",
+        );
       if (o.ledger && nValidators === 0)
         throw new InvalidInputError('--ledger needs at least one validator (--validators)');
       const run = join(dir, 'run.json');
@@ -185,7 +226,7 @@ export function register(program: Command): void {
         mkdirSync(dir, { recursive: true });
         // Calibrate: with P peers on C cores each peer gets about C/P of a core. H steps should
         // slightly overfill trainMs, so that a peer is never idle waiting for its deadline.
-        const ms = stepMs(o.cacheDir);
+        const ms = await deviceStepMs(o.device, o.cacheDir);
         const share = Math.max(1, o.peers / availableParallelism());
         const trainMs = Math.max(400, Math.round(0.85 * o.inner * ms * share));
         const opts: RunCreateOptions = {
@@ -227,7 +268,7 @@ export function register(program: Command): void {
         say(
           o,
           `run ${runId.slice(0, 12)}: ${params} parameters, ${o.peers} peers, H=${o.inner}, codec ${o.codec}, overlap ${o.overlap}, ` +
-            `step ${ms.toFixed(1)} ms → train budget ${trainMs} ms/round, manifest ${run}`,
+            `step ${ms.toFixed(1)} ms${o.device === 'cpu' ? '' : ` (--device ${o.device})`} → train budget ${trainMs} ms/round, manifest ${run}`,
         );
       }
       const specs = await Promise.all(Array.from({ length: o.peers }, (_, i) => preparePeer(i, dataDirFor(dir, i))));
@@ -375,6 +416,7 @@ export function register(program: Command): void {
               run,
               bootstrap: boot,
               cacheDir: o.cacheDir,
+              device: o.device,
               onReport,
               env: { TESSERA_LINK_DELAY_MS: String(o.linkDelay) },
               onExit: (p, code, sig) => {
@@ -394,7 +436,9 @@ export function register(program: Command): void {
             bootstrap: addrs,
             genesisPeers: ids,
             cacheDir: o.cacheDir,
+            device: o.device,
             onReport,
+            onStarted: (p, device) => process.stderr.write(`peer ${p.index}: training on ${device}\n`),
             env: { TESSERA_LINK_DELAY_MS: String(o.linkDelay) },
             ...(kinds[s.index] && kinds[s.index] !== 'honest' ? { behave: kinds[s.index] } : {}),
             ...(s.index < nValidators ? { validator: true } : {}),

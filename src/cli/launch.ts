@@ -58,6 +58,8 @@ export interface SpawnOptions {
   bootstrap: string[];
   genesisPeers?: string[];
   cacheDir?: string;
+  /** `tessera node --device`: where the peer's inner steps run. */
+  device?: 'cpu' | 'webgpu' | 'auto';
   /** Serve the live dashboard from this peer (`tessera node --dashboard`). */
   dashboard?: { port: number; host?: string; token?: string };
   env?: NodeJS.ProcessEnv;
@@ -79,6 +81,8 @@ export interface SpawnOptions {
   /** More `tessera node` flags (e.g. --no-relay, --announce ...). */
   args?: string[];
   onReport?: (p: PeerProc, r: RoundReport) => void;
+  /** The peer is up (its `started` line): the device its inner steps run on. */
+  onStarted?: (p: PeerProc, device: string) => void;
   onExit?: (p: PeerProc, code: number | null, signal: NodeJS.Signals | null) => void;
 }
 
@@ -99,6 +103,7 @@ export function spawnPeer(spec: PeerSpec, o: SpawnOptions): PeerProc {
   if (boot.length) args.push('--bootstrap', boot.join(','));
   if (o.genesisPeers?.length) args.push('--genesis-peers', o.genesisPeers.join(','));
   if (o.cacheDir) args.push('--cache-dir', o.cacheDir);
+  if (o.device && o.device !== 'cpu') args.push('--device', o.device);
   if (o.behave && o.behave !== 'honest') args.push('--behave', o.behave);
   if (o.validator) args.push('--validator');
   if (o.trustValidators?.length) args.push('--trust-validators', o.trustValidators.join(','));
@@ -129,7 +134,9 @@ export function spawnPeer(spec: PeerSpec, o: SpawnOptions): PeerProc {
       buf = buf.slice(i + 1);
       try {
         const j = JSON.parse(line) as RoundReport & { event: string };
-        if (j.event === 'round' || j.event === 'synced') {
+        const ev: string = j.event;
+        if (ev === 'started') o.onStarted?.(p, String((j as { device?: unknown }).device ?? 'cpu'));
+        else if (j.event === 'round' || j.event === 'synced') {
           p.reports.push(j);
           o.onReport?.(p, j);
         } else if (typeof j.event === 'string' && p.events.length < 1000)

@@ -6,8 +6,8 @@ import { defaultCacheDir } from './train.js';
 import { decodeManifest, networkParams } from '../swarm/manifest.js';
 import type { Host, Reachability } from '../net/host.js';
 import { SwarmNode, type RoundReport } from '../peer/node.js';
-import { int, collect } from './args.js';
-import { InvalidInputError } from '../util/errors.js';
+import { int, collect, oneOf } from './args.js';
+import { DeviceRefusedError, InvalidInputError } from '../util/errors.js';
 import { BEHAVIOURS, parseBehaviour, type Behaviour } from '../verify/adversaries.js';
 import { startDashboard, type Dashboard } from '../dashboard/server.js';
 import { readKey } from '../ledger/keys.js';
@@ -94,6 +94,12 @@ export function register(program: Command): void {
     .option('--cache-dir <dir>', 'tokenizer and token cache', defaultCacheDir())
     .option('--json', 'one JSON object per round on stdout', false)
     .option(
+      '--device <kind>',
+      'where the inner steps run: cpu | webgpu | auto (webgpu when an adapter is found, else cpu)',
+      oneOf('cpu', 'webgpu', 'auto'),
+      'cpu',
+    )
+    .option(
       '--validator',
       'also score every applied update (loss on assigned vs random batches, copies, norms) and publish signed score reports',
       false,
@@ -152,6 +158,7 @@ export function register(program: Command): void {
         rounds: number;
         cacheDir: string;
         json: boolean;
+        device: 'cpu' | 'webgpu' | 'auto';
         fetchTimeout: number;
         behave?: Behaviour;
         validator: boolean;
@@ -172,6 +179,10 @@ export function register(program: Command): void {
         }
         const manifest = decodeManifest(text);
         const relayLimits = networkParams(manifest.manifest).relay;
+        if (o.device === 'webgpu' && manifest.manifest.hyper.audit)
+          throw new DeviceRefusedError(
+            "--device webgpu refused: this run audits trainers (hyper.audit), and validators re-execute steps bit for bit on the CPU deterministic kernels, which a GPU's floats do not reproduce (docs/WEBGPU.md)",
+          );
         if ((o.rpc === undefined) !== (o.contract === undefined))
           throw new InvalidInputError('--rpc and --contract go together');
         if (o.contract !== undefined && !/^0x[0-9a-fA-F]{40}$/.test(o.contract))
@@ -218,6 +229,7 @@ export function register(program: Command): void {
           mdns: o.mdns,
           cacheDir: o.cacheDir,
           fetchTimeoutMs: o.fetchTimeout,
+          device: o.device,
           ...(o.behave ? { behave: o.behave } : {}),
           validator: o.validator,
           ...(ledger ? { ledger } : {}),
@@ -247,13 +259,14 @@ export function register(program: Command): void {
           await dash?.close();
           throw e;
         }
-        say(o, `run ${manifest.runId.slice(0, 12)}: peer ${node.peerId}`);
+        say(o, `run ${manifest.runId.slice(0, 12)}: peer ${node.peerId}, device ${node.device}`);
         if (o.json)
           process.stdout.write(
             JSON.stringify({
               event: 'started',
               peer: node.peerId,
               runId: manifest.runId,
+              device: node.device,
               addrs: node.host.multiaddrs(),
               dashboard: dash?.url ?? null,
             }) + '\n',

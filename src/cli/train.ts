@@ -269,6 +269,12 @@ export function register(program: Command): void {
     .option('--jsonl <file>', 'with --init: {"text"} or {"prompt","completion"} lines (loss masked to completions)')
     .option('--merged', 'with --init: also write a merged Hugging Face model', false)
     .option('--eos <id>', 'with --init: end-of-text token id (default: from the tokenizer)', int(0))
+    .option(
+      '--device <kind>',
+      'where the steps run: cpu | webgpu | auto (webgpu when an adapter is found, else cpu)',
+      oneOf('cpu', 'webgpu', 'auto'),
+      'cpu',
+    )
     .option('--json', 'print one JSON summary on stdout', false)
     .action(async (o, cmd: Command) => {
       const given = new Set(Object.keys(o).filter((k) => cmd.getOptionValueSource(k) === 'cli'));
@@ -294,12 +300,19 @@ export function register(program: Command): void {
         const summary = await runTraining(
           cfg,
           kernels,
-          { outDir, cacheDir: o.cacheDir, resume: o.resume, signal: ac.signal },
+          {
+            outDir,
+            cacheDir: o.cacheDir,
+            resume: o.resume,
+            signal: ac.signal,
+            device: o.device,
+            log: (line) => say(o, line),
+          },
           {
             onData: (stage, done, total) => {
               if (done === 0 || done === total) say(o, `data: ${stage} ${done === total ? 'done' : '...'}`);
             },
-            onReady: ({ dataset, params, startStep, resumed }) => {
+            onReady: ({ dataset, params, startStep, resumed, device }) => {
               const s = dataset.stats;
               say(
                 o,
@@ -307,7 +320,7 @@ export function register(program: Command): void {
               );
               say(
                 o,
-                `model: ${params.toLocaleString('en-US')} parameters, ${kernels.name} kernels, ${cfg.threads} thread(s)${cfg.deterministic ? ', deterministic' : ''}${resumed ? `, resumed at step ${startStep}` : ''}`,
+                `model: ${params.toLocaleString('en-US')} parameters, device ${device}, ${cfg.threads} thread(s)${cfg.deterministic ? ', deterministic' : ''}${resumed ? `, resumed at step ${startStep}` : ''}`,
               );
             },
             onTotalSteps: (n) => {

@@ -171,9 +171,10 @@ export class WebGpuGPT {
 
   /**
    * Forward + backward of one batch: returns the mean loss and ACCUMULATES the gradients into
-   * `grads` (zeroGrad() first), as GPT.forwardBackward does.
+   * `grads` (zeroGrad() first), as GPT.forwardBackward does; `gradScale` divides the
+   * contribution (1/micro-batches).
    */
-  async forwardBackward(tokens: Int32Array, targets: Int32Array, B: number, T: number): Promise<number> {
+  async forwardBackward(tokens: Int32Array, targets: Int32Array, B: number, T: number, gradScale = 1): Promise<number> {
     const { vocabSize: V, dim: C, heads: NH, layers: L, ctx } = this.config;
     const N = B * T;
     if (T > ctx || tokens.length !== N || targets.length !== N)
@@ -213,7 +214,7 @@ export class WebGpuGPT {
     }
     d.layernormForward(a.lnf, a.lnfMean, a.lnfRstd, res, p.lnfw, p.lnfb, N, C);
     d.matmulForward(a.logits, a.lnf, p.wte, null, N, C, V);
-    d.crossEntropyForwardBackward(a.losses, a.logits, a.logits, a.targets, N, V, valid > 0 ? 1 / valid : 0);
+    d.crossEntropyForwardBackward(a.losses, a.logits, a.logits, a.targets, N, V, valid > 0 ? gradScale / valid : 0);
     // backward (gpt.ts backward + block.ts blockBackward)
     const { dres, dC, d3C, d4Ca, d4Cb, datt } = a.g;
     d.zero(dC);

@@ -64,6 +64,7 @@ import {
   type RoundState,
 } from '../swarm/round.js';
 import { AdamW } from '../train/adamw.js';
+import { CpuTrainModel, openTrainModel } from '../train/device-model.js';
 import { InvalidInputError } from '../util/errors.js';
 import { RateCap, Senders } from './admission.js';
 import { Audits } from './audit.js';
@@ -130,6 +131,8 @@ export class SwarmNode {
   private intake!: UpdateIntake;
   /** Evaluates θ; separate from the trainer's model, because θ may be applied while a job is training. */
   private evalGpt!: GPT;
+  /** The device the inner steps run on, with its kernels or adapter (set by start()). */
+  device = 'cpu';
   private evalSet: Batch[] = [];
   private data!: RunData;
   private training!: Training;
@@ -320,11 +323,24 @@ export class SwarmNode {
       publishCommit: (c) => this.send('node.commit', c),
       publishFraud: (f) => this.send('node.fraud', f),
     });
+    // The inner steps run on --device (src/train/device-model.ts); θ, Δ, codecs and hashes stay here.
+    const model =
+      (o.device ?? 'cpu') === 'cpu'
+        ? new CpuTrainModel(gpt, new AdamW(m.model, m.hyper.adamw, kernels))
+        : await openTrainModel(o.device!, {
+            config: m.model,
+            adamw: m.hyper.adamw,
+            kernels,
+            audit: Boolean(m.hyper.audit),
+            log: this.log,
+          });
+    await model.warmUp(m.hyper.batch, m.model.ctx);
+    this.device = `${model.device} (${model.label})`;
+    this.log(`training on ${this.device}`);
     this.training = new Training({
       manifest: o.manifest,
       self,
-      gpt,
-      opt: new AdamW(m.model, m.hyper.adamw, kernels),
+      model,
       codec,
       ef: m.hyper.errorFeedback > 0 ? new ErrorFeedback(w.length, m.hyper.errorFeedback) : null,
       weights: w,

@@ -19,6 +19,11 @@ export interface NodeOptions {
   genesisPeers?: string[];
   cacheDir?: string;
   threads?: number;
+  /**
+   * Where the inner steps run (src/train/device-model.ts): 'cpu' (default), 'webgpu', or 'auto'
+   * (webgpu when an adapter is found). Refused ('webgpu') or cpu ('auto') on a run with hyper.audit.
+   */
+  device?: 'cpu' | 'webgpu' | 'auto';
   evalBatches?: number;
   onRound?: (r: RoundReport) => void;
   onLog?: (line: string) => void;

@@ -12,13 +12,12 @@
  */
 import type { Batch, TokenArray } from '../data/batches.js';
 import { weightsHash } from '../model/checkpoint.js';
-import type { GPT } from '../model/gpt.js';
 import type { DecodedManifest } from '../swarm/manifest.js';
 import type { Codec, ErrorFeedback } from '../swarm/compress/index.js';
-import type { AdamW } from '../train/adamw.js';
-import { innerStep } from '../train/inner-step.js';
+import { innerStep, innerStepOn, type InnerStepResult } from '../train/inner-step.js';
+import { CpuTrainModel, type TrainModel } from '../train/device-model.js';
 import { roundBatches } from '../swarm/round-batches.js';
-import { NonFiniteLossError } from '../util/errors.js';
+import { DeviceRefusedError, NonFiniteLossError } from '../util/errors.js';
 import { Rng } from '../util/rng.js';
 import { sha256HexNode } from '../util/hash-node.js';
 import { behave, type Behaviour } from '../verify/adversaries.js';
@@ -54,8 +53,11 @@ export interface TrainRequest {
 export interface TrainingDeps {
   manifest: DecodedManifest;
   self: string;
-  gpt: GPT;
-  opt: AdamW;
+  /**
+   * The model on its device (src/train/device-model.ts): the H inner steps run there; θ comes
+   * back to the host once per job for Δ = base − local.
+   */
+  model: TrainModel;
   codec: Codec;
   ef: ErrorFeedback | null;
   weights: Weights;
@@ -115,10 +117,8 @@ export class Training {
       // 'shift'/'eager': the job began on θ_{r-1} (or this peer's guess of θ_r) before θ_r was
       // known; move it onto θ_r. Its update is then θ_r − local: only this round's own steps.
       // (After an empty round θ_r = θ_{r-1}: a 'shift' job moves by zero, an 'eager' one off its guess.)
-      const local = this.d.gpt.params,
-        began = cur.base,
-        now = w.theta;
-      for (let i = 0; i < local.length; i++) local[i] += now[i] - began[i];
+      this.d.model.shiftParams(w.theta, cur.base);
+      const now = w.theta;
       cur.base = now.slice();
       cur.baseHash = e.baseHash;
       cur.until = e.until;
@@ -171,7 +171,9 @@ export class Training {
 
   private async run(job: TrainJob): Promise<void> {
     await new Promise((r) => setImmediate(r));
-    const { manifest: dm, gpt: local, opt } = this.d;
+    const { manifest: dm, model } = this.d;
+    // Audit re-executes on the CPU deterministic kernels: only a CPU model can commit a trace.
+    const cpu = model instanceof CpuTrainModel ? model : null;
     const m = dm.manifest,
       B = m.hyper.batch,
       T = m.model.ctx,
@@ -187,12 +189,18 @@ export class Training {
       );
     }
     if (halted()) return;
-    local.params.set(job.base);
+    if (m.hyper.audit && !cpu)
+      throw new DeviceRefusedError(`round ${job.round}: an audited run trains on the cpu only (docs/WEBGPU.md)`);
+    if (cpu) cpu.gpt.params.set(job.base);
+    else {
+      await model.exclusive(() => model.setParams(job.base));
+      if (halted()) return;
+    }
+    const opt = cpu?.opt;
     // Audit (hyper.audit): the pre-state and the digest of the state after every step, whose
     // Merkle root this trainer signs with its update.
-    const start: StepState | null = m.hyper.audit
-      ? { theta: job.base.slice(), m: opt.m.slice(), v: opt.v.slice(), step: opt.step }
-      : null;
+    const start: StepState | null =
+      m.hyper.audit && opt ? { theta: job.base.slice(), m: opt.m.slice(), v: opt.v.slice(), step: opt.step } : null;
     const digests: StateDigest[] = start ? [digestState(start)] : [];
     const rb = roundBatches(
       dm.runId,
@@ -210,13 +218,12 @@ export class Training {
       const t0 = performance.now();
       let loss: number;
       try {
-        ({ loss } = innerStep(local, opt, {
-          batches: [batch],
-          B,
-          T,
-          schedule: m.hyper.schedule,
-          step: job.round * m.hyper.innerSteps + i,
-        }));
+        const s = { batches: [batch], B, T, schedule: m.hyper.schedule, step: job.round * m.hyper.innerSteps + i };
+        // The CPU steps synchronously, exactly as before devices; a GPU awaits its read-backs.
+        const r: InnerStepResult = cpu
+          ? innerStep(cpu.gpt, cpu.opt, s)
+          : await model.exclusive(() => innerStepOn(model, s));
+        ({ loss } = r);
       } catch (err) {
         // The one rule (train/inner-step.ts): a non-finite loss ends the job; its earlier steps stand.
         if (err instanceof NonFiniteLossError) break;
@@ -224,7 +231,8 @@ export class Training {
       }
       this.lossAcc.sum += loss;
       this.lossAcc.n++;
-      if (start) digests.push({ weights: weightsHash(local.params), opt: optHash(opt.m, opt.v, opt.step) });
+      if (start && cpu)
+        digests.push({ weights: weightsHash(cpu.gpt.params), opt: optHash(cpu.opt.m, cpu.opt.v, cpu.opt.step) });
       const t1 = performance.now();
       this.computeMs += t1 - t0;
       this.innerSteps++;
@@ -250,8 +258,11 @@ export class Training {
     }
     if (this.job === job) this.job = null;
     if (halted()) return;
+    // The one crossing of θ from the device: Δ, its codec and hash are computed on the host.
+    const local = cpu ? cpu.gpt.params : await model.exclusive(() => model.getParams());
+    if (halted()) return;
     let delta: Float32Array = new Float32Array(P);
-    for (let i = 0; i < P; i++) delta[i] = job.base[i] - local.params[i];
+    for (let i = 0; i < P; i++) delta[i] = job.base[i] - local[i];
     const kind = this.d.behave;
     if (kind !== 'honest' && steps > 0) {
       // Earlier this round: the other peers' decoded updates already received.

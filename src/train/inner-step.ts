@@ -6,6 +6,12 @@
  * re-executed step repeats the trainer's float operations in the same order: bitwise equal
  * results rest on this one function, not on copies kept in step.
  *
+ * The step is written once (`stepOps`, a generator over the model's operations) and driven two
+ * ways: `innerStep` synchronously over a CPU GPT + AdamW (audits, simulators: unchanged), and
+ * `innerStepOn` asynchronously over any `StepModel` (src/train/device-model.ts: the CPU GPT or
+ * the WebGPU GPT, whose work is encoded and read back asynchronously). Same sequence of
+ * operations either way; only the device that executes them differs.
+ *
  * A non-finite loss raises NonFiniteLossError before the optimizer touches the weights, its
  * moments or its step count; what to do about it (stop a job, fail an audit, stop a run) is the
  * caller's decision.
@@ -50,19 +56,60 @@ export interface InnerStepResult {
 }
 
 /**
+ * What one inner step needs of a model on some device: the operations of forward + backward +
+ * clip + AdamW. Results may be plain numbers (CPU) or promises (a GPU reads them back).
+ */
+export interface StepModel {
+  zeroGrad(): void;
+  /** Forward + backward of one batch; ACCUMULATES scale·d(loss)/dθ into the gradients; returns the mean loss. */
+  forwardBackward(
+    inputs: Int32Array,
+    targets: Int32Array,
+    B: number,
+    T: number,
+    gradScale: number,
+  ): number | Promise<number>;
+  /** Clip to the global gradient norm, one AdamW update at `lr`; returns the norm before clipping. */
+  update(lr: number): number | Promise<number>;
+}
+
+/** The step, once: yields each model result it needs (a number or a promise of one). */
+function* stepOps(m: StepModel, s: InnerStep): Generator<number | Promise<number>, InnerStepResult, number> {
+  const { batches, B, T } = s;
+  if (batches.length === 0) throw new InvalidInputError('an inner step needs at least one batch');
+  m.zeroGrad();
+  let loss = 0;
+  // One batch: scale 1, and 0 + l·1 is l exactly (a loss is never −0), so this is the plain step.
+  const scale = 1 / batches.length;
+  for (const b of batches) loss += (yield m.forwardBackward(b.inputs, b.targets, B, T, scale)) * scale;
+  if (!Number.isFinite(loss)) throw new NonFiniteLossError(loss, s.step);
+  const lr = lrAt(s.schedule, s.step);
+  const gradNorm = yield m.update(lr);
+  return { loss, lr, gradNorm };
+}
+
+/**
  * One inner step on `gpt`'s parameters with `opt`. Throws NonFiniteLossError (weights, moments
  * and step count untouched; gradients overwritten) when the loss is NaN or infinite.
  */
 export function innerStep(gpt: Trainable, opt: AdamW, s: InnerStep): InnerStepResult {
-  const { batches, B, T } = s;
-  if (batches.length === 0) throw new InvalidInputError('an inner step needs at least one batch');
-  gpt.zeroGrad();
-  let loss = 0;
-  // One batch: scale 1, and 0 + l·1 is l exactly (a loss is never −0), so this is the plain step.
-  const scale = 1 / batches.length;
-  for (const b of batches) loss += gpt.forwardBackward(b.inputs, b.targets, B, T, scale) * scale;
-  if (!Number.isFinite(loss)) throw new NonFiniteLossError(loss, s.step);
-  const lr = lrAt(s.schedule, s.step);
-  const gradNorm = opt.update(gpt.params, gpt.grads, lr);
-  return { loss, lr, gradNorm };
+  const g = stepOps(
+    {
+      zeroGrad: () => gpt.zeroGrad(),
+      forwardBackward: (x, y, B, T, scale) => gpt.forwardBackward(x, y, B, T, scale),
+      update: (lr) => opt.update(gpt.params, gpt.grads, lr),
+    },
+    s,
+  );
+  let r = g.next();
+  while (!r.done) r = g.next(r.value as number);
+  return r.value;
+}
+
+/** The same inner step on any device's model (src/train/device-model.ts), awaiting its results. */
+export async function innerStepOn(model: StepModel, s: InnerStep): Promise<InnerStepResult> {
+  const g = stepOps(model, s);
+  let r = g.next();
+  while (!r.done) r = g.next(await r.value);
+  return r.value;
 }

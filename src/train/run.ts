@@ -19,6 +19,8 @@ import {
 } from '../data/index.js';
 import { AdamW } from './adamw.js';
 import { Trainer, type StepResult } from './trainer.js';
+import { openTrainModel, type DeviceChoice, type TrainModel } from './device-model.js';
+import { innerStepOn } from './inner-step.js';
 import type { TrainConfig } from './config.js';
 import { lossPlotSvg } from './plot.js';
 import { MismatchError, CorruptFileError } from '../util/errors.js';
@@ -29,11 +31,18 @@ export interface RunIO {
   cacheDir: string;
   resume: boolean;
   signal?: AbortSignal;
+  /**
+   * Where the steps run (default cpu). On webgpu, θ, gradients and AdamW state live on the GPU;
+   * validation and checkpoints copy θ (and m, v) back to the host CPU model first.
+   */
+  device?: DeviceChoice;
+  /** Told which device 'auto' chose. */
+  log?: (line: string) => void;
 }
 
 export interface RunHooks {
   onData?(stage: DatasetStage, done: number, total: number): void;
-  onReady?(info: { dataset: Dataset; params: number; startStep: number; resumed: boolean }): void;
+  onReady?(info: { dataset: Dataset; params: number; startStep: number; resumed: boolean; device: string }): void;
   onTotalSteps?(totalSteps: number): void;
   onStep?(r: StepResult & { totalSteps: number; tokensPerSec: number; elapsedMs: number }): void;
   onEval?(e: { step: number; valLoss: number; trainLoss: number | null }): void;
@@ -139,7 +148,29 @@ export async function runTraining(
   };
   const trainer = new Trainer(gpt, opt, schedule, B, T);
   trainer.stepCount = startStep;
-  hooks.onReady?.({ dataset, params: gpt.numParams, startStep, resumed });
+  // A GPU model (null: the CPU trainer steps gpt/opt in place, as before devices).
+  let dm: TrainModel | null = null;
+  if ((io.device ?? 'cpu') !== 'cpu') {
+    const m = await openTrainModel(io.device!, { config: cfg.model, adamw: cfg.adamw, kernels, log: io.log });
+    if (m.device === 'cpu') m.close();
+    else {
+      dm = m;
+      await dm.warmUp(B, T);
+      await dm.setParams(gpt.params);
+      await dm.setOptimizerState({ m: opt.m, v: opt.v, step: opt.step });
+    }
+  }
+  /** Brings θ and AdamW's state back to the host model before validation or a checkpoint. */
+  const pull = async () => {
+    if (!dm) return;
+    gpt.params.set(await dm.getParams());
+    const s = await dm.optimizerState();
+    opt.m.set(s.m);
+    opt.v.set(s.v);
+    opt.step = s.step;
+  };
+  const device = dm ? `webgpu (${dm.label})` : `cpu (${kernels.name} kernels)`;
+  hooks.onReady?.({ dataset, params: gpt.numParams, startStep, resumed, device });
 
   const valEntropy = unigramEntropy(dataset.val);
   const history = loadHistory(files.metrics);
@@ -147,6 +178,7 @@ export async function runTraining(
   const evaluate = (maxBatches: number) => trainer.evaluate(evalBatches(dataset.val, B, T, maxBatches)).loss;
 
   const save = async (step: number) => {
+    await pull();
     const r = await saveCheckpoint(files.checkpoint, {
       config: cfg.model,
       params: gpt.params,
@@ -201,7 +233,18 @@ export async function runTraining(
       interrupted = true;
       break;
     }
-    const r = trainer.step([sampler.next()]);
+    let r: StepResult;
+    if (dm) {
+      const x = await innerStepOn(dm, {
+        batches: [sampler.next()],
+        B,
+        T,
+        schedule: trainer.schedule,
+        step: trainer.stepCount,
+      });
+      trainer.stepCount += 1;
+      r = { step: trainer.stepCount, loss: x.loss, gradNorm: x.gradNorm, lr: x.lr, tokens: B * T };
+    } else r = trainer.step([sampler.next()]);
     step = r.step;
     tokens += r.tokens;
     ema = ema === null ? r.loss : 0.95 * ema + 0.05 * r.loss;
@@ -221,6 +264,7 @@ export async function runTraining(
     }
     const last = totalSteps > 0 && step >= totalSteps;
     if (step % cfg.evalEvery === 0 && !last) {
+      await pull();
       const v = evaluate(cfg.evalBatches);
       history.val.push([step * tokensPerStep, v]);
       record({ step, tokens: step * tokensPerStep, valLoss: v });
@@ -232,12 +276,14 @@ export async function runTraining(
   }
   const seconds = (performance.now() - t0) / 1000;
   // Final numbers: the whole validation split, not a sample.
+  await pull();
   const finalVal = evaluate(Infinity);
   history.val.push([step * tokensPerStep, finalVal]);
   record({ step, tokens: step * tokensPerStep, valLoss: finalVal, final: true, evalBatches: 'all' });
   hooks.onEval?.({ step, valLoss: finalVal, trainLoss: ema });
   plot();
   const hash = await save(step);
+  dm?.close();
   return {
     steps: step,
     tokens,

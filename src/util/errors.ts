@@ -77,3 +77,14 @@ export class NonFiniteLossError extends TesseraError {
     this.step = step;
   }
 }
+
+/**
+ * A compute device was asked for where the run forbids it: `--device webgpu` on a run with
+ * hyper.audit, whose validators re-execute trainers' steps bit for bit on the CPU's
+ * deterministic kernels (a GPU's floats differ from those; see docs/WEBGPU.md).
+ */
+export class DeviceRefusedError extends TesseraError {
+  constructor(message: string) {
+    super('DEVICE_REFUSED', message);
+  }
+}

@@ -1,0 +1,274 @@
+/**
+ * The model a trainer steps, on the device it was asked for: `--device cpu | webgpu | auto` of
+ * `tessera train`, `tessera node` and `tessera demo`.
+ *
+ * `TrainModel` is what the one inner step (inner-step.ts, `innerStepOn`) and a swarm node's
+ * training job (peer/training.ts) need: forward + backward + clip + AdamW on one batch (the
+ * StepModel operations), the flat parameters in and out, and the loss of a batch. Two
+ * implementations: `CpuTrainModel` (GPT + AdamW over host Float32Arrays, exactly what ran
+ * before) and `WebGpuTrainModel` (WebGpuGPT: parameters, gradients and AdamW m, v stay in GPU
+ * buffers across steps; only getParams() brings θ back to the host).
+ *
+ * Why the host keeps the agreed state: a swarm's pseudo-gradient Δ = base − local, its codec,
+ * its hash and the outer step must be bit-identical on every peer, whatever device trained;
+ * they run on the host over the flat θ that getParams() returns once per job.
+ */
+import type { Kernels } from '../kernels/api.js';
+import type { ModelConfig } from '../model/config.js';
+import { GPT } from '../model/gpt.js';
+import type { WebGpuGPT } from '../model/gpt-webgpu.js';
+import type { WebGpuDevice } from '../kernels/webgpu/device.js';
+import { DeviceRefusedError, WebGpuUnavailableError } from '../util/errors.js';
+import { AdamW, type AdamWSettings } from './adamw.js';
+import type { StepModel } from './inner-step.js';
+
+export interface OptimizerState {
+  m: Float32Array;
+  v: Float32Array;
+  step: number;
+}
+
+export type DeviceChoice = 'cpu' | 'webgpu' | 'auto';
+export const DEVICE_CHOICES: readonly DeviceChoice[] = ['cpu', 'webgpu', 'auto'];
+
+export interface TrainModel extends StepModel {
+  readonly device: 'cpu' | 'webgpu';
+  /** For the startup line: kernels, or the adapter's vendor/architecture/description. */
+  readonly label: string;
+  readonly numParams: number;
+  /** A host copy of the flat parameters θ (params.ts layout), after all work so far. */
+  getParams(): Promise<Float32Array>;
+  /** Replaces θ (the optimizer state is kept, as a job's base replaces only the weights). */
+  setParams(p: Float32Array): Promise<void>;
+  /** θ += now − began (a job moved onto a new base, peer/training.ts 'shift'/'eager'). */
+  shiftParams(now: Float32Array, began: Float32Array): void;
+  /** Mean cross-entropy of one batch, no gradients kept. */
+  loss(inputs: Int32Array, targets: Int32Array, B: number, T: number): Promise<number>;
+  /**
+   * Runs f with the model to itself: a job's whole inner step, or its setParams / getParams, so
+   * that a new job's base never lands between a stopped job's backward and its AdamW update
+   * (GPU steps await read-backs; CPU steps are synchronous and need no lock).
+   */
+  exclusive<R>(f: () => Promise<R>): Promise<R>;
+  /**
+   * Compiles the device's kernels for batches of B×T with one throwaway step, then restores the
+   * optimizer to its fresh state (a GPU compiles each pipeline on first use, which on SwiftShader
+   * takes longer than a round's training budget). The CPU has nothing to warm.
+   */
+  warmUp(B: number, T: number): Promise<void>;
+  /** A host copy of AdamW's m, v and step count (checkpoints of `tessera train`). */
+  optimizerState(): Promise<OptimizerState>;
+  setOptimizerState(s: OptimizerState): Promise<void>;
+  /** Releases the device. */
+  close(): void;
+}
+
+/** The CPU model: GPT + AdamW on the host, as every trainer ran before devices. */
+export class CpuTrainModel implements TrainModel {
+  readonly device = 'cpu' as const;
+  readonly label: string;
+  readonly numParams: number;
+  constructor(
+    readonly gpt: GPT,
+    readonly opt: AdamW,
+  ) {
+    this.label = `${gpt.kernels.name} kernels`;
+    this.numParams = gpt.numParams;
+  }
+  zeroGrad(): void {
+    this.gpt.zeroGrad();
+  }
+  forwardBackward(x: Int32Array, y: Int32Array, B: number, T: number, scale: number): number {
+    return this.gpt.forwardBackward(x, y, B, T, scale);
+  }
+  update(lr: number): number {
+    return this.opt.update(this.gpt.params, this.gpt.grads, lr);
+  }
+  getParams(): Promise<Float32Array> {
+    return Promise.resolve(this.gpt.params.slice());
+  }
+  setParams(p: Float32Array): Promise<void> {
+    this.gpt.params.set(p);
+    return Promise.resolve();
+  }
+  shiftParams(now: Float32Array, began: Float32Array): void {
+    const local = this.gpt.params;
+    for (let i = 0; i < local.length; i++) local[i] += now[i] - began[i];
+  }
+  loss(x: Int32Array, y: Int32Array, B: number, T: number): Promise<number> {
+    return Promise.resolve(this.gpt.loss(x, y, B, T));
+  }
+  exclusive<R>(f: () => Promise<R>): Promise<R> {
+    return f();
+  }
+  warmUp(): Promise<void> {
+    return Promise.resolve();
+  }
+  optimizerState(): Promise<OptimizerState> {
+    return Promise.resolve({ m: this.opt.m.slice(), v: this.opt.v.slice(), step: this.opt.step });
+  }
+  setOptimizerState(s: OptimizerState): Promise<void> {
+    this.opt.m.set(s.m);
+    this.opt.v.set(s.v);
+    this.opt.step = s.step;
+    return Promise.resolve();
+  }
+  close(): void {}
+}
+
+/**
+ * The WebGPU model. Every operation that touches the device runs through one promise chain, so a
+ * setParams or getParams issued while a step awaits its read-back waits for that step to finish
+ * (the CPU model gets this for free: its steps are synchronous). A shift is held on the host and
+ * applied (one upload and one add on the GPU) before the next step or read.
+ */
+export class WebGpuTrainModel implements TrainModel {
+  readonly device = 'webgpu' as const;
+  readonly label: string;
+  readonly numParams: number;
+  private chain: Promise<unknown> = Promise.resolve();
+  private lock: Promise<unknown> = Promise.resolve();
+  private shift: Float32Array | null = null;
+  constructor(
+    readonly dev: WebGpuDevice,
+    readonly gpt: WebGpuGPT,
+  ) {
+    const i = dev.adapterInfo;
+    this.label = `adapter ${[i.vendor, i.architecture, i.description].filter((s) => s).join(' / ') || 'unknown'}`;
+    this.numParams = gpt.numParams;
+  }
+  private serial<R>(f: () => Promise<R> | R): Promise<R> {
+    const next = this.chain.then(async () => {
+      this.applyShift();
+      return f();
+    });
+    this.chain = next.catch(() => undefined);
+    return next;
+  }
+  private applyShift(): void {
+    const s = this.shift;
+    if (!s) return;
+    this.shift = null;
+    const t = this.dev.upload(s);
+    this.dev.add(this.gpt.params, this.gpt.params, t, s.length);
+  }
+  exclusive<R>(f: () => Promise<R>): Promise<R> {
+    const next = this.lock.then(f);
+    this.lock = next.catch(() => undefined);
+    return next;
+  }
+  warmUp(B: number, T: number): Promise<void> {
+    return this.exclusive(() =>
+      this.serial(async () => {
+        const g = this.gpt,
+          d = this.dev;
+        const zeros = new Int32Array(B * T);
+        const keep = await d.read(g.params);
+        g.zeroGrad();
+        await g.forwardBackward(zeros, zeros, B, T, 1);
+        await g.update(0);
+        d.write(g.params, keep);
+        d.zero(g.grads);
+        d.zero(g.m);
+        d.zero(g.v);
+        g.step = 0;
+        await d.sync();
+      }),
+    );
+  }
+  optimizerState(): Promise<OptimizerState> {
+    return this.serial(async () => ({
+      m: await this.dev.read(this.gpt.m),
+      v: await this.dev.read(this.gpt.v),
+      step: this.gpt.step,
+    }));
+  }
+  setOptimizerState(s: OptimizerState): Promise<void> {
+    return this.serial(() => {
+      this.dev.write(this.gpt.m, s.m);
+      this.dev.write(this.gpt.v, s.v);
+      this.gpt.step = s.step;
+    });
+  }
+  zeroGrad(): void {
+    // In order with the other operations (a pending shift is applied first).
+    void this.serial(() => this.gpt.zeroGrad());
+  }
+  forwardBackward(x: Int32Array, y: Int32Array, B: number, T: number, scale: number): Promise<number> {
+    return this.serial(() => this.gpt.forwardBackward(x, y, B, T, scale));
+  }
+  update(lr: number): Promise<number> {
+    return this.serial(() => this.gpt.update(lr));
+  }
+  getParams(): Promise<Float32Array> {
+    return this.serial(() => this.dev.read(this.gpt.params));
+  }
+  setParams(p: Float32Array): Promise<void> {
+    this.shift = null;
+    return this.serial(() => {
+      this.gpt.setParams(p);
+    });
+  }
+  shiftParams(now: Float32Array, began: Float32Array): void {
+    const s = this.shift ?? new Float32Array(now.length);
+    for (let i = 0; i < s.length; i++) s[i] += now[i] - began[i];
+    this.shift = s;
+  }
+  loss(x: Int32Array, y: Int32Array, B: number, T: number): Promise<number> {
+    // Forward + backward into the gradients, which the next step zeroes first anyway.
+    return this.serial(async () => {
+      this.gpt.zeroGrad();
+      return this.gpt.forwardBackward(x, y, B, T, 0);
+    });
+  }
+  close(): void {
+    this.dev.destroy();
+  }
+}
+
+export interface OpenModelOptions {
+  config: ModelConfig;
+  adamw: AdamWSettings;
+  kernels: Kernels;
+  /** The run re-executes steps bit for bit on the CPU (manifest hyper.audit): GPUs are refused. */
+  audit?: boolean;
+  /** Told which device 'auto' chose, and why. */
+  log?: (line: string) => void;
+}
+
+/**
+ * The model on the chosen device. 'auto': WebGPU when an adapter is found (and the run has no
+ * audit), else the CPU, saying which. 'webgpu' throws WebGpuUnavailableError without an adapter
+ * and DeviceRefusedError on an audited run. The adapter is Dawn's first: the system's GPU, or
+ * SwiftShader where VK_ICD_FILENAMES names its ICD (or TESSERA_WEBGPU_ADAPTER=swiftshader).
+ */
+export async function openTrainModel(device: DeviceChoice, o: OpenModelOptions): Promise<TrainModel> {
+  const cpu = () => new CpuTrainModel(new GPT(o.config, o.kernels), new AdamW(o.config, o.adamw, o.kernels));
+  if (device === 'cpu') return cpu();
+  if (o.audit) {
+    const why =
+      'this run audits trainers (hyper.audit): validators re-execute sampled steps on the CPU deterministic ' +
+      "kernels and compare weights hashes bit for bit, which a GPU's floats do not reproduce " +
+      '(docs/WEBGPU.md: re-execution on the same backend class, or a manifest tolerance, is the proposal, not built)';
+    if (device === 'webgpu') throw new DeviceRefusedError(`--device webgpu refused: ${why}`);
+    o.log?.(`device auto: cpu, because ${why}`);
+    return cpu();
+  }
+  const { WebGpuDevice } = await import('../kernels/webgpu/device.js');
+  const { WebGpuGPT } = await import('../model/gpt-webgpu.js');
+  let dev: WebGpuDevice;
+  try {
+    dev = await WebGpuDevice.create({
+      adapter: process.env.TESSERA_WEBGPU_ADAPTER === 'swiftshader' ? 'swiftshader' : 'auto',
+    });
+  } catch (err) {
+    if (device === 'auto' && err instanceof WebGpuUnavailableError) {
+      o.log?.(`device auto: cpu (no WebGPU adapter: ${err.message})`);
+      return cpu();
+    }
+    throw err;
+  }
+  const m = new WebGpuTrainModel(dev, new WebGpuGPT(dev, o.config, o.adamw));
+  if (device === 'auto') o.log?.(`device auto: webgpu (${m.label})`);
+  return m;
+}
