@@ -18,8 +18,10 @@
  *   norm [C], lm_head [V,C] (only when the embeddings are untied)
  * Linear weights are [out, in], as nn.Linear and Hugging Face's safetensors store them.
  *
- * Matmuls and the loss go through the Kernels interface; the Llama-specific ops are the
- * reference kernels of llama-kernels.ts. No I/O here.
+ * Every kernel goes through the Kernels interface (native or reference, api.ts; the Llama ops'
+ * specification is kernels/ref-llama.ts), but the token embedding, which is a row copy. The RoPE
+ * tables are computed once per sequence length on the host (float64, rounded to float32). No I/O
+ * here.
  *
  * An optional LoRA adapter (`lora`, lora.ts) is consulted at every projection (q_proj, k_proj,
  * v_proj before RoPE, o_proj, gate_proj, up_proj, down_proj); with none attached (the default)
@@ -29,18 +31,7 @@ import type { Kernels } from '../kernels/api.js';
 import { InvalidInputError } from '../util/errors.js';
 import { Rng } from '../util/rng.js';
 import { LlamaConfigSchema, ropeTables, type LlamaConfig } from './llama-config.js';
-import {
-  embedBackward,
-  embedForward,
-  gqaBackward,
-  gqaForward,
-  rmsnormBackward,
-  rmsnormForward,
-  ropeBackward,
-  ropeForward,
-  swigluBackward,
-  swigluForward,
-} from './llama-kernels.js';
+import { embedBackward, embedForward } from '../kernels/ref-llama.js';
 import type { TensorSpec } from './params.js';
 import type { LoraAdapter } from './lora.js';
 
@@ -144,8 +135,8 @@ interface Acts {
   logits: Float32Array; // overwritten by dlogits during training
   losses: Float32Array;
   scratch: Float32Array;
-  cos: Float64Array;
-  sin: Float64Array;
+  cos: Float32Array; // [T, headDim/2]
+  sin: Float32Array;
   // backward scratch, shared by the layers
   dres: Float32Array;
   dC: Float32Array;
@@ -255,8 +246,8 @@ export class Llama {
       logits: f(N * V),
       losses: f(N),
       scratch: f(N * C),
-      cos,
-      sin,
+      cos: Float32Array.from(cos),
+      sin: Float32Array.from(sin),
       dres: f(N * C),
       dC: f(N * C),
       dq: f(N * Q),
@@ -300,7 +291,7 @@ export class Llama {
       const w = p.layers[l],
         s = a.layers[l];
       const hook = this.adapter?.layerHook(l, k);
-      rmsnormForward(s.xn1, s.rstd1, x, w.attnNorm, N, C, eps);
+      k.rmsnormForward(s.xn1, s.rstd1, x, w.attnNorm, N, C, eps);
       k.matmulForward(s.q, s.xn1, w.wq, null, N, C, Q);
       k.matmulForward(s.k, s.xn1, w.wk, null, N, C, K);
       k.matmulForward(s.v, s.xn1, w.wv, null, N, C, K);
@@ -309,26 +300,26 @@ export class Llama {
         hook.forward('k_proj', s.k, s.xn1, N);
         hook.forward('v_proj', s.v, s.xn1, N);
       }
-      ropeForward(s.q, a.cos, a.sin, B, T, NH, hd);
-      ropeForward(s.k, a.cos, a.sin, B, T, KV, hd);
-      gqaForward(s.atty, s.att, s.q, s.k, s.v, B, T, NH, KV, hd);
+      k.ropeForward(s.q, a.cos, a.sin, B, T, NH, hd);
+      k.ropeForward(s.k, a.cos, a.sin, B, T, KV, hd);
+      k.gqaForward(s.atty, s.att, s.q, s.k, s.v, B, T, NH, KV, hd);
       k.matmulForward(a.scratch, s.atty, w.wo, null, N, Q, C);
       hook?.forward('o_proj', a.scratch, s.atty, N);
       k.add(s.res2, x, a.scratch, N * C);
-      rmsnormForward(s.xn2, s.rstd2, s.res2, w.mlpNorm, N, C, eps);
+      k.rmsnormForward(s.xn2, s.rstd2, s.res2, w.mlpNorm, N, C, eps);
       k.matmulForward(s.gate, s.xn2, w.wGate, null, N, C, H);
       k.matmulForward(s.up, s.xn2, w.wUp, null, N, C, H);
       if (hook) {
         hook.forward('gate_proj', s.gate, s.xn2, N);
         hook.forward('up_proj', s.up, s.xn2, N);
       }
-      swigluForward(s.hmid, s.gate, s.up, N * H);
+      k.swigluForward(s.hmid, s.gate, s.up, N * H);
       k.matmulForward(a.scratch, s.hmid, w.wDown, null, N, H, C);
       hook?.forward('down_proj', a.scratch, s.hmid, N);
       k.add(s.res3, s.res2, a.scratch, N * C);
       x = s.res3;
     }
-    rmsnormForward(a.xnf, a.rstdf, x, p.norm, N, C, eps);
+    k.rmsnormForward(a.xnf, a.rstdf, x, p.norm, N, C, eps);
     k.matmulForward(a.logits, a.xnf, p.head, null, N, C, V);
     return a;
   }
@@ -396,7 +387,7 @@ export class Llama {
     k.matmulBackward(dC, g.head, null, a.logits, a.xnf, p.head, N, C, V);
     dres.fill(0);
     const last = L > 0 ? a.layers[L - 1].res3 : a.encoded;
-    rmsnormBackward(dres, g.norm, dC, last, p.norm, a.rstdf, N, C);
+    k.rmsnormBackward(dres, g.norm, dC, last, p.norm, a.rstdf, N, C);
 
     for (let l = L - 1; l >= 0; l--) {
       const w = p.layers[l],
@@ -410,7 +401,7 @@ export class Llama {
       hook?.backward('down_proj', dH, dres, s.hmid, N);
       dgate.fill(0);
       dup.fill(0);
-      swigluBackward(dgate, dup, dH, s.gate, s.up, N * H);
+      k.swigluBackward(dgate, dup, dH, s.gate, s.up, N * H);
       dC.fill(0);
       k.matmulBackward(dC, gw.wGate, null, dgate, s.xn2, w.wGate, N, C, H);
       k.matmulBackward(dC, gw.wUp, null, dup, s.xn2, w.wUp, N, C, H);
@@ -418,7 +409,7 @@ export class Llama {
         hook.backward('gate_proj', dC, dgate, s.xn2, N);
         hook.backward('up_proj', dC, dup, s.xn2, N);
       }
-      rmsnormBackward(dres, gw.mlpNorm, dC, s.res2, w.mlpNorm, s.rstd2, N, C);
+      k.rmsnormBackward(dres, gw.mlpNorm, dC, s.res2, w.mlpNorm, s.rstd2, N, C);
       // res2 = input + wo(attention(rope(wq xn1), rope(wk xn1), wv xn1)).
       datty.fill(0);
       k.matmulBackward(datty, gw.wo, null, dres, s.atty, w.wo, N, Q, C);
@@ -426,9 +417,9 @@ export class Llama {
       dq.fill(0);
       dk.fill(0);
       dv.fill(0);
-      gqaBackward(dq, dk, dv, datt, datty, s.q, s.k, s.v, s.att, B, T, NH, KV, hd);
-      ropeBackward(dq, a.cos, a.sin, B, T, NH, hd);
-      ropeBackward(dk, a.cos, a.sin, B, T, KV, hd);
+      k.gqaBackward(dq, dk, dv, datt, datty, s.q, s.k, s.v, s.att, B, T, NH, KV, hd);
+      k.ropeBackward(dq, a.cos, a.sin, B, T, NH, hd);
+      k.ropeBackward(dk, a.cos, a.sin, B, T, KV, hd);
       dC.fill(0);
       k.matmulBackward(dC, gw.wq, null, dq, s.xn1, w.wq, N, C, Q);
       k.matmulBackward(dC, gw.wk, null, dk, s.xn1, w.wk, N, C, K);
@@ -438,7 +429,7 @@ export class Llama {
         hook.backward('k_proj', dC, dk, s.xn1, N);
         hook.backward('v_proj', dC, dv, s.xn1, N);
       }
-      rmsnormBackward(dres, gw.attnNorm, dC, input, w.attnNorm, s.rstd1, N, C);
+      k.rmsnormBackward(dres, gw.attnNorm, dC, input, w.attnNorm, s.rstd1, N, C);
     }
     embedBackward(g.embed, dres, tokens, N, C);
   }
