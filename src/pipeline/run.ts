@@ -20,8 +20,7 @@ import type { Logger } from 'pino';
 import { createHost, type Host } from '../net/host.js';
 import { joinControlChannel, type ControlChannel } from '../net/pubsub.js';
 import { openStore, type Store } from '../store/index.js';
-import { ModelConfigSchema, type ModelConfig } from '../model/config.js';
-import { Stage, splitStages } from '../model/stage.js';
+import { createStage, splitStages, StageModelConfigSchema, type StageModelConfig } from '../model/pipeline-stage.js';
 import { AdamWSchema, DEFAULT_ADAMW } from '../train/adamw.js';
 import type { Kernels } from '../kernels/api.js';
 import { canonicalJson } from '../swarm/canonical.js';
@@ -39,7 +38,8 @@ export const PipeManifestSchema = z
     version: z.literal(1),
     kind: z.literal('pipeline'),
     name: z.string().min(1).max(128),
-    model: ModelConfigSchema,
+    /** GPT-2 (no `arch`) or a Llama-family config (`arch: 'llama'`): the stages are cut from it. */
+    model: StageModelConfigSchema,
     stages: z.number().int().min(1).max(64),
     seed: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
     /** Training data (the driver's only): the embedded corpus, tokenized to model.vocabSize. */
@@ -387,12 +387,12 @@ export async function runStagePeer(o: {
 
 /** Tokens per second this machine runs one forward + backward of the stage at (its capacity). */
 function measureThroughput(
-  config: ModelConfig,
+  config: StageModelConfig,
   spec: ReturnType<typeof splitStages>[number],
   kernels: Kernels,
   B: number,
 ): number {
-  const st = new Stage(config, spec, kernels);
+  const st = createStage(config, spec, kernels);
   const T = config.ctx,
     N = B * T;
   const input = st.first ? new Int32Array(N) : new Float32Array(N * config.dim);
