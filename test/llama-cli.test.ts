@@ -81,6 +81,11 @@ test('tessera eval and generate on an imported Llama match an independent PyTorc
   assert.equal(tok.bosId, 1);
   assert.equal(tok.decode(IDS.slice(0, 12)), DOCS[0]);
 
+  // The checkpoint keeps config.json's special ids.
+  const meta = (JSON.parse(await readFile(join(ck, 'config.json'), 'utf8')) as { meta: Record<string, unknown> }).meta;
+  assert.equal(meta.bosTokenId, 1);
+  assert.deepEqual(meta.eosTokenIds, [2]);
+
   // eval: mean cross-entropy of PyTorch's logits over every target that is not a document's <s>.
   const ref = await torchLogits(hf);
   let sum = 0,
@@ -127,6 +132,26 @@ test('tessera eval and generate on an imported Llama match an independent PyTorc
     assert.equal(g.ids[j], l.indexOf(Math.max(...l)), `token ${j} of ${g.ids}`);
   }
   console.log(`tessera generate (greedy) on the imported Llama: ${JSON.stringify(g.completion)} = PyTorch's argmax`);
+
+  // The imported checkpoint as the genesis of a local pipeline: two stage peers, Brown in its tokens.
+  const p = cli([
+    'pipeline',
+    '--init',
+    ck,
+    '--stages',
+    '2',
+    '--steps',
+    '4',
+    '--checkpoint-every',
+    '0',
+    '--prompt',
+    'the cat',
+  ]) as { steps: number; valLoss: number; sample: string; usagePerStage: number[] };
+  assert.equal(p.steps, 4);
+  assert.ok(Number.isFinite(p.valLoss), `${p.valLoss}`);
+  assert.equal(p.usagePerStage.length, 2);
+  assert.ok(p.usagePerStage.every((u) => u > 0));
+  console.log(`tessera pipeline --init (imported Llama, 2 stages): val loss ${p.valLoss.toFixed(3)}`);
 });
 
 test('a tokenizer.json that does not fit the model is refused with a typed error', async (t) => {

@@ -13,6 +13,10 @@ import { TINY_LLAMA, type LlamaConfig } from '../src/model/llama-config.js';
 import { LlamaStage, llamaStageSpecs } from '../src/model/llama-stage.js';
 import { anyStageSpecs, createStage, splitStages } from '../src/model/pipeline-stage.js';
 import { startLocalPipeline } from '../src/pipeline/local.js';
+import { defaultPipeManifest, defaultPipeModel, pipeManifest } from '../src/pipeline/run.js';
+import { spawnSync } from 'node:child_process';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { AdamW, DEFAULT_ADAMW } from '../src/train/adamw.js';
 import { Rng } from '../src/util/rng.js';
 
@@ -214,3 +218,76 @@ for (const [name, cfg] of CONFIGS)
       }
     },
   );
+
+test('a pipeline manifest holds a Llama config (its run id covers it); a bad one is refused', () => {
+  const codec = { id: 'int8' as const };
+  const a = pipeManifest(
+    defaultPipeManifest({ stages: 2, layers: 2, codec, model: defaultPipeModel({ layers: 2, arch: 'llama' }) }),
+  );
+  assert.equal((a.manifest.model as LlamaConfig).arch, 'llama');
+  const b = pipeManifest(defaultPipeManifest({ stages: 2, layers: 2, codec }));
+  assert.notEqual(a.runId, b.runId);
+  const c = pipeManifest(
+    defaultPipeManifest({
+      stages: 2,
+      layers: 2,
+      codec,
+      model: defaultPipeModel({ layers: 2, arch: 'llama', kvHeads: 1 }),
+    }),
+  );
+  assert.notEqual(a.runId, c.runId);
+  assert.throws(
+    () => pipeManifest(defaultPipeManifest({ stages: 2, layers: 2, codec, model: { ...BASE, kvHeads: 3 } })),
+    /invalid pipeline manifest/,
+  );
+  assert.throws(
+    () => pipeManifest(defaultPipeManifest({ stages: 4, layers: 3, codec, model: BASE })),
+    /more stages than layers/,
+  );
+});
+
+test(
+  'tessera pipeline --arch llama: Llama stage peers train, a killed stage comes back from its checkpoint shares',
+  { timeout: 120_000 },
+  () => {
+    const bin = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'bin', 'tessera.js');
+    const r = spawnSync(
+      process.execPath,
+      [
+        bin,
+        'pipeline',
+        '--arch',
+        'llama',
+        '--stages',
+        '3',
+        '--layers',
+        '3',
+        '--steps',
+        '10',
+        '--checkpoint-every',
+        '4',
+        '--kill',
+        '1@9',
+        '--json',
+      ],
+      { encoding: 'utf8', timeout: 110_000 },
+    );
+    assert.equal(r.status, 0, r.stderr);
+    const j = JSON.parse(r.stdout) as {
+      steps: number;
+      valLoss: number;
+      recoveries: { stage: number; fromStep: number }[];
+      usagePerStage: number[];
+    };
+    assert.equal(j.steps, 10);
+    assert.ok(j.valLoss < Math.log(512) - 0.3, `val loss ${j.valLoss}`);
+    assert.deepEqual(
+      j.recoveries.map((x) => [x.stage, x.fromStep]),
+      [[1, 8]],
+    );
+    assert.equal(j.usagePerStage.length, 3);
+    console.log(
+      `tessera pipeline --arch llama: val loss ${j.valLoss.toFixed(3)} after 10 steps, stage 1 restored from step 8`,
+    );
+  },
+);

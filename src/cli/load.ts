@@ -13,6 +13,8 @@ import { GPT } from '../model/gpt.js';
 import { Llama } from '../model/llama.js';
 import { checkpointFormat, loadLlamaCheckpoint } from '../model/llama-checkpoint.js';
 import type { CausalLM } from '../model/causal-lm.js';
+import type { ModelConfig } from '../model/config.js';
+import type { LlamaConfig } from '../model/llama-config.js';
 import { Tokenizer } from '../data/index.js';
 import { loadHfTextTokenizer, tesseraTextTokenizer, type TextTokenizer } from '../data/text-tokenizer.js';
 import type { Kernels } from '../kernels/api.js';
@@ -66,6 +68,9 @@ export async function loadModel(
 export interface LoadedAnyModel {
   arch: 'gpt2' | 'llama';
   model: CausalLM;
+  config: ModelConfig | LlamaConfig;
+  /** The model's flat parameters (the model's own buffer). */
+  params: Float32Array;
   tokenizer: TextTokenizer;
   tokenizerPath: string;
   weightsHash: string;
@@ -92,6 +97,8 @@ export async function loadAnyModel(
     return {
       arch: 'gpt2',
       model: gpt,
+      config: gpt.config,
+      params: gpt.params,
       tokenizer: tesseraTextTokenizer(tokenizer),
       tokenizerPath: tp,
       weightsHash,
@@ -108,7 +115,16 @@ export async function loadAnyModel(
   const model = new Llama(ck.config, kernels);
   model.params.set(ck.params);
   if (adapterDir !== undefined) model.lora = await loadPeft(adapterDir, { arch: 'llama', config: ck.config });
-  return { arch: 'llama', model, tokenizer, tokenizerPath: tokPath, weightsHash: ck.weightsHash, meta: ck.meta };
+  return {
+    arch: 'llama',
+    model,
+    config: model.config,
+    params: model.params,
+    tokenizer,
+    tokenizerPath: tokPath,
+    weightsHash: ck.weightsHash,
+    meta: ck.meta,
+  };
 }
 
 /**

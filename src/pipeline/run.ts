@@ -20,7 +20,13 @@ import type { Logger } from 'pino';
 import { createHost, type Host } from '../net/host.js';
 import { joinControlChannel, type ControlChannel } from '../net/pubsub.js';
 import { openStore, type Store } from '../store/index.js';
-import { createStage, splitStages, StageModelConfigSchema, type StageModelConfig } from '../model/pipeline-stage.js';
+import {
+  createStage,
+  isLlamaConfig,
+  splitStages,
+  StageModelConfigSchema,
+  type StageModelConfig,
+} from '../model/pipeline-stage.js';
 import { AdamWSchema, DEFAULT_ADAMW } from '../train/adamw.js';
 import type { Kernels } from '../kernels/api.js';
 import { canonicalJson } from '../swarm/canonical.js';
@@ -101,6 +107,27 @@ export function readPipeManifest(file: string, flag: string): { manifest: PipeMa
   return pipeManifest(raw);
 }
 
+/**
+ * The small model a default pipeline run trains: a GPT-2 (vocab 512, ctx 64, dim 64, 4 heads), or
+ * with `arch: 'llama'` a Llama of the same widths (4 query heads on `kvHeads` kv heads of 16,
+ * SwiGLU 176, untied head).
+ */
+export function defaultPipeModel(o: { layers: number; arch?: 'gpt2' | 'llama'; kvHeads?: number }): StageModelConfig {
+  const base = { vocabSize: 512, ctx: 64, dim: 64, layers: o.layers, heads: 4 };
+  if (o.arch !== 'llama') return base;
+  return {
+    ...base,
+    arch: 'llama',
+    kvHeads: o.kvHeads ?? 2,
+    headDim: 16,
+    hidden: 176,
+    normEps: 1e-5,
+    ropeTheta: 10000,
+    ropeScaling: null,
+    tiedEmbeddings: false,
+  };
+}
+
 export function defaultPipeManifest(o: {
   stages: number;
   layers: number;
@@ -109,13 +136,16 @@ export function defaultPipeManifest(o: {
   micro?: number;
   checkpointEvery?: number;
   bottleneck?: number;
+  /** The model (default: defaultPipeModel of `layers`). */
+  model?: StageModelConfig;
 }): PipeManifest {
+  const model = o.model ?? defaultPipeModel(o);
   return {
     ...(o.bottleneck !== undefined ? { bottleneck: o.bottleneck } : {}),
     version: 1,
     kind: 'pipeline',
-    name: `brown-pipe-l${o.layers}-s${o.stages}`,
-    model: { vocabSize: 512, ctx: 64, dim: 64, layers: o.layers, heads: 4 },
+    name: `brown-pipe-${isLlamaConfig(model) ? 'llama-' : ''}l${model.layers}-s${o.stages}`,
+    model,
     stages: o.stages,
     seed: 1,
     data: 'brown',
