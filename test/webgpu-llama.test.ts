@@ -14,7 +14,10 @@ import { createRefKernels } from '../src/kernels/ref.js';
 import { WebGpuDevice, type GpuTensor } from '../src/kernels/webgpu/device.js';
 import { WebGpuLlamaKernels } from '../src/kernels/webgpu/llama.js';
 import { SWIFTSHADER_ICD_PATHS } from '../src/kernels/webgpu/node-icd.js';
-import { ropeTables } from '../src/model/llama-config.js';
+import { ropeTables, TINY_LLAMA } from '../src/model/llama-config.js';
+import { Llama, llamaSpecs } from '../src/model/llama.js';
+import { WebGpuLlama } from '../src/model/llama-webgpu.js';
+import { AdamW, DEFAULT_ADAMW } from '../src/train/adamw.js';
 import { InvalidInputError } from '../src/util/errors.js';
 import { uniform } from '../src/util/rng.js';
 
@@ -236,3 +239,54 @@ test('the same Llama work twice gives the same bits; bad arguments are refused',
   assert.throws(() => k.gqaForward(f(32), f(16), f(32), f(16), f(15), 1, 2, 4, 2, 4), /needs 16/);
   assert.throws(() => k.swigluForward(f(4), d.alloc(4, 'i32'), f(4), 4), /must be f32/);
 });
+
+test(
+  'WebGpuLlama: loss and gradients of the CPU Llama, then three AdamW steps stay with it (GQA, tied and untied)',
+  { skip },
+  async () => {
+    const { d } = await gpu();
+    for (const tied of [false, true]) {
+      const cfg = {
+        ...TINY_LLAMA,
+        vocabSize: 37,
+        dim: 24,
+        heads: 4,
+        kvHeads: 2,
+        headDim: 6,
+        hidden: 40,
+        layers: 2,
+        tiedEmbeddings: tied,
+        ropeScaling: { type: 'linear' as const, factor: 2 },
+      };
+      const cpu = new Llama(cfg, ref);
+      cpu.init(3);
+      const gpuModel = new WebGpuLlama(d, cfg);
+      gpuModel.setParams(cpu.params);
+      const B = 2,
+        T = 9,
+        rng = uniform(4);
+      const tokens = Int32Array.from({ length: B * T }, () => Math.floor(rng() * cfg.vocabSize));
+      const targets = Int32Array.from({ length: B * T }, (_, i) => (i === 3 ? -1 : Math.floor(rng() * cfg.vocabSize)));
+      cpu.zeroGrad();
+      const want = cpu.forwardBackward(tokens, targets, B, T);
+      gpuModel.zeroGrad();
+      const got = await gpuModel.forwardBackward(tokens, targets, B, T);
+      assert.ok(Math.abs(got - want) < 1e-5 * Math.max(1, want), `loss ${got} vs ${want}`);
+      close(`WebGpuLlama gradients (${tied ? 'tied' : 'untied'})`, await d.read(gpuModel.grads), cpu.grads);
+      const opt = new AdamW(null, DEFAULT_ADAMW, ref, llamaSpecs(cfg));
+      for (let s = 0; s < 3; s++) {
+        cpu.zeroGrad();
+        cpu.forwardBackward(tokens, targets, B, T);
+        opt.update(cpu.params, cpu.grads, 1e-3);
+        await gpuModel.trainStep(tokens, targets, B, T, 1e-3);
+      }
+      const pg = await d.read(gpuModel.params);
+      let max = 0;
+      for (let i = 0; i < pg.length; i++) max = Math.max(max, Math.abs(pg[i] - cpu.params[i]));
+      console.log(
+        `WebGpuLlama (${tied ? 'tied' : 'untied'}) vs CPU: loss ${got} vs ${want}; weights after 3 AdamW steps within ${max.toExponential(2)}`,
+      );
+      assert.ok(max < 1e-5, `weights after 3 steps differ by ${max}`);
+    }
+  },
+);

@@ -42,8 +42,11 @@ export const LLAMA_LAYER_TENSORS = [
   'w_down',
 ] as const;
 
-/** Views of layer `l` from a name → view lookup (names as llamaSpecs gives them). */
-export function llamaLayerViews(l: number, get: (name: string) => Float32Array): LlamaLayerViews {
+/** Views of layer `l` from a name → view lookup (names as llamaSpecs gives them; host or GPU views). */
+export function llamaLayerViews<X = Float32Array>(
+  l: number,
+  get: (name: string) => X,
+): { [K in keyof LlamaLayerViews]: X } {
   const [attnNorm, wq, wk, wv, wo, mlpNorm, wGate, wUp, wDown] = LLAMA_LAYER_TENSORS.map((n) =>
     get(`layers.${l}.${n}`),
   );
