@@ -19,10 +19,10 @@
  * Linear weights are [out, in], as nn.Linear and Hugging Face's safetensors store them.
  *
  * Each layer runs llama-block.ts's llamaBlockForward/llamaBlockBackward, as a pipeline stage of
- * Llama layers does (llama-stage.ts). Every kernel goes through the Kernels interface (native or reference, api.ts; the Llama ops'
- * specification is kernels/ref-llama.ts), but the token embedding, which is a row copy. The RoPE
- * tables are computed once per sequence length on the host (float64, rounded to float32). No I/O
- * here.
+ * Llama layers does (llama-stage.ts). Every kernel goes through the Kernels interface (native or
+ * reference, api.ts; the Llama ops' specification is kernels/ref-llama.ts), but the token
+ * embedding, which is a row copy. The RoPE tables are computed once per sequence length on the
+ * host (float64, rounded to float32). No I/O here.
  *
  * An optional LoRA adapter (`lora`, lora.ts) is consulted at every projection (q_proj, k_proj,
  * v_proj before RoPE, o_proj, gate_proj, up_proj, down_proj); with none attached (the default)
