@@ -16,9 +16,14 @@ al. 2019 and HF's Conv1D layout; Llama: Touvron et al. 2023 / Llama 3 with HF's 
 repeat_kv GQA and rope_scaling), run on the weights exactly as stored (after rounding to the
 stored dtype), so the comparison isolates the importer and Tessera's forward pass.
 
+With --tokenizer (llama), also a tokenizer.json: a 64-token Llama-2-style (SentencePiece-layout)
+BPE written by hand: "▁" word marks, <unk>/<s>/</s>, lowercase letters, "." and "," and 32
+merges; its post-processor puts <s> before a text, as Llama 2's does.
+
 Usage (Debian's python3-torch is at /usr/bin/python3):
     /usr/bin/python3 scripts/hf_fixtures.py --arch llama --out DIR [--dtype f32|f16|bf16]
         [--shards N] [--seed S] [--tied] [--rope llama3|linear|none] [--tokens '[[1,2,3]]']
+        [--tokenizer]
     /usr/bin/python3 scripts/hf_fixtures.py --arch gpt2 --out DIR [--bare-names] ...
 """
 import argparse
@@ -132,6 +137,50 @@ def llama_weights(cfg, gen):
     if not cfg["tie_word_embeddings"]:
         w.append(("lm_head.weight", r(V, C)))
     return w
+
+
+LLAMA_MERGES = [
+    "▁ t", "h e", "▁t he", "i n", "e r", "a n", "r e", "o n", "▁ a", "e n", "a t", "e d", "n d", "▁ s",
+    "▁ w", "o r", "e s", "i s", "i t", "o u", "a r", "▁ c", "▁ o", "▁ b", "▁ f", "▁ m", "l l", "▁a nd",
+    "in g", "▁ i", "o f", "▁ of",
+]
+
+
+def llama_tokenizer(vocab_size):
+    """A Llama-2-style tokenizer.json (the layout HF's LlamaTokenizerFast saves) of vocab_size ids."""
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "\u2581": 3}
+    for ch in "abcdefghijklmnopqrstuvwxyz.,":
+        vocab[ch] = len(vocab)
+    for m in LLAMA_MERGES:
+        a, b = m.split(" ")
+        assert a in vocab and b in vocab, m
+        vocab[a + b] = len(vocab)
+    assert len(vocab) == vocab_size, len(vocab)
+    special = lambda i, c: {"id": i, "content": c, "single_word": False, "lstrip": False,  # noqa: E731
+                            "rstrip": False, "normalized": False, "special": True}
+    return {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": [special(0, "<unk>"), special(1, "<s>"), special(2, "</s>")],
+        "normalizer": {"type": "Sequence", "normalizers": [
+            {"type": "Prepend", "prepend": "\u2581"},
+            {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}]},
+        "pre_tokenizer": None,
+        "post_processor": {
+            "type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                     {"SpecialToken": {"id": "<s>", "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {"<s>": {"id": "<s>", "ids": [1], "tokens": ["<s>"]}}},
+        "decoder": {"type": "Sequence", "decoders": [
+            {"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "},
+            {"type": "ByteFallback"}, {"type": "Fuse"},
+            {"type": "Strip", "content": " ", "start": 1, "stop": 0}]},
+        "model": {"type": "BPE", "dropout": None, "unk_token": "<unk>", "continuing_subword_prefix": None,
+                  "end_of_word_suffix": None, "fuse_unk": True, "byte_fallback": False, "ignore_merges": False,
+                  "vocab": vocab, "merges": LLAMA_MERGES},
+    }
 
 
 def llama_inv_freq(cfg):
@@ -277,6 +326,7 @@ def main():
     ap.add_argument("--rope", choices=["llama3", "linear", "none"], default="llama3")
     ap.add_argument("--bare-names", action="store_true",
                     help="gpt2: names without 'transformer.' plus attn.bias mask buffers, as the original hub files")
+    ap.add_argument("--tokenizer", action="store_true", help="llama: also write a Llama-2-style tokenizer.json")
     ap.add_argument("--tokens", default="[[1, 5, 9, 2, 33, 63, 0, 17, 4, 4, 40, 11], [7, 7, 3, 62, 21, 8, 30, 1, 9, 12, 5, 2]]")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
@@ -307,6 +357,9 @@ def main():
     with open(os.path.join(args.out, "config.json"), "w") as f:
         json.dump(cfg, f, indent=2)
     save(args.out, stored, code, args.shards)
+    if args.tokenizer and args.arch == "llama":
+        with open(os.path.join(args.out, "tokenizer.json"), "w", encoding="utf-8") as f:
+            json.dump(llama_tokenizer(cfg["vocab_size"]), f, ensure_ascii=False, indent=1)
     with open(os.path.join(args.out, "logits.json"), "w") as f:
         json.dump({"tokens": tokens, "shape": list(logits.shape), "logits": logits.flatten().tolist(),
                    "torch": torch.__version__}, f)

@@ -9,6 +9,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createRefKernels } from '../src/kernels/ref.js';
 import { loadKernels } from '../src/kernels/index.js';
+import { createNativeKernels } from '../src/kernels/native.js';
+import type { Kernels } from '../src/kernels/api.js';
 import { Llama, llamaParamCount, llamaSpecs } from '../src/model/llama.js';
 import { ropeInvFreq, ropeTables, TINY_LLAMA, type LlamaConfig } from '../src/model/llama-config.js';
 import {
@@ -21,7 +23,7 @@ import {
   swigluBackward,
   swigluForward,
   type Arr,
-} from '../src/model/llama-kernels.js';
+} from '../src/kernels/ref-llama.js';
 
 function rand(seed: number): () => number {
   let s = seed >>> 0 || 1;
@@ -280,8 +282,8 @@ test('GQA: kv heads shared by a group equal MHA with each kv head repeated (repe
   for (let i = 0; i < a.length; i++) assert.ok(Math.abs(a[i] - b[i]) < 1e-14);
 });
 
-function randomLlama(cfg: LlamaConfig, seed: number): Llama {
-  const m = new Llama(cfg, createRefKernels());
+function randomLlama(cfg: LlamaConfig, seed: number, kernels: Kernels = createRefKernels()): Llama {
+  const m = new Llama(cfg, kernels);
   const u = rand(seed);
   for (const s of llamaSpecs(cfg)) {
     const v = m.params.subarray(s.offset, s.offset + s.size);
@@ -290,59 +292,74 @@ function randomLlama(cfg: LlamaConfig, seed: number): Llama {
   return m;
 }
 
-for (const tied of [false, true]) {
-  test(`whole-model gradient matches float32 central differences (GQA, llama3 RoPE, ${tied ? 'tied' : 'untied'})`, () => {
-    const cfg: LlamaConfig = {
-      ...TINY_LLAMA,
-      vocabSize: 11,
-      dim: 8,
-      heads: 4,
-      kvHeads: 2,
-      headDim: 4,
-      hidden: 12,
-      layers: 2,
-      tiedEmbeddings: tied,
-      ropeTheta: 100,
-      ropeScaling: { type: 'llama3', factor: 4, lowFreqFactor: 1, highFreqFactor: 2, originalMaxPositions: 8 },
-    };
-    const m = randomLlama(cfg, tied ? 22 : 23);
-    const B = 2,
-      T = 5;
-    const tokens = Int32Array.from({ length: B * T }, (_, i) => (i * 7 + 3) % cfg.vocabSize);
-    const targets = Int32Array.from({ length: B * T }, (_, i) => (i === 4 ? -1 : (i * 5 + 1) % cfg.vocabSize));
-    m.zeroGrad();
-    m.forwardBackward(tokens, targets, B, T);
-    const grad = m.grads.slice();
-    // Central differences in float32 (the divisor is the step as float32 actually took it),
-    // sampled across every tensor; relative error floored at 1e-3 so that float32 round-off
-    // (~1e-7 / h) on near-zero gradients does not dominate.
-    const h = 5e-2;
-    let worst = 0,
-      checked = 0;
-    for (const s of llamaSpecs(cfg)) {
-      for (let j = 0; j < s.size; j += Math.max(1, Math.floor(s.size / 12))) {
-        const i = s.offset + j;
-        const x0 = m.params[i];
-        const central = (step: number) => {
-          m.params[i] = x0 + step;
-          const fp = m.loss(tokens, targets, B, T);
-          m.params[i] = x0 - step;
-          const fm = m.loss(tokens, targets, B, T);
-          m.params[i] = x0;
-          return (fp - fm) / (Math.fround(x0 + step) - Math.fround(x0 - step));
+// The reference kernels, and the native ones (every Llama op in the addon; deterministic mode
+// so that the loss is one fixed function of the parameters, fast mode's BLAS matmuls as well).
+const nativeSkip = process.env.TESSERA_KERNELS === 'ref' ? 'TESSERA_KERNELS=ref: native kernels disabled' : false;
+const FD_KERNELS: [string, () => Kernels, string | false][] = [
+  ['ref', createRefKernels, false],
+  ['native', () => createNativeKernels({ deterministic: true, threads: 2 }), nativeSkip],
+  ['native fast', () => createNativeKernels({ deterministic: false, threads: 2 }), nativeSkip],
+];
+for (const [kname, kernels, skip] of FD_KERNELS)
+  for (const tied of [false, true]) {
+    test(
+      `whole-model gradient matches float32 central differences (${kname} kernels, GQA, llama3 RoPE, ${tied ? 'tied' : 'untied'})`,
+      { skip },
+      () => {
+        const cfg: LlamaConfig = {
+          ...TINY_LLAMA,
+          vocabSize: 11,
+          dim: 8,
+          heads: 4,
+          kvHeads: 2,
+          headDim: 4,
+          hidden: 12,
+          layers: 2,
+          tiedEmbeddings: tied,
+          ropeTheta: 100,
+          ropeScaling: { type: 'llama3', factor: 4, lowFreqFactor: 1, highFreqFactor: 2, originalMaxPositions: 8 },
         };
-        // Richardson extrapolation cancels the O(h²) truncation term of central differences.
-        const num = (4 * central(h / 2) - central(h)) / 3;
-        const err = Math.abs(num - grad[i]) / Math.max(1e-3, Math.abs(num) + Math.abs(grad[i]));
-        worst = Math.max(worst, err);
-        checked++;
-      }
-    }
-    console.log(`llama (${tied ? 'tied' : 'untied'}) whole-model fd rel err ${worst.toExponential(2)} over ${checked}`);
-    assert.equal(m.grads.length, llamaParamCount(cfg));
-    assert.ok(worst < 1e-2, `worst relative error ${worst}`);
-  });
-}
+        const m = randomLlama(cfg, tied ? 22 : 23, kernels());
+        const B = 2,
+          T = 5;
+        const tokens = Int32Array.from({ length: B * T }, (_, i) => (i * 7 + 3) % cfg.vocabSize);
+        const targets = Int32Array.from({ length: B * T }, (_, i) => (i === 4 ? -1 : (i * 5 + 1) % cfg.vocabSize));
+        m.zeroGrad();
+        m.forwardBackward(tokens, targets, B, T);
+        const grad = m.grads.slice();
+        // Central differences in float32 (the divisor is the step as float32 actually took it),
+        // sampled across every tensor; relative error floored at 1e-3 so that float32 round-off
+        // (~1e-7 / h) on near-zero gradients does not dominate.
+        const h = 5e-2;
+        let worst = 0,
+          checked = 0;
+        for (const s of llamaSpecs(cfg)) {
+          for (let j = 0; j < s.size; j += Math.max(1, Math.floor(s.size / 12))) {
+            const i = s.offset + j;
+            const x0 = m.params[i];
+            const central = (step: number) => {
+              m.params[i] = x0 + step;
+              const fp = m.loss(tokens, targets, B, T);
+              m.params[i] = x0 - step;
+              const fm = m.loss(tokens, targets, B, T);
+              m.params[i] = x0;
+              return (fp - fm) / (Math.fround(x0 + step) - Math.fround(x0 - step));
+            };
+            // Richardson extrapolation cancels the O(h²) truncation term of central differences.
+            const num = (4 * central(h / 2) - central(h)) / 3;
+            const err = Math.abs(num - grad[i]) / Math.max(1e-3, Math.abs(num) + Math.abs(grad[i]));
+            worst = Math.max(worst, err);
+            checked++;
+          }
+        }
+        console.log(
+          `llama (${kname}, ${tied ? 'tied' : 'untied'}) whole-model fd rel err ${worst.toExponential(2)} over ${checked}`,
+        );
+        assert.equal(m.grads.length, llamaParamCount(cfg));
+        assert.ok(worst < 1e-2, `worst relative error ${worst}`);
+      },
+    );
+  }
 
 test('a few AdamW-free SGD steps reduce the loss (training runs end to end)', () => {
   const m = new Llama({ ...TINY_LLAMA, vocabSize: 16, dim: 16, hidden: 24, headDim: 4 }, createRefKernels());
@@ -362,7 +379,7 @@ test('a few AdamW-free SGD steps reduce the loss (training runs end to end)', ()
   assert.ok(last < first * 0.7, `${first} -> ${last}`);
 });
 
-test('the native kernels (matmul, loss) give the reference logits and gradients within float32 round-off', () => {
+test('the native kernels (every Llama op, matmul, loss) give the reference logits and gradients within float32 round-off', () => {
   const cfg: LlamaConfig = { ...TINY_LLAMA, ropeScaling: { type: 'linear', factor: 2 } };
   const ref = randomLlama(cfg, 31);
   const nat = new Llama(cfg, loadKernels({ threads: 1 }));

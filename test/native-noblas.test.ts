@@ -125,6 +125,35 @@ test('no-BLAS build gives the OpenBLAS build deterministic-mode bits', { skip },
   mine.attentionForward(o1, at1, qkv, B, T, C, NH);
   theirs.attentionForward(o2, at2, qkv, B, T, C, NH);
   bitsEqual(o1, o2, 'attention out');
+  // The Llama family's kernels are built into the no-BLAS addon too: grouped-query attention
+  // (its small GEMMs are the own GEMM in both builds), RMSNorm and SwiGLU, forward and backward.
+  const KV = 1,
+    hd = 8,
+    q = rand(B * T * NH * hd, 10),
+    kk = rand(B * T * KV * hd, 11),
+    v = rand(B * T * KV * hd, 12);
+  const outs = [mine, theirs].map((k) => {
+    const out = new Float32Array(q.length),
+      att = new Float32Array(B * NH * T * T),
+      dq = new Float32Array(q.length),
+      dk = new Float32Array(kk.length),
+      dv = new Float32Array(v.length);
+    k.gqaForward(out, att, q, kk, v, B, T, NH, KV, hd);
+    k.gqaBackward(dq, dk, dv, new Float32Array(att.length), rand(q.length, 13), q, kk, v, att, B, T, NH, KV, hd);
+    const xn = new Float32Array(B * T * C),
+      rstd = new Float32Array(B * T),
+      dx = new Float32Array(xn.length),
+      dw = new Float32Array(C);
+    k.rmsnormForward(xn, rstd, qkv.subarray(0, xn.length), rand(C, 14), B * T, C, 1e-5);
+    k.rmsnormBackward(dx, dw, rand(xn.length, 15), qkv.subarray(0, xn.length), rand(C, 14), rstd, B * T, C);
+    const h = new Float32Array(xn.length),
+      dg = new Float32Array(xn.length),
+      du = new Float32Array(xn.length);
+    k.swigluForward(h, xn, dx, xn.length);
+    k.swigluBackward(dg, du, rand(xn.length, 16), xn, dx, xn.length);
+    return [out, att, dq, dk, dv, xn, rstd, dx, dw, h, dg, du];
+  });
+  outs[0].forEach((x, i) => bitsEqual(x, outs[1][i], `Llama kernels output #${i}`));
   const g = sgemmBench(64, 64, 64, 2, { addonPath: path, threads: 2, transB: true });
   assert.ok(g > 0 && Number.isFinite(g), `own-GEMM sgemmBench ${g} GFLOP/s`);
 });

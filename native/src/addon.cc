@@ -1,6 +1,6 @@
 // Tessera native kernels: the N-API layer.
 //
-// WHY HAND-WRITTEN: Tessera trains GPT-2 models in Node. No library offers the kernels it needs
+// WHY HAND-WRITTEN: Tessera trains GPT-2 and Llama-family models in Node. No library offers the kernels it needs
 // in usable form: fused (softmax + cross-entropy, causal attention storing its probabilities,
 // layernorm backward), operating on caller-owned Float32Array views with accumulate-into-gradient
 // semantics, multithreaded without fighting BLAS for the cores, and with a deterministic mode
@@ -838,6 +838,9 @@ napi_value Info(napi_env env, Args& a) {
   return obj;
 }
 
+// The Llama family's kernels (RMSNorm, RoPE, SwiGLU, grouped-query attention).
+#include "addon_llama.inc"
+
 // ---------------------------------------------------------------------------------------------
 // Registration
 
@@ -907,6 +910,14 @@ napi_value Init(napi_env env, napi_value exports) {
       TESSERA_FN("sumSquares", SumSquares),
       TESSERA_FN("scale", Scale),
       TESSERA_FN("adamw", AdamW),
+      TESSERA_FN("rmsnormForward", RmsnormForward),
+      TESSERA_FN("rmsnormBackward", RmsnormBackward),
+      TESSERA_FN("ropeForward", RopeForward),
+      TESSERA_FN("ropeBackward", RopeBackward),
+      TESSERA_FN("swigluForward", SwigluForward),
+      TESSERA_FN("swigluBackward", SwigluBackward),
+      TESSERA_FN("gqaForward", GqaForward),
+      TESSERA_FN("gqaBackward", GqaBackward),
       TESSERA_FN("sgemmBench", SgemmBench),
       TESSERA_FN("info", Info),
   };

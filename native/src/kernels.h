@@ -45,6 +45,21 @@ struct AttnArgs {
   int64_t B, T, C, NH;
 };
 
+// Grouped-query attention (Llama): q, out [B,T,NH,hd]; k, v [B,T,KV,hd]; NH a multiple of KV.
+struct GqaArgs {
+  float* out;        // [B,T,NH,hd]      (forward)
+  float* att;        // [B,NH,T,T]       (forward output, backward input)
+  float* datt;       // [B,NH,T,T]       (backward scratch)
+  float* dq;         // [B,T,NH,hd]      (backward, accumulated)
+  float* dk;         // [B,T,KV,hd]      (backward, accumulated)
+  float* dv;         // [B,T,KV,hd]      (backward, accumulated)
+  const float* dout; // [B,T,NH,hd]      (backward)
+  const float* q;
+  const float* k;
+  const float* v;
+  int64_t B, T, NH, KV, hd;
+};
+
 struct KernelTable {
   const char* isa;
   int64_t pack_a_floats;  // per-thread workspace sizes for gemm()
@@ -93,6 +108,26 @@ struct KernelTable {
   // Attention, one (batch, head) pair per call: bh = b*NH + h.
   void (*attention_fwd)(const AttnArgs& a, int64_t bh, const Workspace& ws);
   void (*attention_bwd)(const AttnArgs& a, int64_t bh, const Workspace& ws);
+
+  // Llama family (llama_impl.inc). RMSNorm: rows [n0,n1) forward and dinp; dweight by columns
+  // [c0,c1) over all N rows in increasing order.
+  void (*rmsnorm_fwd)(float* out, float* rstd, const float* inp, const float* w, int64_t n0, int64_t n1,
+                      int64_t C, double eps);
+  void (*rmsnorm_bwd_dinp)(float* dinp, const float* dout, const float* inp, const float* w,
+                           const float* rstd, int64_t n0, int64_t n1, int64_t C);
+  void (*rmsnorm_bwd_params)(float* dw, const float* dout, const float* inp, const float* rstd, int64_t N,
+                             int64_t C, int64_t c0, int64_t c1);
+  // RoPE in place on rows [n0,n1) of x [B*T, nh, hd] (row n is position n % T); inverse = backward.
+  void (*rope)(float* x, const float* cos, const float* sin, int64_t n0, int64_t n1, int64_t T, int64_t nh,
+               int64_t hd, bool inverse);
+  // SwiGLU, element range [i0, i1).
+  void (*swiglu_fwd)(float* out, const float* gate, const float* up, int64_t i0, int64_t i1);
+  void (*swiglu_bwd)(float* dgate, float* dup, const float* dout, const float* gate, const float* up,
+                     int64_t i0, int64_t i1);
+  // GQA forward for one (batch, query head) bh = b*NH + h; backward for one (batch, kv head)
+  // bg = b*KV + g, which owns that kv head's dk, dv and its query heads' dq, datt.
+  void (*gqa_fwd)(const GqaArgs& a, int64_t bh, const Workspace& ws);
+  void (*gqa_bwd)(const GqaArgs& a, int64_t bg, const Workspace& ws);
 };
 
 extern const KernelTable kernels_base;  // kernels_base.cc: baseline x86-64

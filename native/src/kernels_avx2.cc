@@ -15,6 +15,7 @@
 
 using tessera::AttnArgs;
 using tessera::GemmArgs;
+using tessera::GqaArgs;
 using tessera::kAttnRowBlock;
 using tessera::Workspace;
 

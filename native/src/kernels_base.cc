@@ -7,6 +7,7 @@
 
 using tessera::AttnArgs;
 using tessera::GemmArgs;
+using tessera::GqaArgs;
 using tessera::kAttnRowBlock;
 using tessera::Workspace;
 

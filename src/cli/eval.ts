@@ -1,9 +1,12 @@
-/** `tessera eval`: mean next-token loss of a checkpoint (optionally plus a LoRA adapter) on a text file. */
+/**
+ * `tessera eval`: mean next-token loss of a checkpoint (GPT-2, or a Llama-family one as
+ * `tessera import --hf` writes; optionally plus a LoRA adapter) on a text file.
+ */
 import type { Command } from 'commander';
 import { int } from './args.js';
 import { say, result } from './output.js';
 import { loadKernels } from '../kernels/index.js';
-import { loadModel, streamLoss } from './load.js';
+import { loadAnyModel, streamLoss } from './load.js';
 import { readDocuments } from '../data/index.js';
 
 export function register(program: Command): void {
@@ -18,16 +21,18 @@ export function register(program: Command): void {
     .option('--json', 'print {"loss", "tokens"} on stdout', false)
     .action(async (o) => {
       const k = loadKernels({ threads: o.threads });
-      const m = await loadModel(o.checkpoint, k, o.tokenizer, o.adapter);
+      const m = await loadAnyModel(o.checkpoint, k, o.tokenizer, o.adapter);
       const docs = readDocuments(o.text);
-      // Documents are joined the way training saw them: each one preceded by <|endoftext|>.
+      // Documents are joined the way training saw them: each one preceded by its start token
+      // (GPT-2: <|endoftext|>, predicted as the previous document's end; Llama: the BOS, which
+      // is context only and never scored).
       const ids: number[] = [];
-      for (const d of docs) {
-        ids.push(m.tokenizer.eotId);
-        for (const t of m.tokenizer.encodeOrdinary(d)) ids.push(t);
-      }
-      say(o, `scoring ${ids.length.toLocaleString('en-US')} tokens from ${o.text} with ${m.weightsHash.slice(0, 12)}…`);
-      const r = streamLoss(m.gpt, ids);
+      for (const d of docs) for (const t of m.tokenizer.encodeDocument(d)) ids.push(t);
+      say(
+        o,
+        `scoring ${ids.length.toLocaleString('en-US')} tokens from ${o.text} with ${m.arch === 'llama' ? 'Llama' : 'GPT-2'} ${m.weightsHash.slice(0, 12)}…`,
+      );
+      const r = streamLoss(m.model, ids, 16, m.tokenizer.bosId);
       result(
         o,
         { loss: r.loss, tokens: r.tokens },

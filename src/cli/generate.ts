@@ -7,7 +7,7 @@ import type { Command } from 'commander';
 import { int, num, collect } from './args.js';
 import { say, result } from './output.js';
 import { loadKernels } from '../kernels/index.js';
-import { loadModel } from './load.js';
+import { loadAnyModel } from './load.js';
 import { sample } from '../model/sample.js';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -87,7 +87,7 @@ async function generateSwarm(o: SwarmGen): Promise<void> {
 export function register(program: Command): void {
   program
     .command('generate')
-    .description('continue a prompt with a trained checkpoint')
+    .description('continue a prompt with a trained or imported checkpoint (GPT-2 or Llama)')
     .option('--checkpoint <dir>', 'checkpoint directory (or a run directory)')
     .option(
       '--swarm <pipe.json>',
@@ -103,25 +103,28 @@ export function register(program: Command): void {
     .option('--tokenizer <file>', "tokenizer.json (default: the checkpoint's)")
     .option('--adapter <dir>', 'a PEFT LoRA adapter directory to apply (train --init --lora writes one)')
     .option('--threads <n>', 'worker threads', int(1, 1024), 2)
-    .option('--json', 'print {"prompt", "completion", "tokens"} on stdout', false)
+    .option('--json', 'print {"prompt", "completion", "tokens", "promptIds", "ids"} on stdout', false)
     .action(async (o) => {
       if ((o.checkpoint === undefined) === (o.swarm === undefined))
         throw new InvalidInputError('give either --checkpoint <dir> or --swarm <pipe.json>');
       if (o.swarm) return generateSwarm(o as SwarmGen);
       const k = loadKernels({ threads: o.threads });
-      const m = await loadModel(o.checkpoint, k, o.tokenizer, o.adapter);
-      const prompt = [m.tokenizer.eotId, ...m.tokenizer.encodeOrdinary(o.prompt)];
+      const m = await loadAnyModel(o.checkpoint, k, o.tokenizer, o.adapter);
+      // The prompt starts like a document (GPT-2: <|endoftext|>; Llama: its BOS). No KV cache:
+      // each new token runs the model on the whole window (src/model/sample.ts).
+      const prompt = m.tokenizer.encodeDocument(o.prompt);
+      const stop = m.tokenizer.eosIds;
       const out: number[] = [];
       if (!o.json) process.stdout.write(o.prompt);
       let printed = '';
-      for (const id of sample(m.gpt, prompt, {
+      for (const id of sample(m.model, prompt, {
         maxNewTokens: o.maxTokens,
         temperature: o.temperature,
         topK: o.topK,
         seed: o.seed,
-        stopToken: m.tokenizer.eotId,
+        stopTokens: stop,
       })) {
-        if (id === m.tokenizer.eotId) break;
+        if (stop.includes(id)) break;
         out.push(id);
         if (!o.json) {
           // Decode the whole completion each time so multi-byte characters split across tokens print correctly.
@@ -136,6 +139,6 @@ export function register(program: Command): void {
         process.stdout.write(completion.slice(printed.length) + '\n');
         say(o, `(${out.length} tokens, temperature ${o.temperature}, top-k ${o.topK}, seed ${o.seed})`);
       }
-      result(o, { prompt: o.prompt, completion, tokens: out.length });
+      result(o, { prompt: o.prompt, completion, tokens: out.length, promptIds: prompt, ids: out });
     });
 }

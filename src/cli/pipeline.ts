@@ -1,8 +1,9 @@
 /**
  * `tessera pipeline`: protocol-learning mode on this machine. S stage peers (each its own libp2p
- * host, holding only its stage) and a driver holding the data train a GPT on Brown over loopback
- * streams, with compressed activations; optional replicas, checkpoint shares and a kill drill;
- * then a sample generated through the stage holders, with per-stage usage and credit.
+ * host, holding only its stage) and a driver holding the data train a GPT-2 or a Llama
+ * (`--arch llama`, or `--init` an imported checkpoint) on Brown over loopback streams, with
+ * compressed activations; optional replicas, checkpoint shares and a kill drill; then a sample
+ * generated through the stage holders, with per-stage usage and credit.
  */
 import type { Command } from 'commander';
 import cliProgress from 'cli-progress';
@@ -13,6 +14,11 @@ import { loadCorpus, prepareDataset } from '../data/index.js';
 import { BatchSampler, evalBatches } from '../data/batches.js';
 import { loadKernels } from '../kernels/index.js';
 import { GPT } from '../model/gpt.js';
+import { Llama } from '../model/llama.js';
+import { hasTiedEmbedding, isLlamaConfig, type StageModelConfig } from '../model/pipeline-stage.js';
+import type { TokenArray } from '../data/batches.js';
+import type { TextTokenizer } from '../data/text-tokenizer.js';
+import { loadAnyModel } from './load.js';
 import { DEFAULT_ADAMW } from '../train/adamw.js';
 import { startLocalPipeline } from '../pipeline/local.js';
 import { stageCredits } from '../pipeline/credit.js';
@@ -26,6 +32,7 @@ import { PipelineDriver, type Recovery } from '../pipeline/driver.js';
 import {
   awaitFreshPeer,
   defaultPipeManifest,
+  defaultPipeModel,
   discoverStages,
   listenToRun,
   pipeManifest,
@@ -66,6 +73,9 @@ interface PipelineOptions {
   routing: 'replicate' | 'balance';
   bottleneck?: number;
   rebuild?: 'fallback' | 'prefer';
+  arch: 'gpt2' | 'llama';
+  kvHeads?: number;
+  init?: string;
 }
 
 /** One line per recovery: what came back where, and how. */
@@ -91,9 +101,10 @@ function codecOf(o: PipelineOptions, dim: number): ActCodecSpec {
   return o.codec === 'lowrank' ? { id: 'lowrank', k: Math.min(o.rank, dim) } : { id: o.codec as ActCodecSpec['id'] };
 }
 
-/** The pipeline manifest the flags describe (the local run's, or the one --write-run writes). */
-function manifestOf(o: PipelineOptions) {
+/** The pipeline manifest the flags describe (the local run's, or the one --write-run writes); `model` overrides --arch/--layers. */
+function manifestOf(o: PipelineOptions, model?: StageModelConfig) {
   return defaultPipeManifest({
+    model: model ?? defaultPipeModel({ layers: o.layers, arch: o.arch, ...(o.kvHeads ? { kvHeads: o.kvHeads } : {}) }),
     stages: o.stages,
     layers: o.layers,
     codec: codecOf(o, o.bottleneck ?? 64),
@@ -102,6 +113,69 @@ function manifestOf(o: PipelineOptions) {
     checkpointEvery: o.checkpointEvery,
     ...(o.bottleneck !== undefined ? { bottleneck: o.bottleneck } : {}),
   });
+}
+
+/** What the local run trains: its model, the weights it starts from, the sequence length and Brown in its tokens. */
+interface LocalStart {
+  config: StageModelConfig;
+  genesis: Float32Array;
+  T: number;
+  ds: {
+    train: TokenArray;
+    val: TokenArray;
+    tokenizer: { encodeOrdinary(s: string): number[]; decode(t: number[]): string };
+  };
+}
+
+/** Brown's documents as one stream of `tok`'s ids (each document from its start token), up to `cap` tokens. */
+function brownIn(tok: TextTokenizer, docs: readonly string[], cap: number): Int32Array {
+  const out: number[] = [];
+  for (const d of docs) {
+    for (const id of tok.encodeDocument(d)) out.push(id);
+    if (out.length >= cap) break;
+  }
+  return Int32Array.from(out.slice(0, cap));
+}
+
+/**
+ * `--init DIR`: a GPT-2 or Llama checkpoint (e.g. `tessera import --hf`) with its own tokenizer,
+ * Brown tokenized with it (at most 2^20 training tokens), windows of min(ctx, 64) tokens.
+ * Otherwise the default model of --arch / --layers from the run's seed, on Brown with a BPE
+ * trained to its vocabulary.
+ */
+async function localStart(o: PipelineOptions, k: ReturnType<typeof loadKernels>): Promise<LocalStart> {
+  if (o.init) {
+    const m = await loadAnyModel(o.init, k);
+    const corpus = loadCorpus('brown');
+    const tok = m.tokenizer;
+    say(
+      o,
+      `starting from ${m.arch === 'llama' ? 'Llama' : 'GPT-2'} checkpoint ${o.init} (${m.weightsHash.slice(0, 12)}…)`,
+    );
+    return {
+      config: m.config,
+      genesis: m.params,
+      T: Math.min(m.config.ctx, 64),
+      ds: {
+        train: brownIn(tok, corpus.train, 1 << 20),
+        val: brownIn(tok, corpus.val, 1 << 16),
+        tokenizer: { encodeOrdinary: (s) => tok.encodeDocument(s), decode: (t) => tok.decode(t) },
+      },
+    };
+  }
+  const config = defaultPipeModel({ layers: o.layers, arch: o.arch, ...(o.kvHeads ? { kvHeads: o.kvHeads } : {}) });
+  const ds = prepareDataset({ corpus: loadCorpus('brown'), vocabSize: config.vocabSize, cacheDir: o.cacheDir });
+  let genesis: Float32Array;
+  if (isLlamaConfig(config)) {
+    const l = new Llama(config, k);
+    l.init(1);
+    genesis = l.params;
+  } else {
+    const g = new GPT(config, k);
+    g.init(1);
+    genesis = g.params;
+  }
+  return { config, genesis, T: config.ctx, ds };
 }
 
 /** `--run`: drive a pipeline whose stage peers (`tessera stage`) run anywhere. */
@@ -147,6 +221,7 @@ async function driveRun(o: PipelineOptions): Promise<void> {
       stages,
       dim: m.model.dim,
       vocabSize: m.model.vocabSize,
+      tied: hasTiedEmbedding(m.model),
       codec: m.codec,
       ...(m.bottleneck !== undefined ? { width: m.bottleneck } : {}),
       addrsOf: (p) => dir.byPeer.get(p)?.addrs ?? [],
@@ -234,6 +309,17 @@ export function register(program: Command): void {
     )
     .option('--stages <n>', 'pipeline stages (one peer each, times --replicas)', int(1, 64), 4)
     .option('--layers <n>', 'transformer layers (cut into the stages)', int(1, 64), 4)
+    .option(
+      '--arch <arch>',
+      'the model: gpt2, or llama (RMSNorm, RoPE, SwiGLU, grouped-query attention)',
+      oneOf('gpt2', 'llama'),
+      'gpt2',
+    )
+    .option('--kv-heads <n>', 'with --arch llama: key/value heads (a divisor of the 4 query heads)', int(1, 4))
+    .option(
+      '--init <dir>',
+      'start the local run from a checkpoint (GPT-2, or Llama as `tessera import --hf` writes; its tokenizer tokenizes Brown) instead of --arch/--layers',
+    )
     .option('--replicas <n>', 'peers per stage, kept in lockstep (a dead replica costs no step)', int(1, 8), 1)
     .option('--steps <n>', 'optimizer steps', int(1), 200)
     .option('--codec <id>', 'activation codec at stage boundaries', oneOf('fp32', 'fp16', 'int8', 'lowrank'), 'int8')
@@ -317,6 +403,10 @@ export function register(program: Command): void {
     )
     .option('--json', 'machine-readable output on stdout', false)
     .action(async (o: PipelineOptions) => {
+      if (o.init && (o.writeRun || o.run))
+        throw new InvalidInputError(
+          "--init starts the local run from a checkpoint; a multi-machine run (--write-run, --run) starts from the manifest's seed",
+        );
       if (o.writeRun) {
         const drivers = [
           ...(o.driver ?? []),
@@ -338,12 +428,13 @@ export function register(program: Command): void {
         result(
           o,
           { runId, out: o.writeRun, manifest },
-          `wrote ${o.writeRun}: pipeline ${runId.slice(0, 12)}, ${o.stages} stages of a ${o.layers}-layer GPT, ${manifest.codec.id} activations, driven only by ${manifest.drivers!.join(', ')}; start stage peers with \`tessera stage --run ${o.writeRun} --data-dir DIR\`, then \`tessera pipeline --run ${o.writeRun} --data-dir DIR --bootstrap <a stage peer>\``,
+          `wrote ${o.writeRun}: pipeline ${runId.slice(0, 12)}, ${o.stages} stages of a ${o.layers}-layer ${isLlamaConfig(manifest.model) ? 'Llama' : 'GPT'}, ${manifest.codec.id} activations, driven only by ${manifest.drivers!.join(', ')}; start stage peers with \`tessera stage --run ${o.writeRun} --data-dir DIR\`, then \`tessera pipeline --run ${o.writeRun} --data-dir DIR --bootstrap <a stage peer>\``,
         );
         return;
       }
       if (o.run) return driveRun(o);
-      if (o.stages > o.layers) throw new InvalidInputError(`--stages ${o.stages} is more than --layers ${o.layers}`);
+      if (!o.init && o.stages > o.layers)
+        throw new InvalidInputError(`--stages ${o.stages} is more than --layers ${o.layers}`);
       if (o.checkpointEvery > 0 && o.stages < 3)
         throw new InvalidInputError('checkpoint shares need 3+ stages; use --checkpoint-every 0');
       let kill: { stage: number; step: number } | null = null;
@@ -368,15 +459,12 @@ export function register(program: Command): void {
       // Checkpoint shares and restores serve active replication; DiLoCo pipelines survive a loss by dropping a pipeline.
       const checkpoints = o.checkpointEvery > 0 && o.diloco === undefined;
       if (8 % o.micro !== 0) throw new InvalidInputError('--micro must divide the batch of 8');
-      const { manifest: m, runId } = pipeManifest(manifestOf(o));
+      const k = loadKernels({ threads: 1 });
+      const { config: model, genesis, T, ds } = await localStart(o, k);
+      const { manifest: m, runId } = pipeManifest(manifestOf(o, model));
       const config = m.model,
         codec = m.codec;
-      const B = m.batch,
-        T = config.ctx;
-      const ds = prepareDataset({ corpus: loadCorpus('brown'), vocabSize: config.vocabSize, cacheDir: o.cacheDir });
-      const k = loadKernels({ threads: 1 });
-      const init = new GPT(config, k);
-      init.init(1);
+      const B = m.batch;
       const lp = await startLocalPipeline({
         config,
         stages: o.stages,
@@ -384,7 +472,7 @@ export function register(program: Command): void {
         kernels: k,
         adamw: DEFAULT_ADAMW,
         codec,
-        genesis: init.params,
+        genesis,
         checkpoints,
         routing: o.routing,
         ...(o.rebuild && o.diloco === undefined ? { rebuild: o.rebuild } : {}),
@@ -398,6 +486,7 @@ export function register(program: Command): void {
               stages: lp.servers.map((row) => row.map((x) => lp.peerOf(x))),
               dim: config.dim,
               vocabSize: config.vocabSize,
+              tied: hasTiedEmbedding(config),
               codec,
               ...(m.bottleneck !== undefined ? { width: m.bottleneck } : {}),
               diloco: { every: o.diloco, codec: 'int8', outer: { lr: 1, momentum: 0 } },
@@ -417,7 +506,7 @@ export function register(program: Command): void {
         for (const [i, row] of lp.servers.entries())
           say(
             o,
-            `stage ${i}: ${row.length} peer(s) ${row.map((s) => lp.peerOf(s).slice(-8)).join(', ')} holding ${row[0].stage.numParams} of ${init.numParams} parameters (${row[0].stage.tensorNames().length} tensors)`,
+            `stage ${i}: ${row.length} peer(s) ${row.map((s) => lp.peerOf(s).slice(-8)).join(', ')} holding ${row[0].stage.numParams} of ${genesis.length} parameters (${row[0].stage.tensorNames().length} tensors)`,
           );
         const perBoundary =
           (2 * exactBytes(codec, (B / o.micro) * T, m.bottleneck ?? config.dim)) / ((B / o.micro) * T);

@@ -4,7 +4,7 @@ import { int, num, collect } from './args.js';
 import { say, result } from './output.js';
 import { loadKernels } from '../kernels/index.js';
 import { readPipeManifest, runStagePeer } from '../pipeline/run.js';
-import { splitStages } from '../model/stage.js';
+import { splitStages } from '../model/pipeline-stage.js';
 
 export function register(program: Command): void {
   program

@@ -9,8 +9,7 @@
  * dashboard server polls and that the training loop reports each step to.
  */
 import { EventEmitter } from 'node:events';
-import type { ModelConfig } from '../model/config.js';
-import { splitStages, stageSpecs } from '../model/stage.js';
+import { anyStageSpecs, splitStages, type StageModelConfig } from '../model/pipeline-stage.js';
 import type { DashboardSource } from './server.js';
 import type { DashView, PipeSummary, StageRow } from './state.js';
 import type { RoundReport } from '../peer/report.js';
@@ -27,8 +26,8 @@ export interface StagePeerInfo {
 }
 
 /** Parameters each stage holds. */
-export function stageSizes(config: ModelConfig, stages: number): number[] {
-  return splitStages(config, stages).map((sp) => stageSpecs(config, sp).reduce((t, s) => t + s.size, 0));
+export function stageSizes(config: StageModelConfig, stages: number): number[] {
+  return splitStages(config, stages).map((sp) => anyStageSpecs(config, sp).reduce((t, s) => t + s.size, 0));
 }
 
 /**
@@ -37,7 +36,7 @@ export function stageSizes(config: ModelConfig, stages: number): number[] {
  * that announced a stage the driver does not route to is listed as not serving.
  */
 export function stageRows(
-  config: ModelConfig,
+  config: StageModelConfig,
   stages: number,
   peers: readonly StagePeerInfo[],
   live: readonly (readonly string[])[],

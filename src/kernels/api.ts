@@ -2,8 +2,8 @@
  * The kernel interface: every numeric hot path of the GPT, forward and backward.
  *
  * Two implementations exist: `native` (C++/N-API + OpenBLAS, multithreaded) and `ref`
- * (plain TypeScript, the readable specification and the loud fallback). Tests check one
- * against the other. Layouts follow llm.c: row-major, activations are [N, C] with N = B*T,
+ * (plain TypeScript, the readable specification and the loud fallback; the Llama family's part
+ * is specified in ref-llama.ts). Tests check one against the other. Layouts follow llm.c: row-major, activations are [N, C] with N = B*T,
  * linear weights are [OC, C] (PyTorch nn.Linear layout), attention packs qkv as [B, T, 3C].
  *
  * Conventions:
@@ -171,5 +171,98 @@ export interface Kernels {
     eps: number,
     weightDecay: number,
     step: number,
+  ): void;
+
+  // ---- The Llama family (RMSNorm, RoPE, SwiGLU, grouped-query attention); spec: ref-llama.ts ----
+
+  /** out = inp · rsqrt(mean(inp²) + eps) · weight per row of C; stores rstd[N] for backward. */
+  rmsnormForward(
+    out: Float32Array,
+    rstd: Float32Array,
+    inp: Float32Array,
+    weight: Float32Array,
+    N: number,
+    C: number,
+    eps: number,
+  ): void;
+  /** dinp += r·w⊙dout − inp·r³/C·Σ(dout⊙w⊙inp); dweight += Σ_n dout⊙inp·r. */
+  rmsnormBackward(
+    dinp: Float32Array,
+    dweight: Float32Array,
+    dout: Float32Array,
+    inp: Float32Array,
+    weight: Float32Array,
+    rstd: Float32Array,
+    N: number,
+    C: number,
+  ): void;
+  /**
+   * Rotary position embedding, in place on x [B, T, nh, hd] (Hugging Face's rotate_half pairs:
+   * i with i + hd/2); cos, sin [T' ≥ T, hd/2], the config's tables (llama-config.ts ropeTables:
+   * theta and scaling applied on the host in float64, rounded to float32 once).
+   */
+  ropeForward(
+    x: Float32Array,
+    cos: Float32Array,
+    sin: Float32Array,
+    B: number,
+    T: number,
+    nh: number,
+    hd: number,
+  ): void;
+  /** The transpose of ropeForward (rotation by −angle), in place on the gradient. */
+  ropeBackward(
+    dx: Float32Array,
+    cos: Float32Array,
+    sin: Float32Array,
+    B: number,
+    T: number,
+    nh: number,
+    hd: number,
+  ): void;
+  /** out = silu(gate) ⊙ up (out may alias gate or up). */
+  swigluForward(out: Float32Array, gate: Float32Array, up: Float32Array, n: number): void;
+  /** dgate += dout·up·σ(g)(1 + g(1 − σ(g))); dup += dout·silu(g). */
+  swigluBackward(
+    dgate: Float32Array,
+    dup: Float32Array,
+    dout: Float32Array,
+    gate: Float32Array,
+    up: Float32Array,
+    n: number,
+  ): void;
+  /**
+   * Causal grouped-query attention: q, out [B, T, NH, hd]; k, v [B, T, KV, hd] (NH a multiple
+   * of KV; query head h reads kv head floor(h / (NH/KV))); scale 1/sqrt(hd); att [B, NH, T, T]
+   * keeps the probabilities (upper triangle zero) for backward.
+   */
+  gqaForward(
+    out: Float32Array,
+    att: Float32Array,
+    q: Float32Array,
+    k: Float32Array,
+    v: Float32Array,
+    B: number,
+    T: number,
+    NH: number,
+    KV: number,
+    hd: number,
+  ): void;
+  /** dq, dk, dv ACCUMULATE (a kv head sums its group's query heads); datt is scratch [B, NH, T, T]. */
+  gqaBackward(
+    dq: Float32Array,
+    dk: Float32Array,
+    dv: Float32Array,
+    datt: Float32Array,
+    dout: Float32Array,
+    q: Float32Array,
+    k: Float32Array,
+    v: Float32Array,
+    att: Float32Array,
+    B: number,
+    T: number,
+    NH: number,
+    KV: number,
+    hd: number,
   ): void;
 }

@@ -1,6 +1,7 @@
 /**
  * Native kernels: the C++/N-API addon in native/ (OpenBLAS for fast-mode matmuls, hand-written
- * fused and deterministic kernels for everything else), wrapped as a `Kernels` object.
+ * fused and deterministic kernels for everything else, GPT-2's and the Llama family's), wrapped
+ * as a `Kernels` object.
  *
  * The addon itself is stateless per call: this wrapper owns the thread count and the mode and
  * passes them with every call (the `cfg` word), so two Kernels objects never interfere. The addon
@@ -144,6 +145,87 @@ interface Addon {
     weightDecay: number,
     invBc1: number,
     invBc2: number,
+  ): void;
+  rmsnormForward(
+    cfg: number,
+    out: Float32Array,
+    rstd: Float32Array,
+    inp: Float32Array,
+    weight: Float32Array,
+    N: number,
+    C: number,
+    eps: number,
+  ): void;
+  rmsnormBackward(
+    cfg: number,
+    dinp: Float32Array,
+    dweight: Float32Array,
+    dout: Float32Array,
+    inp: Float32Array,
+    weight: Float32Array,
+    rstd: Float32Array,
+    N: number,
+    C: number,
+  ): void;
+  ropeForward(
+    cfg: number,
+    x: Float32Array,
+    cos: Float32Array,
+    sin: Float32Array,
+    B: number,
+    T: number,
+    nh: number,
+    hd: number,
+  ): void;
+  ropeBackward(
+    cfg: number,
+    x: Float32Array,
+    cos: Float32Array,
+    sin: Float32Array,
+    B: number,
+    T: number,
+    nh: number,
+    hd: number,
+  ): void;
+  swigluForward(cfg: number, out: Float32Array, gate: Float32Array, up: Float32Array, n: number): void;
+  swigluBackward(
+    cfg: number,
+    dgate: Float32Array,
+    dup: Float32Array,
+    dout: Float32Array,
+    gate: Float32Array,
+    up: Float32Array,
+    n: number,
+  ): void;
+  gqaForward(
+    cfg: number,
+    out: Float32Array,
+    att: Float32Array,
+    q: Float32Array,
+    k: Float32Array,
+    v: Float32Array,
+    B: number,
+    T: number,
+    NH: number,
+    KV: number,
+    hd: number,
+  ): void;
+  gqaBackward(
+    cfg: number,
+    dq: Float32Array,
+    dk: Float32Array,
+    dv: Float32Array,
+    datt: Float32Array,
+    dout: Float32Array,
+    q: Float32Array,
+    k: Float32Array,
+    v: Float32Array,
+    att: Float32Array,
+    B: number,
+    T: number,
+    NH: number,
+    KV: number,
+    hd: number,
   ): void;
   sgemmBench(transA: boolean, transB: boolean, M: number, N: number, K: number, iters: number, threads: number): number;
   info(): NativeInfo;
@@ -343,6 +425,30 @@ export function createNativeKernels(opts: NativeKernelOptions = {}): NativeKerne
       const invBc1 = 1 / (1 - Math.pow(beta1, step));
       const invBc2 = 1 / (1 - Math.pow(beta2, step));
       k.adamw(cfg, params, grads, m, v, lr, beta1, beta2, eps, weightDecay, invBc1, invBc2);
+    },
+    rmsnormForward(out, rstd, inp, weight, N, C, eps) {
+      k.rmsnormForward(cfg, out, rstd, inp, weight, N, C, eps);
+    },
+    rmsnormBackward(dinp, dweight, dout, inp, weight, rstd, N, C) {
+      k.rmsnormBackward(cfg, dinp, dweight, dout, inp, weight, rstd, N, C);
+    },
+    ropeForward(x, cos, sin, B, T, nh, hd) {
+      k.ropeForward(cfg, x, cos, sin, B, T, nh, hd);
+    },
+    ropeBackward(dx, cos, sin, B, T, nh, hd) {
+      k.ropeBackward(cfg, dx, cos, sin, B, T, nh, hd);
+    },
+    swigluForward(out, gate, up, n) {
+      k.swigluForward(cfg, out, gate, up, n);
+    },
+    swigluBackward(dgate, dup, dout, gate, up, n) {
+      k.swigluBackward(cfg, dgate, dup, dout, gate, up, n);
+    },
+    gqaForward(out, att, q, kk, v, B, T, NH, KV, hd) {
+      k.gqaForward(cfg, out, att, q, kk, v, B, T, NH, KV, hd);
+    },
+    gqaBackward(dq, dk, dv, datt, dout, q, kk, v, att, B, T, NH, KV, hd) {
+      k.gqaBackward(cfg, dq, dk, dv, datt, dout, q, kk, v, att, B, T, NH, KV, hd);
     },
   };
   update();

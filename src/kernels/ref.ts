@@ -7,6 +7,16 @@
  * the native addon cannot load.
  */
 import type { Kernels } from './api.js';
+import {
+  gqaBackward,
+  gqaForward,
+  rmsnormBackward,
+  rmsnormForward,
+  ropeBackward,
+  ropeForward,
+  swigluBackward,
+  swigluForward,
+} from './ref-llama.js';
 
 const GELU_K = Math.sqrt(2 / Math.PI);
 
@@ -273,5 +283,15 @@ export function createRefKernels(): Kernels {
         params[i] -= lr * (mhat / (Math.sqrt(vhat) + eps) + weightDecay * params[i]);
       }
     },
+
+    // The Llama family: the reference kernels of ref-llama.ts.
+    rmsnormForward,
+    rmsnormBackward,
+    ropeForward,
+    ropeBackward,
+    swigluForward,
+    swigluBackward,
+    gqaForward,
+    gqaBackward,
   };
 }

@@ -470,6 +470,32 @@ export async function readHF(dir: string): Promise<ImportedHF> {
   }
 }
 
+const TokenIdSchema = z.number().int().min(0).max(Number.MAX_SAFE_INTEGER);
+const SpecialIdsSchema = z
+  .object({
+    bos_token_id: TokenIdSchema.nullable().optional(),
+    eos_token_id: z
+      .union([TokenIdSchema, z.array(TokenIdSchema).max(16)])
+      .nullable()
+      .optional(),
+  })
+  .passthrough();
+
+/**
+ * config.json's bos_token_id and eos_token_id (one id or, as Llama 3 has, a list), kept in the
+ * checkpoint's meta so that generation stops where the model was trained to; malformed ones are
+ * left out (they are not needed to compute anything).
+ */
+async function specialTokenIds(path: string): Promise<{ bosTokenId?: number; eosTokenIds?: number[] }> {
+  const r = SpecialIdsSchema.safeParse(await readJsonFile(path, MAX_HF_CONFIG_BYTES));
+  if (!r.success) return {};
+  const { bos_token_id: bos, eos_token_id: eos } = r.data;
+  return {
+    ...(typeof bos === 'number' ? { bosTokenId: bos } : {}),
+    ...(eos !== null && eos !== undefined ? { eosTokenIds: typeof eos === 'number' ? [eos] : eos } : {}),
+  };
+}
+
 export interface ImportResult extends ImportReport {
   out: string;
   written: string[];
@@ -498,6 +524,7 @@ export async function importHF(dir: string, out: string): Promise<ImportResult> 
     arch: m.report.arch,
     sourceDtypes: m.report.dtypes,
     sourceFiles: m.report.files,
+    ...(await specialTokenIds(join(src, 'config.json'))),
   };
   const saved =
     m.arch === 'gpt2'

@@ -18,8 +18,11 @@
  *   norm [C], lm_head [V,C] (only when the embeddings are untied)
  * Linear weights are [out, in], as nn.Linear and Hugging Face's safetensors store them.
  *
- * Matmuls and the loss go through the Kernels interface; the Llama-specific ops are the
- * reference kernels of llama-kernels.ts. No I/O here.
+ * Each layer runs llama-block.ts's llamaBlockForward/llamaBlockBackward, as a pipeline stage of
+ * Llama layers does (llama-stage.ts). Every kernel goes through the Kernels interface (native or
+ * reference, api.ts; the Llama ops' specification is kernels/ref-llama.ts), but the token
+ * embedding, which is a row copy. The RoPE tables are computed once per sequence length on the
+ * host (float64, rounded to float32). No I/O here.
  *
  * An optional LoRA adapter (`lora`, lora.ts) is consulted at every projection (q_proj, k_proj,
  * v_proj before RoPE, o_proj, gate_proj, up_proj, down_proj); with none attached (the default)
@@ -29,32 +32,22 @@ import type { Kernels } from '../kernels/api.js';
 import { InvalidInputError } from '../util/errors.js';
 import { Rng } from '../util/rng.js';
 import { LlamaConfigSchema, ropeTables, type LlamaConfig } from './llama-config.js';
+import { embedBackward, embedForward } from '../kernels/ref-llama.js';
 import {
-  embedBackward,
-  embedForward,
-  gqaBackward,
-  gqaForward,
-  rmsnormBackward,
-  rmsnormForward,
-  ropeBackward,
-  ropeForward,
-  swigluBackward,
-  swigluForward,
-} from './llama-kernels.js';
+  llamaBlockBackward,
+  llamaBlockForward,
+  llamaBlockGrads,
+  llamaLayerActs,
+  llamaLayerViews,
+  type LlamaBlockGrads,
+  type LlamaLayerActs,
+  type LlamaLayerViews,
+  type RopeTables,
+} from './llama-block.js';
 import type { TensorSpec } from './params.js';
 import type { LoraAdapter } from './lora.js';
 
-export interface LlamaLayerViews {
-  attnNorm: Float32Array;
-  wq: Float32Array;
-  wk: Float32Array;
-  wv: Float32Array;
-  wo: Float32Array;
-  mlpNorm: Float32Array;
-  wGate: Float32Array;
-  wUp: Float32Array;
-  wDown: Float32Array;
-}
+export type { LlamaLayerViews } from './llama-block.js';
 
 export interface LlamaViews {
   embed: Float32Array;
@@ -63,8 +56,6 @@ export interface LlamaViews {
   /** The output projection: lm_head, or the embedding itself when tied. */
   head: Float32Array;
 }
-
-const LAYER_TENSORS = ['attn_norm', 'wq', 'wk', 'wv', 'wo', 'mlp_norm', 'w_gate', 'w_up', 'w_down'] as const;
 
 /** The ordered tensor table for a Llama config. Pure: same config, same layout. */
 export function llamaSpecs(cfg: LlamaConfig): TensorSpec[] {
@@ -107,56 +98,24 @@ export function llamaViews(cfg: LlamaConfig, buf: Float32Array): LlamaViews {
   if (buf.length !== P) throw new RangeError(`buffer has ${buf.length} floats, config needs ${P}`);
   const byName = new Map(specs.map((s) => [s.name, buf.subarray(s.offset, s.offset + s.size)]));
   const get = (n: string) => byName.get(n)!;
-  const layers = Array.from({ length: cfg.layers }, (_, l) => {
-    const p = `layers.${l}.`;
-    const [attnNorm, wq, wk, wv, wo, mlpNorm, wGate, wUp, wDown] = LAYER_TENSORS.map((n) => get(p + n));
-    return { attnNorm, wq, wk, wv, wo, mlpNorm, wGate, wUp, wDown };
-  });
+  const layers = Array.from({ length: cfg.layers }, (_, l) => llamaLayerViews(l, get));
   const embed = get('embed');
   return { embed, layers, norm: get('norm'), head: cfg.tiedEmbeddings ? embed : get('lm_head') };
-}
-
-/** What one layer keeps from forward for backward. */
-interface LayerActs {
-  xn1: Float32Array; // rms1(x) [N, C]
-  rstd1: Float32Array; // [N]
-  q: Float32Array; // rotated [N, NH·hd]
-  k: Float32Array; // rotated [N, KV·hd]
-  v: Float32Array; // [N, KV·hd]
-  att: Float32Array; // [B, NH, T, T]
-  atty: Float32Array; // [N, NH·hd]
-  res2: Float32Array; // [N, C]
-  xn2: Float32Array;
-  rstd2: Float32Array;
-  gate: Float32Array; // [N, H]
-  up: Float32Array; // [N, H]
-  hmid: Float32Array; // silu(gate) ⊙ up [N, H]
-  res3: Float32Array; // [N, C], the next layer's input
 }
 
 interface Acts {
   B: number;
   T: number;
   encoded: Float32Array;
-  layers: LayerActs[];
+  layers: LlamaLayerActs[];
   xnf: Float32Array;
   rstdf: Float32Array;
   logits: Float32Array; // overwritten by dlogits during training
   losses: Float32Array;
   scratch: Float32Array;
-  cos: Float64Array;
-  sin: Float64Array;
-  // backward scratch, shared by the layers
-  dres: Float32Array;
-  dC: Float32Array;
-  dq: Float32Array;
-  dk: Float32Array;
-  dv: Float32Array;
-  datt: Float32Array;
-  datty: Float32Array;
-  dH: Float32Array;
-  dgate: Float32Array;
-  dup: Float32Array;
+  rope: RopeTables; // [T, headDim/2]
+  /** Backward scratch, shared by the layers. */
+  d: LlamaBlockGrads;
 }
 
 export class Llama {
@@ -223,50 +182,22 @@ export class Llama {
 
   private ensureActs(B: number, T: number): Acts {
     if (this.acts && this.acts.B === B && this.acts.T === T) return this.acts;
-    const { vocabSize: V, dim: C, layers: L, heads: NH, kvHeads: KV, headDim: hd, hidden: H } = this.config;
-    const N = B * T,
-      Q = NH * hd,
-      K = KV * hd,
-      A = B * NH * T * T;
+    const { vocabSize: V, dim: C, layers: L } = this.config;
+    const N = B * T;
     const f = (n: number) => new Float32Array(n);
     const { cos, sin } = ropeTables(this.config, T);
     this.acts = {
       B,
       T,
       encoded: f(N * C),
-      layers: Array.from({ length: L }, () => ({
-        xn1: f(N * C),
-        rstd1: f(N),
-        q: f(N * Q),
-        k: f(N * K),
-        v: f(N * K),
-        att: f(A),
-        atty: f(N * Q),
-        res2: f(N * C),
-        xn2: f(N * C),
-        rstd2: f(N),
-        gate: f(N * H),
-        up: f(N * H),
-        hmid: f(N * H),
-        res3: f(N * C),
-      })),
+      layers: Array.from({ length: L }, () => llamaLayerActs(this.config, B, T, f)),
       xnf: f(N * C),
       rstdf: f(N),
       logits: f(N * V),
       losses: f(N),
       scratch: f(N * C),
-      cos,
-      sin,
-      dres: f(N * C),
-      dC: f(N * C),
-      dq: f(N * Q),
-      dk: f(N * K),
-      dv: f(N * K),
-      datt: f(A),
-      datty: f(N * Q),
-      dH: f(N * H),
-      dgate: f(N * H),
-      dup: f(N * H),
+      rope: { cos: Float32Array.from(cos), sin: Float32Array.from(sin) },
+      d: llamaBlockGrads(this.config, B, T, f),
     };
     return this.acts;
   }
@@ -287,48 +218,18 @@ export class Llama {
   private forwardToLogits(tokens: Int32Array, B: number, T: number): Acts {
     this.checkTokens(tokens, B, T);
     const k = this.kernels;
-    const { vocabSize: V, dim: C, heads: NH, kvHeads: KV, headDim: hd, hidden: H, normEps: eps } = this.config;
-    const N = B * T,
-      Q = NH * hd,
-      K = KV * hd;
+    const { vocabSize: V, dim: C, normEps: eps } = this.config;
+    const N = B * T;
     const a = this.ensureActs(B, T);
     const p = this.p;
     this.inputs = tokens;
     embedForward(a.encoded, tokens, p.embed, N, C);
     let x = a.encoded;
     for (let l = 0; l < this.config.layers; l++) {
-      const w = p.layers[l],
-        s = a.layers[l];
       const hook = this.adapter?.layerHook(l, k);
-      rmsnormForward(s.xn1, s.rstd1, x, w.attnNorm, N, C, eps);
-      k.matmulForward(s.q, s.xn1, w.wq, null, N, C, Q);
-      k.matmulForward(s.k, s.xn1, w.wk, null, N, C, K);
-      k.matmulForward(s.v, s.xn1, w.wv, null, N, C, K);
-      if (hook) {
-        hook.forward('q_proj', s.q, s.xn1, N);
-        hook.forward('k_proj', s.k, s.xn1, N);
-        hook.forward('v_proj', s.v, s.xn1, N);
-      }
-      ropeForward(s.q, a.cos, a.sin, B, T, NH, hd);
-      ropeForward(s.k, a.cos, a.sin, B, T, KV, hd);
-      gqaForward(s.atty, s.att, s.q, s.k, s.v, B, T, NH, KV, hd);
-      k.matmulForward(a.scratch, s.atty, w.wo, null, N, Q, C);
-      hook?.forward('o_proj', a.scratch, s.atty, N);
-      k.add(s.res2, x, a.scratch, N * C);
-      rmsnormForward(s.xn2, s.rstd2, s.res2, w.mlpNorm, N, C, eps);
-      k.matmulForward(s.gate, s.xn2, w.wGate, null, N, C, H);
-      k.matmulForward(s.up, s.xn2, w.wUp, null, N, C, H);
-      if (hook) {
-        hook.forward('gate_proj', s.gate, s.xn2, N);
-        hook.forward('up_proj', s.up, s.xn2, N);
-      }
-      swigluForward(s.hmid, s.gate, s.up, N * H);
-      k.matmulForward(a.scratch, s.hmid, w.wDown, null, N, H, C);
-      hook?.forward('down_proj', a.scratch, s.hmid, N);
-      k.add(s.res3, s.res2, a.scratch, N * C);
-      x = s.res3;
+      x = llamaBlockForward(k, this.config, p.layers[l], a.layers[l], x, a.scratch, a.rope, B, T, hook);
     }
-    rmsnormForward(a.xnf, a.rstdf, x, p.norm, N, C, eps);
+    k.rmsnormForward(a.xnf, a.rstdf, x, p.norm, N, C, eps);
     k.matmulForward(a.logits, a.xnf, p.head, null, N, C, V);
     return a;
   }
@@ -386,59 +287,19 @@ export class Llama {
       g = this.g;
     const tokens = this.inputs!;
     const { B, T } = a;
-    const { vocabSize: V, dim: C, heads: NH, kvHeads: KV, headDim: hd, hidden: H, layers: L } = this.config;
-    const N = B * T,
-      Q = NH * hd,
-      K = KV * hd;
-    const { dres, dC, dq, dk, dv, datt, datty, dH, dgate, dup } = a;
+    const { vocabSize: V, dim: C, layers: L } = this.config;
+    const N = B * T;
+    const { dres, dC } = a.d;
 
     dC.fill(0);
     k.matmulBackward(dC, g.head, null, a.logits, a.xnf, p.head, N, C, V);
     dres.fill(0);
     const last = L > 0 ? a.layers[L - 1].res3 : a.encoded;
-    rmsnormBackward(dres, g.norm, dC, last, p.norm, a.rstdf, N, C);
-
+    k.rmsnormBackward(dres, g.norm, dC, last, p.norm, a.rstdf, N, C);
     for (let l = L - 1; l >= 0; l--) {
-      const w = p.layers[l],
-        gw = g.layers[l],
-        s = a.layers[l];
       const input = l === 0 ? a.encoded : a.layers[l - 1].res3;
       const hook = this.adapter?.layerHook(l, k);
-      // res3 = res2 + down(swiglu(gate(xn2), up(xn2))): dres reaches res2 unchanged, plus the MLP.
-      dH.fill(0);
-      k.matmulBackward(dH, gw.wDown, null, dres, s.hmid, w.wDown, N, H, C);
-      hook?.backward('down_proj', dH, dres, s.hmid, N);
-      dgate.fill(0);
-      dup.fill(0);
-      swigluBackward(dgate, dup, dH, s.gate, s.up, N * H);
-      dC.fill(0);
-      k.matmulBackward(dC, gw.wGate, null, dgate, s.xn2, w.wGate, N, C, H);
-      k.matmulBackward(dC, gw.wUp, null, dup, s.xn2, w.wUp, N, C, H);
-      if (hook) {
-        hook.backward('gate_proj', dC, dgate, s.xn2, N);
-        hook.backward('up_proj', dC, dup, s.xn2, N);
-      }
-      rmsnormBackward(dres, gw.mlpNorm, dC, s.res2, w.mlpNorm, s.rstd2, N, C);
-      // res2 = input + wo(attention(rope(wq xn1), rope(wk xn1), wv xn1)).
-      datty.fill(0);
-      k.matmulBackward(datty, gw.wo, null, dres, s.atty, w.wo, N, Q, C);
-      hook?.backward('o_proj', datty, dres, s.atty, N);
-      dq.fill(0);
-      dk.fill(0);
-      dv.fill(0);
-      gqaBackward(dq, dk, dv, datt, datty, s.q, s.k, s.v, s.att, B, T, NH, KV, hd);
-      ropeBackward(dq, a.cos, a.sin, B, T, NH, hd);
-      ropeBackward(dk, a.cos, a.sin, B, T, KV, hd);
-      dC.fill(0);
-      k.matmulBackward(dC, gw.wq, null, dq, s.xn1, w.wq, N, C, Q);
-      k.matmulBackward(dC, gw.wk, null, dk, s.xn1, w.wk, N, C, K);
-      k.matmulBackward(dC, gw.wv, null, dv, s.xn1, w.wv, N, C, K);
-      if (hook) {
-        hook.backward('q_proj', dC, dq, s.xn1, N);
-        hook.backward('k_proj', dC, dk, s.xn1, N);
-        hook.backward('v_proj', dC, dv, s.xn1, N);
-      }
-      rmsnormBackward(dres, gw.attnNorm, dC, input, w.attnNorm, s.rstd1, N, C);
+      llamaBlockBackward(k, this.config, p.layers[l], g.layers[l], a.layers[l], input, a.d, a.rope, B, T, hook);
     }
     embedBackward(g.embed, dres, tokens, N, C);
   }

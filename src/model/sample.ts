@@ -1,8 +1,9 @@
 /**
- * Autoregressive sampling with temperature and top-k. The context window slides when the
- * sequence outgrows the model's ctx. Deterministic for a given seed.
+ * Autoregressive sampling with temperature and top-k, for any CausalLM (GPT-2 or Llama). No KV
+ * cache: every new token runs the model on the whole window, which slides when the sequence
+ * outgrows the model's ctx. Deterministic for a given seed.
  */
-import type { GPT } from './gpt.js';
+import type { CausalLM } from './causal-lm.js';
 import { Rng } from '../util/rng.js';
 import { InvalidInputError } from '../util/errors.js';
 
@@ -15,6 +16,8 @@ export interface SampleOptions {
   seed: number;
   /** Stop early when this token is produced. */
   stopToken?: number;
+  /** Stop early when any of these is produced (Llama 3 names several end-of-text ids). */
+  stopTokens?: readonly number[];
 }
 
 /** Pick the next token from logits[V]. Exported for tests. */
@@ -39,19 +42,20 @@ export function pickToken(logits: Float32Array, temperature: number, topK: numbe
   return ids[ids.length - 1];
 }
 
-export function* sample(gpt: GPT, prompt: number[], o: SampleOptions): Generator<number> {
-  const { ctx, vocabSize: V } = gpt.config;
+export function* sample(model: CausalLM, prompt: number[], o: SampleOptions): Generator<number> {
+  const { ctx, vocabSize: V } = model.config;
   if (!(o.temperature >= 0)) throw new InvalidInputError('temperature must be >= 0');
   if (!Number.isInteger(o.topK) || o.topK < 0) throw new InvalidInputError('top-k must be a non-negative integer');
-  const seq = prompt.length ? prompt.slice() : [o.stopToken ?? 0];
+  const seq = prompt.length ? prompt.slice() : [o.stopToken ?? o.stopTokens?.[0] ?? 0];
   const rng = new Rng(o.seed);
   for (let i = 0; i < o.maxNewTokens; i++) {
     const window = seq.slice(-ctx);
     const T = window.length;
-    const logits = gpt.logits(Int32Array.from(window), 1, T).subarray((T - 1) * V, T * V);
+    const logits = model.logits(Int32Array.from(window), 1, T).subarray((T - 1) * V, T * V);
     const next = pickToken(logits, o.temperature, o.topK, rng);
     seq.push(next);
     yield next;
     if (o.stopToken !== undefined && next === o.stopToken) return;
+    if (o.stopTokens?.includes(next)) return;
   }
 }

@@ -1,5 +1,6 @@
 /**
- * One pipeline stage of the GPT (protocol learning, issue 8): a contiguous block of layers, with
+ * One pipeline stage of the GPT (protocol learning, issue 8; llama-stage.ts is the Llama family's,
+ * pipeline-stage.ts the interface the pipeline uses of both): a contiguous block of layers, with
  * the embeddings on the first stage and the final LayerNorm and the head on the last. A stage
  * allocates ONLY its own tensors: no process serving a stage holds the rest of the model.
  *
@@ -42,7 +43,7 @@ export interface StageSpec {
 }
 
 /** Cuts `layers` into `count` contiguous blocks, as even as possible (earlier stages get the extra layers). */
-export function splitStages(config: ModelConfig, count: number): StageSpec[] {
+export function splitStages(config: Pick<ModelConfig, 'layers'>, count: number): StageSpec[] {
   const L = config.layers;
   if (!Number.isInteger(count) || count < 1 || count > L)
     throw new InvalidInputError(`cannot cut ${L} layers into ${count} stages (1..${L})`);
@@ -211,6 +212,11 @@ export class Stage {
   /** Writes this stage's tensors into a whole model's flat buffer (not the head copy). */
   writeToFull(full: Float32Array, from: Float32Array = this.params): void {
     for (const s of this.specs) if (s.full !== null) full.set(from.subarray(s.offset, s.offset + s.size), s.full);
+  }
+
+  /** The tensor holding the tied embedding here: wte on the first stage, head on the last (pipeline-stage.ts). */
+  get tiedTensor(): string | null {
+    return this.first ? 'wte' : this.last ? 'head' : null;
   }
 
   /** The tied-embedding gradient (first stage: wte; last stage with S > 1: head). */

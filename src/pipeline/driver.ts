@@ -35,6 +35,11 @@ export interface DriverOptions {
   stages: string[][];
   dim: number;
   vocabSize: number;
+  /**
+   * Whether the first and last stages hold copies of one tied embedding whose gradients are summed
+   * before every step (default true: GPT-2; an untied Llama has none, pipeline-stage.ts hasTiedEmbedding).
+   */
+  tied?: boolean;
   /** Values per token crossing a stage boundary: dim, or the run's bottleneck width. */
   width?: number;
   codec: ActCodecSpec;
@@ -587,7 +592,8 @@ export class PipelineDriver {
     const tagged = tag === undefined ? {} : { tag };
     // Tied embedding: first and last stage hold copies; each needs the sum of both gradients.
     let tiedSq = 0;
-    if (this.S > 1) {
+    const tied = this.S > 1 && this.o.tied !== false;
+    if (tied) {
       const V = this.o.vocabSize,
         C = this.o.dim,
         bytes = 4 * V * C;
@@ -604,7 +610,7 @@ export class PipelineDriver {
     }
     const norms = await Promise.all(this.o.stages.map((_, i) => this.call(i, 'norm', { ...tagged }, EMPTY, 0)));
     if (tag === undefined) this.layerSq = norms.map((r) => r.head.layerSquares);
-    const total = norms.reduce((t, r) => t + r.head.sumSquares, 0) - (this.S > 1 ? tiedSq : 0);
+    const total = norms.reduce((t, r) => t + r.head.sumSquares, 0) - (tied ? tiedSq : 0);
     const gradNorm = Math.sqrt(Math.max(0, total));
     const step = { lr, globalNorm: gradNorm, ...tagged, ...(lookahead ? { lookahead } : {}) };
     await Promise.all(this.o.stages.map((_, i) => this.call(i, 'step', step, EMPTY, 0)));

@@ -9,8 +9,7 @@ import { join } from 'node:path';
 import { pino } from 'pino';
 import { createHost, type Host } from '../net/host.js';
 import type { Kernels } from '../kernels/api.js';
-import type { ModelConfig } from '../model/config.js';
-import { splitStages } from '../model/stage.js';
+import { hasTiedEmbedding, splitStages, type StageModelConfig } from '../model/pipeline-stage.js';
 import type { AdamWSettings } from '../train/adamw.js';
 import type { ActCodecSpec } from './act-codec.js';
 import { PipelineDriver } from './driver.js';
@@ -37,7 +36,7 @@ export interface LocalPipeline {
 }
 
 export async function startLocalPipeline(o: {
-  config: ModelConfig;
+  config: StageModelConfig;
   stages: number;
   replicas?: number;
   kernels: Kernels;
@@ -116,6 +115,7 @@ export async function startLocalPipeline(o: {
     stages: peerIds,
     dim: o.config.dim,
     vocabSize: o.config.vocabSize,
+    tied: hasTiedEmbedding(o.config),
     codec: o.codec,
     ...(o.inflight ? { inflight: o.inflight } : {}),
     ...(o.bottleneck !== undefined ? { width: o.bottleneck } : {}),

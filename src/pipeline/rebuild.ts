@@ -21,7 +21,7 @@
  */
 import { createCipheriv } from 'node:crypto';
 import { InvalidInputError } from '../util/errors.js';
-import type { Stage } from '../model/stage.js';
+import type { PipelineStage as Stage } from '../model/pipeline-stage.js';
 
 /** Fixed point: 24 fraction bits, so values must stay within ±127 (weights do, by far). */
 export const FIX_BITS = 24;
@@ -91,7 +91,7 @@ export function layerViews(
     views: Float32Array[] = [];
   let size = 0;
   for (const s of stage.specs) {
-    const m = /^h\.(\d+)\.(.+)$/.exec(s.name);
+    const m = /^(?:h|layers)\.(\d+)\.(.+)$/.exec(s.name); // GPT-2 h.<l>.*, Llama layers.<l>.*
     if (!m) continue;
     keys.push(`${Number(m[1]) - stage.spec.l0}.${m[2]}`);
     views.push(buf.subarray(s.offset, s.offset + s.size));

@@ -20,8 +20,13 @@ import type { Logger } from 'pino';
 import { createHost, type Host } from '../net/host.js';
 import { joinControlChannel, type ControlChannel } from '../net/pubsub.js';
 import { openStore, type Store } from '../store/index.js';
-import { ModelConfigSchema, type ModelConfig } from '../model/config.js';
-import { Stage, splitStages } from '../model/stage.js';
+import {
+  createStage,
+  isLlamaConfig,
+  splitStages,
+  StageModelConfigSchema,
+  type StageModelConfig,
+} from '../model/pipeline-stage.js';
 import { AdamWSchema, DEFAULT_ADAMW } from '../train/adamw.js';
 import type { Kernels } from '../kernels/api.js';
 import { canonicalJson } from '../swarm/canonical.js';
@@ -39,7 +44,8 @@ export const PipeManifestSchema = z
     version: z.literal(1),
     kind: z.literal('pipeline'),
     name: z.string().min(1).max(128),
-    model: ModelConfigSchema,
+    /** GPT-2 (no `arch`) or a Llama-family config (`arch: 'llama'`): the stages are cut from it. */
+    model: StageModelConfigSchema,
     stages: z.number().int().min(1).max(64),
     seed: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
     /** Training data (the driver's only): the embedded corpus, tokenized to model.vocabSize. */
@@ -101,6 +107,27 @@ export function readPipeManifest(file: string, flag: string): { manifest: PipeMa
   return pipeManifest(raw);
 }
 
+/**
+ * The small model a default pipeline run trains: a GPT-2 (vocab 512, ctx 64, dim 64, 4 heads), or
+ * with `arch: 'llama'` a Llama of the same widths (4 query heads on `kvHeads` kv heads of 16,
+ * SwiGLU 176, untied head).
+ */
+export function defaultPipeModel(o: { layers: number; arch?: 'gpt2' | 'llama'; kvHeads?: number }): StageModelConfig {
+  const base = { vocabSize: 512, ctx: 64, dim: 64, layers: o.layers, heads: 4 };
+  if (o.arch !== 'llama') return base;
+  return {
+    ...base,
+    arch: 'llama',
+    kvHeads: o.kvHeads ?? 2,
+    headDim: 16,
+    hidden: 176,
+    normEps: 1e-5,
+    ropeTheta: 10000,
+    ropeScaling: null,
+    tiedEmbeddings: false,
+  };
+}
+
 export function defaultPipeManifest(o: {
   stages: number;
   layers: number;
@@ -109,13 +136,16 @@ export function defaultPipeManifest(o: {
   micro?: number;
   checkpointEvery?: number;
   bottleneck?: number;
+  /** The model (default: defaultPipeModel of `layers`). */
+  model?: StageModelConfig;
 }): PipeManifest {
+  const model = o.model ?? defaultPipeModel(o);
   return {
     ...(o.bottleneck !== undefined ? { bottleneck: o.bottleneck } : {}),
     version: 1,
     kind: 'pipeline',
-    name: `brown-pipe-l${o.layers}-s${o.stages}`,
-    model: { vocabSize: 512, ctx: 64, dim: 64, layers: o.layers, heads: 4 },
+    name: `brown-pipe-${isLlamaConfig(model) ? 'llama-' : ''}l${model.layers}-s${o.stages}`,
+    model,
     stages: o.stages,
     seed: 1,
     data: 'brown',
@@ -387,12 +417,12 @@ export async function runStagePeer(o: {
 
 /** Tokens per second this machine runs one forward + backward of the stage at (its capacity). */
 function measureThroughput(
-  config: ModelConfig,
+  config: StageModelConfig,
   spec: ReturnType<typeof splitStages>[number],
   kernels: Kernels,
   B: number,
 ): number {
-  const st = new Stage(config, spec, kernels);
+  const st = createStage(config, spec, kernels);
   const T = config.ctx,
     N = B * T;
   const input = st.first ? new Int32Array(N) : new Float32Array(N * config.dim);

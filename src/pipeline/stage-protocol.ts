@@ -8,8 +8,7 @@
  * Bodies (what each call's body is) are described in stage-server.ts's header.
  */
 import { z } from 'zod';
-import type { ModelConfig } from '../model/config.js';
-import { splitStages, stageSpecs, type StageSpec } from '../model/stage.js';
+import { anyStageSpecs, splitStages, type StageModelConfig, type StageSpec } from '../model/pipeline-stage.js';
 import { fp32Size } from '../swarm/compress/dense.js';
 import { InvalidInputError } from '../util/errors.js';
 
@@ -229,9 +228,9 @@ export function parseRequest(raw: unknown): StageRequest {
 }
 
 /** Parameters of the largest stage of the cut (a peer may move to any stage). */
-function largestStage(config: ModelConfig, count: number, bottleneck?: number): number {
+function largestStage(config: StageModelConfig, count: number, bottleneck?: number): number {
   const b = bottleneck !== undefined ? { bottleneck } : {};
-  const size = (sp: StageSpec) => stageSpecs(config, { ...sp, ...b }).reduce((t, x) => t + x.size, 0);
+  const size = (sp: StageSpec) => anyStageSpecs(config, { ...sp, ...b }).reduce((t, x) => t + x.size, 0);
   return Math.max(...splitStages(config, count).map(size));
 }
 
@@ -239,7 +238,7 @@ function largestStage(config: ModelConfig, count: number, bottleneck?: number): 
  * The largest request body a stage peer of this run accepts: a micro-batch's tokens and targets,
  * a tied-embedding gradient, or a whole stage's gradients or pseudo-gradient.
  */
-export function requestBodyCap(config: ModelConfig, count: number, bottleneck?: number): number {
+export function requestBodyCap(config: StageModelConfig, count: number, bottleneck?: number): number {
   const maxN = 4096 * config.ctx;
   return Math.max(8 * maxN, 4 * config.vocabSize * config.dim, fp32Size(largestStage(config, count, bottleneck))) + 64;
 }

@@ -59,7 +59,7 @@
  * stage/diloco.ts, stage/control.ts; their state: stage/state.ts.
  */
 import type { Host } from '../net/host.js';
-import type { Stage, StageSpec } from '../model/stage.js';
+import type { PipelineStage as Stage, StageSpec } from '../model/pipeline-stage.js';
 import { serveStageRpc } from './rpc.js';
 import type { StageStats } from './stage-protocol.js';
 import { StageClient, libp2pTransport } from './stage-client.js';

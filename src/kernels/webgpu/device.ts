@@ -267,8 +267,8 @@ export class WebGpuDevice {
     return p;
   }
 
-  /** Encodes one dispatch of `def` over `groups` workgroups (a 2-D grid past 65535). */
-  private dispatch(
+  /** Encodes one dispatch of `def` over `groups` workgroups (a 2-D grid past 65535); kernel families in other files (llama.ts) call it too. */
+  dispatch(
     def: KernelDef,
     args: readonly GpuTensor[],
     params: Record<string, number>,

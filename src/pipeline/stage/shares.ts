@@ -12,7 +12,7 @@
  */
 import { createCipheriv, createHash, randomBytes } from 'node:crypto';
 import { z } from 'zod';
-import type { Stage } from '../../model/stage.js';
+import type { PipelineStage as Stage } from '../../model/pipeline-stage.js';
 import type { AdamW } from '../../train/adamw.js';
 import { InvalidInputError } from '../../util/errors.js';
 import { packF32, unpackF32 } from '../../util/packed.js';

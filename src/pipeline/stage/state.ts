@@ -4,9 +4,12 @@
  * outer momentum, checkpoint shares, a rebuild in progress and the call statistics. The handler
  * modules (compute, shares, rebuild, diloco, control) read and change it; nothing else does.
  */
-import { Stage } from '../../model/stage.js';
-import type { StageSpec } from '../../model/stage.js';
-import type { ModelConfig } from '../../model/config.js';
+import {
+  createStage,
+  type PipelineStage as Stage,
+  type StageModelConfig,
+  type StageSpec,
+} from '../../model/pipeline-stage.js';
 import type { Kernels } from '../../kernels/api.js';
 import { AdamW, type AdamWSettings } from '../../train/adamw.js';
 import { InvalidInputError } from '../../util/errors.js';
@@ -18,7 +21,7 @@ import { MAX_TAGS, type ReplyHeadOf, type RequestOf, type StageOp, type StageSta
 import type { StageClient } from '../stage-client.js';
 
 export interface StageServiceOptions {
-  config: ModelConfig;
+  config: StageModelConfig;
   spec: StageSpec;
   kernels: Kernels;
   adamw: AdamWSettings;
@@ -135,13 +138,13 @@ export class StageServiceState {
     readonly o: StageServiceOptions,
     readonly links: StagePeerLinks,
   ) {
-    this.stage = new Stage(o.config, this.withB(o.spec), o.kernels);
+    this.stage = createStage(o.config, this.withB(o.spec), o.kernels);
     if (o.init) {
       o.init(this.stage);
       if (o.bottleneck !== undefined) this.stage.initBottleneck(subspaceBasis(o.config.dim, o.bottleneck));
     }
     this.ready = o.init !== null;
-    this.opt = new AdamW(o.config, o.adamw, o.kernels, this.stage.specs);
+    this.opt = new AdamW(null, o.adamw, o.kernels, this.stage.specs);
     this.snap = this.stage.params.slice();
     this.limits = heldLimits(o.config.ctx, o.held);
     this.W = o.bottleneck ?? o.config.dim;
@@ -165,12 +168,12 @@ export class StageServiceState {
 
   /** Fresh moments for the stage held (a move, a rebuild). */
   freshOptimizer(): void {
-    this.opt = new AdamW(this.o.config, this.o.adamw, this.o.kernels, this.stage.specs);
+    this.opt = new AdamW(null, this.o.adamw, this.o.kernels, this.stage.specs);
   }
 
   /** Drops the stage held (weights, moments, held micro-batches) and becomes a fresh peer of `spec`. */
   moveTo(spec: StageSpec): void {
-    this.stage = new Stage(this.o.config, this.withB(spec), this.o.kernels);
+    this.stage = createStage(this.o.config, this.withB(spec), this.o.kernels);
     this.freshOptimizer();
     this.reloaded();
     this.ready = false;
@@ -200,14 +203,15 @@ export class StageServiceState {
     return acc;
   }
 
-  /** Where the tied embedding sits in the stage's parameters (wte on the first stage, head on the last). */
+  /** Where the tied embedding sits in the stage's parameters (wte/embed on the first stage, head on the last). */
   tiedAt(): { offset: number; size: number } | undefined {
-    return this.stage.specs.find((x) => x.name === (this.stage.first ? 'wte' : 'head'));
+    const name = this.stage.tiedTensor;
+    return name === null ? undefined : this.stage.specs.find((x) => x.name === name);
   }
 
-  /** The tied embedding's part of a parameter-sized vector, or null on a middle stage. */
+  /** The tied embedding's part of a parameter-sized vector, or null on a middle stage or an untied model. */
   tiedOf(g: Float32Array): Float32Array | null {
-    const t = this.stage.first || this.stage.last ? this.tiedAt() : undefined;
+    const t = this.tiedAt();
     return t ? g.subarray(t.offset, t.offset + t.size) : null;
   }
 

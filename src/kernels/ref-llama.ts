@@ -1,13 +1,12 @@
 /**
  * Reference kernels for what the Llama family adds to GPT-2, forward and backward: token
  * embedding without positions, RMSNorm, rotary position embedding (RoPE), the SwiGLU gate and
- * causal grouped-query attention (GQA).
+ * causal grouped-query attention (GQA). The readable specification of the Llama part of the
+ * `Kernels` contract (api.ts): `ref.ts` delegates to these, the native addon
+ * (native/src/llama_impl.inc) and the WGSL kernels (webgpu/llama-wgsl.ts) are tested against them.
  *
- * Why hand-written TypeScript here and not in src/kernels: the kernel contract (api.ts) and the
- * native addon are GPT-2's and are being changed by others; these are the readable specification
- * that a later native (and WGSL) version must match, written like ref.ts: float64 accumulation,
- * one thread, a fixed order, so they are deterministic by construction. Matmuls and the loss
- * still go through the Kernels interface (native BLAS when available).
+ * Written like ref.ts: float64 accumulation, one thread, a fixed order, so they are
+ * deterministic by construction.
  *
  * Conventions as in api.ts: row-major, activations [N, C] with N = B*T, backward kernels
  * ACCUMULATE into gradient buffers, nothing allocates. Every function accepts Float32Array or
@@ -79,41 +78,16 @@ export function rmsnormBackward(
  *   x[i] ← x[i]·cos − x[i+hd/2]·sin,  x[i+hd/2] ← x[i+hd/2]·cos + x[i]·sin
  * with cos/sin [T', hd/2] from llama-config.ropeTables (T' ≥ T).
  */
-export function ropeForward(
-  x: Arr,
-  cos: Float64Array,
-  sin: Float64Array,
-  B: number,
-  T: number,
-  nh: number,
-  hd: number,
-): void {
+export function ropeForward(x: Arr, cos: Arr, sin: Arr, B: number, T: number, nh: number, hd: number): void {
   rotate(x, cos, sin, B, T, nh, hd, 1);
 }
 
 /** The transpose of ropeForward (a rotation by −angle), in place on the gradient dx. */
-export function ropeBackward(
-  dx: Arr,
-  cos: Float64Array,
-  sin: Float64Array,
-  B: number,
-  T: number,
-  nh: number,
-  hd: number,
-): void {
+export function ropeBackward(dx: Arr, cos: Arr, sin: Arr, B: number, T: number, nh: number, hd: number): void {
   rotate(dx, cos, sin, B, T, nh, hd, -1);
 }
 
-function rotate(
-  x: Arr,
-  cos: Float64Array,
-  sin: Float64Array,
-  B: number,
-  T: number,
-  nh: number,
-  hd: number,
-  sign: 1 | -1,
-): void {
+function rotate(x: Arr, cos: Arr, sin: Arr, B: number, T: number, nh: number, hd: number, sign: 1 | -1): void {
   const half = hd / 2;
   for (let b = 0; b < B; b++)
     for (let t = 0; t < T; t++) {
