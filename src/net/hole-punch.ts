@@ -1,0 +1,241 @@
+/**
+ * TCP hole punching between peers behind NATs (issue 16): DCUtR on js-libp2p's own TCP transport.
+ *
+ * Why TCP, and why these pieces (measured in the namespace lab, docs/ROUNDS.md "Fetching across
+ * NATs"): a NAT keeps an outbound flow's source port when it can (endpoint-independent mapping),
+ * but js-libp2p dials TCP from a fresh ephemeral port each time, so the address a peer observes
+ * is useless to anyone else, and identify drops TCP observed addresses for that reason. QUIC does
+ * not help: @chainsafe/libp2p-quic dials from a second UDP socket, not its listener's (its issue
+ * #68), and that socket refuses incoming handshakes. Node cannot set SO_REUSEPORT on a dialling
+ * socket, so a dial cannot leave from the listen port either. What Node can do is bind every
+ * dial to one fixed local port; libuv sets SO_REUSEADDR, so many connections to different peers
+ * share it. Then:
+ *
+ * 1. `punchTcp`: every outbound TCP dial leaves from `port` (falling back to an ephemeral port
+ *    when the 4-tuple is taken, e.g. in TIME_WAIT). The peers we dial see us at our router's WAN
+ *    address and the port the NAT mapped `port` to; a cone NAT maps it the same for every peer.
+ * 2. `ObservedAddrBook` (observed-addrs.ts) collects those identify reports, one vote per
+ *    reporter IP, and confirms an address several agree on.
+ * 3. `punchDcutr`: libp2p's DCUtR service, given an address manager that adds the confirmed
+ *    address to what it offers in its CONNECT message. The address is never advertised anywhere
+ *    else (identify, DHT): nobody listens on `port`, so a plain dial there could never succeed,
+ *    and a lone dial would leave a stale NAT entry that turns the later simultaneous open into a
+ *    RST (seen in the lab). DCUtR's synchronised dials (priority 100, only DCUtR uses it) leave
+ *    from `port` too: both SYNs cross the NATs and the kernels complete a TCP simultaneous open,
+ *    one socket on each side, each from connect().
+ * 4. Both ends of a simultaneous open called connect(), so both would start the multistream and
+ *    noise handshakes as initiator. DCUtR asks its B side to act as responder (`initiator:
+ *    false`), but libp2p 3's dial queue drops that option before it reaches the transport, and
+ *    yamux would still take the socket's direction. So the transport decides: on a DCUtR dial,
+ *    the peer whose id sorts first is the initiator, the other upgrades as the responder
+ *    (multistream listener, noise responder, yamux server). Both ends compute the same answer.
+ *
+ * A symmetric NAT maps `port` to a different port for every destination: its reporters disagree,
+ * nothing is confirmed, DCUtR gets no address from that side, and its connections stay relayed.
+ *
+ * Hand-written around libp2p (not a fork): the TCP transport is wrapped (its dial gets
+ * `localPort` and `initiator`, which it passes on to net.connect and the upgrader), DCUtR gets a
+ * proxied address manager. Both rely on libp2p 3 internals named above; test/nat-holepunch.test.ts
+ * fails if an upgrade changes them.
+ */
+import { createServer } from 'node:net';
+import { tcp, type TCPOptions } from '@libp2p/tcp';
+import { dcutr, type DCUtRServiceComponents, type DCUtRServiceInit } from '@libp2p/dcutr';
+import { multiaddr, type Multiaddr } from '@multiformats/multiaddr';
+import type { Connection, IdentifyResult, Libp2p, PeerId, Transport, Upgrader } from '@libp2p/interface';
+import type { NetMetrics } from './metrics.js';
+import { ObservedAddrBook, type ObservationVerdict, type ObservedAddrOptions } from './observed-addrs.js';
+
+/** @libp2p/dcutr's dial priority (not exported); no other libp2p dial uses it. */
+export const DCUTR_DIAL_PRIORITY = 100;
+
+/** Errors of a dial whose fixed local port is taken for that peer: retried from an ephemeral port. */
+const PORT_TAKEN = new Set(['EADDRINUSE', 'EADDRNOTAVAIL']);
+
+export interface HolePunchOptions extends ObservedAddrOptions {
+  /** Local port every outbound TCP dial leaves from. */
+  port: number;
+  /** Counters `net.punch.*` and `net.observed.*`. */
+  metrics?: NetMetrics;
+  /** Called when the offered addresses change. */
+  onChange?: () => void;
+}
+
+export interface HolePunch {
+  readonly port: number;
+  /** libp2p transport factory: TCP dialling from `port`. */
+  tcp(init?: TCPOptions): (components: TcpComponents) => Transport;
+  /** libp2p service factory: DCUtR offering the confirmed address. */
+  dcutr(init?: DCUtRServiceInit): (components: DCUtRServiceComponents) => unknown;
+  /** Starts listening to identify reports and connection closes. */
+  attach(node: Libp2p): void;
+  detach(): void;
+  /** The public addresses we offer to DCUtR (confirmed observations), without /p2p. */
+  addrs(): string[];
+  /** Observations held (one per open connection that reported one). */
+  observations(): number;
+}
+
+type TcpComponents = Parameters<ReturnType<typeof tcp>>[0] & { peerId: PeerId };
+
+/** A free TCP port on every interface (bound and released at once; a later bind may race). */
+export async function freeTcpPort(): Promise<number> {
+  return await new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once('error', reject);
+    s.listen(0, '0.0.0.0', () => {
+      const a = s.address();
+      const port = typeof a === 'object' && a ? a.port : 0;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+/** The peer id string at the end of a multiaddr, if any. */
+function peerOf(ma: Multiaddr): string | undefined {
+  return ma.getComponents().findLast((c) => c.name === 'p2p')?.value;
+}
+
+/** The IP of a connection's remote address, if it is a plain IP address. */
+function remoteIp(conn: Connection): string | undefined {
+  const c = conn.remoteAddr.getComponents();
+  return c[0]?.name === 'ip4' || c[0]?.name === 'ip6' ? c[0].value : undefined;
+}
+
+/**
+ * The upgrader, upgrading a socket we dialled as the responder: `initiator: false` makes libp2p
+ * run multistream-select and noise as the listener, but yamux picks client or server from the
+ * raw connection's direction (noise copies it), so that must say 'inbound' too, or both ends are
+ * yamux clients ("Both endpoints are clients", seen in the lab).
+ */
+function asResponder(upgrader: Upgrader): Upgrader {
+  return new Proxy(upgrader, {
+    get(target, prop, receiver) {
+      if (prop === 'upgradeOutbound') {
+        const up: Upgrader['upgradeOutbound'] = (maConn, opts) => {
+          (maConn as { direction: 'inbound' | 'outbound' }).direction = 'inbound';
+          return target.upgradeOutbound(maConn, opts);
+        };
+        return up;
+      }
+      const v: unknown = Reflect.get(target, prop, receiver);
+      return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+    },
+  });
+}
+
+export function createHolePunch(o: HolePunchOptions): HolePunch {
+  const book = new ObservedAddrBook(o);
+  /** Connections we dialled from `port`: only their observations say where `port` maps to. */
+  const fromPort = new Set<string>();
+  let offered = '';
+  let node: Libp2p | undefined;
+  const addrs = (): string[] => book.confirmed((id) => fromPort.has(id));
+  const changed = (): void => {
+    const now = addrs().join(',');
+    if (now === offered) return;
+    offered = now;
+    o.onChange?.();
+  };
+
+  const onIdentify = (evt: CustomEvent<IdentifyResult>): void => {
+    const { connection, observedAddr } = evt.detail;
+    if (observedAddr == null || connection.direction !== 'outbound' || connection.limits != null) return;
+    const ip = remoteIp(connection);
+    if (ip == null) return;
+    const verdict: ObservationVerdict = book.report(connection.id, ip, observedAddr.toString());
+    o.metrics?.increment(`net.observed.${verdict}`);
+    changed();
+  };
+  const onClose = (evt: CustomEvent<Connection>): void => {
+    fromPort.delete(evt.detail.id);
+    book.drop(evt.detail.id);
+    changed();
+  };
+
+  return {
+    port: o.port,
+    tcp(init = {}) {
+      const make = tcp(init);
+      return (components) => {
+        const inner = make(components);
+        const self = components.peerId.toString();
+        const plainDial = inner.dial.bind(inner);
+        const dial: Transport['dial'] = async (ma, options) => {
+          // DCUtR's synchronised dial: a simultaneous open, roles by peer id order.
+          if ((options as { priority?: number }).priority === DCUTR_DIAL_PRIORITY) {
+            const remote = peerOf(ma);
+            const initiator = remote === undefined || self < remote;
+            o.metrics?.increment('net.punch.dials');
+            try {
+              const upgrader = initiator ? options.upgrader : asResponder(options.upgrader);
+              const conn = await plainDial(ma, {
+                ...options,
+                upgrader,
+                localPort: o.port,
+                initiator,
+              } as typeof options);
+              o.metrics?.increment('net.punch.direct');
+              return conn;
+            } catch (err) {
+              o.metrics?.increment('net.punch.failed');
+              throw err;
+            }
+          }
+          try {
+            const conn = await plainDial(ma, { ...options, localPort: o.port } as typeof options);
+            fromPort.add(conn.id);
+            changed();
+            return conn;
+          } catch (err) {
+            const code = (err as NodeJS.ErrnoException).code;
+            if (code === undefined || !PORT_TAKEN.has(code) || options.signal?.aborted === true) throw err;
+            o.metrics?.increment('net.punch.portTaken');
+            return await plainDial(ma, options);
+          }
+        };
+        return new Proxy(inner, {
+          get: (target, prop, receiver) => (prop === 'dial' ? dial : Reflect.get(target, prop, receiver)),
+        });
+      };
+    },
+    dcutr(init = {}) {
+      const make = dcutr(init);
+      return (components) => {
+        const am = components.addressManager;
+        const addressManager = new Proxy(am, {
+          get(target, prop, receiver) {
+            if (prop === 'getAddresses') {
+              return () => {
+                const id = node?.peerId.toString();
+                const extra = id === undefined ? [] : addrs().map((a) => multiaddr(`${a}/p2p/${id}`));
+                return [...target.getAddresses(), ...extra];
+              };
+            }
+            const v: unknown = Reflect.get(target, prop, receiver);
+            return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+          },
+        });
+        return make({
+          peerStore: components.peerStore,
+          connectionManager: components.connectionManager,
+          registrar: components.registrar,
+          transportManager: components.transportManager,
+          logger: components.logger,
+          addressManager,
+        });
+      };
+    },
+    attach(n) {
+      node = n;
+      n.addEventListener('peer:identify', onIdentify);
+      n.addEventListener('connection:close', onClose);
+    },
+    detach() {
+      node?.removeEventListener('peer:identify', onIdentify);
+      node?.removeEventListener('connection:close', onClose);
+    },
+    addrs,
+    observations: () => book.size,
+  };
+}
