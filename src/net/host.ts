@@ -322,6 +322,11 @@ export async function createHost(options: HostOptions): Promise<Host> {
     !(Number.isInteger(options.punchPort) && options.punchPort > 0 && options.punchPort < 65536)
   )
     throw new HostError(`punchPort must be a port number (1-65535): ${options.punchPort}`);
+  // A socket cannot dial from a port a listener holds (no SO_REUSEPORT in Node): every punch
+  // dial would fall back to an ephemeral port and no address could ever be agreed.
+  const tcpListenPorts = listen.map((a) => /\/tcp\/(\d+)(?:\/|$)/.exec(a)?.[1]).filter((p) => p !== undefined);
+  if (options.punchPort !== undefined && tcpListenPorts.includes(String(options.punchPort)))
+    throw new HostError(`punchPort ${options.punchPort} is also a TCP listen port: pick another`);
   let noteSoon = (): void => undefined;
   const punch: HolePunch | undefined =
     holePunch === true || (holePunch === 'auto' && where.natted)

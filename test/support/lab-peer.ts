@@ -10,16 +10,18 @@
  *   {cmd:'connect', peer}        Host.connect, answer {remoteAddr, relayed}
  *   {cmd:'fetch', peer, hash}    fetchBulk (cap 64 MiB, 30 s), answer {bytes}
  *   {cmd:'stats'}                answer {counters, protocols, relay: RelayStats, conns}
+ *   {cmd:'addrs', peer}          answer {addrs}: the addresses our peer store holds for `peer`
  * The process exits when stdin closes.
  */
 import { randomBytes } from 'node:crypto';
 import { createInterface } from 'node:readline';
+import { peerIdFromString } from '@libp2p/peer-id';
 import { createHost, fetchBulk, serveBulk, type Host, type HostOptions } from '../../src/net/index.js';
 import { sha256HexNode } from '../../src/util/hash-node.js';
 
 interface Command {
   id: number;
-  cmd: 'put' | 'connect' | 'fetch' | 'stats';
+  cmd: 'put' | 'connect' | 'fetch' | 'stats' | 'addrs';
   size?: number;
   peer?: string;
   hash?: string;
@@ -50,6 +52,10 @@ async function main(): Promise<void> {
       case 'fetch': {
         const data = await fetchBulk(host, c.peer!, c.hash!, { maxBytes: 64 << 20, signal });
         return { bytes: data.byteLength };
+      }
+      case 'addrs': {
+        const info = await host.node.peerStore.get(peerIdFromString(c.peer!));
+        return { addrs: info.addresses.map((a) => a.multiaddr.toString()) };
       }
       case 'stats': {
         const snap = host.metrics.snapshot();
