@@ -15,27 +15,16 @@
  * around the maintained library because it offers no option for it.
  */
 import { autoNAT, type AutoNATComponents, type AutoNATServiceInit } from '@libp2p/autonat';
+import { withOverrides } from './override.js';
 
 export function freshDialBackAutoNAT(init: AutoNATServiceInit = {}): (components: AutoNATComponents) => unknown {
   const make = autoNAT(init);
   return (components) => {
     const cm = components.connectionManager;
-    const connectionManager = new Proxy(cm, {
-      get(target, prop, receiver) {
-        if (prop === 'openConnection') {
-          const open: typeof cm.openConnection = (peer, options = {}) =>
-            target.openConnection(peer, Array.isArray(peer) ? options : { ...options, force: true });
-          return open;
-        }
-        const v: unknown = Reflect.get(target, prop, receiver);
-        return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
-      },
+    const connectionManager = withOverrides(cm, {
+      openConnection: (peer, options = {}) =>
+        cm.openConnection(peer, Array.isArray(peer) ? options : { ...options, force: true }),
     });
-    return make(
-      new Proxy(components, {
-        get: (target, prop, receiver) =>
-          prop === 'connectionManager' ? connectionManager : Reflect.get(target, prop, receiver),
-      }),
-    );
+    return make(withOverrides(components, { connectionManager }));
   };
 }

@@ -11,43 +11,57 @@
  * dial to one fixed local port; libuv sets SO_REUSEADDR, so many connections to different peers
  * share it. Then:
  *
- * 1. `punchTcp`: every outbound TCP dial leaves from `port` (falling back to an ephemeral port
- *    when the 4-tuple is taken, e.g. in TIME_WAIT). The peers we dial see us at our router's WAN
+ * 1. `tcp()`: every outbound TCP dial leaves from `port` (falling back to an ephemeral port when
+ *    the 4-tuple is taken, e.g. in TIME_WAIT). The peers we dial see us at our router's WAN
  *    address and the port the NAT mapped `port` to; a cone NAT maps it the same for every peer.
  * 2. `ObservedAddrBook` (observed-addrs.ts) collects those identify reports, one vote per
  *    reporter IP, and confirms an address several agree on.
- * 3. `punchDcutr`: libp2p's DCUtR service, given an address manager that adds the confirmed
- *    address to what it offers in its CONNECT message. The address is never advertised anywhere
- *    else (identify, DHT): nobody listens on `port`, so a plain dial there could never succeed,
- *    and a lone dial would leave a stale NAT entry that turns the later simultaneous open into a
- *    RST (seen in the lab). DCUtR's synchronised dials (priority 100, only DCUtR uses it) leave
- *    from `port` too: both SYNs cross the NATs and the kernels complete a TCP simultaneous open,
- *    one socket on each side, each from connect().
+ * 3. `dcutr()`: libp2p's DCUtR service with two components of its own:
+ *    - an address manager that adds the confirmed address to what DCUtR offers in its CONNECT
+ *      message. The address is never advertised anywhere else (identify, DHT): nobody listens on
+ *      `port`, so a plain dial there could never succeed, and a lone dial would leave a stale NAT
+ *      entry that turns the later simultaneous open into a RST (seen in the lab);
+ *    - a connection manager whose DCUtR dials (libp2p priority 100, which only DCUtR uses) go
+ *      straight to the transport instead of the dial queue: the queue hands a dial to a peer that
+ *      is already being dialled the result of that other dial, and in a swarm two home peers dial
+ *      each other through relays at the same moment, so DCUtR "succeeded" with a relayed
+ *      connection and closed it (seen in the lab's 5-peer swarm). A direct connection to the
+ *      peer that is already open (an earlier punch) is returned as it is, and a second DCUtR
+ *      session with the same peer (each side had dialled the other through a relay) joins the
+ *      first one's dial, since both would use the same 4-tuple.
+ *    The transport dials those from `port` too: both SYNs cross the NATs and the kernels complete
+ *    a TCP simultaneous open, one socket on each side, each from connect().
  * 4. Both ends of a simultaneous open called connect(), so both would start the multistream and
  *    noise handshakes as initiator. DCUtR asks its B side to act as responder (`initiator:
- *    false`), but libp2p 3's dial queue drops that option before it reaches the transport, and
- *    yamux would still take the socket's direction. So the transport decides: on a DCUtR dial,
- *    the peer whose id sorts first is the initiator, the other upgrades as the responder
- *    (multistream listener, noise responder, yamux server). Both ends compute the same answer.
+ *    false`), but libp2p 3's dial queue drops that option, and yamux takes the socket's
+ *    direction anyway. So the transport decides: on a punch dial, the peer whose id sorts first
+ *    is the initiator, the other upgrades as the responder (multistream listener, noise
+ *    responder, yamux server). Both ends compute the same answer.
  *
  * A symmetric NAT maps `port` to a different port for every destination: its reporters disagree,
  * nothing is confirmed, DCUtR gets no address from that side, and its connections stay relayed.
  *
  * Hand-written around libp2p (not a fork): the TCP transport is wrapped (its dial gets
- * `localPort` and `initiator`, which it passes on to net.connect and the upgrader), DCUtR gets a
- * proxied address manager. Both rely on libp2p 3 internals named above; test/nat-holepunch.test.ts
+ * `localPort` and `initiator`, which it passes on to net.connect and the upgrader), DCUtR gets
+ * proxied components. They rely on the libp2p 3 internals named above; test/nat-holepunch.test.ts
  * fails if an upgrade changes them.
  */
 import { createServer } from 'node:net';
 import { tcp, type TCPOptions } from '@libp2p/tcp';
 import { dcutr, type DCUtRServiceComponents, type DCUtRServiceInit } from '@libp2p/dcutr';
+import { peerIdFromString } from '@libp2p/peer-id';
 import { multiaddr, type Multiaddr } from '@multiformats/multiaddr';
 import type { Connection, IdentifyResult, Libp2p, PeerId, Transport, Upgrader } from '@libp2p/interface';
+import { HostError } from './errors.js';
 import type { NetMetrics } from './metrics.js';
+import { withOverrides } from './override.js';
 import { ObservedAddrBook, type ObservationVerdict, type ObservedAddrOptions } from './observed-addrs.js';
 
 /** @libp2p/dcutr's dial priority (not exported); no other libp2p dial uses it. */
 export const DCUTR_DIAL_PRIORITY = 100;
+
+/** Dial option that makes the wrapped TCP transport punch (set by our DCUtR connection manager only). */
+const PUNCH = 'tesseraPunch';
 
 /** Errors of a dial whose fixed local port is taken for that peer: retried from an ephemeral port. */
 const PORT_TAKEN = new Set(['EADDRINUSE', 'EADDRNOTAVAIL']);
@@ -65,15 +79,13 @@ export interface HolePunch {
   readonly port: number;
   /** libp2p transport factory: TCP dialling from `port`. */
   tcp(init?: TCPOptions): (components: TcpComponents) => Transport;
-  /** libp2p service factory: DCUtR offering the confirmed address. */
+  /** libp2p service factory: DCUtR offering the confirmed address and punching from `port`. */
   dcutr(init?: DCUtRServiceInit): (components: DCUtRServiceComponents) => unknown;
   /** Starts listening to identify reports and connection closes. */
   attach(node: Libp2p): void;
   detach(): void;
   /** The public addresses we offer to DCUtR (confirmed observations), without /p2p. */
   addrs(): string[];
-  /** Observations held (one per open connection that reported one). */
-  observations(): number;
 }
 
 type TcpComponents = Parameters<ReturnType<typeof tcp>>[0] & { peerId: PeerId };
@@ -102,6 +114,10 @@ function remoteIp(conn: Connection): string | undefined {
   return c[0]?.name === 'ip4' || c[0]?.name === 'ip6' ? c[0].value : undefined;
 }
 
+/** A direct (not relayed, not limited) open connection. */
+const isDirect = (c: Connection): boolean =>
+  c.status === 'open' && c.limits == null && !c.remoteAddr.toString().includes('/p2p-circuit');
+
 /**
  * The upgrader, upgrading a socket we dialled as the responder: `initiator: false` makes libp2p
  * run multistream-select and noise as the listener, but yamux picks client or server from the
@@ -109,17 +125,10 @@ function remoteIp(conn: Connection): string | undefined {
  * yamux clients ("Both endpoints are clients", seen in the lab).
  */
 function asResponder(upgrader: Upgrader): Upgrader {
-  return new Proxy(upgrader, {
-    get(target, prop, receiver) {
-      if (prop === 'upgradeOutbound') {
-        const up: Upgrader['upgradeOutbound'] = (maConn, opts) => {
-          (maConn as { direction: 'inbound' | 'outbound' }).direction = 'inbound';
-          return target.upgradeOutbound(maConn, opts);
-        };
-        return up;
-      }
-      const v: unknown = Reflect.get(target, prop, receiver);
-      return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+  return withOverrides(upgrader, {
+    upgradeOutbound: (maConn, opts) => {
+      (maConn as { direction: 'inbound' | 'outbound' }).direction = 'inbound';
+      return upgrader.upgradeOutbound(maConn, opts);
     },
   });
 }
@@ -162,8 +171,8 @@ export function createHolePunch(o: HolePunchOptions): HolePunch {
         const self = components.peerId.toString();
         const plainDial = inner.dial.bind(inner);
         const dial: Transport['dial'] = async (ma, options) => {
-          // DCUtR's synchronised dial: a simultaneous open, roles by peer id order.
-          if ((options as { priority?: number }).priority === DCUTR_DIAL_PRIORITY) {
+          // A DCUtR dial: a simultaneous open, roles by peer id order.
+          if ((options as { [PUNCH]?: boolean })[PUNCH] === true) {
             const remote = peerOf(ma);
             const initiator = remote === undefined || self < remote;
             o.metrics?.increment('net.punch.dials');
@@ -194,35 +203,63 @@ export function createHolePunch(o: HolePunchOptions): HolePunch {
             return await plainDial(ma, options);
           }
         };
-        return new Proxy(inner, {
-          get: (target, prop, receiver) => (prop === 'dial' ? dial : Reflect.get(target, prop, receiver)),
-        });
+        return withOverrides(inner, { dial });
       };
     },
     dcutr(init = {}) {
       const make = dcutr(init);
       return (components) => {
         const am = components.addressManager;
-        const addressManager = new Proxy(am, {
-          get(target, prop, receiver) {
-            if (prop === 'getAddresses') {
-              return () => {
-                const id = node?.peerId.toString();
-                const extra = id === undefined ? [] : addrs().map((a) => multiaddr(`${a}/p2p/${id}`));
-                return [...target.getAddresses(), ...extra];
-              };
+        const cm = components.connectionManager;
+        const tm = components.transportManager;
+        /** Punch dials in flight, by peer id. */
+        const punching = new Map<string, Promise<Connection>>();
+        const addressManager = withOverrides(am, {
+          getAddresses: () => {
+            const id = node?.peerId.toString();
+            const extra = id === undefined ? [] : addrs().map((a) => multiaddr(`${a}/p2p/${id}`));
+            return [...am.getAddresses(), ...extra];
+          },
+        });
+        const connectionManager = withOverrides(cm, {
+          openConnection: async (target, options = {}) => {
+            if (options.priority !== DCUTR_DIAL_PRIORITY) return await cm.openConnection(target, options);
+            const targets = (Array.isArray(target) ? target : [target]) as Multiaddr[];
+            const peer = targets.map(peerOf).find((p) => p !== undefined);
+            if (peer === undefined) throw new HostError('hole punch: no peer id in the addresses to dial');
+            const open = cm.getConnections(peerIdFromString(peer)).find(isDirect);
+            if (open != null) return open;
+            // Two relayed connections to one peer (each side dialled the other) run two DCUtR
+            // sessions at once; both use the one 4-tuple, so the second joins the first's dial.
+            const pending = punching.get(peer);
+            if (pending != null) return await pending;
+            const attempt = (async () => {
+              let last: unknown = new HostError('hole punch: no address to dial');
+              for (const ma of targets) {
+                try {
+                  return await tm.dial(ma, { signal: options.signal, [PUNCH]: true } as { signal?: AbortSignal });
+                } catch (err) {
+                  last = err;
+                  if (options.signal?.aborted === true) break;
+                }
+              }
+              throw last;
+            })();
+            punching.set(peer, attempt);
+            try {
+              return await attempt;
+            } finally {
+              punching.delete(peer);
             }
-            const v: unknown = Reflect.get(target, prop, receiver);
-            return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
           },
         });
         return make({
           peerStore: components.peerStore,
-          connectionManager: components.connectionManager,
           registrar: components.registrar,
-          transportManager: components.transportManager,
+          transportManager: tm,
           logger: components.logger,
           addressManager,
+          connectionManager,
         });
       };
     },
@@ -236,6 +273,5 @@ export function createHolePunch(o: HolePunchOptions): HolePunch {
       node?.removeEventListener('connection:close', onClose);
     },
     addrs,
-    observations: () => book.size,
   };
 }

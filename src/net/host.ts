@@ -401,15 +401,17 @@ export async function createHost(options: HostOptions): Promise<Host> {
   } catch (err) {
     throw new HostError(`cannot create libp2p node: ${(err as Error).message}`, { cause: err });
   }
+  // Before start: the bootstrap dials begin during it, and their identify reports count.
+  punch?.attach(node);
   try {
     await raceAbort(Promise.resolve(node.start()), signal, 'host start');
   } catch (err) {
+    punch?.detach();
     await Promise.resolve(node.stop()).catch(() => undefined);
     if (err instanceof AbortedError) throw err;
     throw new HostError(`cannot start libp2p node: ${(err as Error).message}`, { cause: err });
   }
 
-  punch?.attach(node);
   const autoDial = options.autoDial ?? true;
   if (autoDial && peerDiscovery.length > 0) {
     node.addEventListener('peer:discovery', (evt) => {
