@@ -219,6 +219,13 @@ test(
     assert.deepEqual(await h1.direct(h3), [], 'no direct h1–h3 connection either way');
     assert.equal(s3.counters['net.punch.dials'] ?? 0, h3Dials, 'h3 never got a SYNC to dial on');
     assert.equal(s3.counters['net.punch.direct'] ?? 0, 0, 'h3 never punched through to anyone');
+    // The punched connection outlives DCUtR's 5 s timer: it was dialled with a signal of its own
+    // (when it got DCUtR's, every punched connection was aborted 5 s after it opened). This waits
+    // on a clock because the property is about one.
+    const punchedAt = tDirect;
+    await until('6 s after the punch', () => Date.now() - punchedAt > 6000, 15_000);
+    assert.ok((await h1.direct(h2)).length > 0 && (await h2.direct(h1)).length > 0, 'still direct after 6 s');
+    assert.equal((await h1.stats()).counters['net.punch.direct'], punched, 'and still the first punched connection');
     // The connections that taught the cone homes their address stayed open throughout (AutoNAT's
     // dial-back used to close them a second after they opened: src/net/autonat.ts).
     for (const h of [h1, h2]) assert.deepEqual(h.punchHistory, ['', `/ip4/${wan(h)}/tcp/${PUNCH_PORT}`], h.name);

@@ -234,14 +234,26 @@ export function createHolePunch(o: HolePunchOptions): HolePunch {
             const pending = punching.get(peer);
             if (pending != null) return await pending;
             const attempt = (async () => {
+              // DCUtR's signal is AbortSignal.timeout(5 s); the new connection keeps listening to
+              // the signal it was dialled with, so it gets one that follows DCUtR's only until the
+              // dial is done (the dial queue does the same with its own signals). Given DCUtR's
+              // own, every punched connection was aborted 5 s after it opened (seen in the lab).
+              const dialSignal = new AbortController();
+              const follow = (): void => dialSignal.abort(options.signal?.reason);
+              if (options.signal?.aborted === true) follow();
+              options.signal?.addEventListener('abort', follow, { once: true });
               let last: unknown = new HostError('hole punch: no address to dial');
-              for (const ma of targets) {
-                try {
-                  return await tm.dial(ma, { signal: options.signal, [PUNCH]: true } as { signal?: AbortSignal });
-                } catch (err) {
-                  last = err;
-                  if (options.signal?.aborted === true) break;
+              try {
+                for (const ma of targets) {
+                  try {
+                    return await tm.dial(ma, { signal: dialSignal.signal, [PUNCH]: true } as { signal: AbortSignal });
+                  } catch (err) {
+                    last = err;
+                    if (dialSignal.signal.aborted) break;
+                  }
                 }
+              } finally {
+                options.signal?.removeEventListener('abort', follow);
               }
               throw last;
             })();
