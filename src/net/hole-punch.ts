@@ -63,6 +63,9 @@ export const DCUTR_DIAL_PRIORITY = 100;
 /** Dial option that makes the wrapped TCP transport punch (set by our DCUtR connection manager only). */
 const PUNCH = 'tesseraPunch';
 
+/** Most addresses one punch dial tries (a CONNECT message may list dozens). */
+const MAX_PUNCH_TARGETS = 4;
+
 /** Errors of a dial whose fixed local port is taken for that peer: retried from an ephemeral port. */
 const PORT_TAKEN = new Set(['EADDRINUSE', 'EADDRNOTAVAIL']);
 
@@ -224,7 +227,10 @@ export function createHolePunch(o: HolePunchOptions): HolePunch {
         const connectionManager = withOverrides(cm, {
           openConnection: async (target, options = {}) => {
             if (options.priority !== DCUTR_DIAL_PRIORITY) return await cm.openConnection(target, options);
-            const targets = (Array.isArray(target) ? target : [target]) as Multiaddr[];
+            // Who gives us these: the peer on the other end of a relayed connection (its CONNECT
+            // message, up to 4 KiB; libp2p keeps only public addresses we can dial). Cap: the first
+            // MAX_PUNCH_TARGETS, tried one after the other within DCUtR's 5 s, 3 attempts a session.
+            const targets = ((Array.isArray(target) ? target : [target]) as Multiaddr[]).slice(0, MAX_PUNCH_TARGETS);
             const peer = targets.map(peerOf).find((p) => p !== undefined);
             if (peer === undefined) throw new HostError('hole punch: no peer id in the addresses to dial');
             const open = cm.getConnections(peerIdFromString(peer)).find(isDirect);
