@@ -81,6 +81,12 @@ export function register(program: Command): void {
     )
     .option('--no-reserve', 'never reserve a relay slot')
     .option('--upnp', 'ask the home router for a port mapping by UPnP', false)
+    .option(
+      '--punch-port <port>',
+      'behind a NAT, every outbound TCP dial leaves from this local port, so peers behind other NATs can hole-punch to it (default: a free port)',
+      int(1, 65535),
+    )
+    .option('--no-hole-punch', 'never hole-punch (DCUtR); stay on relays behind a NAT')
     .option('--bootstrap <ma...>', 'peers to connect to (multiaddr with /p2p/<id>; repeat or comma-separate)', collect)
     .option(
       '--mdns',
@@ -152,6 +158,8 @@ export function register(program: Command): void {
         relay?: boolean;
         reserve?: boolean;
         upnp: boolean;
+        punchPort?: number;
+        holePunch: boolean;
         bootstrap?: string[];
         mdns: boolean;
         genesisPeers?: string[];
@@ -215,12 +223,15 @@ export function register(program: Command): void {
             },
             ...(o.announce ? { announce: o.announce } : {}),
             upnp: o.upnp,
+            holePunch: o.holePunch ? 'auto' : false,
+            ...(o.punchPort !== undefined ? { punchPort: o.punchPort } : {}),
             // Printed once per change: a peer behind a NAT sees "private" at once and
             // "private+relay" when it holds a relay slot; a public peer "unknown" until another
             // peer dialled its address back (AutoNAT), then "public".
             onReachability: (r) => {
               const relays = r.relayAddrs.map((a) => a.split('/p2p-circuit')[0]).join(' ');
-              const line = `reachability ${reachWord(r)}${r.relayServer ? ' (serving as relay)' : ''}${relays ? ` via ${relays}` : ''}`;
+              const punch = r.punchAddrs.length > 0 ? `; hole punching from ${r.punchAddrs.join(' ')}` : '';
+              const line = `reachability ${reachWord(r)}${r.relayServer ? ' (serving as relay)' : ''}${relays ? ` via ${relays}` : ''}${punch}`;
               if (o.json) process.stdout.write(JSON.stringify({ event: 'reachability', ...r }) + '\n');
               else process.stderr.write(`tessera node: ${line}\n`);
             },

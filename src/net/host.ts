@@ -15,15 +15,17 @@
  * - `relay` (default off here; `tessera node` turns it on for peers with a public address): a
  *   circuit relay v2 server with per-reservation limits (bytes and duration of each relayed
  *   connection, and how many reservations), which come from the run manifest (`network.relay`);
- * - DCUtR (hole punching: upgrades a relayed connection to a direct one where the NATs allow),
- *   AutoNAT (other peers dial our public addresses back, so an unverified public listen address
+ * - DCUtR (hole punching: upgrades a relayed connection to a direct one where the NATs allow).
+ *   Behind a NAT (`holePunch` 'auto') every TCP dial leaves from one fixed local port
+ *   (`punchPort`), the address the peers we dialled observe is confirmed once several agree, and
+ *   DCUtR offers it for a TCP simultaneous open (hole-punch.ts, observed-addrs.ts);
+ * - AutoNAT (other peers dial our public addresses back, so an unverified public listen address
  *   is only advertised once someone could reach it), optional UPnP (`upnp`, opt-in).
  * `reachability()` says what the host believes (public / private / unknown, and whether it
  * holds a relay reservation); `onReachability` hears each change once.
  */
 import { multiaddr, type Multiaddr } from '@multiformats/multiaddr';
 import { createLibp2p, type Libp2p, type Libp2pOptions } from 'libp2p';
-import { tcp } from '@libp2p/tcp';
 import { noise } from '@chainsafe/libp2p-noise';
 import { yamux } from '@chainsafe/libp2p-yamux';
 import { identify, type Identify } from '@libp2p/identify';
@@ -42,7 +44,7 @@ import {
   type CircuitRelayService,
 } from '@libp2p/circuit-relay-v2';
 import { dcutr } from '@libp2p/dcutr';
-import { autoNAT } from '@libp2p/autonat';
+import { tcp } from '@libp2p/tcp';
 import { isPrivateIp } from '@libp2p/utils';
 import { networkInterfaces } from 'node:os';
 import { peerIdFromString } from '@libp2p/peer-id';
@@ -51,6 +53,8 @@ import type { AbortOptions, Connection, Ed25519PrivateKey, PeerId } from '@libp2
 import { loadOrCreateIdentity } from './identity.js';
 import { NetMetrics } from './metrics.js';
 import { AbortedError, HostError, abortedError } from './errors.js';
+import { freshDialBackAutoNAT } from './autonat.js';
+import { createHolePunch, freeTcpPort, type HolePunch } from './hole-punch.js';
 
 /** Kademlia protocol id of Tessera swarms (not the public IPFS one). */
 export const TESSERA_DHT_PROTOCOL = '/tessera/kad/1.0.0';
@@ -96,6 +100,12 @@ export interface Reachability {
   relayAddrs: string[];
   /** Public (non-private, non-circuit) addresses we advertise. */
   publicAddrs: string[];
+  /**
+   * Our router's WAN address and mapped port as several peers we dialled agree on it
+   * (hole-punch.ts): offered to DCUtR for hole punching, never advertised. Empty when not
+   * punching, or behind a NAT whose mapping differs per destination (symmetric).
+   */
+  punchAddrs: string[];
   /** This host serves as a circuit relay. */
   relayServer: boolean;
   /**
@@ -160,8 +170,14 @@ export interface HostOptions extends AbortOptions {
   announce?: string[];
   /** Ask the router for a port mapping by UPnP. Default false (opt-in). */
   upnp?: boolean;
-  /** Hole punching (DCUtR) on relayed connections. Default true. */
-  holePunch?: boolean;
+  /**
+   * Hole punching (DCUtR) on relayed connections. Default 'auto': DCUtR runs, and behind a NAT
+   * (as for `reserve`) TCP dials leave from `punchPort` so that an observed address can be
+   * offered (hole-punch.ts). true: the fixed dial port whatever the addresses; false: neither.
+   */
+  holePunch?: boolean | 'auto';
+  /** Local port of every outbound TCP dial while hole punching. Default: a free port. */
+  punchPort?: number;
   /** Called with the new reachability each time it changes (and once after start). */
   onReachability?: (r: Reachability) => void;
 }
@@ -300,6 +316,22 @@ export async function createHost(options: HostOptions): Promise<Host> {
   // loopback, where every peer of a one-machine swarm reaches every other directly.
   const reserve = options.reserve === 'auto' || options.reserve === undefined ? where.natted : options.reserve;
   const limits = { ...DEFAULT_RELAY_LIMITS, ...options.relayLimits };
+  const holePunch = options.holePunch ?? 'auto';
+  if (
+    options.punchPort !== undefined &&
+    !(Number.isInteger(options.punchPort) && options.punchPort > 0 && options.punchPort < 65536)
+  )
+    throw new HostError(`punchPort must be a port number (1-65535): ${options.punchPort}`);
+  // A socket cannot dial from a port a listener holds (no SO_REUSEPORT in Node): every punch
+  // dial would fall back to an ephemeral port and no address could ever be agreed.
+  const tcpListenPorts = listen.map((a) => /\/tcp\/(\d+)(?:\/|$)/.exec(a)?.[1]).filter((p) => p !== undefined);
+  if (options.punchPort !== undefined && tcpListenPorts.includes(String(options.punchPort)))
+    throw new HostError(`punchPort ${options.punchPort} is also a TCP listen port: pick another`);
+  let noteSoon = (): void => undefined;
+  const punch: HolePunch | undefined =
+    holePunch === true || (holePunch === 'auto' && where.natted)
+      ? createHolePunch({ port: options.punchPort ?? (await freeTcpPort()), metrics, onChange: () => noteSoon() })
+      : undefined;
 
   const peerDiscovery: NonNullable<Libp2pOptions['peerDiscovery']> = [];
   if (options.mdns === true) peerDiscovery.push(mdns());
@@ -321,10 +353,11 @@ export async function createHost(options: HostOptions): Promise<Host> {
         },
       });
     // Who may call them: any connected peer. AutoNAT dials back only the caller's own IP (libp2p
-    // refuses other targets) and answers 2 streams per connection; DCUtR runs only on relayed
-    // connections, a few bounded messages and one dial per attempt.
-    services.autonat = autoNAT();
-    if (options.holePunch !== false) services.dcutr = dcutr();
+    // refuses other targets), always on a new connection (autonat.ts), and answers 2 streams per
+    // connection; DCUtR runs only on relayed connections, a few bounded messages and one dial per
+    // attempt (3 attempts).
+    services.autonat = freshDialBackAutoNAT();
+    if (holePunch !== false) services.dcutr = punch ? punch.dcutr() : dcutr();
     // Loaded only when asked for: it pulls in an HTTP client (undici) every other peer can do without.
     if (options.upnp === true) services.upnp = (await import('@libp2p/upnp-nat')).uPnPNAT();
     node = await createLibp2p<HostServices>({
@@ -334,7 +367,7 @@ export async function createHost(options: HostOptions): Promise<Host> {
         ...(announce.length > 0 ? { announce } : {}),
       },
       transports: [
-        tcp(),
+        punch ? punch.tcp() : tcp(),
         webSockets(),
         // Dial and accept relayed connections. Reservations are requested only when listening
         // on /p2p-circuit (`reserve`).
@@ -368,9 +401,12 @@ export async function createHost(options: HostOptions): Promise<Host> {
   } catch (err) {
     throw new HostError(`cannot create libp2p node: ${(err as Error).message}`, { cause: err });
   }
+  // Before start: the bootstrap dials begin during it, and their identify reports count.
+  punch?.attach(node);
   try {
     await raceAbort(Promise.resolve(node.start()), signal, 'host start');
   } catch (err) {
+    punch?.detach();
     await Promise.resolve(node.stop()).catch(() => undefined);
     if (err instanceof AbortedError) throw err;
     throw new HostError(`cannot start libp2p node: ${(err as Error).message}`, { cause: err });
@@ -390,11 +426,11 @@ export async function createHost(options: HostOptions): Promise<Host> {
   const peerId = node.peerId.toString();
   log.info({ peerId, addrs: node.getMultiaddrs().map(String) }, 'libp2p host started');
 
-  const reachability = (): Reachability => reachabilityOf(node, relayServer, where);
+  const reachability = (): Reachability => reachabilityOf(node, relayServer, where, punch);
   let lastReach = '';
   const noteReachability = (): void => {
     const r = reachability();
-    const key = `${r.status}|${r.relayed}|${r.relayAddrs.join(',')}`;
+    const key = `${r.status}|${r.relayed}|${r.relayAddrs.join(',')}|${r.punchAddrs.join(',')}`;
     if (key === lastReach) return;
     lastReach = key;
     log.info({ reachability: r }, 'reachability changed');
@@ -406,7 +442,7 @@ export async function createHost(options: HostOptions): Promise<Host> {
   };
   // Our addresses change when a reservation is made or lost, or AutoNAT (un)confirms one. The
   // events may fire before the address list settles, so a slow poll backs them up.
-  const noteSoon = (): void => void setTimeout(noteReachability, 0);
+  noteSoon = (): void => void setTimeout(noteReachability, 0);
   node.addEventListener('self:peer:update', noteSoon);
   node.addEventListener('transport:listening', noteSoon);
   node.addEventListener('transport:close', noteSoon);
@@ -458,6 +494,7 @@ export async function createHost(options: HostOptions): Promise<Host> {
     }),
     async stop(opts = {}) {
       clearInterval(reachTimer);
+      punch?.detach();
       node.removeEventListener('self:peer:update', noteSoon);
       node.removeEventListener('transport:listening', noteSoon);
       node.removeEventListener('transport:close', noteSoon);
@@ -524,6 +561,7 @@ function reachabilityOf(
   node: Libp2pNode,
   relayServer: boolean,
   where: { public: boolean; natted: boolean },
+  punch: HolePunch | undefined,
 ): Reachability {
   const addrs = node.getMultiaddrs().map(String);
   const relayAddrs = addrs.filter(isCircuit);
@@ -541,6 +579,7 @@ function reachabilityOf(
     relayed,
     relayAddrs,
     publicAddrs,
+    punchAddrs: punch?.addrs() ?? [],
     relayServer,
     behindNat: relayed || (where.natted && status !== 'public'),
   };

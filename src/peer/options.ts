@@ -34,7 +34,10 @@ export interface NodeOptions {
    * Reachability (issue 16, net/host.ts): serve as a circuit relay (with the manifest's limits),
    * reserve a relay slot behind a NAT, announced addresses, UPnP, and a callback on each change.
    */
-  net?: Pick<HostOptions, 'relay' | 'relayLimits' | 'reserve' | 'announce' | 'upnp' | 'holePunch' | 'onReachability'>;
+  net?: Pick<
+    HostOptions,
+    'relay' | 'relayLimits' | 'reserve' | 'announce' | 'upnp' | 'holePunch' | 'punchPort' | 'onReachability'
+  >;
   /**
    * Emulated one-way link delay in ms (default: env TESSERA_LINK_DELAY_MS, else 0): every
    * control message is handled and every payload download finishes this much later. For
