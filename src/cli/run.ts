@@ -86,6 +86,8 @@ export function register(program: Command): void {
     .action(async (o: RunCreateOptions & { out: string; json: boolean; dataset?: string; dataDir?: string }) => {
       if (o.dataset !== undefined && o.dataDir === undefined)
         throw new InvalidInputError('--dataset needs --data-dir (the store that holds it)');
+      if (o.auditTolerance !== undefined && o.audit === undefined)
+        throw new InvalidInputError('--audit-tolerance goes with --audit');
       const { decoded, params } =
         o.dataset !== undefined
           ? await buildManifestFromStore({ ...o, dataset: o.dataset, dataDir: o.dataDir! })

@@ -273,7 +273,7 @@ export function gpuAuditRefusal(
     return (
       'this run audits trainers (hyper.audit) with no tolerance: validators re-execute steps bit for bit on ' +
       "the CPU deterministic kernels, which a GPU's floats do not reproduce. A run that lets GPU trainers " +
-      'join sets hyper.audit.tolerance (tessera run --audit-tolerance <rel>): their steps are then judged ' +
+      'join sets hyper.audit.tolerance (tessera run create --audit-tolerance <rel>): their steps are then judged ' +
       'within it (docs/WEBGPU.md)'
     );
   // An audited GPU trainer keeps every step's state (θ, m, v) for validators, for its round and
