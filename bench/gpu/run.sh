@@ -143,7 +143,7 @@ fi
 tiny=()
 ((dry)) && tiny=(--tiny)
 if ((unpack_ok)); then
-  t=$(slot 170)
+  t=$(slot 150)
   log "WebGPU: training steps and GEMM (adapter $adapter, at most ${t}s)"
   timeout "$t" "$node" "$work/app/dist/bench/gpu/webgpu.js" measure --configs bench/gpu/configs.json "${tiny[@]}" \
     --adapter "$adapter" --out "$work/webgpu.json" 2>&1 | tee -a "$OUT/log.txt"
