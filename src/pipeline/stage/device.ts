@@ -15,17 +15,30 @@
  */
 import type { WebGpuDevice } from '../../kernels/webgpu/device.js';
 import { WebGpuStage } from '../../model/stage-webgpu.js';
-import type { Stage } from '../../model/stage.js';
+import { Stage } from '../../model/stage.js';
 import type { AdamW } from '../../train/adamw.js';
+import { DeviceRefusedError } from '../../util/errors.js';
 
 export type Part = 'params' | 'grads' | 'opt';
 type Where = 'host' | 'device' | 'both';
 const ALL: readonly Part[] = ['params', 'grads', 'opt'];
 
-/** What the device copy follows: the service state's current stage and optimizer. */
+/**
+ * What the device copy follows: the service state's current stage and optimizer. Any stage the
+ * service may hold; only a GPT-2 `Stage` has a device form (gpuStageOf refuses others).
+ */
 export interface HostSide {
-  readonly stage: Stage;
+  readonly stage: { readonly params: Float32Array; readonly grads: Float32Array };
   readonly opt: AdamW;
+}
+
+/** The GPT-2 stage behind `stage`, or a DeviceRefusedError: other model families run on the CPU. */
+function gptStage(stage: HostSide['stage']): Stage {
+  if (!(stage instanceof Stage))
+    throw new DeviceRefusedError(
+      '--device webgpu serves GPT-2 pipeline stages; this model family has no device stage yet: run it with --device cpu',
+    );
+  return stage;
 }
 
 export class StageDevice {
@@ -37,7 +50,7 @@ export class StageDevice {
     readonly dev: WebGpuDevice,
     private readonly host: HostSide,
   ) {
-    this.gpuStage = new WebGpuStage(dev, host.stage);
+    this.gpuStage = new WebGpuStage(dev, gptStage(host.stage));
     this.opt = host.opt;
   }
 
@@ -52,7 +65,7 @@ export class StageDevice {
     if (this.gpuStage.stage !== this.host.stage) {
       const old = this.gpuStage;
       void old.destroy().catch(() => undefined);
-      this.gpuStage = new WebGpuStage(this.dev, this.host.stage);
+      this.gpuStage = new WebGpuStage(this.dev, gptStage(this.host.stage));
       for (const p of ALL) this.where[p] = 'host';
     }
     if (this.opt !== this.host.opt) {
