@@ -25,8 +25,7 @@ import { Stage, splitStages } from '../model/stage.js';
 import { AdamWSchema, DEFAULT_ADAMW } from '../train/adamw.js';
 import type { Kernels } from '../kernels/api.js';
 import type { WebGpuDevice } from '../kernels/webgpu/device.js';
-import { createRefKernels } from '../kernels/ref.js';
-import { WebGpuStage } from '../model/stage-webgpu.js';
+import { deviceThroughput } from './stage/device.js';
 import { canonicalJson } from '../swarm/canonical.js';
 import { sha256Hex } from '../util/hash.js';
 import { InvalidInputError, TesseraError } from '../util/errors.js';
@@ -309,7 +308,7 @@ export async function runStagePeer(o: {
   const throughput =
     o.throughput ??
     (o.device
-      ? await measureThroughputOn(o.device, m.model, specs[stage], m.batch / m.micro)
+      ? await deviceThroughput(o.device, server.stage, m.batch / m.micro)
       : measureThroughput(m.model, specs[stage], o.kernels, m.batch / m.micro));
   const announce = () =>
     channel
@@ -413,33 +412,6 @@ function measureThroughput(
     st.backward(i, st.last ? null : new Float32Array(N * config.dim));
   }
   return (3 * N) / Math.max(1e-3, (performance.now() - t0) / 1000);
-}
-
-/** measureThroughput on a WebGPU device: one untimed micro-batch (pipeline compilation), then three. */
-async function measureThroughputOn(
-  dev: WebGpuDevice,
-  config: ModelConfig,
-  spec: ReturnType<typeof splitStages>[number],
-  B: number,
-): Promise<number> {
-  const st = new Stage(config, spec, createRefKernels());
-  const gpu = new WebGpuStage(dev, st);
-  const T = config.ctx,
-    N = B * T;
-  const input = st.first ? new Int32Array(N) : new Float32Array(N * config.dim);
-  const once = async (i: number) => {
-    await gpu.forward(i, input, B, T);
-    if (st.last) await gpu.loss(i, new Int32Array(N), true);
-    await gpu.backward(i, st.last ? null : new Float32Array(N * config.dim));
-  };
-  try {
-    await once(0);
-    const t0 = performance.now();
-    for (let i = 1; i <= 3; i++) await once(i);
-    return (3 * N) / Math.max(1e-3, (performance.now() - t0) / 1000);
-  } finally {
-    await gpu.destroy();
-  }
 }
 
 /** The driver's view of a run: waits until every stage has a ready peer, dials them, returns peer ids per stage. */

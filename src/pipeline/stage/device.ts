@@ -140,3 +140,29 @@ export class StageDevice {
     this.follow();
   }
 }
+
+/**
+ * Tokens per second of one forward + backward of `stage` on the device (run.ts's measured
+ * capacity, which placement reads): one untimed micro-batch of B sequences (pipeline
+ * compilation), then three timed. Its own device buffers; `stage` only describes the shapes.
+ */
+export async function deviceThroughput(dev: WebGpuDevice, stage: HostSide['stage'], B: number): Promise<number> {
+  const st = gptStage(stage);
+  const gpu = new WebGpuStage(dev, st);
+  const T = st.config.ctx,
+    N = B * T;
+  const input = st.first ? new Int32Array(N) : new Float32Array(N * st.width);
+  const once = async (i: number) => {
+    await gpu.forward(i, input, B, T);
+    if (st.last) await gpu.loss(i, new Int32Array(N), true);
+    await gpu.backward(i, st.last ? null : new Float32Array(N * st.width));
+  };
+  try {
+    await once(0);
+    const t0 = performance.now();
+    for (let i = 1; i <= 3; i++) await once(i);
+    return (3 * N) / Math.max(1e-3, (performance.now() - t0) / 1000);
+  } finally {
+    await gpu.destroy();
+  }
+}
