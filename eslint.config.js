@@ -20,6 +20,7 @@ export const PURE_CORE = [
   'src/swarm/leader.ts', // leader order
   'src/swarm/canonical.ts', // canonical JSON and hashes
   'src/verify/score.ts', // scoring
+  'src/verify/tolerance.ts', // the audit tolerance rule (GPU trainers)
   'src/pipeline/placement.ts', // placement
   'src/store/replicate.ts',
   'src/pipeline/schedule.ts', // schedules

@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
-"""PyTorch CPU baseline: the same GPT-2 as Tessera, trained with torch.optim.AdamW.
+"""PyTorch baseline: the same GPT-2 as Tessera, trained with torch.optim.AdamW (CPU or CUDA).
 
 Run with /usr/bin/python3 (Debian's python3-torch):
     /usr/bin/python3 bench/torch_gpt.py --threads 1 --steps 20 --warmup 3
+On an NVIDIA GPU (bench/gpu/run.sh does this, fp32 and bf16 autocast):
+    python3 bench/torch_gpt.py --device cuda --dtype bf16 --vocab 50257 --ctx 1024 --dim 768 \
+        --layers 12 --heads 12 --batch 8 --steps 10
 
 Model (identical to src/model/gpt.ts): learned position embeddings, pre-LN with bias (eps 1e-5),
 causal multi-head attention with packed qkv (nn.Linear [3C, C]), tanh GELU MLP of width 4C,
@@ -21,9 +24,17 @@ torch's set_num_threads does not reach: Debian's torch calls OpenBLAS for GEMM, 
 otherwise starts one thread per core), and OMP_WAIT_POLICY=PASSIVE (see below). Tokens are
 random (seeded) and generated before timing; the timed loop is forward, backward, AdamW step.
 
+On CUDA (--device cuda): the model and data live on the GPU; attention defaults to
+F.scaled_dot_product_attention(is_causal=True) (flash attention), AdamW to fused=True; the
+timed region is bracketed by torch.cuda.synchronize(). --dtype fp32 keeps full fp32 matmuls
+(TF32 off unless --tf32: that is PyTorch's default, and the fair match for Tessera's fp32 WGSL);
+--dtype bf16 runs forward and loss under torch.autocast(bfloat16) with fp32 master weights and
+optimizer state (ordinary mixed precision).
+
 Prints one JSON line: {"tokensPerSec", "stepMs", "threads", "torch", "params", ...}.
 """
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -43,12 +54,20 @@ def parse_args():
     p.add_argument("--steps", type=int, default=20, help="timed steps")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps before timing")
     p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
+                   help="bf16: forward and loss under torch.autocast(bfloat16), fp32 weights and AdamW state")
+    p.add_argument("--tf32", action="store_true", help="cuda fp32: let matmuls use TF32 tensor cores (off by default)")
+    p.add_argument("--max-seconds", type=float, default=0.0,
+                   help="stop timing once this many seconds passed (after at least 2 timed steps); 0 = off")
+    p.add_argument("--name", default="", help="a label echoed in the JSON (bench/gpu/run.sh)")
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--wd", type=float, default=0.1)
     p.add_argument("--attn", choices=["auto", "sdpa", "baddbmm", "masked"], default="auto",
-                   help="auto = baddbmm (measured as fast as sdpa at ctx 128 on torch 2.x); sdpa needs torch >= 2.0")
+                   help="auto = baddbmm on cpu (measured as fast as sdpa at ctx 128 on torch 2.x), sdpa on cuda; "
+                        "sdpa needs torch >= 2.0")
     p.add_argument("--foreach", choices=["auto", "on", "off"], default="auto",
-                   help="AdamW foreach implementation (auto: on, measured faster here)")
+                   help="AdamW foreach implementation (auto: on, measured faster here; cuda: fused when available)")
     return p.parse_args()
 
 
@@ -72,6 +91,17 @@ torch.set_num_interop_threads(1)
 torch.set_num_threads(args.threads)
 torch.autograd.set_detect_anomaly(False)
 torch.autograd.profiler.profile(enabled=False)
+if args.device == "cuda":
+    if not torch.cuda.is_available():
+        sys.exit("--device cuda: torch sees no CUDA device")
+    torch.backends.cuda.matmul.allow_tf32 = args.tf32
+    torch.backends.cudnn.allow_tf32 = args.tf32
+DEVICE = torch.device(args.device)
+
+
+def sync():
+    if args.device == "cuda":
+        torch.cuda.synchronize()
 
 
 class Block(nn.Module):
@@ -147,25 +177,36 @@ def main():
         sys.exit("--dim must be divisible by --heads")
     attn = args.attn
     if attn == "auto":
-        attn = "baddbmm"
+        attn = "sdpa" if args.device == "cuda" and hasattr(F, "scaled_dot_product_attention") else "baddbmm"
     elif attn == "sdpa" and not hasattr(F, "scaled_dot_product_attention"):
         sys.exit(f"--attn sdpa needs torch >= 2.0 (this is {torch.__version__})")
-    model = GPT(V, T, C, L, NH, attn)
+    model = GPT(V, T, C, L, NH, attn).to(DEVICE)
     model.train()
     nparams = sum(p.numel() for p in model.parameters())
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     foreach = args.foreach != "off"
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.wd}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=args.lr, betas=(0.9, 0.95), eps=1e-8, foreach=foreach)
+    groups = [{"params": decay, "weight_decay": args.wd}, {"params": no_decay, "weight_decay": 0.0}]
+    fused = False
+    if args.device == "cuda" and args.foreach == "auto":
+        try:  # torch >= 2.0 on CUDA: one fused kernel per step
+            opt = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.95), eps=1e-8, fused=True)
+            fused, foreach = True, False
+        except (TypeError, RuntimeError):
+            fused = False
+    if not fused:
+        opt = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.95), eps=1e-8, foreach=foreach)
+    autocast = (torch.autocast(device_type=args.device, dtype=torch.bfloat16) if args.dtype == "bf16"
+                else contextlib.nullcontext())
 
     g = torch.Generator().manual_seed(args.seed)
     nbatches = 8
     data = torch.randint(0, V, (nbatches, B, T + 1), generator=g)
-    inputs, targets = data[:, :, :-1].contiguous(), data[:, :, 1:].contiguous()
+    inputs, targets = data[:, :, :-1].contiguous().to(DEVICE), data[:, :, 1:].contiguous().to(DEVICE)
 
     def step(i):
-        loss = model(inputs[i % nbatches], targets[i % nbatches])
+        with autocast:
+            loss = model(inputs[i % nbatches], targets[i % nbatches])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -177,23 +218,34 @@ def main():
         if first_loss is None:
             first_loss = l.item()
     times = []
+    sync()
     t_start = time.perf_counter()
     for i in range(args.steps):
+        if args.max_seconds > 0 and i >= 2 and time.perf_counter() - t_start > args.max_seconds:
+            break
         t0 = time.perf_counter()
         l = step(args.warmup + i)
+        sync()
         times.append(time.perf_counter() - t0)
     total = time.perf_counter() - t_start
-    last_loss = l.item() if args.steps else None
+    steps = len(times)
+    last_loss = l.item() if steps else None
     times.sort()
     print(json.dumps({
-        "tokensPerSec": round(B * T * args.steps / total, 1) if args.steps else None,
-        "stepMs": round(1000 * total / args.steps, 2) if args.steps else None,
+        "name": args.name,
+        "tokensPerSec": round(B * T * steps / total, 1) if steps else None,
+        "stepMs": round(1000 * total / steps, 2) if steps else None,
         "stepMsMedian": round(1000 * times[len(times) // 2], 2) if times else None,
         "threads": args.threads,
         "torch": torch.__version__,
+        "device": args.device,
+        "gpu": torch.cuda.get_device_name(0) if args.device == "cuda" else None,
+        "dtype": args.dtype,
+        "tf32": bool(args.tf32) if args.device == "cuda" else None,
+        "peakMemGiB": round(torch.cuda.max_memory_allocated() / 2**30, 2) if args.device == "cuda" else None,
         "params": nparams,
         "config": {"vocab": V, "ctx": T, "dim": C, "layers": L, "heads": NH, "batch": B},
-        "steps": args.steps, "warmup": args.warmup, "attn": attn, "foreach": foreach,
+        "steps": steps, "warmup": args.warmup, "attn": attn, "foreach": foreach, "fused": fused,
         "ompWaitPolicy": os.environ.get("OMP_WAIT_POLICY"),
         "lossFirst": first_loss, "lossLast": last_loss,
     }))

@@ -3,8 +3,9 @@
  * whose inner steps run on WebGPU (SwiftShader here: no GPU). Both peers open the same adapter,
  * but agreement does not rest on that: the pseudo-gradient, its codec, the outer step and the
  * weights hash are computed on the host, so the peers must reach identical hashes after every
- * round. Also: training progressed (inner steps ran, validation loss fell), and an audited run
- * refuses --device webgpu with a clear error. Same rule as test/webgpu-kernels.test.ts: under
+ * round. Also: training progressed (inner steps ran, validation loss fell), and a run audited bit
+ * for bit (no audit tolerance) refuses --device webgpu with a clear error that names the way in
+ * (test/audit-gpu-swarm.test.ts runs GPU trainers in a run with a tolerance). Same rule as test/webgpu-kernels.test.ts: under
  * CI=true a missing adapter fails; locally only a missing chromium skips.
  */
 import { test } from 'node:test';
@@ -90,7 +91,7 @@ test('two peers training on webgpu agree on the weights hash after every round',
   }
 });
 
-test('an audited run refuses --device webgpu and says why', () => {
+test('a run audited bit for bit refuses --device webgpu and says why', () => {
   const dir = mkdtempSync(join(tmpdir(), 'tessera-gpu-audit-'));
   try {
     const r = spawnSync(
@@ -100,6 +101,7 @@ test('an audited run refuses --device webgpu and says why', () => {
     );
     assert.notEqual(r.status, 0);
     assert.match(r.stderr, /bit for bit on the CPU deterministic kernels/);
+    assert.match(r.stderr, /--audit-tolerance/, 'names the way in');
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

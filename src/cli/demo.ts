@@ -20,7 +20,7 @@ import { loadCorpus, prepareDataset } from '../data/index.js';
 import { BatchSampler, type Batch } from '../data/batches.js';
 import { loadKernels } from '../kernels/index.js';
 import { GPT } from '../model/gpt.js';
-import { openTrainModel } from '../train/device-model.js';
+import { gpuAuditRefusal, openTrainModel } from '../train/device-model.js';
 import { DEFAULT_ADAMW } from '../train/adamw.js';
 import { decodeManifest } from '../swarm/manifest.js';
 import { dataDirFor, portOr, preparePeer, spawnPeer, stopAll, type PeerProc } from './launch.js';
@@ -116,6 +116,8 @@ interface DemoOptions {
   ledger: boolean;
   validators?: number;
   audit?: number;
+  auditTolerance?: number;
+  auditOn: 'device' | 'cpu';
 }
 
 export function register(program: Command): void {
@@ -177,6 +179,17 @@ export function register(program: Command): void {
       num(0, 1),
     )
     .option(
+      '--audit-tolerance <rel>',
+      "with --audit: let GPU trainers in, their steps judged against the CPU's within this relative tolerance (manifest hyper.audit.tolerance; docs/WEBGPU.md)",
+      num(1e-9, 0.1),
+    )
+    .option(
+      '--audit-on <where>',
+      "validators re-execute GPU trainers' rounds on: device (their own --device when of the trainer's class, bit for bit) | cpu (within the tolerance)",
+      oneOf('device', 'cpu'),
+      'device',
+    )
+    .option(
       '--ledger',
       "tokenized ownership: start a local EVM (Hardhat's EDR), deploy the run's contract; validators sign score reports, peers submit them, shares are minted per round",
       false,
@@ -208,10 +221,13 @@ export function register(program: Command): void {
         throw new InvalidInputError(
           `--audit needs --overlap none or delayed (an ${o.overlap} job moves its base mid-way, so its steps cannot be re-executed)`,
         );
-      if (o.audit !== undefined && o.device === 'webgpu')
-        throw new DeviceRefusedError(
-          "--audit with --device webgpu: validators re-execute trainers' steps bit for bit on the CPU deterministic kernels, which a GPU does not reproduce (docs/WEBGPU.md)",
-        );
+      if (o.auditTolerance !== undefined && o.audit === undefined)
+        throw new InvalidInputError('--audit-tolerance goes with --audit');
+      const refused =
+        o.audit !== undefined && o.device === 'webgpu'
+          ? gpuAuditRefusal(o.auditTolerance !== undefined ? { tolerance: { rel: o.auditTolerance } } : {})
+          : null;
+      if (refused) throw new DeviceRefusedError(`--audit with --device webgpu: ${refused}`);
       if (o.ledger && nValidators === 0)
         throw new InvalidInputError('--ledger needs at least one validator (--validators)');
       const run = join(dir, 'run.json');
@@ -246,6 +262,7 @@ export function register(program: Command): void {
           overlap: o.overlap,
           aggregate: o.aggregate,
           ...(o.audit !== undefined ? { audit: o.audit } : {}),
+          ...(o.auditTolerance !== undefined ? { auditTolerance: o.auditTolerance } : {}),
           ...(o.outerLr !== undefined ? { outerLr: o.outerLr } : {}),
           ...(o.outerMomentum !== undefined ? { outerMomentum: o.outerMomentum } : {}),
         };
@@ -441,7 +458,7 @@ export function register(program: Command): void {
             onStarted: (p, device) => process.stderr.write(`peer ${p.index}: training on ${device}\n`),
             env: { TESSERA_LINK_DELAY_MS: String(o.linkDelay) },
             ...(kinds[s.index] && kinds[s.index] !== 'honest' ? { behave: kinds[s.index] } : {}),
-            ...(s.index < nValidators ? { validator: true } : {}),
+            ...(s.index < nValidators ? { validator: true, auditOn: o.auditOn } : {}),
             ...(nValidators > 0 ? { trustValidators: specs.slice(0, nValidators).map((x) => x.peerId) } : {}),
             ...(chain ? { ledger: { rpc: chain.url, contract: chain.contract } } : {}),
             ...(dashPort !== null && s.peerId === host ? { dashboard: { port: dashPort } } : {}),

@@ -67,6 +67,8 @@ export interface SpawnOptions {
   behave?: string;
   /** `tessera node --validator`. */
   validator?: boolean;
+  /** `tessera node --audit-on`. */
+  auditOn?: 'device' | 'cpu';
   /** `tessera node --trust-validators`. */
   trustValidators?: string[];
   /** `tessera node --rpc --contract [--key]`: link to the run's ledger. */
@@ -106,6 +108,7 @@ export function spawnPeer(spec: PeerSpec, o: SpawnOptions): PeerProc {
   if (o.device && o.device !== 'cpu') args.push('--device', o.device);
   if (o.behave && o.behave !== 'honest') args.push('--behave', o.behave);
   if (o.validator) args.push('--validator');
+  if (o.auditOn && o.auditOn !== 'device') args.push('--audit-on', o.auditOn);
   if (o.trustValidators?.length) args.push('--trust-validators', o.trustValidators.join(','));
   if (o.ledger) {
     args.push('--rpc', o.ledger.rpc, '--contract', o.ledger.contract);

@@ -8,6 +8,7 @@ import type { Host, Reachability } from '../net/host.js';
 import { SwarmNode, type RoundReport } from '../peer/node.js';
 import { int, collect, oneOf } from './args.js';
 import { DeviceRefusedError, InvalidInputError } from '../util/errors.js';
+import { gpuAuditRefusal } from '../train/device-model.js';
 import { BEHAVIOURS, parseBehaviour, type Behaviour } from '../verify/adversaries.js';
 import { startDashboard, type Dashboard } from '../dashboard/server.js';
 import { readKey } from '../ledger/keys.js';
@@ -111,6 +112,12 @@ export function register(program: Command): void {
       false,
     )
     .option(
+      '--audit-on <where>',
+      "validator: re-execute a GPU trainer's audited round on: device (this node's --device when it is of the trainer's class, bit for bit; else the CPU) | cpu (always the CPU, within the manifest's tolerance)",
+      oneOf('device', 'cpu'),
+      'device',
+    )
+    .option(
       '--trust-validators <ids>',
       'peer ids of validators whose flags this peer acts on: flagged members are left out of the update sets it proposes',
       (v: string) => v.split(',').filter(Boolean),
@@ -170,6 +177,7 @@ export function register(program: Command): void {
         fetchTimeout: number;
         behave?: Behaviour;
         validator: boolean;
+        auditOn: 'device' | 'cpu';
         dashboard?: number;
         dashboardHost: string;
         dashboardToken?: string;
@@ -187,10 +195,8 @@ export function register(program: Command): void {
         }
         const manifest = decodeManifest(text);
         const relayLimits = networkParams(manifest.manifest).relay;
-        if (o.device === 'webgpu' && manifest.manifest.hyper.audit)
-          throw new DeviceRefusedError(
-            "--device webgpu refused: this run audits trainers (hyper.audit), and validators re-execute steps bit for bit on the CPU deterministic kernels, which a GPU's floats do not reproduce (docs/WEBGPU.md)",
-          );
+        const refused = o.device === 'webgpu' ? gpuAuditRefusal(manifest.manifest.hyper.audit) : null;
+        if (refused) throw new DeviceRefusedError(`--device webgpu refused: ${refused}`);
         if ((o.rpc === undefined) !== (o.contract === undefined))
           throw new InvalidInputError('--rpc and --contract go together');
         if (o.contract !== undefined && !/^0x[0-9a-fA-F]{40}$/.test(o.contract))
@@ -243,6 +249,7 @@ export function register(program: Command): void {
           device: o.device,
           ...(o.behave ? { behave: o.behave } : {}),
           validator: o.validator,
+          auditOn: o.auditOn,
           ...(ledger ? { ledger } : {}),
           ...(o.trustValidators ? { trustValidators: o.trustValidators } : {}),
           ...(o.genesisPeers ? { genesisPeers: o.genesisPeers } : {}),

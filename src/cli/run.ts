@@ -74,6 +74,11 @@ export function register(program: Command): void {
       'audit by re-execution: trainers commit every inner step (Merkle root), validators re-run each update with probability p (needs --overlap none or delayed)',
       num(0, 1),
     )
+    .option(
+      '--audit-tolerance <rel>',
+      "with --audit: GPU trainers may join, each step judged against the CPU's re-execution within this relative tolerance (hyper.audit.tolerance; docs/WEBGPU.md); without it every step is audited bit for bit",
+      num(1e-9, 0.1),
+    )
     .option('--replicas <n>', 'peers that pin each training shard and retained checkpoint (default 3)', int(1, 64))
     .option('--checkpoint-every <n>', 'keep a state checkpoint every N rounds (default 5)', int(1))
     .option('--keep-checkpoints <n>', 'checkpoints retained before garbage collection (default 3)', int(1, 1000))
@@ -81,6 +86,8 @@ export function register(program: Command): void {
     .action(async (o: RunCreateOptions & { out: string; json: boolean; dataset?: string; dataDir?: string }) => {
       if (o.dataset !== undefined && o.dataDir === undefined)
         throw new InvalidInputError('--dataset needs --data-dir (the store that holds it)');
+      if (o.auditTolerance !== undefined && o.audit === undefined)
+        throw new InvalidInputError('--audit-tolerance goes with --audit');
       const { decoded, params } =
         o.dataset !== undefined
           ? await buildManifestFromStore({ ...o, dataset: o.dataset, dataDir: o.dataDir! })

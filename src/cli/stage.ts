@@ -1,10 +1,12 @@
 /** `tessera stage`: serve one stage of a pipeline run (protocol learning) until stopped. */
 import type { Command } from 'commander';
-import { int, num, collect } from './args.js';
+import { int, num, collect, oneOf } from './args.js';
 import { say, result } from './output.js';
 import { loadKernels } from '../kernels/index.js';
 import { readPipeManifest, runStagePeer } from '../pipeline/run.js';
 import { splitStages } from '../model/pipeline-stage.js';
+import { WebGpuDevice } from '../kernels/webgpu/device.js';
+import { WebGpuUnavailableError } from '../util/errors.js';
 
 export function register(program: Command): void {
   program
@@ -30,6 +32,12 @@ export function register(program: Command): void {
       0.2,
     )
     .option('--no-rebalance', 'never move to another stage once serving')
+    .option(
+      '--device <kind>',
+      "where the stage computes: cpu | webgpu (forward, backward and AdamW on the GPU, the stage's weights, gradients and moments in device buffers; activations cross to the host for the wire) | auto (webgpu when an adapter is found)",
+      oneOf('cpu', 'webgpu', 'auto'),
+      'cpu',
+    )
     .option('--json', 'JSON lines on stdout', false)
     .action(
       async (o: {
@@ -42,11 +50,27 @@ export function register(program: Command): void {
         throughput?: number;
         hysteresis: number;
         rebalance: boolean;
+        device: 'cpu' | 'webgpu' | 'auto';
         json: boolean;
       }) => {
         const { manifest, runId } = readPipeManifest(o.run, '--run');
         const specs = splitStages(manifest.model, manifest.stages);
+        let device: WebGpuDevice | undefined;
+        if (o.device !== 'cpu') {
+          try {
+            device = await WebGpuDevice.create({
+              adapter: process.env.TESSERA_WEBGPU_ADAPTER === 'swiftshader' ? 'swiftshader' : 'auto',
+            });
+          } catch (err) {
+            if (o.device !== 'auto' || !(err instanceof WebGpuUnavailableError)) throw err;
+            say(o, `device auto: cpu (${err.message})`);
+          }
+        }
+        const where = device
+          ? `webgpu (${[device.adapterInfo.vendor, device.adapterInfo.description].filter((x) => x).join(' / ')})`
+          : 'cpu';
         const peer = await runStagePeer({
+          ...(device ? { device } : {}),
           manifest,
           runId,
           dataDir: o.dataDir,
@@ -71,7 +95,7 @@ export function register(program: Command): void {
         const spec = specs[peer.stage];
         say(
           o,
-          `pipeline ${runId.slice(0, 12)}: serving stage ${peer.stage} of ${manifest.stages} (layers ${spec.l0}..${spec.l1 - 1}, ${peer.server.stage.numParams} parameters${peer.server.ready() ? '' : ', waiting for a restore or a sync'}) as ${peer.host.peerId}`,
+          `pipeline ${runId.slice(0, 12)}: serving stage ${peer.stage} of ${manifest.stages} (layers ${spec.l0}..${spec.l1 - 1}, ${peer.server.stage.numParams} parameters, on ${where}${peer.server.ready() ? '' : ', waiting for a restore or a sync'}) as ${peer.host.peerId}`,
         );
         result(o, {
           event: 'serving',
@@ -82,12 +106,15 @@ export function register(program: Command): void {
           params: peer.server.stage.numParams,
           tensors: peer.server.stage.tensorNames(),
           ready: peer.server.ready(),
+          device: device ? 'webgpu' : 'cpu',
+          ...(device ? { adapter: device.adapterInfo } : {}),
         });
         await new Promise<void>((resolve) => {
           process.once('SIGINT', () => resolve());
           process.once('SIGTERM', () => resolve());
         });
         await peer.stop();
+        device?.destroy();
       },
     );
 }

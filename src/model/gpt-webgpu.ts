@@ -19,29 +19,24 @@
 import type { ModelConfig } from './config.js';
 import { ModelConfigSchema } from './config.js';
 import { paramCount, paramSpecs, type TensorSpec } from './params.js';
-import { blockActs, blockGrads } from './block.js';
+import {
+  allocBlockActs,
+  allocBlockGrads,
+  blockBackwardGpu,
+  blockForwardGpu,
+  gpuLayer,
+  type GpuBlockActs,
+  type GpuBlockGrads,
+  type GpuLayer,
+} from './block-webgpu.js';
 import type { GpuTensor, WebGpuDevice } from '../kernels/webgpu/device.js';
 import { DEFAULT_ADAMW, type AdamWSettings } from '../train/adamw.js';
 import { InvalidInputError } from '../util/errors.js';
 
-interface Layer {
-  ln1w: GpuTensor;
-  ln1b: GpuTensor;
-  qkvw: GpuTensor;
-  qkvb: GpuTensor;
-  attprojw: GpuTensor;
-  attprojb: GpuTensor;
-  ln2w: GpuTensor;
-  ln2b: GpuTensor;
-  fcw: GpuTensor;
-  fcb: GpuTensor;
-  fcprojw: GpuTensor;
-  fcprojb: GpuTensor;
-}
 interface Views {
   wte: GpuTensor;
   wpe: GpuTensor;
-  layers: Layer[];
+  layers: GpuLayer[];
   lnfw: GpuTensor;
   lnfb: GpuTensor;
 }
@@ -54,34 +49,15 @@ function views(dev: WebGpuDevice, cfg: ModelConfig, buf: GpuTensor): Views {
     wpe: g('wpe'),
     lnfw: g('lnf.w'),
     lnfb: g('lnf.b'),
-    layers: Array.from({ length: cfg.layers }, (_, l) => {
-      const p = `h.${l}.`;
-      return {
-        ln1w: g(p + 'ln1.w'),
-        ln1b: g(p + 'ln1.b'),
-        qkvw: g(p + 'attn.qkv.w'),
-        qkvb: g(p + 'attn.qkv.b'),
-        attprojw: g(p + 'attn.proj.w'),
-        attprojb: g(p + 'attn.proj.b'),
-        ln2w: g(p + 'ln2.w'),
-        ln2b: g(p + 'ln2.b'),
-        fcw: g(p + 'mlp.fc.w'),
-        fcb: g(p + 'mlp.fc.b'),
-        fcprojw: g(p + 'mlp.proj.w'),
-        fcprojb: g(p + 'mlp.proj.b'),
-      };
-    }),
+    layers: Array.from({ length: cfg.layers }, (_, l) => gpuLayer(l, g)),
   };
 }
-
-type BlockActsG = ReturnType<typeof blockActs<GpuTensor>>;
-type BlockGradsG = ReturnType<typeof blockGrads<GpuTensor>>;
 
 interface Acts {
   B: number;
   T: number;
   encoded: GpuTensor;
-  layers: BlockActsG[];
+  layers: GpuBlockActs[];
   lnf: GpuTensor;
   lnfMean: GpuTensor;
   lnfRstd: GpuTensor;
@@ -90,7 +66,7 @@ interface Acts {
   scratch: GpuTensor;
   tokens: GpuTensor;
   targets: GpuTensor;
-  g: BlockGradsG;
+  g: GpuBlockGrads;
 }
 
 export class WebGpuGPT {
@@ -144,18 +120,11 @@ export class WebGpuGPT {
     const N = B * T,
       d = this.dev;
     const f = (n: number) => d.alloc(n);
-    // Flash attention keeps one float per (b, h, t) row where the stored kind keeps T of them.
-    const rowsOnly = this.attention === 'flash';
-    const alloc = <K extends string>(sizes: Record<K, number>, small: string): Record<K, GpuTensor> =>
-      Object.fromEntries(
-        Object.entries<number>(sizes).map(([k, n]) => [k, f(rowsOnly && k === small ? B * NH * T : n)]),
-      ) as Record<K, GpuTensor>;
-    const size = (n: number) => n;
     this.acts = {
       B,
       T,
       encoded: f(N * C),
-      layers: Array.from({ length: L }, () => alloc(blockActs(B, T, C, NH, size), 'att')),
+      layers: Array.from({ length: L }, () => allocBlockActs(d, B, T, C, NH, this.attention)),
       lnf: f(N * C),
       lnfMean: f(N),
       lnfRstd: f(N),
@@ -164,7 +133,7 @@ export class WebGpuGPT {
       scratch: f(N * C),
       tokens: d.alloc(N, 'i32'),
       targets: d.alloc(N, 'i32'),
-      g: alloc(blockGrads(B, T, C, NH, size), 'datt'),
+      g: allocBlockGrads(d, B, T, C, NH, this.attention),
     };
     return this.acts;
   }
@@ -196,51 +165,20 @@ export class WebGpuGPT {
     // forward (gpt.ts forwardToLogits + block.ts blockForward)
     d.embeddingForward(a.encoded, a.tokens, p.wte, p.wpe, B, T, C);
     let res = a.encoded;
-    for (let l = 0; l < L; l++) {
-      const w = p.layers[l],
-        x = a.layers[l];
-      d.layernormForward(x.ln1, x.ln1Mean, x.ln1Rstd, res, w.ln1w, w.ln1b, N, C);
-      d.matmulForward(x.qkv, x.ln1, w.qkvw, w.qkvb, N, C, 3 * C);
-      if (this.attention === 'flash') d.attentionForwardFlash(x.atty, x.att, x.qkv, B, T, C, NH);
-      else d.attentionForward(x.atty, x.att, x.qkv, B, T, C, NH);
-      d.matmulForward(a.scratch, x.atty, w.attprojw, w.attprojb, N, C, C);
-      d.add(x.res2, res, a.scratch, N * C);
-      d.layernormForward(x.ln2, x.ln2Mean, x.ln2Rstd, x.res2, w.ln2w, w.ln2b, N, C);
-      d.matmulForward(x.fch, x.ln2, w.fcw, w.fcb, N, C, 4 * C);
-      d.geluForward(x.fchGelu, x.fch, N * 4 * C);
-      d.matmulForward(a.scratch, x.fchGelu, w.fcprojw, w.fcprojb, N, 4 * C, C);
-      d.add(x.res3, x.res2, a.scratch, N * C);
-      res = x.res3;
-    }
+    for (let l = 0; l < L; l++)
+      res = blockForwardGpu(d, p.layers[l], a.layers[l], res, a.scratch, B, T, C, NH, this.attention);
     d.layernormForward(a.lnf, a.lnfMean, a.lnfRstd, res, p.lnfw, p.lnfb, N, C);
     d.matmulForward(a.logits, a.lnf, p.wte, null, N, C, V);
     d.crossEntropyForwardBackward(a.losses, a.logits, a.logits, a.targets, N, V, valid > 0 ? gradScale / valid : 0);
     // backward (gpt.ts backward + block.ts blockBackward)
-    const { dres, dC, d3C, d4Ca, d4Cb, datt } = a.g;
+    const { dres, dC } = a.g;
     d.zero(dC);
     d.matmulBackward(dC, g.wte, null, a.logits, a.lnf, p.wte, N, C, V);
     d.zero(dres);
     d.layernormBackward(dres, g.lnfw, g.lnfb, dC, res, p.lnfw, a.lnfMean, a.lnfRstd, N, C);
     for (let l = L - 1; l >= 0; l--) {
       const input = l === 0 ? a.encoded : a.layers[l - 1].res3;
-      const w = p.layers[l],
-        gw = g.layers[l],
-        x = a.layers[l];
-      d.zero(d4Ca);
-      d.matmulBackward(d4Ca, gw.fcprojw, gw.fcprojb, dres, x.fchGelu, w.fcprojw, N, 4 * C, C);
-      d.zero(d4Cb);
-      d.geluBackward(d4Cb, x.fch, d4Ca, N * 4 * C);
-      d.zero(dC);
-      d.matmulBackward(dC, gw.fcw, gw.fcb, d4Cb, x.ln2, w.fcw, N, C, 4 * C);
-      d.layernormBackward(dres, gw.ln2w, gw.ln2b, dC, x.res2, w.ln2w, x.ln2Mean, x.ln2Rstd, N, C);
-      d.zero(dC);
-      d.matmulBackward(dC, gw.attprojw, gw.attprojb, dres, x.atty, w.attprojw, N, C, C);
-      d.zero(d3C);
-      if (this.attention === 'flash') d.attentionBackwardFlash(d3C, datt, dC, x.qkv, x.atty, x.att, B, T, C, NH);
-      else d.attentionBackward(d3C, datt, dC, x.qkv, x.att, B, T, C, NH);
-      d.zero(dC);
-      d.matmulBackward(dC, gw.qkvw, gw.qkvb, d3C, x.ln1, w.qkvw, N, C, 3 * C);
-      d.layernormBackward(dres, gw.ln1w, gw.ln1b, dC, input, w.ln1w, x.ln1Mean, x.ln1Rstd, N, C);
+      blockBackwardGpu(d, p.layers[l], g.layers[l], a.layers[l], input, a.g, B, T, C, NH, this.attention);
     }
     d.embeddingBackward(g.wte, g.wpe, dres, this.tokens, B, T, C);
     const losses = await d.read(a.losses);

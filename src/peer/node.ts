@@ -64,7 +64,8 @@ import {
   type RoundState,
 } from '../swarm/round.js';
 import { AdamW } from '../train/adamw.js';
-import { CpuTrainModel, openTrainModel } from '../train/device-model.js';
+import { CpuTrainModel, WebGpuTrainModel, openTrainModel } from '../train/device-model.js';
+import { ModelStepper } from '../verify/audit-tolerance.js';
 import { InvalidInputError } from '../util/errors.js';
 import { RateCap, Senders } from './admission.js';
 import { Audits } from './audit.js';
@@ -331,9 +332,21 @@ export class SwarmNode {
             config: m.model,
             adamw: m.hyper.adamw,
             kernels,
-            audit: Boolean(m.hyper.audit),
+            audit: m.hyper.audit ?? null,
+            innerSteps: m.hyper.innerSteps,
             log: this.log,
           });
+    // A validator on a GPU audits trainers of its own class bit for bit, on a twin of its model
+    // (docs/WEBGPU.md); others, and every trainer with --audit-on cpu, on the CPU with the tolerance.
+    if (
+      o.validator &&
+      m.hyper.audit?.tolerance &&
+      (o.auditOn ?? 'device') === 'device' &&
+      model instanceof WebGpuTrainModel
+    ) {
+      const twin = await model.twin();
+      this.audits.useDevice(model.backend, (job) => new ModelStepper(twin, job));
+    }
     await model.warmUp(m.hyper.batch, m.model.ctx);
     this.device = `${model.device} (${model.label})`;
     this.log(`training on ${this.device}`);

@@ -21,7 +21,8 @@ export interface NodeOptions {
   threads?: number;
   /**
    * Where the inner steps run (src/train/device-model.ts): 'cpu' (default), 'webgpu', or 'auto'
-   * (webgpu when an adapter is found). Refused ('webgpu') or cpu ('auto') on a run with hyper.audit.
+   * (webgpu when an adapter is found). Refused ('webgpu') or cpu ('auto') on a run audited bit
+   * for bit (hyper.audit without a tolerance: device-model.ts gpuAuditRefusal).
    */
   device?: 'cpu' | 'webgpu' | 'auto';
   evalBatches?: number;
@@ -53,6 +54,12 @@ export interface NodeOptions {
   behave?: Behaviour;
   /** Validator role: score every applied update (src/verify/score.ts) and publish signed score reports. */
   validator?: boolean;
+  /**
+   * Where a validator re-executes a GPU trainer's audited round (docs/WEBGPU.md): 'device'
+   * (default: on its own --device when that is of the trainer's backend class, bit for bit; else
+   * the CPU with the manifest's tolerance) or 'cpu' (always the CPU, keeping the GPU for training).
+   */
+  auditOn?: 'device' | 'cpu';
   /**
    * Selection by score: peer ids of validators this peer trusts. A member one of them flagged in
    * a recent report (other than for noise-prone 'harmful' alone) is left out of the update sets

@@ -5,7 +5,10 @@
  * `pretrain` hint starts round r+1's job before round r is applied — from θ_r ('shift',
  * 'delayed') or from this peer's guess of θ_{r+1} ('eager') — and the round's `train` effect
  * adopts or shifts it onto the real base. With audit on, each job also records the digest of
- * every step's state, whose Merkle root the trainer signs with its update.
+ * every step's state, whose Merkle root the trainer signs with its update, and the backend class
+ * its steps ran on (verify/backend.ts). A GPU trainer (a manifest with an audit tolerance) reads
+ * its state back after every step to hash it, and keeps each state as a bulk object listed in its
+ * trace: validators of another class judge each step from its own pre-state (docs/WEBGPU.md).
  *
  * Training runs in this thread, one inner step at a time, yielding to the event loop between
  * steps with setImmediate so that gossip, bulk transfers and ticks keep flowing.
@@ -15,14 +18,14 @@ import { weightsHash } from '../model/checkpoint.js';
 import type { DecodedManifest } from '../swarm/manifest.js';
 import type { Codec, ErrorFeedback } from '../swarm/compress/index.js';
 import { innerStep, innerStepOn, type InnerStepResult } from '../train/inner-step.js';
-import { CpuTrainModel, type TrainModel } from '../train/device-model.js';
+import { CpuTrainModel, gpuAuditRefusal, type TrainModel } from '../train/device-model.js';
 import { roundBatches } from '../swarm/round-batches.js';
 import { DeviceRefusedError, NonFiniteLossError } from '../util/errors.js';
 import { Rng } from '../util/rng.js';
 import { sha256HexNode } from '../util/hash-node.js';
 import { behave, type Behaviour } from '../verify/adversaries.js';
 import { digestState, optHash, type StateDigest, type StepState } from '../verify/audit.js';
-import { encodeTrace, traceRoot } from '../verify/trace.js';
+import { encodeState, encodeTrace, traceRoot } from '../verify/trace.js';
 import type { PayloadStore } from './payloads.js';
 import type { Weights } from './weights.js';
 import type { Commitment } from './wire.js';
@@ -189,19 +192,24 @@ export class Training {
       );
     }
     if (halted()) return;
-    if (m.hyper.audit && !cpu)
-      throw new DeviceRefusedError(`round ${job.round}: an audited run trains on the cpu only (docs/WEBGPU.md)`);
-    if (cpu) cpu.gpt.params.set(job.base);
-    else {
-      await model.exclusive(() => model.setParams(job.base));
+    const refused = cpu ? null : gpuAuditRefusal(m.hyper.audit);
+    if (refused) throw new DeviceRefusedError(`round ${job.round}: ${refused}`);
+    // Audit (hyper.audit): the pre-state and the digest of the state after every step, whose
+    // Merkle root this trainer signs with its update; on a GPU also each state, kept for validators.
+    let start: StepState | null = null;
+    if (cpu) {
+      cpu.gpt.params.set(job.base);
+      const opt = cpu.opt;
+      if (m.hyper.audit) start = { theta: job.base.slice(), m: opt.m.slice(), v: opt.v.slice(), step: opt.step };
+    } else {
+      start = await model.exclusive(async () => {
+        await model.setParams(job.base);
+        return m.hyper.audit ? { theta: job.base.slice(), ...(await model.optimizerState()) } : null;
+      });
       if (halted()) return;
     }
-    const opt = cpu?.opt;
-    // Audit (hyper.audit): the pre-state and the digest of the state after every step, whose
-    // Merkle root this trainer signs with its update.
-    const start: StepState | null =
-      m.hyper.audit && opt ? { theta: job.base.slice(), m: opt.m.slice(), v: opt.v.slice(), step: opt.step } : null;
     const digests: StateDigest[] = start ? [digestState(start)] : [];
+    const stateObjects: string[] = [];
     const rb = roundBatches(
       dm.runId,
       job.round,
@@ -219,11 +227,24 @@ export class Training {
       let loss: number;
       try {
         const s = { batches: [batch], B, T, schedule: m.hyper.schedule, step: job.round * m.hyper.innerSteps + i };
-        // The CPU steps synchronously, exactly as before devices; a GPU awaits its read-backs.
-        const r: InnerStepResult = cpu
-          ? innerStep(cpu.gpt, cpu.opt, s)
-          : await model.exclusive(() => innerStepOn(model, s));
+        // The CPU steps synchronously, exactly as before devices; a GPU awaits its read-backs
+        // (and, audited, reads its state back within the same turn on the device).
+        const audited = start !== null;
+        const { r, after } = cpu
+          ? { r: innerStep(cpu.gpt, cpu.opt, s), after: null }
+          : await model.exclusive(async (): Promise<{ r: InnerStepResult; after: StepState | null }> => {
+              const res = await innerStepOn(model, s);
+              if (!audited) return { r: res, after: null };
+              return { r: res, after: { theta: await model.getParams(), ...(await model.optimizerState()) } };
+            });
         ({ loss } = r);
+        if (after) {
+          digests.push(digestState(after));
+          const bytes = encodeState(after);
+          const h = sha256HexNode(bytes);
+          this.d.payloads.putBlob(h, bytes, job.round);
+          stateObjects.push(h);
+        }
       } catch (err) {
         // The one rule (train/inner-step.ts): a non-finite loss ends the job; its earlier steps stand.
         if (err instanceof NonFiniteLossError) break;
@@ -286,10 +307,17 @@ export class Training {
       this.d.payloads.putUpdate(hash, enc.bytes, job.round, enc.decoded);
       this.lastOwn = { round: job.round, hash };
       if (start) {
-        const bytes = encodeTrace({ digests, start });
+        const bytes = encodeTrace({ digests, start, ...(cpu ? {} : { states: stateObjects }) });
         const trace = sha256HexNode(bytes);
         this.d.payloads.putBlob(trace, bytes, job.round);
-        this.d.commit({ round: job.round, updateHash: hash, steps, root: traceRoot(digests), trace });
+        this.d.commit({
+          round: job.round,
+          updateHash: hash,
+          steps,
+          root: traceRoot(digests),
+          trace,
+          ...(cpu ? {} : { backend: model.backend }),
+        });
       }
     }
     this.d.trained(job.round, hash, steps);

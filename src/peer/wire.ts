@@ -8,6 +8,7 @@ import { z } from 'zod';
 import { PayoutSchema, SigBodySchema } from '../ledger/link.js';
 import { CidString } from '../swarm/manifest.js';
 import { RoundBodySchemas } from '../swarm/round.js';
+import { BackendClassSchema } from '../verify/backend.js';
 
 const HEX64 = /^[0-9a-f]{64}$/;
 
@@ -38,6 +39,8 @@ const CommitBodySchema = z
     steps: z.number().int().min(1).max(4096),
     root: z.string().regex(HEX64),
     trace: z.string().regex(HEX64),
+    /** What the steps ran on (verify/backend.ts); absent: the CPU deterministic kernels. */
+    backend: BackendClassSchema.optional(),
   })
   .strict();
 

@@ -29,6 +29,8 @@ import {
 } from '../model/pipeline-stage.js';
 import { AdamWSchema, DEFAULT_ADAMW } from '../train/adamw.js';
 import type { Kernels } from '../kernels/api.js';
+import type { WebGpuDevice } from '../kernels/webgpu/device.js';
+import { deviceThroughput } from './stage/device.js';
 import { canonicalJson } from '../swarm/canonical.js';
 import { sha256Hex } from '../util/hash.js';
 import { InvalidInputError, TesseraError } from '../util/errors.js';
@@ -289,6 +291,8 @@ export async function runStagePeer(o: {
   onMove?: (m: Move) => void;
   /** The run's admitted driver(s) instead of the manifest's `drivers` (tests). */
   drivers?: string[];
+  /** Compute on this WebGPU device (`tessera stage --device webgpu`); absent: the CPU kernels. */
+  device?: WebGpuDevice;
 }): Promise<StagePeer> {
   const m = o.manifest;
   const drivers = o.drivers ?? m.drivers;
@@ -328,9 +332,14 @@ export async function runStagePeer(o: {
     drivers,
     openInference: m.inference === 'open',
     ...(m.bottleneck !== undefined ? { bottleneck: m.bottleneck } : {}),
+    ...(o.device ? { device: o.device } : {}),
     init: o.fresh || underway ? null : (s) => s.init(m.seed),
   });
-  const throughput = o.throughput ?? measureThroughput(m.model, specs[stage], o.kernels, m.batch / m.micro);
+  const throughput =
+    o.throughput ??
+    (o.device
+      ? await deviceThroughput(o.device, server.stage, m.batch / m.micro)
+      : measureThroughput(m.model, specs[stage], o.kernels, m.batch / m.micro));
   const announce = () =>
     channel
       .publish('stage.announce', {

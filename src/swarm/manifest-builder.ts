@@ -61,6 +61,8 @@ export interface RunCreateOptions {
   aggregate?: 'mean' | 'clip' | 'trimmed' | 'centered';
   /** Audit by re-execution: validators re-run each update with this probability (needs overlap none/delayed). */
   audit?: number;
+  /** With `audit`: GPU trainers are judged with this relative tolerance (hyper.audit.tolerance.rel; other fields default). */
+  auditTolerance?: number;
 }
 
 function hyperOf(o: RunCreateOptions): ManifestInput['hyper'] {
@@ -79,7 +81,9 @@ function hyperOf(o: RunCreateOptions): ManifestInput['hyper'] {
     errorFeedback: o.codec === 'sparse' ? SPARSELOCO_EF_BETA : 0,
     overlap: o.overlap ?? 'eager',
     aggregate: o.aggregate ?? 'clip',
-    ...(o.audit !== undefined ? { audit: { p: o.audit } } : {}),
+    ...(o.audit !== undefined
+      ? { audit: { p: o.audit, ...(o.auditTolerance !== undefined ? { tolerance: { rel: o.auditTolerance } } : {}) } }
+      : {}),
   };
 }
 

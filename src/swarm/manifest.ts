@@ -9,6 +9,7 @@ import { z } from 'zod';
 import { CID } from 'multiformats/cid';
 import { ModelConfigSchema } from '../model/config.js';
 import { AdamWSchema } from '../train/adamw.js';
+import { ToleranceSchema } from '../verify/tolerance.js';
 import { ScheduleSchema } from '../train/schedule.js';
 import { TesseraError } from '../util/errors.js';
 import { resolveSparseParams } from './compress/sparse.js';
@@ -191,9 +192,14 @@ export const HyperSchema = z
      * inner step and run deterministic kernels; each validator re-executes each update with
      * probability p. Needs a fixed training base ('none' or 'delayed' overlap) and H ≤ 4096.
      * Absent: no commitments (and earlier manifests keep their run ids).
+     *
+     * `tolerance` (docs/WEBGPU.md "Audits when trainers use GPUs"): trainers on GPUs may join;
+     * their steps are judged against the CPU re-execution with this rule (verify/tolerance.ts;
+     * `{}` takes its defaults: rel 1e-3, outliers 64, cap 3), and fraud is only what breaks it.
+     * Absent: every step is audited bit for bit, so only CPU trainers (deterministic kernels) train.
      */
     audit: z
-      .object({ p: z.number().min(0).max(1) })
+      .object({ p: z.number().min(0).max(1), tolerance: ToleranceSchema.optional() })
       .strict()
       .optional(),
   })

@@ -93,8 +93,11 @@ export function benchCompute(k: Kernels, o: ComputeBenchOptions): ComputeBenchRe
  */
 export async function benchComputeWebGpu(
   dev: WebGpuDevice,
-  o: Omit<ComputeBenchOptions, 'threads' | 'deterministic'>,
-): Promise<ComputeBenchResult> {
+  o: Omit<ComputeBenchOptions, 'threads' | 'deterministic'> & {
+    /** Stop timing once this many seconds have passed (after at least two timed steps). */
+    maxSeconds?: number;
+  },
+): Promise<ComputeBenchResult & { steps: number; lossFirst: number; lossLast: number }> {
   const cpu = new GPT(o.model, createRefKernels());
   cpu.init(1);
   const gpt = new WebGpuGPT(dev, o.model);
@@ -112,12 +115,20 @@ export async function benchComputeWebGpu(
     return { inputs, targets };
   };
   const batches = [batch(), batch()];
-  for (let i = 0; i < o.warmup; i++) await gpt.trainStep(batches[i % 2].inputs, batches[i % 2].targets, B, T, 3e-4);
+  let lossFirst = NaN,
+    lossLast = NaN;
+  for (let i = 0; i < o.warmup; i++) {
+    lossLast = await gpt.trainStep(batches[i % 2].inputs, batches[i % 2].targets, B, T, 3e-4);
+    if (i === 0) lossFirst = lossLast;
+  }
   const times: number[] = [];
+  const began = performance.now();
   for (let i = 0; i < o.steps; i++) {
+    if (o.maxSeconds !== undefined && i >= 2 && performance.now() - began > o.maxSeconds * 1000) break;
     const t0 = performance.now();
-    await gpt.trainStep(batches[i % 2].inputs, batches[i % 2].targets, B, T, 3e-4);
+    lossLast = await gpt.trainStep(batches[i % 2].inputs, batches[i % 2].targets, B, T, 3e-4);
     times.push(performance.now() - t0);
+    if (Number.isNaN(lossFirst)) lossFirst = lossLast;
   }
   const stepMs = times.reduce((a, b) => a + b, 0) / times.length;
   const sorted = times.slice().sort((a, b) => a - b);
@@ -132,5 +143,8 @@ export async function benchComputeWebGpu(
     kernels: 'webgpu',
     params: gpt.numParams,
     modelGflops: flops / (stepMs / 1000) / 1e9,
+    steps: times.length,
+    lossFirst,
+    lossLast,
   };
 }

@@ -15,12 +15,15 @@
  */
 import type { Kernels } from '../kernels/api.js';
 import type { ModelConfig } from '../model/config.js';
+import { paramCount } from '../model/params.js';
 import { GPT } from '../model/gpt.js';
 import type { WebGpuGPT } from '../model/gpt-webgpu.js';
 import type { WebGpuDevice } from '../kernels/webgpu/device.js';
 import { DeviceRefusedError, WebGpuUnavailableError } from '../util/errors.js';
 import { AdamW, type AdamWSettings } from './adamw.js';
 import type { StepModel } from './inner-step.js';
+import { CPU_CLASS, type BackendClass } from '../verify/backend.js';
+import { webgpuClass } from '../kernels/webgpu/backend-class.js';
 
 export interface OptimizerState {
   m: Float32Array;
@@ -35,6 +38,8 @@ export interface TrainModel extends StepModel {
   readonly device: 'cpu' | 'webgpu';
   /** For the startup line: kernels, or the adapter's vendor/architecture/description. */
   readonly label: string;
+  /** What an audit commitment names as this model's backend class (verify/backend.ts). */
+  readonly backend: BackendClass;
   readonly numParams: number;
   /** A host copy of the flat parameters θ (params.ts layout), after all work so far. */
   getParams(): Promise<Float32Array>;
@@ -66,6 +71,7 @@ export interface TrainModel extends StepModel {
 /** The CPU model: GPT + AdamW on the host, as every trainer ran before devices. */
 export class CpuTrainModel implements TrainModel {
   readonly device = 'cpu' as const;
+  readonly backend = CPU_CLASS;
   readonly label: string;
   readonly numParams: number;
   constructor(
@@ -126,16 +132,29 @@ export class WebGpuTrainModel implements TrainModel {
   readonly device = 'webgpu' as const;
   readonly label: string;
   readonly numParams: number;
+  readonly backend: BackendClass;
   private chain: Promise<unknown> = Promise.resolve();
   private lock: Promise<unknown> = Promise.resolve();
   private shift: Float32Array | null = null;
   constructor(
     readonly dev: WebGpuDevice,
     readonly gpt: WebGpuGPT,
+    /** False for a twin: closing it leaves the shared device to its owner. */
+    private readonly ownsDevice = true,
   ) {
     const i = dev.adapterInfo;
     this.label = `adapter ${[i.vendor, i.architecture, i.description].filter((s) => s).join(' / ') || 'unknown'}`;
     this.numParams = gpt.numParams;
+    this.backend = webgpuClass(i, gpt.attention);
+  }
+  /**
+   * A second model on the same device (its own weights, gradients and moments; the pipelines are
+   * shared and already compiled): a validator's same-class audits run on it while jobs train here.
+   */
+  async twin(): Promise<WebGpuTrainModel> {
+    const { WebGpuGPT } = await import('../model/gpt-webgpu.js');
+    const g = this.gpt;
+    return new WebGpuTrainModel(this.dev, new WebGpuGPT(this.dev, g.config, g.settings, g.attention), false);
   }
   private serial<R>(f: () => Promise<R> | R): Promise<R> {
     const next = this.chain.then(async () => {
@@ -222,7 +241,7 @@ export class WebGpuTrainModel implements TrainModel {
     });
   }
   close(): void {
-    this.dev.destroy();
+    if (this.ownsDevice) this.dev.destroy();
   }
 }
 
@@ -230,26 +249,63 @@ export interface OpenModelOptions {
   config: ModelConfig;
   adamw: AdamWSettings;
   kernels: Kernels;
-  /** The run re-executes steps bit for bit on the CPU (manifest hyper.audit): GPUs are refused. */
-  audit?: boolean;
+  /** The run's hyper.audit, if it audits: without a tolerance, GPUs are refused (gpuAuditRefusal). */
+  audit?: { tolerance?: unknown } | null;
+  /** The run's H (hyper.innerSteps): with `audit`, sizes the states a GPU trainer keeps. */
+  innerSteps?: number;
   /** Told which device 'auto' chose, and why. */
   log?: (line: string) => void;
 }
 
 /**
- * The model on the chosen device. 'auto': WebGPU when an adapter is found (and the run has no
- * audit), else the CPU, saying which. 'webgpu' throws WebGpuUnavailableError without an adapter
- * and DeviceRefusedError on an audited run. The adapter is Dawn's first: the system's GPU, or
- * SwiftShader where VK_ICD_FILENAMES names its ICD (or TESSERA_WEBGPU_ADAPTER=swiftshader).
+ * Why an audited run cannot take a GPU trainer, or null when it can. A run whose manifest sets
+ * `hyper.audit.tolerance` judges GPU trainers' steps within it (docs/WEBGPU.md "Audits when
+ * trainers use GPUs"); one that sets none audits every step bit for bit on the CPU deterministic
+ * kernels, and a fraud proof must be checkable by every peer, so a GPU trainer there would be
+ * convicted for its rounding alone, whoever validates it.
+ */
+export function gpuAuditRefusal(
+  audit: { tolerance?: unknown } | null | undefined,
+  size?: { params: number; innerSteps: number },
+): string | null {
+  if (!audit) return null;
+  if (audit.tolerance === undefined)
+    return (
+      'this run audits trainers (hyper.audit) with no tolerance: validators re-execute steps bit for bit on ' +
+      "the CPU deterministic kernels, which a GPU's floats do not reproduce. A run that lets GPU trainers " +
+      'join sets hyper.audit.tolerance (tessera run create --audit-tolerance <rel>): their steps are then judged ' +
+      'within it (docs/WEBGPU.md)'
+    );
+  // An audited GPU trainer keeps every step's state (θ, m, v) for validators, for its round and
+  // the two after it (peer/payloads.ts): 3 · H · 12 · P bytes of host memory.
+  const held = size ? 3 * size.innerSteps * 12 * size.params : 0;
+  if (held > GPU_AUDIT_STATE_BYTES)
+    return (
+      `an audited GPU trainer keeps every inner step's state for validators: ${(held / 2 ** 30).toFixed(1)} GiB ` +
+      `for H=${size!.innerSteps} and ${size!.params} parameters, over the ${GPU_AUDIT_STATE_BYTES / 2 ** 30} GiB ` +
+      'cap (docs/WEBGPU.md): train on the cpu, or use a run with fewer inner steps'
+    );
+  return null;
+}
+
+/** Host memory an audited GPU trainer may hold in kept states (gpuAuditRefusal). */
+export const GPU_AUDIT_STATE_BYTES = 4 * 2 ** 30;
+
+/**
+ * The model on the chosen device. 'auto': WebGPU when an adapter is found (and the run's audit,
+ * if any, has a tolerance), else the CPU, saying which. 'webgpu' throws WebGpuUnavailableError
+ * without an adapter and DeviceRefusedError on a run audited bit for bit. The adapter is Dawn's
+ * first: the system's GPU, or SwiftShader where VK_ICD_FILENAMES names its ICD (or
+ * TESSERA_WEBGPU_ADAPTER=swiftshader).
  */
 export async function openTrainModel(device: DeviceChoice, o: OpenModelOptions): Promise<TrainModel> {
   const cpu = () => new CpuTrainModel(new GPT(o.config, o.kernels), new AdamW(o.config, o.adamw, o.kernels));
   if (device === 'cpu') return cpu();
-  if (o.audit) {
-    const why =
-      'this run audits trainers (hyper.audit): validators re-execute sampled steps on the CPU deterministic ' +
-      "kernels and compare weights hashes bit for bit, which a GPU's floats do not reproduce " +
-      '(docs/WEBGPU.md: re-execution on the same backend class, or a manifest tolerance, is the proposal, not built)';
+  const why = gpuAuditRefusal(
+    o.audit,
+    o.innerSteps !== undefined ? { params: paramCount(o.config), innerSteps: o.innerSteps } : undefined,
+  );
+  if (why) {
     if (device === 'webgpu') throw new DeviceRefusedError(`--device webgpu refused: ${why}`);
     o.log?.(`device auto: cpu, because ${why}`);
     return cpu();

@@ -1,13 +1,17 @@
 /**
- * Wire form of a FraudProof: JSON with the pre-state's float32 arrays as base64 (little
- * endian). Decoding is size-capped before parsing, zod-checked, and never evaluates
- * anything, because proofs come from untrusted peers.
+ * Wire form of a fraud proof: JSON with the states' float32 arrays as base64 (little endian).
+ * v 1 (exact rule) carries the pre-state; v 2 (tolerance rule, a GPU-class trainer) also the
+ * committed post-state, the tolerance and the claimed backend class. Decoding is size-capped
+ * before parsing, zod-checked, and never evaluates anything, because proofs come from untrusted
+ * peers.
  */
 import { z } from 'zod';
 import { InvalidInputError } from '../util/errors.js';
-import type { FraudProof } from './audit.js';
+import type { AnyFraudProof, StepState } from './audit.js';
+import { BackendClassSchema } from './backend.js';
+import { ToleranceSchema } from './tolerance.js';
 
-/** Default cap: enough for the pre-state of a ~20M-parameter model (3 × 4 B × P, base64). */
+/** Default cap: a v 1 proof of a ~20M-parameter model (one state: 3 × 4 B × P, base64), a v 2 of ~10M (two). */
 export const MAX_PROOF_BYTES = 320 * 1024 * 1024;
 
 const Hex = z.string().regex(/^[0-9a-f]{64}$/);
@@ -29,7 +33,9 @@ const Reveal = z
   })
   .strict();
 
-export const FraudProofWire = z
+const StateWire = z.object({ theta: B64, m: B64, v: B64, step: z.number().int().min(0) }).strict();
+
+const ExactProofWire = z
   .object({
     v: z.literal(1),
     runId: Hex,
@@ -51,9 +57,18 @@ export const FraudProofWire = z
         draw: z.number().int().min(0),
       })
       .strict(),
-    state: z.object({ theta: B64, m: B64, v: B64, step: z.number().int().min(0) }).strict(),
+    state: StateWire,
   })
   .strict();
+
+const ToleranceProofWire = ExactProofWire.extend({
+  v: z.literal(2),
+  postState: StateWire,
+  tolerance: ToleranceSchema,
+  backend: BackendClassSchema,
+}).strict();
+
+export const FraudProofWire = z.discriminatedUnion('v', [ExactProofWire, ToleranceProofWire]);
 
 const LITTLE = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
 
@@ -73,17 +88,30 @@ function fromB64(s: string, what: string): Float32Array {
   return out;
 }
 
-export function encodeFraudProof(p: FraudProof): Uint8Array {
-  const { state, ...rest } = p;
-  const wire = {
-    ...rest,
-    state: { theta: toB64(state.theta), m: toB64(state.m), v: toB64(state.v), step: state.step },
+const stateToWire = (s: StepState) => ({ theta: toB64(s.theta), m: toB64(s.m), v: toB64(s.v), step: s.step });
+
+function stateFromWire(w: z.infer<typeof StateWire>, what: string): StepState {
+  const s = {
+    theta: fromB64(w.theta, `${what} theta`),
+    m: fromB64(w.m, `${what} m`),
+    v: fromB64(w.v, `${what} v`),
+    step: w.step,
   };
+  if (s.m.length !== s.theta.length || s.v.length !== s.theta.length)
+    throw new InvalidInputError(`fraud proof ${what} arrays differ in length`);
+  return s;
+}
+
+export function encodeFraudProof(p: AnyFraudProof): Uint8Array {
+  const wire =
+    p.v === 1
+      ? { ...p, state: stateToWire(p.state) }
+      : { ...p, state: stateToWire(p.state), postState: stateToWire(p.postState) };
   return new TextEncoder().encode(JSON.stringify(wire));
 }
 
 /** Parses a proof from untrusted bytes; throws InvalidInputError if oversized or malformed. */
-export function decodeFraudProof(bytes: Uint8Array, maxBytes = MAX_PROOF_BYTES): FraudProof {
+export function decodeFraudProof(bytes: Uint8Array, maxBytes = MAX_PROOF_BYTES): AnyFraudProof {
   if (bytes.length > maxBytes)
     throw new InvalidInputError(`fraud proof is ${bytes.length} bytes, over the ${maxBytes}-byte cap`);
   let json: unknown;
@@ -95,13 +123,9 @@ export function decodeFraudProof(bytes: Uint8Array, maxBytes = MAX_PROOF_BYTES):
   const r = FraudProofWire.safeParse(json);
   if (!r.success) throw new InvalidInputError(`fraud proof is malformed: ${r.error.issues[0]?.message ?? 'invalid'}`);
   const w = r.data;
-  const state = {
-    theta: fromB64(w.state.theta, 'theta'),
-    m: fromB64(w.state.m, 'm'),
-    v: fromB64(w.state.v, 'v'),
-    step: w.state.step,
-  };
-  if (state.m.length !== state.theta.length || state.v.length !== state.theta.length)
-    throw new InvalidInputError('fraud proof state arrays differ in length');
-  return { ...w, state };
+  const state = stateFromWire(w.state, 'state');
+  if (w.v === 1) return { ...w, state };
+  const postState = stateFromWire(w.postState, 'post-state');
+  if (postState.theta.length !== state.theta.length) throw new InvalidInputError('fraud proof states differ in length');
+  return { ...w, state, postState };
 }

@@ -30,6 +30,12 @@
  * derives the same seeds and float operations). A step with a non-finite loss fails the audit
  * (AuditError). Bitwise reproducibility needs the deterministic kernels
  * (`loadKernels({ deterministic: true })`).
+ *
+ * Trainers on GPUs (backend.ts, tolerance.ts, audit-tolerance.ts): a trainer whose commitment
+ * names a non-CPU backend class is judged step by step against the CPU re-execution with the
+ * manifest's tolerance, and its fraud proof (v 2) carries the committed post-state too, so that
+ * any peer re-checks it with the same one step and the same rule. The CPU class keeps the exact
+ * rule and the v 1 proof above.
  */
 import { createHash } from 'node:crypto';
 import type { Kernels } from '../kernels/api.js';
@@ -42,7 +48,10 @@ import { innerStep } from '../train/inner-step.js';
 import type { Batch, TokenArray } from '../data/batches.js';
 import { roundBatches, type BatchSpec, type RoundBatches } from '../swarm/round-batches.js';
 import { NonFiniteLossError, TesseraError } from '../util/errors.js';
+import { lrAt } from '../train/schedule.js';
 import { MerkleTree, verifyInclusion, type MerkleProof } from './merkle.js';
+import { CPU_CLASS, exactEverywhere, sameClass, type BackendClass } from './backend.js';
+import { judgeStep, type StepJudgement, type Tolerance } from './tolerance.js';
 
 /** Audit input is inconsistent (wrong sizes, a trainer answer that fails its proof, ...). */
 export class AuditError extends TesseraError {
@@ -125,7 +134,7 @@ export function stepsOf(job: AuditJob): number {
 export type { BatchSpec } from '../swarm/round-batches.js';
 
 /** The job's batches, exactly as node.ts runJob draws them (src/swarm/round-batches.ts). */
-function batchesOf(job: AuditJob): RoundBatches {
+export function batchesOf(job: AuditJob): RoundBatches {
   return roundBatches(job.runId, job.round, job.shards, job.B, job.T);
 }
 
@@ -139,6 +148,11 @@ function batchIn(rb: RoundBatches, spec: BatchSpec): Batch {
   const b = rb.batch(spec);
   if (!b) throw new AuditError(`batch spec names shard ${spec.shard} / seed ${spec.seed}, not in the job`);
   return b;
+}
+
+/** The batch inner step i (0-based) draws from the job's batches `rb`. */
+export function batchAt(rb: RoundBatches, i: number): Batch {
+  return batchIn(rb, specIn(rb, i));
 }
 
 /** Which batch inner step i (0-based) of the job draws. */
@@ -280,7 +294,7 @@ export function oracleFor(c: Commitment): TrainerOracle {
   };
 }
 
-function checkedReveal(o: TrainerOracle, root: string, count: number, i: number): Reveal {
+export function checkedReveal(o: Pick<TrainerOracle, 'reveal'>, root: string, count: number, i: number): Reveal {
   const r = o.reveal(i);
   if (r.proof.index !== i || r.proof.count !== count || !verifyInclusion(root, leafOf(r.digest), r.proof)) {
     throw new AuditError(`trainer's reveal of leaf ${i} does not verify against its root`);
@@ -288,8 +302,12 @@ function checkedReveal(o: TrainerOracle, root: string, count: number, i: number)
   return r;
 }
 
-function checkedState(o: TrainerOracle, d: StateDigest, i: number): StepState {
-  const s = o.state(i);
+export function checkedState(o: TrainerOracle, d: StateDigest, i: number): StepState {
+  return checkedDigest(o.state(i), d, i);
+}
+
+/** `s` is the state the trainer's leaf i commits to (by its digest), else AuditError. */
+export function checkedDigest(s: StepState, d: StateDigest, i: number): StepState {
   const got = digestState(s);
   if (got.weights !== d.weights || got.opt !== d.opt)
     throw new AuditError(`trainer's state ${i} does not match its leaf`);
@@ -308,7 +326,7 @@ export interface BisectResult {
  * from re-execution) to an index k with leaf k−1 equal and leaf k different. Requires
  * reference[0] to agree and the roots to differ. O(log H) queries, no steps.
  */
-export function bisect(o: TrainerOracle, root: string, reference: string[]): BisectResult {
+export function bisect(o: Pick<TrainerOracle, 'reveal'>, root: string, reference: string[]): BisectResult {
   const count = reference.length,
     H = count - 1;
   let queries = 0;
@@ -348,6 +366,20 @@ export interface FraudProof {
   /** The full state k−1, which hashes to `pre.digest` (the one large part). */
   state: StepState;
 }
+
+/**
+ * A fraud proof against a trainer whose class is judged with a tolerance (backend.ts): the exact
+ * proof's fields plus the trainer's committed post-state k, which hashes to `post.digest`, and
+ * the rule it breaks (the manifest's tolerance, the claimed class). A checker re-executes step k
+ * from `state` on the CPU deterministic kernels and judges `postState` with tolerance.ts.
+ */
+export interface ToleranceFraudProof extends Omit<FraudProof, 'v'> {
+  v: 2;
+  postState: StepState;
+  tolerance: Tolerance;
+  backend: BackendClass;
+}
+export type AnyFraudProof = FraudProof | ToleranceFraudProof;
 
 export type AuditVerdict =
   | { ok: true; steps: number }
@@ -424,17 +456,32 @@ export interface VerifyContext {
   trainer: string;
   /** weightsHash of the round's weights θ_round. */
   baseHash: string;
+  /** The backend class the trainer's commitment names (absent: the CPU, judged bit for bit). */
+  backend?: BackendClass;
+  /** The run manifest's tolerance (hyper.audit.tolerance); absent: no tolerance proof is valid. */
+  tolerance?: Tolerance | null;
 }
 
 export type ProofVerdict = { ok: true; k: number } | { ok: false; reason: string };
 
-/** Checks a fraud proof with exactly ONE re-executed step. Never throws on a bad proof. */
-export function verifyFraudProof(p: FraudProof, ctx: VerifyContext): ProofVerdict {
+/**
+ * Checks a fraud proof with exactly ONE re-executed step. Never throws on a bad proof. A v 1
+ * proof (exact rule) is valid only against a CPU-class trainer; a v 2 proof (tolerance rule) only
+ * against a trainer whose class is judged with a tolerance, and only under the manifest's.
+ */
+export function verifyFraudProof(p: AnyFraudProof, ctx: VerifyContext): ProofVerdict {
   const job = ctx.stepper.job,
     H = stepsOf(job);
+  const backend = ctx.backend ?? CPU_CLASS;
   const no = (reason: string): ProofVerdict => ({ ok: false, reason });
   try {
-    if (p.v !== 1) return no('version');
+    if (p.v !== 1 && p.v !== 2) return no('version');
+    if (p.v === 1 && !exactEverywhere(backend)) return no('an exact proof against a class judged with a tolerance');
+    if (p.v === 2) {
+      if (exactEverywhere(backend)) return no('a tolerance proof against a cpu-class trainer (judged bit for bit)');
+      if (!sameClass(p.backend, backend)) return no("not the class the trainer's commitment names");
+      if (!ctx.tolerance || !sameTolerance(p.tolerance, ctx.tolerance)) return no("not the manifest's tolerance");
+    }
     if (p.runId !== job.runId || p.round !== job.round) return no('other round');
     if (p.trainer !== ctx.trainer || p.root !== ctx.root) return no("not the trainer's commitment");
     if (p.count !== H + 1 || !Number.isSafeInteger(p.k) || p.k < 1 || p.k > H) return no('step out of range');
@@ -446,15 +493,51 @@ export function verifyFraudProof(p: FraudProof, ctx: VerifyContext): ProofVerdic
     const d = digestState(p.state);
     if (d.weights !== p.pre.digest.weights || d.opt !== p.pre.digest.opt)
       return no('pre-state does not match leaf k-1');
+    if (p.v === 2) {
+      const e = digestState(p.postState);
+      if (e.weights !== p.post.digest.weights || e.opt !== p.post.digest.opt)
+        return no('post-state does not match leaf k');
+    }
     const spec = batchSpec(job, p.k - 1);
     if (spec.shard !== p.batch.shard || spec.seed !== p.batch.seed || spec.draw !== p.batch.draw)
       return no('batch spec');
-    const [got] = reexecute(ctx.stepper, p.state, p.k - 1, 1);
-    if (got === leafOf(p.post.digest)) return no('step re-executes to the committed leaf: no fraud');
+    if (p.v === 1) {
+      const [got] = reexecute(ctx.stepper, p.state, p.k - 1, 1);
+      if (got === leafOf(p.post.digest)) return no('step re-executes to the committed leaf: no fraud');
+      return { ok: true, k: p.k };
+    }
+    const j = judgeReexecuted(ctx.stepper, p.state, p.k, p.postState, p.tolerance);
+    if (j.ok) return no('the step is within the tolerance: no fraud');
     return { ok: true, k: p.k };
   } catch (err) {
     return no(err instanceof Error ? err.message : String(err));
   }
+}
+
+/** Two tolerances are the same rule (every field equal). */
+export function sameTolerance(a: Tolerance, b: Tolerance): boolean {
+  return a.rel === b.rel && a.outliers === b.outliers && a.cap === b.cap;
+}
+
+/**
+ * Re-executes step k (1-based) on `st` from the committed pre-state and judges the committed
+ * post-state with the tolerance rule (tolerance.ts). One step of compute.
+ */
+export function judgeReexecuted(
+  st: Stepper,
+  pre: StepState,
+  k: number,
+  post: StepState,
+  tolerance: Tolerance,
+): StepJudgement {
+  const { job } = st;
+  reexecute(st, pre, k - 1, 1);
+  const ref = st.state();
+  return judgeStep(pre, ref, post, {
+    lr: lrAt(job.schedule, job.round * job.innerSteps + k - 1),
+    adamw: job.adamw,
+    tol: tolerance,
+  });
 }
 
 /**

@@ -2,6 +2,10 @@
  * The stage service's training and inference calls: forward, last (loss and backward), backward,
  * gradient norms, the tied-embedding gradient, the optimizer step (with look-ahead weights),
  * logits, reset, fold (balanced routing) and the gradients' get/set.
+ *
+ * On a GPU peer (s.device, stage/device.ts) forward, loss, backward, the untagged norms, the
+ * tied gradient and the plain optimizer step run on the device; the tagged banks and look-ahead
+ * weights run on the host copy, which the device brings up to date first.
  */
 import { InvalidInputError } from '../../util/errors.js';
 import { bytesToF32, f32ToBytes } from '../../util/packed.js';
@@ -30,21 +34,59 @@ function input(s: StageServiceState, body: Uint8Array, N: number): Int32Array | 
   return s.stage.first ? int32(body, N, 'tokens') : s.dec(body, N);
 }
 
+/** Where the layers sit in the stage's flat buffers (the weight of a stage in a neighbour's rebuild). */
+function layerRanges(s: StageServiceState): { offset: number; size: number }[] {
+  return s.stage.specs.filter((x) => /^h\.\d+\./.test(x.name)).map((x) => ({ offset: x.offset, size: x.size }));
+}
+
+/** Ops that run on the device when this call takes the device path (service.ts: the rest run on the host copy). */
+export function onDevicePath(
+  h: {
+    op: string;
+    tag?: number;
+    set?: boolean;
+    lookahead?: number;
+  },
+  s: StageServiceState,
+): boolean {
+  switch (h.op) {
+    case 'fwd':
+    case 'last':
+    case 'bwd':
+    case 'logits':
+    case 'reset':
+      return true;
+    case 'norm':
+      return h.tag === undefined;
+    case 'tied':
+      return h.tag === undefined;
+    case 'grads':
+      return h.set === false;
+    case 'step':
+      return h.tag === undefined && !((h.lookahead ?? 0) > 0) && s.master === null;
+    default:
+      return false;
+  }
+}
+
 export const compute: Handlers<ComputeOp> = {
-  fwd(s, h, body) {
+  async fwd(s, h, body) {
     const stage = s.stage;
     if (stage.last) throw new InvalidInputError('the last stage takes "last" calls');
     const N = h.B * h.T;
     if (h.train) s.admitHeld(h.micro, N);
-    const out = stage.forward(h.micro, input(s, body, N), h.B, h.T);
+    const x = input(s, body, N);
+    const out = s.device
+      ? (await s.device.onDevice('params').forward(h.micro, x, h.B, h.T))!
+      : stage.forward(h.micro, x, h.B, h.T);
     s.stats.tokens += N;
     const b = s.enc(out, N);
-    if (!h.train) stage.release(h.micro);
+    if (!h.train) s.releaseSlot(h.micro);
     else s.hold(h.micro, N);
     return { head: {}, body: b };
   },
 
-  last(s, h, body) {
+  async last(s, h, body) {
     const stage = s.stage,
       V = s.o.config.vocabSize;
     if (!stage.last) throw new InvalidInputError('not the last stage');
@@ -58,6 +100,20 @@ export const compute: Handlers<ComputeOp> = {
         throw new InvalidInputError(`target ${targets[i]} outside the vocabulary`);
       }
     }
+    if (s.device) {
+      const gpu = s.device.onDevice('params', 'grads');
+      await gpu.forward(h.micro, x, h.B, h.T);
+      s.stats.tokens += N;
+      const loss = await gpu.loss(h.micro, targets, h.train, h.scale);
+      if (!h.train) {
+        gpu.release(h.micro);
+        return { head: { loss } };
+      }
+      const d = await gpu.backward(h.micro, null);
+      s.device.deviceChanged('grads');
+      await s.bank(h.tag);
+      return { head: { loss }, body: d ? s.enc(d, N) : EMPTY };
+    }
     stage.forward(h.micro, x, h.B, h.T);
     s.stats.tokens += N;
     const loss = stage.loss(h.micro, targets, h.train, h.scale);
@@ -66,19 +122,35 @@ export const compute: Handlers<ComputeOp> = {
       return { head: { loss } };
     }
     const d = stage.backward(h.micro, null);
-    s.bank(h.tag);
+    await s.bank(h.tag);
     return { head: { loss }, body: d ? s.enc(d, N) : EMPTY };
   },
 
-  bwd(s, h, body) {
+  async bwd(s, h, body) {
     const N = s.takeHeld(h.micro);
     if (N === undefined) throw new InvalidInputError(`no forward pass held for micro-batch ${h.micro}`);
-    const d = s.stage.backward(h.micro, s.dec(body, N));
-    s.bank(h.tag);
+    const dOut = s.dec(body, N);
+    let d: Float32Array | null;
+    if (s.device) {
+      d = await s.device.onDevice('params', 'grads').backward(h.micro, dOut);
+      s.device.deviceChanged('grads');
+    } else d = s.stage.backward(h.micro, dOut);
+    await s.bank(h.tag);
     return { head: {}, body: d ? s.enc(d, N) : EMPTY };
   },
 
-  norm(s, h) {
+  async norm(s, h) {
+    if (s.device && h.tag === undefined) {
+      const gpu = s.device.onDevice('grads');
+      const t = s.stage.first || s.stage.last ? s.tiedAt() : undefined;
+      return {
+        head: {
+          sumSquares: await gpu.gradSquares(),
+          tiedSquares: t ? await gpu.gradSquares([t]) : 0,
+          layerSquares: await gpu.gradSquares(layerRanges(s)),
+        },
+      };
+    }
     const k = s.o.kernels;
     const g = s.gradsOf(h.tag),
       t = s.tiedOf(g);
@@ -87,14 +159,34 @@ export const compute: Handlers<ComputeOp> = {
     return { head: { sumSquares: k.sumSquares(g), tiedSquares: t ? k.sumSquares(t) : 0, layerSquares: ls } };
   },
 
-  tied(s, h, body) {
+  async tied(s, h, body) {
+    if (s.device && h.tag === undefined) {
+      const at = s.stage.first || s.stage.last ? s.tiedAt() : undefined;
+      if (!at) throw new InvalidInputError('this stage holds no tied embedding');
+      const gpu = s.device.onDevice('grads');
+      if (!h.set) return { head: {}, body: f32ToBytes(await gpu.read('grads', at.offset, at.size)) };
+      gpu.write('grads', bytesToF32(body, at.size, 'tied gradient'), at.offset);
+      s.device.deviceChanged('grads');
+      return { head: {} };
+    }
     const t = s.tiedOf(s.gradsOf(h.tag));
     if (!t) throw new InvalidInputError('this stage holds no tied embedding');
     return tensorIO(t, h.set, body, 'tied gradient');
   },
 
-  step(s, h) {
+  async step(s, h) {
     const stage = s.stage;
+    if (s.device && onDevicePath(h, s)) {
+      // Clip to the driver's global norm and one AdamW update, on the device; nothing crosses.
+      const gpu = s.device.onDevice('params', 'grads', 'opt');
+      s.opt.step += 1;
+      gpu.update(s.opt.settings, h.lr, h.globalNorm, s.opt.step);
+      gpu.zeroGrad();
+      s.device.deviceChanged('params', 'grads', 'opt');
+      await s.device.dev.sync(); // a refused dispatch surfaces here, as this call's error
+      s.stats.steps++;
+      return { head: { step: s.opt.step } };
+    }
     const g = s.gradsOf(h.tag);
     const look = h.lookahead ?? 0;
     if (look > 0 || s.master) {
@@ -116,11 +208,19 @@ export const compute: Handlers<ComputeOp> = {
     return { head: { step: s.opt.step } };
   },
 
-  logits(s, h, body) {
+  async logits(s, h, body) {
     const stage = s.stage,
       V = s.o.config.vocabSize;
     if (!stage.last) throw new InvalidInputError('not the last stage');
     const N = h.B * h.T;
+    if (s.device) {
+      const gpu = s.device.onDevice('params');
+      await gpu.forward(h.micro, input(s, body, N), h.B, h.T);
+      const out = await gpu.lastLogits(h.micro);
+      gpu.release(h.micro);
+      s.stats.tokens += N;
+      return { head: {}, body: new Uint8Array(out.buffer) };
+    }
     const logits = stage.forward(h.micro, input(s, body, N), h.B, h.T);
     stage.release(h.micro);
     const out = new Float32Array(h.B * V);
@@ -145,12 +245,14 @@ export const compute: Handlers<ComputeOp> = {
       folded++;
     }
     s.accs.clear();
-    s.stage.resetSlots();
+    s.resetSlots();
     s.clearHeld();
     return { head: { folded } };
   },
 
-  grads(s, h, body) {
+  async grads(s, h, body) {
+    // A get on a GPU peer reads the gradients back first; a set runs on the host copy (service.ts).
+    if (s.device && !h.set) await s.device.onHost('grads');
     return tensorIO(s.stage.grads, h.set, body, 'gradients');
   },
 };

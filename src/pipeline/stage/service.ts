@@ -7,7 +7,7 @@
 import { parseRequest, requestBodyCap, type StageOp, type StageRequest } from '../stage-protocol.js';
 import { StageUnavailableError } from '../rpc.js';
 import { InvalidInputError } from '../../util/errors.js';
-import { compute } from './compute.js';
+import { compute, onDevicePath } from './compute.js';
 import { shares } from './shares.js';
 import { rebuild } from './rebuild.js';
 import { diloco } from './diloco.js';
@@ -16,6 +16,13 @@ import { StageServiceState, type Handler, type Handlers } from './state.js';
 import type { StagePeerLinks, StageServiceOptions } from './state.js';
 
 const handlers: Handlers<StageOp> = { ...compute, ...shares, ...rebuild, ...diloco, ...control };
+
+/**
+ * On a GPU peer, host-side calls that only read the stage's state (the device copy is read back
+ * first and stays current), and calls that touch no stage state at all (nothing is read back).
+ */
+const READS_ONLY: ReadonlySet<StageOp> = new Set(['info', 'save', 'lend', 'delta', 'norm', 'tied']);
+const NO_STATE: ReadonlySet<StageOp> = new Set(['hold', 'forget', 'expect']);
 
 /** Calls a peer that does not hold its stage yet still answers (the sync and rebuild of a fresh peer). */
 const BEFORE_READY: ReadonlySet<StageOp> = new Set(['restore', 'info', 'hold', 'expect', 'absorb', 'forget']);
@@ -136,6 +143,14 @@ export class StageService {
       throw new StageUnavailableError(`not serving stage ${s.stage.spec.index} yet (waiting for a restore)`);
     }
     const handler = handlers[h.op] as Handler<StageOp>;
-    return await handler(s, h as never, body, from);
+    const dev = s.device;
+    if (!dev || NO_STATE.has(h.op) || onDevicePath(h, s)) return await handler(s, h as never, body, from);
+    // A GPU peer's host-side call (stage/device.ts): the host copy first, the device refreshed after a change.
+    await dev.onHost();
+    try {
+      return await handler(s, h as never, body, from);
+    } finally {
+      if (!READS_ONLY.has(h.op)) dev.hostChanged();
+    }
   }
 }

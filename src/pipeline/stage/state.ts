@@ -19,6 +19,8 @@ import type { Store } from '../../store/index.js';
 import { getActCodec, subspaceBasis, type ActCodec, type ActCodecSpec } from '../act-codec.js';
 import { MAX_TAGS, type ReplyHeadOf, type RequestOf, type StageOp, type StageStats } from '../stage-protocol.js';
 import type { StageClient } from '../stage-client.js';
+import type { WebGpuDevice } from '../../kernels/webgpu/device.js';
+import { StageDevice } from './device.js';
 
 export interface StageServiceOptions {
   config: StageModelConfig;
@@ -44,6 +46,11 @@ export interface StageServiceOptions {
   openInference?: boolean;
   /** Bounds on micro-batches held between forward and backward (defaults: HELD_LIMITS). */
   held?: Partial<HeldLimits>;
+  /**
+   * Compute on this WebGPU device (`tessera stage --device webgpu`, stage/device.ts): the stage's
+   * flat buffers live there and the training calls run there; absent: the CPU kernels.
+   */
+  device?: WebGpuDevice;
 }
 
 /** What forwards kept for a backward may hold at once, and for how long. */
@@ -133,6 +140,8 @@ export class StageServiceState {
   /** Values per token at a boundary (dim, or the bottleneck width), and their codec. */
   readonly W: number;
   readonly codec: ActCodec;
+  /** The stage's compute on a GPU (o.device), or null: the CPU kernels. */
+  readonly device: StageDevice | null;
 
   constructor(
     readonly o: StageServiceOptions,
@@ -149,6 +158,7 @@ export class StageServiceState {
     this.limits = heldLimits(o.config.ctx, o.held);
     this.W = o.bottleneck ?? o.config.dim;
     this.codec = getActCodec(o.codec, this.W);
+    this.device = o.device ? new StageDevice(o.device, this) : null;
   }
 
   /** A learned bottleneck at the boundaries (the run's `bottleneck`): part of every stage's spec. */
@@ -179,10 +189,11 @@ export class StageServiceState {
     this.ready = false;
     this.pending = null;
     this.clearHeld();
+    this.device?.rebind();
   }
 
-  /** After a tagged backward: move what it added to the gradients into its batch's bank. */
-  bank(tag: number | undefined): void {
+  /** After a tagged backward: move what it added to the gradients into its batch's bank (kept on the host). */
+  async bank(tag: number | undefined): Promise<void> {
     if (tag === undefined) return;
     let acc = this.accs.get(tag);
     if (!acc) {
@@ -190,9 +201,23 @@ export class StageServiceState {
       acc = new Float32Array(this.stage.numParams);
       this.accs.set(tag, acc);
     }
+    await this.device?.onHost('grads');
     const g = this.stage.grads;
     for (let i = 0; i < g.length; i++) acc[i] += g[i];
-    this.stage.zeroGrad();
+    if (this.device) this.device.zeroGrads();
+    else this.stage.zeroGrad();
+  }
+
+  /** Drops a held micro-batch's activations (on the device too). */
+  releaseSlot(micro: number): void {
+    this.stage.release(micro);
+    this.device?.release(micro);
+  }
+
+  /** Drops every held micro-batch's activations (on the device too). */
+  resetSlots(): void {
+    this.stage.resetSlots();
+    this.device?.resetSlots();
   }
 
   /** The step's gradients, or those banked under `tag`. */
@@ -240,8 +265,9 @@ export class StageServiceState {
 
   /** Weights loaded from elsewhere: no half-done micro-batch or gradient of before survives. */
   clearWork(): void {
-    this.stage.resetSlots();
-    this.stage.zeroGrad();
+    this.resetSlots();
+    if (this.device) this.device.zeroGrads();
+    else this.stage.zeroGrad();
     this.clearHeld();
   }
 
@@ -260,7 +286,7 @@ export class StageServiceState {
     for (const [m, at] of this.heldAt) {
       if (now - at <= this.limits.ttlMs) break; // insertion order: oldest first
       this.takeHeld(m);
-      this.stage.release(m);
+      this.releaseSlot(m);
     }
     this.takeHeld(micro); // a forward of the same micro-batch again replaces it
     if (this.rows.size + 1 > this.limits.count || this.heldTokens + n > this.limits.tokens) {
