@@ -39,7 +39,7 @@ const MAP_MODE_READ = 0x0001;
 const BATCH = 64;
 const MAX_GROUPS = 65535;
 
-export type DType = 'f32' | 'i32';
+export type DType = 'f32' | 'i32' | 'u32';
 
 /** A typed range of a GPU buffer: elements [offset, offset + length) of `buffer`. */
 export interface GpuTensor {
@@ -159,8 +159,8 @@ export class WebGpuDevice {
   }
 
   /** A new tensor holding a copy of `data`. */
-  upload(data: Float32Array | Int32Array): GpuTensor {
-    const t = this.alloc(data.length, data instanceof Int32Array ? 'i32' : 'f32');
+  upload(data: Float32Array | Int32Array | Uint32Array): GpuTensor {
+    const t = this.alloc(data.length, data instanceof Int32Array ? 'i32' : data instanceof Uint32Array ? 'u32' : 'f32');
     this.write(t, data);
     return t;
   }
@@ -179,12 +179,20 @@ export class WebGpuDevice {
   }
 
   /** Copies host data into t (after all work encoded so far). */
-  write(t: GpuTensor, data: Float32Array | Int32Array): void {
+  write(t: GpuTensor, data: Float32Array | Int32Array | Uint32Array): void {
     if (data.length !== t.length)
       throw new InvalidInputError(`write: ${data.length} elements into a tensor of ${t.length}`);
     this.flush();
     if (data.length)
       this.device.queue.writeBuffer(t.buffer, t.offset * 4, data.buffer, data.byteOffset, data.byteLength);
+  }
+
+  /** dst = src (equal lengths), a copy on the GPU in order with the kernels. */
+  copy(dst: GpuTensor, src: GpuTensor): void {
+    if (dst.length !== src.length)
+      throw new InvalidInputError(`copy: ${src.length} elements into a tensor of ${dst.length}`);
+    if (dst.length)
+      this.begin().encoder.copyBufferToBuffer(src.buffer, src.offset * 4, dst.buffer, dst.offset * 4, dst.length * 4);
   }
 
   /** t = 0, in order with the kernels (a buffer clear on the GPU, no host data). */
@@ -200,6 +208,10 @@ export class WebGpuDevice {
 
   async readInt(t: GpuTensor): Promise<Int32Array> {
     return new Int32Array(await this.readBytes(t));
+  }
+
+  async readU32(t: GpuTensor): Promise<Uint32Array> {
+    return new Uint32Array(await this.readBytes(t));
   }
 
   private async readBytes(t: GpuTensor): Promise<ArrayBuffer> {
@@ -267,8 +279,11 @@ export class WebGpuDevice {
     return p;
   }
 
-  /** Encodes one dispatch of `def` over `groups` workgroups (a 2-D grid past 65535). */
-  private dispatch(
+  /**
+   * Encodes one dispatch of `def` over `groups` workgroups (a 2-D grid past 65535). Public for
+   * kernels outside the `Kernels` contract (the codec kernels of codec.ts, probes in tests).
+   */
+  launch(
     def: KernelDef,
     args: readonly GpuTensor[],
     params: Record<string, number>,
@@ -331,7 +346,7 @@ export class WebGpuDevice {
    * Frees a scratch tensor once the work encoded so far is submitted (destroying it earlier would
    * invalidate dispatches not yet submitted; destroying it after submission is safe).
    */
-  private release(t: GpuTensor): void {
+  release(t: GpuTensor): void {
     this.begin().temps.push(t.buffer);
   }
 
@@ -350,7 +365,7 @@ export class WebGpuDevice {
     s: { rsa: number; csa: number; rsb: number; csb: number; ldc: number },
     acc: boolean,
   ): void {
-    this.dispatch(
+    this.launch(
       W.GEMM,
       [A, B, C, bias ?? this.dummy.f32],
       { M, N, K, ...s, acc: acc ? 1 : 0, has_bias: bias ? 1 : 0 },
@@ -395,7 +410,7 @@ export class WebGpuDevice {
     );
     this.gemm(dinp, dout, weight, null, N, C, OC, { rsa: OC, csa: 1, rsb: C, csb: 1, ldc: C }, true);
     this.gemm(dweight, dout, inp, null, OC, C, N, { rsa: 1, csa: OC, rsb: C, csb: 1, ldc: C }, true);
-    if (dbias) this.dispatch(W.COLSUM, [dbias, dout], { N, OC }, Math.ceil(OC / W.WG));
+    if (dbias) this.launch(W.COLSUM, [dbias, dout], { N, OC }, Math.ceil(OC / W.WG));
   }
 
   layernormForward(
@@ -409,7 +424,7 @@ export class WebGpuDevice {
     C: number,
   ): void {
     need('layernormForward', [out, N * C], [mean, N], [rstd, N], [inp, N * C], [weight, C], [bias, C]);
-    this.dispatch(W.LAYERNORM_FWD, [out, mean, rstd, inp, weight, bias], { N, C }, N);
+    this.launch(W.LAYERNORM_FWD, [out, mean, rstd, inp, weight, bias], { N, C }, N);
   }
 
   layernormBackward(
@@ -435,25 +450,25 @@ export class WebGpuDevice {
       [mean, N],
       [rstd, N],
     );
-    this.dispatch(W.LAYERNORM_BWD_DINP, [dinp, dout, inp, weight, mean, rstd], { N, C }, N);
-    this.dispatch(W.LAYERNORM_BWD_PARAMS, [dweight, dbias, dout, inp, mean, rstd], { N, C }, Math.ceil(C / W.WG));
+    this.launch(W.LAYERNORM_BWD_DINP, [dinp, dout, inp, weight, mean, rstd], { N, C }, N);
+    this.launch(W.LAYERNORM_BWD_PARAMS, [dweight, dbias, dout, inp, mean, rstd], { N, C }, Math.ceil(C / W.WG));
   }
 
   geluForward(out: GpuTensor, inp: GpuTensor, n: number): void {
     need('geluForward', [out, n], [inp, n]);
-    this.dispatch(W.GELU_FWD, [out, inp], { n }, Math.ceil(n / W.WG));
+    this.launch(W.GELU_FWD, [out, inp], { n }, Math.ceil(n / W.WG));
   }
 
   geluBackward(dinp: GpuTensor, inp: GpuTensor, dout: GpuTensor, n: number): void {
     need('geluBackward', [dinp, n], [inp, n], [dout, n]);
-    this.dispatch(W.GELU_BWD, [dinp, inp, dout], { n }, Math.ceil(n / W.WG));
+    this.launch(W.GELU_BWD, [dinp, inp, dout], { n }, Math.ceil(n / W.WG));
   }
 
   /** Causal attention; att [B,NH,T,T] keeps the probabilities, as `Kernels` does (see attentionForwardFlash). */
   attentionForward(out: GpuTensor, att: GpuTensor, inp: GpuTensor, B: number, T: number, C: number, NH: number): void {
     attnShape(C, NH);
     need('attentionForward', [out, B * T * C], [att, B * NH * T * T], [inp, B * T * 3 * C]);
-    this.dispatch(W.ATTENTION_FWD, [out, att, inp], { B, T, C, NH, scale: 1 / Math.sqrt(C / NH) }, B * NH * T);
+    this.launch(W.ATTENTION_FWD, [out, att, inp], { B, T, C, NH, scale: 1 / Math.sqrt(C / NH) }, B * NH * T);
   }
 
   /** dinp [B,T,3C] += ...; datt [B,NH,T,T] is scratch (overwritten). */
@@ -478,8 +493,8 @@ export class WebGpuDevice {
       [att, B * NH * T * T],
     );
     const p = { B, T, C, NH, scale: 1 / Math.sqrt(C / NH) };
-    this.dispatch(W.ATTENTION_BWD_Q, [dinp, datt, dout, inp, att], p, B * NH * T);
-    this.dispatch(W.ATTENTION_BWD_KV, [dinp, datt, dout, inp, att], p, B * NH * T);
+    this.launch(W.ATTENTION_BWD_Q, [dinp, datt, dout, inp, att], p, B * NH * T);
+    this.launch(W.ATTENTION_BWD_KV, [dinp, datt, dout, inp, att], p, B * NH * T);
   }
 
   /**
@@ -498,7 +513,7 @@ export class WebGpuDevice {
     attnShape(C, NH);
     if (C / NH > W.FLASH_MAX_HS) throw new InvalidInputError(`attention: head size ${C / NH} > ${W.FLASH_MAX_HS}`);
     need('attentionForwardFlash', [out, B * T * C], [lse, B * NH * T], [inp, B * T * 3 * C]);
-    this.dispatch(W.ATTENTION_FLASH_FWD, [out, lse, inp], { B, T, C, NH, scale: 1 / Math.sqrt(C / NH) }, B * NH * T);
+    this.launch(W.ATTENTION_FLASH_FWD, [out, lse, inp], { B, T, C, NH, scale: 1 / Math.sqrt(C / NH) }, B * NH * T);
   }
 
   /**
@@ -529,8 +544,8 @@ export class WebGpuDevice {
       [lse, B * NH * T],
     );
     const p = { B, T, C, NH, scale: 1 / Math.sqrt(C / NH) };
-    this.dispatch(W.ATTENTION_FLASH_BWD_Q, [dinp, dd, dout, inp, out, lse], p, B * NH * T);
-    this.dispatch(W.ATTENTION_FLASH_BWD_KV, [dinp, dd, dout, inp, lse], p, B * NH * T);
+    this.launch(W.ATTENTION_FLASH_BWD_Q, [dinp, dd, dout, inp, out, lse], p, B * NH * T);
+    this.launch(W.ATTENTION_FLASH_BWD_KV, [dinp, dd, dout, inp, lse], p, B * NH * T);
   }
 
   /** losses[N]; dlogits (may be null, may alias logits) = (softmax - onehot) * dlossScale. */
@@ -545,7 +560,7 @@ export class WebGpuDevice {
   ): void {
     need('crossEntropyForwardBackward', [losses, N], [dlogits, N * V], [logits, N * V], [targets, N]);
     if (targets.dtype !== 'i32') throw new InvalidInputError('crossEntropyForwardBackward: targets must be i32');
-    this.dispatch(
+    this.launch(
       W.CROSSENTROPY,
       [losses, dlogits ?? this.dummy.f32, logits, targets],
       { N, V, dscale: dlossScale, has_d: dlogits ? 1 : 0 },
@@ -555,7 +570,7 @@ export class WebGpuDevice {
 
   softmax(probs: GpuTensor, logits: GpuTensor, N: number, V: number): void {
     need('softmax', [probs, N * V], [logits, N * V]);
-    this.dispatch(W.SOFTMAX, [probs, logits], { N, V }, N);
+    this.launch(W.SOFTMAX, [probs, logits], { N, V }, N);
   }
 
   /** out = wte[tokens] + wpe; tokens is an i32 tensor whose values must be < wte rows (checked on upload by the caller). */
@@ -570,7 +585,7 @@ export class WebGpuDevice {
   ): void {
     need('embeddingForward', [out, B * T * C], [tokens, B * T], [wpe, T * C]);
     if (tokens.dtype !== 'i32') throw new InvalidInputError('embeddingForward: tokens must be i32');
-    this.dispatch(W.EMBEDDING_FWD, [out, tokens, wte, wpe], { BT: B * T, T, C }, Math.ceil((B * T * C) / W.WG));
+    this.launch(W.EMBEDDING_FWD, [out, tokens, wte, wpe], { BT: B * T, T, C }, Math.ceil((B * T * C) / W.WG));
   }
 
   /** dwte[tok] += dout; dwpe[t] += dout, in position order. `tokens` is the host copy. */
@@ -609,19 +624,19 @@ export class WebGpuDevice {
     csr[2 * U] = at;
     if (U) {
       const t = this.temp(csr);
-      this.dispatch(W.EMBEDDING_BWD_WTE, [dwte, dout, t], { U, C }, Math.ceil((U * C) / W.WG));
+      this.launch(W.EMBEDDING_BWD_WTE, [dwte, dout, t], { U, C }, Math.ceil((U * C) / W.WG));
       this.release(t);
     }
-    this.dispatch(W.EMBEDDING_BWD_WPE, [dwpe, dout], { B, T, C }, Math.ceil((T * C) / W.WG));
+    this.launch(W.EMBEDDING_BWD_WPE, [dwpe, dout], { B, T, C }, Math.ceil((T * C) / W.WG));
   }
 
   add(out: GpuTensor, a: GpuTensor, b: GpuTensor, n: number): void {
     need('add', [out, n], [a, n], [b, n]);
-    this.dispatch(W.ADD, [out, a, b], { n }, Math.ceil(n / W.WG));
+    this.launch(W.ADD, [out, a, b], { n }, Math.ceil(n / W.WG));
   }
 
   scale(x: GpuTensor, s: number): void {
-    this.dispatch(W.SCALE, [x], { n: x.length, s }, Math.ceil(x.length / W.WG));
+    this.launch(W.SCALE, [x], { n: x.length, s }, Math.ceil(x.length / W.WG));
   }
 
   /**
@@ -636,7 +651,7 @@ export class WebGpuDevice {
     for (;;) {
       const ng = Math.max(1, Math.ceil(n / W.SUMSQ_CHUNK));
       const dst = ng === 1 ? out : this.alloc(ng);
-      this.dispatch(W.SUMSQ, [dst, src], { n, square, ng }, ng);
+      this.launch(W.SUMSQ, [dst, src], { n, square, ng }, ng);
       if (src !== x) this.release(src); // after its last use
       if (ng === 1) return;
       src = dst;
@@ -670,7 +685,7 @@ export class WebGpuDevice {
     need('adamw', [grads, n], [m, n], [v, n]);
     if (!Number.isInteger(step) || step < 1)
       throw new InvalidInputError(`adamw: step must be an integer >= 1, got ${step}`);
-    this.dispatch(
+    this.launch(
       W.ADAMW,
       [params, grads, m, v],
       {

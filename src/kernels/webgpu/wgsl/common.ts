@@ -3,7 +3,7 @@
  * preamble, the fixed-order workgroup reduction and `buildShader` (arguments onto bindings).
  * See ../wgsl.ts for the design (determinism, binding model).
  */
-export type ArgType = 'f32' | 'i32';
+export type ArgType = 'f32' | 'i32' | 'u32';
 export type ParamType = 'u32' | 'f32' | 'i32';
 
 export interface KernelDef {
@@ -15,6 +15,11 @@ export interface KernelDef {
   params: readonly (readonly [string, ParamType])[];
   /** WGSL: module-scope declarations and `@compute fn main`. */
   body: string;
+  /**
+   * WGSL extensions the body needs (`f16`, `subgroups`): emitted as `enable` directives. The
+   * device compiles such a kernel only when the adapter granted the matching feature.
+   */
+  enable?: readonly string[];
 }
 
 /** Threads per workgroup of the elementwise and per-column kernels. */
@@ -69,6 +74,7 @@ fn reduce_max(v: f32, lid: u32) -> f32 {
 export function buildShader(def: KernelDef, slots: readonly number[]): string {
   const fields = [...def.args.map(([n]) => `o_${n}: u32`), ...def.params.map(([n, t]) => `${n}: ${t}`)];
   const decl: string[] = [
+    ...(def.enable ?? []).map((e) => `enable ${e};`),
     `struct Params {\n  ${fields.join(',\n  ')},\n}`,
     '@group(0) @binding(0) var<uniform> P: Params;',
   ];
