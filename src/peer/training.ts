@@ -9,6 +9,11 @@
  *
  * Training runs in this thread, one inner step at a time, yielding to the event loop between
  * steps with setImmediate so that gossip, bulk transfers and ticks keep flowing.
+ *
+ * Where Δ and its codec run: on the model's device when it can (a GPU model, an honest peer,
+ * a codec configuration the GPU encoder takes: TrainModel.encodeUpdate, whose bytes equal the
+ * host codec's bit for bit), so θ never comes back to the host; else on the host after one
+ * read-back of θ per job. Decided once per peer (`codecOnDevice`).
  */
 import type { Batch, TokenArray } from '../data/batches.js';
 import { weightsHash } from '../model/checkpoint.js';
@@ -60,6 +65,8 @@ export interface TrainingDeps {
   model: TrainModel;
   codec: Codec;
   ef: ErrorFeedback | null;
+  /** Form Δ and run the codec on the host even where the device could (A/B runs, debugging). */
+  codecOnHost?: boolean;
   weights: Weights;
   payloads: PayloadStore;
   shardData: (shard: number, round: number) => Promise<TokenArray | null>;
@@ -84,8 +91,26 @@ export class Training {
   innerSteps = 0;
   /** Sum and count of this peer's inner-step losses since the last report. */
   private lossAcc = { sum: 0, n: 0 };
+  /** Δ, error feedback and the codec run on the model's device (null), or on the host (why). */
+  readonly codecOnHostBecause: string | null;
 
-  constructor(private readonly d: TrainingDeps) {}
+  constructor(private readonly d: TrainingDeps) {
+    // Adversarial behaviours (tests, simulations) rewrite Δ on the host.
+    this.codecOnHostBecause =
+      d.behave !== 'honest'
+        ? `behaviour ${d.behave} rewrites Δ on the host`
+        : d.codecOnHost
+          ? 'asked to (TESSERA_DEVICE_CODEC=host)'
+          : d.model.deviceCodecRefusal(d.codec, d.ef);
+  }
+
+  /** For the startup line: where Δ and the codec run. */
+  codecPlace(): string {
+    const why = this.codecOnHostBecause;
+    return why === null
+      ? `Δ and the ${this.d.codec.id} codec on ${this.d.model.device} (θ stays there)`
+      : `Δ and the ${this.d.codec.id} codec on the host (${why})`;
+  }
 
   /** Mean inner-step loss since the last call (NaN if none), and starts a new mean. */
   takeTrainLoss(): number {
@@ -191,9 +216,10 @@ export class Training {
     if (halted()) return;
     if (m.hyper.audit && !cpu)
       throw new DeviceRefusedError(`round ${job.round}: an audited run trains on the cpu only (docs/WEBGPU.md)`);
+    const onDevice = this.codecOnHostBecause === null;
     if (cpu) cpu.gpt.params.set(job.base);
     else {
-      await model.exclusive(() => model.setParams(job.base));
+      await model.exclusive(() => model.setParams(job.base, onDevice));
       if (halted()) return;
     }
     const opt = cpu?.opt;
@@ -258,6 +284,18 @@ export class Training {
     }
     if (this.job === job) this.job = null;
     if (halted()) return;
+    if (onDevice) {
+      // Δ = base − θ, error feedback and the codec on the device; only the bytes come back.
+      let hash = '0'.repeat(64);
+      if (steps > 0) {
+        const bytes = await model.exclusive(() => model.encodeUpdate(this.d.codec, this.d.ef));
+        hash = sha256HexNode(bytes);
+        this.d.payloads.putUpdate(hash, bytes, job.round, this.d.codec.decode(bytes, P));
+        this.lastOwn = { round: job.round, hash };
+      }
+      this.d.trained(job.round, hash, steps);
+      return;
+    }
     // The one crossing of θ from the device: Δ, its codec and hash are computed on the host.
     const local = cpu ? cpu.gpt.params : await model.exclusive(() => model.getParams());
     if (halted()) return;
