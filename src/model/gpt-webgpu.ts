@@ -10,10 +10,11 @@
  *
  * Memory: parameters, gradients and AdamW m and v are each ONE flat GPU buffer with params.ts's
  * layout (offset views per tensor); activations are one GPU buffer per tensor (a flat activation
- * buffer would pass the binding-size limit of some adapters at GPT-2 small). Attention is the
- * flash-style pair by default (`att` holds the per-row log-sum-exp [B,NH,T] and `datt` the
- * backward's row dots, so memory is O(T) per row, not O(T^2)); `attention: 'stored'` keeps the
- * probabilities as the CPU kernels do. What crosses to the
+ * buffer would pass the binding-size limit of some adapters at GPT-2 small). Attention is flash
+ * attention by default, with K/V tiles shared across query rows in workgroup memory ('flash';
+ * `att` holds the per-row log-sum-exp [B,NH,T] and `datt` the backward's row dots, so memory is
+ * O(T) per row, not O(T^2)); 'flash-row' is the earlier one-workgroup-per-row form (same
+ * contract, no K/V reuse); 'stored' keeps the probabilities as the CPU kernels do. What crosses to the
  * host per step: the tokens and targets in, the per-token losses and one gradient-norm scalar out.
  */
 import type { ModelConfig } from './config.js';
@@ -23,6 +24,9 @@ import { blockActs, blockGrads } from './block.js';
 import type { GpuTensor, WebGpuDevice } from '../kernels/webgpu/device.js';
 import { DEFAULT_ADAMW, type AdamWSettings } from '../train/adamw.js';
 import { InvalidInputError } from '../util/errors.js';
+
+/** Which attention kernels the model runs (see the header). */
+export type WebGpuAttention = 'flash' | 'flash-row' | 'stored';
 
 interface Layer {
   ln1w: GpuTensor;
@@ -112,7 +116,7 @@ export class WebGpuGPT {
     readonly dev: WebGpuDevice,
     config: ModelConfig,
     readonly settings: AdamWSettings = DEFAULT_ADAMW,
-    readonly attention: 'flash' | 'stored' = 'flash',
+    readonly attention: WebGpuAttention = 'flash',
   ) {
     this.config = ModelConfigSchema.parse(config);
     this.numParams = paramCount(this.config);
@@ -145,7 +149,7 @@ export class WebGpuGPT {
       d = this.dev;
     const f = (n: number) => d.alloc(n);
     // Flash attention keeps one float per (b, h, t) row where the stored kind keeps T of them.
-    const rowsOnly = this.attention === 'flash';
+    const rowsOnly = this.attention !== 'stored';
     const alloc = <K extends string>(sizes: Record<K, number>, small: string): Record<K, GpuTensor> =>
       Object.fromEntries(
         Object.entries<number>(sizes).map(([k, n]) => [k, f(rowsOnly && k === small ? B * NH * T : n)]),
@@ -201,7 +205,8 @@ export class WebGpuGPT {
         x = a.layers[l];
       d.layernormForward(x.ln1, x.ln1Mean, x.ln1Rstd, res, w.ln1w, w.ln1b, N, C);
       d.matmulForward(x.qkv, x.ln1, w.qkvw, w.qkvb, N, C, 3 * C);
-      if (this.attention === 'flash') d.attentionForwardFlash(x.atty, x.att, x.qkv, B, T, C, NH);
+      if (this.attention === 'flash') d.attentionForwardTiled(x.atty, x.att, x.qkv, B, T, C, NH);
+      else if (this.attention === 'flash-row') d.attentionForwardFlash(x.atty, x.att, x.qkv, B, T, C, NH);
       else d.attentionForward(x.atty, x.att, x.qkv, B, T, C, NH);
       d.matmulForward(a.scratch, x.atty, w.attprojw, w.attprojb, N, C, C);
       d.add(x.res2, res, a.scratch, N * C);
@@ -236,7 +241,9 @@ export class WebGpuGPT {
       d.zero(dC);
       d.matmulBackward(dC, gw.attprojw, gw.attprojb, dres, x.atty, w.attprojw, N, C, C);
       d.zero(d3C);
-      if (this.attention === 'flash') d.attentionBackwardFlash(d3C, datt, dC, x.qkv, x.atty, x.att, B, T, C, NH);
+      if (this.attention === 'flash') d.attentionBackwardTiled(d3C, datt, dC, x.qkv, x.atty, x.att, B, T, C, NH);
+      else if (this.attention === 'flash-row')
+        d.attentionBackwardFlash(d3C, datt, dC, x.qkv, x.atty, x.att, B, T, C, NH);
       else d.attentionBackward(d3C, datt, dC, x.qkv, x.att, B, T, C, NH);
       d.zero(dC);
       d.matmulBackward(dC, gw.qkvw, gw.qkvb, d3C, x.ln1, w.qkvw, N, C, 3 * C);

@@ -27,6 +27,13 @@
 import { InvalidInputError, WebGpuError, WebGpuUnavailableError } from '../../util/errors.js';
 import * as W from './wgsl.js';
 import type { KernelDef } from './wgsl.js';
+import {
+  ATTENTION_TILED_BWD_KV,
+  ATTENTION_TILED_BWD_Q,
+  ATTENTION_TILED_FWD,
+  TILED_MAX_HS,
+  tiledRows,
+} from './wgsl/attention-tiled.js';
 
 // WebGPU's usage flags (spec constants; Dawn's globals carry the same values).
 const MAP_READ = 0x0001,
@@ -548,6 +555,54 @@ export class WebGpuDevice {
     this.launch(W.ATTENTION_FLASH_BWD_KV, [dinp, dd, dout, inp, lse], p, B * NH * T);
   }
 
+  /**
+   * Flash attention with K/V tiles shared across query rows (wgsl/attention-tiled.ts): the same
+   * contract as attentionForwardFlash (out and lse [B,NH,T]), BT query rows per workgroup.
+   */
+  attentionForwardTiled(
+    out: GpuTensor,
+    lse: GpuTensor,
+    inp: GpuTensor,
+    B: number,
+    T: number,
+    C: number,
+    NH: number,
+  ): void {
+    const bt = tiledRows(tiledHs(C, NH)).fwd;
+    need('attentionForwardTiled', [out, B * T * C], [lse, B * NH * T], [inp, B * T * 3 * C]);
+    const p = { bt, B, T, C, NH, scale: 1 / Math.sqrt(C / NH) };
+    this.launch(ATTENTION_TILED_FWD, [out, lse, inp], p, B * NH * Math.ceil(T / bt));
+  }
+
+  /** Backward of attentionForwardTiled, the contract of attentionBackwardFlash. */
+  attentionBackwardTiled(
+    dinp: GpuTensor,
+    dd: GpuTensor,
+    dout: GpuTensor,
+    inp: GpuTensor,
+    out: GpuTensor,
+    lse: GpuTensor,
+    B: number,
+    T: number,
+    C: number,
+    NH: number,
+  ): void {
+    const bt = tiledRows(tiledHs(C, NH)).bwd;
+    need(
+      'attentionBackwardTiled',
+      [dinp, B * T * 3 * C],
+      [dd, B * NH * T],
+      [dout, B * T * C],
+      [inp, B * T * 3 * C],
+      [out, B * T * C],
+      [lse, B * NH * T],
+    );
+    const p = { bt, B, T, C, NH, scale: 1 / Math.sqrt(C / NH) };
+    const groups = B * NH * Math.ceil(T / bt);
+    this.launch(ATTENTION_TILED_BWD_Q, [dinp, dd, dout, inp, out, lse], p, groups);
+    this.launch(ATTENTION_TILED_BWD_KV, [dinp, dd, dout, inp, lse], p, groups);
+  }
+
   /** losses[N]; dlogits (may be null, may alias logits) = (softmax - onehot) * dlossScale. */
   crossEntropyForwardBackward(
     losses: GpuTensor,
@@ -709,6 +764,14 @@ function need(kernel: string, ...checks: [GpuTensor | null, number][]): void {
     if (t && t.length < n) throw new InvalidInputError(`${kernel}: a tensor has ${t.length} elements, needs ${n}`);
     if (n > 0xffffffff) throw new InvalidInputError(`${kernel}: ${n} elements exceed 32-bit indexing`);
   }
+}
+
+/** The head size C / NH, checked for the tiled kernels (at most TILED_MAX_HS). */
+function tiledHs(C: number, NH: number): number {
+  attnShape(C, NH);
+  const hs = C / NH;
+  if (hs > TILED_MAX_HS) throw new InvalidInputError(`attention: head size ${hs} > ${TILED_MAX_HS}`);
+  return hs;
 }
 
 function attnShape(C: number, NH: number): void {

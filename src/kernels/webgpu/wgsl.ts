@@ -23,7 +23,8 @@
  *
  * Files (this one re-exports them all, so `import * as W from './wgsl.js'` sees every kernel):
  * wgsl/common.ts (KernelDef, workgroup sizes, the reduction, buildShader), wgsl/matmul.ts,
- * wgsl/norm.ts, wgsl/elementwise.ts, wgsl/attention.ts, wgsl/loss.ts.
+ * wgsl/norm.ts, wgsl/elementwise.ts, wgsl/attention.ts, wgsl/attention-tiled.ts (flash attention with
+ * shared K/V tiles), wgsl/loss.ts, wgsl/codec.ts and wgsl/softfloat.ts (the pseudo-gradient codecs).
  */
 
 export * from './wgsl/common.js';
@@ -32,6 +33,8 @@ export * from './wgsl/norm.js';
 export * from './wgsl/elementwise.js';
 export * from './wgsl/attention.js';
 export * from './wgsl/loss.js';
+export * from './wgsl/attention-tiled.js';
+export * from './wgsl/codec.js';
 
 import type { KernelDef } from './wgsl/common.js';
 import { GEMM, COLSUM } from './wgsl/matmul.js';
@@ -56,6 +59,7 @@ import {
   ATTENTION_FLASH_BWD_KV,
 } from './wgsl/attention.js';
 import { CROSSENTROPY, SOFTMAX } from './wgsl/loss.js';
+import { ATTENTION_TILED_FWD, ATTENTION_TILED_BWD_Q, ATTENTION_TILED_BWD_KV } from './wgsl/attention-tiled.js';
 
 export const ALL_KERNELS: readonly KernelDef[] = [
   GEMM,
@@ -71,6 +75,9 @@ export const ALL_KERNELS: readonly KernelDef[] = [
   ATTENTION_FLASH_FWD,
   ATTENTION_FLASH_BWD_Q,
   ATTENTION_FLASH_BWD_KV,
+  ATTENTION_TILED_FWD,
+  ATTENTION_TILED_BWD_Q,
+  ATTENTION_TILED_BWD_KV,
   CROSSENTROPY,
   SOFTMAX,
   EMBEDDING_FWD,
