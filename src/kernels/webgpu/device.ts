@@ -27,6 +27,7 @@
 import { InvalidInputError, WebGpuError, WebGpuUnavailableError } from '../../util/errors.js';
 import * as W from './wgsl.js';
 import type { KernelDef } from './wgsl.js';
+import { GELU_FWD_OUT16, LAYERNORM_FWD_OUT16, gemmDef, withSubgroups } from './wgsl/precision.js';
 import {
   ATTENTION_TILED_BWD_KV,
   ATTENTION_TILED_BWD_Q,
@@ -46,7 +47,9 @@ const MAP_MODE_READ = 0x0001;
 const BATCH = 64;
 const MAX_GROUPS = 65535;
 
-export type DType = 'f32' | 'i32' | 'u32';
+/** Element types; 'f16' is binary16, 2 bytes an element (f16 storage, wgsl/precision.ts). */
+export type DType = 'f32' | 'i32' | 'u32' | 'f16';
+const BYTES: Record<DType, number> = { f32: 4, i32: 4, u32: 4, f16: 2 };
 
 /** A typed range of a GPU buffer: elements [offset, offset + length) of `buffer`. */
 export interface GpuTensor {
@@ -64,6 +67,22 @@ export interface WebGpuDeviceOptions {
   adapter?: 'auto' | 'swiftshader';
   /** Extra Dawn options for `create()`, e.g. 'backend=vulkan'. */
   dawnOptions?: string[];
+  /**
+   * Workgroup reductions on subgroup operations (wgsl/precision.ts): off by default, the adapter
+   * must offer the `subgroups` feature. Changes results in the last bits (order of the sums).
+   */
+  subgroups?: boolean;
+  /**
+   * f16 tensors as WGSL `array<f16>` (the adapter must offer `shader-f16`) instead of u32 pairs
+   * through pack2x16float. Off by default; the same bytes either way.
+   */
+  shaderF16?: boolean;
+}
+
+/** The optional features a device was opened with. */
+export interface WebGpuFeatures {
+  subgroups: boolean;
+  shaderF16: boolean;
 }
 
 interface WebGpuModule {
@@ -92,6 +111,10 @@ export class WebGpuDevice {
     readonly device: GPUDevice,
     /** Adapter vendor/architecture/description as Dawn reports them. */
     readonly adapterInfo: { vendor: string; architecture: string; device: string; description: string },
+    /** Precision features in use (both off unless asked for and offered). */
+    readonly features: WebGpuFeatures = { subgroups: false, shaderF16: false },
+    /** What the adapter offers, asked for or not. */
+    readonly adapterFeatures: WebGpuFeatures = { subgroups: false, shaderF16: false },
   ) {
     this.dummy = { f32: this.alloc(1, 'f32'), i32: this.alloc(1, 'i32') };
     void device.lost.then((l) => {
@@ -122,17 +145,33 @@ export class WebGpuDevice {
       mod.create(opts.dawnOptions ?? []),
       'no Vulkan driver offered one (needs libvulkan1 and a GPU driver, or SwiftShader: apt-get ' +
         'install chromium libvulkan1, then VK_ICD_FILENAMES=/usr/lib/chromium/vk_swiftshader_icd.json)',
+      opts,
     );
   }
 
   /** Opens the first adapter of a WebGPU implementation: Dawn's in Node, `navigator.gpu` in a page. */
-  static async fromGpu(gpu: GPU, hint = 'none offered'): Promise<WebGpuDevice> {
+  static async fromGpu(
+    gpu: GPU,
+    hint = 'none offered',
+    opts: Pick<WebGpuDeviceOptions, 'subgroups' | 'shaderF16'> = {},
+  ): Promise<WebGpuDevice> {
     const adapter = await gpu.requestAdapter({ powerPreference: 'high-performance' });
     if (!adapter) throw new WebGpuUnavailableError(`no WebGPU adapter: ${hint}`);
     const L = adapter.limits;
+    const offered = { subgroups: adapter.features.has('subgroups'), shaderF16: adapter.features.has('shader-f16') };
+    for (const [flag, name] of [
+      ['subgroups', 'subgroups'],
+      ['shaderF16', 'shader-f16'],
+    ] as const)
+      if (opts[flag] && !offered[flag])
+        throw new WebGpuUnavailableError(`${flag} asked for, but the adapter does not offer the ${name} feature`);
+    const requiredFeatures: GPUFeatureName[] = [];
+    if (opts.subgroups) requiredFeatures.push('subgroups' as GPUFeatureName);
+    if (opts.shaderF16) requiredFeatures.push('shader-f16');
     let device: GPUDevice;
     try {
       device = await adapter.requestDevice({
+        requiredFeatures,
         requiredLimits: {
           maxStorageBufferBindingSize: L.maxStorageBufferBindingSize,
           maxBufferSize: L.maxBufferSize,
@@ -144,12 +183,13 @@ export class WebGpuDevice {
       throw new WebGpuUnavailableError(`the adapter refused a device: ${(err as Error).message}`, { cause: err });
     }
     const i = adapter.info;
-    return new WebGpuDevice(gpu, device, {
-      vendor: i.vendor,
-      architecture: i.architecture,
-      device: i.device,
-      description: i.description,
-    });
+    return new WebGpuDevice(
+      gpu,
+      device,
+      { vendor: i.vendor, architecture: i.architecture, device: i.device, description: i.description },
+      { subgroups: Boolean(opts.subgroups), shaderF16: Boolean(opts.shaderF16) },
+      offered,
+    );
   }
 
   // -------------------------------------------------------------------------------------------
@@ -159,7 +199,7 @@ export class WebGpuDevice {
   alloc(n: number, dtype: DType = 'f32'): GpuTensor {
     if (!Number.isInteger(n) || n < 0) throw new InvalidInputError(`alloc: bad length ${n}`);
     const buffer = this.device.createBuffer({
-      size: Math.max(16, Math.ceil((n * 4) / 16) * 16),
+      size: Math.max(16, Math.ceil((n * BYTES[dtype]) / 16) * 16),
       usage: STORAGE | COPY_SRC | COPY_DST,
     });
     return { buffer, offset: 0, length: n, dtype };
@@ -167,6 +207,7 @@ export class WebGpuDevice {
 
   /** A new tensor holding a copy of `data`. */
   upload(data: Float32Array | Int32Array | Uint32Array): GpuTensor {
+    // (f16 tensors are written by kernels, and read back with readF16.)
     const t = this.alloc(data.length, data instanceof Int32Array ? 'i32' : data instanceof Uint32Array ? 'u32' : 'f32');
     this.write(t, data);
     return t;
@@ -196,15 +237,30 @@ export class WebGpuDevice {
 
   /** dst = src (equal lengths), a copy on the GPU in order with the kernels. */
   copy(dst: GpuTensor, src: GpuTensor): void {
-    if (dst.length !== src.length)
-      throw new InvalidInputError(`copy: ${src.length} elements into a tensor of ${dst.length}`);
+    if (dst.length !== src.length || dst.dtype === 'f16' || src.dtype === 'f16')
+      throw new InvalidInputError(`copy: ${src.length} elements into a tensor of ${dst.length} (4-byte types only)`);
     if (dst.length)
       this.begin().encoder.copyBufferToBuffer(src.buffer, src.offset * 4, dst.buffer, dst.offset * 4, dst.length * 4);
   }
 
   /** t = 0, in order with the kernels (a buffer clear on the GPU, no host data). */
   zero(t: GpuTensor): void {
+    if (t.dtype === 'f16') throw new InvalidInputError('zero: not for f16 tensors');
     if (t.length) this.begin().encoder.clearBuffer(t.buffer, t.offset * 4, t.length * 4);
+  }
+
+  /** Waits for all work so far and returns an f16 tensor's values as f32 (exact). */
+  async readF16(t: GpuTensor): Promise<Float32Array> {
+    if (t.dtype !== 'f16') throw new InvalidInputError('readF16: not an f16 tensor');
+    const h = new Uint16Array(await this.readBytes(t));
+    const out = new Float32Array(t.length);
+    for (let i = 0; i < t.length; i++) {
+      const e = (h[i] >> 10) & 31,
+        m = h[i] & 1023,
+        v = e === 0 ? m * 2 ** -24 : e === 31 ? (m ? NaN : Infinity) : (1024 + m) * 2 ** (e - 25);
+      out[i] = h[i] & 0x8000 ? -v : v;
+    }
+    return out;
   }
 
   /** Waits for all work so far and returns t's contents. */
@@ -222,14 +278,16 @@ export class WebGpuDevice {
   }
 
   private async readBytes(t: GpuTensor): Promise<ArrayBuffer> {
-    const size = t.length * 4;
+    const size = t.length * BYTES[t.dtype];
+    if (t.dtype === 'f16' && (t.offset % 2 || t.length % 2))
+      throw new InvalidInputError('read: an f16 view must start and end on a 4-byte boundary');
     if (size === 0) {
       await this.sync();
       return new ArrayBuffer(0);
     }
     const staging = this.device.createBuffer({ size: Math.ceil(size / 4) * 4, usage: MAP_READ | COPY_DST });
     const enc = this.begin();
-    enc.encoder.copyBufferToBuffer(t.buffer, t.offset * 4, staging, 0, size);
+    enc.encoder.copyBufferToBuffer(t.buffer, t.offset * BYTES[t.dtype], staging, 0, size);
     this.flush();
     await this.sync();
     await staging.mapAsync(MAP_MODE_READ);
@@ -279,7 +337,8 @@ export class WebGpuDevice {
     const key = def.name + ':' + slots.join(',');
     let p = this.pipelines.get(key);
     if (!p) {
-      const module = this.device.createShaderModule({ code: W.buildShader(def, slots), label: key });
+      const code = W.buildShader(def, slots, this.features.shaderF16);
+      const module = this.device.createShaderModule({ code, label: key });
       p = this.device.createComputePipeline({ layout: 'auto', compute: { module, entryPoint: 'main' }, label: key });
       this.pipelines.set(key, p);
     }
@@ -301,6 +360,11 @@ export class WebGpuDevice {
     if (gx === 0 || gy === 0) return;
     if (gx > MAX_GROUPS || gy > MAX_GROUPS)
       throw new InvalidInputError(`${def.name}: problem too large for one dispatch`);
+    def.args.forEach(([name, type], i) => {
+      if ((type === 'f16') !== (args[i].dtype === 'f16'))
+        throw new InvalidInputError(`${def.name}: argument ${name} is ${type}, the tensor ${args[i].dtype}`);
+    });
+    if (this.features.subgroups) def = withSubgroups(def);
     // One binding per distinct buffer.
     const buffers: GPUBuffer[] = [];
     const slots = args.map((a) => {
@@ -373,7 +437,7 @@ export class WebGpuDevice {
     acc: boolean,
   ): void {
     this.launch(
-      W.GEMM,
+      gemmDef(A.dtype === 'f16', B.dtype === 'f16'),
       [A, B, C, bias ?? this.dummy.f32],
       { M, N, K, ...s, acc: acc ? 1 : 0, has_bias: bias ? 1 : 0 },
       [Math.ceil(N / W.TILE), Math.ceil(M / W.TILE)],
@@ -431,7 +495,10 @@ export class WebGpuDevice {
     C: number,
   ): void {
     need('layernormForward', [out, N * C], [mean, N], [rstd, N], [inp, N * C], [weight, C], [bias, C]);
-    this.launch(W.LAYERNORM_FWD, [out, mean, rstd, inp, weight, bias], { N, C }, N);
+    if (out.dtype === 'f16' && (C % 2 || out.offset % 2))
+      throw new InvalidInputError('layernormForward: an f16 output needs an even C and offset');
+    const def = out.dtype === 'f16' ? LAYERNORM_FWD_OUT16 : W.LAYERNORM_FWD;
+    this.launch(def, [out, mean, rstd, inp, weight, bias], { N, C }, N);
   }
 
   layernormBackward(
@@ -463,7 +530,10 @@ export class WebGpuDevice {
 
   geluForward(out: GpuTensor, inp: GpuTensor, n: number): void {
     need('geluForward', [out, n], [inp, n]);
-    this.launch(W.GELU_FWD, [out, inp], { n }, Math.ceil(n / W.WG));
+    if (out.dtype === 'f16') {
+      if (n % 2 || out.offset % 2) throw new InvalidInputError('geluForward: an f16 output needs an even n and offset');
+      this.launch(GELU_FWD_OUT16, [out, inp], { n }, Math.ceil(n / 2 / W.WG));
+    } else this.launch(W.GELU_FWD, [out, inp], { n }, Math.ceil(n / W.WG));
   }
 
   geluBackward(dinp: GpuTensor, inp: GpuTensor, dout: GpuTensor, n: number): void {

@@ -3,7 +3,8 @@
  * preamble, the fixed-order workgroup reduction and `buildShader` (arguments onto bindings).
  * See ../wgsl.ts for the design (determinism, binding model).
  */
-export type ArgType = 'f32' | 'i32' | 'u32';
+/** 'f16': binary16 elements, read with ld_<name>(i) and written with st2_<name>(i, v0, v1) (see precision.ts). */
+export type ArgType = 'f32' | 'i32' | 'u32' | 'f16';
 export type ParamType = 'u32' | 'f32' | 'i32';
 
 export interface KernelDef {
@@ -69,29 +70,42 @@ fn reduce_max(v: f32, lid: u32) -> f32 {
 
 /**
  * The WGSL module for `def` with its arguments mapped onto bindings: slots[i] is the binding
- * (after the uniform at 0) of argument i; arguments with equal slots share one buffer.
+ * (after the uniform at 0) of argument i; arguments with equal slots share one buffer. An 'f16'
+ * argument is `array<f16>` with native16 (the device has shader-f16, and `enable f16` is
+ * emitted), else `array<u32>` holding pairs; either way its accessors ld_/st2_ are defined here.
  */
-export function buildShader(def: KernelDef, slots: readonly number[]): string {
+export function buildShader(def: KernelDef, slots: readonly number[], native16 = false): string {
   const fields = [...def.args.map(([n]) => `o_${n}: u32`), ...def.params.map(([n, t]) => `${n}: ${t}`)];
+  const has16 = def.args.some(([, t]) => t === 'f16');
   const decl: string[] = [
-    ...(def.enable ?? []).map((e) => `enable ${e};`),
+    ...[...(def.enable ?? []), ...(has16 && native16 ? ['f16'] : [])].map((e) => `enable ${e};`),
     `struct Params {\n  ${fields.join(',\n  ')},\n}`,
     '@group(0) @binding(0) var<uniform> P: Params;',
   ];
   const seen = new Map<number, ArgType>();
-  def.args.forEach(([, t], i) => {
+  const access: string[] = [];
+  def.args.forEach(([n, t], i) => {
     const s = slots[i];
     const prev = seen.get(s);
     if (prev === undefined) {
       seen.set(s, t);
-      decl.push(`@group(0) @binding(${s + 1}) var<storage, read_write> bnd${s}: array<${t}>;`);
+      const elem = t === 'f16' ? (native16 ? 'f16' : 'u32') : t;
+      decl.push(`@group(0) @binding(${s + 1}) var<storage, read_write> bnd${s}: array<${elem}>;`);
     } else if (prev !== t) {
       throw new TypeError(`${def.name}: one buffer bound as both ${prev} and ${t}`);
     }
+    if (t === 'f16')
+      access.push(
+        native16
+          ? `fn ld_${n}(i: u32) -> f32 { return f32(bnd${s}[i]); }\n` +
+              `fn st2_${n}(i: u32, v0: f32, v1: f32) { bnd${s}[i] = f16(v0); bnd${s}[i + 1u] = f16(v1); }`
+          : `fn ld_${n}(i: u32) -> f32 { return unpack2x16float(bnd${s}[i >> 1u])[i & 1u]; }\n` +
+              `fn st2_${n}(i: u32, v0: f32, v1: f32) { bnd${s}[i >> 1u] = pack2x16float(vec2f(v0, v1)); }`,
+      );
   });
   let body = def.body;
   def.args.forEach(([n], i) => {
     body = body.replace(new RegExp(`\\b${n}\\[`, 'g'), `bnd${slots[i]}[`);
   });
-  return decl.join('\n') + '\n' + body;
+  return [...decl, ...access].join('\n') + '\n' + body;
 }

@@ -6,7 +6,7 @@ import { type KernelDef, ENTRY, REDUCE, RW, SUMSQ_CHUNK, WG } from './common.js'
 
 // GELU through s = 1 / (1 + exp(-2u)) as in the native kernels: 0.5 x (1 + tanh u) = x s, and
 // sech^2 u = 4 s (1 - s). No cancellation and no NaN for large |x| (exp overflows to +inf, s = 0).
-const GELU_FN = `
+export const GELU_FN = `
 fn gelu_s(x: f32) -> f32 {
   let u = 0.7978845608028654 * (x + 0.044715 * x * x * x);
   return 1.0 / (1.0 + exp(-2.0 * u));
