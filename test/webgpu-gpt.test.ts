@@ -71,9 +71,13 @@ for (const attention of ['flash', 'stored'] as const)
         const lg = await gpu.forwardBackward(b0.inputs, b0.targets, B, T);
         t.diagnostic(`loss cpu ${lc} webgpu ${lg}`);
         assert.ok(Math.abs(lc - lg) < 1e-4 * Math.abs(lc), `loss ${lg} vs ${lc}`);
-        const g = maxDiff(await dev.read(gpu.grads), cpu.grads);
+        const grads = await dev.read(gpu.grads);
+        const g = maxDiff(grads, cpu.grads);
         t.diagnostic(`gradients: max |diff| ${g.diff.toExponential(2)}, max |grad| ${g.scale.toExponential(2)}`);
         assert.ok(g.diff < 1e-4 * g.scale, 'gradients');
+        // Validation's forward-only loss: the same value, the gradients untouched.
+        assert.equal(await gpu.loss(b0.inputs, b0.targets, B, T), lg);
+        assert.deepEqual(await dev.read(gpu.grads), grads);
 
         // Three optimizer steps from the same state (the CPU's step 1 uses the gradients above).
         const lr = 1e-3;

@@ -283,11 +283,7 @@ export class WebGpuTrainModel implements TrainModel {
     });
   }
   loss(x: Int32Array, y: Int32Array, B: number, T: number): Promise<number> {
-    // Forward + backward into the gradients, which the next step zeroes first anyway.
-    return this.serial(async () => {
-      this.gpt.zeroGrad();
-      return this.gpt.forwardBackward(x, y, B, T, 0);
-    });
+    return this.serial(() => this.gpt.loss(x, y, B, T)); // forward only: gradients untouched
   }
   close(): void {
     this.dev.destroy();
