@@ -27,6 +27,11 @@ import {
   type Codec,
   type SparseCodec,
 } from '../src/swarm/compress/index.js';
+import { createRefKernels } from '../src/kernels/ref.js';
+import { WebGpuGPT } from '../src/model/gpt-webgpu.js';
+import { GPT } from '../src/model/gpt.js';
+import { DEFAULT_ADAMW } from '../src/train/adamw.js';
+import { WebGpuTrainModel } from '../src/train/device-model.js';
 import { InvalidInputError } from '../src/util/errors.js';
 import { uniform } from '../src/util/rng.js';
 
@@ -304,6 +309,42 @@ test('a non-finite Δ is refused like the CPU refuses it, and the device residua
     local.buffer.destroy();
   }
 });
+
+test(
+  'through the training model: base, steps, a mid-job shift, then encodeUpdate equals the host encode of base − θ',
+  { skip },
+  async () => {
+    const d = await gpu();
+    const cfg = { vocabSize: 37, ctx: 8, dim: 16, layers: 1, heads: 2 };
+    const m = new WebGpuTrainModel(d, new WebGpuGPT(d, cfg, DEFAULT_ADAMW));
+    const codec = sparseCodec({ chunk: 256, k: 9 });
+    const ef = new ErrorFeedback(m.numParams, 0.95),
+      host = ef.clone();
+    assert.equal(m.deviceCodecRefusal(codec, ef), null);
+    await m.warmUp(2, 8, { codec, ef }); // compiles the codec kernels without touching ef
+    const g = new GPT(cfg, createRefKernels());
+    g.init(1);
+    const x = new Int32Array(16).map((_, i) => (i * 5) % 37);
+    for (let job = 0; job < 2; job++) {
+      const base = g.params.map((v, i) => v + 1e-3 * job * Math.sin(i));
+      await m.setParams(base, true);
+      await m.forwardBackward(x, x, 2, 8, 1);
+      await m.update(1e-3);
+      // 'shift': the job moves onto a new base mid-way; Δ is then against the new base.
+      const now = base.map((v, i) => v + 1e-4 * Math.cos(i));
+      m.shiftParams(now, base);
+      await m.forwardBackward(x, x, 2, 8, 1);
+      await m.update(1e-3);
+      const got = await m.encodeUpdate(codec, ef);
+      const theta = await m.getParams();
+      const want = codec.encode(
+        now.map((v, i) => v - theta[i]),
+        host,
+      ).bytes;
+      assert.deepEqual(got, want, `job ${job}`);
+    }
+  },
+);
 
 test('what the GPU encoder refuses, it says why (the caller then encodes on the host)', () => {
   assert.equal(gpuCodecRefusal(sparseCodec(), 1000, 0.95), null);

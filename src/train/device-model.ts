@@ -202,8 +202,9 @@ export class WebGpuTrainModel implements TrainModel {
             local = this.dev.alloc(n); // two buffers, as θ and the base are (the binding pattern is part of a pipeline)
           await enc.encode(local, base);
           enc.destroy();
-          base.buffer.destroy();
-          local.buffer.destroy();
+          this.dev.release(base);
+          this.dev.release(local);
+          await this.dev.sync();
         }
         const g = this.gpt,
           d = this.dev;

@@ -328,8 +328,9 @@ export class WebGpuEncoder {
     return bytes;
   }
 
-  /** Releases the encoder's buffers. */
+  /** Releases the encoder's buffers once the work encoded so far is submitted (int8's residual
+   * update may still be pending when encode() returns). */
   destroy(): void {
-    for (const t of [this.xs, this.residual, this.dummy, this.out]) if (t) t.buffer.destroy();
+    for (const t of [this.xs, this.residual, this.dummy, this.out]) if (t) this.dev.release(t);
   }
 }
