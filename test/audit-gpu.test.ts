@@ -124,7 +124,7 @@ test(
     const trainer = await gpuModel();
     const validator = await gpuModel(); // a second device of the same class
     try {
-      const cls = webgpuClass(trainer.dev.adapterInfo, 'flash');
+      const cls = webgpuClass(trainer.dev.adapterInfo, { attention: 'flash' });
       const gpu = new ModelStepper(trainer.model, job);
       const honest = await commitStepsOn(gpu, start);
 

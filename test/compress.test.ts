@@ -22,6 +22,7 @@ import {
   type SparseParams,
 } from '../src/swarm/compress/index.js';
 import { f32BitsToF16Bits, f16Table } from '../src/swarm/compress/f16.js';
+import { f32Key, int8Bin, int8Thresholds } from '../src/swarm/compress/int8.js';
 import { InvalidInputError } from '../src/util/errors.js';
 import { uniform } from '../src/util/rng.js';
 
@@ -188,6 +189,52 @@ test('int8 codec: INTELLECT-1 binning, per-bin means, error bound', () => {
   // All-zero and tiny vectors.
   assert.deepEqual(int8Codec.encode(new Float32Array(10)).decoded, new Float32Array(10));
   assert.deepEqual(int8Codec.encode(new Float32Array([0.25])).decoded, new Float32Array([0.25]));
+});
+
+test('int8 statistics are exact integer sums: any order of the elements gives the same scale and means', () => {
+  // The property that lets a parallel (GPU) encoder produce the same bytes: sums of squares and
+  // bin sums are integers on a grid, so summation order cannot matter. Tiny values in the zero
+  // bin, a wide range of magnitudes and huge outliers make float64 sequential sums order-dependent.
+  const n = 20_000;
+  const x = heavy(n, 9);
+  for (let i = 0; i < n; i += 7) x[i] *= 1e-12;
+  x[5] = 3e4;
+  x[6] = -2e4;
+  const r = rng(10);
+  const perm = Array.from({ length: n }, (_, i) => i);
+  for (let i = n - 1; i > 0; i--) {
+    const j = Math.floor(r() * (i + 1));
+    [perm[i], perm[j]] = [perm[j], perm[i]];
+  }
+  const y = Float32Array.from(perm, (i) => x[i]);
+  const a = int8Codec.encode(x).bytes,
+    b = int8Codec.encode(y).bytes;
+  assert.deepEqual(a.subarray(0, 12 + 1024), b.subarray(0, 12 + 1024), 'same header and lookup table');
+  for (let i = 0; i < n; i++) assert.equal(b[12 + 1024 + i], a[12 + 1024 + perm[i]], `q of element ${perm[i]}`);
+});
+
+test('int8 bin thresholds (what the GPU compares) agree with the bin function on and around every threshold', () => {
+  const f = new Float32Array(1),
+    u = new Uint32Array(f.buffer);
+  const keyBits = (k: number) => (k & 0x80000000 ? k ^ 0x80000000 : ~k) >>> 0;
+  for (const scale of [0, 1e-3, 0.37, 7e-42, 1e30]) {
+    const t = int8Thresholds(scale);
+    for (let j = 1; j < t.length; j++) assert.ok(t[j - 1] <= t[j], 'nondecreasing');
+    const binOf = (key: number) => t.reduce((c, tj) => c + (tj <= key ? 1 : 0), 0);
+    const probe = (key: number) => {
+      if (key < 0x00800000 || key > 0xff7fffff) return; // not a finite float
+      u[0] = keyBits(key);
+      assert.equal(binOf(key), int8Bin(f[0], scale), `scale ${scale}, x ${f[0]}`);
+    };
+    for (const tj of t) if (tj !== 0xffffffff) for (const dk of [-2, -1, 0, 1, 2]) probe(tj + dk);
+    const r = rng(3);
+    for (let i = 0; i < 2000; i++) {
+      f[0] = (r() - 0.5) * scale * 300;
+      probe(f32Key(u[0]));
+    }
+    probe(f32Key(0x80000000)); // -0
+    probe(f32Key(0));
+  }
 });
 
 test('sparse codec: chunked top-k with index tie-break, 2-level magnitudes, signs', () => {

@@ -2,7 +2,9 @@
  * GPT-2 on the WebGPU backend (src/model/gpt-webgpu.ts) against the CPU model (src/model/gpt.ts
  * on the reference kernels): the same initial weights give the same loss and gradients (to 1e-4
  * of the largest gradient), and three training steps (clip + AdamW) keep the weights within a
- * stated tolerance of the CPU's, with flash-style and with stored-probability attention. Runs on SwiftShader like test/webgpu-kernels.test.ts, with the
+ * stated tolerance of the CPU's, with flash attention (K/V tiles shared across query rows) and with
+ * stored-probability attention; the flash model's gradients also against finite differences of its own
+ * loss. Runs on SwiftShader like test/webgpu-kernels.test.ts, with the
  * same rule: under CI=true a missing adapter fails; locally only a missing chromium skips.
  * Last, `tessera bench compute --device webgpu --adapter swiftshader` end to end on a tiny model.
  */
@@ -17,6 +19,7 @@ import { WebGpuDevice } from '../src/kernels/webgpu/device.js';
 import { SWIFTSHADER_ICD_PATHS } from '../src/kernels/webgpu/node-icd.js';
 import { WebGpuGPT } from '../src/model/gpt-webgpu.js';
 import { GPT } from '../src/model/gpt.js';
+import { paramSpecs } from '../src/model/params.js';
 import { AdamW, DEFAULT_ADAMW } from '../src/train/adamw.js';
 import { uniform } from '../src/util/rng.js';
 
@@ -68,9 +71,13 @@ for (const attention of ['flash', 'stored'] as const)
         const lg = await gpu.forwardBackward(b0.inputs, b0.targets, B, T);
         t.diagnostic(`loss cpu ${lc} webgpu ${lg}`);
         assert.ok(Math.abs(lc - lg) < 1e-4 * Math.abs(lc), `loss ${lg} vs ${lc}`);
-        const g = maxDiff(await dev.read(gpu.grads), cpu.grads);
+        const grads = await dev.read(gpu.grads);
+        const g = maxDiff(grads, cpu.grads);
         t.diagnostic(`gradients: max |diff| ${g.diff.toExponential(2)}, max |grad| ${g.scale.toExponential(2)}`);
         assert.ok(g.diff < 1e-4 * g.scale, 'gradients');
+        // Validation's forward-only loss: the same value, the gradients untouched.
+        assert.equal(await gpu.loss(b0.inputs, b0.targets, B, T), lg);
+        assert.deepEqual(await dev.read(gpu.grads), grads);
 
         // Three optimizer steps from the same state (the CPU's step 1 uses the gradients above).
         const lr = 1e-3;
@@ -94,6 +101,56 @@ for (const attention of ['flash', 'stored'] as const)
       }
     },
   );
+
+test('tiled flash attention: GPU gradients match centered finite differences of the GPU loss', { skip }, async () => {
+  if (!icd) throw new Error('CI=true but no SwiftShader Vulkan ICD: install chromium (.ci/run does)');
+  // T = 20 spans two forward tiles and three backward tiles (16 and 8 rows at head size 8).
+  const fcfg = { vocabSize: 29, ctx: 20, dim: 16, layers: 1, heads: 2 };
+  const FB = 1,
+    FT = 20;
+  const dev = await WebGpuDevice.create();
+  try {
+    const cpu = new GPT(fcfg, createRefKernels());
+    cpu.init(3);
+    const params = cpu.params.slice();
+    for (let i = 0; i < params.length; i++) params[i] += 0.05 * Math.sin(i * 12.9898);
+    const gpu = new WebGpuGPT(dev, fcfg, DEFAULT_ADAMW, 'flash');
+    const r = uniform(5);
+    const x = new Int32Array(FB * FT).map(() => Math.floor(r() * fcfg.vocabSize));
+    const y = new Int32Array(FB * FT).map(() => Math.floor(r() * fcfg.vocabSize));
+    gpu.setParams(params);
+    gpu.zeroGrad();
+    await gpu.forwardBackward(x, y, FB, FT);
+    const analytic = await dev.read(gpu.grads);
+    const loss = async (p: Float32Array) => {
+      gpu.setParams(p);
+      gpu.zeroGrad();
+      return gpu.forwardBackward(x, y, FB, FT, 0);
+    };
+    const h = 1e-2;
+    let checked = 0;
+    for (const spec of paramSpecs(fcfg).filter((s) => /attn|wpe|ln1/.test(s.name))) {
+      for (let j = 0; j < 3; j++) {
+        const i = spec.offset + ((j * 7919 + 13) % spec.size);
+        const p = params.slice();
+        p[i] = params[i] + h;
+        const lp = await loss(p);
+        p[i] = params[i] - h;
+        const lm = await loss(p);
+        const numeric = (lp - lm) / (2 * h);
+        const e = Math.abs(numeric - analytic[i]);
+        assert.ok(
+          e <= 2e-3 + 2e-2 * Math.abs(numeric),
+          `${spec.name}[${i - spec.offset}]: analytic ${analytic[i]} numeric ${numeric}`,
+        );
+        checked++;
+      }
+    }
+    assert.ok(checked >= 18);
+  } finally {
+    dev.destroy();
+  }
+});
 
 test('tessera bench compute --device webgpu trains on the adapter and reports it', { skip }, () => {
   const bin = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'bin', 'tessera.js');

@@ -305,6 +305,47 @@ test(
   },
 );
 
+test(
+  'flash attention with K/V tiles shared across query rows matches the reference forward and backward, every head-size bucket',
+  { skip },
+  async (t) => {
+    const d = await gpu();
+    const E = new Errors();
+    for (const [B, T, C, NH] of [
+      [1, 1, 4, 1],
+      [2, 13, 24, 3], // hs 8: 16-row tiles, one partial
+      [1, 37, 32, 2], // three tiles, the last partial
+      [1, 21, 192, 2], // hs 96: the 128 bucket (8-row tiles)
+      [1, 9, 160, 1], // hs 160: the 256 bucket (4-row tiles)
+    ] as const) {
+      const what = `B=${B} T=${T} C=${C} NH=${NH}`;
+      const qkv = rand(B * T * 3 * C, 46);
+      const out = new Float32Array(B * T * C),
+        att = new Float32Array(B * NH * T * T);
+      ref.attentionForward(out, att, qkv, B, T, C, NH);
+      const gq = d.upload(qkv),
+        go = d.alloc(B * T * C),
+        glse = d.alloc(B * NH * T),
+        rowLse = d.alloc(B * NH * T);
+      d.attentionForwardTiled(go, glse, gq, B, T, C, NH);
+      E.check(`attentionForwardTiled.out ${what}`, await d.read(go), out);
+      d.attentionForwardFlash(d.alloc(B * T * C), rowLse, gq, B, T, C, NH);
+      E.check(`attentionForwardTiled.lse ${what}`, await d.read(glse), await d.read(rowLse));
+      const dout = rand(B * T * C, 47),
+        di = rand(B * T * 3 * C, 48);
+      const gdi = d.upload(di);
+      d.attentionBackwardTiled(gdi, d.alloc(B * NH * T), d.upload(dout), gq, go, glse, B, T, C, NH);
+      ref.attentionBackward(di, new Float32Array(B * NH * T * T), dout, qkv, att, B, T, C, NH);
+      E.check(`attentionBackwardTiled.dinp ${what}`, await d.read(gdi), di);
+    }
+    assert.throws(
+      () => d.attentionForwardTiled(d.alloc(260), d.alloc(1), d.alloc(780), 1, 1, 260, 1),
+      InvalidInputError,
+    );
+    E.report(t);
+  },
+);
+
 test('fused softmax + cross-entropy (ignored targets, dlogits aliasing logits) and softmax', { skip }, async (t) => {
   const d = await gpu();
   const E = new Errors();

@@ -63,6 +63,13 @@ test('two peers training on webgpu agree on the weights hash after every round',
     assert.equal(r.status, 0, `demo --device webgpu failed:\n${r.stderr}`);
     assert.match(r.stderr, /peer 0: training on webgpu \(adapter .*swiftshader/i, 'peer 0 trains on the adapter');
     assert.match(r.stderr, /peer 1: training on webgpu/, 'peer 1 trains on the adapter');
+    // Δ, error feedback and the sparse codec run on the GPU: θ does not come back to the host.
+    for (const p of [0, 1])
+      assert.match(
+        r.stderr,
+        new RegExp(`peer ${p}: .*Δ and the sparse codec on webgpu`),
+        `peer ${p} encodes on the GPU`,
+      );
     const rows = r.stdout
       .split('\n')
       .filter(Boolean)

@@ -455,7 +455,8 @@ export function register(program: Command): void {
             cacheDir: o.cacheDir,
             device: o.device,
             onReport,
-            onStarted: (p, device) => process.stderr.write(`peer ${p.index}: training on ${device}\n`),
+            onStarted: (p, device, codec) =>
+              process.stderr.write(`peer ${p.index}: training on ${device}${codec ? `; ${codec}` : ''}\n`),
             env: { TESSERA_LINK_DELAY_MS: String(o.linkDelay) },
             ...(kinds[s.index] && kinds[s.index] !== 'honest' ? { behave: kinds[s.index] } : {}),
             ...(s.index < nValidators ? { validator: true, auditOn: o.auditOn } : {}),

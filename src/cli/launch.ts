@@ -84,7 +84,8 @@ export interface SpawnOptions {
   args?: string[];
   onReport?: (p: PeerProc, r: RoundReport) => void;
   /** The peer is up (its `started` line): the device its inner steps run on. */
-  onStarted?: (p: PeerProc, device: string) => void;
+  /** codec: where the peer runs Δ and its codec (Training.codecPlace). */
+  onStarted?: (p: PeerProc, device: string, codec: string) => void;
   onExit?: (p: PeerProc, code: number | null, signal: NodeJS.Signals | null) => void;
 }
 
@@ -138,8 +139,10 @@ export function spawnPeer(spec: PeerSpec, o: SpawnOptions): PeerProc {
       try {
         const j = JSON.parse(line) as RoundReport & { event: string };
         const ev: string = j.event;
-        if (ev === 'started') o.onStarted?.(p, String((j as { device?: unknown }).device ?? 'cpu'));
-        else if (j.event === 'round' || j.event === 'synced') {
+        if (ev === 'started') {
+          const s = j as { device?: unknown; codec?: unknown };
+          o.onStarted?.(p, String(s.device ?? 'cpu'), String(s.codec ?? ''));
+        } else if (j.event === 'round' || j.event === 'synced') {
           p.reports.push(j);
           o.onReport?.(p, j);
         } else if (typeof j.event === 'string' && p.events.length < 1000)

@@ -285,6 +285,7 @@ export function register(program: Command): void {
               peer: node.peerId,
               runId: manifest.runId,
               device: node.device,
+              codec: node.codecPlace,
               addrs: node.host.multiaddrs(),
               dashboard: dash?.url ?? null,
             }) + '\n',

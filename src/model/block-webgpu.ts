@@ -3,14 +3,22 @@
  * for call, with GpuTensors. The one copy that both the whole model on the GPU (gpt-webgpu.ts)
  * and a pipeline stage on the GPU (stage-webgpu.ts) run, as block.ts is for gpt.ts and stage.ts.
  *
- * Attention is the flash-style pair by default (`att` holds the per-row log-sum-exp [B,NH,T] and
- * `datt` the backward's row dots: O(T) memory per row); 'stored' keeps the probabilities
- * [B,NH,T,T] as the CPU kernels do.
+ * Attention is flash attention by default, with K/V tiles shared across query rows in workgroup
+ * memory ('flash'; `att` holds the per-row log-sum-exp [B,NH,T] and `datt` the backward's row
+ * dots: O(T) memory per row); 'flash-row' is the earlier one-workgroup-per-row form (same
+ * contract, no K/V reuse); 'stored' keeps the probabilities [B,NH,T,T] as the CPU kernels do.
+ *
+ * f16 storage (off by default): the activations that only feed matmuls (ln1, ln2, the GELU
+ * output) are kept as binary16, written so by LayerNorm and GELU and read by the GEMMs, with all
+ * arithmetic in f32 (src/kernels/webgpu/wgsl/precision.ts).
  */
 import type { GpuTensor, WebGpuDevice } from '../kernels/webgpu/device.js';
 import { blockActs, blockGrads, type BlockActs, type BlockGrads } from './block.js';
 
-export type Attention = 'flash' | 'stored';
+export type Attention = 'flash' | 'flash-row' | 'stored';
+
+/** The activations that only feed matmuls: binary16 under f16 storage. */
+const HALF = new Set(['ln1', 'ln2', 'fchGelu']);
 
 /** One layer's weights (or gradients) as views of a flat device buffer. */
 export interface GpuLayer {
@@ -57,10 +65,14 @@ export function allocBlockActs(
   C: number,
   NH: number,
   attention: Attention,
+  f16Storage = false,
 ): GpuBlockActs {
   const sizes = blockActs(B, T, C, NH, (n) => n);
   return Object.fromEntries(
-    Object.entries(sizes).map(([k, n]) => [k, d.alloc(attention === 'flash' && k === 'att' ? B * NH * T : n)]),
+    Object.entries(sizes).map(([k, n]) => [
+      k,
+      f16Storage && HALF.has(k) ? d.alloc(n, 'f16') : d.alloc(attention !== 'stored' && k === 'att' ? B * NH * T : n),
+    ]),
   ) as GpuBlockActs;
 }
 
@@ -75,7 +87,7 @@ export function allocBlockGrads(
 ): GpuBlockGrads {
   const sizes = blockGrads(B, T, C, NH, (n) => n);
   return Object.fromEntries(
-    Object.entries(sizes).map(([k, n]) => [k, d.alloc(attention === 'flash' && k === 'datt' ? B * NH * T : n)]),
+    Object.entries(sizes).map(([k, n]) => [k, d.alloc(attention !== 'stored' && k === 'datt' ? B * NH * T : n)]),
   ) as GpuBlockGrads;
 }
 
@@ -100,7 +112,8 @@ export function blockForwardGpu(
   const N = B * T;
   d.layernormForward(x.ln1, x.ln1Mean, x.ln1Rstd, input, w.ln1w, w.ln1b, N, C);
   d.matmulForward(x.qkv, x.ln1, w.qkvw, w.qkvb, N, C, 3 * C);
-  if (attention === 'flash') d.attentionForwardFlash(x.atty, x.att, x.qkv, B, T, C, NH);
+  if (attention === 'flash') d.attentionForwardTiled(x.atty, x.att, x.qkv, B, T, C, NH);
+  else if (attention === 'flash-row') d.attentionForwardFlash(x.atty, x.att, x.qkv, B, T, C, NH);
   else d.attentionForward(x.atty, x.att, x.qkv, B, T, C, NH);
   d.matmulForward(scratch, x.atty, w.attprojw, w.attprojb, N, C, C);
   d.add(x.res2, input, scratch, N * C);
@@ -141,7 +154,8 @@ export function blockBackwardGpu(
   d.zero(dC);
   d.matmulBackward(dC, gw.attprojw, gw.attprojb, dres, x.atty, w.attprojw, N, C, C);
   d.zero(d3C);
-  if (attention === 'flash') d.attentionBackwardFlash(d3C, datt, dC, x.qkv, x.atty, x.att, B, T, C, NH);
+  if (attention === 'flash') d.attentionBackwardTiled(d3C, datt, dC, x.qkv, x.atty, x.att, B, T, C, NH);
+  else if (attention === 'flash-row') d.attentionBackwardFlash(d3C, datt, dC, x.qkv, x.atty, x.att, B, T, C, NH);
   else d.attentionBackward(d3C, datt, dC, x.qkv, x.att, B, T, C, NH);
   d.zero(dC);
   d.matmulBackward(dC, gw.qkvw, gw.qkvb, d3C, x.ln1, w.qkvw, N, C, 3 * C);

@@ -10,10 +10,17 @@
  *
  * Memory: parameters, gradients and AdamW m and v are each ONE flat GPU buffer with params.ts's
  * layout (offset views per tensor); activations are one GPU buffer per tensor (a flat activation
- * buffer would pass the binding-size limit of some adapters at GPT-2 small). Attention is the
- * flash-style pair by default (`att` holds the per-row log-sum-exp [B,NH,T] and `datt` the
- * backward's row dots, so memory is O(T) per row, not O(T^2)); `attention: 'stored'` keeps the
- * probabilities as the CPU kernels do. What crosses to the
+ * buffer would pass the binding-size limit of some adapters at GPT-2 small). Attention is flash
+ * attention by default, with K/V tiles shared across query rows in workgroup memory ('flash';
+ * `att` holds the per-row log-sum-exp [B,NH,T] and `datt` the backward's row dots, so memory is
+ * O(T) per row, not O(T^2)); 'flash-row' is the earlier one-workgroup-per-row form (same
+ * contract, no K/V reuse); 'stored' keeps the probabilities as the CPU kernels do.
+ *
+ * f16 storage (option `f16Storage`, off by default): the activations that only feed matmuls
+ * (ln1, ln2 and the GELU output of every block, and the final LayerNorm's output) are kept as
+ * binary16 (half their memory), written so by LayerNorm and GELU and read by the GEMMs, with
+ * all arithmetic still in f32 (src/kernels/webgpu/wgsl/precision.ts). Off, every bit is the f32
+ * model's. The device's own flags (subgroups, shader-f16) are chosen when it is opened. What crosses to the
  * host per step: the tokens and targets in, the per-token losses and one gradient-norm scalar out.
  */
 import type { ModelConfig } from './config.js';
@@ -27,11 +34,20 @@ import {
   gpuLayer,
   type GpuBlockActs,
   type GpuBlockGrads,
+  type Attention,
   type GpuLayer,
 } from './block-webgpu.js';
 import type { GpuTensor, WebGpuDevice } from '../kernels/webgpu/device.js';
 import { DEFAULT_ADAMW, type AdamWSettings } from '../train/adamw.js';
 import { InvalidInputError } from '../util/errors.js';
+
+export interface WebGpuGptOptions {
+  /** Keep matmul-only activations in binary16 (see the header). Needs an even dim. */
+  f16Storage?: boolean;
+}
+
+/** Which attention kernels the model runs (see the header and block-webgpu.ts). */
+export type WebGpuAttention = Attention;
 
 interface Views {
   wte: GpuTensor;
@@ -88,9 +104,12 @@ export class WebGpuGPT {
     readonly dev: WebGpuDevice,
     config: ModelConfig,
     readonly settings: AdamWSettings = DEFAULT_ADAMW,
-    readonly attention: 'flash' | 'stored' = 'flash',
+    readonly attention: WebGpuAttention = 'flash',
+    readonly options: WebGpuGptOptions = {},
   ) {
     this.config = ModelConfigSchema.parse(config);
+    if (options.f16Storage && this.config.dim % 2)
+      throw new InvalidInputError(`f16 storage needs an even dim, got ${this.config.dim}`);
     this.numParams = paramCount(this.config);
     this.params = dev.alloc(this.numParams);
     this.grads = dev.alloc(this.numParams);
@@ -120,12 +139,14 @@ export class WebGpuGPT {
     const N = B * T,
       d = this.dev;
     const f = (n: number) => d.alloc(n);
+    // The final LayerNorm's output only feeds the head's matmul: f16 when asked (see the header).
+    const half = this.options.f16Storage ? (n: number) => d.alloc(n, 'f16') : f;
     this.acts = {
       B,
       T,
       encoded: f(N * C),
-      layers: Array.from({ length: L }, () => allocBlockActs(d, B, T, C, NH, this.attention)),
-      lnf: f(N * C),
+      layers: Array.from({ length: L }, () => allocBlockActs(d, B, T, C, NH, this.attention, this.options.f16Storage)),
+      lnf: half(N * C),
       lnfMean: f(N),
       lnfRstd: f(N),
       logits: f(N * V),
@@ -144,6 +165,22 @@ export class WebGpuGPT {
    * contribution (1/micro-batches).
    */
   async forwardBackward(tokens: Int32Array, targets: Int32Array, B: number, T: number, gradScale = 1): Promise<number> {
+    return this.run(tokens, targets, B, T, gradScale, true);
+  }
+
+  /** Mean cross-entropy of one batch: the forward pass only, gradients untouched (validation). */
+  async loss(tokens: Int32Array, targets: Int32Array, B: number, T: number): Promise<number> {
+    return this.run(tokens, targets, B, T, 0, false);
+  }
+
+  private async run(
+    tokens: Int32Array,
+    targets: Int32Array,
+    B: number,
+    T: number,
+    gradScale: number,
+    backward: boolean,
+  ): Promise<number> {
     const { vocabSize: V, dim: C, heads: NH, layers: L, ctx } = this.config;
     const N = B * T;
     if (T > ctx || tokens.length !== N || targets.length !== N)
@@ -169,7 +206,16 @@ export class WebGpuGPT {
       res = blockForwardGpu(d, p.layers[l], a.layers[l], res, a.scratch, B, T, C, NH, this.attention);
     d.layernormForward(a.lnf, a.lnfMean, a.lnfRstd, res, p.lnfw, p.lnfb, N, C);
     d.matmulForward(a.logits, a.lnf, p.wte, null, N, C, V);
-    d.crossEntropyForwardBackward(a.losses, a.logits, a.logits, a.targets, N, V, valid > 0 ? gradScale / valid : 0);
+    d.crossEntropyForwardBackward(
+      a.losses,
+      backward ? a.logits : null,
+      a.logits,
+      a.targets,
+      N,
+      V,
+      valid > 0 ? gradScale / valid : 0,
+    );
+    if (!backward) return this.meanLoss(a.losses, N, valid);
     // backward (gpt.ts backward + block.ts blockBackward)
     const { dres, dC } = a.g;
     d.zero(dC);
@@ -181,7 +227,11 @@ export class WebGpuGPT {
       blockBackwardGpu(d, p.layers[l], g.layers[l], a.layers[l], input, a.g, B, T, C, NH, this.attention);
     }
     d.embeddingBackward(g.wte, g.wpe, dres, this.tokens, B, T, C);
-    const losses = await d.read(a.losses);
+    return this.meanLoss(a.losses, N, valid);
+  }
+
+  private async meanLoss(t: GpuTensor, N: number, valid: number): Promise<number> {
+    const losses = await this.dev.read(t);
     let sum = 0;
     for (let i = 0; i < N; i++) sum += losses[i];
     return valid > 0 ? sum / valid : 0;

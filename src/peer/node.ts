@@ -134,6 +134,8 @@ export class SwarmNode {
   private evalGpt!: GPT;
   /** The device the inner steps run on, with its kernels or adapter (set by start()). */
   device = 'cpu';
+  /** Where Δ and the codec run (Training.codecPlace), once training is set up. */
+  codecPlace = '';
   private evalSet: Batch[] = [];
   private data!: RunData;
   private training!: Training;
@@ -347,7 +349,8 @@ export class SwarmNode {
       const twin = await model.twin();
       this.audits.useDevice(model.backend, (job) => new ModelStepper(twin, job));
     }
-    await model.warmUp(m.hyper.batch, m.model.ctx);
+    const ef = m.hyper.errorFeedback > 0 ? new ErrorFeedback(w.length, m.hyper.errorFeedback) : null;
+    await model.warmUp(m.hyper.batch, m.model.ctx, { codec, ef });
     this.device = `${model.device} (${model.label})`;
     this.log(`training on ${this.device}`);
     this.training = new Training({
@@ -355,7 +358,8 @@ export class SwarmNode {
       self,
       model,
       codec,
-      ef: m.hyper.errorFeedback > 0 ? new ErrorFeedback(w.length, m.hyper.errorFeedback) : null,
+      ef,
+      codecOnHost: process.env.TESSERA_DEVICE_CODEC === 'host',
       weights: w,
       payloads: this.payloads,
       shardData,
@@ -366,6 +370,8 @@ export class SwarmNode {
       trained: (round, updateHash, steps) => this.dispatch({ type: 'trained', round, updateHash, steps }),
       commit: (c) => this.audits.commitOwn(c),
     });
+    this.codecPlace = this.training.codecPlace();
+    if (model.device !== 'cpu') this.log(this.codecPlace);
     if (o.validator) {
       this.validator = new Validator({
         manifest: o.manifest,

@@ -12,6 +12,11 @@
  *
  * Training runs in this thread, one inner step at a time, yielding to the event loop between
  * steps with setImmediate so that gossip, bulk transfers and ticks keep flowing.
+ *
+ * Where Δ and its codec run: on the model's device when it can (a GPU model, an honest peer,
+ * a codec configuration the GPU encoder takes: TrainModel.encodeUpdate, whose bytes equal the
+ * host codec's bit for bit), so θ never comes back to the host; else on the host after one
+ * read-back of θ per job. Decided once per peer (`codecOnDevice`).
  */
 import type { Batch, TokenArray } from '../data/batches.js';
 import { weightsHash } from '../model/checkpoint.js';
@@ -63,6 +68,8 @@ export interface TrainingDeps {
   model: TrainModel;
   codec: Codec;
   ef: ErrorFeedback | null;
+  /** Form Δ and run the codec on the host even where the device could (A/B runs, debugging). */
+  codecOnHost?: boolean;
   weights: Weights;
   payloads: PayloadStore;
   shardData: (shard: number, round: number) => Promise<TokenArray | null>;
@@ -87,8 +94,26 @@ export class Training {
   innerSteps = 0;
   /** Sum and count of this peer's inner-step losses since the last report. */
   private lossAcc = { sum: 0, n: 0 };
+  /** Δ, error feedback and the codec run on the model's device (null), or on the host (why). */
+  readonly codecOnHostBecause: string | null;
 
-  constructor(private readonly d: TrainingDeps) {}
+  constructor(private readonly d: TrainingDeps) {
+    // Adversarial behaviours (tests, simulations) rewrite Δ on the host.
+    this.codecOnHostBecause =
+      d.behave !== 'honest'
+        ? `behaviour ${d.behave} rewrites Δ on the host`
+        : d.codecOnHost
+          ? 'asked to (TESSERA_DEVICE_CODEC=host)'
+          : d.model.deviceCodecRefusal(d.codec, d.ef);
+  }
+
+  /** For the startup line: where Δ and the codec run. */
+  codecPlace(): string {
+    const why = this.codecOnHostBecause;
+    return why === null
+      ? `Δ and the ${this.d.codec.id} codec on ${this.d.model.device} (θ stays there)`
+      : `Δ and the ${this.d.codec.id} codec on the host (${why})`;
+  }
 
   /** Mean inner-step loss since the last call (NaN if none), and starts a new mean. */
   takeTrainLoss(): number {
@@ -194,6 +219,7 @@ export class Training {
     if (halted()) return;
     const refused = cpu ? null : gpuAuditRefusal(m.hyper.audit);
     if (refused) throw new DeviceRefusedError(`round ${job.round}: ${refused}`);
+    const onDevice = this.codecOnHostBecause === null;
     // Audit (hyper.audit): the pre-state and the digest of the state after every step, whose
     // Merkle root this trainer signs with its update; on a GPU also each state, kept for validators.
     let start: StepState | null = null;
@@ -203,7 +229,7 @@ export class Training {
       if (m.hyper.audit) start = { theta: job.base.slice(), m: opt.m.slice(), v: opt.v.slice(), step: opt.step };
     } else {
       start = await model.exclusive(async () => {
-        await model.setParams(job.base);
+        await model.setParams(job.base, onDevice);
         return m.hyper.audit ? { theta: job.base.slice(), ...(await model.optimizerState()) } : null;
       });
       if (halted()) return;
@@ -279,6 +305,19 @@ export class Training {
     }
     if (this.job === job) this.job = null;
     if (halted()) return;
+    if (onDevice) {
+      // Δ = base − θ, error feedback and the codec on the device; only the bytes come back.
+      let hash = '0'.repeat(64);
+      if (steps > 0) {
+        const bytes = await model.exclusive(() => model.encodeUpdate(this.d.codec, this.d.ef));
+        hash = sha256HexNode(bytes);
+        this.d.payloads.putUpdate(hash, bytes, job.round, this.d.codec.decode(bytes, P));
+        this.lastOwn = { round: job.round, hash };
+        if (start) this.commitTrace(job.round, hash, steps, { digests, start, states: stateObjects }, model.backend);
+      }
+      this.d.trained(job.round, hash, steps);
+      return;
+    }
     // The one crossing of θ from the device: Δ, its codec and hash are computed on the host.
     const local = cpu ? cpu.gpt.params : await model.exclusive(() => model.getParams());
     if (halted()) return;
@@ -306,20 +345,29 @@ export class Training {
       hash = sha256HexNode(enc.bytes);
       this.d.payloads.putUpdate(hash, enc.bytes, job.round, enc.decoded);
       this.lastOwn = { round: job.round, hash };
-      if (start) {
-        const bytes = encodeTrace({ digests, start, ...(cpu ? {} : { states: stateObjects }) });
-        const trace = sha256HexNode(bytes);
-        this.d.payloads.putBlob(trace, bytes, job.round);
-        this.d.commit({
-          round: job.round,
-          updateHash: hash,
+      if (start)
+        this.commitTrace(
+          job.round,
+          hash,
           steps,
-          root: traceRoot(digests),
-          trace,
-          ...(cpu ? {} : { backend: model.backend }),
-        });
-      }
+          { digests, start, ...(cpu ? {} : { states: stateObjects }) },
+          cpu ? null : model.backend,
+        );
     }
     this.d.trained(job.round, hash, steps);
+  }
+
+  /** Audit on: the trace as a bulk object and the signed commitment (a GPU trainer names its backend class). */
+  private commitTrace(
+    round: number,
+    updateHash: string,
+    steps: number,
+    t: Parameters<typeof encodeTrace>[0],
+    backend: Commitment['backend'] | null,
+  ): void {
+    const bytes = encodeTrace(t);
+    const trace = sha256HexNode(bytes);
+    this.d.payloads.putBlob(trace, bytes, round);
+    this.d.commit({ round, updateHash, steps, root: traceRoot(t.digests), trace, ...(backend ? { backend } : {}) });
   }
 }

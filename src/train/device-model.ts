@@ -10,16 +10,20 @@
  * buffers across steps; only getParams() brings θ back to the host).
  *
  * Why the host keeps the agreed state: a swarm's pseudo-gradient Δ = base − local, its codec,
- * its hash and the outer step must be bit-identical on every peer, whatever device trained;
- * they run on the host over the flat θ that getParams() returns once per job.
+ * its hash and the outer step must be bit-identical on every peer, whatever device trained.
+ * The outer step and hashes run on the host. Δ and its codec run on the GPU where
+ * `encodeUpdate` can (src/kernels/webgpu/codec.ts: the bytes equal the CPU codec's bit for
+ * bit, so θ need not come back); otherwise on the host over the θ that getParams() returns.
  */
 import type { Kernels } from '../kernels/api.js';
 import type { ModelConfig } from '../model/config.js';
 import { paramCount } from '../model/params.js';
 import { GPT } from '../model/gpt.js';
 import type { WebGpuGPT } from '../model/gpt-webgpu.js';
-import type { WebGpuDevice } from '../kernels/webgpu/device.js';
-import { DeviceRefusedError, WebGpuUnavailableError } from '../util/errors.js';
+import type { GpuTensor, WebGpuDevice } from '../kernels/webgpu/device.js';
+import { gpuCodecRefusal, WebGpuEncoder } from '../kernels/webgpu/codec.js';
+import type { Codec, ErrorFeedback } from '../swarm/compress/index.js';
+import { DeviceRefusedError, InvalidInputError, WebGpuUnavailableError } from '../util/errors.js';
 import { AdamW, type AdamWSettings } from './adamw.js';
 import type { StepModel } from './inner-step.js';
 import { CPU_CLASS, type BackendClass } from '../verify/backend.js';
@@ -43,10 +47,25 @@ export interface TrainModel extends StepModel {
   readonly numParams: number;
   /** A host copy of the flat parameters θ (params.ts layout), after all work so far. */
   getParams(): Promise<Float32Array>;
-  /** Replaces θ (the optimizer state is kept, as a job's base replaces only the weights). */
-  setParams(p: Float32Array): Promise<void>;
-  /** θ += now − began (a job moved onto a new base, peer/training.ts 'shift'/'eager'). */
+  /**
+   * Replaces θ (the optimizer state is kept, as a job's base replaces only the weights). asBase:
+   * p is also the base that encodeUpdate forms Δ = base − θ against (kept on the device).
+   */
+  setParams(p: Float32Array, asBase?: boolean): Promise<void>;
+  /** θ += now − began (a job moved onto a new base, peer/training.ts 'shift'/'eager'); a held base becomes now. */
   shiftParams(now: Float32Array, began: Float32Array): void;
+  /**
+   * Why encodeUpdate cannot run `codec` with error feedback `ef` on this model's device, or null
+   * when it can. Fixed for a given model, codec and ef, so a peer decides once.
+   */
+  deviceCodecRefusal(codec: Codec, ef: ErrorFeedback | null): string | null;
+  /**
+   * The bytes of codec.encode(base − θ, ef) computed where θ lives (base from setParams(p, true)),
+   * equal to the host's bit for bit; θ does not cross to the host. From the first call on, ef's
+   * residual lives on the device (ef.residual on the host is no longer updated). Throws the
+   * codec's InvalidInputError on a non-finite Δ, residual untouched.
+   */
+  encodeUpdate(codec: Codec, ef: ErrorFeedback | null): Promise<Uint8Array>;
   /** Mean cross-entropy of one batch, no gradients kept. */
   loss(inputs: Int32Array, targets: Int32Array, B: number, T: number): Promise<number>;
   /**
@@ -58,9 +77,10 @@ export interface TrainModel extends StepModel {
   /**
    * Compiles the device's kernels for batches of B×T with one throwaway step, then restores the
    * optimizer to its fresh state (a GPU compiles each pipeline on first use, which on SwiftShader
-   * takes longer than a round's training budget). The CPU has nothing to warm.
+   * takes longer than a round's training budget). The CPU has nothing to warm. With `codec`, also
+   * compiles the device codec's kernels (a throwaway encode of a small vector) when it runs there.
    */
-  warmUp(B: number, T: number): Promise<void>;
+  warmUp(B: number, T: number, codec?: { codec: Codec; ef: ErrorFeedback | null }): Promise<void>;
   /** A host copy of AdamW's m, v and step count (checkpoints of `tessera train`). */
   optimizerState(): Promise<OptimizerState>;
   setOptimizerState(s: OptimizerState): Promise<void>;
@@ -101,6 +121,12 @@ export class CpuTrainModel implements TrainModel {
     const local = this.gpt.params;
     for (let i = 0; i < local.length; i++) local[i] += now[i] - began[i];
   }
+  deviceCodecRefusal(): string | null {
+    return 'the CPU model encodes on the host';
+  }
+  encodeUpdate(): Promise<Uint8Array> {
+    return Promise.reject(new InvalidInputError('the CPU model has no device codec: encode Δ on the host'));
+  }
   loss(x: Int32Array, y: Int32Array, B: number, T: number): Promise<number> {
     return Promise.resolve(this.gpt.loss(x, y, B, T));
   }
@@ -136,6 +162,10 @@ export class WebGpuTrainModel implements TrainModel {
   private chain: Promise<unknown> = Promise.resolve();
   private lock: Promise<unknown> = Promise.resolve();
   private shift: Float32Array | null = null;
+  /** The job's base on the device (setParams(p, true)), and a new one a shift has announced. */
+  private base: GpuTensor | null = null;
+  private nextBase: Float32Array | null = null;
+  private encoder: { enc: WebGpuEncoder; codec: Codec; ef: ErrorFeedback | null } | null = null;
   constructor(
     readonly dev: WebGpuDevice,
     readonly gpt: WebGpuGPT,
@@ -145,7 +175,11 @@ export class WebGpuTrainModel implements TrainModel {
     const i = dev.adapterInfo;
     this.label = `adapter ${[i.vendor, i.architecture, i.description].filter((s) => s).join(' / ') || 'unknown'}`;
     this.numParams = gpt.numParams;
-    this.backend = webgpuClass(i, gpt.attention);
+    this.backend = webgpuClass(i, {
+      attention: gpt.attention,
+      f16Storage: gpt.options.f16Storage,
+      ...dev.features,
+    });
   }
   /**
    * A second model on the same device (its own weights, gradients and moments; the pipelines are
@@ -154,7 +188,7 @@ export class WebGpuTrainModel implements TrainModel {
   async twin(): Promise<WebGpuTrainModel> {
     const { WebGpuGPT } = await import('../model/gpt-webgpu.js');
     const g = this.gpt;
-    return new WebGpuTrainModel(this.dev, new WebGpuGPT(this.dev, g.config, g.settings, g.attention), false);
+    return new WebGpuTrainModel(this.dev, new WebGpuGPT(this.dev, g.config, g.settings, g.attention, g.options), false);
   }
   private serial<R>(f: () => Promise<R> | R): Promise<R> {
     const next = this.chain.then(async () => {
@@ -165,20 +199,36 @@ export class WebGpuTrainModel implements TrainModel {
     return next;
   }
   private applyShift(): void {
+    if (this.nextBase && this.base) this.dev.write(this.base, this.nextBase);
+    this.nextBase = null;
     const s = this.shift;
     if (!s) return;
     this.shift = null;
     const t = this.dev.upload(s);
     this.dev.add(this.gpt.params, this.gpt.params, t, s.length);
+    this.dev.release(t);
   }
   exclusive<R>(f: () => Promise<R>): Promise<R> {
     const next = this.lock.then(f);
     this.lock = next.catch(() => undefined);
     return next;
   }
-  warmUp(B: number, T: number): Promise<void> {
+  warmUp(B: number, T: number, codec?: { codec: Codec; ef: ErrorFeedback | null }): Promise<void> {
     return this.exclusive(() =>
       this.serial(async () => {
+        if (codec && !this.deviceCodecRefusal(codec.codec, codec.ef)) {
+          // Pipelines are cached per kernel, not per size: a small vector compiles them all.
+          const n = Math.min(this.numParams, 4096);
+          const ef = codec.ef && { beta: codec.ef.beta, residual: new Float32Array(n) };
+          const enc = new WebGpuEncoder(this.dev, codec.codec, n, ef);
+          const base = this.dev.alloc(n),
+            local = this.dev.alloc(n); // two buffers, as θ and the base are (the binding pattern is part of a pipeline)
+          await enc.encode(local, base);
+          enc.destroy();
+          this.dev.release(base);
+          this.dev.release(local);
+          await this.dev.sync();
+        }
         const g = this.gpt,
           d = this.dev;
         const zeros = new Int32Array(B * T);
@@ -222,23 +272,42 @@ export class WebGpuTrainModel implements TrainModel {
   getParams(): Promise<Float32Array> {
     return this.serial(() => this.dev.read(this.gpt.params));
   }
-  setParams(p: Float32Array): Promise<void> {
+  setParams(p: Float32Array, asBase = false): Promise<void> {
     this.shift = null;
+    this.nextBase = null;
     return this.serial(() => {
       this.gpt.setParams(p);
+      if (asBase) {
+        this.base ??= this.dev.alloc(this.numParams);
+        this.dev.copy(this.base, this.gpt.params);
+      }
     });
   }
   shiftParams(now: Float32Array, began: Float32Array): void {
     const s = this.shift ?? new Float32Array(now.length);
     for (let i = 0; i < s.length; i++) s[i] += now[i] - began[i];
     this.shift = s;
+    if (this.base) this.nextBase = now.slice();
+  }
+  deviceCodecRefusal(codec: Codec, ef: ErrorFeedback | null): string | null {
+    return gpuCodecRefusal(codec, this.numParams, ef ? ef.beta : null);
+  }
+  encodeUpdate(codec: Codec, ef: ErrorFeedback | null): Promise<Uint8Array> {
+    return this.serial(() => {
+      if (!this.base) throw new InvalidInputError('encodeUpdate: no base on the device (setParams(p, true) first)');
+      const why = this.deviceCodecRefusal(codec, ef);
+      if (why) throw new InvalidInputError(`encodeUpdate: ${why}`);
+      const e = this.encoder;
+      if (!e || e.codec !== codec || e.ef !== ef) {
+        e?.enc.destroy();
+        const enc = new WebGpuEncoder(this.dev, codec, this.numParams, ef && { beta: ef.beta, residual: ef.residual });
+        this.encoder = { enc, codec, ef };
+      }
+      return this.encoder!.enc.encode(this.gpt.params, this.base);
+    });
   }
   loss(x: Int32Array, y: Int32Array, B: number, T: number): Promise<number> {
-    // Forward + backward into the gradients, which the next step zeroes first anyway.
-    return this.serial(async () => {
-      this.gpt.zeroGrad();
-      return this.gpt.forwardBackward(x, y, B, T, 0);
-    });
+    return this.serial(() => this.gpt.loss(x, y, B, T)); // forward only: gradients untouched
   }
   close(): void {
     if (this.ownsDevice) this.dev.destroy();

@@ -175,7 +175,17 @@ export async function runTraining(
   const valEntropy = unigramEntropy(dataset.val);
   const history = loadHistory(files.metrics);
   const record = (row: Record<string, unknown>) => appendFileSync(files.metrics, JSON.stringify(row) + '\n');
-  const evaluate = (maxBatches: number) => trainer.evaluate(evalBatches(dataset.val, B, T, maxBatches)).loss;
+  /** Mean validation loss: on the device that trains (θ stays there), else the host's model. */
+  const evaluate = async (maxBatches: number): Promise<number> => {
+    if (!dm) return trainer.evaluate(evalBatches(dataset.val, B, T, maxBatches)).loss;
+    let sum = 0,
+      n = 0;
+    for (const b of evalBatches(dataset.val, B, T, maxBatches)) {
+      sum += await dm.loss(b.inputs, b.targets, B, T);
+      n += 1;
+    }
+    return n ? sum / n : NaN;
+  };
 
   const save = async (step: number) => {
     await pull();
@@ -215,7 +225,7 @@ export async function runTraining(
     );
 
   if (!resumed) {
-    const v0 = evaluate(cfg.evalBatches);
+    const v0 = await evaluate(cfg.evalBatches);
     history.val.push([0, v0]);
     record({ step: 0, tokens: 0, valLoss: v0 });
     hooks.onEval?.({ step: 0, valLoss: v0, trainLoss: null });
@@ -264,8 +274,7 @@ export async function runTraining(
     }
     const last = totalSteps > 0 && step >= totalSteps;
     if (step % cfg.evalEvery === 0 && !last) {
-      await pull();
-      const v = evaluate(cfg.evalBatches);
+      const v = await evaluate(cfg.evalBatches);
       history.val.push([step * tokensPerStep, v]);
       record({ step, tokens: step * tokensPerStep, valLoss: v });
       hooks.onEval?.({ step, valLoss: v, trainLoss: ema });
@@ -276,8 +285,7 @@ export async function runTraining(
   }
   const seconds = (performance.now() - t0) / 1000;
   // Final numbers: the whole validation split, not a sample.
-  await pull();
-  const finalVal = evaluate(Infinity);
+  const finalVal = await evaluate(Infinity);
   history.val.push([step * tokensPerStep, finalVal]);
   record({ step, tokens: step * tokensPerStep, valLoss: finalVal, final: true, evalBatches: 'all' });
   hooks.onEval?.({ step, valLoss: finalVal, trainLoss: ema });

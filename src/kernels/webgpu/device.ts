@@ -27,6 +27,14 @@
 import { InvalidInputError, WebGpuError, WebGpuUnavailableError } from '../../util/errors.js';
 import * as W from './wgsl.js';
 import type { KernelDef } from './wgsl.js';
+import { GELU_FWD_OUT16, LAYERNORM_FWD_OUT16, gemmDef, withSubgroups } from './wgsl/precision.js';
+import {
+  ATTENTION_TILED_BWD_KV,
+  ATTENTION_TILED_BWD_Q,
+  ATTENTION_TILED_FWD,
+  TILED_MAX_HS,
+  tiledRows,
+} from './wgsl/attention-tiled.js';
 
 // WebGPU's usage flags (spec constants; Dawn's globals carry the same values).
 const MAP_READ = 0x0001,
@@ -39,7 +47,9 @@ const MAP_MODE_READ = 0x0001;
 const BATCH = 64;
 const MAX_GROUPS = 65535;
 
-export type DType = 'f32' | 'i32';
+/** Element types; 'f16' is binary16, 2 bytes an element (f16 storage, wgsl/precision.ts). */
+export type DType = 'f32' | 'i32' | 'u32' | 'f16';
+const BYTES: Record<DType, number> = { f32: 4, i32: 4, u32: 4, f16: 2 };
 
 /** A typed range of a GPU buffer: elements [offset, offset + length) of `buffer`. */
 export interface GpuTensor {
@@ -57,6 +67,22 @@ export interface WebGpuDeviceOptions {
   adapter?: 'auto' | 'swiftshader';
   /** Extra Dawn options for `create()`, e.g. 'backend=vulkan'. */
   dawnOptions?: string[];
+  /**
+   * Workgroup reductions on subgroup operations (wgsl/precision.ts): off by default, the adapter
+   * must offer the `subgroups` feature. Changes results in the last bits (order of the sums).
+   */
+  subgroups?: boolean;
+  /**
+   * f16 tensors as WGSL `array<f16>` (the adapter must offer `shader-f16`) instead of u32 pairs
+   * through pack2x16float. Off by default; the same bytes either way.
+   */
+  shaderF16?: boolean;
+}
+
+/** The optional features a device was opened with. */
+export interface WebGpuFeatures {
+  subgroups: boolean;
+  shaderF16: boolean;
 }
 
 interface WebGpuModule {
@@ -85,6 +111,10 @@ export class WebGpuDevice {
     readonly device: GPUDevice,
     /** Adapter vendor/architecture/description as Dawn reports them. */
     readonly adapterInfo: { vendor: string; architecture: string; device: string; description: string },
+    /** Precision features in use (both off unless asked for and offered). */
+    readonly features: WebGpuFeatures = { subgroups: false, shaderF16: false },
+    /** What the adapter offers, asked for or not. */
+    readonly adapterFeatures: WebGpuFeatures = { subgroups: false, shaderF16: false },
   ) {
     this.dummy = { f32: this.alloc(1, 'f32'), i32: this.alloc(1, 'i32') };
     void device.lost.then((l) => {
@@ -115,17 +145,33 @@ export class WebGpuDevice {
       mod.create(opts.dawnOptions ?? []),
       'no Vulkan driver offered one (needs libvulkan1 and a GPU driver, or SwiftShader: apt-get ' +
         'install chromium libvulkan1, then VK_ICD_FILENAMES=/usr/lib/chromium/vk_swiftshader_icd.json)',
+      opts,
     );
   }
 
   /** Opens the first adapter of a WebGPU implementation: Dawn's in Node, `navigator.gpu` in a page. */
-  static async fromGpu(gpu: GPU, hint = 'none offered'): Promise<WebGpuDevice> {
+  static async fromGpu(
+    gpu: GPU,
+    hint = 'none offered',
+    opts: Pick<WebGpuDeviceOptions, 'subgroups' | 'shaderF16'> = {},
+  ): Promise<WebGpuDevice> {
     const adapter = await gpu.requestAdapter({ powerPreference: 'high-performance' });
     if (!adapter) throw new WebGpuUnavailableError(`no WebGPU adapter: ${hint}`);
     const L = adapter.limits;
+    const offered = { subgroups: adapter.features.has('subgroups'), shaderF16: adapter.features.has('shader-f16') };
+    for (const [flag, name] of [
+      ['subgroups', 'subgroups'],
+      ['shaderF16', 'shader-f16'],
+    ] as const)
+      if (opts[flag] && !offered[flag])
+        throw new WebGpuUnavailableError(`${flag} asked for, but the adapter does not offer the ${name} feature`);
+    const requiredFeatures: GPUFeatureName[] = [];
+    if (opts.subgroups) requiredFeatures.push('subgroups' as GPUFeatureName);
+    if (opts.shaderF16) requiredFeatures.push('shader-f16');
     let device: GPUDevice;
     try {
       device = await adapter.requestDevice({
+        requiredFeatures,
         requiredLimits: {
           maxStorageBufferBindingSize: L.maxStorageBufferBindingSize,
           maxBufferSize: L.maxBufferSize,
@@ -137,12 +183,13 @@ export class WebGpuDevice {
       throw new WebGpuUnavailableError(`the adapter refused a device: ${(err as Error).message}`, { cause: err });
     }
     const i = adapter.info;
-    return new WebGpuDevice(gpu, device, {
-      vendor: i.vendor,
-      architecture: i.architecture,
-      device: i.device,
-      description: i.description,
-    });
+    return new WebGpuDevice(
+      gpu,
+      device,
+      { vendor: i.vendor, architecture: i.architecture, device: i.device, description: i.description },
+      { subgroups: Boolean(opts.subgroups), shaderF16: Boolean(opts.shaderF16) },
+      offered,
+    );
   }
 
   // -------------------------------------------------------------------------------------------
@@ -152,15 +199,16 @@ export class WebGpuDevice {
   alloc(n: number, dtype: DType = 'f32'): GpuTensor {
     if (!Number.isInteger(n) || n < 0) throw new InvalidInputError(`alloc: bad length ${n}`);
     const buffer = this.device.createBuffer({
-      size: Math.max(16, Math.ceil((n * 4) / 16) * 16),
+      size: Math.max(16, Math.ceil((n * BYTES[dtype]) / 16) * 16),
       usage: STORAGE | COPY_SRC | COPY_DST,
     });
     return { buffer, offset: 0, length: n, dtype };
   }
 
   /** A new tensor holding a copy of `data`. */
-  upload(data: Float32Array | Int32Array): GpuTensor {
-    const t = this.alloc(data.length, data instanceof Int32Array ? 'i32' : 'f32');
+  upload(data: Float32Array | Int32Array | Uint32Array): GpuTensor {
+    // (f16 tensors are written by kernels, and read back with readF16.)
+    const t = this.alloc(data.length, data instanceof Int32Array ? 'i32' : data instanceof Uint32Array ? 'u32' : 'f32');
     this.write(t, data);
     return t;
   }
@@ -179,7 +227,7 @@ export class WebGpuDevice {
   }
 
   /** Copies host data into t (after all work encoded so far). */
-  write(t: GpuTensor, data: Float32Array | Int32Array): void {
+  write(t: GpuTensor, data: Float32Array | Int32Array | Uint32Array): void {
     if (data.length !== t.length)
       throw new InvalidInputError(`write: ${data.length} elements into a tensor of ${t.length}`);
     this.flush();
@@ -187,9 +235,32 @@ export class WebGpuDevice {
       this.device.queue.writeBuffer(t.buffer, t.offset * 4, data.buffer, data.byteOffset, data.byteLength);
   }
 
+  /** dst = src (equal lengths), a copy on the GPU in order with the kernels. */
+  copy(dst: GpuTensor, src: GpuTensor): void {
+    if (dst.length !== src.length || dst.dtype === 'f16' || src.dtype === 'f16')
+      throw new InvalidInputError(`copy: ${src.length} elements into a tensor of ${dst.length} (4-byte types only)`);
+    if (dst.length)
+      this.begin().encoder.copyBufferToBuffer(src.buffer, src.offset * 4, dst.buffer, dst.offset * 4, dst.length * 4);
+  }
+
   /** t = 0, in order with the kernels (a buffer clear on the GPU, no host data). */
   zero(t: GpuTensor): void {
+    if (t.dtype === 'f16') throw new InvalidInputError('zero: not for f16 tensors');
     if (t.length) this.begin().encoder.clearBuffer(t.buffer, t.offset * 4, t.length * 4);
+  }
+
+  /** Waits for all work so far and returns an f16 tensor's values as f32 (exact). */
+  async readF16(t: GpuTensor): Promise<Float32Array> {
+    if (t.dtype !== 'f16') throw new InvalidInputError('readF16: not an f16 tensor');
+    const h = new Uint16Array(await this.readBytes(t));
+    const out = new Float32Array(t.length);
+    for (let i = 0; i < t.length; i++) {
+      const e = (h[i] >> 10) & 31,
+        m = h[i] & 1023,
+        v = e === 0 ? m * 2 ** -24 : e === 31 ? (m ? NaN : Infinity) : (1024 + m) * 2 ** (e - 25);
+      out[i] = h[i] & 0x8000 ? -v : v;
+    }
+    return out;
   }
 
   /** Waits for all work so far and returns t's contents. */
@@ -202,15 +273,21 @@ export class WebGpuDevice {
     return new Int32Array(await this.readBytes(t));
   }
 
+  async readU32(t: GpuTensor): Promise<Uint32Array> {
+    return new Uint32Array(await this.readBytes(t));
+  }
+
   private async readBytes(t: GpuTensor): Promise<ArrayBuffer> {
-    const size = t.length * 4;
+    const size = t.length * BYTES[t.dtype];
+    if (t.dtype === 'f16' && (t.offset % 2 || t.length % 2))
+      throw new InvalidInputError('read: an f16 view must start and end on a 4-byte boundary');
     if (size === 0) {
       await this.sync();
       return new ArrayBuffer(0);
     }
     const staging = this.device.createBuffer({ size: Math.ceil(size / 4) * 4, usage: MAP_READ | COPY_DST });
     const enc = this.begin();
-    enc.encoder.copyBufferToBuffer(t.buffer, t.offset * 4, staging, 0, size);
+    enc.encoder.copyBufferToBuffer(t.buffer, t.offset * BYTES[t.dtype], staging, 0, size);
     this.flush();
     await this.sync();
     await staging.mapAsync(MAP_MODE_READ);
@@ -260,15 +337,19 @@ export class WebGpuDevice {
     const key = def.name + ':' + slots.join(',');
     let p = this.pipelines.get(key);
     if (!p) {
-      const module = this.device.createShaderModule({ code: W.buildShader(def, slots), label: key });
+      const code = W.buildShader(def, slots, this.features.shaderF16);
+      const module = this.device.createShaderModule({ code, label: key });
       p = this.device.createComputePipeline({ layout: 'auto', compute: { module, entryPoint: 'main' }, label: key });
       this.pipelines.set(key, p);
     }
     return p;
   }
 
-  /** Encodes one dispatch of `def` over `groups` workgroups (a 2-D grid past 65535); kernel families in other files (llama.ts) call it too. */
-  dispatch(
+  /**
+   * Encodes one dispatch of `def` over `groups` workgroups (a 2-D grid past 65535). Public for
+   * kernels outside the `Kernels` contract (the codec kernels of codec.ts, the Llama kernels of llama.ts, probes in tests).
+   */
+  launch(
     def: KernelDef,
     args: readonly GpuTensor[],
     params: Record<string, number>,
@@ -279,6 +360,11 @@ export class WebGpuDevice {
     if (gx === 0 || gy === 0) return;
     if (gx > MAX_GROUPS || gy > MAX_GROUPS)
       throw new InvalidInputError(`${def.name}: problem too large for one dispatch`);
+    def.args.forEach(([name, type], i) => {
+      if ((type === 'f16') !== (args[i].dtype === 'f16'))
+        throw new InvalidInputError(`${def.name}: argument ${name} is ${type}, the tensor ${args[i].dtype}`);
+    });
+    if (this.features.subgroups) def = withSubgroups(def);
     // One binding per distinct buffer.
     const buffers: GPUBuffer[] = [];
     const slots = args.map((a) => {
@@ -331,7 +417,7 @@ export class WebGpuDevice {
    * Frees a scratch tensor once the work encoded so far is submitted (destroying it earlier would
    * invalidate dispatches not yet submitted; destroying it after submission is safe).
    */
-  private release(t: GpuTensor): void {
+  release(t: GpuTensor): void {
     this.begin().temps.push(t.buffer);
   }
 
@@ -350,8 +436,8 @@ export class WebGpuDevice {
     s: { rsa: number; csa: number; rsb: number; csb: number; ldc: number },
     acc: boolean,
   ): void {
-    this.dispatch(
-      W.GEMM,
+    this.launch(
+      gemmDef(A.dtype === 'f16', B.dtype === 'f16'),
       [A, B, C, bias ?? this.dummy.f32],
       { M, N, K, ...s, acc: acc ? 1 : 0, has_bias: bias ? 1 : 0 },
       [Math.ceil(N / W.TILE), Math.ceil(M / W.TILE)],
@@ -395,7 +481,7 @@ export class WebGpuDevice {
     );
     this.gemm(dinp, dout, weight, null, N, C, OC, { rsa: OC, csa: 1, rsb: C, csb: 1, ldc: C }, true);
     this.gemm(dweight, dout, inp, null, OC, C, N, { rsa: 1, csa: OC, rsb: C, csb: 1, ldc: C }, true);
-    if (dbias) this.dispatch(W.COLSUM, [dbias, dout], { N, OC }, Math.ceil(OC / W.WG));
+    if (dbias) this.launch(W.COLSUM, [dbias, dout], { N, OC }, Math.ceil(OC / W.WG));
   }
 
   layernormForward(
@@ -409,7 +495,10 @@ export class WebGpuDevice {
     C: number,
   ): void {
     need('layernormForward', [out, N * C], [mean, N], [rstd, N], [inp, N * C], [weight, C], [bias, C]);
-    this.dispatch(W.LAYERNORM_FWD, [out, mean, rstd, inp, weight, bias], { N, C }, N);
+    if (out.dtype === 'f16' && (C % 2 || out.offset % 2))
+      throw new InvalidInputError('layernormForward: an f16 output needs an even C and offset');
+    const def = out.dtype === 'f16' ? LAYERNORM_FWD_OUT16 : W.LAYERNORM_FWD;
+    this.launch(def, [out, mean, rstd, inp, weight, bias], { N, C }, N);
   }
 
   layernormBackward(
@@ -435,25 +524,28 @@ export class WebGpuDevice {
       [mean, N],
       [rstd, N],
     );
-    this.dispatch(W.LAYERNORM_BWD_DINP, [dinp, dout, inp, weight, mean, rstd], { N, C }, N);
-    this.dispatch(W.LAYERNORM_BWD_PARAMS, [dweight, dbias, dout, inp, mean, rstd], { N, C }, Math.ceil(C / W.WG));
+    this.launch(W.LAYERNORM_BWD_DINP, [dinp, dout, inp, weight, mean, rstd], { N, C }, N);
+    this.launch(W.LAYERNORM_BWD_PARAMS, [dweight, dbias, dout, inp, mean, rstd], { N, C }, Math.ceil(C / W.WG));
   }
 
   geluForward(out: GpuTensor, inp: GpuTensor, n: number): void {
     need('geluForward', [out, n], [inp, n]);
-    this.dispatch(W.GELU_FWD, [out, inp], { n }, Math.ceil(n / W.WG));
+    if (out.dtype === 'f16') {
+      if (n % 2 || out.offset % 2) throw new InvalidInputError('geluForward: an f16 output needs an even n and offset');
+      this.launch(GELU_FWD_OUT16, [out, inp], { n }, Math.ceil(n / 2 / W.WG));
+    } else this.launch(W.GELU_FWD, [out, inp], { n }, Math.ceil(n / W.WG));
   }
 
   geluBackward(dinp: GpuTensor, inp: GpuTensor, dout: GpuTensor, n: number): void {
     need('geluBackward', [dinp, n], [inp, n], [dout, n]);
-    this.dispatch(W.GELU_BWD, [dinp, inp, dout], { n }, Math.ceil(n / W.WG));
+    this.launch(W.GELU_BWD, [dinp, inp, dout], { n }, Math.ceil(n / W.WG));
   }
 
   /** Causal attention; att [B,NH,T,T] keeps the probabilities, as `Kernels` does (see attentionForwardFlash). */
   attentionForward(out: GpuTensor, att: GpuTensor, inp: GpuTensor, B: number, T: number, C: number, NH: number): void {
     attnShape(C, NH);
     need('attentionForward', [out, B * T * C], [att, B * NH * T * T], [inp, B * T * 3 * C]);
-    this.dispatch(W.ATTENTION_FWD, [out, att, inp], { B, T, C, NH, scale: 1 / Math.sqrt(C / NH) }, B * NH * T);
+    this.launch(W.ATTENTION_FWD, [out, att, inp], { B, T, C, NH, scale: 1 / Math.sqrt(C / NH) }, B * NH * T);
   }
 
   /** dinp [B,T,3C] += ...; datt [B,NH,T,T] is scratch (overwritten). */
@@ -478,8 +570,8 @@ export class WebGpuDevice {
       [att, B * NH * T * T],
     );
     const p = { B, T, C, NH, scale: 1 / Math.sqrt(C / NH) };
-    this.dispatch(W.ATTENTION_BWD_Q, [dinp, datt, dout, inp, att], p, B * NH * T);
-    this.dispatch(W.ATTENTION_BWD_KV, [dinp, datt, dout, inp, att], p, B * NH * T);
+    this.launch(W.ATTENTION_BWD_Q, [dinp, datt, dout, inp, att], p, B * NH * T);
+    this.launch(W.ATTENTION_BWD_KV, [dinp, datt, dout, inp, att], p, B * NH * T);
   }
 
   /**
@@ -498,7 +590,7 @@ export class WebGpuDevice {
     attnShape(C, NH);
     if (C / NH > W.FLASH_MAX_HS) throw new InvalidInputError(`attention: head size ${C / NH} > ${W.FLASH_MAX_HS}`);
     need('attentionForwardFlash', [out, B * T * C], [lse, B * NH * T], [inp, B * T * 3 * C]);
-    this.dispatch(W.ATTENTION_FLASH_FWD, [out, lse, inp], { B, T, C, NH, scale: 1 / Math.sqrt(C / NH) }, B * NH * T);
+    this.launch(W.ATTENTION_FLASH_FWD, [out, lse, inp], { B, T, C, NH, scale: 1 / Math.sqrt(C / NH) }, B * NH * T);
   }
 
   /**
@@ -529,8 +621,56 @@ export class WebGpuDevice {
       [lse, B * NH * T],
     );
     const p = { B, T, C, NH, scale: 1 / Math.sqrt(C / NH) };
-    this.dispatch(W.ATTENTION_FLASH_BWD_Q, [dinp, dd, dout, inp, out, lse], p, B * NH * T);
-    this.dispatch(W.ATTENTION_FLASH_BWD_KV, [dinp, dd, dout, inp, lse], p, B * NH * T);
+    this.launch(W.ATTENTION_FLASH_BWD_Q, [dinp, dd, dout, inp, out, lse], p, B * NH * T);
+    this.launch(W.ATTENTION_FLASH_BWD_KV, [dinp, dd, dout, inp, lse], p, B * NH * T);
+  }
+
+  /**
+   * Flash attention with K/V tiles shared across query rows (wgsl/attention-tiled.ts): the same
+   * contract as attentionForwardFlash (out and lse [B,NH,T]), BT query rows per workgroup.
+   */
+  attentionForwardTiled(
+    out: GpuTensor,
+    lse: GpuTensor,
+    inp: GpuTensor,
+    B: number,
+    T: number,
+    C: number,
+    NH: number,
+  ): void {
+    const bt = tiledRows(tiledHs(C, NH)).fwd;
+    need('attentionForwardTiled', [out, B * T * C], [lse, B * NH * T], [inp, B * T * 3 * C]);
+    const p = { bt, B, T, C, NH, scale: 1 / Math.sqrt(C / NH) };
+    this.launch(ATTENTION_TILED_FWD, [out, lse, inp], p, B * NH * Math.ceil(T / bt));
+  }
+
+  /** Backward of attentionForwardTiled, the contract of attentionBackwardFlash. */
+  attentionBackwardTiled(
+    dinp: GpuTensor,
+    dd: GpuTensor,
+    dout: GpuTensor,
+    inp: GpuTensor,
+    out: GpuTensor,
+    lse: GpuTensor,
+    B: number,
+    T: number,
+    C: number,
+    NH: number,
+  ): void {
+    const bt = tiledRows(tiledHs(C, NH)).bwd;
+    need(
+      'attentionBackwardTiled',
+      [dinp, B * T * 3 * C],
+      [dd, B * NH * T],
+      [dout, B * T * C],
+      [inp, B * T * 3 * C],
+      [out, B * T * C],
+      [lse, B * NH * T],
+    );
+    const p = { bt, B, T, C, NH, scale: 1 / Math.sqrt(C / NH) };
+    const groups = B * NH * Math.ceil(T / bt);
+    this.launch(ATTENTION_TILED_BWD_Q, [dinp, dd, dout, inp, out, lse], p, groups);
+    this.launch(ATTENTION_TILED_BWD_KV, [dinp, dd, dout, inp, lse], p, groups);
   }
 
   /** losses[N]; dlogits (may be null, may alias logits) = (softmax - onehot) * dlossScale. */
@@ -545,7 +685,7 @@ export class WebGpuDevice {
   ): void {
     need('crossEntropyForwardBackward', [losses, N], [dlogits, N * V], [logits, N * V], [targets, N]);
     if (targets.dtype !== 'i32') throw new InvalidInputError('crossEntropyForwardBackward: targets must be i32');
-    this.dispatch(
+    this.launch(
       W.CROSSENTROPY,
       [losses, dlogits ?? this.dummy.f32, logits, targets],
       { N, V, dscale: dlossScale, has_d: dlogits ? 1 : 0 },
@@ -555,7 +695,7 @@ export class WebGpuDevice {
 
   softmax(probs: GpuTensor, logits: GpuTensor, N: number, V: number): void {
     need('softmax', [probs, N * V], [logits, N * V]);
-    this.dispatch(W.SOFTMAX, [probs, logits], { N, V }, N);
+    this.launch(W.SOFTMAX, [probs, logits], { N, V }, N);
   }
 
   /** out = wte[tokens] + wpe; tokens is an i32 tensor whose values must be < wte rows (checked on upload by the caller). */
@@ -570,7 +710,7 @@ export class WebGpuDevice {
   ): void {
     need('embeddingForward', [out, B * T * C], [tokens, B * T], [wpe, T * C]);
     if (tokens.dtype !== 'i32') throw new InvalidInputError('embeddingForward: tokens must be i32');
-    this.dispatch(W.EMBEDDING_FWD, [out, tokens, wte, wpe], { BT: B * T, T, C }, Math.ceil((B * T * C) / W.WG));
+    this.launch(W.EMBEDDING_FWD, [out, tokens, wte, wpe], { BT: B * T, T, C }, Math.ceil((B * T * C) / W.WG));
   }
 
   /** dwte[tok] += dout; dwpe[t] += dout, in position order. `tokens` is the host copy. */
@@ -609,19 +749,19 @@ export class WebGpuDevice {
     csr[2 * U] = at;
     if (U) {
       const t = this.temp(csr);
-      this.dispatch(W.EMBEDDING_BWD_WTE, [dwte, dout, t], { U, C }, Math.ceil((U * C) / W.WG));
+      this.launch(W.EMBEDDING_BWD_WTE, [dwte, dout, t], { U, C }, Math.ceil((U * C) / W.WG));
       this.release(t);
     }
-    this.dispatch(W.EMBEDDING_BWD_WPE, [dwpe, dout], { B, T, C }, Math.ceil((T * C) / W.WG));
+    this.launch(W.EMBEDDING_BWD_WPE, [dwpe, dout], { B, T, C }, Math.ceil((T * C) / W.WG));
   }
 
   add(out: GpuTensor, a: GpuTensor, b: GpuTensor, n: number): void {
     need('add', [out, n], [a, n], [b, n]);
-    this.dispatch(W.ADD, [out, a, b], { n }, Math.ceil(n / W.WG));
+    this.launch(W.ADD, [out, a, b], { n }, Math.ceil(n / W.WG));
   }
 
   scale(x: GpuTensor, s: number): void {
-    this.dispatch(W.SCALE, [x], { n: x.length, s }, Math.ceil(x.length / W.WG));
+    this.launch(W.SCALE, [x], { n: x.length, s }, Math.ceil(x.length / W.WG));
   }
 
   /**
@@ -636,7 +776,7 @@ export class WebGpuDevice {
     for (;;) {
       const ng = Math.max(1, Math.ceil(n / W.SUMSQ_CHUNK));
       const dst = ng === 1 ? out : this.alloc(ng);
-      this.dispatch(W.SUMSQ, [dst, src], { n, square, ng }, ng);
+      this.launch(W.SUMSQ, [dst, src], { n, square, ng }, ng);
       if (src !== x) this.release(src); // after its last use
       if (ng === 1) return;
       src = dst;
@@ -670,7 +810,7 @@ export class WebGpuDevice {
     need('adamw', [grads, n], [m, n], [v, n]);
     if (!Number.isInteger(step) || step < 1)
       throw new InvalidInputError(`adamw: step must be an integer >= 1, got ${step}`);
-    this.dispatch(
+    this.launch(
       W.ADAMW,
       [params, grads, m, v],
       {
@@ -694,6 +834,14 @@ function need(kernel: string, ...checks: [GpuTensor | null, number][]): void {
     if (t && t.length < n) throw new InvalidInputError(`${kernel}: a tensor has ${t.length} elements, needs ${n}`);
     if (n > 0xffffffff) throw new InvalidInputError(`${kernel}: ${n} elements exceed 32-bit indexing`);
   }
+}
+
+/** The head size C / NH, checked for the tiled kernels (at most TILED_MAX_HS). */
+function tiledHs(C: number, NH: number): number {
+  attnShape(C, NH);
+  const hs = C / NH;
+  if (hs > TILED_MAX_HS) throw new InvalidInputError(`attention: head size ${hs} > ${TILED_MAX_HS}`);
+  return hs;
 }
 
 function attnShape(C: number, NH: number): void {

@@ -56,7 +56,7 @@ export class WebGpuLlamaKernels {
     dims('rmsnormForward', ['N', N], ['C', C]);
     if (!(eps > 0 && eps <= 1)) throw new InvalidInputError(`rmsnormForward: eps must be in (0, 1], got ${eps}`);
     need('rmsnormForward', [out, N * C], [rstd, N], [inp, N * C], [weight, C]);
-    this.dev.dispatch(RMSNORM_FWD, [out, rstd, inp, weight], { N, C, eps }, N);
+    this.dev.launch(RMSNORM_FWD, [out, rstd, inp, weight], { N, C, eps }, N);
   }
 
   /** dinp += ...; dweight += ... (see ref-llama.ts rmsnormBackward). */
@@ -72,8 +72,8 @@ export class WebGpuLlamaKernels {
   ): void {
     dims('rmsnormBackward', ['N', N], ['C', C]);
     need('rmsnormBackward', [dinp, N * C], [dweight, C], [dout, N * C], [inp, N * C], [weight, C], [rstd, N]);
-    this.dev.dispatch(RMSNORM_BWD_DINP, [dinp, dout, inp, weight, rstd], { N, C }, N);
-    this.dev.dispatch(RMSNORM_BWD_PARAMS, [dweight, dout, inp, rstd], { N, C }, Math.ceil(C / WG));
+    this.dev.launch(RMSNORM_BWD_DINP, [dinp, dout, inp, weight, rstd], { N, C }, N);
+    this.dev.launch(RMSNORM_BWD_PARAMS, [dweight, dout, inp, rstd], { N, C }, Math.ceil(C / WG));
   }
 
   private rope(
@@ -92,7 +92,7 @@ export class WebGpuLlamaKernels {
     const half = hd / 2;
     need(what, [x, B * T * nh * hd], [cos, T * half], [sin, T * half]);
     const n = B * T * nh * half;
-    this.dev.dispatch(ROPE, [x, cos, sin], { BT: B * T, T, nh, half, sgn }, Math.ceil(n / WG));
+    this.dev.launch(ROPE, [x, cos, sin], { BT: B * T, T, nh, half, sgn }, Math.ceil(n / WG));
   }
 
   /** RoPE in place on x [B, T, nh, hd]; cos, sin [T' ≥ T, hd/2] (the host's tables, as float32). */
@@ -109,14 +109,14 @@ export class WebGpuLlamaKernels {
   swigluForward(out: GpuTensor, gate: GpuTensor, up: GpuTensor, n: number): void {
     dims('swigluForward', ['n', n]);
     need('swigluForward', [out, n], [gate, n], [up, n]);
-    this.dev.dispatch(SWIGLU_FWD, [out, gate, up], { n }, Math.ceil(n / WG));
+    this.dev.launch(SWIGLU_FWD, [out, gate, up], { n }, Math.ceil(n / WG));
   }
 
   /** dgate += dout·up·σ(g)(1 + g(1 − σ(g))); dup += dout·silu(g). */
   swigluBackward(dgate: GpuTensor, dup: GpuTensor, dout: GpuTensor, gate: GpuTensor, up: GpuTensor, n: number): void {
     dims('swigluBackward', ['n', n]);
     need('swigluBackward', [dgate, n], [dup, n], [dout, n], [gate, n], [up, n]);
-    this.dev.dispatch(SWIGLU_BWD, [dgate, dup, dout, gate, up], { n }, Math.ceil(n / WG));
+    this.dev.launch(SWIGLU_BWD, [dgate, dup, dout, gate, up], { n }, Math.ceil(n / WG));
   }
 
   /** Causal GQA: q, out [B,T,NH,hd]; k, v [B,T,KV,hd]; att [B,NH,T,T] keeps the probabilities. */
@@ -137,7 +137,7 @@ export class WebGpuLlamaKernels {
       nk = B * T * KV * hd;
     need('gqaForward', [out, nq], [att, B * NH * T * T], [q, nq], [k, nk], [v, nk]);
     const p = { B, T, NH, KV, hd, scale: 1 / Math.sqrt(hd) };
-    this.dev.dispatch(GQA_FWD, [out, att, q, k, v], p, B * NH * T);
+    this.dev.launch(GQA_FWD, [out, att, q, k, v], p, B * NH * T);
   }
 
   /** dq, dk, dv ACCUMULATE (a kv head sums its group's query heads); datt [B,NH,T,T] is scratch. */
@@ -163,7 +163,7 @@ export class WebGpuLlamaKernels {
       na = B * NH * T * T;
     need('gqaBackward', [dq, nq], [dk, nk], [dv, nk], [datt, na], [dout, nq], [q, nq], [k, nk], [v, nk], [att, na]);
     const p = { B, T, NH, KV, hd, scale: 1 / Math.sqrt(hd) };
-    this.dev.dispatch(GQA_BWD_Q, [dq, datt, dout, k, v, att], p, B * NH * T);
-    this.dev.dispatch(GQA_BWD_KV, [dk, dv, datt, dout, q, att], p, B * KV * T);
+    this.dev.launch(GQA_BWD_Q, [dq, datt, dout, k, v, att], p, B * NH * T);
+    this.dev.launch(GQA_BWD_KV, [dk, dv, datt, dout, q, att], p, B * KV * T);
   }
 }
