@@ -262,17 +262,19 @@ export function scoreRound<B>(a: {
 /**
  * Why an update of a round's decided set earns nothing in the round's score report, or null if it
  * earns its tokens (peer/validator.ts): a failed audit, a hard or copy failure, a harmful update,
- * a loss that got worse on its own assignment, or a smoothed score under the flagging line
- * (`lowScore`, from decided-set verdicts only). Pay follows work (tokens, the weight the update got
- * in the aggregate) once the checks found it honest; the round's loss-delta number itself is too
- * noisy to split a round by (on a plateau half the honest updates score 0 by noise).
+ * or a smoothed score under the flagging line (`lowScore`, from decided-set verdicts only). Pay
+ * follows work (tokens, the weight the update got in the aggregate) once the checks found it
+ * honest; the round's loss-delta number itself is too noisy to split a round by: on a plateau half
+ * the honest updates score 0 by noise, and a short one's gain on its own assignment came out
+ * negative (−0.005 against +0.02 on random batches) in a loaded run. An update that only ever
+ * scores 0 (trained on other data, a quiet sign flip) is under the line from its second scored
+ * round (FLAG_AFTER), so it is paid at most once.
  */
 export function payRefusal(v: RoundVerdict, auditFailure: string | null, lowScore: boolean): string | null {
   if (auditFailure !== null) return `audit: ${auditFailure}`.slice(0, 64);
   if (v.hard !== null) return v.hard;
   if (v.copyOf !== null) return v.copyOf === 'self' ? 'replay' : 'copy';
   if (harmful(v)) return 'harmful';
-  if (!(v.gainAssigned >= 0)) return 'worse on its assignment';
   if (lowScore) return 'low score';
   return null;
 }
