@@ -11,6 +11,7 @@ import { DeviceRefusedError, InvalidInputError } from '../util/errors.js';
 import { BEHAVIOURS, parseBehaviour, type Behaviour } from '../verify/adversaries.js';
 import { startDashboard, type Dashboard } from '../dashboard/server.js';
 import { readKey } from '../ledger/keys.js';
+import { onStrayRejection } from '../util/stray-rejection.js';
 import type { Address } from 'viem';
 
 export function formatReport(r: RoundReport, net?: NetLine): string {
@@ -196,6 +197,7 @@ export function register(program: Command): void {
                 ...(o.key ? { key: readKey(o.key) } : {}),
               }
             : undefined;
+        process.on('unhandledRejection', onStrayRejection);
         let done = 0;
         let finish!: () => void;
         const finished = new Promise<void>((r) => {
