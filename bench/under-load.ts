@@ -1,5 +1,5 @@
 /**
- * `node dist/bench/under-load.js [--busy 0,2] [--rounds 12] [--peers 4] [--out FILE] [--keep DIR] [-- demo flags]`
+ * `node dist/bench/under-load.js [--busy 0,2] [--rounds 12] [--peers 4] [--no-ipfs] [--out FILE] [--keep DIR] [-- demo flags]`
  *
  * The README's ledger demo under load (issue 16): for each N in --busy, starts N busy-loop
  * processes (`node -e 'for(;;){}'`, nice 0, as the issue measured), runs
@@ -10,7 +10,9 @@
  * nobody or were never signed, and per peer its shares, its share of the included tokens, and what
  * the contract's rule gives for the minted reports. Prints a Markdown table and writes the JSON
  * (default bench/under-load.json). The machine's load average is recorded beside each run: on a
- * shared machine other processes add to the N busy loops.
+ * shared machine other processes add to the N busy loops. --no-ipfs runs the demo without --ipfs
+ * (every peer reads the corpus from its local cache): what is left is the rounds and the ledger,
+ * without the peers' shard fetches from each other.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -32,6 +34,7 @@ const peers = Number(opt('--peers', '4'));
 const out = opt('--out', join(packageRoot(), 'bench', 'under-load.json'));
 /** --keep DIR: keep each run's demo directory (peer logs in peer-N/node.log) under DIR. */
 const keep = own.includes('--keep') ? opt('--keep', '') : null;
+const ipfs = !own.includes('--no-ipfs');
 
 interface Row {
   round: number;
@@ -44,10 +47,10 @@ interface Row {
 interface PeerShares {
   peer: number;
   shares: number;
+  byReports: number;
   sharesFraction: number;
   tokens: number;
   tokensFraction: number;
-  expected: number;
 }
 interface Shares {
   printedRounds: number;
@@ -88,7 +91,7 @@ async function runOnce(busy: number): Promise<RunResult> {
     [
       TESSERA_BIN,
       'demo',
-      '--ipfs',
+      ...(ipfs ? ['--ipfs'] : []),
       '--ledger',
       '--behave',
       '3=free-rider-zero',
@@ -157,6 +160,8 @@ for (const b of busyList) {
 }
 
 const table: string[] = [
+  `tessera demo${ipfs ? ' --ipfs' : ''} --ledger --behave 3=free-rider-zero --rounds ${rounds}, ${peers} peers (0-1 validate)`,
+  '',
   '| busy loops | load avg (start → end) | rounds minted | paid nobody | not signed | updates included per round | mean | wall |',
   '|---:|---|---:|---:|---:|---|---:|---:|',
 ];
@@ -170,13 +175,13 @@ for (const r of results) {
 }
 table.push(
   '',
-  '| busy loops | peer | role | shares | share of shares | share of included tokens | shares by the minted reports (contract rule) |',
+  '| busy loops | peer | role | shares on chain | shares the minted reports give (contract rule) | share of the shares of the printed rounds | share of their included tokens |',
   '|---:|---:|---|---:|---:|---:|---:|',
 );
 for (const r of results)
   for (const p of r.shares?.peers ?? [])
     table.push(
-      `| ${r.busy} | ${p.peer} | ${p.peer < 2 ? 'validator + trainer' : p.peer === 3 ? 'free-rider' : 'trainer'} | ${p.shares.toFixed(1)} | ${pct(p.sharesFraction)} | ${pct(p.tokensFraction)} | ${p.expected.toFixed(1)} |`,
+      `| ${r.busy} | ${p.peer} | ${p.peer < 2 ? 'validator + trainer' : p.peer === 3 ? 'free-rider' : 'trainer'} | ${p.shares.toFixed(1)} | ${p.byReports.toFixed(1)} | ${pct(p.sharesFraction)} | ${pct(p.tokensFraction)} |`,
     );
 
 writeFileSync(
@@ -184,6 +189,7 @@ writeFileSync(
   JSON.stringify(
     {
       command: `node dist/bench/under-load.js ${process.argv.slice(2).join(' ')}`.trim(),
+      ipfs,
       peers,
       rounds,
       results,

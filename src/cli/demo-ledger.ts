@@ -76,21 +76,26 @@ export async function drainLedger(o: {
 
 export interface PeerShares {
   peer: number;
-  /** Shares held on chain (whole shares, 18 decimals dropped). */
+  /** Shares held on chain (every round minted so far, those after the printed ones included). */
   shares: number;
-  /** Of all shares minted. */
+  /** What the minted reports pay it, summed over every minted round whose report a validator printed: equals `shares` when every minted round's report was seen. */
+  byReports: number;
+  /** Of the shares the printed rounds minted (from their reports). */
   sharesFraction: number;
   /** Tokens of its updates in the decided sets of the printed rounds. */
   tokens: number;
   /** Of all tokens in those decided sets. */
   tokensFraction: number;
-  /** Shares the contract's rule gives for the minted rounds' reports (sharesPerRound · points / Σ points, per round). */
-  expected: number;
 }
 
 /**
- * Per peer: shares held, tokens included, and the shares the minted reports imply. `pay` holds
- * a validator's signed points per round (peer index → points); `included` the decided sets.
+ * Per peer: shares held, what the minted reports pay it, its fraction of what the printed rounds
+ * minted, and its fraction of the tokens those rounds' decided sets included. `pay` holds a
+ * validator's signed points per round (peer index → points); `included` the printed rounds'
+ * decided sets; `printed` the last printed round. The contract splits sharesPerRound per minted
+ * round pro rata to points (tokens of clean updates), so a peer's share of shares equals its share
+ * of tokens when every round includes the same tokens in all; a round with fewer updates pays each
+ * of them more.
  */
 export function sharesTable(o: {
   peers: number;
@@ -98,25 +103,31 @@ export function sharesTable(o: {
   included: Map<number, { peer: number; tokens: number }[]>;
   pay: Map<number, Map<number, number>>;
   minted: ReadonlySet<number>;
+  printed: number;
   sharesPerRound: number;
 }): PeerShares[] {
-  const total = [...o.balances.values()].reduce((a, x) => a + x, 0);
   const tok = new Map<number, number>();
   for (const set of o.included.values()) for (const c of set) tok.set(c.peer, (tok.get(c.peer) ?? 0) + c.tokens);
   const tokTotal = [...tok.values()].reduce((a, x) => a + x, 0);
-  const expected = new Map<number, number>();
+  const all = new Map<number, number>();
+  const printedShares = new Map<number, number>();
   for (const r of o.minted) {
     const p = o.pay.get(r);
     if (!p) continue;
     const sum = [...p.values()].reduce((a, x) => a + x, 0);
-    for (const [peer, pts] of p) expected.set(peer, (expected.get(peer) ?? 0) + (o.sharesPerRound * pts) / sum);
+    for (const [peer, pts] of p) {
+      const amt = (o.sharesPerRound * pts) / sum;
+      all.set(peer, (all.get(peer) ?? 0) + amt);
+      if (r <= o.printed) printedShares.set(peer, (printedShares.get(peer) ?? 0) + amt);
+    }
   }
+  const printedTotal = [...printedShares.values()].reduce((a, x) => a + x, 0);
   return Array.from({ length: o.peers }, (_, peer) => ({
     peer,
     shares: o.balances.get(peer) ?? 0,
-    sharesFraction: total ? (o.balances.get(peer) ?? 0) / total : 0,
+    byReports: all.get(peer) ?? 0,
+    sharesFraction: printedTotal ? (printedShares.get(peer) ?? 0) / printedTotal : 0,
     tokens: tok.get(peer) ?? 0,
     tokensFraction: tokTotal ? (tok.get(peer) ?? 0) / tokTotal : 0,
-    expected: expected.get(peer) ?? 0,
   }));
 }

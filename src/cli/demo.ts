@@ -551,12 +551,13 @@ export function register(program: Command): void {
               balances: new Map(s.holders.map((h) => [keyIndex(h.address), Number(formatEther(h.balance))])),
               included,
               pay,
-              minted: new Set([...minted].filter((r) => r <= printed)),
+              minted,
+              printed,
               sharesPerRound: perRound,
             });
             const lines = table.map(
               (t) =>
-                `  peer ${String(t.peer).padEnd(3)} ${t.shares.toFixed(2).padStart(10)} shares ${(100 * t.sharesFraction).toFixed(1).padStart(5)}%   tokens included ${(100 * t.tokensFraction).toFixed(1).padStart(5)}%   by the minted reports ${t.expected.toFixed(2).padStart(10)}`,
+                `  peer ${String(t.peer).padEnd(3)} ${t.shares.toFixed(2).padStart(10)} shares (reports say ${t.byReports.toFixed(2)})   rounds 0-${printed}: ${(100 * t.sharesFraction).toFixed(1).padStart(5)}% of their shares, ${(100 * t.tokensFraction).toFixed(1).padStart(5)}% of their included tokens`,
             );
             result(
               o,
