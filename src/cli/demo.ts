@@ -27,11 +27,14 @@ import { dataDirFor, portOr, preparePeer, spawnPeer, stopAll, type PeerProc } fr
 import type { RoundReport } from '../peer/report.js';
 import { DeviceRefusedError, InvalidInputError } from '../util/errors.js';
 import { BEHAVIOURS, parseBehaviours } from '../verify/adversaries.js';
-import { EVM_KEY_FILE, getShares, ledgerClient, startLocalChain, type LocalChain } from '../ledger/index.js';
+import { EVM_KEY_FILE, getShares, ledgerClient, read, startLocalChain, type LocalChain } from '../ledger/index.js';
+import { drainLedger, ledgerRounds, sharesTable, type RoundLedger } from './demo-ledger.js';
 import { privateKeyToAccount } from 'viem/accounts';
 import { formatEther } from 'viem';
 
 const MODEL = { vocab: 512, ctx: 64, dim: 64, layers: 2, heads: 4, batch: 4 } as const;
+/** With --ledger, how long the demo waits after its last round for that round's report to be minted. */
+const LEDGER_DRAIN_MS = 120_000;
 
 /** Median milliseconds of one inner step (forward, backward) of the demo model on 1 thread. */
 function stepMs(cacheDir: string): number {
@@ -318,10 +321,14 @@ export function register(program: Command): void {
       const host = [...ids].sort()[0];
       const dashPort = o.dashboard ? await portOr(o.dashboardPort) : null;
       const byRound = new Map<number, Map<number, RoundReport>>();
+      /** Each printed round's decided set: peer index and tokens. */
+      const included = new Map<number, { peer: number; tokens: number }[]>();
       let printed = -1;
       let rows = 0;
       const fractions: number[] = [];
       let stopping = false;
+      /** The demo printed its last row (--rounds): peers may run on (the ledger drains), rows stop. */
+      let done = false;
       let finish!: () => void;
       const finished = new Promise<void>((r) => {
         finish = r;
@@ -333,6 +340,7 @@ export function register(program: Command): void {
             o,
             `peer ${p.index} ${o.resume ? 'resumed' : 'synced'} at round ${r.round} (${r.weightsHash.slice(0, 12)})`,
           );
+          printRows();
           return;
         }
         // Verification events, as they happen: failed audits, and fraud proofs checked by other peers.
@@ -375,23 +383,51 @@ export function register(program: Command): void {
           byRound.set(r.round, m);
         }
         m.set(p.index, r);
+        printRows();
+      };
+      /** The last round a peer is past: a round it applied, or the one before a state it synced to. */
+      const pastRound = (x: PeerProc) =>
+        Math.max(-1, ...x.reports.map((y) => (y.event === 'round' ? y.round : y.round - 1)));
+      /**
+       * Prints every round row that is ready, in order: all live peers are past it, or half of them
+       * are two rounds beyond it (a peer that lags or keeps resyncing on a loaded machine does not
+       * hold the display; its report of that round, if it comes, is not in the row).
+       */
+      const printRows = () => {
         // Peers that take part: the genesis ones, and fresh ones once they have synced.
-        const live = peers.filter(
-          (x) => x.alive && (x.index < o.peers || x.reports.some((y) => y.event === 'synced')),
-        ).length;
-        if (m.size >= live && r.round > printed) {
-          printed = r.round;
+        const live = peers.filter((x) => x.alive && (x.index < o.peers || x.reports.some((y) => y.event === 'synced')));
+        const newest = Math.max(-1, ...byRound.keys());
+        for (let round = printed + 1; round <= newest && !done; round++) {
+          const past = live.map(pastRound);
+          const ready =
+            past.every((x) => x >= round) || 2 * past.filter((x) => x >= round + 2).length >= Math.max(1, live.length);
+          if (!ready) return;
+          const m = byRound.get(round);
+          printed = round;
+          if (!m || m.size === 0) continue;
+          printRow(round, m);
+          if (o.rounds > 0 && rows >= o.rounds) {
+            done = true;
+            finish();
+            return;
+          }
+        }
+      };
+      const printRow = (round: number, m: Map<number, RoundReport>) => {
+        {
           rows++;
           const rs = [...m.values()];
           const hashes = new Set(rs.map((x) => x.weightsHash));
           const mean = (f: (x: RoundReport) => number) => rs.reduce((a, x) => a + f(x), 0) / rs.length;
           // The first row of a session includes start-up (data, model, connections): not counted.
           if (rows > 1) fractions.push(mean((x) => x.computeFraction));
+          const indexOf = (id: string) => peers.find((x) => x.peerId === id)?.index ?? -1;
           const row = {
-            round: r.round,
+            round,
             valLoss: mean((x) => x.valLoss),
             peers: rs.length,
             applied: rs[0].included,
+            contributors: rs[0].contributors.map((c) => ({ peer: indexOf(c.peer), tokens: c.tokens })),
             bytesSentPerPeer: Math.round(mean((x) => x.bytesSent)),
             bytesReceivedPerPeer: Math.round(mean((x) => x.bytesReceived)),
             innerStepsPerPeer: mean((x) => x.innerSteps),
@@ -400,6 +436,7 @@ export function register(program: Command): void {
             weightsHash: rs[0].weightsHash,
             agree: hashes.size === 1,
           };
+          included.set(round, row.contributors);
           result(
             o,
             row,
@@ -408,8 +445,7 @@ export function register(program: Command): void {
               `compute ${(100 * row.computeFraction).toFixed(0)}%  ${row.seconds.toFixed(1)}s  weights ${row.weightsHash.slice(0, 12)}  ` +
               `${row.agree ? 'all hashes agree' : `HASHES DIFFER (${hashes.size})`}`,
           );
-          if (o.rounds > 0 && rows >= o.rounds) finish();
-          if (o.kill && r.round === o.kill.round) {
+          if (o.kill && round === o.kill.round) {
             // Half of an even roster is a quorum only with the tie-breaker (lowest peer id), so
             // the drill spares it; any n below half may be killed (docs/ROUNDS.md, quorums).
             const tie = [...ids].sort()[0];
@@ -418,9 +454,9 @@ export function register(program: Command): void {
               v.child.kill('SIGKILL');
               v.alive = false;
             }
-            say(o, `fault drill: kill -9 peer ${victims.map((v) => v.index).join(', ')} after round ${r.round}`);
+            say(o, `fault drill: kill -9 peer ${victims.map((v) => v.index).join(', ')} after round ${round}`);
           }
-          if (o.join && r.round === o.join.round) void addFresh(o.join.n);
+          if (o.join && round === o.join.round) void addFresh(o.join.n);
         }
       };
       const addFresh = async (n: number) => {
@@ -436,6 +472,7 @@ export function register(program: Command): void {
               device: o.device,
               onReport,
               env: { TESSERA_LINK_DELAY_MS: String(o.linkDelay) },
+              logFile: join(spec.dataDir, 'node.log'),
               onExit: (p, code, sig) => {
                 if (!stopping) say(o, `peer ${p.index} exited (${sig ?? code})`);
               },
@@ -458,6 +495,7 @@ export function register(program: Command): void {
             onStarted: (p, device, codec) =>
               process.stderr.write(`peer ${p.index}: training on ${device}${codec ? `; ${codec}` : ''}\n`),
             env: { TESSERA_LINK_DELAY_MS: String(o.linkDelay) },
+            logFile: join(s.dataDir, 'node.log'),
             ...(kinds[s.index] && kinds[s.index] !== 'honest' ? { behave: kinds[s.index] } : {}),
             ...(s.index < nValidators ? { validator: true, auditOn: o.auditOn } : {}),
             ...(nValidators > 0 ? { trustValidators: specs.slice(0, nValidators).map((x) => x.peerId) } : {}),
@@ -475,14 +513,33 @@ export function register(program: Command): void {
         say(o, `dashboard: ${url} (peer ${ids.indexOf(host)}; --no-dashboard to turn it off)`);
         result(o, { event: 'dashboard', url, peer: ids.indexOf(host) });
       }
+      let interrupted = false;
       const onSignal = () => {
         say(o, 'stopping all peers (resume with --resume)...');
+        interrupted = true;
         finish();
       };
       process.once('SIGINT', onSignal);
       process.once('SIGTERM', onSignal);
+      const validatorProcs = () => peers.filter((x) => x.index < nValidators);
+      const mintedRounds = async (c: ReturnType<typeof ledgerClient>) =>
+        new Set((await getShares(c)).rounds.map((r) => Number(r.round)));
+      let standing: Map<number, RoundLedger> | null = null;
       try {
         await finished;
+        // The last rounds' reports are still being scored, signed and submitted: let them land.
+        if (chain && !interrupted && printed >= 0) {
+          const c = ledgerClient(chain.net.request, chain.net.chain, chain.keys[0], chain.contract);
+          standing = await drainLedger({
+            first: 0,
+            last: printed,
+            minted: () => mintedRounds(c),
+            validators: validatorProcs(),
+            ms: LEDGER_DRAIN_MS,
+            say: (line) => say(o, line),
+            stopped: () => interrupted,
+          });
+        }
       } finally {
         stopping = true;
         await stopAll(peers);
@@ -490,13 +547,35 @@ export function register(program: Command): void {
           try {
             const c = ledgerClient(chain.net.request, chain.net.chain, chain.keys[0], chain.contract);
             const s = await getShares(c);
+            const keyIndex = (a: string) =>
+              chain!.keys.findIndex((k) => privateKeyToAccount(k).address.toLowerCase() === a.toLowerCase());
             const label = (a: string) => {
-              const i = chain!.keys.findIndex((k) => privateKeyToAccount(k).address.toLowerCase() === a.toLowerCase());
+              const i = keyIndex(a);
               return i >= 0 ? `peer ${i}` : a;
             };
-            const lines = s.holders.map(
-              (h) =>
-                `  ${label(h.address).padEnd(8)} ${h.address}  ${Number(formatEther(h.balance)).toFixed(2).padStart(10)} shares  ${s.totalSupply ? (Number((h.balance * 10_000n) / s.totalSupply) / 100).toFixed(2) : '0.00'}%`,
+            const minted = new Set(s.rounds.map((r) => Number(r.round)));
+            const st = standing ?? ledgerRounds(0, Math.max(-1, printed), minted, validatorProcs());
+            const count = (k: RoundLedger) => [...st.values()].filter((x) => x === k).length;
+            // What the minted reports paid, per round (any validator's copy: they are identical when minted).
+            const idx = (id: string) => peers.find((x) => x.peerId === id)?.index ?? -1;
+            const pay = new Map<number, Map<number, number>>();
+            for (const v of validatorProcs())
+              for (const r of v.reports)
+                for (const x of r.paid ?? [])
+                  if (!pay.has(x.round)) pay.set(x.round, new Map(x.pay.map((y) => [idx(y.peer), y.points])));
+            const perRound = Number(formatEther(await read<bigint>(c, 'sharesPerRound')));
+            const table = sharesTable({
+              peers: peers.length,
+              balances: new Map(s.holders.map((h) => [keyIndex(h.address), Number(formatEther(h.balance))])),
+              included,
+              pay,
+              minted,
+              printed,
+              sharesPerRound: perRound,
+            });
+            const lines = table.map(
+              (t) =>
+                `  peer ${String(t.peer).padEnd(3)} ${t.shares.toFixed(2).padStart(10)} shares (reports say ${t.byReports.toFixed(2)})   rounds 0-${printed}: ${(100 * t.sharesFraction).toFixed(1).padStart(5)}% of their shares, ${(100 * t.tokensFraction).toFixed(1).padStart(5)}% of their included tokens`,
             );
             result(
               o,
@@ -504,14 +583,21 @@ export function register(program: Command): void {
                 event: 'shares',
                 contract: chain.contract,
                 rounds: s.rounds.length,
+                printedRounds: printed + 1,
+                mintedOfPrinted: count('minted'),
+                unpaidOfPrinted: count('unpaid'),
+                unsignedOfPrinted: count('unsigned'),
+                waitingOfPrinted: count('waiting'),
+                standing: Object.fromEntries(st),
                 totalSupply: s.totalSupply.toString(),
                 holders: s.holders.map((h) => ({
                   peer: label(h.address),
                   address: h.address,
                   balance: h.balance.toString(),
                 })),
+                peers: table,
               },
-              `ledger: ${s.rounds.length} rounds minted on chain, ${Number(formatEther(s.totalSupply)).toFixed(2)} shares:\n${lines.join('\n')}`,
+              `ledger: ${count('minted')} of rounds 0-${printed} minted (${count('unpaid')} paid nobody, ${count('unsigned')} not signed, ${count('waiting')} still pending); ${s.rounds.length} rounds on chain, ${Number(formatEther(s.totalSupply)).toFixed(2)} shares:\n${lines.join('\n')}`,
             );
           } catch (e) {
             say(o, `ledger: could not read the shares table: ${(e as Error).message}`);

@@ -7,7 +7,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createServer } from 'node:net';
-import { mkdirSync } from 'node:fs';
+import { createWriteStream, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { loadOrCreateIdentity } from '../net/identity.js';
@@ -87,6 +87,8 @@ export interface SpawnOptions {
   /** codec: where the peer runs Δ and its codec (Training.codecPlace). */
   onStarted?: (p: PeerProc, device: string, codec: string) => void;
   onExit?: (p: PeerProc, code: number | null, signal: NodeJS.Signals | null) => void;
+  /** Append everything the node prints (its JSON lines and its log, at TESSERA_LOG level) to this file. */
+  logFile?: string;
 }
 
 export function spawnPeer(spec: PeerSpec, o: SpawnOptions): PeerProc {
@@ -129,8 +131,10 @@ export function spawnPeer(spec: PeerSpec, o: SpawnOptions): PeerProc {
   const child = spawn(cmd, [...pre, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env });
   const p: PeerProc = { ...spec, child, alive: true, reports: [], events: [], stderr: [] };
   let buf = '';
+  const log = o.logFile ? createWriteStream(o.logFile, { flags: 'a' }) : null;
   child.stdout!.setEncoding('utf8');
   child.stdout!.on('data', (d: string) => {
+    log?.write(d);
     buf += d;
     let i;
     while ((i = buf.indexOf('\n')) >= 0) {
@@ -154,11 +158,13 @@ export function spawnPeer(spec: PeerSpec, o: SpawnOptions): PeerProc {
   });
   child.stderr!.setEncoding('utf8');
   child.stderr!.on('data', (d: string) => {
+    log?.write(d);
     p.stderr.push(d);
     if (p.stderr.length > 200) p.stderr.shift();
   });
   child.on('exit', (code, signal) => {
     p.alive = false;
+    log?.end();
     o.onExit?.(p, code, signal);
   });
   return p;

@@ -12,12 +12,13 @@ import { gpuAuditRefusal } from '../train/device-model.js';
 import { BEHAVIOURS, parseBehaviour, type Behaviour } from '../verify/adversaries.js';
 import { startDashboard, type Dashboard } from '../dashboard/server.js';
 import { readKey } from '../ledger/keys.js';
+import { onStrayRejection } from '../util/stray-rejection.js';
 import type { Address } from 'viem';
 
 export function formatReport(r: RoundReport, net?: NetLine): string {
   const kb = (n: number) => `${(n / 1024).toFixed(1)}K`;
   const reach = net ? `  reach ${reachWord(net.reachability)}` : '';
-  return `${r.event === 'synced' ? 'synced to' : 'round'} ${r.round}  val ${r.valLoss.toFixed(4)}  peers ${r.peers} (roster ${r.roster}${r.voters !== undefined && r.voters !== r.roster ? `, voters ${r.voters}` : ''}, applied ${r.included})  sent ${kb(r.bytesSent)} recv ${kb(r.bytesReceived)}  compute ${(100 * r.computeFraction).toFixed(0)}%  ${r.seconds.toFixed(1)}s  weights ${r.weightsHash.slice(0, 12)}${reach}`;
+  return `${r.event === 'synced' ? 'synced to' : 'round'} ${r.round}  val ${r.valLoss.toFixed(4)}  peers ${r.peers} (roster ${r.roster}${r.voters !== undefined && r.voters !== r.roster ? `, voters ${r.voters}` : ''}, applied ${r.included})  sent ${kb(r.bytesSent)} recv ${kb(r.bytesReceived)}  compute ${(100 * r.computeFraction).toFixed(0)}%${r.stretch && (r.stretch[0] !== 1000 || r.stretch[1] !== 1000) ? `  deadlines ×${(r.stretch[0] / 1000).toFixed(2)}/×${(r.stretch[1] / 1000).toFixed(2)}` : ''}  ${r.seconds.toFixed(1)}s  weights ${r.weightsHash.slice(0, 12)}${reach}`;
 }
 
 /** public | private | unknown, "+relay" while a relay reservation is held. */
@@ -210,6 +211,7 @@ export function register(program: Command): void {
                 ...(o.key ? { key: readKey(o.key) } : {}),
               }
             : undefined;
+        process.on('unhandledRejection', onStrayRejection);
         let done = 0;
         let finish!: () => void;
         const finished = new Promise<void>((r) => {

@@ -31,13 +31,32 @@ export const contractsDir = (): string => join(repoRoot(), 'src', 'ledger', 'con
 
 let memo: Artifacts | undefined;
 
+/**
+ * Loads solc-js. Its emscripten glue (soljson.js) registers a process 'unhandledRejection'
+ * handler that rethrows, which turns any stray rejection anywhere in the process into a crash:
+ * a `tessera node` linked to a chain died that way under load (an AbortError from a libp2p
+ * queue's timeout). Whatever handlers the require adds are removed again.
+ */
+function requireSolc(): { compile(input: string): string; version(): string } {
+  const require = createRequire(import.meta.url);
+  const before = new Set(process.listeners('unhandledRejection'));
+  const solc = require('solc') as { compile(input: string): string; version(): string };
+  for (const l of process.listeners('unhandledRejection'))
+    if (!before.has(l)) process.removeListener('unhandledRejection', l);
+  return solc;
+}
+
+/** The solc-js package version (what the artifact cache is keyed by: no need to load the compiler for a hit). */
+function solcVersion(): string {
+  const require = createRequire(import.meta.url);
+  return (require('solc/package.json') as { version: string }).version;
+}
+
 export function loadArtifacts(): Artifacts {
   if (memo) return memo;
-  const require = createRequire(import.meta.url);
-  const solc = require('solc') as { compile(input: string): string; version(): string };
   const dir = contractsDir();
   const sources: Record<string, { content: string }> = {};
-  const h = createHash('sha256').update(solc.version());
+  const h = createHash('sha256').update(`solc-js ${solcVersion()}`);
   for (const f of readdirSync(dir)
     .filter((f) => f.endsWith('.sol'))
     .sort()) {
@@ -57,7 +76,7 @@ export function loadArtifacts(): Artifacts {
       outputSelection: { '*': { '*': ['abi', 'evm.bytecode.object'] } },
     },
   };
-  const out = JSON.parse(solc.compile(JSON.stringify(input))) as {
+  const out = JSON.parse(requireSolc().compile(JSON.stringify(input))) as {
     errors?: { severity: string; formattedMessage: string }[];
     contracts?: Record<string, Record<string, { abi: Abi; evm: { bytecode: { object: string } } }>>;
   };

@@ -245,6 +245,16 @@ export class LedgerLink {
       if (this.collected.size > 256) this.collected.delete(this.collected.keys().next().value!);
     }
     c.sigs.set(signer.toLowerCase(), { signer, signature: b.signature as Hex });
+    this.o.logger.info(
+      {
+        round: Number(report.round),
+        signer,
+        sigs: c.sigs.size,
+        threshold: this.threshold,
+        scoresRoot: report.scoresRoot,
+      },
+      'score-report signature collected',
+    );
     if (c.sigs.size >= this.threshold && !this.scheduled.has(key) && this.o.submit !== false) {
       this.scheduled.add(key);
       const rank = this.rank();
@@ -326,6 +336,11 @@ export class LedgerLink {
       }
       const f = await this.queue.flush(c);
       this.submitted += f.submitted.length;
+      if (f.submitted.length || f.alreadyOnChain.length)
+        this.o.logger.info(
+          { minted: f.submitted.map(Number), alreadyOnChain: f.alreadyOnChain.map(Number) },
+          'flushed score reports',
+        );
       for (const r of f.rejected) {
         this.lastError = `round ${r.round} refused: ${r.reason}`;
         this.o.logger.warn({ round: Number(r.round), reason: r.reason }, 'the contract refused a score report');

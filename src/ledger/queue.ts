@@ -51,6 +51,14 @@ export class CommitmentQueue {
     writeFileSync(this.file + '.tmp', JSON.stringify(this.items, replacer));
     renameSync(this.file + '.tmp', this.file);
   }
+  private async mintedNow(c: LedgerClient, round: bigint): Promise<boolean> {
+    try {
+      return await read<boolean>(c, 'isMinted', [round]);
+    } catch {
+      return false;
+    }
+  }
+
   async flush(c: LedgerClient): Promise<FlushResult> {
     const res: FlushResult = { submitted: [], alreadyOnChain: [], pending: 0, offline: false, rejected: [] };
     while (this.items.length > 0) {
@@ -68,6 +76,10 @@ export class CommitmentQueue {
           break;
         }
         if (e instanceof ContractRevertError && e.reason === 'RoundAlreadyMinted')
+          res.alreadyOnChain.push(q.report.round);
+        // Another submitter's transaction for the round can land between our isMinted and ours, and
+        // a node's estimate then reverts without a decoded reason: ask again before calling it refused.
+        else if (e instanceof ContractRevertError && (await this.mintedNow(c, q.report.round)))
           res.alreadyOnChain.push(q.report.round);
         // A refusal that retrying cannot fix would block every later round: drop it, say why.
         else if (e instanceof ContractRevertError) res.rejected.push({ round: q.report.round, reason: e.reason });

@@ -2,9 +2,12 @@
  * The ledger role (src/ledger/link.ts does the chain work): this peer's payout address and every
  * peer's announced one, and, for a validator linked to the run's contract, turning a round's
  * scores into the score report the contract mints from and signing it. Every input of a report
- * is agreed state or a deterministic function of it (result hash, the state CID published for
- * it, the included update hashes, per-round scores from deterministic evaluation, announced
- * payout addresses), so honest validators sign byte-identical reports. Flagged updates score 0.
+ * is agreed state or a deterministic function of it (result hash, the CID of the round's state,
+ * the included update hashes, each included update's points: its tokens if the validator's
+ * verdict on it is clean, from agreed inputs only, peer/validator.ts; announced payout
+ * addresses), so honest validators sign byte-identical reports. Updates that earn nothing are
+ * left out of the report (they would be minted 0 anyway), so a peer whose address one validator
+ * has and another has not cannot split them over a zero.
  *
  * Payout addresses (issue 15 item 6: flipping one must not make validators sign different
  * reports). The rule, per peer, for the whole run:
@@ -13,14 +16,17 @@
  * - the first round this peer heard the peer's address is `first`; distinct addresses heard in
  *   rounds first and first + 1 are its candidates (at most 4), anything announced later is
  *   ignored (first write wins, for the run: the book is kept in DATA_DIR/payouts.json);
- * - the report of round r pays the peer at the lowest of its candidates, and only if
- *   r >= first + 2 (settled); before that the peer is left out of the report.
+ * - a report pays a peer at the lowest of its candidates once they are settled: the validator's
+ *   round is at least first + 2. A report in which a peer earns points while its address is not
+ *   yet settled waits (up to PAYOUT_WAIT_ROUNDS rounds after its own round) and is signed once it
+ *   is; after that the peer is left out. (Before, the report of round r left out every peer with
+ *   r < first + 2, so the first three rounds of every run paid nobody and were never minted.)
  * So a late flip changes nothing; two addresses sent at once are resolved the same way by
- * every validator that heard both (the lowest), and a peer is paid from the same round on by
+ * every validator that heard both (the lowest), and a peer is paid at the same address by
  * validators whose `first` agrees. What remains: validators whose `first` for a peer differ by
- * one round (its first announcement landed on a round boundary) may disagree on that one
- * round, once per peer id; the report of that round then misses quorum (as any round's did
- * before, when an address was heard by some validators and not others).
+ * one round (its first announcement landed on a round boundary) may hold different candidates
+ * if a second address arrived in between, once per peer id; the reports that pay it then miss
+ * quorum (as any round's did before, when an address was heard by some validators and not others).
  */
 import type { Logger } from 'pino';
 import { privateKeyToAccount } from 'viem/accounts';
@@ -34,7 +40,7 @@ import { join } from 'node:path';
 import { z } from 'zod';
 import { SigBodySchema } from '../ledger/link.js';
 import { RateCap, SeenSet } from './admission.js';
-import type { ScoreEntry } from './wire.js';
+import type { PayEntry } from './validator.js';
 
 /** Peers whose payout address is kept, candidates per peer, signatures remembered, signatures per sender per round. */
 export const MAX_PAYOUTS = 2048;
@@ -49,6 +55,21 @@ const SIGS_PER_REPORT = 2;
 const SIGS_PER_SENDER = 64;
 /** Non-member peers that may claim one validator address as their payout address (until one proves it). */
 const CLAIMANTS_PER_VALIDATOR = 3;
+/** Rounds a report waits for the payout address of a peer it pays to settle (see the rule above). */
+export const PAYOUT_WAIT_ROUNDS = 6;
+/** Reports waiting to be signed (a validator far behind its payouts drops the oldest). */
+const MAX_WAITING = 64;
+/** How long a report waits for the CID of its round's state (computed when the snapshot is taken). */
+const STATE_CID_WAIT_MS = 30_000;
+
+/** A scored round whose report is not signed yet. */
+interface WaitingReport {
+  round: number;
+  resultHash: string;
+  cid: string | null;
+  pay: PayEntry[];
+  updateHashes: string[];
+}
 
 interface PayoutRecord {
   /** Sorted by lower-cased address. */
@@ -97,7 +118,13 @@ export class LedgerRole {
   private readonly reportCap = new RateCap(SIGS_PER_REPORT);
   /** Peers that proved a validator key: a signature of theirs recovered to a registered validator. */
   private readonly proven = new Set<string>();
-  private signedSince: number[] = [];
+  private signedSince: { round: number; pay: { peer: string; points: number }[] }[] = [];
+  private unpaidSince: number[] = [];
+  /** Scored rounds whose report waits for a payout address to settle, oldest first. */
+  private waiting: WaitingReport[] = [];
+  /** This peer's round as of the last tick (payout addresses settle by it). */
+  private now = 0;
+  private signing: Promise<void> = Promise.resolve();
 
   constructor(private readonly d: LedgerDeps) {
     const key = d.options?.key ?? loadOrCreateEvmKey(d.dataDir);
@@ -121,9 +148,14 @@ export class LedgerRole {
     if (this.link) void this.link.tick();
   }
 
-  /** Rounds signed since the last call. */
-  takeSigned(): number[] {
+  /** Reports signed since the last call: their round, and the points each paid peer got. */
+  takeSigned(): { round: number; pay: { peer: string; points: number }[] }[] {
     return this.signedSince.splice(0);
+  }
+
+  /** Rounds found to pay nobody since the last call (no report signed for them). */
+  takeUnpaid(): number[] {
+    return this.unpaidSince.splice(0);
   }
 
   view(): LedgerView | undefined {
@@ -228,51 +260,79 @@ export class LedgerRole {
     });
   }
 
-  /** After each round report: re-announce the payout address; let the link submit and re-read the chain. */
+  /** After each round report: re-announce the payout address; sign reports whose payouts settled; let the link submit and re-read the chain. */
   tick(round: number): void {
+    this.now = Math.max(this.now, round);
     this.onPayout(this.d.self, this.payout, round, true);
     this.d.publishPayout(this.payout);
+    if (this.waiting.length) void this.signWaiting();
     if (this.link) void this.link.tick();
   }
 
-  /** Validator: signs round `round`'s score report for the chain (flagged updates score 0). */
-  async signRound(round: number, resultHash: string, entries: ScoreEntry[], updateHashes: string[]): Promise<void> {
-    const link = this.link;
-    if (!link) return;
-    const { logger } = this.d;
-    try {
-      const cid = await this.d.stateCid(round + 1, 30_000);
-      const scores: { address: string; score: number }[] = [];
-      for (const e of entries) {
-        const a = this.addressFor(e.peer, round);
-        const score = e.flagged ? 0 : e.score;
-        if (!a) {
-          if (score > 0)
+  /**
+   * Validator: round `round`'s score report, once the round is scored: each update of the decided
+   * set with the points it earns (its tokens if the verdict on it is clean). Signed now if every
+   * peer it pays has a settled payout address, else when they have (see the rule above).
+   */
+  async signRound(round: number, resultHash: string, pay: PayEntry[], updateHashes: string[]): Promise<void> {
+    if (!this.link) return;
+    const t0 = Date.now();
+    const cid = await this.d.stateCid(round + 1, STATE_CID_WAIT_MS);
+    this.d.logger.info({ round, cid: cid !== null, waitedMs: Date.now() - t0 }, 'state CID for the score report');
+    this.waiting.push({ round, resultHash, cid, pay, updateHashes });
+    this.waiting.sort((a, b) => a.round - b.round);
+    if (this.waiting.length > MAX_WAITING) this.waiting.shift();
+    await this.signWaiting();
+  }
+
+  /** Signs every waiting report whose paid peers' addresses settled (or that waited long enough). One pass at a time. */
+  private signWaiting(): Promise<void> {
+    this.signing = this.signing
+      .then(async () => {
+        const { logger } = this.d;
+        for (const w of [...this.waiting]) {
+          const paid = w.pay.filter((x) => x.points > 0);
+          const unsettled = paid.filter((x) => !this.addressFor(x.peer, this.now));
+          if (unsettled.length && this.now - w.round < PAYOUT_WAIT_ROUNDS) continue;
+          this.waiting = this.waiting.filter((x) => x !== w);
+          for (const x of unsettled)
             logger.warn(
-              { round, peer: e.peer },
-              'no settled payout address (announced two rounds before); its score is left out of the report',
+              { round: w.round, peer: x.peer, waited: this.now - w.round },
+              'no settled payout address (announced two rounds before); its points are left out of the report',
             );
-          continue;
+          const rows = paid.flatMap((x) => {
+            const a = this.addressFor(x.peer, this.now);
+            return a ? [{ peer: x.peer, address: a, score: x.points }] : [];
+          });
+          if (rows.length === 0) {
+            logger.warn(
+              { round: w.round, refused: w.pay.map((x) => `${x.peer.slice(-6)}:${x.reason ?? 'unsettled'}`) },
+              'no update of the decided set earned points this round; nothing to mint',
+            );
+            this.unpaidSince.push(w.round);
+            continue;
+          }
+          try {
+            const report = buildScoreReport({
+              manifestHash: `0x${this.d.runId}`,
+              round: w.round,
+              weightsHash: `0x${w.resultHash}`,
+              checkpointCid: w.cid ?? '-',
+              updateHashes: w.updateHashes.map((h) => `0x${h}`),
+              scores: rows.map(({ address, score }) => ({ address, score })),
+            });
+            await this.link!.signReport(report);
+            this.signedSince.push({ round: w.round, pay: rows.map(({ peer, score }) => ({ peer, points: score })) });
+          } catch (err) {
+            logger.warn(
+              { round: w.round, err: (err as Error).message },
+              "validator could not sign the round's score report",
+            );
+          }
         }
-        scores.push({ address: a, score });
-      }
-      if (!scores.some((x) => Math.round(x.score * 1e6) > 0)) {
-        logger.warn({ round }, 'no positive score this round; nothing to mint');
-        return;
-      }
-      const report = buildScoreReport({
-        manifestHash: `0x${this.d.runId}`,
-        round,
-        weightsHash: `0x${resultHash}`,
-        checkpointCid: cid ?? '-',
-        updateHashes: updateHashes.map((h) => `0x${h}`),
-        scores,
-      });
-      await link.signReport(report);
-      this.signedSince.push(round);
-    } catch (err) {
-      logger.warn({ round, err: (err as Error).message }, "validator could not sign the round's score report");
-    }
+      })
+      .catch(() => undefined);
+    return this.signing;
   }
 
   async stop(): Promise<void> {

@@ -716,12 +716,12 @@ export class SwarmNode {
     const roster = this.state.roster.length;
     if (scoring && this.ledger.link)
       void scoring.then(
-        (entries) =>
-          entries &&
+        (scores) =>
+          scores &&
           this.ledger.signRound(
             e.round,
             h,
-            entries,
+            scores.pay,
             e.included.map((u) => u.updateHash),
           ),
       );
@@ -745,11 +745,11 @@ export class SwarmNode {
    */
   private score(e: Extract<Effect, { type: 'apply' }>, ups: CommittedUpdate[]) {
     const hashes = new Map(e.included.map((u) => [u.peer, u.updateHash]));
-    const toScore = [...ups];
+    const extras: CommittedUpdate[] = [];
     for (const { hash, msg: u, delta } of this.payloads.heldUpdates(e.round)) {
       if (hashes.has(u.from) || !this.state.roster.includes(u.from)) continue;
       hashes.set(u.from, hash);
-      toScore.push({ peer: u.from, tokens: u.steps * this.m.hyper.batch, delta });
+      extras.push({ peer: u.from, tokens: u.steps * this.m.hyper.batch, delta });
     }
     return this.validator!.validate(
       e.round,
@@ -757,7 +757,8 @@ export class SwarmNode {
       this.weights.theta.slice(),
       e.baseHash,
       [...this.state.roster],
-      toScore,
+      ups,
+      extras,
       hashes,
     );
   }
@@ -791,6 +792,7 @@ export class SwarmNode {
     const v = this.validator;
     const scored = v?.takeScored() ?? [];
     const signed = this.ledger.takeSigned();
+    const unpaid = this.ledger.takeUnpaid();
     const audits = v?.takeAudits() ?? [];
     const frauds = this.audits.takeFrauds();
     const prev = this.state.prev;
@@ -811,6 +813,7 @@ export class SwarmNode {
       roster,
       included: contributors.length,
       weightsHash: h,
+      ...(event === 'round' && this.state.stretch ? { stretch: [this.state.stretch[0], this.state.stretch[1]] } : {}),
       ...(via ? { via } : {}),
       storage: {
         ...this.storage.held,
@@ -819,7 +822,8 @@ export class SwarmNode {
       },
       ...(v?.latest ? { scores: v.latest } : {}),
       ...(scored.length ? { scored } : {}),
-      ...(signed.length ? { signed } : {}),
+      ...(signed.length ? { signed: signed.map((s) => s.round), paid: signed } : {}),
+      ...(unpaid.length ? { unpaid } : {}),
       ...(audits.length ? { audits } : {}),
       ...(frauds.length ? { frauds } : {}),
       ...(datasetCid ? { datasetCid } : {}),

@@ -33,6 +33,12 @@ export interface RoundReport {
   leader?: string;
   included: number;
   weightsHash: string;
+  /**
+   * 'round' only: the deadline stretch [training, collection] the next round runs under, in
+   * permille of the manifest's trainMs and collection window (docs/ROUNDS.md "Deadlines that
+   * follow the swarm"; 1000 = as written).
+   */
+  stretch?: [number, number];
   bytesSent: number;
   bytesReceived: number;
   seconds: number;
@@ -52,6 +58,13 @@ export interface RoundReport {
   scored?: { round: number; entries: ScoreEntry[] }[];
   /** Validator with a chain link: rounds whose score report it signed since the previous report. */
   signed?: number[];
+  /**
+   * Validator with a chain link: what those reports pay, per round: each paid peer and its points
+   * (the tokens of its update in the decided set; the contract mints sharesPerRound pro rata).
+   */
+  paid?: { round: number; pay: { peer: string; points: number }[] }[];
+  /** Validator with a chain link: rounds scored since the previous report whose report it will not sign (no update earned points). */
+  unpaid?: number[];
   /** Validator with audit on: re-executions since the previous report (steps re-run, wall time). */
   audits?: AuditRecord[];
   /** Fraud proofs received and checked by this peer (one re-executed step each) since the previous report. */

@@ -100,8 +100,10 @@ export class Sync {
     // may ask for one a few rounds after it was advertised.
     this.d.payloads.putBlob(bundle, bytes, snap.round, RECENT_STATES);
     const files = { params: w.theta.slice(), momentum: w.outer.momentum.slice(), round: snap.round, snapshot: snap };
+    // The state's CID at once (hash only): score reports name it without waiting for the store.
+    this.d.storage.noteCid(files);
     void this.d.storage.publish(files).then((cid) => {
-      if (this.d.stopped()) return;
+      if (this.d.stopped() || cid === null) return; // null: superseded before its turn
       this.d.publishAd({ round: snap.round, weightsHash: snap.weightsHash, bundle, ...(cid ? { cid } : {}) });
     });
   }

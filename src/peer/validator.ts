@@ -6,6 +6,17 @@
  * the agreement path: scores inform (and, with the ledger, pay), they do not change the agreed
  * weights.
  *
+ * What a round pays (the ledger's score report, issue 16): each update of the decided set earns
+ * its tokens (the aggregation weight the decided set records, min(steps, H)·batch·ctx) if its
+ * verdict is clean: no hard or copy failure, not harmful, no failed audit, and a smoothed score
+ * not below the flagging line (verify/score.ts payRefusal); else 0.
+ * Every input of that verdict is agreed state (θ_round, the decided set, the round's beacon) or
+ * history built from agreed state only (each peer's previous included update, an EMA fed by
+ * decided-set verdicts only), so validators that held different late updates still sign the same
+ * report. (Before, the report's scores were the loss-delta numbers of everything a validator
+ * held: two validators holding different late updates, or with different histories, signed
+ * different reports and the round missed its quorum.)
+ *
  * Also selection by score, which every peer runs: the members a trusted validator flagged in a
  * recent report are left out of the update sets this peer proposes as leader.
  */
@@ -17,13 +28,16 @@ import type { CommittedUpdate } from '../swarm/apply.js';
 import type { DecodedManifest } from '../swarm/manifest.js';
 import { canonicalHash } from '../swarm/canonical.js';
 import { firstBatches, validatorSeeds } from '../swarm/round-batches.js';
-import { ScoreBook, harmful, roundFlag, scoreRound, type Submission } from '../verify/score.js';
+import { ScoreBook, harmful, payRefusal, roundFlag, scoreRound, type Submission } from '../verify/score.js';
 import { spotCheck } from '../verify/audit.js';
 import type { AuditRecord } from './report.js';
 import type { ScoreEntry } from './wire.js';
 
 /** Batches per peer (assigned) and of the random shard that a validator evaluates on. */
 const K = 2;
+/** Tries to get a shard's data for scoring (each within the node's fetch limit), and the pause between them. */
+const SHARD_TRIES = 4;
+const SHARD_RETRY_MS = 2000;
 /** Senders whose latest score report is kept (the least recently updated is dropped first). */
 export const MAX_REPORTS = 256;
 /** Peers remembered as scored unflagged (the probation gate); the least recently scored go first. */
@@ -39,6 +53,21 @@ const EXCLUDE_ROUNDS = 3;
 export interface ScoreReport {
   round: number;
   entries: ScoreEntry[];
+}
+
+/** One update of the decided set as the round's score report pays it. */
+export interface PayEntry {
+  peer: string;
+  /** The update's tokens (decided set) if its verdict is clean, else 0. */
+  points: number;
+  /** Why it earns nothing (null when it earns its tokens). */
+  reason: string | null;
+}
+
+/** What a round's scoring produced: every held update's entry (published), and the decided set's pay. */
+export interface RoundScores {
+  entries: ScoreEntry[];
+  pay: PayEntry[];
 }
 
 export interface ValidatorDeps {
@@ -62,9 +91,14 @@ export interface ValidatorDeps {
 }
 
 export class Validator {
+  /** Smoothed scores of everything this validator scored (selection by score, the published entries). */
   private readonly scoreBook = new ScoreBook();
-  /** Each peer's previous update (the replay check). */
+  /** Smoothed scores of decided-set updates only: agreed history, for what a round pays. */
+  private readonly agreedBook = new ScoreBook();
+  /** Each peer's previous update this validator held (the replay check of updates left out). */
   private readonly prevDelta = new Map<string, Float32Array>();
+  /** Each peer's previous update in a decided set (the replay check of the decided set: agreed). */
+  private readonly prevIncluded = new Map<string, Float32Array>();
   /** This validator's latest report, and every report since the last round report. */
   latest: ScoreReport | null = null;
   private scoredSince: ScoreReport[] = [];
@@ -83,11 +117,12 @@ export class Validator {
   }
 
   /**
-   * Scores round `round`'s updates (`ups`, with their hashes by peer) against θ_round; returns
-   * the entries, or null if the round could not be scored (shard data missing, an error).
-   * `beacon` is the decided set's value hash: the batches evaluated on, and which trainers are
-   * audited, are drawn from it (round-batches.ts validatorSeeds), so no trainer knows them when
-   * it submits.
+   * Scores round `round`'s updates against θ_round: `included` (the decided set, which the round
+   * pays) and `extras` (held updates left out of it, scored for selection only), with their hashes
+   * by peer; returns the entries and the decided set's pay, or null if the round could not be
+   * scored (shard data missing, an error). `beacon` is the decided set's value hash: the batches
+   * evaluated on, and which trainers are audited, are drawn from it (round-batches.ts
+   * validatorSeeds), so no trainer knows them when it submits.
    */
   async validate(
     round: number,
@@ -95,25 +130,47 @@ export class Validator {
     theta: Float32Array,
     baseHash: string,
     roster: string[],
-    ups: CommittedUpdate[],
+    included: CommittedUpdate[],
+    extras: CommittedUpdate[],
     hashes: Map<string, string>,
-  ): Promise<ScoreEntry[] | null> {
+  ): Promise<RoundScores | null> {
     const { manifest: dm, logger } = this.d;
+    const t0 = performance.now();
     try {
       const m = dm.manifest,
         B = m.hyper.batch,
         T = m.model.ctx;
       const assign = assignShards(roundSeed(dm.runId, round), roster, this.d.numShards);
-      const batchesOf = async (shard: number, seed: bigint): Promise<Batch[]> =>
-        firstBatches(await this.d.shardData(shard, round), seed, B, T, K);
+      // Shard data comes from peers (IPFS) and a loaded machine misses fetch deadlines: scoring is
+      // off the agreement path, so it asks again (issue 16: a validator that could not fetch the
+      // shards of the first rounds left them unscored, and unminted).
+      const batchesOf = async (shard: number, seed: bigint): Promise<Batch[]> => {
+        for (let t = 1; ; t++) {
+          const b = firstBatches(await this.d.shardData(shard, round), seed, B, T, K);
+          if (b.length > 0 || t >= SHARD_TRIES) return b;
+          await new Promise((r) => setTimeout(r, SHARD_RETRY_MS));
+        }
+      };
       const seeds = validatorSeeds(dm.runId, round, this.d.numShards, beacon);
-      const subs: Submission[] = [...ups]
-        .sort((a, b) => compareIds(a.peer, b.peer))
-        .map((u) => ({ peer: u.peer, delta: u.delta, baseHash }));
-      const assigned: Batch[][] = [];
-      for (const s of subs) assigned.push(await batchesOf((assign.get(s.peer) ?? [0])[0], seeds.assigned));
+      // The decided set first (peer order), then the extras: checks of the decided set look only
+      // at the decided set (the norm bound, copies of earlier submissions), so they are agreed.
+      const byId = (a: CommittedUpdate, b: CommittedUpdate) => compareIds(a.peer, b.peer);
+      const inc = [...included].sort(byId);
+      const nInc = inc.length;
       const random = await batchesOf(seeds.randomShard, seeds.random);
-      if (random.length === 0 || assigned.some((a) => a.length === 0)) return null;
+      const assigned: Batch[][] = [];
+      const ups: CommittedUpdate[] = [];
+      for (const [j, u] of [...inc, ...[...extras].sort(byId)].entries()) {
+        const a = await batchesOf((assign.get(u.peer) ?? [0])[0], seeds.assigned);
+        if (a.length === 0 && j >= nInc) continue; // an extra without its data is not scored
+        assigned.push(a);
+        ups.push(u);
+      }
+      if (random.length === 0 || assigned.some((a) => a.length === 0)) {
+        logger.warn({ round }, 'validator could not score the round: shard data missing after retries');
+        return null;
+      }
+      const subs: Submission[] = ups.map((u) => ({ peer: u.peer, delta: u.delta, baseHash }));
       const g = this.d.evalGpt;
       const loss = (params: Float32Array, b: Batch) => {
         g.params.set(params);
@@ -124,14 +181,18 @@ export class Validator {
         roundHash: baseHash,
         lr: m.hyper.outer.lr,
         subs,
-        previous: subs.map((s) => this.prevDelta.get(s.peer) ?? null),
+        previous: subs.map((s, j) => (j < nInc ? this.prevIncluded : this.prevDelta).get(s.peer) ?? null),
+        boundOf: nInc,
         assigned,
         beforeAssigned: assigned.map((bs) => bs.map((b) => loss(theta, b))),
         random,
         beforeRandom: random.map((b) => loss(theta, b)),
         loss,
       });
-      for (const s of subs) this.prevDelta.set(s.peer, s.delta);
+      for (const [j, s] of subs.entries()) {
+        this.prevDelta.set(s.peer, s.delta);
+        if (j < nInc) this.prevIncluded.set(s.peer, s.delta);
+      }
       // Audit by re-execution (manifest hyper.audit): the sampled trainers' whole traces; a
       // failed audit zeroes the round's score.
       const failed = new Map<string, string>();
@@ -148,6 +209,14 @@ export class Validator {
         }
       }
       this.scoreBook.round(Object.fromEntries(verdicts.map((v) => [v.peer, failed.has(v.peer) ? 0 : v.score])));
+      this.agreedBook.round(
+        Object.fromEntries(verdicts.slice(0, nInc).map((v) => [v.peer, failed.has(v.peer) ? 0 : v.score])),
+      );
+      const pay: PayEntry[] = verdicts.slice(0, nInc).map((v, j) => {
+        const reason = payRefusal(v, failed.get(v.peer) ?? null, this.agreedBook.lowScore(v.peer));
+        // The decided set's weight: sequences (min(steps, H)·batch) times the context.
+        return { peer: v.peer, points: reason ? 0 : inc[j].tokens * T, reason };
+      });
       const entries = verdicts.map((v) => {
         if (failed.has(v.peer))
           return {
@@ -167,12 +236,26 @@ export class Validator {
         );
         return { peer: v.peer, score: v.score, ema: this.scoreBook.get(v.peer), flagged, reason };
       });
+      logger.info(
+        {
+          round,
+          included: nInc,
+          held: verdicts.length,
+          ms: Math.round(performance.now() - t0),
+          verdicts: verdicts.map(
+            (v, j) =>
+              `${v.peer.slice(-6)}${j < nInc ? '' : '(extra)'} A${v.gainAssigned.toFixed(4)} R${v.gainRandom.toFixed(4)} ` +
+              `${entries[j].flagged ? `!${entries[j].reason}` : 'ok'}${j < nInc ? ` pay ${pay[j].points}${pay[j].reason ? `(${pay[j].reason})` : ''}` : ''}`,
+          ),
+        },
+        'scored round',
+      );
       this.latest = { round, entries };
       this.scoredSince.push({ round, entries });
       this.d.scored({ round, entries });
       const reportHash = canonicalHash({ round, baseHash, entries });
       this.d.publish({ round, baseHash, reportHash, entries });
-      return entries;
+      return { entries, pay };
     } catch (err) {
       logger.warn({ round, err: (err as Error).message }, 'validator could not score the round');
       return null;

@@ -14,6 +14,7 @@
  */
 import { createHash } from 'node:crypto';
 import { CID } from 'multiformats/cid';
+import { unixfs } from '@helia/unixfs';
 import type { AbortOptions } from '@libp2p/interface';
 import { z } from 'zod';
 import { ModelConfigSchema, type ModelConfig } from '../model/config.js';
@@ -106,6 +107,28 @@ export function stateFiles(s: StateToPublish): { path: string; content: Uint8Arr
   ];
   if (s.tokenizerJson) files.push({ path: 'tokenizer.json', content: new Uint8Array(s.tokenizerJson) });
   return files;
+}
+
+/**
+ * The CID publishState gives a state, computed without storing anything: the same importer and
+ * settings over a blockstore that keeps no block, so only hashing (no disk, no event-loop turn
+ * per block). What a validator's score report names, at once, however far the loaded store's
+ * publishing queue trails (issue 16: publishes took 5-15 s each at load 20, the queue grew by
+ * minutes, and every report waited 30 s for its CID, then signed without it).
+ */
+export async function stateCid(s: StateToPublish): Promise<CID> {
+  const hashOnly = {
+    put: async (cid: CID) => cid,
+    get: () => {
+      throw new CheckpointCidError('?', 'hash-only import reads no block');
+    },
+    has: async () => false,
+  };
+  let root: CID | undefined;
+  for await (const r of unixfs({ blockstore: hashOnly as never }).addAll(stateFiles(s), { wrapWithDirectory: true }))
+    root = r.cid;
+  if (!root) throw new CheckpointCidError('?', 'import produced no root');
+  return root;
 }
 
 /** Adds a state checkpoint to the store; returns the directory CID. */

@@ -59,6 +59,8 @@ export interface RunCreateOptions {
   relay?: { maxBytes?: number; maxSeconds?: number; maxReservations?: number };
   /** How agreed updates are combined (default 'clip': norms clipped to the median first). */
   aggregate?: 'mean' | 'clip' | 'trimmed' | 'centered';
+  /** Deadlines may stretch up to this factor (manifest timing.maxStretch; 1 = fixed deadlines). */
+  maxStretch?: number;
   /** Audit by re-execution: validators re-run each update with this probability (needs overlap none/delayed). */
   audit?: number;
   /** With `audit`: GPU trainers are judged with this relative tolerance (hyper.audit.tolerance.rel; other fields default). */
@@ -147,6 +149,7 @@ export async function buildManifestFromStore(o: RunCreateOptions & { dataset: st
         quorum: o.quorum,
         minPeers: o.minPeers,
         maxMissedRounds: o.maxMissed,
+        ...(o.maxStretch !== undefined ? { maxStretch: o.maxStretch } : {}),
       },
     };
     return { decoded: createManifest(input), params: gpt.numParams };
@@ -178,6 +181,7 @@ export function buildManifest(o: RunCreateOptions) {
       quorum: o.quorum,
       minPeers: o.minPeers,
       maxMissedRounds: o.maxMissed,
+      ...(o.maxStretch !== undefined ? { maxStretch: o.maxStretch } : {}),
     },
   };
   return { decoded: createManifest(input), params: gpt.numParams };

@@ -58,13 +58,24 @@ export function lowerMedian(xs: readonly number[]): number {
   return s[(s.length - 1) >> 1];
 }
 
-/** Copies of `deltas`, each scaled by min(1, bound / ‖Δ‖) (bound = the lower median norm unless given). */
+/**
+ * The lower median of the non-zero norms (0 if every norm is 0). A zero update (a free-rider's)
+ * moves nothing and proves nothing: counted, it would drag the bound of a round of two down to 0
+ * and erase the other update with it (measured: a decided set {free-rider, honest} under load
+ * left θ unchanged, and the validators flagged the honest update as 'norm').
+ */
+export function normBound(norms: readonly number[]): number {
+  const moving = norms.filter((n) => n > 0);
+  return moving.length ? lowerMedian(moving) : 0;
+}
+
+/** Copies of `deltas`, each scaled by min(1, bound / ‖Δ‖) (bound = normBound of the norms unless given). */
 export function clipToMedian(
   deltas: readonly Float32Array[],
   bound?: number,
 ): { clipped: Float32Array[]; bound: number; scales: number[] } {
   const norms = deltas.map(norm2);
-  const b = bound ?? lowerMedian(norms);
+  const b = bound ?? normBound(norms);
   const scales = norms.map((n) => (n > b && n > 0 ? b / n : 1));
   const clipped = deltas.map((d, j) => {
     const s = Math.fround(scales[j]);

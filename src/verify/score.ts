@@ -4,7 +4,10 @@
  *
  * Checks, per round, in announcement order:
  *   hard    shape (length P), every value finite, norm > 0, norm ≤ NORM_CAP × the lower median
- *           norm of the round's submissions, and the update's base hash equals the round's weights hash.
+ *           of the round's non-zero norms (robust.ts normBound; of the decided set's when the
+ *           validator also scores updates left out of it, so its verdicts on the decided set are
+ *           the same whichever late updates it held), and the update's base hash equals the
+ *           round's weights hash.
  *   copy    cosine ≥ COPY_COS with an update announced EARLIER this round (the earlier
  *           announcer wins: only the later one is flagged), or with the peer's own previous
  *           submission (replay).
@@ -31,7 +34,7 @@
  */
 import { InvalidInputError, TesseraError } from '../util/errors.js';
 import { compareIds } from '../swarm/assign.js';
-import { lowerMedian, median, norm2 } from '../swarm/robust.js';
+import { median, norm2, normBound } from '../swarm/robust.js';
 
 export const NORM_CAP = 10;
 export const COPY_COS = 0.99;
@@ -69,13 +72,24 @@ export function cosine(a: Float32Array, b: Float32Array): number {
   return aa > 0 && bb > 0 ? ab / Math.sqrt(aa * bb) : 0;
 }
 
-/** Hard checks for every submission (in the order given); null = passed. */
-export function hardChecks(subs: readonly Submission[], P: number, roundHash: string): (HardFail | null)[] {
+/**
+ * Hard checks for every submission (in the order given); null = passed. The norm bound comes from
+ * the first `boundOf` submissions (default: all).
+ */
+export function hardChecks(
+  subs: readonly Submission[],
+  P: number,
+  roundHash: string,
+  boundOf = subs.length,
+): (HardFail | null)[] {
   const norms = subs.map((s) => (s.delta.length === P ? norm2(s.delta) : NaN));
-  const ok = norms.filter((n) => Number.isFinite(n));
-  // The lower median, as for clipping: of two updates, a ×100 one must not lift the bound to
-  // half its own norm (it would pass, 100 < 10 × 50.5).
-  const med = ok.length > 0 ? lowerMedian(ok) : 0;
+  // The lower median of the non-zero norms, as for clipping: of two updates, a ×100 one must not
+  // lift the bound to half its own norm (it would pass, 100 < 10 × 50.5), and a zero one must not
+  // drop it to 0 (every other update would fail).
+  // (If none of the first `boundOf` moves, they fail as zero or non-finite whatever the bound is,
+  // and the others are held to all the submissions' bound.)
+  const finite = norms.filter((n) => Number.isFinite(n));
+  const med = normBound(norms.slice(0, boundOf).filter((n) => Number.isFinite(n))) || normBound(finite);
   return subs.map((s, j) => {
     if (s.delta.length !== P) return 'shape';
     if (!Number.isFinite(norms[j])) return 'nonfinite';
@@ -219,9 +233,11 @@ export function scoreRound<B>(a: {
   random: readonly B[];
   beforeRandom: readonly number[];
   loss: (params: Float32Array, batch: B) => number;
+  /** The first `boundOf` submissions set the norm bound (hardChecks); default all. */
+  boundOf?: number;
 }): RoundVerdict[] {
   const P = a.theta.length;
-  const hard = hardChecks(a.subs, P, a.roundHash);
+  const hard = hardChecks(a.subs, P, a.roundHash, a.boundOf);
   const copy = copyChecks(a.subs, a.previous);
   const scratch = new Float32Array(P);
   return a.subs.map((s, j) => {
@@ -241,4 +257,24 @@ export function scoreRound<B>(a: {
     );
     return { peer: s.peer, hard: null, copyOf: null, ...r };
   });
+}
+
+/**
+ * Why an update of a round's decided set earns nothing in the round's score report, or null if it
+ * earns its tokens (peer/validator.ts): a failed audit, a hard or copy failure, a harmful update,
+ * or a smoothed score under the flagging line (`lowScore`, from decided-set verdicts only). Pay
+ * follows work (tokens, the weight the update got in the aggregate) once the checks found it
+ * honest; the round's loss-delta number itself is too noisy to split a round by: on a plateau half
+ * the honest updates score 0 by noise, and a short one's gain on its own assignment came out
+ * negative (−0.005 against +0.02 on random batches) in a loaded run. An update that only ever
+ * scores 0 (trained on other data, a quiet sign flip) is under the line from its second scored
+ * round (FLAG_AFTER), so it is paid at most once.
+ */
+export function payRefusal(v: RoundVerdict, auditFailure: string | null, lowScore: boolean): string | null {
+  if (auditFailure !== null) return `audit: ${auditFailure}`.slice(0, 64);
+  if (v.hard !== null) return v.hard;
+  if (v.copyOf !== null) return v.copyOf === 'self' ? 'replay' : 'copy';
+  if (harmful(v)) return 'harmful';
+  if (lowScore) return 'low score';
+  return null;
 }
