@@ -9,17 +9,18 @@
  * 2. One scenario of real `tessera node` processes, 2 public peers (relays; pub1 is the founder)
  *    and 3 home peers (cone h1, cone h2, symmetric h3), at least 30 rounds in all:
  *    - behind NAT: identical weights hashes on every peer for every round; each home peer's
- *      update in ≥ 90% of the rounds after it first landed (the rounds the kill and the outage
- *      below are allowed to cost left out); per pair of peers, direct, hole-punched or relayed,
- *      and the bytes the relays carried per round, printed;
+ *      update in ≥ 90% of the rounds after it first landed (left out: the 2 rounds after the
+ *      kill, the 3 after the link went down, and h2's own outage; raw figures printed); per
+ *      pair of peers, direct, hole-punched or relayed, and the bytes the relays carried per
+ *      round, printed;
  *    - losing the founder: pub1 gets SIGKILL after round KILL_AT; every home peer's update is in
  *      a round decided by the survivors within 2 rounds of the kill;
  *    - staying connected: h2 and h3 were given only pub1 as bootstrap address (h1 both): after
  *      the kill they keep going through pub2, which they know from the roster, identify and the
  *      DHT (peer/boot.ts keepDialing);
- *    - link outage: at round OUTAGE_AT h2's home link goes down for 60 s (`ip link set lan down`
- *      on its router), then up; h2 rejoins by itself, without a restart, and is asserted to be included again
- *      and to report rounds with the swarm's hashes.
+ *    - link outage: at round OUTAGE_AT h2's home link goes down for 60 s (`ip link set lan
+ *      down` on its router), then up; h2 rejoins by itself, without a restart, and is asserted
+ *      to be included again and to report rounds with the swarm's hashes.
  *    Every wait is on round reports; the 60 s outage is the only fixed sleep.
  *
  * Two home peers hole-punch (the cone pair, hole-punch.ts); the symmetric home stays relayed to
@@ -30,7 +31,8 @@
  * Needs root and a kernel with network namespaces, veth, bridges and nftables (CI runs as
  * root). Without them the test fails: it never skips. NAT_TEST_LOGS=DIR keeps every peer's
  * stderr (with TESSERA_LOG=debug, each failed fetch and rejected input); NAT_TEST_JSON=FILE
- * writes the measured summary.
+ * writes the measured summary and each peer's compact round trace. Measured runs: the closing
+ * note of issue 16.
  */
 import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -92,6 +94,8 @@ const KILL_AT = 8;
 const OUTAGE_AT = 20;
 /** Rounds the swarm runs after h2 is included again, so its inclusion is measured over more than a handful. */
 const AFTER_REJOIN = 6;
+/** Rounds after the link goes down that every peer's inclusion leaves out (see below). */
+const OUTAGE_ROUNDS = 3;
 const ROUNDS_WANTED = 30;
 const OUTAGE_MS = 60_000;
 
@@ -252,12 +256,16 @@ test(
       assert.equal(hs.size, 1, `round ${r}: one weights hash on every peer that completed it`);
     }
     // Inclusion, over the rounds pub2 applied from the first one that included the peer; left
-    // out: the 2 rounds after the kill (the allowance asserted above) and, for h2, its outage
-    // until the round it was included again. The raw figure is printed too.
+    // out: the 2 rounds after the kill (the allowance asserted above), the rounds in which the
+    // cut-off h2 was still a member (maxMissed 2, plus the round that drops it: the other three
+    // then form every quorum alone, and any late one among them misses a round), and, for h2,
+    // its outage until the round it was included again. The raw figure is printed too.
     const lastRound = last(pub2);
     const applied = rounds(pub2);
     const excused = (p: PeerProc, r: number) =>
-      (r > killedAt && r <= killedAt + 2) || (p === h2 && r > downAt && r < rejoinRound);
+      (r > killedAt && r <= killedAt + 2) ||
+      (r > downAt && r <= downAt + OUTAGE_ROUNDS) ||
+      (p === h2 && r > downAt && r < rejoinRound);
     const inclusion: Record<string, string> = {};
     const failures: string[] = [];
     for (const p of peers) {
