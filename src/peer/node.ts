@@ -69,7 +69,7 @@ import { ModelStepper } from '../verify/audit-tolerance.js';
 import { InvalidInputError } from '../util/errors.js';
 import { RateCap, Senders } from './admission.js';
 import { Audits } from './audit.js';
-import { bootChoice, keepDialing, mdnsOnly, readAcceptorRecord, waitForPeers } from './boot.js';
+import { bootChoice, keepDialing, mdnsOnly, readAcceptorRecord, waitForPeers, type KeepDialing } from './boot.js';
 import { generate, type GenerateOptions } from './inference.js';
 import { RunData } from './data.js';
 import { LedgerRole } from './ledger.js';
@@ -148,7 +148,7 @@ export class SwarmNode {
   private lastVal = NaN;
   private lastRecord = '';
   private timer: NodeJS.Timeout | null = null;
-  private dialTimer: NodeJS.Timeout | null = null;
+  private dialer: KeepDialing | null = null;
   private stopped = false;
   private readonly log: (line: string) => void;
   private readonly recordPath: string;
@@ -229,7 +229,12 @@ export class SwarmNode {
         else this.onNet(msg.kind, msg.from, msg.body);
       },
     });
-    this.dialTimer = keepDialing(this.host, o.bootstrap ?? [], () => this.stopped);
+    this.dialer = keepDialing(
+      this.host,
+      o.bootstrap ?? [],
+      () => this.stopped,
+      () => this.state?.roster ?? [],
+    );
     const self = this.host.peerId;
     const stopped = () => this.stopped;
     this.data = new RunData({
@@ -446,7 +451,7 @@ export class SwarmNode {
   async stop(): Promise<void> {
     this.stopped = true;
     if (this.timer) clearInterval(this.timer);
-    if (this.dialTimer) clearInterval(this.dialTimer);
+    this.dialer?.stop();
     this.training?.stop();
     try {
       this.channel?.close();
