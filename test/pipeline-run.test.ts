@@ -125,7 +125,7 @@ test(
       '--bootstrap',
       (peers[0].lines[0].addrs as string[])[0],
       '--steps',
-      '60',
+      '36',
       '--json',
     ]);
     await until('step 10', () => driver.lines.some((l) => l.event === 'step' && (l.step as number) >= 10), 60_000, [
@@ -159,7 +159,7 @@ test(
       sample: string;
       usagePerStage: number[];
     };
-    assert.equal(done.steps, 60);
+    assert.equal(done.steps, 36);
     assert.ok(done.valLoss < 6.0, `it learned (val ${done.valLoss})`);
     assert.equal(done.recoveries.length, 1);
     assert.equal(done.recoveries[0].stage, 1);
@@ -204,14 +204,14 @@ test(
       '--bootstrap',
       bootAddr,
       '--steps',
-      '20',
+      '16',
       '--rebuild',
       'prefer',
       '--json',
     ]);
     await until(
-      'second driver: step 10',
-      () => driver2.lines.some((l) => l.event === 'step' && (l.step as number) >= 10),
+      'second driver: step 8',
+      () => driver2.lines.some((l) => l.event === 'step' && (l.step as number) >= 8),
       60_000,
       [driver2, fresh, ...peers],
     );
@@ -239,7 +239,7 @@ test(
       valLoss: number;
       recoveries: { stage: number; how: string; ms: number; mix: number[] }[];
     };
-    assert.equal(done2.steps, 20);
+    assert.equal(done2.steps, 16);
     assert.deepEqual(
       done2.recoveries.map((r) => [r.stage, r.how]),
       [[1, 'neighbours']],
