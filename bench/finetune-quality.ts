@@ -1,5 +1,6 @@
 /**
- * `node dist/bench/finetune-quality.js [--seeds 1,2,3] [--steps S] [--pretrain N] [--out FILE] [--json]`
+ * `node dist/bench/finetune-quality.js [--seeds 1,2,3] [--steps S] [--inner H] [--pretrain N] [--lr X] [--lora-lr X]
+ *    [--lora-rank R] [--only full|lora] [--base-cache FILE] [--out FILE] [--json]`
  *
  * Distributed fine-tuning quality (issue 19): one GPT-2 checkpoint pre-trained HERE on one half
  * of Brown (the first 250 documents by id: press, religion, skills, lore, belles lettres), then
@@ -20,7 +21,7 @@
  *
  * Prints tables and writes JSON (default bench/finetune-quality.json). Not run in CI.
  */
-import { writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { availableParallelism, loadavg } from 'node:os';
 import { brownDocuments, encodeDocuments, loadCorpus, makeCorpus, prepareDataset } from '../src/data/index.js';
@@ -76,8 +77,9 @@ log(
   `data: pre-train half ${preTrain.length} tokens, fine-tune half ${ftData.train.length} train / ${ftData.val.length} val tokens (vocab ${tok.vocabSize})`,
 );
 
-// ── pre-train the base checkpoint on the first half ──
-const base = (() => {
+// ── pre-train the base checkpoint on the first half (or reuse --base-cache from an earlier run) ──
+const baseCache = flag('--base-cache') ? opt('--base-cache', '') : null;
+const pretrained = (): Float32Array => {
   const gpt = new GPT(model, kernels);
   gpt.init(1234);
   const opt = new AdamW(model, DEFAULT_ADAMW, kernels);
@@ -109,6 +111,19 @@ const base = (() => {
     }
   }
   return gpt.params.slice();
+};
+const base = (() => {
+  const P = new GPT(model, kernels).numParams;
+  if (baseCache && existsSync(baseCache)) {
+    const b = readFileSync(baseCache);
+    if (b.length === 4 * P) {
+      log(`base checkpoint: reusing ${baseCache}`);
+      return new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.length));
+    }
+  }
+  const p = pretrained();
+  if (baseCache) writeFileSync(baseCache, new Uint8Array(p.buffer, p.byteOffset, p.byteLength));
+  return p;
 })();
 const evalGpt = new GPT(model, kernels);
 evalGpt.params.set(base);
@@ -148,14 +163,15 @@ function stepMs(kind: 'full' | 'lora-frozen' | 'lora-dw'): number {
   return times[Math.floor(times.length / 2)];
 }
 const timing: Record<string, number> = {};
-for (let round = 0; round < 3; round++)
+for (let round = 0; round < (flag('--only') ? 0 : 3); round++)
   for (const k of ['full', 'lora-dw', 'lora-frozen'] as const) timing[k] = Math.min(timing[k] ?? Infinity, stepMs(k));
 const saving = 1 - timing['lora-frozen'] / timing['lora-dw'];
-log(
-  `step time (forward + backward, B=${B}, T=${model.ctx}, best median of 3): full ${timing.full.toFixed(2)} ms, ` +
-    `LoRA forming base dW ${timing['lora-dw'].toFixed(2)} ms, LoRA frozen base ${timing['lora-frozen'].toFixed(2)} ms ` +
-    `(${(saving * 100).toFixed(1)}% saved)`,
-);
+if (!flag('--only'))
+  log(
+    `step time (forward + backward, B=${B}, T=${model.ctx}, best median of 3): full ${timing.full.toFixed(2)} ms, ` +
+      `LoRA forming base dW ${timing['lora-dw'].toFixed(2)} ms, LoRA frozen base ${timing['lora-frozen'].toFixed(2)} ms ` +
+      `(${(saving * 100).toFixed(1)}% saved)`,
+  );
 
 // ── fine-tuning arms per seed ──
 interface ArmRow {
@@ -190,9 +206,22 @@ const runArms = async (seed: number, arms: string[], extra: object): Promise<Sim
         `  seed ${seed} ${r.name}${'lora' in extra ? ' (LoRA)' : ''}: val ${r.finalValLoss.toFixed(4)} in ${r.seconds.toFixed(0)} s`,
       ),
   });
+const only = opt('--only', 'all');
 for (const seed of seeds) {
-  const full = await runArms(seed, ['dp', `sparseloco-${H}`], { lr: ftLr });
+  const full = await runArms(seed, only === 'lora' ? ['dp'] : ['dp', `sparseloco-${H}`], { lr: ftLr });
+  if (only === 'full') {
+    log(
+      `  seed ${seed}: gap ${(((full.arms[1].finalValLoss - full.arms[0].finalValLoss) / full.arms[0].finalValLoss) * 100).toFixed(2)}%`,
+    );
+    continue;
+  }
   const lo = await runArms(seed, [`sparseloco-${H}`], { lr: loraLr, lora });
+  if (only === 'lora') {
+    log(
+      `  seed ${seed}: LoRA gap ${(((lo.arms[0].finalValLoss - full.arms[0].finalValLoss) / full.arms[0].finalValLoss) * 100).toFixed(2)}%`,
+    );
+    continue;
+  }
   const dp = full.arms[0];
   const row = (arm: string, params: number, r: (typeof full.arms)[0]): ArmRow => ({
     arm,
@@ -212,6 +241,8 @@ for (const seed of seeds) {
     ],
   });
 }
+
+if (only !== 'all') process.exit(0);
 
 // ── report ──
 const names = perSeed[0].rows.map((r) => r.arm);

@@ -6,7 +6,11 @@
  * payloads are the adapter's codec messages: far smaller than the full model's would be. The base
  * every peer trains on still hashes to the manifest's base in every report.
  *
- * Also, without processes: the manifest's base/lora fields are zod-checked and part of the runId.
+ * Peer 0 also validates: it scores every update, against θ = the adapter.
+ *
+ * Also, without processes: the manifest's base/lora fields are zod-checked and part of the runId;
+ * an audit re-executes a LoRA trainer's steps over the adapter alone, bit for bit, and catches a
+ * tampered adapter step.
  */
 import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -22,6 +26,12 @@ import { paramCount } from '../src/model/params.js';
 import { loraSpecs } from '../src/model/lora.js';
 import { createRefKernels } from '../src/kernels/ref.js';
 import { encodedSize } from '../src/swarm/compress/index.js';
+import { loadKernels } from '../src/kernels/index.js';
+import { LoraGPT } from '../src/model/lora-model.js';
+import { weightsHash } from '../src/model/checkpoint.js';
+import { DEFAULT_ADAMW } from '../src/train/adamw.js';
+import { Stepper, commitSteps, reexecute, leafOf, type AuditJob } from '../src/verify/audit.js';
+import { MerkleTree } from '../src/verify/merkle.js';
 import {
   dataDirFor,
   preparePeer,
@@ -87,6 +97,46 @@ test('the manifest names the base and the LoRA config, zod-checked and part of t
   bad({ lora: undefined }, /genesisWeightsHash must equal base\.weightsHash/);
 });
 
+test('audit by re-execution covers the adapter alone: same Merkle root, a tampered step caught', () => {
+  const k = () => loadKernels({ threads: 1, deterministic: true });
+  const g = new GPT(model, k());
+  g.init(99);
+  const base = g.params.slice();
+  const tok = new Uint16Array(3000).map((_, i) => (i * 2654435761) % model.vocabSize);
+  const job: AuditJob = {
+    runId: 'a'.repeat(64),
+    round: 2,
+    innerSteps: 6,
+    shards: [{ shard: 1, tokens: tok }],
+    B: 2,
+    T: model.ctx,
+    schedule: { kind: 'constant', maxLr: 1e-2, minLrFrac: 1, warmupSteps: 0, totalSteps: 1000, decayFrac: 0.2 },
+    adamw: DEFAULT_ADAMW,
+  };
+  const stepper = () => new Stepper(model, k(), job, () => new LoraGPT(model, k(), base, lora));
+  const trainer = stepper();
+  const lm = new LoraGPT(model, k(), base, lora);
+  lm.init(7);
+  const n = lm.numParams;
+  const start = { theta: lm.params.slice(), m: new Float32Array(n), v: new Float32Array(n), step: 12 };
+  const honest = commitSteps(trainer, start, { keep: true });
+  assert.equal(honest.final.theta.length, n, 'the committed state is the adapter');
+  assert.notEqual(weightsHash(honest.final.theta), weightsHash(start.theta), 'the adapter trained');
+  const leaves = [leafOf(honest.digests[0]), ...reexecute(stepper(), start, 0, 6)];
+  assert.equal(new MerkleTree(leaves).root, honest.root, 'an independent re-execution reaches the same root');
+  const bad = commitSteps(stepper(), start, {
+    tamper: (step, st) => {
+      if (step === 3) st.gpt.params[5] += 1e-3;
+    },
+  });
+  const again = [leafOf(bad.digests[0]), ...reexecute(stepper(), start, 0, 6)];
+  assert.notEqual(new MerkleTree(again).root, bad.root, 'a tampered adapter step changes the root');
+  assert.ok(
+    (trainer.gpt as LoraGPT).base.every((x, i) => x === base[i]),
+    'the base is untouched',
+  );
+});
+
 test(
   '3 peers fine-tune a LoRA adapter on a base fetched by CID: hashes agree, payloads small, base unchanged',
   {
@@ -116,7 +166,13 @@ test(
     const addrs = specs.map((s) => s.addr);
     for (const s of specs)
       peers.push(
-        spawnPeer(s, { run, bootstrap: addrs, genesisPeers: specs.map((x) => x.peerId), cacheDir: opts.cacheDir }),
+        spawnPeer(s, {
+          run,
+          bootstrap: addrs,
+          genesisPeers: specs.map((x) => x.peerId),
+          cacheDir: opts.cacheDir,
+          validator: s.index === 0,
+        }),
       );
 
     await waitForPeers(
@@ -126,7 +182,7 @@ test(
         agreedRounds(peers).filter(
           (r) => peers[0].reports.find((x) => x.event === 'round' && x.round === r)!.included >= 3,
         ).length >= 3,
-      60_000,
+      100_000,
     );
     const rounds = agreedRounds(peers);
     const reports = peers.flatMap((p) => p.reports.filter((r) => r.event === 'round'));
@@ -145,6 +201,12 @@ test(
     for (const r of reports.filter((x) => x.included > 0)) {
       assert.equal(r.payloadBytes, r.included * loraMsg, `round ${r.round}: payload = ${r.included} adapter messages`);
     }
+    // The validator scored the adapter updates.
+    const scored = peers[0].reports.flatMap((r) => r.scored ?? []);
+    assert.ok(
+      scored.some((x) => x.entries.length >= 3 && x.entries.every((e) => Number.isFinite(e.score))),
+      'the validator scored rounds of 3 adapter updates',
+    );
     assert.ok(fullMsg / loraMsg >= 10, `adapter message ${loraMsg} B vs full ${fullMsg} B`);
     console.log(
       JSON.stringify({
