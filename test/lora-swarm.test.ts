@@ -140,7 +140,7 @@ test('audit by re-execution covers the adapter alone: same Merkle root, a tamper
 test(
   '3 peers fine-tune a LoRA adapter on a base fetched by CID: hashes agree, payloads small, base unchanged',
   {
-    timeout: 90_000,
+    timeout: 150_000,
   },
   async () => {
     const t0 = Date.now();
