@@ -32,6 +32,8 @@ import { weightsHash } from '../src/model/checkpoint.js';
 import { DEFAULT_ADAMW } from '../src/train/adamw.js';
 import { Stepper, commitSteps, reexecute, leafOf, type AuditJob } from '../src/verify/audit.js';
 import { MerkleTree } from '../src/verify/merkle.js';
+import { loadBase } from '../src/peer/base-model.js';
+import { MismatchError } from '../src/util/errors.js';
 import {
   dataDirFor,
   preparePeer,
@@ -95,6 +97,35 @@ test('the manifest names the base and the LoRA config, zod-checked and part of t
   bad({ base: { weightsHash: 'x' } }, /base\.weightsHash/);
   // Full fine-tuning starts from the base: genesis must be it.
   bad({ lora: undefined }, /genesisWeightsHash must equal base\.weightsHash/);
+});
+
+test('full fine-tuning names the base as genesis; a peer refuses a base that does not hash to the manifest', async () => {
+  const g = new GPT(model, createRefKernels());
+  g.init(5);
+  const dir = join(root, 'base-full');
+  const { weightsHash: h } = await saveCheckpoint(dir, { config: model, params: g.params });
+  const { decoded } = await buildManifestWithBase({ ...opts, base: dir, dataDir: join(root, 'store-full') });
+  const m = decoded.manifest;
+  assert.equal(m.base?.weightsHash, h);
+  assert.equal(m.genesisWeightsHash, h, 'θ0 is the base');
+  assert.equal(m.lora, undefined);
+  const kernels = createRefKernels();
+  const got = await loadBase(m, { path: dir, signal: AbortSignal.timeout(5000), kernels });
+  assert.equal(weightsHash(got!), h);
+  // Another checkpoint of the same shape, passed as --base: refused before anything trains.
+  g.params[0] += 1e-3;
+  const other = join(root, 'base-other');
+  await saveCheckpoint(other, { config: model, params: g.params });
+  await assert.rejects(loadBase(m, { path: other, signal: AbortSignal.timeout(5000), kernels }), MismatchError);
+  // A LoRA run whose base is the init(seed) model, named by hash only: rebuilt and checked.
+  const lm = buildManifest({ ...opts, lora }).decoded.manifest;
+  assert.equal(lm.base?.cid, undefined);
+  const rebuilt = await loadBase(lm, { signal: AbortSignal.timeout(5000), kernels });
+  assert.equal(weightsHash(rebuilt!), lm.base!.weightsHash);
+  await assert.rejects(
+    loadBase({ ...lm, seed: lm.seed + 1 }, { signal: AbortSignal.timeout(5000), kernels }),
+    /--base DIR/,
+  );
 });
 
 test('audit by re-execution covers the adapter alone: same Merkle root, a tampered step caught', () => {

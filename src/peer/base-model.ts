@@ -22,7 +22,8 @@ import type { Manifest } from '../swarm/manifest.js';
 import { InvalidInputError, MismatchError } from '../util/errors.js';
 
 export interface BaseSource {
-  store: Store;
+  /** The IPFS store a base named by CID is fetched through. */
+  store?: Store;
   /** A local checkpoint directory of the base (`tessera node --base`). */
   path?: string;
   signal: AbortSignal;
@@ -41,6 +42,7 @@ export async function loadBase(m: Manifest, src: BaseSource): Promise<Float32Arr
     params = (await loadCheckpoint(src.path, { expectConfig: m.model, loadOptimizer: false })).params;
     from = src.path;
   } else if (m.base.cid !== undefined) {
+    if (!src.store) throw new InvalidInputError(`the base model ${m.base.cid} is named by CID: it needs a store`);
     params = (await loadState(src.store, parseCid(m.base.cid), m.model, { signal: src.signal })).params;
     from = m.base.cid;
   } else {
