@@ -12,11 +12,13 @@
  *   sparseloco  swarm full fine-tuning with SparseLoCo (H inner steps, top-k + error feedback)
  *   lora        swarm LoRA: the same SparseLoCo rounds over the adapter alone (θ = the adapter,
  *               model/lora-model.ts), the base frozen
+ *   dp LoRA     (reference) data-parallel LoRA: what LoRA itself costs against full fine-tuning,
+ *               apart from what the swarm costs
  *
  * For each seed (the fine-tuning data order, the LoRA init) it reports the final validation loss
  * on the fine-tuning half's held-out documents, the gap against dp (%), and bytes per worker
  * (sent + received). Then the mean over seeds. Also measured, side by side in the same process:
- * the time of one LoRA training step with the frozen base's weight gradients skipped (gpt.ts
+ * the time of one LoRA training step (forward + backward) with the frozen base's weight gradients skipped (gpt.ts
  * freezeBase) against the same step forming them, and a full step.
  *
  * Prints tables and writes JSON (default bench/finetune-quality.json). Not run in CI.
@@ -44,18 +46,19 @@ const json = flag('--json');
 const seeds = opt('--seeds', '1,2,3').split(',').map(Number);
 const steps = Number(opt('--steps', '240')); // fine-tuning global steps per arm
 const pretrainSteps = Number(opt('--pretrain', '1200'));
-const H = Number(opt('--inner', '30'));
+const H = Number(opt('--inner', '10'));
 const out = opt('--out', join(packageRoot(), 'bench', 'finetune-quality.json'));
 const log = (s: string) => {
   if (!json) process.stderr.write(s + '\n');
 };
 
 const model: ModelConfig = { vocabSize: 512, ctx: 64, dim: 96, layers: 3, heads: 4 };
-const lora: LoraConfig = { r: Number(opt('--lora-rank', '8')), alpha: 16, targets: ['all'] };
+const loraRank = Number(opt('--lora-rank', '16'));
+const lora: LoraConfig = { r: loraRank, alpha: 2 * loraRank, targets: ['all'] };
 const M = 4,
   B = 8;
 const ftLr = Number(opt('--lr', '1e-3'));
-const loraLr = Number(opt('--lora-lr', '5e-3'));
+const loraLr = Number(opt('--lora-lr', '3e-2'));
 const kernels = loadKernels({ threads: 1, deterministic: true });
 
 // ── data: one tokenizer (Brown's), two halves of the documents ──
@@ -215,7 +218,11 @@ for (const seed of seeds) {
     );
     continue;
   }
-  const lo = await runArms(seed, [`sparseloco-${H}`], { lr: loraLr, lora });
+  // LoRA: the swarm arm, and data-parallel LoRA as a reference (LoRA's own cost, apart from the swarm's).
+  const lo = await runArms(seed, only === 'lora' ? [`sparseloco-${H}`] : [`sparseloco-${H}`, 'dp'], {
+    lr: loraLr,
+    lora,
+  });
   if (only === 'lora') {
     log(
       `  seed ${seed}: LoRA gap ${(((lo.arms[0].finalValLoss - full.arms[0].finalValLoss) / full.arms[0].finalValLoss) * 100).toFixed(2)}%`,
@@ -238,6 +245,7 @@ for (const seed of seeds) {
       row('dp (full)', full.params, dp),
       row(`sparseloco-${H} (full)`, full.params, full.arms[1]),
       row(`sparseloco-${H} LoRA r${lora.r}`, lo.params, lo.arms[0]),
+      row(`dp LoRA r${lora.r} (reference)`, lo.params, lo.arms[1]),
     ],
   });
 }

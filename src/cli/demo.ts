@@ -251,7 +251,7 @@ export function register(program: Command): void {
       if (refused) throw new DeviceRefusedError(`--audit with --device webgpu: ${refused}`);
       if (o.loraAlpha !== undefined && o.loraRank === undefined)
         throw new InvalidInputError('--lora-alpha goes with --lora-rank');
-      if (o.loraRank !== undefined && o.device !== 'cpu')
+      if (o.loraRank !== undefined && o.device === 'webgpu')
         throw new InvalidInputError(
           `--lora-rank trains on the CPU (the GPU models take no adapter), not --device ${o.device}`,
         );

@@ -268,8 +268,10 @@ export class SwarmNode {
     const val: TokenArray = await this.data.load();
     // Audit needs bitwise-reproducible steps across machines: deterministic kernels for everyone.
     const kernels = loadKernels({ threads: o.threads ?? 1, ...(m.hyper.audit ? { deterministic: true } : {}) });
-    if (m.lora && (o.device ?? 'cpu') !== 'cpu')
-      throw new DeviceRefusedError(`--device ${o.device}: LoRA runs train on the CPU (the GPU models take no adapter)`);
+    // LoRA runs train on the CPU (the GPU models take no adapter): `auto` picks it, `webgpu` is refused.
+    if (m.lora && o.device === 'webgpu')
+      throw new DeviceRefusedError('--device webgpu: LoRA runs train on the CPU (the GPU models take no adapter)');
+    const device = m.lora ? 'cpu' : (o.device ?? 'cpu');
     // Fine-tuning: the base model, hash-checked (base-model.ts); θ is the adapter in a LoRA run.
     const base = await loadBase(m, {
       store: this.store,
@@ -345,9 +347,9 @@ export class SwarmNode {
     });
     // The inner steps run on --device (src/train/device-model.ts); θ, Δ, codecs and hashes stay here.
     const model =
-      (o.device ?? 'cpu') === 'cpu'
+      device === 'cpu'
         ? new CpuTrainModel(gpt, adamwFor(gpt, m.hyper.adamw, kernels))
-        : await openTrainModel(o.device!, {
+        : await openTrainModel(device, {
             config: m.model,
             adamw: m.hyper.adamw,
             kernels,
