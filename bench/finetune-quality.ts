@@ -1,6 +1,6 @@
 /**
  * `node dist/bench/finetune-quality.js [--seeds 1,2,3] [--steps S] [--inner H] [--pretrain N] [--lr X] [--lora-lr X]
- *    [--lora-rank R] [--only full|lora] [--base-cache FILE] [--out FILE] [--json]`
+ *    [--lora-rank R] [--lora-alpha A] [--only full|lora] [--base-cache FILE] [--out FILE] [--json]`
  *
  * Distributed fine-tuning quality (issue 19): one GPT-2 checkpoint pre-trained HERE on one half
  * of Brown (the first 250 documents by id: press, religion, skills, lore, belles lettres), then
@@ -54,7 +54,7 @@ const log = (s: string) => {
 
 const model: ModelConfig = { vocabSize: 512, ctx: 64, dim: 96, layers: 3, heads: 4 };
 const loraRank = Number(opt('--lora-rank', '16'));
-const lora: LoraConfig = { r: loraRank, alpha: 2 * loraRank, targets: ['all'] };
+const lora: LoraConfig = { r: loraRank, alpha: Number(opt('--lora-alpha', String(loraRank))), targets: ['all'] };
 const M = 4,
   B = 8;
 const ftLr = Number(opt('--lr', '1e-3'));
