@@ -9,10 +9,11 @@
  * either run; both decide rounds; the fixed run keeps the manifest's deadlines; the adaptive run
  * stretched its collection window (its first rounds, at ×1, landed fewer than 3/4 of the voters'
  * updates: the links bind). When neither run had a peer resync (on a loaded machine home peers can
- * fall behind and resync over and over, whatever the deadlines: see test/nat.test.ts), the adaptive
- * run included at least as many updates per round as the fixed one. How many more, the compute
- * fraction per peer and the round times are printed, not asserted (bench/nat-slow-links.ts
- * measures them over longer runs).
+ * fall behind and resync, whatever the deadlines) and both decided at least COMPARE_ROUNDS rounds
+ * (at load 15 on 2 cores each run decided 3 in its budget, whose means compare start-up noise),
+ * the adaptive run included at least as many updates per round as the fixed one. How many more,
+ * the compute fraction per peer and the round times are printed, not asserted
+ * (bench/nat-slow-links.ts measures them over longer runs).
  *
  * Needs root and a kernel with network namespaces, veth, bridges, nftables and tc tbf (CI runs as
  * root). Without them the test fails: it never skips. NAT_TEST_LOGS=DIR keeps every peer's log.
@@ -34,6 +35,8 @@ after(() => {
 });
 
 const ROUNDS = 10;
+/** Rounds each run must decide before their inclusion is compared. */
+const COMPARE_ROUNDS = 6;
 const BUDGET_MS = 50_000;
 
 test(
@@ -76,11 +79,14 @@ test(
       `the adaptive run stretched its collection window (${adaptive.finalStretch?.join('/')})`,
     );
     const resyncs = [fixed, adaptive].flatMap((r) => r.peers.map((p) => p.synced)).reduce((a, x) => a + x, 0);
-    if (resyncs === 0)
+    if (resyncs === 0 && fixed.rounds >= COMPARE_ROUNDS && adaptive.rounds >= COMPARE_ROUNDS)
       assert.ok(
         adaptive.meanIncluded >= fixed.meanIncluded,
         `adaptive deadlines include at least as many updates per round (${adaptive.meanIncluded.toFixed(2)} vs ${fixed.meanIncluded.toFixed(2)})`,
       );
-    else t.diagnostic(`${resyncs} resyncs: the inclusion comparison is printed, not asserted`);
+    else
+      t.diagnostic(
+        `${resyncs} resyncs, ${fixed.rounds} and ${adaptive.rounds} rounds: the inclusion comparison is printed, not asserted`,
+      );
   },
 );

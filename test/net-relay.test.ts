@@ -63,6 +63,12 @@ test('fetchOrder: named peers with a direct connection, other direct peers, then
   assert.deepEqual(fetchOrder(['homeX', 'homeY'], conns, 'me'), ['pubA', 'pubB', 'author', 'homeX', 'homeY']);
   // Self and peers that served bad bytes are never asked; `extra` caps the unnamed ones.
   assert.deepEqual(fetchOrder(['me', 'homeX'], conns, 'me', new Set(['pubA']), 1), ['pubB', 'homeX']);
+  // A peer whose last fetch timed out (a link that went down under an open connection) goes last.
+  assert.deepEqual(fetchOrder(['author'], conns, 'me', new Set(), 8, new Set(['author', 'pubA'])), [
+    'pubB',
+    'author',
+    'pubA',
+  ]);
 });
 
 test('bulk over a relayed (limited) connection, within the relay limit', { timeout: 60_000 }, async () => {

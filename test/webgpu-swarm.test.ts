@@ -11,10 +11,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { brownDocuments } from '../src/data/brown.js';
 import { SWIFTSHADER_ICD_PATHS } from '../src/kernels/webgpu/node-icd.js';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -114,10 +115,18 @@ test('a run audited bit for bit refuses --device webgpu and says why', () => {
   }
 });
 
-test('tessera train --device webgpu trains on the adapter and tracks the CPU', { skip, timeout: 120_000 }, () => {
+test('tessera train --device webgpu trains on the adapter and tracks the CPU', { skip, timeout: 450_000 }, () => {
   assert.ok(icd, 'CI=true: no SwiftShader Vulkan ICD for the WebGPU adapter');
   const dir = mkdtempSync(join(tmpdir(), 'tessera-gpu-train-'));
   try {
+    // A small corpus of its own: the run ends by evaluating the whole validation split, and
+    // Brown's 410k validation tokens take minutes on SwiftShader's emulated GPU.
+    const text = brownDocuments()
+      .slice(0, 4)
+      .map((d) => d.text)
+      .join('\n\n');
+    const corpus = join(dir, 'corpus.txt');
+    writeFileSync(corpus, text);
     const run = (device: string) => {
       const r = spawnSync(
         process.execPath,
@@ -129,8 +138,9 @@ test('tessera train --device webgpu trains on the adapter and tracks the CPU', {
           device,
           ...['--vocab', '300', '--ctx', '16', '--dim', '16', '--layers', '1', '--heads', '2', '--batch', '2'],
           ...['--steps', '10', '--eval-every', '5', '--eval-batches', '2', '--out', join(dir, device)],
+          ...['--data', corpus, '--cache-dir', join(dir, 'cache')],
         ],
-        { encoding: 'utf8', timeout: 100_000, env: { ...process.env, VK_ICD_FILENAMES: icd! } },
+        { encoding: 'utf8', timeout: 200_000, env: { ...process.env, VK_ICD_FILENAMES: icd! } },
       );
       assert.equal(r.status, 0, `train --device ${device} failed:\n${r.stderr}`);
       return JSON.parse(r.stdout) as { steps: number; finalValLoss: number; tokensPerSec: number };

@@ -70,7 +70,7 @@ import { DeviceRefusedError, InvalidInputError } from '../util/errors.js';
 import { RateCap, Senders } from './admission.js';
 import { Audits } from './audit.js';
 import { initialTheta, loadBase, thetaModel, thetaSpecs } from './base-model.js';
-import { bootChoice, keepDialing, mdnsOnly, readAcceptorRecord, waitForPeers } from './boot.js';
+import { bootChoice, keepDialing, mdnsOnly, readAcceptorRecord, waitForPeers, type KeepDialing } from './boot.js';
 import { generate, type GenerateOptions } from './inference.js';
 import { RunData } from './data.js';
 import { LedgerRole } from './ledger.js';
@@ -151,7 +151,7 @@ export class SwarmNode {
   private lastVal = NaN;
   private lastRecord = '';
   private timer: NodeJS.Timeout | null = null;
-  private dialTimer: NodeJS.Timeout | null = null;
+  private dialer: KeepDialing | null = null;
   private stopped = false;
   private readonly log: (line: string) => void;
   private readonly recordPath: string;
@@ -232,7 +232,12 @@ export class SwarmNode {
         else this.onNet(msg.kind, msg.from, msg.body);
       },
     });
-    this.dialTimer = keepDialing(this.host, o.bootstrap ?? [], () => this.stopped);
+    this.dialer = keepDialing(
+      this.host,
+      o.bootstrap ?? [],
+      () => this.stopped,
+      () => this.state?.roster ?? [],
+    );
     const self = this.host.peerId;
     const stopped = () => this.stopped;
     this.data = new RunData({
@@ -468,7 +473,7 @@ export class SwarmNode {
   async stop(): Promise<void> {
     this.stopped = true;
     if (this.timer) clearInterval(this.timer);
-    if (this.dialTimer) clearInterval(this.dialTimer);
+    this.dialer?.stop();
     this.training?.stop();
     try {
       this.channel?.close();

@@ -18,6 +18,7 @@ import { InvalidInputError } from '../util/errors.js';
 import { sha256HexNode } from '../util/hash-node.js';
 import { decodeBundle, encodeBundle, maxBundleBytes, type Bundle } from './bundle.js';
 import type { PayloadStore } from './payloads.js';
+import { fetchOrder } from './updates.js';
 import { RECENT_STATES, type Storage } from './storage.js';
 import type { Weights } from './weights.js';
 import type { SnapAd } from './wire.js';
@@ -26,6 +27,8 @@ import type { SnapAd } from './wire.js';
 export const MAX_ADS = 64;
 /** Advertisements tried per resync. */
 const RESYNC_CANDIDATES = 4;
+/** Directly connected peers asked for an advertised bundle besides its advertiser (a NotFound is cheap). */
+const DIRECT_HOLDERS = 4;
 
 export interface SyncDeps {
   runId: string;
@@ -138,28 +141,36 @@ export class Sync {
 
   /**
    * Loads one advertised state: by CID first (any holder can serve its blocks), else the
-   * advertiser's bundle. Behind a NAT (a relay reservation, or only private addresses) and directly
-   * connected to the advertiser, the bundle comes first: in the NAT lab (test/nat.test.ts) the
-   * CID fetch of a home peer timed out at its 15 s deadline (the blocks' holders reachable only
-   * through relays, if at all), so each resync cost about 8 rounds and the peer resynced forever.
+   * advertiser's bundle. Behind a NAT (a relay reservation, or only private addresses) the bundle
+   * comes first from directly connected peers: a bundle is named by its sha256 and every peer at
+   * the same state encodes the same bytes, so the public peers this one dialled serve it at the
+   * speed of a direct connection, and the advertiser (often another home peer, only reachable
+   * through a relay) is asked last. In the NAT lab (test/nat.test.ts) the CID fetch of a home peer
+   * timed out at its 15 s deadline and a relayed bundle took rounds; the advertisers meanwhile
+   * dropped the state ("peer has no object") and the peer resynced forever.
    */
   private async load(peer: string, ad: SnapAd): Promise<{ b: Bundle; via: 'ipfs' | 'bulk' }> {
     const P = this.d.weights.length;
-    const bulk = async (): Promise<{ b: Bundle; via: 'bulk' }> => {
-      const bytes = await fetchBulk(this.d.host, peer, ad.bundle, {
+    const bulkFrom = async (from: string): Promise<{ b: Bundle; via: 'bulk' }> => {
+      const bytes = await fetchBulk(this.d.host, from, ad.bundle, {
         maxBytes: maxBundleBytes(P),
         signal: AbortSignal.timeout(10_000),
       });
       return { b: decodeBundle(bytes, P), via: 'bulk' };
     };
+    const conns = this.d.host.connections();
+    const direct = fetchOrder([peer], conns, this.d.host.peerId, new Set(), DIRECT_HOLDERS).filter((p) =>
+      conns.some((c) => c.peer === p && !c.relayed),
+    );
     const natted = this.d.host.reachability().behindNat;
-    if (ad.cid && natted && this.d.host.connections().some((c) => c.peer === peer && !c.relayed)) {
-      try {
-        return await bulk();
-      } catch (err) {
-        this.d.log(`resync from ${peer.slice(-8)} directly failed (${(err as Error).message}); trying by CID`);
+    if (natted || !ad.cid)
+      for (const from of direct) {
+        try {
+          return await bulkFrom(from);
+        } catch (err) {
+          this.d.log(`resync bundle from ${from.slice(-8)} (direct) failed: ${(err as Error).message}`);
+        }
       }
-    }
     if (ad.cid) {
       try {
         const got = await loadState(this.d.store, parseCid(ad.cid), this.d.model, {
@@ -173,12 +184,10 @@ export class Sync {
           throw new InvalidInputError('checkpoint snapshot does not match its weights');
         return { b, via: 'ipfs' };
       } catch (err) {
-        this.d.log(
-          `resync by CID ${ad.cid.slice(0, 16)}… failed (${(err as Error).message}); trying a direct download`,
-        );
+        this.d.log(`resync by CID ${ad.cid.slice(0, 16)}… failed (${(err as Error).message}); trying the bundle`);
       }
     }
-    return await bulk();
+    return await bulkFrom(peer);
   }
 
   /** The reducer's `resync` effect: install the newest acceptable advertised state. */
@@ -189,13 +198,24 @@ export class Sync {
       this.d.stopTraining();
       // Candidates: advertisements of a state the reducer takes (the target, or a newer one
       // certified since: a slow download must not leave us behind again), from anyone (the
-      // hashes make a copy right), newest first, listed peers first. refusal() asks the reducer
+      // hashes make a copy right), newest first, directly connected then listed peers first. refusal() asks the reducer
       // again, with the snapshot hash, before anything is installed.
+      const direct = new Set(
+        this.d.host
+          .connections()
+          .filter((c) => !c.relayed)
+          .map((c) => c.peer),
+      );
       const ads = [...this.ads.entries()]
         .filter(
           ([, a]) => (a.round === e.round && a.weightsHash === e.weightsHash) || this.d.wanted(a.round, a.weightsHash),
         )
-        .sort(([p, x], [q, y]) => y.round - x.round || Number(e.from.includes(q)) - Number(e.from.includes(p)));
+        .sort(
+          ([p, x], [q, y]) =>
+            y.round - x.round ||
+            Number(direct.has(q)) - Number(direct.has(p)) ||
+            Number(e.from.includes(q)) - Number(e.from.includes(p)),
+        );
       for (const [peer, ad] of ads.slice(0, RESYNC_CANDIDATES)) {
         try {
           const { b, via } = await this.load(peer, ad);

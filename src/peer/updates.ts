@@ -12,10 +12,11 @@
  * fetched the update from its NATed author first, and serves it on); then the named candidates
  * reachable only through a relay. Two home peers behind NATs, which only reach each other
  * through a relay (or not at all), thus get each other's updates from the public peers both are
- * connected to; the relay is the last resort, not the first.
+ * connected to; the relay is the last resort, not the first. A peer whose fetch timed out or
+ * whose stream did not open is asked last for SUSPECT_MS (a dead link under an open connection).
  */
 import type { Logger } from 'pino';
-import { HashMismatchError, TooLargeError, fetchBulk, type Host } from '../net/index.js';
+import { AbortedError, HashMismatchError, HostError, TooLargeError, fetchBulk, type Host } from '../net/index.js';
 import { DecodeError, type Codec } from '../swarm/compress/index.js';
 import { InvalidInputError } from '../util/errors.js';
 import type { RoundState, UpdateMsg } from '../swarm/round.js';
@@ -40,13 +41,21 @@ export function fetchOrder(
   self: string,
   skip: ReadonlySet<string> = new Set(),
   extra = EXTRA_HOLDERS,
+  demote: ReadonlySet<string> = new Set(),
 ): string[] {
   const direct = new Set(conns.filter((c) => !c.relayed).map((c) => c.peer));
   const ok = (p: string) => p !== self && !skip.has(p);
   const names = [...new Set(named)].filter(ok);
   const others = [...direct].filter((p) => ok(p) && !names.includes(p)).slice(0, extra);
-  return [...names.filter((p) => direct.has(p)), ...others, ...names.filter((p) => !direct.has(p))];
+  const order = [...names.filter((p) => direct.has(p)), ...others, ...names.filter((p) => !direct.has(p))];
+  // Peers whose last fetch timed out or could not be reached go last: a connection to a peer
+  // whose link went down stays open until libp2p's monitor notices, and each fetch over it
+  // waits its whole limit (in the NAT lab a home peer lost rounds to that).
+  return [...order.filter((p) => !demote.has(p)), ...order.filter((p) => demote.has(p))];
 }
+
+/** How long a peer whose fetch timed out (or whose stream could not be opened) is asked last. */
+const SUSPECT_MS = 30_000;
 
 export interface UpdateFetcherDeps {
   host: Host;
@@ -63,8 +72,17 @@ export interface UpdateFetcherDeps {
 
 export class UpdateFetcher {
   private readonly fetching = new Set<string>();
+  /** peer → until when it is asked last (its fetch timed out or its stream did not open). */
+  private readonly suspect = new Map<string, number>();
 
   constructor(private readonly d: UpdateFetcherDeps) {}
+
+  /** Peers asked last now (at most 256 remembered; expired ones dropped). */
+  private demoted(): Set<string> {
+    const now = Date.now();
+    for (const [p, until] of this.suspect) if (until <= now || this.suspect.size > 256) this.suspect.delete(p);
+    return new Set(this.suspect.keys());
+  }
 
   async fetch(hash: string, from: string[], round: number, author: string): Promise<void> {
     const { payloads, logger } = this.d;
@@ -81,7 +99,14 @@ export class UpdateFetcher {
       // A peer that served bad bytes (wrong hash, size or encoding) is not asked again for this hash.
       const liars = new Set<string>();
       for (let attempt = 0; attempt < PASSES && !this.d.stopped(); attempt++) {
-        const peers = fetchOrder(from, this.d.host.connections(), this.d.host.peerId, liars);
+        const peers = fetchOrder(
+          from,
+          this.d.host.connections(),
+          this.d.host.peerId,
+          liars,
+          EXTRA_HOLDERS,
+          this.demoted(),
+        );
         if (peers.length === 0) break;
         for (const peer of peers) {
           try {
@@ -94,6 +119,7 @@ export class UpdateFetcher {
               throw new DecodeError(`payload of ${bytes.length} bytes, the run's codec makes ${max}`);
             const delta = this.d.codec.decode(bytes, P);
             if (!delta.every(Number.isFinite)) throw new InvalidInputError('non-finite Δ');
+            this.suspect.delete(peer);
             payloads.putUpdate(hash, bytes, round, delta);
             this.d.deliver(hash, round, author);
             return;
@@ -105,6 +131,8 @@ export class UpdateFetcher {
               err instanceof InvalidInputError ||
               err instanceof DecodeError;
             if (bad) liars.add(peer);
+            if (err instanceof AbortedError || err instanceof HostError)
+              this.suspect.set(peer, Date.now() + SUSPECT_MS);
             if (bad)
               logger.warn(
                 { reason: 'bad-payload', detail: (err as Error).message, from: peer, update: hash, round },

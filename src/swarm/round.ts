@@ -1006,7 +1006,11 @@ function advance(c: Ctx): void {
         if (s.decision && s.decision.commit.included.length === 0) finishRound(c, s.weightsHash);
         break;
       case 'fetching':
-        if (s.now >= s.fetchDeadline && !behind(c)) {
+        // Catching up by replay: a peer still fetching a decided set keeps fetching it after a
+        // majority announced the round's result (its holders keep the payloads KEEP_ROUNDS
+        // rounds), then applies it and reaches the same θ hash. It resyncs only once the
+        // catch-up window is over, or (checkClaims) once a quorum is two rounds ahead.
+        if (s.now >= s.fetchDeadline && !(s.now >= catchUpUntil(s) && behind(c))) {
           s.fetchDeadline = s.now + s.params.retryMs;
           emitFetch(c);
         }
@@ -1837,6 +1841,20 @@ function decide(c: Ctx, k: Commit, h: string, signers: string[]): void {
     c.effects.push({ type: 'stop-training', round: s.round });
   }
   startApply(c);
+}
+
+/** Rounds' worth of time a peer fetching a decided set keeps at it after the others moved on. */
+export const CATCH_UP_ROUNDS = 2;
+
+/**
+ * Until when a peer in `fetching` replays its decided set rather than resync to the result a
+ * majority announced (docs/ROUNDS.md "Catching up"): CATCH_UP_ROUNDS rounds' submit and commit
+ * time from the round's start. A replayed round costs its missing payloads (kilobytes to
+ * megabytes, from any holder); a resync costs θ and momentum (8 bytes a parameter), which
+ * behind a NAT may come only through a relay. Pure.
+ */
+export function catchUpUntil(s: Pick<RoundState, 'params' | 'stretch' | 'startedAt'>): number {
+  return s.startedAt + CATCH_UP_ROUNDS * (submitMsOf(s) + s.params.commitMs);
 }
 
 function missingUpdates(s: RoundState): IncludedUpdate[] {

@@ -70,6 +70,11 @@ export interface SimPeer {
   faultyApply: Set<number>;
   /** round → the snapshot this peer started that round from (what it can serve, like the driver's recent states). */
   snaps: Map<number, RoundSnapshot>;
+  /**
+   * A peer that gets others' updates only by fetching them, each fetch answered this many ms
+   * late (a home peer whose payloads come through a slow path); undefined: updates by gossip.
+   */
+  fetchMs?: number;
 }
 
 interface Pending {
@@ -115,7 +120,13 @@ export class Sim {
 
   add(
     id: string,
-    opts: { genesis?: string[]; bootstrap?: string[]; speed?: number; acceptor?: AcceptorRecord } = {},
+    opts: {
+      genesis?: string[];
+      bootstrap?: string[];
+      speed?: number;
+      acceptor?: AcceptorRecord;
+      fetchMs?: number;
+    } = {},
   ): SimPeer {
     const res = init({
       self: id,
@@ -139,6 +150,7 @@ export class Sim {
       held: new Set(),
       faultyApply: new Set(),
       snaps: new Map(),
+      ...(opts.fetchMs !== undefined ? { fetchMs: opts.fetchMs } : {}),
     };
     this.peers.set(id, peer);
     this.absorb(peer, res);
@@ -217,7 +229,8 @@ export class Sim {
     switch (e.type) {
       case 'broadcast':
         if (e.msg.type === 'update') this.store.set(e.msg.updateHash, e.msg);
-        for (const q of this.peers.values()) if (q.id !== p.id) this.send(q.id, e.msg);
+        for (const q of this.peers.values())
+          if (q.id !== p.id && !(e.msg.type === 'update' && q.fetchMs !== undefined)) this.send(q.id, e.msg);
         this.onBroadcast?.(p, e.msg);
         break;
       case 'send':
@@ -240,7 +253,9 @@ export class Sim {
         for (const u of e.updates) {
           const msg = this.store.get(u.updateHash);
           const holder = [...this.peers.values()].find((q) => q.alive && q.id !== p.id && q.held.has(u.updateHash));
-          if (msg && holder) this.send(p.id, msg);
+          if (msg && holder && p.fetchMs !== undefined)
+            this.schedule(p.id, { type: 'message', msg }, this.delay() + p.fetchMs);
+          else if (msg && holder) this.send(p.id, msg);
         }
         break;
       case 'apply': {
