@@ -110,11 +110,25 @@ for (const arch of ['gpt2', 'llama'] as const) {
     const B = 2,
       T = 5;
     const { tokens, targets } = batch(any.config.vocabSize, B, T, 9);
-    const tr = loraTrainable(m);
+    const tr = loraTrainable(m, { freezeBase: false });
     tr.zeroGrad();
     tr.forwardBackward(tokens, targets, B, T);
     const gA = a.grads.slice(),
       gBase = m.grads.slice();
+    // A frozen base (the default): the adapter's gradient bit for bit, no base gradient formed.
+    const fr = loraTrainable(m);
+    if (arch === 'gpt2') {
+      m.grads.fill(7);
+      fr.zeroGrad();
+      fr.forwardBackward(tokens, targets, B, T);
+      assert.ok(bits(a.grads).equals(bits(gA)), 'adapter gradients equal with the base frozen');
+      assert.ok(
+        m.grads.every((x) => x === 7),
+        'a frozen base forms no gradient',
+      );
+      loraTrainable(m, { freezeBase: false });
+      a.grads.set(gA);
+    }
 
     // Exact identities against the effective weight's gradient G (what the base backward forms).
     let worstId = 0;

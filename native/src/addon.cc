@@ -458,11 +458,11 @@ napi_value MatmulForward(napi_env env, Args& a) {
 
 napi_value MatmulBackward(napi_env env, Args& a) {
   const Cfg cfg = a.cfg(0);
-  F32 dinp = a.f32(1, "dinp"), dw = a.f32(2, "dweight"), db = a.f32(3, "dbias", true), dout = a.f32(4, "dout"),
+  F32 dinp = a.f32(1, "dinp"), dw = a.f32(2, "dweight", true), db = a.f32(3, "dbias", true), dout = a.f32(4, "dout"),
       inp = a.f32(5, "inp"), w = a.f32(6, "weight");
   const int64_t N = a.dim(7, "N"), C = a.dim(8, "C"), OC = a.dim(9, "OC");
   a.need(dinp, mul(a, {N, C}), "N*C");
-  a.need(dw, mul(a, {OC, C}), "OC*C");
+  if (!dw.is_null) a.need(dw, mul(a, {OC, C}), "OC*C");
   if (!db.is_null) a.need(db, OC, "OC");
   a.need(dout, mul(a, {N, OC}), "N*OC");
   a.need(inp, mul(a, {N, C}), "N*C");
@@ -474,8 +474,8 @@ napi_value MatmulBackward(napi_env env, Args& a) {
   std::vector<GemmArgs> gs;
   // dinp[N,C] += dout[N,OC] @ weight[OC,C]
   gs.push_back(make_gemm(N, C, OC, dout.p, OC, 1, w.p, C, 1, dinp.p, C, nullptr, true));
-  // dweight[OC,C] += dout^T @ inp
-  gs.push_back(make_gemm(OC, C, N, dout.p, 1, OC, inp.p, C, 1, dw.p, C, nullptr, true));
+  // dweight[OC,C] += dout^T @ inp (skipped for a frozen weight: null dweight, only dinp flows)
+  if (!dw.is_null) gs.push_back(make_gemm(OC, C, N, dout.p, 1, OC, inp.p, C, 1, dw.p, C, nullptr, true));
   run_gemms(cfg, a.inst(), gs, db.is_null ? nullptr : db.p, dout.p, N, OC);
   return undefined(env);
 }

@@ -13,7 +13,12 @@ import { availableParallelism } from 'node:os';
 import { join, resolve } from 'node:path';
 import { int, num, oneOf } from './args.js';
 import { say, result } from './output.js';
-import { buildManifest, buildManifestFromStore, type RunCreateOptions } from '../swarm/manifest-builder.js';
+import {
+  buildManifest,
+  buildManifestFromStore,
+  buildManifestWithBase,
+  type RunCreateOptions,
+} from '../swarm/manifest-builder.js';
 import { addCorpus } from './data.js';
 import { defaultCacheDir } from './train.js';
 import { loadCorpus, prepareDataset } from '../data/index.js';
@@ -121,6 +126,9 @@ interface DemoOptions {
   audit?: number;
   auditTolerance?: number;
   auditOn: 'device' | 'cpu';
+  base?: string;
+  loraRank?: number;
+  loraAlpha?: number;
 }
 
 export function register(program: Command): void {
@@ -203,6 +211,16 @@ export function register(program: Command): void {
       oneOf('cpu', 'webgpu', 'auto'),
       'cpu',
     )
+    .option(
+      '--base <dir>',
+      "fine-tune this checkpoint (`tessera train`/`import` output; its shape replaces the demo model's): peer 0 adds it to its IPFS store, the others fetch it by CID and check its hash",
+    )
+    .option(
+      '--lora-rank <r>',
+      'train only a LoRA adapter of rank r on every projection of the base (--base, else the demo model at its init): rounds exchange the adapter alone',
+      int(1, 4096),
+    )
+    .option('--lora-alpha <x>', 'LoRA alpha (default 2·rank)', num(1e-6, 1e6))
     .option('--json', 'one JSON object per round on stdout', false)
     .option('--no-dashboard', 'do not serve the live dashboard')
     .option('--dashboard-port <n>', 'dashboard port on 127.0.0.1 (any free port if taken)', int(1, 65535), 8080)
@@ -231,6 +249,12 @@ export function register(program: Command): void {
           ? gpuAuditRefusal(o.auditTolerance !== undefined ? { tolerance: { rel: o.auditTolerance } } : {})
           : null;
       if (refused) throw new DeviceRefusedError(`--audit with --device webgpu: ${refused}`);
+      if (o.loraAlpha !== undefined && o.loraRank === undefined)
+        throw new InvalidInputError('--lora-alpha goes with --lora-rank');
+      if (o.loraRank !== undefined && o.device === 'webgpu')
+        throw new InvalidInputError(
+          `--lora-rank trains on the CPU (the GPU models take no adapter), not --device ${o.device}`,
+        );
       if (o.ledger && nValidators === 0)
         throw new InvalidInputError('--ledger needs at least one validator (--validators)');
       const run = join(dir, 'run.json');
@@ -268,6 +292,10 @@ export function register(program: Command): void {
           ...(o.auditTolerance !== undefined ? { auditTolerance: o.auditTolerance } : {}),
           ...(o.outerLr !== undefined ? { outerLr: o.outerLr } : {}),
           ...(o.outerMomentum !== undefined ? { outerMomentum: o.outerMomentum } : {}),
+          ...(o.base !== undefined ? { base: resolve(o.base), dataDir: dataDirFor(dir, 0) } : {}),
+          ...(o.loraRank !== undefined
+            ? { lora: { r: o.loraRank, alpha: o.loraAlpha ?? 2 * o.loraRank, targets: ['all'] } }
+            : {}),
         };
         let built: ReturnType<typeof buildManifest>;
         if (o.ipfs) {
@@ -280,8 +308,15 @@ export function register(program: Command): void {
           say(o, `peer 0 stored the dataset: ${cid}`);
           built = await buildManifestFromStore({ ...opts, dataset: cid, dataDir: dataDirFor(dir, 0) });
         } else {
-          built = buildManifest(opts);
+          built = opts.base !== undefined ? await buildManifestWithBase(opts) : buildManifest(opts);
         }
+        const bm = built.decoded.manifest;
+        if (bm.base)
+          say(
+            o,
+            `fine-tuning base ${bm.base.weightsHash.slice(0, 12)}${bm.base.cid ? ` (${bm.base.cid}, in peer 0's store)` : ' (the demo model at init)'}: ` +
+              (bm.lora ? `LoRA r=${bm.lora.r} alpha=${bm.lora.alpha} on every projection` : 'full fine-tuning'),
+          );
         const { decoded, params } = built;
         runId = decoded.runId;
         writeFileSync(run, JSON.stringify(decoded.manifest, null, 2) + '\n');

@@ -99,6 +99,10 @@ export function register(program: Command): void {
       v.split(',').filter(Boolean),
     )
     .option('--rounds <n>', 'exit after completing this many rounds (0 = run until stopped)', int(0), 0)
+    .option(
+      '--base <dir>',
+      "a fine-tuning run's base model as a local checkpoint directory (checked against the manifest's base hash; default: fetched from peers by the manifest's base CID)",
+    )
     .option('--cache-dir <dir>', 'tokenizer and token cache', defaultCacheDir())
     .option('--json', 'one JSON object per round on stdout', false)
     .option(
@@ -173,6 +177,7 @@ export function register(program: Command): void {
         genesisPeers?: string[];
         rounds: number;
         cacheDir: string;
+        base?: string;
         json: boolean;
         device: 'cpu' | 'webgpu' | 'auto';
         fetchTimeout: number;
@@ -249,6 +254,7 @@ export function register(program: Command): void {
           cacheDir: o.cacheDir,
           fetchTimeoutMs: o.fetchTimeout,
           device: o.device,
+          ...(o.base !== undefined ? { base: o.base } : {}),
           ...(o.behave ? { behave: o.behave } : {}),
           validator: o.validator,
           auditOn: o.auditOn,

@@ -10,9 +10,11 @@ import {
   SPARSELOCO_OUTER,
   buildManifest,
   buildManifestFromStore,
+  buildManifestWithBase,
   type RunCreateOptions,
 } from '../swarm/manifest-builder.js';
 import { InvalidInputError } from '../util/errors.js';
+import { parseLoraFlag } from '../train/finetune.js';
 
 export function register(program: Command): void {
   const run = program.command('run').description('create and inspect swarm runs');
@@ -82,19 +84,51 @@ export function register(program: Command): void {
     .option('--replicas <n>', 'peers that pin each training shard and retained checkpoint (default 3)', int(1, 64))
     .option('--checkpoint-every <n>', 'keep a state checkpoint every N rounds (default 5)', int(1))
     .option('--keep-checkpoints <n>', 'checkpoints retained before garbage collection (default 3)', int(1, 1000))
+    .option(
+      '--base <dir>',
+      "fine-tune this checkpoint (`tessera train`/`import` output; its shape is the run's model): added to --data-dir's store, named in the manifest by CID and weights hash; every peer checks the hash",
+    )
+    .option(
+      '--lora <r,alpha,targets>',
+      "train only a LoRA adapter on the base (e.g. 8,16,c_attn+c_fc; targets 'all' by default): rounds exchange the adapter alone. Without --base, the base is the run's init(seed) model",
+    )
     .option('--json', 'print a JSON object on stdout', false)
-    .action(async (o: RunCreateOptions & { out: string; json: boolean; dataset?: string; dataDir?: string }) => {
-      if (o.dataset !== undefined && o.dataDir === undefined)
-        throw new InvalidInputError('--dataset needs --data-dir (the store that holds it)');
-      if (o.auditTolerance !== undefined && o.audit === undefined)
-        throw new InvalidInputError('--audit-tolerance goes with --audit');
-      const { decoded, params } =
-        o.dataset !== undefined
-          ? await buildManifestFromStore({ ...o, dataset: o.dataset, dataDir: o.dataDir! })
-          : buildManifest(o);
-      mkdirSync(dirname(o.out), { recursive: true });
-      writeFileSync(o.out, JSON.stringify(decoded.manifest, null, 2) + '\n');
-      say(o, `wrote ${o.out}: ${params} parameters, H=${o.inner}, codec ${o.codec}, overlap ${o.overlap ?? 'eager'}`);
-      result(o, { runId: decoded.runId, out: o.out, params, manifest: decoded.manifest }, decoded.runId);
-    });
+    .action(
+      async (
+        o: Omit<RunCreateOptions, 'lora'> & {
+          out: string;
+          json: boolean;
+          dataset?: string;
+          dataDir?: string;
+          lora?: string;
+        },
+      ) => {
+        if (o.dataset !== undefined && o.dataDir === undefined)
+          throw new InvalidInputError('--dataset needs --data-dir (the store that holds it)');
+        if (o.base !== undefined && o.dataDir === undefined)
+          throw new InvalidInputError('--base needs --data-dir (the store the base checkpoint is added to)');
+        const opts: RunCreateOptions = { ...o, lora: o.lora !== undefined ? parseLoraFlag(o.lora) : undefined };
+        if (o.auditTolerance !== undefined && o.audit === undefined)
+          throw new InvalidInputError('--audit-tolerance goes with --audit');
+        const { decoded, params } =
+          o.dataset !== undefined
+            ? await buildManifestFromStore({ ...opts, dataset: o.dataset, dataDir: o.dataDir! })
+            : opts.base !== undefined
+              ? await buildManifestWithBase(opts)
+              : buildManifest(opts);
+        const m = decoded.manifest;
+        if (m.base)
+          say(
+            o,
+            `base model ${m.base.weightsHash.slice(0, 12)}${m.base.cid ? ` (${m.base.cid})` : ' (init(seed))'}: ${m.lora ? `LoRA r=${m.lora.r} alpha=${m.lora.alpha} on ${m.lora.targets.join('+')}` : 'full fine-tuning'}`,
+          );
+        mkdirSync(dirname(o.out), { recursive: true });
+        writeFileSync(o.out, JSON.stringify(decoded.manifest, null, 2) + '\n');
+        say(
+          o,
+          `wrote ${o.out}: ${params} ${m.lora ? 'adapter ' : ''}parameters, H=${o.inner}, codec ${o.codec}, overlap ${o.overlap ?? 'eager'}`,
+        );
+        result(o, { runId: decoded.runId, out: o.out, params, manifest: decoded.manifest }, decoded.runId);
+      },
+    );
 }

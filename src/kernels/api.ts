@@ -38,11 +38,11 @@ export interface Kernels {
   ): void;
   /**
    * dinp[N,C] += dout[N,OC] @ weight[OC,C]; dweight[OC,C] += dout^T @ inp; dbias[OC] += sum_n dout.
-   * dbias may be null.
+   * dbias may be null; so may dweight (a frozen weight, e.g. a LoRA base: only dinp is formed).
    */
   matmulBackward(
     dinp: Float32Array,
-    dweight: Float32Array,
+    dweight: Float32Array | null,
     dbias: Float32Array | null,
     dout: Float32Array,
     inp: Float32Array,

@@ -41,7 +41,7 @@ interface Addon {
   matmulBackward(
     cfg: number,
     dinp: Float32Array,
-    dweight: Float32Array,
+    dweight: Float32Array | null,
     dbias: Float32Array | null,
     dout: Float32Array,
     inp: Float32Array,

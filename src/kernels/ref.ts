@@ -59,7 +59,7 @@ export function createRefKernels(): Kernels {
         }
       }
       for (let o = 0; o < OC; o++) {
-        for (let c = 0; c < C; c++) {
+        for (let c = 0; dweight && c < C; c++) {
           let s = 0;
           for (let n = 0; n < N; n++) s += dout[n * OC + o] * inp[n * C + c];
           dweight[o * C + c] += s;

@@ -17,6 +17,10 @@
  * (c_attn, attn.c_proj, c_fc, mlp.c_proj, Hugging Face's module names): forward lets it add to the
  * projection's output, backward to the projection's input gradient. Without one the block runs
  * exactly as before.
+ *
+ * A frozen block (`frozen`, a LoRA base: the adapter trains, the weights do not) forms no weight
+ * gradients in backward: the projections' dW and db are skipped (matmulBackward with null), the
+ * LayerNorms' go to a throwaway sink, and only d(input) flows, so `gw` is left untouched.
  */
 import type { Kernels } from '../kernels/api.js';
 import type { LayerViews } from './params.js';
@@ -150,28 +154,33 @@ export function blockBackward(
   C: number,
   NH: number,
   hook?: ProjectionHook,
+  frozen?: { sink: Float32Array },
 ): void {
   const N = B * T,
     C4 = 4 * C;
   const { dres, dC, d3C, d4Ca, d4Cb, datt } = d;
+  // Frozen: no dW, no db; LayerNorm gradients into the sink [2C] (their cost is O(N·C)).
+  const W = (t: Float32Array): Float32Array | null => (frozen ? null : t);
+  const lnW = (t: Float32Array): Float32Array => (frozen ? frozen.sink.subarray(0, C) : t);
+  const lnB = (t: Float32Array): Float32Array => (frozen ? frozen.sink.subarray(C, 2 * C) : t);
   // res3 = res2 + proj(gelu(fc(ln2(res2)))): dres flows to res2 unchanged, plus the MLP branch.
   d4Ca.fill(0);
-  k.matmulBackward(d4Ca, gw.fcprojw, gw.fcprojb, dres, x.fchGelu, w.fcprojw, N, C4, C);
+  k.matmulBackward(d4Ca, W(gw.fcprojw), W(gw.fcprojb), dres, x.fchGelu, w.fcprojw, N, C4, C);
   hook?.backward('mlp.c_proj', d4Ca, dres, x.fchGelu, N);
   d4Cb.fill(0);
   k.geluBackward(d4Cb, x.fch, d4Ca, N * C4);
   dC.fill(0);
-  k.matmulBackward(dC, gw.fcw, gw.fcb, d4Cb, x.ln2, w.fcw, N, C, C4);
+  k.matmulBackward(dC, W(gw.fcw), W(gw.fcb), d4Cb, x.ln2, w.fcw, N, C, C4);
   hook?.backward('c_fc', dC, d4Cb, x.ln2, N);
-  k.layernormBackward(dres, gw.ln2w, gw.ln2b, dC, x.res2, w.ln2w, x.ln2Mean, x.ln2Rstd, N, C);
+  k.layernormBackward(dres, lnW(gw.ln2w), lnB(gw.ln2b), dC, x.res2, w.ln2w, x.ln2Mean, x.ln2Rstd, N, C);
   // res2 = input + proj(attn(qkv(ln1(input)))).
   dC.fill(0);
-  k.matmulBackward(dC, gw.attprojw, gw.attprojb, dres, x.atty, w.attprojw, N, C, C);
+  k.matmulBackward(dC, W(gw.attprojw), W(gw.attprojb), dres, x.atty, w.attprojw, N, C, C);
   hook?.backward('attn.c_proj', dC, dres, x.atty, N);
   d3C.fill(0);
   k.attentionBackward(d3C, datt, dC, x.qkv, x.att, B, T, C, NH);
   dC.fill(0);
-  k.matmulBackward(dC, gw.qkvw, gw.qkvb, d3C, x.ln1, w.qkvw, N, C, 3 * C);
+  k.matmulBackward(dC, W(gw.qkvw), W(gw.qkvb), d3C, x.ln1, w.qkvw, N, C, 3 * C);
   hook?.backward('c_attn', dC, d3C, x.ln1, N);
-  k.layernormBackward(dres, gw.ln1w, gw.ln1b, dC, input, w.ln1w, x.ln1Mean, x.ln1Rstd, N, C);
+  k.layernormBackward(dres, lnW(gw.ln1w), lnB(gw.ln1b), dC, input, w.ln1w, x.ln1Mean, x.ln1Rstd, N, C);
 }

@@ -12,7 +12,10 @@
  * pipeline stages of stage.ts); this file holds the embeddings, final LayerNorm, head and loss.
  *
  * An optional LoRA adapter (`lora`, lora.ts) is consulted at the block's projections; with
- * none attached (the default) every path is exactly the adapter-free one.
+ * none attached (the default) every path is exactly the adapter-free one. `freezeBase` (set by
+ * loraTrainable: only the adapter trains) makes backward skip every base weight gradient (dW of
+ * the projections and the head, the LayerNorms' and the embeddings'): only d(input) flows through
+ * the frozen model, into the adapter, and `grads` is left untouched.
  */
 import type { Kernels } from '../kernels/api.js';
 import { ModelConfigSchema, type ModelConfig } from './config.js';
@@ -82,6 +85,9 @@ export class GPT {
   private acts: Acts | null = null;
   private inputs: Int32Array | null = null;
   private adapter: LoraAdapter | null = null;
+  /** Backward forms no base weight gradients (a frozen LoRA base); `grads` stays as it is. */
+  freezeBase = false;
+  private sink: Float32Array | null = null;
 
   constructor(config: ModelConfig, kernels: Kernels) {
     this.config = ModelConfigSchema.parse(config);
@@ -245,17 +251,21 @@ export class GPT {
     const N = B * T;
     const { dC, dres } = a;
 
+    const frozen = this.freezeBase ? { sink: (this.sink ??= new Float32Array(2 * C)) } : undefined;
+
     dC.fill(0);
-    k.matmulBackward(dC, g.wte, null, a.logits, a.lnf, p.wte, N, C, V);
+    k.matmulBackward(dC, frozen ? null : g.wte, null, a.logits, a.lnf, p.wte, N, C, V);
     dres.fill(0);
     const lastRes = L > 0 ? a.layers[L - 1].res3 : a.encoded;
-    k.layernormBackward(dres, g.lnfw, g.lnfb, dC, lastRes, p.lnfw, a.lnfMean, a.lnfRstd, N, C);
+    const [lnw, lnb] = frozen ? [frozen.sink.subarray(0, C), frozen.sink.subarray(C)] : [g.lnfw, g.lnfb];
+    k.layernormBackward(dres, lnw, lnb, dC, lastRes, p.lnfw, a.lnfMean, a.lnfRstd, N, C);
 
     for (let l = L - 1; l >= 0; l--) {
       const input = l === 0 ? a.encoded : a.layers[l - 1].res3;
       const hook = this.adapter?.layerHook(l, k);
-      blockBackward(k, p.layers[l], g.layers[l], a.layers[l], input, a, B, T, C, NH, hook);
+      blockBackward(k, p.layers[l], g.layers[l], a.layers[l], input, a, B, T, C, NH, hook, frozen);
     }
-    k.embeddingBackward(g.wte, g.wpe, dres, tokens, B, T, C);
+    // The embeddings' gradient is the last use of d(input): nothing to form when frozen.
+    if (!frozen) k.embeddingBackward(g.wte, g.wpe, dres, tokens, B, T, C);
   }
 }

@@ -23,6 +23,7 @@
 import type { Logger } from 'pino';
 import type { TokenArray } from '../data/batches.js';
 import type { Kernels } from '../kernels/api.js';
+import type { ThetaModel } from '../model/lora-model.js';
 import { fetchBulk, type Host } from '../net/index.js';
 import { assignShards, roundSeed } from '../swarm/assign.js';
 import type { DecodedManifest } from '../swarm/manifest.js';
@@ -76,6 +77,8 @@ export interface AuditDeps {
   self: string;
   params: number;
   kernels: Kernels;
+  /** The model θ belongs to, for re-execution (a LoRA run: a LoraGPT over the base; else a GPT). */
+  makeModel?: () => ThetaModel;
   host: Host;
   payloads: PayloadStore;
   shardData: (shard: number, round: number) => Promise<TokenArray | null>;
@@ -218,7 +221,7 @@ export class Audits {
     }
     const job = await this.job(round, trainer, roster, c.steps);
     if (!job) return rec(true, 'skipped: shard data unavailable');
-    const st = new Stepper(this.d.manifest.manifest.model, this.d.kernels, job);
+    const st = new Stepper(this.d.manifest.manifest.model, this.d.kernels, job, this.d.makeModel);
     const tree = new MerkleTree(trace.digests.map(leafOf));
     const start = trace.start;
     const oracle: TrainerOracle = {
@@ -301,7 +304,7 @@ export class Audits {
       state: (i) => (i === 0 ? cloneState(trace.start) : fetchState(i)),
     };
     const base = this.d.payloads.msg(updateHash)?.baseHash ?? digestState(trace.start).weights;
-    const cpu = new Stepper(this.d.manifest.manifest.model, this.d.kernels, job);
+    const cpu = new Stepper(this.d.manifest.manifest.model, this.d.kernels, job, this.d.makeModel);
     const dev = this.device && sameClass(this.device.backend, rule.backend) ? this.device : null;
     let v: ToleranceVerdict;
     try {
@@ -384,7 +387,7 @@ export class Audits {
       }
       const base = this.d.payloads.msg(c.updateHash)?.baseHash ?? r.baseHash;
       const v = verifyFraudProof(proof, {
-        stepper: new Stepper(this.d.manifest.manifest.model, this.d.kernels, job),
+        stepper: new Stepper(this.d.manifest.manifest.model, this.d.kernels, job, this.d.makeModel),
         root: c.root,
         trainer: b.trainer,
         baseHash: base,

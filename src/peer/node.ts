@@ -31,7 +31,8 @@ import type { z } from 'zod';
 import { evalBatches, type Batch, type TokenArray } from '../data/batches.js';
 import { loadKernels } from '../kernels/index.js';
 import { weightsHash } from '../model/checkpoint.js';
-import { GPT } from '../model/gpt.js';
+import type { GPT } from '../model/gpt.js';
+import { LoraGPT, adamwFor, type ThetaModel } from '../model/lora-model.js';
 import {
   controlScoring,
   controlTopic,
@@ -63,12 +64,12 @@ import {
   type RoundParams,
   type RoundState,
 } from '../swarm/round.js';
-import { AdamW } from '../train/adamw.js';
 import { CpuTrainModel, WebGpuTrainModel, openTrainModel } from '../train/device-model.js';
 import { ModelStepper } from '../verify/audit-tolerance.js';
-import { InvalidInputError } from '../util/errors.js';
+import { DeviceRefusedError, InvalidInputError } from '../util/errors.js';
 import { RateCap, Senders } from './admission.js';
 import { Audits } from './audit.js';
+import { initialTheta, loadBase, thetaModel, thetaSpecs } from './base-model.js';
 import { bootChoice, keepDialing, mdnsOnly, readAcceptorRecord, waitForPeers, type KeepDialing } from './boot.js';
 import { generate, type GenerateOptions } from './inference.js';
 import { RunData } from './data.js';
@@ -131,7 +132,9 @@ export class SwarmNode {
   private senders!: Senders;
   private intake!: UpdateIntake;
   /** Evaluates θ; separate from the trainer's model, because θ may be applied while a job is training. */
-  private evalGpt!: GPT;
+  private evalGpt!: ThetaModel;
+  /** A LoRA run's frozen base as the trainer holds it (hashed into each round report); else null. */
+  private frozenBase: Float32Array | null = null;
   /** The device the inner steps run on, with its kernels or adapter (set by start()). */
   device = 'cpu';
   /** Where Δ and the codec run (Training.codecPlace), once training is set up. */
@@ -270,13 +273,28 @@ export class SwarmNode {
     const val: TokenArray = await this.data.load();
     // Audit needs bitwise-reproducible steps across machines: deterministic kernels for everyone.
     const kernels = loadKernels({ threads: o.threads ?? 1, ...(m.hyper.audit ? { deterministic: true } : {}) });
-    const gpt = new GPT(m.model, kernels);
-    gpt.init(m.seed);
-    this.evalGpt = new GPT(m.model, kernels);
+    // LoRA runs train on the CPU (the GPU models take no adapter): `auto` picks it, `webgpu` is refused.
+    if (m.lora && o.device === 'webgpu')
+      throw new DeviceRefusedError('--device webgpu: LoRA runs train on the CPU (the GPU models take no adapter)');
+    const device = m.lora ? 'cpu' : (o.device ?? 'cpu');
+    // Fine-tuning: the base model, hash-checked (base-model.ts); θ is the adapter in a LoRA run.
+    const base = await loadBase(m, {
+      store: this.store,
+      ...(o.base !== undefined ? { path: o.base } : {}),
+      signal: AbortSignal.timeout(this.fetchMs),
+      kernels,
+    });
+    if (base) this.log(`base model ${m.base!.weightsHash.slice(0, 12)} loaded: ${base.length} parameters`);
+    const gpt = thetaModel(m, kernels, base);
+    initialTheta(m, gpt, base);
+    this.frozenBase = gpt instanceof LoraGPT ? gpt.base : null;
+    const specs = thetaSpecs(gpt);
+    this.evalGpt = thetaModel(m, kernels, base);
     const outer = new OuterNesterov(gpt.params.length, m.hyper.outer);
     if (m.genesisCid !== undefined) {
       const g = await loadState(this.store, parseCid(m.genesisCid), m.model, {
         signal: AbortSignal.timeout(this.fetchMs),
+        ...(specs ? { specs } : {}),
       });
       gpt.params.set(g.params);
       outer.momentum.set(g.momentum);
@@ -322,6 +340,7 @@ export class SwarmNode {
       self,
       params: w.length,
       kernels,
+      ...(m.lora ? { makeModel: () => thetaModel(m, kernels, base) } : {}),
       host: this.host,
       payloads: this.payloads,
       shardData,
@@ -333,9 +352,9 @@ export class SwarmNode {
     });
     // The inner steps run on --device (src/train/device-model.ts); θ, Δ, codecs and hashes stay here.
     const model =
-      (o.device ?? 'cpu') === 'cpu'
-        ? new CpuTrainModel(gpt, new AdamW(m.model, m.hyper.adamw, kernels))
-        : await openTrainModel(o.device!, {
+      device === 'cpu'
+        ? new CpuTrainModel(gpt, adamwFor(gpt, m.hyper.adamw, kernels))
+        : await openTrainModel(device, {
             config: m.model,
             adamw: m.hyper.adamw,
             kernels,
@@ -395,6 +414,8 @@ export class SwarmNode {
       runId,
       model: m.model,
       genesisCid: m.genesisCid,
+      ...(m.base?.cid ? { baseCid: m.base.cid } : {}),
+      ...(specs ? { specs } : {}),
       sp: storageParams(m),
       self,
       data: this.data,
@@ -409,6 +430,7 @@ export class SwarmNode {
     this.sync = new Sync({
       runId,
       model: m.model,
+      ...(specs ? { specs } : {}),
       host: this.host,
       store: this.store,
       storage: this.storage,
@@ -491,7 +513,13 @@ export class SwarmNode {
    */
   /** Continues `prompt` from the agreed weights θ (inference.ts). */
   generate(prompt: string, o: GenerateOptions = {}): { text: string; tokens: number } {
-    return generate(this.evalGpt, this.weights.theta, this.data.tokenizer, this.m.model.ctx, prompt, o);
+    const g = this.evalGpt;
+    if (g instanceof LoraGPT) {
+      // θ is the adapter: load it, then sample from the base with the adapter attached.
+      g.params.set(this.weights.theta);
+      return generate(g.gpt, g.gpt.params, this.data.tokenizer, this.m.model.ctx, prompt, o);
+    }
+    return generate(g as GPT, this.weights.theta, this.data.tokenizer, this.m.model.ctx, prompt, o);
   }
 
   // ───────────── reducer plumbing ─────────────
@@ -730,6 +758,7 @@ export class SwarmNode {
             e.included.map((u) => u.updateHash),
           ),
       );
+    const payloadBytes = e.included.reduce((n, u) => n + (this.payloads.bytes(u.updateHash)?.length ?? 0), 0);
     this.dispatch({ type: 'applied', round: e.round, weightsHash: h });
     // The reducer counts sequences; the report counts tokens.
     this.report(
@@ -739,6 +768,8 @@ export class SwarmNode {
       roster,
       e.included.map((u) => ({ peer: u.peer, tokens: u.tokens * this.m.model.ctx })),
       h,
+      undefined,
+      payloadBytes,
     );
     this.payloads.prune(this.state.round);
   }
@@ -792,6 +823,7 @@ export class SwarmNode {
     contributors: { peer: string; tokens: number }[],
     h: string,
     via?: 'ipfs' | 'bulk' | 'local',
+    payloadBytes?: number,
   ): void {
     const datasetCid = this.data.datasetAt(round).cid;
     const v = this.validator;
@@ -818,6 +850,8 @@ export class SwarmNode {
       roster,
       included: contributors.length,
       weightsHash: h,
+      ...(this.frozenBase ? { baseHash: weightsHash(this.frozenBase) } : {}),
+      ...(payloadBytes !== undefined ? { payloadBytes } : {}),
       ...(event === 'round' && this.state.stretch ? { stretch: [this.state.stretch[0], this.state.stretch[1]] } : {}),
       ...(via ? { via } : {}),
       storage: {

@@ -25,6 +25,11 @@ export interface NodeOptions {
    * for bit (hyper.audit without a tolerance: device-model.ts gpuAuditRefusal).
    */
   device?: 'cpu' | 'webgpu' | 'auto';
+  /**
+   * A fine-tuning run's base model as a local checkpoint directory (`tessera node --base`),
+   * checked against the manifest's base.weightsHash; default: fetched by the manifest's base.cid.
+   */
+  base?: string;
   evalBatches?: number;
   onRound?: (r: RoundReport) => void;
   onLog?: (line: string) => void;

@@ -34,6 +34,13 @@ export interface RoundReport {
   included: number;
   weightsHash: string;
   /**
+   * A LoRA run: the hash of the frozen base weights this peer trains on, taken at the report (equal
+   * to the manifest's base.weightsHash round after round: training never writes the base).
+   */
+  baseHash?: string;
+  /** 'round' only: the encoded update payloads of the decided set, in bytes (each one codec message). */
+  payloadBytes?: number;
+  /**
    * 'round' only: the deadline stretch [training, collection] the next round runs under, in
    * permille of the manifest's trainMs and collection window (docs/ROUNDS.md "Deadlines that
    * follow the swarm"; 1000 = as written).

@@ -9,6 +9,7 @@
  */
 import type { Logger } from 'pino';
 import type { ModelConfig } from '../model/config.js';
+import type { TensorSpec } from '../model/params.js';
 import { parseCid, type Store } from '../store/index.js';
 import { publishState, stateCid } from '../store/checkpoint.js';
 import { pinPlan, type PinItem } from '../store/replicate.js';
@@ -34,6 +35,10 @@ export interface StorageDeps {
   runId: string;
   model: ModelConfig;
   genesisCid: string | undefined;
+  /** A fine-tuning run's base model (manifest base.cid): every member holds it, joiners load it. */
+  baseCid?: string;
+  /** θ's tensor table when θ is not the GPT-2 layout (a LoRA run's adapter). */
+  specs?: readonly TensorSpec[];
   sp: StorageParams;
   self: string;
   data: RunData;
@@ -98,7 +103,7 @@ export class Storage {
       try {
         const c = await publishState(
           store,
-          { config: this.d.model, runId: this.d.runId, ...files },
+          { config: this.d.model, runId: this.d.runId, specs: this.d.specs, ...files },
           { signal: AbortSignal.timeout(this.d.fetchMs) },
         );
         await store.pin(c);
@@ -133,7 +138,7 @@ export class Storage {
 
   /** Computes the CID `files` will be published under (hash only, store untouched) and remembers it for stateCid. */
   noteCid(files: StateFiles): void {
-    void stateCid({ config: this.d.model, runId: this.d.runId, ...files })
+    void stateCid({ config: this.d.model, runId: this.d.runId, specs: this.d.specs, ...files })
       .then((c) => this.remember(files.round, c.toString()))
       .catch((err: unknown) =>
         this.d.logger.warn({ round: files.round, err: (err as Error).message }, 'cannot compute the state CID'),
@@ -225,6 +230,7 @@ export class Storage {
       );
     }
     if (this.d.genesisCid) items.push({ cid: this.d.genesisCid, scope: 'replicated', label: 'genesis' });
+    if (this.d.baseCid) items.push({ cid: this.d.baseCid, scope: 'all', label: 'base model' });
     for (const c of this.checkpoints)
       if (c.cid !== this.latestState?.cid)
         items.push({ cid: c.cid, scope: 'replicated', label: `checkpoint r${c.round}` });

@@ -8,6 +8,7 @@
 import { existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import type { Logger } from 'pino';
 import type { ModelConfig } from '../model/config.js';
+import type { TensorSpec } from '../model/params.js';
 import { weightsHash } from '../model/checkpoint.js';
 import { fetchBulk, type Host } from '../net/index.js';
 import { parseCid, type Store } from '../store/index.js';
@@ -32,6 +33,8 @@ const DIRECT_HOLDERS = 4;
 export interface SyncDeps {
   runId: string;
   model: ModelConfig;
+  /** θ's tensor table when θ is not the GPT-2 layout (a LoRA run's adapter). */
+  specs?: readonly TensorSpec[];
   host: Host;
   store: Store;
   storage: Storage;
@@ -172,6 +175,7 @@ export class Sync {
       try {
         const got = await loadState(this.d.store, parseCid(ad.cid), this.d.model, {
           signal: AbortSignal.timeout(15_000),
+          ...(this.d.specs ? { specs: this.d.specs } : {}),
         });
         if (got.meta.runId !== this.d.runId)
           throw new InvalidInputError(`checkpoint ${ad.cid} belongs to run ${got.meta.runId.slice(0, 12)}`);

@@ -22,7 +22,7 @@
  */
 import type { Logger } from 'pino';
 import type { Batch, TokenArray } from '../data/batches.js';
-import type { GPT } from '../model/gpt.js';
+import type { ThetaModel } from '../model/lora-model.js';
 import { assignShards, compareIds, roundSeed } from '../swarm/assign.js';
 import type { CommittedUpdate } from '../swarm/apply.js';
 import type { DecodedManifest } from '../swarm/manifest.js';
@@ -74,7 +74,8 @@ export interface ValidatorDeps {
   manifest: DecodedManifest;
   numShards: number;
   self: string;
-  evalGpt: GPT;
+  /** Evaluates θ (a GPT, or a LoraGPT whose θ is its adapter). */
+  evalGpt: ThetaModel;
   shardData: (shard: number, round: number) => Promise<TokenArray | null>;
   /** Audits one trainer's round by re-execution (audit.ts). */
   audit: (

@@ -4,7 +4,8 @@
  * then `tessera eval --checkpoint DIR`):
  *
  *   config.json          model config, weights hash, and meta {runId, round, snapshot}
- *   model.safetensors    θ, with GPT-2 tensor names
+ *   model.safetensors    θ, with GPT-2 tensor names (a LoRA run's θ: the adapter, with its
+ *                        layers.L.MODULE.lora_A/B names; then not a loadable GPT checkpoint)
  *   outer.safetensors    the outer optimizer's momentum (one flat tensor)
  *   tokenizer.json       (optional) the run's tokenizer
  *
@@ -18,7 +19,7 @@ import { unixfs } from '@helia/unixfs';
 import type { AbortOptions } from '@libp2p/interface';
 import { z } from 'zod';
 import { ModelConfigSchema, type ModelConfig } from '../model/config.js';
-import { paramCount, paramSpecs } from '../model/params.js';
+import { paramCount, paramSpecs, type TensorSpec } from '../model/params.js';
 import { CHECKPOINT_FORMAT, CHECKPOINT_VERSION, weightsHash } from '../model/checkpoint.js';
 import { decodeSafetensors, encodeSafetensors } from '../model/safetensors.js';
 import { TesseraError } from '../util/errors.js';
@@ -74,13 +75,15 @@ export interface StateToPublish {
   round: number;
   snapshot: unknown;
   tokenizerJson?: Uint8Array;
+  /** θ's tensor table when θ is not the GPT-2 layout of `config` (a LoRA run's adapter). */
+  specs?: readonly TensorSpec[];
 }
 
 /** Encodes the files of a state checkpoint (deterministic bytes). */
 export function stateFiles(s: StateToPublish): { path: string; content: Uint8Array<ArrayBuffer> }[] {
   const hash = weightsHash(s.params);
   const model = encodeSafetensors(
-    paramSpecs(s.config).map((p) => ({
+    (s.specs ?? paramSpecs(s.config)).map((p) => ({
       name: p.name,
       shape: p.shape,
       data: s.params.subarray(p.offset, p.offset + p.size),
@@ -185,8 +188,9 @@ export async function loadState(
   store: Store,
   cid: CID,
   expect: ModelConfig,
-  options: AbortOptions = {},
+  options: AbortOptions & { specs?: readonly TensorSpec[] } = {},
 ): Promise<LoadedState> {
+  const specs = options.specs ?? paramSpecs(expect);
   const c = cid.toString();
   let cfgValue: unknown;
   try {
@@ -210,20 +214,19 @@ export async function loadState(
     if (cfg.model[k] !== expect[k])
       throw new CheckpointCidError(c, `model ${k} is ${cfg.model[k]}, the run has ${expect[k]}`);
   }
-  const P = paramCount(expect);
+  const P = options.specs ? specs.reduce((n, t) => Math.max(n, t.offset + t.size), 0) : paramCount(expect);
   const model = decodeSafetensors(
     await readFile(store, cid, 'model.safetensors', 4 * P + MAX_JSON_BYTES, options),
     `${c}/model.safetensors`,
   );
   const params = new Float32Array(P);
-  for (const s of paramSpecs(expect)) {
+  for (const s of specs) {
     const t = model.tensors.get(s.name);
     if (!t || t.data.length !== s.size)
       throw new CheckpointCidError(c, `model.safetensors lacks tensor ${s.name} of ${s.size} floats`);
     params.set(t.data, s.offset);
   }
-  if (model.tensors.size !== paramSpecs(expect).length)
-    throw new CheckpointCidError(c, 'model.safetensors has unexpected tensors');
+  if (model.tensors.size !== specs.length) throw new CheckpointCidError(c, 'model.safetensors has unexpected tensors');
   const wh = weightsHash(params);
   if (wh !== cfg.weightsHash)
     throw new CheckpointCidError(

@@ -4,11 +4,20 @@
  * pass directly), turned into a validated manifest with its genesis weights hash. Either over
  * the embedded Brown corpus (tokenized into the cache directory) or over a dataset stored by
  * `tessera data add` (named by CID; the genesis state is added to the same store).
+ *
+ * Fine-tuning (issue 19): `base` names a checkpoint directory (`tessera train`/`import` output;
+ * its shape is the run's model) that is added to the store as a state checkpoint, so the manifest
+ * names it by CID and hash; without `lora` the run fully fine-tunes it (θ0 = base), with `lora`
+ * it trains an adapter on it (θ0 = the adapter's PEFT init). `lora` without `base` adapts the
+ * run's own init(seed) model, named by hash alone (every peer can rebuild it): the demo's case.
  */
 import { loadCorpus, prepareDataset } from '../data/index.js';
 import { loadKernels } from '../kernels/index.js';
 import { GPT } from '../model/gpt.js';
-import { weightsHash } from '../model/checkpoint.js';
+import { loadCheckpoint, weightsHash } from '../model/checkpoint.js';
+import type { ModelConfig } from '../model/config.js';
+import { LoraGPT } from '../model/lora-model.js';
+import { loraSpecs, type LoraConfig } from '../model/lora.js';
 import { DEFAULT_ADAMW } from '../train/adamw.js';
 import { DEFAULT_OUTER } from './outer.js';
 import { createManifest, type ManifestInput } from './manifest.js';
@@ -65,6 +74,50 @@ export interface RunCreateOptions {
   audit?: number;
   /** With `audit`: GPU trainers are judged with this relative tolerance (hyper.audit.tolerance.rel; other fields default). */
   auditTolerance?: number;
+  /** Fine-tune this checkpoint directory (its config is the model; needs dataDir: the base is added to its store). */
+  base?: string;
+  /** The store the base checkpoint is added to (a peer's DATA_DIR). */
+  dataDir?: string;
+  /** LoRA fine-tuning (rank, alpha, GPT-2 target modules) of `base`, or of init(seed) without one. */
+  lora?: LoraConfig;
+}
+
+/** θ0, its hash and the manifest's base/lora fields, for a model and an optional loaded base. */
+function genesisOf(o: RunCreateOptions, model: ModelConfig, base: { params: Float32Array; cid?: string } | null) {
+  const kernels = loadKernels({ threads: 1 });
+  const gpt = new GPT(model, kernels);
+  gpt.init(o.seed);
+  if (!o.lora && !base) return { theta: gpt.params, fields: {} };
+  const b = base?.params ?? gpt.params;
+  const baseField = { weightsHash: weightsHash(b), ...(base?.cid ? { cid: base.cid } : {}) };
+  if (!o.lora) return { theta: b, fields: { base: baseField } };
+  const lm = new LoraGPT(model, kernels, b, o.lora);
+  lm.init(o.seed);
+  return { theta: lm.params, fields: { base: baseField, lora: o.lora } };
+}
+
+/** Loads `o.base` and adds it to the store in `o.dataDir` (pinned); null without a base. */
+async function addBase(
+  o: RunCreateOptions,
+): Promise<{ config: ModelConfig; params: Float32Array; cid: string } | null> {
+  if (o.base === undefined) return null;
+  if (o.dataDir === undefined) throw new InvalidInputError('a base checkpoint needs a store to add it to (dataDir)');
+  const ck = await loadCheckpoint(o.base, { loadOptimizer: false });
+  const store = await openStore(o.dataDir);
+  try {
+    const cid = await publishState(store, {
+      config: ck.config,
+      params: ck.params,
+      momentum: new Float32Array(ck.params.length),
+      runId: '0'.repeat(64),
+      round: 0,
+      snapshot: null,
+    });
+    await store.pin(cid);
+    return { config: ck.config, params: ck.params, cid: cid.toString() };
+  } finally {
+    await store.stop();
+  }
 }
 
 function hyperOf(o: RunCreateOptions): ManifestInput['hyper'] {
@@ -104,6 +157,7 @@ function storageOf(o: RunCreateOptions): ManifestInput['storage'] {
  * host has to serve them. The genesis state (θ0 and zero momentum) is added to the same store.
  */
 export async function buildManifestFromStore(o: RunCreateOptions & { dataset: string; dataDir: string }) {
+  const base = await addBase(o);
   const store = await openStore(o.dataDir);
   try {
     const cid = parseCid(o.dataset);
@@ -117,13 +171,23 @@ export async function buildManifestFromStore(o: RunCreateOptions & { dataset: st
       throw new InvalidInputError(
         `dataset ${cid} needs training shards of at least ${o.ctx + 2} tokens (smallest has ${minTokens})`,
       );
-    const model = { vocabSize: dsm.tokenizer.vocabSize, ctx: o.ctx, dim: o.dim, layers: o.layers, heads: o.heads };
-    const gpt = new GPT(model, loadKernels({ threads: 1 }));
-    gpt.init(o.seed);
+    const model = base?.config ?? {
+      vocabSize: dsm.tokenizer.vocabSize,
+      ctx: o.ctx,
+      dim: o.dim,
+      layers: o.layers,
+      heads: o.heads,
+    };
+    if (model.vocabSize !== dsm.tokenizer.vocabSize)
+      throw new InvalidInputError(
+        `the base model has a vocabulary of ${model.vocabSize}, the dataset's tokenizer ${dsm.tokenizer.vocabSize}`,
+      );
+    const g = genesisOf(o, model, base);
     const genesis = await publishState(store, {
       config: model,
-      params: gpt.params,
-      momentum: new Float32Array(gpt.numParams),
+      params: g.theta,
+      momentum: new Float32Array(g.theta.length),
+      ...(o.lora ? { specs: loraSpecs({ arch: 'gpt2', config: model }, o.lora) } : {}),
       runId: '0'.repeat(64),
       round: 0,
       snapshot: null,
@@ -137,8 +201,9 @@ export async function buildManifestFromStore(o: RunCreateOptions & { dataset: st
       tokenizerCid: dsm.tokenizer.cid.toString(),
       dataset: { name: dsm.name, cid: cid.toString(), numShards: dsm.train.shards.length },
       hyper: hyperOf(o),
-      genesisWeightsHash: weightsHash(gpt.params),
+      genesisWeightsHash: weightsHash(g.theta),
       genesisCid: genesis.toString(),
+      ...g.fields,
       ...(storageOf(o) ? { storage: storageOf(o) } : {}),
       ...(o.relay ? { network: { relay: o.relay } } : {}),
       seed: o.seed,
@@ -152,17 +217,28 @@ export async function buildManifestFromStore(o: RunCreateOptions & { dataset: st
         ...(o.maxStretch !== undefined ? { maxStretch: o.maxStretch } : {}),
       },
     };
-    return { decoded: createManifest(input), params: gpt.numParams };
+    return { decoded: createManifest(input), params: g.theta.length };
   } finally {
     await store.stop();
   }
 }
 
+/** A run over the embedded Brown corpus; with `base` (async: the base is added to the store first). */
+export async function buildManifestWithBase(o: RunCreateOptions) {
+  const base = await addBase(o);
+  return buildManifestOn(o, base);
+}
+
 export function buildManifest(o: RunCreateOptions) {
-  const ds = prepareDataset({ corpus: loadCorpus('brown'), vocabSize: o.vocab, cacheDir: o.cacheDir });
-  const model = { vocabSize: o.vocab, ctx: o.ctx, dim: o.dim, layers: o.layers, heads: o.heads };
-  const gpt = new GPT(model, loadKernels({ threads: 1 }));
-  gpt.init(o.seed);
+  if (o.base !== undefined)
+    throw new InvalidInputError('a base checkpoint is added to a store: use buildManifestWithBase');
+  return buildManifestOn(o, null);
+}
+
+function buildManifestOn(o: RunCreateOptions, base: { config: ModelConfig; params: Float32Array; cid: string } | null) {
+  const model = base?.config ?? { vocabSize: o.vocab, ctx: o.ctx, dim: o.dim, layers: o.layers, heads: o.heads };
+  const ds = prepareDataset({ corpus: loadCorpus('brown'), vocabSize: model.vocabSize, cacheDir: o.cacheDir });
+  const g = genesisOf(o, model, base);
   const input: ManifestInput = {
     version: 1,
     name: o.name ?? `brown-d${o.dim}-l${o.layers}`,
@@ -172,7 +248,8 @@ export function buildManifest(o: RunCreateOptions) {
     hyper: hyperOf(o),
     ...(storageOf(o) ? { storage: storageOf(o) } : {}),
     ...(o.relay ? { network: { relay: o.relay } } : {}),
-    genesisWeightsHash: weightsHash(gpt.params),
+    genesisWeightsHash: weightsHash(g.theta),
+    ...g.fields,
     seed: o.seed,
     timing: {
       trainMs: o.trainMs,
@@ -184,5 +261,5 @@ export function buildManifest(o: RunCreateOptions) {
       ...(o.maxStretch !== undefined ? { maxStretch: o.maxStretch } : {}),
     },
   };
-  return { decoded: createManifest(input), params: gpt.numParams };
+  return { decoded: createManifest(input), params: g.theta.length };
 }

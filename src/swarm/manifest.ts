@@ -8,6 +8,7 @@
 import { z } from 'zod';
 import { CID } from 'multiformats/cid';
 import { ModelConfigSchema } from '../model/config.js';
+import { LoraConfigSchema, loraSites } from '../model/lora.js';
 import { AdamWSchema } from '../train/adamw.js';
 import { ToleranceSchema } from '../verify/tolerance.js';
 import { ScheduleSchema } from '../train/schedule.js';
@@ -241,6 +242,21 @@ export const TimingSchema = z
   .strict()
   .refine((t) => t.submitMs >= t.trainMs, { message: 'submitMs must be >= trainMs', path: ['submitMs'] });
 
+/**
+ * The base model a fine-tuning run starts from (issue 19): GPT-2 weights of the manifest's model
+ * shape, named by the sha256 of their flat float32 parameters (`tessera import`/`train` print it;
+ * every peer checks it before training) and, optionally, by the CID of a state checkpoint in the
+ * swarm's IPFS store (store/checkpoint.ts; `tessera run create --base DIR` adds it) that peers
+ * fetch from each other. Without a CID a peer passes the checkpoint itself (`tessera node --base`),
+ * or the base is the manifest's init(seed) model when that is what the hash names.
+ */
+export const BaseModelSchema = z
+  .object({
+    weightsHash: Sha256Hex,
+    cid: CidString.optional(),
+  })
+  .strict();
+
 export const ManifestSchema = z
   .object({
     version: z.literal(MANIFEST_VERSION),
@@ -260,8 +276,34 @@ export const ManifestSchema = z
     network: NetworkSchema.optional(),
     seed: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
     timing: TimingSchema,
+    /**
+     * Fine-tuning: the base model. Without `lora` this is full fine-tuning: θ0 is the base, so
+     * genesisWeightsHash must be its hash. Absent: θ0 is init(seed) (pre-training).
+     */
+    base: BaseModelSchema.optional(),
+    /**
+     * LoRA fine-tuning of `base` (model/lora.ts: rank r, alpha, GPT-2 target modules): θ — what
+     * the rounds train, exchange, encode, apply, hash, score and audit — is the adapter buffer
+     * alone (PEFT init from `seed`, genesisWeightsHash its hash); the base stays frozen.
+     */
+    lora: LoraConfigSchema.optional(),
   })
-  .strict();
+  .strict()
+  .superRefine((m, ctx) => {
+    if (m.lora && !m.base) ctx.addIssue({ code: 'custom', path: ['lora'], message: 'LoRA needs a base model' });
+    if (m.base && !m.lora && m.genesisWeightsHash !== m.base.weightsHash)
+      ctx.addIssue({
+        code: 'custom',
+        path: ['genesisWeightsHash'],
+        message: 'full fine-tuning starts from the base: genesisWeightsHash must equal base.weightsHash',
+      });
+    if (m.lora)
+      try {
+        loraSites({ arch: 'gpt2', config: m.model }, m.lora);
+      } catch (e) {
+        ctx.addIssue({ code: 'custom', path: ['lora'], message: (e as Error).message });
+      }
+  });
 
 export type Manifest = z.infer<typeof ManifestSchema>;
 export type ManifestInput = z.input<typeof ManifestSchema>;

@@ -63,16 +63,22 @@
  * sampler and (sparse) its error-feedback residual. Workers run one after another inside a
  * round, which is exact because they are independent until the all-gather.
  *
+ * Fine-tuning (`base`, `lora`): every arm starts from a base checkpoint; with `lora` the arms
+ * train, exchange and validate the LoRA adapter alone (θ = the adapter, model/lora-model.ts), so
+ * P above is the adapter's size (bench/finetune-quality.ts).
+ *
  * Steps: every optimizer step (dp's through Trainer, a DiLoCo worker's inner steps directly) is
  * the one inner step of src/train/inner-step.ts; a non-finite loss stops the simulation with
  * NonFiniteLossError.
  */
 import type { Kernels } from '../kernels/api.js';
 import { GPT } from '../model/gpt.js';
+import { LoraGPT, adamwFor, type ThetaModel } from '../model/lora-model.js';
+import type { LoraConfig } from '../model/lora.js';
 import type { ModelConfig } from '../model/config.js';
 import { weightsHash } from '../model/checkpoint.js';
 import { BatchSampler, evalBatches, type Batch, type TokenArray } from '../data/batches.js';
-import { AdamW, DEFAULT_ADAMW, type AdamWSettings } from '../train/adamw.js';
+import { DEFAULT_ADAMW, type AdamW, type AdamWSettings } from '../train/adamw.js';
 import type { Schedule } from '../train/schedule.js';
 import { Trainer } from '../train/trainer.js';
 import { innerStep } from '../train/inner-step.js';
@@ -216,6 +222,16 @@ export interface SimOptions {
    * the warm-start optimizer. 0 = none (default).
    */
   warmStartSteps?: number;
+  /**
+   * Fine-tuning: every arm starts from these GPT-2 weights (the base checkpoint) instead of
+   * init(seed). With `lora` they are the frozen base and θ is the adapter.
+   */
+  base?: Float32Array;
+  /**
+   * LoRA fine-tuning of `base` (model/lora-model.ts): θ — what every arm trains, exchanges,
+   * encodes, averages and validates — is the adapter alone (PEFT init from `seed`), the base frozen.
+   */
+  lora?: LoraConfig;
 }
 
 export const DEFAULT_SIM: Omit<SimOptions, 'model' | 'arms' | 'tokens'> = {
@@ -390,7 +406,8 @@ export async function runSim(data: SimData, kernels: Kernels, o: SimOptions, hoo
   const innerLr = o.innerLr ?? o.lr;
   const innerSchedule: Schedule = { ...schedule, maxLr: innerLr };
   const W = Math.min(o.warmStartSteps ?? 0, S);
-  const gpt = new GPT(o.model, kernels);
+  if (o.lora && !o.base) throw new InvalidInputError('LoRA fine-tuning needs a base model');
+  const gpt: ThetaModel = o.lora ? new LoraGPT(o.model, kernels, o.base!, o.lora) : new GPT(o.model, kernels);
   const P = gpt.numParams;
   const evalSteps = evalSchedule(S, o.evalPoints);
   const periodic = [...evalBatches(data.val, B, T, o.evalBatches)];
@@ -403,7 +420,9 @@ export async function runSim(data: SimData, kernels: Kernels, o: SimOptions, hoo
     return sum / bs.length;
   };
   const init = new Float32Array(P);
-  gpt.init(o.seed);
+  if (gpt instanceof LoraGPT) gpt.init(o.seed);
+  else if (o.base) gpt.params.set(o.base);
+  else (gpt as GPT).init(o.seed);
   init.set(gpt.params);
 
   const results: ArmResult[] = [];
@@ -434,7 +453,7 @@ export async function runSim(data: SimData, kernels: Kernels, o: SimOptions, hoo
     const perStepAllWorkers = 2 * (M - 1) * 4 * P; // Σ_w sent per step (= 2(M−1)/M·4P each)
     /** Data-parallel steps [0, n) on theta (dp arm: n = S; DiLoCo warm start: n = W). Returns the AdamW. */
     const dpSteps = async (n: number): Promise<AdamW> => {
-      const opt = new AdamW(o.model, o.adamw, kernels);
+      const opt = adamwFor(gpt, o.adamw, kernels);
       const trainer = new Trainer(gpt, opt, schedule, B, T);
       gpt.params.set(theta);
       const batches: Batch[] = Array.from({ length: M }, () => ({
@@ -467,7 +486,7 @@ export async function runSim(data: SimData, kernels: Kernels, o: SimOptions, hoo
     } else {
       const codec: Codec = getCodec(arm.codec ?? 'fp32', o.sparse);
       const outer = new OuterNesterov(P, arm.outer ?? DEFAULT_OUTER);
-      const opts = Array.from({ length: M }, () => new AdamW(o.model, o.adamw, kernels));
+      const opts = Array.from({ length: M }, () => adamwFor(gpt, o.adamw, kernels));
       if (W > 0) {
         const warm = await dpSteps(W);
         for (const opt of opts) {

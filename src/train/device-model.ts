@@ -19,6 +19,7 @@ import type { Kernels } from '../kernels/api.js';
 import type { ModelConfig } from '../model/config.js';
 import { paramCount } from '../model/params.js';
 import { GPT } from '../model/gpt.js';
+import type { ThetaModel } from '../model/lora-model.js';
 import type { WebGpuGPT } from '../model/gpt-webgpu.js';
 import type { GpuTensor, WebGpuDevice } from '../kernels/webgpu/device.js';
 import { gpuCodecRefusal, WebGpuEncoder } from '../kernels/webgpu/codec.js';
@@ -94,8 +95,9 @@ export class CpuTrainModel implements TrainModel {
   readonly backend = CPU_CLASS;
   readonly label: string;
   readonly numParams: number;
+  /** `gpt`: a GPT, or a LoraGPT (θ = its adapter; model/lora-model.ts). */
   constructor(
-    readonly gpt: GPT,
+    readonly gpt: ThetaModel,
     readonly opt: AdamW,
   ) {
     this.label = `${gpt.kernels.name} kernels`;

@@ -41,6 +41,7 @@ import { createHash } from 'node:crypto';
 import type { Kernels } from '../kernels/api.js';
 import type { ModelConfig } from '../model/config.js';
 import { GPT } from '../model/gpt.js';
+import { adamwFor, type ThetaModel } from '../model/lora-model.js';
 import { weightsHash } from '../model/checkpoint.js';
 import { AdamW, type AdamWSettings } from '../train/adamw.js';
 import type { Schedule } from '../train/schedule.js';
@@ -169,18 +170,20 @@ export function batchFor(job: AuditJob, spec: BatchSpec): Batch {
  * "another peer" is simply another Stepper over fresh kernels.
  */
 export class Stepper {
-  readonly gpt: GPT;
+  readonly gpt: ThetaModel;
   readonly opt: AdamW;
   /** Inner steps executed by this stepper so far (the audit cost counter). */
   executed = 0;
   private readonly batches: RoundBatches;
+  /** `make`: the model θ belongs to (a LoRA run's LoraGPT, θ = the adapter); default a GPT of `config`. */
   constructor(
     readonly config: ModelConfig,
     kernels: Kernels,
     readonly job: AuditJob,
+    make?: () => ThetaModel,
   ) {
-    this.gpt = new GPT(config, kernels);
-    this.opt = new AdamW(this.gpt.config, job.adamw, kernels);
+    this.gpt = make ? make() : new GPT(config, kernels);
+    this.opt = adamwFor(this.gpt, job.adamw, kernels);
     this.batches = batchesOf(job);
   }
 
