@@ -16,7 +16,8 @@
  */
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { createHeliaLight, type Helia, type Router, type Provider, type Peer } from 'helia';
+import type { Helia, Router, Provider, Peer } from 'helia';
+import { createHeliaLight } from './helia-light.js';
 import { withBitswap } from '@helia/bitswap';
 import { unixfs, type UnixFS } from '@helia/unixfs';
 import { FsBlockstore } from 'blockstore-fs';
