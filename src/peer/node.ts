@@ -267,7 +267,6 @@ export class SwarmNode {
     const kernels = loadKernels({ threads: o.threads ?? 1, ...(m.hyper.audit ? { deterministic: true } : {}) });
     const gpt = new GPT(m.model, kernels);
     gpt.init(m.seed);
-    this.evalGpt = new GPT(m.model, kernels);
     const outer = new OuterNesterov(gpt.params.length, m.hyper.outer);
     if (m.genesisCid !== undefined) {
       const g = await loadState(this.store, parseCid(m.genesisCid), m.model, {
@@ -277,6 +276,8 @@ export class SwarmNode {
       outer.momentum.set(g.momentum);
     }
     const w = (this.weights = new Weights(gpt.params.slice(), outer));
+    // Evaluation reads θ in place: no copy of the weights, and no gradient buffer.
+    this.evalGpt = new GPT(m.model, kernels, w.theta);
     if (w.hash !== m.genesisWeightsHash) {
       throw new InvalidInputError(
         `genesis weights ${m.genesisCid ? `(${m.genesisCid}) ` : ''}hash to ${w.hash.slice(0, 12)}, the manifest says ${m.genesisWeightsHash.slice(0, 12)}`,
@@ -377,7 +378,8 @@ export class SwarmNode {
         manifest: o.manifest,
         numShards: this.p.numShards,
         self,
-        evalGpt: this.evalGpt,
+        // Scoring loads other weights into its model: its own (no gradients), not θ's.
+        evalGpt: new GPT(m.model, kernels),
         shardData,
         logger: this.logger,
         audit: (...a) => this.audits.auditOne(...a),
@@ -764,8 +766,7 @@ export class SwarmNode {
   }
 
   private evaluate(): number {
-    const g = this.evalGpt;
-    g.params.set(this.weights.theta);
+    const g = this.evalGpt; // its parameters are θ itself
     let sum = 0;
     for (const b of this.evalSet) sum += g.loss(b.inputs, b.targets, this.m.hyper.batch, this.m.model.ctx);
     return this.evalSet.length ? sum / this.evalSet.length : NaN;

@@ -15,7 +15,7 @@ import { loadState } from '../store/checkpoint.js';
 import { SnapshotSchema, type Effect, type RoundSnapshot } from '../swarm/round.js';
 import { InvalidInputError } from '../util/errors.js';
 import { sha256HexNode } from '../util/hash-node.js';
-import { decodeBundle, encodeBundle, maxBundleBytes, type Bundle } from './bundle.js';
+import { decodeBundle, maxBundleBytes, readBundleState, writeBundleFile, type Bundle } from './bundle.js';
 import type { PayloadStore } from './payloads.js';
 import { RECENT_STATES, type Storage } from './storage.js';
 import type { Weights } from './weights.js';
@@ -91,15 +91,21 @@ export class Sync {
    */
   advertise(snap: RoundSnapshot): void {
     const { weights: w } = this.d;
-    const bytes = encodeBundle(snap, w.theta, w.outer.momentum);
-    const tmp = this.d.snapPath + '.tmp';
-    writeFileSync(tmp, bytes);
-    renameSync(tmp, this.d.snapPath);
-    const bundle = sha256HexNode(bytes);
+    // Written piece by piece to the round's file (also the resume file), served from there: no
+    // copy of the state stays in memory (at GPT-2 small a bundle is 1 GB, kept RECENT_STATES rounds).
+    const { hash: bundle, file } = writeBundleFile(this.d.snapPath, snap, w.theta, w.outer.momentum);
     // Snapshots outlive updates: a joiner slowed down by its own start-up (or a loaded machine)
     // may ask for one a few rounds after it was advertised.
-    this.d.payloads.putBlob(bundle, bytes, snap.round, RECENT_STATES);
-    const files = { params: w.theta.slice(), momentum: w.outer.momentum.slice(), round: snap.round, snapshot: snap };
+    this.d.payloads.putFile(bundle, file, snap.round, RECENT_STATES);
+    const P = w.length;
+    const files = {
+      round: snap.round,
+      snapshot: snap,
+      load: () => {
+        const s = readBundleState(file, P);
+        return { params: s.theta, momentum: s.momentum };
+      },
+    };
     // The state's CID at once (hash only): score reports name it without waiting for the store.
     this.d.storage.noteCid(files);
     void this.d.storage.publish(files).then((cid) => {

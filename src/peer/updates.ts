@@ -68,7 +68,7 @@ export class UpdateFetcher {
 
   async fetch(hash: string, from: string[], round: number, author: string): Promise<void> {
     const { payloads, logger } = this.d;
-    if (payloads.delta(hash)) {
+    if (payloads.hasUpdate(hash)) {
       this.d.deliver(hash, round, author);
       return;
     }
@@ -93,8 +93,9 @@ export class UpdateFetcher {
             if (bytes.length !== max)
               throw new DecodeError(`payload of ${bytes.length} bytes, the run's codec makes ${max}`);
             const delta = this.d.codec.decode(bytes, P);
-            if (!delta.every(Number.isFinite)) throw new InvalidInputError('non-finite Δ');
-            payloads.putUpdate(hash, bytes, round, delta);
+            for (let i = 0; i < delta.length; i++)
+              if (!Number.isFinite(delta[i])) throw new InvalidInputError('non-finite Δ');
+            payloads.putUpdate(hash, bytes, round, () => this.d.codec.decode(bytes, P));
             this.d.deliver(hash, round, author);
             return;
           } catch (err) {
@@ -116,7 +117,7 @@ export class UpdateFetcher {
         }
         await new Promise((r) => setTimeout(r, PASS_PAUSE_MS));
       }
-      if (!payloads.delta(hash)) payloads.forgetMsg(hash); // never fetched: forget the claim
+      if (!payloads.hasUpdate(hash)) payloads.forgetMsg(hash); // never fetched: forget the claim
     } finally {
       this.fetching.delete(hash);
     }
@@ -179,7 +180,7 @@ export class UpdateIntake {
         logger.debug({ reason: 'early-full', from: msg.from, round: msg.round }, 'dropped early update');
       return;
     }
-    if (payloads.delta(msg.updateHash)) {
+    if (payloads.hasUpdate(msg.updateHash)) {
       payloads.noteMsg(msg);
       this.d.toReducer(msg);
       return;
