@@ -11,8 +11,9 @@
  *   spawns them) train --rounds rounds. Per round: seconds, the SparseLoCo payload of one update
  *   (the codec's exact encoded size), bytes each peer sent, and whether every peer's weights hash
  *   agrees; per peer its peak RSS (VmHWM).
- * - sim: `tessera sim` with one SparseLoCo arm of --peers workers, 2 rounds of --inner steps.
- * - pipeline: `tessera pipeline` with the 12 layers cut into 3 stages, 2 steps.
+ * - sim: `tessera sim` with one SparseLoCo arm of --peers workers, one round of --inner steps.
+ * - pipeline: `tessera pipeline` with the 12 layers cut into 3 stages, 2 steps of 8 sequences
+ *   (8 micro-batches of one), one validation batch.
  *
  * RSS is read from /proc/PID/status every 250 ms (VmHWM, the kernel's peak, for each process);
  * a run whose processes together pass --max-rss-gib is stopped (the machine is shared). --small
@@ -43,9 +44,7 @@ const stepMs = Number(opt('--step-ms', small ? '200' : '12000'));
 const maxRss = Number(opt('--max-rss-gib', '11')) * 2 ** 30;
 const out = opt('--out', join(packageRoot(), 'bench', small ? 'swarm-124m-small.json' : 'swarm-124m.json'));
 const keep = args.includes('--keep') ? opt('--keep', '') : null;
-const MODEL = small
-  ? { vocab: 512, dim: 64, layers: 3, heads: 4 }
-  : { vocab: 50257, dim: 768, layers: 12, heads: 12 };
+const MODEL = small ? { vocab: 512, dim: 64, layers: 3, heads: 4 } : { vocab: 50257, dim: 768, layers: 12, heads: 12 };
 const P = paramCount({ vocabSize: MODEL.vocab, ctx, dim: MODEL.dim, layers: MODEL.layers, heads: MODEL.heads });
 const SPARSE = { chunk: 1024, k: 64 }; // manifest-builder's SparseLoCo settings
 const GiB = 2 ** 30;
@@ -116,7 +115,8 @@ async function tessera(argv: string[], label: string, timeoutMs: number) {
   clearTimeout(timer);
   w.stop();
   const peakRss = w.peak(child.pid ?? -1);
-  if (code !== 0) throw new Error(`tessera ${argv[0]} failed (${killedFor ?? `exit ${code}`}):\n${stderr.slice(-3000)}`);
+  if (code !== 0)
+    throw new Error(`tessera ${argv[0]} failed (${killedFor ?? `exit ${code}`}):\n${stderr.slice(-3000)}`);
   return { stdout, stderr, seconds: (Date.now() - t0) / 1000, peakRss };
 }
 
@@ -217,7 +217,8 @@ async function swarm(dir: string) {
   const totalPeak = w.totalPeak();
   await stopAll(procs, 10_000);
   if (failure !== null) throw new Error(failure);
-  if (!done()) throw new Error(`timed out: ${procs.map((p) => `peer ${p.index}: ${p.reports.length} reports`).join(', ')}`);
+  if (!done())
+    throw new Error(`timed out: ${procs.map((p) => `peer ${p.index}: ${p.reports.length} reports`).join(', ')}`);
   const payload = getCodec('sparse', SPARSE).encodedSize(P);
   const byRound = (p: PeerProc, r: number): RoundReport | undefined =>
     p.reports.find((x) => x.event === 'round' && x.round === r);
@@ -251,7 +252,7 @@ async function swarm(dir: string) {
 }
 
 async function sim(dir: string) {
-  const steps = 2 * inner;
+  const steps = inner; // one round of H inner steps per worker
   const r = await tessera(
     [
       'sim',
@@ -289,7 +290,14 @@ async function sim(dir: string) {
     1_800_000,
   );
   const j = JSON.parse(r.stdout) as {
-    arms?: { name: string; steps: number; rounds: number; seconds: number; messageBytes: number; finalValLoss: number }[];
+    arms?: {
+      name: string;
+      steps: number;
+      rounds: number;
+      seconds: number;
+      messageBytes: number;
+      finalValLoss: number;
+    }[];
   };
   const arm = j.arms?.[0];
   return {
@@ -327,12 +335,13 @@ async function pipeline(dir: string) {
       String(ctx),
       '--steps',
       String(steps),
+      // The batch of 8 in 8 micro-batches of one sequence: the least activation memory per hop.
       '--micro',
+      '8',
+      '--eval-batches',
       '1',
       '--checkpoint-every',
       '0',
-      '--prompt',
-      '',
       '--cache-dir',
       join(dir, '..', 'cache-unused'),
       '--json',
@@ -340,7 +349,12 @@ async function pipeline(dir: string) {
     'pipeline',
     1_800_000,
   );
-  return { seconds: r.seconds, peakRss: r.peakRss, steps, out: r.stdout.trim().split('\n').slice(-1)[0]?.slice(0, 400) };
+  return {
+    seconds: r.seconds,
+    peakRss: r.peakRss,
+    steps,
+    out: r.stdout.trim().split('\n').slice(-1)[0]?.slice(0, 400),
+  };
 }
 
 async function main() {
@@ -360,7 +374,9 @@ async function main() {
       const s = await swarm(join(dir, 'swarm'));
       res.swarm = s;
       console.log(`\n## swarm: ${P} parameters, ${peers} peers, H=${inner}, B=${batch}, T=${ctx}, SparseLoCo\n`);
-      console.log('| round | s/round | inner steps | payload B/update | sent B/peer | train loss | val loss | hashes agree |');
+      console.log(
+        '| round | s/round | inner steps | payload B/update | sent B/peer | train loss | val loss | hashes agree |',
+      );
       console.log('|---|---|---|---|---|---|---|---|');
       for (const r of s.rounds)
         console.log(

@@ -59,6 +59,7 @@ interface PipelineOptions {
   lr: number;
   kill?: string;
   checkpointEvery: number;
+  evalBatches: number;
   prompt: string;
   cacheDir: string;
   json: boolean;
@@ -381,6 +382,7 @@ export function register(program: Command): void {
       int(0),
       25,
     )
+    .option('--eval-batches <n>', 'validation batches after training (local run)', int(1, 1 << 16), 8)
     .option('--prompt <text>', 'sample through the stage holders after training', 'The jury said')
     .option('--cache-dir <dir>', 'tokenizer and token cache', defaultCacheDir())
     .option(
@@ -587,12 +589,22 @@ export function register(program: Command): void {
             loss: r.loss.toFixed(3),
             tps: Math.round(((s + 1) * B * T) / ((performance.now() - t0) / 1000)),
           });
-          if (!bar && !o.json && (s + 1) % 50 === 0) say(o, `step ${s + 1}/${o.steps}  loss ${r.loss.toFixed(3)}`);
+          // Without a bar: every 50th step, or every step when steps are slow (a real-sized model).
+          const stepS = (performance.now() - ts) / 1000;
+          if (!bar && ((s + 1) % 50 === 0 || stepS >= 2)) {
+            const perStep = (performance.now() - t0) / 1000 / (s + 1);
+            const left = o.steps - s - 1;
+            process.stderr.write(
+              `step ${s + 1}/${o.steps}  loss ${r.loss.toFixed(3)}  ${stepS.toFixed(1)} s/step` +
+                (left > 0 ? `  ETA ${Math.round(left * perStep)} s` : '') +
+                '\n',
+            );
+          }
         }
         bar?.stop();
         const seconds = (performance.now() - t0) / 1000;
         if (dl && o.steps % o.diloco! !== 0) await dl.sync();
-        const val = await front().evaluate([...evalBatches(ds.val, B, T, 8)], B, T);
+        const val = await front().evaluate([...evalBatches(ds.val, B, T, o.evalBatches)], B, T);
         for (const d of dl?.dropped ?? [])
           say(o, `pipeline ${d.pipeline} dropped at step ${d.step} (${d.reason.slice(0, 80)}); the others trained on`);
         for (const rec of lp.driver.recoveries) say(o, describeRecovery(rec));

@@ -52,10 +52,10 @@ export const maxBundleBytes = (P: number): number => 8 * P + 65536;
 const WRITE_CHUNK = 64 << 20;
 
 function writeAllSync(fd: number, bytes: Uint8Array, hash: ReturnType<typeof createHash>): void {
-  for (let o = 0; o < bytes.length; ) {
+  for (let o = 0; o < bytes.length;) {
     const part = bytes.subarray(o, Math.min(bytes.length, o + WRITE_CHUNK));
     hash.update(part);
-    for (let w = 0; w < part.length; ) w += writeSync(fd, part, w, part.length - w);
+    for (let w = 0; w < part.length;) w += writeSync(fd, part, w, part.length - w);
     o += part.length;
   }
 }
@@ -105,7 +105,7 @@ export function readBundleState(file: string, P: number): { theta: Float32Array;
     const read = (pos: number): Float32Array => {
       const a = new Float32Array(P);
       const b = new Uint8Array(a.buffer);
-      for (let o = 0; o < b.length; ) {
+      for (let o = 0; o < b.length;) {
         const n = readSync(fd, b, o, Math.min(WRITE_CHUNK, b.length - o), pos + o);
         if (n <= 0) throw new InvalidInputError(`${file}: snapshot bundle too short`);
         o += n;

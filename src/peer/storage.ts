@@ -14,6 +14,7 @@ import { publishState, stateCid } from '../store/checkpoint.js';
 import { pinPlan, type PinItem } from '../store/replicate.js';
 import type { StorageParams } from '../swarm/manifest.js';
 import type { RoundSnapshot } from '../swarm/round.js';
+import { stateBytes, transferDeadlineMs } from './deadlines.js';
 import type { RunData } from './data.js';
 
 /**
@@ -108,12 +109,14 @@ export class Storage {
       const t0 = Date.now();
       try {
         const files: StateFiles = { ...src.load(), round: src.round, snapshot: src.snapshot };
+        // Adding and pinning 8 bytes per parameter: 1 GB at GPT-2 small, past a fixed 30 s under load.
+        const ms = transferDeadlineMs(stateBytes(files.params.length), this.d.fetchMs);
         const c = await publishState(
           store,
           { config: this.d.model, runId: this.d.runId, ...files },
-          { signal: AbortSignal.timeout(this.d.fetchMs) },
+          { signal: AbortSignal.timeout(ms) },
         );
-        await store.pin(c);
+        await store.pin(c, { signal: AbortSignal.timeout(ms) });
         const cid = c.toString();
         logger.info(
           { round: files.round, queuedMs: t0 - queued, ms: Date.now() - t0 },

@@ -5,7 +5,7 @@
  * is behind resyncs from those advertisements (by CID first, then by a direct download), and a
  * restarted peer resumes from its own file. Every installed state is checked against its hash.
  */
-import { existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import type { Logger } from 'pino';
 import type { ModelConfig } from '../model/config.js';
 import { weightsHash } from '../model/checkpoint.js';
@@ -14,8 +14,8 @@ import { parseCid, type Store } from '../store/index.js';
 import { loadState } from '../store/checkpoint.js';
 import { SnapshotSchema, type Effect, type RoundSnapshot } from '../swarm/round.js';
 import { InvalidInputError } from '../util/errors.js';
-import { sha256HexNode } from '../util/hash-node.js';
 import { decodeBundle, maxBundleBytes, readBundleState, writeBundleFile, type Bundle } from './bundle.js';
+import { stateBytes, transferDeadlineMs } from './deadlines.js';
 import type { PayloadStore } from './payloads.js';
 import { RECENT_STATES, type Storage } from './storage.js';
 import type { Weights } from './weights.js';
@@ -151,7 +151,7 @@ export class Sync {
     const bulk = async (): Promise<{ b: Bundle; via: 'bulk' }> => {
       const bytes = await fetchBulk(this.d.host, peer, ad.bundle, {
         maxBytes: maxBundleBytes(P),
-        signal: AbortSignal.timeout(10_000),
+        signal: AbortSignal.timeout(transferDeadlineMs(maxBundleBytes(P), 10_000)),
       });
       return { b: decodeBundle(bytes, P), via: 'bulk' };
     };
@@ -166,7 +166,7 @@ export class Sync {
     if (ad.cid) {
       try {
         const got = await loadState(this.d.store, parseCid(ad.cid), this.d.model, {
-          signal: AbortSignal.timeout(15_000),
+          signal: AbortSignal.timeout(transferDeadlineMs(stateBytes(P), 15_000)),
         });
         if (got.meta.runId !== this.d.runId)
           throw new InvalidInputError(`checkpoint ${ad.cid} belongs to run ${got.meta.runId.slice(0, 12)}`);

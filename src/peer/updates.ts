@@ -20,11 +20,13 @@ import { DecodeError, type Codec } from '../swarm/compress/index.js';
 import { InvalidInputError } from '../util/errors.js';
 import type { RoundState, UpdateMsg } from '../swarm/round.js';
 import { EarlyUpdates, RateCap, type Senders } from './admission.js';
+import { transferDeadlineMs } from './deadlines.js';
 import type { PayloadStore } from './payloads.js';
 
 /** Passes over the candidate peers, the pause between passes, and the limit on one download. */
 const PASSES = 3;
 const PASS_PAUSE_MS = 300;
+/** A payload fetch's deadline at toy sizes; larger payloads get more (deadlines.ts). */
 const FETCH_MS = 5000;
 /** Directly connected peers asked for a payload besides the named candidates (a NotFound is cheap). */
 const EXTRA_HOLDERS = 8;
@@ -87,7 +89,7 @@ export class UpdateFetcher {
           try {
             const bytes = await fetchBulk(this.d.host, peer, hash, {
               maxBytes: max,
-              signal: AbortSignal.timeout(FETCH_MS),
+              signal: AbortSignal.timeout(transferDeadlineMs(max, FETCH_MS)),
             });
             if (this.d.linkDelayMs > 0) await new Promise((r) => setTimeout(r, 2 * this.d.linkDelayMs)); // request + response
             if (bytes.length !== max)

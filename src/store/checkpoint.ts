@@ -89,8 +89,7 @@ function safetensorsPieces(
 ): Uint8Array<ArrayBuffer>[] {
   if (!LITTLE_ENDIAN) return [new Uint8Array(encodeSafetensors(tensors, metadata))];
   const out: Uint8Array<ArrayBuffer>[] = [new Uint8Array(encodeHeader(tensors, metadata))];
-  for (const t of tensors)
-    out.push(new Uint8Array(t.data.buffer as ArrayBuffer, t.data.byteOffset, t.data.byteLength));
+  for (const t of tensors) out.push(new Uint8Array(t.data.buffer as ArrayBuffer, t.data.byteOffset, t.data.byteLength));
   return out;
 }
 

@@ -228,7 +228,7 @@ export function sparseCodec(params: Partial<SparseParams> = {}): SparseCodec {
     id: 'sparse' as const,
     params: p,
     encode: (delta: Float32Array, state?: ErrorFeedback, scratch?: boolean) =>
-    encodeWith('sparse', pack, decodeSparse, delta, state, scratch),
+      encodeWith('sparse', pack, decodeSparse, delta, state, scratch),
     // The chunk and k are the run's (this codec's), never the sender's: a payload that claims
     // others is refused before anything is allocated, so its decoded size is exactly n floats.
     decode: (bytes: Uint8Array, n: number) => {
