@@ -15,13 +15,13 @@ import { join } from 'node:path';
 import { unixfs } from '@helia/unixfs';
 import type { CID } from 'multiformats/cid';
 import { clippedMean, clipToMedian, weightedMean } from '../src/swarm/robust.js';
-import { applyCommitted } from '../src/swarm/apply.js';
+import { applyCommitted, applyCommittedSparse } from '../src/swarm/apply.js';
 import { OuterNesterov } from '../src/swarm/outer.js';
 import { encodeBundle, maxBundleBytes, readBundleState, writeBundleFile } from '../src/peer/bundle.js';
 import { MIN_LINK_BYTES_PER_S, stateBytes, transferDeadlineMs } from '../src/peer/deadlines.js';
 import { PayloadStore } from '../src/peer/payloads.js';
 import { stateCid } from '../src/store/checkpoint.js';
-import { ErrorFeedback, getCodec } from '../src/swarm/compress/index.js';
+import { ErrorFeedback, getCodec, type SparseCodec } from '../src/swarm/compress/index.js';
 import { GPT } from '../src/model/gpt.js';
 import { loadKernels } from '../src/kernels/index.js';
 import { CHECKPOINT_FORMAT, CHECKPOINT_VERSION, weightsHash } from '../src/model/checkpoint.js';
@@ -199,4 +199,39 @@ test('transfer deadlines keep their floor at toy sizes and grow with a real-size
   assert.ok(transferDeadlineMs(gpt2Small, 5000) >= 5000 + (gpt2Small / MIN_LINK_BYTES_PER_S) * 1000);
   assert.ok(transferDeadlineMs(maxBundleBytes(124_439_808), 10_000) > 900_000);
   assert.equal(stateBytes(10), 80);
+});
+
+test('a sparse round applied from its entries block by block is applyCommitted of the decoded updates, bit for bit', () => {
+  const n = 150_001; // three blocks, a short last one
+  const codec = getCodec('sparse', { chunk: 1024, k: 16 }) as SparseCodec;
+  const bytes = [rand(n, 40), rand(n, 41, 50), rand(n, 42, 0.1)].map((d) => codec.encode(d).bytes);
+  const peers = ['pc', 'pa', 'pb']; // not in id order: both sort
+  for (const rule of ['mean', 'clip'] as const)
+    for (const mu of [0, 0.9]) {
+      const theta = rand(n, 43);
+      const dense = theta.slice(),
+        sparse = theta.slice();
+      const o1 = new OuterNesterov(n, { lr: 0.7, momentum: mu }),
+        o2 = new OuterNesterov(n, { lr: 0.7, momentum: mu });
+      o1.momentum.set(rand(n, 44));
+      o2.momentum.set(o1.momentum);
+      const ups = bytes.map((b, j) => ({ peer: peers[j], tokens: 64 * (j + 1), delta: codec.decode(b, n) }));
+      applyCommitted(dense, o1, ups, rule);
+      applyCommittedSparse(
+        sparse,
+        o2,
+        bytes.map((b, j) => ({ peer: peers[j], tokens: 64 * (j + 1), ...codec.entries(b, n) })),
+        rule,
+      );
+      assert.ok(bits(sparse).equals(bits(dense)), `${rule} μ=${mu}: weights`);
+      assert.ok(bits(o2.momentum).equals(bits(o1.momentum)), `${rule} μ=${mu}: momentum`);
+    }
+  const e = codec.entries(bytes[0], n);
+  const d = codec.decode(bytes[0], n);
+  assert.ok(
+    e.idx.every((x, k) => k === 0 || x > e.idx[k - 1]),
+    'ascending',
+  );
+  assert.equal(d.filter((x) => x !== 0).length, e.val.filter((x) => x !== 0).length);
+  for (let k = 0; k < e.idx.length; k++) assert.equal(e.val[k], d[e.idx[k]]);
 });

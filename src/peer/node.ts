@@ -43,8 +43,8 @@ import {
 } from '../net/index.js';
 import { openStore, parseCid, type Store } from '../store/index.js';
 import { loadState } from '../store/checkpoint.js';
-import { applyCommitted, type CommittedUpdate } from '../swarm/apply.js';
-import { ErrorFeedback, getCodec } from '../swarm/compress/index.js';
+import { applyCommitted, applyCommittedSparse, type CommittedUpdate } from '../swarm/apply.js';
+import { ErrorFeedback, getCodec, type SparseCodec } from '../swarm/compress/index.js';
 import { storageParams, type DecodedManifest } from '../swarm/manifest.js';
 import { OuterNesterov } from '../swarm/outer.js';
 import {
@@ -132,6 +132,8 @@ export class SwarmNode {
   private intake!: UpdateIntake;
   /** Evaluates θ; separate from the trainer's model, because θ may be applied while a job is training. */
   private evalGpt!: GPT;
+  /** The run's codec when it is sparse: apply then reads each update's entries, never a decoded Δ. */
+  private sparse: SparseCodec | null = null;
   /** The device the inner steps run on, with its kernels or adapter (set by start()). */
   device = 'cpu';
   /** Where Δ and the codec run (Training.codecPlace), once training is set up. */
@@ -285,6 +287,7 @@ export class SwarmNode {
     }
     const cs = m.hyper.codec;
     const codec = cs.id === 'sparse' ? getCodec('sparse', { chunk: cs.chunk, k: cs.k }) : getCodec(cs.id);
+    if (cs.id === 'sparse') this.sparse = codec as SparseCodec;
     this.updates = new UpdateFetcher({
       host: this.host,
       codec,
@@ -698,19 +701,32 @@ export class SwarmNode {
       this.log(`round ${e.round}: our weights are not the round's base; waiting for resync`);
       return;
     }
-    const ups: CommittedUpdate[] = e.included.map((u) => ({
-      peer: u.peer,
-      tokens: u.tokens,
-      delta: this.payloads.delta(u.updateHash)!,
-    }));
-    if (ups.some((u) => !u.delta)) {
+    if (e.included.some((u) => !this.payloads.hasUpdate(u.updateHash))) {
       this.log(`round ${e.round}: missing a payload at apply`);
       return;
     }
+    const rule = this.m.hyper.aggregate ?? 'mean';
+    // A sparse run's updates are applied from their entries, block by block (no decoded Δ at all),
+    // unless this peer scores them (a validator reads each Δ).
+    const sparse = this.sparse && !this.validator && (rule === 'mean' || rule === 'clip') ? this.sparse : null;
+    const ups: CommittedUpdate[] = sparse
+      ? []
+      : e.included.map((u) => ({ peer: u.peer, tokens: u.tokens, delta: this.payloads.delta(u.updateHash)! }));
     if (this.m.hyper.overlap !== 'none') w.prev = { hash: w.hash, weights: w.theta.slice() };
     this.audits.onApply(e.round, [...this.state.roster], e.baseHash);
     const scoring = this.validator ? this.score(e, ups) : null;
-    applyCommitted(w.theta, w.outer, ups, this.m.hyper.aggregate ?? 'mean');
+    if (sparse)
+      applyCommittedSparse(
+        w.theta,
+        w.outer,
+        e.included.map((u) => ({
+          peer: u.peer,
+          tokens: u.tokens,
+          ...sparse.entries(this.payloads.updateBytes(u.updateHash)!, w.length),
+        })),
+        rule as 'mean' | 'clip',
+      );
+    else applyCommitted(w.theta, w.outer, ups, rule);
     const h = weightsHash(w.theta);
     w.hash = h;
     const valLoss = this.evaluate();

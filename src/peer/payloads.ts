@@ -73,6 +73,12 @@ export class PayloadStore {
     e.decode = decode;
   }
 
+  /** The encoded bytes of update `hash`, if held. */
+  updateBytes(hash: string): Uint8Array | undefined {
+    const e = this.entries.get(hash);
+    return e?.decode ? (e.bytes ?? undefined) : undefined;
+  }
+
   /** Whether update `hash`'s payload is held (fetched and checked, or this peer's own). */
   hasUpdate(hash: string): boolean {
     return this.entries.get(hash)?.decode !== undefined;

@@ -16,7 +16,7 @@
  */
 import type { Logger } from 'pino';
 import { HashMismatchError, TooLargeError, fetchBulk, type Host } from '../net/index.js';
-import { DecodeError, type Codec } from '../swarm/compress/index.js';
+import { DecodeError, type Codec, type SparseCodec } from '../swarm/compress/index.js';
 import { InvalidInputError } from '../util/errors.js';
 import type { RoundState, UpdateMsg } from '../swarm/round.js';
 import { EarlyUpdates, RateCap, type Senders } from './admission.js';
@@ -94,9 +94,11 @@ export class UpdateFetcher {
             if (this.d.linkDelayMs > 0) await new Promise((r) => setTimeout(r, 2 * this.d.linkDelayMs)); // request + response
             if (bytes.length !== max)
               throw new DecodeError(`payload of ${bytes.length} bytes, the run's codec makes ${max}`);
-            const delta = this.d.codec.decode(bytes, P);
-            for (let i = 0; i < delta.length; i++)
-              if (!Number.isFinite(delta[i])) throw new InvalidInputError('non-finite Δ');
+            // The decode check (a sparse payload's entries only: no n-float array for it).
+            const c = this.d.codec;
+            const vals = c.id === 'sparse' ? (c as SparseCodec).entries(bytes, P).val : c.decode(bytes, P);
+            for (let i = 0; i < vals.length; i++)
+              if (!Number.isFinite(vals[i])) throw new InvalidInputError('non-finite Δ');
             payloads.putUpdate(hash, bytes, round, () => this.d.codec.decode(bytes, P));
             this.d.deliver(hash, round, author);
             return;
