@@ -216,9 +216,10 @@ async function swarm(dir: string) {
   const peakRss = procs.map((p) => w.peak(p.child.pid ?? -1));
   const totalPeak = w.totalPeak();
   await stopAll(procs, 10_000);
-  if (failure !== null) throw new Error(failure);
-  if (!done())
-    throw new Error(`timed out: ${procs.map((p) => `peer ${p.index}: ${p.reports.length} reports`).join(', ')}`);
+  // A run stopped early (the RSS guard, a dead peer, the deadline) still reports what it measured.
+  const stopped: string | null =
+    failure ??
+    (done() ? null : `timed out: ${procs.map((p) => `peer ${p.index}: ${p.reports.length} reports`).join(', ')}`);
   const payload = getCodec('sparse', SPARSE).encodedSize(P);
   const byRound = (p: PeerProc, r: number): RoundReport | undefined =>
     p.reports.find((x) => x.event === 'round' && x.round === r);
@@ -241,6 +242,14 @@ async function swarm(dir: string) {
     };
   });
   return {
+    stopped,
+    /** Each peer's inner-step progress lines (`tessera node` logs a slow step with its rate). */
+    progress: procs.map((p) =>
+      p.stderr
+        .join('')
+        .split('\n')
+        .filter((l) => l.includes('inner step')),
+    ),
     manifest: JSON.parse(readFileSync(run, 'utf8')) as unknown,
     runCreate: { seconds: create.seconds, peakRss: create.peakRss },
     wallSeconds: wall,
@@ -385,6 +394,8 @@ async function main() {
       console.log(
         `\npeak RSS per peer (GiB): ${s.peakRssPerPeer.map(gib).join(', ')}; all peers together ${gib(s.totalPeakRss)}; run create ${s.runCreate.seconds.toFixed(1)} s, ${gib(s.runCreate.peakRss)} GiB`,
       );
+      for (const [i, lines] of s.progress.entries()) for (const l of lines) console.log(`peer ${i}: ${l.trim()}`);
+      if (s.stopped) console.log(`\nSTOPPED EARLY: ${s.stopped}`);
     }
     if (parts.includes('sim')) {
       const s = await sim(join(dir, 'sim'));
