@@ -46,6 +46,11 @@ import { startDashboard, type Dashboard } from '../dashboard/server.js';
 interface PipelineOptions {
   stages: number;
   layers: number;
+  /** GPT-2 shape beyond the default toy model (e.g. GPT-2 small: --dim 768 --heads 12 --vocab 50257). */
+  dim?: number;
+  heads?: number;
+  vocab?: number;
+  ctx?: number;
   replicas: number;
   steps: number;
   codec: string;
@@ -54,6 +59,7 @@ interface PipelineOptions {
   lr: number;
   kill?: string;
   checkpointEvery: number;
+  evalBatches: number;
   prompt: string;
   cacheDir: string;
   json: boolean;
@@ -101,10 +107,25 @@ function codecOf(o: PipelineOptions, dim: number): ActCodecSpec {
   return o.codec === 'lowrank' ? { id: 'lowrank', k: Math.min(o.rank, dim) } : { id: o.codec as ActCodecSpec['id'] };
 }
 
+/** The model --arch / --layers (and, for GPT-2, --dim / --heads / --vocab / --ctx) describe. */
+function modelOf(o: PipelineOptions): StageModelConfig {
+  const base = defaultPipeModel({ layers: o.layers, arch: o.arch, ...(o.kvHeads ? { kvHeads: o.kvHeads } : {}) });
+  const shaped = o.dim !== undefined || o.heads !== undefined || o.vocab !== undefined || o.ctx !== undefined;
+  if (!shaped) return base;
+  if (isLlamaConfig(base)) throw new InvalidInputError('--dim/--heads/--vocab/--ctx shape a GPT-2 model (--arch gpt2)');
+  return {
+    ...base,
+    ...(o.dim !== undefined ? { dim: o.dim } : {}),
+    ...(o.heads !== undefined ? { heads: o.heads } : {}),
+    ...(o.vocab !== undefined ? { vocabSize: o.vocab } : {}),
+    ...(o.ctx !== undefined ? { ctx: o.ctx } : {}),
+  };
+}
+
 /** The pipeline manifest the flags describe (the local run's, or the one --write-run writes); `model` overrides --arch/--layers. */
 function manifestOf(o: PipelineOptions, model?: StageModelConfig) {
   return defaultPipeManifest({
-    model: model ?? defaultPipeModel({ layers: o.layers, arch: o.arch, ...(o.kvHeads ? { kvHeads: o.kvHeads } : {}) }),
+    model: model ?? modelOf(o),
     stages: o.stages,
     layers: o.layers,
     codec: codecOf(o, o.bottleneck ?? 64),
@@ -163,7 +184,7 @@ async function localStart(o: PipelineOptions, k: ReturnType<typeof loadKernels>)
       },
     };
   }
-  const config = defaultPipeModel({ layers: o.layers, arch: o.arch, ...(o.kvHeads ? { kvHeads: o.kvHeads } : {}) });
+  const config = modelOf(o);
   const ds = prepareDataset({ corpus: loadCorpus('brown'), vocabSize: config.vocabSize, cacheDir: o.cacheDir });
   let genesis: Float32Array;
   if (isLlamaConfig(config)) {
@@ -309,6 +330,10 @@ export function register(program: Command): void {
     )
     .option('--stages <n>', 'pipeline stages (one peer each, times --replicas)', int(1, 64), 4)
     .option('--layers <n>', 'transformer layers (cut into the stages)', int(1, 64), 4)
+    .option('--dim <n>', 'GPT-2 model width (default 64; GPT-2 small: 768)', int(1, 65536))
+    .option('--heads <n>', 'GPT-2 attention heads (default 4; GPT-2 small: 12)', int(1, 1024))
+    .option('--vocab <n>', 'GPT-2 vocabulary (a BPE trained on Brown to this size; default 512)', int(257, 1 << 20))
+    .option('--ctx <n>', 'GPT-2 context length (default 64)', int(1, 65536))
     .option(
       '--arch <arch>',
       'the model: gpt2, or llama (RMSNorm, RoPE, SwiGLU, grouped-query attention)',
@@ -357,6 +382,7 @@ export function register(program: Command): void {
       int(0),
       25,
     )
+    .option('--eval-batches <n>', 'validation batches after training (local run)', int(1, 1 << 16), 8)
     .option('--prompt <text>', 'sample through the stage holders after training', 'The jury said')
     .option('--cache-dir <dir>', 'tokenizer and token cache', defaultCacheDir())
     .option(
@@ -563,12 +589,22 @@ export function register(program: Command): void {
             loss: r.loss.toFixed(3),
             tps: Math.round(((s + 1) * B * T) / ((performance.now() - t0) / 1000)),
           });
-          if (!bar && !o.json && (s + 1) % 50 === 0) say(o, `step ${s + 1}/${o.steps}  loss ${r.loss.toFixed(3)}`);
+          // Without a bar: every 50th step, or every step when steps are slow (a real-sized model).
+          const stepS = (performance.now() - ts) / 1000;
+          if (!bar && ((s + 1) % 50 === 0 || stepS >= 2)) {
+            const perStep = (performance.now() - t0) / 1000 / (s + 1);
+            const left = o.steps - s - 1;
+            process.stderr.write(
+              `step ${s + 1}/${o.steps}  loss ${r.loss.toFixed(3)}  ${stepS.toFixed(1)} s/step` +
+                (left > 0 ? `  ETA ${Math.round(left * perStep)} s` : '') +
+                '\n',
+            );
+          }
         }
         bar?.stop();
         const seconds = (performance.now() - t0) / 1000;
         if (dl && o.steps % o.diloco! !== 0) await dl.sync();
-        const val = await front().evaluate([...evalBatches(ds.val, B, T, 8)], B, T);
+        const val = await front().evaluate([...evalBatches(ds.val, B, T, o.evalBatches)], B, T);
         for (const d of dl?.dropped ?? [])
           say(o, `pipeline ${d.pipeline} dropped at step ${d.step} (${d.reason.slice(0, 80)}); the others trained on`);
         for (const rec of lp.driver.recoveries) say(o, describeRecovery(rec));

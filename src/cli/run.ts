@@ -56,6 +56,11 @@ export function register(program: Command): void {
     .option('--quorum <x>', 'fraction of the roster whose updates close collection early', num(0.01, 1), 1)
     .option('--min-peers <n>', 'peers needed to train', int(1), 1)
     .option('--max-missed <n>', 'missed rounds before a member leaves the roster', int(1), 2)
+    .option(
+      '--max-stretch <x>',
+      'deadlines may stretch up to this factor when updates come in short or late (default 4; 1 = fixed)',
+      num(1, 16),
+    )
     .option('--cache-dir <dir>', 'tokenizer and token cache', defaultCacheDir())
     .option(
       '--dataset <cid>',

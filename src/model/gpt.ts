@@ -78,10 +78,9 @@ export class GPT {
   readonly numParams: number;
   /** Flat parameters; layout in params.ts. */
   readonly params: Float32Array;
-  /** Flat gradients, same layout; backward() accumulates into it. */
-  readonly grads: Float32Array;
   readonly p: ParamViews;
-  readonly g: ParamViews;
+  private gradsBuf: Float32Array | null = null;
+  private gradViews: ParamViews | null = null;
   private acts: Acts | null = null;
   private inputs: Int32Array | null = null;
   private adapter: LoraAdapter | null = null;
@@ -89,14 +88,28 @@ export class GPT {
   freezeBase = false;
   private sink: Float32Array | null = null;
 
-  constructor(config: ModelConfig, kernels: Kernels) {
+  /**
+   * `params`: run on this buffer (e.g. a peer's θ, for evaluation) instead of a fresh one. The
+   * gradient buffer is allocated on first use, so a model that only evaluates never holds one
+   * (at GPT-2 small, 0.5 GB).
+   */
+  constructor(config: ModelConfig, kernels: Kernels, params?: Float32Array) {
     this.config = ModelConfigSchema.parse(config);
     this.kernels = kernels;
     this.numParams = paramCount(this.config);
-    this.params = new Float32Array(this.numParams);
-    this.grads = new Float32Array(this.numParams);
+    if (params && params.length !== this.numParams)
+      throw new InvalidInputError(`GPT: given ${params.length} parameters, the config has ${this.numParams}`);
+    this.params = params ?? new Float32Array(this.numParams);
     this.p = paramViews(this.config, this.params);
-    this.g = paramViews(this.config, this.grads);
+  }
+
+  /** Flat gradients, same layout; backward() accumulates into it. */
+  get grads(): Float32Array {
+    return (this.gradsBuf ??= new Float32Array(this.numParams));
+  }
+
+  get g(): ParamViews {
+    return (this.gradViews ??= paramViews(this.config, this.grads));
   }
 
   /**

@@ -44,8 +44,8 @@ import {
 } from '../net/index.js';
 import { openStore, parseCid, type Store } from '../store/index.js';
 import { loadState } from '../store/checkpoint.js';
-import { applyCommitted, type CommittedUpdate } from '../swarm/apply.js';
-import { ErrorFeedback, getCodec } from '../swarm/compress/index.js';
+import { applyCommitted, applyCommittedSparse, type CommittedUpdate } from '../swarm/apply.js';
+import { ErrorFeedback, getCodec, type SparseCodec } from '../swarm/compress/index.js';
 import { storageParams, type DecodedManifest } from '../swarm/manifest.js';
 import { OuterNesterov } from '../swarm/outer.js';
 import {
@@ -135,6 +135,8 @@ export class SwarmNode {
   private evalGpt!: ThetaModel;
   /** A LoRA run's frozen base as the trainer holds it (hashed into each round report); else null. */
   private frozenBase: Float32Array | null = null;
+  /** The run's codec when it is sparse: apply then reads each update's entries, never a decoded Δ. */
+  private sparse: SparseCodec | null = null;
   /** The device the inner steps run on, with its kernels or adapter (set by start()). */
   device = 'cpu';
   /** Where Δ and the codec run (Training.codecPlace), once training is set up. */
@@ -289,7 +291,6 @@ export class SwarmNode {
     initialTheta(m, gpt, base);
     this.frozenBase = gpt instanceof LoraGPT ? gpt.base : null;
     const specs = thetaSpecs(gpt);
-    this.evalGpt = thetaModel(m, kernels, base);
     const outer = new OuterNesterov(gpt.params.length, m.hyper.outer);
     if (m.genesisCid !== undefined) {
       const g = await loadState(this.store, parseCid(m.genesisCid), m.model, {
@@ -300,6 +301,9 @@ export class SwarmNode {
       outer.momentum.set(g.momentum);
     }
     const w = (this.weights = new Weights(gpt.params.slice(), outer));
+    // Evaluation reads θ in place: no copy of the weights, and no gradient buffer. In a LoRA run
+    // θ is the adapter, loaded into the evaluation model's own adapter before each evaluation.
+    this.evalGpt = m.lora ? thetaModel(m, kernels, base) : new GPT(m.model, kernels, w.theta);
     if (w.hash !== m.genesisWeightsHash) {
       throw new InvalidInputError(
         `genesis weights ${m.genesisCid ? `(${m.genesisCid}) ` : ''}hash to ${w.hash.slice(0, 12)}, the manifest says ${m.genesisWeightsHash.slice(0, 12)}`,
@@ -307,6 +311,7 @@ export class SwarmNode {
     }
     const cs = m.hyper.codec;
     const codec = cs.id === 'sparse' ? getCodec('sparse', { chunk: cs.chunk, k: cs.k }) : getCodec(cs.id);
+    if (cs.id === 'sparse') this.sparse = codec as SparseCodec;
     this.updates = new UpdateFetcher({
       host: this.host,
       codec,
@@ -401,7 +406,8 @@ export class SwarmNode {
         manifest: o.manifest,
         numShards: this.p.numShards,
         self,
-        evalGpt: this.evalGpt,
+        // Scoring loads other weights into its model: its own (no gradients), not θ's.
+        evalGpt: thetaModel(m, kernels, base),
         shardData,
         logger: this.logger,
         audit: (...a) => this.audits.auditOne(...a),
@@ -729,19 +735,32 @@ export class SwarmNode {
       this.log(`round ${e.round}: our weights are not the round's base; waiting for resync`);
       return;
     }
-    const ups: CommittedUpdate[] = e.included.map((u) => ({
-      peer: u.peer,
-      tokens: u.tokens,
-      delta: this.payloads.delta(u.updateHash)!,
-    }));
-    if (ups.some((u) => !u.delta)) {
+    if (e.included.some((u) => !this.payloads.hasUpdate(u.updateHash))) {
       this.log(`round ${e.round}: missing a payload at apply`);
       return;
     }
+    const rule = this.m.hyper.aggregate ?? 'mean';
+    // A sparse run's updates are applied from their entries, block by block (no decoded Δ at all),
+    // unless this peer scores them (a validator reads each Δ).
+    const sparse = this.sparse && !this.validator && (rule === 'mean' || rule === 'clip') ? this.sparse : null;
+    const ups: CommittedUpdate[] = sparse
+      ? []
+      : e.included.map((u) => ({ peer: u.peer, tokens: u.tokens, delta: this.payloads.delta(u.updateHash)! }));
     if (this.m.hyper.overlap !== 'none') w.prev = { hash: w.hash, weights: w.theta.slice() };
     this.audits.onApply(e.round, [...this.state.roster], e.baseHash);
     const scoring = this.validator ? this.score(e, ups) : null;
-    applyCommitted(w.theta, w.outer, ups, this.m.hyper.aggregate ?? 'mean');
+    if (sparse)
+      applyCommittedSparse(
+        w.theta,
+        w.outer,
+        e.included.map((u) => ({
+          peer: u.peer,
+          tokens: u.tokens,
+          ...sparse.entries(this.payloads.updateBytes(u.updateHash)!, w.length),
+        })),
+        rule as 'mean' | 'clip',
+      );
+    else applyCommitted(w.theta, w.outer, ups, rule);
     const h = weightsHash(w.theta);
     w.hash = h;
     const valLoss = this.evaluate();
@@ -800,8 +819,8 @@ export class SwarmNode {
   }
 
   private evaluate(): number {
-    const g = this.evalGpt;
-    g.params.set(this.weights.theta);
+    const g = this.evalGpt; // its parameters are θ itself, except a LoRA run's adapter copy
+    if (g.params !== this.weights.theta) g.params.set(this.weights.theta);
     let sum = 0;
     for (const b of this.evalSet) sum += g.loss(b.inputs, b.targets, this.m.hyper.batch, this.m.model.ctx);
     return this.evalSet.length ? sum / this.evalSet.length : NaN;

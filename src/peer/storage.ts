@@ -15,6 +15,7 @@ import { publishState, stateCid } from '../store/checkpoint.js';
 import { pinPlan, type PinItem } from '../store/replicate.js';
 import type { StorageParams } from '../swarm/manifest.js';
 import type { RoundSnapshot } from '../swarm/round.js';
+import { stateBytes, transferDeadlineMs } from './deadlines.js';
 import type { RunData } from './data.js';
 
 /**
@@ -57,6 +58,17 @@ export interface StateFiles {
   snapshot: RoundSnapshot;
 }
 
+/**
+ * One round's state, loaded only when its publish (or CID computation) runs: at GPT-2 small a
+ * state is 1 GB, and copies held while the queue waits would add up (sync.ts loads it from the
+ * round's snapshot file).
+ */
+export interface StateSource {
+  round: number;
+  snapshot: RoundSnapshot;
+  load: () => { params: Float32Array; momentum: Float32Array };
+}
+
 export class Storage {
   /** CID of the latest retained checkpoint (null until one is published). */
   checkpointCid: string | null = null;
@@ -90,23 +102,26 @@ export class Storage {
    * 2 cores: a publish took 5-15 s against 4-6 s rounds, and the queue grew by minutes, holding
    * two copies of the state per round.)
    */
-  publish(files: StateFiles): Promise<string | null | undefined> {
+  publish(src: StateSource): Promise<string | null | undefined> {
     const { store, logger } = this.d;
     const queued = Date.now();
-    this.newestQueued = Math.max(this.newestQueued, files.round);
+    this.newestQueued = Math.max(this.newestQueued, src.round);
     return this.publishing(async () => {
-      if (files.round < this.newestQueued && files.round % this.d.sp.checkpointEvery !== 0) {
-        logger.debug({ round: files.round, newest: this.newestQueued }, 'skipped publishing a superseded state');
+      if (src.round < this.newestQueued && src.round % this.d.sp.checkpointEvery !== 0) {
+        logger.debug({ round: src.round, newest: this.newestQueued }, 'skipped publishing a superseded state');
         return null;
       }
       const t0 = Date.now();
       try {
+        const files: StateFiles = { ...src.load(), round: src.round, snapshot: src.snapshot };
+        // Adding and pinning 8 bytes per parameter: 1 GB at GPT-2 small, past a fixed 30 s under load.
+        const ms = transferDeadlineMs(stateBytes(files.params.length), this.d.fetchMs);
         const c = await publishState(
           store,
           { config: this.d.model, runId: this.d.runId, specs: this.d.specs, ...files },
-          { signal: AbortSignal.timeout(this.d.fetchMs) },
+          { signal: AbortSignal.timeout(ms) },
         );
-        await store.pin(c);
+        await store.pin(c, { signal: AbortSignal.timeout(ms) });
         const cid = c.toString();
         logger.info(
           { round: files.round, queuedMs: t0 - queued, ms: Date.now() - t0 },
@@ -128,7 +143,7 @@ export class Storage {
         return cid;
       } catch (err) {
         logger.warn(
-          { round: files.round, err: (err as Error).message },
+          { round: src.round, err: (err as Error).message },
           'cannot publish state checkpoint; serving it by bulk only',
         );
         return undefined;
@@ -136,13 +151,20 @@ export class Storage {
     });
   }
 
-  /** Computes the CID `files` will be published under (hash only, store untouched) and remembers it for stateCid. */
-  noteCid(files: StateFiles): void {
-    void stateCid({ config: this.d.model, runId: this.d.runId, specs: this.d.specs, ...files })
-      .then((c) => this.remember(files.round, c.toString()))
-      .catch((err: unknown) =>
-        this.d.logger.warn({ round: files.round, err: (err as Error).message }, 'cannot compute the state CID'),
+  /**
+   * Computes the CID the state will be published under (hash only, store untouched) and
+   * remembers it for stateCid. Queued with the publishes, so that one state at a time is loaded.
+   */
+  noteCid(src: StateSource): void {
+    void this.publishing(async () => {
+      const files: StateFiles = { ...src.load(), round: src.round, snapshot: src.snapshot };
+      this.remember(
+        src.round,
+        (await stateCid({ config: this.d.model, runId: this.d.runId, specs: this.d.specs, ...files })).toString(),
       );
+    }).catch((err: unknown) =>
+      this.d.logger.warn({ round: src.round, err: (err as Error).message }, 'cannot compute the state CID'),
+    );
   }
 
   private remember(round: number, cid: string): void {

@@ -5,7 +5,7 @@
  * is behind resyncs from those advertisements (by CID first, then by a direct download), and a
  * restarted peer resumes from its own file. Every installed state is checked against its hash.
  */
-import { existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import type { Logger } from 'pino';
 import type { ModelConfig } from '../model/config.js';
 import type { TensorSpec } from '../model/params.js';
@@ -15,8 +15,8 @@ import { parseCid, type Store } from '../store/index.js';
 import { loadState } from '../store/checkpoint.js';
 import { SnapshotSchema, type Effect, type RoundSnapshot } from '../swarm/round.js';
 import { InvalidInputError } from '../util/errors.js';
-import { sha256HexNode } from '../util/hash-node.js';
-import { decodeBundle, encodeBundle, maxBundleBytes, type Bundle } from './bundle.js';
+import { decodeBundle, maxBundleBytes, readBundleState, writeBundleFile, type Bundle } from './bundle.js';
+import { stateBytes, transferDeadlineMs } from './deadlines.js';
 import type { PayloadStore } from './payloads.js';
 import { fetchOrder } from './updates.js';
 import { RECENT_STATES, type Storage } from './storage.js';
@@ -97,15 +97,21 @@ export class Sync {
    */
   advertise(snap: RoundSnapshot): void {
     const { weights: w } = this.d;
-    const bytes = encodeBundle(snap, w.theta, w.outer.momentum);
-    const tmp = this.d.snapPath + '.tmp';
-    writeFileSync(tmp, bytes);
-    renameSync(tmp, this.d.snapPath);
-    const bundle = sha256HexNode(bytes);
+    // Written piece by piece to the round's file (also the resume file), served from there: no
+    // copy of the state stays in memory (at GPT-2 small a bundle is 1 GB, kept RECENT_STATES rounds).
+    const { hash: bundle, file } = writeBundleFile(this.d.snapPath, snap, w.theta, w.outer.momentum);
     // Snapshots outlive updates: a joiner slowed down by its own start-up (or a loaded machine)
     // may ask for one a few rounds after it was advertised.
-    this.d.payloads.putBlob(bundle, bytes, snap.round, RECENT_STATES);
-    const files = { params: w.theta.slice(), momentum: w.outer.momentum.slice(), round: snap.round, snapshot: snap };
+    this.d.payloads.putFile(bundle, file, snap.round, RECENT_STATES);
+    const P = w.length;
+    const files = {
+      round: snap.round,
+      snapshot: snap,
+      load: () => {
+        const s = readBundleState(file, P);
+        return { params: s.theta, momentum: s.momentum };
+      },
+    };
     // The state's CID at once (hash only): score reports name it without waiting for the store.
     this.d.storage.noteCid(files);
     void this.d.storage.publish(files).then((cid) => {
@@ -154,7 +160,7 @@ export class Sync {
     const bulkFrom = async (from: string): Promise<{ b: Bundle; via: 'bulk' }> => {
       const bytes = await fetchBulk(this.d.host, from, ad.bundle, {
         maxBytes: maxBundleBytes(P),
-        signal: AbortSignal.timeout(10_000),
+        signal: AbortSignal.timeout(transferDeadlineMs(maxBundleBytes(P), 10_000)),
       });
       return { b: decodeBundle(bytes, P), via: 'bulk' };
     };
@@ -174,7 +180,7 @@ export class Sync {
     if (ad.cid) {
       try {
         const got = await loadState(this.d.store, parseCid(ad.cid), this.d.model, {
-          signal: AbortSignal.timeout(15_000),
+          signal: AbortSignal.timeout(transferDeadlineMs(stateBytes(P), 15_000)),
           ...(this.d.specs ? { specs: this.d.specs } : {}),
         });
         if (got.meta.runId !== this.d.runId)

@@ -35,6 +35,9 @@ import type { PayloadStore } from './payloads.js';
 import type { Weights } from './weights.js';
 import type { Commitment } from './wire.js';
 
+/** Inner steps at least this long (ms) are reported one by one on the log. */
+const SLOW_STEP_MS = 1000;
+
 /** A training job: inner steps for one round from one base, possibly started before its round (pretrain). */
 interface TrainJob {
   round: number;
@@ -170,16 +173,16 @@ export class Training {
       this.d.log(`round ${e.round}: base ${e.baseHash.slice(0, 12)} not held, not training`);
       return;
     }
-    let base: Float32Array = held.slice();
+    // Without overlap θ stays put while the job runs (the round is applied only after every
+    // update is in), so the job reads its base in place instead of holding a copy of θ (at
+    // GPT-2 small, 0.5 GB); the job is dropped should θ move anyway (a resync).
+    let base: Float32Array = hyper.overlap === 'none' && held === w.theta ? held : held.slice();
     const own = this.lastOwn;
-    const ownDelta = own ? this.d.payloads.delta(own.hash) : undefined;
-    if (
-      e.until === null &&
-      hyper.overlap === 'eager' &&
-      e.baseHash === w.hash &&
-      own?.round === e.round - 1 &&
-      ownDelta
-    ) {
+    const ownDelta =
+      own && e.until === null && hyper.overlap === 'eager' && e.baseHash === w.hash && own.round === e.round - 1
+        ? this.d.payloads.delta(own.hash)
+        : undefined;
+    if (ownDelta) {
       // Guess θ_{r+1} = the outer step with our own (decoded) update standing in for the aggregate.
       base = w.outer.preview(w.theta, ownDelta, new Float32Array(w.length));
     }
@@ -246,6 +249,7 @@ export class Training {
     const batch: Batch = { inputs: new Int32Array(B * T), targets: new Int32Array(B * T) };
     let steps = 0;
     let lastYield = performance.now();
+    const jobT0 = lastYield;
     for (let i = 0; i < job.maxSteps && rb.sources.length > 0; i++) {
       if (halted() || (job.until !== null && Date.now() >= job.until)) break;
       rb.next(batch);
@@ -284,6 +288,15 @@ export class Training {
       this.computeMs += t1 - t0;
       this.innerSteps++;
       steps++;
+      // A slow step (a real-sized model) shows that the job is working: step, loss, rate, ETA.
+      if (t1 - t0 >= SLOW_STEP_MS) {
+        const perStep = (t1 - jobT0) / steps / 1000;
+        const left = job.maxSteps - i - 1;
+        this.d.log(
+          `round ${job.round}: inner step ${i + 1}/${job.maxSteps}, loss ${loss.toFixed(3)}, ${perStep.toFixed(1)} s/step` +
+            (left > 0 ? `, ETA ${Math.round(left * perStep)} s` : ''),
+        );
+      }
       // Let gossip, bulk transfers and ticks run, at most every 10 ms: an event-loop turn per
       // step of a small model costs a few percent of compute.
       if (t1 - lastYield >= 10) {
@@ -305,13 +318,17 @@ export class Training {
     }
     if (this.job === job) this.job = null;
     if (halted()) return;
+    if (job.base === this.d.weights.theta && this.d.weights.hash !== job.baseHash) {
+      this.d.log(`round ${job.round}: θ moved under the job (a resync); its update is dropped`);
+      return;
+    }
     if (onDevice) {
       // Δ = base − θ, error feedback and the codec on the device; only the bytes come back.
       let hash = '0'.repeat(64);
       if (steps > 0) {
         const bytes = await model.exclusive(() => model.encodeUpdate(this.d.codec, this.d.ef));
         hash = sha256HexNode(bytes);
-        this.d.payloads.putUpdate(hash, bytes, job.round, this.d.codec.decode(bytes, P));
+        this.d.payloads.putUpdate(hash, bytes, job.round, () => this.d.codec.decode(bytes, P));
         this.lastOwn = { round: job.round, hash };
         if (start) this.commitTrace(job.round, hash, steps, { digests, start, states: stateObjects }, model.backend);
       }
@@ -321,7 +338,9 @@ export class Training {
     // The one crossing of θ from the device: Δ, its codec and hash are computed on the host.
     const local = cpu ? cpu.gpt.params : await model.exclusive(() => model.getParams());
     if (halted()) return;
-    let delta: Float32Array = new Float32Array(P);
+    // Δ goes into the CPU model's gradient buffer (rewritten by the next step anyway) rather
+    // than a fresh P-float array.
+    let delta: Float32Array = cpu ? cpu.gpt.grads : new Float32Array(P);
     for (let i = 0; i < P; i++) delta[i] = job.base[i] - local[i];
     const kind = this.d.behave;
     if (kind !== 'honest' && steps > 0) {
@@ -341,9 +360,11 @@ export class Training {
     }
     let hash = '0'.repeat(64);
     if (steps > 0) {
-      const enc = this.d.codec.encode(delta, this.d.ef ?? undefined);
+      // Δ is scratch now (the gradient buffer, or behave()'s copy): error feedback may build on it in place.
+      const enc = this.d.codec.encode(delta, this.d.ef ?? undefined, true);
       hash = sha256HexNode(enc.bytes);
-      this.d.payloads.putUpdate(hash, enc.bytes, job.round, enc.decoded);
+      const bytes = enc.bytes; // enc.decoded is this codec's decode of them, made again when needed
+      this.d.payloads.putUpdate(hash, bytes, job.round, () => this.d.codec.decode(bytes, P));
       this.lastOwn = { round: job.round, hash };
       if (start)
         this.commitTrace(

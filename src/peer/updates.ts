@@ -17,15 +17,17 @@
  */
 import type { Logger } from 'pino';
 import { AbortedError, HashMismatchError, HostError, TooLargeError, fetchBulk, type Host } from '../net/index.js';
-import { DecodeError, type Codec } from '../swarm/compress/index.js';
+import { DecodeError, type Codec, type SparseCodec } from '../swarm/compress/index.js';
 import { InvalidInputError } from '../util/errors.js';
 import type { RoundState, UpdateMsg } from '../swarm/round.js';
 import { EarlyUpdates, RateCap, type Senders } from './admission.js';
+import { transferDeadlineMs } from './deadlines.js';
 import type { PayloadStore } from './payloads.js';
 
 /** Passes over the candidate peers, the pause between passes, and the limit on one download. */
 const PASSES = 3;
 const PASS_PAUSE_MS = 300;
+/** A payload fetch's deadline at toy sizes; larger payloads get more (deadlines.ts). */
 const FETCH_MS = 5000;
 /** Directly connected peers asked for a payload besides the named candidates (a NotFound is cheap). */
 const EXTRA_HOLDERS = 8;
@@ -86,7 +88,7 @@ export class UpdateFetcher {
 
   async fetch(hash: string, from: string[], round: number, author: string): Promise<void> {
     const { payloads, logger } = this.d;
-    if (payloads.delta(hash)) {
+    if (payloads.hasUpdate(hash)) {
       this.d.deliver(hash, round, author);
       return;
     }
@@ -112,15 +114,18 @@ export class UpdateFetcher {
           try {
             const bytes = await fetchBulk(this.d.host, peer, hash, {
               maxBytes: max,
-              signal: AbortSignal.timeout(FETCH_MS),
+              signal: AbortSignal.timeout(transferDeadlineMs(max, FETCH_MS)),
             });
             if (this.d.linkDelayMs > 0) await new Promise((r) => setTimeout(r, 2 * this.d.linkDelayMs)); // request + response
             if (bytes.length !== max)
               throw new DecodeError(`payload of ${bytes.length} bytes, the run's codec makes ${max}`);
-            const delta = this.d.codec.decode(bytes, P);
-            if (!delta.every(Number.isFinite)) throw new InvalidInputError('non-finite Δ');
+            // The decode check (a sparse payload's entries only: no n-float array for it).
+            const c = this.d.codec;
+            const vals = c.id === 'sparse' ? (c as SparseCodec).entries(bytes, P).val : c.decode(bytes, P);
+            for (let i = 0; i < vals.length; i++)
+              if (!Number.isFinite(vals[i])) throw new InvalidInputError('non-finite Δ');
             this.suspect.delete(peer);
-            payloads.putUpdate(hash, bytes, round, delta);
+            payloads.putUpdate(hash, bytes, round, () => this.d.codec.decode(bytes, P));
             this.d.deliver(hash, round, author);
             return;
           } catch (err) {
@@ -144,7 +149,7 @@ export class UpdateFetcher {
         }
         await new Promise((r) => setTimeout(r, PASS_PAUSE_MS));
       }
-      if (!payloads.delta(hash)) payloads.forgetMsg(hash); // never fetched: forget the claim
+      if (!payloads.hasUpdate(hash)) payloads.forgetMsg(hash); // never fetched: forget the claim
     } finally {
       this.fetching.delete(hash);
     }
@@ -207,7 +212,7 @@ export class UpdateIntake {
         logger.debug({ reason: 'early-full', from: msg.from, round: msg.round }, 'dropped early update');
       return;
     }
-    if (payloads.delta(msg.updateHash)) {
+    if (payloads.hasUpdate(msg.updateHash)) {
       payloads.noteMsg(msg);
       this.d.toReducer(msg);
       return;

@@ -26,6 +26,18 @@ import { bytesToF32, f32ToBytes } from '../util/packed.js';
 import { mixWeights } from './rebuild.js';
 import { randomBytes } from 'node:crypto';
 
+/** A stage call's deadline at toy sizes. */
+export const CALL_TIMEOUT_MS = 60_000;
+
+/**
+ * A stage call's deadline for a model (or stage) of P parameters: CALL_TIMEOUT_MS up to 16M
+ * parameters, growing linearly past it. At GPT-2 small a stage's call under load took over the
+ * fixed 60 s (bench/swarm-124m.ts), and the driver gave up on a working stage.
+ */
+export function callTimeoutFor(P: number): number {
+  return CALL_TIMEOUT_MS * Math.max(1, Math.ceil(P / 16_000_000));
+}
+
 export interface DriverOptions {
   /** The driver's libp2p host (stage calls go over it), unless `transport` is given. */
   host?: Host;
@@ -161,7 +173,7 @@ export class PipelineDriver {
 
   /** The deadline of one stage call. */
   private deadline(): AbortSignal {
-    return AbortSignal.timeout(this.o.callTimeoutMs ?? 60_000);
+    return AbortSignal.timeout(this.o.callTimeoutMs ?? CALL_TIMEOUT_MS);
   }
 
   /** A control call to one peer, no body either way (save, restore, expect, lend, info): its reply head. */

@@ -12,7 +12,7 @@ import type { Kernels } from '../kernels/api.js';
 import { hasTiedEmbedding, splitStages, type StageModelConfig } from '../model/pipeline-stage.js';
 import type { AdamWSettings } from '../train/adamw.js';
 import type { ActCodecSpec } from './act-codec.js';
-import { PipelineDriver } from './driver.js';
+import { PipelineDriver, callTimeoutFor } from './driver.js';
 import { serveStage, type StageServer } from './stage-server.js';
 import { openStore, type Store } from '../store/index.js';
 
@@ -53,6 +53,8 @@ export async function startLocalPipeline(o: {
   checkpoints?: boolean;
   /** Rebuild a lost middle stage from its neighbours on a fresh peer (driver.ts `rebuild`). */
   rebuild?: 'fallback' | 'prefer';
+  /** A stage call's deadline (default: driver.ts callTimeoutFor the model's size). */
+  callTimeoutMs?: number;
 }): Promise<LocalPipeline> {
   const root = mkdtempSync(join(tmpdir(), 'tessera-pipeline-'));
   const logger = pino({ level: 'silent' });
@@ -117,6 +119,7 @@ export async function startLocalPipeline(o: {
     vocabSize: o.config.vocabSize,
     tied: hasTiedEmbedding(o.config),
     codec: o.codec,
+    callTimeoutMs: o.callTimeoutMs ?? callTimeoutFor(o.genesis.length),
     ...(o.inflight ? { inflight: o.inflight } : {}),
     ...(o.bottleneck !== undefined ? { width: o.bottleneck } : {}),
     ...(o.routing ? { routing: o.routing } : {}),

@@ -61,6 +61,7 @@
 import type { Host } from '../net/host.js';
 import type { PipelineStage as Stage, StageSpec } from '../model/pipeline-stage.js';
 import { serveStageRpc } from './rpc.js';
+import { callTimeoutFor } from './driver.js';
 import type { StageStats } from './stage-protocol.js';
 import { StageClient, libp2pTransport } from './stage-client.js';
 import { StageService } from './stage/service.js';
@@ -96,6 +97,8 @@ export async function serveStage(host: Host, o: StageServiceOptions): Promise<St
   const handler = (head: unknown, body: Uint8Array, from: string) => service.handle(head, body, from);
   const srv = await serveStageRpc(host, handler, {
     maxBody: service.maxBody,
+    // Twice the driver's deadline for a call to a stage this size (120 s at toy sizes, as before).
+    timeoutMs: 2 * callTimeoutFor(s.stage.numParams),
     bodyCap: (head, from) => service.bodyCap(head, from),
   });
   return {

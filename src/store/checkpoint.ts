@@ -21,7 +21,7 @@ import { z } from 'zod';
 import { ModelConfigSchema, type ModelConfig } from '../model/config.js';
 import { paramCount, paramSpecs, type TensorSpec } from '../model/params.js';
 import { CHECKPOINT_FORMAT, CHECKPOINT_VERSION, weightsHash } from '../model/checkpoint.js';
-import { decodeSafetensors, encodeSafetensors } from '../model/safetensors.js';
+import { decodeSafetensors, encodeHeader, encodeSafetensors } from '../model/safetensors.js';
 import { TesseraError } from '../util/errors.js';
 import { MissingBlockError, type Store } from './index.js';
 
@@ -79,10 +79,27 @@ export interface StateToPublish {
   specs?: readonly TensorSpec[];
 }
 
-/** Encodes the files of a state checkpoint (deterministic bytes). */
-export function stateFiles(s: StateToPublish): { path: string; content: Uint8Array<ArrayBuffer> }[] {
+const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+
+/**
+ * A safetensors file's bytes as pieces: its header, then each tensor's values as a view (no
+ * copy: at GPT-2 small a concatenated file is 0.5 GB, twice over with the copy UnixFS was
+ * handed). The importer re-chunks its input, so the blocks and the CID are those of the whole file.
+ */
+function safetensorsPieces(
+  tensors: { name: string; shape: readonly number[]; data: Float32Array }[],
+  metadata: Record<string, string>,
+): Uint8Array<ArrayBuffer>[] {
+  if (!LITTLE_ENDIAN) return [new Uint8Array(encodeSafetensors(tensors, metadata))];
+  const out: Uint8Array<ArrayBuffer>[] = [new Uint8Array(encodeHeader(tensors, metadata))];
+  for (const t of tensors) out.push(new Uint8Array(t.data.buffer as ArrayBuffer, t.data.byteOffset, t.data.byteLength));
+  return out;
+}
+
+/** Encodes the files of a state checkpoint (deterministic bytes; the arrays must not change until they are consumed). */
+export function stateFiles(s: StateToPublish): { path: string; content: Uint8Array<ArrayBuffer>[] }[] {
   const hash = weightsHash(s.params);
-  const model = encodeSafetensors(
+  const model = safetensorsPieces(
     (s.specs ?? paramSpecs(s.config)).map((p) => ({
       name: p.name,
       shape: p.shape,
@@ -90,7 +107,7 @@ export function stateFiles(s: StateToPublish): { path: string; content: Uint8Arr
     })),
     { format: CHECKPOINT_FORMAT, weightsHash: hash },
   );
-  const outer = encodeSafetensors([{ name: 'momentum', shape: [s.momentum.length], data: s.momentum }], {
+  const outer = safetensorsPieces([{ name: 'momentum', shape: [s.momentum.length], data: s.momentum }], {
     format: 'tessera-outer',
     weightsHash: hash,
   });
@@ -104,11 +121,11 @@ export function stateFiles(s: StateToPublish): { path: string; content: Uint8Arr
     extraFiles: [OUTER_FILE, ...(s.tokenizerJson ? ['tokenizer.json'] : [])],
   };
   const files = [
-    { path: 'config.json', content: new TextEncoder().encode(JSON.stringify(config, null, 2) + '\n') },
-    { path: 'model.safetensors', content: new Uint8Array(model) },
-    { path: OUTER_FILE, content: new Uint8Array(outer) },
+    { path: 'config.json', content: [new TextEncoder().encode(JSON.stringify(config, null, 2) + '\n')] },
+    { path: 'model.safetensors', content: model },
+    { path: OUTER_FILE, content: outer },
   ];
-  if (s.tokenizerJson) files.push({ path: 'tokenizer.json', content: new Uint8Array(s.tokenizerJson) });
+  if (s.tokenizerJson) files.push({ path: 'tokenizer.json', content: [new Uint8Array(s.tokenizerJson)] });
   return files;
 }
 

@@ -46,6 +46,25 @@ export class OuterNesterov {
   }
 
   /**
+   * step() on coordinates [from, from + delta.length) only (delta: the aggregate's values there):
+   * the same arithmetic, so stepping every block of a vector equals one step().
+   */
+  stepBlock(params: Float32Array, delta: Float32Array, from: number): void {
+    const n = this.momentum.length;
+    if (params.length !== n || from < 0 || from + delta.length > n)
+      throw new InvalidInputError(`outer step: block [${from}, ${from + delta.length}) outside ${n} values`);
+    const { lr, momentum: mu } = this.settings;
+    const m = this.momentum;
+    for (let k = 0; k < delta.length; k++) {
+      const i = from + k;
+      const d = delta[k];
+      const mi = Math.fround(mu * m[i] + d);
+      m[i] = mi;
+      params[i] = Math.fround(params[i] - Math.fround(lr * Math.fround(d + Math.fround(mu * mi))));
+    }
+  }
+
+  /**
    * What step() would make of params with this delta, written to `out`, without changing the
    * momentum: a peer's guess of the next weights from its own update (eager overlap).
    */

@@ -128,6 +128,43 @@ export function weightedMean(deltas: readonly Float32Array[], weights: readonly 
   return Float32Array.from(acc);
 }
 
+/** Coordinates per block of clippedMean's float64 accumulator. */
+const CLIP_MEAN_BLOCK = 1 << 16;
+
+/**
+ * weightedMean(clipToMedian(deltas).clipped, weights), bit for bit, without the clipped copies or
+ * a float64 accumulator of n values: each block of coordinates is accumulated in float64 in the
+ * same order (update by update) and rounded once, each clipped value computed as clipToMedian
+ * would. At GPT-2 small and three updates this saves 3 × 0.5 GB of copies and a 1 GB accumulator.
+ */
+export function clippedMean(
+  deltas: readonly Float32Array[],
+  weights: readonly number[],
+): { delta: Float32Array; bound: number } {
+  const norms = deltas.map(norm2);
+  const bound = normBound(norms);
+  const scales = norms.map((nm) => (nm > bound && nm > 0 ? bound / nm : 1));
+  const total = weights.reduce((a, b) => a + b, 0);
+  if (!(total > 0)) throw new InvalidInputError('weighted mean: weights sum to zero');
+  const n = deltas[0].length;
+  const out = new Float32Array(n);
+  const acc = new Float64Array(Math.min(n, CLIP_MEAN_BLOCK));
+  for (let a = 0; a < n; a += CLIP_MEAN_BLOCK) {
+    const b = Math.min(n, a + CLIP_MEAN_BLOCK);
+    acc.fill(0);
+    deltas.forEach((d, j) => {
+      const w = weights[j] / total;
+      if (scales[j] === 1) for (let i = a; i < b; i++) acc[i - a] += w * d[i];
+      else {
+        const sc = Math.fround(scales[j]);
+        for (let i = a; i < b; i++) acc[i - a] += w * Math.fround(d[i] * sc);
+      }
+    });
+    for (let i = a; i < b; i++) out[i] = acc[i - a];
+  }
+  return { delta: out, bound };
+}
+
 /**
  * Centered clipping (Karimireddy et al. 2021): v ← v + Σ w_j·clip_τ(Δ_j − v), starting at the
  * weighted mean, where clip_τ scales a vector to norm ≤ τ.
@@ -182,6 +219,13 @@ export function robustAggregate(inputs: readonly RobustInput[], s: RobustSetting
       throw new InvalidInputError(`robust aggregate: ${u.peer} has ${u.delta.length} values, expected ${n}`);
     if (!Number.isFinite(u.weight) || u.weight < 0)
       throw new InvalidInputError(`robust aggregate: bad weight ${u.weight} for ${u.peer}`);
+  }
+  if (s.clip && s.topG === null && s.rule === 'mean') {
+    const { delta, bound } = clippedMean(
+      sorted.map((u) => u.delta),
+      sorted.map((u) => u.weight),
+    );
+    return { delta, used: sorted.map((u) => u.peer), clipBound: bound };
   }
   const { clipped, bound } = s.clip
     ? clipToMedian(sorted.map((u) => u.delta))

@@ -82,7 +82,7 @@ import { DEFAULT_ADAMW, type AdamW, type AdamWSettings } from '../train/adamw.js
 import type { Schedule } from '../train/schedule.js';
 import { Trainer } from '../train/trainer.js';
 import { innerStep } from '../train/inner-step.js';
-import { OuterNesterov, aggregate, DEFAULT_OUTER, type OuterSettings } from './outer.js';
+import { OuterNesterov, DEFAULT_OUTER, type OuterSettings } from './outer.js';
 import {
   ErrorFeedback,
   getCodec,
@@ -430,7 +430,8 @@ export async function runSim(data: SimData, kernels: Kernels, o: SimOptions, hoo
     const arm = o.arms[ai];
     const t0 = performance.now();
     const samplers = Array.from({ length: M }, (_, w) => new BatchSampler(data.train, B, T, samplerSeed(o.seed, w)));
-    const theta = init.slice();
+    // The last arm starts from init itself (no arm needs it after): one P-float copy fewer.
+    const theta = ai === o.arms.length - 1 ? init : init.slice();
     const curve: CurvePoint[] = [];
     let allSent = 0,
       allRecv = 0;
@@ -502,6 +503,10 @@ export async function runSim(data: SimData, kernels: Kernels, o: SimOptions, hoo
       const efs = arm.efBeta === null ? null : Array.from({ length: M }, () => new ErrorFeedback(P, arm.efBeta!));
       const batch: Batch = { inputs: new Int32Array(B * T), targets: new Int32Array(B * T) };
       const delta = new Float32Array(P);
+      // The round's mean Δ, summed worker by worker as each update is made (aggregate()'s order and
+      // rounding, with equal weights), so the M decoded updates are never held together.
+      const mean = new Float32Array(P);
+      const wMean = Math.fround(1 / M);
       // Delayed arm: prev holds θ_{r−1} (the shared weights before the last outer update) once a
       // round has completed; round r's workers start from base = θ_{max(r−1,0)}.
       const shiftK = arm.shift ?? 0;
@@ -519,7 +524,7 @@ export async function runSim(data: SimData, kernels: Kernels, o: SimOptions, hoo
           record(s, cached);
           nextEval++;
         }
-        const decoded: Float32Array[] = [];
+        mean.fill(0);
         const lengths: number[] = [];
         lossSums.fill(0);
         const base = arm.delayed && rounds > 0 ? prev! : theta;
@@ -551,10 +556,11 @@ export async function runSim(data: SimData, kernels: Kernels, o: SimOptions, hoo
           if (k > 0 && k === end - start) shiftOnto();
           const local = gpt.params;
           for (let i = 0; i < P; i++) delta[i] = base[i] - local[i];
-          const enc = codec.encode(delta, efs ? efs[w] : undefined);
+          const enc = codec.encode(delta, efs ? efs[w] : undefined, true); // delta is rewritten next worker
           lengths.push(enc.bytes.length);
-          decoded.push(enc.decoded);
-          thisRound.push(enc.decoded);
+          const dec = enc.decoded;
+          for (let i = 0; i < P; i++) mean[i] = Math.fround(mean[i] + Math.fround(wMean * dec[i]));
+          if (guesses) thisRound.push(dec); // only the eager arm's guesses need each update
           await tick();
         }
         // All-gather: each worker sends its own message and receives the other M−1.
@@ -568,7 +574,7 @@ export async function runSim(data: SimData, kernels: Kernels, o: SimOptions, hoo
         if (prev !== null) prev.set(theta); // θ_r: the base of round r+1 (delayed), or where its early steps begin (shift)
         // Eager: each worker's guess of θ_{r+1}, from θ_r and its own update (momentum as now).
         if (guesses) for (let w = 0; w < M; w++) outer.preview(theta, thisRound[w], guesses[w]);
-        outer.step(theta, aggregate(decoded, new Array<number>(M).fill(1)));
+        outer.step(theta, mean);
         rounds++;
         for (let s = start; s < end; s++)
           hooks.onStep?.({ arm: arm.name, armIndex: ai, step: s + 1, steps: S, loss: lossSums[s - start] });

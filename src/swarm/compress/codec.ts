@@ -21,8 +21,12 @@ export interface EncodeResult {
 
 export interface Codec {
   readonly id: CodecId;
-  /** Does not modify `delta`. Throws InvalidInputError on NaN/Inf input or a state of the wrong length. */
-  encode(delta: Float32Array, state?: ErrorFeedback): EncodeResult;
+  /**
+   * Does not modify `delta`, unless `scratch`: then the caller has no further use for it and
+   * β·residual + Δ may be formed in its place (saving a P-float copy; the bytes are the same).
+   * Throws InvalidInputError on NaN/Inf input or a state of the wrong length.
+   */
+  encode(delta: Float32Array, state?: ErrorFeedback, scratch?: boolean): EncodeResult;
   /** Pure. Returns n finite values or throws DecodeError. */
   decode(bytes: Uint8Array, n: number): Float32Array;
   /** Exact byte length of encode(delta) for delta.length === n. */
@@ -57,6 +61,7 @@ export function encodeWith(
   decode: (bytes: Uint8Array, n: number) => Float32Array,
   delta: Float32Array,
   state?: ErrorFeedback,
+  scratch = false,
 ): EncodeResult {
   if (!(delta instanceof Float32Array)) throw new InvalidInputError(`${id}: delta must be a Float32Array`);
   const n = delta.length;
@@ -67,7 +72,7 @@ export function encodeWith(
       beta = state.beta;
     if (r.length !== n)
       throw new InvalidInputError(`${id}: error-feedback state has ${r.length} elements, delta has ${n}`);
-    x = new Float32Array(n);
+    x = scratch ? delta : new Float32Array(n);
     for (let i = 0; i < n; i++) x[i] = beta * r[i] + delta[i];
   }
   assertFinite(x, state ? `${id}: beta*residual + delta` : `${id}: delta`);

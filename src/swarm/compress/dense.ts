@@ -70,14 +70,16 @@ function decodeFp16(bytes: Uint8Array, n: number): Float32Array {
 
 export const fp32Codec: Codec = Object.freeze({
   id: 'fp32' as const,
-  encode: (delta: Float32Array, state?: ErrorFeedback) => encodeWith('fp32', packFp32, decodeFp32, delta, state),
+  encode: (delta: Float32Array, state?: ErrorFeedback, scratch?: boolean) =>
+    encodeWith('fp32', packFp32, decodeFp32, delta, state, scratch),
   decode: decodeFp32,
   encodedSize: fp32Size,
 });
 
 export const fp16Codec: Codec = Object.freeze({
   id: 'fp16' as const,
-  encode: (delta: Float32Array, state?: ErrorFeedback) => encodeWith('fp16', packFp16, decodeFp16, delta, state),
+  encode: (delta: Float32Array, state?: ErrorFeedback, scratch?: boolean) =>
+    encodeWith('fp16', packFp16, decodeFp16, delta, state, scratch),
   decode: decodeFp16,
   encodedSize: fp16Size,
 });

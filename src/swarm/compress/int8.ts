@@ -242,7 +242,8 @@ function decodeInt8(bytes: Uint8Array, n: number): Float32Array {
 
 export const int8Codec: Codec = Object.freeze({
   id: 'int8' as const,
-  encode: (delta: Float32Array, state?: ErrorFeedback) => encodeWith('int8', packInt8, decodeInt8, delta, state),
+  encode: (delta: Float32Array, state?: ErrorFeedback, scratch?: boolean) =>
+    encodeWith('int8', packInt8, decodeInt8, delta, state, scratch),
   decode: decodeInt8,
   encodedSize: int8Size,
 });
