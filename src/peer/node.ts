@@ -31,7 +31,7 @@ import type { z } from 'zod';
 import { evalBatches, type Batch, type TokenArray } from '../data/batches.js';
 import { loadKernels } from '../kernels/index.js';
 import { weightsHash } from '../model/checkpoint.js';
-import type { GPT } from '../model/gpt.js';
+import { GPT } from '../model/gpt.js';
 import { LoraGPT, adamwFor, type ThetaModel } from '../model/lora-model.js';
 import {
   controlScoring,
@@ -777,7 +777,7 @@ export class SwarmNode {
             e.included.map((u) => u.updateHash),
           ),
       );
-    const payloadBytes = e.included.reduce((n, u) => n + (this.payloads.bytes(u.updateHash)?.length ?? 0), 0);
+    const payloadBytes = e.included.reduce((n, u) => n + (this.payloads.updateBytes(u.updateHash)?.length ?? 0), 0);
     this.dispatch({ type: 'applied', round: e.round, weightsHash: h });
     // The reducer counts sequences; the report counts tokens.
     this.report(
