@@ -64,7 +64,7 @@ test(
     const line = (r: SlowLinkResult) =>
       `maxStretch ${r.maxStretch}: ${r.rounds} rounds, updates per round ${r.includedPerRound.join(' ')} (mean ${r.meanIncluded.toFixed(2)}), ` +
       `${r.roundSeconds.toFixed(1)} s per round, final stretch ${r.finalStretch?.join('/') ?? '-'}, compute ${r.peers.map((p) => `${p.host} ${(100 * p.computeFraction).toFixed(0)}%`).join(' ')}, ` +
-      `included ${r.peers.map((p) => `${p.host} ${p.included}`).join(' ')}, resyncs ${r.peers.map((p) => p.synced).join('/')}`;
+      `included ${r.peers.map((p) => `${p.host} ${p.included}`).join(' ')}, resyncs ${r.peers.map((p) => p.synced).join('/')}, ${r.seconds.toFixed(0)} s in all`;
     t.diagnostic(line(fixed));
     t.diagnostic(line(adaptive));
     process.stderr.write(`nat-slow-links:\n  ${line(fixed)}\n  ${line(adaptive)}\n`);

@@ -104,9 +104,27 @@ export async function runSlowLinks(o: SlowLinkOptions): Promise<SlowLinkResult> 
     .map((_, i) => i)
     .filter((i) => i < nPub)
     .map(addr);
-  const peers: PeerProc[] = [];
+  const peers: PeerProc[] = new Array<PeerProc>(specs.length);
+  // Home peers start first, and the public ones once every home peer has started. A home peer
+  // takes seconds longer to start (it learns its reachability first), and two fast public peers
+  // alone run 1 s rounds: each round then decides more fp32 bytes than a 20 Mbit/s home link
+  // downloads in a round, so a home peer that starts a round or two late never catches up and is
+  // dropped from the roster before its deadlines could stretch (the test failed that way on a
+  // quiet machine: the home peers never applied a round in either run). Started first, the home
+  // peers hold θ0 and wait at round 0 (no majority without the public peers), so all four
+  // genesis members begin together, which is what this test compares: members on slow links.
+  const started = new Set<number>();
+  const home = [...specs.keys()].filter((i) => i >= nPub);
   try {
-    for (const [i, s] of specs.entries()) {
+    for (const i of [...home, ...specs.keys()].filter((j, k, all) => all.indexOf(j) === k)) {
+      const s = specs[i];
+      if (i < nPub && home.length > 0 && !home.every((j) => started.has(j)))
+        await waitFor(
+          home.map((j) => peers[j]),
+          'the home peers to start',
+          () => home.every((j) => started.has(j)),
+          60_000,
+        );
       const p = spawnPeer(
         { ...s, addr: addr(i) },
         {
@@ -116,10 +134,11 @@ export async function runSlowLinks(o: SlowLinkOptions): Promise<SlowLinkResult> 
           cacheDir: o.cacheDir,
           prefix: o.lab.execPrefix(hosts[i].ns),
           listen: `/ip4/${hosts[i].ip}/tcp/${PORT}`,
+          onStarted: () => started.add(i),
           ...(o.logDir ? { logFile: join(o.logDir, `${o.hosts[i]}-stretch${o.maxStretch}.log`) } : {}),
         },
       );
-      peers.push(p);
+      peers[i] = p;
     }
     const ref = peers[0];
     const applied = () => ref.reports.filter((r) => r.event === 'round');
@@ -177,6 +196,9 @@ export async function runSlowLinks(o: SlowLinkOptions): Promise<SlowLinkResult> 
       seconds: (Date.now() - t0) / 1000,
     };
   } finally {
-    await stopAll(peers, 3000);
+    await stopAll(
+      peers.filter((p) => p !== undefined),
+      3000,
+    );
   }
 }
