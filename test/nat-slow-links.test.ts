@@ -34,7 +34,7 @@ after(() => {
   rmSync(root, { recursive: true, force: true });
 });
 
-const ROUNDS = 10;
+const ROUNDS = 7;
 /** Rounds each run must decide before their inclusion is compared. */
 const COMPARE_ROUNDS = 6;
 const BUDGET_MS = 50_000;
