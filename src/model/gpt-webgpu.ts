@@ -40,6 +40,7 @@ import {
 import type { GpuTensor, WebGpuDevice } from '../kernels/webgpu/device.js';
 import { DEFAULT_ADAMW, type AdamWSettings } from '../train/adamw.js';
 import { InvalidInputError } from '../util/errors.js';
+import { checkTokens, countTargets } from './causal-lm.js';
 
 export interface WebGpuGptOptions {
   /** Keep matmul-only activations in binary16 (see the header). Needs an even dim. */
@@ -181,17 +182,10 @@ export class WebGpuGPT {
     gradScale: number,
     backward: boolean,
   ): Promise<number> {
-    const { vocabSize: V, dim: C, heads: NH, layers: L, ctx } = this.config;
+    const { vocabSize: V, dim: C, heads: NH, layers: L } = this.config;
     const N = B * T;
-    if (T > ctx || tokens.length !== N || targets.length !== N)
-      throw new InvalidInputError(`bad batch: B=${B} T=${T}, ${tokens.length} tokens, ${targets.length} targets`);
-    let valid = 0;
-    for (let i = 0; i < N; i++) {
-      if (tokens[i] < 0 || tokens[i] >= V)
-        throw new InvalidInputError(`token id ${tokens[i]} at ${i} outside [0, ${V})`);
-      if (targets[i] < -1 || targets[i] >= V) throw new InvalidInputError(`target id ${targets[i]} at ${i}`);
-      if (targets[i] >= 0) valid++;
-    }
+    checkTokens(this.config, tokens, B, T);
+    const valid = countTargets(targets, N, V);
     const d = this.dev,
       a = this.ensureActs(B, T),
       p = this.p,

@@ -27,6 +27,7 @@ import {
 } from './llama-block.js';
 import { LlamaConfigSchema, ropeTables, type LlamaConfig } from './llama-config.js';
 import { llamaParamCount, llamaSpecs } from './llama.js';
+import { checkTokens, countTargets } from './causal-lm.js';
 
 type G<T> = { [K in keyof T]: GpuTensor };
 type Layer = G<LlamaLayerViews>;
@@ -151,21 +152,12 @@ export class WebGpuLlama {
    */
   async forwardBackward(tokens: Int32Array, targets: Int32Array, B: number, T: number, gradScale = 1): Promise<number> {
     const cfg = this.config;
-    const { vocabSize: V, dim: C, heads: NH, kvHeads: KV, headDim: hd, hidden: H, layers: L, ctx, normEps } = cfg;
+    const { vocabSize: V, dim: C, heads: NH, kvHeads: KV, headDim: hd, hidden: H, layers: L, normEps } = cfg;
     const N = B * T,
       Q = NH * hd,
       K = KV * hd;
-    if (!Number.isInteger(B) || !Number.isInteger(T) || B < 1 || T < 1 || T > ctx)
-      throw new InvalidInputError(`bad batch shape B=${B} T=${T}`);
-    if (tokens.length !== N || targets.length !== N)
-      throw new InvalidInputError(`expected ${N} tokens and targets, got ${tokens.length} and ${targets.length}`);
-    let valid = 0;
-    for (let i = 0; i < N; i++) {
-      if (tokens[i] < 0 || tokens[i] >= V)
-        throw new InvalidInputError(`token id ${tokens[i]} at ${i} outside [0, ${V})`);
-      if (targets[i] < -1 || targets[i] >= V) throw new InvalidInputError(`target id ${targets[i]} at ${i}`);
-      if (targets[i] >= 0) valid++;
-    }
+    checkTokens(cfg, tokens, B, T);
+    const valid = countTargets(targets, N, V);
     const d = this.dev,
       k = this.k,
       a = this.ensureActs(B, T),

@@ -46,6 +46,7 @@ import {
 } from './llama-block.js';
 import type { TensorSpec } from './params.js';
 import type { LoraAdapter } from './lora.js';
+import { checkTokens, countTargets, meanCrossEntropy } from './causal-lm.js';
 
 export type { LlamaLayerViews } from './llama-block.js';
 
@@ -202,21 +203,8 @@ export class Llama {
     return this.acts;
   }
 
-  private checkTokens(tokens: Int32Array, B: number, T: number): void {
-    const { vocabSize: V, ctx } = this.config;
-    if (!Number.isInteger(B) || !Number.isInteger(T) || B < 1 || T < 1)
-      throw new InvalidInputError(`bad batch shape B=${B} T=${T}`);
-    if (T > ctx) throw new InvalidInputError(`sequence length ${T} exceeds the model context ${ctx}`);
-    if (tokens.length !== B * T) throw new InvalidInputError(`expected ${B * T} tokens, got ${tokens.length}`);
-    for (let i = 0; i < tokens.length; i++) {
-      const t = tokens[i];
-      if (t < 0 || t >= V)
-        throw new InvalidInputError(`token id ${t} at position ${i} is outside the vocabulary [0, ${V})`);
-    }
-  }
-
   private forwardToLogits(tokens: Int32Array, B: number, T: number): Acts {
-    this.checkTokens(tokens, B, T);
+    checkTokens(this.config, tokens, B, T);
     const k = this.kernels;
     const { vocabSize: V, dim: C, normEps: eps } = this.config;
     const N = B * T;
@@ -262,21 +250,9 @@ export class Llama {
     withGrad: boolean,
     gradScale: number,
   ): number {
-    if (targets.length !== B * T) throw new InvalidInputError(`expected ${B * T} targets, got ${targets.length}`);
-    const V = this.config.vocabSize;
-    let valid = 0;
-    for (let i = 0; i < targets.length; i++) {
-      const t = targets[i];
-      if (t >= V || t < -1) throw new InvalidInputError(`target id ${t} at position ${i} is outside the vocabulary`);
-      if (t >= 0) valid++;
-    }
+    const valid = countTargets(targets, B * T, this.config.vocabSize);
     const a = this.forwardToLogits(tokens, B, T);
-    const N = B * T;
-    const scale = valid > 0 ? gradScale / valid : 0;
-    this.kernels.crossEntropyForwardBackward(a.losses, withGrad ? a.logits : null, a.logits, targets, N, V, scale);
-    let sum = 0;
-    for (let i = 0; i < N; i++) sum += a.losses[i];
-    return valid > 0 ? sum / valid : 0;
+    return meanCrossEntropy(this.kernels, a, targets, B * T, this.config.vocabSize, valid, withGrad, gradScale);
   }
 
   /** Backward from dlogits (left in the logits buffer by lossImpl). */
