@@ -11,10 +11,10 @@
 import type { Kernels } from '../kernels/api.js';
 import { AdamW, type AdamWSettings } from '../train/adamw.js';
 import { InvalidInputError } from '../util/errors.js';
-import type { ModelConfig } from './config.js';
+import { ModelConfigSchema, type ModelConfig } from './config.js';
 import { GPT } from './gpt.js';
 import { LoraAdapter, loraTrainable, type LoraConfig } from './lora.js';
-import type { TensorSpec } from './params.js';
+import { paramCount, type TensorSpec } from './params.js';
 
 /** What trainers, validators and audits use of the model whose flat parameters are θ. */
 export interface ThetaModel {
@@ -41,12 +41,15 @@ export class LoraGPT implements ThetaModel {
   readonly specs: readonly TensorSpec[];
   private readonly trainable: ReturnType<typeof loraTrainable>;
 
-  /** `base`: the frozen GPT-2 weights (copied in). The adapter starts at zero; init(seed) for PEFT's init. */
+  /**
+   * `base`: the frozen GPT-2 weights, held by reference, not copied: a peer's trainer, evaluator,
+   * validator and audits share one base buffer (0.5 GB at GPT-2 small), and nothing writes it.
+   * The adapter starts at zero; init(seed) for PEFT's init.
+   */
   constructor(config: ModelConfig, kernels: Kernels, base: Float32Array, lora: LoraConfig) {
-    this.gpt = new GPT(config, kernels);
-    if (base.length !== this.gpt.numParams)
-      throw new InvalidInputError(`the base has ${base.length} floats, the model needs ${this.gpt.numParams}`);
-    this.gpt.params.set(base);
+    const n = paramCount(ModelConfigSchema.parse(config));
+    if (base.length !== n) throw new InvalidInputError(`the base has ${base.length} floats, the model needs ${n}`);
+    this.gpt = new GPT(config, kernels, base);
     this.adapter = new LoraAdapter({ arch: 'gpt2', config: this.gpt.config }, lora);
     this.gpt.lora = this.adapter;
     this.trainable = loraTrainable(this.gpt);
