@@ -161,6 +161,7 @@ async function finetune(o: Record<string, unknown>, given: Set<string>, kernels:
     evalEvery: pick('evalEvery', Math.max(1, Math.floor(steps / 5))),
     evalBatches: o.evalBatches as number,
     eos: pick<number | null>('eos', null),
+    device: o.device as FinetuneConfig['device'],
   };
   kernels.setThreads(o.threads as number);
   kernels.setDeterministic(o.deterministic === true);
@@ -182,10 +183,11 @@ async function finetune(o: Record<string, unknown>, given: Set<string>, kernels:
       kernels,
       outDir,
       {
+        onLog: (line) => say(o, line),
         onReady: (r) => {
           say(
             o,
-            `model: ${r.arch === 'gpt2' ? 'GPT-2' : 'Llama'} from ${cfg.init}, ${r.params.toLocaleString('en-US')} parameters; training ${r.trainable.toLocaleString('en-US')} (${lora ? `LoRA r=${lora.r} alpha=${lora.alpha}` : 'full fine-tuning'}), ${kernels.name} kernels`,
+            `model: ${r.arch === 'gpt2' ? 'GPT-2' : 'Llama'} from ${cfg.init}, ${r.params.toLocaleString('en-US')} parameters; training ${r.trainable.toLocaleString('en-US')} (${lora ? `LoRA r=${lora.r} alpha=${lora.alpha}` : 'full fine-tuning'}), device ${r.device}`,
           );
           say(
             o,

@@ -151,6 +151,22 @@ export class WebGpuLlama {
    * gradients into `grads` (zeroGrad() first), as Llama.forwardBackward does.
    */
   async forwardBackward(tokens: Int32Array, targets: Int32Array, B: number, T: number, gradScale = 1): Promise<number> {
+    return this.run(tokens, targets, B, T, gradScale, true);
+  }
+
+  /** Mean cross-entropy of one batch: the forward pass only, gradients untouched (validation). */
+  async loss(tokens: Int32Array, targets: Int32Array, B: number, T: number): Promise<number> {
+    return this.run(tokens, targets, B, T, 0, false);
+  }
+
+  private async run(
+    tokens: Int32Array,
+    targets: Int32Array,
+    B: number,
+    T: number,
+    gradScale: number,
+    backward: boolean,
+  ): Promise<number> {
     const cfg = this.config;
     const { vocabSize: V, dim: C, heads: NH, kvHeads: KV, headDim: hd, hidden: H, layers: L, normEps } = cfg;
     const N = B * T,
@@ -190,7 +206,16 @@ export class WebGpuLlama {
     }
     k.rmsnormForward(a.xnf, a.rstdf, x, p.norm, N, C, normEps);
     d.matmulForward(a.logits, a.xnf, p.head, null, N, C, V);
-    d.crossEntropyForwardBackward(a.losses, a.logits, a.logits, a.targets, N, V, valid > 0 ? gradScale / valid : 0);
+    d.crossEntropyForwardBackward(
+      a.losses,
+      backward ? a.logits : null,
+      a.logits,
+      a.targets,
+      N,
+      V,
+      valid > 0 ? gradScale / valid : 0,
+    );
+    if (!backward) return this.meanLoss(a.losses, N, valid);
     // backward (llama.ts backward + llama-block.ts llamaBlockBackward)
     const { dres, dC, dq, dk, dv, datt, datty, dH, dgate, dup } = a.d;
     d.zero(dC);
@@ -226,10 +251,19 @@ export class WebGpuLlama {
       k.rmsnormBackward(dres, gw.attnNorm, dC, input, w.attnNorm, s.rstd1, N, C);
     }
     d.embeddingBackward(g.embed, a.dPos, dres, tokens, B, T, C);
-    const losses = await d.read(a.losses);
+    return this.meanLoss(a.losses, N, valid);
+  }
+
+  private async meanLoss(t: GpuTensor, N: number, valid: number): Promise<number> {
+    const losses = await this.dev.read(t);
     let sum = 0;
     for (let i = 0; i < N; i++) sum += losses[i];
     return valid > 0 ? sum / valid : 0;
+  }
+
+  /** A host copy of the parameters (llamaSpecs layout). */
+  async getParams(): Promise<Float32Array> {
+    return this.dev.read(this.params);
   }
 
   /** Clip to the global gradient norm, then one AdamW update (train/adamw.ts). Returns the norm. */

@@ -22,6 +22,7 @@ import { loadCheckpoint, saveCheckpoint } from '../model/checkpoint.js';
 import { GPT } from '../model/gpt.js';
 import { exportHF } from '../model/hf.js';
 import { exportLlamaHF } from '../model/hf-llama.js';
+import { openDeviceFinetuner, type DeviceFinetuner, type FinetuneDevice } from './finetune-device.js';
 import { readJsonFile } from '../model/json-file.js';
 import { checkpointFormat, loadLlamaCheckpoint, saveLlamaCheckpoint } from '../model/llama-checkpoint.js';
 import { Llama, llamaSpecs } from '../model/llama.js';
@@ -38,7 +39,7 @@ import {
 } from '../data/finetune.js';
 import { InvalidInputError, MismatchError } from '../util/errors.js';
 import { AdamW, type AdamWSettings } from './adamw.js';
-import { Trainer, type StepResult, type TrainableModel } from './trainer.js';
+import { Trainer, type Batch, type StepResult, type TrainableModel } from './trainer.js';
 
 export interface FinetuneConfig {
   /** The checkpoint directory to start from. */
@@ -47,6 +48,8 @@ export interface FinetuneConfig {
   data: string;
   /** null: full fine-tuning. */
   lora: LoraConfig | null;
+  /** Where full fine-tuning runs (finetune-device.ts); LoRA runs on the CPU. Default 'cpu'. */
+  device?: FinetuneDevice;
   /** Also write the merged model (LoRA only). */
   merged: boolean;
   steps: number;
@@ -74,7 +77,11 @@ export interface FinetuneHooks {
     valTokens: number;
     examples: number;
     T: number;
+    /** 'cpu (… kernels)' or 'webgpu (adapter …)'. */
+    device: string;
   }): void;
+  /** A line for the user (e.g. what --device auto chose). */
+  onLog?(line: string): void;
   onStep?(r: StepResult & { totalSteps: number; tokensPerSec: number; elapsedMs: number }): void;
   onEval?(e: { step: number; valLoss: number }): void;
 }
@@ -82,6 +89,8 @@ export interface FinetuneHooks {
 export interface FinetuneSummary {
   arch: 'gpt2' | 'llama';
   mode: 'lora' | 'full';
+  /** Where the steps ran. */
+  device: 'cpu' | 'webgpu';
   steps: number;
   tokens: number;
   seconds: number;
@@ -207,115 +216,139 @@ export async function runFinetune(
   };
   const trainer = new Trainer(trainable, opt, schedule, B, T);
   const sampler = new MaskedBatchSampler(trainStream, B, T, cfg.seed);
-  hooks.onReady?.({
-    arch: any.arch,
-    params: model.params.length,
-    trainable: trainable.params.length,
-    trainTokens: trainStream.tokens.length,
-    valTokens: valStream.tokens.length,
-    examples: examples.length,
-    T,
+  const dm = await openDeviceFinetuner(cfg.device ?? 'cpu', {
+    any,
+    params: model.params,
+    adamw: cfg.adamw,
+    lora: cfg.lora !== null,
+    ...(hooks.onLog ? { log: hooks.onLog } : {}),
   });
-
-  mkdirSync(outDir, { recursive: true });
-  const metrics = join(outDir, 'metrics.jsonl');
-  writeFileSync(metrics, '');
-  const record = (row: Record<string, unknown>) => appendFileSync(metrics, JSON.stringify(row) + '\n');
-  // Validation: at most evalBatches full batches of evalB windows (evaluate needs B = evalB).
-  const evalSet = maskedEvalBatches(valStream, evalB, T);
-  const evaluate = (max: number) => {
-    let sum = 0,
-      n = 0;
-    for (const b of evalSet.slice(0, max)) {
-      sum += trainable.loss(b.inputs, b.targets, evalB, T);
-      n++;
-    }
-    return sum / n;
-  };
-  const v0 = evaluate(cfg.evalBatches);
-  record({ step: 0, valLoss: v0 });
-  hooks.onEval?.({ step: 0, valLoss: v0 });
-
-  const t0 = performance.now();
-  let tokens = 0,
-    step = 0;
-  while (step < cfg.steps && !signal?.aborted) {
-    const r = trainer.step([sampler.next()]);
-    step = r.step;
-    tokens += r.tokens;
-    const elapsedMs = performance.now() - t0;
-    hooks.onStep?.({ ...r, totalSteps: cfg.steps, tokensPerSec: tokens / (elapsedMs / 1000), elapsedMs });
-    record({ step, tokens, trainLoss: r.loss, lr: r.lr, gradNorm: r.gradNorm });
-    if (step % cfg.evalEvery === 0 && step < cfg.steps) {
-      const v = evaluate(cfg.evalBatches);
-      record({ step, valLoss: v });
-      hooks.onEval?.({ step, valLoss: v });
-    }
-    await new Promise<void>((res) => setImmediate(res)); // let Ctrl-C in
+  try {
+    return await trainAndSave(dm);
+  } finally {
+    dm?.close();
   }
-  const seconds = (performance.now() - t0) / 1000;
-  const finalVal = evaluate(Infinity);
-  record({ step, valLoss: finalVal, final: true });
-  hooks.onEval?.({ step, valLoss: finalVal });
 
-  const files: Record<string, string> = { metrics };
-  const meta = { finetunedFrom: cfg.init, data: cfg.data, steps: step, finalValLoss: finalVal };
-  if (adapter) {
-    files.adapter = join(outDir, 'adapter');
-    await exportPeft(files.adapter, adapter, { baseModelNameOrPath: cfg.init });
-    if (cfg.merged) {
-      files.merged = join(outDir, 'merged');
-      if (any.arch === 'gpt2')
-        await exportMergedHF(files.merged, {
-          arch: 'gpt2',
-          adapter,
-          params: model.params,
-          tokenizerJson,
-          eotId: eos,
-        });
-      else
-        await exportMergedHF(files.merged, {
-          arch: 'llama',
-          adapter,
-          params: model.params,
-          tokenizerJson: tokenizerBytes,
-          eosTokenId: eos,
-        });
+  async function trainAndSave(dm: DeviceFinetuner | null): Promise<FinetuneSummary> {
+    hooks.onReady?.({
+      arch: any.arch,
+      params: model.params.length,
+      trainable: trainable.params.length,
+      trainTokens: trainStream.tokens.length,
+      valTokens: valStream.tokens.length,
+      examples: examples.length,
+      T,
+      device: dm ? `webgpu (${dm.label})` : `cpu (${kernels.name} kernels)`,
+    });
+
+    mkdirSync(outDir, { recursive: true });
+    const metrics = join(outDir, 'metrics.jsonl');
+    writeFileSync(metrics, '');
+    const record = (row: Record<string, unknown>) => appendFileSync(metrics, JSON.stringify(row) + '\n');
+    // Validation: at most evalBatches full batches of evalB windows (evaluate needs B = evalB).
+    const evalSet = maskedEvalBatches(valStream, evalB, T);
+    const evaluate = async (max: number) => {
+      let sum = 0,
+        n = 0;
+      for (const b of evalSet.slice(0, max)) {
+        sum += dm ? await dm.loss(b, evalB, T) : trainable.loss(b.inputs, b.targets, evalB, T);
+        n++;
+      }
+      return sum / n;
+    };
+    const v0 = await evaluate(cfg.evalBatches);
+    record({ step: 0, valLoss: v0 });
+    hooks.onEval?.({ step: 0, valLoss: v0 });
+
+    const t0 = performance.now();
+    let tokens = 0,
+      step = 0;
+    while (step < cfg.steps && !signal?.aborted) {
+      const r = dm ? await deviceStep(dm, sampler.next(), step) : trainer.step([sampler.next()]);
+      step = r.step;
+      tokens += r.tokens;
+      const elapsedMs = performance.now() - t0;
+      hooks.onStep?.({ ...r, totalSteps: cfg.steps, tokensPerSec: tokens / (elapsedMs / 1000), elapsedMs });
+      record({ step, tokens, trainLoss: r.loss, lr: r.lr, gradNorm: r.gradNorm });
+      if (step % cfg.evalEvery === 0 && step < cfg.steps) {
+        const v = await evaluate(cfg.evalBatches);
+        record({ step, valLoss: v });
+        hooks.onEval?.({ step, valLoss: v });
+      }
+      await new Promise<void>((res) => setImmediate(res)); // let Ctrl-C in
     }
-  } else {
-    files.checkpoint = join(outDir, 'checkpoint');
-    const extraFiles = { 'tokenizer.json': tokenizerBytes };
-    if (any.arch === 'gpt2')
-      await saveCheckpoint(files.checkpoint, { config: any.config, params: model.params, meta, extraFiles });
-    else await saveLlamaCheckpoint(files.checkpoint, { config: any.config, params: model.params, meta, extraFiles });
-    if (cfg.merged) {
-      files.hf = join(outDir, 'hf');
+    const seconds = (performance.now() - t0) / 1000;
+    const finalVal = await evaluate(Infinity);
+    // θ comes back from the device once, to be hashed and saved like the CPU's.
+    if (dm) model.params.set(await dm.readParams());
+    record({ step, valLoss: finalVal, final: true });
+    hooks.onEval?.({ step, valLoss: finalVal });
+
+    const files: Record<string, string> = { metrics };
+    const meta = { finetunedFrom: cfg.init, data: cfg.data, steps: step, finalValLoss: finalVal };
+    if (adapter) {
+      files.adapter = join(outDir, 'adapter');
+      await exportPeft(files.adapter, adapter, { baseModelNameOrPath: cfg.init });
+      if (cfg.merged) {
+        files.merged = join(outDir, 'merged');
+        if (any.arch === 'gpt2')
+          await exportMergedHF(files.merged, {
+            arch: 'gpt2',
+            adapter,
+            params: model.params,
+            tokenizerJson,
+            eotId: eos,
+          });
+        else
+          await exportMergedHF(files.merged, {
+            arch: 'llama',
+            adapter,
+            params: model.params,
+            tokenizerJson: tokenizerBytes,
+            eosTokenId: eos,
+          });
+      }
+    } else {
+      files.checkpoint = join(outDir, 'checkpoint');
+      const extraFiles = { 'tokenizer.json': tokenizerBytes };
       if (any.arch === 'gpt2')
-        await exportHF(files.hf, { config: any.config, params: model.params, tokenizerJson, eotId: eos });
-      else
-        await exportLlamaHF(files.hf, {
-          config: any.config,
-          params: model.params,
-          tokenizerJson: tokenizerBytes,
-          eosTokenId: eos,
-        });
+        await saveCheckpoint(files.checkpoint, { config: any.config, params: model.params, meta, extraFiles });
+      else await saveLlamaCheckpoint(files.checkpoint, { config: any.config, params: model.params, meta, extraFiles });
+      if (cfg.merged) {
+        files.hf = join(outDir, 'hf');
+        if (any.arch === 'gpt2')
+          await exportHF(files.hf, { config: any.config, params: model.params, tokenizerJson, eotId: eos });
+        else
+          await exportLlamaHF(files.hf, {
+            config: any.config,
+            params: model.params,
+            tokenizerJson: tokenizerBytes,
+            eosTokenId: eos,
+          });
+      }
     }
+    return {
+      arch: any.arch,
+      mode: adapter ? 'lora' : 'full',
+      device: dm ? 'webgpu' : 'cpu',
+      steps: step,
+      tokens,
+      seconds,
+      initialValLoss: v0,
+      finalValLoss: finalVal,
+      trainableParams: trainable.params.length,
+      baseParams: model.params.length,
+      baseHashBefore,
+      baseHashAfter: weightsHash(model.params),
+      trainedHash: weightsHash(trainable.params),
+      files,
+    };
   }
-  return {
-    arch: any.arch,
-    mode: adapter ? 'lora' : 'full',
-    steps: step,
-    tokens,
-    seconds,
-    initialValLoss: v0,
-    finalValLoss: finalVal,
-    trainableParams: trainable.params.length,
-    baseParams: model.params.length,
-    baseHashBefore,
-    baseHashAfter: weightsHash(model.params),
-    trainedHash: weightsHash(trainable.params),
-    files,
-  };
+
+  async function deviceStep(dm: DeviceFinetuner, b: Batch, done: number): Promise<StepResult> {
+    const r = await dm.step(b, B, T, schedule, done);
+    return { step: done + 1, loss: r.loss, gradNorm: r.gradNorm, lr: r.lr, tokens: B * T };
+  }
 }
 
 /** `--lora r,alpha,targets` (targets '+'-separated, or "all"): e.g. "8,16,q_proj+v_proj". */
