@@ -182,7 +182,10 @@ export class PipelineDriver {
    * measured when that is longer (a stage that has answered in 200 s under load is not dead at 240 s).
    */
   private deadline(): AbortSignal {
-    return AbortSignal.timeout(Math.max(this.o.callTimeoutMs ?? CALL_TIMEOUT_MS, SLOW_FACTOR * this.slowestCallMs));
+    // AbortSignal.timeout takes whole milliseconds only (a fraction throws a RangeError).
+    return AbortSignal.timeout(
+      Math.ceil(Math.max(this.o.callTimeoutMs ?? CALL_TIMEOUT_MS, SLOW_FACTOR * this.slowestCallMs)),
+    );
   }
 
   /** Times one answered call into `slowestCallMs`. */
