@@ -1,6 +1,6 @@
 /**
  * `node dist/bench/swarm-124m.js [--parts swarm,sim,pipeline] [--rounds 3] [--peers 3] [--ctx 128] [--batch 1]
- *   [--inner 2] [--step-ms 12000] [--max-rss-gib 11] [--keep DIR] [--out FILE] [--small]`
+ *   [--inner 2] [--pipe-steps N] [--step-ms 12000] [--max-rss-gib 11] [--keep DIR] [--out FILE] [--small]`
  *
  * Issue 19 "Real sizes": a GPT-2-small-sized model (124M parameters: V 50257, D 768, L 12, H 12;
  * context --ctx, default 128 rather than GPT-2's 1024 so that a step fits a 2-core machine) run
@@ -11,17 +11,22 @@
  *   spawns them) train --rounds rounds. Per round: seconds, the SparseLoCo payload of one update
  *   (the codec's exact encoded size), bytes each peer sent, and whether every peer's weights hash
  *   agrees; per peer its peak RSS (VmHWM).
- * - sim: `tessera sim` with one SparseLoCo arm of --peers workers, one round of --inner steps.
- * - pipeline: `tessera pipeline` with the 12 layers cut into 3 stages, 2 steps of 8 sequences
- *   (8 micro-batches of one), one validation batch.
+ * - sim: `tessera sim` with one SparseLoCo arm of --peers workers, --rounds rounds of --inner steps:
+ *   seconds per round, the message bytes, the validation loss after every round, the final hash.
+ * - pipeline: `tessera pipeline` with the 12 layers cut into 3 stages, each a `tessera stage`
+ *   process (--procs), --pipe-steps (default --rounds) steps of 8 sequences (8 micro-batches of
+ *   one), one validation batch: seconds and train loss per step, activation and tied-gradient
+ *   bytes, peak RSS of the driver and of each stage process.
  *
- * RSS is read from /proc/PID/status every 250 ms (VmHWM, the kernel's peak, for each process);
- * a run whose processes together pass --max-rss-gib is stopped (the machine is shared). --small
- * runs the same at a toy size (a quick check of the harness). Prints a Markdown table and writes
- * the JSON (default bench/swarm-124m.json).
+ * RSS is read from /proc/PID/status every 250 ms (VmHWM, the kernel's peak) for each process
+ * and the processes it started; a run whose processes together pass --max-rss-gib is stopped
+ * (the machine is shared), and still records what it measured. --small runs the same at a toy
+ * size (a quick check of the harness). Prints Markdown tables and writes the JSON (default
+ * bench/swarm-124m.json); parts run now replace their own entries in an existing file, with
+ * their command, date and load, and leave the others (an earlier swarm run) as they were.
  */
 import { spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { packageRoot } from '../src/kernels/native.js';
@@ -39,6 +44,8 @@ const peers = Number(opt('--peers', '3'));
 const ctx = Number(opt('--ctx', small ? '32' : '128'));
 const batch = Number(opt('--batch', '1'));
 const inner = Number(opt('--inner', '2'));
+/** Pipeline optimizer steps (batch 8); default --rounds. */
+const pipeSteps = Number(opt('--pipe-steps', String(rounds)));
 /** One inner step's expected wall time with --peers processes sharing the machine (sets the manifest's deadlines). */
 const stepMs = Number(opt('--step-ms', small ? '200' : '12000'));
 const maxRss = Number(opt('--max-rss-gib', '11')) * 2 ** 30;
@@ -62,6 +69,24 @@ function rssOf(pid: number): { peak: number; now: number } | null {
   }
 }
 
+/** `pid` and every process below it (a pipeline's stage processes), from /proc. */
+function treeOf(pid: number): number[] {
+  const parent = new Map<number, number[]>();
+  for (const e of readdirSync('/proc')) {
+    if (!/^\d+$/.test(e)) continue;
+    try {
+      const st = readFileSync(`/proc/${e}/stat`, 'utf8');
+      const ppid = Number(st.slice(st.lastIndexOf(')') + 2).split(' ')[1]);
+      parent.set(ppid, [...(parent.get(ppid) ?? []), Number(e)]);
+    } catch {
+      /* gone */
+    }
+  }
+  const out = [pid];
+  for (let i = 0; i < out.length; i++) out.push(...(parent.get(out[i]) ?? []));
+  return out;
+}
+
 /** Watches processes' RSS; calls `over` once their current total passes maxRss. */
 function watchRss(pids: () => number[], over: (total: number) => void) {
   const peak = new Map<number, number>();
@@ -83,13 +108,15 @@ function watchRss(pids: () => number[], over: (total: number) => void) {
   }, 250);
   return {
     peak: (pid: number) => peak.get(pid) ?? 0,
+    /** Every process seen, with its peak. */
+    peaks: () => [...peak.entries()].map(([pid, bytes]) => ({ pid, bytes })),
     totalPeak: () => totalPeak,
     stop: () => clearInterval(t),
   };
 }
 
 /** Runs `tessera ...args` to completion; its stdout, stderr tail, wall seconds and peak RSS. */
-async function tessera(argv: string[], label: string, timeoutMs: number) {
+async function tessera(argv: string[], label: string, timeoutMs: number, tolerate = false) {
   const t0 = Date.now();
   const child = spawn(process.execPath, [TESSERA_BIN, ...argv], { stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '';
@@ -97,11 +124,11 @@ async function tessera(argv: string[], label: string, timeoutMs: number) {
   child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
   child.stderr.setEncoding('utf8').on('data', (d: string) => {
     stderr = (stderr + d).slice(-20000);
-    process.stderr.write(d.replace(/^/gm, `[${label}] `));
+    process.stderr.write(d.replace(/^(?=.)/gm, `[${label}] `));
   });
   let killedFor: string | null = null;
   const w = watchRss(
-    () => (child.pid ? [child.pid] : []),
+    () => (child.pid ? treeOf(child.pid) : []),
     (total) => {
       killedFor = `RSS ${(total / GiB).toFixed(1)} GiB over --max-rss-gib`;
       child.kill('SIGKILL');
@@ -115,9 +142,11 @@ async function tessera(argv: string[], label: string, timeoutMs: number) {
   clearTimeout(timer);
   w.stop();
   const peakRss = w.peak(child.pid ?? -1);
-  if (code !== 0)
-    throw new Error(`tessera ${argv[0]} failed (${killedFor ?? `exit ${code}`}):\n${stderr.slice(-3000)}`);
-  return { stdout, stderr, seconds: (Date.now() - t0) / 1000, peakRss };
+  const peaks = w.peaks();
+  const totalPeakRss = w.totalPeak();
+  const failed = code !== 0 ? `tessera ${argv[0]} failed (${killedFor ?? `exit ${code}`})` : null;
+  if (failed && !tolerate) throw new Error(`${failed}:\n${stderr.slice(-3000)}`);
+  return { stdout, stderr, seconds: (Date.now() - t0) / 1000, peakRss, peaks, totalPeakRss, failed };
 }
 
 interface SwarmRound {
@@ -261,7 +290,7 @@ async function swarm(dir: string) {
 }
 
 async function sim(dir: string) {
-  const steps = inner; // one round of H inner steps per worker
+  const steps = rounds * inner; // --rounds rounds of H = --inner inner steps per worker
   const r = await tessera(
     [
       'sim',
@@ -269,6 +298,11 @@ async function sim(dir: string) {
       `sparseloco-${inner}`,
       '--workers',
       String(peers),
+      // The swarm's SparseLoCo settings (manifest-builder's), not the sim's default chunk.
+      '--sparse-chunk',
+      String(SPARSE.chunk),
+      '--sparse-k',
+      String(SPARSE.k),
       '--tokens',
       String(steps * peers * batch * ctx),
       '--vocab',
@@ -283,8 +317,9 @@ async function sim(dir: string) {
       String(MODEL.heads),
       '--batch',
       String(batch),
+      // The shared weights' validation loss after every round.
       '--eval-points',
-      '1',
+      String(rounds),
       '--eval-batches',
       '2',
       '--final-eval-batches',
@@ -296,22 +331,35 @@ async function sim(dir: string) {
       '--json',
     ],
     'sim',
-    1_800_000,
+    3_600_000,
+    true,
   );
-  const j = JSON.parse(r.stdout) as {
+  let j: {
     arms?: {
       name: string;
       steps: number;
       rounds: number;
       seconds: number;
       messageBytes: number;
+      bytesSent: number;
+      bytesReceived: number;
       finalValLoss: number;
+      curve: { step: number; valLoss: number; bytesTotal: number }[];
+      weightsHash: string;
     }[];
-  };
+  } = {};
+  try {
+    j = JSON.parse(r.stdout) as typeof j;
+  } catch {
+    /* stopped early: no result */
+  }
   const arm = j.arms?.[0];
   return {
+    stopped: r.failed ? `${r.failed}: ${r.stderr.slice(-1500)}` : null,
     seconds: r.seconds,
     peakRss: r.peakRss,
+    /** Seconds per round: the arm's time over its rounds (evaluations included). */
+    secondsPerRound: arm ? arm.seconds / arm.rounds : null,
     arm: arm
       ? {
           name: arm.name,
@@ -319,14 +367,33 @@ async function sim(dir: string) {
           rounds: arm.rounds,
           seconds: arm.seconds,
           messageBytes: arm.messageBytes,
+          bytesSentPerWorker: arm.bytesSent,
+          bytesReceivedPerWorker: arm.bytesReceived,
           finalValLoss: arm.finalValLoss,
+          valLoss: arm.curve.map((c) => ({ step: c.step, valLoss: c.valLoss })),
+          weightsHash: arm.weightsHash,
         }
       : null,
+    progress: r.stderr.split('\n').filter((l) => l.includes('inner step')),
   };
 }
 
+/** JSON lines of a command's stdout (the rest skipped). */
+function jsonLines(stdout: string): Record<string, unknown>[] {
+  const out: Record<string, unknown>[] = [];
+  for (const l of stdout.split('\n')) {
+    try {
+      const v = JSON.parse(l) as unknown;
+      if (v && typeof v === 'object') out.push(v as Record<string, unknown>);
+    } catch {
+      /* not JSON */
+    }
+  }
+  return out;
+}
+
 async function pipeline(dir: string) {
-  const steps = 2;
+  const steps = pipeSteps;
   const r = await tessera(
     [
       'pipeline',
@@ -351,25 +418,70 @@ async function pipeline(dir: string) {
       '1',
       '--checkpoint-every',
       '0',
-      '--cache-dir',
-      join(dir, '..', 'cache-unused'),
+      // Each stage in its own `tessera stage` process (the default past 20M parameters; --small too).
+      '--procs',
       '--json',
     ],
     'pipeline',
-    1_800_000,
+    3_600_000,
+    true,
   );
+  void dir;
+  const lines = jsonLines(r.stdout);
+  const stepLines = lines.filter((l) => l.event === 'step') as {
+    step: number;
+    loss: number;
+    seconds: number;
+    actBytes: number;
+    syncBytes: number;
+  }[];
+  const done = lines.find((l) => l.event === 'done') as
+    | {
+        seconds: number;
+        stepSeconds: number[];
+        evalSeconds: number;
+        actBytes: number;
+        syncBytes: number;
+        trainLoss: number;
+        valLoss: number;
+        tokensPerSec: number;
+        stagePids: number[];
+      }
+    | undefined;
+  const stagePids = done?.stagePids ?? [];
+  const stageRss = r.peaks.filter((p) => p.pid !== r.peaks[0]?.pid);
   return {
+    stopped: r.failed ? `${r.failed}: ${r.stderr.slice(-1500)}` : null,
     seconds: r.seconds,
-    peakRss: r.peakRss,
     steps,
-    out: r.stdout.trim().split('\n').slice(-1)[0]?.slice(0, 400),
+    stepSeconds: done?.stepSeconds ?? stepLines.map((l) => l.seconds),
+    evalSeconds: done?.evalSeconds ?? null,
+    /** Per step (null: a fast step the run did not print). */
+    trainLoss: Array.from({ length: steps }, (_, i) => stepLines.find((l) => l.step === i + 1)?.loss ?? null),
+    valLoss: done?.valLoss ?? null,
+    /** Activation (and activation-gradient) bytes through the driver, all steps and the evaluation. */
+    actBytes: done?.actBytes ?? null,
+    /** Per step: activation bytes, and the tied embedding's gradient sync (stage 0 ↔ the last stage, through the driver). */
+    actBytesPerStep: stepLines.map((l) => l.actBytes),
+    syncBytesPerStep: stepLines.map((l) => l.syncBytes),
+    syncBytes: done?.syncBytes ?? null,
+    tokensPerSec: done?.tokensPerSec ?? null,
+    /** The `tessera pipeline` process (the driver). */
+    peakRssDriver: r.peakRss,
+    /** Each stage process's peak RSS (its pid in `stagePids` order where known). */
+    peakRssPerStage: stagePids.length
+      ? stagePids.map((pid) => stageRss.find((p) => p.pid === pid)?.bytes ?? 0)
+      : stageRss.map((p) => p.bytes),
+    totalPeakRss: r.totalPeakRss,
+    progress: r.stderr.split('\n').filter((l) => /^step \d+\//.test(l)),
   };
 }
 
 async function main() {
   const dir = keep ?? mkdtempSync(join(tmpdir(), 'tessera-124m-'));
   const load = loadavg()[0];
-  const res: Record<string, unknown> = {
+  const meta = {
+    command: `node dist/bench/swarm-124m.js ${args.join(' ')}`,
     params: P,
     model: { ...MODEL, ctx, batch },
     peers,
@@ -377,11 +489,16 @@ async function main() {
     loadBefore: load,
     date: new Date().toISOString(),
   };
+  // Parts run now replace their own entries; the file's other parts (an earlier swarm run) stay.
+  const prev = existsSync(out) ? (JSON.parse(readFileSync(out, 'utf8')) as Record<string, unknown>) : null;
+  const res: Record<string, unknown> = prev ?? { ...meta };
+  /** A part's entry: its own command, date and load, when it merges into an earlier file. */
+  const entry = <T extends object>(x: T) => ({ ...meta, ...x, loadAfter: loadavg()[0] });
   const gib = (b: number) => (b / GiB).toFixed(2);
   try {
     if (parts.includes('swarm')) {
       const s = await swarm(join(dir, 'swarm'));
-      res.swarm = s;
+      res.swarm = prev ? entry(s) : s;
       console.log(`\n## swarm: ${P} parameters, ${peers} peers, H=${inner}, B=${batch}, T=${ctx}, SparseLoCo\n`);
       console.log(
         '| round | s/round | inner steps | payload B/update | sent B/peer | train loss | val loss | hashes agree |',
@@ -399,20 +516,31 @@ async function main() {
     }
     if (parts.includes('sim')) {
       const s = await sim(join(dir, 'sim'));
-      res.sim = s;
+      res.sim = entry(s);
       console.log(
-        `\n## sim: ${s.arm?.name}, ${peers} workers, ${s.arm?.steps} steps (${s.arm?.rounds} rounds): ${s.seconds.toFixed(1)} s wall (arm ${s.arm?.seconds.toFixed(1)} s), peak RSS ${gib(s.peakRss)} GiB, message ${s.arm?.messageBytes} B, val loss ${f3(s.arm?.finalValLoss ?? null)}`,
+        `\n## sim: ${s.arm?.name}, ${peers} workers, ${s.arm?.steps} steps (${s.arm?.rounds} rounds): ${s.seconds.toFixed(1)} s wall (arm ${s.arm?.seconds.toFixed(1)} s, ${s.secondsPerRound?.toFixed(1) ?? '-'} s/round), peak RSS ${gib(s.peakRss)} GiB, message ${s.arm?.messageBytes} B, sent ${s.arm?.bytesSentPerWorker ?? '-'} B/worker, val loss ${s.arm?.valLoss.map((v) => `${v.step}: ${f3(v.valLoss)}`).join(', ') ?? '-'}`,
       );
+      for (const l of s.progress) console.log(l.trim());
+      if (s.stopped) console.log(`\nSTOPPED EARLY: ${s.stopped}`);
     }
     if (parts.includes('pipeline')) {
       const s = await pipeline(join(dir, 'pipeline'));
-      res.pipeline = s;
+      res.pipeline = entry(s);
       console.log(
-        `\n## pipeline: 3 stages, ${s.steps} steps: ${s.seconds.toFixed(1)} s wall, peak RSS ${gib(s.peakRss)} GiB (driver and stages in one process)`,
+        `\n## pipeline: ${P} parameters, 3 stage processes and a driver, ${s.steps} steps of 8 × ${ctx} tokens\n`,
       );
+      console.log('| step | s/step | train loss |');
+      console.log('|---|---|---|');
+      for (const [i, sec] of s.stepSeconds.entries())
+        console.log(`| ${i + 1} | ${sec.toFixed(1)} | ${f3(s.trainLoss[i] ?? null)} |`);
+      console.log(
+        `\n${s.seconds.toFixed(1)} s wall (start-up, steps, evaluation ${s.evalSeconds?.toFixed(1) ?? '-'} s, sample); val loss ${f3(s.valLoss)}; ${s.actBytes ?? '-'} activation bytes and ${s.syncBytes ?? '-'} tied-gradient sync bytes through the driver; peak RSS driver ${gib(s.peakRssDriver)} GiB, stages ${s.peakRssPerStage.map(gib).join(', ')} GiB, together ${gib(s.totalPeakRss)} GiB`,
+      );
+      for (const l of s.progress) console.log(`pipeline: ${l}`);
+      if (s.stopped) console.log(`\nSTOPPED EARLY: ${s.stopped}`);
     }
   } finally {
-    res.loadAfter = loadavg()[0];
+    if (!prev) res.loadAfter = loadavg()[0];
     writeFileSync(out, JSON.stringify(res, null, 2) + '\n');
     console.log(`\nwrote ${out}${keep ? `; run directories kept in ${dir}` : ''}`);
     if (!keep) rmSync(dir, { recursive: true, force: true });

@@ -15,7 +15,13 @@ import { BatchSampler, evalBatches } from '../data/batches.js';
 import { loadKernels } from '../kernels/index.js';
 import { GPT } from '../model/gpt.js';
 import { Llama } from '../model/llama.js';
-import { hasTiedEmbedding, isLlamaConfig, type StageModelConfig } from '../model/pipeline-stage.js';
+import {
+  anyStageSpecs,
+  hasTiedEmbedding,
+  isLlamaConfig,
+  splitStages,
+  type StageModelConfig,
+} from '../model/pipeline-stage.js';
 import type { TokenArray } from '../data/batches.js';
 import type { TextTokenizer } from '../data/text-tokenizer.js';
 import { loadAnyModel } from './load.js';
@@ -24,11 +30,14 @@ import { startLocalPipeline } from '../pipeline/local.js';
 import { stageCredits } from '../pipeline/credit.js';
 import { exactBytes, type ActCodecSpec } from '../pipeline/act-codec.js';
 import { InvalidInputError } from '../util/errors.js';
-import { writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { startStageProcs } from './stage-procs.js';
 import { pino } from 'pino';
 import { createHost } from '../net/host.js';
 import { loadOrCreateIdentity } from '../net/identity.js';
-import { PipelineDriver, type Recovery } from '../pipeline/driver.js';
+import { PipelineDriver, callTimeoutFor, type Recovery } from '../pipeline/driver.js';
 import {
   awaitFreshPeer,
   defaultPipeManifest,
@@ -82,6 +91,16 @@ interface PipelineOptions {
   arch: 'gpt2' | 'llama';
   kvHeads?: number;
   init?: string;
+  /** Local run: each stage peer in its own `tessera stage` process (default: for models over PROCS_OVER parameters). */
+  procs?: boolean;
+}
+
+/** Above this many parameters the local run puts each stage in its own process (GPT-2 small is 124M). */
+const PROCS_OVER = 20_000_000;
+
+/** The parameters of a model (its stages' tensors, cut as one stage). */
+function paramCountOf(config: StageModelConfig): number {
+  return anyStageSpecs(config, splitStages(config, 1)[0]).reduce((t, x) => t + x.size, 0);
 }
 
 /** One line per recovery: what came back where, and how. */
@@ -199,8 +218,11 @@ async function localStart(o: PipelineOptions, k: ReturnType<typeof loadKernels>)
   return { config, genesis, T: config.ctx, ds };
 }
 
-/** `--run`: drive a pipeline whose stage peers (`tessera stage`) run anywhere. */
-async function driveRun(o: PipelineOptions): Promise<void> {
+/**
+ * `--run`: drive a pipeline whose stage peers (`tessera stage`) run anywhere. `local` is the local
+ * run with stage processes (`--procs`): its validation batches, and its stage processes' pids.
+ */
+async function driveRun(o: PipelineOptions, local?: { evalBatches: number; pids: number[] }): Promise<void> {
   const { manifest: m, runId } = readPipeManifest(o.run!, '--run');
   if (!o.dataDir) throw new InvalidInputError("--run needs --data-dir (the driver's identity)");
   // Stage peers serve only the drivers the manifest names: fail here, not with refusals later.
@@ -211,6 +233,8 @@ async function driveRun(o: PipelineOptions): Promise<void> {
     );
   const host = await createHost({
     dataDir: o.dataDir,
+    // Its stage peers compute for minutes at a time at real sizes: an unanswered ping is no loss.
+    busyPeers: true,
     listen: [o.listen],
     ...(o.bootstrap?.length ? { bootstrap: o.bootstrap } : {}),
     logger: pino({ level: process.env.TESSERA_LOG ?? 'warn' }, pino.destination(2)),
@@ -248,6 +272,9 @@ async function driveRun(o: PipelineOptions): Promise<void> {
       addrsOf: (p) => dir.byPeer.get(p)?.addrs ?? [],
       routing: o.routing,
       throughputOf: (p) => dir.byPeer.get(p)?.throughput ?? 1,
+      // A call's deadline grows with the model (a GPT-2-small stage computes for minutes under
+      // load), and past that with the slowest call measured (driver.ts).
+      callTimeoutMs: callTimeoutFor(paramCountOf(m.model)),
       ...(o.rebuild ? { rebuild: o.rebuild } : {}),
       recover: async (stage) => {
         const p = await awaitFreshPeer(host, dir, stage, tried, o.waitMs);
@@ -260,6 +287,7 @@ async function driveRun(o: PipelineOptions): Promise<void> {
       T = m.model.ctx;
     const batches = new BatchSampler(ds.train, B, T, BigInt(m.seed) + 7n);
     const t0 = performance.now();
+    const stepSeconds: number[] = [];
     let last = NaN;
     source.phase = 'training';
     for (let s = 0; s < o.steps; s++) {
@@ -280,7 +308,8 @@ async function driveRun(o: PipelineOptions): Promise<void> {
       const ts = performance.now(),
         a0 = driver.actSent,
         r0 = driver.actReceived;
-      last = (await driver.step(batches.next(), B, T, m.micro, m.lr)).loss;
+      const st = await driver.step(batches.next(), B, T, m.micro, m.lr);
+      last = st.loss;
       source.report({
         step: s,
         trainLoss: last,
@@ -289,15 +318,27 @@ async function driveRun(o: PipelineOptions): Promise<void> {
         seconds: (performance.now() - ts) / 1000,
         tokens: B * T,
       });
-      if ((s + 1) % 10 === 0 || s + 1 === o.steps) {
-        say(
-          o,
-          `step ${s + 1}/${o.steps}  loss ${last.toFixed(3)}  ${(((s + 1) * B * T) / ((performance.now() - t0) / 1000)).toFixed(0)} tok/s`,
+      const stepS = (performance.now() - ts) / 1000;
+      stepSeconds.push(stepS);
+      if ((s + 1) % 10 === 0 || s + 1 === o.steps || stepS >= 2) {
+        const perStep = (performance.now() - t0) / 1000 / (s + 1);
+        const left = o.steps - s - 1;
+        const line =
+          `step ${s + 1}/${o.steps}  loss ${last.toFixed(3)}  ${(((s + 1) * B * T) / ((performance.now() - t0) / 1000)).toFixed(0)} tok/s` +
+          (stepS >= 2 ? `  ${stepS.toFixed(1)} s/step${left > 0 ? `  ETA ${Math.round(left * perStep)} s` : ''}` : '');
+        // A slow step's rate and ETA reach stderr even with --json (a real-sized model's progress).
+        if (o.json && stepS >= 2) process.stderr.write(line + '\n');
+        else say(o, line);
+        result(
+          { json: o.json },
+          { event: 'step', step: s + 1, loss: last, seconds: stepS, actBytes: st.actBytes, syncBytes: st.syncBytes },
         );
-        result({ json: o.json }, { event: 'step', step: s + 1, loss: last });
       }
     }
-    const val = await driver.evaluate([...evalBatches(ds.val, B, T, 4)], B, T);
+    const seconds = (performance.now() - t0) / 1000;
+    const te = performance.now();
+    const val = await driver.evaluate([...evalBatches(ds.val, B, T, local?.evalBatches ?? 4)], B, T);
+    const evalSeconds = (performance.now() - te) / 1000;
     for (const rec of driver.recoveries) say(o, describeRecovery(rec));
     const g = await driver.generate(ds.tokenizer.encodeOrdinary(o.prompt), 24, { ctx: T, seed: 1 });
     result(
@@ -308,6 +349,13 @@ async function driveRun(o: PipelineOptions): Promise<void> {
         steps: o.steps,
         trainLoss: last,
         valLoss: val,
+        seconds,
+        stepSeconds,
+        evalSeconds,
+        tokensPerSec: (o.steps * B * T) / seconds,
+        actBytes: driver.actBytes,
+        syncBytes: driver.syncBytes,
+        ...(local ? { stagePids: local.pids } : {}),
         stages: driver.replicas(),
         recoveries: driver.recoveries,
         sample: ds.tokenizer.decode(g.tokens),
@@ -319,6 +367,45 @@ async function driveRun(o: PipelineOptions): Promise<void> {
     await dash?.close();
     close();
     await host.stop();
+  }
+}
+
+/**
+ * The local run with each stage peer in its own `tessera stage` process (stage-procs.ts): a run
+ * manifest admitting a fresh driver identity, S stage processes initialised from its seed, then
+ * the driver of `--run` through them. Everything lives in a temporary directory, removed after.
+ */
+async function localProcs(o: PipelineOptions): Promise<void> {
+  const root = mkdtempSync(join(tmpdir(), 'tessera-pipeline-procs-'));
+  try {
+    const driverDir = join(root, 'driver');
+    const me = (await loadOrCreateIdentity(driverDir)).peerId.toString();
+    const runFile = join(root, 'run.json');
+    const { manifest } = pipeManifest({ ...manifestOf(o), drivers: [me] });
+    writeFileSync(runFile, JSON.stringify(manifest, null, 2) + '\n');
+    const P = paramCountOf(manifest.model);
+    say(o, `${P} parameters: starting ${manifest.stages} stage processes (\`tessera stage\`), one per stage…`);
+    const t0 = performance.now();
+    const sp = await startStageProcs({
+      runFile,
+      root,
+      stages: manifest.stages,
+      signal: AbortSignal.timeout(Math.max(120_000, callTimeoutFor(P))),
+      onStderr: (i, line) => process.stderr.write(`[stage ${i}] ${line}\n`),
+    });
+    try {
+      for (const p of sp.procs)
+        say(o, `stage ${p.stage}: process ${p.child.pid}, peer ${p.peer.slice(-8)}, ${p.params} parameters`);
+      say(o, `stage processes serving after ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+      await driveRun(
+        { ...o, run: runFile, dataDir: driverDir, bootstrap: sp.bootstrap, listen: '/ip4/127.0.0.1/tcp/0' },
+        { evalBatches: o.evalBatches, pids: sp.procs.map((p) => p.child.pid ?? -1) },
+      );
+    } finally {
+      await sp.stop();
+    }
+  } finally {
+    rmSync(root, { recursive: true, force: true });
   }
 }
 
@@ -345,6 +432,11 @@ export function register(program: Command): void {
       '--init <dir>',
       'start the local run from a checkpoint (GPT-2, or Llama as `tessera import --hf` writes; its tokenizer tokenizes Brown) instead of --arch/--layers',
     )
+    .option(
+      '--procs',
+      'local run: each stage peer in its own `tessera stage` process (default for models over 20M parameters: a stage computing in one process would block the others)',
+    )
+    .option('--no-procs', 'local run: every stage peer in this process')
     .option('--replicas <n>', 'peers per stage, kept in lockstep (a dead replica costs no step)', int(1, 8), 1)
     .option('--steps <n>', 'optimizer steps', int(1), 200)
     .option('--codec <id>', 'activation codec at stage boundaries', oneOf('fp32', 'fp16', 'int8', 'lowrank'), 'int8')
@@ -482,6 +574,16 @@ export function register(program: Command): void {
       }
       if (o.diloco !== undefined && o.replicas < 2)
         throw new InvalidInputError('--diloco needs --replicas 2 or more (one pipeline per replica)');
+      const shape = o.init ? null : modelOf(o);
+      const procs = o.procs ?? (shape !== null && !isLlamaConfig(shape) && paramCountOf(shape) > PROCS_OVER);
+      if (procs) {
+        if (o.init || o.replicas > 1 || kill || o.diloco !== undefined || o.rebuild)
+          throw new InvalidInputError(
+            'stage processes (--procs, the default over 20M parameters) start every stage from the run seed, one peer each: not with --init, --replicas, --kill, --diloco or --rebuild (use --no-procs)',
+          );
+        if (8 % o.micro !== 0) throw new InvalidInputError('--micro must divide the batch of 8');
+        return localProcs(o);
+      }
       // Checkpoint shares and restores serve active replication; DiLoCo pipelines survive a loss by dropping a pipeline.
       const checkpoints = o.checkpointEvery > 0 && o.diloco === undefined;
       if (8 % o.micro !== 0) throw new InvalidInputError('--micro must divide the batch of 8');

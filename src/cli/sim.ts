@@ -359,6 +359,10 @@ export function register(program: Command): void {
         bar.start(total, 0, { arm: arms[0].name, s: 0, S: steps, loss: '-', val: '-' });
       }
       const t0 = performance.now();
+      // Inner steps of the whole sim (a DiLoCo arm's workers step one after another), for the ETA.
+      const innerTotal = arms.reduce((t, a) => t + (a.kind === 'dp' ? steps : steps * o.workers), 0);
+      let innerDone = 0,
+        lastInner = t0;
       let lastLine = 0;
       let lastVal = '-';
       const ac = new AbortController();
@@ -383,6 +387,21 @@ export function register(program: Command): void {
                   `${p.arm}: step ${p.step}/${p.steps} loss ${p.loss.toFixed(3)} (${((100 * done) / total).toFixed(0)}% of the sim, ${(now / 1000).toFixed(0)} s)`,
                 );
               }
+            }
+          },
+          onInnerStep: (p) => {
+            innerDone++;
+            const now = performance.now(),
+              stepS = (now - lastInner) / 1000;
+            lastInner = now;
+            // A slow inner step (a real-sized model) reaches stderr with its rate and ETA, even with --json.
+            if (stepS >= 2 && !bar) {
+              const left = innerTotal - innerDone;
+              process.stderr.write(
+                `sim: ${p.arm}: worker ${p.worker} inner step ${p.step}/${p.steps}, loss ${p.loss.toFixed(3)}, ${stepS.toFixed(1)} s/step` +
+                  (left > 0 ? `, ETA ${Math.round((left * (now - t0)) / 1000 / innerDone)} s` : '') +
+                  '\n',
+              );
             }
           },
           onEval: (e) => {

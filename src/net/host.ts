@@ -148,6 +148,13 @@ export interface HostOptions extends AbortOptions {
   autoDial?: boolean;
   /** Kademlia protocol id. Default TESSERA_DHT_PROTOCOL. */
   dhtProtocol?: string;
+  /**
+   * Peers on this host's connections may compute synchronously for minutes (pipeline stages of a
+   * real-sized model): a connection-monitor ping that goes unanswered then does not abort the
+   * connection (libp2p's default does, and every stage call on it fails). A dead peer is still
+   * found: its socket closes, or a call to it passes its deadline. Default false.
+   */
+  busyPeers?: boolean;
   /** Byte accounting; a fresh NetMetrics when omitted. */
   metrics?: NetMetrics;
   /** pino logger; default: pino at level 'warn' (TESSERA_LOG overrides) on stderr. */
@@ -375,6 +382,7 @@ export async function createHost(options: HostOptions): Promise<Host> {
       ],
       connectionEncrypters: [noise()],
       streamMuxers: [yamux()],
+      ...(options.busyPeers ? { connectionMonitor: { abortConnectionOnPingFailure: false } } : {}),
       peerDiscovery,
       metrics: metrics.libp2pMetrics(),
       services: {

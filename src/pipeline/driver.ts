@@ -29,6 +29,9 @@ import { randomBytes } from 'node:crypto';
 /** A stage call's deadline at toy sizes. */
 export const CALL_TIMEOUT_MS = 60_000;
 
+/** A call's deadline is at least this many times the slowest call answered so far. */
+export const SLOW_FACTOR = 4;
+
 /**
  * A stage call's deadline for a model (or stage) of P parameters: CALL_TIMEOUT_MS up to 16M
  * parameters, growing linearly past it. At GPT-2 small a stage's call under load took over the
@@ -171,14 +174,31 @@ export class PipelineDriver {
   /** Replicas dropped after a failed call: stage → peers. */
   readonly dropped: { stage: number; peer: string; reason: string }[] = [];
 
-  /** The deadline of one stage call. */
+  /** The slowest stage call answered so far, in ms (queueing behind a stage's other micro-batches included). */
+  slowestCallMs = 0;
+
+  /**
+   * The deadline of one stage call: the configured one, or SLOW_FACTOR times the slowest call
+   * measured when that is longer (a stage that has answered in 200 s under load is not dead at 240 s).
+   */
   private deadline(): AbortSignal {
-    return AbortSignal.timeout(this.o.callTimeoutMs ?? CALL_TIMEOUT_MS);
+    // AbortSignal.timeout takes whole milliseconds only (a fraction throws a RangeError).
+    return AbortSignal.timeout(
+      Math.ceil(Math.max(this.o.callTimeoutMs ?? CALL_TIMEOUT_MS, SLOW_FACTOR * this.slowestCallMs)),
+    );
+  }
+
+  /** Times one answered call into `slowestCallMs`. */
+  private async timedCall<R>(p: Promise<R>): Promise<R> {
+    const t0 = performance.now();
+    const r = await p;
+    this.slowestCallMs = Math.max(this.slowestCallMs, performance.now() - t0);
+    return r;
   }
 
   /** A control call to one peer, no body either way (save, restore, expect, lend, info): its reply head. */
   private async control<Op extends StageOp>(peer: string, op: Op, args: ArgsOf<Op>) {
-    return await this.client.control(peer, op, args, { signal: this.deadline() });
+    return await this.timedCall(this.client.control(peer, op, args, { signal: this.deadline() }));
   }
 
   /** Peers currently serving each stage. */
@@ -197,8 +217,7 @@ export class PipelineDriver {
     const peers = [...this.live[i]];
     if (peers.length === 0) throw new StageCallError(`stage ${i} has no live replica`);
     const attempts = peers.map((peer) =>
-      this.client
-        .call(peer, op, args, body, { maxBody, signal: this.deadline() })
+      this.timedCall(this.client.call(peer, op, args, body, { maxBody, signal: this.deadline() }))
         .then((r) => ({ head: r.head, body: r.body, peer }))
         .catch((err: unknown) => {
           // A refusal (bad input) is the caller's bug, not a dead peer: report it, keep the replica.
@@ -378,6 +397,12 @@ export class PipelineDriver {
     return true;
   }
 
+  /** Why stage `i`'s last replica was dropped (for the error that ends a run). */
+  private lastDrop(i: number): string {
+    const d = this.dropped.filter((x) => x.stage === i).pop();
+    return d ? ` (its call failed: ${d.reason.slice(0, 300)})` : '';
+  }
+
   private async recoverStage(i: number): Promise<void> {
     const cp = this.checkpoints.get(i);
     // Only a middle stage has two neighbours to rebuild from; the ends always need a checkpoint.
@@ -387,7 +412,7 @@ export class PipelineDriver {
       throw new StageCallError(
         this.o.rebuild
           ? `stage ${i} lost its last peer and has no checkpoint; only a middle stage can be rebuilt from its neighbours`
-          : `stage ${i} lost its last peer and has no checkpoint to restore from`,
+          : `stage ${i} lost its last peer and has no checkpoint to restore from${this.lastDrop(i)}`,
       );
     }
     const t0 = performance.now();
@@ -518,7 +543,7 @@ export class PipelineDriver {
     this.outstanding.set(peer, (this.outstanding.get(peer) ?? 0) + 1);
     const t0 = performance.now();
     try {
-      const r = await this.client.call(peer, op, args, body, { maxBody, signal: this.deadline() });
+      const r = await this.timedCall(this.client.call(peer, op, args, body, { maxBody, signal: this.deadline() }));
       const a = args as { B?: number; T?: number };
       if ((op === 'fwd' || op === 'last') && a.B && a.T) this.timed(peer, a.B * a.T, performance.now() - t0);
       return r;

@@ -66,9 +66,9 @@ export async function startLocalPipeline(o: {
   const specs = splitStages(o.config, o.stages);
   type Peer = StageServer & { host: Host; dataDir: string; store?: Store };
   // The driver's host first: every stage peer admits its peer id, and only it, as the run's driver.
-  const driverHost = await createHost({ dataDir: join(root, 'driver'), logger });
+  const driverHost = await createHost({ dataDir: join(root, 'driver'), logger, busyPeers: true });
   const startPeer = async (dir: string, spec: (typeof specs)[number], init: boolean): Promise<Peer> => {
-    const host = await createHost({ dataDir: join(root, dir), logger });
+    const host = await createHost({ dataDir: join(root, dir), logger, busyPeers: true });
     hosts.push(host);
     let store: Store | undefined;
     if (o.checkpoints) {

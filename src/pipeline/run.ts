@@ -304,6 +304,8 @@ export async function runStagePeer(o: {
     throw new InvalidInputError(`--stage must be in 0..${m.stages - 1}`);
   const host = await createHost({
     dataDir: o.dataDir,
+    // A stage, and its driver, may compute for minutes at a time (a real-sized model).
+    busyPeers: true,
     ...(o.listen ? { listen: o.listen } : {}),
     ...(o.bootstrap?.length ? { bootstrap: o.bootstrap } : {}),
     ...(o.logger ? { logger: o.logger } : {}),
