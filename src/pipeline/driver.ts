@@ -179,12 +179,15 @@ export class PipelineDriver {
 
   /**
    * The deadline of one stage call: the configured one, or SLOW_FACTOR times the slowest call
-   * measured when that is longer (a stage that has answered in 200 s under load is not dead at 240 s).
+   * measured when that is longer (a stage that has answered in 200 s under load is not dead at 240 s),
+   * never more than SLOW_FACTOR times the configured one: a stage peer that answers just inside
+   * each deadline cannot ratchet the deadlines of every call up without bound.
    */
   private deadline(): AbortSignal {
+    const base = this.o.callTimeoutMs ?? CALL_TIMEOUT_MS;
     // AbortSignal.timeout takes whole milliseconds only (a fraction throws a RangeError).
     return AbortSignal.timeout(
-      Math.ceil(Math.max(this.o.callTimeoutMs ?? CALL_TIMEOUT_MS, SLOW_FACTOR * this.slowestCallMs)),
+      Math.ceil(Math.min(SLOW_FACTOR * base, Math.max(base, SLOW_FACTOR * this.slowestCallMs))),
     );
   }
 
