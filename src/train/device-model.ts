@@ -175,7 +175,7 @@ export class WebGpuTrainModel implements TrainModel {
     private readonly ownsDevice = true,
   ) {
     const i = dev.adapterInfo;
-    this.label = `adapter ${[i.vendor, i.architecture, i.description].filter((s) => s).join(' / ') || 'unknown'}`;
+    this.label = adapterLabel(dev);
     this.numParams = gpt.numParams;
     this.backend = webgpuClass(i, {
       attention: gpt.attention,
@@ -363,6 +363,35 @@ export function gpuAuditRefusal(
 export const GPU_AUDIT_STATE_BYTES = 4 * 2 ** 30;
 
 /**
+ * Dawn's first adapter as a device: the system's GPU, or SwiftShader where VK_ICD_FILENAMES
+ * names its ICD (or TESSERA_WEBGPU_ADAPTER=swiftshader). With no adapter, 'auto' says so through
+ * `log` and returns null (train on the CPU); 'webgpu' throws WebGpuUnavailableError.
+ */
+export async function openWebGpu(
+  device: 'webgpu' | 'auto',
+  log?: (line: string) => void,
+): Promise<WebGpuDevice | null> {
+  const { WebGpuDevice } = await import('../kernels/webgpu/device.js');
+  try {
+    return await WebGpuDevice.create({
+      adapter: process.env.TESSERA_WEBGPU_ADAPTER === 'swiftshader' ? 'swiftshader' : 'auto',
+    });
+  } catch (err) {
+    if (device === 'auto' && err instanceof WebGpuUnavailableError) {
+      log?.(`device auto: cpu (${err.message})`);
+      return null;
+    }
+    throw err;
+  }
+}
+
+/** For the start-up line: the adapter's vendor / architecture / description. */
+export function adapterLabel(dev: WebGpuDevice): string {
+  const i = dev.adapterInfo;
+  return `adapter ${[i.vendor, i.architecture, i.description].filter((s) => s).join(' / ') || 'unknown'}`;
+}
+
+/**
  * The model on the chosen device. 'auto': WebGPU when an adapter is found (and the run's audit,
  * if any, has a tolerance), else the CPU, saying which. 'webgpu' throws WebGpuUnavailableError
  * without an adapter and DeviceRefusedError on a run audited bit for bit. The adapter is Dawn's
@@ -381,20 +410,9 @@ export async function openTrainModel(device: DeviceChoice, o: OpenModelOptions):
     o.log?.(`device auto: cpu, because ${why}`);
     return cpu();
   }
-  const { WebGpuDevice } = await import('../kernels/webgpu/device.js');
+  const dev = await openWebGpu(device, o.log);
+  if (!dev) return cpu();
   const { WebGpuGPT } = await import('../model/gpt-webgpu.js');
-  let dev: WebGpuDevice;
-  try {
-    dev = await WebGpuDevice.create({
-      adapter: process.env.TESSERA_WEBGPU_ADAPTER === 'swiftshader' ? 'swiftshader' : 'auto',
-    });
-  } catch (err) {
-    if (device === 'auto' && err instanceof WebGpuUnavailableError) {
-      o.log?.(`device auto: cpu (no WebGPU adapter: ${err.message})`);
-      return cpu();
-    }
-    throw err;
-  }
   const m = new WebGpuTrainModel(dev, new WebGpuGPT(dev, o.config, o.adamw));
   if (device === 'auto') o.log?.(`device auto: webgpu (${m.label})`);
   return m;

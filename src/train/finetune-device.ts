@@ -13,8 +13,9 @@ import type { LlamaConfig } from '../model/llama-config.js';
 import type { ModelConfig } from '../model/config.js';
 import type { AnyModelConfig } from '../model/lora.js';
 import type { WebGpuDevice } from '../kernels/webgpu/device.js';
-import { DeviceRefusedError, WebGpuUnavailableError } from '../util/errors.js';
+import { DeviceRefusedError } from '../util/errors.js';
 import type { AdamWSettings } from './adamw.js';
+import { adapterLabel, openWebGpu } from './device-model.js';
 import { innerStepOn, type StepModel } from './inner-step.js';
 import type { Schedule } from './schedule.js';
 import type { Batch } from './trainer.js';
@@ -73,19 +74,8 @@ export async function openDeviceFinetuner(
     o.log?.('device auto: cpu, because LoRA fine-tuning runs on the CPU');
     return null;
   }
-  const { WebGpuDevice } = await import('../kernels/webgpu/device.js');
-  let dev: WebGpuDevice;
-  try {
-    dev = await WebGpuDevice.create({
-      adapter: process.env.TESSERA_WEBGPU_ADAPTER === 'swiftshader' ? 'swiftshader' : 'auto',
-    });
-  } catch (err) {
-    if (device === 'auto' && err instanceof WebGpuUnavailableError) {
-      o.log?.(`device auto: cpu (no WebGPU adapter: ${err.message})`);
-      return null;
-    }
-    throw err;
-  }
+  const dev = await openWebGpu(device, o.log);
+  if (!dev) return null;
   let m: GpuModel;
   try {
     if (o.any.arch === 'gpt2') {
@@ -100,8 +90,7 @@ export async function openDeviceFinetuner(
     dev.destroy();
     throw err;
   }
-  const i = dev.adapterInfo;
-  const label = `adapter ${[i.vendor, i.architecture, i.description].filter((s) => s).join(' / ') || 'unknown'}`;
+  const label = adapterLabel(dev);
   if (device === 'auto') o.log?.(`device auto: webgpu (${label})`);
   return {
     label,
